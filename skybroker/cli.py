@@ -1,0 +1,114 @@
+"""`broker`: the command line. Parses arguments and renders results; the work happens in api.py.
+
+Commands live in skybroker/commands/ (one module per group) and are imported only when invoked, so
+`broker --help` stays fast. One handler turns every BrokerError into a readable message + hint + exit
+code; `--debug` (or BROKER_DEBUG=1) shows the traceback too.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from . import __version__
+
+# name → (module, attribute, one-line help). The help text is here so `--help` needs no imports.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "launch": ("skybroker.commands.cluster", "launch", "Plan a task, provision a cluster and run the task on it."),
+    "exec": ("skybroker.commands.cluster", "exec_", "Run a task or command on an existing cluster."),
+    "status": ("skybroker.commands.cluster", "status", "List clusters."),
+    "down": ("skybroker.commands.cluster", "down", "Tear down clusters (terminate their instances)."),
+    "stop": ("skybroker.commands.cluster", "stop", "Stop a cluster's instances (keep disks)."),
+    "start": ("skybroker.commands.cluster", "start", "Start a stopped cluster."),
+    "autostop": ("skybroker.commands.cluster", "autostop", "Stop or tear down a cluster after it is idle."),
+    "queue": ("skybroker.commands.cluster", "queue", "Show a cluster's job queue."),
+    "logs": ("skybroker.commands.cluster", "logs", "Show or follow a job's logs."),
+    "cancel": ("skybroker.commands.cluster", "cancel", "Cancel jobs on a cluster."),
+    "check": ("skybroker.commands.info", "check", "Show which clouds have credentials."),
+    "show-gpus": ("skybroker.commands.info", "show_gpus", "List accelerators and their cheapest prices."),
+    "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
+    "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return None
+        module, attr, _ = entry
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(module.rsplit(".", 1)[0]):
+                return None  # command not built yet in this checkout
+            raise
+        return getattr(mod, attr, None)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+                from difflib import get_close_matches
+
+                close = get_close_matches(args[0], list(COMMANDS), n=1)
+                if close:
+                    raise click.UsageError(f"no such command {args[0]!r}; did you mean {close[0]!r}?") from None
+            raise
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="broker")
+@click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """skybroker: run your job on the cheapest cloud that fits it, and keep it running.
+
+    Tasks are SkyPilot-compatible YAML files. Start with:  broker launch examples/hello.yaml
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv=None) -> None:
+    from .errors import BrokerError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("BROKER_DEBUG") == "1"
+    try:
+        rv = cli.main(args=argv, prog_name="broker", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except BrokerError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        from . import render
+
+        render.error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("Aborted.\n")
+        sys.exit(130 if not sys.stdin.isatty() or True else 1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Driver registry: name → module, imported only when used."""
+from __future__ import annotations
+
+import os
+
+from ..resources import Resources
+
+
+def _mem_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def virtual_candidates(cloud: str, res: Resources):
+    """Zero-price places of the clouds that have no catalog (local, ssh). Only offered when the task
+    names the cloud; the local cloud ignores cpus/memory (it is this machine) and has no GPUs."""
+    from ..optimizer import Candidate
+
+    if res.accelerator:
+        return []
+    if cloud == "local":
+        return [Candidate(res, 0, "local", "local", None, "local", float(os.cpu_count() or 1), _mem_gib(),
+                          None, 0.0, False, 0.0, 1)]
+    if cloud == "ssh":
+        from . import ssh_pools
+
+        out = []
+        for pool in ssh_pools.load_pools():
+            if res.region and res.region != pool.name:
+                continue
+            out.append(Candidate(res, 0, "ssh", pool.name, None, "ssh-node", 0.0, 0.0, None, 0.0, False, 0.0, 1))
+        return out
+    return []

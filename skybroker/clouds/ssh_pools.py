@@ -1,0 +1,66 @@
+"""SSH node pools: machines the user already has, declared in BROKER_HOME/ssh_node_pools.yaml:
+
+    mypool:
+      user: ubuntu
+      identity_file: ~/.ssh/id_ed25519
+      hosts:
+        - 10.0.0.5
+        - {ip: 10.0.0.6, port: 2222, user: admin}
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SpecError
+from ..paths import broker_home
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    ip: str
+    port: int
+    user: str
+    identity_file: str | None
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    hosts: tuple[PoolHost, ...]
+
+
+def pools_file() -> Path:
+    return broker_home() / "ssh_node_pools.yaml"
+
+
+def load_pools() -> list[Pool]:
+    path = pools_file()
+    if not path.exists():
+        return []
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"malformed YAML: {exc}", "fix the node pool file", source=str(path)) from None
+    if not isinstance(data, dict):
+        raise SpecError("expected a mapping of pool name → pool", None, source=str(path))
+    pools = []
+    for name, spec in data.items():
+        fp = str(name)
+        if not isinstance(spec, dict) or not isinstance(spec.get("hosts"), list) or not spec["hosts"]:
+            raise SpecError("a pool needs a non-empty `hosts` list", None, source=str(path), field=fp)
+        hosts = []
+        for i, h in enumerate(spec["hosts"]):
+            h = {"ip": h} if isinstance(h, str) else h
+            if not isinstance(h, dict) or not h.get("ip"):
+                raise SpecError("a host is an IP/hostname or {ip, port, user, identity_file}", None,
+                                source=str(path), field=f"{fp}.hosts[{i}]")
+            user = h.get("user") or spec.get("user") or os.environ.get("USER", "root")
+            ident = h.get("identity_file") or spec.get("identity_file")
+            hosts.append(PoolHost(str(h["ip"]), int(h.get("port", 22)), str(user),
+                                  os.path.expanduser(ident) if ident else None))
+        pools.append(Pool(fp, tuple(hosts)))
+    return pools

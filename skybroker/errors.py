@@ -1,0 +1,118 @@
+"""One error type for everything a user can get wrong or the world can refuse.
+
+`BrokerError` carries a message, an optional hint (what to do about it) and the process exit code.
+The CLI renders it in one place; nothing below the CLI prints.
+
+Exit codes (stable, documented in the README):
+  1  generic failure (a job failed is reported with the job's own exit code instead)
+  2  bad input: task file, flags, names
+  3  nothing fits: no feasible offer for the request
+  4  cloud refused: capacity/quota/credentials, after failover was exhausted
+  5  not found: cluster/job does not exist
+  130 interrupted (Ctrl-C)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class BrokerError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(BrokerError):
+    """The task file or a flag is wrong. Names the file and the field path."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, *, source: str | None = None,
+                 field: str | None = None):
+        self.source = source
+        self.field = field
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(prefix + message, hint)
+
+
+class UsageError(BrokerError):
+    exit_code = 2
+
+
+class NoFeasibleError(BrokerError):
+    """No offer in the catalogs satisfies the request."""
+
+    exit_code = 3
+
+
+class NotFoundError(BrokerError):
+    exit_code = 5
+
+
+class Scope(str, Enum):
+    """How much of the world a provisioning failure rules out."""
+
+    ZONE = "zone"
+    REGION = "region"
+    CLOUD = "cloud"
+    REQUEST = "request"  # the request itself is wrong: no failover
+
+
+@dataclass
+class Place:
+    cloud: str
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+
+    def __str__(self) -> str:
+        parts = [self.cloud, self.region, self.zone]
+        s = "/".join(p for p in parts if p)
+        return f"{s} ({self.instance_type})" if self.instance_type else s
+
+
+class ProvisionError(BrokerError):
+    """A cloud refused to create instances. Drivers raise the typed subclasses below; failover
+    decides from the class (its scope), never from the message text."""
+
+    exit_code = 4
+    scope: Scope = Scope.REQUEST
+
+    def __init__(self, message: str, place: Place | None = None, code: str | None = None,
+                 hint: str | None = None):
+        super().__init__(message, hint)
+        self.place = place
+        self.code = code  # the cloud's own error code, for the failover report
+
+
+class CapacityError(ProvisionError):
+    scope = Scope.ZONE
+
+
+class QuotaError(ProvisionError):
+    scope = Scope.REGION
+
+
+class CredentialsError(ProvisionError):
+    scope = Scope.CLOUD
+
+
+class InvalidRequestError(ProvisionError):
+    scope = Scope.REQUEST
+
+
+class Interrupted(BrokerError):
+    exit_code = 130

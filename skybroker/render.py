@@ -1,0 +1,165 @@
+"""All terminal output: rich tables for people, JSON for scripts. The only module that prints (with the
+command modules that call it)."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+_console = None
+_err_console = None
+
+
+def console():
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return _console
+
+
+def err_console():
+    global _err_console
+    if _err_console is None:
+        from rich.console import Console
+
+        _err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, highlight=False)
+    return _err_console
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str, hint: str | None = None) -> None:
+    from rich.markup import escape
+
+    c = err_console()
+    c.print(f"[bold red]Error:[/] {escape(message)}")
+    if hint:
+        c.print(f"[yellow]Hint:[/] {escape(hint)}")
+
+
+def info(message: str) -> None:
+    from rich.markup import escape
+
+    err_console().print(escape(message))
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans
+
+def _money(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if x < 10 else f"{x:.2f}"
+
+
+def candidate_json(c, chosen: bool = False) -> dict:
+    return {
+        "cloud": c.cloud,
+        "region": c.region,
+        "zone": c.zone,
+        "instance_type": c.instance_type,
+        "use_spot": c.use_spot,
+        "accelerators": {c.accelerator_name: c.accelerator_count} if c.accelerator_name else None,
+        "vcpus": c.vcpus,
+        "memory_gib": c.memory_gib,
+        "hourly_price_per_node": round(c.price, 6),
+        "hourly_price_total": round(c.total, 6),
+        "chosen": chosen,
+    }
+
+
+def short_infra(c) -> str:
+    """`gcp (us-central1-a)`, `aws (us-east-1, use1-az1)`, `azure (eastus)`."""
+    if c.zone and c.region and c.zone.startswith(c.region):
+        where = c.zone
+    else:
+        where = ", ".join(p for p in (c.region, c.zone) if p)
+    return f"{c.cloud} ({where})" if where and where != c.cloud else c.cloud
+
+
+def plan_rows(plan, limit: int = 8) -> list:
+    """Chosen first, then the best of each other cloud, then other cheap options."""
+    chosen = plan.chosen
+    rows = [chosen]
+    for c in plan.best_per_cloud():
+        if c is not chosen:
+            rows.append(c)
+    for c in plan.candidates:
+        if len(rows) >= limit:
+            break
+        if c not in rows:
+            rows.append(c)
+    head, rest = rows[:1], sorted(rows[1:], key=lambda c: c.sort_key())
+    return head + rest
+
+
+def plan_json(plan, task_name: str | None) -> dict:
+    rows = plan_rows(plan)
+    return {
+        "target": "cost",
+        "task": task_name,
+        "num_nodes": plan.num_nodes,
+        "clouds_considered": list(plan.clouds),
+        "note": plan.clouds_note,
+        "chosen": candidate_json(plan.chosen, True),
+        "alternatives": [candidate_json(c, c is plan.chosen) for c in rows],
+    }
+
+
+def print_plan(plan, task_name: str | None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console()
+    c = plan.chosen
+    if plan.clouds_note:
+        con.print(f"[yellow]Note:[/] {escape(plan.clouds_note)}")
+    nodes = f"{plan.num_nodes} node" + ("s" if plan.num_nodes != 1 else "")
+    con.print(f"Target: [bold]minimizing cost[/] · task [bold]{escape(task_name or '(unnamed)')}[/] · {nodes}")
+    acc = f" + {c.accelerators()}" if c.accelerator_name else ""
+    where = escape(c.infra)
+    market = "spot" if c.use_spot else "on-demand"
+    con.print(f"Chosen: [bold green]{escape(c.instance_type)}{escape(acc)}[/] on [bold]{where}[/] ({market}) "
+              f"— ${_money(c.price)}/h per node, [bold]${_money(c.total)}/h[/] for {nodes}")
+    from rich import box
+
+    table = Table(title="Considered resources", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("INFRA", "left"), ("INSTANCE", "left"), ("vCPUs", "right"), ("MEM(GB)", "right"),
+                      ("GPUs", "left"), ("MARKET", "left"), ("$/h/node", "right"), ("$/h total", "right"),
+                      ("CHOSEN", "center")):
+        table.add_column(col, justify=just, no_wrap=col != "INSTANCE")
+    for r in plan_rows(plan):
+        table.add_row(escape(short_infra(r)), escape(r.instance_type), f"{r.vcpus:g}", f"{r.memory_gib:g}",
+                      escape(r.accelerators() or "-"), "spot" if r.use_spot else "on-demand",
+                      _money(r.price), _money(r.total), "✔" if r is c else "")
+    con.print(table)
+
+
+def print_gpus(rows, name: str | None) -> None:
+    from rich.table import Table
+
+    table = Table(title="Accelerators (cheapest machine per cloud, $/h)", title_justify="left")
+    for col, just in (("GPU", "left"), ("COUNT", "right"), ("CLOUD", "left"), ("INSTANCE", "left"),
+                      ("ON-DEMAND", "right"), ("WHERE", "left"), ("SPOT", "right"), ("WHERE (spot)", "left")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for r in rows:
+        table.add_row(r.name, f"{r.count:g}", r.cloud, r.instance_type or "-", _money(r.price), r.price_where or "-",
+                      _money(r.spot_price), r.spot_where or "-")
+    console().print(table)
+
+
+def print_checks(checks) -> None:
+    from rich.markup import escape
+
+    con = console()
+    for c in checks:
+        mark = "[green]✔[/]" if c.ok else "[red]✘[/]"
+        con.print(f"{mark} [bold]{c.cloud:<6}[/] {escape(c.detail)}")
+        if not c.ok and c.hint:
+            con.print(f"         [yellow]hint:[/] {escape(c.hint)}")
+    con.print("✔ [bold]local [/] always available (runs on this machine; `--infra local`)")

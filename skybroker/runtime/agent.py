@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""skybroker node agent: the per-node FIFO job queue.
+
+Self-contained, stdlib only, Python >= 3.8.  Copied to every node as ~/.broker/agent.py and driven by the
+client as ``python3 ~/.broker/agent.py <command> ...``; every command prints one JSON document on stdout
+(except ``logs``, which streams raw bytes).  Exit codes: 0 ok, 1 internal error, 2 bad input, 3 no such job.
+
+Design
+------
+* State: ``~/.broker/agent.db`` (SQLite, WAL).  Every read-modify-write is a ``BEGIN IMMEDIATE``
+  transaction, so concurrent agent invocations serialise on SQLite's lock.  Logs: ``~/.broker/jobs/<id>/run.log``.
+* One runner per job, no long-lived scheduler.  ``submit`` inserts the job (PENDING) and spawns a detached
+  runner (``_runner ID``: new session via setsid, stdio on /dev/null / a private file, so it survives the SSH
+  session closing and never holds the client's pipes).  The runner waits for its turn — the job is the
+  oldest (lowest ``seq``) non-terminal job on the node — then takes ``run.lock`` (flock; held until the
+  runner exits, so the previous job's runner has finished cleaning up) and runs setup, then run.
+  There is therefore no "queue empty -> scheduler exits" step and no lost wake-up race: a job can never be
+  enqueued without a live process that is responsible for it.  FIFO follows from ``seq`` being assigned
+  at insert time; "one at a time" from the head-of-queue rule plus ``run.lock``.
+* Secrets: ``secret_env`` values never touch disk.  ``submit`` writes them to the runner's stdin pipe (not
+  argv, not the db, not a file); the runner keeps them in memory and passes them only to the job's own
+  environment.  The db stores the non-secret payload plus the secret *names* (an identical resubmit is
+  recognised by comparing that; secret values are deliberately not compared, not even hashed).
+  If ``submit`` dies before handing the secrets over, the runner deletes the half-submitted job.
+* Liveness: each job records its runner's pid, the pid's start time (/proc) and the boot id.  Any command
+  that looks at jobs first reconciles: a non-terminal job whose runner is gone (SIGKILLed, zombie, pid
+  reused, node rebooted) becomes FAILED with a reason, and its surviving process group is killed.
+* Cancel: mark CANCELLED in a transaction, then SIGTERM the job's process group, SIGKILL after a grace.
+  The runner records the pgid with a conditional update (only while SETTING_UP/RUNNING), so a cancel that
+  lands between "spawn" and "record pgid" is seen by the runner, which then kills the group itself.
+* Setup is skipped when ``setup_key`` is recorded in ``setup_done`` (written after a successful setup).
+* ``next-id`` reserves the id it returns (max of known and previously issued ids, + 1).
+"""
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+
+PENDING = "PENDING"
+SETTING_UP = "SETTING_UP"
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+FAILED_SETUP = "FAILED_SETUP"
+CANCELLED = "CANCELLED"
+STATUSES = (PENDING, SETTING_UP, RUNNING, SUCCEEDED, FAILED, FAILED_SETUP, CANCELLED)
+ACTIVE_STATUSES = (PENDING, SETTING_UP, RUNNING)
+TERMINAL_STATUSES = frozenset((SUCCEEDED, FAILED, FAILED_SETUP, CANCELLED))
+
+POLL = 0.05            # seconds between checks while waiting for a turn / for log data
+CANCEL_GRACE = 3.0     # SIGTERM -> SIGKILL
+_ACTIVE_SQL = "status IN ('PENDING', 'SETTING_UP', 'RUNNING')"
+
+
+def source() -> bytes:
+    """This file's bytes, so the client can upload it to nodes."""
+    with open(os.path.abspath(__file__), "rb") as f:
+        return f.read()
+
+
+try:
+    AGENT_VERSION = "1+" + hashlib.sha256(source()).hexdigest()[:12]
+except OSError:  # pragma: no cover - running without a source file
+    AGENT_VERSION = "1+unknown"
+
+
+class AgentError(Exception):
+    def __init__(self, message, code=2):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------------------------- storage
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER UNIQUE NOT NULL, name TEXT, rank INTEGER, num_nodes INTEGER,
+    spec TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER, reason TEXT,
+    submitted_at REAL, started_at REAL, ended_at REAL,
+    runner_pid INTEGER, runner_start TEXT, boot_id TEXT, pid INTEGER, pgid INTEGER);
+CREATE TABLE IF NOT EXISTS setup_done (key TEXT PRIMARY KEY, done_at REAL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+"""
+
+
+def _base():
+    return os.path.join(os.path.expanduser("~"), ".broker")
+
+
+def _job_dir(job_id):
+    return os.path.join(_base(), "jobs", str(job_id))
+
+
+def _log_path(job_id):
+    return os.path.join(_job_dir(job_id), "run.log")
+
+
+def _db():
+    base = _base()
+    os.makedirs(os.path.join(base, "jobs"), exist_ok=True)
+    conn = sqlite3.connect(os.path.join(base, "agent.db"), timeout=60, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    with open(os.path.join(base, "db.lock"), "a") as lock:  # serialise first-time creation only
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        if conn.execute("SELECT 1 FROM meta WHERE k='created_at'").fetchone() is None:
+            conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
+    return conn
+
+
+@contextlib.contextmanager
+def _txn(conn):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _get(conn, job_id):
+    return conn.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+
+
+def _job_out(row):
+    keys = ("job_id", "name", "status", "exit_code", "submitted_at", "started_at", "ended_at", "rank",
+            "num_nodes", "reason")
+    return {k: row[k] for k in keys}
+
+
+# ------------------------------------------------------------------------------------------- processes
+def _boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid):
+    """Fields of /proc/PID/stat after the command name (index 0 = state, 2 = pgrp, 19 = starttime)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2:].split()
+
+
+def _has_proc():
+    return os.path.isdir("/proc/self")
+
+
+def _proc_start(pid):
+    st = _proc_stat(pid)
+    return st[19] if st else None
+
+
+def _alive(pid, start=None):
+    if not pid:
+        return False
+    if _has_proc():
+        st = _proc_stat(pid)
+        return bool(st) and st[0] not in "ZXx" and (start is None or st[19] == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _group_alive(pgid):
+    """True if a non-zombie process is in process group PGID."""
+    if not _has_proc():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _proc_stat(int(name))
+            if st and st[2] == str(pgid) and st[0] not in "ZXx":
+                return True
+    return False
+
+
+def _kill_group(pgid, grace=CANCEL_GRACE):
+    """SIGTERM the group, SIGKILL what is left after GRACE seconds; True when nothing is left."""
+    steps = ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)) if grace > 0 else ((signal.SIGKILL, 2.0),)
+    for sig, wait in steps:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.02)
+    return not _group_alive(pgid)
+
+
+def _reconcile(conn):
+    """Mark non-terminal jobs whose runner is gone as FAILED and kill their leftover processes."""
+    boot = _boot_id()
+    for row in conn.execute("SELECT * FROM jobs WHERE " + _ACTIVE_SQL).fetchall():
+        same_boot = row["boot_id"] == boot
+        if same_boot and _alive(row["runner_pid"], row["runner_start"]):
+            continue
+        reason = ("node rebooted while the job was %s" if not same_boot
+                  else "agent runner process died while the job was %s") % row["status"]
+        with _txn(conn):
+            updated = conn.execute(
+                "UPDATE jobs SET status=?, reason=?, ended_at=? WHERE job_id=? AND status=? AND runner_pid=?",
+                (FAILED, reason, time.time(), row["job_id"], row["status"], row["runner_pid"])).rowcount
+        if updated and same_boot and row["pgid"] and row["status"] != PENDING:
+            _kill_group(row["pgid"], grace=0)
+
+
+# ------------------------------------------------------------------------------------------ validation
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate(obj):
+    if not isinstance(obj, dict):
+        raise AgentError("job must be a JSON object")
+    known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key")
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise AgentError("unknown job field(s): %s" % ", ".join(unknown))
+    job = {"name": "", "rank": 0, "num_nodes": 1, "setup": None, "run": None, "env": {}, "secret_env": {},
+           "workdir": "~/sky_workdir", "setup_key": None}
+    job.update({k: v for k, v in obj.items() if v is not None or k in ("setup", "run", "setup_key")})
+    if "job_id" not in obj or not _is_int(obj["job_id"]) or obj["job_id"] < 0:
+        raise AgentError("job_id: required non-negative integer")
+    for key in ("rank", "num_nodes"):
+        if not _is_int(job[key]) or job[key] < 0:
+            raise AgentError("%s: must be a non-negative integer" % key)
+    if not job["rank"] < job["num_nodes"]:
+        raise AgentError("rank: must be < num_nodes")
+    for key in ("name", "workdir"):
+        if not isinstance(job[key], str):
+            raise AgentError("%s: must be a string" % key)
+    for key in ("setup", "run", "setup_key"):
+        if job[key] is not None and not isinstance(job[key], str):
+            raise AgentError("%s: must be a string or null" % key)
+    for key in ("env", "secret_env"):
+        if not isinstance(job[key], dict):
+            raise AgentError("%s: must be an object" % key)
+        for k, v in job[key].items():
+            if not _ENV_KEY.match(k) or not isinstance(v, str):
+                raise AgentError("%s.%s: names must match %s and values be strings" % (key, k, _ENV_KEY.pattern))
+    return job
+
+
+# -------------------------------------------------------------------------------------------- commands
+def _out(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_submit(args):
+    try:
+        job = _validate(json.loads(sys.stdin.read()))
+    except ValueError as e:
+        raise AgentError("stdin is not valid JSON: %s" % e)
+    secrets = job.pop("secret_env")
+    job["secret_env_names"] = sorted(secrets)
+    spec = json.dumps(job, sort_keys=True)
+    job_id = job["job_id"]
+    conn = _db()
+    os.makedirs(_job_dir(job_id), exist_ok=True)
+    proc = None
+    try:
+        with _txn(conn):
+            row = _get(conn, job_id)
+            if row is not None:
+                if row["spec"] != spec:
+                    raise AgentError("job %d already exists with a different payload" % job_id)
+                _out({"job_id": job_id, "status": row["status"], "duplicate": True})
+                return 0
+            with open(os.path.join(_job_dir(job_id), "runner.err"), "ab") as err:
+                proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_runner", str(job_id)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                        cwd=_base(), start_new_session=True, close_fds=True)
+            conn.execute(
+                "INSERT INTO jobs (job_id, name, rank, num_nodes, spec, status, submitted_at, runner_pid,"
+                " runner_start, boot_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (job_id, job["name"], job["rank"], job["num_nodes"], spec, PENDING, time.time(), proc.pid,
+                 _proc_start(proc.pid), _boot_id()))
+        proc.stdin.write(json.dumps({"secret_env": secrets}).encode())
+        proc.stdin.close()
+    except BaseException:
+        if proc is not None:
+            proc.kill()  # the runner never got its secrets: it must not run
+            with _txn(conn):
+                conn.execute("DELETE FROM jobs WHERE job_id=? AND runner_pid=?", (job_id, proc.pid))
+        raise
+    _out({"job_id": job_id, "status": PENDING})
+    return 0
+
+
+def cmd_runner(args):
+    job_id, me = args.job_id, os.getpid()
+    try:
+        payload = json.loads(sys.stdin.read() or "null")
+    except ValueError:
+        payload = None
+    conn = _db()
+    row = _get(conn, job_id)
+    if row is None or row["runner_pid"] != me:
+        return 0
+    if not isinstance(payload, dict):  # submit died before handing over the secrets
+        with _txn(conn):
+            conn.execute("DELETE FROM jobs WHERE job_id=? AND runner_pid=? AND status=?", (job_id, me, PENDING))
+        return 0
+    try:
+        _run_job(conn, job_id, json.loads(row["spec"]), payload.get("secret_env") or {})
+    except Exception as e:  # never leave the job non-terminal; the message carries no secret values
+        _finish(conn, job_id, FAILED, None, "agent error: %s: %s" % (type(e).__name__, e))
+        traceback.print_exc()  # to jobs/<id>/runner.err; tracebacks show code lines, not variable values
+        return 1
+    return 0
+
+
+def _advance(conn, job_id, from_statuses, to_status):
+    marks = ",".join("?" * len(from_statuses))
+    with _txn(conn):
+        return conn.execute(
+            "UPDATE jobs SET status=?, started_at=COALESCE(started_at, ?), pid=NULL, pgid=NULL"
+            " WHERE job_id=? AND status IN (%s)" % marks,
+            (to_status, time.time(), job_id) + tuple(from_statuses)).rowcount == 1
+
+
+def _finish(conn, job_id, status, exit_code, reason):
+    with _txn(conn):
+        conn.execute("UPDATE jobs SET status=?, exit_code=?, reason=?, ended_at=? WHERE job_id=? AND " + _ACTIVE_SQL,
+                     (status, exit_code, reason, time.time(), job_id))
+
+
+def _run_job(conn, job_id, spec, secrets):
+    while True:  # wait until this job is the oldest non-terminal job on the node
+        _reconcile(conn)
+        row = _get(conn, job_id)
+        if row is None or row["status"] != PENDING:
+            return
+        head = conn.execute("SELECT job_id FROM jobs WHERE %s ORDER BY seq LIMIT 1" % _ACTIVE_SQL).fetchone()
+        if head is not None and head[0] == job_id:
+            break
+        time.sleep(2 * POLL)
+    lock = open(os.path.join(_base(), "run.lock"), "a")  # held until this process exits
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(spec["env"])
+    env.update(secrets)
+    workdir = os.path.expanduser(spec["workdir"])
+    os.makedirs(workdir, exist_ok=True)
+    with open(_log_path(job_id), "ab") as log:
+        key = spec["setup_key"]
+        if spec["setup"] and not (key and conn.execute("SELECT 1 FROM setup_done WHERE key=?", (key,)).fetchone()):
+            if not _advance(conn, job_id, (PENDING,), SETTING_UP):
+                return
+            rc = _phase(conn, job_id, spec["setup"], workdir, env, log)
+            if rc is None:
+                return
+            if rc != 0:
+                return _finish(conn, job_id, FAILED_SETUP, rc, "setup exited with code %d" % rc)
+            if key:
+                with _txn(conn):
+                    conn.execute("INSERT OR REPLACE INTO setup_done VALUES (?, ?)", (key, time.time()))
+        if not _advance(conn, job_id, (PENDING, SETTING_UP), RUNNING):
+            return
+        rc = _phase(conn, job_id, spec["run"], workdir, env, log) if spec["run"] else 0
+        if rc is not None:
+            _finish(conn, job_id, SUCCEEDED if rc == 0 else FAILED, rc,
+                    None if rc == 0 else "run exited with code %d" % rc)
+
+
+def _phase(conn, job_id, command, workdir, env, log):
+    """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile."""
+    proc = subprocess.Popen([shutil.which("bash") or "/bin/sh", "-c", command], cwd=workdir, env=env,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with _txn(conn):
+        recorded = conn.execute("UPDATE jobs SET pid=?, pgid=? WHERE job_id=? AND status IN (?, ?)",
+                                (proc.pid, proc.pid, job_id, SETTING_UP, RUNNING)).rowcount
+    if not recorded:
+        _kill_group(proc.pid)
+    rc = proc.wait()
+    row = _get(conn, job_id)
+    if row is None or row["status"] not in (SETTING_UP, RUNNING):
+        _kill_group(proc.pid)  # cancelled: make sure stragglers in the group are gone too
+        return None
+    return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128+N, as a shell reports it
+
+
+def cmd_next_id(args):
+    conn = _db()
+    with _txn(conn):
+        top = conn.execute("SELECT MAX(job_id) FROM jobs").fetchone()[0]
+        issued = conn.execute("SELECT v FROM meta WHERE k='last_issued_id'").fetchone()
+        n = max(top if top is not None else 0, int(issued[0]) if issued else 0) + 1
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_issued_id', ?)", (str(n),))
+    _out({"job_id": n})
+    return 0
+
+
+def cmd_status(args):
+    conn = _db()
+    _reconcile(conn)
+    if args.job is not None:
+        rows = conn.execute("SELECT * FROM jobs WHERE job_id=?", (args.job,)).fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+    _out({"jobs": [_job_out(r) for r in rows]})
+    return 0
+
+
+def _read_from(path, offset):
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except OSError:
+        return b""
+
+
+def cmd_logs(args):
+    conn = _db()
+    if _get(conn, args.job_id) is None:
+        sys.stderr.write("no such job: %d\n" % args.job_id)
+        return 3
+    path, offset, out = _log_path(args.job_id), args.offset, sys.stdout.buffer
+    deadline = None if args.wait_seconds is None else time.time() + args.wait_seconds
+    next_reconcile = time.time() + 1.0
+    while True:
+        terminal = _get(conn, args.job_id)["status"] in TERMINAL_STATUSES  # checked before reading: no lost tail
+        got = False
+        while True:
+            chunk = _read_from(path, offset)
+            if not chunk:
+                break
+            out.write(chunk)
+            out.flush()
+            offset += len(chunk)
+            got = True
+        expired = deadline is None or time.time() >= deadline
+        if terminal or (args.follow and deadline is not None and expired) or (
+                not args.follow and (got or expired)):
+            return 0
+        if time.time() >= next_reconcile:
+            _reconcile(conn)
+            next_reconcile = time.time() + 1.0
+        if not got:
+            time.sleep(POLL)
+
+
+def cmd_wait(args):
+    conn = _db()
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    while True:
+        _reconcile(conn)
+        row = _get(conn, args.job_id)
+        if row is None:
+            raise AgentError("no such job: %d" % args.job_id, code=3)
+        timed_out = deadline is not None and time.time() >= deadline
+        if row["status"] in TERMINAL_STATUSES or timed_out:
+            _out({"jobs": [_job_out(row)], "timed_out": row["status"] not in TERMINAL_STATUSES})
+            return 0
+        time.sleep(0.1)
+
+
+def cmd_cancel(args):
+    if not args.all and not args.job_ids:
+        raise AgentError("cancel: give job ids or --all")
+    conn = _db()
+    with _txn(conn):
+        rows = conn.execute("SELECT * FROM jobs WHERE " + _ACTIVE_SQL + " ORDER BY seq").fetchall()
+        rows = [r for r in rows if args.all or r["job_id"] in args.job_ids]
+        for r in rows:
+            conn.execute("UPDATE jobs SET status=?, reason=?, ended_at=? WHERE job_id=?",
+                         (CANCELLED, "cancelled", time.time(), r["job_id"]))
+    boot = _boot_id()
+    for r in rows:
+        if r["status"] == PENDING or r["boot_id"] != boot:
+            continue
+        if r["pgid"]:
+            _kill_group(r["pgid"])
+        deadline = time.time() + CANCEL_GRACE + 3.0  # the runner kills a group it had not recorded yet
+        while _alive(r["runner_pid"], r["runner_start"]) and time.time() < deadline:
+            time.sleep(0.02)
+    _out({"cancelled": [r["job_id"] for r in rows]})
+    return 0
+
+
+def cmd_idle_seconds(args):
+    conn = _db()
+    _reconcile(conn)
+    if conn.execute("SELECT COUNT(*) FROM jobs WHERE " + _ACTIVE_SQL).fetchone()[0]:
+        idle = 0.0
+    else:
+        created = float(conn.execute("SELECT v FROM meta WHERE k='created_at'").fetchone()[0])
+        ended = conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()[0]
+        idle = max(0.0, time.time() - max(created, ended or 0.0))
+    _out({"idle_seconds": idle})
+    return 0
+
+
+def cmd_version(args):
+    _out({"version": AGENT_VERSION})
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise AgentError(message)
+
+
+def _parser():
+    p = _Parser(prog="agent.py", description="skybroker node agent")
+    sub = p.add_subparsers(dest="command")
+    sub.required = True
+    sub.add_parser("submit").set_defaults(func=cmd_submit)
+    sub.add_parser("next-id").set_defaults(func=cmd_next_id)
+    s = sub.add_parser("status")
+    s.add_argument("--job", type=int)
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("logs")
+    s.add_argument("job_id", type=int)
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--follow", action="store_true")
+    s.add_argument("--wait-seconds", type=float)
+    s.set_defaults(func=cmd_logs)
+    s = sub.add_parser("wait")
+    s.add_argument("job_id", type=int)
+    s.add_argument("--timeout", type=float)
+    s.set_defaults(func=cmd_wait)
+    s = sub.add_parser("cancel")
+    s.add_argument("job_ids", type=int, nargs="*")
+    s.add_argument("--all", action="store_true")
+    s.set_defaults(func=cmd_cancel)
+    sub.add_parser("idle-seconds").set_defaults(func=cmd_idle_seconds)
+    sub.add_parser("version").set_defaults(func=cmd_version)
+    s = sub.add_parser("_runner")
+    s.add_argument("job_id", type=int)
+    s.set_defaults(func=cmd_runner)
+    return p
+
+
+def main(argv=None):
+    try:
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        if getattr(args, "offset", 0) < 0:
+            raise AgentError("--offset must be >= 0")
+        return args.func(args)
+    except AgentError as e:
+        _out({"error": str(e)})
+        return e.code
+    except BrokenPipeError:  # the client went away while we were streaming
+        return 0
+    except Exception as e:
+        _out({"error": "internal error: %s: %s" % (type(e).__name__, e)})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,503 @@
+"""Task YAML → immutable `Task` with its `Resources` candidates.
+
+Every error is a `SpecError` that names the file, the field path (and its line when known) and what to
+do. Structure is validated with a JSON Schema (compiled with fastjsonschema: ~10 ms to import); the small
+value syntaxes (`A100:8`, `cpus: 4+`, `infra: aws/us-east-1`) are parsed in resources.py.
+
+Expansion of `resources:` into candidates, as SkyPilot does:
+  - `any_of: [...]`        → one group; the optimizer picks the cheapest of the group.
+  - `ordered: [...]`       → one group per entry, tried in order (a later group only when every
+                             place of the earlier ones is unavailable).
+  - `accelerators: [A, B]` → ordered groups, like `ordered`.
+  - `accelerators: {A: 1, B: 2}` (a set/dict) → one group, cheapest wins.
+  Entry keys override the top-level keys of `resources:`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import resources as R
+from .errors import SpecError
+from .resources import Autostop, JobRecovery, Resources
+
+_BUCKET_PREFIXES = ("s3://", "gs://", "gcs://", "r2://", "cos://", "https://", "http://", "az://", "oci://")
+_RECOVERY_STRATEGIES = ("FAILOVER", "EAGER_NEXT_REGION")
+
+
+class Secret(str):
+    """A string whose repr never shows the value (so it can't leak through logs or tracebacks)."""
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
+@dataclass(frozen=True)
+class FileMount:
+    remote: str
+    source: str  # local absolute path or bucket URI
+    is_bucket: bool = False
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str | None
+    run: str | None
+    setup: str | None = None
+    workdir: str | None = None
+    num_nodes: int = 1
+    groups: tuple[tuple[Resources, ...], ...] = ((Resources(),),)
+    envs: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
+    file_mounts: tuple[FileMount, ...] = ()
+    deadline_hours: float | None = None
+    expected_hours: float | None = None
+    source: str | None = None
+
+    @property
+    def candidates(self) -> tuple[Resources, ...]:
+        return tuple(r for g in self.groups for r in g)
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.envs)
+
+    @property
+    def secret_dict(self) -> dict[str, str]:
+        return dict(self.secrets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+_validator = None
+
+
+def _validate(data: Any, source: str, root_node) -> None:
+    global _validator
+    import fastjsonschema
+
+    if _validator is None:
+        from .schema import TASK
+
+        _validator = fastjsonschema.compile(TASK)
+    try:
+        _validator(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise _schema_error(exc, source, root_node) from None
+
+
+def _schema_error(exc, source: str, root_node) -> SpecError:
+    path = [p for p in (exc.path or [])[1:]]
+    field_path = ".".join(str(p) for p in path) or "(top level)"
+    rule, definition = exc.rule, exc.rule_definition
+    hint = None
+    value = exc.value
+    if rule == "additionalProperties" and isinstance(value, dict):
+        allowed = sorted((exc.definition or {}).get("properties", {}))
+        unknown = sorted(k for k in value if k not in allowed)
+        key = unknown[0] if unknown else "?"
+        close = get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+        where = field_path if path else None
+        line = _line_of(root_node, path + [key], key_line=True)
+        msg = f"unknown key {key!r}" + (f" in {where}" if where else "")
+        return SpecError(msg, hint, source=_with_line(source, line), field=None)
+    if rule == "propertyNames":
+        hint = "environment variable names are letters, digits and _ and do not start with a digit"
+        msg = "invalid environment variable name"
+    elif rule in ("type", "anyOf"):
+        want = definition if rule == "type" else _describe_anyof(exc.definition)
+        msg = f"expected {_type_words(want)}, got {_type_name(value)} {_short(value)}"
+    elif rule in ("minimum", "exclusiveMinimum"):
+        msg = f"{_short(value)} is too small (minimum {definition})"
+    elif rule == "minItems":
+        msg = "must not be empty"
+    elif rule == "required":
+        msg = f"missing required key(s): {', '.join(definition)}"
+    else:
+        msg = exc.message.replace("data.", "").replace("data ", "")
+    line = _line_of(root_node, path)
+    return SpecError(msg, hint, source=_with_line(source, line), field=field_path)
+
+
+def _describe_anyof(definition) -> list[str]:
+    kinds: list[str] = []
+    for alt in (definition or {}).get("anyOf", []):
+        t = alt.get("type")
+        for k in (t if isinstance(t, list) else [t] if t else []):
+            if k not in kinds:
+                kinds.append(k)
+    return kinds
+
+
+def _type_words(t) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true/false", "null": "nothing"}
+    ts = t if isinstance(t, list) else [t]
+    words = [names.get(x, str(x)) for x in ts if x != "null"]
+    return " or ".join(words) or "a value"
+
+
+def _type_name(v) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "an integer",
+            float: "a number", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _with_line(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line else source
+
+
+def _line_of(node, path: list, key_line: bool = False) -> int | None:
+    """1-based line of the YAML node at `path` (or of the key itself when key_line)."""
+    try:
+        import yaml
+
+        cur = node
+        line = None
+        for part in path:
+            if isinstance(cur, yaml.MappingNode):
+                for k, v in cur.value:
+                    if k.value == str(part):
+                        line = k.start_mark.line + 1
+                        cur = v
+                        break
+                else:
+                    return line
+            elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int) and part < len(cur.value):
+                cur = cur.value[part]
+                line = cur.start_mark.line + 1
+            else:
+                return line
+        return line if key_line else (cur.start_mark.line + 1 if cur is not None else line)
+    except Exception:  # line numbers are a courtesy; never fail the error path
+        return None
+
+
+def read_yaml(path: str | os.PathLike) -> tuple[Any, Any, str]:
+    """Read a task file. Returns (data, yaml root node, display name)."""
+    p = Path(path)
+    shown = str(path)
+    if not p.exists():
+        raise SpecError("file not found", "check the path; a task is a YAML file like examples/hello.yaml",
+                        source=shown)
+    if p.is_dir():
+        raise SpecError("is a directory, not a task file", "pass the YAML file inside it", source=shown)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", "check the file's permissions", source=shown) from None
+    return parse_yaml_bytes(raw, shown)
+
+
+def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
+    import yaml
+
+    if b"\x00" in raw[:8192]:
+        raise SpecError("is not a text file (binary data)", "a task is a YAML text file", source=shown)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"is not UTF-8 text (byte {exc.start})", "save the task file as UTF-8",
+                        source=shown) from None
+    if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
+        raise SpecError("is empty", "a task needs at least `run:` (see examples/hello.yaml)", source=shown)
+    Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        loader = Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{shown}:{mark.line + 1}" if mark else shown
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"malformed YAML: {problem}", "check indentation and quoting around that line",
+                        source=where) from None
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping of task fields at the top level, got {_type_name(data)}",
+                        "a task looks like:  name: x\\n  run: echo hi", source=shown)
+    return data, node, shown
+
+
+def load_task(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Task:
+    data, node, shown = read_yaml(path)
+    return task_from_dict(data, source=shown, overrides=overrides, node=node)
+
+
+def task_from_dict(data: dict, *, source: str = "<task>", overrides: Mapping[str, Any] | None = None,
+                   node=None) -> Task:
+    _validate(data, source, node)
+    data = dict(data)
+    ov = dict(overrides or {})
+    resources = dict(data.get("resources") or {})
+    resources = _apply_resource_overrides(resources, ov)
+
+    groups = _expand(resources, source)
+    num_nodes = ov.get("num_nodes") or data.get("num_nodes") or 1
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise SpecError(f"{num_nodes!r} is not a node count", "expected an integer ≥ 1", source=source,
+                        field="num_nodes")
+
+    envs = _env_map(data.get("envs"), "envs", source)
+    envs.update(ov.get("envs") or {})
+    secrets = _env_map(data.get("secrets"), "secrets", source)
+    secrets.update(ov.get("secrets") or {})
+    for kind, mapping in (("envs", envs), ("secrets", secrets)):
+        missing = [k for k, v in mapping.items() if v is None]
+        if missing:
+            flag = "--env" if kind == "envs" else "--secret"
+            raise SpecError(f"{missing[0]} has no value", f"pass it on the command line: {flag} {missing[0]}=VALUE",
+                            source=source, field=f"{kind}.{missing[0]}")
+
+    workdir = data.get("workdir")
+    if isinstance(workdir, dict):
+        raise SpecError("a git workdir ({url, ref}) is not supported yet", "use a local directory path",
+                        source=source, field="workdir")
+    if workdir is not None:
+        wd = Path(os.path.expanduser(workdir))
+        if not wd.is_absolute():
+            wd = Path.cwd() / wd
+        if not wd.is_dir():
+            raise SpecError(f"{workdir!r} is not a directory", "workdir is a local folder, relative to where "
+                            "you run broker", source=source, field="workdir")
+        workdir = str(wd.resolve())
+
+    deadline = expected = None
+    if data.get("deadline") is not None:
+        deadline = R.parse_hours(data["deadline"], "deadline")
+    if data.get("expected_hours") is not None:
+        expected = float(data["expected_hours"])
+
+    return Task(
+        name=ov.get("name") or data.get("name"),
+        run=data.get("run"),
+        setup=data.get("setup"),
+        workdir=workdir,
+        num_nodes=num_nodes,
+        groups=groups,
+        envs=tuple(sorted((k, str(v)) for k, v in envs.items())),
+        secrets=tuple(sorted((k, Secret(v)) for k, v in secrets.items())),
+        file_mounts=_file_mounts(data.get("file_mounts"), source),
+        deadline_hours=deadline,
+        expected_hours=expected,
+        source=source,
+    )
+
+
+def _env_map(m, kind: str, source: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for k, v in (m or {}).items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out[str(k)] = None if v is None else str(v)
+    return out
+
+
+def _file_mounts(m, source: str) -> tuple[FileMount, ...]:
+    out = []
+    for remote, spec in (m or {}).items():
+        fp = f"file_mounts.{remote}"
+        mode = None
+        if isinstance(spec, dict):
+            src = spec.get("source") or spec.get("name")
+            mode = spec.get("mode")
+            if not src:
+                raise SpecError("a storage mount needs `source` (or `name`)", None, source=source, field=fp)
+            if spec.get("name") and not spec.get("source"):
+                src = f"{spec.get('store', 's3')}://{spec['name']}"
+        else:
+            src = str(spec)
+        if src.startswith(_BUCKET_PREFIXES):
+            out.append(FileMount(remote, src, is_bucket=True, mode=mode))
+            continue
+        local = Path(os.path.expanduser(src))
+        if not local.is_absolute():
+            local = Path.cwd() / local
+        if not local.exists():
+            raise SpecError(f"local path {src!r} does not exist", "file_mounts map a remote path to a local "
+                            "file or folder (or a bucket URI)", source=source, field=fp)
+        out.append(FileMount(remote, str(local.resolve()), mode=mode))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# resources: overrides and expansion
+
+_LOCATION_KEYS = ("infra", "cloud", "region", "zone")
+
+
+def _apply_resource_overrides(res: dict, ov: Mapping[str, Any]) -> dict:
+    res = dict(res)
+    entries_keys = [k for k in ("any_of", "ordered") if k in res]
+
+    def set_key(key, value, clear=()):
+        for k in (key, *clear):
+            res.pop(k, None)
+            for ek in entries_keys:
+                res[ek] = [{kk: vv for kk, vv in e.items() if kk != k} for e in res[ek]]
+        res[key] = value
+
+    if ov.get("infra"):
+        set_key("infra", ov["infra"], clear=_LOCATION_KEYS)
+    for k in ("cloud", "region", "zone"):
+        if ov.get(k):
+            if "infra" in res or any("infra" in e for ek in entries_keys for e in res[ek]):
+                # fold an existing infra into explicit fields so one of them can be overridden
+                _split_infra(res, entries_keys)
+            set_key(k, ov[k])
+    mapping = {"gpus": "accelerators", "cpus": "cpus", "memory": "memory", "instance_type": "instance_type",
+               "disk_size": "disk_size"}
+    for ok, rk in mapping.items():
+        if ov.get(ok) is not None:
+            set_key(rk, ov[ok])
+    if ov.get("use_spot") is not None:
+        set_key("use_spot", bool(ov["use_spot"]))
+    return res
+
+
+def _split_infra(res: dict, entries_keys) -> None:
+    def split(d):
+        if d.get("infra"):
+            c, r, z = R.parse_infra(d.pop("infra"), "resources.infra")
+            d.setdefault("cloud", c)
+            d.setdefault("region", r)
+            d.setdefault("zone", z)
+
+    split(res)
+    for ek in entries_keys:
+        for e in res[ek]:
+            split(e)
+
+
+def _expand(res: dict, source: str) -> tuple[tuple[Resources, ...], ...]:
+    if "any_of" in res and "ordered" in res:
+        raise SpecError("use either any_of or ordered, not both", None, source=source, field="resources")
+    base = {k: v for k, v in res.items() if k not in ("any_of", "ordered")}
+    if "any_of" in res:
+        raw_groups = [[({**base, **e}, f"resources.any_of[{i}]") for i, e in enumerate(res["any_of"])]]
+    elif "ordered" in res:
+        raw_groups = [[({**base, **e}, f"resources.ordered[{i}]")] for i, e in enumerate(res["ordered"])]
+    else:
+        raw_groups = [[(base, "resources")]]
+
+    groups: list[tuple[Resources, ...]] = []
+    for raw_group in raw_groups:
+        accel_lists = [(raw, fp) for raw, fp in raw_group if isinstance(raw.get("accelerators"), list)]
+        if len(raw_group) == 1 and accel_lists:
+            raw, fp = raw_group[0]
+            for i, acc in enumerate(raw["accelerators"]):
+                groups.append(tuple(_build(raw, fp, acc, f"{fp}.accelerators[{i}]", source)))
+            continue
+        group: list[Resources] = []
+        for raw, fp in raw_group:
+            acc = raw.get("accelerators")
+            if isinstance(acc, (list, dict)):
+                items = acc if isinstance(acc, list) else [f"{k}:{v if v is not None else 1}" for k, v in acc.items()]
+                for i, a in enumerate(items):
+                    group.extend(_build(raw, fp, a, f"{fp}.accelerators", source))
+            else:
+                group.extend(_build(raw, fp, acc, f"{fp}.accelerators", source))
+        groups.append(tuple(group))
+    return tuple(groups)
+
+
+def _build(raw: dict, fp: str, acc, acc_fp: str, source: str) -> list[Resources]:
+    """One raw resources dict with a single accelerator choice → Resources (a dict of accelerators
+    yields one per entry)."""
+    if isinstance(acc, dict):
+        return [r for k, v in acc.items() for r in _build(raw, fp, f"{k}:{v if v is not None else 1}", acc_fp, source)]
+    try:
+        return [_resources(raw, fp, acc, acc_fp)]
+    except SpecError as exc:
+        if exc.source is None:
+            raise SpecError(exc.message, exc.hint, source=source) from None
+        raise
+
+
+def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
+    cloud = region = zone = None
+    if raw.get("infra"):
+        if any(raw.get(k) for k in ("cloud", "region", "zone")):
+            raise SpecError("give either infra or cloud/region/zone, not both", None, field=f"{fp}.infra")
+        cloud, region, zone = R.parse_infra(raw["infra"], f"{fp}.infra")
+    else:
+        cloud = R.normalize_cloud(raw["cloud"], f"{fp}.cloud") if raw.get("cloud") else None
+        region, zone = raw.get("region"), raw.get("zone")
+        if region is not None and cloud is None and False:
+            pass
+    accel, count = (None, 0.0)
+    if acc not in (None, ""):
+        accel, count = R.parse_accelerator(acc, acc_fp)
+    use_spot = raw.get("use_spot")
+    jr = raw.get("job_recovery", raw.get("spot_recovery"))
+    autostop = _autostop(raw.get("autostop"), f"{fp}.autostop")
+    image = raw.get("image_id")
+    images: tuple[tuple[str, str], ...] = ()
+    if isinstance(image, dict):
+        images = tuple(sorted((str(k), str(v)) for k, v in image.items()))
+    elif image:
+        images = (("", str(image)),)
+    return Resources(
+        cloud=cloud,
+        region=str(region) if region else None,
+        zone=str(zone) if zone else None,
+        accelerator=accel,
+        accelerator_count=count,
+        cpus=R.parse_amount(raw.get("cpus"), f"{fp}.cpus"),
+        memory=R.parse_amount(raw.get("memory"), f"{fp}.memory", allow_ratio=True),
+        instance_type=raw.get("instance_type"),
+        use_spot=bool(use_spot),
+        use_spot_explicit=use_spot is not None,
+        disk_size=R.parse_disk_size(raw.get("disk_size"), f"{fp}.disk_size"),
+        disk_tier=raw.get("disk_tier"),
+        ports=R.parse_ports(raw.get("ports"), f"{fp}.ports"),
+        image_id=images,
+        labels=tuple(sorted((str(k), str(v)) for k, v in (raw.get("labels") or {}).items())),
+        max_hourly_cost=raw.get("max_hourly_cost"),
+        autostop=autostop,
+        job_recovery=_job_recovery(jr, f"{fp}.job_recovery"),
+    )
+
+
+def _autostop(v, fp: str) -> Autostop | None:
+    if v is None or v is False:
+        return None
+    if v is True:
+        return Autostop(5)
+    if isinstance(v, dict):
+        return Autostop(R.parse_duration_minutes(v.get("idle_minutes", 5), f"{fp}.idle_minutes"),
+                        bool(v.get("down", False)))
+    return Autostop(R.parse_duration_minutes(v, fp))
+
+
+def _job_recovery(v, fp: str) -> JobRecovery | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = {"strategy": v}
+    strategy = (v.get("strategy") or "EAGER_NEXT_REGION").upper()
+    if strategy not in _RECOVERY_STRATEGIES:
+        close = get_close_matches(strategy, _RECOVERY_STRATEGIES, n=1)
+        raise SpecError(f"unknown recovery strategy {v.get('strategy')!r}",
+                        f"did you mean {close[0]!r}?" if close else f"one of {', '.join(_RECOVERY_STRATEGIES)}",
+                        field=f"{fp}.strategy")
+    codes = v.get("recover_on_exit_codes") or ()
+    if isinstance(codes, int):
+        codes = (codes,)
+    return JobRecovery(strategy, int(v.get("max_restarts_on_errors") or 0), tuple(int(c) for c in codes))
+
+
+def replace_groups(task: Task, groups) -> Task:
+    return replace(task, groups=tuple(tuple(g) for g in groups))

@@ -1,0 +1,176 @@
+"""Deadline-aware spot policies (Can't Be Late, NSDI'24) as pure objects.
+
+A policy is built for one job (`Job`) and is then asked, once per tick, `decide(Observation) -> Decision`.
+It never sees the future; it may keep state between calls (e.g. "committed to on-demand"), so a
+controller creates one policy object per job run. Times are in seconds.
+
+Model (shared with the simulator and the omniscient DP): at the start of tick i the job has `progress`
+seconds of work done and holds `held` (a held spot instance that is no longer available has been
+preempted: held = NONE). The policy picks SPOT (only if available), ON_DEMAND or NONE for the tick.
+Switching to a different instance costs `overhead` seconds of no progress, billed at the new
+instance's price; going idle is free.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from skybroker.errors import UsageError
+
+
+class Decision(str, Enum):
+    NONE = "none"
+    SPOT = "spot"
+    ON_DEMAND = "on_demand"
+
+
+NONE, SPOT, ON_DEMAND = Decision.NONE, Decision.SPOT, Decision.ON_DEMAND
+
+
+@dataclass(frozen=True)
+class Job:
+    task_s: int  # C(0): compute time needed
+    deadline_s: int  # R(0): wall-clock time allowed
+    overhead_s: int  # d: restart overhead of a switch
+    tick_s: int  # decision step (the trace's gap)
+
+    @classmethod
+    def from_hours(cls, task_hours: float, deadline_hours: float, overhead_hours: float,
+                   tick_seconds: int) -> "Job":
+        for name, v in (("task hours", task_hours), ("deadline hours", deadline_hours)):
+            if not (v > 0 and math.isfinite(v)):
+                raise UsageError(f"{name} must be a positive number, got {v}")
+        if not (overhead_hours >= 0 and math.isfinite(overhead_hours)):
+            raise UsageError(f"overhead hours must be >= 0, got {overhead_hours}")
+        if deadline_hours < task_hours:
+            raise UsageError(f"the deadline ({deadline_hours:g} h) is shorter than the task "
+                             f"({task_hours:g} h): no schedule can meet it",
+                             "give --deadline-hours >= --task-hours")
+        return cls(round(task_hours * 3600), round(deadline_hours * 3600),
+                   round(overhead_hours * 3600), int(tick_seconds))
+
+    @property
+    def ticks(self) -> int:
+        """Number of whole ticks before the deadline (the deadline is rounded down to a tick)."""
+        return self.deadline_s // self.tick_s
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    elapsed_s: float
+    progress_s: float
+    spot_available: bool
+    held: Decision  # what is held now, after any preemption
+    overhead_left_s: float = 0.0  # restart overhead still unpaid on the held instance
+
+
+class Policy:
+    name = "abstract"
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def decide(self, obs: Observation) -> Decision:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # -- helpers shared by the policies -------------------------------------------------------
+    def _slack(self, obs: Observation) -> float:
+        """Spare time: whole ticks left before the deadline minus work left."""
+        j = self.job
+        left = (j.deadline_s - obs.elapsed_s) // j.tick_s * j.tick_s
+        return left - (j.task_s - obs.progress_s)
+
+    def _safety_net(self, obs: Observation, margin_s: float) -> bool:
+        """R(t) < C(t) + margin, rounded to whole ticks: remaining time down, need up."""
+        j = self.job
+        left = (j.deadline_s - obs.elapsed_s) // j.tick_s * j.tick_s
+        need = math.ceil((j.task_s - obs.progress_s + margin_s) / j.tick_s) * j.tick_s
+        return need >= left
+
+
+class OnDemand(Policy):
+    """Always on-demand: the normalisation baseline."""
+
+    name = "on_demand"
+
+    def decide(self, obs: Observation) -> Decision:
+        return ON_DEMAND
+
+
+class Greedy(Policy):
+    """Spot whenever available, else idle; once R(t) < C(t) + 2d go on-demand and stay.
+
+    A job riding a spot instance keeps it until preemption (with the 2d net this never misses)."""
+
+    name = "greedy"
+
+    def __init__(self, job: Job):
+        super().__init__(job)
+        self.committed = False
+
+    def decide(self, obs: Observation) -> Decision:
+        if self.committed:
+            return ON_DEMAND
+        if obs.held is SPOT and obs.spot_available:
+            return SPOT
+        if self._safety_net(obs, 2 * self.job.overhead_s):
+            self.committed = True
+            return ON_DEMAND
+        return SPOT if obs.spot_available else NONE
+
+
+class UniformProgress(Policy):
+    """Uniform Progress (the paper's policy): ep(t) = t*C/R.
+
+    - safety net: once R(t) < C(t) + 2d (idle or on-demand), on-demand until the end;
+    - exploitation: spot whenever available, kept until preempted;
+    - idle and behind (cp < ep(t)) -> on-demand;
+    - hysteresis: on on-demand, stay until cp >= ep(t + 2d).
+    """
+
+    name = "uniform_progress"
+
+    def __init__(self, job: Job):
+        super().__init__(job)
+        self.committed = False
+        self.rate = job.task_s / job.deadline_s
+
+    def decide(self, obs: Observation) -> Decision:
+        if self.committed:
+            return ON_DEMAND
+        if obs.held is SPOT and obs.spot_available:
+            return SPOT
+        if self._safety_net(obs, 2 * self.job.overhead_s):
+            self.committed = True
+            return ON_DEMAND
+        cp, t, d = obs.progress_s, obs.elapsed_s, self.job.overhead_s
+        if obs.held is ON_DEMAND and cp < (t + 2 * d) * self.rate:
+            return ON_DEMAND
+        if obs.spot_available:
+            return SPOT
+        if cp < t * self.rate:
+            return ON_DEMAND
+        return NONE
+
+
+POLICIES: dict[str, type[Policy]] = {
+    OnDemand.name: OnDemand,
+    Greedy.name: Greedy,
+    UniformProgress.name: UniformProgress,
+}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def make_policy(name: str, job: Job) -> Policy:
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise UsageError(f"unknown policy {name!r}",
+                         "choose from: " + ", ".join(sorted([*POLICIES, "omniscient"]))) from None
+    return cls(job)

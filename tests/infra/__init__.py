@@ -1,0 +1,1 @@
+"""Test infrastructure: real OpenSSH "VMs" in network namespaces (see netns.py)."""

@@ -1,0 +1,339 @@
+"""The on-node agent, driven exactly as the client drives it: `python3 agent.py <cmd>` with HOME = one node.
+
+Set AGENT_PYTHON (e.g. a python3.8) to run the agent under another interpreter.
+"""
+import json
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from skybroker.runtime import agent as agent_mod
+
+AGENT = Path(__file__).resolve().parents[2] / "skybroker" / "runtime" / "agent.py"
+PY = os.environ.get("AGENT_PYTHON", sys.executable)
+GATE = 'while [ ! -e "$HOME/go" ]; do sleep 0.02; done'  # a job blocks here until the test opens the gate
+
+
+def poll(pred, timeout=15.0, what="condition"):
+    deadline = time.time() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.02)
+
+
+def pid_gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return True
+    return data[data.rfind(")") + 2] in "ZX"  # a zombie is dead (this container's init reaps slowly)
+
+
+class Node:
+    def __init__(self, home):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ, HOME=str(self.home))
+
+    def run(self, *args, stdin=None, timeout=30):
+        return subprocess.run([PY, str(AGENT), *map(str, args)], input=stdin, capture_output=True,
+                              env=self.env, timeout=timeout)
+
+    def cmd(self, *args, stdin=None):
+        r = self.run(*args, stdin=stdin)
+        assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+        return json.loads(r.stdout)
+
+    def submit(self, job_id, run=None, setup=None, **fields):
+        job = {"job_id": job_id, "name": "job%d" % job_id, "rank": 0, "num_nodes": 1, "setup": setup,
+               "run": run, "env": {}, "secret_env": {}, "workdir": "~/sky_workdir", "setup_key": None}
+        job.update(fields)
+        out = self.cmd("submit", stdin=json.dumps(job).encode())
+        assert out["job_id"] == job_id
+        return out
+
+    def job(self, job_id):
+        jobs = self.cmd("status", "--job", job_id)["jobs"]
+        assert len(jobs) == 1
+        return jobs[0]
+
+    def wait_status(self, job_id, *statuses, timeout=15.0):
+        return poll(lambda: (lambda j: j if j["status"] in statuses else None)(self.job(job_id)), timeout,
+                    "job %d to reach %s" % (job_id, statuses))
+
+    def wait(self, job_id):
+        out = self.cmd("wait", job_id, "--timeout", 20)
+        assert not out["timed_out"]
+        return out["jobs"][0]
+
+    def log(self, job_id):
+        return self.run("logs", job_id).stdout.decode()
+
+    def open_gate(self):
+        (self.home / "go").touch()
+
+    def runner_pid(self, job_id):
+        with sqlite3.connect(str(self.home / ".broker" / "agent.db")) as db:
+            return db.execute("SELECT runner_pid FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(tmp_path / "node0")
+    yield n
+    n.run("cancel", "--all")  # never leave runners behind, even when a test fails
+
+
+def test_submit_runs_to_success_with_log(node):
+    assert node.cmd("submit", stdin=json.dumps({"job_id": 1, "run": "echo hello; pwd"}).encode()) == \
+        {"job_id": 1, "status": "PENDING"}
+    job = node.wait(1)
+    assert job["status"] == "SUCCEEDED" and job["exit_code"] == 0
+    assert job["submitted_at"] <= job["started_at"] <= job["ended_at"]
+    assert node.log(1) == "hello\n%s\n" % (node.home / "sky_workdir")
+    assert node.cmd("status")["jobs"][0]["job_id"] == 1
+    assert node.cmd("status", "--job", 42) == {"jobs": []}
+
+
+def test_env_and_secrets_reach_job_but_no_file(node):
+    secret = "s3cr3t-Value-9f8e7d"
+    node.submit(1, setup='echo "setup $PUBLIC"', run='echo "$PUBLIC"; printf %s "$TOKEN" > "$HOME/seen"; ' + GATE,
+                env={"PUBLIC": "visible"}, secret_env={"TOKEN": secret}, setup_key="k")
+    node.wait_status(1, "RUNNING")
+    poll(lambda: (node.home / "seen").exists(), what="job to write the secret")
+    cmdline = Path("/proc/%d/cmdline" % node.runner_pid(1)).read_bytes()
+
+    def leaked():
+        return [str(p) for p in (node.home / ".broker").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+    assert leaked() == [] and secret.encode() not in cmdline  # while the runner holds it in memory
+    node.open_gate()
+    assert node.wait(1)["status"] == "SUCCEEDED"
+    assert (node.home / "seen").read_text() == secret
+    assert node.log(1) == "setup visible\nvisible\n"
+    assert leaked() == []
+
+
+def test_fifo_order_one_job_at_a_time(node):
+    for i in (1, 2, 3):
+        node.submit(i, run='echo start%d >> "$HOME/order"; %s; echo end%d >> "$HOME/order"' % (i, GATE, i))
+    node.wait_status(1, "RUNNING")
+    assert [node.job(i)["status"] for i in (2, 3)] == ["PENDING", "PENDING"]
+    node.open_gate()
+    for i in (1, 2, 3):
+        assert node.wait(i)["status"] == "SUCCEEDED"
+    assert (node.home / "order").read_text().split() == ["start1", "end1", "start2", "end2", "start3", "end3"]
+    jobs = [node.job(i) for i in (1, 2, 3)]
+    assert jobs[0]["ended_at"] <= jobs[1]["started_at"] and jobs[1]["ended_at"] <= jobs[2]["started_at"]
+
+
+def test_setup_runs_once_per_setup_key(node):
+    setup = 'echo "setup $N" | tee -a "$HOME/setups"'
+    node.submit(1, setup=setup, run="echo run1", setup_key="k1", env={"N": "1"})
+    node.submit(2, setup=setup, run="echo run2", setup_key="k1", env={"N": "2"})
+    node.submit(3, setup=setup, run="echo run3", setup_key="k2", env={"N": "3"})
+    node.submit(4, setup=setup, run="echo run4", setup_key=None, env={"N": "4"})
+    for i in (1, 2, 3, 4):
+        assert node.wait(i)["status"] == "SUCCEEDED"
+    assert (node.home / "setups").read_text().split("\n")[:-1] == ["setup 1", "setup 3", "setup 4"]
+    assert node.log(1) == "setup 1\nrun1\n"  # setup then run, same log, in order
+    assert node.log(2) == "run2\n"
+
+
+def test_failed_setup_and_failed_run_record_exit_codes(node):
+    node.submit(1, setup="echo broken; exit 3", run='touch "$HOME/ran1"', setup_key="k")
+    node.submit(2, run="echo oops; exit 7")
+    node.submit(3, setup="echo fixed", run="true", setup_key="k")  # a failed setup does not count as done
+    j1, j2, j3 = node.wait(1), node.wait(2), node.wait(3)
+    assert (j1["status"], j1["exit_code"]) == ("FAILED_SETUP", 3) and "setup" in j1["reason"]
+    assert not (node.home / "ran1").exists()
+    assert (j2["status"], j2["exit_code"]) == ("FAILED", 7)
+    assert (j3["status"], j3["exit_code"]) == ("SUCCEEDED", 0)
+    assert node.log(1) == "broken\n" and node.log(3) == "fixed\n"
+
+
+def test_cancel_running_job_kills_whole_tree(node):
+    node.submit(1, run='bash -c \'sleep 300 & echo $! > "$HOME/gc.pid"; wait\' & echo $! > "$HOME/child.pid"; wait')
+    node.submit(2, run="echo after")
+    poll(lambda: (node.home / "gc.pid").exists() and (node.home / "gc.pid").read_text().strip(), what="gc pid")
+    pids = [int((node.home / n).read_text()) for n in ("child.pid", "gc.pid")]
+    assert not any(pid_gone(p) for p in pids)
+    assert node.cmd("cancel", 1) == {"cancelled": [1]}
+    assert [pid_gone(p) for p in pids] == [True, True]  # gone when cancel returns
+    assert node.job(1)["status"] == "CANCELLED"
+    assert node.wait(2)["status"] == "SUCCEEDED"  # the queue goes on
+    assert node.wait(1)["status"] == "CANCELLED"  # the runner did not overwrite it
+    assert node.cmd("cancel", 1) == {"cancelled": []}
+
+
+def test_cancel_escalates_to_sigkill(node):
+    node.submit(1, run='trap "" TERM; echo $$ > "$HOME/p.pid"; sleep 300')
+    poll(lambda: (node.home / "p.pid").exists() and (node.home / "p.pid").read_text().strip(), what="pid")
+    node.wait_status(1, "RUNNING")
+    pid = int((node.home / "p.pid").read_text())
+    assert node.cmd("cancel", "--all") == {"cancelled": [1]}
+    assert pid_gone(pid)
+
+
+def test_cancel_pending_job(node):
+    node.submit(1, run=GATE)
+    node.submit(2, run='touch "$HOME/ran2"')
+    node.submit(3, run="echo three")
+    node.wait_status(1, "RUNNING")
+    assert node.cmd("cancel", 2, 99) == {"cancelled": [2]}
+    node.open_gate()
+    assert [node.wait(i)["status"] for i in (1, 2, 3)] == ["SUCCEEDED", "CANCELLED", "SUCCEEDED"]
+    assert not (node.home / "ran2").exists()
+
+
+def test_logs_offset_and_follow(node):
+    node.submit(1, run='echo first; %s; echo second' % GATE)
+    reader = subprocess.Popen([PY, str(AGENT), "logs", "1", "--follow"], stdout=subprocess.PIPE, env=node.env)
+    try:
+        ready, _, _ = select.select([reader.stdout], [], [], 15)
+        assert ready, "follow reader saw nothing"
+        assert reader.stdout.readline() == b"first\n"
+        assert node.job(1)["status"] == "RUNNING"  # streamed before the job ended
+        r = node.run("logs", 1, "--offset", 6, "--wait-seconds", 0.2)  # long-poll with no new data
+        assert (r.returncode, r.stdout) == (0, b"")
+        node.open_gate()
+        rest, _ = reader.communicate(timeout=15)
+    finally:
+        reader.kill()
+    assert (reader.returncode, rest) == (0, b"second\n")
+    assert node.run("logs", 1, "--offset", 6).stdout == b"second\n"
+    assert node.run("logs", 1, "--offset", 100).stdout == b""
+    r = node.run("logs", 77)
+    assert r.returncode == 3 and b"no such job" in r.stderr
+    assert node.run("logs", 77, "--follow").returncode == 3
+
+
+def test_wait_timeout(node):
+    node.submit(1, run=GATE)
+    out = node.cmd("wait", 1, "--timeout", 0.2)
+    assert out["timed_out"] and out["jobs"][0]["status"] in ("PENDING", "RUNNING")
+    assert node.run("wait", 5).returncode == 3
+
+
+def test_job_survives_submitter_session_dying(node):
+    job = json.dumps({"job_id": 1, "run": 'echo alive; %s; echo done' % GATE})
+    (node.home / "job.json").write_text(job)
+    session = subprocess.Popen(["bash", "-c", '"$0" "$1" submit < "$HOME/job.json"; echo submitted; sleep 300',
+                                PY, str(AGENT)], stdout=subprocess.PIPE, env=node.env, start_new_session=True)
+    assert json.loads(session.stdout.readline()) == {"job_id": 1, "status": "PENDING"}
+    assert session.stdout.readline() == b"submitted\n"  # submit returned and did not hold the pipe
+    os.killpg(session.pid, signal.SIGKILL)  # the SSH session goes away
+    session.wait()
+    session.stdout.close()
+    node.wait_status(1, "RUNNING")
+    node.open_gate()
+    assert node.wait(1)["status"] == "SUCCEEDED"
+    assert node.log(1) == "alive\ndone\n"
+
+
+def test_killed_runner_reports_failed_and_queue_continues(node):
+    node.submit(1, run='echo $$ > "$HOME/p.pid"; sleep 300')
+    node.submit(2, run="echo two")
+    node.wait_status(1, "RUNNING")
+    poll(lambda: (node.home / "p.pid").exists() and (node.home / "p.pid").read_text().strip(), what="pid")
+    os.kill(node.runner_pid(1), signal.SIGKILL)
+    job = node.wait_status(1, "FAILED")
+    assert "runner" in job["reason"]
+    poll(lambda: pid_gone(int((node.home / "p.pid").read_text())), what="orphaned job process to be killed")
+    assert node.wait(2)["status"] == "SUCCEEDED"
+
+
+def test_killed_pending_runner_does_not_block_queue(node):
+    node.submit(1, run=GATE)
+    node.submit(2, run="echo two")
+    node.submit(3, run="echo three")
+    os.kill(node.runner_pid(2), signal.SIGKILL)
+    node.open_gate()
+    assert [node.wait(i)["status"] for i in (1, 2, 3)] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+
+
+def test_concurrent_submits_no_lost_job_no_overlap(node):
+    n = 8
+    run = ('mkdir "$HOME/busy" 2>/dev/null || echo overlap >> "$HOME/overlap"; echo $JOB >> "$HOME/order"; '
+           'sleep 0.05; rmdir "$HOME/busy"')
+    procs = [subprocess.Popen([PY, str(AGENT), "submit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=node.env) for _ in range(n)]
+    for i, p in enumerate(procs, 1):
+        p.stdin.write(json.dumps({"job_id": i, "run": run, "env": {"JOB": str(i)}}).encode())
+        p.stdin.close()
+    for i, p in enumerate(procs, 1):
+        assert json.loads(p.stdout.read()) == {"job_id": i, "status": "PENDING"}
+        assert p.wait(timeout=30) == 0
+        p.stdout.close()
+    statuses = [node.wait(i)["status"] for i in range(1, n + 1)]
+    assert statuses == ["SUCCEEDED"] * n
+    assert not (node.home / "overlap").exists()
+    order = [int(x) for x in (node.home / "order").read_text().split()]
+    assert order == [j["job_id"] for j in node.cmd("status")["jobs"]]  # FIFO = submission (seq) order
+    assert sorted(order) == list(range(1, n + 1))
+
+
+def test_idle_seconds(node):
+    assert node.cmd("idle-seconds")["idle_seconds"] >= 0
+    node.submit(1, run=GATE)
+    assert node.cmd("idle-seconds") == {"idle_seconds": 0}
+    node.open_gate()
+    end = node.wait(1)["ended_at"]
+    first = node.cmd("idle-seconds")["idle_seconds"]
+    assert 0 < first <= time.time() - end + 1
+    poll(lambda: node.cmd("idle-seconds")["idle_seconds"] > first, what="idle time to grow")
+
+
+def test_next_id(node):
+    assert node.cmd("next-id") == {"job_id": 1}
+    node.submit(5, run="true")
+    assert node.cmd("next-id") == {"job_id": 6}
+    assert node.cmd("next-id") == {"job_id": 7}  # an issued id is reserved
+
+
+def test_idempotent_resubmit_and_conflicting_duplicate(node):
+    job = {"job_id": 1, "run": 'echo x >> "$HOME/count"', "secret_env": {"S": "v"}}
+    node.cmd("submit", stdin=json.dumps(job).encode())
+    again = node.cmd("submit", stdin=json.dumps(job).encode())
+    assert again["duplicate"] is True
+    r = node.run("submit", stdin=json.dumps(dict(job, run="echo other")).encode())
+    assert r.returncode != 0 and "different payload" in json.loads(r.stdout)["error"]
+    assert node.wait(1)["status"] == "SUCCEEDED"
+    assert (node.home / "count").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json", b"[1, 2]", b"{}", b'{"job_id": "1"}', b'{"job_id": true}', b'{"job_id": -1}',
+    b'{"job_id": 1, "bogus": 1}', b'{"job_id": 1, "env": {"A": 1}}', b'{"job_id": 1, "env": {"1A": "x"}}',
+    b'{"job_id": 1, "secret_env": []}', b'{"job_id": 1, "rank": 2, "num_nodes": 2}', b'{"job_id": 1, "run": 5}',
+])
+def test_bad_submit_payload(node, payload):
+    r = node.run("submit", stdin=payload)
+    assert r.returncode == 2 and "error" in json.loads(r.stdout)
+    assert node.cmd("status") == {"jobs": []}
+
+
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("logs",), ("logs", "x"), ("logs", 1, "--offset", -1),
+                                  ("wait", 1, "--timeout"), ("cancel",), ("status", "--job", "abc")])
+def test_bad_command_line(node, args):
+    r = node.run(*args)
+    assert r.returncode == 2 and "error" in json.loads(r.stdout)
+
+
+def test_module_exports(node):
+    assert node.cmd("version") == {"version": agent_mod.AGENT_VERSION}
+    assert agent_mod.source() == AGENT.read_bytes()
+    assert agent_mod.TERMINAL_STATUSES == {"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"}
+    assert {agent_mod.PENDING, agent_mod.SETTING_UP, agent_mod.RUNNING} == set(agent_mod.ACTIVE_STATUSES)
