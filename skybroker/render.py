@@ -69,6 +69,7 @@ def candidate_json(c, chosen: bool = False) -> dict:
         "memory_gib": c.memory_gib,
         "hourly_price_per_node": round(c.price, 6),
         "hourly_price_total": round(c.total, 6),
+        "suspicious_price": bool(c.offer is not None and c.offer.suspicious),
         "chosen": chosen,
     }
 
@@ -136,8 +137,12 @@ def print_plan(plan, task_name: str | None) -> None:
     for r in plan_rows(plan):
         table.add_row(escape(short_infra(r)), escape(r.instance_type), f"{r.vcpus:g}", f"{r.memory_gib:g}",
                       escape(r.accelerators() or "-"), "spot" if r.use_spot else "on-demand",
-                      _money(r.price), _money(r.total), "✔" if r is c else "")
+                      _money(r.price) + ("*" if r.offer is not None and r.offer.suspicious else ""),
+                      _money(r.total), "✔" if r is c else "")
     con.print(table)
+    if c.offer is not None and c.offer.suspicious:
+        con.print("[yellow]Warning:[/] the chosen price is far below this instance's price in other regions "
+                  "(a likely catalog anomaly, kept as published); check it before relying on it.")
 
 
 def print_gpus(rows, name: str | None) -> None:

@@ -404,7 +404,7 @@ def _expand(res: dict, source: str) -> tuple[tuple[Resources, ...], ...]:
         for raw, fp in raw_group:
             acc = raw.get("accelerators")
             if isinstance(acc, (list, dict)):
-                items = acc if isinstance(acc, list) else [f"{k}:{v if v is not None else 1}" for k, v in acc.items()]
+                items = acc if isinstance(acc, list) else _acc_items(acc)
                 for i, a in enumerate(items):
                     group.extend(_build(raw, fp, a, f"{fp}.accelerators", source))
             else:
@@ -413,11 +413,16 @@ def _expand(res: dict, source: str) -> tuple[tuple[Resources, ...], ...]:
     return tuple(groups)
 
 
+def _acc_items(acc: dict) -> list[str]:
+    """`{A100: 8, V100: 1}` and the YAML set form `{A100:8, V100:1}` (keys with null values)."""
+    return [str(k) if v is None else f"{k}:{v}" for k, v in acc.items()]
+
+
 def _build(raw: dict, fp: str, acc, acc_fp: str, source: str) -> list[Resources]:
     """One raw resources dict with a single accelerator choice → Resources (a dict of accelerators
     yields one per entry)."""
     if isinstance(acc, dict):
-        return [r for k, v in acc.items() for r in _build(raw, fp, f"{k}:{v if v is not None else 1}", acc_fp, source)]
+        return [r for a in _acc_items(acc) for r in _build(raw, fp, a, acc_fp, source)]
     try:
         return [_resources(raw, fp, acc, acc_fp)]
     except SpecError as exc:

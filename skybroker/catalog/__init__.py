@@ -5,6 +5,7 @@ Files live in `catalog_dir()`; their format and the rules that built them are in
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pathlib
@@ -94,20 +95,24 @@ def _load_index(cloud: str) -> _Index:
             text = f.read()
     except OSError as e:
         raise _err(f"cannot read {path}: {e.strerror or e}") from None
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # thousands of acyclic objects: collections would only cost time (2x on a cold start)
     try:
         idx = _parse_index(cloud, d, text)
     except BrokerError:
         raise
     except (ValueError, IndexError) as e:
         raise _err(f"{path} is corrupt ({e})") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     _indexes[key] = idx
     return idx
 
 
 def _parse_index(cloud: str, d: pathlib.Path, text: str) -> _Index:
-    lines = text.split("\n")
-    head = lines[0].split("\t")
-    if len(head) != 5 or head[0] != INDEX_MAGIC or head[2] != cloud:
+    head = text.split("\n", 1)[0].split("\t")
+    if len(head) != 6 or head[0] != INDEX_MAGIC or head[2] != cloud:
         raise _err(f"{d / index_name(cloud)} is not a {cloud} catalog index")
     if int(head[1]) != FORMAT_VERSION:
         raise _err(f"{d / index_name(cloud)} has format version {head[1]}, this broker reads {FORMAT_VERSION}")
@@ -118,33 +123,30 @@ def _parse_index(cloud: str, d: pathlib.Path, text: str) -> _Index:
         raise _err(f"offers file {offers_path} is missing") from None
     if size != int(head[4]):
         raise _err(f"{offers_path} has {size} bytes, the index expects {head[4]}")
-    spec_list: list[InstanceSpec] = []
-    blocks: dict = {}
     regions: list[str] = []
     zones: dict[str, str] = {}
-    new = _new_spec
-    for line in lines[1:]:
-        if not line or line[0] == "#":
-            continue
-        p = line.split("\t")
-        t = p[0]
-        if t == "S":
-            if len(p) != 12:
-                raise ValueError(f"bad spec line {line[:60]!r}")
-            acc = p[4] or None
-            count = float(p[5])
-            s = new(cloud, p[1], float(p[2]), float(p[3]), acc, count, p[6],
-                    float(p[7]) if p[7] else None, float(p[8]) if p[8] else None)
-            spec_list.append(s)
-            blocks[(p[1], acc, count)] = (p, s)  # offsets are converted on use
-        elif t == "R":
-            regions.append(p[1])
-        elif t == "Z":
-            zones[p[1]] = p[2]
-        else:
-            raise ValueError(f"unknown line type {t[:20]!r}")
-    if not spec_list:
+    start = text.find("\nS\t")  # spec lines come last (after the R and Z lines)
+    if start < 0:
         raise _err(f"{d / index_name(cloud)} lists no instance types")
+    for line in text[:start].split("\n")[1:]:
+        if line and line[0] != "#":
+            p = line.split("\t")
+            if p[0] == "R":
+                regions.append(p[1])
+            elif p[0] == "Z":
+                zones[p[1]] = p[2]
+            else:
+                raise ValueError(f"unknown line type {p[0][:20]!r}")
+    rows = [line.split("\t") for line in text[start + 1:].split("\n") if line]
+    if any(len(p) != 12 or p[0] != "S" for p in rows):
+        raise ValueError("bad spec line")
+    if len(rows) != int(head[5]):
+        raise ValueError(f"{len(rows)} spec lines, the header says {head[5]} (truncated?)")
+    new = _new_spec
+    spec_list = [new(cloud, p[1], float(p[2]), float(p[3]), p[4] or None, float(p[5]), p[6],
+                     float(p[7]) if p[7] else None, float(p[8]) if p[8] else None) for p in rows]
+    # offsets stay text until offers() needs them
+    blocks = {(p[1], s.accelerator_name, s.accelerator_count): (p, s) for p, s in zip(rows, spec_list)}
     return _Index(cloud, d / index_name(cloud), offers_path, spec_list, blocks, regions, zones)
 
 

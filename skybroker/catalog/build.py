@@ -34,12 +34,12 @@ INPUTS = {"aws": "aws/vms_subset.csv", "gcp": "gcp/vms.csv", "azure": "azure/vms
 SOURCES = {
     "aws": {"repo": "skypilot-org/skypilot-catalog", "path": "catalogs/v9/aws/vms.csv",
             "commit": "2c3d7ea7d76bf84cf80d382e946c1609571485fd",
-            "note": "partial: 128 complete instance-type blocks (21 families)"},
+            "note": "partial: 128 complete instance-type blocks, 21 families"},
     "gcp": {"repo": "anycloud-sh/catalog", "path": "gcp/vms.csv",
             "commit": "62ff0a987e0c257a89235415d2877812fb1aaf29", "note": "complete, byte-identical"},
     "azure": {"repo": "anycloud-sh/catalog", "path": "azure/vms.csv",
               "commit": "62ff0a987e0c257a89235415d2877812fb1aaf29",
-              "note": "complete; Generation `V1,V2` re-quoted upstream of us"},
+              "note": "complete; the shared copy re-quotes Generation `V1,V2`"},
 }
 SUSPICIOUS_RATIO = 0.3
 
@@ -280,7 +280,7 @@ def write_cloud(acc: _Acc, out: pathlib.Path) -> dict:
             str(len(body)), str(len(data)), str(len(offers))]) + "\n")
         body += data
         n_offers += len(offers)
-    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{acc.cloud}\t{offers_name(acc.cloud)}\t{len(body)}\n",
+    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{acc.cloud}\t{offers_name(acc.cloud)}\t{len(body)}\t{len(lines)}\n",
               "# S\tinstance_type\tvcpus\tmemory_gib\taccelerator\tcount\tarch\tmin_price\tmin_spot"
               "\toffset\tlength\tn_offers\n"]
     header += [f"R\t{r}\n" for r in sorted(regions)]
@@ -442,7 +442,7 @@ README_FORMAT = """\
 Per cloud two UTF-8 text files; `meta.json` holds the build metadata (`skybroker.catalog.info()`).
 
 `<cloud>.index.tsv` — read eagerly by the loader. Line 1: `{magic}<TAB>version<TAB>cloud<TAB>offers
-file<TAB>offers file size`. Then `#` comments, `R<TAB>region` lines (sorted), `Z<TAB>zone<TAB>region`
+file<TAB>offers file size<TAB>number of specs`. Then `#` comments, `R<TAB>region` lines (sorted), `Z<TAB>zone<TAB>region`
 lines (sorted; none on Azure), and one `S` line per spec, sorted by (instance type, accelerator, count):
 `S instance_type vcpus memory_gib accelerator count arch min_price min_spot offset length n_offers`
 (empty field = None). `offset`/`length` locate the spec's block in the offers file.

@@ -303,7 +303,7 @@ def cmd_submit(args):
                 _out({"job_id": job_id, "status": row["status"], "duplicate": True})
                 return 0
             with open(os.path.join(_job_dir(job_id), "runner.err"), "ab") as err:
-                proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_runner", str(job_id)],
+                proc = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "_runner", str(job_id)],
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                                         cwd=_base(), start_new_session=True, close_fds=True)
             conn.execute(

@@ -93,7 +93,17 @@ class Node:
 def node(tmp_path):
     n = Node(tmp_path / "node0")
     yield n
-    n.run("cancel", "--all")  # never leave runners behind, even when a test fails
+    db = n.home / ".broker" / "agent.db"  # never leave runners or jobs behind, even when a test fails
+    if db.exists():
+        with sqlite3.connect(str(db)) as conn:
+            rows = conn.execute("SELECT runner_pid, pgid FROM jobs WHERE status IN "
+                                "('PENDING', 'SETTING_UP', 'RUNNING')").fetchall()
+        for runner, pgid in rows:
+            for kill, target in ((os.kill, runner), (os.killpg, pgid)):
+                try:
+                    target and kill(target, signal.SIGKILL)
+                except OSError:
+                    pass
 
 
 def test_submit_runs_to_success_with_log(node):
@@ -314,22 +324,23 @@ def test_idempotent_resubmit_and_conflicting_duplicate(node):
     assert (node.home / "count").read_text() == "x\n"
 
 
-@pytest.mark.parametrize("payload", [
+BAD_PAYLOADS = [
     b"not json", b"[1, 2]", b"{}", b'{"job_id": "1"}', b'{"job_id": true}', b'{"job_id": -1}',
     b'{"job_id": 1, "bogus": 1}', b'{"job_id": 1, "env": {"A": 1}}', b'{"job_id": 1, "env": {"1A": "x"}}',
     b'{"job_id": 1, "secret_env": []}', b'{"job_id": 1, "rank": 2, "num_nodes": 2}', b'{"job_id": 1, "run": 5}',
-])
-def test_bad_submit_payload(node, payload):
-    r = node.run("submit", stdin=payload)
-    assert r.returncode == 2 and "error" in json.loads(r.stdout)
+]
+BAD_ARGS = [(), ("frobnicate",), ("logs",), ("logs", "x"), ("logs", 1, "--offset", -1), ("wait", 1, "--timeout"),
+            ("cancel",), ("status", "--job", "abc")]
+
+
+def test_bad_input_is_a_json_error(node):
+    for payload in BAD_PAYLOADS:
+        r = node.run("submit", stdin=payload)
+        assert r.returncode == 2 and "error" in json.loads(r.stdout), payload
     assert node.cmd("status") == {"jobs": []}
-
-
-@pytest.mark.parametrize("args", [(), ("frobnicate",), ("logs",), ("logs", "x"), ("logs", 1, "--offset", -1),
-                                  ("wait", 1, "--timeout"), ("cancel",), ("status", "--job", "abc")])
-def test_bad_command_line(node, args):
-    r = node.run(*args)
-    assert r.returncode == 2 and "error" in json.loads(r.stdout)
+    for args in BAD_ARGS:
+        r = node.run(*args)
+        assert r.returncode == 2 and "error" in json.loads(r.stdout), args
 
 
 def test_module_exports(node):

@@ -1,0 +1,207 @@
+"""The user's SSH key pair and the pinned host keys of instances.
+
+`ensure_user_key(broker_home)`: one key per user under BROKER_HOME/keys/ (ed25519 via ssh-keygen, else RSA
+3072 via paramiko), created once under a file lock and reused.
+
+`HostKeyStore(path)`: trust on first use, per *instance id*: the first key an instance presents is
+pinned; the same instance presenting another key later is a HostKeyMismatch. A new instance at a reused
+IP is simply a new entry. The store is a JSON file updated atomically under a file lock.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from skybroker.errors import BrokerError
+
+KEY_COMMENT = "skybroker"
+
+
+class SSHKeyError(BrokerError):
+    pass
+
+
+def _private_key_paths(keys_dir: Path) -> list[Path]:
+    return [keys_dir / "id_ed25519", keys_dir / "id_rsa"]
+
+
+def ensure_user_key(broker_home: Path) -> tuple[Path, str]:
+    """Return (private key path, public key in OpenSSH format), generating the pair on first use."""
+    keys_dir = Path(broker_home) / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    with FileLock(str(keys_dir / ".lock"), timeout=60):
+        for priv in _private_key_paths(keys_dir):
+            if priv.exists():
+                return priv, _public_key(priv)
+        return _generate(keys_dir)
+
+
+def _public_key(priv: Path) -> str:
+    pub = priv.with_name(priv.name + ".pub")
+    if pub.exists():
+        text = pub.read_text().strip()
+        if text:
+            return text
+    key = load_private_key(priv)
+    text = f"{key.get_name()} {key.get_base64()} {KEY_COMMENT}"
+    _write_atomic(pub, (text + "\n").encode(), 0o644)
+    return text
+
+
+def _generate(keys_dir: Path) -> tuple[Path, str]:
+    tmpdir = Path(tempfile.mkdtemp(prefix=".gen-", dir=keys_dir))
+    try:
+        if shutil.which("ssh-keygen"):
+            priv_tmp = tmpdir / "id_ed25519"
+            r = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", KEY_COMMENT,
+                                "-f", str(priv_tmp)], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                raise SSHKeyError(f"ssh-keygen failed: {r.stderr.strip()[:300]}")
+            name = "id_ed25519"
+        else:
+            import paramiko
+
+            key = paramiko.RSAKey.generate(3072)
+            priv_tmp = tmpdir / "id_rsa"
+            key.write_private_key_file(str(priv_tmp))
+            (tmpdir / "id_rsa.pub").write_text(f"ssh-rsa {key.get_base64()} {KEY_COMMENT}\n")
+            name = "id_rsa"
+        os.chmod(priv_tmp, 0o600)
+        os.chmod(tmpdir / f"{name}.pub", 0o644)
+        # the public half first: the private file's existence is what marks the pair as complete
+        os.replace(tmpdir / f"{name}.pub", keys_dir / f"{name}.pub")
+        os.replace(priv_tmp, keys_dir / name)
+        return keys_dir / name, _public_key(keys_dir / name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def load_private_key(path: Path | str):
+    """paramiko PKey for an OpenSSH/PEM private key file (ed25519, ecdsa, rsa)."""
+    import paramiko
+
+    try:
+        return paramiko.PKey.from_path(str(path))
+    except (OSError, paramiko.SSHException, ValueError) as e:
+        raise SSHKeyError(f"cannot load SSH private key {path}: {e}",
+                        hint="check the file exists, is readable and has no passphrase") from None
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class HostKeyStore:
+    """Pinned host keys per instance id (JSON at `path`, e.g. BROKER_HOME/known_hosts.json).
+
+    Keys are (type, base64) pairs, e.g. ("ssh-ed25519", "AAAA...")."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=30)
+        self.known_hosts_dir = self.path.parent / (self.path.stem + ".d")
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as e:
+            raise BrokerError(f"host key store {self.path} is corrupt: {e}",
+                              hint="move it aside; keys will be re-pinned on next connect") from None
+
+    def get(self, instance_id: str) -> tuple[str, str] | None:
+        entry = self._load().get(instance_id)
+        return (entry["type"], entry["key"]) if entry else None
+
+    def check_or_pin(self, instance_id: str, key_type: str, key_b64: str, *,
+                     host: str = "", node_id: str = "") -> bool:
+        """Pin on first sight (returns True), accept the pinned key (False), raise HostKeyMismatch for
+        any other key."""
+        from skybroker.runtime.runner import HostKeyMismatch
+
+        with self._lock:
+            data = self._load()
+            entry = data.get(instance_id)
+            if entry is None:
+                data[instance_id] = {"type": key_type, "key": key_b64, "host": host,
+                                     "pinned_at": int(time.time())}
+                _write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600)
+                return True
+        if (entry["type"], entry["key"]) != (key_type, key_b64):
+            raise HostKeyMismatch(node_id or instance_id, instance_id,
+                                  f"{entry['type']} {fingerprint(entry['key'])}",
+                                  f"{key_type} {fingerprint(key_b64)}")
+        return False
+
+    def forget(self, instance_id: str) -> None:
+        """Drop an instance's pin (call when the instance is terminated)."""
+        with self._lock:
+            data = self._load()
+            if data.pop(instance_id, None) is not None:
+                _write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600)
+        try:
+            self.known_hosts_file(instance_id, create=False).unlink()
+        except FileNotFoundError:
+            pass
+
+    def alias(self, instance_id: str) -> str:
+        return "broker-" + _SAFE.sub("_", instance_id)
+
+    def known_hosts_file(self, instance_id: str, create: bool = True) -> Path:
+        """A known_hosts file holding only this instance's pinned key under `alias(instance_id)`,
+        for the system ssh (`-o HostKeyAlias=...`)."""
+        path = self.known_hosts_dir / (_SAFE.sub("_", instance_id) + ".known_hosts")
+        if not create:
+            return path
+        pinned = self.get(instance_id)
+        if pinned is None:
+            raise BrokerError(f"no pinned host key for instance {instance_id}")
+        line = f"{self.alias(instance_id)} {pinned[0]} {pinned[1]}\n".encode()
+        try:
+            if path.read_bytes() == line:
+                return path
+        except FileNotFoundError:
+            pass
+        self.known_hosts_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, line, 0o600)
+        return path
+
+
+def fingerprint(key_b64: str) -> str:
+    """OpenSSH-style SHA256 fingerprint of a base64 public key blob."""
+    import base64
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    except ValueError:
+        return "?"
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")

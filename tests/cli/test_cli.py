@@ -1,0 +1,150 @@
+"""The CLI as a real subprocess: plans, JSON, errors without tracebacks, exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, broker_cmd
+
+
+def run(*args, cwd=REPO, stdin=None, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(broker_cmd() + list(args), cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=stdin if stdin is not None else subprocess.DEVNULL, env=e)
+
+
+def test_help_lists_commands_and_imports_no_sdk():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("launch", "status", "down", "show-gpus", "check", "simulate"):
+        assert cmd in r.stdout
+    code = ("import sys; from skybroker.cli import main\n"
+            "try:\n main(['--help'])\nexcept SystemExit: pass\n"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('boto3','botocore','google','azure','paramiko','numpy','rich')]\n"
+            "print('MODS=' + ','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "MODS=\n" in out.stdout, out.stdout
+
+
+def test_dryrun_plan_table():
+    r = run("launch", "--dryrun", "examples/v100.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "minimizing cost" in r.stdout
+    assert "n1-highmem-8 + V100:1" in r.stdout and "gcp/us-central1/us-central1-a" in r.stdout
+    assert "Considered resources" in r.stdout
+    for cloud in ("aws (", "azure (", "gcp ("):
+        assert cloud in r.stdout
+
+
+def test_dryrun_json_stable_keys():
+    r = run("launch", "--dryrun", "--json", "examples/a100x8.yaml", "--num-nodes", "2")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["num_nodes"] == 2 and plan["target"] == "cost"
+    ch = plan["chosen"]
+    assert set(ch) >= {"cloud", "region", "zone", "instance_type", "use_spot", "accelerators",
+                       "hourly_price_per_node", "hourly_price_total"}
+    assert ch["accelerators"] == {"A100": 8}
+    assert ch["hourly_price_total"] == pytest.approx(2 * ch["hourly_price_per_node"])
+    assert ch["hourly_price_per_node"] == pytest.approx(19.4217)
+    assert plan["alternatives"][0]["chosen"] is True
+    assert {a["cloud"] for a in plan["alternatives"]} == {"aws", "gcp", "azure"}
+    assert "no cloud credentials" in plan["note"]
+
+
+def test_overrides_from_flags():
+    r = run("launch", "--dryrun", "--json", "examples/v100.yaml", "--cloud", "aws", "--use-spot",
+            "--region", "us-east-1")
+    ch = json.loads(r.stdout)["chosen"]
+    assert (ch["cloud"], ch["region"], ch["use_spot"]) == ("aws", "us-east-1", True)
+    r = run("launch", "--dryrun", "--json", "examples/cpu_spot.yaml", "--infra", "gcp", "--cpus", "8+")
+    ch = json.loads(r.stdout)["chosen"]
+    assert ch["cloud"] == "gcp" and ch["vcpus"] >= 8
+
+
+def test_credentials_decide_clouds(tmp_path):
+    env = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+    r = run("launch", "--dryrun", "--json", "examples/v100.yaml", env=env)
+    plan = json.loads(r.stdout)
+    assert plan["clouds_considered"] == ["aws"] and plan["note"] is None
+    assert plan["chosen"]["cloud"] == "aws"
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("resources:\n  acelerators: V100\nrun: x\n", "did you mean 'accelerators'"),
+    ("resources:\n  accelerators: A100:x\nrun: x\n", "NAME[:COUNT]"),
+    ("run: [unclosed\n", "malformed YAML"),
+    ("", "is empty"),
+])
+def test_bad_task_exit_2_no_traceback(tmp_path, content, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(content)
+    r = run("launch", "--dryrun", str(p))
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr and str(p) in r.stderr
+
+
+def test_missing_dir_and_binary_files(tmp_path):
+    for target, needle in ((tmp_path / "nope.yaml", "file not found"), (tmp_path, "is a directory")):
+        r = run("launch", "--dryrun", str(target))
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    garbage = tmp_path / "g.yaml"
+    garbage.write_bytes(os.urandom(256) + b"\x00")
+    r = run("launch", "--dryrun", str(garbage))
+    assert r.returncode == 2 and "binary" in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("nmae: x\n")
+    r = run("--debug", "launch", "--dryrun", str(p))
+    assert r.returncode == 2 and "Traceback" in r.stderr and "did you mean 'name'" in r.stderr
+
+
+def test_infeasible_exit_3_with_suggestion():
+    r = run("launch", "--dryrun", "examples/v100.yaml", "--gpus", "A100:32")
+    assert r.returncode == 3
+    assert "largest A100 offer is 16 per node" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_flag_values():
+    r = run("launch", "--dryrun", "examples/v100.yaml", "--env", "1X=2")
+    assert r.returncode == 2 and "not a valid variable name" in r.stderr
+    r = run("launch", "--dryrun", "examples/v100.yaml", "--cloud", "lambda")
+    assert r.returncode == 2 and "not supported" in r.stderr
+    r = run("lanch")
+    assert r.returncode == 2 and "did you mean 'launch'" in r.stderr
+
+
+def test_show_gpus_and_check():
+    r = run("show-gpus", "V100", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    v1 = {row["cloud"]: row for row in rows if row["count"] == 1}
+    assert v1["aws"]["price"] == pytest.approx(3.06) and v1["gcp"]["price"] == pytest.approx(2.95321)
+    assert v1["aws"]["spot_price"] == pytest.approx(0.3548)
+    r = run("show-gpus", "A1OO")
+    assert r.returncode == 2 and "did you mean" in r.stderr
+    r = run("check")
+    assert r.returncode == 0 and "aws" in r.stdout and "hint" in r.stdout
+    r = run("check", "--json", env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    checks = {c["cloud"]: c for c in json.loads(r.stdout)}
+    assert checks["aws"]["ok"] and not checks["gcp"]["ok"] and checks["gcp"]["hint"]
+
+
+def test_gcp_and_azure_credentials_detected(tmp_path):
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps({"type": "service_account", "project_id": "proj-1"}))
+    r = run("check", "--json", env={"GOOGLE_APPLICATION_CREDENTIALS": str(sa),
+                                    "AZURE_CLIENT_ID": "a", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s",
+                                    "AZURE_SUBSCRIPTION_ID": "sub"})
+    checks = {c["cloud"]: c for c in json.loads(r.stdout)}
+    assert checks["gcp"]["ok"] and "proj-1" in checks["gcp"]["detail"]
+    assert checks["azure"]["ok"] and "sub" in checks["azure"]["detail"]

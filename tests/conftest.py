@@ -1,0 +1,32 @@
+"""Test isolation: every test gets its own BROKER_HOME and HOME, and no cloud credentials leak in from
+the developer's environment (so plans are deterministic: all catalog clouds, no credentials)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BROKER_SHARED", REPO.parent / "shared"))
+
+_CRED_PREFIXES = ("AWS_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_", "AZURE_")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith(_CRED_PREFIXES):
+            monkeypatch.delenv(key, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("BROKER_HOME", str(tmp_path / "broker_home"))
+    monkeypatch.delenv("BROKER_DEBUG", raising=False)
+    yield
+
+
+def broker_cmd() -> list[str]:
+    """The CLI as a real subprocess, through the same interpreter running the tests."""
+    return [sys.executable, "-m", "skybroker.cli"]
