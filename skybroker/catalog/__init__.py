@@ -174,9 +174,8 @@ def offers(spec: InstanceSpec) -> list[Offer]:
         return list(cached)
     loc = idx.blocks.get(key)
     if loc is None:
-        raise BrokerError(f"{spec.cloud} catalog has no instance type {spec.instance_type}"
-                          + (f" with {spec.accelerator_name}:{spec.accelerator_count:g}" if spec.accelerator_name else ""),
-                          exit_code=2)
+        gpu = f" with {spec.accelerator_name}:{spec.accelerator_count:g}" if spec.accelerator_name else ""
+        raise BrokerError(f"{spec.cloud} catalog has no instance type {spec.instance_type}{gpu}", exit_code=2)
     p, own = loc
     try:
         off, length, n = int(p[9]), int(p[10]), int(p[11])

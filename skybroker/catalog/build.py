@@ -280,7 +280,8 @@ def write_cloud(acc: _Acc, out: pathlib.Path) -> dict:
             str(len(body)), str(len(data)), str(len(offers))]) + "\n")
         body += data
         n_offers += len(offers)
-    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{acc.cloud}\t{offers_name(acc.cloud)}\t{len(body)}\t{len(lines)}\n",
+    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{acc.cloud}\t{offers_name(acc.cloud)}\t{len(body)}"
+              f"\t{len(lines)}\n",
               "# S\tinstance_type\tvcpus\tmemory_gib\taccelerator\tcount\tarch\tmin_price\tmin_spot"
               "\toffset\tlength\tn_offers\n"]
     header += [f"R\t{r}\n" for r in sorted(regions)]
@@ -352,7 +353,8 @@ def build(upstream: pathlib.Path, out: pathlib.Path, date: str, warn=None) -> di
 
 def _default_date() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    now = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+    utc = _dt.timezone.utc
+    now = _dt.datetime.fromtimestamp(int(epoch), utc) if epoch else _dt.datetime.now(utc)
     return now.date().isoformat()
 
 
@@ -361,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upstream", type=pathlib.Path, default=DEFAULT_UPSTREAM)
     ap.add_argument("--out", type=pathlib.Path, default=None,
                     help="output folder (default: $BROKER_CATALOG_DIR or <repo>/catalogs)")
-    ap.add_argument("--date", default=None, help="build date to record (default: $SOURCE_DATE_EPOCH or today, UTC)")
+    ap.add_argument("--date", default=None,
+                    help="build date to record (default: $SOURCE_DATE_EPOCH or today, UTC)")
     args = ap.parse_args(argv)
     out = args.out or pathlib.Path(os.environ.get("BROKER_CATALOG_DIR") or DEFAULT_OUT)
     date = args.date or _default_date()
@@ -442,8 +445,8 @@ README_FORMAT = """\
 Per cloud two UTF-8 text files; `meta.json` holds the build metadata (`skybroker.catalog.info()`).
 
 `<cloud>.index.tsv` — read eagerly by the loader. Line 1: `{magic}<TAB>version<TAB>cloud<TAB>offers
-file<TAB>offers file size<TAB>number of specs`. Then `#` comments, `R<TAB>region` lines (sorted), `Z<TAB>zone<TAB>region`
-lines (sorted; none on Azure), and one `S` line per spec, sorted by (instance type, accelerator, count):
+file<TAB>offers file size<TAB>number of specs`. Then `#` comments, `R<TAB>region` lines (sorted),
+`Z<TAB>zone<TAB>region` lines (sorted; none on Azure), and last one `S` line per spec, sorted by (instance type, accelerator, count):
 `S instance_type vcpus memory_gib accelerator count arch min_price min_spot offset length n_offers`
 (empty field = None). `offset`/`length` locate the spec's block in the offers file.
 

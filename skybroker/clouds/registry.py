@@ -37,3 +37,38 @@ def virtual_candidates(cloud: str, res: Resources):
             out.append(Candidate(res, 0, "ssh", pool.name, None, "ssh-node", 0.0, 0.0, None, 0.0, False, 0.0, 1))
         return out
     return []
+
+
+_DRIVERS = {
+    "local": ("skybroker.clouds.local", "LocalCloud"),
+    "ssh": ("skybroker.clouds.ssh", "SSHCloud"),
+    "aws": ("skybroker.clouds.aws", "AWSCloud"),
+    "gcp": ("skybroker.clouds.gcp", "GCPCloud"),
+    "azure": ("skybroker.clouds.azure", "AzureCloud"),
+}
+_instances: dict = {}
+
+
+def get_cloud(name: str):
+    """The driver for a cloud, imported on first use (so planning never imports an SDK)."""
+    from ..errors import BrokerError
+
+    if name in _instances:
+        return _instances[name]
+    entry = _DRIVERS.get(name)
+    if entry is None:
+        raise BrokerError(f"unknown cloud {name!r}")
+    import importlib
+
+    try:
+        mod = importlib.import_module(entry[0])
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("skybroker"):
+            raise BrokerError(f"provisioning on {name} is not available in this build yet",
+                              "use --infra local or ssh/<pool>, or --dryrun to see the plan") from None
+        extra = {"aws": "aws", "gcp": "gcp", "azure": "azure"}.get(name, "all")
+        raise BrokerError(f"the {name} SDK is not installed ({exc.name})",
+                          f"pip install 'skybroker[{extra}]'") from None
+    drv = getattr(mod, entry[1])()
+    _instances[name] = drv
+    return drv

@@ -1,0 +1,143 @@
+"""The `local` cloud: nodes are sandboxes on this machine — one directory (used as $HOME) and one
+process group per command each, and a command runner without SSH. No account, no root, zero price.
+
+Node i of cluster C lives in BROKER_HOME/local/C/node-i and answers at 127.0.0.(i+1) (every 127/8
+address is this machine), so rank/IP plumbing is exercised as on a real cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from ..errors import InvalidRequestError
+from ..paths import broker_home
+from .base import RUNNING, STOPPED, InstanceInfo, ProvisionRequest
+
+_META = "node.json"
+
+
+class LocalCloud:
+    name = "local"
+    supports_stop = True
+
+    def _cluster_dir(self, cluster: str) -> Path:
+        return broker_home() / "local" / cluster
+
+    def _info(self, d: Path) -> InstanceInfo | None:
+        try:
+            meta = json.loads((d / _META).read_text())
+        except (OSError, ValueError):
+            return None
+        return InstanceInfo(meta["instance_id"], meta.get("state", RUNNING), meta["ip"], meta["ip"],
+                            os.environ.get("USER", "local"), 0, "local", False,
+                            {"skybroker-cluster": meta["cluster"]}, None, str(d), None, meta["rank"])
+
+    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+        if req.accelerator:
+            raise InvalidRequestError("the local cloud has no accelerators")
+        if req.num_nodes > 250:
+            raise InvalidRequestError("the local cloud supports at most 250 nodes")
+        root = self._cluster_dir(req.cluster)
+        root.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i in range(req.num_nodes):
+            d = root / f"node-{i}"
+            info = self._info(d)
+            if info is None:
+                d.mkdir(parents=True, exist_ok=True)
+                meta = {"instance_id": f"local-{req.cluster}-{i}-{int(time.time() * 1000) % 10**8}",
+                        "cluster": req.cluster, "rank": i, "ip": f"127.0.0.{i + 1}", "state": RUNNING,
+                        "created_at": time.time()}
+                _write_json(d / _META, meta)
+                info = self._info(d)
+            elif info.state != RUNNING:
+                self._set_state(d, RUNNING)
+                info = self._info(d)
+            out.append(info)
+        return out
+
+    def query(self, cluster: str, region: str | None = None) -> list[InstanceInfo]:
+        root = self._cluster_dir(cluster)
+        if not root.is_dir():
+            return []
+        infos = [self._info(d) for d in sorted(root.iterdir()) if d.is_dir()]
+        return sorted((i for i in infos if i is not None), key=lambda i: i.rank_hint or 0)
+
+    def terminate(self, cluster: str, region: str | None = None) -> None:
+        root = self._cluster_dir(cluster)
+        if not root.exists():
+            return
+        for info in self.query(cluster):
+            _kill_node_processes(Path(info.home))
+        shutil.rmtree(root, ignore_errors=True)
+
+    def stop(self, cluster: str, region: str | None = None) -> None:
+        for info in self.query(cluster):
+            _kill_node_processes(Path(info.home))
+            self._set_state(Path(info.home), STOPPED)
+
+    def start(self, cluster: str, region: str | None = None) -> list[InstanceInfo]:
+        for info in self.query(cluster):
+            self._set_state(Path(info.home), RUNNING)
+        return self.query(cluster)
+
+    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
+        return None  # this machine: every port is already reachable locally
+
+    def runner(self, cluster: str, node):
+        from ..runtime.local_runner import LocalRunner
+
+        return LocalRunner(f"{cluster}-node-{node.rank}", node.home)
+
+    def _set_state(self, d: Path, state: str) -> None:
+        meta = json.loads((d / _META).read_text())
+        meta["state"] = state
+        _write_json(d / _META, meta)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _kill_node_processes(home: Path) -> None:
+    """Kill every process whose HOME is this node's sandbox (the agent's runners and the jobs)."""
+    target = f"HOME={home}".encode()
+    me = os.getpid()
+    victims = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == me:
+            continue
+        try:
+            env = (pid_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if target + b"\x00" in env or env.endswith(target):
+            victims.append(int(pid_dir.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        if sig == signal.SIGTERM and victims:
+            deadline = time.time() + 1.0
+            while time.time() < deadline and any(_alive(p) for p in victims):
+                time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,249 @@
+"""Local state: SQLite under BROKER_HOME (WAL, schema version + migrations, JSON columns, no pickles).
+
+The clouds' tags stay the source of truth; this is a cache of what we launched plus what we are about to
+create (intents), so cleanup always knows what may exist. `status --refresh` reconciles it with the clouds.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .paths import ensure_home
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a released entry.
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE clusters (
+        name TEXT PRIMARY KEY,
+        cloud TEXT NOT NULL,
+        region TEXT,
+        zone TEXT,
+        instance_type TEXT,
+        accelerators TEXT,
+        use_spot INTEGER NOT NULL DEFAULT 0,
+        num_nodes INTEGER NOT NULL,
+        hourly_price REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        launched_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        autostop_minutes INTEGER,
+        autostop_down INTEGER NOT NULL DEFAULT 0,
+        nodes TEXT NOT NULL DEFAULT '[]',
+        resources TEXT,
+        setup_key TEXT,
+        task_id_seed TEXT
+    );
+    CREATE TABLE intents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        cloud TEXT NOT NULL,
+        region TEXT,
+        zone TEXT,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_cluster ON events(cluster, id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Cluster statuses
+INIT, UP, STOPPED = "INIT", "UP", "STOPPED"
+
+
+@dataclass
+class NodeRecord:
+    instance_id: str
+    rank: int
+    ip: str  # the address we connect to (public IP, or private for ssh pools / local)
+    private_ip: str | None = None
+    ssh_user: str | None = None
+    ssh_port: int = 22
+    home: str | None = None  # local cloud: the node's sandbox directory
+    identity_file: str | None = None
+
+
+@dataclass
+class ClusterRecord:
+    name: str
+    cloud: str
+    region: str | None
+    zone: str | None
+    instance_type: str | None
+    accelerators: str | None
+    use_spot: bool
+    num_nodes: int
+    hourly_price: float
+    status: str
+    launched_at: float
+    updated_at: float = 0.0
+    autostop_minutes: int | None = None
+    autostop_down: bool = False
+    nodes: list[NodeRecord] = field(default_factory=list)
+    resources: str | None = None
+    setup_key: str | None = None
+    task_id_seed: str | None = None
+
+    @property
+    def head(self) -> NodeRecord | None:
+        return min(self.nodes, key=lambda n: n.rank) if self.nodes else None
+
+    @property
+    def infra(self) -> str:
+        return "/".join(p for p in (self.cloud, self.region, self.zone) if p)
+
+
+def db_path() -> Path:
+    return ensure_home() / "state.db"
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path or db_path()), timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode.lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    _migrate(conn)
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+        for i in range(version, SCHEMA_VERSION):
+            for stmt in (s.strip() for s in MIGRATIONS[i].split(";")):
+                if stmt:
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_conn: sqlite3.Connection | None = None
+_conn_path: Path | None = None
+
+
+def db() -> sqlite3.Connection:
+    """A process-wide connection for the current BROKER_HOME."""
+    global _conn, _conn_path
+    path = db_path()
+    if _conn is None or _conn_path != path:
+        _conn = connect(path)
+        _conn_path = path
+    return _conn
+
+
+# ----------------------------------------------------------------------------------------------
+# clusters
+
+_COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
+         "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
+         "resources", "setup_key", "task_id_seed")
+
+
+def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
+    d = dict(row)
+    d["nodes"] = [NodeRecord(**n) for n in json.loads(d["nodes"] or "[]")]
+    d["use_spot"] = bool(d["use_spot"])
+    d["autostop_down"] = bool(d["autostop_down"])
+    return ClusterRecord(**d)
+
+
+def save_cluster(rec: ClusterRecord) -> None:
+    rec.updated_at = time.time()
+    values = asdict(rec)
+    values["nodes"] = json.dumps([asdict(n) for n in rec.nodes])
+    values["use_spot"] = int(rec.use_spot)
+    values["autostop_down"] = int(rec.autostop_down)
+    cols = ", ".join(_COLS)
+    marks = ", ".join(f":{c}" for c in _COLS)
+    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c != "name")
+    db().execute(f"INSERT INTO clusters ({cols}) VALUES ({marks}) ON CONFLICT(name) DO UPDATE SET {updates}",
+                 values)
+
+
+def get_cluster(name: str) -> ClusterRecord | None:
+    row = db().execute("SELECT * FROM clusters WHERE name = ?", (name,)).fetchone()
+    return _row_to_cluster(row) if row else None
+
+
+def list_clusters() -> list[ClusterRecord]:
+    return [_row_to_cluster(r) for r in db().execute("SELECT * FROM clusters ORDER BY launched_at, name")]
+
+
+def delete_cluster(name: str) -> None:
+    db().execute("DELETE FROM clusters WHERE name = ?", (name,))
+
+
+def set_status(name: str, status: str) -> None:
+    db().execute("UPDATE clusters SET status = ?, updated_at = ? WHERE name = ?", (status, time.time(), name))
+
+
+def set_autostop(name: str, minutes: int | None, down: bool) -> None:
+    db().execute("UPDATE clusters SET autostop_minutes = ?, autostop_down = ?, updated_at = ? WHERE name = ?",
+                 (minutes, int(down), time.time(), name))
+
+
+# ----------------------------------------------------------------------------------------------
+# intents: recorded before a create call, so cleanup knows what may exist even after a crash
+
+def add_intent(cluster: str, cloud: str, region: str | None, zone: str | None) -> int:
+    cur = db().execute("INSERT INTO intents (cluster, cloud, region, zone, created_at, state) VALUES (?,?,?,?,?,?)",
+                       (cluster, cloud, region, zone, time.time(), "creating"))
+    return int(cur.lastrowid)
+
+
+def set_intent(intent_id: int, state: str) -> None:
+    db().execute("UPDATE intents SET state = ? WHERE id = ?", (state, intent_id))
+
+
+def open_intents(cluster: str | None = None) -> list[dict]:
+    q = "SELECT * FROM intents WHERE state NOT IN ('cleaned')"
+    args: tuple = ()
+    if cluster:
+        q += " AND cluster = ?"
+        args = (cluster,)
+    return [dict(r) for r in db().execute(q, args)]
+
+
+def close_intents(cluster: str, cloud: str | None = None, region: str | None = None) -> None:
+    q = "UPDATE intents SET state = 'cleaned' WHERE cluster = ?"
+    args: list = [cluster]
+    if cloud:
+        q += " AND cloud = ?"
+        args.append(cloud)
+    if region:
+        q += " AND region IS ?"
+        args.append(region)
+    db().execute(q, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# events (what happened to a cluster: provisioning attempts, failover, autostop...)
+
+def add_event(cluster: str, kind: str, message: str) -> None:
+    db().execute("INSERT INTO events (cluster, ts, kind, message) VALUES (?,?,?,?)",
+                 (cluster, time.time(), kind, message))
+
+
+def events(cluster: str) -> list[dict]:
+    return [dict(r) for r in db().execute("SELECT * FROM events WHERE cluster = ? ORDER BY id", (cluster,))]
