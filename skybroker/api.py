@@ -77,3 +77,95 @@ def show_gpus(name: str | None = None, cloud: str | None = None) -> list[GpuRow]
                            sp.price if sp else None, sp.infra if sp else None,
                            (od or sp).instance_type if (od or sp) else None))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Clusters (see clusters.py for the use cases themselves)
+
+def cluster_exists(name: str) -> bool:
+    from . import clusters
+
+    return clusters.exists(clusters.validate_name(name))
+
+
+def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False, retry_until_up: bool = False,
+           on_event=None, on_line=None):
+    """Provision (failing over zone → region → cloud) or reuse a cluster, then run the task on it."""
+    from . import clusters
+
+    first = plan
+
+    def plan_fn(blocks):
+        nonlocal first
+        if first is not None and not blocks:
+            p, first = first, None
+            return p
+        return globals()["plan"](task, blocks, clouds=plan.clouds if plan is not None else None)
+
+    return clusters.launch(task, cluster=cluster, plan_fn=plan_fn, detach=detach, retry_until_up=retry_until_up,
+                           on_event=on_event or (lambda k, m: None), on_line=on_line or (lambda r, l: None))
+
+
+def exec_task(args: tuple[str, ...] | list[str], overrides: Mapping[str, Any] | None = None):
+    """`broker exec C task.yaml` or `broker exec C -- cmd args`."""
+    import os
+
+    if len(args) == 1 and (args[0].endswith((".yaml", ".yml")) or os.path.isfile(args[0])):
+        return load_task(args[0], overrides)
+    data = {"name": "cmd", "run": " ".join(args)}
+    return _spec.task_from_dict(data, source="<command line>", overrides=overrides)
+
+
+def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None):
+    from . import clusters
+
+    return clusters.exec_(name, task, detach=detach, on_event=on_event or (lambda k, m: None),
+                          on_line=on_line or (lambda r, l: None))
+
+
+def status(refresh: bool = False, names=None):
+    from . import clusters
+
+    return clusters.status(refresh=refresh, names=names)
+
+
+def down(names, on_event=None):
+    from . import clusters
+
+    return clusters.down(list(names), on_event=on_event or (lambda k, m: None))
+
+
+def stop(name: str):
+    from . import clusters
+
+    return clusters.stop(name)
+
+
+def start(name: str):
+    from . import clusters
+
+    return clusters.start(name)
+
+
+def set_autostop(name: str, minutes, down: bool):
+    from . import clusters
+
+    return clusters.set_autostop(name, minutes, down)
+
+
+def queue(name: str):
+    from . import clusters
+
+    return clusters.queue(name)
+
+
+def logs(name: str, job_id, *, follow: bool, on_line):
+    from . import clusters
+
+    return clusters.logs(name, job_id, follow=follow, on_line=on_line)
+
+
+def cancel(name: str, job_ids, all_jobs: bool = False):
+    from . import clusters
+
+    return clusters.cancel(name, job_ids, all_jobs)

@@ -168,3 +168,128 @@ def print_checks(checks) -> None:
         if not c.ok and c.hint:
             con.print(f"         [yellow]hint:[/] {escape(c.hint)}")
     con.print("✔ [bold]local [/] always available (runs on this machine; `--infra local`)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress, job output, clusters, jobs
+
+class Progress:
+    """Stage messages (provision, sync, setup, run) on stderr; quiet with --json."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def event(self, kind: str, message: str) -> None:
+        if self.quiet:
+            return
+        from rich.markup import escape
+
+        style = {"failover": "yellow", "warning": "yellow", "cleanup": "yellow", "retry": "yellow"}.get(kind, "cyan")
+        err_console().print(f"[{style}]›[/] {escape(message)}")
+
+    def done(self) -> None:
+        return None
+
+
+class LinePrinter:
+    """Job output on stdout, each line prefixed with its node."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+
+    def line(self, rank: int, text: str) -> None:
+        with self._lock:
+            sys.stdout.write(f"(node-{rank}) {text}\n")
+            sys.stdout.flush()
+
+
+def job_summary(st, cluster: str) -> None:
+    ok = st.status == "SUCCEEDED"
+    codes = ", ".join(f"node-{n.rank}: {n.status}" + (f" ({n.exit_code})" if n.exit_code not in (None, 0) else "")
+                      for n in st.nodes)
+    style = "green" if ok else "red"
+    err_console().print(f"[{style}]Job {st.job_id} {st.status}[/] on {cluster}"
+                        + ("" if ok else f" — {codes}"))
+
+
+def attempts(attempts, cluster: str) -> None:
+    if not attempts:
+        return
+    from rich.markup import escape
+
+    c = err_console()
+    c.print(f"[yellow]Failover report for {escape(cluster)}:[/]")
+    for i, a in enumerate(attempts, 1):
+        c.print(f"  {i}. {escape(a.place)} {escape(a.instance_type)}{' spot' if a.use_spot else ''}: "
+                f"{a.error}{(' ' + escape(a.code)) if a.code else ''} — {escape(a.message)}")
+    c.print("  then launched on the next cheapest place that had capacity.")
+
+
+def _ago(ts: float | None) -> str:
+    import time
+
+    if not ts:
+        return "-"
+    d = time.time() - ts
+    for unit, sec in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= sec:
+            return f"{int(d // sec)}{unit} ago"
+    return f"{int(d)}s ago"
+
+
+def cluster_json(r) -> dict:
+    return {"name": r.name, "cloud": r.cloud, "region": r.region, "zone": r.zone, "infra": r.infra,
+            "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
+            "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
+            "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
+            "head_ip": r.head.ip if r.head else None}
+
+
+def print_clusters(recs) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not recs:
+        console().print("No clusters. Launch one with `broker launch examples/hello.yaml`.")
+        return
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("NAME", "INFRA", "RESOURCES", "NODES", "STATUS", "LAUNCHED", "$/h", "AUTOSTOP"):
+        t.add_column(col, no_wrap=col != "RESOURCES")
+    for r in recs:
+        res = r.instance_type or "-"
+        if r.accelerators:
+            res += f" ({r.accelerators})"
+        if r.use_spot:
+            res += " spot"
+        auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
+        color = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}.get(r.status, "red")
+        t.add_row(escape(r.name), escape(r.infra), escape(res), str(r.num_nodes), f"[{color}]{r.status}[/]",
+                  _ago(r.launched_at), _money(r.hourly_price), auto)
+    console().print(t)
+
+
+def job_json(j) -> dict:
+    return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
+            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code} for n in j.nodes]}
+
+
+def print_jobs(jobs, cluster: str) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not jobs:
+        console().print(f"No jobs on {cluster}.")
+        return
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"Jobs on {cluster}", title_justify="left")
+    for col in ("ID", "NAME", "SUBMITTED", "STATUS", "EXIT", "NODES"):
+        t.add_column(col, no_wrap=True)
+    for j in jobs:
+        nodes = " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""
+        t.add_row(str(j.job_id), escape(j.name or "-"), _ago(j.submitted_at), j.status,
+                  "-" if j.exit_code is None else str(j.exit_code), nodes)
+    console().print(t)

@@ -219,10 +219,10 @@ def _kill_group(pgid, grace=CANCEL_GRACE):
     return not _group_alive(pgid)
 
 
-def _reconcile(conn):
-    """Mark non-terminal jobs whose runner is gone as FAILED and kill their leftover processes."""
+def _reconcile(conn, rows=None):
+    """Mark non-terminal jobs (default: all) whose runner is gone as FAILED and kill their leftovers."""
     boot = _boot_id()
-    for row in conn.execute("SELECT * FROM jobs WHERE " + _ACTIVE_SQL).fetchall():
+    for row in conn.execute("SELECT * FROM jobs WHERE " + _ACTIVE_SQL).fetchall() if rows is None else rows:
         same_boot = row["boot_id"] == boot
         if same_boot and _alive(row["runner_pid"], row["runner_start"]):
             continue
@@ -363,14 +363,15 @@ def _finish(conn, job_id, status, exit_code, reason):
 
 def _run_job(conn, job_id, spec, secrets):
     while True:  # wait until this job is the oldest non-terminal job on the node
-        _reconcile(conn)
         row = _get(conn, job_id)
         if row is None or row["status"] != PENDING:
             return
-        head = conn.execute("SELECT job_id FROM jobs WHERE %s ORDER BY seq LIMIT 1" % _ACTIVE_SQL).fetchone()
-        if head is not None and head[0] == job_id:
+        ahead = conn.execute("SELECT * FROM jobs WHERE %s AND seq < ? ORDER BY seq" % _ACTIVE_SQL,
+                             (row["seq"],)).fetchall()
+        if not ahead:
             break
-        time.sleep(2 * POLL)
+        _reconcile(conn, ahead[:1])  # only the head can block us; a dead head must not stall the queue
+        time.sleep(2 * POLL if len(ahead) == 1 else 10 * POLL)  # next in line polls fast, the rest slowly
     lock = open(os.path.join(_base(), "run.lock"), "a")  # held until this process exits
     fcntl.flock(lock, fcntl.LOCK_EX)
     env = dict(os.environ)

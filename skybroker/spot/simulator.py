@@ -181,6 +181,7 @@ def summarise(rows: list[Row]) -> list[dict]:
         nc = np.array([r.norm_cost for r in rs])
         gap = np.array([r.gap for r in rs])
         fin = np.isfinite(nc)
+        gfin = np.isfinite(gap)
         out.append({
             "policy": name,
             "samples": len(rs),
@@ -191,8 +192,8 @@ def summarise(rows: list[Row]) -> list[dict]:
             "od_hours": float(np.mean([r.od_hours for r in rs])),
             "spot_hours_std": float(np.std([r.spot_hours for r in rs])),
             "deadline_met": float(np.mean([r.met for r in rs])),
-            "mean_gap": float(np.nanmean(gap[fin])) if fin.any() else float("nan"),
-            "p25_gap": float(np.nanpercentile(gap[fin], 25)) if fin.any() else float("nan"),
-            "p75_gap": float(np.nanpercentile(gap[fin], 75)) if fin.any() else float("nan"),
+            "mean_gap": float(gap[gfin].mean()) if gfin.any() else float("nan"),
+            "p25_gap": float(np.percentile(gap[gfin], 25)) if gfin.any() else float("nan"),
+            "p75_gap": float(np.percentile(gap[gfin], 75)) if gfin.any() else float("nan"),
         })
     return out

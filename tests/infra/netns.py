@@ -380,6 +380,7 @@ class NodePool:
 
     def restore_network(self, node: Node) -> None:
         _ip("link", "set", node.veth, "up")
+        _ip("neigh", "flush", "to", node.ip, check=False)  # forget the FAILED entry of the cut
 
     def _destroy(self, node: Node) -> None:
         with self._lock:

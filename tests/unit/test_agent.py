@@ -274,6 +274,19 @@ def test_killed_pending_runner_does_not_block_queue(node):
     assert [node.wait(i)["status"] for i in (1, 2, 3)] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
 
 
+def test_job_from_before_a_reboot_is_failed(node):
+    node.submit(1, run=GATE)
+    node.wait_status(1, "RUNNING")
+    with sqlite3.connect(str(node.home / ".broker" / "agent.db")) as db:
+        db.execute("UPDATE jobs SET boot_id='a-previous-boot'")
+    job = node.job(1)
+    assert job["status"] == "FAILED" and "reboot" in job["reason"]
+    runner = node.runner_pid(1)
+    node.open_gate()  # let the (really still alive) runner finish; it must not overwrite the verdict
+    poll(lambda: pid_gone(runner), what="runner to exit")
+    assert node.job(1)["status"] == "FAILED"
+
+
 def test_concurrent_submits_no_lost_job_no_overlap(node):
     n = 8
     run = ('mkdir "$HOME/busy" 2>/dev/null || echo overlap >> "$HOME/overlap"; echo $JOB >> "$HOME/order"; '

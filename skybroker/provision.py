@@ -1,0 +1,126 @@
+"""Cloud-agnostic provisioning with failover: provision the best candidate → on a typed error block its
+scope (zone, region or cloud) → ask the optimizer again. A partial launch is rolled back before moving
+on, an intent is recorded before every create call, and an interrupt (Ctrl-C) rolls back what this
+attempt created before re-raising — so no instance is left running that the user does not know about.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import state
+from .clouds.base import InstanceInfo, ProvisionRequest
+from .clouds.registry import get_cloud
+from .errors import BrokerError, NoFeasibleError, ProvisionError, Scope
+from .optimizer import Block, Candidate
+
+
+@dataclass(frozen=True)
+class Attempt:
+    cloud: str
+    region: str | None
+    zone: str | None
+    instance_type: str
+    use_spot: bool
+    error: str  # error class name, e.g. CapacityError
+    code: str | None  # the cloud's own error code
+    message: str
+    scope: str
+
+    @property
+    def place(self) -> str:
+        return "/".join(p for p in (self.cloud, self.region, self.zone) if p)
+
+
+class ProvisionExhausted(BrokerError):
+    exit_code = 4
+
+    def __init__(self, attempts: list[Attempt], reason: str):
+        lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
+                 f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
+        super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines),
+                         "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
+        self.attempts = attempts
+
+
+def block_for(exc: ProvisionError, cand: Candidate) -> Block:
+    if exc.scope == Scope.ZONE:
+        return Block(cand.cloud, cand.region, cand.zone)
+    if exc.scope == Scope.REGION:
+        return Block(cand.cloud, cand.region)
+    return Block(cand.cloud)
+
+
+def request_for(cluster: str, cand: Candidate, public_key: str | None) -> ProvisionRequest:
+    res = cand.resources
+    image = None
+    for region, img in res.image_id:
+        if region in ("", cand.region):
+            image = img
+    return ProvisionRequest(cluster=cluster, region=cand.region, zone=cand.zone, instance_type=cand.instance_type,
+                            num_nodes=cand.num_nodes, use_spot=cand.use_spot, accelerator=cand.accelerator_name,
+                            accelerator_count=cand.accelerator_count, disk_size=res.disk_size, ports=res.ports,
+                            image_id=image, labels=res.labels, public_key=public_key)
+
+
+def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, public_key: str | None,
+              on_event: Callable[[str, str], None] = lambda k, m: None, retry_until_up: bool = False,
+              max_wait: float = 3600.0) -> tuple[Candidate, list[InstanceInfo], list[Attempt]]:
+    attempts: list[Attempt] = []
+    blocks: list[Block] = []
+    backoff = 5.0
+    started = time.time()
+    while True:
+        try:
+            plan = plan_fn(blocks)
+        except NoFeasibleError:
+            if not attempts:
+                raise
+            if retry_until_up and time.time() - started < max_wait:
+                wait = min(backoff, 300.0) * (0.5 + random.random())
+                on_event("retry", f"every candidate place failed; retrying in {wait:.0f}s (--retry-until-up)")
+                time.sleep(wait)
+                backoff *= 2
+                blocks = [b for b in blocks if _permanent(b, attempts)]
+                continue
+            raise ProvisionExhausted(attempts, "every feasible place failed") from None
+        cand: Candidate = plan.chosen
+        cloud = get_cloud(cand.cloud)
+        where = "/".join(p for p in (cand.cloud, cand.region, cand.zone) if p)
+        on_event("provision", f"provisioning {cand.num_nodes}× {cand.instance_type} on {where}"
+                 f"{' (spot)' if cand.use_spot else ''}")
+        intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
+        try:
+            infos = cloud.provision(request_for(cluster, cand, public_key))
+        except ProvisionError as exc:
+            a = Attempt(cand.cloud, cand.region, cand.zone, cand.instance_type, cand.use_spot,
+                        type(exc).__name__, exc.code, exc.message, exc.scope.value)
+            attempts.append(a)
+            state.add_event(cluster, "failover", f"{a.place} {a.instance_type}: {a.error} {a.code or ''} {a.message}")
+            _rollback(cloud, cluster, cand, intent, on_event)
+            if exc.scope == Scope.REQUEST:
+                raise ProvisionExhausted(attempts, "the request itself was refused") from None
+            blocks.append(block_for(exc, cand))
+            on_event("failover", f"{a.error} on {a.place} ({a.code or a.message}); blocking {blocks[-1]} and re-planning")
+            continue
+        except BaseException:
+            _rollback(cloud, cluster, cand, intent, on_event)
+            raise
+        state.set_intent(intent, "created")
+        return cand, infos, attempts
+
+
+def _permanent(block: Block, attempts: list[Attempt]) -> bool:
+    """Credentials problems stay blocked across retries; capacity and quota may clear."""
+    return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
+
+
+def _rollback(cloud, cluster: str, cand: Candidate, intent: int, on_event) -> None:
+    try:
+        cloud.terminate(cluster, cand.region)
+        state.set_intent(intent, "cleaned")
+    except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
+        on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {exc}; "
+                 f"run `broker down {cluster}` or `broker gc`")
