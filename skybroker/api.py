@@ -21,6 +21,8 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
     note = None
     if clouds is None:
         clouds, note = enabled_clouds()
+        if all(r.cloud in ("local", "ssh") for r in task.candidates):
+            note = None  # the task names where it runs; credentials do not matter
     return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, virtual=_virtual_offers)
 
 

@@ -33,7 +33,7 @@ class LocalCloud:
         except (OSError, ValueError):
             return None
         return InstanceInfo(meta["instance_id"], meta.get("state", RUNNING), meta["ip"], meta["ip"],
-                            os.environ.get("USER", "local"), 0, "local", False,
+                            os.environ.get("USER", "local"), 0, None, False,
                             {"skybroker-cluster": meta["cluster"]}, None, str(d), None, meta["rank"])
 
     def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:

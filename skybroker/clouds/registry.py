@@ -25,7 +25,7 @@ def virtual_candidates(cloud: str, res: Resources):
     if res.accelerator:
         return []
     if cloud == "local":
-        return [Candidate(res, 0, "local", "local", None, "local", float(os.cpu_count() or 1), _mem_gib(),
+        return [Candidate(res, 0, "local", None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
                           None, 0.0, False, 0.0, 1)]
     if cloud == "ssh":
         from . import ssh_pools

@@ -1,0 +1,26 @@
+"""Pieces every SSH-reachable cloud shares: the runner for a node, the user's key."""
+from __future__ import annotations
+
+from ..paths import broker_home
+
+
+def host_keys():
+    from ..runtime.keys import HostKeyStore
+
+    return HostKeyStore(broker_home() / "known_hosts.json")
+
+
+def user_key_path() -> str:
+    from ..runtime.keys import ensure_user_key
+
+    path, _ = ensure_user_key(broker_home())
+    return str(path)
+
+
+def ssh_runner(cluster: str, node, default_user: str = "ubuntu"):
+    """An SSHRunner for a NodeRecord; the host key is pinned per instance id."""
+    from ..runtime.ssh_runner import SSHRunner
+
+    key = node.identity_file or user_key_path()
+    return SSHRunner(f"{cluster}-node-{node.rank}", node.ip, node.ssh_port or 22, node.ssh_user or default_user,
+                     key, host_keys(), instance_id=node.instance_id)

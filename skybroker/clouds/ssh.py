@@ -1,0 +1,104 @@
+"""The `ssh` cloud: node pools the user already has (BROKER_HOME/ssh_node_pools.yaml, see ssh_pools.py),
+addressed as `--infra ssh/<pool>`. "Provisioning" allocates free hosts of the pool to the cluster;
+"terminating" cancels the cluster's jobs, removes what skybroker put on the hosts and frees them. The
+machines themselves are never powered off. A host serves one cluster at a time.
+"""
+from __future__ import annotations
+
+from ..errors import CapacityError, InvalidRequestError, Place
+from .base import RUNNING, InstanceInfo, ProvisionRequest
+from .common import ssh_runner
+from .ssh_pools import Pool, load_pools
+
+
+def _instance_id(pool: str, host) -> str:
+    return f"ssh:{pool}:{host.user}@{host.ip}:{host.port}"
+
+
+class SSHCloud:
+    name = "ssh"
+    supports_stop = False
+
+    def _pool(self, name: str | None) -> Pool:
+        pools = load_pools()
+        if not pools:
+            from .ssh_pools import pools_file
+
+            raise InvalidRequestError(f"no SSH node pools defined in {pools_file()}",
+                                      hint="declare one (see README: SSH node pools)")
+        if name is None:
+            return pools[0]
+        for p in pools:
+            if p.name == name:
+                return p
+        raise InvalidRequestError(f"no SSH node pool named {name!r}",
+                                  hint=f"pools: {', '.join(p.name for p in pools)}")
+
+    def _allocated(self) -> dict[str, str]:
+        """instance id → cluster, from our state (the pool file is the user's; allocation is ours)."""
+        from .. import state
+
+        out = {}
+        for rec in state.list_clusters():
+            if rec.cloud == "ssh":
+                for n in rec.nodes:
+                    out[n.instance_id] = rec.name
+        return out
+
+    def _info(self, pool: str, host, rank: int) -> InstanceInfo:
+        return InstanceInfo(_instance_id(pool, host), RUNNING, host.ip, host.ip, host.user, host.port, None, False,
+                            {"pool": pool}, None, None, host.identity_file, rank)
+
+    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+        if req.accelerator:
+            raise InvalidRequestError("SSH node pools do not advertise accelerators yet")
+        pool = self._pool(req.region)
+        taken = self._allocated()
+        mine = [h for h in pool.hosts if taken.get(_instance_id(pool.name, h)) == req.cluster]
+        free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken]
+        hosts = (mine + free)[: req.num_nodes]
+        if len(hosts) < req.num_nodes:
+            raise CapacityError(f"pool {pool.name} has {len(mine) + len(free)} free host(s), "
+                                f"{req.num_nodes} needed", Place("ssh", pool.name), code="PoolExhausted")
+        return [self._info(pool.name, h, i) for i, h in enumerate(hosts)]
+
+    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        from .. import state
+
+        rec = state.get_cluster(cluster)
+        if rec is None:
+            return []
+        return [InstanceInfo(n.instance_id, RUNNING, n.ip, n.private_ip, n.ssh_user, n.ssh_port, None, False, {},
+                             None, None, n.identity_file, n.rank) for n in rec.nodes]
+
+    def terminate(self, cluster: str, region: str | None) -> None:
+        from .. import state
+        from ..runtime.runner import NodeUnreachable, run_parallel
+
+        rec = state.get_cluster(cluster)
+        if rec is None:
+            return
+
+        def clean(node):
+            r = ssh_runner(cluster, node)
+            try:
+                r.run("python3 ~/.broker/agent.py cancel --all >/dev/null 2>&1; rm -rf ~/.broker ~/sky_workdir",
+                      timeout=60)
+            except NodeUnreachable:
+                pass  # an unreachable host has nothing we can clean; it is freed anyway
+            finally:
+                r.close()
+
+        run_parallel(rec.nodes, clean)
+
+    def stop(self, cluster: str, region: str | None) -> None:
+        raise InvalidRequestError("SSH node pools cannot be stopped", hint=f"use `broker down {cluster}`")
+
+    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        return self.query(cluster, region)
+
+    def open_ports(self, cluster: str, region: str | None, ports) -> None:
+        return None  # the user's own machines: their firewall is theirs
+
+    def runner(self, cluster: str, node):
+        return ssh_runner(cluster, node)
