@@ -156,10 +156,7 @@ class ClusterRuntime:
     def sync(self, task) -> None:
         """Workdir → ~/sky_workdir and local file_mounts → their remote paths, on all nodes in parallel."""
         mounts = [m for m in task.file_mounts]
-        buckets = [m for m in mounts if m.is_bucket]
-        if buckets:
-            raise BrokerError(f"file_mounts: bucket {buckets[0].source} is not supported yet",
-                              "mount a local path instead, or copy the data in `setup`")
+        check_mounts(task)
 
         def one(node):
             r = self.runner(node)
@@ -337,6 +334,14 @@ class ClusterRuntime:
             if isinstance(exc, NodeUnreachable):
                 per[rank] = None
         return self._aggregate_from(job_id, per)
+
+
+def check_mounts(task) -> None:
+    """Refuse what sync cannot do, before anything is provisioned."""
+    buckets = [m for m in task.file_mounts if m.is_bucket]
+    if buckets:
+        raise BrokerError(f"file_mounts: bucket {buckets[0].source} is not supported yet",
+                          "mount a local path instead, or copy the data in `setup`")
 
 
 def setup_fingerprint(task) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import state
-from .backend import ClusterRuntime, JobStatus, setup_fingerprint
-from .errors import BrokerError, NotFoundError, UsageError
+from .backend import ClusterRuntime, JobStatus, check_mounts, setup_fingerprint
+from .errors import BrokerError, Interrupted, NotFoundError, UsageError
 from .locks import cluster_lock
 from .paths import broker_home
 from .state import INIT, STOPPED, UP, ClusterRecord, NodeRecord
@@ -68,6 +68,7 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
     from . import provision
 
     name = validate_name(cluster) if cluster else default_name(task)
+    check_mounts(task)  # before provisioning: an unsupported mount must not leave a cluster behind
     attempts: list = []
     with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
         rec = state.get_cluster(name)
@@ -109,26 +110,42 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
                 state.set_autostop(name, cand.resources.autostop.idle_minutes, cand.resources.autostop.down)
                 _ensure_autostop_watcher()
         rt = ClusterRuntime(rec)
-        if task.workdir or task.file_mounts:
-            on_event("sync", "syncing workdir and file mounts to every node")
-            rt.sync(task)
-        run_setup = True
-        if reused and task.setup and rec.setup_key == setup_fingerprint(task):
-            run_setup = False
-            on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
-        job_id = rt.submit(task, job_name=task.name, task_id=task_id, run_setup=run_setup)
-        if task.setup and run_setup:
-            rec.setup_key = setup_fingerprint(task)
-            state.save_cluster(rec)
-        on_event("submitted", f"job {job_id} submitted to {name}")
+        try:
+            job_id = _sync_and_submit(rt, rec, task, reused, task_id, on_event)
+        except KeyboardInterrupt:
+            raise Interrupted(f"launch interrupted; cluster {name} is still up (nothing was started on it)",
+                              f"reuse it with `broker launch -c {name} ...` or remove it with `broker down {name}`") from None
     if detach:
         rt.close()
         return LaunchResult(name, job_id, None, attempts, reused)
+    return LaunchResult(name, job_id, _stream(rt, name, job_id, on_line), attempts, reused)
+
+
+def _stream(rt: ClusterRuntime, name: str, job_id: int, on_line: Line) -> JobStatus:
     try:
-        st = rt.stream_logs(job_id, on_line)
+        return rt.stream_logs(job_id, on_line)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped following; job {job_id} keeps running on cluster {name}",
+                          f"`broker logs {name} {job_id} -f` to follow again, `broker cancel {name} {job_id}` to stop it, "
+                          f"`broker down {name}` to remove the cluster") from None
     finally:
         rt.close()
-    return LaunchResult(name, job_id, st, attempts, reused)
+
+
+def _sync_and_submit(rt, rec, task, reused, task_id, on_event) -> int:
+    if task.workdir or task.file_mounts:
+        on_event("sync", "syncing workdir and file mounts to every node")
+        rt.sync(task)
+    run_setup = True
+    if reused and task.setup and rec.setup_key == setup_fingerprint(task):
+        run_setup = False
+        on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
+    job_id = rt.submit(task, job_name=task.name, task_id=task_id, run_setup=run_setup)
+    if task.setup and run_setup:
+        rec.setup_key = setup_fingerprint(task)
+        state.save_cluster(rec)
+    on_event("submitted", f"job {job_id} submitted to {rec.name}")
+    return job_id
 
 
 def _all_virtual(task) -> bool:
@@ -150,6 +167,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
     rec = get(name)
     if rec.status != UP:
         raise UsageError(f"cluster {name} is {rec.status}", f"`broker start {name}` first")
+    check_mounts(task)
     with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
         rt = ClusterRuntime(rec)
         if task.workdir or task.file_mounts:
@@ -160,11 +178,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
     if detach:
         rt.close()
         return LaunchResult(name, job_id, None, [], True)
-    try:
-        st = rt.stream_logs(job_id, on_line)
-    finally:
-        rt.close()
-    return LaunchResult(name, job_id, st, [], True)
+    return LaunchResult(name, job_id, _stream(rt, name, job_id, on_line), [], True)
 
 
 def status(refresh: bool = False, names: list[str] | None = None) -> list[ClusterRecord]:

@@ -93,7 +93,7 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
                  f"{' (spot)' if cand.use_spot else ''}")
         intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
         try:
-            infos = cloud.provision(request_for(cluster, cand, public_key))
+            infos = _finish_in_flight(lambda: cloud.provision(request_for(cluster, cand, public_key)), on_event)
         except ProvisionError as exc:
             a = Attempt(cand.cloud, cand.region, cand.zone, cand.instance_type, cand.use_spot,
                         type(exc).__name__, exc.code, exc.message, exc.scope.value)
@@ -110,6 +110,39 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             raise
         state.set_intent(intent, "created")
         return cand, infos, attempts
+
+
+def _finish_in_flight(fn, on_event):
+    """Run a create call in a worker thread. On Ctrl-C, let the in-flight call return first (so we know
+    what it created), then re-raise: the caller rolls back everything tagged with the cluster. A second
+    Ctrl-C stops waiting."""
+    import threading
+
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True, name="provision")
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.1)
+    except KeyboardInterrupt:
+        on_event("cleanup", "interrupted: waiting for the cloud call in flight to return, then cleaning up "
+                 "(Ctrl-C again to stop waiting)")
+        try:
+            while t.is_alive():
+                t.join(0.1)
+        except KeyboardInterrupt:
+            pass
+        raise KeyboardInterrupt from None
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _permanent(block: Block, attempts: list[Attempt]) -> bool:

@@ -214,3 +214,34 @@ def cancel(cluster, job_ids, all_):
 
     done = api.cancel(cluster, list(job_ids), all_)
     render.info(f"cancelled: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
+
+
+@click.command()
+@click.option("--yes", "-y", is_flag=True, help="Terminate what is found without asking.")
+@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: those with credentials).")
+@click.option("--region", "regions", multiple=True, help="Only these regions (default: every catalog region).")
+def gc(yes, clouds, regions):
+    """Find instances tagged by skybroker that the local state does not know, and terminate them."""
+    from .. import gc as gc_mod
+
+    progress = render.Progress()
+    regs = {c: list(regions) for c in clouds} if regions and clouds else None
+    if regions and not clouds:
+        regs = {c: list(regions) for c in ("aws", "gcp", "azure")}
+    orphans = gc_mod.find_orphans(tuple(clouds) or None, regs, on_event=progress.event)
+    if not orphans:
+        render.info("no orphaned instances found")
+        return 0
+    for o in orphans:
+        render.info(f"orphan: cluster {o.cluster} on {o.cloud}/{o.region}: {', '.join(o.instance_ids)}")
+    if not yes:
+        from .options import can_prompt
+
+        if not can_prompt():
+            render.info("run `broker gc --yes` to terminate them")
+            return 1
+        if not click.confirm("Terminate them?", default=False):
+            return 1
+    gc_mod.remove(orphans, on_event=progress.event)
+    render.info(f"terminated {sum(len(o.instance_ids) for o in orphans)} instance(s)")
+    return 0

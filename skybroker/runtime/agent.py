@@ -30,6 +30,12 @@ Design
   lands between "spawn" and "record pgid" is seen by the runner, which then kills the group itself.
 * Setup is skipped when ``setup_key`` is recorded in ``setup_done`` (written after a successful setup).
 * ``next-id`` reserves the id it returns (max of known and previously issued ids, + 1).
+
+Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; ``wait`` prints
+``{"jobs": [job], "timed_out": bool}`` (exit 0 either way, 3 if unknown); ``logs`` without ``--follow``
+prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),
+with ``--follow`` it streams until the job is terminal (or S seconds passed); the client advances its offset
+by the bytes received.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import argparse
 import contextlib

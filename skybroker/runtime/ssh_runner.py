@@ -38,7 +38,7 @@ TCP_USER_TIMEOUT_MS = 5000
 TCP_KEEPIDLE_S = 1
 TCP_KEEPINTVL_S = 1
 TCP_KEEPCNT = 3
-SSH_KEEPALIVE_S = 3
+SSH_KEEPALIVE_S = 30
 
 # Reads "<n>\n<n bytes of script>" from stdin, then evaluates the script; whatever follows on stdin is
 # the command's own stdin.
