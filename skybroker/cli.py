@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "queue": ("skybroker.commands.cluster", "queue", "Show a cluster's job queue."),
     "logs": ("skybroker.commands.cluster", "logs", "Show or follow a job's logs."),
     "cancel": ("skybroker.commands.cluster", "cancel", "Cancel jobs on a cluster."),
+    "jobs": ("skybroker.commands.jobs", "jobs", "Managed jobs that survive spot preemption."),
     "gc": ("skybroker.commands.cluster", "gc", "Find and remove instances skybroker created but no longer tracks."),
     "check": ("skybroker.commands.info", "check", "Show which clouds have credentials."),
     "show-gpus": ("skybroker.commands.info", "show_gpus", "List accelerators and their cheapest prices."),

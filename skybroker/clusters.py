@@ -63,7 +63,10 @@ class LaunchResult:
 
 def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = False,
            retry_until_up: bool = False, on_event: Event = _noop, on_line: Line = _noop,
-           task_id: str | None = None) -> LaunchResult:
+           task_id: str | None = None, extra_env: dict | None = None,
+           prepare: Callable[[ClusterRuntime], dict | None] | None = None) -> LaunchResult:
+    """`prepare(runtime)` runs after sync and before submit (managed jobs restore checkpoints there) and
+    may return extra environment variables per node rank ({rank: {NAME: value}})."""
     """Provision (or reuse) a cluster for `task`, sync, run setup+run on every node, stream logs."""
     from . import provision
 
@@ -111,7 +114,7 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
                 _ensure_autostop_watcher()
         rt = ClusterRuntime(rec)
         try:
-            job_id = _sync_and_submit(rt, rec, task, reused, task_id, on_event)
+            job_id = _sync_and_submit(rt, rec, task, reused, task_id, on_event, extra_env, prepare)
         except KeyboardInterrupt:
             raise Interrupted(f"launch interrupted; cluster {name} is still up (nothing was started on it)",
                               f"reuse it with `broker launch -c {name} ...` or remove it with `broker down {name}`") from None
@@ -132,15 +135,18 @@ def _stream(rt: ClusterRuntime, name: str, job_id: int, on_line: Line) -> JobSta
         rt.close()
 
 
-def _sync_and_submit(rt, rec, task, reused, task_id, on_event) -> int:
+def _sync_and_submit(rt, rec, task, reused, task_id, on_event, extra_env=None, prepare=None) -> int:
     if task.workdir or task.file_mounts:
         on_event("sync", "syncing workdir and file mounts to every node")
         rt.sync(task)
+    env = dict(extra_env or {})
+    by_rank = prepare(rt) if prepare is not None else None
     run_setup = True
     if reused and task.setup and rec.setup_key == setup_fingerprint(task):
         run_setup = False
         on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
-    job_id = rt.submit(task, job_name=task.name, task_id=task_id, run_setup=run_setup)
+    job_id = rt.submit(task, job_name=task.name, task_id=task_id, run_setup=run_setup, extra_env=env,
+                       env_by_rank=by_rank)
     if task.setup and run_setup:
         rec.setup_key = setup_fingerprint(task)
         state.save_cluster(rec)

@@ -293,3 +293,45 @@ def print_jobs(jobs, cluster: str) -> None:
         t.add_row(str(j.job_id), escape(j.name or "-"), _ago(j.submitted_at), j.status,
                   "-" if j.exit_code is None else str(j.exit_code), nodes)
     console().print(t)
+
+
+def _dur(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    sec = int(sec)
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def managed_json(j) -> dict:
+    return {"id": j.id, "name": j.name, "resources": j.resources, "status": j.status,
+            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+            "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
+            "cost": round(j.cost_so_far, 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
+            "task_id": j.task_id, "failure": j.failure}
+
+
+def print_managed(jobs) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not jobs:
+        console().print("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
+        return
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="Managed jobs", title_justify="left")
+    for col in ("ID", "NAME", "RESOURCES", "STATUS", "SUBMITTED", "DURATION", "RECOVERIES", "COST ($)", "WHERE"):
+        t.add_column(col, no_wrap=col not in ("RESOURCES",))
+    for j in jobs:
+        t.add_row(str(j.id), escape(j.name or "-"), escape(j.resources or "-"), j.status, _ago(j.submitted_at),
+                  _dur(j.duration), str(j.recoveries), f"{j.cost_so_far:.4f}", escape(j.place or "-"))
+    console().print(t)
+
+
+def managed_summary(j) -> None:
+    ok = j.status == "SUCCEEDED"
+    style = "green" if ok else "red"
+    extra = f" after {j.recoveries} recovery(ies)" if j.recoveries else ""
+    reason = f" — {j.failure}" if (j.failure and not ok) else ""
+    err_console().print(f"[{style}]Managed job {j.id} {j.status}[/]{extra}, cost ${j.cost_so_far:.4f}{reason}")

@@ -506,3 +506,42 @@ def _job_recovery(v, fp: str) -> JobRecovery | None:
 
 def replace_groups(task: Task, groups) -> Task:
     return replace(task, groups=tuple(tuple(g) for g in groups))
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage form (managed jobs keep the task so a separate controller process can relaunch it).
+# Secrets are not part of it: they are stored encrypted, separately.
+
+def task_to_dict(task: Task) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(task)
+    d.pop("secrets", None)
+    return d
+
+
+def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
+    from .resources import Amount
+
+    def res(r: dict) -> Resources:
+        r = dict(r)
+        for k in ("cpus", "memory"):
+            if r.get(k) is not None:
+                r[k] = Amount(**r[k])
+        if r.get("autostop") is not None:
+            r["autostop"] = Autostop(**r["autostop"])
+        if r.get("job_recovery") is not None:
+            jr = dict(r["job_recovery"])
+            jr["recover_on_exit_codes"] = tuple(jr.get("recover_on_exit_codes") or ())
+            r["job_recovery"] = JobRecovery(**jr)
+        for k in ("ports", "image_id", "labels", "extra"):
+            v = r.get(k) or ()
+            r[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        return Resources(**r)
+
+    d = dict(d)
+    d["groups"] = tuple(tuple(res(r) for r in g) for g in d["groups"])
+    d["envs"] = tuple(tuple(e) for e in d.get("envs") or ())
+    d["file_mounts"] = tuple(FileMount(**m) for m in d.get("file_mounts") or ())
+    d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
+    return Task(**d)

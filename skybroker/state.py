@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,43 @@ MIGRATIONS: list[str] = [
         message TEXT NOT NULL
     );
     CREATE INDEX events_cluster ON events(cluster, id);
+    """,
+    # v2: managed jobs
+    """
+    CREATE TABLE managed_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT,
+        task TEXT NOT NULL,
+        secrets BLOB,
+        resources TEXT,
+        status TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        cluster TEXT,
+        cluster_job_id INTEGER,
+        task_id TEXT NOT NULL,
+        recoveries INTEGER NOT NULL DEFAULT 0,
+        restarts_on_errors INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        segment_start REAL,
+        segment_price REAL,
+        place TEXT,
+        blocked TEXT NOT NULL DEFAULT '[]',
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        failure TEXT,
+        log_offsets TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL
+    );
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, id);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -138,18 +176,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-_conn: sqlite3.Connection | None = None
-_conn_path: Path | None = None
+_local = threading.local()
 
 
 def db() -> sqlite3.Connection:
-    """A process-wide connection for the current BROKER_HOME."""
-    global _conn, _conn_path
+    """A connection for the current BROKER_HOME, one per thread (sqlite3 objects are per-thread)."""
     path = db_path()
-    if _conn is None or _conn_path != path:
-        _conn = connect(path)
-        _conn_path = path
-    return _conn
+    conn = getattr(_local, "conn", None)
+    if conn is None or getattr(_local, "path", None) != path:
+        conn = connect(path)
+        _local.conn, _local.path = conn, path
+    return conn
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,7 +81,19 @@ class CommandRunner(Protocol):
 
     def run(self, cmd: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
             stream: Callable[[str], None] | None = None, timeout: float | None = None,
-            stdin: bytes | None = None) -> RunResult: ...
+            stdin: bytes | None = None) -> RunResult:
+        """Run `cmd` with bash on the node (in `cwd`, default home; `~` = home) and wait for it.
+
+        - `env` values arrive verbatim (any bytes but NUL); None values are skipped.
+        - `stream(line)` is called for every output line (stdout and stderr, in arrival order,
+          newline stripped) while the command runs; RunResult still has stdout/stderr separately
+          (each capped to its last MAX_CAPTURE characters).
+        - `stdin` is fed to the command; without it the command reads EOF.
+        - `timeout` expiry kills every process of the command and raises CommandTimeout; an
+          exception in `stream` or Ctrl-C also kills it before propagating.
+        - Raises NodeUnreachable when the node cannot be reached or the connection dies mid-command
+          (never re-run: commands need not be idempotent), HostKeyMismatch (SSH)."""
+        ...
 
     def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None: ...
 

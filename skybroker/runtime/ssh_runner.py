@@ -188,6 +188,10 @@ class SSHRunner:
         for attempt in (0, 1):
             try:
                 return t.open_session(timeout=timeout or self.connect_timeout)
+            except paramiko.ChannelException as e:  # the server said no; the connection is fine
+                raise BrokerError(f"node {self.node_id} refused a new session: {e}",
+                                  hint="too many concurrent commands on one connection (sshd "
+                                       "MaxSessions); use one runner per concurrent caller") from None
             except (paramiko.SSHException, EOFError, OSError) as e:
                 if attempt == 1 or not had:
                     raise NodeUnreachable(self.node_id, f"cannot open a session: {_os_reason(e)}") \
@@ -216,23 +220,16 @@ class SSHRunner:
                 chan.exec_command(_BOOTSTRAP)
             except Exception as e:  # noqa: BLE001 - paramiko raises several kinds here
                 raise NodeUnreachable(self.node_id, f"cannot start a command: {_os_reason(e)}") from None
-            writer = threading.Thread(target=_send_all, args=(chan, payload), daemon=True)
-            writer.start()
+            if len(payload) <= 32768:  # fits the initial window: no writer thread needed
+                _send_all(chan, payload)
+            else:
+                threading.Thread(target=_send_all, args=(chan, payload), daemon=True).start()
             fd = chan.fileno()
             while True:
-                progressed = False
                 while chan.recv_ready():
                     out.feed(chan.recv(65536))
-                    progressed = True
                 while chan.recv_stderr_ready():
                     err.feed(chan.recv_stderr(65536))
-                    progressed = True
-                if chan.closed or (chan.eof_received and chan.status_event.is_set()):
-                    if not chan.recv_ready() and not chan.recv_stderr_ready():
-                        break
-                    continue
-                if progressed:
-                    continue
                 wait = 0.5
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
@@ -241,7 +238,16 @@ class SSHRunner:
                         done = True
                         raise CommandTimeout(self.node_id, timeout or 0,
                                              RunResult(124, out.text(), err.text()))
-                select.select([fd], [], [], wait)
+                if chan.closed or chan.eof_received:
+                    # no more output can arrive (paramiko closes both buffers on EOF); the exit
+                    # status follows, or the channel closes. The select pipe stays set: don't spin.
+                    if chan.recv_ready() or chan.recv_stderr_ready():
+                        continue
+                    if chan.status_event.is_set():
+                        break
+                    chan.status_event.wait(wait)
+                else:
+                    select.select([fd], [], [], wait)
             out.feed(b"", final=True)
             err.feed(b"", final=True)
             code = chan.exit_status if chan.status_event.is_set() else -1

@@ -170,6 +170,8 @@ def _render(res, meta) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=120)
     n = sum(res.samples_per_trace.values())
     console.print(f"{n} samples over {len(res.samples_per_trace) - len(res.skipped)} trace(s); "
                   f"C = {meta['task_hours']:g} h, deadline {meta['deadline_hours']:g} h, "

@@ -38,11 +38,20 @@ class OmniscientResult:
         return {"cost": self.cost, "spot_hours": self.spot_hours, "od_hours": self.od_hours}
 
 
-def solve(avail: np.ndarray, job: Job, prices: Prices, chunk: int = 512) -> OmniscientResult:
-    """Minimum cost for each row of `avail` ((samples, >= job.ticks) bool)."""
+def solve(avail: np.ndarray, job: Job, prices: Prices, chunk: int | None = None,
+          memory_bytes: int = 300 << 20) -> OmniscientResult:
+    """Minimum cost for each row of `avail` ((samples, >= job.ticks) bool).
+
+    Samples are solved together in chunks sized to stay within about `memory_bytes`."""
     avail = np.asarray(avail, dtype=bool)
     if avail.ndim == 1:
         avail = avail[None, :]
+    if chunk is None:
+        g, d = job.tick_s, job.overhead_s
+        u = math.gcd(g, d)
+        width = max(0, job.ticks * g - job.task_s) // u + 1 + max(g, d) // u + 1
+        per_sample = (max(1, -(-d // g)) + 2) * 3 * width * 16 + job.ticks * 16
+        chunk = int(max(1, min(512, memory_bytes // per_sample)))
     parts = [_solve_chunk(avail[s:s + chunk], job, prices) for s in range(0, avail.shape[0], chunk)]
     if not parts:
         z = np.zeros(0)

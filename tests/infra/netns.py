@@ -82,6 +82,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+def _ip_batch(lines: list[str], netns: str | None = None) -> None:
+    """Several ip commands in one process (node start-up is dominated by process spawns)."""
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    r = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if r.returncode != 0:
+        raise NodePoolError(f"ip -batch failed: {r.stderr.strip()}")
+
+
 def _netns_pids(ns: str) -> list[int]:
     r = _ip("netns", "pids", ns, check=False)
     return [int(p) for p in r.stdout.split() if p.strip().isdigit()]
@@ -260,12 +268,30 @@ class NodePool:
             r = subprocess.run(["useradd", "-M", "-d", f"/home/{self.user}", "-s", "/bin/bash",
                                 self.user], capture_output=True, text=True)
             if r.returncode != 0 and "already exists" not in r.stderr:
-                raise NodePoolError(f"useradd {self.user}: {r.stderr.strip()}")
+                raise NodePoolError(f"useradd {self.user}: {r.stderr.strip()}") from None
             pw = pwd.getpwnam(self.user)
-        # `useradd` leaves the account locked ('!'), which sshd refuses with UsePAM no.
-        subprocess.run(["usermod", "-p", "*", self.user], capture_output=True)
+        # `useradd` leaves the account locked ('!'), which sshd refuses with UsePAM no. usermod can fail
+        # while another pool holds the passwd lock, so check the result and retry.
+        for _ in range(50):
+            if not self._password_field().startswith("!"):
+                break
+            subprocess.run(["usermod", "-p", "*", self.user], capture_output=True)
+            time.sleep(0.05)
+        else:
+            raise NodePoolError(f"cannot unlock account {self.user} (usermod -p '*')")
         self.uid, self.gid, self.home_mountpoint = pw.pw_uid, pw.pw_gid, pw.pw_dir
         Path(self.home_mountpoint).mkdir(parents=True, exist_ok=True)
+
+    def _password_field(self) -> str:
+        try:
+            with open("/etc/shadow") as f:
+                for line in f:
+                    parts = line.split(":")
+                    if parts[0] == self.user:
+                        return parts[1]
+        except OSError:
+            pass
+        return ""
 
     # ---------------------------------------------------------------- nodes
     def start(self, n: int, pubkey: str) -> list[Node]:
@@ -316,17 +342,20 @@ class NodePool:
 
         mac = f"02:5b:{self.k:02x}:00:{node.slot >> 8:02x}:{node.slot & 0xff:02x}"
         _ip("link", "del", node.veth, check=False)  # a leftover would make the add fail
-        _ip("netns", "add", node.netns)
-        _ip("link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns,
-            "address", mac)
-        _ip("link", "set", node.veth, "master", self.bridge)
-        _ip("link", "set", node.veth, "up")
-        _ip("-n", node.netns, "addr", "add", f"{node.ip}/24", "dev", "eth0")
-        _ip("-n", node.netns, "link", "set", "eth0", "up")
-        _ip("-n", node.netns, "link", "set", "lo", "up")
-        _ip("-n", node.netns, "route", "add", "default", "via", self.gateway, check=False)
-        # the relaunched node may reuse an IP whose old MAC is still cached
-        _ip("neigh", "flush", "to", node.ip, check=False)
+        _ip_batch([
+            f"netns add {node.netns}",
+            f"link add {node.veth} type veth peer name eth0 netns {node.netns} address {mac}",
+            f"link set {node.veth} master {self.bridge}",
+            f"link set {node.veth} up",
+            # the relaunched node may reuse an IP whose old MAC is still cached
+            f"neigh flush to {node.ip}",
+        ])
+        _ip_batch([
+            f"addr add {node.ip}/24 dev eth0",
+            "link set eth0 up",
+            "link set lo up",
+            f"route add default via {self.gateway}",
+        ], netns=node.netns)
 
         inner = (f"set -e; mount --bind {home} {self.home_mountpoint}; mount --bind {tmp} /tmp; "
                  f"hostname {node.name}; exec {SSHD} -D -e -f {cfg}")

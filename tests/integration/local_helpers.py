@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -33,14 +34,24 @@ def _env(extra: dict | None) -> dict:
 def broker(*args, cwd: Path | str | None = None, env: dict | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess:
     """Run `broker ARGS...` to completion (stdin closed, so nothing prompts)."""
-    return subprocess.run(broker_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=_env(env))
+    t0 = time.monotonic()
+    r = subprocess.run(broker_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL, env=_env(env))
+    if os.environ.get("BROKER_E2E_TIMING"):
+        print(f"[{time.monotonic() - t0:5.2f}s] broker {' '.join(map(str, args))}")
+    return r
 
 
-def broker_bg(*args, cwd: Path | str | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start `broker ARGS...` in the background (text pipes)."""
-    return subprocess.Popen(broker_cmd() + [str(a) for a in args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=_env(env))
+def broker_bg(*args, cwd: Path | str | None = None, env: dict | None = None,
+              stderr: Path | None = None) -> subprocess.Popen:
+    """Start `broker ARGS...` in the background (text pipes; stderr to a file if given, to watch it)."""
+    err = open(stderr, "w") if stderr is not None else subprocess.PIPE
+    try:
+        return subprocess.Popen(broker_cmd() + [str(a) for a in args], cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=err, stdin=subprocess.DEVNULL, text=True, env=_env(env))
+    finally:
+        if stderr is not None:
+            err.close()
 
 
 def write_task(path: Path, **fields) -> Path:
@@ -82,6 +93,13 @@ def queue_json(cluster: str) -> list[dict]:
     r = broker("queue", cluster, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def submitted_id(stderr: str) -> int:
+    """The job id from `job N submitted` in broker's progress output."""
+    m = re.findall(r"job (\d+) submitted", stderr)
+    assert m, stderr
+    return int(m[-1])
 
 
 def job_state(cluster: str, job_id: int) -> str | None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.local_helpers import (alive, broker, broker_bg, broker_home, job_state, kill_leftovers,
                                              kill_pids, node_dir, node_lines, node_pids, pids_with_env,
-                                             queue_json, status_json, wait_for, write_task)
+                                             queue_json, status_json, submitted_id, wait_for, write_task)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
 
@@ -213,40 +213,39 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     r = broker("launch", "-y", "-c", "jobs", boot, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
 
-    # exec a command and a task file (no setup on exec)
+    # exec a command and a task file (no setup on exec); a failing exec carries its exit code
     r = broker("exec", "jobs", "--", "echo hi from $SKYPILOT_NODE_RANK")
     assert r.returncode == 0, r.stderr
     assert node_lines(r.stdout) == {0: ["hi from 0"], 1: ["hi from 1"]}, r.stdout
-    t = write_task(tmp_path / "t.yaml", name="t", setup="echo NO-SETUP-ON-EXEC", run="echo task-$SKYPILOT_NUM_NODES")
+    t = write_task(tmp_path / "t.yaml", name="t", setup="echo NO-SETUP-ON-EXEC",
+                   run="echo task-$SKYPILOT_NUM_NODES; exit 4")
     r = broker("exec", "jobs", t, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 4, r.stderr
     assert "NO-SETUP-ON-EXEC" not in r.stdout
     assert node_lines(r.stdout) == {0: ["task-2"], 1: ["task-2"]}, r.stdout
-    r = broker("exec", "jobs", "--", "exit 4")
-    assert r.returncode == 4, r.stderr
 
     # -d returns while the job runs; the job spawns a grandchild `sleep 300` and records its pid
     long = write_task(tmp_path / "long.yaml", name="long",
                       run="bash -c 'sleep 300; true' & echo $! > ~/child.pid\n"
                           "echo waiting-on-child\nwait\n")
-    t0 = time.monotonic()
-    r = broker("launch", "-y", "-d", "-c", "jobs", long, cwd=tmp_path)
+    r = broker("launch", "-y", "-d", "-c", "jobs", long, cwd=tmp_path, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - t0 < 20
-    long_id = int(r.stderr.split("job ")[-1].split()[0]) if "job " in r.stderr else None
-    jobs = queue_json("jobs")
-    long_id = jobs[-1]["job_id"]
-    assert jobs[-1]["name"] == "long"
-    wait_for(lambda: job_state("jobs", long_id) == "RUNNING", 15, what="the detached job to run")
-    q = broker("queue", "jobs")
-    assert q.returncode == 0 and "RUNNING" in q.stdout and "SUCCEEDED" in q.stdout and "FAILED" in q.stdout, q.stdout
-
-    wait_for(lambda: all((node_dir("jobs", k) / "child.pid").exists() for k in (0, 1)), 10, what="child pids")
+    long_id = submitted_id(r.stderr)
+    wait_for(lambda: all((node_dir("jobs", k) / "child.pid").exists() for k in (0, 1)), 15, what="child pids")
     bash_pids = [int((node_dir("jobs", k) / "child.pid").read_text()) for k in (0, 1)]
     sleeps = [p for k in (0, 1) for p in node_pids("jobs", k) if _cmd(p).startswith("sleep 300")]
     assert len(sleeps) == 2 and all(alive(p) for p in bash_pids), sleeps
 
-    # logs without --follow: what exists now, and returns although the job still runs
+    jobs = {j["job_id"]: j for j in queue_json("jobs")}
+    assert jobs[long_id]["name"] == "long" and jobs[long_id]["status"] == "RUNNING", jobs
+    assert [n["status"] for n in jobs[long_id]["nodes"]] == ["RUNNING", "RUNNING"]
+    assert [j["status"] for j in jobs.values()] == ["SUCCEEDED", "SUCCEEDED", "FAILED", "RUNNING"], jobs
+    q = broker("queue", "jobs")
+    assert q.returncode == 0, q.stderr
+    for word in ("RUNNING", "SUCCEEDED", "FAILED", "long"):
+        assert word in q.stdout, q.stdout
+
+    # logs without --follow: what exists now, and it returns although the job still runs
     r = broker("logs", "jobs", long_id, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "(node-0) waiting-on-child" in r.stdout and "(node-1) waiting-on-child" in r.stdout, r.stdout
@@ -254,33 +253,265 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     # cancel kills the whole process tree on every node
     r = broker("cancel", "jobs", long_id)
     assert r.returncode == 0, r.stderr
-    assert str(long_id) in r.stderr
+    assert f"cancelled: {long_id}" in r.stderr, r.stderr
     wait_for(lambda: not any(alive(p) for p in sleeps + bash_pids), 10, what="the job's process tree to die")
-    assert job_state("jobs", long_id) == "CANCELLED"
 
     # logs --follow streams until the end and exits with the job's code
     r = broker("exec", "-d", "jobs", "--", "sleep 0.5; echo tail-line; exit 5")
     assert r.returncode == 0, r.stderr
-    fid = queue_json("jobs")[-1]["job_id"]
+    fid = submitted_id(r.stderr)
     r = broker("logs", "jobs", fid, "--follow", timeout=30)
     assert r.returncode == 5, (r.stdout, r.stderr)
     assert "(node-0) tail-line" in r.stdout and "(node-1) tail-line" in r.stdout
-    assert job_state("jobs", fid) == "FAILED"
 
     # cancel --all: one running and one queued behind it
     ids = []
     for _ in range(2):
-        r = broker("exec", "-d", "jobs", "--", "sleep 300")
+        r = broker("exec", "-d", "jobs", "--", "touch ~/started-$SKYPILOT_JOB_ID; sleep 300")
         assert r.returncode == 0, r.stderr
-        ids.append(queue_json("jobs")[-1]["job_id"])
-    wait_for(lambda: job_state("jobs", ids[0]) == "RUNNING", 15, what="the first job to run")
-    assert job_state("jobs", ids[1]) == "PENDING"
+        ids.append(submitted_id(r.stderr))
+    wait_for(lambda: (node_dir("jobs", 0) / f"started-{ids[0]}").exists(), 15, what="the first job to run")
     r = broker("cancel", "jobs", "--all")
     assert r.returncode == 0, r.stderr
+    assert f"cancelled: {ids[0]}, {ids[1]}" in r.stderr, r.stderr
     states = {j["job_id"]: j["status"] for j in queue_json("jobs")}
-    assert states[ids[0]] == "CANCELLED" and states[ids[1]] == "CANCELLED", states
+    assert states == {1: "SUCCEEDED", 2: "SUCCEEDED", 3: "FAILED", long_id: "CANCELLED", fid: "FAILED",
+                      ids[0]: "CANCELLED", ids[1]: "CANCELLED"}, states
+    assert not (node_dir("jobs", 0) / f"started-{ids[1]}").exists()
     assert wait_for(lambda: not [p for k in (0, 1) for p in node_pids("jobs", k) if _cmd(p).startswith("sleep")],
                     10, what="sleeps to end")
     # unknown cluster / job
     assert broker("queue", "nope").returncode == 5
     assert broker("logs", "jobs", 999).returncode == 5
+
+
+# ------------------------------------------------------------------------------------------------ 5
+def test_status_refresh_and_idempotent_down(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="st", run="sleep 300 & echo $! > ~/bg.pid; true")
+    for name, nodes in (("alpha", 1), ("beta", 2), ("gamma", 1)):
+        r = broker("launch", "-y", "-c", name, task, "--num-nodes", nodes, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+
+    recs = {c["name"]: c for c in status_json()}
+    assert sorted(recs) == ["alpha", "beta", "gamma"]
+    for name, nodes in (("alpha", 1), ("beta", 2), ("gamma", 1)):
+        c = recs[name]
+        assert c["infra"] == "local" and c["cloud"] == "local" and c["status"] == "UP"
+        assert c["num_nodes"] == nodes and c["hourly_price"] == 0.0 and c["head_ip"] == "127.0.0.1"
+        assert abs(c["launched_at"] - time.time()) < 300
+    r = broker("status")
+    assert r.returncode == 0, r.stderr
+    for word in ("NAME", "INFRA", "NODES", "STATUS", "LAUNCHED", "$/h", "alpha", "beta", "gamma", "UP", "local",
+                 "ago", "0.0000"):
+        assert word in r.stdout, (word, r.stdout)
+    r = broker("status", "beta")
+    assert "beta" in r.stdout and "alpha" not in r.stdout
+
+    # beta's nodes vanish behind our back: --refresh drops it, plain status does not look
+    shutil.rmtree(broker_home() / "local" / "beta")
+    assert sorted(c["name"] for c in status_json()) == ["alpha", "beta", "gamma"]
+    assert sorted(c["name"] for c in status_json(refresh=True)) == ["alpha", "gamma"]
+    assert sorted(c["name"] for c in status_json()) == ["alpha", "gamma"]
+
+    # down twice: both succeed; processes and directories are gone
+    bg = int((node_dir("alpha", 0) / "bg.pid").read_text())
+    assert alive(bg)
+    r = broker("down", "alpha")
+    assert r.returncode == 0, r.stderr
+    assert "terminated" in r.stderr
+    assert not (broker_home() / "local" / "alpha").exists()
+    assert not alive(bg) and node_pids("alpha", 0) == []
+    r = broker("down", "alpha")
+    assert r.returncode == 0, r.stderr
+    _no_traceback(r)
+    assert "does not exist" in r.stderr
+    assert [c["name"] for c in status_json()] == ["gamma"]
+
+    bg = int((node_dir("gamma", 0) / "bg.pid").read_text())
+    r = broker("down", "--all", "-y")
+    assert r.returncode == 0, r.stderr
+    assert status_json() == []
+    assert not alive(bg)
+    assert list((broker_home() / "local").iterdir()) == []
+    r = broker("down", "--all", "-y")
+    assert r.returncode == 0 and "no clusters" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ 6
+def test_concurrent_commands_on_one_cluster(tmp_path):
+    # two launches of the same new cluster race: one provisions, the other waits for it and reuses
+    task = write_task(tmp_path / "c.yaml", name="conc", num_nodes=2, setup="echo SETUP-RAN",
+                      run="echo run-$SKYPILOT_JOB_ID")
+    procs = [broker_bg("launch", "-y", "-c", "conc", task, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "database is locked" not in err
+        _no_traceback(subprocess.CompletedProcess([], p.returncode, out, err))
+    errs = [e for _, e in outs]
+    assert sum("provisioning" in e for e in errs) == 1, errs
+    assert sum("reusing cluster conc" in e for e in errs) == 1, errs
+    assert sum(o.count("SETUP-RAN") for o, _ in outs) == 2, outs  # setup ran once per node, not twice
+    assert [c["name"] for c in status_json()] == ["conc"]
+    loser = next(e for e in errs if "reusing" in e)
+    assert "waiting for another broker command on cluster conc" in loser, loser
+
+    # two execs while another command holds the cluster: both wait visibly, then both run
+    from filelock import FileLock
+
+    lock = FileLock(str(broker_home() / "locks" / "conc.lock"))
+    lock.acquire()
+    try:
+        errs = [tmp_path / f"exec-{i}.err" for i in range(2)]
+        procs = [broker_bg("exec", "conc", "--", f"echo exec-{i}", stderr=errs[i]) for i in range(2)]
+        wait_for(lambda: all("waiting for another broker command on cluster conc" in e.read_text() for e in errs),
+                 30, what="both execs to report that they wait")
+        assert all(p.poll() is None for p in procs)
+    finally:
+        lock.release()
+    for i, p in enumerate(procs):
+        out, _ = p.communicate(timeout=60)
+        err = errs[i].read_text()
+        assert p.returncode == 0, err
+        assert "database is locked" not in err
+        assert node_lines(out) == {0: [f"exec-{i}"], 1: [f"exec-{i}"]}, out
+    # plus read-only commands alongside a running job
+    procs = [broker_bg("exec", "conc", "--", "sleep 0.5"), broker_bg("queue", "conc", "--json"),
+             broker_bg("status", "--json"), broker_bg("queue", "conc")]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert "database is locked" not in err
+    assert [j["status"] for j in queue_json("conc")] == ["SUCCEEDED"] * 5
+
+
+# ------------------------------------------------------------------------------------------------ 7
+SECRET = "s3cr3t-value-7f9c2d"
+CLI_SECRET = "cli-only-secret-41b7e0"
+
+
+def test_secrets_reach_the_job_but_are_never_stored_or_printed(tmp_path):
+    task = write_task(
+        tmp_path / "sec.yaml", name="sec", num_nodes=2, secrets={"TOKEN": SECRET},
+        envs={"PLAIN": "visible"},
+        setup='printf %s "$TOKEN" | wc -c > ~/setup-token-len',
+        run=('printf %s "$TOKEN" | wc -c > ~/token-len\n'
+             'printf %s "$OTHER" | sha256sum | cut -c1-16 > ~/other-hash\n'
+             'echo "job sees PLAIN=$PLAIN and a token of $(cat ~/token-len) chars"\n'))
+    r = broker("launch", "-y", "-c", "sec", task, "--secret", f"OTHER={CLI_SECRET}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r2 = broker("exec", "sec", task, "--secret", f"OTHER={CLI_SECRET}", cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr
+    r3 = broker("queue", "sec", "--json")
+    r4 = broker("status", "--json")
+    import hashlib
+
+    for rank in (0, 1):
+        home = node_dir("sec", rank)
+        assert (home / "token-len").read_text().strip() == str(len(SECRET))
+        assert (home / "setup-token-len").read_text().strip() == str(len(SECRET))
+        assert (home / "other-hash").read_text().strip() == hashlib.sha256(CLI_SECRET.encode()).hexdigest()[:16]
+    assert f"(node-0) job sees PLAIN=visible and a token of {len(SECRET)} chars" in r.stdout, r.stdout
+    for res in (r, r2, r3, r4):
+        for value in (SECRET, CLI_SECRET):
+            assert value not in res.stdout and value not in res.stderr
+    leaks = []
+    for path in broker_home().rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            leaks += [f"{path}: {v}" for v in (SECRET, CLI_SECRET) if v.encode() in data]
+    assert leaks == []
+    # the task YAML's own directory and HOME (where the CLI may write config or caches) stay clean too
+    for path in Path(os.environ["HOME"]).rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ------------------------------------------------------------------------------------------------ 8
+def test_stop_start_and_autostop(tmp_path):
+    task = write_task(tmp_path / "a.yaml", name="auto", num_nodes=2, run="sleep 300 & echo $! > ~/bg.pid")
+    r = broker("launch", "-y", "-c", "auto", task, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bg = int((node_dir("auto", 1) / "bg.pid").read_text())
+
+    r = broker("stop", "auto", "-y")
+    assert r.returncode == 0, r.stderr
+    assert status_json()[0]["status"] == "STOPPED"
+    assert not alive(bg) and node_pids("auto", 0) == [] and node_pids("auto", 1) == []
+    assert broker("exec", "auto", "--", "true").returncode != 0  # a stopped cluster runs nothing
+    r = broker("start", "auto")
+    assert r.returncode == 0, r.stderr
+    assert status_json()[0]["status"] == "UP"
+    r = broker("exec", "auto", "--", "echo back-$SKYPILOT_NODE_RANK")
+    assert r.returncode == 0 and node_lines(r.stdout) == {0: ["back-0"], 1: ["back-1"]}, r.stderr
+
+    fast = {"BROKER_AUTOSTOP_POLL": "0.5"}
+    r = broker("autostop", "auto", "-i", "0", env=fast)
+    assert r.returncode == 0, r.stderr
+    assert status_json()[0]["autostop_minutes"] == 0
+    wait_for(lambda: status_json()[0]["status"] == "STOPPED", 30, interval=0.3, what="autostop to stop the cluster")
+    assert (broker_home() / "local" / "auto").is_dir()  # stopped, not torn down
+
+    r = broker("start", "auto")
+    assert r.returncode == 0, r.stderr
+    r = broker("autostop", "auto", "-i", "0", "--down", env=fast)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: status_json() == [], 30, interval=0.3, what="autostop --down to remove the cluster")
+    assert not (broker_home() / "local" / "auto").exists()
+    # the watcher exits once no cluster has autostop left
+    wait_for(lambda: not [p for p in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker.autostop" in _cmd(p)],
+             15, what="the autostop watcher to exit")
+
+
+# ------------------------------------------------------------------------------------------------ 9
+def test_node_killed_mid_job_is_reported_promptly(tmp_path):
+    task = write_task(tmp_path / "k.yaml", name="kill", num_nodes=3,
+                      run="touch ~/started; echo started; sleep 60")
+    t0 = time.monotonic()
+    p = broker_bg("launch", "-y", "-c", "kill", task, cwd=tmp_path)
+    try:
+        wait_for(lambda: all((node_dir("kill", k) / "started").exists() for k in range(3)) or p.poll() is not None,
+                 40, what="the job to start on every node")
+        assert p.poll() is None, p.communicate()
+        victims = node_pids("kill", 1)
+        assert victims, "node 1 has no processes?"
+        killed_at = time.monotonic()
+        kill_pids(victims)
+        out, err = p.communicate(timeout=40)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    reported_after = time.monotonic() - killed_at
+    assert p.returncode not in (0, None), (out, err)
+    assert reported_after < 30, f"the lost node was noticed only after {reported_after:.1f}s"
+    assert time.monotonic() - t0 < 55  # well before the 60 s job would have ended
+    _no_traceback(subprocess.CompletedProcess([], p.returncode, out, err))
+    assert "node-1" in err and ("FAILED" in err or "unreachable" in err), err
+    # the survivors' job was cancelled, not left running
+    for rank in (0, 2):
+        wait_for(lambda: not [q for q in node_pids("kill", rank) if _cmd(q).startswith("sleep")], 15,
+                 what=f"node {rank}'s job to be cancelled")
+
+
+# ----------------------------------------------------------------------------------------------- 10
+def test_ctrl_c_exits_promptly_without_traceback(tmp_path):
+    task = write_task(tmp_path / "i.yaml", name="intr", num_nodes=2, run="echo started; sleep 60")
+    p = broker_bg("launch", "-y", "-c", "intr", task, cwd=tmp_path, stderr=tmp_path / "launch.err")
+    try:
+        wait_for(lambda: all((node_dir("intr", k) / ".broker" / "jobs" / "1" / "run.log").exists()
+                             and b"started" in (node_dir("intr", k) / ".broker" / "jobs" / "1" / "run.log").read_bytes()
+                             for k in (0, 1)) or p.poll() is not None, 40, what="the job to start")
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.3)  # let the log stream attach
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = (tmp_path / "launch.err").read_text()
+    assert p.returncode not in (0, None)
+    assert p.returncode == 130, (p.returncode, err)
+    assert "Traceback" not in err and "Traceback" not in out, err
+    # the CLI is gone, and it left no stray client-side process behind (only the job itself, on the nodes)
+    leftovers = [q for q in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker" in _cmd(q)]
+    assert leftovers == [], [_cmd(q) for q in leftovers]

@@ -382,7 +382,7 @@ def test_ssh_four_nodes_in_parallel(node_pool, node_key, runtime_home, tmp_path)
     try:
         run_parallel(runners, lambda r: r.sync_up(str(wd), "~/sky_workdir"))
         results = run_parallel(runners, lambda r: r.run(
-            "date +%s.%N; sleep 1; hostname; ls -A sky_workdir | wc -l; date +%s.%N"))
+            "date +%s.%N; sleep 2; hostname; ls -A sky_workdir | wc -l; date +%s.%N"))
         starts, names, counts, ends = zip(*(res.stdout.split() for res in results))
         assert len(set(names)) == 4
         assert set(counts) == {str(len({p.split('/')[0] for p in EXPECTED_SYNCED}))}

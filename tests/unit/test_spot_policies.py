@@ -88,10 +88,12 @@ def test_slack_aware_rules():
     job = Job(task_s=48 * G, deadline_s=60 * G, overhead_s=120, tick_s=G)
     p = SlackAware(job, beta=1.0, gamma=1.0)
     assert p.reserve(0) == pytest.approx(12 * G)
-    assert p.decide(_obs(30, 30 - 7, False, NONE)) is NONE  # slack 7 ticks > reserve 6
-    assert p.decide(_obs(30, 30 - 5, False, NONE)) is ON_DEMAND  # slack 5 < 6
-    assert p.decide(_obs(31, 31 - 5, True, ON_DEMAND)) is ON_DEMAND  # still under the reserve
-    assert p.decide(_obs(30, 30 - 7, True, ON_DEMAND)) is SPOT  # no hysteresis above it
+    # at t = 30 ticks the reserve is 6 ticks; slack = 30 - (48 - progress)
+    assert p.decide(_obs(30, 25, False, NONE)) is NONE  # slack 7 > reserve 6: wait for spot
+    assert p.decide(_obs(30, 23, False, NONE)) is ON_DEMAND  # slack 5 < 6
+    assert p.decide(_obs(30, 23, True, ON_DEMAND)) is ON_DEMAND  # still under the reserve
+    assert p.decide(_obs(30, 25, True, ON_DEMAND)) is SPOT  # no hysteresis above it
+    assert p.decide(_obs(30, 25, False, ON_DEMAND)) is ON_DEMAND  # on-demand kept until spot
 
 
 def _random_windows(rng, n, T, kind):

@@ -1,0 +1,103 @@
+"""The one place Azure clients are built.
+
+Normally: DefaultAzureCredential (environment service principal, managed identity, `az login`, ...) and
+the public ARM endpoint. For tests and emulators the environment can point everything elsewhere, so the
+same product code runs against ARM and against tests/infra/arm_fake.py:
+  BROKER_AZURE_ENDPOINT    ARM base URL, e.g. https://127.0.0.1:PORT (bearer auth needs HTTPS)
+  BROKER_AZURE_FAKE_TOKEN  "1": use a static bearer token (only honoured with BROKER_AZURE_ENDPOINT)
+  BROKER_AZURE_CA_BUNDLE   a CA bundle to verify the endpoint with (REQUESTS_CA_BUNDLE also works)
+  BROKER_AZURE_POLL        seconds between long-running-operation polls (default 5; tests use 0)
+  BROKER_AZURE_RETRIES     retries of transient failures per call (default 5)
+The subscription comes from skybroker.check.azure_subscription() (AZURE_SUBSCRIPTION_ID or the az CLI
+profile).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+_lock = threading.Lock()
+_cache: dict = {}
+
+
+class StaticTokenCredential:
+    """A credential that always hands out the same bearer token (fake endpoints only)."""
+
+    def __init__(self, token: str = "skybroker-fake-token"):
+        self.token = token
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes, options=None):
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def endpoint() -> str | None:
+    return os.environ.get("BROKER_AZURE_ENDPOINT") or None
+
+
+def subscription() -> str | None:
+    from ...check import azure_subscription
+
+    return azure_subscription()
+
+
+def poll_interval() -> float:
+    return float(os.environ.get("BROKER_AZURE_POLL", "5"))
+
+
+def credential():
+    if endpoint() and os.environ.get("BROKER_AZURE_FAKE_TOKEN") == "1":
+        return StaticTokenCredential()
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+@dataclass
+class Clients:
+    subscription: str
+    resource: object  # azure.mgmt.resource.resources.ResourceManagementClient
+    network: object  # azure.mgmt.network.NetworkManagementClient
+    compute: object  # azure.mgmt.compute.ComputeManagementClient
+
+
+def clients(sub: str) -> Clients:
+    """SDK clients for a subscription (cached per endpoint/subscription; they are thread-safe)."""
+    ep = endpoint()
+    key = (ep, sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"), os.environ.get("BROKER_AZURE_CA_BUNDLE"),
+           poll_interval())
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        from azure.mgmt.compute import ComputeManagementClient
+        from azure.mgmt.network import NetworkManagementClient
+        try:
+            from azure.mgmt.resource.resources import ResourceManagementClient
+        except ImportError:  # older azure-mgmt-resource
+            from azure.mgmt.resource import ResourceManagementClient
+
+        kw: dict = {"polling_interval": poll_interval(), "retry_total": int(os.environ.get("BROKER_AZURE_RETRIES", "5"))}
+        if ep:
+            kw["base_url"] = ep
+        ca = os.environ.get("BROKER_AZURE_CA_BUNDLE")
+        if ca:
+            kw["connection_verify"] = ca
+        cred = credential()
+        made = Clients(sub, ResourceManagementClient(cred, sub, **kw), NetworkManagementClient(cred, sub, **kw),
+                       ComputeManagementClient(cred, sub, **kw))
+        _cache[key] = made
+        return made
+
+
+def reset() -> None:
+    """Forget cached clients (tests switch endpoints and credentials between cases)."""
+    with _lock:
+        _cache.clear()

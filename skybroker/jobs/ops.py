@@ -1,0 +1,112 @@
+"""Managed-job use cases for the CLI: launch, queue, logs, cancel. Nothing here prints."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator
+
+from ..errors import NotFoundError, UsageError
+from ..paths import ensure_home
+from . import store
+
+
+def ensure_controller() -> bool:
+    """Start the controller if it is not running. Returns True if one was started."""
+    from filelock import FileLock, Timeout
+
+    d = ensure_home() / "managed"
+    d.mkdir(exist_ok=True)
+    lock = FileLock(str(d / "controller.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    lock.release()
+    logf = open(d / "controller.log", "ab")
+    subprocess.Popen([sys.executable, "-m", "skybroker.jobs.controller"], stdin=subprocess.DEVNULL, stdout=logf,
+                     stderr=logf, start_new_session=True, env=dict(os.environ), close_fds=True)
+    return True
+
+
+def launch(task, name: str | None = None) -> store.ManagedJob:
+    from ..spec import task_to_dict
+
+    if not task.run:
+        raise UsageError("a managed job needs `run:`")
+    res = task.candidates[0]
+    desc = res.describe() if len(task.candidates) == 1 else f"{len(task.candidates)} options"
+    if task.num_nodes > 1:
+        desc = f"{task.num_nodes}× {desc}"
+    job = store.insert(name or task.name, json.dumps(task_to_dict(task)), task.secret_dict, desc)
+    ensure_controller()
+    return job
+
+
+def queue(all_jobs: bool = True) -> list[store.ManagedJob]:
+    jobs = store.all_jobs()
+    if any(j.status in store.ACTIVE for j in jobs):
+        ensure_controller()  # resumes jobs if the controller died (e.g. after a reboot)
+    return jobs
+
+
+def get(job_id: int) -> store.ManagedJob:
+    j = store.get(job_id)
+    if j is None:
+        raise NotFoundError(f"managed job {job_id} not found", "see `broker jobs queue`")
+    return j
+
+
+def cancel(job_ids: list[int], all_: bool = False) -> list[int]:
+    if all_:
+        job_ids = [j.id for j in store.active()]
+    elif not job_ids:
+        raise UsageError("name the job(s) to cancel, or pass --all", "see `broker jobs queue`")
+    done = []
+    for jid in job_ids:
+        get(jid)
+        if store.request_cancel(jid):
+            done.append(jid)
+    if done:
+        ensure_controller()
+    return done
+
+
+def wait(job_id: int, timeout: float | None = None, poll: float = 0.5) -> store.ManagedJob:
+    deadline = None if timeout is None else time.time() + timeout
+    while True:
+        j = get(job_id)
+        if j.status in store.TERMINAL:
+            return j
+        if deadline and time.time() > deadline:
+            return j
+        time.sleep(poll)
+
+
+def follow_logs(job_id: int, follow: bool, on_line: Callable[[str], None], poll: float = 0.3) -> store.ManagedJob:
+    """Print the job's log (all recoveries, with a marker at each) and, with follow, keep going until
+    the job ends."""
+    get(job_id)
+    path = store.job_dir(job_id) / "run.log"
+    pos = 0
+    buf = ""
+    while True:
+        j = get(job_id)
+        if path.exists():
+            with open(path, "r", errors="replace") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos = f.tell()
+            buf += chunk
+            *lines, buf = buf.split("\n")
+            for line in lines:
+                on_line(line)
+        if not follow or j.status in store.TERMINAL:
+            if j.status in store.TERMINAL and path.exists() and os.path.getsize(path) > pos:
+                continue  # drain what arrived with the final status
+            if buf:
+                on_line(buf)
+            return j
+        time.sleep(poll)

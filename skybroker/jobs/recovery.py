@@ -1,0 +1,127 @@
+"""Recovery decisions for managed jobs: small pure functions (state + event → action). The controller
+loop around them only observes and executes; every decision is recorded as an event.
+
+Events the controller observes:
+  Succeeded            every node finished with exit code 0
+  UserFailed           the user's code failed (exit code; during setup or run) on healthy instances
+  Preempted            the cloud took instances away (spot termination, instance gone)
+  Unreachable          instances look alive to the cloud but the broker cannot reach them (network)
+  LaunchFailed         no place could be provisioned
+Actions: Finish(status), Relaunch(block, same_place_first, counts_as_error), Restart (same cluster),
+Wait(seconds), Cancel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..optimizer import Block
+from . import store
+
+NETWORK_GRACE_SECONDS = 60.0  # how long a network outage is waited out before the node counts as lost
+RELAUNCH_ATTEMPTS = 5  # provisioning rounds during a recovery before FAILED_NO_RESOURCE
+
+
+@dataclass(frozen=True)
+class JobView:
+    strategy: str = "EAGER_NEXT_REGION"
+    max_restarts_on_errors: int = 0
+    recover_on_exit_codes: tuple[int, ...] = ()
+    restarts_on_errors: int = 0
+    cancel_requested: bool = False
+    cloud: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    recovering: bool = False
+    launch_attempts: int = 0
+
+
+# events
+@dataclass(frozen=True)
+class Succeeded:
+    pass
+
+
+@dataclass(frozen=True)
+class UserFailed:
+    exit_code: int | None
+    setup: bool = False
+
+
+@dataclass(frozen=True)
+class Preempted:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    message: str
+
+
+# actions
+@dataclass(frozen=True)
+class Finish:
+    status: str
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Relaunch:
+    block: Block | None = None
+    same_place_first: bool = False
+    counts_as_error: bool = False
+    reason: str = ""
+    same_cluster: bool = False  # the instances are healthy (user-code failure): rerun on them
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+def decide(view: JobView, event) -> object:
+    if view.cancel_requested:
+        return Cancel()
+    if isinstance(event, Succeeded):
+        return Finish(store.SUCCEEDED, 0, "all nodes exited 0")
+    if isinstance(event, UserFailed):
+        code = event.exit_code
+        if code is not None and code in view.recover_on_exit_codes:
+            return Relaunch(None, same_place_first=True, counts_as_error=False, same_cluster=True,
+                            reason=f"exit code {code} is in recover_on_exit_codes: restarting")
+        if view.restarts_on_errors < view.max_restarts_on_errors:
+            n = view.restarts_on_errors + 1
+            return Relaunch(None, same_place_first=True, counts_as_error=True, same_cluster=True,
+                            reason=f"user code failed (exit {code}); restart {n}/{view.max_restarts_on_errors}")
+        status = store.FAILED_SETUP if event.setup else store.FAILED
+        return Finish(status, code, f"{'setup' if event.setup else 'run'} failed with exit code {code}")
+    if isinstance(event, Preempted):
+        return _relaunch_after_loss(view, f"preempted: {event.reason}")
+    if isinstance(event, Unreachable):
+        if event.seconds < NETWORK_GRACE_SECONDS:
+            return Wait(min(5.0, NETWORK_GRACE_SECONDS - event.seconds),
+                        f"instances alive but unreachable for {event.seconds:.0f}s: waiting out the network")
+        return _relaunch_after_loss(view, f"unreachable for {event.seconds:.0f}s: treating the node as lost")
+    if isinstance(event, LaunchFailed):
+        if view.recovering and view.launch_attempts < RELAUNCH_ATTEMPTS:
+            return Wait(min(60.0, 5.0 * 2 ** view.launch_attempts), f"no capacity yet ({event.message}); retrying")
+        return Finish(store.FAILED_NO_RESOURCE, None, event.message)
+    raise TypeError(f"unknown event {event!r}")
+
+
+def _relaunch_after_loss(view: JobView, reason: str) -> Relaunch:
+    if view.strategy == "EAGER_NEXT_REGION" and view.cloud and view.region:
+        return Relaunch(Block(view.cloud, view.region), same_place_first=False, reason=reason +
+                        f"; EAGER_NEXT_REGION: avoiding {view.cloud}/{view.region}")
+    return Relaunch(None, same_place_first=True, reason=reason + "; FAILOVER: same place first")
