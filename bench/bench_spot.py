@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skybroker.spot import experiment  # noqa: E402
-from skybroker.spot.traces import default_traces_root, find_traces, load_trace  # noqa: E402
+from skybroker.spot import experiment
+from skybroker.spot.traces import default_traces_root, find_traces, load_trace
 
 POLICIES = ["on_demand", "greedy", "uniform_progress", "slack_aware", "omniscient"]
 ONLINE = ["greedy", "uniform_progress", "slack_aware"]

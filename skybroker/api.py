@@ -4,12 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from . import spec as _spec
 from .errors import UsageError
 
 
 def load_task(path: str, overrides: Mapping[str, Any] | None = None):
-    return _spec.load_task(path, overrides)
+    from . import spec
+
+    return spec.load_task(path, overrides)
 
 
 def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
@@ -114,8 +115,10 @@ def exec_task(args: tuple[str, ...] | list[str], overrides: Mapping[str, Any] | 
 
     if len(args) == 1 and (args[0].endswith((".yaml", ".yml")) or os.path.isfile(args[0])):
         return load_task(args[0], overrides)
+    from . import spec
+
     data = {"name": "cmd", "run": " ".join(args)}
-    return _spec.task_from_dict(data, source="<command line>", overrides=overrides)
+    return spec.task_from_dict(data, source="<command line>", overrides=overrides)
 
 
 def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None):
@@ -126,9 +129,14 @@ def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None)
 
 
 def status(refresh: bool = False, names=None):
-    from . import clusters
+    if refresh:
+        from . import clusters
 
-    return clusters.status(refresh=refresh, names=names)
+        return clusters.status(refresh=refresh, names=names)
+    from . import state  # the fast path: no runtime, no cloud code
+
+    recs = state.list_clusters()
+    return [r for r in recs if r.name in names] if names else recs
 
 
 def down(names, on_event=None):

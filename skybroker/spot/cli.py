@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from skybroker.errors import UsageError
+from skybroker.errors import BrokerError, UsageError
 
 from .simulator import PAPER_ON_DEMAND_PRICE, PAPER_SPOT_PRICE, Prices
 
@@ -31,10 +31,9 @@ def catalog_prices(instance: str, cloud: str | None = None, region: str | None =
     for cl in clouds:
         try:
             specs = [s for s in catalog.specs(cl) if s.instance_type == instance]
-        except Exception as e:  # noqa: BLE001 - the loader raises BrokerError with a hint
+        except BrokerError:  # this cloud's catalog is missing or broken
             if cloud:
                 raise
-            del e
             continue
         if not specs:
             continue
@@ -160,7 +159,7 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
 
 def _json_default(o):
     if isinstance(o, float) and not math.isfinite(o):
-        return None
+        return
     raise TypeError(type(o))
 
 

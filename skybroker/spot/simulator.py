@@ -16,7 +16,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .policies import NONE, ON_DEMAND, SPOT, Decision, Job, Observation, Policy, make_policy
+from .policies import (
+    NONE,
+    ON_DEMAND,
+    SPOT,
+    Decision,
+    Job,
+    Observation,
+    Policy,
+    make_policy,
+)
 
 PAPER_ON_DEMAND_PRICE = 3.06  # $/h, p3.2xlarge us-west-2, as in the paper's simulator
 PAPER_SPOT_PRICE = 0.9731
@@ -81,11 +90,9 @@ def simulate(policy: Policy, avail: np.ndarray, job: Job, prices: Prices) -> Out
             held, left = x, d
             switches += 1
         w = g - left
-        if w < 0:
-            w = 0
+        w = max(w, 0)
         left -= g - w
-        if w > c - done:
-            w = c - done
+        w = min(w, c - done)
         done += w
         if x is SPOT:
             work_spot += w

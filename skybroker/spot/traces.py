@@ -39,11 +39,11 @@ class Trace:
         """Boolean availability per tick for a gang of `nodes` instances."""
         return self.counts >= nodes
 
-    def head(self, days: float | None) -> "Trace":
+    def head(self, days: float | None) -> Trace:
         """The first `days` days of the trace (the paper used 13 days of the '2-week' files)."""
         if days is None:
             return self
-        n = int(round(days * 86400 / self.gap_seconds))
+        n = round(days * 86400 / self.gap_seconds)
         return Trace(self.name, self.path, self.gap_seconds, self.counts[:n])
 
 

@@ -151,7 +151,7 @@ class ArmFake:
             rest, lrest = parts[2:], low[2:]
             if lrest[:1] == ["operationresults"] and len(rest) == 2:
                 return self._op_result(rest[1])
-            if lrest[:1] == ["providers"] and len(rest) == 6 and lrest[3] == "operations":
+            if lrest[:1] == ["providers"] and len(rest) == 6 and lrest[4] == "operations":
                 return self._op_status(rest[5])
             if lrest[:1] == ["providers"] and len(rest) == 3 and method == "GET":
                 return 200, {}, {"value": [self._view(r, query) for r in self.resources.values()

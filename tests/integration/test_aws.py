@@ -94,11 +94,9 @@ def instances(region="us-east-1", cluster=None, states=LIVE, zone=None) -> list[
     filters = [{"Name": "instance-state-name", "Values": list(states)}]
     if cluster:
         filters.append({"Name": "tag:skybroker-cluster", "Values": [cluster]})
-    if zone:
-        filters.append({"Name": "availability-zone", "Values": [zone]})
     out = []
     for res in ec2(region).describe_instances(Filters=filters)["Reservations"]:
-        out.extend(res["Instances"])
+        out.extend(i for i in res["Instances"] if zone is None or i["Placement"]["AvailabilityZone"] == zone)
     return out
 
 

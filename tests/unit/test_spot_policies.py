@@ -8,11 +8,31 @@ import pytest
 
 from skybroker.errors import UsageError
 from skybroker.spot import omniscient
-from skybroker.spot.policies import (NONE, ON_DEMAND, SPOT, Greedy, Job, Observation, SlackAware,
-                                     UniformProgress, make_policy)
-from skybroker.spot.simulator import (PolicyError, Prices, run_plan, sample_starts, simulate,
-                                      windows)
-from skybroker.spot.traces import default_traces_root, find_traces, infer_nodes, load_trace
+from skybroker.spot.policies import (
+    NONE,
+    ON_DEMAND,
+    SPOT,
+    Greedy,
+    Job,
+    Observation,
+    SlackAware,
+    UniformProgress,
+    make_policy,
+)
+from skybroker.spot.simulator import (
+    PolicyError,
+    Prices,
+    run_plan,
+    sample_starts,
+    simulate,
+    windows,
+)
+from skybroker.spot.traces import (
+    default_traces_root,
+    find_traces,
+    infer_nodes,
+    load_trace,
+)
 
 G = 600
 ONLINE = ["on_demand", "greedy", "uniform_progress", "slack_aware"]
@@ -86,7 +106,7 @@ def test_uniform_progress_rules():
 
 def test_slack_aware_rules():
     job = Job(task_s=48 * G, deadline_s=60 * G, overhead_s=120, tick_s=G)
-    p = SlackAware(job, beta=1.0, gamma=1.0)
+    p = SlackAware(job, beta=1.0, gamma=1.0, confirm_ticks=1, outage_wait_ticks=0)
     assert p.reserve(0) == pytest.approx(12 * G)
     # at t = 30 ticks the reserve is 6 ticks; slack = 30 - (48 - progress)
     assert p.decide(_obs(30, 25, False, NONE)) is NONE  # slack 7 > reserve 6: wait for spot
@@ -94,6 +114,22 @@ def test_slack_aware_rules():
     assert p.decide(_obs(30, 23, True, ON_DEMAND)) is ON_DEMAND  # still under the reserve
     assert p.decide(_obs(30, 25, True, ON_DEMAND)) is SPOT  # no hysteresis above it
     assert p.decide(_obs(30, 25, False, ON_DEMAND)) is ON_DEMAND  # on-demand kept until spot
+    # gamma > 1 releases slack earlier than Uniform Progress
+    assert SlackAware(job, gamma=1.5).reserve(30 * G) < p.reserve(30 * G)
+
+    # confirmation: leave on-demand only after spot has been up for 2 ticks
+    q = SlackAware(job, beta=1.0, gamma=1.0, confirm_ticks=2, outage_wait_ticks=0)
+    assert q.decide(_obs(30, 25, False, ON_DEMAND)) is ON_DEMAND
+    assert q.decide(_obs(31, 26, True, ON_DEMAND)) is ON_DEMAND  # first tick of spot: a blip?
+    assert q.decide(_obs(32, 27, True, ON_DEMAND)) is SPOT  # it lasted: take it
+    # from idle, spot is taken at once
+    assert SlackAware(job, confirm_ticks=2).decide(_obs(5, 5, True, NONE)) is SPOT
+
+    # a fresh outage below the reserve: wait one tick idle, then on-demand
+    w = SlackAware(job, beta=1.0, gamma=1.0, confirm_ticks=1, outage_wait_ticks=1)
+    assert w.decide(_obs(29, 23, True, NONE)) is SPOT
+    assert w.decide(_obs(30, 23, False, NONE)) is NONE
+    assert w.decide(_obs(31, 23, False, NONE)) is ON_DEMAND
 
 
 def _random_windows(rng, n, T, kind):
@@ -166,8 +202,8 @@ def test_table3_direction_on_a_subset():
         job = Job.from_hours(48, 60, 0.2, tr.gap_seconds)
         W = windows(tr.availability(), sample_starts(len(tr), job.ticks, 30, 0, ti), job.ticks)
         om_spot.extend(omniscient.solve(W, job, Prices()).spot_hours)
-        for n in spot:
-            spot[n].extend(simulate(make_policy(n, job), w, job, Prices()).spot_hours for w in W)
+        for n, hours in spot.items():
+            hours.extend(simulate(make_policy(n, job), w, job, Prices()).spot_hours for w in W)
     g, up, om = np.mean(spot["greedy"]), np.mean(spot["uniform_progress"]), np.mean(om_spot)
     assert g < up < om
     assert math.isclose(g, 17.2, abs_tol=3) and math.isclose(up, 22.9, abs_tol=3)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 
-from ...errors import InvalidRequestError, Place, ProvisionError
+from ...errors import InvalidRequestError, Place, ProvisionError, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
                     ProvisionRequest)
 from ..common import ssh_runner
@@ -249,9 +249,10 @@ class AWSCloud:
             return ssm.get_parameter(Name=name)["Parameter"]["Value"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ParameterNotFound":
-                raise InvalidRequestError(f"no default Ubuntu image parameter in {region} ({name})",
-                                          Place("aws", region), code="InvalidAMIID.NotFound",
-                                          hint="set `image_id` in the task's resources") from None
+                # region-scoped (like InvalidAMIID.NotFound): another region may publish the image
+                raise QuotaError(f"no default {'GPU' if gpu else 'Ubuntu'} image in {region} (SSM parameter {name} "
+                                 f"not found); set `image_id` in the task's resources", Place("aws", region),
+                                 code="InvalidAMIID.NotFound", hint="set `image_id` in the task's resources") from None
             raise
 
     def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:

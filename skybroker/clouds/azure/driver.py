@@ -1,0 +1,423 @@
+"""Azure driver: one resource group per cluster (`skybroker-<cluster>`, tagged), holding a vnet + subnet, a
+network security group (tcp 22 + the task's ports from anywhere, anything from inside the vnet), and per
+node a Standard static public IP, a NIC and a VM. Teardown is one delete of the resource group, so nothing
+is orphaned; a retried launch finds the group and resumes.
+
+Places: our Azure catalog has no zones, an offer is a region (zone None). A CapacityError (scope zone)
+blocks (azure, region, None), i.e. the whole region the optimizer chose: zone == region here.
+
+Spot: priority Spot, eviction policy Delete, billingProfile.maxPrice -1 (pay up to the on-demand price,
+never evicted for price). An evicted Spot VM with policy Delete is *deleted* by Azure: it simply
+disappears from `query` (its NIC and public IP stay in the group). `query_all` reports such a node (a
+rank NIC with no VM) as terminated with state_reason "Evicted" for spot clusters ("Deleted" otherwise).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
+                    ProvisionRequest)
+from ..common import ssh_runner
+from . import client as clients
+from .errors import classify
+
+TAG_RANK = "skybroker-rank"
+TAG_SPOT = "skybroker-spot"
+SSH_USER = "broker"
+VNET, SUBNET, NSG = "skybroker-vnet", "default", "skybroker-nsg"
+VNET_PREFIX, SUBNET_PREFIX = "10.0.0.0/16", "10.0.0.0/24"
+UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "latest")
+GPU_IMAGE = ("microsoft-dsvm", "ubuntu-hpc", "2204", "latest")  # Ubuntu 22.04 with NVIDIA drivers
+WAIT_SECONDS = float(os.environ.get("BROKER_AZURE_WAIT", "900"))
+_POWER = {"running": RUNNING, "starting": PENDING, "stopping": STOPPING, "deallocating": STOPPING,
+          "stopped": STOPPED, "deallocated": STOPPED}
+
+
+def _user() -> str:
+    return os.environ.get("USER") or "user"
+
+
+def _s(value) -> str:
+    """An SDK enum or string as its wire value."""
+    return str(getattr(value, "value", value) or "")
+
+
+def group_name(cluster: str) -> str:
+    return f"skybroker-{cluster}"
+
+
+def _vm_name(cluster: str, rank: int) -> str:
+    return f"{cluster}-{rank}"
+
+
+def _not_found(exc: BaseException) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404
+
+
+class AzureCloud:
+    name = "azure"
+    supports_stop = True
+
+    def __init__(self):
+        self._groups_cache: tuple[float, list] | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _call(self, place: Place, fn, *args, **kw):
+        """Run an SDK call (or wait on a poller), translating refusals into typed errors."""
+        try:
+            return fn(*args, **kw)
+        except ProvisionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            typed = classify(exc, place)
+            if typed is None:
+                raise
+            raise typed from None
+
+    def _clients(self, place: Place) -> clients.Clients:
+        sub = clients.subscription()
+        if not sub:
+            raise CredentialsError("no Azure subscription configured", place, code="NoSubscription",
+                                   hint="set AZURE_SUBSCRIPTION_ID or run `az account set --subscription ID`")
+        return self._call(place, clients.clients, sub)
+
+    def _vms(self, c, place, cluster) -> list:
+        """The cluster's VMs with their instance view ([] when the group does not exist)."""
+        try:
+            return list(c.compute.virtual_machines.list(group_name(cluster), expand="instanceView"))
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return []
+            raise classify(exc, place) or exc from None
+
+    def _network_view(self, c, place, cluster) -> tuple[dict, dict, list]:
+        """NIC id → (private ip, public ip) and the NICs themselves."""
+        rg = group_name(cluster)
+        try:
+            pips = {p.id.lower(): p.ip_address for p in c.network.public_ip_addresses.list(rg)}
+            nics = list(c.network.network_interfaces.list(rg))
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return {}, {}, []
+            raise classify(exc, place) or exc from None
+        out = {}
+        for nic in nics:
+            cfg = (nic.ip_configurations or [None])[0]
+            if cfg is None:
+                continue
+            pub = cfg.public_ip_address.id.lower() if cfg.public_ip_address and cfg.public_ip_address.id else None
+            out[nic.id.lower()] = (cfg.private_ip_address, pips.get(pub) if pub else None)
+        return out, pips, nics
+
+    def _info(self, vm, ips: dict) -> InstanceInfo:
+        tags = dict(vm.tags or {})
+        statuses = (vm.instance_view.statuses if vm.instance_view else None) or []
+        codes = [s.code or "" for s in statuses]
+        power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), None)
+        state = _POWER.get(power or "", PENDING)
+        if _s(vm.provisioning_state).lower() == "failed":
+            state = TERMINATED
+        nic_ids = [n.id.lower() for n in ((vm.network_profile.network_interfaces or []) if vm.network_profile else [])]
+        private, public = ips.get(nic_ids[0], (None, None)) if nic_ids else (None, None)
+        rank = tags.get(TAG_RANK)
+        return InstanceInfo(
+            instance_id=vm.vm_id or vm.name, state=state, public_ip=public, private_ip=private, ssh_user=SSH_USER,
+            ssh_port=22, zone=None, spot=_s(vm.priority).lower() == "spot", tags=tags,
+            state_reason="ProvisioningFailed" if state == TERMINATED else None,
+            rank_hint=int(rank) if rank is not None and rank.isdigit() else None)
+
+    def _infos(self, c, place, cluster) -> list[InstanceInfo]:
+        vms = self._vms(c, place, cluster)
+        ips = self._network_view(c, place, cluster)[0] if vms else {}
+        infos = [self._info(vm, ips) for vm in vms]
+        return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+
+    def _wait(self, pollers, place) -> None:
+        """Wait for every poller; raise the first typed error (after all of them are done)."""
+        first = None
+        for p in pollers:
+            try:
+                self._call(place, p.result)
+            except ProvisionError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    # -- protocol --------------------------------------------------------------------------------
+    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+        from azure.mgmt.resource.resources.models import ResourceGroup
+
+        place = Place("azure", req.region, req.zone, req.instance_type)
+        if not req.region:
+            raise InvalidRequestError("Azure needs a region", place)
+        c = self._clients(place)
+        rg = group_name(req.cluster)
+        existing = self._ensure_group_location(c, place, req)
+        self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
+            location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user()}))
+        self._groups_cache = None
+        failed = [vm for vm in existing if _s(vm.provisioning_state).lower() == "failed"]
+        self._wait([self._call(place, c.compute.virtual_machines.begin_delete, rg, vm.name) for vm in failed], place)
+        live = [vm for vm in existing if vm not in failed]
+        stopped = [vm.name for vm in live if self._info(vm, {}).state in (STOPPED, STOPPING)]
+        self._wait([self._call(place, c.compute.virtual_machines.begin_start, rg, n) for n in stopped], place)
+        subnet_id, nsg_id = self._ensure_network(c, place, req)
+        have = {int(vm.tags[TAG_RANK]) for vm in live if (vm.tags or {}).get(TAG_RANK, "").isdigit()}
+        ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
+        if ranks:
+            self._create_nodes(c, place, req, ranks, subnet_id, nsg_id)
+        return self._wait_running(c, place, req.cluster, req.num_nodes)
+
+    def _ensure_group_location(self, c, place, req) -> list:
+        """The cluster's existing VMs. A group left in another region with no VMs (an earlier failed
+        attempt whose rollback did not finish) is deleted; one with VMs is a different cluster."""
+        rg = group_name(req.cluster)
+        try:
+            group = c.resource.resource_groups.get(rg)
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return []
+            raise classify(exc, place) or exc from None
+        vms = self._vms(c, place, req.cluster)
+        if group.location.lower() == req.region.lower():
+            return vms
+        if vms:
+            raise InvalidRequestError(f"cluster {req.cluster} already has VMs in Azure region {group.location}",
+                                      place, hint=f"`broker down {req.cluster}` first, or launch it in {group.location}")
+        self._delete_group(c, place, rg)
+        return []
+
+    def _ensure_network(self, c, place, req) -> tuple[str, str]:
+        from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
+
+        rg = group_name(req.cluster)
+        tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
+        try:
+            nsg = c.network.network_security_groups.get(rg, NSG)
+        except Exception as exc:  # noqa: BLE001
+            if not _not_found(exc):
+                raise classify(exc, place) or exc from None
+            nsg = self._call(place, c.network.network_security_groups.begin_create_or_update, rg, NSG,
+                             NetworkSecurityGroup(location=req.region, tags=tags,
+                                                  security_rules=self._rules((), ("22",) + tuple(req.ports))))
+            nsg = self._call(place, nsg.result)
+        else:
+            self._add_rules(c, place, rg, nsg, ("22",) + tuple(req.ports))
+        try:
+            vnet = c.network.virtual_networks.get(rg, VNET)
+        except Exception as exc:  # noqa: BLE001
+            if not _not_found(exc):
+                raise classify(exc, place) or exc from None
+            vnet = self._call(place, c.network.virtual_networks.begin_create_or_update, rg, VNET, VirtualNetwork(
+                location=req.region, tags=tags, address_space=AddressSpace(address_prefixes=[VNET_PREFIX]),
+                subnets=[Subnet(name=SUBNET, address_prefix=SUBNET_PREFIX)]))
+            vnet = self._call(place, vnet.result)
+        subnet = next(s for s in vnet.subnets if s.name == SUBNET)
+        return subnet.id, nsg.id
+
+    @staticmethod
+    def _port_range(spec) -> str:
+        lo, _, hi = str(spec).partition("-")
+        return f"{int(lo)}-{int(hi)}" if hi and int(hi) != int(lo) else str(int(lo))
+
+    def _rules(self, current, ports) -> list:
+        """SecurityRule models for the ports not yet open (tcp from anywhere), plus intra-vnet traffic
+        (also allowed by Azure's default AllowVnetInBound rule; explicit so a reader sees it)."""
+        from azure.mgmt.network.models import SecurityRule
+
+        names = {r.name for r in current}
+        have = {r.destination_port_range for r in current if _s(r.protocol).lower() == "tcp"}
+        used = {r.priority for r in current}
+        out = []
+        if "intra-vnet" not in names:
+            out.append(SecurityRule(name="intra-vnet", protocol="*", source_address_prefix="VirtualNetwork",
+                                    source_port_range="*", destination_address_prefix="VirtualNetwork",
+                                    destination_port_range="*", access="Allow", direction="Inbound", priority=900))
+        prio = 1000
+        for rng in dict.fromkeys(self._port_range(p) for p in ports):
+            if rng in have:
+                continue
+            while prio in used:
+                prio += 1
+            used.add(prio)
+            out.append(SecurityRule(name=f"tcp-{rng}", protocol="Tcp", source_address_prefix="*",
+                                    source_port_range="*", destination_address_prefix="*",
+                                    destination_port_range=rng, access="Allow", direction="Inbound", priority=prio))
+        return out
+
+    def _add_rules(self, c, place, rg, nsg, ports) -> None:
+        new = self._rules(nsg.security_rules or [], ports)
+        self._wait([self._call(place, c.network.security_rules.begin_create_or_update, rg, NSG, r.name, r)
+                    for r in new], place)
+
+    def _image(self, req, place):
+        from azure.mgmt.compute.models import ImageReference
+
+        if req.image_id:
+            img = str(req.image_id)
+            if img.startswith("/"):  # a managed image or gallery image version resource id
+                return ImageReference(id=img)
+            parts = img.split(":")
+            if len(parts) != 4:
+                raise InvalidRequestError(f"image_id {img!r} is neither publisher:offer:sku:version nor a "
+                                          "resource id", place, code="InvalidImage")
+            pub, offer, sku, ver = parts
+        else:
+            pub, offer, sku, ver = GPU_IMAGE if req.accelerator else UBUNTU
+        return ImageReference(publisher=pub, offer=offer, sku=sku, version=ver)
+
+    def _public_key(self, req) -> str:
+        if req.public_key:
+            return req.public_key.strip()
+        from ...paths import broker_home
+        from ...runtime.keys import ensure_user_key
+
+        return ensure_user_key(broker_home())[1].strip()
+
+    def _create_nodes(self, c, place, req, ranks, subnet_id, nsg_id) -> None:
+        from azure.mgmt.compute import models as cm
+        from azure.mgmt.network import models as nm
+
+        rg = group_name(req.cluster)
+        base = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
+        image, key = self._image(req, place), self._public_key(req)
+        ip_pollers = [self._call(place, c.network.public_ip_addresses.begin_create_or_update, rg,
+                                 f"{_vm_name(req.cluster, r)}-ip", nm.PublicIPAddress(
+                                     location=req.region, tags={**base, TAG_RANK: str(r)},
+                                     sku=nm.PublicIPAddressSku(name="Standard"),
+                                     public_ip_allocation_method="Static", public_ip_address_version="IPv4"))
+                      for r in ranks]
+        self._wait(ip_pollers, place)
+        nic_pollers = []
+        for r, ipp in zip(ranks, ip_pollers):
+            nic = nm.NetworkInterface(
+                location=req.region, tags={**base, TAG_RANK: str(r), TAG_SPOT: str(bool(req.use_spot)).lower()},
+                network_security_group=nm.NetworkSecurityGroup(id=nsg_id),
+                ip_configurations=[nm.NetworkInterfaceIPConfiguration(
+                    name="ipconfig1", subnet=nm.Subnet(id=subnet_id), private_ip_allocation_method="Dynamic",
+                    public_ip_address=nm.PublicIPAddress(id=ipp.result().id))])
+            nic_pollers.append(self._call(place, c.network.network_interfaces.begin_create_or_update, rg,
+                                          f"{_vm_name(req.cluster, r)}-nic", nic))
+        self._wait(nic_pollers, place)
+        vm_pollers = []
+        for r, nicp in zip(ranks, nic_pollers):
+            name = _vm_name(req.cluster, r)
+            spot = {"priority": "Spot", "eviction_policy": "Delete",
+                    "billing_profile": cm.BillingProfile(max_price=-1)} if req.use_spot else {}
+            vm = cm.VirtualMachine(
+                **spot, location=req.region, tags={**base, **dict(req.labels), TAG_RANK: str(r)},
+                hardware_profile=cm.HardwareProfile(vm_size=req.instance_type),
+                storage_profile=cm.StorageProfile(image_reference=image, os_disk=cm.OSDisk(
+                    name=f"{name}-os", create_option="FromImage", disk_size_gb=int(req.disk_size),
+                    delete_option="Delete", managed_disk=cm.ManagedDiskParameters(storage_account_type="StandardSSD_LRS"))),
+                os_profile=cm.OSProfile(computer_name=name, admin_username=SSH_USER, linux_configuration=cm.LinuxConfiguration(
+                    disable_password_authentication=True, ssh=cm.SshConfiguration(public_keys=[cm.SshPublicKey(
+                        path=f"/home/{SSH_USER}/.ssh/authorized_keys", key_data=key)]))),
+                network_profile=cm.NetworkProfile(network_interfaces=[cm.NetworkInterfaceReference(
+                    id=nicp.result().id, primary=True)]))
+            vm_pollers.append(self._call(place, c.compute.virtual_machines.begin_create_or_update, rg, name, vm))
+        self._wait(vm_pollers, place)
+
+    def _wait_running(self, c, place, cluster, n) -> list[InstanceInfo]:
+        deadline = time.time() + WAIT_SECONDS
+        while True:
+            infos = [i for i in self._infos(c, place, cluster) if i.state != TERMINATED]
+            if len(infos) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in infos):
+                return infos
+            if time.time() > deadline:
+                raise InvalidRequestError(f"VMs of {cluster} not running after {WAIT_SECONDS:.0f}s", place)
+            time.sleep(max(clients.poll_interval(), 0.05))
+
+    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        place = Place("azure", region)
+        c = self._clients(place)
+        return [i for i in self._infos(c, place, cluster) if i.state != TERMINATED]
+
+    def query_all(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        """Including nodes that are gone: a rank NIC with no VM is an evicted (spot) or deleted VM."""
+        place = Place("azure", region)
+        c = self._clients(place)
+        infos = self._infos(c, place, cluster)
+        ips, _, nics = self._network_view(c, place, cluster)
+        ranks = {i.rank_hint for i in infos}
+        for nic in nics:
+            tags = nic.tags or {}
+            rank = tags.get(TAG_RANK, "")
+            if rank.isdigit() and int(rank) not in ranks and not nic.virtual_machine:
+                spot = tags.get(TAG_SPOT) == "true"
+                infos.append(InstanceInfo(instance_id=_vm_name(cluster, int(rank)), state=TERMINATED,
+                                          private_ip=ips.get(nic.id.lower(), (None, None))[0], ssh_user=SSH_USER,
+                                          spot=spot, tags=dict(tags), state_reason="Evicted" if spot else "Deleted",
+                                          rank_hint=int(rank)))
+        return infos
+
+    def _delete_group(self, c, place, rg: str) -> None:
+        try:
+            poller = c.resource.resource_groups.begin_delete(rg, force_deletion_types="Microsoft.Compute/virtualMachines")
+            poller.result()
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return
+            raise classify(exc, place) or exc from None
+        finally:
+            self._groups_cache = None
+
+    def terminate(self, cluster: str, region: str | None) -> None:
+        place = Place("azure", region)
+        self._delete_group(self._clients(place), place, group_name(cluster))
+
+    def stop(self, cluster: str, region: str | None) -> None:
+        place = Place("azure", region)
+        c = self._clients(place)
+        rg = group_name(cluster)
+        names = [vm.name for vm in self._vms(c, place, cluster)
+                 if self._info(vm, {}).state in (RUNNING, PENDING)]
+        self._wait([self._call(place, c.compute.virtual_machines.begin_deallocate, rg, n) for n in names], place)
+
+    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        place = Place("azure", region)
+        c = self._clients(place)
+        rg = group_name(cluster)
+        vms = [vm for vm in self._vms(c, place, cluster) if self._info(vm, {}).state != TERMINATED]
+        names = [vm.name for vm in vms if self._info(vm, {}).state in (STOPPED, STOPPING)]
+        self._wait([self._call(place, c.compute.virtual_machines.begin_start, rg, n) for n in names], place)
+        return self._wait_running(c, place, cluster, len(vms))
+
+    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
+        place = Place("azure", region)
+        c = self._clients(place)
+        rg = group_name(cluster)
+        try:
+            nsg = c.network.network_security_groups.get(rg, NSG)
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                raise InvalidRequestError(f"cluster {cluster} has no network security group on Azure", place) from None
+            raise classify(exc, place) or exc from None
+        self._add_rules(c, place, rg, nsg, tuple(ports))
+
+    def runner(self, cluster: str, node):
+        return ssh_runner(cluster, node, default_user=SSH_USER)
+
+    def tagged_clusters(self, region: str) -> dict[str, list[str]]:
+        """Every skybroker-tagged resource group in a region: cluster → VM names (the group's name when it
+        holds no VM: its network resources are orphans too). For `broker gc`."""
+        place = Place("azure", region)
+        c = self._clients(place)
+        now = time.time()
+        if self._groups_cache is None or now - self._groups_cache[0] > 10:  # gc asks once per region
+            groups = self._call(place, lambda: list(c.resource.resource_groups.list(filter=f"tagName eq '{TAG_CLUSTER}'")))
+            self._groups_cache = (now, groups)
+        out: dict[str, list[str]] = {}
+        for g in self._groups_cache[1]:
+            if (g.location or "").lower() != region.lower():
+                continue
+            cluster = (g.tags or {}).get(TAG_CLUSTER)
+            if not cluster:
+                continue
+            names = [vm.name for vm in self._vms(c, place, cluster)]
+            out[cluster] = names or [g.name]
+        return out
