@@ -6,6 +6,7 @@ attempt created before re-raising — so no instance is left running that the us
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -105,38 +106,58 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             blocks.append(block_for(exc, cand))
             on_event("failover", f"{a.error} on {a.place} ({a.code or a.message}); blocking {blocks[-1]} and re-planning")
             continue
-        except BaseException:
-            _rollback(cloud, cluster, cand, intent, on_event)
+        except BaseException as exc:
+            clean = _rollback(cloud, cluster, cand, intent, on_event)
+            if isinstance(exc, KeyboardInterrupt) and clean:
+                on_event("cleanup", f"interrupted: rolled back the launch on {where}; no instance of {cluster} "
+                         "is left running")
             raise
         state.set_intent(intent, "created")
         return cand, infos, attempts
 
 
+_cancel = threading.local()
+
+
+def cancelled() -> bool:
+    """True in a provisioning worker thread whose caller was interrupted: drivers check it between SDK
+    calls so a Ctrl-C during e.g. security-group setup does not go on to launch instances."""
+    ev = getattr(_cancel, "event", None)
+    return ev is not None and ev.is_set()
+
+
 def _finish_in_flight(fn, on_event):
     """Run a create call in a worker thread. On Ctrl-C, let the in-flight call return first (so we know
-    what it created), then re-raise: the caller rolls back everything tagged with the cluster. A second
-    Ctrl-C stops waiting."""
-    import threading
+    what it created; the driver starts no further call), then re-raise: the caller rolls back everything
+    tagged with the cluster. A second Ctrl-C stops waiting.
 
+    Completion is signalled with an Event, not Thread.is_alive(): on CPython 3.11 a KeyboardInterrupt that
+    lands inside Thread.join() marks the still-running thread as stopped."""
     box: dict = {}
+    done = threading.Event()
+    cancel = threading.Event()
 
     def work():
+        _cancel.event = cancel
         try:
             box["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
+        finally:
+            done.set()
 
     t = threading.Thread(target=work, daemon=True, name="provision")
     t.start()
     try:
-        while t.is_alive():
-            t.join(0.1)
+        while not done.wait(0.1):
+            pass
     except KeyboardInterrupt:
+        cancel.set()
         on_event("cleanup", "interrupted: waiting for the cloud call in flight to return, then cleaning up "
                  "(Ctrl-C again to stop waiting)")
         try:
-            while t.is_alive():
-                t.join(0.1)
+            while not done.wait(0.1):
+                pass
         except KeyboardInterrupt:
             pass
         raise KeyboardInterrupt from None
@@ -150,10 +171,12 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
     return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
 
 
-def _rollback(cloud, cluster: str, cand: Candidate, intent: int, on_event) -> None:
+def _rollback(cloud, cluster: str, cand: Candidate, intent: int, on_event) -> bool:
     try:
         cloud.terminate(cluster, cand.region)
         state.set_intent(intent, "cleaned")
+        return True
     except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
         on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {exc}; "
                  f"run `broker down {cluster}` or `broker gc`")
+        return False

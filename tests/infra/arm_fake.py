@@ -1,7 +1,7 @@
 """A small local fake of Azure Resource Manager (ARM) for the real azure-mgmt-* SDKs, over HTTPS.
 
 Shapes follow what the SDKs (azure-mgmt-resource 26, -compute 39, -network 33) send and expect:
-  resource groups   PUT/GET/HEAD/PATCH/DELETE /subscriptions/S/resourcegroups/RG   (DELETE: 202 + Location)
+  resource groups   PUT/GET/HEAD/DELETE /subscriptions/S/resourcegroups/RG   (DELETE: 202 + Location)
                     GET /subscriptions/S/resourcegroups?$filter=tagName eq 'K' [and tagValue eq 'V']
                     GET /subscriptions/S/resourceGroups/RG/resources
   resources         PUT/GET/DELETE .../resourceGroups/RG/providers/NS/TYPE/NAME[/CHILDTYPE/CHILDNAME]
@@ -104,13 +104,13 @@ class ArmFake:
 
     # -- fault injection -------------------------------------------------------------------------
     def capacity(self, region: str, code: str = "SkuNotAvailable") -> None:
-        self.faults["capacity"][region.lower()] = code
+        self.faults["capacity"][region.lower()] = code  # or AllocationFailed, ZonalAllocationFailed, ...
 
     def quota(self, region: str, code: str = "OperationNotAllowed") -> None:
-        self.faults["quota"][region.lower()] = code
+        self.faults["quota"][region.lower()] = code  # or QuotaExceeded
 
     def auth(self, code: str | None = "AuthenticationFailed") -> None:
-        self.faults["auth"] = code
+        self.faults["auth"] = code  # or AuthorizationFailed (403), InvalidAuthenticationToken
 
     def clear_faults(self) -> None:
         self.faults = {"capacity": {}, "quota": {}, "auth": None}
@@ -153,9 +153,6 @@ class ArmFake:
                 return self._op_result(rest[1])
             if lrest[:1] == ["providers"] and len(rest) == 6 and lrest[4] == "operations":
                 return self._op_status(rest[5])
-            if lrest[:1] == ["providers"] and len(rest) == 3 and method == "GET":
-                return 200, {}, {"value": [self._view(r, query) for r in self.resources.values()
-                                           if r["type"].lower() == f"{lrest[1]}/{lrest[2]}"]}
             if lrest == ["resourcegroups"] and method == "GET":
                 return 200, {}, {"value": [g for g in self.groups.values() if _tag_filter(query.get("$filter"), g)]}
             if lrest[:1] != ["resourcegroups"] or len(rest) < 2:
@@ -199,7 +196,7 @@ class ArmFake:
     def _group(self, method, name, body):
         key = name.lower()
         g = self.groups.get(key)
-        if method in ("GET", "HEAD", "PATCH", "DELETE") and g is None:
+        if method in ("GET", "HEAD", "DELETE") and g is None:
             raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
         if method in ("GET", "HEAD"):
             return (204 if method == "HEAD" else 200), {}, (None if method == "HEAD" else g)
@@ -218,9 +215,6 @@ class ArmFake:
                  "tags": body.get("tags") or {}, "properties": {"provisioningState": "Succeeded"}}
             self.groups[key] = g
             return (201 if created else 200), {}, g
-        if method == "PATCH":
-            g["tags"] = (body or {}).get("tags", g["tags"])
-            return 200, {}, g
         if method == "DELETE":
             g["properties"]["provisioningState"] = "Deleting"
 
@@ -239,8 +233,7 @@ class ArmFake:
     def _lro(self, status, body, region, effect, *, error=None, location=False, async_header=True):
         op = uuid.uuid4().hex
         self.ops[op] = {"polls": 0, "effect": effect, "error": error, "done": False}
-        base = self._base
-        headers = {}
+        headers, base = {}, self.endpoint
         if async_header:
             headers["Azure-AsyncOperation"] = (f"{base}/subscriptions/{self.subscription}/providers/Microsoft.Fake/"
                                                f"locations/{region}/operations/{op}?api-version=2024-01-01")
@@ -255,42 +248,31 @@ class ArmFake:
         op["polls"] += 1
         if not op["done"] and op["polls"] >= self.lro_polls:
             op["done"] = True
-            if op["effect"]:
-                op["effect"]()
+            (op["effect"] or (lambda: None))()
         return op
 
     def _op_status(self, op_id):
         op = self._advance(op_id)
-        doc = {"name": op_id, "startTime": _now(), "status": "InProgress"}
-        if op["done"]:
-            doc["status"] = "Failed" if op["error"] else "Succeeded"
-            doc["endTime"] = _now()
-            if op["error"]:
-                doc["error"] = op["error"]
-        return 200, {}, doc
+        status = "InProgress" if not op["done"] else "Failed" if op["error"] else "Succeeded"
+        doc = {"name": op_id, "startTime": _now(), "status": status}
+        return 200, {}, {**doc, "error": op["error"]} if status == "Failed" else doc
 
     def _op_result(self, op_id):
         op = self._advance(op_id)
         if not op["done"]:
-            return 202, {"Location": f"{self._base}/subscriptions/{self.subscription}/operationresults/{op_id}?api-version=2024-01-01"}, None
-        if op["error"]:
-            return 400, {}, {"error": op["error"]}
-        return 200, {}, None
+            return 202, {"Location": f"{self.endpoint}/subscriptions/{self.subscription}/operationresults/{op_id}?api-version=2024-01-01"}, None
+        return (400, {}, {"error": op["error"]}) if op["error"] else (200, {}, None)
 
     # -- resources ---------------------------------------------------------------------------------
     def _get(self, rid: str) -> dict:
-        r = self.resources.get(rid.lower())
-        if r is None:
+        if rid.lower() not in self.resources:
             raise ArmError(404, "ResourceNotFound", f"The Resource '{rid.split('/providers/')[-1]}' was not found.")
-        return r
+        return self.resources[rid.lower()]
 
     def _ref(self, ref: dict | None, what: str) -> dict | None:
-        if not ref:
-            return None
-        r = self.resources.get(ref.get("id", "").lower())
-        if r is None:
+        if ref and ref.get("id", "").lower() not in self.resources:
             raise ArmError(400, "InvalidResourceReference", f"Resource {ref.get('id')} referenced by {what} was not found.")
-        return r
+        return self.resources[ref["id"].lower()] if ref else None
 
     def _put(self, rid, rtype, name, body):
         if not isinstance(body, dict) or not body.get("location"):
@@ -299,9 +281,7 @@ class ArmFake:
         props = dict(body.get("properties") or {})
         existing = self.resources.get(rid.lower())
         res = {"id": rid, "name": name, "type": rtype, "location": region, "tags": body.get("tags") or {}}
-        for k in ("sku", "zones", "etag"):
-            if k in body:
-                res[k] = body[k]
+        res.update({k: body[k] for k in ("sku", "zones") if k in body})
         kind = rtype.split("/")[-1].lower()
         error = None
         if kind == "virtualmachines":
@@ -434,7 +414,7 @@ class ArmFake:
         vm = self._get(rid)
         key = rid.lower()
         moves = {"start": ("starting", "running"), "deallocate": ("deallocating", "deallocated"),
-                 "poweroff": ("stopping", "stopped"), "restart": ("starting", "running")}
+                 "poweroff": ("stopping", "stopped")}
         if action not in moves:
             raise ArmError(400, "InvalidRequestContent", f"unsupported action {action}")
         during, after = moves[action]
@@ -487,10 +467,6 @@ class ArmFake:
                 self.nodes.kill(node)
             except Exception:  # noqa: BLE001 - best effort (pool may be closed already)
                 pass
-
-    @property
-    def _base(self) -> str:
-        return self.endpoint
 
 
 def _now() -> str:

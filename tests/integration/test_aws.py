@@ -519,9 +519,18 @@ def test_interrupt_during_provision_rolls_back(hooks, public_key):
     with pytest.raises(KeyboardInterrupt):
         provision.provision("intr", Planner(task()), public_key=public_key,
                             on_event=lambda k, m: events.append((k, m)))
+    # the in-flight RunInstances had returned before the rollback (so it was seen and terminated), and the
+    # worker started nothing after it (no CreateTags, no wait)
+    for t in threading.enumerate():
+        if t.name == "provision":
+            t.join(10)
+    launched = instances(cluster="intr", states=("pending", "running", "shutting-down", "terminated"))
+    assert len(launched) == 1 and launched[0]["State"]["Name"] in ("shutting-down", "terminated")
+    assert "skybroker-rank" not in tags(launched[0])
     assert instances(cluster="intr") == []
     assert state.open_intents("intr") == []
-    assert any(k == "cleanup" for k, _ in events)
+    assert [k for k, _ in events].count("cleanup") == 2
+    assert "no instance of intr is left running" in events[-1][1]
 
 
 # -- broker gc: a real CLI subprocess against a moto server -----------------------------------------

@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 
-from ...errors import InvalidRequestError, Place, ProvisionError, QuotaError
+from ...errors import Interrupted, InvalidRequestError, Place, ProvisionError, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
                     ProvisionRequest)
 from ..common import ssh_runner
@@ -48,7 +48,12 @@ class AWSCloud:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
-        """Run an SDK call, translating refusals into typed errors."""
+        """Run an SDK call, translating refusals into typed errors. In a provisioning worker whose
+        caller was interrupted (Ctrl-C), start no new call."""
+        from ...provision import cancelled
+
+        if cancelled():
+            raise Interrupted("provisioning cancelled")
         try:
             return fn(*args, **kw)
         except ProvisionError:

@@ -1,0 +1,438 @@
+"""GCE driver (google-cloud-compute, REST transport).
+
+One instance per node, labelled skybroker-cluster / skybroker-user / skybroker-rank and found by the cluster
+label (an aggregated list across zones), so a retried launch resumes instead of duplicating; instance names
+are deterministic (`<cluster>-<user hash>-<rank>`), so a repeated insert gets 409 instead of a twin.
+Per cluster: a firewall rule `skybroker-<cluster>` (tcp 22 + the task's ports from anywhere) and
+`skybroker-<cluster>-internal` (everything between the cluster's instances), both targeting the network
+tag `skybroker-<cluster>` that every instance carries. The user's key goes in the `ssh-keys` metadata
+(`broker:<public key>`); the boot disk is Ubuntu 22.04 (with NVIDIA drivers for GPU hosts) unless the
+task names an image.
+
+Spot = `scheduling.provisioningModel=SPOT` with `instanceTerminationAction=DELETE`, chosen deliberately:
+a managed job relaunches elsewhere anyway, and a STOPped spot VM would keep billing for its disk. So a
+preempted instance simply disappears from `instances.list`; GCE leaves a `compute.instances.preempted`
+system operation behind, which `query_all` reports as the state reason.
+
+Operations are polled with our own ZoneOperationsClient/GlobalOperationsClient (`wait`), built by the
+same client factory (the SDK's `operation.result()` ignores the endpoint override). Zones: the catalog
+uses GCE zone names (us-central1-a) directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+
+from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
+                    ProvisionRequest)
+from ..common import ssh_runner
+from . import client as clients
+from .errors import OperationError, classify
+
+TAG_RANK = "skybroker-rank"
+SSH_USER = "broker"
+UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
+# Canonical's accelerator images ship the NVIDIA driver (K80 needs a ≤470 driver: pass image_id for it).
+GPU_IMAGE = "projects/ubuntu-os-accelerator-images/global/images/family/ubuntu-accelerator-2204-amd64-with-nvidia-570"
+NETWORK = "global/networks/default"
+DISK_TYPE = "pd-balanced"
+PREEMPTED_OP = "compute.instances.preempted"
+# Our accelerator names → GCE accelerator types, for GPUs attached to N1 hosts.
+GPU_TYPES = {"V100": "nvidia-tesla-v100", "T4": "nvidia-tesla-t4", "P100": "nvidia-tesla-p100",
+             "P4": "nvidia-tesla-p4", "K80": "nvidia-tesla-k80", "L4": "nvidia-l4", "A100": "nvidia-tesla-a100"}
+# Machine families that bring their GPUs (A100 on a2, H100 on a3, L4 on g2): nothing to attach.
+BUNDLED_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
+_STATE = {"PROVISIONING": PENDING, "STAGING": PENDING, "PENDING": PENDING, "REPAIRING": PENDING,
+          "RUNNING": RUNNING, "STOPPING": STOPPING, "SUSPENDING": STOPPING, "PENDING_STOP": STOPPING,
+          "TERMINATED": STOPPED, "STOPPED": STOPPED, "SUSPENDED": STOPPED, "DEPROVISIONING": TERMINATED}
+
+
+def _wait_seconds() -> float:
+    return float(os.environ.get("BROKER_GCP_WAIT", "600"))
+
+
+def _poll() -> float:
+    return float(os.environ.get("BROKER_GCP_POLL", "2"))
+
+
+def _user() -> str:
+    return os.environ.get("USER") or "user"
+
+
+def _label(value) -> str:
+    """A valid GCE label value: lowercase letters, digits, `-`, `_`; at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]
+
+
+def _label_key(key) -> str:
+    k = _label(key)
+    return k if k[:1].isalpha() else ("x-" + k)[:63]
+
+
+def fw_name(cluster: str) -> str:
+    return f"skybroker-{cluster}"
+
+
+def instance_name(cluster: str, rank: int) -> str:
+    h = hashlib.sha256(_user().encode()).hexdigest()[:4]
+    return f"{cluster}-{h}-{rank}"
+
+
+def _last(url: str) -> str:
+    return url.rsplit("/", 1)[-1] if url else url
+
+
+def region_of(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
+
+
+def _state(inst) -> str:
+    return _STATE.get(inst.status, PENDING)
+
+
+def _rank(inst) -> int | None:
+    r = inst.labels.get(TAG_RANK)
+    return int(r) if r is not None and r.isdigit() else None
+
+
+def _info(inst) -> InstanceInfo:
+    nic = inst.network_interfaces[0] if inst.network_interfaces else None
+    public = nic.access_configs[0].nat_i_p if nic and nic.access_configs else None
+    sched = inst.scheduling
+    return InstanceInfo(
+        instance_id=inst.name, state=_state(inst), public_ip=public or None,
+        private_ip=(nic.network_i_p if nic else None) or None, ssh_user=SSH_USER, ssh_port=22,
+        zone=_last(inst.zone), spot=sched.provisioning_model == "SPOT" or bool(sched.preemptible),
+        tags=dict(inst.labels), rank_hint=_rank(inst))
+
+
+def _ordered(infos: list[InstanceInfo]) -> list[InstanceInfo]:
+    return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+
+
+class GCPCloud:
+    name = "gcp"
+    supports_stop = True
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _call(self, place: Place, fn, *args, **kw):
+        """Run an SDK call, translating refusals into typed errors."""
+        try:
+            return fn(*args, **kw)
+        except ProvisionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            typed = classify(exc, place)
+            if typed is None:
+                raise
+            raise typed from None
+
+    def _list(self, project: str, cluster: str | None, region: str | None) -> list:
+        """Instances with the cluster label (any cluster when None), in the region's zones (all when None)."""
+        from google.cloud import compute_v1
+
+        flt = f"labels.{TAG_CLUSTER}={cluster}" if cluster else f"labels.{TAG_CLUSTER}:*"
+        req = compute_v1.AggregatedListInstancesRequest(project=project, filter=flt)
+        out = []
+        for scope, scoped in clients.instances().aggregated_list(request=req):
+            zone = _last(scope)
+            if region and region_of(zone) != region:
+                continue
+            out.extend(scoped.instances)
+        return out
+
+    def _wait_op(self, project: str, op, zone: str | None = None):
+        """Wait for a zone (or global) operation to be DONE; raise OperationError if it failed."""
+        from google.cloud import compute_v1
+
+        done = compute_v1.Operation.Status.DONE
+        deadline = time.time() + _wait_seconds()
+        while op.status != done:
+            if time.time() > deadline:
+                raise InvalidRequestError(f"GCE operation {op.name} not done after {_wait_seconds():.0f}s",
+                                          Place("gcp", region_of(zone) if zone else None, zone))
+            if zone:
+                op = clients.zone_operations().wait(project=project, zone=zone, operation=op.name)
+            else:
+                op = clients.global_operations().wait(project=project, operation=op.name)
+            if op.status != done:
+                time.sleep(_poll())
+        if op.error and op.error.errors:
+            raise OperationError(op)
+        return op
+
+    def _wait_all(self, project: str, place: Place, ops: list[tuple[str | None, object]], ignore=()) -> None:
+        """Wait for every operation (so nothing is in flight), then raise the first failure (failures with
+        an error code in `ignore` are not failures)."""
+        first = None
+        for zone, op in ops:
+            try:
+                self._wait_op(project, op, zone)
+            except OperationError as exc:
+                if not set(exc.codes) <= set(ignore):
+                    first = first or classify(exc, place)
+            except ProvisionError as exc:
+                first = first or exc
+            except Exception as exc:  # noqa: BLE001 - the poll itself failed
+                typed = classify(exc, place)
+                if typed is None:
+                    raise
+                first = first or typed
+        if first is not None:
+            raise first
+
+    def _each(self, project: str, place: Place, insts, method: str) -> None:
+        """Call instances.<method>_unary on each instance and wait for the operations; an instance that is
+        already gone (deleted, or a spot VM preempted meanwhile) is skipped."""
+        from google.api_core.exceptions import NotFound
+
+        ops = []
+        for inst in insts:
+            zone = _last(inst.zone)
+            try:
+                ops.append((zone, getattr(clients.instances(), method + "_unary")(project=project, zone=zone,
+                                                                                  instance=inst.name)))
+            except NotFound:
+                continue
+            except Exception as exc:  # noqa: BLE001 - classified; in-flight operations finish first
+                self._wait_all(project, place, ops, ignore=("RESOURCE_NOT_FOUND",))
+                raise (classify(exc, place) or exc) from None
+        self._wait_all(project, place, ops, ignore=("RESOURCE_NOT_FOUND",))
+
+    def _wait_until(self, project, place, cluster, region, ok, what: str) -> list:
+        deadline = time.time() + _wait_seconds()
+        while True:
+            insts = self._call(place, self._list, project, cluster, region)
+            if ok(insts):
+                return insts
+            if time.time() > deadline:
+                raise InvalidRequestError(f"instances of {cluster} not {what} after {_wait_seconds():.0f}s", place)
+            time.sleep(_poll())
+
+    def _wait_running(self, project, place, cluster, region, n) -> list[InstanceInfo]:
+        deadline = time.time() + _wait_seconds()
+        while True:
+            infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
+            live = [i for i in infos if i.state in (PENDING, RUNNING)]
+            if len(live) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in live):
+                return _ordered(live)
+            if len(live) < n:  # created and then gone: a spot VM preempted while starting
+                raise CapacityError(f"{n - len(live)} instance(s) of {cluster} disappeared while starting "
+                                    "(spot capacity reclaimed?)", place, code="PREEMPTED_DURING_PROVISIONING")
+            if time.time() > deadline:
+                raise InvalidRequestError(f"instances of {cluster} not running after {_wait_seconds():.0f}s", place)
+            time.sleep(_poll())
+
+    # -- provision -------------------------------------------------------------------------------
+    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+        place = Place("gcp", req.region, req.zone, req.instance_type)
+        project = self._call(place, clients.project)
+        live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
+        zone = _last(live[0].zone) if live else req.zone  # a cluster stays in one zone
+        if not zone:
+            raise InvalidRequestError("GCE needs a zone to create instances in", place)
+        place = Place("gcp", req.region or region_of(zone), zone, req.instance_type)
+        if any(_state(i) == STOPPING for i in live):
+            live = self._wait_until(project, place, req.cluster, req.region,
+                                    lambda xs: all(_state(i) != STOPPING for i in xs), "stopped")
+        self._resume(project, place, [i for i in live if _state(i) == STOPPED])
+        self._call(place, self._ensure_firewalls, project, req.cluster, tuple(req.ports))
+        missing = req.num_nodes - len(live)
+        if missing > 0:
+            from google.api_core.exceptions import Conflict
+
+            have = {_rank(i) for i in live}
+            ranks = [r for r in range(req.num_nodes) if r not in have][:missing]
+            public_key = req.public_key or _public_key()
+            ops = []
+            for rank in ranks:
+                body = self._instance_body(req, project, zone, rank, public_key)
+                try:
+                    ops.append((zone, clients.instances().insert_unary(project=project, zone=zone,
+                                                                       instance_resource=body)))
+                except Conflict:
+                    continue  # the name exists: a retried or concurrent launch created it; counted below
+                except Exception as exc:  # noqa: BLE001 - classified; in-flight inserts finish first
+                    self._wait_all(project, place, ops)
+                    raise (classify(exc, place) or exc) from None
+            self._wait_all(project, place, ops)
+        return self._wait_running(project, place, req.cluster, req.region, req.num_nodes)
+
+    def _resume(self, project, place, stopped) -> None:
+        suspended = [i for i in stopped if i.status == "SUSPENDED"]
+        self._each(project, place, [i for i in stopped if i.status != "SUSPENDED"], "start")
+        self._each(project, place, suspended, "resume")
+
+    def _instance_body(self, req: ProvisionRequest, project: str, zone: str, rank: int, public_key: str):
+        from google.cloud import compute_v1 as c
+
+        bundled = req.instance_type.startswith(BUNDLED_GPU_FAMILIES)
+        accels = []
+        if req.accelerator and not bundled:
+            gpu = GPU_TYPES.get(req.accelerator)
+            if gpu is None or gpu in ("nvidia-l4", "nvidia-tesla-a100"):
+                raise InvalidRequestError(f"{req.accelerator} cannot be attached to {req.instance_type} on GCP",
+                                          Place("gcp", req.region, zone, req.instance_type))
+            accels = [c.AcceleratorConfig(accelerator_type=f"projects/{project}/zones/{zone}/acceleratorTypes/{gpu}",
+                                          accelerator_count=max(1, int(req.accelerator_count)))]
+        has_gpu = bool(req.accelerator)
+        if req.use_spot:
+            # DELETE on preemption (see the module docstring); spot VMs cannot restart or live-migrate.
+            sched = c.Scheduling(provisioning_model="SPOT", instance_termination_action="DELETE",
+                                 automatic_restart=False, on_host_maintenance="TERMINATE")
+        else:
+            # GPU VMs cannot live-migrate: GCE requires TERMINATE on host maintenance for them.
+            sched = c.Scheduling(provisioning_model="STANDARD", automatic_restart=True,
+                                 on_host_maintenance="TERMINATE" if has_gpu else "MIGRATE")
+        labels = {_label_key(k): _label(v) for k, v in req.labels}
+        labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_RANK: str(rank)})
+        image = req.image_id or (GPU_IMAGE if has_gpu else UBUNTU_IMAGE)
+        disk = c.AttachedDisk(boot=True, auto_delete=True, type_="PERSISTENT", initialize_params=c.AttachedDiskInitializeParams(
+            source_image=image, disk_size_gb=int(req.disk_size), disk_type=f"zones/{zone}/diskTypes/{DISK_TYPE}",
+            labels={TAG_CLUSTER: _label(req.cluster)}))
+        nic = c.NetworkInterface(network=NETWORK, access_configs=[c.AccessConfig(name="External NAT",
+                                                                                 type_="ONE_TO_ONE_NAT")])
+        return c.Instance(
+            name=instance_name(req.cluster, rank), machine_type=f"zones/{zone}/machineTypes/{req.instance_type}",
+            labels=labels, tags=c.Tags(items=[fw_name(req.cluster)]), disks=[disk], network_interfaces=[nic],
+            metadata=c.Metadata(items=[c.Items(key="ssh-keys", value=f"{req.user}:{public_key.strip()}")]),
+            scheduling=sched, guest_accelerators=accels)
+
+    # -- firewall --------------------------------------------------------------------------------
+    def _get_firewall(self, project: str, name: str):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return clients.firewalls().get(project=project, firewall=name)
+        except NotFound:
+            return None
+
+    def _ensure_firewalls(self, project: str, cluster: str, ports: tuple[str, ...]) -> None:
+        from google.api_core.exceptions import Conflict
+        from google.cloud import compute_v1 as c
+
+        tag = fw_name(cluster)
+        wanted = list(dict.fromkeys(["22", *(str(p) for p in ports)]))
+        rules = {tag: c.Firewall(name=tag, network=NETWORK, direction="INGRESS", description=f"skybroker cluster {cluster}",
+                                 allowed=[c.Allowed(I_p_protocol="tcp", ports=wanted)],
+                                 source_ranges=["0.0.0.0/0"], target_tags=[tag]),
+                 tag + "-internal": c.Firewall(name=tag + "-internal", network=NETWORK, direction="INGRESS",
+                                               description=f"skybroker cluster {cluster}: intra-cluster",
+                                               allowed=[c.Allowed(I_p_protocol="all")], source_tags=[tag],
+                                               target_tags=[tag])}
+        for name, body in rules.items():
+            have = self._get_firewall(project, name)
+            if have is None:
+                try:
+                    self._wait_op(project, clients.firewalls().insert_unary(project=project, firewall_resource=body))
+                except Conflict:  # a concurrent launch created it
+                    have = self._get_firewall(project, name)
+            if have is not None and name == tag:
+                self._add_ports(project, have, wanted)
+
+    def _add_ports(self, project: str, fw, ports: list[str]) -> None:
+        from google.cloud import compute_v1 as c
+
+        tcp = [a for a in fw.allowed if a.I_p_protocol == "tcp"]
+        have = {p for a in tcp for p in a.ports}
+        if not tcp or not all(p in have for p in ports):
+            merged = list(dict.fromkeys([*(p for a in tcp for p in a.ports), *ports]))
+            others = [a for a in fw.allowed if a.I_p_protocol != "tcp"]
+            patch = c.Firewall(allowed=[*others, c.Allowed(I_p_protocol="tcp", ports=merged)])
+            self._wait_op(project, clients.firewalls().patch_unary(project=project, firewall=fw.name,
+                                                                   firewall_resource=patch))
+
+    def _delete_firewalls(self, project: str, cluster: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        for name in (fw_name(cluster), fw_name(cluster) + "-internal"):
+            try:
+                self._wait_op(project, clients.firewalls().delete_unary(project=project, firewall=name))
+            except NotFound:
+                pass
+
+    # -- the rest of the protocol ------------------------------------------------------------------
+    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
+        return _ordered([i for i in infos if i.state != TERMINATED])
+
+    def query_all(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        """Also the instances that are gone because GCE preempted them (state_reason
+        `compute.instances.preempted`, from the system operation GCE records for each preemption)."""
+        from google.cloud import compute_v1
+
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
+        seen = {i.instance_id for i in infos}
+        prefix = instance_name(cluster, 0)[:-1]
+        req = compute_v1.AggregatedListGlobalOperationsRequest(project=project, filter=f'operationType="{PREEMPTED_OP}"')
+        for scope, scoped in self._call(place, lambda: list(clients.global_operations().aggregated_list(request=req))):
+            zone = _last(scope)
+            if region and region_of(zone) != region:
+                continue
+            for op in scoped.operations:
+                name = _last(op.target_link)
+                if name.startswith(prefix) and name[len(prefix):].isdigit() and name not in seen:
+                    seen.add(name)
+                    infos.append(InstanceInfo(instance_id=name, state=TERMINATED, zone=zone, spot=True,
+                                              state_reason=PREEMPTED_OP, rank_hint=int(name[len(prefix):])))
+        return _ordered(infos)
+
+    def terminate(self, cluster: str, region: str | None) -> None:
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        insts = [i for i in self._call(place, self._list, project, cluster, region) if i.status != "DEPROVISIONING"]
+        self._each(project, place, insts, "delete")
+        if insts:
+            self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
+        self._call(place, self._delete_firewalls, project, cluster)
+
+    def stop(self, cluster: str, region: str | None) -> None:
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        insts = [i for i in self._call(place, self._list, project, cluster, region) if _state(i) in (PENDING, RUNNING)]
+        self._each(project, place, insts, "stop")
+        if insts:
+            self._wait_until(project, place, cluster, region,
+                             lambda xs: all(_state(i) in (STOPPED, TERMINATED) for i in xs), "stopped")
+
+    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        insts = [i for i in self._call(place, self._list, project, cluster, region) if _state(i) != TERMINATED]
+        if any(_state(i) == STOPPING for i in insts):
+            insts = self._wait_until(project, place, cluster, region,
+                                     lambda xs: all(_state(i) != STOPPING for i in xs), "stopped")
+        self._resume(project, place, [i for i in insts if _state(i) == STOPPED])
+        return self._wait_running(project, place, cluster, region, len(insts))
+
+    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        self._call(place, self._ensure_firewalls, project, cluster, tuple(ports))
+
+    def runner(self, cluster: str, node):
+        return ssh_runner(cluster, node, default_user=SSH_USER)
+
+    def tagged_clusters(self, region: str) -> dict[str, list[str]]:
+        """Every skybroker-labelled instance in a region: cluster → instance names (for `broker gc`)."""
+        place = Place("gcp", region)
+        project = self._call(place, clients.project)
+        out: dict[str, list[str]] = {}
+        for inst in self._call(place, self._list, project, None, region):
+            if _state(inst) != TERMINATED:
+                out.setdefault(inst.labels[TAG_CLUSTER], []).append(inst.name)
+        return out
+
+
+def _public_key() -> str:
+    from ...paths import broker_home
+    from ...runtime.keys import ensure_user_key
+
+    return ensure_user_key(broker_home())[1]

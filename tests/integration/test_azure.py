@@ -1,0 +1,306 @@
+"""The Azure driver with the real azure-mgmt-* SDKs against tests/infra/arm_fake.py (ARM over HTTPS on
+127.0.0.1 with a self-signed certificate). No test hooks in product code: the client factory reads
+BROKER_AZURE_ENDPOINT / BROKER_AZURE_FAKE_TOKEN / BROKER_AZURE_CA_BUNDLE / BROKER_AZURE_POLL."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+pytest.importorskip("azure.mgmt.compute")
+pytest.importorskip("azure.mgmt.network")
+pytest.importorskip("azure.mgmt.resource")
+pytest.importorskip("cryptography")
+
+from skybroker.clouds.base import RUNNING, STOPPED, TAG_CLUSTER, TAG_USER, TERMINATED, ProvisionRequest  # noqa: E402
+from skybroker.errors import (CapacityError, CredentialsError, InvalidRequestError, QuotaError,  # noqa: E402
+                              Scope)
+from tests.infra.arm_fake import SUBSCRIPTION, ArmFake  # noqa: E402
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = ArmFake()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def arm(fake, monkeypatch):
+    """The fake with no faults, and this process pointed at it."""
+    from skybroker.clouds.azure import client
+
+    fake.clear_faults()
+    monkeypatch.setenv("BROKER_AZURE_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("BROKER_AZURE_FAKE_TOKEN", "1")
+    monkeypatch.setenv("BROKER_AZURE_CA_BUNDLE", str(fake.ca_path))
+    monkeypatch.setenv("BROKER_AZURE_POLL", "0")
+    monkeypatch.setenv("BROKER_AZURE_RETRIES", "0")
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
+    client.reset()
+    yield fake
+    fake.clear_faults()
+    client.reset()
+
+
+@pytest.fixture
+def drv(arm):
+    from skybroker.clouds.azure import AzureCloud
+
+    return AzureCloud()
+
+
+def cluster_name() -> str:
+    return f"az{next(_names)}"
+
+
+def req(cluster, region="eastus", n=1, **kw) -> ProvisionRequest:
+    kw.setdefault("instance_type", "Standard_B2s")
+    return ProvisionRequest(cluster=cluster, region=region, zone=None, num_nodes=n, public_key=KEY, **kw)
+
+
+def test_provision_is_idempotent_by_cluster(drv, arm):
+    c = cluster_name()
+    first = drv.provision(req(c, n=2))
+    assert [i.rank_hint for i in first] == [0, 1]
+    assert all(i.state == RUNNING and i.public_ip and i.private_ip and i.ssh_user == "broker" for i in first)
+    assert len({i.public_ip for i in first}) == 2
+    vm_puts = len(arm.requests("PUT", "/virtualMachines/"))
+    again = drv.provision(req(c, n=2))
+    assert [i.instance_id for i in again] == [i.instance_id for i in first]
+    assert len(arm.requests("PUT", "/virtualMachines/")) == vm_puts  # nothing created twice
+    grown = drv.provision(req(c, n=3))  # a missing node is added with the next rank
+    assert [i.rank_hint for i in grown] == [0, 1, 2]
+    assert [i.instance_id for i in grown][:2] == [i.instance_id for i in first]
+    assert drv.query(c, "eastus") == grown
+    drv.terminate(c, "eastus")
+
+
+def test_terminate_twice_and_query_after_is_empty(drv, arm):
+    c = cluster_name()
+    drv.provision(req(c, n=2))
+    assert arm.find("virtualMachines", f"skybroker-{c}")
+    drv.terminate(c, "eastus")
+    drv.terminate(c, "eastus")  # the group is gone: fine
+    assert drv.query(c, "eastus") == []
+    assert f"skybroker-{c}" not in arm.groups
+    assert arm.find("", f"skybroker-{c}") == []  # one group delete took every resource with it
+    # the delete was ARM's long-running kind: 202 + Location, polled until done
+    assert arm.requests("DELETE", f"/resourcegroups/skybroker-{c}")
+    assert arm.requests("GET", "/operationresults/")
+
+
+def test_vm_body_spot_tags_image_and_disk(drv, arm):
+    c = cluster_name()
+    infos = drv.provision(req(c, use_spot=True, disk_size=64, labels=(("team", "ml"),)))
+    assert infos[0].spot
+    vm = arm.find("virtualMachines", f"skybroker-{c}")[0]
+    p = vm["properties"]
+    assert (p["priority"], p["evictionPolicy"], p["billingProfile"]) == ("Spot", "Delete", {"maxPrice": -1})
+    assert vm["tags"][TAG_CLUSTER] == c and vm["tags"]["skybroker-rank"] == "0" and vm["tags"]["team"] == "ml"
+    assert TAG_USER in vm["tags"]
+    assert p["hardwareProfile"] == {"vmSize": "Standard_B2s"}
+    assert p["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
+                                                     "sku": "22_04-lts-gen2", "version": "latest"}
+    assert p["storageProfile"]["osDisk"]["diskSizeGB"] == 64
+    lin = p["osProfile"]["linuxConfiguration"]
+    assert p["osProfile"]["adminUsername"] == "broker" and lin["disablePasswordAuthentication"] is True
+    assert lin["ssh"]["publicKeys"] == [{"path": "/home/broker/.ssh/authorized_keys", "keyData": KEY}]
+    assert arm.groups[f"skybroker-{c}"]["tags"][TAG_CLUSTER] == c
+    ip = arm.find("publicIPAddresses", f"skybroker-{c}")[0]
+    assert ip["sku"]["name"] == "Standard" and ip["properties"]["publicIPAllocationMethod"] == "Static"
+    drv.terminate(c, "eastus")
+    plain = cluster_name()
+    assert not drv.provision(req(plain, image_id="Canonical:ubuntu-24_04-lts:server:latest"))[0].spot
+    vm = arm.find("virtualMachines", f"skybroker-{plain}")[0]["properties"]
+    assert "priority" not in vm and vm["storageProfile"]["imageReference"]["offer"] == "ubuntu-24_04-lts"
+    drv.terminate(plain, "eastus")
+
+
+def _open_tcp(arm, c) -> set[str]:
+    nsg = arm.find("networkSecurityGroups", f"skybroker-{c}")[0]
+    return {r["properties"]["destinationPortRange"] for r in nsg["properties"]["securityRules"]
+            if r["properties"]["protocol"] == "Tcp" and r["properties"]["access"] == "Allow"
+            and r["properties"]["sourceAddressPrefix"] == "*"}
+
+
+def test_nsg_opens_exactly_ssh_and_task_ports(drv, arm):
+    c = cluster_name()
+    drv.provision(req(c, ports=("8000-8010", "9000", "9000")))
+    assert _open_tcp(arm, c) == {"22", "8000-8010", "9000"}
+    rules = arm.find("networkSecurityGroups", f"skybroker-{c}")[0]["properties"]["securityRules"]
+    intra = [r for r in rules if r["name"] == "intra-vnet"][0]["properties"]
+    assert intra["sourceAddressPrefix"] == "VirtualNetwork" and intra["protocol"] == "*"
+    assert len({r["properties"]["priority"] for r in rules}) == len(rules)
+    nic = arm.find("networkInterfaces", f"skybroker-{c}")[0]
+    assert nic["properties"]["networkSecurityGroup"]["id"].endswith("/networkSecurityGroups/skybroker-nsg")
+    drv.open_ports(c, "eastus", ("9000", "7000"))
+    assert _open_tcp(arm, c) == {"22", "8000-8010", "9000", "7000"}
+    drv.terminate(c, "eastus")
+    with pytest.raises(InvalidRequestError):
+        drv.open_ports(c, "eastus", ("1",))
+
+
+def test_stop_deallocates_and_start_resumes(drv, arm):
+    c = cluster_name()
+    ids = [i.instance_id for i in drv.provision(req(c, n=2))]
+    drv.stop(c, "eastus")
+    assert {i.state for i in drv.query(c, "eastus")} == {STOPPED}
+    assert len(arm.requests("POST", "/deallocate")) >= 2
+    back = drv.start(c, "eastus")
+    assert [i.instance_id for i in back] == ids and {i.state for i in back} == {RUNNING}
+    drv.stop(c, "eastus")
+    assert [i.instance_id for i in drv.provision(req(c, n=2))] == ids  # provision resumes a stopped cluster
+    drv.terminate(c, "eastus")
+
+
+def test_spot_eviction_deletes_the_vm(drv, arm):
+    c = cluster_name()
+    drv.provision(req(c, n=2, use_spot=True))
+    arm.evict(f"{c}-1")
+    left = drv.query(c, "eastus")
+    assert [i.rank_hint for i in left] == [0]
+    gone = [i for i in drv.query_all(c, "eastus") if i.state == TERMINATED]
+    assert [(i.rank_hint, i.state_reason, i.spot) for i in gone] == [(1, "Evicted", True)]
+    assert [i.rank_hint for i in drv.provision(req(c, n=2, use_spot=True))] == [0, 1]  # recovery re-creates rank 1
+    drv.terminate(c, "eastus")
+
+
+@pytest.mark.parametrize("fault,code,etype,scope", [
+    (("capacity", "SkuNotAvailable"), "SkuNotAvailable", CapacityError, Scope.ZONE),  # sync 409
+    (("capacity", "AllocationFailed"), "AllocationFailed", CapacityError, Scope.ZONE),  # failed LRO
+    (("capacity", "ZonalAllocationFailed"), "ZonalAllocationFailed", CapacityError, Scope.ZONE),
+    (("quota", "OperationNotAllowed"), "OperationNotAllowed", QuotaError, Scope.REGION),
+    (("quota", "QuotaExceeded"), "QuotaExceeded", QuotaError, Scope.REGION),
+    (("auth", "AuthenticationFailed"), "AuthenticationFailed", CredentialsError, Scope.CLOUD),  # 401
+    (("auth", "AuthorizationFailed"), "AuthorizationFailed", CredentialsError, Scope.CLOUD),  # 403
+])
+def test_typed_errors_carry_scope_and_code(drv, arm, fault, code, etype, scope):
+    c = cluster_name()
+    kind, fcode = fault
+    if kind == "auth":
+        arm.auth(fcode)
+    else:
+        getattr(arm, kind)("westus2", fcode)
+    with pytest.raises(etype) as ei:
+        drv.provision(req(c, region="westus2"))
+    assert ei.value.scope == scope and ei.value.code == code
+    assert ei.value.place.cloud == "azure" and ei.value.place.region == "westus2"
+    arm.clear_faults()
+    drv.terminate(c, "westus2")
+
+
+def test_bad_requests_are_request_scoped(drv, arm):
+    with pytest.raises(InvalidRequestError) as ei:
+        drv.provision(req(cluster_name(), image_id="not-an-image"))
+    assert ei.value.scope == Scope.REQUEST
+    c = cluster_name()
+    with pytest.raises(InvalidRequestError) as ei:  # ARM's 400 InvalidParameter (no vmSize)
+        drv.provision(req(c, instance_type=""))
+    assert ei.value.code == "InvalidParameter"
+    drv.terminate(c, "eastus")
+
+
+def test_no_subscription_is_a_credentials_error(drv, arm, monkeypatch):
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+    with pytest.raises(CredentialsError):
+        drv.query("x", "eastus")
+
+
+def test_tagged_clusters_for_gc(drv, arm):
+    a, b = cluster_name(), cluster_name()
+    drv.provision(req(a, n=2))
+    drv.provision(req(b, region="westeurope"))
+    assert drv.tagged_clusters("eastus")[a] == [f"{a}-0", f"{a}-1"]
+    assert b not in drv.tagged_clusters("eastus")
+    assert drv.tagged_clusters("westeurope")[b] == [f"{b}-0"]
+    flt = [q.get("$filter") for _, path, q, _ in arm.requests("GET") if path.rstrip("/").endswith("/resourcegroups")]
+    assert flt and set(flt) == {f"tagName eq '{TAG_CLUSTER}'"}
+    for c, r in ((a, "eastus"), (b, "westeurope")):
+        drv.terminate(c, r)
+
+
+def test_every_request_is_versioned_and_authenticated(drv, arm):
+    c = cluster_name()
+    drv.provision(req(c))
+    drv.terminate(c, "eastus")
+    assert all("api-version" in q for _, _, q, _ in arm.requests())
+    lists = [q for _, p, q, _ in arm.requests("GET") if p.endswith("/virtualMachines")]
+    assert lists and all(q.get("$expand") == "instanceView" for q in lists)
+
+
+# ---------------------------------------------------------------------- failover through the provisioner
+def _task(**res):
+    from skybroker import spec
+
+    return spec.task_from_dict({"name": "t", "resources": {"cloud": "azure", "cpus": "2+", **res}, "run": "true"},
+                               source="<test>")
+
+
+def _provision(cluster, task):
+    from skybroker import api, provision
+
+    return provision.provision(cluster, lambda blocks: api.plan(task, blocks, clouds=("azure",)), public_key=KEY)
+
+
+def _cheapest_region(task) -> str:
+    from skybroker import api
+
+    return api.plan(task, [], clouds=("azure",)).chosen.region
+
+
+@pytest.mark.parametrize("fault", ["SkuNotAvailable", "AllocationFailed", "quota"])
+def test_failover_to_next_region(drv, arm, fault):
+    task = _task()
+    first = _cheapest_region(task)
+    if fault == "quota":
+        arm.quota(first)
+    else:
+        arm.capacity(first, fault)
+    c = cluster_name()
+    cand, infos, attempts = _provision(c, task)
+    assert [(a.region, a.scope) for a in attempts] == [(first, "region" if fault == "quota" else "zone")]
+    assert attempts[0].code == ("OperationNotAllowed" if fault == "quota" else fault)
+    assert cand.region != first and infos and infos[0].state == RUNNING
+    assert arm.groups[f"skybroker-{c}"]["location"] == cand.region  # the failed attempt was rolled back
+    from skybroker.clouds.registry import get_cloud
+
+    get_cloud("azure").terminate(c, cand.region)
+
+
+def test_auth_failure_blocks_the_cloud(drv, arm):
+    from skybroker.provision import ProvisionExhausted
+
+    arm.auth("AuthenticationFailed")
+    with pytest.raises(ProvisionExhausted) as ei:
+        _provision(cluster_name(), _task())
+    assert [(a.error, a.scope) for a in ei.value.attempts] == [("CredentialsError", "cloud")]
+
+
+# ---------------------------------------------------------------------- stretch: real sshd nodes as VMs
+def test_launch_run_down_on_real_nodes(arm, monkeypatch, node_pool):
+    """The fake backs each VM with an sshd node in a network namespace (public IP = node IP, the VM's
+    SSH key → authorized_keys): launch → run on 2 nodes → down, through the real API."""
+    from skybroker import api, spec
+
+    fake = ArmFake(nodes=node_pool)
+    try:
+        monkeypatch.setenv("BROKER_AZURE_ENDPOINT", fake.endpoint)
+        monkeypatch.setenv("BROKER_AZURE_CA_BUNDLE", str(fake.ca_path))
+        task = spec.task_from_dict({"name": "e2e", "num_nodes": 2, "resources": {"cloud": "azure", "cpus": "2+"},
+                                    "run": "echo rank=$SKYPILOT_NODE_RANK n=$SKYPILOT_NUM_NODES user=$(whoami)"},
+                                   source="<test>")
+        lines = []
+        res = api.launch(task, cluster="aze2e", plan=api.plan(task, [], clouds=("azure",)),
+                         on_line=lambda rank, line: lines.append((rank, line)))
+        assert res.status.status == "SUCCEEDED"
+        assert sorted(lines) == [(0, "rank=0 n=2 user=broker"), (1, "rank=1 n=2 user=broker")]
+        vms = fake.find("virtualMachines", "skybroker-aze2e")
+        assert len(vms) == 2 and {n.ip for n in fake.node_of.values()} <= {n.ip for n in node_pool.nodes}
+        api.down(["aze2e"])
+        assert fake.groups == {} and fake.node_of == {}
+    finally:
+        fake.close()

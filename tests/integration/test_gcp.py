@@ -1,0 +1,248 @@
+"""The GCP driver against a local fake of the GCE REST API (tests/infra/gce_fake.py), through the real
+google-cloud-compute SDK: the contract every driver keeps, the request shapes, typed errors with their
+scope, and failover through skybroker.provision."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("google.cloud.compute_v1")
+
+from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest  # noqa: E402
+from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope  # noqa: E402
+from tests.infra.gce_fake import GCEFake  # noqa: E402
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkeytest test@host"
+ZONE = "us-central1-a"
+
+
+@pytest.fixture
+def gce(monkeypatch):
+    from skybroker.clouds.gcp import client
+
+    fake = GCEFake(project="test-project").start()
+    for k, v in fake.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("BROKER_GCP_POLL", "0.01")
+    monkeypatch.setenv("BROKER_GCP_WAIT", "20")
+    monkeypatch.setenv("USER", "alice")
+    client.reset()
+    yield fake
+    fake.close()
+    client.reset()
+
+
+@pytest.fixture
+def cloud(gce):
+    from skybroker.clouds.gcp import GCPCloud
+
+    return GCPCloud()
+
+
+def req(cluster="c1", **kw) -> ProvisionRequest:
+    base = dict(cluster=cluster, region="us-central1", zone=ZONE, instance_type="n1-standard-4", num_nodes=1,
+                public_key=PUBKEY)
+    base.update(kw)
+    return ProvisionRequest(**base)
+
+
+def test_provision_is_idempotent_by_cluster_and_labels_instances(cloud, gce):
+    first = cloud.provision(req(num_nodes=2, labels=(("team", "ML"),)))
+    again = cloud.provision(req(num_nodes=2))
+    assert [i.instance_id for i in first] == [i.instance_id for i in again]
+    assert len(gce.instances()) == 2
+    assert [i.rank_hint for i in first] == [0, 1]
+    for info in first:
+        assert info.state == RUNNING and info.public_ip and info.private_ip and info.zone == ZONE
+        assert info.ssh_user == "broker" and not info.spot
+    stored = gce.instance(first[0].instance_id)
+    assert stored["labels"] == {"skybroker-cluster": "c1", "skybroker-user": "alice", "skybroker-rank": "0",
+                                "team": "ml"}
+    assert stored["metadata"]["items"] == [{"key": "ssh-keys", "value": f"broker:{PUBKEY}"}]
+    assert stored["machineType"].endswith(f"/zones/{ZONE}/machineTypes/n1-standard-4")
+    assert stored["tags"]["items"] == ["skybroker-c1"]
+    boot = stored["disks"][0]
+    assert boot["boot"] and boot["autoDelete"]
+    assert boot["initializeParams"]["sourceImage"] == "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
+    assert int(boot["initializeParams"]["diskSizeGb"]) == 256
+    assert stored["scheduling"] == {"provisioningModel": "STANDARD", "automaticRestart": True,
+                                    "onHostMaintenance": "MIGRATE"}
+    # growing the cluster adds only the missing rank
+    grown = cloud.provision(req(num_nodes=3))
+    assert [i.rank_hint for i in grown] == [0, 1, 2] and len(gce.instances()) == 3
+
+
+def test_request_shapes_match_the_rest_api(cloud, gce):
+    gce.op_delay = 0.05  # operations come back RUNNING: the driver must poll them
+    cloud.provision(req(image_id="projects/p/global/images/my-image", disk_size=50))
+    inserts = gce.calls("POST", "/compute/v1/projects/test-project/zones/us-central1-a/instances")
+    assert len(inserts) == 1
+    body = inserts[0][2]
+    assert body["name"] == cloud_name("c1", 0)
+    assert body["disks"][0]["initializeParams"] == {
+        "sourceImage": "projects/p/global/images/my-image", "diskSizeGb": "50",  # int64 → JSON string
+        "diskType": f"zones/{ZONE}/diskTypes/pd-balanced", "labels": {"skybroker-cluster": "c1"}}
+    assert body["networkInterfaces"] == [{"network": "global/networks/default",
+                                          "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}]
+    lists = gce.calls("GET", "/aggregated/instances?")
+    assert lists and all("filter=labels.skybroker-cluster%3Dc1" in path for _, path, _ in lists)
+    waits = [path for _, path, _ in gce.calls("POST", "/operations/")]
+    assert any("/zones/us-central1-a/operations/" in p for p in waits)  # polled through our own clients
+    assert any("/global/operations/" in p for p in waits) and all(p.endswith("/wait") for p in waits)
+
+
+def cloud_name(cluster: str, rank: int) -> str:
+    from skybroker.clouds.gcp.driver import instance_name
+
+    return instance_name(cluster, rank)
+
+
+def test_terminate_twice_and_query_after_terminate_is_empty(cloud, gce):
+    cloud.provision(req(num_nodes=2, ports=("8080",)))
+    assert set(gce.firewalls) == {"skybroker-c1", "skybroker-c1-internal"}
+    cloud.terminate("c1", "us-central1")
+    assert cloud.query("c1", "us-central1") == [] and gce.instances() == []
+    assert gce.firewalls == {}
+    cloud.terminate("c1", "us-central1")  # nothing left: fine
+    cloud.terminate("never-existed", None)
+
+
+def test_spot_instances_are_marked_and_preemption_is_visible(cloud, gce):
+    [info] = cloud.provision(req(use_spot=True))
+    assert info.spot
+    assert gce.instance(info.instance_id)["scheduling"] == {
+        "provisioningModel": "SPOT", "instanceTerminationAction": "DELETE", "automaticRestart": False,
+        "onHostMaintenance": "TERMINATE"}
+    gce.preempt(info.instance_id)
+    assert cloud.query("c1", "us-central1") == []  # SPOT + DELETE: the instance is simply gone
+    [gone] = cloud.query_all("c1", "us-central1")
+    assert gone.instance_id == info.instance_id and gone.state_reason == "compute.instances.preempted"
+
+
+def test_v100_attaches_to_the_n1_host_and_bundled_gpus_do_not(cloud, gce):
+    [v100] = cloud.provision(req("g1", instance_type="n1-highmem-8", accelerator="V100", accelerator_count=1))
+    stored = gce.instance(v100.instance_id)
+    assert stored["guestAccelerators"] == [{
+        "acceleratorType": f"projects/test-project/zones/{ZONE}/acceleratorTypes/nvidia-tesla-v100",
+        "acceleratorCount": 1}]
+    assert stored["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert "ubuntu-accelerator" in stored["disks"][0]["initializeParams"]["sourceImage"]
+    [a100] = cloud.provision(req("g2", instance_type="a2-highgpu-1g", accelerator="A100", accelerator_count=1))
+    [l4] = cloud.provision(req("g3", instance_type="g2-standard-4", accelerator="L4", accelerator_count=1))
+    for info in (a100, l4):
+        assert "guestAccelerators" not in gce.instance(info.instance_id)
+    with pytest.raises(InvalidRequestError):  # A100 only comes with a2 hosts
+        cloud.provision(req("g4", instance_type="n1-standard-8", accelerator="A100", accelerator_count=1))
+
+
+def test_firewall_opens_exactly_ssh_and_the_task_ports(cloud, gce):
+    cloud.provision(req(ports=("8080", "9000-9010")))
+    fw = gce.firewalls["skybroker-c1"]
+    assert fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["22", "8080", "9000-9010"]}]
+    assert fw["sourceRanges"] == ["0.0.0.0/0"] and fw["targetTags"] == ["skybroker-c1"]
+    internal = gce.firewalls["skybroker-c1-internal"]
+    assert internal["sourceTags"] == internal["targetTags"] == ["skybroker-c1"]
+    assert internal["allowed"] == [{"IPProtocol": "all"}]
+    cloud.open_ports("c1", "us-central1", ("7000", "8080"))
+    assert gce.firewalls["skybroker-c1"]["allowed"] == [{"IPProtocol": "tcp",
+                                                         "ports": ["22", "8080", "9000-9010", "7000"]}]
+    patches = len(gce.calls("PATCH"))
+    cloud.open_ports("c1", "us-central1", ("7000",))
+    assert len(gce.calls("PATCH")) == patches  # nothing new to open: no call
+
+
+@pytest.mark.parametrize("fault, cls, scope, code", [
+    (lambda f: f.exhaust(ZONE), CapacityError, Scope.ZONE, "ZONE_RESOURCE_POOL_EXHAUSTED"),
+    (lambda f: f.exhaust(ZONE, "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"), CapacityError, Scope.ZONE,
+     "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"),
+    (lambda f: f.set_quota("us-central1", "NVIDIA_V100_GPUS"), QuotaError, Scope.REGION,
+     "QUOTA_EXCEEDED:NVIDIA_V100_GPUS"),
+    (lambda f: f.set_quota("us-central1", "CPUS", synchronous=True), QuotaError, Scope.REGION, "quotaExceeded"),
+    (lambda f: f.set_quota(None, "GPUS_ALL_REGIONS"), QuotaError, Scope.CLOUD, "QUOTA_EXCEEDED:GPUS_ALL_REGIONS"),
+    (lambda f: f.fail_auth(403), CredentialsError, Scope.CLOUD, "forbidden"),
+    # on 401 the SDK's session tries to refresh the credentials first (anonymous ones refuse: InvalidOperation)
+    (lambda f: f.fail_auth(401), CredentialsError, Scope.CLOUD, "InvalidOperation"),
+])
+def test_typed_errors_carry_their_scope(cloud, gce, fault, cls, scope, code):
+    fault(gce)
+    with pytest.raises(cls) as info:
+        cloud.provision(req())
+    assert info.value.scope == scope and info.value.code == code
+    assert info.value.place.cloud == "gcp" and info.value.place.zone in (ZONE, None)
+
+
+def test_spot_only_stockout_and_invalid_requests(cloud, gce):
+    gce.exhaust(ZONE, spot_only=True)
+    cloud.provision(req("od"))  # on-demand still fits
+    with pytest.raises(CapacityError):
+        cloud.provision(req("sp", use_spot=True))
+    with pytest.raises(InvalidRequestError) as info:  # GCE rejects it with 400 invalid
+        cloud.provision(req("bad", instance_type="N1_Standard"))
+    assert info.value.scope == Scope.REQUEST
+
+
+def test_stop_start_with_slow_transitions(cloud, gce):
+    gce.op_delay, gce.boot_delay, gce.stop_delay = 0.05, 0.1, 0.1
+    infos = cloud.provision(req(num_nodes=2))
+    cloud.stop("c1", "us-central1")
+    assert {i.state for i in cloud.query("c1", "us-central1")} == {STOPPED}
+    assert {i["status"] for i in gce.instances()} == {"TERMINATED"}
+    started = cloud.start("c1", "us-central1")
+    assert [i.instance_id for i in started] == [i.instance_id for i in infos]
+    assert {i.state for i in started} == {RUNNING}
+    cloud.stop("c1", "us-central1")
+    again = cloud.provision(req(num_nodes=2))  # provisioning a stopped cluster starts it
+    assert {i.state for i in again} == {RUNNING} and len(gce.instances()) == 2
+    cloud.terminate("c1", "us-central1")
+    assert cloud.query("c1", None) == []
+
+
+def test_tagged_clusters_for_gc(cloud, gce):
+    cloud.provision(req("a", num_nodes=2))
+    cloud.provision(req("b", region="us-east1", zone="us-east1-b"))
+    assert cloud.tagged_clusters("us-central1") == {"a": [cloud_name("a", 0), cloud_name("a", 1)]}
+    assert cloud.tagged_clusters("us-east1") == {"b": [cloud_name("b", 0)]}
+    assert cloud.tagged_clusters("europe-west4") == {}
+
+
+# -- failover through the cloud-agnostic provisioner ----------------------------------------------------
+def _provision(task_dict):
+    from skybroker import api, provision, spec
+
+    task = spec.task_from_dict(task_dict)
+    return provision.provision("fo", lambda blocks: api.plan(task, blocks, clouds=("gcp",)), public_key=PUBKEY)
+
+
+V100_TASK = {"name": "t", "resources": {"accelerators": "V100:1", "infra": "gcp"}, "run": "true"}
+
+
+def test_failover_capacity_in_every_zone_moves_to_the_next_region(gce):
+    for z in ("a", "b", "c", "f"):
+        gce.exhaust(f"us-central1-{z}")
+    cand, infos, attempts = _provision(V100_TASK)
+    assert [a.zone for a in attempts] == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"]
+    assert {a.error for a in attempts} == {"CapacityError"} and {a.scope for a in attempts} == {"zone"}
+    assert cand.region == "us-east1" and infos[0].zone == cand.zone and infos[0].state == RUNNING
+    assert [i["name"] for i in gce.instances()] == [cloud_name("fo", 0)]
+
+
+def test_failover_quota_blocks_the_region_not_just_the_zone(gce):
+    gce.set_quota("us-central1", "NVIDIA_V100_GPUS")
+    cand, infos, attempts = _provision(V100_TASK)
+    assert [(a.zone, a.error, a.scope) for a in attempts] == [("us-central1-a", "QuotaError", "region")]
+    assert cand.region == "us-east1" and len(gce.instances()) == 1
+
+
+def test_failover_global_quota_and_credentials_block_the_cloud(gce):
+    from skybroker.provision import ProvisionExhausted
+
+    gce.set_quota(None, "GPUS_ALL_REGIONS")
+    with pytest.raises(ProvisionExhausted) as info:
+        _provision(V100_TASK)
+    assert [(a.error, a.scope) for a in info.value.attempts] == [("GlobalQuotaError", "cloud")]
+    gce.clear_quota(None)
+    gce.fail_auth(403)
+    with pytest.raises(ProvisionExhausted) as info:
+        _provision(V100_TASK)
+    assert [(a.error, a.scope) for a in info.value.attempts] == [("CredentialsError", "cloud")]
+    gce.fail_auth(None)
+    assert gce.instances() == []
