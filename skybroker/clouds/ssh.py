@@ -6,7 +6,7 @@ machines themselves are never powered off. A host serves one cluster at a time.
 from __future__ import annotations
 
 from ..errors import CapacityError, InvalidRequestError, Place
-from .base import RUNNING, InstanceInfo, ProvisionRequest
+from .base import RUNNING, TAG_CLUSTER, InstanceInfo, ProvisionRequest
 from .common import ssh_runner
 from .ssh_pools import Pool, load_pools
 
@@ -45,9 +45,9 @@ class SSHCloud:
                     out[n.instance_id] = rec.name
         return out
 
-    def _info(self, pool: str, host, rank: int) -> InstanceInfo:
+    def _info(self, pool: str, host, rank: int, cluster: str) -> InstanceInfo:
         return InstanceInfo(_instance_id(pool, host), RUNNING, host.ip, host.ip, host.user, host.port, None, False,
-                            {"pool": pool}, None, None, host.identity_file, rank)
+                            {"pool": pool, TAG_CLUSTER: cluster}, None, None, host.identity_file, rank)
 
     def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
         if req.accelerator:
@@ -60,7 +60,7 @@ class SSHCloud:
         if len(hosts) < req.num_nodes:
             raise CapacityError(f"pool {pool.name} has {len(mine) + len(free)} free host(s), "
                                 f"{req.num_nodes} needed", Place("ssh", pool.name), code="PoolExhausted")
-        return [self._info(pool.name, h, i) for i, h in enumerate(hosts)]
+        return [self._info(pool.name, h, i, req.cluster) for i, h in enumerate(hosts)]
 
     def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
         from .. import state
@@ -68,8 +68,8 @@ class SSHCloud:
         rec = state.get_cluster(cluster)
         if rec is None:
             return []
-        return [InstanceInfo(n.instance_id, RUNNING, n.ip, n.private_ip, n.ssh_user, n.ssh_port, None, False, {},
-                             None, None, n.identity_file, n.rank) for n in rec.nodes]
+        return [InstanceInfo(n.instance_id, RUNNING, n.ip, n.private_ip, n.ssh_user, n.ssh_port, None, False,
+                             {TAG_CLUSTER: cluster}, None, None, n.identity_file, n.rank) for n in rec.nodes]
 
     def terminate(self, cluster: str, region: str | None) -> None:
         from .. import state

@@ -199,7 +199,7 @@ class Controller:
         try:
             try:
                 st = rt.job(j.cluster_job_id)
-            except BrokerError:
+            except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
             self._fetch_logs(j, rt, rec)
             if st is not None and not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes):
@@ -256,7 +256,7 @@ class Controller:
             off = int(offsets.get(str(node.rank), 0))
             try:
                 res = rt.runner(node).run(f"{PY} {AGENT} logs {j.cluster_job_id} --offset {off}", timeout=30)
-            except BrokerError:
+            except (BrokerError, OSError):
                 continue
             if res.exit_code != 0 or not res.stdout:
                 continue
@@ -282,7 +282,7 @@ class Controller:
         local = store.job_dir(j.id) / "checkpoint"
         try:
             rt.runner(head).sync_down(f"~/{CKPT_REMOTE}", str(local))
-        except BrokerError as exc:
+        except (BrokerError, OSError) as exc:
             log(f"job {j.id}: checkpoint sync failed: {exc}")
 
     # -- actions --------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class GCEFake:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="gce-fake").start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="gce-fake").start()
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         return self
 
