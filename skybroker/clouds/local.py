@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ..errors import InvalidRequestError
 from ..paths import broker_home
+from ..runtime.local_runner import LocalRunner
+from ..runtime.runner import NodeUnreachable
 from .base import RUNNING, STOPPED, InstanceInfo, ProvisionRequest
 
 _META = "node.json"
@@ -71,9 +73,16 @@ class LocalCloud:
         root = self._cluster_dir(cluster)
         if not root.exists():
             return
-        for info in self.query(cluster):
-            _kill_node_processes(Path(info.home))
-        shutil.rmtree(root, ignore_errors=True)
+        homes = [d for d in sorted(root.iterdir()) if d.is_dir()]
+        for home in homes:  # first: the node is gone for new commands (its runner refuses them)
+            try:
+                (home / _META).unlink()
+            except OSError:
+                pass
+        for _ in range(2):  # twice: a command that was being spawned during the first pass may recreate files
+            for home in homes:
+                _kill_node_processes(home)
+            shutil.rmtree(root, ignore_errors=True)
 
     def stop(self, cluster: str, region: str | None = None) -> None:
         for info in self.query(cluster):
@@ -89,9 +98,7 @@ class LocalCloud:
         return None  # this machine: every port is already reachable locally
 
     def runner(self, cluster: str, node):
-        from ..runtime.local_runner import LocalRunner
-
-        return LocalRunner(f"{cluster}-node-{node.rank}", node.home)
+        return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)
 
     def _set_state(self, d: Path, state: str) -> None:
         meta = json.loads((d / _META).read_text())
@@ -141,3 +148,46 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class _NodeRunner(LocalRunner):
+    """A local node's runner. Like a deleted or stopped VM, a terminated (no node.json) or stopped node is
+    unreachable, and a client that still holds a runner for it never recreates its directory."""
+
+    def __init__(self, node_id: str, home: str):  # no mkdir (LocalRunner creates its home)
+        self.node_id = node_id
+        self.home = Path(home).resolve()
+
+    def _check(self) -> None:
+        try:
+            state = json.loads((self.home / _META).read_text()).get("state", RUNNING)
+        except (OSError, ValueError):
+            raise NodeUnreachable(self.node_id, "the node was terminated") from None
+        if state != RUNNING:
+            raise NodeUnreachable(self.node_id, f"the node is {state.lower()}")
+
+    def run(self, cmd, **kw):
+        self._check()
+        try:
+            return super().run(cmd, **kw)
+        except FileNotFoundError:  # terminated while the command was starting
+            raise NodeUnreachable(self.node_id, "the node was terminated") from None
+
+    def put_file(self, data, remote_path, mode=0o644):
+        self._check()
+        return super().put_file(data, remote_path, mode)
+
+    def sync_up(self, local_dir, remote_dir, **kw):
+        self._check()
+        return super().sync_up(local_dir, remote_dir, **kw)
+
+    def sync_down(self, remote_dir, local_dir):
+        self._check()
+        return super().sync_down(remote_dir, local_dir)
+
+    def alive(self, timeout: float = 5.0) -> bool:
+        try:
+            self._check()
+        except NodeUnreachable:
+            return False
+        return True

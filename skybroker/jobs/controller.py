@@ -150,11 +150,17 @@ class Controller:
                 raise
 
         def prepare(rt: ClusterRuntime):
+            if store.get(j.id).cancel_requested:  # cancelled while provisioning: start nothing
+                raise _CancelledDuringLaunch()
             return self._restore_checkpoint(j, rt)
 
+        if store.get(j.id).cancel_requested:  # cancelled after this step began: do not provision
+            return self._cancel(store.get(j.id))
         try:
             res = clusters.launch(task, cluster=name, plan_fn=plan_fn, detach=True, task_id=j.task_id,
                                   prepare=prepare, on_event=lambda k, m: store.add_event(j.id, k, m))
+        except _CancelledDuringLaunch:
+            return self._cancel(store.get(j.id))
         except (ProvisionExhausted, NoFeasibleError) as exc:
             self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
             action = R.decide(self._view(j, task, recovering), R.LaunchFailed(exc.message.splitlines()[0]))
@@ -347,7 +353,8 @@ class Controller:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 
     def _finish(self, j, status: str, exit_code, reason: str) -> None:
-        store.update(j.id, status=status, exit_code=exit_code, ended_at=time.time(), failure=reason or None)
+        store.update(j.id, status=status, exit_code=exit_code, ended_at=time.time(),
+                     failure=(reason or None) if status != store.SUCCEEDED else None)
         store.add_event(j.id, status.lower(), reason)
         log(f"job {j.id}: {status} ({reason})")
 
@@ -365,6 +372,10 @@ class Controller:
         self._end_segment(store.get(j.id))
         self._teardown(j)
         self._finish(store.get(j.id), store.CANCELLED, None, "cancelled by the user")
+
+
+class _CancelledDuringLaunch(Exception):
+    pass
 
 
 def _pinned(task, pin: dict):
@@ -385,18 +396,21 @@ def main() -> int:
     d = ensure_home() / "managed"
     d.mkdir(exist_ok=True)
     lock = FileLock(str(d / "controller.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return 0  # another controller serves the jobs
-    try:
-        (d / "controller.pid").write_text(str(os.getpid()))
-        log(f"controller started (pid {os.getpid()})")
-        Controller().run()
-        log("no active jobs: controller exiting")
-        return 0
-    finally:
-        lock.release()
+    while True:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return 0  # another controller serves the jobs
+        try:
+            (d / "controller.pid").write_text(str(os.getpid()))
+            log(f"controller started (pid {os.getpid()})")
+            Controller().run()
+            log("no active jobs: controller exiting")
+        finally:
+            lock.release()
+        # a job submitted while we were exiting saw the lock held and started no controller: serve it
+        if not store.active():
+            return 0
 
 
 if __name__ == "__main__":

@@ -465,7 +465,7 @@ class ArmFake:
         if node is not None and self.nodes is not None:
             try:
                 self.nodes.kill(node)
-            except Exception:  # noqa: BLE001 - best effort (pool may be closed already)
+            except Exception:  # noqa: BLE001, S110 - best effort (pool may be closed already)
                 pass
 
 

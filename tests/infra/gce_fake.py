@@ -106,7 +106,7 @@ class GCEFake:
         self.endpoint = ""
 
     # ------------------------------------------------------------------ server
-    def start(self) -> "GCEFake":
+    def start(self) -> GCEFake:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -286,17 +286,36 @@ class MotoServer:
 
 
 _SHARED: MotoServer | None = None
+_SHARED_LOCK = threading.Lock()
+_PRESTART: threading.Thread | None = None
 
 
 def shared() -> MotoServer:
     """One server per test process (started on first use, stopped at exit): reset it in your fixture."""
     global _SHARED
-    if _SHARED is None or _SHARED.proc is None or _SHARED.proc.poll() is not None:
-        import atexit
+    if _PRESTART is not None and _PRESTART is not threading.current_thread():
+        _PRESTART.join()
+    with _SHARED_LOCK:
+        if _SHARED is None or _SHARED.proc is None or _SHARED.proc.poll() is not None:
+            import atexit
 
-        _SHARED = MotoServer().start()
-        atexit.register(_SHARED.stop)
-    return _SHARED
+            _SHARED = MotoServer().start()
+            atexit.register(_SHARED.stop)
+        return _SHARED
+
+
+def prestart() -> None:
+    """Start (and warm) the shared server in the background; `shared()` waits for it."""
+    global _PRESTART
+    if _PRESTART is None:
+        def run():
+            try:
+                shared()
+            except Exception:  # noqa: BLE001 - shared() retries in the foreground and reports
+                pass
+
+        _PRESTART = threading.Thread(target=run, daemon=True, name="moto-prestart")
+        _PRESTART.start()
 
 
 def main(argv=None) -> None:

@@ -50,6 +50,7 @@ def _moto():
     import boto3
 
     boto3.client("ec2", region_name="us-east-1").describe_availability_zones()  # warm
+    moto_server.prestart()  # the gc test's server warms up in the background meanwhile
     try:
         yield mock
     finally:
@@ -282,7 +283,7 @@ def test_spot_vs_on_demand_and_root_disk_size(hooks, public_key, spot):
 
 def test_zone_pinning_maps_az_id_to_the_accounts_az_name(aws, public_key):
     d = registry.get_cloud("aws")
-    for zone_id in ("use1-az1", "use1-az4"):
+    for zone_id in ("use1-az1",):
         infos = d.provision(req(f"z-{zone_id}", zone=zone_id, public_key=public_key))
         (inst,) = instances(cluster=f"z-{zone_id}")
         assert inst["Placement"]["AvailabilityZone"] == USE1[zone_id]

@@ -156,14 +156,13 @@ def test_sigint_during_security_group_setup(moto, tmp_path):
                    "run_parallel's ThreadPoolExecutor joins the SSH-probe threads of backend.wait_ready "
                    "(skybroker/runtime/runner.py); cleanup only runs after the deadline")
 def test_sigint_while_waiting_for_ssh(moto, tmp_path):
-    # moto instances get TEST-NET-2 public IPs (never routed): SSH can only time out. The short deadline
-    # bounds how long the current (blocking) behaviour takes; a responsive Ctrl-C exits well before it.
-    launch = Launch(tmp_path, "intr-ssh", {"BROKER_WAIT_READY": "8"})
+    # moto instances get TEST-NET-2 public IPs (never routed): SSH can only time out, so without Ctrl-C
+    # the CLI would wait the whole BROKER_WAIT_READY.
+    launch = Launch(tmp_path, "intr-ssh", {"BROKER_WAIT_READY": "60"})
     launch.wait_for(lambda: "to accept commands" in launch.stderr, "the wait for SSH")
     time.sleep(1.0)
-    rc, took = launch.interrupt()
+    rc, _ = launch.interrupt(timeout=10.0)  # generous: the cleanup is a few moto calls
     assert_clean_exit(rc, launch)
     assert "terminating intr-ssh" in launch.stderr
     assert moto.calls("TerminateInstances")
     assert_nothing_left(moto, "intr-ssh")
-    assert took < 5.0, f"Ctrl-C took {took:.1f}s to take effect (the SSH wait was not interrupted)"

@@ -12,10 +12,22 @@ pytest.importorskip("azure.mgmt.network")
 pytest.importorskip("azure.mgmt.resource")
 pytest.importorskip("cryptography")
 
-from skybroker.clouds.base import RUNNING, STOPPED, TAG_CLUSTER, TAG_USER, TERMINATED, ProvisionRequest  # noqa: E402
-from skybroker.errors import (CapacityError, CredentialsError, InvalidRequestError, QuotaError,  # noqa: E402
-                              Scope)
-from tests.infra.arm_fake import SUBSCRIPTION, ArmFake  # noqa: E402
+from skybroker.clouds.base import (
+    RUNNING,
+    STOPPED,
+    TAG_CLUSTER,
+    TAG_USER,
+    TERMINATED,
+    ProvisionRequest,
+)
+from skybroker.errors import (
+    CapacityError,
+    CredentialsError,
+    InvalidRequestError,
+    QuotaError,
+    Scope,
+)
+from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
 _names = itertools.count()
@@ -93,6 +105,18 @@ def test_terminate_twice_and_query_after_is_empty(drv, arm):
     assert arm.requests("GET", "/operationresults/")
 
 
+def test_cluster_in_another_region_is_left_alone(drv, arm):
+    c = cluster_name()
+    ids = [i.instance_id for i in drv.provision(req(c))]
+    with pytest.raises(InvalidRequestError):
+        drv.provision(req(c, region="westus2"))
+    drv.terminate(c, "westus2")  # what the provisioner's rollback does: must not touch eastus
+    assert drv.query(c, "westus2") == []
+    assert [i.instance_id for i in drv.query(c, "eastus")] == ids
+    drv.terminate(c, "eastus")
+    assert drv.query(c, "eastus") == []
+
+
 def test_vm_body_spot_tags_image_and_disk(drv, arm):
     c = cluster_name()
     infos = drv.provision(req(c, use_spot=True, disk_size=64, labels=(("team", "ml"),)))
@@ -132,7 +156,7 @@ def test_nsg_opens_exactly_ssh_and_task_ports(drv, arm):
     drv.provision(req(c, ports=("8000-8010", "9000", "9000")))
     assert _open_tcp(arm, c) == {"22", "8000-8010", "9000"}
     rules = arm.find("networkSecurityGroups", f"skybroker-{c}")[0]["properties"]["securityRules"]
-    intra = [r for r in rules if r["name"] == "intra-vnet"][0]["properties"]
+    intra = next(r for r in rules if r["name"] == "intra-vnet")["properties"]
     assert intra["sourceAddressPrefix"] == "VirtualNetwork" and intra["protocol"] == "*"
     assert len({r["properties"]["priority"] for r in rules}) == len(rules)
     nic = arm.find("networkInterfaces", f"skybroker-{c}")[0]

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("google.cloud.compute_v1")
 
-from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest  # noqa: E402
-from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope  # noqa: E402
-from tests.infra.gce_fake import GCEFake  # noqa: E402
+from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest
+from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope
+from tests.infra.gce_fake import GCEFake
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkeytest test@host"
 ZONE = "us-central1-a"
@@ -39,8 +39,8 @@ def cloud(gce):
 
 
 def req(cluster="c1", **kw) -> ProvisionRequest:
-    base = dict(cluster=cluster, region="us-central1", zone=ZONE, instance_type="n1-standard-4", num_nodes=1,
-                public_key=PUBKEY)
+    base = {"cluster": cluster, "region": "us-central1", "zone": ZONE, "instance_type": "n1-standard-4",
+            "num_nodes": 1, "public_key": PUBKEY}
     base.update(kw)
     return ProvisionRequest(**base)
 
@@ -227,7 +227,7 @@ def test_failover_capacity_in_every_zone_moves_to_the_next_region(gce):
 
 def test_failover_quota_blocks_the_region_not_just_the_zone(gce):
     gce.set_quota("us-central1", "NVIDIA_V100_GPUS")
-    cand, infos, attempts = _provision(V100_TASK)
+    cand, _, attempts = _provision(V100_TASK)
     assert [(a.zone, a.error, a.scope) for a in attempts] == [("us-central1-a", "QuotaError", "region")]
     assert cand.region == "us-east1" and len(gce.instances()) == 1
 
@@ -246,3 +246,74 @@ def test_failover_global_quota_and_credentials_block_the_cloud(gce):
     assert [(a.error, a.scope) for a in info.value.attempts] == [("CredentialsError", "cloud")]
     gce.fail_auth(None)
     assert gce.instances() == []
+
+
+# -- end to end on real sshd nodes (tests/infra/netns.py): launch → run → down ------------------------
+def test_launch_run_down_on_sshd_nodes(monkeypatch, node_pool):
+    from skybroker import api, spec
+    from skybroker.clouds.gcp import client
+
+    fake = GCEFake(project="test-project", node_pool=node_pool).start()
+    try:
+        for k, v in fake.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("BROKER_GCP_POLL", "0.05")
+        client.reset()
+        task = spec.task_from_dict({"name": "e2e", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
+                                    "run": 'echo "rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"'})
+        lines = []
+        result = api.launch(task, cluster="e2e", plan=api.plan(task, clouds=("gcp",)),
+                            on_line=lambda rank, line: lines.append((rank, line)))
+        assert result.status is not None and result.status.exit_code == 0, result
+        assert sorted(lines) == [(0, "rank 0 of 2"), (1, "rank 1 of 2")]
+        ips = {i["networkInterfaces"][0]["accessConfigs"][0]["natIP"] for i in fake.instances()}
+        assert ips <= {n.ip for n in node_pool.nodes} and len(ips) == 2
+        api.down(["e2e"])
+        assert fake.instances() == [] and fake.firewalls == {}
+        assert not ips & {n.ip for n in node_pool.nodes}
+    finally:
+        fake.close()
+        client.reset()
+
+
+def test_spot_preempted_while_starting_is_a_zone_capacity_error(cloud, gce):
+    import threading
+    import time
+
+    gce.boot_delay = 5.0
+    box = {}
+
+    def run():
+        try:
+            cloud.provision(req(use_spot=True))
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 10
+    while not gce.instances() and time.time() < deadline:
+        time.sleep(0.01)
+    gce.preempt(cloud_name("c1", 0))
+    t.join(10)
+    assert isinstance(box.get("error"), CapacityError) and box["error"].code == "PREEMPTED_DURING_PROVISIONING"
+
+
+def test_missing_credentials_and_project_are_cloud_scoped(monkeypatch, tmp_path):
+    from skybroker.clouds.gcp import GCPCloud, client
+
+    monkeypatch.delenv("BROKER_GCP_ENDPOINT", raising=False)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    client.reset()
+    with pytest.raises(CredentialsError) as info:
+        GCPCloud().query("c1", "us-central1")
+    assert info.value.scope == Scope.CLOUD and info.value.code == "DefaultCredentialsError"
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
+    monkeypatch.setenv("BROKER_GCP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("BROKER_GCP_ANONYMOUS", "1")
+    client.reset()
+    with pytest.raises(CredentialsError) as info:
+        GCPCloud().query("c1", "us-central1")
+    assert info.value.code == "NoProject"
+    client.reset()

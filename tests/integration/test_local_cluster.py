@@ -384,6 +384,27 @@ def test_concurrent_commands_on_one_cluster(tmp_path):
         assert "database is locked" not in err
     assert [j["status"] for j in queue_json("conc")] == ["SUCCEEDED"] * 5
 
+    # `down` while `launch -c` of a new cluster is provisioning: down waits for the launch's lock, then
+    # tears the cluster down under the running job; the launch reports it promptly (no hang, no traceback)
+    long = write_task(tmp_path / "long.yaml", name="long", num_nodes=2, run="echo started; sleep 60")
+    launch = broker_bg("launch", "-y", "-c", "racer", long, cwd=tmp_path, stderr=tmp_path / "racer.err")
+    try:
+        wait_for(lambda: "provisioning" in (tmp_path / "racer.err").read_text() or launch.poll() is not None, 30,
+                 interval=0.02, what="the launch to start provisioning")
+        d = broker("down", "racer", timeout=60)
+        assert d.returncode == 0, d.stderr
+        assert "terminating racer" in d.stderr, d.stderr  # it waited for the cluster to exist, then removed it
+        out, _ = launch.communicate(timeout=30)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    err = (tmp_path / "racer.err").read_text()
+    assert launch.returncode not in (0, None), (out, err)
+    assert "Traceback" not in err and "database is locked" not in err, err
+    assert [c["name"] for c in status_json()] == ["conc"]
+    assert not (broker_home() / "local" / "racer").exists()
+    assert node_pids("racer", 0) == [] and node_pids("racer", 1) == []
+
 
 # ------------------------------------------------------------------------------------------------ 7
 SECRET = "s3cr3t-value-7f9c2d"

@@ -361,29 +361,33 @@ def test_user_failures_restart_within_limit_and_recover_on_exit_codes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 4
-def test_cancel_during_recovering_leaves_nothing_running(tmp_path):
+@pytest.mark.parametrize("when", ["at-detection", "mid-relaunch"])
+def test_cancel_during_recovering_leaves_nothing_running(tmp_path, when):
     task = write_task(tmp_path / "t.yaml", name="cancelme", num_nodes=2,
                       resources={"infra": "local", "job_recovery": "FAILOVER"},
                       run='echo up; sleep 60')
     jid = launch_detached(task)
     wait_status(jid, "RUNNING")
     wait_for(lambda: len(local_job_pids()) >= 2, 10, 0.05, "job processes")
-    from skybroker.jobs import ops
-
-    # catch the job in RECOVERING: preempt one node and request the cancel as soon as the controller
-    # reacts (what `jobs cancel` does), then the CLI itself
     preempt_local(jid, rank=1)
     wait_status(jid, "RECOVERING", 10)
-    assert ops.cancel([jid]) == [jid]
-    was = job(jid).status
-    r = broker("jobs", "cancel", jid, "-y")
+    if when == "at-detection":
+        # the moment the controller has decided to recover: request the cancel as `jobs cancel` does
+        from skybroker.jobs import ops
+
+        assert ops.cancel([jid]) == [jid]
+        r = broker("jobs", "cancel", jid, "-y")  # and the CLI on top: idempotent
+    else:
+        # while the relaunch is provisioning / installing / submitting
+        until(lambda: sum(e["kind"] == "provision" for e in events(jid)) == 2, 10, "relaunch started", jid)
+        r = broker("jobs", "cancel", jid, "-y")
     assert r.returncode == 0, r.stderr
     j = wait_status(jid, TERMINAL, 30)
-    assert j.status == "CANCELLED", (j.status, j.failure)
+    assert j.status == "CANCELLED", diag(jid)
     kinds = [e["kind"] for e in events(jid)]
-    # the cancel landed while recovering: no second "running" before it
-    assert kinds.index("recovery") < kinds.index("cancel"), kinds
-    assert kinds.count("running") == 1 or was in ("RECOVERING", "CANCELLING"), (kinds, was)
+    assert kinds.index("recovery") < kinds.index("cancel") < kinds.index("cancelled"), kinds
+    if when == "at-detection":
+        assert kinds.count("running") == 1, diag(jid)  # the relaunch never happened
     time.sleep(0.5)  # anything started late by a racing relaunch would show up now
     assert_clean(jid)
 

@@ -17,8 +17,17 @@ import os
 import time
 
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
-                    ProvisionRequest)
+from ..base import (
+    PENDING,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TAG_CLUSTER,
+    TAG_USER,
+    TERMINATED,
+    InstanceInfo,
+    ProvisionRequest,
+)
 from ..common import ssh_runner
 from . import client as clients
 from .errors import classify
@@ -72,7 +81,7 @@ class AzureCloud:
             return fn(*args, **kw)
         except ProvisionError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             typed = classify(exc, place)
             if typed is None:
                 raise
@@ -85,14 +94,19 @@ class AzureCloud:
                                    hint="set AZURE_SUBSCRIPTION_ID or run `az account set --subscription ID`")
         return self._call(place, clients.clients, sub)
 
-    def _vms(self, c, place, cluster) -> list:
-        """The cluster's VMs with their instance view ([] when the group does not exist)."""
+    def _vms(self, c, place, cluster, any_region: bool = False) -> list:
+        """The cluster's VMs in place.region with their instance view ([] when the group does not exist).
+        The group name is global to the subscription while our protocol speaks per region (like EC2):
+        VMs in another region are not this call's business."""
         try:
-            return list(c.compute.virtual_machines.list(group_name(cluster), expand="instanceView"))
+            vms = list(c.compute.virtual_machines.list(group_name(cluster), expand="instanceView"))
         except Exception as exc:  # noqa: BLE001
             if _not_found(exc):
                 return []
             raise classify(exc, place) or exc from None
+        if any_region or not place.region:
+            return vms
+        return [vm for vm in vms if (vm.location or "").lower() == place.region.lower()]
 
     def _network_view(self, c, place, cluster) -> tuple[dict, dict, list]:
         """NIC id → (private ip, public ip) and the NICs themselves."""
@@ -182,7 +196,7 @@ class AzureCloud:
             if _not_found(exc):
                 return []
             raise classify(exc, place) or exc from None
-        vms = self._vms(c, place, req.cluster)
+        vms = self._vms(c, place, req.cluster, any_region=True)
         if group.location.lower() == req.region.lower():
             return vms
         if vms:
@@ -192,7 +206,12 @@ class AzureCloud:
         return []
 
     def _ensure_network(self, c, place, req) -> tuple[str, str]:
-        from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
+        from azure.mgmt.network.models import (
+            AddressSpace,
+            NetworkSecurityGroup,
+            Subnet,
+            VirtualNetwork,
+        )
 
         rg = group_name(req.cluster)
         tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
@@ -367,8 +386,20 @@ class AzureCloud:
             self._groups_cache = None
 
     def terminate(self, cluster: str, region: str | None) -> None:
+        """Delete the cluster's resource group — unless it lives in another region (then it is that
+        region's cluster: a failed launch elsewhere must not roll it back)."""
         place = Place("azure", region)
-        self._delete_group(self._clients(place), place, group_name(cluster))
+        c = self._clients(place)
+        rg = group_name(cluster)
+        try:
+            group = c.resource.resource_groups.get(rg)
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return
+            raise classify(exc, place) or exc from None
+        if region and (group.location or "").lower() != region.lower():
+            return
+        self._delete_group(c, place, rg)
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("azure", region)

@@ -26,8 +26,17 @@ import re
 import time
 
 from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
-                    ProvisionRequest)
+from ..base import (
+    PENDING,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TAG_CLUSTER,
+    TAG_USER,
+    TERMINATED,
+    InstanceInfo,
+    ProvisionRequest,
+)
 from ..common import ssh_runner
 from . import client as clients
 from .errors import OperationError, classify
@@ -124,7 +133,7 @@ class GCPCloud:
             return fn(*args, **kw)
         except ProvisionError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             typed = classify(exc, place)
             if typed is None:
                 raise
@@ -176,7 +185,7 @@ class GCPCloud:
                     first = first or classify(exc, place)
             except ProvisionError as exc:
                 first = first or exc
-            except Exception as exc:  # noqa: BLE001 - the poll itself failed
+            except Exception as exc:
                 typed = classify(exc, place)
                 if typed is None:
                     raise

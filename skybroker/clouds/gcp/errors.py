@@ -10,8 +10,7 @@ arrive synchronously as HTTP 403/429 with reason `quotaExceeded`/`rateLimitExcee
 """
 from __future__ import annotations
 
-from ...errors import (CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError,
-                       Scope)
+from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError, Scope
 
 
 class GlobalQuotaError(QuotaError):

@@ -1,0 +1,59 @@
+"""Contract-test adapters for the clouds whose tests run against local REST fakes (GCP, Azure).
+tests/integration/test_contract.py imports EXTRA_ADAPTERS from here."""
+from __future__ import annotations
+
+import pytest
+
+from skybroker.clouds.base import ProvisionRequest
+
+
+class GCPAdapter:
+    name = "gcp"
+    spot = True
+    firewall = True
+    region, zone = "us-central1", "us-central1-a"
+
+    def setup(self, monkeypatch, tmp_path):
+        pytest.importorskip("google.cloud.compute_v1")
+        from skybroker.clouds.gcp import GCPCloud, client
+        from tests.infra.gce_fake import GCEFake
+
+        self.fake = GCEFake(project="test-project").start()
+        for k, v in self.fake.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("BROKER_GCP_POLL", "0.01")
+        client.reset()
+        self.cloud = GCPCloud()
+
+    def request(self, cluster, n=2, spot=False, ports=()):
+        return ProvisionRequest(cluster, self.region, self.zone, "n1-standard-4", n, use_spot=spot, ports=ports,
+                                public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+    def faults(self):
+        def make(inject):
+            def m():
+                inject()
+                return self.request("faulty", 1)
+            return m
+
+        return {"capacity": make(lambda: self.fake.exhaust(self.zone)),
+                "quota": make(lambda: self.fake.set_quota(self.region, "CPUS")),
+                "credentials": make(lambda: self.fake.fail_auth(403))}
+
+    def open_ports(self, cluster):
+        out = set()
+        for rule in self.fake.firewalls[f"skybroker-{cluster}"]["allowed"]:
+            if rule["IPProtocol"] == "tcp":
+                for p in rule.get("ports", []):
+                    lo, _, hi = p.partition("-")
+                    out.add((int(lo), int(hi or lo)))
+        return sorted(out)
+
+    def teardown(self):
+        from skybroker.clouds.gcp import client
+
+        self.fake.close()
+        client.reset()
+
+
+EXTRA_ADAPTERS = [GCPAdapter]
