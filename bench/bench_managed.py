@@ -58,7 +58,11 @@ def _controller_pid(home: Path) -> int | None:
         pid = int((home / "managed" / "controller.pid").read_text())
     except (OSError, ValueError):
         return None
-    return pid if Path(f"/proc/{pid}").exists() else None
+    try:  # a zombie (this process started it and has not reaped it) counts as gone
+        st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+    return pid if st not in "ZX" else None
 
 
 def _local_pids(home: Path) -> list[int]:
@@ -157,7 +161,7 @@ def bench_scale(tmp: Path, n: int, poll: float) -> None:
 
     def all_running():
         sample()
-        rows = store.all_jobs()
+        rows = [j for j in store.all_jobs() if j.id in set(ids)]
         bad = [j for j in rows if j.status in store.TERMINAL]
         if bad:
             raise SystemExit(f"job {bad[0].id} ended: {bad[0].status} {bad[0].failure}")

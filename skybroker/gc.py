@@ -43,15 +43,45 @@ def find_orphans(clouds: tuple[str, ...] | None = None, regions: dict[str, list[
                 on_event("skip", f"{cloud_name}/{region}: {exc.message}")
                 continue
             for cluster, ids in sorted(found.items()):
-                if (cloud_name, region, cluster) not in known:
-                    out.append(Orphan(cloud_name, region, cluster, tuple(sorted(ids))))
+                if (cloud_name, region, cluster) in known:
+                    continue
+                if _busy(cluster):
+                    on_event("skip", f"{cloud_name}/{region}: {cluster} is being launched by another broker command")
+                    continue
+                out.append(Orphan(cloud_name, region, cluster, tuple(sorted(ids))))
     return out
 
 
+def _busy(cluster: str) -> bool:
+    """A broker command on this machine holds the cluster's lock (e.g. a launch still provisioning: its
+    instances are tagged but not yet in the state)."""
+    from .locks import cluster_lock
+
+    try:
+        with cluster_lock(cluster, timeout=0):
+            return False
+    except BrokerError:
+        return True
+
+
 def remove(orphans: list[Orphan], on_event: Callable[[str, str], None] = lambda k, m: None) -> None:
+    import contextlib
+
     from .clouds.registry import get_cloud
+    from .locks import cluster_lock
 
     for o in orphans:
-        on_event("down", f"terminating orphan {o.cluster} on {o.cloud}/{o.region} ({len(o.instance_ids)} instance(s))")
-        get_cloud(o.cloud).terminate(o.cluster, o.region)
-        state.close_intents(o.cluster, o.cloud, o.region)
+        with contextlib.ExitStack() as stack:
+            try:  # never race a launch of the same name that started meanwhile
+                stack.enter_context(cluster_lock(o.cluster, timeout=0))
+            except BrokerError:
+                on_event("skip", f"{o.cluster} is being launched by another broker command: left alone")
+                continue
+            rec = state.get_cluster(o.cluster)
+            if rec is not None and (rec.cloud, rec.region) == (o.cloud, o.region):
+                on_event("skip", f"{o.cluster} is now known to the state: not an orphan")
+                continue
+            on_event("down", f"terminating orphan {o.cluster} on {o.cloud}/{o.region} "
+                     f"({len(o.instance_ids)} instance(s))")
+            get_cloud(o.cloud).terminate(o.cluster, o.region)
+            state.close_intents(o.cluster, o.cloud, o.region)

@@ -93,8 +93,14 @@ class ArmFake:
         ctx.load_cert_chain(self.ca_path, key)
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.endpoint = f"https://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="arm-fake")
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="arm-fake")
         self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        """The environment that points skybroker's Azure client factory at this fake."""
+        return {"BROKER_AZURE_ENDPOINT": self.endpoint, "BROKER_AZURE_FAKE_TOKEN": "1",
+                "BROKER_AZURE_CA_BUNDLE": str(self.ca_path), "BROKER_AZURE_POLL": "0", "BROKER_AZURE_RETRIES": "0",
+                "AZURE_SUBSCRIPTION_ID": self.subscription}
 
     def close(self) -> None:
         self._server.shutdown()

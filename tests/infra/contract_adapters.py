@@ -56,4 +56,54 @@ class GCPAdapter:
         client.reset()
 
 
-EXTRA_ADAPTERS = [GCPAdapter]
+
+class AzureAdapter:
+    name = "azure"
+    spot = True
+    firewall = True
+    region, zone = "eastus", None
+
+    def setup(self, monkeypatch, tmp_path):
+        pytest.importorskip("azure.mgmt.compute")
+        from skybroker.clouds.azure import AzureCloud, client
+        from tests.infra.arm_fake import ArmFake
+
+        self.fake = ArmFake()
+        for k, v in self.fake.env().items():
+            monkeypatch.setenv(k, v)
+        client.reset()
+        self.cloud = AzureCloud()
+
+    def request(self, cluster, n=2, spot=False, ports=()):
+        return ProvisionRequest(cluster, self.region, self.zone, "Standard_D2s_v5", n, use_spot=spot, ports=ports,
+                                public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+    def faults(self):
+        def make(inject):
+            def m():
+                inject()
+                return self.request("faulty", 1)
+            return m
+
+        return {"capacity": make(lambda: self.fake.capacity(self.region, "AllocationFailed")),
+                "quota": make(lambda: self.fake.quota(self.region)),
+                "credentials": make(lambda: self.fake.auth("AuthorizationFailed"))}
+
+    def open_ports(self, cluster):
+        out = set()
+        for nsg in self.fake.find("networkSecurityGroups", f"skybroker-{cluster}"):
+            for rule in nsg["properties"]["securityRules"]:
+                p = rule["properties"]
+                if p["protocol"] == "Tcp" and p["access"] == "Allow" and p["direction"] == "Inbound":
+                    lo, _, hi = p["destinationPortRange"].partition("-")
+                    out.add((int(lo), int(hi or lo)))
+        return sorted(out)
+
+    def teardown(self):
+        from skybroker.clouds.azure import client
+
+        self.fake.close()
+        client.reset()
+
+
+EXTRA_ADAPTERS = [GCPAdapter, AzureAdapter]

@@ -179,7 +179,10 @@ def _preempt(instance_id: str, region: str, reason: str) -> dict:
 
 def serve(host: str = "127.0.0.1", port: int = 0) -> None:
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        create_backend_app,
+    )
     from werkzeug.serving import make_server
 
     patch_public_ips()
@@ -204,7 +207,7 @@ class MotoServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.infra.moto_server", "--port", "0"],
                                      cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -311,7 +314,7 @@ def prestart() -> None:
         def run():
             try:
                 shared()
-            except Exception:  # noqa: BLE001 - shared() retries in the foreground and reports
+            except Exception:  # noqa: BLE001, S110 - shared() retries in the foreground and reports
                 pass
 
         _PRESTART = threading.Thread(target=run, daemon=True, name="moto-prestart")

@@ -16,18 +16,17 @@ import pytest
 pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-from botocore.exceptions import ClientError  # noqa: E402
+from botocore.exceptions import ClientError
 
-from skybroker import api, provision, spec, state  # noqa: E402
-from skybroker.clouds import registry  # noqa: E402
-from skybroker.clouds.aws import client as aws_client  # noqa: E402
-from skybroker.clouds.aws import driver as aws_driver  # noqa: E402
-from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest  # noqa: E402
-from skybroker.errors import (CredentialsError, InvalidRequestError, ProvisionError, QuotaError,  # noqa: E402
-                              Scope)
-from skybroker.optimizer import Block  # noqa: E402
-from tests.conftest import REPO, broker_cmd  # noqa: E402
-from tests.infra import moto_server  # noqa: E402
+from skybroker import api, provision, spec, state
+from skybroker.clouds import registry
+from skybroker.clouds.aws import client as aws_client
+from skybroker.clouds.aws import driver as aws_driver
+from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest
+from skybroker.errors import InvalidRequestError, ProvisionError, Scope
+from skybroker.optimizer import Block
+from tests.conftest import REPO, broker_cmd
+from tests.infra import moto_server
 
 AMI = "ami-12345678"
 LIVE = ("pending", "running", "stopping", "stopped")
@@ -155,8 +154,8 @@ def in_region(region):
 
 
 def req(cluster="c1", **kw) -> ProvisionRequest:
-    base = dict(cluster=cluster, region="us-east-1", zone="use1-az1", instance_type="t3.micro", num_nodes=1,
-                image_id=AMI)
+    base = {"cluster": cluster, "region": "us-east-1", "zone": "use1-az1", "instance_type": "t3.micro",
+            "num_nodes": 1, "image_id": AMI}
     base.update(kw)
     return ProvisionRequest(**base)
 
@@ -399,7 +398,7 @@ def test_quota_error_blocks_the_whole_region(hooks, public_key):
     hooks.fail("RunInstances", "VcpuLimitExceeded", "You have requested more vCPU capacity than your current "
                "vCPU limit of 0 allows", when=in_region("us-east-1"))
     planner = Planner(task())
-    cand, infos, attempts = provision.provision("quota", planner, public_key=public_key)
+    cand, _, attempts = provision.provision("quota", planner, public_key=public_key)
     assert cand.region == "us-east-2"  # not another us-east-1 zone
     assert [(a.region, a.zone, a.error, a.code, a.scope) for a in attempts] == [
         ("us-east-1", "use1-az1", "QuotaError", "VcpuLimitExceeded", "region")]
@@ -425,7 +424,7 @@ def test_credentials_error_fails_over_to_the_next_cloud(hooks, public_key, monke
     t = spec.task_from_dict({"name": "t", "run": "true", "resources": {"ordered": [
         {"cloud": "aws", "instance_type": "t3.micro", "image_id": AMI}, {"infra": "local"}]}}, source="test.yaml")
     planner = Planner(t, clouds=("aws", "local"))
-    cand, infos, attempts = provision.provision("cred", planner, public_key=public_key)
+    cand, _, attempts = provision.provision("cred", planner, public_key=public_key)
     try:
         assert cand.cloud == "local"
         assert len(attempts) == 1
@@ -535,9 +534,9 @@ def test_interrupt_during_provision_rolls_back(hooks, public_key):
 
 
 # -- broker gc: a real CLI subprocess against a moto server -----------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture
 def moto_srv():
-    srv = moto_server.shared()
+    srv = moto_server.shared()  # one server for the test process, emptied before and after each test
     srv.reset()
     yield srv
     srv.reset()
@@ -558,6 +557,7 @@ def test_gc_cli_finds_and_removes_orphans(moto_srv, tmp_path, monkeypatch):
 
     orphan = launch("us-east-1", "orphan-x", 2)
     known = launch("us-east-1", "known-y")
+    launching = launch("us-east-1", "launching-z")  # another broker command holds its lock: in progress
     far = launch("us-west-2", "orphan-far")
     untagged = moto_srv.ec2().run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     state.save_cluster(ClusterRecord(name="known-y", cloud="aws", region="us-east-1", zone=None,
@@ -568,22 +568,50 @@ def test_gc_cli_finds_and_removes_orphans(moto_srv, tmp_path, monkeypatch):
         return sorted(i["InstanceId"] for i in moto_srv.instances(region))
 
     before = {"us-east-1": live("us-east-1"), "us-west-2": live("us-west-2")}
-    assert before["us-east-1"] == sorted(orphan + known + [untagged])
+    assert before["us-east-1"] == sorted(orphan + known + launching + [untagged])
+    from skybroker.locks import cluster_lock
+
+    busy = cluster_lock("launching-z")
+    busy.__enter__()
 
     # no --yes, no TTY: lists the orphan, removes nothing, exits non-zero
     p = subprocess.run(broker_cmd() + ["gc", "--region", "us-east-1"], env=env, cwd=str(tmp_path),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
     out = p.stdout + p.stderr
     assert p.returncode != 0, out
     assert "orphan-x" in out and all(i in out for i in orphan)
     assert "known-y" not in out and "orphan-far" not in out  # known to the state / outside --region
+    assert "launching-z is being launched by another broker command" in out
     assert "--yes" in out and "Traceback" not in out
     assert {"us-east-1": live("us-east-1"), "us-west-2": live("us-west-2")} == before
 
-    p = subprocess.run(broker_cmd() + ["gc", "--region", "us-east-1", "--yes"], env=env, cwd=str(tmp_path),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    try:
+        p = subprocess.run(broker_cmd() + ["gc", "--region", "us-east-1", "--yes"], env=env, cwd=str(tmp_path),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        busy.__exit__(None, None, None)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert live("us-east-1") == sorted(known + [untagged])
+    assert "terminated 2 instance(s)" in p.stdout + p.stderr
+    assert live("us-east-1") == sorted(known + launching + [untagged])
     assert live("us-west-2") == far
     assert moto_srv.calls("TerminateInstances") and all(c["region"] == "us-east-1"
                                                          for c in moto_srv.calls("TerminateInstances"))
+
+
+def test_moto_server_faults_and_preemption(moto_srv):
+    """The server-mode fault middleware that the CLI tests (and later ones) rely on."""
+    e = moto_srv.ec2()
+    moto_srv.fault("RunInstances", code="InsufficientInstanceCapacity", message="none left", times=1,
+                   region="us-east-1")
+    with pytest.raises(ClientError) as ei:
+        e.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)
+    assert ei.value.response["Error"] == {"Code": "InsufficientInstanceCapacity", "Message": "none left"}
+    (inst,) = e.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"]  # times=1: passes now
+    assert inst["PublicIpAddress"].startswith("198.51.100.")  # TEST-NET-2, never routed
+    assert [c["region"] for c in moto_srv.calls("RunInstances")] == ["us-east-1", "us-east-1"]
+    moto_srv.preempt(inst["InstanceId"])
+    (gone,) = e.describe_instances(InstanceIds=[inst["InstanceId"]])["Reservations"][0]["Instances"]
+    assert gone["State"]["Name"] == "terminated"
+    assert gone["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    moto_srv.reset()
+    assert moto_srv.instances() == [] and moto_srv.calls() == []

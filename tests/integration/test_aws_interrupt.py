@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-from skybroker import state  # noqa: E402
-from tests.conftest import REPO, broker_cmd  # noqa: E402
-from tests.infra import moto_server  # noqa: E402
+from skybroker import state
+from tests.conftest import REPO, broker_cmd
+from tests.infra import moto_server
 
 TASK = """\
 name: intr
@@ -161,7 +161,7 @@ def test_sigint_while_waiting_for_ssh(moto, tmp_path):
     launch = Launch(tmp_path, "intr-ssh", {"BROKER_WAIT_READY": "60"})
     launch.wait_for(lambda: "to accept commands" in launch.stderr, "the wait for SSH")
     time.sleep(1.0)
-    rc, _ = launch.interrupt(timeout=10.0)  # generous: the cleanup is a few moto calls
+    rc, _ = launch.interrupt(timeout=8.0)  # generous: the cleanup is a few moto calls
     assert_clean_exit(rc, launch)
     assert "terminating intr-ssh" in launch.stderr
     assert moto.calls("TerminateInstances")

@@ -12,21 +12,8 @@ pytest.importorskip("azure.mgmt.network")
 pytest.importorskip("azure.mgmt.resource")
 pytest.importorskip("cryptography")
 
-from skybroker.clouds.base import (
-    RUNNING,
-    STOPPED,
-    TAG_CLUSTER,
-    TAG_USER,
-    TERMINATED,
-    ProvisionRequest,
-)
-from skybroker.errors import (
-    CapacityError,
-    CredentialsError,
-    InvalidRequestError,
-    QuotaError,
-    Scope,
-)
+from skybroker.clouds.base import RUNNING, STOPPED, TAG_CLUSTER, TAG_USER, TERMINATED, ProvisionRequest
+from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope
 from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
@@ -46,12 +33,9 @@ def arm(fake, monkeypatch):
     from skybroker.clouds.azure import client
 
     fake.clear_faults()
-    monkeypatch.setenv("BROKER_AZURE_ENDPOINT", fake.endpoint)
-    monkeypatch.setenv("BROKER_AZURE_FAKE_TOKEN", "1")
-    monkeypatch.setenv("BROKER_AZURE_CA_BUNDLE", str(fake.ca_path))
-    monkeypatch.setenv("BROKER_AZURE_POLL", "0")
-    monkeypatch.setenv("BROKER_AZURE_RETRIES", "0")
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
+    for k, v in fake.env().items():
+        monkeypatch.setenv(k, v)
+    assert fake.env()["AZURE_SUBSCRIPTION_ID"] == SUBSCRIPTION
     client.reset()
     yield fake
     fake.clear_faults()

@@ -170,7 +170,7 @@ def test_counter_survives_three_preemptions(tmp_path):
 
     rows = [q for q in queue() if q["id"] == jid]
     assert rows and rows[0]["status"] == "SUCCEEDED" and rows[0]["recoveries"] == 3, rows
-    assert rows[0]["exit_code"] == 0
+    assert rows[0]["exit_code"] == 0 and rows[0]["failure"] is None
 
     lines = ledger(led)
     segments = [dict(kv.split("=", 1) for kv in ln.split()[1:]) for ln in lines if ln.startswith("segment")]

@@ -10,6 +10,6 @@ for _mod in ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", 
     if not _found:  # the registry turns this into "pip install 'skybroker[azure]'"
         raise ModuleNotFoundError(f"No module named {_mod!r}", name=_mod)
 
-from .driver import AzureCloud
+from .driver import AzureCloud  # noqa: E402
 
 __all__ = ["AzureCloud"]

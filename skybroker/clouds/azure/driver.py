@@ -17,17 +17,8 @@ import os
 import time
 
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
-from ..base import (
-    PENDING,
-    RUNNING,
-    STOPPED,
-    STOPPING,
-    TAG_CLUSTER,
-    TAG_USER,
-    TERMINATED,
-    InstanceInfo,
-    ProvisionRequest,
-)
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
+                    ProvisionRequest)
 from ..common import ssh_runner
 from . import client as clients
 from .errors import classify
@@ -206,12 +197,7 @@ class AzureCloud:
         return []
 
     def _ensure_network(self, c, place, req) -> tuple[str, str]:
-        from azure.mgmt.network.models import (
-            AddressSpace,
-            NetworkSecurityGroup,
-            Subnet,
-            VirtualNetwork,
-        )
+        from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
 
         rg = group_name(req.cluster)
         tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}

@@ -8,14 +8,7 @@ A CapacityError (scope "zone") therefore blocks Block(azure, region, None) — z
 """
 from __future__ import annotations
 
-from ...errors import (
-    CapacityError,
-    CredentialsError,
-    InvalidRequestError,
-    Place,
-    ProvisionError,
-    QuotaError,
-)
+from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError
 
 # No capacity for the size right now: try the next place (for us: the next region).
 CAPACITY_CODES = {
@@ -50,11 +43,7 @@ def error_code(exc: BaseException) -> str | None:
 
 def classify(exc: BaseException, place: Place) -> ProvisionError | None:
     """A typed error for an SDK exception, or None if it is not a cloud refusal (a bug: re-raise)."""
-    from azure.core.exceptions import (
-        ClientAuthenticationError,
-        HttpResponseError,
-        ServiceRequestError,
-    )
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
     if isinstance(exc, ClientAuthenticationError):  # includes azure.identity's CredentialUnavailableError
         code = error_code(exc) or type(exc).__name__
