@@ -17,9 +17,8 @@ with many jobs. Prints figures; not a test.
 from __future__ import annotations
 
 import argparse
-import random
-import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -109,22 +108,20 @@ run: |
     try:
         for k in range(runs):
             _wait(lambda: store.get(jid).status == "RUNNING", 60, what="RUNNING")
-            _wait(lambda: led.exists() and len(led.read_text().splitlines()) == k + 1, 30, what="segment start")
-            _wait(lambda: log.exists() and f"start segment {k}" in log.read_text(), 30, what="first line in log")
+            _wait(lambda k=k: led.exists() and len(led.read_text().splitlines()) == k + 1, 30, what="segment start")
+            _wait(lambda k=k: log.exists() and f"start segment {k}" in log.read_text(), 30, what="first line in log")
             time.sleep(random.uniform(0.5, 0.5 + poll))  # no phase lock with the controller's poll
             node = home / "local" / f"job-{jid}" / "node-0"
             t0 = time.time()
             _kill_node_processes(node)
             shutil.rmtree(node, ignore_errors=True)
-            t_kill = time.time()
-            _wait(lambda: store.get(jid).recoveries == k + 1, 60, what="recovery recorded")
+            _wait(lambda k=k: store.get(jid).recoveries == k + 1, 60, what="recovery recorded")
             detect.append(time.time() - t0)
-            line = _wait(lambda: (ls := led.read_text().splitlines()) and len(ls) == k + 2 and ls[-1], 60,
+            line = _wait(lambda k=k: (ls := led.read_text().splitlines()) and len(ls) == k + 2 and ls[-1], 60,
                          what="new run")
             running.append(float(line.split()[2]) - t0)
-            _wait(lambda: f"start segment {k + 1}" in log.read_text(), 60, what="new run in log")
+            _wait(lambda k=k: f"start segment {k + 1}" in log.read_text(), 60, what="new run in log")
             visible.append(time.time() - t0)
-            del t_kill
     finally:
         store.request_cancel(jid)
         ops.ensure_controller()

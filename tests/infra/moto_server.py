@@ -49,11 +49,18 @@ def unroutable_public_ip() -> str:
     return f"198.51.100.{random.randint(2, 254)}"
 
 
-def patch_public_ips() -> None:
-    """moto hands out 54.214.x.x (real AWS space); use TEST-NET-2 instead. Works in-process too."""
+def patch_public_ips():
+    """moto hands out 54.214.x.x (real AWS space); use TEST-NET-2 instead. Works in-process too; returns
+    a function that undoes it."""
     from moto.ec2.models import elastic_network_interfaces
 
+    original = elastic_network_interfaces.random_public_ip
     elastic_network_interfaces.random_public_ip = unroutable_public_ip
+
+    def undo():
+        elastic_network_interfaces.random_public_ip = original
+
+    return undo
 
 
 # -- server side ---------------------------------------------------------------------------------
@@ -217,6 +224,8 @@ class MotoServer:
             self.stop()
             raise RuntimeError(f"moto server did not start: {line!r}")
         self.port = int(line.split()[1])
+        # keep draining stdout so a chatty server never blocks on a full pipe
+        threading.Thread(target=lambda out=self.proc.stdout: [None for _ in out], daemon=True).start()
         if self.warm:
             self.ec2("us-east-1").describe_availability_zones()
         return self

@@ -43,7 +43,7 @@ def _moto():
 
     old = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
-    moto_server.patch_public_ips()
+    undo_ips = moto_server.patch_public_ips()
     mock = mock_aws()
     mock.start()
     import boto3
@@ -54,6 +54,7 @@ def _moto():
         yield mock
     finally:
         mock.stop()
+        undo_ips()
         if old is None:
             os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
         else:
@@ -614,4 +615,4 @@ def test_moto_server_faults_and_preemption(moto_srv):
     assert gone["State"]["Name"] == "terminated"
     assert gone["StateReason"]["Code"] == "Server.SpotInstanceTermination"
     moto_srv.reset()
-    assert moto_srv.instances() == [] and moto_srv.calls() == []
+    assert moto_srv.calls() == [] and moto_srv.instances() == []

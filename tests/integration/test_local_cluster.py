@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.local_helpers import (alive, broker, broker_bg, broker_home, job_state, kill_leftovers,
+from tests.integration.local_helpers import (alive, broker, broker_bg, broker_home, kill_leftovers,
                                              kill_pids, node_dir, node_lines, node_pids, pids_with_env,
                                              queue_json, status_json, submitted_id, wait_for, write_task)
 
@@ -157,7 +157,7 @@ def test_failing_node_fails_the_gang_promptly(tmp_path):
     assert by_rank[2]["status"] == "FAILED" and by_rank[2]["exit_code"] == 7
     assert all(by_rank[k]["status"] == "CANCELLED" for k in (0, 1, 3)), by_rank
     for rank in range(4):  # no `sleep 30` left behind on any node
-        assert wait_for(lambda: not [p for p in node_pids("fail", rank) if _cmd(p).startswith("sleep")],
+        assert wait_for(lambda r=rank: not [p for p in node_pids("fail", r) if _cmd(p).startswith("sleep")],
                         timeout=10, what=f"node {rank} job processes to end")
 
 
@@ -401,6 +401,7 @@ def test_concurrent_commands_on_one_cluster(tmp_path):
     err = (tmp_path / "racer.err").read_text()
     assert launch.returncode not in (0, None), (out, err)
     assert "Traceback" not in err and "database is locked" not in err, err
+    assert "unreachable" in err, err
     assert [c["name"] for c in status_json()] == ["conc"]
     assert not (broker_home() / "local" / "racer").exists()
     assert node_pids("racer", 0) == [] and node_pids("racer", 1) == []
@@ -510,7 +511,7 @@ def test_node_killed_mid_job_is_reported_promptly(tmp_path):
     assert "node-1" in err and ("FAILED" in err or "unreachable" in err), err
     # the survivors' job was cancelled, not left running
     for rank in (0, 2):
-        wait_for(lambda: not [q for q in node_pids("kill", rank) if _cmd(q).startswith("sleep")], 15,
+        wait_for(lambda r=rank: not [q for q in node_pids("kill", r) if _cmd(q).startswith("sleep")], 15,
                  what=f"node {rank}'s job to be cancelled")
 
 

@@ -22,8 +22,17 @@ from pathlib import Path
 import pytest
 
 from skybroker.clouds.local import _kill_node_processes
-from tests.integration.local_helpers import (alive, broker, broker_bg, broker_home, kill_leftovers, kill_pids,
-                                             pids_with_env, wait_for, write_task)
+from tests.integration.local_helpers import (
+    alive,
+    broker,
+    broker_bg,
+    broker_home,
+    kill_leftovers,
+    kill_pids,
+    pids_with_env,
+    wait_for,
+    write_task,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
 
@@ -161,10 +170,10 @@ def test_counter_survives_three_preemptions(tmp_path):
         wait_status(jid, "RUNNING")
         # let this segment make progress that the controller has synced back, then take the node away
         base = synced_counter(jid)
-        until(lambda: synced_counter(jid) >= base + 2, 15, f"checkpoint progress in segment {k}", jid)
+        until(lambda base=base: synced_counter(jid) >= base + 2, 15, f"checkpoint progress in segment {k}", jid)
         synced_before.append(synced_counter(jid))
         preempt_local(jid)
-        until(lambda: job(jid).recoveries == k + 1, 15, f"recovery {k + 1} recorded", jid)
+        until(lambda k=k: job(jid).recoveries == k + 1, 15, f"recovery {k + 1} recorded", jid)
     j = wait_status(jid, TERMINAL, 60)
     assert j.status == "SUCCEEDED", (j.status, j.failure, events(jid))
 
@@ -194,7 +203,7 @@ def test_counter_survives_three_preemptions(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for k in (1, 2, 3):
-        assert re.search(rf"^=== broker: recovery {k} .*preempted.*===$", out, re.M), out
+        assert re.search(rf"^=== broker: recovery {k} .*preempted.*===$", out, re.MULTILINE), out
     assert "start at 0" in out and f"final {n}" in out
     assert out.index("recovery 1") < out.index("recovery 2") < out.index("recovery 3") < out.index(f"final {n}")
     # the cluster is torn down at the end
@@ -298,7 +307,7 @@ def test_eager_next_region_moves_to_the_other_pool_over_ssh(two_pools, tmp_path,
     """Real end to end on sshd nodes: the job runs in pool "east"; the east node is killed; the
     controller relaunches with Block(ssh, east) and the job finishes in "west" from its checkpoint.
     (An SSH pool cannot tell a dead host from a partition, so the network grace is shortened.)"""
-    pool, east, west = two_pools
+    pool, east, _west = two_pools
     task = write_task(tmp_path / "t.yaml", name="eager",
                       resources={"infra": "ssh", "job_recovery": "EAGER_NEXT_REGION"},
                       run=COUNTER_RUN.replace("{n}", "25").replace('>> "$LEDGER"', ">/dev/null"))
@@ -324,7 +333,7 @@ def test_eager_next_region_moves_to_the_other_pool_over_ssh(two_pools, tmp_path,
     rec = [e["message"] for e in events(jid) if e["kind"] == "recovery"]
     assert len(rec) == 1 and "EAGER_NEXT_REGION: avoiding ssh/east" in rec[0], rec
     log = (broker_home() / "managed" / str(jid) / "run.log").read_text()
-    m = re.findall(r"^start at (\d+)$", log, re.M)
+    m = re.findall(r"^start at (\d+)$", log, re.MULTILINE)
     assert m[0] == "0" and int(m[-1]) >= before, (m, before)
     assert "final 25" in log
 
@@ -401,6 +410,7 @@ def test_controller_killed_and_restarted_continues_the_job(tmp_path):
     wait_status(jid, "RUNNING")
     wait_for(lambda: len(ledger(led)) >= 3, 10, 0.05, "job counting")
     meta = json.loads((cluster_root(jid) / "node-0" / "node.json").read_text())
+    instance_seen = []
     pid = controller_pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
@@ -410,18 +420,42 @@ def test_controller_killed_and_restarted_continues_the_job(tmp_path):
     r = broker("jobs", "queue")  # starts a controller again since a job is active
     assert r.returncode == 0, r.stderr
     wait_for(lambda: controller_pid() not in (None, pid), 5, 0.05, "a new controller")
+    time.sleep(1.0)  # a few polls of the new controller while the job still runs
+    instance_seen.append(json.loads((cluster_root(jid) / "node-0" / "node.json").read_text())["instance_id"])
     j = wait_status(jid, TERMINAL, 30)
     assert j.status == "SUCCEEDED", (j.failure, events(jid))
     lines = ledger(led)
     assert sum(ln.startswith("segment") for ln in lines) == 1, lines  # not restarted
     assert [int(ln.split()[1]) for ln in lines if ln.startswith("count")] == list(range(1, 21))
-    assert j.recoveries == 0
-    # no duplicate cluster: the same instance served the whole job, one job-<id> ever
-    assert [e for e in events(jid) if e["kind"] == "running"].__len__() == 1
-    assert meta["instance_id"].startswith(f"local-job-{jid}-0-")
+    assert j.recoveries == 0 and j.restarts_on_errors == 0
+    # no duplicate cluster: provisioned once, the same instance served the whole job
+    kinds = [e["kind"] for e in events(jid)]
+    assert kinds.count("provision") == 1 and kinds.count("running") == 1, kinds
+    assert meta["instance_id"] == instance_seen[0], (meta, instance_seen)
     assert sorted(p.name for p in (broker_home() / "local").iterdir()) in ([], [f"job-{jid}"])
     assert_clean(jid)
     assert "final 20" in broker("jobs", "logs", jid).stdout
+
+
+def test_controller_killed_while_starting_makes_no_duplicate_cluster(tmp_path):
+    led = tmp_path / "ledger"
+    task = write_task(tmp_path / "t.yaml", name="early", envs={"LEDGER": str(led)}, num_nodes=2,
+                      resources={"infra": "local"}, run=COUNTER_RUN.replace("{n}", "10"))
+    jid = launch_detached(task)
+    until(lambda: any(e["kind"] == "provision" for e in events(jid)), 15, "provisioning started", jid)
+    pid = controller_pid()
+    assert pid and job(jid).status == "STARTING"
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    r = broker("jobs", "queue")  # resumes the job
+    assert r.returncode == 0, r.stderr
+    j = wait_status(jid, TERMINAL, 40)
+    assert j.status == "SUCCEEDED", diag(jid)
+    segments = [ln for ln in ledger(led) if ln.startswith("segment")]
+    assert 1 <= len(segments) <= 2 * 2, segments  # 2 nodes; run again at most once after the kill
+    root = broker_home() / "local"
+    assert sorted(p.name for p in root.iterdir()) in ([], [f"job-{jid}"])
+    assert_clean(jid)
 
 
 # ------------------------------------------------------------------------------------------------ 6
@@ -465,7 +499,7 @@ def test_queue_columns_and_cancel_all(tmp_path):
         assert c in cols, header
     assert cols.index("ID") < cols.index("NAME") < cols.index("STATUS") < cols.index("RECOVERIES")
     for jid in ids:
-        assert re.search(rf"^\s*{jid}\s+sleeper\s+.*RUNNING", r.stdout, re.M), r.stdout
+        assert re.search(rf"^\s*{jid}\s+sleeper\s+.*RUNNING", r.stdout, re.MULTILINE), r.stdout
     rows = queue()
     assert {"id", "name", "resources", "status", "submitted_at", "duration", "recoveries", "cost"} <= set(rows[0])
     r = broker("jobs", "cancel", "--all", "-y")

@@ -7,7 +7,7 @@ from skybroker.jobs import recovery as R
 from skybroker.jobs import store
 from skybroker.optimizer import Block
 
-HERE = dict(cloud="aws", region="us-east-1", zone="us-east-1a")
+HERE = {"cloud": "aws", "region": "us-east-1", "zone": "us-east-1a"}
 
 
 def view(**kw) -> R.JobView:
