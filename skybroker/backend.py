@@ -129,24 +129,42 @@ class ClusterRuntime:
 
     # -- bring-up -------------------------------------------------------------------------------
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until every node answers a command (SSH up). BROKER_WAIT_READY overrides the 600 s."""
+        """Wait until every node answers a command (SSH up). BROKER_WAIT_READY overrides the 600 s.
+        Ctrl-C stops waiting at once (the probes are daemon threads that notice the stop flag)."""
         import os
 
         timeout = float(os.environ.get("BROKER_WAIT_READY", "600")) if timeout is None else timeout
         deadline = time.time() + timeout
+        stop = threading.Event()
+        errors: dict[int, BaseException] = {}
 
         def one(node):
-            while True:
-                try:
-                    if self.runner(node).alive(timeout=10):
-                        return
-                except NodeUnreachable:
-                    pass
-                if time.time() > deadline:
-                    raise NodeUnreachable(f"{self.rec.name}-node-{node.rank}", f"not reachable after {timeout:.0f}s")
-                time.sleep(1.0)
+            try:
+                while not stop.is_set():
+                    try:
+                        if self.runner(node).alive(timeout=10):
+                            return
+                    except NodeUnreachable:
+                        pass
+                    if time.time() > deadline:
+                        raise NodeUnreachable(f"{self.rec.name}-node-{node.rank}",
+                                              f"not reachable after {timeout:.0f}s")
+                    stop.wait(1.0)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                errors[node.rank] = exc
 
-        run_parallel(self.nodes, one)
+        threads = [threading.Thread(target=one, args=(n,), daemon=True, name=f"wait-{n.rank}") for n in self.nodes]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:
+            stop.set()
+            raise
+        if errors:
+            raise errors[min(errors)]
 
     def install_agent(self) -> None:
         src = agent_mod.source()

@@ -103,9 +103,12 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
                 rt.wait_ready()
                 on_event("agent", "installing the node agent")
                 rt.install_agent()
-            except BaseException:
-                on_event("cleanup", f"bring-up failed: terminating {name}")
+            except BaseException as exc:
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "bring-up failed"
+                on_event("cleanup", f"{why}: terminating {name} so nothing is left running")
                 _terminate(rec)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise Interrupted(f"launch interrupted; cluster {name} was terminated, nothing is left running") from None
                 raise
             rec.status = UP
             state.save_cluster(rec)

@@ -11,6 +11,20 @@ from .common import ssh_runner
 from .ssh_pools import Pool, load_pools
 
 
+UNREACHABLE = "unreachable"
+PROBE_SECONDS = 2.0
+
+
+def _port_open(ip: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((ip, port), timeout=PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
 def _instance_id(pool: str, host) -> str:
     return f"ssh:{pool}:{host.user}@{host.ip}:{host.port}"
 
@@ -63,13 +77,19 @@ class SSHCloud:
         return [self._info(pool.name, h, i, req.cluster) for i, h in enumerate(hosts)]
 
     def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        """The pool's hosts allocated to the cluster. There is no cloud API to ask, so a host whose SSH
+        port does not answer within PROBE_SECONDS is reported "unreachable" (for a pool, a dead host and a
+        cut network look the same; managed jobs treat both as a lost node)."""
         from .. import state
+        from ..runtime.runner import run_parallel
 
         rec = state.get_cluster(cluster)
         if rec is None:
             return []
-        return [InstanceInfo(n.instance_id, RUNNING, n.ip, n.private_ip, n.ssh_user, n.ssh_port, None, False,
-                             {TAG_CLUSTER: cluster}, None, None, n.identity_file, n.rank) for n in rec.nodes]
+        up = run_parallel(rec.nodes, lambda n: _port_open(n.ip, n.ssh_port or 22))
+        return [InstanceInfo(n.instance_id, RUNNING if ok else UNREACHABLE, n.ip, n.private_ip, n.ssh_user,
+                             n.ssh_port, None, False, {TAG_CLUSTER: cluster}, "unreachable" if not ok else None,
+                             None, n.identity_file, n.rank) for n, ok in zip(rec.nodes, up)]
 
     def terminate(self, cluster: str, region: str | None) -> None:
         from .. import state

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from skybroker.runtime import sync as _sync
-from skybroker.runtime.runner import (RUN_ID_VAR, CommandTimeout, LineSplitter, RunResult, check_env,
+from skybroker.runtime.runner import (NodeUnreachable, RUN_ID_VAR, CommandTimeout, LineSplitter, RunResult, check_env,
                                       new_run_id)
 
 # Host variables a sandboxed command inherits; everything else comes from `env`.
@@ -53,10 +53,17 @@ def kill_marked(run_id: str, sig: int = signal.SIGKILL) -> int:
 
 
 class LocalRunner:
-    def __init__(self, node_id: str, home: Path | str):
+    def __init__(self, node_id: str, home: Path | str, *, create: bool = True):
+        """`create=False` for a node the local cloud provisioned: if its sandbox is gone (terminated,
+        "preempted"), commands raise NodeUnreachable instead of silently recreating an empty node."""
         self.node_id = node_id
         self.home = Path(home).resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.home.mkdir(parents=True, exist_ok=True)
+
+    def _check_home(self) -> None:
+        if not self.home.is_dir():
+            raise NodeUnreachable(self.node_id, "the node's sandbox is gone (terminated or preempted)")
 
     def __repr__(self) -> str:
         return f"LocalRunner({self.node_id!r}, {str(self.home)!r})"
@@ -76,6 +83,7 @@ class LocalRunner:
             stream: Callable[[str], None] | None = None, timeout: float | None = None,
             stdin: bytes | None = None) -> RunResult:
         user_env = check_env(env)
+        self._check_home()
         run_id = new_run_id()
         penv = {k: os.environ[k] for k in _INHERIT if k in os.environ}
         penv.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -162,6 +170,7 @@ class LocalRunner:
 
     # ------------------------------------------------------------------ files
     def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None:
+        self._check_home()
         path = self.resolve(remote_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.broker-tmp-{os.getpid()}-{threading.get_ident()}")
@@ -179,6 +188,7 @@ class LocalRunner:
 
     def sync_up(self, local_dir: str, remote_dir: str, *, ignore_files: bool = True,
                 delete: bool = False) -> None:
+        self._check_home()
         src = Path(local_dir)
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync {local_dir}: not a directory")
@@ -189,6 +199,7 @@ class LocalRunner:
         self._rsync(argv, f"sync of {local_dir} to {self.node_id}:{remote_dir}")
 
     def sync_down(self, remote_dir: str, local_dir: str) -> None:
+        self._check_home()
         src = self.resolve(remote_dir)
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync down {self.node_id}:{remote_dir}: not a directory")

@@ -401,7 +401,8 @@ class ArmFake:
 
     def _next_public_ip(self) -> str:
         self._ip_seq += 1
-        return f"20.{100 + self._ip_seq // 65536 % 100}.{self._ip_seq // 256 % 256}.{self._ip_seq % 256}"
+        # loopback: nothing listens there, so a product that tries to reach a fake VM never leaves the machine
+        return f"127.20.{self._ip_seq // 256 % 256}.{self._ip_seq % 256 or 1}"
 
     def _delete_resource(self, key: str) -> None:
         res = self.resources.pop(key, None)

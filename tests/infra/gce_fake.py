@@ -382,7 +382,7 @@ class GCEFake:
         }
         nics = [dict(x) for x in b.get("networkInterfaces") or [{"network": "global/networks/default"}]]
         nics[0].update(name="nic0", networkIP=f"10.128.{n // 250}.{n % 250 + 2}")
-        nics[0]["accessConfigs"] = [dict(ac, natIP=f"34.{100 + n // 62500}.{n // 250 % 250}.{n % 250 + 2}")
+        nics[0]["accessConfigs"] = [dict(ac, natIP=f"127.34.{n // 250 % 250}.{n % 250 + 2}")
                                     for ac in nics[0].get("accessConfigs", [])]
         inst["networkInterfaces"] = nics
         self._boot_node(inst)

@@ -19,8 +19,9 @@ Control endpoints (JSON over HTTP, served by the middleware, never forwarded to 
                             state reason (default Server.SpotInstanceTermination)
 moto's own `POST /moto-api/reset` empties every backend.
 
-Public IPs are drawn from TEST-NET-2 (198.51.100.0/24, never routed) instead of moto's 54.214.x.x, so a
-product that tries to SSH into a "moto instance" never sends a packet to a real host.
+Public IPs are drawn from the loopback range (127.51.x.y; nothing listens there, so a connection is refused
+at once) instead of moto's 54.214.x.x, so a product that tries to SSH into a "moto instance" never sends a
+packet off this machine.
 
 Run directly: `python -m tests.infra.moto_server --port 0` prints `PORT <n>` once it serves.
 """
@@ -46,11 +47,11 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 
 def unroutable_public_ip() -> str:
-    return f"198.51.100.{random.randint(2, 254)}"
+    return f"127.51.{random.randint(0, 255)}.{random.randint(2, 254)}"
 
 
 def patch_public_ips():
-    """moto hands out 54.214.x.x (real AWS space); use TEST-NET-2 instead. Works in-process too; returns
+    """moto hands out 54.214.x.x (real AWS space); use loopback addresses instead. Works in-process too; returns
     a function that undoes it."""
     from moto.ec2.models import elastic_network_interfaces
 

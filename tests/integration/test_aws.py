@@ -608,7 +608,7 @@ def test_moto_server_faults_and_preemption(moto_srv):
         e.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)
     assert ei.value.response["Error"] == {"Code": "InsufficientInstanceCapacity", "Message": "none left"}
     (inst,) = e.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"]  # times=1: passes now
-    assert inst["PublicIpAddress"].startswith("198.51.100.")  # TEST-NET-2, never routed
+    assert inst["PublicIpAddress"].startswith("127.51.")  # loopback: nothing leaves this machine
     assert [c["region"] for c in moto_srv.calls("RunInstances")] == ["us-east-1", "us-east-1"]
     moto_srv.preempt(inst["InstanceId"])
     (gone,) = e.describe_instances(InstanceIds=[inst["InstanceId"]])["Reservations"][0]["Instances"]

@@ -152,11 +152,8 @@ def test_sigint_during_security_group_setup(moto, tmp_path):
     assert_nothing_left(moto, "intr-sg")
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C while waiting for SSH blocks until BROKER_WAIT_READY expires: "
-                   "run_parallel's ThreadPoolExecutor joins the SSH-probe threads of backend.wait_ready "
-                   "(skybroker/runtime/runner.py); cleanup only runs after the deadline")
 def test_sigint_while_waiting_for_ssh(moto, tmp_path):
-    # moto instances get TEST-NET-2 public IPs (never routed): SSH can only time out, so without Ctrl-C
+    # moto instances get loopback public IPs with nothing listening: SSH can never connect, so without Ctrl-C
     # the CLI would wait the whole BROKER_WAIT_READY.
     launch = Launch(tmp_path, "intr-ssh", {"BROKER_WAIT_READY": "60"})
     launch.wait_for(lambda: "to accept commands" in launch.stderr, "the wait for SSH")

@@ -48,12 +48,20 @@ class SSHAdapter:
     firewall = False
 
     def setup(self, monkeypatch, tmp_path):
+        import socket
+
         from skybroker.clouds.ssh import SSHCloud
 
-        # no host is contacted by provision/query: the pool file is the inventory
+        # three "hosts": TCP listeners on loopback (query probes the SSH port; nothing leaves this machine)
+        self.listeners = []
+        for _ in range(3):
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(16)
+            self.listeners.append(srv)
+        hosts = ", ".join(f"{{ip: 127.0.0.1, port: {srv.getsockname()[1]}}}" for srv in self.listeners)
         home = state.db_path().parent
-        (home / "ssh_node_pools.yaml").write_text(
-            "lab:\n  user: broker\n  hosts: [10.213.250.2, 10.213.250.3, 10.213.250.4]\n")
+        (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: broker\n  hosts: [{hosts}]\n")
         self.cloud = SSHCloud()
         # the hosts above do not exist: skip terminate's remote clean-up step (tested on real nodes in
         # test_ssh_cluster.py); allocation and release are what the contract covers here
@@ -66,7 +74,8 @@ class SSHAdapter:
         return {"capacity": lambda: ProvisionRequest("big", "lab", None, "ssh-node", 10)}
 
     def teardown(self):
-        pass
+        for srv in self.listeners:
+            srv.close()
 
 
 class AWSAdapter:
@@ -157,7 +166,8 @@ def _save(cluster, infos, cloud, region):
     from skybroker.state import ClusterRecord, NodeRecord
 
     state.save_cluster(ClusterRecord(cluster, cloud, region, None, "x", None, False, len(infos), 0.0, "UP",
-                                     time.time(), nodes=[NodeRecord(i.instance_id, r, i.public_ip or "", i.private_ip)
+                                     time.time(), nodes=[NodeRecord(i.instance_id, r, i.public_ip or "", i.private_ip,
+                                                                    i.ssh_user, i.ssh_port)
                                                          for r, i in enumerate(infos)]))
 
 

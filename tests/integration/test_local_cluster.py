@@ -233,8 +233,10 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     long_id = submitted_id(r.stderr)
     wait_for(lambda: all((node_dir("jobs", k) / "child.pid").exists() for k in (0, 1)), 15, what="child pids")
     bash_pids = [int((node_dir("jobs", k) / "child.pid").read_text()) for k in (0, 1)]
-    sleeps = [p for k in (0, 1) for p in node_pids("jobs", k) if _cmd(p).startswith("sleep 300")]
-    assert len(sleeps) == 2 and all(alive(p) for p in bash_pids), sleeps
+    sleeps = wait_for(lambda: (lambda ps: ps if len(ps) == 2 else None)(
+        [p for k in (0, 1) for p in node_pids("jobs", k) if _cmd(p).startswith("sleep 300")]),
+        15, what="the grandchildren to start")
+    assert all(alive(p) for p in bash_pids)
 
     jobs = {j["job_id"]: j for j in queue_json("jobs")}
     assert jobs[long_id]["name"] == "long" and jobs[long_id]["status"] == "RUNNING", jobs
@@ -283,6 +285,24 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     # unknown cluster / job
     assert broker("queue", "nope").returncode == 5
     assert broker("logs", "jobs", 999).returncode == 5
+
+
+
+@pytest.mark.xfail(strict=True, reason="cancel kills the job's process group only: a descendant that left it "
+                   "(setsid, daemonized) survives until `down`; the agent (runtime/agent.py) needs to mark job "
+                   "processes (e.g. an env marker) and kill every marked process on cancel")
+def test_cancel_kills_descendants_that_left_the_process_group(tmp_path):
+    task = write_task(tmp_path / "esc.yaml", name="esc",
+                      run="setsid sleep 300 & echo $! > ~/escaped.pid; touch ~/ready; wait")
+    r = broker("launch", "-y", "-d", "-c", "esc", task, cwd=tmp_path, timeout=30)
+    assert r.returncode == 0, r.stderr
+    job = submitted_id(r.stderr)
+    wait_for(lambda: (node_dir("esc", 0) / "ready").exists(), 15, what="the job to start")
+    escaped = int((node_dir("esc", 0) / "escaped.pid").read_text())
+    assert alive(escaped)
+    r = broker("cancel", "esc", job)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not alive(escaped), 5, what="the escaped descendant to be killed")
 
 
 # ------------------------------------------------------------------------------------------------ 5
@@ -339,27 +359,30 @@ def test_status_refresh_and_idempotent_down(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ 6
 def test_concurrent_commands_on_one_cluster(tmp_path):
-    # two launches of the same new cluster race: one provisions, the other waits for it and reuses
-    task = write_task(tmp_path / "c.yaml", name="conc", num_nodes=2, setup="echo SETUP-RAN",
-                      run="echo run-$SKYPILOT_JOB_ID")
-    procs = [broker_bg("launch", "-y", "-c", "conc", task, cwd=tmp_path) for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-        assert "database is locked" not in err
-        _no_traceback(subprocess.CompletedProcess([], p.returncode, out, err))
-    errs = [e for _, e in outs]
-    assert sum("provisioning" in e for e in errs) == 1, errs
-    assert sum("reusing cluster conc" in e for e in errs) == 1, errs
-    assert sum(o.count("SETUP-RAN") for o, _ in outs) == 2, outs  # setup ran once per node, not twice
-    assert [c["name"] for c in status_json()] == ["conc"]
-    loser = next(e for e in errs if "reusing" in e)
-    assert "waiting for another broker command on cluster conc" in loser, loser
-
-    # two execs while another command holds the cluster: both wait visibly, then both run
     from filelock import FileLock
 
+    # two launches of the same new cluster race (started together while a third command holds the cluster's
+    # lock): one provisions, the other waits for it and then reuses the cluster
+    task = write_task(tmp_path / "c.yaml", name="conc", num_nodes=2, setup="echo SETUP-RAN",
+                      run="echo run-$SKYPILOT_JOB_ID")
+    (broker_home() / "locks").mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(broker_home() / "locks" / "conc.lock"))
+    errs = [tmp_path / f"launch-{i}.err" for i in range(2)]
+    with lock:
+        procs = [broker_bg("launch", "-y", "-c", "conc", task, cwd=tmp_path, stderr=errs[i]) for i in range(2)]
+        wait_for(lambda: all("waiting for another broker command on cluster conc" in e.read_text() for e in errs),
+                 30, what="both launches to report that they wait")
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    errs = [e.read_text() for e in errs]
+    for p, out, err in zip(procs, outs, errs):
+        assert p.returncode == 0, err
+        assert "database is locked" not in err and "Traceback" not in err, err
+    assert sum("provisioning" in e for e in errs) == 1, errs
+    assert sum("reusing cluster conc" in e for e in errs) == 1, errs
+    assert sum(o.count("SETUP-RAN") for o in outs) == 2, outs  # setup ran once per node, not twice
+    assert [c["name"] for c in status_json()] == ["conc"]
+
+    # two execs while another command holds the cluster: both wait visibly, then both run
     lock.acquire()
     try:
         errs = [tmp_path / f"exec-{i}.err" for i in range(2)]
