@@ -302,7 +302,7 @@ def test_cancel_kills_descendants_that_left_the_process_group(tmp_path):
     assert alive(escaped)
     r = broker("cancel", "esc", job)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: not alive(escaped), 5, what="the escaped descendant to be killed")
+    wait_for(lambda: not alive(escaped), 3, what="the escaped descendant to be killed")
 
 
 # ------------------------------------------------------------------------------------------------ 5

@@ -1,0 +1,120 @@
+"""AWS end to end: EC2 (moto, through the real boto3 driver) whose instances are real OpenSSH nodes in
+network namespaces — RunInstances boots one node per instance (the imported key pair authorised) and
+gives the instance that node's IP; TerminateInstances powers the node off. So launch → sync → run →
+logs → down runs exactly as on EC2, and afterwards zero instances and zero nodes remain. Root only."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+moto = pytest.importorskip("moto")
+
+ACCOUNT = "123456789012"
+
+
+@pytest.fixture
+def ubuntu_pool():
+    from tests.infra.netns import NodePool, missing_requirements
+
+    why = missing_requirements()
+    if why:
+        pytest.skip(f"sshd test nodes unavailable: {why}")
+    pool = NodePool(user="ubuntu")  # the login user of the AWS driver's Ubuntu images
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def ec2_with_nodes(monkeypatch, ubuntu_pool):
+    from moto.ec2.models import ec2_backends
+
+    from skybroker import state
+    from skybroker.clouds import registry
+    from skybroker.clouds.aws import client as c
+    from skybroker.runtime.keys import ensure_user_key
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "BROKER_AWS_POLL": "0.05"}.items():
+        monkeypatch.setenv(k, v)
+    _, pubkey = ensure_user_key(state.db_path().parent)
+    mock = moto.mock_aws()
+    mock.start()
+    c.reset()
+    registry._instances.clear()
+    nodes: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def on_run(parsed, **kw):
+        for inst in parsed.get("Instances", []):
+            node = ubuntu_pool.add_node(pubkey)
+            with lock:
+                nodes[inst["InstanceId"]] = node
+            for be in ec2_backends[ACCOUNT].values():
+                try:
+                    moto_inst = be.get_instance(inst["InstanceId"])
+                except Exception:  # noqa: BLE001 - not in this region
+                    continue
+                moto_inst.nics[0].public_ip = node.ip
+                break
+
+    def on_terminate(parsed, **kw):
+        for change in parsed.get("TerminatingInstances", []):
+            with lock:
+                node = nodes.pop(change["InstanceId"], None)
+            if node is not None and node.alive:
+                ubuntu_pool.kill(node)
+
+    session = c._session()
+    session.events.register("after-call.ec2.RunInstances", on_run)
+    session.events.register("after-call.ec2.TerminateInstances", on_terminate)
+    try:
+        yield nodes
+    finally:
+        mock.stop()
+        c.reset()
+        registry._instances.clear()
+
+
+def test_launch_sync_run_logs_down_on_aws(ec2_with_nodes, ubuntu_pool, tmp_path):
+    import boto3
+
+    from skybroker import api, spec
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "hello.txt").write_text("from the workdir")
+    (wd / ".gitignore").write_text("*.log\n")
+    (wd / "noise.log").write_text("ignored")
+    task = spec.task_from_dict({
+        "name": "aws-e2e", "num_nodes": 2, "workdir": str(wd),
+        "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large", "image_id": "ami-12345678",
+                      "ports": [8080]},
+        "setup": "echo setup on $SKYPILOT_NODE_RANK",
+        "run": 'echo "rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES: $(cat hello.txt) $(ls noise.log 2>&1 | wc -l)"',
+    })
+    lines = []
+    plan = api.plan(task, clouds=("aws",))
+    res = api.launch(task, cluster="awse2e", plan=plan, on_line=lambda r, l: lines.append((r, l)))
+    assert res.status.status == "SUCCEEDED" and res.status.exit_code == 0
+    assert (0, "rank 0 of 2: from the workdir 1") in lines and (1, "rank 1 of 2: from the workdir 1") in lines
+    assert (0, "setup on 0") in lines
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    live = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] == "running"]
+    assert len(live) == 2 and {i["PublicIpAddress"] for i in live} <= {n.ip for n in ubuntu_pool.nodes}
+    # logs and exec on the running "EC2" cluster
+    got = []
+    st = api.logs("awse2e", res.job_id, follow=False, on_line=lambda r, l: got.append(l))
+    assert st.status == "SUCCEEDED" and any("rank 1 of 2" in l for l in got)
+    r2 = api.exec_("awse2e", api.exec_task(["exit 4"]))
+    assert r2.status.exit_code == 4
+    api.down(["awse2e"])
+    live = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    assert live == []
+    assert ec2_with_nodes == {} and ubuntu_pool.nodes == []
+    sgs = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["skybroker-awse2e"]}])
+    assert sgs["SecurityGroups"] == []
