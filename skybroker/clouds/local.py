@@ -154,9 +154,8 @@ class _NodeRunner(LocalRunner):
     """A local node's runner. Like a deleted or stopped VM, a terminated (no node.json) or stopped node is
     unreachable, and a client that still holds a runner for it never recreates its directory."""
 
-    def __init__(self, node_id: str, home: str):  # no mkdir (LocalRunner creates its home)
-        self.node_id = node_id
-        self.home = Path(home).resolve()
+    def __init__(self, node_id: str, home: str):
+        super().__init__(node_id, home, create=False)
 
     def _check(self) -> None:
         try:

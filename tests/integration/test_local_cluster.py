@@ -287,7 +287,6 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     assert broker("logs", "jobs", 999).returncode == 5
 
 
-
 @pytest.mark.xfail(strict=True, reason="cancel kills the job's process group only: a descendant that left it "
                    "(setsid, daemonized) survives until `down`; the agent (runtime/agent.py) needs to mark job "
                    "processes (e.g. an env marker) and kill every marked process on cancel")
