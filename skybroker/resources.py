@@ -229,10 +229,10 @@ def parse_hours(value, field_path: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         hours = float(value)
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", str(value).lower())
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value).lower())
         if not m:
             raise SpecError(f"{value!r} is not a duration", "e.g. '60h', '2d', '90m'", field=field_path)
-        hours = float(m.group(1)) * {"m": 1 / 60, "h": 1.0, "d": 24.0, "": 1.0}[m.group(2)]
+        hours = float(m.group(1)) * {"s": 1 / 3600, "m": 1 / 60, "h": 1.0, "d": 24.0, "": 1.0}[m.group(2)]
     if hours <= 0:
         raise SpecError(f"{value!r} must be positive", None, field=field_path)
     return hours

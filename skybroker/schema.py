@@ -126,7 +126,23 @@ TASK = {
         "volumes": {"type": ["object", "null"]},
         "event_callback": _STR_OR_NULL,
         # skybroker extensions (additive)
-        "deadline": {"type": ["string", "number", "null"]},
+        "deadline": {
+            "anyOf": [
+                {"type": ["string", "number", "null"]},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["by"],
+                    "properties": {
+                        "by": {"type": ["string", "number"]},
+                        "compute": {"type": ["string", "number"]},
+                        "policy": {"type": "string"},
+                        "overhead": {"type": ["string", "number"]},
+                        "tick": {"type": ["string", "number"]},
+                    },
+                },
+            ]
+        },
         "expected_hours": {"type": ["number", "null"], "exclusiveMinimum": 0},
     },
 }

@@ -56,6 +56,9 @@ class Task:
     file_mounts: tuple[FileMount, ...] = ()
     deadline_hours: float | None = None
     expected_hours: float | None = None
+    deadline_policy: str = "slack_aware"
+    restart_overhead_hours: float = 0.2  # d: what a (re)start costs in lost progress
+    decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
     source: str | None = None
 
     @property
@@ -275,10 +278,29 @@ def task_from_dict(data: dict, *, source: str = "<task>", overrides: Mapping[str
         workdir = str(wd.resolve())
 
     deadline = expected = None
-    if data.get("deadline") is not None:
-        deadline = R.parse_hours(data["deadline"], "deadline")
+    dl_extra: dict = {}
+    raw_dl = data.get("deadline")
+    if isinstance(raw_dl, dict):
+        deadline = R.parse_hours(raw_dl["by"], "deadline.by")
+        if raw_dl.get("compute") is not None:
+            expected = R.parse_hours(raw_dl["compute"], "deadline.compute")
+        if raw_dl.get("policy"):
+            dl_extra["deadline_policy"] = _policy_name(raw_dl["policy"], source)
+        if raw_dl.get("overhead") is not None:
+            dl_extra["restart_overhead_hours"] = R.parse_hours(raw_dl["overhead"], "deadline.overhead")
+        if raw_dl.get("tick") is not None:
+            dl_extra["decision_tick_hours"] = R.parse_hours(raw_dl["tick"], "deadline.tick")
+    elif raw_dl is not None:
+        deadline = R.parse_hours(raw_dl, "deadline")
     if data.get("expected_hours") is not None:
         expected = float(data["expected_hours"])
+    if deadline is not None and expected is None:
+        raise SpecError("a deadline needs the expected compute time", "add `expected_hours: 48` (or "
+                        "`deadline: {by: 60h, compute: 48h}`)", source=source, field="deadline")
+    if deadline is not None and expected is not None and expected > deadline:
+        raise SpecError(f"the expected compute time ({expected:g} h) exceeds the deadline ({deadline:g} h)",
+                        "no schedule can meet it: move the deadline or shorten the job", source=source,
+                        field="deadline")
 
     return Task(
         name=ov.get("name") or data.get("name"),
@@ -292,8 +314,18 @@ def task_from_dict(data: dict, *, source: str = "<task>", overrides: Mapping[str
         file_mounts=_file_mounts(data.get("file_mounts"), source),
         deadline_hours=deadline,
         expected_hours=expected,
+        **dl_extra,
         source=source,
     )
+
+
+def _policy_name(name: str, source: str) -> str:
+    known = ("slack_aware", "uniform_progress", "greedy", "on_demand")
+    if name not in known:
+        close = get_close_matches(name, known, n=1)
+        raise SpecError(f"unknown deadline policy {name!r}", f"did you mean {close[0]!r}?" if close else
+                        f"one of {', '.join(known)}", source=source, field="deadline.policy")
+    return name
 
 
 def _env_map(m, kind: str, source: str) -> dict[str, str | None]:

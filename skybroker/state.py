@@ -93,6 +93,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_events_job ON job_events(job_id, id);
     """,
+    # v3: deadline-aware managed jobs (JSON: progress, held market, policy bookkeeping)
+    """
+    ALTER TABLE managed_jobs ADD COLUMN deadline_state TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

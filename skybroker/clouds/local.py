@@ -3,6 +3,10 @@ process group per command each, and a command runner without SSH. No account, no
 
 Node i of cluster C lives in BROKER_HOME/local/C/node-i and answers at 127.0.0.(i+1) (every 127/8
 address is this machine), so rank/IP plumbing is exercised as on a real cluster.
+
+Spot is simulated, like a cloud's mock provider with fault switches: spot nodes are marked spot, and
+while the file BROKER_HOME/local/NO_SPOT_CAPACITY exists a spot launch fails with a zone CapacityError.
+A "preemption" is deleting a node (see `preempt`).
 """
 from __future__ import annotations
 
@@ -35,12 +39,17 @@ class LocalCloud:
         except (OSError, ValueError):
             return None
         return InstanceInfo(meta["instance_id"], meta.get("state", RUNNING), meta["ip"], meta["ip"],
-                            os.environ.get("USER", "local"), 0, None, False,
+                            os.environ.get("USER", "local"), 0, None, bool(meta.get("spot")),
                             {"skybroker-cluster": meta["cluster"]}, None, str(d), None, meta["rank"])
 
     def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
         if req.accelerator:
             raise InvalidRequestError("the local cloud has no accelerators")
+        if req.use_spot and (broker_home() / "local" / "NO_SPOT_CAPACITY").exists():
+            from ..errors import CapacityError, Place
+
+            raise CapacityError("no spot capacity on this machine (NO_SPOT_CAPACITY switch)",
+                                Place("local", None, None, "local"), code="NoSpotCapacity")
         if req.num_nodes > 250:
             raise InvalidRequestError("the local cloud supports at most 250 nodes")
         root = self._cluster_dir(req.cluster)
@@ -53,7 +62,7 @@ class LocalCloud:
                 d.mkdir(parents=True, exist_ok=True)
                 meta = {"instance_id": f"local-{req.cluster}-{i}-{int(time.time() * 1000) % 10**8}",
                         "cluster": req.cluster, "rank": i, "ip": f"127.0.0.{i + 1}", "state": RUNNING,
-                        "created_at": time.time()}
+                        "created_at": time.time(), "spot": req.use_spot}
                 _write_json(d / _META, meta)
                 info = self._info(d)
             elif info.state != RUNNING:
@@ -96,6 +105,13 @@ class LocalCloud:
 
     def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
         return None  # this machine: every port is already reachable locally
+
+    def preempt(self, cluster: str, rank: int = 0) -> None:
+        """Simulate a spot preemption of one node: its processes die and the node is gone."""
+        d = self._cluster_dir(cluster) / f"node-{rank}"
+        if d.is_dir():
+            _kill_node_processes(d)
+            shutil.rmtree(d, ignore_errors=True)
 
     def runner(self, cluster: str, node):
         return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)

@@ -25,8 +25,9 @@ def virtual_candidates(cloud: str, res: Resources):
     if res.accelerator:
         return []
     if cloud == "local":
+        # `use_spot` is honoured (free either way) so spot logic can be exercised without a cloud
         return [Candidate(res, 0, "local", None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
-                          None, 0.0, False, 0.0, 1)]
+                          None, 0.0, res.use_spot, 0.0, 1)]
     if cloud == "ssh":
         from . import ssh_pools
 

@@ -24,8 +24,10 @@ from .. import clusters, state
 from ..backend import ClusterRuntime
 from ..errors import BrokerError, NoFeasibleError
 from ..optimizer import Block
+from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import recovery as R
 from . import store
+from .deadline import DeadlinePolicy, DeadlineState, market_name
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
 TICK = 0.2
@@ -53,6 +55,7 @@ class Controller:
         self.last_ckpt: dict[int, float] = {}
         self.launch_attempts: dict[int, int] = {}
         self.pending_lines: dict[tuple[int, int], str] = {}
+        self.deadlines: dict[int, DeadlinePolicy] = {}
         self._lock = threading.Lock()
 
     # -- loop -----------------------------------------------------------------------------------
@@ -129,6 +132,20 @@ class Controller:
 
         task = self._task(j)
         name = cluster_name(j.id)
+        dl, dst, market = self._deadline(j, task), None, None
+        if dl is not None:  # deadline-aware: the spot policy picks the market (or to wait)
+            dst = DeadlineState.load(j.deadline_state)
+            now = time.time()
+            market = dl.decide(dst, now, force=dst.want is None)
+            if market is D_NONE:
+                store.update(j.id, status=RECOVERING if recovering else store.PENDING, deadline_state=dst.dump())
+                if recovering:
+                    self._teardown(j)
+                store.add_event(j.id, "policy", f"{dl.policy.name}: wait (progress {dst.progress_s / 3600:.2f} h "
+                                f"of {dl.done_s / 3600:.2f} h)")
+                self.next_at[j.id] = now + dl.tick_s
+                return
+            task = _with_market(task, market is D_SPOT)
         store.update(j.id, status=RECOVERING if recovering else STARTING, cluster=name)
         if recovering:
             self._teardown(j)  # whatever is left of the lost cluster
@@ -162,6 +179,14 @@ class Controller:
         except _CancelledDuringLaunch:
             return self._cancel(store.get(j.id))
         except (ProvisionExhausted, NoFeasibleError) as exc:
+            if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
+                dl.spot_failed(dst, time.time())
+                dst.want = None
+                store.update(j.id, deadline_state=dst.dump())
+                store.add_event(j.id, "policy", f"no spot capacity ({exc.message.splitlines()[0]}): spot counts "
+                                f"as unavailable for a while; asking the policy again")
+                self.next_at[j.id] = 0
+                return
             self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
             action = R.decide(self._view(j, task, recovering), R.LaunchFailed(exc.message.splitlines()[0]))
             return self._apply(j, action)
@@ -174,8 +199,39 @@ class Controller:
         store.add_event(j.id, "running", f"running on {rec.infra if rec else name} "
                         f"({rec.instance_type if rec else ''}{' spot' if rec and rec.use_spot else ''})")
         self.last_ckpt[j.id] = now
+        if dl is not None:
+            dst.held, dst.last_at = market.value, None
+            store.update(j.id, deadline_state=dst.dump())
+            store.add_event(j.id, "policy", f"{dl.policy.name}: running on {market_name(market)}")
         if store.get(j.id).cancel_requested:
             self._cancel(store.get(j.id))
+
+    def _deadline(self, j, task):
+        if task.deadline_hours is None or task.expected_hours is None:
+            return None
+        if j.id not in self.deadlines:
+            self.deadlines[j.id] = DeadlinePolicy(task, j.submitted_at)
+        return self.deadlines[j.id]
+
+    def _deadline_tick(self, j, task, running: bool) -> None:
+        """Account progress and let the policy switch markets (spot ↔ on-demand, or wait)."""
+        dl = self._deadline(j, task)
+        if dl is None:
+            return
+        dst = DeadlineState.load(j.deadline_state)
+        now = time.time()
+        dl.account(dst, now, running)
+        want = dl.decide(dst, now)
+        store.update(j.id, deadline_state=dst.dump())
+        if want.value == dst.held:
+            return
+        store.add_event(j.id, "policy", f"{dl.policy.name}: switch from {dst.held} to {market_name(want)} "
+                        f"(progress {dst.progress_s / 3600:.3f} h of {dl.done_s / 3600:.3f} h, "
+                        f"elapsed {(now - j.submitted_at) / 3600:.3f} h)")
+        self._end_segment(j)
+        self._marker(j, f"deadline policy switches from {dst.held} to {market_name(want)}", count=False)
+        store.update(j.id, status=RECOVERING, blocked=json.dumps({"blocks": []}))
+        self.next_at[j.id] = 0
 
     def _restore_checkpoint(self, j, rt: ClusterRuntime) -> dict[int, dict]:
         from ..runtime.runner import run_parallel
@@ -212,7 +268,7 @@ class Controller:
                 self.unreachable_since.pop(j.id, None)
                 self._maybe_checkpoint(j, rt, done=st.done)
                 if not st.done:
-                    return
+                    return self._deadline_tick(j, task, running=st.status == "RUNNING")
                 if st.status == "SUCCEEDED":
                     return self._apply(j, R.decide(self._view(j, task), R.Succeeded()))
                 if st.status == "CANCELLED":
@@ -312,6 +368,10 @@ class Controller:
                 fields = {"restarts_on_errors": j.restarts_on_errors + (1 if action.counts_as_error else 0)}
                 store.update(j.id, **fields)
                 return self._resubmit(store.get(j.id))
+            if j.deadline_state:  # the instances are gone: nothing is held, the policy decides afresh
+                dst = DeadlineState.load(j.deadline_state)
+                dst.held, dst.want, dst.last_at = D_NONE.value, None, None
+                store.update(j.id, deadline_state=dst.dump())
             meta = {"blocks": [b.__dict__ for b in ([action.block] if action.block else [])]}
             rec = state.get_cluster(j.cluster) if j.cluster else None
             if action.same_place_first and rec is not None:
@@ -334,11 +394,11 @@ class Controller:
         store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
                      segment_price=rec.hourly_price)
 
-    def _marker(self, j, reason: str) -> None:
-        n = j.recoveries + 1
+    def _marker(self, j, reason: str, count: bool = True) -> None:
+        what = f"recovery {j.recoveries + 1}" if count else "switch"
         with open(store.job_dir(j.id) / "run.log", "a") as f:
-            f.write(f"=== broker: recovery {n} at {time.strftime('%F %T')}: {reason} ===\n")
-        store.add_event(j.id, "recovery", reason)
+            f.write(f"=== broker: {what} at {time.strftime('%F %T')}: {reason} ===\n")
+        store.add_event(j.id, "recovery" if count else "switch", reason)
 
     def _end_segment(self, j) -> None:
         if j.segment_start and j.segment_price is not None:
@@ -376,6 +436,13 @@ class Controller:
 
 class _CancelledDuringLaunch(Exception):
     pass
+
+
+def _with_market(task, spot: bool):
+    """The task with every resources candidate on spot (or on-demand), as the deadline policy chose."""
+    from dataclasses import replace
+
+    return replace(task, groups=tuple(tuple(replace(r, use_spot=spot) for r in g) for g in task.groups))
 
 
 def _pinned(task, pin: dict):

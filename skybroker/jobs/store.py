@@ -42,6 +42,7 @@ class ManagedJob:
     failure: str | None = None
     log_offsets: str = "{}"
     updated_at: float | None = None
+    deadline_state: str | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     @property

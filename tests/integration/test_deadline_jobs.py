@@ -1,0 +1,113 @@
+"""Deadline-aware managed jobs on the local cloud (whose spot is simulated: spot nodes can be preempted,
+and a switch file takes spot capacity away). The controller asks the same policy objects the simulator
+measures, every tick, whether to run on spot, on on-demand or to wait — and the job meets its deadline."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, broker_cmd
+
+COUNT = """
+ck="$BROKER_CHECKPOINT_DIR/n"
+i=$(cat "$ck" 2>/dev/null || echo 0)
+while [ "$i" -lt 25 ]; do i=$((i+1)); echo "step $i"; echo "$i" > "$ck"; sleep 0.2; done
+echo "final $i"
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = dict(os.environ, BROKER_JOBS_POLL="0.3", BROKER_CHECKPOINT_INTERVAL="0.3", BROKER_CONTROLLER_EXIT_GRACE="1")
+    yield e
+    pid_file = Path(e["BROKER_HOME"]) / "managed" / "controller.pid"
+    subprocess.run(broker_cmd() + ["jobs", "cancel", "--all", "-y"], env=e, capture_output=True, timeout=60)
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), 9)
+        except (OSError, ValueError):
+            pass
+
+
+def submit(tmp_path, env, policy: str, by: str = "45s") -> int:
+    task = tmp_path / "dl.yaml"
+    task.write_text(f"name: dl\nresources: {{infra: local, use_spot: true}}\n"
+                    f"deadline: {{by: {by}, compute: 5s, policy: {policy}, overhead: 2s, tick: 1s}}\n"
+                    f"run: |\n" + "".join(f"  {line}\n" for line in COUNT.strip().splitlines()))
+    r = subprocess.run(broker_cmd() + ["jobs", "launch", "-y", "-d", str(task)], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.split("managed job ")[1].split()[0])
+
+
+def job(env, jid) -> dict:
+    r = subprocess.run(broker_cmd() + ["jobs", "queue", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    return next(j for j in json.loads(r.stdout) if j["id"] == jid)
+
+
+def events(env, jid) -> list[str]:
+    from skybroker.jobs import store
+
+    os.environ["BROKER_HOME"] = env["BROKER_HOME"]
+    return [f"{e['kind']}: {e['message']}" for e in store.events(jid)]
+
+
+def wait_done(env, jid, timeout=90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = job(env, jid)
+        if j["status"] in ("SUCCEEDED", "FAILED", "FAILED_NO_RESOURCE", "CANCELLED", "FAILED_CONTROLLER"):
+            return j
+        time.sleep(0.5)
+    raise AssertionError(f"job {jid} did not finish: {job(env, jid)}\n" + "\n".join(events(env, jid)))
+
+
+def test_spot_available_runs_on_spot_and_meets_deadline(tmp_path, env):
+    jid = submit(tmp_path, env, "slack_aware")
+    j = wait_done(env, jid)
+    assert j["status"] == "SUCCEEDED", events(env, jid)
+    assert j["ended_at"] - j["submitted_at"] <= 45
+    ev = events(env, jid)
+    assert any("running on spot" in e for e in ev) and not any("on-demand" in e for e in ev)
+
+
+@pytest.mark.parametrize("policy", ["uniform_progress", "slack_aware"])
+def test_no_spot_capacity_falls_back_to_on_demand_in_time(tmp_path, env, policy):
+    home = Path(env["BROKER_HOME"])
+    (home / "local").mkdir(parents=True, exist_ok=True)
+    (home / "local" / "NO_SPOT_CAPACITY").write_text("")
+    jid = submit(tmp_path, env, policy, by="30s")
+    j = wait_done(env, jid)
+    ev = events(env, jid)
+    assert j["status"] == "SUCCEEDED", ev
+    assert j["ended_at"] - j["submitted_at"] <= 30, ev  # the deadline was met
+    assert any("no spot capacity" in e for e in ev)
+    assert any("running on on-demand" in e for e in ev)
+
+
+def test_preempted_spot_then_no_capacity_switches_to_on_demand(tmp_path, env):
+    from skybroker.clouds.local import LocalCloud
+
+    jid = submit(tmp_path, env, "slack_aware", by="40s")
+    deadline = time.time() + 60
+    while time.time() < deadline and job(env, jid)["status"] != "RUNNING":
+        time.sleep(0.2)
+    time.sleep(1.0)
+    home = Path(env["BROKER_HOME"])
+    (home / "local" / "NO_SPOT_CAPACITY").write_text("")  # spot is gone for good
+    os.environ["BROKER_HOME"] = env["BROKER_HOME"]
+    LocalCloud().preempt(f"job-{jid}", 0)
+    j = wait_done(env, jid)
+    ev = events(env, jid)
+    assert j["status"] == "SUCCEEDED", ev
+    assert j["ended_at"] - j["submitted_at"] <= 40, ev
+    assert j["recoveries"] >= 1
+    assert any("running on on-demand" in e for e in ev), ev
+    log = subprocess.run(broker_cmd() + ["jobs", "logs", str(jid)], env=env, capture_output=True, text=True).stdout
+    assert "final 25" in log and "step 1\n" in log
+    assert log.count("step 1\n") == 1  # resumed from the checkpoint, not from zero
