@@ -225,6 +225,32 @@ def _kill_group(pgid, grace=CANCEL_GRACE):
     return not _group_alive(pgid)
 
 
+def _mark(job_id, runner_pid):
+    """The value of BROKER_JOB_MARK in every process of a job: found again even in descendants that left
+    the job's process group (setsid, daemonized), so cancel leaves nothing of the job running."""
+    return "%s-%s" % (job_id, runner_pid)
+
+
+def _kill_marked(mark):
+    if not mark or not _has_proc():
+        return
+    needle = ("BROKER_JOB_MARK=%s" % mark).encode()
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle + b"\0" in env or env.endswith(needle):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def _reconcile(conn, rows=None):
     """Mark non-terminal jobs (default: all) whose runner is gone as FAILED and kill their leftovers."""
     boot = _boot_id()
@@ -240,6 +266,8 @@ def _reconcile(conn, rows=None):
                 (FAILED, reason, time.time(), row["job_id"], row["status"], row["runner_pid"])).rowcount
         if updated and same_boot and row["pgid"] and row["status"] != PENDING:
             _kill_group(row["pgid"], grace=0)
+        if updated and same_boot:
+            _kill_marked(_mark(row["job_id"], row["runner_pid"]))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -384,6 +412,7 @@ def _run_job(conn, job_id, spec, secrets):
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(spec["env"])
     env.update(secrets)
+    env["BROKER_JOB_MARK"] = _mark(job_id, os.getpid())
     workdir = os.path.expanduser(spec["workdir"])
     os.makedirs(workdir, exist_ok=True)
     with open(_log_path(job_id), "ab") as log:
@@ -420,6 +449,7 @@ def _phase(conn, job_id, command, workdir, env, log):
     row = _get(conn, job_id)
     if row is None or row["status"] not in (SETTING_UP, RUNNING):
         _kill_group(proc.pid)  # cancelled: make sure stragglers in the group are gone too
+        _kill_marked(env.get("BROKER_JOB_MARK"))
         return None
     return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128+N, as a shell reports it
 
@@ -519,6 +549,7 @@ def cmd_cancel(args):
         deadline = time.time() + CANCEL_GRACE + 3.0  # the runner kills a group it had not recorded yet
         while _alive(r["runner_pid"], r["runner_start"]) and time.time() < deadline:
             time.sleep(0.02)
+        _kill_marked(_mark(r["job_id"], r["runner_pid"]))
     _out({"cancelled": [r["job_id"] for r in rows]})
     return 0
 

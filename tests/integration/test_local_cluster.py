@@ -287,9 +287,6 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
     assert broker("logs", "jobs", 999).returncode == 5
 
 
-@pytest.mark.xfail(strict=True, reason="cancel kills the job's process group only: a descendant that left it "
-                   "(setsid, daemonized) survives until `down`; the agent (runtime/agent.py) needs to mark job "
-                   "processes (e.g. an env marker) and kill every marked process on cancel")
 def test_cancel_kills_descendants_that_left_the_process_group(tmp_path):
     task = write_task(tmp_path / "esc.yaml", name="esc",
                       run="setsid sleep 300 & echo $! > ~/escaped.pid; touch ~/ready; wait")
