@@ -363,8 +363,11 @@ def check_mounts(task) -> None:
     """Refuse what sync cannot do, before anything is provisioned."""
     buckets = [m for m in task.file_mounts if m.is_bucket]
     if buckets:
-        raise BrokerError(f"file_mounts: bucket {buckets[0].source} is not supported yet",
-                          "mount a local path instead, or copy the data in `setup`")
+        from .errors import SpecError
+
+        raise SpecError(f"bucket {buckets[0].source} is not supported yet",
+                        "mount a local path instead, or copy the data in `setup`", source=task.source,
+                        field=f"file_mounts.{buckets[0].remote}")
 
 
 def setup_fingerprint(task) -> str:

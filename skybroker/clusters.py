@@ -65,9 +65,10 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
            retry_until_up: bool = False, on_event: Event = _noop, on_line: Line = _noop,
            task_id: str | None = None, extra_env: dict | None = None,
            prepare: Callable[[ClusterRuntime], dict | None] | None = None) -> LaunchResult:
-    """`prepare(runtime)` runs after sync and before submit (managed jobs restore checkpoints there) and
+    """Provision (or reuse) a cluster for `task`, sync, run setup+run on every node, stream logs.
+
+    `prepare(runtime)` runs after sync and before submit (managed jobs restore checkpoints there) and
     may return extra environment variables per node rank ({rank: {NAME: value}})."""
-    """Provision (or reuse) a cluster for `task`, sync, run setup+run on every node, stream logs."""
     from . import provision
 
     name = validate_name(cluster) if cluster else default_name(task)
@@ -284,6 +285,8 @@ def _start_locked(rec: ClusterRecord) -> ClusterRecord:
     rt.install_agent()
     rt.close()
     state.add_event(rec.name, "start", "started")
+    if rec.autostop_minutes is not None:
+        _ensure_autostop_watcher()  # it exited when nothing was up; the setting still applies
     return rec
 
 
