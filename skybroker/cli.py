@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
     def resolve_command(self, ctx, args):
         try:
             return super().resolve_command(ctx, args)
-        except click.UsageError as exc:
+        except click.UsageError:
             if args and args[0] not in COMMANDS and not args[0].startswith("-"):
                 from difflib import get_close_matches
 

@@ -291,7 +291,7 @@ def _start_locked(rec: ClusterRecord) -> ClusterRecord:
 
 
 def set_autostop(name: str, minutes: int | None, down_after: bool) -> ClusterRecord:
-    rec = get(name)
+    get(name)  # NotFoundError for an unknown cluster
     state.set_autostop(name, minutes, down_after)
     if minutes is not None:
         _ensure_autostop_watcher()

@@ -24,3 +24,20 @@ def ssh_runner(cluster: str, node, default_user: str = "ubuntu"):
     key = node.identity_file or user_key_path()
     return SSHRunner(f"{cluster}-node-{node.rank}", node.ip, node.ssh_port or 22, node.ssh_user or default_user,
                      key, host_keys(), instance_id=node.instance_id)
+
+
+def call_typed(classify, place, fn, *args, **kw):
+    """Run an SDK call, translating the cloud's refusals into typed errors (ProvisionError subclasses
+    with a scope) with the driver's `classify(exc, place)`; anything it does not recognise (a bug) is
+    re-raised as is."""
+    from ..errors import ProvisionError
+
+    try:
+        return fn(*args, **kw)
+    except ProvisionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified below
+        typed = classify(exc, place)
+        if typed is None:
+            raise
+        raise typed from None

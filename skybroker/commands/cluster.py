@@ -1,8 +1,6 @@
 """launch, exec, status, down, stop, start, autostop, queue, logs, cancel."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .. import render

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..errors import NotFoundError, UsageError
 from ..paths import ensure_home

@@ -12,7 +12,6 @@ firewall). GCP and Azure adapters live beside their fakes and are added to CLOUD
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest

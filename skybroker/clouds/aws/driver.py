@@ -11,10 +11,10 @@ import hashlib
 import os
 import time
 
-from ...errors import Interrupted, InvalidRequestError, Place, ProvisionError, QuotaError
+from ...errors import InvalidRequestError, Place, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
                     ProvisionRequest)
-from ..common import ssh_runner
+from ..common import call_typed, ssh_runner
 from . import client as clients
 from .errors import classify
 
@@ -48,21 +48,8 @@ class AWSCloud:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
-        """Run an SDK call, translating refusals into typed errors. In a provisioning worker whose
-        caller was interrupted (Ctrl-C), start no new call."""
-        from ...provision import cancelled
-
-        if cancelled():
-            raise Interrupted("provisioning cancelled")
-        try:
-            return fn(*args, **kw)
-        except ProvisionError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            typed = classify(exc, place)
-            if typed is None:
-                raise
-            raise typed from None
+        """Run an SDK call, translating refusals into typed errors (see common.call_typed)."""
+        return call_typed(classify, place, fn, *args, **kw)
 
     def zone_name(self, ec2, region: str, zone: str | None) -> str | None:
         """AZ ID (use1-az1) or name (us-east-1b) → the account's AZ name."""
@@ -170,7 +157,6 @@ class AWSCloud:
 
     def _ensure_key_pair(self, ec2, public_key: str | None) -> str:
         if not public_key:
-            from ..common import user_key_path  # noqa: F401 - ensures the key exists
             from ...runtime.keys import ensure_user_key
             from ...paths import broker_home
 

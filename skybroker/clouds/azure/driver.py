@@ -19,7 +19,7 @@ import time
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
                     ProvisionRequest)
-from ..common import ssh_runner
+from ..common import call_typed, ssh_runner
 from . import client as clients
 from .errors import classify
 
@@ -68,15 +68,7 @@ class AzureCloud:
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
         """Run an SDK call (or wait on a poller), translating refusals into typed errors."""
-        try:
-            return fn(*args, **kw)
-        except ProvisionError:
-            raise
-        except Exception as exc:
-            typed = classify(exc, place)
-            if typed is None:
-                raise
-            raise typed from None
+        return call_typed(classify, place, fn, *args, **kw)
 
     def _clients(self, place: Place) -> clients.Clients:
         sub = clients.subscription()

@@ -37,7 +37,7 @@ from ..base import (
     InstanceInfo,
     ProvisionRequest,
 )
-from ..common import ssh_runner
+from ..common import call_typed, ssh_runner
 from . import client as clients
 from .errors import OperationError, classify
 
@@ -129,15 +129,7 @@ class GCPCloud:
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
         """Run an SDK call, translating refusals into typed errors."""
-        try:
-            return fn(*args, **kw)
-        except ProvisionError:
-            raise
-        except Exception as exc:
-            typed = classify(exc, place)
-            if typed is None:
-                raise
-            raise typed from None
+        return call_typed(classify, place, fn, *args, **kw)
 
     def _list(self, project: str, cluster: str | None, region: str | None) -> list:
         """Instances with the cluster label (any cluster when None), in the region's zones (all when None)."""
