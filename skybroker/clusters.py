@@ -285,8 +285,10 @@ def _start_locked(rec: ClusterRecord) -> ClusterRecord:
     rt.install_agent()
     rt.close()
     state.add_event(rec.name, "start", "started")
-    if rec.autostop_minutes is not None:
-        _ensure_autostop_watcher()  # it exited when nothing was up; the setting still applies
+    if rec.autostop_minutes is not None:  # as SkyPilot: a restarted cluster starts without autostop
+        state.set_autostop(rec.name, None, False)
+        rec.autostop_minutes, rec.autostop_down = None, False
+        state.add_event(rec.name, "autostop", "cleared by start; set it again with `broker autostop`")
     return rec
 
 
