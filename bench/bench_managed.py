@@ -4,6 +4,7 @@ with many jobs. Prints figures; not a test.
     python bench/bench_managed.py                 # (a) preemption on the local cloud, (b) 200 jobs
     python bench/bench_managed.py --jobs 50 --runs 3 --poll 1
     python bench/bench_managed.py --skip-scale    # only (a)
+    python bench/bench_managed.py --ssh --skip-scale   # (a) also on real sshd nodes (root)
 
 (a) A managed job on the local cloud prints a line every 0.1 s and appends to a host ledger. A
     "preemption" kills every process of its node and deletes the node. Measured, median of --runs:
@@ -135,6 +136,66 @@ run: |
     print(f"    preemption → that line visible in `jobs logs`: {med(visible):5.2f} s")
 
 
+def bench_preemption_ssh(tmp: Path, runs: int, poll: float) -> None:
+    """(c) The same on real OpenSSH nodes in network namespaces through an SSH node pool: a preemption is
+    the node powered off (every process of its namespace killed); the job relaunches on another host."""
+    from skybroker import state
+    from skybroker.jobs import ops, store
+    from skybroker.runtime.keys import ensure_user_key
+    from tests.infra.netns import NodePool, missing_requirements
+
+    why = missing_requirements()
+    if why:
+        print(f"(c) skipped: {why}")
+        return
+    home = Path(os.environ["BROKER_HOME"])
+    key, pub = ensure_user_key(home)
+    shared = Path(tempfile.mkdtemp(prefix="bench-ssh-", dir="/var/tmp"))  # visible to nodes and host
+    shared.chmod(0o777)
+    led = shared / "ledger"
+    pool = NodePool(tmp / "pool", user="broker")
+    try:
+        nodes = pool.start(runs + 1, pub)
+        hosts = "\n".join(f"    - {n.ip}" for n in nodes)
+        (home / "ssh_node_pools.yaml").write_text(f"bench:\n  user: broker\n  identity_file: {key}\n  hosts:\n{hosts}\n")
+        task = tmp / "ssh-ticker.yaml"
+        task.write_text(f"""name: ticker
+resources: {{infra: ssh/bench, job_recovery: FAILOVER}}
+run: |
+  n=$(grep -c start {led} 2>/dev/null || echo 0)
+  echo "start $n $(date +%s.%N)" >> {led}
+  while true; do echo tick; sleep 0.1; done
+""")
+        jid = _submit(task, ops).id
+        detect, running = [], []
+        try:
+            for k in range(runs):
+                _wait(lambda: store.get(jid).status == "RUNNING", 90, what="RUNNING")
+                _wait(lambda k=k: led.exists() and len(led.read_text().splitlines()) == k + 1, 60, what="segment")
+                time.sleep(random.uniform(0.5, 0.5 + poll))
+                rec = state.get_cluster(f"job-{jid}")
+                victim = next(n for n in nodes if n.ip == rec.nodes[0].ip)
+                t0 = time.time()
+                pool.kill(victim)
+                _wait(lambda k=k: store.get(jid).recoveries == k + 1, 120, what="recovery recorded")
+                detect.append(time.time() - t0)
+                line = _wait(lambda k=k: (ls := led.read_text().splitlines()) and len(ls) == k + 2 and ls[-1], 120,
+                             what="new run")
+                running.append(float(line.split()[2]) - t0)
+        finally:
+            store.request_cancel(jid)
+            ops.ensure_controller()
+            _wait(lambda: store.get(jid).status in store.TERMINAL, 120, what="cancel")
+    finally:
+        pool.close()
+        shutil.rmtree(shared, ignore_errors=True)
+    med = statistics.median
+    print(f"(c) preemption on sshd nodes (ssh pool), poll interval {poll:g} s, median of {runs}:")
+    print(f"    preemption → detected: {med(detect):5.2f} s   (all: {', '.join(f'{x:.2f}' for x in detect)})")
+    print(f"    preemption → job running again on another host: {med(running):5.2f} s   "
+          f"(all: {', '.join(f'{x:.2f}' for x in running)})")
+
+
 def bench_scale(tmp: Path, n: int, poll: float) -> None:
     from skybroker.jobs import ops, store
 
@@ -210,6 +271,7 @@ def main() -> int:
     ap.add_argument("--poll", type=float, default=float(os.environ.get("BROKER_JOBS_POLL", "2")))
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-preemption", action="store_true")
+    ap.add_argument("--ssh", action="store_true", help="also preempt real sshd nodes (root)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-managed-"))
     os.environ.update({"BROKER_HOME": str(tmp / "home"), "HOME": str(tmp / "user"), "BROKER_JOBS_POLL": str(args.poll),
@@ -220,6 +282,8 @@ def main() -> int:
     try:
         if not args.skip_preemption:
             bench_preemption(tmp, args.runs, args.poll)
+            if args.ssh:
+                bench_preemption_ssh(tmp, args.runs, args.poll)
         if not args.skip_scale:
             bench_scale(tmp, args.jobs, args.poll)
     finally:

@@ -68,12 +68,18 @@ class SSHCloud:
             raise InvalidRequestError("SSH node pools do not advertise accelerators yet")
         pool = self._pool(req.region)
         taken = self._allocated()
+        from ..runtime.runner import run_parallel
+
         mine = [h for h in pool.hosts if taken.get(_instance_id(pool.name, h)) == req.cluster]
         free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken]
-        hosts = (mine + free)[: req.num_nodes]
+        up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
+        live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
+        hosts = (mine + live)[: req.num_nodes]
         if len(hosts) < req.num_nodes:
-            raise CapacityError(f"pool {pool.name} has {len(mine) + len(free)} free host(s), "
-                                f"{req.num_nodes} needed", Place("ssh", pool.name), code="PoolExhausted")
+            down = len(free) - len(live)
+            raise CapacityError(f"pool {pool.name} has {len(mine) + len(live)} free host(s) answering, "
+                                f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else ""),
+                                Place("ssh", pool.name), code="PoolExhausted")
         return [self._info(pool.name, h, i, req.cluster) for i, h in enumerate(hosts)]
 
     def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:

@@ -132,6 +132,27 @@ def test_slack_aware_rules():
     assert w.decide(_obs(31, 23, False, NONE)) is ON_DEMAND
 
 
+
+def test_slack_aware_defaults_depend_only_on_the_job_slack():
+    """gamma and confirm_ticks come from rho = S0/R0 at construction (no trace knowledge)."""
+    loose = SlackAware(Job.from_hours(48, 48 / 0.6, 0.2, G))  # rho = 0.4
+    mid = SlackAware(Job.from_hours(48, 48 / 0.8, 0.2, G))  # rho = 0.2: tight
+    tight = SlackAware(Job.from_hours(48, 48 / 0.9, 0.2, G))  # rho = 0.1
+    assert loose.gamma == pytest.approx(1.5) and loose.confirm_ticks == 2
+    assert mid.gamma == pytest.approx(1.4) and mid.confirm_ticks == 3
+    assert tight.gamma == pytest.approx(1.3) and tight.confirm_ticks == 3
+    assert SlackAware(Job.from_hours(48, 64, 0.2, G)).confirm_ticks == 2  # fraction 0.75: not tight
+    # explicit values still win
+    assert SlackAware(tight.job, gamma=2.0, confirm_ticks=1).gamma == 2.0
+    # tight: on-demand is left for spot only on the third tick of a stretch
+    job = Job(task_s=48 * G, deadline_s=60 * G, overhead_s=120, tick_s=G)
+    q = SlackAware(job, beta=1.0, gamma=1.0)
+    assert q.confirm_ticks == 3
+    assert q.decide(_obs(30, 25, False, ON_DEMAND)) is ON_DEMAND
+    assert q.decide(_obs(31, 26, True, ON_DEMAND)) is ON_DEMAND
+    assert q.decide(_obs(32, 27, True, ON_DEMAND)) is ON_DEMAND
+    assert q.decide(_obs(33, 28, True, ON_DEMAND)) is SPOT
+
 def _random_windows(rng, n, T, kind):
     if kind == "iid":
         return rng.random((n, T)) < rng.uniform(0.1, 0.95, (n, 1))
