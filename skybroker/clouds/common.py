@@ -29,9 +29,12 @@ def ssh_runner(cluster: str, node, default_user: str = "ubuntu"):
 def call_typed(classify, place, fn, *args, **kw):
     """Run an SDK call, translating the cloud's refusals into typed errors (ProvisionError subclasses
     with a scope) with the driver's `classify(exc, place)`; anything it does not recognise (a bug) is
-    re-raised as is."""
-    from ..errors import ProvisionError
+    re-raised as is. In a provisioning worker whose caller was interrupted (Ctrl-C), no new call starts."""
+    from ..errors import Interrupted, ProvisionError
+    from ..provision import cancelled
 
+    if cancelled():
+        raise Interrupted("provisioning cancelled")
     try:
         return fn(*args, **kw)
     except ProvisionError:
