@@ -97,7 +97,8 @@ def main() -> int:
     ap.add_argument("--ssh", action="store_true", help="also on real sshd nodes (root)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-rt-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "AZURE_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "GOOGLE_", "AZURE_")) and k != "PYTHONDONTWRITEBYTECODE"}
     env["BROKER_HOME"] = str(tmp / "home")
     try:
         print("launch → first log line, local cloud (median of %d):" % args.runs)

@@ -80,14 +80,43 @@ class Task:
 _validator = None
 
 
+def _load_validator():
+    """fastjsonschema turns the schema into Python code; generating it costs ~60 ms, so the generated
+    module is cached under BROKER_HOME/cache (keyed by the schema's hash; Python caches its bytecode)."""
+    import hashlib
+    import importlib
+    import json
+    import sys
+
+    import fastjsonschema
+
+    from .schema import TASK
+
+    digest = hashlib.sha256(json.dumps(TASK, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"broker_task_validator_{digest}"
+    try:
+        from .paths import ensure_home
+
+        cache = ensure_home() / "cache"
+        cache.mkdir(exist_ok=True)
+        path = cache / f"{name}.py"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(fastjsonschema.compile_to_code(TASK))
+            os.replace(tmp, path)
+        if str(cache) not in sys.path:
+            sys.path.append(str(cache))
+        return importlib.import_module(name).validate
+    except (OSError, ImportError, SyntaxError):
+        return fastjsonschema.compile(TASK)  # no writable cache: compile in memory
+
+
 def _validate(data: Any, source: str, root_node) -> None:
     global _validator
     import fastjsonschema
 
     if _validator is None:
-        from .schema import TASK
-
-        _validator = fastjsonschema.compile(TASK)
+        _validator = _load_validator()
     try:
         _validator(data)
     except fastjsonschema.JsonSchemaValueException as exc:
