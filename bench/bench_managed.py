@@ -153,7 +153,7 @@ def bench_preemption_ssh(tmp: Path, runs: int, poll: float) -> None:
     shared = Path(tempfile.mkdtemp(prefix="bench-ssh-", dir="/var/tmp"))  # visible to nodes and host
     shared.chmod(0o777)
     led = shared / "ledger"
-    pool = NodePool(tmp / "pool", user="broker")
+    pool = NodePool(user="broker")  # its own dir outside /tmp (nodes bind-mount /tmp)
     try:
         nodes = pool.start(runs + 1, pub)
         hosts = "\n".join(f"    - {n.ip}" for n in nodes)

@@ -111,7 +111,7 @@ def main() -> int:
             else:
                 from tests.infra.netns import NodePool  # noqa: WPS433 - bench-only import
 
-                pool = NodePool(tmp / "pool", user="broker")
+                pool = NodePool(user="broker")  # its own dir outside /tmp (nodes bind-mount /tmp)
                 try:
                     from skybroker.runtime.keys import ensure_user_key
 

@@ -28,6 +28,54 @@ def err_console():
     return _err_console
 
 
+def _tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _m(style: str, text: str) -> str:
+    """`text` in a rich style on a terminal; plain text in a pipe (no markup, nothing to escape)."""
+    if not _tty():
+        return text
+    from rich.markup import escape
+
+    return f"[{style}]{escape(text)}[/]" if style else escape(text)
+
+
+def _say(markup: str) -> None:
+    """A line on stdout: rich markup on a terminal; `markup` must be built with _m so pipes get plain text."""
+    if _tty():
+        console().print(markup)
+    else:
+        sys.stdout.write(markup + "\n")
+
+
+def _table(title: str | None, columns: list[tuple[str, str]], rows: list[list[str]], wrap: tuple[str, ...] = ()) -> None:
+    """A table: rich on a terminal; plain aligned columns in a pipe (cheap to produce and to parse, and
+    rich is not even imported). `columns` are (name, "left"|"right"|"center"); cells built with _m."""
+    if _tty():
+        from rich import box
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for name, just in columns:  # numbers never wrap; the named text columns fold when narrow
+            t.add_column(name, justify=just, no_wrap=name not in wrap, overflow="fold",
+                         min_width=max(len(name), 10 if name in wrap else len(name)))
+        for r in rows:
+            t.add_row(*r)
+        console().print(t)
+        return
+    widths = [max([len(name)] + [len(r[i]) for r in rows]) for i, (name, _) in enumerate(columns)]
+
+    def line(cells):
+        out = []
+        for (name, just), w, cell in zip(columns, widths, cells):
+            out.append(cell.rjust(w) if just == "right" else cell.center(w) if just == "center" else cell.ljust(w))
+        return "  ".join(out).rstrip()
+
+    text = ([title] if title else []) + [line([n for n, _ in columns])] + [line(r) for r in rows]
+    sys.stdout.write("\n".join(text) + "\n")
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
@@ -113,61 +161,44 @@ def plan_json(plan, task_name: str | None) -> dict:
 
 
 def print_plan(plan, task_name: str | None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    con = console()
     c = plan.chosen
     if plan.clouds_note:
-        con.print(f"[yellow]Note:[/] {escape(plan.clouds_note)}")
+        _say(f"{_m('yellow', 'Note:')} {_m('', plan.clouds_note)}")
     nodes = f"{plan.num_nodes} node" + ("s" if plan.num_nodes != 1 else "")
-    con.print(f"Target: [bold]minimizing cost[/] · task [bold]{escape(task_name or '(unnamed)')}[/] · {nodes}")
+    _say(f"Target: {_m('bold', 'minimizing cost')} · task {_m('bold', task_name or '(unnamed)')} · {nodes}")
     acc = f" + {c.accelerators()}" if c.accelerator_name else ""
-    where = escape(c.infra)
     market = "spot" if c.use_spot else "on-demand"
-    con.print(f"Chosen: [bold green]{escape(c.instance_type)}{escape(acc)}[/] on [bold]{where}[/] ({market}) "
-              f"— ${_money(c.price)}/h per node, [bold]${_money(c.total)}/h[/] for {nodes}")
-    from rich import box
-
-    table = Table(title="Considered resources", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col, just in (("INFRA", "left"), ("INSTANCE", "left"), ("vCPUs", "right"), ("MEM(GB)", "right"),
-                      ("GPUs", "left"), ("MARKET", "left"), ("$/h/node", "right"), ("$/h total", "right"),
-                      ("CHOSEN", "center")):
-        table.add_column(col, justify=just, no_wrap=col != "INSTANCE")
-    for r in plan_rows(plan):
-        table.add_row(escape(short_infra(r)), escape(r.instance_type), f"{r.vcpus:g}", f"{r.memory_gib:g}",
-                      escape(r.accelerators() or "-"), "spot" if r.use_spot else "on-demand",
-                      _money(r.price) + ("*" if r.offer is not None and r.offer.suspicious else ""),
-                      _money(r.total), "✔" if r is c else "")
-    con.print(table)
+    _say(f"Chosen: {_m('bold green', c.instance_type + acc)} on {_m('bold', c.infra)} ({market}) "
+         f"— ${_money(c.price)}/h per node, {_m('bold', '$' + _money(c.total) + '/h')} for {nodes}")
+    multi = plan.num_nodes > 1  # the total column only says something for several nodes
+    cols = [("INFRA", "left"), ("INSTANCE", "left"), ("vCPUs", "right"), ("MEM(GB)", "right"), ("GPUs", "left"),
+            ("MARKET", "left"), ("$/h/node" if multi else "$/h", "right")] + ([("$/h total", "right")] if multi else [])
+    cols.append(("CHOSEN", "center"))
+    rows = [[_m("", short_infra(r)), _m("", r.instance_type), f"{r.vcpus:g}", f"{r.memory_gib:g}",
+             _m("", r.accelerators() or "-"), "spot" if r.use_spot else "on-demand",
+             _money(r.price) + ("*" if r.offer is not None and r.offer.suspicious else "")]
+            + ([_money(r.total)] if multi else []) + ["✔" if r is c else ""] for r in plan_rows(plan)]
+    _table("Considered resources", cols, rows, wrap=("INFRA", "INSTANCE"))
     if c.offer is not None and c.offer.suspicious:
-        con.print("[yellow]Warning:[/] the chosen price is far below this instance's price in other regions "
-                  "(a likely catalog anomaly, kept as published); check it before relying on it.")
+        _say(f"{_m('yellow', 'Warning:')} the chosen price is far below this instance's price in other regions "
+             "(a likely catalog anomaly, kept as published); check it before relying on it.")
 
 
 def print_gpus(rows, name: str | None) -> None:
-    from rich.table import Table
-
-    table = Table(title="Accelerators (cheapest machine per cloud, $/h)", title_justify="left")
-    for col, just in (("GPU", "left"), ("COUNT", "right"), ("CLOUD", "left"), ("INSTANCE", "left"),
-                      ("ON-DEMAND", "right"), ("WHERE", "left"), ("SPOT", "right"), ("WHERE (spot)", "left")):
-        table.add_column(col, justify=just, no_wrap=True)
-    for r in rows:
-        table.add_row(r.name, f"{r.count:g}", r.cloud, r.instance_type or "-", _money(r.price), r.price_where or "-",
-                      _money(r.spot_price), r.spot_where or "-")
-    console().print(table)
+    cols = [("GPU", "left"), ("COUNT", "right"), ("CLOUD", "left"), ("INSTANCE", "left"), ("ON-DEMAND", "right"),
+            ("WHERE", "left"), ("SPOT", "right"), ("WHERE (spot)", "left")]
+    _table("Accelerators (cheapest machine per cloud, $/h)", cols,
+           [[_m("", r.name), f"{r.count:g}", r.cloud, _m("", r.instance_type or "-"), _money(r.price),
+             _m("", r.price_where or "-"), _money(r.spot_price), _m("", r.spot_where or "-")] for r in rows])
 
 
 def print_checks(checks) -> None:
-    from rich.markup import escape
-
-    con = console()
     for c in checks:
-        mark = "[green]✔[/]" if c.ok else "[red]✘[/]"
-        con.print(f"{mark} [bold]{c.cloud:<6}[/] {escape(c.detail)}")
+        mark = _m("green", "✔") if c.ok else _m("red", "✘")
+        _say(f"{mark} {_m('bold', f'{c.cloud:<6}')} {_m('', c.detail)}")
         if not c.ok and c.hint:
-            con.print(f"         [yellow]hint:[/] {escape(c.hint)}")
-    con.print("✔ [bold]local [/] always available (runs on this machine; `--infra local`)")
+            _say(f"         {_m('yellow', 'hint:')} {_m('', c.hint)}")
+    _say(f"{_m('green', '✔')} {_m('bold', 'local ')} always available (runs on this machine; `--infra local`)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,16 +279,10 @@ def cluster_json(r) -> dict:
 
 
 def print_clusters(recs) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     if not recs:
-        console().print("No clusters. Launch one with `broker launch examples/hello.yaml`.")
+        _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")
         return
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("NAME", "INFRA", "RESOURCES", "NODES", "STATUS", "LAUNCHED", "$/h", "AUTOSTOP"):
-        t.add_column(col, no_wrap=col != "RESOURCES")
+    rows = []
     for r in recs:
         res = r.instance_type or "-"
         if r.accelerators:
@@ -266,9 +291,10 @@ def print_clusters(recs) -> None:
             res += " spot"
         auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
         color = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}.get(r.status, "red")
-        t.add_row(escape(r.name), escape(r.infra), escape(res), str(r.num_nodes), f"[{color}]{r.status}[/]",
-                  _ago(r.launched_at), _money(r.hourly_price), auto)
-    console().print(t)
+        rows.append([_m("", r.name), _m("", r.infra), _m("", res), str(r.num_nodes), _m(color, r.status),
+                     _ago(r.launched_at), _money(r.hourly_price), auto])
+    cols = [(c, "left") for c in ("NAME", "INFRA", "RESOURCES", "NODES", "STATUS", "LAUNCHED", "$/h", "AUTOSTOP")]
+    _table(None, cols, rows, wrap=("INFRA", "RESOURCES"))
 
 
 def job_json(j) -> dict:
@@ -278,21 +304,14 @@ def job_json(j) -> dict:
 
 
 def print_jobs(jobs, cluster: str) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     if not jobs:
-        console().print(f"No jobs on {cluster}.")
+        _say(f"No jobs on {_m('', cluster)}.")
         return
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"Jobs on {cluster}", title_justify="left")
-    for col in ("ID", "NAME", "SUBMITTED", "STATUS", "EXIT", "NODES"):
-        t.add_column(col, no_wrap=True)
-    for j in jobs:
-        nodes = " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""
-        t.add_row(str(j.job_id), escape(j.name or "-"), _ago(j.submitted_at), j.status,
-                  "-" if j.exit_code is None else str(j.exit_code), nodes)
-    console().print(t)
+    rows = [[str(j.job_id), _m("", j.name or "-"), _ago(j.submitted_at), j.status,
+             "-" if j.exit_code is None else str(j.exit_code),
+             " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""] for j in jobs]
+    cols = [(c, "left") for c in ("ID", "NAME", "SUBMITTED", "STATUS", "EXIT", "NODES")]
+    _table(f"Jobs on {_m('', cluster)}", cols, rows)
 
 
 def _dur(sec: float | None) -> str:
@@ -313,20 +332,14 @@ def managed_json(j) -> dict:
 
 
 def print_managed(jobs) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     if not jobs:
-        console().print("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
+        _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
         return
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="Managed jobs", title_justify="left")
-    for col in ("ID", "NAME", "RESOURCES", "STATUS", "SUBMITTED", "DURATION", "RECOVERIES", "COST ($)", "WHERE"):
-        t.add_column(col, no_wrap=col not in ("RESOURCES",))
-    for j in jobs:
-        t.add_row(str(j.id), escape(j.name or "-"), escape(j.resources or "-"), j.status, _ago(j.submitted_at),
-                  _dur(j.duration), str(j.recoveries), f"{j.cost_so_far:.4f}", escape(j.place or "-"))
-    console().print(t)
+    rows = [[str(j.id), _m("", j.name or "-"), _m("", j.resources or "-"), j.status, _ago(j.submitted_at),
+             _dur(j.duration), str(j.recoveries), f"{j.cost_so_far:.4f}", _m("", j.place or "-")] for j in jobs]
+    cols = [(c, "left") for c in ("ID", "NAME", "RESOURCES", "STATUS", "SUBMITTED", "DURATION", "RECOVERIES",
+                                  "COST ($)", "WHERE")]
+    _table("Managed jobs", cols, rows, wrap=("RESOURCES",))
 
 
 def managed_summary(j) -> None:
