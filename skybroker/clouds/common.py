@@ -21,9 +21,12 @@ def ssh_runner(cluster: str, node, default_user: str = "ubuntu"):
     """An SSHRunner for a NodeRecord; the host key is pinned per instance id."""
     from ..runtime.ssh_runner import SSHRunner
 
+    import os
+
     key = node.identity_file or user_key_path()
+    timeout = float(os.environ.get("BROKER_SSH_CONNECT_TIMEOUT", "10"))
     return SSHRunner(f"{cluster}-node-{node.rank}", node.ip, node.ssh_port or 22, node.ssh_user or default_user,
-                     key, host_keys(), instance_id=node.instance_id)
+                     key, host_keys(), connect_timeout=timeout, instance_id=node.instance_id)
 
 
 def call_typed(classify, place, fn, *args, **kw):

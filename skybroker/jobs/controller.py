@@ -263,8 +263,10 @@ class Controller:
                 st = rt.job(j.cluster_job_id)
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
-            self._fetch_logs(j, rt, rec)
-            if st is not None and not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes):
+            healthy = st is not None and not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
+            if healthy:  # a dead node would only cost another connect timeout
+                self._fetch_logs(j, rt, rec)
+            if healthy:
                 self.unreachable_since.pop(j.id, None)
                 self._maybe_checkpoint(j, rt, done=st.done)
                 if not st.done:
@@ -462,6 +464,8 @@ def main() -> int:
 
     d = ensure_home() / "managed"
     d.mkdir(exist_ok=True)
+    # liveness polls should not wait long on a dead node: the controller connects with a short timeout
+    os.environ.setdefault("BROKER_SSH_CONNECT_TIMEOUT", "4")
     lock = FileLock(str(d / "controller.lock"))
     while True:
         try:
