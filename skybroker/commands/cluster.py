@@ -61,7 +61,10 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
                     f"`broker logs {res.cluster} {res.job_id} --follow`")
         return 0
-    return _job_exit(res.status, res.cluster)
+    code = _job_exit(res.status, res.cluster)
+    render.info(f"cluster {res.cluster} stays up: `broker exec {res.cluster} -- CMD` runs more, "
+                f"`broker down {res.cluster}` removes it")
+    return code
 
 
 @click.command("exec")
