@@ -27,6 +27,9 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
     return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, virtual=_virtual_offers)
 
 
+_plan_task = plan  # `launch` takes a `plan=` argument that shadows the function
+
+
 def _virtual_offers(cloud: str, res):
     from .clouds import registry
 
@@ -103,7 +106,7 @@ def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False,
         if first is not None and not blocks:
             p, first = first, None
             return p
-        return globals()["plan"](task, blocks, clouds=plan.clouds if plan is not None else None)
+        return _plan_task(task, blocks, clouds=plan.clouds if plan is not None else None)
 
     return clusters.launch(task, cluster=cluster, plan_fn=plan_fn, detach=detach, retry_until_up=retry_until_up,
                            on_event=on_event or (lambda k, m: None), on_line=on_line or (lambda r, l: None))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import threading
 import time
 from dataclasses import dataclass
@@ -387,6 +386,3 @@ def _gpu_count(acc: str | None) -> float:
     except ValueError:
         return 0
 
-
-def quote(s: str) -> str:
-    return shlex.quote(s)

@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.stderr.write("Aborted.\n")
-        sys.exit(130 if not sys.stdin.isatty() or True else 1)
+        sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)

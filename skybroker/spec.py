@@ -313,8 +313,6 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
     else:
         cloud = R.normalize_cloud(raw["cloud"], f"{fp}.cloud") if raw.get("cloud") else None
         region, zone = raw.get("region"), raw.get("zone")
-        if region is not None and cloud is None and False:
-            pass
     accel, count = (None, 0.0)
     if acc not in (None, ""):
         accel, count = R.parse_accelerator(acc, acc_fp)

@@ -7,7 +7,16 @@ import pytest
 from skybroker.clouds.base import ProvisionRequest
 
 
-class GCPAdapter:
+class _FakeAdapter:
+    def _fault(self, inject):
+        """A fault maker: switch the fake's fault on, then return the request that will hit it."""
+        def make():
+            inject()
+            return self.request("faulty", 1)
+        return make
+
+
+class GCPAdapter(_FakeAdapter):
     name = "gcp"
     spot = True
     firewall = True
@@ -30,12 +39,7 @@ class GCPAdapter:
                                 public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
 
     def faults(self):
-        def make(inject):
-            def m():
-                inject()
-                return self.request("faulty", 1)
-            return m
-
+        make = self._fault
         return {"capacity": make(lambda: self.fake.exhaust(self.zone)),
                 "quota": make(lambda: self.fake.set_quota(self.region, "CPUS")),
                 "credentials": make(lambda: self.fake.fail_auth(403))}
@@ -57,7 +61,7 @@ class GCPAdapter:
 
 
 
-class AzureAdapter:
+class AzureAdapter(_FakeAdapter):
     name = "azure"
     spot = True
     firewall = True
@@ -79,12 +83,7 @@ class AzureAdapter:
                                 public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
 
     def faults(self):
-        def make(inject):
-            def m():
-                inject()
-                return self.request("faulty", 1)
-            return m
-
+        make = self._fault
         return {"capacity": make(lambda: self.fake.capacity(self.region, "AllocationFailed")),
                 "quota": make(lambda: self.fake.quota(self.region)),
                 "credentials": make(lambda: self.fake.auth("AuthorizationFailed"))}
