@@ -22,18 +22,18 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
     note = None
     if clouds is None:
         clouds, note = enabled_clouds()
-        if all(r.cloud in ("local", "ssh") for r in task.candidates):
+        if all(r.cloud and _named_only(r.cloud) for r in task.candidates):
             note = None  # the task names where it runs; credentials do not matter
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, virtual=_virtual_offers)
+    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
 
 
 _plan_task = plan  # `launch` takes a `plan=` argument that shadows the function
 
 
-def _virtual_offers(cloud: str, res):
+def _named_only(cloud: str) -> bool:
     from .clouds import registry
 
-    return registry.virtual_candidates(cloud, res)
+    return registry.known(cloud) and registry.get(cloud, sdk=False).capabilities.named_only
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ def show_gpus(name: str | None = None, cloud: str | None = None) -> list[GpuRow]
     """Accelerators with their counts and the cheapest on-demand and spot machine per cloud."""
     from . import catalog, optimizer
     from .catalog.model import CLOUDS
+    from .clouds import registry
     from .resources import Resources, normalize_cloud
 
     clouds = (normalize_cloud(cloud, "--cloud"),) if cloud else CLOUDS
@@ -70,7 +71,7 @@ def show_gpus(name: str | None = None, cloud: str | None = None) -> list[GpuRow]
         raise UsageError(f"no accelerator named {name!r} in the catalogs",
                          f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}")
     rows = []
-    for acc, count, c in sorted(pairs, key=lambda p: (p[0].lower(), p[1], optimizer.CLOUD_ORDER.index(p[2]))):
+    for acc, count, c in sorted(pairs, key=lambda p: (p[0].lower(), p[1], registry.order(p[2]))):
         best = {}
         for spot in (False, True):
             res = Resources(cloud=c, accelerator=acc, accelerator_count=count, use_spot=spot,
@@ -95,7 +96,7 @@ def cluster_exists(name: str) -> bool:
 
 
 def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False, retry_until_up: bool = False,
-           on_event=None, on_line=None):
+           keep_on_failure: bool = False, on_event=None, on_line=None):
     """Provision (failing over zone → region → cloud) or reuse a cluster, then run the task on it."""
     from . import clusters
 
@@ -109,7 +110,15 @@ def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False,
         return _plan_task(task, blocks, clouds=plan.clouds if plan is not None else None)
 
     return clusters.launch(task, cluster=cluster, plan_fn=plan_fn, detach=detach, retry_until_up=retry_until_up,
-                           on_event=on_event or (lambda k, m: None), on_line=on_line or (lambda r, l: None))
+                           keep_on_failure=keep_on_failure, on_event=on_event or (lambda k, m: None),
+                           on_line=on_line or (lambda r, l: None))
+
+
+def preflight(task) -> None:
+    """What can be checked before the user is asked to confirm a launch (sources exist, rsync, ...)."""
+    from . import lifecycle
+
+    lifecycle.preflight(task)
 
 
 def exec_task(args: tuple[str, ...] | list[str], overrides: Mapping[str, Any] | None = None):
@@ -132,14 +141,9 @@ def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None)
 
 
 def status(refresh: bool = False, names=None):
-    if refresh:
-        from . import clusters
+    from . import clusters
 
-        return clusters.status(refresh=refresh, names=names)
-    from . import state  # the fast path: no runtime, no cloud code
-
-    recs = state.list_clusters()
-    return [r for r in recs if r.name in names] if names else recs
+    return clusters.status(refresh=refresh, names=names)
 
 
 def down(names, on_event=None):

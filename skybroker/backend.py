@@ -1,26 +1,36 @@
-"""A cluster's runtime, the same for every cloud: node agents, workdir/file-mount sync, job submission to
-every node, log streaming, status aggregation, cancel. Talks to nodes only through command runners
-(local sandbox or SSH) and to the node agent (runtime/agent.py) on each of them.
+"""A cluster's runtime, the same for every provider: node agents, workdir/file-mount sync, gang job
+submission, log streaming, status aggregation, cancel. Talks to nodes only through command runners
+(local sandbox or SSH), and to the node agent only through runtime/agent_client.py.
+
+Gang submission is two-phase and idempotent: the job id is reserved on the head with the caller's submit
+token, the job is submitted *held* to every node, then released on every node once all of them have it.
+If any node fails to get it, or the caller is interrupted (Ctrl-C, SIGTERM) meanwhile, the nodes that
+have it cancel it before the error propagates: no node runs a job the others never got. A held job
+that is never released (the client died between the phases) cancels itself on the node.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import BrokerError
+from . import settings
+from .errors import BrokerError, NotFoundError
 from .runtime import agent as agent_mod
-from .runtime.runner import NodeUnreachable, run_parallel
+from .runtime.agent_client import NODE_DIR, AgentClient
+from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 from .state import ClusterRecord, NodeRecord
 
-AGENT = "~/.broker/agent.py"
 WORKDIR = "~/sky_workdir"
-PY = "python3 -S"  # -S: skip site, halves the agent's start-up
-
 TERMINAL = agent_mod.TERMINAL_STATUSES
+
+
+class NodeLost(NodeUnreachable):
+    """The cloud says the node's instance is gone (preempted, terminated) — not just unreachable."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +91,14 @@ def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) ->
 
 class ClusterRuntime:
     def __init__(self, rec: ClusterRecord):
-        from .clouds.registry import get_cloud
+        from .clouds import registry
 
         self.rec = rec
-        self.cloud = get_cloud(rec.cloud)
+        self.provider = registry.get(rec.cloud)
         self._runners: dict[int, object] = {}
         self._lock = threading.Lock()
 
-    # -- runners --------------------------------------------------------------------------------
+    # -- runners and agents -------------------------------------------------------------------------
     @property
     def nodes(self) -> list[NodeRecord]:
         return sorted(self.rec.nodes, key=lambda n: n.rank)
@@ -97,13 +107,13 @@ class ClusterRuntime:
         with self._lock:
             r = self._runners.get(node.rank)
             if r is None:
-                r = self.cloud.runner(self.rec.name, node)
+                r = self.provider.runner(self.rec.name, node)
                 self._runners[node.rank] = r
             return r
 
-    def fresh_runner(self, node: NodeRecord):
-        """A separate connection (for a long-lived stream alongside other commands)."""
-        return self.cloud.runner(self.rec.name, node)
+    def agent(self, node: NodeRecord, runner=None) -> AgentClient:
+        return AgentClient(runner or self.runner(node), self.provider.agent_python(),
+                           f"{self.rec.name} node {node.rank}")
 
     def close(self) -> None:
         for r in self._runners.values():
@@ -113,52 +123,60 @@ class ClusterRuntime:
                 pass
         self._runners.clear()
 
-    def _agent(self, node: NodeRecord, args: str, *, stdin: bytes | None = None, timeout: float = 60.0,
-               runner=None) -> dict:
-        r = runner or self.runner(node)
-        res = r.run(f"{PY} {AGENT} {args}", stdin=stdin, timeout=timeout)
+    def lost_nodes(self) -> list[int]:
+        """Ranks whose instance the provider no longer reports running (empty if it cannot tell)."""
+        from .clouds.base import RUNNING
+
         try:
-            out = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
-        except ValueError:
-            out = {}
-        if res.exit_code != 0:
-            msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
-            raise BrokerError(f"node agent on {self.rec.name} node {node.rank}: {msg}")
-        return out
+            infos = self.provider.query(self.rec.name, self.rec.region)
+        except BrokerError:
+            return []
+        alive = {i.instance_id for i in infos if i.state == RUNNING}
+        return [n.rank for n in self.nodes if n.instance_id not in alive]
 
-    # -- bring-up -------------------------------------------------------------------------------
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until every node answers a command (SSH up). BROKER_WAIT_READY overrides the 600 s.
-        Ctrl-C stops waiting at once (the probes are daemon threads that notice the stop flag)."""
-        import os
-
-        timeout = float(os.environ.get("BROKER_WAIT_READY", "600")) if timeout is None else timeout
+    # -- bring-up -----------------------------------------------------------------------------------
+    def wait_ready(self, timeout: float | None = None, check_every: float = 5.0) -> None:
+        """Wait until every node answers a command (SSH up), at most `wait_ready` seconds. While nodes do
+        not answer, the provider is asked every few seconds whether their instances still exist: a node
+        preempted meanwhile raises NodeLost at once instead of after the timeout. A changed host key is
+        never waited out. Ctrl-C stops waiting at once (the probes notice the stop flag)."""
+        timeout = settings.get("wait_ready") if timeout is None else timeout
         deadline = time.time() + timeout
         stop = threading.Event()
         errors: dict[int, BaseException] = {}
+        ready: set[int] = set()
 
         def one(node):
             try:
                 while not stop.is_set():
                     try:
                         if self.runner(node).alive(timeout=10):
+                            ready.add(node.rank)
                             return
                     except NodeUnreachable:
                         pass
                     if time.time() > deadline:
-                        raise NodeUnreachable(f"{self.rec.name}-node-{node.rank}",
-                                              f"not reachable after {timeout:.0f}s")
+                        raise NodeUnreachable(f"{self.rec.name}-node-{node.rank}", f"not reachable after {timeout:.0f}s")
                     stop.wait(1.0)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 errors[node.rank] = exc
+                stop.set()
 
         threads = [threading.Thread(target=one, args=(n,), daemon=True, name=f"wait-{n.rank}") for n in self.nodes]
         for t in threads:
             t.start()
+        next_check = time.time() + check_every
         try:
-            for t in threads:
-                while t.is_alive():
+            while any(t.is_alive() for t in threads):
+                for t in threads:
                     t.join(0.2)
+                if time.time() >= next_check and not errors and len(ready) < len(self.nodes):
+                    next_check = time.time() + check_every
+                    lost = self.lost_nodes()
+                    if lost:
+                        stop.set()
+                        raise NodeLost(f"{self.rec.name}-node-{lost[0]}", "its instance is gone (preempted or "
+                                       "terminated) while waiting for it to accept commands")
         except BaseException:
             stop.set()
             raise
@@ -166,25 +184,18 @@ class ClusterRuntime:
             raise errors[min(errors)]
 
     def install_agent(self) -> None:
-        src = agent_mod.source()
-
-        def one(node):
-            self.runner(node).put_file(src, AGENT, 0o755)
-
-        run_parallel(self.nodes, one)
+        run_parallel(self.nodes, lambda node: self.agent(node).install())
 
     def sync(self, task) -> None:
-        """Workdir → ~/sky_workdir and local file_mounts → their remote paths, on all nodes in parallel."""
-        mounts = [m for m in task.file_mounts]
-        check_mounts(task)
-
+        """Workdir → ~/sky_workdir and local file_mounts → their remote paths, on all nodes in parallel.
+        The workdir is claimed first (recorded as ours if it does not exist yet), so a teardown of a node
+        we do not own removes it, and never a directory the user had there."""
         def one(node):
             r = self.runner(node)
             if task.workdir:
+                self.agent(node, r).claim([WORKDIR])
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)
-            for m in mounts:
-                import os
-
+            for m in task.file_mounts:
                 if os.path.isdir(m.source):
                     r.sync_up(m.source, m.remote, ignore_files=False)
                 else:
@@ -193,7 +204,7 @@ class ClusterRuntime:
 
         run_parallel(self.nodes, one)
 
-    # -- jobs -----------------------------------------------------------------------------------
+    # -- jobs ---------------------------------------------------------------------------------------
     def node_env(self, task, rank: int, job_id: int, task_id: str) -> dict[str, str]:
         rec = self.rec
         ips = "\n".join(n.private_ip or n.ip for n in self.nodes)
@@ -210,32 +221,77 @@ class ClusterRuntime:
         env.update(task.env_dict)
         return env
 
-    def submit(self, task, *, job_name: str | None, task_id: str | None = None,
-               run_setup: bool = True, extra_env: dict | None = None,
-               env_by_rank: dict[int, dict] | None = None) -> int:
+    def find_token(self, token: str) -> int | None:
+        """The job a submit token already started on this cluster (released on every node), or None.
+        A job only some nodes have, or still held, is cancelled there: it never ran, so it is safe to
+        submit again."""
+        per = run_parallel(self.nodes, lambda n: self.agent(n).status(token=token))
+        have = [jobs[0] for jobs in per if jobs]
+        if not have:
+            return None
+        job_id = have[0]["job_id"]
+        if len(have) == len(self.nodes) and not any(j["held"] for j in have):
+            return job_id
+        if len(have) == len(self.nodes) and all(j["status"] == "PENDING" for j in have):
+            run_parallel(self.nodes, lambda n: self.agent(n).release(job_id))  # every node has it: go
+            return job_id
+        self._cancel_quietly(job_id)
+        return None
+
+    def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
+               extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
+               token: str | None = None) -> int:
         head = self.nodes[0]
-        job_id = int(self._agent(head, "next-id")["job_id"])
+        job_id, _ = self.agent(head).next_id(token)
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
         setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
+        gang = len(self.nodes) > 1
+        held = settings.get("held_job_timeout") if gang else None
+        delivered: set[int] = set()
 
         def one(node):
             payload = {"job_id": job_id, "name": job_name or task.name or "task", "rank": node.rank,
                        "num_nodes": len(self.nodes), "setup": task.setup if run_setup else None,
                        "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
-                               **((env_by_rank or {}).get(node.rank) or {})},
-                       "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key}
-            self._agent(node, "submit", stdin=json.dumps(payload).encode())
+                                                **((env_by_rank or {}).get(node.rank) or {})},
+                       "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
+                       "token": token, "held_seconds": held}
+            self.agent(node).submit(payload)
+            delivered.add(node.rank)
 
-        run_parallel(self.nodes, one)
+        try:
+            run_parallel(self.nodes, one)
+            if gang:
+                run_parallel(self.nodes, lambda n: self.agent(n).release(job_id))
+        except BaseException as exc:
+            undone = self._cancel_quietly(job_id)
+            raise SubmitFailed(job_id, sorted(delivered), undone, exc) from exc
         return job_id
 
-    def node_statuses(self, job_id: int | None = None) -> dict[int, list[dict]]:
-        """Every node's job list (rank → jobs). An unreachable node maps to None."""
-        arg = f"status --job {job_id}" if job_id is not None else "status"
+    def _cancel_quietly(self, job_id: int) -> bool:
+        """Cancel a job on every node that can be reached; True if no node is known to still have it."""
+        ok = True
 
         def one(node):
+            nonlocal ok
             try:
-                return self._agent(node, arg, timeout=30)["jobs"]
+                self.agent(node).cancel([job_id], timeout=30)
+            except NodeUnreachable:
+                ok = False
+            except BrokerError:
+                ok = False
+
+        try:
+            run_parallel(self.nodes, one)
+        except BaseException:
+            return False
+        return ok
+
+    def node_statuses(self, job_id: int | None = None) -> dict[int, list[dict] | None]:
+        """Every node's job list (rank → jobs). An unreachable node maps to None."""
+        def one(node):
+            try:
+                return self.agent(node).status(job_id)
             except NodeUnreachable:
                 return None
 
@@ -245,18 +301,12 @@ class ClusterRuntime:
     def jobs(self) -> list[JobStatus]:
         per = self.node_statuses()
         ids = sorted({j["job_id"] for jobs in per.values() if jobs for j in jobs})
-        out = []
-        for jid in ids:
-            out.append(self._aggregate_from(jid, per))
-        return out
+        return [self._aggregate_from(jid, per) for jid in ids]
 
     def job(self, job_id: int) -> JobStatus:
         per = self.node_statuses(job_id)
         if not any(jobs for jobs in per.values()):
-            from .errors import NotFoundError
-
-            raise NotFoundError(f"cluster {self.rec.name} has no job {job_id}",
-                                f"see `broker queue {self.rec.name}`")
+            raise NotFoundError(f"cluster {self.rec.name} has no job {job_id}", f"see `broker queue {self.rec.name}`")
         return self._aggregate_from(job_id, per)
 
     def _aggregate_from(self, jid: int, per: dict) -> JobStatus:
@@ -275,11 +325,9 @@ class ClusterRuntime:
         return aggregate(jid, nodes, meta)
 
     def cancel(self, job_ids: list[int] | None) -> list[int]:
-        arg = "cancel --all" if not job_ids else "cancel " + " ".join(str(int(j)) for j in job_ids)
-
         def one(node):
             try:
-                return self._agent(node, arg, timeout=60).get("cancelled", [])
+                return self.agent(node).cancel(job_ids or None)
             except NodeUnreachable:
                 return []
 
@@ -287,7 +335,11 @@ class ClusterRuntime:
         return sorted({j for r in res for j in r})
 
     def idle_seconds(self) -> float:
-        return min(float(self._agent(n, "idle-seconds")["idle_seconds"]) for n in self.nodes)
+        return min(self.agent(n).idle_seconds() for n in self.nodes)
+
+    def read_log(self, node: NodeRecord, job_id: int, offset: int) -> tuple[bytes, int]:
+        data, nxt, _ = self.agent(node).read_log(job_id, offset)
+        return data, nxt
 
     def stream_logs(self, job_id: int, on_line: Callable[[int, str], None], *, follow: bool = True,
                     stop: threading.Event | None = None) -> JobStatus:
@@ -299,11 +351,9 @@ class ClusterRuntime:
         nodes = self.nodes
 
         def one(node):
-            r = self.fresh_runner(node)
+            r = self.provider.runner(self.rec.name, node)  # its own connection, beside other commands
             try:
-                cmd = f"{PY} {AGENT} logs {job_id}" + (" --follow" if follow else "")
-                res = r.run(cmd, stream=lambda line: on_line(node.rank, line))
-                if res.exit_code == 3:
+                if not self.agent(node, r).follow_log(job_id, lambda line: on_line(node.rank, line), follow=follow):
                     errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
             except NodeUnreachable as exc:
                 errors[node.rank] = exc
@@ -331,8 +381,7 @@ class ClusterRuntime:
                     if st.status in ("FAILED", "FAILED_SETUP") and any(n.status not in TERMINAL for n in st.nodes):
                         self.cancel([job_id])
                 if stop.is_set():
-                    # a node is gone: cancel the job on the survivors so their streams end
-                    try:
+                    try:  # a node is gone: cancel the job on the survivors so their streams end
                         self.cancel([job_id])
                     except BrokerError:
                         pass
@@ -347,8 +396,7 @@ class ClusterRuntime:
                     t.join(0.2)
         finally:
             watcher_done.set()
-        st = self.job_or_unreachable(job_id, errors)
-        return st
+        return self.job_or_unreachable(job_id, errors)
 
     def job_or_unreachable(self, job_id: int, errors: dict[int, BaseException]) -> JobStatus:
         per = self.node_statuses(job_id)
@@ -358,15 +406,23 @@ class ClusterRuntime:
         return self._aggregate_from(job_id, per)
 
 
-def check_mounts(task) -> None:
-    """Refuse what sync cannot do, before anything is provisioned."""
-    buckets = [m for m in task.file_mounts if m.is_bucket]
-    if buckets:
-        from .errors import SpecError
+class SubmitFailed(BrokerError):
+    """Submission did not reach every node (or was interrupted); the nodes that had the job cancelled it."""
 
-        raise SpecError(f"bucket {buckets[0].source} is not supported yet",
-                        "mount a local path instead, or copy the data in `setup`", source=task.source,
-                        field=f"file_mounts.{buckets[0].remote}")
+    def __init__(self, job_id: int, delivered: list[int], undone: bool, cause: BaseException):
+        self.job_id, self.delivered, self.undone, self.cause = job_id, delivered, undone, cause
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else (
+            getattr(cause, "message", None) or str(cause) or type(cause).__name__)
+        if not delivered:
+            what = "no node received it"
+        elif undone:
+            what = f"node(s) {', '.join(map(str, delivered))} had received it and cancelled it; nothing runs"
+        else:
+            what = (f"node(s) {', '.join(map(str, delivered))} had received it; cancelling it there did not "
+                    "succeed everywhere")
+        super().__init__(f"submitting job {job_id} failed ({why}): {what}")
+        if isinstance(cause, HostKeyMismatch):
+            self.hint = cause.hint
 
 
 def setup_fingerprint(task) -> str:
@@ -386,3 +442,6 @@ def _gpu_count(acc: str | None) -> float:
     except ValueError:
         return 0
 
+
+__all__ = ["ClusterRuntime", "JobStatus", "NodeJob", "NodeLost", "SubmitFailed", "aggregate", "setup_fingerprint",
+           "WORKDIR", "NODE_DIR"]

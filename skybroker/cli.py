@@ -27,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("skybroker.commands.cluster", "logs", "Show or follow a job's logs."),
     "cancel": ("skybroker.commands.cluster", "cancel", "Cancel jobs on a cluster."),
     "jobs": ("skybroker.commands.jobs", "jobs", "Managed jobs that survive spot preemption."),
-    "gc": ("skybroker.commands.cluster", "gc", "Find and remove instances skybroker created but no longer tracks."),
+    "gc": ("skybroker.commands.cluster", "gc", "Find and remove resources skybroker created but no longer tracks."),
+    "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
     "check": ("skybroker.commands.info", "check", "Show which clouds have credentials."),
     "show-gpus": ("skybroker.commands.info", "show_gpus", "List accelerators and their cheapest prices."),
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
@@ -83,10 +84,34 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+def _signals_interrupt() -> None:
+    """SIGTERM (what `timeout`, CI runners and container stops send) and SIGHUP (the terminal went away)
+    interrupt a command exactly like Ctrl-C: whatever it was creating is rolled back before it exits.
+    After SIGHUP the terminal is gone, so output goes to /dev/null instead of failing the cleanup."""
+    import signal
+
+    def handler(signum, frame):
+        if signum == signal.SIGHUP:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                for fd in (1, 2):
+                    os.dup2(null, fd)
+            except OSError:
+                pass
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread (embedded use): leave the defaults
+            pass
+
+
 def main(argv=None) -> None:
     from .errors import BrokerError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("BROKER_DEBUG") == "1"
+    _signals_interrupt()
     try:
         rv = cli.main(args=argv, prog_name="broker", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

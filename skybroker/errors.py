@@ -69,6 +69,7 @@ class Scope(str, Enum):
     REGION = "region"
     CLOUD = "cloud"
     REQUEST = "request"  # the request itself is wrong: no failover
+    RETRY = "retry"  # throttled: back off and retry the same place (it rules nothing out)
 
 
 @dataclass
@@ -112,6 +113,12 @@ class CredentialsError(ProvisionError):
 
 class InvalidRequestError(ProvisionError):
     scope = Scope.REQUEST
+
+
+class ThrottledError(ProvisionError):
+    """The cloud's API rate limit (RequestLimitExceeded, HTTP 429): not a verdict on the place."""
+
+    scope = Scope.RETRY
 
 
 class Interrupted(BrokerError):

@@ -1,87 +1,160 @@
-"""`broker gc`: find instances tagged by skybroker that the local state does not know (a crash, a
-killed process, another machine's state) in every region of every cloud with credentials, and
-terminate them on request."""
+"""`broker gc`: find what skybroker created but no longer tracks, and remove it on request.
+
+  - resources of every kind a provider lists as tagged by skybroker (instances, security groups, firewall
+    rules, resource groups, local node directories) whose cluster the local state does not know, in
+    every region of every provider with credentials;
+  - clusters whose launch was interrupted (intents.py): they are in the state as INTERRUPTED, and gc
+    offers to remove them too.
+
+A provider that cannot be scanned (no credentials, no SDK, an unknown name) is reported, never skipped
+silently: "nothing found" is only said about what was actually scanned.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .errors import BrokerError
+from .errors import BrokerError, UsageError
+
+Event = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
 class Orphan:
     cloud: str
-    region: str
+    region: str | None
     cluster: str
-    instance_ids: tuple[str, ...]
+    resources: tuple[tuple[str, str], ...]  # (kind, id)
+    interrupted: bool = False  # a known cluster whose launch died (not an unknown one)
+
+    @property
+    def instance_ids(self) -> tuple[str, ...]:
+        return tuple(i for k, i in self.resources if k in ("instance", "node-dir"))
 
 
-def find_orphans(clouds: tuple[str, ...] | None = None, regions: dict[str, list[str]] | None = None,
-                 on_event: Callable[[str, str], None] = lambda k, m: None) -> list[Orphan]:
-    from . import catalog
-    from .check import enabled_clouds
-    from .clouds.registry import get_cloud
+@dataclass
+class Scan:
+    orphans: list[Orphan] = field(default_factory=list)
+    scanned: dict[str, int] = field(default_factory=dict)  # provider → regions scanned
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider[/region], why)
 
-    if clouds is None:
-        clouds, _ = enabled_clouds()
-    known = {(r.cloud, r.region, r.name) for r in state.list_clusters()}
-    out = []
-    for cloud_name in clouds:
-        try:
-            cloud = get_cloud(cloud_name)
-        except BrokerError as exc:
-            on_event("skip", f"{cloud_name}: {exc.message}")
+
+def scan(clouds: tuple[str, ...] | None = None, regions: dict[str, list] | None = None,
+         on_event: Event = lambda k, m: None) -> Scan:
+    from . import intents
+    from .clouds import registry
+    from .locks import ClusterBusy, cluster_lock
+
+    out = Scan()
+    intents.reconcile(on_event)
+    names = _providers(clouds, out)
+    known = {(r.cloud, r.name) for r in state.list_clusters()}
+    for name in names:
+        prov = registry.get(name, sdk=False)
+        missing = registry.missing_sdk(prov)
+        if missing:
+            out.skipped.append((name, f"its SDK is not installed ({missing}): pip install 'skybroker[{prov.sdk_extra}]'"))
             continue
-        if not hasattr(cloud, "tagged_clusters"):
+        check = prov.check()
+        if not check.ok:
+            out.skipped.append((name, f"no credentials: {check.detail}"))
             continue
-        for region in (regions or {}).get(cloud_name) or catalog.regions(cloud_name):
+        groups: dict[tuple[str | None, str], list] = {}
+        n = 0
+        for region in (regions or {}).get(name) or prov.regions():
             try:
-                found = cloud.tagged_clusters(region)
+                found = prov.list_tagged(region)
             except BrokerError as exc:
-                on_event("skip", f"{cloud_name}/{region}: {exc.message}")
+                out.skipped.append((f"{name}/{region}", exc.message.splitlines()[0]))
                 continue
-            for cluster, ids in sorted(found.items()):
-                if (cloud_name, region, cluster) in known:
+            n += 1
+            for t in found:
+                if (t.cloud, t.cluster) in known:
                     continue
-                if _busy(cluster):
-                    on_event("skip", f"{cloud_name}/{region}: {cluster} is being launched by another broker command")
-                    continue
-                out.append(Orphan(cloud_name, region, cluster, tuple(sorted(ids))))
+                groups.setdefault((t.region, t.cluster), []).append((t.kind, t.id))
+        out.scanned[name] = n
+        for (region, cluster), res in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+            try:
+                with cluster_lock(cluster, timeout=0):
+                    pass
+            except ClusterBusy:
+                on_event("skip", f"{name}/{region}: {cluster} is being launched by another broker command")
+                continue
+            out.orphans.append(Orphan(name, region, cluster, tuple(sorted(res))))
+    for rec in state.list_clusters():
+        if rec.status == state.INTERRUPTED:
+            kinds = tuple(("instance", n.instance_id) for n in rec.nodes)
+            out.orphans.append(Orphan(rec.cloud, rec.region, rec.name, kinds, interrupted=True))
     return out
 
 
-def _busy(cluster: str) -> bool:
-    """A broker command on this machine holds the cluster's lock (e.g. a launch still provisioning: its
-    instances are tagged but not yet in the state)."""
-    from .locks import cluster_lock
+def _providers(clouds: tuple[str, ...] | None, out: Scan) -> list[str]:
+    from .clouds import registry
 
-    try:
-        with cluster_lock(cluster, timeout=0):
-            return False
-    except BrokerError:
-        return True
+    if clouds:
+        bad = [c for c in clouds if not registry.known(c)]
+        if bad:
+            raise UsageError(f"unknown cloud {bad[0]!r}", f"known clouds: {', '.join(registry.names())}")
+        return [c for c in clouds if registry.get(c, sdk=False).capabilities.tagged_listing] or _none(clouds)
+    names = []
+    for prov in registry.all_providers():
+        if not prov.capabilities.tagged_listing:
+            continue
+        names.append(prov.name)
+    return names
 
 
-def remove(orphans: list[Orphan], on_event: Callable[[str, str], None] = lambda k, m: None) -> None:
+def _none(clouds) -> list[str]:
+    raise UsageError(f"{', '.join(clouds)}: nothing to scan (the provider keeps no resources of its own)",
+                     "SSH pool hosts are freed by `broker down`")
+
+
+def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[str]:
+    """Terminate each orphan (everything of its cluster in its region); returns warnings."""
     import contextlib
 
-    from .clouds.registry import get_cloud
-    from .locks import cluster_lock
+    from . import lifecycle
+    from .clouds import registry
+    from .locks import ClusterBusy, cluster_lock
 
+    warnings: list[str] = []
     for o in orphans:
         with contextlib.ExitStack() as stack:
             try:  # never race a launch of the same name that started meanwhile
                 stack.enter_context(cluster_lock(o.cluster, timeout=0))
-            except BrokerError:
+            except ClusterBusy:
                 on_event("skip", f"{o.cluster} is being launched by another broker command: left alone")
                 continue
             rec = state.get_cluster(o.cluster)
-            if rec is not None and (rec.cloud, rec.region) == (o.cloud, o.region):
+            if o.interrupted:
+                if rec is None or rec.status != state.INTERRUPTED:
+                    continue
+                on_event("down", f"removing {o.cluster} (its launch was interrupted) on {rec.infra}")
+                warnings += lifecycle.terminate(rec, on_event)
+                continue
+            if rec is not None and rec.cloud == o.cloud and rec.status != state.INTERRUPTED:
                 on_event("skip", f"{o.cluster} is now known to the state: not an orphan")
                 continue
-            on_event("down", f"terminating orphan {o.cluster} on {o.cloud}/{o.region} "
-                     f"({len(o.instance_ids)} instance(s))")
-            get_cloud(o.cloud).terminate(o.cluster, o.region)
+            where = "/".join(p for p in (o.cloud, o.region) if p)
+            on_event("down", f"removing orphan {o.cluster} on {where} ({_describe(o)})")
+            for w in registry.get(o.cloud).terminate(o.cluster, o.region) or ():
+                warnings.append(w)
+                on_event("warning", w)
             state.close_intents(o.cluster, o.cloud, o.region)
+    return warnings
+
+
+def _describe(o: Orphan) -> str:
+    by_kind: dict[str, list[str]] = {}
+    for kind, rid in o.resources:
+        by_kind.setdefault(kind, []).append(rid)
+    parts = []
+    for kind, ids in sorted(by_kind.items()):
+        shown = ", ".join(ids[:8]) + (f", … ({len(ids) - 8} more)" if len(ids) > 8 else "")
+        parts.append(f"{len(ids)} {kind}{'s' if len(ids) > 1 else ''} ({shown})")
+    return "; ".join(parts) or "nothing listed"
+
+
+def describe(o: Orphan) -> str:
+    return _describe(o)

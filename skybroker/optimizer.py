@@ -7,11 +7,15 @@ price already found, so no cheaper feasible offer is ever missed.
 Ranking (deterministic, documented in the README):
   1. preference group (`ordered` / accelerator lists: earlier first),
   2. hourly price per node,
-  3. cloud in the order aws, gcp, azure, local, ssh,
+  3. provider in the registry's order (clouds/registry.py),
   4. region name, 5. zone name, 6. instance type, 7. accelerator name.
 
 Pricing: on-demand per region, spot per zone (Azure spot per region). GCP GPU machines are host + GPU
 (already combined in the catalog). A cluster of N nodes is placed in one zone; its price is N × node.
+
+No cloud is named here: each provider (clouds/base.py) says whether its offers come from a catalog or are
+virtual (this machine, SSH pools), whether it is only used when named, and any default machine shape of
+its own (GCP sizes N1 GPU hosts); `providers` is the registry unless a test passes another.
 """
 from __future__ import annotations
 
@@ -25,16 +29,25 @@ from .catalog.model import InstanceSpec, Offer
 from .errors import NoFeasibleError
 from .resources import DEFAULT_CPUS, DEFAULT_MEMORY_PER_CPU, Amount, Resources
 
-CLOUD_ORDER = ("aws", "gcp", "azure", "local", "ssh")
 PER_CLOUD = 4  # distinct instance specs kept per (resources, cloud) for the alternatives table
 
-# GCP: with no cpus/memory given, an N1 host for these GPUs is sized like the matching AWS instance
-# (GUIDE §1): vCPUs ≥ table[count], memory ≥ 4 GiB per vCPU.
-_GCP_N1_DEFAULT_CPUS = {
-    "V100": {1: 8, 2: 16, 4: 32, 8: 64},
-    "P100": {1: 8, 2: 16, 4: 32, 8: 64},
-    "T4": {1: 4, 2: 8, 4: 48},
-}
+
+def _providers():
+    from .clouds import registry
+
+    return registry
+
+
+def _provider(name: str):
+    return _providers().get(name, sdk=False)
+
+
+def _priced(name: str) -> bool:
+    return _providers().known(name) and _provider(name).capabilities.priced
+
+
+def _named_only(name: str) -> bool:
+    return _providers().known(name) and _provider(name).capabilities.named_only
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class Candidate:
         return "/".join(p for p in (self.cloud, self.region, self.zone) if p)
 
     def sort_key(self) -> tuple:
-        return (self.group, round(self.price, 9), CLOUD_ORDER.index(self.cloud) if self.cloud in CLOUD_ORDER else 99,
+        return (self.group, round(self.price, 9), _providers().order(self.cloud),
                 self.region or "", self.zone or "", self.instance_type, self.accelerator_name or "")
 
     def accelerators(self) -> str | None:
@@ -118,20 +131,21 @@ def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, cl
              specs: OfferSource | None = None, offers: Callable[[InstanceSpec], Sequence[Offer]] | None = None,
              virtual: Callable[[str, Resources], Sequence[Candidate]] | None = None) -> Plan:
     """Rank every feasible candidate place for `task`. Raises NoFeasibleError (with a suggestion) when
-    nothing fits. `specs`/`offers` default to the committed catalogs; `virtual` supplies the
-    zero-price clouds (local, ssh) and is only consulted for clouds the task names explicitly."""
+    nothing fits. `specs`/`offers` default to the committed catalogs; `virtual` (default: the
+    providers' own `virtual_offers`) supplies the zero-price providers without a catalog, and is only
+    consulted for providers the task names explicitly."""
     specs = specs or _catalog.specs
     offers = offers or _catalog.offers
+    virtual = virtual or (lambda cloud, res: _provider(cloud).virtual_offers(res))
     clouds = tuple(clouds)
     blocks = tuple(blocklist)
     found: list[Candidate] = []
     for gi, group in enumerate(task.groups):
         for res in group:
             for cloud in _clouds_for(res, clouds):
-                if cloud in ("local", "ssh"):
-                    if virtual is not None:
-                        found.extend(replace(c, group=gi, num_nodes=task.num_nodes) for c in virtual(cloud, res)
-                                     if not _blocked(blocks, c))
+                if not _priced(cloud):
+                    found.extend(replace(c, group=gi, num_nodes=task.num_nodes) for c in virtual(cloud, res)
+                                 if not _blocked(blocks, c))
                     continue
                 found.extend(_search(res, gi, cloud, task.num_nodes, blocks, specs, offers))
     if not found:
@@ -153,7 +167,7 @@ def _dedupe(cands: list[Candidate]) -> list[Candidate]:
 def _clouds_for(res: Resources, enabled: tuple[str, ...]) -> tuple[str, ...]:
     if res.cloud:
         return (res.cloud,)  # an explicitly named cloud is searched even without credentials
-    return tuple(c for c in enabled if c not in ("local", "ssh"))
+    return tuple(c for c in enabled if not _named_only(c))
 
 
 def _blocked(blocks: tuple[Block, ...], c: Candidate) -> bool:
@@ -186,11 +200,9 @@ def _effective_amounts(res: Resources, spec: InstanceSpec) -> tuple[Amount | Non
     if cpus is None and memory is None and not res.instance_type:
         if not res.accelerator:
             return Amount(DEFAULT_CPUS, at_least=True), Amount(DEFAULT_MEMORY_PER_CPU, per_cpu=True)
-        table = _GCP_N1_DEFAULT_CPUS.get(res.accelerator.upper())
-        if spec.cloud == "gcp" and spec.instance_type.startswith("n1-"):
-            n = int(res.accelerator_count)
-            need = (table or {}).get(n, (4 if res.accelerator.upper() == "K80" else 8) * n)
-            return Amount(float(need), at_least=True), Amount(DEFAULT_MEMORY_PER_CPU, per_cpu=True)
+        shape = _provider(spec.cloud).default_shape(res, spec) if _providers().known(spec.cloud) else None
+        if shape is not None:
+            return shape
     return cpus, memory
 
 
@@ -270,9 +282,8 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
         for r in task.candidates:
             r2 = mod(r)
             for c in _clouds_for(r2, tuple(clouds)):
-                if c in ("local", "ssh"):
-                    if virtual:
-                        out.extend(virtual(c, r2))
+                if not _priced(c):
+                    out.extend(virtual(c, r2))
                     continue
                 out.extend(_search(r2, 0, c, task.num_nodes, tuple(nb), specs, offers))
         return sorted(out, key=Candidate.sort_key)
@@ -282,7 +293,8 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
             hint = _accelerator_hint(r, clouds if not r.cloud else (r.cloud,), specs)
             if hint:
                 return msg, hint
-    if r.cloud in ("local", "ssh") and any(r.accelerator for r in task.candidates):
+    if r.cloud and _providers().known(r.cloud) and not _provider(r.cloud).capabilities.accelerators \
+            and any(r.accelerator for r in task.candidates):
         return msg, f"the {r.cloud} cloud offers no accelerators; drop `accelerators` or pick a cloud"
     relaxations: list[tuple[str, Callable[[Resources], Resources]]] = [
         ("without the blocked places", None),
@@ -302,7 +314,7 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
         if got:
             c = got[0]
             return msg, (f"{label} it would fit: cheapest is {c.instance_type}"
-                         f"{' + ' + c.accelerators() if c.accelerator_name and c.cloud == 'gcp' else ''}"
+                         f"{' + ' + c.accelerators() if c.accelerator_name else ''}"
                          f" on {c.infra} at ${c.price:.4g}/h"
                          f"{' spot' if c.use_spot else ''}")
     return msg, "check the resources against `broker show-gpus` and the catalog"
@@ -313,7 +325,7 @@ def _accelerator_hint(res: Resources, clouds, specs) -> str | None:
     counts: dict[str, set[float]] = {}
     all_names: set[str] = set()
     for c in clouds:
-        if c in ("local", "ssh"):
+        if not _priced(c):
             continue
         for s in specs(c):
             if s.accelerator_name:
@@ -326,7 +338,7 @@ def _accelerator_hint(res: Resources, clouds, specs) -> str | None:
         close = get_close_matches(res.accelerator, sorted(all_names), n=3, cutoff=0.5)
         if not close:
             close = [n for n in sorted(all_names) if n.lower().startswith(name[:2])][:3]
-        where = ", ".join(c for c in clouds if c not in ("local", "ssh"))
+        where = ", ".join(c for c in clouds if _priced(c))
         return (f"no accelerator named {res.accelerator!r} on {where}"
                 + (f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else
                    "; see `broker show-gpus`"))

@@ -1,7 +1,13 @@
 """Cloud-agnostic provisioning with failover: provision the best candidate → on a typed error block its
-scope (zone, region or cloud) → ask the optimizer again. A partial launch is rolled back before moving
-on, an intent is recorded before every create call, and an interrupt (Ctrl-C) rolls back what this
-attempt created before re-raising — so no instance is left running that the user does not know about.
+scope (zone, region or cloud) → ask the optimizer again. Throttling (the cloud's API rate limit) blocks
+nothing: the same place is retried with exponential backoff. A partial launch is rolled back before
+moving on.
+
+Nothing leaks: an intent is recorded before every create call, the instance ids the create returned are
+recorded before waiting for them to run, and an interrupt (Ctrl-C, SIGTERM, SIGHUP: the CLI turns all
+three into KeyboardInterrupt) lets the create call in flight return, then rolls back everything tagged
+with the cluster before re-raising. A process killed outright (SIGKILL) leaves open intents that the next
+mutating command reconciles (intents.py).
 """
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import state
+from . import settings, state
 from .clouds.base import InstanceInfo, ProvisionRequest
-from .clouds.registry import get_cloud
+from .clouds.registry import get as get_provider
 from .errors import BrokerError, NoFeasibleError, ProvisionError, Scope
+from .failpoints import failpoint
 from .optimizer import Block, Candidate
 
 
@@ -49,7 +56,7 @@ class ProvisionExhausted(BrokerError):
 def block_for(exc: ProvisionError, cand: Candidate) -> Block:
     if exc.scope == Scope.ZONE:
         return Block(cand.cloud, cand.region, cand.zone)
-    if exc.scope == Scope.REGION:
+    if exc.scope in (Scope.REGION, Scope.RETRY):
         return Block(cand.cloud, cand.region)
     return Block(cand.cloud)
 
@@ -68,7 +75,10 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
 
 def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, public_key: str | None,
               on_event: Callable[[str, str], None] = lambda k, m: None, retry_until_up: bool = False,
-              max_wait: float = 3600.0) -> tuple[Candidate, list[InstanceInfo], list[Attempt]]:
+              max_wait: float = 3600.0,
+              on_place: Callable[[Candidate], None] = lambda c: None) -> tuple[Candidate, list[InstanceInfo], list[Attempt]]:
+    """Provision `cluster` at the best place the plan offers, failing over until one works.
+    `on_place(cand)` is called before each attempt (the caller records where the cluster is going)."""
     attempts: list[Attempt] = []
     blocks: list[Block] = []
     backoff = 5.0
@@ -88,32 +98,53 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
                 continue
             raise ProvisionExhausted(attempts, "every feasible place failed") from None
         cand: Candidate = plan.chosen
-        cloud = get_cloud(cand.cloud)
-        where = "/".join(p for p in (cand.cloud, cand.region, cand.zone) if p)
-        on_event("provision", f"provisioning {cand.num_nodes}× {cand.instance_type} on {where}"
-                 f"{' (spot)' if cand.use_spot else ''}")
-        intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
+        on_place(cand)
         try:
-            infos = _finish_in_flight(lambda: cloud.provision(request_for(cluster, cand, public_key)), on_event)
+            infos = _attempt(cluster, cand, public_key, on_event)
         except ProvisionError as exc:
             a = Attempt(cand.cloud, cand.region, cand.zone, cand.instance_type, cand.use_spot,
                         type(exc).__name__, exc.code, exc.message, exc.scope.value)
             attempts.append(a)
             state.add_event(cluster, "failover", f"{a.place} {a.instance_type}: {a.error} {a.code or ''} {a.message}")
-            _rollback(cloud, cluster, cand, intent, on_event)
             if exc.scope == Scope.REQUEST:
                 raise ProvisionExhausted(attempts, "the request itself was refused") from None
             blocks.append(block_for(exc, cand))
             on_event("failover", f"{a.error} on {a.place} ({a.code or a.message}); blocking {blocks[-1]} and re-planning")
             continue
+        return cand, infos, attempts
+
+
+def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) -> list[InstanceInfo]:
+    """One place: create (retrying the same place while the cloud throttles us), record the instance ids,
+    wait for them. Any failure or interrupt rolls back what was created there before propagating."""
+    prov = get_provider(cand.cloud)
+    where = "/".join(p for p in (cand.cloud, cand.region, cand.zone) if p)
+    req = request_for(cluster, cand, public_key)
+    retries, delay = settings.get("throttle_retries"), settings.get("throttle_backoff")
+    for n in range(retries + 1):
+        on_event("provision", f"provisioning {cand.num_nodes}× {cand.instance_type} on {where}"
+                 f"{' (spot)' if cand.use_spot else ''}")
+        intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
+        try:
+            ids = _finish_in_flight(lambda: prov.run_instances(req), on_event)
+            state.set_intent(intent, "created", ids)
+            failpoint("provision-wait")
+            return _finish_in_flight(lambda: prov.wait_instances(req, ids), on_event)
+        except ProvisionError as exc:
+            _rollback(prov, cluster, cand, intent, on_event)
+            if exc.scope != Scope.RETRY or n == retries:
+                raise
+            wait = delay * 2 ** n * (0.75 + 0.5 * random.random())
+            on_event("throttled", f"{cand.cloud} is throttling our requests ({exc.code or exc.message}); "
+                     f"retrying {where} in {wait:.1f}s")
+            time.sleep(wait)
         except BaseException as exc:
-            clean = _rollback(cloud, cluster, cand, intent, on_event)
+            clean = _rollback(prov, cluster, cand, intent, on_event)
             if isinstance(exc, KeyboardInterrupt) and clean:
                 on_event("cleanup", f"interrupted: rolled back the launch on {where}; no instance of {cluster} "
                          "is left running")
             raise
-        state.set_intent(intent, "created")
-        return cand, infos, attempts
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 _cancel = threading.local()
@@ -127,9 +158,9 @@ def cancelled() -> bool:
 
 
 def _finish_in_flight(fn, on_event):
-    """Run a create call in a worker thread. On Ctrl-C, let the in-flight call return first (so we know
-    what it created; the driver starts no further call), then re-raise: the caller rolls back everything
-    tagged with the cluster. A second Ctrl-C stops waiting.
+    """Run a create call in a worker thread. On Ctrl-C (or SIGTERM/SIGHUP), let the in-flight call return
+    first (so we know what it created; the driver starts no further call), then re-raise: the caller rolls
+    back everything tagged with the cluster. A second interrupt stops waiting.
 
     Completion is signalled with an Event, not Thread.is_alive(): on CPython 3.11 a KeyboardInterrupt that
     lands inside Thread.join() marks the still-running thread as stopped."""
@@ -171,12 +202,14 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
     return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
 
 
-def _rollback(cloud, cluster: str, cand: Candidate, intent: int, on_event) -> bool:
+def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event) -> bool:
     try:
-        cloud.terminate(cluster, cand.region)
+        for w in prov.terminate(cluster, cand.region) or ():
+            on_event("warning", w)
         state.set_intent(intent, "cleaned")
         return True
     except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
-        on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {exc}; "
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {msg}; "
                  f"run `broker down {cluster}` or `broker gc`")
         return False

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field, replace
 
 from .errors import SpecError
 
-CLOUD_NAMES = ("aws", "gcp", "azure", "local", "ssh")
-CATALOG_CLOUDS = ("aws", "gcp", "azure")
 
 # SkyPilot's default for a CPU-only task that names neither cpus nor memory nor an instance type.
 DEFAULT_CPUS = 8.0
@@ -172,20 +170,19 @@ def parse_infra(text: str, field_path: str) -> tuple[str | None, str | None, str
     return cloud, region, zone
 
 
-_CLOUD_ALIASES = {"amazon": "aws", "ec2": "aws", "google": "gcp", "gce": "gcp", "az": "azure",
-                  "microsoft": "azure"}
-
-
 def normalize_cloud(name: str, field_path: str) -> str:
+    from .clouds import registry
+
     n = str(name).strip().lower()
-    n = _CLOUD_ALIASES.get(n, n)
-    if n not in CLOUD_NAMES:
+    n = registry.ALIASES.get(n, n)
+    if not registry.known(n):
         from difflib import get_close_matches
 
-        close = get_close_matches(n, CLOUD_NAMES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known clouds: {', '.join(CLOUD_NAMES)}"
+        names = registry.names()
+        close = get_close_matches(n, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known clouds: {', '.join(names)}"
         if n in ("kubernetes", "k8s", "lambda", "runpod", "oci", "ibm", "nebius"):
-            hint = f"skybroker supports {', '.join(CLOUD_NAMES)}; {n} is not supported yet"
+            hint = f"skybroker supports {', '.join(names)}; {n} is not supported yet"
         raise SpecError(f"unknown cloud {name!r}", hint, field=field_path)
     return n
 

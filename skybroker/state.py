@@ -12,7 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .paths import ensure_home
+from .errors import BrokerError
+from .paths import ensure_home, touch_private
 
 # Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a released entry.
 MIGRATIONS: list[str] = [
@@ -97,11 +98,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE managed_jobs ADD COLUMN deadline_state TEXT
     """,
+    # v4: the intents ledger records instance ids and who launched; clusters know their owner (a managed
+    # job's controller); managed jobs record the submit token before submitting (runs once); the
+    # database's identity (a truncated or replaced file is detected, see connect()).
+    """
+    ALTER TABLE intents ADD COLUMN instance_ids TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE intents ADD COLUMN updated_at REAL;
+    ALTER TABLE clusters ADD COLUMN owner TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Cluster statuses
-INIT, UP, STOPPED = "INIT", "UP", "STOPPED"
+# Cluster statuses. INIT: a launch is bringing it up (the launching command holds the cluster's lock);
+# INTERRUPTED: that launch died (SIGKILL, crash) and left it half-made; `down` removes it, `launch -c`
+# resumes it, `gc` offers to remove it. DEGRADED: `status --refresh` found fewer running instances.
+INIT, UP, STOPPED, INTERRUPTED, DEGRADED = "INIT", "UP", "STOPPED", "INTERRUPTED", "DEGRADED"
 
 
 @dataclass
@@ -136,6 +149,7 @@ class ClusterRecord:
     resources: str | None = None
     setup_key: str | None = None
     task_id_seed: str | None = None
+    owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
 
     @property
     def head(self) -> NodeRecord | None:
@@ -150,16 +164,77 @@ def db_path() -> Path:
     return ensure_home() / "state.db"
 
 
+class StateError(BrokerError):
+    """The state database cannot be used as it is (corrupt, truncated, replaced, unreadable)."""
+
+
+def _recovery_hint(path: Path) -> str:
+    return (f"move it aside (`mv {path} {path}.bad`; if you reset it on purpose, also remove "
+            f"{path.parent / ID_FILE}), then `broker status --refresh` and `broker gc` find what the clouds' "
+            "tags still know (instances of lost clusters are found by gc)")
+
+
+ID_FILE = "state.id"  # the database's identity, outside it: a truncated or replaced database is noticed
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path or db_path()), timeout=30.0, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 30000")
-    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    if mode.lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    _migrate(conn)
+    path = Path(path or db_path())
+    existed = path.exists()
+    try:
+        if not existed:
+            touch_private(path)  # 0600 before SQLite creates it with the umask's mode (WAL/SHM copy it)
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn)
+        _check_identity(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"the state database {path} is corrupt or unreadable ({exc})",
+                         _recovery_hint(path)) from None
+    except OSError as exc:
+        raise StateError(f"cannot open the state database {path}: {exc.strerror or exc}",
+                         "check the permissions of BROKER_HOME (it must be yours, mode 0700)") from None
     return conn
+
+
+def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
+    """A database knows its id and BROKER_HOME/state.id repeats it. A database without an id next to an
+    id file was truncated or replaced (a 0-byte state.db would otherwise silently show "no clusters"
+    while instances still run)."""
+    import uuid
+
+    id_file = path.parent / ID_FILE
+    row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
+    try:
+        expected = id_file.read_text().strip()
+    except FileNotFoundError:
+        expected = None
+    if row is None:
+        if expected:
+            raise StateError(f"the state database {path} was truncated or replaced: it does not carry the "
+                             f"id recorded in {id_file}", _recovery_hint(path))
+        db_id = uuid.uuid4().hex
+        conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('db_id', ?)", (db_id,))
+        db_id = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0]
+        _write_id(id_file, db_id)
+    elif expected is None:
+        _write_id(id_file, row[0])
+    elif expected != row[0]:
+        raise StateError(f"the state database {path} is not the one this BROKER_HOME had (id mismatch with "
+                         f"{id_file})", _recovery_hint(path))
+
+
+def _write_id(id_file: Path, db_id: str) -> None:
+    import os
+
+    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}")
+    touch_private(tmp)
+    tmp.write_text(db_id + "\n")
+    os.replace(tmp, id_file)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -198,7 +273,7 @@ def db() -> sqlite3.Connection:
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed")
+         "resources", "setup_key", "task_id_seed", "owner")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
@@ -245,30 +320,46 @@ def set_autostop(name: str, minutes: int | None, down: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# intents: recorded before a create call, so cleanup knows what may exist even after a crash
+# intents: recorded before a create call, so cleanup knows what may exist even after a crash (see
+# intents.py for the ledger's rules and its reconciliation)
+
+INTENT_OPEN = ("creating", "created")  # "adopted" (the cluster is in the state) and "cleaned" are closed
+
 
 def add_intent(cluster: str, cloud: str, region: str | None, zone: str | None) -> int:
-    cur = db().execute("INSERT INTO intents (cluster, cloud, region, zone, created_at, state) VALUES (?,?,?,?,?,?)",
-                       (cluster, cloud, region, zone, time.time(), "creating"))
+    now = time.time()
+    cur = db().execute("INSERT INTO intents (cluster, cloud, region, zone, created_at, state, updated_at)"
+                       " VALUES (?,?,?,?,?,?,?)", (cluster, cloud, region, zone, now, "creating", now))
     return int(cur.lastrowid)
 
 
-def set_intent(intent_id: int, state: str) -> None:
-    db().execute("UPDATE intents SET state = ? WHERE id = ?", (state, intent_id))
+def set_intent(intent_id: int, state: str, instance_ids: list[str] | None = None) -> None:
+    if instance_ids is None:
+        db().execute("UPDATE intents SET state = ?, updated_at = ? WHERE id = ?", (state, time.time(), intent_id))
+    else:
+        db().execute("UPDATE intents SET state = ?, instance_ids = ?, updated_at = ? WHERE id = ?",
+                     (state, json.dumps(list(instance_ids)), time.time(), intent_id))
+
+
+def _intent_row(r) -> dict:
+    d = dict(r)
+    d["instance_ids"] = json.loads(d.get("instance_ids") or "[]")
+    return d
 
 
 def open_intents(cluster: str | None = None) -> list[dict]:
-    q = "SELECT * FROM intents WHERE state NOT IN ('cleaned')"
+    q = "SELECT * FROM intents WHERE state IN ('creating', 'created')"
     args: tuple = ()
     if cluster:
         q += " AND cluster = ?"
         args = (cluster,)
-    return [dict(r) for r in db().execute(q, args)]
+    return [_intent_row(r) for r in db().execute(q + " ORDER BY id", args)]
 
 
-def close_intents(cluster: str, cloud: str | None = None, region: str | None = None) -> None:
-    q = "UPDATE intents SET state = 'cleaned' WHERE cluster = ?"
-    args: list = [cluster]
+def close_intents(cluster: str, cloud: str | None = None, region: str | None = None,
+                  state: str = "cleaned") -> None:
+    q = "UPDATE intents SET state = ?, updated_at = ? WHERE cluster = ? AND state IN ('creating', 'created')"
+    args: list = [state, time.time(), cluster]
     if cloud:
         q += " AND cloud = ?"
         args.append(cloud)

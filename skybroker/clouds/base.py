@@ -1,20 +1,55 @@
-"""The cloud protocol: a deliberately small interface every driver implements.
+"""The provider protocol: everything cloud-specific lives behind it, in one package per provider.
 
-Instances are found by the cluster tag/label/name, so a repeated `provision` resumes instead of
-duplicating. Drivers translate SDK errors into the typed errors of skybroker.errors (CapacityError = a
-zone, QuotaError = a region, CredentialsError = the cloud, InvalidRequestError = the request); the
-provisioner decides failover from the type alone.
+A provider owns
+  - its offers: a price catalog it names (`catalog`), or virtual zero-price offers (`virtual_offers`) for
+    providers that have none (this machine, the user's own SSH hosts);
+  - its credential check (`check`, no network, no SDK import);
+  - error classification (`classify`: SDK exception → typed ProvisionError with a scope);
+  - provisioning split in two (`run_instances` returns the ids of every instance of the cluster, so the
+    caller records them in the intents ledger before `wait_instances` waits for them to run);
+  - `query` (optionally with the instances that are gone and why), `terminate`, `stop`, `start`,
+    `open_ports`, and `list_tagged`, every resource of every kind it creates, for `broker gc`;
+  - a command runner per node;
+  - its capabilities, declared here and never discovered with `hasattr`.
+
+Instances are found by the cluster tag/label/name, so a repeated `run_instances` resumes instead of
+duplicating. The provisioner decides failover from the error's type alone (CapacityError = a zone,
+QuotaError = a region, CredentialsError = the cloud, ThrottledError = back off and retry the same place,
+InvalidRequestError = the request).
+
+Adding a provider: a package under skybroker/clouds/ with a `PROVIDER` class (subclass of `Provider`), and
+one line in registry.PROVIDERS. Nothing else names a cloud.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..check import CloudCheck
+    from ..errors import Place, ProvisionError
 
 # Instance states, normalised across clouds.
 PENDING, RUNNING, STOPPING, STOPPED, TERMINATED = "pending", "running", "stopping", "stopped", "terminated"
+UNREACHABLE = "unreachable"  # a host with no cloud API behind it (ssh pools) that does not answer
 
 TAG_CLUSTER = "skybroker-cluster"
 TAG_USER = "skybroker-user"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do. The core asks these, never `hasattr`."""
+
+    stop: bool = False  # instances can be stopped and started again (disks kept)
+    spot: bool = False  # a spot / preemptible market
+    firewall: bool = False  # a per-cluster firewall that opens only the ports asked for
+    accelerators: bool = True  # offers with GPUs/TPUs
+    priced: bool = True  # offers come from the price catalog named by `catalog`; else `virtual_offers`
+    named_only: bool = False  # used only when the task names it (`--infra local`, `ssh/<pool>`)
+    remote: bool = True  # nodes are other machines, reached over SSH with the user's key
+    gone_reasons: bool = False  # query(include_gone=True) reports instances that went, and why
+    tagged_listing: bool = True  # list_tagged() enumerates what it created (broker gc)
 
 
 @dataclass(frozen=True)
@@ -35,6 +70,18 @@ class InstanceInfo:
 
 
 @dataclass(frozen=True)
+class TaggedResource:
+    """Something a provider created for a cluster (for gc and for reconciling interrupted launches)."""
+
+    cloud: str
+    region: str | None
+    cluster: str
+    kind: str  # "instance", "security-group", "firewall", "resource-group", "node-dir", ...
+    id: str
+    live: bool = True  # an instance that is running/stopped (costs money), not only a network leftover
+
+
+@dataclass(frozen=True)
 class ProvisionRequest:
     cluster: str
     region: str | None
@@ -52,25 +99,90 @@ class ProvisionRequest:
     user: str = "broker"
 
 
-class Cloud(Protocol):
-    name: str
-    supports_stop: bool
+class Provider:
+    """Base class of every provider (defaults for the optional parts)."""
+
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+    catalog: str | None = None  # the price catalog this provider's offers come from
+    sdk_modules: tuple[str, ...] = ()  # imported lazily by the driver; checked with find_spec
+    sdk_extra: str | None = None  # `pip install 'skybroker[<extra>]'`
+    default_ssh_user: str = "ubuntu"
+
+    # -- offers ------------------------------------------------------------------------------------
+    def virtual_offers(self, res) -> list:
+        """Zero-price candidates for providers without a catalog (capabilities.priced False):
+        a list of skybroker.optimizer.Candidate."""
+        return []
+
+    def default_shape(self, res, spec):
+        """Provider-specific default (cpus, memory) Amounts for a spec when the task names neither, or
+        None for the general default. (GCP sizes N1 GPU hosts like the matching AWS instance.)"""
+        return None
+
+    def regions(self) -> list[str | None]:
+        """Regions `broker gc` scans."""
+        if self.catalog:
+            from .. import catalog
+
+            return list(catalog.regions(self.catalog))
+        return [None]
+
+    # -- credentials -------------------------------------------------------------------------------
+    def check(self) -> "CloudCheck":
+        from ..check import CloudCheck
+
+        return CloudCheck(self.name, True, "no credentials needed")
+
+    # -- errors ------------------------------------------------------------------------------------
+    def classify(self, exc: BaseException, place: "Place") -> "ProvisionError | None":
+        """A typed error for an SDK exception, or None when it is not a cloud refusal (a bug)."""
+        return None
+
+    # -- provisioning ------------------------------------------------------------------------------
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
+        """Create what the cluster is missing (idempotent by tag); ids of every instance it has."""
+        raise NotImplementedError
+
+    def wait_instances(self, req: ProvisionRequest, ids: Sequence[str]) -> list[InstanceInfo]:
+        """Wait until the cluster's `req.num_nodes` instances run; return them, head first."""
+        raise NotImplementedError
 
     def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
-        """Create (or resume) `req.num_nodes` instances for the cluster; return them all, running.
-        Idempotent: instances already tagged with the cluster count toward num_nodes."""
+        """run_instances + wait_instances (the provisioner calls them separately)."""
+        return self.wait_instances(req, self.run_instances(req))
 
-    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        """Instances of the cluster that are not terminated (empty after terminate)."""
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
+        """Instances of the cluster that are not terminated; with include_gone also those that are,
+        with state_reason saying why (when capabilities.gone_reasons)."""
+        raise NotImplementedError
 
-    def terminate(self, cluster: str, region: str | None) -> None:
-        """Remove every instance (and per-cluster resource) of the cluster; safe to repeat."""
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
+        """Remove every instance and per-cluster resource of the cluster in the region; safe to repeat.
+        Returns warnings about what could not be cleaned (never raises for those)."""
+        raise NotImplementedError
 
-    def stop(self, cluster: str, region: str | None) -> None: ...
+    def stop(self, cluster: str, region: str | None) -> None:
+        from ..errors import InvalidRequestError
 
-    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]: ...
+        raise InvalidRequestError(f"the {self.name} cloud cannot stop instances", hint=f"use `broker down {cluster}`")
 
-    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None: ...
+    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+        return self.query(cluster, region)
 
-    def runner(self, cluster: str, node) -> "object":
+    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
+        return None
+
+    def list_tagged(self, region: str | None) -> list[TaggedResource]:
+        """Every resource this provider created in the region, of every kind, with its cluster."""
+        return []
+
+    def runner(self, cluster: str, node):
         """A CommandRunner for one node record (skybroker.state.NodeRecord)."""
+        from .common import ssh_runner
+
+        return ssh_runner(cluster, node, default_user=self.default_ssh_user)
+
+    def agent_python(self) -> str:
+        """How the node agent is started on a node."""
+        return "python3 -S"

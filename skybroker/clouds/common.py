@@ -19,12 +19,11 @@ def user_key_path() -> str:
 
 def ssh_runner(cluster: str, node, default_user: str = "ubuntu"):
     """An SSHRunner for a NodeRecord; the host key is pinned per instance id."""
+    from .. import settings
     from ..runtime.ssh_runner import SSHRunner
 
-    import os
-
     key = node.identity_file or user_key_path()
-    timeout = float(os.environ.get("BROKER_SSH_CONNECT_TIMEOUT", "10"))
+    timeout = settings.get("ssh_connect_timeout")
     return SSHRunner(f"{cluster}-node-{node.rank}", node.ip, node.ssh_port or 22, node.ssh_user or default_user,
                      key, host_keys(), connect_timeout=timeout, instance_id=node.instance_id)
 

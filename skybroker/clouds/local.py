@@ -1,4 +1,4 @@
-"""The `local` cloud: nodes are sandboxes on this machine — one directory (used as $HOME) and one
+"""The `local` provider: nodes are sandboxes on this machine — one directory (used as $HOME) and one
 process group per command each, and a command runner without SSH. No account, no root, zero price.
 
 Node i of cluster C lives in BROKER_HOME/local/C/node-i and answers at 127.0.0.(i+1) (every 127/8
@@ -14,24 +14,52 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
-from ..errors import InvalidRequestError
-from ..paths import broker_home
+from ..errors import CapacityError, InvalidRequestError, Place
+from ..paths import broker_home, private_dir
 from ..runtime.local_runner import LocalRunner
 from ..runtime.runner import NodeUnreachable
-from .base import RUNNING, STOPPED, InstanceInfo, ProvisionRequest
+from .base import RUNNING, STOPPED, Capabilities, InstanceInfo, ProvisionRequest, Provider, TaggedResource
 
 _META = "node.json"
+MAX_NODES = 250
 
 
-class LocalCloud:
+def _mem_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+class LocalCloud(Provider):
     name = "local"
-    supports_stop = True
+    capabilities = Capabilities(stop=True, spot=True, firewall=False, accelerators=False, priced=False,
+                                named_only=True, remote=False, gone_reasons=False, tagged_listing=True)
+
+    # -- offers ------------------------------------------------------------------------------------
+    def virtual_offers(self, res) -> list:
+        """This machine, free. cpus/memory are not checked (it is this machine); `use_spot` is honoured
+        (free either way) so spot logic can be exercised without a cloud."""
+        from ..optimizer import Candidate
+
+        if res.accelerator:
+            return []
+        return [Candidate(res, 0, self.name, None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
+                          None, 0.0, res.use_spot, 0.0, 1)]
+
+    def _root(self) -> Path:
+        return broker_home() / "local"
 
     def _cluster_dir(self, cluster: str) -> Path:
-        return broker_home() / "local" / cluster
+        return self._root() / cluster
 
     def _info(self, d: Path) -> InstanceInfo | None:
         try:
@@ -42,19 +70,19 @@ class LocalCloud:
                             os.environ.get("USER", "local"), 0, None, bool(meta.get("spot")),
                             {"skybroker-cluster": meta["cluster"]}, None, str(d), None, meta["rank"])
 
-    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+    # -- provisioning ------------------------------------------------------------------------------
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
         if req.accelerator:
             raise InvalidRequestError("the local cloud has no accelerators")
-        if req.use_spot and (broker_home() / "local" / "NO_SPOT_CAPACITY").exists():
-            from ..errors import CapacityError, Place
-
+        if req.use_spot and (self._root() / "NO_SPOT_CAPACITY").exists():
             raise CapacityError("no spot capacity on this machine (NO_SPOT_CAPACITY switch)",
                                 Place("local", None, None, "local"), code="NoSpotCapacity")
-        if req.num_nodes > 250:
-            raise InvalidRequestError("the local cloud supports at most 250 nodes")
+        if req.num_nodes > MAX_NODES:
+            raise InvalidRequestError(f"the local cloud supports at most {MAX_NODES} nodes")
         root = self._cluster_dir(req.cluster)
+        private_dir(self._root())
         root.mkdir(parents=True, exist_ok=True)
-        out = []
+        ids = []
         for i in range(req.num_nodes):
             d = root / f"node-{i}"
             info = self._info(d)
@@ -68,20 +96,27 @@ class LocalCloud:
             elif info.state != RUNNING:
                 self._set_state(d, RUNNING)
                 info = self._info(d)
-            out.append(info)
-        return out
+            ids.append(info.instance_id)
+        return ids
 
-    def query(self, cluster: str, region: str | None = None) -> list[InstanceInfo]:
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        infos = self.query(req.cluster, req.region)
+        if len(infos) < req.num_nodes:  # a node was deleted ("preempted") between run and wait
+            raise CapacityError(f"{req.num_nodes - len(infos)} node(s) of {req.cluster} disappeared while starting",
+                                Place("local"), code="PreemptedDuringProvisioning")
+        return infos
+
+    def query(self, cluster: str, region: str | None = None, include_gone: bool = False) -> list[InstanceInfo]:
         root = self._cluster_dir(cluster)
         if not root.is_dir():
             return []
         infos = [self._info(d) for d in sorted(root.iterdir()) if d.is_dir()]
         return sorted((i for i in infos if i is not None), key=lambda i: i.rank_hint or 0)
 
-    def terminate(self, cluster: str, region: str | None = None) -> None:
+    def terminate(self, cluster: str, region: str | None = None) -> list[str]:
         root = self._cluster_dir(cluster)
         if not root.exists():
-            return
+            return []
         homes = [d for d in sorted(root.iterdir()) if d.is_dir()]
         for home in homes:  # first: the node is gone for new commands (its runner refuses them)
             try:
@@ -92,6 +127,7 @@ class LocalCloud:
             for home in homes:
                 _kill_node_processes(home)
             shutil.rmtree(root, ignore_errors=True)
+        return []
 
     def stop(self, cluster: str, region: str | None = None) -> None:
         for info in self.query(cluster):
@@ -103,8 +139,12 @@ class LocalCloud:
             self._set_state(Path(info.home), RUNNING)
         return self.query(cluster)
 
-    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
-        return None  # this machine: every port is already reachable locally
+    def list_tagged(self, region: str | None = None) -> list[TaggedResource]:
+        root = self._root()
+        if not root.is_dir():
+            return []
+        return [TaggedResource(self.name, None, d.name, "node-dir", str(d), live=True)
+                for d in sorted(root.iterdir()) if d.is_dir()]
 
     def preempt(self, cluster: str, rank: int = 0) -> None:
         """Simulate a spot preemption of one node: its processes die and the node is gone."""
@@ -116,10 +156,18 @@ class LocalCloud:
     def runner(self, cluster: str, node):
         return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)
 
+    def agent_python(self) -> str:
+        import shlex
+
+        return f"{shlex.quote(sys.executable)} -S"  # the broker's own interpreter, not a PATH lookup
+
     def _set_state(self, d: Path, state: str) -> None:
         meta = json.loads((d / _META).read_text())
         meta["state"] = state
         _write_json(d / _META, meta)
+
+
+PROVIDER = LocalCloud
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -196,9 +244,9 @@ class _NodeRunner(LocalRunner):
         self._check()
         return super().sync_up(local_dir, remote_dir, **kw)
 
-    def sync_down(self, remote_dir, local_dir):
+    def sync_down(self, remote_dir, local_dir, **kw):
         self._check()
-        return super().sync_down(remote_dir, local_dir)
+        return super().sync_down(remote_dir, local_dir, **kw)
 
     def alive(self, timeout: float = 5.0) -> bool:
         try:

@@ -1,75 +1,92 @@
-"""Driver registry: name → module, imported only when used."""
+"""The provider registry: one line per provider (name → package), in tie-break order.
+
+A provider package exposes `PROVIDER`, a subclass of clouds.base.Provider. Importing the package must not
+import its cloud SDK (drivers import it inside their methods), so planning and `broker check` can ask a
+provider about offers and credentials without the SDK installed; anything that talks to the cloud asks
+for the provider with `get(name)` (default `sdk=True`), which says which extra to install when the SDK
+is missing.
+"""
 from __future__ import annotations
 
-import os
+import importlib
+import importlib.util
+import threading
 
-from ..resources import Resources
-
-
-def _mem_gib() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
-
-
-def virtual_candidates(cloud: str, res: Resources):
-    """Zero-price places of the clouds that have no catalog (local, ssh). Only offered when the task
-    names the cloud; the local cloud ignores cpus/memory (it is this machine) and has no GPUs."""
-    from ..optimizer import Candidate
-
-    if res.accelerator:
-        return []
-    if cloud == "local":
-        # `use_spot` is honoured (free either way) so spot logic can be exercised without a cloud
-        return [Candidate(res, 0, "local", None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
-                          None, 0.0, res.use_spot, 0.0, 1)]
-    if cloud == "ssh":
-        from . import ssh_pools
-
-        out = []
-        for pool in ssh_pools.load_pools():
-            if res.region and res.region != pool.name:
-                continue
-            out.append(Candidate(res, 0, "ssh", pool.name, None, "ssh-node", 0.0, 0.0, None, 0.0, False, 0.0, 1))
-        return out
-    return []
-
-
-_DRIVERS = {
-    "local": ("skybroker.clouds.local", "LocalCloud"),
-    "ssh": ("skybroker.clouds.ssh", "SSHCloud"),
-    "aws": ("skybroker.clouds.aws", "AWSCloud"),
-    "gcp": ("skybroker.clouds.gcp", "GCPCloud"),
-    "azure": ("skybroker.clouds.azure", "AzureCloud"),
-}
+# name, package, other names users write. The order is the documented tie-break order of equal-price offers.
+PROVIDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("aws", "skybroker.clouds.aws", ("amazon", "ec2")),
+    ("gcp", "skybroker.clouds.gcp", ("google", "gce")),
+    ("azure", "skybroker.clouds.azure", ("az", "microsoft")),
+    ("local", "skybroker.clouds.local", ()),
+    ("ssh", "skybroker.clouds.ssh", ()),
+)
+_PACKAGES = {n: p for n, p, _ in PROVIDERS}
+ALIASES = {a: n for n, _, aliases in PROVIDERS for a in aliases}
 _instances: dict = {}
+_lock = threading.Lock()
 
 
-def get_cloud(name: str):
-    """The driver for a cloud, imported on first use (so planning never imports an SDK)."""
-    from ..errors import BrokerError
+def names() -> tuple[str, ...]:
+    return tuple(n for n, _, _ in PROVIDERS)
 
-    if name in _instances:
-        return _instances[name]
-    entry = _DRIVERS.get(name)
-    if entry is None:
-        raise BrokerError(f"unknown cloud {name!r}")
-    import importlib
 
-    try:
-        mod = importlib.import_module(entry[0])
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("skybroker"):
-            raise BrokerError(f"provisioning on {name} is not available in this build yet",
-                              "use --infra local or ssh/<pool>, or --dryrun to see the plan") from None
-        extra = {"aws": "aws", "gcp": "gcp", "azure": "azure"}.get(name, "all")
-        raise BrokerError(f"the {name} SDK is not installed ({exc.name})",
-                          f"pip install 'skybroker[{extra}]'") from None
-    drv = getattr(mod, entry[1])()
-    _instances[name] = drv
-    return drv
+def order(name: str) -> int:
+    """Tie-break rank of a provider (unknown names last)."""
+    for i, (n, _, _) in enumerate(PROVIDERS):
+        if n == name:
+            return i
+    return len(PROVIDERS)
+
+
+def known(name: str) -> bool:
+    return name in _PACKAGES
+
+
+def get(name: str, sdk: bool = True):
+    """The provider object for `name`. With sdk=True (anything that will call the cloud), a missing SDK
+    is a clear error naming the extra to install."""
+    from ..errors import UsageError
+
+    prov = _instances.get(name)
+    if prov is None:
+        package = _PACKAGES.get(name)
+        if package is None:
+            raise UsageError(f"unknown cloud {name!r}", f"known clouds: {', '.join(names())}")
+        with _lock:
+            prov = _instances.get(name)
+            if prov is None:
+                prov = importlib.import_module(package).PROVIDER()
+                _instances[name] = prov
+    if sdk:
+        missing = missing_sdk(prov)
+        if missing:
+            from ..errors import BrokerError
+
+            raise BrokerError(f"the {name} SDK is not installed ({missing})",
+                              f"pip install 'skybroker[{prov.sdk_extra or name}]'")
+    return prov
+
+
+def missing_sdk(prov) -> str | None:
+    """The first SDK module of a provider that is not importable (without importing it), or None."""
+    for mod in prov.sdk_modules:
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return mod
+        except (ImportError, ValueError):
+            return mod
+    return None
+
+
+def all_providers(sdk: bool = False) -> list:
+    return [get(n, sdk=sdk) for n in names()]
+
+
+def priced() -> tuple[str, ...]:
+    """Providers whose offers come from a price catalog (planned across when no cloud is named)."""
+    return tuple(p.name for p in all_providers() if p.capabilities.priced and not p.capabilities.named_only)
+
+
+def reset() -> None:
+    """Forget provider objects (tests)."""
+    _instances.clear()

@@ -1,17 +1,16 @@
-"""The `ssh` cloud: node pools the user already has (BROKER_HOME/ssh_node_pools.yaml, see ssh_pools.py),
+"""The `ssh` provider: node pools the user already has (BROKER_HOME/ssh_node_pools.yaml, see ssh_pools.py),
 addressed as `--infra ssh/<pool>`. "Provisioning" allocates free hosts of the pool to the cluster;
-"terminating" cancels the cluster's jobs, removes what skybroker put on the hosts and frees them. The
-machines themselves are never powered off. A host serves one cluster at a time.
+"terminating" cancels the cluster's jobs, removes what skybroker put on the hosts (the node agent's
+directory and the paths it claimed; never anything else, even when the host is this machine) and frees
+them. The machines themselves are never powered off. A host serves one cluster at a time.
 """
 from __future__ import annotations
 
-from ..errors import CapacityError, InvalidRequestError, Place
-from .base import RUNNING, TAG_CLUSTER, InstanceInfo, ProvisionRequest
+from ..errors import BrokerError, CapacityError, InvalidRequestError, Place
+from .base import RUNNING, TAG_CLUSTER, UNREACHABLE, Capabilities, InstanceInfo, ProvisionRequest, Provider
 from .common import ssh_runner
 from .ssh_pools import Pool, load_pools
 
-
-UNREACHABLE = "unreachable"
 PROBE_SECONDS = 2.0
 
 
@@ -29,9 +28,21 @@ def _instance_id(pool: str, host) -> str:
     return f"ssh:{pool}:{host.user}@{host.ip}:{host.port}"
 
 
-class SSHCloud:
+class SSHCloud(Provider):
     name = "ssh"
-    supports_stop = False
+    capabilities = Capabilities(stop=False, spot=False, firewall=False, accelerators=False, priced=False,
+                                named_only=True, remote=True, gone_reasons=False, tagged_listing=False)
+
+    def virtual_offers(self, res) -> list:
+        from ..optimizer import Candidate
+
+        if res.accelerator:
+            return []
+        return [Candidate(res, 0, self.name, pool.name, None, "ssh-node", 0.0, 0.0, None, 0.0, False, 0.0, 1)
+                for pool in load_pools() if not res.region or res.region == pool.name]
+
+    def regions(self) -> list:
+        return [p.name for p in load_pools()]
 
     def _pool(self, name: str | None) -> Pool:
         pools = load_pools()
@@ -48,30 +59,37 @@ class SSHCloud:
         raise InvalidRequestError(f"no SSH node pool named {name!r}",
                                   hint=f"pools: {', '.join(p.name for p in pools)}")
 
-    def _allocated(self) -> dict[str, str]:
-        """instance id → cluster, from our state (the pool file is the user's; allocation is ours)."""
+    def _allocated(self, cluster: str) -> dict[str, str]:
+        """instance id → cluster, for hosts held by other clusters: their nodes in the state, and the
+        hosts an unfinished launch recorded in the intents ledger."""
         from .. import state
 
         out = {}
         for rec in state.list_clusters():
-            if rec.cloud == "ssh":
+            if rec.cloud == self.name and rec.name != cluster:
                 for n in rec.nodes:
                     out[n.instance_id] = rec.name
+        for it in state.open_intents():
+            if it["cloud"] == self.name and it["cluster"] != cluster:
+                for iid in it["instance_ids"]:
+                    out.setdefault(iid, it["cluster"])
         return out
 
     def _info(self, pool: str, host, rank: int, cluster: str) -> InstanceInfo:
         return InstanceInfo(_instance_id(pool, host), RUNNING, host.ip, host.ip, host.user, host.port, None, False,
                             {"pool": pool, TAG_CLUSTER: cluster}, None, None, host.identity_file, rank)
 
-    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
-        if req.accelerator:
-            raise InvalidRequestError("SSH node pools do not advertise accelerators yet")
-        pool = self._pool(req.region)
-        taken = self._allocated()
+    def _hosts(self, req: ProvisionRequest):
+        from .. import state
         from ..runtime.runner import run_parallel
 
-        mine = [h for h in pool.hosts if taken.get(_instance_id(pool.name, h)) == req.cluster]
-        free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken]
+        pool = self._pool(req.region)
+        rec = state.get_cluster(req.cluster)
+        mine_ids = {n.instance_id for n in rec.nodes} if rec is not None else set()
+        mine_ids |= {i for it in state.open_intents(req.cluster) if it["cloud"] == self.name for i in it["instance_ids"]}
+        taken = self._allocated(req.cluster)
+        mine = [h for h in pool.hosts if _instance_id(pool.name, h) in mine_ids]
+        free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
         up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
         live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
         hosts = (mine + live)[: req.num_nodes]
@@ -80,9 +98,20 @@ class SSHCloud:
             raise CapacityError(f"pool {pool.name} has {len(mine) + len(live)} free host(s) answering, "
                                 f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else ""),
                                 Place("ssh", pool.name), code="PoolExhausted")
-        return [self._info(pool.name, h, i, req.cluster) for i, h in enumerate(hosts)]
+        return pool, hosts
 
-    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
+        if req.accelerator:
+            raise InvalidRequestError("SSH node pools do not advertise accelerators yet")
+        pool, hosts = self._hosts(req)
+        return [_instance_id(pool.name, h) for h in hosts]
+
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        pool = self._pool(req.region)
+        by_id = {_instance_id(pool.name, h): h for h in pool.hosts}
+        return [self._info(pool.name, by_id[i], rank, req.cluster) for rank, i in enumerate(ids) if i in by_id]
+
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
         """The pool's hosts allocated to the cluster. There is no cloud API to ask, so a host whose SSH
         port does not answer within PROBE_SECONDS is reported "unreachable" (for a pool, a dead host and a
         cut network look the same; managed jobs treat both as a lost node)."""
@@ -97,34 +126,36 @@ class SSHCloud:
                              n.ssh_port, None, False, {TAG_CLUSTER: cluster}, "unreachable" if not ok else None,
                              None, n.identity_file, n.rank) for n, ok in zip(rec.nodes, up)]
 
-    def terminate(self, cluster: str, region: str | None) -> None:
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
+        """Cancel the cluster's jobs and remove what skybroker put on its hosts; the hosts are freed even
+        when that fails (unreachable, changed host key), with a warning saying what was left."""
         from .. import state
-        from ..runtime.runner import NodeUnreachable, run_parallel
+        from ..runtime.agent_client import AgentClient
+        from ..runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 
         rec = state.get_cluster(cluster)
         if rec is None:
-            return
+            return []
 
-        def clean(node):
+        def clean(node) -> str | None:
             r = ssh_runner(cluster, node)
             try:
-                r.run("python3 ~/.broker/agent.py cancel --all >/dev/null 2>&1; rm -rf ~/.broker ~/sky_workdir",
-                      timeout=60)
+                AgentClient(r, self.agent_python(), f"{cluster} node {node.rank}").cleanup()
+                return None
+            except HostKeyMismatch as exc:
+                return (f"{node.ip}: host key changed, nothing was cleaned there ({exc.message}); "
+                        f"after checking the host, `broker hostkeys forget {cluster}`")
             except NodeUnreachable:
-                pass  # an unreachable host has nothing we can clean; it is freed anyway
+                return f"{node.ip}: unreachable, nothing was cleaned there (~/.skybroker-node may remain)"
+            except BrokerError as exc:
+                return f"{node.ip}: cleanup failed: {exc.message}"
             finally:
                 r.close()
 
-        run_parallel(rec.nodes, clean)
-
-    def stop(self, cluster: str, region: str | None) -> None:
-        raise InvalidRequestError("SSH node pools cannot be stopped", hint=f"use `broker down {cluster}`")
-
-    def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        return self.query(cluster, region)
-
-    def open_ports(self, cluster: str, region: str | None, ports) -> None:
-        return None  # the user's own machines: their firewall is theirs
+        return [w for w in run_parallel(rec.nodes, clean) if w]
 
     def runner(self, cluster: str, node):
         return ssh_runner(cluster, node)
+
+
+PROVIDER = SSHCloud

@@ -35,7 +35,9 @@ def _job_exit(st, cluster: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (with --dryrun).")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 @click.option("--retry-until-up", is_flag=True, help="Keep retrying with backoff when every place fails.")
-def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up):
+@click.option("--keep-on-failure", is_flag=True,
+              help="If bring-up fails after provisioning, keep the new cluster (for debugging) instead of tearing it down.")
+def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure):
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
     from .. import api
 
@@ -50,11 +52,12 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
             render.print_plan(plan, task.name)
         if dryrun:
             return 0
+        api.preflight(task)  # bad input is reported before the question, and nothing is created
         if not confirm("Launch?", yes):
             raise click.Abort()
     progress = render.Progress(quiet=as_json)
     res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
-                     on_event=progress.event, on_line=render.LinePrinter().line)
+                     keep_on_failure=keep_on_failure, on_event=progress.event, on_line=render.LinePrinter().line)
     progress.done()
     render.attempts(res.attempts, res.cluster)
     if detach:
@@ -219,30 +222,69 @@ def cancel(cluster, job_ids, all_):
 
 @click.command()
 @click.option("--yes", "-y", is_flag=True, help="Terminate what is found without asking.")
-@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: those with credentials).")
-@click.option("--region", "regions", multiple=True, help="Only these regions (default: every catalog region).")
+@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: every cloud with credentials).")
+@click.option("--region", "regions", multiple=True, help="Only these regions (default: every region).")
 def gc(yes, clouds, regions):
-    """Find instances tagged by skybroker that the local state does not know, and terminate them."""
+    """Find resources tagged by skybroker that the local state does not know (instances, security groups,
+    firewall rules, resource groups, local node directories) and clusters whose launch was interrupted,
+    and remove them."""
     from .. import gc as gc_mod
+    from ..errors import BrokerError
 
     progress = render.Progress()
     regs = {c: list(regions) for c in clouds} if regions and clouds else None
     if regions and not clouds:
-        regs = {c: list(regions) for c in ("aws", "gcp", "azure")}
-    orphans = gc_mod.find_orphans(tuple(clouds) or None, regs, on_event=progress.event)
-    if not orphans:
-        render.info("no orphaned instances found")
+        from ..clouds import registry
+
+        regs = {c: list(regions) for c in registry.names()}
+    res = gc_mod.scan(tuple(clouds) or None, regs, on_event=progress.event)
+    progress.done()
+    for where, why in res.skipped:
+        render.info(f"not scanned: {where}: {why}")
+    if not res.scanned:
+        raise BrokerError("nothing was scanned: " + "; ".join(f"{w}: {y}" for w, y in res.skipped),
+                          "give a cloud with credentials (`broker check`), e.g. `broker gc --cloud aws`", exit_code=4)
+    render.info("scanned: " + ", ".join(f"{c} ({n} region{'s' if n != 1 else ''})" for c, n in res.scanned.items()))
+    if not res.orphans:
+        render.info("nothing to remove: no untracked resources and no interrupted launches found")
         return 0
-    for o in orphans:
-        render.info(f"orphan: cluster {o.cluster} on {o.cloud}/{o.region}: {', '.join(o.instance_ids)}")
+    for o in res.orphans:
+        where = "/".join(p for p in (o.cloud, o.region) if p)
+        what = "interrupted launch" if o.interrupted else "orphan"
+        render.info(f"{what}: cluster {o.cluster} on {where}: {gc_mod.describe(o)}")
     if not yes:
         from .options import can_prompt
 
         if not can_prompt():
-            render.info("run `broker gc --yes` to terminate them")
+            render.info("run `broker gc --yes` to remove them")
             return 1
-        if not click.confirm("Terminate them?", default=False):
+        if not click.confirm("Remove them?", default=False):
             return 1
-    gc_mod.remove(orphans, on_event=progress.event)
-    render.info(f"terminated {sum(len(o.instance_ids) for o in orphans)} instance(s)")
+    warnings = gc_mod.remove(res.orphans, on_event=progress.event)
+    progress.done()
+    n_inst = sum(len(o.instance_ids) for o in res.orphans)
+    n_other = sum(len(o.resources) for o in res.orphans) - n_inst
+    render.info(f"terminated {n_inst} instance(s)" + (f" and removed {n_other} other resource(s)" if n_other else "")
+                + (f" ({len(warnings)} warning(s))" if warnings else ""))
     return 0
+
+
+@click.group()
+def hostkeys():
+    """Pinned SSH host keys of cluster nodes (trust on first use, per instance)."""
+
+
+@hostkeys.command("forget")
+@click.argument("cluster")
+@click.option("--node", "rank", type=int, help="Only this node rank (default: every node).")
+def hostkeys_forget(cluster, rank):
+    """Forget the pinned host key(s) of CLUSTER's nodes, after you checked that the host really changed
+    (re-imaged, replaced). The next connection pins the key it is shown.
+
+    \b
+      broker hostkeys forget mycluster --node 1
+    """
+    from .. import clusters
+
+    done = clusters.forget_host_keys(cluster, rank)
+    render.info(f"forgot {len(done)} pinned host key(s) of {cluster}" + (f": {', '.join(done)}" if done else ""))

@@ -4,6 +4,13 @@ active, and is resumable: all state is in SQLite, clusters have deterministic na
 provisioning is idempotent by tag, so killing it and starting it again loses no job and starts no
 duplicate cluster.
 
+Bring-up is the lifecycle's state machine (lifecycle.py), with the cluster owned by the job: any
+bring-up failure tears the cluster down and comes back as a typed BringUpError, which is fed to the pure
+recovery decision (recovery.py) — a node preempted or unreachable during bring-up is a preemption like
+any other. Submission is idempotent: the job's submit token is recorded in the state before the submit,
+and a restarted controller finds the job the token started instead of submitting it again, so a job
+never runs twice because the controller died.
+
 Scale: jobs are state machines stepped by a small thread pool (at most one step in flight per job); a
 job is polled when due, with the poll interval growing with the number of running jobs, so hundreds of
 jobs cost a handful of threads, not one polling thread each.
@@ -20,21 +27,19 @@ import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .. import clusters, state
+from .. import clusters, lifecycle, settings, state
 from ..backend import ClusterRuntime
 from ..errors import BrokerError, NoFeasibleError
+from ..lifecycle import Failure
 from ..optimizer import Block
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
+from . import checkpoint, logsync
 from . import recovery as R
 from . import store
 from .deadline import DeadlinePolicy, DeadlineState, market_name
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
 TICK = 0.2
-POLL_MIN = float(os.environ.get("BROKER_JOBS_POLL", "2"))
-CKPT_INTERVAL = float(os.environ.get("BROKER_CHECKPOINT_INTERVAL", "30"))
-EXIT_GRACE = float(os.environ.get("BROKER_CONTROLLER_EXIT_GRACE", "10"))
-WORKERS = int(os.environ.get("BROKER_CONTROLLER_WORKERS", "8"))
 CKPT_REMOTE = "broker_checkpoint"  # under the node's home; exported as BROKER_CHECKPOINT_DIR
 
 
@@ -47,14 +52,14 @@ def log(msg: str) -> None:
 
 
 class Controller:
-    def __init__(self, workers: int = WORKERS):
+    def __init__(self, workers: int | None = None):
+        workers = workers or settings.get("controller_workers")
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self.inflight: dict[int, Future] = {}
         self.next_at: dict[int, float] = {}
         self.unreachable_since: dict[int, float] = {}
         self.last_ckpt: dict[int, float] = {}
         self.launch_attempts: dict[int, int] = {}
-        self.pending_lines: dict[tuple[int, int], str] = {}
         self.deadlines: dict[int, DeadlinePolicy] = {}
         self._lock = threading.Lock()
 
@@ -68,12 +73,12 @@ class Controller:
                 del self.inflight[jid]
             if not jobs and not self.inflight:
                 idle_since = idle_since or now
-                if now - idle_since > EXIT_GRACE:
+                if now - idle_since > settings.get("controller_exit_grace"):
                     return
             else:
                 idle_since = None
             running = sum(1 for j in jobs if j.status == RUNNING)
-            interval = max(POLL_MIN, running / 20.0)  # ~20 polls/s at most across all jobs
+            interval = max(settings.get("jobs_poll"), running / 20.0)  # ~20 polls/s at most across all jobs
             for j in jobs:
                 if j.id in self.inflight:
                     continue
@@ -128,7 +133,6 @@ class Controller:
 
     def _launch(self, j, recovering: bool) -> None:
         from .. import api
-        from ..provision import ProvisionExhausted
 
         task = self._task(j)
         name = cluster_name(j.id)
@@ -146,7 +150,9 @@ class Controller:
                 self.next_at[j.id] = now + dl.tick_s
                 return
             task = _with_market(task, market is D_SPOT)
-        store.update(j.id, status=RECOVERING if recovering else STARTING, cluster=name)
+        token = j.submit_token or f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
+        # recorded before anything is submitted: a restarted controller finds the job this token started
+        store.update(j.id, status=RECOVERING if recovering else STARTING, cluster=name, submit_token=token)
         if recovering:
             self._teardown(j)  # whatever is left of the lost cluster
         meta = json.loads(j.blocked or "{}") if (j.blocked or "").startswith("{") else {}
@@ -174,30 +180,24 @@ class Controller:
         if store.get(j.id).cancel_requested:  # cancelled after this step began: do not provision
             return self._cancel(store.get(j.id))
         try:
-            res = clusters.launch(task, cluster=name, plan_fn=plan_fn, detach=True, task_id=j.task_id,
-                                  prepare=prepare, on_event=lambda k, m: store.add_event(j.id, k, m))
-        except _CancelledDuringLaunch:
-            return self._cancel(store.get(j.id))
-        except (ProvisionExhausted, NoFeasibleError) as exc:
-            if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
-                dl.spot_failed(dst, time.time())
-                dst.want = None
-                store.update(j.id, deadline_state=dst.dump())
-                store.add_event(j.id, "policy", f"no spot capacity ({exc.message.splitlines()[0]}): spot counts "
-                                f"as unavailable for a while; asking the policy again")
-                self.next_at[j.id] = 0
-                return
-            self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
-            action = R.decide(self._view(j, task, recovering), R.LaunchFailed(exc.message.splitlines()[0]))
-            return self._apply(j, action)
+            run = lifecycle.bring_up(lifecycle.BringUp(
+                task=task, cluster=name, plan_fn=plan_fn, owner=f"managed:{j.id}", task_id=j.task_id,
+                prepare=prepare, token=token, on_event=lambda k, m: store.add_event(j.id, k, m)))
+        except lifecycle.BringUpError as err:
+            if isinstance(err.cause, _CancelledDuringLaunch):
+                return self._cancel(store.get(j.id))
+            return self._bring_up_failed(store.get(j.id), task, err, recovering, dl, dst, market)
+        run.runtime.close()
         self.launch_attempts.pop(j.id, None)
         rec = state.get_cluster(name)
         now = time.time()
-        store.update(j.id, status=RUNNING, cluster_job_id=res.job_id, place=rec.infra if rec else None,
+        store.update(j.id, status=RUNNING, cluster_job_id=run.job_id, place=rec.infra if rec else None,
                      segment_start=now, segment_price=rec.hourly_price if rec else 0.0,
-                     started_at=j.started_at or now, log_offsets="{}", blocked=json.dumps({"blocks": []}))
-        store.add_event(j.id, "running", f"running on {rec.infra if rec else name} "
-                        f"({rec.instance_type if rec else ''}{' spot' if rec and rec.use_spot else ''})")
+                     started_at=j.started_at or now, blocked=json.dumps({"blocks": []}),
+                     **({} if run.adopted else {"log_offsets": "{}"}))
+        store.add_event(j.id, "running", ("already running" if run.adopted else "running") +
+                        f" on {rec.infra if rec else name} ({rec.instance_type if rec else ''}"
+                        f"{' spot' if rec and rec.use_spot else ''})")
         self.last_ckpt[j.id] = now
         if dl is not None:
             dst.held, dst.last_at = market.value, None
@@ -205,6 +205,32 @@ class Controller:
             store.add_event(j.id, "policy", f"{dl.policy.name}: running on {market_name(market)}")
         if store.get(j.id).cancel_requested:
             self._cancel(store.get(j.id))
+
+    def _bring_up_failed(self, j, task, err, recovering: bool, dl, dst, market) -> None:
+        """A bring-up failure (the lifecycle already tore the cluster down) as a recovery event."""
+        first = err.why.splitlines()[0] if err.why else str(err.failure.value)
+        store.add_event(j.id, "bring-up", f"failed while {lifecycle._DOING[err.stage]} ({err.failure.value}): {first}")
+        if err.failure == Failure.REFUSED:
+            if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
+                dl.spot_failed(dst, time.time())
+                dst.want = None
+                store.update(j.id, deadline_state=dst.dump())
+                store.add_event(j.id, "policy", f"no spot capacity ({first}): spot counts as unavailable for a "
+                                "while; asking the policy again")
+                self.next_at[j.id] = 0
+                return
+            self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
+            return self._apply(j, R.decide(self._view(j, task, recovering), R.LaunchFailed(first)))
+        if err.failure in (Failure.LOST, Failure.UNREACHABLE):
+            event = R.Preempted(f"{'instance lost' if err.failure == Failure.LOST else 'node unreachable'} while "
+                                f"{lifecycle._DOING[err.stage]} ({first})")
+            return self._apply(j, R.decide(self._view(j, task, recovering), event))
+        if err.failure == Failure.USER:
+            self._teardown(j)
+            return self._finish(j, store.FAILED, None, f"the task cannot run as given: {first}")
+        self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
+        return self._apply(j, R.decide(self._view(j, task, recovering),
+                                       R.BringUpFailed(lifecycle._DOING[err.stage], first)))
 
     def _deadline(self, j, task):
         if task.deadline_hours is None or task.expected_hours is None:
@@ -234,17 +260,20 @@ class Controller:
         self.next_at[j.id] = 0
 
     def _restore_checkpoint(self, j, rt: ClusterRuntime) -> dict[int, dict]:
+        """The last complete checkpoint snapshot onto every node (the directory is claimed first, so a
+        teardown of a host we do not own removes it)."""
         from ..runtime.runner import run_parallel
 
-        local = store.job_dir(j.id) / "checkpoint"
-        has = local.is_dir() and any(local.iterdir())
+        snap = checkpoint.current(store.job_dir(j.id))
+        has = snap is not None and any(snap.iterdir())
 
         def one(node):
             r = rt.runner(node)
+            rt.agent(node, r).claim([f"~/{CKPT_REMOTE}"])
             home = r.run('printf %s "$HOME"', timeout=30).stdout.strip()
             path = f"{home}/{CKPT_REMOTE}"
             if has:
-                r.sync_up(str(local), path, ignore_files=False)
+                r.sync_up(str(snap), path, ignore_files=False, delete=True)
             else:
                 r.run(f"mkdir -p {CKPT_REMOTE}", cwd="~", timeout=30)
             return node.rank, {"BROKER_CHECKPOINT_DIR": path}
@@ -265,7 +294,7 @@ class Controller:
                 st = None
             healthy = st is not None and not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
             if healthy:  # a dead node would only cost another connect timeout
-                self._fetch_logs(j, rt, rec)
+                logsync.fetch(j, rt, final=st.done)
             if healthy:
                 self.unreachable_since.pop(j.id, None)
                 self._maybe_checkpoint(j, rt, done=st.done)
@@ -291,63 +320,33 @@ class Controller:
     def _lost_instances(self, rec) -> str | None:
         """The cloud's view: why instances are gone, or None if all are alive."""
         from ..clouds.base import RUNNING as I_RUNNING
-        from ..clouds.registry import get_cloud
+        from ..clouds.registry import get as get_provider
 
-        cloud = get_cloud(rec.cloud)
+        prov = get_provider(rec.cloud)
         try:
-            infos = cloud.query(rec.name, rec.region)
+            infos = prov.query(rec.name, rec.region, include_gone=prov.capabilities.gone_reasons)
         except BrokerError:
             return None  # cannot tell: treat as unreachable, not lost
         alive = [i for i in infos if i.state == I_RUNNING]
         if len(alive) >= rec.num_nodes:
             return None
-        reasons = set()
-        if hasattr(cloud, "query_all"):
-            try:
-                reasons = {i.state_reason for i in cloud.query_all(rec.name, rec.region) if i.state_reason}
-            except BrokerError:
-                pass
+        reasons = {i.state_reason for i in infos if i.state_reason and i.state != I_RUNNING}
         why = ", ".join(sorted(reasons)) or "instance gone"
         return f"{rec.num_nodes - len(alive)} of {rec.num_nodes} instance(s) lost ({why})"
 
-    def _fetch_logs(self, j, rt: ClusterRuntime, rec) -> None:
-        from ..backend import AGENT, PY
-
-        offsets = json.loads(j.log_offsets or "{}")
-        multi = len(rt.nodes) > 1
-        out = []
-        for node in rt.nodes:
-            off = int(offsets.get(str(node.rank), 0))
-            try:
-                res = rt.runner(node).run(f"{PY} {AGENT} logs {j.cluster_job_id} --offset {off}", timeout=30)
-            except (BrokerError, OSError):
-                continue
-            if res.exit_code != 0 or not res.stdout:
-                continue
-            offsets[str(node.rank)] = off + len(res.stdout.encode())
-            key = (j.id, node.rank)
-            text = self.pending_lines.pop(key, "") + res.stdout
-            lines = text.split("\n")
-            if lines[-1]:
-                self.pending_lines[key] = lines[-1]
-            for line in lines[:-1]:
-                out.append(f"(node-{node.rank}) {line}" if multi else line)
-        if out:
-            with open(store.job_dir(j.id) / "run.log", "a") as f:
-                f.write("\n".join(out) + "\n")
-        store.update(j.id, log_offsets=json.dumps(offsets))
-
     def _maybe_checkpoint(self, j, rt: ClusterRuntime, done: bool = False) -> None:
+        """A new complete snapshot of the head node's checkpoint directory (checkpoint.py): a copy
+        interrupted halfway never replaces the last complete one."""
         now = time.time()
-        if done or now - self.last_ckpt.get(j.id, 0) < CKPT_INTERVAL:
+        if done or now - self.last_ckpt.get(j.id, 0) < settings.get("checkpoint_interval"):
             return
         self.last_ckpt[j.id] = now
         head = rt.nodes[0]
-        local = store.job_dir(j.id) / "checkpoint"
         try:
-            rt.runner(head).sync_down(f"~/{CKPT_REMOTE}", str(local))
+            checkpoint.take(store.job_dir(j.id),
+                            lambda dst: rt.runner(head).sync_down(f"~/{CKPT_REMOTE}", str(dst)))
         except (BrokerError, OSError) as exc:
-            log(f"job {j.id}: checkpoint sync failed: {exc}")
+            log(f"job {j.id}: checkpoint sync failed (the last complete copy is kept): {exc}")
 
     # -- actions --------------------------------------------------------------------------------
     def _apply(self, j, action) -> None:
@@ -378,18 +377,23 @@ class Controller:
             rec = state.get_cluster(j.cluster) if j.cluster else None
             if action.same_place_first and rec is not None:
                 meta["pin"] = {"cloud": rec.cloud, "region": rec.region, "zone": rec.zone}
-            store.update(j.id, status=RECOVERING, recoveries=j.recoveries + 1, blocked=json.dumps(meta))
+            store.update(j.id, status=RECOVERING, recoveries=j.recoveries + 1, blocked=json.dumps(meta),
+                         submit_token=None)
             self.next_at[j.id] = 0
             return
         raise TypeError(f"unknown action {action!r}")
 
     def _resubmit(self, j) -> None:
+        """Rerun on the same (healthy) cluster after a user-code failure, with a fresh submit token."""
         rec = state.get_cluster(j.cluster)
         task = self._task(j)
+        token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
+        store.update(j.id, submit_token=token)
         rt = ClusterRuntime(rec)
         try:
             env = self._restore_checkpoint(j, rt)
-            job_id = rt.submit(task, job_name=task.name, task_id=j.task_id, run_setup=False, env_by_rank=env)
+            job_id = rt.submit(task, job_name=task.name, task_id=j.task_id, run_setup=False, env_by_rank=env,
+                               token=token)
         finally:
             rt.close()
         now = time.time()
@@ -410,7 +414,7 @@ class Controller:
     def _teardown(self, j) -> None:
         name = j.cluster or cluster_name(j.id)
         try:
-            clusters.down([name])
+            clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
         except BrokerError as exc:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 
@@ -460,12 +464,11 @@ def _pinned(task, pin: dict):
 def main() -> int:
     from filelock import FileLock, Timeout
 
-    from ..paths import ensure_home
+    from ..paths import ensure_home, private_dir
 
-    d = ensure_home() / "managed"
-    d.mkdir(exist_ok=True)
+    d = private_dir(ensure_home() / "managed")
     # liveness polls should not wait long on a dead node: the controller connects with a short timeout
-    os.environ.setdefault("BROKER_SSH_CONNECT_TIMEOUT", "4")
+    os.environ.setdefault("BROKER_SSH_CONNECT_TIMEOUT", str(settings.get("controller_ssh_timeout")))
     lock = FileLock(str(d / "controller.lock"))
     while True:
         try:

@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from ..errors import NotFoundError, UsageError
-from ..paths import ensure_home
+from ..paths import ensure_home, private_dir, private_file
 from . import store
 
 
@@ -17,15 +17,14 @@ def ensure_controller() -> bool:
     """Start the controller if it is not running. Returns True if one was started."""
     from filelock import FileLock, Timeout
 
-    d = ensure_home() / "managed"
-    d.mkdir(exist_ok=True)
-    lock = FileLock(str(d / "controller.lock"))
+    d = private_dir(ensure_home() / "managed")
+    lock = FileLock(str(d / "controller.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return False
     lock.release()
-    logf = open(d / "controller.log", "ab")
+    logf = private_file(d / "controller.log")
     subprocess.Popen([sys.executable, "-m", "skybroker.jobs.controller"], stdin=subprocess.DEVNULL, stdout=logf,
                      stderr=logf, start_new_session=True, env=dict(os.environ), close_fds=True)
     return True

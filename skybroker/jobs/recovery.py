@@ -7,6 +7,10 @@ Events the controller observes:
   Preempted            the cloud took instances away (spot termination, instance gone)
   Unreachable          instances look alive to the cloud but the broker cannot reach them (network)
   LaunchFailed         no place could be provisioned
+  BringUpFailed        bring-up failed for another reason (e.g. a node without python3); the cluster was
+                       torn down by the lifecycle
+A preemption during bring-up (the lifecycle's LOST / UNREACHABLE) is an ordinary Preempted: the job
+relaunches like after any loss.
 Actions: Finish(status), Relaunch(block, same_place_first, counts_as_error), Restart (same cluster),
 Wait(seconds), Cancel.
 """
@@ -62,6 +66,12 @@ class LaunchFailed:
     message: str
 
 
+@dataclass(frozen=True)
+class BringUpFailed:
+    stage: str
+    message: str
+
+
 # actions
 @dataclass(frozen=True)
 class Finish:
@@ -113,6 +123,12 @@ def decide(view: JobView, event) -> object:
             return Wait(min(5.0, NETWORK_GRACE_SECONDS - event.seconds),
                         f"instances alive but unreachable for {event.seconds:.0f}s: waiting out the network")
         return _relaunch_after_loss(view, f"unreachable for {event.seconds:.0f}s: treating the node as lost")
+    if isinstance(event, BringUpFailed):
+        if view.launch_attempts < RELAUNCH_ATTEMPTS:
+            return Relaunch(None, same_place_first=False, reason=f"bring-up failed while {event.stage}: "
+                            f"{event.message}; relaunching (attempt {view.launch_attempts + 1}/{RELAUNCH_ATTEMPTS})")
+        return Finish(store.FAILED_CONTROLLER, None, f"bring-up failed {RELAUNCH_ATTEMPTS} times, last while "
+                      f"{event.stage}: {event.message}")
     if isinstance(event, LaunchFailed):
         if view.recovering and view.launch_attempts < RELAUNCH_ATTEMPTS:
             return Wait(min(60.0, 5.0 * 2 ** view.launch_attempts), f"no capacity yet ({event.message}); retrying")

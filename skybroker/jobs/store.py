@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import state
-from ..paths import ensure_home
+from ..paths import ensure_home, private_dir
 
 PENDING, STARTING, RUNNING, RECOVERING = "PENDING", "STARTING", "RUNNING", "RECOVERING"
 SUCCEEDED, FAILED, FAILED_SETUP, FAILED_NO_RESOURCE = "SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE"
@@ -43,6 +43,7 @@ class ManagedJob:
     log_offsets: str = "{}"
     updated_at: float | None = None
     deadline_state: str | None = None
+    submit_token: str | None = None  # recorded before a submit: a restarted controller finds that job
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -127,9 +128,8 @@ def events(job_id: int) -> list[dict]:
 
 
 def job_dir(job_id: int):
-    d = ensure_home() / "managed" / str(job_id)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    private_dir(ensure_home() / "managed")
+    return private_dir(ensure_home() / "managed" / str(int(job_id)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,8 +138,7 @@ def job_dir(job_id: int):
 def _key() -> bytes:
     from cryptography.fernet import Fernet
 
-    d = ensure_home() / "keys"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = private_dir(ensure_home() / "keys")
     path = d / "secrets.key"
     try:
         return path.read_bytes().strip()

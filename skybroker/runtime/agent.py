@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """skybroker node agent: the per-node FIFO job queue.
 
-Self-contained, stdlib only, Python >= 3.8.  Copied to every node as ~/.broker/agent.py and driven by the
-client as ``python3 ~/.broker/agent.py <command> ...``; every command prints one JSON document on stdout
-(except ``logs``, which streams raw bytes).  Exit codes: 0 ok, 1 internal error, 2 bad input, 3 no such job.
+Self-contained, stdlib only, Python >= 3.8.  Copied to every node as ~/.skybroker-node/agent.py and driven
+only by the client in skybroker/runtime/agent_client.py (the one place that speaks this protocol) as
+``python3 -S ~/.skybroker-node/agent.py <command> ...``; every command prints one JSON document on stdout
+(except ``logs`` without ``--b64``, which streams raw bytes).  Exit codes: 0 ok, 1 internal error, 2 bad
+input, 3 no such job.
+
+The node's own files live in ``~/.skybroker-node`` (never ``~/.broker``, which is the client's default
+state directory: an SSH pool host may be the user's own machine).  ``claim PATH`` records in the manifest
+a path the broker is about to create (the workdir, the checkpoint directory) if it does not exist yet;
+``cleanup`` (teardown of an SSH pool host) cancels every job, removes the claimed paths and the node
+directory, and nothing else.
 
 Design
 ------
@@ -29,15 +37,23 @@ Design
   The runner records the pgid with a conditional update (only while SETTING_UP/RUNNING), so a cancel that
   lands between "spawn" and "record pgid" is seen by the runner, which then kills the group itself.
 * Setup is skipped when ``setup_key`` is recorded in ``setup_done`` (written after a successful setup).
-* ``next-id`` reserves the id it returns (max of known and previously issued ids, + 1).
+* ``next-id`` reserves the id it returns (max of known and previously issued ids, + 1).  With ``--token T``
+  it is idempotent: the same token always gets the same id, so a client that restarts (the managed-jobs
+  controller) finds the job it already submitted (``status --token T``) instead of running it twice.
+* Gang submit is two-phase: the client submits with ``held`` to every node, then ``release``s it on every
+  node once all have it; a held job does not start.  A job never released within ``held_seconds`` (the
+  client died mid-submit) cancels itself, so a node that missed the submit never leaves the others running
+  or PENDING forever.
 
 Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; ``wait`` prints
 ``{"jobs": [job], "timed_out": bool}`` (exit 0 either way, 3 if unknown); ``logs`` without ``--follow``
 prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),
-with ``--follow`` it streams until the job is terminal (or S seconds passed); the client advances its offset
-by the bytes received.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
+with ``--follow`` it streams until the job is terminal (or S seconds passed); ``--b64`` prints
+``{"data": base64, "offset": O, "next": N, "status": S}`` instead, so the client's offset advances by the
+exact number of bytes read, whatever they are.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import argparse
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -65,6 +81,8 @@ TERMINAL_STATUSES = frozenset((SUCCEEDED, FAILED, FAILED_SETUP, CANCELLED))
 
 POLL = 0.05            # seconds between checks while waiting for a turn / for log data
 CANCEL_GRACE = 3.0     # SIGTERM -> SIGKILL
+NODE_DIR = ".skybroker-node"  # under the node's home
+HELD_SECONDS = 600.0   # default: a held (gang) job never released within this cancels itself
 _ACTIVE_SQL = "status IN ('PENDING', 'SETTING_UP', 'RUNNING')"
 
 
@@ -93,14 +111,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER UNIQUE NOT NULL, name TEXT, rank INTEGER, num_nodes INTEGER,
     spec TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER, reason TEXT,
     submitted_at REAL, started_at REAL, ended_at REAL,
-    runner_pid INTEGER, runner_start TEXT, boot_id TEXT, pid INTEGER, pgid INTEGER);
+    runner_pid INTEGER, runner_start TEXT, boot_id TEXT, pid INTEGER, pgid INTEGER,
+    token TEXT, held_until REAL);
 CREATE TABLE IF NOT EXISTS setup_done (key TEXT PRIMARY KEY, done_at REAL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, claimed_at REAL);
 """
 
 
 def _base():
-    return os.path.join(os.path.expanduser("~"), ".broker")
+    return os.path.join(os.path.expanduser("~"), NODE_DIR)
 
 
 def _job_dir(job_id):
@@ -113,7 +134,7 @@ def _log_path(job_id):
 
 def _db():
     base = _base()
-    os.makedirs(os.path.join(base, "jobs"), exist_ok=True)
+    os.makedirs(os.path.join(base, "jobs"), mode=0o700, exist_ok=True)
     conn = sqlite3.connect(os.path.join(base, "agent.db"), timeout=60, isolation_level=None)
     conn.row_factory = sqlite3.Row
     with open(os.path.join(base, "db.lock"), "a") as lock:  # serialise first-time creation only
@@ -142,8 +163,10 @@ def _get(conn, job_id):
 
 def _job_out(row):
     keys = ("job_id", "name", "status", "exit_code", "submitted_at", "started_at", "ended_at", "rank",
-            "num_nodes", "reason")
-    return {k: row[k] for k in keys}
+            "num_nodes", "reason", "token")
+    out = {k: row[k] for k in keys}
+    out["held"] = row["held_until"] is not None and row["status"] == PENDING
+    return out
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -281,12 +304,13 @@ def _is_int(v):
 def _validate(obj):
     if not isinstance(obj, dict):
         raise AgentError("job must be a JSON object")
-    known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key")
+    known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key",
+             "token", "held_seconds")
     unknown = sorted(set(obj) - set(known))
     if unknown:
         raise AgentError("unknown job field(s): %s" % ", ".join(unknown))
     job = {"name": "", "rank": 0, "num_nodes": 1, "setup": None, "run": None, "env": {}, "secret_env": {},
-           "workdir": "~/sky_workdir", "setup_key": None}
+           "workdir": "~/sky_workdir", "setup_key": None, "token": None, "held_seconds": None}
     job.update({k: v for k, v in obj.items() if v is not None or k in ("setup", "run", "setup_key")})
     if "job_id" not in obj or not _is_int(obj["job_id"]) or obj["job_id"] < 0:
         raise AgentError("job_id: required non-negative integer")
@@ -298,9 +322,12 @@ def _validate(obj):
     for key in ("name", "workdir"):
         if not isinstance(job[key], str):
             raise AgentError("%s: must be a string" % key)
-    for key in ("setup", "run", "setup_key"):
+    for key in ("setup", "run", "setup_key", "token"):
         if job[key] is not None and not isinstance(job[key], str):
             raise AgentError("%s: must be a string or null" % key)
+    held = job["held_seconds"]
+    if held is not None and (isinstance(held, bool) or not isinstance(held, (int, float)) or held <= 0):
+        raise AgentError("held_seconds: must be a positive number or null")
     for key in ("env", "secret_env"):
         if not isinstance(job[key], dict):
             raise AgentError("%s: must be an object" % key)
@@ -322,6 +349,7 @@ def cmd_submit(args):
     except ValueError as e:
         raise AgentError("stdin is not valid JSON: %s" % e)
     secrets = job.pop("secret_env")
+    token, held = job.pop("token"), job.pop("held_seconds")
     job["secret_env_names"] = sorted(secrets)
     spec = json.dumps(job, sort_keys=True)
     job_id = job["job_id"]
@@ -332,7 +360,7 @@ def cmd_submit(args):
         with _txn(conn):
             row = _get(conn, job_id)
             if row is not None:
-                if row["spec"] != spec:
+                if row["spec"] != spec and not (token and row["token"] == token):
                     raise AgentError("job %d already exists with a different payload" % job_id)
                 _out({"job_id": job_id, "status": row["status"], "duplicate": True})
                 return 0
@@ -342,9 +370,11 @@ def cmd_submit(args):
                                         cwd=_base(), start_new_session=True, close_fds=True)
             conn.execute(
                 "INSERT INTO jobs (job_id, name, rank, num_nodes, spec, status, submitted_at, runner_pid,"
-                " runner_start, boot_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " runner_start, boot_id, token, held_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, job["name"], job["rank"], job["num_nodes"], spec, PENDING, time.time(), proc.pid,
-                 _proc_start(proc.pid), _boot_id()))
+                 _proc_start(proc.pid), _boot_id(), token, time.time() + held if held else None))
+            if token:
+                conn.execute("INSERT OR IGNORE INTO tokens VALUES (?, ?)", (token, job_id))
         proc.stdin.write(json.dumps({"secret_env": secrets}).encode())
         proc.stdin.close()
     except BaseException:
@@ -396,10 +426,20 @@ def _finish(conn, job_id, status, exit_code, reason):
 
 
 def _run_job(conn, job_id, spec, secrets):
-    while True:  # wait until this job is the oldest non-terminal job on the node
+    while True:  # wait until this job is released (gang submit) and the oldest non-terminal job on the node
         row = _get(conn, job_id)
         if row is None or row["status"] != PENDING:
             return
+        if row["held_until"] is not None:
+            if time.time() > row["held_until"]:
+                with _txn(conn):
+                    conn.execute("UPDATE jobs SET status=?, reason=?, ended_at=? WHERE job_id=? AND status=?"
+                                 " AND held_until IS NOT NULL",
+                                 (CANCELLED, "never released: the client went away before every node had the job",
+                                  time.time(), job_id, PENDING))
+                return
+            time.sleep(2 * POLL)
+            continue
         ahead = conn.execute("SELECT * FROM jobs WHERE %s AND seq < ? ORDER BY seq" % _ACTIVE_SQL,
                              (row["seq"],)).fetchall()
         if not ahead:
@@ -420,7 +460,7 @@ def _run_job(conn, job_id, spec, secrets):
         if spec["setup"] and not (key and conn.execute("SELECT 1 FROM setup_done WHERE key=?", (key,)).fetchone()):
             if not _advance(conn, job_id, (PENDING,), SETTING_UP):
                 return
-            rc = _phase(conn, job_id, spec["setup"], workdir, env, log)
+            rc = _phase(conn, job_id, spec["setup"], workdir, env, log, "setup")
             if rc is None:
                 return
             if rc != 0:
@@ -436,9 +476,14 @@ def _run_job(conn, job_id, spec, secrets):
                     None if rc == 0 else "run exited with code %d" % rc)
 
 
-def _phase(conn, job_id, command, workdir, env, log):
-    """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile."""
-    proc = subprocess.Popen([shutil.which("bash") or "/bin/sh", "-c", command], cwd=workdir, env=env,
+def _phase(conn, job_id, command, workdir, env, log, name="run"):
+    """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
+    The script is written to a file and run from there: a command line has a size limit (128 KiB per
+    argument on Linux) that a long `run:` would exceed."""
+    script = os.path.join(_job_dir(job_id), name + ".sh")
+    with open(script, "w") as f:
+        f.write(command)
+    proc = subprocess.Popen([shutil.which("bash") or "/bin/sh", script], cwd=workdir, env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     with _txn(conn):
         recorded = conn.execute("UPDATE jobs SET pid=?, pgid=? WHERE job_id=? AND status IN (?, ?)",
@@ -457,11 +502,30 @@ def _phase(conn, job_id, command, workdir, env, log):
 def cmd_next_id(args):
     conn = _db()
     with _txn(conn):
+        if args.token:
+            known = conn.execute("SELECT job_id FROM tokens WHERE token=?", (args.token,)).fetchone()
+            if known is not None:
+                _out({"job_id": known[0], "existing": True})
+                return 0
         top = conn.execute("SELECT MAX(job_id) FROM jobs").fetchone()[0]
         issued = conn.execute("SELECT v FROM meta WHERE k='last_issued_id'").fetchone()
         n = max(top if top is not None else 0, int(issued[0]) if issued else 0) + 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_issued_id', ?)", (str(n),))
-    _out({"job_id": n})
+        if args.token:
+            conn.execute("INSERT INTO tokens VALUES (?, ?)", (args.token, n))
+    _out({"job_id": n, "existing": False})
+    return 0
+
+
+def cmd_release(args):
+    conn = _db()
+    with _txn(conn):
+        row = _get(conn, args.job_id)
+        if row is None:
+            raise AgentError("no such job: %d" % args.job_id, code=3)
+        conn.execute("UPDATE jobs SET held_until=NULL WHERE job_id=? AND status=?", (args.job_id, PENDING))
+    row = _get(conn, args.job_id)
+    _out({"job_id": args.job_id, "status": row["status"]})
     return 0
 
 
@@ -470,6 +534,9 @@ def cmd_status(args):
     _reconcile(conn)
     if args.job is not None:
         rows = conn.execute("SELECT * FROM jobs WHERE job_id=?", (args.job,)).fetchall()
+    elif args.token is not None:
+        rows = conn.execute("SELECT j.* FROM jobs j JOIN tokens t ON t.job_id = j.job_id WHERE t.token=?",
+                            (args.token,)).fetchall()
     else:
         rows = conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
     _out({"jobs": [_job_out(r) for r in rows]})
@@ -490,6 +557,8 @@ def cmd_logs(args):
     if _get(conn, args.job_id) is None:
         sys.stderr.write("no such job: %d\n" % args.job_id)
         return 3
+    if args.b64:
+        return _logs_b64(conn, args)
     path, offset, out = _log_path(args.job_id), args.offset, sys.stdout.buffer
     deadline = None if args.wait_seconds is None else time.time() + args.wait_seconds
     next_reconcile = time.time() + 1.0
@@ -513,6 +582,74 @@ def cmd_logs(args):
             next_reconcile = time.time() + 1.0
         if not got:
             time.sleep(POLL)
+
+
+def _logs_b64(conn, args):
+    """Up to 1 MiB from --offset (waiting up to --wait-seconds for new bytes), as exact bytes."""
+    deadline = time.time() + (args.wait_seconds or 0)
+    while True:
+        status = _get(conn, args.job_id)["status"]  # read before the data: a terminal status means no more
+        chunk = _read_from(_log_path(args.job_id), args.offset)
+        if chunk or status in TERMINAL_STATUSES or time.time() >= deadline:
+            break
+        time.sleep(POLL)
+    _out({"data": base64.b64encode(chunk).decode("ascii"), "offset": args.offset,
+          "next": args.offset + len(chunk), "status": status})
+    return 0
+
+
+def cmd_claim(args):
+    """Record paths the broker is about to create (only those that do not exist yet)."""
+    conn = _db()
+    claimed = []
+    with _txn(conn):
+        for p in args.paths:
+            full = os.path.abspath(os.path.expanduser(p))
+            if not os.path.lexists(full) and _removable(full):
+                conn.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (full, time.time()))
+                claimed.append(full)
+    _out({"claimed": claimed})
+    return 0
+
+
+def _removable(path):
+    """Only strictly below the home directory, never the home itself, never a client's state dir."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = os.path.realpath(path)
+    return real.startswith(home + os.sep) and not _looks_like_client_home(real)
+
+
+def _looks_like_client_home(path):
+    return os.path.exists(os.path.join(path, "state.db"))
+
+
+def cmd_cleanup(args):
+    """Teardown of a node we do not own (an SSH pool host): cancel every job, then remove what the
+    broker created there — the claimed paths and the node directory — and nothing else."""
+    base = _base()
+    if not os.path.isdir(base):
+        _out({"removed": []})
+        return 0
+    if _looks_like_client_home(base):
+        raise AgentError("%s holds a client state database; refusing to remove it" % base)
+    conn = _db()
+    args.all, args.job_ids = True, []
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        cmd_cancel(args)
+    removed = []
+    for (path,) in conn.execute("SELECT path FROM claims ORDER BY length(path) DESC").fetchall():
+        if os.path.lexists(path) and _removable(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            removed.append(path)
+    conn.close()
+    shutil.rmtree(base, ignore_errors=True)
+    removed.append(base)
+    _out({"removed": removed})
+    return 0
 
 
 def cmd_wait(args):
@@ -583,15 +720,26 @@ def _parser():
     sub = p.add_subparsers(dest="command")
     sub.required = True
     sub.add_parser("submit").set_defaults(func=cmd_submit)
-    sub.add_parser("next-id").set_defaults(func=cmd_next_id)
+    s = sub.add_parser("next-id")
+    s.add_argument("--token")
+    s.set_defaults(func=cmd_next_id)
+    s = sub.add_parser("release")
+    s.add_argument("job_id", type=int)
+    s.set_defaults(func=cmd_release)
     s = sub.add_parser("status")
     s.add_argument("--job", type=int)
+    s.add_argument("--token")
     s.set_defaults(func=cmd_status)
+    s = sub.add_parser("claim")
+    s.add_argument("paths", nargs="+")
+    s.set_defaults(func=cmd_claim)
+    sub.add_parser("cleanup").set_defaults(func=cmd_cleanup)
     s = sub.add_parser("logs")
     s.add_argument("job_id", type=int)
     s.add_argument("--offset", type=int, default=0)
     s.add_argument("--follow", action="store_true")
     s.add_argument("--wait-seconds", type=float)
+    s.add_argument("--b64", action="store_true")
     s.set_defaults(func=cmd_logs)
     s = sub.add_parser("wait")
     s.add_argument("job_id", type=int)

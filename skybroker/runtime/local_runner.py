@@ -204,12 +204,12 @@ class LocalRunner:
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync down {self.node_id}:{remote_dir}: not a directory")
         Path(local_dir).mkdir(parents=True, exist_ok=True)
-        argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(local_dir)))
-        self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}")
+        argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(local_dir)), delete=True)
+        self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}", ok=_sync.DOWN_OK)
 
-    def _rsync(self, argv: list[str], what: str) -> None:
+    def _rsync(self, argv: list[str], what: str, ok: tuple[int, ...] = (0,)) -> None:
         r = _sync.run_rsync(argv, what=what)
-        if r.returncode != 0:
+        if r.returncode not in ok:
             raise _sync.SyncError(f"{what} failed: {_sync.describe_failure(r)}")
 
     def alive(self, timeout: float = 5.0) -> bool:

@@ -172,12 +172,19 @@ R = TypeVar("R")
 
 def run_parallel(items: Sequence[T], fn: Callable[[T], R], max_workers: int = 16) -> list[R]:
     """Apply fn to every item in threads (e.g. one runner per node); results in input order. If any
-    call raised, the first error (in input order) is raised after all calls finished."""
+    call raised, the first error (in input order) is raised after all calls finished. When the caller
+    is interrupted (Ctrl-C, SIGTERM) while waiting, calls not started yet are never started; the calls
+    in flight are waited for (so the caller knows what happened), then the interrupt propagates."""
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(items)))) as ex:
+    ex = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(items))))
+    try:
         futs = [ex.submit(fn, it) for it in items]
         errors = [f.exception() for f in futs]
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     for e in errors:
         if e is not None:
             raise e

@@ -315,12 +315,12 @@ class SSHRunner:
         ssh = self._rsync_ssh()
         Path(local_dir).mkdir(parents=True, exist_ok=True)
         argv = _sync.rsync_argv(self._remote_spec(remote_dir), _sync.with_slash(local_dir),
-                                ssh_command=ssh, io_timeout=60)
-        self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}")
+                                ssh_command=ssh, io_timeout=60, delete=True)
+        self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}", ok=_sync.DOWN_OK)
 
-    def _rsync(self, argv: list[str], what: str) -> None:
+    def _rsync(self, argv: list[str], what: str, ok: tuple[int, ...] = (0,)) -> None:
         r = _sync.run_rsync(argv, what=what)
-        if r.returncode == 0:
+        if r.returncode in ok:
             return
         msg = _sync.describe_failure(r)
         if "Host key verification failed" in r.stderr or "IDENTIFICATION HAS CHANGED" in r.stderr:
@@ -337,8 +337,12 @@ class SSHRunner:
 
     # ------------------------------------------------------------------ liveness
     def alive(self, timeout: float = 5.0) -> bool:
+        """True if the node runs a command now. A changed host key is not "unreachable": it raises
+        HostKeyMismatch (never waited out, never accepted)."""
         try:
             r = self.run("true", timeout=timeout, _connect_timeout=timeout)
+        except HostKeyMismatch:
+            raise
         except BrokerError:
             return False
         return r.exit_code == 0

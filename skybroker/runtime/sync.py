@@ -17,6 +17,9 @@ from typing import Sequence
 from skybroker.errors import BrokerError
 
 IGNORE_FILES = (".gitignore", ".brokerignore")
+# rsync exit codes that still mean "copied" when syncing down a directory a job is writing: 24 = some
+# source files vanished during the transfer (a job's write-then-rename removes its temporary files).
+DOWN_OK = (0, 24)
 
 
 class SyncError(BrokerError):

@@ -78,7 +78,6 @@ def aws(_moto, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("BROKER_AWS_POLL", "0.05")
     monkeypatch.setenv("USER", "tester")
-    monkeypatch.setattr(aws_driver, "POLL", 0.05)
     monkeypatch.setattr(registry, "_instances", {})
     aws_client.reset()
     yield
@@ -192,7 +191,7 @@ def all_intents(cluster):
 def test_key_pair_imported_once_per_region_named_from_key_hash(hooks, public_key):
     import hashlib
 
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     d.provision(req("c1", public_key=public_key))
     d.provision(req("c2", public_key=public_key))  # another cluster, same key, same region
     name = "skybroker-" + hashlib.sha256(public_key.strip().encode()).hexdigest()[:12]
@@ -206,7 +205,7 @@ def test_key_pair_imported_once_per_region_named_from_key_hash(hooks, public_key
 
 
 def test_security_group_per_cluster_exact_rules(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     d.provision(req("web", ports=("8080", "9000-9010"), public_key=public_key))
     d.provision(req("other", public_key=public_key))
     groups = {g["GroupName"]: g for g in ec2().describe_security_groups()["SecurityGroups"]}
@@ -244,7 +243,7 @@ def test_security_group_per_cluster_exact_rules(aws, public_key):
 
 
 def test_tags_on_instances_and_volumes_ranks_and_order(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     infos = d.provision(req("tagged", num_nodes=3, public_key=public_key, labels=(("team", "ml"),)))
     assert [i.rank_hint for i in infos] == [0, 1, 2]
     insts = instances(cluster="tagged")
@@ -263,7 +262,7 @@ def test_tags_on_instances_and_volumes_ranks_and_order(aws, public_key):
 
 @pytest.mark.parametrize("spot", [True, False])
 def test_spot_vs_on_demand_and_root_disk_size(hooks, public_key, spot):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     infos = d.provision(req("mkt", use_spot=spot, disk_size=123, public_key=public_key))
     (p,) = hooks.params("RunInstances")
     if spot:
@@ -282,7 +281,7 @@ def test_spot_vs_on_demand_and_root_disk_size(hooks, public_key, spot):
 
 
 def test_zone_pinning_maps_az_id_to_the_accounts_az_name(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     for zone_id in ("use1-az1",):
         infos = d.provision(req(f"z-{zone_id}", zone=zone_id, public_key=public_key))
         (inst,) = instances(cluster=f"z-{zone_id}")
@@ -295,7 +294,7 @@ def test_zone_pinning_maps_az_id_to_the_accounts_az_name(aws, public_key):
 
 
 def test_provision_is_idempotent_and_resumes(hooks, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     first = d.provision(req("idem", num_nodes=2, public_key=public_key))
     again = d.provision(req("idem", num_nodes=2, public_key=public_key))
     assert [i.instance_id for i in again] == [i.instance_id for i in first]
@@ -318,7 +317,7 @@ def test_provision_is_idempotent_and_resumes(hooks, public_key):
 
 
 def test_terminate_twice_removes_everything(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     infos = d.provision(req("gone", num_nodes=2, public_key=public_key, ports=("8888",)))
     d.terminate("gone", "us-east-1")
     d.terminate("gone", "us-east-1")  # idempotent
@@ -326,14 +325,14 @@ def test_terminate_twice_removes_everything(aws, public_key):
     assert instances(cluster="gone") == []
     names = [g["GroupName"] for g in ec2().describe_security_groups()["SecurityGroups"]]
     assert "skybroker-gone" not in names
-    gone = d.query_all("gone", "us-east-1")
+    gone = d.query("gone", "us-east-1", include_gone=True)
     assert sorted(i.instance_id for i in gone) == sorted(i.instance_id for i in infos)
     assert {i.state for i in gone} == {"terminated"}
     d.terminate("never-existed", "us-east-1")  # nothing to do is fine too
 
 
 def test_stop_and_start(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     infos = d.provision(req("ss", num_nodes=2, public_key=public_key))
     d.stop("ss", "us-east-1")
     assert {i.state for i in d.query("ss", "us-east-1")} == {STOPPED}
@@ -348,18 +347,18 @@ def test_preempted_spot_instance_is_reported_with_its_reason(aws, public_key):
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.instances import StateReason
 
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     (info,) = d.provision(req("pre", use_spot=True, public_key=public_key))
     backend = ec2_backends[moto_server.ACCOUNT]["us-east-1"]
     backend.terminate_instances([info.instance_id])
     backend.get_instance(info.instance_id).state_reason = StateReason("reclaimed", "Server.SpotInstanceTermination")
     assert d.query("pre", "us-east-1") == []
-    (gone,) = d.query_all("pre", "us-east-1")
+    (gone,) = d.query("pre", "us-east-1", include_gone=True)
     assert gone.state == "terminated" and gone.state_reason == "Server.SpotInstanceTermination"
 
 
 def test_no_image_id_is_a_clear_region_scoped_error(aws, public_key):
-    d = registry.get_cloud("aws")
+    d = registry.get("aws")
     with pytest.raises(ProvisionError) as ei:
         d.provision(req("noimg", image_id=None, public_key=public_key))
     err = ei.value
@@ -434,7 +433,7 @@ def test_credentials_error_fails_over_to_the_next_cloud(hooks, public_key, monke
         assert a.code == ("AuthFailure" if kind == "AuthFailure" else "NoCredentials")
         assert planner.seen[1] == [Block("aws")]
     finally:
-        registry.get_cloud("local").terminate("cred", None)
+        registry.get("local").terminate("cred", None)
     if kind == "AuthFailure":
         assert instances(cluster="cred") == []
 
@@ -500,7 +499,7 @@ def test_partial_multi_node_launch_is_rolled_back_before_the_next_attempt(hooks,
     intents = all_intents("part")
     assert [(i["zone"], i["state"]) for i in intents] == [("use1-az1", "cleaned"), ("use1-az2", "created")]
     assert [i["zone"] for i in state.open_intents("part")] == ["use1-az2"]
-    registry.get_cloud("aws").terminate("part", "us-east-1")
+    registry.get("aws").terminate("part", "us-east-1")
     state.close_intents("part", "aws", "us-east-1")
     assert state.open_intents("part") == [] and instances(cluster="part") == []
 

@@ -171,7 +171,7 @@ def test_spot_eviction_deletes_the_vm(drv, arm):
     arm.evict(f"{c}-1")
     left = drv.query(c, "eastus")
     assert [i.rank_hint for i in left] == [0]
-    gone = [i for i in drv.query_all(c, "eastus") if i.state == TERMINATED]
+    gone = [i for i in drv.query(c, "eastus", include_gone=True) if i.state == TERMINATED]
     assert [(i.rank_hint, i.state_reason, i.spot) for i in gone] == [(1, "Evicted", True)]
     assert [i.rank_hint for i in drv.provision(req(c, n=2, use_spot=True))] == [0, 1]  # recovery re-creates rank 1
     drv.terminate(c, "eastus")
@@ -218,13 +218,21 @@ def test_no_subscription_is_a_credentials_error(drv, arm, monkeypatch):
         drv.query("x", "eastus")
 
 
-def test_tagged_clusters_for_gc(drv, arm):
+def _tagged(drv, region):
+    out: dict = {}
+    for t in drv.list_tagged(region):
+        out.setdefault(t.cluster, []).append((t.kind, t.id))
+    return out
+
+
+def test_list_tagged_for_gc(drv, arm):
     a, b = cluster_name(), cluster_name()
     drv.provision(req(a, n=2))
     drv.provision(req(b, region="westeurope"))
-    assert drv.tagged_clusters("eastus")[a] == [f"{a}-0", f"{a}-1"]
-    assert b not in drv.tagged_clusters("eastus")
-    assert drv.tagged_clusters("westeurope")[b] == [f"{b}-0"]
+    east = _tagged(drv, "eastus")
+    assert sorted(east[a]) == [("instance", f"{a}-0"), ("instance", f"{a}-1"), ("resource-group", f"skybroker-{a}")]
+    assert b not in east
+    assert ("instance", f"{b}-0") in _tagged(drv, "westeurope")[b]
     flt = [q.get("$filter") for _, path, q, _ in arm.requests("GET") if path.rstrip("/").endswith("/resourcegroups")]
     assert flt and set(flt) == {f"tagName eq '{TAG_CLUSTER}'"}
     for c, r in ((a, "eastus"), (b, "westeurope")):
@@ -274,7 +282,7 @@ def test_failover_to_next_region(drv, arm, fault):
     assert attempts[0].code == ("OperationNotAllowed" if fault == "quota" else fault)
     assert cand.region != first and infos and infos[0].state == RUNNING
     assert arm.groups[f"skybroker-{c}"]["location"] == cand.region  # the failed attempt was rolled back
-    from skybroker.clouds.registry import get_cloud
+    from skybroker.clouds.registry import get as get_cloud
 
     get_cloud("azure").terminate(c, cand.region)
 

@@ -114,7 +114,7 @@ def test_spot_instances_are_marked_and_preemption_is_visible(cloud, gce):
         "onHostMaintenance": "TERMINATE"}
     gce.preempt(info.instance_id)
     assert cloud.query("c1", "us-central1") == []  # SPOT + DELETE: the instance is simply gone
-    [gone] = cloud.query_all("c1", "us-central1")
+    [gone] = cloud.query("c1", "us-central1", include_gone=True)
     assert gone.instance_id == info.instance_id and gone.state_reason == "compute.instances.preempted"
 
 
@@ -196,12 +196,23 @@ def test_stop_start_with_slow_transitions(cloud, gce):
     assert cloud.query("c1", None) == []
 
 
-def test_tagged_clusters_for_gc(cloud, gce):
+def _instances(cloud, region):
+    out: dict = {}
+    for t in cloud.list_tagged(region):
+        if t.kind == "instance":
+            out.setdefault(t.cluster, []).append(t.id)
+    return out
+
+
+def test_list_tagged_for_gc(cloud, gce):
     cloud.provision(req("a", num_nodes=2))
     cloud.provision(req("b", region="us-east1", zone="us-east1-b"))
-    assert cloud.tagged_clusters("us-central1") == {"a": [cloud_name("a", 0), cloud_name("a", 1)]}
-    assert cloud.tagged_clusters("us-east1") == {"b": [cloud_name("b", 0)]}
-    assert cloud.tagged_clusters("europe-west4") == {}
+    assert _instances(cloud, "us-central1") == {"a": [cloud_name("a", 0), cloud_name("a", 1)]}
+    assert _instances(cloud, "us-east1") == {"b": [cloud_name("b", 0)]}
+    assert _instances(cloud, "europe-west4") == {}
+    # firewall rules are global: listed with region None, named by their cluster
+    fws = {(t.cluster, t.kind) for t in cloud.list_tagged(None)}
+    assert fws == {("a", "firewall"), ("b", "firewall")}
 
 
 # -- failover through the cloud-agnostic provisioner ----------------------------------------------------

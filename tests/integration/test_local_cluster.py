@@ -539,8 +539,8 @@ def test_ctrl_c_exits_promptly_without_traceback(tmp_path):
     task = write_task(tmp_path / "i.yaml", name="intr", num_nodes=2, run="echo started; sleep 60")
     p = broker_bg("launch", "-y", "-c", "intr", task, cwd=tmp_path, stderr=tmp_path / "launch.err")
     try:
-        wait_for(lambda: all((node_dir("intr", k) / ".broker" / "jobs" / "1" / "run.log").exists()
-                             and b"started" in (node_dir("intr", k) / ".broker" / "jobs" / "1" / "run.log").read_bytes()
+        wait_for(lambda: all((node_dir("intr", k) / ".skybroker-node" / "jobs" / "1" / "run.log").exists()
+                             and b"started" in (node_dir("intr", k) / ".skybroker-node" / "jobs" / "1" / "run.log").read_bytes()
                              for k in (0, 1)) or p.poll() is not None, 40, what="the job to start")
         assert p.poll() is None, p.communicate()
         time.sleep(0.3)  # let the log stream attach

@@ -130,7 +130,8 @@ def ledger(path: Path) -> list[str]:
 
 def synced_counter(jid: int) -> int:
     try:
-        return int((broker_home() / "managed" / str(jid) / "checkpoint" / "counter").read_text().strip() or 0)
+        snap = broker_home() / "managed" / str(jid) / "checkpoint" / "current"  # the last complete snapshot
+        return int((snap / "counter").read_text().strip() or 0)
     except (OSError, ValueError):
         return 0
 
@@ -216,9 +217,9 @@ def _inprocess_controller(monkeypatch, grace: float | None = None):
     from skybroker.jobs import controller as C
     from skybroker.jobs import recovery as R
 
-    monkeypatch.setattr(C, "POLL_MIN", 0.3)
-    monkeypatch.setattr(C, "EXIT_GRACE", 0.5)
-    monkeypatch.setattr(C, "CKPT_INTERVAL", 0.5)
+    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
+    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "0.5")
+    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
     if grace is not None:
         monkeypatch.setattr(R, "NETWORK_GRACE_SECONDS", grace)
     ctl = C.Controller(workers=4)

@@ -72,7 +72,7 @@ run: |
     broker("down", "-y", "sshc", check=True)
     assert broker("down", "-y", "sshc").returncode == 0  # idempotent
     for n in ssh_nodes:  # what skybroker put on the hosts is gone
-        assert not (n.home / ".broker").exists()
+        assert not (n.home / ".skybroker-node").exists()
 
 
 def test_workdir_sync_honours_ignore_files(ssh_nodes, tmp_path):

@@ -85,7 +85,7 @@ class Node:
         (self.home / "go").touch()
 
     def runner_pid(self, job_id):
-        with sqlite3.connect(str(self.home / ".broker" / "agent.db")) as db:
+        with sqlite3.connect(str(self.home / ".skybroker-node" / "agent.db")) as db:
             return db.execute("SELECT runner_pid FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
 
 
@@ -93,7 +93,7 @@ class Node:
 def node(tmp_path):
     n = Node(tmp_path / "node0")
     yield n
-    db = n.home / ".broker" / "agent.db"  # never leave runners or jobs behind, even when a test fails
+    db = n.home / ".skybroker-node" / "agent.db"  # never leave runners or jobs behind, even when a test fails
     if db.exists():
         with sqlite3.connect(str(db)) as conn:
             rows = conn.execute("SELECT runner_pid, pgid FROM jobs WHERE status IN "
@@ -126,7 +126,7 @@ def test_env_and_secrets_reach_job_but_no_file(node):
     cmdline = Path("/proc/%d/cmdline" % node.runner_pid(1)).read_bytes()
 
     def leaked():
-        return [str(p) for p in (node.home / ".broker").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        return [str(p) for p in (node.home / ".skybroker-node").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
     assert leaked() == [] and secret.encode() not in cmdline  # while the runner holds it in memory
     node.open_gate()
@@ -277,7 +277,7 @@ def test_killed_pending_runner_does_not_block_queue(node):
 def test_job_from_before_a_reboot_is_failed(node):
     node.submit(1, run=GATE)
     node.wait_status(1, "RUNNING")
-    with sqlite3.connect(str(node.home / ".broker" / "agent.db")) as db:
+    with sqlite3.connect(str(node.home / ".skybroker-node" / "agent.db")) as db:
         db.execute("UPDATE jobs SET boot_id='a-previous-boot'")
     job = node.job(1)
     assert job["status"] == "FAILED" and "reboot" in job["reason"]
@@ -320,10 +320,98 @@ def test_idle_seconds(node):
 
 
 def test_next_id(node):
-    assert node.cmd("next-id") == {"job_id": 1}
+    assert node.cmd("next-id")["job_id"] == 1
     node.submit(5, run="true")
-    assert node.cmd("next-id") == {"job_id": 6}
-    assert node.cmd("next-id") == {"job_id": 7}  # an issued id is reserved
+    assert node.cmd("next-id")["job_id"] == 6
+    assert node.cmd("next-id")["job_id"] == 7  # an issued id is reserved
+
+
+def test_submit_token_is_idempotent_across_restarts(node):
+    """The managed-jobs controller records a token before submitting; after a restart the same token
+    gets the same id and finds the job it already started, so it never runs twice."""
+    first = node.cmd("next-id", "--token", "mj1-0")
+    assert first == {"job_id": 1, "existing": False}
+    node.submit(1, run='echo ran >> "$HOME/count"', token="mj1-0")
+    node.wait(1)
+    assert node.cmd("next-id", "--token", "mj1-0") == {"job_id": 1, "existing": True}
+    assert [j["job_id"] for j in node.cmd("status", "--token", "mj1-0")["jobs"]] == [1]
+    assert node.cmd("status", "--token", "other")["jobs"] == []
+    # a resubmit with the token is a duplicate even if the payload differs (e.g. a new checkpoint env)
+    again = node.submit(1, run='echo ran >> "$HOME/count"', token="mj1-0", env={"X": "1"})
+    assert again["duplicate"] is True
+    assert (node.home / "count").read_text() == "ran\n"
+
+
+def test_held_job_waits_for_release(node):
+    node.submit(1, run='echo go >> "$HOME/out"', held_seconds=60)
+    time.sleep(0.5)
+    j = node.job(1)
+    assert j["status"] == "PENDING" and j["held"] is True and not (node.home / "out").exists()
+    assert node.cmd("release", 1)["job_id"] == 1
+    assert node.wait(1)["status"] == "SUCCEEDED"
+    assert (node.home / "out").read_text() == "go\n"
+
+
+def test_held_job_never_released_cancels_itself(node):
+    """A gang submit that died between its two phases leaves no job PENDING forever."""
+    node.submit(1, run='echo never >> "$HOME/out"', held_seconds=0.3)
+    j = node.wait_status(1, "CANCELLED", timeout=10)
+    assert "never released" in j["reason"]
+    assert not (node.home / "out").exists()
+
+
+def test_logs_b64_offsets_are_byte_exact(node):
+    import base64
+
+    node.submit(1, run="printf 'a\\377b\\n\\303\\251t\\351\\n'")  # invalid UTF-8 bytes in the output
+    node.wait(1)
+    raw = (node.home / ".skybroker-node" / "jobs" / "1" / "run.log").read_bytes()
+    got, off = b"", 0
+    while True:
+        out = node.cmd("logs", 1, "--offset", off, "--b64")
+        chunk = base64.b64decode(out["data"])
+        assert out["offset"] == off and out["next"] == off + len(chunk)
+        if not chunk:
+            break
+        got += chunk
+        off = out["next"]
+    assert got == raw and b"\xff" in got
+    mid = node.cmd("logs", 1, "--offset", 2, "--b64")  # from inside a multi-byte character: still exact
+    assert base64.b64decode(mid["data"]) == raw[2:]
+    assert mid["status"] == "SUCCEEDED"
+
+
+def test_long_run_script_beyond_the_argument_limit(node):
+    """A `run:` larger than Linux's 128 KiB per-argument limit runs (it is executed from a file)."""
+    filler = "# " + "x" * 200 + "\n"
+    script = filler * 800 + 'echo "big script ran"\n'
+    assert len(script) > 150_000
+    node.submit(1, run=script)
+    assert node.wait(1)["status"] == "SUCCEEDED"
+    assert "big script ran" in node.log(1)
+
+
+def test_cleanup_removes_only_what_the_broker_created(node):
+    home = node.home
+    (home / "mine").mkdir()
+    (home / "mine" / "keep.txt").write_text("the user's")
+    node.cmd("claim", "~/sky_workdir", "~/mine", "/etc")  # ~/mine exists already, /etc is outside home
+    (home / "sky_workdir").mkdir()
+    (home / "sky_workdir" / "code.py").write_text("synced")
+    out = node.cmd("cleanup")
+    assert str(home / "sky_workdir") in out["removed"]
+    assert not (home / "sky_workdir").exists() and not (home / ".skybroker-node").exists()
+    assert (home / "mine" / "keep.txt").read_text() == "the user's"
+    assert os.path.isdir("/etc")
+
+
+def test_cleanup_refuses_a_directory_holding_a_client_state_db(node):
+    node.cmd("version")
+    (node.home / ".skybroker-node").mkdir(exist_ok=True)
+    (node.home / ".skybroker-node" / "state.db").write_bytes(b"client state")
+    r = node.run("cleanup")
+    assert r.returncode != 0 and "refusing" in json.loads(r.stdout)["error"]
+    assert (node.home / ".skybroker-node" / "state.db").exists()
 
 
 def test_idempotent_resubmit_and_conflicting_duplicate(node):

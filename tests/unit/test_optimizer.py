@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skybroker import api, catalog
+from skybroker import catalog
 from skybroker.errors import NoFeasibleError
 from skybroker.optimizer import Block, optimize
 from skybroker.spec import task_from_dict
@@ -14,7 +14,7 @@ ALL = ("aws", "gcp", "azure")
 
 def plan_for(resources: dict, clouds=ALL, blocks=(), **task):
     t = task_from_dict({"resources": resources, "run": "true", **task}, source="t.yaml")
-    return optimize(t, clouds, blocks, virtual=api._virtual_offers)
+    return optimize(t, clouds, blocks)
 
 
 def best(resources: dict, cloud: str):

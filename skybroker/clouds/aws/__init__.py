@@ -1,4 +1,6 @@
-"""AWS EC2 driver (boto3). Imported only when a cluster lives on AWS."""
+"""AWS EC2 provider (boto3, imported only inside the driver's calls)."""
 from .driver import AWSCloud
 
-__all__ = ["AWSCloud"]
+PROVIDER = AWSCloud
+
+__all__ = ["AWSCloud", "PROVIDER"]

@@ -4,8 +4,9 @@ EC2 and against moto."""
 from __future__ import annotations
 
 import functools
-import os
 import threading
+
+from ... import settings
 
 _lock = threading.Lock()
 
@@ -20,7 +21,7 @@ def _session():
 def client(service: str, region: str):
     from botocore.config import Config
 
-    cfg = Config(retries={"max_attempts": int(os.environ.get("BROKER_AWS_MAX_ATTEMPTS", "5")), "mode": "standard"},
+    cfg = Config(retries={"max_attempts": settings.get("aws_max_attempts"), "mode": "standard"},
                  connect_timeout=10, read_timeout=60)
     with _lock:  # boto3 session client creation is not thread-safe
         return _session().client(service, region_name=region, config=cfg)

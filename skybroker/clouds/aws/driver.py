@@ -11,10 +11,11 @@ import hashlib
 import os
 import time
 
+from ... import settings
 from ...errors import InvalidRequestError, Place, QuotaError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
-                    ProvisionRequest)
-from ..common import call_typed, ssh_runner
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
+                    InstanceInfo, ProvisionRequest, Provider, TaggedResource)
+from ..common import call_typed
 from . import client as clients
 from .errors import classify
 
@@ -23,8 +24,6 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped")
 UBUNTU_PARAM = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
 GPU_PARAM = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 SSH_USER = "ubuntu"
-WAIT_SECONDS = float(os.environ.get("BROKER_AWS_WAIT", "600"))
-POLL = float(os.environ.get("BROKER_AWS_POLL", "2"))
 _STATE = {"pending": PENDING, "running": RUNNING, "stopping": STOPPING, "stopped": STOPPED,
           "shutting-down": TERMINATED, "terminated": TERMINATED}
 
@@ -39,12 +38,32 @@ def _tags(cluster: str, extra: dict | None = None) -> list[dict]:
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
-class AWSCloud:
+def _wait_s() -> float:
+    return settings.get("aws_wait")
+
+
+def _poll() -> float:
+    return settings.get("aws_poll")
+
+
+class AWSCloud(Provider):
     name = "aws"
-    supports_stop = True
+    catalog = "aws"
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    sdk_modules = ("boto3",)
+    sdk_extra = "aws"
+    default_ssh_user = SSH_USER
 
     def __init__(self):
         self._azs: dict[str, dict[str, str]] = {}
+
+    def check(self):
+        from ...check import check_aws
+
+        return check_aws()
+
+    def classify(self, exc, place):
+        return classify(exc, place)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
@@ -87,10 +106,11 @@ class AWSCloud:
             rank_hint=int(rank) if rank is not None and rank.isdigit() else None)
 
     # -- protocol --------------------------------------------------------------------------------
-    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
         place = Place("aws", req.region, req.zone, req.instance_type)
         ec2 = self._call(place, clients.ec2, req.region)
         existing = self._call(place, self._describe, ec2, req.cluster)
+        ids = [i["InstanceId"] for i in existing]
         stopped = [i["InstanceId"] for i in existing if i["State"]["Name"] in ("stopped", "stopping")]
         if stopped:
             self._wait_states(ec2, place, req.cluster, stopped, ("stopped",))
@@ -111,9 +131,15 @@ class AWSCloud:
             for ranks in (b for b in batches if b):
                 params = self._run_params(req, image, key_name, sg, subnet, zone_name, len(ranks))
                 resp = self._call(place, ec2.run_instances, **params)
+                ids += [inst["InstanceId"] for inst in resp["Instances"]]
                 for inst, rank in zip(resp["Instances"], ranks):
                     self._call(place, ec2.create_tags, Resources=[inst["InstanceId"]],
                                Tags=[{"Key": TAG_RANK, "Value": str(rank)}])
+        return ids
+
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        place = Place("aws", req.region, req.zone, req.instance_type)
+        ec2 = self._call(place, clients.ec2, req.region)
         return self._wait_running(ec2, place, req.cluster, req.num_nodes)
 
     def _run_params(self, req, image, key_name, sg, subnet, zone_name, count) -> dict:
@@ -137,23 +163,23 @@ class AWSCloud:
         return params
 
     def _wait_running(self, ec2, place, cluster, n) -> list[InstanceInfo]:
-        deadline = time.time() + WAIT_SECONDS
+        deadline = time.time() + _wait_s()
         while True:
             insts = self._call(place, self._describe, ec2, cluster)
             infos = [self._info(i) for i in insts]
             if len(infos) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in infos):
                 return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
             if time.time() > deadline:
-                raise InvalidRequestError(f"instances of {cluster} not running after {WAIT_SECONDS:.0f}s", place)
-            time.sleep(POLL)
+                raise InvalidRequestError(f"instances of {cluster} not running after {_wait_s():.0f}s", place)
+            time.sleep(_poll())
 
     def _wait_states(self, ec2, place, cluster, ids, states) -> None:
-        deadline = time.time() + WAIT_SECONDS
+        deadline = time.time() + _wait_s()
         while time.time() < deadline:
             insts = [i for i in self._call(place, self._describe, ec2, cluster, LIVE_STATES) if i["InstanceId"] in ids]
             if all(i["State"]["Name"] in states for i in insts):
                 return
-            time.sleep(POLL)
+            time.sleep(_poll())
 
     def _ensure_key_pair(self, ec2, public_key: str | None) -> str:
         if not public_key:
@@ -246,51 +272,51 @@ class AWSCloud:
                                  code="InvalidAMIID.NotFound", hint="set `image_id` in the task's resources") from None
             raise
 
-    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
+        """Live instances; with include_gone also terminated ones (to see why they went, e.g.
+        Server.SpotInstanceTermination)."""
         place = Place("aws", region)
         ec2 = self._call(place, clients.ec2, region)
-        return [self._info(i) for i in self._call(place, self._describe, ec2, cluster)]
+        states = tuple(_STATE) if include_gone else LIVE_STATES
+        return [self._info(i) for i in self._call(place, self._describe, ec2, cluster, states)]
 
-    def query_all(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        """Including terminated instances (to see why they went: e.g. Server.SpotInstanceTermination)."""
-        place = Place("aws", region)
-        ec2 = self._call(place, clients.ec2, region)
-        return [self._info(i) for i in self._call(place, self._describe, ec2, cluster, tuple(_STATE))]
-
-    def terminate(self, cluster: str, region: str | None) -> None:
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
         place = Place("aws", region)
         ec2 = self._call(place, clients.ec2, region)
         ids = [i["InstanceId"] for i in self._call(place, self._describe, ec2, cluster,
                                                    ("pending", "running", "stopping", "stopped", "shutting-down"))]
         if ids:
             self._call(place, ec2.terminate_instances, InstanceIds=ids)
-            deadline = time.time() + WAIT_SECONDS
+            deadline = time.time() + _wait_s()
             while time.time() < deadline:
                 left = self._call(place, self._describe, ec2, cluster, ("pending", "running", "stopping", "stopped",
                                                                         "shutting-down"))
                 if not left:
                     break
-                time.sleep(POLL)
-        self._delete_sg(ec2, place, cluster)
+                time.sleep(_poll())
+        return self._delete_sg(ec2, place, cluster)
 
-    def _delete_sg(self, ec2, place, cluster) -> None:
+    def _delete_sg(self, ec2, place, cluster) -> list[str]:
         from botocore.exceptions import ClientError
 
         sg = self._call(place, self._find_sg, ec2, cluster)
         if sg is None:
-            return
+            return []
         deadline = time.time() + 120
         while True:
             try:
                 ec2.delete_security_group(GroupId=sg)
-                return
+                return []
             except ClientError as exc:
                 code = exc.response["Error"]["Code"]
                 if code == "InvalidGroup.NotFound":
-                    return
-                if code != "DependencyViolation" or time.time() > deadline:
+                    return []
+                if code == "DependencyViolation" and time.time() > deadline:
+                    return [f"security group {sg} of {cluster} is still in use after 2 min; "
+                            "`broker gc` removes it later"]
+                if code != "DependencyViolation":
                     raise classify(exc, place) or exc
-                time.sleep(POLL)
+                time.sleep(_poll())
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("aws", region)
@@ -318,14 +344,11 @@ class AWSCloud:
             raise InvalidRequestError(f"cluster {cluster} has no security group in {region}", place)
         self._call(place, self._authorize, ec2, sg, tuple(ports))
 
-    def runner(self, cluster: str, node):
-        return ssh_runner(cluster, node, default_user=SSH_USER)
-
-    def tagged_clusters(self, region: str) -> dict[str, list[str]]:
-        """Every skybroker-tagged live instance in a region: cluster → instance ids (for `broker gc`)."""
+    def list_tagged(self, region: str | None) -> list[TaggedResource]:
+        """Every skybroker-tagged live instance and security group in a region (for `broker gc`)."""
         place = Place("aws", region)
         ec2 = self._call(place, clients.ec2, region)
-        out: dict[str, list[str]] = {}
+        out: list[TaggedResource] = []
         paginator = ec2.get_paginator("describe_instances")
         filters = [{"Name": "tag-key", "Values": [TAG_CLUSTER]},
                    {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
@@ -333,5 +356,14 @@ class AWSCloud:
             for res in page["Reservations"]:
                 for inst in res["Instances"]:
                     tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                    out.setdefault(tags[TAG_CLUSTER], []).append(inst["InstanceId"])
+                    out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "instance", inst["InstanceId"]))
+        sgs = ec2.get_paginator("describe_security_groups")
+        for page in self._call(place, lambda: list(sgs.paginate(Filters=[{"Name": "tag-key", "Values": [TAG_CLUSTER]}]))):
+            for g in page["SecurityGroups"]:
+                tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
+                out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "security-group", g["GroupId"],
+                                          live=False))
         return out
+
+
+PROVIDER = AWSCloud

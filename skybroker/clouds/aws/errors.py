@@ -2,7 +2,8 @@
 message are kept for the failover report."""
 from __future__ import annotations
 
-from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError
+from ...errors import (CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError,
+                       ThrottledError)
 
 # Capacity in one availability zone: try the next zone.
 ZONE_CODES = {
@@ -13,9 +14,14 @@ ZONE_CODES = {
 # Quota or account limits for a region: skip the region.
 REGION_CODES = {
     "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded", "PendingVerification",
-    "RequestLimitExceeded", "OptInRequired", "InvalidAMIID.NotFound", "InvalidAMIID.Unavailable",
+    "OptInRequired", "InvalidAMIID.NotFound", "InvalidAMIID.Unavailable",
     "AddressLimitExceeded", "SecurityGroupLimitExceeded", "VPCLimitExceeded", "KeyPairLimitExceeded",
     "InvalidSubnetID.NotFound", "VPCIdNotSpecified",
+}
+# API rate limits: back off and retry the same place (botocore's own retries already gave up).
+THROTTLE_CODES = {
+    "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
+    "RequestThrottled", "RequestThrottledException", "SlowDown", "EC2ThrottledException",
 }
 # Credentials or permissions: the whole cloud is unusable for us.
 CLOUD_CODES = {
@@ -38,6 +44,8 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
     err = exc.response.get("Error", {})
     code = err.get("Code", "Unknown")
     msg = err.get("Message", str(exc))
+    if code in THROTTLE_CODES:
+        return ThrottledError(msg, place, code=code)
     if code in ZONE_CODES:
         return CapacityError(msg, place, code=code)
     if code in REGION_CODES:

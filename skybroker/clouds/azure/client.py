@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ... import settings
+
 _lock = threading.Lock()
 _cache: dict = {}
 
@@ -50,7 +52,7 @@ def subscription() -> str | None:
 
 
 def poll_interval() -> float:
-    return float(os.environ.get("BROKER_AZURE_POLL", "5"))
+    return settings.get("azure_poll")
 
 
 def credential():
@@ -84,7 +86,7 @@ def clients(sub: str) -> Clients:
         except ImportError:  # older azure-mgmt-resource
             from azure.mgmt.resource import ResourceManagementClient
 
-        kw: dict = {"polling_interval": poll_interval(), "retry_total": int(os.environ.get("BROKER_AZURE_RETRIES", "5"))}
+        kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
         if ep:
             kw["base_url"] = ep
         ca = os.environ.get("BROKER_AZURE_CA_BUNDLE")

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import time
 
+from ... import settings
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
-                    ProvisionRequest)
-from ..common import call_typed, ssh_runner
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
+                    InstanceInfo, ProvisionRequest, Provider, TaggedResource)
+from ..common import call_typed
 from . import client as clients
 from .errors import classify
 
@@ -30,7 +31,6 @@ VNET, SUBNET, NSG = "skybroker-vnet", "default", "skybroker-nsg"
 VNET_PREFIX, SUBNET_PREFIX = "10.0.0.0/16", "10.0.0.0/24"
 UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "latest")
 GPU_IMAGE = ("microsoft-dsvm", "ubuntu-hpc", "2204", "latest")  # Ubuntu 22.04 with NVIDIA drivers
-WAIT_SECONDS = float(os.environ.get("BROKER_AZURE_WAIT", "900"))
 _POWER = {"running": RUNNING, "starting": PENDING, "stopping": STOPPING, "deallocating": STOPPING,
           "stopped": STOPPED, "deallocated": STOPPED}
 
@@ -58,12 +58,24 @@ def _not_found(exc: BaseException) -> bool:
     return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404
 
 
-class AzureCloud:
+class AzureCloud(Provider):
     name = "azure"
-    supports_stop = True
+    catalog = "azure"
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    sdk_modules = ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", "azure.identity")
+    sdk_extra = "azure"
+    default_ssh_user = SSH_USER
 
     def __init__(self):
         self._groups_cache: tuple[float, list] | None = None
+
+    def check(self):
+        from ...check import check_azure
+
+        return check_azure()
+
+    def classify(self, exc, place):
+        return classify(exc, place)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
@@ -145,7 +157,7 @@ class AzureCloud:
             raise first
 
     # -- protocol --------------------------------------------------------------------------------
-    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
         from azure.mgmt.resource.resources.models import ResourceGroup
 
         place = Place("azure", req.region, req.zone, req.instance_type)
@@ -167,7 +179,11 @@ class AzureCloud:
         ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
         if ranks:
             self._create_nodes(c, place, req, ranks, subnet_id, nsg_id)
-        return self._wait_running(c, place, req.cluster, req.num_nodes)
+        return [vm.name for vm in live] + [_vm_name(req.cluster, r) for r in ranks]
+
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        place = Place("azure", req.region, req.zone, req.instance_type)
+        return self._wait_running(self._clients(place), place, req.cluster, req.num_nodes)
 
     def _ensure_group_location(self, c, place, req) -> list:
         """The cluster's existing VMs. A group left in another region with no VMs (an earlier failed
@@ -320,25 +336,24 @@ class AzureCloud:
         self._wait(vm_pollers, place)
 
     def _wait_running(self, c, place, cluster, n) -> list[InstanceInfo]:
-        deadline = time.time() + WAIT_SECONDS
+        wait = settings.get("azure_wait")
+        deadline = time.time() + wait
         while True:
             infos = [i for i in self._infos(c, place, cluster) if i.state != TERMINATED]
             if len(infos) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in infos):
                 return infos
             if time.time() > deadline:
-                raise InvalidRequestError(f"VMs of {cluster} not running after {WAIT_SECONDS:.0f}s", place)
+                raise InvalidRequestError(f"VMs of {cluster} not running after {wait:.0f}s", place)
             time.sleep(max(clients.poll_interval(), 0.05))
 
-    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        place = Place("azure", region)
-        c = self._clients(place)
-        return [i for i in self._infos(c, place, cluster) if i.state != TERMINATED]
-
-    def query_all(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        """Including nodes that are gone: a rank NIC with no VM is an evicted (spot) or deleted VM."""
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
+        """Live VMs; with include_gone also nodes that are gone: a rank NIC with no VM is an evicted (spot)
+        or deleted VM."""
         place = Place("azure", region)
         c = self._clients(place)
         infos = self._infos(c, place, cluster)
+        if not include_gone:
+            return [i for i in infos if i.state != TERMINATED]
         ips, _, nics = self._network_view(c, place, cluster)
         ranks = {i.rank_hint for i in infos}
         for nic in nics:
@@ -363,7 +378,7 @@ class AzureCloud:
         finally:
             self._groups_cache = None
 
-    def terminate(self, cluster: str, region: str | None) -> None:
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
         """Delete the cluster's resource group — unless it lives in another region (then it is that
         region's cluster: a failed launch elsewhere must not roll it back)."""
         place = Place("azure", region)
@@ -373,11 +388,12 @@ class AzureCloud:
             group = c.resource.resource_groups.get(rg)
         except Exception as exc:  # noqa: BLE001
             if _not_found(exc):
-                return
+                return []
             raise classify(exc, place) or exc from None
         if region and (group.location or "").lower() != region.lower():
-            return
+            return []
         self._delete_group(c, place, rg)
+        return []
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("azure", region)
@@ -408,25 +424,26 @@ class AzureCloud:
             raise classify(exc, place) or exc from None
         self._add_rules(c, place, rg, nsg, tuple(ports))
 
-    def runner(self, cluster: str, node):
-        return ssh_runner(cluster, node, default_user=SSH_USER)
-
-    def tagged_clusters(self, region: str) -> dict[str, list[str]]:
-        """Every skybroker-tagged resource group in a region: cluster → VM names (the group's name when it
-        holds no VM: its network resources are orphans too). For `broker gc`."""
+    def list_tagged(self, region: str | None) -> list[TaggedResource]:
+        """Every skybroker-tagged resource group in a region, and its VMs (a group with no VM still holds
+        network resources: an orphan too). For `broker gc`."""
         place = Place("azure", region)
         c = self._clients(place)
         now = time.time()
         if self._groups_cache is None or now - self._groups_cache[0] > 10:  # gc asks once per region
             groups = self._call(place, lambda: list(c.resource.resource_groups.list(filter=f"tagName eq '{TAG_CLUSTER}'")))
             self._groups_cache = (now, groups)
-        out: dict[str, list[str]] = {}
+        out: list[TaggedResource] = []
         for g in self._groups_cache[1]:
-            if (g.location or "").lower() != region.lower():
+            if region and (g.location or "").lower() != region.lower():
                 continue
             cluster = (g.tags or {}).get(TAG_CLUSTER)
             if not cluster:
                 continue
-            names = [vm.name for vm in self._vms(c, place, cluster)]
-            out[cluster] = names or [g.name]
+            out.append(TaggedResource(self.name, g.location, cluster, "resource-group", g.name, live=False))
+            out += [TaggedResource(self.name, g.location, cluster, "instance", vm.name)
+                    for vm in self._vms(c, place, cluster)]
         return out
+
+
+PROVIDER = AzureCloud

@@ -8,7 +8,8 @@ A CapacityError (scope "zone") therefore blocks Block(azure, region, None) — z
 """
 from __future__ import annotations
 
-from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError
+from ...errors import (CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError,
+                       ThrottledError)
 
 # No capacity for the size right now: try the next place (for us: the next region).
 CAPACITY_CODES = {
@@ -20,8 +21,11 @@ QUOTA_CODES = {
     "OperationNotAllowed",  # "... results in exceeding approved <family> Cores quota"
     "QuotaExceeded", "ResourceQuotaExceeded", "PublicIPCountLimitReached", "SpotQuotaExceeded",
     "LocationNotAvailableForResourceType", "NoRegisteredProviderFound", "LocationNotAvailableForResourceGroup",
-    "ResourceGroupQuotaExceeded", "SubscriptionRequestsThrottled", "TooManyRequests",
+    "ResourceGroupQuotaExceeded",
 }
+# ARM throttling: back off and retry the same place.
+THROTTLE_CODES = {"SubscriptionRequestsThrottled", "TooManyRequests", "ResourceRequestsThrottled",
+                  "TenantRequestsThrottled"}
 # Credentials, permissions or the subscription itself: the whole cloud is unusable for us.
 CLOUD_CODES = {
     "AuthenticationFailed", "AuthorizationFailed", "InvalidAuthenticationToken",
@@ -55,6 +59,8 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
         return None
     code = error_code(exc) or f"HTTP{exc.status_code}"
     msg = _message(exc)
+    if code in THROTTLE_CODES or exc.status_code == 429:
+        return ThrottledError(msg, place, code=code)
     if code in CAPACITY_CODES:
         return CapacityError(msg, place, code=code)
     if code in QUOTA_CODES:
@@ -62,8 +68,6 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
                           hint="request more quota in the Azure portal (Subscriptions → Usage + quotas)")
     if code in CLOUD_CODES or exc.status_code in (401, 403):
         return CredentialsError(msg, place, code=code, hint=_HINT)
-    if exc.status_code == 429:
-        return QuotaError(msg, place, code=code)
     if (exc.status_code or 0) >= 500:  # ARM/RP trouble that outlived the SDK's retries: try elsewhere
         return CapacityError(msg, place, code=code)
     return InvalidRequestError(msg, place, code=code)

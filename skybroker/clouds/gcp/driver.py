@@ -25,6 +25,7 @@ import os
 import re
 import time
 
+from ... import settings
 from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError
 from ..base import (
     PENDING,
@@ -34,10 +35,13 @@ from ..base import (
     TAG_CLUSTER,
     TAG_USER,
     TERMINATED,
+    Capabilities,
     InstanceInfo,
     ProvisionRequest,
+    Provider,
+    TaggedResource,
 )
-from ..common import call_typed, ssh_runner
+from ..common import call_typed
 from . import client as clients
 from .errors import OperationError, classify
 
@@ -60,11 +64,11 @@ _STATE = {"PROVISIONING": PENDING, "STAGING": PENDING, "PENDING": PENDING, "REPA
 
 
 def _wait_seconds() -> float:
-    return float(os.environ.get("BROKER_GCP_WAIT", "600"))
+    return settings.get("gcp_wait")
 
 
 def _poll() -> float:
-    return float(os.environ.get("BROKER_GCP_POLL", "2"))
+    return settings.get("gcp_poll")
 
 
 def _user() -> str:
@@ -122,9 +126,44 @@ def _ordered(infos: list[InstanceInfo]) -> list[InstanceInfo]:
     return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
 
 
-class GCPCloud:
+# With no cpus/memory given, an N1 host for these GPUs is sized like the matching AWS instance
+# (GUIDE §1): vCPUs ≥ table[count] (K80: 4 per GPU, any other: 8 per GPU), memory ≥ 4 GiB per vCPU.
+N1_DEFAULT_CPUS = {
+    "V100": {1: 8, 2: 16, 4: 32, 8: 64},
+    "P100": {1: 8, 2: 16, 4: 32, 8: 64},
+    "T4": {1: 4, 2: 8, 4: 48},
+}
+
+
+class GCPCloud(Provider):
     name = "gcp"
-    supports_stop = True
+    catalog = "gcp"
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    sdk_modules = ("google.cloud.compute_v1",)
+    sdk_extra = "gcp"
+    default_ssh_user = SSH_USER
+
+    def check(self):
+        from ...check import check_gcp
+
+        return check_gcp()
+
+    def classify(self, exc, place):
+        return classify(exc, place)
+
+    def default_shape(self, res, spec):
+        """GPUs attached to an N1 host: size the host like the matching AWS instance."""
+        if not res.accelerator or not spec.instance_type.startswith("n1-"):
+            return None
+        from ...resources import DEFAULT_MEMORY_PER_CPU, Amount
+
+        n = int(res.accelerator_count)
+        table = N1_DEFAULT_CPUS.get(res.accelerator.upper()) or {}
+        need = table.get(n, (4 if res.accelerator.upper() == "K80" else 8) * n)
+        return Amount(float(need), at_least=True), Amount(DEFAULT_MEMORY_PER_CPU, per_cpu=True)
+
+    def regions(self) -> list:
+        return [None] + super().regions()  # None: the project's global resources (firewall rules)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _call(self, place: Place, fn, *args, **kw):
@@ -228,7 +267,7 @@ class GCPCloud:
             time.sleep(_poll())
 
     # -- provision -------------------------------------------------------------------------------
-    def provision(self, req: ProvisionRequest) -> list[InstanceInfo]:
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
         project = self._call(place, clients.project)
         live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
@@ -260,6 +299,12 @@ class GCPCloud:
                     self._wait_all(project, place, ops)
                     raise (classify(exc, place) or exc) from None
             self._wait_all(project, place, ops)
+            return [i.name for i in live] + [instance_name(req.cluster, r) for r in ranks]
+        return [i.name for i in live]
+
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        place = Place("gcp", req.region, req.zone, req.instance_type)
+        project = self._call(place, clients.project)
         return self._wait_running(project, place, req.cluster, req.region, req.num_nodes)
 
     def _resume(self, project, place, stopped) -> None:
@@ -356,20 +401,16 @@ class GCPCloud:
                 pass
 
     # -- the rest of the protocol ------------------------------------------------------------------
-    def query(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        place = Place("gcp", region)
-        project = self._call(place, clients.project)
-        infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
-        return _ordered([i for i in infos if i.state != TERMINATED])
-
-    def query_all(self, cluster: str, region: str | None) -> list[InstanceInfo]:
-        """Also the instances that are gone because GCE preempted them (state_reason
-        `compute.instances.preempted`, from the system operation GCE records for each preemption)."""
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
+        """Live instances; with include_gone also the instances that are gone because GCE preempted them
+        (state_reason `compute.instances.preempted`, from the system operation GCE records for each)."""
         from google.cloud import compute_v1
 
         place = Place("gcp", region)
         project = self._call(place, clients.project)
         infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
+        if not include_gone:
+            return _ordered([i for i in infos if i.state != TERMINATED])
         seen = {i.instance_id for i in infos}
         prefix = instance_name(cluster, 0)[:-1]
         req = compute_v1.AggregatedListGlobalOperationsRequest(project=project, filter=f'operationType="{PREEMPTED_OP}"')
@@ -385,14 +426,17 @@ class GCPCloud:
                                               state_reason=PREEMPTED_OP, rank_hint=int(name[len(prefix):])))
         return _ordered(infos)
 
-    def terminate(self, cluster: str, region: str | None) -> None:
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
         place = Place("gcp", region)
         project = self._call(place, clients.project)
         insts = [i for i in self._call(place, self._list, project, cluster, region) if i.status != "DEPROVISIONING"]
         self._each(project, place, insts, "delete")
         if insts:
             self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
+        if region is not None and self._call(place, self._list, project, cluster, None):
+            return []  # the cluster still has instances in another region: its firewall rules stay
         self._call(place, self._delete_firewalls, project, cluster)
+        return []
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("gcp", region)
@@ -418,18 +462,24 @@ class GCPCloud:
         project = self._call(place, clients.project)
         self._call(place, self._ensure_firewalls, project, cluster, tuple(ports))
 
-    def runner(self, cluster: str, node):
-        return ssh_runner(cluster, node, default_user=SSH_USER)
-
-    def tagged_clusters(self, region: str) -> dict[str, list[str]]:
-        """Every skybroker-labelled instance in a region: cluster → instance names (for `broker gc`)."""
+    def list_tagged(self, region: str | None) -> list[TaggedResource]:
+        """Every skybroker-labelled instance in a region; with region None, the project's skybroker
+        firewall rules (global resources; their description names the cluster). For `broker gc`."""
         place = Place("gcp", region)
         project = self._call(place, clients.project)
-        out: dict[str, list[str]] = {}
-        for inst in self._call(place, self._list, project, None, region):
-            if _state(inst) != TERMINATED:
-                out.setdefault(inst.labels[TAG_CLUSTER], []).append(inst.name)
-        return out
+        if region is None:
+            out = []
+            for fw in self._call(place, lambda: list(clients.firewalls().list(project=project))):
+                desc = fw.description or ""
+                if fw.name.startswith("skybroker-") and desc.startswith("skybroker cluster "):
+                    cluster = desc[len("skybroker cluster "):].split(":")[0].strip()
+                    out.append(TaggedResource(self.name, None, cluster, "firewall", fw.name, live=False))
+            return out
+        return [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name)
+                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
+
+
+PROVIDER = GCPCloud
 
 
 def _public_key() -> str:

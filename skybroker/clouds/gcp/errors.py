@@ -10,7 +10,8 @@ arrive synchronously as HTTP 403/429 with reason `quotaExceeded`/`rateLimitExcee
 """
 from __future__ import annotations
 
-from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError, Scope
+from ...errors import (CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError, QuotaError, Scope,
+                       ThrottledError)
 
 
 class GlobalQuotaError(QuotaError):
@@ -104,13 +105,13 @@ def classify_operation(op, place: Place) -> ProvisionError:
                     metric, limit, dims = d.quota_info.metric_name, d.quota_info.limit_name, dict(d.quota_info.dimensions)
             return _quota(message, place, e.code, metric, limit, dims)
         if e.code in RATE_CODES:
-            return QuotaError(message, place, code=e.code)
+            return ThrottledError(message, place, code=e.code)
     code = errs[0].code if errs else None
     status = op.http_error_status_code or 0
     if status in (401, 403) or (code in CLOUD_CODES):
         return CredentialsError(message, place, code=code or str(status), hint=HINT_CREDS)
     if status == 429:
-        return QuotaError(message, place, code=code or "429")
+        return ThrottledError(message, place, code=code or "429")
     if status >= 500:
         return CapacityError(message, place, code=code or str(status))
     return InvalidRequestError(message, place, code=code or (str(status) if status else None))
@@ -166,7 +167,7 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
     if any(r in QUOTA_CODES for r in reasons):
         return _quota(message, place, "quotaExceeded", metric, limit, dims)
     if status == 429 or any(r in RATE_CODES for r in reasons):
-        return QuotaError(message, place, code=code, hint="GCE is rate-limiting this project; retry shortly")
+        return ThrottledError(message, place, code=code, hint="GCE is rate-limiting this project; retry shortly")
     if any(r in ZONE_CODES for r in reasons):
         return CapacityError(message, place, code=code)
     if status in (401, 403) or any(r in CLOUD_CODES for r in reasons):

@@ -1,0 +1,441 @@
+"""The cluster lifecycle: ONE state machine, used by `broker launch` and by the managed-jobs controller.
+
+    preflight → provision → ready → agent → sync → prepare → submit → running
+
+  preflight  before anything is created: the task's local sources exist, rsync is there for remote
+             nodes; a failure creates nothing
+  provision  failover across places (provision.py); each failed attempt is rolled back there
+  ready      every node accepts commands (SSH up); a node whose instance vanishes meanwhile is LOST
+  agent      the node agent installed on every node
+  sync       workdir and file mounts on every node
+  prepare    the driver's own step (managed jobs restore the checkpoint here)
+  submit     the job on every node, two-phase and idempotent by submit token (backend.py)
+
+Every failure is a BringUpError naming its stage and what it means (`Failure`): LOST (the cloud took
+the instances), UNREACHABLE (alive to the cloud, not to us), REFUSED (no place would take us), USER (bad
+input), INTERRUPTED (Ctrl-C / SIGTERM / SIGHUP), ERROR (anything else). `teardown_policy` decides in one
+place what happens to the cluster: a cluster this bring-up created is terminated unless the caller asked
+to keep it (`broker launch --keep-on-failure`); a cluster that existed before (reused) stays up; the
+error says which. A managed job's controller gets the same error and feeds it to its pure recovery
+decision (LOST/UNREACHABLE during bring-up are a preemption: it relaunches).
+
+Fault injection for tests: failpoints.py (a pause, an error or a hard exit at the start or end of a stage).
+"""
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import state
+from .errors import BrokerError, Interrupted, NoFeasibleError, SpecError
+from .failpoints import failpoint
+from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
+
+Event = Callable[[str, str], None]
+
+
+class Stage(str, enum.Enum):
+    PREFLIGHT = "preflight"
+    PROVISION = "provision"
+    READY = "ready"
+    AGENT = "agent"
+    SYNC = "sync"
+    PREPARE = "prepare"
+    SUBMIT = "submit"
+    RUNNING = "running"
+
+
+_DOING = {Stage.PREFLIGHT: "checking the task", Stage.PROVISION: "provisioning",
+          Stage.READY: "waiting for the nodes to accept commands", Stage.AGENT: "installing the node agent",
+          Stage.SYNC: "syncing the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
+          Stage.SUBMIT: "submitting the job", Stage.RUNNING: "running"}
+
+
+class Failure(str, enum.Enum):
+    LOST = "lost"
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"
+    USER = "user"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"
+
+
+class BringUpError(BrokerError):
+    """A bring-up failed at `stage`; `failure` says what it means, `torn_down` what became of the cluster."""
+
+    def __init__(self, cluster: str, stage: Stage, failure: Failure, cause: BaseException, note: str):
+        self.cluster, self.stage, self.failure, self.cause, self.note = cluster, stage, failure, cause, note
+        self.why = why = "interrupted" if isinstance(cause, KeyboardInterrupt) else (
+            getattr(cause, "message", None) or str(cause) or type(cause).__name__)
+        hint = getattr(cause, "hint", None)
+        super().__init__(f"launch of {cluster} failed while {_DOING[stage]}: {why}\n{note}", hint)
+        if failure == Failure.INTERRUPTED:
+            self.exit_code = 130
+        elif isinstance(cause, BrokerError):
+            self.exit_code = cause.exit_code
+        self.torn_down = None
+
+
+@dataclass(frozen=True)
+class Teardown:
+    terminate: bool
+    note: str
+
+
+def teardown_policy(cluster: str, created: bool, keep: bool, owner: str | None) -> Teardown:
+    """What to do with a cluster whose bring-up failed (the one place this is decided)."""
+    if not created:
+        return Teardown(False, f"cluster {cluster} existed before this launch and stays up; "
+                               f"`broker down {cluster}` removes it")
+    if owner:
+        return Teardown(True, f"cluster {cluster} was terminated; the managed job decides what happens next")
+    if keep:
+        return Teardown(False, f"cluster {cluster} was kept as asked (--keep-on-failure); "
+                               f"`broker down {cluster}` removes it")
+    return Teardown(True, f"cluster {cluster} was terminated, nothing is left running "
+                          "(--keep-on-failure keeps a failed cluster for debugging)")
+
+
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class BringUp:
+    """What one bring-up needs. `plan_fn(blocks)` plans a new cluster; `prepare(rt)` is the driver's own
+    step before submit, returning environment per node rank; `token` makes submission idempotent."""
+
+    task: object
+    cluster: str
+    plan_fn: Callable | None = None
+    owner: str | None = None
+    keep_on_failure: bool = False
+    retry_until_up: bool = False
+    task_id: str | None = None
+    extra_env: dict = field(default_factory=dict)
+    prepare: Callable | None = None
+    token: str | None = None
+    on_event: Event = lambda k, m: None
+
+
+@dataclass
+class Running:
+    cluster: str
+    job_id: int
+    attempts: list
+    reused: bool
+    adopted: bool = False  # the submit token had already started the job: nothing was submitted again
+    runtime: object = None
+
+
+def preflight(task) -> None:
+    """What can be checked before anything is created or the user is asked to confirm."""
+    buckets = [m for m in task.file_mounts if m.is_bucket]
+    if buckets:
+        raise SpecError(f"bucket {buckets[0].source} is not supported yet",
+                        "mount a local path instead, or copy the data in `setup`", source=task.source,
+                        field=f"file_mounts.{buckets[0].remote}")
+    if task.workdir and not os.path.isdir(task.workdir):
+        raise SpecError(f"workdir {task.workdir} is not a directory", "fix the path (relative to where you run "
+                        "broker) or drop `workdir`", source=task.source, field="workdir")
+    for m in task.file_mounts:
+        if not os.path.exists(m.source):
+            raise SpecError(f"source {m.source} does not exist", "fix the local path of the mount",
+                            source=task.source, field=f"file_mounts.{m.remote}")
+        if not os.access(m.source, os.R_OK):
+            raise SpecError(f"source {m.source} is not readable", None, source=task.source,
+                            field=f"file_mounts.{m.remote}")
+    if task.workdir or task.file_mounts:
+        from .runtime.sync import require_rsync
+
+        require_rsync()
+
+
+def bring_up(b: BringUp) -> Running:
+    """Provision (or reuse) the cluster and start the task on it, holding the cluster's lock."""
+    from .locks import cluster_lock
+
+    preflight(b.task)
+    with cluster_lock(b.cluster, on_wait=lambda m: b.on_event("wait", m)):
+        return _bring_up_locked(b)
+
+
+def _bring_up_locked(b: BringUp) -> Running:
+    from .backend import ClusterRuntime
+
+    name, task = b.cluster, b.task
+    rec = state.get_cluster(name)
+    if rec is not None and rec.status in (INIT, INTERRUPTED):
+        b.on_event("cleanup", f"cluster {name} was left half-made by an interrupted launch: removing it first")
+        terminate(rec, b.on_event)
+        rec = None
+    created, attempts = False, []
+    stage = Stage.PROVISION
+    rt = None
+    try:
+        if rec is not None and rec.status == STOPPED:
+            b.on_event("start", f"starting stopped cluster {name}")
+            rec = start_locked(rec, b.on_event)
+        if rec is not None and rec.status == UP:
+            if task.num_nodes > rec.num_nodes:
+                from .errors import UsageError
+
+                raise UsageError(f"cluster {name} has {rec.num_nodes} node(s); the task needs {task.num_nodes}",
+                                 f"use another cluster name or `broker down {name}` first")
+            b.on_event("reuse", f"reusing cluster {name} ({rec.infra}, {rec.num_nodes} node(s))")
+        else:
+            created = True
+            rec, attempts, resources = _provision(b)
+            rt = ClusterRuntime(rec)
+            stage = Stage.READY
+            failpoint("ready")
+            b.on_event("wait", f"waiting for {len(rec.nodes)} node(s) to accept commands")
+            rt.wait_ready()
+            stage = Stage.AGENT
+            failpoint("agent")
+            b.on_event("agent", "installing the node agent")
+            rt.install_agent()
+            failpoint("after-agent")
+            rec.status = UP
+            state.save_cluster(rec)
+            state.close_intents(name, state="adopted")
+            state.add_event(name, "up", f"up on {rec.infra}")
+            if resources.autostop:
+                state.set_autostop(name, resources.autostop.idle_minutes, resources.autostop.down)
+                from . import autostop
+
+                autostop.ensure_watcher()
+        rt = rt or ClusterRuntime(rec)
+        if b.token and not created:
+            stage = Stage.SUBMIT
+            job_id = rt.find_token(b.token)
+            if job_id is not None:
+                b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {name}: not submitting again")
+                return Running(name, job_id, attempts, True, adopted=True, runtime=rt)
+        stage = Stage.SYNC
+        failpoint("sync")
+        if task.workdir or task.file_mounts:
+            b.on_event("sync", "syncing workdir and file mounts to every node")
+            rt.sync(task)
+        stage = Stage.PREPARE
+        failpoint("prepare")
+        by_rank = b.prepare(rt) if b.prepare is not None else None
+        stage = Stage.SUBMIT
+        failpoint("submit")
+        job_id = _submit(rt, rec, task, not created, b, by_rank)
+        failpoint("after-submit")
+        return Running(name, job_id, attempts, not created, runtime=rt)
+    except BaseException as exc:
+        if rt is not None:
+            rt.close()
+        if isinstance(exc, BringUpError):
+            raise
+        raise _fail(b, rec, stage, created, exc) from (None if isinstance(exc, KeyboardInterrupt) else exc)
+
+
+def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
+    from . import provision
+
+    if b.plan_fn is None:
+        raise BrokerError("no plan given for a new cluster")
+    public_key = None
+    if _needs_key(b.task):
+        from .paths import broker_home
+        from .runtime.keys import ensure_user_key
+
+        _, public_key = ensure_user_key(broker_home())
+    rec = ClusterRecord(name=b.cluster, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
+                        use_spot=False, num_nodes=b.task.num_nodes, hourly_price=0.0, status=INIT,
+                        launched_at=time.time(), owner=b.owner)
+
+    def on_place(cand):  # the row says where the cluster is going before anything is created there
+        rec.cloud, rec.region, rec.zone = cand.cloud, cand.region, cand.zone
+        rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot
+        rec.hourly_price, rec.resources = cand.total, cand.resources.describe()
+        state.save_cluster(rec)
+        failpoint("provision")
+
+    state.add_event(b.cluster, "launch", "provisioning")
+    cand, infos, attempts = provision.provision(b.cluster, b.plan_fn, public_key=public_key, on_event=b.on_event,
+                                                retry_until_up=b.retry_until_up, on_place=on_place)
+    ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+    rec.nodes = [NodeRecord(i.instance_id, rank, i.public_ip or i.private_ip or "", i.private_ip, i.ssh_user,
+                            i.ssh_port, i.home, i.identity_file) for rank, i in enumerate(ordered)]
+    rec.num_nodes = len(rec.nodes)
+    rec.zone = cand.zone or ordered[0].zone
+    state.save_cluster(rec)
+    failpoint("after-provision")
+    return rec, attempts, cand.resources
+
+
+def _needs_key(task) -> bool:
+    from .clouds import registry
+
+    for r in task.candidates:
+        if r.cloud is None or not registry.known(r.cloud) or registry.get(r.cloud, sdk=False).capabilities.remote:
+            return True
+    return False
+
+
+def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
+    from .backend import setup_fingerprint
+
+    run_setup = True
+    if reused and task.setup and rec.setup_key == setup_fingerprint(task):
+        run_setup = False
+        b.on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
+    job_id = rt.submit(task, job_name=task.name, task_id=b.task_id, run_setup=run_setup, extra_env=b.extra_env,
+                       env_by_rank=by_rank, token=b.token)
+    if task.setup and run_setup:
+        rec.setup_key = setup_fingerprint(task)
+        state.save_cluster(rec)
+    b.on_event("submitted", f"job {job_id} submitted to {rec.name}")
+    return job_id
+
+
+def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> BringUpError:
+    from .backend import SubmitFailed
+    from .provision import ProvisionExhausted
+
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SubmitFailed) and isinstance(exc.cause, KeyboardInterrupt)):
+        failure = Failure.INTERRUPTED
+    elif isinstance(exc, (ProvisionExhausted, NoFeasibleError)):
+        failure = Failure.REFUSED
+    elif isinstance(exc, SpecError) or getattr(exc, "exit_code", None) == 2:
+        failure = Failure.USER
+    else:
+        failure = _lost_or_unreachable(rec, exc)
+    if stage == Stage.PROVISION:  # every attempt was rolled back by the provisioner
+        if created:
+            _drop_if_empty(b.cluster)
+        note = f"nothing of cluster {b.cluster} is left running" if created else \
+            f"cluster {b.cluster} existed before this launch and stays up"
+        err = BringUpError(b.cluster, stage, failure, exc, note)
+        err.torn_down = created
+        return err
+    policy = teardown_policy(b.cluster, created, b.keep_on_failure, b.owner)
+    note = policy.note
+    if policy.terminate and rec is not None:
+        b.on_event("cleanup", f"{_DOING[stage]} failed: terminating {b.cluster} so nothing is left running")
+        try:
+            terminate(rec, b.on_event)
+        except BaseException as texc:  # noqa: BLE001 - report both
+            note = (f"terminating cluster {b.cluster} failed too ({getattr(texc, 'message', texc)}); "
+                    f"`broker down {b.cluster}` or `broker gc` removes it")
+    elif created and rec is not None:
+        rec.status = UP if stage not in (Stage.READY, Stage.AGENT) else INTERRUPTED
+        state.save_cluster(rec)
+        state.close_intents(b.cluster, state="adopted")
+    err = BringUpError(b.cluster, stage, failure, exc, note)
+    err.torn_down = policy.terminate
+    return err
+
+
+def _lost_or_unreachable(rec, exc) -> Failure:
+    from .backend import NodeLost, SubmitFailed
+    from .runtime.runner import HostKeyMismatch, NodeUnreachable
+
+    cause = exc.cause if isinstance(exc, SubmitFailed) else exc
+    if isinstance(cause, HostKeyMismatch):
+        return Failure.ERROR
+    if isinstance(cause, NodeLost):
+        return Failure.LOST
+    if isinstance(cause, (NodeUnreachable, OSError)) or getattr(cause, "unreachable", False):
+        if rec is not None and rec.nodes:
+            from .backend import ClusterRuntime
+
+            try:
+                if ClusterRuntime(rec).lost_nodes():
+                    return Failure.LOST
+            except BrokerError:
+                pass
+        return Failure.UNREACHABLE
+    if rec is not None and rec.nodes:
+        from .backend import ClusterRuntime
+
+        try:
+            if ClusterRuntime(rec).lost_nodes():
+                return Failure.LOST
+        except BrokerError:
+            pass
+    return Failure.ERROR
+
+
+def _drop_if_empty(name: str) -> None:
+    """The INIT row of a launch that created nothing (or rolled everything back) goes; with an open
+    intent left (a rollback failed) it stays, and is reconciled later."""
+    cur = state.get_cluster(name)
+    if cur is not None and cur.status == INIT and not state.open_intents(name):
+        state.delete_cluster(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# teardown and start: the same code for `down`, failed bring-ups, the controller and autostop
+
+def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[str]:
+    """Terminate a cluster everywhere it may have resources (its place and any open intent's), then
+    forget it. Returns the warnings (also sent to on_event)."""
+    from . import intents
+    from .clouds import registry
+
+    warnings: list[str] = []
+    for cloud, region in intents.places(rec.name) or [(rec.cloud, rec.region)]:
+        if not cloud:
+            continue
+        for w in registry.get(cloud).terminate(rec.name, region) or ():
+            warnings.append(w)
+            on_event("warning", w)
+    _forget_host_keys(rec)
+    state.close_intents(rec.name)
+    state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
+    state.delete_cluster(rec.name)
+    return warnings
+
+
+def _forget_host_keys(rec: ClusterRecord) -> None:
+    from .clouds import registry
+
+    if not rec.cloud or not registry.known(rec.cloud) or not registry.get(rec.cloud, sdk=False).capabilities.remote:
+        return
+    from .clouds.common import host_keys
+
+    store = host_keys()
+    for n in rec.nodes:
+        try:
+            store.forget(n.instance_id)
+        except BrokerError:
+            pass
+
+
+def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> ClusterRecord:
+    from .backend import ClusterRuntime
+    from .clouds import registry
+
+    infos = registry.get(rec.cloud).start(rec.name, rec.region)
+    by_id = {i.instance_id: i for i in infos}
+    for n in rec.nodes:  # IPs may change across a stop/start
+        i = by_id.get(n.instance_id)
+        if i is not None:
+            n.ip = i.public_ip or i.private_ip or n.ip
+            n.private_ip = i.private_ip or n.private_ip
+    rt = ClusterRuntime(rec)
+    try:
+        rt.wait_ready()
+        rt.install_agent()
+    finally:
+        rt.close()
+    rec.status = UP
+    state.save_cluster(rec)
+    state.add_event(rec.name, "start", "started")
+    if rec.autostop_minutes is not None:  # as SkyPilot: a restarted cluster starts without autostop
+        state.set_autostop(rec.name, None, False)
+        rec.autostop_minutes, rec.autostop_down = None, False
+        state.add_event(rec.name, "autostop", "cleared by start; set it again with `broker autostop`")
+    return rec
+
+
+def interrupted_message(err: BringUpError) -> Interrupted:
+    """The CLI's message for a bring-up stopped by Ctrl-C / SIGTERM."""
+    detail = f" ({err.why})" if err.why != "interrupted" else ""
+    return Interrupted(f"launch interrupted while {_DOING[err.stage]}{detail}; {err.note}")

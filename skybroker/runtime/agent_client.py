@@ -1,0 +1,116 @@
+"""The one client of the node agent's protocol (runtime/agent.py). Nothing else spells its commands.
+
+Every call is one command over the node's runner (`<python> ~/.skybroker-node/agent.py <cmd>`); answers are
+one JSON document. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
+never drifts on output that is not UTF-8.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from typing import Callable, Iterable
+
+from ..errors import BrokerError, NotFoundError
+from . import agent as agent_mod
+
+NODE_DIR = "~/" + agent_mod.NODE_DIR
+AGENT_PATH = NODE_DIR + "/agent.py"
+
+
+class AgentError(BrokerError):
+    """The agent on a node answered with an error."""
+
+
+class AgentClient:
+    def __init__(self, runner, python: str = "python3 -S", label: str = ""):
+        self.runner = runner
+        self.python = python
+        self.label = label or getattr(runner, "node_id", "node")
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _cmd(self, *args) -> str:
+        return f"{self.python} {AGENT_PATH} " + " ".join(shlex.quote(str(a)) for a in args)
+
+    def _call(self, *args, stdin: bytes | None = None, timeout: float = 60.0, missing_ok: bool = False) -> dict:
+        res = self.runner.run(self._cmd(*args), stdin=stdin, timeout=timeout)
+        out: dict = {}
+        text = res.stdout.strip()
+        if text:
+            try:
+                out = json.loads(text.splitlines()[-1])
+            except ValueError:
+                out = {}
+        if res.exit_code == 3 and missing_ok:
+            return {}
+        if res.exit_code != 0:
+            msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
+            if res.exit_code == 3:
+                raise NotFoundError(f"{self.label}: {msg}")
+            raise AgentError(f"node agent on {self.label}: {msg}")
+        return out
+
+    # -- commands ----------------------------------------------------------------------------------
+    def install(self) -> None:
+        self.runner.put_file(agent_mod.source(), AGENT_PATH, 0o755)
+
+    def version(self) -> str:
+        return self._call("version")["version"]
+
+    def next_id(self, token: str | None = None) -> tuple[int, bool]:
+        """(job id, whether the token already had one)."""
+        out = self._call("next-id", *(("--token", token) if token else ()))
+        return int(out["job_id"]), bool(out.get("existing"))
+
+    def submit(self, payload: dict) -> dict:
+        return self._call("submit", stdin=json.dumps(payload).encode())
+
+    def release(self, job_id: int) -> dict:
+        return self._call("release", int(job_id))
+
+    def status(self, job_id: int | None = None, token: str | None = None, timeout: float = 30.0) -> list[dict]:
+        args = ["status"]
+        if job_id is not None:
+            args += ["--job", int(job_id)]
+        elif token is not None:
+            args += ["--token", token]
+        return self._call(*args, timeout=timeout)["jobs"]
+
+    def read_log(self, job_id: int, offset: int = 0, wait_seconds: float = 0, timeout: float = 30.0
+                 ) -> tuple[bytes, int, str | None]:
+        """(bytes from `offset` (at most 1 MiB), the next offset, the job's status); b"" for an unknown job."""
+        out = self._call("logs", int(job_id), "--offset", int(offset), "--b64", "--wait-seconds", wait_seconds,
+                         timeout=timeout + wait_seconds, missing_ok=True)
+        if not out:
+            return b"", offset, None
+        return base64.b64decode(out["data"]), int(out["next"]), out.get("status")
+
+    def follow_log(self, job_id: int, on_line: Callable[[str], None], follow: bool = True) -> bool:
+        """Stream a job's log lines (until it ends, with follow). False if the node has no such job."""
+        args = ["logs", int(job_id)] + (["--follow"] if follow else [])
+        res = self.runner.run(self._cmd(*args), stream=on_line)
+        return res.exit_code != 3
+
+    def cancel(self, job_ids: Iterable[int] | None = None, timeout: float = 60.0) -> list[int]:
+        args = ["cancel", "--all"] if job_ids is None else ["cancel", *(int(j) for j in job_ids)]
+        return list(self._call(*args, timeout=timeout).get("cancelled", []))
+
+    def idle_seconds(self) -> float:
+        return float(self._call("idle-seconds")["idle_seconds"])
+
+    def claim(self, paths: Iterable[str]) -> list[str]:
+        paths = list(paths)
+        return self._call("claim", *paths).get("claimed", []) if paths else []
+
+    def cleanup(self, timeout: float = 120.0) -> list[str]:
+        """Cancel everything and remove what the broker created on the node. No agent: nothing to do."""
+        cmd = (f"if [ -f {AGENT_PATH} ]; then {self._cmd('cleanup')}; "
+               f"else echo '{{\"removed\": []}}'; fi")
+        res = self.runner.run(cmd, timeout=timeout)
+        if res.exit_code != 0:
+            msg = res.stderr.strip()[-300:] or res.stdout.strip()[-300:] or f"exit code {res.exit_code}"
+            raise AgentError(f"cleanup on {self.label} failed: {msg}")
+        try:
+            return json.loads(res.stdout.strip().splitlines()[-1]).get("removed", [])
+        except (ValueError, IndexError):
+            return []

@@ -1,0 +1,113 @@
+"""Every tunable of skybroker in one place: name, environment variable, type, default, meaning.
+
+Settings are read here and nowhere else (`settings.get("wait_ready")`), at the moment they are used, so a
+process that changes its environment (the tests, the managed-jobs controller) sees the new value. A bad
+value is a clear error naming the variable, never a traceback. `broker settings` (README "Settings")
+prints the table below with the values in effect.
+
+Cloud endpoint overrides (`AWS_ENDPOINT_URL_EC2`, `BROKER_GCP_ENDPOINT`, `BROKER_AZURE_ENDPOINT`, ...) are
+read by each cloud's client factory, the same way its SDK reads them; they are listed here for the
+documentation only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    type: type
+    default: object
+    doc: str
+
+
+_S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    # -- where things live
+    _S("home", "BROKER_HOME", str, "~/.broker", "state database, keys, logs, locks (0700)"),
+    _S("catalog_dir", "BROKER_CATALOG_DIR", str, "", "price catalogs to plan with (default: the bundled ones)"),
+    _S("spot_traces", "BROKER_SPOT_TRACES", str, "", "spot traces for `broker simulate` (default: ../shared/spot-traces)"),
+    _S("debug", "BROKER_DEBUG", bool, False, "show a traceback with every error (same as --debug)"),
+    # -- bring-up
+    _S("wait_ready", "BROKER_WAIT_READY", float, 600.0, "seconds to wait for every node to accept commands"),
+    _S("ssh_connect_timeout", "BROKER_SSH_CONNECT_TIMEOUT", float, 10.0, "seconds for one SSH connect attempt"),
+    _S("throttle_retries", "BROKER_THROTTLE_RETRIES", int, 5,
+       "retries of the same place after the cloud throttles us (RequestLimitExceeded, HTTP 429), with backoff"),
+    _S("throttle_backoff", "BROKER_THROTTLE_BACKOFF", float, 2.0, "first backoff after throttling, seconds (doubles)"),
+    _S("held_job_timeout", "BROKER_HELD_JOB_TIMEOUT", float, 600.0,
+       "a gang job submitted to some nodes but never released is cancelled by the node agent after this"),
+    _S("failpoints", "BROKER_FAILPOINTS", str, "",
+       "fault injection for tests: `point=sleep(S)`, `point=raise` or `point=exit`, comma separated (failpoints.py)"),
+    # -- managed jobs
+    _S("jobs_poll", "BROKER_JOBS_POLL", float, 2.0, "seconds between two looks at a running managed job"),
+    _S("checkpoint_interval", "BROKER_CHECKPOINT_INTERVAL", float, 30.0,
+       "seconds between two checkpoint copies from a managed job's head node"),
+    _S("controller_exit_grace", "BROKER_CONTROLLER_EXIT_GRACE", float, 10.0,
+       "seconds the controller lingers with no active job before it exits"),
+    _S("controller_workers", "BROKER_CONTROLLER_WORKERS", int, 8, "controller threads stepping jobs"),
+    _S("controller_ssh_timeout", "BROKER_CONTROLLER_SSH_TIMEOUT", float, 4.0,
+       "SSH connect timeout the controller uses for liveness polls (a dead node is noticed faster)"),
+    # -- autostop
+    _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0, "seconds between two idleness checks of the watcher"),
+    # -- clouds
+    _S("aws_wait", "BROKER_AWS_WAIT", float, 600.0, "seconds to wait for EC2 instances to run or terminate"),
+    _S("aws_poll", "BROKER_AWS_POLL", float, 2.0, "seconds between two EC2 describe calls while waiting"),
+    _S("aws_max_attempts", "BROKER_AWS_MAX_ATTEMPTS", int, 5, "botocore retry attempts (standard mode)"),
+    _S("gcp_wait", "BROKER_GCP_WAIT", float, 600.0, "seconds to wait for GCE operations"),
+    _S("gcp_poll", "BROKER_GCP_POLL", float, 2.0, "seconds between two GCE polls"),
+    _S("azure_wait", "BROKER_AZURE_WAIT", float, 900.0, "seconds to wait for Azure VMs"),
+    _S("azure_poll", "BROKER_AZURE_POLL", float, 5.0, "Azure long-running-operation polling interval"),
+    _S("azure_retries", "BROKER_AZURE_RETRIES", int, 5, "Azure SDK retries"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def setting(name: str) -> Setting:
+    return _BY_NAME[name]
+
+
+def get(name: str):
+    """The value in effect for a setting (environment, else the default)."""
+    s = _BY_NAME[name]
+    raw = os.environ.get(s.env)
+    if raw is None or (raw == "" and s.type is not str):
+        return s.default
+    return _parse(s, raw)
+
+
+def _parse(s: Setting, raw: str):
+    from .errors import UsageError
+
+    if s.type is bool:
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UsageError(f"{s.env}={raw!r} is not a boolean", "use 1/0, true/false, yes/no")
+    if s.type in (int, float):
+        try:
+            v = s.type(raw)
+        except ValueError:
+            raise UsageError(f"{s.env}={raw!r} is not a{'n integer' if s.type is int else ' number'}",
+                             f"{s.doc}; default {s.default}") from None
+        if v < 0 or v != v:
+            raise UsageError(f"{s.env}={raw!r} must be >= 0", f"{s.doc}; default {s.default}")
+        return v
+    return raw
+
+
+def table() -> list[tuple[str, str, str, str]]:
+    """(environment variable, value in effect, default, meaning) for every setting."""
+    out = []
+    for s in SETTINGS:
+        try:
+            value = get(s.name)
+        except Exception as exc:  # noqa: BLE001 - shown, not raised
+            value = f"invalid: {exc}"
+        out.append((s.env, str(value), str(s.default), s.doc))
+    return out
