@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import settings
 from .errors import BrokerError, NotFoundError
+from .failpoints import failpoint
 from .runtime import agent as agent_mod
 from .runtime.agent_client import NODE_DIR, AgentClient
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
@@ -60,6 +61,9 @@ class JobStatus:
 def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) -> JobStatus:
     """One status for a job from every node's: a gang fails if any node fails."""
     meta = meta or {}
+    known = [n for n in per_node if n.status != "UNKNOWN"]
+    if known and all(n.status in TERMINAL for n in known):
+        per_node = known  # a node that never had the job (its submit failed, it was cancelled) is no reason to wait
     statuses = [n.status for n in per_node]
     failing = sorted((n for n in per_node if n.status in ("FAILED", "FAILED_SETUP", "UNREACHABLE")),
                      key=lambda n: n.rank)
@@ -256,6 +260,7 @@ class ClusterRuntime:
                                                 **((env_by_rank or {}).get(node.rank) or {})},
                        "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
                        "token": token, "held_seconds": held}
+            failpoint(f"submit-node-{node.rank}")
             self.agent(node).submit(payload)
             delivered.add(node.rank)
 

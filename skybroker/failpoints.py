@@ -2,8 +2,9 @@
 fails or kills the process (like SIGKILL: no cleanup at all) when execution reaches a named point, so a
 test can deliver a real signal or a real preemption while a stage is genuinely in progress. The points
 are the lifecycle's stages (`ready`, `agent`, `sync`, `prepare`, `submit`: at the start of the stage;
-`after-<stage>`: just after it), `provision` (a place was chosen, nothing created there yet) and
-`provision-wait` (instances created and recorded in the intents ledger, not yet running). Unset (the
+`after-<stage>`: just after it), `provision` (a place was chosen and its intent recorded, nothing created there yet),
+`provision-wait` (instances created and recorded in the intents ledger, not yet running) and
+`submit-node-<rank>` (just before one node receives the job). Unset (the
 default), a failpoint costs one environment lookup (settings.py).
 """
 from __future__ import annotations

@@ -189,12 +189,12 @@ def _bring_up_locked(b: BringUp) -> Running:
             rec, attempts, resources = _provision(b)
             rt = ClusterRuntime(rec)
             stage = Stage.READY
-            failpoint("ready")
             b.on_event("wait", f"waiting for {len(rec.nodes)} node(s) to accept commands")
+            failpoint("ready")
             rt.wait_ready()
             stage = Stage.AGENT
-            failpoint("agent")
             b.on_event("agent", "installing the node agent")
+            failpoint("agent")
             rt.install_agent()
             failpoint("after-agent")
             rec.status = UP
@@ -214,14 +214,18 @@ def _bring_up_locked(b: BringUp) -> Running:
                 b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {name}: not submitting again")
                 return Running(name, job_id, attempts, True, adopted=True, runtime=rt)
         stage = Stage.SYNC
-        failpoint("sync")
         if task.workdir or task.file_mounts:
             b.on_event("sync", "syncing workdir and file mounts to every node")
+            failpoint("sync")
             rt.sync(task)
-        stage = Stage.PREPARE
-        failpoint("prepare")
-        by_rank = b.prepare(rt) if b.prepare is not None else None
+        by_rank = None
+        if b.prepare is not None:
+            stage = Stage.PREPARE
+            b.on_event("prepare", "preparing the nodes")
+            failpoint("prepare")
+            by_rank = b.prepare(rt)
         stage = Stage.SUBMIT
+        b.on_event("submit", f"submitting the job to {len(rec.nodes)} node(s)")
         failpoint("submit")
         job_id = _submit(rt, rec, task, not created, b, by_rank)
         failpoint("after-submit")
@@ -254,7 +258,6 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
         rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot
         rec.hourly_price, rec.resources = cand.total, cand.resources.describe()
         state.save_cluster(rec)
-        failpoint("provision")
 
     state.add_event(b.cluster, "launch", "provisioning")
     cand, infos, attempts = provision.provision(b.cluster, b.plan_fn, public_key=public_key, on_event=b.on_event,

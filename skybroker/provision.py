@@ -126,6 +126,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) ->
                  f"{' (spot)' if cand.use_spot else ''}")
         intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
         try:
+            failpoint("provision")
             ids = _finish_in_flight(lambda: prov.run_instances(req), on_event)
             state.set_intent(intent, "created", ids)
             failpoint("provision-wait")

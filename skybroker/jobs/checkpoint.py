@@ -1,8 +1,10 @@
 """A managed job's checkpoint copy on the controller's side, kept as complete snapshots.
 
-The head node's `$BROKER_CHECKPOINT_DIR` is copied every interval into a new snapshot directory
-(`snap-<n>`), seeded with hard links to the current snapshot so rsync only moves what changed; only when
-the copy has completed is the `current` symlink switched to it (an atomic rename). A copy that fails
+The head node's `$BROKER_CHECKPOINT_DIR` is copied every interval into a new, empty snapshot directory
+(`snap-<n>`) with rsync's `--link-dest` pointing at the current snapshot: unchanged files become hard links
+to it and changed files are written as new files (so nothing ever writes into the current snapshot), and
+only the differences cross the network. Only when the copy has completed is the `current` symlink
+switched to it (an atomic rename). A copy that fails
 halfway (the node is preempted during the rsync, the network drops) is thrown away: a recovery always
 restores the last *complete* snapshot, never a torn one.
 
@@ -40,20 +42,18 @@ def has_data(job_dir: Path) -> bool:
 
 
 def take(job_dir: Path, copy_into) -> Path:
-    """Make a new snapshot: `copy_into(path)` fills `path` (e.g. an rsync from the head node); only if it
-    returns normally does the snapshot become current. Old snapshots are removed afterwards."""
+    """Make a new snapshot: `copy_into(path, link_dest)` fills the empty directory `path` (an rsync from the
+    head node with --link-dest=link_dest, the current snapshot or None); only if it returns normally does
+    the snapshot become current. Old snapshots are removed afterwards."""
     base = root(job_dir)
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     prev = current(job_dir)
     n = 1 + max([int(p.name[5:]) for p in base.glob("snap-*") if p.name[5:].isdigit()] or [0])
     staging = base / f".staging-{n}"
     shutil.rmtree(staging, ignore_errors=True)
-    if prev is not None:
-        _link_copy(prev, staging)  # unchanged files stay hard links: rsync sends only the difference
-    else:
-        staging.mkdir()
+    staging.mkdir()
     try:
-        copy_into(staging)
+        copy_into(staging, prev)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -73,13 +73,3 @@ def take(job_dir: Path, copy_into) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     return snap
 
-
-def _link_copy(src: Path, dst: Path) -> None:
-    """Copy a tree with hard links for files (cp -al)."""
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, symlinks=True, copy_function=link)

@@ -343,8 +343,8 @@ class Controller:
         self.last_ckpt[j.id] = now
         head = rt.nodes[0]
         try:
-            checkpoint.take(store.job_dir(j.id),
-                            lambda dst: rt.runner(head).sync_down(f"~/{CKPT_REMOTE}", str(dst)))
+            checkpoint.take(store.job_dir(j.id), lambda dst, prev: rt.runner(head).sync_down(
+                f"~/{CKPT_REMOTE}", str(dst), link_dest=str(prev) if prev else None))
         except (BrokerError, OSError) as exc:
             log(f"job {j.id}: checkpoint sync failed (the last complete copy is kept): {exc}")
 

@@ -198,13 +198,14 @@ class LocalRunner:
                                 ignore_files=ignore_files, delete=delete)
         self._rsync(argv, f"sync of {local_dir} to {self.node_id}:{remote_dir}")
 
-    def sync_down(self, remote_dir: str, local_dir: str) -> None:
+    def sync_down(self, remote_dir: str, local_dir: str, link_dest: str | None = None) -> None:
         self._check_home()
         src = self.resolve(remote_dir)
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync down {self.node_id}:{remote_dir}: not a directory")
         Path(local_dir).mkdir(parents=True, exist_ok=True)
-        argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(local_dir)), delete=True)
+        argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(local_dir)), delete=True,
+                                link_dest=link_dest)
         self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}", ok=_sync.DOWN_OK)
 
     def _rsync(self, argv: list[str], what: str, ok: tuple[int, ...] = (0,)) -> None:

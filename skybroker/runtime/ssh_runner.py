@@ -311,11 +311,11 @@ class SSHRunner:
                                 io_timeout=60)
         self._rsync(argv, f"sync of {local_dir} to {self.node_id}:{remote_dir}")
 
-    def sync_down(self, remote_dir: str, local_dir: str) -> None:
+    def sync_down(self, remote_dir: str, local_dir: str, link_dest: str | None = None) -> None:
         ssh = self._rsync_ssh()
         Path(local_dir).mkdir(parents=True, exist_ok=True)
         argv = _sync.rsync_argv(self._remote_spec(remote_dir), _sync.with_slash(local_dir),
-                                ssh_command=ssh, io_timeout=60, delete=True)
+                                ssh_command=ssh, io_timeout=60, delete=True, link_dest=link_dest)
         self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}", ok=_sync.DOWN_OK)
 
     def _rsync(self, argv: list[str], what: str, ok: tuple[int, ...] = (0,)) -> None:

@@ -43,13 +43,17 @@ def filter_args(ignore_files: bool) -> list[str]:
 
 
 def rsync_argv(src: str, dst: str, *, ignore_files: bool = False, delete: bool = False,
-               ssh_command: Sequence[str] | None = None, io_timeout: int | None = None) -> list[str]:
+               ssh_command: Sequence[str] | None = None, io_timeout: int | None = None,
+               link_dest: str | None = None) -> list[str]:
     """argv for `rsync -a src dst`; `src`/`dst` are used as given (add the trailing slash to copy a
-    directory's contents). `ssh_command` is the remote shell (see `ssh_command`)."""
+    directory's contents). `ssh_command` is the remote shell (see `ssh_command`); `link_dest` an
+    earlier local copy: unchanged files are hard-linked from it, changed ones written anew."""
     argv = [require_rsync(), "-a", "--no-owner", "--no-group"]
     argv += filter_args(ignore_files)
     if delete:
         argv.append("--delete")
+    if link_dest:
+        argv.append(f"--link-dest={Path(link_dest).resolve()}")
     if io_timeout:
         argv.append(f"--timeout={int(io_timeout)}")
     if ssh_command:

@@ -1,0 +1,260 @@
+"""The README's promises for `broker launch`, each proven by injecting the fault, through the real CLI on
+the `local` cloud (no root needed):
+
+  - "a failure after provisioning tears down" (and says so; `--keep-on-failure` keeps it, and says so);
+  - "no traceback for user mistakes": bad input is reported before anything is created;
+  - Ctrl-C / SIGTERM during job submission to many nodes: nothing runs, and the message says so;
+  - a node that misses the submit leaves no job PENDING forever on the others;
+  - a corrupt or truncated state database is a clear error, never "No clusters" or a traceback;
+  - `gc` never says "nothing found" about clouds it did not scan;
+  - one failing cluster does not end autostop for the others;
+  - the launch of a job with a `run:` beyond the argument-size limit works.
+
+Faults are real: signals to the real process while a failpoint (skybroker/failpoints.py) holds it inside
+the stage under test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integration.local_helpers import (broker, broker_bg, broker_home, kill_leftovers, node_dir, status_json,
+                                             wait_for, write_task)
+
+
+@pytest.fixture(autouse=True)
+def _cleanup():
+    yield
+    kill_leftovers(broker_home())
+
+
+def flat(text: str) -> str:
+    """Output with line wrapping undone (messages are wrapped to the terminal width)."""
+    return " ".join(text.split())
+
+
+def _no_traceback(r) -> None:
+    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def _nothing_left(cluster: str) -> None:
+    assert not (broker_home() / "local" / cluster).exists(), list((broker_home() / "local").iterdir())
+    assert all(c["name"] != cluster for c in status_json())
+    from skybroker import state
+
+    assert state.open_intents(cluster) == []
+
+
+# -- a failure after provisioning tears down ---------------------------------------------------------
+@pytest.mark.parametrize("stage", ["agent", "sync", "submit"])
+def test_failure_after_provisioning_tears_the_new_cluster_down(tmp_path, stage):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "a.txt").write_text("x")
+    task = write_task(tmp_path / "t.yaml", name="tear", num_nodes=2, workdir=str(wd), run="echo hi")
+    r = broker("launch", "-y", "-c", "tear", task, env={"BROKER_FAILPOINTS": f"{stage}=raise"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    _no_traceback(r)
+    assert "launch of tear failed while" in flat(r.stderr) and f"failpoint {stage}" in r.stderr
+    assert "cluster tear was terminated, nothing is left running" in flat(r.stderr)
+    _nothing_left("tear")
+
+
+def test_keep_on_failure_keeps_the_cluster_and_says_so(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="keep", run="echo hi")
+    r = broker("launch", "-y", "-c", "keep", "--keep-on-failure", task, env={"BROKER_FAILPOINTS": "submit=raise"})
+    assert r.returncode == 1
+    _no_traceback(r)
+    assert "cluster keep was kept as asked (--keep-on-failure); `broker down keep` removes it" in flat(r.stderr)
+    assert [(c["name"], c["status"]) for c in status_json()] == [("keep", "UP")]
+    assert broker("down", "-y", "keep").returncode == 0
+    _nothing_left("keep")
+
+
+def test_failure_on_a_reused_cluster_keeps_it_up(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="reuse", run="echo hi")
+    assert broker("launch", "-y", "-c", "reuse", task).returncode == 0
+    r = broker("launch", "-y", "-c", "reuse", task, env={"BROKER_FAILPOINTS": "submit=raise"})
+    assert r.returncode == 1
+    assert "existed before this launch and stays up" in flat(r.stderr)
+    assert [(c["name"], c["status"]) for c in status_json()] == [("reuse", "UP")]
+
+
+def test_bad_input_is_reported_before_anything_is_created(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="bad", file_mounts={"/data/x": str(tmp_path / "missing.txt")},
+                      run="echo hi")
+    r = broker("launch", "-y", "-c", "bad", task)
+    assert r.returncode == 2
+    _no_traceback(r)
+    assert "file_mounts./data/x" in flat(r.stderr) and "does not exist" in flat(r.stderr)
+    assert not (broker_home() / "local").exists()
+    task2 = write_task(tmp_path / "t2.yaml", name="bad", workdir=str(tmp_path / "nope"), run="echo hi")
+    r = broker("launch", "-y", "-c", "bad", task2)
+    assert r.returncode == 2 and "workdir" in r.stderr
+    _no_traceback(r)
+
+
+def test_run_script_beyond_the_argument_limit_runs(tmp_path):
+    big = "\n".join(f"# filler line {i} " + "x" * 180 for i in range(900)) + "\necho BIG-DONE\n"
+    assert len(big) > 140_000
+    task = write_task(tmp_path / "t.yaml", name="big", run=big)
+    r = broker("launch", "-y", "-c", "big", task, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "BIG-DONE" in r.stdout
+
+
+# -- submission: interrupted, or a node misses it -----------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_during_submission_to_many_nodes_runs_nothing(tmp_path, sig):
+    """Node 0's submit is held up; the signal lands while the others already have the job (held, not
+    released): every node cancels it, the new cluster is torn down, and the message says what happened."""
+    ledger = tmp_path / "ran.txt"
+    task = write_task(tmp_path / "t.yaml", name="gang", num_nodes=6, run=f'echo "$SKYPILOT_NODE_RANK" >> {ledger}')
+    err = tmp_path / "err.txt"
+    p = broker_bg("launch", "-y", "-c", "gang", task, stderr=err, env={"BROKER_FAILPOINTS": "submit-node-0=sleep(3)"})
+    try:
+        wait_for(lambda: "submitting the job to 6 node(s)" in err.read_text() or p.poll() is not None, 60,
+                 what="submission to start")
+        time.sleep(1.0)  # nodes 1-5 have it now; node 0 is still waiting
+        t0 = time.time()
+        p.send_signal(sig)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = flat(err.read_text())
+    assert p.returncode == 130, text
+    assert "Traceback" not in text + out
+    assert "launch interrupted while submitting the job" in text
+    assert "had received it and cancelled it; nothing runs" in text, text
+    assert "cluster gang was terminated" in text
+    assert time.time() - t0 < 30
+    time.sleep(1.0)
+    assert not ledger.exists(), ledger.read_text()
+    _nothing_left("gang")
+
+
+def test_a_node_that_misses_the_submit_leaves_no_job_pending(tmp_path):
+    """On a reused 3-node cluster, node 1 never gets the job: the others had it held and cancelled it
+    (no PENDING-forever job, nothing ran), and the cluster stays up."""
+    ledger = tmp_path / "ran.txt"
+    task = write_task(tmp_path / "t.yaml", name="miss", num_nodes=3, run=f'echo "$SKYPILOT_NODE_RANK" >> {ledger}')
+    assert broker("launch", "-y", "-c", "miss", task).returncode == 0
+    ledger.unlink()
+    r = broker("exec", "miss", "--", f"echo again >> {ledger}", env={"BROKER_FAILPOINTS": "submit-node-1=raise"})
+    assert r.returncode == 1
+    _no_traceback(r)
+    assert "submitting job 2 failed" in flat(r.stderr) and "cancelled it; nothing runs" in flat(r.stderr)
+    q = json.loads(broker("queue", "miss", "--json").stdout)
+    assert [j["status"] for j in q if j["job_id"] == 2] in ([], ["CANCELLED"]), q
+    assert all(j["status"] != "PENDING" for j in q)
+    assert not ledger.exists()
+    assert [(c["name"], c["status"]) for c in status_json()] == [("miss", "UP")]
+
+
+# -- state ------------------------------------------------------------------------------------------
+def test_corrupt_state_database_is_a_clear_error(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="st", run="echo hi")
+    assert broker("launch", "-y", "-c", "st", task).returncode == 0
+    db = broker_home() / "state.db"
+    for f in (db.with_name("state.db-wal"), db.with_name("state.db-shm")):
+        if f.exists():
+            f.unlink()
+    db.write_bytes(b"this is not a database" * 100)
+    r = broker("status")
+    assert r.returncode == 1
+    _no_traceback(r)
+    assert "corrupt or unreadable" in flat(r.stderr) and "state.db.bad" in flat(r.stderr)
+
+
+def test_truncated_state_database_is_not_an_empty_one(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="tr", run="sleep 30")
+    assert broker("launch", "-y", "-d", "-c", "tr", task).returncode == 0
+    db = broker_home() / "state.db"
+    for f in (db.with_name("state.db-wal"), db.with_name("state.db-shm")):
+        if f.exists():
+            f.unlink()
+    db.write_bytes(b"")  # 0 bytes: SQLite would happily call it an empty database
+    r = broker("status")
+    assert r.returncode == 1, r.stdout
+    _no_traceback(r)
+    assert "truncated or replaced" in flat(r.stderr)
+    assert "No clusters" not in r.stdout + r.stderr
+
+
+def test_state_files_are_private_whatever_the_umask(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="perm", run="echo hi")
+    old = os.umask(0o000)
+    try:
+        assert broker("launch", "-y", "-c", "perm", task).returncode == 0
+    finally:
+        os.umask(old)
+    home = broker_home()
+    assert (home.stat().st_mode & 0o777) == 0o700
+    for p in [home / "state.db", home / "state.id", *home.glob("state.db-*")]:
+        assert (p.stat().st_mode & 0o077) == 0, (p, oct(p.stat().st_mode))
+    for d in (home / "locks", home / "local"):
+        assert (d.stat().st_mode & 0o077) == 0, (d, oct(d.stat().st_mode))
+
+
+def test_cluster_names_are_validated_before_any_path_is_built(tmp_path):
+    for bad in ("../etc", "a/b", "UPPER", ""):
+        r = broker("down", "-y", bad)
+        assert r.returncode == 2, (bad, r.stderr)
+        _no_traceback(r)
+    assert not (broker_home() / "locks").exists() or not any("etc" in p.name for p in (broker_home() / "locks").iterdir())
+
+
+# -- gc says what it scanned ---------------------------------------------------------------------------
+def test_gc_never_claims_clouds_it_did_not_scan():
+    r = broker("gc", "--cloud", "aws")
+    assert r.returncode == 4, r.stdout + r.stderr
+    _no_traceback(r)
+    assert "nothing was scanned" in flat(r.stderr) and "no credentials" in flat(r.stderr)
+    r = broker("gc", "--cloud", "nosuchcloud")
+    assert r.returncode == 2 and "unknown cloud" in r.stderr
+    r = broker("gc")  # default: what can be scanned is scanned, the rest is named
+    assert r.returncode == 0, r.stderr
+    assert "not scanned: aws" in flat(r.stderr) and "scanned: local" in flat(r.stderr)
+
+
+def test_gc_removes_local_nodes_the_state_does_not_know(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="orph", run="sleep 60")
+    assert broker("launch", "-y", "-d", "-c", "orph", task).returncode == 0
+    from skybroker import state
+
+    state.delete_cluster("orph")  # as if the state had been lost
+    r = broker("gc")
+    assert r.returncode == 1 and "orphan: cluster orph on local" in flat(r.stderr)
+    r = broker("gc", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert not (broker_home() / "local" / "orph").exists()
+
+
+# -- autostop --------------------------------------------------------------------------------------
+def test_one_failing_cluster_does_not_end_autostop_for_the_others(tmp_path, monkeypatch):
+    from skybroker import autostop, clusters, state
+
+    task = write_task(tmp_path / "t.yaml", name="as", run="echo hi")
+    for name in ("as-a", "as-b"):
+        assert broker("launch", "-y", "-c", name, task).returncode == 0
+        state.set_autostop(name, 0, True)
+    real_down = clusters.down
+
+    def flaky_down(names, **kw):
+        if names == ["as-a"]:
+            raise RuntimeError("cloud API exploded")
+        return real_down(names, **kw)
+
+    monkeypatch.setattr(clusters, "down", flaky_down)
+    actions = dict(autostop.check_once())
+    assert actions["as-b"] == "down" and actions["as-a"].startswith("error:")
+    assert state.get_cluster("as-b") is None and state.get_cluster("as-a") is not None
+    assert any("cloud API exploded" in e["message"] for e in state.events("as-a"))
+    monkeypatch.setattr(clusters, "down", real_down)
+    assert dict(autostop.check_once())["as-a"] == "down"  # the next round still serves it
+    assert not node_dir("as-a", 0).exists()

@@ -1,0 +1,161 @@
+"""The README's managed-job promises, proven by injecting the fault, with the real `broker jobs` CLI and the
+real controller process on the `local` cloud:
+
+  - "a managed job survives preemption": a node preempted during each bring-up stage (waiting for the
+    nodes, installing the agent, syncing, restoring the checkpoint, submitting) is a recovery, and the
+    job SUCCEEDS;
+  - "... and runs once": the controller SIGKILLed after the job reached the cluster but before it was
+    marked RUNNING → the restarted controller finds the job by its submit token and does not run it again;
+  - `jobs logs` loses nothing after output that is not UTF-8;
+  - a checkpoint copy interrupted halfway never replaces the last complete one.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integration.local_helpers import alive, broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task
+from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events, job, launch_detached,
+                                                 preempt_local, until, wait_status)
+
+
+@pytest.fixture(autouse=True)
+def fast_controller(monkeypatch):
+    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
+    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
+    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
+    yield
+    pid = controller_pid()
+    if pid:
+        kill_pids([pid])
+    kill_leftovers(broker_home())
+
+
+def ledger(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+STAGE_EVENT = {"ready": "waiting for 1 node(s) to accept commands", "agent": "installing the node agent",
+               "sync": "syncing workdir and file mounts", "prepare": "preparing the nodes",
+               "submit": "submitting the job to 1 node(s)"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(STAGE_EVENT))
+def test_preemption_during_each_bring_up_stage_is_recovered(tmp_path, monkeypatch, stage):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "x").write_text("x")
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", f"{stage}=sleep(2)")
+    task = write_task(tmp_path / "t.yaml", name="early", workdir=str(wd), envs={"LEDGER": str(led)},
+                      run='echo "ran on $SKYPILOT_TASK_ID" >> "$LEDGER"; echo done')
+    jid = launch_detached(task)
+    until(lambda: any(STAGE_EVENT[stage] in e["message"] for e in events(jid)), 30, f"stage {stage}", jid)
+    preempt_local(jid)  # the node goes while the stage is in progress
+    j = wait_status(jid, TERMINAL, 90)
+    assert j.status == "SUCCEEDED", diag(jid)
+    assert j.recoveries >= 1, diag(jid)
+    assert any(e["kind"] == "bring-up" and "instance lost" in e["message"] or "preempted" in e["message"]
+               for e in events(jid)), diag(jid)
+    assert len(ledger(led)) == 1, ledger(led)  # ran exactly once, after the recovery
+    assert not (broker_home() / "local" / f"job-{jid}").exists()
+
+
+@pytest.mark.slow
+def test_controller_killed_between_submit_and_running_runs_the_job_once(tmp_path, monkeypatch):
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-submit=sleep(3)")
+    task = write_task(tmp_path / "t.yaml", name="once", num_nodes=2, envs={"LEDGER": str(led)},
+                      run='echo "rank $SKYPILOT_NODE_RANK" >> "$LEDGER"; sleep 2')
+    jid = launch_detached(task)
+    until(lambda: any("submitted to job-" in e["message"] for e in events(jid)), 30, "the submit", jid)
+    pid = controller_pid()
+    assert pid and job(jid).status == "STARTING", diag(jid)
+    os.kill(pid, signal.SIGKILL)  # the job is on the cluster; the state still says STARTING
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED", diag(jid)
+    assert sorted(ledger(led)) == ["rank 0", "rank 1"], ledger(led)  # once per node, not twice
+    assert any(e["kind"] == "adopt" for e in events(jid)), diag(jid)
+    kinds = [e["kind"] for e in events(jid)]
+    assert kinds.count("provision") == 1, kinds  # the same cluster, not a second one
+
+
+def test_job_logs_lose_nothing_after_bytes_that_are_not_utf8(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="bytes",
+                      run="printf 'before\\n\\377\\376 bad bytes\\n'; for i in $(seq 1 5); do echo \"line $i\"; "
+                          "sleep 0.3; done; printf 'caf\\303\\251 end\\n'")
+    jid = launch_detached(task)
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED", diag(jid)
+    out = broker("jobs", "logs", jid).stdout
+    for want in ("before", "bad bytes", *(f"line {i}" for i in range(1, 6)), "café end"):
+        assert want in out, out
+    assert out.count("line 3") == 1
+
+
+def test_interrupted_checkpoint_copy_keeps_the_last_complete_one(tmp_path):
+    from skybroker.jobs import checkpoint
+
+    jd = tmp_path / "job"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ckpt").write_text("step 1")
+
+    def good(dst, prev):
+        import shutil
+
+        for f in src.iterdir():
+            shutil.copy(f, dst / f.name)
+
+    checkpoint.take(jd, good)
+    assert (checkpoint.current(jd) / "ckpt").read_text() == "step 1"
+
+    def torn(dst, prev):  # the node is preempted halfway through the copy
+        (dst / "ckpt").write_text("")
+        raise OSError("connection lost during rsync")
+
+    with pytest.raises(OSError):
+        checkpoint.take(jd, torn)
+    assert (checkpoint.current(jd) / "ckpt").read_text() == "step 1"  # the complete copy is what is restored
+    (src / "ckpt").write_text("step 2")
+    snap = checkpoint.take(jd, good)
+    assert checkpoint.current(jd) == snap and (snap / "ckpt").read_text() == "step 2"
+    assert len(list((jd / "checkpoint").glob("snap-*"))) == 1  # old snapshots are removed
+
+
+@pytest.mark.slow
+def test_checkpoint_written_write_then_rename_is_never_restored_empty(tmp_path):
+    """The README's pattern, written as fast as possible while the controller copies it every 0.3 s:
+    every snapshot taken holds a complete value, and after a preemption the job resumes from one."""
+    led = tmp_path / "ledger"
+    run = ('f="$BROKER_CHECKPOINT_DIR/step"; i=$(cat "$f" 2>/dev/null || echo 0); '
+           'echo "resume $i" >> "$LEDGER"; '
+           'while [ "$i" -lt 400 ]; do i=$((i+1)); echo "$i" > "$f.tmp" && mv "$f.tmp" "$f"; sleep 0.01; done')
+    task = write_task(tmp_path / "t.yaml", name="ckpt", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "job_recovery": "FAILOVER"}, run=run)
+    jid = launch_detached(task)
+    wait_status(jid, "RUNNING")
+    snaps = []
+    deadline = time.time() + 20
+    while time.time() < deadline and len(snaps) < 3:
+        from skybroker.jobs import checkpoint, store
+
+        cur = checkpoint.current(store.job_dir(jid))
+        if cur is not None and (cur / "step").exists():
+            v = (cur / "step").read_text()
+            assert v.strip().isdigit(), repr(v)  # never an empty or torn file
+            if not snaps or snaps[-1] != v:
+                snaps.append(v)
+        time.sleep(0.1)
+    assert snaps, diag(jid)
+    preempt_local(jid)
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED", diag(jid)
+    resumes = [int(x.split()[1]) for x in ledger(led)]
+    assert resumes[0] == 0 and len(resumes) == 2 and resumes[1] > 0, resumes
