@@ -1,10 +1,11 @@
-"""launch, exec, status, down, stop, start, autostop, queue, logs, cancel."""
+"""launch, exec, status, down, stop, start, autostop, queue, logs, cancel, gc."""
 from __future__ import annotations
 
 import click
 
 from .. import render
-from .options import confirm, task_options
+from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
+                      task_options)
 
 
 def _job_exit(st, cluster: str) -> int:
@@ -26,10 +27,16 @@ def _job_exit(st, cluster: str) -> int:
     return st.exit_code if st.exit_code not in (None, 0) else 1
 
 
-@click.command()
+@click.command(epilog=examples(
+    "broker launch -y examples/hello.yaml                 # 2 local nodes, no account needed",
+    "broker launch --dryrun examples/v100.yaml            # the plan only",
+    "broker launch --dryrun --json task.yaml --use-spot   # the plan for scripts",
+    "broker launch -c dev -d -y task.yaml --gpus A100:8   # named cluster, detached",
+    "broker launch -y --infra aws/us-east-1 task.yaml"))
 @click.argument("task_file", type=click.Path(dir_okay=True))
 @task_options
-@click.option("--cluster", "-c", "cluster", help="Cluster name (reused if it exists).")
+@click.option("--cluster", "-c", "cluster", help="Cluster name (reused if it exists).",
+              shell_complete=complete_cluster)
 @click.option("--dryrun", is_flag=True, help="Only print the plan; provision nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (with --dryrun).")
@@ -53,9 +60,9 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         if not confirm("Launch?", yes):
             raise click.Abort()
     progress = render.Progress(quiet=as_json)
-    res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
-                     on_event=progress.event, on_line=render.LinePrinter().line)
-    progress.done()
+    with progress:
+        res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
+                         on_event=progress.event, on_line=render.LinePrinter(progress=progress).line)
     render.attempts(res.attempts, res.cluster)
     if detach:
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
@@ -67,36 +74,40 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     return code
 
 
-@click.command("exec")
-@click.argument("cluster")
+@click.command("exec", epilog=examples(
+    "broker exec dev task.yaml",
+    "broker exec dev -- 'python train.py --epochs 1'",
+    "broker exec -d dev -- nvidia-smi                     # detached: prints the job id"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.argument("task_or_cmd", nargs=-1, required=True)
 @task_options
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 def exec_(cluster, task_or_cmd, overrides, detach):
-    """Run a task file, or a command after --, on an existing cluster (setup is not re-run).
-
-    \b
-      broker exec mycluster task.yaml
-      broker exec mycluster -- 'python train.py --epochs 1'
-    """
+    """Run a task file, or a command after --, on an existing cluster (setup is not re-run)."""
     from .. import api
 
     task = api.exec_task(task_or_cmd, overrides)
     progress = render.Progress()
-    res = api.exec_(cluster, task, detach=detach, on_event=progress.event, on_line=render.LinePrinter().line)
-    progress.done()
+    with progress:
+        res = api.exec_(cluster, task, detach=detach, on_event=progress.event,
+                        on_line=render.LinePrinter(progress=progress).line)
     if detach:
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}")
         return 0
     return _job_exit(res.status, res.cluster)
 
 
-@click.command()
-@click.argument("clusters", nargs=-1)
+@click.command(epilog=examples(
+    "broker status",
+    "broker status dev --refresh                          # ask the cloud (its tags are the truth)",
+    "broker status --json | jq '.[].name'"))
+@click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--refresh", "-r", is_flag=True, help="Reconcile with the clouds (their tags are the truth).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(clusters, refresh, as_json):
-    """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop."""
+    """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop.
+
+    Naming a cluster that does not exist is an error (exit 5)."""
     from .. import api
 
     recs = api.status(refresh=refresh, names=list(clusters) or None)
@@ -106,12 +117,16 @@ def status(clusters, refresh, as_json):
         render.print_clusters(recs)
 
 
-@click.command()
-@click.argument("clusters", nargs=-1)
+@click.command(epilog=examples(
+    "broker down dev                                      # asks first (default: no)",
+    "broker down dev other -y                             # in scripts: -y is required",
+    "broker down --all -y"))
+@click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--all", "-a", "all_", is_flag=True, help="Tear down every cluster.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def down(clusters, all_, yes):
-    """Tear down clusters (terminate their instances). Safe to repeat."""
+    """Tear down clusters (terminate their instances). Safe to repeat: a cluster that is already gone
+    is reported, not an error."""
     from .. import api
     from ..errors import UsageError
 
@@ -123,40 +138,51 @@ def down(clusters, all_, yes):
             return 0
     if not names:
         raise UsageError("name the cluster(s) to tear down, or pass --all", "see `broker status`")
-    if not confirm(f"Tear down {', '.join(names)}?", yes):
-        raise click.Abort()
+    existing = [n for n in names if api.cluster_exists(n)]
+    if existing:
+        confirm_destructive(f"Tear down {', '.join(existing)}?", yes)
     progress = render.Progress()
-    done = api.down(names, on_event=progress.event)
-    progress.done()
+    with progress:
+        done = api.down(names, on_event=progress.event)
     for n in done:
         render.info(f"cluster {n} terminated")
 
 
-@click.command()
-@click.argument("cluster")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.command(epilog=examples("broker stop dev", "broker stop dev -y && broker start dev"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def stop(cluster, yes):
     """Stop a cluster's instances (disks are kept; restart with `broker start`)."""
     from .. import api
 
-    if not confirm(f"Stop {cluster}?", yes):
-        raise click.Abort()
-    api.stop(cluster)
+    api.get_cluster(cluster)  # unknown: exit 5 before asking anything
+    confirm_destructive(f"Stop {cluster}?", yes)
+    progress = render.Progress()
+    with progress:
+        progress.event("stop", f"stopping {cluster}")
+        api.stop(cluster, on_event=progress.event)
     render.info(f"cluster {cluster} stopped")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples("broker start dev"))
+@click.argument("cluster", shell_complete=complete_cluster)
 def start(cluster):
-    """Start a stopped cluster."""
+    """Start a stopped cluster (waits for SSH and reinstalls the node agent)."""
     from .. import api
 
-    api.start(cluster)
+    api.get_cluster(cluster)
+    progress = render.Progress()
+    with progress:
+        progress.event("start", f"starting {cluster}")
+        api.start(cluster, on_event=progress.event)
     render.info(f"cluster {cluster} is up")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples(
+    "broker autostop dev -i 30                            # stop after 30 idle minutes",
+    "broker autostop dev -i 60 --down                     # tear down instead",
+    "broker autostop dev --cancel"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.option("--idle-minutes", "-i", type=int, help="Stop after this many idle minutes.")
 @click.option("--down", "down_", is_flag=True, help="Tear down instead of stopping.")
 @click.option("--cancel", "cancel_", is_flag=True, help="Cancel autostop.")
@@ -177,8 +203,8 @@ def autostop(cluster, idle_minutes, down_, cancel_):
     render.info(f"cluster {cluster} will be {'torn down' if down_ else 'stopped'} after {idle_minutes} idle minute(s)")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples("broker queue dev", "broker queue dev --json"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(cluster, as_json):
     """Show a cluster's jobs."""
@@ -191,58 +217,85 @@ def queue(cluster, as_json):
         render.print_jobs(jobs, cluster)
 
 
-@click.command()
-@click.argument("cluster")
-@click.argument("job_id", type=int, required=False)
+@click.command(epilog=examples(
+    "broker logs dev                                      # the latest job, what exists now",
+    "broker logs dev 2 --follow                           # stream until job 2 ends (exits with its code)",
+    "broker logs dev 2 --json                             # one JSON object per line: {\"node\", \"line\"}"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.argument("job_id", type=JOB_ID, required=False, shell_complete=complete_job_id)
 @click.option("--follow/--no-follow", "-f", default=False, help="Keep streaming until the job ends.")
-def logs(cluster, job_id, follow):
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
+def logs(cluster, job_id, follow, as_json):
     """Show a job's logs (default: the latest job) from every node."""
     from .. import api
 
-    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter().line)
+    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line)
     if follow:
         return _job_exit(st, cluster)
     return 0
 
 
-@click.command()
-@click.argument("cluster")
-@click.argument("job_ids", type=int, nargs=-1)
+@click.command(epilog=examples(
+    "broker cancel dev 3 4",
+    "broker cancel dev --all -y                           # every job; -y required in scripts"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.argument("job_ids", type=JOB_ID, nargs=-1, shell_complete=complete_job_id)
 @click.option("--all", "-a", "all_", is_flag=True, help="Cancel every job on the cluster.")
-def cancel(cluster, job_ids, all_):
-    """Cancel jobs on a cluster (kills their whole process tree on every node)."""
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
+def cancel(cluster, job_ids, all_, yes):
+    """Cancel jobs on a cluster (kills their whole process tree on every node). An id the cluster never
+    had is an error (exit 5)."""
     from .. import api
 
+    if all_:
+        api.get_cluster(cluster)
+        confirm_destructive(f"Cancel every job on {cluster}?", yes)
     done = api.cancel(cluster, list(job_ids), all_)
     render.info(f"cancelled: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "broker gc                                            # list orphans (asks before terminating)",
+    "broker gc --json                                     # list only, for scripts",
+    "broker gc --yes --cloud aws --region us-east-1"))
 @click.option("--yes", "-y", is_flag=True, help="Terminate what is found without asking.")
-@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: those with credentials).")
+@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: those ready in `broker check`).")
 @click.option("--region", "regions", multiple=True, help="Only these regions (default: every catalog region).")
-def gc(yes, clouds, regions):
+@click.option("--json", "as_json", is_flag=True, help="Print the orphans (and, with --yes, what was terminated) as JSON.")
+def gc(yes, clouds, regions, as_json):
     """Find instances tagged by skybroker that the local state does not know, and terminate them."""
     from .. import gc as gc_mod
+    from ..errors import UsageError
+    from .options import can_prompt
 
-    progress = render.Progress()
+    progress = render.Progress(quiet=as_json)
     regs = {c: list(regions) for c in clouds} if regions and clouds else None
     if regions and not clouds:
         regs = {c: list(regions) for c in ("aws", "gcp", "azure")}
-    orphans = gc_mod.find_orphans(tuple(clouds) or None, regs, on_event=progress.event)
-    if not orphans:
-        render.info("no orphaned instances found")
+    with progress:
+        progress.event("scan", "looking for instances tagged by skybroker")
+        orphans = gc_mod.find_orphans(tuple(clouds) or None, regs, on_event=progress.event)
+    if as_json and not yes:
+        render.print_json({"orphans": [render.orphan_json(o) for o in orphans], "terminated": []})
         return 0
-    for o in orphans:
-        render.info(f"orphan: cluster {o.cluster} on {o.cloud}/{o.region}: {', '.join(o.instance_ids)}")
+    if not as_json:
+        render.print_orphans(orphans)
+    if not orphans:
+        if as_json:
+            render.print_json({"orphans": [], "terminated": []})
+        return 0
     if not yes:
-        from .options import can_prompt
-
         if not can_prompt():
-            render.info("run `broker gc --yes` to terminate them")
+            raise UsageError(f"{len(orphans)} orphaned cluster(s) found; not terminating without --yes "
+                             "(stdin is not a terminal)", "run `broker gc --yes` to terminate them")
+        if not render.confirm_prompt("Terminate them?", default=False):
             return 1
-        if not click.confirm("Terminate them?", default=False):
-            return 1
-    gc_mod.remove(orphans, on_event=progress.event)
-    render.info(f"terminated {sum(len(o.instance_ids) for o in orphans)} instance(s)")
+    with progress:
+        gc_mod.remove(orphans, on_event=progress.event)
+    n = sum(len(o.instance_ids) for o in orphans)
+    if as_json:
+        render.print_json({"orphans": [render.orphan_json(o) for o in orphans],
+                           "terminated": [i for o in orphans for i in o.instance_ids]})
+    else:
+        render.info(f"terminated {n} instance(s)")
     return 0
