@@ -105,6 +105,7 @@ class Col:
     justify: str = "left"  # left | right | center
     soft: int | None = None
     min: int | None = None
+    squeeze: int = 0  # shortenable columns give way in this order (lowest first; equal: the widest first)
 
 
 GAP = 2  # spaces between columns
@@ -161,11 +162,16 @@ def fit(cols: Sequence[Col], rows: Sequence[Sequence], width: int, drop: Sequenc
         return None
     widths = {i: nat[i] for i in keep}
     excess = need(None) - width
-    while excess > 0:  # shorten the widest shortenable column, one character at a time
-        cand = [i for i in keep if widths[i] > floor(i, level)]
-        i = max(cand, key=lambda k: (widths[k] - floor(k, level), widths[k]))
-        widths[i] -= 1
-        excess -= 1
+    # down to the soft widths in squeeze order (the widest first among equals), then below them evenly
+    for lvl, key in ((0, lambda k: (cols[k].squeeze, -(widths[k] - floor(k, 0)), -widths[k])),
+                     (1, lambda k: (-(widths[k] - floor(k, 1)), -widths[k]))):
+        while excess > 0:
+            cand = [i for i in keep if widths[i] > floor(i, lvl)]
+            if not cand:
+                break
+            i = min(cand, key=key)
+            widths[i] -= 1
+            excess -= 1
     return Layout(keep, widths, hidden)
 
 
@@ -200,8 +206,8 @@ def _table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence], dro
         t.add_row(*cells)
     con.print(t)
     if lay.hidden:
-        con.print(f"[dim]hidden at {width} columns: {_esc(', '.join(lay.hidden))} "
-                  "(a wider terminal, or --json, shows them)[/]", soft_wrap=False)
+        con.print(f"[dim]hidden at {width} columns: {_esc(', '.join(lay.hidden))}; "
+                  "a wider terminal or --json shows them[/]")
     if footer:
         con.print(f"[dim]{_esc(footer)}[/]")
 
@@ -330,7 +336,7 @@ def plan_json(plan, task_name: str | None) -> dict:
     }
 
 
-PLAN_DROP = ("ZONE", "MEM(GB)", "vCPUs", "MARKET")
+PLAN_DROP = ("ZONE", "MEM(GB)", "vCPUs", "MARKET", "$/h/node")  # the header line says the chosen $/h per node
 
 
 def print_plan(plan, task_name: str | None) -> None:
@@ -344,7 +350,8 @@ def print_plan(plan, task_name: str | None) -> None:
     _say(f"Chosen: {_m('bold green', c.instance_type + acc)} on {_m('bold', c.infra)} ({market}) "
          f"— ${_money(c.price)}/h per node, {_m('bold', '$' + _money(c.total) + '/h')} for {nodes}")
     multi = plan.num_nodes > 1  # the total column only says something for several nodes
-    cols = [Col("INFRA", soft=18, min=9), Col("ZONE", soft=10, min=6), Col("INSTANCE", soft=16, min=10),
+    cols = [Col("INFRA", soft=18, min=9, squeeze=1), Col("ZONE", soft=10, min=6),
+            Col("INSTANCE", soft=16, min=10, squeeze=2),
             Col("vCPUs", "right"), Col("MEM(GB)", "right"), Col("GPUs"), Col("MARKET"),
             Col("$/h/node" if multi else "$/h", "right")] + ([Col("$/h total", "right")] if multi else [])
     cols.append(Col("CHOSEN", "center"))
@@ -649,8 +656,9 @@ def print_clusters(recs) -> None:
         auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
         rows.append([r.name, r.infra, res, str(r.num_nodes), (r.status, STATUS_STYLE.get(r.status, "red")),
                      _ago(r.launched_at), _money(r.hourly_price), auto])
-    cols = [Col("NAME", soft=14, min=8), Col("INFRA", soft=14, min=8), Col("RESOURCES", soft=16, min=10),
-            Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"), Col("$/h", "right"), Col("AUTOSTOP")]
+    cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
+            Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
+            Col("$/h", "right"), Col("AUTOSTOP")]
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h"))
 
 
@@ -699,9 +707,10 @@ def print_managed(jobs) -> None:
     rows = [[str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
              _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(j.cost_so_far), j.place or "-"]
             for j in jobs]
-    cols = [Col("ID", "right"), Col("NAME", soft=14, min=8), Col("RESOURCES", soft=16, min=10), Col("STATUS"),
+    cols = [Col("ID", "right"), Col("NAME", soft=14, min=8, squeeze=3), Col("RESOURCES", soft=16, min=10, squeeze=2),
+            Col("STATUS"),
             Col("SUBMITTED"), Col("DURATION", "right"), Col("RECOVERIES", "right"), Col("COST ($)", "right"),
-            Col("WHERE", soft=14, min=8)]
+            Col("WHERE", soft=14, min=8, squeeze=1)]
     _table("Managed jobs", cols, rows, drop=("WHERE", "SUBMITTED", "RECOVERIES"))
 
 

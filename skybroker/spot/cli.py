@@ -71,7 +71,11 @@ def _expand_traces(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
-@click.command("simulate")
+@click.command("simulate", epilog="""\b
+Examples:
+  broker simulate --trace ../shared/spot-traces/availability/1-node/aws-10-26-2022/us-west-2a_v100_1.json
+  broker simulate --trace DIR --policy greedy,slack_aware --task-hours 48 --deadline-hours 60
+  broker simulate --trace FILE --instance p3.2xlarge --cloud aws --region us-west-2 --json""")
 @click.option("--trace", "traces", multiple=True, metavar="FILE",
               help="Trace JSON file or folder (repeatable; more files may follow as arguments).")
 @click.argument("more_traces", nargs=-1, metavar="[FILE]...")
