@@ -361,6 +361,9 @@ def print_plan(plan, task_name: str | None) -> None:
         rows.append([_cloud_region(r), r.zone or "-", r.instance_type, f"{r.vcpus:g}", f"{r.memory_gib:g}",
                      r.accelerators() or "-", "spot" if r.use_spot else "on-demand", _money(r.price) + sus]
                     + ([_money(r.total) + sus] if multi else []) + [("✔", "bold green") if r is c else ""])
+    if all(r[1] == "-" for r in rows):  # no zone anywhere (Azure, local, ssh): no ZONE column to hide
+        cols.pop(1)
+        rows = [r[:1] + r[2:] for r in rows]
     _table("Considered resources", cols, rows, drop=PLAN_DROP)
     if c.offer is not None and c.offer.suspicious:
         _say(f"{_m('yellow', 'Warning:')} the chosen price is far below this instance's price in other regions "
