@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO, broker_cmd
 
 pytest.importorskip("moto")
+pytestmark = pytest.mark.slow  # a moto server warms up for ~10 s
 
 
 def test_gc_json_and_refusal(tmp_path):
