@@ -45,44 +45,92 @@ class GpuRow:
     price_where: str | None
     spot_price: float | None
     spot_where: str | None
-    instance_type: str | None
+    instance_type: str | None  # of the on-demand offer (else of the spot offer)
+    spot_instance_type: str | None = None
 
 
-def show_gpus(name: str | None = None, cloud: str | None = None) -> list[GpuRow]:
-    """Accelerators with their counts and the cheapest on-demand and spot machine per cloud."""
+# Shown by `broker show-gpus` without a name or --all (as `sky show-gpus` shows its common GPUs).
+COMMON_GPUS = ("V100", "V100-32GB", "T4", "L4", "L40S", "A10", "A10G", "A100", "A100-80GB", "H100", "H200",
+               "B200", "MI300X")
+
+
+def show_gpus(name: str | None = None, cloud: str | None = None, *, region: str | None = None,
+              count: float | None = None, spot: bool = False, all_gpus: bool = False) -> list[GpuRow]:
+    """Accelerators with their counts and the cheapest on-demand and spot machine per cloud.
+
+    `name` may carry a count (`A100:8`); without a name only COMMON_GPUS unless `all_gpus`. `region`
+    keeps offers in that region (and the clouds that have it), `count` one count, `spot` rows with a spot
+    offer. An unknown accelerator is NoFeasibleError (exit 3), as in `launch --gpus`."""
     from . import catalog, optimizer
     from .catalog.model import CLOUDS
     from .clouds import registry
+    from .errors import NoFeasibleError
     from .resources import Resources, normalize_cloud
 
+    if name and ":" in name:
+        name, _, n = name.partition(":")
+        try:
+            count = float(n)
+        except ValueError:
+            raise UsageError(f"{name}:{n}: the count must be a number", "e.g. `broker show-gpus A100:8`") from None
+    if count is not None and count <= 0:
+        raise UsageError(f"--count {count:g}: must be positive")
     clouds = (normalize_cloud(cloud, "--cloud"),) if cloud else CLOUDS
     if any(c not in CLOUDS for c in clouds):
         raise UsageError(f"{cloud} has no price catalog", f"pick one of {', '.join(CLOUDS)}")
+    if region:
+        with_region = tuple(c for c in clouds if region in catalog.regions(c))
+        if not with_region:
+            from difflib import get_close_matches
+
+            known = sorted({r for c in clouds for r in catalog.regions(c)})
+            close = get_close_matches(region, known, n=3, cutoff=0.6)
+            raise UsageError(f"no region {region!r} in the {', '.join(clouds)} catalog(s)",
+                             f"did you mean {' or '.join(close)}?" if close else "see `broker show-gpus --help`")
+        clouds = with_region
+    common = {g.lower() for g in COMMON_GPUS}
     pairs: set[tuple[str, float, str]] = set()
     for c in clouds:
         for s in catalog.specs(c):
-            if s.accelerator_name and (name is None or s.accelerator_name.lower() == name.lower()):
-                pairs.add((s.accelerator_name, s.accelerator_count, c))
+            acc = s.accelerator_name
+            if not acc:
+                continue
+            if name is not None:
+                if acc.lower() != name.lower():
+                    continue
+            elif not all_gpus and acc.lower() not in common:
+                continue
+            if count is not None and s.accelerator_count != count:
+                continue
+            pairs.add((acc, s.accelerator_count, c))
     if name and not pairs:
+        names = sorted({s.accelerator_name for c in CLOUDS for s in catalog.specs(c) if s.accelerator_name})
+        if any(n.lower() == name.lower() for n in names):
+            where = f"{name}" + (f":{count:g}" if count is not None else "")
+            raise NoFeasibleError(f"no {where} offer on {', '.join(clouds)}" + (f" in {region}" if region else ""),
+                                  f"`broker show-gpus {name}` lists every count and cloud")
         from difflib import get_close_matches
 
-        names = sorted({s.accelerator_name for c in clouds for s in catalog.specs(c) if s.accelerator_name})
         close = get_close_matches(name, names, n=3, cutoff=0.5)
-        raise UsageError(f"no accelerator named {name!r} in the catalogs",
-                         f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}")
+        raise NoFeasibleError(f"no accelerator named {name!r} in the catalogs",
+                              f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}")
     rows = []
-    for acc, count, c in sorted(pairs, key=lambda p: (p[0].lower(), p[1], registry.order(p[2]))):
+    for acc, n, c in sorted(pairs, key=lambda p: (p[0].lower(), p[1], registry.order(p[2]))):
         best = {}
-        for spot in (False, True):
-            res = Resources(cloud=c, accelerator=acc, accelerator_count=count, use_spot=spot,
+        for use_spot in (False, True):
+            res = Resources(cloud=c, region=region, accelerator=acc, accelerator_count=n, use_spot=use_spot,
                             instance_type=None)
             found = optimizer._search(res, 0, c, 1, (), catalog.specs, catalog.offers)
             found.sort(key=optimizer.Candidate.sort_key)
-            best[spot] = found[0] if found else None
+            best[use_spot] = found[0] if found else None
         od, sp = best[False], best[True]
-        rows.append(GpuRow(acc, count, c, od.price if od else None, od.infra if od else None,
+        if od is None and sp is None:
+            continue
+        if spot and sp is None:
+            continue
+        rows.append(GpuRow(acc, n, c, od.price if od else None, od.infra if od else None,
                            sp.price if sp else None, sp.infra if sp else None,
-                           (od or sp).instance_type if (od or sp) else None))
+                           (od or sp).instance_type, sp.instance_type if sp else None))
     return rows
 
 
@@ -93,6 +141,24 @@ def cluster_exists(name: str) -> bool:
     from . import clusters
 
     return clusters.exists(clusters.validate_name(name))
+
+
+def get_cluster(name: str):
+    """The cluster's record (local state only; no cloud call). NotFoundError (exit 5) when unknown."""
+    from . import state
+    from .errors import NotFoundError
+
+    rec = state.get_cluster(name)
+    if rec is None:
+        raise NotFoundError(f"cluster {name!r} not found", "see `broker status` for your clusters")
+    return rec
+
+
+def cluster_names() -> list[str]:
+    """Names of the known clusters (local state; for shell completion)."""
+    from . import state
+
+    return [r.name for r in state.list_clusters()]
 
 
 def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False, retry_until_up: bool = False,
@@ -143,7 +209,15 @@ def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None)
 def status(refresh: bool = False, names=None):
     from . import clusters
 
-    return clusters.status(refresh=refresh, names=names)
+    recs = clusters.status(refresh=refresh, names=names)
+    if names:
+        missing = [n for n in names if n not in {r.name for r in recs}]
+        if missing:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"cluster{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not found",
+                                "see `broker status` for your clusters")
+    return recs
 
 
 def down(names, on_event=None):
@@ -152,16 +226,16 @@ def down(names, on_event=None):
     return clusters.down(list(names), on_event=on_event or (lambda k, m: None))
 
 
-def stop(name: str):
+def stop(name: str, on_event=None):
     from . import clusters
 
-    return clusters.stop(name)
+    return clusters.stop(name, on_event=on_event or (lambda k, m: None))
 
 
-def start(name: str):
+def start(name: str, on_event=None):
     from . import clusters
 
-    return clusters.start(name)
+    return clusters.start(name, on_event=on_event or (lambda k, m: None))
 
 
 def set_autostop(name: str, minutes, down: bool):
@@ -183,6 +257,17 @@ def logs(name: str, job_id, *, follow: bool, on_line):
 
 
 def cancel(name: str, job_ids, all_jobs: bool = False):
+    """Cancel jobs on a cluster. An id the cluster never had is NotFoundError (exit 5), checked before
+    anything is cancelled; a job that already finished is simply not in the returned list."""
     from . import clusters
 
+    if job_ids and not all_jobs:
+        get_cluster(name)
+        known = {j.job_id for j in clusters.queue(name)}
+        unknown = [j for j in job_ids if j not in known]
+        if unknown:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"no job {', '.join(map(str, unknown))} on cluster {name}",
+                                f"see `broker queue {name}`")
     return clusters.cancel(name, job_ids, all_jobs)

@@ -1,23 +1,69 @@
-"""Which clouds can we use? Credential detection without network access and without importing SDKs.
+"""Which clouds can we use? Credential and SDK detection without network access and without importing SDKs.
 
-Each check mirrors the SDK's own credential chain closely enough to say "present / missing" and what to
-do; it never validates a credential against the cloud (that needs the network).
+A cloud is ready when its credentials are found and its SDK extra is installed (`pip install
+'skybroker[aws]'`, ...). Each credential check mirrors the SDK's own chain closely enough to say "present /
+missing" and what to do; it never validates a credential against the cloud (that needs the network). SDKs
+are looked up with `importlib.util.find_spec`, which finds a module without running it.
 """
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class CloudCheck:
     cloud: str
-    ok: bool
+    ok: bool  # ready: credentials found and the SDK installed
     detail: str  # what was found, or what is missing
     hint: str | None = None
+    credentials: bool | None = None  # None: not looked at yet (set by check_all)
+    sdk: bool | None = None
+    extra: str | None = None  # the pip extra that installs this cloud's SDK
+
+
+# cloud -> (extra, SDK name for people, modules the driver imports). Found with find_spec: nothing is run.
+SDKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "aws": ("aws", "boto3", ("boto3", "botocore")),
+    "gcp": ("gcp", "google-cloud-compute", ("google.cloud.compute_v1", "google.api_core", "google.auth")),
+    "azure": ("azure", "the Azure SDK (azure-identity, azure-mgmt-*)",
+              ("azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource")),
+}
+
+
+def sdk_missing(cloud: str) -> list[str]:
+    """The SDK modules of `cloud` that cannot be found (empty: installed). Never imports the SDK itself
+    (find_spec of a dotted name imports only its parent packages, namespace packages for these SDKs)."""
+    missing = []
+    for mod in SDKS[cloud][2]:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a parent package is missing
+            found = False
+        if not found:
+            missing.append(mod)
+    return missing
+
+
+def install_hint(cloud: str) -> str:
+    return f"pip install 'skybroker[{SDKS[cloud][0]}]'"
+
+
+def _with_sdk(c: CloudCheck) -> CloudCheck:
+    extra, sdk_name, _ = SDKS[c.cloud]
+    missing = sdk_missing(c.cloud)
+    if not missing:
+        return replace(c, credentials=c.ok, sdk=True, extra=extra)
+    if c.ok:
+        return CloudCheck(c.cloud, False, f"{c.detail}, but {sdk_name} is not installed (missing {', '.join(missing)})",
+                          install_hint(c.cloud), credentials=True, sdk=False, extra=extra)
+    return replace(c, credentials=False, sdk=False, extra=extra,
+                   detail=f"{c.detail}; {sdk_name} is not installed either",
+                   hint=f"{c.hint}; and {install_hint(c.cloud)}" if c.hint else install_hint(c.cloud))
 
 
 def _home() -> Path:
@@ -137,12 +183,19 @@ CHECKS = {"aws": check_aws, "gcp": check_gcp, "azure": check_azure}
 
 
 def check_all() -> list[CloudCheck]:
-    return [fn() for fn in CHECKS.values()]
+    return [_with_sdk(fn()) for fn in CHECKS.values()]
 
 
 def enabled_clouds() -> tuple[tuple[str, ...], str | None]:
-    """Clouds to plan across, and a note for the plan header when we fell back to all of them."""
-    ok = tuple(c.cloud for c in check_all() if c.ok)
+    """Clouds to plan across (the ready ones), and a note for the plan header when none is ready and we
+    fell back to all of them (a plan only, then: launching needs a ready cloud)."""
+    checks = check_all()
+    ok = tuple(c.cloud for c in checks if c.ok)
     if ok:
         return ok, None
+    no_sdk = [c.cloud for c in checks if c.credentials and not c.sdk]
+    if no_sdk:
+        return tuple(CHECKS), (f"no cloud is ready ({', '.join(no_sdk)}: credentials found but SDK not installed, "
+                               f"e.g. `{install_hint(no_sdk[0])}`): planning across all catalog clouds "
+                               "(run `broker check`)")
     return tuple(CHECKS), "no cloud credentials found: planning across all catalog clouds (run `broker check`)"

@@ -29,11 +29,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "jobs": ("skybroker.commands.jobs", "jobs", "Managed jobs that survive spot preemption."),
     "gc": ("skybroker.commands.cluster", "gc", "Find and remove resources skybroker created but no longer tracks."),
     "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
-    "check": ("skybroker.commands.info", "check", "Show which clouds have credentials."),
+    "check": ("skybroker.commands.info", "check", "Show which clouds are ready (credentials found, SDK installed)."),
     "show-gpus": ("skybroker.commands.info", "show_gpus", "List accelerators and their cheapest prices."),
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
     "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),
+    "completion": ("skybroker.commands.info", "completion", "Print the shell completion script (bash, zsh, fish)."),
 }
+
+# Modules that come with an extra: a command that needs one that is missing says which extra to install.
+EXTRAS = {"numpy": "simulate", "boto3": "aws", "botocore": "aws", "google": "gcp", "azure": "azure"}
+
+
+def _needs_extra(name: str, module: str, extra: str) -> click.Command:
+    """A stand-in for a command whose optional dependency is not installed."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                           "help_option_names": []}, add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def stub(args):
+        from .errors import BrokerError
+
+        raise BrokerError(f"`broker {name}` needs {module}, which is not installed",
+                          f"pip install 'skybroker[{extra}]'")
+
+    stub.help = COMMANDS[name][2] + f" (needs: pip install 'skybroker[{extra}]')"
+    return stub
 
 
 class LazyGroup(click.Group):
@@ -48,6 +68,9 @@ class LazyGroup(click.Group):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top in EXTRAS:
+                return _needs_extra(name, top, EXTRAS[top])
             if exc.name and exc.name.startswith(module.rsplit(".", 1)[0]):
                 return None  # command not built yet in this checkout
             raise
@@ -71,7 +94,17 @@ class LazyGroup(click.Group):
             raise
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog="""\b
+Examples:
+  broker launch -y examples/hello.yaml        # 2 local nodes, no cloud account needed
+  broker launch --dryrun examples/v100.yaml   # the cheapest place for a task, provisions nothing
+  broker status ; broker down -y hello-1a2b
+  broker show-gpus A100 ; broker check
+  broker completion bash                      # shell completion (bash, zsh, fish)
+
+Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: its own code),
+2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
 @click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
 @click.pass_context
@@ -125,16 +158,25 @@ def main(argv=None) -> None:
         render.error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
+        _stop_progress()
         sys.stderr.write("Aborted.\n")
         sys.exit(130)
     except click.ClickException as exc:
+        _stop_progress()
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except KeyboardInterrupt:
+        _stop_progress()
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+
+
+def _stop_progress() -> None:
+    render = sys.modules.get("skybroker.render")  # only if something was rendered (keeps --help light)
+    if render is not None:
+        render.stop_progress()
 
 
 if __name__ == "__main__":

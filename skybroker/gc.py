@@ -137,24 +137,10 @@ def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[s
                 on_event("skip", f"{o.cluster} is now known to the state: not an orphan")
                 continue
             where = "/".join(p for p in (o.cloud, o.region) if p)
-            on_event("down", f"removing orphan {o.cluster} on {where} ({_describe(o)})")
+            on_event("down", f"removing orphan {o.cluster} on {where} ({len(o.resources)} resource(s))")
             for w in registry.get(o.cloud).terminate(o.cluster, o.region) or ():
                 warnings.append(w)
                 on_event("warning", w)
             state.close_intents(o.cluster, o.cloud, o.region)
     return warnings
 
-
-def _describe(o: Orphan) -> str:
-    by_kind: dict[str, list[str]] = {}
-    for kind, rid in o.resources:
-        by_kind.setdefault(kind, []).append(rid)
-    parts = []
-    for kind, ids in sorted(by_kind.items()):
-        shown = ", ".join(ids[:8]) + (f", … ({len(ids) - 8} more)" if len(ids) > 8 else "")
-        parts.append(f"{len(ids)} {kind}{'s' if len(ids) > 1 else ''} ({shown})")
-    return "; ".join(parts) or "nothing listed"
-
-
-def describe(o: Orphan) -> str:
-    return _describe(o)

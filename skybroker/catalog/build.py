@@ -1,10 +1,10 @@
-"""Build the compact price catalogs under `catalogs/` from the upstream CSVs.
+"""Build the compact price catalogs (package data: `skybroker/catalog/data/`) from the upstream CSVs.
 
     python -m skybroker.catalog.build [--upstream PATH] [--out PATH] [--date YYYY-MM-DD]
     broker catalog build                  (the CLI calls `main`)
 
 Every rule applied here is written out in `README_RULES` below, which also becomes part of the generated
-`catalogs/README.md`, so the documentation cannot drift from the code. Output is deterministic: the same
+`data/README.md`, so the documentation cannot drift from the code. Output is deterministic: the same
 inputs and `--date` give the same bytes. Stdlib only.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from skybroker.errors import BrokerError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_UPSTREAM = REPO.parent / "shared" / "catalogs-upstream"
-DEFAULT_OUT = REPO / "catalogs"
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "data"  # the package data the loader reads
 
 INPUTS = {"aws": "aws/vms_subset.csv", "gcp": "gcp/vms.csv", "azure": "azure/vms.csv"}
 # Provenance, copied from the upstream README (update together with the upstream files).
@@ -359,10 +359,10 @@ def _default_date() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="broker catalog build", description="Build catalogs/ from upstream CSVs.")
+    ap = argparse.ArgumentParser(prog="broker catalog build", description="Build the price catalogs from upstream CSVs.")
     ap.add_argument("--upstream", type=pathlib.Path, default=DEFAULT_UPSTREAM)
     ap.add_argument("--out", type=pathlib.Path, default=None,
-                    help="output folder (default: $BROKER_CATALOG_DIR or <repo>/catalogs)")
+                    help="output folder (default: $BROKER_CATALOG_DIR or the package's skybroker/catalog/data)")
     ap.add_argument("--date", default=None,
                     help="build date to record (default: $SOURCE_DATE_EPOCH or today, UTC)")
     args = ap.parse_args(argv)

@@ -1,10 +1,11 @@
-"""launch, exec, status, down, stop, start, autostop, queue, logs, cancel."""
+"""launch, exec, status, down, stop, start, autostop, queue, logs, cancel, gc."""
 from __future__ import annotations
 
 import click
 
 from .. import render
-from .options import confirm, task_options
+from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
+                      task_options)
 
 
 def _job_exit(st, cluster: str) -> int:
@@ -26,10 +27,16 @@ def _job_exit(st, cluster: str) -> int:
     return st.exit_code if st.exit_code not in (None, 0) else 1
 
 
-@click.command()
+@click.command(epilog=examples(
+    "broker launch -y examples/hello.yaml                 # 2 local nodes, no account needed",
+    "broker launch --dryrun examples/v100.yaml            # the plan only",
+    "broker launch --dryrun --json task.yaml --use-spot   # the plan for scripts",
+    "broker launch -c dev -d -y task.yaml --gpus A100:8   # named cluster, detached",
+    "broker launch -y --infra aws/us-east-1 task.yaml"))
 @click.argument("task_file", type=click.Path(dir_okay=True))
 @task_options
-@click.option("--cluster", "-c", "cluster", help="Cluster name (reused if it exists).")
+@click.option("--cluster", "-c", "cluster", help="Cluster name (reused if it exists).",
+              shell_complete=complete_cluster)
 @click.option("--dryrun", is_flag=True, help="Only print the plan; provision nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (with --dryrun).")
@@ -56,9 +63,10 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         if not confirm("Launch?", yes):
             raise click.Abort()
     progress = render.Progress(quiet=as_json)
-    res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
-                     keep_on_failure=keep_on_failure, on_event=progress.event, on_line=render.LinePrinter().line)
-    progress.done()
+    with progress:
+        res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
+                         keep_on_failure=keep_on_failure, on_event=progress.event,
+                         on_line=render.LinePrinter(progress=progress).line)
     render.attempts(res.attempts, res.cluster)
     if detach:
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
@@ -70,36 +78,40 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     return code
 
 
-@click.command("exec")
-@click.argument("cluster")
+@click.command("exec", epilog=examples(
+    "broker exec dev task.yaml",
+    "broker exec dev -- 'python train.py --epochs 1'",
+    "broker exec -d dev -- nvidia-smi                     # detached: prints the job id"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.argument("task_or_cmd", nargs=-1, required=True)
 @task_options
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 def exec_(cluster, task_or_cmd, overrides, detach):
-    """Run a task file, or a command after --, on an existing cluster (setup is not re-run).
-
-    \b
-      broker exec mycluster task.yaml
-      broker exec mycluster -- 'python train.py --epochs 1'
-    """
+    """Run a task file, or a command after --, on an existing cluster (setup is not re-run)."""
     from .. import api
 
     task = api.exec_task(task_or_cmd, overrides)
     progress = render.Progress()
-    res = api.exec_(cluster, task, detach=detach, on_event=progress.event, on_line=render.LinePrinter().line)
-    progress.done()
+    with progress:
+        res = api.exec_(cluster, task, detach=detach, on_event=progress.event,
+                        on_line=render.LinePrinter(progress=progress).line)
     if detach:
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}")
         return 0
     return _job_exit(res.status, res.cluster)
 
 
-@click.command()
-@click.argument("clusters", nargs=-1)
+@click.command(epilog=examples(
+    "broker status",
+    "broker status dev --refresh                          # ask the cloud (its tags are the truth)",
+    "broker status --json | jq '.[].name'"))
+@click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--refresh", "-r", is_flag=True, help="Reconcile with the clouds (their tags are the truth).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(clusters, refresh, as_json):
-    """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop."""
+    """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop.
+
+    Naming a cluster that does not exist is an error (exit 5)."""
     from .. import api
 
     recs = api.status(refresh=refresh, names=list(clusters) or None)
@@ -109,12 +121,16 @@ def status(clusters, refresh, as_json):
         render.print_clusters(recs)
 
 
-@click.command()
-@click.argument("clusters", nargs=-1)
+@click.command(epilog=examples(
+    "broker down dev                                      # asks first (default: no)",
+    "broker down dev other -y                             # in scripts: -y is required",
+    "broker down --all -y"))
+@click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--all", "-a", "all_", is_flag=True, help="Tear down every cluster.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def down(clusters, all_, yes):
-    """Tear down clusters (terminate their instances). Safe to repeat."""
+    """Tear down clusters (terminate their instances). Safe to repeat: a cluster that is already gone
+    is reported, not an error."""
     from .. import api
     from ..errors import UsageError
 
@@ -126,40 +142,51 @@ def down(clusters, all_, yes):
             return 0
     if not names:
         raise UsageError("name the cluster(s) to tear down, or pass --all", "see `broker status`")
-    if not confirm(f"Tear down {', '.join(names)}?", yes):
-        raise click.Abort()
+    existing = [n for n in names if api.cluster_exists(n)]
+    if existing:
+        confirm_destructive(f"Tear down {', '.join(existing)}?", yes)
     progress = render.Progress()
-    done = api.down(names, on_event=progress.event)
-    progress.done()
+    with progress:
+        done = api.down(names, on_event=progress.event)
     for n in done:
         render.info(f"cluster {n} terminated")
 
 
-@click.command()
-@click.argument("cluster")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.command(epilog=examples("broker stop dev", "broker stop dev -y && broker start dev"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def stop(cluster, yes):
     """Stop a cluster's instances (disks are kept; restart with `broker start`)."""
     from .. import api
 
-    if not confirm(f"Stop {cluster}?", yes):
-        raise click.Abort()
-    api.stop(cluster)
+    api.get_cluster(cluster)  # unknown: exit 5 before asking anything
+    confirm_destructive(f"Stop {cluster}?", yes)
+    progress = render.Progress()
+    with progress:
+        progress.event("stop", f"stopping {cluster}")
+        api.stop(cluster, on_event=progress.event)
     render.info(f"cluster {cluster} stopped")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples("broker start dev"))
+@click.argument("cluster", shell_complete=complete_cluster)
 def start(cluster):
-    """Start a stopped cluster."""
+    """Start a stopped cluster (waits for SSH and reinstalls the node agent)."""
     from .. import api
 
-    api.start(cluster)
+    api.get_cluster(cluster)
+    progress = render.Progress()
+    with progress:
+        progress.event("start", f"starting {cluster}")
+        api.start(cluster, on_event=progress.event)
     render.info(f"cluster {cluster} is up")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples(
+    "broker autostop dev -i 30                            # stop after 30 idle minutes",
+    "broker autostop dev -i 60 --down                     # tear down instead",
+    "broker autostop dev --cancel"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.option("--idle-minutes", "-i", type=int, help="Stop after this many idle minutes.")
 @click.option("--down", "down_", is_flag=True, help="Tear down instead of stopping.")
 @click.option("--cancel", "cancel_", is_flag=True, help="Cancel autostop.")
@@ -180,8 +207,8 @@ def autostop(cluster, idle_minutes, down_, cancel_):
     render.info(f"cluster {cluster} will be {'torn down' if down_ else 'stopped'} after {idle_minutes} idle minute(s)")
 
 
-@click.command()
-@click.argument("cluster")
+@click.command(epilog=examples("broker queue dev", "broker queue dev --json"))
+@click.argument("cluster", shell_complete=complete_cluster)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(cluster, as_json):
     """Show a cluster's jobs."""
@@ -194,78 +221,92 @@ def queue(cluster, as_json):
         render.print_jobs(jobs, cluster)
 
 
-@click.command()
-@click.argument("cluster")
-@click.argument("job_id", type=int, required=False)
+@click.command(epilog=examples(
+    "broker logs dev                                      # the latest job, what exists now",
+    "broker logs dev 2 --follow                           # stream until job 2 ends (exits with its code)",
+    "broker logs dev 2 --json                             # one JSON object per line: {\"node\", \"line\"}"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.argument("job_id", type=JOB_ID, required=False, shell_complete=complete_job_id)
 @click.option("--follow/--no-follow", "-f", default=False, help="Keep streaming until the job ends.")
-def logs(cluster, job_id, follow):
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
+def logs(cluster, job_id, follow, as_json):
     """Show a job's logs (default: the latest job) from every node."""
     from .. import api
 
-    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter().line)
+    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line)
     if follow:
         return _job_exit(st, cluster)
     return 0
 
 
-@click.command()
-@click.argument("cluster")
-@click.argument("job_ids", type=int, nargs=-1)
+@click.command(epilog=examples(
+    "broker cancel dev 3 4",
+    "broker cancel dev --all -y                           # every job; -y required in scripts"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.argument("job_ids", type=JOB_ID, nargs=-1, shell_complete=complete_job_id)
 @click.option("--all", "-a", "all_", is_flag=True, help="Cancel every job on the cluster.")
-def cancel(cluster, job_ids, all_):
-    """Cancel jobs on a cluster (kills their whole process tree on every node)."""
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
+def cancel(cluster, job_ids, all_, yes):
+    """Cancel jobs on a cluster (kills their whole process tree on every node). An id the cluster never
+    had is an error (exit 5)."""
     from .. import api
 
+    if all_:
+        api.get_cluster(cluster)
+        confirm_destructive(f"Cancel every job on {cluster}?", yes)
     done = api.cancel(cluster, list(job_ids), all_)
     render.info(f"cancelled: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "broker gc                                            # list orphans (asks before terminating)",
+    "broker gc --json                                     # list only, for scripts",
+    "broker gc --yes --cloud aws --region us-east-1"))
 @click.option("--yes", "-y", is_flag=True, help="Terminate what is found without asking.")
-@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: every cloud with credentials).")
-@click.option("--region", "regions", multiple=True, help="Only these regions (default: every region).")
-def gc(yes, clouds, regions):
+@click.option("--cloud", "clouds", multiple=True, help="Only these clouds (default: those ready in `broker check`).")
+@click.option("--region", "regions", multiple=True, help="Only these regions (default: every catalog region).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was found (and, with --yes, removed) as JSON.")
+def gc(yes, clouds, regions, as_json):
     """Find resources tagged by skybroker that the local state does not know (instances, security groups,
     firewall rules, resource groups, local node directories) and clusters whose launch was interrupted,
-    and remove them."""
+    and remove them. Clouds that cannot be scanned are named, never skipped silently."""
     from .. import gc as gc_mod
-    from ..errors import BrokerError
+    from ..errors import BrokerError, UsageError
+    from .options import can_prompt
 
-    progress = render.Progress()
+    progress = render.Progress(quiet=as_json)
     regs = {c: list(regions) for c in clouds} if regions and clouds else None
     if regions and not clouds:
         from ..clouds import registry
 
         regs = {c: list(regions) for c in registry.names()}
-    res = gc_mod.scan(tuple(clouds) or None, regs, on_event=progress.event)
-    progress.done()
-    for where, why in res.skipped:
-        render.info(f"not scanned: {where}: {why}")
+    with progress:
+        progress.event("scan", "looking for resources tagged by skybroker and interrupted launches")
+        res = gc_mod.scan(tuple(clouds) or None, regs, on_event=progress.event)
     if not res.scanned:
         raise BrokerError("nothing was scanned: " + "; ".join(f"{w}: {y}" for w, y in res.skipped),
-                          "give a cloud with credentials (`broker check`), e.g. `broker gc --cloud aws`", exit_code=4)
-    render.info("scanned: " + ", ".join(f"{c} ({n} region{'s' if n != 1 else ''})" for c, n in res.scanned.items()))
-    if not res.orphans:
-        render.info("nothing to remove: no untracked resources and no interrupted launches found")
+                          "give a cloud that is ready in `broker check`, e.g. `broker gc --cloud aws`", exit_code=4)
+    if as_json and not yes:
+        render.print_json(render.gc_json(res, []))
         return 0
-    for o in res.orphans:
-        where = "/".join(p for p in (o.cloud, o.region) if p)
-        what = "interrupted launch" if o.interrupted else "orphan"
-        render.info(f"{what}: cluster {o.cluster} on {where}: {gc_mod.describe(o)}")
+    if not as_json:
+        render.print_gc_scan(res)
+    if not res.orphans:
+        if as_json:
+            render.print_json(render.gc_json(res, []))
+        return 0
     if not yes:
-        from .options import can_prompt
-
         if not can_prompt():
-            render.info("run `broker gc --yes` to remove them")
+            raise UsageError(f"{len(res.orphans)} cluster(s) with leftovers found; not removing them without --yes "
+                             "(stdin is not a terminal)", "run `broker gc --yes` to remove them")
+        if not render.confirm_prompt("Remove them?", default=False):
             return 1
-        if not click.confirm("Remove them?", default=False):
-            return 1
-    warnings = gc_mod.remove(res.orphans, on_event=progress.event)
-    progress.done()
-    n_inst = sum(len(o.instance_ids) for o in res.orphans)
-    n_other = sum(len(o.resources) for o in res.orphans) - n_inst
-    render.info(f"terminated {n_inst} instance(s)" + (f" and removed {n_other} other resource(s)" if n_other else "")
-                + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    with progress:
+        warnings = gc_mod.remove(res.orphans, on_event=progress.event)
+    if as_json:
+        render.print_json(render.gc_json(res, res.orphans, warnings))
+    else:
+        render.print_gc_removed(res.orphans, warnings)
     return 0
 
 

@@ -1,47 +1,68 @@
-"""check, show-gpus, catalog."""
+"""check, show-gpus, catalog, completion."""
 from __future__ import annotations
 
 import click
 
 from .. import render
+from .options import examples
 
 
-@click.command()
+@click.command(epilog=examples("broker check", "broker check --json | jq '.[] | select(.ok) | .cloud'"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(as_json):
-    """Show which clouds have credentials (no network needed), with a hint to fix each missing one."""
+    """Show which clouds are ready: credentials found (no network needed) and the SDK extra installed,
+    with a hint to fix each one that is not. Plans use only the ready clouds."""
     from ..check import check_all
 
     checks = check_all()
     if as_json:
-        render.print_json([{"cloud": c.cloud, "ok": c.ok, "detail": c.detail, "hint": c.hint} for c in checks])
+        render.print_json([render.check_json(c) for c in checks])
     else:
         render.print_checks(checks)
 
 
-@click.command("show-gpus")
-@click.argument("name", required=False)
-@click.option("--cloud", help="Only this cloud.")
+@click.command("show-gpus", epilog=examples(
+    "broker show-gpus                                     # common accelerators, cheapest per cloud",
+    "broker show-gpus --all                               # every accelerator in the catalogs",
+    "broker show-gpus A100:8 --spot                       # 8×A100 machines with a spot price",
+    "broker show-gpus H100 --cloud gcp --region us-central1",
+    "broker show-gpus V100 --count 1 --json"))
+@click.argument("name", required=False, metavar="[NAME[:COUNT]]")
+@click.option("--cloud", help="Only this cloud (aws, gcp, azure).")
+@click.option("--region", help="Only offers in this region.")
+@click.option("--count", type=click.FloatRange(min=0, min_open=True), help="Only this many accelerators per machine.")
+@click.option("--spot", is_flag=True, help="Only machines with a spot offer; show spot prices.")
+@click.option("--all", "-a", "all_", is_flag=True, help="Every accelerator, not only the common ones.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def show_gpus(name, cloud, as_json):
-    """Accelerators, counts, and the cheapest on-demand and spot machine per cloud."""
+def show_gpus(name, cloud, region, count, spot, all_, as_json):
+    """Accelerators, counts, and the cheapest on-demand and spot machine per cloud ($/h for the machine).
+
+    Without NAME only common accelerators are listed (--all for every one). An accelerator that is not in
+    the catalogs exits 3, as `launch --gpus` does."""
     from .. import api
 
-    rows = api.show_gpus(name, cloud)
+    rows = api.show_gpus(name, cloud, region=region, count=count, spot=spot, all_gpus=all_)
     if as_json:
-        render.print_json([r.__dict__ for r in rows])
-    else:
-        render.print_gpus(rows, name)
+        render.print_json([render.gpu_json(r) for r in rows])
+        return
+    note = None
+    if not name and not all_:
+        note = "common accelerators only; `broker show-gpus --all` lists every one"
+    render.print_gpus(rows, name, spot_only=spot, note=note)
 
 
-@click.group()
+@click.group(epilog=examples("broker catalog info", "broker catalog info --json",
+                             "broker catalog build --upstream ../shared/catalogs-upstream"))
 def catalog():
-    """Price catalogs (built from the public data in ../shared/catalogs-upstream)."""
+    """Price catalogs: shipped inside the package (skybroker/catalog/data; BROKER_CATALOG_DIR overrides),
+    built from public upstream data (shared/catalogs-upstream)."""
 
 
-@catalog.command("build")
+@catalog.command("build", epilog=examples("broker catalog build --upstream ../shared/catalogs-upstream",
+                                          "broker catalog build --upstream DIR --out /tmp/catalogs"))
 @click.option("--upstream", type=click.Path(), help="Folder with aws/ gcp/ azure/ vms CSVs.")
-@click.option("--out", type=click.Path(), help="Output folder (default: the catalogs/ folder in use).")
+@click.option("--out", type=click.Path(),
+              help="Output folder (default: $BROKER_CATALOG_DIR, else the package's skybroker/catalog/data).")
 def catalog_build(upstream, out):
     """Rebuild the compact catalogs from the upstream CSVs."""
     from ..catalog import build
@@ -54,9 +75,35 @@ def catalog_build(upstream, out):
     return build.main(argv)
 
 
-@catalog.command("info")
-def catalog_info():
-    """Where the catalogs came from and when they were built."""
+@catalog.command("info", epilog=examples("broker catalog info", "broker catalog info --json"))
+@click.option("--json", "as_json", is_flag=True, help="The build metadata as JSON (meta.json, plus `dir`).")
+def catalog_info(as_json):
+    """Where the catalogs are read from, where they came from and when they were built."""
     from .. import catalog as cat
 
-    render.print_json(cat.info())
+    meta = cat.info()
+    meta["dir"] = str(cat.catalog_dir())
+    if as_json:
+        render.print_json(meta)
+    else:
+        render.catalog_summary(meta)
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@click.command(epilog=examples(
+    "broker completion bash > ~/.local/share/bash-completion/completions/broker",
+    "broker completion zsh > \"${fpath[1]}/_broker\"",
+    "broker completion fish > ~/.config/fish/completions/broker.fish",
+    "eval \"$(broker completion bash)\"                      # this shell only"))
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell):
+    """Print the shell completion script for SHELL (commands, options, cluster names, job ids)."""
+    from click.shell_completion import get_completion_class
+
+    from ..cli import cli
+
+    cls = get_completion_class(shell)
+    comp = cls(cli, {}, "broker", "_BROKER_COMPLETE")
+    render.raw(comp.source())

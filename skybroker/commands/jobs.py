@@ -1,20 +1,22 @@
 """broker jobs: managed jobs that survive spot preemption."""
 from __future__ import annotations
 
-import sys
 
 import click
 
 from .. import render
-from .options import confirm, task_options
+from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options
 
 
-@click.group()
+@click.group(epilog=examples("broker jobs launch -y examples/managed.yaml", "broker jobs queue",
+                             "broker jobs logs 1 -f", "broker jobs cancel 1"))
 def jobs():
     """Managed jobs: run to completion through preemptions (relaunch, resume from checkpoint)."""
 
 
-@jobs.command("launch")
+@jobs.command("launch", epilog=examples(
+    "broker jobs launch -y examples/managed.yaml          # follows the logs until the job ends",
+    "broker jobs launch -d -y task.yaml --use-spot        # detached: prints the job id"))
 @click.argument("task_file", type=click.Path(dir_okay=True))
 @task_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -39,11 +41,11 @@ def launch(task_file, overrides, yes, detach):
     return _follow(job.id)
 
 
-def _follow(job_id: int) -> int:
+def _follow(job_id: int, as_json: bool = False) -> int:
     from ..jobs import ops, store
 
     try:
-        j = ops.follow_logs(job_id, True, lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+        j = ops.follow_logs(job_id, True, render.LinePrinter(as_json=as_json).raw)
     except KeyboardInterrupt:
         from ..errors import Interrupted
 
@@ -57,7 +59,7 @@ def _follow(job_id: int) -> int:
     return j.exit_code if j.exit_code not in (None, 0) else 1
 
 
-@jobs.command("queue")
+@jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(as_json):
     """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far."""
@@ -70,28 +72,30 @@ def queue(as_json):
         render.print_managed(js)
 
 
-@jobs.command("logs")
-@click.argument("job_id", type=int)
+@jobs.command("logs", epilog=examples("broker jobs logs 1", "broker jobs logs 1 -f", "broker jobs logs 1 --json"))
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_managed_job_id)
 @click.option("--follow/--no-follow", "-f", default=False, help="Keep streaming until the job ends.")
-def logs(job_id, follow):
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
+def logs(job_id, follow, as_json):
     """A managed job's output across recoveries (with a marker at each recovery)."""
     from ..jobs import ops
 
     if follow:
-        return _follow(job_id)
-    ops.follow_logs(job_id, False, lambda line: sys.stdout.write(line + "\n"))
+        return _follow(job_id, as_json)
+    ops.follow_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
     return 0
 
 
-@jobs.command("cancel")
-@click.argument("job_ids", type=int, nargs=-1)
+@jobs.command("cancel", epilog=examples("broker jobs cancel 3 4",
+                                          "broker jobs cancel --all -y                      # -y required in scripts"))
+@click.argument("job_ids", type=JOB_ID, nargs=-1, shell_complete=complete_managed_job_id)
 @click.option("--all", "-a", "all_", is_flag=True, help="Cancel every active managed job.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
 def cancel(job_ids, all_, yes):
-    """Cancel managed jobs (their clusters are torn down)."""
+    """Cancel managed jobs (their clusters are torn down). An unknown id is an error (exit 5)."""
     from ..jobs import ops
 
-    if not confirm("Cancel?", yes):
-        raise click.Abort()
+    if all_:
+        confirm_destructive("Cancel every active managed job?", yes)
     done = ops.cancel(list(job_ids), all_)
     render.info(f"cancelling: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")

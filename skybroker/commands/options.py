@@ -1,4 +1,5 @@
-"""Options shared by commands that take a task (launch, exec, jobs launch)."""
+"""Options shared by the commands: task options (launch, exec, jobs launch), confirmation, job ids, shell
+completion of cluster names and job ids."""
 from __future__ import annotations
 
 import functools
@@ -75,7 +76,75 @@ def can_prompt() -> bool:
 
 
 def confirm(question: str, yes: bool) -> bool:
-    """Ask unless -y was given or nobody can answer (stdin not a terminal: CI)."""
+    """For actions that create (launch): ask unless -y was given or nobody can answer (stdin not a
+    terminal: CI goes ahead). The default answer is yes."""
     if yes or not can_prompt():
         return True
-    return click.confirm(question, default=True)
+    from .. import render
+
+    return render.confirm_prompt(question, default=True)
+
+
+def confirm_destructive(question: str, yes: bool, flag: str = "-y") -> None:
+    """For actions that destroy (down, stop, cancel --all, gc): never without -y when nobody can answer
+    (exit 2 with a hint); on a terminal ask, default No (click.Abort when declined)."""
+    if yes:
+        return
+    if not can_prompt():
+        raise UsageError(f"{question.rstrip('?')}: not without confirmation, and stdin is not a terminal",
+                         f"pass {flag} to confirm")
+    from .. import render
+
+    if not render.confirm_prompt(question, default=False):
+        raise click.Abort()
+
+
+# Job ids are SQLite integers: a larger number is bad input (exit 2), never an overflow traceback.
+JOB_ID = click.IntRange(1, 2**63 - 1)
+
+
+def complete_cluster(ctx, param, incomplete: str):
+    """Shell completion: cluster names from the local state (no cloud call)."""
+    try:
+        from .. import api
+
+        names = api.cluster_names()
+    except Exception:  # completion must never fail loudly
+        return []
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def complete_job_id(ctx, param, incomplete: str):
+    """Shell completion: job ids of the cluster named earlier on the command line."""
+    cluster = (ctx.params or {}).get("cluster")
+    if not cluster:
+        return []
+    try:
+        from .. import api
+
+        ids = [str(j.job_id) for j in api.queue(cluster)]
+    except Exception:
+        return []
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+def complete_managed_job_id(ctx, param, incomplete: str):
+    """Shell completion: managed job ids (local state only; does not start the controller)."""
+    try:
+        from ..jobs import store
+
+        ids = [str(j.id) for j in store.all_jobs()]
+    except Exception:
+        return []
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: its examples, kept as written (click does not rewrap a \\b paragraph)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {ln}" for ln in lines)

@@ -71,7 +71,11 @@ def _expand_traces(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
-@click.command("simulate")
+@click.command("simulate", epilog="""\b
+Examples:
+  broker simulate --trace ../shared/spot-traces/availability/1-node/aws-10-26-2022/us-west-2a_v100_1.json
+  broker simulate --trace DIR --policy greedy,slack_aware --task-hours 48 --deadline-hours 60
+  broker simulate --trace FILE --instance p3.2xlarge --cloud aws --region us-west-2 --json""")
 @click.option("--trace", "traces", multiple=True, metavar="FILE",
               help="Trace JSON file or folder (repeatable; more files may follow as arguments).")
 @click.argument("more_traces", nargs=-1, metavar="[FILE]...")
@@ -130,7 +134,12 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
     loaded = [load_trace(p).head(days) for p in _expand_traces(tuple(traces) + tuple(more_traces))]
     settings = experiment.Settings(task_hours, deadline_hours, overhead_hours, starts, seed,
                                    Prices(od, sp), nodes)
-    res = experiment.run(loaded, settings, names, workers)
+    from skybroker import render
+
+    progress = render.Progress(quiet=as_json or as_csv)
+    with progress:
+        progress.event("simulate", f"simulating {len(loaded)} trace(s) × {starts} starts × {len(names)} policies")
+        res = experiment.run(loaded, settings, names, workers, **_progress_hook(experiment.run, progress))
     if not res.rows:
         reasons = "; ".join(f"{k}: {v}" for k, v in res.skipped.items())
         raise UsageError(f"no trace is long enough for this deadline ({reasons})",
@@ -163,30 +172,15 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def _render(res, meta) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+def _progress_hook(run, progress) -> dict:
+    """`on_progress=progress.update` (done, total) once the simulator accepts it; a spinner with the elapsed
+    time until then."""
+    import inspect
 
-    console = Console()
-    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=120)
-    n = sum(res.samples_per_trace.values())
-    console.print(f"{n} samples over {len(res.samples_per_trace) - len(res.skipped)} trace(s); "
-                  f"C = {meta['task_hours']:g} h, deadline {meta['deadline_hours']:g} h, "
-                  f"d = {meta['overhead_hours']:g} h; on-demand ${meta['on_demand_price']:.4g}/h, "
-                  f"spot ${meta['spot_price']:.4g}/h ({meta['prices_from']})")
-    for name, why in res.skipped.items():
-        console.print(f"[yellow]skipped {name}: {why}[/yellow]")
-    t = Table(title="cost normalised to always-on-demand; gap = (cost - omniscient) / on-demand",
-              box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("policy", "cost", "p25", "p75", "spot h", "OD h", "met", "gap", "gap p25",
-                "gap p75"):
-        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
-    for s in res.summary:
-        t.add_row(s["policy"], f"{s['mean_norm_cost']:.4f}", f"{s['p25_norm_cost']:.4f}",
-                  f"{s['p75_norm_cost']:.4f}", f"{s['spot_hours']:.1f}", f"{s['od_hours']:.1f}",
-                  f"{100 * s['deadline_met']:.0f}%", f"{s['mean_gap']:.4f}", f"{s['p25_gap']:.4f}",
-                  f"{s['p75_gap']:.4f}")
-    console.print(t)
-    console.print(f"omniscient DP: {meta['omniscient_cpu_seconds']:.1f} s CPU")
+    return {"on_progress": progress.update} if "on_progress" in inspect.signature(run).parameters else {}
+
+
+def _render(res, meta) -> None:
+    from skybroker import render
+
+    render.print_simulation(res, meta)

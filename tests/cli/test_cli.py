@@ -130,7 +130,7 @@ def test_show_gpus_and_check():
     assert v1["aws"]["price"] == pytest.approx(3.06) and v1["gcp"]["price"] == pytest.approx(2.95321)
     assert v1["aws"]["spot_price"] == pytest.approx(0.3548)
     r = run("show-gpus", "A1OO")
-    assert r.returncode == 2 and "did you mean" in r.stderr
+    assert r.returncode == 3 and "did you mean" in r.stderr  # as `launch --gpus A1OO`
     r = run("check")
     assert r.returncode == 0 and "aws" in r.stdout and "hint" in r.stdout
     r = run("check", "--json", env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})

@@ -21,7 +21,6 @@ from botocore.exceptions import ClientError
 from skybroker import api, provision, spec, state
 from skybroker.clouds import registry
 from skybroker.clouds.aws import client as aws_client
-from skybroker.clouds.aws import driver as aws_driver
 from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest
 from skybroker.errors import InvalidRequestError, ProvisionError, Scope
 from skybroker.optimizer import Block

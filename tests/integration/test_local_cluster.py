@@ -273,7 +273,7 @@ def test_exec_detach_queue_logs_cancel(tmp_path):
         assert r.returncode == 0, r.stderr
         ids.append(submitted_id(r.stderr))
     wait_for(lambda: (node_dir("jobs", 0) / f"started-{ids[0]}").exists(), 15, what="the first job to run")
-    r = broker("cancel", "jobs", "--all")
+    r = broker("cancel", "jobs", "--all", "-y")
     assert r.returncode == 0, r.stderr
     assert f"cancelled: {ids[0]}, {ids[1]}" in r.stderr, r.stderr
     states = {j["job_id"]: j["status"] for j in queue_json("jobs")}
@@ -332,7 +332,7 @@ def test_status_refresh_and_idempotent_down(tmp_path):
     # down twice: both succeed; processes and directories are gone
     bg = int((node_dir("alpha", 0) / "bg.pid").read_text())
     assert alive(bg)
-    r = broker("down", "alpha")
+    r = broker("down", "alpha", "-y")  # destructive: -y is required when stdin is not a terminal
     assert r.returncode == 0, r.stderr
     assert "terminated" in r.stderr
     assert not (broker_home() / "local" / "alpha").exists()
@@ -410,7 +410,7 @@ def test_concurrent_commands_on_one_cluster(tmp_path):
     try:
         wait_for(lambda: "provisioning" in (tmp_path / "racer.err").read_text() or launch.poll() is not None, 30,
                  interval=0.02, what="the launch to start provisioning")
-        d = broker("down", "racer", timeout=60)
+        d = broker("down", "-y", "racer", timeout=60)
         assert d.returncode == 0, d.stderr
         assert "terminating racer" in d.stderr, d.stderr  # it waited for the cluster to exist, then removed it
         out, _ = launch.communicate(timeout=30)

@@ -18,7 +18,7 @@ from skybroker.catalog.model import InstanceSpec
 from skybroker.errors import BrokerError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CATALOGS = REPO / "catalogs"
+CATALOGS = REPO / "skybroker" / "catalog" / "data"  # package data (shipped in the wheel)
 UPSTREAM = pathlib.Path(os.environ.get("BROKER_SHARED", REPO.parent / "shared")) / "catalogs-upstream"
 
 
