@@ -310,21 +310,18 @@ def gc(yes, clouds, regions, as_json):
     return 0
 
 
-@click.group()
+@click.group(epilog=examples("broker hostkeys forget mycluster            # every node's pin",
+                             "broker hostkeys forget mycluster --node 1   # one node"))
 def hostkeys():
     """Pinned SSH host keys of cluster nodes (trust on first use, per instance)."""
 
 
-@hostkeys.command("forget")
+@hostkeys.command("forget", epilog=examples("broker hostkeys forget mycluster --node 1"))
 @click.argument("cluster")
 @click.option("--node", "rank", type=int, help="Only this node rank (default: every node).")
 def hostkeys_forget(cluster, rank):
     """Forget the pinned host key(s) of CLUSTER's nodes, after you checked that the host really changed
-    (re-imaged, replaced). The next connection pins the key it is shown.
-
-    \b
-      broker hostkeys forget mycluster --node 1
-    """
+    (re-imaged, replaced). The next connection pins the key it is shown."""
     from .. import clusters
 
     done = clusters.forget_host_keys(cluster, rank)
