@@ -167,10 +167,13 @@ def _bring_up_locked(b: BringUp) -> Running:
     name, task = b.cluster, b.task
     rec = state.get_cluster(name)
     if rec is not None and rec.status in (INIT, INTERRUPTED):
+        adopted = _adopt_half_made(rec, b)
+        if adopted is not None:
+            return adopted
         b.on_event("cleanup", f"cluster {name} was left half-made by an interrupted launch: removing it first")
         terminate(rec, b.on_event)
         rec = None
-    created, attempts = False, []
+    created, attempts, resources = False, [], None
     stage = Stage.PROVISION
     rt = None
     try:
@@ -197,15 +200,6 @@ def _bring_up_locked(b: BringUp) -> Running:
             failpoint("agent")
             rt.install_agent()
             failpoint("after-agent")
-            rec.status = UP
-            state.save_cluster(rec)
-            state.close_intents(name, state="adopted")
-            state.add_event(name, "up", f"up on {rec.infra}")
-            if resources.autostop:
-                state.set_autostop(name, resources.autostop.idle_minutes, resources.autostop.down)
-                from . import autostop
-
-                autostop.ensure_watcher()
         rt = rt or ClusterRuntime(rec)
         if b.token and not created:
             stage = Stage.SUBMIT
@@ -228,6 +222,8 @@ def _bring_up_locked(b: BringUp) -> Running:
         b.on_event("submit", f"submitting the job to {len(rec.nodes)} node(s)")
         failpoint("submit")
         job_id = _submit(rt, rec, task, not created, b, by_rank)
+        if created:  # a new cluster is UP once its job is on it: a launch killed before that is INTERRUPTED
+            _mark_up(rec, resources)
         failpoint("after-submit")
         return Running(name, job_id, attempts, not created, runtime=rt)
     except BaseException as exc:
@@ -236,6 +232,39 @@ def _bring_up_locked(b: BringUp) -> Running:
         if isinstance(exc, BringUpError):
             raise
         raise _fail(b, rec, stage, created, exc) from (None if isinstance(exc, KeyboardInterrupt) else exc)
+
+
+def _mark_up(rec: ClusterRecord, resources) -> None:
+    rec.status = UP
+    state.save_cluster(rec)
+    state.close_intents(rec.name, state="adopted")
+    state.add_event(rec.name, "up", f"up on {rec.infra}")
+    if resources is not None and resources.autostop:
+        state.set_autostop(rec.name, resources.autostop.idle_minutes, resources.autostop.down)
+        from . import autostop
+
+        autostop.ensure_watcher()
+
+
+def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
+    """A cluster whose bring-up died right after its job was submitted (before it was marked UP): with the
+    same submit token, the job is found there and adopted instead of the cluster being rebuilt (which
+    would run the job a second time)."""
+    from .backend import ClusterRuntime
+
+    if not b.token or not rec.nodes:
+        return None
+    rt = ClusterRuntime(rec)
+    try:
+        job_id = rt.find_token(b.token)
+    except BrokerError:
+        job_id = None
+    if job_id is None:
+        rt.close()
+        return None
+    _mark_up(rec, None)
+    b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {rec.name}: not submitting again")
+    return Running(rec.name, job_id, [], True, adopted=True, runtime=rt)
 
 
 def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
@@ -326,7 +355,7 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
         except BaseException as texc:  # noqa: BLE001 - report both
             note = (f"terminating cluster {b.cluster} failed too ({getattr(texc, 'message', texc)}); "
                     f"`broker down {b.cluster}` or `broker gc` removes it")
-    elif created and rec is not None:
+    elif created and rec is not None:  # kept as asked
         rec.status = UP if stage not in (Stage.READY, Stage.AGENT) else INTERRUPTED
         state.save_cluster(rec)
         state.close_intents(b.cluster, state="adopted")

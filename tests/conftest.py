@@ -30,3 +30,16 @@ def isolated_env(tmp_path, monkeypatch):
 def broker_cmd() -> list[str]:
     """The CLI as a real subprocess, through the same interpreter running the tests."""
     return [sys.executable, "-m", "skybroker.cli"]
+
+
+# Tables that tests produce for the record (e.g. the fault-injection matrix), printed at the end of the run.
+REPORTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    mods = {id(m): m for m in (sys.modules.get("tests.conftest"), sys.modules.get("conftest")) if m is not None}
+    for text in [t for m in mods.values() for t in getattr(m, "REPORTS", [])]:
+        terminalreporter.write_sep("-", "report")
+        terminalreporter.write_line(text)
