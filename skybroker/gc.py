@@ -30,7 +30,7 @@ class Orphan:
 
     @property
     def instance_ids(self) -> tuple[str, ...]:
-        return tuple(i for k, i in self.resources if k in ("instance", "node-dir"))
+        return tuple(i for k, i in self.resources if k == "instance")
 
 
 @dataclass

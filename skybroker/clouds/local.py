@@ -143,8 +143,12 @@ class LocalCloud(Provider):
         root = self._root()
         if not root.is_dir():
             return []
-        return [TaggedResource(self.name, None, d.name, "node-dir", str(d), live=True)
-                for d in sorted(root.iterdir()) if d.is_dir()]
+        out = []
+        for d in sorted(root.iterdir()):
+            if d.is_dir():
+                out.append(TaggedResource(self.name, None, d.name, "node-dir", str(d), live=False))
+                out += [TaggedResource(self.name, None, d.name, "instance", i.instance_id) for i in self.query(d.name)]
+        return out
 
     def preempt(self, cluster: str, rank: int = 0) -> None:
         """Simulate a spot preemption of one node: its processes die and the node is gone."""

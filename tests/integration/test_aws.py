@@ -393,6 +393,31 @@ def test_capacity_error_fails_over_to_the_next_zone_in_the_same_region(hooks, pu
     assert [i.zone for i in infos] == ["us-east-1c"]
 
 
+def test_throttling_is_retried_in_place_not_failed_over(hooks, public_key, monkeypatch):
+    """RequestLimitExceeded is the API's rate limit, not a verdict on the region: the same place is retried
+    after a backoff, never a pricier region."""
+    monkeypatch.setenv("BROKER_THROTTLE_BACKOFF", "0.05")
+    hooks.fail("RunInstances", "RequestLimitExceeded", "Request limit exceeded.", times=2)
+    planner = Planner(task())
+    events = []
+    cand, infos, attempts = provision.provision("thr", planner, public_key=public_key,
+                                                on_event=lambda k, m: events.append((k, m)))
+    assert (cand.region, cand.zone) == ("us-east-1", "use1-az1")  # the first choice, not a failover
+    assert attempts == [] and planner.seen == [[]]
+    assert hooks.count("RunInstances") == 3
+    assert sum(k == "throttled" for k, _ in events) == 2 and "RequestLimitExceeded" in events[[k for k, _ in events].index("throttled")][1]
+    assert len(instances(cluster="thr")) == 1
+
+
+def test_throttling_that_does_not_clear_moves_on(hooks, public_key, monkeypatch):
+    monkeypatch.setenv("BROKER_THROTTLE_BACKOFF", "0.01")
+    monkeypatch.setenv("BROKER_THROTTLE_RETRIES", "1")
+    hooks.fail("RunInstances", "RequestLimitExceeded", "Request limit exceeded.", when=in_region("us-east-1"))
+    cand, _, attempts = provision.provision("thr2", Planner(task()), public_key=public_key)
+    assert cand.region != "us-east-1"
+    assert [(a.error, a.code, a.scope) for a in attempts] == [("ThrottledError", "RequestLimitExceeded", "retry")]
+
+
 def test_quota_error_blocks_the_whole_region(hooks, public_key):
     hooks.fail("RunInstances", "VcpuLimitExceeded", "You have requested more vCPU capacity than your current "
                "vCPU limit of 0 allows", when=in_region("us-east-1"))

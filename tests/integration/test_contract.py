@@ -3,9 +3,14 @@
   - provision is idempotent by cluster (a retried launch resumes, never duplicates);
   - query after provision finds the instances, tagged with the cluster; after terminate it is empty;
   - terminate twice is fine;
-  - spot instances are marked spot (clouds with a spot market);
-  - ports are opened only as asked (clouds with a firewall);
-  - typed errors carry the right scope (zone / region / cloud).
+  - spot instances are marked spot (providers declaring `capabilities.spot`);
+  - ports are opened only as asked (providers declaring `capabilities.firewall`);
+  - typed errors carry the right scope (zone / region / cloud);
+  - run_instances/wait_instances: the ids run returns are the instances wait returns, and a second run
+    returns the same ids (nothing duplicated);
+  - `capabilities.stop`: stop/start work when declared, and are refused (InvalidRequestError) when not;
+  - `capabilities.tagged_listing`: list_tagged finds the cluster's resources (and nothing after terminate).
+What a provider can do is read from its declared capabilities, never from the adapter or hasattr.
 
 Each cloud plugs in through a small adapter (how to make a valid request, inject a fault, read the
 firewall). GCP and Azure adapters live beside their fakes and are added to CLOUDS when present.
@@ -194,7 +199,7 @@ def test_terminate_twice_and_query_after_is_empty(adapter):
 
 
 def test_spot_instances_are_marked_spot(adapter):
-    if not adapter.spot:
+    if not adapter.cloud.capabilities.spot:
         pytest.skip(f"{adapter.name} has no spot market")
     spot = adapter.cloud.provision(adapter.request("ct-spot", 1, spot=True))
     od = adapter.cloud.provision(adapter.request("ct-od", 1, spot=False))
@@ -202,7 +207,7 @@ def test_spot_instances_are_marked_spot(adapter):
 
 
 def test_ports_opened_only_as_asked(adapter):
-    if not adapter.firewall:
+    if not adapter.cloud.capabilities.firewall:
         pytest.skip(f"{adapter.name} has no firewall of ours")
     adapter.cloud.provision(adapter.request("ct-ports", 1, ports=("8080", "9000-9010")))
     assert adapter.open_ports("ct-ports") == [(22, 22), (8080, 8080), (9000, 9010)]
@@ -224,3 +229,61 @@ def test_typed_errors_carry_their_scope(adapter, fault, err, scope):
         adapter.cloud.provision(req)
     assert ei.value.scope == scope
     assert ei.value.code  # the cloud's own code, for the failover report
+
+
+def test_the_provider_is_registered_and_declares_its_capabilities(adapter):
+    from skybroker.clouds import registry
+    from skybroker.clouds.base import Capabilities, Provider
+
+    prov = adapter.cloud
+    assert isinstance(prov, Provider) and prov.name == adapter.name
+    assert type(registry.get(adapter.name, sdk=False)) is type(prov)
+    assert isinstance(prov.capabilities, Capabilities)
+    assert prov.capabilities.priced == bool(prov.catalog)  # priced offers come from a catalog it names
+    assert prov.check().cloud == adapter.name
+
+
+def test_run_then_wait_returns_the_recorded_instances(adapter):
+    req = adapter.request("ct-rw", 2)
+    ids = adapter.cloud.run_instances(req)
+    assert len(ids) == 2
+    infos = adapter.cloud.wait_instances(req, ids)
+    _save("ct-rw", infos, adapter.name, req.region)
+    assert sorted(i.instance_id for i in infos) == sorted(ids)
+    assert sorted(adapter.cloud.run_instances(req)) == sorted(ids)  # resumes: same instances, none new
+    assert all(i.state == "running" for i in adapter.cloud.wait_instances(req, ids))
+
+
+def test_stop_and_start_as_declared(adapter):
+    from skybroker.clouds.base import RUNNING, STOPPED
+    from skybroker.errors import InvalidRequestError
+
+    req = adapter.request("ct-stop", 1)
+    infos = adapter.cloud.provision(req)
+    _save("ct-stop", infos, adapter.name, req.region)
+    if not adapter.cloud.capabilities.stop:
+        with pytest.raises(InvalidRequestError):
+            adapter.cloud.stop("ct-stop", req.region)
+        return
+    adapter.cloud.stop("ct-stop", req.region)
+    assert {i.state for i in adapter.cloud.query("ct-stop", req.region)} == {STOPPED}
+    started = adapter.cloud.start("ct-stop", req.region)
+    assert [i.state for i in started] == [RUNNING]
+    assert [i.instance_id for i in started] == [i.instance_id for i in infos]
+
+
+def test_list_tagged_finds_the_clusters_resources(adapter):
+    if not adapter.cloud.capabilities.tagged_listing:
+        pytest.skip(f"{adapter.name} keeps no resources of its own (declared: tagged_listing=False)")
+    req = adapter.request("ct-tag", 1)
+    infos = adapter.cloud.provision(req)
+    regions = [r for r in adapter.cloud.regions() if r in (req.region, None)] or [req.region]
+
+    def mine():
+        return [t for r in regions for t in adapter.cloud.list_tagged(r) if t.cluster == "ct-tag"]
+
+    found = mine()
+    assert {t.id for t in found if t.kind == "instance"} == {i.instance_id for i in infos}
+    assert all(t.cloud == adapter.name for t in found)
+    adapter.cloud.terminate("ct-tag", req.region)
+    assert mine() == []

@@ -179,7 +179,7 @@ class AzureCloud(Provider):
         ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
         if ranks:
             self._create_nodes(c, place, req, ranks, subnet_id, nsg_id)
-        return [vm.name for vm in live] + [_vm_name(req.cluster, r) for r in ranks]
+        return [self._info(vm, {}).instance_id for vm in self._vms(c, place, req.cluster)]
 
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
         place = Place("azure", req.region, req.zone, req.instance_type)
@@ -441,7 +441,7 @@ class AzureCloud(Provider):
             if not cluster:
                 continue
             out.append(TaggedResource(self.name, g.location, cluster, "resource-group", g.name, live=False))
-            out += [TaggedResource(self.name, g.location, cluster, "instance", vm.name)
+            out += [TaggedResource(self.name, g.location, cluster, "instance", self._info(vm, {}).instance_id)
                     for vm in self._vms(c, place, cluster)]
         return out
 

@@ -1,0 +1,133 @@
+"""SSH-pool promises on real sshd nodes (network namespaces; root only):
+
+  - teardown of a pool host that is the client's own machine (the same user, the same home) removes only
+    what skybroker put there — never the client's state, keys, or a directory the user already had;
+  - a changed host key is never accepted, never reported as "unreachable", and still allows `down`
+    (with a warning); `broker hostkeys forget` drops a pin.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, broker_cmd
+
+
+def run(*args, env=None, timeout=120):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(broker_cmd() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, stdin=subprocess.DEVNULL, env=e)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, x) for x in dirs + files)]:
+            os.lchown(name, pw.pw_uid, pw.pw_gid)
+
+
+def test_teardown_on_the_clients_own_machine_deletes_nothing_of_the_clients(node_pool, node_key, tmp_path):
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    try:
+        home = node.home  # the node's home, seen from here: the client uses the very same directory
+        env = {"HOME": str(home)}
+        env_no_bh = {k: v for k, v in os.environ.items() if k != "BROKER_HOME"}
+        env_no_bh.update(env)
+        client = home / ".broker"  # the client's default BROKER_HOME is inside the host's home
+        client.mkdir()
+        (client / "ssh_node_pools.yaml").write_text(f"me:\n  user: {node.user}\n  identity_file: {key}\n"
+                                                    f"  hosts: [{node.ip}]\n")
+        (home / "sky_workdir").mkdir()
+        (home / "sky_workdir" / "mine.txt").write_text("the user's own file")
+        (home / "important.txt").write_text("keep me")
+        _chown_tree(home / "sky_workdir", node.user)  # the user's own directory, owned by them
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        (wd / "code.py").write_text("print('hi')")
+        task = tmp_path / "t.yaml"
+        task.write_text(f"name: self\nworkdir: {wd}\nresources: {{infra: ssh/me}}\nrun: ls ~/sky_workdir\n")
+
+        def broker(*args):
+            return subprocess.run(broker_cmd() + list(map(str, args)), capture_output=True, text=True, timeout=120,
+                                  cwd=REPO, stdin=subprocess.DEVNULL, env=env_no_bh)
+
+        r = broker("launch", "-y", "-c", "self", task)
+        assert r.returncode == 0, r.stderr
+        assert "code.py" in r.stdout and "mine.txt" in r.stdout
+        assert (client / "state.db").exists() and (home / ".skybroker-node" / "agent.py").exists()
+        _chown_tree(client, node.user)  # the host's user could delete the client's files, if it tried
+        before = sorted(p.relative_to(client).as_posix() for p in client.rglob("*"))
+        r = broker("down", "-y", "self")
+        assert r.returncode == 0, r.stderr
+        assert not (home / ".skybroker-node").exists()  # what skybroker put there is gone
+        assert (home / "important.txt").read_text() == "keep me"
+        assert (home / "sky_workdir" / "mine.txt").read_text() == "the user's own file"  # it existed before
+        assert (client / "state.db").exists() and (client / "keys").is_dir()
+        after = sorted(p.relative_to(client).as_posix() for p in client.rglob("*"))
+        assert {"state.db", "state.id", "keys", "ssh_node_pools.yaml"} <= set(after), after
+        assert set(before) - set(after) <= {p for p in before if p.startswith("locks/") or "known_hosts" in p}
+        r = broker("status", "--json")  # the client's state still works
+        assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout + r.stderr
+    finally:
+        if node.alive:
+            node_pool.kill(node)
+
+
+def test_changed_host_key_is_refused_but_down_still_works(node_pool, node_key, tmp_path):
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    bh = Path(os.environ["BROKER_HOME"])
+    bh.mkdir(parents=True, exist_ok=True)
+    (bh / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {node.user}\n  identity_file: {key}\n  hosts: [{node.ip}]\n")
+    task = tmp_path / "t.yaml"
+    task.write_text("name: hk\nresources: {infra: ssh/lab}\nrun: echo first\n")
+    assert run("launch", "-y", "-c", "hk", task).returncode == 0
+    node_pool.kill(node)
+    new = node_pool.add_node(pub)  # the same IP, a new machine with a new host key (a re-imaged host)
+    try:
+        assert new.ip == node.ip
+        r = run("exec", "hk", "--", "echo should-not-run")
+        assert r.returncode != 0
+        assert "host key" in flat(r.stderr) and "changed" in flat(r.stderr) and "unreachable" not in r.stderr
+        assert "Traceback" not in r.stderr and "should-not-run" not in r.stdout
+
+        from skybroker.clouds.common import host_keys
+        from skybroker.runtime.runner import HostKeyMismatch
+        from skybroker.runtime.ssh_runner import SSHRunner
+
+        rec = json.loads(run("status", "--json").stdout)[0]
+        iid = f"ssh:lab:{node.user}@{node.ip}:22"
+        runner = SSHRunner("hk-node-0", node.ip, 22, node.user, key, host_keys(), connect_timeout=5, instance_id=iid)
+        with pytest.raises(HostKeyMismatch):
+            runner.alive(5)  # a changed key is not "unreachable"
+        runner.close()
+        assert rec["name"] == "hk"
+
+        r = run("down", "-y", "hk")
+        assert r.returncode == 0, r.stderr
+        assert "host key changed" in flat(r.stderr) and "hostkeys forget" in flat(r.stderr)
+        assert json.loads(run("status", "--json").stdout) == []
+        assert host_keys().get(iid) is None  # down forgot the pin of the instance it released
+        # the host is free again and a new launch pins the new key
+        r = run("launch", "-y", "-c", "hk2", task)
+        assert r.returncode == 0, r.stderr
+        assert host_keys().get(iid)[1] in new.host_key
+        # `broker hostkeys forget` drops the pin explicitly
+        r = run("hostkeys", "forget", "hk2")
+        assert r.returncode == 0 and iid in r.stderr
+        assert host_keys().get(iid) is None
+        assert run("down", "-y", "hk2").returncode == 0
+    finally:
+        if new.alive:
+            node_pool.kill(new)
