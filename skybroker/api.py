@@ -220,6 +220,13 @@ def status(refresh: bool = False, names=None):
     return recs
 
 
+def adopt(on_event=None) -> list[str]:
+    """Record in the state every cluster the ready clouds have by tag and the state does not know."""
+    from . import clusters
+
+    return clusters.adopt(on_event=on_event or (lambda k, m: None))
+
+
 def down(names, on_event=None):
     from . import clusters
 

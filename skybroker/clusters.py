@@ -281,6 +281,40 @@ def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False) -> list
         rt.close()
 
 
+def adopt(on_event: Event = _noop) -> list[str]:
+    """Rebuild state entries from the clouds' tags: every cluster with instances that a ready provider
+    lists and the state does not know is recorded (UP, or STOPPED when all its instances are), with its
+    nodes, so `status`, `exec`, `down` work on it again. Prices are unknown (0) for adopted clusters."""
+    import time
+
+    from . import gc
+    from .clouds.base import RUNNING, STOPPED as S_STOPPED
+    from .clouds.registry import get as get_provider
+    from .state import ClusterRecord, NodeRecord
+
+    scan = gc.scan(on_event=on_event)
+    out = []
+    for o in scan.orphans:
+        if o.interrupted or not o.instance_ids or state.get_cluster(o.cluster) is not None:
+            continue
+        with cluster_lock(o.cluster, timeout=0):
+            infos = get_provider(o.cloud).query(o.cluster, o.region)
+            if not infos:
+                continue
+            ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+            nodes = [NodeRecord(i.instance_id, r, i.public_ip or i.private_ip or "", i.private_ip, i.ssh_user,
+                                i.ssh_port, i.home, i.identity_file) for r, i in enumerate(ordered)]
+            states = {i.state for i in infos}
+            status_ = UP if states == {RUNNING} else STOPPED if states <= {S_STOPPED} else "DEGRADED"
+            state.save_cluster(ClusterRecord(name=o.cluster, cloud=o.cloud, region=o.region, zone=ordered[0].zone,
+                                             instance_type=None, accelerators=None, use_spot=any(i.spot for i in infos),
+                                             num_nodes=len(nodes), hourly_price=0.0, status=status_,
+                                             launched_at=time.time(), nodes=nodes))
+            state.add_event(o.cluster, "adopt", f"rebuilt from the tags of {len(nodes)} instance(s) on {o.cloud}")
+            out.append(o.cluster)
+    return out
+
+
 def forget_host_keys(name: str, rank: int | None = None) -> list[str]:
     """Forget the pinned host keys of a cluster's nodes (after checking that the host really changed):
     the next connection pins the key it is shown. Returns the instance ids forgotten."""

@@ -645,6 +645,11 @@ def cluster_json(r) -> dict:
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
 
 
+def print_settings(rows) -> None:
+    _table(None, [Col("SETTING"), Col("VALUE", soft=8, min=4), Col("DEFAULT", soft=8, min=4),
+                  Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
+
+
 def print_clusters(recs) -> None:
     if not recs:
         _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")

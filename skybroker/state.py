@@ -170,8 +170,8 @@ class StateError(BrokerError):
 
 def _recovery_hint(path: Path) -> str:
     return (f"move it aside (`mv {path} {path}.bad`; if you reset it on purpose, also remove "
-            f"{path.parent / ID_FILE}), then `broker status --refresh` and `broker gc` find what the clouds' "
-            "tags still know (instances of lost clusters are found by gc)")
+            f"{path.parent / ID_FILE}), then `broker status --refresh --adopt` rebuilds the clusters the clouds' "
+            "tags still know (`broker gc` lists what is left)")
 
 
 ID_FILE = "state.id"  # the database's identity, outside it: a truncated or replaced database is noticed

@@ -107,13 +107,27 @@ def exec_(cluster, task_or_cmd, overrides, detach):
     "broker status --json | jq '.[].name'"))
 @click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--refresh", "-r", is_flag=True, help="Reconcile with the clouds (their tags are the truth).")
+@click.option("--adopt", is_flag=True,
+              help="With --refresh: also record clusters the clouds have (by tag) that the state does not know, "
+                   "e.g. after a lost or corrupt state database.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(clusters, refresh, as_json):
+def status(clusters, refresh, adopt, as_json):
     """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop.
 
-    Naming a cluster that does not exist is an error (exit 5)."""
+    A cluster whose launch was interrupted shows as INTERRUPTED (`broker down NAME` removes it). Naming a
+    cluster that does not exist is an error (exit 5)."""
     from .. import api
+    from ..errors import UsageError
 
+    if adopt:
+        if not refresh:
+            raise UsageError("--adopt needs --refresh", "broker status --refresh --adopt")
+        progress = render.Progress(quiet=as_json)
+        with progress:
+            progress.event("scan", "looking for clusters the clouds know and the state does not")
+            adopted = api.adopt(on_event=progress.event)
+        for name in adopted:
+            render.info(f"adopted cluster {name} from the cloud's tags")
     recs = api.status(refresh=refresh, names=list(clusters) or None)
     if as_json:
         render.print_json([render.cluster_json(r) for r in recs])

@@ -107,3 +107,16 @@ def completion(shell):
     cls = get_completion_class(shell)
     comp = cls(cli, {}, "broker", "_BROKER_COMPLETE")
     render.raw(comp.source())
+
+
+@click.command(epilog=examples("broker settings", "BROKER_WAIT_READY=120 broker settings --json"))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def settings(as_json):
+    """Every BROKER_* setting: its value in effect, its default and what it does."""
+    from .. import settings as settings_mod
+
+    rows = settings_mod.table()
+    if as_json:
+        render.print_json([{"env": e, "value": v, "default": d, "doc": doc} for e, v, d, doc in rows])
+    else:
+        render.print_settings(rows)

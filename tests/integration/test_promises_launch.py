@@ -258,3 +258,22 @@ def test_one_failing_cluster_does_not_end_autostop_for_the_others(tmp_path, monk
     monkeypatch.setattr(clusters, "down", real_down)
     assert dict(autostop.check_once())["as-a"] == "down"  # the next round still serves it
     assert not node_dir("as-a", 0).exists()
+
+
+def test_lost_state_is_rebuilt_from_what_the_clouds_know(tmp_path):
+    """The recovery the corrupt-state error suggests: move the database aside, then
+    `status --refresh --adopt` records the clusters the providers still have, and they work again."""
+    task = write_task(tmp_path / "t.yaml", name="lost", num_nodes=2, run="echo hi")
+    assert broker("launch", "-y", "-c", "lost", task).returncode == 0
+    home = broker_home()
+    for f in [home / "state.db", home / "state.id", *home.glob("state.db-*")]:
+        f.rename(f.with_name(f.name + ".bad"))
+    assert status_json() == []
+    r = broker("status", "--refresh", "--adopt", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(c["name"], c["status"], c["num_nodes"]) for c in json.loads(r.stdout)] == [("lost", "UP", 2)]
+    r = broker("exec", "lost", "--", "echo again-$SKYPILOT_NODE_RANK")
+    assert r.returncode == 0, r.stderr
+    assert "again-0" in r.stdout and "again-1" in r.stdout
+    assert broker("down", "-y", "lost").returncode == 0
+    _nothing_left("lost")
