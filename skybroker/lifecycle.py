@@ -146,7 +146,7 @@ def preflight(task) -> None:
         if not os.access(m.source, os.R_OK):
             raise SpecError(f"source {m.source} is not readable", None, source=task.source,
                             field=f"file_mounts.{m.remote}")
-    if task.workdir or task.file_mounts:
+    if (task.workdir or task.file_mounts) and _remote(task):  # remote nodes: rsync over SSH
         from .runtime.sync import require_rsync
 
         require_rsync()
@@ -273,7 +273,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     if b.plan_fn is None:
         raise BrokerError("no plan given for a new cluster")
     public_key = None
-    if _needs_key(b.task):
+    if _remote(b.task):
         from .paths import broker_home
         from .runtime.keys import ensure_user_key
 
@@ -301,7 +301,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     return rec, attempts, cand.resources
 
 
-def _needs_key(task) -> bool:
+def _remote(task) -> bool:
     from .clouds import registry
 
     for r in task.candidates:

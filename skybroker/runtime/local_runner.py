@@ -194,9 +194,12 @@ class LocalRunner:
             raise _sync.SyncError(f"cannot sync {local_dir}: not a directory")
         dst = self.resolve(remote_dir)
         dst.mkdir(parents=True, exist_ok=True)
-        argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(dst)),
-                                ignore_files=ignore_files, delete=delete)
-        self._rsync(argv, f"sync of {local_dir} to {self.node_id}:{remote_dir}")
+        if _sync.have_rsync():
+            argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(dst)),
+                                    ignore_files=ignore_files, delete=delete)
+            self._rsync(argv, f"sync of {local_dir} to {self.node_id}:{remote_dir}")
+        else:  # both sides are this machine: no rsync needed
+            _sync.copy_tree(src, dst, ignore_files=ignore_files, delete=delete)
 
     def sync_down(self, remote_dir: str, local_dir: str, link_dest: str | None = None) -> None:
         self._check_home()
@@ -204,6 +207,9 @@ class LocalRunner:
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync down {self.node_id}:{remote_dir}: not a directory")
         Path(local_dir).mkdir(parents=True, exist_ok=True)
+        if not _sync.have_rsync():
+            _sync.copy_tree(src, local_dir, delete=True)
+            return
         argv = _sync.rsync_argv(_sync.with_slash(str(src)), _sync.with_slash(str(local_dir)), delete=True,
                                 link_dest=link_dest)
         self._rsync(argv, f"sync of {self.node_id}:{remote_dir} to {local_dir}", ok=_sync.DOWN_OK)

@@ -26,6 +26,10 @@ class SyncError(BrokerError):
     pass
 
 
+def have_rsync() -> bool:
+    return shutil.which("rsync") is not None
+
+
 def require_rsync() -> str:
     path = shutil.which("rsync")
     if path is None:
@@ -109,3 +113,94 @@ def run_rsync(argv: list[str], *, what: str, timeout: float | None = None) -> su
 def describe_failure(r: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in (r.stderr or "").strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else f"rsync exited with {r.returncode}")[:500]
+
+
+# ----------------------------------------------------------------------------------------------
+# Without rsync (the local cloud only: both sides are this machine)
+
+def _ignore_patterns(d: Path) -> list[str]:
+    out = []
+    for name in IGNORE_FILES:
+        try:
+            text = (d / name).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "!")):
+                out.append(line)
+    return out
+
+
+def _excluded(rel: str, name: str, is_dir: bool, patterns: list[tuple[str, str]]) -> bool:
+    """rsync's reading of a merge-file exclude line, for the common forms: `name`, `*.ext`, `dir/`,
+    `/anchored`, `a/b` (relative to the directory holding the ignore file)."""
+    import fnmatch
+
+    for base, pat in patterns:
+        dir_only = pat.endswith("/")
+        p = pat.rstrip("/")
+        if dir_only and not is_dir:
+            continue
+        sub = rel[len(base):].lstrip("/") if base else rel
+        if base and not (rel == base or rel.startswith(base + "/")):
+            continue
+        if p.startswith("/") or "/" in p.strip("/"):
+            if fnmatch.fnmatchcase(sub, p.lstrip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+def copy_tree(src: str | Path, dst: str | Path, *, ignore_files: bool = False, delete: bool = False) -> None:
+    """What `rsync -a [--delete] src/ dst/` does, in Python, for when rsync is not installed and both
+    directories are on this machine: the same ignore rules (never `.git`; `.gitignore`/`.brokerignore`
+    per directory, their negations unsupported as with rsync)."""
+    import os
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    kept: set[str] = set()
+    patterns: list[tuple[str, str]] = []
+    for root, dirs, files in os.walk(src):
+        rel_root = os.path.relpath(root, src)
+        rel_root = "" if rel_root == "." else rel_root
+        if ignore_files:
+            patterns = [p for p in patterns if not p[0] or rel_root == p[0] or rel_root.startswith(p[0] + "/")]
+            patterns += [(rel_root, p) for p in _ignore_patterns(Path(root))]
+        for d in list(dirs):
+            rel = f"{rel_root}/{d}" if rel_root else d
+            if ignore_files and (d == ".git" or _excluded(rel, d, True, patterns)):
+                dirs.remove(d)
+                continue
+            kept.add(rel)
+            (dst / rel).mkdir(exist_ok=True)
+        for f in files:
+            rel = f"{rel_root}/{f}" if rel_root else f
+            if ignore_files and (f == ".git" or _excluded(rel, f, False, patterns)):
+                continue
+            kept.add(rel)
+            s_, d_ = Path(root) / f, dst / rel
+            try:
+                st = s_.lstat()
+                if d_.exists() and d_.stat().st_size == st.st_size and int(d_.stat().st_mtime) == int(st.st_mtime):
+                    continue
+            except OSError:
+                pass
+            tmp = d_.with_name(f".{d_.name}.broker-tmp")
+            shutil.copy2(s_, tmp, follow_symlinks=False)
+            os.replace(tmp, d_)
+    if delete:
+        for root, dirs, files in os.walk(dst, topdown=False):
+            rel_root = os.path.relpath(root, dst)
+            rel_root = "" if rel_root == "." else rel_root
+            for name in files + dirs:
+                rel = f"{rel_root}/{name}" if rel_root else name
+                if rel not in kept:
+                    p = Path(root) / name
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +278,26 @@ def test_lost_state_is_rebuilt_from_what_the_clouds_know(tmp_path):
     assert "again-0" in r.stdout and "again-1" in r.stdout
     assert broker("down", "-y", "lost").returncode == 0
     _nothing_left("lost")
+
+
+def test_the_first_readme_command_works_without_rsync(tmp_path):
+    """`broker launch -y examples/hello.yaml` on a fresh machine that has no rsync: the local cloud copies
+    the workdir itself (rsync is only needed for remote nodes, and then checked before anything is made)."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for p in Path(d).iterdir() if Path(d).is_dir() else ():
+            if p.name != "rsync" and not (bindir / p.name).exists():
+                (bindir / p.name).symlink_to(p)
+    assert shutil.which("rsync", path=str(bindir)) is None
+    r = broker("launch", "-y", "examples/hello.yaml", cwd=REPO, env={"PATH": str(bindir)})
+    assert r.returncode == 0, r.stderr
+    assert "(node-0)" in r.stdout and "(node-1)" in r.stdout
+    remote = write_task(tmp_path / "r.yaml", name="r", workdir=str(tmp_path), resources={"infra": "aws/us-east-1", "instance_type": "t3.micro"}, run="true")
+    r = broker("launch", "-y", remote, env={"PATH": str(bindir)})
+    assert r.returncode != 0 and "rsync is not installed" in flat(r.stderr)
+    _no_traceback(r)
