@@ -144,7 +144,13 @@ def _signals_interrupt() -> None:
 def main(argv=None) -> None:
     from .errors import BrokerError
 
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("BROKER_DEBUG") == "1"
+    from . import settings
+
+    try:
+        env_debug = settings.get("debug")
+    except BrokerError:
+        env_debug = False
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or env_debug
     _signals_interrupt()
     try:
         rv = cli.main(args=argv, prog_name="broker", standalone_mode=False)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 
 def broker_home() -> Path:
-    return Path(os.environ.get("BROKER_HOME") or Path.home() / ".broker").expanduser()
+    from . import settings
+
+    return Path(settings.get("home")).expanduser()
 
 
 def private_dir(path: Path) -> Path:

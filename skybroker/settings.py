@@ -74,7 +74,7 @@ def get(name: str):
     """The value in effect for a setting (environment, else the default)."""
     s = _BY_NAME[name]
     raw = os.environ.get(s.env)
-    if raw is None or (raw == "" and s.type is not str):
+    if raw is None or raw == "":
         return s.default
     return _parse(s, raw)
 
