@@ -371,27 +371,22 @@ def _lost_or_unreachable(rec, exc) -> Failure:
     cause = exc.cause if isinstance(exc, SubmitFailed) else exc
     if isinstance(cause, HostKeyMismatch):
         return Failure.ERROR
-    if isinstance(cause, NodeLost):
+    if isinstance(cause, NodeLost) or _instances_lost(rec):  # the cloud's view decides: gone is LOST
         return Failure.LOST
-    if isinstance(cause, (NodeUnreachable, OSError)) or getattr(cause, "unreachable", False):
-        if rec is not None and rec.nodes:
-            from .backend import ClusterRuntime
-
-            try:
-                if ClusterRuntime(rec).lost_nodes():
-                    return Failure.LOST
-            except BrokerError:
-                pass
+    if isinstance(cause, (NodeUnreachable, OSError)):
         return Failure.UNREACHABLE
-    if rec is not None and rec.nodes:
-        from .backend import ClusterRuntime
-
-        try:
-            if ClusterRuntime(rec).lost_nodes():
-                return Failure.LOST
-        except BrokerError:
-            pass
     return Failure.ERROR
+
+
+def _instances_lost(rec) -> bool:
+    if rec is None or not rec.nodes:
+        return False
+    from .backend import ClusterRuntime
+
+    try:
+        return bool(ClusterRuntime(rec).lost_nodes())
+    except BrokerError:
+        return False
 
 
 def _drop_if_empty(name: str) -> None:

@@ -1,0 +1,348 @@
+"""What each command shows: plans, GPUs, checks, clusters, jobs, managed jobs, gc, simulations, settings."""
+from __future__ import annotations
+
+import sys
+import time
+
+from .console import _err_line, _esc, _m, _say, _tty, console, info
+from .table import Col, _table
+
+# ----------------------------------------------------------------------------------------------
+# Plans
+
+def _money(x: float | None) -> str:
+    """$/h and $ amounts: always 4 decimals, so a column's values share one format and align."""
+    return "-" if x is None else f"{x:.4f}"
+
+
+def candidate_json(c, chosen: bool = False) -> dict:
+    return {
+        "cloud": c.cloud,
+        "region": c.region,
+        "zone": c.zone,
+        "instance_type": c.instance_type,
+        "use_spot": c.use_spot,
+        "accelerators": {c.accelerator_name: c.accelerator_count} if c.accelerator_name else None,
+        "vcpus": c.vcpus,
+        "memory_gib": c.memory_gib,
+        "hourly_price_per_node": round(c.price, 6),
+        "hourly_price_total": round(c.total, 6),
+        "suspicious_price": bool(c.offer is not None and c.offer.suspicious),
+        "chosen": chosen,
+    }
+
+
+def short_infra(c) -> str:
+    """`gcp (us-central1-a)`, `aws (us-east-1, use1-az1)`, `azure (eastus)`."""
+    if c.zone and c.region and c.zone.startswith(c.region):
+        where = c.zone
+    else:
+        where = ", ".join(p for p in (c.region, c.zone) if p)
+    return f"{c.cloud} ({where})" if where and where != c.cloud else c.cloud
+
+
+def _cloud_region(c) -> str:
+    """`aws (us-east-1)`: the plan's INFRA column (the zone has a column of its own)."""
+    return f"{c.cloud} ({c.region})" if c.region and c.region != c.cloud else c.cloud
+
+
+def plan_rows(plan, limit: int = 8) -> list:
+    """Chosen first, then the best of each other cloud, then other cheap options."""
+    chosen = plan.chosen
+    rows = [chosen]
+    for c in plan.best_per_cloud():
+        if c is not chosen:
+            rows.append(c)
+    for c in plan.candidates:
+        if len(rows) >= limit:
+            break
+        if c not in rows:
+            rows.append(c)
+    head, rest = rows[:1], sorted(rows[1:], key=lambda c: c.sort_key())
+    return head + rest
+
+
+def plan_json(plan, task_name: str | None) -> dict:
+    rows = plan_rows(plan)
+    return {
+        "target": "cost",
+        "task": task_name,
+        "num_nodes": plan.num_nodes,
+        "clouds_considered": list(plan.clouds),
+        "note": plan.clouds_note,
+        "chosen": candidate_json(plan.chosen, True),
+        "alternatives": [candidate_json(c, c is plan.chosen) for c in rows],
+    }
+
+
+PLAN_DROP = ("ZONE", "MEM(GB)", "vCPUs", "MARKET", "$/h/node")  # the header line says the chosen $/h per node
+
+
+def print_plan(plan, task_name: str | None) -> None:
+    c = plan.chosen
+    if plan.clouds_note:
+        _say(f"{_m('yellow', 'Note:')} {_m('', plan.clouds_note)}")
+    nodes = f"{plan.num_nodes} node" + ("s" if plan.num_nodes != 1 else "")
+    _say(f"Target: {_m('bold', 'minimizing cost')} · task {_m('bold', task_name or '(unnamed)')} · {nodes}")
+    acc = f" + {c.accelerators()}" if c.accelerator_name else ""
+    market = "spot" if c.use_spot else "on-demand"
+    _say(f"Chosen: {_m('bold green', c.instance_type + acc)} on {_m('bold', c.infra)} ({market}) "
+         f"— ${_money(c.price)}/h per node, {_m('bold', '$' + _money(c.total) + '/h')} for {nodes}")
+    multi = plan.num_nodes > 1  # the total column only says something for several nodes
+    cols = [Col("INFRA", soft=18, min=9, squeeze=1), Col("ZONE", soft=10, min=6),
+            Col("INSTANCE", soft=16, min=10, squeeze=2),
+            Col("vCPUs", "right"), Col("MEM(GB)", "right"), Col("GPUs"), Col("MARKET"),
+            Col("$/h/node" if multi else "$/h", "right")] + ([Col("$/h total", "right")] if multi else [])
+    cols.append(Col("CHOSEN", "center"))
+    rows = []
+    for r in plan_rows(plan):
+        sus = "*" if r.offer is not None and r.offer.suspicious else ""
+        rows.append([_cloud_region(r), r.zone or "-", r.instance_type, f"{r.vcpus:g}", f"{r.memory_gib:g}",
+                     r.accelerators() or "-", "spot" if r.use_spot else "on-demand", _money(r.price) + sus]
+                    + ([_money(r.total) + sus] if multi else []) + [("✔", "bold green") if r is c else ""])
+    if all(r[1] == "-" for r in rows):  # no zone anywhere (Azure, local, ssh): no ZONE column to hide
+        cols.pop(1)
+        rows = [r[:1] + r[2:] for r in rows]
+    _table("Considered resources", cols, rows, drop=PLAN_DROP)
+    if c.offer is not None and c.offer.suspicious:
+        _say(f"{_m('yellow', 'Warning:')} the chosen price is far below this instance's price in other regions "
+             "(a likely catalog anomaly, kept as published); check it before relying on it.")
+
+
+def gpu_json(r) -> dict:
+    return dict(r.__dict__)
+
+
+def print_gpus(rows, name: str | None, spot_only: bool = False, note: str | None = None) -> None:
+    if not rows:
+        _say("No accelerator matches these filters.")
+        return
+    if spot_only:
+        cols = [Col("GPU"), Col("COUNT", "right"), Col("CLOUD"), Col("INSTANCE", soft=16, min=10),
+                Col("SPOT", "right"), Col("WHERE", soft=14, min=8)]
+        data = [[r.name, f"{r.count:g}", r.cloud, r.spot_instance_type or "-", _money(r.spot_price),
+                 r.spot_where or "-"] for r in rows]
+        _table("Accelerators (cheapest spot machine per cloud, $/h)", cols, data, drop=("WHERE",), footer=note)
+        return
+    cols = [Col("GPU"), Col("COUNT", "right"), Col("CLOUD"), Col("INSTANCE", soft=16, min=10),
+            Col("ON-DEMAND", "right"), Col("WHERE", soft=14, min=8), Col("SPOT", "right"),
+            Col("WHERE (spot)", soft=14, min=8)]
+    data = [[r.name, f"{r.count:g}", r.cloud, r.instance_type or "-", _money(r.price), r.price_where or "-",
+             _money(r.spot_price), r.spot_where or "-"] for r in rows]
+    _table("Accelerators (cheapest machine per cloud, $/h)", cols, data, drop=("WHERE (spot)", "WHERE"),
+           footer=note)
+
+
+def check_json(c) -> dict:
+    return {"cloud": c.cloud, "ok": c.ok, "credentials": c.credentials, "sdk": c.sdk, "extra": c.extra,
+            "detail": c.detail, "hint": c.hint}
+
+
+def print_checks(checks) -> None:
+    rows = [(c.ok, c.cloud, c.detail, c.hint if not c.ok else None) for c in checks]
+    rows.append((True, "local", "always available (runs on this machine; `--infra local`)", None))
+    if not _tty():
+        for ok, cloud, detail, hint in rows:
+            sys.stdout.write(f"{'✔' if ok else '✘'} {cloud:<6} {detail}\n")
+            if hint:
+                sys.stdout.write(f"         hint: {hint}\n")
+        return
+    from rich.table import Table
+
+    t = Table.grid(padding=(0, 1))  # the text column wraps at word boundaries (nothing is cropped)
+    t.add_column(no_wrap=True)
+    t.add_column(no_wrap=True, min_width=6)
+    t.add_column(overflow="fold")
+    for ok, cloud, detail, hint in rows:
+        t.add_row("[green]✔[/]" if ok else "[red]✘[/]", f"[bold]{cloud}[/]", _esc(detail))
+        if hint:
+            t.add_row("", "", f"[yellow]hint:[/] {_esc(hint)}")
+    console().print(t)
+
+
+def catalog_summary(meta: dict) -> None:
+    rows = []
+    for cloud, m in meta.get("clouds", {}).items():
+        c = m.get("counts", {})
+        rows.append([cloud, str(c.get("specs", "-")), str(c.get("offers", "-")), str(c.get("suspicious_offers", "-")),
+                     (m.get("commit") or "")[:12], f"{m.get('repo', '')} {m.get('path', '')}".strip()])
+    _say(f"Catalogs built {_m('bold', str(meta.get('build_date', '?')))} "
+         f"(format {meta.get('format_version', meta.get('version', '?'))}), read from {_m('', str(meta.get('dir', '?')))}")
+    _table(None, [Col("CLOUD"), Col("SPECS", "right"), Col("OFFERS", "right"), Col("SUSPICIOUS", "right"),
+                  Col("COMMIT"), Col("SOURCE", soft=20, min=10)], rows, drop=("COMMIT", "SUSPICIOUS"))
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Clusters, jobs, orphans
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    d = time.time() - ts
+    for unit, sec in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= sec:
+            return f"{int(d // sec)}{unit} ago"
+    return f"{int(d)}s ago"
+
+
+def cluster_json(r) -> dict:
+    return {"name": r.name, "cloud": r.cloud, "region": r.region, "zone": r.zone, "infra": r.infra,
+            "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
+            "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
+            "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
+            "head_ip": r.head.ip if r.head else None}
+
+
+STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
+
+
+def print_settings(rows) -> None:
+    _table(None, [Col("SETTING"), Col("VALUE", soft=8, min=4), Col("DEFAULT", soft=8, min=4),
+                  Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
+
+
+def print_clusters(recs) -> None:
+    if not recs:
+        _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")
+        return
+    rows = []
+    for r in recs:
+        res = r.instance_type or "-"
+        if r.accelerators:
+            res += f" ({r.accelerators})"
+        if r.use_spot:
+            res += " spot"
+        auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
+        rows.append([r.name, r.infra, res, str(r.num_nodes), (r.status, STATUS_STYLE.get(r.status, "red")),
+                     _ago(r.launched_at), _money(r.hourly_price), auto])
+    cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
+            Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
+            Col("$/h", "right"), Col("AUTOSTOP")]
+    _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h"))
+
+
+def job_json(j) -> dict:
+    return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
+            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code} for n in j.nodes]}
+
+
+JOB_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "CANCELLED": "yellow"}
+
+
+def print_jobs(jobs, cluster: str) -> None:
+    if not jobs:
+        _say(f"No jobs on {_m('', cluster)}.")
+        return
+    rows = [[str(j.job_id), j.name or "-", _ago(j.submitted_at), (j.status, JOB_STYLE.get(j.status, "red")),
+             "-" if j.exit_code is None else str(j.exit_code),
+             " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""] for j in jobs]
+    cols = [Col("ID", "right"), Col("NAME", soft=14, min=8), Col("SUBMITTED"), Col("STATUS"), Col("EXIT", "right"),
+            Col("NODES", soft=16, min=8)]
+    _table(f"Jobs on {cluster}", cols, rows, drop=("SUBMITTED",))
+
+
+def _dur(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    sec = int(sec)
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def managed_json(j) -> dict:
+    return {"id": j.id, "name": j.name, "resources": j.resources, "status": j.status,
+            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+            "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
+            "cost": round(j.cost_so_far, 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
+            "task_id": j.task_id, "failure": j.failure}
+
+
+def print_managed(jobs) -> None:
+    if not jobs:
+        _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
+        return
+    rows = [[str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
+             _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(j.cost_so_far), j.place or "-"]
+            for j in jobs]
+    cols = [Col("ID", "right"), Col("NAME", soft=14, min=8, squeeze=3), Col("RESOURCES", soft=16, min=10, squeeze=2),
+            Col("STATUS"),
+            Col("SUBMITTED"), Col("DURATION", "right"), Col("RECOVERIES", "right"), Col("COST ($)", "right"),
+            Col("WHERE", soft=14, min=8, squeeze=1)]
+    _table("Managed jobs", cols, rows, drop=("WHERE", "SUBMITTED", "RECOVERIES"))
+
+
+def managed_summary(j) -> None:
+    ok = j.status == "SUCCEEDED"
+    extra = f" after {j.recoveries} recovery(ies)" if j.recoveries else ""
+    reason = f" — {j.failure}" if (j.failure and not ok) else ""
+    _err_line("green" if ok else "red", f"Managed job {j.id} {j.status}{extra}, cost ${_money(j.cost_so_far)}{reason}")
+
+
+def orphan_json(o) -> dict:
+    return {"cluster": o.cluster, "cloud": o.cloud, "region": o.region, "instance_ids": list(o.instance_ids),
+            "resources": [{"kind": k, "id": i} for k, i in o.resources], "interrupted_launch": o.interrupted}
+
+
+def gc_json(scan, removed, warnings=()) -> dict:
+    return {"scanned": scan.scanned, "not_scanned": [{"where": w, "why": y} for w, y in scan.skipped],
+            "orphans": [orphan_json(o) for o in scan.orphans],
+            "terminated": [i for o in removed for i in o.instance_ids], "warnings": list(warnings)}
+
+
+def _orphan_resources(o) -> str:
+    by_kind: dict[str, list[str]] = {}
+    for kind, rid in o.resources:
+        by_kind.setdefault(kind, []).append(rid)
+    parts = []
+    for kind, ids in sorted(by_kind.items()):
+        shown = ", ".join(ids[:8]) + (f", … ({len(ids) - 8} more)" if len(ids) > 8 else "")
+        parts.append(f"{len(ids)} {kind}{'s' if len(ids) > 1 else ''} ({shown})")
+    return "; ".join(parts) or "nothing listed"
+
+
+def print_gc_scan(scan) -> None:
+    for where, why in scan.skipped:
+        info(f"not scanned: {where}: {why}")
+    info("scanned: " + ", ".join(f"{c} ({n} region{'s' if n != 1 else ''})" for c, n in scan.scanned.items()))
+    if not scan.orphans:
+        info("nothing to remove: no untracked resources and no interrupted launches found")
+    for o in scan.orphans:
+        where = "/".join(p for p in (o.cloud, o.region) if p)
+        what = "interrupted launch" if o.interrupted else "orphan"
+        info(f"{what}: cluster {o.cluster} on {where}: {_orphan_resources(o)}")
+
+
+def print_gc_removed(orphans, warnings) -> None:
+    n_inst = sum(len(o.instance_ids) for o in orphans)
+    n_other = sum(len(o.resources) for o in orphans) - n_inst
+    info(f"terminated {n_inst} instance(s)" + (f" and removed {n_other} other resource(s)" if n_other else "")
+         + (f" ({len(warnings)} warning(s))" if warnings else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation (`broker simulate`)
+
+SIM_DROP = ("gap p25", "gap p75", "p25", "p75", "OD h")
+
+
+def print_simulation(res, meta: dict) -> None:
+    n = sum(res.samples_per_trace.values())
+    _say(f"{n} samples over {len(res.samples_per_trace) - len(res.skipped)} trace(s); "
+         f"C = {meta['task_hours']:g} h, deadline {meta['deadline_hours']:g} h, "
+         f"d = {meta['overhead_hours']:g} h; on-demand ${meta['on_demand_price']:.4f}/h, "
+         f"spot ${meta['spot_price']:.4f}/h ({meta['prices_from']})")
+    for name, why in res.skipped.items():
+        _say(_m("yellow", f"skipped {name}: {why}"))
+    cols = [Col("policy", soft=None, min=10)] + [Col(c, "right") for c in (
+        "cost", "p25", "p75", "spot h", "OD h", "met", "gap", "gap p25", "gap p75")]
+    rows = [[s["policy"], f"{s['mean_norm_cost']:.4f}", f"{s['p25_norm_cost']:.4f}", f"{s['p75_norm_cost']:.4f}",
+             f"{s['spot_hours']:.1f}", f"{s['od_hours']:.1f}", f"{100 * s['deadline_met']:.0f}%",
+             f"{s['mean_gap']:.4f}", f"{s['p25_gap']:.4f}", f"{s['p75_gap']:.4f}"] for s in res.summary]
+    _say(_m("dim", "cost normalised to always-on-demand; gap = (cost - omniscient) / on-demand"))
+    _table(None, cols, rows, drop=SIM_DROP)
+    _say(f"omniscient DP: {meta['omniscient_cpu_seconds']:.1f} s CPU")
+
+
