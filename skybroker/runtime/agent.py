@@ -52,21 +52,15 @@ with ``--follow`` it streams until the job is terminal (or S seconds passed); ``
 ``{"data": base64, "offset": O, "next": N, "status": S}`` instead, so the client's offset advances by the
 exact number of bytes read, whatever they are.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
-import argparse
-import base64
-import contextlib
 import fcntl
-import hashlib
-import json
 import os
-import re
-import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
-import traceback
+
+# Imported where used, because the agent starts for every command the broker sends and its start-up is
+# paid on every poll: json (it imports and compiles `re`; answers are encoded by _dumps below), re,
+# signal (it imports enum), contextlib, base64, hashlib, shutil, subprocess, traceback.
 
 PENDING = "PENDING"
 SETTING_UP = "SETTING_UP"
@@ -92,10 +86,13 @@ def source() -> bytes:
         return f.read()
 
 
-try:
-    AGENT_VERSION = "1+" + hashlib.sha256(source()).hexdigest()[:12]
-except OSError:  # pragma: no cover - running without a source file
-    AGENT_VERSION = "1+unknown"
+def agent_version():
+    import hashlib
+
+    try:
+        return "1+" + hashlib.sha256(source()).hexdigest()[:12]
+    except OSError:  # pragma: no cover - running without a source file
+        return "1+unknown"
 
 
 class AgentError(Exception):
@@ -146,15 +143,19 @@ def _db():
     return conn
 
 
-@contextlib.contextmanager
-def _txn(conn):
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+class _txn(object):
+    """`with _txn(conn):` one IMMEDIATE transaction (a class, not contextlib: imports cost every call)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        return False
 
 
 def _get(conn, job_id):
@@ -232,6 +233,8 @@ def _group_alive(pgid):
 
 def _kill_group(pgid, grace=CANCEL_GRACE):
     """SIGTERM the group, SIGKILL what is left after GRACE seconds; True when nothing is left."""
+    import signal
+
     steps = ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)) if grace > 0 else ((signal.SIGKILL, 2.0),)
     for sig, wait in steps:
         try:
@@ -269,7 +272,7 @@ def _kill_marked(mark):
             continue
         if needle + b"\0" in env or env.endswith(needle):
             try:
-                os.kill(int(name), signal.SIGKILL)
+                os.kill(int(name), 9)  # SIGKILL
             except OSError:
                 pass
 
@@ -294,7 +297,7 @@ def _reconcile(conn, rows=None):
 
 
 # ------------------------------------------------------------------------------------------ validation
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def _is_int(v):
@@ -302,6 +305,8 @@ def _is_int(v):
 
 
 def _validate(obj):
+    import re
+
     if not isinstance(obj, dict):
         raise AgentError("job must be a JSON object")
     known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key",
@@ -332,18 +337,49 @@ def _validate(obj):
         if not isinstance(job[key], dict):
             raise AgentError("%s: must be an object" % key)
         for k, v in job[key].items():
-            if not _ENV_KEY.match(k) or not isinstance(v, str):
-                raise AgentError("%s.%s: names must match %s and values be strings" % (key, k, _ENV_KEY.pattern))
+            if not re.match(_ENV_KEY, k) or not isinstance(v, str):
+                raise AgentError("%s.%s: names must match %s and values be strings" % (key, k, _ENV_KEY))
     return job
 
 
 # -------------------------------------------------------------------------------------------- commands
+def _dumps(obj):
+    """JSON for the agent's answers (dicts, lists, strings, numbers, booleans, None) without importing
+    the json package; strings are escaped by the C encoder json itself uses."""
+    try:
+        from _json import encode_basestring_ascii as enc
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        import json
+
+        return json.dumps(obj)
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, str):
+        return enc(obj)
+    if isinstance(obj, int):
+        return str(obj)
+    if isinstance(obj, float):
+        return repr(obj) if obj == obj and obj not in (float("inf"), float("-inf")) else "null"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(enc(str(k)) + ": " + _dumps(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(_dumps(v) for v in obj) + "]"
+    raise TypeError("cannot encode %r" % type(obj).__name__)
+
+
 def _out(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(_dumps(obj) + "\n")
     sys.stdout.flush()
 
 
 def cmd_submit(args):
+    import json
+
+    import subprocess
     try:
         job = _validate(json.loads(sys.stdin.read()))
     except ValueError as e:
@@ -388,6 +424,9 @@ def cmd_submit(args):
 
 
 def cmd_runner(args):
+    import json
+
+    import traceback
     job_id, me = args.job_id, os.getpid()
     try:
         payload = json.loads(sys.stdin.read() or "null")
@@ -480,6 +519,8 @@ def _phase(conn, job_id, command, workdir, env, log, name="run"):
     """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
     The script is written to a file and run from there: a command line has a size limit (128 KiB per
     argument on Linux) that a long `run:` would exceed."""
+    import shutil
+    import subprocess
     script = os.path.join(_job_dir(job_id), name + ".sh")
     with open(script, "w") as f:
         f.write(command)
@@ -586,6 +627,7 @@ def cmd_logs(args):
 
 def _logs_b64(conn, args):
     """Up to 1 MiB from --offset (waiting up to --wait-seconds for new bytes), as exact bytes."""
+    import base64
     deadline = time.time() + (args.wait_seconds or 0)
     while True:
         status = _get(conn, args.job_id)["status"]  # read before the data: a terminal status means no more
@@ -626,6 +668,7 @@ def _looks_like_client_home(path):
 def cmd_cleanup(args):
     """Teardown of a node we do not own (an SSH pool host): cancel every job, then remove what the
     broker created there — the claimed paths and the node directory — and nothing else."""
+    import shutil
     base = _base()
     if not os.path.isdir(base):
         _out({"removed": []})
@@ -634,6 +677,8 @@ def cmd_cleanup(args):
         raise AgentError("%s holds a client state database; refusing to remove it" % base)
     conn = _db()
     args.all, args.job_ids = True, []
+    import contextlib
+
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         cmd_cancel(args)
     removed = []
@@ -705,61 +750,88 @@ def cmd_idle_seconds(args):
 
 
 def cmd_version(args):
-    _out({"version": AGENT_VERSION})
+    _out({"version": agent_version()})
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ main
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise AgentError(message)
+# command → (handler, positional (name, type, nargs: 1 or "*" or "+"), options {flag: (dest, type or bool, default)})
+_COMMANDS = {
+    "submit": ("cmd_submit", [], {}),
+    "next-id": ("cmd_next_id", [], {"--token": ("token", str, None)}),
+    "release": ("cmd_release", [("job_id", int, 1)], {}),
+    "status": ("cmd_status", [], {"--job": ("job", int, None), "--token": ("token", str, None)}),
+    "claim": ("cmd_claim", [("paths", str, "+")], {}),
+    "cleanup": ("cmd_cleanup", [], {}),
+    "logs": ("cmd_logs", [("job_id", int, 1)], {"--offset": ("offset", int, 0), "--follow": ("follow", bool, False),
+                                               "--wait-seconds": ("wait_seconds", float, None),
+                                               "--b64": ("b64", bool, False)}),
+    "wait": ("cmd_wait", [("job_id", int, 1)], {"--timeout": ("timeout", float, None)}),
+    "cancel": ("cmd_cancel", [("job_ids", int, "*")], {"--all": ("all", bool, False)}),
+    "idle-seconds": ("cmd_idle_seconds", [], {}),
+    "version": ("cmd_version", [], {}),
+    "_runner": ("cmd_runner", [("job_id", int, 1)], {}),
+}
 
 
-def _parser():
-    p = _Parser(prog="agent.py", description="skybroker node agent")
-    sub = p.add_subparsers(dest="command")
-    sub.required = True
-    sub.add_parser("submit").set_defaults(func=cmd_submit)
-    s = sub.add_parser("next-id")
-    s.add_argument("--token")
-    s.set_defaults(func=cmd_next_id)
-    s = sub.add_parser("release")
-    s.add_argument("job_id", type=int)
-    s.set_defaults(func=cmd_release)
-    s = sub.add_parser("status")
-    s.add_argument("--job", type=int)
-    s.add_argument("--token")
-    s.set_defaults(func=cmd_status)
-    s = sub.add_parser("claim")
-    s.add_argument("paths", nargs="+")
-    s.set_defaults(func=cmd_claim)
-    sub.add_parser("cleanup").set_defaults(func=cmd_cleanup)
-    s = sub.add_parser("logs")
-    s.add_argument("job_id", type=int)
-    s.add_argument("--offset", type=int, default=0)
-    s.add_argument("--follow", action="store_true")
-    s.add_argument("--wait-seconds", type=float)
-    s.add_argument("--b64", action="store_true")
-    s.set_defaults(func=cmd_logs)
-    s = sub.add_parser("wait")
-    s.add_argument("job_id", type=int)
-    s.add_argument("--timeout", type=float)
-    s.set_defaults(func=cmd_wait)
-    s = sub.add_parser("cancel")
-    s.add_argument("job_ids", type=int, nargs="*")
-    s.add_argument("--all", action="store_true")
-    s.set_defaults(func=cmd_cancel)
-    sub.add_parser("idle-seconds").set_defaults(func=cmd_idle_seconds)
-    sub.add_parser("version").set_defaults(func=cmd_version)
-    s = sub.add_parser("_runner")
-    s.add_argument("job_id", type=int)
-    s.set_defaults(func=cmd_runner)
-    return p
+class _Args(object):
+    pass
+
+
+def _parse(argv):
+    """The agent's command line (its only caller is the broker's agent client): a command, its
+    positionals, `--flag` / `--opt VALUE` options. A small parser instead of argparse: every call pays
+    for the imports, and the agent is started for every command the broker sends."""
+    if not argv or argv[0] not in _COMMANDS:
+        raise AgentError("usage: agent.py {%s} ..." % ",".join(sorted(_COMMANDS)))
+    handler, positional, options = _COMMANDS[argv[0]]
+    args = _Args()
+    args.command = argv[0]
+    args.func = globals()[handler]
+    for dest, typ, default in options.values():
+        setattr(args, dest, default)
+    rest, i = [], 1
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            if a not in options:
+                raise AgentError("%s: unknown option %s" % (argv[0], a))
+            dest, typ, _ = options[a]
+            if typ is bool:
+                setattr(args, dest, True)
+            else:
+                if i + 1 >= len(argv):
+                    raise AgentError("%s: %s needs a value" % (argv[0], a))
+                setattr(args, dest, _convert(typ, argv[i + 1], a))
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    for name, typ, nargs in positional:
+        if nargs == 1:
+            if not rest:
+                raise AgentError("%s: missing %s" % (argv[0], name))
+            setattr(args, name, _convert(typ, rest.pop(0), name))
+        else:
+            if nargs == "+" and not rest:
+                raise AgentError("%s: missing %s" % (argv[0], name))
+            setattr(args, name, [_convert(typ, v, name) for v in rest])
+            rest = []
+    if rest:
+        raise AgentError("%s: unexpected argument %s" % (argv[0], rest[0]))
+    return args
+
+
+def _convert(typ, value, what):
+    try:
+        return typ(value)
+    except ValueError:
+        raise AgentError("%s: invalid value %r" % (what, value))
 
 
 def main(argv=None):
     try:
-        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        args = _parse(sys.argv[1:] if argv is None else list(argv))
         if getattr(args, "offset", 0) < 0:
             raise AgentError("--offset must be >= 0")
         return args.func(args)

@@ -15,7 +15,12 @@ from ..errors import BrokerError, NotFoundError
 from . import agent as agent_mod
 
 NODE_DIR = "~/" + agent_mod.NODE_DIR
-AGENT_PATH = NODE_DIR + "/agent.py"
+AGENT_PATH = NODE_DIR + "/agent.py"  # a three-line launcher; the agent itself is a module next to it, so
+MODULE_PATH = NODE_DIR + "/skybroker_agent.py"  # Python caches its bytecode on the node (no compile per call)
+LAUNCHER = (b"import os, sys\n"
+            b"sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+            b"import skybroker_agent\n"
+            b"sys.exit(skybroker_agent.main())\n")
 
 
 class AgentError(BrokerError):
@@ -52,7 +57,8 @@ class AgentClient:
 
     # -- commands ----------------------------------------------------------------------------------
     def install(self) -> None:
-        self.runner.put_file(agent_mod.source(), AGENT_PATH, 0o755)
+        self.runner.put_file(agent_mod.source(), MODULE_PATH, 0o644)
+        self.runner.put_file(LAUNCHER, AGENT_PATH, 0o755)
 
     def version(self) -> str:
         return self._call("version")["version"]

@@ -445,7 +445,7 @@ def test_bad_input_is_a_json_error(node):
 
 
 def test_module_exports(node):
-    assert node.cmd("version") == {"version": agent_mod.AGENT_VERSION}
+    assert node.cmd("version") == {"version": agent_mod.agent_version()}
     assert agent_mod.source() == AGENT.read_bytes()
     assert agent_mod.TERMINAL_STATUSES == {"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"}
     assert {agent_mod.PENDING, agent_mod.SETTING_UP, agent_mod.RUNNING} == set(agent_mod.ACTIVE_STATUSES)
