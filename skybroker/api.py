@@ -278,3 +278,49 @@ def cancel(name: str, job_ids, all_jobs: bool = False):
             raise NotFoundError(f"no job {', '.join(map(str, unknown))} on cluster {name}",
                                 f"see `broker queue {name}`")
     return clusters.cancel(name, job_ids, all_jobs)
+
+
+def daemons() -> dict:
+    """Whether the background processes on this machine are running: the autostop watcher and the
+    managed-jobs controller (each holds a lock file while it runs). No process is started."""
+    from .paths import broker_home
+
+    def held(path) -> bool:
+        from filelock import FileLock, Timeout
+
+        if not path.exists():
+            return False
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    home = broker_home()
+    return {"autostop_watcher": held(home / "autostop.lock"),
+            "jobs_controller": held(home / "managed" / "controller.lock")}
+
+
+def events(cluster: str | None = None, job_id: int | None = None, limit: int = 50) -> list[dict]:
+    """Stored lifecycle, failover, recovery and autostop events: of a cluster, of a managed job, or the
+    most recent of all clusters."""
+    from . import state
+    from .errors import NotFoundError, UsageError
+
+    if cluster and job_id is not None:
+        raise UsageError("give a cluster or --job, not both")
+    if job_id is not None:
+        from .jobs import ops, store
+
+        ops.get(job_id)
+        return [dict(e, job_id=job_id) for e in store.events(job_id)][-limit:]
+    if cluster:
+        from .locks import validate_name
+
+        ev = state.events(validate_name(cluster))
+        if not ev and state.get_cluster(cluster) is None:
+            raise NotFoundError(f"cluster {cluster!r} has no events and does not exist", "see `broker status`")
+        return ev[-limit:]
+    return state.recent_events(limit)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("skybroker.commands.cluster", "logs", "Show or follow a job's logs."),
     "cancel": ("skybroker.commands.cluster", "cancel", "Cancel jobs on a cluster."),
     "jobs": ("skybroker.commands.jobs", "jobs", "Managed jobs that survive spot preemption."),
+    "events": ("skybroker.commands.cluster", "events", "Show stored lifecycle, failover and recovery events."),
     "gc": ("skybroker.commands.cluster", "gc", "Find and remove resources skybroker created but no longer tracks."),
     "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
     "check": ("skybroker.commands.info", "check", "Show which clouds are ready (credentials found, SDK installed)."),

@@ -379,3 +379,8 @@ def add_event(cluster: str, kind: str, message: str) -> None:
 
 def events(cluster: str) -> list[dict]:
     return [dict(r) for r in db().execute("SELECT * FROM events WHERE cluster = ? ORDER BY id", (cluster,))]
+
+
+def recent_events(limit: int = 50) -> list[dict]:
+    rows = db().execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+    return [dict(r) for r in reversed(rows)]

@@ -133,6 +133,7 @@ def status(clusters, refresh, adopt, as_json):
         render.print_json([render.cluster_json(r) for r in recs])
     else:
         render.print_clusters(recs)
+        render.print_daemons(api.daemons(), recs)
 
 
 @click.command(epilog=examples(
@@ -340,3 +341,22 @@ def hostkeys_forget(cluster, rank):
 
     done = clusters.forget_host_keys(cluster, rank)
     render.info(f"forgot {len(done)} pinned host key(s) of {cluster}" + (f": {', '.join(done)}" if done else ""))
+
+
+@click.command(epilog=examples("broker events                        # the latest events of every cluster",
+                               "broker events mycluster              # one cluster: launch, failover, autostop, down",
+                               "broker events --job 3 --json         # a managed job: recoveries, policy decisions"))
+@click.argument("cluster", required=False, shell_complete=complete_cluster)
+@click.option("--job", "job_id", type=click.IntRange(1, 2**31), help="A managed job's events instead.")
+@click.option("-n", "limit", type=click.IntRange(1, 100000), default=50, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def events(cluster, job_id, limit, as_json):
+    """Stored events: provisioning attempts and failover (with the clouds' error codes), bring-up stages,
+    recoveries, autostop, teardown."""
+    from .. import api
+
+    evs = api.events(cluster, job_id, limit)
+    if as_json:
+        render.print_json(evs)
+    else:
+        render.print_events(evs, show_cluster=not cluster and job_id is None)

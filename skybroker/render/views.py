@@ -222,6 +222,32 @@ def print_clusters(recs) -> None:
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h"))
 
 
+def print_daemons(d: dict, recs) -> None:
+    """A line under `status` when a background process something depends on is not running."""
+    guarded = [r.name for r in recs if r.autostop_minutes is not None and r.status == "UP"]
+    if guarded and not d.get("autostop_watcher"):
+        info(f"note: the autostop watcher is not running, so {', '.join(guarded)} will not be stopped when idle; "
+             "`broker autostop NAME -i MINUTES` starts it again")
+    elif guarded:
+        info(f"autostop: guarded by the watcher on this machine ({', '.join(guarded)})")
+
+
+def print_events(evs, show_cluster: bool) -> None:
+    import time as _time
+
+    if not evs:
+        info("no events")
+        return
+    rows = []
+    for e in evs:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(e["ts"]))
+        who = e.get("cluster") or (f"job {e['job_id']}" if e.get("job_id") is not None else "")
+        rows.append(([when, who] if show_cluster else [when]) + [e["kind"], e["message"]])
+    cols = ([Col("TIME"), Col("CLUSTER", soft=12, min=6)] if show_cluster else [Col("TIME")]) + \
+        [Col("KIND"), Col("MESSAGE", soft=40, min=20)]
+    _table(None, cols, rows)
+
+
 def job_json(j) -> dict:
     return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,

@@ -301,3 +301,16 @@ def test_the_first_readme_command_works_without_rsync(tmp_path):
     r = broker("launch", "-y", remote, env={"PATH": str(bindir)})
     assert r.returncode != 0 and "rsync is not installed" in flat(r.stderr)
     _no_traceback(r)
+
+
+def test_events_show_what_happened_to_a_cluster(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="ev", run="echo hi")
+    assert broker("launch", "-y", "-c", "ev", task).returncode == 0
+    assert broker("down", "-y", "ev").returncode == 0
+    r = broker("events", "ev", "--json")
+    assert r.returncode == 0, r.stderr
+    kinds = [e["kind"] for e in json.loads(r.stdout)]
+    assert kinds[0] == "launch" and "up" in kinds and kinds[-1] == "down", kinds
+    assert broker("events", "nosuch").returncode == 5
+    r = broker("events")
+    assert r.returncode == 0 and "ev" in r.stdout
