@@ -220,6 +220,12 @@ def status(refresh: bool = False, names=None):
     return recs
 
 
+def ssh_target(name: str, rank: int = 0) -> dict:
+    from . import clusters
+
+    return clusters.ssh_target(name, rank)
+
+
 def adopt(on_event=None) -> list[str]:
     """Record in the state every cluster the ready clouds have by tag and the state does not know."""
     from . import clusters

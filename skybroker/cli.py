@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
     "check": ("skybroker.commands.info", "check", "Show which clouds are ready (credentials found, SDK installed)."),
     "settings": ("skybroker.commands.info", "settings", "Show every BROKER_* setting, its value and its default."),
+    "ssh": ("skybroker.commands.cluster", "ssh", "Open a shell on a cluster node (plain `ssh CLUSTER` works too)."),
     "show-gpus": ("skybroker.commands.info", "show_gpus", "List accelerators and their cheapest prices."),
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
     "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),

@@ -315,6 +315,25 @@ def adopt(on_event: Event = _noop) -> list[str]:
     return out
 
 
+def ssh_target(name: str, rank: int = 0) -> dict:
+    """How to open a shell on a node: for remote nodes the ssh command line (with the pinned host key),
+    for the local cloud the node's sandbox directory."""
+    from . import sshconfig
+    from .clouds.registry import get as get_provider
+
+    rec = get(name)
+    _require_up(rec)
+    node = next((n for n in rec.nodes if n.rank == rank), None)
+    if node is None:
+        raise NotFoundError(f"cluster {name} has no node {rank}", f"its nodes are 0..{len(rec.nodes) - 1}")
+    if not get_provider(rec.cloud, sdk=False).capabilities.remote:
+        return {"kind": "local", "home": node.home}
+    path = sshconfig.cluster_file(name)
+    if not path.exists():
+        path = sshconfig.write(rec)
+    return {"kind": "ssh", "argv": ["ssh", "-F", str(path), sshconfig.host_alias(name, rank)]}
+
+
 def forget_host_keys(name: str, rank: int | None = None) -> list[str]:
     """Forget the pinned host keys of a cluster's nodes (after checking that the host really changed):
     the next connection pins the key it is shown. Returns the instance ids forgotten."""

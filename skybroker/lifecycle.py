@@ -239,11 +239,22 @@ def _mark_up(rec: ClusterRecord, resources) -> None:
     state.save_cluster(rec)
     state.close_intents(rec.name, state="adopted")
     state.add_event(rec.name, "up", f"up on {rec.infra}")
+    _write_ssh_config(rec)
     if resources is not None and resources.autostop:
         state.set_autostop(rec.name, resources.autostop.idle_minutes, resources.autostop.down)
         from . import autostop
 
         autostop.ensure_watcher()
+
+
+def _write_ssh_config(rec: ClusterRecord) -> None:
+    """`ssh <cluster>` works (best effort: a read-only ~/.ssh never fails a launch)."""
+    from . import sshconfig
+
+    try:
+        sshconfig.write(rec)
+    except OSError as exc:
+        state.add_event(rec.name, "warning", f"could not write the ssh config: {exc}")
 
 
 def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
@@ -414,6 +425,9 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
             warnings.append(w)
             on_event("warning", w)
     _forget_host_keys(rec)
+    from . import sshconfig
+
+    sshconfig.remove(rec.name)
     state.close_intents(rec.name)
     state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
     state.delete_cluster(rec.name)
@@ -455,6 +469,7 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
     rec.status = UP
     state.save_cluster(rec)
     state.add_event(rec.name, "start", "started")
+    _write_ssh_config(rec)
     if rec.autostop_minutes is not None:  # as SkyPilot: a restarted cluster starts without autostop
         state.set_autostop(rec.name, None, False)
         rec.autostop_minutes, rec.autostop_down = None, False

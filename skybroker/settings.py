@@ -41,6 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
        "a gang job submitted to some nodes but never released is cancelled by the node agent after this"),
     _S("failpoints", "BROKER_FAILPOINTS", str, "",
        "fault injection for tests: `point=sleep(S)`, `point=raise` or `point=exit`, comma separated (failpoints.py)"),
+    _S("ssh_config", "BROKER_SSH_CONFIG", bool, True,
+       "add one Include line to ~/.ssh/config so `ssh <cluster>` works (sshconfig.py)"),
     # -- managed jobs
     _S("jobs_poll", "BROKER_JOBS_POLL", float, 2.0, "seconds between two looks at a running managed job"),
     _S("checkpoint_interval", "BROKER_CHECKPOINT_INTERVAL", float, 30.0,

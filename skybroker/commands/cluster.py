@@ -360,3 +360,27 @@ def events(cluster, job_id, limit, as_json):
         render.print_json(evs)
     else:
         render.print_events(evs, show_cluster=not cluster and job_id is None)
+
+
+@click.command("ssh", context_settings={"ignore_unknown_options": True}, epilog=examples(
+    "broker ssh mycluster                     # a shell on the head node",
+    "broker ssh mycluster --node 1 -- nvidia-smi",
+    "ssh mycluster                            # the same, with your own ssh (VS Code Remote too)"))
+@click.argument("cluster", shell_complete=complete_cluster)
+@click.option("--node", "rank", type=click.IntRange(0, 10000), default=0, help="Node rank (0 = head).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(cluster, rank, command):
+    """Open a shell on a node of CLUSTER (or run COMMAND there), with the host key skybroker pinned.
+    After a launch, plain `ssh CLUSTER` and `ssh CLUSTER-worker1` work too (an Include in ~/.ssh/config)."""
+    import os
+
+    from .. import api
+
+    t = api.ssh_target(cluster, rank)
+    render.stop_progress()
+    if t["kind"] == "local":
+        env = dict(os.environ, HOME=t["home"])
+        argv = ["bash", "-c", " ".join(command)] if command else ["bash", "-l"]
+        os.chdir(t["home"])
+        os.execvpe(argv[0], argv, env)
+    os.execvp("ssh", t["argv"] + list(command))

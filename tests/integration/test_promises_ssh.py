@@ -131,3 +131,32 @@ def test_changed_host_key_is_refused_but_down_still_works(node_pool, node_key, t
     finally:
         if new.alive:
             node_pool.kill(new)
+
+
+def test_ssh_cluster_works_after_a_launch_and_goes_with_down(node_pool, node_key, tmp_path):
+    key, pub = node_key
+    nodes = node_pool.start(2, pub)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        hosts = ", ".join(n.ip for n in nodes)
+        (bh / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
+                                                f"  hosts: [{hosts}]\n")
+        task = tmp_path / "t.yaml"
+        task.write_text("name: s\nnum_nodes: 2\nresources: {infra: ssh/lab}\nrun: echo up\n")
+        assert run("launch", "-y", "-c", "sshy", task).returncode == 0
+        user_cfg = Path(os.environ["HOME"]) / ".ssh" / "config"
+        assert f"Include {bh}/ssh/*.conf" in user_cfg.read_text()
+        for alias, node in (("sshy", nodes[0]), ("sshy-worker1", nodes[1])):
+            r = subprocess.run(["ssh", "-F", str(user_cfg), "-o", "BatchMode=yes", alias, "hostname -I"],
+                               capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, r.stderr  # the pinned host key is used: no prompt, no "accept"
+            assert node.ip in r.stdout
+        r = run("ssh", "sshy", "--node", "1", "--", "echo", "from-worker")
+        assert r.returncode == 0 and "from-worker" in r.stdout, r.stderr
+        assert run("down", "-y", "sshy").returncode == 0
+        assert not (bh / "ssh" / "sshy.conf").exists()
+    finally:
+        for n in nodes:
+            if n.alive:
+                node_pool.kill(n)
