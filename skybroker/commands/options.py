@@ -28,6 +28,10 @@ def task_options(f):
                      help="Set an environment variable (repeatable). KEY alone takes the value from your environment."),
         click.option("--secret", "secrets", multiple=True, metavar="KEY[=VALUE]",
                      help="Set a secret env variable (never printed or stored). KEY alone reads your environment."),
+        click.option("--env-file", "env_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Environment variables from a dotenv file (KEY=VALUE lines; repeatable)."),
+        click.option("--secret-file", "secret_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Secrets from a dotenv file (never printed or stored in clear; repeatable)."),
         click.option("--name", "-n", "task_name", help="Task name (overrides `name:`)."),
     ]
     for o in reversed(opts):
@@ -36,7 +40,7 @@ def task_options(f):
     @functools.wraps(f)
     def wrapper(*args, **kw):
         keys = ("infra", "cloud", "region", "zone", "gpus", "cpus", "memory", "instance_type", "use_spot",
-                "num_nodes", "disk_size", "envs", "secrets", "task_name")
+                "num_nodes", "disk_size", "envs", "secrets", "task_name", "env_files", "secret_files")
         raw = {k: kw.pop(k) for k in keys}
         kw["overrides"] = build_overrides(raw)
         return f(*args, **kw)
@@ -55,17 +59,58 @@ def _kv(items, flag):
                 raise UsageError(f"{flag} {item}: no value given and {item} is not set in your environment",
                                  f"use {flag} {item}=VALUE")
         if not k or not (k[0].isalpha() or k[0] == "_") or not all(ch.isalnum() or ch == "_" for ch in k):
-            raise UsageError(f"{flag} {item!r}: {k!r} is not a valid variable name", "use KEY=VALUE")
+            shown = f"{flag} {k!r}=…" if flag == "--secret" else f"{flag} {item!r}"  # never echo a secret value
+            raise UsageError(f"{shown}: {k!r} is not a valid variable name", "use KEY=VALUE")
         out[k] = v
     return out
 
 
+def read_dotenv(path: str, flag: str, secret: bool) -> dict[str, str]:
+    """KEY=VALUE lines (`export ` prefix, # comments, blank lines and single/double quotes allowed).
+    Errors name the file and the line, never a value."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {path}: not UTF-8 text") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if not eq or not key or not (key[0].isalpha() or key[0] == "_") or \
+                not all(ch.isalnum() or ch == "_" for ch in key):
+            what = "a line" if secret else repr(line[:60])
+            raise UsageError(f"{flag} {path}:{n}: {what} is not KEY=VALUE with a valid variable name",
+                             "one KEY=VALUE per line; # starts a comment")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
 def build_overrides(raw: dict) -> dict:
-    ov = {k: v for k, v in raw.items() if k not in ("envs", "secrets", "task_name") and v is not None}
+    skip = ("envs", "secrets", "task_name", "env_files", "secret_files")
+    ov = {k: v for k, v in raw.items() if k not in skip and v is not None}
     if raw.get("num_nodes") is not None and raw["num_nodes"] < 1:
         raise UsageError(f"--num-nodes {raw['num_nodes']}: must be at least 1")
-    ov["envs"] = _kv(raw.get("envs") or (), "--env")
-    ov["secrets"] = _kv(raw.get("secrets") or (), "--secret")
+    envs: dict[str, str] = {}
+    for path in raw.get("env_files") or ():
+        envs.update(read_dotenv(path, "--env-file", secret=False))
+    secrets: dict[str, str] = {}
+    for path in raw.get("secret_files") or ():
+        secrets.update(read_dotenv(path, "--secret-file", secret=True))
+    envs.update(_kv(raw.get("envs") or (), "--env"))  # a flag wins over a file
+    secrets.update(_kv(raw.get("secrets") or (), "--secret"))
+    ov["envs"] = envs
+    ov["secrets"] = secrets
     if raw.get("task_name"):
         ov["name"] = raw["task_name"]
     return ov
