@@ -180,11 +180,27 @@ def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False,
                            on_line=on_line or (lambda r, l: None))
 
 
-def preflight(task) -> None:
-    """What can be checked before the user is asked to confirm a launch (sources exist, rsync, ...)."""
+def preflight(task, plan=None) -> None:
+    """What can be checked before the user is asked to confirm a launch: the task's sources exist, rsync
+    is there for remote nodes, and the chosen cloud can be used (credentials found, SDK installed) — so
+    nobody is asked to confirm a launch that cannot happen."""
     from . import lifecycle
 
     lifecycle.preflight(task)
+    if plan is not None:
+        from .clouds import registry
+        from .errors import CredentialsError
+
+        prov = registry.get(plan.chosen.cloud, sdk=False)
+        missing = registry.missing_sdk(prov)
+        if missing:
+            raise CredentialsError(f"the plan chose {plan.chosen.cloud}, but its SDK is not installed ({missing})",
+                                   hint=f"pip install 'skybroker[{prov.sdk_extra or prov.name}]', or name another "
+                                        "cloud with --infra")
+        check = prov.check()
+        if not check.ok:
+            raise CredentialsError(f"the plan chose {plan.chosen.cloud}, which has no usable credentials: "
+                                   f"{check.detail}", hint=check.hint or "see `broker check`")
 
 
 def exec_task(args: tuple[str, ...] | list[str], overrides: Mapping[str, Any] | None = None):

@@ -59,7 +59,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
             render.print_plan(plan, task.name)
         if dryrun:
             return 0
-        api.preflight(task)  # bad input is reported before the question, and nothing is created
+        api.preflight(task, plan)  # bad input or an unusable cloud: said before the question, nothing created
         if not confirm("Launch?", yes):
             raise click.Abort()
     progress = render.Progress(quiet=as_json)

@@ -29,3 +29,10 @@ def test_bad_lines_name_the_file_and_line_but_never_a_secret(tmp_path):
     assert r.returncode == 2 and "hunter2" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run("launch", "--dryrun", str(tmp_path / "t.yaml"), "--env-file", str(tmp_path / "missing.env"))
     assert r.returncode == 2 and "missing.env" in r.stderr
+
+
+def test_a_launch_that_cannot_happen_is_refused_before_the_question():
+    r = run("launch", "-y", "examples/v100.yaml")  # no credentials anywhere: the plan is shown, then refused
+    assert r.returncode == 4, r.stderr
+    assert "no usable credentials" in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
+    assert "Chosen:" in r.stdout
