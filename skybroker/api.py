@@ -19,11 +19,31 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
     from . import optimizer
     from .check import enabled_clouds
 
+    from . import config
+
     note = None
     if clouds is None:
         clouds, note = enabled_clouds()
         if all(r.cloud and _named_only(r.cloud) for r in task.candidates):
             note = None  # the task names where it runs; credentials do not matter
+    allowed = config.get("allowed_clouds")
+    blocklist = list(blocklist)
+    if allowed:
+        kept = tuple(c for c in clouds if c in allowed)
+        if not kept:
+            raise UsageError(f"the config allows only {', '.join(allowed)}, and none of them is ready",
+                             "see `broker check`, or change allowed_clouds in the config file")
+        if kept != tuple(clouds):
+            note = (note + "; " if note else "") + f"config: only {', '.join(kept)}"
+        clouds = kept
+    for cloud, regions in (config.get("allowed_regions") or {}).items():
+        from . import catalog
+
+        try:
+            all_regions = catalog.regions(cloud)
+        except Exception:  # noqa: BLE001 - a provider without a catalog: nothing to restrict here
+            continue
+        blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
     return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
 
 

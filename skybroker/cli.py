@@ -110,14 +110,18 @@ Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: it
 2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
 @click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="One more config file, over ~/.broker/config.yaml and ./.broker.yaml (README: Config file).")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, config_file):
     """skybroker: run your job on the cheapest cloud that fits it, and keep it running.
 
     Tasks are SkyPilot-compatible YAML files. Start with:  broker launch examples/hello.yaml
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if config_file:
+        os.environ["BROKER_CONFIG"] = os.path.abspath(config_file)  # also seen by processes it starts
 
 
 def _signals_interrupt() -> None:

@@ -240,8 +240,17 @@ def _mark_up(rec: ClusterRecord, resources) -> None:
     state.close_intents(rec.name, state="adopted")
     state.add_event(rec.name, "up", f"up on {rec.infra}")
     _write_ssh_config(rec)
-    if resources is not None and resources.autostop:
-        state.set_autostop(rec.name, resources.autostop.idle_minutes, resources.autostop.down)
+    auto = resources.autostop if resources is not None else None
+    if auto is None and resources is not None and rec.owner is None:
+        from . import config
+
+        default = config.get("autostop")  # the config's default for clusters whose task sets none
+        if default:
+            from .resources import Autostop
+
+            auto = Autostop(default["idle_minutes"], default["down"])
+    if auto:
+        state.set_autostop(rec.name, auto.idle_minutes, auto.down)
         from . import autostop
 
         autostop.ensure_watcher()
@@ -302,8 +311,11 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     state.add_event(b.cluster, "launch", "provisioning")
     cand, infos, attempts = provision.provision(b.cluster, b.plan_fn, public_key=public_key, on_event=b.on_event,
                                                 retry_until_up=b.retry_until_up, on_place=on_place)
+    from . import config
+
     ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
-    rec.nodes = [NodeRecord(i.instance_id, rank, i.public_ip or i.private_ip or "", i.private_ip, i.ssh_user,
+    user = (config.get("ssh_user") or {}).get(cand.cloud)  # the login user of the config's image
+    rec.nodes = [NodeRecord(i.instance_id, rank, i.public_ip or i.private_ip or "", i.private_ip, user or i.ssh_user,
                             i.ssh_port, i.home, i.identity_file) for rank, i in enumerate(ordered)]
     rec.num_nodes = len(rec.nodes)
     rec.zone = cand.zone or ordered[0].zone

@@ -62,11 +62,15 @@ def block_for(exc: ProvisionError, cand: Candidate) -> Block:
 
 
 def request_for(cluster: str, cand: Candidate, public_key: str | None) -> ProvisionRequest:
+    from . import config
+
     res = cand.resources
     image = None
     for region, img in res.image_id:
         if region in ("", cand.region):
             image = img
+    if image is None:
+        image = (config.get("image_id") or {}).get(cand.cloud)  # the config's default image for the cloud
     return ProvisionRequest(cluster=cluster, region=cand.region, zone=cand.zone, instance_type=cand.instance_type,
                             num_nodes=cand.num_nodes, use_spot=cand.use_spot, accelerator=cand.accelerator_name,
                             accelerator_count=cand.accelerator_count, disk_size=res.disk_size, ports=res.ports,

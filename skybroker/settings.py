@@ -28,6 +28,7 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     # -- where things live
     _S("home", "BROKER_HOME", str, "~/.broker", "state database, keys, logs, locks (0700)"),
+    _S("config", "BROKER_CONFIG", str, "", "one more config file for this command (also --config; see config.py)"),
     _S("catalog_dir", "BROKER_CATALOG_DIR", str, "", "price catalogs to plan with (default: the bundled ones)"),
     _S("spot_traces", "BROKER_SPOT_TRACES", str, "", "spot traces for `broker simulate` (default: ../shared/spot-traces)"),
     _S("debug", "BROKER_DEBUG", bool, False, "show a traceback with every error (same as --debug)"),
@@ -73,12 +74,23 @@ def setting(name: str) -> Setting:
 
 
 def get(name: str):
-    """The value in effect for a setting (environment, else the default)."""
+    """The value in effect for a setting: the environment, else the config file's `settings:` (config.py),
+    else the default. (BROKER_HOME and BROKER_CONFIG come from the environment only: the config lives there.)"""
     s = _BY_NAME[name]
     raw = os.environ.get(s.env)
     if raw is None or raw == "":
-        return s.default
+        if name in _ENV_ONLY:
+            return s.default
+        from . import config
+
+        value = config.load().get("settings", {}).get(name)
+        if value is None:
+            return s.default
+        raw = str(value).lower() if isinstance(value, bool) else str(value)
     return _parse(s, raw)
+
+
+_ENV_ONLY = frozenset({"home", "debug", "config"})
 
 
 def _parse(s: Setting, raw: str):

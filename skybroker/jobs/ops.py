@@ -35,6 +35,7 @@ def launch(task, name: str | None = None) -> store.ManagedJob:
 
     if not task.run:
         raise UsageError("a managed job needs `run:`")
+    task = _with_config_defaults(task)
     res = task.candidates[0]
     desc = res.describe() if len(task.candidates) == 1 else f"{len(task.candidates)} options"
     if task.num_nodes > 1:
@@ -42,6 +43,20 @@ def launch(task, name: str | None = None) -> store.ManagedJob:
     job = store.insert(name or task.name, json.dumps(task_to_dict(task)), task.secret_dict, desc)
     ensure_controller()
     return job
+
+
+def _with_config_defaults(task):
+    """The config file's `jobs:` defaults (recovery strategy, restarts) for a task that sets none."""
+    from dataclasses import replace
+
+    from .. import config
+    from ..resources import JobRecovery
+
+    d = config.get("jobs") or {}
+    if not d or any(r.job_recovery for r in task.candidates):
+        return task
+    jr = JobRecovery(d.get("job_recovery", "EAGER_NEXT_REGION"), int(d.get("max_restarts_on_errors", 0)))
+    return replace(task, groups=tuple(tuple(replace(r, job_recovery=jr) for r in g) for g in task.groups))
 
 
 def queue(all_jobs: bool = True) -> list[store.ManagedJob]:

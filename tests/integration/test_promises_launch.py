@@ -314,3 +314,16 @@ def test_events_show_what_happened_to_a_cluster(tmp_path):
     assert broker("events", "nosuch").returncode == 5
     r = broker("events")
     assert r.returncode == 0 and "ev" in r.stdout
+
+
+def test_config_file_defaults_apply_to_a_launch(tmp_path):
+    cfg = tmp_path / "team.yaml"
+    cfg.write_text("autostop: {idle_minutes: 45, down: true}\n")
+    task = write_task(tmp_path / "t.yaml", name="cfg", run="echo hi")
+    r = broker("--config", cfg, "launch", "-y", "-c", "cfg", task)
+    assert r.returncode == 0, r.stderr
+    (c,) = status_json()
+    assert (c["autostop_minutes"], c["autostop_down"]) == (45, True)
+    r = broker("--config", tmp_path / "nope.yaml", "launch", "-y", "-c", "cfg2", task)
+    assert r.returncode == 2 and "nope.yaml" in r.stderr and "does not exist" in r.stderr
+    _no_traceback(r)
