@@ -8,6 +8,14 @@ from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confir
                       task_options)
 
 
+def _job_code(st) -> int:
+    if st is None or st.status == "SUCCEEDED":
+        return 0
+    if st.status == "CANCELLED":
+        return 130
+    return st.exit_code if st.exit_code not in (None, 0) else 1
+
+
 def _job_exit(st, cluster: str) -> int:
     """The job's exit code carries through (for CI); a lost node is an error with a clear message."""
     if st is None:
@@ -20,11 +28,7 @@ def _job_exit(st, cluster: str) -> int:
         raise BrokerError(f"node(s) {', '.join(lost)} of cluster {cluster} became unreachable during the job "
                           "(preempted, stopped or network lost)", f"`broker status --refresh` shows what remains; "
                           f"`broker down {cluster}` cleans up")
-    if st.status == "SUCCEEDED":
-        return 0
-    if st.status == "CANCELLED":
-        return 130
-    return st.exit_code if st.exit_code not in (None, 0) else 1
+    return _job_code(st)
 
 
 @click.command(epilog=examples(
@@ -39,7 +43,8 @@ def _job_exit(st, cluster: str) -> int:
               shell_complete=complete_cluster)
 @click.option("--dryrun", is_flag=True, help="Only print the plan; provision nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (with --dryrun).")
+@click.option("--json", "as_json", is_flag=True,
+              help="The plan as JSON (with --dryrun); otherwise JSON lines on stdout: plan, events, output, result.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 @click.option("--retry-until-up", is_flag=True, help="Keep retrying with backoff when every place fails.")
 @click.option("--keep-on-failure", is_flag=True,
@@ -51,18 +56,29 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     task = api.load_task(task_file, overrides)
     existing = cluster is not None and not dryrun and api.cluster_exists(cluster)
     plan = None
+    stream = render.JsonEvents() if as_json and not dryrun else None  # --json launch: JSON lines only
     if not existing:
         plan = api.plan(task)
-        if as_json:
+        if stream is not None:
+            stream.emit({"type": "plan", **render.plan_json(plan, task.name)})
+        elif as_json:
             render.print_json(render.plan_json(plan, task.name))
         else:
             render.print_plan(plan, task.name)
         if dryrun:
             return 0
         api.preflight(task, plan)  # bad input or an unusable cloud: said before the question, nothing created
-        if not confirm("Launch?", yes):
+        if not confirm("Launch?", yes or as_json):
             raise click.Abort()
-    progress = render.Progress(quiet=as_json)
+    if stream is not None:
+        res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
+                         keep_on_failure=keep_on_failure, on_event=stream.event, on_line=stream.line)
+        st = res.status
+        stream.emit({"type": "result", "cluster": res.cluster, "job_id": res.job_id,
+                     "status": st.status if st else "SUBMITTED", "exit_code": st.exit_code if st else None,
+                     "attempts": [a.__dict__ for a in res.attempts]})
+        return _job_code(st)
+    progress = render.Progress()
     with progress:
         res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
                          keep_on_failure=keep_on_failure, on_event=progress.event,

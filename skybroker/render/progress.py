@@ -149,6 +149,31 @@ class Progress:
             self._finish(ok=False)
 
 
+class JsonEvents:
+    """`launch --json` (not a dry run): everything on stdout is one JSON object per line — the plan,
+    each progress event, each job output line, and the result — never mixed with text."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def emit(self, obj: dict) -> None:
+        with self._lock:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
+
+    def event(self, kind: str, message: str) -> None:
+        self.emit({"type": "event", "kind": kind, "message": message})
+
+    def line(self, rank: int, text: str) -> None:
+        self.emit({"type": "line", "node": rank, "line": text})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
 class LinePrinter:
     """Job output on stdout, each line prefixed with its node (or one JSON object per line)."""
 

@@ -327,3 +327,14 @@ def test_config_file_defaults_apply_to_a_launch(tmp_path):
     r = broker("--config", tmp_path / "nope.yaml", "launch", "-y", "-c", "cfg2", task)
     assert r.returncode == 2 and "nope.yaml" in r.stderr and "does not exist" in r.stderr
     _no_traceback(r)
+
+
+def test_launch_json_is_json_lines_only(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="js", num_nodes=2, run="echo out-$SKYPILOT_NODE_RANK")
+    r = broker("launch", "--json", "-c", "js", task)
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]  # every stdout line is JSON
+    types = [o["type"] for o in objs]
+    assert types[0] == "plan" and types[-1] == "result" and "event" in types
+    assert {o["line"] for o in objs if o["type"] == "line"} == {"out-0", "out-1"}
+    assert objs[-1]["status"] == "SUCCEEDED" and objs[-1]["exit_code"] == 0
