@@ -289,12 +289,11 @@ class Controller:
         rt = ClusterRuntime(rec)
         try:
             try:
-                st = rt.job(j.cluster_job_id)
+                st = logsync.poll(j, rt)  # status and new output: one agent call per node
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
-            healthy = st is not None and not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
-            if healthy:  # a dead node would only cost another connect timeout
-                logsync.fetch(j, rt, final=st.done)
+            healthy = st is not None and bool(st.nodes) and \
+                not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
             if healthy:
                 self.unreachable_since.pop(j.id, None)
                 self._maybe_checkpoint(j, rt, done=st.done)

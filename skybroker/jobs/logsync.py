@@ -13,6 +13,8 @@ from ..errors import BrokerError
 from . import store
 
 MAX_PARTIAL = 64 * 1024
+READ_LIMIT = 1 << 20  # what the agent returns at most per read
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"})
 
 
 def split_complete(data: bytes, final: bool = False) -> tuple[list[str], int]:
@@ -29,24 +31,44 @@ def split_complete(data: bytes, final: bool = False) -> tuple[list[str], int]:
     return [ln.decode("utf-8", errors="replace") for ln in lines], cut
 
 
-def fetch(j, rt, final: bool = False) -> int:
-    """Append every node's new complete lines to the job's log; returns how many lines were added."""
+def poll(j, rt):
+    """One look at a managed job on all its nodes, one agent call per node: the new complete log lines go
+    to the job's log and the job's status comes back (a JobStatus; a node that cannot be reached counts
+    as UNREACHABLE). Once the job has ended on a node, everything left in its log is read."""
+    from ..backend import NodeJob, aggregate
+    from ..runtime.runner import NodeUnreachable
+
     offsets = json.loads(j.log_offsets or "{}")
     multi = len(rt.nodes) > 1
     out: list[str] = []
+    nodes, meta = [], {}
     for node in rt.nodes:
         off = int(offsets.get(str(node.rank), 0))
+        agent = rt.agent(node)
         try:
-            data, _ = rt.read_log(node, j.cluster_job_id, off)
-        except (BrokerError, OSError):
+            while True:
+                data, _, row = agent.poll(j.cluster_job_id, off)
+                done = row is not None and row["status"] in TERMINAL_STATUSES
+                lines, used = split_complete(data, final=done and len(data) < READ_LIMIT)
+                off += used
+                out += [f"(node-{node.rank}) {line}" if multi else line for line in lines]
+                if not (done and len(data) >= READ_LIMIT):
+                    break
+        except (NodeUnreachable, OSError):
+            nodes.append(NodeJob(node.rank, "UNREACHABLE", None, "node unreachable"))
             continue
-        lines, used = split_complete(data, final)
-        if not used:
+        except BrokerError:
+            nodes.append(NodeJob(node.rank, "UNREACHABLE", None, "agent error"))
             continue
-        offsets[str(node.rank)] = off + used
-        out += [f"(node-{node.rank}) {line}" if multi else line for line in lines]
+        offsets[str(node.rank)] = off
+        if row is None:
+            nodes.append(NodeJob(node.rank, "UNKNOWN"))
+            continue
+        nodes.append(NodeJob(node.rank, row["status"], row.get("exit_code"), row.get("reason")))
+        if node.rank == 0 or not meta:
+            meta = row
     if out:
         with open(store.job_dir(j.id) / "run.log", "a", encoding="utf-8", errors="replace") as f:
             f.write("\n".join(out) + "\n")
     store.update(j.id, log_offsets=json.dumps(offsets))
-    return len(out)
+    return aggregate(j.cluster_job_id, nodes, meta)

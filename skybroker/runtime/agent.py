@@ -626,17 +626,23 @@ def cmd_logs(args):
 
 
 def _logs_b64(conn, args):
-    """Up to 1 MiB from --offset (waiting up to --wait-seconds for new bytes), as exact bytes."""
+    """Up to 1 MiB from --offset (waiting up to --wait-seconds for new bytes), as exact bytes, with the
+    job's row (after checking that its runner is alive): one call is a whole poll of a job on a node."""
     import base64
+
     deadline = time.time() + (args.wait_seconds or 0)
     while True:
-        status = _get(conn, args.job_id)["status"]  # read before the data: a terminal status means no more
+        row = _get(conn, args.job_id)
+        if row["status"] not in TERMINAL_STATUSES:
+            _reconcile(conn, [row])
+            row = _get(conn, args.job_id)
+        status = row["status"]  # read before the data: a terminal status means no more data comes
         chunk = _read_from(_log_path(args.job_id), args.offset)
         if chunk or status in TERMINAL_STATUSES or time.time() >= deadline:
             break
         time.sleep(POLL)
     _out({"data": base64.b64encode(chunk).decode("ascii"), "offset": args.offset,
-          "next": args.offset + len(chunk), "status": status})
+          "next": args.offset + len(chunk), "status": status, "job": _job_out(row)})
     return 0
 
 

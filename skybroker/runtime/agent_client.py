@@ -91,6 +91,14 @@ class AgentClient:
             return b"", offset, None
         return base64.b64decode(out["data"]), int(out["next"]), out.get("status")
 
+    def poll(self, job_id: int, offset: int = 0, timeout: float = 30.0) -> tuple[bytes, int, dict | None]:
+        """One look at a job on this node: (log bytes from `offset`, next offset, the job's status row —
+        None if the node has no such job). One agent call instead of a status and a log read."""
+        out = self._call("logs", int(job_id), "--offset", int(offset), "--b64", timeout=timeout, missing_ok=True)
+        if not out:
+            return b"", offset, None
+        return base64.b64decode(out["data"]), int(out["next"]), out.get("job")
+
     def follow_log(self, job_id: int, on_line: Callable[[str], None], follow: bool = True) -> bool:
         """Stream a job's log lines (until it ends, with follow). False if the node has no such job."""
         args = ["logs", int(job_id)] + (["--follow"] if follow else [])
