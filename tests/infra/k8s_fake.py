@@ -320,6 +320,8 @@ class K8sFake:
             verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete", "PUT": "update"}[method]
             self._rbac(verb, kind, ns)
             store = self.objects[kind]
+            if kind == "resourcequotas":
+                self._refresh_quotas(ns)
             if method == "GET" and not name:
                 terms = _parse_selector(q.get("labelSelector"))
                 items = [self._view(o) for (n2, _), o in sorted(store.items()) if n2 == ns
@@ -449,8 +451,14 @@ class K8sFake:
                 lim = ",".join(f"{k}={lm}" for k, _, _, lm in over)
                 raise ApiError(403, "Forbidden", f'pods "{name}" is forbidden: exceeded quota: {qname}, requested: '
                                f"{req}, used: {use}, limited: {lim}", {"name": name, "kind": "pods"})
-            q["status"]["used"] = {k: str(used.get(k.split(".", 1)[-1] if "." in k and k.split(".")[0] in
-                                                   ("requests", "limits") else k, 0)) for k in hard}
+
+    def _refresh_quotas(self, ns: str) -> None:
+        """status.used of the namespace's quotas, as the quota admission and controller keep it."""
+        used = self._quota_used(ns)
+        for (qns, _), q in self.objects["resourcequotas"].items():
+            if qns == ns:
+                q["status"]["used"] = {k: f"{used.get(k.split('.', 1)[1] if k.startswith(('requests.', 'limits.')) else k, 0):g}"
+                                       for k in q["spec"]["hard"]}
 
     def _quota_used(self, ns: str) -> dict[str, float]:
         used: dict[str, float] = {}

@@ -17,15 +17,18 @@ import time
 from .config import IN_CLUSTER
 
 _lock = threading.Lock()
+_pf_lock = threading.Lock()
 _clients: dict = {}
 CLIENT_TTL = 300.0  # rebuild after this many seconds (re-reads the kubeconfig; short-lived tokens)
 
 
-def api_client(context: str | None):
-    """An ApiClient for the context (None: the kubeconfig's current context)."""
+def api_client(context: str | None, purpose: str = "rest"):
+    """An ApiClient for the context (None: the kubeconfig's current context). Port-forwarding gets a
+    client of its own: `kubernetes.stream` swaps the ApiClient's `call_api` while it opens a websocket,
+    which would send a concurrent REST call on the same client down the websocket path."""
     import os
 
-    key = (context, os.environ.get("KUBECONFIG"))
+    key = (context, os.environ.get("KUBECONFIG"), purpose)
     with _lock:
         hit = _clients.get(key)
         if hit is not None and time.monotonic() - hit[1] < CLIENT_TTL:
@@ -36,8 +39,11 @@ def api_client(context: str | None):
         cfg = client.Configuration()
         config.load_incluster_config(client_configuration=cfg)
         api = client.ApiClient(cfg)
-    else:
-        api = config.new_client_from_config(context=context)
+    else:  # the files named here: the client reads $KUBECONFIG only once, when it is first imported
+        from .config import kubeconfig_paths
+
+        files = os.pathsep.join(str(p) for p in kubeconfig_paths())
+        api = config.new_client_from_config(config_file=files, context=context)
     with _lock:
         _clients[key] = (api, time.monotonic())
     return api
@@ -65,9 +71,12 @@ def call(fn, *args, **kw):
 def portforward_socket(context: str | None, namespace: str, pod: str, port: int):
     """A socket-like object connected to `port` of the pod, through the API server's portforward
     subresource (a websocket, `v4.channel.k8s.io`)."""
+    from kubernetes import client
     from kubernetes.stream import portforward
 
-    pf = portforward(core(context).connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+    api = client.CoreV1Api(api_client(context, "portforward"))
+    with _pf_lock:  # one websocket opening at a time on that client (see api_client)
+        pf = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
     return pf, pf.socket(port)
 
 
