@@ -140,4 +140,47 @@ class LambdaAdapter(_FakeAdapter):
         self.fake.close()
 
 
-EXTRA_ADAPTERS = [GCPAdapter, AzureAdapter, LambdaAdapter]
+class KubernetesAdapter(_FakeAdapter):
+    """Kubernetes (tests/infra/k8s_fake.py, the official client). No spot market and no firewall of ours
+    (a task's ports are a Service: test_kubernetes.py)."""
+
+    name = "kubernetes"
+    spot = False
+    firewall = False
+    region = "fake"
+
+    def setup(self, monkeypatch, tmp_path):
+        pytest.importorskip("kubernetes")
+        from skybroker.clouds.kubernetes import KubernetesCloud, client, driver
+        from tests.infra.k8s_fake import K8sFake, node
+
+        self.fake = K8sFake(nodes=[node("n1", cpu="16", memory="64Gi"), node("n2", cpu="16", memory="64Gi")]).start()
+        monkeypatch.setenv("KUBECONFIG", self.fake.write_kubeconfig(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("BROKER_K8S_POLL", "0.02")
+        monkeypatch.setenv("BROKER_K8S_PROVISION_TIMEOUT", "0.2")
+        client.reset()
+        driver._nodes_cache.clear()
+        self.cloud = KubernetesCloud()
+
+    def request(self, cluster, n=2, spot=False, ports=()):
+        return ProvisionRequest(cluster, self.region, None, "2CPU--4GB", n, use_spot=spot, ports=ports,
+                                public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+    def faults(self):
+        def big():
+            return ProvisionRequest("faulty", self.region, None, "64CPU--64GB", 1,
+                                    public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+        make = self._fault
+        return {"capacity": big,  # Unschedulable: no node has 64 CPUs
+                "quota": make(lambda: self.fake.quota("pods", {"pods": "0"})),
+                "credentials": make(lambda: self.fake.fail_auth())}
+
+    def teardown(self):
+        from skybroker.clouds.kubernetes import client
+
+        self.fake.close()
+        client.reset()
+
+
+EXTRA_ADAPTERS = [GCPAdapter, AzureAdapter, LambdaAdapter, KubernetesAdapter]
