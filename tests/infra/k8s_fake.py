@@ -650,6 +650,7 @@ class K8sFake:
             _ws_send(ws, struct.pack(">H", 1000), opcode=8)
             return
         tcp.settimeout(None)
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _FrameReader(ws)
         try:
             while True:

@@ -372,3 +372,14 @@ def test_managed_job_survives_its_pod_being_deleted(sshd_fake, tmp_path, monkeyp
     starts = [int(x) for x in re.findall(r"^start at (\d+)$", log, re.MULTILINE)]
     assert starts[0] == 0 and starts[-1] >= before and "final 25" in log
     assert sshd_fake.pods() == []
+
+
+def test_gc_finds_and_removes_an_orphan(cloud, fake):
+    from skybroker import gc
+
+    cloud.provision(req("orphan", n=2))  # created, never recorded in the state
+    scan = gc.scan(clouds=("kubernetes",))
+    assert [(o.cluster, o.region, len(o.resources)) for o in scan.orphans] == [("orphan", "fake", 4)]
+    assert scan.scanned == {"kubernetes": 1} and scan.skipped == []
+    gc.remove(scan.orphans)
+    assert fake.pods() == [] and fake.objects["services"] == {} and fake.objects["secrets"] == {}

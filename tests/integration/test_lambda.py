@@ -386,3 +386,14 @@ def test_managed_job_survives_its_instance_being_terminated(sshd_fake, tmp_path,
     starts = [int(x) for x in __import__("re").findall(r"^start at (\d+)$", log, __import__("re").MULTILINE)]
     assert starts[0] == 0 and starts[-1] >= before and "final 25" in log
     assert sshd_fake.live() == []
+
+
+def test_gc_finds_and_removes_an_orphan(cloud, fake):
+    from skybroker import gc
+
+    cloud.provision(req("orphan", ports=("8080",)))  # created, never recorded in the state
+    scan = gc.scan(clouds=("lambda",))
+    assert sorted((o.cluster, o.region or "") for o in scan.orphans) == [("orphan", ""), ("orphan", "us-east-1")]
+    assert scan.scanned == {"lambda": 1} and scan.skipped == []
+    gc.remove(scan.orphans)
+    assert fake.live() == [] and all(not r["description"].startswith("skybroker") for r in fake.firewall_rules)

@@ -28,6 +28,7 @@ class Forwarder:
         while not self._closed.is_set():
             try:
                 conn, _ = self._srv.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # SSH's small writes, no Nagle delay
             except OSError:
                 return
             threading.Thread(target=self._bridge, args=(conn,), daemon=True, name="k8s-forward-conn").start()
