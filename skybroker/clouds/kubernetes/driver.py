@@ -145,8 +145,9 @@ def parse_instance_type(text: str) -> tuple[float, float, str | None, float] | N
 
 
 def default_shape(res) -> tuple[float, float]:
-    """(cpus, memory GiB) of a pod for a task's resources: the minimum the task asks for. With neither
-    given, SkyPilot's Kubernetes defaults: 2 CPUs and 2 GiB per CPU, 4 CPUs and 4 GiB per CPU with GPUs."""
+    """(cpus, memory GiB) of a pod for a task's resources: the minimum the task asks for (`4+` → 4,
+    `4x` memory → 4 GiB per CPU). With neither given: 2 CPUs and 4 GiB, or 4 CPUs and 16 GiB with GPUs
+    (a pod, not a VM: the VM default of 8+ CPUs would leave most clusters' nodes unusable)."""
     gpu = bool(res.accelerator)
     cpus = res.cpus.value if res.cpus is not None else (4.0 if gpu else 2.0)
     if res.memory is None:
