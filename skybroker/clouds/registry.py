@@ -17,6 +17,8 @@ PROVIDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("aws", "skybroker.clouds.aws", ("amazon", "ec2")),
     ("gcp", "skybroker.clouds.gcp", ("google", "gce")),
     ("azure", "skybroker.clouds.azure", ("az", "microsoft")),
+    ("lambda", "skybroker.clouds.lambda_cloud", ("lambda-cloud", "lambdalabs", "lambda-labs")),
+    ("kubernetes", "skybroker.clouds.kubernetes", ("k8s", "kube")),
     ("local", "skybroker.clouds.local", ()),
     ("ssh", "skybroker.clouds.ssh", ()),
 )

@@ -1,4 +1,5 @@
-"""Contract-test adapters for the clouds whose tests run against local REST fakes (GCP, Azure).
+"""Contract-test adapters for the clouds whose tests run against local REST fakes (GCP, Azure, Lambda,
+Kubernetes).
 tests/integration/test_contract.py imports EXTRA_ADAPTERS from here."""
 from __future__ import annotations
 
@@ -105,4 +106,81 @@ class AzureAdapter(_FakeAdapter):
         client.reset()
 
 
-EXTRA_ADAPTERS = [GCPAdapter, AzureAdapter]
+class LambdaAdapter(_FakeAdapter):
+    """Lambda Cloud (tests/infra/lambda_fake.py). No spot market; its firewall is account-wide, not a
+    per-cluster one (capabilities.firewall False: ports are tested in test_lambda.py); its quota is per
+    account, so the injectable quota refusal is cloud-scoped (AccountQuotaError, test_lambda.py) and the
+    contract's regional-quota case does not apply."""
+
+    name = "lambda"
+    spot = False
+    firewall = False
+    region = "us-east-1"
+
+    def setup(self, monkeypatch, tmp_path):
+        from skybroker.clouds.lambda_cloud import LambdaCloud
+        from tests.infra.lambda_fake import LambdaFake
+
+        self.fake = LambdaFake().start()
+        for k, v in self.fake.env().items():
+            monkeypatch.setenv(k, v)
+        self.cloud = LambdaCloud()
+
+    def request(self, cluster, n=2, spot=False, ports=()):
+        return ProvisionRequest(cluster, self.region, None, "gpu_1x_a10", n, use_spot=spot, ports=ports,
+                                accelerator="A10", accelerator_count=1,
+                                public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+    def faults(self):
+        make = self._fault
+        return {"capacity": make(lambda: self.fake.no_capacity(self.region)),
+                "credentials": make(lambda: self.fake.fail_auth())}
+
+    def teardown(self):
+        self.fake.close()
+
+
+class KubernetesAdapter(_FakeAdapter):
+    """Kubernetes (tests/infra/k8s_fake.py, the official client). No spot market and no firewall of ours
+    (a task's ports are a Service: test_kubernetes.py)."""
+
+    name = "kubernetes"
+    spot = False
+    firewall = False
+    region = "fake"
+
+    def setup(self, monkeypatch, tmp_path):
+        pytest.importorskip("kubernetes")
+        from skybroker.clouds.kubernetes import KubernetesCloud, client, driver
+        from tests.infra.k8s_fake import K8sFake, node
+
+        self.fake = K8sFake(nodes=[node("n1", cpu="16", memory="64Gi"), node("n2", cpu="16", memory="64Gi")]).start()
+        monkeypatch.setenv("KUBECONFIG", self.fake.write_kubeconfig(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("BROKER_K8S_POLL", "0.02")
+        monkeypatch.setenv("BROKER_K8S_PROVISION_TIMEOUT", "0.2")
+        client.reset()
+        driver._nodes_cache.clear()
+        self.cloud = KubernetesCloud()
+
+    def request(self, cluster, n=2, spot=False, ports=()):
+        return ProvisionRequest(cluster, self.region, None, "2CPU--4GB", n, use_spot=spot, ports=ports,
+                                public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+    def faults(self):
+        def big():
+            return ProvisionRequest("faulty", self.region, None, "64CPU--64GB", 1,
+                                    public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcontract contract@test")
+
+        make = self._fault
+        return {"capacity": big,  # Unschedulable: no node has 64 CPUs
+                "quota": make(lambda: self.fake.quota("pods", {"pods": "0"})),
+                "credentials": make(lambda: self.fake.fail_auth())}
+
+    def teardown(self):
+        from skybroker.clouds.kubernetes import client
+
+        self.fake.close()
+        client.reset()
+
+
+EXTRA_ADAPTERS = [GCPAdapter, AzureAdapter, LambdaAdapter, KubernetesAdapter]

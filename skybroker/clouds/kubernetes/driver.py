@@ -1,0 +1,701 @@
+"""Kubernetes driver: a cluster is one pod per node, in a kubeconfig context (the "region") and namespace.
+
+Per cluster, all labelled `skybroker-cluster=<name>`, `skybroker-user=<user>`:
+  - bare pods `<cluster>-<user hash>-<rank>` (restartPolicy Never, label `skybroker-rank`). Not a
+    StatefulSet on purpose: a pod that dies must stay dead, so that the managed-jobs controller sees a
+    preemption and relaunches from the checkpoint; a StatefulSet would quietly recreate it with an empty
+    disk, a new host key and no node agent. Resources are requested exactly (cpu, memory, and
+    `nvidia.com/gpu` / `amd.com/gpu` with limits equal to requests); GPU pods get a node affinity on
+    the GPU-type label of the nodes that have that GPU, and tolerate the usual GPU taints;
+  - a headless Service `skybroker-<cluster>` (rank/IP discovery: `<pod>.skybroker-<cluster>` DNS names;
+    SKYPILOT_NODE_IPS are the pod IPs);
+  - a Secret `skybroker-<cluster>-ssh` with the user's public key, mounted into every pod;
+  - with `ports`, a Service `skybroker-<cluster>-ports` (LoadBalancer, or NodePort) in front of the head.
+
+Commands and sync go over SSH into the pod (sshd started by the pod's bootstrap, see BOOTSTRAP), through
+the API server's port-forward (forward.py) or straight to the pod IP (in-cluster): the same runner as
+every other cloud, rsync included. Chosen over `exec`: the runner protocol, rsync's ignore rules, the
+node agent and the managed-jobs liveness checks are reused unchanged, and the API needs no
+exec/attach permission; the cost is an sshd in the image (installed at start when missing).
+
+Offers come from the cluster (capabilities.priced False): a pod of the requested shape is offered in a
+context when some node's allocatable CPU, memory and GPUs (type from the node labels) hold it; priced 0
+unless prices are configured (config.py). Only used when the task names it (named_only): reading the
+offers needs the network, and a free offer would otherwise win every plan.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import threading
+import time
+
+from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, QuotaError
+from ..base import (PENDING, RUNNING, TAG_CLUSTER, TAG_USER, TERMINATED, UNREACHABLE, Capabilities, InstanceInfo,
+                    ProvisionRequest, Provider, TaggedResource)
+from ..common import call_typed
+from . import client as kc
+from . import config as cfg
+from .errors import HINT_CREDS, classify, status_of
+
+TAG_RANK = "skybroker-rank"
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+# Node labels naming the GPU type, most specific first (NVIDIA GPU feature discovery, GKE, EKS/Karpenter,
+# AKS, AMD's device plugin labeller, and SkyPilot's own labeller).
+GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator", "karpenter.k8s.aws/instance-gpu-name",
+              "accelerator", "amd.com/gpu.product-name", "skypilot.co/accelerator")
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                   {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# Canonical accelerator names (the catalogs' spelling); a label's tokens are matched against them.
+CANONICAL = ("A100", "H100", "H200", "B200", "GH200", "L40S", "L40", "L4", "A10G", "A10", "T4", "V100", "P100", "P4",
+             "K80", "A6000", "A5000", "A4000", "RTX6000", "RTX4090", "MI300X", "MI250X", "MI210", "MI100")
+INSTANCE_RE = re.compile(r"^(?P<cpus>\d+(?:\.\d+)?)CPU--(?P<mem>\d+(?:\.\d+)?)GB(?:--(?P<gpu>[A-Za-z0-9-]+):(?P<n>\d+))?$")
+NODES_TTL = 30.0
+SSH_PORT = 22
+
+# The pod's command: install sshd/rsync/python3 when the image lacks them (apt, dnf/yum or apk), authorize
+# the key from the mounted Secret, pass the container's environment (CUDA paths, NVIDIA_* variables) to SSH
+# sessions, and run sshd in the foreground. An image with all three preinstalled starts in about a second.
+BOOTSTRAP = r"""set -u
+need=""
+{ command -v sshd || [ -x /usr/sbin/sshd ]; } >/dev/null 2>&1 || need="$need openssh-server"
+command -v rsync >/dev/null 2>&1 || need="$need rsync"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+if [ -n "$need" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends $need
+  elif command -v dnf >/dev/null 2>&1; then dnf install -y -q openssh-server rsync python3
+  elif command -v yum >/dev/null 2>&1; then yum install -y -q openssh-server rsync python3
+  elif command -v apk >/dev/null 2>&1; then apk add --no-cache openssh-server rsync python3 bash
+  else echo "skybroker: no sshd in the image and no package manager to install it" >&2; exit 1; fi
+fi
+user="${SKYBROKER_SSH_USER:-root}"
+home="$(getent passwd "$user" | cut -d: -f6)"; home="${home:-/root}"
+mkdir -p "$home/.ssh" /run/sshd && chmod 700 "$home/.ssh"
+cp /etc/skybroker-ssh/authorized_keys "$home/.ssh/authorized_keys" && chmod 600 "$home/.ssh/authorized_keys"
+env | grep -E '^(PATH|LD_LIBRARY_PATH|CUDA_[A-Z_]*|NVIDIA_[A-Z_]*|KUBERNETES_[A-Z_]*|LANG|LC_ALL)=' > "$home/.ssh/environment" || true
+chown -R "$user" "$home/.ssh" 2>/dev/null || true
+ssh-keygen -A >/dev/null 2>&1
+exec /usr/sbin/sshd -D -e -p 22 -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no \
+  -o PermitUserEnvironment=yes -o UsePAM=no -o AllowTcpForwarding=yes
+"""
+
+_nodes_cache: dict = {}
+_nodes_lock = threading.Lock()
+
+
+def _user() -> str:
+    return os.environ.get("USER") or "user"
+
+
+def _label(value) -> str:
+    v = re.sub(r"[^A-Za-z0-9_.-]", "-", str(value))[:63].strip("-_.")
+    return v or "x"
+
+
+def _user_hash() -> str:
+    return hashlib.sha256(_user().encode()).hexdigest()[:4]
+
+
+def pod_name(cluster: str, rank: int) -> str:
+    return f"{cluster}-{_user_hash()}-{rank}"
+
+
+def service_name(cluster: str) -> str:
+    return f"skybroker-{cluster}"
+
+
+def ports_service_name(cluster: str) -> str:
+    return f"skybroker-{cluster}-ports"
+
+
+def secret_name(cluster: str) -> str:
+    return f"skybroker-{cluster}-ssh"
+
+
+def canonical_gpu(value: str | None) -> str | None:
+    """`NVIDIA-A100-SXM4-80GB` → A100-80GB, `nvidia-tesla-v100` → V100, `nvidia-l4` → L4, `a10g` → A10G."""
+    if not value:
+        return None
+    tokens = re.split(r"[-_ ]+", str(value).upper())
+    name = next((t for t in tokens if t in CANONICAL), None)
+    if name is None:
+        name = next((c for t in tokens for c in CANONICAL if t.endswith(c) and t[: -len(c)] in ("RTX", "TESLA")), None)
+    if name is None:
+        return None
+    if name == "A100" and "80GB" in tokens:
+        return "A100-80GB"
+    if name == "V100" and "32GB" in tokens:
+        return "V100-32GB"
+    return name
+
+
+def instance_type(cpus: float, mem: float, gpu: str | None, n: float) -> str:
+    base = f"{cpus:g}CPU--{mem:g}GB"
+    return f"{base}--{gpu}:{n:g}" if gpu else base
+
+
+def parse_instance_type(text: str) -> tuple[float, float, str | None, float] | None:
+    m = INSTANCE_RE.match(text or "")
+    if not m:
+        return None
+    return float(m.group("cpus")), float(m.group("mem")), m.group("gpu"), float(m.group("n") or 0)
+
+
+def default_shape(res) -> tuple[float, float]:
+    """(cpus, memory GiB) of a pod for a task's resources: the minimum the task asks for (`4+` → 4,
+    `4x` memory → 4 GiB per CPU). With neither given: 2 CPUs and 4 GiB, or 4 CPUs and 16 GiB with GPUs
+    (a pod, not a VM: the VM default of 8+ CPUs would leave most clusters' nodes unusable)."""
+    gpu = bool(res.accelerator)
+    cpus = res.cpus.value if res.cpus is not None else (4.0 if gpu else 2.0)
+    if res.memory is None:
+        mem = cpus * (4.0 if gpu else 2.0)
+    elif res.memory.per_cpu:
+        mem = res.memory.value * cpus
+    else:
+        mem = res.memory.value
+    return cpus, mem
+
+
+# -- nodes -----------------------------------------------------------------------------------------------
+def node_gpus(node: dict) -> tuple[str | None, float, str | None, tuple[str, str] | None]:
+    """(canonical GPU name, count, resource name, (label key, value)) of a node."""
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    for res in GPU_RESOURCES:
+        n = cfg.quantity(alloc.get(res, 0))
+        if n > 0:
+            for key in GPU_LABELS:
+                name = canonical_gpu(labels.get(key))
+                if name:
+                    return name, n, res, (key, labels[key])
+            return None, n, res, None
+    return None, 0.0, None, None
+
+
+def node_fits(node: dict, cpus: float, mem_gib: float, gpu: str | None, n: float) -> bool:
+    spec = node.get("spec") or {}
+    if spec.get("unschedulable"):
+        return False
+    conds = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
+    if conds.get("Ready") not in (None, "True"):
+        return False
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    if cfg.quantity(alloc.get("cpu", 0)) < cpus - 1e-9 or cfg.quantity(alloc.get("memory", 0)) < mem_gib * 2**30 - 1:
+        return False
+    if gpu:
+        name, count, _, _ = node_gpus(node)
+        return name is not None and name.lower() == gpu.lower() and count >= n
+    return True
+
+
+class KubernetesCloud(Provider):
+    name = "kubernetes"
+    catalog = None
+    capabilities = Capabilities(stop=False, spot=False, firewall=False, accelerators=True, priced=False,
+                                named_only=True, remote=True, gone_reasons=True, tagged_listing=True)
+    sdk_modules = ("kubernetes",)
+    sdk_extra = "kubernetes"
+    default_ssh_user = "root"
+
+    # -- credentials (no network, no SDK import) ---------------------------------------------------
+    def check(self):
+        from ...check import CloudCheck
+        from ..registry import missing_sdk
+
+        kcfg = cfg.load_kubeconfig()
+        sdk = missing_sdk(self) is None
+        hint_sdk = "pip install 'skybroker[kubernetes]'"
+        if kcfg.error:
+            return CloudCheck(self.name, False, kcfg.error, "fix the kubeconfig", credentials=False, sdk=sdk,
+                              extra=self.sdk_extra)
+        if kcfg.files and kcfg.contexts:
+            ctxs = cfg.contexts_for_plan()
+            current = kcfg.current or "(none)"
+            detail = (f"kubeconfig {', '.join(kcfg.files)}: {len(kcfg.contexts)} context(s), current {current}"
+                      f" (namespace {cfg.namespace(kcfg.current)})")
+            if ctxs and ctxs != [kcfg.current]:
+                detail += f"; planned: {', '.join(ctxs)}"
+            ok = bool(ctxs)
+            hint = None if ok else "set a current context (`kubectl config use-context CTX`) or allowed_contexts"
+        elif cfg.in_cluster():
+            ok, detail, hint = True, f"in-cluster service account (namespace {cfg.namespace(cfg.IN_CLUSTER)})", None
+        else:
+            where = ", ".join(str(p) for p in cfg.kubeconfig_paths())
+            return CloudCheck(self.name, False, f"no kubeconfig ({where})", "point KUBECONFIG at one, or run "
+                              "`gcloud container clusters get-credentials` / `aws eks update-kubeconfig` / "
+                              "`az aks get-credentials`" + ("" if sdk else f"; and {hint_sdk}"),
+                              credentials=False, sdk=sdk, extra=self.sdk_extra)
+        if ok and not sdk:
+            return CloudCheck(self.name, False, f"{detail}, but the kubernetes client is not installed", hint_sdk,
+                              credentials=True, sdk=False, extra=self.sdk_extra)
+        return CloudCheck(self.name, ok, detail + "; used when named (`--infra k8s`)", hint, credentials=ok, sdk=sdk,
+                          extra=self.sdk_extra)
+
+    def classify(self, exc, place):
+        return classify(exc, place)
+
+    def regions(self) -> list:
+        return cfg.contexts_for_plan()
+
+    def default_shape(self, res, spec):
+        return None
+
+    # -- offers ------------------------------------------------------------------------------------
+    def virtual_offers(self, res) -> list:
+        """A pod of the task's shape in each context where some node holds it. A context whose nodes
+        cannot be read (unreachable, no permission to list nodes) is still offered, unverified: the
+        launch then fails there with a typed error and failover moves on."""
+        from ..registry import missing_sdk
+        from ...optimizer import Candidate
+
+        if res.use_spot:
+            return []  # no spot market (a cluster's spot node pools are not modelled)
+        if res.instance_type:
+            shape = parse_instance_type(res.instance_type)
+            if shape is None:
+                return []
+            cpus, mem, gpu, n = shape
+            if res.accelerator and (gpu or "").lower() != res.accelerator.lower():
+                return []
+        else:
+            cpus, mem = default_shape(res)
+            gpu, n = res.accelerator, res.accelerator_count
+        if gpu and n != int(n):
+            return []  # whole GPUs only
+        ctxs = [cfg.context_name(res.region, res.zone)] if res.region else cfg.contexts_for_plan()
+        out = []
+        for ctx in ctxs:
+            if ctx is None:
+                continue
+            nodes = None if missing_sdk(self) else self._nodes_or_none(ctx)
+            if nodes is not None and not any(node_fits(nd, cpus, mem, gpu, n) for nd in nodes):
+                continue
+            region, zone = (ctx.split("/", 1) + [None])[:2] if "/" in ctx else (ctx, None)
+            out.append(Candidate(res, 0, self.name, region, zone, instance_type(cpus, mem, gpu, n), cpus, mem,
+                                 gpu, float(n or 0), False, cfg.price(ctx, cpus, mem, gpu, n), 1))
+        return out
+
+    def _nodes(self, ctx: str) -> list[dict]:
+        with _nodes_lock:
+            hit = _nodes_cache.get(ctx)
+            if hit and time.monotonic() - hit[1] < NODES_TTL:
+                return hit[0]
+        items = self._call(Place(self.name, ctx), lambda: kc.call(kc.core(ctx).list_node)).get("items") or []
+        with _nodes_lock:
+            _nodes_cache[ctx] = (items, time.monotonic())
+        return items
+
+    def _nodes_or_none(self, ctx: str):
+        from ...errors import BrokerError
+
+        try:
+            return self._nodes(ctx)
+        except BrokerError:
+            return None
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _call(self, place: Place, fn, *args, **kw):
+        return call_typed(classify, place, fn, *args, **kw)
+
+    def _core(self, place: Place, ctx):
+        """The context's CoreV1Api (a bad kubeconfig or context is a typed error too)."""
+        return self._call(place, kc.core, ctx)
+
+    def _where(self, region: str | None, zone: str | None = None) -> tuple[str | None, str, Place]:
+        ctx = cfg.context_name(region, zone)
+        return ctx, cfg.namespace(ctx), Place(self.name, region, zone)
+
+    def _pods(self, ctx, ns, place, selector: str) -> list[dict]:
+        return self._call(place, lambda: kc.call(kc.core(ctx).list_namespaced_pod, ns,
+                                                 label_selector=selector)).get("items") or []
+
+    def _selector(self, cluster: str | None) -> str:
+        base = f"{TAG_USER}={_label(_user())}"
+        return f"{TAG_CLUSTER}={cluster},{base}" if cluster else f"{TAG_CLUSTER},{base}"
+
+    def _create(self, ctx, ns, place, kind: str, body: dict, resource: str, shape=None) -> dict | None:
+        """Create an object; None if it exists already. A 403 is told apart with structured answers:
+        RBAC (SelfSubjectAccessReview) → CredentialsError; a full ResourceQuota → QuotaError; anything
+        else an admission policy refused → InvalidRequestError."""
+        from kubernetes.client.exceptions import ApiException
+
+        fn = getattr(self._core(place, ctx), f"create_namespaced_{kind}")
+        try:
+            return self._call_raw(place, lambda: kc.call(fn, ns, body))
+        except ApiException as exc:
+            status, reason, message = status_of(exc)
+            if status == 409 and reason == "AlreadyExists":
+                return None
+            if status == 403:
+                raise self._forbidden(ctx, ns, place, resource, message, shape) from None
+            raise classify(exc, place) or exc from None
+
+    def _call_raw(self, place, fn):
+        """Like _call, but an ApiException is left to the caller (to read 409/403 itself)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return call_typed(lambda e, p: None if isinstance(e, ApiException) else classify(e, p), place, fn)
+        except ApiException:
+            raise
+
+    def _forbidden(self, ctx, ns, place, resource: str, message: str, shape):
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {"namespace": ns, "verb": "create", "resource": resource}}}
+        try:
+            allowed = kc.call(kc.authorization(ctx).create_self_subject_access_review, review).get(
+                "status", {}).get("allowed")
+        except Exception:  # noqa: BLE001 - cannot tell: the conservative reading is "not allowed"
+            allowed = False
+        if not allowed:
+            return CredentialsError(message, place, code="Forbidden", hint=HINT_CREDS)
+        full = self._full_quota(ctx, ns, shape) if shape else None
+        if full:
+            return QuotaError(message, place, code=f"ExceededQuota:{full}",
+                              hint=f"the namespace {ns} quota is used up; free it or raise the ResourceQuota")
+        return InvalidRequestError(message, place, code="AdmissionForbidden",
+                                   hint="an admission policy of the cluster refused the pod (PodSecurity?)")
+
+    def _full_quota(self, ctx, ns, shape) -> str | None:
+        """The first ResourceQuota resource this pod would exceed (hard < used + requested), or None."""
+        cpus, mem, gpu_res, n = shape
+        want = {"cpu": cpus, "requests.cpu": cpus, "memory": mem * 2**30, "requests.memory": mem * 2**30,
+                "pods": 1, "count/pods": 1}
+        if gpu_res:
+            want[f"requests.{gpu_res}"] = n
+            want[f"limits.{gpu_res}"] = n
+        try:
+            quotas = kc.call(kc.core(ctx).list_namespaced_resource_quota, ns).get("items") or []
+        except Exception:  # noqa: BLE001
+            return None
+        for q in quotas:
+            hard = (q.get("status") or {}).get("hard") or (q.get("spec") or {}).get("hard") or {}
+            used = (q.get("status") or {}).get("used") or {}
+            for key, amount in want.items():
+                if key in hard and cfg.quantity(used.get(key, 0)) + amount > cfg.quantity(hard[key]) + 1e-9:
+                    return f"{q['metadata']['name']}/{key}"
+        return None
+
+    # -- provisioning ------------------------------------------------------------------------------
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
+        ctx, ns, place = self._where(req.region, req.zone)
+        place.instance_type = req.instance_type
+        if ctx is None:
+            raise CredentialsError("no Kubernetes context (no kubeconfig, not in a cluster)", place,
+                                   code="NoContext", hint=HINT_CREDS)
+        if req.use_spot:
+            raise InvalidRequestError("Kubernetes has no spot market here", place, code="NoSpot")
+        shape = parse_instance_type(req.instance_type)
+        if shape is None:
+            raise InvalidRequestError(f"{req.instance_type!r} is not a pod shape (e.g. 4CPU--16GB--A100:1)", place)
+        cpus, mem, gpu, n = shape
+        gpu_res, affinity = None, None
+        if gpu:
+            gpu_res, affinity = self._gpu_affinity(ctx, place, gpu)
+        pods = self._pods(ctx, ns, place, self._selector(req.cluster))
+        dead = [p for p in pods if _phase(p) in ("Failed", "Succeeded") and not _deleting(p)]
+        for p in dead:  # a rank whose pod died is replaced
+            self._delete(ctx, ns, place, "pod", p["metadata"]["name"])
+        live = [p for p in pods if p not in dead and not _deleting(p)]
+        self._ensure_common(ctx, ns, place, req)
+        have = {_rank(p) for p in live}
+        ids = [p["metadata"]["uid"] for p in live]
+        for rank in range(req.num_nodes):
+            if rank in have:
+                continue
+            body = self._pod_body(req, rank, cpus, mem, gpu_res, n, affinity)
+            made = self._create(ctx, ns, place, "pod", body, "pods", (cpus, mem, gpu_res, n))
+            if made is None:  # created meanwhile by a retried or concurrent launch
+                made = self._call(place, lambda: kc.call(kc.core(ctx).read_namespaced_pod, body["metadata"]["name"], ns))
+            ids.append(made["metadata"]["uid"])
+        return ids
+
+    def _gpu_affinity(self, ctx, place, gpu: str):
+        """(GPU resource name, node affinity) for pods of this GPU type, from the nodes' labels."""
+        nodes = self._nodes(ctx)
+        terms: dict[str, set] = {}
+        res = None
+        for nd in nodes:
+            name, count, rname, label = node_gpus(nd)
+            if name and name.lower() == gpu.lower() and label:
+                terms.setdefault(label[0], set()).add(label[1])
+                res = res or rname
+        if res is None:
+            raise CapacityError(f"no node of context {ctx} has {gpu} GPUs (by the node labels "
+                                f"{', '.join(GPU_LABELS[:3])}, ...)", place, code="NoSuchGPU")
+        affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": k, "operator": "In", "values": sorted(v)}]} for k, v in sorted(terms.items())]}}}
+        return res, affinity
+
+    def _labels(self, cluster: str, extra=()) -> dict:
+        labels = {_label(k): _label(v) for k, v in extra}
+        labels.update({TAG_CLUSTER: cluster, TAG_USER: _label(_user())})
+        return labels
+
+    def _ensure_common(self, ctx, ns, place, req: ProvisionRequest) -> None:
+        key = (req.public_key or _public_key()).strip() + "\n"
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                  "metadata": {"name": secret_name(req.cluster), "labels": self._labels(req.cluster)},
+                  "data": {"authorized_keys": base64.b64encode(key.encode()).decode()}}
+        self._create(ctx, ns, place, "secret", secret, "secrets")
+        svc = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": service_name(req.cluster), "labels": self._labels(req.cluster)},
+               "spec": {"clusterIP": "None", "selector": {TAG_CLUSTER: req.cluster, TAG_USER: _label(_user())},
+                        "publishNotReadyAddresses": True, "ports": [{"name": "ssh", "port": SSH_PORT}]}}
+        self._create(ctx, ns, place, "service", svc, "services")
+        if req.ports:
+            self._ensure_ports(ctx, ns, place, req.cluster, tuple(req.ports))
+
+    def _pod_body(self, req: ProvisionRequest, rank: int, cpus, mem, gpu_res, n, affinity) -> dict:
+        name = pod_name(req.cluster, rank)
+        requests = {"cpu": cfg.fmt_cpu(cpus), "memory": cfg.fmt_memory(mem)}
+        limits = {}
+        if gpu_res:
+            requests[gpu_res] = limits[gpu_res] = str(int(n))
+        image = (req.image_id or cfg.image(bool(gpu_res))).removeprefix("docker:")
+        container = {"name": "node", "image": image, "command": ["/bin/bash", "-c", BOOTSTRAP],
+                     "env": [{"name": "SKYBROKER_SSH_USER", "value": cfg.ssh_user()}],
+                     "ports": [{"name": "ssh", "containerPort": SSH_PORT}],
+                     "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+                     "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "periodSeconds": 2},
+                     "volumeMounts": [{"name": "ssh-key", "mountPath": "/etc/skybroker-ssh", "readOnly": True},
+                                      {"name": "dshm", "mountPath": "/dev/shm"}]}
+        spec = {"restartPolicy": "Never", "hostname": name, "subdomain": service_name(req.cluster),
+                "containers": [container], "terminationGracePeriodSeconds": 10,
+                "volumes": [{"name": "ssh-key", "secret": {"secretName": secret_name(req.cluster), "defaultMode": 0o644}},
+                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
+        if gpu_res:
+            spec["affinity"] = affinity
+            spec["tolerations"] = GPU_TOLERATIONS
+        labels = self._labels(req.cluster, req.labels)
+        labels[TAG_RANK] = str(rank)
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": spec}
+
+    def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
+        ctx, ns, place = self._where(req.region, req.zone)
+        place.instance_type = req.instance_type
+        started = time.time()
+        deadline = started + cfg.seconds("BROKER_K8S_WAIT", None, 600.0)
+        unsched_for = cfg.seconds("BROKER_K8S_PROVISION_TIMEOUT", "provision_timeout", 10.0)
+        poll = cfg.seconds("BROKER_K8S_POLL", None, 1.0)
+        while True:
+            pods = [p for p in self._pods(ctx, ns, place, self._selector(req.cluster)) if not _deleting(p)]
+            mine = [p for p in pods if p["metadata"]["uid"] in ids]
+            if len(mine) < len(ids):
+                raise CapacityError(f"{len(ids) - len(mine)} pod(s) of {req.cluster} were deleted while starting",
+                                    place, code="PodDeleted")
+            for p in mine:
+                self._raise_if_stuck(p, place, started, unsched_for)
+            if all(_phase(p) == "Running" and _ready(p) and (p.get("status") or {}).get("podIP") for p in mine) \
+                    and len(mine) >= req.num_nodes:
+                return _ordered([_info(p) for p in mine])
+            if time.time() > deadline:
+                raise InvalidRequestError(f"pods of {req.cluster} not ready after {deadline - started:.0f}s", place,
+                                          code="PodTimeout", hint=f"kubectl --context {ctx} -n {ns} describe pod "
+                                          f"{pod_name(req.cluster, 0)}")
+            time.sleep(poll)
+
+    def _raise_if_stuck(self, pod: dict, place: Place, started: float, unsched_for: float) -> None:
+        st = pod.get("status") or {}
+        name = pod["metadata"]["name"]
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                if time.time() - started >= unsched_for:
+                    raise CapacityError(f"pod {name} cannot be scheduled: {c.get('message', '')}", place,
+                                        code="Unschedulable")
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+                raise CapacityError(f"pod {name} was preempted while starting ({c.get('reason')})", place,
+                                    code=c.get("reason") or "DisruptionTarget")
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                                         "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"):
+                raise InvalidRequestError(f"pod {name}: {waiting.get('reason')}: {waiting.get('message', '')}",
+                                          place, code=waiting["reason"])
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                raise InvalidRequestError(f"pod {name}: its bootstrap exited ({term.get('reason')}, code "
+                                          f"{term.get('exitCode')}); `kubectl logs {name}` says why", place,
+                                          code=term.get("reason") or "ContainerTerminated")
+        if _phase(pod) in ("Failed", "Succeeded"):
+            raise CapacityError(f"pod {name} ended while starting ({st.get('reason') or _phase(pod)})", place,
+                                code=st.get("reason") or _phase(pod))
+
+    # -- the rest of the protocol ------------------------------------------------------------------
+    def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
+        ctx, ns, place = self._where(region)
+        if ctx is None:
+            return []
+        infos = [_info(p) for p in self._pods(ctx, ns, place, self._selector(cluster))]
+        if not include_gone:
+            infos = [i for i in infos if i.state != TERMINATED]
+        return _ordered(infos)
+
+    def terminate(self, cluster: str, region: str | None) -> list[str]:
+        ctx, ns, place = self._where(region)
+        if ctx is None:
+            return []
+        pods = self._pods(ctx, ns, place, self._selector(cluster))
+        for p in pods:
+            if not _deleting(p):
+                self._delete(ctx, ns, place, "pod", p["metadata"]["name"], grace=0)
+        deadline = time.time() + cfg.seconds("BROKER_K8S_WAIT", None, 600.0)
+        while pods and time.time() < deadline:
+            pods = self._pods(ctx, ns, place, self._selector(cluster))
+            if pods:
+                time.sleep(cfg.seconds("BROKER_K8S_POLL", None, 1.0))
+        warnings = []
+        if pods:
+            warnings.append(f"{len(pods)} pod(s) of {cluster} still terminating in {ctx}/{ns}")
+        for kind, name in (("service", ports_service_name(cluster)), ("service", service_name(cluster)),
+                           ("secret", secret_name(cluster))):
+            self._delete(ctx, ns, place, kind, name)
+        return warnings
+
+    def _delete(self, ctx, ns, place, kind: str, name: str, grace: int | None = None) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        fn = getattr(self._core(place, ctx), f"delete_namespaced_{kind}")
+        kw = {"grace_period_seconds": grace} if grace is not None else {}
+        try:
+            self._call_raw(place, lambda: kc.call(fn, name, ns, **kw))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise classify(exc, place) or exc from None
+
+    def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
+        ctx, ns, place = self._where(region)
+        self._ensure_ports(ctx, ns, place, cluster, tuple(ports))
+
+    def _ensure_ports(self, ctx, ns, place, cluster: str, ports: tuple[str, ...]) -> None:
+        """The head pod's ports behind one Service (LoadBalancer or NodePort), extended, never shrunk."""
+        from kubernetes.client.exceptions import ApiException
+
+        wanted = []
+        for p in ports:
+            lo, _, hi = str(p).partition("-")
+            wanted += list(range(int(lo), int(hi or lo) + 1))
+        if len(wanted) > 100:
+            raise InvalidRequestError(f"{len(wanted)} ports: a Service holds at most 100 here", place)
+        name = ports_service_name(cluster)
+        core = self._core(place, ctx)
+        try:
+            have = self._call_raw(place, lambda: kc.call(core.read_namespaced_service, name, ns))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise classify(exc, place) or exc from None
+            have = None
+        selector = {TAG_CLUSTER: cluster, TAG_USER: _label(_user()), TAG_RANK: "0"}
+        if have is None:
+            body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": self._labels(cluster)},
+                    "spec": {"type": cfg.ports_service_type(), "selector": selector,
+                             "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in sorted(set(wanted))]}}
+            self._create(ctx, ns, place, "service", body, "services")
+            return
+        cur = {p["port"] for p in have["spec"].get("ports") or []}
+        missing = sorted(set(wanted) - cur)
+        if missing:
+            have["spec"]["ports"] = (have["spec"].get("ports") or []) + [
+                {"name": f"p{p}", "port": p, "targetPort": p} for p in missing]
+            self._call(place, lambda: kc.call(core.replace_namespaced_service, name, ns, have))
+
+    def list_tagged(self, region: str | None) -> list[TaggedResource]:
+        """Labelled pods, services and secrets of this user in the context's namespace (for `broker gc`)."""
+        ctx, ns, place = self._where(region)
+        if ctx is None:
+            return []
+        core = self._core(place, ctx)
+        sel = self._selector(None)
+        out = []
+        for kind, fn, live in (("pod", core.list_namespaced_pod, True), ("service", core.list_namespaced_service, False),
+                               ("secret", core.list_namespaced_secret, False)):
+            for item in self._call(place, lambda f=fn: kc.call(f, ns, label_selector=sel)).get("items") or []:
+                md = item["metadata"]
+                if kind == "pod" and _phase(item) in ("Failed", "Succeeded"):
+                    live = False
+                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, md["name"], live=live))
+        return out
+
+    # -- runners -----------------------------------------------------------------------------------
+    def runner(self, cluster: str, node):
+        from ..common import ssh_runner
+
+        if cfg.network() == "pod-ip":
+            return ssh_runner(cluster, node, default_user=cfg.ssh_user())
+        from ... import state
+
+        rec = state.get_cluster(cluster)
+        region, zone = (rec.region, rec.zone) if rec is not None else (None, None)
+        ctx = cfg.context_name(region, zone if region and zone and "/" not in (region or "") else None)
+        return _forwarded_runner(cluster, node, ctx, cfg.namespace(ctx), pod_name(cluster, node.rank))
+
+
+PROVIDER = KubernetesCloud
+
+
+def _forwarded_runner(cluster: str, node, ctx, ns: str, pod: str):
+    from ... import settings
+    from ...runtime.ssh_runner import SSHRunner
+    from ..common import host_keys, user_key_path
+    from .forward import Forwarder
+
+    fwd = Forwarder(lambda: kc.portforward_socket(ctx, ns, pod, SSH_PORT), name=f"k8s-forward-{pod}")
+
+    class ForwardedRunner(SSHRunner):
+        def close(self) -> None:
+            super().close()
+            fwd.close()
+
+    return ForwardedRunner(f"{cluster}-node-{node.rank}", "127.0.0.1", fwd.port, node.ssh_user or cfg.ssh_user(),
+                           node.identity_file or user_key_path(), host_keys(),
+                           connect_timeout=settings.get("ssh_connect_timeout"), instance_id=node.instance_id)
+
+
+def _phase(pod: dict) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def _deleting(pod: dict) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _rank(pod: dict) -> int | None:
+    r = ((pod.get("metadata") or {}).get("labels") or {}).get(TAG_RANK)
+    return int(r) if r is not None and str(r).isdigit() else None
+
+
+def _info(pod: dict) -> InstanceInfo:
+    st = pod.get("status") or {}
+    phase = _phase(pod)
+    reason = None
+    if _deleting(pod):
+        state, reason = TERMINATED, "Deleting"
+    elif phase in ("Failed", "Succeeded"):
+        state, reason = TERMINATED, st.get("reason") or phase
+    elif phase == "Running":
+        state = RUNNING if _ready(pod) else UNREACHABLE  # Running but not Ready: its node is lost, or sshd died
+        reason = None if state == RUNNING else "NotReady"
+    else:
+        state = PENDING
+    ip = st.get("podIP") or None
+    return InstanceInfo(instance_id=pod["metadata"]["uid"], state=state, public_ip=ip, private_ip=ip,
+                        ssh_user=cfg.ssh_user(), ssh_port=SSH_PORT, zone=None, spot=False,
+                        tags=dict(pod["metadata"].get("labels") or {}), state_reason=reason, rank_hint=_rank(pod))
+
+
+def _ordered(infos: list[InstanceInfo]) -> list[InstanceInfo]:
+    return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+
+
+def _public_key() -> str:
+    from ...paths import broker_home
+    from ...runtime.keys import ensure_user_key
+
+    return ensure_user_key(broker_home())[1]
