@@ -183,7 +183,21 @@ CHECKS = {"aws": check_aws, "gcp": check_gcp, "azure": check_azure}
 
 
 def check_all() -> list[CloudCheck]:
-    return [_with_sdk(fn()) for fn in CHECKS.values()]
+    """AWS, GCP and Azure (with their SDK check), then every other provider that keeps credentials of its
+    own (its `check()`: Lambda, Kubernetes)."""
+    from .clouds import registry
+
+    out = [_with_sdk(fn()) for fn in CHECKS.values()]
+    for p in registry.all_providers():
+        if p.name not in CHECKS and p.sdk_extra:
+            c = p.check()
+            missing = registry.missing_sdk(p)
+            if c.ok and missing:
+                c = CloudCheck(p.name, False, f"{c.detail}, but its SDK is not installed (missing {missing})",
+                               f"pip install 'skybroker[{p.sdk_extra}]'", credentials=True, sdk=False,
+                               extra=p.sdk_extra)
+            out.append(c)
+    return out
 
 
 def enabled_clouds() -> tuple[tuple[str, ...], str | None]:

@@ -181,7 +181,7 @@ def normalize_cloud(name: str, field_path: str) -> str:
         names = registry.names()
         close = get_close_matches(n, names, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known clouds: {', '.join(names)}"
-        if n in ("kubernetes", "k8s", "lambda", "runpod", "oci", "ibm", "nebius"):
+        if n in ("runpod", "oci", "ibm", "nebius", "paperspace", "vast", "fluidstack", "cudo", "do", "scp"):
             hint = f"skybroker supports {', '.join(names)}; {n} is not supported yet"
         raise SpecError(f"unknown cloud {name!r}", hint, field=field_path)
     return n

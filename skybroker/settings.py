@@ -64,6 +64,16 @@ SETTINGS: tuple[Setting, ...] = (
     _S("azure_wait", "BROKER_AZURE_WAIT", float, 900.0, "seconds to wait for Azure VMs"),
     _S("azure_poll", "BROKER_AZURE_POLL", float, 5.0, "Azure long-running-operation polling interval"),
     _S("azure_retries", "BROKER_AZURE_RETRIES", int, 5, "Azure SDK retries"),
+    _S("lambda_launch_interval", "BROKER_LAMBDA_LAUNCH_INTERVAL", float, 12.0,
+       "seconds between two Lambda launch calls (its rate limit)"),
+    _S("lambda_retries", "BROKER_LAMBDA_RETRIES", float, 5.0, "retries of a Lambda request answered 429"),
+    _S("lambda_backoff", "BROKER_LAMBDA_BACKOFF", float, 2.0, "first backoff after a Lambda 429, seconds"),
+    _S("lambda_wait", "BROKER_LAMBDA_WAIT", float, 900.0, "seconds to wait for Lambda instances"),
+    _S("lambda_poll", "BROKER_LAMBDA_POLL", float, 5.0, "seconds between two Lambda polls"),
+    _S("k8s_wait", "BROKER_K8S_WAIT", float, 600.0, "seconds to wait for pods to run"),
+    _S("k8s_poll", "BROKER_K8S_POLL", float, 1.0, "seconds between two pod polls"),
+    _S("k8s_provision_timeout", "BROKER_K8S_PROVISION_TIMEOUT", float, 10.0,
+       "seconds a pod may stay Unschedulable before it counts as no capacity (also kubernetes.yaml)"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -71,6 +81,14 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 def setting(name: str) -> Setting:
     return _BY_NAME[name]
+
+
+def get_env(env: str, default=None):
+    """A setting by its environment variable (for drivers that name it), or `default` if unknown."""
+    for s in SETTINGS:
+        if s.env == env:
+            return get(s.name)
+    return default
 
 
 def get(name: str):

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BROKER_SHARED", REPO.parent / "shared"))
 
-_CRED_PREFIXES = ("AWS_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_", "AZURE_")
+_CRED_PREFIXES = ("AWS_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_", "AZURE_", "LAMBDA_", "KUBECONFIG", "KUBERNETES_")
 
 
 @pytest.fixture(autouse=True)

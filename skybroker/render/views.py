@@ -143,9 +143,9 @@ def print_checks(checks) -> None:
     rows.append((True, "local", "always available (runs on this machine; `--infra local`)", None))
     if not _tty():
         for ok, cloud, detail, hint in rows:
-            sys.stdout.write(f"{'✔' if ok else '✘'} {cloud:<6} {detail}\n")
+            sys.stdout.write(f"{'✔' if ok else '✘'} {cloud:<10} {detail}\n")
             if hint:
-                sys.stdout.write(f"         hint: {hint}\n")
+                sys.stdout.write(f"             hint: {hint}\n")
         return
     from rich.table import Table
 

@@ -116,7 +116,7 @@ def test_infeasible_exit_3_with_suggestion():
 def test_bad_flag_values():
     r = run("launch", "--dryrun", "examples/v100.yaml", "--env", "1X=2")
     assert r.returncode == 2 and "not a valid variable name" in r.stderr
-    r = run("launch", "--dryrun", "examples/v100.yaml", "--cloud", "lambda")
+    r = run("launch", "--dryrun", "examples/v100.yaml", "--cloud", "runpod")
     assert r.returncode == 2 and "not supported" in r.stderr
     r = run("lanch")
     assert r.returncode == 2 and "did you mean 'launch'" in r.stderr

@@ -36,8 +36,12 @@ _last_launch = [0.0]
 
 
 def _float_env(name: str, default: float) -> float:
+    from ... import settings
     from ...errors import UsageError
 
+    value = settings.get_env(name)  # the registered settings (environment, then the config file)
+    if value is not None:
+        return float(value)
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
