@@ -203,7 +203,10 @@ def check_all() -> list[CloudCheck]:
 def enabled_clouds() -> tuple[tuple[str, ...], str | None]:
     """Clouds to plan across (the ready ones), and a note for the plan header when none is ready and we
     fell back to all of them (a plan only, then: launching needs a ready cloud)."""
-    checks = check_all()
+    from .clouds import registry
+
+    # providers used only when a task names them (local, ssh pools, Kubernetes) are never a default
+    checks = [c for c in check_all() if not registry.get(c.cloud, sdk=False).capabilities.named_only]
     ok = tuple(c.cloud for c in checks if c.ok)
     if ok:
         return ok, None

@@ -610,13 +610,13 @@ class KubernetesCloud(Provider):
         core = self._core(place, ctx)
         sel = self._selector(None)
         out = []
-        for kind, fn, live in (("pod", core.list_namespaced_pod, True), ("service", core.list_namespaced_service, False),
-                               ("secret", core.list_namespaced_secret, False)):
+        for kind, fn in (("instance", core.list_namespaced_pod), ("service", core.list_namespaced_service),
+                         ("secret", core.list_namespaced_secret)):
             for item in self._call(place, lambda f=fn: kc.call(f, ns, label_selector=sel)).get("items") or []:
                 md = item["metadata"]
-                if kind == "pod" and _phase(item) in ("Failed", "Succeeded"):
-                    live = False
-                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, md["name"], live=live))
+                live = kind == "instance" and _phase(item) not in ("Failed", "Succeeded")
+                rid = md["uid"] if kind == "instance" else md["name"]  # pods: the instance id query reports
+                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live))
         return out
 
     # -- runners -----------------------------------------------------------------------------------
