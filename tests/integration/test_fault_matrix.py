@@ -83,7 +83,7 @@ def _run_cell(cloud, stage, signame, cluster, task, env, reached, leftovers, tmp
             p.wait()
             return {"cloud": cloud, "stage": stage, "signal": signame, "exit": None, "shown": "-",
                     "left": ["stage never reached: " + text[-300:]]}
-        time.sleep(0.3)
+        time.sleep(0.2)
         p.send_signal(SIGNALS[signame])
         rc = p.wait(60)
     finally:
@@ -98,8 +98,8 @@ def _run_cell(cloud, stage, signame, cluster, task, env, reached, leftovers, tmp
         shown = rows[0]["status"] if rows else "(none)"
         if after_signal:
             assert rows and rows[0]["status"] == "INTERRUPTED", (cloud, stage, after_signal, st.stdout, st.stderr)
-        g = broker("gc", "--yes", *(["--cloud", cloud] if cloud != "local" else ["--cloud", "local"]), env=env,
-                   timeout=180)
+        where = ["--cloud", "local"] if cloud == "local" else ["--cloud", cloud, "--region", "us-east-1"]
+        g = broker("gc", "--yes", *where, env=env, timeout=180)
         assert g.returncode == 0, g.stdout + g.stderr
         assert "Traceback" not in g.stderr
     else:
@@ -154,7 +154,7 @@ def test_fault_matrix_local(tmp_path):
                     out.append("node processes")
                 return out
 
-            rows.append(_run_cell("local", stage, signame, cluster, task, {"BROKER_FAILPOINTS": f"{fp}=sleep(6)"},
+            rows.append(_run_cell("local", stage, signame, cluster, task, {"BROKER_FAILPOINTS": f"{fp}=sleep(3)"},
                                   lambda c=cluster, e=errf, f=inside: f(c, lambda: e.read_text() if e.exists() else ""),
                                   leftovers, tmp_path))
     kill_leftovers(broker_home())
@@ -193,9 +193,9 @@ def test_fault_matrix_aws(moto, tmp_path):
     task = tmp_path / "t.yaml"
     task.write_text(AWS_TASK)
     stages = {  # stage → (env, moto fault, what shows the launch is inside it)
-        "before-create": ({"BROKER_FAILPOINTS": "provision=sleep(6)"}, None, lambda c, e: "provisioning" in e()),
-        "create-in-flight": ({}, ("RunInstances", 3.0), lambda c, e: bool(moto.calls("RunInstances"))),
-        "created": ({"BROKER_FAILPOINTS": "provision-wait=sleep(6)"}, None, lambda c, e: _intents_created(c)),
+        "before-create": ({"BROKER_FAILPOINTS": "provision=sleep(3)"}, None, lambda c, e: "provisioning" in e()),
+        "create-in-flight": ({}, ("RunInstances", 2.0), lambda c, e: bool(moto.calls("RunInstances"))),
+        "created": ({"BROKER_FAILPOINTS": "provision-wait=sleep(3)"}, None, lambda c, e: _intents_created(c)),
         "wait-for-ssh": ({"BROKER_WAIT_READY": "60"}, None, lambda c, e: "to accept commands" in e()),
     }
     rows = []

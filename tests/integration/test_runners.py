@@ -424,7 +424,13 @@ def test_rsync_argv():
 
 
 def test_missing_rsync_is_a_broker_error(monkeypatch, tmp_path):
+    """Remote sync needs rsync (a clear error with the install hint); the local runner copies without it."""
     monkeypatch.setattr(rsync.shutil, "which", lambda name: None)
     with pytest.raises(BrokerError) as ei:
-        LocalRunner("n", tmp_path / "h").sync_up(str(tmp_path), "wd")
+        rsync.require_rsync()
     assert "rsync" in str(ei.value) and "install" in (ei.value.hint or "")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    LocalRunner("n", tmp_path / "h").sync_up(str(src), "wd")
+    assert (tmp_path / "h" / "wd" / "f.txt").read_text() == "x"
