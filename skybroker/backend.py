@@ -52,6 +52,7 @@ class JobStatus:
     submitted_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    notice: str | None = None  # a node got the cloud's preemption notice (the job was stopped for it)
 
     @property
     def done(self) -> bool:
@@ -90,7 +91,7 @@ def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) ->
     elif status == "SUCCEEDED":
         exit_code = 0
     return JobStatus(job_id, meta.get("name"), status, exit_code, tuple(sorted(per_node, key=lambda n: n.rank)),
-                     meta.get("submitted_at"), meta.get("started_at"), meta.get("ended_at"))
+                     meta.get("submitted_at"), meta.get("started_at"), meta.get("ended_at"), meta.get("notice"))
 
 
 class ClusterRuntime:
@@ -244,7 +245,7 @@ class ClusterRuntime:
 
     def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
                extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
-               token: str | None = None) -> int:
+               token: str | None = None, notice: dict | None = None) -> int:
         head = self.nodes[0]
         job_id, _ = self.agent(head).next_id(token)
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
@@ -259,7 +260,7 @@ class ClusterRuntime:
                        "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
                                                 **((env_by_rank or {}).get(node.rank) or {})},
                        "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
-                       "token": token, "held_seconds": held}
+                       "token": token, "held_seconds": held, "notice": notice}
             failpoint(f"submit-node-{node.rank}")
             self.agent(node).submit(payload)
             delivered.add(node.rank)

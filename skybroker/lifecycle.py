@@ -340,8 +340,9 @@ def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
     if reused and task.setup and rec.setup_key == setup_fingerprint(task):
         run_setup = False
         b.on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
+    notice = rt.provider.preemption_notice() if (b.owner and rec.use_spot) else None  # managed spot jobs
     job_id = rt.submit(task, job_name=task.name, task_id=b.task_id, run_setup=run_setup, extra_env=b.extra_env,
-                       env_by_rank=by_rank, token=b.token)
+                       env_by_rank=by_rank, token=b.token, notice=notice)
     if task.setup and run_setup:
         rec.setup_key = setup_fingerprint(task)
         state.save_cluster(rec)

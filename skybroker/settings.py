@@ -53,6 +53,11 @@ SETTINGS: tuple[Setting, ...] = (
     _S("controller_workers", "BROKER_CONTROLLER_WORKERS", int, 8, "controller threads stepping jobs"),
     _S("controller_ssh_timeout", "BROKER_CONTROLLER_SSH_TIMEOUT", float, 4.0,
        "SSH connect timeout the controller uses for liveness polls (a dead node is noticed faster)"),
+    _S("notice_grace", "BROKER_NOTICE_GRACE", float, 30.0,
+       "seconds a spot job has after SIGTERM on a preemption notice before SIGKILL"),
+    _S("notice_every", "BROKER_NOTICE_EVERY", float, 5.0, "seconds between two looks at the preemption notice"),
+    _S("notice_endpoint", "BROKER_NOTICE_ENDPOINT", str, "",
+       "replaces the metadata server (scheme://host:port) of the notice URL: tests and simulated spot"),
     # -- autostop
     _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0, "seconds between two idleness checks of the watcher"),
     # -- clouds

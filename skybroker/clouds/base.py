@@ -183,6 +183,26 @@ class Provider:
 
         return ssh_runner(cluster, node, default_user=self.default_ssh_user)
 
+    notice_kind: str | None = None  # the node agent watches this cloud's preemption notice ("aws", "gcp", "azure")
+    notice_url: str | None = None  # on the instance's metadata server
+
+    def preemption_notice(self) -> dict | None:
+        """What the node agent watches on a spot node to learn of a preemption before it happens (None:
+        the provider gives no notice). BROKER_NOTICE_ENDPOINT replaces the metadata server (tests)."""
+        from .. import settings
+
+        if not self.notice_kind or not self.notice_url:
+            return None
+        url = self.notice_url
+        endpoint = settings.get("notice_endpoint")
+        if endpoint:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            url = endpoint.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+        return {"kind": self.notice_kind, "url": url, "grace": settings.get("notice_grace"),
+                "every": settings.get("notice_every")}
+
     def agent_python(self) -> str:
         """How the node agent is started on a node."""
         return "python3 -S"

@@ -160,6 +160,16 @@ class LocalCloud(Provider):
     def runner(self, cluster: str, node):
         return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)
 
+    def preemption_notice(self) -> dict | None:
+        """Simulated spot gets simulated notices: when BROKER_NOTICE_ENDPOINT names a fake metadata server
+        (AWS-style), local spot nodes watch it like EC2 spot instances watch theirs."""
+        from .. import settings
+
+        if not settings.get("notice_endpoint"):
+            return None
+        self.notice_kind, self.notice_url = "aws", "http://169.254.169.254/latest/meta-data/spot/instance-action"
+        return super().preemption_notice()
+
     def agent_python(self) -> str:
         import shlex
 

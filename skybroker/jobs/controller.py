@@ -61,6 +61,7 @@ class Controller:
         self.last_ckpt: dict[int, float] = {}
         self.launch_attempts: dict[int, int] = {}
         self.deadlines: dict[int, DeadlinePolicy] = {}
+        self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self._lock = threading.Lock()
 
     # -- loop -----------------------------------------------------------------------------------
@@ -294,6 +295,8 @@ class Controller:
                 st = None
             healthy = st is not None and bool(st.nodes) and \
                 not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
+            if healthy and st.notice:  # the cloud announced the preemption: the job was given SIGTERM
+                return self._on_notice(j, task, rt, st)
             if healthy:
                 self.unreachable_since.pop(j.id, None)
                 self._maybe_checkpoint(j, rt, done=st.done)
@@ -315,6 +318,19 @@ class Controller:
             return self._apply(j, R.decide(self._view(j, task), R.Unreachable(time.time() - since)))
         finally:
             rt.close()
+
+    def _on_notice(self, j, task, rt, st) -> None:
+        """Act on the notice, not on the loss: once the job has stopped (its SIGTERM grace), copy the
+        checkpoint it wrote one last time while the node still answers, and relaunch now."""
+        if self.noticed.get(j.id) != j.cluster_job_id:
+            self.noticed[j.id] = j.cluster_job_id
+            store.add_event(j.id, "notice", f"preemption notice: {st.notice}")
+        if not st.done:
+            self.next_at[j.id] = time.time() + 0.5  # within the grace the job is writing its checkpoint
+            return
+        self.last_ckpt[j.id] = 0  # force a last copy now
+        self._maybe_checkpoint(j, rt)
+        return self._apply(j, R.decide(self._view(j, task), R.Preempted(f"notice: {st.notice}")))
 
     def _lost_instances(self, rec) -> str | None:
         """The cloud's view: why instances are gone, or None if all are alive."""

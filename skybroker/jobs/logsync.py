@@ -66,7 +66,9 @@ def poll(j, rt):
             continue
         nodes.append(NodeJob(node.rank, row["status"], row.get("exit_code"), row.get("reason")))
         if node.rank == 0 or not meta:
-            meta = row
+            meta = dict(row, notice=meta.get("notice") or row.get("notice"))
+        elif row.get("notice"):
+            meta = dict(meta, notice=row["notice"])
     if out:
         with open(store.job_dir(j.id) / "run.log", "a", encoding="utf-8", errors="replace") as f:
             f.write("\n".join(out) + "\n")

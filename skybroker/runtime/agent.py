@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER, reason TEXT,
     submitted_at REAL, started_at REAL, ended_at REAL,
     runner_pid INTEGER, runner_start TEXT, boot_id TEXT, pid INTEGER, pgid INTEGER,
-    token TEXT, held_until REAL);
+    token TEXT, held_until REAL, notice TEXT);
 CREATE TABLE IF NOT EXISTS setup_done (key TEXT PRIMARY KEY, done_at REAL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job_id INTEGER NOT NULL);
@@ -138,6 +138,9 @@ def _db():
         fcntl.flock(lock, fcntl.LOCK_EX)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(jobs)").fetchall()]
+        if "notice" not in cols:  # a node directory made by an earlier agent
+            conn.execute("ALTER TABLE jobs ADD COLUMN notice TEXT")
         if conn.execute("SELECT 1 FROM meta WHERE k='created_at'").fetchone() is None:
             conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
     return conn
@@ -167,6 +170,7 @@ def _job_out(row):
             "num_nodes", "reason", "token")
     out = {k: row[k] for k in keys}
     out["held"] = row["held_until"] is not None and row["status"] == PENDING
+    out["notice"] = row["notice"]
     return out
 
 
@@ -310,12 +314,12 @@ def _validate(obj):
     if not isinstance(obj, dict):
         raise AgentError("job must be a JSON object")
     known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key",
-             "token", "held_seconds")
+             "token", "held_seconds", "notice")
     unknown = sorted(set(obj) - set(known))
     if unknown:
         raise AgentError("unknown job field(s): %s" % ", ".join(unknown))
     job = {"name": "", "rank": 0, "num_nodes": 1, "setup": None, "run": None, "env": {}, "secret_env": {},
-           "workdir": "~/sky_workdir", "setup_key": None, "token": None, "held_seconds": None}
+           "workdir": "~/sky_workdir", "setup_key": None, "token": None, "held_seconds": None, "notice": None}
     job.update({k: v for k, v in obj.items() if v is not None or k in ("setup", "run", "setup_key")})
     if "job_id" not in obj or not _is_int(obj["job_id"]) or obj["job_id"] < 0:
         raise AgentError("job_id: required non-negative integer")
@@ -333,6 +337,13 @@ def _validate(obj):
     held = job["held_seconds"]
     if held is not None and (isinstance(held, bool) or not isinstance(held, (int, float)) or held <= 0):
         raise AgentError("held_seconds: must be a positive number or null")
+    n = job["notice"]
+    if n is not None:
+        if not isinstance(n, dict) or n.get("kind") not in NOTICE_KINDS or not isinstance(n.get("url"), str):
+            raise AgentError("notice: must be {kind: %s, url, grace, every}" % "|".join(NOTICE_KINDS))
+        for k in ("grace", "every"):
+            if not isinstance(n.get(k, 1), (int, float)) or isinstance(n.get(k, 1), bool) or n.get(k, 1) <= 0:
+                raise AgentError("notice.%s: must be a positive number" % k)
     for key in ("env", "secret_env"):
         if not isinstance(job[key], dict):
             raise AgentError("%s: must be an object" % key)
@@ -509,13 +520,18 @@ def _run_job(conn, job_id, spec, secrets):
                     conn.execute("INSERT OR REPLACE INTO setup_done VALUES (?, ?)", (key, time.time()))
         if not _advance(conn, job_id, (PENDING, SETTING_UP), RUNNING):
             return
-        rc = _phase(conn, job_id, spec["run"], workdir, env, log) if spec["run"] else 0
+        rc = _phase(conn, job_id, spec["run"], workdir, env, log, notice=spec.get("notice")) if spec["run"] else 0
         if rc is not None:
-            _finish(conn, job_id, SUCCEEDED if rc == 0 else FAILED, rc,
-                    None if rc == 0 else "run exited with code %d" % rc)
+            noticed = (_get(conn, job_id) or {"notice": None})["notice"]
+            # stopped by a notice, whatever its exit code: the work is not done, the instance is going
+            if noticed:
+                _finish(conn, job_id, FAILED, rc, "stopped by a preemption notice (%s); exit code %d" % (noticed, rc))
+            else:
+                _finish(conn, job_id, SUCCEEDED if rc == 0 else FAILED, rc,
+                        None if rc == 0 else "run exited with code %d" % rc)
 
 
-def _phase(conn, job_id, command, workdir, env, log, name="run"):
+def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None):
     """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
     The script is written to a file and run from there: a command line has a size limit (128 KiB per
     argument on Linux) that a long `run:` would exceed."""
@@ -531,13 +547,80 @@ def _phase(conn, job_id, command, workdir, env, log, name="run"):
                                 (proc.pid, proc.pid, job_id, SETTING_UP, RUNNING)).rowcount
     if not recorded:
         _kill_group(proc.pid)
-    rc = proc.wait()
+    rc = _wait_watching(conn, job_id, proc, notice) if notice else proc.wait()
     row = _get(conn, job_id)
     if row is None or row["status"] not in (SETTING_UP, RUNNING):
         _kill_group(proc.pid)  # cancelled: make sure stragglers in the group are gone too
         _kill_marked(env.get("BROKER_JOB_MARK"))
         return None
     return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128+N, as a shell reports it
+
+
+# ------------------------------------------------------------------------------------ preemption notices
+# The cloud warns a spot instance before it takes it: AWS two minutes ahead (instance metadata
+# spot/instance-action, IMDSv2), GCP ~30 s (metadata instance/preempted = TRUE), Azure Scheduled Events
+# (an event of type Preempt). A job submitted with `notice` is watched: on a notice the job's process
+# group gets SIGTERM (time to write a checkpoint), SIGKILL after `grace` seconds, and the job's row
+# records the notice, so the broker starts the replacement at once instead of discovering the loss.
+NOTICE_KINDS = ("aws", "gcp", "azure")
+
+
+def _http(url, headers=None, method="GET", timeout=2.0):
+    """(status, body) of one request; (0, "") when the endpoint does not answer."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def _check_notice(n):
+    """The notice's text if the cloud has announced the preemption, else None (never raises)."""
+    import json
+
+    kind, url = n["kind"], n["url"]
+    if kind == "aws":
+        root = url.split("/latest/", 1)[0]
+        code, token = _http(root + "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"}, "PUT")
+        code, body = _http(url, {"X-aws-ec2-metadata-token": token} if code == 200 else {})
+        return ("aws spot/instance-action: " + body.strip()) if code == 200 and body.strip() else None
+    if kind == "gcp":
+        code, body = _http(url, {"Metadata-Flavor": "Google"})
+        return "gcp instance/preempted: TRUE" if code == 200 and body.strip().upper() == "TRUE" else None
+    code, body = _http(url, {"Metadata": "true"})
+    if code != 200:
+        return None
+    try:
+        events = json.loads(body).get("Events") or []
+    except (ValueError, AttributeError):
+        return None
+    pre = [e for e in events if isinstance(e, dict) and e.get("EventType") == "Preempt"]
+    return ("azure scheduled event Preempt (NotBefore %s)" % pre[0].get("NotBefore")) if pre else None
+
+
+def _wait_watching(conn, job_id, proc, n):
+    """proc.wait(), checking for a preemption notice every `every` seconds meanwhile."""
+    import subprocess
+
+    every, grace = float(n.get("every", 5)), float(n.get("grace", 30))
+    while True:
+        try:
+            return proc.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            pass
+        text = _check_notice(n)
+        if text is None:
+            continue
+        with _txn(conn):
+            conn.execute("UPDATE jobs SET notice=? WHERE job_id=?", (text, job_id))
+        _kill_group(proc.pid, grace=grace)
+        return proc.wait()
 
 
 def cmd_next_id(args):

@@ -159,3 +159,42 @@ def test_checkpoint_written_write_then_rename_is_never_restored_empty(tmp_path):
     assert j.status == "SUCCEEDED", diag(jid)
     resumes = [int(x.split()[1]) for x in ledger(led)]
     assert resumes[0] == 0 and len(resumes) == 2 and resumes[1] > 0, resumes
+
+
+@pytest.mark.slow
+def test_preemption_notice_syncs_the_checkpoint_and_relaunches_before_the_loss(tmp_path, monkeypatch):
+    """A spot managed job whose node gets the cloud's preemption notice (a fake AWS metadata server:
+    IMDSv2 token + spot/instance-action): the job gets SIGTERM and writes its checkpoint, the controller
+    copies it one last time and relaunches at once — the node was never lost — and the job resumes from
+    the checkpoint written in its SIGTERM handler."""
+    from tests.unit.test_agent import _Metadata
+
+    md = _Metadata()
+    monkeypatch.setenv("BROKER_NOTICE_ENDPOINT", md.base)
+    monkeypatch.setenv("BROKER_NOTICE_EVERY", "0.2")
+    led = tmp_path / "ledger"
+    run = ('f="$BROKER_CHECKPOINT_DIR/step"; i=$(cat "$f" 2>/dev/null || echo 0); echo "resume $i" >> "$LEDGER"; '
+           'trap \'echo "$i" > "$f.tmp" && mv "$f.tmp" "$f"; echo "term at $i" >> "$LEDGER"; exit 143\' TERM; '
+           'while [ "$i" -lt 60 ]; do i=$((i+1)); sleep 0.1; done; echo "done $i" >> "$LEDGER"')
+    task = write_task(tmp_path / "t.yaml", name="notice", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "use_spot": True, "job_recovery": "FAILOVER"}, run=run)
+    try:
+        jid = launch_detached(task)
+        wait_status(jid, "RUNNING")
+        until(lambda: len(ledger(led)) >= 1, 20, "the job to start", jid)
+        time.sleep(1.0)
+        md.noticed = True
+        until(lambda: any(e["kind"] == "notice" for e in events(jid)), 20, "the notice", jid)
+        until(lambda: job(jid).recoveries >= 1, 20, "the relaunch", jid)
+        md.noticed = False  # the replacement is not under notice
+        j = wait_status(jid, TERMINAL, 60)
+    finally:
+        md.close()
+    assert j.status == "SUCCEEDED", diag(jid)
+    lines = ledger(led)
+    term = [int(x.split()[2]) for x in lines if x.startswith("term at")]
+    resumes = [int(x.split()[1]) for x in lines if x.startswith("resume")]
+    assert len(term) == 1 and resumes[0] == 0 and resumes[1] == term[0] > 0, lines  # resumed where it stopped
+    assert lines[-1] == "done 60"
+    rec = [e for e in events(jid) if e["kind"] == "recovery"]
+    assert rec and "notice" in rec[0]["message"], diag(jid)

@@ -449,3 +449,86 @@ def test_module_exports(node):
     assert agent_mod.source() == AGENT.read_bytes()
     assert agent_mod.TERMINAL_STATUSES == {"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"}
     assert {agent_mod.PENDING, agent_mod.SETTING_UP, agent_mod.RUNNING} == set(agent_mod.ACTIVE_STATUSES)
+
+
+# -- preemption notices ---------------------------------------------------------------------------------
+class _Metadata:
+    """The three clouds' notice endpoints, as their docs describe them: AWS IMDSv2 (a PUT for a token,
+    then spot/instance-action: 404 until a notice, then 200 JSON), GCP instance/preempted (needs
+    Metadata-Flavor: Google; FALSE → TRUE), Azure Scheduled Events (needs Metadata: true; Events[])."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.noticed = False
+        me = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body=b""):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self):
+                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    return self._send(200, b"tok-123")
+                self._send(400)
+
+            def do_GET(self):
+                if self.path == "/latest/meta-data/spot/instance-action":
+                    if self.headers.get("X-aws-ec2-metadata-token") != "tok-123":
+                        return self._send(401)
+                    return self._send(200, b'{"action": "terminate", "time": "2026-12-02T08:22:00Z"}') \
+                        if me.noticed else self._send(404)
+                if self.path == "/computeMetadata/v1/instance/preempted":
+                    if self.headers.get("Metadata-Flavor") != "Google":
+                        return self._send(403)
+                    return self._send(200, b"TRUE" if me.noticed else b"FALSE")
+                if self.path.startswith("/metadata/scheduledevents"):
+                    if self.headers.get("Metadata") != "true":
+                        return self._send(400)
+                    ev = [{"EventId": "e1", "EventType": "Preempt", "NotBefore": "Mon, 02 Dec 2026 08:22:00 GMT"}]
+                    return self._send(200, json.dumps({"DocumentIncarnation": 1, "Events": ev if me.noticed else []}).encode())
+                self._send(404)
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def close(self):
+        self.srv.shutdown()
+
+
+NOTICE_URLS = {"aws": "/latest/meta-data/spot/instance-action", "gcp": "/computeMetadata/v1/instance/preempted",
+               "azure": "/metadata/scheduledevents?api-version=2020-07-01"}
+
+
+@pytest.mark.parametrize("kind", ["aws", "gcp", "azure"])
+def test_preemption_notice_stops_the_job_with_sigterm_and_is_recorded(node, kind):
+    md = _Metadata()
+    try:
+        run = ('trap \'echo "got SIGTERM, checkpointing"; echo saved > "$HOME/ckpt"; exit 0\' TERM; '
+               'echo started; while true; do sleep 0.1; done')
+        node.submit(1, run=run, notice={"kind": kind, "url": md.base + NOTICE_URLS[kind], "every": 0.2, "grace": 5})
+        node.wait_status(1, "RUNNING")
+        time.sleep(1.0)
+        assert node.job(1)["status"] == "RUNNING" and node.job(1)["notice"] is None  # no notice: runs on
+        md.noticed = True
+        j = node.wait_status(1, "FAILED", timeout=15)  # stopped by the notice: not "succeeded", whatever its code
+        assert j["notice"] and kind in j["notice"] and "preemption notice" in j["reason"]
+        assert (node.home / "ckpt").read_text() == "saved\n"  # the job had its SIGTERM to checkpoint
+        assert "got SIGTERM, checkpointing" in node.log(1)
+    finally:
+        md.close()
+
+
+def test_a_notice_that_never_comes_changes_nothing(node):
+    node.submit(1, run="sleep 0.5; echo done", notice={"kind": "aws", "url": "http://127.0.0.1:9/latest/meta-data/"
+                                                        "spot/instance-action", "every": 0.1})
+    j = node.wait(1)
+    assert j["status"] == "SUCCEEDED" and j["notice"] is None

@@ -53,6 +53,7 @@ class AWSCloud(Provider):
     sdk_modules = ("boto3",)
     sdk_extra = "aws"
     default_ssh_user = SSH_USER
+    notice_kind, notice_url = "aws", "http://169.254.169.254/latest/meta-data/spot/instance-action"
 
     def __init__(self):
         self._azs: dict[str, dict[str, str]] = {}

@@ -65,6 +65,7 @@ class AzureCloud(Provider):
     sdk_modules = ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", "azure.identity")
     sdk_extra = "azure"
     default_ssh_user = SSH_USER
+    notice_kind, notice_url = "azure", "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01"
 
     def __init__(self):
         self._groups_cache: tuple[float, list] | None = None

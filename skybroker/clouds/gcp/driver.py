@@ -142,6 +142,7 @@ class GCPCloud(Provider):
     sdk_modules = ("google.cloud.compute_v1",)
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER
+    notice_kind, notice_url = "gcp", "http://metadata.google.internal/computeMetadata/v1/instance/preempted"
 
     def check(self):
         from ...check import check_gcp
