@@ -39,6 +39,7 @@ def poll(j, rt):
     from ..runtime.runner import NodeUnreachable
 
     offsets = json.loads(j.log_offsets or "{}")
+    before = dict(offsets)
     multi = len(rt.nodes) > 1
     out: list[str] = []
     nodes, meta = [], {}
@@ -72,5 +73,6 @@ def poll(j, rt):
     if out:
         with open(store.job_dir(j.id) / "run.log", "a", encoding="utf-8", errors="replace") as f:
             f.write("\n".join(out) + "\n")
-    store.update(j.id, log_offsets=json.dumps(offsets))
+    if offsets != before:  # a quiet job costs no write to the state database
+        store.update(j.id, log_offsets=json.dumps(offsets))
     return aggregate(j.cluster_job_id, nodes, meta)
