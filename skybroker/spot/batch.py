@@ -117,10 +117,10 @@ class _SlackAwareB(BatchPolicy):
         return out
 
 
-def batch_for(policy_name: str, job: Job, n: int) -> BatchPolicy | None:
-    from .policies import POLICIES
+def batch_for(policy_name: str, job: Job, n: int, prices=None) -> BatchPolicy | None:
+    from .policies import policy_class
 
-    cls = POLICIES[policy_name]
+    cls = policy_class(policy_name)
     if cls is OnDemand:
         return _OnDemandB(job, n)
     if cls is Greedy:
@@ -130,7 +130,9 @@ def batch_for(policy_name: str, job: Job, n: int) -> BatchPolicy | None:
     if cls is SlackAware:
         return _SlackAwareB(job, n, SlackAware(job))
     maker = getattr(cls, "batch", None)
-    return maker(job, n) if maker is not None else None
+    if maker is None:
+        return None
+    return maker(job, n, prices) if getattr(cls, "uses_prices", False) else maker(job, n)
 
 
 @dataclass

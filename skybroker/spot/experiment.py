@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from skybroker.errors import UsageError
 
 from . import omniscient
-from .policies import POLICIES, Job
+from .policies import Job, policy_names
 from .simulator import Prices, Row, run_samples, sample_starts, summarise, windows
 from .traces import Trace
 
@@ -40,7 +40,7 @@ class Result:
 
 
 def check_policies(names: list[str]) -> list[str]:
-    known = set(POLICIES) | {"omniscient"}
+    known = set(policy_names()) | {"omniscient"}
     out: list[str] = []
     for n in names:
         for part in n.split(","):

@@ -164,7 +164,41 @@ def unpack(v: np.ndarray, units: Units, grid: Grid) -> tuple[np.ndarray, np.ndar
             np.where(ok, work * grid.wu / 3600.0, np.nan))
 
 
-def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices):
+def plan(avail: np.ndarray, job: Job, prices: Prices) -> list:
+    """One optimal schedule for one window: the decision (policies.Decision) of every tick until the
+    work is done (empty if no schedule meets the deadline). Replaying it with `simulator.run_plan`
+    costs exactly `solve(...).cost`."""
+    from .policies import NONE, ON_DEMAND, SPOT
+
+    avail = np.asarray(avail, bool)[None, :job.ticks]
+    hist: list = []
+    cost = _solve_chunk(avail, job, prices, hist)[0][0]
+    if not np.isfinite(cost):
+        return []
+    gr = Grid.of(job)
+    un = Units.make(prices.on_demand, (prices.spot,), prices.nodes, gr.g, gr.T, gr.c // gr.wu)
+    price = (0.0, un.spot_q[0] * un.shift, un.od_q * un.shift)
+    a, a_m = avail[0], gr.spot_m(avail)[0]
+    out, i, k, h = [], 0, 0, 0
+    while i < gr.T and i * gr.g - k * gr.u < gr.c:
+        v = hist[i][h, 0, k]
+        w_tick, w_sw = gr.work_rows(i, k, k)
+        far = hist[i + gr.m] if i + gr.m <= gr.T else None
+        if h and (h != 1 or a[i]) and v == hist[i + 1][h, 0, k] + price[h] - (w_tick[0] if h == 1 else 0):
+            out.append((NONE, SPOT, ON_DEMAND)[h])
+            i += 1
+        elif v == hist[i + 1][0, 0, k + gr.gs]:
+            out.append(NONE)
+            i, k, h = i + 1, k + gr.gs, 0
+        else:
+            x = next(x for x in (1, 2) if x != h and far is not None and (x == 2 or a_m[i]) and
+                     v == far[x, 0, k + gr.ds] + gr.m * price[x] - (w_sw[0] if x == 1 else 0))
+            out.extend([(NONE, SPOT, ON_DEMAND)[x]] * gr.m)
+            i, k, h = i + gr.m, k + gr.ds, x
+    return out
+
+
+def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices, history: list | None = None):
     gr = Grid.of(job)
     n = avail.shape[0]
     T = gr.T
@@ -183,6 +217,8 @@ def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices):
     for i in range(T - 1, -1, -1):
         lo, hi = gr.window(i)
         if lo > hi:
+            if history is not None:
+                history.append(buf[i % nbuf].copy())
             continue
         nx, cur = buf[(i + 1) % nbuf], buf[i % nbuf]
         far = buf[(i + m) % nbuf] if i + m <= T else inf_slot
@@ -199,6 +235,12 @@ def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices):
         np.minimum(a, ss, out=cur[0, :, sl])
         np.minimum(a, cs, out=cur[1, :, sl])
         np.minimum(np.minimum(idle, ss, out=ss), co, out=cur[2, :, sl])
+        if history is not None:
+            history.append(cur.copy())
+    if history is not None:
+        history.reverse()
+        history.append(np.zeros_like(buf[0]))  # tick T: done
+        history[-1][:, :, gr.width:] = _INF
     cost, spot_h = unpack(buf[0][0, :, 0], un, gr)
     od_h = np.where(np.isfinite(cost), gr.c / 3600.0 - spot_h, np.nan)
     return cost, spot_h, od_h

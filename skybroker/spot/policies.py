@@ -267,10 +267,30 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-def make_policy(name: str, job: Job) -> Policy:
+# policies in modules that need numpy, imported on first use (they register themselves)
+LAZY = {"mdp": "skybroker.spot.mdp"}
+
+
+def policy_names() -> list[str]:
+    return sorted(set(POLICIES) | set(LAZY))
+
+
+def policy_class(name: str) -> type[Policy]:
+    if name in LAZY and name not in POLICIES:
+        import importlib
+
+        importlib.import_module(LAZY[name])
     try:
-        cls = POLICIES[name]
+        return POLICIES[name]
     except KeyError:
         raise UsageError(f"unknown policy {name!r}",
-                         "choose from: " + ", ".join(sorted([*POLICIES, "omniscient"]))) from None
+                         "choose from: " + ", ".join([*policy_names(), "omniscient"])) from None
+
+
+def make_policy(name: str, job: Job, prices=None) -> Policy:
+    """A fresh policy object for one job run. Policies whose decisions depend on the prices
+    (`uses_prices`, e.g. `mdp`) take them from `prices` (a `simulator.Prices`; default the paper's)."""
+    cls = policy_class(name)
+    if getattr(cls, "uses_prices", False):
+        return cls(job, prices=prices)
     return cls(job)

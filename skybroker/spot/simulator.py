@@ -175,12 +175,12 @@ def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job
             res.append((name, o_cost, np.asarray(omniscient["spot_hours"]),
                         np.asarray(omniscient["od_hours"]), o_met))
             continue
-        bp = batch_for(name, job, ns)
+        bp = batch_for(name, job, ns, prices)
         if bp is not None:
             out = simulate_batch(bp, W, job, prices)
             res.append((name, out.cost, out.spot_hours, out.od_hours, out.met))
         else:
-            outs = [simulate(make_policy(name, job), w, job, prices) for w in W]
+            outs = [simulate(make_policy(name, job, prices), w, job, prices) for w in W]
             res.append((name, *(np.array([getattr(o, f) for o in outs])
                                 for f in ("cost", "spot_hours", "od_hours", "met"))))
     rows: list[Row] = []

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from skybroker.spot.batch import batch_for, on_demand_cost, simulate_batch
-from skybroker.spot.policies import POLICIES, Job, make_policy
+from skybroker.spot.policies import Job, make_policy, policy_names
 from skybroker.spot.simulator import Prices, simulate
 
 G = 600
@@ -19,7 +19,7 @@ def _windows(rng, n, T):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", policy_names())
 @pytest.mark.parametrize("slack_ticks, d, g", [(0, 0, G), (2, 720, G), (9, 720, G), (15, 180, G),
                                                (30, 720, 300)])
 def test_batch_matches_scalar(name, slack_ticks, d, g):

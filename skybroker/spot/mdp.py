@@ -1,0 +1,276 @@
+"""`mdp`: the spot policy that solves a Markov decision process over (time, slack, held instance,
+unpaid overhead, spot availability, age of the current spot-up / spot-down run).
+
+Model (`availmodel`): spot alternates between up and down runs whose chance to end in the next step
+depends on their age (fitted on past traces only). Costs: the tick prices of spot and on-demand.
+The MDP is the simulator's own state machine (see simulator.py) with that availability model in
+place of the trace, solved exactly by backward induction on a grid when the policy is built (cached
+per job; about 0.1-2 s):
+- grid step G = the job's tick (ticks under 300 s are grouped to about 600 s), slack unit
+  U = gcd(G, d), ages 1..A (A = 24 steps, the last one absorbing);
+- state at a step: k = slack consumed (units U, overhead counted when a switch starts, refunded if a
+  preemption cuts it short), held h in {none, spot, on-demand}, phase of an unpaid overhead, spot
+  up or down now, age of that run;
+- actions: idle, spot (only if up), on-demand; a switch costs d of no progress at the new price.
+The deadline is in the model as a hard constraint, so the policy is safe by construction: an action
+is allowed only if, whatever spot does next, on-demand can still finish in time. With S the
+remaining slack (time left in whole ticks - work left - unpaid overhead), the next state must keep
+S >= d unless it is on on-demand (then S >= 0): a preempted spot job can then always switch to
+on-demand (cost d) and finish. `decide` applies that same rule, exactly, at the job's own tick, to
+whatever the table says (so rounding the state onto the grid can cost money but never a deadline).
+Hence every deadline that the omniscient schedule can meet (S0 >= d) is met, on any trace
+(tests/unit/test_spot_mdp.py checks it exhaustively on small cases).
+
+The decision table (actions per tick, held/availability row, age, slack) is stored compressed:
+run-length encoded along the slack axis, i.e. a few slack thresholds per (tick, row, run age).
+That compression is lossless (about 2 KB per tick instead of 5 A W bytes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .availmodel import AvailModel, default_model
+from .policies import NONE, ON_DEMAND, SPOT, Decision, Job, Observation, Policy, register
+
+AGES = 24
+MIN_GRID_S = 300
+_INF = np.inf
+_ACT = (NONE, SPOT, ON_DEMAND)
+# rows of the decision table: held none (spot down / up), held spot (up), on-demand (down / up)
+R_N0, R_N1, R_S, R_O0, R_O1 = range(5)
+
+
+@dataclass(frozen=True)
+class Grid:
+    G: int  # step (s)
+    U: int  # slack unit (s)
+    d: int  # overhead (s), a multiple of U
+    C: int
+    T: int  # steps before the deadline
+    ages: int
+
+    @classmethod
+    def for_job(cls, job: Job, ages: int = AGES) -> Grid:
+        g = job.tick_s
+        G = g if g >= MIN_GRID_S else g * max(1, round(600 / g))
+        d = job.overhead_s
+        U = math.gcd(G, d) if d else G
+        return cls(G, U, d, job.task_s, job.ticks * g // G, ages)
+
+    @property
+    def s0(self) -> int:
+        return self.T * self.G - self.C
+
+    @property
+    def K(self) -> int:
+        return max(0, self.s0) // self.U
+
+    @property
+    def m(self) -> int:
+        return max(1, -(-self.d // self.G))
+
+
+@dataclass
+class Table:
+    grid: Grid
+    ptr: list  # per step: (rows + 1,) offsets into starts/acts
+    starts: list  # per step: segment start k
+    acts: list  # per step: segment action (0 idle, 1 spot, 2 on-demand)
+    value0: float  # expected cost from the start (spot up, age 1), $
+
+    def row(self, i: int, r: int, age: int) -> tuple[np.ndarray, np.ndarray]:
+        j = r * self.grid.ages + age
+        a, b = self.ptr[i][j], self.ptr[i][j + 1]
+        return self.starts[i][a:b], self.acts[i][a:b]
+
+    def action(self, i: int, r: int, age: int, k: int) -> int:
+        st, ac = self.row(i, r, age)
+        return int(ac[int(np.searchsorted(st, k, side="right")) - 1])
+
+    def dense(self, i: int) -> np.ndarray:
+        """(5, ages, K + 1) actions of step i."""
+        gr = self.grid
+        st, ac, ptr = self.starts[i], self.acts[i], self.ptr[i]
+        W = gr.K + 1
+        ends = np.append(st[1:], W)
+        ends[ptr[1:-1] - 1] = W  # each row's last segment runs to the end
+        return np.repeat(ac, ends - st).reshape(5, gr.ages, W)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes + s.nbytes + a.nbytes for p, s, a in zip(self.ptr, self.starts, self.acts))
+
+
+def _compress(dec: np.ndarray):
+    """RLE of (rows, W) actions along W: (ptr, starts, acts)."""
+    rows, W = dec.shape
+    change = np.ones((rows, W), bool)
+    change[:, 1:] = dec[:, 1:] != dec[:, :-1]
+    r, k = np.nonzero(change)
+    ptr = np.zeros(rows + 1, np.int32)
+    np.add.at(ptr, r + 1, 1)
+    return np.cumsum(ptr, dtype=np.int32), k.astype(np.int32), dec[r, k].astype(np.int8)
+
+
+def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
+    """Backward induction over the grid; prices in $/h (only their ratio matters for decisions)."""
+    G, U, d, T, A = grid.G, grid.U, grid.d, grid.T, grid.ages
+    K, m, s0 = grid.K, grid.m, grid.s0
+    W, gs, ds = K + 1, G // U, d // U
+    pad = gs + ds + 1
+    Wp = W + pad
+    od, sp = od_price * G / 3600.0, spot_price * G / 3600.0
+    hu, hd = model.hazards(G, A)
+    pf = np.stack([hd, hu])[:, :, None]  # (a, age, 1): the run ends after this step
+    ps = 1.0 - pf
+    nxt = np.minimum(np.arange(A) + 1, A - 1)
+    L = [0] + [d - t * G for t in range(1, m)]  # unpaid overhead at the start of phase t
+    refund = [x // U for x in L]
+    ph1 = 1 if m >= 2 else 0
+
+    def nx(t):
+        return t + 1 if t + 1 < m else 0
+
+    kk = np.arange(W)
+    rem = s0 - kk * U  # remaining slack at k
+    no_idle = np.where(s0 - (kk + gs) * U >= d, 0.0, _INF)
+    no_spot_c = np.where(rem >= d, 0.0, _INF)
+    no_spot_sw = np.where(rem - d >= d, 0.0, _INF)
+
+    def fresh():
+        return (np.zeros((2, A, Wp)), np.zeros((m, A, Wp)), np.zeros((m, 2, A, Wp)))
+
+    VN, VS, VO = fresh()
+    for arr in (VN, VS, VO):
+        arr[..., W:] = _INF
+    ptrs, starts, acts = [None] * T, [None] * T, [None] * T
+    for i in range(T - 1, -1, -1):
+        EN = ps * VN[:, nxt] + pf * VN[::-1, :1]
+        EO = [ps * VO[t][:, nxt] + pf * VO[t][::-1, :1] for t in range(m)]
+        ES = []
+        for t in range(m):
+            lost = np.full(Wp, _INF)
+            r = refund[t]
+            lost[r:] = VN[0, 0, :Wp - r] if r else VN[0, 0]
+            ES.append(ps[1] * VS[t][nxt] + pf[1] * lost[None, :])
+        idle = EN[:, :, gs:gs + W] + no_idle
+        od_sw = od + EO[ph1][:, :, ds:ds + W]
+        sp_sw = sp + ES[ph1][:, ds:ds + W] + no_spot_sw
+        od_c = od + EO[0][:, :, :W]
+        sp_c = sp + ES[0][:, :W] + no_spot_c
+        nVN, nVS, nVO = fresh()
+        opts = [
+            (R_N0, np.stack([idle[0], np.full_like(idle[0], _INF), od_sw[0]])),
+            (R_N1, np.stack([idle[1], sp_sw, od_sw[1]])),
+            (R_S, np.stack([idle[1], sp_c, od_sw[1]])),
+            (R_O0, np.stack([idle[0], np.full_like(idle[0], _INF), od_c[0]])),
+            (R_O1, np.stack([idle[1], sp_sw, od_c[1]])),
+        ]
+        dec = np.empty((5, A, W), np.int8)
+        best = {}
+        for r, o in opts:
+            dec[r] = np.argmin(o, axis=0)
+            best[r] = np.min(o, axis=0)
+        nVN[0, :, :W], nVN[1, :, :W] = best[R_N0], best[R_N1]
+        nVS[0, :, :W] = best[R_S]
+        nVO[0, 0, :, :W], nVO[0, 1, :, :W] = best[R_O0], best[R_O1]
+        for t in range(1, m):  # in an overhead: carry on (or give up, for spot)
+            nVS[t, :, :W] = np.minimum(np.minimum(sp + ES[nx(t)][:, :W] + no_spot_c, idle[1]),
+                                       od_sw[1])
+            nVO[t, :, :, :W] = od + EO[nx(t)][:, :, :W]
+        for t in range(m):  # done: the work is complete at the start of step i
+            if i * G + L[t] >= grid.C:
+                kd = min(K, (i * G + L[t] - grid.C) // U)
+                nVS[t, :, :kd + 1] = 0.0
+                nVO[t, :, :, :kd + 1] = 0.0
+                if t == 0:
+                    nVN[:, :, :kd + 1] = 0.0
+                    dec[:, :, :kd + 1] = 0
+        for arr in (nVN, nVS, nVO):
+            arr[..., W:] = _INF
+        VN, VS, VO = nVN, nVS, nVO
+        ptrs[i], starts[i], acts[i] = _compress(dec.reshape(5 * A, W))
+    return Table(grid, ptrs, starts, acts, float(VN[1, 0, 0]))
+
+
+@lru_cache(maxsize=16)
+def table_for(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
+    return solve(grid, model, od_price, spot_price)
+
+
+@register
+class MDPPolicy(Policy):
+    """Optimal for the fitted availability model (see the module docstring); must be asked every
+    tick (it measures the age of the current spot run from the elapsed time of each call)."""
+
+    name = "mdp"
+    uses_prices = True
+
+    def __init__(self, job: Job, prices=None, model: AvailModel | None = None):
+        super().__init__(job)
+        from .simulator import Prices
+
+        prices = prices or Prices()
+        self.grid = Grid.for_job(job)
+        self.model = model or default_model()
+        self.s0 = job.ticks * job.tick_s - job.task_s
+        self.table = (table_for(self.grid, self.model, float(prices.on_demand), float(prices.spot))
+                      if self.grid.T > 0 and self.grid.s0 >= self.grid.d else None)
+        self.run_avail: bool | None = None
+        self.run_start = 0.0
+
+    # -- state on the grid ------------------------------------------------------------------
+    def _grid_state(self, elapsed, progress, left, age_s):
+        gr, j = self.grid, self.job
+        rest = j.ticks * j.tick_s - elapsed
+        i = min(gr.T - 1, max(0, gr.T - int(np.ceil(rest / gr.G))))
+        slack = self.s0 - (elapsed - progress + left)
+        k = np.clip(np.ceil((gr.s0 - slack) / gr.U), 0, gr.K).astype(np.int64)
+        age = np.minimum(np.ceil(age_s / gr.G).astype(np.int64), gr.ages) - 1
+        return i, k, np.maximum(age, 0), slack
+
+    def decide(self, obs: Observation) -> Decision:
+        a = bool(obs.spot_available)
+        if self.run_avail is None or a != self.run_avail:
+            self.run_avail, self.run_start = a, obs.elapsed_s
+        j = self.job
+        held = obs.held
+        slack = self.s0 - (obs.elapsed_s - obs.progress_s + obs.overhead_left_s)
+        want = ON_DEMAND
+        if self.table is not None:
+            if obs.overhead_left_s > 0 and held is not NONE:
+                want = held  # an overhead under way: carry on
+            else:
+                i, k, age, _ = self._grid_state(obs.elapsed_s, obs.progress_s, obs.overhead_left_s,
+                                                obs.elapsed_s - self.run_start + j.tick_s)
+                r = (R_N1 if a else R_N0) if held is NONE else R_S if held is SPOT else (
+                    R_O1 if a else R_O0)
+                want = _ACT[self.table.action(i, r, int(age), int(k))]
+        return _guard(want, held, a, slack, obs.overhead_left_s, j)
+
+    @classmethod
+    def batch(cls, job: Job, n: int, prices=None):
+        from .mdp_batch import MDPBatch
+
+        return MDPBatch(cls(job, prices), n)
+
+
+def _guard(want: Decision, held: Decision, avail: bool, slack: float, left: float, job: Job
+           ) -> Decision:
+    """The deadline rule, exact at the job's tick: after this tick S >= d unless on on-demand."""
+    d, g = job.overhead_s, job.tick_s
+    if want is SPOT and not avail:
+        want = ON_DEMAND if held is ON_DEMAND else NONE
+    if want is NONE:
+        ok = slack - g + left >= d
+    elif want is SPOT:
+        ok = (slack if held is SPOT else slack + left - d) >= d
+    else:
+        return ON_DEMAND
+    if ok:
+        return want
+    return ON_DEMAND
