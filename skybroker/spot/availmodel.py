@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 MODEL_FILE = Path(__file__).with_name("avail_model.json")
+UNION_FILE = Path(__file__).with_name("avail_model_union.json")  # "spot up in zone a or b"
 FIT_GLOB = "availability/1-node/aws-10-26-2022/*.json"
 FIT_DAYS = 13
 _CLAMP = (0.002, 0.998)  # no step is certain: every run may end, every outage may last
@@ -108,17 +109,18 @@ class AvailModel:
         return cls(int(raw["step_s"]), tuple(raw["up"]), tuple(raw["down"]), raw.get("source", ""))
 
 
-_DEFAULT: AvailModel | None = None
+_MODELS: dict = {}
 
 
-def default_model() -> AvailModel:
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = AvailModel.from_json(MODEL_FILE.read_text())
-    return _DEFAULT
+def default_model(union: bool = False) -> AvailModel:
+    """The shipped fit: one zone, or (union) "spot up in some zone" of the 2-week zone pairs."""
+    f = UNION_FILE if union else MODEL_FILE
+    if f not in _MODELS:
+        _MODELS[f] = AvailModel.from_json(f.read_text())
+    return _MODELS[f]
 
 
-def fit_default(root=None) -> AvailModel:
+def fit_default(root=None, union: bool = False) -> AvailModel:
     from .traces import default_traces_root, find_traces, load_trace
 
     root = root or default_traces_root()
@@ -126,11 +128,19 @@ def fit_default(root=None) -> AvailModel:
     if not paths:
         raise FileNotFoundError(f"no traces matching {FIT_GLOB} under {root}")
     trs = [load_trace(p).head(FIT_DAYS) for p in paths]
-    return AvailModel.fit([t.availability() for t in trs], trs[0].gap_seconds,
-                          source=f"{FIT_GLOB}, first {FIT_DAYS} days ({len(trs)} files)")
+    series = [t.availability() for t in trs]
+    what = f"{FIT_GLOB}, first {FIT_DAYS} days ({len(trs)} files)"
+    if union:  # us-west-2a | us-west-2b of each instance type
+        by_kind: dict = {}
+        for p, s in zip(paths, series):
+            by_kind.setdefault(p.name.split("_", 1)[1], []).append(s)
+        series = [np.logical_or.reduce(v) for v in by_kind.values() if len(v) > 1]
+        what = f"union of the zone pairs of {what}"
+    return AvailModel.fit(series, trs[0].gap_seconds, source=what)
 
 
-if __name__ == "__main__":  # regenerate the shipped fit
-    m = fit_default()
-    MODEL_FILE.write_text(m.to_json() + "\n")
-    print(f"wrote {MODEL_FILE}: up {m.up[:5]}..., down {m.down[:5]}...")
+if __name__ == "__main__":  # regenerate the shipped fits
+    for union, f in ((False, MODEL_FILE), (True, UNION_FILE)):
+        m = fit_default(union=union)
+        f.write_text(m.to_json() + "\n")
+        print(f"wrote {f}: up {m.up[:4]}..., down {m.down[:4]}...")

@@ -70,8 +70,9 @@ class _GreedyB(BatchPolicy):
 
 
 class _UniformB(BatchPolicy):
-    def __init__(self, job, n):
+    def __init__(self, job, n, tie_stays=False):
         super().__init__(job, n)
+        self.tie = tie_stays
         self.committed = np.zeros(n, bool)
         self.rate = job.task_s / job.deadline_s
 
@@ -82,7 +83,8 @@ class _UniformB(BatchPolicy):
         net = ~self.committed & ~stay & self.safety_net(obs, 2 * d)
         self.committed |= net
         out = np.where(a, S_, np.where(cp < t * self.rate, O_, N_)).astype(np.int8)
-        out[(held == O_) & (~a | (cp < (t + 2 * d) * self.rate))] = O_
+        ep = (t + 2 * d) * self.rate
+        out[(held == O_) & (~a | ((cp <= ep) if self.tie else (cp < ep)))] = O_
         out[stay] = S_
         out[self.committed] = O_
         return out
@@ -125,8 +127,8 @@ def batch_for(policy_name: str, job: Job, n: int, prices=None) -> BatchPolicy | 
         return _OnDemandB(job, n)
     if cls is Greedy:
         return _GreedyB(job, n)
-    if cls is UniformProgress:
-        return _UniformB(job, n)
+    if issubclass(cls, UniformProgress):
+        return _UniformB(job, n, cls.tie_stays)
     if cls is SlackAware:
         return _SlackAwareB(job, n, SlackAware(job))
     maker = getattr(cls, "batch", None)

@@ -210,7 +210,8 @@ class MDPPolicy(Policy):
     name = "mdp"
     uses_prices = True
 
-    def __init__(self, job: Job, prices=None, model: AvailModel | None = None):
+    def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
+                 spot_price: float | None = None):
         super().__init__(job)
         from .simulator import Prices
 
@@ -218,7 +219,8 @@ class MDPPolicy(Policy):
         self.grid = Grid.for_job(job)
         self.model = model or default_model()
         self.s0 = job.ticks * job.tick_s - job.task_s
-        self.table = (table_for(self.grid, self.model, float(prices.on_demand), float(prices.spot))
+        sp = float(prices.spot if spot_price is None else spot_price)
+        self.table = (table_for(self.grid, self.model, float(prices.on_demand), sp)
                       if self.grid.T > 0 and self.grid.s0 >= self.grid.d else None)
         self.run_avail: bool | None = None
         self.run_start = 0.0
@@ -233,24 +235,30 @@ class MDPPolicy(Policy):
         age = np.minimum(np.ceil(age_s / gr.G).astype(np.int64), gr.ages) - 1
         return i, k, np.maximum(age, 0), slack
 
+    def table_action(self, elapsed, progress, left, row: int, age_s: float) -> Decision:
+        """The table's action for a state (no guard); ON_DEMAND when the job is infeasible."""
+        if self.table is None:
+            return ON_DEMAND
+        i, k, age, _ = self._grid_state(elapsed, progress, left, age_s)
+        return _ACT[self.table.action(i, row, int(age), int(k))]
+
+    def slack(self, elapsed, progress, left) -> float:
+        return self.s0 - (elapsed - progress + left)
+
     def decide(self, obs: Observation) -> Decision:
         a = bool(obs.spot_available)
         if self.run_avail is None or a != self.run_avail:
             self.run_avail, self.run_start = a, obs.elapsed_s
-        j = self.job
         held = obs.held
-        slack = self.s0 - (obs.elapsed_s - obs.progress_s + obs.overhead_left_s)
-        want = ON_DEMAND
-        if self.table is not None:
-            if obs.overhead_left_s > 0 and held is not NONE:
-                want = held  # an overhead under way: carry on
-            else:
-                i, k, age, _ = self._grid_state(obs.elapsed_s, obs.progress_s, obs.overhead_left_s,
-                                                obs.elapsed_s - self.run_start + j.tick_s)
-                r = (R_N1 if a else R_N0) if held is NONE else R_S if held is SPOT else (
-                    R_O1 if a else R_O0)
-                want = _ACT[self.table.action(i, r, int(age), int(k))]
-        return _guard(want, held, a, slack, obs.overhead_left_s, j)
+        if self.table is not None and obs.overhead_left_s > 0 and held is not NONE:
+            want = held  # an overhead under way: carry on
+        else:
+            r = (R_N1 if a else R_N0) if held is NONE else R_S if held is SPOT else (
+                R_O1 if a else R_O0)
+            want = self.table_action(obs.elapsed_s, obs.progress_s, obs.overhead_left_s, r,
+                                     obs.elapsed_s - self.run_start + self.job.tick_s)
+        return _guard(want, held, a, self.slack(obs.elapsed_s, obs.progress_s, obs.overhead_left_s),
+                      obs.overhead_left_s, self.job)
 
     @classmethod
     def batch(cls, job: Job, n: int, prices=None):
