@@ -99,6 +99,23 @@ class AvailModel:
                 out[j] = 1 - math.exp(log_surv(b) - log_surv(a))
         return np.clip(out, *_CLAMP)
 
+    def scaled(self, up: float, down: float) -> AvailModel:
+        """The same shape with every hazard multiplied (a zone whose runs end `up` times as often)."""
+        return AvailModel(self.step_s, tuple(float(np.clip(h * up, *_CLAMP)) for h in self.up),
+                          tuple(float(np.clip(h * down, *_CLAMP)) for h in self.down),
+                          f"{self.source} x({up:g}, {down:g})")
+
+    def log_surv(self, step_s: int, ages: int, upto: int) -> tuple[np.ndarray, np.ndarray]:
+        """log P(run lasts >= L steps) and log P(run lasts exactly L steps), L = 0..upto, for up
+        runs (row 0) and down runs (row 1), at `step_s` with `ages` ages (the last is the tail)."""
+        out_s, out_e = [], []
+        for h in self.hazards(step_s, ages):
+            hh = h[np.minimum(np.arange(upto + 1), ages - 1)]
+            ls = np.concatenate([[0.0], np.cumsum(np.log1p(-hh))])[:upto + 1]
+            out_s.append(ls)
+            out_e.append(ls + np.log(hh))  # lasted L steps (>= L-1 survived... see caller)
+        return np.array(out_s), np.array(out_e)
+
     def to_json(self) -> str:
         return json.dumps({"step_s": self.step_s, "up": [round(x, 5) for x in self.up],
                            "down": [round(x, 5) for x in self.down], "source": self.source}, indent=1)

@@ -119,7 +119,10 @@ class _SlackAwareB(BatchPolicy):
         return out
 
 
-def batch_for(policy_name: str, job: Job, n: int, prices=None) -> BatchPolicy | None:
+def batch_for(policy_name: str, job: Job, n: int, prices=None, histories=None
+              ) -> BatchPolicy | None:
+    """The batch version of a policy for n samples; `histories` (one bool array per sample, the
+    availability before its start) reach policies that use them."""
     from .policies import policy_class
 
     cls = policy_class(policy_name)
@@ -134,6 +137,8 @@ def batch_for(policy_name: str, job: Job, n: int, prices=None) -> BatchPolicy | 
     maker = getattr(cls, "batch", None)
     if maker is None:
         return None
+    if getattr(cls, "uses_history", False):
+        return maker(job, n, prices, histories)
     return maker(job, n, prices) if getattr(cls, "uses_prices", False) else maker(job, n)
 
 

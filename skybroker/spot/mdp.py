@@ -197,7 +197,25 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
     return Table(grid, ptrs, starts, acts, float(VN[1, 0, 0]))
 
 
-@lru_cache(maxsize=16)
+# adaptive family: the fitted model with up / down hazards scaled; the policy follows the member
+# with the highest posterior given the runs it has seen in this job (certainty equivalence)
+_SCALES = (1, 0.7, 1.4, 0.5, 2, 0.35, 2.8)
+FAMILY = tuple((u, d) for u in _SCALES for d in _SCALES)  # (1, 1) first: the fitted model itself
+PRIOR_STEP = 0.75  # log prior penalty per factor sqrt(2) of scaling, per hazard
+HISTORY_S = 7 * 86400  # at most this much of the zone's past is used
+
+
+@lru_cache(maxsize=8)
+def _run_loglik(grid: Grid, model: AvailModel, family) -> np.ndarray:
+    upto = 4 * grid.T + 2
+    out = []
+    for u, d in family:
+        _, ends = (model.scaled(u, d) if (u, d) != (1, 1) else model).log_surv(grid.G, grid.ages, upto)
+        out.append(ends)
+    return np.array(out)
+
+
+@lru_cache(maxsize=64)
 def table_for(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
     return solve(grid, model, od_price, spot_price)
 
@@ -209,9 +227,10 @@ class MDPPolicy(Policy):
 
     name = "mdp"
     uses_prices = True
+    uses_history = True  # the simulator passes the zone's availability before the job
 
     def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
-                 spot_price: float | None = None):
+                 spot_price: float | None = None, adaptive: bool = True, history=None):
         super().__init__(job)
         from .simulator import Prices
 
@@ -219,11 +238,58 @@ class MDPPolicy(Policy):
         self.grid = Grid.for_job(job)
         self.model = model or default_model()
         self.s0 = job.ticks * job.tick_s - job.task_s
-        sp = float(prices.spot if spot_price is None else spot_price)
-        self.table = (table_for(self.grid, self.model, float(prices.on_demand), sp)
-                      if self.grid.T > 0 and self.grid.s0 >= self.grid.d else None)
+        self.prices = (float(prices.on_demand), float(prices.spot if spot_price is None else spot_price))
+        self.feasible = self.grid.T > 0 and self.grid.s0 >= self.grid.d
+        self.family = FAMILY if adaptive else FAMILY[:1]
+        self.logprior = np.array([-PRIOR_STEP * 2 * (abs(np.log2(u)) + abs(np.log2(d)))
+                                  for u, d in self.family])
+        self.table = self.table_of(0)
+        self.loglik = np.zeros(len(self.family))
         self.run_avail: bool | None = None
         self.run_start = 0.0
+        self.runs_seen = 0
+        if history is not None and len(self.family) > 1:
+            self.loglik += self.history_loglik(history)
+
+    def history_loglik(self, history) -> np.ndarray:
+        """Log-likelihood of each family member for the zone's past availability (bool per job
+        tick, before the job starts): its complete runs, the last `HISTORY_S` at most."""
+        from .availmodel import runs
+
+        h = np.asarray(history, bool)[-max(1, HISTORY_S // self.job.tick_s):]
+        out = np.zeros(len(self.family))
+        if len(h) < 3:
+            return out
+        ll = self.run_loglik()
+        lengths, vals, cens = runs(h)
+        keep = ~cens
+        L = np.clip(np.round(lengths[keep] * self.job.tick_s / self.grid.G), 1, ll.shape[2]
+                    ).astype(np.int64)
+        up = vals[keep]
+        return ll[:, 0, L[up] - 1].sum(axis=1) + ll[:, 1, L[~up] - 1].sum(axis=1)
+
+    def table_of(self, m: int) -> Table | None:
+        """The decision table of family member m (solved on first use, cached per job)."""
+        if not self.feasible:
+            return None
+        u, d = self.family[m]
+        return table_for(self.grid, self.model.scaled(u, d) if (u, d) != (1, 1) else self.model,
+                         *self.prices)
+
+    def run_loglik(self) -> np.ndarray:
+        """(members, 2, max run) log P(run of L+1 steps) per family member, up (0) / down (1)."""
+        return _run_loglik(self.grid, self.model, self.family)
+
+    def _observe_run_end(self, was_up: bool, length_s: float) -> None:
+        """A run ended: update each member's likelihood (the first run, cut by the start, is skipped)."""
+        self.runs_seen += 1
+        if self.runs_seen > 1 and len(self.family) > 1:
+            ll = self.run_loglik()
+            L = min(ll.shape[2], max(1, round(length_s / self.grid.G)))
+            self.loglik += ll[:, 0 if was_up else 1, L - 1]
+
+    def member(self) -> int:
+        return int(np.argmax(self.loglik + self.logprior))
 
     # -- state on the grid ------------------------------------------------------------------
     def _grid_state(self, elapsed, progress, left, age_s):
@@ -235,12 +301,14 @@ class MDPPolicy(Policy):
         age = np.minimum(np.ceil(age_s / gr.G).astype(np.int64), gr.ages) - 1
         return i, k, np.maximum(age, 0), slack
 
-    def table_action(self, elapsed, progress, left, row: int, age_s: float) -> Decision:
+    def table_action(self, elapsed, progress, left, row: int, age_s: float, member: int = 0
+                     ) -> Decision:
         """The table's action for a state (no guard); ON_DEMAND when the job is infeasible."""
-        if self.table is None:
+        table = self.table if member == 0 else self.table_of(member)
+        if table is None:
             return ON_DEMAND
         i, k, age, _ = self._grid_state(elapsed, progress, left, age_s)
-        return _ACT[self.table.action(i, row, int(age), int(k))]
+        return _ACT[table.action(i, row, int(age), int(k))]
 
     def slack(self, elapsed, progress, left) -> float:
         return self.s0 - (elapsed - progress + left)
@@ -248,6 +316,8 @@ class MDPPolicy(Policy):
     def decide(self, obs: Observation) -> Decision:
         a = bool(obs.spot_available)
         if self.run_avail is None or a != self.run_avail:
+            if self.run_avail is not None:
+                self._observe_run_end(self.run_avail, obs.elapsed_s - self.run_start)
             self.run_avail, self.run_start = a, obs.elapsed_s
         held = obs.held
         if self.table is not None and obs.overhead_left_s > 0 and held is not NONE:
@@ -256,15 +326,20 @@ class MDPPolicy(Policy):
             r = (R_N1 if a else R_N0) if held is NONE else R_S if held is SPOT else (
                 R_O1 if a else R_O0)
             want = self.table_action(obs.elapsed_s, obs.progress_s, obs.overhead_left_s, r,
-                                     obs.elapsed_s - self.run_start + self.job.tick_s)
+                                     obs.elapsed_s - self.run_start + self.job.tick_s,
+                                     self.member())
         return _guard(want, held, a, self.slack(obs.elapsed_s, obs.progress_s, obs.overhead_left_s),
                       obs.overhead_left_s, self.job)
 
     @classmethod
-    def batch(cls, job: Job, n: int, prices=None):
+    def batch(cls, job: Job, n: int, prices=None, histories=None):
         from .mdp_batch import MDPBatch
 
-        return MDPBatch(cls(job, prices), n)
+        b = MDPBatch(cls(job, prices), n)
+        if histories is not None:
+            for s, h in enumerate(histories):
+                b.loglik[s] += b.p.history_loglik(h)
+        return b
 
 
 def _guard(want: Decision, held: Decision, avail: bool, slack: float, left: float, job: Job

@@ -14,18 +14,32 @@ class MDPBatch(BatchPolicy):
         self.p = policy
         self.run_avail = np.full(n, -1, np.int8)
         self.run_start = np.zeros(n, np.int64)
-        self._dense_i = None
-        self._dense = None
+        self.loglik = np.zeros((n, len(policy.family)))
+        self.runs_seen = np.zeros(n, np.int64)
+        self._dense: dict = {}
 
-    def _table(self, i):
-        if self._dense_i != i:
-            self._dense, self._dense_i = self.p.table.dense(i), i
-        return self._dense
+    def _table(self, i, m):
+        key = (i, m)
+        if key not in self._dense:
+            if len(self._dense) > 64:
+                self._dense.clear()
+            self._dense[key] = self.p.table_of(m).dense(i)
+        return self._dense[key]
 
     def decide(self, obs: BatchObs) -> np.ndarray:
         p, j = self.p, self.job
         a, held, left = obs.spot_available, obs.held, obs.overhead_left_s
         new_run = self.run_avail != a
+        ended = new_run & (self.run_avail >= 0)
+        if ended.any():
+            self.runs_seen += ended
+            upd = ended & (self.runs_seen > 1)
+            if upd.any() and len(p.family) > 1:
+                ll = p.run_loglik()
+                L = np.clip(np.round((obs.elapsed_s - self.run_start[upd]) / p.grid.G), 1,
+                            ll.shape[2]).astype(np.int64)
+                was = np.where(self.run_avail[upd] == 1, 0, 1)
+                self.loglik[upd] += ll[:, was, L - 1].T
         self.run_avail = np.where(new_run, a, self.run_avail).astype(np.int8)
         self.run_start = np.where(new_run, obs.elapsed_s, self.run_start)
         slack = p.s0 - (obs.elapsed_s - obs.progress_s + left)
@@ -35,7 +49,11 @@ class MDPBatch(BatchPolicy):
                                          obs.elapsed_s - self.run_start + j.tick_s)
             r = np.where(held == N_, np.where(a, R_N1, R_N0),
                          np.where(held == S_, R_S, np.where(a, R_O1, R_O0)))
-            want = self._table(i)[r, age, k].astype(np.int8)
+            mem = np.argmax(self.loglik + p.logprior, axis=1)
+            want = np.empty(self.n, np.int8)
+            for m in np.unique(mem):
+                sel = mem == m
+                want[sel] = self._table(i, int(m))[r[sel], age[sel], k[sel]]
             phase = (left > 0) & (held != N_)
             want[phase] = held[phase]
         return guard_batch(want, held, a, slack, left, j)

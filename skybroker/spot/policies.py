@@ -315,10 +315,15 @@ def policy_class(name: str) -> type[Policy]:
                          "choose from: " + ", ".join([*policy_names(), "omniscient"])) from None
 
 
-def make_policy(name: str, job: Job, prices=None) -> Policy:
+def make_policy(name: str, job: Job, prices=None, history=None) -> Policy:
     """A fresh policy object for one job run. Policies whose decisions depend on the prices
-    (`uses_prices`, e.g. `mdp`) take them from `prices` (a `simulator.Prices`; default the paper's)."""
+    (`uses_prices`, e.g. `mdp`) take them from `prices` (a `simulator.Prices`; default the paper's);
+    those that learn from the zone's past (`uses_history`) take `history`, the spot availability
+    per tick before the job (None: unknown)."""
     cls = policy_class(name)
+    kw = {}
     if getattr(cls, "uses_prices", False):
-        return cls(job, prices=prices)
-    return cls(job)
+        kw["prices"] = prices
+    if getattr(cls, "uses_history", False) and history is not None:
+        kw["history"] = history
+    return cls(job, **kw)

@@ -152,9 +152,11 @@ class Row:
 
 
 def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job, prices: Prices,
-                policies: list[str], omniscient: dict | None) -> list[Row]:
+                policies: list[str], omniscient: dict | None, use_history: bool = True) -> list[Row]:
     """Simulate `policies` on every start; `omniscient` holds the DP results for the same starts
     (arrays `cost`, `spot_hours`, `od_hours`), used for the gap and as a row of its own.
+    With `use_history`, policies that learn from a zone's past (`uses_history`) see the trace
+    before each start (only the past: the same data a broker watching the zone would have).
     Policies with a batch version run vectorised over the starts (same outcomes as `simulate`)."""
     from .batch import on_demand_cost, simulate_batch, batch_for
 
@@ -175,12 +177,14 @@ def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job
             res.append((name, o_cost, np.asarray(omniscient["spot_hours"]),
                         np.asarray(omniscient["od_hours"]), o_met))
             continue
-        bp = batch_for(name, job, ns, prices)
+        hist = [avail[:s] for s in starts.tolist()] if use_history else None
+        bp = batch_for(name, job, ns, prices, hist)
         if bp is not None:
             out = simulate_batch(bp, W, job, prices)
             res.append((name, out.cost, out.spot_hours, out.od_hours, out.met))
         else:
-            outs = [simulate(make_policy(name, job, prices), w, job, prices) for w in W]
+            outs = [simulate(make_policy(name, job, prices, None if hist is None else hist[k]), w, job,
+                             prices) for k, w in enumerate(W)]
             res.append((name, *(np.array([getattr(o, f) for o in outs])
                                 for f in ("cost", "spot_hours", "od_hours", "met"))))
     rows: list[Row] = []
