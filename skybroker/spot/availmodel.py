@@ -22,6 +22,7 @@ import numpy as np
 
 MODEL_FILE = Path(__file__).with_name("avail_model.json")
 UNION_FILE = Path(__file__).with_name("avail_model_union.json")  # "spot up in zone a or b"
+FAMILY_FILE = Path(__file__).with_name("avail_model_family.json")  # one fit per fitting trace
 FIT_GLOB = "availability/1-node/aws-10-26-2022/*.json"
 FIT_DAYS = 13
 _CLAMP = (0.002, 0.998)  # no step is certain: every run may end, every outage may last
@@ -156,8 +157,31 @@ def fit_default(root=None, union: bool = False) -> AvailModel:
     return AvailModel.fit(series, trs[0].gap_seconds, source=what)
 
 
+def prototypes() -> tuple[AvailModel, ...]:
+    """The per-trace fits of the fitting traces (shipped), for the adaptive family of `mdp`."""
+    if FAMILY_FILE not in _MODELS:
+        raw = json.loads(FAMILY_FILE.read_text()) if FAMILY_FILE.exists() else []
+        _MODELS[FAMILY_FILE] = tuple(AvailModel.from_json(json.dumps(r)) for r in raw)
+    return _MODELS[FAMILY_FILE]
+
+
+def fit_prototypes(root=None) -> list[AvailModel]:
+    from .traces import default_traces_root, find_traces, load_trace
+
+    root = root or default_traces_root()
+    out = []
+    for p in find_traces(root, FIT_GLOB):
+        t = load_trace(p).head(FIT_DAYS)
+        out.append(AvailModel.fit([t.availability()], t.gap_seconds,
+                                  source=f"{p.name}, first {FIT_DAYS} days"))
+    return out
+
+
 if __name__ == "__main__":  # regenerate the shipped fits
     for union, f in ((False, MODEL_FILE), (True, UNION_FILE)):
         m = fit_default(union=union)
         f.write_text(m.to_json() + "\n")
         print(f"wrote {f}: up {m.up[:4]}..., down {m.down[:4]}...")
+    protos = fit_prototypes()
+    FAMILY_FILE.write_text("[\n" + ",\n".join(m.to_json() for m in protos) + "\n]\n")
+    print(f"wrote {FAMILY_FILE}: {len(protos)} prototypes")

@@ -33,7 +33,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .availmodel import AvailModel, default_model
+from .availmodel import AvailModel, default_model, prototypes
 from .policies import NONE, ON_DEMAND, SPOT, Decision, Job, Observation, Policy, register
 
 AGES = 24
@@ -197,22 +197,36 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
     return Table(grid, ptrs, starts, acts, float(VN[1, 0, 0]))
 
 
-# adaptive family: the fitted model with up / down hazards scaled; the policy follows the member
-# with the highest posterior given the runs it has seen in this job (certainty equivalence)
+# adaptive family: the fitted model, the same with its up / down hazards scaled, and the fits of
+# single zones ("prototypes", avail_model_family.json); the policy follows the member with the
+# highest posterior given the runs it has seen in this job and in the zone's past (certainty
+# equivalence: one decision table per member, solved when first needed)
 _SCALES = (1, 0.7, 1.4, 0.5, 2, 0.35, 2.8)
-FAMILY = tuple((u, d) for u in _SCALES for d in _SCALES)  # (1, 1) first: the fitted model itself
 PRIOR_STEP = 0.75  # log prior penalty per factor sqrt(2) of scaling, per hazard
+PRIOR_PROTOTYPE = 3.0  # log prior penalty of a prototype
 HISTORY_S = 7 * 86400  # at most this much of the zone's past is used
 
 
 @lru_cache(maxsize=8)
-def _run_loglik(grid: Grid, model: AvailModel, family) -> np.ndarray:
+def family_for(model: AvailModel, adaptive: bool) -> tuple:
+    """((model, log prior), ...), the given model first."""
+    out = [(model, 0.0)]
+    if not adaptive:
+        return tuple(out)
+    for u in _SCALES:
+        for d in _SCALES:
+            if (u, d) != (1, 1):
+                out.append((model.scaled(u, d),
+                            -PRIOR_STEP * 2 * (abs(np.log2(u)) + abs(np.log2(d)))))
+    if model == default_model():
+        out.extend((m, -PRIOR_PROTOTYPE) for m in prototypes())
+    return tuple(out)
+
+
+@lru_cache(maxsize=8)
+def _run_loglik(grid: Grid, models: tuple) -> np.ndarray:
     upto = 4 * grid.T + 2
-    out = []
-    for u, d in family:
-        _, ends = (model.scaled(u, d) if (u, d) != (1, 1) else model).log_surv(grid.G, grid.ages, upto)
-        out.append(ends)
-    return np.array(out)
+    return np.array([m.log_surv(grid.G, grid.ages, upto)[1] for m in models])
 
 
 @lru_cache(maxsize=64)
@@ -240,16 +254,19 @@ class MDPPolicy(Policy):
         self.s0 = job.ticks * job.tick_s - job.task_s
         self.prices = (float(prices.on_demand), float(prices.spot if spot_price is None else spot_price))
         self.feasible = self.grid.T > 0 and self.grid.s0 >= self.grid.d
-        self.family = FAMILY if adaptive else FAMILY[:1]
-        self.logprior = np.array([-PRIOR_STEP * 2 * (abs(np.log2(u)) + abs(np.log2(d)))
-                                  for u, d in self.family])
+        fam = family_for(self.model, adaptive)
+        self.family = tuple(m for m, _ in fam)
+        self.logprior = np.array([lp for _, lp in fam])
         self.table = self.table_of(0)
         self.loglik = np.zeros(len(self.family))
         self.run_avail: bool | None = None
         self.run_start = 0.0
         self.runs_seen = 0
-        if history is not None and len(self.family) > 1:
-            self.loglik += self.history_loglik(history)
+        self.hist_tail: tuple[bool, int] | None = None  # (value, length s) of the zone's last run
+        if history is not None and len(history):
+            self.hist_tail = history_tail(history, job.tick_s)
+            if len(self.family) > 1:
+                self.loglik += self.history_loglik(history)
 
     def history_loglik(self, history) -> np.ndarray:
         """Log-likelihood of each family member for the zone's past availability (bool per job
@@ -272,13 +289,11 @@ class MDPPolicy(Policy):
         """The decision table of family member m (solved on first use, cached per job)."""
         if not self.feasible:
             return None
-        u, d = self.family[m]
-        return table_for(self.grid, self.model.scaled(u, d) if (u, d) != (1, 1) else self.model,
-                         *self.prices)
+        return table_for(self.grid, self.family[m], *self.prices)
 
     def run_loglik(self) -> np.ndarray:
         """(members, 2, max run) log P(run of L+1 steps) per family member, up (0) / down (1)."""
-        return _run_loglik(self.grid, self.model, self.family)
+        return _run_loglik(self.grid, self.family)
 
     def _observe_run_end(self, was_up: bool, length_s: float) -> None:
         """A run ended: update each member's likelihood (the first run, cut by the start, is skipped)."""
@@ -315,6 +330,10 @@ class MDPPolicy(Policy):
 
     def decide(self, obs: Observation) -> Decision:
         a = bool(obs.spot_available)
+        if self.run_avail is None and self.hist_tail is not None and self.hist_tail[0] == a:
+            # the run under way started before the job: its age is known from the past
+            self.run_avail, self.run_start = a, obs.elapsed_s - self.hist_tail[1]
+            self.runs_seen = 1
         if self.run_avail is None or a != self.run_avail:
             if self.run_avail is not None:
                 self._observe_run_end(self.run_avail, obs.elapsed_s - self.run_start)
@@ -336,10 +355,16 @@ class MDPPolicy(Policy):
         from .mdp_batch import MDPBatch
 
         b = MDPBatch(cls(job, prices), n)
-        if histories is not None:
-            for s, h in enumerate(histories):
-                b.loglik[s] += b.p.history_loglik(h)
+        for s, h in enumerate(histories or ()):
+            b.set_history(s, h)
         return b
+
+
+def history_tail(history, tick_s: int) -> tuple[bool, int]:
+    """(value, length in s) of the last run of a past availability series."""
+    h = np.asarray(history, bool)
+    change = np.flatnonzero(h != h[-1])
+    return bool(h[-1]), int((len(h) - (change[-1] + 1 if len(change) else 0)) * tick_s)
 
 
 def _guard(want: Decision, held: Decision, avail: bool, slack: float, left: float, job: Job

@@ -17,6 +17,17 @@ class MDPBatch(BatchPolicy):
         self.loglik = np.zeros((n, len(policy.family)))
         self.runs_seen = np.zeros(n, np.int64)
         self._dense: dict = {}
+        self.tail_val = np.full(n, -1, np.int8)  # the zone's last run before the job, if known
+        self.tail_len = np.zeros(n, np.int64)
+
+    def set_history(self, s: int, history) -> None:
+        if history is None or not len(history):
+            return
+        from .mdp import history_tail
+
+        v, length = history_tail(history, self.job.tick_s)
+        self.tail_val[s], self.tail_len[s] = int(v), length
+        self.loglik[s] += self.p.history_loglik(history) if len(self.p.family) > 1 else 0.0
 
     def _table(self, i, m):
         key = (i, m)
@@ -29,6 +40,11 @@ class MDPBatch(BatchPolicy):
     def decide(self, obs: BatchObs) -> np.ndarray:
         p, j = self.p, self.job
         a, held, left = obs.spot_available, obs.held, obs.overhead_left_s
+        first = (self.run_avail < 0) & (self.tail_val == a)
+        if first.any():
+            self.run_avail[first] = a[first]
+            self.run_start[first] = obs.elapsed_s - self.tail_len[first]
+            self.runs_seen[first] = 1
         new_run = self.run_avail != a
         ended = new_run & (self.run_avail >= 0)
         if ended.any():

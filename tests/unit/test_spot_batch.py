@@ -45,3 +45,15 @@ def test_on_demand_cost_is_the_simulated_one():
         job = Job(task_s=7 * G + 5, deadline_s=20 * G, overhead_s=d, tick_s=G)
         out = simulate(make_policy("on_demand", job), np.zeros(job.ticks, bool), job, Prices())
         assert on_demand_cost(job, Prices()) == pytest.approx(out.cost)
+
+
+def test_mdp_batch_with_histories_matches_scalar():
+    rng = np.random.default_rng(11)
+    job = Job(task_s=30 * G, deadline_s=40 * G, overhead_s=720, tick_s=G)
+    W = _windows(rng, 30, job.ticks)
+    hist = [_windows(rng, 1, int(rng.integers(0, 300)))[0] for _ in range(len(W))]
+    got = simulate_batch(batch_for("mdp", job, len(W), Prices(), hist), W, job, Prices())
+    for i, w in enumerate(W):
+        want = simulate(make_policy("mdp", job, Prices(), hist[i]), w, job, Prices())
+        assert got.cost[i] == pytest.approx(want.cost, rel=1e-12), i
+        assert got.met[i] and want.met
