@@ -54,9 +54,12 @@ class Grid:
     ages: int
 
     @classmethod
-    def for_job(cls, job: Job, ages: int = AGES) -> Grid:
+    def for_job(cls, job: Job, ages: int = AGES, step_s: int | None = None) -> Grid:
+        """The job's grid: step = the tick (ticks under MIN_GRID_S grouped to about 600 s), or
+        `step_s` rounded to whole ticks (a coarser grid: a smaller table, solved faster)."""
         g = job.tick_s
-        G = g if g >= MIN_GRID_S else g * max(1, round(600 / g))
+        target = step_s or (g if g >= MIN_GRID_S else 600)
+        G = g * max(1, round(target / g))
         d = job.overhead_s
         U = math.gcd(G, d) if d else G
         return cls(G, U, d, job.task_s, job.ticks * g // G, ages)
@@ -111,9 +114,8 @@ def _compress(dec: np.ndarray):
     change = np.ones((rows, W), bool)
     change[:, 1:] = dec[:, 1:] != dec[:, :-1]
     r, k = np.nonzero(change)
-    ptr = np.zeros(rows + 1, np.int32)
-    np.add.at(ptr, r + 1, 1)
-    return np.cumsum(ptr, dtype=np.int32), k.astype(np.int32), dec[r, k].astype(np.int8)
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=rows))]).astype(np.int32)
+    return ptr, k.astype(np.int32), dec[r, k].astype(np.int8)
 
 
 def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
@@ -125,8 +127,10 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
     Wp = W + pad
     od, sp = od_price * G / 3600.0, spot_price * G / 3600.0
     hu, hd = model.hazards(G, A)
-    pf = np.stack([hd, hu])[:, :, None]  # (a, age, 1): the run ends after this step
-    ps = 1.0 - pf
+    F = np.float32  # values in float32: half the memory traffic; decisions, not dollars, come out
+    pf = np.stack([hd, hu])[:, :, None].astype(F)  # (a, age, 1): the run ends after this step
+    ps = (1.0 - pf).astype(F)
+    od, sp = F(od), F(sp)
     nxt = np.minimum(np.arange(A) + 1, A - 1)
     L = [0] + [d - t * G for t in range(1, m)]  # unpaid overhead at the start of phase t
     refund = [x // U for x in L]
@@ -137,12 +141,12 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
 
     kk = np.arange(W)
     rem = s0 - kk * U  # remaining slack at k
-    no_idle = np.where(s0 - (kk + gs) * U >= d, 0.0, _INF)
-    no_spot_c = np.where(rem >= d, 0.0, _INF)
-    no_spot_sw = np.where(rem - d >= d, 0.0, _INF)
+    no_idle = np.where(s0 - (kk + gs) * U >= d, 0.0, _INF).astype(F)
+    no_spot_c = np.where(rem >= d, 0.0, _INF).astype(F)
+    no_spot_sw = np.where(rem - d >= d, 0.0, _INF).astype(F)
 
     def fresh():
-        return (np.zeros((2, A, Wp)), np.zeros((m, A, Wp)), np.zeros((m, 2, A, Wp)))
+        return (np.zeros((2, A, Wp), F), np.zeros((m, A, Wp), F), np.zeros((m, 2, A, Wp), F))
 
     VN, VS, VO = fresh()
     for arr in (VN, VS, VO):
@@ -153,7 +157,7 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
         EO = [ps * VO[t][:, nxt] + pf * VO[t][::-1, :1] for t in range(m)]
         ES = []
         for t in range(m):
-            lost = np.full(Wp, _INF)
+            lost = np.full(Wp, _INF, F)
             r = refund[t]
             lost[r:] = VN[0, 0, :Wp - r] if r else VN[0, 0]
             ES.append(ps[1] * VS[t][nxt] + pf[1] * lost[None, :])
@@ -163,21 +167,21 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
         od_c = od + EO[0][:, :, :W]
         sp_c = sp + ES[0][:, :W] + no_spot_c
         nVN, nVS, nVO = fresh()
-        opts = [
-            (R_N0, np.stack([idle[0], np.full_like(idle[0], _INF), od_sw[0]])),
-            (R_N1, np.stack([idle[1], sp_sw, od_sw[1]])),
-            (R_S, np.stack([idle[1], sp_c, od_sw[1]])),
-            (R_O0, np.stack([idle[0], np.full_like(idle[0], _INF), od_c[0]])),
-            (R_O1, np.stack([idle[1], sp_sw, od_c[1]])),
-        ]
         dec = np.empty((5, A, W), np.int8)
-        best = {}
-        for r, o in opts:
-            dec[r] = np.argmin(o, axis=0)
-            best[r] = np.min(o, axis=0)
-        nVN[0, :, :W], nVN[1, :, :W] = best[R_N0], best[R_N1]
-        nVS[0, :, :W] = best[R_S]
-        nVO[0, 0, :, :W], nVO[0, 1, :, :W] = best[R_O0], best[R_O1]
+        for r, o0, o1, o2, out in (
+                (R_N0, idle[0], None, od_sw[0], nVN[0, :, :W]),
+                (R_N1, idle[1], sp_sw, od_sw[1], nVN[1, :, :W]),
+                (R_S, idle[1], sp_c, od_sw[1], nVS[0, :, :W]),
+                (R_O0, idle[0], None, od_c[0], nVO[0, 0, :, :W]),
+                (R_O1, idle[1], sp_sw, od_c[1], nVO[0, 1, :, :W])):
+            # argmin over (idle, spot, on-demand), ties to the first, as np.argmin
+            if o1 is None:
+                np.minimum(o0, o2, out=out)
+                dec[r] = np.where(o2 < o0, 2, 0)
+            else:
+                m01 = np.minimum(o0, o1)
+                np.minimum(m01, o2, out=out)
+                dec[r] = np.where(o2 < m01, 2, np.where(o1 < o0, 1, 0))
         for t in range(1, m):  # in an overhead: carry on (or give up, for spot)
             nVS[t, :, :W] = np.minimum(np.minimum(sp + ES[nx(t)][:, :W] + no_spot_c, idle[1]),
                                        od_sw[1])
@@ -242,14 +246,17 @@ class MDPPolicy(Policy):
     name = "mdp"
     uses_prices = True
     uses_history = True  # the simulator passes the zone's availability before the job
+    grid_step_s: int | None = None  # None: the job's tick
+    shared_cache = True  # tables cached per process: the experiment runs it in one process
 
     def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
-                 spot_price: float | None = None, adaptive: bool = True, history=None):
+                 spot_price: float | None = None, adaptive: bool = True, history=None,
+                 grid_step_s: int | None = None):
         super().__init__(job)
         from .simulator import Prices
 
         prices = prices or Prices()
-        self.grid = Grid.for_job(job)
+        self.grid = Grid.for_job(job, step_s=grid_step_s or self.grid_step_s)
         self.model = model or default_model()
         self.s0 = job.ticks * job.tick_s - job.task_s
         self.prices = (float(prices.on_demand), float(prices.spot if spot_price is None else spot_price))

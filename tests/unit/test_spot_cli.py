@@ -29,8 +29,8 @@ def test_json_output(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     names = [s["policy"] for s in out["summary"]]
-    assert names == ["greedy", "uniform_progress", "slack_aware", "omniscient", "on_demand"]
-    assert len(out["rows"]) == 2 * 7 * 5
+    assert names == ["greedy", "uniform_progress", "slack_aware", "mdp", "omniscient", "on_demand"]
+    assert len(out["rows"]) == 2 * 7 * 6
     by = {s["policy"]: s for s in out["summary"]}
     assert by["on_demand"]["mean_norm_cost"] == pytest.approx(1.0)
     assert by["omniscient"]["mean_gap"] == pytest.approx(0.0)
