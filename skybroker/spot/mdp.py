@@ -6,7 +6,7 @@ depends on their age (fitted on past traces only). Costs: the tick prices of spo
 The MDP is the simulator's own state machine (see simulator.py) with that availability model in
 place of the trace, solved exactly by backward induction on a grid when the policy is built (cached
 per job; about 0.1-2 s):
-- grid step G = the job's tick (ticks under 300 s are grouped to about 600 s), slack unit
+- grid step G = the job's tick (ticks under 600 s are grouped to about 600 s), slack unit
   U = gcd(G, d), ages 1..A (A = 24 steps, the last one absorbing);
 - state at a step: k = slack consumed (units U, overhead counted when a switch starts, refunded if a
   preemption cuts it short), held h in {none, spot, on-demand}, phase of an unpaid overhead, spot
@@ -37,7 +37,7 @@ from .availmodel import AvailModel, default_model, prototypes
 from .policies import NONE, ON_DEMAND, SPOT, Decision, Job, Observation, Policy, register
 
 AGES = 24
-MIN_GRID_S = 300
+MIN_GRID_S = 600  # finer ticks are grouped to about 600 s (the fitting traces' step): better and faster
 _INF = np.inf
 _ACT = (NONE, SPOT, ON_DEMAND)
 # rows of the decision table: held none (spot down / up), held spot (up), on-demand (down / up)
