@@ -354,19 +354,31 @@ def print_gc_removed(orphans, warnings) -> None:
 SIM_DROP = ("gap p25", "gap p75", "p25", "p75", "OD h")
 
 
-def print_simulation(res, meta: dict) -> None:
-    n = sum(res.samples_per_trace.values())
-    _say(f"{n} samples over {len(res.samples_per_trace) - len(res.skipped)} trace(s); "
-         f"C = {meta['task_hours']:g} h, deadline {meta['deadline_hours']:g} h, "
-         f"d = {meta['overhead_hours']:g} h; on-demand ${meta['on_demand_price']:.4f}/h, "
-         f"spot ${meta['spot_price']:.4f}/h ({meta['prices_from']})")
-    for name, why in res.skipped.items():
-        _say(_m("yellow", f"skipped {name}: {why}"))
-    cols = [Col("policy", soft=None, min=10)] + [Col(c, "right") for c in (
-        "cost", "p25", "p75", "spot h", "OD h", "met", "gap", "gap p25", "gap p75")]
-    rows = [[s["policy"], f"{s['mean_norm_cost']:.4f}", f"{s['p25_norm_cost']:.4f}", f"{s['p75_norm_cost']:.4f}",
-             f"{s['spot_hours']:.1f}", f"{s['od_hours']:.1f}", f"{100 * s['deadline_met']:.0f}%",
-             f"{s['mean_gap']:.4f}", f"{s['p25_gap']:.4f}", f"{s['p75_gap']:.4f}"] for s in res.summary]
+def print_simulation(res, meta: dict, multi: bool = False) -> None:
+    if multi:
+        _say(f"{res.samples} samples, {len(meta['zones'])} zones as one ({meta['zones_text']}; "
+             f"on-demand ${meta['on_demand_price']:.4f}/h; {meta['prices_from']}); C = {meta['task_hours']:g} h, "
+             f"deadline {meta['deadline_hours']:g} h, d = {meta['overhead_hours']:g} h")
+        _say("single-zone omniscient, each zone alone: "
+             + ", ".join(f"{z} {c:.4f}" for z, c in zip(meta["zones"], meta["single_zone_omniscient"])))
+    else:
+        n = sum(res.samples_per_trace.values())
+        _say(f"{n} samples over {len(res.samples_per_trace) - len(res.skipped)} trace(s); "
+             f"C = {meta['task_hours']:g} h, deadline {meta['deadline_hours']:g} h, "
+             f"d = {meta['overhead_hours']:g} h; on-demand ${meta['on_demand_price']:.4f}/h, "
+             f"spot ${meta['spot_price']:.4f}/h ({meta['prices_from']})")
+        for name, why in res.skipped.items():
+            _say(_m("yellow", f"skipped {name}: {why}"))
+    names = ["cost", "p25", "p75", "spot h", "OD h", "met", "gap", "gap p25", "gap p75"] + (["vs omni"] if multi else [])
+    cols = [Col("policy", soft=None, min=10)] + [Col(c, "right") for c in names]
+    rows = []
+    for s in res.summary:
+        row = [s["policy"], f"{s['mean_norm_cost']:.4f}", f"{s['p25_norm_cost']:.4f}", f"{s['p75_norm_cost']:.4f}",
+               f"{s['spot_hours']:.1f}", f"{s['od_hours']:.1f}", f"{100 * s['deadline_met']:.0f}%",
+               f"{s['mean_gap']:.4f}", f"{s['p25_gap']:.4f}", f"{s['p75_gap']:.4f}"]
+        if multi:
+            row.append(f"{100 * s['vs_omniscient']:+.1f}%")
+        rows.append(row)
     _say(_m("dim", "cost normalised to always-on-demand; gap = (cost - omniscient) / on-demand"))
     _table(None, cols, rows, drop=SIM_DROP)
     _say(f"omniscient DP: {meta['omniscient_cpu_seconds']:.1f} s CPU")

@@ -17,7 +17,7 @@ from skybroker.errors import BrokerError, UsageError
 
 from .simulator import PAPER_ON_DEMAND_PRICE, PAPER_SPOT_PRICE, Prices
 
-DEFAULT_POLICIES = ("greedy", "uniform_progress", "slack_aware", "omniscient", "on_demand")
+DEFAULT_POLICIES = ("greedy", "uniform_progress", "slack_aware", "mdp", "omniscient", "on_demand")
 CLOUD_ORDER = ("aws", "gcp", "azure")
 
 
@@ -80,7 +80,8 @@ Examples:
               help="Trace JSON file or folder (repeatable; more files may follow as arguments).")
 @click.argument("more_traces", nargs=-1, metavar="[FILE]...")
 @click.option("--policy", "policies", multiple=True, metavar="NAME",
-              help="greedy, uniform_progress, slack_aware, omniscient, on_demand or all "
+              help="greedy, uniform_progress, slack_aware, mdp, omniscient, on_demand or all; with "
+                   "--multi-zone: mz_mdp, mz_mdp_view, mz_failover, mz_single, omniscient "
                    "(repeatable or comma-separated; default all).")
 @click.option("--task-hours", type=float, default=48.0, show_default=True, help="Compute time C.")
 @click.option("--deadline-hours", type=float, default=60.0, show_default=True, help="Deadline R.")
@@ -100,11 +101,19 @@ Examples:
               help=f"$/h (default {PAPER_ON_DEMAND_PRICE}, the paper's).")
 @click.option("--spot-price", type=float, default=None, help=f"$/h (default {PAPER_SPOT_PRICE}).")
 @click.option("--workers", type=int, default=None, help="Processes (default: up to 2).")
+@click.option("--multi-zone", is_flag=True,
+              help="Take the traces as simultaneous zones of one instance type (aligned by index).")
+@click.option("--zone-prices", default=None, metavar="P1,P2,...",
+              help="With --multi-zone: spot $/h per zone, in trace order (default: the catalogs).")
+@click.option("--no-history", is_flag=True,
+              help="Do not show policies the trace before each start (mdp learns from it).")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Draw the first sample: availability, markets, cumulative cost (matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print summary and per-sample rows as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the per-sample rows as CSV.")
 def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours, starts, seed,
              days, nodes, instance, cloud, region, zone, on_demand_price, spot_price, workers,
-             as_json, as_csv):
+             multi_zone, zone_prices, no_history, plot_path, as_json, as_csv):
     """Simulate deadline-aware spot policies on spot availability traces.
 
     Every sample is a random start in a trace; costs are normalised to always-on-demand on the same
@@ -119,6 +128,12 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
         raise UsageError(f"--nodes must be >= 1, got {nodes}")
     if days is not None and days <= 0:
         raise UsageError(f"--days must be > 0, got {days}")
+    if multi_zone:
+        return _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours,
+                           starts, seed, days, nodes, instance, on_demand_price, zone_prices,
+                           as_json, as_csv)
+    if zone_prices:
+        raise UsageError("--zone-prices needs --multi-zone")
     names = experiment.check_policies(list(policies) or list(DEFAULT_POLICIES))
     od, sp, where = PAPER_ON_DEMAND_PRICE, PAPER_SPOT_PRICE, "paper (p3.2xlarge us-west-2)"
     if instance:
@@ -133,13 +148,15 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
             raise UsageError(f"the {label} price must be > 0, got {v}")
     loaded = [load_trace(p).head(days) for p in _expand_traces(tuple(traces) + tuple(more_traces))]
     settings = experiment.Settings(task_hours, deadline_hours, overhead_hours, starts, seed,
-                                   Prices(od, sp), nodes)
+                                   Prices(od, sp), nodes, history=not no_history)
     from skybroker import render
 
     progress = render.Progress(quiet=as_json or as_csv)
     with progress:
         progress.event("simulate", f"simulating {len(loaded)} trace(s) × {starts} starts × {len(names)} policies")
         res = experiment.run(loaded, settings, names, workers, **_progress_hook(experiment.run, progress))
+    if plot_path and res.rows:
+        _plot(plot_path, loaded, settings, names)
     if not res.rows:
         reasons = "; ".join(f"{k}: {v}" for k, v in res.skipped.items())
         raise UsageError(f"no trace is long enough for this deadline ({reasons})",
@@ -166,6 +183,74 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
     _render(res, meta)
 
 
+def _plot(path, loaded, settings, names) -> None:
+    from .experiment import first_sample
+    from .plot import plot_sample
+
+    tr, job, avail, start, prices = first_sample(loaded, settings)
+    hist = avail[:start] if settings.history else None
+    plot_sample(path, avail[start:start + job.ticks], job, prices, names,
+                f"{tr.name}, start tick {start}: C = {settings.task_hours:g} h, deadline "
+                f"{settings.deadline_hours:g} h, d = {settings.overhead_hours:g} h", hist)
+    sys.stderr.write(f"wrote {path}\n")
+
+
+def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours, starts,
+                seed, days, nodes, instance, on_demand_price, zone_prices, as_json, as_csv):
+    from .mz_experiment import check_mz_policies, run_zones
+    from .policies import Job
+    from .traces import infer_nodes, load_trace
+    from .zones import align, zone_prices as catalog_zone_prices
+
+    paths = _expand_traces(tuple(traces) + tuple(more_traces))
+    loaded = [load_trace(p).head(days) for p in paths]
+    n = nodes or infer_nodes(paths[0])
+    zs = align(loaded, n)
+    inst = instance or zs.instance
+    if zone_prices:
+        try:
+            sp = [float(x) for x in zone_prices.split(",")]
+        except ValueError:
+            raise UsageError(f"--zone-prices must be numbers, got {zone_prices!r}") from None
+        if len(sp) != len(zs.names) or not all(v > 0 and math.isfinite(v) for v in sp):
+            raise UsageError(f"--zone-prices needs {len(zs.names)} prices > 0, got {zone_prices!r}")
+        od = on_demand_price or PAPER_ON_DEMAND_PRICE
+        where = "--zone-prices"
+    elif inst:
+        od, sp, where = catalog_zone_prices(zs.names, inst)
+        od = on_demand_price or od
+    else:
+        raise UsageError("no per-zone prices: the trace names imply no instance type",
+                         "pass --instance TYPE or --zone-prices P1,P2,...")
+    job = Job.from_hours(task_hours, deadline_hours, overhead_hours, zs.tick_s)
+    names = check_mz_policies(list(policies) or ["all"])
+    if "omniscient" not in names:
+        names.append("omniscient")
+    res = run_zones(zs, job, od, sp, names, starts, seed, n)
+    meta = {"zones": list(zs.names), "tick_s": zs.tick_s, "ticks": zs.ticks, "nodes": n,
+            "task_hours": task_hours, "deadline_hours": deadline_hours,
+            "overhead_hours": overhead_hours, "starts": res.samples, "seed": seed,
+            "on_demand_price": od, "spot_prices": sp, "prices_from": where,
+            "single_zone_omniscient": res.single_zone_omniscient,
+            "omniscient_cpu_seconds": round(res.dp_seconds, 3)}
+    if as_json:
+        json.dump({"settings": meta, "summary": res.summary,
+                   "rows": [r.as_dict() for r in res.rows]}, sys.stdout, default=_json_default)
+        sys.stdout.write("\n")
+        return
+    if as_csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=list(res.rows[0].as_dict()), lineterminator="\n")
+        w.writeheader()
+        for r in res.rows:
+            w.writerow(r.as_dict())
+        return
+    om = next(s for s in res.summary if s["policy"] == "omniscient")["mean_norm_cost"]
+    for s in res.summary:
+        s["vs_omniscient"] = s["mean_norm_cost"] / om - 1
+    meta["zones_text"] = ", ".join(f"{z} ${p:.4g}/h" for z, p in zip(zs.names, sp))
+    _render(res, meta, multi=True)
+
+
 def _json_default(o):
     if isinstance(o, float) and not math.isfinite(o):
         return
@@ -180,7 +265,7 @@ def _progress_hook(run, progress) -> dict:
     return {"on_progress": progress.update} if "on_progress" in inspect.signature(run).parameters else {}
 
 
-def _render(res, meta) -> None:
+def _render(res, meta, multi: bool = False) -> None:
     from skybroker import render
 
-    render.print_simulation(res, meta)
+    render.print_simulation(res, meta, multi=multi)

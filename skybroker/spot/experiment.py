@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from skybroker.errors import UsageError
 
 from . import omniscient
-from .policies import POLICIES, Job
+from .policies import Job, policy_class, policy_names
 from .simulator import Prices, Row, run_samples, sample_starts, summarise, windows
 from .traces import Trace
 
-ALL_POLICIES = ("on_demand", "greedy", "uniform_progress", "slack_aware", "omniscient")
+ALL_POLICIES = ("on_demand", "greedy", "uniform_progress", "slack_aware", "mdp", "omniscient")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Settings:
     seed: int = 0
     prices: Prices = field(default_factory=Prices)
     nodes: int | None = None  # None: from the trace path (`N-node` folder), else 1
+    history: bool = True  # policies that learn from a zone's past see the trace before each start
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Result:
 
 
 def check_policies(names: list[str]) -> list[str]:
-    known = set(POLICIES) | {"omniscient"}
+    known = set(policy_names()) | {"omniscient"}
     out: list[str] = []
     for n in names:
         for part in n.split(","):
@@ -58,20 +59,38 @@ def check_policies(names: list[str]) -> list[str]:
 
 
 def run_trace(trace: Trace, index: int, settings: Settings, policies: list[str],
-              nodes: int) -> tuple[list[Row], float, int, str | None]:
+              nodes: int, parent_policies: tuple = ()):
+    """(rows, DP seconds, samples, why skipped); `parent_policies` are simulated by the caller
+    (`run`) in its own process, with the returned (omniscient, starts)."""
     job = Job.from_hours(settings.task_hours, settings.deadline_hours, settings.overhead_hours,
                          trace.gap_seconds)
     avail = trace.availability(nodes)
     if len(trace) < job.ticks:
         return [], 0.0, 0, (f"covers {trace.hours:.1f} h, shorter than the "
-                            f"{settings.deadline_hours:g} h deadline")
+                            f"{settings.deadline_hours:g} h deadline"), None, None
     starts = sample_starts(len(trace), job.ticks, settings.starts, settings.seed, index)
     prices = Prices(settings.prices.on_demand, settings.prices.spot, nodes)
     t0 = time.process_time()
     om = omniscient.solve(windows(avail, starts, job.ticks), job, prices)
     dp = time.process_time() - t0
-    rows = run_samples(trace.name, avail, starts, job, prices, policies, om.as_dict())
-    return rows, dp, len(starts), None
+    rows = run_samples(trace.name, avail, starts, job, prices,
+                       [p for p in policies if p not in parent_policies], om.as_dict(), settings.history)
+    return rows, dp, len(starts), None, om.as_dict(), starts
+
+
+def first_sample(traces: list[Trace], settings: Settings):
+    """(trace, job, availability, start, prices) of the first sample of the first usable trace."""
+    from .traces import infer_nodes
+
+    for i, tr in enumerate(traces):
+        nodes = settings.nodes or infer_nodes(tr.path)
+        job = Job.from_hours(settings.task_hours, settings.deadline_hours, settings.overhead_hours,
+                             tr.gap_seconds)
+        if len(tr) >= job.ticks:
+            start = int(sample_starts(len(tr), job.ticks, settings.starts, settings.seed, i)[0])
+            return (tr, job, tr.availability(nodes), start,
+                    Prices(settings.prices.on_demand, settings.prices.spot, nodes))
+    raise UsageError("no trace is long enough for this deadline")
 
 
 def _run_trace_args(args):
@@ -85,10 +104,14 @@ def run(traces: list[Trace], settings: Settings, policies: list[str],
     Job.from_hours(settings.task_hours, settings.deadline_hours, settings.overhead_hours, 1)  # validate
     if settings.starts < 1:
         raise UsageError(f"--starts must be >= 1, got {settings.starts}")
+    # policies whose decision tables are solved per job and cached (mdp) run here, after the
+    # workers, so that the tables are solved once and not once per worker process
+    parent = tuple(p for p in policies if p != "omniscient"
+                   and getattr(policy_class(p), "shared_cache", False))
     jobs = []
     for i, tr in enumerate(traces):
         nodes = settings.nodes or infer_nodes(tr.path)
-        jobs.append((tr, i, settings, policies, nodes))
+        jobs.append((tr, i, settings, policies, nodes, parent))
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1, 2)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
@@ -99,8 +122,14 @@ def run(traces: list[Trace], settings: Settings, policies: list[str],
     dp = 0.0
     counts: dict[str, int] = {}
     skipped: dict[str, str] = {}
-    for tr, (r, t, n, why) in zip(traces, results):
+    for (tr, _, _, _, nodes, _), (r, t, n, why, om, starts) in zip(jobs, results):
         rows.extend(r)
+        if parent and om is not None:
+            job = Job.from_hours(settings.task_hours, settings.deadline_hours,
+                                 settings.overhead_hours, tr.gap_seconds)
+            prices = Prices(settings.prices.on_demand, settings.prices.spot, nodes)
+            rows.extend(run_samples(tr.name, tr.availability(nodes), starts, job, prices, list(parent),
+                                    om, settings.history))
         dp += t
         counts[tr.name] = n
         if why:

@@ -132,14 +132,32 @@ class UniformProgress(Policy):
     hysteresis rule; it is the reading that reproduces the paper's Table 3 (22.9 spot hours at
     fraction 0.8; leaving for idle as well gives 21.5 h and a higher cost, since the job then
     flaps between idle and on-demand, paying d each time).
+
+    Ties (issue 17), decided here and measured on the 2-week traces (first 13 days, 8 x 300 starts,
+    d = 0.2 h, fractions 0.6-0.9, `uniform_progress_tie` is the other reading):
+    - hysteresis, cp == ep(t + 2d) on on-demand: the paper's text ("stay on it until
+      cp(t) >= ep(t + 2d)") leaves on the tie; the authors' later simulator seed (ADRS
+      `initial_up.py`, `_hysteresis_condition() >= 0` keeps on-demand) stays. We follow the text.
+      With these deadlines the tie never occurs (0 of 9600 samples differ).
+    - idle rule, cp == ep(t): both the text ("cp(t) < ep(t)") and that code (`> 0`) are strict, so
+      an idle job level with the line stays idle. The tie happens at t = 0 whenever spot is down at
+      the start: reading it as "<=" would change 27-55% of the samples (mean gap 0.0661 -> 0.0668,
+      0.0602 -> 0.0603, 0.0735 -> 0.0737, 0.1069 -> 0.1062 at fractions 0.6, 0.7, 0.8, 0.9).
+      We keep the strict reading.
     """
 
     name = "uniform_progress"
+    tie_stays = False  # cp == ep(t + 2d) on on-demand: leave (the paper's text); see the docstring
 
     def __init__(self, job: Job):
         super().__init__(job)
         self.committed = False
         self.rate = job.task_s / job.deadline_s
+
+    def _hold_od(self, cp, t, d) -> bool:
+        """Hysteresis: still short of ep(t + 2d) (or level with it, for the tie-stays reading)."""
+        ep = (t + 2 * d) * self.rate
+        return cp <= ep if self.tie_stays else cp < ep
 
     def decide(self, obs: Observation) -> Decision:
         if self.committed:
@@ -150,7 +168,7 @@ class UniformProgress(Policy):
             self.committed = True
             return ON_DEMAND
         cp, t, d = obs.progress_s, obs.elapsed_s, self.job.overhead_s
-        if obs.held is ON_DEMAND and (not obs.spot_available or cp < (t + 2 * d) * self.rate):
+        if obs.held is ON_DEMAND and (not obs.spot_available or self._hold_od(cp, t, d)):
             return ON_DEMAND
         if obs.spot_available:
             return SPOT
@@ -254,11 +272,21 @@ class SlackAware(Policy):
         return ON_DEMAND
 
 
+class UniformProgressTie(UniformProgress):
+    """Uniform Progress with the other reading of the hysteresis tie: on on-demand with
+    cp == ep(t + 2d) it stays (the authors' later simulator code keeps on-demand while
+    ep(t + 2d) - cp >= 0). Kept for comparison; see UniformProgress."""
+
+    name = "uniform_progress_tie"
+    tie_stays = True
+
+
 POLICIES: dict[str, type[Policy]] = {
     SlackAware.name: SlackAware,
     OnDemand.name: OnDemand,
     Greedy.name: Greedy,
     UniformProgress.name: UniformProgress,
+    UniformProgressTie.name: UniformProgressTie,
 }
 
 
@@ -267,10 +295,35 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-def make_policy(name: str, job: Job) -> Policy:
+# policies in modules that need numpy, imported on first use (they register themselves)
+LAZY = {"mdp": "skybroker.spot.mdp"}
+
+
+def policy_names() -> list[str]:
+    return sorted(set(POLICIES) | set(LAZY))
+
+
+def policy_class(name: str) -> type[Policy]:
+    if name in LAZY and name not in POLICIES:
+        import importlib
+
+        importlib.import_module(LAZY[name])
     try:
-        cls = POLICIES[name]
+        return POLICIES[name]
     except KeyError:
         raise UsageError(f"unknown policy {name!r}",
-                         "choose from: " + ", ".join(sorted([*POLICIES, "omniscient"]))) from None
-    return cls(job)
+                         "choose from: " + ", ".join([*policy_names(), "omniscient"])) from None
+
+
+def make_policy(name: str, job: Job, prices=None, history=None) -> Policy:
+    """A fresh policy object for one job run. Policies whose decisions depend on the prices
+    (`uses_prices`, e.g. `mdp`) take them from `prices` (a `simulator.Prices`; default the paper's);
+    those that learn from the zone's past (`uses_history`) take `history`, the spot availability
+    per tick before the job (None: unknown)."""
+    cls = policy_class(name)
+    kw = {}
+    if getattr(cls, "uses_prices", False):
+        kw["prices"] = prices
+    if getattr(cls, "uses_history", False) and history is not None:
+        kw["history"] = history
+    return cls(job, **kw)

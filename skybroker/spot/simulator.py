@@ -152,30 +152,47 @@ class Row:
 
 
 def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job, prices: Prices,
-                policies: list[str], omniscient: dict | None) -> list[Row]:
+                policies: list[str], omniscient: dict | None, use_history: bool = True) -> list[Row]:
     """Simulate `policies` on every start; `omniscient` holds the DP results for the same starts
-    (arrays `cost`, `spot_hours`, `od_hours`), used for the gap and as a row of its own."""
-    rows: list[Row] = []
+    (arrays `cost`, `spot_hours`, `od_hours`), used for the gap and as a row of its own.
+    With `use_history`, policies that learn from a zone's past (`uses_history`) see the trace
+    before each start (only the past: the same data a broker watching the zone would have).
+    Policies with a batch version run vectorised over the starts (same outcomes as `simulate`)."""
+    from .batch import on_demand_cost, simulate_batch, batch_for
+
     n = job.ticks
+    W = windows(avail, starts, n) if len(starts) else np.zeros((0, n), bool)
+    od_cost = on_demand_cost(job, prices)
+    ns = len(starts)
+    if omniscient is not None:
+        o_cost = np.asarray(omniscient["cost"], float)
+        o_met = np.isfinite(o_cost)
+    else:
+        o_cost, o_met = np.full(ns, np.nan), np.ones(ns, bool)
+    res = []
+    for name in policies:
+        if name == "omniscient":
+            if omniscient is None:
+                continue
+            res.append((name, o_cost, np.asarray(omniscient["spot_hours"]),
+                        np.asarray(omniscient["od_hours"]), o_met))
+            continue
+        hist = [avail[:s] for s in starts.tolist()] if use_history else None
+        bp = batch_for(name, job, ns, prices, hist)
+        if bp is not None:
+            out = simulate_batch(bp, W, job, prices)
+            res.append((name, out.cost, out.spot_hours, out.od_hours, out.met))
+        else:
+            outs = [simulate(make_policy(name, job, prices, None if hist is None else hist[k]), w, job,
+                             prices) for k, w in enumerate(W)]
+            res.append((name, *(np.array([getattr(o, f) for o in outs])
+                                for f in ("cost", "spot_hours", "od_hours", "met"))))
+    rows: list[Row] = []
     for s_idx, start in enumerate(starts.tolist()):
-        win = avail[start:start + n]
-        base = simulate(make_policy("on_demand", job), win, job, prices)
-        od_cost = base.cost
-        o_cost = float(omniscient["cost"][s_idx]) if omniscient is not None else float("nan")
-        o_met = bool(np.isfinite(o_cost)) if omniscient is not None else True
-        for name in policies:
-            if name == "omniscient":
-                if omniscient is None:
-                    continue
-                out = Outcome(o_cost, float(omniscient["spot_hours"][s_idx]),
-                              float(omniscient["od_hours"][s_idx]), o_met, float("nan"))
-            elif name == "on_demand":
-                out = base
-            else:
-                out = simulate(make_policy(name, job), win, job, prices)
-            rows.append(Row(trace_name, int(start), name, out.cost, out.cost / od_cost,
-                            (out.cost - o_cost) / od_cost, out.spot_hours, out.od_hours, out.met,
-                            o_met))
+        for name, cost, sh, oh, met in res:
+            c = float(cost[s_idx])
+            rows.append(Row(trace_name, int(start), name, c, c / od_cost, (c - o_cost[s_idx]) / od_cost,
+                            float(sh[s_idx]), float(oh[s_idx]), bool(met[s_idx]), bool(o_met[s_idx])))
     return rows
 
 

@@ -29,8 +29,8 @@ def test_json_output(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     names = [s["policy"] for s in out["summary"]]
-    assert names == ["greedy", "uniform_progress", "slack_aware", "omniscient", "on_demand"]
-    assert len(out["rows"]) == 2 * 7 * 5
+    assert names == ["greedy", "uniform_progress", "slack_aware", "mdp", "omniscient", "on_demand"]
+    assert len(out["rows"]) == 2 * 7 * 6
     by = {s["policy"]: s for s in out["summary"]}
     assert by["on_demand"]["mean_norm_cost"] == pytest.approx(1.0)
     assert by["omniscient"]["mean_gap"] == pytest.approx(0.0)
@@ -92,3 +92,30 @@ def test_prices_from_the_catalog(tmp_path):
                                       "--starts", "2", "--instance", "p3.2xlarge", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["settings"]["spot_price"] == pytest.approx(sp)
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = _trace(tmp_path, _pattern(400))
+    png = tmp_path / "s.png"
+    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                      "--starts", "2", "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_mpl(name, *a, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                      "--starts", "2", "--plot", str(tmp_path / "x.png"), "--json"])
+    assert isinstance(r.exception, UsageError) and "matplotlib" in r.exception.message

@@ -96,3 +96,21 @@ def test_known_schedules():
     # the deadline is too close for any schedule
     tight = Job(task_s=4 * g, deadline_s=4 * g + 100, overhead_s=720, tick_s=g)
     assert math.isinf(omniscient.solve(all_spot, tight, Prices()).cost[0])
+
+
+def test_plan_replays_to_the_optimal_cost():
+    from skybroker.spot.simulator import run_plan
+
+    rng = np.random.default_rng(5)
+    for g, d, slack in [(600, 720, 5), (600, 180, 3), (300, 720, 9), (600, 0, 4), (600, 1500, 6)]:
+        job = Job(task_s=20 * 600, deadline_s=20 * 600 + slack * g + 11, overhead_s=d, tick_s=g)
+        for _ in range(15):
+            av = rng.random(job.ticks) < rng.uniform(0.2, 0.9)
+            want = omniscient.solve(av[None], job, Prices())
+            p = omniscient.plan(av, job, Prices())
+            if not np.isfinite(want.cost[0]):
+                assert p == []
+                continue
+            out = run_plan(p, av, job, Prices())
+            assert out.met and out.cost == pytest.approx(want.cost[0], rel=1e-12)
+            assert out.spot_hours == pytest.approx(want.spot_hours[0])

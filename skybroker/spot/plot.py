@@ -1,0 +1,93 @@
+"""`broker simulate --plot FILE.png`: one sample drawn as a picture (matplotlib, an optional extra).
+
+Three panels over the job's wall-clock time: the spot availability of the window, the market each
+policy (and the omniscient schedule) holds every tick, and each one's cumulative cost against the
+omniscient's. matplotlib is imported only here, with the Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from skybroker.errors import UsageError
+
+from . import omniscient
+from .policies import NONE, ON_DEMAND, SPOT, Job, make_policy
+from .simulator import Prices, simulate
+
+_COLOR = {SPOT: "#2a9d8f", ON_DEMAND: "#e76f51", NONE: "#f1f1f1"}
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed",
+                         "pip install 'skybroker[plot]' (or: pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class _Recorder:
+    def __init__(self, policy):
+        self.p, self.name, self.trail = policy, policy.name, []
+
+    def decide(self, obs):
+        x = self.p.decide(obs)
+        self.trail.append(x)
+        return x
+
+
+def schedules(avail: np.ndarray, job: Job, prices: Prices, policies: list[str], history=None
+              ) -> dict[str, list]:
+    """Per policy (and "omniscient"), the decision of every tick until done."""
+    out = {}
+    for name in policies:
+        if name == "omniscient":
+            out[name] = omniscient.plan(avail, job, prices)
+            continue
+        rec = _Recorder(make_policy(name, job, prices, history))
+        simulate(rec, avail, job, prices)
+        out[name] = rec.trail
+    return out
+
+
+def plot_sample(path: str, avail: np.ndarray, job: Job, prices: Prices, policies: list[str],
+                title: str, history=None) -> dict[str, list]:
+    plt = _matplotlib()
+    names = [p for p in policies if p != "on_demand"]
+    if "omniscient" not in names:
+        names.append("omniscient")
+    sched = schedules(avail[:job.ticks], job, prices, names, history)
+    od_tick, spot_tick = prices.per_tick(job.tick_s)
+    price = {SPOT: spot_tick, ON_DEMAND: od_tick, NONE: 0.0}
+    hours = np.arange(job.ticks + 1) * job.tick_s / 3600.0
+    fig, ax = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True,
+                           gridspec_kw={"height_ratios": [1, 0.35 * len(names) + 0.5, 2]})
+    ax[0].step(hours[:-1], avail[:job.ticks].astype(int), where="post", color="#264653")
+    ax[0].set_yticks([0, 1], ["down", "up"])
+    ax[0].set_title(title, fontsize=10)
+    ax[0].set_ylabel("spot")
+    for row, name in enumerate(names):
+        for i, x in enumerate(sched[name]):
+            if x is not NONE:
+                ax[1].barh(row, job.tick_s / 3600.0, left=hours[i], height=0.8, color=_COLOR[x],
+                           linewidth=0)
+    ax[1].set_yticks(range(len(names)), names, fontsize=8)
+    ax[1].invert_yaxis()
+    ax[1].set_ylabel("market")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOR[m]) for m in (SPOT, ON_DEMAND)]
+    ax[1].legend(handles, ["spot", "on-demand"], loc="upper right", fontsize=8, ncol=2)
+    for name in names:
+        c = np.concatenate([[0.0], np.cumsum([price[x] for x in sched[name]])])
+        style = {"color": "black", "linewidth": 2.2} if name == "omniscient" else {"linewidth": 1.3}
+        ax[2].plot(hours[:len(c)], c, label=f"{name} ${c[-1]:.2f}", **style)
+    ax[2].axvline(job.deadline_s / 3600.0, color="grey", linestyle=":", linewidth=1)
+    ax[2].set_ylabel("cumulative cost ($)")
+    ax[2].set_xlabel("hours since the job started")
+    ax[2].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return sched
