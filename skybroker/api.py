@@ -96,8 +96,13 @@ def show_gpus(name: str | None = None, cloud: str | None = None, *, region: str 
     if count is not None and count <= 0:
         raise UsageError(f"--count {count:g}: must be positive")
     clouds = (normalize_cloud(cloud, "--cloud"),) if cloud else CLOUDS
-    if any(c not in CLOUDS for c in clouds):
-        raise UsageError(f"{cloud} has no price catalog", f"pick one of {', '.join(CLOUDS)}")
+    if cloud and clouds[0] not in CLOUDS:
+        prov = registry.get(clouds[0], sdk=False)
+        if not prov.capabilities.accelerators:
+            raise UsageError(f"the {clouds[0]} cloud offers no accelerators", f"pick one of {', '.join(CLOUDS)}")
+        return [GpuRow(acc, n, prov.name, price, where, None, None, itype)  # what the provider has now
+                for acc, n, where, itype, price in registry.get(clouds[0]).accelerator_inventory(region)
+                if (name is None or acc.lower() == name.lower()) and (count is None or n >= count)]
     if region:
         with_region = tuple(c for c in clouds if region in catalog.regions(c))
         if not with_region:

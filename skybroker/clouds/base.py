@@ -115,6 +115,12 @@ class Provider:
         a list of skybroker.optimizer.Candidate."""
         return []
 
+    def accelerator_inventory(self, region: str | None = None) -> list[tuple[str, float, str, str | None, float]]:
+        """For providers without a catalog: (accelerator, count per node, where, instance type, $/h) of
+        what they can offer now (`broker show-gpus --cloud NAME`). Catalog providers are read from their
+        catalog instead."""
+        return []
+
     def default_shape(self, res, spec):
         """Provider-specific default (cpus, memory) Amounts for a spec when the task names neither, or
         None for the general default. (GCP sizes N1 GPU hosts like the matching AWS instance.)"""

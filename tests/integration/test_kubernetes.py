@@ -383,3 +383,12 @@ def test_gc_finds_and_removes_an_orphan(cloud, fake):
     assert scan.scanned == {"kubernetes": 1} and scan.skipped == []
     gc.remove(scan.orphans)
     assert fake.pods() == [] and fake.objects["services"] == {} and fake.objects["secrets"] == {}
+
+
+def test_show_gpus_lists_what_the_cluster_nodes_have(fake):
+    from skybroker import api
+
+    rows = api.show_gpus(cloud="k8s")
+    got = {(r.name, r.count, r.cloud) for r in rows}
+    assert ("A100", 2.0, "kubernetes") in got and ("L4", 1.0, "kubernetes") in got, got
+    assert [r.name for r in api.show_gpus("L4", cloud="kubernetes")] == ["L4"]

@@ -278,6 +278,21 @@ class KubernetesCloud(Provider):
                                  gpu, float(n or 0), False, cfg.price(ctx, cpus, mem, gpu, n), 1))
         return out
 
+    def accelerator_inventory(self, region: str | None = None) -> list:
+        """Per context, the GPUs its nodes have (the largest count one node holds), priced as configured."""
+        out = {}
+        for ctx in ([region] if region else cfg.contexts_for_plan()):
+            if ctx is None:
+                continue
+            for nd in self._nodes_or_none(ctx) or []:
+                name, n, _, _ = node_gpus(nd)
+                if name and n >= 1:
+                    key = (name, ctx)
+                    if n > out.get(key, 0):
+                        out[key] = n
+        return [(name, float(n), ctx, instance_type(0, 0, name, n), cfg.price(ctx, 0, 0, name, n))
+                for (name, ctx), n in sorted(out.items())]
+
     def _nodes(self, ctx: str) -> list[dict]:
         with _nodes_lock:
             hit = _nodes_cache.get(ctx)
