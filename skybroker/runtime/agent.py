@@ -825,17 +825,85 @@ def cmd_cancel(args):
     return 0
 
 
-def cmd_idle_seconds(args):
-    conn = _db()
+def _idle(conn):
     _reconcile(conn)
     if conn.execute("SELECT COUNT(*) FROM jobs WHERE " + _ACTIVE_SQL).fetchone()[0]:
-        idle = 0.0
-    else:
-        created = float(conn.execute("SELECT v FROM meta WHERE k='created_at'").fetchone()[0])
-        ended = conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()[0]
-        idle = max(0.0, time.time() - max(created, ended or 0.0))
-    _out({"idle_seconds": idle})
+        return 0.0
+    created = float(conn.execute("SELECT v FROM meta WHERE k='created_at'").fetchone()[0])
+    armed = conn.execute("SELECT v FROM meta WHERE k='autostop_armed_at'").fetchone()
+    ended = conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()[0]
+    return max(0.0, time.time() - max(created, float(armed[0]) if armed else 0.0, ended or 0.0))
+
+
+def cmd_idle_seconds(args):
+    _out({"idle_seconds": _idle(_db())})
     return 0
+
+
+# ------------------------------------------------------------------------------------ autostop on the node
+# Autostop that needs no broker process anywhere: the node itself runs the provider's self-stop command
+# (e.g. `sudo shutdown -h now` on an instance whose shutdown behaviour is stop or terminate) once it has
+# been idle long enough. One watcher per node (a detached process holding autostop.lock).
+
+def _meta(conn, key):
+    row = conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def cmd_autostop(args):
+    conn = _db()
+    with _txn(conn):
+        conn.execute("DELETE FROM meta WHERE k IN ('autostop_idle', 'autostop_cmd', 'autostop_every', "
+                     "'autostop_armed_at')")
+        if not args.clear:
+            if args.idle_seconds is None or args.idle_seconds < 0 or not args.command:
+                raise AgentError("autostop: give --idle-seconds S (>= 0) and --command CMD, or --clear")
+            for k, v in (("autostop_idle", args.idle_seconds), ("autostop_cmd", args.command),
+                         ("autostop_every", args.every), ("autostop_armed_at", time.time())):
+                conn.execute("INSERT INTO meta VALUES (?, ?)", (k, repr(v) if not isinstance(v, str) else v))
+    if not args.clear:
+        _spawn_watcher()
+    _out({"armed": not args.clear})
+    return 0
+
+
+def _spawn_watcher():
+    import subprocess
+
+    lock = os.path.join(_base(), "autostop.lock")
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a watcher holds it: it rereads the settings every round
+        fcntl.flock(f, fcntl.LOCK_UN)
+    with open(os.path.join(_base(), "autostop.log"), "ab") as log:
+        subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "_autostop_watch"], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=log, cwd=_base(), start_new_session=True, close_fds=True)
+
+
+def cmd_autostop_watch(args):
+    lock = open(os.path.join(_base(), "autostop.lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0
+    conn = _db()
+    while True:
+        idle_for, command = _meta(conn, "autostop_idle"), _meta(conn, "autostop_cmd")
+        if idle_for is None or command is None:
+            return 0  # cleared
+        if _idle(conn) >= float(idle_for):
+            import subprocess
+
+            with _txn(conn):
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('autostop_fired_at', ?)", (repr(time.time()),))
+                conn.execute("DELETE FROM meta WHERE k IN ('autostop_idle', 'autostop_cmd')")
+            sys.stdout.write("%s idle for %ss: running %s\n" % (time.strftime("%F %T"), idle_for, command))
+            sys.stdout.flush()
+            subprocess.call(["/bin/sh", "-c", command])
+            return 0
+        time.sleep(float(_meta(conn, "autostop_every") or 10))
 
 
 def cmd_version(args):
@@ -858,6 +926,10 @@ _COMMANDS = {
     "wait": ("cmd_wait", [("job_id", int, 1)], {"--timeout": ("timeout", float, None)}),
     "cancel": ("cmd_cancel", [("job_ids", int, "*")], {"--all": ("all", bool, False)}),
     "idle-seconds": ("cmd_idle_seconds", [], {}),
+    "autostop": ("cmd_autostop", [], {"--idle-seconds": ("idle_seconds", float, None),
+                                      "--command": ("command", str, None), "--every": ("every", float, 10.0),
+                                      "--clear": ("clear", bool, False)}),
+    "_autostop_watch": ("cmd_autostop_watch", [], {}),
     "version": ("cmd_version", [], {}),
     "_runner": ("cmd_runner", [("job_id", int, 1)], {}),
 }

@@ -112,6 +112,13 @@ class AgentClient:
     def idle_seconds(self) -> float:
         return float(self._call("idle-seconds")["idle_seconds"])
 
+    def autostop(self, idle_seconds: float | None, command: str | None = None, every: float = 10.0) -> None:
+        """Arm the node's own autostop (the node runs `command` once idle that long), or clear it (None)."""
+        if idle_seconds is None:
+            self._call("autostop", "--clear")
+        else:
+            self._call("autostop", "--idle-seconds", idle_seconds, "--command", command, "--every", every)
+
     def claim(self, paths: Iterable[str]) -> list[str]:
         paths = list(paths)
         return self._call("claim", *paths).get("claimed", []) if paths else []
