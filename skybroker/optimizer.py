@@ -1,17 +1,32 @@
 """The optimizer: a pure function from (task, offers, enabled clouds, blocklist) to ranked candidates.
 
-Exact: for each (resources candidate, cloud) it walks instance specs in order of their catalog-wide
-minimum price (a valid lower bound) and stops only when the next spec's bound exceeds the K-th best
-price already found, so no cheaper feasible offer is ever missed.
+Exact: for each (resources candidate, cloud) it merges the catalog's shape groups whose shape can fit the
+request, each already sorted by its specs' catalog-wide minimum price (a valid lower bound), and stops only
+when the next spec's bound exceeds the K-th best price already found, so no cheaper feasible offer is ever
+missed. The work grows with the number of fitting shape groups and the specs cheaper than the answer, not
+with the catalog: groups of other shapes (or other accelerators) are never parsed.
+
+What is chosen (SkyPilot's semantics):
+  - A CPU-only task (no accelerator, no instance type) gets at least 4 GiB per vCPU whenever `memory` is
+    not given (`memory: 4x`), and `cpus: 8+` when neither `cpus` nor `memory` is given.
+  - Burstable machines (catalog flag: AWS t2/t3/t3a/t4g, Azure B-series, GCP shared-core e2/f1/g1),
+    confidential-computing sizes (Azure DC/EC/NCC) and Arm machines are used only when the task names the
+    instance type. When a burstable machine would have
+    been cheaper than the chosen one, the plan records it (`Plan.skipped`).
+  - Prices the catalog flags as suspicious (far below the same machine elsewhere) are shown but never
+    chosen unless `allow_suspicious=True`; a skipped cheaper flagged offer is recorded on the plan.
 
 Ranking (deterministic, documented in the README):
   1. preference group (`ordered` / accelerator lists: earlier first),
   2. hourly price per node,
   3. provider in the registry's order (clouds/registry.py),
-  4. region name, 5. zone name, 6. instance type, 7. accelerator name.
+  4. newer machine generation first (catalog column: r6i before r5, a3-highgpu before a3-edgegpu, as
+     SkyPilot prefers the current generation at equal price),
+  5. region name, 6. zone name, 7. instance type, 8. accelerator name.
 
 Pricing: on-demand per region, spot per zone (Azure spot per region). GCP GPU machines are host + GPU
-(already combined in the catalog). A cluster of N nodes is placed in one zone; its price is N × node.
+(already combined in the catalog); a TPU VM costs its TPU slice. A cluster of N nodes is placed in one
+zone; its price is N × node.
 
 No cloud is named here: each provider (clouds/base.py) says whether its offers come from a catalog or are
 virtual (this machine, SSH pools), whether it is only used when named, and any default machine shape of
@@ -19,17 +34,20 @@ its own (GCP sizes N1 GPU hosts); `providers` is the registry unless a test pass
 """
 from __future__ import annotations
 
+import functools
 import heapq
-import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
 
 from . import catalog as _catalog
 from .catalog.model import InstanceSpec, Offer
 from .errors import NoFeasibleError
+from .offer_views import _view  # the catalog index, or an in-memory one for a specs function
 from .resources import DEFAULT_CPUS, DEFAULT_MEMORY_PER_CPU, Amount, Resources
 
 PER_CLOUD = 4  # distinct instance specs kept per (resources, cloud) for the alternatives table
+SUSPECTS = "suspects"  # head of the stream of specs with a suspicious offer (see _streams)
+_EPS = 1e-12
 
 
 def _providers():
@@ -95,12 +113,40 @@ class Candidate:
     def infra(self) -> str:
         return "/".join(p for p in (self.cloud, self.region, self.zone) if p)
 
+    @property
+    def suspicious(self) -> bool:
+        return self.offer is not None and self.offer.suspicious
+
+    @property
+    def is_tpu(self) -> bool:
+        """A GCP TPU VM (instance type `TPU-VM`, accelerator `tpu-…`)."""
+        return self.offer is not None and self.offer.spec.is_tpu
+
     def sort_key(self) -> tuple:
-        return (self.group, round(self.price, 9), _providers().order(self.cloud),
+        gen = self.offer.spec.generation if self.offer is not None else 0
+        return (self.group, round(self.price, 9), _providers().order(self.cloud), -gen,
                 self.region or "", self.zone or "", self.instance_type, self.accelerator_name or "")
 
     def accelerators(self) -> str | None:
         return f"{self.accelerator_name}:{self.accelerator_count:g}" if self.accelerator_name else None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A cheaper offer the plan did not choose: `reason` is "burstable" (used only when named by
+    `instance_type`) or "suspicious" (a price flagged as a likely catalog anomaly; `allow_suspicious`)."""
+
+    reason: str
+    candidate: Candidate
+
+    def sentence(self) -> str:
+        c = self.candidate
+        what = f"{c.instance_type} on {c.infra} at ${c.price:.4g}/h"
+        if self.reason == "burstable":
+            return (f"burstable machines are not used unless named by `instance_type` (the cheapest, {what}, "
+                    "was skipped)")
+        return (f"a cheaper price flagged as a likely catalog anomaly was skipped ({what}); "
+                "allow it with --allow-suspicious-prices")
 
 
 @dataclass(frozen=True)
@@ -110,10 +156,20 @@ class Plan:
     clouds: tuple[str, ...]
     clouds_note: str | None = None
     blocked: tuple[Block, ...] = ()
+    skipped: tuple[Skipped, ...] = ()  # cheaper than the chosen one, in its preference group; one per reason
+    allow_suspicious: bool = False
 
     @property
     def chosen(self) -> Candidate:
-        return self.candidates[0]
+        """The best candidate that may be chosen (flagged prices only with allow_suspicious)."""
+        for c in self.candidates:
+            if self.allow_suspicious or not c.suspicious:
+                return c
+        raise NoFeasibleError("every candidate has a suspicious price")  # optimize() never builds this
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(s.sentence() for s in self.skipped)
 
     def best_per_cloud(self) -> list[Candidate]:
         seen: dict[str, Candidate] = {}
@@ -122,24 +178,27 @@ class Plan:
         return list(seen.values())
 
 
-# ----------------------------------------------------------------------------------------------
-
 OfferSource = Callable[[str], Sequence[InstanceSpec]]
 
 
+# ----------------------------------------------------------------------------------------------
+
 def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, clouds_note: str | None = None,
              specs: OfferSource | None = None, offers: Callable[[InstanceSpec], Sequence[Offer]] | None = None,
-             virtual: Callable[[str, Resources], Sequence[Candidate]] | None = None) -> Plan:
+             virtual: Callable[[str, Resources], Sequence[Candidate]] | None = None,
+             allow_suspicious: bool = False) -> Plan:
     """Rank every feasible candidate place for `task`. Raises NoFeasibleError (with a suggestion) when
     nothing fits. `specs`/`offers` default to the committed catalogs; `virtual` (default: the
     providers' own `virtual_offers`) supplies the zero-price providers without a catalog, and is only
-    consulted for providers the task names explicitly."""
-    specs = specs or _catalog.specs
+    consulted for providers the task names explicitly. Offers with a suspicious price are kept in the
+    ranking (for display) but chosen only with `allow_suspicious`."""
     offers = offers or _catalog.offers
     virtual = virtual or (lambda cloud, res: _provider(cloud).virtual_offers(res))
     clouds = tuple(clouds)
     blocks = tuple(blocklist)
+    views: dict = {}
     found: list[Candidate] = []
+    skipped: list[Skipped] = []
     for gi, group in enumerate(task.groups):
         for res in group:
             for cloud in _clouds_for(res, clouds):
@@ -147,11 +206,26 @@ def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, cl
                     found.extend(replace(c, group=gi, num_nodes=task.num_nodes) for c in virtual(cloud, res)
                                  if not _blocked(blocks, c))
                     continue
-                found.extend(_search(res, gi, cloud, task.num_nodes, blocks, specs, offers))
-    if not found:
-        raise NoFeasibleError(*explain_infeasible(task, clouds, blocks, specs, offers, virtual))
+                view = _view(cloud, specs, views)
+                got, skip = _search_full(res, gi, cloud, task.num_nodes, blocks, view, offers, allow_suspicious)
+                found.extend(got)
+                skipped.extend(skip)
     found.sort(key=Candidate.sort_key)
-    return Plan(task.num_nodes, tuple(_dedupe(found)), clouds, clouds_note, blocks)
+    ranked = tuple(_dedupe(found))
+    if not any(allow_suspicious or not c.suspicious for c in ranked):
+        if ranked:
+            c = ranked[0]
+            raise NoFeasibleError(f"only offers with a suspicious price fit (cheapest: {c.instance_type} on "
+                                  f"{c.infra} at ${c.price:.4g}/h, far below its price elsewhere)",
+                                  "check the price, then pass --allow-suspicious-prices to use it")
+        raise NoFeasibleError(*explain_infeasible(task, clouds, blocks, specs, offers, virtual))
+    plan = Plan(task.num_nodes, ranked, clouds, clouds_note, blocks, allow_suspicious=allow_suspicious)
+    best = plan.chosen
+    kept: dict[str, Skipped] = {}
+    for s in sorted(skipped, key=lambda s: s.candidate.sort_key()):
+        if s.candidate.group == best.group and s.candidate.price < best.price - _EPS:
+            kept.setdefault(s.reason, s)
+    return replace(plan, skipped=tuple(kept.values()))
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:
@@ -174,10 +248,17 @@ def _blocked(blocks: tuple[Block, ...], c: Candidate) -> bool:
     return any(b.matches(c.cloud, c.region, c.zone, c.instance_type) for b in blocks)
 
 
-def spec_admits(res: Resources, spec: InstanceSpec) -> bool:
-    """Shape-level feasibility (no place, no price)."""
-    if res.instance_type and spec.instance_type != res.instance_type:
-        return False
+# ----------------------------------------------------------------------------------------------
+# Feasibility
+
+def spec_admits(res: Resources, spec: InstanceSpec, *, burstable: bool = False) -> bool:
+    """Shape-level feasibility (no place, no price). `burstable=True` lifts only the burstable rule (to
+    find what that rule skipped)."""
+    if res.instance_type:
+        if spec.instance_type != res.instance_type:
+            return False
+    elif (spec.burstable and not burstable) or spec.confidential:
+        return False  # burstable and confidential-computing machines only when named
     if res.accelerator:
         if (spec.accelerator_name or "").lower() != res.accelerator.lower():
             return False
@@ -187,6 +268,8 @@ def spec_admits(res: Resources, spec: InstanceSpec) -> bool:
         return False  # a CPU task never lands on a GPU machine unless it names the type
     if spec.arch != "x86_64" and not res.instance_type:
         return False  # Arm only when asked for by instance type (setup scripts assume x86)
+    if not spec.shape_known:
+        return True  # TPU VMs: the catalog does not give the host's vCPUs/memory
     cpus, memory = _effective_amounts(res, spec)
     if cpus and not cpus.admits(spec.vcpus):
         return False
@@ -195,15 +278,46 @@ def spec_admits(res: Resources, spec: InstanceSpec) -> bool:
     return True
 
 
-def _effective_amounts(res: Resources, spec: InstanceSpec) -> tuple[Amount | None, Amount | None]:
+def _effective_amounts(res: Resources, spec: InstanceSpec | None) -> tuple[Amount | None, Amount | None]:
+    """cpus/memory with SkyPilot's defaults: a CPU-only task gets `memory: 4x` whenever memory is not given,
+    and `cpus: 8+` when neither is; an accelerator task gets its provider's default host shape when it names
+    neither (spec None: that default is not known yet)."""
     cpus, memory = res.cpus, res.memory
-    if cpus is None and memory is None and not res.instance_type:
-        if not res.accelerator:
-            return Amount(DEFAULT_CPUS, at_least=True), Amount(DEFAULT_MEMORY_PER_CPU, per_cpu=True)
-        shape = _provider(spec.cloud).default_shape(res, spec) if _providers().known(spec.cloud) else None
+    if res.instance_type:
+        return cpus, memory
+    if not res.accelerator:
+        if cpus is None and memory is None:
+            cpus = Amount(DEFAULT_CPUS, at_least=True)
+        return cpus, memory if memory is not None else Amount(DEFAULT_MEMORY_PER_CPU, per_cpu=True)
+    if cpus is None and memory is None and spec is not None and _providers().known(spec.cloud):
+        shape = _provider(spec.cloud).default_shape(res, spec)
         if shape is not None:
             return shape
     return cpus, memory
+
+
+def _groups_for(res: Resources, view, burstable: bool) -> list:
+    """Shape groups that can hold an admissible spec (a necessary condition; spec_admits decides)."""
+    if res.accelerator:
+        pool = [g for g in view.accelerator_groups(res.accelerator)
+                if abs(g.count - res.accelerator_count) <= 1e-6 and not g.confidential]
+        cpus, memory = (res.cpus, res.memory)  # provider defaults depend on the spec: checked per spec
+    else:
+        pool = [g for g in view.accelerator_groups("") if g.burstable == burstable and not g.confidential]
+        cpus, memory = _effective_amounts(res, None)
+    out = []
+    for g in pool:
+        if g.arch != "x86_64":
+            continue  # Arm only when named (a named type does not search groups)
+        if g.vcpus <= 0:
+            out.append(g)  # TPU VMs: host shape unknown, cpus/memory not checked
+            continue
+        if cpus and not cpus.admits(g.vcpus):
+            continue
+        if memory and not memory.admits(g.memory_gib, g.vcpus):
+            continue
+        out.append(g)
+    return out
 
 
 def _zone_ok(res: Resources, offer: Offer) -> bool:
@@ -214,141 +328,165 @@ def _zone_ok(res: Resources, offer: Offer) -> bool:
     return not offer.local_zone  # Local Zones need an opt-in: only when named
 
 
+# ----------------------------------------------------------------------------------------------
+# Search
+
 def _search(res: Resources, group: int, cloud: str, num_nodes: int, blocks: tuple[Block, ...],
-            specs: OfferSource, offers) -> list[Candidate]:
+            specs: OfferSource | None, offers, allow_suspicious: bool = False) -> list[Candidate]:
+    """The best choosable candidates of one (resources, cloud) pair (at most PER_CLOUD distinct specs, plus
+    ties)."""
+    got, _ = _search_full(res, group, cloud, num_nodes, blocks, _view(cloud, specs, {}),
+                          offers or _catalog.offers, allow_suspicious)
+    return [c for c in got if allow_suspicious or not c.suspicious]
+
+
+def _search_full(res, group, cloud, num_nodes, blocks, view, offers, allow_suspicious):
+    """(candidates, skipped). Candidates include, for display, flagged offers cheaper than their spec's best
+    choosable one (never counted towards the K best)."""
     spot = res.use_spot
-    pool = []
-    for s in specs(cloud):
-        bound = s.min_spot_price if spot else s.min_price
-        if bound is None or not spec_admits(res, s):
-            continue
-        if res.max_hourly_cost is not None and bound > res.max_hourly_cost:
-            continue
-        pool.append((bound, s.instance_type, s.accelerator_name or "", s.accelerator_count, s))
-    pool.sort(key=lambda t: t[:4])
-    best: list[tuple] = []  # max-heap (negated price) of the PER_CLOUD best specs
-    out: list[Candidate] = []
-    for bound, *_, s in pool:
-        if len(best) >= PER_CLOUD and bound > -best[0][0] + 1e-12:
-            break
-        cand = _cheapest_offer(res, group, s, offers(s), spot, num_nodes, blocks)
-        if cand is None:
-            continue
-        out.append(cand)
-        heapq.heappush(best, (-cand.price, len(out)))
-        if len(best) > PER_CLOUD:
-            heapq.heappop(best)
-    if len(out) > PER_CLOUD:
-        cutoff = -best[0][0]
-        out = [c for c in out if c.price <= cutoff + 1e-12]
+    if offers is _catalog.offers and isinstance(view, _catalog.index.Index):
+        offers = functools.partial(_catalog.offers_in, view)  # no per-spec catalog lookup
+    if res.instance_type:
+        named = sorted((s for s in view.named(res.instance_type) if spec_admits(res, s)),
+                       key=lambda s: _bound_key(s, spot))
+        streams = [(None, iter([((s.min_spot_price if spot else s.min_price), s) for s in named]))]
+    else:
+        streams = _streams(res, view, spot, burstable=False)
+    found, shown = _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, PER_CLOUD)
+    skipped = [Skipped("suspicious", c) for c in shown]
+    if not res.instance_type and not res.accelerator:
+        # what the burstable rule skipped: the cheapest burstable offer, if cheaper than what was found
+        streams = _streams(res, view, spot, burstable=True)
+        if streams:
+            b, _ = _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, 1, burstable=True)
+            cheapest = min((c.price for c in found if allow_suspicious or not c.suspicious), default=None)
+            skipped.extend(Skipped("burstable", c) for c in b[:1] if cheapest is None or c.price < cheapest)
+    return found + shown, skipped
+
+
+def _streams(res, view, spot, burstable):
+    """(head bound, iterator of (bound, spec)) per fitting group. A search bound to a region (or to a zone,
+    whose region the catalog knows) walks the catalog's per-region order: exact bounds there."""
+    groups = _groups_for(res, view, burstable)
+    region = res.region
+    if region is None and res.zone and hasattr(view, "zones"):
+        region = view.zones.get(res.zone)
+    if region and hasattr(view, "region_groups"):
+        where = view.region_groups(region)
+        out = []
+        for g in groups:
+            rg = where.get(g.i)
+            if rg is not None:
+                out.append((rg.min_spot if spot else rg.min_price, rg.ordered(spot)))
+        return out
+    out = [(g.min_spot if spot else g.min_price, g.bounded(spot)) for g in groups]
+    # groups are ordered by clean bounds (no Local Zone, no suspicious offer): the few specs with a suspicious
+    # offer are a stream of their own, by their full bound, so a flagged price is shown (or, allowed, chosen)
+    suspects = sorted((s for g in groups for s in g.suspect_specs()), key=lambda s: _bound_key(s, spot))
+    if suspects:
+        out.append((SUSPECTS, iter([((s.min_spot_price if spot else s.min_price), s) for s in suspects])))
     return out
 
 
-def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks) -> Candidate | None:
-    best = None
-    for o in spec_offers:
+def _bound_key(s: InstanceSpec, spot: bool) -> tuple:
+    b = s.min_spot_price if spot else s.min_price
+    return (float("inf") if b is None else b, -s.generation, s.instance_type)
+
+
+def _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, k, burstable=False):
+    """Best-first over several bound-sorted (bound, spec) streams. Returns (choosable candidates, flagged
+    ones)."""
+    heap: list = []
+    suspects = None
+    for i, (head, it) in enumerate(streams):
+        if head == SUSPECTS:
+            suspects, head = it, None
+        heap.append((-1.0 if head is None else head, i, it, None))  # None: pull at once
+    heapq.heapify(heap)
+    best: list[float] = []  # max-heap (negated) of the k best choosable prices
+    best_shown: list[float] = []  # the same for flagged prices (shown, not chosen)
+    out: list[Candidate] = []
+    shown: list[Candidate] = []
+    seq = len(heap)
+    cap = res.max_hourly_cost
+    while heap:
+        bound, _, it, spec = heapq.heappop(heap)
+        if (it is suspects and spec is not None and not allow_suspicious and len(best_shown) >= k
+                and bound > -best_shown[0] + _EPS):
+            continue  # enough flagged prices to show; these specs' clean offers come through their groups
+        if spec is None:  # the stream's first spec, parsed only now
+            b, spec = next(it, (None, None))
+            if spec is None or b is None:
+                continue  # bound-sorted: None = nothing priced in this market
+            if b > bound + _EPS:  # head bound not known (-1) or not the first spec's: queue it where it belongs
+                seq += 1
+                heapq.heappush(heap, (b, seq, it, spec))
+                continue
+            bound = b
+        if len(best) >= k and bound > -best[0] + _EPS:
+            break
+        if cap is not None and bound > cap + _EPS:
+            break
+        nb, nxt = next(it, (None, None))
+        if nxt is not None and nb is not None:
+            seq += 1
+            heapq.heappush(heap, (nb, seq, it, nxt))
+        if not spec_admits(res, spec, burstable=burstable):
+            continue
+        cand, flagged = _cheapest_offer(res, group, spec, offers(spec), spot, num_nodes, blocks, allow_suspicious)
+        if flagged is not None:
+            shown.append(flagged)
+            heapq.heappush(best_shown, -flagged.price)
+            if len(best_shown) > k:
+                heapq.heappop(best_shown)
+        if cand is None:
+            continue
+        out.append(cand)
+        heapq.heappush(best, -cand.price)
+        if len(best) > k:
+            heapq.heappop(best)
+    if len(best) >= k:
+        cutoff = -best[0] + _EPS
+        out = [c for c in out if c.price <= cutoff]
+        shown = [c for c in shown if c.price <= cutoff]
+    return out, shown
+
+
+def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks, allow_suspicious):
+    """(the cheapest choosable offer of the spec, the cheapest flagged one if cheaper and not allowed)."""
+    best = flagged = None
+    region, zone, cap = res.region, res.zone, res.max_hourly_cost
+    for o in spec_offers:  # sorted by (on-demand price, region, zone)
         price = o.spot_price if spot else o.price
-        if price is None or not _zone_ok(res, o):
+        if price is None:
+            if spot:
+                continue
+            break  # on-demand: the rest has no on-demand price either
+        if region and o.region != region or (o.zone != zone if zone else o.local_zone):
             continue
-        if res.max_hourly_cost is not None and price > res.max_hourly_cost + 1e-12:
-            continue
+        if cap is not None and price > cap + _EPS:
+            if spot:
+                continue
+            break
         if blocks and any(b.matches(spec.cloud, o.region, o.zone, spec.instance_type) for b in blocks):
             continue
         key = (price, o.region, o.zone or "")
-        if best is None or key < best[0]:
+        if o.suspicious and not allow_suspicious:
+            if flagged is None or key < flagged[0]:
+                flagged = (key, o, price)
+        elif best is None or key < best[0]:
             best = (key, o, price)
-    if best is None:
-        return None
-    _, o, price = best
-    return Candidate(res, group, spec.cloud, o.region, o.zone, spec.instance_type, spec.vcpus, spec.memory_gib,
-                     spec.accelerator_name, spec.accelerator_count, spot, price, num_nodes, o)
+            if not spot:
+                break  # on-demand offers come sorted: this is the spec's best; a flagged one came first
+
+    def cand(t):
+        _, o, price = t
+        return Candidate(res, group, spec.cloud, o.region, o.zone, spec.instance_type, spec.vcpus,
+                         spec.memory_gib, spec.accelerator_name, spec.accelerator_count, spot, price, num_nodes, o)
+
+    if flagged is not None and (best is None or flagged[0] < best[0]):
+        return (cand(best) if best else None), cand(flagged)
+    return (cand(best) if best else None), None
 
 
-# ----------------------------------------------------------------------------------------------
-# When nothing fits: say why, and what would.
-
-def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[str, str | None]:
-    res0 = task.candidates[0]
-    what = res0.describe()
-    if len(task.candidates) > 1:
-        what = " / ".join(r.describe() for r in task.candidates)
-    searched = sorted({c for r in task.candidates for c in _clouds_for(r, tuple(clouds))})
-    msg = f"no offer fits {what} on {', '.join(searched) or 'any cloud'}"
-    if blocks:
-        msg += f" (with {len(blocks)} place(s) blocked by earlier failures)"
-
-    def feasible(mod: Callable[[Resources], Resources], nb=blocks) -> list[Candidate]:
-        out = []
-        for r in task.candidates:
-            r2 = mod(r)
-            for c in _clouds_for(r2, tuple(clouds)):
-                if not _priced(c):
-                    out.extend(virtual(c, r2))
-                    continue
-                out.extend(_search(r2, 0, c, task.num_nodes, tuple(nb), specs, offers))
-        return sorted(out, key=Candidate.sort_key)
-
-    for r in task.candidates:
-        if r.accelerator and not r.instance_type:
-            hint = _accelerator_hint(r, clouds if not r.cloud else (r.cloud,), specs)
-            if hint:
-                return msg, hint
-    if r.cloud and _providers().known(r.cloud) and not _provider(r.cloud).capabilities.accelerators \
-            and any(r.accelerator for r in task.candidates):
-        return msg, f"the {r.cloud} cloud offers no accelerators; drop `accelerators` or pick a cloud"
-    relaxations: list[tuple[str, Callable[[Resources], Resources]]] = [
-        ("without the blocked places", None),
-        ("anywhere in that cloud", lambda r: replace(r, region=None, zone=None)),
-        ("on any cloud", lambda r: replace(r, cloud=None, region=None, zone=None)),
-        ("with on-demand instead of spot", lambda r: replace(r, use_spot=False)),
-        ("without the cpus/memory constraint", lambda r: replace(r, cpus=None, memory=None)),
-        ("without max_hourly_cost", lambda r: replace(r, max_hourly_cost=None)),
-    ]
-    for label, mod in relaxations:
-        if mod is None:
-            if not blocks:
-                continue
-            got = feasible(lambda r: r, nb=())
-        else:
-            got = feasible(mod)
-        if got:
-            c = got[0]
-            return msg, (f"{label} it would fit: cheapest is {c.instance_type}"
-                         f"{' + ' + c.accelerators() if c.accelerator_name else ''}"
-                         f" on {c.infra} at ${c.price:.4g}/h"
-                         f"{' spot' if c.use_spot else ''}")
-    return msg, "check the resources against `broker show-gpus` and the catalog"
-
-
-def _accelerator_hint(res: Resources, clouds, specs) -> str | None:
-    name = res.accelerator.lower()
-    counts: dict[str, set[float]] = {}
-    all_names: set[str] = set()
-    for c in clouds:
-        if not _priced(c):
-            continue
-        for s in specs(c):
-            if s.accelerator_name:
-                all_names.add(s.accelerator_name)
-                if s.accelerator_name.lower() == name and (s.min_price or s.min_spot_price):
-                    counts.setdefault(c, set()).add(s.accelerator_count)
-    if not counts:
-        from difflib import get_close_matches
-
-        close = get_close_matches(res.accelerator, sorted(all_names), n=3, cutoff=0.5)
-        if not close:
-            close = [n for n in sorted(all_names) if n.lower().startswith(name[:2])][:3]
-        where = ", ".join(c for c in clouds if _priced(c))
-        return (f"no accelerator named {res.accelerator!r} on {where}"
-                + (f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else
-                   "; see `broker show-gpus`"))
-    available = sorted({n for s in counts.values() for n in s})
-    if res.accelerator_count not in available:
-        largest = max(available)
-        if res.accelerator_count > largest:
-            nodes = math.ceil(res.accelerator_count / largest)
-            return (f"largest {res.accelerator} offer is {largest:g} per node; use "
-                    f"`accelerators: {res.accelerator}:{largest:g}` with `num_nodes: {nodes}`")
-        return (f"{res.accelerator} comes in {', '.join(f'{n:g}' for n in available)} per node; "
-                f"pick one of those counts")
-    return None
+from .plan_explain import explain_infeasible

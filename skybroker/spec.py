@@ -1,8 +1,10 @@
-"""Task YAML → immutable `Task` with its `Resources` candidates.
+"""Task YAML → immutable `Task` with its `Resources` candidates (and a pipeline of them).
 
 Every error is a `SpecError` that names the file, the field path (and its line when known) and what to
-do. Structure is validated with a JSON Schema (compiled with fastjsonschema: ~10 ms to import); the small
-value syntaxes (`A100:8`, `cpus: 4+`, `infra: aws/us-east-1`) are parsed in resources.py.
+do; no message ever contains a secret's value. Structure is validated against schema.py's JSON Schema
+(schema_check.py); the small value syntaxes (`A100:8`, `cpus: 4+`, `infra: aws/us-east-1`) are parsed in
+resources.py; what SkyPilot fields without a skybroker counterpart mean (warned about, or refused by name)
+is in spec_fields.py. Warnings are returned on `Task.warnings` for the CLI to print.
 
 Expansion of `resources:` into candidates, as SkyPilot does:
   - `any_of: [...]`        → one group; the optimizer picks the cheapest of the group.
@@ -10,7 +12,13 @@ Expansion of `resources:` into candidates, as SkyPilot does:
                              place of the earlier ones is unavailable).
   - `accelerators: [A, B]` → ordered groups, like `ordered`.
   - `accelerators: {A: 1, B: 2}` (a set/dict) → one group, cheapest wins.
-  Entry keys override the top-level keys of `resources:`.
+  Entry keys override the top-level keys of `resources:`. An option on a cloud skybroker does not run
+  on (kubernetes, lambda, ...) is skipped with a warning, as SkyPilot skips clouds that are not enabled;
+  a task whose every option is such is refused.
+
+Environment variables: `$VAR`/`${VAR}` from `envs` (after `--env` overrides) are filled into file_mounts
+(keys, values, storage name/source/store) and workdir, as SkyPilot does. (SkyPilot also fills secrets in;
+skybroker does not, so a secret never lands in a path that is stored or shown.)
 """
 from __future__ import annotations
 
@@ -21,11 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import resources as R
+from . import spec_fields as F
 from .errors import SpecError
-from .taskfile import _validate, read_yaml
+from .taskfile import _validate, read_yaml_docs
 from .resources import Autostop, JobRecovery, Resources
 
-_BUCKET_PREFIXES = ("s3://", "gs://", "gcs://", "r2://", "cos://", "https://", "http://", "az://", "oci://")
 _RECOVERY_STRATEGIES = ("FAILOVER", "EAGER_NEXT_REGION")
 
 
@@ -61,6 +69,7 @@ class Task:
     restart_overhead_hours: float = 0.2  # d: what a (re)start costs in lost progress
     decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
     source: str | None = None
+    warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 
     @property
     def candidates(self) -> tuple[Resources, ...]:
@@ -75,74 +84,146 @@ class Task:
         return dict(self.secrets)
 
 
+class Pipeline(list):
+    """The tasks of a multi-document task file, in order (a list of Task), with the pipeline's name."""
+
+    def __init__(self, tasks, name: str | None = None, source: str | None = None):
+        super().__init__(tasks)
+        self.name = name
+        self.source = source
+
+
 def load_task(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Task:
-    data, node, shown = read_yaml(path)
-    return task_from_dict(data, source=shown, overrides=overrides, node=node)
+    """One task. A file of several tasks (YAML documents separated by ---) is a pipeline: a SpecError
+    says so (a `name:`-only header document before a single task is allowed)."""
+    docs, shown = read_yaml_docs(path)
+    name, docs = _pipeline_header(docs)
+    if len(docs) != 1:
+        raise SpecError(f"is a pipeline of {len(docs)} tasks (YAML documents separated by ---), not one task",
+                        "run it with `broker jobs launch FILE` (each task starts when the previous one succeeds); "
+                        "`broker launch` takes a file with one task", source=shown)
+    data, node = docs[0]
+    task = task_from_dict(data, source=shown, overrides=overrides, node=node)
+    return task if task.name or not name else replace(task, name=name)
+
+
+def load_pipeline(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Pipeline:
+    """Every task of a task file, in order (one document = a pipeline of one). As in SkyPilot, a first
+    document holding only `name:` names the pipeline; `overrides` apply to every task."""
+    docs, shown = read_yaml_docs(path)
+    name, docs = _pipeline_header(docs)
+    if not docs:
+        raise SpecError("is a pipeline without tasks", "add tasks after the `name:` document, separated by ---",
+                        source=shown)
+    many = len(docs) > 1
+    tasks = [task_from_dict(data, source=f"{shown} (task {i + 1})" if many else shown, overrides=overrides,
+                            node=node) for i, (data, node) in enumerate(docs)]
+    if name is None and not many:
+        name = tasks[0].name
+    return Pipeline(tasks, name, shown)
+
+
+def _pipeline_header(docs):
+    if len(docs) > 1 and isinstance(docs[0][0], dict) and set(docs[0][0]) == {"name"}:
+        return docs[0][0]["name"], docs[1:]
+    return None, docs
 
 
 def task_from_dict(data: dict, *, source: str = "<task>", overrides: Mapping[str, Any] | None = None,
                    node=None) -> Task:
-    _validate(data, source, node)
-    data = dict(data)
     ov = dict(overrides or {})
-    resources = dict(data.get("resources") or {})
-    resources = _apply_resource_overrides(resources, ov)
+    hidden = _secret_values(data, ov)
+    try:
+        task = _task(data, source, ov, node)
+    except SpecError as exc:
+        raise _redact_error(exc, hidden) from None
+    if hidden and task.warnings:
+        task = replace(task, warnings=tuple(_redact(w, hidden) for w in task.warnings))
+    return task
 
-    groups = _expand(resources, source)
+
+def _secret_values(data, ov) -> list[str]:
+    vals = []
+    raw = data.get("secrets") if isinstance(data, dict) else None
+    for m in (raw if isinstance(raw, dict) else {}, ov.get("secrets") or {}):
+        for v in m.values():
+            if v is not None and not isinstance(v, (dict, list)) and str(v):
+                vals.append(str(v))
+            elif isinstance(v, (dict, list)):
+                vals.extend(str(x) for x in (v.values() if isinstance(v, dict) else v) if str(x))
+                vals.append(str(v))
+    # a safety net behind messages that never echo a secrets value: values under 4 characters would match
+    # everywhere (and guess nothing), so only longer ones are masked
+    return sorted({v for v in vals if len(v) >= 4}, key=len, reverse=True)
+
+
+def _redact(text: str | None, hidden: list[str]) -> str | None:
+    if text is None:
+        return None
+    for v in hidden:
+        text = text.replace(v, "<redacted>")
+        text = text.replace(repr(v)[1:-1], "<redacted>")
+    return text
+
+
+def _redact_error(exc: SpecError, hidden: list[str]) -> SpecError:
+    if not hidden:
+        return exc
+    out = SpecError(_redact(exc.message, hidden), _redact(exc.hint, hidden))
+    out.source, out.field = exc.source, exc.field
+    return out
+
+
+def _task(data, source: str, ov: dict, node) -> Task:
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping of task fields, got {type(data).__name__}", None, source=source)
+    data = dict(data)
+    F.normalise_env_scalars(data)
+    _validate(data, source, node)
+    warnings: list[str] = []
+    F.top_level_policy(data, source, warnings)
+
+    envs = F.env_map(data.get("envs"))
+    F.check_overrides(ov.get("envs") or {}, "--env")
+    envs.update(ov.get("envs") or {})
+    secrets = F.secrets_section(data.get("secrets"), source)
+    F.check_overrides(ov.get("secrets") or {}, "--secret")
+    secrets.update(ov.get("secrets") or {})
+    F.require_values(envs, secrets, source)
+
+    resources = F.aliases(dict(data.get("resources") or {}), "resources", source)
+    for k in ("any_of", "ordered"):
+        if k in resources:
+            resources[k] = [F.aliases(dict(e), f"resources.{k}[{i}]", source) for i, e in enumerate(resources[k])]
+    F.policies(resources, source, warnings)
+    resources = _apply_resource_overrides(resources, ov)
+    groups = _expand(resources, source, warnings)
+    if any(r.extra and not (r.accelerator or "").lower().startswith("tpu-") for g in groups for r in g):
+        warnings.append("resources.accelerator_args: ignored (it applies to TPUs only)")
+
     num_nodes = ov.get("num_nodes") or data.get("num_nodes") or 1
-    if not isinstance(num_nodes, int) or num_nodes < 1:
-        raise SpecError(f"{num_nodes!r} is not a node count", "expected an integer ≥ 1", source=source,
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1 or num_nodes > 100000:
+        raise SpecError(f"{R._clip(num_nodes)!r} is not a node count", "expected an integer ≥ 1", source=source,
                         field="num_nodes")
 
-    envs = _env_map(data.get("envs"), "envs", source)
-    envs.update(ov.get("envs") or {})
-    secrets = _env_map(data.get("secrets"), "secrets", source)
-    secrets.update(ov.get("secrets") or {})
-    for kind, mapping in (("envs", envs), ("secrets", secrets)):
-        missing = [k for k, v in mapping.items() if v is None]
-        if missing:
-            flag = "--env" if kind == "envs" else "--secret"
-            raise SpecError(f"{missing[0]} has no value", f"pass it on the command line: {flag} {missing[0]}=VALUE",
-                            source=source, field=f"{kind}.{missing[0]}")
-
-    workdir = data.get("workdir")
-    if isinstance(workdir, dict):
-        raise SpecError("a git workdir ({url, ref}) is not supported yet", "use a local directory path",
-                        source=source, field="workdir")
+    workdir = F.substitute(data.get("workdir"), envs)
     if workdir is not None:
         wd = Path(os.path.expanduser(workdir))
         if not wd.is_absolute():
             wd = Path.cwd() / wd
-        if not wd.is_dir():
-            raise SpecError(f"{workdir!r} is not a directory", "workdir is a local folder, relative to where "
-                            "you run broker", source=source, field="workdir")
+        try:
+            ok = wd.is_dir()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise SpecError(f"{R._clip(workdir, 80)!r} is not a directory", "workdir is a local folder, relative to "
+                            "where you run broker", source=source, field="workdir")
         workdir = str(wd.resolve())
+    mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
 
-    deadline = expected = None
-    dl_extra: dict = {}
-    raw_dl = data.get("deadline")
-    if isinstance(raw_dl, dict):
-        deadline = R.parse_hours(raw_dl["by"], "deadline.by")
-        if raw_dl.get("compute") is not None:
-            expected = R.parse_hours(raw_dl["compute"], "deadline.compute")
-        if raw_dl.get("policy"):
-            dl_extra["deadline_policy"] = _policy_name(raw_dl["policy"], source)
-        if raw_dl.get("overhead") is not None:
-            dl_extra["restart_overhead_hours"] = R.parse_hours(raw_dl["overhead"], "deadline.overhead")
-        if raw_dl.get("tick") is not None:
-            dl_extra["decision_tick_hours"] = R.parse_hours(raw_dl["tick"], "deadline.tick")
-    elif raw_dl is not None:
-        deadline = R.parse_hours(raw_dl, "deadline")
-    if data.get("expected_hours") is not None:
-        expected = float(data["expected_hours"])
-    if deadline is not None and expected is None:
-        raise SpecError("a deadline needs the expected compute time", "add `expected_hours: 48` (or "
-                        "`deadline: {by: 60h, compute: 48h}`)", source=source, field="deadline")
-    if deadline is not None and expected is not None and expected > deadline:
-        raise SpecError(f"the expected compute time ({expected:g} h) exceeds the deadline ({deadline:g} h)",
-                        "no schedule can meet it: move the deadline or shorten the job", source=source,
-                        field="deadline")
-
+    deadline, expected, dl_extra = F.deadline(data, source)
+    seen: set[str] = set()
+    warnings = [w for w in warnings if not (w in seen or seen.add(w))]
     return Task(
         name=ov.get("name") or data.get("name"),
         run=data.get("run"),
@@ -152,57 +233,13 @@ def task_from_dict(data: dict, *, source: str = "<task>", overrides: Mapping[str
         groups=groups,
         envs=tuple(sorted((k, str(v)) for k, v in envs.items())),
         secrets=tuple(sorted((k, Secret(v)) for k, v in secrets.items())),
-        file_mounts=_file_mounts(data.get("file_mounts"), source),
+        file_mounts=mounts,
         deadline_hours=deadline,
         expected_hours=expected,
         **dl_extra,
         source=source,
+        warnings=tuple(warnings),
     )
-
-
-def _policy_name(name: str, source: str) -> str:
-    known = ("slack_aware", "uniform_progress", "greedy", "on_demand")
-    if name not in known:
-        close = get_close_matches(name, known, n=1)
-        raise SpecError(f"unknown deadline policy {name!r}", f"did you mean {close[0]!r}?" if close else
-                        f"one of {', '.join(known)}", source=source, field="deadline.policy")
-    return name
-
-
-def _env_map(m, kind: str, source: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for k, v in (m or {}).items():
-        if isinstance(v, bool):
-            v = "true" if v else "false"
-        out[str(k)] = None if v is None else str(v)
-    return out
-
-
-def _file_mounts(m, source: str) -> tuple[FileMount, ...]:
-    out = []
-    for remote, spec in (m or {}).items():
-        fp = f"file_mounts.{remote}"
-        mode = None
-        if isinstance(spec, dict):
-            src = spec.get("source") or spec.get("name")
-            mode = spec.get("mode")
-            if not src:
-                raise SpecError("a storage mount needs `source` (or `name`)", None, source=source, field=fp)
-            if spec.get("name") and not spec.get("source"):
-                src = f"{spec.get('store', 's3')}://{spec['name']}"
-        else:
-            src = str(spec)
-        if src.startswith(_BUCKET_PREFIXES):
-            out.append(FileMount(remote, src, is_bucket=True, mode=mode))
-            continue
-        local = Path(os.path.expanduser(src))
-        if not local.is_absolute():
-            local = Path.cwd() / local
-        if not local.exists():
-            raise SpecError(f"local path {src!r} does not exist", "file_mounts map a remote path to a local "
-                            "file or folder (or a bucket URI)", source=source, field=fp)
-        out.append(FileMount(remote, str(local.resolve()), mode=mode))
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +280,11 @@ def _apply_resource_overrides(res: dict, ov: Mapping[str, Any]) -> dict:
 def _split_infra(res: dict, entries_keys) -> None:
     def split(d):
         if d.get("infra"):
-            c, r, z = R.parse_infra(d.pop("infra"), "resources.infra")
+            text = d.pop("infra")
+            try:
+                c, r, z = R.parse_infra(text, "resources.infra")
+            except R.UnsupportedCloud as exc:  # kept, so the option is skipped (or refused) later
+                c, r, z = exc.cloud, None, None
             d.setdefault("cloud", c)
             d.setdefault("region", r)
             d.setdefault("zone", z)
@@ -254,7 +295,7 @@ def _split_infra(res: dict, entries_keys) -> None:
             split(e)
 
 
-def _expand(res: dict, source: str) -> tuple[tuple[Resources, ...], ...]:
+def _expand(res: dict, source: str, warnings: list[str]) -> tuple[tuple[Resources, ...], ...]:
     if "any_of" in res and "ordered" in res:
         raise SpecError("use either any_of or ordered, not both", None, source=source, field="resources")
     base = {k: v for k, v in res.items() if k not in ("any_of", "ordered")}
@@ -266,23 +307,37 @@ def _expand(res: dict, source: str) -> tuple[tuple[Resources, ...], ...]:
         raw_groups = [[(base, "resources")]]
 
     groups: list[tuple[Resources, ...]] = []
+    skipped: list[R.UnsupportedCloud] = []
     for raw_group in raw_groups:
-        accel_lists = [(raw, fp) for raw, fp in raw_group if isinstance(raw.get("accelerators"), list)]
-        if len(raw_group) == 1 and accel_lists:
-            raw, fp = raw_group[0]
-            for i, acc in enumerate(raw["accelerators"]):
-                groups.append(tuple(_build(raw, fp, acc, f"{fp}.accelerators[{i}]", source)))
-            continue
         group: list[Resources] = []
         for raw, fp in raw_group:
-            acc = raw.get("accelerators")
-            if isinstance(acc, (list, dict)):
-                items = acc if isinstance(acc, list) else _acc_items(acc)
-                for i, a in enumerate(items):
-                    group.extend(_build(raw, fp, a, f"{fp}.accelerators", source))
-            else:
-                group.extend(_build(raw, fp, acc, f"{fp}.accelerators", source))
-        groups.append(tuple(group))
+            try:
+                acc = raw.get("accelerators")
+                if isinstance(acc, (list, dict)) and not acc:
+                    acc = None  # `accelerators: []` / `{}`: none
+                if isinstance(acc, list) and len(raw_group) == 1:
+                    for i, a in enumerate(acc):  # an accelerator list: ordered groups
+                        groups.append(tuple(_build(raw, fp, a, f"{fp}.accelerators[{i}]", source)))
+                    continue
+                if isinstance(acc, list):
+                    for i, a in enumerate(acc):
+                        group.extend(_build(raw, fp, a, f"{fp}.accelerators[{i}]", source))
+                else:
+                    group.extend(_build(raw, fp, acc, f"{fp}.accelerators", source))
+            except R.UnsupportedCloud as exc:
+                skipped.append(exc)
+                warnings.append(f"{fp}: {exc.cloud} is not supported by skybroker; this option is skipped (as "
+                                "SkyPilot skips clouds that are not enabled)")
+        if group:
+            groups.append(tuple(group))
+    if not groups:
+        first = skipped[0]
+        names = ", ".join(sorted({e.cloud for e in skipped}))
+        if len(skipped) == 1 and not any(k in res for k in ("any_of", "ordered")):
+            raise SpecError(f"{first.cloud} is not supported by skybroker", first.hint, source=source,
+                            field=first.field)
+        raise SpecError(f"every resources option names a cloud skybroker does not support ({names})",
+                        f"{first.hint}: add an option on one of them", source=source, field=first.field)
     return tuple(groups)
 
 
@@ -295,9 +350,15 @@ def _build(raw: dict, fp: str, acc, acc_fp: str, source: str) -> list[Resources]
     """One raw resources dict with a single accelerator choice → Resources (a dict of accelerators
     yields one per entry)."""
     if isinstance(acc, dict):
-        return [r for a in _acc_items(acc) for r in _build(raw, fp, a, acc_fp, source)]
+        items = _acc_items(acc)
+        if not items:
+            acc = None  # `accelerators: {}`: none
+        else:
+            return [r for a in items for r in _build(raw, fp, a, acc_fp, source)]
     try:
         return [_resources(raw, fp, acc, acc_fp)]
+    except R.UnsupportedCloud:
+        raise
     except SpecError as exc:
         if exc.source is None:
             raise SpecError(exc.message, exc.hint, source=source) from None
@@ -317,7 +378,6 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
     if acc not in (None, ""):
         accel, count = R.parse_accelerator(acc, acc_fp)
     use_spot = raw.get("use_spot")
-    jr = raw.get("job_recovery", raw.get("spot_recovery"))
     autostop = _autostop(raw.get("autostop"), f"{fp}.autostop")
     image = raw.get("image_id")
     images: tuple[tuple[str, str], ...] = ()
@@ -325,6 +385,8 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
         images = tuple(sorted((str(k), str(v)) for k, v in image.items()))
     elif image:
         images = (("", str(image)),)
+    extra = tuple(sorted((f"tpu_{k}", str(v)) for k, v in (raw.get("accelerator_args") or {}).items()
+                         if k in ("runtime_version", "tpu_name")))
     return Resources(
         cloud=cloud,
         region=str(region) if region else None,
@@ -337,13 +399,14 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
         use_spot=bool(use_spot),
         use_spot_explicit=use_spot is not None,
         disk_size=R.parse_disk_size(raw.get("disk_size"), f"{fp}.disk_size"),
-        disk_tier=raw.get("disk_tier"),
+        disk_tier=str(raw["disk_tier"]).lower() if raw.get("disk_tier") else None,
         ports=R.parse_ports(raw.get("ports"), f"{fp}.ports"),
         image_id=images,
         labels=tuple(sorted((str(k), str(v)) for k, v in (raw.get("labels") or {}).items())),
         max_hourly_cost=raw.get("max_hourly_cost"),
         autostop=autostop,
-        job_recovery=_job_recovery(jr, f"{fp}.job_recovery"),
+        job_recovery=_job_recovery(raw.get("job_recovery"), f"{fp}.job_recovery"),
+        extra=extra,
     )
 
 
@@ -359,19 +422,25 @@ def _autostop(v, fp: str) -> Autostop | None:
 
 
 def _job_recovery(v, fp: str) -> JobRecovery | None:
+    """A strategy name or {strategy, max_restarts_on_errors, recover_on_exit_codes}; `none` (SkyPilot's
+    spelling of "the default") is the default strategy."""
     if v is None:
         return None
     if isinstance(v, str):
         v = {"strategy": v}
-    strategy = (v.get("strategy") or "EAGER_NEXT_REGION").upper()
+    name = str(v.get("strategy") or "").strip()
+    if name.lower() == "none":
+        if not v.get("max_restarts_on_errors") and v.get("recover_on_exit_codes") is None:
+            return None
+        name = ""
+    strategy = (name or "EAGER_NEXT_REGION").upper()
     if strategy not in _RECOVERY_STRATEGIES:
         close = get_close_matches(strategy, _RECOVERY_STRATEGIES, n=1)
-        raise SpecError(f"unknown recovery strategy {v.get('strategy')!r}",
+        raise SpecError(f"unknown recovery strategy {R._clip(name)!r}",
                         f"did you mean {close[0]!r}?" if close else f"one of {', '.join(_RECOVERY_STRATEGIES)}",
                         field=f"{fp}.strategy")
-    codes = v.get("recover_on_exit_codes") or ()
-    if isinstance(codes, int):
-        codes = (codes,)
+    codes = v.get("recover_on_exit_codes")
+    codes = () if codes is None else (codes,) if isinstance(codes, int) else codes
     return JobRecovery(strategy, int(v.get("max_restarts_on_errors") or 0), tuple(int(c) for c in codes))
 
 
@@ -415,4 +484,5 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
     d["envs"] = tuple(tuple(e) for e in d.get("envs") or ())
     d["file_mounts"] = tuple(FileMount(**m) for m in d.get("file_mounts") or ())
     d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
+    d["warnings"] = tuple(d.get("warnings") or ())
     return Task(**d)

@@ -1,7 +1,7 @@
-"""Reading a task file: bytes → YAML data (with node positions) → validated against the JSON Schema.
+"""Reading a task file: bytes → YAML documents (with node positions) → validated against the JSON Schema.
 
 Every failure is a SpecError that names the file, the line when known, the field path and the fix.
-The schema (schema.py) is compiled by fastjsonschema into Python code, cached under BROKER_HOME/cache.
+The schema (schema.py) is interpreted by schema_check.py: nothing is generated, compiled or cached.
 """
 from __future__ import annotations
 
@@ -13,49 +13,13 @@ from typing import Any
 from .errors import SpecError
 
 
-_validator = None
-
-
-def _load_validator():
-    """fastjsonschema turns the schema into Python code; generating it costs ~60 ms, so the generated
-    module is cached under BROKER_HOME/cache (keyed by the schema's hash; Python caches its bytecode)."""
-    import hashlib
-    import importlib
-    import json
-    import sys
-
-    import fastjsonschema
-
-    from .schema import TASK
-
-    digest = hashlib.sha256(json.dumps(TASK, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"broker_task_validator_{digest}"
-    try:
-        from .paths import ensure_home
-
-        cache = ensure_home() / "cache"
-        cache.mkdir(exist_ok=True)
-        path = cache / f"{name}.py"
-        if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(fastjsonschema.compile_to_code(TASK))
-            os.replace(tmp, path)
-        if str(cache) not in sys.path:
-            sys.path.append(str(cache))
-        return importlib.import_module(name).validate
-    except (OSError, ImportError, SyntaxError):
-        return fastjsonschema.compile(TASK)  # no writable cache: compile in memory
-
-
 def _validate(data: Any, source: str, root_node) -> None:
-    global _validator
-    import fastjsonschema
+    from .schema import TASK
+    from .schema_check import SchemaViolation, validate
 
-    if _validator is None:
-        _validator = _load_validator()
     try:
-        _validator(data)
-    except fastjsonschema.JsonSchemaValueException as exc:
+        validate(data, TASK)
+    except SchemaViolation as exc:
         raise _schema_error(exc, source, root_node) from None
 
 
@@ -65,9 +29,10 @@ def _schema_error(exc, source: str, root_node) -> SpecError:
     rule, definition = exc.rule, exc.rule_definition
     hint = None
     value = exc.value
+    secret = bool(path) and path[0] == "secrets"
     if rule == "additionalProperties" and isinstance(value, dict):
         allowed = sorted((exc.definition or {}).get("properties", {}))
-        unknown = sorted(k for k in value if k not in allowed)
+        unknown = sorted((k for k in value if k not in allowed), key=str)
         key = unknown[0] if unknown else "?"
         close = get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
@@ -80,15 +45,17 @@ def _schema_error(exc, source: str, root_node) -> SpecError:
         msg = "invalid environment variable name"
     elif rule in ("type", "anyOf"):
         want = definition if rule == "type" else _describe_anyof(exc.definition)
-        msg = f"expected {_type_words(want)}, got {_type_name(value)} {_short(value)}"
+        msg = f"expected {_type_words(want)}, got {_type_name(value)}" + ("" if secret or value is None else f" {_short(value)}")
     elif rule in ("minimum", "exclusiveMinimum"):
         msg = f"{_short(value)} is too small (minimum {definition})"
+    elif rule == "maximum":
+        msg = f"{_short(value)} is too large (maximum {definition})"
     elif rule == "minItems":
         msg = "must not be empty"
     elif rule == "required":
         msg = f"missing required key(s): {', '.join(definition)}"
     else:
-        msg = exc.message.replace("data.", "").replace("data ", "")
+        msg = "is not valid here" if secret else exc.message.replace("data.", "").replace("data ", "")
     line = _line_of(root_node, path)
     return SpecError(msg, hint, source=_with_line(source, line), field=field_path)
 
@@ -152,7 +119,20 @@ def _line_of(node, path: list, key_line: bool = False) -> int | None:
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[Any, Any, str]:
-    """Read a task file. Returns (data, yaml root node, display name)."""
+    """Read a single-task file. Returns (data, yaml root node, display name). A file of several YAML
+    documents is a pipeline: its error says so (load it with spec.load_pipeline)."""
+    docs, shown = read_yaml_docs(path)
+    if len(docs) != 1:
+        raise SpecError(f"is a pipeline of {len(docs)} tasks (YAML documents separated by ---), not one task",
+                        "run a pipeline as managed jobs: `broker jobs launch FILE`; `broker launch` takes one task",
+                        source=shown)
+    data, node = docs[0]
+    return data, node, shown
+
+
+def read_yaml_docs(path: str | os.PathLike) -> tuple[list[tuple[Any, Any]], str]:
+    """Every non-empty YAML document of a task file: ([(data, node), ...], display name). A leading
+    document holding only `name:` (SkyPilot's pipeline header) is kept; callers decide what it means."""
     p = Path(path)
     shown = str(path)
     if not p.exists():
@@ -164,10 +144,18 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, Any, str]:
         raw = p.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", "check the file's permissions", source=shown) from None
-    return parse_yaml_bytes(raw, shown)
+    return parse_yaml_docs(raw, shown), shown
 
 
 def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
+    docs = parse_yaml_docs(raw, shown)
+    if len(docs) != 1:
+        raise SpecError(f"is a pipeline of {len(docs)} tasks (YAML documents separated by ---), not one task",
+                        "run a pipeline as managed jobs: `broker jobs launch FILE`", source=shown)
+    return docs[0][0], docs[0][1], shown
+
+
+def parse_yaml_docs(raw: bytes, shown: str) -> list[tuple[Any, Any]]:
     import yaml
 
     if b"\x00" in raw[:8192]:
@@ -180,11 +168,14 @@ def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
     if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
         raise SpecError("is empty", "a task needs at least `run:` (see examples/hello.yaml)", source=shown)
     Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    docs = []
     try:
         loader = Loader(text)
         try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
+            while loader.check_node():
+                node = loader.get_node()
+                if node is not None:
+                    docs.append((loader.construct_document(node), node))
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
@@ -193,7 +184,15 @@ def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"malformed YAML: {problem}", "check indentation and quoting around that line",
                         source=where) from None
-    if not isinstance(data, dict):
-        raise SpecError(f"expected a mapping of task fields at the top level, got {_type_name(data)}",
-                        "a task looks like:  name: x\\n  run: echo hi", source=shown)
-    return data, node, shown
+    except RecursionError:
+        raise SpecError("malformed YAML: nested too deeply", "a task is a shallow mapping of fields",
+                        source=shown) from None
+    docs = [(d, n) for d, n in docs if d is not None]
+    if not docs:
+        raise SpecError("is empty", "a task needs at least `run:` (see examples/hello.yaml)", source=shown)
+    for i, (data, _) in enumerate(docs):
+        if not isinstance(data, dict):
+            where = "" if len(docs) == 1 else f" (document {i + 1})"
+            raise SpecError(f"expected a mapping of task fields at the top level{where}, got {_type_name(data)}",
+                            "a task looks like:  name: x\\n  run: echo hi", source=shown)
+    return docs

@@ -21,8 +21,13 @@ import statistics
 import sys
 from collections import defaultdict
 
-from skybroker.catalog import FORMAT_VERSION, INDEX_MAGIC, META_FILE, index_name, offers_name, parse_offer_line
+from skybroker.catalog import META_FILE, index_name, names_name, offers_name, parse_offer_line, regions_name
+from skybroker.catalog.index import FORMAT_VERSION, G_FIELDS, INDEX_MAGIC, S_FIELDS
 from skybroker.catalog.model import CLOUDS
+from skybroker.catalog.rules import (GCP_ARM_FAMILIES, GCP_GPU_FAMILIES, N1_CEILINGS, README_RULES, TPU_VM,  # noqa: F401
+                                    _N1_HOST, azure_arch, gcp_arch, gcp_fixed_gpu, generation, is_burstable,
+                                    is_confidential,
+                                    is_local_zone, is_tpu)
 from skybroker.errors import BrokerError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -42,60 +47,6 @@ SOURCES = {
               "note": "complete; the shared copy re-quotes Generation `V1,V2`"},
 }
 SUSPICIOUS_RATIO = 0.3
-
-# --- GCP accelerator attachment rules (GUIDE §1) ----------------------------------------------------
-GCP_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-")  # machine types that bring their GPUs: never CPU-only
-_G2_L4 = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
-N1_CEILINGS = {  # gpu -> {count: (max vCPUs, max GiB)} for the N1 host
-    "V100": {1: (12, 78), 2: (24, 156), 4: (48, 312), 8: (96, 624)},
-    "T4": {1: (48, 312), 2: (48, 312), 4: (96, 624)},
-    "P100": {1: (16, 104), 2: (32, 208), 4: (96, 624)},
-    "P4": {1: (24, 156), 2: (48, 312), 4: (96, 624)},
-    "K80": {1: (8, 52), 2: (16, 104), 4: (32, 208), 8: (64, 416)},
-}
-_N1_HOST = re.compile(r"^n1-(standard|highmem|highcpu)-\d+$")
-GCP_ARM_FAMILIES = ("t2a", "c4a", "n4a")
-# Azure size name: Standard_<family><vCPUs>[-<constrained>]<feature letters>[_...]; 'p' = Arm (Ampere/Cobalt)
-_AZURE_SIZE = re.compile(r"^Standard_[A-Z]+[0-9]+(?:-[0-9]+)?([a-z]*)")
-
-
-def gcp_fixed_gpu(machine_type: str) -> tuple[str, int] | None:
-    """The (accelerator, count) a GPU-family machine type brings, or None if it is not a known one."""
-    m = re.fullmatch(r"a2-(highgpu|megagpu|ultragpu)-(\d+)g", machine_type)
-    if m:
-        n = int(m.group(2))
-        if m.group(1) == "highgpu" and n in (1, 2, 4, 8):
-            return "A100", n
-        if m.group(1) == "megagpu" and n == 16:
-            return "A100", 16
-        if m.group(1) == "ultragpu" and n in (1, 2, 4, 8):
-            return "A100-80GB", n
-        return None
-    m = re.fullmatch(r"g2-standard-(\d+)", machine_type)
-    if m:
-        n = _G2_L4.get(int(m.group(1)))
-        return ("L4", n) if n else None
-    m = re.fullmatch(r"a3-highgpu-(\d+)g", machine_type)
-    if m and int(m.group(1)) in (1, 2, 4, 8):
-        return "H100", int(m.group(1))
-    return {"a3-edgegpu-8g": ("H100", 8), "a3-edgegpu-8g-nolssd": ("H100", 8),
-            "a3-megagpu-8g": ("H100-MEGA", 8),
-            "a3-ultragpu-8g": ("H200", 8), "a3-ultragpu-8g-nolssd": ("H200", 8),
-            "a4-highgpu-8g": ("B200", 8)}.get(machine_type)
-
-
-def azure_arch(size: str) -> str:
-    m = _AZURE_SIZE.match(size)
-    return "arm64" if m and "p" in m.group(1) else "x86_64"
-
-
-def gcp_arch(machine_type: str) -> str:
-    return "arm64" if machine_type.split("-", 1)[0] in GCP_ARM_FAMILIES else "x86_64"
-
-
-def is_local_zone(zone: str | None) -> bool:
-    return zone is not None and zone.count("-") > 1
-
 
 # --- small helpers -----------------------------------------------------------------------------------
 def _price(text: str) -> float | None:
@@ -170,16 +121,27 @@ def read_gcp(path, acc: _Acc) -> None:
     vms: dict[str, list[dict]] = defaultdict(list)
     gpus: dict[tuple[str, float, str], tuple[float | None, float | None]] = {}
     gpu_counts: dict[str, set[float]] = defaultdict(set)
+    tpus: dict[tuple[str, str], tuple] = {}
     for r in _rows(path):
         acc.stats["input_rows"] += 1
         name = r["AcceleratorName"]
         if r["InstanceType"]:
-            if r["InstanceType"].endswith("-tpu"):  # TPU host VMs (n1-340-48-tpu …): only with a TPU
-                acc.stats["skipped_tpu_rows"] += 1
+            if r["InstanceType"].endswith("-tpu"):  # TPU-node host VMs (n1-340-48-tpu …): not planned
+                acc.stats["skipped_tpu_host_rows"] += 1
             else:
                 vms[r["InstanceType"]].append(r)
-        elif name.startswith("tpu-"):
-            acc.stats["skipped_tpu_rows"] += 1
+        elif is_tpu(name):
+            k = (name, r["AvailabilityZone"])
+            row = (r["AcceleratorCount"], r["Region"], r["Price"], r["SpotPrice"])
+            if k in tpus:
+                if tpus[k] != row:
+                    raise BrokerError(f"gcp: two different rows for {name} in {k[1]}")
+                acc.stats["duplicate_tpu_rows"] += 1
+                continue
+            tpus[k] = row
+            acc.stats["tpu_rows"] += 1
+            acc.add(TPU_VM, 0, 0, name, r["AcceleratorCount"], "x86_64", r["Region"], r["AvailabilityZone"],
+                    _price(r["Price"]), _price(r["SpotPrice"]))
         else:
             count = float(r["AcceleratorCount"])
             k = (name, count, r["AvailabilityZone"])
@@ -250,21 +212,26 @@ def _offer_sort(item):
     return (o[0] if o[0] is not None else float("inf"), region, zone or "")
 
 
+def _bound_key(v: float | None, gen: int, itype: str) -> tuple:
+    return (v if v is not None else float("inf"), -gen, itype)
+
+
 def write_cloud(acc: _Acc, out: pathlib.Path) -> dict:
-    """Write <cloud>.index.tsv and <cloud>.offers.tsv, then re-read every block to verify offsets."""
+    """Write <cloud>.index.tsv and <cloud>.offers.tsv (format in README_FORMAT), then re-read every block to
+    verify the offsets."""
+    cloud = acc.cloud
     specs = {k: v for k, v in acc.specs.items() if v["offers"]}
     acc.stats["specs_dropped_no_price"] = len(acc.specs) - len(specs)
     regions: set[str] = set()
     zones: dict[str, str] = {}
     body = bytearray()
-    lines = []
+    s_fields: dict[tuple, list[str]] = {}
     n_offers = 0
-    for key in sorted(specs):
+    for key in sorted(specs):  # offers blocks in (instance type, accelerator, count) order
         itype, gpu, count = key
         s = specs[key]
         offers = sorted(s["offers"].items(), key=_offer_sort)
-        head = f"{itype}\t{gpu}\t{fmt(count)}\n"
-        block = [head]
+        block = [f"{itype}\t{gpu}\t{fmt(count)}\n"]
         for (region, zone), (price, spot, local, susp) in offers:
             regions.add(region)
             if zone is not None:
@@ -274,27 +241,108 @@ def write_cloud(acc: _Acc, out: pathlib.Path) -> dict:
         data = "".join(block).encode()
         prices = [o[0] for _, o in offers if o[0] is not None]
         spots = [o[1] for _, o in offers if o[1] is not None]
-        lines.append("\t".join([
-            "S", itype, fmt(s["vcpus"]), fmt(s["mem"]), gpu, fmt(count), s["arch"],
-            fmt(min(prices) if prices else None), fmt(min(spots) if spots else None),
-            str(len(body)), str(len(data)), str(len(offers))]) + "\n")
+        s["min"] = min(prices) if prices else None
+        s["min_spot"] = min(spots) if spots else None
+        clean = [o for _, o in offers if not o[2] and not o[3]]  # neither Local Zone nor suspicious
+        s["cmin"] = min((o[0] for o in clean if o[0] is not None), default=None)
+        s["cmin_spot"] = min((o[1] for o in clean if o[1] is not None), default=None)
+        s["gen"] = generation(cloud, itype, gpu or None)
+        s["flags"] = ("B" if is_burstable(cloud, itype) else "") + ("C" if is_confidential(cloud, itype) else "")
+        s_fields[key] = ["S", itype, fmt(s["vcpus"]), fmt(s["mem"]), gpu, fmt(count), s["arch"], s["flags"],
+                         str(s["gen"]), fmt(s["min"]), fmt(s["min_spot"]), str(len(body)), str(len(data)),
+                         str(len(offers)), fmt(s["cmin"]), fmt(s["cmin_spot"])]
+        assert len(s_fields[key]) == S_FIELDS
         body += data
         n_offers += len(offers)
-    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{acc.cloud}\t{offers_name(acc.cloud)}\t{len(body)}"
-              f"\t{len(lines)}\n",
-              "# S\tinstance_type\tvcpus\tmemory_gib\taccelerator\tcount\tarch\tmin_price\tmin_spot"
-              "\toffset\tlength\tn_offers\n"]
-    header += [f"R\t{r}\n" for r in sorted(regions)]
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
+    for key, s in specs.items():
+        groups[(key[1], key[2], s["vcpus"], s["mem"], s["arch"], s["flags"])].append(key)
+    g_lines, s_lines, pos = [], [], 0
+    by_region: dict[str, list[tuple[int, list[tuple]]]] = defaultdict(list)  # region -> [(group, entries)]
+    where: dict[tuple, tuple[int, int]] = {}  # spec key -> (group, position)
+    for gi, gk in enumerate(sorted(groups)):
+        gpu, count, vcpus, mem, arch, flags = gk
+        members = sorted(groups[gk], key=lambda k: _bound_key(specs[k]["cmin"], specs[k]["gen"], k[0]))
+        where.update((k, (gi, i)) for i, k in enumerate(members))
+        regional: dict[str, list[tuple]] = defaultdict(list)
+        for i, k in enumerate(members):
+            per: dict[str, list] = {}
+            for (region, _zone), o in specs[k]["offers"].items():
+                r = per.setdefault(region, [None, None])
+                for j in (0, 1):
+                    if o[j] is not None and (r[j] is None or o[j] < r[j]):
+                        r[j] = o[j]
+            for region, (od, sp) in per.items():
+                regional[region].append((i, od, sp, specs[k]["gen"], k[0]))
+        for region, entries in regional.items():
+            by_region[region].append((gi, entries))
+        spot_order = sorted(range(len(members)), key=lambda i: _bound_key(
+            specs[members[i]]["cmin_spot"], specs[members[i]]["gen"], members[i][0]))
+        text = "".join("\t".join(s_fields[k]) + "\n" for k in members)
+        mins = [specs[k]["cmin"] for k in members if specs[k]["cmin"] is not None]
+        spot_mins = [specs[k]["cmin_spot"] for k in members if specs[k]["cmin_spot"] is not None]
+        g = ["G", fmt(vcpus), fmt(mem), gpu, fmt(count), arch, flags, fmt(min(mins) if mins else None),
+             fmt(min(spot_mins) if spot_mins else None), str(len(members)), str(pos), str(len(text)),
+             ",".join(map(str, spot_order)),
+             ",".join(str(i) for i, k in enumerate(members) if any(o[3] for o in specs[k]["offers"].values()))]
+        assert len(g) == G_FIELDS
+        g_lines.append("\t".join(g) + "\n")
+        s_lines.append(text)
+        pos += len(text)
+    regions_text, r_lines = _region_blocks(by_region)
+    names_text = "".join(sorted(f"{k[0]}\t{gi}\t{pos}\n" for k, (gi, pos) in where.items())).encode()
+    header = [f"{INDEX_MAGIC}\t{FORMAT_VERSION}\t{cloud}\t{offers_name(cloud)}\t{len(body)}\t{len(specs)}"
+              f"\t{len(g_lines)}\t{regions_name(cloud)}\t{len(regions_text)}\t{names_name(cloud)}"
+              f"\t{len(names_text)}\n",
+              "# G\tvcpus\tmemory_gib\taccelerator\tcount\tarch\tflags\tmin_price\tmin_spot\tn_specs\tstart"
+              "\tlength\tspot_order\tsuspects\n",
+              "# S\tinstance_type\tvcpus\tmemory_gib\taccelerator\tcount\tarch\tflags\tgeneration\tmin_price"
+              "\tmin_spot\toffset\tlength\tn_offers\n"]
+    header += r_lines
+    acc_dir: dict[str, list[int]] = {}
+    for gi, gk in enumerate(sorted(groups)):  # G lines are sorted by accelerator: one range per name
+        acc_dir.setdefault(gk[0], [gi, 0])[1] += 1
+    header += [f"A\t{a}\t{first}\t{n}\n" for a, (first, n) in sorted(acc_dir.items(), key=lambda x: x[1][0])]
     header += [f"Z\t{z}\t{zones[z]}\n" for z in sorted(zones)]
-    index_text = "".join(header + lines)
-    _write(out / offers_name(acc.cloud), bytes(body))
-    _write(out / index_name(acc.cloud), index_text.encode())
-    _verify(out, acc.cloud, lines)
+    head = "".join(header[1:] + g_lines)
+    first = header[0].rstrip("\n")
+    s_at = next(n for n in (len(first) + len(head) + 2 + d for d in range(1, 13))
+                if len(str(n)) == n - len(first) - len(head) - 2)  # line 1 holds its own length
+    line1 = f"{first}\t{s_at}\n"
+    assert len(line1) + len(head) == s_at
+    index_text = line1 + head + "".join(s_lines)
+    _write(out / offers_name(cloud), bytes(body))
+    _write(out / regions_name(cloud), regions_text)
+    _write(out / names_name(cloud), names_text)
+    _write(out / index_name(cloud), index_text.encode())
+    _verify(out, cloud, list(s_fields.values()))
     acc.stats["specs"] = len(specs)
+    acc.stats["groups"] = len(g_lines)
+    acc.stats["burstable_specs"] = sum(1 for s in specs.values() if "B" in s["flags"])
+    acc.stats["confidential_specs"] = sum(1 for s in specs.values() if "C" in s["flags"])
     acc.stats["offers"] = n_offers
     acc.stats["regions"] = len(regions)
     acc.stats["zones"] = len(zones)
     return dict(sorted(acc.stats.items()))
+
+
+def _region_blocks(by_region: dict) -> tuple[bytes, list[str]]:
+    """<cloud>.regions.tsv: per region, the specs offered there, group by group, sorted by their lowest price
+    in that region (the exact lower bound a region-bound search needs); and the index's R lines."""
+    body = bytearray()
+    r_lines = []
+    for region in sorted(by_region):
+        heads, rows, n = [], [], 0
+        for gi, entries in by_region[region]:
+            od = sorted(entries, key=lambda e: _bound_key(e[1], e[3], e[4]))
+            spot_pos = sorted(range(len(od)), key=lambda j: _bound_key(od[j][2], od[j][3], od[j][4]))
+            heads.append(f"{gi}\t{n}\t{len(od)}\t{','.join(map(str, spot_pos))}\n")
+            rows.extend(f"{e[0]}\t{fmt(e[1])}\t{fmt(e[2])}\n" for e in od)
+            n += len(od)
+        block = f"{region}\t{len(heads)}\n{''.join(heads)}{''.join(rows)}".encode()
+        r_lines.append(f"R\t{region}\t{len(body)}\t{len(block)}\n")
+        body += block
+    return bytes(body), r_lines
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
@@ -303,11 +351,10 @@ def _write(path: pathlib.Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _verify(out: pathlib.Path, cloud: str, lines: list[str]) -> None:
+def _verify(out: pathlib.Path, cloud: str, lines: list[list[str]]) -> None:
     with open(out / offers_name(cloud), "rb") as f:
-        for line in lines:
-            p = line.rstrip("\n").split("\t")
-            off, length, n = int(p[9]), int(p[10]), int(p[11])
+        for p in lines:
+            off, length, n = int(p[11]), int(p[12]), int(p[13])
             f.seek(off)
             block = f.read(length).decode().split("\n")
             if block[0] != f"{p[1]}\t{p[4]}\t{p[5]}" or block[-1] != "" or len(block) != n + 2:
@@ -383,78 +430,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-README_RULES = """\
-## Rules applied by the build
-
-General
-- Input files are read with Python's `csv` module (fields such as GpuInfo contain commas).
-- Prices are USD/hour. An empty price, or a price of 0 or less, means *unknown*: `None`, never free.
-  Empty `Price` → no on-demand offer there (`price` None); empty `SpotPrice` → no spot offer (`spot_price`
-  None). A row with neither price gives no offer; a spec with no offer anywhere is dropped.
-- A spot price above (or equal to) the on-demand price is kept as is (e.g. AWS Atlanta Local Zone rows at
-  1.25 × on-demand; rows rounded up in the 6th decimal). The optimizer compares whatever it is asked for.
-- Suspicious prices: the row is kept and flagged (`suspicious=True`, flag `S`) when its on-demand price is
-  below {ratio} × the median of the spec's on-demand prices across regions (one value per region, the
-  region's lowest; `statistics.median`; specs offered in a single region are never flagged). This flags the
-  19 Azure rows the upstream README describes (7 in newzealandnorth, e.g. `Standard_F4ams_v6` at 0.0449).
-- `min_price` / `min_spot_price` in the index are minima over every offer of the spec (Local Zones and
-  suspicious rows included), so they are lower bounds for best-first search.
-- Accelerator names are kept as upstream writes them (SkyPilot canonical names: V100, A100, A100-80GB,
-  T4, L4, A10G, A10, H100, …). Counts are floats; Azure fractional counts (0.167, 0.333, 0.5) stay
-  fractional. CPU-only specs have accelerator None and count 0.
-
-AWS (`aws/vms_subset.csv`)
-- Zones are AZ IDs (`use1-az1`), kept as the zone. On-demand is per region (repeated on each AZ row),
-  spot per AZ.
-- Local Zones (AZ ID with more than one `-`, e.g. `usw2-lax1-az1`, `use1-atl2-az1`): `local_zone=True`
-  (flag `L`); the optimizer excludes them unless the user asks for that zone.
-- Arch comes from the `Arch` column (`i386` → x86_64; Mac host rows would be skipped; none in the subset).
-
-GCP (`gcp/vms.csv`)
-- TPU rows (AcceleratorName `tpu-*`) and the TPU host VM types (`*-tpu`, e.g. `n1-340-48-tpu`) are out of
-  scope and skipped.
-- GPU machines are priced as GCP bills them: host VM row + accelerator row of the same zone, on-demand
-  and spot (spot only when both rows have one). One spec per legal (host, accelerator, count);
-  `instance_type` is the host machine type. If either row is missing in a zone, that zone has no offer.
-  - Machine types that bring their GPUs (never listed as CPU-only specs): A100 (40 GB) on
-    `a2-highgpu-{{1,2,4,8}}g` (count N) and `a2-megagpu-16g` (16); A100-80GB on `a2-ultragpu-{{1,2,4,8}}g`;
-    L4 on `g2-standard-4/8/12/16/32` (1), `-24` (2), `-48` (4), `-96` (8); H100 on `a3-highgpu-{{1,2,4,8}}g`
-    and `a3-edgegpu-8g` (8); H100-MEGA:8 on `a3-megagpu-8g`; H200:8 on `a3-ultragpu-8g`; B200:8 on
-    `a4-highgpu-8g`. The `-nolssd` variants (`a3-edgegpu-8g-nolssd`, `a3-ultragpu-8g-nolssd`) carry the
-    same GPUs as their base type. Any other `a2-/a3-/a4-/g2-` type is skipped.
-  - The `a4-highgpu-8g` VM rows are priced 0.0 (on-demand and spot): unknown, so the B200 total is
-    unknown and, with no price anywhere, the B200 spec is dropped (until upstream prices the VM).
-  - V100, T4, P100, P4 (and K80 if present) attach to N1 hosts (`n1-standard/highmem/highcpu-*`) with the
-    counts present in the accelerator rows, on every host within the ceiling (vCPUs, GiB) per GPU count:
-    V100 1→(12,78) 2→(24,156) 4→(48,312) 8→(96,624); T4 1→(48,312) 2→(48,312) 4→(96,624);
-    P100 1→(16,104) 2→(32,208) 4→(96,624); P4 1→(24,156) 2→(48,312) 4→(96,624);
-    K80 1→(8,52) 2→(16,104) 4→(32,208) 8→(64,416). The N1 hosts are also CPU-only specs.
-  - Sums are rounded to 6 decimals (inputs have at most 5).
-- Plain VM rows → CPU-only specs. Arch: families {arm} are arm64, the rest x86_64.
-
-Azure (`azure/vms.csv`)
-- No zone column: zone None; on-demand and spot are per region.
-- Arch: a size is arm64 when its feature letters (the lower-case letters after the vCPU count, as in
-  `Standard_D4ps_v6`, `Standard_E2pds_v5`, `Standard_B2pls_v2`) contain `p`; otherwise x86_64.
-- The `Generation` column is not used.
-"""
-
 README_FORMAT = """\
 ## Format (version {version})
 
 Per cloud two UTF-8 text files; `meta.json` holds the build metadata (`skybroker.catalog.info()`).
 
-`<cloud>.index.tsv` — read eagerly by the loader. Line 1: `{magic}<TAB>version<TAB>cloud<TAB>offers
-file<TAB>offers file size<TAB>number of specs`. Then `#` comments, `R<TAB>region` lines (sorted),
-`Z<TAB>zone<TAB>region` lines (sorted; none on Azure), and last one `S` line per spec, sorted by (instance type, accelerator, count):
-`S instance_type vcpus memory_gib accelerator count arch min_price min_spot offset length n_offers`
-(empty field = None). `offset`/`length` locate the spec's block in the offers file.
+`<cloud>.index.tsv` — read by the loader (`skybroker/catalog/index.py`), lazily. Line 1: `{magic}<TAB>version
+<TAB>cloud<TAB>offers file<TAB>offers file size<TAB>number of specs<TAB>number of groups<TAB>regions file
+<TAB>regions file size<TAB>names file<TAB>names file size<TAB>offset of the first S line`. Then `#` comments, `R<TAB>region<TAB>offset<TAB>length` lines (sorted), `A<TAB>accelerator<TAB>first
+group<TAB>number of groups` lines (the G lines of each accelerator name, "" = CPU-only), `Z<TAB>zone<TAB>region` lines (sorted; none on Azure), then one `G` line per
+shape group (specs with the same accelerator, count, vCPUs, memory, arch and flags; sorted by those):
+`G vcpus memory_gib accelerator count arch flags min_price min_spot n_specs start length spot_order
+suspects` (`suspects`: the specs, 0-based, with a suspicious offer), and
+last the `S` lines, group after group:
+`S instance_type vcpus memory_gib accelerator count arch flags generation min_price min_spot offset length
+n_offers clean_min clean_min_spot` (empty field = None; flags: `B` = burstable, `C` = confidential computing; `clean_*` = minima over the
+offers that are neither in a Local Zone nor suspicious, the bounds of a search that may not choose those). In
+a group the S lines are sorted by `clean_min` (None last), then generation (newest first), then instance
+type; `spot_order` lists the group's specs (0-based) in the same order by `clean_min_spot`; the G line's
+minima are the clean ones. `start`/`length` locate the group's S lines (characters after the
+first S line's start); `offset`/`length` locate a spec's block in the offers file.
 
-`<cloud>.offers.tsv` — read by seek, one block per spec in index order. A block starts with a header line
-`instance_type<TAB>accelerator<TAB>count` (starts with a letter, so `git diff` hunk headers name the spec)
-followed by one line per offer: `<TAB>region<TAB>zone<TAB>price<TAB>spot_price<TAB>flags`
-(`L` = AWS Local Zone, `S` = suspicious), sorted by (price, with None last; region; zone). The build
-re-reads every block to check the offsets.
+`<cloud>.regions.tsv` — read by seek, one block per region (the index's `R<TAB>region<TAB>offset<TAB>length`
+lines locate them): a line `region<TAB>n_groups`, one line per shape group offered there
+`group<TAB>start<TAB>n<TAB>spot_order` (group = 0-based G line), then the entries, group by group:
+`position in group<TAB>lowest on-demand price there<TAB>lowest spot price there`, sorted by that on-demand
+price (None last; newest generation, then name, on ties); `spot_order` sorts them by the spot price. A
+search bound to a region walks these instead of the catalog-wide bounds.
+
+`<cloud>.names.tsv` — `instance_type<TAB>group<TAB>position` per spec, sorted: a named instance type is found
+by binary search (seeks), without reading the S lines.
+
+`<cloud>.offers.tsv` — read by seek, one block per spec, in (instance type, accelerator, count) order. A
+block starts with a header line `instance_type<TAB>accelerator<TAB>count` (starts with a letter, so
+`git diff` hunk headers name the spec) followed by one line per offer:
+`<TAB>region<TAB>zone<TAB>price<TAB>spot_price<TAB>flags` (`L` = AWS Local Zone, `S` = suspicious), sorted
+by (price, with None last; region; zone). The build re-reads every block to check the offsets.
 """
 
 

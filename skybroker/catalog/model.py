@@ -14,6 +14,9 @@ class InstanceSpec:
     legal (host, accelerator, count) combination, priced as host row + accelerator row in the same zone.
     `min_price`/`min_spot_price` are the minimum over every offer of this spec (Local Zones included),
     so they are valid lower bounds for best-first search; None when no offer has that price.
+    `burstable`: a shared-core / CPU-credit machine (used only when named). `generation`: 10 × the machine
+    series' generation (equal-price ties prefer the higher). A GCP TPU VM is instance type `TPU-VM` with the
+    slice as accelerator (`tpu-v4-8`, count 1) and vCPUs/memory 0 (unknown): see `is_tpu`.
     """
 
     cloud: str
@@ -25,6 +28,18 @@ class InstanceSpec:
     arch: str  # "x86_64" or "arm64"
     min_price: float | None
     min_spot_price: float | None
+    burstable: bool = False
+    generation: int = 0
+    confidential: bool = False  # confidential-computing size (needs confidential images): only when named
+
+    @property
+    def is_tpu(self) -> bool:
+        return bool(self.accelerator_name) and self.accelerator_name.lower().startswith("tpu-")
+
+    @property
+    def shape_known(self) -> bool:
+        """False for TPU VMs, whose host vCPUs/memory the catalog does not give."""
+        return self.vcpus > 0
 
     @property
     def key(self) -> tuple[str, str | None, float]:

@@ -115,6 +115,11 @@ class Provider:
         a list of skybroker.optimizer.Candidate."""
         return []
 
+    def unavailable_reason(self) -> tuple[str, str] | None:
+        """For providers without a catalog: (why it has no offers at all, what to do), e.g. no cluster
+        configured; None when it can offer. Used to explain an infeasible plan."""
+        return None
+
     def accelerator_inventory(self, region: str | None = None) -> list[tuple[str, float, str, str | None, float]]:
         """For providers without a catalog: (accelerator, count per node, where, instance type, $/h) of
         what they can offer now (`broker show-gpus --cloud NAME`). Catalog providers are read from their

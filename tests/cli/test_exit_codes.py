@@ -125,7 +125,7 @@ def test_refused_destruction_left_everything_in_place(home):
     (["show-gpus", "--json"], lambda d: {r["name"] for r in d} >= {"A100", "V100", "H100"}),
     (["check", "--json"], lambda d: {c["cloud"] for c in d} >= {"aws", "gcp", "azure", "lambda", "kubernetes"}
      and all("credentials" in c for c in d)),
-    (["catalog", "info", "--json"], lambda d: d["format_version"] == 1 and d["dir"].endswith("data")),
+    (["catalog", "info", "--json"], lambda d: d["format_version"] == 2 and d["dir"].endswith("data")),
 ])
 def test_json_on_read_commands(home, argv, check):
     r = run(home, *argv)

@@ -376,7 +376,7 @@ class K8sFake:
                            "lower case alphanumeric characters or '-'"))
         for k, v in (md.get("labels") or {}).items():
             if len(str(v)) > 63 or not re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(v)):
-                causes.append((f"metadata.labels", f'Invalid value: "{v}"'))
+                causes.append(("metadata.labels", f'Invalid value: "{v}"'))
         if kind == "pods":
             causes += self._validate_pod(body)
         if causes:

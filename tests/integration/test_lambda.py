@@ -3,9 +3,7 @@ catalog, credentials, failover across its regions and to another cloud, and (as 
 logs → down and a managed job that survives its instance being terminated, on real sshd nodes."""
 from __future__ import annotations
 
-import json
 import os
-import threading
 from pathlib import Path
 
 import pytest

@@ -54,7 +54,9 @@ def test_spec_counts_and_metadata():
     counts = {c: len(catalog.specs(c)) for c in catalog.CLOUDS}
     assert counts["aws"] == 128  # 128 complete instance-type blocks
     assert counts["azure"] == 1432  # every size has a price
-    assert 500 <= counts["gcp"] <= 700  # CPU types + GPU combos, minus TPUs and the unpriced B200
+    tpus = sum(s.is_tpu for s in catalog.specs("gcp"))
+    assert tpus == 175  # one TPU-VM spec per TPU slice name upstream prices
+    assert 500 <= counts["gcp"] - tpus <= 700  # CPU types + GPU combos, minus the unpriced B200
     for c in catalog.CLOUDS:
         m = meta["clouds"][c]
         assert m["counts"]["specs"] == counts[c]
@@ -250,10 +252,13 @@ def test_gcp_n1_host_ceilings():
                 and not s.instance_type.startswith(("n1-standard-", "n1-highmem-", "n1-highcpu-"))]
 
 
-def test_gcp_tpus_absent_and_cpu_facts():
-    for s in catalog.specs("gcp"):
-        assert not (s.accelerator_name or "").startswith("tpu-")
-        assert not s.instance_type.endswith("-tpu")
+def test_gcp_tpus_and_cpu_facts():
+    tpu = spec("gcp", "TPU-VM", "tpu-v4-8", 1)
+    assert tpu.is_tpu and not tpu.shape_known and (tpu.vcpus, tpu.memory_gib) == (0, 0)
+    rows = catalog.offers(tpu)
+    assert [(o.zone, o.price, o.spot_price) for o in rows] == [("us-central2-b", 12.88, 3.686)]  # read once
+    assert catalog.info()["clouds"]["gcp"]["counts"]["duplicate_tpu_rows"] == 154
+    assert not any(s.instance_type.endswith("-tpu") for s in catalog.specs("gcp"))  # TPU-node hosts
     best, rows = cheapest(catalog.offers(spec("gcp", "e2-standard-4")), spot=True)
     assert best == 0.01574 and {o.zone for o in rows} == {"us-west4-a", "us-west4-b", "us-west4-c"}
     assert rows[0].price == 0.15094
@@ -400,3 +405,78 @@ def test_build_rules_helpers():
     assert build.gcp_fixed_gpu("g2-standard-24") == ("L4", 2)
     assert build.gcp_fixed_gpu("n1-standard-8") is None
     assert build.is_local_zone("usw2-lax1-az1") and not build.is_local_zone("use1-az1")
+
+
+# --- classification columns and the lazy index ----------------------------------------------------------
+@pytest.mark.parametrize("cloud, itype, burstable", [
+    ("aws", "t3.nano", True), ("aws", "t3.2xlarge", True), ("aws", "m6i.large", False),
+    ("azure", "Standard_B2s", True), ("azure", "Standard_B2pls_v2", True), ("azure", "Standard_D2s_v5", False),
+    ("gcp", "e2-micro", True), ("gcp", "e2-medium", True), ("gcp", "e2-standard-2", False),
+])
+def test_burstable_flag(cloud, itype, burstable):
+    assert spec(cloud, itype).burstable is burstable
+    assert build.is_burstable(cloud, itype) is burstable
+
+
+def test_generation_column():
+    assert spec("aws", "r6i.2xlarge").generation > spec("aws", "r5.2xlarge").generation
+    assert spec("gcp", "a3-highgpu-8g", "H100", 8).generation > spec("gcp", "a3-edgegpu-8g", "H100", 8).generation
+    assert spec("azure", "Standard_D4s_v5").generation == 50 and spec("azure", "Standard_F4").generation == 10
+    assert build.generation("aws", "m8i-flex.xlarge") == 80 and build.generation("gcp", "n2d-standard-4") == 20
+
+
+def test_index_groups_are_sorted_by_bound():
+    idx = catalog.load_index("azure")
+    seen = set()
+    for g in idx.groups:  # (all of them: parsed on this access)
+        for spot in (False, True):
+            pairs = list(g.bounded(spot))
+            specs = [s for _, s in pairs]
+            assert len(specs) == g.n
+            bounds = [b for b, _ in pairs]  # clean bounds: no Local Zone, no suspicious offer
+            known = [b for b in bounds if b is not None]
+            assert known == sorted(known) and bounds[:len(known)] == known  # None last
+            assert (g.min_spot if spot else g.min_price) == (known[0] if known else None)
+            for b, s in pairs:
+                full = s.min_spot_price if spot else s.min_price
+                assert b is None or (full is not None and full <= b)
+            flagged = {s.key for s in specs if any(o.suspicious for o in catalog.offers(s))}
+            assert {s.key for s in g.suspect_specs()} == flagged
+        for s in specs:
+            assert (s.vcpus, s.memory_gib, s.accelerator_name, s.accelerator_count, s.arch, s.burstable) == \
+                (g.vcpus, g.memory_gib, g.accelerator, g.count, g.arch, g.burstable)
+            seen.add(s.key)
+    assert len(seen) == idx.n_specs == len(catalog.specs("azure"))
+
+
+def test_index_is_parsed_lazily():
+    idx = catalog.load_index("gcp")
+    assert idx.blocks == {}  # reading the index builds no spec
+    (s,) = [x for x in catalog.named("gcp", "n1-highmem-8") if x.key[1:] == ("V100", 1.0)]
+    assert len(idx.blocks) == len(catalog.named("gcp", "n1-highmem-8")) < 20
+    assert catalog.offers(s)[0].spec is s
+
+
+def test_region_blocks_give_exact_regional_minima():
+    idx = catalog.load_index("aws")
+    for region in ("us-east-1", "eu-west-1"):
+        for gi, rg in idx.region_groups(region).items():
+            assert rg.group is idx.groups[gi]
+            for spot in (False, True):
+                pairs = list(rg.ordered(spot))
+                known = [b for b, _ in pairs if b is not None]
+                assert known == sorted(known)
+                for b, s in pairs:
+                    prices = [o.spot_price if spot else o.price for o in catalog.offers(s) if o.region == region]
+                    prices = [p for p in prices if p is not None]
+                    assert b == (min(prices) if prices else None)
+
+
+@pytest.mark.parametrize("cloud", catalog.CLOUDS)
+def test_named_lookup_finds_exactly_the_specs_of_a_name(cloud):
+    specs = catalog.specs(cloud)
+    key = lambda s: (s.accelerator_name or "", s.accelerator_count)  # noqa: E731
+    for name in sorted({s.instance_type for s in specs}):
+        assert sorted(map(key, catalog.named(cloud, name))) == sorted(key(s) for s in specs if s.instance_type == name)
+    for name in ("", "a", "zzzz", "m6i", "Standard_", "TPU-VM0", "~"):
+        assert catalog.named(cloud, name) == []

@@ -81,14 +81,21 @@ def test_cpu_spot_4_16():
     r = {"cpus": "4+", "memory": "16+", "use_spot": True}
     g = best(r, "gcp")
     assert (g.instance_type, g.region, g.price) == ("e2-standard-4", "us-west4", pytest.approx(0.01574))
-    a = best(r, "azure")
-    assert (a.instance_type, a.region, a.price) == ("Standard_F4ams_v6", "newzealandnorth", pytest.approx(0.008298))
-    assert a.offer.suspicious  # flagged as an upstream anomaly, still the cheapest as the data stands
+    a = best(r, "azure")  # the newzealandnorth anomaly (0.008298) is shown, never chosen
+    assert not a.suspicious and a.price > 0.008298
     w = best(r, "aws")  # Local Zones excluded unless asked for
     assert (w.instance_type, w.region, w.price) == ("m8i-flex.xlarge", "eu-south-2", pytest.approx(0.0224))
-    lz = best({**r, "zone": "usw2-lax1-az2"}, "aws")
+    lz = best({**r, "zone": "usw2-lax1-az2", "instance_type": "t3.xlarge"}, "aws")
     assert (lz.instance_type, lz.price) == ("t3.xlarge", pytest.approx(0.0211))
-    assert plan_for(r).chosen.cloud == "azure"
+    p = plan_for(r)
+    assert (p.chosen.cloud, p.chosen.instance_type) == ("gcp", "e2-standard-4")
+    (skip,) = p.skipped
+    assert skip.reason == "suspicious" and skip.candidate.instance_type == "Standard_F4ams_v6"
+    assert "--allow-suspicious-prices" in p.notes[0]
+    flagged = [c for c in p.candidates if c.suspicious]
+    assert flagged and flagged[0].price == pytest.approx(0.008298)  # kept for the table
+    allowed = optimize(task_from_dict({"resources": r, "run": "x"}), ALL, allow_suspicious=True)
+    assert allowed.chosen.suspicious and allowed.chosen.price == pytest.approx(0.008298) and not allowed.skipped
 
 
 def test_cpu_on_demand_4_16():
@@ -96,9 +103,11 @@ def test_cpu_on_demand_4_16():
     g = best(r, "gcp")
     assert g.instance_type in ("n2d-standard-4", "t2d-standard-4") and g.region == "asia-south1"
     assert g.price == pytest.approx(0.11153)
-    w = best(r, "aws")
-    assert (w.instance_type, w.price) == ("t3.xlarge", pytest.approx(0.1664))
+    w = best(r, "aws")  # t3.xlarge (0.1664, burstable) is skipped: m6i.xlarge, the newer of the 0.192 pair
+    assert (w.instance_type, w.price) == ("m6i.xlarge", pytest.approx(0.192))
     assert w.region in ("us-east-1", "us-east-2", "us-west-2")
+    skip = plan_for({**r, "cloud": "aws"}).skipped
+    assert [(s.reason, s.candidate.instance_type) for s in skip] == [("burstable", "t3.xlarge")]
 
 
 @pytest.mark.parametrize("gpu, itype, price, spot_type, spot_price, spot_zone", [
@@ -201,12 +210,13 @@ def test_instance_type_and_max_hourly_cost():
 
 
 def test_exact_never_misses_a_cheaper_offer():
-    """Brute force over every offer in the catalogs agrees with the best-first search."""
+    """Brute force over every offer in the catalogs agrees with the best-first search (randomised tasks
+    in test_optimizer_search.py)."""
     from skybroker.optimizer import spec_admits
     t = task_from_dict({"resources": {"cpus": "4+", "memory": "16+", "use_spot": True}, "run": "x"})
     res = t.candidates[0]
     brute = min(o.spot_price for cl in ALL for s in catalog.specs(cl) if spec_admits(res, s)
-                for o in catalog.offers(s) if o.spot_price is not None and not o.local_zone)
+                for o in catalog.offers(s) if o.spot_price is not None and not o.local_zone and not o.suspicious)
     assert optimize(t, ALL).chosen.price == pytest.approx(brute)
 
 

@@ -17,7 +17,7 @@ resources:
   memory: 256+
   use_spot: true
   disk_size: 512
-  disk_tier: high
+  disk_tier: best
   ports: [8080, "9000-9010"]
   image_id: {us-east-1: ami-123}
   labels: {team: ml}

@@ -278,6 +278,13 @@ class KubernetesCloud(Provider):
                                  gpu, float(n or 0), False, cfg.price(ctx, cpus, mem, gpu, n), 1))
         return out
 
+    def unavailable_reason(self):
+        if cfg.contexts_for_plan():
+            return None
+        return ("no Kubernetes context is configured (no current context in the kubeconfig, not in a cluster)",
+                "point KUBECONFIG at your cluster's kubeconfig (or set a current context), then run "
+                "`broker check kubernetes`")
+
     def accelerator_inventory(self, region: str | None = None) -> list:
         """Per context, the GPUs its nodes have (the largest count one node holds), priced as configured."""
         out = {}

@@ -1,0 +1,367 @@
+"""What each SkyPilot task field means here, when it is more than a value to parse (used by spec.py).
+
+Every field SkyPilot accepts is one of:
+  - honoured (most of the format; see spec.py and resources.py);
+  - accepted with a documented meaning and a warning on `Task.warnings`, where ignoring it is harmless
+    (`service:` is ignored by launch exactly as `sky launch` ignores it; `inputs`/`outputs` size hints;
+    Kubernetes-only settings; `network_tier: best`; `priority`);
+  - refused by name with exit 2 and what to do instead, where ignoring it would change what the job does
+    (containers, pools, volumes, managed secrets, event callbacks, disk tiers we cannot provide, ...).
+Also here: SkyPilot's `$VAR`/`${VAR}` substitution, the envs/secrets maps and file mounts.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+BUCKET_PREFIXES = ("s3://", "gs://", "gcs://", "r2://", "cos://", "https://", "http://", "az://", "oci://",
+                   "nebius://", "hf://", "vastdata://")
+_VAR = re.compile(r"\$\{?\b([a-zA-Z_][a-zA-Z0-9_]*)\b\}?")  # SkyPilot's pattern (task_yaml._fill_in_env_vars)
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment variables
+
+def substitute(value: Any, env: dict[str, str]) -> Any:
+    """`$VAR` and `${VAR}` → env[VAR] in every string (keys and values, recursively), as SkyPilot fills
+    file_mounts, storage name/source/store and workdir. Unknown variables are left as written."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {substitute(k, env): substitute(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, env) for v in value]
+    return value
+
+
+def env_map(m) -> dict[str, str | None]:
+    """envs/secrets values as SkyPilot reads them: str(value) (`true` → "True", 3 → "3"), None kept."""
+    out: dict[str, str | None] = {}
+    for k, v in (m or {}).items():
+        out[str(k)] = None if v is None else str(v)
+    return out
+
+
+def normalise_env_scalars(data: dict) -> None:
+    """Before the schema check: env keys to str (YAML reads `123:` as an int), as SkyPilot does."""
+    for kind in ("envs", "secrets"):
+        m = data.get(kind)
+        if isinstance(m, dict) and any(not isinstance(k, str) for k in m):
+            data[kind] = {str(k): v for k, v in m.items()}
+
+
+def check_overrides(mapping: dict, flag: str) -> None:
+    for k in mapping:
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise SpecError(f"{flag} {str(k)[:40]!r}: not a valid variable name", f"use {flag} KEY=VALUE")
+
+
+def require_values(envs: dict, secrets: dict, source: str) -> None:
+    for kind, mapping, flag in (("envs", envs, "--env"), ("secrets", secrets, "--secret")):
+        for k, v in mapping.items():
+            if v is None:
+                raise SpecError(f"{k} has no value (null marks it as required)",
+                                f"pass it on the command line: {flag} {k}=VALUE (or {flag} {k} to take it from "
+                                f'your environment); for an empty value write {k}: ""', source=source,
+                                field=f"{kind}.{k}")
+
+
+def secrets_section(raw, source: str) -> dict:
+    """The inline secrets of `secrets:`; managed-secret references are refused by name."""
+    if isinstance(raw, list):
+        raise SpecError("managed secret references (`secrets: [secrets:NAME, ...]`) are not supported",
+                        "pass each value instead: --secret NAME (from your environment) or --secret NAME=VALUE",
+                        source=source, field="secrets")
+    out = env_map(raw)
+    for k in out:
+        if k.startswith("secrets:"):
+            raise SpecError("managed secret references (`secrets:NAME`) are not supported",
+                            "pass the value instead: --secret NAME (from your environment) or --secret NAME=VALUE",
+                            source=source, field="secrets")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Top-level fields
+
+_CONFIG_IGNORED = {
+    "kubernetes": "it applies only where SkyPilot runs the task on Kubernetes",
+    "jobs": "managed jobs are run by skybroker's local controller, which has no settings here",
+}
+
+
+def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
+    def refuse(field, what, hint):
+        raise SpecError(what, hint, source=source, field=field)
+
+    if data.get("pool"):
+        refuse("pool", "pools (`sky jobs pool`, workers shared by many jobs) are not supported",
+               "drop `pool:` and launch each task with `broker jobs launch` (managed jobs run in parallel)")
+    if data.get("volumes"):
+        refuse("volumes", "SkyPilot volumes are not supported",
+               "sync data with `file_mounts` (a local folder) or copy it in `setup`, and drop `volumes`")
+    if data.get("volume_mounts"):
+        refuse("volume_mounts", "SkyPilot volumes are not supported", "drop `volume_mounts`")
+    if data.get("managed_secrets"):
+        refuse("managed_secrets", "managed secrets are not supported",
+               "pass each value instead: --secret NAME (from your environment) or --secret NAME=VALUE")
+    if data.get("event_callback"):
+        refuse("event_callback", "event callbacks are not supported",
+               "remove `event_callback`; follow the job with `broker logs` / `broker jobs queue`")
+    if isinstance(data.get("workdir"), dict):
+        refuse("workdir", "a git workdir ({url, ref}) is not supported yet",
+               "clone the repository and set `workdir:` to the local folder")
+    for key in data.get("config") or {}:
+        why = _CONFIG_IGNORED.get(str(key))
+        if why is None:
+            refuse(f"config.{key}", "per-task config overrides are not supported",
+                   f"remove `config.{key}` (skybroker has no equivalent setting)")
+        warnings.append(f"config.{key}: ignored ({why})")
+    if data.get("service"):
+        warnings.append("service: ignored by launch, as `sky launch` ignores it (skybroker has no `serve`; "
+                        "the task runs as one cluster)")
+    for key in ("inputs", "outputs"):
+        if data.get(key):
+            warnings.append(f"{key}: data size hints are ignored (plans compare machine prices only)")
+    if data.get("api_server_access"):
+        warnings.append("api_server_access: ignored (skybroker has no API server)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resources fields
+
+_DISK_TIERS = ("low", "medium", "high", "ultra", "best")
+
+
+def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
+    """Refuse or warn about one resources entry's fields (SpecError carries the field path)."""
+    images = raw.get("image_id")
+    values = images.values() if isinstance(images, dict) else [images]
+    if any(isinstance(v, str) and v.strip().lower().startswith("docker:") for v in values):
+        raise SpecError("container images (`image_id: docker:...`) are not supported",
+                        "skybroker runs setup and run on the VM itself: drop image_id and install what the image "
+                        "provides in `setup` (or give a VM image id)", field=f"{fp}.image_id")
+    if any(isinstance(v, str) and v.strip().lower().startswith("skypilot:") for v in values):
+        raise SpecError("SkyPilot image tags (`image_id: skypilot:...`) are not supported",
+                        "drop image_id (skybroker picks an Ubuntu image, with GPU drivers on GPU machines) or give "
+                        "the cloud's own image id", field=f"{fp}.image_id")
+    tier = raw.get("disk_tier")
+    if tier is not None:
+        t = str(tier).lower()
+        if t not in _DISK_TIERS:
+            raise SpecError(f"unknown disk tier {tier!r}", f"one of {', '.join(_DISK_TIERS)}", field=f"{fp}.disk_tier")
+        if t in ("high", "ultra"):
+            raise SpecError(f"disk_tier {t} cannot be honoured: skybroker provisions the clouds' default SSD "
+                            "(SkyPilot's medium tier)", "use `disk_tier: medium` or `best`, or remove it",
+                            field=f"{fp}.disk_tier")
+        if t == "low":
+            warnings.append(f"{fp}.disk_tier: low gets the default SSD (medium)")
+    net = raw.get("network_tier")
+    if net is not None:
+        n = str(net).lower()
+        if n not in ("standard", "best"):
+            raise SpecError(f"unknown network tier {net!r}", "one of standard, best", field=f"{fp}.network_tier")
+        if n == "best":
+            warnings.append(f"{fp}.network_tier: best gets standard networking (no GPUDirect/InfiniBand/EFA); "
+                            "multi-node jobs run, with less bandwidth")
+    if raw.get("local_disk"):
+        raise SpecError("local_disk is not supported (the catalogs carry no local-disk data)",
+                        "remove `local_disk` (or name an instance type that has local NVMe)", field=f"{fp}.local_disk")
+    if raw.get("volumes"):
+        raise SpecError("Kubernetes volumes are not supported", "remove `volumes`", field=f"{fp}.volumes")
+    if raw.get("priority") is not None:
+        warnings.append(f"{fp}.priority: ignored (managed jobs start in submission order)")
+    if raw.get("priority_class"):
+        warnings.append(f"{fp}.priority_class: ignored (a Kubernetes setting)")
+    stop = raw.get("autostop")
+    if isinstance(stop, dict):
+        if stop.get("hook"):
+            raise SpecError("autostop hooks are not supported", "remove `autostop.hook` (run it at the end of `run`)",
+                            field=f"{fp}.autostop.hook")
+        wait = stop.get("wait_for")
+        if wait is not None:
+            w = str(wait).lower()
+            if w == "none":
+                raise SpecError("autostop wait_for: none (stop even while jobs run) is not supported",
+                                "remove `wait_for` (idle means: no job running)", field=f"{fp}.autostop.wait_for")
+            if w not in ("jobs", "jobs_and_ssh"):
+                raise SpecError(f"unknown autostop wait_for {wait!r}", "one of jobs, jobs_and_ssh, none",
+                                field=f"{fp}.autostop.wait_for")
+            if w == "jobs_and_ssh":
+                warnings.append(f"{fp}.autostop.wait_for: idle means no job running (open SSH sessions do not "
+                                "count)")
+    args = raw.get("accelerator_args") or {}
+    if args.get("tpu_vm") is False:
+        raise SpecError("TPU nodes (`tpu_vm: false`) are not supported", "remove `tpu_vm: false` (TPU VMs are "
+                        "the default)", field=f"{fp}.accelerator_args.tpu_vm")
+    if args.get("gcp_queued_resource"):
+        raise SpecError("GCP queued resources are not supported", "remove `gcp_queued_resource`",
+                        field=f"{fp}.accelerator_args.gcp_queued_resource")
+
+
+def aliases(d: dict, fp: str, source: str) -> dict:
+    """SkyPilot's other names: gpus = accelerators, spot_recovery = job_recovery, ephemeral_storage =
+    disk_size."""
+    for old, new in (("gpus", "accelerators"), ("spot_recovery", "job_recovery"), ("ephemeral_storage", "disk_size")):
+        if old in d:
+            if d.get(new) is not None and d.get(old) is not None:
+                raise SpecError(f"give either {old} or {new}, not both", f"`{old}` is another name for `{new}`",
+                                source=source, field=f"{fp}.{old}")
+            v = d.pop(old)
+            if d.get(new) is None:
+                d[new] = v
+    return d
+
+
+def policies(res: dict, source: str, warnings: list[str]) -> None:
+    """Fields refused or warned about, on the options that will be planned (an option on a cloud skybroker
+    does not run on is skipped whole, so what it says does not matter)."""
+    base = {k: v for k, v in res.items() if k not in ("any_of", "ordered")}
+    entries = [(f"resources.{k}[{i}]", e) for k in ("any_of", "ordered") for i, e in enumerate(res.get(k) or ())]
+    kept = [(fp, e) for fp, e in entries if supported({**base, **e})]
+    try:
+        if kept or (not entries and supported(base)):
+            resources_policy(base, "resources", warnings)
+        for fp, e in kept:
+            resources_policy(e, fp, warnings)
+    except SpecError as exc:
+        raise SpecError(exc.message, exc.hint, source=source) from None
+
+
+def supported(raw: dict) -> bool:
+    from . import resources as R
+
+    """False when the option names a SkyPilot cloud skybroker does not run on (other errors come later)."""
+    try:
+        if raw.get("infra"):
+            R.parse_infra(raw["infra"], "resources.infra")
+        elif raw.get("cloud"):
+            R.normalize_cloud(raw["cloud"], "resources.cloud")
+    except R.UnsupportedCloud:
+        return False
+    except SpecError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# File mounts
+
+def file_mounts(m, source: str, make_mount) -> tuple:
+    """`file_mounts` → FileMount tuple. A string is a local path or a bucket URI; a mapping is a SkyPilot
+    storage (a bucket: `source` a bucket URI, or `name` + optional local `source` to upload)."""
+    out = []
+    for remote, spec in (m or {}).items():
+        remote = str(remote)
+        fp = f"file_mounts.{remote}"
+        if isinstance(spec, dict):
+            out.append(_storage(remote, spec, fp, source, make_mount))
+            continue
+        src = str(spec)
+        if src.startswith(BUCKET_PREFIXES):
+            out.append(make_mount(remote, src, is_bucket=True))
+            continue
+        out.append(make_mount(remote, _local(src, fp, source)))
+    return tuple(out)
+
+
+def _local(src: str, fp: str, source: str) -> str:
+    local = Path(os.path.expanduser(src))
+    if not local.is_absolute():
+        local = Path.cwd() / local
+    try:
+        ok = local.exists()
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise SpecError(f"local path {src!r} does not exist", "file_mounts map a remote path to a local file or "
+                        "folder (or a bucket URI); relative paths are relative to where you run broker",
+                        source=source, field=fp)
+    return str(local.resolve())
+
+
+def _storage(remote: str, spec: dict, fp: str, source: str, make_mount):
+    mode = spec.get("mode")
+    store = spec.get("store")
+    if store is not None and str(store).lower() == "volume":
+        raise SpecError("volume mounts (`store: volume`) are not supported",
+                        "sync the data with a plain file mount (remote: local path) or copy it in `setup`",
+                        source=source, field=f"{fp}.store")
+    src = spec.get("source")
+    sources = src if isinstance(src, list) else ([src] if src else [])
+    name = spec.get("name")
+    uris = [s for s in sources if s.startswith(BUCKET_PREFIXES)]
+    if uris:
+        if len(sources) > 1:
+            raise SpecError("a bucket source must be the only source", "give one bucket URI, or local paths with "
+                            "`name`", source=source, field=f"{fp}.source")
+        return make_mount(remote, uris[0], is_bucket=True, mode=mode)
+    if not name:
+        if sources:
+            raise SpecError("a storage with a local `source` needs `name` (the bucket to create)",
+                            "add `name: my-bucket`, or mount the folder directly: `remote: local-path`",
+                            source=source, field=f"{fp}.name")
+        raise SpecError("a storage mount needs `source` (a bucket URI) or `name` (a bucket)", None,
+                        source=source, field=fp)
+    for s in sources:
+        _local(s, f"{fp}.source", source)
+    scheme = {"gcs": "gs", "azure": "az"}.get(str(store or "s3").lower(), str(store or "s3").lower())
+    return make_mount(remote, f"{scheme}://{name}", is_bucket=True, mode=mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# skybroker's deadline extension
+
+def deadline(data: dict, source: str):
+    """skybroker's `deadline:` / `expected_hours:` → (deadline h, expected h, Task extras)."""
+    from . import resources as R
+
+    deadline = expected = None
+    dl_extra: dict = {}
+    raw_dl = data.get("deadline")
+    try:
+        if isinstance(raw_dl, dict):
+            deadline = R.parse_hours(raw_dl["by"], "deadline.by")
+            if raw_dl.get("compute") is not None:
+                expected = R.parse_hours(raw_dl["compute"], "deadline.compute")
+            if raw_dl.get("policy"):
+                dl_extra["deadline_policy"] = _policy_name(raw_dl["policy"], source)
+            if raw_dl.get("overhead") is not None:
+                dl_extra["restart_overhead_hours"] = R.parse_hours(raw_dl["overhead"], "deadline.overhead")
+            if raw_dl.get("tick") is not None:
+                dl_extra["decision_tick_hours"] = R.parse_hours(raw_dl["tick"], "deadline.tick")
+        elif raw_dl is not None:
+            deadline = R.parse_hours(raw_dl, "deadline")
+        if data.get("expected_hours") is not None:
+            expected = R.parse_hours(data["expected_hours"], "expected_hours")
+    except SpecError as exc:
+        if exc.source is None:
+            raise SpecError(exc.message, exc.hint, source=source) from None
+        raise
+    if deadline is not None and expected is None:
+        raise SpecError("a deadline needs the expected compute time", "add `expected_hours: 48` (or "
+                        "`deadline: {by: 60h, compute: 48h}`)", source=source, field="deadline")
+    if deadline is not None and expected is not None and expected > deadline:
+        raise SpecError(f"the expected compute time ({expected:g} h) exceeds the deadline ({deadline:g} h)",
+                        "no schedule can meet it: move the deadline or shorten the job", source=source,
+                        field="deadline")
+    return deadline, expected, dl_extra
+
+
+def _policy_name(name: str, source: str) -> str:
+    from difflib import get_close_matches
+
+    from . import resources as R
+
+    known = ("slack_aware", "uniform_progress", "greedy", "on_demand")
+    if name not in known:
+        close = get_close_matches(name, known, n=1)
+        raise SpecError(f"unknown deadline policy {R._clip(name)!r}", f"did you mean {close[0]!r}?" if close else
+                        f"one of {', '.join(known)}", source=source, field="deadline.policy")
+    return name

@@ -1,0 +1,241 @@
+"""SkyPilot task fields beyond the basics: substitution, aliases, pipelines, fields refused or warned
+about by name, and secrets that never appear in a message."""
+from __future__ import annotations
+
+import pytest
+
+from skybroker.errors import SpecError
+from skybroker.spec import load_pipeline, load_task, task_from_dict
+
+
+def write(tmp_path, text: str, name="task.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def parse(d: dict, **kw):
+    return task_from_dict({"run": "x", **d}, source="t.yaml", **kw)
+
+
+def refused(d: dict, field: str, hint_part: str | None = None, **kw) -> SpecError:
+    with pytest.raises(SpecError) as ei:
+        parse(d, **kw)
+    e = ei.value
+    assert e.exit_code == 2 and field in e.message, e.message
+    if hint_part:
+        assert hint_part in (e.hint or ""), e.hint
+    return e
+
+
+# --- environment variable substitution ------------------------------------------------------------------
+def test_env_vars_fill_file_mounts_storage_and_workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data-13b").mkdir()
+    (tmp_path / "code").mkdir()
+    t = parse({"envs": {"SIZE": "13b", "BUCKET": "my-bucket", "STORE": "gcs", "WD": "code"},
+               "workdir": "${WD}",
+               "file_mounts": {"/ckpt/llama-${SIZE}": "./data-$SIZE",
+                               "/w": "s3://weights/llama-${SIZE}",
+                               "/m": {"name": "${BUCKET}-2", "store": "$STORE", "mode": "MOUNT"},
+                               "/u": {"name": "$BUCKET", "source": ["./data-${SIZE}"]}}})
+    mounts = {m.remote: m for m in t.file_mounts}
+    assert t.workdir == str(tmp_path / "code")
+    assert mounts["/ckpt/llama-13b"].source == str(tmp_path / "data-13b")
+    assert mounts["/w"].source == "s3://weights/llama-13b" and mounts["/w"].is_bucket
+    assert mounts["/m"].source == "gs://my-bucket-2" and mounts["/m"].mode == "MOUNT"
+    assert mounts["/u"].source == "s3://my-bucket" and mounts["/u"].is_bucket
+
+
+def test_env_override_wins_in_substitution_and_unknown_vars_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = parse({"envs": {"B": "yaml"}, "file_mounts": {"/x/$B/$NOPE": "s3://$B"}}, overrides={"envs": {"B": "cli"}})
+    (m,) = t.file_mounts
+    assert (m.remote, m.source) == ("/x/cli/$NOPE", "s3://cli")
+    assert t.env_dict == {"B": "cli"}
+
+
+def test_env_values_as_skypilot_reads_them():
+    t = parse({"envs": {"A": True, "B": 3, "C": 0.5, "D": ""}})
+    assert t.env_dict == {"A": "True", "B": "3", "C": "0.5", "D": ""}
+
+
+def test_null_env_is_required():
+    e = refused({"envs": {"HF_TOKEN": None}}, "envs.HF_TOKEN", "--env HF_TOKEN")
+    assert "required" in e.message
+    assert parse({"envs": {"HF_TOKEN": None}}, overrides={"envs": {"HF_TOKEN": "x"}}).env_dict == {"HF_TOKEN": "x"}
+    refused({"secrets": {"TOK": None}}, "secrets.TOK", "--secret TOK")
+
+
+# --- aliases and small syntaxes -------------------------------------------------------------------------
+def test_gpus_alias_and_spot_recovery_alias():
+    r = parse({"resources": {"gpus": "A100:8", "spot_recovery": "FAILOVER"}}).candidates[0]
+    assert (r.accelerator, r.accelerator_count, r.job_recovery.strategy) == ("A100", 8, "FAILOVER")
+    r = parse({"resources": {"any_of": [{"gpus": "H100:8"}, {"accelerators": "A100:8"}]}}).candidates
+    assert [x.accelerator for x in r] == ["H100", "A100"]
+    refused({"resources": {"gpus": "A100", "accelerators": "V100"}}, "resources.gpus", "another name")
+    assert parse({"resources": {"gpus": "A100"}}, overrides={"gpus": "H100:8"}).candidates[0].accelerator == "H100"
+
+
+@pytest.mark.parametrize("value, recovery", [("none", None), ("NONE", None), ({"strategy": "none"}, None),
+                                             ({"max_restarts_on_errors": 2}, ("EAGER_NEXT_REGION", 2))])
+def test_job_recovery_none(value, recovery):
+    jr = parse({"resources": {"job_recovery": value}}).candidates[0].job_recovery
+    assert (None if jr is None else (jr.strategy, jr.max_restarts_on_errors)) == recovery
+
+
+@pytest.mark.parametrize("memory, gib", [("64GB", 64), ("1024MB", 1), ("1TB", 1024), ("32+", 32), ("16GiB", 16)])
+def test_memory_units(memory, gib):
+    assert parse({"resources": {"memory": memory}}).candidates[0].memory.value == gib
+
+
+def test_disk_size_units_and_ephemeral_storage():
+    assert parse({"resources": {"disk_size": "1TB"}}).candidates[0].disk_size == 1024
+    assert parse({"resources": {"disk_size": "512GB"}}).candidates[0].disk_size == 512
+    assert parse({"resources": {"ephemeral_storage": 100}}).candidates[0].disk_size == 100
+
+
+def test_empty_accelerators_mean_none_and_infinite_counts_are_refused():
+    assert parse({"resources": {"accelerators": {}}}).candidates[0].accelerator is None
+    refused({"resources": {"accelerators": "A100:1e309"}}, "resources.accelerators", "A100:8")
+    refused({"resources": {"cpus": ".inf"}}, "resources.cpus")
+    refused({"resources": {"accelerators": {"A100": float("inf")}}}, "resources.accelerators")
+
+
+# --- clouds skybroker does not run on -----------------------------------------------------------------------
+def test_unsupported_cloud_options_are_skipped_with_a_note():
+    t = parse({"resources": {"accelerators": "H100:8", "any_of": [
+        {"infra": "runpod"}, {"infra": "oci/us-ashburn-1"}, {"infra": "aws"}, {"cloud": "gcp"}]}})
+    assert [r.cloud for r in t.candidates] == ["aws", "gcp"]
+    assert sum("is not supported by skybroker; this option is skipped" in w for w in t.warnings) == 2
+    assert any(w.startswith("resources.any_of[0]: runpod") for w in t.warnings)
+    t = parse({"resources": {"ordered": [{"cloud": "runpod"}, {"cloud": "azure"}]}})
+    assert len(t.groups) == 1 and t.candidates[0].cloud == "azure"
+
+
+def test_kubernetes_context_with_slashes_is_one_context():
+    from skybroker.clouds.kubernetes import config as kcfg
+
+    t = parse({"resources": {"infra": "k8s/arn:aws:eks:us-west-2:123:cluster/ml"}})
+    r = t.candidates[0]
+    assert r.cloud == "kubernetes"
+    assert kcfg.context_name(r.region, r.zone) == "arn:aws:eks:us-west-2:123:cluster/ml"
+
+
+def test_every_option_unsupported_is_an_error():
+    refused({"resources": {"any_of": [{"infra": "runpod"}, {"infra": "oci"}]}}, "resources.any_of[0]",
+            "aws, gcp, azure")
+    e = refused({"resources": {"infra": "nebius"}}, "resources.infra", "skybroker runs on")
+    assert "nebius is not supported" in e.message
+    refused({"resources": {"cloud": "awz"}}, "resources.cloud", "did you mean 'aws'")  # a typo is not skipped
+
+
+# --- fields refused by name, or accepted with a warning ------------------------------------------------
+@pytest.mark.parametrize("d, field, hint", [
+    ({"pool": {"workers": 2}}, "pool", "broker jobs launch"),
+    ({"volumes": {"/mnt/data": "vol"}}, "volumes", "file_mounts"),
+    ({"event_callback": "echo done"}, "event_callback", None),
+    ({"managed_secrets": ["HF"]}, "managed_secrets", "--secret"),
+    ({"secrets": ["secrets:HF_TOKEN"]}, "secrets", "--secret"),
+    ({"config": {"docker": {"run_options": "x"}}}, "config.docker", "remove `config.docker`"),
+    ({"config": {"gcp": {"managed_instance_group": {}}}}, "config.gcp", None),
+    ({"workdir": {"url": "https://github.com/x/y"}}, "workdir", "clone"),
+    ({"resources": {"image_id": "docker:vllm/vllm-openai:latest"}}, "resources.image_id", "setup"),
+    ({"resources": {"image_id": {"us-east-1": "docker:ubuntu"}}}, "resources.image_id", None),
+    ({"resources": {"image_id": "skypilot:gpu-ubuntu-2204"}}, "resources.image_id", "image id"),
+    ({"resources": {"any_of": [{"disk_tier": "ultra"}]}}, "resources.any_of[0].disk_tier", "medium"),
+    ({"resources": {"disk_tier": "fast"}}, "resources.disk_tier", "low, medium"),
+    ({"resources": {"local_disk": "nvme+"}}, "resources.local_disk", None),
+    ({"resources": {"autostop": {"idle_minutes": 5, "hook": "git push"}}}, "resources.autostop.hook", None),
+    ({"resources": {"accelerators": "tpu-v2-8", "accelerator_args": {"tpu_vm": False}}},
+     "resources.accelerator_args.tpu_vm", None),
+    ({"file_mounts": {"/v": {"name": "vol", "store": "volume"}}}, "file_mounts./v.store", None),
+])
+def test_refused_by_name(d, field, hint):
+    refused(d, field, hint)
+
+
+@pytest.mark.parametrize("d, words", [
+    ({"service": {"readiness_probe": "/health", "replicas": 2}}, "service: ignored by launch"),
+    ({"inputs": {"s3://data": 100}, "outputs": {"s3://out": 1}}, "inputs: data size hints"),
+    ({"config": {"kubernetes": {"provision_timeout": 600}}}, "config.kubernetes: ignored"),
+    ({"resources": {"network_tier": "best"}}, "network_tier: best gets standard"),
+    ({"resources": {"disk_tier": "low"}}, "disk_tier: low"),
+    ({"resources": {"priority": 500}}, "priority: ignored"),
+    ({"api_server_access": True}, "api_server_access"),
+    ({"resources": {"accelerators": "A100", "accelerator_args": {"runtime_version": "x"}}}, "TPUs only"),
+])
+def test_accepted_with_a_warning(d, words):
+    t = parse(d)
+    assert any(words in w for w in t.warnings), t.warnings
+
+
+def test_accepted_silently_when_honoured():
+    t = parse({"resources": {"disk_tier": "best", "network_tier": "standard", "accelerators": "tpu-v4-8",
+                             "accelerator_args": {"runtime_version": "tpu-vm-base"}}})
+    assert t.warnings == ()
+    assert dict(t.candidates[0].extra) == {"tpu_runtime_version": "tpu-vm-base"}
+
+
+# --- pipelines -------------------------------------------------------------------------------------------
+PIPELINE = """name: pipe
+---
+name: train
+resources: {accelerators: V100}
+run: python train.py
+---
+name: eval
+run: python eval.py
+---
+"""
+
+
+def test_load_pipeline_and_load_task_of_a_pipeline(tmp_path):
+    p = write(tmp_path, PIPELINE)
+    pipe = load_pipeline(p)
+    assert pipe.name == "pipe" and [t.name for t in pipe] == ["train", "eval"]
+    assert pipe[0].candidates[0].accelerator == "V100"
+    with pytest.raises(SpecError) as ei:
+        load_task(p)
+    assert "is a pipeline of 2 tasks" in ei.value.message and "broker jobs launch" in ei.value.hint
+    assert "malformed" not in ei.value.message
+
+
+def test_pipeline_header_with_one_task_is_a_task(tmp_path):
+    p = write(tmp_path, "name: pipe\n---\nrun: echo hi\n")
+    assert load_task(p).name == "pipe"
+    single = load_pipeline(write(tmp_path, "name: one\nrun: x\n", "one.yaml"))
+    assert len(single) == 1 and single.name == "one"
+
+
+def test_pipeline_errors_name_the_task(tmp_path):
+    p = write(tmp_path, "run: a\n---\nrun: b\nresources: {cpus: lots}\n")
+    with pytest.raises(SpecError) as ei:
+        load_pipeline(p)
+    assert "(task 2)" in ei.value.message and "resources.cpus" in ei.value.message
+
+
+# --- secrets never appear in a message ------------------------------------------------------------------
+SECRET = "hunter2-s3cr3t"
+
+
+@pytest.mark.parametrize("d, ov", [
+    ({"secrets": {"TOK": [SECRET]}}, None),
+    ({"secrets": {"TOK": {"nested": SECRET}}}, None),
+    ({"secrets": {"1BAD": SECRET}}, None),
+    ({"secrets": {"TOK": SECRET}, "resources": {"cpus": SECRET}}, None),
+    ({"secrets": {"TOK": SECRET}, "file_mounts": {"/x": f"/nope/{SECRET}"}}, None),
+    ({}, {"secrets": {"1X": SECRET}}),
+    ({"secrets": {"TOK": SECRET}, "workdir": f"/no/such/{SECRET}"}, None),
+])
+def test_secret_values_never_in_messages(d, ov):
+    with pytest.raises(SpecError) as ei:
+        parse(d, overrides=ov)
+    text = f"{ei.value.message} {ei.value.hint} {ei.value!r}"
+    assert SECRET not in text, text
+
+
+def test_secrets_not_substituted_into_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = parse({"secrets": {"TOK": SECRET}, "file_mounts": {"/x/$TOK": "s3://b"}})
+    assert SECRET not in repr(t) and t.file_mounts[0].remote == "/x/$TOK"
