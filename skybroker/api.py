@@ -13,9 +13,10 @@ def load_task(path: str, overrides: Mapping[str, Any] | None = None):
     return spec.load_task(path, overrides)
 
 
-def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
+def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog
-    clouds when none do, with a note saying so)."""
+    clouds when none do, with a note saying so). Offers whose price the catalog flags as a likely anomaly
+    are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`)."""
     from . import optimizer
     from .check import enabled_clouds
 
@@ -44,7 +45,9 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
         except Exception:  # noqa: BLE001 - a provider without a catalog: nothing to restrict here
             continue
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
+    if allow_suspicious is None:
+        allow_suspicious = bool(config.get("allow_suspicious_prices"))
+    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious)
 
 
 _plan_task = plan  # `launch` takes a `plan=` argument that shadows the function
@@ -198,7 +201,8 @@ def launch(task, *, cluster: str | None = None, plan=None, detach: bool = False,
         if first is not None and not blocks:
             p, first = first, None
             return p
-        return _plan_task(task, blocks, clouds=plan.clouds if plan is not None else None)
+        return _plan_task(task, blocks, clouds=plan.clouds if plan is not None else None,
+                          allow_suspicious=plan.allow_suspicious if plan is not None else None)
 
     return clusters.launch(task, cluster=cluster, plan_fn=plan_fn, detach=detach, retry_until_up=retry_until_up,
                            keep_on_failure=keep_on_failure, on_event=on_event or (lambda k, m: None),
@@ -215,6 +219,12 @@ def preflight(task, plan=None) -> None:
     if plan is not None:
         from .clouds import registry
         from .errors import CredentialsError
+
+        if plan.chosen.is_tpu and all(c.is_tpu for c in plan.candidates):
+            raise UsageError(f"the plan chose TPU {plan.chosen.accelerator_name} on {plan.chosen.infra}, but "
+                             "skybroker plans TPUs without provisioning them yet (TPU VMs need the TPU API)",
+                             "`broker launch --dryrun` shows the TPU plan and its price; for now run on GPUs "
+                             "(e.g. --gpus A100:8) or use SkyPilot for TPU VMs")
 
         prov = registry.get(plan.chosen.cloud, sdk=False)
         missing = registry.missing_sdk(prov)

@@ -13,6 +13,7 @@ Later layers override earlier ones key by key (mappings are merged). Keys:
     ssh_user: {aws: ec2-user}             per cloud, the login user of that image
     jobs: {job_recovery: FAILOVER, max_restarts_on_errors: 1}   managed-job defaults
     settings: {wait_ready: 300}           any setting of `broker settings`, by name (the environment wins)
+    allow_suspicious_prices: false        may a plan choose a price the catalog flags as a likely anomaly
 
 Errors name the file and the key, like task-file errors (exit 2).
 """
@@ -89,7 +90,8 @@ def _validated(path: Path) -> dict:
         raise SpecError(f"cannot read it: {exc}", None, source=str(path)) from None
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of settings", "see README: Config file", source=str(path))
-    known = ("allowed_clouds", "allowed_regions", "autostop", "image_id", "ssh_user", "jobs", "settings")
+    known = ("allowed_clouds", "allowed_regions", "autostop", "image_id", "ssh_user", "jobs", "settings",
+             "allow_suspicious_prices")
     for k in data:
         if k not in known:
             from difflib import get_close_matches
@@ -137,6 +139,8 @@ def _check(path: Path, d: dict) -> None:
                     raise _err(path, f"{key}.{c}", "must be a non-empty string")
                 fixed[cloud] = val
             d[key] = fixed
+    if "allow_suspicious_prices" in d and not isinstance(d["allow_suspicious_prices"], bool):
+        raise _err(path, "allow_suspicious_prices", "must be true or false")
     if "autostop" in d:
         v = d["autostop"]
         if isinstance(v, bool) or not isinstance(v, (int, dict)):

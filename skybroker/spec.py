@@ -65,7 +65,7 @@ class Task:
     file_mounts: tuple[FileMount, ...] = ()
     deadline_hours: float | None = None
     expected_hours: float | None = None
-    deadline_policy: str = "slack_aware"
+    deadline_policy: str = "mdp"
     restart_overhead_hours: float = 0.2  # d: what a (re)start costs in lost progress
     decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
     source: str | None = None

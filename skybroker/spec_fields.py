@@ -359,7 +359,7 @@ def _policy_name(name: str, source: str) -> str:
 
     from . import resources as R
 
-    known = ("slack_aware", "uniform_progress", "greedy", "on_demand")
+    known = ("mdp", "slack_aware", "uniform_progress", "greedy", "on_demand")
     if name not in known:
         close = get_close_matches(name, known, n=1)
         raise SpecError(f"unknown deadline policy {R._clip(name)!r}", f"did you mean {close[0]!r}?" if close else

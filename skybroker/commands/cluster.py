@@ -49,16 +49,20 @@ def _job_exit(st, cluster: str) -> int:
 @click.option("--retry-until-up", is_flag=True, help="Keep retrying with backoff when every place fails.")
 @click.option("--keep-on-failure", is_flag=True,
               help="If bring-up fails after provisioning, keep the new cluster (for debugging) instead of tearing it down.")
-def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure):
+@click.option("--allow-suspicious-prices", "allow_suspicious", is_flag=True, default=None,
+              help="Let the plan choose a price the catalog flags as a likely anomaly (shown with * in the plan).")
+def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure,
+           allow_suspicious):
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
     from .. import api
 
     task = api.load_task(task_file, overrides)
+    render.task_warnings(task)
     existing = cluster is not None and not dryrun and api.cluster_exists(cluster)
     plan = None
     stream = render.JsonEvents() if as_json and not dryrun else None  # --json launch: JSON lines only
     if not existing:
-        plan = api.plan(task)
+        plan = api.plan(task, allow_suspicious=allow_suspicious)
         if stream is not None:
             stream.emit({"type": "plan", **render.plan_json(plan, task.name)})
         elif as_json:
@@ -107,6 +111,7 @@ def exec_(cluster, task_or_cmd, overrides, detach):
     from .. import api
 
     task = api.exec_task(task_or_cmd, overrides)
+    render.task_warnings(task)
     progress = render.Progress()
     with progress:
         res = api.exec_(cluster, task, detach=detach, on_event=progress.event,

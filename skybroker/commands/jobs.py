@@ -29,7 +29,8 @@ def launch(task_file, overrides, yes, detach):
     if overrides.get("name"):
         overrides = dict(overrides)
     task = api.load_task(task_file, overrides)
-    plan = api.plan(task)  # fail early (exit 3) when nothing fits; the controller plans again at launch
+    render.task_warnings(task)
+    plan = api.plan(task)  # exit 3 early when nothing fits; the controller plans again at launch
     render.print_plan(plan, task.name)
     if not confirm("Launch managed job?", yes):
         raise click.Abort()

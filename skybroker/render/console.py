@@ -109,6 +109,17 @@ def info(message: str) -> None:
     _err_line(None, message)
 
 
+def warning(message: str) -> None:
+    """`Warning: ...` on stderr (stdout stays the command's output, e.g. a plan's JSON)."""
+    _err_line("yellow", f"Warning: {message}")
+
+
+def task_warnings(task) -> None:
+    """The fields a task file sets that skybroker accepts but does not (fully) honour."""
+    for w in getattr(task, "warnings", ()) or ():
+        warning(w)
+
+
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers for commands

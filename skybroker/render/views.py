@@ -72,6 +72,7 @@ def plan_json(plan, task_name: str | None) -> dict:
         "note": plan.clouds_note,
         "chosen": candidate_json(plan.chosen, True),
         "alternatives": [candidate_json(c, c is plan.chosen) for c in rows],
+        "notes": list(plan.notes),
     }
 
 
@@ -104,6 +105,8 @@ def print_plan(plan, task_name: str | None) -> None:
         cols.pop(1)
         rows = [r[:1] + r[2:] for r in rows]
     _table("Considered resources", cols, rows, drop=PLAN_DROP)
+    for note in plan.notes:
+        _say(f"{_m('yellow', 'Note:')} {_m('', note)}")
     if c.offer is not None and c.offer.suspicious:
         _say(f"{_m('yellow', 'Warning:')} the chosen price is far below this instance's price in other regions "
              "(a likely catalog anomaly, kept as published); check it before relying on it.")

@@ -147,3 +147,43 @@ def test_gcp_and_azure_credentials_detected(tmp_path):
     checks = {c["cloud"]: c for c in json.loads(r.stdout)}
     assert checks["gcp"]["ok"] and "proj-1" in checks["gcp"]["detail"]
     assert checks["azure"]["ok"] and "sub" in checks["azure"]["detail"]
+
+
+def test_suspicious_price_skipped_with_a_note_unless_allowed(tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text("resources: {cpus: 4+, memory: 16+, use_spot: true, cloud: azure}\nrun: x\n")
+    r = run("launch", "--dryrun", "--json", str(task))
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["chosen"]["hourly_price_per_node"] > 0.008298
+    assert any("--allow-suspicious-prices" in n for n in plan["notes"])
+    table = run("launch", "--dryrun", str(task))
+    assert "Note: a cheaper price flagged as a likely catalog anomaly was skipped" in table.stdout
+    allowed = json.loads(run("launch", "--dryrun", "--json", "--allow-suspicious-prices", str(task)).stdout)
+    assert allowed["chosen"]["hourly_price_per_node"] == pytest.approx(0.008298) and not allowed["notes"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("allow_suspicious_prices: true\n")
+    by_config = json.loads(run("--config", str(cfg), "launch", "--dryrun", "--json", str(task)).stdout)
+    assert by_config["chosen"]["hourly_price_per_node"] == pytest.approx(0.008298)
+
+
+def test_task_warnings_go_to_stderr(tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text("resources: {any_of: [{infra: runpod}, {infra: gcp}]}\nrun: x\n")
+    r = run("launch", "--dryrun", "--json", str(task))
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)  # stdout stays pure JSON
+    assert "Warning: resources.any_of[0]: runpod is not supported by skybroker" in r.stderr
+
+
+def test_tpu_is_planned_and_refused_before_anything_is_created(tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text("resources: {accelerators: tpu-v5litepod-8}\nrun: x\n")
+    plan = run("launch", "--dryrun", "--json", str(task))
+    assert plan.returncode == 0 and json.loads(plan.stdout)["chosen"]["cloud"] == "gcp"
+    env = {"BROKER_HOME": str(tmp_path / "home"), "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "sa.json")}
+    (tmp_path / "sa.json").write_text(json.dumps({"type": "service_account", "project_id": "p"}))
+    r = run("launch", "-y", str(task), env=env)
+    assert r.returncode == 2, r.stderr
+    assert "plans TPUs without provisioning them yet" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "state.db").exists() or "tpu" not in run("status", env=env).stdout

@@ -270,6 +270,10 @@ class GCPCloud(Provider):
     # -- provision -------------------------------------------------------------------------------
     def run_instances(self, req: ProvisionRequest) -> list[str]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
+        if (req.accelerator or "").lower().startswith("tpu-"):
+            # TPU VMs are planned from the catalog but created through the TPU API, not Compute
+            raise InvalidRequestError(f"TPU {req.accelerator} is planned but not provisioned by skybroker yet "
+                                      "(TPU VMs need the TPU API)", place)
         project = self._call(place, clients.project)
         live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
         zone = _last(live[0].zone) if live else req.zone  # a cluster stays in one zone
