@@ -72,8 +72,14 @@ def _err_line(style: str | None, text: str) -> None:
         from .progress import _Live
 
         live = _Live.current
-        target = live.console if live is not None else err_console()
-        target.print(f"[{style}]{_esc(text)}[/]" if style else _esc(text), soft_wrap=False)
+        if live is not None:  # above the spinner
+            live.console.print(f"[{style}]{_esc(text)}[/]" if style else _esc(text), soft_wrap=False)
+            return
+        from .ansi import style as styled, terminal
+
+        out, _, color = terminal(stderr=True)
+        out.write(styled(text, style, color) + "\n")
+        out.flush()
     else:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()

@@ -97,34 +97,37 @@ def _table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence], dro
     if not _tty():
         _plain_table(title, cols, rows, footer)
         return
-    con = console()
-    width = con.width
+    from .ansi import style, terminal
+
+    out, width, color = terminal()
     lay = fit(cols, rows, width, drop)
     if lay is None:
         _stacked(title, cols, rows, footer)
         return
-    from rich import box
-    from rich.table import Table
 
-    t = Table(title=_esc(title) if title else None, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-              pad_edge=False, padding=(0, GAP - 1, 0, 0), title_style="bold")
-    for i in lay.keep:
-        c = cols[i]
-        t.add_column(c.name, justify=c.justify, width=lay.widths[i], no_wrap=True, overflow="ellipsis")
+    def pad(text: str, i: int) -> str:
+        w, j = lay.widths[i], cols[i].justify
+        return text.rjust(w) if j == "right" else text.center(w) if j == "center" else text.ljust(w)
+
+    sep = " " * GAP
+    lines = [style(title, "bold", color)] if title else []
+    lines.append(style(sep.join(pad(cols[i].name, i) for i in lay.keep).rstrip(), "bold", color))
+    lines.append(style(sep.join("─" * lay.widths[i] for i in lay.keep), "dim", color))
     for r in rows:
         cells = []
         for i in lay.keep:
             cell = r[i]
-            text = _esc(_shorten(_text(cell), lay.widths[i]))
-            style = cell[1] if isinstance(cell, tuple) else None
-            cells.append(f"[{style}]{text}[/]" if style else text)
-        t.add_row(*cells)
-    con.print(t)
-    if lay.hidden:
-        con.print(f"[dim]hidden at {width} columns: {_esc(', '.join(lay.hidden))}; "
-                  "a wider terminal or --json shows them[/]")
-    if footer:
-        con.print(f"[dim]{_esc(footer)}[/]")
+            text = pad(_shorten(_text(cell), lay.widths[i]), i)
+            cells.append(style(text, cell[1], color) if isinstance(cell, tuple) else text)
+        lines.append(sep.join(cells).rstrip())
+    import textwrap
+
+    notes = ([f"hidden at {width} columns: {', '.join(lay.hidden)}; a wider terminal or --json shows them"]
+             if lay.hidden else []) + ([footer] if footer else [])
+    for note in notes:
+        lines += [style(x, "dim", color) for x in textwrap.wrap(note, max(20, width), break_on_hyphens=False)]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
 
 
 def _plain_table(title, cols, rows, footer) -> None:

@@ -228,11 +228,12 @@ def print_clusters(recs) -> None:
 def print_daemons(d: dict, recs) -> None:
     """A line under `status` when a background process something depends on is not running."""
     guarded = [r.name for r in recs if r.autostop_minutes is not None and r.status == "UP"]
+    names = ", ".join(guarded[:5]) + (f" and {len(guarded) - 5} more" if len(guarded) > 5 else "")
     if guarded and not d.get("autostop_watcher"):
-        info(f"note: the autostop watcher is not running, so {', '.join(guarded)} will not be stopped when idle; "
+        info(f"note: the autostop watcher is not running, so {names} will not be stopped when idle; "
              "`broker autostop NAME -i MINUTES` starts it again")
     elif guarded:
-        info(f"autostop: guarded by the watcher on this machine ({', '.join(guarded)})")
+        info(f"autostop: guarded by the watcher on this machine ({names})")
 
 
 def print_events(evs, show_cluster: bool) -> None:
