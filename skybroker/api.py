@@ -13,10 +13,12 @@ def load_task(path: str, overrides: Mapping[str, Any] | None = None):
     return spec.load_task(path, overrides)
 
 
-def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None):
+def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None,
+         risk=None):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog
     clouds when none do, with a note saying so). Offers whose price the catalog flags as a likely anomaly
-    are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`)."""
+    are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`). `risk`
+    (managed spot jobs: `managed_risk(task)`) ranks spot offers by expected cost."""
     from . import optimizer
     from .check import enabled_clouds
 
@@ -47,7 +49,20 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
     if allow_suspicious is None:
         allow_suspicious = bool(config.get("allow_suspicious_prices"))
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious)
+    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
+                              risk=risk)
+
+
+def managed_risk(task):
+    """For a managed job with spot options: the risk factors from the preemptions the broker observed
+    (jobs/risk.py); None otherwise (plain price ranking)."""
+    if not any(r.use_spot for r in task.candidates):
+        return None
+    from . import settings
+    from .jobs import risk
+
+    lost = risk.lost_hours_per_preemption(task.restart_overhead_hours, settings.get("checkpoint_interval"))
+    return risk.risk_for(risk.history(), lost)
 
 
 _plan_task = plan  # `launch` takes a `plan=` argument that shadows the function

@@ -104,6 +104,12 @@ class Candidate:
     price: float  # $/h per node
     num_nodes: int
     offer: Offer | None = field(default=None, compare=False, repr=False)
+    expected: float | None = field(default=None, compare=False)  # risk-ranked plans: $/useful hour per node
+
+    @property
+    def rank_price(self) -> float:
+        """What the ranking compares: the expected cost when the plan is risk-aware, else the price."""
+        return self.price if self.expected is None else self.expected
 
     @property
     def total(self) -> float:
@@ -124,7 +130,7 @@ class Candidate:
 
     def sort_key(self) -> tuple:
         gen = self.offer.spec.generation if self.offer is not None else 0
-        return (self.group, round(self.price, 9), _providers().order(self.cloud), -gen,
+        return (self.group, round(self.rank_price, 9), _providers().order(self.cloud), -gen,
                 self.region or "", self.zone or "", self.instance_type, self.accelerator_name or "")
 
     def accelerators(self) -> str | None:
@@ -186,12 +192,14 @@ OfferSource = Callable[[str], Sequence[InstanceSpec]]
 def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, clouds_note: str | None = None,
              specs: OfferSource | None = None, offers: Callable[[InstanceSpec], Sequence[Offer]] | None = None,
              virtual: Callable[[str, Resources], Sequence[Candidate]] | None = None,
-             allow_suspicious: bool = False) -> Plan:
+             allow_suspicious: bool = False, risk: Callable | None = None) -> Plan:
     """Rank every feasible candidate place for `task`. Raises NoFeasibleError (with a suggestion) when
     nothing fits. `specs`/`offers` default to the committed catalogs; `virtual` (default: the
     providers' own `virtual_offers`) supplies the zero-price providers without a catalog, and is only
     consulted for providers the task names explicitly. Offers with a suspicious price are kept in the
-    ranking (for display) but chosen only with `allow_suspicious`."""
+    ranking (for display) but chosen only with `allow_suspicious`. With `risk(cloud, region, zone,
+    instance_type, spot) -> factor ≥ 1` (managed spot jobs, jobs/risk.py), offers are ranked by
+    price × factor, the expected cost per useful hour (`Candidate.expected`)."""
     offers = offers or _catalog.offers
     virtual = virtual or (lambda cloud, res: _provider(cloud).virtual_offers(res))
     clouds = tuple(clouds)
@@ -207,7 +215,8 @@ def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, cl
                                  if not _blocked(blocks, c))
                     continue
                 view = _view(cloud, specs, views)
-                got, skip = _search_full(res, gi, cloud, task.num_nodes, blocks, view, offers, allow_suspicious)
+                got, skip = _search_full(res, gi, cloud, task.num_nodes, blocks, view, offers, allow_suspicious,
+                                         risk)
                 found.extend(got)
                 skipped.extend(skip)
     found.sort(key=Candidate.sort_key)
@@ -340,7 +349,7 @@ def _search(res: Resources, group: int, cloud: str, num_nodes: int, blocks: tupl
     return [c for c in got if allow_suspicious or not c.suspicious]
 
 
-def _search_full(res, group, cloud, num_nodes, blocks, view, offers, allow_suspicious):
+def _search_full(res, group, cloud, num_nodes, blocks, view, offers, allow_suspicious, risk=None):
     """(candidates, skipped). Candidates include, for display, flagged offers cheaper than their spec's best
     choosable one (never counted towards the K best)."""
     spot = res.use_spot
@@ -352,7 +361,8 @@ def _search_full(res, group, cloud, num_nodes, blocks, view, offers, allow_suspi
         streams = [(None, iter([((s.min_spot_price if spot else s.min_price), s) for s in named]))]
     else:
         streams = _streams(res, view, spot, burstable=False)
-    found, shown = _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, PER_CLOUD)
+    found, shown = _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, PER_CLOUD,
+                          risk=risk)
     skipped = [Skipped("suspicious", c) for c in shown]
     if not res.instance_type and not res.accelerator:
         # what the burstable rule skipped: the cheapest burstable offer, if cheaper than what was found
@@ -393,9 +403,9 @@ def _bound_key(s: InstanceSpec, spot: bool) -> tuple:
     return (float("inf") if b is None else b, -s.generation, s.instance_type)
 
 
-def _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, k, burstable=False):
+def _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspicious, k, burstable=False, risk=None):
     """Best-first over several bound-sorted (bound, spec) streams. Returns (choosable candidates, flagged
-    ones)."""
+    ones). A price bound is also a bound on the risk-ranked cost (factor ≥ 1): the search stays exact."""
     heap: list = []
     suspects = None
     for i, (head, it) in enumerate(streams):
@@ -433,7 +443,8 @@ def _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspiciou
             heapq.heappush(heap, (nb, seq, it, nxt))
         if not spec_admits(res, spec, burstable=burstable):
             continue
-        cand, flagged = _cheapest_offer(res, group, spec, offers(spec), spot, num_nodes, blocks, allow_suspicious)
+        cand, flagged = _cheapest_offer(res, group, spec, offers(spec), spot, num_nodes, blocks, allow_suspicious,
+                                        risk if spot else None)
         if flagged is not None:
             shown.append(flagged)
             heapq.heappush(best_shown, -flagged.price)
@@ -442,18 +453,19 @@ def _merge(res, group, streams, spot, num_nodes, blocks, offers, allow_suspiciou
         if cand is None:
             continue
         out.append(cand)
-        heapq.heappush(best, -cand.price)
+        heapq.heappush(best, -cand.rank_price)
         if len(best) > k:
             heapq.heappop(best)
     if len(best) >= k:
         cutoff = -best[0] + _EPS
-        out = [c for c in out if c.price <= cutoff]
-        shown = [c for c in shown if c.price <= cutoff]
+        out = [c for c in out if c.rank_price <= cutoff]
+        shown = [c for c in shown if c.rank_price <= cutoff]
     return out, shown
 
 
-def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks, allow_suspicious):
-    """(the cheapest choosable offer of the spec, the cheapest flagged one if cheaper and not allowed)."""
+def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks, allow_suspicious, risk=None):
+    """(the cheapest choosable offer of the spec, the cheapest flagged one if cheaper and not allowed);
+    with `risk` (spot only), cheapest by expected cost."""
     best = flagged = None
     region, zone, cap = res.region, res.zone, res.max_hourly_cost
     for o in spec_offers:  # sorted by (on-demand price, region, zone)
@@ -470,7 +482,8 @@ def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks, allo
             break
         if blocks and any(b.matches(spec.cloud, o.region, o.zone, spec.instance_type) for b in blocks):
             continue
-        key = (price, o.region, o.zone or "")
+        key = (price * risk(spec.cloud, o.region, o.zone, spec.instance_type, True) if risk else price,
+               o.region, o.zone or "")
         if o.suspicious and not allow_suspicious:
             if flagged is None or key < flagged[0]:
                 flagged = (key, o, price)
@@ -480,9 +493,10 @@ def _cheapest_offer(res, group, spec, spec_offers, spot, num_nodes, blocks, allo
                 break  # on-demand offers come sorted: this is the spec's best; a flagged one came first
 
     def cand(t):
-        _, o, price = t
+        key, o, price = t
         return Candidate(res, group, spec.cloud, o.region, o.zone, spec.instance_type, spec.vcpus,
-                         spec.memory_gib, spec.accelerator_name, spec.accelerator_count, spot, price, num_nodes, o)
+                         spec.memory_gib, spec.accelerator_name, spec.accelerator_count, spot, price, num_nodes, o,
+                         key[0] if risk else None)
 
     if flagged is not None and (best is None or flagged[0] < best[0]):
         return (cand(best) if best else None), cand(flagged)

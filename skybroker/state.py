@@ -108,6 +108,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
     """,
+    # v5: spot hours and preemptions managed jobs observed per place (risk-aware placement, jobs/risk.py)
+    """
+    CREATE TABLE spot_exposure (
+        cloud TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        hours REAL NOT NULL DEFAULT 0,
+        preemptions INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL,
+        PRIMARY KEY (cloud, region, zone, instance_type)
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,22 +16,39 @@ def jobs():
 
 @jobs.command("launch", epilog=examples(
     "broker jobs launch -y examples/managed.yaml          # follows the logs until the job ends",
-    "broker jobs launch -d -y task.yaml --use-spot        # detached: prints the job id"))
+    "broker jobs launch -d -y task.yaml --use-spot        # detached: prints the job id",
+    "broker jobs launch --dryrun --json task.yaml         # the plan, with expected costs"))
 @click.argument("task_file", type=click.Path(dir_okay=True))
 @task_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
-def launch(task_file, overrides, yes, detach):
-    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end)."""
+@click.option("--dryrun", is_flag=True, help="Only print the plan (spot places ranked by expected cost).")
+@click.option("--json", "as_json", is_flag=True, help="With --dryrun: the plan as JSON.")
+def launch(task_file, overrides, yes, detach, dryrun, as_json):
+    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end).
+
+    Spot places are ranked by expected cost: the price raised by the preemptions the broker's managed
+    jobs met there (each costs the restart overhead and the work since the last checkpoint), shown as
+    E[$/h] in the plan."""
     from .. import api
+    from ..errors import UsageError
     from ..jobs import ops
+
+    if as_json and not dryrun:
+        raise UsageError("--json needs --dryrun", "broker jobs launch --dryrun --json TASK")
 
     if overrides.get("name"):
         overrides = dict(overrides)
     task = api.load_task(task_file, overrides)
     render.task_warnings(task)
-    plan = api.plan(task)  # exit 3 early when nothing fits; the controller plans again at launch
-    render.print_plan(plan, task.name)
+    # exit 3 early when nothing fits; the controller plans again at launch, with the same risk ranking
+    plan = api.plan(task, risk=api.managed_risk(task))
+    if as_json:
+        render.print_json(render.plan_json(plan, task.name))
+    else:
+        render.print_plan(plan, task.name)
+    if dryrun:
+        return 0
     if not confirm("Launch managed job?", yes):
         raise click.Abort()
     job = ops.launch(task)

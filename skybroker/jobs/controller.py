@@ -161,16 +161,17 @@ class Controller:
         pin = meta.get("pin")
 
         def plan_fn(extra):
+            risk = api.managed_risk(task)  # spot places ranked by expected cost (what preemptions cost)
             if pin and not extra:
                 try:
-                    return api.plan(_pinned(task, pin))
+                    return api.plan(_pinned(task, pin), risk=risk)
                 except NoFeasibleError:
                     pass
             try:
-                return api.plan(task, blocks + list(extra))
+                return api.plan(task, blocks + list(extra), risk=risk)
             except NoFeasibleError:
                 if blocks:  # EAGER_NEXT_REGION found nowhere else: go back to the avoided region
-                    return api.plan(task, list(extra))
+                    return api.plan(task, list(extra), risk=risk)
                 raise
 
         def prepare(rt: ClusterRuntime):
@@ -255,6 +256,7 @@ class Controller:
         store.add_event(j.id, "policy", f"{dl.policy.name}: switch from {dst.held} to {market_name(want)} "
                         f"(progress {dst.progress_s / 3600:.3f} h of {dl.done_s / 3600:.3f} h, "
                         f"elapsed {(now - j.submitted_at) / 3600:.3f} h)")
+        self._observe_spot(j, preempted=False)
         self._end_segment(j)
         self._marker(j, f"deadline policy switches from {dst.held} to {market_name(want)}", count=False)
         store.update(j.id, status=RECOVERING, blocked=json.dumps({"blocks": []}))
@@ -374,10 +376,12 @@ class Controller:
             store.add_event(j.id, "wait", action.reason)
             return
         if isinstance(action, R.Finish):
+            self._observe_spot(j, preempted=False)
             self._end_segment(j)
             self._teardown(j)
             return self._finish(j, action.status, action.exit_code, action.reason)
         if isinstance(action, R.Relaunch):
+            self._observe_spot(j, preempted=action.lost)
             self._end_segment(j)
             self._marker(j, action.reason)
             if action.same_cluster and state.get_cluster(j.cluster or "") is not None:
@@ -420,6 +424,19 @@ class Controller:
         with open(store.job_dir(j.id) / "run.log", "a") as f:
             f.write(f"=== broker: {what} at {time.strftime('%F %T')}: {reason} ===\n")
         store.add_event(j.id, "recovery" if count else "switch", reason)
+
+    def _observe_spot(self, j, preempted: bool) -> None:
+        """What a spot segment showed about its place (hours run, preempted or not): risk-aware placement."""
+        rec = state.get_cluster(j.cluster) if j.cluster else None
+        if rec is None or not rec.use_spot or not j.segment_start:
+            return
+        from . import risk
+
+        try:
+            risk.record((rec.cloud, rec.region, rec.zone, rec.instance_type or ""),
+                        (time.time() - j.segment_start) / 3600, preempted)
+        except Exception as exc:  # noqa: BLE001 - an observation lost must not stop a recovery
+            log(f"job {j.id}: could not record the spot observation: {exc}")
 
     def _end_segment(self, j) -> None:
         if j.segment_start and j.segment_price is not None:

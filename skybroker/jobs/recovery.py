@@ -87,6 +87,7 @@ class Relaunch:
     counts_as_error: bool = False
     reason: str = ""
     same_cluster: bool = False  # the instances are healthy (user-code failure): rerun on them
+    lost: bool = False  # the instances were lost (preempted or unreachable for good)
 
 
 @dataclass(frozen=True)
@@ -139,5 +140,5 @@ def decide(view: JobView, event) -> object:
 def _relaunch_after_loss(view: JobView, reason: str) -> Relaunch:
     if view.strategy == "EAGER_NEXT_REGION" and view.cloud and view.region:
         return Relaunch(Block(view.cloud, view.region), same_place_first=False, reason=reason +
-                        f"; EAGER_NEXT_REGION: avoiding {view.cloud}/{view.region}")
-    return Relaunch(None, same_place_first=True, reason=reason + "; FAILOVER: same place first")
+                        f"; EAGER_NEXT_REGION: avoiding {view.cloud}/{view.region}", lost=True)
+    return Relaunch(None, same_place_first=True, reason=reason + "; FAILOVER: same place first", lost=True)

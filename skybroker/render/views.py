@@ -28,6 +28,7 @@ def candidate_json(c, chosen: bool = False) -> dict:
         "hourly_price_per_node": round(c.price, 6),
         "hourly_price_total": round(c.total, 6),
         "suspicious_price": bool(c.offer is not None and c.offer.suspicious),
+        "expected_hourly_cost_per_node": None if c.expected is None else round(c.expected, 6),
         "chosen": chosen,
     }
 
@@ -104,7 +105,15 @@ def print_plan(plan, task_name: str | None) -> None:
     if all(r[1] == "-" for r in rows):  # no zone anywhere (Azure, local, ssh): no ZONE column to hide
         cols.pop(1)
         rows = [r[:1] + r[2:] for r in rows]
+    if any(r.expected is not None for r in plan_rows(plan)):
+        cols.insert(len(cols) - 1, Col("E[$/h]", "right"))
+        for r, row in zip(plan_rows(plan), rows):
+            row.insert(len(row) - 1, "-" if r.expected is None else _money(r.expected))
     _table("Considered resources", cols, rows, drop=PLAN_DROP)
+    if c.expected is not None:
+        _say(_m("dim", "E[$/h]: expected $ per useful hour per node: the spot price raised by the preemptions "
+                       "managed jobs met there (each costs the restart overhead and the work since the last "
+                       "checkpoint; 0.5/h assumed where none ran yet)"))
     for note in plan.notes:
         _say(f"{_m('yellow', 'Note:')} {_m('', note)}")
     if c.offer is not None and c.offer.suspicious:

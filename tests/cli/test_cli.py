@@ -187,3 +187,16 @@ def test_tpu_is_planned_and_refused_before_anything_is_created(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "plans TPUs without provisioning them yet" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "home" / "state.db").exists() or "tpu" not in run("status", env=env).stdout
+
+
+def test_managed_spot_plan_shows_expected_cost(tmp_path):
+    env = {"BROKER_HOME": str(tmp_path / "home")}
+    r = run("jobs", "launch", "--dryrun", "--json", "examples/v100.yaml", "--use-spot", env=env)
+    assert r.returncode == 0, r.stderr
+    ch = json.loads(r.stdout)["chosen"]
+    assert ch["expected_hourly_cost_per_node"] > ch["hourly_price_per_node"]  # the prior's preemption cost
+    od = json.loads(run("jobs", "launch", "--dryrun", "--json", "examples/v100.yaml", env=env).stdout)["chosen"]
+    assert od["expected_hourly_cost_per_node"] is None  # on-demand: ranked by price
+    assert "E[$/h]" in run("jobs", "launch", "--dryrun", "examples/v100.yaml", "--use-spot", env=env).stdout
+    bad = run("jobs", "launch", "--json", "examples/v100.yaml", env=env)
+    assert bad.returncode == 2 and "--json needs --dryrun" in bad.stderr

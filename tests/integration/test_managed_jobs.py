@@ -404,9 +404,13 @@ def test_cancel_during_recovering_leaves_nothing_running(tmp_path, when):
 
 # ------------------------------------------------------------------------------------------------ 5
 def test_controller_killed_and_restarted_continues_the_job(tmp_path):
-    led = tmp_path / "ledger"
-    task = write_task(tmp_path / "t.yaml", name="survivor", envs={"LEDGER": str(led)},
-                      resources={"infra": "local"}, run=COUNTER_RUN.replace("{n}", "20"))
+    led, release = tmp_path / "ledger", tmp_path / "release"
+    # the job holds at count 5 until the test releases it: what the test looks at cannot end under load
+    run = COUNTER_RUN.replace("{n}", "20").replace(
+        "  sleep 0.2\n", '  sleep 0.2\n  if [ "$i" -eq 5 ]; then while [ ! -e "$RELEASE" ]; do sleep 0.1; done; fi\n')
+    assert "RELEASE" in run
+    task = write_task(tmp_path / "t.yaml", name="survivor", envs={"LEDGER": str(led), "RELEASE": str(release)},
+                      resources={"infra": "local"}, run=run)
     jid = launch_detached(task)
     wait_status(jid, "RUNNING")
     wait_for(lambda: len(ledger(led)) >= 3, 10, 0.05, "job counting")
@@ -423,7 +427,8 @@ def test_controller_killed_and_restarted_continues_the_job(tmp_path):
     wait_for(lambda: controller_pid() not in (None, pid), 5, 0.05, "a new controller")
     time.sleep(1.0)  # a few polls of the new controller while the job still runs
     instance_seen.append(json.loads((cluster_root(jid) / "node-0" / "node.json").read_text())["instance_id"])
-    j = wait_status(jid, TERMINAL, 30)
+    release.write_text("")
+    j = wait_status(jid, TERMINAL, 60)
     assert j.status == "SUCCEEDED", (j.failure, events(jid))
     lines = ledger(led)
     assert sum(ln.startswith("segment") for ln in lines) == 1, lines  # not restarted
