@@ -13,9 +13,11 @@ def load_task(path: str, overrides: Mapping[str, Any] | None = None):
     return spec.load_task(path, overrides)
 
 
-def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
+def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, check_budget: bool = True):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog
-    clouds when none do, with a note saying so)."""
+    clouds when none do, with a note saying so). A task with a `budget:` whose estimated cost exceeds it
+    is refused (BudgetError, costs/budget.py); the managed-jobs controller, which enforces the budget
+    on what was really spent, plans without that check."""
     from . import optimizer
     from .check import enabled_clouds
 
@@ -44,7 +46,12 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
         except Exception:  # noqa: BLE001 - a provider without a catalog: nothing to restrict here
             continue
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
+    result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
+    if check_budget:
+        from .costs import budget
+
+        budget.check_plan(task, result)
+    return result
 
 
 _plan_task = plan  # `launch` takes a `plan=` argument that shadows the function
@@ -371,3 +378,25 @@ def events(cluster: str | None = None, job_id: int | None = None, limit: int = 5
             raise NotFoundError(f"cluster {cluster!r} has no events and does not exist", "see `broker status`")
         return ev[-limit:]
     return state.recent_events(limit)
+
+
+def cost_report(since_s: float | None = None, everything: bool = False) -> dict:
+    """Every cluster run and managed job in the cost ledger, with costs (costs/report.py)."""
+    from .costs import ledger, report
+
+    at = ledger.now()
+    return report.build(None if since_s is None else at - since_s, everything, at)
+
+
+def cluster_costs() -> dict:
+    """Cost so far of each live cluster (its current run in the ledger)."""
+    from .costs import ledger
+
+    return ledger.cluster_costs()
+
+
+def job_costs() -> dict:
+    """Cost so far (or total) of each managed job across its recoveries, from the ledger."""
+    from .costs import ledger
+
+    return ledger.job_costs()
