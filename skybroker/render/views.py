@@ -222,7 +222,7 @@ def print_clusters(recs, costs: dict | None = None) -> None:
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
             Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
             Col("$/h", "right"), Col("COST ($)", "right"), Col("AUTOSTOP")]
-    _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))
+    _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))  # cost stays longest
 
 
 def print_daemons(d: dict, recs) -> None:
