@@ -26,13 +26,13 @@ def print_cost_report(rep: dict) -> None:
         return
     if clusters:
         cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
-                Col("RESOURCES", soft=16, min=10, squeeze=2), Col("STATUS"), Col("UP", "right"),
-                Col("STOPPED", "right"), Col("$/h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right")]
+                Col("RESOURCES", soft=16, min=10, squeeze=2), Col("STATUS"), Col("UP FOR", "right"),
+                Col("STOPPED FOR", "right"), Col("$/h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right")]
         rows = [[c["cluster"], "/".join(p for p in (c["cloud"], c["region"], c["zone"]) if p), _res(c),
                  (c["status"], STATUS_STYLE.get(c["status"], "dim")), _dur(c["up_hours"] * 3600),
                  _dur(c["stopped_hours"] * 3600), _money(c["num_nodes"] * c["price_per_node"]), _money(c["cost"]),
                  _saved(c["savings"]) if c["market"] == "spot" else "-"] for c in clusters]
-        _table("Clusters", cols, rows, drop=("INFRA", "$/h", "STOPPED", "SAVED ($)"))
+        _table("Clusters", cols, rows, drop=("INFRA", "$/h", "STOPPED FOR", "SAVED ($)"))
     if jobs:
         cols = [Col("ID", "right"), Col("NAME", soft=12, min=6, squeeze=2), Col("STATUS"), Col("RUNS", "right"),
                 Col("SPOT h", "right"), Col("OD h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right"),

@@ -17,6 +17,7 @@ from skybroker.check import CloudCheck
 from skybroker.commands.options import build_overrides
 from skybroker.jobs.store import ManagedJob
 from skybroker.state import ClusterRecord, NodeRecord
+from tests.cli.test_cost_report import ledger_now  # noqa: F401 - a fixture
 
 WIDTHS = (60, 80, 120)
 PRICE = re.compile(r"\d+\.\d{4}")
@@ -148,6 +149,19 @@ def test_managed_queue(screen, width):
     _check_screen(text, width, ["Managed jobs", "ID", "STATUS", "COST ($)", "RUNNING", "SUCCEEDED", "12.5000",
                                 "0.1234", "sleeper", "22"])
     _prices_whole(text)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_cost_report(screen, width, ledger_now):
+    rep = api.cost_report()
+    out = screen(width)
+    render.print_cost_report(rep)
+    text = out()
+    _check_screen(text, width, ["Clusters", "Managed jobs", "COST ($)", "gone", "parked", "train", "STOPPED",
+                                "SUCCEEDED", "0.3000", "0.3590", "0.3880", "Total: $1.0470"])
+    _prices_whole(text)
+    if width >= 120:
+        assert "hidden" not in text and "SAVED ($)" in text and "VS ALWAYS-OD" in text
 
 
 @pytest.mark.parametrize("width", WIDTHS)

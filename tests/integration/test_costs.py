@@ -259,3 +259,17 @@ def test_controller_stops_a_job_about_to_exceed_its_budget(tmp_path):
     assert _job(jid)["cost"] == pytest.approx(2 * (OD + DISK_H)) and "budget" in (_job(jid)["failure"] or "")
     assert not (broker_home() / "local" / f"job-{jid}").exists() or \
         not any((broker_home() / "local" / f"job-{jid}").iterdir())
+
+
+def test_autostop_stops_the_billing_of_an_idle_cluster(tmp_path):
+    from skybroker import autostop, state
+
+    task = write_task(tmp_path / "t.yaml", name="idle", run="true", resources={"infra": "local", "disk_size": 100})
+    ok("launch", "-y", "-c", "idle", task)  # waits for the job: the cluster is idle afterwards
+    at(1)
+    state.set_autostop("idle", 0, False)  # idle for 0 minutes is enough (the watcher itself is not needed)
+    assert autostop.check_once() == [("idle", "stop")]
+    at(3)
+    (c,) = report()["clusters"]
+    assert c["status"] == "STOPPED" and (c["up_hours"], c["stopped_hours"]) == (1.0, 2.0)
+    assert c["cost"] == pytest.approx(OD + DISK_H + 2 * DISK_H)
