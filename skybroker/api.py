@@ -14,11 +14,13 @@ def load_task(path: str, overrides: Mapping[str, Any] | None = None):
 
 
 def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None,
-         risk=None):
+         risk=None, check_budget: bool = True):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog
     clouds when none do, with a note saying so). Offers whose price the catalog flags as a likely anomaly
     are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`). `risk`
-    (managed spot jobs: `managed_risk(task)`) ranks spot offers by expected cost."""
+    (managed spot jobs: `managed_risk(task)`) ranks spot offers by expected cost. A task with a `budget:`
+    whose estimated cost exceeds it is refused (BudgetError, costs/budget.py); the managed-jobs
+    controller, which enforces the budget on what was really spent, plans without that check."""
     from . import optimizer
     from .check import enabled_clouds
 
@@ -49,8 +51,13 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
     if allow_suspicious is None:
         allow_suspicious = bool(config.get("allow_suspicious_prices"))
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
-                              risk=risk)
+    result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
+                                risk=risk)
+    if check_budget:
+        from .costs import budget
+
+        budget.check_plan(task, result)
+    return result
 
 
 def managed_risk(task):
@@ -396,3 +403,25 @@ def events(cluster: str | None = None, job_id: int | None = None, limit: int = 5
             raise NotFoundError(f"cluster {cluster!r} has no events and does not exist", "see `broker status`")
         return ev[-limit:]
     return state.recent_events(limit)
+
+
+def cost_report(since_s: float | None = None, everything: bool = False) -> dict:
+    """Every cluster run and managed job in the cost ledger, with costs (costs/report.py)."""
+    from .costs import ledger, report
+
+    at = ledger.now()
+    return report.build(None if since_s is None else at - since_s, everything, at)
+
+
+def cluster_costs() -> dict:
+    """Cost so far of each live cluster (its current run in the ledger)."""
+    from .costs import ledger
+
+    return ledger.cluster_costs()
+
+
+def job_costs() -> dict:
+    """Cost so far (or total) of each managed job across its recoveries, from the ledger."""
+    from .costs import ledger
+
+    return ledger.job_costs()

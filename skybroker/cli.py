@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("skybroker.commands.cluster", "logs", "Show or follow a job's logs."),
     "cancel": ("skybroker.commands.cluster", "cancel", "Cancel jobs on a cluster."),
     "jobs": ("skybroker.commands.jobs", "jobs", "Managed jobs that survive spot preemption."),
+    "cost-report": ("skybroker.commands.costs", "cost_report",
+                    "What clusters and managed jobs cost: time up/stopped, spot savings, total."),
     "events": ("skybroker.commands.cluster", "events", "Show stored lifecycle, failover and recovery events."),
     "gc": ("skybroker.commands.cluster", "gc", "Find and remove resources skybroker created but no longer tracks."),
     "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
@@ -107,7 +109,7 @@ Examples:
   broker completion bash                      # shell completion (bash, zsh, fish)
 
 Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: its own code),
-2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 130 interrupted.""")
+2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 6 over budget, 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
 @click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",

@@ -149,10 +149,13 @@ def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
 
     if rec.status in (INIT, INTERRUPTED) or not rec.cloud:
         return rec
+    from .costs import ledger
+
     infos = get_provider(rec.cloud).query(rec.name, rec.region)
     if not infos:
         state.add_event(rec.name, "refresh", "no instances found in the cloud: removed from state")
         state.delete_cluster(rec.name)
+        ledger.close_run(rec.name)
         return None
     states = {i.state for i in infos}
     new = UP if states == {RUNNING} and len(infos) >= rec.num_nodes else (
@@ -160,6 +163,8 @@ def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
     if new != rec.status:
         state.set_status(rec.name, new)
         rec.status = new
+        if new in (UP, STOPPED):
+            ledger.set_state(rec.name, ledger.UP if new == UP else ledger.STOPPED)
     return rec
 
 
@@ -198,6 +203,9 @@ def stop(name: str, *, on_event: Event = _noop) -> None:
             raise UsageError("spot instances cannot be stopped", f"use `broker down {name}`")
         _require_up(rec)
         prov.stop(rec.name, rec.region)
+        from .costs import ledger
+
+        ledger.set_state(name, ledger.STOPPED)  # from now on only its disks are billed
         state.set_status(name, STOPPED)
         state.add_event(name, "stop", "stopped")
 

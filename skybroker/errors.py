@@ -58,6 +58,17 @@ class NoFeasibleError(BrokerError):
     exit_code = 3
 
 
+class BudgetError(BrokerError):
+    """A launch (or a managed job going on) would cost more than the task's `budget.max_cost`."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, hint: str | None = None, *, source: str | None = None,
+                 field: str = "budget.max_cost"):
+        self.source, self.field = source, field
+        super().__init__(f"{source + ': ' if source else ''}{field}: {message}", hint)
+
+
 class NotFoundError(BrokerError):
     exit_code = 5
 

@@ -320,6 +320,9 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     rec.num_nodes = len(rec.nodes)
     rec.zone = cand.zone or ordered[0].zone
     state.save_cluster(rec)
+    from .costs import ledger
+
+    ledger.open_run(rec, cand)  # the instances exist: billing starts, at the price of this plan
     failpoint("after-provision")
     return rec, attempts, cand.resources
 
@@ -442,6 +445,9 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
 
     sshconfig.remove(rec.name)
     state.close_intents(rec.name)
+    from .costs import ledger
+
+    ledger.close_run(rec.name)
     state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
     state.delete_cluster(rec.name)
     return warnings
@@ -467,6 +473,9 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
     from .clouds import registry
 
     infos = registry.get(rec.cloud).start(rec.name, rec.region)
+    from .costs import ledger
+
+    ledger.set_state(rec.name, ledger.UP)
     by_id = {i.instance_id: i for i in infos}
     for n in rec.nodes:  # IPs may change across a stop/start
         i = by_id.get(n.instance_id)

@@ -188,5 +188,14 @@ TASK = {
             ]
         },
         "expected_hours": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "budget": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "required": ["max_cost"],
+            "properties": {
+                "max_cost": {"type": "number", "exclusiveMinimum": 0},
+                "hours": {"type": ["string", "number", "null"]},
+            },
+        },
     },
 }

@@ -58,6 +58,11 @@ SETTINGS: tuple[Setting, ...] = (
     _S("notice_every", "BROKER_NOTICE_EVERY", float, 5.0, "seconds between two looks at the preemption notice"),
     _S("notice_endpoint", "BROKER_NOTICE_ENDPOINT", str, "",
        "replaces the metadata server (scheme://host:port) of the notice URL: tests and simulated spot"),
+    # -- costs
+    _S("ledger_clock", "BROKER_LEDGER_CLOCK", str, "",
+       "tests: a file holding the time (epoch seconds) the cost ledger uses instead of the system clock"),
+    _S("local_prices", "BROKER_LOCAL_PRICES", str, "",
+       "what the local cloud pretends to cost: `od=1.0,spot=0.3,disk=0.1` ($/h per node, $/GB-month); free by default"),
     # -- autostop
     _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0, "seconds between two idleness checks of the watcher"),
     # -- clouds

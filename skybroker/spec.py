@@ -68,6 +68,8 @@ class Task:
     deadline_policy: str = "mdp"
     restart_overhead_hours: float = 0.2  # d: what a (re)start costs in lost progress
     decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
+    budget_max_cost: float | None = None  # skybroker's `budget:` (costs/budget.py)
+    budget_hours: float | None = None
     source: str | None = None
     warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 
@@ -237,6 +239,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         deadline_hours=deadline,
         expected_hours=expected,
         **dl_extra,
+        **F.budget(data, source),
         source=source,
         warnings=tuple(warnings),
     )

@@ -354,6 +354,27 @@ def deadline(data: dict, source: str):
     return deadline, expected, dl_extra
 
 
+def budget(data: dict, source: str) -> dict:
+    """skybroker's `budget: {max_cost: 50, hours: 10h}` → Task fields (max cost in $, hours or None)."""
+    from . import resources as R
+
+    raw = data.get("budget")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or isinstance(raw.get("max_cost"), bool) or \
+            not isinstance(raw.get("max_cost"), (int, float)) or raw["max_cost"] <= 0:
+        raise SpecError("expected `budget: {max_cost: DOLLARS, hours: H}` with max_cost > 0",
+                        "e.g. `budget: {max_cost: 50}` or `budget: {max_cost: 50, hours: 10h}`", source=source,
+                        field="budget.max_cost" if isinstance(raw, dict) else "budget")
+    hours = None
+    if raw.get("hours") is not None:
+        try:
+            hours = R.parse_hours(raw["hours"], "budget.hours")
+        except SpecError as exc:
+            raise SpecError(exc.message, exc.hint, source=source) from None
+    return {"budget_max_cost": float(raw["max_cost"]), "budget_hours": hours}
+
+
 def _policy_name(name: str, source: str) -> str:
     from difflib import get_close_matches
 

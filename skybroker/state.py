@@ -108,7 +108,40 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
     """,
-    # v5: spot hours and preemptions managed jobs observed per place (risk-aware placement, jobs/risk.py)
+    # v5: the cost ledger (costs/ledger.py): a run per life of a cluster's instances, with the prices
+    # frozen at launch, and its billing intervals (up / stopped). Never deleted by `down`.
+    """
+    CREATE TABLE cost_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        job_id INTEGER,
+        cloud TEXT,
+        region TEXT,
+        zone TEXT,
+        instance_type TEXT,
+        accelerators TEXT,
+        resources TEXT,
+        num_nodes INTEGER NOT NULL,
+        market TEXT NOT NULL,
+        price REAL NOT NULL,
+        od_price REAL,
+        disk_gb REAL NOT NULL DEFAULT 0,
+        disk_price REAL NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE INDEX cost_runs_cluster ON cost_runs(cluster, ended_at);
+    CREATE INDEX cost_runs_job ON cost_runs(job_id);
+    CREATE TABLE cost_intervals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        start_at REAL NOT NULL,
+        end_at REAL
+    );
+    CREATE INDEX cost_intervals_run ON cost_intervals(run_id, id)
+    """,
+    # v6: spot hours and preemptions managed jobs observed per place (risk-aware placement, jobs/risk.py)
     """
     CREATE TABLE spot_exposure (
         cloud TEXT NOT NULL,

@@ -1,5 +1,6 @@
 """The `local` provider: nodes are sandboxes on this machine — one directory (used as $HOME) and one
-process group per command each, and a command runner without SSH. No account, no root, zero price.
+process group per command each, and a command runner without SSH. No account, no root, zero price
+(unless BROKER_LOCAL_PRICES pretends otherwise, see `local_prices`).
 
 Node i of cluster C lives in BROKER_HOME/local/C/node-i and answers at 127.0.0.(i+1) (every 127/8
 address is this machine), so rank/IP plumbing is exercised as on a real cluster.
@@ -52,8 +53,10 @@ class LocalCloud(Provider):
 
         if res.accelerator:
             return []
+        prices = local_prices()
+        price = prices["spot"] if res.use_spot else prices["od"]
         return [Candidate(res, 0, self.name, None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
-                          None, 0.0, res.use_spot, 0.0, 1)]
+                          None, 0.0, res.use_spot, price, 1)]
 
     def _root(self) -> Path:
         return broker_home() / "local"
@@ -182,6 +185,29 @@ class LocalCloud(Provider):
 
 
 PROVIDER = LocalCloud
+
+
+def local_prices() -> dict[str, float]:
+    """What the local cloud pretends to cost (BROKER_LOCAL_PRICES `od=1,spot=0.3,disk=0.1`: $/h per node
+    on demand and on spot, $/GB-month of disk), so cost accounting can be exercised without a cloud.
+    Free by default."""
+    from .. import settings
+    from ..errors import UsageError
+
+    out = {"od": 0.0, "spot": 0.0, "disk": 0.0}
+    raw = settings.get("local_prices")
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            if key.strip() not in out:
+                raise ValueError
+            out[key.strip()] = float(value)
+            if out[key.strip()] < 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"BROKER_LOCAL_PRICES={raw!r}: {part!r} is not `od=`, `spot=` or `disk=` a price ≥ 0",
+                             "e.g. BROKER_LOCAL_PRICES=od=1.0,spot=0.3,disk=0.1") from None
+    return out
 
 
 def _write_json(path: Path, data: dict) -> None:

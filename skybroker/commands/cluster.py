@@ -133,7 +133,7 @@ def exec_(cluster, task_or_cmd, overrides, detach):
                    "e.g. after a lost or corrupt state database.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(clusters, refresh, adopt, as_json):
-    """List clusters: name, infra, resources, nodes, status, launched, $/h, autostop.
+    """List clusters: name, infra, resources, nodes, status, launched, $/h, cost so far, autostop.
 
     A cluster whose launch was interrupted shows as INTERRUPTED (`broker down NAME` removes it). Naming a
     cluster that does not exist is an error (exit 5)."""
@@ -150,10 +150,11 @@ def status(clusters, refresh, adopt, as_json):
         for name in adopted:
             render.info(f"adopted cluster {name} from the cloud's tags")
     recs = api.status(refresh=refresh, names=list(clusters) or None)
+    costs = api.cluster_costs()  # cost so far of each cluster's current run, from the ledger
     if as_json:
-        render.print_json([render.cluster_json(r) for r in recs])
+        render.print_json([render.cluster_json(r, costs.get(r.name)) for r in recs])
     else:
-        render.print_clusters(recs)
+        render.print_clusters(recs, costs)
         render.print_daemons(api.daemons(), recs)
 
 

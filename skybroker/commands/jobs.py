@@ -69,11 +69,15 @@ def _follow(job_id: int, as_json: bool = False) -> int:
 
         raise Interrupted(f"stopped following; managed job {job_id} keeps running",
                           f"`broker jobs logs {job_id} -f` to follow again, `broker jobs cancel {job_id}` to stop it") from None
-    render.managed_summary(j)
+    from .. import api
+
+    render.managed_summary(j, api.job_costs())
     if j.status == store.SUCCEEDED:
         return 0
     if j.status == store.CANCELLED:
         return 130
+    if j.status == store.FAILED_BUDGET:
+        return 6
     return j.exit_code if j.exit_code not in (None, 0) else 1
 
 
@@ -83,11 +87,14 @@ def queue(as_json):
     """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far."""
     from ..jobs import ops
 
+    from .. import api
+
     js = ops.queue()
+    costs = api.job_costs()  # from the cost ledger, across recoveries
     if as_json:
-        render.print_json([render.managed_json(j) for j in js])
+        render.print_json([render.managed_json(j, costs) for j in js])
     else:
-        render.print_managed(js)
+        render.print_managed(js, costs)
 
 
 @jobs.command("logs", epilog=examples("broker jobs logs 1", "broker jobs logs 1 -f", "broker jobs logs 1 --json"))

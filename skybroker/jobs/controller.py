@@ -66,6 +66,9 @@ class Controller:
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self) -> None:
+        from ..costs import ledger
+
+        ledger.reconcile()  # runs a previous controller left open while their clusters went away
         idle_since = None
         while True:
             jobs = store.active()
@@ -164,14 +167,14 @@ class Controller:
             risk = api.managed_risk(task)  # spot places ranked by expected cost (what preemptions cost)
             if pin and not extra:
                 try:
-                    return api.plan(_pinned(task, pin), risk=risk)
+                    return api.plan(_pinned(task, pin), risk=risk, check_budget=False)
                 except NoFeasibleError:
                     pass
             try:
-                return api.plan(task, blocks + list(extra), risk=risk)
+                return api.plan(task, blocks + list(extra), risk=risk, check_budget=False)
             except NoFeasibleError:
                 if blocks:  # EAGER_NEXT_REGION found nowhere else: go back to the avoided region
-                    return api.plan(task, list(extra), risk=risk)
+                    return api.plan(task, list(extra), risk=risk, check_budget=False)
                 raise
 
         def prepare(rt: ClusterRuntime):
@@ -181,6 +184,8 @@ class Controller:
 
         if store.get(j.id).cancel_requested:  # cancelled after this step began: do not provision
             return self._cancel(store.get(j.id))
+        if self._over_budget(j, task, launching=True):
+            return
         try:
             run = lifecycle.bring_up(lifecycle.BringUp(
                 task=task, cluster=name, plan_fn=plan_fn, owner=f"managed:{j.id}", task_id=j.task_id,
@@ -289,6 +294,8 @@ class Controller:
         task = self._task(j)
         if rec is None:
             return self._apply(j, R.decide(self._view(j, task), R.Preempted("cluster record disappeared")))
+        if self._over_budget(j, task):
+            return
         rt = ClusterRuntime(rec)
         try:
             try:
@@ -419,6 +426,16 @@ class Controller:
         store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
                      segment_price=rec.hourly_price)
 
+    def _over_budget(self, j, task, launching: bool = False) -> bool:
+        """Stop a job about to exceed its budget (costs/budget.py): FAILED_BUDGET, never silently."""
+        from ..costs import budget
+
+        why = budget.managed_check(j.id, task, launching, 2 * settings.get("jobs_poll"))
+        if why is not None:
+            store.add_event(j.id, "budget", why)
+            self._cancel(j, store.FAILED_BUDGET, why)
+        return why is not None
+
     def _marker(self, j, reason: str, count: bool = True) -> None:
         what = f"recovery {j.recoveries + 1}" if count else "switch"
         with open(store.job_dir(j.id) / "run.log", "a") as f:
@@ -456,8 +473,9 @@ class Controller:
         store.add_event(j.id, status.lower(), reason)
         log(f"job {j.id}: {status} ({reason})")
 
-    def _cancel(self, j) -> None:
-        store.update(j.id, status=store.CANCELLING)
+    def _cancel(self, j, status: str = store.CANCELLED, reason: str = "cancelled by the user") -> None:
+        if status == store.CANCELLED:
+            store.update(j.id, status=store.CANCELLING)
         rec = state.get_cluster(j.cluster) if j.cluster else None
         if rec is not None:
             rt = ClusterRuntime(rec)
@@ -469,7 +487,7 @@ class Controller:
                 rt.close()
         self._end_segment(store.get(j.id))
         self._teardown(j)
-        self._finish(store.get(j.id), store.CANCELLED, None, "cancelled by the user")
+        self._finish(store.get(j.id), status, None, reason)
 
 
 class _CancelledDuringLaunch(Exception):

@@ -198,12 +198,13 @@ def _ago(ts: float | None) -> str:
     return f"{int(d)}s ago"
 
 
-def cluster_json(r) -> dict:
+def cluster_json(r, cost: float | None = None) -> dict:
+    """`cost`: the cluster's cost so far, from the ledger (None: not in the ledger)."""
     return {"name": r.name, "cloud": r.cloud, "region": r.region, "zone": r.zone, "infra": r.infra,
             "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
-            "head_ip": r.head.ip if r.head else None}
+            "head_ip": r.head.ip if r.head else None, "cost": None if cost is None else round(cost, 6)}
 
 
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
@@ -214,7 +215,9 @@ def print_settings(rows) -> None:
                   Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
 
 
-def print_clusters(recs) -> None:
+def print_clusters(recs, costs: dict | None = None) -> None:
+    """`costs`: cluster name → cost so far, from the ledger (`-` for a cluster it has no run of)."""
+    costs = costs or {}
     if not recs:
         _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")
         return
@@ -227,11 +230,11 @@ def print_clusters(recs) -> None:
             res += " spot"
         auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
         rows.append([r.name, r.infra, res, str(r.num_nodes), (r.status, STATUS_STYLE.get(r.status, "red")),
-                     _ago(r.launched_at), _money(r.hourly_price), auto])
+                     _ago(r.launched_at), _money(r.hourly_price), _money(costs.get(r.name)), auto])
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
             Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
-            Col("$/h", "right"), Col("AUTOSTOP")]
-    _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h"))
+            Col("$/h", "right"), Col("COST ($)", "right"), Col("AUTOSTOP")]
+    _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))  # cost stays longest
 
 
 def print_daemons(d: dict, recs) -> None:
@@ -291,20 +294,25 @@ def _dur(sec: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def managed_json(j) -> dict:
+def _job_cost(j, costs: dict | None) -> float:
+    """A managed job's cost from the ledger (`costs`: job id → $), else the job row's own account."""
+    return costs.get(j.id, 0.0) if costs is not None else j.cost_so_far
+
+
+def managed_json(j, costs: dict | None = None) -> dict:
     return {"id": j.id, "name": j.name, "resources": j.resources, "status": j.status,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
             "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
-            "cost": round(j.cost_so_far, 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
+            "cost": round(_job_cost(j, costs), 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
             "task_id": j.task_id, "failure": j.failure}
 
 
-def print_managed(jobs) -> None:
+def print_managed(jobs, costs: dict | None = None) -> None:
     if not jobs:
         _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
         return
     rows = [[str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
-             _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(j.cost_so_far), j.place or "-"]
+             _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(_job_cost(j, costs)), j.place or "-"]
             for j in jobs]
     cols = [Col("ID", "right"), Col("NAME", soft=14, min=8, squeeze=3), Col("RESOURCES", soft=16, min=10, squeeze=2),
             Col("STATUS"),
@@ -313,11 +321,11 @@ def print_managed(jobs) -> None:
     _table("Managed jobs", cols, rows, drop=("WHERE", "SUBMITTED", "RECOVERIES"))
 
 
-def managed_summary(j) -> None:
+def managed_summary(j, costs: dict | None = None) -> None:
     ok = j.status == "SUCCEEDED"
     extra = f" after {j.recoveries} recovery(ies)" if j.recoveries else ""
     reason = f" — {j.failure}" if (j.failure and not ok) else ""
-    _err_line("green" if ok else "red", f"Managed job {j.id} {j.status}{extra}, cost ${_money(j.cost_so_far)}{reason}")
+    _err_line("green" if ok else "red", f"Managed job {j.id} {j.status}{extra}, cost ${_money(_job_cost(j, costs))}{reason}")
 
 
 def orphan_json(o) -> dict:

@@ -102,16 +102,21 @@ def _clusters():
                60, False)]
 
 
+COSTS = {"train-a100-8x-experiment-42": 176.3256, "dev": 0.4866, "cpu-batch": 2345.6789}
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_status(screen, width):
     out = screen(width)
-    render.print_clusters(_clusters())
+    render.print_clusters(_clusters(), COSTS)
     text = out()
     must = ["NAME", "STATUS", "dev", "cpu-batch", "STOPPED", "UP", "train-a", "-42"]
-    if width >= 80:
-        must += ["AUTOSTOP", "30m (down)", "58.7752", "0.9731", "1.5360"]
+    if width >= 80:  # the cost so far (from the ledger) and the price before autostop
+        must += ["COST ($)", "176.3256", "0.4866", "2345.6789", "58.7752", "0.9731", "1.5360"]
     if width >= 120:
-        must += ["train-a100-8x-experiment-42", "a2-highgpu-8g (A100:8)", "p3.2xlarge (V100:1) spot", "NODES"]
+        # every column; RESOURCES gives way to COST ($) by an ellipsis in the middle (both ends survive)
+        must += ["train-a100-8x-experiment-42", "a2-highg", "A100:8)", "p3.2xlar", "1) spot", "NODES",
+                 "AUTOSTOP", "30m (down)", "LAUNCHED"]
     _check_screen(text, width, must)
     _prices_whole(text)
 
@@ -138,11 +143,24 @@ def test_managed_queue(screen, width):
             ManagedJob(22, "eval", "{}", None, "1x[cpus=4+]", "SUCCEEDED", now - 9000, now - 8900, now - 100,
                        cost=0.1234, place="aws/us-east-1/use1-az1")]
     out = screen(width)
-    render.print_managed(jobs)
+    render.print_managed(jobs, {1: 12.5, 22: 0.1234})  # job id → cost from the ledger
     text = out()
     _check_screen(text, width, ["Managed jobs", "ID", "STATUS", "COST ($)", "RUNNING", "SUCCEEDED", "12.5000",
                                 "0.1234", "sleeper", "22"])
     _prices_whole(text)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_cost_report(screen, width, ledger_now):
+    rep = api.cost_report()
+    out = screen(width)
+    render.print_cost_report(rep)
+    text = out()
+    _check_screen(text, width, ["Clusters", "Managed jobs", "COST ($)", "gone", "parked", "train", "STOPPED",
+                                "SUCCEEDED", "0.3000", "0.3590", "0.3880", "Total: $1.0470"])
+    _prices_whole(text)
+    if width >= 120:
+        assert "hidden" not in text and "SAVED ($)" in text and "VS ALWAYS-OD" in text
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -207,11 +225,11 @@ def test_pipe_path_prints_every_column_in_full(capsys):
     render.set_consoles(None)
     plan, name = _plan("examples/a100x8.yaml", 2)
     render.print_plan(plan, name)
-    render.print_clusters(_clusters())
+    render.print_clusters(_clusters(), COSTS)
     out = capsys.readouterr().out
     assert "\x1b[" not in out and "…" not in out and "hidden" not in out
     for col in ("INFRA", "ZONE", "INSTANCE", "vCPUs", "MEM(GB)", "GPUs", "MARKET", "$/h/node", "$/h total", "CHOSEN",
-                "NODES", "LAUNCHED", "AUTOSTOP"):
+                "NODES", "LAUNCHED", "AUTOSTOP", "COST ($)"):
         assert col in out, col
     assert "train-a100-8x-experiment-42" in out and "europe-west4-a" in out
 

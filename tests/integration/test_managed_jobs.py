@@ -242,9 +242,9 @@ def _spy_plan(monkeypatch) -> list:
     calls = []
     real = api.plan
 
-    def spy(task, blocklist=(), clouds=None):
+    def spy(task, blocklist=(), clouds=None, **kw):
         calls.append(tuple(blocklist))
-        return real(task, blocklist, clouds)
+        return real(task, blocklist, clouds, **kw)
 
     monkeypatch.setattr(api, "plan", spy)
     return calls

@@ -1,0 +1,51 @@
+"""`broker cost-report`: clusters and managed jobs with what they cost, and a total line."""
+from __future__ import annotations
+
+from .console import _m, _say
+from .table import Col, _table
+from .views import JOB_STYLE, STATUS_STYLE, _dur, _money
+
+__all__ = ["print_cost_report"]
+
+
+def _res(c: dict) -> str:
+    res = f"{c['num_nodes']}x {c['instance_type'] or '-'}"
+    if c.get("accelerators"):
+        res += f" ({c['accelerators']})"
+    return res + (" spot" if c["market"] == "spot" else "")
+
+
+def _saved(x: float | None) -> str:
+    return "?" if x is None else _money(x)
+
+
+def print_cost_report(rep: dict) -> None:
+    clusters, jobs, total = rep["clusters"], rep["managed_jobs"], rep["total"]
+    if not clusters and not jobs:
+        _say("Nothing in the cost ledger for this period (`--all` shows the whole history).")
+        return
+    if clusters:
+        cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
+                Col("RESOURCES", soft=16, min=10, squeeze=2), Col("STATUS"), Col("UP FOR", "right"),
+                Col("STOPPED FOR", "right"), Col("$/h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right")]
+        rows = [[c["cluster"], "/".join(p for p in (c["cloud"], c["region"], c["zone"]) if p), _res(c),
+                 (c["status"], STATUS_STYLE.get(c["status"], "dim")), _dur(c["up_hours"] * 3600),
+                 _dur(c["stopped_hours"] * 3600), _money(c["num_nodes"] * c["price_per_node"]), _money(c["cost"]),
+                 _saved(c["savings"]) if c["market"] == "spot" else "-"] for c in clusters]
+        _table("Clusters", cols, rows, drop=("INFRA", "$/h", "STOPPED FOR", "SAVED ($)"))
+    if jobs:
+        cols = [Col("ID", "right"), Col("NAME", soft=12, min=6, squeeze=2), Col("STATUS"), Col("RUNS", "right"),
+                Col("SPOT h", "right"), Col("OD h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right"),
+                Col("VS ALWAYS-OD", "right")]
+        rows = []
+        for j in jobs:
+            dl = j.get("deadline")
+            vs = "-" if not dl or dl.get("normalised_cost") is None else f"{dl['normalised_cost']:.4f}"
+            rows.append([str(j["job_id"]), j["name"] or "-", (j["status"], JOB_STYLE.get(j["status"], "red")),
+                         str(len(j["runs"])), f"{j['spot_hours']:.2f}", f"{j['on_demand_hours']:.2f}",
+                         _money(j["cost"]), _saved(j["savings"]), vs])
+        _table("Managed jobs", cols, rows, drop=("VS ALWAYS-OD", "RUNS", "SAVED ($)"),
+               footer="VS ALWAYS-OD: cost / (expected compute on demand), as `broker simulate` normalises")
+    saved = "" if total["savings"] is None else f", spot saved ${_money(total['savings'])}"
+    _say(f"{_m('bold', 'Total')}: ${_money(total['cost'])} (clusters ${_money(total['clusters_cost'])}, "
+         f"managed jobs ${_money(total['managed_jobs_cost'])}){saved}")
