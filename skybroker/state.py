@@ -108,6 +108,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
     """,
+    # v5: managed pipelines (one row per pipeline: its stages as JSON, the index of the current one)
+    """
+    ALTER TABLE managed_jobs ADD COLUMN stages TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN stage INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

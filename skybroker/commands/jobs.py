@@ -22,13 +22,27 @@ def jobs():
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 def launch(task_file, overrides, yes, detach):
-    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end)."""
+    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end). A file of
+    several tasks (YAML documents separated by ---) is a pipeline: its stages run in order, each to
+    completion on its own cheapest cluster before the next starts."""
     from .. import api
     from ..jobs import ops
 
-    if overrides.get("name"):
-        overrides = dict(overrides)
-    task = api.load_task(task_file, overrides)
+    pipeline = api.load_pipeline(task_file, overrides)
+    if len(pipeline) > 1:
+        for i, t in enumerate(pipeline):  # fail early (exit 3) when a stage fits nowhere
+            render.stage_title(i, len(pipeline), t.name)
+            render.print_plan(api.plan(t), t.name)
+        if not confirm(f"Launch managed pipeline of {len(pipeline)} stages?", yes):
+            raise click.Abort()
+        job = ops.launch_pipeline(pipeline)
+        render.info(f"managed job {job.id} submitted: pipeline {job.name or '(unnamed)'} of {len(pipeline)} stages "
+                    f"(task id {job.task_id})")
+        if detach:
+            render.info(f"follow it with `broker jobs logs {job.id} --follow`")
+            return 0
+        return _follow(job.id)
+    task = pipeline[0]
     plan = api.plan(task)  # fail early (exit 3) when nothing fits; the controller plans again at launch
     render.print_plan(plan, task.name)
     if not confirm("Launch managed job?", yes):
@@ -62,7 +76,8 @@ def _follow(job_id: int, as_json: bool = False) -> int:
 @jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(as_json):
-    """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far."""
+    """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far (a
+    pipeline's stages on lines of their own: stage i/n)."""
     from ..jobs import ops
 
     js = ops.queue()
