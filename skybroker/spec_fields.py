@@ -144,6 +144,9 @@ def git_workdir(value: dict, ov: dict, source: str) -> tuple[str | None, str | N
     url = ov.get("git_url") or (value or {}).get("url")
     ref = ov.get("git_ref") or (value or {}).get("ref")
     field = "--git-url" if ov.get("git_url") else "workdir.url"
+    if not url and value is not None:
+        raise SpecError("a git workdir needs a repository URL", "write `workdir: {url: https://host/org/repo.git, "
+                        "ref: main}`, or a local folder `workdir: path`", source=source, field="workdir.url")
     if not url:
         if ov.get("git_ref"):
             raise SpecError("--git-ref needs a git workdir", "add --git-url URL, or `workdir: {url: URL}` to the "

@@ -341,7 +341,8 @@ def managed_summary(j) -> None:
     ok = j.status == "SUCCEEDED"
     extra = f" after {j.recoveries} recovery(ies)" if j.recoveries else ""
     if j.stages:
-        extra = (f" ({j.num_stages} stages)" if ok else f" at stage {j.stage + 1}/{j.num_stages}") + extra
+        at = "" if (j.failure or "").startswith("stage ") else f" at stage {j.stage + 1}/{j.num_stages}"
+        extra = (f" ({j.num_stages} stages)" if ok else at) + extra
     reason = f" — {j.failure}" if (j.failure and not ok) else ""
     _err_line("green" if ok else "red", f"Managed job {j.id} {j.status}{extra}, cost ${_money(j.cost_so_far)}{reason}")
 

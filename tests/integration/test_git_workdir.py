@@ -139,3 +139,35 @@ def test_private_repo_over_ssh_on_two_real_nodes(node_pool, node_key, tmp_path):
         for n in nodes:
             if n.alive:
                 node_pool.kill(n)
+
+
+# ------------------------------------------------------------------------------------------------ https
+def test_private_repo_over_http_with_git_token(tmp_path):
+    """GIT_TOKEN (here `--secret GIT_TOKEN=...`) reaches git through the credential helper: the server
+    (git's own http-backend, demanding Basic auth) gets it; it is never printed or left in a file."""
+    from tests.infra.git_http import GitHTTPServer
+
+    make_repo(tmp_path)
+    token = "ghp_Sup3rSecretTokenValue"
+    with GitHTTPServer(tmp_path, token) as srv:
+        t = write_task(tmp_path / "t.yaml", name="g", workdir={"url": srv.url("repo.git"), "ref": "v2"}, run=RUN)
+        r = broker("launch", "-y", "-c", "gith", t)  # no token: refused by the server
+        assert r.returncode == 2 and "workdir.url" in r.stderr and "GIT_TOKEN" in r.stderr, r.stderr
+        assert "gith" not in {c["name"] for c in status_json()}
+        r = broker("launch", "-y", "-c", "gith", t, "--secret", f"GIT_TOKEN={token}")
+        assert r.returncode == 0 and "f=two" in r.stdout, r.stderr
+        assert any(base64_password(h) == token for h in srv.seen_auth)
+        assert token not in r.stdout + r.stderr
+        node = node_dir("gith", 0)
+        for p in node.rglob("*"):
+            if p.is_file() and p.stat().st_size < 1 << 20:
+                assert token.encode() not in p.read_bytes(), p  # not in .git/config, not in a credential file
+        broker("down", "-y", "gith")
+
+
+def base64_password(header: str) -> str | None:
+    import base64
+
+    if not header.startswith("Basic "):
+        return None
+    return base64.b64decode(header[6:]).decode().partition(":")[2]

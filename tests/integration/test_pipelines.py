@@ -89,7 +89,7 @@ def test_a_failing_stage_fails_the_pipeline_and_later_stages_never_start(tmp_pat
                  f"name: second\nresources: {{infra: local}}\nrun: echo second >> {led}\n")
     r = broker("jobs", "launch", "-y", p, timeout=90)
     assert r.returncode == 3, r.stdout + r.stderr  # the failing stage's exit code
-    assert "at stage 1/2" in r.stderr and "stage 1/2 (first)" in r.stderr
+    assert "FAILED" in r.stderr and "stage 1/2 (first)" in r.stderr
     assert led.read_text().splitlines() == ["first"]
     row = queue_row(submitted(r))
     assert row["status"] == "FAILED"

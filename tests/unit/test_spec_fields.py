@@ -259,6 +259,8 @@ def test_git_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("wd, field", [
+    ({"url": ""}, "workdir.url"),
+    ({"url": "${UNSET_EMPTY}", "ref": "main"}, "workdir.url"),
     ({"url": "not a url"}, "workdir.url"),
     ({"url": "-oProxyCommand=evil"}, "workdir.url"),
     ({"url": "/local/path/repo"}, "workdir.url"),
