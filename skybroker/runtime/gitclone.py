@@ -38,6 +38,9 @@ WORKDIR = "~/sky_workdir"
 CLONE_SCRIPT = r'''
 set -u
 export GIT_TERMINAL_PROMPT=0
+# the reflog entries of the checkout need an identity; without one git looks the host name up in DNS
+# (seconds on a node whose resolver is slow or unreachable). These hold for this script only.
+export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-skybroker}" GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-skybroker@localhost}"
 d="$HOME/.skybroker-node/git"
 mkdir -p "$d" && chmod 700 "$d" || exit 13
 key=""
