@@ -127,3 +127,27 @@ def test_launch_refuses_a_pipeline_but_dryrun_plans_every_stage(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["pipeline"] == "pipe" and len(doc["stages"]) == 2
     assert status_json() == []
+
+
+def test_a_preempted_stage_is_recovered_and_the_pipeline_goes_on(tmp_path):
+    """Managed-job recovery per stage: stage 1's node is preempted mid-run (its processes killed, its
+    instance gone), stage 1 is relaunched on a new cluster and finishes, then stage 2 runs once."""
+    from skybroker.clouds.local import _kill_node_processes
+
+    led = tmp_path / "ledger"
+    p = pipeline(tmp_path, f"name: long\nresources: {{infra: local}}\n"
+                           f"run: echo start >> {led}; sleep 3; echo done >> {led}\n",
+                 f"name: after\nresources: {{infra: local}}\nrun: echo after >> {led}\n")
+    r = broker("jobs", "launch", "-y", "-d", p)
+    jid = submitted(r)
+    wait_for(lambda: led.exists() and "start" in led.read_text(), 30, 0.05, "stage 1 running")
+    node = broker_home() / "local" / f"job-{jid}-1" / "node-0"
+    _kill_node_processes(node)
+    shutil.rmtree(node, ignore_errors=True)
+    wait_for(lambda: queue_row(jid)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "FAILED_CONTROLLER"), 60, 0.2,
+             "pipeline ended")
+    row = queue_row(jid)
+    assert row["status"] == "SUCCEEDED" and row["recoveries"] == 1, row
+    assert led.read_text().splitlines() == ["start", "start", "done", "after"]
+    assert [s["status"] for s in row["stages"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert status_json() == []
