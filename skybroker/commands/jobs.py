@@ -28,8 +28,9 @@ def launch(task_file, overrides, yes, detach):
     from .. import api
     from ..jobs import ops
 
-    pipeline = api.load_pipeline(task_file, overrides)
+    pipeline = api.load_pipeline(task_file, {k: v for k, v in overrides.items() if k != "name"})
     if len(pipeline) > 1:
+        pipeline.name = overrides.get("name") or pipeline.name  # --name names the pipeline, not every stage
         for i, t in enumerate(pipeline):  # fail early (exit 3) when a stage fits nowhere
             render.stage_title(i, len(pipeline), t.name)
             render.print_plan(api.plan(t), t.name)
@@ -43,6 +44,10 @@ def launch(task_file, overrides, yes, detach):
             return 0
         return _follow(job.id)
     task = pipeline[0]
+    if overrides.get("name"):
+        from dataclasses import replace
+
+        task = replace(task, name=overrides["name"])
     plan = api.plan(task)  # fail early (exit 3) when nothing fits; the controller plans again at launch
     render.print_plan(plan, task.name)
     if not confirm("Launch managed job?", yes):
