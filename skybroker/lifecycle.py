@@ -50,7 +50,7 @@ class Stage(str, enum.Enum):
 
 _DOING = {Stage.PREFLIGHT: "checking the task", Stage.PROVISION: "provisioning",
           Stage.READY: "waiting for the nodes to accept commands", Stage.AGENT: "installing the node agent",
-          Stage.SYNC: "syncing the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
+          Stage.SYNC: "syncing (or cloning) the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
           Stage.SUBMIT: "submitting the job", Stage.RUNNING: "running"}
 
 
