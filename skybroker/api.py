@@ -13,6 +13,13 @@ def load_task(path: str, overrides: Mapping[str, Any] | None = None):
     return spec.load_task(path, overrides)
 
 
+def load_pipeline(path: str, overrides: Mapping[str, Any] | None = None):
+    """Every task of a task file, in order (a file of one task is a pipeline of one)."""
+    from . import spec
+
+    return spec.load_pipeline(path, overrides)
+
+
 def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None,
          risk=None, check_budget: bool = True):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog

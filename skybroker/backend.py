@@ -192,11 +192,20 @@ class ClusterRuntime:
         run_parallel(self.nodes, lambda node: self.agent(node).install())
 
     def sync(self, task) -> None:
-        """Workdir → ~/sky_workdir and local file_mounts → their remote paths, on all nodes in parallel.
+        """Workdir → ~/sky_workdir (a local folder synced, or a git repository cloned there: gitclone.py)
+        and local file_mounts → their remote paths, on all nodes in parallel.
         The workdir is claimed first (recorded as ours if it does not exist yet), so a teardown of a node
         we do not own removes it, and never a directory the user had there."""
+        git = getattr(task, "git_url", None)
+        if git:
+            from .runtime import gitclone
+
+            creds = gitclone.credentials(task)  # read once on the client; the key crosses on stdin only
+
         def one(node):
             r = self.runner(node)
+            if git:
+                gitclone.clone(r, self.agent(node, r), task, creds, f"{self.rec.name}-node-{node.rank}")
             if task.workdir:
                 self.agent(node, r).claim([WORKDIR])
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)

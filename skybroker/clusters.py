@@ -103,8 +103,8 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
     with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
         rt = ClusterRuntime(rec)
         try:
-            if task.workdir or task.file_mounts:
-                on_event("sync", "syncing workdir and file mounts to every node")
+            if task.workdir or task.file_mounts or task.git_url:
+                on_event("sync", lifecycle._sync_what(task))
                 rt.sync(task)
             job_id = rt.submit(replace(task, num_nodes=rec.num_nodes), job_name=task.name, run_setup=False)
         except BaseException as exc:

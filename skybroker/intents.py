@@ -18,6 +18,7 @@ Clusters owned by an active managed job are left to its controller, which resume
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -46,8 +47,9 @@ def lock_is_free(cluster: str) -> bool:
 def _owned_by_active_job(rec_or_name) -> bool:
     owner = rec_or_name.owner if hasattr(rec_or_name, "owner") else None
     name = rec_or_name.name if hasattr(rec_or_name, "name") else rec_or_name
-    if owner is None and name.startswith("job-") and name[4:].isdigit():
-        owner = f"managed:{name[4:]}"
+    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name) if owner is None else None  # job-<id>[-<pipeline stage>]
+    if m:
+        owner = f"managed:{m.group(1)}"
     if not owner or not owner.startswith("managed:"):
         return False
     from .jobs import store

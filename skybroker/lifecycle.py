@@ -50,7 +50,7 @@ class Stage(str, enum.Enum):
 
 _DOING = {Stage.PREFLIGHT: "checking the task", Stage.PROVISION: "provisioning",
           Stage.READY: "waiting for the nodes to accept commands", Stage.AGENT: "installing the node agent",
-          Stage.SYNC: "syncing the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
+          Stage.SYNC: "syncing (or cloning) the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
           Stage.SUBMIT: "submitting the job", Stage.RUNNING: "running"}
 
 
@@ -152,6 +152,13 @@ def preflight(task) -> None:
         require_rsync()
 
 
+def _sync_what(task) -> str:
+    if task.git_url:
+        ref = f" at {task.git_ref}" if task.git_ref else ""
+        return f"cloning the git workdir{ref} on every node" + (" and syncing file mounts" if task.file_mounts else "")
+    return "syncing workdir and file mounts to every node"
+
+
 def bring_up(b: BringUp) -> Running:
     """Provision (or reuse) the cluster and start the task on it, holding the cluster's lock."""
     from .locks import cluster_lock
@@ -208,8 +215,8 @@ def _bring_up_locked(b: BringUp) -> Running:
                 b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {name}: not submitting again")
                 return Running(name, job_id, attempts, True, adopted=True, runtime=rt)
         stage = Stage.SYNC
-        if task.workdir or task.file_mounts:
-            b.on_event("sync", "syncing workdir and file mounts to every node")
+        if task.workdir or task.file_mounts or task.git_url:
+            b.on_event("sync", _sync_what(task))
             failpoint("sync")
             rt.sync(task)
         by_rank = None

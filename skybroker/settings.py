@@ -44,6 +44,12 @@ SETTINGS: tuple[Setting, ...] = (
        "fault injection for tests: `point=sleep(S)`, `point=raise` or `point=exit`, comma separated (failpoints.py)"),
     _S("ssh_config", "BROKER_SSH_CONFIG", bool, True,
        "add one Include line to ~/.ssh/config so `ssh <cluster>` works (sshconfig.py)"),
+    # -- git workdir (`workdir: {url, ref}`, runtime/gitclone.py)
+    _S("git_ssh_key", "BROKER_GIT_SSH_KEY", str, "",
+       "private key for git workdirs over SSH (GIT_SSH_KEY_PATH in the task's envs/secrets wins); copied to "
+       "each node 0600 for the clone only"),
+    _S("git_known_hosts", "BROKER_GIT_KNOWN_HOSTS", str, "",
+       "known_hosts file for the git server (strict checking); empty: each node accepts the server's key on first use"),
     # -- managed jobs
     _S("jobs_poll", "BROKER_JOBS_POLL", float, 2.0, "seconds between two looks at a running managed job"),
     _S("checkpoint_interval", "BROKER_CHECKPOINT_INTERVAL", float, 30.0,

@@ -57,7 +57,9 @@ class Task:
     name: str | None
     run: str | None
     setup: str | None = None
-    workdir: str | None = None
+    workdir: str | None = None  # a local folder, synced to ~/sky_workdir
+    git_url: str | None = None  # or a git repository (`workdir: {url, ref}`), cloned there on every node
+    git_ref: str | None = None
     num_nodes: int = 1
     groups: tuple[tuple[Resources, ...], ...] = ((Resources(),),)
     envs: tuple[tuple[str, str], ...] = ()
@@ -209,6 +211,9 @@ def _task(data, source: str, ov: dict, node) -> Task:
                         field="num_nodes")
 
     workdir = F.substitute(data.get("workdir"), envs)
+    git_url, git_ref = F.git_workdir(workdir if isinstance(workdir, dict) else None, ov, source)
+    if git_url:
+        workdir = None
     if workdir is not None:
         wd = Path(os.path.expanduser(workdir))
         if not wd.is_absolute():
@@ -231,6 +236,8 @@ def _task(data, source: str, ov: dict, node) -> Task:
         run=data.get("run"),
         setup=data.get("setup"),
         workdir=workdir,
+        git_url=git_url,
+        git_ref=git_ref,
         num_nodes=num_nodes,
         groups=groups,
         envs=tuple(sorted((k, str(v)) for k, v in envs.items())),

@@ -114,9 +114,6 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     if data.get("event_callback"):
         refuse("event_callback", "event callbacks are not supported",
                "remove `event_callback`; follow the job with `broker logs` / `broker jobs queue`")
-    if isinstance(data.get("workdir"), dict):
-        refuse("workdir", "a git workdir ({url, ref}) is not supported yet",
-               "clone the repository and set `workdir:` to the local folder")
     for key in data.get("config") or {}:
         why = _CONFIG_IGNORED.get(str(key))
         if why is None:
@@ -131,6 +128,53 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
             warnings.append(f"{key}: data size hints are ignored (plans compare machine prices only)")
     if data.get("api_server_access"):
         warnings.append("api_server_access: ignored (skybroker has no API server)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Git workdir (`workdir: {url, ref}`)
+
+_GIT_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:[^\s]+$")  # git@github.com:org/repo.git
+_BAD_REF = re.compile(r"(^-|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|/$|\.lock$|^/)")
+
+
+def git_workdir(value: dict, ov: dict, source: str) -> tuple[str | None, str | None]:
+    """(url, ref) of a git workdir, from `workdir: {url, ref}` and the --git-url/--git-ref overrides; a
+    bad url or ref is refused here, naming the field (the clone itself runs on every node)."""
+    url = ov.get("git_url") or (value or {}).get("url")
+    ref = ov.get("git_ref") or (value or {}).get("ref")
+    field = "--git-url" if ov.get("git_url") else "workdir.url"
+    if not url and value is not None:
+        raise SpecError("a git workdir needs a repository URL", "write `workdir: {url: https://host/org/repo.git, "
+                        "ref: main}`, or a local folder `workdir: path`", source=source, field="workdir.url")
+    if not url:
+        if ov.get("git_ref"):
+            raise SpecError("--git-ref needs a git workdir", "add --git-url URL, or `workdir: {url: URL}` to the "
+                            "task", source=source, field="--git-ref")
+        return None, None
+    url = str(url).strip()
+    if url.startswith("-") or any(ord(c) < 33 for c in url) or not (url.startswith(_GIT_SCHEMES) or
+                                                                     _SCP_LIKE.match(url)):
+        raise SpecError(f"{_clip(_hide_userinfo(url))!r} is not a git repository URL",
+                        "use https://host/org/repo.git, ssh://user@host/path, user@host:path (or git://, file://)",
+                        source=source, field=field)
+    if ref is not None:
+        ref = str(ref).strip()
+        rfield = "--git-ref" if ov.get("git_ref") else "workdir.ref"
+        if not ref or _BAD_REF.search(ref):
+            raise SpecError(f"{_clip(ref)!r} is not a git branch, tag or commit", "name a branch (main), a tag "
+                            "(v1.2) or a commit (a full or abbreviated hash)", source=source, field=rfield)
+    return url, ref or None
+
+
+def _hide_userinfo(url: str) -> str:
+    """`https://user:token@host/...` → `https://***@host/...` (a token in a URL is never shown)."""
+    return re.sub(r"^([a-z+]+://)[^/@]*@", r"\1***@", url)
+
+
+def _clip(v, n: int = 80) -> str:
+    s = str(v)
+    return s if len(s) <= n else s[:n] + "…"
 
 
 # ----------------------------------------------------------------------------------------------

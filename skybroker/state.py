@@ -154,6 +154,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (cloud, region, zone, instance_type)
     )
     """,
+    # v7: managed pipelines (one row per pipeline: its stages as JSON, the index of the current one)
+    """
+    ALTER TABLE managed_jobs ADD COLUMN stages TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN stage INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -56,6 +56,10 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
     from .. import api
 
+    if dryrun:
+        pipeline = api.load_pipeline(task_file, overrides)
+        if len(pipeline) > 1:  # the plan of every stage; running a pipeline is `jobs launch`
+            return _pipeline_dryrun(api, pipeline, as_json)
     task = api.load_task(task_file, overrides)
     render.task_warnings(task)
     existing = cluster is not None and not dryrun and api.cluster_exists(cluster)
@@ -96,6 +100,20 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     render.info(f"cluster {res.cluster} stays up: `broker exec {res.cluster} -- CMD` runs more, "
                 f"`broker down {res.cluster}` removes it")
     return code
+
+
+def _pipeline_dryrun(api, pipeline, as_json: bool) -> int:
+    plans = [api.plan(t) for t in pipeline]
+    if as_json:
+        render.print_json({"pipeline": pipeline.name, "stages": [render.plan_json(p, t.name)
+                                                                  for p, t in zip(plans, pipeline)]})
+        return 0
+    for i, (p, t) in enumerate(zip(plans, pipeline)):
+        render.stage_title(i, len(pipeline), t.name)
+        render.print_plan(p, t.name)
+    render.info(f"a pipeline of {len(pipeline)} stages runs with `broker jobs launch FILE` (each stage on its own "
+                "cluster, in order); `broker launch` runs one task")
+    return 0
 
 
 @click.command("exec", epilog=examples(

@@ -23,9 +23,11 @@ def jobs():
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 @click.option("--dryrun", is_flag=True, help="Only print the plan (spot places ranked by expected cost).")
-@click.option("--json", "as_json", is_flag=True, help="With --dryrun: the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="With --dryrun: the plan as JSON (a list, one per stage, for a pipeline).")
 def launch(task_file, overrides, yes, detach, dryrun, as_json):
-    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end).
+    """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end). A file of
+    several tasks (YAML documents separated by ---) is a pipeline: its stages run in order, each to
+    completion on its own cheapest cluster before the next starts.
 
     Spot places are ranked by expected cost: the price raised by the preemptions the broker's managed
     jobs met there (each costs the restart overhead and the work since the last checkpoint), shown as
@@ -36,11 +38,35 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
 
     if as_json and not dryrun:
         raise UsageError("--json needs --dryrun", "broker jobs launch --dryrun --json TASK")
-
+    pipeline = api.load_pipeline(task_file, {k: v for k, v in overrides.items() if k != "name"})
+    for t in pipeline:
+        render.task_warnings(t)
+    if len(pipeline) > 1:
+        pipeline.name = overrides.get("name") or pipeline.name  # --name names the pipeline, not every stage
+        plans = []
+        for i, t in enumerate(pipeline):  # fail early (exit 3) when a stage fits nowhere
+            plans.append(api.plan(t, risk=api.managed_risk(t)))
+            if not as_json:
+                render.stage_title(i, len(pipeline), t.name)
+                render.print_plan(plans[-1], t.name)
+        if as_json:
+            render.print_json([render.plan_json(p, t.name) for p, t in zip(plans, pipeline)])
+        if dryrun:
+            return 0
+        if not confirm(f"Launch managed pipeline of {len(pipeline)} stages?", yes):
+            raise click.Abort()
+        job = ops.launch_pipeline(pipeline)
+        render.info(f"managed job {job.id} submitted: pipeline {job.name or '(unnamed)'} of {len(pipeline)} stages "
+                    f"(task id {job.task_id})")
+        if detach:
+            render.info(f"follow it with `broker jobs logs {job.id} --follow`")
+            return 0
+        return _follow(job.id)
+    task = pipeline[0]
     if overrides.get("name"):
-        overrides = dict(overrides)
-    task = api.load_task(task_file, overrides)
-    render.task_warnings(task)
+        from dataclasses import replace
+
+        task = replace(task, name=overrides["name"])
     # exit 3 early when nothing fits; the controller plans again at launch, with the same risk ranking
     plan = api.plan(task, risk=api.managed_risk(task))
     if as_json:
@@ -84,7 +110,8 @@ def _follow(job_id: int, as_json: bool = False) -> int:
 @jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(as_json):
-    """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far."""
+    """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far (a
+    pipeline's stages on lines of their own: stage i/n)."""
     from ..jobs import ops
 
     from .. import api

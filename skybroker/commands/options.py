@@ -33,6 +33,8 @@ def task_options(f):
         click.option("--secret-file", "secret_files", multiple=True, type=click.Path(dir_okay=False),
                      help="Secrets from a dotenv file (never printed or stored in clear; repeatable)."),
         click.option("--name", "-n", "task_name", help="Task name (overrides `name:`)."),
+        click.option("--git-url", help="Clone this git repository as the workdir on every node (overrides `workdir:`)."),
+        click.option("--git-ref", help="Branch, tag or commit of the git workdir (overrides `workdir.ref`)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -40,7 +42,8 @@ def task_options(f):
     @functools.wraps(f)
     def wrapper(*args, **kw):
         keys = ("infra", "cloud", "region", "zone", "gpus", "cpus", "memory", "instance_type", "use_spot",
-                "num_nodes", "disk_size", "envs", "secrets", "task_name", "env_files", "secret_files")
+                "num_nodes", "disk_size", "envs", "secrets", "task_name", "env_files", "secret_files", "git_url",
+                "git_ref")
         raw = {k: kw.pop(k) for k in keys}
         kw["overrides"] = build_overrides(raw)
         return f(*args, **kw)

@@ -34,6 +34,7 @@ from ..lifecycle import Failure
 from ..optimizer import Block
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import checkpoint, logsync
+from . import pipeline as P
 from . import recovery as R
 from . import store
 from .deadline import DeadlinePolicy, DeadlineState, market_name
@@ -49,6 +50,8 @@ def cluster_name(job_id: int) -> str:
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%F %T')} {msg}", flush=True)
+
+
 
 
 class Controller:
@@ -109,6 +112,9 @@ class Controller:
             return
         if j.cancel_requested:
             return self._cancel(j)
+        if P.stage_succeeded(j):  # the controller stopped between a stage's success and the next stage
+            self._teardown(j)
+            return self._advance(j)
         if j.status in (store.PENDING, STARTING):
             return self._launch(j, recovering=False)
         if j.status == RECOVERING:
@@ -139,7 +145,7 @@ class Controller:
         from .. import api
 
         task = self._task(j)
-        name = cluster_name(j.id)
+        name = P.stage_cluster(j)
         dl, dst, market = self._deadline(j, task), None, None
         if dl is not None:  # deadline-aware: the spot policy picks the market (or to wait)
             dst = DeadlineState.load(j.deadline_state)
@@ -188,7 +194,7 @@ class Controller:
             return
         try:
             run = lifecycle.bring_up(lifecycle.BringUp(
-                task=task, cluster=name, plan_fn=plan_fn, owner=f"managed:{j.id}", task_id=j.task_id,
+                task=task, cluster=name, plan_fn=plan_fn, owner=f"managed:{j.id}", task_id=P.stage_task_id(j),
                 prepare=prepare, token=token, on_event=lambda k, m: store.add_event(j.id, k, m)))
         except lifecycle.BringUpError as err:
             if isinstance(err.cause, _CancelledDuringLaunch):
@@ -206,6 +212,8 @@ class Controller:
                         f" on {rec.infra if rec else name} ({rec.instance_type if rec else ''}"
                         f"{' spot' if rec and rec.use_spot else ''})")
         self.last_ckpt[j.id] = now
+        if j.stages:
+            P.mark_started(store.get(j.id), rec)
         if dl is not None:
             dst.held, dst.last_at = market.value, None
             store.update(j.id, deadline_state=dst.dump())
@@ -308,7 +316,13 @@ class Controller:
                 return self._on_notice(j, task, rt, st)
             if healthy:
                 self.unreachable_since.pop(j.id, None)
-                self._maybe_checkpoint(j, rt, done=st.done)
+                if st.done and st.status == "SUCCEEDED" and P.has_next(j):
+                    self.last_ckpt[j.id] = 0  # hand the checkpoint directory over to the next stage: a last copy
+                    if self._maybe_checkpoint(j, rt) is False:
+                        store.add_event(j.id, "warning", "the last checkpoint copy of this stage failed: the next "
+                                        "stage starts from the last complete copy")
+                else:
+                    self._maybe_checkpoint(j, rt, done=st.done)
                 if not st.done:
                     return self._deadline_tick(j, task, running=st.status == "RUNNING")
                 if st.status == "SUCCEEDED":
@@ -358,12 +372,12 @@ class Controller:
         why = ", ".join(sorted(reasons)) or "instance gone"
         return f"{rec.num_nodes - len(alive)} of {rec.num_nodes} instance(s) lost ({why})"
 
-    def _maybe_checkpoint(self, j, rt: ClusterRuntime, done: bool = False) -> None:
+    def _maybe_checkpoint(self, j, rt: ClusterRuntime, done: bool = False) -> bool | None:
         """A new complete snapshot of the head node's checkpoint directory (checkpoint.py): a copy
-        interrupted halfway never replaces the last complete one."""
+        interrupted halfway never replaces the last complete one. True/False: copied or failed; None: not due."""
         now = time.time()
         if done or now - self.last_ckpt.get(j.id, 0) < settings.get("checkpoint_interval"):
-            return
+            return None
         self.last_ckpt[j.id] = now
         head = rt.nodes[0]
         try:
@@ -371,6 +385,8 @@ class Controller:
                 f"~/{CKPT_REMOTE}", str(dst), link_dest=str(prev) if prev else None))
         except (BrokerError, OSError) as exc:
             log(f"job {j.id}: checkpoint sync failed (the last complete copy is kept): {exc}")
+            return False
+        return True
 
     # -- actions --------------------------------------------------------------------------------
     def _apply(self, j, action) -> None:
@@ -385,8 +401,12 @@ class Controller:
         if isinstance(action, R.Finish):
             self._observe_spot(j, preempted=False)
             self._end_segment(j)
+            if action.status == store.SUCCEEDED and P.has_next(j):
+                P.mark_done(store.get(j.id))  # recorded before the teardown: a restart goes on from here
+                self._teardown(j)
+                return self._advance(store.get(j.id))
             self._teardown(j)
-            return self._finish(j, action.status, action.exit_code, action.reason)
+            return self._finish(store.get(j.id), action.status, action.exit_code, action.reason)
         if isinstance(action, R.Relaunch):
             self._observe_spot(j, preempted=action.lost)
             self._end_segment(j)
@@ -418,7 +438,7 @@ class Controller:
         rt = ClusterRuntime(rec)
         try:
             env = self._restore_checkpoint(j, rt)
-            job_id = rt.submit(task, job_name=task.name, task_id=j.task_id, run_setup=False, env_by_rank=env,
+            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), run_setup=False, env_by_rank=env,
                                token=token)
         finally:
             rt.close()
@@ -461,17 +481,25 @@ class Controller:
             store.update(j.id, cost=cost, segment_start=None, segment_price=None)
 
     def _teardown(self, j) -> None:
-        name = j.cluster or cluster_name(j.id)
+        name = j.cluster or P.stage_cluster(j)
         try:
             clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
         except BrokerError as exc:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 
     def _finish(self, j, status: str, exit_code, reason: str) -> None:
+        fields, reason = P.finish_fields(j, status, exit_code, reason)
         store.update(j.id, status=status, exit_code=exit_code, ended_at=time.time(),
-                     failure=(reason or None) if status != store.SUCCEEDED else None)
+                     failure=(reason or None) if status != store.SUCCEEDED else None, **fields)
         store.add_event(j.id, status.lower(), reason)
         log(f"job {j.id}: {status} ({reason})")
+
+    # -- pipelines (pipeline.py) ----------------------------------------------------------------
+    def _advance(self, j) -> None:
+        P.advance(j)
+        for d in (self.launch_attempts, self.deadlines, self.noticed, self.unreachable_since, self.last_ckpt):
+            d.pop(j.id, None)
+        self.next_at[j.id] = 0
 
     def _cancel(self, j, status: str = store.CANCELLED, reason: str = "cancelled by the user") -> None:
         if status == store.CANCELLED:

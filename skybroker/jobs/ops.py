@@ -33,16 +33,36 @@ def ensure_controller() -> bool:
 def launch(task, name: str | None = None) -> store.ManagedJob:
     from ..spec import task_to_dict
 
+    task, desc = _prepared(task)
+    job = store.insert(name or task.name, json.dumps(task_to_dict(task)), task.secret_dict, desc)
+    ensure_controller()
+    return job
+
+
+def launch_pipeline(pipeline, name: str | None = None) -> store.ManagedJob:
+    """A pipeline (spec.Pipeline, several tasks) as one managed job whose stages run in order, each to
+    completion on its own cluster (planned on its own cheapest fit) before the next starts; stage N+1 finds
+    stage N's checkpoint directory contents in its own $BROKER_CHECKPOINT_DIR (controller.py)."""
+    from ..spec import task_to_dict
+
+    stages = []
+    for i, task in enumerate(pipeline):
+        task, desc = _prepared(task, f"stage {i + 1} ({task.name or 'unnamed'}): ")
+        stages.append((task.name, json.dumps(task_to_dict(task)), task.secret_dict, desc))
+    job = store.insert_pipeline(name or pipeline.name or pipeline[0].name, stages)
+    ensure_controller()
+    return job
+
+
+def _prepared(task, where: str = ""):
     if not task.run:
-        raise UsageError("a managed job needs `run:`")
+        raise UsageError(f"{where}a managed job needs `run:`")
     task = _with_config_defaults(task)
     res = task.candidates[0]
     desc = res.describe() if len(task.candidates) == 1 else f"{len(task.candidates)} options"
     if task.num_nodes > 1:
         desc = f"{task.num_nodes}× {desc}"
-    job = store.insert(name or task.name, json.dumps(task_to_dict(task)), task.secret_dict, desc)
-    ensure_controller()
-    return job
+    return task, desc
 
 
 def _with_config_defaults(task):

@@ -46,7 +46,17 @@ class ManagedJob:
     updated_at: float | None = None
     deadline_state: str | None = None
     submit_token: str | None = None  # recorded before a submit: a restarted controller finds that job
+    stages: str | None = None  # a pipeline: JSON list of its stages (see insert_pipeline); None for one task
+    stage: int = 0  # the pipeline's current stage (0-based); task/secrets/resources are that stage's
     extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def stage_list(self) -> list[dict]:
+        return json.loads(self.stages) if self.stages else []
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_list) or 1
 
     @property
     def cost_so_far(self) -> float:
@@ -69,14 +79,14 @@ def _row(r) -> ManagedJob:
     return ManagedJob(**{k: r[k] for k in _FIELDS})
 
 
-def insert(name: str | None, task_json: str, secrets: dict, resources: str) -> ManagedJob:
+def insert(name: str | None, task_json: str, secrets: dict, resources: str, stages: str | None = None) -> ManagedJob:
     now = time.time()
     conn = state.db()
     conn.execute("BEGIN IMMEDIATE")
     try:
         cur = conn.execute(
-            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?)", (name, task_json, encrypt(secrets), resources, PENDING, now, "", now))
+            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at, stages)"
+            " VALUES (?,?,?,?,?,?,?,?,?)", (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, stages))
         jid = int(cur.lastrowid)
         # stable across recoveries, so a job can find its own checkpoint
         task_id = f"broker-managed-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{name or 'job'}_{jid}"
@@ -87,6 +97,27 @@ def insert(name: str | None, task_json: str, secrets: dict, resources: str) -> M
         raise
     add_event(jid, "submitted", "job submitted")
     return get(jid)
+
+
+def insert_pipeline(name: str | None, stages: list[tuple[str | None, str, dict, str]]) -> ManagedJob:
+    """A pipeline as ONE managed job (one id, one log, one cancel), as SkyPilot shows it: `stages` are
+    (name, task JSON, secrets, resources) in order. The row holds the current stage's task, secrets and
+    resources; `stages` keeps every stage's (secrets encrypted) and its outcome (status, times, place,
+    cost). The first stage's fields are the row's from the start."""
+    import base64
+
+    entries = []
+    for sname, task_json, secrets, desc in stages:
+        blob = encrypt(secrets)
+        entries.append({"name": sname, "task": task_json, "resources": desc, "status": PENDING,
+                        "secrets": base64.b64encode(blob).decode() if blob else None})
+    return insert(name, stages[0][1], stages[0][2], stages[0][3], stages=json.dumps(entries))
+
+
+def stage_secrets(entry: dict) -> bytes | None:
+    import base64
+
+    return base64.b64decode(entry["secrets"]) if entry.get("secrets") else None
 
 
 def get(job_id: int) -> ManagedJob | None:

@@ -300,20 +300,62 @@ def _job_cost(j, costs: dict | None) -> float:
 
 
 def managed_json(j, costs: dict | None = None) -> dict:
-    return {"id": j.id, "name": j.name, "resources": j.resources, "status": j.status,
-            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
-            "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
-            "cost": round(_job_cost(j, costs), 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
-            "task_id": j.task_id, "failure": j.failure}
+    out = {"id": j.id, "name": j.name, "resources": j.resources, "status": j.status,
+           "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+           "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
+           "cost": round(_job_cost(j, costs), 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
+           "task_id": j.task_id, "failure": j.failure}
+    if getattr(j, "stages", None):  # a pipeline: its stages, as `jobs queue` shows them
+        out.update(stage=j.stage + 1, num_stages=j.num_stages, stages=[
+            {"stage": i + 1, "name": e.get("name"), "resources": e.get("resources"), "status": _stage_status(j, i, e),
+             "started_at": e.get("started_at"), "ended_at": e.get("ended_at"), "place": e.get("place"),
+             "cost": e.get("cost"), "exit_code": e.get("exit_code")} for i, e in enumerate(j.stage_list)])
+    return out
+
+
+_ENDED = ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED", "FAILED_CONTROLLER")
+
+
+def _stage_status(j, i: int, e: dict) -> str:
+    status = e.get("status") or "PENDING"
+    return j.status if i == j.stage and status not in _ENDED else status  # the current stage: the job's status
+
+
+def stage_title(i: int, n: int, name: str | None) -> None:
+    """The heading above one stage's plan (pipelines)."""
+    _say(f"{_m('bold', f'Stage {i + 1}/{n}')}: {name or '(unnamed)'}")
+
+
+def _stage_rows(j) -> list[list]:
+    """A pipeline's stages under its row: `↳ i/n name`, each with its own status, duration, cost, place."""
+    st = j.stage_list
+    rows = []
+    for i, e in enumerate(st):
+        status = _stage_status(j, i, e)
+        dur = None
+        if e.get("started_at"):
+            dur = (e.get("ended_at") or (j.ended_at if i == j.stage and j.ended_at else None) or time.time()) \
+                - e["started_at"]
+        cost = e.get("cost")
+        if cost is None and i == j.stage and e.get("started_at"):
+            cost = j.cost_so_far - e.get("cost_before", 0.0)
+        rows.append(["", f"↳ {i + 1}/{len(st)} {e.get('name') or '-'}", e.get("resources") or "-",
+                     (status, JOB_STYLE.get(status, "red")), "", _dur(dur), "",
+                     _money(cost) if cost is not None else "-", e.get("place") or "-"])
+    return rows
 
 
 def print_managed(jobs, costs: dict | None = None) -> None:
     if not jobs:
         _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
         return
-    rows = [[str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
-             _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(_job_cost(j, costs)), j.place or "-"]
-            for j in jobs]
+    rows = []
+    for j in jobs:
+        rows.append([str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
+                     _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(_job_cost(j, costs)),
+                     j.place or "-"])
+        if getattr(j, "stages", None):
+            rows.extend(_stage_rows(j))
     cols = [Col("ID", "right"), Col("NAME", soft=14, min=8, squeeze=3), Col("RESOURCES", soft=16, min=10, squeeze=2),
             Col("STATUS"),
             Col("SUBMITTED"), Col("DURATION", "right"), Col("RECOVERIES", "right"), Col("COST ($)", "right"),
@@ -324,6 +366,9 @@ def print_managed(jobs, costs: dict | None = None) -> None:
 def managed_summary(j, costs: dict | None = None) -> None:
     ok = j.status == "SUCCEEDED"
     extra = f" after {j.recoveries} recovery(ies)" if j.recoveries else ""
+    if getattr(j, "stages", None):
+        at = "" if (j.failure or "").startswith("stage ") else f" at stage {j.stage + 1}/{j.num_stages}"
+        extra = (f" ({j.num_stages} stages)" if ok else at) + extra
     reason = f" — {j.failure}" if (j.failure and not ok) else ""
     _err_line("green" if ok else "red", f"Managed job {j.id} {j.status}{extra}, cost ${_money(_job_cost(j, costs))}{reason}")
 

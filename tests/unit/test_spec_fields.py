@@ -139,7 +139,6 @@ def test_every_option_unsupported_is_an_error():
     ({"secrets": ["secrets:HF_TOKEN"]}, "secrets", "--secret"),
     ({"config": {"docker": {"run_options": "x"}}}, "config.docker", "remove `config.docker`"),
     ({"config": {"gcp": {"managed_instance_group": {}}}}, "config.gcp", None),
-    ({"workdir": {"url": "https://github.com/x/y"}}, "workdir", "clone"),
     ({"resources": {"image_id": "docker:vllm/vllm-openai:latest"}}, "resources.image_id", "setup"),
     ({"resources": {"image_id": {"us-east-1": "docker:ubuntu"}}}, "resources.image_id", None),
     ({"resources": {"image_id": "skypilot:gpu-ubuntu-2204"}}, "resources.image_id", "image id"),
@@ -239,3 +238,48 @@ def test_secrets_not_substituted_into_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t = parse({"secrets": {"TOK": SECRET}, "file_mounts": {"/x/$TOK": "s3://b"}})
     assert SECRET not in repr(t) and t.file_mounts[0].remote == "/x/$TOK"
+
+
+# --- git workdir ---------------------------------------------------------------------------------------
+def test_git_workdir_url_and_ref(tmp_path):
+    t = parse({"workdir": {"url": "https://github.com/org/repo.git", "ref": "v1.2"}})
+    assert (t.workdir, t.git_url, t.git_ref) == (None, "https://github.com/org/repo.git", "v1.2")
+    t = parse({"workdir": {"url": "git@github.com:org/repo.git"}})
+    assert (t.git_url, t.git_ref) == ("git@github.com:org/repo.git", None)
+    t = parse({"envs": {"TAG": "v9"}, "workdir": {"url": "ssh://git@h/r.git", "ref": "${TAG}"}})
+    assert t.git_ref == "v9"  # $VAR substitution applies to the workdir, as SkyPilot does
+
+
+def test_git_overrides(tmp_path):
+    t = parse({"workdir": {"url": "https://h/a.git", "ref": "main"}}, overrides={"git_ref": "abc1234"})
+    assert (t.git_url, t.git_ref) == ("https://h/a.git", "abc1234")
+    t = parse({"workdir": str(tmp_path)}, overrides={"git_url": "https://h/b.git"})  # replaces a local workdir
+    assert (t.workdir, t.git_url, t.git_ref) == (None, "https://h/b.git", None)
+    refused({}, "--git-ref", "--git-url", overrides={"git_ref": "main"})
+
+
+@pytest.mark.parametrize("wd, field", [
+    ({"url": ""}, "workdir.url"),
+    ({"url": "${UNSET_EMPTY}", "ref": "main"}, "workdir.url"),
+    ({"url": "not a url"}, "workdir.url"),
+    ({"url": "-oProxyCommand=evil"}, "workdir.url"),
+    ({"url": "/local/path/repo"}, "workdir.url"),
+    ({"url": "https://h/r.git", "ref": "a..b"}, "workdir.ref"),
+    ({"url": "https://h/r.git", "ref": "--upload-pack=x"}, "workdir.ref"),
+    ({"url": "https://h/r.git", "ref": "has space"}, "workdir.ref"),
+])
+def test_bad_git_workdir_names_the_field(wd, field):
+    refused({"workdir": wd}, field)
+
+
+def test_git_url_with_a_token_is_never_echoed():
+    e = refused({"workdir": {"url": "https://user:tok3nvalue@h/r.git x"}}, "workdir.url")
+    assert "tok3nvalue" not in e.message and "***@h" in e.message
+
+
+def test_git_workdir_survives_the_stored_form():
+    from skybroker.spec import task_from_stored, task_to_dict
+
+    t = parse({"workdir": {"url": "https://h/r.git", "ref": "v1"}})
+    back = task_from_stored(task_to_dict(t))
+    assert (back.git_url, back.git_ref) == ("https://h/r.git", "v1")
