@@ -1,0 +1,139 @@
+"""Autostop on the cluster itself, on the `local` cloud: the real CLI arms it, then no broker process is
+left anywhere (no local watcher, no client): the head node's own agent stops or terminates the cluster
+through the local provider once it is idle, and the cloud (node.json, the local cloud's "API") shows it.
+`broker status --refresh` then reports it. One autostop "minute" is one second here
+(BROKER_AUTOSTOP_UNIT=1); timing bounds are generous "does not hang" limits.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.integration.local_helpers import (broker, broker_home, kill_leftovers, node_dir, pids_with_env,
+                                             status_json, wait_for, write_task)
+
+pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
+
+FAST = {"BROKER_AUTOSTOP_UNIT": "1", "BROKER_AUTOSTOP_POLL": "0.2"}
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    yield
+    kill_leftovers(broker_home())
+
+
+def _cloud_states(cluster: str, nodes: int) -> list[str | None]:
+    """What the local cloud itself says of each node (None: terminated)."""
+    out = []
+    for rank in range(nodes):
+        try:
+            out.append(json.loads((node_dir(cluster, rank) / "node.json").read_text())["state"])
+        except (OSError, ValueError):
+            out.append(None)
+    return out
+
+
+def _broker_processes() -> list[int]:
+    """Broker processes of this BROKER_HOME on the client side (a local autostop watcher, a CLI)."""
+    return [p for p in pids_with_env(f"BROKER_HOME={broker_home()}")
+            if b"skybroker.autostop" in open(f"/proc/{p}/cmdline", "rb").read()
+            or b"skybroker.cli" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def _launch(tmp_path, name: str, nodes: int = 2, run: str = "echo hi") -> None:
+    task = write_task(tmp_path / f"{name}.yaml", name=name, num_nodes=nodes, run=run)
+    r = broker("launch", "-y", "-c", name, task, *(["-d"] if run.startswith("sleep") else []), cwd=tmp_path, env=FAST)
+    assert r.returncode == 0, r.stderr
+
+
+def test_idle_cluster_stops_itself_with_no_broker_process_left(tmp_path):
+    _launch(tmp_path, "selfstop")
+    r = broker("autostop", "selfstop", "-i", "2", env=FAST)
+    assert r.returncode == 0, r.stderr
+    assert "enforced on the cluster itself" in r.stderr + r.stdout
+    c = status_json()[0]
+    assert (c["autostop_minutes"], c["autostop_where"]) == (2, "node")
+    r = broker("status")
+    assert "2m node" in r.stdout and "enforced on the cluster itself" in r.stderr, (r.stdout, r.stderr)
+    assert _broker_processes() == []  # nothing of the broker runs on this side: no watcher, no client
+    wait_for(lambda: _cloud_states("selfstop", 2) == ["stopped", "stopped"], 30, interval=0.2,
+             what="the cluster to stop itself")
+    assert status_json()[0]["status"] == "UP"  # the state only learns it from the cloud ...
+    c = status_json(refresh=True)[0]  # ... which is the truth
+    assert c["status"] == "STOPPED"
+    assert (broker_home() / "local" / "selfstop").is_dir()  # stopped, not torn down
+    r = broker("events", "selfstop")
+    assert "enforced on the cluster itself" in r.stdout and "STOPPED" in r.stdout, r.stdout
+    # it starts again like any stopped cluster, with its autostop cleared (nodes included)
+    r = broker("start", "selfstop")
+    assert r.returncode == 0, r.stderr
+    c = status_json()[0]
+    assert (c["status"], c["autostop_minutes"], c["autostop_where"]) == ("UP", None, None)
+
+
+def test_idle_cluster_terminates_itself_and_commands_notice(tmp_path):
+    _launch(tmp_path, "selfdown")
+    r = broker("autostop", "selfdown", "-i", "1", "--down", env=FAST)
+    assert r.returncode == 0, r.stderr
+    assert status_json()[0]["autostop_down"] is True
+    wait_for(lambda: not (broker_home() / "local" / "selfdown").exists(), 30, interval=0.2,
+             what="the cluster to terminate itself")
+    r = broker("exec", "selfdown", "--", "true")  # a command on it asks the cloud, not the stale record
+    assert r.returncode == 5 and "terminated itself" in r.stderr, r.stderr
+    assert status_json(refresh=True) == []
+
+
+def test_busy_cluster_is_not_stopped_until_its_job_ends(tmp_path):
+    _launch(tmp_path, "busy", nodes=1, run="sleep 60")
+    r = broker("autostop", "busy", "-i", "1", env=FAST)
+    assert r.returncode == 0, r.stderr
+    import time
+
+    time.sleep(3)  # three times the idle limit, 15 watcher rounds
+    assert _cloud_states("busy", 1) == ["running"]
+    r = broker("queue", "busy", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["status"] == "RUNNING", r.stdout
+    r = broker("cancel", "busy", "--all", "-y")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: _cloud_states("busy", 1) == ["stopped"], 30, interval=0.2,
+             what="the cluster to stop once idle")
+    assert status_json(refresh=True)[0]["status"] == "STOPPED"
+
+
+def test_cancel_disarms_the_nodes(tmp_path):
+    _launch(tmp_path, "keep", nodes=1)
+    assert broker("autostop", "keep", "-i", "1", env=FAST).returncode == 0
+    r = broker("autostop", "keep", "--cancel")
+    assert r.returncode == 0, r.stderr
+    c = status_json()[0]
+    assert (c["autostop_minutes"], c["autostop_where"]) == (None, None)
+    import time
+
+    time.sleep(2.5)
+    assert _cloud_states("keep", 1) == ["running"]
+
+
+def test_local_watcher_skips_node_guarded_clusters_and_is_the_fallback(tmp_path, monkeypatch):
+    from skybroker import api, autostop, state
+    from skybroker.clouds.local import LocalCloud
+    from skybroker.errors import InvalidRequestError
+
+    _launch(tmp_path, "guarded", nodes=1)
+    _launch(tmp_path, "fallback", nodes=1)
+    monkeypatch.setenv("BROKER_AUTOSTOP_UNIT", "1")
+    api.set_autostop("guarded", 0, False)
+    assert state.get_cluster("guarded").autostop_where == "node"
+
+    def refuse(self, cluster, region, action):
+        raise InvalidRequestError("no self-stop here")
+
+    monkeypatch.setattr(LocalCloud, "prepare_self_stop", refuse)  # a provider that cannot arm its nodes
+    rec = api.set_autostop("fallback", 0, True)
+    assert (rec.autostop_where, rec.autostop_down) == ("local", True)
+    assert any("could not arm autostop on the cluster" in e["message"] for e in state.events("fallback"))
+    # one round of the local watcher: it serves the fallback cluster only
+    assert autostop.check_once() == [("fallback", "down")]
+    assert state.get_cluster("fallback") is None and state.get_cluster("guarded") is not None
