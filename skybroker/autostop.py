@@ -61,6 +61,8 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
     if where is None and on_node and rec.status == state.UP and rec.nodes:
         try:
             _arm_nodes(rec, prov, rt, None, None)
+            if minutes is None:  # the cloud's own default again (e.g. EC2: an OS shutdown stops, not terminates)
+                prov.prepare_self_stop(rec.name, rec.region, "stop")
         except BrokerError as exc:
             if minutes is None:  # a cancel that does not reach every node is no cancel
                 raise BrokerError(f"could not cancel the autostop on {rec.name}'s nodes: "
@@ -150,7 +152,7 @@ def _check_cluster(rec, clusters, ClusterRuntime) -> str | None:
         return None  # unreachable right now: look again next round
     finally:
         rt.close()
-    if idle < idle_seconds_for(rec.autostop_minutes):
+    if idle <= 0 or idle < idle_seconds_for(rec.autostop_minutes):  # 0: a job is running or pending
         return None
     if rec.autostop_down:
         clusters.down([rec.name])

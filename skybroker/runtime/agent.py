@@ -826,9 +826,16 @@ def cmd_cancel(args):
 
 
 def _idle(conn):
+    """Seconds this node has been idle (no PENDING/SETTING_UP/RUNNING job); 0 while busy."""
+    idle = _idle_for(conn)
+    return 0.0 if idle is None else idle
+
+
+def _idle_for(conn):
+    """Like _idle, but None while busy (so that an idle limit of 0 never fires on a busy node)."""
     _reconcile(conn)
     if conn.execute("SELECT COUNT(*) FROM jobs WHERE " + _ACTIVE_SQL).fetchone()[0]:
-        return 0.0
+        return None
     created = float(conn.execute("SELECT v FROM meta WHERE k='created_at'").fetchone()[0])
     armed = conn.execute("SELECT v FROM meta WHERE k='autostop_armed_at'").fetchone()
     ended = conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()[0]
@@ -927,13 +934,15 @@ def cmd_autostop_watch(args):
             return 0  # cleared
         every = float(_meta(conn, "autostop_every") or 10)
         follow = _meta(conn, "autostop_follow")
-        due = _idle(conn) >= float(idle_for)
+        idle = _idle_for(conn)
+        due = idle is not None and idle >= float(idle_for)
         if due and follow:
-            if _answers(follow):
+            grace = float(_meta(conn, "autostop_follow_grace") or 60)
+            if _answers(follow, timeout=max(0.5, min(3.0, grace))):
                 head_gone_since, due = None, False
             else:
                 head_gone_since = head_gone_since or time.time()
-                due = time.time() - head_gone_since >= float(_meta(conn, "autostop_follow_grace") or 60)
+                due = time.time() - head_gone_since >= grace
         if not due:
             time.sleep(every)
             continue
