@@ -10,10 +10,11 @@ and the test nodes have no hypervisor, so this shim joins the two:
                 passwordless sudo). `-n` is accepted.
     `shutdown`  records the power-off request in the node's own /tmp and exits 0 as shutdown(8) does;
                 it never touches the host.
-- `Hypervisor(pool, nodes, backend_of)`: a thread that notices a node's power-off request, reads that
-  instance's InstanceInitiatedShutdownBehavior from moto's backend (what DescribeInstanceAttribute
+- `Hypervisor.ec2(pool, nodes, backend_of, lock)`: a thread that notices a node's power-off request,
+  reads that instance's InstanceInitiatedShutdownBehavior from moto's backend (what DescribeInstanceAttribute
   returns), applies it there (stop or terminate, state reason Client.InstanceInitiatedShutdown, as EC2
   reports it) and powers the node off: every process in it dies and its address stops answering.
+- `Hypervisor.gce(fake)`: the same for the GCE fake: a guest shutdown stops the VM (TERMINATED), as on GCE.
 
 What it reproduces: the instance's fate is decided by the attribute the broker set (a broker that did not
 set it gets EC2's default behaviour, "stop"); nothing outside the node asks for it (no API call from a
@@ -56,14 +57,15 @@ def bin_dir() -> str:
 
 
 class Hypervisor:
-    """`nodes`: instance id → netns Node (the dict the RunInstances hook fills); `backend_of(instance_id)`:
-    moto's EC2 backend holding the instance. `fired`: [(instance id, behaviour)] in order."""
+    """A thread that powers a node off once its guest asked to (`shutdown`). `machines()` lists
+    (instance key, netns Node) of the running machines; `power_off(key, node)` is the cloud's reaction
+    and returns what it did ("stop" or "terminate"). `fired`: [(key, what)] in order, `fired_at` their
+    time.monotonic(). `ec2(...)` and `gce(...)` build the two clouds' reactions."""
 
-    def __init__(self, pool, nodes: dict, backend_of: Callable[[str], object], lock: threading.Lock,
-                 poll: float = 0.1):
-        self.pool, self.nodes, self.backend_of, self.lock, self.poll = pool, nodes, backend_of, lock, poll
-        self.fired: list[tuple[str, str]] = []
-        self.fired_at: list[float] = []  # time.monotonic() of each power-off
+    def __init__(self, machines: Callable[[], list], power_off: Callable[[object, object], str], poll: float = 0.1):
+        self.machines, self.power_off, self.poll = machines, power_off, poll
+        self.fired: list[tuple[object, str]] = []
+        self.fired_at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="hypervisor")
 
@@ -77,26 +79,50 @@ class Hypervisor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll):
-            with self.lock:
-                items = list(self.nodes.items())
-            for instance_id, node in items:
+            for key, node in self.machines():
                 if node.alive and node.tmp is not None and (node.tmp / REQUEST).exists():
-                    self._power_off(instance_id, node)
+                    what = self.power_off(key, node)
+                    self.fired.append((key, what))
+                    self.fired_at.append(time.monotonic())
 
-    def _power_off(self, instance_id: str, node) -> None:
-        from moto.ec2.models.instances import StateReason
+    @classmethod
+    def ec2(cls, pool, nodes: dict, backend_of: Callable[[str], object], lock: threading.Lock) -> "Hypervisor":
+        """EC2: `nodes` is instance id → Node (filled by the RunInstances hook), `backend_of(id)` moto's
+        backend holding the instance. The instance stops or terminates as its InstanceInitiatedShutdownBehavior
+        says (moto's value, what DescribeInstanceAttribute returns), state reason Client.InstanceInitiatedShutdown."""
+        def machines():
+            with lock:
+                return list(nodes.items())
 
-        backend = self.backend_of(instance_id)
-        inst = backend.get_instance(instance_id)
-        behaviour = inst.instance_initiated_shutdown_behavior or "stop"
-        self.pool.kill(node)  # the OS is gone first: nothing runs on it any more
-        if behaviour == "terminate":
-            backend.terminate_instances([instance_id])
-        else:
-            backend.stop_instances([instance_id])
-        inst.state_reason = StateReason(message="Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                                        code="Client.InstanceInitiatedShutdown")
-        with self.lock:
-            self.nodes.pop(instance_id, None)
-        self.fired.append((instance_id, behaviour))
-        self.fired_at.append(time.monotonic())
+        def power_off(instance_id, node):
+            from moto.ec2.models.instances import StateReason
+
+            backend = backend_of(instance_id)
+            inst = backend.get_instance(instance_id)
+            behaviour = inst.instance_initiated_shutdown_behavior or "stop"
+            pool.kill(node)  # the OS is gone first: nothing runs on it any more
+            if behaviour == "terminate":
+                backend.terminate_instances([instance_id])
+            else:
+                backend.stop_instances([instance_id])
+            inst.state_reason = StateReason(message="Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                                            code="Client.InstanceInitiatedShutdown")
+            with lock:
+                nodes.pop(instance_id, None)
+            return behaviour
+
+        return cls(machines, power_off)
+
+    @classmethod
+    def gce(cls, fake) -> "Hypervisor":
+        """Compute Engine (tests/infra/gce_fake.py with a node pool): a guest shutdown stops the VM, as GCE
+        does (STOPPING → TERMINATED, disks kept); deleting needs an API call, never a guest shutdown."""
+        def machines():
+            with fake.lock:
+                return [(name, inst["_node"]) for (_, name), inst in fake._instances.items() if inst.get("_node")]
+
+        def power_off(name, node):
+            fake.guest_shutdown(name)
+            return "stop"
+
+        return cls(machines, power_off)

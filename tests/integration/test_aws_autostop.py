@@ -90,7 +90,7 @@ def ec2_nodes(mocked_aws):
     session.events.register("after-call.ec2.RunInstances", on_run)
     session.events.register("after-call.ec2.TerminateInstances", on_terminate)
     try:
-        with hypervisor.Hypervisor(pool, nodes, backend_of, lock) as hv:
+        with hypervisor.Hypervisor.ec2(pool, nodes, backend_of, lock) as hv:
             yield nodes, hv
     finally:
         pool.close()

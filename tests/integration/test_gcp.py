@@ -328,3 +328,56 @@ def test_missing_credentials_and_project_are_cloud_scoped(monkeypatch, tmp_path)
         GCPCloud().query("c1", "us-central1")
     assert info.value.code == "NoProject"
     client.reset()
+
+
+# -- autostop on the cluster itself (tests/infra/hypervisor.py plays GCE's reaction to a guest shutdown) --
+def test_idle_cluster_stops_itself_and_down_falls_back_to_the_local_watcher(monkeypatch):
+    """Stop: the nodes power themselves off (head first, the worker follows it) and GCE stops the VMs,
+    with no broker process anywhere. --down needs an API call GCE nodes get no credential for: the
+    watcher on this machine does it instead, and `status` says so."""
+    import shutil
+    import time
+
+    from skybroker import api, spec
+    from skybroker.clouds.gcp import client
+    from tests.infra import hypervisor
+    from tests.infra.netns import NodePool, missing_requirements
+
+    if missing_requirements():
+        pytest.skip(f"sshd test nodes unavailable: {missing_requirements()}")
+    shims = hypervisor.bin_dir()
+    pool = NodePool(path_prefix=shims)
+    fake = GCEFake(project="test-project", node_pool=pool).start()
+    try:
+        for k, v in {**fake.env(), "BROKER_GCP_POLL": "0.05", "BROKER_AUTOSTOP_UNIT": "1",
+                     "BROKER_AUTOSTOP_POLL": "0.2", "BROKER_AUTOSTOP_FOLLOW_GRACE": "1"}.items():
+            monkeypatch.setenv(k, v)
+        client.reset()
+        task = spec.task_from_dict({"name": "as", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
+                                    "run": "echo hi"})
+        assert api.launch(task, cluster="gas", plan=api.plan(task, clouds=("gcp",))).status.exit_code == 0
+        with hypervisor.Hypervisor.gce(fake) as hv:
+            assert api.set_autostop("gas", 1, False).autostop_where == "node"
+            deadline = time.monotonic() + 30
+            while {i["status"] for i in fake.instances()} != {"TERMINATED"}:
+                assert time.monotonic() < deadline, fake.instances()
+                time.sleep(0.1)
+            assert [w for _, w in hv.fired] == ["stop", "stop"] and hv.fired[0][0].endswith("-0")  # head first
+            assert not fake.calls("POST", "/stop")  # nobody called the API: the guests shut down
+        (c,) = api.status(refresh=True)
+        assert c.status == "STOPPED"
+        api.down(["gas"])  # (the fake boots a new node with a new host key on start: no start here)
+        task1 = spec.task_from_dict({"name": "as", "resources": {"infra": "gcp", "cpus": 2}, "run": "echo hi"})
+        assert api.launch(task1, cluster="gdown", plan=api.plan(task1, clouds=("gcp",))).status.exit_code == 0
+        rec = api.set_autostop("gdown", 0, True)
+        assert (rec.autostop_where, rec.autostop_down) == ("local", True)
+        deadline = time.monotonic() + 60
+        while fake.instances():  # the local watcher (a process of its own) tears it down
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert api.status() == []
+    finally:
+        fake.close()
+        client.reset()
+        pool.close()
+        shutil.rmtree(shims, ignore_errors=True)
