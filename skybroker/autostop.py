@@ -97,7 +97,8 @@ def _arm_nodes(rec, prov, rt, idle: float | None, action: str | None) -> None:
         if plan is None:
             rt.agent(node).autostop(None)
         else:
-            rt.agent(node).autostop(idle, plan.command, every=every, follow=plan.follow, follow_grace=grace)
+            rt.agent(node).autostop(idle, plan.command, every=every, follow=plan.follow, follow_grace=grace,
+                                    ssh_busy=prov.capabilities.remote)  # local nodes share this machine's sshd
 
     try:
         run_parallel(rt.nodes, one)

@@ -855,8 +855,10 @@ def cmd_idle_seconds(args):
 # *and* the head has not accepted a TCP connection for ``--follow-grace`` seconds: the head decides, the
 # workers follow it down, and no node needs credentials for the others. A command that fails (exit != 0)
 # is retried with a backoff; the settings are cleared before it runs (it may kill the watcher itself).
+# With ``--ssh-busy`` an interactive SSH session (a pty) counts as activity: idle time starts when the
+# last one closed (the broker's own calls run without a pty and never count).
 _AUTOSTOP_KEYS = ("autostop_idle", "autostop_cmd", "autostop_every", "autostop_armed_at", "autostop_follow",
-                  "autostop_follow_grace")
+                  "autostop_follow_grace", "autostop_ssh")
 
 
 def _meta(conn, key):
@@ -878,6 +880,8 @@ def cmd_autostop(args):
                       ("autostop_follow_grace", args.follow_grace)]
             if args.follow:
                 values.append(("autostop_follow", args.follow))
+            if args.ssh_busy:
+                values.append(("autostop_ssh", "1"))
             for k, v in values:
                 conn.execute("INSERT INTO meta VALUES (?, ?)", (k, repr(v) if not isinstance(v, str) else v))
     if not args.clear:
@@ -913,6 +917,22 @@ def _answers(hostport, timeout=3.0):
         return False
 
 
+def _ssh_sessions():
+    """Interactive SSH sessions on this node: sshd titles each session's process `sshd: USER@pts/N`
+    (`sshd-session: ...` since OpenSSH 9.8)."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    cmd = f.read(256)
+            except OSError:
+                continue
+            if (cmd.startswith(b"sshd: ") or cmd.startswith(b"sshd-session: ")) and b"@pts/" in cmd:
+                n += 1
+    return n
+
+
 def _log(msg):
     sys.stdout.write("%s %s\n" % (time.strftime("%F %T"), msg))
     sys.stdout.flush()
@@ -927,7 +947,7 @@ def cmd_autostop_watch(args):
     except OSError:
         return 0
     conn = _db()
-    head_gone_since, failures = None, 0
+    head_gone_since, failures, ssh_seen = None, 0, None
     while True:
         idle_for, command = _meta(conn, "autostop_idle"), _meta(conn, "autostop_cmd")
         if idle_for is None or command is None:
@@ -935,6 +955,11 @@ def cmd_autostop_watch(args):
         every = float(_meta(conn, "autostop_every") or 10)
         follow = _meta(conn, "autostop_follow")
         idle = _idle_for(conn)
+        if idle is not None and _meta(conn, "autostop_ssh"):
+            if _ssh_sessions():
+                ssh_seen, idle = time.time(), None
+            elif ssh_seen is not None:
+                idle = min(idle, time.time() - ssh_seen)
         due = idle is not None and idle >= float(idle_for)
         if due and follow:
             grace = float(_meta(conn, "autostop_follow_grace") or 60)
@@ -990,6 +1015,7 @@ _COMMANDS = {
                                       "--command": ("command", str, None), "--every": ("every", float, 10.0),
                                       "--follow": ("follow", str, None),
                                       "--follow-grace": ("follow_grace", float, 60.0),
+                                      "--ssh-busy": ("ssh_busy", bool, False),
                                       "--clear": ("clear", bool, False)}),
     "_autostop_watch": ("cmd_autostop_watch", [], {}),
     "version": ("cmd_version", [], {}),

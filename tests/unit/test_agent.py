@@ -598,3 +598,22 @@ def test_autostop_failed_command_is_retried_and_clear_stops_it(node):
     node.wait(2)
     assert not other.exists()
     assert node.run("autostop", "--idle-seconds", 5, "--command", "true", "--follow", "nohostport").returncode == 2
+
+
+def test_autostop_ssh_busy_counts_an_interactive_session(node):
+    """--ssh-busy: a process titled like sshd's session process for a pty keeps the node busy; the idle
+    time starts when it is gone. (An `exec -a` title is what /proc shows for sshd's own.)"""
+    fired = node.home / "fired"
+    session = subprocess.Popen(["bash", "-c", 'exec -a "sshd: tester@pts/97" sleep 60'])
+    try:
+        poll(lambda: open("/proc/%d/cmdline" % session.pid, "rb").read().startswith(b"sshd: tester@pts/97"),
+             what="the fake session's title")
+        node.cmd("autostop", "--idle-seconds", 0.5, "--command", "touch %s" % fired, "--every", 0.05, "--ssh-busy")
+        time.sleep(1.5)
+        assert not fired.exists()  # idle of jobs, but someone is logged in
+    finally:
+        session.kill()
+        session.wait()
+    gone = time.time()
+    poll(lambda: fired.exists(), what="the watcher to fire once the session closed")
+    assert time.time() - gone >= 0.4  # idle counted from the session's end, not from the arming
