@@ -10,6 +10,8 @@ A provider owns
   - `query` (optionally with the instances that are gone and why), `terminate`, `stop`, `start`,
     `open_ports`, and `list_tagged`, every resource of every kind it creates, for `broker gc`;
   - a command runner per node;
+  - autostop on the cluster itself (capabilities.self_stop): `prepare_self_stop` readies the cloud and
+    `self_stop_command` says what each node runs once idle (autostop.py arms them through the agent);
   - its capabilities, declared here and never discovered with `hasattr`.
 
 Instances are found by the cluster tag/label/name, so a repeated `run_instances` resumes instead of

@@ -103,37 +103,36 @@ def test_busy_cluster_is_not_stopped_until_its_job_ends(tmp_path):
     assert status_json(refresh=True)[0]["status"] == "STOPPED"
 
 
-def test_cancel_disarms_the_nodes(tmp_path):
-    _launch(tmp_path, "keep", nodes=1)
-    assert broker("autostop", "keep", "-i", "1", env=FAST).returncode == 0
-    r = broker("autostop", "keep", "--cancel")
-    assert r.returncode == 0, r.stderr
-    c = status_json()[0]
-    assert (c["autostop_minutes"], c["autostop_where"]) == (None, None)
+def test_cancel_disarms_the_nodes_and_the_local_watcher_is_the_fallback(tmp_path, monkeypatch):
     import time
 
-    time.sleep(2.5)
-    assert _cloud_states("keep", 1) == ["running"]
-
-
-def test_local_watcher_skips_node_guarded_clusters_and_is_the_fallback(tmp_path, monkeypatch):
     from skybroker import api, autostop, state
     from skybroker.clouds.local import LocalCloud
     from skybroker.errors import InvalidRequestError
 
     _launch(tmp_path, "guarded", nodes=1)
     _launch(tmp_path, "fallback", nodes=1)
-    monkeypatch.setenv("BROKER_AUTOSTOP_UNIT", "1")
-    api.set_autostop("guarded", 0, False)
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+    api.set_autostop("guarded", 1, False)
+    armed = time.monotonic()
     assert state.get_cluster("guarded").autostop_where == "node"
+    assert autostop.check_once() == []  # not the local watcher's
 
     def refuse(self, cluster, region, action):
         raise InvalidRequestError("no self-stop here")
 
-    monkeypatch.setattr(LocalCloud, "prepare_self_stop", refuse)  # a provider that cannot arm its nodes
-    rec = api.set_autostop("fallback", 0, True)
+    with monkeypatch.context() as m:
+        m.setattr(LocalCloud, "prepare_self_stop", refuse)  # a provider that cannot arm its nodes
+        rec = api.set_autostop("fallback", 0, True)
     assert (rec.autostop_where, rec.autostop_down) == ("local", True)
     assert any("could not arm autostop on the cluster" in e["message"] for e in state.events("fallback"))
-    # one round of the local watcher: it serves the fallback cluster only
-    assert autostop.check_once() == [("fallback", "down")]
-    assert state.get_cluster("fallback") is None and state.get_cluster("guarded") is not None
+    r = broker("autostop", "guarded", "--cancel")  # the real CLI disarms the node
+    assert r.returncode == 0, r.stderr
+    c = next(c for c in status_json() if c["name"] == "guarded")
+    assert (c["autostop_minutes"], c["autostop_where"]) == (None, None)
+    # the local watcher (started on demand, a process of its own) serves the fallback cluster only
+    wait_for(lambda: state.get_cluster("fallback") is None, 30, interval=0.2, what="the local watcher's down")
+    assert not (broker_home() / "local" / "fallback").exists() and state.get_cluster("guarded") is not None
+    time.sleep(max(0.0, 2.5 - (time.monotonic() - armed)))  # past the 1 s the node was armed with
+    assert _cloud_states("guarded", 1) == ["running"]

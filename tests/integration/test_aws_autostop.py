@@ -143,17 +143,29 @@ def test_idle_two_node_cluster_stops_itself_on_ec2(ec2_nodes):
 
 
 def test_idle_cluster_terminates_itself_and_leaves_no_security_group(ec2_nodes):
+    """Also: arming --down sets the instance to terminate on shutdown, cancelling puts stop back."""
     import boto3
 
     from skybroker import api
 
     nodes, hv = ec2_nodes
     _launch("aws-down", 1)
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    (iid,) = _states("aws-down")
+
+    def behaviour():
+        return ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")[
+            "InstanceInitiatedShutdownBehavior"]["Value"]
+
+    assert behaviour() == "stop"  # on-demand instances are launched with EC2's default
+    api.set_autostop("aws-down", 600, True)
+    assert behaviour() == "terminate"
+    api.set_autostop("aws-down", None, False)
+    assert behaviour() == "stop"  # cancelled: an OS shutdown stops again, never terminates
     api.set_autostop("aws-down", 1, True)
     _wait(lambda: set(_states("aws-down").values()) <= {"terminated", "shutting-down"}, 30,
           "the instance to terminate itself")
     assert [b for _, b in hv.fired] == ["terminate"]  # the broker set InstanceInitiatedShutdownBehavior
-    ec2 = boto3.client("ec2", region_name="us-east-1")
     name = [{"Name": "group-name", "Values": ["skybroker-aws-down"]}]
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"]  # still there until the broker looks
     assert api.status(refresh=True) == []
@@ -166,30 +178,11 @@ def test_busy_cluster_is_not_stopped(ec2_nodes):
     nodes, hv = ec2_nodes
     _launch("aws-busy", 1)
     r = api.exec_("aws-busy", api.exec_task(["sleep 30"]), detach=True)
-    api.set_autostop("aws-busy", 1, False)
-    time.sleep(3)  # three idle limits, 15 watcher rounds
+    api.set_autostop("aws-busy", 0, False)  # 0: at once when idle, never while busy
+    time.sleep(2)  # 10 watcher rounds
     assert hv.fired == [] and set(_states("aws-busy").values()) == {"running"}
     api.cancel("aws-busy", [r.job_id])
     _wait(lambda: set(_states("aws-busy").values()) == {"stopped"}, 30, "the instance to stop once idle")
-
-
-def test_cancel_restores_the_default_shutdown_behaviour(ec2_nodes):
-    import boto3
-
-    from skybroker import api
-
-    _launch("aws-cancel", 1)
-    api.set_autostop("aws-cancel", 600, True)
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    (iid,) = _states("aws-cancel")
-
-    def behaviour():
-        return ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")[
-            "InstanceInitiatedShutdownBehavior"]["Value"]
-
-    assert behaviour() == "terminate"
-    api.set_autostop("aws-cancel", None, False)
-    assert behaviour() == "stop"  # an OS shutdown after the cancel stops, never terminates
 
 
 def test_refresh_of_a_cluster_terminated_outside_removes_its_security_group(mocked_aws, monkeypatch):
