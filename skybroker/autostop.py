@@ -179,6 +179,8 @@ def _guarded_here(rec) -> bool:
 def main() -> int:
     from filelock import FileLock, Timeout
 
+    from . import state
+
     lock = FileLock(str(_lock_path()))
     try:
         lock.acquire(timeout=0)

@@ -28,7 +28,7 @@ def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
     new = UP if states == {RUNNING} and len(infos) >= rec.num_nodes else (
         STOPPED if states <= {S_STOPPED, STOPPING} else DEGRADED)
     if new != rec.status:
-        why = " (by its own autostop, which runs on the cluster)" if rec.autostop_where == state.AUTOSTOP_NODE else ""
+        why = " (its autostop runs on the cluster itself)" if rec.autostop_where == state.AUTOSTOP_NODE else ""
         state.set_status(rec.name, new)
         state.add_event(rec.name, "refresh", f"the cloud reports it {new}{why if new == STOPPED else ''}")
         rec.status = new
@@ -41,7 +41,7 @@ def _gone(rec: ClusterRecord, locked: bool) -> ClusterRecord | None:
     from . import lifecycle
     from .locks import ClusterBusy, cluster_lock
 
-    why = "terminated by its own autostop (on the cluster)" if rec.autostop_where == state.AUTOSTOP_NODE \
+    why = "it terminated itself: autostop on the cluster" if rec.autostop_where == state.AUTOSTOP_NODE \
         else "terminated outside the broker"
     try:
         with contextlib.nullcontext() if locked else cluster_lock(rec.name, timeout=0):

@@ -124,15 +124,17 @@ def test_cancel_disarms_the_nodes_and_the_local_watcher_is_the_fallback(tmp_path
 
     with monkeypatch.context() as m:
         m.setattr(LocalCloud, "prepare_self_stop", refuse)  # a provider that cannot arm its nodes
-        rec = api.set_autostop("fallback", 0, True)
-    assert (rec.autostop_where, rec.autostop_down) == ("local", True)
+        rec = api.set_autostop("fallback", 0, False)
+    assert (rec.autostop_where, rec.autostop_down) == ("local", False)
     assert any("could not arm autostop on the cluster" in e["message"] for e in state.events("fallback"))
     r = broker("autostop", "guarded", "--cancel")  # the real CLI disarms the node
     assert r.returncode == 0, r.stderr
     c = next(c for c in status_json() if c["name"] == "guarded")
     assert (c["autostop_minutes"], c["autostop_where"]) == (None, None)
     # the local watcher (started on demand, a process of its own) serves the fallback cluster only
-    wait_for(lambda: state.get_cluster("fallback") is None, 30, interval=0.2, what="the local watcher's down")
-    assert not (broker_home() / "local" / "fallback").exists() and state.get_cluster("guarded") is not None
+    wait_for(lambda: state.get_cluster("fallback").status == "STOPPED", 30, interval=0.2,
+             what="the local watcher's stop")  # (its --down path: test_promises_launch.py)
+    assert _cloud_states("fallback", 1) == ["stopped"] and state.get_cluster("guarded").status == "UP"
+    wait_for(lambda: _broker_processes() == [], 15, interval=0.2, what="the local watcher to exit (nothing left to guard)")
     time.sleep(max(0.0, 2.5 - (time.monotonic() - armed)))  # past the 1 s the node was armed with
     assert _cloud_states("guarded", 1) == ["running"]

@@ -212,4 +212,4 @@ def test_refresh_of_a_cluster_terminated_outside_removes_its_security_group(mock
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"]
     assert api.status(refresh=True) == []
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"] == []
-    assert any("terminated by its own autostop" in e["message"] for e in state.events("gone"))
+    assert any("it terminated itself" in e["message"] for e in state.events("gone"))
