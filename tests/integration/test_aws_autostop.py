@@ -213,3 +213,24 @@ def test_refresh_of_a_cluster_terminated_outside_removes_its_security_group(mock
     assert api.status(refresh=True) == []
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"] == []
     assert any("it terminated itself" in e["message"] for e in state.events("gone"))
+
+
+def test_spot_instances_can_only_terminate_themselves(mocked_aws):
+    """A one-time spot instance cannot be stopped: asked to stop, prepare_self_stop sets terminate and says
+    so ("down"), which `broker autostop` then records and shows."""
+    import boto3
+
+    from skybroker import state
+    from skybroker.clouds.base import ProvisionRequest
+    from skybroker.clouds.registry import get
+    from skybroker.runtime.keys import ensure_user_key
+
+    aws = get("aws")
+    _, pubkey = ensure_user_key(state.db_path().parent)
+    ids = aws.run_instances(ProvisionRequest(cluster="sp", region="us-east-1", zone=None, instance_type="m5.large",
+                                             num_nodes=1, use_spot=True, image_id="ami-12345678", public_key=pubkey))
+    assert aws.prepare_self_stop("sp", "us-east-1", "stop") == "down"
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    got = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="instanceInitiatedShutdownBehavior")
+    assert got["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    aws.terminate("sp", "us-east-1")
