@@ -1,9 +1,17 @@
-"""Autostop: a small background watcher on the user's side (no controller VM) that stops or tears down
-clusters idle for their autostop time. Idle = no PENDING/SETTING_UP/RUNNING job on any node (the node
-agent's `idle-seconds`). One watcher per BROKER_HOME (a lock file); it exits when no cluster has
-autostop set, and `broker autostop` / `launch` start it again on demand.
+"""Autostop: stop or tear down a cluster once it has been idle for its autostop time. Idle = no
+PENDING/SETTING_UP/RUNNING job on any node (the node agent's `idle-seconds`). Two mechanisms, and the
+state records which one guards each cluster (`autostop_where`, shown by `broker status`):
 
-    python -m skybroker.autostop    (started detached by ensure_watcher)
+  node   on the cluster itself, for providers with `capabilities.self_stop`: `apply` prepares the cloud
+         (e.g. the instances' shutdown behaviour) and arms a watcher in every node's agent with the
+         provider's self-stop command. The head decides on its own idleness; workers fire once they are
+         idle and the head has stopped answering (they follow it down). No broker process is needed
+         anywhere: the laptop may be closed.
+  local  a small background watcher on this machine (one per BROKER_HOME, a lock file; it exits when no
+         cluster it guards is left, and `broker autostop` / `launch` start it again on demand), the
+         fallback for providers without self-stop or when arming on the nodes failed.
+
+    python -m skybroker.autostop    (the local watcher, started detached by ensure_watcher)
 """
 from __future__ import annotations
 
@@ -18,6 +26,85 @@ from .paths import ensure_home, private_file
 
 def _lock_path():
     return ensure_home() / "autostop.lock"
+
+
+def idle_seconds_for(minutes: float) -> float:
+    return float(minutes) * settings.get("autostop_unit")
+
+
+def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: None) -> str | None:
+    """Set (minutes) or cancel (None) a cluster's autostop, on the cluster itself when its provider can,
+    else with the watcher on this machine. Records the mechanism in the state and returns it. Cancelling
+    a node-side autostop that cannot reach the nodes raises (they might still stop the cluster)."""
+    from . import state
+    from .clouds import registry
+    from .errors import BrokerError
+
+    prov = registry.get(rec.cloud)
+    down = bool(down) and minutes is not None
+    on_node = rec.autostop_where == state.AUTOSTOP_NODE
+    where = None
+    if minutes is not None and prov.capabilities.self_stop and rec.status == state.UP and rec.nodes:
+        try:
+            action = prov.prepare_self_stop(rec.name, rec.region, "down" if down else "stop")
+            _arm_nodes(rec, prov, rt, idle_seconds_for(minutes), action)
+            if action == "down" and not down:
+                on_event("autostop", f"{rec.name}'s instances cannot be stopped (spot): it will be torn down")
+                down = True
+            where = state.AUTOSTOP_NODE
+        except BrokerError as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            state.add_event(rec.name, "autostop", f"could not arm autostop on the cluster ({msg}); "
+                                                  "the watcher on this machine guards it instead")
+            on_event("warning", f"autostop on the cluster itself failed ({msg}); using the watcher on this machine")
+            on_node = True  # some nodes may have been armed: disarm them below
+    if where is None and on_node and rec.status == state.UP and rec.nodes:
+        try:
+            _arm_nodes(rec, prov, rt, None, None)
+            if minutes is None:  # the cloud's own default again (e.g. EC2: an OS shutdown stops, not terminates)
+                prov.prepare_self_stop(rec.name, rec.region, "stop")
+        except BrokerError as exc:
+            if minutes is None:  # a cancel that does not reach every node is no cancel
+                raise BrokerError(f"could not cancel the autostop on {rec.name}'s nodes: "
+                                  f"{getattr(exc, 'message', None) or exc}",
+                                  f"the cluster may still stop itself once idle; retry `broker autostop "
+                                  f"{rec.name} --cancel`") from None
+    if minutes is not None and where is None:
+        where = state.AUTOSTOP_LOCAL
+    state.set_autostop(rec.name, minutes, down, where)
+    rec.autostop_minutes, rec.autostop_down, rec.autostop_where = minutes, down, where
+    if minutes is not None:
+        how = "on the cluster itself" if where == state.AUTOSTOP_NODE else "by the watcher on this machine"
+        state.add_event(rec.name, "autostop", f"{'down' if down else 'stop'} after {minutes} idle minute(s), "
+                                              f"enforced {how}")
+    if where == state.AUTOSTOP_LOCAL:
+        ensure_watcher()
+    return where
+
+
+def _arm_nodes(rec, prov, rt, idle: float | None, action: str | None) -> None:
+    """Arm (idle seconds) or clear (None) the autostop watcher in every node's agent."""
+    from .backend import ClusterRuntime
+    from .runtime.runner import run_parallel
+
+    own = rt is None
+    rt = rt or ClusterRuntime(rec)
+    head = rec.head
+    every, grace = settings.get("autostop_poll"), settings.get("autostop_follow_grace")
+
+    def one(node):
+        plan = prov.self_stop_command(rec.name, node, head, action) if idle is not None else None
+        if plan is None:
+            rt.agent(node).autostop(None)
+        else:
+            rt.agent(node).autostop(idle, plan.command, every=every, follow=plan.follow, follow_grace=grace,
+                                    ssh_busy=prov.capabilities.remote)  # local nodes share this machine's sshd
+
+    try:
+        run_parallel(rt.nodes, one)
+    finally:
+        if own:
+            rt.close()
 
 
 def ensure_watcher() -> None:
@@ -41,7 +128,7 @@ def check_once(now: float | None = None) -> list[tuple[str, str]]:
 
     actions = []
     for rec in state.list_clusters():
-        if rec.autostop_minutes is None or rec.status != state.UP:
+        if not _guarded_here(rec):
             continue
         try:  # one cluster's failure (a cloud error, a bug) never ends autostop for the others
             action = _check_cluster(rec, clusters, ClusterRuntime)
@@ -66,7 +153,7 @@ def _check_cluster(rec, clusters, ClusterRuntime) -> str | None:
         return None  # unreachable right now: look again next round
     finally:
         rt.close()
-    if idle < rec.autostop_minutes * 60:
+    if idle <= 0 or idle < idle_seconds_for(rec.autostop_minutes):  # 0: a job is running or pending
         return None
     if rec.autostop_down:
         clusters.down([rec.name])
@@ -80,6 +167,13 @@ def _check_cluster(rec, clusters, ClusterRuntime) -> str | None:
             action = "down"
     state.add_event(rec.name, "autostop", f"idle {idle:.0f}s ≥ {rec.autostop_minutes} min: {action}")
     return action
+
+
+def _guarded_here(rec) -> bool:
+    """The local watcher's clusters: autostop set, UP, and not enforced on the cluster itself."""
+    from . import state
+
+    return rec.autostop_minutes is not None and rec.status == state.UP and rec.autostop_where != state.AUTOSTOP_NODE
 
 
 def main() -> int:
@@ -97,7 +191,7 @@ def main() -> int:
             try:
                 for name, action in check_once():
                     print(f"{time.strftime('%F %T')} autostop: {action} {name}", flush=True)
-                if not any(r.autostop_minutes is not None and r.status == state.UP for r in state.list_clusters()):
+                if not any(_guarded_here(r) for r in state.list_clusters()):
                     return 0
             except Exception as exc:  # noqa: BLE001 - e.g. the state db locked for a moment: try again
                 print(f"{time.strftime('%F %T')} autostop: error: {exc}", flush=True)

@@ -44,6 +44,18 @@ def get(name: str) -> ClusterRecord:
     return rec
 
 
+def get_fresh(name: str, locked: bool = False) -> ClusterRecord:
+    """The record, reconciled with the cloud first when the cluster may have stopped itself (autostop
+    on the cluster): a command never acts on an UP record whose instances are stopped or gone."""
+    from . import reconcile
+
+    rec = reconcile.fresh(get(name), locked)
+    if rec is None:
+        raise NotFoundError(f"cluster {name!r} no longer exists: it terminated itself (autostop on the cluster)",
+                            "see `broker events " + name + "`; `broker launch` makes a new one")
+    return rec
+
+
 def exists(name: str) -> bool:
     return state.get_cluster(validate_name(name)) is not None
 
@@ -97,7 +109,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
     """Run a task (no setup) on an existing cluster."""
     from .backend import ClusterRuntime
 
-    rec = get(name)
+    rec = get_fresh(name)
     _require_up(rec)
     lifecycle.preflight(task)
     with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
@@ -143,29 +155,10 @@ def status(refresh: bool = False, names: list[str] | None = None) -> list[Cluste
 
 
 def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
-    """Reconcile one record with the cloud (the truth)."""
-    from .clouds.base import RUNNING, STOPPED as S_STOPPED
-    from .clouds.registry import get as get_provider
+    """Reconcile one record with the cloud (the truth); see reconcile.py."""
+    from . import reconcile
 
-    if rec.status in (INIT, INTERRUPTED) or not rec.cloud:
-        return rec
-    from .costs import ledger
-
-    infos = get_provider(rec.cloud).query(rec.name, rec.region)
-    if not infos:
-        state.add_event(rec.name, "refresh", "no instances found in the cloud: removed from state")
-        state.delete_cluster(rec.name)
-        ledger.close_run(rec.name)
-        return None
-    states = {i.state for i in infos}
-    new = UP if states == {RUNNING} and len(infos) >= rec.num_nodes else (
-        STOPPED if states <= {S_STOPPED, "stopping"} else "DEGRADED")
-    if new != rec.status:
-        state.set_status(rec.name, new)
-        rec.status = new
-        if new in (UP, STOPPED):
-            ledger.set_state(rec.name, ledger.UP if new == UP else ledger.STOPPED)
-    return rec
+    return reconcile.refresh(rec)
 
 
 def down(names: list[str], *, on_event: Event = _noop) -> list[str]:
@@ -195,7 +188,7 @@ def stop(name: str, *, on_event: Event = _noop) -> None:
 
     settle(on_event)
     with cluster_lock(validate_name(name), on_wait=lambda m: on_event("wait", m)):
-        rec = get(name)
+        rec = get_fresh(name, locked=True)
         prov = get_provider(rec.cloud)
         if not prov.capabilities.stop:
             raise UsageError(f"the {rec.cloud} cloud cannot stop instances", f"use `broker down {name}`")
@@ -213,7 +206,7 @@ def stop(name: str, *, on_event: Event = _noop) -> None:
 def start(name: str, *, on_event: Event = _noop) -> ClusterRecord:
     settle(on_event)
     with cluster_lock(validate_name(name), on_wait=lambda m: on_event("wait", m)):
-        rec = get(name)
+        rec = get_fresh(name, locked=True)
         if rec.status == UP:
             return rec
         if rec.status != STOPPED:
@@ -221,20 +214,21 @@ def start(name: str, *, on_event: Event = _noop) -> ClusterRecord:
         return lifecycle.start_locked(rec, on_event)
 
 
-def set_autostop(name: str, minutes: int | None, down_after: bool) -> ClusterRecord:
-    get(name)  # NotFoundError for an unknown cluster
-    state.set_autostop(name, minutes, down_after)
-    if minutes is not None:
-        from . import autostop
+def set_autostop(name: str, minutes: int | None, down_after: bool, *, on_event: Event = _noop) -> ClusterRecord:
+    """Set or cancel (minutes None) a cluster's autostop: on the cluster itself when its provider can
+    (no broker process needed), else by the watcher on this machine (autostop.py)."""
+    from . import autostop
 
-        autostop.ensure_watcher()
+    with cluster_lock(validate_name(name), on_wait=lambda m: on_event("wait", m)):
+        rec = get_fresh(name, locked=True)
+        autostop.apply(rec, minutes, down_after, on_event=on_event)
     return get(name)
 
 
 def queue(name: str) -> list[JobStatus]:
     from .backend import ClusterRuntime
 
-    rec = get(name)
+    rec = get_fresh(name)
     _require_up(rec)
     rt = ClusterRuntime(rec)
     try:
@@ -257,7 +251,7 @@ def _require_up(rec: ClusterRecord) -> None:
 def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobStatus:
     from .backend import ClusterRuntime
 
-    rec = get(name)
+    rec = get_fresh(name)
     _require_up(rec)
     rt = ClusterRuntime(rec)
     try:
@@ -275,7 +269,7 @@ def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobSt
 def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False) -> list[int]:
     from .backend import ClusterRuntime
 
-    rec = get(name)
+    rec = get_fresh(name)
     _require_up(rec)
     if not job_ids and not all_jobs:
         raise UsageError("name the job(s) to cancel, or pass --all", f"see `broker queue {name}`")

@@ -171,8 +171,12 @@ def bring_up(b: BringUp) -> Running:
 def _bring_up_locked(b: BringUp) -> Running:
     from .backend import ClusterRuntime
 
+    from . import reconcile
+
     name, task = b.cluster, b.task
     rec = state.get_cluster(name)
+    if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
+        rec = reconcile.fresh(rec, locked=True)
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
@@ -230,7 +234,7 @@ def _bring_up_locked(b: BringUp) -> Running:
         failpoint("submit")
         job_id = _submit(rt, rec, task, not created, b, by_rank)
         if created:  # a new cluster is UP once its job is on it: a launch killed before that is INTERRUPTED
-            _mark_up(rec, resources)
+            _mark_up(rec, resources, rt)
         failpoint("after-submit")
         return Running(name, job_id, attempts, not created, runtime=rt)
     except BaseException as exc:
@@ -241,7 +245,7 @@ def _bring_up_locked(b: BringUp) -> Running:
         raise _fail(b, rec, stage, created, exc) from (None if isinstance(exc, KeyboardInterrupt) else exc)
 
 
-def _mark_up(rec: ClusterRecord, resources) -> None:
+def _mark_up(rec: ClusterRecord, resources, rt=None) -> None:
     rec.status = UP
     state.save_cluster(rec)
     state.close_intents(rec.name, state="adopted")
@@ -257,10 +261,9 @@ def _mark_up(rec: ClusterRecord, resources) -> None:
 
             auto = Autostop(default["idle_minutes"], default["down"])
     if auto:
-        state.set_autostop(rec.name, auto.idle_minutes, auto.down)
         from . import autostop
 
-        autostop.ensure_watcher()
+        autostop.apply(rec, auto.idle_minutes, auto.down, rt=rt)
 
 
 def _write_ssh_config(rec: ClusterRecord) -> None:
@@ -289,7 +292,7 @@ def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
     if job_id is None:
         rt.close()
         return None
-    _mark_up(rec, None)
+    _mark_up(rec, None, rt)
     b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {rec.name}: not submitting again")
     return Running(rec.name, job_id, [], True, adopted=True, runtime=rt)
 
@@ -493,6 +496,10 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
     try:
         rt.wait_ready()
         rt.install_agent()
+        if rec.autostop_where == state.AUTOSTOP_NODE:  # cleared below: the nodes' own watchers too
+            from .runtime.runner import run_parallel
+
+            run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
     finally:
         rt.close()
     rec.status = UP

@@ -70,7 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
     _S("local_prices", "BROKER_LOCAL_PRICES", str, "",
        "what the local cloud pretends to cost: `od=1.0,spot=0.3,disk=0.1` ($/h per node, $/GB-month); free by default"),
     # -- autostop
-    _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0, "seconds between two idleness checks of the watcher"),
+    _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0,
+       "seconds between two idleness checks of an autostop watcher (on this machine or on a node)"),
+    _S("autostop_unit", "BROKER_AUTOSTOP_UNIT", float, 60.0,
+       "seconds in one autostop 'minute' (tests shorten it; leave it at 60)"),
+    _S("autostop_follow_grace", "BROKER_AUTOSTOP_FOLLOW_GRACE", float, 60.0,
+       "seconds a worker's own autostop waits after its head stopped answering before it stops itself too"),
     # -- clouds
     _S("aws_wait", "BROKER_AWS_WAIT", float, 600.0, "seconds to wait for EC2 instances to run or terminate"),
     _S("aws_poll", "BROKER_AWS_POLL", float, 2.0, "seconds between two EC2 describe calls while waiting"),

@@ -237,9 +237,8 @@ def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
             if w not in ("jobs", "jobs_and_ssh"):
                 raise SpecError(f"unknown autostop wait_for {wait!r}", "one of jobs, jobs_and_ssh, none",
                                 field=f"{fp}.autostop.wait_for")
-            if w == "jobs_and_ssh":
-                warnings.append(f"{fp}.autostop.wait_for: idle means no job running (open SSH sessions do not "
-                                "count)")
+            warnings.append(f"{fp}.autostop.wait_for: not configurable; idle means no job running and, where "
+                            "autostop runs on the cluster's own remote nodes (AWS, GCP), no interactive SSH session")
     args = raw.get("accelerator_args") or {}
     if args.get("tpu_vm") is False:
         raise SpecError("TPU nodes (`tpu_vm: false`) are not supported", "remove `tpu_vm: false` (TPU VMs are "

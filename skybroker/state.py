@@ -159,6 +159,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN stages TEXT;
     ALTER TABLE managed_jobs ADD COLUMN stage INTEGER NOT NULL DEFAULT 0
     """,
+    # v8: which mechanism enforces a cluster's autostop: "node" (its own nodes stop it, autostop on the
+    # cluster itself) or "local" (the watcher on this machine); NULL when no autostop is set
+    """
+    ALTER TABLE clusters ADD COLUMN autostop_where TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,6 +171,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # INTERRUPTED: that launch died (SIGKILL, crash) and left it half-made; `down` removes it, `launch -c`
 # resumes it, `gc` offers to remove it. DEGRADED: `status --refresh` found fewer running instances.
 INIT, UP, STOPPED, INTERRUPTED, DEGRADED = "INIT", "UP", "STOPPED", "INTERRUPTED", "DEGRADED"
+# Who enforces a cluster's autostop: its own nodes (no broker process needed), or the watcher on this machine.
+AUTOSTOP_NODE, AUTOSTOP_LOCAL = "node", "local"
 
 
 @dataclass
@@ -201,6 +208,7 @@ class ClusterRecord:
     setup_key: str | None = None
     task_id_seed: str | None = None
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
+    autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
 
     @property
     def head(self) -> NodeRecord | None:
@@ -324,7 +332,7 @@ def db() -> sqlite3.Connection:
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed", "owner")
+         "resources", "setup_key", "task_id_seed", "owner", "autostop_where")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
@@ -365,9 +373,10 @@ def set_status(name: str, status: str) -> None:
     db().execute("UPDATE clusters SET status = ?, updated_at = ? WHERE name = ?", (status, time.time(), name))
 
 
-def set_autostop(name: str, minutes: int | None, down: bool) -> None:
-    db().execute("UPDATE clusters SET autostop_minutes = ?, autostop_down = ?, updated_at = ? WHERE name = ?",
-                 (minutes, int(down), time.time(), name))
+def set_autostop(name: str, minutes: int | None, down: bool, where: str | None = AUTOSTOP_LOCAL) -> None:
+    where = None if minutes is None else where
+    db().execute("UPDATE clusters SET autostop_minutes = ?, autostop_down = ?, autostop_where = ?, updated_at = ? "
+                 "WHERE name = ?", (minutes, int(down), where, time.time(), name))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ A provider owns
   - `query` (optionally with the instances that are gone and why), `terminate`, `stop`, `start`,
     `open_ports`, and `list_tagged`, every resource of every kind it creates, for `broker gc`;
   - a command runner per node;
+  - autostop on the cluster itself (capabilities.self_stop): `prepare_self_stop` readies the cloud and
+    `self_stop_command` says what each node runs once idle (autostop.py arms them through the agent);
   - its capabilities, declared here and never discovered with `hasattr`.
 
 Instances are found by the cluster tag/label/name, so a repeated `run_instances` resumes instead of
@@ -50,6 +52,7 @@ class Capabilities:
     remote: bool = True  # nodes are other machines, reached over SSH with the user's key
     gone_reasons: bool = False  # query(include_gone=True) reports instances that went, and why
     tagged_listing: bool = True  # list_tagged() enumerates what it created (broker gc)
+    self_stop: bool = False  # a node can stop/terminate its own cluster once idle (autostop on the cluster)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,16 @@ class ProvisionRequest:
     labels: tuple[tuple[str, str], ...] = ()
     public_key: str | None = None
     user: str = "broker"
+
+
+@dataclass(frozen=True)
+class SelfStop:
+    """A node's own autostop: the shell command it runs once idle and, for a worker that only stops
+    itself, the head it follows (it fires only once it is idle and the head has stopped answering on
+    `follow` = "host:port" for the grace, so a cluster never loses a worker while its head still runs)."""
+
+    command: str
+    follow: str | None = None
 
 
 class Provider:
@@ -213,6 +226,20 @@ class Provider:
             url = endpoint.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
         return {"kind": self.notice_kind, "url": url, "grace": settings.get("notice_grace"),
                 "every": settings.get("notice_every")}
+
+    # -- autostop on the cluster itself (capabilities.self_stop) ------------------------------------
+    def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
+        """Cloud-side set-up so that the nodes' own self-stop command does `action` ("stop" or "down"),
+        e.g. the instances' shutdown behaviour. Returns the action that will really happen ("down" for
+        instances that cannot be stopped, such as spot)."""
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the {self.name} cloud cannot stop a cluster from its own nodes")
+
+    def self_stop_command(self, cluster: str, node, head, action: str) -> SelfStop | None:
+        """What one node (a state.NodeRecord; `head` is rank 0's) runs once idle to stop or terminate
+        itself or its whole cluster; None when that node needs no watcher (the head's command covers it)."""
+        return None
 
     def agent_python(self) -> str:
         """How the node agent is started on a node."""

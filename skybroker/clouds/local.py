@@ -8,6 +8,14 @@ address is this machine), so rank/IP plumbing is exercised as on a real cluster.
 Spot is simulated, like a cloud's mock provider with fault switches: spot nodes are marked spot, and
 while the file BROKER_HOME/local/NO_SPOT_CAPACITY exists a spot launch fails with a zone CapacityError.
 A "preemption" is deleting a node (see `preempt`).
+
+Autostop on the cluster (capabilities.self_stop): the head node's agent runs
+
+    <the broker's python> -m skybroker.clouds.local self-stop --home BROKER_HOME --cluster C --action stop|down
+
+once idle: this "cloud's" API (node.json files) stopped or terminated by the cluster itself, with no
+client process involved, the way a VM calls its cloud with a credential scoped to its own cluster. The
+client learns of it like of any cloud change: `broker status --refresh` (or any command on the cluster).
 """
 from __future__ import annotations
 
@@ -43,7 +51,8 @@ def _mem_gib() -> float:
 class LocalCloud(Provider):
     name = "local"
     capabilities = Capabilities(stop=True, spot=True, firewall=False, accelerators=False, priced=False,
-                                named_only=True, remote=False, gone_reasons=False, tagged_listing=True)
+                                named_only=True, remote=False, gone_reasons=False, tagged_listing=True,
+                                self_stop=True)
 
     # -- offers ------------------------------------------------------------------------------------
     def virtual_offers(self, res) -> list:
@@ -173,6 +182,22 @@ class LocalCloud(Provider):
         self.notice_kind, self.notice_url = "aws", "http://169.254.169.254/latest/meta-data/spot/instance-action"
         return super().preemption_notice()
 
+    def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
+        return action  # simulated spot can be stopped too (as `broker stop` does here)
+
+    def self_stop_command(self, cluster: str, node, head, action: str):
+        """The head stops (or terminates) the whole cluster through this provider; workers need nothing."""
+        import shlex
+
+        from .base import SelfStop
+
+        if node.rank != head.rank:
+            return None
+        src = str(Path(__file__).resolve().parents[2])  # the broker's own code, whatever HOME/PATH the node has
+        argv = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "skybroker.clouds.local", "self-stop",
+                "--home", str(broker_home()), "--cluster", cluster, "--action", action]
+        return SelfStop(" ".join(shlex.quote(a) for a in argv))
+
     def agent_python(self) -> str:
         import shlex
 
@@ -294,3 +319,30 @@ class _NodeRunner(LocalRunner):
         except NodeUnreachable:
             return False
         return True
+
+
+def main(argv=None) -> int:
+    """`self-stop`: what a local cluster's head runs once idle (see the module docstring)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m skybroker.clouds.local")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("self-stop", help="stop or terminate a local cluster from one of its nodes")
+    p.add_argument("--home", required=True, help="the BROKER_HOME whose local cloud the cluster is in")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--action", choices=("stop", "down"), default="stop")
+    args = ap.parse_args(argv)
+    os.environ["BROKER_HOME"] = args.home
+    cloud = LocalCloud()
+    if not cloud.query(args.cluster):
+        print(f"no local cluster {args.cluster}", file=sys.stderr)
+        return 1
+    if args.action == "down":
+        cloud.terminate(args.cluster)
+    else:
+        cloud.stop(args.cluster)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

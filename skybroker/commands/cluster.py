@@ -248,7 +248,10 @@ def start(cluster):
 def autostop(cluster, idle_minutes, down_, cancel_):
     """Stop (or tear down, with --down) CLUSTER after it has been idle for --idle-minutes.
 
-    Idle means no pending or running job. Enforced by a small watcher process on this machine."""
+    Idle means no pending or running job. Where the cloud allows it (AWS, the local cloud) the cluster
+    enforces it itself: its head node's agent stops or terminates the cluster, with no broker process
+    needed (your laptop may be closed). Elsewhere a small watcher process on this machine does it.
+    `broker status` shows which (AUTOSTOP `10m (node)` or `10m (local)`)."""
     from .. import api
     from ..errors import UsageError
 
@@ -258,8 +261,11 @@ def autostop(cluster, idle_minutes, down_, cancel_):
         return 0
     if idle_minutes is None or idle_minutes < 0:
         raise UsageError("give --idle-minutes N (N ≥ 0), or --cancel")
-    api.set_autostop(cluster, idle_minutes, down_)
-    render.info(f"cluster {cluster} will be {'torn down' if down_ else 'stopped'} after {idle_minutes} idle minute(s)")
+    rec = api.set_autostop(cluster, idle_minutes, down_)
+    how = ("enforced on the cluster itself" if rec.autostop_where == "node"
+           else "enforced by the watcher on this machine")
+    render.info(f"cluster {cluster} will be {'torn down' if rec.autostop_down else 'stopped'} after {idle_minutes} "
+                f"idle minute(s), {how}")
 
 
 @click.command(epilog=examples("broker queue dev", "broker queue dev --json"))

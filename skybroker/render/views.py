@@ -204,7 +204,8 @@ def cluster_json(r, cost: float | None = None) -> dict:
             "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
-            "head_ip": r.head.ip if r.head else None, "cost": None if cost is None else round(cost, 6)}
+            "autostop_where": r.autostop_where, "head_ip": r.head.ip if r.head else None,
+            "cost": None if cost is None else round(cost, 6)}
 
 
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
@@ -228,7 +229,7 @@ def print_clusters(recs, costs: dict | None = None) -> None:
             res += f" ({r.accelerators})"
         if r.use_spot:
             res += " spot"
-        auto = "-" if r.autostop_minutes is None else f"{r.autostop_minutes}m{' (down)' if r.autostop_down else ''}"
+        auto = _autostop_cell(r)
         rows.append([r.name, r.infra, res, str(r.num_nodes), (r.status, STATUS_STYLE.get(r.status, "red")),
                      _ago(r.launched_at), _money(r.hourly_price), _money(costs.get(r.name)), auto])
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
@@ -237,10 +238,25 @@ def print_clusters(recs, costs: dict | None = None) -> None:
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))  # cost stays longest
 
 
+def _autostop_cell(r) -> str:
+    """`10m node`: the cluster stops itself; `10m down, local`: the watcher on this machine tears it down."""
+    if r.autostop_minutes is None:
+        return "-"
+    return f"{r.autostop_minutes}m {'down, ' if r.autostop_down else ''}{r.autostop_where or 'local'}"
+
+
 def print_daemons(d: dict, recs) -> None:
     """A line under `status` when a background process something depends on is not running."""
-    guarded = [r.name for r in recs if r.autostop_minutes is not None and r.status == "UP"]
-    names = ", ".join(guarded[:5]) + (f" and {len(guarded) - 5} more" if len(guarded) > 5 else "")
+    up = [r for r in recs if r.autostop_minutes is not None and r.status == "UP"]
+    on_node = [r.name for r in up if r.autostop_where == "node"]
+    guarded = [r.name for r in up if r.autostop_where != "node"]
+
+    def few(xs):
+        return ", ".join(xs[:5]) + (f" and {len(xs) - 5} more" if len(xs) > 5 else "")
+
+    names = few(guarded)
+    if on_node:
+        info(f"autostop: enforced on the cluster itself, no broker process needed ({few(on_node)})")
     if guarded and not d.get("autostop_watcher"):
         info(f"note: the autostop watcher is not running, so {names} will not be stopped when idle; "
              "`broker autostop NAME -i MINUTES` starts it again")

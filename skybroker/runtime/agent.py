@@ -826,9 +826,16 @@ def cmd_cancel(args):
 
 
 def _idle(conn):
+    """Seconds this node has been idle (no PENDING/SETTING_UP/RUNNING job); 0 while busy."""
+    idle = _idle_for(conn)
+    return 0.0 if idle is None else idle
+
+
+def _idle_for(conn):
+    """Like _idle, but None while busy (so that an idle limit of 0 never fires on a busy node)."""
     _reconcile(conn)
     if conn.execute("SELECT COUNT(*) FROM jobs WHERE " + _ACTIVE_SQL).fetchone()[0]:
-        return 0.0
+        return None
     created = float(conn.execute("SELECT v FROM meta WHERE k='created_at'").fetchone()[0])
     armed = conn.execute("SELECT v FROM meta WHERE k='autostop_armed_at'").fetchone()
     ended = conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()[0]
@@ -843,7 +850,16 @@ def cmd_idle_seconds(args):
 # ------------------------------------------------------------------------------------ autostop on the node
 # Autostop that needs no broker process anywhere: the node itself runs the provider's self-stop command
 # (e.g. `sudo shutdown -h now` on an instance whose shutdown behaviour is stop or terminate) once it has
-# been idle long enough. One watcher per node (a detached process holding autostop.lock).
+# been idle long enough. One watcher per node (a detached process holding autostop.lock) that rereads its
+# settings every round. A worker armed with ``--follow HOST:PORT`` (its head) fires only once it is idle
+# *and* the head has not accepted a TCP connection for ``--follow-grace`` seconds: the head decides, the
+# workers follow it down, and no node needs credentials for the others. A command that fails (exit != 0)
+# is retried with a backoff; the settings are cleared before it runs (it may kill the watcher itself).
+# With ``--ssh-busy`` an interactive SSH session (a pty) counts as activity: idle time starts when the
+# last one closed (the broker's own calls run without a pty and never count).
+_AUTOSTOP_KEYS = ("autostop_idle", "autostop_cmd", "autostop_every", "autostop_armed_at", "autostop_follow",
+                  "autostop_follow_grace", "autostop_ssh")
+
 
 def _meta(conn, key):
     row = conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
@@ -853,13 +869,20 @@ def _meta(conn, key):
 def cmd_autostop(args):
     conn = _db()
     with _txn(conn):
-        conn.execute("DELETE FROM meta WHERE k IN ('autostop_idle', 'autostop_cmd', 'autostop_every', "
-                     "'autostop_armed_at')")
+        conn.execute("DELETE FROM meta WHERE k IN (%s)" % ", ".join("?" * len(_AUTOSTOP_KEYS)), _AUTOSTOP_KEYS)
         if not args.clear:
             if args.idle_seconds is None or args.idle_seconds < 0 or not args.command:
                 raise AgentError("autostop: give --idle-seconds S (>= 0) and --command CMD, or --clear")
-            for k, v in (("autostop_idle", args.idle_seconds), ("autostop_cmd", args.command),
-                         ("autostop_every", args.every), ("autostop_armed_at", time.time())):
+            if args.follow is not None and not args.follow.rpartition(":")[2].isdigit():
+                raise AgentError("autostop: --follow must be HOST:PORT")
+            values = [("autostop_idle", args.idle_seconds), ("autostop_cmd", args.command),
+                      ("autostop_every", args.every), ("autostop_armed_at", time.time()),
+                      ("autostop_follow_grace", args.follow_grace)]
+            if args.follow:
+                values.append(("autostop_follow", args.follow))
+            if args.ssh_busy:
+                values.append(("autostop_ssh", "1"))
+            for k, v in values:
                 conn.execute("INSERT INTO meta VALUES (?, ?)", (k, repr(v) if not isinstance(v, str) else v))
     if not args.clear:
         _spawn_watcher()
@@ -882,28 +905,90 @@ def _spawn_watcher():
                          stdout=log, stderr=log, cwd=_base(), start_new_session=True, close_fds=True)
 
 
+def _answers(hostport, timeout=3.0):
+    """True if HOST:PORT accepts a TCP connection (the head is up)."""
+    import socket
+
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _ssh_sessions():
+    """Interactive SSH sessions on this node: sshd titles each session's process `sshd: USER@pts/N`
+    (`sshd-session: ...` since OpenSSH 9.8)."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    cmd = f.read(256)
+            except OSError:
+                continue
+            if (cmd.startswith(b"sshd: ") or cmd.startswith(b"sshd-session: ")) and b"@pts/" in cmd:
+                n += 1
+    return n
+
+
+def _log(msg):
+    sys.stdout.write("%s %s\n" % (time.strftime("%F %T"), msg))
+    sys.stdout.flush()
+
+
 def cmd_autostop_watch(args):
+    import subprocess
+
     lock = open(os.path.join(_base(), "autostop.lock"), "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0
     conn = _db()
+    head_gone_since, failures, ssh_seen = None, 0, None
     while True:
         idle_for, command = _meta(conn, "autostop_idle"), _meta(conn, "autostop_cmd")
         if idle_for is None or command is None:
             return 0  # cleared
-        if _idle(conn) >= float(idle_for):
-            import subprocess
-
-            with _txn(conn):
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('autostop_fired_at', ?)", (repr(time.time()),))
-                conn.execute("DELETE FROM meta WHERE k IN ('autostop_idle', 'autostop_cmd')")
-            sys.stdout.write("%s idle for %ss: running %s\n" % (time.strftime("%F %T"), idle_for, command))
-            sys.stdout.flush()
-            subprocess.call(["/bin/sh", "-c", command])
+        every = float(_meta(conn, "autostop_every") or 10)
+        follow = _meta(conn, "autostop_follow")
+        idle = _idle_for(conn)
+        if idle is not None and _meta(conn, "autostop_ssh"):
+            if _ssh_sessions():
+                ssh_seen, idle = time.time(), None
+            elif ssh_seen is not None:
+                idle = min(idle, time.time() - ssh_seen)
+        due = idle is not None and idle >= float(idle_for)
+        if due and follow:
+            grace = float(_meta(conn, "autostop_follow_grace") or 60)
+            if _answers(follow, timeout=max(0.5, min(3.0, grace))):
+                head_gone_since, due = None, False
+            else:
+                head_gone_since = head_gone_since or time.time()
+                due = time.time() - head_gone_since >= grace
+        if not due:
+            time.sleep(every)
+            continue
+        with _txn(conn):
+            saved = conn.execute("SELECT k, v FROM meta WHERE k IN (%s)" % ", ".join("?" * len(_AUTOSTOP_KEYS)),
+                                 _AUTOSTOP_KEYS).fetchall()
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('autostop_fired_at', ?)", (repr(time.time()),))
+            conn.execute("DELETE FROM meta WHERE k IN ('autostop_idle', 'autostop_cmd')")
+        _log("idle for %ss%s: running %s" % (idle_for, " and the head %s is gone" % follow if follow else "", command))
+        rc = subprocess.call(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL)
+        if rc == 0:
             return 0
-        time.sleep(float(_meta(conn, "autostop_every") or 10))
+        failures += 1
+        _log("self-stop command exited %d; retrying" % rc)
+        with _txn(conn):
+            if _meta(conn, "autostop_idle") is None:  # not re-armed or cleared meanwhile
+                for k, v in saved:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('autostop_error', ?)",
+                         ("exit code %d at %s" % (rc, time.strftime("%F %T")),))
+        time.sleep(min(600.0, every * 2 ** min(failures, 10)))
 
 
 def cmd_version(args):
@@ -928,6 +1013,9 @@ _COMMANDS = {
     "idle-seconds": ("cmd_idle_seconds", [], {}),
     "autostop": ("cmd_autostop", [], {"--idle-seconds": ("idle_seconds", float, None),
                                       "--command": ("command", str, None), "--every": ("every", float, 10.0),
+                                      "--follow": ("follow", str, None),
+                                      "--follow-grace": ("follow_grace", float, 60.0),
+                                      "--ssh-busy": ("ssh_busy", bool, False),
                                       "--clear": ("clear", bool, False)}),
     "_autostop_watch": ("cmd_autostop_watch", [], {}),
     "version": ("cmd_version", [], {}),

@@ -112,12 +112,20 @@ class AgentClient:
     def idle_seconds(self) -> float:
         return float(self._call("idle-seconds")["idle_seconds"])
 
-    def autostop(self, idle_seconds: float | None, command: str | None = None, every: float = 10.0) -> None:
-        """Arm the node's own autostop (the node runs `command` once idle that long), or clear it (None)."""
+    def autostop(self, idle_seconds: float | None, command: str | None = None, every: float = 10.0,
+                 follow: str | None = None, follow_grace: float = 60.0, ssh_busy: bool = False) -> None:
+        """Arm the node's own autostop (the node runs `command` once idle that long; with `follow`, a
+        worker also waits until its head, HOST:PORT, has stopped answering for `follow_grace` seconds),
+        or clear it (None). With `ssh_busy`, an interactive SSH session on the node counts as activity."""
         if idle_seconds is None:
             self._call("autostop", "--clear")
-        else:
-            self._call("autostop", "--idle-seconds", idle_seconds, "--command", command, "--every", every)
+            return
+        args = ["autostop", "--idle-seconds", idle_seconds, "--command", command, "--every", every]
+        if follow:
+            args += ["--follow", follow, "--follow-grace", follow_grace]
+        if ssh_busy:
+            args.append("--ssh-busy")
+        self._call(*args)
 
     def claim(self, paths: Iterable[str]) -> list[str]:
         paths = list(paths)

@@ -94,7 +94,7 @@ def _clusters():
     now = time.time()
     mk = lambda n, c, r, z, it, acc, spot, nn, price, st, age, auto, down: ClusterRecord(  # noqa: E731
         n, c, r, z, it, acc, spot, nn, price, st, now - age, autostop_minutes=auto, autostop_down=down,
-        nodes=[NodeRecord(f"i-{k}", k, f"127.0.0.{k + 1}") for k in range(nn)])
+        autostop_where=("node" if c == "gcp" else "local") if auto is not None else None, nodes=[NodeRecord(f"i-{k}", k, f"127.0.0.{k + 1}") for k in range(nn)])
     return [mk("train-a100-8x-experiment-42", "gcp", "us-central1", "us-central1-a", "a2-highgpu-8g", "A100:8",
                False, 2, 58.7752, "UP", 3 * 3600, 30, True),
             mk("dev", "aws", "us-east-1", "use1-az1", "p3.2xlarge", "V100:1", True, 1, 0.9731, "UP", 600, None, False),
@@ -114,9 +114,10 @@ def test_status(screen, width):
     if width >= 80:  # the cost so far (from the ledger) and the price before autostop
         must += ["COST ($)", "176.3256", "0.4866", "2345.6789", "58.7752", "0.9731", "1.5360"]
     if width >= 120:
-        # every column; RESOURCES gives way to COST ($) by an ellipsis in the middle (both ends survive)
-        must += ["train-a100-8x-experiment-42", "a2-highg", "A100:8)", "p3.2xlar", "1) spot", "NODES",
-                 "AUTOSTOP", "30m (down)", "LAUNCHED"]
+        # every column, with the autostop time, whether it tears down, and who enforces it (the cluster or
+        # this machine); RESOURCES gives way by an ellipsis in the middle (both ends survive)
+        must += ["train-a100-8", "periment-42", "a2-highg", "A100:8)", "p3.2xlar", "1) spot", "NODES",
+                 "AUTOSTOP", "30m down, node", "60m local", "LAUNCHED"]
     _check_screen(text, width, must)
     _prices_whole(text)
 

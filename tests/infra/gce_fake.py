@@ -8,6 +8,7 @@ google-cloud-compute SDK (REST transport) against it.
     fake.set_quota(None, "GPUS_ALL_REGIONS")              # project-wide quota
     fake.fail_auth(403)                     # every call: 403 forbidden (401: missing credentials)
     fake.preempt("name")                    # a spot VM reclaimed (deleted, or TERMINATED if its action is STOP)
+    fake.guest_shutdown("name")             # its OS powered off: the VM stops (TERMINATED), as on GCE
     fake.close()
 
 Shapes follow GCE as the SDK sends and parses them (checked against compute_v1's REST transport):
@@ -184,6 +185,16 @@ class GCEFake:
                 del self._instances[(zone, name)]
             self._op(zone, "compute.instances.preempted", inst["selfLink"], user="system@google.com",
                      statusMessage="Instance was preempted.")
+
+    def guest_shutdown(self, name: str) -> None:
+        """The VM's own OS powered off (`shutdown -h now`): GCE stops it (STOPPING → TERMINATED after
+        stop_delay, disks kept), exactly as instances.stop would, but with no API call."""
+        with self.lock:
+            _, inst = self._find(name)
+            now = time.time()
+            inst["_status"] = [(now, "STOPPING"), (now + self.stop_delay, "TERMINATED")]
+            inst["lastStopTimestamp"] = _now()
+            self._kill_node(inst)
 
     def instance(self, name: str) -> dict:
         with self.lock:

@@ -11,6 +11,8 @@ lives under /var/tmp (never under /tmp, which the nodes shadow).
     pool.cut_network(nodes[1])             # partition: packets dropped, connections hang
     node = pool.add_node(pubkey)           # relaunch: lowest free slot (same IP), new host key
     pool.close()                           # everything removed; idempotent; also run at exit
+    NodePool(path_prefix="/some/bin")      # commands over SSH find /some/bin first (e.g. the hypervisor shim's
+                                           # `sudo` and `shutdown`, tests/infra/hypervisor.py)
 
 Needs root, iproute2 (`ip`), util-linux (`unshare`), `ssh-keygen` and `/usr/sbin/sshd`.
 Only addresses inside namespaces created here are ever used. Several pools can live side by side (each
@@ -138,11 +140,12 @@ class NodePool:
     """Bridge + per-node netns + sshd. See the module docstring."""
 
     def __init__(self, base_dir: str | os.PathLike | None = None, subnet: str | None = None,
-                 user: str = "broker"):
+                 user: str = "broker", path_prefix: str | None = None):
         why = missing_requirements()
         if why:
             raise NodePoolError(why)
         self.user = user
+        self.path_prefix = path_prefix  # directories searched first by commands run over SSH (sshd SetEnv PATH)
         self._lock = threading.RLock()
         self._closed = False
         self._nodes: dict[int, Node] = {}
@@ -337,7 +340,8 @@ class NodePool:
         pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
         node.host_key = f"{pub[0]} {pub[1]}"
         cfg = d / "sshd_config"
-        cfg.write_text(_SSHD_CONFIG.format(hostkey=hostkey, user=self.user))
+        cfg.write_text(_SSHD_CONFIG.format(hostkey=hostkey, user=self.user) + (
+            f"SetEnv PATH={self.path_prefix}:/usr/local/bin:/usr/bin:/bin\n" if self.path_prefix else ""))
         node.home, node.tmp, node.log_path = home, tmp, d / "sshd.log"
 
         mac = f"02:5b:{self.k:02x}:00:{node.slot >> 8:02x}:{node.slot & 0xff:02x}"

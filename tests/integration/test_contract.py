@@ -9,6 +9,8 @@
   - run_instances/wait_instances: the ids run returns are the instances wait returns, and a second run
     returns the same ids (nothing duplicated);
   - `capabilities.stop`: stop/start work when declared, and are refused (InvalidRequestError) when not;
+  - `capabilities.self_stop`: prepare_self_stop accepts a running cluster (answering the action that
+    will really happen) and every node gets a command or None, the head a command; refused when not declared;
   - `capabilities.tagged_listing`: list_tagged finds the cluster's resources (and nothing after terminate).
 What a provider can do is read from its declared capabilities, never from the adapter or hasattr.
 
@@ -270,6 +272,25 @@ def test_stop_and_start_as_declared(adapter):
     started = adapter.cloud.start("ct-stop", req.region)
     assert [i.state for i in started] == [RUNNING]
     assert [i.instance_id for i in started] == [i.instance_id for i in infos]
+
+
+def test_self_stop_as_declared(adapter):
+    from skybroker.clouds.base import SelfStop
+    from skybroker.errors import InvalidRequestError
+    from skybroker.state import NodeRecord
+
+    req = adapter.request("ct-self", 2)
+    infos = adapter.cloud.provision(req)
+    nodes = [NodeRecord(i.instance_id, r, i.public_ip or i.private_ip or "", i.private_ip) for r, i in enumerate(infos)]
+    if not adapter.cloud.capabilities.self_stop:
+        with pytest.raises(InvalidRequestError):
+            adapter.cloud.prepare_self_stop("ct-self", req.region, "stop")
+        return
+    assert adapter.cloud.prepare_self_stop("ct-self", req.region, "stop") in ("stop", "down")
+    plans = [adapter.cloud.self_stop_command("ct-self", n, nodes[0], "stop") for n in nodes]
+    assert isinstance(plans[0], SelfStop) and plans[0].command and plans[0].follow is None
+    assert all(p is None or (isinstance(p, SelfStop) and p.command) for p in plans[1:])
+    adapter.cloud.terminate("ct-self", req.region)
 
 
 def test_list_tagged_finds_the_clusters_resources(adapter):

@@ -328,3 +328,51 @@ def test_missing_credentials_and_project_are_cloud_scoped(monkeypatch, tmp_path)
         GCPCloud().query("c1", "us-central1")
     assert info.value.code == "NoProject"
     client.reset()
+
+
+# -- autostop on the cluster itself (tests/infra/hypervisor.py plays GCE's reaction to a guest shutdown) --
+def test_idle_cluster_stops_itself_and_down_falls_back_to_the_local_watcher(monkeypatch):
+    """Stop: the nodes power themselves off (head first, the worker follows it) and GCE stops the VMs,
+    with no broker process anywhere. --down needs an API call GCE nodes get no credential for: the
+    watcher on this machine guards it instead (the local watcher's down itself is tested on the local
+    cloud, test_autostop_node.py)."""
+    import shutil
+    import time
+
+    from skybroker import api, spec
+    from skybroker.clouds.gcp import client
+    from tests.infra import hypervisor
+    from tests.infra.netns import NodePool, missing_requirements
+
+    if missing_requirements():
+        pytest.skip(f"sshd test nodes unavailable: {missing_requirements()}")
+    shims = hypervisor.bin_dir()
+    pool = NodePool(path_prefix=shims)
+    fake = GCEFake(project="test-project", node_pool=pool).start()
+    try:
+        for k, v in {**fake.env(), "BROKER_GCP_POLL": "0.05", "BROKER_AUTOSTOP_UNIT": "1",
+                     "BROKER_AUTOSTOP_POLL": "0.2", "BROKER_AUTOSTOP_FOLLOW_GRACE": "1"}.items():
+            monkeypatch.setenv(k, v)
+        client.reset()
+        task = spec.task_from_dict({"name": "as", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
+                                    "run": "echo hi"})
+        assert api.launch(task, cluster="gas", plan=api.plan(task, clouds=("gcp",))).status.exit_code == 0
+        rec = api.set_autostop("gas", 600, True)  # --down: the nodes cannot delete themselves
+        assert (rec.autostop_where, rec.autostop_down) == ("local", True)
+        assert any("could not arm autostop on the cluster" in e["message"] for e in api.events("gas"))
+        assert api.set_autostop("gas", None, False).autostop_where is None
+        with hypervisor.Hypervisor.gce(fake) as hv:
+            assert api.set_autostop("gas", 1, False).autostop_where == "node"
+            deadline = time.monotonic() + 30
+            while {i["status"] for i in fake.instances()} != {"TERMINATED"}:
+                assert time.monotonic() < deadline, fake.instances()
+                time.sleep(0.1)
+            assert [w for _, w in hv.fired] == ["stop", "stop"] and hv.fired[0][0].endswith("-0")  # head first
+            assert not fake.calls("POST", "/stop")  # nobody called the API: the guests shut down
+        (c,) = api.status(refresh=True)
+        assert c.status == "STOPPED"
+    finally:
+        fake.close()
+        client.reset()
+        pool.close()
+        shutil.rmtree(shims, ignore_errors=True)

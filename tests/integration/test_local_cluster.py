@@ -490,18 +490,19 @@ def test_stop_start_and_autostop(tmp_path):
     r = broker("autostop", "auto", "-i", "0", env=fast)
     assert r.returncode == 0, r.stderr
     assert status_json()[0]["autostop_minutes"] == 0
-    wait_for(lambda: status_json()[0]["status"] == "STOPPED", 30, interval=0.3, what="autostop to stop the cluster")
+    # the local cloud enforces autostop on the cluster itself: the cloud's truth shows it, after --refresh
+    wait_for(lambda: status_json(refresh=True)[0]["status"] == "STOPPED", 30, interval=0.3,
+             what="autostop to stop the cluster")
     assert (broker_home() / "local" / "auto").is_dir()  # stopped, not torn down
 
     r = broker("start", "auto")
     assert r.returncode == 0, r.stderr
     r = broker("autostop", "auto", "-i", "0", "--down", env=fast)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: status_json() == [], 30, interval=0.3, what="autostop --down to remove the cluster")
+    wait_for(lambda: status_json(refresh=True) == [], 30, interval=0.3, what="autostop --down to remove the cluster")
     assert not (broker_home() / "local" / "auto").exists()
-    # the watcher exits once no cluster has autostop left
-    wait_for(lambda: not [p for p in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker.autostop" in _cmd(p)],
-             15, what="the autostop watcher to exit")
+    # no watcher on this machine was needed for any of it
+    assert not [p for p in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker.autostop" in _cmd(p)]
 
 
 # ------------------------------------------------------------------------------------------------ 9

@@ -323,7 +323,7 @@ def test_config_file_defaults_apply_to_a_launch(tmp_path):
     r = broker("--config", cfg, "launch", "-y", "-c", "cfg", task)
     assert r.returncode == 0, r.stderr
     (c,) = status_json()
-    assert (c["autostop_minutes"], c["autostop_down"]) == (45, True)
+    assert (c["autostop_minutes"], c["autostop_down"], c["autostop_where"]) == (45, True, "node")
     r = broker("--config", tmp_path / "nope.yaml", "launch", "-y", "-c", "cfg2", task)
     assert r.returncode == 2 and "nope.yaml" in r.stderr and "does not exist" in r.stderr
     _no_traceback(r)

@@ -532,3 +532,88 @@ def test_a_notice_that_never_comes_changes_nothing(node):
                                                         "spot/instance-action", "every": 0.1})
     j = node.wait(1)
     assert j["status"] == "SUCCEEDED" and j["notice"] is None
+
+
+# -- autostop on the node ----------------------------------------------------------------------------
+def _watcher_pids(node):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                env = open("/proc/%s/environ" % name, "rb").read()
+                cmd = open("/proc/%s/cmdline" % name, "rb").read()
+            except OSError:
+                continue
+            if b"_autostop_watch" in cmd and ("HOME=%s" % node.home).encode() + b"\0" in env:
+                if not pid_gone(int(name)):
+                    out.append(int(name))
+    return out
+
+
+def test_autostop_runs_the_command_once_idle_then_exits(node):
+    node.submit(1, run=GATE)
+    fired = node.home / "fired"
+    assert node.cmd("autostop", "--idle-seconds", 0.3, "--command", "echo x >> %s" % fired, "--every", 0.05) == \
+        {"armed": True}
+    time.sleep(1.0)
+    assert not fired.exists()  # a running job: not idle
+    node.open_gate()
+    node.wait(1)
+    poll(lambda: fired.exists(), what="the self-stop command to run")
+    poll(lambda: not _watcher_pids(node), what="the watcher to exit")
+    assert fired.read_text() == "x\n"  # once
+
+
+def test_autostop_worker_follows_its_head(node):
+    """--follow HOST:PORT: idle is not enough, the head must also stop answering for the grace."""
+    import socket
+
+    head = socket.socket()
+    head.bind(("127.0.0.1", 0))
+    head.listen(16)
+    port = head.getsockname()[1]
+    fired = node.home / "fired"
+    node.cmd("autostop", "--idle-seconds", 0, "--command", "touch %s" % fired, "--every", 0.05,
+             "--follow", "127.0.0.1:%d" % port, "--follow-grace", 0.5)
+    time.sleep(1.0)
+    assert not fired.exists()  # idle, but the head still answers
+    head.close()
+    poll(lambda: fired.exists(), what="the worker to follow its head down")
+
+
+def test_autostop_failed_command_is_retried_and_clear_stops_it(node):
+    tries = node.home / "tries"
+    cmd = 'echo t >> %s; [ "$(wc -l < %s)" -ge 2 ]' % (tries, tries)  # fails the first time
+    node.cmd("autostop", "--idle-seconds", 0, "--command", cmd, "--every", 0.05)
+    poll(lambda: tries.exists() and len(tries.read_text().split()) >= 2, what="a retry after the failure")
+    poll(lambda: not _watcher_pids(node), what="the watcher to exit after success")
+    # armed again, then cleared before it fires: nothing runs and the watcher exits
+    other = node.home / "other"
+    node.submit(2, run=GATE)
+    node.cmd("autostop", "--idle-seconds", 0, "--command", "touch %s" % other, "--every", 0.05)
+    poll(lambda: _watcher_pids(node), what="the watcher to start")
+    assert node.cmd("autostop", "--clear") == {"armed": False}
+    poll(lambda: not _watcher_pids(node), what="the watcher to exit once cleared")
+    node.open_gate()
+    node.wait(2)
+    assert not other.exists()
+    assert node.run("autostop", "--idle-seconds", 5, "--command", "true", "--follow", "nohostport").returncode == 2
+
+
+def test_autostop_ssh_busy_counts_an_interactive_session(node):
+    """--ssh-busy: a process titled like sshd's session process for a pty keeps the node busy; the idle
+    time starts when it is gone. (An `exec -a` title is what /proc shows for sshd's own.)"""
+    fired = node.home / "fired"
+    session = subprocess.Popen(["bash", "-c", 'exec -a "sshd: tester@pts/97" sleep 60'])
+    try:
+        poll(lambda: open("/proc/%d/cmdline" % session.pid, "rb").read().startswith(b"sshd: tester@pts/97"),
+             what="the fake session's title")
+        node.cmd("autostop", "--idle-seconds", 0.5, "--command", "touch %s" % fired, "--every", 0.05, "--ssh-busy")
+        time.sleep(1.5)
+        assert not fired.exists()  # idle of jobs, but someone is logged in
+    finally:
+        session.kill()
+        session.wait()
+    gone = time.time()
+    poll(lambda: fired.exists(), what="the watcher to fire once the session closed")
+    assert time.time() - gone >= 0.4  # idle counted from the session's end, not from the arming

@@ -49,7 +49,7 @@ def _poll() -> float:
 class AWSCloud(Provider):
     name = "aws"
     catalog = "aws"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
     sdk_modules = ("boto3",)
     sdk_extra = "aws"
     default_ssh_user = SSH_USER
@@ -336,6 +336,30 @@ class AWSCloud(Provider):
             self._wait_states(ec2, place, cluster, ids, ("stopped",))
             self._call(place, ec2.start_instances, InstanceIds=ids)
         return self._wait_running(ec2, place, cluster, len(insts))
+
+    # -- autostop on the cluster itself ------------------------------------------------------------
+    # Each node powers itself off (`sudo shutdown -h now`) and EC2 applies the instance's
+    # InstanceInitiatedShutdownBehavior (stop or terminate), set here: no credential on any node. The head
+    # decides on its own idleness; the workers follow it (they fire once idle and the head has stopped
+    # answering on its SSH port). A one-time spot instance can only terminate.
+    SELF_STOP = "sudo -n shutdown -h now"
+
+    def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
+        place = Place("aws", region)
+        ec2 = self._call(place, clients.ec2, region)
+        insts = self._call(place, self._describe, ec2, cluster, ("pending", "running", "stopping", "stopped"))
+        real = "down" if action == "down" or any(i.get("InstanceLifecycle") == "spot" for i in insts) else "stop"
+        for inst in insts:
+            self._call(place, ec2.modify_instance_attribute, InstanceId=inst["InstanceId"],
+                       Attribute="instanceInitiatedShutdownBehavior", Value="terminate" if real == "down" else "stop")
+        return real
+
+    def self_stop_command(self, cluster: str, node, head, action: str):
+        from ..base import SelfStop
+
+        if node.rank == head.rank:
+            return SelfStop(self.SELF_STOP)
+        return SelfStop(self.SELF_STOP, follow=f"{head.private_ip or head.ip}:{head.ssh_port or 22}")
 
     def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
         place = Place("aws", region)

@@ -61,6 +61,9 @@ def _not_found(exc: BaseException) -> bool:
 class AzureCloud(Provider):
     name = "azure"
     catalog = "azure"
+    # No self_stop: a guest shutdown leaves an Azure VM allocated (and billed); deallocating it from the node
+    # would need a managed identity allowed virtualMachines/deallocate/action on the cluster's resource group
+    # only. Not created: the watcher on the user's machine enforces autostop here.
     capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
     sdk_modules = ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", "azure.identity")
     sdk_extra = "azure"

@@ -138,7 +138,7 @@ N1_DEFAULT_CPUS = {
 class GCPCloud(Provider):
     name = "gcp"
     catalog = "gcp"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
     sdk_modules = ("google.cloud.compute_v1",)
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER
@@ -451,6 +451,22 @@ class GCPCloud(Provider):
         if insts:
             self._wait_until(project, place, cluster, region,
                              lambda xs: all(_state(i) in (STOPPED, TERMINATED) for i in xs), "stopped")
+
+    # Autostop on the cluster: a guest shutdown stops a GCE VM (TERMINATED, disks kept), so `stop` needs no
+    # credential on the nodes (workers follow the head as on AWS). Deleting needs an API call with a
+    # service account allowed compute.instances.delete on the cluster's VMs only: not given to nodes, so
+    # `--down` (and spot, which the broker never stops) stays with the watcher on the user's machine.
+    def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
+        if action == "down" or any(i.spot for i in self.query(cluster, region)):
+            raise InvalidRequestError("a GCE VM cannot delete itself without a service account on the node",
+                                      Place("gcp", region))
+        return "stop"
+
+    def self_stop_command(self, cluster: str, node, head, action: str):
+        from ..base import SelfStop
+
+        follow = None if node.rank == head.rank else f"{head.private_ip or head.ip}:{head.ssh_port or 22}"
+        return SelfStop("sudo -n shutdown -h now", follow=follow)
 
     def start(self, cluster: str, region: str | None) -> list[InstanceInfo]:
         place = Place("gcp", region)

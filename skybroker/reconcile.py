@@ -1,0 +1,66 @@
+"""Reconciling a cluster's record with its cloud (the tags are the truth).
+
+`refresh` is what `broker status --refresh` does for each cluster. A cluster whose instances are all gone
+(terminated outside the broker, or by its own autostop on the cluster) is torn down through the same
+path as `broker down`, so what it leaves behind (an AWS security group, host keys, the ssh config) is
+removed too, not only its row. `fresh` is the check every command on a cluster makes when the cluster
+may have stopped itself (its autostop runs on its nodes): one cloud query instead of acting on a record
+that says UP.
+"""
+from __future__ import annotations
+
+from . import state
+from .state import DEGRADED, INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
+
+
+def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
+    """Reconcile one record with the cloud; None when the cluster no longer exists. `locked`: the caller
+    holds the cluster's lock."""
+    from .clouds.base import RUNNING, STOPPED as S_STOPPED, STOPPING
+    from .clouds.registry import get as get_provider
+
+    if rec.status in (INIT, INTERRUPTED) or not rec.cloud:
+        return rec
+    infos = get_provider(rec.cloud).query(rec.name, rec.region)
+    if not infos:
+        return _gone(rec, locked)
+    states = {i.state for i in infos}
+    new = UP if states == {RUNNING} and len(infos) >= rec.num_nodes else (
+        STOPPED if states <= {S_STOPPED, STOPPING} else DEGRADED)
+    if new != rec.status:
+        why = " (its autostop runs on the cluster itself)" if rec.autostop_where == state.AUTOSTOP_NODE else ""
+        state.set_status(rec.name, new)
+        state.add_event(rec.name, "refresh", f"the cloud reports it {new}{why if new == STOPPED else ''}")
+        rec.status = new
+        if new in (UP, STOPPED):  # billing follows what the cloud reports (a stopped cluster pays its disks)
+            from .costs import ledger
+
+            ledger.set_state(rec.name, ledger.UP if new == UP else ledger.STOPPED)
+    return rec
+
+
+def _gone(rec: ClusterRecord, locked: bool) -> ClusterRecord | None:
+    import contextlib
+
+    from . import lifecycle
+    from .locks import ClusterBusy, cluster_lock
+
+    why = "it terminated itself: autostop on the cluster" if rec.autostop_where == state.AUTOSTOP_NODE \
+        else "terminated outside the broker"
+    try:
+        with contextlib.nullcontext() if locked else cluster_lock(rec.name, timeout=0):
+            cur = state.get_cluster(rec.name)
+            if cur is None:
+                return None
+            state.add_event(rec.name, "refresh", f"no instances left in the cloud ({why}): removing what it left")
+            lifecycle.terminate(cur)  # the provider removes per-cluster leftovers (security group, ...)
+    except ClusterBusy:
+        return rec  # another command is working on it: it will find out
+    return None
+
+
+def fresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
+    """The record, reconciled first if the cluster may have stopped itself (autostop on its nodes)."""
+    if rec.status == UP and rec.autostop_where == state.AUTOSTOP_NODE:
+        return refresh(rec, locked)
+    return rec
