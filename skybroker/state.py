@@ -5,7 +5,9 @@ create (intents), so cleanup always knows what may exist. `status --refresh` rec
 """
 from __future__ import annotations
 
+import contextvars
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -108,6 +110,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
     """,
+    # v5: server mode: users (API tokens stored hashed, see users.py); every cluster and managed job
+    # records the user who made it (NULL in local mode: the machine's one user)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    ALTER TABLE clusters ADD COLUMN user_name TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN user_name TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,6 +165,7 @@ class ClusterRecord:
     setup_key: str | None = None
     task_id_seed: str | None = None
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
+    user_name: str | None = None  # server mode: the user who launched it (None in local mode)
 
     @property
     def head(self) -> NodeRecord | None:
@@ -231,7 +247,7 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
 def _write_id(id_file: Path, db_id: str) -> None:
     import os
 
-    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}")
+    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}.{threading.get_ident()}")  # threads too (server)
     touch_private(tmp)
     tmp.write_text(db_id + "\n")
     os.replace(tmp, id_file)
@@ -257,15 +273,47 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 _local = threading.local()
 
+# Server mode: the user a request (or a managed job's controller step) acts for; new clusters record it.
+current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("broker_user", default=None)
 
-def db() -> sqlite3.Connection:
-    """A connection for the current BROKER_HOME, one per thread (sqlite3 objects are per-thread)."""
-    path = db_path()
+
+def db_url() -> str:
+    """BROKER_DB: a postgresql:// URL (server mode), or empty for SQLite under BROKER_HOME. Read from the
+    environment only (it may carry a password; `broker server start --db` sets it for its process)."""
+    return os.environ.get("BROKER_DB", "")
+
+
+def db():
+    """A connection for the current BROKER_HOME (or BROKER_DB), one per thread (sqlite3 objects are
+    per-thread; one psycopg connection per thread keeps transactions apart)."""
+    url = db_url()
+    key = url or db_path()
     conn = getattr(_local, "conn", None)
-    if conn is None or getattr(_local, "path", None) != path:
-        conn = connect(path)
-        _local.conn, _local.path = conn, path
+    if conn is None or getattr(_local, "key", None) != key:
+        conn = connect_pg(url) if url else connect(key)
+        _local.conn, _local.key = conn, key
     return conn
+
+
+def is_postgres() -> bool:
+    return bool(db_url())
+
+
+def connect_pg(url: str):
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StateError(f"BROKER_DB must be a postgresql:// URL (got {url.split('://')[0]}://…)",
+                         "e.g. postgresql://broker@dbhost/broker, or unset it for SQLite under BROKER_HOME")
+    try:
+        from . import db_pg
+    except ImportError:
+        raise StateError("a PostgreSQL state database needs psycopg, which is not installed",
+                         "pip install 'skybroker[server]'") from None
+    try:
+        return db_pg.connect(url, MIGRATIONS)
+    except db_pg.psycopg.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StateError(f"cannot use the state database {db_pg.redact_url(url)}: {db_pg.redact_url(msg)}",
+                         "check the URL, that PostgreSQL runs, and the user's rights on the database") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,7 +321,7 @@ def db() -> sqlite3.Connection:
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed", "owner")
+         "resources", "setup_key", "task_id_seed", "owner", "user_name")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
@@ -286,6 +334,8 @@ def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
 
 def save_cluster(rec: ClusterRecord) -> None:
     rec.updated_at = time.time()
+    if rec.user_name is None:
+        rec.user_name = current_user.get()
     values = asdict(rec)
     values["nodes"] = json.dumps([asdict(n) for n in rec.nodes])
     values["use_spot"] = int(rec.use_spot)

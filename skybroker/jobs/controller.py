@@ -104,6 +104,13 @@ class Controller:
         j = store.get(jid)
         if j is None or j.status in TERMINAL:
             return
+        token = state.current_user.set(j.user_name)  # server mode: the job's cluster is its user's
+        try:
+            self._step(j)
+        finally:
+            state.current_user.reset(token)
+
+    def _step(self, j) -> None:
         if j.cancel_requested:
             return self._cancel(j)
         if j.status in (store.PENDING, STARTING):

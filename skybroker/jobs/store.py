@@ -44,6 +44,7 @@ class ManagedJob:
     updated_at: float | None = None
     deadline_state: str | None = None
     submit_token: str | None = None  # recorded before a submit: a restarted controller finds that job
+    user_name: str | None = None  # server mode: who submitted it (its cluster records the same user)
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -73,8 +74,9 @@ def insert(name: str | None, task_json: str, secrets: dict, resources: str) -> M
     conn.execute("BEGIN IMMEDIATE")
     try:
         cur = conn.execute(
-            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?)", (name, task_json, encrypt(secrets), resources, PENDING, now, "", now))
+            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at,"
+            " user_name) VALUES (?,?,?,?,?,?,?,?,?)",
+            (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, state.current_user.get()))
         jid = int(cur.lastrowid)
         # stable across recoveries, so a job can find its own checkpoint
         task_id = f"broker-managed-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{name or 'job'}_{jid}"
@@ -138,6 +140,9 @@ def job_dir(job_id: int):
 def _key() -> bytes:
     from cryptography.fernet import Fernet
 
+    shared = os.environ.get("BROKER_SECRETS_KEY")  # server replicas on several machines share one key
+    if shared:
+        return shared.strip().encode()
     d = private_dir(ensure_home() / "keys")
     path = d / "secrets.key"
     try:
