@@ -247,7 +247,9 @@ def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None)
                           on_line=on_line or (lambda r, l: None))
 
 
-def status(refresh: bool = False, names=None):
+def status(refresh: bool = False, names=None, all_users: bool = False):
+    """Clusters in the state (with refresh: reconciled with the clouds). `all_users` matters in server
+    mode only (a server shows each user theirs by default); locally every cluster is the user's."""
     from . import clusters
 
     recs = clusters.status(refresh=refresh, names=names)
@@ -371,3 +373,45 @@ def events(cluster: str | None = None, job_id: int | None = None, limit: int = 5
             raise NotFoundError(f"cluster {cluster!r} has no events and does not exist", "see `broker status`")
         return ev[-limit:]
     return state.recent_events(limit)
+
+
+# ----------------------------------------------------------------------------------------------
+# Managed jobs (jobs/ops.py does the work)
+
+def jobs_launch(task):
+    """Submit a managed job (its controller is started if needed). Returns the ManagedJob."""
+    from .jobs import ops
+
+    return ops.launch(task)
+
+
+def jobs_queue(all_users: bool = False):
+    from .jobs import ops
+
+    return ops.queue()
+
+
+def jobs_get(job_id: int):
+    from .jobs import ops
+
+    return ops.get(job_id)
+
+
+def jobs_logs(job_id: int, follow: bool, on_line):
+    """A managed job's log across recoveries; with follow, until it ends. Returns the final ManagedJob.
+    Ctrl-C while following is Interrupted (the job keeps running)."""
+    from .jobs import ops
+
+    try:
+        return ops.follow_logs(job_id, follow, on_line)
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+
+        raise Interrupted(f"stopped following; managed job {job_id} keeps running",
+                          f"`broker jobs logs {job_id} -f` to follow again, `broker jobs cancel {job_id}` to stop it") from None
+
+
+def jobs_cancel(job_ids, all_: bool = False) -> list[int]:
+    from .jobs import ops
+
+    return ops.cancel(list(job_ids), all_)

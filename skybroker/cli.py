@@ -107,7 +107,8 @@ Examples:
   broker completion bash                      # shell completion (bash, zsh, fish)
 
 Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: its own code),
-2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 130 interrupted.""")
+2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 6 not allowed
+(server mode: token, another user's cluster), 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
 @click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options
+from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options, use_api
 
 
 @click.group(epilog=examples("broker jobs launch -y examples/managed.yaml", "broker jobs queue",
@@ -23,8 +23,7 @@ def jobs():
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 def launch(task_file, overrides, yes, detach):
     """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end)."""
-    from .. import api
-    from ..jobs import ops
+    api = use_api()
 
     if overrides.get("name"):
         overrides = dict(overrides)
@@ -33,7 +32,7 @@ def launch(task_file, overrides, yes, detach):
     render.print_plan(plan, task.name)
     if not confirm("Launch managed job?", yes):
         raise click.Abort()
-    job = ops.launch(task)
+    job = api.jobs_launch(task)
     render.info(f"managed job {job.id} submitted (task id {job.task_id})")
     if detach:
         render.info(f"follow it with `broker jobs logs {job.id} --follow`")
@@ -42,34 +41,26 @@ def launch(task_file, overrides, yes, detach):
 
 
 def _follow(job_id: int, as_json: bool = False) -> int:
-    from ..jobs import ops, store
-
-    try:
-        j = ops.follow_logs(job_id, True, render.LinePrinter(as_json=as_json).raw)
-    except KeyboardInterrupt:
-        from ..errors import Interrupted
-
-        raise Interrupted(f"stopped following; managed job {job_id} keeps running",
-                          f"`broker jobs logs {job_id} -f` to follow again, `broker jobs cancel {job_id}` to stop it") from None
+    j = use_api().jobs_logs(job_id, True, render.LinePrinter(as_json=as_json).raw)
     render.managed_summary(j)
-    if j.status == store.SUCCEEDED:
+    if j.status == "SUCCEEDED":
         return 0
-    if j.status == store.CANCELLED:
+    if j.status == "CANCELLED":
         return 130
     return j.exit_code if j.exit_code not in (None, 0) else 1
 
 
-@jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json"))
+@jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json",
+                                        "broker jobs queue --all-users          # server mode: the team's jobs"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def queue(as_json):
+@click.option("--all-users", "-u", is_flag=True, help="Server mode: every user's jobs (default: yours).")
+def queue(as_json, all_users):
     """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far."""
-    from ..jobs import ops
-
-    js = ops.queue()
+    js = use_api().jobs_queue(all_users=all_users)
     if as_json:
         render.print_json([render.managed_json(j) for j in js])
     else:
-        render.print_managed(js)
+        render.print_managed(js, show_user=all_users)
 
 
 @jobs.command("logs", epilog=examples("broker jobs logs 1", "broker jobs logs 1 -f", "broker jobs logs 1 --json"))
@@ -78,11 +69,9 @@ def queue(as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
 def logs(job_id, follow, as_json):
     """A managed job's output across recoveries (with a marker at each recovery)."""
-    from ..jobs import ops
-
     if follow:
         return _follow(job_id, as_json)
-    ops.follow_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
+    use_api().jobs_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
     return 0
 
 
@@ -93,9 +82,7 @@ def logs(job_id, follow, as_json):
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
 def cancel(job_ids, all_, yes):
     """Cancel managed jobs (their clusters are torn down). An unknown id is an error (exit 5)."""
-    from ..jobs import ops
-
     if all_:
         confirm_destructive("Cancel every active managed job?", yes)
-    done = ops.cancel(list(job_ids), all_)
+    done = use_api().jobs_cancel(list(job_ids), all_)
     render.info(f"cancelling: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")

@@ -191,7 +191,7 @@ def cluster_json(r) -> dict:
             "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
-            "head_ip": r.head.ip if r.head else None}
+            "head_ip": r.head.ip if r.head else None, "user": getattr(r, "user_name", None)}
 
 
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
@@ -202,7 +202,7 @@ def print_settings(rows) -> None:
                   Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
 
 
-def print_clusters(recs) -> None:
+def print_clusters(recs, show_user: bool = False) -> None:
     if not recs:
         _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")
         return
@@ -219,6 +219,10 @@ def print_clusters(recs) -> None:
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
             Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
             Col("$/h", "right"), Col("AUTOSTOP")]
+    if show_user:
+        cols.insert(1, Col("USER", soft=10, min=4))
+        for row, r in zip(rows, recs):
+            row.insert(1, r.user_name or "-")
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h"))
 
 
@@ -229,7 +233,8 @@ def print_daemons(d: dict, recs) -> None:
         info(f"note: the autostop watcher is not running, so {', '.join(guarded)} will not be stopped when idle; "
              "`broker autostop NAME -i MINUTES` starts it again")
     elif guarded:
-        info(f"autostop: guarded by the watcher on this machine ({', '.join(guarded)})")
+        where = "the broker server" if d.get("where") == "server" else "this machine"
+        info(f"autostop: guarded by the watcher on {where} ({', '.join(guarded)})")
 
 
 def print_events(evs, show_cluster: bool) -> None:
@@ -283,10 +288,10 @@ def managed_json(j) -> dict:
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
             "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
             "cost": round(j.cost_so_far, 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
-            "task_id": j.task_id, "failure": j.failure}
+            "task_id": j.task_id, "failure": j.failure, "user": getattr(j, "user_name", None)}
 
 
-def print_managed(jobs) -> None:
+def print_managed(jobs, show_user: bool = False) -> None:
     if not jobs:
         _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
         return
@@ -297,6 +302,10 @@ def print_managed(jobs) -> None:
             Col("STATUS"),
             Col("SUBMITTED"), Col("DURATION", "right"), Col("RECOVERIES", "right"), Col("COST ($)", "right"),
             Col("WHERE", soft=14, min=8, squeeze=1)]
+    if show_user:
+        cols.insert(1, Col("USER", soft=10, min=4))
+        for row, j in zip(rows, jobs):
+            row.insert(1, j.user_name or "-")
     _table("Managed jobs", cols, rows, drop=("WHERE", "SUBMITTED", "RECOVERIES"))
 
 
