@@ -20,7 +20,12 @@ def _lock_path():
     return ensure_home() / "autostop.lock"
 
 
+IN_PROCESS = False  # set by the broker server, which runs the watcher itself (server/daemons.py)
+
+
 def ensure_watcher() -> None:
+    if IN_PROCESS:
+        return
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(_lock_path()), mode=0o600)

@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
     "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),
     "completion": ("skybroker.commands.info", "completion", "Print the shell completion script (bash, zsh, fish)."),
+    "server": ("skybroker.commands.server", "server", "Run the broker as a service for a team or CI; manage its tokens."),
+    "login": ("skybroker.commands.server", "login", "Make every command a client of a broker server."),
+    "logout": ("skybroker.commands.server", "logout", "Back to local mode (forget the server and token)."),
 }
 
 # Modules that come with an extra: a command that needs one that is missing says which extra to install.

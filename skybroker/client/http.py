@@ -16,7 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import ssl
+
 from urllib.parse import urlsplit
 
 from .. import wire
@@ -41,18 +41,19 @@ class Client:
     def _conn(self) -> http.client.HTTPConnection:
         if self.https:
             import os
+            import ssl
 
             ctx = ssl.create_default_context(cafile=os.environ.get("BROKER_API_CA") or None)
             return http.client.HTTPSConnection(self.host, self.port, timeout=READ_TIMEOUT, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=READ_TIMEOUT)
 
-    def _send(self, path: str, body: bytes, content_type: str):
+    def _send(self, path: str, body: bytes | None, content_type: str, method: str = "POST"):
         if not self.token:
             raise AuthError(f"no token for the broker server {self.url}",
                             "`broker login URL --token TOKEN`, or set BROKER_API_TOKEN")
         conn = self._conn()
         try:
-            conn.request("POST", self.prefix + path, body=body,
+            conn.request(method, self.prefix + path, body=body,
                          headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
                                   "Accept": "application/json, application/x-ndjson"})
             return conn, conn.getresponse()
@@ -79,6 +80,20 @@ class Client:
             raise self._unreachable(exc) from None
         finally:
             conn.close()
+
+    def whoami(self) -> dict:
+        conn, resp = self._send("/api/v1/whoami", None, "application/json", method="GET")
+        try:
+            data = resp.read()
+            obj = json.loads(data or b"{}") if resp.getheader("Content-Type", "").startswith("application/json") else None
+        finally:
+            conn.close()
+        if obj is None:
+            raise BrokerError(f"{self.url} does not look like a broker server (HTTP {resp.status})",
+                              "check the URL and the port (default 46580)")
+        if "error" in obj:
+            raise wire.error_from(obj["error"])
+        return obj
 
     def upload(self, data: bytes) -> str:
         conn, resp = self._send("/api/v1/upload", data, "application/gzip")

@@ -113,8 +113,14 @@ def exec_(name: str, task, *, detach=False, on_event=None, on_line=None):
                      name, _prepare(task), detach=detach, on_event=on_event, on_line=on_line)
 
 
+_daemons: dict | None = None
+
+
 def status(refresh=False, names=None, all_users=False):
-    return _call("status", refresh=refresh, names=names, all_users=all_users)
+    global _daemons
+    out = _call("status", refresh=refresh, names=names, all_users=all_users)
+    _daemons = out["daemons"]  # `status` then asks daemons(): already answered, no second round trip
+    return out["clusters"]
 
 
 def ssh_target(name: str, rank: int = 0) -> dict:
@@ -156,7 +162,7 @@ def cancel(name: str, job_ids, all_jobs: bool = False):
 
 
 def daemons() -> dict:
-    return _call("daemons")
+    return _daemons if _daemons is not None else _call("daemons")
 
 
 def events(cluster=None, job_id=None, limit=50):

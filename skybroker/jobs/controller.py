@@ -65,14 +65,16 @@ class Controller:
         self._lock = threading.Lock()
 
     # -- loop -----------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, keep_going=None) -> None:
+        """Step the active jobs. Standalone: until no job is active for a while. In a server
+        (`keep_going` given): while keep_going() says so (the server is the leader), idle or not."""
         idle_since = None
-        while True:
+        while keep_going is None or keep_going():
             jobs = store.active()
             now = time.time()
             for jid in [j for j, f in self.inflight.items() if f.done()]:
                 del self.inflight[jid]
-            if not jobs and not self.inflight:
+            if keep_going is None and not jobs and not self.inflight:
                 idle_since = idle_since or now
                 if now - idle_since > settings.get("controller_exit_grace"):
                     return

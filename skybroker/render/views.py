@@ -393,3 +393,12 @@ def print_simulation(res, meta: dict, multi: bool = False) -> None:
     _say(f"omniscient DP: {meta['omniscient_cpu_seconds']:.1f} s CPU")
 
 
+
+
+def print_users(us) -> None:
+    if not us:
+        _say("No users. Create one with `broker server token create NAME`.")
+        return
+    rows = [[u.name, "admin" if u.admin else "user", _ago(u.created_at),
+             ("revoked " + _ago(u.revoked_at), "red") if u.revoked_at else ("active", "green")] for u in us]
+    _table(None, [Col("NAME", soft=14, min=6), Col("ROLE"), Col("CREATED"), Col("TOKEN")], rows)

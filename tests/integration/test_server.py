@@ -1,0 +1,163 @@
+"""The CLI in client mode against a live `broker server start` (tests/integration/server_helpers.py), on
+the local cloud: the same output and exit codes as local mode, streaming, two users' isolation, a token
+revoked mid-session, and the server killed and restarted in the middle of a managed job."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.local_helpers import wait_for, write_task
+from tests.integration.server_helpers import Server
+
+pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "server_home").start()
+    yield s
+    s.stop()
+
+
+def _status(c, *extra) -> list[dict]:
+    r = c("status", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_launch_exec_logs_down_through_the_server(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "data.txt").write_text("from the laptop\n")
+    (tmp_path / "wd" / ".gitignore").write_text("secret.txt\n")
+    (tmp_path / "wd" / "secret.txt").write_text("never shipped\n")
+    task = write_task(tmp_path / "t.yaml", name="hi", workdir=str(tmp_path / "wd"), num_nodes=2,
+                      secrets={"API_KEY": "hunter2-secret"},
+                      run='cat data.txt; ls; echo "rank $SKYPILOT_NODE_RANK key=${#API_KEY}"')
+    r = alice("launch", "--dryrun", "--json", task)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["chosen"]["cloud"] == "local"
+    r = alice("launch", "-y", "-c", "dev", task)
+    assert r.returncode == 0, r.stderr
+    assert "(node-0) from the laptop" in r.stdout and "(node-1) rank 1 key=14" in r.stdout
+    assert "secret.txt" not in r.stdout  # .gitignore honoured by the upload
+    assert "Job 1 SUCCEEDED on dev" in r.stderr
+    [c] = _status(alice)
+    assert (c["name"], c["status"], c["num_nodes"], c["user"]) == ("dev", "UP", 2, "alice")
+    # the secret travelled in a body, never in a URL or the server's log or state in clear
+    assert "hunter2" not in server.log_text()
+    assert not any(b"hunter2-secret" in p.read_bytes() for p in server.home.rglob("*.db*") if p.is_file())
+
+    r = alice("exec", "dev", "--", "echo out; exit 3")
+    assert r.returncode == 3 and "(node-0) out" in r.stdout, r.stderr  # the job's exit code, as locally
+    r = alice("exec", "-d", "dev", "--", "for i in 1 2 3; do echo tick $i; sleep 0.3; done")
+    assert r.returncode == 0 and "job 3 submitted" in r.stderr, r.stderr
+    t0 = time.monotonic()
+    p = alice.bg("logs", "dev", "3", "-f")
+    first = p.stdout.readline()  # streamed while the job runs, not all at the end
+    assert first.startswith("(node-") and "tick 1" in first, first
+    assert time.monotonic() - t0 < 1.5
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0 and (first + out).count("tick 3") == 2
+    r = alice("queue", "dev", "--json")
+    assert [j["status"] for j in json.loads(r.stdout)] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+
+    r = alice("status", "nope")  # errors render exactly as locally: message, hint, exit code
+    local = subprocess.run([sys.executable, "-m", "skybroker.cli", "status", "nope"], capture_output=True,
+                           text=True, env={**alice.env(), "BROKER_API_SERVER": "local"})
+    assert r.returncode == local.returncode == 5 and r.stderr == local.stderr
+    r = alice("down", "-y", "dev")
+    assert r.returncode == 0 and "cluster dev terminated" in r.stderr, r.stderr
+    assert _status(alice) == [] and not (server.home / "local" / "dev").exists()
+
+
+def test_two_users_isolation(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    bob = server.client(server.token("bob"), tmp_path / "bob")
+    admin = server.client(server.token("root", admin=True), tmp_path / "root")
+    task = write_task(tmp_path / "t.yaml", name="a", run="echo start; sleep 60")
+    r = alice("launch", "-y", "-d", "-c", "alices", task)
+    assert r.returncode == 0, r.stderr
+    jobs = (server.home / "managed").exists()
+    before = _status(alice)
+    assert [c["name"] for c in before] == ["alices"]
+    assert _status(bob) == []  # bob sees his own clusters by default ...
+    assert [c["user"] for c in _status(bob, "--all-users")] == ["alice"]  # ... and the team's on request
+    r = bob("status", "--all-users")
+    assert "USER" in r.stdout and "alice" in r.stdout
+
+    forbidden = [("down", "-y", "alices"), ("exec", "alices", "--", "touch /tmp/pwned"), ("logs", "alices", "1"),
+                 ("logs", "alices", "1", "-f"), ("cancel", "alices", "1"), ("cancel", "-a", "-y", "alices"),
+                 ("stop", "-y", "alices"), ("start", "alices"), ("autostop", "alices", "-i", "1"),
+                 ("queue", "alices"), ("launch", "-y", "-c", "alices", str(task)), ("events", "alices")]
+    for args in forbidden:
+        r = bob(*args)
+        assert r.returncode == 6, (args, r.returncode, r.stderr)
+        assert "belongs to user alice" in r.stderr, (args, r.stderr)
+    for fn, args in [("down", [["alices"]]), ("exec_", ["alices", None]), ("logs", ["alices", 1]),
+                     ("cancel", ["alices", [1]]), ("stop", ["alices"]), ("queue", ["alices"])]:
+        code, body = bob.http(fn, {"args": args, "kwargs": {"follow": False} if fn == "logs" else {}})
+        assert code == 403 and body["error"]["exit_code"] == 6, (fn, code, body)
+    # nothing changed: the cluster is up, its job still running, no stray job, autostop unset
+    after = _status(alice)
+    assert [(c["name"], c["status"], c["autostop_minutes"]) for c in after] == [("alices", "UP", None)]
+    q = json.loads(alice("queue", "alices", "--json").stdout)
+    assert [(j["job_id"], j["status"]) for j in q] == [(1, "RUNNING")]
+    assert not any((server.home / "local" / "alices").rglob("pwned")) and jobs == (server.home / "managed").exists()
+    # an admin may
+    assert admin("queue", "alices").returncode == 0
+    r = admin("down", "-y", "alices")
+    assert r.returncode == 0, r.stderr
+    assert _status(alice) == []
+
+
+def test_token_revoked_mid_session(server, tmp_path):
+    tok = server.token("carol")
+    carol = server.client(tok, tmp_path / "carol")
+    assert carol("status").returncode == 0
+    r = subprocess.run([sys.executable, "-m", "skybroker.cli", "server", "token", "revoke", "carol"],
+                       env=server.env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    r = carol("status")
+    assert r.returncode == 6 and "unknown or revoked" in r.stderr, r.stderr
+    code, body = carol.http("status")
+    assert code == 401 and body["error"]["exit_code"] == 6
+    assert tok not in server.log_text()
+    r = server.client("brk_not-a-token", tmp_path / "x")("status")
+    assert r.returncode == 6
+
+
+def test_server_killed_and_restarted_mid_managed_job(server, tmp_path):
+    led = tmp_path / "ledger"
+    run = ('i=0; echo "segment" >> "$LEDGER"; while [ $i -lt 25 ]; do i=$((i+1)); echo "count $i" >> "$LEDGER"; '
+           'echo "count $i"; sleep 0.2; done; echo final')
+    task = write_task(tmp_path / "m.yaml", name="survivor", envs={"LEDGER": str(led)}, run=run)
+    dave = server.client(server.token("dave"), tmp_path / "dave")
+    r = dave("jobs", "launch", "-y", "-d", task)
+    assert r.returncode == 0, r.stderr
+
+    def running():
+        js = json.loads(dave("jobs", "queue", "--json").stdout)
+        return js and js[0]["status"] == "RUNNING" and led.exists() and "count 3" in led.read_text() and js[0]
+
+    j = wait_for(running, 40, 0.3, "the managed job running")
+    assert j["user"] == "dave"
+    server.kill()  # SIGKILL: the controller inside it dies too
+    r = dave("jobs", "queue")
+    assert r.returncode == 1 and "cannot reach the broker server" in r.stderr
+    server.start()
+    r = dave("jobs", "logs", "1", "-f", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "final" in r.stdout
+    [j] = json.loads(dave("jobs", "queue", "--json").stdout)
+    assert j["status"] == "SUCCEEDED" and j["recoveries"] == 0
+    lines = led.read_text().splitlines()
+    assert lines.count("segment") == 1, lines  # ran once: not restarted by the new controller
+    assert [ln for ln in lines if ln.startswith("count")] == [f"count {i}" for i in range(1, 26)]
