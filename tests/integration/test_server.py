@@ -14,7 +14,8 @@ import pytest
 from tests.integration.local_helpers import wait_for, write_task
 from tests.integration.server_helpers import Server
 
-pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync")
+pytestmark = [pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync"),
+              pytest.mark.slow]  # each test starts a server (1-3 s) and runs real jobs
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
@@ -22,6 +23,15 @@ pytest.importorskip("uvicorn")
 @pytest.fixture
 def server(tmp_path):
     s = Server(tmp_path / "server_home").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_server(request, tmp_path):
+    """A server on SQLite, then one on a fresh PostgreSQL database."""
+    db = request.getfixturevalue("postgres").fresh_url() if request.param == "postgresql" else None
+    s = Server(tmp_path / "server_home", db=db).start()
     yield s
     s.stop()
 
@@ -134,11 +144,22 @@ def test_token_revoked_mid_session(server, tmp_path):
     assert r.returncode == 6
 
 
-def test_server_killed_and_restarted_mid_managed_job(server, tmp_path):
+def _counting_job(tmp_path, n=25):
     led = tmp_path / "ledger"
-    run = ('i=0; echo "segment" >> "$LEDGER"; while [ $i -lt 25 ]; do i=$((i+1)); echo "count $i" >> "$LEDGER"; '
+    run = (f'i=0; echo "segment" >> "$LEDGER"; while [ $i -lt {n} ]; do i=$((i+1)); echo "count $i" >> "$LEDGER"; '
            'echo "count $i"; sleep 0.2; done; echo final')
-    task = write_task(tmp_path / "m.yaml", name="survivor", envs={"LEDGER": str(led)}, run=run)
+    return led, write_task(tmp_path / "m.yaml", name="survivor", envs={"LEDGER": str(led)}, run=run)
+
+
+def _ran_once(led, n=25):
+    lines = led.read_text().splitlines()
+    assert lines.count("segment") == 1, lines  # ran once: not restarted by the new controller
+    assert [ln for ln in lines if ln.startswith("count")] == [f"count {i}" for i in range(1, n + 1)]
+
+
+def test_server_killed_and_restarted_mid_managed_job(any_server, tmp_path):
+    server = any_server
+    led, task = _counting_job(tmp_path)
     dave = server.client(server.token("dave"), tmp_path / "dave")
     r = dave("jobs", "launch", "-y", "-d", task)
     assert r.returncode == 0, r.stderr
@@ -158,6 +179,58 @@ def test_server_killed_and_restarted_mid_managed_job(server, tmp_path):
     assert "final" in r.stdout
     [j] = json.loads(dave("jobs", "queue", "--json").stdout)
     assert j["status"] == "SUCCEEDED" and j["recoveries"] == 0
-    lines = led.read_text().splitlines()
-    assert lines.count("segment") == 1, lines  # ran once: not restarted by the new controller
-    assert [ln for ln in lines if ln.startswith("count")] == [f"count {i}" for i in range(1, 26)]
+    _ran_once(led)
+
+
+def test_replicas_on_one_postgresql_fail_over_the_controller(postgres, tmp_path):
+    """Two servers share one PostgreSQL (and the machine's BROKER_HOME: the local cloud's nodes and keys).
+    Exactly one is the leader; when it is killed the other takes the controller over within 10 s, and
+    the managed job finishes once, never recovered twice."""
+    db = postgres.fresh_url()
+    home = tmp_path / "server_home"
+    a, b = Server(home, db=db).start(), Server(home, db=db)
+    try:
+        wait_for(lambda: "is the leader" in a.log_text(), 10, 0.1, "a leader")
+        b.start()
+        time.sleep(2.5)  # b tries the lease every second and must not get it while a holds it
+        assert "is the leader" not in b.log_text()
+        led, task = _counting_job(tmp_path, n=40)
+        erin = b.client(b.token("erin"), tmp_path / "erin")  # through the replica that is not the leader
+        r = erin("jobs", "launch", "-y", "-d", task)
+        assert r.returncode == 0, r.stderr
+
+        def running():
+            js = json.loads(erin("jobs", "queue", "--json").stdout)
+            return js and js[0]["status"] == "RUNNING" and led.exists() and "count 2" in led.read_text()
+
+        wait_for(running, 40, 0.3, "the managed job running")
+        a.kill()
+        t0 = time.monotonic()
+        wait_for(lambda: "is the leader" in b.log_text(), 10, 0.05, "b taking over")
+        took = time.monotonic() - t0
+        assert took < 10
+        from tests.conftest import REPORTS
+
+        REPORTS.append(f"server replicas: controller taken over {took:.1f} s after the leader was killed")
+        r = erin("jobs", "logs", "1", "-f", timeout=60)
+        assert r.returncode == 0 and "final" in r.stdout, r.stderr
+        [j] = json.loads(erin("jobs", "queue", "--json").stdout)
+        assert j["status"] == "SUCCEEDED" and j["recoveries"] == 0
+        _ran_once(led, n=40)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_client_mode_imports_no_server_stack(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    code = ("import sys, atexit\n"
+            "atexit.register(lambda: print('LOADED', sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'psycopg',"
+            " 'sqlalchemy', 'httpx', 'boto3', 'skybroker.optimizer') if m in sys.modules), file=sys.stderr))\n"
+            "from skybroker.cli import main\nmain(['status'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**__import__("os").environ, **alice.env()})
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stderr, r.stderr
+    assert server.log_text().count("alice status 200") == 1  # one round trip
+    assert "alice daemons" not in server.log_text()
