@@ -158,7 +158,7 @@ def create_app() -> FastAPI:
         try:
             user = _authenticate(request)
         except BrokerError as exc:
-            return HTMLResponse(dash.login_page(exc.message), status_code=401)
+            return HTMLResponse(dash.login_page(exc.message))  # a page to sign in on, not an API error
         return HTMLResponse(_as_user(user, dash.page, user))
 
     return app

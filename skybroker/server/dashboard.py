@@ -15,7 +15,7 @@ small{color:#666}ol{margin:0;padding-left:1.2em}"""
 
 def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+            f"<link rel=icon href='data:,'><style>{_CSS}</style></head><body>{body}</body></html>")
 
 
 def login_page(message: str) -> str:
