@@ -180,6 +180,13 @@ def migrate(conn: Connection, migrations: list[str]) -> None:
         raise
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password (for messages)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+def redact_url(text: str) -> str:
+    """The text with any URL's password replaced by *** (for messages and logs)."""
+    def one(m):
+        scheme, rest = m.group(1), m.group(2)
+        auth, at, host = rest.rpartition("@")
+        if not at or ":" not in auth:
+            return m.group(0)
+        return f"{scheme}{auth.split(':', 1)[0]}:***@{host}"
+
+    return re.sub(r"([a-z][a-z0-9+.-]*://)([^\s/?#]*)", one, text)

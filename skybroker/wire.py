@@ -53,11 +53,11 @@ def _name(cls) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-_CLASSES: dict[str, type] = {}
+_CLASSES: dict[tuple[str, str], type] = {}
 
 
 def _cls(name: str, kind: str):
-    cls = _CLASSES.get(name)
+    cls = _CLASSES.get((name, kind))
     if cls is not None:
         return cls
     module, _, qual = name.partition(":")
@@ -71,7 +71,7 @@ def _cls(name: str, kind: str):
     ok = dataclasses.is_dataclass(cls) if kind == "c" else (isinstance(cls, type) and issubclass(cls, enum.Enum))
     if not ok:
         raise WireError(f"refusing to rebuild {name!r}: not a skybroker {'dataclass' if kind == 'c' else 'enum'}")
-    _CLASSES[name] = cls
+    _CLASSES[(name, kind)] = cls
     return cls
 
 
@@ -88,13 +88,19 @@ def load(obj: Any) -> Any:
         cls = _cls(obj["__c"], "c")
         fields = {k: load(v) for k, v in obj["f"].items()}
         init = {f.name for f in dataclasses.fields(cls) if f.init}
-        inst = cls(**{k: v for k, v in fields.items() if k in init})
+        try:
+            inst = cls(**{k: v for k, v in fields.items() if k in init})
+        except TypeError as exc:
+            raise WireError(f"cannot rebuild {obj['__c']}: {exc}", "client and server versions differ?") from None
         for k, v in fields.items():  # fields set after __init__ (init=False)
             if k not in init:
                 object.__setattr__(inst, k, v)
         return inst
     if "__e" in obj:
-        return _cls(obj["__e"], "e")(obj["v"])
+        try:
+            return _cls(obj["__e"], "e")(obj["v"])
+        except ValueError:
+            raise WireError(f"{obj['v']!r} is not a {obj['__e']}") from None
     if "__s" in obj:
         return frozenset(load(x) for x in obj["__s"])
     if "__b" in obj:

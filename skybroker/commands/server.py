@@ -89,7 +89,8 @@ def _redacted(url: str) -> str:
     return redact_url(url)
 
 
-@server.group("token")
+@server.group("token", epilog=examples("broker server token create alice", "broker server token list",
+                                        "broker server token revoke alice"))
 def token():
     """API tokens, one per user (stored hashed; shown once)."""
 
@@ -113,7 +114,7 @@ def token_create(name, admin, db, as_json):
                     f"`broker login URL --token …` uses it")
 
 
-@token.command("list")
+@token.command("list", epilog=examples("broker server token list", "broker server token list --json"))
 @click.option("--db", metavar="URL", help="The server's state database (default: SQLite under BROKER_HOME).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def token_list(db, as_json):
@@ -129,7 +130,7 @@ def token_list(db, as_json):
         render.print_users(us)
 
 
-@token.command("revoke")
+@token.command("revoke", epilog=examples("broker server token revoke alice"))
 @click.argument("name")
 @click.option("--db", metavar="URL", help="The server's state database (default: SQLite under BROKER_HOME).")
 def token_revoke(name, db):
@@ -162,7 +163,7 @@ def login(url, token):
     render.info(f"logged in to {url} as {me['name']}{' (admin)' if me.get('admin') else ''}; saved in {path}")
 
 
-@click.command()
+@click.command(epilog=examples("broker logout"))
 def logout():
     """Back to local mode: forget the server and the token (BROKER_HOME/api.json)."""
     from ..client import remove_login
