@@ -342,7 +342,8 @@ def save_cluster(rec: ClusterRecord) -> None:
     values["autostop_down"] = int(rec.autostop_down)
     cols = ", ".join(_COLS)
     marks = ", ".join(f":{c}" for c in _COLS)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c != "name")
+    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c not in ("name", "user_name"))
+    updates += ", user_name=COALESCE(excluded.user_name, clusters.user_name)"  # a cluster keeps its user
     db().execute(f"INSERT INTO clusters ({cols}) VALUES ({marks}) ON CONFLICT(name) DO UPDATE SET {updates}",
                  values)
 

@@ -176,9 +176,14 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
     q: asyncio.Queue = asyncio.Queue()
     gone = threading.Event()
 
+    interrupted = threading.Event()
+
     def put(obj) -> None:
         if gone.is_set():
-            raise KeyboardInterrupt  # the client went away: what Ctrl-C does locally
+            if not interrupted.is_set():  # the client went away: what one Ctrl-C does locally, once,
+                interrupted.set()         # so the rollback that follows runs to its end, quietly
+                raise KeyboardInterrupt
+            return
         loop.call_soon_threadsafe(q.put_nowait, obj)
 
     cbs = {}

@@ -25,16 +25,19 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, db: str | None = None, port: int | None = None):
+    def __init__(self, home: Path, db: str | None = None, port: int | None = None, extra_env: dict | None = None,
+                 tls: tuple[Path, Path] | None = None):
         self.home = Path(home)
         self.db = db
         self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.log = self.home.parent / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def env(self) -> dict:
         e = dict(os.environ, BROKER_HOME=str(self.home), **FAST)
@@ -42,13 +45,15 @@ class Server:
         e.pop("BROKER_API_TOKEN", None)
         if self.db:
             e["BROKER_DB"] = self.db
+        e.update(self.extra_env)
         return e
 
     def start(self, timeout: float = 20) -> "Server":
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
+            tls = ["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])] if self.tls else []
             self.proc = subprocess.Popen([sys.executable, "-m", "skybroker.cli", "server", "start", "--port",
-                                          str(self.port), "--allow-local-cloud"], env=self.env(), stdout=log,
+                                          str(self.port), "--allow-local-cloud", *tls], env=self.env(), stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(self.healthy, timeout, 0.1, f"server on {self.url} (log: {self.log})")
         return self
@@ -56,8 +61,11 @@ class Server:
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"the server exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
         try:
-            with urllib.request.urlopen(self.url + "/api/v1/health", timeout=1) as r:
+            with urllib.request.urlopen(self.url + "/api/v1/health", timeout=1, context=ctx) as r:
                 return json.loads(r.read())["ok"]
         except OSError:
             return False

@@ -234,3 +234,76 @@ def test_client_mode_imports_no_server_stack(server, tmp_path):
     assert "LOADED []" in r.stderr, r.stderr
     assert server.log_text().count("alice status 200") == 1  # one round trip
     assert "alice daemons" not in server.log_text()
+
+
+def test_autostop_runs_in_the_server_with_the_client_gone(server, tmp_path):
+    fay = server.client(server.token("fay"), tmp_path / "fay")
+    r = fay("launch", "-y", "-c", "idle", write_task(tmp_path / "t.yaml", name="t", run="echo done"))
+    assert r.returncode == 0, r.stderr
+    r = fay("autostop", "idle", "-i", "0")
+    assert r.returncode == 0, r.stderr
+    # no client process runs from here on: the server's own watcher stops the idle cluster
+    wait_for(lambda: _status(fay)[0]["status"] == "STOPPED", 20, 0.3, "the server stopping the idle cluster")
+    r = fay("events", "idle", "--json")
+    assert any(e["kind"] == "autostop" for e in json.loads(r.stdout)), r.stdout
+    assert not (server.home / "autostop.log").exists()  # no background watcher process was started
+
+
+def test_interrupted_client_launch_is_rolled_back_by_the_server(tmp_path):
+    import signal
+
+    s = Server(tmp_path / "server_home", extra_env={"BROKER_FAILPOINTS": "sync=sleep(2)"}).start()
+    try:
+        gus = s.client(s.token("gus"), tmp_path / "gus")
+        (tmp_path / "wd").mkdir()
+        task = write_task(tmp_path / "t.yaml", name="t", workdir=str(tmp_path / "wd"), run="echo never")
+        err = tmp_path / "launch.err"
+        p = gus.bg("launch", "-y", "-c", "gone", task, stderr=err)
+        wait_for(lambda: "installing the node agent" in err.read_text(), 30, 0.1, "the launch under way")
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 130 and "never" not in out, err.read_text()
+        wait_for(lambda: _status(gus) == [] and not (s.home / "local" / "gone").exists(), 30, 0.3,
+                 "the server rolling the launch back")
+        assert any(e["kind"] == "down" for e in json.loads(gus("events", "gone", "--json").stdout))
+    finally:
+        s.stop()
+
+
+def test_tls(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "c.pem", tmp_path / "k.pem"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    s = Server(tmp_path / "server_home", tls=(crt, pem)).start()
+    try:
+        hal = s.client(s.token("hal"), tmp_path / "hal")
+        r = hal("status")
+        assert r.returncode == 1 and "certificate" in r.stderr.lower(), r.stderr  # not trusted: refused
+        r = broker_with(hal, "status", BROKER_API_CA=str(crt))
+        assert r.returncode == 0, r.stderr
+    finally:
+        s.stop()
+
+
+def broker_with(client, *args, **env):
+    from tests.integration.local_helpers import broker
+
+    return broker(*args, env={**client.env(), **env})
