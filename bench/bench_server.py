@@ -105,6 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=20, help="per client")
+    ap.add_argument("--workers", type=int, default=1, help="the server's HTTP worker processes")
     args = ap.parse_args()
     from tests.infra.postgres import Postgres
     from tests.integration.server_helpers import free_port
@@ -119,7 +120,8 @@ def main() -> int:
     token = json.loads(subprocess.run([sys.executable, "-m", "skybroker.cli", "server", "token", "create", "alice",
                                        "--json"], env=env, capture_output=True, text=True, check=True).stdout)["token"]
     port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "skybroker.cli", "server", "start", "--port", str(port)], env=env,
+    srv = subprocess.Popen([sys.executable, "-m", "skybroker.cli", "server", "start", "--port", str(port),
+                            "--workers", str(args.workers)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -48,7 +48,9 @@ def server():
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP on a non-loopback address (tokens travel in clear).")
 @click.option("--allow-local-cloud", is_flag=True,
               help="Let users launch on the local cloud, whose nodes are this machine (trusted users only).")
-def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud):
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="HTTP worker processes (the controller and the watcher run once, in this process).")
+def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud, workers):
     """Serve the broker's API (and the dashboard) and run the managed-jobs controller and the autostop
     watcher in this process. Cloud credentials are this machine's."""
     from ..errors import UsageError
@@ -63,21 +65,23 @@ def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud):
     try:
         import uvicorn
 
-        from ..server import app as app_mod, calls, daemons
+        from ..server import app as app_mod, daemons
     except ImportError as exc:
         raise UsageError(f"`broker server start` needs {exc.name}, which is not installed",
                          "pip install 'skybroker[server]'") from None
     from .. import state
 
     state.db()  # a bad URL or an unusable database: said now, before listening
-    calls.ALLOW_LOCAL_CLOUD = allow_local_cloud
+    if allow_local_cloud:
+        os.environ["BROKER_SERVER_ALLOW_LOCAL_CLOUD"] = "1"  # seen by worker processes too (calls.py)
     where = "postgresql " + _redacted(state.db_url()) if state.db_url() else f"sqlite {state.db_path()}"
     scheme = "https" if certfile else "http"
     render.info(f"broker server on {scheme}://{host}:{port} (state: {where})")
     daemons.start()
+    app = app_mod.create_app() if workers == 1 else "skybroker.server.app:create_app"
     try:
-        uvicorn.run(app_mod.create_app(), host=host, port=port, log_level="warning", access_log=False,
-                    ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, factory=workers > 1,
+                    workers=workers, ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5)
     finally:
         daemons.stop()
     return 0

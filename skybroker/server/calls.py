@@ -24,7 +24,6 @@ from .. import api, state
 from ..errors import ForbiddenError, NotFoundError, UsageError
 
 EV, LN, RAW = "event", "line", "raw"
-ALLOW_LOCAL_CLOUD = False  # `broker server start --allow-local-cloud`
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -85,7 +84,7 @@ def server_task(user, task):
         return str(base / rest)
 
     for r in task.candidates:
-        if r.cloud == "local" and not ALLOW_LOCAL_CLOUD:
+        if r.cloud == "local" and os.environ.get("BROKER_SERVER_ALLOW_LOCAL_CLOUD") != "1":
             raise ForbiddenError("this server does not run the local cloud (its nodes would be the server machine)",
                                  "name a cloud, or start the server with --allow-local-cloud (trusted users only)")
     workdir = resolve(task.workdir, "workdir") if task.workdir else None
