@@ -204,7 +204,7 @@ def run_jobs_cancel(user, job_ids, all_=False):
 def run_daemons(user):
     from . import daemons
 
-    lead = daemons.is_leader()
+    lead = daemons.leader_alive()
     return {"autostop_watcher": lead, "jobs_controller": lead, "where": "server"}
 
 

@@ -26,7 +26,24 @@ _stop = threading.Event()
 
 
 def is_leader() -> bool:
+    """Whether this process is the leader."""
     return _leader.is_set()
+
+
+def leader_alive() -> bool:
+    """Whether some server (this process, another worker or another replica) runs the controller and
+    the watcher now: the advisory lock is held (PostgreSQL) or the lock files are (SQLite)."""
+    if is_leader():
+        return True
+    if state.db_url():
+        row = state.db().execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "((classid::bigint << 32) | objid::bigint) = ?", (CONTROLLER_LOCK,)).fetchone()
+        return row is not None
+    from .. import api
+
+    d = api.daemons()
+    return d["jobs_controller"] and d["autostop_watcher"]
 
 
 def log(msg: str) -> None:
