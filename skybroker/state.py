@@ -295,6 +295,17 @@ def db():
     return conn
 
 
+def close_thread_db() -> None:
+    """Close this thread's connection (a thread that is about to end: the server's stream threads)."""
+    conn = getattr(_local, "conn", None)
+    _local.conn = None
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+
 def is_postgres() -> bool:
     return bool(db_url())
 

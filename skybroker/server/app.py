@@ -32,6 +32,7 @@ from . import calls
 
 PING_EVERY = 5.0
 MAX_UPLOAD = 1 << 30
+MAX_CALL = 64 << 20  # a call's JSON body (a task, a plan): far below this
 
 _STATUS = {2: 400, 3: 422, 4: 502, 5: 404, 130: 499}
 
@@ -111,6 +112,9 @@ def create_app() -> FastAPI:
     async def call(fn: str, request: Request):
         t0 = time.monotonic()
         seen = {"who": "-"}
+        if int(request.headers.get("content-length") or 0) > MAX_CALL:
+            return _error_response(BrokerError("request too large", "a task goes in the body, its files in "
+                                               "an upload", exit_code=2))
         raw = await request.body()
 
         def prepare():  # one thread hop: authenticate, decode, authorize, and run a plain call
@@ -205,6 +209,7 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
             msg = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
         except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
             msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
+        state.close_thread_db()  # this thread ends here: its database connection too
         try:
             loop.call_soon_threadsafe(q.put_nowait, msg)
             loop.call_soon_threadsafe(q.put_nowait, None)
