@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "server": ("skybroker.commands.server", "server", "Run the broker as a service for a team or CI; manage its tokens."),
     "login": ("skybroker.commands.server", "login", "Make every command a client of a broker server."),
     "logout": ("skybroker.commands.server", "logout", "Back to local mode (forget the server and token)."),
+    "dashboard": ("skybroker.commands.server", "dashboard", "Serve this machine's clusters and jobs as a web page."),
 }
 
 # Modules that come with an extra: a command that needs one that is missing says which extra to install.

@@ -173,3 +173,33 @@ def logout():
     from ..client import remove_login
 
     render.info("logged out: commands run locally" if remove_login() else "not logged in")
+
+
+@click.command(epilog=examples("broker dashboard                  # this machine's clusters and jobs in a browser",
+                               "broker dashboard --port 46581"))
+@click.option("--port", type=click.IntRange(0, 65535), default=46581, show_default=True, help="0: any free port.")
+def dashboard(port):
+    """Serve the dashboard of this machine's state (local mode) on 127.0.0.1, until Ctrl-C. Sign in with
+    the token it prints (made for this run only). In server mode: https://SERVER:46580/dashboard."""
+    import secrets
+    import socket
+
+    from ..errors import UsageError
+
+    try:
+        import uvicorn
+
+        from ..server import app as app_mod
+    except ImportError as exc:
+        raise UsageError(f"`broker dashboard` needs {exc.name}, which is not installed",
+                         "pip install 'skybroker[server]'") from None
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    token = secrets.token_urlsafe(24)
+    render.info(f"dashboard on http://127.0.0.1:{port}/dashboard — sign in with the token {token} "
+                "(valid while this runs; Ctrl-C stops it)")
+    uvicorn.run(app_mod.create_app(local_token=token), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+    return 0

@@ -64,7 +64,10 @@ def _authenticate(request: Request):
     if not token:
         raise AuthError("no token given", "`broker login URL --token TOKEN` (an admin creates one with "
                         "`broker server token create NAME`)")
-    user = users.authenticate(token)
+    local = request.app.state.local_token
+    if local and token == local:  # `broker dashboard`: this machine's user, with a token made for the run
+        return users.User("local", True)
+    user = users.authenticate(token) if not local else None
     if user is None:
         raise AuthError("the server does not accept this token (unknown or revoked)",
                         "ask an admin for a new one, then `broker login URL --token TOKEN`")
@@ -79,8 +82,10 @@ def _as_user(user, fn, *args, **kwargs):
         state.current_user.reset(tok)
 
 
-def create_app() -> FastAPI:
+def create_app(local_token: str | None = None) -> FastAPI:
+    """The server's app. With `local_token` (`broker dashboard`): that one token only, no users table."""
     app = FastAPI(title="skybroker", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.local_token = local_token
 
     @app.get("/api/v1/health")
     def health():
@@ -94,6 +99,41 @@ def create_app() -> FastAPI:
             return _error_response(exc)
         return {"name": u.name, "admin": u.admin}
 
+    if local_token is None:  # `broker dashboard` serves the page only, never the API
+        _api_routes(app)
+
+    @app.post("/dashboard/login")
+    async def dashboard_login(request: Request):
+        from urllib.parse import parse_qs
+
+        from fastapi.responses import RedirectResponse
+
+        from . import dashboard as dash
+
+        token = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0].strip()
+        ok = token == request.app.state.local_token if request.app.state.local_token else \
+            await run_in_threadpool(users.authenticate, token) is not None
+        if not ok:
+            return HTMLResponse(dash.login_page("the server does not accept this token"), status_code=401)
+        resp = RedirectResponse("/dashboard", status_code=303)
+        resp.set_cookie("broker_token", token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    @app.get("/dashboard")
+    def dashboard(request: Request):
+        from . import dashboard as dash
+
+        try:
+            user = _authenticate(request)
+        except BrokerError as exc:
+            return HTMLResponse(dash.login_page(exc.message))  # a page to sign in on, not an API error
+        return HTMLResponse(_as_user(user, dash.page, user))
+
+    return app
+
+
+def _api_routes(app: FastAPI) -> None:
     @app.post("/api/v1/upload")
     async def upload(request: Request):
         try:
@@ -144,34 +184,6 @@ def create_app() -> FastAPI:
             return _error_response(_internal(exc))
         log(f"{user.name} {fn} stream")
         return StreamingResponse(_stream(user, fn, run, stream, args, kwargs), media_type="application/x-ndjson")
-
-    @app.post("/dashboard/login")
-    async def dashboard_login(request: Request):
-        from urllib.parse import parse_qs
-
-        from fastapi.responses import RedirectResponse
-
-        from . import dashboard as dash
-
-        token = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0].strip()
-        if await run_in_threadpool(users.authenticate, token) is None:
-            return HTMLResponse(dash.login_page("the server does not accept this token"), status_code=401)
-        resp = RedirectResponse("/dashboard", status_code=303)
-        resp.set_cookie("broker_token", token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
-        return resp
-
-    @app.get("/dashboard")
-    def dashboard(request: Request):
-        from . import dashboard as dash
-
-        try:
-            user = _authenticate(request)
-        except BrokerError as exc:
-            return HTMLResponse(dash.login_page(exc.message))  # a page to sign in on, not an API error
-        return HTMLResponse(_as_user(user, dash.page, user))
-
-    return app
 
 
 async def _stream(user, fn, run, stream: dict, args, kwargs):

@@ -15,17 +15,17 @@ from skybroker.clouds.local import _kill_node_processes
 from tests.integration.local_helpers import wait_for, write_task
 from tests.integration.server_helpers import Server
 
-selenium = pytest.importorskip("selenium")
 pytest.importorskip("fastapi")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)"),
               pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync")]
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")
 
 
 @pytest.fixture
 def browser(tmp_path):
+    pytest.importorskip("selenium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -40,6 +40,7 @@ def browser(tmp_path):
     d.quit()
 
 
+@needs_browser
 def test_dashboard_lists_clusters_and_a_recovered_job(tmp_path, browser):
     from selenium.webdriver.common.by import By
 
@@ -89,3 +90,51 @@ def test_dashboard_lists_clusters_and_a_recovered_job(tmp_path, browser):
         REPORTS.append(f"dashboard screenshot: {path}")
     finally:
         server.stop()
+
+
+def test_local_mode_dashboard_serves_the_page_only(tmp_path):
+    """`broker dashboard`: this machine's state on 127.0.0.1, a token made for the run, no API."""
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.integration.local_helpers import broker, broker_bg, broker_home, kill_leftovers
+    from tests.integration.server_helpers import free_port
+
+    r = broker("launch", "-y", "-d", "-c", "mine", write_task(tmp_path / "t.yaml", name="t", run="sleep 20"))
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    err = tmp_path / "dash.err"
+    p = broker_bg("dashboard", "--port", port, stderr=err)
+    try:
+        m = wait_for(lambda: re.search(r"sign in with the token (\S+)", err.read_text()), 20, 0.1, "the dashboard")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _get(base + "/dashboard")[0] == 200, 10, 0.1, "the page")
+        assert "Sign in" in _get(base + "/dashboard")[1]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        page = opener.open(base + "/dashboard/login", data=urllib.parse.urlencode({"token": m.group(1)}).encode())
+        html = page.read().decode()
+        assert "mine" in html and "signed in as local" in html, html[:500]
+        assert _get(base + "/api/v1/call/status", data=b"{}")[0] == 404  # the API is not served
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            opener.open(base + "/dashboard/login", data=b"token=nope")
+        assert exc.value.code == 401  # a wrong token is refused
+    finally:
+        p.terminate()
+        p.wait(10)
+        broker("down", "-y", "mine")
+        kill_leftovers(broker_home())
+
+
+def _get(url, data=None):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
