@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 
 from urllib.parse import urlsplit
 
@@ -132,7 +131,3 @@ class Client:
                 return wire.load(msg.get("v"))
             elif t == "error":
                 raise wire.error_from(msg["e"])
-
-
-def is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, socket.timeout)

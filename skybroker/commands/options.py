@@ -200,7 +200,13 @@ def complete_job_id(ctx, param, incomplete: str):
 def complete_managed_job_id(ctx, param, incomplete: str):
     """Shell completion: managed job ids (local state only; does not start the controller)."""
     try:
-        ids = [str(j.id) for j in use_api().jobs_queue()]
+        api = use_api()
+        if api.__name__ == "skybroker.api":  # local state only: completing never starts the controller
+            from ..jobs import store
+
+            ids = [str(j.id) for j in store.all_jobs()]
+        else:
+            ids = [str(j.id) for j in api.jobs_queue()]
     except Exception:
         return []
     from click.shell_completion import CompletionItem
