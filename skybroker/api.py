@@ -21,11 +21,11 @@ def load_pipeline(path: str, overrides: Mapping[str, Any] | None = None):
 
 
 def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, allow_suspicious: bool | None = None,
-         risk=None, check_budget: bool = True):
+         managed: bool = False, check_budget: bool = True):
     """The optimizer's ranked plan for a task, across the clouds that have credentials (or all catalog
     clouds when none do, with a note saying so). Offers whose price the catalog flags as a likely anomaly
-    are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`). `risk`
-    (managed spot jobs: `managed_risk(task)`) ranks spot offers by expected cost. A task with a `budget:`
+    are chosen only with `allow_suspicious` (default: the config's `allow_suspicious_prices`). A `managed`
+    job's spot offers are ranked by expected cost (`managed_risk`: what preemptions observed there cost). A task with a `budget:`
     whose estimated cost exceeds it is refused (BudgetError, costs/budget.py); the managed-jobs
     controller, which enforces the budget on what was really spent, plans without that check."""
     from . import optimizer
@@ -59,7 +59,7 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
     if allow_suspicious is None:
         allow_suspicious = bool(config.get("allow_suspicious_prices"))
     result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
-                                risk=risk)
+                                risk=managed_risk(task) if managed else None)
     if check_budget:
         from .costs import budget
 
@@ -286,7 +286,9 @@ def exec_(name: str, task, *, detach: bool = False, on_event=None, on_line=None)
                           on_line=on_line or (lambda r, l: None))
 
 
-def status(refresh: bool = False, names=None):
+def status(refresh: bool = False, names=None, all_users: bool = False):
+    """Clusters in the state (with refresh: reconciled with the clouds). `all_users` matters in server
+    mode only (a server shows each user theirs by default); locally every cluster is the user's."""
     from . import clusters
 
     recs = clusters.status(refresh=refresh, names=names)
@@ -432,3 +434,52 @@ def job_costs() -> dict:
     from .costs import ledger
 
     return ledger.job_costs()
+
+
+# ----------------------------------------------------------------------------------------------
+# Managed jobs (jobs/ops.py does the work)
+
+def jobs_launch(task):
+    """Submit a managed job (its controller is started if needed). Returns the ManagedJob."""
+    from .jobs import ops
+
+    return ops.launch(task)
+
+
+def jobs_launch_pipeline(pipeline):
+    """Submit a pipeline as one managed job (its stages run in order). Returns the ManagedJob."""
+    from .jobs import ops
+
+    return ops.launch_pipeline(pipeline)
+
+
+def jobs_queue(all_users: bool = False):
+    from .jobs import ops
+
+    return ops.queue()
+
+
+def jobs_get(job_id: int):
+    from .jobs import ops
+
+    return ops.get(job_id)
+
+
+def jobs_logs(job_id: int, follow: bool, on_line):
+    """A managed job's log across recoveries; with follow, until it ends. Returns the final ManagedJob.
+    Ctrl-C while following is Interrupted (the job keeps running)."""
+    from .jobs import ops
+
+    try:
+        return ops.follow_logs(job_id, follow, on_line)
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+
+        raise Interrupted(f"stopped following; managed job {job_id} keeps running",
+                          f"`broker jobs logs {job_id} -f` to follow again, `broker jobs cancel {job_id}` to stop it") from None
+
+
+def jobs_cancel(job_ids, all_: bool = False) -> list[int]:
+    from .jobs import ops
+
+    return ops.cancel(list(job_ids), all_)

@@ -28,6 +28,9 @@ def _lock_path():
     return ensure_home() / "autostop.lock"
 
 
+IN_PROCESS = False  # set by the broker server, which runs the watcher itself (server/daemons.py)
+
+
 def idle_seconds_for(minutes: float) -> float:
     return float(minutes) * settings.get("autostop_unit")
 
@@ -108,6 +111,8 @@ def _arm_nodes(rec, prov, rt, idle: float | None, action: str | None) -> None:
 
 
 def ensure_watcher() -> None:
+    if IN_PROCESS:
+        return
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(_lock_path()), mode=0o600)

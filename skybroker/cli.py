@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
     "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),
     "completion": ("skybroker.commands.info", "completion", "Print the shell completion script (bash, zsh, fish)."),
+    "server": ("skybroker.commands.server", "server", "Run the broker as a service for a team or CI; manage its tokens."),
+    "login": ("skybroker.commands.server", "login", "Make every command a client of a broker server."),
+    "logout": ("skybroker.commands.server", "logout", "Back to local mode (forget the server and token)."),
+    "dashboard": ("skybroker.commands.server", "dashboard", "Serve this machine's clusters and jobs as a web page."),
 }
 
 # Modules that come with an extra: a command that needs one that is missing says which extra to install.
@@ -109,7 +113,8 @@ Examples:
   broker completion bash                      # shell completion (bash, zsh, fish)
 
 Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: its own code),
-2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 6 over budget, 130 interrupted.""")
+2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 6 over budget, 7 not allowed
+(server mode: token, another user's cluster), 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
 @click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",

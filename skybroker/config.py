@@ -14,6 +14,8 @@ Later layers override earlier ones key by key (mappings are merged). Keys:
     jobs: {job_recovery: FAILOVER, max_restarts_on_errors: 1}   managed-job defaults
     settings: {wait_ready: 300}           any setting of `broker settings`, by name (the environment wins)
     allow_suspicious_prices: false        may a plan choose a price the catalog flags as a likely anomaly
+    api_server: https://broker.example:46580   client mode: every command goes to this server (README: Teams
+                                          and CI); the token comes from `broker login` or BROKER_API_TOKEN
 
 Errors name the file and the key, like task-file errors (exit 2).
 """
@@ -91,7 +93,7 @@ def _validated(path: Path) -> dict:
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of settings", "see README: Config file", source=str(path))
     known = ("allowed_clouds", "allowed_regions", "autostop", "image_id", "ssh_user", "jobs", "settings",
-             "allow_suspicious_prices")
+             "allow_suspicious_prices", "api_server")
     for k in data:
         if k not in known:
             from difflib import get_close_matches
@@ -162,6 +164,10 @@ def _check(path: Path, d: dict) -> None:
         n = v.get("max_restarts_on_errors", 0)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise _err(path, "jobs.max_restarts_on_errors", "must be an integer ≥ 0")
+    if "api_server" in d:
+        v = d["api_server"]
+        if not isinstance(v, str) or not v.startswith(("http://", "https://")):
+            raise _err(path, "api_server", "must be an http:// or https:// URL", "e.g. https://broker.example:46580")
     if "settings" in d:
         from . import settings
 

@@ -9,6 +9,7 @@ Exit codes (stable, documented in the README):
   3  nothing fits: no feasible offer for the request
   4  cloud refused: capacity/quota/credentials, after failover was exhausted
   5  not found: cluster/job does not exist
+  6  not allowed (server mode): a missing, unknown or revoked token, or another user's cluster/job
   130 interrupted (Ctrl-C)
 """
 from __future__ import annotations
@@ -71,6 +72,17 @@ class BudgetError(BrokerError):
 
 class NotFoundError(BrokerError):
     exit_code = 5
+
+
+class ForbiddenError(BrokerError):
+    """Server mode: the caller may not do this (HTTP 403): another user's cluster or job, or an admin's
+    command."""
+
+    exit_code = 7
+
+
+class AuthError(ForbiddenError):
+    """Server mode: no token, or one the server does not know or has revoked (HTTP 401)."""
 
 
 class Scope(str, Enum):

@@ -5,7 +5,9 @@ create (intents), so cleanup always knows what may exist. `status --refresh` rec
 """
 from __future__ import annotations
 
+import contextvars
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -164,6 +166,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE clusters ADD COLUMN autostop_where TEXT
     """,
+    # v9: server mode: users (API tokens stored hashed, see users.py); every cluster and managed job
+    # records the user who made it (NULL in local mode: the machine's one user)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    ALTER TABLE clusters ADD COLUMN user_name TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN user_name TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -209,6 +224,7 @@ class ClusterRecord:
     task_id_seed: str | None = None
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
+    user_name: str | None = None  # server mode: the user who launched it (None in local mode)
 
     @property
     def head(self) -> NodeRecord | None:
@@ -290,7 +306,7 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
 def _write_id(id_file: Path, db_id: str) -> None:
     import os
 
-    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}")
+    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}.{threading.get_ident()}")  # threads too (server)
     touch_private(tmp)
     tmp.write_text(db_id + "\n")
     os.replace(tmp, id_file)
@@ -316,15 +332,58 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 _local = threading.local()
 
+# Server mode: the user a request (or a managed job's controller step) acts for; new clusters record it.
+current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("broker_user", default=None)
 
-def db() -> sqlite3.Connection:
-    """A connection for the current BROKER_HOME, one per thread (sqlite3 objects are per-thread)."""
-    path = db_path()
+
+def db_url() -> str:
+    """BROKER_DB: a postgresql:// URL (server mode), or empty for SQLite under BROKER_HOME. Read from the
+    environment only (it may carry a password; `broker server start --db` sets it for its process)."""
+    return os.environ.get("BROKER_DB", "")
+
+
+def db():
+    """A connection for the current BROKER_HOME (or BROKER_DB), one per thread (sqlite3 objects are
+    per-thread; one psycopg connection per thread keeps transactions apart)."""
+    url = db_url()
+    key = url or db_path()
     conn = getattr(_local, "conn", None)
-    if conn is None or getattr(_local, "path", None) != path:
-        conn = connect(path)
-        _local.conn, _local.path = conn, path
+    if conn is None or getattr(_local, "key", None) != key:
+        conn = connect_pg(url) if url else connect(key)
+        _local.conn, _local.key = conn, key
     return conn
+
+
+def close_thread_db() -> None:
+    """Close this thread's connection (a thread that is about to end: the server's stream threads)."""
+    conn = getattr(_local, "conn", None)
+    _local.conn = None
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+
+def is_postgres() -> bool:
+    return bool(db_url())
+
+
+def connect_pg(url: str):
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StateError(f"BROKER_DB must be a postgresql:// URL (got {url.split('://')[0]}://…)",
+                         "e.g. postgresql://broker@dbhost/broker, or unset it for SQLite under BROKER_HOME")
+    try:
+        from . import db_pg
+    except ImportError:
+        raise StateError("a PostgreSQL state database needs psycopg, which is not installed",
+                         "pip install 'skybroker[server]'") from None
+    try:
+        return db_pg.connect(url, MIGRATIONS)
+    except db_pg.psycopg.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StateError(f"cannot use the state database {db_pg.redact_url(url)}: {db_pg.redact_url(msg)}",
+                         "check the URL, that PostgreSQL runs, and the user's rights on the database") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +391,7 @@ def db() -> sqlite3.Connection:
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed", "owner", "autostop_where")
+         "resources", "setup_key", "task_id_seed", "owner", "autostop_where", "user_name")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
@@ -345,13 +404,16 @@ def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
 
 def save_cluster(rec: ClusterRecord) -> None:
     rec.updated_at = time.time()
+    if rec.user_name is None:
+        rec.user_name = current_user.get()
     values = asdict(rec)
     values["nodes"] = json.dumps([asdict(n) for n in rec.nodes])
     values["use_spot"] = int(rec.use_spot)
     values["autostop_down"] = int(rec.autostop_down)
     cols = ", ".join(_COLS)
     marks = ", ".join(f":{c}" for c in _COLS)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c != "name")
+    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c not in ("name", "user_name"))
+    updates += ", user_name=COALESCE(excluded.user_name, clusters.user_name)"  # a cluster keeps its user
     db().execute(f"INSERT INTO clusters ({cols}) VALUES ({marks}) ON CONFLICT(name) DO UPDATE SET {updates}",
                  values)
 

@@ -24,7 +24,32 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("BROKER_HOME", str(tmp_path / "broker_home"))
     monkeypatch.delenv("BROKER_DEBUG", raising=False)
+    for key in ("BROKER_DB", "BROKER_API_SERVER", "BROKER_API_TOKEN", "BROKER_SECRETS_KEY"):
+        monkeypatch.delenv(key, raising=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/infra/postgres.py). Skipped only when PostgreSQL
+    or psycopg is not installed (CI installs both)."""
+    from tests.infra import postgres as pgmod
+
+    if pgmod.bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg")
+    pg = pgmod.Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_backend(request, monkeypatch):
+    """Runs a test once on SQLite under BROKER_HOME and once on a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        monkeypatch.setenv("BROKER_DB", pg.fresh_url())
+    yield request.param
 
 
 def broker_cmd() -> list[str]:

@@ -5,7 +5,7 @@ import click
 
 from .. import render
 from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
-                      task_options)
+                      task_options, use_api)
 
 
 def _job_code(st) -> int:
@@ -54,7 +54,7 @@ def _job_exit(st, cluster: str) -> int:
 def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure,
            allow_suspicious):
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
-    from .. import api
+    api = use_api()
 
     if dryrun:
         pipeline = api.load_pipeline(task_file, overrides)
@@ -126,7 +126,7 @@ def _pipeline_dryrun(api, pipeline, as_json: bool) -> int:
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 def exec_(cluster, task_or_cmd, overrides, detach):
     """Run a task file, or a command after --, on an existing cluster (setup is not re-run)."""
-    from .. import api
+    api = use_api()
 
     task = api.exec_task(task_or_cmd, overrides)
     render.task_warnings(task)
@@ -150,12 +150,13 @@ def exec_(cluster, task_or_cmd, overrides, detach):
               help="With --refresh: also record clusters the clouds have (by tag) that the state does not know, "
                    "e.g. after a lost or corrupt state database.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(clusters, refresh, adopt, as_json):
+@click.option("--all-users", "-u", is_flag=True, help="Server mode: every user's clusters (default: yours).")
+def status(clusters, refresh, adopt, as_json, all_users):
     """List clusters: name, infra, resources, nodes, status, launched, $/h, cost so far, autostop.
 
     A cluster whose launch was interrupted shows as INTERRUPTED (`broker down NAME` removes it). Naming a
     cluster that does not exist is an error (exit 5)."""
-    from .. import api
+    api = use_api()
     from ..errors import UsageError
 
     if adopt:
@@ -167,12 +168,12 @@ def status(clusters, refresh, adopt, as_json):
             adopted = api.adopt(on_event=progress.event)
         for name in adopted:
             render.info(f"adopted cluster {name} from the cloud's tags")
-    recs = api.status(refresh=refresh, names=list(clusters) or None)
+    recs = api.status(refresh=refresh, names=list(clusters) or None, all_users=all_users)
     costs = api.cluster_costs()  # cost so far of each cluster's current run, from the ledger
     if as_json:
         render.print_json([render.cluster_json(r, costs.get(r.name)) for r in recs])
     else:
-        render.print_clusters(recs, costs)
+        render.print_clusters(recs, costs, show_user=all_users)
         render.print_daemons(api.daemons(), recs)
 
 
@@ -186,7 +187,7 @@ def status(clusters, refresh, adopt, as_json):
 def down(clusters, all_, yes):
     """Tear down clusters (terminate their instances). Safe to repeat: a cluster that is already gone
     is reported, not an error."""
-    from .. import api
+    api = use_api()
     from ..errors import UsageError
 
     names = list(clusters)
@@ -212,7 +213,7 @@ def down(clusters, all_, yes):
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def stop(cluster, yes):
     """Stop a cluster's instances (disks are kept; restart with `broker start`)."""
-    from .. import api
+    api = use_api()
 
     api.get_cluster(cluster)  # unknown: exit 5 before asking anything
     confirm_destructive(f"Stop {cluster}?", yes)
@@ -227,7 +228,7 @@ def stop(cluster, yes):
 @click.argument("cluster", shell_complete=complete_cluster)
 def start(cluster):
     """Start a stopped cluster (waits for SSH and reinstalls the node agent)."""
-    from .. import api
+    api = use_api()
 
     api.get_cluster(cluster)
     progress = render.Progress()
@@ -252,7 +253,7 @@ def autostop(cluster, idle_minutes, down_, cancel_):
     enforces it itself: its head node's agent stops or terminates the cluster, with no broker process
     needed (your laptop may be closed). Elsewhere a small watcher process on this machine does it.
     `broker status` shows which (AUTOSTOP `10m (node)` or `10m (local)`)."""
-    from .. import api
+    api = use_api()
     from ..errors import UsageError
 
     if cancel_:
@@ -273,7 +274,7 @@ def autostop(cluster, idle_minutes, down_, cancel_):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue(cluster, as_json):
     """Show a cluster's jobs."""
-    from .. import api
+    api = use_api()
 
     jobs = api.queue(cluster)
     if as_json:
@@ -292,7 +293,7 @@ def queue(cluster, as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
 def logs(cluster, job_id, follow, as_json):
     """Show a job's logs (default: the latest job) from every node."""
-    from .. import api
+    api = use_api()
 
     st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line)
     if follow:
@@ -310,7 +311,7 @@ def logs(cluster, job_id, follow, as_json):
 def cancel(cluster, job_ids, all_, yes):
     """Cancel jobs on a cluster (kills their whole process tree on every node). An id the cluster never
     had is an error (exit 5)."""
-    from .. import api
+    api = use_api()
 
     if all_:
         api.get_cluster(cluster)
@@ -331,9 +332,11 @@ def gc(yes, clouds, regions, as_json):
     """Find resources tagged by skybroker that the local state does not know (instances, security groups,
     firewall rules, resource groups, local node directories) and clusters whose launch was interrupted,
     and remove them. Clouds that cannot be scanned are named, never skipped silently."""
+    from .options import can_prompt, local_only
+
+    local_only("gc")
     from .. import gc as gc_mod
     from ..errors import BrokerError, UsageError
-    from .options import can_prompt
 
     progress = render.Progress(quiet=as_json)
     regs = {c: list(regions) for c in clouds} if regions and clouds else None
@@ -383,6 +386,9 @@ def hostkeys():
 def hostkeys_forget(cluster, rank):
     """Forget the pinned host key(s) of CLUSTER's nodes, after you checked that the host really changed
     (re-imaged, replaced). The next connection pins the key it is shown."""
+    from .options import local_only
+
+    local_only("hostkeys")
     from .. import clusters
 
     done = clusters.forget_host_keys(cluster, rank)
@@ -399,7 +405,7 @@ def hostkeys_forget(cluster, rank):
 def events(cluster, job_id, limit, as_json):
     """Stored events: provisioning attempts and failover (with the clouds' error codes), bring-up stages,
     recoveries, autostop, teardown."""
-    from .. import api
+    api = use_api()
 
     evs = api.events(cluster, job_id, limit)
     if as_json:
@@ -420,7 +426,7 @@ def ssh(cluster, rank, command):
     After a launch, plain `ssh CLUSTER` and `ssh CLUSTER-worker1` work too (an Include in ~/.ssh/config)."""
     import os
 
-    from .. import api
+    api = use_api()
 
     t = api.ssh_target(cluster, rank)
     render.stop_progress()

@@ -21,8 +21,10 @@ def cost_report(all_, since, as_json):
     Costs come from the ledger: the price per node frozen when the instances were created (each
     recovery of a managed job has its own), and the time spent up (price + disks) and stopped (disks
     only; README "What it costs" names the disk price table)."""
-    from .. import api
     from ..costs.report import parse_since
+    from .options import use_api
+
+    api = use_api()
 
     if all_ and since:
         from ..errors import UsageError

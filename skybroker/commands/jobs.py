@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options
+from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options, use_api
 
 
 @click.group(epilog=examples("broker jobs launch -y examples/managed.yaml", "broker jobs queue",
@@ -32,9 +32,9 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
     Spot places are ranked by expected cost: the price raised by the preemptions the broker's managed
     jobs met there (each costs the restart overhead and the work since the last checkpoint), shown as
     E[$/h] in the plan."""
-    from .. import api
     from ..errors import UsageError
-    from ..jobs import ops
+
+    api = use_api()
 
     if as_json and not dryrun:
         raise UsageError("--json needs --dryrun", "broker jobs launch --dryrun --json TASK")
@@ -45,7 +45,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
         pipeline.name = overrides.get("name") or pipeline.name  # --name names the pipeline, not every stage
         plans = []
         for i, t in enumerate(pipeline):  # fail early (exit 3) when a stage fits nowhere
-            plans.append(api.plan(t, risk=api.managed_risk(t)))
+            plans.append(api.plan(t, managed=True))
             if not as_json:
                 render.stage_title(i, len(pipeline), t.name)
                 render.print_plan(plans[-1], t.name)
@@ -55,7 +55,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
             return 0
         if not confirm(f"Launch managed pipeline of {len(pipeline)} stages?", yes):
             raise click.Abort()
-        job = ops.launch_pipeline(pipeline)
+        job = api.jobs_launch_pipeline(pipeline)
         render.info(f"managed job {job.id} submitted: pipeline {job.name or '(unnamed)'} of {len(pipeline)} stages "
                     f"(task id {job.task_id})")
         if detach:
@@ -68,7 +68,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
 
         task = replace(task, name=overrides["name"])
     # exit 3 early when nothing fits; the controller plans again at launch, with the same risk ranking
-    plan = api.plan(task, risk=api.managed_risk(task))
+    plan = api.plan(task, managed=True)
     if as_json:
         render.print_json(render.plan_json(plan, task.name))
     else:
@@ -77,7 +77,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
         return 0
     if not confirm("Launch managed job?", yes):
         raise click.Abort()
-    job = ops.launch(task)
+    job = api.jobs_launch(task)
     render.info(f"managed job {job.id} submitted (task id {job.task_id})")
     if detach:
         render.info(f"follow it with `broker jobs logs {job.id} --follow`")
@@ -86,42 +86,31 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
 
 
 def _follow(job_id: int, as_json: bool = False) -> int:
-    from ..jobs import ops, store
-
-    try:
-        j = ops.follow_logs(job_id, True, render.LinePrinter(as_json=as_json).raw)
-    except KeyboardInterrupt:
-        from ..errors import Interrupted
-
-        raise Interrupted(f"stopped following; managed job {job_id} keeps running",
-                          f"`broker jobs logs {job_id} -f` to follow again, `broker jobs cancel {job_id}` to stop it") from None
-    from .. import api
-
-    render.managed_summary(j, api.job_costs())
-    if j.status == store.SUCCEEDED:
+    j = use_api().jobs_logs(job_id, True, render.LinePrinter(as_json=as_json).raw)
+    render.managed_summary(j, use_api().job_costs())
+    if j.status == "SUCCEEDED":
         return 0
-    if j.status == store.CANCELLED:
+    if j.status == "CANCELLED":
         return 130
-    if j.status == store.FAILED_BUDGET:
+    if j.status == "FAILED_BUDGET":
         return 6
     return j.exit_code if j.exit_code not in (None, 0) else 1
 
 
-@jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json"))
+@jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json",
+                                        "broker jobs queue --all-users          # server mode: the team's jobs"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def queue(as_json):
+@click.option("--all-users", "-u", is_flag=True, help="Server mode: every user's jobs (default: yours).")
+def queue(as_json, all_users):
     """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far (a
     pipeline's stages on lines of their own: stage i/n)."""
-    from ..jobs import ops
-
-    from .. import api
-
-    js = ops.queue()
+    api = use_api()
+    js = api.jobs_queue(all_users=all_users)
     costs = api.job_costs()  # from the cost ledger, across recoveries
     if as_json:
         render.print_json([render.managed_json(j, costs) for j in js])
     else:
-        render.print_managed(js, costs)
+        render.print_managed(js, costs, show_user=all_users)
 
 
 @jobs.command("logs", epilog=examples("broker jobs logs 1", "broker jobs logs 1 -f", "broker jobs logs 1 --json"))
@@ -130,11 +119,9 @@ def queue(as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
 def logs(job_id, follow, as_json):
     """A managed job's output across recoveries (with a marker at each recovery)."""
-    from ..jobs import ops
-
     if follow:
         return _follow(job_id, as_json)
-    ops.follow_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
+    use_api().jobs_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
     return 0
 
 
@@ -145,9 +132,7 @@ def logs(job_id, follow, as_json):
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
 def cancel(job_ids, all_, yes):
     """Cancel managed jobs (their clusters are torn down). An unknown id is an error (exit 5)."""
-    from ..jobs import ops
-
     if all_:
         confirm_destructive("Cancel every active managed job?", yes)
-    done = ops.cancel(list(job_ids), all_)
+    done = use_api().jobs_cancel(list(job_ids), all_)
     render.info(f"cancelling: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")

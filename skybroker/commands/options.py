@@ -11,6 +11,30 @@ import click
 from ..errors import UsageError
 
 
+def use_api():
+    """The use cases behind the commands: api.py (local mode), or client/remote.py with the same
+    functions when a broker server is configured (`broker login`, BROKER_API_SERVER, `api_server:`)."""
+    from ..client import endpoint
+
+    if endpoint() is None:
+        from .. import api
+
+        return api
+    from ..client import remote
+
+    return remote
+
+
+def local_only(what: str) -> None:
+    """For a command that works on this machine's own state and clouds (gc, hostkeys): not in client mode."""
+    from ..client import endpoint
+
+    ep = endpoint()
+    if ep is not None:
+        raise UsageError(f"`broker {what}` works on this machine's state, but commands go to the server {ep[0]}",
+                         f"run it on the server, or `BROKER_API_SERVER=local broker {what} …` for this machine")
+
+
 def task_options(f):
     opts = [
         click.option("--infra", help="cloud[/region[/zone]], e.g. aws/us-east-1, gcp, local, ssh/mypool."),
@@ -154,9 +178,7 @@ JOB_ID = click.IntRange(1, 2**63 - 1)
 def complete_cluster(ctx, param, incomplete: str):
     """Shell completion: cluster names from the local state (no cloud call)."""
     try:
-        from .. import api
-
-        names = api.cluster_names()
+        names = use_api().cluster_names()
     except Exception:  # completion must never fail loudly
         return []
     from click.shell_completion import CompletionItem
@@ -170,9 +192,7 @@ def complete_job_id(ctx, param, incomplete: str):
     if not cluster:
         return []
     try:
-        from .. import api
-
-        ids = [str(j.job_id) for j in api.queue(cluster)]
+        ids = [str(j.job_id) for j in use_api().queue(cluster)]
     except Exception:
         return []
     from click.shell_completion import CompletionItem
@@ -183,9 +203,13 @@ def complete_job_id(ctx, param, incomplete: str):
 def complete_managed_job_id(ctx, param, incomplete: str):
     """Shell completion: managed job ids (local state only; does not start the controller)."""
     try:
-        from ..jobs import store
+        api = use_api()
+        if api.__name__ == "skybroker.api":  # local state only: completing never starts the controller
+            from ..jobs import store
 
-        ids = [str(j.id) for j in store.all_jobs()]
+            ids = [str(j.id) for j in store.all_jobs()]
+        else:
+            ids = [str(j.id) for j in api.jobs_queue()]
     except Exception:
         return []
     from click.shell_completion import CompletionItem

@@ -177,7 +177,8 @@ def open_run(rec, cand, at: float | None = None) -> int:
 
 
 def _close_open(conn, cluster: str, at: float) -> None:
-    for (rid,) in conn.execute("SELECT id FROM cost_runs WHERE cluster = ? AND ended_at IS NULL", (cluster,)).fetchall():
+    for row in conn.execute("SELECT id FROM cost_runs WHERE cluster = ? AND ended_at IS NULL", (cluster,)).fetchall():
+        rid = row[0]  # (a row object on both backends: index it, do not unpack it)
         conn.execute("UPDATE cost_intervals SET end_at = ? WHERE run_id = ? AND end_at IS NULL", (at, rid))
         conn.execute("UPDATE cost_runs SET ended_at = ? WHERE id = ?", (at, rid))
 

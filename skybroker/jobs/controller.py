@@ -68,17 +68,19 @@ class Controller:
         self._lock = threading.Lock()
 
     # -- loop -----------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, keep_going=None) -> None:
+        """Step the active jobs. Standalone: until no job is active for a while. In a server
+        (`keep_going` given): while keep_going() says so (the server is the leader), idle or not."""
         from ..costs import ledger
 
         ledger.reconcile()  # runs a previous controller left open while their clusters went away
         idle_since = None
-        while True:
+        while keep_going is None or keep_going():
             jobs = store.active()
             now = time.time()
             for jid in [j for j, f in self.inflight.items() if f.done()]:
                 del self.inflight[jid]
-            if not jobs and not self.inflight:
+            if keep_going is None and not jobs and not self.inflight:
                 idle_since = idle_since or now
                 if now - idle_since > settings.get("controller_exit_grace"):
                     return
@@ -110,6 +112,13 @@ class Controller:
         j = store.get(jid)
         if j is None or j.status in TERMINAL:
             return
+        token = state.current_user.set(j.user_name)  # server mode: the job's cluster is its user's
+        try:
+            self._step(j)
+        finally:
+            state.current_user.reset(token)
+
+    def _step(self, j) -> None:
         if j.cancel_requested:
             return self._cancel(j)
         if P.stage_succeeded(j):  # the controller stopped between a stage's success and the next stage
@@ -170,17 +179,16 @@ class Controller:
         pin = meta.get("pin")
 
         def plan_fn(extra):
-            risk = api.managed_risk(task)  # spot places ranked by expected cost (what preemptions cost)
             if pin and not extra:
                 try:
-                    return api.plan(_pinned(task, pin), risk=risk, check_budget=False)
+                    return api.plan(_pinned(task, pin), managed=True, check_budget=False)
                 except NoFeasibleError:
                     pass
             try:
-                return api.plan(task, blocks + list(extra), risk=risk, check_budget=False)
+                return api.plan(task, blocks + list(extra), managed=True, check_budget=False)
             except NoFeasibleError:
                 if blocks:  # EAGER_NEXT_REGION found nowhere else: go back to the avoided region
-                    return api.plan(task, list(extra), risk=risk, check_budget=False)
+                    return api.plan(task, list(extra), managed=True, check_budget=False)
                 raise
 
         def prepare(rt: ClusterRuntime):

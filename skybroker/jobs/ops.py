@@ -13,8 +13,13 @@ from ..paths import ensure_home, private_dir, private_file
 from . import store
 
 
+IN_PROCESS = False  # set by the broker server, which runs the controller itself (server/daemons.py)
+
+
 def ensure_controller() -> bool:
     """Start the controller if it is not running. Returns True if one was started."""
+    if IN_PROCESS:
+        return False
     from filelock import FileLock, Timeout
 
     d = private_dir(ensure_home() / "managed")

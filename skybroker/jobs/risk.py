@@ -78,7 +78,8 @@ def record(place: Place, hours: float, preempted: bool) -> None:
     state.db().execute(
         "INSERT INTO spot_exposure (cloud, region, zone, instance_type, hours, preemptions, updated_at) "
         "VALUES (?,?,?,?,?,?,?) ON CONFLICT(cloud, region, zone, instance_type) DO UPDATE SET "
-        "hours = hours + excluded.hours, preemptions = preemptions + excluded.preemptions, "
+        "hours = spot_exposure.hours + excluded.hours, "
+        "preemptions = spot_exposure.preemptions + excluded.preemptions, "
         "updated_at = excluded.updated_at",
         (cloud, region or "", zone or "", itype, max(0.0, hours), int(bool(preempted)), time.time()))
 

@@ -48,6 +48,7 @@ class ManagedJob:
     submit_token: str | None = None  # recorded before a submit: a restarted controller finds that job
     stages: str | None = None  # a pipeline: JSON list of its stages (see insert_pipeline); None for one task
     stage: int = 0  # the pipeline's current stage (0-based); task/secrets/resources are that stage's
+    user_name: str | None = None  # server mode: who submitted it (its cluster records the same user)
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -85,8 +86,9 @@ def insert(name: str | None, task_json: str, secrets: dict, resources: str, stag
     conn.execute("BEGIN IMMEDIATE")
     try:
         cur = conn.execute(
-            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at, stages)"
-            " VALUES (?,?,?,?,?,?,?,?,?)", (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, stages))
+            "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at,"
+            " stages, user_name) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, stages, state.current_user.get()))
         jid = int(cur.lastrowid)
         # stable across recoveries, so a job can find its own checkpoint
         task_id = f"broker-managed-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{name or 'job'}_{jid}"
@@ -171,6 +173,9 @@ def job_dir(job_id: int):
 def _key() -> bytes:
     from cryptography.fernet import Fernet
 
+    shared = os.environ.get("BROKER_SECRETS_KEY")  # server replicas on several machines share one key
+    if shared:
+        return shared.strip().encode()
     d = private_dir(ensure_home() / "keys")
     path = d / "secrets.key"
     try:

@@ -205,7 +205,7 @@ def cluster_json(r, cost: float | None = None) -> dict:
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
             "autostop_where": r.autostop_where, "head_ip": r.head.ip if r.head else None,
-            "cost": None if cost is None else round(cost, 6)}
+            "cost": None if cost is None else round(cost, 6), "user": getattr(r, "user_name", None)}
 
 
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
@@ -216,7 +216,7 @@ def print_settings(rows) -> None:
                   Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
 
 
-def print_clusters(recs, costs: dict | None = None) -> None:
+def print_clusters(recs, costs: dict | None = None, show_user: bool = False) -> None:
     """`costs`: cluster name → cost so far, from the ledger (`-` for a cluster it has no run of)."""
     costs = costs or {}
     if not recs:
@@ -235,6 +235,10 @@ def print_clusters(recs, costs: dict | None = None) -> None:
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
             Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
             Col("$/h", "right"), Col("COST ($)", "right"), Col("AUTOSTOP")]
+    if show_user:
+        cols.insert(1, Col("USER", soft=10, min=4))
+        for row, r in zip(rows, recs):
+            row.insert(1, getattr(r, "user_name", None) or "-")
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))  # cost stays longest
 
 
@@ -261,7 +265,8 @@ def print_daemons(d: dict, recs) -> None:
         info(f"note: the autostop watcher is not running, so {names} will not be stopped when idle; "
              "`broker autostop NAME -i MINUTES` starts it again")
     elif guarded:
-        info(f"autostop: guarded by the watcher on this machine ({names})")
+        where = "the broker server" if d.get("where") == "server" else "this machine"
+        info(f"autostop: guarded by the watcher on {where} ({names})")
 
 
 def print_events(evs, show_cluster: bool) -> None:
@@ -320,7 +325,7 @@ def managed_json(j, costs: dict | None = None) -> dict:
            "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
            "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
            "cost": round(_job_cost(j, costs), 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
-           "task_id": j.task_id, "failure": j.failure}
+           "task_id": j.task_id, "failure": j.failure, "user": getattr(j, "user_name", None)}
     if getattr(j, "stages", None):  # a pipeline: its stages, as `jobs queue` shows them
         out.update(stage=j.stage + 1, num_stages=j.num_stages, stages=[
             {"stage": i + 1, "name": e.get("name"), "resources": e.get("resources"), "status": _stage_status(j, i, e),
@@ -361,21 +366,24 @@ def _stage_rows(j) -> list[list]:
     return rows
 
 
-def print_managed(jobs, costs: dict | None = None) -> None:
+def print_managed(jobs, costs: dict | None = None, show_user: bool = False) -> None:
     if not jobs:
         _say("No managed jobs. Submit one with `broker jobs launch task.yaml`.")
         return
     rows = []
     for j in jobs:
-        rows.append([str(j.id), j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
+        rows.append([str(j.id)] + ([getattr(j, "user_name", None) or "-"] if show_user else []) +
+                    [j.name or "-", j.resources or "-", (j.status, JOB_STYLE.get(j.status, "red")),
                      _ago(j.submitted_at), _dur(j.duration), str(j.recoveries), _money(_job_cost(j, costs)),
                      j.place or "-"])
         if getattr(j, "stages", None):
-            rows.extend(_stage_rows(j))
+            rows.extend(r[:1] + [""] + r[1:] if show_user else r for r in _stage_rows(j))
     cols = [Col("ID", "right"), Col("NAME", soft=14, min=8, squeeze=3), Col("RESOURCES", soft=16, min=10, squeeze=2),
             Col("STATUS"),
             Col("SUBMITTED"), Col("DURATION", "right"), Col("RECOVERIES", "right"), Col("COST ($)", "right"),
             Col("WHERE", soft=14, min=8, squeeze=1)]
+    if show_user:
+        cols.insert(1, Col("USER", soft=10, min=4))
     _table("Managed jobs", cols, rows, drop=("WHERE", "SUBMITTED", "RECOVERIES"))
 
 
@@ -466,3 +474,12 @@ def print_simulation(res, meta: dict, multi: bool = False) -> None:
     _say(f"omniscient DP: {meta['omniscient_cpu_seconds']:.1f} s CPU")
 
 
+
+
+def print_users(us) -> None:
+    if not us:
+        _say("No users. Create one with `broker server token create NAME`.")
+        return
+    rows = [[u.name, "admin" if u.admin else "user", _ago(u.created_at),
+             ("revoked " + _ago(u.revoked_at), "red") if u.revoked_at else ("active", "green")] for u in us]
+    _table(None, [Col("NAME", soft=14, min=6), Col("ROLE"), Col("CREATED"), Col("TOKEN")], rows)

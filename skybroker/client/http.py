@@ -1,0 +1,133 @@
+"""The client's side of the wire: one HTTP request per api call (http.client, standard library).
+
+    POST /api/v1/call/<fn>   body: {"args": [...], "kwargs": {...}} (wire.py encoding)
+      → application/json      {"value": ...} or {"error": {message, hint, exit_code}} (4xx/5xx)
+      → application/x-ndjson  a stream for calls with progress or output, one JSON object per line:
+                              {"t": "event", "k", "m"} · {"t": "line", "r", "x"} · {"t": "raw", "x"} ·
+                              {"t": "ping"} · then {"t": "result", "v"} or {"t": "error", "e": {...}}
+    POST /api/v1/upload      body: a tar.gz of the task's local sources → {"id"}
+
+The token travels in the Authorization header only; arguments (and so a task's secrets) only in the
+request body, never in a URL. Errors come back as the BrokerError they were on the server (same message,
+hint and exit code), so the CLI renders them identically.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+
+from urllib.parse import urlsplit
+
+from .. import wire
+from ..errors import AuthError, BrokerError
+
+READ_TIMEOUT = 120.0  # the server pings streams every few seconds: silence this long means it is gone
+
+
+class Client:
+    def __init__(self, url: str, token: str | None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BrokerError(f"the broker server URL {url!r} is not http(s)://HOST[:PORT]",
+                              "`broker login http://HOST:46580 --token …`")
+        self.url = url
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.token = token
+
+    def _conn(self) -> http.client.HTTPConnection:
+        if self.https:
+            import os
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=os.environ.get("BROKER_API_CA") or None)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=READ_TIMEOUT, context=ctx)
+        return http.client.HTTPConnection(self.host, self.port, timeout=READ_TIMEOUT)
+
+    def _send(self, path: str, body: bytes | None, content_type: str, method: str = "POST"):
+        if not self.token:
+            raise AuthError(f"no token for the broker server {self.url}",
+                            "`broker login URL --token TOKEN`, or set BROKER_API_TOKEN")
+        conn = self._conn()
+        try:
+            conn.request(method, self.prefix + path, body=body,
+                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
+                                  "Accept": "application/json, application/x-ndjson"})
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc) -> BrokerError:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        return BrokerError(f"cannot reach the broker server at {self.url}: {why}",
+                           "is it running (`broker server start`)? `broker logout` (or BROKER_API_SERVER=local) "
+                           "goes back to local mode")
+
+    def call(self, fn: str, *args, on_event=None, on_line=None, on_raw=None, **kwargs):
+        body = wire.dumps({"args": list(args), "kwargs": kwargs}).encode()
+        conn, resp = self._send(f"/api/v1/call/{fn}", body, "application/json")
+        try:
+            ctype = resp.getheader("Content-Type", "")
+            if ctype.startswith("application/x-ndjson"):
+                return self._stream(resp, on_event, on_line, on_raw)
+            data = resp.read()
+            return self._answer(resp.status, data)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            conn.close()
+
+    def whoami(self) -> dict:
+        conn, resp = self._send("/api/v1/whoami", None, "application/json", method="GET")
+        try:
+            data = resp.read()
+            obj = json.loads(data or b"{}") if resp.getheader("Content-Type", "").startswith("application/json") else None
+        finally:
+            conn.close()
+        if obj is None:
+            raise BrokerError(f"{self.url} does not look like a broker server (HTTP {resp.status})",
+                              "check the URL and the port (default 46580)")
+        if "error" in obj:
+            raise wire.error_from(obj["error"])
+        return obj
+
+    def upload(self, data: bytes) -> str:
+        conn, resp = self._send("/api/v1/upload", data, "application/gzip")
+        try:
+            return self._answer(resp.status, resp.read())["id"]
+        finally:
+            conn.close()
+
+    def _answer(self, status: int, data: bytes):
+        try:
+            obj = json.loads(data or b"{}")
+        except ValueError:
+            raise BrokerError(f"the broker server answered HTTP {status} with something that is not JSON",
+                              "is the URL a broker server? (`broker login` sets it)") from None
+        if "error" in obj:
+            raise wire.error_from(obj["error"])
+        if status >= 400:
+            raise BrokerError(f"the broker server answered HTTP {status}: {str(obj)[:200]}")
+        return wire.load(obj.get("value"))
+
+    def _stream(self, resp, on_event, on_line, on_raw):
+        while True:
+            raw = resp.readline()
+            if not raw:
+                raise BrokerError(f"the broker server at {self.url} closed the stream before the end",
+                                  "it may have restarted: `broker status` / `broker jobs queue` show where things are")
+            msg = json.loads(raw)
+            t = msg.get("t")
+            if t == "line" and on_line:
+                on_line(msg["r"], msg["x"])
+            elif t == "raw" and on_raw:
+                on_raw(msg["x"])
+            elif t == "event" and on_event:
+                on_event(msg["k"], msg["m"])
+            elif t == "result":
+                return wire.load(msg.get("v"))
+            elif t == "error":
+                raise wire.error_from(msg["e"])

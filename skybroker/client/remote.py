@@ -1,0 +1,208 @@
+"""api.py's use cases, done by a broker server: the same functions with the same signatures, so the
+commands in skybroker/commands/ work unchanged in client mode (commands.options.use_api picks this
+module or api.py). Task files are read here, on the client; a task's local workdir and file-mount
+sources are uploaded (tar.gz, .gitignore/.brokerignore honoured as in a sync) and the server gets the
+task pointing at its copy. Callbacks (on_event, on_line) are fed from the server's stream.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..api import COMMON_GPUS, GpuRow, exec_task, load_pipeline, load_task, show_gpus  # noqa: F401 - client-side
+from ..errors import Interrupted, UsageError
+
+_client = None
+_uploaded: dict[int, tuple[object, object]] = {}
+
+
+def client():
+    global _client
+    if _client is None:
+        from . import endpoint
+        from .http import Client
+
+        url, token = endpoint()
+        _client = Client(url, token)
+    return _client
+
+
+def _call(fn, *args, **kw):
+    return client().call(fn, *args, **kw)
+
+
+def _streamed(fn, interrupted: str, *args, **kw):
+    try:
+        return client().call(fn, *args, **kw)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks: local sources travel as an upload
+
+def _prepare(task):
+    """The task with its local sources replaced by an upload on the server (once per task object)."""
+    hit = _uploaded.get(id(task))
+    if hit is not None and hit[0] is task:
+        return hit[1]
+    mounts = [m for m in task.file_mounts if not m.is_bucket]
+    if not task.workdir and not mounts:
+        return task
+    uid = client().upload(_tarball(task.workdir, [m.source for m in mounts]))
+    i = iter(range(len(mounts)))
+    fms = tuple(m if m.is_bucket else replace(m, source=f"upload://{uid}/m{next(i)}") for m in task.file_mounts)
+    new = replace(task, workdir=f"upload://{uid}/w" if task.workdir else None, file_mounts=fms)
+    _uploaded[id(task)] = (task, new)
+    return new
+
+
+def _tarball(workdir: str | None, sources: list[str]) -> bytes:
+    import io
+    import os
+    import tarfile
+    import tempfile
+
+    from ..runtime.sync import copy_tree
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar, tempfile.TemporaryDirectory() as tmp:
+        if workdir:
+            staged = os.path.join(tmp, "w")
+            copy_tree(workdir, staged, ignore_files=True)  # what a sync would ship, nothing more
+            tar.add(staged, arcname="w")
+        for n, src in enumerate(sources):
+            if not os.path.exists(src):
+                raise UsageError(f"file mount source {src} does not exist")
+            tar.add(src, arcname=f"m{n}")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# the use cases (see api.py for what each does)
+
+def plan(task, blocklist=(), clouds=None, allow_suspicious=None, managed=False, check_budget=True):
+    return _call("plan", task, list(blocklist), clouds, allow_suspicious=allow_suspicious, managed=managed,
+                 check_budget=check_budget)
+
+
+def preflight(task, plan=None) -> None:
+    return _call("preflight", _prepare(task), plan)
+
+
+def cluster_exists(name: str) -> bool:
+    return _call("cluster_exists", name)
+
+
+def get_cluster(name: str):
+    return _call("get_cluster", name)
+
+
+def cluster_names() -> list[str]:
+    return _call("cluster_names")
+
+
+def launch(task, *, cluster=None, plan=None, detach=False, retry_until_up=False, keep_on_failure=False,
+           on_event=None, on_line=None):
+    return _streamed("launch", "interrupted: the server rolls back what this launch was creating "
+                     "(a job already running keeps running; see `broker status`)",
+                     _prepare(task), cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
+                     keep_on_failure=keep_on_failure, on_event=on_event, on_line=on_line)
+
+
+def exec_(name: str, task, *, detach=False, on_event=None, on_line=None):
+    return _streamed("exec_", f"stopped following; the job keeps running on cluster {name}",
+                     name, _prepare(task), detach=detach, on_event=on_event, on_line=on_line)
+
+
+_daemons: dict | None = None
+
+
+def status(refresh=False, names=None, all_users=False):
+    global _daemons
+    out = _call("status", refresh=refresh, names=names, all_users=all_users)
+    _daemons = out["daemons"]  # `status` then asks daemons(): already answered, no second round trip
+    return out["clusters"]
+
+
+def ssh_target(name: str, rank: int = 0) -> dict:
+    raise UsageError("`broker ssh` is not available in client mode yet (the nodes' keys stay on the server)",
+                     "run it on the server, or `broker exec CLUSTER -- CMD` for a command")
+
+
+def adopt(on_event=None) -> list[str]:
+    return _call("adopt", on_event=on_event)
+
+
+def down(names, on_event=None):
+    return _call("down", list(names), on_event=on_event)
+
+
+def stop(name: str, on_event=None):
+    return _call("stop", name, on_event=on_event)
+
+
+def start(name: str, on_event=None):
+    return _call("start", name, on_event=on_event)
+
+
+def set_autostop(name: str, minutes, down: bool):
+    return _call("set_autostop", name, minutes, down)
+
+
+def queue(name: str):
+    return _call("queue", name)
+
+
+def logs(name: str, job_id, *, follow: bool, on_line):
+    return _streamed("logs", f"stopped following; the job keeps running on cluster {name}",
+                     name, job_id, follow=follow, on_line=on_line)
+
+
+def cancel(name: str, job_ids, all_jobs: bool = False):
+    return _call("cancel", name, list(job_ids), all_jobs)
+
+
+def daemons() -> dict:
+    return _daemons if _daemons is not None else _call("daemons")
+
+
+def events(cluster=None, job_id=None, limit=50):
+    return _call("events", cluster, job_id, limit)
+
+
+def jobs_launch(task):
+    return _call("jobs_launch", _prepare(task))
+
+
+def jobs_launch_pipeline(pipeline):
+    raise UsageError("pipelines are not available in client mode yet",
+                     "run the stages as separate `broker jobs launch` calls, or launch the pipeline on the server")
+
+
+def jobs_queue(all_users: bool = False):
+    return _call("jobs_queue", all_users=all_users)
+
+
+def cluster_costs() -> dict:
+    return _call("cluster_costs")
+
+
+def job_costs() -> dict:
+    return {int(k): v for k, v in _call("job_costs").items()}  # (JSON object keys are strings)
+
+
+def cost_report(since_s=None, everything=False) -> dict:
+    return _call("cost_report", since_s, everything)
+
+
+def jobs_get(job_id: int):
+    return _call("jobs_get", job_id)
+
+
+def jobs_logs(job_id: int, follow: bool, on_line):
+    return _streamed("jobs_logs", f"stopped following; managed job {job_id} keeps running",
+                     job_id, follow, on_raw=on_line)
+
+
+def jobs_cancel(job_ids, all_: bool = False):
+    return _call("jobs_cancel", list(job_ids), all_)

@@ -1,0 +1,299 @@
+"""What a client may ask the server: api.py's use cases, each with its authorization, run for a user.
+
+Rules (README "Teams and CI"):
+- every cluster and managed job records its user; listing shows the caller's unless `all_users`;
+- a non-admin may not launch onto, exec on, read the logs or queue of, stop, start, autostop, cancel on or
+  tear down another user's cluster, nor read or cancel another user's managed job: ForbiddenError (HTTP
+  403), checked before anything is done; admins may (clusters made in local mode have no user: admins only);
+- a task's local sources must be the caller's own uploads (`upload://ID/...`): the server never reads its
+  own files for a client; the local cloud (nodes on the server machine itself) only when the server was
+  started with --allow-local-cloud.
+
+Each entry: (check, run, stream). `check(user, args, kwargs)` raises before anything happens; `run(user,
+*args, **kwargs)` does the work; `stream` maps the callback parameters to stream message types (None: a
+plain JSON answer).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from .. import api, state
+from ..errors import ForbiddenError, NotFoundError, UsageError
+
+EV, LN, RAW = "event", "line", "raw"
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def upload_root(user_name: str) -> Path:
+    from ..paths import ensure_home, private_dir
+
+    return private_dir(private_dir(ensure_home() / "uploads") / user_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# ownership
+
+def _deny(what: str, owner: str | None) -> ForbiddenError:
+    who = f"user {owner}" if owner else "no user (made in local mode)"
+    return ForbiddenError(f"{what} belongs to {who}", "only its user or an admin may do this; "
+                          "`broker status --all-users` shows whose is what")
+
+
+def own_cluster(user, name) -> None:
+    if not isinstance(name, str):
+        raise UsageError("a cluster name must be a string")
+    rec = state.get_cluster(name)
+    if rec is not None and not user.admin and rec.user_name != user.name:
+        raise _deny(f"cluster {name}", rec.user_name)
+
+
+def own_job(user, job_id) -> None:
+    from ..jobs import store
+
+    j = store.get(int(job_id))
+    if j is not None and not user.admin and j.user_name != user.name:
+        raise _deny(f"managed job {job_id}", j.user_name)
+
+
+def _mine(user, rec) -> bool:
+    return rec.user_name == user.name
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks from a client
+
+def server_task(user, task):
+    """The task with its upload:// sources resolved to the caller's uploads; any other local path is
+    refused (the server does not hand its own files to a client's cluster)."""
+    from ..spec import Task
+
+    if not isinstance(task, Task):
+        raise UsageError("expected a task")
+
+    def resolve(src: str, what: str) -> str:
+        if not src.startswith("upload://"):
+            raise UsageError(f"{what} {src} is a path on the server", "in client mode local sources are "
+                             "uploaded by the client; send the task with `broker` in client mode")
+        uid, _, rest = src[len("upload://"):].partition("/")
+        base = upload_root(user.name) / uid
+        if not _UPLOAD_ID.match(uid) or not base.is_dir() or not re.match(r"^[wm][0-9]*$", rest):
+            raise UsageError(f"{what}: unknown upload {uid!r}", "upload again (the client does it on launch)")
+        return str(base / rest)
+
+    for r in task.candidates:
+        if r.cloud == "local" and os.environ.get("BROKER_SERVER_ALLOW_LOCAL_CLOUD") != "1":
+            raise ForbiddenError("this server does not run the local cloud (its nodes would be the server machine)",
+                                 "name a cloud, or start the server with --allow-local-cloud (trusted users only)")
+    workdir = resolve(task.workdir, "workdir") if task.workdir else None
+    mounts = tuple(m if m.is_bucket else replace(m, source=resolve(m.source, f"file mount {m.remote}"))
+                   for m in task.file_mounts)
+    return replace(task, workdir=workdir, file_mounts=mounts)
+
+
+def _plan_check(user, task):
+    from ..spec import Task
+
+    if not isinstance(task, Task):
+        raise UsageError("expected a task")
+
+
+# ----------------------------------------------------------------------------------------------
+# the calls
+
+def _none(user, args, kwargs) -> None:
+    return None
+
+
+def _admin(user, args, kwargs) -> None:
+    if not user.admin:
+        raise ForbiddenError("only an admin may do this", "ask an admin (`broker server token create NAME --admin`)")
+
+
+def _first_cluster(user, args, kwargs) -> None:
+    own_cluster(user, args[0] if args else kwargs.get("name"))
+
+
+def run_status(user, refresh=False, names=None, all_users=False):
+    """The clusters and, in the same answer, the daemons' state (`status` is one round trip)."""
+    recs = api.status(refresh=refresh, names=names)
+    if not all_users and not names:
+        recs = [r for r in recs if _mine(user, r)]
+    return {"clusters": recs, "daemons": run_daemons(user)}
+
+
+def run_cluster_names(user):
+    return [r.name for r in state.list_clusters() if user.admin or _mine(user, r)]
+
+
+def check_launch(user, args, kwargs) -> None:
+    server_task(user, args[0])
+    if kwargs.get("cluster"):
+        own_cluster(user, kwargs["cluster"])
+
+
+def run_launch(user, task, **kw):
+    return api.launch(server_task(user, task), **kw)
+
+
+def check_exec(user, args, kwargs) -> None:
+    own_cluster(user, args[0])
+    server_task(user, args[1])
+
+
+def run_exec(user, name, task, **kw):
+    return api.exec_(name, server_task(user, task), **kw)
+
+
+def check_down(user, args, kwargs) -> None:
+    names = args[0] if args else kwargs.get("names") or []
+    if not isinstance(names, list):
+        raise UsageError("expected a list of cluster names")
+    for n in names:
+        own_cluster(user, n)
+
+
+def check_events(user, args, kwargs) -> None:
+    cluster = args[0] if args else kwargs.get("cluster")
+    job_id = args[1] if len(args) > 1 else kwargs.get("job_id")
+    if cluster:
+        own_cluster(user, cluster)
+    if job_id is not None:
+        own_job(user, job_id)
+
+
+def run_events(user, cluster=None, job_id=None, limit=50):
+    evs = api.events(cluster, job_id, limit)
+    if cluster or job_id is not None or user.admin:
+        return evs
+    mine = {r.name for r in state.list_clusters() if _mine(user, r)}
+    return [e for e in evs if e.get("cluster") in mine]
+
+
+def run_jobs_launch(user, task):
+    return api.jobs_launch(server_task(user, task))
+
+
+def run_jobs_queue(user, all_users=False):
+    js = api.jobs_queue()
+    return js if all_users else [j for j in js if j.user_name == user.name]
+
+
+def check_job(user, args, kwargs) -> None:
+    own_job(user, args[0])
+
+
+def check_jobs_cancel(user, args, kwargs) -> None:
+    for jid in (args[0] if args else []):
+        own_job(user, jid)
+
+
+def run_jobs_cancel(user, job_ids, all_=False):
+    if all_:  # every active job *of the caller* (an admin cancels others' jobs by id)
+        from ..jobs import store
+
+        job_ids = [j.id for j in store.active() if j.user_name == user.name]
+        if not job_ids:
+            return []
+        all_ = False
+    return api.jobs_cancel(job_ids, all_)
+
+
+def run_cluster_costs(user):
+    mine = {r.name for r in state.list_clusters() if user.admin or _mine(user, r)}
+    return {k: v for k, v in api.cluster_costs().items() if k in mine}
+
+
+def run_job_costs(user):
+    from ..jobs import store
+
+    mine = {j.id for j in store.all_jobs() if user.admin or j.user_name == user.name}
+    return {str(k): v for k, v in api.job_costs().items() if k in mine}
+
+
+def run_daemons(user):
+    from . import daemons
+
+    lead = daemons.leader_alive()
+    return {"autostop_watcher": lead, "jobs_controller": lead, "where": "server"}
+
+
+def _plain(fn):
+    return lambda user, *a, **kw: fn(*a, **kw)
+
+
+CALLS = {
+    "plan": (lambda u, a, k: _plan_check(u, a[0]), _plain(api.plan), None),
+    "preflight": (lambda u, a, k: server_task(u, a[0]),
+                  lambda u, task, plan=None: api.preflight(server_task(u, task), plan), None),
+    "cluster_exists": (_none, _plain(api.cluster_exists), None),
+    "get_cluster": (_none, _plain(api.get_cluster), None),
+    "cluster_names": (_none, run_cluster_names, None),
+    "status": (_none, run_status, None),
+    "daemons": (_none, run_daemons, None),
+    "launch": (check_launch, run_launch, {"on_event": EV, "on_line": LN}),
+    "exec_": (check_exec, run_exec, {"on_event": EV, "on_line": LN}),
+    "adopt": (_admin, _plain(api.adopt), {"on_event": EV}),
+    "down": (check_down, _plain(api.down), {"on_event": EV}),
+    "stop": (_first_cluster, _plain(api.stop), {"on_event": EV}),
+    "start": (_first_cluster, _plain(api.start), {"on_event": EV}),
+    "set_autostop": (_first_cluster, _plain(api.set_autostop), None),
+    "queue": (_first_cluster, _plain(api.queue), None),
+    "logs": (_first_cluster, _plain(api.logs), {"on_line": LN}),
+    "cancel": (_first_cluster, _plain(api.cancel), None),
+    "events": (check_events, run_events, None),
+    "jobs_launch": (lambda u, a, k: server_task(u, a[0]), run_jobs_launch, None),
+    "jobs_queue": (_none, run_jobs_queue, None),
+    "jobs_get": (check_job, _plain(api.jobs_get), None),
+    "jobs_logs": (check_job, _plain(api.jobs_logs), {"on_line": RAW}),
+    "jobs_cancel": (check_jobs_cancel, run_jobs_cancel, None),
+    "cluster_costs": (_none, run_cluster_costs, None),
+    "job_costs": (_none, run_job_costs, None),
+    "cost_report": (_admin, _plain(api.cost_report), None),  # the team's whole ledger: admins only (for now)
+}
+
+
+def lookup(fn: str):
+    entry = CALLS.get(fn)
+    if entry is None:
+        raise NotFoundError(f"the server has no call {fn!r}", "client and server versions differ? "
+                            "install the same skybroker version on both")
+    return entry
+
+
+def extract_upload(user, data: bytes) -> str:
+    """Unpack a client's tar.gz of task sources into the user's upload area; returns its id."""
+    import io
+    import tarfile
+    import uuid
+
+    uid = uuid.uuid4().hex
+    dest = upload_root(user.name) / uid
+    dest.mkdir(mode=0o700)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for m in tar.getmembers():
+                top = m.name.split("/", 1)[0]
+                if m.name.startswith("/") or ".." in m.name.split("/") or not re.match(r"^[wm][0-9]*$", top) \
+                        or not (m.isfile() or m.isdir() or m.issym()):
+                    raise UsageError(f"upload: refusing the entry {m.name!r}")
+                if m.issym() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")):
+                    raise UsageError(f"upload: refusing the link {m.name!r} → {m.linkname!r}")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # pragma: no cover - Python < 3.11.4: members were checked above
+                tar.extractall(dest)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+        raise UsageError(f"upload: not a readable tar.gz ({exc})") from None
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    os.chmod(dest, 0o700)
+    return uid

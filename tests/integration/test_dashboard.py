@@ -1,0 +1,140 @@
+"""/dashboard in a real headless browser (Debian's chromium + chromium-driver, driven by Selenium): it
+loads after signing in with a token, lists a running cluster with its cost and a managed job with its
+recovery, and logs no console errors. The screenshot lands in BROKER_SCREENSHOTS (default: the test's
+temporary directory) and its path is printed in the run's report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from skybroker.clouds.local import _kill_node_processes
+from tests.integration.local_helpers import wait_for, write_task
+from tests.integration.server_helpers import Server
+
+pytest.importorskip("fastapi")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync")]
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
+              f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield d
+    d.quit()
+
+
+@needs_browser
+def test_dashboard_lists_clusters_and_a_recovered_job(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    server = Server(tmp_path / "server_home").start()
+    try:
+        tok = server.token("ana", admin=True)
+        ana = server.client(tok, tmp_path / "ana")
+        r = ana("launch", "-y", "-d", "-c", "web", write_task(tmp_path / "c.yaml", name="c", run="sleep 30"))
+        assert r.returncode == 0, r.stderr
+        led = tmp_path / "ledger"
+        run = ('echo seg >> "$LEDGER"; n=$(wc -l < "$LEDGER"); if [ "$n" -lt 2 ]; then sleep 60; fi; echo done')
+        r = ana("jobs", "launch", "-y", "-d", write_task(tmp_path / "m.yaml", name="phoenix",
+                                                         envs={"LEDGER": str(led)}, run=run))
+        assert r.returncode == 0, r.stderr
+
+        def status():
+            return json.loads(ana("jobs", "queue", "--json").stdout)[0]
+
+        wait_for(lambda: status()["status"] == "RUNNING" and led.exists(), 40, 0.3, "the job running")
+        node = server.home / "local" / "job-1" / "node-0"
+        _kill_node_processes(node)  # a preemption on the local cloud
+        shutil.rmtree(node, ignore_errors=True)
+        wait_for(lambda: status()["status"] == "SUCCEEDED", 60, 0.3, "the job recovered and done")
+        assert status()["recoveries"] == 1
+
+        browser.get(server.url + "/dashboard")
+        assert "Sign in" in browser.page_source  # no token: the sign-in form, nothing else
+        browser.find_element(By.NAME, "token").send_keys(tok)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(lambda: browser.find_elements(By.ID, "clusters"), 10, 0.1, "the dashboard")
+        clusters = browser.find_element(By.ID, "clusters").text
+        assert "web" in clusters and "UP" in clusters and "ana" in clusters
+        assert "Cost so far" in clusters
+        jobs = browser.find_element(By.ID, "jobs").text
+        assert "phoenix" in jobs and "SUCCEEDED" in jobs and "recovery" in jobs, jobs
+        row = [ln for ln in jobs.splitlines() if "phoenix" in ln][0]
+        assert " 1 " in f" {row} ", row  # one recovery in the RECOVERIES column
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        shots = Path(os.environ.get("BROKER_SCREENSHOTS") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        path = shots / "dashboard.png"
+        browser.save_screenshot(str(path))
+        assert path.stat().st_size > 10_000
+        from tests.conftest import REPORTS
+
+        REPORTS.append(f"dashboard screenshot: {path}")
+    finally:
+        server.stop()
+
+
+def test_local_mode_dashboard_serves_the_page_only(tmp_path):
+    """`broker dashboard`: this machine's state on 127.0.0.1, a token made for the run, no API."""
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.integration.local_helpers import broker, broker_bg, broker_home, kill_leftovers
+    from tests.integration.server_helpers import free_port
+
+    r = broker("launch", "-y", "-d", "-c", "mine", write_task(tmp_path / "t.yaml", name="t", run="sleep 20"))
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    err = tmp_path / "dash.err"
+    p = broker_bg("dashboard", "--port", port, stderr=err)
+    try:
+        m = wait_for(lambda: re.search(r"sign in with the token (\S+)", err.read_text()), 20, 0.1, "the dashboard")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _get(base + "/dashboard")[0] == 200, 10, 0.1, "the page")
+        assert "Sign in" in _get(base + "/dashboard")[1]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        page = opener.open(base + "/dashboard/login", data=urllib.parse.urlencode({"token": m.group(1)}).encode())
+        html = page.read().decode()
+        assert "mine" in html and "signed in as local" in html, html[:500]
+        assert _get(base + "/api/v1/call/status", data=b"{}")[0] == 404  # the API is not served
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            opener.open(base + "/dashboard/login", data=b"token=nope")
+        assert exc.value.code == 401  # a wrong token is refused
+    finally:
+        p.terminate()
+        p.wait(10)
+        broker("down", "-y", "mine")
+        kill_leftovers(broker_home())
+
+
+def _get(url, data=None):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""

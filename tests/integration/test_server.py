@@ -1,0 +1,323 @@
+"""The CLI in client mode against a live `broker server start` (tests/integration/server_helpers.py), on
+the local cloud: the same output and exit codes as local mode, streaming, two users' isolation, a token
+revoked mid-session, and the server killed and restarted in the middle of a managed job."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.local_helpers import wait_for, write_task
+from tests.integration.server_helpers import Server
+
+pytestmark = [pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync"),
+              pytest.mark.slow]  # each test starts a server (1-3 s) and runs real jobs
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "server_home").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_server(request, tmp_path):
+    """A server on SQLite, then one on a fresh PostgreSQL database."""
+    db = request.getfixturevalue("postgres").fresh_url() if request.param == "postgresql" else None
+    s = Server(tmp_path / "server_home", db=db).start()
+    yield s
+    s.stop()
+
+
+def _status(c, *extra) -> list[dict]:
+    r = c("status", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_launch_exec_logs_down_through_the_server(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "data.txt").write_text("from the laptop\n")
+    (tmp_path / "wd" / ".gitignore").write_text("secret.txt\n")
+    (tmp_path / "wd" / "secret.txt").write_text("never shipped\n")
+    task = write_task(tmp_path / "t.yaml", name="hi", workdir=str(tmp_path / "wd"), num_nodes=2,
+                      secrets={"API_KEY": "hunter2-secret"},
+                      run='cat data.txt; ls; echo "rank $SKYPILOT_NODE_RANK key=${#API_KEY}"')
+    r = alice("launch", "--dryrun", "--json", task)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["chosen"]["cloud"] == "local"
+    r = alice("launch", "-y", "-c", "dev", task)
+    assert r.returncode == 0, r.stderr
+    assert "(node-0) from the laptop" in r.stdout and "(node-1) rank 1 key=14" in r.stdout
+    assert "secret.txt" not in r.stdout  # .gitignore honoured by the upload
+    assert "Job 1 SUCCEEDED on dev" in r.stderr
+    [c] = _status(alice)
+    assert (c["name"], c["status"], c["num_nodes"], c["user"]) == ("dev", "UP", 2, "alice")
+    # the secret travelled in a body, never in a URL or the server's log or state in clear
+    assert "hunter2" not in server.log_text()
+    assert not any(b"hunter2-secret" in p.read_bytes() for p in server.home.rglob("*.db*") if p.is_file())
+
+    r = alice("exec", "dev", "--", "echo out; exit 3")
+    assert r.returncode == 3 and "(node-0) out" in r.stdout, r.stderr  # the job's exit code, as locally
+    go = tmp_path / "go"  # the job waits (up to 20 s) for this file, made once its first line arrived
+    r = alice("exec", "-d", "dev", "--", f"echo tick 1; for i in $(seq 200); do [ -e {go} ] && break; sleep 0.1; "
+              f"done; [ -e {go} ] && echo tick streamed || echo tick waited")
+    assert r.returncode == 0 and "job 3 submitted" in r.stderr, r.stderr
+    p = alice.bg("logs", "dev", "3", "-f")
+    first = p.stdout.readline()  # streamed while the job runs, not all at the end
+    assert first.startswith("(node-") and "tick 1" in first, first
+    go.touch()
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and (first + out).count("tick streamed") == 2, first + out
+    r = alice("queue", "dev", "--json")
+    assert [j["status"] for j in json.loads(r.stdout)] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+
+    r = alice("status", "nope")  # errors render exactly as locally: message, hint, exit code
+    local = subprocess.run([sys.executable, "-m", "skybroker.cli", "status", "nope"], capture_output=True,
+                           text=True, env={**alice.env(), "BROKER_API_SERVER": "local"})
+    assert r.returncode == local.returncode == 5 and r.stderr == local.stderr
+    r = alice("down", "-y", "dev")
+    assert r.returncode == 0 and "cluster dev terminated" in r.stderr, r.stderr
+    assert _status(alice) == [] and not (server.home / "local" / "dev").exists()
+
+
+def test_two_users_isolation(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    bob = server.client(server.token("bob"), tmp_path / "bob")
+    admin = server.client(server.token("root", admin=True), tmp_path / "root")
+    task = write_task(tmp_path / "t.yaml", name="a", run="echo start; sleep 60")
+    r = alice("launch", "-y", "-d", "-c", "alices", task)
+    assert r.returncode == 0, r.stderr
+    jobs = (server.home / "managed").exists()
+    before = _status(alice)
+    assert [c["name"] for c in before] == ["alices"]
+    assert _status(bob) == []  # bob sees his own clusters by default ...
+    assert [c["user"] for c in _status(bob, "--all-users")] == ["alice"]  # ... and the team's on request
+    r = bob("status", "--all-users")
+    assert "USER" in r.stdout and "alice" in r.stdout
+
+    forbidden = [("down", "-y", "alices"), ("exec", "alices", "--", "touch /tmp/pwned"), ("logs", "alices", "1"),
+                 ("logs", "alices", "1", "-f"), ("cancel", "alices", "1"), ("cancel", "-a", "-y", "alices"),
+                 ("stop", "-y", "alices"), ("start", "alices"), ("autostop", "alices", "-i", "1"),
+                 ("queue", "alices"), ("launch", "-y", "-c", "alices", str(task)), ("events", "alices")]
+    for args in forbidden:
+        r = bob(*args)
+        assert r.returncode == 7, (args, r.returncode, r.stderr)
+        assert "belongs to user alice" in r.stderr, (args, r.stderr)
+    for fn, args in [("down", [["alices"]]), ("exec_", ["alices", None]), ("logs", ["alices", 1]),
+                     ("cancel", ["alices", [1]]), ("stop", ["alices"]), ("queue", ["alices"])]:
+        code, body = bob.http(fn, {"args": args, "kwargs": {"follow": False} if fn == "logs" else {}})
+        assert code == 403 and body["error"]["exit_code"] == 7, (fn, code, body)
+    # nothing changed: the cluster is up, its job still running, no stray job, autostop unset
+    after = _status(alice)
+    assert [(c["name"], c["status"], c["autostop_minutes"]) for c in after] == [("alices", "UP", None)]
+    q = json.loads(alice("queue", "alices", "--json").stdout)
+    assert [(j["job_id"], j["status"]) for j in q] == [(1, "RUNNING")]
+    assert not any((server.home / "local" / "alices").rglob("pwned")) and jobs == (server.home / "managed").exists()
+    # an admin may
+    assert admin("queue", "alices").returncode == 0
+    r = admin("down", "-y", "alices")
+    assert r.returncode == 0, r.stderr
+    assert _status(alice) == []
+
+
+def test_token_revoked_mid_session(server, tmp_path):
+    tok = server.token("carol")
+    carol = server.client(tok, tmp_path / "carol")
+    assert carol("status").returncode == 0
+    r = subprocess.run([sys.executable, "-m", "skybroker.cli", "server", "token", "revoke", "carol"],
+                       env=server.env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    r = carol("status")
+    assert r.returncode == 7 and "unknown or revoked" in r.stderr, r.stderr
+    code, body = carol.http("status")
+    assert code == 401 and body["error"]["exit_code"] == 7
+    assert tok not in server.log_text()
+    r = server.client("brk_not-a-token", tmp_path / "x")("status")
+    assert r.returncode == 7
+
+
+def _counting_job(tmp_path, n=25):
+    led = tmp_path / "ledger"
+    run = (f'i=0; echo "segment" >> "$LEDGER"; while [ $i -lt {n} ]; do i=$((i+1)); echo "count $i" >> "$LEDGER"; '
+           'echo "count $i"; sleep 0.2; done; echo final')
+    return led, write_task(tmp_path / "m.yaml", name="survivor", envs={"LEDGER": str(led)}, run=run)
+
+
+def _ran_once(led, n=25):
+    lines = led.read_text().splitlines()
+    assert lines.count("segment") == 1, lines  # ran once: not restarted by the new controller
+    assert [ln for ln in lines if ln.startswith("count")] == [f"count {i}" for i in range(1, n + 1)]
+
+
+def test_server_killed_and_restarted_mid_managed_job(any_server, tmp_path):
+    server = any_server
+    led, task = _counting_job(tmp_path)
+    dave = server.client(server.token("dave"), tmp_path / "dave")
+    r = dave("jobs", "launch", "-y", "-d", task)
+    assert r.returncode == 0, r.stderr
+
+    def running():
+        js = json.loads(dave("jobs", "queue", "--json").stdout)
+        return js and js[0]["status"] == "RUNNING" and led.exists() and "count 3" in led.read_text() and js[0]
+
+    j = wait_for(running, 40, 0.3, "the managed job running")
+    assert j["user"] == "dave"
+    server.kill()  # SIGKILL: the controller inside it dies too
+    r = dave("jobs", "queue")
+    assert r.returncode == 1 and "cannot reach the broker server" in r.stderr
+    server.start()
+    r = dave("jobs", "logs", "1", "-f", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "final" in r.stdout
+    [j] = json.loads(dave("jobs", "queue", "--json").stdout)
+    assert j["status"] == "SUCCEEDED" and j["recoveries"] == 0
+    _ran_once(led)
+
+
+def test_replicas_on_one_postgresql_fail_over_the_controller(postgres, tmp_path):
+    """Two servers share one PostgreSQL (and the machine's BROKER_HOME: the local cloud's nodes and keys).
+    Exactly one is the leader; when it is killed the other takes the controller over within 10 s, and
+    the managed job finishes once, never recovered twice."""
+    db = postgres.fresh_url()
+    home = tmp_path / "server_home"
+    a, b = Server(home, db=db).start(), Server(home, db=db)
+    try:
+        wait_for(lambda: "is the leader" in a.log_text(), 10, 0.1, "a leader")
+        b.start()
+        time.sleep(2.5)  # b tries the lease every second and must not get it while a holds it
+        assert "is the leader" not in b.log_text()
+        led, task = _counting_job(tmp_path, n=40)
+        erin = b.client(b.token("erin"), tmp_path / "erin")  # through the replica that is not the leader
+        r = erin("jobs", "launch", "-y", "-d", task)
+        assert r.returncode == 0, r.stderr
+
+        def running():
+            js = json.loads(erin("jobs", "queue", "--json").stdout)
+            return js and js[0]["status"] == "RUNNING" and led.exists() and "count 2" in led.read_text()
+
+        wait_for(running, 40, 0.3, "the managed job running")
+        a.kill()
+        t0 = time.monotonic()
+        wait_for(lambda: "is the leader" in b.log_text(), 10, 0.05, "b taking over")
+        took = time.monotonic() - t0
+        assert took < 10
+        from tests.conftest import REPORTS
+
+        REPORTS.append(f"server replicas: controller taken over {took:.1f} s after the leader was killed")
+        r = erin("jobs", "logs", "1", "-f", timeout=60)
+        assert r.returncode == 0 and "final" in r.stdout, r.stderr
+        [j] = json.loads(erin("jobs", "queue", "--json").stdout)
+        assert j["status"] == "SUCCEEDED" and j["recoveries"] == 0
+        _ran_once(led, n=40)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_client_mode_imports_no_server_stack(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    code = ("import sys, atexit\n"
+            "atexit.register(lambda: print('LOADED', sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'psycopg',"
+            " 'sqlalchemy', 'httpx', 'boto3', 'skybroker.optimizer') if m in sys.modules), file=sys.stderr))\n"
+            "from skybroker.cli import main\nmain(['status'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**__import__("os").environ, **alice.env()})
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stderr, r.stderr
+    assert server.log_text().count("alice status 200") == 1  # one round trip
+    assert "alice daemons" not in server.log_text()
+
+
+def test_autostop_works_with_the_client_gone_in_server_mode(server, tmp_path):
+    fay = server.client(server.token("fay"), tmp_path / "fay")
+    r = fay("launch", "-y", "-c", "idle", write_task(tmp_path / "t.yaml", name="t", run="echo done"))
+    assert r.returncode == 0, r.stderr
+    r = fay("autostop", "idle", "-i", "0")
+    assert r.returncode == 0, r.stderr
+    # no client process runs from here on: the cluster's own nodes stop it (autostop on the cluster itself,
+    # armed through the server); the cloud's view, asked with --refresh, is the truth
+    assert _status(fay)[0]["autostop_where"] == "node"
+    wait_for(lambda: _status(fay, "--refresh")[0]["status"] == "STOPPED", 30, 0.5, "the idle cluster stopping itself")
+    r = fay("events", "idle", "--json")
+    assert any(e["kind"] == "autostop" for e in json.loads(r.stdout)), r.stdout
+    assert not (server.home / "autostop.log").exists()  # no background watcher process was started
+    r = fay("autostop", "idle", "--cancel")
+    assert r.returncode == 0, r.stderr
+    r = fay("start", "idle")
+    assert r.returncode == 0 and "cluster idle is up" in r.stderr, r.stderr
+    r = fay("exec", "-d", "idle", "--", "sleep 30")
+    assert r.returncode == 0 and "job 2 submitted" in r.stderr, r.stderr
+    r = fay("cancel", "idle", "2")
+    assert r.returncode == 0 and "cancelled: 2" in r.stderr, r.stderr
+    assert [j["status"] for j in json.loads(fay("queue", "idle", "--json").stdout)] == ["SUCCEEDED", "CANCELLED"]
+    r = fay("stop", "-y", "idle")
+    assert r.returncode == 0 and _status(fay)[0]["status"] == "STOPPED", r.stderr
+
+
+def test_interrupted_client_launch_is_rolled_back_by_the_server(tmp_path):
+    import signal
+
+    s = Server(tmp_path / "server_home", extra_env={"BROKER_FAILPOINTS": "sync=sleep(2)"}).start()
+    try:
+        gus = s.client(s.token("gus"), tmp_path / "gus")
+        (tmp_path / "wd").mkdir()
+        task = write_task(tmp_path / "t.yaml", name="t", workdir=str(tmp_path / "wd"), run="echo never")
+        err = tmp_path / "launch.err"
+        p = gus.bg("launch", "-y", "-c", "gone", task, stderr=err)
+        wait_for(lambda: "installing the node agent" in err.read_text(), 30, 0.1, "the launch under way")
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 130 and "never" not in out, err.read_text()
+        wait_for(lambda: _status(gus) == [] and not (s.home / "local" / "gone").exists(), 30, 0.3,
+                 "the server rolling the launch back")
+        assert any(e["kind"] == "down" for e in json.loads(gus("events", "gone", "--json").stdout))
+    finally:
+        s.stop()
+
+
+def test_tls(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "c.pem", tmp_path / "k.pem"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    s = Server(tmp_path / "server_home", tls=(crt, pem)).start()
+    try:
+        hal = s.client(s.token("hal"), tmp_path / "hal")
+        r = hal("status")
+        assert r.returncode == 1 and "certificate" in r.stderr.lower(), r.stderr  # not trusted: refused
+        r = broker_with(hal, "status", BROKER_API_CA=str(crt))
+        assert r.returncode == 0, r.stderr
+    finally:
+        s.stop()
+
+
+def broker_with(client, *args, **env):
+    from tests.integration.local_helpers import broker
+
+    return broker(*args, env={**client.env(), **env})

@@ -1,0 +1,103 @@
+"""Server mode's small parts: the wire codec, the SQLite → PostgreSQL translation, the login file, and
+`broker server start` refusing plain HTTP on a non-loopback address."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from skybroker import wire
+from skybroker.errors import BrokerError
+
+
+def test_wire_roundtrips_api_objects():
+    from skybroker import api
+    from skybroker.spec import Secret
+
+    task = api.load_task("examples/hello.yaml", {"secrets": {"TOKEN": "s3cr3t-value"}, "envs": {}})
+    plan = api.plan(task)
+    for obj in (task, plan, {"a": (1, 2.5, None), 3: [b"\x00\xff", frozenset({"x"})]}):
+        assert wire.loads(wire.dumps(obj)) == obj
+    back = wire.loads(wire.dumps(task))
+    assert isinstance(dict(back.secrets)["TOKEN"], Secret) and "s3cr3t" not in repr(back)
+
+
+@pytest.mark.parametrize("evil", [
+    {"__c": "os:system", "f": {}},
+    {"__c": "subprocess:Popen", "f": {"args": "id"}},
+    {"__c": "skybroker.state:connect", "f": {}},  # ours, but a function, not a dataclass
+    {"__e": "skybroker.spec:Task", "v": 1},  # a dataclass where an enum is expected
+    {"__c": "skybroker.nosuchmodule:X", "f": {}},
+    {"weird": 1},
+])
+def test_wire_rebuilds_only_skybroker_dataclasses_and_enums(evil):
+    with pytest.raises(BrokerError):
+        wire.load(evil)
+
+
+def test_wire_errors_keep_message_hint_and_exit_code():
+    from skybroker.errors import NotFoundError
+
+    e = wire.error_from(json.loads(json.dumps(wire.error_dict(NotFoundError("cluster 'x' not found", "see status")))))
+    assert (e.message, e.hint, e.exit_code) == ("cluster 'x' not found", "see status", 5)
+
+
+def test_postgres_translation():
+    psycopg = pytest.importorskip("psycopg")  # noqa: F841 - db_pg imports it
+    from skybroker.db_pg import redact_url, translate, translate_ddl
+
+    assert translate("SELECT * FROM clusters WHERE name = ?", False) == (
+        "SELECT * FROM clusters WHERE name = %s", False)
+    assert translate("INSERT INTO events (cluster, ts) VALUES (?,?)", False) == (
+        "INSERT INTO events (cluster, ts) VALUES (%s,%s) RETURNING id", True)
+    assert translate("INSERT OR IGNORE INTO meta (k, v) VALUES ('db_id', ?)", False)[0] == \
+        "INSERT INTO meta (k, v) VALUES ('db_id', %s) ON CONFLICT DO NOTHING"
+    assert translate("UPDATE t SET a = ? WHERE region IS ? AND m LIKE '5%'", False)[0] == \
+        "UPDATE t SET a = %s WHERE region IS NOT DISTINCT FROM %s AND m LIKE '5%%'"
+    assert translate("INSERT INTO clusters (name) VALUES (:name) ON CONFLICT(name) DO UPDATE SET x=excluded.x",
+                     True)[0] == "INSERT INTO clusters (name) VALUES (%(name)s) ON CONFLICT(name) DO UPDATE SET x=excluded.x"
+    assert translate("BEGIN IMMEDIATE", False) == ("BEGIN", False)
+    assert translate_ddl("id INTEGER PRIMARY KEY AUTOINCREMENT, p REAL, s BLOB, n INTEGER NOT NULL") == \
+        "id BIGSERIAL PRIMARY KEY, p DOUBLE PRECISION, s BYTEA, n BIGINT NOT NULL"
+    assert redact_url("postgresql://u:pa@ss@h/db") == "postgresql://u:***@h/db"
+
+
+def test_a_bad_database_url_is_a_clear_error(monkeypatch):
+    from skybroker import state
+
+    monkeypatch.setenv("BROKER_DB", "mysql://x")
+    monkeypatch.setattr(state._local, "conn", None, raising=False)
+    with pytest.raises(state.StateError, match="postgresql://"):
+        state.db()
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "skybroker.cli", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def test_server_refuses_plain_http_off_loopback():
+    r = _cli("server", "start", "--host", "0.0.0.0", "--port", "1")
+    assert r.returncode == 2 and "refusing plain HTTP on 0.0.0.0" in r.stderr and "--insecure" in r.stderr
+    r = _cli("server", "start", "--host", "10.1.2.3", "--certfile", __file__)
+    assert r.returncode == 2 and "go together" in r.stderr
+
+
+def test_login_file_is_private_and_client_mode_follows_it(tmp_path):
+    from skybroker.client import endpoint, remove_login, save_login
+
+    assert endpoint() is None  # local mode by default
+    path = save_login("http://127.0.0.1:1/", "brk_x")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert endpoint() == ("http://127.0.0.1:1", "brk_x")
+    r = _cli("status")  # a server that is not there: a readable error, not a traceback
+    assert r.returncode == 1 and "cannot reach the broker server at http://127.0.0.1:1" in r.stderr
+    assert "broker logout" in r.stderr and "Traceback" not in r.stderr
+    assert _cli("status", env={"BROKER_API_SERVER": "local"}).returncode == 0
+    r = _cli("gc")
+    assert r.returncode == 2 and "commands go to the server" in r.stderr
+    assert remove_login() and endpoint() is None

@@ -1,0 +1,172 @@
+"""The state layer (state.py, jobs/store.py, users.py), the same tests on both backends: SQLite under
+BROKER_HOME and a real PostgreSQL (the `state_backend` fixture in tests/conftest.py)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from skybroker import state, users
+from skybroker.errors import NotFoundError, UsageError
+from skybroker.jobs import store
+
+
+def _rec(name="c1", **kw):
+    base = dict(name=name, cloud="local", region="r1", zone=None, instance_type="local-2",
+                accelerators=None, use_spot=False, num_nodes=2, hourly_price=0.5, status=state.UP,
+                launched_at=100.0, nodes=[state.NodeRecord("i-1", 0, "10.0.0.1", home="/x"),
+                                          state.NodeRecord("i-2", 1, "10.0.0.2")])
+    base.update(kw)
+    return state.ClusterRecord(**base)
+
+
+def test_backend_is_the_one_asked_for(state_backend):
+    state.save_cluster(_rec())
+    assert state.is_postgres() == (state_backend == "postgresql")
+    assert type(state.db()).__module__ == ("skybroker.db_pg" if state_backend == "postgresql" else "sqlite3")
+
+
+def test_cluster_roundtrip_and_upsert(state_backend):
+    state.save_cluster(_rec(use_spot=True, autostop_minutes=5, autostop_down=True, accelerators="V100:1"))
+    got = state.get_cluster("c1")
+    assert got.use_spot is True and got.autostop_down is True and got.autostop_minutes == 5
+    assert [n.instance_id for n in got.nodes] == ["i-1", "i-2"] and got.nodes[0].home == "/x"
+    assert got.head.ip == "10.0.0.1" and got.hourly_price == 0.5 and got.accelerators == "V100:1"
+    got.status = state.STOPPED
+    got.num_nodes = 1
+    state.save_cluster(got)  # upsert: same name, new values
+    again = state.get_cluster("c1")
+    assert (again.status, again.num_nodes) == (state.STOPPED, 1)
+    assert [r.name for r in state.list_clusters()] == ["c1"]
+    state.set_status("c1", state.UP)
+    state.set_autostop("c1", None, False)
+    r = state.get_cluster("c1")
+    assert (r.status, r.autostop_minutes, r.autostop_down) == (state.UP, None, False)
+    state.delete_cluster("c1")
+    assert state.get_cluster("c1") is None and state.list_clusters() == []
+
+
+def test_list_order_and_user_recorded(state_backend):
+    state.save_cluster(_rec("b", launched_at=2.0))
+    tok = state.current_user.set("alice")
+    try:
+        state.save_cluster(_rec("a", launched_at=3.0))
+    finally:
+        state.current_user.reset(tok)
+    state.save_cluster(_rec("c", launched_at=1.0, user_name="bob"))
+    assert [(r.name, r.user_name) for r in state.list_clusters()] == [("c", "bob"), ("b", None), ("a", "alice")]
+    rec = state.get_cluster("a")
+    state.save_cluster(rec)  # saving again (another user's request) keeps the owner
+    assert state.get_cluster("a").user_name == "alice"
+
+
+def test_intents_ledger(state_backend):
+    a = state.add_intent("c1", "aws", "us-east-1", "use1-az1")
+    b = state.add_intent("c1", "local", None, None)
+    c = state.add_intent("c2", "aws", "us-east-1", None)
+    assert len({a, b, c}) == 3 and all(isinstance(i, int) for i in (a, b, c))
+    state.set_intent(a, "created", ["i-1", "i-2"])
+    assert [i["instance_ids"] for i in state.open_intents("c1")] == [["i-1", "i-2"], []]
+    state.close_intents("c1", "local", None)  # region IS NULL must match a NULL region
+    assert [i["id"] for i in state.open_intents("c1")] == [a]
+    state.close_intents("c1", state="adopted")
+    assert [i["id"] for i in state.open_intents()] == [c]
+
+
+def test_events(state_backend):
+    for i in range(5):
+        state.add_event("c1" if i % 2 else "c2", "k", f"m{i} 100%")  # a literal % survives translation
+    assert [e["message"] for e in state.events("c1")] == ["m1 100%", "m3 100%"]
+    assert [e["message"] for e in state.recent_events(3)] == ["m2 100%", "m3 100%", "m4 100%"]
+
+
+def test_managed_jobs(state_backend):
+    tok = state.current_user.set("carol")
+    try:
+        j = store.insert("train", '{"run": "x"}', {"TOKEN": "s3cret"}, "1x local")
+    finally:
+        state.current_user.reset(tok)
+    assert j.status == store.PENDING and j.user_name == "carol" and j.task_id.endswith(f"_train_{j.id}")
+    assert b"s3cret" not in bytes(j.secrets) and store.decrypt(j.secrets) == {"TOKEN": "s3cret"}
+    j2 = store.insert(None, "{}", {}, "x")
+    assert j2.id > j.id and j2.secrets is None
+    store.update(j.id, status=store.RUNNING, cost=1.25, cluster="job-1")
+    assert [x.id for x in store.active()] == [j.id, j2.id]
+    assert store.get(j.id).cost == 1.25
+    assert store.request_cancel(j.id) is True
+    store.update(j2.id, status=store.SUCCEEDED)
+    assert store.request_cancel(j2.id) is False  # already ended: nothing changes
+    assert [e["kind"] for e in store.events(j.id)] == ["submitted", "cancel"]
+    assert [x.id for x in store.all_jobs()] == [j.id, j2.id] and store.get(999) is None
+
+
+def test_concurrent_inserts_get_distinct_ids(state_backend):
+    ids, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                ids.append(store.insert("p", "{}", {}, "x").id)
+        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(ids)) == 20
+    assert all(store.get(i).task_id.endswith(f"_{i}") for i in ids)
+
+
+def test_users_tokens(state_backend):
+    tok = users.create("alice", admin=True)
+    assert tok.startswith("brk_") and len(tok) > 40
+    stored = [dict(r) for r in state.db().execute("SELECT * FROM users")]
+    assert tok not in repr(stored) and stored[0]["token_hash"] == users.digest(tok)
+    assert users.authenticate(tok) == users.User("alice", True, stored[0]["created_at"], None)
+    assert users.authenticate(tok + "x") is None and users.authenticate("nope") is None
+    with pytest.raises(UsageError):
+        users.create("alice")
+    with pytest.raises(UsageError):
+        users.create("bad name")
+    users.revoke("alice")
+    assert users.authenticate(tok) is None
+    with pytest.raises(NotFoundError):
+        users.revoke("alice")
+    tok2 = users.create("alice")  # a revoked user gets a new token, the old one stays dead
+    assert users.authenticate(tok2).admin is False and users.authenticate(tok) is None
+    assert [u.name for u in users.list_users()] == ["alice"]
+
+
+def test_reconnect_reuses_schema(state_backend):
+    state.save_cluster(_rec())
+    state._local.conn = None  # a new connection (another process) migrates nothing and sees the rows
+    assert state.get_cluster("c1").name == "c1"
+
+
+def test_cost_ledger_risk_and_pipeline_rows(state_backend):
+    """The tables other features added (cost ledger, spot exposure, pipelines) on both backends."""
+    import json
+
+    from skybroker.costs import ledger
+    from skybroker.jobs import risk
+    from skybroker.optimizer import optimize
+    from skybroker.spec import task_from_dict
+
+    rec = _rec("led", cloud="aws", region="us-east-1", zone="use1-az1", instance_type="p3.2xlarge")
+    state.save_cluster(rec)
+    cand = optimize(task_from_dict({"resources": {"instance_type": "p3.2xlarge", "cloud": "aws"}, "run": "x"}),
+                    ("aws",)).chosen
+    ledger.open_run(rec, cand, at=1000.0)
+    ledger.set_state("led", ledger.STOPPED, at=1000.0 + 3600)
+    ledger.close_run("led", at=1000.0 + 7200)
+    (run,) = [r for r in ledger.runs() if r.cluster == "led"]
+    assert run.cost(1000.0 + 7200) > 0
+    risk.record(("aws", "us-east-1", "use1-az1", "p3.2xlarge"), 2.0, True)
+    risk.record(("aws", "us-east-1", "use1-az1", "p3.2xlarge"), 1.0, False)
+    assert risk.history()[("aws", "us-east-1", "use1-az1", "p3.2xlarge")] == risk.Exposure(3.0, 1)
+    job = store.insert_pipeline("pipe", [("a", json.dumps({"run": "x"}), {}, "res-a"),
+                                         ("b", json.dumps({"run": "y"}), {}, "res-b")])
+    got = store.get(job.id)
+    assert got.stages and got.stage == 0 and got.name == "pipe"
