@@ -58,6 +58,14 @@ SETTINGS: tuple[Setting, ...] = (
     _S("notice_every", "BROKER_NOTICE_EVERY", float, 5.0, "seconds between two looks at the preemption notice"),
     _S("notice_endpoint", "BROKER_NOTICE_ENDPOINT", str, "",
        "replaces the metadata server (scheme://host:port) of the notice URL: tests and simulated spot"),
+    # -- buckets (skybroker/storage/)
+    _S("storage_forward_credentials", "BROKER_STORAGE_FORWARD_CREDENTIALS", bool, False,
+       "MOUNT buckets with this machine's own credentials (in the mount process's environment only) where no "
+       "bucket-scoped token can be made; off: such mounts are refused"),
+    _S("storage_sas_hours", "BROKER_STORAGE_SAS_HOURS", float, 24.0,
+       "lifetime of the container SAS an Azure Blob MOUNT gets on the nodes"),
+    _S("storage_cache", "BROKER_STORAGE_CACHE", str, "",
+       "where COPY buckets are staged on this machine before rsync (default: BROKER_HOME/storage-cache)"),
     # -- autostop
     _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0, "seconds between two idleness checks of the watcher"),
     # -- clouds

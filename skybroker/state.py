@@ -108,6 +108,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN submit_token TEXT;
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
     """,
+    # v5: buckets of `file_mounts` storages with a `name` (SkyPilot's `sky storage`): which store, whether
+    # skybroker created it, whether it outlives its clusters, and who uses it (storage/records.py)
+    """
+    CREATE TABLE storage (
+        name TEXT PRIMARY KEY, kind TEXT NOT NULL, uri TEXT NOT NULL, sources TEXT NOT NULL DEFAULT '[]',
+        persistent INTEGER NOT NULL DEFAULT 1, managed INTEGER NOT NULL DEFAULT 0, mode TEXT,
+        users TEXT NOT NULL DEFAULT '[]', created_at REAL, updated_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -438,6 +438,10 @@ class Controller:
                      failure=(reason or None) if status != store.SUCCEEDED else None)
         store.add_event(j.id, status.lower(), reason)
         log(f"job {j.id}: {status} ({reason})")
+        from ..storage.mounts import release  # the job's `persistent: false` buckets go with it
+
+        for w in release(f"owner:managed:{j.id}"):
+            store.add_event(j.id, "warning", w)
 
     def _cancel(self, j) -> None:
         store.update(j.id, status=store.CANCELLING)

@@ -1,0 +1,260 @@
+"""Buckets on a cluster, as SkyPilot's storage modes (called by backend.sync, lifecycle.terminate and
+the managed-jobs controller).
+
+  COPY          the bucket's objects are downloaded HERE through the store's SDK into a private staging
+                cache (BROKER_HOME/storage-cache, 0700; unchanged files are not fetched again) and rsynced
+                to every node before setup, like a local file mount. The nodes get no credential at all.
+  MOUNT         rclone FUSE mount on every node (`--vfs-cache-mode writes`: reads stream, writes are
+                uploaded when the file is closed). The default of the mapping form, as in SkyPilot.
+  MOUNT_CACHED  rclone with a full local cache (`--vfs-cache-mode full`, write-back after 5 s): random
+                writes and re-reads at disk speed, uploaded in the background.
+
+A MOUNT's rclone gets a credential scoped to that one bucket (S3: an STS federation token whose policy
+names only the bucket; GCS: a downscoped token; Azure: a container SAS), in its process environment only:
+never on the node's disk, never in a command line, never in output. Where no scoped credential can be
+made, the mount is refused unless BROKER_STORAGE_FORWARD_CREDENTIALS=1 (then this machine's own
+credential goes to the mount process the same way). Your credential files are never copied.
+
+A named storage (`{name: ..., source: ./local}`) is created if missing (tagged skybroker-managed=true),
+the local sources uploaded, and recorded (records.py). `persistent: false` buckets are deleted when
+their last cluster goes down (a managed job's: when the job ends); only buckets skybroker created and
+whose tag still says so are ever deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from pathlib import Path
+
+from .. import settings
+from ..errors import SpecError
+from . import get_store, records, transfer
+from .base import CLOUD_STORE, MANAGED_TAG, BucketRef, StorageError, check_name, parse_uri
+
+MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
+
+
+def bucket_mounts(task) -> list:
+    return [m for m in task.file_mounts if m.is_bucket]
+
+
+def _field(m) -> str:
+    return f"file_mounts.{m.remote}"
+
+
+def _fail(m, exc: StorageError, task=None) -> StorageError:
+    err = StorageError(f"{_field(m)}: {exc.message}", exc.hint)
+    err.exit_code = exc.exit_code
+    return err
+
+
+def ref_of(m, cloud: str | None) -> BucketRef:
+    """Where a bucket mount's data lives (a named storage: the store it was created in before, else
+    `store:`, else the cluster's cloud's store, else S3)."""
+    if not m.name:
+        ref = parse_uri(m.source)
+        if ref.kind == "az" and ref.account is None:
+            ref = BucketRef("az", ref.bucket, ref.prefix, get_store("az").default_account())
+        return ref
+    rec = records.get(m.name)
+    if rec is not None:
+        return parse_uri(rec.uri)
+    kind = m.store or CLOUD_STORE.get(cloud or "", "s3")
+    check_name(kind, m.name)
+    return BucketRef(kind, m.name, "", get_store("az").default_account() if kind == "az" else None)
+
+
+def preflight(task) -> None:
+    """Before anything is created: the store SDKs are installed and credentials are there."""
+    for m in bucket_mounts(task):
+        kind = m.store if m.name else parse_uri(m.source).kind
+        if kind is None:
+            continue  # a named storage whose store follows the cluster's cloud: checked when it is made
+        try:
+            get_store(kind).check_credentials()
+        except StorageError as exc:
+            raise _fail(m, exc) from None
+
+
+def prepare(task, rec, on_event) -> list[tuple]:
+    """Resolve, create and upload every bucket of the task for cluster `rec`; record named storages and
+    that this cluster (and its managed job) uses them. Returns [(mount, BucketRef)]."""
+    out = []
+    users = [f"cluster:{rec.name}"] + ([f"owner:{rec.owner}"] if rec.owner else [])
+    for m in bucket_mounts(task):
+        try:
+            ref = ref_of(m, rec.cloud)
+            store = get_store(ref.kind)
+            store.check_credentials()
+            tags = store.tags(ref)
+            if not m.name:
+                if tags is None:
+                    raise StorageError(f"bucket {ref.uri} does not exist", "check the URI, or create the bucket "
+                                       "with a `name:` storage")
+                out.append((m, ref))
+                continue
+            old = records.get(m.name)
+            managed = bool(old.managed) if old else False
+            if tags is None:
+                region = rec.region if CLOUD_STORE.get(rec.cloud or "") == ref.kind else None
+                on_event("storage", f"creating bucket {ref.uri}")
+                store.create(ref, region, {MANAGED_TAG: "true"})
+                managed = True
+            elif old is None:
+                managed = _ours(tags)
+            sr = old or records.StorageRecord(m.name, ref.kind, ref.uri)
+            sr.kind, sr.uri, sr.mode, sr.managed = ref.kind, ref.uri, m.mode, managed
+            sr.persistent = m.persistent if old is None else (old.persistent and m.persistent)
+            sr.sources = list(m.uploads)
+            sr.users = sorted(set(sr.users) | set(users))
+            records.save(sr)
+            for src in m.uploads:
+                n = transfer.upload(store, src, ref)
+                on_event("storage", f"uploaded {n} changed file(s) of {src} to {ref.uri}")
+            out.append((m, ref))
+        except StorageError as exc:
+            raise _fail(m, exc) from None
+    return out
+
+
+def _ours(tags: dict) -> bool:
+    return any(k.replace("_", "-") == MANAGED_TAG and v == "true" for k, v in (tags or {}).items())
+
+
+def cache_dir(ref: BucketRef) -> Path:
+    base = settings.get("storage_cache") or os.path.join(os.path.expanduser(settings.get("home")), "storage-cache")
+    key = hashlib.sha256(ref.uri.encode()).hexdigest()[:16]
+    p = Path(base) / ref.kind / f"{ref.bucket}-{key}"
+    p.mkdir(parents=True, exist_ok=True)
+    for d in (Path(base), Path(base) / ref.kind, p):
+        os.chmod(d, 0o700)
+    return p
+
+
+def stage(m, ref: BucketRef, on_event) -> tuple[Path, bool]:
+    """COPY: the bucket (prefix) downloaded into this machine's cache; (path, single object?)."""
+    d = cache_dir(ref)
+    try:
+        n, single = transfer.download(get_store(ref.kind), ref, str(d))
+    except StorageError as exc:
+        raise _fail(m, exc) from None
+    on_event("storage", f"fetched {n} changed object(s) of {ref.uri}")
+    if single:
+        return d / ref.prefix.strip("/").rsplit("/", 1)[-1], True
+    return d, False
+
+
+def mount_script(m, ref: BucketRef) -> str:
+    """The node-side script of one MOUNT (credentials arrive in the environment, never in the text)."""
+    from ..runtime.ssh_runner import path_expr
+
+    rid = hashlib.sha256(f"{m.remote}|{ref.uri}".encode()).hexdigest()[:12]
+    vfs = "--vfs-cache-mode full --vfs-write-back 5s" if m.mode == "MOUNT_CACHED" else "--vfs-cache-mode writes"
+    return f"""set -e
+dst={path_expr(m.remote)}
+if ! command -v rclone >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  S=""; [ "$(id -u)" = 0 ] || S="sudo -n"
+  $S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone fuse3 >/dev/null 2>&1 || \\
+    {{ $S apt-get update -qq >/dev/null 2>&1 && $S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone fuse3 >/dev/null 2>&1; }} || true
+fi
+command -v rclone >/dev/null 2>&1 || {{ echo "rclone is not installed on the node and could not be installed (apt-get install rclone fuse3)" >&2; exit 3; }}
+if mountpoint -q "$dst" 2>/dev/null; then fusermount3 -uz "$dst" 2>/dev/null || fusermount -uz "$dst" 2>/dev/null || umount -l "$dst" 2>/dev/null || true; fi
+mkdir -p "$dst" "$HOME/.skybroker-node/rclone"
+log="$HOME/.skybroker-node/rclone/{rid}.log"
+rclone mount {shlex.quote(get_store(ref.kind).rclone_path(ref))} "$dst" --daemon --daemon-wait 30s --allow-non-empty \\
+  {vfs} --cache-dir "$HOME/.skybroker-node/rclone/cache-{rid}" --dir-cache-time 5s --poll-interval 0 \\
+  --log-file "$log" --log-level NOTICE || {{ tail -n 5 "$log" >&2; exit 4; }}
+echo "$dst" >> "$HOME/.skybroker-node/mounts"
+"""
+
+
+def sync(rt, task, on_event=lambda k, m: None) -> None:
+    """Every bucket mount of the task on every node of the cluster (after its local file mounts)."""
+    from ..runtime.runner import run_parallel
+
+    pairs = prepare(task, rt.rec, on_event)
+    copies, mounts = [], []
+    for m, ref in pairs:
+        if m.mode == "COPY":
+            copies.append((m, *stage(m, ref, on_event)))
+        else:
+            try:
+                env = get_store(ref.kind).node_env(ref, forward=bool(settings.get("storage_forward_credentials")))
+            except StorageError as exc:
+                raise _fail(m, exc) from None
+            mounts.append((m, ref, env))
+
+    def one(node):
+        r = rt.runner(node)
+        for m, path, single in copies:
+            if single:
+                r.put_file(path.read_bytes(), m.remote, 0o644)
+            else:
+                r.sync_up(str(path), m.remote, ignore_files=False)
+        for m, ref, env in mounts:
+            res = r.run(mount_script(m, ref), env=env, timeout=300)
+            if res.exit_code != 0:
+                why = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
+                raise StorageError(f"{_field(m)}: mounting {ref.uri} on node {node.rank} failed: {why[0][:300]}",
+                                   "the node needs FUSE and rclone (apt-get install rclone fuse3); or use "
+                                   "`mode: COPY`")
+
+    if copies or mounts:
+        run_parallel(rt.nodes, one)
+
+
+def release(user: str, on_event=lambda k, m: None) -> list[str]:
+    """`user` (cluster:NAME / owner:ID) no longer uses its buckets: delete the non-persistent ones nobody
+    else uses. Returns warnings (a bucket that could not be deleted stays recorded)."""
+    warnings = []
+    for sr in records.used_by(user):
+        sr.users = [u for u in sr.users if u != user]
+        if sr.persistent or sr.users:
+            records.save(sr)
+            continue
+        try:
+            delete_bucket(sr, on_event)
+        except Exception as exc:  # noqa: BLE001 - a teardown goes on; the record stays for `storage delete`
+            records.save(sr)
+            warnings.append(f"bucket {sr.uri} (persistent: false) was not deleted: {getattr(exc, 'message', exc)}; "
+                            f"`broker storage delete {sr.name}`")
+    for w in warnings:
+        on_event("warning", w)
+    return warnings
+
+
+def release_cluster(rec, on_event=lambda k, m: None) -> list[str]:
+    """A cluster went down. A managed job's cluster keeps the job's buckets (it is relaunched on
+    recovery); the job's end releases them."""
+    try:
+        return release(f"cluster:{rec.name}", on_event)
+    except Exception as exc:  # noqa: BLE001 - a teardown never fails on bucket bookkeeping
+        return [f"bucket cleanup for {rec.name} failed: {exc}"]
+
+
+def delete_bucket(sr, on_event=lambda k, m: None) -> bool:
+    """Delete a recorded storage: the bucket itself only if skybroker created it and its tag agrees.
+    Returns whether the bucket was deleted (the record goes either way)."""
+    ref = parse_uri(sr.uri)
+    deleted = False
+    if sr.managed:
+        store = get_store(ref.kind)
+        tags = store.tags(ref)
+        if tags is not None and (_ours(tags) or (not tags and not store.keeps_tags())):
+            on_event("storage", f"deleting bucket {ref.uri}")
+            store.delete_bucket(ref)
+            deleted = True
+        elif tags is not None:
+            raise StorageError(f"bucket {ref.uri} does not carry the {MANAGED_TAG} tag: not deleting it",
+                               "delete it with the cloud's own tools if it is really yours")
+    records.delete(sr.name)
+    return deleted
+
+
+def check_mode(mode, fp: str, source: str | None) -> str:
+    m = str(mode).upper()
+    if m not in MODES:
+        raise SpecError(f"unknown storage mode {mode!r}", f"one of {', '.join(MODES)}", source=source,
+                        field=f"{fp}.mode")
+    return m
