@@ -6,7 +6,8 @@ the managed-jobs controller).
                 to every node before setup, like a local file mount. The nodes get no credential at all.
   MOUNT         rclone FUSE mount on every node (`--vfs-cache-mode writes`: reads stream, writes are
                 uploaded when the file is closed). The default of the mapping form, as in SkyPilot.
-  MOUNT_CACHED  rclone with a full local cache (`--vfs-cache-mode full`, write-back after 5 s): random
+  MOUNT_CACHED  rclone with a full local cache (`--vfs-cache-mode full`, write-back after
+                BROKER_STORAGE_WRITE_BACK, 5 s): random
                 writes and re-reads at disk speed, uploaded in the background.
 
 A MOUNT's rclone gets a credential scoped to that one bucket (S3: an STS federation token whose policy
@@ -123,7 +124,9 @@ def _ours(tags: dict) -> bool:
 
 
 def cache_dir(ref: BucketRef) -> Path:
-    base = settings.get("storage_cache") or os.path.join(os.path.expanduser(settings.get("home")), "storage-cache")
+    from ..paths import broker_home
+
+    base = settings.get("storage_cache") or os.path.join(broker_home(), "storage-cache")
     key = hashlib.sha256(ref.uri.encode()).hexdigest()[:16]
     p = Path(base) / ref.kind / f"{ref.bucket}-{key}"
     p.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,9 @@ def mount_script(m, ref: BucketRef) -> str:
     from ..runtime.ssh_runner import path_expr
 
     rid = hashlib.sha256(f"{m.remote}|{ref.uri}".encode()).hexdigest()[:12]
-    vfs = "--vfs-cache-mode full --vfs-write-back 5s" if m.mode == "MOUNT_CACHED" else "--vfs-cache-mode writes"
+    back = float(settings.get("storage_write_back"))
+    vfs = f"--vfs-cache-mode full --vfs-write-back {back:g}s" if m.mode == "MOUNT_CACHED" else \
+        "--vfs-cache-mode writes --vfs-write-back 0s"
     return f"""set -e
 dst={path_expr(m.remote)}
 if ! command -v rclone >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
@@ -164,7 +169,7 @@ mkdir -p "$dst" "$HOME/.skybroker-node/rclone"
 log="$HOME/.skybroker-node/rclone/{rid}.log"
 rclone mount {shlex.quote(get_store(ref.kind).rclone_path(ref))} "$dst" --daemon --daemon-wait 30s --allow-non-empty \\
   {vfs} --cache-dir "$HOME/.skybroker-node/rclone/cache-{rid}" --dir-cache-time 5s --poll-interval 0 \\
-  --log-file "$log" --log-level NOTICE || {{ tail -n 5 "$log" >&2; exit 4; }}
+  --log-file "$log" --log-level NOTICE </dev/null >/dev/null 2>&1 || {{ tail -n 5 "$log" >&2; exit 4; }}
 echo "$dst" >> "$HOME/.skybroker-node/mounts"
 """
 

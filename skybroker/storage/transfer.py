@@ -1,6 +1,8 @@
 """Uploads and downloads through a Store's primitives (list / get / put), the same for every store."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import _files
 from .base import BucketRef, Store
 
@@ -32,10 +34,17 @@ def download(store: Store, ref: BucketRef, dest: str) -> tuple[int, bool]:
         single = bool(objs)
         prefix = ref.prefix.strip("/").rsplit("/", 1)[0] + "/" if "/" in ref.prefix.strip("/") else ""
     n = 0
+    wanted = set()
     for key, size, mtime in objs:
         path = _files.target(dest, key, prefix)
-        if path is None or _files.unchanged(path, size, mtime):
+        if path is None:
+            continue
+        wanted.add(path)
+        if _files.unchanged(path, size, mtime):
             continue
         _files.write_atomically(path, lambda f, k=key: store.get_object(ref, k, f), mtime)
         n += 1
+    if not single:  # objects deleted from the bucket since the last download leave the cache too
+        for p in [p for p in Path(dest).rglob("*") if p.is_file() and p.resolve() not in wanted]:
+            p.unlink()
     return n, single
