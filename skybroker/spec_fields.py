@@ -340,7 +340,7 @@ def _storage(remote: str, spec: dict, fp: str, source: str, make_mount):
         raise SpecError("a storage mount needs `source` (a bucket URI) or `name` (a bucket)", None,
                         source=source, field=fp)
     name = str(name)
-    if kind is not None:
+    if kind is not None and "$" not in name:  # an unfilled variable: checked at launch, where it is used
         try:
             check_name(kind, name)
         except StorageError as exc:
