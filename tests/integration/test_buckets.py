@@ -228,3 +228,36 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
     assert r.returncode != 0
     assert "file_mounts.~/d: bucket s3://no-such-bucket/x does not exist" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_managed_job_keeps_its_bucket_across_a_recovery_and_deletes_it_at_the_end(s3, tmp_path, monkeypatch):
+    from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, events, launch_detached,
+                                                     preempt_local, until, wait_status)
+
+    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
+    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.txt").write_text("x")
+    seen = tmp_path / "seen"
+    t = write_task(tmp_path / "t.yaml", name="bk-job",
+                   resources={"infra": "local", "job_recovery": "FAILOVER"},
+                   file_mounts={"~/in": {"name": "job-scratch", "source": str(src), "mode": "COPY",
+                                         "persistent": False}},
+                   run=f'ls ~/in | paste -sd, - >> {seen}.ls; if [ -e {seen} ]; then exit 0; fi; touch {seen}; sleep 60')
+    jid = launch_detached(t)
+    try:
+        wait_status(jid, "RUNNING")
+        until(lambda: seen.exists(), 20, "first segment running", jid)
+        s3.put_object(Bucket="job-scratch", Key="marker.txt", Body=b"m")  # survives only if the bucket does
+        preempt_local(jid)
+        j = wait_status(jid, TERMINAL, 60)
+        assert j.status == "SUCCEEDED" and j.recoveries == 1, (j.status, events(jid))
+        assert Path(f"{seen}.ls").read_text().splitlines() == ["x.txt", "marker.txt,x.txt"]  # kept across recovery
+        until(lambda: not _exists(s3, "job-scratch"), 10, "the job's bucket deleted at its end", jid)
+        kinds = [e["kind"] for e in events(jid)]
+        assert "warning" not in kinds, events(jid)
+    finally:
+        pid = controller_pid()
+        if pid:
+            os.kill(pid, 9)
