@@ -3,7 +3,15 @@
 mounts.py puts them on a cluster (COPY / MOUNT / MOUNT_CACHED); records.py is `broker storage`'s table."""
 from __future__ import annotations
 
-from .base import CLOUD_STORE, KINDS, STORE_NAMES, BucketRef, StorageError, check_name, parse_uri
+from .base import (
+    CLOUD_STORE,
+    KINDS,
+    STORE_NAMES,
+    BucketRef,
+    StorageError,
+    check_name,
+    parse_uri,
+)
 
 _STORES: dict = {}
 
@@ -33,5 +41,14 @@ def reset_clients() -> None:
     _STORES.clear()
 
 
-__all__ = ["BucketRef", "StorageError", "parse_uri", "check_name", "get_store", "reset_clients", "CLOUD_STORE",
-           "STORE_NAMES", "KINDS"]
+__all__ = [
+    "CLOUD_STORE",
+    "KINDS",
+    "STORE_NAMES",
+    "BucketRef",
+    "StorageError",
+    "check_name",
+    "get_store",
+    "parse_uri",
+    "reset_clients",
+]

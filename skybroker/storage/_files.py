@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def local_files(local: str, prefix: str) -> Iterator[tuple[str, str]]:

@@ -10,8 +10,9 @@ error naming the field before anything is created.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 from ..errors import BrokerError
 

@@ -31,7 +31,14 @@ from pathlib import Path
 from .. import settings
 from ..errors import SpecError
 from . import get_store, records, transfer
-from .base import CLOUD_STORE, MANAGED_TAG, BucketRef, StorageError, check_name, parse_uri
+from .base import (
+    CLOUD_STORE,
+    MANAGED_TAG,
+    BucketRef,
+    StorageError,
+    check_name,
+    parse_uri,
+)
 
 MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
 

@@ -75,7 +75,7 @@ class GcsEmulator(_Proc):
     def missing() -> str | None:
         return None if shutil.which("gcp-storage-emulator") else "gcp-storage-emulator is not installed (pip)"
 
-    def start(self) -> "GcsEmulator":
+    def start(self) -> GcsEmulator:
         self.port = free_port()
         self.proc = subprocess.Popen(["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port",
                                       str(self.port), "--in-memory"], stdout=subprocess.DEVNULL,
@@ -99,7 +99,7 @@ class Azurite(_Proc):
     def missing() -> str | None:
         return None if shutil.which("azurite-blob") else "azurite-blob is not installed (npm install -g azurite)"
 
-    def start(self) -> "Azurite":
+    def start(self) -> Azurite:
         self.port = free_port()
         self.proc = subprocess.Popen(["azurite-blob", "--inMemoryPersistence", "--blobHost", "127.0.0.1",
                                       "--blobPort", str(self.port), "--skipApiVersionCheck", "--silent"],

@@ -15,7 +15,14 @@ import pytest
 
 from tests.infra.moto_server import MotoServer
 from tests.infra.storage_emulators import Azurite, GcsEmulator
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, node_dir, node_lines, write_task
+from tests.integration.local_helpers import (
+    broker,
+    broker_home,
+    kill_leftovers,
+    node_dir,
+    node_lines,
+    write_task,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for file mounts")
 
@@ -231,8 +238,15 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
 
 
 def test_managed_job_keeps_its_bucket_across_a_recovery_and_deletes_it_at_the_end(s3, tmp_path, monkeypatch):
-    from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, events, launch_detached,
-                                                     preempt_local, until, wait_status)
+    from tests.integration.test_managed_jobs import (
+        TERMINAL,
+        controller_pid,
+        events,
+        launch_detached,
+        preempt_local,
+        until,
+        wait_status,
+    )
 
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
@@ -261,3 +275,46 @@ def test_managed_job_keeps_its_bucket_across_a_recovery_and_deletes_it_at_the_en
         pid = controller_pid()
         if pid:
             os.kill(pid, 9)
+
+
+def test_azure_mount_gets_a_sas_for_its_container_only(azurite, monkeypatch, tmp_path):
+    why = _fuse_ok()
+    if why:
+        pytest.skip(why)
+    for k, v in azurite.env().items():
+        monkeypatch.setenv(k, v)
+    from azure.storage.blob import BlobServiceClient
+
+    svc = BlobServiceClient.from_connection_string(azurite.connection_string)
+    svc.create_container("az-mnt")
+    svc.get_container_client("az-mnt").upload_blob("p/in.txt", b"blob in")
+    svc.create_container("az-other")
+    t = write_task(tmp_path / "t.yaml", file_mounts={
+        "~/m": {"source": "https://devstoreaccount1.blob.core.windows.net/az-mnt/p", "mode": "MOUNT"}},
+        run="cat ~/m/in.txt; echo; echo out > ~/m/out.txt; echo done")
+    r = broker("launch", "-y", "-c", "azm", t, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert node_lines(r.stdout)[0] == ["blob in", "done"], r.stdout
+    c = svc.get_container_client("az-mnt")
+    deadline = time.monotonic() + 20
+    while "p/out.txt" not in {b.name for b in c.list_blobs()} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert c.download_blob("p/out.txt").readall() == b"out\n"
+    procs = [(cl, e) for cl, e in map(_proc, Path("/proc").iterdir())
+             if cl and cl.split(b"\0")[0].endswith(b"rclone") and str(node_dir("azm", 0)).encode() in cl]
+    assert procs
+    env = dict(v.split(b"=", 1) for v in procs[0][1].split(b"\0") if b"=" in v)
+    sas = env[b"RCLONE_AZUREBLOB_SAS_URL"].decode()
+    assert "/az-mnt?" in sas and b"AZURE_STORAGE_CONNECTION_STRING" not in env
+    assert not any(b"AccountKey" in v for v in env.values())  # the account key never reaches the node
+    import subprocess
+
+    lsf = [shutil.which("rclone"), "lsf", "--retries", "1", "--low-level-retries", "1"]
+    ok = subprocess.run(lsf + [":azureblob:az-mnt/p"], env={"RCLONE_AZUREBLOB_SAS_URL": sas, "PATH": "/usr/bin:/bin"},
+                        capture_output=True, text=True, timeout=30, check=False)
+    assert ok.returncode == 0 and "in.txt" in ok.stdout, ok.stderr
+    other = subprocess.run(lsf + [":azureblob:az-other"], env={"RCLONE_AZUREBLOB_SAS_URL": sas, "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert other.returncode != 0  # Azurite checks the SAS: another container is refused
+    assert broker("down", "-y", "azm").returncode == 0
+    assert c.exists()  # given by URI: never deleted
