@@ -71,7 +71,7 @@ class AzureBlobStore:
         if getattr(exc, "status_code", None) in (401, 403) or type(exc).__name__ == "ClientAuthenticationError":
             return StorageError(f"{ref.uri}: access denied while {doing} ({code})",
                                 "check that your credentials may use this container")
-        return StorageError(f"{ref.uri}: {doing} failed ({code})", None)
+        return StorageError(f"{ref.uri}: {doing} failed ({code})", None, exit_code=1)
 
     def keeps_tags(self) -> bool:
         return True

@@ -25,7 +25,11 @@ _AZ_HOST = re.compile(r"^([a-z0-9]{3,24})\.blob\.core\.windows\.net$")
 
 
 class StorageError(BrokerError):
-    """A bucket cannot be used: bad name, missing credentials, missing SDK, the store said no."""
+    """A bucket cannot be used: bad name, missing credentials, missing SDK, no such bucket, access denied
+    (exit 2: the user's to fix, the message names the field). A failure of the store itself (network,
+    5xx) is raised with exit_code=1, so a managed job treats it like any other failure."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class GcsStore:
         if code in (401, 403):
             return StorageError(f"{ref.uri}: access denied while {doing} ({code})",
                                 "check that your credentials may use this bucket")
-        return StorageError(f"{ref.uri}: {doing} failed ({code}: {str(exc)[:200]})", None)
+        return StorageError(f"{ref.uri}: {doing} failed ({code}: {str(exc)[:200]})", None, exit_code=1)
 
     def keeps_tags(self) -> bool:
         """Real GCS keeps bucket labels; the emulator drops them (then the record alone says ours)."""

@@ -123,7 +123,14 @@ def prepare(task, rec, on_event) -> list[tuple]:
             out.append((m, ref))
         except StorageError as exc:
             raise _fail(m, exc) from None
+        except Exception as exc:  # noqa: BLE001 - an SDK's own error (network, endpoint): named, not a traceback
+            raise _fail(m, _sdk_error(exc)) from exc
     return out
+
+
+def _sdk_error(exc: Exception) -> StorageError:
+    return StorageError(f"the store failed: {type(exc).__name__}: {str(exc)[:300]}",
+                        "check the network and the store's endpoint, then retry", exit_code=1)
 
 
 def _ours(tags: dict) -> bool:
@@ -149,6 +156,8 @@ def stage(m, ref: BucketRef, on_event) -> tuple[Path, bool]:
         n, single = transfer.download(get_store(ref.kind), ref, str(d))
     except StorageError as exc:
         raise _fail(m, exc) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(m, _sdk_error(exc)) from exc
     on_event("storage", f"fetched {n} changed object(s) of {ref.uri}")
     if single:
         return d / ref.prefix.strip("/").rsplit("/", 1)[-1], True
@@ -195,6 +204,8 @@ def sync(rt, task, on_event=lambda k, m: None) -> None:
                 env = get_store(ref.kind).node_env(ref, forward=bool(settings.get("storage_forward_credentials")))
             except StorageError as exc:
                 raise _fail(m, exc) from None
+            except Exception as exc:  # noqa: BLE001
+                raise _fail(m, _sdk_error(exc)) from exc
             mounts.append((m, ref, env))
 
     def one(node):

@@ -67,8 +67,12 @@ class S3Store:
                 if not creds.exists():
                     raise StorageError("r2:// buckets need keys in ~/.cloudflare/r2.credentials (profile [r2])",
                                        "create an R2 API token and write its keys there, as for SkyPilot")
-                os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", str(creds))
-                self._session = boto3.Session(profile_name="r2")
+                import botocore.session
+
+                core = botocore.session.Session()
+                core.set_config_variable("credentials_file", str(creds))  # this session only, not os.environ
+                core.set_config_variable("profile", "r2")
+                self._session = boto3.Session(botocore_session=core)
             else:
                 self._session = boto3.Session()
         return self._session
@@ -81,8 +85,10 @@ class S3Store:
             s = self.session()
             region = region or s.region_name or ("auto" if self.kind == "r2" else "us-east-1")
             kw = {"endpoint_url": self.endpoint()} if (name == "s3" and self.kind == "r2") else {}
+            from .. import settings
+
             self._clients[key] = s.client(name, region_name=region, config=Config(
-                retries={"max_attempts": 5, "mode": "standard"}), **kw)
+                retries={"max_attempts": int(settings.get("aws_max_attempts")), "mode": "standard"}), **kw)
         return self._clients[key]
 
     def _error(self, exc, ref: BucketRef, doing: str) -> StorageError:
@@ -90,7 +96,7 @@ class S3Store:
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
             return StorageError(f"{ref.uri}: access denied while {doing} ({code})",
                                 "check that your credentials may use this bucket")
-        return StorageError(f"{ref.uri}: {doing} failed ({code})", None)
+        return StorageError(f"{ref.uri}: {doing} failed ({code})", None, exit_code=1)
 
     # -- Store
     def keeps_tags(self) -> bool:

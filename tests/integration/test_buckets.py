@@ -318,3 +318,40 @@ def test_azure_mount_gets_a_sas_for_its_container_only(azurite, monkeypatch, tmp
     assert other.returncode != 0  # Azurite checks the SAS: another container is refused
     assert broker("down", "-y", "azm").returncode == 0
     assert c.exists()  # given by URI: never deleted
+
+
+def test_r2_bucket_is_copied_and_its_mount_needs_the_forward_opt_in(moto, s3, tmp_path, monkeypatch):
+    home = Path(os.environ["HOME"]) / ".cloudflare"
+    home.mkdir(parents=True)
+    (home / "r2.credentials").write_text("[r2]\naws_access_key_id = r2key\naws_secret_access_key = r2secret\n")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k)  # R2 uses its own keys, not the AWS ones
+    monkeypatch.setenv("BROKER_R2_ENDPOINT", moto.url)  # R2 speaks S3: moto stands in for it
+    s3.create_bucket(Bucket="r2-data")
+    s3.put_object(Bucket="r2-data", Key="d/f.txt", Body=b"from r2")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": "r2://r2-data/d"}, run="cat ~/d/f.txt")
+    r = broker("launch", "-y", "-c", "r2", t, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert node_lines(r.stdout)[0] == ["from r2"], r.stdout
+    m = write_task(tmp_path / "m.yaml", file_mounts={"~/d": {"source": "r2://r2-data/d", "mode": "MOUNT"}}, run="true")
+    r = broker("launch", "-y", "-c", "r2m", m, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "file_mounts.~/d: R2 has no scoped temporary credentials" in r.stderr, r.stderr
+    assert "BROKER_STORAGE_FORWARD_CREDENTIALS=1" in r.stderr and "r2secret" not in r.stderr + r.stdout
+    assert not (broker_home() / "local" / "r2m").exists()  # the failed bring-up was torn down
+
+
+def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
+    from tests.infra.moto_server import FAKE_CREDENTIALS
+    from tests.infra.storage_emulators import free_port
+
+    for k, v in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("BROKER_AWS_MAX_ATTEMPTS", "1")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": "s3://some-bucket/x"}, run="echo never")
+    r = broker("launch", "-y", "-c", "down", t, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "file_mounts.~/d: the store failed: EndpointConnectionError" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "never" not in r.stdout
+    assert not (broker_home() / "local" / "down").exists()
