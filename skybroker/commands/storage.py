@@ -12,12 +12,20 @@ def storage():
     """Buckets created or used by `file_mounts` storages with a `name` (SkyPilot's `sky storage`)."""
 
 
-@storage.command("ls", epilog=examples("broker storage ls", "broker storage ls --json"))
+@storage.command("ls", epilog=examples("broker storage ls", "broker storage ls --refresh --json"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(as_json):
-    """List recorded storages: store URI, mode, whether they outlive their clusters, who uses them."""
+@click.option("--refresh", "-r", is_flag=True, help="Ask each store whether the bucket still exists; forget the "
+              "ones that are gone.")
+def ls(as_json, refresh):
+    """List recorded storages: store URI, mode, whether they outlive their clusters, who uses them.
+    Without --refresh this reads the local records only (no network)."""
     from ..storage import records
 
+    if refresh:
+        from ..storage import mounts
+
+        for name in mounts.refresh():
+            render.info(f"storage {name}: its bucket no longer exists; forgotten")
     recs = records.all_records()
     if as_json:
         render.print_json([render.storage_json(r) for r in recs])

@@ -29,7 +29,6 @@ import shlex
 from pathlib import Path
 
 from .. import settings
-from ..errors import SpecError
 from . import get_store, records, transfer
 from .base import (
     CLOUD_STORE,
@@ -39,8 +38,6 @@ from .base import (
     check_name,
     parse_uri,
 )
-
-MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
 
 
 def bucket_mounts(task) -> list:
@@ -275,9 +272,18 @@ def delete_bucket(sr, on_event=lambda k, m: None) -> bool:
     return deleted
 
 
-def check_mode(mode, fp: str, source: str | None) -> str:
-    m = str(mode).upper()
-    if m not in MODES:
-        raise SpecError(f"unknown storage mode {mode!r}", f"one of {', '.join(MODES)}", source=source,
-                        field=f"{fp}.mode")
-    return m
+def refresh() -> list[str]:
+    """The stores are the truth: records whose bucket is gone are dropped, and a record's `managed` follows
+    the bucket's tag where the store keeps tags. Returns the names forgotten."""
+    gone = []
+    for sr in records.all_records():
+        ref = parse_uri(sr.uri)
+        store = get_store(ref.kind)
+        tags = store.tags(ref)
+        if tags is None:
+            records.delete(sr.name)
+            gone.append(sr.name)
+        elif store.keeps_tags() and sr.managed != _ours(tags):
+            sr.managed = _ours(tags)
+            records.save(sr)
+    return gone

@@ -53,9 +53,9 @@ class _Proc:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
+            self.proc.terminate()  # in memory: nothing to flush (gcp-storage-emulator may ignore SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

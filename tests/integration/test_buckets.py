@@ -150,6 +150,12 @@ def test_azure_container_copied_and_persistent_storage_kept_until_deleted(azurit
     r = broker("storage", "delete", "-y", "bk-keep-az")
     assert r.returncode == 0 and "deleted" in r.stderr, r.stderr
     assert not keep.exists()
+    r = broker("launch", "-y", "-c", "az2", t, cwd=tmp_path)  # created again; then removed behind our back
+    assert r.returncode == 0 and broker("down", "-y", "az2").returncode == 0
+    keep.delete_container()
+    assert [s["name"] for s in json.loads(broker("storage", "ls", "--json").stdout)] == ["bk-keep-az"]
+    r = broker("storage", "ls", "--refresh", "--json")
+    assert json.loads(r.stdout) == [] and "no longer exists" in r.stderr, r.stderr
     assert svc.get_container_client("given").exists()  # never recorded, never touched
 
 
