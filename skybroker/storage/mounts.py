@@ -170,6 +170,7 @@ def mount_script(m, ref: BucketRef) -> str:
     vfs = f"--vfs-cache-mode full --vfs-write-back {back:g}s" if m.mode == "MOUNT_CACHED" else \
         "--vfs-cache-mode writes --vfs-write-back 0s"
     return f"""set -e
+umask 077
 dst={path_expr(m.remote)}
 if ! command -v rclone >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   S=""; [ "$(id -u)" = 0 ] || S="sudo -n"
@@ -178,7 +179,8 @@ if ! command -v rclone >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
 fi
 command -v rclone >/dev/null 2>&1 || {{ echo "rclone is not installed on the node and could not be installed (apt-get install rclone fuse3)" >&2; exit 3; }}
 if mountpoint -q "$dst" 2>/dev/null; then fusermount3 -uz "$dst" 2>/dev/null || fusermount -uz "$dst" 2>/dev/null || umount -l "$dst" 2>/dev/null || true; fi
-mkdir -p "$dst" "$HOME/.skybroker-node/rclone"
+mkdir -p "$dst" 2>/dev/null || {{ sudo -n mkdir -p "$dst" && sudo -n chown "$(id -u):$(id -g)" "$dst"; }}
+mkdir -p "$HOME/.skybroker-node/rclone"
 log="$HOME/.skybroker-node/rclone/{rid}.log"
 rclone mount {shlex.quote(get_store(ref.kind).rclone_path(ref))} "$dst" --daemon --daemon-wait 30s --allow-non-empty \\
   {vfs} --cache-dir "$HOME/.skybroker-node/rclone/cache-{rid}" --dir-cache-time 5s --poll-interval 0 \\
@@ -216,12 +218,22 @@ def sync(rt, task, on_event=lambda k, m: None) -> None:
             res = r.run(mount_script(m, ref), env=env, timeout=300)
             if res.exit_code != 0:
                 why = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
-                raise StorageError(f"{_field(m)}: mounting {ref.uri} on node {node.rank} failed: {why[0][:300]}",
+                why = redact(why[0], env)[:300]
+                raise StorageError(f"{_field(m)}: mounting {ref.uri} on node {node.rank} failed: {why}",
                                    "the node needs FUSE and rclone (apt-get install rclone fuse3); or use "
                                    "`mode: COPY`")
 
     if copies or mounts:
         run_parallel(rt.nodes, one)
+
+
+def redact(text: str, env: dict[str, str]) -> str:
+    """A node's message with the credentials it was given taken out (rclone may echo a SAS URL)."""
+    import re
+
+    for v in sorted((v for v in env.values() if len(v) >= 8), key=len, reverse=True):
+        text = text.replace(v, "<redacted>")
+    return re.sub(r"(?i)(sig|signature|x-amz-security-token|token)=[^&\s\"']+", r"\1=<redacted>", text)
 
 
 def release(user: str, on_event=lambda k, m: None) -> list[str]:

@@ -108,3 +108,11 @@ def test_mount_script_has_no_credentials():
     script = mount_script(m, parse_uri("s3://bkt/p"))
     assert ":s3:bkt/p" in script and "--vfs-cache-mode full" in script
     assert "ACCESS_KEY" not in script and "SECRET" not in script
+
+
+def test_node_messages_are_redacted():
+    from skybroker.storage.mounts import redact
+
+    env = {"RCLONE_AZUREBLOB_SAS_URL": "https://a.blob.core.windows.net/c?sv=1&sig=SECRETSIG", "X": "short"}
+    out = redact("failed: https://a.blob.core.windows.net/c?sv=1&sig=SECRETSIG and sig=OTHER1234 x", env)
+    assert "SECRETSIG" not in out and "OTHER1234" not in out and "<redacted>" in out
