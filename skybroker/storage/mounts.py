@@ -78,6 +78,8 @@ def preflight(task) -> None:
             continue  # a named storage whose store follows the cluster's cloud: checked when it is made
         try:
             get_store(kind).check_credentials()
+            if kind == "r2" and m.mode != "COPY" and not settings.get("storage_forward_credentials"):
+                get_store(kind).node_env(parse_uri(m.source), forward=False)  # refuses: R2 has no scoped token
         except StorageError as exc:
             raise _fail(m, exc) from None
 

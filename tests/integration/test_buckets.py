@@ -344,7 +344,7 @@ def test_r2_bucket_is_copied_and_its_mount_needs_the_forward_opt_in(moto, s3, tm
     assert r.returncode != 0
     assert "file_mounts.~/d: R2 has no scoped temporary credentials" in r.stderr, r.stderr
     assert "BROKER_STORAGE_FORWARD_CREDENTIALS=1" in r.stderr and "r2secret" not in r.stderr + r.stdout
-    assert not (broker_home() / "local" / "r2m").exists()  # the failed bring-up was torn down
+    assert not (broker_home() / "local" / "r2m").exists()  # refused before anything was created
 
 
 def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
