@@ -243,6 +243,7 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_managed_job_keeps_its_bucket_across_a_recovery_and_deletes_it_at_the_end(s3, tmp_path, monkeypatch):
     from tests.integration.test_managed_jobs import (
         TERMINAL,

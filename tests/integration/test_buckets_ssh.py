@@ -16,7 +16,7 @@ import pytest
 from tests.infra.moto_server import MotoServer
 from tests.integration.test_ssh_cluster import broker, task
 
-pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed")
+pytestmark = [pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
