@@ -101,21 +101,21 @@ def prepare(task, rec, on_event) -> list[tuple]:
                                        "with a `name:` storage")
                 out.append((m, ref))
                 continue
-            old = records.get(m.name)
-            managed = bool(old.managed) if old else False
+            created = False
             if tags is None:
                 region = rec.region if CLOUD_STORE.get(rec.cloud or "") == ref.kind else None
                 on_event("storage", f"creating bucket {ref.uri}")
                 store.create(ref, region, {MANAGED_TAG: "true"})
-                managed = True
-            elif old is None:
-                managed = _ours(tags)
-            sr = old or records.StorageRecord(m.name, ref.kind, ref.uri)
-            sr.kind, sr.uri, sr.mode, sr.managed = ref.kind, ref.uri, m.mode, managed
-            sr.persistent = m.persistent if old is None else (old.persistent and m.persistent)
-            sr.sources = list(m.uploads)
-            sr.users = sorted(set(sr.users) | set(users))
-            records.save(sr)
+                created = True
+            with records.locked():
+                old = records.get(m.name)
+                sr = old or records.StorageRecord(m.name, ref.kind, ref.uri)
+                sr.managed = created or (bool(old.managed) if old else _ours(tags))
+                sr.kind, sr.uri, sr.mode = ref.kind, ref.uri, m.mode
+                sr.persistent = m.persistent if old is None else (old.persistent and m.persistent)
+                sr.sources = list(m.uploads)
+                sr.users = sorted(set(sr.users) | set(users))
+                records.save(sr)
             for src in m.uploads:
                 n = transfer.upload(store, src, ref)
                 on_event("storage", f"uploaded {n} changed file(s) of {src} to {ref.uri}")
@@ -242,11 +242,14 @@ def release(user: str, on_event=lambda k, m: None) -> list[str]:
     """`user` (cluster:NAME / owner:ID) no longer uses its buckets: delete the non-persistent ones nobody
     else uses. Returns warnings (a bucket that could not be deleted stays recorded)."""
     warnings = []
-    for sr in records.used_by(user):
-        sr.users = [u for u in sr.users if u != user]
-        if sr.persistent or sr.users:
+    doomed = []
+    with records.locked():
+        for sr in records.used_by(user):
+            sr.users = [u for u in sr.users if u != user]
             records.save(sr)
-            continue
+            if not sr.persistent and not sr.users:
+                doomed.append(sr)
+    for sr in doomed:
         try:
             delete_bucket(sr, on_event)
         except Exception as exc:  # noqa: BLE001 - a teardown goes on; the record stays for `storage delete`

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .. import state
@@ -61,3 +62,17 @@ def delete(name: str) -> None:
 
 def used_by(user: str) -> list[StorageRecord]:
     return [r for r in all_records() if user in r.users]
+
+
+@contextmanager
+def locked():
+    """One read-modify-write of the table at a time (two launches sharing a storage, or a launch and a
+    `down`, never lose each other's user entry)."""
+    conn = state.db()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

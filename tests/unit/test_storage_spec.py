@@ -116,3 +116,18 @@ def test_node_messages_are_redacted():
     env = {"RCLONE_AZUREBLOB_SAS_URL": "https://a.blob.core.windows.net/c?sv=1&sig=SECRETSIG", "X": "short"}
     out = redact("failed: https://a.blob.core.windows.net/c?sv=1&sig=SECRETSIG and sig=OTHER1234 x", env)
     assert "SECRETSIG" not in out and "OTHER1234" not in out and "<redacted>" in out
+
+
+def test_a_shared_non_persistent_storage_goes_with_its_last_user():
+    from skybroker.storage import mounts, records
+
+    records.save(records.StorageRecord("shared-b", "s3", "s3://shared-b", persistent=False, managed=False,
+                                       users=["cluster:a", "cluster:b", "owner:managed:7"]))
+    records.save(records.StorageRecord("kept-b", "s3", "s3://kept-b", persistent=True, users=["cluster:a"]))
+    assert mounts.release("cluster:a") == []
+    assert records.get("shared-b").users == ["cluster:b", "owner:managed:7"]
+    assert records.get("kept-b").users == []  # persistent: stays, unused
+    mounts.release("cluster:b")
+    assert records.get("shared-b") is not None  # the managed job still uses it (its recovery relaunches)
+    mounts.release("owner:managed:7")
+    assert records.get("shared-b") is None and records.get("kept-b") is not None
