@@ -264,7 +264,11 @@ class Controller:
         """The last complete checkpoint snapshot onto every node (the directory is claimed first, so a
         teardown of a host we do not own removes it)."""
         from ..runtime.runner import run_parallel
+        from ..storage.mounts import checkpoint_mount
 
+        in_bucket = checkpoint_mount(json.loads(j.task))
+        if in_bucket:  # the checkpoint lives in a mounted bucket: nothing to restore
+            return {n.rank: {"BROKER_CHECKPOINT_DIR": in_bucket} for n in rt.nodes}
         snap = checkpoint.current(store.job_dir(j.id))
         has = snap is not None and any(snap.iterdir())
 
@@ -356,6 +360,10 @@ class Controller:
         if done or now - self.last_ckpt.get(j.id, 0) < settings.get("checkpoint_interval"):
             return
         self.last_ckpt[j.id] = now
+        from ..storage.mounts import checkpoint_mount
+
+        if checkpoint_mount(json.loads(j.task)):
+            return  # in a mounted bucket: the job's writes are the checkpoint
         head = rt.nodes[0]
         try:
             checkpoint.take(store.job_dir(j.id), lambda dst, prev: rt.runner(head).sync_down(

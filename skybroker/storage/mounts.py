@@ -180,7 +180,8 @@ if ! command -v rclone >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
     {{ $S apt-get update -qq >/dev/null 2>&1 && $S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone fuse3 >/dev/null 2>&1; }} || true
 fi
 command -v rclone >/dev/null 2>&1 || {{ echo "rclone is not installed on the node and could not be installed (apt-get install rclone fuse3)" >&2; exit 3; }}
-if mountpoint -q "$dst" 2>/dev/null; then fusermount3 -uz "$dst" 2>/dev/null || fusermount -uz "$dst" 2>/dev/null || umount -l "$dst" 2>/dev/null || true; fi
+real=$(realpath -m "$dst")  # an earlier mount there (live, or dead with its rclone gone) is replaced
+if grep -qs " $real fuse" /proc/self/mounts; then fusermount3 -uz "$real" 2>/dev/null || fusermount -uz "$real" 2>/dev/null || umount -l "$real" 2>/dev/null || true; fi
 mkdir -p "$dst" 2>/dev/null || {{ sudo -n mkdir -p "$dst" && sudo -n chown "$(id -u):$(id -g)" "$dst"; }}
 mkdir -p "$HOME/.skybroker-node/rclone"
 log="$HOME/.skybroker-node/rclone/{rid}.log"
@@ -287,6 +288,20 @@ def delete_bucket(sr, on_event=lambda k, m: None) -> bool:
                                "delete it with the cloud's own tools if it is really yours")
     records.delete(sr.name)
     return deleted
+
+
+def checkpoint_mount(stored: dict) -> str | None:
+    """A managed job whose `envs.BROKER_CHECKPOINT_DIR` is the path of one of its bucket MOUNTs keeps its
+    checkpoints in that bucket (the SkyPilot pattern): the controller neither copies them back nor restores
+    them. `stored` is the task's storage form (spec.task_to_dict). Returns that directory, or None."""
+    want = dict(stored.get("envs") or ()).get("BROKER_CHECKPOINT_DIR")
+    if not want:
+        return None
+    for m in stored.get("file_mounts") or ():
+        if m.get("is_bucket") and m.get("mode") in ("MOUNT", "MOUNT_CACHED") and \
+                m["remote"].rstrip("/") == want.rstrip("/"):
+            return want
+    return None
 
 
 def refresh() -> list[str]:

@@ -362,3 +362,39 @@ def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
     assert "file_mounts.~/d: the store failed: EndpointConnectionError" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "never" not in r.stdout
     assert not (broker_home() / "local" / "down").exists()
+
+
+@pytest.mark.slow
+def test_managed_job_checkpoint_dir_in_a_mounted_bucket(s3, tmp_path, monkeypatch):
+    why = _fuse_ok()
+    if why:
+        pytest.skip(why)
+    from skybroker.jobs import checkpoint, store
+    from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, events, launch_detached,
+                                                     preempt_local, until, wait_status)
+
+    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
+    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.3")
+    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
+    led = tmp_path / "ledger"
+    t = write_task(tmp_path / "t.yaml", name="ck", envs={"BROKER_CHECKPOINT_DIR": "~/ckpt"},
+                   resources={"infra": "local", "job_recovery": "FAILOVER"},
+                   file_mounts={"~/ckpt": {"name": "ckpt-bkt", "mode": "MOUNT", "persistent": False}},
+                   run=(f'd=$(eval echo "$BROKER_CHECKPOINT_DIR"); i=$(cat "$d/step" 2>/dev/null || echo 0)\n'
+                        f'echo "start $i" >> {led}\n'
+                        f'[ "$i" -gt 0 ] && exit 0\n'
+                        f'echo 5 > "$d/step.tmp" && mv "$d/step.tmp" "$d/step"; sleep 60\n'))
+    jid = launch_detached(t)
+    try:
+        wait_status(jid, "RUNNING")
+        until(lambda: "step" in _keys(s3, "ckpt-bkt"), 20, "the checkpoint written to the bucket", jid)
+        preempt_local(jid)
+        j = wait_status(jid, TERMINAL, 60)
+        assert j.status == "SUCCEEDED" and j.recoveries == 1, (j.status, events(jid))
+        assert led.read_text().splitlines() == ["start 0", "start 5"]  # resumed from the bucket
+        assert checkpoint.current(store.job_dir(jid)) is None  # nothing copied back by the controller
+        until(lambda: not _exists(s3, "ckpt-bkt"), 10, "the job's bucket deleted at its end", jid)
+    finally:
+        pid = controller_pid()
+        if pid:
+            os.kill(pid, 9)
