@@ -65,7 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("storage_sas_hours", "BROKER_STORAGE_SAS_HOURS", float, 24.0,
        "lifetime of the container SAS an Azure Blob MOUNT gets on the nodes"),
     _S("storage_write_back", "BROKER_STORAGE_WRITE_BACK", float, 5.0,
-       "seconds a MOUNT_CACHED file stays in the node's cache after its last write before upload"),
+       "seconds after a file in a bucket MOUNT is closed before rclone uploads it"),
     _S("storage_cache", "BROKER_STORAGE_CACHE", str, "",
        "where COPY buckets are staged on this machine before rsync (default: BROKER_HOME/storage-cache)"),
     # -- autostop

@@ -4,11 +4,11 @@ the managed-jobs controller).
   COPY          the bucket's objects are downloaded HERE through the store's SDK into a private staging
                 cache (BROKER_HOME/storage-cache, 0700; unchanged files are not fetched again) and rsynced
                 to every node before setup, like a local file mount. The nodes get no credential at all.
-  MOUNT         rclone FUSE mount on every node (`--vfs-cache-mode writes`: reads stream, writes are
-                uploaded when the file is closed). The default of the mapping form, as in SkyPilot.
-  MOUNT_CACHED  rclone with a full local cache (`--vfs-cache-mode full`, write-back after
-                BROKER_STORAGE_WRITE_BACK, 5 s): random
-                writes and re-reads at disk speed, uploaded in the background.
+  MOUNT         rclone FUSE mount on every node (`--vfs-cache-mode writes`: reads stream, a written file
+                is uploaded BROKER_STORAGE_WRITE_BACK (5 s) after it is closed). The default of the mapping
+                form, as in SkyPilot.
+  MOUNT_CACHED  rclone with a full local cache (`--vfs-cache-mode full`): random I/O and re-reads at disk
+                speed, uploads in the background as for MOUNT.
 
 A MOUNT's rclone gets a credential scoped to that one bucket (S3: an STS federation token whose policy
 names only the bucket; GCS: a downscoped token; Azure: a container SAS), in its process environment only:
@@ -169,8 +169,9 @@ def mount_script(m, ref: BucketRef) -> str:
 
     rid = hashlib.sha256(f"{m.remote}|{ref.uri}".encode()).hexdigest()[:12]
     back = float(settings.get("storage_write_back"))
-    vfs = f"--vfs-cache-mode full --vfs-write-back {back:g}s" if m.mode == "MOUNT_CACHED" else \
-        "--vfs-cache-mode writes --vfs-write-back 0s"
+    # rclone uploads a closed file `back` seconds later (0 would race a write-then-rename: rclone 1.60 then
+    # loses the file); MOUNT caches only what is written, MOUNT_CACHED reads too
+    vfs = f"--vfs-cache-mode {'full' if m.mode == 'MOUNT_CACHED' else 'writes'} --vfs-write-back {back:g}s"
     return f"""set -e
 umask 077
 dst={path_expr(m.remote)}

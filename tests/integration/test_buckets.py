@@ -196,7 +196,7 @@ def test_mount_reads_the_bucket_and_writes_go_back(s3, tmp_path, mode):
                                                                "persistent": False}},
                    run="cat ~/mnt/input.txt; echo; mkdir -p ~/mnt/out && echo written > ~/mnt/out/result.txt; "
                        "mountpoint -q ~/mnt && echo mounted")
-    r = broker("launch", "-y", "-c", "mnt", t, cwd=tmp_path, env={"BROKER_STORAGE_WRITE_BACK": "0.5"})
+    r = broker("launch", "-y", "-c", "mnt", t, cwd=tmp_path, env={"BROKER_STORAGE_WRITE_BACK": "1"})
     assert r.returncode == 0, r.stderr
     assert node_lines(r.stdout)[0] == ["read me", "mounted"], r.stdout
     deadline = time.monotonic() + 20  # rclone uploads a closed file in the background (write-back)
@@ -375,6 +375,7 @@ def test_managed_job_checkpoint_dir_in_a_mounted_bucket(s3, tmp_path, monkeypatc
 
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.3")
+    monkeypatch.setenv("BROKER_STORAGE_WRITE_BACK", "1")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
     led = tmp_path / "ledger"
     t = write_task(tmp_path / "t.yaml", name="ck", envs={"BROKER_CHECKPOINT_DIR": "~/ckpt"},
@@ -387,7 +388,7 @@ def test_managed_job_checkpoint_dir_in_a_mounted_bucket(s3, tmp_path, monkeypatc
     jid = launch_detached(t)
     try:
         wait_status(jid, "RUNNING")
-        until(lambda: "step" in _keys(s3, "ckpt-bkt"), 20, "the checkpoint written to the bucket", jid)
+        until(lambda: "step" in _keys(s3, "ckpt-bkt"), 30, "the checkpoint written to the bucket", jid)
         preempt_local(jid)
         j = wait_status(jid, TERMINAL, 60)
         assert j.status == "SUCCEEDED" and j.recoveries == 1, (j.status, events(jid))
