@@ -191,7 +191,7 @@ class ClusterRuntime:
     def install_agent(self) -> None:
         run_parallel(self.nodes, lambda node: self.agent(node).install())
 
-    def sync(self, task) -> None:
+    def sync(self, task, on_event=lambda k, m: None) -> None:
         """Workdir → ~/sky_workdir (a local folder synced, or a git repository cloned there: gitclone.py)
         and local file_mounts → their remote paths, on all nodes in parallel.
         The workdir is claimed first (recorded as ours if it does not exist yet), so a teardown of a node
@@ -209,7 +209,7 @@ class ClusterRuntime:
             if task.workdir:
                 self.agent(node, r).claim([WORKDIR])
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)
-            for m in task.file_mounts:
+            for m in (m for m in task.file_mounts if not m.is_bucket):
                 if os.path.isdir(m.source):
                     r.sync_up(m.source, m.remote, ignore_files=False)
                 else:
@@ -217,6 +217,10 @@ class ClusterRuntime:
                         r.put_file(f.read(), m.remote, 0o644)
 
         run_parallel(self.nodes, one)
+        if any(m.is_bucket for m in task.file_mounts):
+            from .storage import mounts
+
+            mounts.sync(self, task, on_event)
 
     # -- jobs ---------------------------------------------------------------------------------------
     def node_env(self, task, rank: int, job_id: int, task_id: str) -> dict[str, str]:

@@ -117,7 +117,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
         try:
             if task.workdir or task.file_mounts or task.git_url:
                 on_event("sync", lifecycle._sync_what(task))
-                rt.sync(task)
+                rt.sync(task, on_event)
             job_id = rt.submit(replace(task, num_nodes=rec.num_nodes), job_name=task.name, run_setup=False)
         except BaseException as exc:
             rt.close()

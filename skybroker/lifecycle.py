@@ -131,15 +131,14 @@ class Running:
 
 def preflight(task) -> None:
     """What can be checked before anything is created or the user is asked to confirm."""
-    buckets = [m for m in task.file_mounts if m.is_bucket]
-    if buckets:
-        raise SpecError(f"bucket {buckets[0].source} is not supported yet",
-                        "mount a local path instead, or copy the data in `setup`", source=task.source,
-                        field=f"file_mounts.{buckets[0].remote}")
+    if any(m.is_bucket for m in task.file_mounts):
+        from .storage import mounts
+
+        mounts.preflight(task)  # store SDKs and credentials, before anything is created
     if task.workdir and not os.path.isdir(task.workdir):
         raise SpecError(f"workdir {task.workdir} is not a directory", "fix the path (relative to where you run "
                         "broker) or drop `workdir`", source=task.source, field="workdir")
-    for m in task.file_mounts:
+    for m in (m for m in task.file_mounts if not m.is_bucket):
         if not os.path.exists(m.source):
             raise SpecError(f"source {m.source} does not exist", "fix the local path of the mount",
                             source=task.source, field=f"file_mounts.{m.remote}")
@@ -222,7 +221,7 @@ def _bring_up_locked(b: BringUp) -> Running:
         if task.workdir or task.file_mounts or task.git_url:
             b.on_event("sync", _sync_what(task))
             failpoint("sync")
-            rt.sync(task)
+            rt.sync(task, b.on_event)
         by_rank = None
         if b.prepare is not None:
             stage = Stage.PREPARE
@@ -452,6 +451,9 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
             on_event("warning", w)
     _forget_host_keys(rec)
     from . import sshconfig
+    from .storage.mounts import release_cluster
+
+    warnings += release_cluster(rec, on_event)  # its `persistent: false` buckets
 
     sshconfig.remove(rec.name)
     state.close_intents(rec.name)

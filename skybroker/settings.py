@@ -69,6 +69,16 @@ SETTINGS: tuple[Setting, ...] = (
        "tests: a file holding the time (epoch seconds) the cost ledger uses instead of the system clock"),
     _S("local_prices", "BROKER_LOCAL_PRICES", str, "",
        "what the local cloud pretends to cost: `od=1.0,spot=0.3,disk=0.1` ($/h per node, $/GB-month); free by default"),
+    # -- buckets (skybroker/storage/)
+    _S("storage_forward_credentials", "BROKER_STORAGE_FORWARD_CREDENTIALS", bool, False,
+       "MOUNT buckets with this machine's own credentials (in the mount process's environment only) where no "
+       "bucket-scoped token can be made; off: such mounts are refused"),
+    _S("storage_sas_hours", "BROKER_STORAGE_SAS_HOURS", float, 24.0,
+       "lifetime of the container SAS an Azure Blob MOUNT gets on the nodes"),
+    _S("storage_write_back", "BROKER_STORAGE_WRITE_BACK", float, 5.0,
+       "seconds after a file in a bucket MOUNT is closed before rclone uploads it"),
+    _S("storage_cache", "BROKER_STORAGE_CACHE", str, "",
+       "where COPY buckets are staged on this machine before rsync (default: BROKER_HOME/storage-cache)"),
     # -- autostop
     _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0,
        "seconds between two idleness checks of an autostop watcher (on this machine or on a node)"),

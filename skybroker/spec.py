@@ -47,9 +47,13 @@ class Secret(str):
 @dataclass(frozen=True)
 class FileMount:
     remote: str
-    source: str  # local absolute path or bucket URI
+    source: str  # local absolute path, or bucket URI ("" for a named storage whose store is not chosen yet)
     is_bucket: bool = False
-    mode: str | None = None
+    mode: str | None = None  # buckets: COPY, MOUNT or MOUNT_CACHED (skybroker/storage/mounts.py)
+    name: str | None = None  # a named storage (bucket created if missing)
+    store: str | None = None  # its store kind (s3, gs, az, r2); None: the cluster's cloud decides
+    uploads: tuple[str, ...] = ()  # local sources uploaded into the named bucket
+    persistent: bool = True  # False: deleted when its last cluster goes down
 
 
 @dataclass(frozen=True)
@@ -492,7 +496,8 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
     d = dict(d)
     d["groups"] = tuple(tuple(res(r) for r in g) for g in d["groups"])
     d["envs"] = tuple(tuple(e) for e in d.get("envs") or ())
-    d["file_mounts"] = tuple(FileMount(**m) for m in d.get("file_mounts") or ())
+    d["file_mounts"] = tuple(FileMount(**{**m, "uploads": tuple(m.get("uploads") or ())})
+                             for m in d.get("file_mounts") or ())
     d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
     d["warnings"] = tuple(d.get("warnings") or ())
     return Task(**d)

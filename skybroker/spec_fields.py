@@ -297,8 +297,10 @@ def supported(raw: dict) -> bool:
 # File mounts
 
 def file_mounts(m, source: str, make_mount) -> tuple:
-    """`file_mounts` → FileMount tuple. A string is a local path or a bucket URI; a mapping is a SkyPilot
-    storage (a bucket: `source` a bucket URI, or `name` + optional local `source` to upload)."""
+    """`file_mounts` → FileMount tuple. A string is a local path or a bucket URI (copied to the nodes, as
+    SkyPilot copies it); a mapping is a SkyPilot storage (skybroker/storage/): `source` a bucket URI, or
+    `name` (a bucket, created if missing) with optional local `source`(s) uploaded into it; `mode` MOUNT
+    (the default), COPY or MOUNT_CACHED; `persistent: false` deletes a created bucket on `down`."""
     out = []
     for remote, spec in (m or {}).items():
         remote = str(remote)
@@ -308,10 +310,19 @@ def file_mounts(m, source: str, make_mount) -> tuple:
             continue
         src = str(spec)
         if src.startswith(BUCKET_PREFIXES):
-            out.append(make_mount(remote, src, is_bucket=True))
+            out.append(make_mount(remote, _bucket_uri(src, fp, source), is_bucket=True, mode="COPY"))
             continue
         out.append(make_mount(remote, _local(src, fp, source)))
     return tuple(out)
+
+
+def _bucket_uri(uri: str, fp: str, source: str) -> str:
+    from .storage.base import StorageError, parse_uri
+
+    try:
+        return parse_uri(uri).uri if not uri.startswith("https://") else uri
+    except StorageError as exc:
+        raise SpecError(exc.message, exc.hint, source=source, field=fp) from None
 
 
 def _local(src: str, fp: str, source: str) -> str:
@@ -329,22 +340,41 @@ def _local(src: str, fp: str, source: str) -> str:
     return str(local.resolve())
 
 
+_MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
+
+
 def _storage(remote: str, spec: dict, fp: str, source: str, make_mount):
-    mode = spec.get("mode")
+    from .storage.base import STORE_NAMES, StorageError, check_name
+
+    mode = str(spec.get("mode") or "MOUNT").upper()
+    if mode not in _MODES:
+        raise SpecError(f"unknown storage mode {spec.get('mode')!r}", f"one of {', '.join(_MODES)}",
+                        source=source, field=f"{fp}.mode")
     store = spec.get("store")
-    if store is not None and str(store).lower() == "volume":
-        raise SpecError("volume mounts (`store: volume`) are not supported",
-                        "sync the data with a plain file mount (remote: local path) or copy it in `setup`",
-                        source=source, field=f"{fp}.store")
+    kind = None
+    if store is not None:
+        if str(store).lower() == "volume":
+            raise SpecError("volume mounts (`store: volume`) are not supported",
+                            "sync the data with a plain file mount (remote: local path) or copy it in `setup`",
+                            source=source, field=f"{fp}.store")
+        kind = STORE_NAMES.get(str(store).lower())
+        if kind is None:
+            raise SpecError(f"store {str(store)[:40]!r} is not supported", "one of s3, gcs, azure, r2 (or leave "
+                            "`store` out: the cluster's cloud decides)", source=source, field=f"{fp}.store")
     src = spec.get("source")
-    sources = src if isinstance(src, list) else ([src] if src else [])
+    sources = [str(s) for s in src] if isinstance(src, list) else ([str(src)] if src else [])
     name = spec.get("name")
+    persistent = spec.get("persistent")
+    persistent = True if persistent is None else persistent
+    if not isinstance(persistent, bool):
+        raise SpecError(f"persistent must be true or false, not {str(persistent)[:40]!r}", None, source=source,
+                        field=f"{fp}.persistent")
     uris = [s for s in sources if s.startswith(BUCKET_PREFIXES)]
     if uris:
         if len(sources) > 1:
             raise SpecError("a bucket source must be the only source", "give one bucket URI, or local paths with "
                             "`name`", source=source, field=f"{fp}.source")
-        return make_mount(remote, uris[0], is_bucket=True, mode=mode)
+        return make_mount(remote, _bucket_uri(uris[0], f"{fp}.source", source), is_bucket=True, mode=mode)
     if not name:
         if sources:
             raise SpecError("a storage with a local `source` needs `name` (the bucket to create)",
@@ -352,10 +382,19 @@ def _storage(remote: str, spec: dict, fp: str, source: str, make_mount):
                             source=source, field=f"{fp}.name")
         raise SpecError("a storage mount needs `source` (a bucket URI) or `name` (a bucket)", None,
                         source=source, field=fp)
-    for s in sources:
-        _local(s, f"{fp}.source", source)
-    scheme = {"gcs": "gs", "azure": "az"}.get(str(store or "s3").lower(), str(store or "s3").lower())
-    return make_mount(remote, f"{scheme}://{name}", is_bucket=True, mode=mode)
+    name = str(name)
+    if kind is not None and "$" not in name:  # an unfilled variable: checked at launch, where it is used
+        try:
+            check_name(kind, name)
+        except StorageError as exc:
+            raise SpecError(exc.message, exc.hint, source=source, field=f"{fp}.name") from None
+    if mode == "COPY" and not sources:
+        raise SpecError("a COPY storage with only a `name` has nothing to copy",
+                        "add `source:` (a local path to upload, or a bucket URI), or use `mode: MOUNT`",
+                        source=source, field=f"{fp}.source")
+    uploads = tuple(_local(s, f"{fp}.source", source) for s in sources)
+    return make_mount(remote, f"{kind}://{name}" if kind else "", is_bucket=True, mode=mode, name=name,
+                      store=kind, uploads=uploads, persistent=persistent)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -179,6 +179,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE clusters ADD COLUMN user_name TEXT;
     ALTER TABLE managed_jobs ADD COLUMN user_name TEXT
     """,
+    # v10: buckets of `file_mounts` storages with a `name` (SkyPilot's `sky storage`): which store, whether
+    # skybroker created it, whether it outlives its clusters, and who uses it (storage/records.py)
+    """
+    CREATE TABLE storage (
+        name TEXT PRIMARY KEY, kind TEXT NOT NULL, uri TEXT NOT NULL, sources TEXT NOT NULL DEFAULT '[]',
+        persistent INTEGER NOT NULL DEFAULT 1, managed INTEGER NOT NULL DEFAULT 0, mode TEXT,
+        users TEXT NOT NULL DEFAULT '[]', created_at REAL, updated_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

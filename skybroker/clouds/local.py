@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,7 @@ class LocalCloud(Provider):
         for _ in range(2):  # twice: a command that was being spawned during the first pass may recreate files
             for home in homes:
                 _kill_node_processes(home)
+            _unmount_under(root)
             shutil.rmtree(root, ignore_errors=True)
         return []
 
@@ -239,6 +241,24 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def _unmount_under(root: Path) -> None:
+    """Lazily unmount whatever is mounted inside the cluster's sandboxes (bucket MOUNTs: FUSE), so the
+    removal never walks into a bucket or trips over a dead mount."""
+    prefix = str(root.resolve()) + os.sep
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1].replace("\\040", " ") for line in f]
+    except OSError:
+        return
+    for p in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        for cmd in (["fusermount3", "-uz", p], ["fusermount", "-uz", p], ["umount", "-l", p]):
+            try:
+                if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                    break
+            except OSError:
+                continue
 
 
 def _kill_node_processes(home: Path) -> None:

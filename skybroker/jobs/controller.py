@@ -287,7 +287,11 @@ class Controller:
         """The last complete checkpoint snapshot onto every node (the directory is claimed first, so a
         teardown of a host we do not own removes it)."""
         from ..runtime.runner import run_parallel
+        from ..storage.mounts import checkpoint_mount
 
+        in_bucket = checkpoint_mount(json.loads(j.task))
+        if in_bucket:  # the checkpoint lives in a mounted bucket: nothing to restore
+            return {n.rank: {"BROKER_CHECKPOINT_DIR": in_bucket} for n in rt.nodes}
         snap = checkpoint.current(store.job_dir(j.id))
         has = snap is not None and any(snap.iterdir())
 
@@ -387,6 +391,10 @@ class Controller:
         if done or now - self.last_ckpt.get(j.id, 0) < settings.get("checkpoint_interval"):
             return None
         self.last_ckpt[j.id] = now
+        from ..storage.mounts import checkpoint_mount
+
+        if checkpoint_mount(json.loads(j.task)):
+            return  # in a mounted bucket: the job's writes are the checkpoint
         head = rt.nodes[0]
         try:
             checkpoint.take(store.job_dir(j.id), lambda dst, prev: rt.runner(head).sync_down(
@@ -501,6 +509,10 @@ class Controller:
                      failure=(reason or None) if status != store.SUCCEEDED else None, **fields)
         store.add_event(j.id, status.lower(), reason)
         log(f"job {j.id}: {status} ({reason})")
+        from ..storage.mounts import release  # the job's `persistent: false` buckets go with it
+
+        for w in release(f"owner:managed:{j.id}"):
+            store.add_event(j.id, "warning", w)
 
     # -- pipelines (pipeline.py) ----------------------------------------------------------------
     def _advance(self, j) -> None:

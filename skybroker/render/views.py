@@ -208,6 +208,30 @@ def cluster_json(r, cost: float | None = None) -> dict:
             "cost": None if cost is None else round(cost, 6), "user": getattr(r, "user_name", None)}
 
 
+def storage_json(r) -> dict:
+    return {"name": r.name, "store": r.kind, "uri": r.uri, "sources": r.sources, "mode": r.mode,
+            "persistent": r.persistent, "managed": r.managed,
+            "clusters": [u.split(":", 1)[1] for u in r.users if u.startswith("cluster:")],
+            "owners": [u.split(":", 1)[1] for u in r.users if u.startswith("owner:")],
+            "created_at": r.created_at, "updated_at": r.updated_at}
+
+
+def print_storage(recs) -> None:
+    if not recs:
+        _say("No storage. A file_mounts entry with `name:` creates one (see README \"Buckets\").")
+        return
+    rows = []
+    for r in recs:
+        users = ", ".join(u.split(":", 1)[1] for u in r.users) or "-"
+        src = ", ".join(r.sources) or "-"
+        rows.append([r.name, r.uri, r.mode or "-", "yes" if r.persistent else "no",
+                     "skybroker" if r.managed else "existing", users, src, _ago(r.updated_at)])
+    _table(None, [Col("NAME", soft=14, min=8, squeeze=3), Col("URI", soft=20, min=10, squeeze=2), Col("MODE"),
+                  Col("PERSISTENT"), Col("CREATED BY"), Col("USED BY", soft=14, min=6, squeeze=1),
+                  Col("SOURCE", soft=20, min=6, squeeze=1), Col("UPDATED")], rows,
+           drop=("SOURCE", "UPDATED", "CREATED BY", "USED BY"))
+
+
 STATUS_STYLE = {"UP": "green", "STOPPED": "yellow", "INIT": "cyan"}
 
 

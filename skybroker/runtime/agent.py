@@ -770,6 +770,7 @@ def cmd_cleanup(args):
 
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         cmd_cancel(args)
+    _unmount_buckets(base)
     removed = []
     for (path,) in conn.execute("SELECT path FROM claims ORDER BY length(path) DESC").fetchall():
         if os.path.lexists(path) and _removable(path):
@@ -784,6 +785,25 @@ def cmd_cleanup(args):
     removed.append(base)
     _out({"removed": removed})
     return 0
+
+
+def _unmount_buckets(base):
+    """Bucket MOUNTs made on this node (storage/mounts.py lists them in <node dir>/mounts): unmounted
+    (lazily) before anything is removed, so their rclone processes exit and no removal walks into a bucket."""
+    import subprocess
+
+    try:
+        with open(os.path.join(base, "mounts")) as f:
+            paths = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return
+    for p in sorted(set(paths), key=len, reverse=True):
+        for cmd in (["fusermount3", "-uz", p], ["fusermount", "-uz", p], ["umount", "-l", p]):
+            try:
+                if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                    break
+            except OSError:
+                continue
 
 
 def cmd_wait(args):

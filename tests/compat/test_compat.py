@@ -86,7 +86,8 @@ def _overrides(docs: list, given: dict[str, str]) -> dict:
         for kind in ("envs", "secrets"):
             m = d.get(kind)
             if isinstance(m, dict):
-                ov[kind].update({str(k): f"value-of-{k}".lower() for k, v in m.items()
+                # lowercase with hyphens: also a valid bucket name, as a user would pass for one
+                ov[kind].update({str(k): f"value-of-{k}".lower().replace("_", "-") for k, v in m.items()
                                  if v is None and str(k) not in given})
     return ov
 

@@ -44,7 +44,8 @@ def test_env_vars_fill_file_mounts_storage_and_workdir(tmp_path, monkeypatch):
     assert mounts["/ckpt/llama-13b"].source == str(tmp_path / "data-13b")
     assert mounts["/w"].source == "s3://weights/llama-13b" and mounts["/w"].is_bucket
     assert mounts["/m"].source == "gs://my-bucket-2" and mounts["/m"].mode == "MOUNT"
-    assert mounts["/u"].source == "s3://my-bucket" and mounts["/u"].is_bucket
+    u = mounts["/u"]  # no `store`: the cluster's cloud picks it at launch (skybroker/storage/mounts.py)
+    assert (u.name, u.store, u.uploads, u.is_bucket) == ("my-bucket", None, (str(tmp_path / "data-13b"),), True)
 
 
 def test_env_override_wins_in_substitution_and_unknown_vars_stay(tmp_path, monkeypatch):
@@ -236,7 +237,7 @@ def test_secret_values_never_in_messages(d, ov):
 
 def test_secrets_not_substituted_into_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    t = parse({"secrets": {"TOK": SECRET}, "file_mounts": {"/x/$TOK": "s3://b"}})
+    t = parse({"secrets": {"TOK": SECRET}, "file_mounts": {"/x/$TOK": "s3://bkt"}})
     assert SECRET not in repr(t) and t.file_mounts[0].remote == "/x/$TOK"
 
 
