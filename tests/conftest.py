@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,14 +58,38 @@ def broker_cmd() -> list[str]:
     return [sys.executable, "-m", "skybroker.cli"]
 
 
-# Tables that tests produce for the record (e.g. the fault-injection matrix), printed at the end of the run.
-REPORTS: list[str] = []
+class _Reports(list):
+    """Tables that tests produce for the record (e.g. the fault-injection matrix), printed at the end of
+    the run. Under pytest-xdist the tests run in worker processes: each report is also written to a folder
+    the main process created (SKYBROKER_TEST_REPORTS, inherited by the workers), and the main process
+    prints what is there."""
+
+    def append(self, text: str) -> None:
+        super().append(text)
+        folder = os.environ.get("SKYBROKER_TEST_REPORTS")
+        if folder and os.path.isdir(folder):
+            import uuid
+
+            Path(folder, f"{time.time():.6f}-{uuid.uuid4().hex}.txt").write_text(text)
+
+
+REPORTS: list[str] = _Reports()
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the main process (or a run without xdist)
+        import tempfile
+
+        os.environ["SKYBROKER_TEST_REPORTS"] = tempfile.mkdtemp(prefix="skybroker-reports-")
 
 
 def pytest_terminal_summary(terminalreporter):
-    import sys
+    import shutil
 
-    mods = {id(m): m for m in (sys.modules.get("tests.conftest"), sys.modules.get("conftest")) if m is not None}
-    for text in [t for m in mods.values() for t in getattr(m, "REPORTS", [])]:
+    folder = os.environ.get("SKYBROKER_TEST_REPORTS")
+    if not folder or not os.path.isdir(folder):
+        return
+    for f in sorted(Path(folder).iterdir()):
         terminalreporter.write_sep("-", "report")
-        terminalreporter.write_line(text)
+        terminalreporter.write_line(f.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
