@@ -429,6 +429,13 @@ def cluster_costs() -> dict:
     return ledger.cluster_costs()
 
 
+def stopped_hourly() -> dict:
+    """$/h each stopped cluster is billed (its disks), from the ledger."""
+    from .costs import ledger
+
+    return ledger.stopped_hourly()
+
+
 def job_costs() -> dict:
     """Cost so far (or total) of each managed job across its recoveries, from the ledger."""
     from .costs import ledger

@@ -187,6 +187,10 @@ def cluster_costs() -> dict:
     return _call("cluster_costs")
 
 
+def stopped_hourly() -> dict:
+    return _call("stopped_hourly")
+
+
 def job_costs() -> dict:
     return {int(k): v for k, v in _call("job_costs").items()}  # (JSON object keys are strings)
 

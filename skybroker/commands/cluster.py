@@ -173,7 +173,8 @@ def status(clusters, refresh, adopt, as_json, all_users):
     if as_json:
         render.print_json([render.cluster_json(r, costs.get(r.name)) for r in recs])
     else:
-        render.print_clusters(recs, costs, show_user=all_users)
+        render.print_clusters(recs, costs, show_user=all_users,
+                              stopped_hourly=api.stopped_hourly() if any(r.status == "STOPPED" for r in recs) else {})
         render.print_daemons(api.daemons(), recs)
 
 

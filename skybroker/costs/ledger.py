@@ -270,6 +270,11 @@ def cluster_costs(at: float | None = None) -> dict[str, float]:
     return {r.cluster: r.cost(at) for r in runs(live_only=True)}
 
 
+def stopped_hourly() -> dict[str, float]:
+    """What each stopped cluster is billed per hour now: its disks (what `status` shows as $/h)."""
+    return {r.cluster: r.disk_hourly for r in runs(live_only=True) if r.state == STOPPED.upper()}
+
+
 def job_costs(at: float | None = None) -> dict[int, float]:
     """Cost so far (or total) of each managed job, across its recoveries (what `jobs queue` shows)."""
     at = now() if at is None else at

@@ -240,9 +240,11 @@ def print_settings(rows) -> None:
                   Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
 
 
-def print_clusters(recs, costs: dict | None = None, show_user: bool = False) -> None:
-    """`costs`: cluster name → cost so far, from the ledger (`-` for a cluster it has no run of)."""
-    costs = costs or {}
+def print_clusters(recs, costs: dict | None = None, show_user: bool = False,
+                   stopped_hourly: dict | None = None) -> None:
+    """`costs`: cluster name → cost so far, from the ledger (`-` for a cluster it has no run of);
+    `stopped_hourly`: what a stopped cluster is billed per hour (its disks), shown as its $/h."""
+    costs, stopped_hourly = costs or {}, stopped_hourly or {}
     if not recs:
         _say("No clusters. Launch one with `broker launch examples/hello.yaml`.")
         return
@@ -255,7 +257,9 @@ def print_clusters(recs, costs: dict | None = None, show_user: bool = False) -> 
             res += " spot"
         auto = _autostop_cell(r)
         rows.append([r.name, r.infra, res, str(r.num_nodes), (r.status, STATUS_STYLE.get(r.status, "red")),
-                     _ago(r.launched_at), _money(r.hourly_price), _money(costs.get(r.name)), auto])
+                     _ago(r.launched_at),
+                     _money(stopped_hourly.get(r.name)) if r.status == "STOPPED" else _money(r.hourly_price),
+                     _money(costs.get(r.name)), auto])
     cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
             Col("RESOURCES", soft=16, min=10, squeeze=2), Col("NODES", "right"), Col("STATUS"), Col("LAUNCHED"),
             Col("$/h", "right"), Col("COST ($)", "right"), Col("AUTOSTOP")]

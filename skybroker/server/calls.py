@@ -206,6 +206,11 @@ def run_cluster_costs(user):
     return {k: v for k, v in api.cluster_costs().items() if k in mine}
 
 
+def run_stopped_hourly(user):
+    mine = {r.name for r in state.list_clusters() if user.admin or _mine(user, r)}
+    return {k: v for k, v in api.stopped_hourly().items() if k in mine}
+
+
 def run_job_costs(user):
     from ..jobs import store
 
@@ -251,6 +256,7 @@ CALLS = {
     "jobs_cancel": (check_jobs_cancel, run_jobs_cancel, None),
     "cluster_costs": (_none, run_cluster_costs, None),
     "job_costs": (_none, run_job_costs, None),
+    "stopped_hourly": (_none, run_stopped_hourly, None),
     "cost_report": (_admin, _plain(api.cost_report), None),  # the team's whole ledger: admins only (for now)
 }
 

@@ -71,6 +71,8 @@ def test_launch_stop_start_down_costs_exactly_its_intervals(tmp_path):
     ok("launch", "-y", "-d", "-c", "dev", task)  # T0: up
     at(1)
     ok("stop", "-y", "dev")  # 1 h up: 2 × (1.50 + 0.01)
+    stopped = ok("status")  # a stopped cluster's $/h is what it is billed: its disks, not its running price
+    assert f"{2 * DISK_H:.4f}" in stopped and f"{2 * OD:.4f}" not in stopped, stopped
     at(3)
     ok("start", "dev")  # 2 h stopped: disks only, 2 × 0.01
     at(3.5)
