@@ -1,6 +1,8 @@
 """Use cases behind the CLI, also the Python API. Nothing here prints or reads the terminal."""
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -44,7 +46,23 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None):
         except Exception:  # noqa: BLE001 - a provider without a catalog: nothing to restrict here
             continue
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
-    return optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
+    result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note)
+    return dataclasses.replace(result, prices=price_ages(c.cloud for c in result.candidates))
+
+
+def price_ages(clouds) -> tuple[dict, ...]:
+    """catalog.price_age() of each cloud with a catalog, plus `stale` (older than BROKER_CATALOG_MAX_AGE_DAYS;
+    0 turns the warning off) and `max_age_days`."""
+    from . import catalog, settings
+
+    limit = float(settings.get("catalog_max_age_days"))
+    out = []
+    for cloud in sorted(set(clouds)):
+        if cloud not in catalog.CLOUDS:
+            continue
+        age = catalog.price_age(cloud)
+        out.append({**age, "stale": bool(limit) and age["age_days"] > limit, "max_age_days": limit})
+    return tuple(out)
 
 
 _plan_task = plan  # `launch` takes a `plan=` argument that shadows the function

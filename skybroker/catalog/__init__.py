@@ -273,4 +273,4 @@ def price_age(cloud: str, now: float | None = None) -> dict:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     age = max(0.0, ((time.time() if now is None else now) - t.timestamp()) / 86400)
-    return {"cloud": cloud, "origin": origin, "source": source, "as_of": as_of, "age_days": round(age, 3)}
+    return {"cloud": cloud, "origin": origin, "source": source, "as_of": as_of, "age_days": round(age, 6)}

@@ -80,19 +80,24 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _carried(cloud: str, keep) -> tuple[list[tuple], str | None]:
-    """Offers of the catalog in use for which keep(spec, offer) is true, as build `_Acc.add` arguments."""
+def _carried(cloud: str, done: set, types: tuple) -> tuple[list[tuple], str | None]:
+    """Offers of the catalog in use outside the fetched regions `done`, and every offer of the instance types
+    `types` (not fetched at all), as build `_Acc.add` arguments."""
     from skybroker import catalog
 
     try:
         specs = catalog.specs(cloud)
         source = catalog.price_age(cloud)["source"]
+        every_region = set(catalog.regions(cloud)) <= done
     except BrokerError:
         return [], None
     out = []
     for s in specs:
+        whole = s.instance_type in types
+        if every_region and not whole:
+            continue
         for o in catalog.offers(s):
-            if keep(s, o):
+            if whole or o.region not in done:
                 out.append((s.instance_type, s.vcpus, s.memory_gib, s.accelerator_name, s.accelerator_count,
                             s.arch, o.region, o.zone, o.price, o.spot_price))
     return out, source
@@ -126,8 +131,7 @@ def refresh(cloud: str, regions: list[str] | None = None, progress=None) -> dict
         raise RefreshError(f"{cloud} catalog refresh got no priced offers from the APIs"
                            f"{' in ' + ', '.join(sorted(done)) if done else ''}; the catalog in use is unchanged",
                            "check --region, and that the account may call the price APIs")
-    carry, carried_from = _carried(cloud, lambda s, o: o.region not in done or s.instance_type in
-                                   fetched.get("carry_types", ()))
+    carry, carried_from = _carried(cloud, done, tuple(fetched.get("carry_types", ())))
     say("build", f"building the {cloud} catalog from {len(rows)} rows"
                  + (f" (+{len(carry)} offers carried over)" if carry else ""))
     base = refreshed_dir(cloud)

@@ -15,8 +15,8 @@ GcpPricesFake — GCE `machineTypes` / `acceleratorTypes` aggregatedList (REST v
   calls them: GET /compute/v1/projects/P/aggregated/machineTypes?maxResults=&pageToken=) → {"kind", "items":
   {"zones/Z": {"machineTypes": [...]}}, "nextPageToken"} paged over zones (`maxResults` entries per page, the
   SDK's pager follows nextPageToken); and the Cloud Billing Catalog API (GET /v1/services/6F81-5844-456A/skus
-  ?pageSize=&pageToken=&currencyCode=USD) → {"skus": [...], "nextPageToken": ""} (pageSize at most 5000, an
-  empty nextPageToken on the last page, as the real API). Errors are Google's
+  ?pageSize=&pageToken=&currencyCode=USD) → {"skus": [...], "nextPageToken": ""} (pageSize at most 5000, or
+  `sku_page_cap`; an empty nextPageToken on the last page, as the real API). Errors are Google's
   `{"error": {"code", "message", "status", "errors": [{"reason", "domain"}]}}`: 429 RESOURCE_EXHAUSTED
   (rateLimitExceeded), 500 INTERNAL (backendError), 401 UNAUTHENTICATED.
 
@@ -209,8 +209,8 @@ class AwsPricingFake(_Fake):
 # ------------------------------------------------------------------------------------------------ GCP
 class GcpPricesFake(_Fake):
     def __init__(self, project: str, machine_types: dict[str, list], accelerator_types: dict[str, list],
-                 skus: list[dict]):
-        self.project = project
+                 skus: list[dict], sku_page_cap: int = 5000):
+        self.project, self.sku_page_cap = project, sku_page_cap
         self.machine_types, self.accelerator_types, self.skus = machine_types, accelerator_types, skus
         super().__init__()
 
@@ -240,7 +240,7 @@ class GcpPricesFake(_Fake):
             return self._aggregated(m.group(2), data, query)
         if path == "/v1/services/6F81-5844-456A/skus" and method == "GET":
             self._maybe_fail("skus")
-            size = min(int(query.get("pageSize") or 5000), 5000)
+            size = min(int(query.get("pageSize") or 5000), self.sku_page_cap)
             start = _offset(query.get("pageToken"))
             end = start + size
             return {"skus": self.skus[start:end], "nextPageToken": _token(end) if end < len(self.skus) else ""}

@@ -120,18 +120,12 @@ def fetch(regions, retry, say) -> dict:
         offered = [(o["InstanceType"], o["Location"]) for o in _pages(
             retry, f"{region} DescribeInstanceTypeOfferings", ec2.describe_instance_type_offerings,
             "InstanceTypeOfferings", LocationType="availability-zone", MaxResults=1000)]
-        # specs are the same in every region: describe all types once, then only the ones not seen yet
+        # specs are the same in every region: describe (100 names a call) only the types not seen yet
         missing = sorted({t for t, _ in offered} - types.keys())
-        if not types:
-            missing = []
-            types.update((t["InstanceType"], t) for t in _pages(
-                retry, f"{region} DescribeInstanceTypes", ec2.describe_instance_types, "InstanceTypes",
-                MaxResults=100))
         for j in range(0, len(missing), 100):
-            chunk = missing[j:j + 100]
             types.update((t["InstanceType"], t) for t in _pages(
                 retry, f"{region} DescribeInstanceTypes", ec2.describe_instance_types, "InstanceTypes",
-                InstanceTypes=chunk))
+                InstanceTypes=missing[j:j + 100]))
         spot: dict[tuple[str, str], tuple] = {}
         for h in _pages(retry, f"{region} DescribeSpotPriceHistory", ec2.describe_spot_price_history,
                         "SpotPriceHistory", StartTime=now, ProductDescriptions=["Linux/UNIX"], MaxResults=1000):

@@ -5,7 +5,8 @@
                          Machines' and priceType eq 'Consumption' [and armRegionName eq 'R'], following
                          NextPageLink; no credentials needed. Linux items only (productName without
                          "Windows"); `... Spot` items are spot prices; `Low Priority` items are ignored.
-  Resource SKUs          azure-mgmt-compute resource_skus.list (ARM, the user's credentials): which sizes
+  Resource SKUs          GET /subscriptions/S/providers/Microsoft.Compute/skus (resource_skus.list's call,
+                         sent through azure-mgmt-compute's pipeline, the user's credentials): which sizes
                          exist where (restricted locations left out), vCPUs, MemoryGB, GPUs. The GPU model
                          comes from the size family (catalog.rules.azure_gpu); a GPU size it cannot name and
                          the FPGA (NP) sizes are left out rather than listed as CPU-only.
@@ -105,19 +106,30 @@ def price_table(items) -> dict[tuple[str, str], list]:
     return out
 
 
+SKUS_API_VERSION = "2021-07-01"
+
+
 def resource_skus(retry, sub: str, region: str | None):
+    """Resource SKU documents (dicts, ARM's JSON) through the ComputeManagementClient's own pipeline
+    (credentials, retries, endpoint) with `send_request`: the SDK's model deserialisation costs ~0.4 ms a SKU,
+    and a subscription lists tens of thousands of (size, location) SKUs."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
     compute = client.clients(sub).compute
-    flt = f"location eq '{region}'" if region else None
-    token = None
-    while True:
-        def page(tok=token):
-            pages = compute.resource_skus.list(filter=flt).by_page(continuation_token=tok)
-            items = list(next(pages))
-            return items, pages.continuation_token
-        items, token = retry(f"resource SKUs{' ' + region if region else ''}", page)
-        yield from items
-        if not token:
-            return
+    params = {"api-version": SKUS_API_VERSION}
+    if region:
+        params["$filter"] = f"location eq '{region}'"
+    url = f"/subscriptions/{sub}/providers/Microsoft.Compute/skus"
+    while url:
+        def page(u=url, p=params):
+            resp = compute.send_request(HttpRequest("GET", u, params=p))
+            if resp.status_code != 200:
+                raise HttpResponseError(response=resp)
+            return resp.json()
+        doc = retry(f"resource SKUs{' ' + region if region else ''}", page)
+        yield from doc.get("value", ())
+        url, params = doc.get("nextLink"), None
 
 
 def fetch(regions, retry, say) -> dict:
@@ -136,19 +148,21 @@ def fetch(regions, retry, say) -> dict:
         table.update(price_table(retail_items(retry, say, region)))
         say("fetch", f"Azure resource SKUs{' in ' + region if region else ''}")
         for s in resource_skus(retry, sub, region):
-            if s.resource_type != "virtualMachines":
+            if s.get("resourceType") != "virtualMachines":
                 continue
-            caps = {c.name: c.value for c in (s.capabilities or ())}
-            blocked = {loc.lower() for r in (s.restrictions or ()) if r.type == "Location"
-                       for loc in (r.values or ())}
-            where.setdefault(s.name, set()).update(loc.lower() for loc in (s.locations or ()) if loc.lower() not in blocked)
+            name = s["name"]
+            caps = {c["name"]: c["value"] for c in s.get("capabilities") or ()}
+            blocked = {loc.lower() for r in s.get("restrictions") or () if r.get("type") == "Location"
+                       for loc in r.get("values") or ()}
+            where.setdefault(name, set()).update(
+                loc.lower() for loc in s.get("locations") or () if loc.lower() not in blocked)
             if "FPGAs" in caps:  # NP-series (Xilinx FPGA): not a CPU-only machine, and no GPU to plan
-                shapes[s.name] = None
-            elif s.name not in shapes and "vCPUs" in caps and "MemoryGB" in caps:
+                shapes[name] = None
+            elif name not in shapes and "vCPUs" in caps and "MemoryGB" in caps:
                 gpus = float(caps.get("GPUs") or 0)
-                gpu = azure_gpu(s.name, gpus) if gpus else None
+                gpu = azure_gpu(name, gpus) if gpus else None
                 # a GPU size whose model we cannot name is left out, never listed as CPU-only
-                shapes[s.name] = None if gpus and gpu is None else (caps["vCPUs"], caps["MemoryGB"], gpu)
+                shapes[name] = None if gpus and gpu is None else (caps["vCPUs"], caps["MemoryGB"], gpu)
     rows = []
     skipped = sorted(size for size, shape in shapes.items() if shape is None)
     for size, locs in sorted(where.items()):
