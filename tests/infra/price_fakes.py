@@ -327,3 +327,40 @@ class AzurePricesFake(_Fake):
         if key not in cache:
             cache[key] = [it for it in self.items if all(str(it.get(k, "")).lower() == v for k, v in key)]
         return cache[key]
+
+
+def main(argv=None) -> None:
+    """`python -m tests.infra.price_fakes azure [--scale N]`: serve payloads shaped from the upstream rows (N
+    copies of every size under new names when scaled) until killed; prints one JSON line: the fake's env()."""
+    import argparse
+    import sys
+    import time
+
+    from tests.infra import price_payloads as pp
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cloud", choices=("azure", "gcp"))
+    ap.add_argument("--scale", type=int, default=1)
+    args = ap.parse_args(argv)
+    rows = pp.rows(args.cloud)
+    if args.scale > 1:
+        rows = rows + [dict(r, InstanceType=f"{r['InstanceType']}x{k}") for k in range(1, args.scale)
+                       for r in rows if r["InstanceType"]]
+    if args.cloud == "azure":
+        data = pp.azure(rows)
+        fake = AzurePricesFake("00000000-0000-0000-0000-00000000feed", data["items"], data["resource_skus"],
+                               page_size=5000)
+    else:
+        data = pp.gcp(rows)
+        fake = GcpPricesFake("bench-project", data["machine_types"], data["accelerator_types"], data["skus"])
+    print(json.dumps({"env": fake.env(), "rows": len(rows)}), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.close()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
