@@ -76,18 +76,22 @@ def main() -> int:
         t = time.perf_counter()
         build.build(bo.synth_upstream(tmp / "up10", 10), big, "2000-01-01")
         print(f"built the 10× catalog in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-        res = {name: bo.measure_in_subprocess(d, args.runs) for name, d in
-               (("bundled", PACKAGE_DATA), ("refreshed", refreshed), ("10x", big))}
-    print(f"{'task':<20}{'bundled cold ms':>16}{'refreshed':>11}{'ratio':>7}{'10× cold':>10}{'ratio':>7}"
+        order = (("bundled", PACKAGE_DATA), ("refreshed", refreshed), ("10x", big), ("bundled again", PACKAGE_DATA))
+        res = {name: bo.measure_in_subprocess(d, args.runs) for name, d in order}
+    print(f"{'task':<20}{'bundled cold ms':>16}{'again':>7}{'refreshed':>11}{'ratio':>7}{'10× cold':>10}{'ratio':>7}"
           f"{'10× warm':>10}{'ratio':>7}")
-    worst = {"refreshed": 0.0, "10x": 0.0}
+    worst = {"noise": 0.0, "refreshed": 0.0, "10x": 0.0}
     for name in bo.TASKS:
-        (c1, w1), (cr, wr), (c10, w10) = res["bundled"][name], res["refreshed"][name], res["10x"][name]
+        (ca, wa), (cb, wb) = res["bundled"][name], res["bundled again"][name]
+        c1, w1 = min(ca, cb), min(wa, wb)  # the bundled floor of this run: best of its two measurements
+        (cr, wr), (c10, w10) = res["refreshed"][name], res["10x"][name]
+        worst["noise"] = max(worst["noise"], max(ca, cb) / c1, max(wa, wb) / w1)
         worst["refreshed"] = max(worst["refreshed"], cr / c1, wr / w1)
         worst["10x"] = max(worst["10x"], c10 / c1, w10 / w1)
-        print(f"{name:<20}{c1 * 1e3:>16.2f}{cr * 1e3:>11.2f}{cr / c1:>6.2f}×{c10 * 1e3:>10.2f}{c10 / c1:>6.2f}×"
-              f"{w10 * 1e3:>10.2f}{w10 / w1:>6.2f}×")
-    print(f"worst ratio: refreshed catalog {worst['refreshed']:.2f}×, 10× catalog {worst['10x']:.2f}× "
+        print(f"{name:<20}{ca * 1e3:>16.2f}{cb * 1e3:>7.2f}{cr * 1e3:>11.2f}{cr / c1:>6.2f}×{c10 * 1e3:>10.2f}"
+              f"{c10 / c1:>6.2f}×{w10 * 1e3:>10.2f}{w10 / w1:>6.2f}×")
+    print(f"worst ratio (cold or warm) to the bundled floor: bundled measured twice {worst['noise']:.2f}× (the noise), "
+          f"refreshed catalog {worst['refreshed']:.2f}×, 10× catalog {worst['10x']:.2f}× "
           "(bench_optimizer's target: ≤ 1.5× on the 10× catalog)")
     return 0
 

@@ -137,7 +137,9 @@ README_RULES = """\
 ## Rules applied by the build
 
 General
-- Input files are read with Python's `csv` module (fields such as GpuInfo contain commas).
+- Input files are read with Python's `csv` module (fields such as GpuInfo contain commas). `broker catalog
+  refresh` feeds the same rules with rows of the same schemas made from the clouds' own APIs
+  (skybroker/clouds/<cloud>/prices.py), and writes the same format under `$BROKER_HOME/catalogs/<cloud>/`.
 - Prices are USD/hour. An empty price, or a price of 0 or less, means *unknown*: `None`, never free.
   Empty `Price` → no on-demand offer there (`price` None); empty `SpotPrice` → no spot offer (`spot_price`
   None). A row with neither price gives no offer; a spec with no offer anywhere is dropped.

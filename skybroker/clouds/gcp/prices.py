@@ -83,7 +83,8 @@ def _skus(retry, say):
             return r.json()
         page = retry("billing SKUs", get)
         n += 1
-        say("note", f"billing catalog: page {n} ({len(page.get('skus', []))} SKUs)") if n % 10 == 0 else None
+        if n % 10 == 0:
+            say("note", f"billing catalog: page {n}")
         yield from page.get("skus", ())
         token = page.get("nextPageToken") or ""
         if not token:
