@@ -104,9 +104,13 @@ def _carried(cloud: str, done: set, types: tuple) -> tuple[list[tuple], str | No
 
 
 def refresh(cloud: str, regions: list[str] | None = None, progress=None) -> dict:
-    """Fetch, normalise, write, swap. Returns a summary (counts, regions, dir, refreshed_at, api calls)."""
-    from skybroker.catalog import build
+    """Fetch, normalise, write, swap. Returns a summary (counts, regions, dir, refreshed_at, api calls).
+    The SDK and the credentials are checked first (nothing is written when either is missing); then one
+    refresh per cloud at a time (a file lock beside the catalog): a second one is refused, not queued."""
+    import fcntl
+
     from skybroker.check import install_hint, sdk_missing
+    from skybroker.paths import private_dir
 
     if cloud not in FETCHERS:
         raise BrokerError(f"cannot refresh {cloud!r} from its APIs", f"one of: {', '.join(REFRESHABLE)}",
@@ -115,9 +119,20 @@ def refresh(cloud: str, regions: list[str] | None = None, progress=None) -> dict
     if missing:
         raise BrokerError(f"the {cloud} SDK is not installed (missing {', '.join(missing)}); "
                           "the catalog in use is unchanged", install_hint(cloud), exit_code=2)
-    say = progress or (lambda kind, message: None)
     mod = importlib.import_module(FETCHERS[cloud])
     mod.require_credentials()  # CredentialsError (exit 4) before any network call
+    with open(private_dir(refreshed_dir(cloud).parent) / f".{cloud}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BrokerError(f"another `broker catalog refresh` of {cloud} is running",
+                              "wait for it to finish; the catalog in use is unchanged") from None
+        return _refresh(cloud, mod, regions, progress or (lambda kind, message: None))
+
+
+def _refresh(cloud: str, mod, regions, say) -> dict:
+    from skybroker.catalog import build
+
     retry = Retry(mod.classify, say)
     started = time.process_time()
     try:

@@ -95,3 +95,17 @@ def test_retry_backs_off_on_throttling_only(monkeypatch):
     with pytest.raises(InvalidRequestError):
         r("x", call)
     assert settings.get("catalog_max_age_days") == 30.0
+
+
+def test_one_refresh_per_cloud_at_a_time(tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setenv("BROKER_HOME", str(tmp_path / "bh"))
+    monkeypatch.setenv("BROKER_GCP_ENDPOINT", "http://127.0.0.1:9")  # never reached: the lock is taken first
+    monkeypatch.setenv("BROKER_GCP_ANONYMOUS", "1")
+    (tmp_path / "bh" / "catalogs").mkdir(parents=True)
+    with open(tmp_path / "bh" / "catalogs" / ".gcp.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(refresh.BrokerError, match="another `broker catalog refresh` of gcp is running"):
+            refresh.refresh("gcp")
+    assert not list((tmp_path / "bh" / "catalogs").glob(".gcp-*"))
