@@ -60,7 +60,7 @@ class Retry:
                 return fn()
             except BrokerError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below, re-raised if unknown
+            except Exception as exc:  # classified below, re-raised if unknown
                 err = self.classify(exc)
                 if err is None:
                     raise

@@ -25,7 +25,7 @@ from tests.infra.price_fakes import AwsPricingFake, AzurePricesFake, GcpPricesFa
 SUB = "00000000-0000-0000-0000-00000000feed"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def upstream(cloud: str) -> tuple:
     return tuple(pp.rows(cloud))
 
@@ -150,7 +150,7 @@ def test_aws_throttling_backs_off_and_succeeds(aws):
     notes = []
     out = refresh_mod.refresh("aws", ["us-west-2"], progress=lambda k, m: notes.append((k, m)))
     assert out["throttled"] == 3
-    assert [m for k, m in notes if k == "retry"][0].startswith("us-west-2 DescribeSpotPriceHistory: throttled "
+    assert next(m for k, m in notes if k == "retry").startswith("us-west-2 DescribeSpotPriceHistory: throttled "
                                                                "(RequestLimitExceeded)")
     assert len(srv.calls("DescribeSpotPriceHistory")) == 3
     assert cheapest(catalog.offers(spec("aws", "p3.2xlarge", "V100", 1)), spot=True)[0] == 0.3548

@@ -52,7 +52,7 @@ def test_refreshed_catalog_wins_per_cloud_and_env_dir_wins_over_it(tmp_path, mon
     (d / "meta.json").write_text('{"clouds": {"lambda": {"source": "api", "refreshed_at": "2026-12-01T00:00:00Z"}}}')
     catalog.clear_cache()
     assert catalog.cloud_dir("lambda") == d and catalog.cloud_dir("aws") == catalog.PACKAGE_DATA
-    h100 = [s for s in catalog.specs("lambda") if s.instance_type == "gpu_8x_h100_sxm5"][0]
+    h100 = next(s for s in catalog.specs("lambda") if s.instance_type == "gpu_8x_h100_sxm5")
     assert min(o.price for o in catalog.offers(h100)) == 31.92 / 2
     assert catalog.price_age("lambda")["origin"] == "refreshed"
     assert catalog.info()["clouds"]["lambda"]["dir"] == str(d)

@@ -47,7 +47,7 @@ def _pages(retry, what: str, fn, key: str, **kw):
     token = None
     while True:
         args = dict(kw, NextToken=token) if token else kw
-        page = retry(what, lambda: fn(**args))
+        page = retry(what, lambda a=args: fn(**a))
         yield from page.get(key, ())
         token = page.get("NextToken")
         if not token:
@@ -115,8 +115,8 @@ def fetch(regions, retry, say) -> dict:
         say("fetch", f"AWS {region} ({i + 1}/{len(regions)}): instance types, zones, offerings, spot and "
                      "on-demand prices")
         ec2 = client.ec2(region)
-        zones = {z["ZoneName"]: z["ZoneId"] for z in retry(f"{region} DescribeAvailabilityZones", lambda: (
-            ec2.describe_availability_zones(AllAvailabilityZones=True)["AvailabilityZones"]))}
+        zones = {z["ZoneName"]: z["ZoneId"] for z in retry(f"{region} DescribeAvailabilityZones", lambda e=ec2: (
+            e.describe_availability_zones(AllAvailabilityZones=True)["AvailabilityZones"]))}
         offered = [(o["InstanceType"], o["Location"]) for o in _pages(
             retry, f"{region} DescribeInstanceTypeOfferings", ec2.describe_instance_type_offerings,
             "InstanceTypeOfferings", LocationType="availability-zone", MaxResults=1000)]

@@ -60,7 +60,7 @@ def _aggregated(retry, what, api, kind, project):
     token = ""
     while True:
         req = {"project": project, "max_results": 500, "page_token": token}
-        page = retry(what, lambda: next(iter(api.aggregated_list(request=req).pages)))
+        page = retry(what, lambda r=req: next(iter(api.aggregated_list(request=r).pages)))
         for scope, scoped in page.items.items():
             for item in getattr(scoped, kind):
                 yield scope.split("/", 1)[-1], item
@@ -76,8 +76,8 @@ def _skus(retry, say):
     url = f"{client.billing_endpoint()}/v1/{SERVICE}/skus"
     token, n = "", 0
     while True:
-        def get():
-            r = session.get(url, params={"currencyCode": "USD", "pageSize": 5000, "pageToken": token}, timeout=60)
+        def get(tok=token):
+            r = session.get(url, params={"currencyCode": "USD", "pageSize": 5000, "pageToken": tok}, timeout=60)
             if r.status_code != 200:
                 raise gex.from_http_response(r)
             return r.json()
@@ -111,8 +111,7 @@ def price_tables(skus) -> tuple[dict, dict]:
         price = _unit_price(s)
         if price is None:
             continue
-        whole = next((t for label, t in _WHOLE.items() if desc.startswith(label)
-                      or desc.startswith("Spot Preemptible " + label)), None)
+        whole = next((t for label, t in _WHOLE.items() if desc.startswith((label, "Spot Preemptible " + label))), None)
         if whole:
             spot = desc.startswith("Spot Preemptible ") or usage == "Preemptible"
             for region in s.get("serviceRegions", ()):
