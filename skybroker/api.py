@@ -1,6 +1,8 @@
 """Use cases behind the CLI, also the Python API. Nothing here prints or reads the terminal."""
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -60,11 +62,27 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
         allow_suspicious = bool(config.get("allow_suspicious_prices"))
     result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
                                 risk=managed_risk(task) if managed else None)
+    result = dataclasses.replace(result, prices=price_ages(c.cloud for c in result.candidates))
     if check_budget:
         from .costs import budget
 
         budget.check_plan(task, result)
     return result
+
+
+def price_ages(clouds) -> tuple[dict, ...]:
+    """catalog.price_age() of each cloud with a catalog, plus `stale` (older than BROKER_CATALOG_MAX_AGE_DAYS;
+    0 turns the warning off) and `max_age_days`."""
+    from . import catalog, settings
+
+    limit = float(settings.get("catalog_max_age_days"))
+    out = []
+    for cloud in sorted(set(clouds)):
+        if cloud not in catalog.CLOUDS:
+            continue
+        age = catalog.price_age(cloud)
+        out.append({**age, "stale": bool(limit) and age["age_days"] > limit, "max_age_days": limit})
+    return tuple(out)
 
 
 def managed_risk(task):

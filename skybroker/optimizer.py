@@ -164,6 +164,7 @@ class Plan:
     blocked: tuple[Block, ...] = ()
     skipped: tuple[Skipped, ...] = ()  # cheaper than the chosen one, in its preference group; one per reason
     allow_suspicious: bool = False
+    prices: tuple = ()  # price age and source per cloud in the plan (filled by api.plan from the catalogs)
 
     @property
     def chosen(self) -> Candidate:

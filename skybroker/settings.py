@@ -30,6 +30,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("home", "BROKER_HOME", str, "~/.broker", "state database, keys, logs, locks (0700)"),
     _S("config", "BROKER_CONFIG", str, "", "one more config file for this command (also --config; see config.py)"),
     _S("catalog_dir", "BROKER_CATALOG_DIR", str, "", "price catalogs to plan with (default: the bundled ones)"),
+    _S("catalog_max_age_days", "BROKER_CATALOG_MAX_AGE_DAYS", float, 30.0,
+       "a plan warns when the prices behind it are older than this many days (0: never); `broker catalog refresh`"),
     _S("spot_traces", "BROKER_SPOT_TRACES", str, "", "spot traces for `broker simulate` (default: ../shared/spot-traces)"),
     _S("debug", "BROKER_DEBUG", bool, False, "show a traceback with every error (same as --debug)"),
     # -- bring-up

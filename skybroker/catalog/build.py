@@ -35,16 +35,18 @@ DEFAULT_UPSTREAM = REPO.parent / "shared" / "catalogs-upstream"
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "data"  # the package data the loader reads
 
 INPUTS = {"aws": "aws/vms_subset.csv", "gcp": "gcp/vms.csv", "azure": "azure/vms.csv"}
-# Provenance, copied from the upstream README (update together with the upstream files).
+# Provenance, copied from the upstream README (update together with the upstream files). snapshot_date: the
+# date of the upstream commit that last changed the file (when its prices were fetched; None = not stated).
 SOURCES = {
     "aws": {"repo": "skypilot-org/skypilot-catalog", "path": "catalogs/v9/aws/vms.csv",
             "commit": "2c3d7ea7d76bf84cf80d382e946c1609571485fd",
-            "note": "partial: 128 complete instance-type blocks, 21 families"},
+            "note": "partial: 128 complete instance-type blocks, 21 families", "snapshot_date": None},
     "gcp": {"repo": "anycloud-sh/catalog", "path": "gcp/vms.csv",
-            "commit": "62ff0a987e0c257a89235415d2877812fb1aaf29", "note": "complete, byte-identical"},
+            "commit": "62ff0a987e0c257a89235415d2877812fb1aaf29", "note": "complete, byte-identical",
+            "snapshot_date": "2026-05-20"},
     "azure": {"repo": "anycloud-sh/catalog", "path": "azure/vms.csv",
               "commit": "62ff0a987e0c257a89235415d2877812fb1aaf29",
-              "note": "complete; the shared copy re-quotes Generation `V1,V2`"},
+              "note": "complete; the shared copy re-quotes Generation `V1,V2`", "snapshot_date": "2026-05-20"},
 }
 SUSPICIOUS_RATIO = 0.3
 
@@ -92,8 +94,23 @@ class _Acc:
         s["offers"][place] = [price, spot, is_local_zone(zone) and self.cloud == "aws", False]
 
 
-def _rows(path: pathlib.Path):
-    with open(path, newline="", encoding="utf-8") as f:
+    def carry(self, itype, vcpus, mem, acc, count, arch, region, zone, price, spot):
+        """An offer kept from the catalog in use (refresh of some regions only); never replaces a fetched one."""
+        s = self.specs.get((itype, acc or "", float(count or 0)))
+        if s is not None and ((region, zone) in s["offers"]
+                              or (s["vcpus"], s["mem"], s["arch"]) != (float(vcpus), float(mem), arch)):
+            return  # fetched already, or the cloud now describes the type differently: the API wins
+        self.stats["carried_offers"] += 1
+        self.add(itype, vcpus, mem, acc, count, arch, region, zone, price, spot)
+
+
+def _rows(source):
+    """Rows in the upstream `vms.csv` schema (dicts of strings): from a CSV file, or as given (an iterable of
+    dicts, e.g. the rows `catalog refresh` makes from a cloud's own APIs)."""
+    if not isinstance(source, (str, os.PathLike)):
+        yield from source
+        return
+    with open(source, newline="", encoding="utf-8") as f:
         yield from csv.DictReader(f)
 
 
@@ -388,14 +405,25 @@ def build(upstream: pathlib.Path, out: pathlib.Path, date: str, warn=None) -> di
         sha = _sha256(path)
         if expected.get(INPUTS[cloud], sha) != sha and warn:
             warn(f"warning: {INPUTS[cloud]} sha256 differs from the upstream README; check SOURCES in build.py")
-        acc = _Acc(cloud)
-        READERS[cloud](path, acc)
-        flag_suspicious(acc)
-        stats = write_cloud(acc, out)
+        stats = build_cloud(cloud, path, out)
         meta["clouds"][cloud] = {**SOURCES[cloud], "input": INPUTS[cloud], "sha256": sha, "counts": stats}
     _write(out / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     _write(out / "README.md", render_readme(meta).encode())
     return meta
+
+
+def build_cloud(cloud: str, rows, out: pathlib.Path, carry=()) -> dict:
+    """The one normaliser: rows in the upstream `vms.csv` schema of `cloud` (a CSV path or an iterable of
+    dicts) → the compact catalog files of that cloud in `out`; returns the counts. The bundled build (from the
+    public CSVs) and `broker catalog refresh` (rows made from the clouds' own APIs) both come through here.
+    `carry`: offers already normalised (`_Acc.add` arguments) kept from the catalog in use, for the regions a
+    refresh did not fetch; a fetched row for the same place wins."""
+    acc = _Acc(cloud)
+    READERS[cloud](rows, acc)
+    for args in carry:
+        acc.carry(*args)
+    flag_suspicious(acc)
+    return write_cloud(acc, pathlib.Path(out))
 
 
 def _default_date() -> str:
@@ -472,7 +500,8 @@ by (price, with None last; region; zone). The build re-reads every block to chec
 # --- Lambda Cloud (`lambda/vms.csv`, SkyPilot's Lambda schema) -----------------------------------------
 INPUTS["lambda"] = "lambda/vms.csv"
 SOURCES["lambda"] = {"repo": "anycloud-sh/catalog", "path": "lambda/vms.csv",
-                     "commit": "4c0610266db3c729e55a84d8e0ffe1c96cd903ec", "note": "complete, byte-identical"}
+                     "commit": "4c0610266db3c729e55a84d8e0ffe1c96cd903ec", "note": "complete, byte-identical",
+                     "snapshot_date": "2026-05-07"}
 LAMBDA_ARM_GPUS = ("GH200",)  # Grace Hopper superchips: an Arm (Neoverse) host
 
 

@@ -48,6 +48,31 @@ def gcp_fixed_gpu(machine_type: str) -> tuple[str, int] | None:
             "a4-highgpu-8g": ("B200", 8)}.get(machine_type)
 
 
+# Azure GPU sizes: resource SKUs give a GPU count but not the model; the model follows from the size family
+# (as Azure documents its N-series). Partial-GPU A10 sizes (NV<n>ads_A10_v5) have n/36 of a card.
+_AZURE_GPUS = (
+    (re.compile(r"^Standard_NC\d+r?s_v3$"), "V100"), (re.compile(r"^Standard_ND\d+rs_v2$"), "V100-32GB"),
+    (re.compile(r"^Standard_NC\d+as_T4_v3$"), "T4"), (re.compile(r"^Standard_ND\d+asr_v4$"), "A100"),
+    (re.compile(r"^Standard_ND\d+amsr_A100_v4$"), "A100-80GB"), (re.compile(r"^Standard_NC\d+ads_A100_v4$"), "A100-80GB"),
+    (re.compile(r"^Standard_NC\d+ads_A10_v4$"), "A10"), (re.compile(r"^Standard_NV\d+adm?s_A10_v5$"), "A10"),
+    (re.compile(r"^Standard_NCC?\d+adi?s_H100_v5$"), "H100"), (re.compile(r"^Standard_ND\d+isr_H100_v5$"), "H100"),
+    (re.compile(r"^Standard_ND\d+isr_H200_v5$"), "H200"), (re.compile(r"^Standard_ND\d+isr_MI300X_v5$"), "MI300X"),
+    (re.compile(r"^Standard_NV\d+s_v3$"), "M60"), (re.compile(r"^Standard_NV\d+as_v4$"), "MI25"),
+)
+_AZURE_PARTIAL_A10 = re.compile(r"^Standard_NV(\d+)ads_A10_v5$")
+
+
+def azure_gpu(size: str, gpus: float) -> tuple[str, float] | None:
+    """(GPU model, count) of an Azure size whose resource SKU reports `gpus` cards; None if unknown."""
+    for pattern, name in _AZURE_GPUS:
+        if pattern.match(size):
+            m = _AZURE_PARTIAL_A10.match(size)
+            if m and int(m.group(1)) < 36:
+                return name, round(int(m.group(1)) / 36, 3)
+            return name, float(gpus)
+    return None
+
+
 def azure_arch(size: str) -> str:
     m = _AZURE_SIZE.match(size)
     return "arm64" if m and "p" in m.group(1) else "x86_64"
@@ -112,7 +137,9 @@ README_RULES = """\
 ## Rules applied by the build
 
 General
-- Input files are read with Python's `csv` module (fields such as GpuInfo contain commas).
+- Input files are read with Python's `csv` module (fields such as GpuInfo contain commas). `broker catalog
+  refresh` feeds the same rules with rows of the same schemas made from the clouds' own APIs
+  (skybroker/clouds/<cloud>/prices.py), and writes the same format under `$BROKER_HOME/catalogs/<cloud>/`.
 - Prices are USD/hour. An empty price, or a price of 0 or less, means *unknown*: `None`, never free.
   Empty `Price` → no on-demand offer there (`price` None); empty `SpotPrice` → no spot offer (`spot_price`
   None). A row with neither price gives no offer; a spec with no offer anywhere is dropped.

@@ -52,10 +52,12 @@ def show_gpus(name, cloud, region, count, spot, all_, as_json):
 
 
 @click.group(epilog=examples("broker catalog info", "broker catalog info --json",
+                             "broker catalog refresh --cloud aws --region us-east-1",
                              "broker catalog build --upstream ../shared/catalogs-upstream"))
 def catalog():
-    """Price catalogs: shipped inside the package (skybroker/catalog/data; BROKER_CATALOG_DIR overrides),
-    built from public upstream data (shared/catalogs-upstream)."""
+    """Price catalogs: shipped inside the package (skybroker/catalog/data), built from public upstream data
+    (shared/catalogs-upstream); `refresh` fetches current ones from the clouds' own APIs into BROKER_HOME,
+    which win over the bundled ones (BROKER_CATALOG_DIR overrides both)."""
 
 
 @catalog.command("build", epilog=examples("broker catalog build --upstream ../shared/catalogs-upstream",
@@ -83,10 +85,51 @@ def catalog_info(as_json):
 
     meta = cat.info()
     meta["dir"] = str(cat.catalog_dir())
+    meta["max_age_days"] = api_price_limit()
     if as_json:
         render.print_json(meta)
     else:
         render.catalog_summary(meta)
+
+
+def api_price_limit() -> float:
+    from .. import settings as settings_mod
+
+    return float(settings_mod.get("catalog_max_age_days"))
+
+
+@catalog.command("refresh", epilog=examples(
+    "broker catalog refresh                               # every cloud whose credentials are found",
+    "broker catalog refresh --cloud aws --region us-east-1 --region us-west-2",
+    "broker catalog refresh --cloud gcp --json"))
+@click.option("--cloud", "clouds", multiple=True, type=click.Choice(("aws", "gcp", "azure")),
+              help="Refresh this cloud (repeatable; default: every cloud whose credentials are found).")
+@click.option("--region", "regions", multiple=True,
+              help="Only these regions (repeatable, needs one --cloud); the others keep their current prices.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def catalog_refresh(clouds, regions, as_json):
+    """Rebuild the price catalogs from the clouds' own APIs with your credentials (AWS EC2 + Price List,
+    GCP Compute + Cloud Billing Catalog, Azure Retail Prices + resource SKUs). The new catalog replaces the
+    current one only when the whole refresh succeeded; it lives under BROKER_HOME/catalogs/<cloud>."""
+    from ..catalog import refresh as refresh_mod
+    from ..check import check_all
+    from ..errors import UsageError
+
+    if regions and len(clouds) != 1:
+        raise UsageError("--region needs exactly one --cloud", "e.g. broker catalog refresh --cloud aws --region us-east-1")
+    if not clouds:
+        clouds = tuple(c.cloud for c in check_all() if c.cloud in refresh_mod.REFRESHABLE and c.credentials)
+        if not clouds:
+            raise UsageError("no cloud to refresh: no AWS, GCP or Azure credentials found",
+                             "see `broker check`, or name one with --cloud")
+    results = []
+    with render.Progress(quiet=as_json) as progress:
+        for cloud in clouds:
+            results.append(refresh_mod.refresh(cloud, list(regions) or None, progress=progress.event))
+    if as_json:
+        render.print_json(results)
+    else:
+        render.refresh_summary(results)
 
 
 SHELLS = ("bash", "zsh", "fish")

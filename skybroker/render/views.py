@@ -74,6 +74,7 @@ def plan_json(plan, task_name: str | None) -> dict:
         "chosen": candidate_json(plan.chosen, True),
         "alternatives": [candidate_json(c, c is plan.chosen) for c in rows],
         "notes": list(plan.notes),
+        "prices": [dict(p) for p in plan.prices],
     }
 
 
@@ -86,6 +87,9 @@ def print_plan(plan, task_name: str | None) -> None:
         _say(f"{_m('yellow', 'Note:')} {_m('', plan.clouds_note)}")
     nodes = f"{plan.num_nodes} node" + ("s" if plan.num_nodes != 1 else "")
     _say(f"Target: {_m('bold', 'minimizing cost')} · task {_m('bold', task_name or '(unnamed)')} · {nodes}")
+    from .catalog_views import price_header
+
+    price_header(plan.prices)
     acc = f" + {c.accelerators()}" if c.accelerator_name else ""
     market = "spot" if c.use_spot else "on-demand"
     _say(f"Chosen: {_m('bold green', c.instance_type + acc)} on {_m('bold', c.infra)} ({market}) "
@@ -170,19 +174,6 @@ def print_checks(checks) -> None:
         if hint:
             t.add_row("", "", f"[yellow]hint:[/] {_esc(hint)}")
     console().print(t)
-
-
-def catalog_summary(meta: dict) -> None:
-    rows = []
-    for cloud, m in meta.get("clouds", {}).items():
-        c = m.get("counts", {})
-        rows.append([cloud, str(c.get("specs", "-")), str(c.get("offers", "-")), str(c.get("suspicious_offers", "-")),
-                     (m.get("commit") or "")[:12], f"{m.get('repo', '')} {m.get('path', '')}".strip()])
-    _say(f"Catalogs built {_m('bold', str(meta.get('build_date', '?')))} "
-         f"(format {meta.get('format_version', meta.get('version', '?'))}), read from {_m('', str(meta.get('dir', '?')))}")
-    _table(None, [Col("CLOUD"), Col("SPECS", "right"), Col("OFFERS", "right"), Col("SUSPICIOUS", "right"),
-                  Col("COMMIT"), Col("SOURCE", soft=20, min=10)], rows, drop=("COMMIT", "SUSPICIOUS"))
-
 
 
 # ----------------------------------------------------------------------------------------------

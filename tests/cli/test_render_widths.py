@@ -108,11 +108,12 @@ COSTS = {"train-a100-8x-experiment-42": 176.3256, "dev": 0.4866, "cpu-batch": 23
 @pytest.mark.parametrize("width", WIDTHS)
 def test_status(screen, width):
     out = screen(width)
-    render.print_clusters(_clusters(), COSTS)
+    render.print_clusters(_clusters(), COSTS, stopped_hourly={"cpu-batch": 0.0173})
     text = out()
     must = ["NAME", "STATUS", "dev", "cpu-batch", "STOPPED", "UP", "train-a", "-42"]
-    if width >= 80:  # the cost so far (from the ledger) and the price before autostop
-        must += ["COST ($)", "176.3256", "0.4866", "2345.6789", "58.7752", "0.9731", "1.5360"]
+    if width >= 80:  # the cost so far (from the ledger); $/h: running price, or a stopped cluster's disks
+        must += ["COST ($)", "176.3256", "0.4866", "2345.6789", "58.7752", "0.9731", "0.0173"]
+        assert "1.5360" not in text  # the stopped cluster's running price is not what it is billed
     if width >= 120:
         # every column, with the autostop time, whether it tears down, and who enforces it (the cluster or
         # this machine); RESOURCES gives way by an ellipsis in the middle (both ends survive)

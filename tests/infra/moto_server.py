@@ -17,7 +17,20 @@ Control endpoints (JSON over HTTP, served by the middleware, never forwarded to 
   GET  /_skybroker/calls    [{"action", "region", "t"}] in arrival order (recorded before any delay)
   POST /_skybroker/preempt  {"instance_id", "region", "reason"}: terminate in moto's backend with a
                             state reason (default Server.SpotInstanceTermination)
+  POST /_skybroker/seed_catalog  {"instance_types": [DescribeInstanceTypes entries], "offerings": {region:
+                            [[type, az_id], ...]}, "spot": {region: [[type, az_id, price], ...]}}: make moto's
+                            EC2 catalog calls serve these rows (see below)
 moto's own `POST /moto-api/reset` empties every backend.
+
+What moto 5.2 itself returns for the catalog calls (checked): DescribeInstanceTypes serves ~1,260 real types
+from its bundled data (no p3.* among them) and ignores MaxResults (one page); DescribeInstanceTypeOfferings
+serves its bundled per-AZ offerings, one page; DescribeSpotPriceHistory answers every offering of the region
+with the constant SpotPrice "0.00001" and a 2006 timestamp, one page. `seed_catalog` keeps moto's protocol,
+filters and serialisation but (1) adds instance types moto lacks, (2) replaces a region's AZ offerings with
+the given ones (AZ IDs mapped to moto's zone names of that region; IDs moto does not know, e.g. Local Zones,
+are dropped), and (3) answers DescribeSpotPriceHistory with the given price per type and zone (offerings
+without one are left out, as AWS has no history for them), paged by MaxResults (default 1000) with a NextToken,
+as AWS pages it.
 
 Public IPs are drawn from the loopback range (127.51.x.y; nothing listens there, so a connection is refused
 at once) instead of moto's 54.214.x.x, so a product that tries to SSH into a "moto instance" never sends a
@@ -107,6 +120,8 @@ class FaultMiddleware:
                 self.calls.clear()
             elif path == "/_skybroker/calls":
                 out = list(self.calls)
+            elif path == "/_skybroker/seed_catalog":
+                out = _seed_catalog(body)
             elif path == "/_skybroker/preempt":
                 out = _preempt(body["instance_id"], body.get("region", "us-east-1"),
                                body.get("reason", "Server.SpotInstanceTermination"))
@@ -183,6 +198,57 @@ def _preempt(instance_id: str, region: str, reason: str) -> dict:
     backend.terminate_instances([instance_id])
     inst.state_reason = StateReason(message=f"{reason}: instance reclaimed by the fake", code=reason)
     return {"instance_id": instance_id, "state": inst.state}
+
+
+_SPOT: dict[tuple[str, str, str], str] = {}  # (region, zone name, type) -> price, once seeded
+
+
+def _seed_catalog(body: dict) -> dict:
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models import instance_types as it
+    from moto.ec2.responses import spot_instances
+
+    added = 0
+    for entry in body.get("instance_types", ()):
+        name = entry["InstanceType"]
+        if name not in it.INSTANCE_TYPES:
+            it.INSTANCE_TYPES[name] = entry
+            it.InstanceTypeBackend.instance_types.append(it.InstanceType(name))
+            added += 1
+    n_off = 0
+    for region, pairs in body.get("offerings", {}).items():
+        zones = {z.zone_id: z.name for z in ec2_backends[ACCOUNT][region].describe_availability_zones()}
+        rows = [{"InstanceType": t, "Location": zones[z], "LocationType": "availability-zone"}
+                for t, z in pairs if z in zones]
+        it.INSTANCE_TYPE_OFFERINGS["availability-zone"][region] = rows
+        n_off += len(rows)
+    for region, triples in body.get("spot", {}).items():
+        zones = {z.zone_id: z.name for z in ec2_backends[ACCOUNT][region].describe_availability_zones()}
+        for t, z, price in triples:
+            if z in zones:
+                _SPOT[(region, zones[z], t)] = str(price)
+    if _SPOT and not getattr(spot_instances.SpotInstances, "_skybroker_seeded", False):
+        spot_instances.SpotInstances.describe_spot_price_history = _seeded_spot_history
+        spot_instances.SpotInstances._skybroker_seeded = True
+    return {"instance_types_added": added, "offerings": n_off, "spot_prices": len(_SPOT)}
+
+
+def _seeded_spot_history(self):
+    from moto.core.responses import ActionResult
+
+    prices = self.ec2_backend.describe_spot_price_history(self._get_param("InstanceTypes", []),
+                                                          self._filters_from_querystring())
+    region = self.ec2_backend.region_name
+    history = [{"InstanceType": p["InstanceType"], "ProductDescription": "Linux/UNIX",
+                "SpotPrice": _SPOT[(region, p["Location"], p["InstanceType"])], "AvailabilityZone": p["Location"],
+                "Timestamp": "2026-12-01T00:00:00.000Z"}
+               for p in prices if (region, p["Location"], p["InstanceType"]) in _SPOT]
+    size = int(self._get_param("MaxResults") or 1000)
+    start = int(self._get_param("NextToken") or 0)
+    out = {"SpotPriceHistory": history[start:start + size]}
+    if start + size < len(history):
+        out["NextToken"] = str(start + size)
+    return ActionResult(out)
 
 
 def serve(host: str = "127.0.0.1", port: int = 0) -> None:
@@ -281,6 +347,11 @@ class MotoServer:
     def preempt(self, instance_id: str, region: str = "us-east-1",
                 reason: str = "Server.SpotInstanceTermination") -> dict:
         return self._post("/_skybroker/preempt", {"instance_id": instance_id, "region": region, "reason": reason})
+
+    def seed_catalog(self, instance_types=(), offerings=None, spot=None) -> dict:
+        """See `/_skybroker/seed_catalog` above (lasts for the server's life; moto's reset does not undo it)."""
+        return self._post("/_skybroker/seed_catalog", {"instance_types": list(instance_types),
+                                                       "offerings": offerings or {}, "spot": spot or {}})
 
     def reset(self) -> None:
         """Empty every moto backend and drop faults + the call log."""

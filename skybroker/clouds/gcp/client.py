@@ -98,6 +98,26 @@ def firewalls():
     return _build("FirewallsClient")
 
 
+def machine_types():
+    return _build("MachineTypesClient")
+
+
+def accelerator_types():
+    return _build("AcceleratorTypesClient")
+
+
+def billing_endpoint() -> str:
+    """The Cloud Billing Catalog API (BROKER_GCP_BILLING_ENDPOINT, else BROKER_GCP_ENDPOINT, else Google's)."""
+    return (os.environ.get("BROKER_GCP_BILLING_ENDPOINT") or endpoint() or "https://cloudbilling.googleapis.com").rstrip("/")
+
+
+def authorized_session():
+    """A requests session that sends the ADC credentials (none with BROKER_GCP_ANONYMOUS)."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    return AuthorizedSession(credentials())
+
+
 def zone_operations():
     return _build("ZoneOperationsClient")
 
