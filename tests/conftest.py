@@ -76,8 +76,44 @@ class _Reports(list):
 REPORTS: list[str] = _Reports()
 
 
+def add_table_rows(title: str, columns, rows, *, order: int = 0, footer: str | None = None) -> None:
+    """Rows of a table several tests build together (e.g. the fault matrix, one test per stage, perhaps in
+    different xdist workers): the summary prints each title once, rows in `order`, and `footer` formatted
+    with n (rows) and bad (rows whose last column is non-zero)."""
+    import json
+    import uuid
+
+    folder = os.environ.get("SKYBROKER_TEST_REPORTS")
+    if folder and os.path.isdir(folder):
+        Path(folder, f"table-{uuid.uuid4().hex}.json").write_text(json.dumps(
+            {"title": title, "columns": list(columns), "rows": [list(r) for r in rows], "order": order,
+             "footer": footer}))
+
+
+def _tables(files) -> list[str]:
+    import json
+
+    by_title: dict = {}
+    for f in files:
+        t = json.loads(f.read_text())
+        by_title.setdefault(t["title"], []).append(t)
+    out = []
+    for title, parts in by_title.items():
+        parts.sort(key=lambda t: t["order"])
+        cols = parts[0]["columns"]
+        rows = [[str(c) for c in r] for t in parts for r in t["rows"]]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        lines = [title, "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        if parts[0]["footer"]:
+            bad = sum(1 for r in rows if r and r[-1] not in ("0", "", "-"))
+            lines.append(parts[0]["footer"].format(n=len(rows), bad=bad))
+        out.append("\n".join(lines))
+    return out
+
+
 def pytest_configure(config):
-    if not hasattr(config, "workerinput"):  # the main process (or a run without xdist)
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the main process (or a run without xdist)
         import tempfile
 
         os.environ["SKYBROKER_TEST_REPORTS"] = tempfile.mkdtemp(prefix="skybroker-reports-")
@@ -87,9 +123,11 @@ def pytest_terminal_summary(terminalreporter):
     import shutil
 
     folder = os.environ.get("SKYBROKER_TEST_REPORTS")
-    if not folder or not os.path.isdir(folder):
-        return
-    for f in sorted(Path(folder).iterdir()):
+    if not folder or not os.path.isdir(folder) or "PYTEST_XDIST_WORKER" in os.environ:
+        return  # (a worker that finishes early must not remove the folder the others still write to)
+    files = sorted(Path(folder).iterdir())
+    texts = [f.read_text() for f in files if not f.name.startswith("table-")]
+    for text in texts + _tables([f for f in files if f.name.startswith("table-")]):
         terminalreporter.write_sep("-", "report")
-        terminalreporter.write_line(f.read_text())
+        terminalreporter.write_line(text)
     shutil.rmtree(folder, ignore_errors=True)

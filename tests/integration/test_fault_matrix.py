@@ -8,7 +8,8 @@ call on the moto server) and gets a real signal:
                       remove everything (instances, security groups, node directories, intents).
 After each cell the cloud and the state are inspected: a cell "left something" if any instance, security
 group, node directory, node process, open intent or cluster row of that launch remains. The table is
-printed at the end of the test session (tests/conftest.py) and the target is 0.
+printed at the end of the test session (tests/conftest.py) and the target is 0. Each stage is a test of its
+own (the signals run in it), so parallel workers share the matrix; the summary joins the rows.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPORTS, broker_cmd
+from tests.conftest import add_table_rows, broker_cmd
 from tests.integration.local_helpers import broker, broker_home, kill_leftovers, pids_with_env, write_task
 
 pytestmark = pytest.mark.slow
@@ -110,15 +111,15 @@ def _run_cell(cloud, stage, signame, cluster, task, env, reached, leftovers, tmp
             "after_signal": len(after_signal), "left": left}
 
 
-def _report(title: str, rows: list[dict]) -> None:
-    lines = [title, f"{'cloud':6} {'stage':17} {'signal':6} {'exit':>5} {'left by signal':>14}  {'status shows':13} "
-             f"{'left in the end':15}"]
-    for r in rows:
-        lines.append(f"{r['cloud']:6} {r['stage']:17} {r['signal']:6} {str(r['exit']):>5} "
-                     f"{str(r.get('after_signal', '-')):>14}  {r['shown']:13} {len(r['left']):>15}")
-    bad = sum(1 for r in rows if r["left"])
-    lines.append(f"{len(rows)} cases, {bad} left anything behind (target 0)")
-    REPORTS.append("\n".join(lines))
+COLUMNS = ("cloud", "stage", "signal", "exit", "left by signal", "status shows", "left in the end")
+
+
+def _report(title: str, order: int, rows: list[dict]) -> None:
+    """The rows of one stage; the session summary prints every stage's rows of a title as one table,
+    with the count of cases that left anything behind (the last column)."""
+    add_table_rows(title, COLUMNS, [[r["cloud"], r["stage"], r["signal"], str(r["exit"]),
+                                     str(r.get("after_signal", "-")), r["shown"], len(r["left"])] for r in rows],
+                   order=order, footer="{n} cases, {bad} left anything behind (target 0)")
 
 
 # -- the local cloud ----------------------------------------------------------------------------------
@@ -132,33 +133,32 @@ LOCAL_STAGES = {  # stage → (failpoint, what shows the launch is inside it)
 }
 
 
-def test_fault_matrix_local(tmp_path):
+@pytest.mark.parametrize("stage", list(LOCAL_STAGES))
+def test_fault_matrix_local(tmp_path, stage):
+    fp, inside = LOCAL_STAGES[stage]
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "data.bin").write_bytes(os.urandom(1 << 16))
     task = write_task(tmp_path / "t.yaml", name="fm", num_nodes=2, workdir=str(wd), run="sleep 30")
     rows = []
-    n = 0
-    for stage, (fp, inside) in LOCAL_STAGES.items():
-        for signame in SIGNALS:
-            n += 1
-            cluster = f"fm-{n}"
-            errf = tmp_path / f"{cluster}.err"
+    for n, signame in enumerate(SIGNALS, 1):
+        cluster = f"fm-{n}"
+        errf = tmp_path / f"{cluster}.err"
 
-            def leftovers(c=cluster):
-                out = _state_leftovers(c)
-                d = broker_home() / "local" / c
-                if d.exists() and any(d.iterdir()):
-                    out.append("node dirs")
-                if pids_with_env(f"HOME={d}/", prefix=True):
-                    out.append("node processes")
-                return out
+        def leftovers(c=cluster):
+            out = _state_leftovers(c)
+            d = broker_home() / "local" / c
+            if d.exists() and any(d.iterdir()):
+                out.append("node dirs")
+            if pids_with_env(f"HOME={d}/", prefix=True):
+                out.append("node processes")
+            return out
 
-            rows.append(_run_cell("local", stage, signame, cluster, task, {"BROKER_FAILPOINTS": f"{fp}=sleep(3)"},
-                                  lambda c=cluster, e=errf, f=inside: f(c, lambda: e.read_text() if e.exists() else ""),
-                                  leftovers, tmp_path))
+        rows.append(_run_cell("local", stage, signame, cluster, task, {"BROKER_FAILPOINTS": f"{fp}=sleep(3)"},
+                              lambda c=cluster, e=errf, f=inside: f(c, lambda: e.read_text() if e.exists() else ""),
+                              leftovers, tmp_path))
     kill_leftovers(broker_home())
-    _report("fault matrix: local cloud (stage × signal)", rows)
+    _report("fault matrix: local cloud (stage × signal)", list(LOCAL_STAGES).index(stage), rows)
     bad = [r for r in rows if r["left"]]
     assert not bad, bad
 
@@ -189,41 +189,46 @@ def moto(monkeypatch):
     srv.reset()
 
 
-def test_fault_matrix_aws(moto, tmp_path):
+AWS_STAGES = {  # stage → (env, moto fault, what shows the launch is inside it)
+    "before-create": ({"BROKER_FAILPOINTS": "provision=sleep(3)"}, None, lambda m, c, e: "provisioning" in e()),
+    "create-in-flight": ({}, ("RunInstances", 2.0), lambda m, c, e: bool(m.calls("RunInstances"))),
+    "created": ({"BROKER_FAILPOINTS": "provision-wait=sleep(3)"}, None, lambda m, c, e: _intents_created(c)),
+    "wait-for-ssh": ({"BROKER_WAIT_READY": "60"}, None, lambda m, c, e: "to accept commands" in e()),
+}
+
+
+@pytest.mark.parametrize("stage", list(AWS_STAGES))
+def test_fault_matrix_aws(moto, tmp_path, stage):
     task = tmp_path / "t.yaml"
     task.write_text(AWS_TASK)
-    stages = {  # stage → (env, moto fault, what shows the launch is inside it)
-        "before-create": ({"BROKER_FAILPOINTS": "provision=sleep(3)"}, None, lambda c, e: "provisioning" in e()),
-        "create-in-flight": ({}, ("RunInstances", 2.0), lambda c, e: bool(moto.calls("RunInstances"))),
-        "created": ({"BROKER_FAILPOINTS": "provision-wait=sleep(3)"}, None, lambda c, e: _intents_created(c)),
-        "wait-for-ssh": ({"BROKER_WAIT_READY": "60"}, None, lambda c, e: "to accept commands" in e()),
-    }
+    env, fault, inside3 = AWS_STAGES[stage]
+
+    def inside(c, e):
+        return inside3(moto, c, e)
+
     rows = []
-    n = 0
-    for stage, (env, fault, inside) in stages.items():
-        for signame in SIGNALS:
-            n += 1
-            cluster = f"fma-{n}"
-            moto.clear()
-            if fault:
-                moto.fault(fault[0], delay=fault[1])
-            errf = tmp_path / f"{cluster}.err"
+    for n, signame in enumerate(SIGNALS, 1):
+        cluster = f"fma-{list(AWS_STAGES).index(stage)}-{n}"
+        moto.clear()
+        if fault:
+            moto.fault(fault[0], delay=fault[1])
+        errf = tmp_path / f"{cluster}.err"
 
-            def leftovers(c=cluster):
-                out = _state_leftovers(c)
-                if fault and signame == "KILL":
-                    time.sleep(fault[1])  # the call in flight completes on the server after the kill
-                live = moto.instances(cluster=c)
-                if live:
-                    out.append(f"{len(live)} instance(s)")
-                groups = [g["GroupName"] for g in moto.ec2().describe_security_groups()["SecurityGroups"]]
-                if f"skybroker-{c}" in groups:
-                    out.append("security group")
-                return out
+        def leftovers(c=cluster):
+            out = _state_leftovers(c)
+            if fault and signame == "KILL":
+                time.sleep(fault[1])  # the call in flight completes on the server after the kill
+            live = moto.instances(cluster=c)
+            if live:
+                out.append(f"{len(live)} instance(s)")
+            groups = [g["GroupName"] for g in moto.ec2().describe_security_groups()["SecurityGroups"]]
+            if f"skybroker-{c}" in groups:
+                out.append("security group")
+            return out
 
-            rows.append(_run_cell("aws", stage, signame, cluster, task, env,
-                                  lambda c=cluster, e=errf, f=inside: f(c, lambda: e.read_text() if e.exists() else ""),
-                                  leftovers, tmp_path))
-    _report("fault matrix: aws on moto (stage × signal)", rows)
+        rows.append(_run_cell("aws", stage, signame, cluster, task, env,
+                              lambda c=cluster, e=errf, f=inside: f(c, lambda: e.read_text() if e.exists() else ""),
+                              leftovers, tmp_path))
+    _report("fault matrix: aws on moto (stage × signal)", list(AWS_STAGES).index(stage), rows)
     bad = [r for r in rows if r["left"]]
     assert not bad, bad
