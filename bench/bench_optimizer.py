@@ -129,7 +129,7 @@ def main() -> int:
     sizes = [int(x) for x in args.sizes.split(",") if x]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-catalogs-") as tmp:
-        dirs = {1: REPO / "catalogs"}
+        dirs = {1: catalog.PACKAGE_DATA}
         for n in sizes:
             up = synth_upstream(pathlib.Path(tmp) / f"up{n}", n)
             d = pathlib.Path(tmp) / f"cat{n}"

@@ -17,21 +17,10 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import alive, broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task
-from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events, job, launch_detached,
-                                                 preempt_local, until, wait_status)
-
-
-@pytest.fixture(autouse=True)
-def fast_controller(monkeypatch):
-    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
-    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
-    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
-    yield
-    pid = controller_pid()
-    if pid:
-        kill_pids([pid])
-    kill_leftovers(broker_home())
+from tests.integration.local_helpers import alive, broker, broker_home, wait_for, write_task
+from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events,  # noqa: F401
+                                                 fast_controller, job, launch_detached, preempt_local, until,
+                                                 wait_status)
 
 
 def ledger(path) -> list[str]:

@@ -9,24 +9,10 @@ import shutil
 import pytest
 
 from skybroker.jobs import risk
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task
+from tests.integration.local_helpers import broker, broker_home, wait_for, write_task
+from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - autouse: fast polls, cleanup
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
-
-
-@pytest.fixture(autouse=True)
-def fast_controller(monkeypatch):
-    monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
-    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
-    monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "1")
-    yield
-    p = broker_home() / "managed" / "controller.pid"
-    if p.exists():
-        try:
-            kill_pids([int(p.read_text())])
-        except ValueError:
-            pass
-    kill_leftovers(broker_home())
 
 
 def _job(jid: int) -> dict:
