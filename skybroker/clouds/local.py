@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -252,13 +251,9 @@ def _unmount_under(root: Path) -> None:
             points = [line.split()[1].replace("\\040", " ") for line in f]
     except OSError:
         return
-    for p in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        for cmd in (["fusermount3", "-uz", p], ["fusermount", "-uz", p], ["umount", "-l", p]):
-            try:
-                if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-                    break
-            except OSError:
-                continue
+    from ..runtime.agent import unmount_lazily
+
+    unmount_lazily(p for p in points if p.startswith(prefix))
 
 
 def _kill_node_processes(home: Path) -> None:

@@ -790,13 +790,19 @@ def cmd_cleanup(args):
 def _unmount_buckets(base):
     """Bucket MOUNTs made on this node (storage/mounts.py lists them in <node dir>/mounts): unmounted
     (lazily) before anything is removed, so their rclone processes exit and no removal walks into a bucket."""
-    import subprocess
-
     try:
         with open(os.path.join(base, "mounts")) as f:
             paths = [ln.strip() for ln in f if ln.strip()]
     except OSError:
         return
+    unmount_lazily(paths)
+
+
+def unmount_lazily(paths):
+    """Unmount each path (innermost first) with the first tool that works: fusermount3/fusermount -uz, or
+    umount -l. Also used by the local cloud for its sandboxes."""
+    import subprocess
+
     for p in sorted(set(paths), key=len, reverse=True):
         for cmd in (["fusermount3", "-uz", p], ["fusermount", "-uz", p], ["umount", "-l", p]):
             try:
