@@ -447,6 +447,22 @@ def cluster_costs() -> dict:
     return ledger.cluster_costs()
 
 
+def job_timeline(job_id: int) -> dict:
+    """A managed job's market over time (costs/timeline.py): its runs from the ledger and its recoveries."""
+    from .costs import ledger, timeline
+    from .errors import NotFoundError
+    from .jobs import store
+
+    j = store.get(job_id)
+    if j is None:
+        raise NotFoundError(f"no managed job {job_id}", "see `broker jobs queue`")
+    at = ledger.now()
+    segs = timeline.segments(ledger.runs(job_id=job_id), at)
+    recoveries = [e["ts"] for e in store.events(job_id) if e["kind"] in ("recovery", "switch")]
+    return {"id": j.id, "name": j.name, "status": j.status, "submitted_at": j.submitted_at,
+            "ended_at": j.ended_at, "now": at, "segments": segs, "recoveries": recoveries}
+
+
 def stopped_hourly() -> dict:
     """$/h each stopped cluster is billed (its disks), from the ledger."""
     from .costs import ledger

@@ -187,6 +187,10 @@ def cluster_costs() -> dict:
     return _call("cluster_costs")
 
 
+def job_timeline(job_id: int) -> dict:
+    return _call("job_timeline", job_id)
+
+
 def stopped_hourly() -> dict:
     return _call("stopped_hourly")
 

@@ -125,6 +125,20 @@ def logs(job_id, follow, as_json):
     return 0
 
 
+@jobs.command("timeline", epilog=examples("broker jobs timeline 3", "broker jobs timeline 3 --json"))
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_managed_job_id)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every segment).")
+def timeline(job_id, as_json):
+    """A managed job's market over time: each run of its instances (spot or on-demand, where, how long,
+    what it cost) and the gaps between them (preemptions, relaunches, waits for spot), with a one-line
+    picture (S spot, O on-demand, · nothing held)."""
+    t = use_api().job_timeline(job_id)
+    if as_json:
+        render.print_json(t)
+    else:
+        render.print_timeline(t)
+
+
 @jobs.command("cancel", epilog=examples("broker jobs cancel 3 4",
                                           "broker jobs cancel --all -y                      # -y required in scripts"))
 @click.argument("job_ids", type=JOB_ID, nargs=-1, shell_complete=complete_managed_job_id)

@@ -5,7 +5,7 @@ from .console import _m, _say
 from .table import Col, _table
 from .views import JOB_STYLE, STATUS_STYLE, _dur, _money
 
-__all__ = ["print_cost_report"]
+__all__ = ["print_cost_report", "print_timeline"]
 
 
 def _res(c: dict) -> str:
@@ -49,3 +49,36 @@ def print_cost_report(rep: dict) -> None:
     saved = "" if total["savings"] is None else f", spot saved ${_money(total['savings'])}"
     _say(f"{_m('bold', 'Total')}: ${_money(total['cost'])} (clusters ${_money(total['clusters_cost'])}, "
          f"managed jobs ${_money(total['managed_jobs_cost'])}){saved}")
+
+
+def print_timeline(t: dict) -> None:
+    """`broker jobs timeline`: the job's runs (market, place, times, cost) and its market as one line."""
+    import time as _time
+
+    from ..costs.timeline import bar
+    from .ansi import terminal
+
+    segs = t["segments"]
+    head = f"Managed job {t['id']} ({t['name'] or 'unnamed'}) · {t['status']}"
+    _say(_m("bold", head))
+    if not segs:
+        _say("no run of its instances is recorded yet (the ledger starts when instances are created)")
+        return
+    start = min(t["submitted_at"], segs[0]["start"])
+    end = t["ended_at"] or t["now"]
+    _, width, _ = terminal()
+    line = bar(segs, start, end, max(20, min(100, width) - 2))
+    _say(f"[{line}]" if line else "")
+    _say(_m("dim", f"S spot · O on-demand · · nothing held; {_dur(end - start)} from submission"
+                   f"{' to the end' if t['ended_at'] else ' so far'}, {len(t['recoveries'])} recovery/switch(es)"))
+
+    def when(x):
+        return "-" if x is None else _time.strftime("%m-%d %H:%M:%S", _time.localtime(x))
+
+    rows = [[str(i + 1), s["market"], s["place"] or "-", s["instance_type"] or "-", when(s["start"]),
+             when(s["end"]) if s["end"] else "running", _dur(s["hours"] * 3600), _money(s["cost"])]
+            for i, s in enumerate(segs)]
+    cols = [Col("#", "right"), Col("MARKET"), Col("WHERE", soft=16, min=8, squeeze=1),
+            Col("INSTANCE", soft=14, min=8, squeeze=2), Col("FROM"), Col("TO"), Col("FOR", "right"),
+            Col("COST ($)", "right")]
+    _table(None, cols, rows, drop=("FROM", "INSTANCE"))

@@ -257,6 +257,7 @@ CALLS = {
     "cluster_costs": (_none, run_cluster_costs, None),
     "job_costs": (_none, run_job_costs, None),
     "stopped_hourly": (_none, run_stopped_hourly, None),
+    "job_timeline": (check_job, _plain(api.job_timeline), None),
     "cost_report": (_admin, _plain(api.cost_report), None),  # the team's whole ledger: admins only (for now)
 }
 

@@ -40,3 +40,9 @@ def test_a_preemption_is_recorded_against_its_place_and_raises_its_expected_cost
     assert risk.rate(seen) > risk.rate(None) * 0.99  # one preemption in a few seconds: riskier than the prior
     f = risk.risk_for(hist, 0.3)
     assert f(*place, True) > f("aws", "us-east-1", "use1-az1", "p3.2xlarge", True)
+    # the job's market over time: two spot runs (before and after the preemption), one recovery between
+    t = json.loads(broker("jobs", "timeline", str(jid), "--json").stdout)
+    assert [s["market"] for s in t["segments"]] == ["spot", "spot"] and len(t["recoveries"]) == 1
+    assert t["segments"][0]["end"] <= t["segments"][1]["start"]
+    text = broker("jobs", "timeline", str(jid)).stdout
+    assert "[" in text and "S" in text.split("[", 1)[1].split("]", 1)[0] and "MARKET" in text
