@@ -112,6 +112,19 @@ def _tables(files) -> list[str]:
     return out
 
 
+_SLOW_DIRS = (REPO / "tests" / "integration", REPO / "tests" / "packaging")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything that starts clouds, emulators, sshd nodes, servers or the controller (tests/integration,
+    tests/packaging) counts as slow: `pytest -m "not slow"` is the fast loop of the pure core, the CLI and
+    the compatibility corpus; the whole suite (CI) runs everything."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if any(d in path.parents for d in _SLOW_DIRS):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the main process (or a run without xdist)
         import tempfile
