@@ -103,6 +103,20 @@ def _carried(cloud: str, done: set, types: tuple) -> tuple[list[tuple], str | No
     return out, source
 
 
+def _require_credentials(cloud: str, mod) -> None:
+    """The provider's own credential check (what `broker check` says), unless the fetcher runs without."""
+    if mod.credentials_bypassed():
+        return
+    from skybroker.clouds import registry
+    from skybroker.errors import CredentialsError, Place
+
+    c = registry.get(cloud, sdk=False).check()
+    if not c.ok:
+        name = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}.get(cloud, cloud)
+        raise CredentialsError(f"cannot refresh the {name} catalog: {c.detail}", Place(cloud), code="NoCredentials",
+                               hint=c.hint)
+
+
 def refresh(cloud: str, regions: list[str] | None = None, progress=None) -> dict:
     """Fetch, normalise, write, swap. Returns a summary (counts, regions, dir, refreshed_at, api calls).
     The SDK and the credentials are checked first (nothing is written when either is missing); then one
@@ -120,7 +134,7 @@ def refresh(cloud: str, regions: list[str] | None = None, progress=None) -> dict
         raise BrokerError(f"the {cloud} SDK is not installed (missing {', '.join(missing)}); "
                           "the catalog in use is unchanged", install_hint(cloud), exit_code=2)
     mod = importlib.import_module(FETCHERS[cloud])
-    mod.require_credentials()  # CredentialsError (exit 4) before any network call
+    _require_credentials(cloud, mod)  # CredentialsError (exit 4) before any network call
     with open(private_dir(refreshed_dir(cloud).parent) / f".{cloud}.lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
