@@ -91,6 +91,7 @@ def ec2_nodes(mocked_aws):
     session.events.register("after-call.ec2.TerminateInstances", on_terminate)
     try:
         with hypervisor.Hypervisor.ec2(pool, nodes, backend_of, lock) as hv:
+            hv.pool = pool  # the node pool (its gateway is this machine, as seen from the nodes)
             yield nodes, hv
     finally:
         pool.close()

@@ -156,7 +156,7 @@ def test_preemption_notice_syncs_the_checkpoint_and_relaunches_before_the_loss(t
     IMDSv2 token + spot/instance-action): the job gets SIGTERM and writes its checkpoint, the controller
     copies it one last time and relaunches at once — the node was never lost — and the job resumes from
     the checkpoint written in its SIGTERM handler."""
-    from tests.unit.test_agent import _Metadata
+    from tests.infra.metadata_fake import Metadata as _Metadata
 
     md = _Metadata()
     monkeypatch.setenv("BROKER_NOTICE_ENDPOINT", md.base)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from skybroker.runtime import agent as agent_mod
+from tests.infra.metadata_fake import Metadata as _Metadata
 
 AGENT = Path(__file__).resolve().parents[2] / "skybroker" / "runtime" / "agent.py"
 PY = os.environ.get("AGENT_PYTHON", sys.executable)
@@ -452,58 +453,6 @@ def test_module_exports(node):
 
 
 # -- preemption notices ---------------------------------------------------------------------------------
-class _Metadata:
-    """The three clouds' notice endpoints, as their docs describe them: AWS IMDSv2 (a PUT for a token,
-    then spot/instance-action: 404 until a notice, then 200 JSON), GCP instance/preempted (needs
-    Metadata-Flavor: Google; FALSE → TRUE), Azure Scheduled Events (needs Metadata: true; Events[])."""
-
-    def __init__(self):
-        import http.server
-        import threading
-
-        self.noticed = False
-        me = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, body=b""):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_PUT(self):
-                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    return self._send(200, b"tok-123")
-                self._send(400)
-
-            def do_GET(self):
-                if self.path == "/latest/meta-data/spot/instance-action":
-                    if self.headers.get("X-aws-ec2-metadata-token") != "tok-123":
-                        return self._send(401)
-                    return self._send(200, b'{"action": "terminate", "time": "2026-12-02T08:22:00Z"}') \
-                        if me.noticed else self._send(404)
-                if self.path == "/computeMetadata/v1/instance/preempted":
-                    if self.headers.get("Metadata-Flavor") != "Google":
-                        return self._send(403)
-                    return self._send(200, b"TRUE" if me.noticed else b"FALSE")
-                if self.path.startswith("/metadata/scheduledevents"):
-                    if self.headers.get("Metadata") != "true":
-                        return self._send(400)
-                    ev = [{"EventId": "e1", "EventType": "Preempt", "NotBefore": "Mon, 02 Dec 2026 08:22:00 GMT"}]
-                    return self._send(200, json.dumps({"DocumentIncarnation": 1, "Events": ev if me.noticed else []}).encode())
-                self._send(404)
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.srv.server_address[1]}"
-
-    def close(self):
-        self.srv.shutdown()
-
-
 NOTICE_URLS = {"aws": "/latest/meta-data/spot/instance-action", "gcp": "/computeMetadata/v1/instance/preempted",
                "azure": "/metadata/scheduledevents?api-version=2020-07-01"}
 
