@@ -145,6 +145,10 @@ def preflight(task) -> None:
         if not os.access(m.source, os.R_OK):
             raise SpecError(f"source {m.source} is not readable", None, source=task.source,
                             field=f"file_mounts.{m.remote}")
+    if task.git_url:  # a ref that does not exist is refused before anything is created
+        from .runtime import gitclone
+
+        gitclone.preflight(task)
     if (task.workdir or task.file_mounts) and _remote(task):  # remote nodes: rsync over SSH
         from .runtime.sync import require_rsync
 

@@ -50,6 +50,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("git_ssh_key", "BROKER_GIT_SSH_KEY", str, "",
        "private key for git workdirs over SSH (GIT_SSH_KEY_PATH in the task's envs/secrets wins); copied to "
        "each node 0600 for the clone only"),
+    _S("git_preflight_timeout", "BROKER_GIT_PREFLIGHT_TIMEOUT", float, 20.0,
+       "seconds to list a git workdir's repository from this machine before launching, to refuse a ref "
+       "that does not exist before anything is created (0: skip; an unreachable repository never blocks)"),
     _S("git_known_hosts", "BROKER_GIT_KNOWN_HOSTS", str, "",
        "known_hosts file for the git server (strict checking); empty: each node accepts the server's key on first use"),
     # -- managed jobs

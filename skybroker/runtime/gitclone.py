@@ -35,7 +35,7 @@ from ..errors import SpecError
 
 WORKDIR = "~/sky_workdir"
 
-CLONE_SCRIPT = r'''
+LIST_SCRIPT = r'''
 set -u
 export GIT_TERMINAL_PROMPT=0
 # the reflog entries of the checkout need an identity; without one git looks the host name up in DNS
@@ -69,6 +69,19 @@ url="$BROKER_GIT_URL"; ref="${BROKER_GIT_REF:-}"
 fail() { tail -n 5 "$d/err" >&2; exit "$1"; }
 git "$@" ls-remote "$url" > "$d/refs" 2> "$d/err" || fail 11
 has() { awk -v r="$1" '$2 == r { f = 1 } END { exit !f }' "$d/refs"; }
+'''
+
+# On the client before anything is created (preflight): the same listing, then only whether the ref exists.
+PROBE_SCRIPT = LIST_SCRIPT + r'''
+[ -z "$ref" ] && exit 0
+has "refs/heads/$ref" || has "refs/tags/$ref" || has "$ref" || has "refs/$ref" && exit 0
+case "$ref" in *[!0-9a-fA-F]*) ;; ????*) exit 0 ;; esac
+awk -v r="$ref" '{ n = length(r); if (substr($2, length($2) - n) == "/" r) f = 1 } END { exit !f }' "$d/refs" && exit 0
+echo "no branch or tag named $ref" >&2
+exit 12
+'''
+
+CLONE_SCRIPT = LIST_SCRIPT + r'''
 wd="$HOME/sky_workdir"
 mkdir -p "$wd" && cd "$wd" || exit 13
 [ -d .git ] || git init -q . 2> "$d/err" || fail 13
@@ -151,6 +164,39 @@ def clone(runner, agent, task, creds: Credentials, node_label: str) -> str:
     if r.exit_code == 0:
         return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "checked out"
     raise _error(r.exit_code, _clean(r.stderr, creds), task, node_label)
+
+
+def preflight(task, creds: Credentials | None = None) -> None:
+    """Before anything is created: list the repository from this machine, with the same credentials and
+    the same script the nodes use, and refuse a ref that is neither a branch, a tag nor possibly a commit
+    (`workdir.ref`, exit 2). Only a definite answer blocks: when the repository cannot be listed from here
+    (no git, no route, a credential only the nodes have) the nodes still try and report it themselves."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .. import settings
+
+    timeout = settings.get("git_preflight_timeout")
+    if not task.git_url or not task.git_ref or timeout <= 0 or not shutil.which("git") or not shutil.which("bash"):
+        return
+    creds = creds or credentials(task)
+    with tempfile.TemporaryDirectory(prefix="skybroker-git-") as home:
+        env = {k: v for k, v in os.environ.items() if k not in ("GIT_TOKEN", "GIT_DIR", "GIT_WORK_TREE")}
+        env.update(creds.env, HOME=home, BROKER_GIT_URL=task.git_url, BROKER_GIT_REF=task.git_ref,
+                   BROKER_GIT_HAS_KEY="1" if creds.key is not None else "")
+        if creds.known_hosts is not None:
+            kh = os.path.join(home, "known_hosts.given")
+            with open(os.open(kh, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(creds.known_hosts)
+            env["BROKER_GIT_KNOWN_HOSTS"] = kh
+        try:
+            r = subprocess.run(["bash", "-c", PROBE_SCRIPT], input=creds.key or b"", env=env, capture_output=True,
+                               timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+    if r.returncode == 12:
+        raise _error(12, "", task, "this machine")
 
 
 def _clean(text: str, creds: Credentials) -> str:

@@ -64,9 +64,17 @@ def test_local_cloud_tag_on_every_node_then_bad_ref_and_url(tmp_path):
     r = broker("launch", "-y", "-c", "gitbad", t, "--git-ref", "no-such-tag")
     assert r.returncode == 2, r.stderr
     assert "workdir.ref" in r.stderr and "'no-such-tag' is not a branch, tag or commit" in r.stderr
-    assert "Traceback" not in r.stderr and "gitbad was terminated" in r.stderr
+    assert "Traceback" not in r.stderr and "was terminated" not in r.stderr  # refused before anything was created
     assert "gitbad" not in {c["name"] for c in status_json()}
     assert not (node_dir("gitbad", 0)).exists()
+    # a ref that might be a commit cannot be refused from the listing: the nodes refuse it, and the
+    # cluster the launch created is torn down
+    r = broker("launch", "-y", "-c", "gitbad", t, "--git-ref", "deadbeef")
+    assert r.returncode == 2 and "workdir.ref" in r.stderr and "gitbad was terminated" in r.stderr, r.stderr
+    assert "gitbad" not in {c["name"] for c in status_json()}
+    # with the preflight off the nodes refuse the missing tag as before
+    r = broker("launch", "-y", "-c", "gitbad", t, "--git-ref", "no-such-tag", env={"BROKER_GIT_PREFLIGHT_TIMEOUT": "0"})
+    assert r.returncode == 2 and "gitbad was terminated" in r.stderr, r.stderr
 
     r = broker("launch", "-y", "-c", "gitbad", t, "--git-url", f"file://{tmp_path}/missing.git")
     assert r.returncode == 2 and "workdir.url" in r.stderr and "cannot be fetched" in r.stderr, r.stderr
