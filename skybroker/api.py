@@ -267,12 +267,6 @@ def preflight(task, plan=None) -> None:
         from .clouds import registry
         from .errors import CredentialsError
 
-        if plan.chosen.is_tpu and all(c.is_tpu for c in plan.candidates):
-            raise UsageError(f"the plan chose TPU {plan.chosen.accelerator_name} on {plan.chosen.infra}, but "
-                             "skybroker plans TPUs without provisioning them yet (TPU VMs need the TPU API)",
-                             "`broker launch --dryrun` shows the TPU plan and its price; for now run on GPUs "
-                             "(e.g. --gpus A100:8) or use SkyPilot for TPU VMs")
-
         prov = registry.get(plan.chosen.cloud, sdk=False)
         missing = registry.missing_sdk(prov)
         if missing:

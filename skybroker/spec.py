@@ -400,7 +400,7 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
     elif image:
         images = (("", str(image)),)
     extra = tuple(sorted((f"tpu_{k}", str(v)) for k, v in (raw.get("accelerator_args") or {}).items()
-                         if k in ("runtime_version", "tpu_name")))
+                         if k in ("runtime_version", "tpu_name", "gcp_queued_resource")))
     return Resources(
         cloud=cloud,
         region=str(region) if region else None,

@@ -241,11 +241,9 @@ def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
                             "autostop runs on the cluster's own remote nodes (AWS, GCP), no interactive SSH session")
     args = raw.get("accelerator_args") or {}
     if args.get("tpu_vm") is False:
-        raise SpecError("TPU nodes (`tpu_vm: false`) are not supported", "remove `tpu_vm: false` (TPU VMs are "
-                        "the default)", field=f"{fp}.accelerator_args.tpu_vm")
-    if args.get("gcp_queued_resource"):
-        raise SpecError("GCP queued resources are not supported", "remove `gcp_queued_resource`",
-                        field=f"{fp}.accelerator_args.gcp_queued_resource")
+        raise SpecError("TPU Nodes (`tpu_vm: false`: Google's older TPU architecture, a TPU reached from a "
+                        "separate host VM) are not supported", "remove `tpu_vm: false`: the same TPU runs as a TPU VM "
+                        "(the default, and what Google recommends)", field=f"{fp}.accelerator_args.tpu_vm")
 
 
 def aliases(d: dict, fp: str, source: str) -> dict:

@@ -100,6 +100,7 @@ class ProvisionRequest:
     labels: tuple[tuple[str, str], ...] = ()
     public_key: str | None = None
     user: str = "broker"
+    accelerator_args: tuple[tuple[str, str], ...] = ()  # e.g. (("tpu_runtime_version", "v2-alpha-tpuv5-lite"),)
 
 
 @dataclass(frozen=True)

@@ -176,17 +176,16 @@ def test_task_warnings_go_to_stderr(tmp_path):
     assert "Warning: resources.any_of[0]: runpod is not supported by skybroker" in r.stderr
 
 
-def test_tpu_is_planned_and_refused_before_anything_is_created(tmp_path):
+def test_tpu_is_planned_as_a_tpu_vm_and_tpu_nodes_are_refused_by_name(tmp_path):
     task = tmp_path / "t.yaml"
     task.write_text("resources: {accelerators: tpu-v5litepod-8}\nrun: x\n")
     plan = run("launch", "--dryrun", "--json", str(task))
-    assert plan.returncode == 0 and json.loads(plan.stdout)["chosen"]["cloud"] == "gcp"
-    env = {"BROKER_HOME": str(tmp_path / "home"), "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "sa.json")}
-    (tmp_path / "sa.json").write_text(json.dumps({"type": "service_account", "project_id": "p"}))
-    r = run("launch", "-y", str(task), env=env)
-    assert r.returncode == 2, r.stderr
-    assert "plans TPUs without provisioning them yet" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "home" / "state.db").exists() or "tpu" not in run("status", env=env).stdout
+    assert plan.returncode == 0, plan.stderr
+    chosen = json.loads(plan.stdout)["chosen"]
+    assert chosen["cloud"] == "gcp" and chosen["instance_type"] == "TPU-VM", chosen
+    task.write_text("resources: {accelerators: tpu-v2-8, accelerator_args: {tpu_vm: false}}\nrun: x\n")
+    r = run("launch", "--dryrun", str(task))
+    assert r.returncode == 2 and "resources.accelerator_args.tpu_vm" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_managed_spot_plan_shows_expected_cost(tmp_path):

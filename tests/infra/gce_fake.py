@@ -22,6 +22,7 @@ SPOT with automaticRestart, bad names/labels, and duplicate names (409).
 
 Lifecycle: delays (op_delay, boot_delay, stop_delay; default 0) move resources PROVISIONING → STAGING →
 RUNNING, STOPPING → TERMINATED, and deletions, lazily by the clock, so polling paths get exercised.
+The Cloud TPU API (v2) is served under `/v2/` by tests/infra/tpu_fake.py (`fake.tpu`).
 Optional: `node_pool=` (tests/infra/netns.NodePool) makes every instance a real sshd node: the
 `ssh-keys` metadata becomes its authorized key and natIP/networkIP its address; delete/stop/preempt
 kill the node, start boots a new one.
@@ -105,6 +106,9 @@ class GCEFake:
         self._ips = itertools.count(2)
         self._server: ThreadingHTTPServer | None = None
         self.endpoint = ""
+        from .tpu_fake import TPUApi
+
+        self.tpu = TPUApi(self)  # the Cloud TPU API on the same server, under /v2/
 
     # ------------------------------------------------------------------ server
     def start(self) -> GCEFake:
@@ -279,6 +283,15 @@ class GCEFake:
         if self._auth:
             raise ApiError(403, f"Required 'compute.{method.lower()}' permission for 'projects/{self.project}'",
                            "forbidden", status="PERMISSION_DENIED")
+        if url.path.startswith("/v2/"):  # the Cloud TPU API (tests/infra/tpu_fake.py)
+            from .tpu_fake import TPUError
+
+            try:
+                return self.tpu.dispatch(method, url.path, query, body)
+            except TPUError as exc:  # Google's newer JSON error: {code, message, status}, no errors[] list
+                err = ApiError(exc.code, str(exc), "")
+                err.body = exc.body
+                raise err from None
         m = re.match(r"^/compute/v1/projects/([^/]+)/(.*)$", url.path)
         if not m:
             raise ApiError(404, f"Not found: {url.path}", "notFound")

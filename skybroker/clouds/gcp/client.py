@@ -106,6 +106,24 @@ def accelerator_types():
     return _build("AcceleratorTypesClient")
 
 
+def tpu():
+    """The Cloud TPU API v2 client (google-cloud-tpu), REST like the Compute clients, same endpoint override."""
+    key = _key("tpu")
+    with _lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import tpu_v2
+
+    kwargs = {"credentials": credentials(), "transport": "rest"}
+    if endpoint():
+        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint())
+    client = tpu_v2.TpuClient(**kwargs)
+    with _lock:
+        return _cache.setdefault(key, client)
+
+
 def billing_endpoint() -> str:
     """The Cloud Billing Catalog API (BROKER_GCP_BILLING_ENDPOINT, else BROKER_GCP_ENDPOINT, else Google's)."""
     return (os.environ.get("BROKER_GCP_BILLING_ENDPOINT") or endpoint() or "https://cloudbilling.googleapis.com").rstrip("/")

@@ -26,7 +26,7 @@ import re
 import time
 
 from ... import settings
-from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError
+from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError
 from ..base import (
     PENDING,
     RUNNING,
@@ -43,6 +43,8 @@ from ..base import (
 )
 from ..common import call_typed
 from . import client as clients
+from . import firewall, tpu
+from .firewall import NETWORK, fw_name
 from .errors import OperationError, classify
 
 TAG_RANK = "skybroker-rank"
@@ -50,7 +52,6 @@ SSH_USER = "broker"
 UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
 # Canonical's accelerator images ship the NVIDIA driver (K80 needs a ≤470 driver: pass image_id for it).
 GPU_IMAGE = "projects/ubuntu-os-accelerator-images/global/images/family/ubuntu-accelerator-2204-amd64-with-nvidia-570"
-NETWORK = "global/networks/default"
 DISK_TYPE = "pd-balanced"
 PREEMPTED_OP = "compute.instances.preempted"
 # Our accelerator names → GCE accelerator types, for GPUs attached to N1 hosts.
@@ -83,10 +84,6 @@ def _label(value) -> str:
 def _label_key(key) -> str:
     k = _label(key)
     return k if k[:1].isalpha() else ("x-" + k)[:63]
-
-
-def fw_name(cluster: str) -> str:
-    return f"skybroker-{cluster}"
 
 
 def instance_name(cluster: str, rank: int) -> str:
@@ -135,11 +132,32 @@ N1_DEFAULT_CPUS = {
 }
 
 
+def wait_op(project: str, op, zone: str | None = None):
+    """Wait for a zone (or global) operation to be DONE; raise OperationError if it failed."""
+    from google.cloud import compute_v1
+
+    done = compute_v1.Operation.Status.DONE
+    deadline = time.time() + _wait_seconds()
+    while op.status != done:
+        if time.time() > deadline:
+            raise InvalidRequestError(f"GCE operation {op.name} not done after {_wait_seconds():.0f}s",
+                                      Place("gcp", region_of(zone) if zone else None, zone))
+        if zone:
+            op = clients.zone_operations().wait(project=project, zone=zone, operation=op.name)
+        else:
+            op = clients.global_operations().wait(project=project, operation=op.name)
+        if op.status != done:
+            time.sleep(_poll())
+    if op.error and op.error.errors:
+        raise OperationError(op)
+    return op
+
+
 class GCPCloud(Provider):
     name = "gcp"
     catalog = "gcp"
     capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
-    sdk_modules = ("google.cloud.compute_v1",)
+    sdk_modules = ("google.cloud.compute_v1", "google.cloud.tpu_v2")
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER
     notice_kind, notice_url = "gcp", "http://metadata.google.internal/computeMetadata/v1/instance/preempted"
@@ -186,24 +204,7 @@ class GCPCloud(Provider):
         return out
 
     def _wait_op(self, project: str, op, zone: str | None = None):
-        """Wait for a zone (or global) operation to be DONE; raise OperationError if it failed."""
-        from google.cloud import compute_v1
-
-        done = compute_v1.Operation.Status.DONE
-        deadline = time.time() + _wait_seconds()
-        while op.status != done:
-            if time.time() > deadline:
-                raise InvalidRequestError(f"GCE operation {op.name} not done after {_wait_seconds():.0f}s",
-                                          Place("gcp", region_of(zone) if zone else None, zone))
-            if zone:
-                op = clients.zone_operations().wait(project=project, zone=zone, operation=op.name)
-            else:
-                op = clients.global_operations().wait(project=project, operation=op.name)
-            if op.status != done:
-                time.sleep(_poll())
-        if op.error and op.error.errors:
-            raise OperationError(op)
-        return op
+        return wait_op(project, op, zone)
 
     def _wait_all(self, project: str, place: Place, ops: list[tuple[str | None, object]], ignore=()) -> None:
         """Wait for every operation (so nothing is in flight), then raise the first failure (failures with
@@ -270,10 +271,8 @@ class GCPCloud(Provider):
     # -- provision -------------------------------------------------------------------------------
     def run_instances(self, req: ProvisionRequest) -> list[str]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
-        if (req.accelerator or "").lower().startswith("tpu-"):
-            # TPU VMs are planned from the catalog but created through the TPU API, not Compute
-            raise InvalidRequestError(f"TPU {req.accelerator} is planned but not provisioned by skybroker yet "
-                                      "(TPU VMs need the TPU API)", place)
+        if tpu.is_tpu(req.accelerator):  # a TPU VM slice: the Cloud TPU API, not Compute (tpu.py)
+            return self._run_tpu(req, place)
         project = self._call(place, clients.project)
         live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
         zone = _last(live[0].zone) if live else req.zone  # a cluster stays in one zone
@@ -284,7 +283,7 @@ class GCPCloud(Provider):
             live = self._wait_until(project, place, req.cluster, req.region,
                                     lambda xs: all(_state(i) != STOPPING for i in xs), "stopped")
         self._resume(project, place, [i for i in live if _state(i) == STOPPED])
-        self._call(place, self._ensure_firewalls, project, req.cluster, tuple(req.ports))
+        self._call(place, firewall.ensure, project, req.cluster, tuple(req.ports))
         missing = req.num_nodes - len(live)
         if missing > 0:
             from google.api_core.exceptions import Conflict
@@ -310,7 +309,31 @@ class GCPCloud(Provider):
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
         project = self._call(place, clients.project)
+        if tpu.is_tpu(req.accelerator):
+            return self._call(place, tpu.wait, project, req.cluster, req.zone, place)
         return self._wait_running(project, place, req.cluster, req.region, req.num_nodes)
+
+    def _run_tpu(self, req: ProvisionRequest, place: Place) -> list[str]:
+        if not req.zone:
+            raise InvalidRequestError("a TPU VM needs a zone", place)
+        if req.num_nodes != 1:
+            raise InvalidRequestError(f"num_nodes: {req.num_nodes} TPU slices: a cluster is one slice (its hosts are "
+                                      "the nodes; pick a larger slice, e.g. tpu-v4-16 for 2 hosts)", place)
+        project = self._call(place, clients.project)
+        self._call(place, firewall.ensure, project, req.cluster, tuple(req.ports))
+        labels = {_label_key(k): _label(v) for k, v in req.labels}
+        labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user())})
+        return self._call(place, tpu.create, req, project, req.zone, req.public_key or _public_key(), _user(),
+                          fw_name(req.cluster), labels)
+
+    def _tpu_nodes(self, project: str, place: Place, cluster: str | None, region: str | None) -> list:
+        """The cluster's TPU slices; none when this project does not use Cloud TPU (API off, SDK absent)."""
+        try:
+            return self._call(place, tpu.list_nodes, project, cluster, region)
+        except CredentialsError:  # the TPU API is disabled or not granted: GCE alone works
+            return []
+        except ImportError:
+            return []
 
     def _resume(self, project, place, stopped) -> None:
         suspended = [i for i in stopped if i.status == "SUSPENDED"]
@@ -352,59 +375,6 @@ class GCPCloud(Provider):
             metadata=c.Metadata(items=[c.Items(key="ssh-keys", value=f"{req.user}:{public_key.strip()}")]),
             scheduling=sched, guest_accelerators=accels)
 
-    # -- firewall --------------------------------------------------------------------------------
-    def _get_firewall(self, project: str, name: str):
-        from google.api_core.exceptions import NotFound
-
-        try:
-            return clients.firewalls().get(project=project, firewall=name)
-        except NotFound:
-            return None
-
-    def _ensure_firewalls(self, project: str, cluster: str, ports: tuple[str, ...]) -> None:
-        from google.api_core.exceptions import Conflict
-        from google.cloud import compute_v1 as c
-
-        tag = fw_name(cluster)
-        wanted = list(dict.fromkeys(["22", *(str(p) for p in ports)]))
-        rules = {tag: c.Firewall(name=tag, network=NETWORK, direction="INGRESS", description=f"skybroker cluster {cluster}",
-                                 allowed=[c.Allowed(I_p_protocol="tcp", ports=wanted)],
-                                 source_ranges=["0.0.0.0/0"], target_tags=[tag]),
-                 tag + "-internal": c.Firewall(name=tag + "-internal", network=NETWORK, direction="INGRESS",
-                                               description=f"skybroker cluster {cluster}: intra-cluster",
-                                               allowed=[c.Allowed(I_p_protocol="all")], source_tags=[tag],
-                                               target_tags=[tag])}
-        for name, body in rules.items():
-            have = self._get_firewall(project, name)
-            if have is None:
-                try:
-                    self._wait_op(project, clients.firewalls().insert_unary(project=project, firewall_resource=body))
-                except Conflict:  # a concurrent launch created it
-                    have = self._get_firewall(project, name)
-            if have is not None and name == tag:
-                self._add_ports(project, have, wanted)
-
-    def _add_ports(self, project: str, fw, ports: list[str]) -> None:
-        from google.cloud import compute_v1 as c
-
-        tcp = [a for a in fw.allowed if a.I_p_protocol == "tcp"]
-        have = {p for a in tcp for p in a.ports}
-        if not tcp or not all(p in have for p in ports):
-            merged = list(dict.fromkeys([*(p for a in tcp for p in a.ports), *ports]))
-            others = [a for a in fw.allowed if a.I_p_protocol != "tcp"]
-            patch = c.Firewall(allowed=[*others, c.Allowed(I_p_protocol="tcp", ports=merged)])
-            self._wait_op(project, clients.firewalls().patch_unary(project=project, firewall=fw.name,
-                                                                   firewall_resource=patch))
-
-    def _delete_firewalls(self, project: str, cluster: str) -> None:
-        from google.api_core.exceptions import NotFound
-
-        for name in (fw_name(cluster), fw_name(cluster) + "-internal"):
-            try:
-                self._wait_op(project, clients.firewalls().delete_unary(project=project, firewall=name))
-            except NotFound:
-                pass
-
     # -- the rest of the protocol ------------------------------------------------------------------
     def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
         """Live instances; with include_gone also the instances that are gone because GCE preempted them
@@ -414,6 +384,11 @@ class GCPCloud(Provider):
         place = Place("gcp", region)
         project = self._call(place, clients.project)
         infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
+        if not infos:  # no GCE instance: perhaps a TPU slice (a cluster is one or the other)
+            slices = self._tpu_nodes(project, place, cluster, region)
+            if slices:
+                got = [i for n in slices for i in tpu._infos(n)]
+                return got if include_gone else [i for i in got if i.state != TERMINATED]
         if not include_gone:
             return _ordered([i for i in infos if i.state != TERMINATED])
         seen = {i.instance_id for i in infos}
@@ -438,15 +413,20 @@ class GCPCloud(Provider):
         self._each(project, place, insts, "delete")
         if insts:
             self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
+        elif region is not None:
+            self._call(place, tpu.delete, project, self._tpu_nodes(project, place, cluster, region))
         if region is not None and self._call(place, self._list, project, cluster, None):
             return []  # the cluster still has instances in another region: its firewall rules stay
-        self._call(place, self._delete_firewalls, project, cluster)
+        self._call(place, firewall.delete, project, cluster)
         return []
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("gcp", region)
         project = self._call(place, clients.project)
         insts = [i for i in self._call(place, self._list, project, cluster, region) if _state(i) in (PENDING, RUNNING)]
+        if not insts:
+            slices = [n for n in self._tpu_nodes(project, place, cluster, region) if n.state.name in ("READY",)]
+            return self._call(place, tpu.stop, slices)
         self._each(project, place, insts, "stop")
         if insts:
             self._wait_until(project, place, cluster, region,
@@ -457,7 +437,10 @@ class GCPCloud(Provider):
     # service account allowed compute.instances.delete on the cluster's VMs only: not given to nodes, so
     # `--down` (and spot, which the broker never stops) stays with the watcher on the user's machine.
     def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
-        if action == "down" or any(i.spot for i in self.query(cluster, region)):
+        infos = self.query(cluster, region)
+        if any(tpu.TAG_TPU in i.tags for i in infos):
+            raise InvalidRequestError("a TPU VM cannot stop itself from its own hosts", Place("gcp", region))
+        if action == "down" or any(i.spot for i in infos):
             raise InvalidRequestError("a GCE VM cannot delete itself without a service account on the node",
                                       Place("gcp", region))
         return "stop"
@@ -472,6 +455,12 @@ class GCPCloud(Provider):
         place = Place("gcp", region)
         project = self._call(place, clients.project)
         insts = [i for i in self._call(place, self._list, project, cluster, region) if _state(i) != TERMINATED]
+        if not insts:
+            slices = self._tpu_nodes(project, place, cluster, region)
+            if slices:
+                self._call(place, tpu.start, [n for n in slices if n.state.name == "STOPPED"])
+                zone = slices[0].name.split("/locations/", 1)[1].split("/", 1)[0]
+                return self._call(place, tpu.wait, project, cluster, zone, place)
         if any(_state(i) == STOPPING for i in insts):
             insts = self._wait_until(project, place, cluster, region,
                                      lambda xs: all(_state(i) != STOPPING for i in xs), "stopped")
@@ -481,7 +470,7 @@ class GCPCloud(Provider):
     def open_ports(self, cluster: str, region: str | None, ports: tuple[str, ...]) -> None:
         place = Place("gcp", region)
         project = self._call(place, clients.project)
-        self._call(place, self._ensure_firewalls, project, cluster, tuple(ports))
+        self._call(place, firewall.ensure, project, cluster, tuple(ports))
 
     def list_tagged(self, region: str | None) -> list[TaggedResource]:
         """Every skybroker-labelled instance in a region; with region None, the project's skybroker
@@ -496,8 +485,11 @@ class GCPCloud(Provider):
                     cluster = desc[len("skybroker cluster "):].split(":")[0].strip()
                     out.append(TaggedResource(self.name, None, cluster, "firewall", fw.name, live=False))
             return out
-        return [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name)
-                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
+        out = [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name)
+               for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
+        out += [TaggedResource(self.name, region, n.labels[TAG_CLUSTER], "tpu", n.name.rsplit("/", 1)[-1])
+                for n in self._tpu_nodes(project, place, None, region)]
+        return out
 
 
 PROVIDER = GCPCloud

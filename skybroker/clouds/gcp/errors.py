@@ -142,6 +142,10 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
         return exc
     if isinstance(exc, OperationError):
         return classify_operation(exc.op, place)
+    from .tpu import TPUOperationError, classify_operation as classify_tpu
+
+    if isinstance(exc, TPUOperationError):
+        return classify_tpu(exc, place)
     import google.auth.exceptions as gae
     from google.api_core import exceptions as gex
 
