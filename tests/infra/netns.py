@@ -14,6 +14,8 @@ lives under /var/tmp (never under /tmp, which the nodes shadow).
     NodePool(env={"K": "V"})               # variables every SSH session gets (sshd SetEnv); a path under /tmp
                                            # is per node (e.g. a container engine's config, tests/infra/containers.py)
     NodePool(user="root")                  # root logs in (key only), its home /root per node like any other
+    NodePool(cgroups=True)                 # the host's cgroup hierarchies mounted in each node (`ip netns exec`
+                                           # mounts a fresh /sys, which hides them; a container engine needs them)
     NodePool(path_prefix="/some/bin")      # commands over SSH find /some/bin first (e.g. the hypervisor shim's
                                            # `sudo` and `shutdown`, tests/infra/hypervisor.py)
 
@@ -48,6 +50,19 @@ SUBNET_PREFIX = "10.213"
 
 class NodePoolError(RuntimeError):
     pass
+
+
+def _cgroup_mounts() -> str:
+    """Shell commands mounting the host's cgroup hierarchies again (same types and options) under /sys."""
+    cmds = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            dev, path, fstype, opts = line.split()[:4]
+            if path == "/sys/fs/cgroup" and fstype == "tmpfs":
+                cmds.insert(0, "mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup")
+            elif fstype in ("cgroup", "cgroup2") and path.startswith("/sys/fs/cgroup"):
+                cmds.append(f"mkdir -p {path} && mount -t {fstype} -o {opts} {dev} {path}")
+    return "".join(c + "; " for c in cmds)
 
 
 def missing_requirements() -> str | None:
@@ -143,13 +158,15 @@ class NodePool:
     """Bridge + per-node netns + sshd. See the module docstring."""
 
     def __init__(self, base_dir: str | os.PathLike | None = None, subnet: str | None = None,
-                 user: str = "broker", path_prefix: str | None = None, env: dict | None = None):
+                 user: str = "broker", path_prefix: str | None = None, env: dict | None = None,
+                 cgroups: bool = False):
         why = missing_requirements()
         if why:
             raise NodePoolError(why)
         self.user = user
         self.path_prefix = path_prefix  # directories searched first by commands run over SSH (sshd SetEnv PATH)
         self.env = dict(env or {})
+        self.cgroups = cgroups
         self._lock = threading.RLock()
         self._closed = False
         self._nodes: dict[int, Node] = {}
@@ -370,7 +387,7 @@ class NodePool:
         ], netns=node.netns)
 
         inner = (f"set -e; mount --bind {home} {self.home_mountpoint}; mount --bind {tmp} /tmp; "
-                 f"hostname {node.name}; exec {SSHD} -D -e -f {cfg}")
+                 f"{_cgroup_mounts() if self.cgroups else ''}hostname {node.name}; exec {SSHD} -D -e -f {cfg}")
         log = open(node.log_path, "ab")
         try:
             node.proc = subprocess.Popen(

@@ -173,3 +173,79 @@ def test_local_node_without_engine_fails_at_the_agent_stage(lab, tmp_path):
     assert "resources.image_id" in r.stderr and "neither docker nor podman" in r.stderr, r.stderr
     assert "installing the node agent" in r.stderr and "apt-get install -y docker.io" in r.stderr, r.stderr
     assert broker("status", "--json", env=engine.env).stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------ real sshd nodes
+NODE_CONF = "/tmp/containers"  # as a node sees it: its own /tmp, so each node has its own engine storage
+
+
+@pytest.fixture(scope="module")
+def ssh_lab(node_key):
+    """Two root-login sshd nodes (each with its own podman storage) and a registry on the pool's bridge."""
+    from tests.infra.netns import NodePool, missing_requirements
+
+    why = missing_requirements()
+    if why:
+        pytest.skip(f"sshd test nodes unavailable: {why}")
+    root = Path("/var/tmp") / f"skybroker-cssh-{os.getpid()}"
+    env = {k: v.replace(str(root / "x"), NODE_CONF) for k, v in C.EngineConfig(root / "x").env.items()}
+    pool = NodePool(root / "pool", user="root", env=env, cgroups=True)
+    registry = None
+    try:
+        registry = C.Registry(root / "registry", pool.gateway)
+        builder = C.EngineConfig(root / "builder", insecure=(registry.address,))
+        C.import_image(builder, C.build_rootfs(root / "rootfs"), f"localhost/{IMAGE}")
+        ref = registry.push(builder, f"localhost/{IMAGE}", IMAGE)
+        yield pool, registry, ref, node_key
+    finally:
+        pool.close()
+        if registry is not None:
+            registry.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _node_podman(node, key, *args) -> str:
+    r = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "LogLevel=ERROR", f"root@{node.ip}", "podman " + " ".join(args)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_ssh_nodes_gang_runs_in_the_container(ssh_lab, tmp_path):
+    pool, registry, ref, (key, pub) = ssh_lab
+    nodes = pool.start(2, pub)
+    for n in nodes:
+        C.EngineConfig(n.tmp / "containers", seen_as=NODE_CONF, insecure=(registry.address,))
+    home = broker_home()
+    home.mkdir(parents=True, exist_ok=True)
+    hosts = "\n".join(f"    - {n.ip}" for n in nodes)
+    (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: root\n  identity_file: {key}\n  hosts:\n{hosts}\n")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "data.txt").write_text("synced-data\n")
+    t = _task(tmp_path / "t.yaml", name="sshctr", num_nodes=2, workdir=str(wd),
+              resources={"infra": "ssh/lab", "image_id": f"docker:{IMAGE}"}, envs={"FOO": "bar"},
+              setup="cat /opt/brokertest/IMAGE_ONLY",
+              run=('. /etc/os-release; echo "os=$ID rank=$SKYPILOT_NODE_RANK foo=$FOO home=$HOME"; cat data.txt; '
+                   '[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 7; exit 0'))
+    try:
+        r = broker("launch", "-y", "-c", "sshctr", t, *_login(registry), cwd=tmp_path,
+                   env={"SKYPILOT_DOCKER_PASSWORD": registry.password}, timeout=240)
+        assert r.returncode == 7, r.stdout + r.stderr  # the failing node's code, from its container
+        assert r.stdout.count("only in the image") == 2, r.stdout
+        for rank in (0, 1):
+            assert f"os=brokertest rank={rank} foo=bar home=/root" in r.stdout, r.stdout
+        assert r.stdout.count("synced-data") == 2
+        assert registry.password not in r.stdout + r.stderr
+        for n in nodes:
+            assert "skybroker-" in _node_podman(n, key, "ps", "--format", "{{.Names}}")
+            assert not (n.tmp / "containers" / "auth.json").exists()
+        assert broker("down", "-y", "sshctr").returncode == 0
+        for n in nodes:  # the pool's hosts keep nothing of the cluster: no container, no node directory
+            assert _node_podman(n, key, "ps", "-a", "--format", "{{.Names}}").strip() == ""
+            assert not (n.home / ".skybroker-node").exists()
+    finally:
+        broker("down", "-y", "sshctr")
+        for n in nodes:
+            pool.kill(n)
