@@ -45,6 +45,13 @@ Design
   client died mid-submit) cancels itself, so a node that missed the submit never leaves the others running
   or PENDING forever.
 
+* Containers (``image_id: docker:...``): ``container-up`` (spec and registry password on stdin),
+  ``container-check``, ``container-restart``, ``container-stop``, ``container-status``; the work is in
+  ``skybroker_container.py`` next to this file (runtime/container.py). While the node has a container,
+  every phase runs in it through the engine's ``exec`` (exit codes 4/5/6: no engine, pull failed, start
+  failed). ``exec`` does not forward signals, so cancel and notices also signal the job's marked
+  processes directly (they are this machine's processes), and give them the grace before SIGKILL.
+
 Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; ``wait`` prints
 ``{"jobs": [job], "timed_out": bool}`` (exit 0 either way, 3 if unknown); ``logs`` without ``--follow``
 prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),

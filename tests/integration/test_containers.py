@@ -241,6 +241,15 @@ def test_ssh_nodes_gang_runs_in_the_container(ssh_lab, tmp_path):
         for n in nodes:
             assert "skybroker-" in _node_podman(n, key, "ps", "--format", "{{.Names}}")
             assert not (n.tmp / "containers" / "auth.json").exists()
+        # cancel: SIGTERM reaches the job's process in each node's container
+        r = broker("exec", "-d", "sshctr", "--", 'trap "echo got-term > ~/term.txt; exit 143" TERM; '
+                   "touch ~/started; while :; do sleep 0.2; done", timeout=60)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: all((n.home / "started").exists() for n in nodes), timeout=60)
+        assert broker("cancel", "-y", "sshctr", "--all").returncode == 0
+        for n in nodes:
+            wait_for(lambda: (n.home / "term.txt").exists(), timeout=30)
+            assert "sleep 0.2" not in _node_podman(n, key, "top", "-l", "args")
         assert broker("down", "-y", "sshctr").returncode == 0
         for n in nodes:  # the pool's hosts keep nothing of the cluster: no container, no node directory
             assert _node_podman(n, key, "ps", "-a", "--format", "{{.Names}}").strip() == ""
