@@ -134,6 +134,12 @@ def test_local_cancel_signals_the_process_in_the_container(lab, tmp_path):
     assert engine.podman("inspect", "-f", "{{.State.Running}}", name).stdout.decode().strip() == "true"
     r = broker("exec", "cc", "--", "cat /opt/brokertest/IMAGE_ONLY", env=engine.env, timeout=60)
     assert r.returncode == 0 and "only in the image" in r.stdout, r.stdout + r.stderr
+    # a launch of the same image on the cluster reuses its container (no pull: no login needed)
+    t2 = _task(tmp_path / "t2.yaml", name="cc2", resources={"infra": "local", "image_id": f"docker:{ref}"},
+               run=". /etc/os-release; echo again-$ID")
+    r = broker("launch", "-y", "-c", "cc", t2, cwd=tmp_path, env=engine.env, timeout=120)
+    assert r.returncode == 0 and "again-brokertest" in r.stdout, r.stdout + r.stderr
+    assert _ours(engine) == [name]
     assert broker("down", "-y", "cc", env=engine.env).returncode == 0
     assert _ours(engine) == []
 
