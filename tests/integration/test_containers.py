@@ -230,10 +230,16 @@ def test_ssh_nodes_gang_runs_in_the_container(ssh_lab, tmp_path):
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "data.txt").write_text("synced-data\n")
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt" / "m.txt").write_text("mounted-outside-home\n")
+    (tmp_path / "cfg.txt").write_text("mounted-in-home\n")
     t = _task(tmp_path / "t.yaml", name="sshctr", num_nodes=2, workdir=str(wd),
               resources={"infra": "ssh/lab", "image_id": f"docker:{IMAGE}"}, envs={"FOO": "bar"},
+              file_mounts={"/tmp/cdata": str(tmp_path / "mnt"), "~/cfg/c.txt": str(tmp_path / "cfg.txt")},
+              config={"docker": {"run_options": ["-e FROM_RUN_OPTIONS=yes"]}},
               setup="cat /opt/brokertest/IMAGE_ONLY",
-              run=('. /etc/os-release; echo "os=$ID rank=$SKYPILOT_NODE_RANK foo=$FOO home=$HOME"; cat data.txt; '
+              run=('. /etc/os-release; echo "os=$ID rank=$SKYPILOT_NODE_RANK foo=$FOO home=$HOME '
+                   'opts=$FROM_RUN_OPTIONS"; cat data.txt /tmp/cdata/m.txt ~/cfg/c.txt; '
                    '[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 7; exit 0'))
     try:
         r = broker("launch", "-y", "-c", "sshctr", t, *_login(registry), cwd=tmp_path,
@@ -241,8 +247,9 @@ def test_ssh_nodes_gang_runs_in_the_container(ssh_lab, tmp_path):
         assert r.returncode == 7, r.stdout + r.stderr  # the failing node's code, from its container
         assert r.stdout.count("only in the image") == 2, r.stdout
         for rank in (0, 1):
-            assert f"os=brokertest rank={rank} foo=bar home=/root" in r.stdout, r.stdout
-        assert r.stdout.count("synced-data") == 2
+            assert f"os=brokertest rank={rank} foo=bar home=/root opts=yes" in r.stdout, r.stdout
+        for words in ("synced-data", "mounted-outside-home", "mounted-in-home"):  # same paths inside
+            assert r.stdout.count(words) == 2, r.stdout
         assert registry.password not in r.stdout + r.stderr
         for n in nodes:
             assert "skybroker-" in _node_podman(n, key, "ps", "--format", "{{.Names}}")
