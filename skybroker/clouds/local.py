@@ -170,8 +170,12 @@ class LocalCloud(Provider):
         """Simulate a spot preemption of one node: its processes die and the node is gone."""
         d = self._cluster_dir(cluster) / f"node-{rank}"
         if d.is_dir():
+            from ..runtime import agent, container
+
+            box = container.load(str(d / agent.NODE_DIR))
             _kill_node_processes(d)
             shutil.rmtree(d, ignore_errors=True)
+            container.remove(box)  # a preempted VM takes its containers along (once the node is gone)
 
     def runner(self, cluster: str, node):
         return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)

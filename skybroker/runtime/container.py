@@ -278,12 +278,18 @@ def stop(base):
     return state is not None
 
 
+def remove(state):
+    """Remove a recorded container (its record may already be gone with its node directory)."""
+    if state is not None:
+        _run(list(state["engine"]) + ["rm", "-f", state["name"]], timeout=120)
+
+
 def down(base):
     """Remove the node's container and its record; True if there was one."""
     state = load(base)
     if state is None:
         return False
-    _run(list(state["engine"]) + ["rm", "-f", state["name"]], timeout=120)
+    remove(state)
     try:
         os.unlink(os.path.join(base, STATE_FILE))
     except OSError:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 MARKER = "/opt/brokertest/IMAGE_ONLY"
-_TOOLS = ("bash", "sh", "cat", "ls", "sleep", "env", "id", "mkdir", "touch", "pwd", "echo", "rm", "kill")
+_TOOLS = ("bash", "sh", "cat", "ls", "sleep", "env", "id", "mkdir", "touch", "pwd", "echo", "rm", "kill", "mv", "cp")
 
 
 def missing_requirements() -> str | None:

@@ -271,3 +271,42 @@ def test_ssh_nodes_gang_runs_in_the_container(ssh_lab, tmp_path):
         broker("down", "-y", "sshctr")
         for n in nodes:
             pool.kill(n)
+
+
+def test_local_managed_job_in_a_container_survives_a_preemption(lab, tmp_path, monkeypatch):
+    """The controller's bring-up has the container stage too: the replacement node pulls and starts the
+    image again, and the job resumes from its checkpoint inside it."""
+    from skybroker.clouds import registry as clouds
+    from tests.integration.local_helpers import kill_pids
+    from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, job, launch_detached,
+                                                     synced_counter, until, wait_status)
+
+    engine, registry, ref = lab
+    for k, v in {**engine.env, "SKYPILOT_DOCKER_PASSWORD": registry.password, "BROKER_JOBS_POLL": "0.3",
+                 "BROKER_CHECKPOINT_INTERVAL": "0.5", "BROKER_CONTROLLER_EXIT_GRACE": "1"}.items():
+        monkeypatch.setenv(k, v)  # the controller (a background process) inherits them
+    run = (". /etc/os-release; f=$BROKER_CHECKPOINT_DIR/counter; i=$(cat \"$f\" 2>/dev/null || echo 0); "
+           "echo \"segment os=$ID start=$i\"; while [ \"$i\" -lt 40 ]; do i=$((i+1)); echo $i > \"$f.tmp\"; "
+           "mv \"$f.tmp\" \"$f\"; sleep 0.2; done; echo \"final os=$ID i=$i\"")
+    t = _task(tmp_path / "m.yaml", name="mctr", run=run,
+              resources={"infra": "local", "image_id": f"docker:{ref}", "job_recovery": "FAILOVER"})
+    jid = launch_detached(t, *_login(registry))
+    try:
+        wait_status(jid, "RUNNING", 120)
+        try:
+            until(lambda: synced_counter(jid) >= 3, 30, "checkpoint progress", jid)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{broker('jobs', 'logs', jid).stdout}") from None
+        clouds.get("local").preempt(f"job-{jid}", 0)
+        until(lambda: job(jid).recoveries == 1, 30, "recovery recorded", jid)
+        j = wait_status(jid, TERMINAL, 120)
+    finally:
+        pid = controller_pid()
+        if pid:
+            kill_pids([pid])
+    assert j.status == "SUCCEEDED", j
+    out = broker("jobs", "logs", jid).stdout
+    starts = [int(ln.split("start=")[1]) for ln in out.splitlines() if "segment os=brokertest" in ln]
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 3, out  # resumed, in the image both times
+    assert "final os=brokertest i=40" in out
+    wait_for(lambda: _ours(engine) == [], timeout=30)  # the finished job's cluster took its container along
