@@ -236,8 +236,10 @@ def up(base, spec, password=None, busy=False):
     image = full_image(spec["image"], server)
     mounts = [os.path.normpath(m) for m in spec.get("mounts") or ()]
     for m in mounts:
-        if not os.path.exists(m):
-            os.makedirs(m, exist_ok=True)
+        try:
+            os.makedirs(m, exist_ok=True)  # a mount point nobody made yet (docker would, podman refuses)
+        except OSError:
+            pass  # not ours to create (a non-root user): the engine says what is wrong, if anything
     _pull(engine, kind, image, spec.get("username"), password, server)
     name = container_name(base)
     argv = run_argv(engine, kind, name, image, home, mounts, spec.get("run_options"), gpus=has_gpus())
