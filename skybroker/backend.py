@@ -222,6 +222,45 @@ class ClusterRuntime:
 
             mounts.sync(self, task, on_event)
 
+    # -- the task's container (`image_id: docker:...`, containers.py) ---------------------------------
+    def container_image(self, task) -> str | None:
+        """The image the task's setup/run run in on this cluster (None: on the node itself)."""
+        from . import containers
+
+        if not containers.runs_in_container(self.provider):
+            return None
+        return containers.image_for(task, self.rec.cloud, self.rec.region)
+
+    def check_container_engine(self, image: str) -> None:
+        """Every node has a usable docker/podman (an early, clear error before anything is synced)."""
+        from . import containers
+        from .runtime.agent_client import ContainerFailed
+
+        try:
+            run_parallel(self.nodes, lambda n: self.agent(n).container_check())
+        except ContainerFailed as exc:
+            raise containers.error(exc, image) from None
+
+    def start_containers(self, task, image: str) -> None:
+        """Pull the image and start (or reuse) the container on every node."""
+        from . import containers
+        from .runtime.agent_client import ContainerFailed
+
+        spec, password = containers.spec_for(task, image)
+        try:
+            run_parallel(self.nodes, lambda n: self.agent(n).container_up(spec, password))
+        except ContainerFailed as exc:
+            raise containers.error(exc, image) from None
+
+    def restart_containers(self) -> None:
+        """After a start: each node's recorded container runs again (no-op on nodes without one)."""
+        from .runtime.agent_client import ContainerFailed
+
+        try:
+            run_parallel(self.nodes, lambda n: self.agent(n).container_restart())
+        except ContainerFailed as exc:
+            raise BrokerError(f"restarting the task's container failed on {exc.label}: {exc.detail}") from None
+
     # -- jobs ---------------------------------------------------------------------------------------
     def node_env(self, task, rank: int, job_id: int, task_id: str) -> dict[str, str]:
         rec = self.rec

@@ -1,6 +1,6 @@
 """The cluster lifecycle: ONE state machine, used by `broker launch` and by the managed-jobs controller.
 
-    preflight → provision → ready → agent → sync → prepare → submit → running
+    preflight → provision → ready → agent → sync → container → prepare → submit → running
 
   preflight  before anything is created: the task's local sources exist, rsync is there for remote
              nodes; a failure creates nothing
@@ -8,6 +8,8 @@
   ready      every node accepts commands (SSH up); a node whose instance vanishes meanwhile is LOST
   agent      the node agent installed on every node
   sync       workdir and file mounts on every node
+  container  a `docker:` image_id: the image pulled and its container started on every node (the engine
+             was checked at the agent stage); setup and run then execute in it (containers.py)
   prepare    the driver's own step (managed jobs restore the checkpoint here)
   submit     the job on every node, two-phase and idempotent by submit token (backend.py)
 
@@ -43,6 +45,7 @@ class Stage(str, enum.Enum):
     READY = "ready"
     AGENT = "agent"
     SYNC = "sync"
+    CONTAINER = "container"
     PREPARE = "prepare"
     SUBMIT = "submit"
     RUNNING = "running"
@@ -50,7 +53,8 @@ class Stage(str, enum.Enum):
 
 _DOING = {Stage.PREFLIGHT: "checking the task", Stage.PROVISION: "provisioning",
           Stage.READY: "waiting for the nodes to accept commands", Stage.AGENT: "installing the node agent",
-          Stage.SYNC: "syncing (or cloning) the workdir and file mounts", Stage.PREPARE: "preparing the nodes",
+          Stage.SYNC: "syncing (or cloning) the workdir and file mounts",
+          Stage.CONTAINER: "pulling the container image and starting its container", Stage.PREPARE: "preparing the nodes",
           Stage.SUBMIT: "submitting the job", Stage.RUNNING: "running"}
 
 
@@ -213,6 +217,9 @@ def _bring_up_locked(b: BringUp) -> Running:
             b.on_event("agent", "installing the node agent")
             failpoint("agent")
             rt.install_agent()
+            image = rt.container_image(task)
+            if image:
+                rt.check_container_engine(image)
             failpoint("after-agent")
         rt = rt or ClusterRuntime(rec)
         if b.token and not created:
@@ -226,6 +233,12 @@ def _bring_up_locked(b: BringUp) -> Running:
             b.on_event("sync", _sync_what(task))
             failpoint("sync")
             rt.sync(task, b.on_event)
+        image = rt.container_image(task)
+        if image:
+            stage = Stage.CONTAINER
+            b.on_event("container", f"pulling {image} and starting its container on {len(rec.nodes)} node(s)")
+            failpoint("container")
+            rt.start_containers(task, image)
         by_rank = None
         if b.prepare is not None:
             stage = Stage.PREPARE
@@ -502,6 +515,7 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
     try:
         rt.wait_ready()
         rt.install_agent()
+        rt.restart_containers()  # a task container stopped with the node runs again
         if rec.autostop_where == state.AUTOSTOP_NODE:  # cleared below: the nodes' own watchers too
             from .runtime.runner import run_parallel
 

@@ -69,6 +69,11 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
     for region, img in res.image_id:
         if region in ("", cand.region):
             image = img
+    from .clouds import registry
+    from .containers import is_container_image
+
+    if is_container_image(image) and not registry.get(cand.cloud, sdk=False).capabilities.container_images:
+        image = None  # a container image runs on the node (containers.py); the VM gets its default image
     if image is None:
         image = (config.get("image_id") or {}).get(cand.cloud)  # the config's default image for the cloud
     return ProvisionRequest(cluster=cluster, region=cand.region, zone=cand.zone, instance_type=cand.instance_type,

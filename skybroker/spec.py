@@ -76,6 +76,7 @@ class Task:
     decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
     budget_max_cost: float | None = None  # skybroker's `budget:` (costs/budget.py)
     budget_hours: float | None = None
+    docker_run_options: tuple[str, ...] = ()  # config.docker.run_options, for a `docker:` image_id
     source: str | None = None
     warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 
@@ -251,6 +252,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         expected_hours=expected,
         **dl_extra,
         **F.budget(data, source),
+        docker_run_options=F.docker_config(data, source),
         source=source,
         warnings=tuple(warnings),
     )
@@ -500,4 +502,5 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
                              for m in d.get("file_mounts") or ())
     d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
     d["warnings"] = tuple(d.get("warnings") or ())
+    d["docker_run_options"] = tuple(d.get("docker_run_options") or ())
     return Task(**d)

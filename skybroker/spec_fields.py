@@ -90,6 +90,26 @@ def secrets_section(raw, source: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Top-level fields
 
+def docker_config(data: dict, source: str) -> tuple[str, ...]:
+    """`config.docker.run_options` (SkyPilot's extra `docker run` options): a string or a list of strings."""
+    docker = (data.get("config") or {}).get("docker")
+    if docker is None:
+        return ()
+    if not isinstance(docker, dict):
+        raise SpecError("must be a mapping", "e.g. config: {docker: {run_options: [--shm-size=16g]}}",
+                        source=source, field="config.docker")
+    unknown = sorted(set(map(str, docker)) - {"run_options"})
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r}", "config.docker has only `run_options`", source=source,
+                        field=f"config.docker.{unknown[0]}")
+    opts = docker.get("run_options") or ()
+    opts = [opts] if isinstance(opts, str) else opts
+    if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+        raise SpecError("must be a string or a list of strings", None, source=source,
+                        field="config.docker.run_options")
+    return tuple(opts)
+
+
 _CONFIG_IGNORED = {
     "kubernetes": "it applies only where SkyPilot runs the task on Kubernetes",
     "jobs": "managed jobs are run by skybroker's local controller, which has no settings here",
@@ -115,6 +135,8 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
         refuse("event_callback", "event callbacks are not supported",
                "remove `event_callback`; follow the job with `broker logs` / `broker jobs queue`")
     for key in data.get("config") or {}:
+        if str(key) == "docker":
+            continue  # config.docker.run_options: see docker_config
         why = _CONFIG_IGNORED.get(str(key))
         if why is None:
             refuse(f"config.{key}", "per-task config overrides are not supported",
@@ -187,10 +209,10 @@ def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
     """Refuse or warn about one resources entry's fields (SpecError carries the field path)."""
     images = raw.get("image_id")
     values = images.values() if isinstance(images, dict) else [images]
-    if any(isinstance(v, str) and v.strip().lower().startswith("docker:") for v in values):
-        raise SpecError("container images (`image_id: docker:...`) are not supported",
-                        "skybroker runs setup and run on the VM itself: drop image_id and install what the image "
-                        "provides in `setup` (or give a VM image id)", field=f"{fp}.image_id")
+    for v in values:
+        if isinstance(v, str) and v.strip().lower().startswith("docker:") and not v.strip()[7:].strip():
+            raise SpecError("`docker:` names no image", "e.g. `image_id: docker:ubuntu:22.04`",
+                            field=f"{fp}.image_id")
     if any(isinstance(v, str) and v.strip().lower().startswith("skypilot:") for v in values):
         raise SpecError("SkyPilot image tags (`image_id: skypilot:...`) are not supported",
                         "drop image_id (skybroker picks an Ubuntu image, with GPU drivers on GPU machines) or give "

@@ -53,6 +53,7 @@ class Capabilities:
     gone_reasons: bool = False  # query(include_gone=True) reports instances that went, and why
     tagged_listing: bool = True  # list_tagged() enumerates what it created (broker gc)
     self_stop: bool = False  # a node can stop/terminate its own cluster once idle (autostop on the cluster)
+    container_images: bool = False  # a `docker:` image_id IS the node (pods); elsewhere it runs on the node
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,8 @@ class LocalCloud(Provider):
                 (home / _META).unlink()
             except OSError:
                 pass
+        for home in homes:
+            _container_down(home)
         for _ in range(2):  # twice: a command that was being spawned during the first pass may recreate files
             for home in homes:
                 _kill_node_processes(home)
@@ -144,6 +146,7 @@ class LocalCloud(Provider):
 
     def stop(self, cluster: str, region: str | None = None) -> None:
         for info in self.query(cluster):
+            _container_stop(Path(info.home))
             _kill_node_processes(Path(info.home))
             self._set_state(Path(info.home), STOPPED)
 
@@ -167,8 +170,12 @@ class LocalCloud(Provider):
         """Simulate a spot preemption of one node: its processes die and the node is gone."""
         d = self._cluster_dir(cluster) / f"node-{rank}"
         if d.is_dir():
+            from ..runtime import agent, container
+
+            box = container.load(str(d / agent.NODE_DIR))
             _kill_node_processes(d)
             shutil.rmtree(d, ignore_errors=True)
+            container.remove(box)  # a preempted VM takes its containers along (once the node is gone)
 
     def runner(self, cluster: str, node):
         return _NodeRunner(f"{cluster}-node-{node.rank}", node.home)
@@ -254,6 +261,19 @@ def _unmount_under(root: Path) -> None:
     from ..runtime.agent import unmount_lazily
 
     unmount_lazily(p for p in points if p.startswith(prefix))
+
+
+def _container_down(home: Path) -> None:
+    """A node's task container (runtime/container.py) goes with the node; the host's engine keeps nothing."""
+    from ..runtime import agent, container
+
+    container.down(str(home / agent.NODE_DIR))
+
+
+def _container_stop(home: Path) -> None:
+    from ..runtime import agent, container
+
+    container.stop(str(home / agent.NODE_DIR))
 
 
 def _kill_node_processes(home: Path) -> None:

@@ -45,6 +45,13 @@ Design
   client died mid-submit) cancels itself, so a node that missed the submit never leaves the others running
   or PENDING forever.
 
+* Containers (``image_id: docker:...``): ``container-up`` (spec and registry password on stdin),
+  ``container-check``, ``container-restart``, ``container-stop``, ``container-status``; the work is in
+  ``skybroker_container.py`` next to this file (runtime/container.py). While the node has a container,
+  every phase runs in it through the engine's ``exec`` (exit codes 4/5/6: no engine, pull failed, start
+  failed). ``exec`` does not forward signals, so cancel and notices also signal the job's marked
+  processes directly (they are this machine's processes), and give them the grace before SIGKILL.
+
 Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; ``wait`` prints
 ``{"jobs": [job], "timed_out": bool}`` (exit 0 either way, 3 if unknown); ``logs`` without ``--follow``
 prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),
@@ -261,11 +268,13 @@ def _mark(job_id, runner_pid):
     return "%s-%s" % (job_id, runner_pid)
 
 
-def _kill_marked(mark):
+def _marked(mark):
+    """Pids of the processes whose environment carries BROKER_JOB_MARK=MARK (also those of the job in the
+    node's container: the engine's processes are this machine's)."""
     if not mark or not _has_proc():
-        return
+        return []
     needle = ("BROKER_JOB_MARK=%s" % mark).encode()
-    me = os.getpid()
+    me, out = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
@@ -275,10 +284,24 @@ def _kill_marked(mark):
         except OSError:
             continue
         if needle + b"\0" in env or env.endswith(needle):
-            try:
-                os.kill(int(name), 9)  # SIGKILL
-            except OSError:
-                pass
+            out.append(int(name))
+    return out
+
+
+def _signal_marked(mark, sig):
+    for pid in _marked(mark):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def _kill_marked(mark, grace=0):
+    """SIGKILL the job's marked processes; with GRACE, first wait that long for them to end by themselves."""
+    deadline = time.time() + grace
+    while grace and time.time() < deadline and _marked(mark):
+        time.sleep(0.05)
+    _signal_marked(mark, 9)  # SIGKILL
 
 
 def _reconcile(conn, rows=None):
@@ -505,12 +528,16 @@ def _run_job(conn, job_id, spec, secrets):
     env["BROKER_JOB_MARK"] = _mark(job_id, os.getpid())
     workdir = os.path.expanduser(spec["workdir"])
     os.makedirs(workdir, exist_ok=True)
+    box = _container_state()
+    if box is not None:  # the job runs in the node's container: only its own variables go in
+        box = dict(box, env_names=sorted(set(spec["env"]) | set(secrets) | {"BROKER_JOB_MARK", "PYTHONUNBUFFERED"}))
+        _container().ensure_running(box)
     with open(_log_path(job_id), "ab") as log:
         key = spec["setup_key"]
         if spec["setup"] and not (key and conn.execute("SELECT 1 FROM setup_done WHERE key=?", (key,)).fetchone()):
             if not _advance(conn, job_id, (PENDING,), SETTING_UP):
                 return
-            rc = _phase(conn, job_id, spec["setup"], workdir, env, log, "setup")
+            rc = _phase(conn, job_id, spec["setup"], workdir, env, log, "setup", box=box)
             if rc is None:
                 return
             if rc != 0:
@@ -520,7 +547,8 @@ def _run_job(conn, job_id, spec, secrets):
                     conn.execute("INSERT OR REPLACE INTO setup_done VALUES (?, ?)", (key, time.time()))
         if not _advance(conn, job_id, (PENDING, SETTING_UP), RUNNING):
             return
-        rc = _phase(conn, job_id, spec["run"], workdir, env, log, notice=spec.get("notice")) if spec["run"] else 0
+        rc = _phase(conn, job_id, spec["run"], workdir, env, log, notice=spec.get("notice"), box=box) \
+            if spec["run"] else 0
         if rc is not None:
             noticed = (_get(conn, job_id) or {"notice": None})["notice"]
             # stopped by a notice, whatever its exit code: the work is not done, the instance is going
@@ -531,27 +559,33 @@ def _run_job(conn, job_id, spec, secrets):
                         None if rc == 0 else "run exited with code %d" % rc)
 
 
-def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None):
+def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, box=None):
     """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
     The script is written to a file and run from there: a command line has a size limit (128 KiB per
-    argument on Linux) that a long `run:` would exceed."""
+    argument on Linux) that a long `run:` would exceed. With BOX (the node's container) it runs there
+    through the engine's `exec`, in the same paths (the home is shared)."""
     import shutil
     import subprocess
     script = os.path.join(_job_dir(job_id), name + ".sh")
     with open(script, "w") as f:
         f.write(command)
-    proc = subprocess.Popen([shutil.which("bash") or "/bin/sh", script], cwd=workdir, env=env,
+    argv = [shutil.which("bash") or "/bin/sh", script]
+    if box is not None:
+        argv = _container().exec_argv(box, box["env_names"], workdir, script)
+    proc = subprocess.Popen(argv, cwd=workdir, env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     with _txn(conn):
         recorded = conn.execute("UPDATE jobs SET pid=?, pgid=? WHERE job_id=? AND status IN (?, ?)",
                                 (proc.pid, proc.pid, job_id, SETTING_UP, RUNNING)).rowcount
     if not recorded:
         _kill_group(proc.pid)
-    rc = _wait_watching(conn, job_id, proc, notice) if notice else proc.wait()
+    rc = _wait_watching(conn, job_id, proc, notice, env.get("BROKER_JOB_MARK")) if notice else proc.wait()
     row = _get(conn, job_id)
     if row is None or row["status"] not in (SETTING_UP, RUNNING):
         _kill_group(proc.pid)  # cancelled: make sure stragglers in the group are gone too
-        _kill_marked(env.get("BROKER_JOB_MARK"))
+        # in a container the engine's `exec` may end before the job's processes (they were signalled
+        # directly): they get the same grace as a group before they are killed
+        _kill_marked(env.get("BROKER_JOB_MARK"), grace=CANCEL_GRACE if box is not None else 0)
         return None
     return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128+N, as a shell reports it
 
@@ -604,7 +638,7 @@ def _check_notice(n):
     return ("azure scheduled event Preempt (NotBefore %s)" % pre[0].get("NotBefore")) if pre else None
 
 
-def _wait_watching(conn, job_id, proc, n):
+def _wait_watching(conn, job_id, proc, n, mark=None):
     """proc.wait(), checking for a preemption notice every `every` seconds meanwhile."""
     import subprocess
 
@@ -619,8 +653,13 @@ def _wait_watching(conn, job_id, proc, n):
             continue
         with _txn(conn):
             conn.execute("UPDATE jobs SET notice=? WHERE job_id=?", (text, job_id))
+        import signal
+
+        _signal_marked(mark, signal.SIGTERM)  # the job's processes in a container, too
         _kill_group(proc.pid, grace=grace)
-        return proc.wait()
+        rc = proc.wait()
+        _kill_marked(mark, grace=grace)
+        return rc
 
 
 def cmd_next_id(args):
@@ -770,6 +809,8 @@ def cmd_cleanup(args):
 
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         cmd_cancel(args)
+    if _container_state() is not None:
+        _container_call(lambda m: m.down(base))
     _unmount_buckets(base)
     removed = []
     for (path,) in conn.execute("SELECT path FROM claims ORDER BY length(path) DESC").fetchall():
@@ -842,6 +883,9 @@ def cmd_cancel(args):
         if r["status"] == PENDING or r["boot_id"] != boot:
             continue
         if r["pgid"]:
+            import signal
+
+            _signal_marked(_mark(r["job_id"], r["runner_pid"]), signal.SIGTERM)  # also in the container
             _kill_group(r["pgid"])
         deadline = time.time() + CANCEL_GRACE + 3.0  # the runner kills a group it had not recorded yet
         while _alive(r["runner_pid"], r["runner_start"]) and time.time() < deadline:
@@ -1022,6 +1066,82 @@ def cmd_version(args):
     return 0
 
 
+# ------------------------------------------------------------------------------------------- containers
+def _container():
+    """The container module: shipped next to this file on a node, part of the package in the source tree."""
+    try:
+        import skybroker_container as mod
+    except ImportError:
+        from skybroker.runtime import container as mod
+    return mod
+
+
+def _container_state():
+    if not os.path.exists(os.path.join(_base(), "container.json")):
+        return None
+    return _container().load(_base())
+
+
+def _container_call(fn):
+    mod = _container()
+    try:
+        return fn(mod)
+    except mod.ContainerError as e:
+        raise AgentError(str(e), code=e.code)
+
+
+def cmd_container_up(args):
+    """stdin: {"spec": {image, run_options, mounts, username, server}, "password": ...}. The node's
+    container is made the one the spec asks for (pulled, started); the password only reaches `login`."""
+    import json
+
+    try:
+        payload = json.loads(sys.stdin.read() or "{}")
+    except ValueError as e:
+        raise AgentError("stdin is not valid JSON: %s" % e)
+    spec = payload.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("image"), str) or not spec["image"]:
+        raise AgentError("container-up: spec.image is required")
+    conn = _db()
+    _reconcile(conn)
+    busy = bool(conn.execute("SELECT 1 FROM jobs WHERE " + _ACTIVE_SQL).fetchone())
+    _out(_container_call(lambda m: m.up(_base(), spec, payload.get("password"), busy=busy)))
+    return 0
+
+
+def cmd_container_check(args):
+    """The engine the node would use (exit code 4 when there is none)."""
+    engine, kind = _container_call(lambda m: m.detect())
+    _out({"engine": engine, "kind": kind})
+    return 0
+
+
+def cmd_container_restart(args):
+    """After a stop/start of the node: the recorded container runs again (nothing recorded: nothing to do)."""
+    state = _container_state()
+    if state is None:
+        _out({"container": None})
+        return 0
+    _out({"container": state["name"], "state": _container_call(lambda m: m.ensure_running(state))})
+    return 0
+
+
+def cmd_container_stop(args):
+    _out({"stopped": _container_call(lambda m: m.stop(_base()))})
+    return 0
+
+
+def cmd_container_status(args):
+    state = _container_state()
+    if state is None:
+        _out({"container": None})
+        return 0
+    run = _container_call(lambda m: m.running(state))
+    _out({"container": state["name"], "image": state["image"], "engine": state["kind"],
+          "running": run, "key": state.get("key")})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 # command → (handler, positional (name, type, nargs: 1 or "*" or "+"), options {flag: (dest, type or bool, default)})
 _COMMANDS = {
@@ -1045,6 +1165,11 @@ _COMMANDS = {
                                       "--clear": ("clear", bool, False)}),
     "_autostop_watch": ("cmd_autostop_watch", [], {}),
     "version": ("cmd_version", [], {}),
+    "container-up": ("cmd_container_up", [], {}),
+    "container-check": ("cmd_container_check", [], {}),
+    "container-restart": ("cmd_container_restart", [], {}),
+    "container-stop": ("cmd_container_stop", [], {}),
+    "container-status": ("cmd_container_status", [], {}),
     "_runner": ("cmd_runner", [("job_id", int, 1)], {}),
 }
 

@@ -17,6 +17,7 @@ from . import agent as agent_mod
 NODE_DIR = "~/" + agent_mod.NODE_DIR
 AGENT_PATH = NODE_DIR + "/agent.py"  # a three-line launcher; the agent itself is a module next to it, so
 MODULE_PATH = NODE_DIR + "/skybroker_agent.py"  # Python caches its bytecode on the node (no compile per call)
+CONTAINER_PATH = NODE_DIR + "/skybroker_container.py"  # the agent's container part (runtime/container.py)
 LAUNCHER = (b"import os, sys\n"
             b"sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
             b"import skybroker_agent\n"
@@ -25,6 +26,15 @@ LAUNCHER = (b"import os, sys\n"
 
 class AgentError(BrokerError):
     """The agent on a node answered with an error."""
+
+
+class ContainerFailed(AgentError):
+    """The node's container could not be made ready: `code` is the agent's (container.ENGINE_MISSING,
+    PULL_FAILED, START_FAILED) as `agent_code`; `detail` the agent's message."""
+
+    def __init__(self, label: str, code: int, detail: str):
+        self.label, self.agent_code, self.detail = label, code, detail
+        super().__init__(f"{label}: {detail}")
 
 
 class AgentClient:
@@ -37,7 +47,8 @@ class AgentClient:
     def _cmd(self, *args) -> str:
         return f"{self.python} {AGENT_PATH} " + " ".join(shlex.quote(str(a)) for a in args)
 
-    def _call(self, *args, stdin: bytes | None = None, timeout: float = 60.0, missing_ok: bool = False) -> dict:
+    def _call(self, *args, stdin: bytes | None = None, timeout: float = 60.0, missing_ok: bool = False,
+              container: bool = False) -> dict:
         res = self.runner.run(self._cmd(*args), stdin=stdin, timeout=timeout)
         out: dict = {}
         text = res.stdout.strip()
@@ -48,6 +59,8 @@ class AgentClient:
                 out = {}
         if res.exit_code == 3 and missing_ok:
             return {}
+        if container and res.exit_code in (4, 5, 6):
+            raise ContainerFailed(self.label, res.exit_code, out.get("error") or res.stderr.strip()[-500:])
         if res.exit_code != 0:
             msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
             if res.exit_code == 3:
@@ -58,6 +71,7 @@ class AgentClient:
     # -- commands ----------------------------------------------------------------------------------
     def install(self) -> None:
         self.runner.put_file(agent_mod.source(), MODULE_PATH, 0o644)
+        self.runner.put_file(_container_source(), CONTAINER_PATH, 0o644)
         self.runner.put_file(LAUNCHER, AGENT_PATH, 0o755)
 
     def version(self) -> str:
@@ -127,6 +141,25 @@ class AgentClient:
             args.append("--ssh-busy")
         self._call(*args)
 
+    # -- the node's container (runtime/container.py) ----------------------------------------------------
+    def container_check(self) -> dict:
+        """The engine the node would use; ContainerFailed (ENGINE_MISSING) when it has none."""
+        return self._call("container-check", container=True)
+
+    def container_up(self, spec: dict, password: str | None = None, timeout: float = 3600.0) -> dict:
+        """Pull and start the node's container (a registry password goes on stdin, and only to `login`)."""
+        data = json.dumps({"spec": spec, "password": password}).encode()
+        return self._call("container-up", stdin=data, timeout=timeout, container=True)
+
+    def container_restart(self) -> dict:
+        return self._call("container-restart", timeout=600.0, container=True)
+
+    def container_stop(self) -> dict:
+        return self._call("container-stop", timeout=300.0, container=True)
+
+    def container_status(self) -> dict:
+        return self._call("container-status", container=True)
+
     def claim(self, paths: Iterable[str]) -> list[str]:
         paths = list(paths)
         return self._call("claim", *paths).get("claimed", []) if paths else []
@@ -143,3 +176,10 @@ class AgentClient:
             return json.loads(res.stdout.strip().splitlines()[-1]).get("removed", [])
         except (ValueError, IndexError):
             return []
+
+
+def _container_source() -> bytes:
+    from . import container
+
+    with open(container.__file__, "rb") as f:
+        return f.read()

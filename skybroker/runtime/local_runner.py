@@ -20,7 +20,9 @@ from skybroker.runtime.runner import (NodeUnreachable, RUN_ID_VAR, CommandTimeou
                                       new_run_id)
 
 # Host variables a sandboxed command inherits; everything else comes from `env`.
-_INHERIT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TERM")
+_INHERIT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
+            # the host's container engine settings: a local node's task container runs on the host's engine
+            "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "DOCKER_HOST")
 
 # cd first (a missing cwd is an ordinary failure, exit 1, like on a remote node), then the command.
 _WRAPPER = 'cd -- "$0" || exit 1\nexec bash -c "$1"'

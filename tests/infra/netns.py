@@ -11,6 +11,11 @@ lives under /var/tmp (never under /tmp, which the nodes shadow).
     pool.cut_network(nodes[1])             # partition: packets dropped, connections hang
     node = pool.add_node(pubkey)           # relaunch: lowest free slot (same IP), new host key
     pool.close()                           # everything removed; idempotent; also run at exit
+    NodePool(env={"K": "V"})               # variables every SSH session gets (sshd SetEnv); a path under /tmp
+                                           # is per node (e.g. a container engine's config, tests/infra/containers.py)
+    NodePool(user="root")                  # root logs in (key only), its home /root per node like any other
+    NodePool(cgroups=True)                 # the host's cgroup hierarchies mounted in each node (`ip netns exec`
+                                           # mounts a fresh /sys, which hides them; a container engine needs them)
     NodePool(path_prefix="/some/bin")      # commands over SSH find /some/bin first (e.g. the hypervisor shim's
                                            # `sudo` and `shutdown`, tests/infra/hypervisor.py)
 
@@ -45,6 +50,19 @@ SUBNET_PREFIX = "10.213"
 
 class NodePoolError(RuntimeError):
     pass
+
+
+def _cgroup_mounts() -> str:
+    """Shell commands mounting the host's cgroup hierarchies again (same types and options) under /sys."""
+    cmds = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            dev, path, fstype, opts = line.split()[:4]
+            if path == "/sys/fs/cgroup" and fstype == "tmpfs":
+                cmds.insert(0, "mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup")
+            elif fstype in ("cgroup", "cgroup2") and path.startswith("/sys/fs/cgroup"):
+                cmds.append(f"mkdir -p {path} && mount -t {fstype} -o {opts} {dev} {path}")
+    return "".join(c + "; " for c in cmds)
 
 
 def missing_requirements() -> str | None:
@@ -119,7 +137,7 @@ ListenAddress 0.0.0.0
 HostKey {hostkey}
 PidFile none
 UsePAM no
-PermitRootLogin no
+PermitRootLogin {root_login}
 AllowUsers {user}
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -140,12 +158,15 @@ class NodePool:
     """Bridge + per-node netns + sshd. See the module docstring."""
 
     def __init__(self, base_dir: str | os.PathLike | None = None, subnet: str | None = None,
-                 user: str = "broker", path_prefix: str | None = None):
+                 user: str = "broker", path_prefix: str | None = None, env: dict | None = None,
+                 cgroups: bool = False):
         why = missing_requirements()
         if why:
             raise NodePoolError(why)
         self.user = user
         self.path_prefix = path_prefix  # directories searched first by commands run over SSH (sshd SetEnv PATH)
+        self.env = dict(env or {})
+        self.cgroups = cgroups
         self._lock = threading.RLock()
         self._closed = False
         self._nodes: dict[int, Node] = {}
@@ -275,8 +296,8 @@ class NodePool:
             pw = pwd.getpwnam(self.user)
         # `useradd` leaves the account locked ('!'), which sshd refuses with UsePAM no. usermod can fail
         # while another pool holds the passwd lock, so check the result and retry.
-        for _ in range(50):
-            if not self._password_field().startswith("!"):
+        for _ in range(50):  # (root's account is never touched: key login works for it as it is)
+            if self.user == "root" or not self._password_field().startswith("!"):
                 break
             subprocess.run(["usermod", "-p", "*", self.user], capture_output=True)
             time.sleep(0.05)
@@ -340,8 +361,12 @@ class NodePool:
         pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
         node.host_key = f"{pub[0]} {pub[1]}"
         cfg = d / "sshd_config"
-        cfg.write_text(_SSHD_CONFIG.format(hostkey=hostkey, user=self.user) + (
-            f"SetEnv PATH={self.path_prefix}:/usr/local/bin:/usr/bin:/bin\n" if self.path_prefix else ""))
+        env = dict(self.env)
+        if self.path_prefix:
+            env["PATH"] = f"{self.path_prefix}:/usr/local/bin:/usr/bin:/bin"
+        root = "prohibit-password" if self.user == "root" else "no"
+        cfg.write_text(_SSHD_CONFIG.format(hostkey=hostkey, user=self.user, root_login=root) + (
+            "SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n" if env else ""))
         node.home, node.tmp, node.log_path = home, tmp, d / "sshd.log"
 
         mac = f"02:5b:{self.k:02x}:00:{node.slot >> 8:02x}:{node.slot & 0xff:02x}"
@@ -362,7 +387,7 @@ class NodePool:
         ], netns=node.netns)
 
         inner = (f"set -e; mount --bind {home} {self.home_mountpoint}; mount --bind {tmp} /tmp; "
-                 f"hostname {node.name}; exec {SSHD} -D -e -f {cfg}")
+                 f"{_cgroup_mounts() if self.cgroups else ''}hostname {node.name}; exec {SSHD} -D -e -f {cfg}")
         log = open(node.log_path, "ab")
         try:
             node.proc = subprocess.Popen(

@@ -195,6 +195,7 @@ class KubernetesCloud(Provider):
     name = "kubernetes"
     catalog = None
     capabilities = Capabilities(stop=False, spot=False, firewall=False, accelerators=True, priced=False,
+                                container_images=True,
                                 named_only=True, remote=True, gone_reasons=True, tagged_listing=True)
     sdk_modules = ("kubernetes",)
     sdk_extra = "kubernetes"
