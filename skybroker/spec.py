@@ -76,6 +76,7 @@ class Task:
     decision_tick_hours: float = 1 / 60  # how often the deadline policy decides
     budget_max_cost: float | None = None  # skybroker's `budget:` (costs/budget.py)
     budget_hours: float | None = None
+    pool_workers: int | None = None  # `pool: {workers: N}`: a pool's task (jobs/pools.py); None otherwise
     source: str | None = None
     warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 
@@ -251,6 +252,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         expected_hours=expected,
         **dl_extra,
         **F.budget(data, source),
+        pool_workers=F.pool_workers(data, source),
         source=source,
         warnings=tuple(warnings),
     )
