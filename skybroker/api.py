@@ -530,20 +530,10 @@ def jobs_cancel(job_ids, all_: bool = False) -> list[int]:
 # Job pools (jobs/pool_ops.py does the work; the controller runs them, jobs/pools.py)
 
 def pool_apply(name: str, task, workers: int | None = None):
+    """Create pool NAME from a pool task, or resize it (task None: the task it was applied with)."""
     from .jobs import pool_ops
 
     return pool_ops.apply(name, task, workers)
-
-
-def pool_task(name: str):
-    """The task a pool was applied with (to resize it without the file)."""
-    import json
-
-    from .jobs import pool_ops, store
-    from .spec import task_from_stored
-
-    p = pool_ops.get(name)
-    return task_from_stored(json.loads(p.task), store.decrypt(p.secrets))
 
 
 def pool_status(name: str | None = None) -> list[dict]:

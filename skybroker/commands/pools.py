@@ -33,19 +33,22 @@ def apply(task_file, overrides, name, workers, yes, detach, dryrun, as_json):
     from ..errors import UsageError
 
     api = use_api()
-    if task_file is None:
+    task = None
+    if task_file is None:  # resize with the task it was applied with (planned again by the controller)
         if workers is None:
             raise UsageError("give the pool's task file, or --workers N to resize an existing pool",
                              f"broker jobs pool apply -p {name} pool.yaml")
-        task = api.pool_task(name)
+        if dryrun:
+            raise UsageError("--dryrun needs the pool's task file", f"broker jobs pool apply -p {name} --dryrun pool.yaml")
+        api.pool_status(name)  # exit 5 when there is no such pool
     else:
         task = api.load_task(task_file, {k: v for k, v in overrides.items() if k != "name"})
         render.task_warnings(task)
-    from ..jobs.pool_ops import require_pool_task
+        from ..jobs.pool_ops import require_pool_task
 
-    require_pool_task(task)
-    n = task.pool_workers if workers is None else workers
-    plan = api.plan(task, managed=True) if n else None
+        require_pool_task(task)
+    n = workers if workers is not None else task.pool_workers
+    plan = api.plan(task, managed=True) if n and task is not None else None
     if plan is not None:
         if as_json:
             render.print_json({"pool": name, "workers": n, "worker_plan": render.plan_json(plan, task.name)})

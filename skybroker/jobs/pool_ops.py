@@ -43,6 +43,11 @@ def apply(name: str, task, workers: int | None = None) -> PS.Pool:
     from ..spec import task_to_dict
 
     check_name(name)
+    if task is None:  # resize: the task it was applied with
+        if workers is None:
+            raise UsageError("give the pool's task file, or --workers N to resize an existing pool",
+                             f"broker jobs pool apply -p {name} pool.yaml")
+        task = stored_task(get(name))
     require_pool_task(task)
     n = task.pool_workers if workers is None else workers
     if n < 0:
@@ -63,6 +68,12 @@ def apply(name: str, task, workers: int | None = None) -> PS.Pool:
                              recoveries=0, blocked=None)
     ops.ensure_controller()
     return pool
+
+
+def stored_task(p: PS.Pool):
+    from ..spec import task_from_stored
+
+    return task_from_stored(json.loads(p.task), store.decrypt(p.secrets))
 
 
 def get(name: str) -> PS.Pool:
@@ -113,12 +124,13 @@ def _pool_status(target: int, ws: list[dict]) -> str:
 
 
 def wait_ready(name: str, on_change: Callable[[dict], None], timeout: float | None = None,
-               poll: float = 0.5) -> dict:
-    """Until every worker of the pool is set up (or one failed): the pool's status at the end."""
+               poll: float = 0.5, status_fn: Callable | None = None) -> dict:
+    """Until every worker of the pool is set up (or one failed): the pool's status at the end.
+    `status_fn` is how to ask (a broker server's pool_status in client mode)."""
     deadline = None if timeout is None else time.time() + timeout
     seen = None
     while True:
-        st = status(name)[0]
+        st = (status_fn or status)(name)[0]
         snap = [(w["worker"], w["status"], w["message"]) for w in st["worker_list"]]
         if snap != seen:
             seen = snap
@@ -128,15 +140,18 @@ def wait_ready(name: str, on_change: Callable[[dict], None], timeout: float | No
         time.sleep(poll)
 
 
-def down(name: str, wait: bool = True, timeout: float = 600, poll: float = 0.3) -> int:
+def down(name: str, wait: bool = True, timeout: float = 600, poll: float = 0.3,
+         exists: Callable[[str], bool] | None = None) -> int:
     """Ask the controller to cancel the pool's jobs and tear every worker down; with wait, until it is
-    gone. Returns how many workers it had."""
-    get(name)
-    n = len(PS.workers(name))
-    PS.request_down(name)
-    ops.ensure_controller()
+    gone (`exists`: how to ask, in client mode). Returns how many workers it had."""
+    n = 0
+    if exists is None:
+        get(name)
+        n = len(PS.workers(name))
+        PS.request_down(name)
+        ops.ensure_controller()
     deadline = time.time() + timeout
-    while wait and PS.get(name) is not None:
+    while wait and ((exists or (lambda x: PS.get(x) is not None))(name)):
         if time.time() > deadline:
             from ..errors import BrokerError
 

@@ -38,9 +38,9 @@ def _views(ws) -> list[S.WorkerView]:
 
 
 def _task(p):
-    from ..spec import task_from_stored
+    from .pool_ops import stored_task
 
-    return task_from_stored(json.loads(p.task), store.decrypt(p.secrets))
+    return stored_task(p)
 
 
 class PoolRunner:
@@ -76,12 +76,16 @@ class PoolRunner:
     def _safe(self, fn, *args) -> None:
         from .controller import log
 
+        p = PS.get(args[0])
+        token = state.current_user.set(p.user_name if p else None)  # server mode: the workers are its user's
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - a pool bug must not take the controller down
             import traceback
 
             log(f"pool step {fn.__name__}{args}: {exc}\n{traceback.format_exc()}")
+        finally:
+            state.current_user.reset(token)
 
     # -- the pool: size and teardown ------------------------------------------------------------
     def step_pool(self, name: str) -> None:

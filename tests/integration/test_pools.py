@@ -136,3 +136,34 @@ def test_a_preempted_worker_is_replaced_and_its_job_runs_to_completion_once(tmp_
     r = broker("jobs", "pool", "down", "p2", "-y", timeout=60)
     assert r.returncode == 0, r.stderr
     assert_nothing_left()
+
+
+def test_pools_through_a_broker_server(tmp_path):
+    """Client mode: the server's controller runs the pool; another user can neither see nor tear it down."""
+    pytest.importorskip("fastapi")
+    from tests.integration.server_helpers import Server
+
+    server = Server(tmp_path / "server_home").start()
+    try:
+        alice = server.client(server.token("alice"), tmp_path / "alice")
+        bob = server.client(server.token("bob"), tmp_path / "bob")
+        pool = write_task(tmp_path / "pool.yaml", pool={"workers": 1}, setup="echo set up")
+        r = alice("jobs", "pool", "apply", "-p", "ap", "-y", pool)
+        assert r.returncode == 0 and "is ready" in r.stderr, r.stderr
+        jt = write_task(tmp_path / "job.yaml", run='echo "rank=$SKYPILOT_JOB_RANK/$SKYPILOT_NUM_JOBS"')
+        r = alice("jobs", "launch", "-y", "-d", "--pool", "ap", "--num-jobs", "2", jt)
+        assert r.returncode == 0, r.stderr
+        for jid in (1, 2):
+            r = alice("jobs", "logs", str(jid), "-f")
+            assert r.returncode == 0 and f"rank={jid - 1}/2" in r.stdout, r.stdout + r.stderr
+        r = bob("jobs", "pool", "status", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout) == []
+        r = bob("jobs", "pool", "down", "ap", "-y")
+        assert r.returncode == 7 and "belongs to user alice" in r.stderr, (r.returncode, r.stderr)
+        [st] = json.loads(alice("jobs", "pool", "status", "--json").stdout)
+        assert st["status"] == "READY" and st["worker_list"][0]["cluster"] == "pool-ap-0"
+        r = alice("jobs", "pool", "down", "ap", "-y")
+        assert r.returncode == 0 and "is down" in r.stderr, r.stderr
+        assert json.loads(alice("status", "--json").stdout) == []
+    finally:
+        server.stop()
