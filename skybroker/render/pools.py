@@ -19,8 +19,9 @@ def pool_note(task, task_file) -> None:
 
 def pool_progress(st: dict) -> None:
     ws = st["worker_list"]
-    up = sum(1 for w in ws if w["status"] in ("READY", "BUSY"))
-    bits = ", ".join(f"{w['worker']}: {w['status'].lower()}" + (f" ({w['message']})" if w["message"] and
+    up = sum(1 for w in ws if w["status"] in ("READY", "BUSY") and not w["draining"])
+    bits = ", ".join(f"{w['worker']}: {w['status'].lower()}" + (" (going)" if w["draining"] else "") +
+                     (f" ({w['message']})" if w["message"] and
                      w["status"] not in ("READY", "BUSY") else "") for w in ws)
     _err_line(None, f"pool {st['name']}: {up}/{st['workers']} ready — {bits or 'no workers yet'}")
 

@@ -86,6 +86,10 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     assert sorted(w["job_id"] for w in st["worker_list"]) == ids[:2], st
     assert [q["id"] for q in st["queued"]] == [ids[2]] and st["queued"][0]["rank"] == 2
     assert job(ids[2]).status == "PENDING"
+    [extra] = launch(jt, "--pool", "p1")  # queued behind the third, then cancelled: it never runs
+    r = broker("jobs", "cancel", extra)
+    assert r.returncode == 0, r.stderr
+    assert wait_done([extra])[0].status == "CANCELLED"
     gate.write_text("go")
     done = wait_done(ids)
     assert [j.status for j in done] == ["SUCCEEDED"] * 3, [diag(j) for j in ids]
@@ -93,6 +97,16 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     assert [g.split()[:4] for g in got] == [[str(r), str(r), "3", "3"] for r in range(3)]  # each rank once
     assert {g.split()[4] for g in got} == {"pool-p1-0", "pool-p1-1"}
     assert len(lines(setup)) == 2  # jobs do not run the pool's setup again
+
+    hold = tmp_path / "hold"  # a running pool job cancelled: its worker goes back to the pool
+    jt2 = write_task(tmp_path / "job2.yaml", envs={"RUNS": str(runs), "HOLD": str(hold)},
+                     run='echo running >> "$RUNS"; while [ ! -e "$HOLD" ]; do sleep 0.1; done')
+    [busy] = launch(jt2, "--pool", "p1")
+    wait_for(lambda: lines(runs)[-1] == "running", 30, 0.1, "the job to cancel running")
+    assert broker("jobs", "cancel", busy).returncode == 0
+    assert wait_done([busy])[0].status == "CANCELLED"
+    wait_for(lambda: all(w["status"] == "READY" and w["job_id"] is None
+                         for w in pool_status("p1")["worker_list"]), 20, 0.1, "the worker back in the pool")
 
     small = write_task(tmp_path / "big.yaml", resources={"infra": "local", "accelerators": "H100:1"}, run="true")
     r = broker("jobs", "launch", "-y", "--pool", "p1", small)
