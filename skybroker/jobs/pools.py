@@ -150,6 +150,21 @@ class PoolRunner:
             return None
         return f"{len(gone)} of {rec.num_nodes} instance(s) gone" if gone else None
 
+    def _unreachable(self, rec) -> str | None:
+        """After a job was re-queued: a worker that is alive to the cloud but does not answer (the job
+        gave up on it) is replaced too, not handed to the next job."""
+        rt = ClusterRuntime(rec)
+        try:
+            for n in rt.nodes:
+                try:
+                    if not rt.runner(n).alive(timeout=10):
+                        return f"node {n.rank} does not answer"
+                except (BrokerError, OSError):
+                    return f"node {n.rank} does not answer"
+        finally:
+            rt.close()
+        return None
+
     def _view(self, p, w, rec) -> R.JobView:
         task = _task(p)
         jr = next((r.job_recovery for r in task.candidates if r.job_recovery), None)
@@ -259,7 +274,7 @@ class PoolRunner:
             return ctl._cancel(j, store.CANCELLED, f"pool {j.pool} is gone")
         held = PS.holder_of(j.id)
         if held is not None and j.status == store.RECOVERING and not j.submit_token:
-            self.release(j)  # re-queued (its worker was lost, or it failed to start there): back in line
+            self.release(j, probe=True)  # re-queued (its worker was lost, or it failed to start there)
             held = None
         if held is None:
             held = self._claim(p, j)
@@ -336,16 +351,17 @@ class PoolRunner:
         w = PS.holder_of(j.id)
         return w is not None and w.cluster == j.cluster
 
-    def release(self, j) -> None:
-        """Give the job's worker back: READY if its instances are alive, else replaced (recovery.py)."""
+    def release(self, j, probe: bool = False) -> None:
+        """Give the job's worker back: READY if its instances are alive (and, with probe, answer), else
+        replaced (recovery.py)."""
         w = PS.holder_of(j.id)
         if w is None:
             return
-        self._give_back(w, state.get_cluster(w.cluster))
+        self._give_back(w, state.get_cluster(w.cluster), probe)
 
-    def _give_back(self, w, rec) -> None:
+    def _give_back(self, w, rec, probe: bool = False) -> None:
         p = PS.get(w.pool)
-        lost = self._lost(rec)
+        lost = self._lost(rec) or (self._unreachable(rec) if probe else None)
         if lost and p is not None:  # still BUSY (no job can claim it) until it is marked for replacement
             PS.update_worker(w.pool, w.idx, job_id=None)
             self._replace(p, PS.worker(w.pool, w.idx), rec, lost)
