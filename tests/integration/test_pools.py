@@ -96,6 +96,9 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     got = sorted(lines(runs))
     assert [g.split()[:4] for g in got] == [[str(r), str(r), "3", "3"] for r in range(3)]  # each rank once
     assert {g.split()[4] for g in got} == {"pool-p1-0", "pool-p1-1"}
+    q = {j["id"]: j for j in json.loads(broker("jobs", "queue", "--json").stdout)}
+    assert [(q[i]["pool"], q[i]["job_rank"], q[i]["num_jobs"], q[i]["resources"]) for i in ids] == \
+        [("p1", r, 3, "pool p1") for r in range(3)]
     assert len(lines(setup)) == 2  # jobs do not run the pool's setup again
 
     hold = tmp_path / "hold"  # a running pool job cancelled: its worker goes back to the pool
