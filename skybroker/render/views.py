@@ -335,7 +335,10 @@ def _dur(sec: float | None) -> str:
 
 
 def _job_cost(j, costs: dict | None) -> float:
-    """A managed job's cost from the ledger (`costs`: job id → $), else the job row's own account."""
+    """A managed job's cost from the ledger (`costs`: job id → $), else the job row's own account (a pool
+    job's: its worker's price for the time it held the worker; the workers' bill is their clusters')."""
+    if getattr(j, "pool", None):
+        return j.cost_so_far
     return costs.get(j.id, 0.0) if costs is not None else j.cost_so_far
 
 
