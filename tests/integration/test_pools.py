@@ -12,13 +12,16 @@ nodes are this machine): the ground truth of what ran, and where.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import pytest
 
 from skybroker.clouds.local import _kill_node_processes
 from tests.integration.local_helpers import broker, broker_home, pids_with_env, wait_for, write_task
-from tests.integration.test_managed_jobs import TERMINAL, diag, fast_controller, job  # noqa: F401
+from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events,  # noqa: F401
+                                                 fast_controller, job)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
 
@@ -152,6 +155,32 @@ def test_a_preempted_worker_is_replaced_and_its_job_runs_to_completion_once(tmp_
     assert sorted(lines(setup)) == sorted(["pool-p2-0", "pool-p2-1", worker])  # setup ran on the replacement
     r = broker("jobs", "pool", "down", "p2", "-y", timeout=60)
     assert r.returncode == 0, r.stderr
+    assert_nothing_left()
+
+
+def test_controller_killed_after_a_pool_job_was_submitted_runs_it_once(tmp_path, monkeypatch):
+    """The submit token guarantees once-only on a worker too: the controller SIGKILLed between the
+    submit and RUNNING, the next one finds the job on the worker instead of submitting it again."""
+    from tests.integration.local_helpers import alive
+
+    setup, runs = tmp_path / "setup.ledger", tmp_path / "runs.ledger"
+    apply(tmp_path, "p3", 1, setup)
+    pid = controller_pid()
+    os.kill(pid, signal.SIGKILL)  # the next controller (started by launch) gets the failpoint
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-submit=sleep(3)")
+    jt = write_task(tmp_path / "job.yaml", envs={"RUNS": str(runs)}, run='echo ran >> "$RUNS"; sleep 1')
+    [jid] = launch(jt, "--pool", "p3")
+    wait_for(lambda: any("submitted to pool-p3-0" in e["message"] for e in events(jid)), 30, 0.05, "the submit")
+    pid = controller_pid()
+    assert pid and job(jid).status == "STARTING", diag(jid)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    [j] = wait_done([jid])
+    assert j.status == "SUCCEEDED" and lines(runs) == ["ran"], diag(jid)
+    assert any(e["kind"] == "adopt" for e in events(jid)), diag(jid)
+    assert broker("jobs", "pool", "down", "p3", "-y").returncode == 0
     assert_nothing_left()
 
 
