@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from ..errors import NotFoundError, SpecError, UsageError
-from . import ops
+from . import ops, store
 from . import pool_sched as S
 from . import pool_store as PS
-from . import store
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 

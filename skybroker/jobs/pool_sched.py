@@ -70,25 +70,25 @@ def misfit(job_task, pool_task) -> tuple[str, str] | None:
 
 
 def _resources_misfit(jr, pr) -> tuple[str, str] | None:
-    if jr.accelerator:
-        if (pr.accelerator or "").lower() != jr.accelerator.lower() or pr.accelerator_count < jr.accelerator_count:
-            return ("resources.accelerators", f"the job asks for {jr.accelerator_str()}, the pool's workers have "
-                    f"{pr.accelerator_str() or 'no accelerator'}")
+    if jr.accelerator and ((pr.accelerator or "").lower() != jr.accelerator.lower()
+                           or pr.accelerator_count < jr.accelerator_count):
+        return ("resources.accelerators", (f"the job asks for {jr.accelerator_str()}, the pool's workers have "
+                                           f"{pr.accelerator_str() or 'no accelerator'}"))
     for name, fld in (("cloud", "resources.infra"), ("region", "resources.infra"), ("zone", "resources.infra"),
                       ("instance_type", "resources.instance_type")):
         want, have = getattr(jr, name), getattr(pr, name)
         if want and have != want:
             return fld, f"the job asks for {name} {want}, the pool's workers {('are on ' + have) if have else 'may be anywhere'}"
     if jr.use_spot_explicit and pr.use_spot_explicit and jr.use_spot != pr.use_spot:
-        return ("resources.use_spot", f"the job asks for {'spot' if jr.use_spot else 'on-demand'}, the pool's "
-                f"workers are {'spot' if pr.use_spot else 'on-demand'}")
+        return ("resources.use_spot", (f"the job asks for {'spot' if jr.use_spot else 'on-demand'}, the pool's "
+                                       f"workers are {'spot' if pr.use_spot else 'on-demand'}"))
     for name in ("cpus", "memory"):
         want, have = getattr(jr, name), _floor(pr, name)
         if want is None or want.per_cpu or (have is None and (pr.instance_type or pr.accelerator)):
             continue  # a ratio, or a machine fixed by its type: the catalog decides, not the spec
         if have is None or not want.admits(have.value) or (have.at_least and not want.at_least):
-            return (f"resources.{name}", f"the job asks for {name} {want}, the pool's workers have "
-                    f"{have if have is not None else 'the default'}")
+            return (f"resources.{name}", (f"the job asks for {name} {want}, the pool's workers have "
+                                          f"{have if have is not None else 'the default'}"))
     if jr.disk_size > pr.disk_size:
         return "resources.disk_size", f"the job asks for {jr.disk_size} GB of disk, the pool's workers have {pr.disk_size}"
     return None

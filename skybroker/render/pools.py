@@ -7,7 +7,7 @@ from .table import Col, _table
 POOL_STYLE = {"READY": "green", "BUSY": "cyan", "SETTING_UP": "dim", "PROVISIONING": "dim", "RECOVERING": "yellow",
               "FAILED": "red", "SCALING": "yellow", "STARTING": "dim", "TEARING_DOWN": "yellow"}
 
-__all__ = ["print_pools", "pool_progress", "pool_note"]
+__all__ = ["pool_note", "pool_progress", "print_pools"]
 
 
 def pool_note(task, task_file) -> None:

@@ -19,9 +19,21 @@ import signal
 import pytest
 
 from skybroker.clouds.local import _kill_node_processes
-from tests.integration.local_helpers import broker, broker_home, pids_with_env, wait_for, write_task
-from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events,  # noqa: F401
-                                                 fast_controller, job)
+from tests.integration.local_helpers import (
+    broker,
+    broker_home,
+    pids_with_env,
+    wait_for,
+    write_task,
+)
+from tests.integration.test_managed_jobs import (  # noqa: F401
+    TERMINAL,
+    controller_pid,
+    diag,
+    events,
+    fast_controller,
+    job,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
 
@@ -57,7 +69,7 @@ def launch(task, *extra) -> list[int]:
 def wait_done(ids, timeout=60):
     for jid in ids:
         try:
-            wait_for(lambda: (j := job(jid)) is not None and j.status in TERMINAL, timeout, 0.1, f"job {jid}")
+            wait_for(lambda jid=jid: (j := job(jid)) is not None and j.status in TERMINAL, timeout, 0.1, f"job {jid}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{diag(jid)}") from None
     return [job(j) for j in ids]
