@@ -54,7 +54,10 @@ def apply(name: str, task, workers: int | None = None) -> PS.Pool:
     task = ops._with_config_defaults(task)
     task_json = json.dumps(task_to_dict(replace(task, pool_workers=n)))
     old = PS.get(name)
-    if old is not None and not old.down_requested and _comparable(old.task) != _comparable(task_json):
+    if old is not None and old.down_requested:
+        raise UsageError(f"pool {name} is being torn down", "apply it again once `broker jobs pool status` no "
+                         "longer lists it")
+    if old is not None and _comparable(old.task) != _comparable(task_json):
         raise UsageError(f"pool {name} exists with another task; only its size can change in place",
                          f"`broker jobs pool down {name}` then apply again, or pass the same task with "
                          "another `pool.workers` (or --workers N)")

@@ -72,12 +72,12 @@ def all_pools() -> list[Pool]:
 
 
 def upsert(name: str, task_json: str, secrets: dict, resources: str, workers: int) -> Pool:
-    """Create the pool, or set its size (and task) if it exists; a pending teardown is called off."""
+    """Create the pool, or set its size (and task) if it exists."""
     now = time.time()
     conn = state.db()
     blob = store.encrypt(secrets)
-    cur = conn.execute("UPDATE pools SET task = ?, secrets = ?, resources = ?, workers = ?, down_requested = 0, "
-                       "updated_at = ? WHERE name = ?", (task_json, blob, resources, workers, now, name))
+    cur = conn.execute("UPDATE pools SET task = ?, secrets = ?, resources = ?, workers = ?, updated_at = ? "
+                       "WHERE name = ?", (task_json, blob, resources, workers, now, name))
     if not cur.rowcount:
         conn.execute("INSERT INTO pools (name, task, secrets, resources, workers, down_requested, created_at, "
                      "updated_at, user_name) VALUES (?,?,?,?,?,0,?,?,?)",
