@@ -42,6 +42,13 @@ def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def workers(name: str) -> list:
+    """The pool's worker rows, read from the state (polling with the CLI would cost a process a look)."""
+    from skybroker.jobs import pool_store
+
+    return pool_store.workers(name)
+
+
 def pool_status(name: str) -> dict:
     r = broker("jobs", "pool", "status", name, "--json")
     assert r.returncode == 0, r.stderr
@@ -123,8 +130,8 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     wait_for(lambda: lines(runs)[-1] == "running", 60, 0.1, "the job to cancel running")
     assert broker("jobs", "cancel", busy).returncode == 0
     assert wait_done([busy])[0].status == "CANCELLED"
-    wait_for(lambda: all(w["status"] == "READY" and w["job_id"] is None
-                         for w in pool_status("p1")["worker_list"]), 60, 0.1, "the worker back in the pool")
+    wait_for(lambda: all(w.status == "READY" and w.job_id is None for w in workers("p1")), 60, 0.1,
+             "the worker back in the pool")
 
     small = write_task(tmp_path / "big.yaml", resources={"infra": "local", "accelerators": "H100:1"}, run="true")
     r = broker("jobs", "launch", "-y", "--pool", "p1", small)
@@ -132,7 +139,7 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
 
     r = broker("jobs", "pool", "apply", "-p", "p1", "-y", "--workers", "1", timeout=60)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: len(pool_status("p1")["worker_list"]) == 1, 60, 0.1, "scale down to 1 worker")
+    wait_for(lambda: len(workers("p1")) == 1, 60, 0.1, "scale down to 1 worker")
     assert not (broker_home() / "local" / "pool-p1-1" / "node-0").exists()
 
     r = broker("jobs", "pool", "down", "p1", "-y", timeout=60)
@@ -159,8 +166,7 @@ def test_a_preempted_worker_is_replaced_and_its_job_runs_to_completion_once(tmp_
     [j] = wait_done([jid])
     assert j.status == "SUCCEEDED" and j.recoveries == 1, diag(jid)
     assert [x for x in lines(runs) if x.startswith("end")] == ["end 0"]  # ran to completion once
-    wait_for(lambda: [w["status"] for w in pool_status("p2")["worker_list"]] == ["READY", "READY"], 60, 0.1,
-             "the lost worker replaced")
+    wait_for(lambda: [w.status for w in workers("p2")] == ["READY", "READY"], 60, 0.1, "the lost worker replaced")
     st = pool_status("p2")
     lost = next(w for w in st["worker_list"] if w["cluster"] == worker)
     assert lost["recoveries"] == 1
