@@ -97,10 +97,12 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     st = pool_status("p1")
     assert st["status"] == "READY" and [w["status"] for w in st["worker_list"]] == ["READY", "READY"]
 
-    gate = tmp_path / "gate"
-    jt = write_task(tmp_path / "job.yaml", envs={"RUNS": str(runs), "GATE": str(gate)},
+    gate, wd = tmp_path / "gate", tmp_path / "wd"
+    wd.mkdir()
+    (wd / "data.txt").write_text("from-the-workdir\n")  # the job's own workdir reaches the worker
+    jt = write_task(tmp_path / "job.yaml", envs={"RUNS": str(runs), "GATE": str(gate)}, workdir=str(wd),
                     run='echo "$SKYPILOT_JOB_RANK $BROKER_JOB_RANK $SKYPILOT_NUM_JOBS $BROKER_NUM_JOBS '
-                        '$SKYPILOT_CLUSTER_NAME" >> "$RUNS"; while [ ! -e "$GATE" ]; do sleep 0.1; done')
+                        '$SKYPILOT_CLUSTER_NAME $(cat data.txt)" >> "$RUNS"; while [ ! -e "$GATE" ]; do sleep 0.1; done')
     ids = launch(jt, "--pool", "p1", "--num-jobs", "3")
     assert len(ids) == 3
     wait_for(lambda: len(lines(runs)) == 2, 60, 0.1, "two jobs running")
@@ -118,6 +120,7 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     got = sorted(lines(runs))
     assert [g.split()[:4] for g in got] == [[str(r), str(r), "3", "3"] for r in range(3)]  # each rank once
     assert {g.split()[4] for g in got} == {"pool-p1-0", "pool-p1-1"}
+    assert {g.split()[5] for g in got} == {"from-the-workdir"}
     q = {j["id"]: j for j in json.loads(broker("jobs", "queue", "--json").stdout)}
     assert [(q[i]["pool"], q[i]["job_rank"], q[i]["num_jobs"], q[i]["resources"]) for i in ids] == \
         [("p1", r, 3, "pool p1") for r in range(3)]
