@@ -20,7 +20,8 @@ READY = "READY"  # free for a job
 BUSY = "BUSY"  # runs the managed job `job_id`
 RECOVERING = "RECOVERING"  # its instances were lost: replaced (recovery.py decides where)
 FAILED = "FAILED"  # setup failed, or no place would take it: `pool apply` again retries
-WORKER_STATUSES = (PROVISIONING, SETTING_UP, READY, BUSY, RECOVERING, FAILED)
+REMOVING = "REMOVING"  # beyond the pool's size (or the pool goes): being torn down
+WORKER_STATUSES = (PROVISIONING, SETTING_UP, READY, BUSY, RECOVERING, FAILED, REMOVING)
 
 
 @dataclass
@@ -126,6 +127,13 @@ def claim(pool: str, idx: int, job_id: int) -> bool:
     """Give a READY worker to a job; False if another job took it first."""
     cur = state.db().execute("UPDATE pool_workers SET status = ?, job_id = ?, updated_at = ? WHERE pool = ? AND "
                              "idx = ? AND status = ? AND job_id IS NULL", (BUSY, job_id, time.time(), pool, idx, READY))
+    return bool(cur.rowcount)
+
+
+def retire(pool: str, idx: int) -> bool:
+    """Take a worker no job holds out of service (REMOVING); False if a job claimed it first."""
+    cur = state.db().execute("UPDATE pool_workers SET status = ?, updated_at = ? WHERE pool = ? AND idx = ? AND "
+                             "job_id IS NULL AND status <> ?", (REMOVING, time.time(), pool, idx, BUSY))
     return bool(cur.rowcount)
 
 

@@ -109,7 +109,10 @@ class PoolRunner:
             PS.add_worker(name, i)
             state.add_event(PS.cluster_name(name, i), "pool", f"worker {i} of pool {name}: added")
         for w in ws:
-            if w.idx in plan.remove and f"w:{name}:{w.idx}" not in self.ctl.inflight:
+            if f"w:{name}:{w.idx}" in self.ctl.inflight:
+                continue
+            # a REMOVING worker goes even if the pool grew back meanwhile (resize adds it again, fresh)
+            if w.status == PS.REMOVING or (w.idx in plan.remove and PS.retire(name, w.idx)):  # never a claimed one
                 self._remove(p, w, f"the pool was resized to {p.workers}")
 
     def _remove(self, p, w, why: str) -> None:

@@ -5,7 +5,7 @@ from .console import _err_line, _say, info
 from .table import Col, _table
 
 POOL_STYLE = {"READY": "green", "BUSY": "cyan", "SETTING_UP": "dim", "PROVISIONING": "dim", "RECOVERING": "yellow",
-              "FAILED": "red", "SCALING": "yellow", "STARTING": "dim", "TEARING_DOWN": "yellow"}
+              "FAILED": "red", "REMOVING": "yellow", "SCALING": "yellow", "STARTING": "dim", "TEARING_DOWN": "yellow"}
 
 __all__ = ["pool_note", "pool_progress", "print_pools"]
 

@@ -195,3 +195,16 @@ def test_pool_rows_and_worker_claims(state_backend):
     assert PS.request_down("p1") and PS.get("p1").down_requested == 1
     PS.delete("p1")
     assert PS.get("p1") is None and PS.workers("p1") == [] and PS.request_down("p1") is False
+
+
+def test_a_claimed_worker_is_never_retired(state_backend):
+    from skybroker.jobs import pool_store as PS
+
+    PS.upsert("p2", "{}", {}, "x", 2)
+    PS.add_worker("p2", 0)
+    PS.add_worker("p2", 1)
+    PS.update_worker("p2", 0, status=PS.READY)
+    PS.update_worker("p2", 1, status=PS.READY)
+    assert PS.claim("p2", 1, 42) is True
+    assert PS.retire("p2", 1) is False and PS.worker("p2", 1).status == PS.BUSY  # the job keeps it
+    assert PS.retire("p2", 0) is True and PS.claim("p2", 0, 43) is False  # retired: no job can take it
