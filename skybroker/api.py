@@ -518,3 +518,38 @@ def jobs_cancel(job_ids, all_: bool = False) -> list[int]:
     from .jobs import ops
 
     return ops.cancel(list(job_ids), all_)
+
+
+# ----------------------------------------------------------------------------------------------
+# Job pools (jobs/pool_ops.py does the work; the controller runs them, jobs/pools.py)
+
+def pool_apply(name: str, task, workers: int | None = None):
+    """Create pool NAME from a pool task, or resize it (task None: the task it was applied with)."""
+    from .jobs import pool_ops
+
+    return pool_ops.apply(name, task, workers)
+
+
+def pool_status(name: str | None = None) -> list[dict]:
+    from .jobs import pool_ops
+
+    return pool_ops.status(name)
+
+
+def pool_wait_ready(name: str, on_change, timeout: float | None = None) -> dict:
+    from .jobs import pool_ops
+
+    return pool_ops.wait_ready(name, on_change, timeout)
+
+
+def pool_down(name: str, wait: bool = True) -> int:
+    from .jobs import pool_ops
+
+    return pool_ops.down(name, wait)
+
+
+def jobs_launch_pool(pool: str, task, num_jobs: int = 1):
+    """Submit `num_jobs` managed jobs that run on a pool's workers (ranks 0..num_jobs-1)."""
+    from .jobs import pool_ops
+
+    return pool_ops.launch(pool, task, num_jobs)

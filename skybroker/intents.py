@@ -50,6 +50,10 @@ def _owned_by_active_job(rec_or_name) -> bool:
     m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name) if owner is None else None  # job-<id>[-<pipeline stage>]
     if m:
         owner = f"managed:{m.group(1)}"
+    if owner and owner.startswith("pool:"):  # a pool's worker: the controller resumes it while the pool exists
+        from .jobs import pool_store
+
+        return pool_store.get(owner.split(":", 1)[1]) is not None
     if not owner or not owner.startswith("managed:"):
         return False
     from .jobs import store

@@ -77,6 +77,7 @@ class Task:
     budget_max_cost: float | None = None  # skybroker's `budget:` (costs/budget.py)
     budget_hours: float | None = None
     docker_run_options: tuple[str, ...] = ()  # config.docker.run_options, for a `docker:` image_id
+    pool_workers: int | None = None  # `pool: {workers: N}`: a pool's task (jobs/pools.py); None otherwise
     source: str | None = None
     warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 
@@ -253,6 +254,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         **dl_extra,
         **F.budget(data, source),
         docker_run_options=F.docker_config(data, source),
+        pool_workers=F.pool_workers(data, source),
         source=source,
         warnings=tuple(warnings),
     )

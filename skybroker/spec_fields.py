@@ -110,6 +110,24 @@ def docker_config(data: dict, source: str) -> tuple[str, ...]:
     return tuple(opts)
 
 
+def pool_workers(data: dict, source: str) -> int | None:
+    """`pool: {workers: N}` (SkyPilot job pools): how many workers the pool keeps; None for a plain task."""
+    pool = data.get("pool")
+    if pool is None:
+        return None
+    if not isinstance(pool, dict):
+        raise SpecError("`pool` must be a mapping", "e.g. pool: {workers: 2}", source=source, field="pool")
+    for key in pool:
+        if key != "workers":
+            raise SpecError(f"pool.{key} is not supported", "skybroker pools take `workers: N` (a fixed size; "
+                            "apply again with another N to scale)", source=source, field=f"pool.{key}")
+    n = pool.get("workers", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > 1000:
+        raise SpecError(f"{n!r} is not a worker count", "expected an integer 0-1000", source=source,
+                        field="pool.workers")
+    return n
+
+
 _CONFIG_IGNORED = {
     "kubernetes": "it applies only where SkyPilot runs the task on Kubernetes",
     "jobs": "managed jobs are run by skybroker's local controller, which has no settings here",
@@ -120,9 +138,6 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     def refuse(field, what, hint):
         raise SpecError(what, hint, source=source, field=field)
 
-    if data.get("pool"):
-        refuse("pool", "pools (`sky jobs pool`, workers shared by many jobs) are not supported",
-               "drop `pool:` and launch each task with `broker jobs launch` (managed jobs run in parallel)")
     if data.get("volumes"):
         refuse("volumes", "SkyPilot volumes are not supported",
                "sync data with `file_mounts` (a local folder) or copy it in `setup`, and drop `volumes`")

@@ -187,6 +187,20 @@ MIGRATIONS: list[str] = [
         persistent INTEGER NOT NULL DEFAULT 1, managed INTEGER NOT NULL DEFAULT 0, mode TEXT,
         users TEXT NOT NULL DEFAULT '[]', created_at REAL, updated_at REAL)
     """,
+    # v11: job pools (jobs/pools.py): a pool's task and size, its workers (each a cluster, with the managed
+    # job it runs), and which pool a managed job runs in, with its rank among the jobs launched together
+    """
+    CREATE TABLE pools (
+        name TEXT PRIMARY KEY, task TEXT NOT NULL, secrets BLOB, resources TEXT, workers INTEGER NOT NULL,
+        down_requested INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL, user_name TEXT);
+    CREATE TABLE pool_workers (
+        pool TEXT NOT NULL, idx INTEGER NOT NULL, cluster TEXT NOT NULL, status TEXT NOT NULL, job_id INTEGER,
+        setup_job INTEGER, recoveries INTEGER NOT NULL DEFAULT 0, blocked TEXT, message TEXT, updated_at REAL,
+        PRIMARY KEY (pool, idx));
+    ALTER TABLE managed_jobs ADD COLUMN pool TEXT;
+    ALTER TABLE managed_jobs ADD COLUMN job_rank INTEGER;
+    ALTER TABLE managed_jobs ADD COLUMN num_jobs INTEGER
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -214,3 +214,43 @@ def jobs_logs(job_id: int, follow: bool, on_line):
 
 def jobs_cancel(job_ids, all_: bool = False):
     return _call("jobs_cancel", list(job_ids), all_)
+
+
+# ----------------------------------------------------------------------------------------------
+# job pools: the server's controller runs them; waiting is polling from here
+
+def pool_apply(name: str, task, workers=None):
+    return _call("pool_apply", name, _prepare(task) if task is not None else None, workers)
+
+
+def pool_status(name=None):
+    return _call("pool_status", name)
+
+
+def pool_wait_ready(name: str, on_change, timeout=None):
+    from ..jobs.pool_ops import wait_ready
+
+    return wait_ready(name, on_change, timeout, poll=1.0, status_fn=pool_status)
+
+
+def pool_down(name: str, wait: bool = True) -> int:
+    from ..errors import BrokerError
+    from ..jobs.pool_ops import down
+
+    n = _call("pool_down", name, False)
+
+    def exists(x):
+        try:
+            pool_status(x)
+            return True
+        except BrokerError as exc:
+            if exc.exit_code == 5:  # not found (errors cross the wire as message, hint and exit code)
+                return False
+            raise
+
+    down(name, wait, poll=1.0, exists=exists)
+    return n
+
+
+def jobs_launch_pool(pool: str, task, num_jobs: int = 1):
+    return _call("jobs_launch_pool", pool, _prepare(task), num_jobs)

@@ -62,6 +62,12 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
             return _pipeline_dryrun(api, pipeline, as_json)
     task = api.load_task(task_file, overrides)
     render.task_warnings(task)
+    if task.pool_workers is not None and not dryrun:
+        from ..errors import UsageError
+
+        raise UsageError("this is a pool's task (`pool:`): its workers run other jobs, it is not launched itself",
+                         f"`broker jobs pool apply -p NAME {task_file}`, then `broker jobs launch --pool NAME "
+                         "job.yaml`")
     existing = cluster is not None and not dryrun and api.cluster_exists(cluster)
     plan = None
     stream = render.JsonEvents() if as_json and not dryrun else None  # --json launch: JSON lines only
@@ -73,6 +79,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
             render.print_json(render.plan_json(plan, task.name))
         else:
             render.print_plan(plan, task.name)
+            render.pool_note(task, task_file)
         if dryrun:
             return 0
         api.preflight(task, plan)  # bad input or an unusable cloud: said before the question, nothing created

@@ -24,7 +24,9 @@ def jobs():
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
 @click.option("--dryrun", is_flag=True, help="Only print the plan (spot places ranked by expected cost).")
 @click.option("--json", "as_json", is_flag=True, help="With --dryrun: the plan as JSON (a list, one per stage, for a pipeline).")
-def launch(task_file, overrides, yes, detach, dryrun, as_json):
+@click.option("--pool", "-p", "pool_name", help="Run on a free worker of this pool (`broker jobs pool`), not a cluster of its own.")
+@click.option("--num-jobs", type=int, help="With --pool: launch N jobs, ranks 0..N-1 ($SKYPILOT_JOB_RANK, $SKYPILOT_NUM_JOBS).")
+def launch(task_file, overrides, yes, detach, dryrun, as_json, pool_name, num_jobs):
     """Run TASK_FILE as a managed job (cluster owned by the broker, torn down at the end). A file of
     several tasks (YAML documents separated by ---) is a pipeline: its stages run in order, each to
     completion on its own cheapest cluster before the next starts.
@@ -38,9 +40,17 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
 
     if as_json and not dryrun:
         raise UsageError("--json needs --dryrun", "broker jobs launch --dryrun --json TASK")
+    if num_jobs is not None and not pool_name:
+        raise UsageError("--num-jobs needs --pool", "broker jobs launch --pool NAME --num-jobs N job.yaml")
     pipeline = api.load_pipeline(task_file, {k: v for k, v in overrides.items() if k != "name"})
     for t in pipeline:
         render.task_warnings(t)
+    if pool_name:
+        return _launch_in_pool(api, pipeline, pool_name, num_jobs or 1, overrides.get("name"), yes, detach, dryrun)
+    if any(t.pool_workers is not None for t in pipeline) and not dryrun:
+        raise UsageError("this is a pool's task (`pool:`): it brings up workers for other jobs, it is not a job",
+                         f"`broker jobs pool apply -p NAME {task_file}`, then `broker jobs launch --pool NAME "
+                         "job.yaml`")
     if len(pipeline) > 1:
         pipeline.name = overrides.get("name") or pipeline.name  # --name names the pipeline, not every stage
         plans = []
@@ -73,6 +83,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
         render.print_json(render.plan_json(plan, task.name))
     else:
         render.print_plan(plan, task.name)
+        render.pool_note(task, task_file)
     if dryrun:
         return 0
     if not confirm("Launch managed job?", yes):
@@ -83,6 +94,32 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json):
         render.info(f"follow it with `broker jobs logs {job.id} --follow`")
         return 0
     return _follow(job.id)
+
+
+def _launch_in_pool(api, pipeline, pool_name, num_jobs, name, yes, detach, dryrun) -> int:
+    from ..errors import UsageError
+
+    if len(pipeline) > 1:
+        raise UsageError("a pipeline cannot run in a pool", "launch its stages one by one with --pool")
+    task = pipeline[0]
+    if name:
+        from dataclasses import replace
+
+        task = replace(task, name=name)
+    if dryrun:
+        render.info(f"{num_jobs} job(s) would run on the workers of pool {pool_name} (no provisioning)")
+        return 0
+    if not confirm(f"Launch {num_jobs} managed job(s) on pool {pool_name}?", yes):
+        raise click.Abort()
+    js = api.jobs_launch_pool(pool_name, task, num_jobs)
+    ids = ", ".join(str(j.id) for j in js)
+    render.info(f"managed job {ids} submitted to pool {pool_name}" if len(js) == 1 else
+                f"managed jobs {ids} submitted to pool {pool_name} (ranks 0-{len(js) - 1})")
+    if detach or len(js) > 1:
+        render.info(f"follow one with `broker jobs logs {js[0].id} --follow`; workers: `broker jobs pool status "
+                    f"{pool_name}`")
+        return 0
+    return _follow(js[0].id)
 
 
 def _follow(job_id: int, as_json: bool = False) -> int:
@@ -150,3 +187,8 @@ def cancel(job_ids, all_, yes):
         confirm_destructive("Cancel every active managed job?", yes)
     done = use_api().jobs_cancel(list(job_ids), all_)
     render.info(f"cancelling: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
+
+
+from .pools import pool as _pool  # noqa: E402  (`broker jobs pool ...`)
+
+jobs.add_command(_pool)

@@ -66,6 +66,9 @@ class Controller:
         self.deadlines: dict[int, DeadlinePolicy] = {}
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self._lock = threading.Lock()
+        from .pools import PoolRunner
+
+        self.pools = PoolRunner(self)  # job pools: workers kept up for `jobs launch --pool` (pools.py)
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self, keep_going=None) -> None:
@@ -80,7 +83,8 @@ class Controller:
             now = time.time()
             for jid in [j for j, f in self.inflight.items() if f.done()]:
                 del self.inflight[jid]
-            if keep_going is None and not jobs and not self.inflight:
+            has_pools = self.pools.tick(now)  # a pool keeps the controller up: it watches the workers
+            if keep_going is None and not jobs and not self.inflight and not has_pools:
                 idle_since = idle_since or now
                 if now - idle_since > settings.get("controller_exit_grace"):
                     return
@@ -124,6 +128,8 @@ class Controller:
         if P.stage_succeeded(j):  # the controller stopped between a stage's success and the next stage
             self._teardown(j)
             return self._advance(j)
+        if j.pool and j.status in (store.PENDING, STARTING, RECOVERING):
+            return self.pools.launch_job(j)  # a free worker of its pool instead of a cluster of its own
         if j.status in (store.PENDING, STARTING):
             return self._launch(j, recovering=False)
         if j.status == RECOVERING:
@@ -497,6 +503,8 @@ class Controller:
             store.update(j.id, cost=cost, segment_start=None, segment_price=None)
 
     def _teardown(self, j) -> None:
+        if j.pool:
+            return self.pools.release(j)  # the worker goes back to its pool, which keeps it up
         name = j.cluster or P.stage_cluster(j)
         try:
             clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
@@ -524,11 +532,11 @@ class Controller:
     def _cancel(self, j, status: str = store.CANCELLED, reason: str = "cancelled by the user") -> None:
         if status == store.CANCELLED:
             store.update(j.id, status=store.CANCELLING)
-        rec = state.get_cluster(j.cluster) if j.cluster else None
+        rec = state.get_cluster(j.cluster) if j.cluster and (not j.pool or self.pools.holds(j)) else None
         if rec is not None:
             rt = ClusterRuntime(rec)
             try:
-                rt.cancel(None)
+                rt.cancel([j.cluster_job_id] if j.pool and j.cluster_job_id else None)
             except BrokerError:
                 pass
             finally:
@@ -581,7 +589,9 @@ def main() -> int:
         finally:
             lock.release()
         # a job submitted while we were exiting saw the lock held and started no controller: serve it
-        if not store.active():
+        from .pool_store import all_pools
+
+        if not store.active() and not all_pools():
             return 0
 
 

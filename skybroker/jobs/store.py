@@ -49,6 +49,9 @@ class ManagedJob:
     stages: str | None = None  # a pipeline: JSON list of its stages (see insert_pipeline); None for one task
     stage: int = 0  # the pipeline's current stage (0-based); task/secrets/resources are that stage's
     user_name: str | None = None  # server mode: who submitted it (its cluster records the same user)
+    pool: str | None = None  # runs on a worker of this pool (jobs/pools.py) instead of its own cluster
+    job_rank: int | None = None  # its rank among the jobs launched together (`--num-jobs`)
+    num_jobs: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -80,15 +83,17 @@ def _row(r) -> ManagedJob:
     return ManagedJob(**{k: r[k] for k in _FIELDS})
 
 
-def insert(name: str | None, task_json: str, secrets: dict, resources: str, stages: str | None = None) -> ManagedJob:
+def insert(name: str | None, task_json: str, secrets: dict, resources: str, stages: str | None = None,
+           pool: str | None = None, job_rank: int | None = None, num_jobs: int | None = None) -> ManagedJob:
     now = time.time()
     conn = state.db()
     conn.execute("BEGIN IMMEDIATE")
     try:
         cur = conn.execute(
             "INSERT INTO managed_jobs (name, task, secrets, resources, status, submitted_at, task_id, updated_at,"
-            " stages, user_name) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, stages, state.current_user.get()))
+            " stages, user_name, pool, job_rank, num_jobs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (name, task_json, encrypt(secrets), resources, PENDING, now, "", now, stages, state.current_user.get(),
+             pool, job_rank, num_jobs))
         jid = int(cur.lastrowid)
         # stable across recoveries, so a job can find its own checkpoint
         task_id = f"broker-managed-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{name or 'job'}_{jid}"

@@ -335,7 +335,10 @@ def _dur(sec: float | None) -> str:
 
 
 def _job_cost(j, costs: dict | None) -> float:
-    """A managed job's cost from the ledger (`costs`: job id → $), else the job row's own account."""
+    """A managed job's cost from the ledger (`costs`: job id → $), else the job row's own account (a pool
+    job's: its worker's price for the time it held the worker; the workers' bill is their clusters')."""
+    if getattr(j, "pool", None):
+        return j.cost_so_far
     return costs.get(j.id, 0.0) if costs is not None else j.cost_so_far
 
 
@@ -345,6 +348,8 @@ def managed_json(j, costs: dict | None = None) -> dict:
            "duration": j.duration, "recoveries": j.recoveries, "restarts_on_errors": j.restarts_on_errors,
            "cost": round(_job_cost(j, costs), 6), "cluster": j.cluster, "place": j.place, "exit_code": j.exit_code,
            "task_id": j.task_id, "failure": j.failure, "user": getattr(j, "user_name", None)}
+    if getattr(j, "pool", None):  # runs on a pool's worker: which pool, its rank among --num-jobs
+        out.update(pool=j.pool, job_rank=j.job_rank, num_jobs=j.num_jobs)
     if getattr(j, "stages", None):  # a pipeline: its stages, as `jobs queue` shows them
         out.update(stage=j.stage + 1, num_stages=j.num_stages, stages=[
             {"stage": i + 1, "name": e.get("name"), "resources": e.get("resources"), "status": _stage_status(j, i, e),

@@ -225,6 +225,38 @@ def run_daemons(user):
     return {"autostop_watcher": lead, "jobs_controller": lead, "where": "server"}
 
 
+def own_pool(user, name) -> None:
+    from ..jobs import pool_store
+
+    p = pool_store.get(name) if isinstance(name, str) else None
+    if p is not None and not user.admin and p.user_name != user.name:
+        raise _deny(f"pool {name}", p.user_name)
+
+
+def check_pool_apply(user, args, kwargs) -> None:
+    own_pool(user, args[0])
+    if len(args) > 1 and args[1] is not None:
+        server_task(user, args[1])
+
+
+def run_pool_apply(user, name, task, workers=None):
+    api.pool_apply(name, server_task(user, task) if task is not None else None, workers)  # the row stays here
+
+
+def run_pool_status(user, name=None):
+    from ..jobs import pool_store
+
+    if name is not None:
+        own_pool(user, name)
+        return api.pool_status(name)
+    mine = {p.name for p in pool_store.all_pools() if user.admin or p.user_name == user.name}
+    return [p for p in api.pool_status() if p["name"] in mine]
+
+
+def run_jobs_launch_pool(user, pool, task, num_jobs=1):
+    return api.jobs_launch_pool(pool, server_task(user, task), num_jobs)
+
+
 def _plain(fn):
     return lambda user, *a, **kw: fn(*a, **kw)
 
@@ -258,7 +290,11 @@ CALLS = {
     "job_costs": (_none, run_job_costs, None),
     "stopped_hourly": (_none, run_stopped_hourly, None),
     "job_timeline": (check_job, _plain(api.job_timeline), None),
-    "cost_report": (_admin, _plain(api.cost_report), None),  # the team's whole ledger: admins only (for now)
+    "cost_report": (_admin, _plain(api.cost_report), None),
+    "pool_apply": (check_pool_apply, run_pool_apply, None),
+    "pool_status": (_none, run_pool_status, None),
+    "pool_down": (lambda u, a, k: own_pool(u, a[0]), lambda u, name, wait=False: api.pool_down(name, False), None),
+    "jobs_launch_pool": (lambda u, a, k: (own_pool(u, a[0]), server_task(u, a[1])), run_jobs_launch_pool, None),  # the team's whole ledger: admins only (for now)
 }
 
 

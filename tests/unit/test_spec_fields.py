@@ -133,7 +133,7 @@ def test_every_option_unsupported_is_an_error():
 
 # --- fields refused by name, or accepted with a warning ------------------------------------------------
 @pytest.mark.parametrize("d, field, hint", [
-    ({"pool": {"workers": 2}}, "pool", "broker jobs launch"),
+    ({"pool": {"workers": 2, "min_workers": 1}}, "pool.min_workers", "workers: N"),
     ({"volumes": {"/mnt/data": "vol"}}, "volumes", "file_mounts"),
     ({"event_callback": "echo done"}, "event_callback", None),
     ({"managed_secrets": ["HF"]}, "managed_secrets", "--secret"),

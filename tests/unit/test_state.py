@@ -170,3 +170,41 @@ def test_cost_ledger_risk_and_pipeline_rows(state_backend):
                                          ("b", json.dumps({"run": "y"}), {}, "res-b")])
     got = store.get(job.id)
     assert got.stages and got.stage == 0 and got.name == "pipe"
+
+
+def test_pool_rows_and_worker_claims(state_backend):
+    """Job pools (migration v11): a pool's row, its workers, and a claim that only one job can win."""
+    from skybroker.jobs import pool_store as PS
+
+    PS.upsert("p1", '{"run": null}', {"K": "v"}, "on-demand", 2)
+    for i in range(2):
+        PS.add_worker("p1", i)
+    PS.add_worker("p1", 0)  # idempotent
+    assert [(w.idx, w.cluster, w.status) for w in PS.workers("p1")] == [(0, "pool-p1-0", PS.PROVISIONING),
+                                                                       (1, "pool-p1-1", PS.PROVISIONING)]
+    assert PS.claim("p1", 0, 7) is False  # not READY yet
+    PS.update_worker("p1", 0, status=PS.READY)
+    a = store.insert("a", "{}", {}, "pool p1", pool="p1", job_rank=0, num_jobs=2)
+    b = store.insert("b", "{}", {}, "pool p1", pool="p1", job_rank=1, num_jobs=2)
+    assert (store.get(b.id).pool, store.get(b.id).job_rank, store.get(b.id).num_jobs) == ("p1", 1, 2)
+    assert PS.claim("p1", 0, a.id) is True and PS.claim("p1", 0, b.id) is False  # one worker, one job
+    assert PS.holder_of(a.id).idx == 0 and PS.holder_of(b.id) is None
+    assert [j.id for j in PS.jobs_of("p1")] == [a.id, b.id]
+    p = PS.upsert("p1", '{"run": null}', {"K": "v"}, "on-demand", 3)  # resize in place
+    assert p.workers == 3 and store.decrypt(p.secrets) == {"K": "v"} and len(PS.all_pools()) == 1
+    assert PS.request_down("p1") and PS.get("p1").down_requested == 1
+    PS.delete("p1")
+    assert PS.get("p1") is None and PS.workers("p1") == [] and PS.request_down("p1") is False
+
+
+def test_a_claimed_worker_is_never_retired(state_backend):
+    from skybroker.jobs import pool_store as PS
+
+    PS.upsert("p2", "{}", {}, "x", 2)
+    PS.add_worker("p2", 0)
+    PS.add_worker("p2", 1)
+    PS.update_worker("p2", 0, status=PS.READY)
+    PS.update_worker("p2", 1, status=PS.READY)
+    assert PS.claim("p2", 1, 42) is True
+    assert PS.retire("p2", 1) is False and PS.worker("p2", 1).status == PS.BUSY  # the job keeps it
+    assert PS.retire("p2", 0) is True and PS.claim("p2", 0, 43) is False  # retired: no job can take it
