@@ -74,7 +74,8 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
     return ProvisionRequest(cluster=cluster, region=cand.region, zone=cand.zone, instance_type=cand.instance_type,
                             num_nodes=cand.num_nodes, use_spot=cand.use_spot, accelerator=cand.accelerator_name,
                             accelerator_count=cand.accelerator_count, disk_size=res.disk_size, ports=res.ports,
-                            image_id=image, labels=res.labels, public_key=public_key)
+                            image_id=image, labels=res.labels, public_key=public_key,
+                            options=res.options)
 
 
 def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, public_key: str | None,

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from . import resources as R
 from . import spec_fields as F
 from .errors import SpecError
+from .task_config import config_options
 from .taskfile import _validate, read_yaml_docs
 from .resources import Autostop, JobRecovery, Resources
 
@@ -190,6 +191,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
     _validate(data, source, node)
     warnings: list[str] = []
     F.top_level_policy(data, source, warnings)
+    options = config_options(data.get("config"), source, warnings)
 
     envs = F.env_map(data.get("envs"))
     F.check_overrides(ov.get("envs") or {}, "--env")
@@ -206,6 +208,8 @@ def _task(data, source: str, ov: dict, node) -> Task:
     F.policies(resources, source, warnings)
     resources = _apply_resource_overrides(resources, ov)
     groups = _expand(resources, source, warnings)
+    if options:
+        groups = tuple(tuple(replace(r, options=options) for r in g) for g in groups)
     if any(r.extra and not (r.accelerator or "").lower().startswith("tpu-") for g in groups for r in g):
         warnings.append("resources.accelerator_args: ignored (it applies to TPUs only)")
 
@@ -488,7 +492,7 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
             jr = dict(r["job_recovery"])
             jr["recover_on_exit_codes"] = tuple(jr.get("recover_on_exit_codes") or ())
             r["job_recovery"] = JobRecovery(**jr)
-        for k in ("ports", "image_id", "labels", "extra"):
+        for k in ("ports", "image_id", "labels", "extra", "options"):
             v = r.get(k) or ()
             r[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         return Resources(**r)

@@ -90,12 +90,6 @@ def secrets_section(raw, source: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Top-level fields
 
-_CONFIG_IGNORED = {
-    "kubernetes": "it applies only where SkyPilot runs the task on Kubernetes",
-    "jobs": "managed jobs are run by skybroker's local controller, which has no settings here",
-}
-
-
 def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     def refuse(field, what, hint):
         raise SpecError(what, hint, source=source, field=field)
@@ -114,12 +108,6 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     if data.get("event_callback"):
         refuse("event_callback", "event callbacks are not supported",
                "remove `event_callback`; follow the job with `broker logs` / `broker jobs queue`")
-    for key in data.get("config") or {}:
-        why = _CONFIG_IGNORED.get(str(key))
-        if why is None:
-            refuse(f"config.{key}", "per-task config overrides are not supported",
-                   f"remove `config.{key}` (skybroker has no equivalent setting)")
-        warnings.append(f"config.{key}: ignored ({why})")
     if data.get("service"):
         warnings.append("service: ignored by launch, as `sky launch` ignores it (skybroker has no `serve`; "
                         "the task runs as one cluster)")

@@ -100,6 +100,7 @@ class ProvisionRequest:
     labels: tuple[tuple[str, str], ...] = ()
     public_key: str | None = None
     user: str = "broker"
+    options: tuple[tuple[str, str], ...] = ()  # the task's config for this provider, e.g. ("gcp.run_duration", "3600")
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,9 @@ class GCEFake:
             if not re.search(rf"zones/{zone}/acceleratorTypes/[a-z0-9-]+$", g.get("acceleratorType", "")):
                 raise _invalid(f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
                                f"'{g.get('acceleratorType')}'.")
+        if sched.get("maxRunDuration") and sched.get("instanceTerminationAction") not in ("DELETE", "STOP"):
+            raise _invalid("Invalid value for field 'resource.scheduling.instanceTerminationAction': ''. "
+                           "Instance termination action must be specified when max run duration is set.")
         if sched.get("provisioningModel") == "SPOT" and (sched.get("automaticRestart", True)
                                                          or sched.get("onHostMaintenance") != "TERMINATE"):
             raise _invalid("Spot VMs require automaticRestart=false and onHostMaintenance=TERMINATE.")

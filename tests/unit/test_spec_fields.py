@@ -139,7 +139,14 @@ def test_every_option_unsupported_is_an_error():
     ({"managed_secrets": ["HF"]}, "managed_secrets", "--secret"),
     ({"secrets": ["secrets:HF_TOKEN"]}, "secrets", "--secret"),
     ({"config": {"docker": {"run_options": "x"}}}, "config.docker", "remove `config.docker`"),
-    ({"config": {"gcp": {"managed_instance_group": {}}}}, "config.gcp", None),
+    ({"config": {"gcp": {"enable_gvnic": True}}}, "config.gcp.enable_gvnic", "remove"),
+    ({"config": {"gcp": {"managed_instance_group": {"run_duration": 10}}}},
+     "config.gcp.managed_instance_group.run_duration", None),
+    ({"config": {"gcp": {"managed_instance_group": {"reuse_instances": True}}}},
+     "config.gcp.managed_instance_group.reuse_instances", "run_duration"),
+    ({"config": {"azure": {"remote_identity": "LOCAL_CREDENTIALS"}}}, "config.azure.remote_identity", "--secret"),
+    ({"config": {"gcp": {"remote_identity": "SERVICE_ACCOUNT"}}}, "config.gcp.remote_identity", "NO_UPLOAD"),
+    ({"config": {"aws": {"remote_identity": "my-role"}}}, "config.aws.remote_identity", "NO_UPLOAD"),
     ({"resources": {"image_id": "docker:vllm/vllm-openai:latest"}}, "resources.image_id", "setup"),
     ({"resources": {"image_id": {"us-east-1": "docker:ubuntu"}}}, "resources.image_id", None),
     ({"resources": {"image_id": "skypilot:gpu-ubuntu-2204"}}, "resources.image_id", "image id"),
@@ -159,6 +166,7 @@ def test_refused_by_name(d, field, hint):
     ({"service": {"readiness_probe": "/health", "replicas": 2}}, "service: ignored by launch"),
     ({"inputs": {"s3://data": 100}, "outputs": {"s3://out": 1}}, "inputs: data size hints"),
     ({"config": {"kubernetes": {"provision_timeout": 600}}}, "config.kubernetes: ignored"),
+    ({"config": {"gcp": {"managed_instance_group": {"run_duration": 3600}}}}, "not through a managed instance"),
     ({"resources": {"network_tier": "best"}}, "network_tier: best gets standard"),
     ({"resources": {"disk_tier": "low"}}, "disk_tier: low"),
     ({"resources": {"priority": 500}}, "priority: ignored"),
@@ -284,3 +292,14 @@ def test_git_workdir_survives_the_stored_form():
     t = parse({"workdir": {"url": "https://h/r.git", "ref": "v1"}})
     back = task_from_stored(task_to_dict(t))
     assert (back.git_url, back.git_ref) == ("https://h/r.git", "v1")
+
+
+def test_config_gcp_mig_reaches_every_resources_and_survives_storage():
+    from skybroker.spec import task_from_stored, task_to_dict
+
+    t = parse({"resources": {"any_of": [{"infra": "gcp"}, {"infra": "aws"}]},
+               "config": {"gcp": {"managed_instance_group": {"run_duration": 3600, "provision_timeout": 900}},
+                          "azure": {"remote_identity": "NO_UPLOAD"}}})
+    want = (("gcp.run_duration", "3600"), ("gcp.provision_timeout", "900"))
+    assert [r.options for r in t.candidates] == [want, want]
+    assert task_from_stored(task_to_dict(t)).candidates[0].options == want

@@ -41,6 +41,7 @@ from ..base import (
     Provider,
     TaggedResource,
 )
+from ...task_config import option
 from ..common import call_typed
 from . import client as clients
 from .errors import OperationError, classify
@@ -253,8 +254,8 @@ class GCPCloud(Provider):
                 raise InvalidRequestError(f"instances of {cluster} not {what} after {_wait_seconds():.0f}s", place)
             time.sleep(_poll())
 
-    def _wait_running(self, project, place, cluster, region, n) -> list[InstanceInfo]:
-        deadline = time.time() + _wait_seconds()
+    def _wait_running(self, project, place, cluster, region, n, limit: float | None = None) -> list[InstanceInfo]:
+        deadline = time.time() + (limit or _wait_seconds())
         while True:
             infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
             live = [i for i in infos if i.state in (PENDING, RUNNING)]
@@ -264,6 +265,9 @@ class GCPCloud(Provider):
                 raise CapacityError(f"{n - len(live)} instance(s) of {cluster} disappeared while starting "
                                     "(spot capacity reclaimed?)", place, code="PREEMPTED_DURING_PROVISIONING")
             if time.time() > deadline:
+                if limit:  # the task's provision_timeout: give up on this zone, fail over
+                    raise CapacityError(f"instances of {cluster} not running within the task's provision_timeout "
+                                        f"({limit:.0f}s)", place, code="PROVISION_TIMEOUT")
                 raise InvalidRequestError(f"instances of {cluster} not running after {_wait_seconds():.0f}s", place)
             time.sleep(_poll())
 
@@ -310,7 +314,9 @@ class GCPCloud(Provider):
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
         project = self._call(place, clients.project)
-        return self._wait_running(project, place, req.cluster, req.region, req.num_nodes)
+        limit = option(req, "gcp.provision_timeout")  # config.gcp.managed_instance_group.provision_timeout
+        return self._wait_running(project, place, req.cluster, req.region, req.num_nodes,
+                                  float(limit) if limit else None)
 
     def _resume(self, project, place, stopped) -> None:
         suspended = [i for i in stopped if i.status == "SUSPENDED"]
@@ -338,6 +344,10 @@ class GCPCloud(Provider):
             # GPU VMs cannot live-migrate: GCE requires TERMINATE on host maintenance for them.
             sched = c.Scheduling(provisioning_model="STANDARD", automatic_restart=True,
                                  on_host_maintenance="TERMINATE" if has_gpu else "MIGRATE")
+        run_for = option(req, "gcp.run_duration")  # config.gcp.managed_instance_group.run_duration
+        if run_for:  # GCE deletes the instance after this long (what SkyPilot's MIG template sets)
+            sched.max_run_duration = c.Duration(seconds=int(run_for))
+            sched.instance_termination_action = "DELETE"
         labels = {_label_key(k): _label(v) for k, v in req.labels}
         labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_RANK: str(rank)})
         image = req.image_id or (GPU_IMAGE if has_gpu else UBUNTU_IMAGE)
