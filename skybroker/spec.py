@@ -34,6 +34,7 @@ from .errors import SpecError
 from .task_config import config_options
 from .taskfile import _validate, read_yaml_docs
 from .resources import Autostop, JobRecovery, Resources
+from .volumes.model import VolumeMount, task_volumes
 
 _RECOVERY_STRATEGIES = ("FAILOVER", "EAGER_NEXT_REGION")
 
@@ -70,6 +71,7 @@ class Task:
     envs: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
     file_mounts: tuple[FileMount, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()  # SkyPilot volumes (skybroker/volumes/)
     deadline_hours: float | None = None
     expected_hours: float | None = None
     deadline_policy: str = "mdp"
@@ -235,6 +237,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
                             "where you run broker", source=source, field="workdir")
         workdir = str(wd.resolve())
     mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
+    volumes = task_volumes(data.get("volumes"), source)
 
     deadline, expected, dl_extra = F.deadline(data, source)
     seen: set[str] = set()
@@ -251,6 +254,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         envs=tuple(sorted((k, str(v)) for k, v in envs.items())),
         secrets=tuple(sorted((k, Secret(v)) for k, v in secrets.items())),
         file_mounts=mounts,
+        volumes=volumes,
         deadline_hours=deadline,
         expected_hours=expected,
         **dl_extra,
@@ -502,6 +506,8 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
     d["envs"] = tuple(tuple(e) for e in d.get("envs") or ())
     d["file_mounts"] = tuple(FileMount(**{**m, "uploads": tuple(m.get("uploads") or ())})
                              for m in d.get("file_mounts") or ())
+    d["volumes"] = tuple(VolumeMount(**{**v, "labels": tuple(tuple(x) for x in v.get("labels") or ())})
+                         for v in d.get("volumes") or ())
     d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
     d["warnings"] = tuple(d.get("warnings") or ())
     return Task(**d)

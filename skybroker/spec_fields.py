@@ -6,7 +6,7 @@ Every field SkyPilot accepts is one of:
     (`service:` is ignored by launch exactly as `sky launch` ignores it; `inputs`/`outputs` size hints;
     Kubernetes-only settings; `network_tier: best`; `priority`);
   - refused by name with exit 2 and what to do instead, where ignoring it would change what the job does
-    (containers, pools, volumes, managed secrets, event callbacks, disk tiers we cannot provide, ...).
+    (containers, pools, managed secrets, event callbacks, disk tiers we cannot provide, ...).
 Also here: SkyPilot's `$VAR`/`${VAR}` substitution, the envs/secrets maps and file mounts.
 """
 from __future__ import annotations
@@ -97,11 +97,9 @@ def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     if data.get("pool"):
         refuse("pool", "pools (`sky jobs pool`, workers shared by many jobs) are not supported",
                "drop `pool:` and launch each task with `broker jobs launch` (managed jobs run in parallel)")
-    if data.get("volumes"):
-        refuse("volumes", "SkyPilot volumes are not supported",
-               "sync data with `file_mounts` (a local folder) or copy it in `setup`, and drop `volumes`")
     if data.get("volume_mounts"):
-        refuse("volume_mounts", "SkyPilot volumes are not supported", "drop `volume_mounts`")
+        refuse("volume_mounts", "`volume_mounts` is not supported", "mount volumes with `volumes: {/mnt/path: NAME}` "
+               "(README \"Volumes\")")
     if data.get("managed_secrets"):
         refuse("managed_secrets", "managed secrets are not supported",
                "pass each value instead: --secret NAME (from your environment) or --secret NAME=VALUE")

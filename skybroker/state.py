@@ -187,6 +187,15 @@ MIGRATIONS: list[str] = [
         persistent INTEGER NOT NULL DEFAULT 1, managed INTEGER NOT NULL DEFAULT 0, mode TEXT,
         users TEXT NOT NULL DEFAULT '[]', created_at REAL, updated_at REAL)
     """,
+    # v11: volumes (`broker volumes apply`, and the ephemeral ones of a task's `volumes:`): where each is,
+    # its id at the cloud, and the cluster it is attached to (volumes/records.py)
+    """
+    CREATE TABLE volumes (
+        name TEXT PRIMARY KEY, type TEXT NOT NULL, cloud TEXT NOT NULL, region TEXT, zone TEXT,
+        size_gb INTEGER NOT NULL, labels TEXT NOT NULL DEFAULT '{}', cloud_id TEXT NOT NULL,
+        ephemeral INTEGER NOT NULL DEFAULT 0, cluster TEXT, mount_path TEXT, user_name TEXT,
+        created_at REAL, updated_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
