@@ -78,7 +78,7 @@ def delete(name: str, on_event: Event = lambda k, m: None) -> None:
     rec = records.get(name)
     if rec is None:
         raise NotFoundError(f"no volume named {name!r}", "see `broker volumes ls`")
-    if rec.cluster:
+    if rec.cluster and state.get_cluster(rec.cluster) is not None:  # (a forgotten cluster: the cloud decides)
         what = "an ephemeral volume of" if rec.ephemeral else "attached to"
         raise UsageError(f"volume {name} is {what} cluster {rec.cluster}",
                          f"`broker down {rec.cluster}` first (it detaches the volume; ephemeral ones go with it)")

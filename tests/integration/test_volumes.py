@@ -221,3 +221,67 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
 
     ops.delete("ebs1")
     assert _ebs(**{"skybroker-volume": "ebs1"}) == [] and records.get("ebs1") is None
+
+
+# ------------------------------------------------------------------------------------------------ GCE PD
+def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
+    pytest.importorskip("google.cloud.compute_v1")
+    from skybroker import lifecycle, state
+    from skybroker.clouds import registry
+    from skybroker.clouds.base import ProvisionRequest
+    from skybroker.clouds.gcp import client
+    from skybroker.errors import ProvisionError, UsageError
+    from skybroker.spec import task_from_dict
+    from skybroker.volumes import ops, records
+    from tests.infra.gce_fake import GCEFake
+
+    fake = GCEFake(project="test-project").start()
+    for k, v in fake.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("BROKER_GCP_POLL", "0.01")
+    monkeypatch.setattr(registry, "_instances", {})
+    client.reset()
+    try:
+        v = ops.apply({"name": "pd1", "type": "gcp-pd", "infra": "gcp/us-central1/us-central1-a", "size": "20Gi"},
+                      "vol.yaml")
+        assert (v.cloud, v.region, v.zone, v.cloud_id) == ("gcp", "us-central1", "us-central1-a", "pd1")
+        (_, _, body), = fake.calls("POST", "/zones/us-central1-a/disks")
+        assert body["sizeGb"] == "20" and body["type"] == "zones/us-central1-a/diskTypes/pd-balanced"
+        assert body["labels"]["skybroker-volume"] == "pd1" and "skybroker-cluster" not in body["labels"]
+        with pytest.raises(UsageError, match="exists already"):
+            ops.apply({"name": "pd1", "type": "gcp-pd", "infra": "gcp/us-central1", "size": "30Gi"}, "vol.yaml")
+
+        prov = registry.get("gcp")
+        infos = prov.provision(ProvisionRequest("vc", "us-central1", "us-central1-a", "n1-standard-4", 2,
+                                                public_key="ssh-ed25519 AAAAC3Nza test"))
+        rec = state.ClusterRecord(name="vc", cloud="gcp", region="us-central1", zone="us-central1-a",
+                                  instance_type="n1-standard-4", accelerators=None, use_spot=False, num_nodes=2,
+                                  hourly_price=0.2, status=state.UP, launched_at=time.time(),
+                                  nodes=[state.NodeRecord(i.instance_id, r, i.public_ip or "") for r, i in enumerate(infos)])
+        state.save_cluster(rec)
+        task = task_from_dict({"run": "x", "num_nodes": 2, "volumes": {"/mnt/data": "pd1",
+                                                                       "/mnt/scratch": {"size": "5Gi"}}})
+        rt = _Runtime(rec, prov)
+        ops.attach(rt, task)
+        head = fake.instance(infos[0].instance_id)
+        (att,) = [d for d in head["disks"] if d.get("deviceName") == "pd1"]
+        assert att["source"].endswith("/zones/us-central1-a/disks/pd1") and att["mode"] == "READ_WRITE"
+        assert not att["autoDelete"]
+        assert fake.disk("pd1")["users"] == [head["selfLink"]]
+        eph = [d for d in fake.disks() if d["labels"].get("skybroker-ephemeral") == "true"]
+        assert len(eph) == 2 and {d["labels"]["skybroker-cluster"] for d in eph} == {"vc"}
+        assert {d["sizeGb"] for d in eph} == {"5"} and all(d.get("users") for d in eph)
+        assert any("/dev/disk/by-id/google-pd1" in c for r, c in rt.commands if r == 0)
+        with pytest.raises(ProvisionError, match="already being used"):  # READ_WRITE on one machine only
+            prov.attach_volume(records.get("pd1"), "vc", "us-central1", rec.nodes[1])
+        assert ("volume", "vc") in {(t.kind, t.cluster) for t in prov.list_tagged("us-central1")}
+        assert "pd1" not in {t.id for t in prov.list_tagged("us-central1")}
+
+        lifecycle.terminate(rec)
+        assert [d["name"] for d in fake.disks()] == ["pd1"] and not fake.disk("pd1").get("users")
+        assert records.get("pd1").cluster is None and [r.name for r in records.all_records()] == ["pd1"]
+        ops.delete("pd1")
+        assert fake.disks() == [] and records.all_records() == []
+    finally:
+        fake.close()
+        client.reset()

@@ -134,7 +134,8 @@ def test_every_option_unsupported_is_an_error():
 # --- fields refused by name, or accepted with a warning ------------------------------------------------
 @pytest.mark.parametrize("d, field, hint", [
     ({"pool": {"workers": 2}}, "pool", "broker jobs launch"),
-    ({"volumes": {"/mnt/data": "vol"}}, "volumes", "file_mounts"),
+    ({"volumes": {"mnt/data": "vol"}}, "volumes.mnt/data", "/mnt/data"),
+    ({"volume_mounts": [{"path": "/d"}]}, "volume_mounts", "volumes:"),
     ({"event_callback": "echo done"}, "event_callback", None),
     ({"managed_secrets": ["HF"]}, "managed_secrets", "--secret"),
     ({"secrets": ["secrets:HF_TOKEN"]}, "secrets", "--secret"),

@@ -45,6 +45,7 @@ from ...task_config import option
 from ..common import call_typed
 from . import client as clients
 from .errors import OperationError, classify
+from .volumes import PersistentDisks
 
 TAG_RANK = "skybroker-rank"
 SSH_USER = "broker"
@@ -136,10 +137,10 @@ N1_DEFAULT_CPUS = {
 }
 
 
-class GCPCloud(Provider):
+class GCPCloud(PersistentDisks, Provider):
     name = "gcp"
     catalog = "gcp"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True)
     sdk_modules = ("google.cloud.compute_v1",)
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER
@@ -448,10 +449,11 @@ class GCPCloud(Provider):
         self._each(project, place, insts, "delete")
         if insts:
             self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
+        warns = self._delete_ephemeral(project, place, cluster, region)  # its ephemeral disks go with it
         if region is not None and self._call(place, self._list, project, cluster, None):
-            return []  # the cluster still has instances in another region: its firewall rules stay
+            return warns  # the cluster still has instances in another region: its firewall rules stay
         self._call(place, self._delete_firewalls, project, cluster)
-        return []
+        return warns
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("gcp", region)
@@ -507,7 +509,8 @@ class GCPCloud(Provider):
                     out.append(TaggedResource(self.name, None, cluster, "firewall", fw.name, live=False))
             return out
         return [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name)
-                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
+                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED] + \
+            self._tagged_disks(project, place, region)
 
 
 PROVIDER = GCPCloud
