@@ -225,8 +225,8 @@ def _bring_up_locked(b: BringUp) -> Running:
         if getattr(task, "volumes", ()):
             from .volumes import ops as volumes
 
-            failpoint("volumes")
             volumes.attach(rt, task, b.on_event)  # before file mounts: they may land on a volume
+            failpoint("after-volumes")
         if task.workdir or task.file_mounts or task.git_url:
             b.on_event("sync", _sync_what(task))
             failpoint("sync")

@@ -285,3 +285,19 @@ def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
     finally:
         fake.close()
         client.reset()
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync")
+def test_a_failed_bring_up_detaches_and_deletes_like_down(tmp_path):
+    """The teardown policy of a failed bring-up (lifecycle.py) releases volumes exactly as `down` does."""
+    mnt = tmp_path / "mnt"
+    vol = _write(tmp_path / "vol.yaml", "name: keep\ninfra: local\nsize: 1\n")
+    task = _write(tmp_path / "t.yaml", f"resources: {{infra: local}}\nvolumes:\n  {mnt}/d: keep\n"
+                                       f"  {mnt}/s: {{size: 1Gi}}\nrun: 'true'\n")
+    assert broker("volumes", "apply", "-y", vol).returncode == 0
+    r = broker("launch", "-y", "-c", "vf", task, env={"BROKER_FAILPOINTS": "after-volumes=raise"})
+    assert r.returncode != 0 and "failpoint after-volumes" in r.stderr and "terminated" in r.stderr
+    vols = json.loads(broker("volumes", "ls", "--json").stdout)
+    assert [(v["name"], v["cluster"]) for v in vols] == [("keep", None)]
+    assert not os.path.lexists(mnt / "d") and not os.path.lexists(mnt / "s")
+    assert not (broker_home() / "local" / "vf").exists()
