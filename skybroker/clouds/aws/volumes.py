@@ -29,6 +29,15 @@ class EBSVolumes:
 
     volume_types = ("aws-ebs",)
 
+    def _ec2v(self, region):
+        """One EC2 client per region and session for the volume calls (a boto3 client takes a while to
+        build; a launch attaches several volumes)."""
+        key = (region, id(clients._session()))
+        cache = self.__dict__.setdefault("_vol_clients", {})
+        if key not in cache:
+            cache[key] = clients.ec2(region)
+        return cache[key]
+
     def _vol_tags(self, name, labels, cluster):
         from .driver import _user
 
@@ -63,7 +72,7 @@ class EBSVolumes:
         place = Place("aws", region, zone)
         if not region:
             raise InvalidRequestError("an aws-ebs volume needs a region: `infra: aws/REGION[/ZONE]`", place)
-        ec2 = self._call(place, clients.ec2, region)
+        ec2 = self._call(place, self._ec2v, region)
         have = self._call(place, self._find_volume, ec2, name)
         if have is None:
             if zone:
@@ -80,7 +89,7 @@ class EBSVolumes:
 
     def attach_volume(self, vol, cluster, region, node) -> str:
         place = Place("aws", region, vol.zone)
-        ec2 = self._call(place, clients.ec2, region)
+        ec2 = self._call(place, self._ec2v, region)
         v = self._call(place, ec2.describe_volumes, VolumeIds=[vol.cloud_id])["Volumes"][0]
         mine = [a for a in v.get("Attachments", []) if a["InstanceId"] == node.instance_id]
         if mine:
@@ -109,7 +118,7 @@ class EBSVolumes:
         from botocore.exceptions import ClientError
 
         place = Place("aws", region, vol.zone)
-        ec2 = self._call(place, clients.ec2, region)
+        ec2 = self._call(place, self._ec2v, region)
         try:
             v = ec2.describe_volumes(VolumeIds=[vol.cloud_id])["Volumes"][0]
         except ClientError as exc:
@@ -125,7 +134,7 @@ class EBSVolumes:
         from botocore.exceptions import ClientError
 
         place = Place("aws", vol.region, vol.zone)
-        ec2 = self._call(place, clients.ec2, vol.region)
+        ec2 = self._call(place, self._ec2v, vol.region)
         try:
             ec2.delete_volume(VolumeId=vol.cloud_id)
         except ClientError as exc:
