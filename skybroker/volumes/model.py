@@ -169,8 +169,8 @@ def volume_spec(data, source: str, default_type) -> VolumeSpec:
     vtype = parse_type(data["type"], "type", source) if data.get("type") else None
     if vtype is None:
         if not cloud:
-            raise SpecError("a volume needs `type` or `infra`", f"e.g. `type: aws-ebs` and `infra: "
-                            "aws/us-east-1/us-east-1a` (types: {', '.join(TYPES)})", source=source, field="type")
+            raise SpecError("a volume needs `type` or `infra`", "e.g. `type: aws-ebs` and `infra: "
+                            f"aws/us-east-1/us-east-1a` (types: {', '.join(TYPES)})", source=source, field="type")
         vtype = default_type(cloud)
         if vtype is None:
             raise SpecError(f"skybroker creates no volumes on {cloud}", f"types skybroker creates: {', '.join(TYPES)}",

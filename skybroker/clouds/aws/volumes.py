@@ -79,7 +79,7 @@ class EBSVolumes:
                 az = self.zone_name(ec2, region, zone)
             else:  # the region's first zone (the provider decides; the record says which)
                 azs = self._call(place, ec2.describe_availability_zones)["AvailabilityZones"]
-                az = sorted(z["ZoneName"] for z in azs if z.get("State", "available") == "available")[0]
+                az = min(z["ZoneName"] for z in azs if z.get("State", "available") == "available")
             have = self._call(place, ec2.create_volume, AvailabilityZone=az, Size=int(size_gb), VolumeType="gp3",
                               TagSpecifications=[{"ResourceType": "volume",
                                                   "Tags": self._vol_tags(name, labels, cluster)}])
