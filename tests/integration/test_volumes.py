@@ -59,6 +59,9 @@ run: |
     assert (mnt / "sub" / "g.txt").read_text() == "sub\n"
     assert os.path.realpath(mnt / "sub") == os.path.join(vols["data1"]["id"], "runs", "a")
 
+    same = broker("launch", "-y", "-c", "v1", task, cwd=tmp_path)  # relaunch on the cluster that has it
+    assert same.returncode == 0 and f"found {written.strip()}" in same.stdout, same.stderr
+    written = (mnt / "data" / "f.txt").read_text()
     busy = broker("volumes", "delete", "data1", "-y")
     assert busy.returncode == 2 and "broker down v1" in busy.stderr
     assert broker("down", "v1", "-y").returncode == 0
