@@ -60,9 +60,15 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
         blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
     if allow_suspicious is None:
         allow_suspicious = bool(config.get("allow_suspicious_prices"))
+    vnotes: list[str] = []
+    if task.volumes:  # where the task's volumes are: a placement constraint on its Resources
+        from .volumes import ops as volumes
+
+        task, vnotes = volumes.constrain(task, tuple(clouds))
     result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
                                 risk=managed_risk(task) if managed else None)
-    result = dataclasses.replace(result, prices=price_ages(c.cloud for c in result.candidates))
+    result = dataclasses.replace(result, prices=price_ages(c.cloud for c in result.candidates),
+                                 extra_notes=tuple(vnotes))
     if check_budget:
         from .costs import budget
 

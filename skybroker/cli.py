@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("skybroker.commands.cluster", "gc", "Find and remove resources skybroker created but no longer tracks."),
     "hostkeys": ("skybroker.commands.cluster", "hostkeys", "Pinned SSH host keys of cluster nodes: forget a changed one."),
     "storage": ("skybroker.commands.storage", "storage", "Buckets of file_mounts storages: list, delete."),
+    "volumes": ("skybroker.commands.volumes", "volumes", "Volumes a task mounts (`volumes:`): apply, list, delete."),
     "check": ("skybroker.commands.info", "check", "Show which clouds are ready (credentials found, SDK installed)."),
     "settings": ("skybroker.commands.info", "settings", "Show every BROKER_* setting, its value and its default."),
     "ssh": ("skybroker.commands.cluster", "ssh", "Open a shell on a cluster node (plain `ssh CLUSTER` works too)."),

@@ -78,7 +78,7 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
            keep_on_failure: bool = False, on_event: Event = _noop, on_line: Line = _noop) -> LaunchResult:
     """Provision (or reuse) a cluster for `task`, sync, run setup+run on every node, stream logs."""
     name = validate_name(cluster) if cluster else default_name(task)
-    lifecycle.preflight(task)  # before anything else: bad input creates nothing
+    lifecycle.preflight(task, name)  # before anything else: bad input creates nothing
     settle(on_event)
     try:
         run = lifecycle.bring_up(lifecycle.BringUp(task=task, cluster=name, plan_fn=plan_fn, keep_on_failure=keep_on_failure,
@@ -111,7 +111,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
 
     rec = get_fresh(name)
     _require_up(rec)
-    lifecycle.preflight(task)
+    lifecycle.preflight(task, name)
     with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
         rt = ClusterRuntime(rec)
         try:

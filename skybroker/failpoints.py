@@ -3,7 +3,8 @@ fails or kills the process (like SIGKILL: no cleanup at all) when execution reac
 test can deliver a real signal or a real preemption while a stage is genuinely in progress. The points
 are the lifecycle's stages (`ready`, `agent`, `sync`, `prepare`, `submit`: at the start of the stage;
 `after-<stage>`: just after it), `provision` (a place was chosen and its intent recorded, nothing created there yet),
-`provision-wait` (instances created and recorded in the intents ledger, not yet running) and
+`provision-wait` (instances created and recorded in the intents ledger, not yet running), `after-volumes`
+(the task's volumes attached and mounted, sync not started) and
 `submit-node-<rank>` (just before one node receives the job). Unset (the
 default), a failpoint costs one environment lookup (settings.py).
 """

@@ -133,7 +133,7 @@ class Running:
     runtime: object = None
 
 
-def preflight(task) -> None:
+def preflight(task, cluster: str | None = None) -> None:
     """What can be checked before anything is created or the user is asked to confirm."""
     if any(m.is_bucket for m in task.file_mounts):
         from .storage import mounts
@@ -153,6 +153,10 @@ def preflight(task) -> None:
         from .runtime import gitclone
 
         gitclone.preflight(task)
+    if getattr(task, "volumes", ()):
+        from .volumes import ops as volumes
+
+        volumes.preflight(task, cluster)  # every applied volume exists and is free: before anything is created
     if (task.workdir or task.file_mounts) and _remote(task):  # remote nodes: rsync over SSH
         from .runtime.sync import require_rsync
 
@@ -170,7 +174,7 @@ def bring_up(b: BringUp) -> Running:
     """Provision (or reuse) the cluster and start the task on it, holding the cluster's lock."""
     from .locks import cluster_lock
 
-    preflight(b.task)
+    preflight(b.task, b.cluster)
     with cluster_lock(b.cluster, on_wait=lambda m: b.on_event("wait", m)):
         return _bring_up_locked(b)
 
@@ -229,6 +233,11 @@ def _bring_up_locked(b: BringUp) -> Running:
                 b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {name}: not submitting again")
                 return Running(name, job_id, attempts, True, adopted=True, runtime=rt)
         stage = Stage.SYNC
+        if getattr(task, "volumes", ()):
+            from .volumes import ops as volumes
+
+            volumes.attach(rt, task, b.on_event)  # before file mounts: they may land on a volume
+            failpoint("after-volumes")
         if task.workdir or task.file_mounts or task.git_url:
             b.on_event("sync", _sync_what(task))
             failpoint("sync")
@@ -471,6 +480,9 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
     from .storage.mounts import release_cluster
 
     warnings += release_cluster(rec, on_event)  # its `persistent: false` buckets
+    from .volumes.ops import release_cluster as release_volumes
+
+    warnings += release_volumes(rec, on_event)  # its ephemeral volumes deleted, applied ones detached
 
     sshconfig.remove(rec.name)
     state.close_intents(rec.name)

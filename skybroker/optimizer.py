@@ -165,6 +165,7 @@ class Plan:
     skipped: tuple[Skipped, ...] = ()  # cheaper than the chosen one, in its preference group; one per reason
     allow_suspicious: bool = False
     prices: tuple = ()  # price age and source per cloud in the plan (filled by api.plan from the catalogs)
+    extra_notes: tuple[str, ...] = ()  # said with the plan (e.g. a volume that does not exist yet)
 
     @property
     def chosen(self) -> Candidate:
@@ -176,7 +177,7 @@ class Plan:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return tuple(s.sentence() for s in self.skipped)
+        return tuple(s.sentence() for s in self.skipped) + self.extra_notes
 
     def best_per_cloud(self) -> list[Candidate]:
         seen: dict[str, Candidate] = {}

@@ -80,7 +80,7 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
                             num_nodes=cand.num_nodes, use_spot=cand.use_spot, accelerator=cand.accelerator_name,
                             accelerator_count=cand.accelerator_count, disk_size=res.disk_size, ports=res.ports,
                             image_id=image, labels=res.labels, public_key=public_key,
-                            accelerator_args=tuple(res.extra))
+                            accelerator_args=tuple(res.extra), options=res.options)
 
 
 def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, public_key: str | None,

@@ -84,6 +84,7 @@ class Resources:
     autostop: Autostop | None = None
     job_recovery: JobRecovery | None = None
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    options: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # task config (task_config.py)
 
     @property
     def infra(self) -> str:

@@ -31,8 +31,10 @@ from typing import Any, Mapping
 from . import resources as R
 from . import spec_fields as F
 from .errors import SpecError
+from .task_config import config_options
 from .taskfile import _validate, read_yaml_docs
 from .resources import Autostop, JobRecovery, Resources
+from .volumes.model import VolumeMount, task_volumes
 
 _RECOVERY_STRATEGIES = ("FAILOVER", "EAGER_NEXT_REGION")
 
@@ -69,6 +71,7 @@ class Task:
     envs: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
     file_mounts: tuple[FileMount, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()  # SkyPilot volumes (skybroker/volumes/)
     deadline_hours: float | None = None
     expected_hours: float | None = None
     deadline_policy: str = "mdp"
@@ -192,6 +195,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
     _validate(data, source, node)
     warnings: list[str] = []
     F.top_level_policy(data, source, warnings)
+    options = config_options(data.get("config"), source, warnings)
 
     envs = F.env_map(data.get("envs"))
     F.check_overrides(ov.get("envs") or {}, "--env")
@@ -208,6 +212,8 @@ def _task(data, source: str, ov: dict, node) -> Task:
     F.policies(resources, source, warnings)
     resources = _apply_resource_overrides(resources, ov)
     groups = _expand(resources, source, warnings)
+    if options:
+        groups = tuple(tuple(replace(r, options=options) for r in g) for g in groups)
     if any(r.extra and not (r.accelerator or "").lower().startswith("tpu-") for g in groups for r in g):
         warnings.append("resources.accelerator_args: ignored (it applies to TPUs only)")
 
@@ -233,6 +239,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
                             "where you run broker", source=source, field="workdir")
         workdir = str(wd.resolve())
     mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
+    volumes = task_volumes(data.get("volumes"), source)
 
     deadline, expected, dl_extra = F.deadline(data, source)
     seen: set[str] = set()
@@ -249,6 +256,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         envs=tuple(sorted((k, str(v)) for k, v in envs.items())),
         secrets=tuple(sorted((k, Secret(v)) for k, v in secrets.items())),
         file_mounts=mounts,
+        volumes=volumes,
         deadline_hours=deadline,
         expected_hours=expected,
         **dl_extra,
@@ -492,7 +500,7 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
             jr = dict(r["job_recovery"])
             jr["recover_on_exit_codes"] = tuple(jr.get("recover_on_exit_codes") or ())
             r["job_recovery"] = JobRecovery(**jr)
-        for k in ("ports", "image_id", "labels", "extra"):
+        for k in ("ports", "image_id", "labels", "extra", "options"):
             v = r.get(k) or ()
             r[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         return Resources(**r)
@@ -502,6 +510,8 @@ def task_from_stored(d: dict, secrets: Mapping[str, str] | None = None) -> Task:
     d["envs"] = tuple(tuple(e) for e in d.get("envs") or ())
     d["file_mounts"] = tuple(FileMount(**{**m, "uploads": tuple(m.get("uploads") or ())})
                              for m in d.get("file_mounts") or ())
+    d["volumes"] = tuple(VolumeMount(**{**v, "labels": tuple(tuple(x) for x in v.get("labels") or ())})
+                         for v in d.get("volumes") or ())
     d["secrets"] = tuple(sorted((k, Secret(v)) for k, v in (secrets or {}).items()))
     d["warnings"] = tuple(d.get("warnings") or ())
     d["docker_run_options"] = tuple(d.get("docker_run_options") or ())

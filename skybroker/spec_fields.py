@@ -6,7 +6,7 @@ Every field SkyPilot accepts is one of:
     (`service:` is ignored by launch exactly as `sky launch` ignores it; `inputs`/`outputs` size hints;
     Kubernetes-only settings; `network_tier: best`; `priority`);
   - refused by name with exit 2 and what to do instead, where ignoring it would change what the job does
-    (containers, pools, volumes, managed secrets, event callbacks, disk tiers we cannot provide, ...).
+    (containers, pools, managed secrets, event callbacks, disk tiers we cannot provide, ...).
 Also here: SkyPilot's `$VAR`/`${VAR}` substitution, the envs/secrets maps and file mounts.
 """
 from __future__ import annotations
@@ -128,35 +128,19 @@ def pool_workers(data: dict, source: str) -> int | None:
     return n
 
 
-_CONFIG_IGNORED = {
-    "kubernetes": "it applies only where SkyPilot runs the task on Kubernetes",
-    "jobs": "managed jobs are run by skybroker's local controller, which has no settings here",
-}
-
-
 def top_level_policy(data: dict, source: str, warnings: list[str]) -> None:
     def refuse(field, what, hint):
         raise SpecError(what, hint, source=source, field=field)
 
-    if data.get("volumes"):
-        refuse("volumes", "SkyPilot volumes are not supported",
-               "sync data with `file_mounts` (a local folder) or copy it in `setup`, and drop `volumes`")
     if data.get("volume_mounts"):
-        refuse("volume_mounts", "SkyPilot volumes are not supported", "drop `volume_mounts`")
+        refuse("volume_mounts", "`volume_mounts` is not supported", "mount volumes with `volumes: {/mnt/path: NAME}` "
+               "(README \"Volumes\")")
     if data.get("managed_secrets"):
         refuse("managed_secrets", "managed secrets are not supported",
                "pass each value instead: --secret NAME (from your environment) or --secret NAME=VALUE")
     if data.get("event_callback"):
         refuse("event_callback", "event callbacks are not supported",
                "remove `event_callback`; follow the job with `broker logs` / `broker jobs queue`")
-    for key in data.get("config") or {}:
-        if str(key) == "docker":
-            continue  # config.docker.run_options: see docker_config
-        why = _CONFIG_IGNORED.get(str(key))
-        if why is None:
-            refuse(f"config.{key}", "per-task config overrides are not supported",
-                   f"remove `config.{key}` (skybroker has no equivalent setting)")
-        warnings.append(f"config.{key}: ignored ({why})")
     if data.get("service"):
         warnings.append("service: ignored by launch, as `sky launch` ignores it (skybroker has no `serve`; "
                         "the task runs as one cluster)")

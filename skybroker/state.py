@@ -201,6 +201,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE managed_jobs ADD COLUMN job_rank INTEGER;
     ALTER TABLE managed_jobs ADD COLUMN num_jobs INTEGER
     """,
+    # v12: volumes (`broker volumes apply`, and the ephemeral ones of a task's `volumes:`): where each is,
+    # its id at the cloud, and the cluster it is attached to (volumes/records.py)
+    """
+    CREATE TABLE volumes (
+        name TEXT PRIMARY KEY, type TEXT NOT NULL, cloud TEXT NOT NULL, region TEXT, zone TEXT,
+        size_gb INTEGER NOT NULL, labels TEXT NOT NULL DEFAULT '{}', cloud_id TEXT NOT NULL,
+        ephemeral INTEGER NOT NULL DEFAULT 0, cluster TEXT, mount_path TEXT, user_name TEXT,
+        created_at REAL, updated_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,6 +12,10 @@ A provider owns
   - a command runner per node;
   - autostop on the cluster itself (capabilities.self_stop): `prepare_self_stop` readies the cloud and
     `self_stop_command` says what each node runs once idle (autostop.py arms them through the agent);
+  - volumes (capabilities.volumes, types in `volume_types`): `create_volume` (tagged: an ephemeral one with
+    its cluster, so gc finds it; an applied one with its name only), `attach_volume` to one node,
+    `volume_mount_command` (what the node runs to format a new block volume and mount it),
+    `detach_volume`, `delete_volume`; `terminate` deletes the cluster's ephemeral volumes too;
   - its capabilities, declared here and never discovered with `hasattr`.
 
 Instances are found by the cluster tag/label/name, so a repeated `run_instances` resumes instead of
@@ -54,6 +58,7 @@ class Capabilities:
     tagged_listing: bool = True  # list_tagged() enumerates what it created (broker gc)
     self_stop: bool = False  # a node can stop/terminate its own cluster once idle (autostop on the cluster)
     container_images: bool = False  # a `docker:` image_id IS the node (pods); elsewhere it runs on the node
+    volumes: bool = False  # creates, attaches and deletes volumes of its `volume_types` (skybroker/volumes/)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class ProvisionRequest:
     public_key: str | None = None
     user: str = "broker"
     accelerator_args: tuple[tuple[str, str], ...] = ()  # e.g. (("tpu_runtime_version", "v2-alpha-tpuv5-lite"),)
+    options: tuple[tuple[str, str], ...] = ()  # the task's config for this provider, e.g. ("gcp.run_duration", "3600")
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,39 @@ class Provider:
         """What one node (a state.NodeRecord; `head` is rank 0's) runs once idle to stop or terminate
         itself or its whole cluster; None when that node needs no watcher (the head's command covers it)."""
         return None
+
+    # -- volumes (capabilities.volumes) ----------------------------------------------------------
+    volume_types: tuple[str, ...] = ()  # skybroker/volumes/model.TYPES this provider owns; the first is its default
+    volumes_shared: bool = False  # a volume is seen by every node (one machine); else it attaches to one node
+
+    def create_volume(self, name: str, size_gb: int, region: str | None, zone: str | None, labels: dict,
+                      cluster: str | None = None) -> tuple[str, str | None, str | None]:
+        """Create a volume (tagged with the cluster when ephemeral); returns (cloud id, region, zone)."""
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the {self.name} cloud has no volumes")
+
+    def attach_volume(self, vol, cluster: str, region: str | None, node) -> str:
+        """Attach volume record `vol` to one node (a state.NodeRecord); returns what the node mounts (a
+        device path, or a directory). Attaching it again to the same node is fine."""
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the {self.name} cloud has no volumes")
+
+    def volume_mount_command(self, vol, device: str, path: str, sub_path: str | None) -> str:
+        """The shell command a node runs to make `device` appear at `path` (formatting a new block volume)."""
+        from ..volumes.mount import block_mount_command
+
+        return block_mount_command(device, path, sub_path)
+
+    def detach_volume(self, vol, cluster: str, region: str | None) -> None:
+        """Detach it from the cluster's node (nothing when it is not attached, or the node is gone)."""
+
+    def delete_volume(self, vol) -> None:
+        """Delete it at the cloud (nothing when it is already gone)."""
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the {self.name} cloud has no volumes")
 
     def agent_python(self) -> str:
         """How the node agent is started on a node."""

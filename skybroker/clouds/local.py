@@ -31,6 +31,7 @@ from ..errors import CapacityError, InvalidRequestError, Place
 from ..paths import broker_home, private_dir
 from ..runtime.local_runner import LocalRunner
 from ..runtime.runner import NodeUnreachable
+from .local_volumes import LocalVolumes
 from .base import RUNNING, STOPPED, Capabilities, InstanceInfo, ProvisionRequest, Provider, TaggedResource
 
 _META = "node.json"
@@ -48,11 +49,11 @@ def _mem_gib() -> float:
     return 0.0
 
 
-class LocalCloud(Provider):
+class LocalCloud(LocalVolumes, Provider):
     name = "local"
     capabilities = Capabilities(stop=True, spot=True, firewall=False, accelerators=False, priced=False,
                                 named_only=True, remote=False, gone_reasons=False, tagged_listing=True,
-                                self_stop=True)
+                                self_stop=True, volumes=True)
 
     # -- offers ------------------------------------------------------------------------------------
     def virtual_offers(self, res) -> list:

@@ -22,4 +22,5 @@ from .table import _shorten, _table, _text  # noqa: F401
 from .views import *  # noqa: F401,F403
 from .costs import *  # noqa: F401,F403
 from .pools import *  # noqa: F401,F403
+from .volume_views import print_volumes, volume_json  # noqa: F401
 from .catalog_views import catalog_summary, price_header, refresh_summary  # noqa: F401

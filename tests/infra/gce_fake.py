@@ -18,7 +18,8 @@ PENDING/RUNNING/DONE, `targetLink`, and on failure `error.errors[]` + `httpError
 as `?filter=labels.KEY%3DVALUE` and are applied (`=`, `!=`, `:*`, AND-ed); aggregated lists are keyed by
 "zones/Z"; errors are `{"error": {"code", "message", "errors": [{"reason", "domain", "message"}]}}`.
 Like GCE, it rejects GPUs without onHostMaintenance=TERMINATE, guestAccelerators on a2/a3/g2 hosts,
-SPOT with automaticRestart, bad names/labels, and duplicate names (409).
+SPOT with automaticRestart, bad names/labels, and duplicate names (409). Persistent disks (insert,
+attachDisk/detachDisk, delete; in use → 400) are in tests/infra/gce_disks.py.
 
 Lifecycle: delays (op_delay, boot_delay, stop_delay; default 0) move resources PROVISIONING → STAGING →
 RUNNING, STOPPING → TERMINATED, and deletions, lazily by the clock, so polling paths get exercised.
@@ -37,6 +38,8 @@ import time
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.infra.gce_disks import GCEDisks
 
 BASE = "https://www.googleapis.com/compute/v1"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -88,7 +91,7 @@ def _matches(res: dict, flt: str | None) -> bool:
     return True
 
 
-class GCEFake:
+class GCEFake(GCEDisks):
     def __init__(self, project: str = "test-project", *, op_delay: float = 0.0, boot_delay: float = 0.0,
                  stop_delay: float = 0.0, node_pool=None):
         self.project = project
@@ -97,6 +100,7 @@ class GCEFake:
         self.lock = threading.RLock()
         self._instances: dict[tuple[str, str], dict] = {}  # (zone, name) → resource (+ private "_" keys)
         self.firewalls: dict[str, dict] = {}
+        self._disks: dict[tuple[str, str], dict] = {}  # (zone, name) → disk (tests/infra/gce_disks.py)
         self.operations: dict[tuple[str | None, str], dict] = {}  # (zone or None for global, name) → op
         self.requests: list[tuple[str, str, dict | None]] = []  # (method, path?query, body)
         self._capacity: dict[str, tuple[str, bool]] = {}  # zone → (code, spot_only)
@@ -187,6 +191,7 @@ class GCEFake:
                 inst["lastStopTimestamp"] = _now()
             else:
                 del self._instances[(zone, name)]
+                self._release(inst["selfLink"], [d for d in inst.get("disks", []) if not d.get("boot")])
             self._op(zone, "compute.instances.preempted", inst["selfLink"], user="system@google.com",
                      statusMessage="Instance was preempted.")
 
@@ -223,7 +228,9 @@ class GCEFake:
     def _reap(self) -> None:
         now = time.time()
         for key in [k for k, i in self._instances.items() if i.get("_gone_at") is not None and i["_gone_at"] <= now]:
-            self._kill_node(self._instances.pop(key))
+            inst = self._instances.pop(key)
+            self._kill_node(inst)
+            self._release(inst["selfLink"], [d for d in inst.get("disks", []) if not d.get("boot")])
 
     def _render(self, inst: dict) -> dict:
         now = time.time()
@@ -306,6 +313,7 @@ class GCEFake:
             ("GET", r"zones/([^/]+)/instances/([^/]+)", self._get),
             ("DELETE", r"zones/([^/]+)/instances/([^/]+)", self._delete),
             ("POST", r"zones/([^/]+)/instances/([^/]+)/(stop|start|resume|suspend|setLabels)", self._action),
+            *self._disk_routes(),
             ("GET", r"zones/([^/]+)/operations/([^/]+)", self._get_op),
             ("POST", r"zones/([^/]+)/operations/([^/]+)/wait", self._wait_op),
             ("GET", r"(global)/operations/([^/]+)", self._get_op),
@@ -361,6 +369,9 @@ class GCEFake:
             if not re.search(rf"zones/{zone}/acceleratorTypes/[a-z0-9-]+$", g.get("acceleratorType", "")):
                 raise _invalid(f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
                                f"'{g.get('acceleratorType')}'.")
+        if sched.get("maxRunDuration") and sched.get("instanceTerminationAction") not in ("DELETE", "STOP"):
+            raise _invalid("Invalid value for field 'resource.scheduling.instanceTerminationAction': ''. "
+                           "Instance termination action must be specified when max run duration is set.")
         if sched.get("provisioningModel") == "SPOT" and (sched.get("automaticRestart", True)
                                                          or sched.get("onHostMaintenance") != "TERMINATE"):
             raise _invalid("Spot VMs require automaticRestart=false and onHostMaintenance=TERMINATE.")

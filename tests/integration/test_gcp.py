@@ -376,3 +376,16 @@ def test_idle_cluster_stops_itself_and_down_falls_back_to_the_local_watcher(monk
         client.reset()
         pool.close()
         shutil.rmtree(shims, ignore_errors=True)
+
+
+def test_task_config_mig_run_duration_and_provision_timeout(cloud, gce):
+    """config.gcp.managed_instance_group: run_duration → GCE maxRunDuration (+ DELETE), provision_timeout →
+    the wait in a zone, after which the zone counts as out of capacity (failover moves on)."""
+    opts = (("gcp.run_duration", "3600"), ("gcp.provision_timeout", "1"))
+    cloud.provision(req(options=opts[:1]))
+    sched = gce.instance(cloud_name("c1", 0))["scheduling"]
+    assert sched["maxRunDuration"] == {"seconds": "3600"} and sched["instanceTerminationAction"] == "DELETE"
+    gce.boot_delay = 30  # never running within the task's 1 s
+    with pytest.raises(CapacityError) as ei:
+        cloud.provision(req("c2", options=opts))
+    assert ei.value.code == "PROVISION_TIMEOUT" and ei.value.scope == Scope.ZONE

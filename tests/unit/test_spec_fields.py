@@ -134,11 +134,20 @@ def test_every_option_unsupported_is_an_error():
 # --- fields refused by name, or accepted with a warning ------------------------------------------------
 @pytest.mark.parametrize("d, field, hint", [
     ({"pool": {"workers": 2, "min_workers": 1}}, "pool.min_workers", "workers: N"),
-    ({"volumes": {"/mnt/data": "vol"}}, "volumes", "file_mounts"),
+    ({"volumes": {"mnt/data": "vol"}}, "volumes.mnt/data", "/mnt/data"),
+    ({"volume_mounts": [{"path": "/d"}]}, "volume_mounts", "volumes:"),
     ({"event_callback": "echo done"}, "event_callback", None),
     ({"managed_secrets": ["HF"]}, "managed_secrets", "--secret"),
     ({"secrets": ["secrets:HF_TOKEN"]}, "secrets", "--secret"),
-    ({"config": {"gcp": {"managed_instance_group": {}}}}, "config.gcp", None),
+    ({"config": {"docker": {"run_options": [1]}}}, "config.docker.run_options", None),
+    ({"config": {"gcp": {"enable_gvnic": True}}}, "config.gcp.enable_gvnic", "remove"),
+    ({"config": {"gcp": {"managed_instance_group": {"run_duration": 10}}}},
+     "config.gcp.managed_instance_group.run_duration", None),
+    ({"config": {"gcp": {"managed_instance_group": {"reuse_instances": True}}}},
+     "config.gcp.managed_instance_group.reuse_instances", "run_duration"),
+    ({"config": {"azure": {"remote_identity": "LOCAL_CREDENTIALS"}}}, "config.azure.remote_identity", "--secret"),
+    ({"config": {"gcp": {"remote_identity": "SERVICE_ACCOUNT"}}}, "config.gcp.remote_identity", "NO_UPLOAD"),
+    ({"config": {"aws": {"remote_identity": "my-role"}}}, "config.aws.remote_identity", "NO_UPLOAD"),
     ({"resources": {"image_id": "skypilot:gpu-ubuntu-2204"}}, "resources.image_id", "image id"),
     ({"resources": {"any_of": [{"disk_tier": "ultra"}]}}, "resources.any_of[0].disk_tier", "medium"),
     ({"resources": {"disk_tier": "fast"}}, "resources.disk_tier", "low, medium"),
@@ -156,6 +165,7 @@ def test_refused_by_name(d, field, hint):
     ({"service": {"readiness_probe": "/health", "replicas": 2}}, "service: ignored by launch"),
     ({"inputs": {"s3://data": 100}, "outputs": {"s3://out": 1}}, "inputs: data size hints"),
     ({"config": {"kubernetes": {"provision_timeout": 600}}}, "config.kubernetes: ignored"),
+    ({"config": {"gcp": {"managed_instance_group": {"run_duration": 3600}}}}, "not through a managed instance"),
     ({"resources": {"network_tier": "best"}}, "network_tier: best gets standard"),
     ({"resources": {"disk_tier": "low"}}, "disk_tier: low"),
     ({"resources": {"priority": 500}}, "priority: ignored"),
@@ -281,3 +291,14 @@ def test_git_workdir_survives_the_stored_form():
     t = parse({"workdir": {"url": "https://h/r.git", "ref": "v1"}})
     back = task_from_stored(task_to_dict(t))
     assert (back.git_url, back.git_ref) == ("https://h/r.git", "v1")
+
+
+def test_config_gcp_mig_reaches_every_resources_and_survives_storage():
+    from skybroker.spec import task_from_stored, task_to_dict
+
+    t = parse({"resources": {"any_of": [{"infra": "gcp"}, {"infra": "aws"}]},
+               "config": {"gcp": {"managed_instance_group": {"run_duration": 3600, "provision_timeout": 900}},
+                          "azure": {"remote_identity": "NO_UPLOAD"}}})
+    want = (("gcp.run_duration", "3600"), ("gcp.provision_timeout", "900"))
+    assert [r.options for r in t.candidates] == [want, want]
+    assert task_from_stored(task_to_dict(t)).candidates[0].options == want

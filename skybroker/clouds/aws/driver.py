@@ -18,6 +18,7 @@ from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, 
 from ..common import call_typed
 from . import client as clients
 from .errors import classify
+from .volumes import EBSVolumes
 
 TAG_RANK = "skybroker-rank"
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
@@ -46,10 +47,10 @@ def _poll() -> float:
     return settings.get("aws_poll")
 
 
-class AWSCloud(Provider):
+class AWSCloud(EBSVolumes, Provider):
     name = "aws"
     catalog = "aws"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True)
     sdk_modules = ("boto3",)
     sdk_extra = "aws"
     default_ssh_user = SSH_USER
@@ -295,7 +296,7 @@ class AWSCloud(Provider):
                 if not left:
                     break
                 time.sleep(_poll())
-        return self._delete_sg(ec2, place, cluster)
+        return self._delete_sg(ec2, place, cluster) + self._delete_ephemeral(ec2, place, cluster)
 
     def _delete_sg(self, ec2, place, cluster) -> list[str]:
         from botocore.exceptions import ClientError
@@ -388,7 +389,7 @@ class AWSCloud(Provider):
                 tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
                 out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "security-group", g["GroupId"],
                                           live=False))
-        return out
+        return out + self._call(place, self._tagged_volumes, ec2, region)
 
 
 PROVIDER = AWSCloud

@@ -98,6 +98,10 @@ def firewalls():
     return _build("FirewallsClient")
 
 
+def disks():
+    return _build("DisksClient")
+
+
 def machine_types():
     return _build("MachineTypesClient")
 

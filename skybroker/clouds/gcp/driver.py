@@ -41,11 +41,13 @@ from ..base import (
     Provider,
     TaggedResource,
 )
+from ...task_config import option
 from ..common import call_typed
 from . import client as clients
 from . import firewall, tpu
 from .firewall import NETWORK, fw_name
 from .errors import OperationError, classify
+from .volumes import PersistentDisks
 
 TAG_RANK = "skybroker-rank"
 SSH_USER = "broker"
@@ -153,10 +155,10 @@ def wait_op(project: str, op, zone: str | None = None):
     return op
 
 
-class GCPCloud(Provider):
+class GCPCloud(PersistentDisks, Provider):
     name = "gcp"
     catalog = "gcp"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True)
     sdk_modules = ("google.cloud.compute_v1", "google.cloud.tpu_v2")
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER
@@ -254,8 +256,8 @@ class GCPCloud(Provider):
                 raise InvalidRequestError(f"instances of {cluster} not {what} after {_wait_seconds():.0f}s", place)
             time.sleep(_poll())
 
-    def _wait_running(self, project, place, cluster, region, n) -> list[InstanceInfo]:
-        deadline = time.time() + _wait_seconds()
+    def _wait_running(self, project, place, cluster, region, n, limit: float | None = None) -> list[InstanceInfo]:
+        deadline = time.time() + (limit or _wait_seconds())
         while True:
             infos = [_info(i) for i in self._call(place, self._list, project, cluster, region)]
             live = [i for i in infos if i.state in (PENDING, RUNNING)]
@@ -265,6 +267,9 @@ class GCPCloud(Provider):
                 raise CapacityError(f"{n - len(live)} instance(s) of {cluster} disappeared while starting "
                                     "(spot capacity reclaimed?)", place, code="PREEMPTED_DURING_PROVISIONING")
             if time.time() > deadline:
+                if limit:  # the task's provision_timeout: give up on this zone, fail over
+                    raise CapacityError(f"instances of {cluster} not running within the task's provision_timeout "
+                                        f"({limit:.0f}s)", place, code="PROVISION_TIMEOUT")
                 raise InvalidRequestError(f"instances of {cluster} not running after {_wait_seconds():.0f}s", place)
             time.sleep(_poll())
 
@@ -311,7 +316,9 @@ class GCPCloud(Provider):
         project = self._call(place, clients.project)
         if tpu.is_tpu(req.accelerator):
             return self._call(place, tpu.wait, project, req.cluster, req.zone, place)
-        return self._wait_running(project, place, req.cluster, req.region, req.num_nodes)
+        limit = option(req, "gcp.provision_timeout")  # config.gcp.managed_instance_group.provision_timeout
+        return self._wait_running(project, place, req.cluster, req.region, req.num_nodes,
+                                  float(limit) if limit else None)
 
     def _run_tpu(self, req: ProvisionRequest, place: Place) -> list[str]:
         if not req.zone:
@@ -361,6 +368,10 @@ class GCPCloud(Provider):
             # GPU VMs cannot live-migrate: GCE requires TERMINATE on host maintenance for them.
             sched = c.Scheduling(provisioning_model="STANDARD", automatic_restart=True,
                                  on_host_maintenance="TERMINATE" if has_gpu else "MIGRATE")
+        run_for = option(req, "gcp.run_duration")  # config.gcp.managed_instance_group.run_duration
+        if run_for:  # GCE deletes the instance after this long (what SkyPilot's MIG template sets)
+            sched.max_run_duration = c.Duration(seconds=int(run_for))
+            sched.instance_termination_action = "DELETE"
         labels = {_label_key(k): _label(v) for k, v in req.labels}
         labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_RANK: str(rank)})
         image = req.image_id or (GPU_IMAGE if has_gpu else UBUNTU_IMAGE)
@@ -415,10 +426,11 @@ class GCPCloud(Provider):
             self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
         elif region is not None:
             self._call(place, tpu.delete, project, self._tpu_nodes(project, place, cluster, region))
+        warns = self._delete_ephemeral(project, place, cluster, region)  # its ephemeral disks go with it
         if region is not None and self._call(place, self._list, project, cluster, None):
-            return []  # the cluster still has instances in another region: its firewall rules stay
+            return warns  # the cluster still has instances in another region: its firewall rules stay
         self._call(place, firewall.delete, project, cluster)
-        return []
+        return warns
 
     def stop(self, cluster: str, region: str | None) -> None:
         place = Place("gcp", region)
@@ -489,7 +501,7 @@ class GCPCloud(Provider):
                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
         out += [TaggedResource(self.name, region, n.labels[TAG_CLUSTER], "tpu", n.name.rsplit("/", 1)[-1])
                 for n in self._tpu_nodes(project, place, None, region)]
-        return out
+        return out + self._tagged_disks(project, place, region)
 
 
 PROVIDER = GCPCloud
