@@ -187,6 +187,11 @@ MIGRATIONS: list[str] = [
         persistent INTEGER NOT NULL DEFAULT 1, managed INTEGER NOT NULL DEFAULT 0, mode TEXT,
         users TEXT NOT NULL DEFAULT '[]', created_at REAL, updated_at REAL)
     """,
+    # v11: the user of each cost-ledger run (server mode), so a non-admin's `cost-report` is their own
+    # clusters' and jobs' runs only (runs recorded before have no user: admins see them)
+    """
+    ALTER TABLE cost_runs ADD COLUMN user_name TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -129,6 +129,18 @@ def ssh_target(name: str, rank: int = 0) -> dict:
                      "run it on the server, or `broker exec CLUSTER -- CMD` for a command")
 
 
+def gc_scan(clouds=None, regions=None, on_event=None):
+    return _call("gc_scan", list(clouds) if clouds else None, regions, on_event=on_event)
+
+
+def gc_remove(orphans, on_event=None) -> list[str]:
+    return _call("gc_remove", list(orphans), on_event=on_event)
+
+
+def forget_host_keys(cluster: str, rank: int | None = None) -> list[str]:
+    return _call("forget_host_keys", cluster, rank)
+
+
 def adopt(on_event=None) -> list[str]:
     return _call("adopt", on_event=on_event)
 
@@ -175,8 +187,7 @@ def jobs_launch(task):
 
 
 def jobs_launch_pipeline(pipeline):
-    raise UsageError("pipelines are not available in client mode yet",
-                     "run the stages as separate `broker jobs launch` calls, or launch the pipeline on the server")
+    return _call("jobs_launch_pipeline", [_prepare(t) for t in pipeline], pipeline.name)
 
 
 def jobs_queue(all_users: bool = False):
