@@ -340,6 +340,13 @@ def gc_remove(orphans, on_event=None) -> list[str]:
     return gc.remove(list(orphans), on_event=on_event or (lambda k, m: None))
 
 
+def ssh_grant(name: str, rank: int, public_key: str) -> dict:
+    """(A server's) authorize a client's own public key on a node; how to reach it (clusters.ssh_grant)."""
+    from . import clusters
+
+    return clusters.ssh_grant(name, rank, public_key)
+
+
 def forget_host_keys(cluster: str, rank: int | None = None) -> list[str]:
     from . import clusters
 

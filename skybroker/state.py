@@ -192,6 +192,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cost_runs ADD COLUMN user_name TEXT
     """,
+    # v12: the SSH key pair the broker reaches its nodes with, on PostgreSQL only (runtime/keys.py), so
+    # server replicas with different BROKER_HOMEs reach the same clusters; the private key encrypted with
+    # the secrets key (BROKER_SECRETS_KEY, the same on every replica)
+    """
+    CREATE TABLE ssh_keys (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, private BLOB NOT NULL, public TEXT NOT NULL, created_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -2,8 +2,8 @@
 
 Rules (README "Teams and CI"):
 - every cluster and managed job records its user; listing shows the caller's unless `all_users`;
-- a non-admin may not launch onto, exec on, read the logs or queue of, stop, start, autostop, cancel on or
-  tear down another user's cluster, nor read or cancel another user's managed job: ForbiddenError (HTTP
+- a non-admin may not launch onto, exec on, ssh into, read the logs or queue of, stop, start, autostop,
+  cancel on or tear down another user's cluster, nor read or cancel another user's managed job: ForbiddenError (HTTP
   403), checked before anything is done; admins may (clusters made in local mode have no user: admins only);
 - a task's local sources must be the caller's own uploads (`upload://ID/...`): the server never reads its
   own files for a client; the local cloud (nodes on the server machine itself) only when the server was
@@ -269,6 +269,7 @@ CALLS = {
     "gc_scan": (_admin, _plain(api.gc_scan), {"on_event": EV}),  # the server's clouds and state: admins
     "gc_remove": (_admin, _plain(api.gc_remove), {"on_event": EV}),
     "forget_host_keys": (_first_cluster, _plain(api.forget_host_keys), None),
+    "ssh_grant": (_first_cluster, _plain(api.ssh_grant), None),
     "down": (check_down, _plain(api.down), {"on_event": EV}),
     "stop": (_first_cluster, _plain(api.stop), {"on_event": EV}),
     "start": (_first_cluster, _plain(api.start), {"on_event": EV}),

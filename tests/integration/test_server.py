@@ -246,6 +246,77 @@ def test_replicas_on_one_postgresql_fail_over_the_controller(postgres, tmp_path)
         b.stop()
 
 
+def test_replicas_with_separate_homes_operate_one_cluster(postgres, tmp_path):
+    """Two servers with different BROKER_HOMEs (as on two machines) on one PostgreSQL, sharing only the
+    database, the secrets key and the local cloud's node directory (BROKER_LOCAL_ROOT: the local cloud is
+    "this machine"): a launch through A holds the cluster's lock in PostgreSQL, so B shows it INIT (not
+    INTERRUPTED, which B would conclude from its own free lock file before); then B runs a job on it and
+    tears it down. (Waiting for another replica's lock: tests/unit/test_replicas_state.py.)"""
+    from cryptography.fernet import Fernet
+
+    db = postgres.fresh_url()
+    shared = {"BROKER_SECRETS_KEY": Fernet.generate_key().decode(), "BROKER_LOCAL_ROOT": str(tmp_path / "nodes")}
+    slow_bring_up = {"BROKER_FAILPOINTS": "agent=sleep(5)"}  # a's launches hold the lock a while
+    a = Server(tmp_path / "home_a", db=db, extra_env={**shared, **slow_bring_up}).start()
+    b = Server(tmp_path / "home_b", db=db, extra_env=shared).start()
+    try:
+        tok = a.token("dana")
+        via_a, via_b = a.client(tok, tmp_path / "dana_a"), b.client(tok, tmp_path / "dana_b")
+        task = write_task(tmp_path / "t.yaml", name="t", run="echo launched")
+        launching = via_a.bg("launch", "-y", "-d", "-c", "shared", task)
+        wait_for(lambda: [c["status"] for c in _status(via_b)] == ["INIT"], 20, 0.2, "the launch seen from b")
+        time.sleep(1.0)
+        assert [c["status"] for c in _status(via_b)] == ["INIT"]  # b sees a's lock: not INTERRUPTED
+        r = via_b("exec", "shared", "--", "echo too early")
+        assert r.returncode == 2 and "is INIT" in r.stderr, r.stderr  # refused, nothing done
+        assert launching.wait(60) == 0
+        r = via_b("exec", "shared", "--", "echo from b")
+        assert r.returncode == 0 and "from b" in r.stdout, r.stderr
+        assert not (tmp_path / "home_b" / "locks").exists() and not (tmp_path / "home_a" / "locks").exists()
+        r = via_b("down", "-y", "shared")
+        assert r.returncode == 0, r.stderr
+        assert _status(via_a) == [] and not (tmp_path / "nodes" / "shared").exists()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_ssh_through_the_server_with_the_clients_own_key(server, tmp_path, node_pool, node_key):
+    """Client-mode `broker ssh` on real sshd nodes (the `ssh` cloud, pool `lab` in the server's home):
+    the server authorizes the client's own key on the node and hands over the host key it pinned, and the
+    client's ssh verifies it (StrictHostKeyChecking); the broker's key never leaves the server; another
+    user is refused."""
+    if shutil.which("ssh") is None:
+        pytest.skip("needs the OpenSSH client")
+    key, pub = node_key
+    [node] = node_pool.start(1, pub)
+    try:
+        (server.home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {node.user}\n  identity_file: {key}\n"
+                                                         f"  hosts:\n    - {node.ip}\n")
+        alice = server.client(server.token("alice"), tmp_path / "alice")
+        bob = server.client(server.token("bob"), tmp_path / "bob")
+        task = tmp_path / "s.yaml"
+        task.write_text("resources: {infra: ssh/lab}\nrun: echo up\n")
+        r = alice("launch", "-y", "-c", "lab1", str(task))
+        assert r.returncode == 0, r.stderr
+        r = alice("ssh", "lab1", "--", "echo hello from $(hostname) as $(whoami)")
+        assert r.returncode == 0, r.stderr
+        assert f"as {node.user}" in r.stdout, r.stdout
+        mine = (tmp_path / "alice" / "keys" / "id_ed25519.pub").read_text().split()[1]
+        assert mine != pub.split()[1]  # alice's own key, not the server's
+        assert (tmp_path / "alice" / "ssh" / "lab1-node0.known_hosts").read_text().startswith("lab1-node0 ssh-")
+        r = alice("ssh", "lab1", "--", "true")  # a second time: the key is not added twice
+        assert r.returncode == 0, r.stderr
+        code = f"grep -c {mine} ~/.ssh/authorized_keys"
+        r = alice("exec", "lab1", "--", code)
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].split()[-1] == "1", r.stdout
+        r = bob("ssh", "lab1", "--", "true")
+        assert r.returncode == 7 and "belongs to user alice" in r.stderr, r.stderr
+        assert alice("down", "-y", "lab1").returncode == 0
+    finally:
+        node_pool.kill(node)
+
+
 def _uploads(server, user) -> list[str]:
     d = server.home / "uploads" / user
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
