@@ -81,6 +81,7 @@ class ReadCache:
 
         from .. import db_pg
 
+        failed = False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
@@ -89,16 +90,20 @@ class ReadCache:
                         conn.execute(_TRIGGERS)
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.bump()  # whatever changed while nobody listened
-                    self.on = True
+                    self.on, failed = True, False
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=1.0):
                             self.bump(n.payload)
             except Exception as exc:  # noqa: BLE001 - the database restarting: the cache is off meanwhile
-                self.on = False
+                was_on, self.on = self.on, False
                 self.bump()
-                from .app import log
+                if was_on or not failed:  # said once per outage, not every second
+                    from ..db_pg import redact_url
+                    from .app import log
 
-                log(f"read cache off until PostgreSQL is reachable again: {type(exc).__name__}: {exc}")
+                    log(f"read cache off until it can listen on PostgreSQL again (needs PostgreSQL 14+ and "
+                        f"owning the tables): {type(exc).__name__}: {redact_url(str(exc))}")
+                failed = True
                 self._stop.wait(1.0)
         self.on = False
 
