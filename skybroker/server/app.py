@@ -204,13 +204,13 @@ class FastReads:
             return await self.app(scope, receive, send)
         t0 = time.monotonic()
         chunks, size, more = [], 0, True
-        while more:
+        while more and size <= MAX_CALL:  # beyond that the app answers "request too large"
             msg = await receive()
             if msg["type"] != "http.request":
                 return
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
-            more = msg.get("more_body", False) and size <= MAX_CALL
+            more = msg.get("more_body", False)
         raw = b"".join(chunks)
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
         body = key = user = None
