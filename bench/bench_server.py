@@ -201,12 +201,12 @@ def main() -> int:
                  ("jobs queue", lambda c: c.call("jobs_queue", all_users=False))]
         one = Client(url, token)
         seq = []
-        cpu0 = cpu_seconds(srv.pid)
+        cpu0 = server_cpu(srv.pid)
         for i in range(200):
             t = time.perf_counter()
             reads[i % 2][1](one)
             seq.append(time.perf_counter() - t)
-        per = (cpu_seconds(srv.pid) - cpu0) / 200
+        per = max(1e-6, server_cpu(srv.pid) - cpu0) / 200
         print(f"one client, sequential reads: p50 {1000 * pct(seq, .5):.1f} ms, p99 {1000 * pct(seq, .99):.1f} ms; "
               f"server CPU {1000 * per:.1f} ms per read (≈ {1 / per:.0f} reads/s per core, whatever the load)")
         for label, names, every in (("reads only", ["status", "jobs queue"], 0),
