@@ -52,6 +52,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu(pid: int) -> float:
+    """CPU of the server process and its live children (uvicorn's worker processes with --workers)."""
+    total = cpu_seconds(pid)
+    for kid in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in kid.read_text().split():
+            try:
+                total += cpu_seconds(int(c))
+            except OSError:
+                pass
+    return total
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -103,32 +115,57 @@ def _client_proc(payload):
     return lat, errors, time.time()
 
 
-def phase(label, names, args, url, token) -> None:
+def _writer(stop: threading.Event, every: float, count: list) -> None:
+    """Another process's writes: alice's cluster c1 saved every `every` s (each invalidates the cached
+    `status` answers, on every server process, through PostgreSQL's notifications)."""
+    from skybroker import state
+
+    while not stop.wait(every):
+        rec = state.get_cluster("c1")
+        rec.hourly_price += 0.001
+        state.save_cluster(rec)
+        count[0] += 1
+
+
+def phase(label, names, args, url, token, srv_pid, write_every: float = 0.0) -> None:
     """`args.clients` clients spread over `args.procs` processes (so the clients' own CPU is not one GIL)."""
     import multiprocessing as mp
 
+    load0 = os.getloadavg()[0]
+    cpu0 = server_cpu(srv_pid)
+    me0 = os.times()
     per = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
     t_start = time.time() + 2.0
+    stop, writes = threading.Event(), [0]
     with mp.get_context("fork").Pool(args.procs) as pool:
+        if write_every:
+            threading.Thread(target=_writer, args=(stop, write_every, writes), daemon=True).start()
         res = pool.map(_client_proc, [(url, token, n, args.requests, names, t_start, sum(per[:i]))
                                       for i, n in enumerate(per)])
+        stop.set()
     wall = max(r[2] for r in res) - t_start
+    me1 = os.times()
+    srv_cpu = server_cpu(srv_pid) - cpu0
+    cli_cpu = me1.children_user + me1.children_system - me0.children_user - me0.children_system
     lat = {name: [x for r in res for x in r[0][name]] for name in names}
     errors = [e for r in res for e in r[1]]
     total = sum(len(v) for v in lat.values())
     print(f"{label}: {args.clients} clients ({args.procs} processes) × {args.requests} requests on PostgreSQL: "
-          f"{total} in {wall:.2f} s = {total / wall:.0f} req/s, {len(errors)} errors {errors[:3]}")
+          f"{total} in {wall:.2f} s = {total / wall:.0f} req/s, {len(errors)} errors {errors[:3]}"
+          + (f"; {writes[0]} writes to the clusters table meanwhile" if write_every else ""))
     print(f"  {'call':18} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
     for name, xs in lat.items():
         print(f"  {name:18} {len(xs):5d} {1000 * pct(xs, .5):8.1f} {1000 * pct(xs, .99):8.1f}")
     r = lat["status"] + lat["jobs queue"]
     print(f"  reads p99: {1000 * pct(r, .99):.1f} ms (target ≤ 100 ms)")
+    print(f"  CPU over {wall:.1f} s: server {srv_cpu:.1f} s, load generator {cli_cpu:.1f} s; "
+          f"machine load average {load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--requests", type=int, default=20, help="per client")
+    ap.add_argument("--requests", type=int, default=60, help="per client")
     ap.add_argument("--workers", type=int, default=1, help="the server's HTTP worker processes")
     ap.add_argument("--procs", type=int, default=5, help="client processes the clients are spread over")
     args = ap.parse_args()
@@ -164,17 +201,18 @@ def main() -> int:
                  ("jobs queue", lambda c: c.call("jobs_queue", all_users=False))]
         one = Client(url, token)
         seq = []
-        cpu0 = cpu_seconds(srv.pid)
+        cpu0 = server_cpu(srv.pid)
         for i in range(200):
             t = time.perf_counter()
             reads[i % 2][1](one)
             seq.append(time.perf_counter() - t)
-        per = (cpu_seconds(srv.pid) - cpu0) / 200
+        per = max(1e-6, server_cpu(srv.pid) - cpu0) / 200
         print(f"one client, sequential reads: p50 {1000 * pct(seq, .5):.1f} ms, p99 {1000 * pct(seq, .99):.1f} ms; "
               f"server CPU {1000 * per:.1f} ms per read (≈ {1 / per:.0f} reads/s per core, whatever the load)")
-        for label, names in (("reads only", ["status", "jobs queue"]),
-                             ("reads + launch --dryrun", ["status", "jobs queue", "launch --dryrun"])):
-            phase(label, names, args, url, token)
+        for label, names, every in (("reads only", ["status", "jobs queue"], 0),
+                                    ("reads, a write every 20 ms", ["status", "jobs queue"], 0.02),
+                                    ("reads + launch --dryrun", ["status", "jobs queue", "launch --dryrun"], 0)):
+            phase(label, names, args, url, token, srv.pid, every)
 
 
         client_env = dict(env, BROKER_HOME=str(home / "client"), BROKER_API_SERVER=url, BROKER_API_TOKEN=token)

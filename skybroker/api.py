@@ -326,6 +326,33 @@ def ssh_target(name: str, rank: int = 0) -> dict:
     return clusters.ssh_target(name, rank)
 
 
+def gc_scan(clouds=None, regions=None, on_event=None):
+    """Resources tagged by skybroker that the state does not know, and interrupted launches (gc.py)."""
+    from . import gc
+
+    return gc.scan(tuple(clouds) if clouds else None, regions, on_event=on_event or (lambda k, m: None))
+
+
+def gc_remove(orphans, on_event=None) -> list[str]:
+    """Remove what gc_scan found; returns warnings."""
+    from . import gc
+
+    return gc.remove(list(orphans), on_event=on_event or (lambda k, m: None))
+
+
+def ssh_grant(name: str, rank: int, public_key: str) -> dict:
+    """(A server's) authorize a client's own public key on a node; how to reach it (clusters.ssh_grant)."""
+    from . import clusters
+
+    return clusters.ssh_grant(name, rank, public_key)
+
+
+def forget_host_keys(cluster: str, rank: int | None = None) -> list[str]:
+    from . import clusters
+
+    return clusters.forget_host_keys(cluster, rank)
+
+
 def adopt(on_event=None) -> list[str]:
     """Record in the state every cluster the ready clouds have by tag and the state does not know."""
     from . import clusters
@@ -432,12 +459,13 @@ def events(cluster: str | None = None, job_id: int | None = None, limit: int = 5
     return state.recent_events(limit)
 
 
-def cost_report(since_s: float | None = None, everything: bool = False) -> dict:
-    """Every cluster run and managed job in the cost ledger, with costs (costs/report.py)."""
+def cost_report(since_s: float | None = None, everything: bool = False, only_user: str | None = None) -> dict:
+    """Every cluster run and managed job in the cost ledger, with costs (costs/report.py); a server's
+    non-admin gets `only_user`'s."""
     from .costs import ledger, report
 
     at = ledger.now()
-    return report.build(None if since_s is None else at - since_s, everything, at)
+    return report.build(None if since_s is None else at - since_s, everything, at, only_user)
 
 
 def cluster_costs() -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from . import intents, lifecycle, state
-from .errors import Interrupted, NotFoundError, UsageError
+from .errors import BrokerError, Interrupted, NotFoundError, UsageError
 from .locks import cluster_lock, validate_name
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
 
@@ -334,6 +334,41 @@ def ssh_target(name: str, rank: int = 0) -> dict:
     if not path.exists():
         path = sshconfig.write(rec)
     return {"kind": "ssh", "argv": ["ssh", "-F", str(path), sshconfig.host_alias(name, rank)]}
+
+
+_PUBKEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( [\x21-\x7e ]{0,100})?$")
+
+
+def ssh_grant(name: str, rank: int, public_key: str) -> dict:
+    """Client mode `broker ssh`: authorize the client's own public key on a node (its user's
+    ~/.ssh/authorized_keys, added once) and say how to reach it, with the host key pinned at launch. The
+    broker's own key never leaves the server."""
+    import shlex
+
+    from .clouds.common import host_keys
+    from .clouds.registry import get as get_provider
+
+    rec = get(name)
+    _require_up(rec)
+    node = next((n for n in rec.nodes if n.rank == rank), None)
+    if node is None:
+        raise NotFoundError(f"cluster {name} has no node {rank}", f"its nodes are 0..{len(rec.nodes) - 1}")
+    prov = get_provider(rec.cloud, sdk=False)
+    if not prov.capabilities.remote:
+        raise UsageError(f"cluster {name}'s nodes are directories on the server machine, not SSH hosts",
+                         f"`broker exec {name} -- CMD` runs a command there")
+    if not isinstance(public_key, str) or not _PUBKEY.match(public_key.strip()):
+        raise UsageError("not an OpenSSH public key (ssh-ed25519/ssh-rsa/ecdsa AAAA… [comment])")
+    q = shlex.quote(public_key.strip())
+    r = prov.runner(name, node).run(
+        "umask 077; mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
+        f"(grep -qxF {q} ~/.ssh/authorized_keys || echo {q} >> ~/.ssh/authorized_keys)", timeout=60)
+    if not r.ok:
+        raise BrokerError(f"could not authorize your key on {name} node {rank}: {r.stderr.strip()[:300]}")
+    pinned = host_keys().get(node.instance_id)
+    state.add_event(name, "ssh", f"a client key was authorized on node {rank} ({public_key.split()[0]})")
+    return {"host": node.ip, "port": node.ssh_port or 22, "user": node.ssh_user or prov.default_ssh_user,
+            "host_key": list(pinned) if pinned else None}
 
 
 def forget_host_keys(name: str, rank: int | None = None) -> list[str]:

@@ -80,6 +80,21 @@ def translate(sql: str, named: bool) -> tuple[str, bool]:
     return s, returning
 
 
+_WRITE = re.compile(r"^\s*(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|UPDATE|DELETE\s+FROM|REPLACE\s+INTO)\s+(\w+)", re.I)
+
+
+@lru_cache(maxsize=512)
+def written_table(sql: str) -> str | None:
+    """The table a write statement changes (None for anything else)."""
+    m = _WRITE.match(sql)
+    return m.group(1).lower() if m else None
+
+
+# Called with a table's name after this process changed it (a write outside a transaction, or at the
+# COMMIT of one): the server's read cache (server/cache.py) drops what it read from that table.
+on_write = None
+
+
 def translate_ddl(sql: str) -> str:
     s = re.sub(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY", sql, flags=re.I)
     s = re.sub(r"\bINTEGER\b", "BIGINT", s)
@@ -120,6 +135,7 @@ class Connection:
         self.url = url
         self._conn = self._connect()
         self._in_tx = False
+        self._written: set[str] = set()
         self.lock = threading.Lock()
 
     def _connect(self):
@@ -140,6 +156,17 @@ class Connection:
             self._in_tx = True
         elif word in ("COMMIT", "ROLLBACK"):
             self._in_tx = False
+            written, self._written = self._written, set()
+            if word == "COMMIT" and on_write is not None:
+                for t in written:
+                    on_write(t)
+        elif on_write is not None:
+            t = written_table(sql)
+            if t is not None:
+                if self._in_tx:
+                    self._written.add(t)
+                else:
+                    on_write(t)
         if returning:
             rows = cur.fetchall()
             return Cursor(cur, lastrowid=rows[0][0] if rows else None, rows=[])

@@ -1,6 +1,11 @@
-"""Per-cluster file locks: two commands on one cluster wait for each other (with a visible message)
+"""Per-cluster locks: two commands on one cluster wait for each other (with a visible message)
 instead of corrupting anything. A launch holds its cluster's lock from the first intent to the end of
 bring-up, so a free lock on a cluster that is still INIT means its launch died (intents.py).
+
+On SQLite a lock is a file under BROKER_HOME/locks. On PostgreSQL (server replicas, each with its own
+BROKER_HOME, perhaps on different machines) it is a session-level advisory lock on a connection opened
+for it: every process on that database sees it, and PostgreSQL releases it when the holder dies (its
+connection closes), just as the kernel releases a dead process's file lock.
 
 Cluster names are validated here, before any path is built from them."""
 from __future__ import annotations
@@ -26,14 +31,61 @@ def validate_name(name: str) -> str:
     return name
 
 
+class _PgLock:
+    """A cluster's advisory lock (same acquire/release surface as filelock's)."""
+
+    def __init__(self, url: str, name: str):
+        import hashlib
+
+        self.url = url
+        h = int.from_bytes(hashlib.sha256(f"broker-cluster:{name}".encode()).digest()[:8], "big", signed=True)
+        self.key = h
+        self.conn = None
+
+    def acquire(self, timeout: float = -1) -> None:
+        import time
+
+        import psycopg
+        from filelock import Timeout
+
+        if self.conn is None:
+            try:
+                self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.Error as exc:
+                from .db_pg import redact_url
+
+                raise BrokerError(f"cannot reach PostgreSQL for a cluster lock: {redact_url(str(exc))}") from None
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while not self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]:
+            if deadline is not None and time.monotonic() >= deadline:
+                self.release()
+                raise Timeout(self.key)
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.close()  # the session's advisory locks go with it
+            self.conn = None
+
+
+def _lock_for(name: str):
+    from . import state
+
+    if state.is_postgres():
+        return _PgLock(state.db_url(), name)
+    from filelock import FileLock
+
+    d = private_dir(ensure_home() / "locks")
+    return FileLock(str(d / f"{name}.lock"), mode=0o600)
+
+
 @contextlib.contextmanager
 def cluster_lock(name: str, on_wait: Callable[[str], None] | None = None,
                  timeout: float = -1) -> Iterator[None]:
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     validate_name(name)
-    d = private_dir(ensure_home() / "locks")
-    lock = FileLock(str(d / f"{name}.lock"), mode=0o600)
+    lock = _lock_for(name)
     try:
         lock.acquire(timeout=0 if timeout == 0 else 0.3)
     except Timeout:

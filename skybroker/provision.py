@@ -42,6 +42,22 @@ class Attempt:
         return "/".join(p for p in (self.cloud, self.region, self.zone) if p)
 
 
+def failover_event(a: Attempt) -> str:
+    """The stored `failover` event of a failed attempt (parse_failover_event reads it back)."""
+    return f"{a.place} {a.instance_type}: {a.error} {a.code or ''} {a.message}"
+
+
+def parse_failover_event(message: str) -> dict | None:
+    """{place, instance_type, error, code, message} of a stored `failover` event; None if it is not one."""
+    import re
+
+    m = re.match(r"^(\S+) (\S+): (\w+) (\S*) (.*)$", message, re.S)
+    if not m:
+        return None
+    return {"place": m.group(1), "instance_type": m.group(2), "error": m.group(3), "code": m.group(4) or None,
+            "message": m.group(5)}
+
+
 class ProvisionExhausted(BrokerError):
     exit_code = 4
 
@@ -115,7 +131,7 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             a = Attempt(cand.cloud, cand.region, cand.zone, cand.instance_type, cand.use_spot,
                         type(exc).__name__, exc.code, exc.message, exc.scope.value)
             attempts.append(a)
-            state.add_event(cluster, "failover", f"{a.place} {a.instance_type}: {a.error} {a.code or ''} {a.message}")
+            state.add_event(cluster, "failover", failover_event(a))
             if exc.scope == Scope.REQUEST:
                 raise ProvisionExhausted(attempts, "the request itself was refused") from None
             blocks.append(block_for(exc, cand))

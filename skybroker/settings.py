@@ -72,6 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
     # -- costs
     _S("ledger_clock", "BROKER_LEDGER_CLOCK", str, "",
        "tests: a file holding the time (epoch seconds) the cost ledger uses instead of the system clock"),
+    _S("local_root", "BROKER_LOCAL_ROOT", str, "",
+       "where the local cloud keeps its nodes (default BROKER_HOME/local; server replicas on one machine share one)"),
     _S("local_prices", "BROKER_LOCAL_PRICES", str, "",
        "what the local cloud pretends to cost: `od=1.0,spot=0.3,disk=0.1` ($/h per node, $/GB-month); free by default"),
     # -- buckets (skybroker/storage/)

@@ -210,6 +210,18 @@ MIGRATIONS: list[str] = [
         ephemeral INTEGER NOT NULL DEFAULT 0, cluster TEXT, mount_path TEXT, user_name TEXT,
         created_at REAL, updated_at REAL)
     """,
+    # v13: the user of each cost-ledger run (server mode), so a non-admin's `cost-report` is their own
+    # clusters' and jobs' runs only (runs recorded before have no user: admins see them)
+    """
+    ALTER TABLE cost_runs ADD COLUMN user_name TEXT
+    """,
+    # v14: the SSH key pair the broker reaches its nodes with, on PostgreSQL only (runtime/keys.py), so
+    # server replicas with different BROKER_HOMEs reach the same clusters; the private key encrypted with
+    # the secrets key (BROKER_SECRETS_KEY, the same on every replica)
+    """
+    CREATE TABLE ssh_keys (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, private BLOB NOT NULL, public TEXT NOT NULL, created_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,6 +7,10 @@
                               {"t": "ping"} · then {"t": "result", "v"} or {"t": "error", "e": {...}}
     POST /api/v1/upload      body: a tar.gz of the task's local sources → {"id"}
 
+Connections are kept alive between calls for up to KEEP_ALIVE seconds (the server keeps an idle one for
+longer, SERVER_KEEP_ALIVE); a kept connection the server closed anyway (it restarted) is replaced, and
+the call repeated, only for reads (READS), which are safe to send twice. One Client per thread.
+
 The token travels in the Authorization header only; arguments (and so a task's secrets) only in the
 request body, never in a URL. Errors come back as the BrokerError they were on the server (same message,
 hint and exit code), so the CLI renders them identically.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 from urllib.parse import urlsplit
 
@@ -22,6 +27,24 @@ from .. import wire
 from ..errors import AuthError, BrokerError
 
 READ_TIMEOUT = 120.0  # the server pings streams every few seconds: silence this long means it is gone
+KEEP_ALIVE = 2.0  # reuse a connection idle for less than this
+SERVER_KEEP_ALIVE = 30  # `broker server start` keeps an idle connection this long (uvicorn's default: 5)
+READS = frozenset({"status", "jobs_queue", "cluster_exists", "get_cluster", "cluster_names", "daemons", "queue",
+                   "events", "jobs_get", "cluster_costs", "job_costs", "stopped_hourly", "job_timeline",
+                   "cost_report", "plan"})
+
+
+def _closed(conn) -> bool:
+    """Whether the server closed an idle kept-alive connection (its socket reads as ready: EOF)."""
+    import select
+
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 class Client:
@@ -36,6 +59,13 @@ class Client:
         self.port = parts.port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
         self.token = token
+        self._kept: http.client.HTTPConnection | None = None
+        self._kept_at = 0.0
+
+    def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.https:
@@ -46,11 +76,16 @@ class Client:
             return http.client.HTTPSConnection(self.host, self.port, timeout=READ_TIMEOUT, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=READ_TIMEOUT)
 
-    def _send(self, path: str, body: bytes | None, content_type: str, method: str = "POST"):
+    def _send(self, path: str, body: bytes | None, content_type: str, method: str = "POST", retry: bool = False):
         if not self.token:
             raise AuthError(f"no token for the broker server {self.url}",
                             "`broker login URL --token TOKEN`, or set BROKER_API_TOKEN")
-        conn = self._conn()
+        conn, self._kept = self._kept, None
+        reused = conn is not None and time.monotonic() - self._kept_at < KEEP_ALIVE and not _closed(conn)
+        if not reused:
+            if conn is not None:
+                conn.close()
+            conn = self._conn()
         try:
             conn.request(method, self.prefix + path, body=body,
                          headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
@@ -58,7 +93,17 @@ class Client:
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
+            if reused and retry and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
+                                                     BrokenPipeError)):
+                return self._send(path, body, content_type, method)  # a fresh connection, once
             raise self._unreachable(exc) from None
+
+    def _keep(self, conn, resp) -> None:
+        """After a plain answer read to its end: keep the connection for the next call."""
+        if resp.will_close:
+            conn.close()
+        else:
+            self._kept, self._kept_at = conn, time.monotonic()
 
     def _unreachable(self, exc) -> BrokerError:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
@@ -68,17 +113,22 @@ class Client:
 
     def call(self, fn: str, *args, on_event=None, on_line=None, on_raw=None, **kwargs):
         body = wire.dumps({"args": list(args), "kwargs": kwargs}).encode()
-        conn, resp = self._send(f"/api/v1/call/{fn}", body, "application/json")
+        conn, resp = self._send(f"/api/v1/call/{fn}", body, "application/json", retry=fn in READS)
+        keep = False
         try:
             ctype = resp.getheader("Content-Type", "")
             if ctype.startswith("application/x-ndjson"):
                 return self._stream(resp, on_event, on_line, on_raw)
             data = resp.read()
-            return self._answer(resp.status, data)
+            keep = True
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
         finally:
-            conn.close()
+            if keep:
+                self._keep(conn, resp)
+            else:
+                conn.close()  # a stream (or a broken answer): never reused
+        return self._answer(resp.status, data)
 
     def whoami(self) -> dict:
         conn, resp = self._send("/api/v1/whoami", None, "application/json", method="GET")

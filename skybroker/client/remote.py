@@ -125,8 +125,36 @@ def status(refresh=False, names=None, all_users=False):
 
 
 def ssh_target(name: str, rank: int = 0) -> dict:
-    raise UsageError("`broker ssh` is not available in client mode yet (the nodes' keys stay on the server)",
-                     "run it on the server, or `broker exec CLUSTER -- CMD` for a command")
+    """ssh with this machine's own key (BROKER_HOME/keys, made on first use), which the server authorizes
+    on the node (the broker's key stays on the server), and the host key the server pinned at launch."""
+    from ..paths import ensure_home, private_dir, private_file
+    from ..runtime.keys import ensure_user_key
+
+    home = ensure_home()
+    key, pub = ensure_user_key(home)
+    g = _call("ssh_grant", name, rank, pub)
+    if not g.get("host_key"):
+        raise UsageError(f"the server has no pinned host key for {name} node {rank}",
+                         f"`broker exec {name} -- true` makes the server connect (and pin it), then retry")
+    alias = f"{name}-node{rank}"
+    known = private_dir(home / "ssh") / f"{alias}.known_hosts"
+    with private_file(known, "w") as f:
+        f.write(f"{alias} {g['host_key'][0]} {g['host_key'][1]}\n")
+    return {"kind": "ssh", "argv": ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", f"HostKeyAlias={alias}",
+                                    "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                                    "-p", str(g["port"]), "-l", g["user"], g["host"]]}
+
+
+def gc_scan(clouds=None, regions=None, on_event=None):
+    return _call("gc_scan", list(clouds) if clouds else None, regions, on_event=on_event)
+
+
+def gc_remove(orphans, on_event=None) -> list[str]:
+    return _call("gc_remove", list(orphans), on_event=on_event)
+
+
+def forget_host_keys(cluster: str, rank: int | None = None) -> list[str]:
+    return _call("forget_host_keys", cluster, rank)
 
 
 def adopt(on_event=None) -> list[str]:
@@ -175,8 +203,7 @@ def jobs_launch(task):
 
 
 def jobs_launch_pipeline(pipeline):
-    raise UsageError("pipelines are not available in client mode yet",
-                     "run the stages as separate `broker jobs launch` calls, or launch the pipeline on the server")
+    return _call("jobs_launch_pipeline", [_prepare(t) for t in pipeline], pipeline.name)
 
 
 def jobs_queue(all_users: bool = False):

@@ -69,7 +69,10 @@ class LocalCloud(LocalVolumes, Provider):
                           None, 0.0, res.use_spot, price, 1)]
 
     def _root(self) -> Path:
-        return broker_home() / "local"
+        from .. import settings
+
+        root = settings.get("local_root")
+        return Path(root).expanduser() if root else broker_home() / "local"
 
     def _cluster_dir(self, cluster: str) -> Path:
         return self._root() / cluster

@@ -340,10 +340,9 @@ def gc(yes, clouds, regions, as_json):
     """Find resources tagged by skybroker that the local state does not know (instances, security groups,
     firewall rules, resource groups, local node directories) and clusters whose launch was interrupted,
     and remove them. Clouds that cannot be scanned are named, never skipped silently."""
-    from .options import can_prompt, local_only
+    from .options import can_prompt
 
-    local_only("gc")
-    from .. import gc as gc_mod
+    api = use_api()  # in client mode: the server's state and clouds (admins only)
     from ..errors import BrokerError, UsageError
 
     progress = render.Progress(quiet=as_json)
@@ -354,7 +353,7 @@ def gc(yes, clouds, regions, as_json):
         regs = {c: list(regions) for c in registry.names()}
     with progress:
         progress.event("scan", "looking for resources tagged by skybroker and interrupted launches")
-        res = gc_mod.scan(tuple(clouds) or None, regs, on_event=progress.event)
+        res = api.gc_scan(tuple(clouds) or None, regs, on_event=progress.event)
     if not res.scanned:
         raise BrokerError("nothing was scanned: " + "; ".join(f"{w}: {y}" for w, y in res.skipped),
                           "give a cloud that is ready in `broker check`, e.g. `broker gc --cloud aws`", exit_code=4)
@@ -374,7 +373,7 @@ def gc(yes, clouds, regions, as_json):
         if not render.confirm_prompt("Remove them?", default=False):
             return 1
     with progress:
-        warnings = gc_mod.remove(res.orphans, on_event=progress.event)
+        warnings = api.gc_remove(res.orphans, on_event=progress.event)
     if as_json:
         render.print_json(render.gc_json(res, res.orphans, warnings))
     else:
@@ -394,12 +393,7 @@ def hostkeys():
 def hostkeys_forget(cluster, rank):
     """Forget the pinned host key(s) of CLUSTER's nodes, after you checked that the host really changed
     (re-imaged, replaced). The next connection pins the key it is shown."""
-    from .options import local_only
-
-    local_only("hostkeys")
-    from .. import clusters
-
-    done = clusters.forget_host_keys(cluster, rank)
+    done = use_api().forget_host_keys(cluster, rank)  # in client mode: the keys the server pinned
     render.info(f"forgot {len(done)} pinned host key(s) of {cluster}" + (f": {', '.join(done)}" if done else ""))
 
 

@@ -25,16 +25,6 @@ def use_api():
     return remote
 
 
-def local_only(what: str) -> None:
-    """For a command that works on this machine's own state and clouds (gc, hostkeys): not in client mode."""
-    from ..client import endpoint
-
-    ep = endpoint()
-    if ep is not None:
-        raise UsageError(f"`broker {what}` works on this machine's state, but commands go to the server {ep[0]}",
-                         f"run it on the server, or `BROKER_API_SERVER=local broker {what} …` for this machine")
-
-
 def task_options(f):
     opts = [
         click.option("--infra", help="cloud[/region[/zone]], e.g. aws/us-east-1, gcp, local, ssh/mypool."),

@@ -78,10 +78,13 @@ def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud, worker
     scheme = "https" if certfile else "http"
     render.info(f"broker server on {scheme}://{host}:{port} (state: {where})")
     daemons.start()
+    from ..client.http import SERVER_KEEP_ALIVE
+
     app = app_mod.create_app() if workers == 1 else "skybroker.server.app:create_app"
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, factory=workers > 1,
-                    workers=workers, ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5)
+                    workers=workers, ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5,
+                    timeout_keep_alive=SERVER_KEEP_ALIVE)
     finally:
         daemons.stop()
     return 0

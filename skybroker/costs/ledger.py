@@ -77,6 +77,7 @@ class Run:
     disk_price: float  # $/GB-month, frozen at launch
     started_at: float
     ended_at: float | None
+    user_name: str | None = None  # server mode: whose cluster or job it was
     intervals: list[Interval] = field(default_factory=list)
 
     @property
@@ -161,13 +162,14 @@ def open_run(rec, cand, at: float | None = None) -> int:
     values = (rec.name, _job_of(rec.owner), cand.cloud, cand.region, rec.zone or cand.zone, cand.instance_type,
               cand.accelerators(), cand.resources.describe(), rec.num_nodes or cand.num_nodes,
               SPOT if cand.use_spot else ON_DEMAND, float(cand.price), od_price_of(cand), disk_gb,
-              disks.price_per_gb_month(cand.cloud), at)
+              disks.price_per_gb_month(cand.cloud), at, getattr(rec, "user_name", None) or state.current_user.get())
 
     def do(conn):
         _close_open(conn, rec.name, at)
         cur = conn.execute(
             "INSERT INTO cost_runs (cluster, job_id, cloud, region, zone, instance_type, accelerators, resources, "
-            "num_nodes, market, price, od_price, disk_gb, disk_price, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "num_nodes, market, price, od_price, disk_gb, disk_price, started_at, user_name) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             values)
         rid = int(cur.lastrowid)
         conn.execute("INSERT INTO cost_intervals (run_id, state, start_at) VALUES (?,?,?)", (rid, UP, at))
@@ -234,7 +236,7 @@ def reconcile(at: float | None = None) -> list[str]:
 # readers
 
 _RUN_COLS = ("id", "cluster", "job_id", "cloud", "region", "zone", "instance_type", "accelerators", "resources",
-             "num_nodes", "market", "price", "od_price", "disk_gb", "disk_price", "started_at", "ended_at")
+             "num_nodes", "market", "price", "od_price", "disk_gb", "disk_price", "started_at", "ended_at", "user_name")
 
 
 def runs(*, since: float | None = None, live_only: bool = False, job_id: int | None = None,

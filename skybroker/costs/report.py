@@ -63,7 +63,9 @@ def job_json(job, rs: list[ledger.Run], at: float) -> dict:
     return out
 
 
-def build(since: float | None = None, everything: bool = False, at: float | None = None) -> dict:
+def build(since: float | None = None, everything: bool = False, at: float | None = None,
+          only_user: str | None = None) -> dict:
+    """The report; with `only_user` (a non-admin on a server), that user's cluster runs and jobs only."""
     from ..jobs import store
 
     at = ledger.now() if at is None else at
@@ -73,10 +75,13 @@ def build(since: float | None = None, everything: bool = False, at: float | None
     elif since is None:
         since = at - DEFAULT_WINDOW_S
     rs = ledger.runs(since=since)
-    clusters = [run_json(r, at) for r in rs if r.job_id is None]
+    clusters = [run_json(r, at) for r in rs if r.job_id is None and (only_user is None or r.user_name == only_user)]
     jobs = []
     for jid in sorted({r.job_id for r in rs if r.job_id is not None}):
-        jobs.append(job_json(store.get(jid), ledger.runs(job_id=jid), at))
+        job = store.get(jid)
+        if only_user is not None and (job is None or job.user_name != only_user):
+            continue
+        jobs.append(job_json(job, ledger.runs(job_id=jid), at))
     c_cost = sum(c["cost"] for c in clusters)
     j_cost = sum(j["cost"] for j in jobs)
     savings = _sum([c["savings"] for c in clusters] + [j["savings"] for j in jobs])

@@ -1,7 +1,10 @@
 """The user's SSH key pair and the pinned host keys of instances.
 
 `ensure_user_key(broker_home)`: one key per user under BROKER_HOME/keys/ (ed25519 via ssh-keygen, else RSA
-3072 via paramiko), created once under a file lock and reused.
+3072 via paramiko), created once under a file lock and reused. On a PostgreSQL state (server replicas)
+the pair lives in the database (table ssh_keys, the private key encrypted with the secrets key: see
+jobs/store.py) and each BROKER_HOME holds a 0600 copy: the first replica to need a key stores its own,
+every other one adopts it, so all of them reach the same nodes.
 
 `HostKeyStore(path)`: trust on first use, per *instance id*: the first key an instance presents is
 pinned; the same instance presenting another key later is a HostKeyMismatch. A new instance at a reused
@@ -39,10 +42,53 @@ def ensure_user_key(broker_home: Path) -> tuple[Path, str]:
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
     with FileLock(str(keys_dir / ".lock"), timeout=60):
-        for priv in _private_key_paths(keys_dir):
-            if priv.exists():
-                return priv, _public_key(priv)
-        return _generate(keys_dir)
+        from .. import state
+
+        if state.is_postgres():
+            return _shared_key(keys_dir)
+        return _local_key(keys_dir)
+
+
+def _local_key(keys_dir: Path) -> tuple[Path, str]:
+    for priv in _private_key_paths(keys_dir):
+        if priv.exists():
+            return priv, _public_key(priv)
+    return _generate(keys_dir)
+
+
+def _shared_key(keys_dir: Path) -> tuple[Path, str]:
+    from cryptography.fernet import InvalidToken
+
+    from .. import state
+    from ..jobs.store import decrypt, encrypt
+
+    db = state.db()
+    row = db.execute("SELECT name, private, public FROM ssh_keys WHERE id = 1").fetchone()
+    if row is None:
+        priv, pub = _local_key(keys_dir)
+        db.execute("INSERT OR IGNORE INTO ssh_keys (id, name, private, public, created_at) VALUES (1,?,?,?,?)",
+                   (priv.name, encrypt({"key": priv.read_text()}), pub, time.time()))
+        row = db.execute("SELECT name, private, public FROM ssh_keys WHERE id = 1").fetchone()  # ours, or a peer's
+    name, blob, pub = row[0], bytes(row[1]), row[2]
+    if name not in ("id_ed25519", "id_rsa"):
+        raise SSHKeyError(f"the state database holds an SSH key named {name!r}, not id_ed25519 or id_rsa")
+    try:
+        text = decrypt(blob)["key"]
+    except InvalidToken:
+        raise SSHKeyError("cannot decrypt the broker's SSH key stored in the database: this server's secrets key "
+                          "differs from the one that stored it",
+                          "give every replica the same BROKER_SECRETS_KEY") from None
+    path = keys_dir / name
+    if not path.exists() or path.read_text() != text:
+        _write_atomic(path.with_name(name + ".pub"), (pub + "\n").encode(), 0o644)
+        _write_atomic(path, text.encode(), 0o600)
+    for other in _private_key_paths(keys_dir):  # a different local pair would shadow the shared one: set aside
+        if other != path and other.exists():
+            os.replace(other, other.with_name(other.name + ".before-shared"))
+            pub_other = other.with_name(other.name + ".pub")
+            if pub_other.exists():
+                os.replace(pub_other, other.with_name(other.name + ".pub.before-shared"))
+    return path, pub
 
 
 def _public_key(priv: Path) -> str:

@@ -22,16 +22,19 @@ import threading
 import time
 import traceback
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__, state, users, wire
 from ..errors import AuthError, BrokerError, ForbiddenError
-from . import calls
+from . import cache as cache_mod, calls
 
 PING_EVERY = 5.0
 MAX_UPLOAD = 1 << 30
+CPU_BOUND_AT_ONCE = 2  # calls.CPU_BOUND running at once in one server process
 MAX_CALL = 64 << 20  # a call's JSON body (a task, a plan): far below this
 
 _STATUS = {2: 400, 3: 422, 4: 502, 5: 404, 130: 499}
@@ -67,10 +70,28 @@ def _authenticate(request: Request):
     local = request.app.state.local_token
     if local and token == local:  # `broker dashboard`: this machine's user, with a token made for the run
         return users.User("local", True)
-    user = users.authenticate(token) if not local else None
+    user = None if local else _cached_user(token)
     if user is None:
         raise AuthError("the server does not accept this token (unknown or revoked)",
                         "ask an admin for a new one, then `broker login URL --token TOKEN`")
+    return user
+
+
+def _encode(value) -> bytes:
+    return json.dumps({"value": wire.dump(value)}, separators=(",", ":")).encode()
+
+
+def _cached_user(token: str):
+    rc = cache_mod.CACHE
+    if rc is None:
+        return users.authenticate(token)
+    d = users.digest(token)
+    user = rc.user(d)
+    if user is None:
+        snap = rc.snapshot(("users",))
+        user = users.authenticate(token)
+        if user is not None:
+            rc.put_user(d, snap, user)
     return user
 
 
@@ -101,6 +122,7 @@ def create_app(local_token: str | None = None) -> FastAPI:
 
     if local_token is None:  # `broker dashboard` serves the page only, never the API
         _api_routes(app)
+        _start_cache()
 
     @app.post("/dashboard/login")
     async def dashboard_login(request: Request):
@@ -120,6 +142,25 @@ def create_app(local_token: str | None = None) -> FastAPI:
                         secure=request.url.scheme == "https")
         return resp
 
+    @app.api_route("/dashboard/plan", methods=["GET", "POST"])
+    async def dashboard_plan(request: Request):
+        from urllib.parse import parse_qs
+
+        from . import dashboard as dash
+
+        try:
+            user = await run_in_threadpool(_authenticate, request)
+        except BrokerError as exc:
+            return HTMLResponse(dash.login_page(exc.message))
+        text = None
+        if request.method == "POST":
+            if int(request.headers.get("content-length") or 0) > 4 * dash.MAX_PASTE:
+                return HTMLResponse(dash.plan_page(user, ""), status_code=413)
+            raw = await request.body()
+            text = (parse_qs(raw.decode("utf-8", "replace")).get("task") or [""])[0]
+        html = await anyio.to_thread.run_sync(_as_user, user, dash.plan_page, user, text, limiter=_cpu_limiter())
+        return HTMLResponse(html)
+
     @app.get("/dashboard")
     def dashboard(request: Request):
         from . import dashboard as dash
@@ -130,7 +171,94 @@ def create_app(local_token: str | None = None) -> FastAPI:
             return HTMLResponse(dash.login_page(exc.message))  # a page to sign in on, not an API error
         return HTMLResponse(_as_user(user, dash.page, user))
 
-    return app
+    return FastReads(app) if local_token is None else app
+
+
+def _start_cache() -> None:
+    if cache_mod.CACHE is None:
+        url = state.db_url()
+        if not url:
+            state.db()  # the SQLite file exists (and is migrated) before the cache opens it
+        cache_mod.CACHE = cache_mod.ReadCache(url or None, None if url else str(state.db_path()))
+        if url:
+            from .. import db_pg
+
+            db_pg.on_write = cache_mod.CACHE.bump
+
+
+class FastReads:
+    """In front of the FastAPI app: a cached answer to a frequent read (calls.CACHED) is sent from the
+    event loop at once (no thread hop, no framework); anything else, and every miss, goes to the app."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+        self.state = app.state
+        self.pending: dict[tuple, asyncio.Future] = {}  # answers being recomputed (one request each)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/api/v1/call/"):
+            return await self.app(scope, receive, send)
+        fn = scope["path"][len("/api/v1/call/"):]
+        rc = cache_mod.CACHE
+        if fn not in calls.CACHED or rc is None or not rc.on:
+            return await self.app(scope, receive, send)
+        t0 = time.monotonic()
+        chunks, size, more = [], 0, True
+        while more and size <= MAX_CALL:  # beyond that the app answers "request too large"
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+        raw = b"".join(chunks)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+        body = key = user = None
+        if header[:7].lower() == "bearer " and not more:
+            d = users.digest(header[7:].strip())
+            user = rc.user(d)
+            if user is not None:
+                key, tables = (fn, d, raw), calls.CACHED[fn][0] + ("users",)
+                body = rc.answer(key, tables, daemons_mod().is_leader())
+                if body is None and key in self.pending:  # being recomputed: wait for that answer
+                    await asyncio.shield(self.pending[key])
+                    body = rc.answer(key, tables, daemons_mod().is_leader())
+        if body is None:
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": raw, "more_body": more}
+                return await receive()
+
+            if key is None or key in self.pending:
+                return await self.app(scope, replay, send)
+            self.pending[key] = asyncio.get_running_loop().create_future()
+            try:
+                return await self.app(scope, replay, send)
+            finally:
+                self.pending.pop(key).set_result(None)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        log(f"{user.name} {fn} 200 {1000 * (time.monotonic() - t0):.0f}ms cached")
+
+
+_CPU = []
+
+
+def _cpu_limiter():
+    if not _CPU:
+        _CPU.append(anyio.CapacityLimiter(CPU_BOUND_AT_ONCE))
+    return _CPU[0]
+
+
+def daemons_mod():
+    from . import daemons
+
+    return daemons
 
 
 def _api_routes(app: FastAPI) -> None:
@@ -169,11 +297,29 @@ def _api_routes(app: FastAPI) -> None:
             _as_user(user, check, user, args, kwargs)
             if stream is not None:
                 return user, run, stream, args, kwargs, None
-            value = _as_user(user, run, user, *args, **kwargs)
-            return user, run, stream, args, kwargs, json.dumps({"value": wire.dump(value)}, separators=(",", ":"))
+            rc, cached = cache_mod.CACHE, calls.CACHED.get(fn)
+            header = request.headers.get("authorization", "")
+            if rc is None or cached is None or not header.lower().startswith("bearer "):
+                value = _as_user(user, run, user, *args, **kwargs)
+                return user, run, stream, args, kwargs, _encode(value)
+            key, tables = (fn, users.digest(header[7:].strip()), raw), cached[0] + ("users",)
+            with rc.flight(key):
+                leader = daemons_mod().is_leader()
+                answer = rc.answer(key, tables, leader)  # computed meanwhile by the request we waited for
+                if answer is None:
+                    snap = rc.snapshot(tables)  # before the read: a write during it makes the answer stale
+                    value = _as_user(user, run, user, *args, **kwargs)
+                    answer = _encode(value)
+                    if cached[1](args, kwargs, value):
+                        rc.put_answer(key, snap, answer, leader)
+            return user, run, stream, args, kwargs, answer
 
         try:
-            user, run, stream, args, kwargs, answer = await run_in_threadpool(prepare)
+            if fn in calls.CPU_BOUND:  # a few at a time: the rest wait without taking the GIL from the reads
+                user, run, stream, args, kwargs, answer = await anyio.to_thread.run_sync(
+                    prepare, limiter=_cpu_limiter())
+            else:
+                user, run, stream, args, kwargs, answer = await run_in_threadpool(prepare)
             if stream is None:
                 log(f"{user.name} {fn} 200 {1000 * (time.monotonic() - t0):.0f}ms")
                 return Response(answer, media_type="application/json")

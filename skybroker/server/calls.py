@@ -2,8 +2,8 @@
 
 Rules (README "Teams and CI"):
 - every cluster and managed job records its user; listing shows the caller's unless `all_users`;
-- a non-admin may not launch onto, exec on, read the logs or queue of, stop, start, autostop, cancel on or
-  tear down another user's cluster, nor read or cancel another user's managed job: ForbiddenError (HTTP
+- a non-admin may not launch onto, exec on, ssh into, read the logs or queue of, stop, start, autostop,
+  cancel on or tear down another user's cluster, nor read or cancel another user's managed job: ForbiddenError (HTTP
   403), checked before anything is done; admins may (clusters made in local mode have no user: admins only);
 - a task's local sources must be the caller's own uploads (`upload://ID/...`): the server never reads its
   own files for a client; the local cloud (nodes on the server machine itself) only when the server was
@@ -135,7 +135,10 @@ def check_launch(user, args, kwargs) -> None:
 
 
 def run_launch(user, task, **kw):
-    return api.launch(server_task(user, task), **kw)
+    try:
+        return api.launch(server_task(user, task), **kw)
+    finally:
+        drop_uploads(user, task)  # synced to the nodes (or the launch failed): not needed any more
 
 
 def check_exec(user, args, kwargs) -> None:
@@ -144,7 +147,10 @@ def check_exec(user, args, kwargs) -> None:
 
 
 def run_exec(user, name, task, **kw):
-    return api.exec_(name, server_task(user, task), **kw)
+    try:
+        return api.exec_(name, server_task(user, task), **kw)
+    finally:
+        drop_uploads(user, task)
 
 
 def check_down(user, args, kwargs) -> None:
@@ -173,7 +179,21 @@ def run_events(user, cluster=None, job_id=None, limit=50):
 
 
 def run_jobs_launch(user, task):
-    return api.jobs_launch(server_task(user, task))
+    return api.jobs_launch(server_task(user, task))  # its uploads stay until the job ends (sweep_uploads)
+
+
+def check_pipeline(user, args, kwargs) -> None:
+    tasks = args[0] if args else kwargs.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise UsageError("expected a list of tasks")
+    for t in tasks:
+        server_task(user, t)
+
+
+def run_jobs_launch_pipeline(user, tasks, name=None):
+    from ..spec import Pipeline
+
+    return api.jobs_launch_pipeline(Pipeline([server_task(user, t) for t in tasks], name))
 
 
 def run_jobs_queue(user, all_users=False):
@@ -216,6 +236,11 @@ def run_job_costs(user):
 
     mine = {j.id for j in store.all_jobs() if user.admin or j.user_name == user.name}
     return {str(k): v for k, v in api.job_costs().items() if k in mine}
+
+
+def run_cost_report(user, since_s=None, everything=False):
+    """An admin: the team's whole ledger; anyone else: their own clusters' runs and jobs."""
+    return api.cost_report(since_s, everything, None if user.admin else user.name)
 
 
 def run_daemons(user):
@@ -273,6 +298,10 @@ CALLS = {
     "launch": (check_launch, run_launch, {"on_event": EV, "on_line": LN}),
     "exec_": (check_exec, run_exec, {"on_event": EV, "on_line": LN}),
     "adopt": (_admin, _plain(api.adopt), {"on_event": EV}),
+    "gc_scan": (_admin, _plain(api.gc_scan), {"on_event": EV}),  # the server's clouds and state: admins
+    "gc_remove": (_admin, _plain(api.gc_remove), {"on_event": EV}),
+    "forget_host_keys": (_first_cluster, _plain(api.forget_host_keys), None),
+    "ssh_grant": (_first_cluster, _plain(api.ssh_grant), None),
     "down": (check_down, _plain(api.down), {"on_event": EV}),
     "stop": (_first_cluster, _plain(api.stop), {"on_event": EV}),
     "start": (_first_cluster, _plain(api.start), {"on_event": EV}),
@@ -282,6 +311,7 @@ CALLS = {
     "cancel": (_first_cluster, _plain(api.cancel), None),
     "events": (check_events, run_events, None),
     "jobs_launch": (lambda u, a, k: server_task(u, a[0]), run_jobs_launch, None),
+    "jobs_launch_pipeline": (check_pipeline, run_jobs_launch_pipeline, None),
     "jobs_queue": (_none, run_jobs_queue, None),
     "jobs_get": (check_job, _plain(api.jobs_get), None),
     "jobs_logs": (check_job, _plain(api.jobs_logs), {"on_line": RAW}),
@@ -290,12 +320,30 @@ CALLS = {
     "job_costs": (_none, run_job_costs, None),
     "stopped_hourly": (_none, run_stopped_hourly, None),
     "job_timeline": (check_job, _plain(api.job_timeline), None),
-    "cost_report": (_admin, _plain(api.cost_report), None),
+    "cost_report": (_none, run_cost_report, None),
     "pool_apply": (check_pool_apply, run_pool_apply, None),
     "pool_status": (_none, run_pool_status, None),
     "pool_down": (lambda u, a, k: own_pool(u, a[0]), lambda u, name, wait=False: api.pool_down(name, False), None),
-    "jobs_launch_pool": (lambda u, a, k: (own_pool(u, a[0]), server_task(u, a[1])), run_jobs_launch_pool, None),  # the team's whole ledger: admins only (for now)
+    "jobs_launch_pool": (lambda u, a, k: (own_pool(u, a[0]), server_task(u, a[1])), run_jobs_launch_pool, None),
 }
+
+
+def _status_cacheable(args, kwargs, value) -> bool:
+    refresh = args[0] if args else kwargs.get("refresh", False)
+    return not refresh and all(r.status not in (state.INIT, state.INTERRUPTED) for r in value["clusters"])
+
+
+# The reads whose answers the server caches (cache.py): the tables each is read from, and whether one
+# answer may be cached (not when it depends on anything but those tables).
+CACHED = {
+    "status": (("clusters",), _status_cacheable),
+    "jobs_queue": (("managed_jobs",), lambda args, kwargs, value: True),
+}
+
+
+# Calls that are pure computation (the optimizer): run a few at a time, so that a burst of them leaves
+# the GIL to the event loop serving the cached reads.
+CPU_BOUND = frozenset({"plan", "preflight"})
 
 
 def lookup(fn: str):
@@ -306,12 +354,55 @@ def lookup(fn: str):
     return entry
 
 
+UPLOAD_GRACE = 3600.0  # an upload no launch used (a declined confirmation, a client gone) lives this long
+
+
+def _upload_ids(task) -> set[str]:
+    srcs = [task.workdir] + [m.source for m in task.file_mounts if not m.is_bucket]
+    return {s[len("upload://"):].partition("/")[0] for s in srcs if s and s.startswith("upload://")}
+
+
+def drop_uploads(user, task) -> None:
+    import shutil
+
+    for uid in _upload_ids(task):
+        if _UPLOAD_ID.match(uid):
+            shutil.rmtree(upload_root(user.name) / uid, ignore_errors=True)
+
+
+def sweep_uploads(user_name: str | None = None, grace: float = UPLOAD_GRACE) -> list[str]:
+    """Remove uploads older than `grace` that no active managed job uses (a job's recoveries sync from its
+    upload, so it lives until the job ends). One user's, or everyone's. Returns the ids removed."""
+    import shutil
+    import time
+
+    from ..jobs import store
+    from ..paths import broker_home
+
+    root = broker_home() / "uploads"
+    if not root.is_dir():
+        return []
+    used = " ".join(f"{j.task} {getattr(j, 'stages', '') or ''}" for j in store.active())
+    gone = []
+    for udir in ([root / user_name] if user_name else [p for p in root.iterdir() if p.is_dir()]):
+        for d in (udir.iterdir() if udir.is_dir() else ()):
+            try:
+                old = time.time() - d.stat().st_mtime > grace
+            except OSError:
+                continue
+            if old and _UPLOAD_ID.match(d.name) and d.name not in used:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+    return gone
+
+
 def extract_upload(user, data: bytes) -> str:
     """Unpack a client's tar.gz of task sources into the user's upload area; returns its id."""
     import io
     import tarfile
     import uuid
 
+    sweep_uploads(user.name)
     uid = uuid.uuid4().hex
     dest = upload_root(user.name) / uid
     dest.mkdir(mode=0o700)

@@ -20,6 +20,7 @@ from .. import settings, state
 
 CONTROLLER_LOCK = 0x6272_6F6C  # pg_try_advisory_lock key of the controller ("brol")
 LEASE_POLL = 1.0
+UPLOAD_SWEEP_EVERY = 300.0  # the leader removes stale uploads (calls.sweep_uploads) this often
 
 _leader = threading.Event()
 _stop = threading.Event()
@@ -140,10 +141,18 @@ def _serve(lease) -> None:
         return not _stop.is_set() and lease.held()
 
     def watcher():
+        swept = 0.0
         while keep_going():
             try:
                 for name, action in autostop.check_once():
                     log(f"autostop: {action} {name}")
+                if time.monotonic() - swept > UPLOAD_SWEEP_EVERY:
+                    from .calls import sweep_uploads
+
+                    swept = time.monotonic()
+                    gone = sweep_uploads()
+                    if gone:
+                        log(f"removed {len(gone)} upload(s) no launch or active job uses")
             except Exception as exc:  # noqa: BLE001 - e.g. the database restarting: try again
                 log(f"autostop: error: {exc}")
             deadline = time.monotonic() + settings.get("autostop_poll")

@@ -92,6 +92,78 @@ def test_dashboard_lists_clusters_and_a_recovered_job(tmp_path, browser):
         server.stop()
 
 
+@needs_browser
+def test_dashboard_failover_history_and_plan_a_pasted_task(tmp_path, browser):
+    """A launch refused by the cloud (the local cloud's NO_SPOT_CAPACITY switch: CapacityError with the
+    code NoSpotCapacity) and one that came up are listed with their attempts; a pasted task is planned by
+    the server (an error is shown as the CLI says it; a task with secrets is not echoed back)."""
+    from selenium.webdriver.common.by import By
+
+    server = Server(tmp_path / "server_home").start()
+    try:
+        tok = server.token("bea")
+        bea = server.client(tok, tmp_path / "bea")
+        (server.home / "local").mkdir(parents=True, exist_ok=True)
+        (server.home / "local" / "NO_SPOT_CAPACITY").touch()
+        r = bea("launch", "-y", "-c", "spotty", write_task(tmp_path / "s.yaml", name="s", run="true",
+                                                        resources={"infra": "local", "use_spot": True}))
+        assert r.returncode == 4 and "NoSpotCapacity" in r.stderr, r.stderr
+        r = bea("launch", "-y", "-d", "-c", "web", write_task(tmp_path / "c.yaml", name="c", run="sleep 30"))
+        assert r.returncode == 0, r.stderr
+
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.NAME, "token").send_keys(tok)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(lambda: browser.find_elements(By.ID, "launches"), 10, 0.1, "the dashboard")
+        rows = {ln.split()[2]: ln for ln in browser.find_element(By.ID, "launches").text.splitlines()
+                if len(ln.split()) > 3 and ln.split()[2] in ("spotty", "web")}
+        assert "failed" in rows["spotty"], rows
+        assert "up on local" in rows["web"], rows
+        launches = browser.find_element(By.ID, "launches").text
+        assert "CapacityError NoSpotCapacity" in launches and "no spot capacity on this machine" in launches
+        _screenshot(browser, tmp_path, "dashboard-failover.png")
+
+        browser.find_element(By.LINK_TEXT, "Plan a task").click()
+        box = wait_for(lambda: browser.find_elements(By.ID, "task"), 10, 0.1, "the plan form")[0]
+        box.send_keys("name: train\nresources:\n  accelerators: V100:1\n  infra: aws\n")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        plan = wait_for(lambda: browser.find_elements(By.ID, "plan"), 20, 0.1, "the plan")[0].text
+        assert "Chosen:" in plan and "on aws/" in plan and "V100" in plan, plan
+        assert "p3.2xlarge" in plan, plan  # the catalog's cheapest 1×V100 on AWS
+        assert "V100:1" in browser.find_element(By.ID, "task").get_attribute("value")  # kept for editing
+        _screenshot(browser, tmp_path, "dashboard-plan.png")
+
+        box = browser.find_element(By.ID, "task")
+        box.clear()
+        box.send_keys("resources:\n  acclerators: V100\n")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        err = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#plan.error"), 20, 0.1, "the error")[0].text
+        assert "acclerators" in err and "accelerators" in err, err  # the field path and a did-you-mean
+
+        box = browser.find_element(By.ID, "task")
+        box.clear()
+        box.send_keys("secrets:\n  API_KEY: hunter2-pasted\nresources:\n  infra: aws\n  cpus: 4+\n")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(lambda: browser.find_elements(By.ID, "plan"), 20, 0.1, "the plan")
+        assert "hunter2-pasted" not in browser.page_source and "not shown again" in browser.page_source
+        assert "hunter2" not in server.log_text()
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        server.stop()
+
+
+def _screenshot(browser, tmp_path, name: str) -> None:
+    shots = Path(os.environ.get("BROKER_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    path = shots / name
+    browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    from tests.conftest import REPORTS
+
+    REPORTS.append(f"dashboard screenshot: {path}")
+
+
 def test_local_mode_dashboard_serves_the_page_only(tmp_path):
     """`broker dashboard`: this machine's state on 127.0.0.1, a token made for the run, no API."""
     import re

@@ -145,6 +145,29 @@ def test_token_revoked_mid_session(server, tmp_path):
     assert r.returncode == 7
 
 
+def test_cached_reads_follow_writes_of_other_processes(any_server, tmp_path):
+    """status/jobs queue are answered from the server's cache (cache.py) until their tables change: a
+    cluster saved by another process on the same database shows at the next status, a token revoked by
+    another process is refused at the next request — on SQLite and on PostgreSQL."""
+    alice = any_server.client(any_server.token("alice"), tmp_path / "alice")
+    for _ in range(3):
+        assert _status(alice) == []
+    assert "alice status 200" in any_server.log_text() and " cached" in any_server.log_text()
+    code = ("from skybroker import state\ntok = state.current_user.set('alice')\n"
+            "state.save_cluster(state.ClusterRecord(name='made-elsewhere', cloud='aws', region='us-east-1', zone=None, "
+            "instance_type='m6i.large', accelerators=None, use_spot=False, num_nodes=1, hourly_price=0.1, "
+            "status=state.STOPPED, launched_at=1.0, nodes=[]))")
+    r = subprocess.run([sys.executable, "-c", code], env=any_server.env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [(c["name"], c["status"]) for c in _status(alice)] == [("made-elsewhere", "STOPPED")]
+    assert _status(alice)[0]["name"] == "made-elsewhere"  # and the new answer is what gets cached
+    r = subprocess.run([sys.executable, "-m", "skybroker.cli", "server", "token", "revoke", "alice"],
+                       env=any_server.env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    r = alice("status")
+    assert r.returncode == 7 and "unknown or revoked" in r.stderr, r.stderr
+
+
 def _counting_job(tmp_path, n=25):
     led = tmp_path / "ledger"
     run = (f'i=0; echo "segment" >> "$LEDGER"; while [ $i -lt {n} ]; do i=$((i+1)); echo "count $i" >> "$LEDGER"; '
@@ -221,6 +244,144 @@ def test_replicas_on_one_postgresql_fail_over_the_controller(postgres, tmp_path)
     finally:
         a.stop()
         b.stop()
+
+
+def test_replicas_with_separate_homes_operate_one_cluster(postgres, tmp_path):
+    """Two servers with different BROKER_HOMEs (as on two machines) on one PostgreSQL, sharing only the
+    database, the secrets key and the local cloud's node directory (BROKER_LOCAL_ROOT: the local cloud is
+    "this machine"): a launch through A holds the cluster's lock in PostgreSQL, so B shows it INIT (not
+    INTERRUPTED, which B would conclude from its own free lock file before); then B runs a job on it and
+    tears it down. (Waiting for another replica's lock: tests/unit/test_replicas_state.py.)"""
+    from cryptography.fernet import Fernet
+
+    db = postgres.fresh_url()
+    shared = {"BROKER_SECRETS_KEY": Fernet.generate_key().decode(), "BROKER_LOCAL_ROOT": str(tmp_path / "nodes")}
+    slow_bring_up = {"BROKER_FAILPOINTS": "agent=sleep(5)"}  # a's launches hold the lock a while
+    a = Server(tmp_path / "home_a", db=db, extra_env={**shared, **slow_bring_up}).start()
+    b = Server(tmp_path / "home_b", db=db, extra_env=shared).start()
+    try:
+        tok = a.token("dana")
+        via_a, via_b = a.client(tok, tmp_path / "dana_a"), b.client(tok, tmp_path / "dana_b")
+        task = write_task(tmp_path / "t.yaml", name="t", run="echo launched")
+        launching = via_a.bg("launch", "-y", "-d", "-c", "shared", task)
+        wait_for(lambda: [c["status"] for c in _status(via_b)] == ["INIT"], 20, 0.2, "the launch seen from b")
+        time.sleep(1.0)
+        assert [c["status"] for c in _status(via_b)] == ["INIT"]  # b sees a's lock: not INTERRUPTED
+        r = via_b("exec", "shared", "--", "echo too early")
+        assert r.returncode == 2 and "is INIT" in r.stderr, r.stderr  # refused, nothing done
+        assert launching.wait(60) == 0
+        r = via_b("exec", "shared", "--", "echo from b")
+        assert r.returncode == 0 and "from b" in r.stdout, r.stderr
+        assert not (tmp_path / "home_b" / "locks").exists() and not (tmp_path / "home_a" / "locks").exists()
+        r = via_b("down", "-y", "shared")
+        assert r.returncode == 0, r.stderr
+        assert _status(via_a) == [] and not (tmp_path / "nodes" / "shared").exists()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_ssh_through_the_server_with_the_clients_own_key(server, tmp_path, node_pool, node_key):
+    """Client-mode `broker ssh` on real sshd nodes (the `ssh` cloud, pool `lab` in the server's home):
+    the server authorizes the client's own key on the node and hands over the host key it pinned, and the
+    client's ssh verifies it (StrictHostKeyChecking); the broker's key never leaves the server; another
+    user is refused."""
+    if shutil.which("ssh") is None:
+        pytest.skip("needs the OpenSSH client")
+    key, pub = node_key
+    [node] = node_pool.start(1, pub)
+    try:
+        (server.home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {node.user}\n  identity_file: {key}\n"
+                                                         f"  hosts:\n    - {node.ip}\n")
+        alice = server.client(server.token("alice"), tmp_path / "alice")
+        bob = server.client(server.token("bob"), tmp_path / "bob")
+        task = tmp_path / "s.yaml"
+        task.write_text("resources: {infra: ssh/lab}\nrun: echo up\n")
+        r = alice("launch", "-y", "-c", "lab1", str(task))
+        assert r.returncode == 0, r.stderr
+        r = alice("ssh", "lab1", "--", "echo hello from $(hostname) as $(whoami)")
+        assert r.returncode == 0, r.stderr
+        assert f"as {node.user}" in r.stdout, r.stdout
+        mine = (tmp_path / "alice" / "keys" / "id_ed25519.pub").read_text().split()[1]
+        assert mine != pub.split()[1]  # alice's own key, not the server's
+        assert (tmp_path / "alice" / "ssh" / "lab1-node0.known_hosts").read_text().startswith("lab1-node0 ssh-")
+        r = alice("ssh", "lab1", "--", "true")  # a second time: the key is not added twice
+        assert r.returncode == 0, r.stderr
+        code = f"grep -c {mine} ~/.ssh/authorized_keys"
+        r = alice("exec", "lab1", "--", code)
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].split()[-1] == "1", r.stdout
+        r = bob("ssh", "lab1", "--", "true")
+        assert r.returncode == 7 and "belongs to user alice" in r.stderr, r.stderr
+        assert alice("down", "-y", "lab1").returncode == 0
+    finally:
+        node_pool.kill(node)
+
+
+def _uploads(server, user) -> list[str]:
+    d = server.home / "uploads" / user
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def _sweep(server) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", "from skybroker.server.calls import sweep_uploads\n"
+                        "print(','.join(sweep_uploads(grace=0)))"], env=server.env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [x for x in r.stdout.strip().split(",") if x]
+
+
+def test_client_mode_pipelines_hostkeys_gc_cost_report_and_upload_cleanup(server, tmp_path):
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    bob = server.client(server.token("bob"), tmp_path / "bob")
+    root = server.client(server.token("root", admin=True), tmp_path / "root")
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "data.txt").write_text("from the laptop\n")
+    r = alice("launch", "-y", "-c", "dev", write_task(tmp_path / "t.yaml", name="t", workdir=str(tmp_path / "wd"),
+                                                     run="cat data.txt"))
+    assert r.returncode == 0 and "from the laptop" in r.stdout, r.stderr
+    assert _uploads(server, "alice") == []  # synced to the nodes: the server's copy is gone at once
+    r = bob("launch", "-y", "-d", "-c", "bobs", write_task(tmp_path / "b.yaml", name="b", run="true"))
+    assert r.returncode == 0, r.stderr
+
+    # a pipeline (two YAML documents) through the server: both stages, in order, from one upload
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("name: twostep\n---\nname: one\nworkdir: " + str(tmp_path / "wd") + "\nresources: {infra: local}\n"
+                    "run: 'cat data.txt; sleep 2'\n---\nname: two\nworkdir: " + str(tmp_path / "wd") +
+                    "\nresources: {infra: local}\nrun: echo second stage\n")
+    r = alice("jobs", "launch", "-y", "-d", str(pipe))
+    assert r.returncode == 0, r.stderr
+    job = json.loads(alice("jobs", "queue", "--json").stdout)[0]
+    assert job["name"] == "twostep", job
+    assert len(_uploads(server, "alice")) == 2 and _sweep(server) == []  # one per stage, kept while needed
+    wait_for(lambda: json.loads(alice("jobs", "queue", "--json").stdout)[0]["status"] == "SUCCEEDED", 90, 0.5,
+             "the pipeline done")
+    r = alice("jobs", "logs", str(job["id"]))
+    assert "from the laptop" in r.stdout and "second stage" in r.stdout, r.stdout
+    assert len(_sweep(server)) == 2 and _uploads(server, "alice") == []  # the job ended: swept
+
+    # hostkeys: the server's pinned keys, its user's cluster only
+    r = alice("hostkeys", "forget", "dev")
+    assert r.returncode == 0 and "forgot" in r.stderr, r.stderr
+    r = bob("hostkeys", "forget", "dev")
+    assert r.returncode == 7 and "belongs to user alice" in r.stderr, r.stderr
+    # gc: the server's clouds and state, admins only
+    r = alice("gc", "--cloud", "local", "--json")
+    assert r.returncode == 7 and "only an admin" in r.stderr, r.stderr
+    r = root("gc", "--cloud", "local", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["scanned"], r.stdout
+    # cost-report: a user's own runs; an admin's, the team's
+    def clusters_in(c):
+        r = c("cost-report", "--json")
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        return sorted({x["cluster"] for x in rep["clusters"]}), [j["name"] for j in rep["managed_jobs"]]
+
+    assert clusters_in(alice) == (["dev"], ["twostep"])
+    assert clusters_in(bob) == (["bobs"], [])
+    assert clusters_in(root)[0] == ["bobs", "dev"]
+    for c, n in ((alice, "dev"), (bob, "bobs")):
+        assert c("down", "-y", n).returncode == 0
 
 
 def test_client_mode_imports_no_server_stack(server, tmp_path):
