@@ -12,8 +12,11 @@ with many jobs. Prints figures; not a test.
     running = preemption → the relaunched run's first line (host ledger: the job really runs again),
     and → that line is visible in `jobs logs` (run.log, fetched by the controller's poll).
 (b) --jobs managed jobs on the local cloud, each `sleep 600`, submitted through the same use case as
-    `broker jobs launch -d`: time until all are RUNNING, the controller's RSS (VmRSS, VmHWM from
-    /proc/PID/status) and threads, then cancel all and check everything is cleaned up.
+    `broker jobs launch -d`: time until all are RUNNING; then, while they sleep, the CPU of the controller
+    plus every process it started and every process on a local node (cores over a 20 s window; target
+    ≤ 0.1), its RSS (VmRSS, VmHWM from /proc/PID/status; target ≤ 100 MB) and threads; then three
+    preemptions one after the other (target: each detected within 2 s at that job count); then cancel all
+    and check everything is cleaned up. Run it with --jobs 100, 300, 1000.
 """
 from __future__ import annotations
 

@@ -442,7 +442,7 @@ class ClusterRuntime:
         nodes = self.nodes
 
         def one(node):
-            r = self.provider.runner(self.rec.name, node)  # its own connection, beside other commands
+            r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
             try:
                 if not self.agent(node, r).follow_log(job_id, lambda line: on_line(node.rank, line), follow=follow):
                     errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
@@ -451,11 +451,6 @@ class ClusterRuntime:
                 stop.set()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors[node.rank] = exc
-            finally:
-                try:
-                    r.close()
-                except Exception:
-                    pass
 
         threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
         for t in threads:

@@ -55,8 +55,7 @@ def log(msg: str) -> None:
 
 class Controller:
     def __init__(self, workers: int | None = None):
-        workers = workers or settings.get("controller_workers")
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.pool = ThreadPoolExecutor(max_workers=workers or settings.get("controller_workers"), thread_name_prefix="job")
         self.inflight: dict[int, Future] = {}
         self.next_at: dict[int, float] = {}
         self.unreachable_since: dict[int, float] = {}
@@ -64,7 +63,8 @@ class Controller:
         self.launch_attempts: dict[int, int] = {}
         self.deadlines: dict[int, DeadlinePolicy] = {}
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
-        self.feed, self._lock = ChangeFeed(every=1.0, also=(CKPT_REMOTE,)), threading.Lock()
+        self.feed = ChangeFeed(every=0.9, also=(CKPT_REMOTE,), also_gap=settings.get("checkpoint_interval"))
+        self._lock = threading.Lock()
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self, keep_going=None) -> None:
@@ -85,18 +85,18 @@ class Controller:
                     return
             else:
                 idle_since = None
-            polled = sum(1 for j in jobs if j.status == RUNNING and not self.feed.watching(j.id))
-            interval = max(settings.get("jobs_poll"), polled / 20.0)  # ~20 polls/s at most across polled jobs
-            for j in jobs:  # a job on this machine's nodes is looked at when its files change (runtime/channel.py)
+            running = sum(1 for j in jobs if j.status == RUNNING)
+            interval = max(settings.get("jobs_poll"), running / 20.0)  # ~20 polls/s at most across all jobs
+            for j in jobs:  # a job on this machine's nodes: when its state changes, its output at most per interval
                 if j.id in self.inflight:
                     continue
-                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(
-                        j.id, j.cluster_job_id, lambda j=j: local_homes(j.cluster)))) and self.next_at.get(j.id, 0) > now:
+                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(j.id, j.cluster_job_id, (
+                        lambda j=j: local_homes(j.cluster)), interval))) and self.next_at.get(j.id, 0) > now:
                     continue
                 self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(j.id) else interval)
                 self.inflight[j.id] = self.pool.submit(self.step_safe, j.id)
             self.feed.forget(j.id for j in jobs)
-            time.sleep(TICK)
+            time.sleep(min(1.0, TICK * max(1.0, len(jobs) / 100)))  # a round costs O(jobs): 1 s apart at 500+
 
     def step_safe(self, jid: int) -> None:
         try:

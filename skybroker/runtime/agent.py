@@ -86,11 +86,21 @@ def source() -> bytes:
         return f.read()
 
 
-def agent_version():
-    import hashlib
+def _sha256(data):
+    """hashlib's sha256 without hashlib's import (it loads OpenSSL): the builtin module where there is one."""
+    for name in ("_sha2", "_sha256"):  # 3.12+, 3.8-3.11
+        try:
+            return __import__(name).sha256(data)
+        except (ImportError, AttributeError):
+            continue
+    import hashlib  # pragma: no cover - a Python built without the builtin hashes
 
+    return hashlib.sha256(data)
+
+
+def agent_version():
     try:
-        return "1+" + hashlib.sha256(source()).hexdigest()[:12]
+        return "1+" + _sha256(source()).hexdigest()[:12]
     except OSError:  # pragma: no cover - running without a source file
         return "1+unknown"
 

@@ -70,35 +70,42 @@ class ChangeFeed:
     """`changed(key, job_id, homes)`: True the first time a key is seen, then whenever its signature moved
     (looked at every `every` seconds at most). `homes()` gives the job's node directories (None: not local,
     so the feed cannot watch it: False, and the caller keeps polling it on its interval); it is called once
-    per (key, job_id). `also`: more paths under each home to watch (a directory's mtime moves when an entry
-    is created, renamed or removed in it, e.g. a checkpoint written write-then-rename)."""
+    per (key, job_id). `also`: more paths under each home to watch, reported at most every `also_gap` s (a
+    directory's mtime moves when an entry is created, renamed or removed in it: a checkpoint written
+    write-then-rename, which the controller copies at most every checkpoint interval)."""
 
-    def __init__(self, every: float = 0.5, clock: Callable[[], float] = time.monotonic, also: Iterable[str] = ()):
+    def __init__(self, every: float = 0.5, clock: Callable[[], float] = time.monotonic, also: Iterable[str] = (),
+                 also_gap: float = 0.0):
         self.every = every
         self.clock = clock
-        self.also = tuple(also)
-        self._paths: dict[object, tuple[int | None, list[str] | None]] = {}
-        self._sig: dict[object, list] = {}
+        self.also, self.also_gap = tuple(also), also_gap
+        self._paths: dict[object, tuple[int | None, list | None]] = {}
+        self._sig: dict[object, tuple[list, list]] = {}
         self._next: dict[object, float] = {}
+        self._told: dict[object, list[float]] = {}
+        self._forget_at = 0.0
 
     def watching(self, key) -> bool:
         return self._paths.get(key, (None, None))[1] is not None
 
-    def _lookup(self, key, job_id, homes) -> list[str] | None:
+    def _lookup(self, key, job_id, homes) -> list[tuple[str, ...]] | None:
         hs = homes() if job_id is not None else None
         paths = None
-        if hs is not None:
-            paths = []
-            for h in hs:
-                base = node_dir(h)
-                paths += [str(Path(h) / "node.json"), str(base / "agent.db-wal"),
-                          str(base / "jobs" / str(job_id) / "run.log")] + [str(Path(h) / a) for a in self.also]
+        if hs is not None:  # per node: (what says the job's state changed, what says it has new output)
+            paths = [(str(Path(h) / "node.json"), str(node_dir(h) / "agent.db-wal"),
+                      str(node_dir(h) / "jobs" / str(job_id) / "run.log"),
+                      *(str(Path(h) / a) for a in self.also)) for h in hs]
         self._paths[key] = (job_id, paths)
-        self._sig.pop(key, None)
-        self._next.pop(key, None)
+        for d in (self._sig, self._next, self._told):
+            d.pop(key, None)
         return paths
 
-    def changed(self, key, job_id: int | None, homes: Callable[[], Iterable[Path | str] | None]) -> bool:
+    def changed(self, key, job_id: int | None, homes: Callable[[], Iterable[Path | str] | None],
+                min_gap: float = 0.0) -> bool:
+        """True if the job's state moved (the node's file or the agent's database: a status change, a node
+        stopped or gone) — at once; if its output moved and the last such True was `min_gap` seconds ago
+        or more (a chatty job is not looked at more often than a polled one); if an `also` path moved and
+        `also_gap` seconds passed since the last such True. A change held back is reported later."""
         known = self._paths.get(key)
         paths = self._lookup(key, job_id, homes) if known is None or known[0] != job_id else known[1]
         if paths is None:
@@ -107,21 +114,34 @@ class ChangeFeed:
         if self._next.get(key, 0) > now:
             return False
         self._next[key] = now + self.every
-        sig = []
-        for p in paths:  # the agent writes its database (WAL) on every status change, the job its log
-            try:
-                st = os.stat(p)
-                sig.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                sig.append(None)
-        if self._sig.get(key) == sig:
+        sig: tuple[list, list, list] = ([], [], [])  # state, output, also
+        for node in paths:
+            for i, p in enumerate(node):
+                try:
+                    st = os.stat(p)
+                    v = (st.st_mtime_ns, st.st_size)
+                except OSError:
+                    v = None
+                sig[min(i // 2, 1) if i < 3 else 2].append(v)
+        old, told = self._sig.get(key), self._told.get(key, [now, now])
+        if old is None or old[0] != sig[0]:
+            self._sig[key], self._told[key] = sig, [now, now]
+            return True
+        out = old[1] != sig[1] and now - told[0] >= min_gap
+        also = old[2] != sig[2] and now - told[1] >= self.also_gap
+        if not (out or also):
             return False
-        self._sig[key] = sig
+        self._sig[key] = (sig[0], sig[1] if out else old[1], sig[2] if also else old[2])
+        self._told[key] = [now if out else told[0], now if also else told[1]]
         return True
 
     def forget(self, keep: Iterable) -> None:
-        """Drop every key not in `keep` (jobs that ended)."""
+        """Drop every key not in `keep` (jobs that ended); at most every 5 s (`keep` is not read between)."""
+        now = self.clock()
+        if now < self._forget_at:
+            return
+        self._forget_at = now + 5.0
         keep = set(keep)
-        for d in (self._paths, self._sig, self._next):
+        for d in (self._paths, self._sig, self._next, self._told):
             for k in [k for k in d if k not in keep]:
                 del d[k]

@@ -105,6 +105,14 @@ def test_change_feed_moves_with_the_files():
     try:
         assert feed.changed("j", 3, homes) is True and feed.watching("j")  # first sight
         now[0] += 1
+        log.write_bytes(b"output")
+        assert feed.changed("j", 3, homes, min_gap=5) is False  # new output only: not before min_gap
+        now[0] += 4
+        assert feed.changed("j", 3, homes, min_gap=5) is True  # ...kept until then
+        now[0] += 1
+        (base / ".skybroker-node" / "agent.db-wal").write_bytes(b"x")
+        assert feed.changed("j", 3, homes, min_gap=5) is True  # a state change: at once
+        now[0] += 1
         assert feed.changed("j", 3, homes) is False
         log.write_bytes(b"more")
         assert feed.changed("j", 3, homes) is False  # not before `every` seconds
@@ -117,7 +125,22 @@ def test_change_feed_moves_with_the_files():
         now[0] += 1
         assert feed.changed("j", 4, homes) is True and calls == [1, 1]  # a new cluster job: looked up again
         assert feed.changed("r", 1, lambda: None) is False and not feed.watching("r")  # not local: polled
+        now[0] += 5
         feed.forget(["r"])
         assert not feed.watching("j")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_change_feed_holds_checkpoint_changes_for_their_gap(tmp_path):
+    now = [0.0]
+    feed = channel.ChangeFeed(every=0, clock=lambda: now[0], also=("ckpt",), also_gap=30)
+    (tmp_path / "ckpt").mkdir()
+    assert feed.changed("j", 1, lambda: [tmp_path]) is True
+    now[0] += 5
+    time.sleep(0.02)  # past the filesystem's coarse timestamp tick
+    (tmp_path / "ckpt" / "step").write_text("1")  # a new entry: the directory's mtime moves
+    assert feed.changed("j", 1, lambda: [tmp_path]) is False  # the controller copies at most every 30 s
+    now[0] += 25
+    assert feed.changed("j", 1, lambda: [tmp_path]) is True
+    assert feed.changed("j", 1, lambda: [tmp_path]) is False
