@@ -56,7 +56,8 @@ def count_calls(cluster: str) -> int:
     from skybroker.runtime.agent_client import AgentClient
 
     n = [0]
-    orig_run = AgentClient._call, AgentClient.run, AgentClient.follow_log
+    names = [m for m in ("_call", "run", "follow_log") if hasattr(AgentClient, m)]  # `run`: since issue 16
+    orig = {m: getattr(AgentClient, m) for m in names}
 
     def counting(f):
         def wrapper(*a, **k):
@@ -64,11 +65,13 @@ def count_calls(cluster: str) -> int:
             return f(*a, **k)
         return wrapper
 
-    AgentClient._call, AgentClient.run, AgentClient.follow_log = (counting(f) for f in orig_run)
+    for m in names:
+        setattr(AgentClient, m, counting(orig[m]))
     try:
         api.exec_(cluster, api.exec_task(["true"], {}))
     finally:
-        AgentClient._call, AgentClient.run, AgentClient.follow_log = orig_run
+        for m in names:
+            setattr(AgentClient, m, orig[m])
     return n[0]
 
 

@@ -50,7 +50,11 @@ Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; 
 prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),
 with ``--follow`` it streams until the job is terminal (or S seconds passed); ``--b64`` prints
 ``{"data": base64, "offset": O, "next": N, "status": S}`` instead, so the client's offset advances by the
-exact number of bytes read, whatever they are.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
+exact number of bytes read, whatever they are.  ``run --marker M`` is submit + follow in one call (a one-node
+``exec``): the id is allocated as ``next-id`` would (by the payload's token), ``id_env`` values get it for
+``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
+spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
+Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import fcntl
 import os

@@ -1,7 +1,8 @@
 """The one client of the node agent's protocol (runtime/agent.py). Nothing else spells its commands.
 
 Every call is one command over the node's runner (`<python> ~/.skybroker-node/agent.py <cmd>`); answers are
-one JSON document. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
+one JSON document. On a node that is a directory on this machine (local cloud), a look at one job (`poll`,
+`status(job_id)`) reads the agent's files instead (runtime/channel.py), with no process. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
 never drifts on output that is not UTF-8.
 """
 from __future__ import annotations
