@@ -22,7 +22,7 @@ from . import settings
 from .errors import BrokerError, NotFoundError
 from .failpoints import failpoint
 from .runtime import agent as agent_mod
-from .runtime.agent_client import NODE_DIR, AgentClient
+from .runtime.agent_client import NODE_DIR, AgentClient, AgentOutdated
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 from .state import ClusterRecord, NodeRecord
 
@@ -119,6 +119,13 @@ class ClusterRuntime:
     def agent(self, node: NodeRecord, runner=None) -> AgentClient:
         return AgentClient(runner or self.runner(node), self.provider.agent_python(),
                            f"{self.rec.name} node {node.rank}")
+
+    def local_homes(self) -> list | None:
+        """Every node's directory when all are directories on this machine (the local cloud), else None:
+        what runtime/channel.py watches and reads instead of starting an agent per look."""
+        homes = [getattr(self.runner(n), "home", None) if hasattr(self.runner(n), "local_home") else None
+                 for n in self.nodes]
+        return homes if homes and all(h is not None for h in homes) else None
 
     def close(self) -> None:
         for r in self._runners.values():
@@ -295,6 +302,15 @@ class ClusterRuntime:
         self._cancel_quietly(job_id)
         return None
 
+    def _payload(self, task, node, job_id, *, job_name, task_id, run_setup, extra_env, env_by_rank, token, held,
+                 notice, setup_key) -> dict:
+        return {"job_id": job_id, "name": job_name or task.name or "task", "rank": node.rank,
+                "num_nodes": len(self.nodes), "setup": task.setup if run_setup else None,
+                "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
+                                         **((env_by_rank or {}).get(node.rank) or {})},
+                "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
+                "token": token, "held_seconds": held, "notice": notice}
+
     def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
                extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
                token: str | None = None, notice: dict | None = None) -> int:
@@ -307,12 +323,9 @@ class ClusterRuntime:
         delivered: set[int] = set()
 
         def one(node):
-            payload = {"job_id": job_id, "name": job_name or task.name or "task", "rank": node.rank,
-                       "num_nodes": len(self.nodes), "setup": task.setup if run_setup else None,
-                       "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
-                                                **((env_by_rank or {}).get(node.rank) or {})},
-                       "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
-                       "token": token, "held_seconds": held, "notice": notice}
+            payload = self._payload(task, node, job_id, job_name=job_name, task_id=task_id, run_setup=run_setup,
+                                    extra_env=extra_env, env_by_rank=env_by_rank, token=token, held=held,
+                                    notice=notice, setup_key=setup_key)
             failpoint(f"submit-node-{node.rank}")
             self.agent(node).submit(payload)
             delivered.add(node.rank)
@@ -325,6 +338,65 @@ class ClusterRuntime:
             undone = self._cancel_quietly(job_id)
             raise SubmitFailed(job_id, sorted(delivered), undone, exc) from exc
         return job_id
+
+    def run_followed(self, task, *, job_name: str | None, on_line: Callable[[int, str], None],
+                     on_start: Callable[[int], None] = lambda job_id: None) -> JobStatus:
+        """A one-node cluster's job (no setup) submitted and followed in ONE agent call: the node allocates
+        the id (under a fresh submit token) and streams the log, then the job's final row. Ctrl-C once
+        `on_start` was called leaves the job running (KeyboardInterrupt propagates); before it, or any
+        failure before the job was on the node, cancels what the token may have started (SubmitFailed).
+        The stream ending early (the node died) gives the job as UNREACHABLE."""
+        import uuid
+
+        node = self.nodes[0]
+        token = "run-" + uuid.uuid4().hex
+        task_id = f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{{job_id}}"
+        payload = self._payload(task, node, "{job_id}", job_name=job_name, task_id=task_id, run_setup=False,
+                                extra_env=None, env_by_rank=None, token=token, held=None, notice=None, setup_key=None)
+        payload["job_id"] = None
+        ids = [f"{p}_{k}" for k in ("JOB_ID", "TASK_ID") for p in ("SKYPILOT", "BROKER")]
+        payload["id_env"] = {k: payload["env"].pop(k) for k in ids
+                             if "{job_id}" in payload["env"].get(k, "") and k not in task.env_dict}
+        started: list[int] = []
+
+        def start(job_id: int) -> None:
+            started.append(job_id)
+            on_start(job_id)
+
+        agent = self.agent(node)
+
+        def follow(line: str) -> None:
+            on_line(node.rank, line)
+
+        try:
+            failpoint("submit-node-0")
+            try:
+                job_id, row = agent.run(payload, follow, start)
+            except AgentOutdated:  # a cluster launched by an older broker: bring its agent up to date
+                agent.install()
+                job_id, row = agent.run(payload, follow, start)
+        except NodeUnreachable as exc:
+            if not started:
+                raise SubmitFailed(None, [], False, exc) from exc
+            return self.job_or_unreachable(started[0], {node.rank: exc})
+        except BaseException as exc:
+            if started:
+                raise
+            undone = self._cancel_token(token)
+            raise SubmitFailed(None, [], undone, exc) from exc
+        if row is None:
+            return self.job_or_unreachable(job_id, {})
+        return aggregate(job_id, [NodeJob(node.rank, row["status"], row.get("exit_code"), row.get("reason"))], row)
+
+    def _cancel_token(self, token: str) -> bool:
+        """Cancel whatever a submit token started on the head; True if nothing of it is left."""
+        try:
+            jobs = self.agent(self.nodes[0]).status(token=token)
+            if jobs:
+                self.agent(self.nodes[0]).cancel([j["job_id"] for j in jobs], timeout=30)
+            return True
+        except BrokerError:
+            return False
 
     def _cancel_quietly(self, job_id: int) -> bool:
         """Cancel a job on every node that can be reached; True if no node is known to still have it."""
@@ -409,7 +481,7 @@ class ClusterRuntime:
         nodes = self.nodes
 
         def one(node):
-            r = self.provider.runner(self.rec.name, node)  # its own connection, beside other commands
+            r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
             try:
                 if not self.agent(node, r).follow_log(job_id, lambda line: on_line(node.rank, line), follow=follow):
                     errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
@@ -418,11 +490,6 @@ class ClusterRuntime:
                 stop.set()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors[node.rank] = exc
-            finally:
-                try:
-                    r.close()
-                except Exception:
-                    pass
 
         threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
         for t in threads:
@@ -464,13 +531,27 @@ class ClusterRuntime:
         return self._aggregate_from(job_id, per)
 
 
+def local_homes(cluster: str | None) -> list | None:
+    """The node directories of a cluster whose nodes are all directories on this machine, else None."""
+    from . import state
+
+    rec = state.get_cluster(cluster) if cluster else None
+    return ClusterRuntime(rec).local_homes() if rec is not None else None
+
+
 class SubmitFailed(BrokerError):
     """Submission did not reach every node (or was interrupted); the nodes that had the job cancelled it."""
 
-    def __init__(self, job_id: int, delivered: list[int], undone: bool, cause: BaseException):
+    def __init__(self, job_id: int | None, delivered: list[int], undone: bool, cause: BaseException):
         self.job_id, self.delivered, self.undone, self.cause = job_id, delivered, undone, cause
         why = "interrupted" if isinstance(cause, KeyboardInterrupt) else (
             getattr(cause, "message", None) or str(cause) or type(cause).__name__)
+        if job_id is None:  # a one-call submit (run_followed): the node allocates the id
+            what = "nothing runs" if undone else "the node may have it; see `broker queue`"
+            super().__init__(f"submitting the job failed ({why}): {what}")
+            if isinstance(cause, HostKeyMismatch):
+                self.hint = cause.hint
+            return
         if not delivered:
             what = "no node received it"
         elif undone:

@@ -106,23 +106,40 @@ def _stream(rt, name: str, job_id: int, on_line: Line) -> JobStatus:
 
 
 def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_line: Line = _noop) -> LaunchResult:
-    """Run a task (no setup) on an existing cluster."""
-    from .backend import ClusterRuntime
+    """Run a task (no setup) on an existing cluster. On one node, without detach, the job is submitted and
+    followed in one agent call (the cluster lock is released as soon as the job is on the node)."""
+    from contextlib import ExitStack
+
+    from .backend import ClusterRuntime, SubmitFailed
 
     rec = get_fresh(name)
     _require_up(rec)
     lifecycle.preflight(task, name)
-    with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
+    started: list[int] = []
+    with ExitStack() as locked:
+        locked.enter_context(cluster_lock(name, on_wait=lambda m: on_event("wait", m)))
         rt = ClusterRuntime(rec)
+
+        def on_start(job_id: int) -> None:
+            started.append(job_id)
+            locked.close()
+            on_event("submitted", f"job {job_id} submitted to {name}")
+
         try:
             if task.workdir or task.file_mounts or task.git_url:
                 on_event("sync", lifecycle._sync_what(task))
                 rt.sync(task, on_event)
+            if rec.num_nodes == 1 and len(rt.nodes) == 1 and not detach:
+                st = rt.run_followed(replace(task, num_nodes=1), job_name=task.name, on_line=on_line, on_start=on_start)
+                rt.close()
+                return LaunchResult(name, st.job_id, st, [], True)
             job_id = rt.submit(replace(task, num_nodes=rec.num_nodes), job_name=task.name, run_setup=False)
         except BaseException as exc:
             rt.close()
-            from .backend import SubmitFailed
-
+            if started and isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(f"stopped following; job {started[0]} keeps running on cluster {name}",
+                                  f"`broker logs {name} {started[0]} -f` to follow again, `broker cancel {name} "
+                                  f"{started[0]}` to stop it, `broker down {name}` to remove the cluster") from None
             if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SubmitFailed) and
                                                       isinstance(exc.cause, KeyboardInterrupt)):
                 what = exc.message if isinstance(exc, SubmitFailed) else "nothing was submitted"

@@ -359,6 +359,10 @@ class _NodeRunner(LocalRunner):
             return False
         return True
 
+    def local_home(self):
+        self._check()
+        return super().local_home()
+
 
 def main(argv=None) -> int:
     """`self-stop`: what a local cluster's head runs once idle (see the module docstring)."""

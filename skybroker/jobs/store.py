@@ -5,6 +5,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .. import state
 from ..paths import ensure_home, private_dir
@@ -140,6 +141,23 @@ def active() -> list[ManagedJob]:
     marks = ",".join("?" * len(ACTIVE))
     return [_row(r) for r in state.db().execute(
         f"SELECT * FROM managed_jobs WHERE status IN ({marks}) ORDER BY id", tuple(ACTIVE))]
+
+
+class ActiveJob(NamedTuple):
+    id: int
+    status: str
+    cancel_requested: int
+    cluster: str | None
+    cluster_job_id: int | None
+
+
+def active_brief() -> list[ActiveJob]:
+    """What the controller's loop reads of every active job several times a second: these columns only
+    (not the task, secrets, events), so a thousand jobs cost a few milliseconds a round."""
+    marks = ",".join("?" * len(ACTIVE))
+    return [ActiveJob(r["id"], r["status"], r["cancel_requested"], r["cluster"], r["cluster_job_id"])
+            for r in state.db().execute(f"SELECT id, status, cancel_requested, cluster, cluster_job_id FROM managed_jobs"
+                                        f" WHERE status IN ({marks}) ORDER BY id", tuple(ACTIVE))]
 
 
 def update(job_id: int, **fields) -> None:

@@ -57,16 +57,20 @@ Protocol details: ``status --job ID`` of an unknown job gives ``{"jobs": []}``; 
 prints what is there from ``--offset`` (with ``--wait-seconds`` it first waits up to S seconds for new bytes),
 with ``--follow`` it streams until the job is terminal (or S seconds passed); ``--b64`` prints
 ``{"data": base64, "offset": O, "next": N, "status": S}`` instead, so the client's offset advances by the
-exact number of bytes read, whatever they are.  Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
+exact number of bytes read, whatever they are.  ``run --marker M`` is submit + follow in one call (a one-node
+``exec``): the id is allocated as ``next-id`` would (by the payload's token), ``id_env`` values get it for
+``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
+spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
+Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import fcntl
 import os
-import sqlite3
 import sys
 import time
 
 # Imported where used, because the agent starts for every command the broker sends and its start-up is
-# paid on every poll: json (it imports and compiles `re`; answers are encoded by _dumps below), re,
+# paid on every poll: sqlite3 (see _sqlite), json (it imports and compiles `re`; answers are encoded by
+# _dumps below), re,
 # signal (it imports enum), contextlib, base64, hashlib, shutil, subprocess, traceback.
 
 PENDING = "PENDING"
@@ -93,11 +97,21 @@ def source() -> bytes:
         return f.read()
 
 
-def agent_version():
-    import hashlib
+def _sha256(data):
+    """hashlib's sha256 without hashlib's import (it loads OpenSSL): the builtin module where there is one."""
+    for name in ("_sha2", "_sha256"):  # 3.12+, 3.8-3.11
+        try:
+            return __import__(name).sha256(data)
+        except (ImportError, AttributeError):
+            continue
+    import hashlib  # pragma: no cover - a Python built without the builtin hashes
 
+    return hashlib.sha256(data)
+
+
+def agent_version():
     try:
-        return "1+" + hashlib.sha256(source()).hexdigest()[:12]
+        return "1+" + _sha256(source()).hexdigest()[:12]
     except OSError:  # pragma: no cover - running without a source file
         return "1+unknown"
 
@@ -136,11 +150,33 @@ def _log_path(job_id):
     return os.path.join(_job_dir(job_id), "run.log")
 
 
+SCHEMA_VERSION = 2  # PRAGMA user_version once SCHEMA (with the columns added since) is in place
+
+
+def _sqlite():
+    """The C module the sqlite3 package wraps: the package's Python layer imports datetime, collections
+    and more for adapters the agent never uses (a third of a call's start-up). The package if it is missing."""
+    try:
+        import _sqlite3 as m
+
+        m.connect, m.Row
+    except (ImportError, AttributeError):  # pragma: no cover - a Python built differently
+        import sqlite3 as m
+    return m
+
+
 def _db():
     base = _base()
+    sq = _sqlite()
+    path = os.path.join(base, "agent.db")
+    if not os.path.exists(path):
+        os.makedirs(os.path.join(base, "jobs"), mode=0o700, exist_ok=True)
+    conn = sq.connect(path, timeout=60, isolation_level=None)
+    conn.row_factory = sq.Row
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per commit, and still never corrupt
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return conn
     os.makedirs(os.path.join(base, "jobs"), mode=0o700, exist_ok=True)
-    conn = sqlite3.connect(os.path.join(base, "agent.db"), timeout=60, isolation_level=None)
-    conn.row_factory = sqlite3.Row
     with open(os.path.join(base, "db.lock"), "a") as lock:  # serialise first-time creation only
         fcntl.flock(lock, fcntl.LOCK_EX)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -150,6 +186,7 @@ def _db():
             conn.execute("ALTER TABLE jobs ADD COLUMN notice TEXT")
         if conn.execute("SELECT 1 FROM meta WHERE k='created_at'").fetchone() is None:
             conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
+        conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
     return conn
 
 
@@ -411,20 +448,40 @@ def _out(obj):
 
 
 def cmd_submit(args):
+    job = _read_job()
+    conn = _db()
+    job_id, status, duplicate, proc = _submit(conn, job)
+    _out({"job_id": job_id, "status": status, "duplicate": True} if duplicate else {"job_id": job_id, "status": status})
+    return 0
+
+
+def _read_job():
     import json
 
-    import subprocess
     try:
-        job = _validate(json.loads(sys.stdin.read()))
+        return json.loads(sys.stdin.read())
     except ValueError as e:
         raise AgentError("stdin is not valid JSON: %s" % e)
+
+
+def _submit(conn, obj, watch=False):
+    """Insert the job and spawn its runner: (job_id, status, duplicate, proc). With `watch`, the runner
+    holds the write end of a pipe whose read end is `proc.watch_fd`: it reads EOF once the runner exits."""
+    import json
+    import subprocess
+
+    job = _validate(obj)
     secrets = job.pop("secret_env")
     token, held = job.pop("token"), job.pop("held_seconds")
     job["secret_env_names"] = sorted(secrets)
     spec = json.dumps(job, sort_keys=True)
     job_id = job["job_id"]
-    conn = _db()
     os.makedirs(_job_dir(job_id), exist_ok=True)
+    env = dict(os.environ)
+    env.pop("BROKER_RUN_ID", None)  # the runner outlives this call: killing the call's processes spares it
+    rfd = wfd = None
+    if watch:
+        rfd, wfd = os.pipe()
     proc = None
     try:
         with _txn(conn):
@@ -432,12 +489,12 @@ def cmd_submit(args):
             if row is not None:
                 if row["spec"] != spec and not (token and row["token"] == token):
                     raise AgentError("job %d already exists with a different payload" % job_id)
-                _out({"job_id": job_id, "status": row["status"], "duplicate": True})
-                return 0
+                return job_id, row["status"], True, None
             with open(os.path.join(_job_dir(job_id), "runner.err"), "ab") as err:
                 proc = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "_runner", str(job_id)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                        cwd=_base(), start_new_session=True, close_fds=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                        cwd=_base(), start_new_session=True, close_fds=True,
+                                        pass_fds=(wfd,) if watch else ())
             conn.execute(
                 "INSERT INTO jobs (job_id, name, rank, num_nodes, spec, status, submitted_at, runner_pid,"
                 " runner_start, boot_id, token, held_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -452,8 +509,73 @@ def cmd_submit(args):
             proc.kill()  # the runner never got its secrets: it must not run
             with _txn(conn):
                 conn.execute("DELETE FROM jobs WHERE job_id=? AND runner_pid=?", (job_id, proc.pid))
+        if rfd is not None:
+            os.close(rfd)
         raise
-    _out({"job_id": job_id, "status": PENDING})
+    finally:
+        if wfd is not None:
+            os.close(wfd)
+    proc.watch_fd = rfd
+    return job_id, PENDING, False, proc
+
+
+def cmd_run(args):
+    """Allocate the id (by the payload's token, like next-id; ``id_env`` values get it for ``{job_id}``), submit, then follow the job's log: one
+    call for a one-node `exec`. Prints, on stdout: ``MARKER {"job_id", "status", "duplicate"}``, the log's
+    raw bytes as they come, and once the job is terminal ``MARKER {"job": row}`` on a line of its own
+    (after a newline if the log did not end with one). MARKER is the client's nonce: job output cannot
+    forge it."""
+    import select
+
+    marker = (args.marker or "").encode()
+    if len(marker) < 8:
+        raise AgentError("run: --marker NONCE (8+ characters) is required")
+    obj = _read_job()
+    if not isinstance(obj, dict):
+        raise AgentError("job must be a JSON object")
+    conn = _db()
+    templates = obj.pop("id_env", None) or {}  # env values naming the job id: "{job_id}" filled in here
+    if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+        raise AgentError("id_env: must be an object of strings")
+    if obj.get("job_id") is None:
+        obj = dict(obj, job_id=_next_id(conn, obj.get("token"))[0])
+    if templates:
+        env = obj.get("env") if isinstance(obj.get("env"), dict) else {}
+        obj["env"] = dict(env, **{k: v.replace("{job_id}", str(obj["job_id"])) for k, v in templates.items()})
+    job_id, status, duplicate, proc = _submit(conn, obj, watch=True)
+    out = sys.stdout.buffer
+    out.write(marker + b" " + _dumps({"job_id": job_id, "status": status, "duplicate": duplicate}).encode() + b"\n")
+    out.flush()
+    path, offset, last = _log_path(job_id), 0, b"\n"
+    watch = proc.watch_fd if proc is not None else None
+    wait, next_reconcile = 0.01, time.time() + 1.0
+    while True:
+        row = _get(conn, job_id)
+        terminal = row is None or row["status"] in TERMINAL_STATUSES  # checked before reading: no lost tail
+        chunk = _read_from(path, offset)
+        while chunk:
+            out.write(chunk)
+            out.flush()
+            offset += len(chunk)
+            last = chunk[-1:]
+            chunk = _read_from(path, offset)
+        if terminal:
+            break
+        if time.time() >= next_reconcile:
+            _reconcile(conn, [row])
+            next_reconcile = time.time() + 1.0
+        if watch is not None:
+            if select.select([watch], [], [], wait)[0]:
+                os.close(watch)  # the runner exited: the row is terminal now (or reconcile makes it so)
+                watch, next_reconcile = None, 0
+                proc.wait()
+        else:
+            time.sleep(wait)
+        wait = min(POLL, wait * 1.5)
+    if last != b"\n":
+        out.write(b"\n")
+    out.write(marker + b" " + _dumps({"job": _job_out(row) if row is not None else None}).encode() + b"\n")
+    out.flush()
     return 0
 
 
@@ -662,21 +784,25 @@ def _wait_watching(conn, job_id, proc, n, mark=None):
         return rc
 
 
-def cmd_next_id(args):
-    conn = _db()
+def _next_id(conn, token=None):
+    """(id, existing): the id reserved for `token` (the same one every time), or a new one."""
     with _txn(conn):
-        if args.token:
-            known = conn.execute("SELECT job_id FROM tokens WHERE token=?", (args.token,)).fetchone()
+        if token:
+            known = conn.execute("SELECT job_id FROM tokens WHERE token=?", (token,)).fetchone()
             if known is not None:
-                _out({"job_id": known[0], "existing": True})
-                return 0
+                return known[0], True
         top = conn.execute("SELECT MAX(job_id) FROM jobs").fetchone()[0]
         issued = conn.execute("SELECT v FROM meta WHERE k='last_issued_id'").fetchone()
         n = max(top if top is not None else 0, int(issued[0]) if issued else 0) + 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_issued_id', ?)", (str(n),))
-        if args.token:
-            conn.execute("INSERT INTO tokens VALUES (?, ?)", (args.token, n))
-    _out({"job_id": n, "existing": False})
+        if token:
+            conn.execute("INSERT INTO tokens VALUES (?, ?)", (token, n))
+    return n, False
+
+
+def cmd_next_id(args):
+    n, existing = _next_id(_db(), args.token)
+    _out({"job_id": n, "existing": existing})
     return 0
 
 
@@ -1146,6 +1272,7 @@ def cmd_container_status(args):
 # command → (handler, positional (name, type, nargs: 1 or "*" or "+"), options {flag: (dest, type or bool, default)})
 _COMMANDS = {
     "submit": ("cmd_submit", [], {}),
+    "run": ("cmd_run", [], {"--marker": ("marker", str, None)}),
     "next-id": ("cmd_next_id", [], {"--token": ("token", str, None)}),
     "release": ("cmd_release", [("job_id", int, 1)], {}),
     "status": ("cmd_status", [], {"--job": ("job", int, None), "--token": ("token", str, None)}),

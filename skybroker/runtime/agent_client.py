@@ -1,7 +1,8 @@
 """The one client of the node agent's protocol (runtime/agent.py). Nothing else spells its commands.
 
 Every call is one command over the node's runner (`<python> ~/.skybroker-node/agent.py <cmd>`); answers are
-one JSON document. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
+one JSON document. On a node that is a directory on this machine (local cloud), a look at one job (`poll`,
+`status(job_id)`) reads the agent's files instead (runtime/channel.py), with no process. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
 never drifts on output that is not UTF-8.
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ class ContainerFailed(AgentError):
     def __init__(self, label: str, code: int, detail: str):
         self.label, self.agent_code, self.detail = label, code, detail
         super().__init__(f"{label}: {detail}")
+
+
+class AgentOutdated(AgentError):
+    """The node's agent predates the command (installed by an older broker): `install()` updates it."""
 
 
 class AgentClient:
@@ -85,10 +90,63 @@ class AgentClient:
     def submit(self, payload: dict) -> dict:
         return self._call("submit", stdin=json.dumps(payload).encode())
 
+    def run(self, payload: dict, on_line: Callable[[str], None], on_start: Callable[[int], None] | None = None
+            ) -> tuple[int | None, dict | None]:
+        """Submit and follow in ONE call (the agent's `run`): the id is allocated on the node (by the
+        payload's token, if any), `on_start(job_id)` is called once the job is on the node, every log
+        line goes to `on_line`, and the job's final row comes back: (job_id, row), or (job_id, None) if the
+        stream ended before the job did. AgentError if the agent refused the job (nothing was started)."""
+        import uuid
+
+        marker = "BROKER-" + uuid.uuid4().hex
+        seen: dict = {}
+
+        def line(text: str) -> None:
+            if text.startswith(marker + " "):
+                doc = json.loads(text[len(marker) + 1:])
+                if "job_id" in doc and "start" not in seen:
+                    seen["start"] = int(doc["job_id"])
+                    if on_start is not None:
+                        on_start(seen["start"])
+                else:
+                    seen["end"] = doc.get("job")
+            elif "start" in seen and "end" not in seen:
+                on_line(text)
+
+        res = self.runner.run(self._cmd("run", "--marker", marker), stdin=json.dumps(payload).encode(), stream=line)
+        if "start" not in seen:
+            out: dict = {}
+            try:
+                out = json.loads(res.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                pass
+            msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
+            if res.exit_code == 2 and msg.startswith("usage: agent.py"):
+                raise AgentOutdated(f"node agent on {self.label} predates `run`")
+            raise AgentError(f"node agent on {self.label}: {msg}")
+        return seen["start"], seen.get("end")
+
     def release(self, job_id: int) -> dict:
         return self._call("release", int(job_id))
 
+    def _local(self, job_id: int, offset: int = 0) -> tuple[bytes, int, dict | None] | None:
+        """A look at a job through the node's files when the node is a directory here (no process);
+        None when only the agent can answer."""
+        home = getattr(self.runner, "local_home", None)
+        if home is None:
+            return None
+        from . import channel
+
+        try:
+            return channel.read_job(home(), job_id, offset)
+        except channel.NeedsAgent:
+            return None
+
     def status(self, job_id: int | None = None, token: str | None = None, timeout: float = 30.0) -> list[dict]:
+        if job_id is not None and token is None:
+            got = self._local(int(job_id))
+            if got is not None:
+                return [got[2]] if got[2] is not None else []
         args = ["status"]
         if job_id is not None:
             args += ["--job", int(job_id)]
@@ -107,7 +165,11 @@ class AgentClient:
 
     def poll(self, job_id: int, offset: int = 0, timeout: float = 30.0) -> tuple[bytes, int, dict | None]:
         """One look at a job on this node: (log bytes from `offset`, next offset, the job's status row —
-        None if the node has no such job). One agent call instead of a status and a log read."""
+        None if the node has no such job). One agent call instead of a status and a log read; none at all
+        on a node that is a directory on this machine (runtime/channel.py)."""
+        got = self._local(int(job_id), int(offset))
+        if got is not None:
+            return got
         out = self._call("logs", int(job_id), "--offset", int(offset), "--b64", timeout=timeout, missing_ok=True)
         if not out:
             return b"", offset, None

@@ -209,6 +209,12 @@ class LocalRunner:
         if not src.is_dir():
             raise _sync.SyncError(f"cannot sync down {self.node_id}:{remote_dir}: not a directory")
         Path(local_dir).mkdir(parents=True, exist_ok=True)
+        with os.scandir(src) as it:
+            empty = next(it, None) is None
+        if empty:  # nothing to copy (a managed job's unused checkpoint directory): no rsync process
+            if any(Path(local_dir).iterdir()):
+                _sync.copy_tree(src, local_dir, delete=True)
+            return
         if not _sync.have_rsync():
             _sync.copy_tree(src, local_dir, delete=True)
             return
@@ -223,6 +229,12 @@ class LocalRunner:
 
     def alive(self, timeout: float = 5.0) -> bool:
         return self.home.is_dir()
+
+    def local_home(self) -> Path:
+        """The node's directory on this machine, for readers of the agent's files (runtime/channel.py);
+        NodeUnreachable if the node is gone."""
+        self._check_home()
+        return self.home
 
     def close(self) -> None:
         pass

@@ -556,3 +556,33 @@ def test_ctrl_c_exits_promptly_without_traceback(tmp_path):
     # the CLI is gone, and it left no stray client-side process behind (only the job itself, on the nodes)
     leftovers = [q for q in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker" in _cmd(q)]
     assert leftovers == [], [_cmd(q) for q in leftovers]
+
+
+def test_exec_on_one_node_is_one_agent_call(tmp_path, monkeypatch):
+    """A one-node exec submits and follows in a single call to the node (the agent's `run`): the id, the
+    output (byte-exact lines, a last line without newline), the exit code; the node's env names the id.
+    Ctrl-C while it follows leaves the job running, and says so."""
+    from skybroker import api
+    from skybroker.runtime.local_runner import LocalRunner
+
+    boot = write_task(tmp_path / "boot.yaml", name="boot", run="true")
+    assert broker("launch", "-y", "-c", "one", boot, cwd=tmp_path).returncode == 0
+    calls, lines = [], []
+    real_run = LocalRunner.run
+    monkeypatch.setattr(LocalRunner, "run", lambda self, cmd, **kw: calls.append(cmd) or real_run(self, cmd, **kw))
+    res = api.exec_("one", api.exec_task(["echo id=$SKYPILOT_JOB_ID; printf 'no newline'; exit 5"], {}),
+                    on_line=lambda rank, line: lines.append((rank, line)))
+    assert len(calls) == 1 and " run --marker " in calls[0], calls
+    assert lines == [(0, f"id={res.job_id}"), (0, "no newline")]
+    assert (res.status.status, res.status.exit_code) == ("FAILED", 5)
+    monkeypatch.setattr(LocalRunner, "run", real_run)
+
+    p = broker_bg("exec", "one", "--", "echo started; sleep 60; echo never")
+    assert p.stdout.readline().strip() == "(node-0) started"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "keeps running" in err and "Traceback" not in err, err
+    job_id = submitted_id(err)
+    assert {j["job_id"]: j["status"] for j in queue_json("one")}[job_id] == "RUNNING"
+    assert broker("cancel", "one", job_id).returncode == 0
+    assert broker("down", "-y", "one").returncode == 0

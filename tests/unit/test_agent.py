@@ -566,3 +566,69 @@ def test_autostop_ssh_busy_counts_an_interactive_session(node):
     gone = time.time()
     poll(lambda: fired.exists(), what="the watcher to fire once the session closed")
     assert time.time() - gone >= 0.4  # idle counted from the session's end, not from the arming
+
+
+# ------------------------------------------------------------------------ run: submit + follow in one call
+MARK = "BROKER-0123456789abcdef"
+
+
+def _run_job(node, run, **fields):
+    job = {"job_id": None, "name": "r", "run": run, "env": {}, "secret_env": {}}
+    job.update(fields)
+    r = node.run("run", "--marker", MARK, stdin=json.dumps(job).encode())
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    head, _, rest = r.stdout.partition(b"\n")
+    assert head.startswith(MARK.encode() + b" ")
+    body, _, tail = rest.rstrip(b"\n").rpartition(b"\n")
+    if not tail.startswith(MARK.encode()):  # the log was empty: the end marker follows the start marker
+        body, tail = b"", rest.rstrip(b"\n")
+    return json.loads(head[len(MARK) + 1:]), body, json.loads(tail[len(MARK) + 1:])["job"]
+
+
+def test_run_allocates_submits_and_streams_exact_bytes(node):
+    node.submit(4, run="true")
+    start, body, end = _run_job(node, "printf 'a\\nb\\xff\\n'; printf tail; exit 3")
+    assert start == {"job_id": 5, "status": "PENDING", "duplicate": False}
+    assert body == b"a\nb\xff\ntail"  # byte-exact; the agent adds the newline before its end marker only
+    assert (end["job_id"], end["status"], end["exit_code"]) == (5, "FAILED", 3)
+    assert node.cmd("logs", 5, "--b64")["data"] == "YQpi/wp0YWls"  # the log itself has no added newline
+
+
+def test_run_fills_in_the_id_and_spares_the_job_from_the_calls_kill_marker(node):
+    env = dict(node.env, BROKER_RUN_ID="call-1")
+    r = subprocess.run([PY, str(AGENT), "run", "--marker", MARK], env=env, capture_output=True, timeout=30,
+                       input=json.dumps({"job_id": None, "run": 'echo "$ID|${BROKER_RUN_ID-unset}"', "env": {},
+                                         "id_env": {"ID": "job-{job_id}"}}).encode())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(b"\n")[1] == b"job-1|unset"
+
+
+def test_run_with_a_token_never_starts_a_job_twice(node):
+    first = _run_job(node, "echo once >> $HOME/ledger", token="tok-1")
+    again = _run_job(node, "echo once >> $HOME/ledger", token="tok-1")
+    assert first[0]["job_id"] == again[0]["job_id"] == 1 and again[0]["duplicate"] is True
+    assert again[2]["status"] == "SUCCEEDED"
+    assert (node.home / "ledger").read_text() == "once\n"
+
+
+def test_run_needs_a_marker_and_reports_bad_input(node):
+    r = node.run("run", stdin=b"{}")
+    assert r.returncode == 2 and b"--marker" in r.stdout
+    r = node.run("run", "--marker", MARK, stdin=json.dumps({"job_id": None, "bogus": 1}).encode())
+    assert r.returncode == 2 and b"unknown job field" in r.stdout
+    assert node.cmd("status")["jobs"] == []
+
+
+def test_run_stream_killed_leaves_the_job_running(node):
+    """The client's Ctrl-C kills the call's process group: the job (its own session) keeps running."""
+    p = subprocess.Popen([PY, str(AGENT), "run", "--marker", MARK], env=node.env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, start_new_session=True)
+    p.stdin.write(json.dumps({"job_id": None, "run": GATE + "; echo done", "env": {}}).encode())
+    p.stdin.close()
+    assert p.stdout.readline().startswith(MARK.encode())
+    node.wait_status(1, "RUNNING")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert node.job(1)["status"] == "RUNNING"
+    (node.home / "go").touch()
+    assert node.wait(1)["status"] == "SUCCEEDED"
