@@ -2,9 +2,10 @@
 bench/bench_spot.py and bench/spot_zones.py). Designed and tuned only on the 2-week files' zone pairs,
 first 13 days (bench/spot_zones.py --fit); the bench's multi-zone sets are held out.
 
-- `mz_union` (used by the controller for multi-zone deadline jobs, jobs/deadline.py): the adaptive
-  single-zone `mdp` (its scaled/prototype family, learning from the runs it sees) asked about the
-  virtual zone "spot up in some zone", which decides the market; the zone is the cheapest one not
+- `mz_union` (used by the controller for multi-zone deadline jobs, jobs/deadline.py): the
+  single-zone `mdp` table (fitted "union" model; `adaptive=True` lets its family learn from the
+  runs it believes it saw: 2 points worse on the tuning split, and stuck on on-demand on some
+  32-s-tick samples) asked about the virtual zone "spot up in some zone", which decides the market; the zone is the cheapest one not
   refused lately (each tried in turn), with a move to a zone >= 25% cheaper while on spot. With
   probing only, "some zone is up" is believed after a loss until every zone has refused once, then
   "down" (a continuous outage for the table's run age) until a launch succeeds; while the table
@@ -130,7 +131,7 @@ class MZPatientView(MZPatient):
 
 
 class MZUnion(MZPolicy):
-    """`mz_union`: the adaptive single-zone `mdp` run on "spot up in some zone" (the union of the
+    """`mz_union`: the single-zone `mdp` run on "spot up in some zone" (the union of the
     zones), which decides the market; the zone is the cheapest one up (probing: not refused lately),
     with the move rule of `mz_patient` while on spot."""
 
@@ -138,14 +139,15 @@ class MZUnion(MZPolicy):
 
     def __init__(self, job, od_price, spot_prices, nodes=1, union_model: bool = True,
                  move_ratio: float = 0.75, retry_ticks: int | None = None, history=None,
-                 margin: float | None = None):
+                 margin: float | None = None, adaptive: bool = False):
         super().__init__(job, od_price, spot_prices, nodes)
         from .availmodel import default_model
         from .mdp import MDPPolicy
         from .simulator import Prices
 
         self.mdp = MDPPolicy(job, Prices(od_price, min(self.spot), nodes),
-                             model=default_model(union=union_model), history=history)
+                             model=default_model(union=union_model), history=history,
+                             adaptive=adaptive)
         self.retry = self.Z if retry_ticks is None else retry_ticks
         self.move_ratio = move_ratio
         self.refused = [-10 ** 9] * self.Z
