@@ -7,7 +7,9 @@ and the multi-zone policies against the exact multi-zone omniscient with per-zon
 
 Split (issue 17). Fitted / tuned on: the first 13 days of the 8 "2-week" files
 (availability/1-node/aws-10-26-2022; slack_aware was tuned there and the mdp availability model,
-its prototypes and the multi-zone "union" model are fitted there). Held out: days 13-27 of the same
+its prototypes and the multi-zone "union" model are fitted there; the multi-zone policies mz_union /
+mz_patient / mz_age_view were designed and tuned on those files' zone pairs, first 13 days, with the
+p3.2xlarge / p3.16xlarge catalog prices: see bench/spot_zones.py --fit). Held out: days 13-27 of the same
 files (their future), the 16-node availability set, the 4-node preemption set and the 1-node p3.2xlarge
 preemption set (32-s ticks; 30 starts, fraction 0.8). mdp sees, for each sample, the trace before its
 start (its past only) and learns from it; --no-history turns that off.
@@ -67,7 +69,7 @@ MULTI_ZONE = [
     ("4 x p3.2xlarge, 3 zones", "preemption/4-node/aws-08-03-2023/*.json", None, None),
     ("p3.2xlarge, 4 zones, 32-s ticks", "preemption/1-node/aws-04-22-2023/*.json", None, 20),
 ]
-MZ_POLICIES = ["mz_mdp", "mz_mdp_view", "mz_failover", "mz_single", "omniscient"]
+MZ_POLICIES = ["mz_union", "mz_mdp", "mz_age_view", "mz_failover", "mz_single", "omniscient"]
 
 
 def load(paths, days):
@@ -138,6 +140,7 @@ def multi_zone(root, starts, seed, fracs, overhead):
           " mean cost normalised to always-on-demand / gap / excess over the multi-zone omniscient")
     print(f"{'set':<40} {'frac':>4} {'n':>4}  " + "  ".join(f"{p:>22}" for p in MZ_POLICIES[:-1])
           + f"  {'omniscient':>10}  single-zone omni (best zone)")
+    excess = {p: [] for p in MZ_POLICIES[:-1]}
     for label, pat, days, cap in MULTI_ZONE:
         paths = find_traces(root, pat)
         if len(paths) < 2:
@@ -154,12 +157,17 @@ def multi_zone(root, starts, seed, fracs, overhead):
             om = bp["omniscient"]["mean_norm_cost"]
             cells = [f"{bp[p]['mean_norm_cost']:.4f}/{bp[p]['mean_gap']:.4f}/"
                      f"{100 * (bp[p]['mean_norm_cost'] / om - 1):+.0f}%" for p in MZ_POLICIES[:-1]]
+            for p in MZ_POLICIES[:-1]:
+                excess[p].append(bp[p]["mean_norm_cost"] / om - 1)
             met = min(bp[p]["deadline_met"] for p in MZ_POLICIES)
             print(f"{label:<40} {f:>4.1f} {r.samples:>4}  " + "  ".join(f"{c:>22}" for c in cells)
                   + f"  {om:>10.4f}  {min(r.single_zone_omniscient):.4f}"
                   + ("" if met == 1.0 else f"  MISSED {100 * (1 - met):.1f}%"))
         print(f"{'':<40} zones: " + ", ".join(f"{z} ${p:.4g}/h" for z, p in zip(zs.names, sp))
               + f"; on-demand ${od:.4g}/h")
+    print("mean excess over the multi-zone omniscient (target <= +5%): "
+          + ", ".join(f"{p} {100 * np.mean(v):+.1f}% (range {100 * min(v):+.0f}..{100 * max(v):+.0f}%)"
+                      for p, v in excess.items() if v))
 
 
 def main(argv=None):
@@ -171,18 +179,20 @@ def main(argv=None):
     ap.add_argument("--overheads", type=float, nargs="*", default=[0.2, 0.05])
     ap.add_argument("--no-held-out", action="store_true")
     ap.add_argument("--no-multi-zone", action="store_true")
+    ap.add_argument("--only-multi-zone", action="store_true")
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.6, 0.7, 0.8, 0.9])
     ap.add_argument("--no-history", action="store_true", help="mdp does not see the zone's past")
     args = ap.parse_args(argv)
     starts = 60 if args.quick else args.starts
     root = default_traces_root()
     if not root.exists():
         sys.exit(f"no spot traces at {root} (set BROKER_SPOT_TRACES)")
-    fracs = (0.6, 0.7, 0.8, 0.9)
+    fracs = tuple(args.fractions)
     hist = not args.no_history
     print(f"traces: {root}; {starts} starts per trace; C = 48 h; mdp history {'on' if hist else 'off'}")
     t0 = time.time()
     fit = load(find_traces(root, TWO_WEEK), (0, 13))
-    for d in args.overheads:
+    for d in [] if args.only_multi_zone else args.overheads:
         res = run_set(fit, fracs, d, starts, args.seed, args.workers, hist)
         if d == 0.2:
             table3(by_policy(res[0.8][0]))

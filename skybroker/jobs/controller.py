@@ -38,7 +38,7 @@ from . import checkpoint, logsync
 from . import pipeline as P
 from . import recovery as R
 from . import store
-from .deadline import DeadlinePolicy, DeadlineState, market_name
+from .deadline import DeadlinePolicy, DeadlineState, market_name, wants_zones, zone_places
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
 TICK = 0.2
@@ -175,6 +175,8 @@ class Controller:
                 self.next_at[j.id] = now + dl.tick_s
                 return
             task = _with_market(task, market is D_SPOT)
+            if dl.place(dst) is not None:  # multi-zone: the policy picked the zone
+                task = _pinned(task, dl.place(dst))
         token = j.submit_token or f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
         # recorded before anything is submitted: a restarted controller finds the job this token started
         store.update(j.id, status=RECOVERING if recovering else STARTING, cluster=name, submit_token=token)
@@ -229,7 +231,7 @@ class Controller:
         if j.stages:
             P.mark_started(store.get(j.id), rec)
         if dl is not None:
-            dst.held, dst.last_at = market.value, None
+            dl.launched(dst, market)
             store.update(j.id, deadline_state=dst.dump())
             store.add_event(j.id, "policy", f"{dl.policy.name}: running on {market_name(market)}")
         if store.get(j.id).cancel_requested:
@@ -265,7 +267,8 @@ class Controller:
         if task.deadline_hours is None or task.expected_hours is None:
             return None
         if j.id not in self.deadlines:
-            self.deadlines[j.id] = DeadlinePolicy(task, j.submitted_at)
+            zones = zone_places(task) if wants_zones(task) and task.candidates else None
+            self.deadlines[j.id] = DeadlinePolicy(task, j.submitted_at, zones)
         return self.deadlines[j.id]
 
     def _deadline_tick(self, j, task, running: bool) -> None:
@@ -278,7 +281,7 @@ class Controller:
         dl.account(dst, now, running)
         want = dl.decide(dst, now)
         store.update(j.id, deadline_state=dst.dump())
-        if want.value == dst.held:
+        if want.value == dst.held and not dl.moves(dst):
             return
         store.add_event(j.id, "policy", f"{dl.policy.name}: switch from {dst.held} to {market_name(want)} "
                         f"(progress {dst.progress_s / 3600:.3f} h of {dl.done_s / 3600:.3f} h, "
@@ -439,7 +442,7 @@ class Controller:
                 return self._resubmit(store.get(j.id))
             if j.deadline_state:  # the instances are gone: nothing is held, the policy decides afresh
                 dst = DeadlineState.load(j.deadline_state)
-                dst.held, dst.want, dst.last_at = D_NONE.value, None, None
+                dst.lost()
                 store.update(j.id, deadline_state=dst.dump())
             meta = {"blocks": [b.__dict__ for b in ([action.block] if action.block else [])]}
             rec = state.get_cluster(j.cluster) if j.cluster else None

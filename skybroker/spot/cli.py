@@ -81,7 +81,8 @@ Examples:
 @click.argument("more_traces", nargs=-1, metavar="[FILE]...")
 @click.option("--policy", "policies", multiple=True, metavar="NAME",
               help="greedy, uniform_progress, slack_aware, mdp, omniscient, on_demand or all; with "
-                   "--multi-zone: mz_mdp, mz_mdp_view, mz_failover, mz_single, omniscient "
+                   "--multi-zone: mz_union, mz_mdp, mz_patient, mz_failover, mz_single, omniscient, the "
+                   "idealised *_view ones "
                    "(repeatable or comma-separated; default all).")
 @click.option("--task-hours", type=float, default=48.0, show_default=True, help="Compute time C.")
 @click.option("--deadline-hours", type=float, default=60.0, show_default=True, help="Deadline R.")

@@ -16,7 +16,7 @@ from .policies import Job
 from .simulator import Prices, Row, sample_starts, summarise
 from .zones import ZoneSet, simulate_zones
 
-MZ_DEFAULT = ("mz_mdp", "mz_failover", "mz_single")
+MZ_DEFAULT = ("mz_union", "mz_mdp", "mz_failover", "mz_single")
 
 
 @dataclass

@@ -198,3 +198,12 @@ class MZSingle(MZPolicy):
 
 
 MZ_POLICIES = {c.name: c for c in (MZMDP, MZMDPView, MZFailover, MZSingle)}
+
+
+def _register_more():
+    from .mz_patient import MZAge, MZPatient, MZPatientView, MZUnion, MZUnionView
+
+    MZ_POLICIES.update({c.name: c for c in (MZPatient, MZPatientView, MZUnion, MZUnionView, MZAge)})
+
+
+_register_more()

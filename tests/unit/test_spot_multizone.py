@@ -160,7 +160,7 @@ def test_cli_multi_zone(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     by = {s["policy"]: s for s in out["summary"]}
-    assert set(by) == {"mz_mdp", "mz_failover", "mz_single", "omniscient"}
+    assert set(by) == {"mz_union", "mz_mdp", "mz_failover", "mz_single", "omniscient"}
     assert all(s["deadline_met"] == 1.0 and s["mean_gap"] >= -1e-12 for s in by.values())
     assert out["settings"]["spot_prices"] == [0.5, 0.4]
     from skybroker.errors import UsageError
