@@ -407,10 +407,8 @@ def _storage(remote: str, spec: dict, fp: str, source: str, make_mount):
             check_name(kind, name)
         except StorageError as exc:
             raise SpecError(exc.message, exc.hint, source=source, field=f"{fp}.name") from None
-    if mode == "COPY" and not sources:
-        raise SpecError("a COPY storage with only a `name` has nothing to copy",
-                        "add `source:` (a local path to upload, or a bucket URI), or use `mode: MOUNT`",
-                        source=source, field=f"{fp}.source")
+    # COPY with only a `name` (SkyPilot's form): the bucket by that name is copied to the node; one that does not
+    # exist yet is created empty first, as for any named storage (storage/mounts.py)
     uploads = tuple(_local(s, f"{fp}.source", source) for s in sources)
     return make_mount(remote, f"{kind}://{name}" if kind else "", is_bucket=True, mode=mode, name=name,
                       store=kind, uploads=uploads, persistent=persistent)

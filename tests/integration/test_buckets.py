@@ -96,6 +96,24 @@ def test_s3_uri_is_copied_to_every_node_and_nodes_get_no_credentials(s3, tmp_pat
     assert "Traceback" not in r.stderr
 
 
+def test_copy_of_a_named_bucket_without_source_copies_it_or_creates_it_empty(s3, tmp_path):
+    """SkyPilot's `{name, mode: COPY}` with no `source`: the bucket of that name is copied to the node; a
+    bucket that does not exist yet is created (empty, tagged ours) and the mount point exists, empty."""
+    s3.create_bucket(Bucket="named-have")
+    s3.put_object(Bucket="named-have", Key="m.txt", Body=b"model\n")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/have": {"name": "named-have", "store": "s3", "mode": "COPY"},
+                                                     "~/new": {"name": "named-new-empty", "store": "s3",
+                                                               "mode": "COPY", "persistent": False}},
+                   run='cat ~/have/m.txt; test -d ~/new && echo "new $(ls -A ~/new | wc -l)"')
+    r = broker("launch", "-y", "-c", "cpn", t, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert node_lines(r.stdout)[0] == ["model", "new 0"], r.stdout
+    assert "named-new-empty" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert broker("down", "-y", "cpn").returncode == 0
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert "named-have" in names and "named-new-empty" not in names  # ours and not persistent: gone on down
+
+
 def test_local_source_uploaded_to_gcs_read_on_node_and_gone_after_down(gcs, monkeypatch, tmp_path):
     for k, v in gcs.env().items():
         monkeypatch.setenv(k, v)

@@ -71,7 +71,6 @@ def test_mount_cached_and_azure_https_source():
     ({"/d": {"name": "UPPER", "store": "s3"}}, "file_mounts./d.name", "not a valid name"),
     ({"/d": {"name": "ok-name", "mode": "SYNC"}}, "file_mounts./d.mode", "unknown storage mode"),
     ({"/d": {"name": "ok-name", "store": "ibm"}}, "file_mounts./d.store", "is not supported"),
-    ({"/d": {"name": "ok-name", "mode": "COPY"}}, "file_mounts./d.source", "nothing to copy"),
     ({"/d": {"source": "oci://b/c"}}, "file_mounts./d.source", "oci:// buckets are not supported"),
 ])
 def test_errors_name_the_field(fm, field, words):
