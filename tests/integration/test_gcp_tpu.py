@@ -13,32 +13,10 @@ pytest.importorskip("google.cloud.tpu_v2")
 from skybroker.clouds.base import RUNNING, STOPPED, TERMINATED, ProvisionRequest
 from skybroker.errors import CapacityError, InvalidRequestError, QuotaError, Scope
 from tests.infra.gce_fake import GCEFake
+from tests.integration.test_gcp import cloud, gce  # noqa: F401 - fixtures
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkeytest test@host"
 ZONE = "us-central2-b"
-
-
-@pytest.fixture
-def gce(monkeypatch):
-    from skybroker.clouds.gcp import client
-
-    fake = GCEFake(project="test-project").start()
-    for k, v in fake.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("BROKER_GCP_POLL", "0.01")
-    monkeypatch.setenv("BROKER_GCP_WAIT", "20")
-    monkeypatch.setenv("USER", "alice")
-    client.reset()
-    yield fake
-    fake.close()
-    client.reset()
-
-
-@pytest.fixture
-def cloud(gce):
-    from skybroker.clouds.gcp import GCPCloud
-
-    return GCPCloud()
 
 
 def req(cluster="t1", accelerator="tpu-v4-8", **kw) -> ProvisionRequest:

@@ -73,19 +73,21 @@ def project() -> str:
                            hint="set GOOGLE_CLOUD_PROJECT or run `gcloud config set project PROJECT`")
 
 
-def _build(kind: str):
+def _build(kind: str, module: str = "compute_v1"):
+    """A client of google.cloud.<module> (REST, the endpoint override and the ADC credentials), cached."""
     key = _key(kind)
     with _lock:
         cached = _cache.get(key)
     if cached is not None:
         return cached
+    import importlib
+
     from google.api_core.client_options import ClientOptions
-    from google.cloud import compute_v1
 
     kwargs = {"credentials": credentials(), "transport": "rest"}
     if endpoint():
         kwargs["client_options"] = ClientOptions(api_endpoint=endpoint())
-    client = getattr(compute_v1, kind)(**kwargs)
+    client = getattr(importlib.import_module(f"google.cloud.{module}"), kind)(**kwargs)
     with _lock:
         return _cache.setdefault(key, client)
 
@@ -112,20 +114,7 @@ def accelerator_types():
 
 def tpu():
     """The Cloud TPU API v2 client (google-cloud-tpu), REST like the Compute clients, same endpoint override."""
-    key = _key("tpu")
-    with _lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import tpu_v2
-
-    kwargs = {"credentials": credentials(), "transport": "rest"}
-    if endpoint():
-        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint())
-    client = tpu_v2.TpuClient(**kwargs)
-    with _lock:
-        return _cache.setdefault(key, client)
+    return _build("TpuClient", "tpu_v2")
 
 
 def billing_endpoint() -> str:
