@@ -62,6 +62,7 @@ class Controller:
         self.last_ckpt: dict[int, float] = {}
         self.launch_attempts: dict[int, int] = {}
         self.deadlines: dict[int, DeadlinePolicy] = {}
+        self.failed_seen: dict[int, tuple] = {}  # job → the (cluster, cluster job) whose failure was seen once
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self.feed = ChangeFeed(every=0.9, also=(CKPT_REMOTE,), also_gap=settings.get("checkpoint_interval"))
         self._lock = threading.Lock()
@@ -94,12 +95,13 @@ class Controller:
             for j in jobs:  # a job on this machine's nodes: when its state changes, its output at most per interval
                 if j.id in self.inflight:
                     continue
-                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(j.id, j.cluster_job_id, (
+                key = (j.id, j.cluster)  # a recovered or pool job may be on another cluster with the same job id
+                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(key, j.cluster_job_id, (
                         lambda j=j: local_homes(j.cluster)), interval))) and self.next_at.get(j.id, 0) > now:
                     continue
-                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(j.id) else interval)
+                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(key) else interval)
                 self.inflight[j.id] = self.pool.submit(self.step_safe, j.id)
-            self.feed.forget(j.id for j in jobs)
+            self.feed.forget((j.id, j.cluster) for j in jobs)
             time.sleep(min(1.0, TICK * max(1.0, len(jobs) / 100)))  # a round costs O(jobs): 1 s apart at 500+
 
     def step_safe(self, jid: int) -> None:
@@ -353,6 +355,11 @@ class Controller:
                 lost = self._lost_instances(rec)
                 if lost:
                     return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
+                if self.failed_seen.get(j.id) != (j.cluster, j.cluster_job_id):
+                    # a node lost under its job fails the job before the cloud shows the loss: look once more
+                    self.failed_seen[j.id] = (j.cluster, j.cluster_job_id)
+                    self.next_at[j.id] = time.time() + settings.get("jobs_poll")
+                    return None
                 return self._apply(j, R.decide(self._view(j, task),
                                                R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP")))
             lost = self._lost_instances(rec)
