@@ -108,6 +108,7 @@ def test_queued_resource_becomes_active_and_goes_with_its_node(cloud, gce):
     with pytest.raises(CapacityError) as info:
         cloud.provision(req(cluster="t2", accelerator_args=(("tpu_gcp_queued_resource", "True"),)))
     assert info.value.scope == Scope.ZONE
+    assert gce.tpu._queued == {}  # the failed request is withdrawn, not left to block the name or fire later
 
 
 def test_stop_start_single_host_and_refuse_stop_of_a_pod(cloud, gce):

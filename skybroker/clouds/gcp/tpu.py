@@ -191,21 +191,33 @@ def _create_queued(project: str, zone: str, nid: str, parent: str, body, spot: b
         qr.spot = Q.Spot()
     else:
         qr.guaranteed = Q.Guaranteed()
+    name = f"{parent}/queuedResources/{nid}"
     _result(clients.tpu().create_queued_resource(parent=parent, queued_resource_id=nid, queued_resource=qr))
-    deadline = time.time() + settings.get("gcp_wait")
-    while True:
-        got = clients.tpu().get_queued_resource(name=f"{parent}/queuedResources/{nid}")
-        state = tpu_v2.QueuedResourceState.State(got.state.state).name
-        if state == "ACTIVE":
-            return
-        if state in ("FAILED", "SUSPENDED"):
-            err = got.state.failed_data.error
-            raise TPUOperationError(err.code, err.message or f"queued resource {nid} {state}",
-                                    tuple(d.type_url for d in err.details))
-        if time.time() > deadline:
-            raise CapacityError(f"queued resource {nid} not ACTIVE after {settings.get('gcp_wait'):.0f}s (state "
-                                f"{state})", Place("gcp", zone.rsplit("-", 1)[0], zone), code="QUEUED")
-        time.sleep(settings.get("gcp_poll"))
+    try:
+        deadline = time.time() + settings.get("gcp_wait")
+        while True:
+            got = clients.tpu().get_queued_resource(name=name)
+            state = tpu_v2.QueuedResourceState.State(got.state.state).name
+            if state == "ACTIVE":
+                return
+            if state in ("FAILED", "SUSPENDED"):
+                err = got.state.failed_data.error
+                raise TPUOperationError(err.code, err.message or f"queued resource {nid} {state}",
+                                        tuple(d.type_url for d in err.details))
+            if time.time() > deadline:
+                raise CapacityError(f"queued resource {nid} not ACTIVE after {settings.get('gcp_wait'):.0f}s (state "
+                                    f"{state})", Place("gcp", zone.rsplit("-", 1)[0], zone), code="QUEUED")
+            time.sleep(settings.get("gcp_poll"))
+    except BaseException:
+        # a failed, timed-out or interrupted request is withdrawn: left queued it would create a slice later that
+        # nothing watches, and left FAILED it would block the next request of that name (409)
+        from google.api_core import exceptions as gex
+
+        try:
+            _result(clients.tpu().delete_queued_resource(request={"name": name, "force": True}))
+        except gex.NotFound:
+            pass
+        raise
 
 
 def wait(project: str, cluster: str, zone: str, place: Place) -> list[InstanceInfo]:
