@@ -260,8 +260,9 @@ def test_failover_global_quota_and_credentials_block_the_cloud(gce):
 
 
 # -- end to end on real sshd nodes (tests/infra/netns.py): launch → run → down ------------------------
-def test_launch_run_down_on_sshd_nodes(monkeypatch, node_pool):
-    from skybroker import api, spec
+@pytest.fixture
+def gce_on_nodes(monkeypatch, node_pool):
+    """The GCE (and TPU) fake whose instances and TPU hosts are real sshd nodes of `node_pool`."""
     from skybroker.clouds.gcp import client
 
     fake = GCEFake(project="test-project", node_pool=node_pool).start()
@@ -270,21 +271,28 @@ def test_launch_run_down_on_sshd_nodes(monkeypatch, node_pool):
             monkeypatch.setenv(k, v)
         monkeypatch.setenv("BROKER_GCP_POLL", "0.05")
         client.reset()
-        task = spec.task_from_dict({"name": "e2e", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
-                                    "run": 'echo "rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"'})
-        lines = []
-        result = api.launch(task, cluster="e2e", plan=api.plan(task, clouds=("gcp",)),
-                            on_line=lambda rank, line: lines.append((rank, line)))
-        assert result.status is not None and result.status.exit_code == 0, result
-        assert sorted(lines) == [(0, "rank 0 of 2"), (1, "rank 1 of 2")]
-        ips = {i["networkInterfaces"][0]["accessConfigs"][0]["natIP"] for i in fake.instances()}
-        assert ips <= {n.ip for n in node_pool.nodes} and len(ips) == 2
-        api.down(["e2e"])
-        assert fake.instances() == [] and fake.firewalls == {}
-        assert not ips & {n.ip for n in node_pool.nodes}
+        yield fake
     finally:
         fake.close()
         client.reset()
+
+
+def test_launch_run_down_on_sshd_nodes(gce_on_nodes, node_pool):
+    from skybroker import api, spec
+
+    fake = gce_on_nodes
+    task = spec.task_from_dict({"name": "e2e", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
+                                "run": 'echo "rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"'})
+    lines = []
+    result = api.launch(task, cluster="e2e", plan=api.plan(task, clouds=("gcp",)),
+                        on_line=lambda rank, line: lines.append((rank, line)))
+    assert result.status is not None and result.status.exit_code == 0, result
+    assert sorted(lines) == [(0, "rank 0 of 2"), (1, "rank 1 of 2")]
+    ips = {i["networkInterfaces"][0]["accessConfigs"][0]["natIP"] for i in fake.instances()}
+    assert ips <= {n.ip for n in node_pool.nodes} and len(ips) == 2
+    api.down(["e2e"])
+    assert fake.instances() == [] and fake.firewalls == {}
+    assert not ips & {n.ip for n in node_pool.nodes}
 
 
 def test_spot_preempted_while_starting_is_a_zone_capacity_error(cloud, gce):

@@ -12,8 +12,7 @@ pytest.importorskip("google.cloud.tpu_v2")
 
 from skybroker.clouds.base import RUNNING, STOPPED, TERMINATED, ProvisionRequest
 from skybroker.errors import CapacityError, InvalidRequestError, QuotaError, Scope
-from tests.infra.gce_fake import GCEFake
-from tests.integration.test_gcp import cloud, gce  # noqa: F401 - fixtures
+from tests.integration.test_gcp import cloud, gce, gce_on_nodes  # noqa: F401 - fixtures
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkeytest test@host"
 ZONE = "us-central2-b"
@@ -135,35 +134,26 @@ def test_a_gce_cluster_never_needs_the_tpu_api(cloud, gce):
 
 
 @pytest.mark.slow
-def test_launch_on_a_two_host_slice_runs_on_both_hosts_and_down_leaves_nothing(monkeypatch, node_pool):
+def test_launch_on_a_two_host_slice_runs_on_both_hosts_and_down_leaves_nothing(gce_on_nodes, node_pool):  # noqa: F811
     from skybroker import api, spec
-    from skybroker.clouds.gcp import client
 
-    fake = GCEFake(project="test-project", node_pool=node_pool).start()
-    try:
-        for k, v in fake.env().items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setenv("BROKER_GCP_POLL", "0.05")
-        client.reset()
-        task = spec.task_from_dict({"name": "tpu", "resources": {"infra": "gcp", "accelerators": "tpu-v4-16"},
-                                    "run": 'echo "host $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"'})
-        lines = []
-        res = api.launch(task, cluster="tpue2e", plan=api.plan(task, clouds=("gcp",)),
-                         on_line=lambda rank, line: lines.append((rank, line)))
-        assert res.status is not None and res.status.exit_code == 0, res
-        assert sorted(lines) == [(0, "host 0 of 2"), (1, "host 1 of 2")]
-        ips = {ep["ipAddress"] for ep in fake.tpu.nodes()[0]["networkEndpoints"]}
-        assert ips <= {n.ip for n in node_pool.nodes} and len(ips) == 2
-        api.down(["tpue2e"])
-        assert fake.tpu.nodes() == [] and fake.firewalls == {}
-        assert not ips & {n.ip for n in node_pool.nodes}
-    finally:
-        fake.close()
-        client.reset()
+    fake = gce_on_nodes
+    task = spec.task_from_dict({"name": "tpu", "resources": {"infra": "gcp", "accelerators": "tpu-v4-16"},
+                                "run": 'echo "host $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"'})
+    lines = []
+    res = api.launch(task, cluster="tpue2e", plan=api.plan(task, clouds=("gcp",)),
+                     on_line=lambda rank, line: lines.append((rank, line)))
+    assert res.status is not None and res.status.exit_code == 0, res
+    assert sorted(lines) == [(0, "host 0 of 2"), (1, "host 1 of 2")]
+    ips = {ep["ipAddress"] for ep in fake.tpu.nodes()[0]["networkEndpoints"]}
+    assert ips <= {n.ip for n in node_pool.nodes} and len(ips) == 2
+    api.down(["tpue2e"])
+    assert fake.tpu.nodes() == [] and fake.firewalls == {}
+    assert not ips & {n.ip for n in node_pool.nodes}
 
 
 @pytest.mark.slow
-def test_managed_spot_job_on_a_preempted_slice_is_recovered_on_a_new_slice(monkeypatch, node_pool):
+def test_managed_spot_job_on_a_preempted_slice_is_recovered_on_a_new_slice(monkeypatch, gce_on_nodes):  # noqa: F811
     """A managed spot job on a TPU VM (real sshd host): the slice is preempted mid-run (its host dies, the
     node stays listed as PREEMPTED); the controller (in this process, as inside `broker server`) sees the
     loss with the TPU's own reason, deletes the preempted slice, runs the job on a new one, and nothing is
@@ -174,23 +164,20 @@ def test_managed_spot_job_on_a_preempted_slice_is_recovered_on_a_new_slice(monke
     from pathlib import Path
 
     from skybroker import spec
-    from skybroker.clouds.gcp import client
     from skybroker.jobs import controller as ctl
     from skybroker.jobs import ops, store
     from tests.integration.local_helpers import wait_for
 
-    fake = GCEFake(project="test-project", node_pool=node_pool).start()
+    fake = gce_on_nodes
     shared = Path(tempfile.mkdtemp(prefix="skybroker-tpu-", dir="/var/tmp"))
     shared.chmod(0o777)
     led = shared / "ledger"
     stop = threading.Event()
     t = None
     try:
-        for k, v in {**fake.env(), "BROKER_GCP_POLL": "0.05", "BROKER_JOBS_POLL": "0.3",
-                     "BROKER_CHECKPOINT_INTERVAL": "0.5"}.items():
-            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
+        monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
         monkeypatch.setattr(ops, "IN_PROCESS", True)
-        client.reset()
         task = spec.task_from_dict({
             "name": "tpu-job", "envs": {"LEDGER": str(led)},
             "resources": {"infra": "gcp", "accelerators": "tpu-v2-8", "use_spot": True},
@@ -216,6 +203,4 @@ def test_managed_spot_job_on_a_preempted_slice_is_recovered_on_a_new_slice(monke
         stop.set()
         if t is not None:
             t.join(30)
-        fake.close()
-        client.reset()
         shutil.rmtree(shared, ignore_errors=True)
