@@ -190,12 +190,20 @@ def preflight(task, creds: Credentials | None = None) -> None:
             with open(os.open(kh, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
                 f.write(creds.known_hosts)
             env["BROKER_GIT_KNOWN_HOSTS"] = kh
-        try:
-            r = subprocess.run(["bash", "-c", PROBE_SCRIPT], input=creds.key or b"", env=env, capture_output=True,
-                               timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired):
+        try:  # its own process group, so a timeout stops git and ssh too, not only bash
+            proc = subprocess.Popen(["bash", "-c", PROBE_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError:
             return
-    if r.returncode == 12:
+        try:
+            proc.communicate(creds.key or b"", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+    if proc.returncode == 12:
         raise _error(12, "", task, "this machine")
 
 
