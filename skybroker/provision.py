@@ -85,6 +85,10 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
     for region, img in res.image_id:
         if region in ("", cand.region):
             image = img
+    from .catalog import images as image_tags
+
+    if image_tags.is_tag(image):  # spec.py placed the entry where the tag exists
+        image = image_tags.resolve(cand.cloud, cand.region, image)
     from .clouds import registry
     from .containers import is_container_image
 

@@ -204,6 +204,15 @@ def _clip(v, n: int = 80) -> str:
 _DISK_TIERS = ("low", "medium", "high", "ultra", "best")
 
 
+def _tag_hint(tag: str, known: list[str]) -> str:
+    from difflib import get_close_matches
+
+    near = get_close_matches(tag.strip().lower(), known, n=4, cutoff=0.6)
+    return ((f"did you mean {', '.join(near)}? " if near else "") + "The tags SkyPilot's image catalog has are listed "
+            "in skybroker/catalog/data/images.tsv; or give the cloud's own image id, or drop image_id (skybroker "
+            "picks an Ubuntu image, with GPU drivers on GPU machines)")
+
+
 def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
     """Refuse or warn about one resources entry's fields (SpecError carries the field path)."""
     images = raw.get("image_id")
@@ -212,10 +221,12 @@ def resources_policy(raw: dict, fp: str, warnings: list[str]) -> None:
         if isinstance(v, str) and v.strip().lower().startswith("docker:") and not v.strip()[7:].strip():
             raise SpecError("`docker:` names no image", "e.g. `image_id: docker:ubuntu:22.04`",
                             field=f"{fp}.image_id")
-    if any(isinstance(v, str) and v.strip().lower().startswith("skypilot:") for v in values):
-        raise SpecError("SkyPilot image tags (`image_id: skypilot:...`) are not supported",
-                        "drop image_id (skybroker picks an Ubuntu image, with GPU drivers on GPU machines) or give "
-                        "the cloud's own image id", field=f"{fp}.image_id")
+    from .catalog import images as image_tags
+
+    for v in values:
+        if image_tags.is_tag(v) and not image_tags.places(v):
+            raise SpecError(f"unknown SkyPilot image tag {_clip(v)!r}",
+                            _tag_hint(v, image_tags.known_tags()), field=f"{fp}.image_id")
     tier = raw.get("disk_tier")
     if tier is not None:
         t = str(tier).lower()

@@ -446,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         raise BrokerError(f"bad --date {date!r}", hint="use YYYY-MM-DD", exit_code=2)
     meta = build(args.upstream, out, date, warn=lambda m: print(m, file=sys.stderr))
+    extras = args.upstream.parent / "skypilot-baseline" / "catalog-extras"  # SkyPilot's image tags (images.py)
+    if extras.is_dir():
+        from skybroker.catalog import images
+
+        images.build(extras, out / pathlib.Path(images.DATA).name)
     for cloud, m in meta["clouds"].items():
         c = m["counts"]
         print(f"{cloud}: {c['specs']} specs, {c['offers']} offers, {c['suspicious_offers']} suspicious")

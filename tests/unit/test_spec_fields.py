@@ -148,7 +148,7 @@ def test_every_option_unsupported_is_an_error():
     ({"config": {"azure": {"remote_identity": "LOCAL_CREDENTIALS"}}}, "config.azure.remote_identity", "--secret"),
     ({"config": {"gcp": {"remote_identity": "SERVICE_ACCOUNT"}}}, "config.gcp.remote_identity", "NO_UPLOAD"),
     ({"config": {"aws": {"remote_identity": "my-role"}}}, "config.aws.remote_identity", "NO_UPLOAD"),
-    ({"resources": {"image_id": "skypilot:gpu-ubuntu-2204"}}, "resources.image_id", "image id"),
+    ({"resources": {"image_id": "skypilot:gpu-ubuntu-1804"}}, "resources.image_id", "image id"),
     ({"resources": {"any_of": [{"disk_tier": "ultra"}]}}, "resources.any_of[0].disk_tier", "medium"),
     ({"resources": {"disk_tier": "fast"}}, "resources.disk_tier", "low, medium"),
     ({"resources": {"local_disk": "nvme+"}}, "resources.local_disk", None),
