@@ -6,7 +6,10 @@ Sets: fit (2-week files, first 13 days: tune here only), h0..h3 (the held-out se
 Prints each variant's mean gap to the omniscient as a share of Uniform Progress's, and deadlines met.
 """
 import sys, time, argparse
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1])'); sys.path.insert(0, 'str(__import__("pathlib").Path(__file__).resolve().parent))
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 import numpy as np
 np.seterr(all="ignore")
 from skybroker.spot import experiment
@@ -31,7 +34,8 @@ for spec in filter(None, a.variants.split(";")):
     name, _, kv = spec.partition(":")
     kw = {}
     for item in filter(None, kv.split(",")):
-        k, v = item.split("="); kw[k] = type(getattr(MDPPolicy, k) if getattr(MDPPolicy, k) is not None else 1)(float(v)) if k != "grid_step_s" else int(v)
+        k, v = item.split("=")
+        kw[k] = int(v) if k in ("ages", "grid_step_s") else float(v)
     V[name] = variant(name, **kw)
 root = default_traces_root()
 sets = {"fit": (B.TWO_WEEK, (0, 13), None, None)}
