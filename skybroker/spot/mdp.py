@@ -247,6 +247,8 @@ class MDPPolicy(Policy):
     uses_prices = True
     uses_history = True  # the simulator passes the zone's availability before the job
     grid_step_s: int | None = None  # None: the job's tick
+    ages: int = AGES  # run ages in the state (the last one absorbing)
+    od_weight: float = 1.0  # on-demand price in the decision problem, as a multiple of the real one
     shared_cache = True  # tables cached per process: the experiment runs it in one process
 
     def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
@@ -256,10 +258,11 @@ class MDPPolicy(Policy):
         from .simulator import Prices
 
         prices = prices or Prices()
-        self.grid = Grid.for_job(job, step_s=grid_step_s or self.grid_step_s)
+        self.grid = Grid.for_job(job, ages=self.ages, step_s=grid_step_s or self.grid_step_s)
         self.model = model or default_model()
         self.s0 = job.ticks * job.tick_s - job.task_s
-        self.prices = (float(prices.on_demand), float(prices.spot if spot_price is None else spot_price))
+        self.prices = (float(prices.on_demand) * self.od_weight,
+                       float(prices.spot if spot_price is None else spot_price))
         self.feasible = self.grid.T > 0 and self.grid.s0 >= self.grid.d
         fam = family_for(self.model, adaptive)
         self.family = tuple(m for m, _ in fam)

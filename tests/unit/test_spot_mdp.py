@@ -101,3 +101,22 @@ def test_selectable_and_prices_matter():
     assert isinstance(make_policy("mdp", job), MDPPolicy)
     cheap_od = MDPPolicy(job, Prices(on_demand=1.0, spot=0.9))
     assert cheap_od.table.value0 < MDPPolicy(job, Prices()).table.value0
+
+
+class _Weighted(MDPPolicy):
+    name = "mdp_test_weighted"  # not registered: used only through its class
+    ages = 48
+    od_weight = 1.3
+
+
+def test_ages_and_on_demand_weight_change_the_table_never_the_deadline():
+    job = Job(task_s=4 * G, deadline_s=6 * G + 7, overhead_s=720, tick_s=G)
+    p = _Weighted(job, Prices())
+    assert p.grid.ages == 48 and p.prices[0] == pytest.approx(1.3 * Prices().on_demand)
+    base = MDPPolicy(job, Prices())
+    assert p.table.value0 > base.table.value0  # on-demand dearer in the decision problem
+    pats = np.array(list(itertools.product([False, True], repeat=job.ticks)), bool)
+    om = omniscient.solve(pats, job, Prices())
+    b = _Weighted.batch(job, len(pats), Prices())
+    out = simulate_batch(b, pats, job, Prices())
+    assert out.met.all() and (om.cost <= out.cost + 1e-9).all()
