@@ -114,7 +114,9 @@ def test_cancel_disarms_the_nodes_and_the_local_watcher_is_the_fallback(tmp_path
     _launch(tmp_path, "fallback", nodes=1)
     for k, v in FAST.items():
         monkeypatch.setenv(k, v)
-    api.set_autostop("guarded", 1, False)
+    # armed for 8 "minutes" (8 s here): the cancel below must reach the node before that, also on a loaded
+    # machine; with 1 the node could stop itself before a slow CLI call disarmed it
+    api.set_autostop("guarded", 8, False)
     armed = time.monotonic()
     assert state.get_cluster("guarded").autostop_where == "node"
     assert autostop.check_once() == []  # not the local watcher's
@@ -136,5 +138,5 @@ def test_cancel_disarms_the_nodes_and_the_local_watcher_is_the_fallback(tmp_path
              what="the local watcher's stop")  # (its --down path: test_promises_launch.py)
     assert _cloud_states("fallback", 1) == ["stopped"] and state.get_cluster("guarded").status == "UP"
     wait_for(lambda: _broker_processes() == [], 15, interval=0.2, what="the local watcher to exit (nothing left to guard)")
-    time.sleep(max(0.0, 2.5 - (time.monotonic() - armed)))  # past the 1 s the node was armed with
+    time.sleep(max(0.0, 9.5 - (time.monotonic() - armed)))  # past the 8 s the node was armed with
     assert _cloud_states("guarded", 1) == ["running"]
