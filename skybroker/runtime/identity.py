@@ -16,7 +16,7 @@ LOCAL = "LOCAL_CREDENTIALS"
 
 def wanted(task, cloud: str) -> bool:
     """The task asks for `cloud`'s credentials on its nodes."""
-    return any(option(r, f"{cloud}.remote_identity") == LOCAL for r in getattr(task, "resources", ()) or ())
+    return any(option(r, f"{cloud}.remote_identity") == LOCAL for g in getattr(task, "groups", ()) or () for r in g)
 
 
 def files(task, provider) -> list[tuple[str, bytes]]:
