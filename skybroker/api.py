@@ -279,6 +279,9 @@ def preflight(task, plan=None) -> None:
             raise CredentialsError(f"the plan chose {plan.chosen.cloud}, but its SDK is not installed ({missing})",
                                    hint=f"pip install 'skybroker[{prov.sdk_extra or prov.name}]', or name another "
                                         "cloud with --infra")
+        from .runtime import identity
+
+        identity.preflight(task, plan.chosen.cloud)  # LOCAL_CREDENTIALS: the files exist, before the question
         check = prov.check()
         if not check.ok:
             raise CredentialsError(f"the plan chose {plan.chosen.cloud}, which has no usable credentials: "

@@ -238,6 +238,9 @@ def _bring_up_locked(b: BringUp) -> Running:
 
             volumes.attach(rt, task, b.on_event)  # before file mounts: they may land on a volume
             failpoint("after-volumes")
+        from .runtime import identity
+
+        identity.upload(rt, task, b.on_event)  # config.<cloud>.remote_identity: LOCAL_CREDENTIALS, before setup
         if task.workdir or task.file_mounts or task.git_url:
             b.on_event("sync", _sync_what(task))
             failpoint("sync")

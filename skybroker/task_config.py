@@ -10,16 +10,22 @@
       .provision_timeout (seconds)     how long the driver waits for the instances to run in a zone before
                                        it gives up there (a zone capacity error: failover moves on)
   config.{aws,gcp,azure}.remote_identity
-      NO_UPLOAD                        accepted: it is what skybroker always does (nodes get no cloud
-                                       credential of yours)
-      LOCAL_CREDENTIALS                refused: skybroker never copies your credentials onto nodes
-      SERVICE_ACCOUNT / a named one    refused: skybroker attaches no cloud identity to nodes
+      NO_UPLOAD                        accepted: skybroker's default (nodes get no cloud credential of yours)
+      LOCAL_CREDENTIALS                on that cloud, its credential files (Provider.credential_files,
+                                       clouds/credfiles.py) are copied onto every node before setup, mode
+                                       0600 (runtime/identity.py); the plan warns; missing files: exit 2
+      SERVICE_ACCOUNT                  azure: the VMs get a system-assigned managed identity (no role until
+                                       the user grants one); aws, gcp: refused (skybroker creates no roles)
+      a named identity                 azure: a user-assigned identity's resource id, attached to the VMs;
+                                       aws, gcp: refused
   anything else                        refused by name (skybroker has no equivalent setting)
 
 The honoured values travel on every Resources of the task as `options` (("gcp.run_duration", "3600"),
 ...), to the provider's ProvisionRequest; providers other than the one named ignore them.
 """
 from __future__ import annotations
+
+import re
 
 from .errors import SpecError
 
@@ -29,6 +35,8 @@ _IGNORED = {
 }
 _MIG_KEYS = ("run_duration", "provision_timeout")
 _IDENTITY_CLOUDS = ("aws", "gcp", "azure")
+_AZURE_UAI = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ManagedIdentity/"
+                        r"userAssignedIdentities/[^/]+$", re.IGNORECASE)
 
 
 def config_options(cfg, source: str, warnings: list[str]) -> tuple[tuple[str, str], ...]:
@@ -56,7 +64,7 @@ def config_options(cfg, source: str, warnings: list[str]) -> tuple[tuple[str, st
             sub = str(sub)
             fp = f"config.{key}.{sub}"
             if sub == "remote_identity":
-                _identity(value, key, fp, refuse)
+                out += _identity(value, key, fp, refuse, warnings)
             elif key == "gcp" and sub == "managed_instance_group":
                 out += _mig(value, fp, refuse)
                 warnings.append(f"{fp}: skybroker creates the instances directly, not through a managed "
@@ -68,19 +76,29 @@ def config_options(cfg, source: str, warnings: list[str]) -> tuple[tuple[str, st
     return tuple(out)
 
 
-def _identity(value, cloud: str, fp: str, refuse) -> None:
+def _identity(value, cloud: str, fp: str, refuse, warnings: list[str]) -> list[tuple[str, str]]:
     v = str(value).strip()
+    key = f"{cloud}.remote_identity"
     if v.upper() == "NO_UPLOAD":
-        return  # skybroker's only behaviour: the nodes get no credential of the user's
+        return []  # skybroker's default: the nodes get no credential of the user's
     if v.upper() == "LOCAL_CREDENTIALS":
-        refuse(fp, "remote_identity LOCAL_CREDENTIALS (copy your cloud credentials onto the nodes) is not "
-               "supported: skybroker never uploads your credentials to a node",
-               "use `remote_identity: NO_UPLOAD` or remove it; give the job the one credential it needs with "
-               "--secret NAME (an environment variable on the nodes, never stored in clear)")
+        warnings.append(f"{fp}: LOCAL_CREDENTIALS: on {cloud}, this task copies your {cloud} credentials "
+                        "onto every node (mode 0600; set NO_UPLOAD to keep them on this machine)")
+        return [(key, "LOCAL_CREDENTIALS")]
+    if cloud == "azure":
+        if v.upper() == "SERVICE_ACCOUNT":
+            warnings.append(f"{fp}: SERVICE_ACCOUNT: on azure, the VMs get a system-assigned managed identity, "
+                            "which has no role until you grant it one")
+            return [(key, "SERVICE_ACCOUNT")]
+        if _AZURE_UAI.match(v):
+            return [(key, v)]
+        refuse(fp, f"remote_identity {v[:60]!r} is not a user-assigned managed identity's resource id",
+               "name one as /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.ManagedIdentity/"
+               "userAssignedIdentities/NAME, or use SERVICE_ACCOUNT, LOCAL_CREDENTIALS or NO_UPLOAD")
     what = "a service account / managed identity" if v.upper() == "SERVICE_ACCOUNT" else f"the identity {v[:60]!r}"
     refuse(fp, f"remote_identity {v[:60]}: skybroker does not attach {what} to the {cloud} nodes",
-           "use `remote_identity: NO_UPLOAD` or remove it; give the job the credential it needs with "
-           "--secret NAME")
+           "use LOCAL_CREDENTIALS or NO_UPLOAD; or give the job the credential it needs with --secret NAME")
+    return []
 
 
 def _mig(value, fp: str, refuse) -> list[tuple[str, str]]:

@@ -3,7 +3,9 @@
 A provider owns
   - its offers: a price catalog it names (`catalog`), or virtual zero-price offers (`virtual_offers`) for
     providers that have none (this machine, the user's own SSH hosts);
-  - its credential check (`check`, no network, no SDK import);
+  - its credential check (`check`, no network, no SDK import) and the local files that are its
+    credentials (`credential_files`, copied onto the nodes only when a task asks for it with
+    `config.<cloud>.remote_identity: LOCAL_CREDENTIALS`, runtime/identity.py);
   - error classification (`classify`: SDK exception → typed ProvisionError with a scope);
   - provisioning split in two (`run_instances` returns the ids of every instance of the cluster, so the
     caller records them in the intents ledger before `wait_instances` waits for them to run);
@@ -165,6 +167,15 @@ class Provider:
         from ..check import CloudCheck
 
         return CloudCheck(self.name, True, "no credentials needed")
+
+    def credential_files(self) -> list[tuple[str, bytes]]:
+        """(node path under `~/`, contents) of this cloud's local credential files, as its CLI and SDK
+        read them on a node; [] when there are none (or the cloud has no such files)."""
+        return []
+
+    def credential_hint(self) -> str:
+        """What to do when `credential_files` finds nothing."""
+        return f"the {self.name} cloud has no credential files to copy"
 
     # -- errors ------------------------------------------------------------------------------------
     def classify(self, exc: BaseException, place: "Place") -> "ProvisionError | None":

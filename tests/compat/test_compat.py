@@ -27,7 +27,7 @@ import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = sorted((HERE / "tasks").glob("*.yaml"))
-RECORDED_RATE = 0.97  # floor for the acceptance rate (the measured figure is in README.md)
+RECORDED_RATE = 0.98  # floor for the acceptance rate (the measured figure is in README.md)
 CLOUDS = ("aws", "gcp", "azure")
 
 

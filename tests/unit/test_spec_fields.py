@@ -145,7 +145,7 @@ def test_every_option_unsupported_is_an_error():
      "config.gcp.managed_instance_group.run_duration", None),
     ({"config": {"gcp": {"managed_instance_group": {"reuse_instances": True}}}},
      "config.gcp.managed_instance_group.reuse_instances", "run_duration"),
-    ({"config": {"azure": {"remote_identity": "LOCAL_CREDENTIALS"}}}, "config.azure.remote_identity", "--secret"),
+    ({"config": {"azure": {"remote_identity": "my-identity"}}}, "config.azure.remote_identity", "userAssignedIdentities"),
     ({"config": {"gcp": {"remote_identity": "SERVICE_ACCOUNT"}}}, "config.gcp.remote_identity", "NO_UPLOAD"),
     ({"config": {"aws": {"remote_identity": "my-role"}}}, "config.aws.remote_identity", "NO_UPLOAD"),
     ({"resources": {"image_id": "skypilot:gpu-ubuntu-1804"}}, "resources.image_id", "image id"),

@@ -64,6 +64,16 @@ class AWSCloud(EBSVolumes, Provider):
 
         return check_aws()
 
+    def credential_files(self):
+        from .. import credfiles
+
+        return credfiles.aws()
+
+    def credential_hint(self) -> str:
+        from .. import credfiles
+
+        return credfiles.HINTS["aws"]
+
     def classify(self, exc, place):
         return classify(exc, place)
 

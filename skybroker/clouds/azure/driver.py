@@ -52,6 +52,19 @@ def _vm_name(cluster: str, rank: int) -> str:
     return f"{cluster}-{rank}"
 
 
+def _identity(cm, req) -> dict:
+    """config.azure.remote_identity: SERVICE_ACCOUNT = a system-assigned managed identity, a resource id =
+    that user-assigned identity; anything else (NO_UPLOAD, LOCAL_CREDENTIALS): none."""
+    from ...task_config import option
+
+    v = option(req, "azure.remote_identity")
+    if v == "SERVICE_ACCOUNT":
+        return {"identity": cm.VirtualMachineIdentity(type="SystemAssigned")}
+    if v and v.startswith("/"):
+        return {"identity": cm.VirtualMachineIdentity(type="UserAssigned", user_assigned_identities={v: {}})}
+    return {}
+
+
 def _not_found(exc: BaseException) -> bool:
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -77,6 +90,16 @@ class AzureCloud(Provider):
         from ...check import check_azure
 
         return check_azure()
+
+    def credential_files(self):
+        from .. import credfiles
+
+        return credfiles.azure()
+
+    def credential_hint(self) -> str:
+        from .. import credfiles
+
+        return credfiles.HINTS["azure"]
 
     def classify(self, exc, place):
         return classify(exc, place)
@@ -326,7 +349,7 @@ class AzureCloud(Provider):
             spot = {"priority": "Spot", "eviction_policy": "Delete",
                     "billing_profile": cm.BillingProfile(max_price=-1)} if req.use_spot else {}
             vm = cm.VirtualMachine(
-                **spot, location=req.region, tags={**base, **dict(req.labels), TAG_RANK: str(r)},
+                **spot, **_identity(cm, req), location=req.region, tags={**base, **dict(req.labels), TAG_RANK: str(r)},
                 hardware_profile=cm.HardwareProfile(vm_size=req.instance_type),
                 storage_profile=cm.StorageProfile(image_reference=image, os_disk=cm.OSDisk(
                     name=f"{name}-os", create_option="FromImage", disk_size_gb=int(req.disk_size),

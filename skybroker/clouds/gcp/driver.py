@@ -169,6 +169,16 @@ class GCPCloud(PersistentDisks, Provider):
 
         return check_gcp()
 
+    def credential_files(self):
+        from .. import credfiles
+
+        return credfiles.gcp()
+
+    def credential_hint(self) -> str:
+        from .. import credfiles
+
+        return credfiles.HINTS["gcp"]
+
     def classify(self, exc, place):
         return classify(exc, place)
 
