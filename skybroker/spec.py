@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from . import resources as R
 from . import spec_fields as F
+from .catalog import images as image_tags
 from .errors import SpecError
 from .task_config import config_options
 from .taskfile import _validate, read_yaml_docs
@@ -382,63 +383,13 @@ def _build(raw: dict, fp: str, acc, acc_fp: str, source: str) -> list[Resources]
         else:
             return [r for a in items for r in _build(raw, fp, a, acc_fp, source)]
     try:
-        return _image_places(_resources(raw, fp, acc, acc_fp), fp)
+        return image_tags.place(_resources(raw, fp, acc, acc_fp), fp)
     except R.UnsupportedCloud:
         raise
     except SpecError as exc:
         if exc.source is None:
             raise SpecError(exc.message, exc.hint, source=source) from None
         raise
-
-
-def _few(items, n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _image_places(res: Resources, fp: str) -> list[Resources]:
-    """Where the task's image exists, as SkyPilot plans it: `image_id: {region: image}` confines the
-    entry to those regions, and a SkyPilot tag (`skypilot:cpu-debian-10`, catalog/images.py) to the clouds
-    and regions whose table has it. One Resources per place; the optimizer picks the cheapest of them."""
-    from .catalog import images as image_tags
-
-    if not res.image_id:
-        return [res]
-    pairs = res.image_id
-    if all(reg for reg, _ in pairs):  # per-region images
-        if res.region:
-            pairs = tuple(p for p in pairs if p[0] == res.region)
-            if not pairs:
-                raise SpecError(f"image_id names no image for region {res.region}",
-                                f"add `{res.region}: IMAGE` to image_id, or choose one of its regions",
-                                field=f"{fp}.image_id")
-        out = [replace(res, region=reg, image_id=((reg, img),)) for reg, img in pairs]
-    else:
-        out = [res]
-    placed: list[Resources] = []
-    for r in out:
-        img = r.image_id[0][1]
-        if not image_tags.is_tag(img):
-            placed.append(r)
-            continue
-        for cloud, regions in image_tags.places(img).items():
-            if r.cloud and cloud != r.cloud:
-                continue
-            if not regions:
-                placed.append(replace(r, cloud=cloud))
-            elif r.region:
-                if r.region in regions:
-                    placed.append(replace(r, cloud=cloud))
-            else:
-                placed += [replace(r, cloud=cloud, region=reg) for reg in regions]
-    if not placed:
-        tag = next(img for _, img in res.image_id if image_tags.is_tag(img))
-        where = " ".join(x for x in (res.cloud, res.region) if x)
-        have = ", ".join(f"{c} ({'every region' if not rs else _few(rs)})"
-                         for c, rs in image_tags.places(tag).items())
-        raise SpecError(f"SkyPilot image tag {tag!r} does not exist on {where}",
-                        f"the tag exists on {have}; use the cloud's own image id there, or drop image_id",
-                        field=f"{fp}.image_id")
-    return placed
 
 
 def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:

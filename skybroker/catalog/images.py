@@ -9,7 +9,7 @@ Region), on AWS one AMI per region. skybroker ships the same table as package da
 
 from the copy in `shared/skypilot-baseline/catalog-extras/` (skypilot-org/skypilot-catalog `catalogs/v9`,
 image ids only; the file's header records the inputs' sha256). A task naming a tag gets that image where
-the table has it and is planned only there (spec.py), as in SkyPilot; a tag the table does not have for a
+the table has it and is planned only there (`place`, called by spec.py), as in SkyPilot; a tag the table does not have for a
 cloud the task names is refused, naming `resources.image_id`. The images are used as they are: SkyPilot's
 own images (conda, Ray preinstalled) are what those tags name, and skybroker's bootstrap needs only python3.
 """
@@ -54,6 +54,58 @@ def resolve(cloud: str, region: str | None, tag: str) -> str | None:
     """The image a tag names on `cloud` in `region`, or None."""
     regions = _table().get(tag.strip().lower(), {}).get(cloud, {})
     return regions.get("") or (regions.get(region) if region else None)
+
+
+def _few(items, n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def place(res, fp: str) -> list:
+    """Where the task's image exists, as SkyPilot plans it: `image_id: {region: image}` confines the
+    entry to those regions, and a SkyPilot tag (`skypilot:cpu-debian-10`, catalog/images.py) to the clouds
+    and regions whose table has it. One Resources per place; the optimizer picks the cheapest of them."""
+    from dataclasses import replace
+
+    from ..errors import SpecError
+
+    if not res.image_id:
+        return [res]
+    pairs = res.image_id
+    if all(reg for reg, _ in pairs):  # per-region images
+        if res.region:
+            pairs = tuple(p for p in pairs if p[0] == res.region)
+            if not pairs:
+                raise SpecError(f"image_id names no image for region {res.region}",
+                                f"add `{res.region}: IMAGE` to image_id, or choose one of its regions",
+                                field=f"{fp}.image_id")
+        out = [replace(res, region=reg, image_id=((reg, img),)) for reg, img in pairs]
+    else:
+        out = [res]
+    placed: list = []
+    for r in out:
+        img = r.image_id[0][1]
+        if not is_tag(img):
+            placed.append(r)
+            continue
+        for cloud, regions in places(img).items():
+            if r.cloud and cloud != r.cloud:
+                continue
+            if not regions:
+                placed.append(replace(r, cloud=cloud))
+            elif r.region:
+                if r.region in regions:
+                    placed.append(replace(r, cloud=cloud))
+            else:
+                placed += [replace(r, cloud=cloud, region=reg) for reg in regions]
+    if not placed:
+        tag = next(img for _, img in res.image_id if is_tag(img))
+        where = " ".join(x for x in (res.cloud, res.region) if x)
+        have = ", ".join(f"{c} ({'every region' if not rs else _few(rs)})"
+                         for c, rs in places(tag).items())
+        raise SpecError(f"SkyPilot image tag {tag!r} does not exist on {where}",
+                        f"the tag exists on {have}; use the cloud's own image id there, or drop image_id",
+                        field=f"{fp}.image_id")
+    return placed
 
 
 def known_tags(cloud: str | None = None) -> list[str]:
