@@ -11,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BROKER_SHARED", REPO.parent / "shared"))
+# Every subprocess a test starts (the CLI, the managed-jobs controller, the autostop watcher, local nodes'
+# agents) imports this checkout's skybroker, whichever checkout the editable install points at (a git
+# worktree, a moved clone). tests/packaging removes it to test the installed wheel.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                           if p and Path(p).resolve() != REPO])
 
 _CRED_PREFIXES = ("AWS_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_", "AZURE_", "LAMBDA_", "KUBECONFIG", "KUBERNETES_")
 
