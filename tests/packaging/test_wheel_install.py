@@ -68,15 +68,19 @@ def venv(tmp_path_factory):
     try:
         import build  # noqa: F401
 
-        cmd = [sys.executable, "-m", "build", "--outdir", str(dist), str(src)]
+        # --no-isolation: the test extra installs the build backend (setuptools>=77), so no two throwaway
+        # build environments; `build` still checks build-system.requires against what is installed.
+        cmd = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src)]
     except ImportError:  # `build` comes with the test extra; without it, pip builds the wheel directly
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     wheel = next(dist.glob("skybroker-*.whl"))
     v = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(v)], check=True, timeout=300)
-    r = subprocess.run([str(v / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[aws]"],
+    # no pip inside the venv (seeding it costs seconds): this interpreter's pip installs into it (--python)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(v)], check=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(v / "bin" / "python"), "install", "-q",
+                        f"{wheel}[aws]"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return v
