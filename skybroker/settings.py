@@ -102,6 +102,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("azure_wait", "BROKER_AZURE_WAIT", float, 900.0, "seconds to wait for Azure VMs"),
     _S("azure_poll", "BROKER_AZURE_POLL", float, 5.0, "Azure long-running-operation polling interval"),
     _S("azure_retries", "BROKER_AZURE_RETRIES", int, 5, "Azure SDK retries"),
+    _S("azure_imds", "BROKER_AZURE_IMDS", str, "http://169.254.169.254",
+       "the instance metadata service an Azure node gets its managed identity's token from (tests: a fake)"),
     _S("lambda_launch_interval", "BROKER_LAMBDA_LAUNCH_INTERVAL", float, 12.0,
        "seconds between two Lambda launch calls (its rate limit)"),
     _S("lambda_retries", "BROKER_LAMBDA_RETRIES", float, 5.0, "retries of a Lambda request answered 429"),

@@ -255,6 +255,10 @@ class Provider:
 
         raise InvalidRequestError(f"the {self.name} cloud cannot stop a cluster from its own nodes")
 
+    def release_self_stop(self, cluster: str, region: str | None) -> None:
+        """Undo prepare_self_stop once the nodes are disarmed (`autostop --cancel`): the cloud's default
+        again, no right left with the nodes. Nothing to undo by default."""
+
     def self_stop_command(self, cluster: str, node, head, action: str) -> SelfStop | None:
         """What one node (a state.NodeRecord; `head` is rank 0's) runs once idle to stop or terminate
         itself or its whole cluster; None when that node needs no watcher (the head's command covers it)."""

@@ -21,7 +21,14 @@ OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay).
 
 Optional `nodes` (tests.infra.netns.NodePool): each running VM is backed by a real sshd node that accepts
-the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it.
+the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it. With
+`host` = the node network's gateway the nodes reach the fake too (the certificate names that address).
+
+Managed identities at work (tests/infra/arm_rbac.py): PATCH of a VM's `identity` (as
+`virtual_machines.begin_update` sends it), role definitions and assignments, and requests made with a VM
+identity's token (`token_for(ip)`, what the metadata fake hands the VM's node) authorized by the roles
+assigned to it. A long-running operation started by a managed identity completes by itself (nobody polls
+it: the node that asked may be gone), as ARM's do.
 """
 from __future__ import annotations
 
@@ -37,7 +44,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.infra.arm_rbac import MI_PREFIX, Rbac, action_for
+
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000feed"
+TENANT = "00000000-0000-0000-0000-0000000be11a"
+_UAI_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ManagedIdentity/"
+                     r"userAssignedIdentities/[^/]+", re.IGNORECASE)
 ALLOCATION_CODES = ("AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest")
 
 
@@ -47,8 +59,8 @@ class ArmError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1/localhost (also its own CA): (cert.pem, key.pem)."""
+def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost and `host` (also its own CA): (cert.pem, key.pem)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,8 +72,9 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(h))
+                                                        for h in dict.fromkeys(("127.0.0.1", host))]
+                                                       + [x509.DNSName("localhost")]), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
@@ -72,7 +85,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
 
 class ArmFake:
-    def __init__(self, subscription: str = SUBSCRIPTION, lro_polls: int = 1, nodes=None):
+    def __init__(self, subscription: str = SUBSCRIPTION, lro_polls: int = 1, nodes=None, host: str = "127.0.0.1"):
         self.subscription = subscription
         self.lro_polls = lro_polls
         self.nodes = nodes
@@ -85,14 +98,17 @@ class ArmFake:
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
         self.faults: dict = {"capacity": {}, "quota": {}, "auth": None}
         self._ip_seq = 0
+        self.rbac = Rbac(subscription, ArmError)
+        self.rbac.known_principals = self._principals
+        self.callers: list[tuple[str, str, str]] = []  # (principal id, method, path) of managed-identity calls
         self._dir = Path(tempfile.mkdtemp(prefix="arm-fake-"))
-        self.ca_path, key = make_cert(self._dir)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.ca_path, key = make_cert(self._dir, host)
+        self._server = ThreadingHTTPServer((host, 0), _handler(self))
         self._server.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.ca_path, key)
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.endpoint = f"https://127.0.0.1:{self._server.server_address[1]}"
+        self.endpoint = f"https://{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="arm-fake")
         self._thread.start()
 
@@ -136,11 +152,41 @@ class ArmFake:
     def requests(self, method: str | None = None, contains: str = "") -> list[tuple[str, str, dict, object]]:
         return [e for e in list(self.log) if (method is None or e[0] == method) and contains.lower() in e[1].lower()]
 
+    # -- managed identities ----------------------------------------------------------------------------
+    def _principals(self) -> set[str]:
+        with self.lock:
+            return {r["identity"]["principalId"] for r in self.resources.values()
+                    if (r.get("identity") or {}).get("principalId")}
+
+    def token_for(self, ip: str) -> str | None:
+        """The token the instance metadata service gives the VM whose node has this address (None: that VM
+        has no system-assigned identity)."""
+        with self.lock:
+            for key, node in self.node_of.items():
+                if node.ip == ip:
+                    pid = (self.resources.get(key, {}).get("identity") or {}).get("principalId")
+                    return MI_PREFIX + pid if pid else None
+        return None
+
+    def _authorize(self, principal: str, method: str, parts: list[str]) -> None:
+        low = [p.lower() for p in parts]
+        if "operationresults" in low or "operations" in low[-2:-1]:
+            return  # polling an operation: the caller's own
+        action, rid = action_for(method, parts)
+        self.rbac.authorize(principal, action, rid)
+        if method == "DELETE" and len(parts) == 4:  # a group: ARM checks delete on what is in it too
+            for res in self._in_group(low[3]):
+                self.rbac.authorize(principal, f"{res['type']}/delete", res["id"])
+
     # -- request dispatch --------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict, body, headers) -> tuple[int, dict, object]:
         self.log.append((method, path, query, body))
         if not headers.get("Authorization", "").startswith("Bearer "):
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+        token = headers["Authorization"][len("Bearer "):]
+        principal = token[len(MI_PREFIX):] if token.startswith(MI_PREFIX) else None
+        if principal is not None and principal not in self._principals():
+            raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
         if self.faults["auth"]:
             code = self.faults["auth"]
             raise ArmError(403 if code == "AuthorizationFailed" else 401, code,
@@ -154,6 +200,13 @@ class ArmFake:
         if parts[1] != self.subscription:
             raise ArmError(404, "SubscriptionNotFound", f"The subscription '{parts[1]}' could not be found.")
         with self.lock:
+            if principal is not None:
+                self.callers.append((principal, method, path))
+                self._authorize(principal, method, parts)
+            self._caller = principal
+            if "microsoft.authorization" in low:
+                return self.rbac.handle(method, parts, body, principal,
+                                        lambda scope: len(scope.split("/")) == 3 or scope.split("/")[-1].lower() in self.groups)
             rest, lrest = parts[2:], low[2:]
             if lrest[:1] == ["operationresults"] and len(rest) == 2:
                 return self._op_result(rest[1])
@@ -188,6 +241,8 @@ class ArmFake:
                 raise ArmError(404, "InvalidResourceType", f"no route for {path}")
             if method == "GET":
                 return 200, {}, self._view(self._get(rid), query)
+            if method == "PATCH" and rtype.lower() == "microsoft.compute/virtualmachines":
+                return self._patch_vm(rid, body)
             if method == "PUT":
                 if group["properties"]["provisioningState"] == "Deleting":
                     raise ArmError(409, "ResourceGroupBeingDeleted", f"The resource group '{rest[1]}' is being deleted.")
@@ -239,6 +294,8 @@ class ArmFake:
     def _lro(self, status, body, region, effect, *, error=None, location=False, async_header=True):
         op = uuid.uuid4().hex
         self.ops[op] = {"polls": 0, "effect": effect, "error": error, "done": False}
+        if getattr(self, "_caller", None) is not None:  # a managed identity's (a node's): nobody will poll it
+            threading.Timer(0.2, self._finish, args=(op,)).start()
         headers, base = {}, self.endpoint
         if async_header:
             headers["Azure-AsyncOperation"] = (f"{base}/subscriptions/{self.subscription}/providers/Microsoft.Fake/"
@@ -256,6 +313,13 @@ class ArmFake:
             op["done"] = True
             (op["effect"] or (lambda: None))()
         return op
+
+    def _finish(self, op_id: str) -> None:
+        with self.lock:
+            op = self.ops[op_id]
+            if not op["done"]:
+                op["done"] = True
+                (op["effect"] or (lambda: None))()
 
     def _op_status(self, op_id):
         op = self._advance(op_id)
@@ -291,6 +355,8 @@ class ArmFake:
         kind = rtype.split("/")[-1].lower()
         error = None
         if kind == "virtualmachines":
+            if body.get("identity") is not None:
+                res["identity"] = _vm_identity(body["identity"], (existing or {}).get("identity"))
             error = self._check_vm(region, props)
             props.setdefault("vmId", (existing or {}).get("properties", {}).get("vmId") or str(uuid.uuid4()))
         elif kind == "virtualnetworks":
@@ -417,6 +483,16 @@ class ArmFake:
                     n["properties"].pop("virtualMachine", None)
 
     # -- virtual machines --------------------------------------------------------------------------
+    def _patch_vm(self, rid, body):
+        """PATCH of a VM (VirtualMachineUpdate): its identity and tags; the rest of the body is not modelled."""
+        vm = self._get(rid)
+        body = body if isinstance(body, dict) else {}
+        if "identity" in body:
+            vm["identity"] = _vm_identity(body["identity"], vm.get("identity"))
+        if "tags" in body:
+            vm["tags"] = body["tags"] or {}
+        return self._lro(200, vm, vm["location"], None)
+
     def _vm_action(self, rid, action):
         vm = self._get(rid)
         key = rid.lower()
@@ -478,6 +554,39 @@ class ArmFake:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _vm_identity(ident, old: dict | None) -> dict:
+    """A VM's `identity` as ARM stores and returns it (see the module docstring); raises ARM's 400s."""
+    if not isinstance(ident, dict):
+        raise ArmError(400, "InvalidParameter", "The value of parameter identity is invalid.")
+    kind = str(ident.get("type") or "None")
+    parts = {p.strip().lower() for p in kind.split(",")}
+    if not parts <= {"systemassigned", "userassigned", "none"} or ("none" in parts and len(parts) > 1):
+        raise ArmError(400, "InvalidParameter", f"The value '{kind}' of parameter 'identity.type' is invalid. "
+                       "Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'.")
+    uai = ident.get("userAssignedIdentities") or {}
+    if uai and "userassigned" not in parts:
+        raise ArmError(400, "InvalidParameter", f"The identity type '{kind}' does not allow "
+                       "'identity.userAssignedIdentities'; use 'UserAssigned'.")
+    if "userassigned" in parts and not uai:
+        raise ArmError(400, "InvalidParameter", "Parameter 'identity.userAssignedIdentities' is required for "
+                       f"identity type '{kind}'.")
+    for rid in uai:
+        if not _UAI_ID.fullmatch(rid):
+            raise ArmError(400, "LinkedInvalidPropertyId", f"Property id '{rid}' at path "
+                           "'identity.userAssignedIdentities' is invalid. Expect fully qualified resource Id that "
+                           "start with '/subscriptions/{subscriptionId}' or '/providers/{resourceProviderNamespace}/'.")
+    old = old or {}
+    doc: dict = {"type": kind}
+    if "systemassigned" in parts:
+        doc["principalId"] = old.get("principalId") or str(uuid.uuid4())
+        doc["tenantId"] = TENANT
+    if uai:
+        before = old.get("userAssignedIdentities") or {}
+        doc["userAssignedIdentities"] = {rid: before.get(rid) or {"principalId": str(uuid.uuid4()),
+                                                                  "clientId": str(uuid.uuid4())} for rid in uai}
+    return doc
 
 
 def _tag_filter(flt: str | None, group: dict) -> bool:

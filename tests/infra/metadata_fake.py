@@ -6,7 +6,10 @@ JSON), GCP instance/preempted (403 without `Metadata-Flavor: Google`; FALSE, the
 Events (400 without `Metadata: true`; an empty Events list, then a Preempt event). On a cloud each instance
 has its own metadata server at 169.254.169.254; here one server plays them all: `noticed = True` announces a
 preemption to every client, and `noticed_for(ip)` (a callable the test sets) to the instances whose address
-it accepts, so one node of several can be told. Not reproduced: the token's TTL, the link-local address,
+it accepts, so one node of several can be told. Azure managed identities: GET
+/metadata/identity/oauth2/token?api-version=…&resource=… (400 without `Metadata: true` or a resource; 400
+`Identity not found` when `identity_token(ip)` — set by the test, e.g. ArmFake.token_for — has none for
+the caller) gives {access_token, expires_in, resource, token_type}. Not reproduced: the token's TTL, the link-local address,
 rate limits, the other metadata paths (404).
 """
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Metadata:
     def __init__(self, host: str = "127.0.0.1"):
         self.noticed = False
         self.noticed_for: Callable[[str], bool] = lambda ip: False
+        self.identity_token: Callable[[str], str | None] = lambda ip: None
+        self.token_requests = 0
         me = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -51,6 +56,19 @@ class Metadata:
                     if self.headers.get("Metadata-Flavor") != "Google":
                         return self._send(403)
                     return self._send(200, b"TRUE" if self._noticed() else b"FALSE")
+                if self.path.startswith("/metadata/identity/oauth2/token"):
+                    from urllib.parse import parse_qs, urlsplit
+
+                    q = parse_qs(urlsplit(self.path).query)
+                    if self.headers.get("Metadata") != "true" or "resource" not in q or "api-version" not in q:
+                        return self._send(400, b'{"error":"invalid_request","error_description":"Required '
+                                               b'metadata header not specified or resource missing"}')
+                    me.token_requests += 1
+                    tok = me.identity_token(self.client_address[0])
+                    if tok is None:
+                        return self._send(400, b'{"error":"invalid_request","error_description":"Identity not found"}')
+                    return self._send(200, json.dumps({"access_token": tok, "expires_in": "86399",
+                                                       "resource": q["resource"][0], "token_type": "Bearer"}).encode())
                 if self.path.startswith("/metadata/scheduledevents"):
                     if self.headers.get("Metadata") != "true":
                         return self._send(400)

@@ -365,6 +365,9 @@ class AWSCloud(EBSVolumes, Provider):
                        Attribute="instanceInitiatedShutdownBehavior", Value="terminate" if real == "down" else "stop")
         return real
 
+    def release_self_stop(self, cluster: str, region: str | None) -> None:
+        self.prepare_self_stop(cluster, region, "stop")  # an OS shutdown stops again (EC2's default)
+
     def self_stop_command(self, cluster: str, node, head, action: str):
         from ..base import SelfStop
 

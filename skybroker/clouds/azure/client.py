@@ -99,6 +99,25 @@ def clients(sub: str) -> Clients:
         return made
 
 
+def authorization(sub: str):
+    """An azure-mgmt-authorization client (role definitions and assignments: autostop on the cluster), built
+    like the others; imported only when needed (ImportError when the package is missing)."""
+    ep = endpoint()
+    key = ("authorization", ep, sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"),
+           os.environ.get("BROKER_AZURE_CA_BUNDLE"), poll_interval())
+    with _lock:
+        if key not in _cache:
+            from azure.mgmt.authorization import AuthorizationManagementClient
+
+            kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
+            if ep:
+                kw["base_url"] = ep
+            if os.environ.get("BROKER_AZURE_CA_BUNDLE"):
+                kw["connection_verify"] = os.environ["BROKER_AZURE_CA_BUNDLE"]
+            _cache[key] = AuthorizationManagementClient(credential(), sub, **kw)
+        return _cache[key]
+
+
 def reset() -> None:
     """Forget cached clients (tests switch endpoints and credentials between cases)."""
     with _lock:

@@ -74,10 +74,9 @@ def _not_found(exc: BaseException) -> bool:
 class AzureCloud(Provider):
     name = "azure"
     catalog = "azure"
-    # No self_stop: a guest shutdown leaves an Azure VM allocated (and billed); deallocating it from the node
-    # would need a managed identity allowed virtualMachines/deallocate/action on the cluster's resource group
-    # only. Not created: the watcher on the user's machine enforces autostop here.
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True)
+    # self_stop: a guest shutdown leaves an Azure VM allocated (and billed), so a node deallocates itself (or
+    # deletes its cluster's group) through ARM as its own managed identity, allowed only that (selfstop.py).
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
     sdk_modules = ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", "azure.identity")
     sdk_extra = "azure"
     default_ssh_user = SSH_USER
@@ -450,6 +449,29 @@ class AzureCloud(Provider):
                 raise InvalidRequestError(f"cluster {cluster} has no network security group on Azure", place) from None
             raise classify(exc, place) or exc from None
         self._add_rules(c, place, rg, nsg, tuple(ports))
+
+    # -- autostop on the cluster itself (selfstop.py) ---------------------------------------------
+    def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:
+        from . import selfstop
+
+        return selfstop.prepare(self, cluster, region, action)
+
+    def release_self_stop(self, cluster: str, region: str | None) -> None:
+        from . import selfstop
+
+        selfstop.release(self, cluster, region)
+
+    def self_stop_command(self, cluster: str, node, head, action: str):
+        from ..base import SelfStop
+        from . import selfstop
+
+        if action == "down" and node.rank != head.rank:
+            return None  # the head deletes the whole group
+        cmd = selfstop.node_command(clients.subscription() or "", group_name(cluster), _vm_name(cluster, node.rank),
+                                    action, clients.endpoint(), os.environ.get("BROKER_AZURE_CA_BUNDLE"),
+                                    settings.get("azure_imds"))
+        follow = None if node.rank == head.rank else f"{head.private_ip or head.ip}:{head.ssh_port or 22}"
+        return SelfStop(cmd, follow=follow)
 
     def list_tagged(self, region: str | None) -> list[TaggedResource]:
         """Every skybroker-tagged resource group in a region, and its VMs (a group with no VM still holds
