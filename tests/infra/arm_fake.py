@@ -20,6 +20,16 @@ Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the V
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay).
 
+Managed identities on a VM PUT, as ARM takes them: `identity: {type: SystemAssigned}` is stored and read
+back with a `principalId` and `tenantId` (fresh GUIDs, kept across updates of the VM); `UserAssigned`
+(or "SystemAssigned, UserAssigned") with `userAssignedIdentities: {<resource id>: {}}` is stored and read
+back with a `principalId`/`clientId` per identity. A key that is not a well-formed
+/subscriptions/S/resourceGroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME is
+ARM's synchronous 400 LinkedInvalidPropertyId naming the path `identity.userAssignedIdentities`; an
+unknown `type`, UserAssigned without identities, or identities with a type that has no UserAssigned, a
+400 InvalidParameter. Not reproduced: ARM also refuses (400) a well-formed id whose identity does not
+exist or that the caller may not assign; the fake accepts any well-formed id.
+
 Optional `nodes` (tests.infra.netns.NodePool): each running VM is backed by a real sshd node that accepts
 the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it.
 """
@@ -38,6 +48,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000feed"
+TENANT = "00000000-0000-0000-0000-0000000be11a"
+_UAI_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ManagedIdentity/"
+                     r"userAssignedIdentities/[^/]+", re.IGNORECASE)
 ALLOCATION_CODES = ("AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest")
 
 
@@ -291,6 +304,8 @@ class ArmFake:
         kind = rtype.split("/")[-1].lower()
         error = None
         if kind == "virtualmachines":
+            if body.get("identity") is not None:
+                res["identity"] = _vm_identity(body["identity"], (existing or {}).get("identity"))
             error = self._check_vm(region, props)
             props.setdefault("vmId", (existing or {}).get("properties", {}).get("vmId") or str(uuid.uuid4()))
         elif kind == "virtualnetworks":
@@ -478,6 +493,39 @@ class ArmFake:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _vm_identity(ident, old: dict | None) -> dict:
+    """A VM's `identity` as ARM stores and returns it (see the module docstring); raises ARM's 400s."""
+    if not isinstance(ident, dict):
+        raise ArmError(400, "InvalidParameter", "The value of parameter identity is invalid.")
+    kind = str(ident.get("type") or "None")
+    parts = {p.strip().lower() for p in kind.split(",")}
+    if not parts <= {"systemassigned", "userassigned", "none"} or ("none" in parts and len(parts) > 1):
+        raise ArmError(400, "InvalidParameter", f"The value '{kind}' of parameter 'identity.type' is invalid. "
+                       "Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'.")
+    uai = ident.get("userAssignedIdentities") or {}
+    if uai and "userassigned" not in parts:
+        raise ArmError(400, "InvalidParameter", f"The identity type '{kind}' does not allow "
+                       "'identity.userAssignedIdentities'; use 'UserAssigned'.")
+    if "userassigned" in parts and not uai:
+        raise ArmError(400, "InvalidParameter", "Parameter 'identity.userAssignedIdentities' is required for "
+                       f"identity type '{kind}'.")
+    for rid in uai:
+        if not _UAI_ID.fullmatch(rid):
+            raise ArmError(400, "LinkedInvalidPropertyId", f"Property id '{rid}' at path "
+                           "'identity.userAssignedIdentities' is invalid. Expect fully qualified resource Id that "
+                           "start with '/subscriptions/{subscriptionId}' or '/providers/{resourceProviderNamespace}/'.")
+    old = old or {}
+    doc: dict = {"type": kind}
+    if "systemassigned" in parts:
+        doc["principalId"] = old.get("principalId") or str(uuid.uuid4())
+        doc["tenantId"] = TENANT
+    if uai:
+        before = old.get("userAssignedIdentities") or {}
+        doc["userAssignedIdentities"] = {rid: before.get(rid) or {"principalId": str(uuid.uuid4()),
+                                                                  "clientId": str(uuid.uuid4())} for rid in uai}
+    return doc
 
 
 def _tag_filter(flt: str | None, group: dict) -> bool:
