@@ -20,6 +20,16 @@ Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the V
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay).
 
+Managed identities on a VM PUT, as ARM takes them: `identity: {type: SystemAssigned}` is stored and read
+back with a `principalId` and `tenantId` (fresh GUIDs, kept across updates of the VM); `UserAssigned`
+(or "SystemAssigned, UserAssigned") with `userAssignedIdentities: {<resource id>: {}}` is stored and read
+back with a `principalId`/`clientId` per identity. A key that is not a well-formed
+/subscriptions/S/resourceGroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME is
+ARM's synchronous 400 LinkedInvalidPropertyId naming the path `identity.userAssignedIdentities`; an
+unknown `type`, UserAssigned without identities, or identities with a type that has no UserAssigned, a
+400 InvalidParameter. Not reproduced: ARM also refuses (400) a well-formed id whose identity does not
+exist or that the caller may not assign; the fake accepts any well-formed id.
+
 Optional `nodes` (tests.infra.netns.NodePool): each running VM is backed by a real sshd node that accepts
 the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it. With
 `host` = the node network's gateway the nodes reach the fake too (the certificate names that address).

@@ -118,3 +118,56 @@ def test_launch_sync_run_logs_down_on_aws(ec2_with_nodes, ubuntu_pool, tmp_path)
     assert ec2_with_nodes == {} and ubuntu_pool.nodes == []
     sgs = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["skybroker-awse2e"]}])
     assert sgs["SecurityGroups"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["files", "env"])
+def test_local_credentials_copied_onto_real_aws_nodes(ec2_with_nodes, ubuntu_pool, monkeypatch, source):
+    """config.aws.remote_identity: LOCAL_CREDENTIALS on 2 "EC2" instances: ~/.aws/credentials and config
+    (or, with no files, the AWS_* variables written as a credentials file) land on every node byte for
+    byte, mode 0600; the CLI's caches do not; the secret shows nowhere else."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from skybroker import api, paths, spec
+    from skybroker.clouds import credfiles
+    from tests.integration.identity_helpers import SECRET, assert_no_leak, files_holding, report_command
+
+    aws = Path(os.environ["HOME"]) / ".aws"
+    for rel in ("cli/cache/role.json", "sso/cache/token.json"):  # never copied
+        (aws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (aws / rel).write_text(f'{{"SecretAccessKey": "{SECRET}"}}\n')
+    if source == "files":
+        (aws / "credentials").write_text(f"[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                                         f"aws_secret_access_key = {SECRET}\n")
+        (aws / "config").write_text("[default]\nregion = us-east-1\n")
+        os.chmod(aws / "credentials", 0o644)
+        present = [".aws/credentials", ".aws/config"]
+    else:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"env-{SECRET}")  # moto takes any key
+        present = [".aws/credentials"]
+    want_files = dict(credfiles.aws())
+    assert sorted(want_files) == sorted(f"~/{p}" for p in present)
+    assert SECRET.encode() in want_files["~/.aws/credentials"]
+    absent = [".aws/cli", ".aws/sso"] + ([".aws/config"] if source == "env" else [])
+    task = spec.task_from_dict({
+        "name": "aws-idn", "num_nodes": 2, "config": {"aws": {"remote_identity": "LOCAL_CREDENTIALS"}},
+        "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large", "image_id": "ami-12345678"},
+        "run": report_command(present, absent)})
+    lines, events = [], []
+    res = api.launch(task, cluster="awsidn", plan=api.plan(task, clouds=("aws",)),
+                     on_line=lambda r, l: lines.append((r, l)), on_event=lambda k, m: events.append((k, m)))
+    assert res.status.status == "SUCCEEDED", lines
+    want = [f"{p} 600 {hashlib.sha256(want_files['~/' + p]).hexdigest()}" for p in present]
+    want += [f"{p} absent" for p in absent]
+    for rank in (0, 1):
+        assert [l for r, l in lines if r == rank] == want
+    assert ("sync", f"copying {len(present)} aws credential file(s) onto every node "
+                    "(config.aws.remote_identity: LOCAL_CREDENTIALS)") in events
+    assert len(ec2_with_nodes) == 2
+    assert files_holding(aws, SECRET)  # the scan sees the secret where it is
+    assert_no_leak(lines, events + api.events("awsidn", limit=500), paths.broker_home())
+    api.down(["awsidn"])
+    assert ec2_with_nodes == {} and ubuntu_pool.nodes == []
+    assert_no_leak([], api.events("awsidn", limit=500), paths.broker_home())
