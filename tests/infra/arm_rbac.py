@@ -11,7 +11,9 @@ What it reproduces, as ARM documents it (Microsoft.Authorization, api-version 20
                     subscription or a resource group) body {properties: {roleDefinitionId, principalId,
                     principalType}}; 400 RoleDefinitionDoesNotExist, 400 PrincipalNotFound (a principal no
                     VM identity has), 409 RoleAssignmentExists (same principal, role and scope under another
-                    name); DELETE of an absent one is 204.
+                    name); DELETE of an absent one is 204; GET {scope}/providers/Microsoft.Authorization/
+                    roleAssignments lists them. Like ARM, deleting a resource group leaves the assignments
+                    at its scope behind (orphans a cleaner has to delete).
   who may do what   the broker's own token is the subscription's Owner, unless `deny_rbac` (a Contributor:
                     403 AuthorizationFailed on any Microsoft.Authorization write). A managed identity's token
                     ("mi-<principalId>", handed out by tests/infra/metadata_fake.py to the VM's node) may do
@@ -42,6 +44,10 @@ class Rbac:
         low = [p.lower() for p in parts]
         i = low.index("microsoft.authorization")
         scope = "/" + "/".join(parts[:i - 1])
+        if len(parts) == i + 2 and low[i + 1] == "roleassignments" and method == "GET":
+            # the subscription's (and below) assignments; ARM keeps them when their scope is deleted
+            return 200, {}, {"value": [a for a in self.assignments.values()
+                                       if (a["properties"]["scope"].lower() + "/").startswith(scope.lower() + "/")]}
         kind, name = (low[i + 1], parts[i + 2]) if len(parts) == i + 3 else (None, None)
         if kind not in ("roledefinitions", "roleassignments"):
             raise self.error(404, "InvalidResourceType", f"no route for /{'/'.join(parts)}")

@@ -86,7 +86,10 @@ def test_arming_grants_each_vm_only_the_autostop_role_and_cancel_takes_it_back(d
     assert "Microsoft.Resources/subscriptions/resourceGroups/delete" in _role_actions(fake, down_role)
     drv.release_self_stop(c, "eastus")
     assert _assignments(fake, c) == []
-    drv.terminate(c, "eastus")
+    drv.prepare_self_stop(c, "eastus", "stop")
+    assert len(_assignments(fake, c)) == 2
+    drv.terminate(c, "eastus")  # down takes the roles back first (ARM would keep them, pointing at nothing)
+    assert _assignments(fake, c) == [] and f"skybroker-{c}" not in fake.groups
 
 
 def test_a_user_who_may_not_assign_roles_gets_a_typed_refusal(drv, fake):
@@ -141,6 +144,11 @@ def test_the_node_command_deallocates_its_own_vm_and_may_do_nothing_else(drv, fa
             time.sleep(0.05)
         assert f"skybroker-{c}".lower() not in fake.groups
         assert "mi-" not in r.stdout + r.stderr  # the token is never printed
+        assert len(_assignments(fake, c)) == 1  # the group deleted itself: ARM keeps its assignment (an orphan)
+        other = _cluster(drv)
+        drv.prepare_self_stop(other, "eastus", "stop")  # the next arm anywhere sweeps it
+        assert _assignments(fake, c) == [] and len(_assignments(fake, other)) == 1
+        drv.terminate(other, "eastus")
         md.identity_token = lambda ip: None  # a VM without identity: a clear failure, retried by the agent
         r = _node_run(drv, c, 0, "stop", md)
         assert r.returncode != 0 and "Identity not found" in r.stderr

@@ -418,6 +418,9 @@ class AzureCloud(Provider):
             raise classify(exc, place) or exc from None
         if region and (group.location or "").lower() != region.lower():
             return []
+        from . import selfstop
+
+        selfstop.forget(self, c, place, cluster, group)
         self._delete_group(c, place, rg)
         return []
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shlex
 import uuid
 
-from ...errors import InvalidRequestError, Place, ProvisionError
+from ...errors import BrokerError, InvalidRequestError, Place, ProvisionError
 
 ROLE_ACTIONS = {
     "stop": ["Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action"],
@@ -91,6 +91,8 @@ def prepare(drv, cluster: str, region: str | None, action: str) -> str:
     sub = c.subscription
     scope = f"/subscriptions/{sub}/resourceGroups/{group_name(cluster)}"
     role = _ensure_role(drv, auth, place, sub, real)
+    _sweep_orphans(drv, c, auth, place)
+    _mark_group(drv, c, place, cluster)
     from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
 
     for pid in _principals(drv, c, place, cluster):
@@ -120,6 +122,49 @@ def release(drv, cluster: str, region: str | None) -> None:
     for pid in pids:
         for action in ROLE_ACTIONS:
             _delete_assignment(drv, auth, place, scope, assignment_name(scope, pid, action))
+
+
+TAG_ARMED = "skybroker-autostop-roles"
+
+
+def _mark_group(drv, c, place, cluster) -> None:
+    """Tag the group so that `down` knows to take the roles back before deleting it."""
+    from .driver import group_name
+
+    rg = group_name(cluster)
+    group = drv._call(place, c.resource.resource_groups.get, rg)
+    if (group.tags or {}).get(TAG_ARMED) != "true":
+        from azure.mgmt.resource.resources.models import ResourceGroup
+
+        drv._call(place, c.resource.resource_groups.create_or_update, rg,
+                  ResourceGroup(location=group.location, tags={**(group.tags or {}), TAG_ARMED: "true"}))
+
+
+def _sweep_orphans(drv, c, auth, place) -> None:
+    """ARM keeps role assignments whose scope was deleted (a cluster that deleted its own group leaves its
+    identity's assignment behind, pointing at nothing). Ours are recognised by their role; each arm removes
+    those whose group is gone."""
+    ours = {role_id(c.subscription, a).lower() for a in ROLE_ACTIONS}
+    stale = []
+    for a in drv._call(place, lambda: list(auth.role_assignments.list_for_subscription())):
+        if (a.role_definition_id or "").rsplit("/", 1)[-1].lower() not in ours:
+            continue
+        parts = (a.scope or "").split("/")
+        if len(parts) == 5 and parts[3].lower() == "resourcegroups" and \
+                not drv._call(place, c.resource.resource_groups.check_existence, parts[4]):
+            stale.append(a)
+    for a in stale:
+        _delete_assignment(drv, auth, place, a.scope, a.name)
+
+
+def forget(drv, c, place, cluster, group) -> None:
+    """Before `down` deletes an armed group: its identities' assignments go first (ARM would keep them)."""
+    if (group.tags or {}).get(TAG_ARMED) != "true":
+        return
+    try:
+        release(drv, cluster, place.region)
+    except BrokerError:  # never blocks a down: what is left is swept by the next arm (_sweep_orphans)
+        pass
 
 
 def _authorization(drv, c, place):
