@@ -35,6 +35,7 @@ from ..optimizer import Block
 from ..runtime.channel import ChangeFeed
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import checkpoint, logsync
+from .channels import Runtimes
 from . import pipeline as P
 from . import recovery as R
 from . import store
@@ -65,6 +66,7 @@ class Controller:
         self.failed_seen: dict[int, tuple] = {}  # job → the (cluster, cluster job) whose failure was seen once
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self.feed = ChangeFeed(every=0.9, also=(CKPT_REMOTE,), also_gap=settings.get("checkpoint_interval"))
+        self.rts = Runtimes()  # one open runtime per cluster a job is on: its SSH connections reused by every poll
         self._lock = threading.Lock()
         from .pools import PoolRunner
 
@@ -74,6 +76,12 @@ class Controller:
     def run(self, keep_going=None) -> None:
         """Step the active jobs. Standalone: until no job is active for a while. In a server
         (`keep_going` given): while keep_going() says so (the server is the leader), idle or not."""
+        try:
+            self._run(keep_going)
+        finally:
+            self.rts.sweep(())  # every connection kept open for polls is closed
+
+    def _run(self, keep_going) -> None:
         from ..costs import ledger
 
         ledger.reconcile()  # runs a previous controller left open while their clusters went away
@@ -102,6 +110,7 @@ class Controller:
                 self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(key) else interval)
                 self.inflight[j.id] = self.pool.submit(self.step_safe, j.id)
             self.feed.forget((j.id, j.cluster) for j in jobs)
+            self.rts.sweep(j.cluster for j in jobs if j.cluster)  # a cluster no job is on any more: closed
             time.sleep(min(1.0, TICK * max(1.0, len(jobs) / 100)))  # a round costs O(jobs): 1 s apart at 500+
 
     def step_safe(self, jid: int) -> None:
@@ -327,14 +336,15 @@ class Controller:
             return self._apply(j, R.decide(self._view(j, task), R.Preempted("cluster record disappeared")))
         if self._over_budget(j, task):
             return
-        rt = ClusterRuntime(rec)
-        try:
+        with self.rts.use(rec) as rt:  # kept open across polls: no new SSH connection per look
             try:
                 st = logsync.poll(j, rt)  # status and new output: one agent call per node
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
             healthy = st is not None and bool(st.nodes) and \
                 not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
+            if not healthy:
+                self.rts.drop(rec.name)  # the next look connects afresh
             if healthy and st.notice:  # the cloud announced the preemption: the job was given SIGTERM
                 return self._on_notice(j, task, rt, st)
             if healthy:
@@ -367,8 +377,6 @@ class Controller:
                 return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
             since = self.unreachable_since.setdefault(j.id, time.time())
             return self._apply(j, R.decide(self._view(j, task), R.Unreachable(time.time() - since)))
-        finally:
-            rt.close()
 
     def _on_notice(self, j, task, rt, st) -> None:
         """Act on the notice, not on the loss: once the job has stopped (its SIGTERM grace), copy the
@@ -467,13 +475,10 @@ class Controller:
         task = self._task(j)
         token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
         store.update(j.id, submit_token=token)
-        rt = ClusterRuntime(rec)
-        try:
+        with self.rts.use(rec) as rt:
             env = self._restore_checkpoint(j, rt)
             job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), run_setup=False, env_by_rank=env,
                                token=token)
-        finally:
-            rt.close()
         now = time.time()
         store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
                      segment_price=rec.hourly_price)
@@ -516,6 +521,7 @@ class Controller:
         if j.pool:
             return self.pools.release(j)  # the worker goes back to its pool, which keeps it up
         name = j.cluster or P.stage_cluster(j)
+        self.rts.drop(name)
         try:
             clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
         except BrokerError as exc:
