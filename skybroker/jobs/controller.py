@@ -33,6 +33,7 @@ from ..errors import BrokerError, NoFeasibleError
 from ..lifecycle import Failure
 from ..optimizer import Block
 from ..runtime.channel import ChangeFeed
+from ..runtime.stream_feed import StreamFeed
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import checkpoint, logsync
 from .channels import Runtimes
@@ -66,6 +67,8 @@ class Controller:
         self.failed_seen: dict[int, tuple] = {}  # job → the (cluster, cluster job) whose failure was seen once
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self.feed = ChangeFeed(every=0.9, also=(CKPT_REMOTE,), also_gap=settings.get("checkpoint_interval"))
+        # the other clusters: the agent's `watch` stream on each node (one session on the kept connection)
+        self.sfeed = StreamFeed(also=CKPT_REMOTE, also_gap=settings.get("checkpoint_interval"))
         self.rts = Runtimes()  # one open runtime per cluster a job is on: its SSH connections reused by every poll
         self._lock = threading.Lock()
         from .pools import PoolRunner
@@ -79,6 +82,7 @@ class Controller:
         try:
             self._run(keep_going)
         finally:
+            self.sfeed.close()
             self.rts.sweep(())  # every connection kept open for polls is closed
 
     def _run(self, keep_going) -> None:
@@ -100,18 +104,36 @@ class Controller:
                 idle_since = None
             running = sum(1 for j in jobs if j.status == RUNNING)
             interval = max(settings.get("jobs_poll"), running / 20.0)  # ~20 polls/s at most across all jobs
-            for j in jobs:  # a job on this machine's nodes: when its state changes, its output at most per interval
+            for j in jobs:  # a watched job: when its state changes, its output at most per interval
                 if j.id in self.inflight:
                     continue
                 key = (j.id, j.cluster)  # a recovered or pool job may be on another cluster with the same job id
-                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(key, j.cluster_job_id, (
-                        lambda j=j: local_homes(j.cluster)), interval))) and self.next_at.get(j.id, 0) > now:
+                if not (j.cancel_requested or (j.status == RUNNING and self._changed(j, key, interval))) and \
+                        self.next_at.get(j.id, 0) > now:
                     continue
-                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(key) else interval)
+                watched = self.feed.watching(key) or self.sfeed.watching(key)
+                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if watched else interval)
                 self.inflight[j.id] = self.pool.submit(self.step_safe, j.id)
             self.feed.forget((j.id, j.cluster) for j in jobs)
+            self.sfeed.forget((j.id, j.cluster) for j in jobs)
             self.rts.sweep(j.cluster for j in jobs if j.cluster)  # a cluster no job is on any more: closed
             time.sleep(min(1.0, TICK * max(1.0, len(jobs) / 100)))  # a round costs O(jobs): 1 s apart at 500+
+
+    def _changed(self, j, key, interval: float) -> bool:
+        """Whether to look at a running job now: ChangeFeed for nodes that are directories here (stats, no
+        process), else the agents' `watch` streams (StreamFeed); neither watching: the caller's interval."""
+        if self.feed.changed(key, j.cluster_job_id, lambda: local_homes(j.cluster), interval):
+            return True
+        if self.feed.watching(key):
+            return False
+        return self.sfeed.changed(key, j.cluster_job_id, lambda: self._stream_source(j.cluster), interval)
+
+    def _stream_source(self, name: str):
+        rec = state.get_cluster(name)
+        if rec is None:
+            return None
+        rt = self.rts.get(rec)
+        return name, [rt.agent(n) for n in rt.nodes]
 
     def step_safe(self, jid: int) -> None:
         try:
@@ -336,6 +358,10 @@ class Controller:
             return self._apply(j, R.decide(self._view(j, task), R.Preempted("cluster record disappeared")))
         if self._over_budget(j, task):
             return
+        if self.sfeed.lost((j.id, j.cluster)):  # a node's stream lost its connection: ask the cloud first, not
+            lost = self._lost_instances(rec)  # a poll that would wait out the connect timeout on a dead node
+            if lost:
+                return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
         with self.rts.use(rec) as rt:  # kept open across polls: no new SSH connection per look
             try:
                 st = logsync.poll(j, rt)  # status and new output: one agent call per node

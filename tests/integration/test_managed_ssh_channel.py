@@ -133,3 +133,72 @@ def test_polls_of_a_job_reuse_one_ssh_connection(ssh_pool, tmp_path, monkeypatch
     finally:
         _stop(ctl, t, jid)
     assert not ctl.rts.names()  # the cluster is gone: its connections were closed
+
+
+def _beats(monkeypatch) -> list:
+    """Every heartbeat line the controller's stream feed receives."""
+    from skybroker.runtime import stream_feed
+
+    seen: list = []
+    real = stream_feed.StreamFeed._on
+
+    def on(feed, s, doc):
+        if "beat" in doc:
+            seen.append(doc)
+        return real(feed, s, doc)
+
+    monkeypatch.setattr(stream_feed.StreamFeed, "_on", on)
+    return seen
+
+
+def test_a_sleeping_job_costs_no_agent_call_nor_connection_while_its_stream_beats(ssh_pool, tmp_path, monkeypatch):
+    """With the agent's `watch` stream up, a job that sleeps is not polled: agent calls, polls and SSH
+    connections stay where they were while beats keep arriving (the old path: one call per interval)."""
+    task = write_task(tmp_path / "t.yaml", name="sleeper", resources={"infra": "ssh/p"},
+                      run="echo started; sleep 600")
+    jid = _submit(task)
+    counts, beats = Counts(monkeypatch), _beats(monkeypatch)
+    ctl, t = _controller(monkeypatch)
+    t.start()
+    try:
+        wait_for(lambda: _job(jid).status == "RUNNING" and "started" in _log(jid), 90, 0.1, "running, output")
+        key = (jid, _job(jid).cluster)
+        wait_for(lambda: ctl.sfeed.watching(key), 60, 0.05, "the job's stream up")
+        n = len(beats)
+        wait_for(lambda: len(beats) >= n + 2, 30, 0.05, "two beats")  # the poll after the stream came up is done
+        calls, connects, polls, n = counts.calls, counts.connects, counts.polls, len(beats)
+        wait_for(lambda: len(beats) >= n + 4, 60, 0.05, "four more beats")
+        assert (counts.calls, counts.connects, counts.polls) == (calls, connects, polls)
+        assert ctl.sfeed.watching(key) and _job(jid).status == "RUNNING"
+    finally:
+        _stop(ctl, t, jid)
+
+
+def test_a_killed_node_ends_its_stream_and_the_job_recovers_with_its_output_in_jobs_logs(ssh_pool, tmp_path,
+                                                                                          monkeypatch):
+    pool, nodes = ssh_pool
+    task = write_task(tmp_path / "t.yaml", name="ticker", resources={"infra": "ssh/p", "job_recovery": "FAILOVER"},
+                      run='echo "start on $(hostname)"; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done')
+    jid = _submit(task)
+    ctl, t = _controller(monkeypatch)
+    t.start()
+    try:
+        wait_for(lambda: _job(jid).status == "RUNNING" and "tick 2" in _log(jid), 90, 0.1, "running, output")
+        key = (jid, _job(jid).cluster)
+        wait_for(lambda: ctl.sfeed.watching(key), 60, 0.05, "the job's stream up")
+        from skybroker import state
+
+        ip = state.get_cluster(_job(jid).cluster).nodes[0].ip
+        victim = next(n for n in nodes if n.ip == ip)
+        other = next(n for n in nodes if n.ip != ip)
+        pool.kill(victim)
+        wait_for(lambda: _job(jid).recoveries == 1 and _job(jid).status == "RUNNING", 120, 0.1, "recovered")
+        wait_for(lambda: f"start on {other.name}" in _log(jid) and _log(jid).count("tick 2") >= 2, 60, 0.1,
+                 "output of the new run")
+        r = broker("jobs", "logs", str(jid))
+        assert r.returncode == 0, r.stderr
+        assert f"start on {victim.name}" in r.stdout and f"start on {other.name}" in r.stdout, r.stdout
+        assert "=== broker: recovery 1" in r.stdout and "lost" in r.stdout, r.stdout
+        wait_for(lambda: ctl.sfeed.watching((jid, _job(jid).cluster)), 60, 0.05, "the new run's stream up")
+    finally:
+        _stop(ctl, t, jid)
