@@ -13,7 +13,11 @@ never runs twice because the controller died.
 
 Scale: jobs are state machines stepped by a small thread pool (at most one step in flight per job). A job
 on nodes that are directories here (local cloud) is stepped when its files change (runtime/channel.py: a
-few stats per second, no process), others when due (the interval grows with their number).
+few stats per second, no process); a job on other nodes (SSH) when the agent's `watch` stream on its nodes
+says so (runtime/stream_feed.py: status changes, log growth, beats; a stream that ends or stops beating is
+a look at once, and a dropped connection asks the cloud first). A job neither feed watches (an agent
+older than `watch`, a stream not up) is stepped when due (the interval grows with their number). Every
+cluster a job is on keeps one open runtime across steps (channels.py): polls reuse its SSH connections.
 
     python -m skybroker.jobs.controller
 """
