@@ -61,6 +61,8 @@ exact number of bytes read, whatever they are.  ``run --marker M`` is submit + f
 ``exec``): the id is allocated as ``next-id`` would (by the payload's token), ``id_env`` values get it for
 ``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
 spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
+``watch ID...`` is a long-lived command: one JSON line per change of the jobs (row, log growth) and a beat
+(cmd_watch), until every job is terminal or the client is gone.
 Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import fcntl

@@ -202,7 +202,8 @@ class AgentClient:
             elif isinstance(doc, dict):
                 docs.append(doc)
 
-        args = ["watch", *(int(j) for j in job_ids), "--every", every, "--beat", beat] + (["--also", also] if also else [])
+        args = ["watch", *(int(j) for j in job_ids), "--every", every, "--beat", beat,
+                *(("--also", also) if also else ())]
         res = self.runner.run(self._cmd(*args), stream=line)
         if res.exit_code != 0 or True not in docs:
             msg = next((d["error"] for d in docs if isinstance(d, dict)), None) or res.stderr.strip()[-500:] or \

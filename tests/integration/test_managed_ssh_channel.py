@@ -202,3 +202,32 @@ def test_a_killed_node_ends_its_stream_and_the_job_recovers_with_its_output_in_j
         wait_for(lambda: ctl.sfeed.watching((jid, _job(jid).cluster)), 60, 0.05, "the new run's stream up")
     finally:
         _stop(ctl, t, jid)
+
+
+def test_an_agent_without_watch_falls_back_to_polls(ssh_pool, tmp_path, monkeypatch):
+    """The node's agent predates `watch` (AgentOutdated): the job is polled on its interval as before —
+    output arrives, and the polls reuse the open connection."""
+    from skybroker.runtime import agent_client
+
+    tried = []
+
+    def old_agent(client, job_ids, on_event, **kw):
+        tried.append(list(job_ids))
+        raise agent_client.AgentOutdated(f"node agent on {client.label} predates `watch`")
+
+    monkeypatch.setattr(agent_client.AgentClient, "watch", old_agent)
+    task = write_task(tmp_path / "t.yaml", name="quiet", resources={"infra": "ssh/p"},
+                      run="echo started; sleep 2; echo later; sleep 600")
+    jid = _submit(task)
+    counts = Counts(monkeypatch)
+    ctl, t = _controller(monkeypatch)
+    t.start()
+    try:
+        wait_for(lambda: _job(jid).status == "RUNNING" and "later" in _log(jid), 90, 0.1, "running, output")
+        wait_for(lambda: tried, 30, 0.05, "the stream tried")
+        connects, polls = counts.connects, counts.polls
+        wait_for(lambda: counts.polls >= polls + 3, 60, 0.05, "polls on the interval")  # a sleeping job, polled
+        assert counts.connects == connects and not ctl.sfeed.watching((jid, _job(jid).cluster))
+        assert len(tried) == 1  # not asked again at every poll
+    finally:
+        _stop(ctl, t, jid)

@@ -201,3 +201,35 @@ def test_a_source_that_cannot_say_is_retried_later(setup):
     clock.t += 6
     assert feed.changed(KEY, 7, none) is False and len(calls) == 2
     assert feed.changed(KEY, None, none) is False
+
+
+class _Runner:
+    """A runner whose one command prints `lines` and exits with `code`."""
+
+    node_id = "n0"
+
+    def __init__(self, lines, code):
+        self.lines, self.code, self.cmds = lines, code, []
+
+    def run(self, cmd, stream=None, **kw):
+        from skybroker.runtime.runner import RunResult
+
+        self.cmds.append(cmd)
+        for line in self.lines:
+            stream(line)
+        return RunResult(self.code, "\n".join(self.lines), "")
+
+
+def test_agent_client_watch_passes_lines_and_knows_an_agent_without_watch():
+    from skybroker.runtime.agent_client import AgentClient, AgentError
+
+    got = []
+    r = _Runner(['{"job": 3, "row": null, "size": 0}', "not json", '{"beat": 1}'], 0)
+    AgentClient(r).watch([3, 4], got.append, every=0.25, beat=1.5, also="ckpt")
+    assert got == [{"job": 3, "row": None, "size": 0}, {"beat": 1}]
+    assert r.cmds[0].endswith("agent.py watch 3 4 --every 0.25 --beat 1.5 --also ckpt")
+    old = _Runner(['{"error": "usage: agent.py {autostop,cancel,run,status} ..."}'], 2)
+    with pytest.raises(AgentOutdated):
+        AgentClient(old).watch([3], got.append)
+    with pytest.raises(AgentError, match="disk full"):
+        AgentClient(_Runner(['{"error": "internal error: disk full"}'], 1)).watch([3], got.append)
