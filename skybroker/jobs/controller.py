@@ -40,10 +40,10 @@ from ..runtime.channel import ChangeFeed
 from ..runtime.stream_feed import StreamFeed
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import checkpoint, logsync
-from .channels import Runtimes
 from . import pipeline as P
 from . import recovery as R
 from . import store
+from .channels import Runtimes
 from .deadline import DeadlinePolicy, DeadlineState, market_name, wants_zones, zone_places
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
