@@ -13,7 +13,11 @@ never runs twice because the controller died.
 
 Scale: jobs are state machines stepped by a small thread pool (at most one step in flight per job). A job
 on nodes that are directories here (local cloud) is stepped when its files change (runtime/channel.py: a
-few stats per second, no process), others when due (the interval grows with their number).
+few stats per second, no process); a job on other nodes (SSH) when the agent's `watch` stream on its nodes
+says so (runtime/stream_feed.py: status changes, log growth, beats; a stream that ends or stops beating is
+a look at once, and a dropped connection asks the cloud first). A job neither feed watches (an agent
+older than `watch`, a stream not up) is stepped when due (the interval grows with their number). Every
+cluster a job is on keeps one open runtime across steps (channels.py): polls reuse its SSH connections.
 
     python -m skybroker.jobs.controller
 """
@@ -33,11 +37,13 @@ from ..errors import BrokerError, NoFeasibleError
 from ..lifecycle import Failure
 from ..optimizer import Block
 from ..runtime.channel import ChangeFeed
+from ..runtime.stream_feed import StreamFeed
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
 from . import checkpoint, logsync
 from . import pipeline as P
 from . import recovery as R
 from . import store
+from .channels import Runtimes
 from .deadline import DeadlinePolicy, DeadlineState, market_name, wants_zones, zone_places
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
@@ -65,6 +71,9 @@ class Controller:
         self.failed_seen: dict[int, tuple] = {}  # job → the (cluster, cluster job) whose failure was seen once
         self.noticed: dict[int, int] = {}  # job → the cluster job whose preemption notice was recorded
         self.feed = ChangeFeed(every=0.9, also=(CKPT_REMOTE,), also_gap=settings.get("checkpoint_interval"))
+        # the other clusters: the agent's `watch` stream on each node (one session on the kept connection)
+        self.sfeed = StreamFeed(also=CKPT_REMOTE, also_gap=settings.get("checkpoint_interval"))
+        self.rts = Runtimes()  # one open runtime per cluster a job is on: its SSH connections reused by every poll
         self._lock = threading.Lock()
         from .pools import PoolRunner
 
@@ -74,6 +83,13 @@ class Controller:
     def run(self, keep_going=None) -> None:
         """Step the active jobs. Standalone: until no job is active for a while. In a server
         (`keep_going` given): while keep_going() says so (the server is the leader), idle or not."""
+        try:
+            self._run(keep_going)
+        finally:
+            self.sfeed.close()
+            self.rts.sweep(())  # every connection kept open for polls is closed
+
+    def _run(self, keep_going) -> None:
         from ..costs import ledger
 
         ledger.reconcile()  # runs a previous controller left open while their clusters went away
@@ -92,17 +108,36 @@ class Controller:
                 idle_since = None
             running = sum(1 for j in jobs if j.status == RUNNING)
             interval = max(settings.get("jobs_poll"), running / 20.0)  # ~20 polls/s at most across all jobs
-            for j in jobs:  # a job on this machine's nodes: when its state changes, its output at most per interval
+            for j in jobs:  # a watched job: when its state changes, its output at most per interval
                 if j.id in self.inflight:
                     continue
                 key = (j.id, j.cluster)  # a recovered or pool job may be on another cluster with the same job id
-                if not (j.cancel_requested or (j.status == RUNNING and self.feed.changed(key, j.cluster_job_id, (
-                        lambda j=j: local_homes(j.cluster)), interval))) and self.next_at.get(j.id, 0) > now:
+                if not (j.cancel_requested or (j.status == RUNNING and self._changed(j, key, interval))) and \
+                        self.next_at.get(j.id, 0) > now:
                     continue
-                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if self.feed.watching(key) else interval)
+                watched = self.feed.watching(key) or self.sfeed.watching(key)
+                self.next_at[j.id] = now + (5 * settings.get("checkpoint_interval") if watched else interval)
                 self.inflight[j.id] = self.pool.submit(self.step_safe, j.id)
             self.feed.forget((j.id, j.cluster) for j in jobs)
+            self.sfeed.forget((j.id, j.cluster) for j in jobs)
+            self.rts.sweep(j.cluster for j in jobs if j.cluster)  # a cluster no job is on any more: closed
             time.sleep(min(1.0, TICK * max(1.0, len(jobs) / 100)))  # a round costs O(jobs): 1 s apart at 500+
+
+    def _changed(self, j, key, interval: float) -> bool:
+        """Whether to look at a running job now: ChangeFeed for nodes that are directories here (stats, no
+        process), else the agents' `watch` streams (StreamFeed); neither watching: the caller's interval."""
+        if self.feed.changed(key, j.cluster_job_id, lambda: local_homes(j.cluster), interval):
+            return True
+        if self.feed.watching(key):
+            return False
+        return self.sfeed.changed(key, j.cluster_job_id, lambda: self._stream_source(j.cluster), interval)
+
+    def _stream_source(self, name: str):
+        rec = state.get_cluster(name)
+        if rec is None:
+            return None
+        rt = self.rts.get(rec)
+        return name, [rt.agent(n) for n in rt.nodes]
 
     def step_safe(self, jid: int) -> None:
         try:
@@ -327,14 +362,19 @@ class Controller:
             return self._apply(j, R.decide(self._view(j, task), R.Preempted("cluster record disappeared")))
         if self._over_budget(j, task):
             return
-        rt = ClusterRuntime(rec)
-        try:
+        if self.sfeed.lost((j.id, j.cluster)):  # a node's stream lost its connection: ask the cloud first, not
+            lost = self._lost_instances(rec)  # a poll that would wait out the connect timeout on a dead node
+            if lost:
+                return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
+        with self.rts.use(rec) as rt:  # kept open across polls: no new SSH connection per look
             try:
                 st = logsync.poll(j, rt)  # status and new output: one agent call per node
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
             healthy = st is not None and bool(st.nodes) and \
                 not any(n.status in ("UNREACHABLE", "UNKNOWN") for n in st.nodes)
+            if not healthy:
+                self.rts.drop(rec.name)  # the next look connects afresh
             if healthy and st.notice:  # the cloud announced the preemption: the job was given SIGTERM
                 return self._on_notice(j, task, rt, st)
             if healthy:
@@ -367,8 +407,6 @@ class Controller:
                 return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
             since = self.unreachable_since.setdefault(j.id, time.time())
             return self._apply(j, R.decide(self._view(j, task), R.Unreachable(time.time() - since)))
-        finally:
-            rt.close()
 
     def _on_notice(self, j, task, rt, st) -> None:
         """Act on the notice, not on the loss: once the job has stopped (its SIGTERM grace), copy the
@@ -467,13 +505,10 @@ class Controller:
         task = self._task(j)
         token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
         store.update(j.id, submit_token=token)
-        rt = ClusterRuntime(rec)
-        try:
+        with self.rts.use(rec) as rt:
             env = self._restore_checkpoint(j, rt)
             job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), run_setup=False, env_by_rank=env,
                                token=token)
-        finally:
-            rt.close()
         now = time.time()
         store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
                      segment_price=rec.hourly_price)
@@ -516,6 +551,7 @@ class Controller:
         if j.pool:
             return self.pools.release(j)  # the worker goes back to its pool, which keeps it up
         name = j.cluster or P.stage_cluster(j)
+        self.rts.drop(name)
         try:
             clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
         except BrokerError as exc:

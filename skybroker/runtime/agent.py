@@ -61,6 +61,8 @@ exact number of bytes read, whatever they are.  ``run --marker M`` is submit + f
 ``exec``): the id is allocated as ``next-id`` would (by the payload's token), ``id_env`` values get it for
 ``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
 spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
+``watch ID...`` is a long-lived command: one JSON line per change of the jobs (row, log growth) and a beat
+(cmd_watch), until every job is terminal or the client is gone.
 Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import fcntl
@@ -994,6 +996,57 @@ def cmd_wait(args):
         time.sleep(0.1)
 
 
+def _stat(path):
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None
+
+
+def cmd_watch(args):
+    """The broker's channel to jobs on this node: one line per change of a watched job, {"job": ID, "row": ROW,
+    "size": N} when its row changed (the first line of each; ROW null: no such job) or {"job": ID, "size": N}
+    when only its log grew, {"also": PATH} when --also moved, {"beat": 1} every --beat seconds. A few stats
+    per --every seconds; the rows are read when the database moved and on each beat (after a reconcile).
+    Ends when every watched job is terminal or unknown, or when the client is gone (a write fails)."""
+    conn, wal = _db(), os.path.join(_base(), "agent.db-wal")
+    also = os.path.join(os.path.expanduser("~"), args.also) if args.also else None
+    marks, rows, sizes, seen, beat_at = ",".join("?" * len(args.job_ids)), {}, {}, [None, None], 0.0
+    while True:
+        now, lines = time.time(), []
+        if now >= beat_at or _stat(wal) != seen[0]:
+            if now >= beat_at:
+                _reconcile(conn, conn.execute("SELECT * FROM jobs WHERE %s AND job_id IN (%s)" % (_ACTIVE_SQL, marks),
+                                              args.job_ids).fetchall())
+            seen[0] = _stat(wal)  # before the read: a change during it is seen next time
+            got = dict((r["job_id"], _job_out(r)) for r in conn.execute(
+                "SELECT * FROM jobs WHERE job_id IN (%s)" % marks, args.job_ids).fetchall())
+            rows_now = dict((j, got.get(j)) for j in args.job_ids)
+        else:
+            rows_now = rows
+        for j in args.job_ids:
+            size = (_stat(_log_path(j)) or (0, 0))[1]
+            if j not in rows or rows_now[j] != rows[j]:
+                lines.append({"job": j, "row": rows_now[j], "size": size})
+            elif size != sizes[j]:
+                lines.append({"job": j, "size": size})
+            sizes[j] = size
+        rows = rows_now
+        if also and _stat(also) != seen[1]:
+            seen[1] = _stat(also)
+            lines.append({"also": args.also})
+        if now >= beat_at:
+            lines.append({"beat": 1})
+            beat_at = now + args.beat
+        if lines:
+            sys.stdout.write("".join(_dumps(o) + "\n" for o in lines))
+            sys.stdout.flush()
+        if all(r is None or r["status"] in TERMINAL_STATUSES for r in rows.values()):
+            return 0
+        time.sleep(args.every)
+
+
 def cmd_cancel(args):
     if not args.all and not args.job_ids:
         raise AgentError("cancel: give job ids or --all")
@@ -1283,6 +1336,8 @@ _COMMANDS = {
                                                "--b64": ("b64", bool, False)}),
     "wait": ("cmd_wait", [("job_id", int, 1)], {"--timeout": ("timeout", float, None)}),
     "cancel": ("cmd_cancel", [("job_ids", int, "*")], {"--all": ("all", bool, False)}),
+    "watch": ("cmd_watch", [("job_ids", int, "+")], {"--every": ("every", float, 0.3), "--beat": ("beat", float, 2.0),
+                                               "--also": ("also", str, None)}),
     "idle-seconds": ("cmd_idle_seconds", [], {}),
     "autostop": ("cmd_autostop", [], {"--idle-seconds": ("idle_seconds", float, None),
                                       "--command": ("command", str, None), "--every": ("every", float, 10.0),

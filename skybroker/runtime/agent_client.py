@@ -2,8 +2,10 @@
 
 Every call is one command over the node's runner (`<python> ~/.skybroker-node/agent.py <cmd>`); answers are
 one JSON document. On a node that is a directory on this machine (local cloud), a look at one job (`poll`,
-`status(job_id)`) reads the agent's files instead (runtime/channel.py), with no process. Log reads are byte-exact (`read_log` returns bytes and the next offset), so an offset
-never drifts on output that is not UTF-8.
+`status(job_id)`) reads the agent's files instead (runtime/channel.py), with no process. Log reads are
+byte-exact (`read_log` returns bytes and the next offset), so an offset never drifts on output that is not
+UTF-8. `run`, `follow_log` and `watch` stream lines of one long-lived command (`watch`: the channel the
+managed-jobs controller is told through when to look at a job on SSH nodes, runtime/stream_feed.py).
 """
 from __future__ import annotations
 
@@ -180,6 +182,35 @@ class AgentClient:
         args = ["logs", int(job_id)] + (["--follow"] if follow else [])
         res = self.runner.run(self._cmd(*args), stream=on_line)
         return res.exit_code != 3
+
+    def watch(self, job_ids: Iterable[int], on_event: Callable[[dict], None], every: float = 0.3, beat: float = 2.0,
+              also: str | None = None) -> None:
+        """Follow jobs on this node through ONE long-lived agent command (`watch`; its lines are documented
+        there): `on_event(doc)` for each, in the runner's streaming thread. Returns when the agent ended it
+        (every job terminal or unknown); raises AgentOutdated on an agent without `watch`, NodeUnreachable
+        when the connection drops, whatever `on_event` raises (the command is then killed)."""
+        docs: list = []
+
+        def line(text: str) -> None:
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                return
+            if isinstance(doc, dict) and "error" not in doc:
+                docs.append(True)
+                on_event(doc)
+            elif isinstance(doc, dict):
+                docs.append(doc)
+
+        args = ["watch", *(int(j) for j in job_ids), "--every", every, "--beat", beat,
+                *(("--also", also) if also else ())]
+        res = self.runner.run(self._cmd(*args), stream=line)
+        if res.exit_code != 0 or True not in docs:
+            msg = next((d["error"] for d in docs if isinstance(d, dict)), None) or res.stderr.strip()[-500:] or \
+                f"exit code {res.exit_code}"
+            if res.exit_code == 2 and msg.startswith("usage: agent.py"):
+                raise AgentOutdated(f"node agent on {self.label} predates `watch`")
+            raise AgentError(f"node agent on {self.label}: {msg}")
 
     def cancel(self, job_ids: Iterable[int] | None = None, timeout: float = 60.0) -> list[int]:
         args = ["cancel", "--all"] if job_ids is None else ["cancel", *(int(j) for j in job_ids)]

@@ -632,3 +632,39 @@ def test_run_stream_killed_leaves_the_job_running(node):
     assert node.job(1)["status"] == "RUNNING"
     (node.home / "go").touch()
     assert node.wait(1)["status"] == "SUCCEEDED"
+
+
+def test_watch_streams_row_changes_log_growth_and_beats_then_ends(node):
+    """`watch`: the first line of a job is its row, then a line per status change (row) or log growth
+    (size only), beats in between, and the command ends by itself once the job is terminal."""
+    node.submit(1, run=GATE + "; echo one; sleep 0.5; echo two; sleep 0.5")
+    p = subprocess.Popen([PY, str(AGENT), "watch", "1", "--every", "0.05", "--beat", "0.2"], stdout=subprocess.PIPE,
+                         env=node.env)
+    lines = []
+    try:
+        first = json.loads(p.stdout.readline())
+        assert first["job"] == 1 and first["row"]["status"] in ("PENDING", "RUNNING") and first["size"] == 0
+        node.open_gate()
+        for raw in p.stdout:
+            lines.append(json.loads(raw))
+        assert p.wait(timeout=20) == 0
+    finally:
+        p.kill()
+        p.wait()
+    rows = [d["row"]["status"] for d in lines if "row" in d]
+    assert rows[-1] == "SUCCEEDED" and "RUNNING" in [first["row"]["status"]] + rows, rows
+    sizes = [d["size"] for d in lines if "job" in d and "row" not in d]
+    assert sizes and sizes == sorted(sizes), lines  # the log grew between status changes, never shrank
+    assert lines[-1 if "beat" not in lines[-1] else -2]["size"] == len(b"one\ntwo\n")
+    assert sum("beat" in d for d in lines) >= 2
+
+
+def test_watch_of_an_unknown_job_ends_at_once_and_its_client_going_away_ends_it(node):
+    r = node.run("watch", "7")
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0]) == {"job": 7, "row": None, "size": 0}
+    node.submit(1, run=GATE)
+    p = subprocess.Popen([PY, str(AGENT), "watch", "1", "--beat", "0.1"], stdout=subprocess.PIPE, env=node.env)
+    assert json.loads(p.stdout.readline())["job"] == 1
+    p.stdout.close()  # the channel is gone: the next beat cannot be written
+    assert p.wait(timeout=10) == 0
+    node.open_gate()
