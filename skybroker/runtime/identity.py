@@ -3,12 +3,12 @@
 An explicit, SkyPilot-compatible opt-in (skybroker's default is NO_UPLOAD: the nodes get no credential of
 yours). The provider declares which local files are its credentials (`Provider.credential_files`); this
 module checks they exist before anything is created and writes them onto every node before setup, mode
-0600, through the node's runner (the bytes cross on stdin, never on a command line). Their contents are
+0600 in directories made 0700, through the node's runner (the bytes cross on stdin, never on a command line). Their contents are
 never printed, logged or recorded; only the number of files is said.
 """
 from __future__ import annotations
 
-from ..errors import SpecError
+from ..errors import BrokerError, SpecError
 from ..task_config import option
 
 LOCAL = "LOCAL_CREDENTIALS"
@@ -51,9 +51,35 @@ def upload(rt, task, on_event=lambda k, m: None) -> None:
     on_event("sync", f"copying {len(found)} {rt.provider.name} credential file(s) onto every node "
                      f"(config.{rt.provider.name}.remote_identity: LOCAL_CREDENTIALS)")
 
+    dirs = credential_dirs([p for p, _ in found])
+
     def one(node):
+        from .ssh_runner import path_expr
+
         r = rt.runner(node)
         for path, data in found:
             r.put_file(data, path, 0o600)
+        if dirs:  # the directories they live in are the user's alone too (a new one would get the umask's mode)
+            res = r.run("chmod 700 -- " + " ".join(path_expr(d) for d in dirs))
+            if res.exit_code != 0:
+                raise BrokerError(f"making the credential directories private on node {node.rank} failed: "
+                                  f"{res.stderr.strip()[-200:]}")
 
     run_parallel(rt.nodes, one)
+
+
+def credential_dirs(paths: list[str]) -> list[str]:
+    """The directories of the copied files, from their common root down (e.g. ~/.aws; ~/.azure and
+    ~/.azure/sub), never the home directory itself."""
+    import posixpath
+
+    parents = sorted({posixpath.dirname(p) for p in paths})
+    if not parents:
+        return []
+    root = posixpath.commonpath(parents)
+    out = {root}
+    for d in parents:
+        while d != root and d.startswith(root + "/"):
+            out.add(d)
+            d = posixpath.dirname(d)
+    return sorted(d for d in out if d not in ("~", "", "/"))

@@ -11,22 +11,26 @@ from pathlib import Path
 SECRET = "sb-secret-7f3a91c2-do-not-leak"  # in every local credential file; must never leave them
 
 
-def report_command(present: list[str], absent: list[str]) -> str:
-    """A `run:` printing `<path> <mode> <sha256>` for each present file and `<path> absent|PRESENT` for
-    each path that must not be there (paths relative to the node's home)."""
+def report_command(present: list[str], absent: list[str], dirs: list[str] = ()) -> str:
+    """A `run:` printing `<path> <mode> <sha256>` for each present file, `<path> absent|PRESENT` for
+    each path that must not be there and `<dir> dir <mode>` for each directory (paths relative to the
+    node's home)."""
     cmds = [f'f=~/{shlex.quote(p)}; echo "{p} $(stat -c %a "$f") $(sha256sum < "$f" | cut -d" " -f1)"'
             for p in present]
+    cmds += [f'echo "{d} dir $(stat -c %a ~/{shlex.quote(d)})"' for d in dirs]
     cmds += [f'if [ -e ~/{shlex.quote(p)} ]; then echo "{p} PRESENT"; else echo "{p} absent"; fi' for p in absent]
     return "; ".join(cmds)
 
 
-def expected_report(local_root: Path, node_root: str, present: list[str], absent: list[str]) -> list[str]:
-    """What report_command prints on a node that got exactly the local files, mode 0600."""
+def expected_report(local_root: Path, node_root: str, present: list[str], absent: list[str],
+                    dirs: list[str] = ()) -> list[str]:
+    """What report_command prints on a node that got exactly the local files, mode 0600, in directories
+    of mode 0700."""
     out = []
     for p in present:
         rel = Path(p).relative_to(node_root)
         out.append(f"{p} 600 {hashlib.sha256((local_root / rel).read_bytes()).hexdigest()}")
-    return out + [f"{p} absent" for p in absent]
+    return out + [f"{d} dir 700" for d in dirs] + [f"{p} absent" for p in absent]
 
 
 def files_holding(root: Path, needle: str) -> list[str]:

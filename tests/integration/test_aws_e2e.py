@@ -154,13 +154,13 @@ def test_local_credentials_copied_onto_real_aws_nodes(ec2_with_nodes, ubuntu_poo
     task = spec.task_from_dict({
         "name": "aws-idn", "num_nodes": 2, "config": {"aws": {"remote_identity": "LOCAL_CREDENTIALS"}},
         "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large", "image_id": "ami-12345678"},
-        "run": report_command(present, absent)})
+        "run": report_command(present, absent, [".aws"])})
     lines, events = [], []
     res = api.launch(task, cluster="awsidn", plan=api.plan(task, clouds=("aws",)),
                      on_line=lambda r, l: lines.append((r, l)), on_event=lambda k, m: events.append((k, m)))
     assert res.status.status == "SUCCEEDED", lines
     want = [f"{p} 600 {hashlib.sha256(want_files['~/' + p]).hexdigest()}" for p in present]
-    want += [f"{p} absent" for p in absent]
+    want += [".aws dir 700"] + [f"{p} absent" for p in absent]
     for rank in (0, 1):
         assert [l for r, l in lines if r == rank] == want
     assert ("sync", f"copying {len(present)} aws credential file(s) onto every node "

@@ -222,13 +222,14 @@ def test_local_credentials_copied_onto_real_azure_nodes(arm, monkeypatch, node_p
         absent = [f".azure/{p}" for p in AZ_SKIPPED] + [".azure/logs", ".azure/telemetry", ".azure/cliextensions"]
         task = spec.task_from_dict({"name": "idz", "num_nodes": 2, "resources": {"cloud": "azure", "cpus": "2+"},
                                     "config": {"azure": {"remote_identity": "LOCAL_CREDENTIALS"}},
-                                    "run": report_command(present, absent)}, source="<test>")
+                                    "run": report_command(present, absent, [".azure", ".azure/sub"])},
+                                   source="<test>")
         lines, events = [], []
         res = api.launch(task, cluster="azidn", plan=api.plan(task, [], clouds=("azure",)),
                          on_line=lambda rank, line: lines.append((rank, line)),
                          on_event=lambda k, m: events.append((k, m)))
         assert res.status.status == "SUCCEEDED", lines
-        want = expected_report(local, ".azure", present, absent)
+        want = expected_report(local, ".azure", present, absent, [".azure", ".azure/sub"])
         for rank in (0, 1):
             assert [l for r, l in lines if r == rank] == want
         assert ("sync", "copying 4 azure credential file(s) onto every node "

@@ -65,3 +65,14 @@ def test_azure_vm_identity_from_option():
     assert dict(t.groups[0][0].options)["azure.remote_identity"] == uai
     ident = _identity(cm, Req(uai))["identity"]
     assert ident.type == "UserAssigned" and list(ident.user_assigned_identities) == [uai]
+
+
+def test_credential_dirs_are_the_files_directories_from_their_root_down():
+    from skybroker.runtime.identity import credential_dirs
+
+    assert credential_dirs(["~/.aws/credentials", "~/.aws/config"]) == ["~/.aws"]
+    assert credential_dirs(["~/.azure/a.json", "~/.azure/sub/deep/c"]) == ["~/.azure", "~/.azure/sub",
+                                                                        "~/.azure/sub/deep"]
+    assert credential_dirs(["~/.config/gcloud/application_default_credentials.json"]) == ["~/.config/gcloud"]
+    assert credential_dirs(["~/top-level-file"]) == []  # never the home directory itself
+    assert credential_dirs([]) == []
