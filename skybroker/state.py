@@ -305,8 +305,15 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        for attempt in range(40):  # switching to WAL ignores the busy timeout: first opens racing retry
+            if mode.lower() == "wal":
+                break
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 39:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
         conn.execute("PRAGMA synchronous = NORMAL")
         _migrate(conn)
         _check_identity(conn, path)
@@ -326,20 +333,34 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
     import uuid
 
     id_file = path.parent / ID_FILE
+
+    def expected_id():
+        try:
+            return id_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+
     row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
-    try:
-        expected = id_file.read_text().strip()
-    except FileNotFoundError:
-        expected = None
     if row is None:
-        if expected:
-            raise StateError(f"the state database {path} was truncated or replaced: it does not carry the "
-                             f"id recorded in {id_file}", _recovery_hint(path))
-        db_id = uuid.uuid4().hex
-        conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('db_id', ?)", (db_id,))
-        db_id = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0]
-        _write_id(id_file, db_id)
-    elif expected is None:
+        # A new database, or one truncated or replaced: decided under the write lock, where the first
+        # connection of a new home gives it its id and writes the id file, so that another connection opening
+        # it at the same moment (a thread, a process) sees both, never the file without the row.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone() is None:
+                if expected_id():
+                    raise StateError(f"the state database {path} was truncated or replaced: it does not carry "
+                                     f"the id recorded in {id_file}", _recovery_hint(path))
+                db_id = uuid.uuid4().hex
+                conn.execute("INSERT INTO meta (k, v) VALUES ('db_id', ?)", (db_id,))
+                _write_id(id_file, db_id)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
+    expected = expected_id()
+    if expected is None:
         _write_id(id_file, row[0])
     elif expected != row[0]:
         raise StateError(f"the state database {path} is not the one this BROKER_HOME had (id mismatch with "

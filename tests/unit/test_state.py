@@ -208,3 +208,30 @@ def test_a_claimed_worker_is_never_retired(state_backend):
     assert PS.claim("p2", 1, 42) is True
     assert PS.retire("p2", 1) is False and PS.worker("p2", 1).status == PS.BUSY  # the job keeps it
     assert PS.retire("p2", 0) is True and PS.claim("p2", 0, 43) is False  # retired: no job can take it
+
+
+def test_first_connections_of_a_new_home_race_without_a_false_replaced_error(tmp_path):
+    """Connections opening a brand-new state database at the same moment (the server's threads, a CLI
+    beside the controller): one gives it its id and writes state.id, none sees the file without the id
+    (which the truncated-database check would call a replaced database)."""
+    for k in range(15):
+        path = tmp_path / f"home{k}" / "state.db"
+        path.parent.mkdir()
+        barrier, errors, ids = threading.Barrier(6), [], set()
+
+        def one():
+            barrier.wait()
+            try:
+                c = state.connect(path)
+                ids.add(c.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0])
+                c.close()
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], errors
+        assert len(ids) == 1 and (path.parent / state.ID_FILE).read_text().strip() in ids
