@@ -417,9 +417,12 @@ class ClusterRuntime:
             return False
         return ok
 
-    def node_statuses(self, job_id: int | None = None) -> dict[int, list[dict] | None]:
-        """Every node's job list (rank → jobs). An unreachable node maps to None."""
+    def node_statuses(self, job_id: int | None = None, lost=()) -> dict[int, list[dict] | None]:
+        """Every node's job list (rank → jobs). An unreachable node maps to None, and so do the ranks in
+        `lost` (known unreachable already: not asked again, which would wait out a connect timeout)."""
         def one(node):
+            if node.rank in lost:
+                return None
             try:
                 return self.agent(node).status(job_id)
             except NodeUnreachable:
@@ -454,8 +457,10 @@ class ClusterRuntime:
                 meta = j
         return aggregate(jid, nodes, meta)
 
-    def cancel(self, job_ids: list[int] | None) -> list[int]:
+    def cancel(self, job_ids: list[int] | None, lost=()) -> list[int]:
         def one(node):
+            if node.rank in lost:  # known unreachable: nothing to cancel there that we could reach
+                return []
             try:
                 return self.agent(node).cancel(job_ids or None)
             except NodeUnreachable:
@@ -507,7 +512,7 @@ class ClusterRuntime:
                         self.cancel([job_id])
                 if stop.is_set():
                     try:  # a node is gone: cancel the job on the survivors so their streams end
-                        self.cancel([job_id])
+                        self.cancel([job_id], lost=_lost(errors))
                     except BrokerError:
                         pass
                     return
@@ -524,11 +529,12 @@ class ClusterRuntime:
         return self.job_or_unreachable(job_id, errors)
 
     def job_or_unreachable(self, job_id: int, errors: dict[int, BaseException]) -> JobStatus:
-        per = self.node_statuses(job_id)
-        for rank, exc in errors.items():
-            if isinstance(exc, NodeUnreachable):
-                per[rank] = None
-        return self._aggregate_from(job_id, per)
+        return self._aggregate_from(job_id, self.node_statuses(job_id, lost=_lost(errors)))
+
+
+def _lost(errors: dict[int, BaseException]) -> set[int]:
+    """The ranks whose stream ended with the node unreachable."""
+    return {rank for rank, exc in list(errors.items()) if isinstance(exc, NodeUnreachable)}
 
 
 def local_homes(cluster: str | None) -> list | None:

@@ -146,5 +146,5 @@ def test_node_killed_mid_job_is_reported_fast(ssh_nodes, node_pool, tmp_path):
     detect = time.time() - t0
     assert p.returncode not in (0, None)
     assert "unreachable" in err and "Traceback" not in err
-    assert detect < 30, detect
+    assert detect < 15, detect  # the lost node is not asked again (that waited out two connect timeouts: 21 s)
     broker("down", "-y", "kill")
