@@ -15,31 +15,10 @@ pytest.importorskip("cryptography")
 from skybroker.clouds.base import RUNNING, STOPPED, TAG_CLUSTER, TAG_USER, TERMINATED, ProvisionRequest
 from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope
 from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
+from tests.integration.azure_fixtures import arm, fake  # noqa: F401 - fixtures
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def fake():
-    f = ArmFake()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def arm(fake, monkeypatch):
-    """The fake with no faults, and this process pointed at it."""
-    from skybroker.clouds.azure import client
-
-    fake.clear_faults()
-    for k, v in fake.env().items():
-        monkeypatch.setenv(k, v)
-    assert fake.env()["AZURE_SUBSCRIPTION_ID"] == SUBSCRIPTION
-    client.reset()
-    yield fake
-    fake.clear_faults()
-    client.reset()
 
 
 @pytest.fixture

@@ -23,29 +23,18 @@ from skybroker.clouds.base import ProvisionRequest
 from skybroker.errors import CredentialsError
 from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
 from tests.infra.metadata_fake import Metadata
+from tests.integration.azure_fixtures import arm, fake  # noqa: F401 - fixtures
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
 FAST = {"BROKER_AUTOSTOP_UNIT": "1", "BROKER_AUTOSTOP_POLL": "0.2", "BROKER_AUTOSTOP_FOLLOW_GRACE": "1"}
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def fake():
-    f = ArmFake()
-    yield f
-    f.close()
-
-
 @pytest.fixture
-def drv(fake, monkeypatch):
-    from skybroker.clouds.azure import AzureCloud, client
+def drv(arm):
+    from skybroker.clouds.azure import AzureCloud
 
-    fake.rbac.deny_rbac = False
-    for k, v in fake.env().items():
-        monkeypatch.setenv(k, v)
-    client.reset()
-    yield AzureCloud()
-    client.reset()
+    return AzureCloud()
 
 
 def _cluster(drv, n=1, **kw) -> str:

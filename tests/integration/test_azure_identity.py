@@ -18,6 +18,7 @@ pytest.importorskip("cryptography")
 
 from skybroker.errors import InvalidRequestError, Scope, SpecError
 from tests.infra.arm_fake import TENANT, ArmFake
+from tests.integration.azure_fixtures import arm, fake  # noqa: F401 - fixtures
 from tests.integration.identity_helpers import (SECRET, assert_no_leak, expected_report, files_holding,
                                                 report_command)
 from tests.integration.local_helpers import broker
@@ -26,26 +27,6 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
 UAI = ("/subscriptions/00000000-0000-0000-0000-00000000feed/resourceGroups/ids/providers/"
        "Microsoft.ManagedIdentity/userAssignedIdentities/trainer")
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def fake():
-    f = ArmFake()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def arm(fake, monkeypatch):
-    """The fake with no faults, and this process (and the CLI it starts) pointed at it."""
-    from skybroker.clouds.azure import client
-
-    fake.clear_faults()
-    for k, v in fake.env().items():
-        monkeypatch.setenv(k, v)
-    client.reset()
-    yield fake
-    client.reset()
 
 
 def _name() -> str:
