@@ -64,8 +64,9 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
     if where is None and on_node and rec.status == state.UP and rec.nodes:
         try:
             _arm_nodes(rec, prov, rt, None, None)
-            if minutes is None:  # the cloud's own default again (EC2: an OS shutdown stops; Azure: no role left)
-                prov.release_self_stop(rec.name, rec.region)
+            # the cloud's own default again (EC2: an OS shutdown stops; Azure: no role left with the nodes),
+            # on a cancel and when an arm that failed half-way falls back to the watcher here
+            prov.release_self_stop(rec.name, rec.region)
         except BrokerError as exc:
             if minutes is None:  # a cancel that does not reach every node is no cancel
                 raise BrokerError(f"could not cancel the autostop on {rec.name}'s nodes: "

@@ -147,6 +147,7 @@ class ArmFake:
     def clear_faults(self) -> None:
         self.faults = {"capacity": {}, "quota": {}, "auth": None}
         self.rbac.deny_rbac = False
+        self.rbac.assignments_allowed = None
 
     def evict(self, vm_name: str) -> None:
         """Spot eviction with policy Delete: the VM (and its OS disk) are gone; NIC and IP stay."""

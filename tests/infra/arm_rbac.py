@@ -15,7 +15,8 @@ What it reproduces, as ARM documents it (Microsoft.Authorization, api-version 20
                     roleAssignments lists them. Like ARM, deleting a resource group leaves the assignments
                     at its scope behind (orphans a cleaner has to delete).
   who may do what   the broker's own token is the subscription's Owner, unless `deny_rbac` (a Contributor:
-                    403 AuthorizationFailed on any Microsoft.Authorization write). A managed identity's token
+                    403 AuthorizationFailed on any Microsoft.Authorization write; `assignments_allowed`: only
+                    that many more assignment PUTs succeed, a failure half-way through an arm). A managed identity's token
                     ("mi-<principalId>", handed out by tests/infra/metadata_fake.py to the VM's node) may do
                     exactly the actions of the roles assigned to it at a scope containing the resource
                     (wildcards as in role definitions, case-insensitive); anything else is ARM's 403
@@ -38,6 +39,7 @@ class Rbac:
         self.roles: dict[str, dict] = {}  # lower(role definition id) → document
         self.assignments: dict[str, dict] = {}  # lower(assignment id) → document
         self.deny_rbac = False
+        self.assignments_allowed: int | None = None  # fault: role assignment PUTs beyond this many get 403
 
     # -- the API -----------------------------------------------------------------------------------
     def handle(self, method: str, parts: list[str], body, caller: str | None, scope_exists) -> tuple[int, dict, object]:
@@ -52,6 +54,11 @@ class Rbac:
         if kind not in ("roledefinitions", "roleassignments"):
             raise self.error(404, "InvalidResourceType", f"no route for /{'/'.join(parts)}")
         rid = f"{scope}/providers/Microsoft.Authorization/{parts[i + 1]}/{name}"
+        if kind == "roleassignments" and method == "PUT" and self.assignments_allowed is not None:
+            if self.assignments_allowed <= 0:
+                caller = caller or "the broker (fault: no more assignments)"
+            else:
+                self.assignments_allowed -= 1
         if method != "GET" and (self.deny_rbac or caller is not None):
             who = caller or "the broker"
             raise self.error(403, "AuthorizationFailed", f"The client '{who}' does not have authorization to perform "

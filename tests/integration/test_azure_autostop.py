@@ -236,3 +236,20 @@ def test_idle_azure_cluster_deletes_its_group_with_down(azure_nodes):
     assert [m for _, m, _ in fake.callers if m != "GET"] == ["DELETE"]
     assert fake.node_of == {}
     assert api.status(refresh=True) == []
+
+
+@pytest.mark.slow
+def test_an_arm_failing_half_way_falls_back_to_the_watcher_and_leaves_no_role(azure_nodes):
+    """The first VM's identity gets its role, the second's assignment is refused: the cluster is guarded by
+    the watcher on this machine, and the first VM keeps no right (the half-made arm is taken back)."""
+    from skybroker import api, state
+
+    fake, md = azure_nodes
+    _launch("azhalf", 2)
+    fake.rbac.assignments_allowed = 1
+    rec = api.set_autostop("azhalf", 5, False)
+    assert rec.autostop_where == "local"
+    assert [a for a in fake.rbac.assignments.values() if "skybroker-azhalf" in a["properties"]["scope"]] == []
+    assert any("could not arm autostop on the cluster" in e["message"] for e in state.events("azhalf"))
+    fake.rbac.assignments_allowed = None
+    api.down(["azhalf"])
