@@ -170,7 +170,8 @@ def phase(label, names, args, url, token, srv_pid, write_every: float = 0.0) -> 
 
 def ab_phase(args, url, token, srv_pid, write_every: float = 0.0) -> None:
     """The reads with ApacheBench: two `ab` processes at once, args.clients // 2 connections each (and, with
-    write_every, the writer of the Python phase meanwhile)."""
+    write_every, the writer of the Python phase meanwhile). ab takes the bench server's throw-away token on
+    its command line (it has no other way to send a header)."""
     import shutil
 
     if not shutil.which("ab"):
@@ -224,6 +225,7 @@ def ab_phase(args, url, token, srv_pid, write_every: float = 0.0) -> None:
         p99s.append(float(pcts["99"]))
         print(f"  {fn:18} n {n:5d}  p50 {float(pcts['50']):6.1f} ms  p99 {float(pcts['99']):6.1f} ms  "
               f"failed {failed}, non-2xx {non2xx}")
+    shutil.rmtree(tmp, ignore_errors=True)
     if p99s:
         print(f"  reads p99 (the worse of the two): {max(p99s):.1f} ms (target ≤ 100 ms)")
     print(f"  CPU over {wall:.1f} s: server {srv_cpu:.1f} s, load generator (ab) {gen_cpu:.1f} s; "

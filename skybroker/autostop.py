@@ -61,12 +61,16 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
                                                   "the watcher on this machine guards it instead")
             on_event("warning", f"autostop on the cluster itself failed ({msg}); using the watcher on this machine")
             on_node = True  # some nodes may have been armed: disarm them below
-    if where is None and on_node and rec.status == state.UP and rec.nodes:
+    if where is None and on_node and rec.nodes:
         try:
-            _arm_nodes(rec, prov, rt, None, None)
-            # the cloud's own default again (EC2: an OS shutdown stops; Azure: no role left with the nodes),
-            # on a cancel and when an arm that failed half-way falls back to the watcher here
-            prov.release_self_stop(rec.name, rec.region)
+            try:
+                if rec.status == state.UP:  # a stopped cluster's nodes run no watcher to disarm
+                    _arm_nodes(rec, prov, rt, None, None)
+            finally:
+                # the cloud's own default again (EC2: an OS shutdown stops; Azure: no role left with the
+                # nodes), on a cancel and when an arm that failed half-way falls back to the watcher here,
+                # also when a node could not be disarmed
+                prov.release_self_stop(rec.name, rec.region)
         except BrokerError as exc:
             if minutes is None:  # a cancel that does not reach every node is no cancel
                 raise BrokerError(f"could not cancel the autostop on {rec.name}'s nodes: "

@@ -538,6 +538,7 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
             from .runtime.runner import run_parallel
 
             run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
+            rt.provider.release_self_stop(rec.name, rec.region)  # no right left with the nodes (Azure roles)
     finally:
         rt.close()
     rec.status = UP

@@ -343,17 +343,16 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
     row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
     if row is None:
         # A new database, or one truncated or replaced: decided under the write lock, where the first
-        # connection of a new home gives it its id and writes the id file, so that another connection opening
-        # it at the same moment (a thread, a process) sees both, never the file without the row.
+        # connection of a new home gives it its id. The id file is written after the commit (below), so
+        # that another connection opening it at the same moment (a thread, a process) never sees the file
+        # without the row, and a crash in between leaves a row without a file (rewritten at the next open).
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone() is None:
                 if expected_id():
                     raise StateError(f"the state database {path} was truncated or replaced: it does not carry "
                                      f"the id recorded in {id_file}", _recovery_hint(path))
-                db_id = uuid.uuid4().hex
-                conn.execute("INSERT INTO meta (k, v) VALUES ('db_id', ?)", (db_id,))
-                _write_id(id_file, db_id)
+                conn.execute("INSERT INTO meta (k, v) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

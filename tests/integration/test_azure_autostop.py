@@ -10,6 +10,7 @@ armed, the cluster deallocates / deletes itself with no broker process doing any
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import time
 
@@ -65,6 +66,7 @@ def test_arming_grants_each_vm_only_the_autostop_role_and_cancel_takes_it_back(d
     assert sorted(a["principalId"] for a in got) == pids  # each VM's own identity, at the group only
     (role,) = {a["roleDefinitionId"] for a in got}
     assert _role_actions(fake, role) == selfstop.ROLE_ACTIONS["stop"]
+    assert fake.rbac.roles[role.lower()]["properties"]["roleName"].endswith(SUBSCRIPTION)  # unique per tenant
     assert not any(a.endswith("/write") or a == "*" for a in _role_actions(fake, role))  # it can create nothing
     again = drv.prepare_self_stop(c, "eastus", "stop")  # re-arming is idempotent: same identities, no new rows
     assert again == "stop" and sorted(a["principalId"] for a in _assignments(fake, c)) == pids
@@ -156,6 +158,16 @@ def test_down_is_the_heads_alone_stop_is_every_nodes(drv, fake):
     assert w.follow == "10.0.0.1:22" and "x-1" in w.command
     h = drv.self_stop_command("x", head, head, "stop")
     assert h.follow is None and "x-0" in h.command
+    assert "BEGIN CERTIFICATE" in h.command  # the fake is a custom endpoint: its CA goes to the nodes
+
+
+def test_the_public_endpoint_is_verified_with_the_nodes_own_cas(drv, monkeypatch):
+    """A CA bundle set on this machine (e.g. for a proxy) is not handed to nodes talking to the public ARM."""
+    from skybroker.clouds.azure import selfstop
+
+    bundle = os.environ["BROKER_AZURE_CA_BUNDLE"]  # the fake's (set by the arm fixture)
+    cmd = selfstop.node_command("sub", "rg", "vm-0", "stop", None, bundle, "http://169.254.169.254")
+    assert "BEGIN CERTIFICATE" not in cmd and selfstop.PUBLIC_ARM in cmd
 
 
 # ------------------------------------------------------------------------- root: sshd nodes as Azure VMs
@@ -219,6 +231,11 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
     assert fake.node_of == {}  # deallocated VMs' nodes are gone
     (c,) = api.status(refresh=True)
     assert c.status == "STOPPED"
+    assert len(_assignments(fake, "azstop")) == 2
+    # the fake starts a VM as a fresh sshd node with a new host key (a real VM keeps its key): unpin first
+    api.forget_host_keys("azstop")
+    api.start("azstop")  # clears autostop, as SkyPilot does: the VMs keep no role
+    assert _assignments(fake, "azstop") == [] and all(fake.power.get(k) == "running" for k in vms)
     api.down(["azstop"])
     assert fake.groups == {}
 

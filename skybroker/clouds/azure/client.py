@@ -71,11 +71,25 @@ class Clients:
     compute: object  # azure.mgmt.compute.ComputeManagementClient
 
 
+def _key(kind: str, sub: str) -> tuple:
+    return (kind, endpoint(), sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"), os.environ.get("BROKER_AZURE_CA_BUNDLE"),
+            poll_interval())
+
+
+def _kwargs() -> dict:
+    """What every management client of ours is built with (endpoint, CA bundle, polling, retries)."""
+    kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
+    if endpoint():
+        kw["base_url"] = endpoint()
+    ca = os.environ.get("BROKER_AZURE_CA_BUNDLE")
+    if ca:
+        kw["connection_verify"] = ca
+    return kw
+
+
 def clients(sub: str) -> Clients:
     """SDK clients for a subscription (cached per endpoint/subscription; they are thread-safe)."""
-    ep = endpoint()
-    key = (ep, sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"), os.environ.get("BROKER_AZURE_CA_BUNDLE"),
-           poll_interval())
+    key = _key("mgmt", sub)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -86,13 +100,7 @@ def clients(sub: str) -> Clients:
         except ImportError:  # older azure-mgmt-resource
             from azure.mgmt.resource import ResourceManagementClient
 
-        kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
-        if ep:
-            kw["base_url"] = ep
-        ca = os.environ.get("BROKER_AZURE_CA_BUNDLE")
-        if ca:
-            kw["connection_verify"] = ca
-        cred = credential()
+        cred, kw = credential(), _kwargs()
         made = Clients(sub, ResourceManagementClient(cred, sub, **kw), NetworkManagementClient(cred, sub, **kw),
                        ComputeManagementClient(cred, sub, **kw))
         _cache[key] = made
@@ -102,19 +110,12 @@ def clients(sub: str) -> Clients:
 def authorization(sub: str):
     """An azure-mgmt-authorization client (role definitions and assignments: autostop on the cluster), built
     like the others; imported only when needed (ImportError when the package is missing)."""
-    ep = endpoint()
-    key = ("authorization", ep, sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"),
-           os.environ.get("BROKER_AZURE_CA_BUNDLE"), poll_interval())
+    key = _key("authorization", sub)
     with _lock:
         if key not in _cache:
             from azure.mgmt.authorization import AuthorizationManagementClient
 
-            kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
-            if ep:
-                kw["base_url"] = ep
-            if os.environ.get("BROKER_AZURE_CA_BUNDLE"):
-                kw["connection_verify"] = os.environ["BROKER_AZURE_CA_BUNDLE"]
-            _cache[key] = AuthorizationManagementClient(credential(), sub, **kw)
+            _cache[key] = AuthorizationManagementClient(credential(), sub, **_kwargs())
         return _cache[key]
 
 

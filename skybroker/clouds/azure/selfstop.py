@@ -7,8 +7,8 @@ autostop needs on the cluster's resource group (which holds nothing but the clus
   down  role "skybroker autostop (delete)": read VMs and delete the group and what is in it (VMs, disks,
         NICs, IPs, the NSG and vnet). The head deletes the whole group; workers need no watcher.
 
-Neither role can create anything. Both are custom role definitions made once per subscription (their ids are
-derived from the subscription, so re-arming finds them), assigned at the group's scope to each VM's
+Neither role can create anything. Both are custom role definitions made once per subscription (their ids and
+names carry the subscription, so re-arming finds them and another subscription of the tenant makes its own), assigned at the group's scope to each VM's
 principal; switching stop ↔ down removes the other assignment, `autostop --cancel` removes both (the
 identity stays: with no assignment it can do nothing). Making them needs the right to write role definitions
 and assignments (Owner or User Access Administrator); without it the arm fails with Azure's
@@ -33,7 +33,8 @@ ROLE_ACTIONS = {
              "Microsoft.Network/publicIPAddresses/delete", "Microsoft.Network/networkSecurityGroups/delete",
              "Microsoft.Network/virtualNetworks/delete"],
 }
-ROLE_NAMES = {"stop": "skybroker autostop (deallocate)", "down": "skybroker autostop (delete)"}
+ROLE_NAMES = {"stop": "skybroker autostop (deallocate)", "down": "skybroker autostop (delete)"}  # + " <subscription>":
+# role names are unique per tenant (directory), and a tenant may hold several subscriptions
 PUBLIC_ARM = "https://management.azure.com"
 VM_API, GROUP_API = "2024-07-01", "2021-04-01"
 
@@ -182,7 +183,7 @@ def _ensure_role(drv, auth, place, sub: str, action: str) -> str:
 
     sub_scope = f"/subscriptions/{sub}"
     rid = role_id(sub, action)
-    body = RoleDefinition(role_name=ROLE_NAMES[action], role_type="CustomRole",
+    body = RoleDefinition(role_name=f"{ROLE_NAMES[action]} {sub}", role_type="CustomRole",
                           description="lets a skybroker node stop or delete its own cluster once idle "
                                       "(assigned at the cluster's resource group only)",
                           permissions=[Permission(actions=ROLE_ACTIONS[action], not_actions=[])],
@@ -204,7 +205,11 @@ _NODE_SCRIPT = r"""
 import json, ssl, sys, urllib.parse as p, urllib.request as u
 imds, arm, audience, ca, sub, rg, vm, action = sys.argv[1:9]
 def call(method, url, headers, data=None):
-    ctx = ssl.create_default_context(cadata=ca or None) if url.startswith("https") else None
+    ctx = None
+    if url.startswith("https"):
+        ctx = ssl.create_default_context()  # the system's CAs, plus a custom endpoint's own
+        if ca:
+            ctx.load_verify_locations(cadata=ca)
     with u.urlopen(u.Request(url, data=data, method=method, headers=headers), context=ctx, timeout=30) as r:
         return r.status, r.read()
 try:
@@ -226,14 +231,24 @@ except Exception as e:
 
 
 def node_command(sub: str, rg: str, vm: str, action: str, endpoint: str | None, ca: str | None, imds: str) -> str:
-    """The shell command one node runs once idle. The endpoint and CA bundle are the broker's own (a custom
-    ARM endpoint such as Azure Stack's is used by the nodes too; the bundle's certificates travel in the
-    command, the node has no copy of the file); nothing secret is in it."""
+    """The shell command one node runs once idle; nothing secret is in it. A custom ARM endpoint (Azure
+    Stack's, a sovereign cloud's) is used by the nodes too, with the CA bundle configured for it (its
+    certificates travel in the command: the node has no copy of the file); the public endpoint is verified
+    with the node's own CAs only (a bundle set for a proxy on this machine is not the nodes' business)."""
     arm = (endpoint or PUBLIC_ARM).rstrip("/")
-    if ca:
+    if ca and arm != PUBLIC_ARM:
         from pathlib import Path
 
-        ca = Path(ca).read_text()
+        try:
+            ca = Path(ca).read_text()
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot read the Azure CA bundle {ca}: {exc.strerror or exc}",
+                                      Place("azure"), hint="check BROKER_AZURE_CA_BUNDLE") from None
+        if len(ca) > 100_000:  # one argument of the command: Linux caps it at 128 KiB
+            raise InvalidRequestError("the Azure CA bundle is too large to hand to the nodes",
+                                      Place("azure"), hint="point BROKER_AZURE_CA_BUNDLE at the endpoint's CA alone")
+    else:
+        ca = ""
     audience = PUBLIC_ARM + "/" if arm == PUBLIC_ARM else arm + "/"
     argv = ["python3", "-c", _NODE_SCRIPT, imds.rstrip("/"), arm, audience, ca or "", sub, rg, vm, action]
     return " ".join(shlex.quote(a) for a in argv)
