@@ -222,6 +222,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE ssh_keys (
         id INTEGER PRIMARY KEY, name TEXT NOT NULL, private BLOB NOT NULL, public TEXT NOT NULL, created_at REAL)
     """,
+    # v15: pinned host keys, on PostgreSQL only (runtime/keys.py HostKeyStore), so every replica checks a
+    # node against the key the first one pinned (each home keeps a copy for the system ssh)
+    """
+    CREATE TABLE host_keys (
+        instance_id TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL, host TEXT, pinned_at REAL)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

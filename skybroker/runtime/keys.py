@@ -8,7 +8,9 @@ every other one adopts it, so all of them reach the same nodes.
 
 `HostKeyStore(path)`: trust on first use, per *instance id*: the first key an instance presents is
 pinned; the same instance presenting another key later is a HostKeyMismatch. A new instance at a reused
-IP is simply a new entry. The store is a JSON file updated atomically under a file lock.
+IP is simply a new entry. The store is a JSON file updated atomically under a file lock. On a PostgreSQL
+state the database's table host_keys is the truth (the first replica to see a node pins it for all of
+them) and the JSON file a copy for this home's system ssh.
 """
 from __future__ import annotations
 
@@ -89,6 +91,35 @@ def _shared_key(keys_dir: Path) -> tuple[Path, str]:
             if pub_other.exists():
                 os.replace(pub_other, other.with_name(other.name + ".pub.before-shared"))
     return path, pub
+
+
+def _shared() -> bool:
+    from .. import state
+
+    return state.is_postgres()
+
+
+def _shared_get(instance_id: str) -> dict | None:
+    from .. import state
+
+    row = state.db().execute("SELECT type, key, host, pinned_at FROM host_keys WHERE instance_id = ?",
+                             (instance_id,)).fetchone()
+    return {"type": row[0], "key": row[1], "host": row[2] or "", "pinned_at": int(row[3] or 0)} if row else None
+
+
+def _shared_pin(instance_id: str, entry: dict) -> tuple[dict, bool]:
+    """Pin `entry` unless a replica pinned the instance first; returns the pin that holds and whether it
+    is the one made now."""
+    from .. import state
+
+    held = _shared_get(instance_id)
+    if held is not None:
+        return held, False
+    state.db().execute("INSERT OR IGNORE INTO host_keys (instance_id, type, key, host, pinned_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (instance_id, entry["type"], entry["key"], entry["host"],
+                                                  entry["pinned_at"]))
+    held = _shared_get(instance_id)
+    return held, held == entry
 
 
 def _public_key(priv: Path) -> str:
@@ -184,7 +215,7 @@ class HostKeyStore:
                               hint="move it aside; keys will be re-pinned on next connect") from None
 
     def get(self, instance_id: str) -> tuple[str, str] | None:
-        entry = self._load().get(instance_id)
+        entry = _shared_get(instance_id) if _shared() else self._load().get(instance_id)
         return (entry["type"], entry["key"]) if entry else None
 
     def check_or_pin(self, instance_id: str, key_type: str, key_b64: str, *,
@@ -196,9 +227,16 @@ class HostKeyStore:
         with self._lock:
             data = self._load()
             entry = data.get(instance_id)
-            if entry is None:
-                data[instance_id] = {"type": key_type, "key": key_b64, "host": host,
-                                     "pinned_at": int(time.time())}
+            new = {"type": key_type, "key": key_b64, "host": host, "pinned_at": int(time.time())}
+            if _shared():  # the replicas' common pin (the file is only this home's copy of it)
+                entry, first = _shared_pin(instance_id, new)
+                if data.get(instance_id) != entry:
+                    data[instance_id] = entry
+                    _write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600)
+                if first:
+                    return True
+            elif entry is None:
+                data[instance_id] = new
                 _write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600)
                 return True
         if (entry["type"], entry["key"]) != (key_type, key_b64):
@@ -210,6 +248,10 @@ class HostKeyStore:
     def forget(self, instance_id: str) -> None:
         """Drop an instance's pin (call when the instance is terminated)."""
         with self._lock:
+            if _shared():
+                from .. import state
+
+                state.db().execute("DELETE FROM host_keys WHERE instance_id = ?", (instance_id,))
             data = self._load()
             if data.pop(instance_id, None) is not None:
                 _write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600)

@@ -98,3 +98,24 @@ def test_on_sqlite_the_key_and_the_locks_stay_in_the_home(tmp_path):
     assert p1.read_text() != p2.read_text()
     with cluster_lock("dev"):
         assert (state.db_path().parent / "locks" / "dev.lock").exists()
+
+
+def test_host_key_pins_are_the_replicas_common_truth(pg, tmp_path):
+    """The first replica to see a node pins its key for all of them: another home (no local pin yet) refuses
+    a different key for that instance and gets the pin copied for its system ssh; a forget on one replica is
+    a forget for all (the database is the truth, a home's file only its copy)."""
+    from skybroker.runtime.keys import HostKeyStore
+    from skybroker.runtime.runner import HostKeyMismatch
+
+    a, b = HostKeyStore(tmp_path / "a" / "known_hosts.json"), HostKeyStore(tmp_path / "b" / "known_hosts.json")
+    assert a.check_or_pin("i-1", "ssh-ed25519", "KEY1") is True
+    with pytest.raises(HostKeyMismatch):
+        b.check_or_pin("i-1", "ssh-ed25519", "KEY2")  # a man in the middle for replica b
+    assert b.check_or_pin("i-1", "ssh-ed25519", "KEY1") is False
+    assert b.get("i-1") == ("ssh-ed25519", "KEY1")
+    assert "KEY1" in b.known_hosts_file("i-1").read_text()
+    b.forget("i-1")
+    assert a.get("i-1") is None  # gone for every replica
+    assert a.check_or_pin("i-1", "ssh-ed25519", "KEY3") is True  # a new instance behind the id: pinned anew
+    with pytest.raises(HostKeyMismatch):
+        b.check_or_pin("i-1", "ssh-ed25519", "KEY1")  # the stale copy in b's file does not count
