@@ -31,7 +31,8 @@ unknown `type`, UserAssigned without identities, or identities with a type that 
 exist or that the caller may not assign; the fake accepts any well-formed id.
 
 Optional `nodes` (tests.infra.netns.NodePool): each running VM is backed by a real sshd node that accepts
-the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it. With
+the VM's SSH key; the node's IP becomes the VM's public and private IP; deallocate/evict kill it; a VM
+started again is a new node with the VM's host key (a real VM keeps it on its disk). With
 `host` = the node network's gateway the nodes reach the fake too (the certificate names that address).
 
 Managed identities at work (tests/infra/arm_rbac.py): PATCH of a VM's `identity` (as
@@ -104,6 +105,7 @@ class ArmFake:
         self.resources: dict[str, dict] = {}  # lower(id) → resource JSON (children live in parents)
         self.power: dict[str, str] = {}  # lower(vm id) → running / deallocated / stopped / ...
         self.node_of: dict[str, object] = {}  # lower(vm id) → netns Node
+        self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
         self.faults: dict = {"capacity": {}, "quota": {}, "auth": None}
@@ -547,7 +549,8 @@ class ArmFake:
         if self.nodes is None or vm["id"].lower() in self.node_of:
             return
         keys = vm["properties"].get("osProfile", {}).get("linuxConfiguration", {}).get("ssh", {}).get("publicKeys", [])
-        node = self.nodes.add_node(keys[0]["keyData"])
+        node = self.nodes.add_node(keys[0]["keyData"], host_key=self.host_keys.get(vm["id"].lower()))
+        self.host_keys[vm["id"].lower()] = node.host_key_file.read_bytes()  # kept across deallocate/start
         self.node_of[vm["id"].lower()] = node
         for nic_ref in vm["properties"]["networkProfile"]["networkInterfaces"]:
             for cfg in self._get(nic_ref["id"])["properties"].get("ipConfigurations", []):

@@ -88,6 +88,7 @@ class Node:
     slot: int = 0
     instance_id: str = ""
     host_key: str = ""  # "ssh-ed25519 AAAA..." (public host key)
+    host_key_file: Path | None = None  # its private half (a VM restarted keeps it: add_node(host_key=...))
     tmp: Path | None = None  # the node's /tmp as seen from the host
     log_path: Path | None = None  # sshd's log (-e)
     veth: str = ""
@@ -323,9 +324,10 @@ class NodePool:
         with ThreadPoolExecutor(max_workers=min(16, max(1, n))) as ex:
             return list(ex.map(lambda _: self.add_node(pubkey), range(n)))
 
-    def add_node(self, pubkey: str, *, wait: bool = True) -> Node:
+    def add_node(self, pubkey: str, *, wait: bool = True, host_key: bytes | None = None) -> Node:
         """A fresh node in the lowest free slot (a freed slot means the same IP and MAC, as a cloud
-        reusing an address), with a new host key and a new instance id."""
+        reusing an address), with a new instance id and a new host key, or the given one (the private key
+        file's bytes: a stopped VM started again keeps its disk, hence its host key)."""
         with self._lock:
             if self._closed:
                 raise NodePoolError("pool is closed")
@@ -335,7 +337,7 @@ class NodePool:
                         instance_id=f"i-{uuid.uuid4().hex[:12]}", veth=f"sbv{self.k}x{slot}")
             self._nodes[slot] = node
         try:
-            self._boot(node, pubkey)
+            self._boot(node, pubkey, host_key)
             if wait:
                 self._wait_ssh(node)
         except Exception:
@@ -343,7 +345,7 @@ class NodePool:
             raise
         return node
 
-    def _boot(self, node: Node, pubkey: str) -> None:
+    def _boot(self, node: Node, pubkey: str, host_key: bytes | None = None) -> None:
         d = self.base_dir / f"{node.name}-{node.instance_id}"
         home, tmp = d / "home", d / "tmp"
         (home / ".ssh").mkdir(parents=True)
@@ -356,8 +358,16 @@ class NodePool:
             os.chown(p, self.uid, self.gid)
         os.chmod(home, 0o755)
         hostkey = d / "ssh_host_ed25519_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.instance_id,
-                        "-f", str(hostkey)], check=True, capture_output=True)
+        if host_key is None:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.instance_id,
+                            "-f", str(hostkey)], check=True, capture_output=True)
+        else:
+            hostkey.write_bytes(host_key)
+            os.chmod(hostkey, 0o600)
+            pub_line = subprocess.run(["ssh-keygen", "-y", "-f", str(hostkey)], check=True, capture_output=True,
+                                      text=True).stdout
+            (d / "ssh_host_ed25519_key.pub").write_text(pub_line)
+        node.host_key_file = hostkey
         pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
         node.host_key = f"{pub[0]} {pub[1]}"
         cfg = d / "sshd_config"

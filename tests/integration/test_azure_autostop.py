@@ -232,8 +232,6 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
     (c,) = api.status(refresh=True)
     assert c.status == "STOPPED"
     assert len(_assignments(fake, "azstop")) == 2
-    # the fake starts a VM as a fresh sshd node with a new host key (a real VM keeps its key): unpin first
-    api.forget_host_keys("azstop")
     api.start("azstop")  # clears autostop, as SkyPilot does: the VMs keep no role
     assert _assignments(fake, "azstop") == [] and all(fake.power.get(k) == "running" for k in vms)
     api.down(["azstop"])
