@@ -538,7 +538,11 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
             from .runtime.runner import run_parallel
 
             run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
-            rt.provider.release_self_stop(rec.name, rec.region)  # no right left with the nodes (Azure roles)
+            try:  # no right left with the nodes (Azure roles); never fails a start that has succeeded
+                rt.provider.release_self_stop(rec.name, rec.region)
+            except BrokerError as exc:
+                state.add_event(rec.name, "autostop", f"could not take the nodes' autostop rights back "
+                                                      f"({getattr(exc, 'message', None) or exc})")
     finally:
         rt.close()
     rec.status = UP

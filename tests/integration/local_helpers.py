@@ -157,3 +157,36 @@ def kill_leftovers(home: Path) -> list[int]:
     victims |= set(pids_with_env(f"BROKER_HOME={home}"))
     kill_pids(victims)
     return sorted(victims)
+
+
+def ssh_node_pools(tag: str, layout: dict[str, int]):
+    """A context manager: sshd nodes in network namespaces (a tests.infra.netns.NodePool under /var/tmp)
+    listed in BROKER_HOME/ssh_node_pools.yaml as the pools of `layout` (pool name → number of hosts), all
+    reached with the broker's own key. Yields (pool, {pool name: [nodes]}); skips when the machine cannot
+    run sshd nodes."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def pools():
+        import pytest
+
+        from skybroker.runtime.keys import ensure_user_key
+        from tests.infra.netns import NodePool, missing_requirements
+
+        why = missing_requirements()
+        if why:
+            pytest.skip(f"sshd test nodes unavailable: {why}")
+        key, pub = ensure_user_key(broker_home())
+        pool = NodePool(Path("/var/tmp") / f"skybroker-{tag}-{os.getpid()}", user="broker")
+        try:
+            nodes = iter(pool.start(sum(layout.values()), pub))
+            by_name = {name: [next(nodes) for _ in range(n)] for name, n in layout.items()}
+            broker_home().mkdir(parents=True, exist_ok=True)
+            (broker_home() / "ssh_node_pools.yaml").write_text("".join(
+                f"{name}:\n  user: broker\n  identity_file: {key}\n  hosts: [{', '.join(n.ip for n in ns)}]\n"
+                for name, ns in by_name.items()))
+            yield pool, by_name
+        finally:
+            pool.close()
+
+    return pools()

@@ -30,6 +30,7 @@ from tests.integration.local_helpers import (
     kill_leftovers,
     kill_pids,
     pids_with_env,
+    ssh_node_pools,
     wait_for,
     write_task,
 )
@@ -297,24 +298,8 @@ def test_eager_next_region_on_local_cloud_has_no_region_to_avoid(tmp_path, monke
 @pytest.fixture
 def two_pools(tmp_path):
     """Two SSH node pools of one node each, "east" and "west", as two regions of the `ssh` cloud."""
-    from tests.infra.netns import NodePool, missing_requirements
-
-    why = missing_requirements()
-    if why:
-        pytest.skip(f"sshd test nodes unavailable: {why}")
-    from skybroker.runtime.keys import ensure_user_key
-
-    key, pub = ensure_user_key(broker_home())
-    pool = NodePool(Path("/var/tmp") / f"skybroker-mj-{os.getpid()}", user="broker")
-    try:
-        east, west = pool.start(2, pub)
-        broker_home().mkdir(parents=True, exist_ok=True)
-        (broker_home() / "ssh_node_pools.yaml").write_text(
-            f"east:\n  user: broker\n  identity_file: {key}\n  hosts: [{east.ip}]\n"
-            f"west:\n  user: broker\n  identity_file: {key}\n  hosts: [{west.ip}]\n")
-        yield pool, east, west
-    finally:
-        pool.close()
+    with ssh_node_pools("mj", {"east": 1, "west": 1}) as (pool, by_name):
+        yield pool, by_name["east"][0], by_name["west"][0]
 
 
 def test_eager_next_region_moves_to_the_other_pool_over_ssh(two_pools, tmp_path, monkeypatch):

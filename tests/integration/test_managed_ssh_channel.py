@@ -4,13 +4,12 @@ connection per node kept open across polls, and the agent's `watch` stream telli
 look instead of a poll per interval."""
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.integration.local_helpers import broker, broker_home, wait_for, write_task
+from tests.integration.local_helpers import broker, broker_home, ssh_node_pools, wait_for, write_task
 
 pytestmark = pytest.mark.slow
 
@@ -18,22 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def ssh_pool(tmp_path):
     """One SSH node pool "p" of two sshd nodes (a preempted job relaunches on the other)."""
-    from tests.infra.netns import NodePool, missing_requirements
-
-    why = missing_requirements()
-    if why:
-        pytest.skip(f"sshd test nodes unavailable: {why}")
-    from skybroker.runtime.keys import ensure_user_key
-
-    key, pub = ensure_user_key(broker_home())
-    pool = NodePool(Path("/var/tmp") / f"skybroker-chan-{os.getpid()}", user="broker")
-    try:
-        nodes = pool.start(2, pub)
-        (broker_home() / "ssh_node_pools.yaml").write_text(
-            f"p:\n  user: broker\n  identity_file: {key}\n  hosts: [{', '.join(n.ip for n in nodes)}]\n")
-        yield pool, nodes
-    finally:
-        pool.close()
+    with ssh_node_pools("chan", {"p": 2}) as (pool, by_name):
+        yield pool, by_name["p"]
 
 
 class Counts:
