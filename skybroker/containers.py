@@ -1,6 +1,6 @@
 """Container images (`resources.image_id: docker:IMAGE`): what the lifecycle asks the nodes' agents for.
 
-The node side (engine, pull, run, exec) is runtime/container.py; here is the client's part: which image a
+The node side (engine, pull, run, exec) is runtime/agent/container.py; here is the client's part: which image a
 cluster's task asks for, the spec sent to every node (image, `config.docker.run_options`, the mount points
 outside the home, the registry login from SkyPilot's variables), and the user-facing errors. Registry
 variables (SkyPilot's names), from the task's `envs`/`secrets` or `--env`/`--secret`:
@@ -60,7 +60,7 @@ def spec_for(task, image: str) -> tuple[dict, str | None]:
 
 def error(exc, image: str) -> SpecError:
     """A node's ContainerFailed as the user's error: exit 2, naming resources.image_id."""
-    from .runtime import container
+    from .runtime.agent import container
 
     if exc.agent_code == container.ENGINE_MISSING:
         return SpecError(f"docker:{image} needs a container engine on every node; on {exc.label}: {exc.detail}",

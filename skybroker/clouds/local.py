@@ -174,7 +174,8 @@ class LocalCloud(LocalVolumes, Provider):
         """Simulate a spot preemption of one node: its processes die and the node is gone."""
         d = self._cluster_dir(cluster) / f"node-{rank}"
         if d.is_dir():
-            from ..runtime import agent, container
+            from ..runtime import agent
+            from ..runtime.agent import container
 
             box = container.load(str(d / agent.NODE_DIR))
             _kill_node_processes(d)
@@ -262,20 +263,22 @@ def _unmount_under(root: Path) -> None:
             points = [line.split()[1].replace("\\040", " ") for line in f]
     except OSError:
         return
-    from ..runtime.agent import unmount_lazily
+    from ..runtime.agent.queries import unmount_lazily
 
     unmount_lazily(p for p in points if p.startswith(prefix))
 
 
 def _container_down(home: Path) -> None:
-    """A node's task container (runtime/container.py) goes with the node; the host's engine keeps nothing."""
-    from ..runtime import agent, container
+    """A node's task container (runtime/agent/container.py) goes with the node; the host's engine keeps nothing."""
+    from ..runtime import agent
+    from ..runtime.agent import container
 
     container.down(str(home / agent.NODE_DIR))
 
 
 def _container_stop(home: Path) -> None:
-    from ..runtime import agent, container
+    from ..runtime import agent
+    from ..runtime.agent import container
 
     container.stop(str(home / agent.NODE_DIR))
 

@@ -1,4 +1,4 @@
-"""The one client of the node agent's protocol (runtime/agent.py). Nothing else spells its commands.
+"""The one client of the node agent's protocol (runtime/agent/). Nothing else spells its commands.
 
 Every call is one command over the node's runner (`<python> ~/.skybroker-node/agent.py <cmd>`); answers are
 one JSON document. On a node that is a directory on this machine (local cloud), a look at one job (`poll`,
@@ -18,13 +18,31 @@ from ..errors import BrokerError, NotFoundError
 from . import agent as agent_mod
 
 NODE_DIR = "~/" + agent_mod.NODE_DIR
-AGENT_PATH = NODE_DIR + "/agent.py"  # a three-line launcher; the agent itself is a module next to it, so
-MODULE_PATH = NODE_DIR + "/skybroker_agent.py"  # Python caches its bytecode on the node (no compile per call)
-CONTAINER_PATH = NODE_DIR + "/skybroker_container.py"  # the agent's container part (runtime/container.py)
-LAUNCHER = (b"import os, sys\n"
-            b"sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
-            b"import skybroker_agent\n"
-            b"sys.exit(skybroker_agent.main())\n")
+AGENT_PATH = NODE_DIR + "/agent.py"  # a three-line launcher; the agent itself is a package next to it, so
+PACKAGE_DIR = NODE_DIR + "/" + agent_mod.PACKAGE  # Python caches its bytecode on the node (no compile per call)
+LAUNCHER = ("import os, sys\n"
+            "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+            "import %s\n"
+            "sys.exit(%s.main())\n" % (agent_mod.PACKAGE, agent_mod.PACKAGE)).encode()
+OLD_FILES = ("skybroker_agent.py", "skybroker_container.py")  # what agents before the package installed
+# One command writes every file (one round trip per node): [name, text, mode] on stdin, each written to a
+# temporary file and renamed, so a call running meanwhile sees the old file or the new one, never half of one.
+_UNPACK = ("import json, os, sys\n"
+           "d = os.path.expanduser(sys.argv[1])\n"
+           "files, old = json.load(sys.stdin)\n"
+           "for name, text, mode in files:\n"
+           "    p = os.path.join(d, name)\n"
+           "    os.makedirs(os.path.dirname(p), exist_ok=True)\n"
+           "    t = '%s.broker-tmp-%d' % (p, os.getpid())\n"
+           "    with open(t, 'w', encoding='utf-8') as f:\n"
+           "        f.write(text)\n"
+           "    os.chmod(t, mode)\n"
+           "    os.replace(t, p)\n"
+           "for name in old:\n"
+           "    try:\n"
+           "        os.remove(os.path.join(d, name))\n"
+           "    except OSError:\n"
+           "        pass\n")
 
 
 class AgentError(BrokerError):
@@ -77,9 +95,18 @@ class AgentClient:
 
     # -- commands ----------------------------------------------------------------------------------
     def install(self) -> None:
-        self.runner.put_file(agent_mod.source(), MODULE_PATH, 0o644)
-        self.runner.put_file(_container_source(), CONTAINER_PATH, 0o644)
-        self.runner.put_file(LAUNCHER, AGENT_PATH, 0o755)
+        """The agent's package and its launcher (last: a node with a launcher has the whole agent)."""
+        files = [(f"{agent_mod.PACKAGE}/{name}", data, 0o644) for name, data in agent_mod.sources()]
+        files.append(("agent.py", LAUNCHER, 0o755))
+        if getattr(self.runner, "local_home", None) is not None:  # a directory here: no process needed
+            for name, data, mode in files:
+                self.runner.put_file(data, f"{NODE_DIR}/{name}", mode)
+            return
+        payload = json.dumps([[(n, d.decode("utf-8"), m) for n, d, m in files], list(OLD_FILES)]).encode()
+        res = self.runner.run(f"{self.python} -c {shlex.quote(_UNPACK)} {NODE_DIR}", stdin=payload, timeout=120)
+        if res.exit_code != 0:
+            raise AgentError(f"installing the node agent on {self.label} failed: "
+                             f"{res.stderr.strip()[-300:] or f'exit code {res.exit_code}'}")
 
     def version(self) -> str:
         return self._call("version")["version"]
@@ -234,7 +261,7 @@ class AgentClient:
             args.append("--ssh-busy")
         self._call(*args)
 
-    # -- the node's container (runtime/container.py) ----------------------------------------------------
+    # -- the node's container (runtime/agent/container.py) -------------------------------------------------
     def container_check(self) -> dict:
         """The engine the node would use; ContainerFailed (ENGINE_MISSING) when it has none."""
         return self._call("container-check", container=True)
@@ -269,10 +296,3 @@ class AgentClient:
             return json.loads(res.stdout.strip().splitlines()[-1]).get("removed", [])
         except (ValueError, IndexError):
             return []
-
-
-def _container_source() -> bytes:
-    from . import container
-
-    with open(container.__file__, "rb") as f:
-        return f.read()

@@ -1,5 +1,5 @@
 """The broker's channel to jobs on nodes that are directories on this machine (the local cloud): no process
-per look. The node agent (agent.py) keeps a node's state in ``<home>/.skybroker-node/agent.db`` and each
+per look. The node agent (runtime/agent/) keeps a node's state in ``<home>/.skybroker-node/agent.db`` and each
 job's output in ``jobs/<id>/run.log``; both are read here directly, the way the agent reads them itself.
 
 - `read_job(home, job_id, offset)`: one look at a job (its row, log bytes from `offset`) with no
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import agent as agent_mod
+from .agent import procs, store
 
 READ_LIMIT = 1 << 20  # as the agent's `logs --b64`
 
@@ -54,7 +55,7 @@ def read_job(home: Path | str, job_id: int, offset: int = 0) -> tuple[bytes, int
     if row is None:
         return b"", offset, None
     if row["status"] not in agent_mod.TERMINAL_STATUSES and not (
-            row["boot_id"] == agent_mod._boot_id() and agent_mod._alive(row["runner_pid"], row["runner_start"])):
+            row["boot_id"] == procs.boot_id() and procs.alive(row["runner_pid"], row["runner_start"])):
         raise NeedsAgent("the job's runner is gone")
     data = b""  # read after the row: a terminal row means the log is complete
     try:
@@ -63,7 +64,7 @@ def read_job(home: Path | str, job_id: int, offset: int = 0) -> tuple[bytes, int
             data = f.read(READ_LIMIT)
     except OSError:
         pass
-    return data, offset + len(data), agent_mod._job_out(row)
+    return data, offset + len(data), store.job_out(row)
 
 
 class ChangeFeed:

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from skybroker.runtime import agent as agent_mod
+from tests.infra.agent_copy import installed_agent
 from tests.infra.metadata_fake import Metadata as _Metadata
 
-AGENT = Path(__file__).resolve().parents[2] / "skybroker" / "runtime" / "agent.py"
+AGENT = installed_agent()  # the launcher of a copy installed as the client installs it
 PY = os.environ.get("AGENT_PYTHON", sys.executable)
 GATE = 'while [ ! -e "$HOME/go" ]; do sleep 0.02; done'  # a job blocks here until the test opens the gate
 
@@ -447,7 +448,10 @@ def test_bad_input_is_a_json_error(node):
 
 def test_module_exports(node):
     assert node.cmd("version") == {"version": agent_mod.agent_version()}
-    assert agent_mod.source() == AGENT.read_bytes()
+    package = AGENT.parent / agent_mod.PACKAGE
+    assert sorted(p.name for p in package.glob("*.py")) == sorted(agent_mod.FILES)
+    for name, data in agent_mod.sources():  # the copy on the node is the package, byte for byte
+        assert (package / name).read_bytes() == data
     assert agent_mod.TERMINAL_STATUSES == {"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"}
     assert {agent_mod.PENDING, agent_mod.SETTING_UP, agent_mod.RUNNING} == set(agent_mod.ACTIVE_STATUSES)
 

@@ -15,8 +15,9 @@ from skybroker.runtime import channel
 from skybroker.runtime.agent_client import AgentClient
 from skybroker.runtime.local_runner import LocalRunner
 from skybroker.runtime.runner import NodeUnreachable
+from tests.infra.agent_copy import installed_agent
 
-AGENT = Path(__file__).resolve().parents[2] / "skybroker" / "runtime" / "agent.py"
+AGENT = installed_agent()  # the launcher of a copy installed as the client installs it
 
 
 def agent(home, *args, stdin=None):

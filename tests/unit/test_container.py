@@ -1,5 +1,5 @@
 """Container images (`image_id: docker:...`): the task fields, what the client sends, and the node side's
-engine command lines (runtime/container.py), checked at the command-line level. The engine itself runs
+engine command lines (runtime/agent/container.py), checked at the command-line level. The engine itself runs
 for real in tests/integration/test_containers.py."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from skybroker import containers
 from skybroker.errors import SpecError
-from skybroker.runtime import container as C
+from skybroker.runtime.agent import container as C
 from skybroker.runtime.agent_client import ContainerFailed
 from skybroker.spec import task_from_dict, task_from_stored, task_to_dict
 

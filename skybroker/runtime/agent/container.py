@@ -1,6 +1,6 @@
 """A task's container on a node (`resources.image_id: docker:IMAGE`, SkyPilot's "container as runtime").
 
-Stdlib only, Python >= 3.8, like the node agent: shipped next to it as ~/.skybroker-node/skybroker_container.py
+Stdlib only, Python >= 3.8, like the node agent: part of its package (~/.skybroker-node/skybroker_agent/container.py)
 and used only by it (the agent's `container-*` commands and its job runner); the local cloud uses it in-process
 to stop and remove its nodes' containers.
 
