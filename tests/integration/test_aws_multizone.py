@@ -63,8 +63,12 @@ def _instances(ec2, cluster: str) -> list[dict]:
         "Reservations"] for i in r["Instances"]]
 
 
+@pytest.mark.parametrize("recovery", [None, "FAILOVER"])
 def test_deadline_job_spot_follows_the_multizone_policy_across_zones(ec2_nodes, mocked_aws, shared_dir,  # noqa: F811
-                                                                    monkeypatch):
+                                                                    monkeypatch, recovery):
+    """`recovery`: the default strategy (EAGER_NEXT_REGION, which avoids the region after a loss: the
+    policy's zone of the same region is taken all the same) and FAILOVER (same place first: never over
+    the policy's zone, which would relaunch in the zone that was just preempted)."""
     import boto3
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.instances import StateReason
@@ -81,7 +85,8 @@ def test_deadline_job_spot_follows_the_multizone_policy_across_zones(ec2_nodes, 
     led = shared_dir / "ledger"
     task = spec.task_from_dict({
         "name": "mz-ec2", "envs": {"LEDGER": str(led)}, "run": RUN,
-        "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large", "image_id": "ami-12345678"},
+        "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large", "image_id": "ami-12345678",
+                      **({"job_recovery": recovery} if recovery else {})},
         # a 10-minute deadline for 20 s of compute: mz_union's table wants spot (a shorter one may rightly
         # go to on-demand at once, tests/integration/test_deadline_jobs.py); 1-s ticks
         "deadline": {"by": "10m", "compute": "20s", "tick": "1s", "overhead": "2s"}})
