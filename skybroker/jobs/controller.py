@@ -198,7 +198,7 @@ class Controller:
 
         task = self._task(j)
         name = P.stage_cluster(j)
-        dl, dst, market = self._deadline(j, task), None, None
+        dl, dst, market, zone_pin = self._deadline(j, task), None, None, None
         if dl is not None:  # deadline-aware: the spot policy picks the market (or to wait)
             dst = DeadlineState.load(j.deadline_state)
             now = time.time()
@@ -212,8 +212,9 @@ class Controller:
                 self.next_at[j.id] = now + dl.tick_s
                 return
             task = _with_market(task, market is D_SPOT)
-            if dl.place(dst) is not None:  # multi-zone: the policy picked the zone
-                task = _pinned(task, dl.place(dst))
+            zone_pin = dl.place(dst)
+            if zone_pin is not None:  # multi-zone: the policy picked the zone
+                task = _pinned(task, zone_pin)
         token = j.submit_token or f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
         # recorded before anything is submitted: a restarted controller finds the job this token started
         store.update(j.id, status=RECOVERING if recovering else STARTING, cluster=name, submit_token=token)
@@ -221,7 +222,7 @@ class Controller:
             self._teardown(j)  # whatever is left of the lost cluster
         meta = json.loads(j.blocked or "{}") if (j.blocked or "").startswith("{") else {}
         blocks = [Block(**b) for b in meta.get("blocks", [])]
-        pin = meta.get("pin")
+        pin = None if zone_pin else meta.get("pin")  # FAILOVER's "same place first" never overrides the policy's zone
 
         def plan_fn(extra):
             if pin and not extra:
