@@ -281,11 +281,10 @@ class Controller:
         store.add_event(j.id, "bring-up", f"failed while {lifecycle._DOING[err.stage]} ({err.failure.value}): {first}")
         if err.failure == Failure.REFUSED:
             if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
-                dl.spot_failed(dst, time.time())
+                then = dl.spot_failed(dst, time.time())
                 dst.want = None
                 store.update(j.id, deadline_state=dst.dump())
-                store.add_event(j.id, "policy", f"no spot capacity ({first}): spot counts as unavailable for a "
-                                "while; asking the policy again")
+                store.add_event(j.id, "policy", f"no spot capacity ({first}): {then}; asking the policy again")
                 self.next_at[j.id] = 0
                 return
             self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1

@@ -164,11 +164,15 @@ class DeadlinePolicy:
         st.held, st.last_at = market.value, None
         st.zone = st.want_zone if market is SPOT and self.places else -1
 
-    def spot_failed(self, st: DeadlineState, now: float) -> None:
+    def spot_failed(self, st: DeadlineState, now: float) -> str:
+        """A spot launch was refused; returns what happens next, for the job's events."""
         if self.places:
             st.failed_zone = st.want_zone  # the multi-zone policy tries another zone next
-            return
+            p = self.places[st.want_zone] if 0 <= st.want_zone < len(self.places) else {}
+            where = "/".join(str(p[k]) for k in ("cloud", "region", "zone") if p.get(k)) or "that zone"
+            return f"spot in {where} refused; the policy tries another zone"
         st.spot_retry_at = now + SPOT_RETRY_TICKS * self.tick_s
+        return "spot counts as unavailable for a while"
 
     @property
     def done_s(self) -> float:

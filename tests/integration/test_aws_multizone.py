@@ -158,6 +158,7 @@ def test_deadline_job_spot_follows_the_multizone_policy_across_zones(ec2_nodes, 
     refused = next(i for i, (k, m) in enumerate(kinds) if k == "failover" and
                    f"CapacityError on aws/us-east-1/{z[1]} (InsufficientInstanceCapacity)" in m)
     told = next(i for i, (k, m) in enumerate(kinds) if k == "policy" and m.startswith("no spot capacity"))
+    assert f"spot in aws/us-east-1/{z[1]} refused; the policy tries another zone" in kinds[told][1], kinds[told]
     second_run = [i for i, (k, _) in enumerate(kinds) if k == "running"][1]
     assert lost < refused < told < second_run, diag()  # preempted, refused in the next zone, then ran in a third
     segs = api.job_timeline(jid)["segments"]
