@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+CKPT_REMOTE = "broker_checkpoint"  # on a node, under its home; exported to the job as BROKER_CHECKPOINT_DIR
 CURRENT = "current"
 
 

@@ -306,7 +306,7 @@ class PoolRunner:
 
     def _start_on(self, p, w, j) -> None:
         ctl = self.ctl
-        from .controller import _CancelledDuringLaunch
+        from .launching import _CancelledDuringLaunch
 
         task = ctl._task(j)
         recovering = j.status == store.RECOVERING
