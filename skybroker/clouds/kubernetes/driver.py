@@ -12,7 +12,7 @@ Per cluster, all labelled `skybroker-cluster=<name>`, `skybroker-user=<user>`:
   - a Secret `skybroker-<cluster>-ssh` with the user's public key, mounted into every pod;
   - with `ports`, a Service `skybroker-<cluster>-ports` (LoadBalancer, or NodePort) in front of the head.
 
-Commands and sync go over SSH into the pod (sshd started by the pod's bootstrap, see BOOTSTRAP), through
+Commands and sync go over SSH into the pod (sshd started by the pod's bootstrap, pods.BOOTSTRAP), through
 the API server's port-forward (forward.py) or straight to the pod IP (in-cluster): the same runner as
 every other cloud, rsync included. Chosen over `exec`: the runner protocol, rsync's ignore rules, the
 node agent and the managed-jobs liveness checks are reused unchanged, and the API needs no
@@ -20,175 +20,31 @@ exec/attach permission; the cost is an sshd in the image (installed at start whe
 
 Offers come from the cluster (capabilities.priced False): a pod of the requested shape is offered in a
 context when some node's allocatable CPU, memory and GPUs (type from the node labels) hold it; priced 0
-unless prices are configured (config.py). Only used when the task names it (named_only): reading the
+unless prices are configured (config.py). Shapes and GPU labels: shapes.py. Only used when the task names it (named_only): reading the
 offers needs the network, and a free offer would otherwise win every plan.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
-import os
-import re
 import threading
 import time
 
 from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, QuotaError
-from ..base import (PENDING, RUNNING, TAG_CLUSTER, TAG_USER, TERMINATED, UNREACHABLE, Capabilities, InstanceInfo,
-                    ProvisionRequest, Provider, TaggedResource)
+from ..base import (TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest, Provider,
+                    TaggedResource)
 from ..common import call_typed
 from . import client as kc
 from . import config as cfg
+from . import pods as pk
 from .errors import HINT_CREDS, classify, status_of
+from .pods import SSH_PORT, TAG_RANK, BOOTSTRAP, pod_name, service_name, ports_service_name, secret_name
+from .shapes import GPU_LABELS, GPU_TOLERATIONS, instance_type, parse_instance_type, default_shape, node_gpus, node_fits
 
-TAG_RANK = "skybroker-rank"
-GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
-# Node labels naming the GPU type, most specific first (NVIDIA GPU feature discovery, GKE, EKS/Karpenter,
-# AKS, AMD's device plugin labeller, and SkyPilot's own labeller).
-GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator", "karpenter.k8s.aws/instance-gpu-name",
-              "accelerator", "amd.com/gpu.product-name", "skypilot.co/accelerator")
-GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                   {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-# Canonical accelerator names (the catalogs' spelling); a label's tokens are matched against them.
-CANONICAL = ("A100", "H100", "H200", "B200", "GH200", "L40S", "L40", "L4", "A10G", "A10", "T4", "V100", "P100", "P4",
-             "K80", "A6000", "A5000", "A4000", "RTX6000", "RTX4090", "MI300X", "MI250X", "MI210", "MI100")
-INSTANCE_RE = re.compile(r"^(?P<cpus>\d+(?:\.\d+)?)CPU--(?P<mem>\d+(?:\.\d+)?)GB(?:--(?P<gpu>[A-Za-z0-9-]+):(?P<n>\d+))?$")
 NODES_TTL = 30.0
-SSH_PORT = 22
 
-# The pod's command: install sshd/rsync/python3 when the image lacks them (apt, dnf/yum or apk), authorize
-# the key from the mounted Secret, pass the container's environment (CUDA paths, NVIDIA_* variables) to SSH
-# sessions, and run sshd in the foreground. An image with all three preinstalled starts in about a second.
-BOOTSTRAP = r"""set -u
-need=""
-{ command -v sshd || [ -x /usr/sbin/sshd ]; } >/dev/null 2>&1 || need="$need openssh-server"
-command -v rsync >/dev/null 2>&1 || need="$need rsync"
-command -v python3 >/dev/null 2>&1 || need="$need python3"
-if [ -n "$need" ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends $need
-  elif command -v dnf >/dev/null 2>&1; then dnf install -y -q openssh-server rsync python3
-  elif command -v yum >/dev/null 2>&1; then yum install -y -q openssh-server rsync python3
-  elif command -v apk >/dev/null 2>&1; then apk add --no-cache openssh-server rsync python3 bash
-  else echo "skybroker: no sshd in the image and no package manager to install it" >&2; exit 1; fi
-fi
-user="${SKYBROKER_SSH_USER:-root}"
-home="$(getent passwd "$user" | cut -d: -f6)"; home="${home:-/root}"
-mkdir -p "$home/.ssh" /run/sshd && chmod 700 "$home/.ssh"
-cp /etc/skybroker-ssh/authorized_keys "$home/.ssh/authorized_keys" && chmod 600 "$home/.ssh/authorized_keys"
-env | grep -E '^(PATH|LD_LIBRARY_PATH|CUDA_[A-Z_]*|NVIDIA_[A-Z_]*|KUBERNETES_[A-Z_]*|LANG|LC_ALL)=' > "$home/.ssh/environment" || true
-chown -R "$user" "$home/.ssh" 2>/dev/null || true
-ssh-keygen -A >/dev/null 2>&1
-exec /usr/sbin/sshd -D -e -p 22 -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no \
-  -o PermitUserEnvironment=yes -o UsePAM=no -o AllowTcpForwarding=yes
-"""
 
 _nodes_cache: dict = {}
 _nodes_lock = threading.Lock()
-
-
-def _user() -> str:
-    return os.environ.get("USER") or "user"
-
-
-def _label(value) -> str:
-    v = re.sub(r"[^A-Za-z0-9_.-]", "-", str(value))[:63].strip("-_.")
-    return v or "x"
-
-
-def _user_hash() -> str:
-    return hashlib.sha256(_user().encode()).hexdigest()[:4]
-
-
-def pod_name(cluster: str, rank: int) -> str:
-    return f"{cluster}-{_user_hash()}-{rank}"
-
-
-def service_name(cluster: str) -> str:
-    return f"skybroker-{cluster}"
-
-
-def ports_service_name(cluster: str) -> str:
-    return f"skybroker-{cluster}-ports"
-
-
-def secret_name(cluster: str) -> str:
-    return f"skybroker-{cluster}-ssh"
-
-
-def canonical_gpu(value: str | None) -> str | None:
-    """`NVIDIA-A100-SXM4-80GB` → A100-80GB, `nvidia-tesla-v100` → V100, `nvidia-l4` → L4, `a10g` → A10G."""
-    if not value:
-        return None
-    tokens = re.split(r"[-_ ]+", str(value).upper())
-    name = next((t for t in tokens if t in CANONICAL), None)
-    if name is None:
-        name = next((c for t in tokens for c in CANONICAL if t.endswith(c) and t[: -len(c)] in ("RTX", "TESLA")), None)
-    if name is None:
-        return None
-    if name == "A100" and "80GB" in tokens:
-        return "A100-80GB"
-    if name == "V100" and "32GB" in tokens:
-        return "V100-32GB"
-    return name
-
-
-def instance_type(cpus: float, mem: float, gpu: str | None, n: float) -> str:
-    base = f"{cpus:g}CPU--{mem:g}GB"
-    return f"{base}--{gpu}:{n:g}" if gpu else base
-
-
-def parse_instance_type(text: str) -> tuple[float, float, str | None, float] | None:
-    m = INSTANCE_RE.match(text or "")
-    if not m:
-        return None
-    return float(m.group("cpus")), float(m.group("mem")), m.group("gpu"), float(m.group("n") or 0)
-
-
-def default_shape(res) -> tuple[float, float]:
-    """(cpus, memory GiB) of a pod for a task's resources: the minimum the task asks for (`4+` → 4,
-    `4x` memory → 4 GiB per CPU). With neither given: 2 CPUs and 4 GiB, or 4 CPUs and 16 GiB with GPUs
-    (a pod, not a VM: the VM default of 8+ CPUs would leave most clusters' nodes unusable)."""
-    gpu = bool(res.accelerator)
-    cpus = res.cpus.value if res.cpus is not None else (4.0 if gpu else 2.0)
-    if res.memory is None:
-        mem = cpus * (4.0 if gpu else 2.0)
-    elif res.memory.per_cpu:
-        mem = res.memory.value * cpus
-    else:
-        mem = res.memory.value
-    return cpus, mem
-
-
-# -- nodes -----------------------------------------------------------------------------------------------
-def node_gpus(node: dict) -> tuple[str | None, float, str | None, tuple[str, str] | None]:
-    """(canonical GPU name, count, resource name, (label key, value)) of a node."""
-    alloc = (node.get("status") or {}).get("allocatable") or {}
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    for res in GPU_RESOURCES:
-        n = cfg.quantity(alloc.get(res, 0))
-        if n > 0:
-            for key in GPU_LABELS:
-                name = canonical_gpu(labels.get(key))
-                if name:
-                    return name, n, res, (key, labels[key])
-            return None, n, res, None
-    return None, 0.0, None, None
-
-
-def node_fits(node: dict, cpus: float, mem_gib: float, gpu: str | None, n: float) -> bool:
-    spec = node.get("spec") or {}
-    if spec.get("unschedulable"):
-        return False
-    conds = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
-    if conds.get("Ready") not in (None, "True"):
-        return False
-    alloc = (node.get("status") or {}).get("allocatable") or {}
-    if cfg.quantity(alloc.get("cpu", 0)) < cpus - 1e-9 or cfg.quantity(alloc.get("memory", 0)) < mem_gib * 2**30 - 1:
-        return False
-    if gpu:
-        name, count, _, _ = node_gpus(node)
-        return name is not None and name.lower() == gpu.lower() and count >= n
-    return True
 
 
 class KubernetesCloud(Provider):
@@ -336,7 +192,7 @@ class KubernetesCloud(Provider):
                                                  label_selector=selector)).get("items") or []
 
     def _selector(self, cluster: str | None) -> str:
-        base = f"{TAG_USER}={_label(_user())}"
+        base = f"{TAG_USER}={pk.label(pk.user())}"
         return f"{TAG_CLUSTER}={cluster},{base}" if cluster else f"{TAG_CLUSTER},{base}"
 
     def _create(self, ctx, ns, place, kind: str, body: dict, resource: str, shape=None) -> dict | None:
@@ -419,12 +275,12 @@ class KubernetesCloud(Provider):
         if gpu:
             gpu_res, affinity = self._gpu_affinity(ctx, place, gpu)
         pods = self._pods(ctx, ns, place, self._selector(req.cluster))
-        dead = [p for p in pods if _phase(p) in ("Failed", "Succeeded") and not _deleting(p)]
+        dead = [p for p in pods if pk.phase(p) in ("Failed", "Succeeded") and not pk.deleting(p)]
         for p in dead:  # a rank whose pod died is replaced
             self._delete(ctx, ns, place, "pod", p["metadata"]["name"])
-        live = [p for p in pods if p not in dead and not _deleting(p)]
+        live = [p for p in pods if p not in dead and not pk.deleting(p)]
         self._ensure_common(ctx, ns, place, req)
-        have = {_rank(p) for p in live}
+        have = {pk.rank_of(p) for p in live}
         ids = [p["metadata"]["uid"] for p in live]
         for rank in range(req.num_nodes):
             if rank in have:
@@ -454,19 +310,19 @@ class KubernetesCloud(Provider):
         return res, affinity
 
     def _labels(self, cluster: str, extra=()) -> dict:
-        labels = {_label(k): _label(v) for k, v in extra}
-        labels.update({TAG_CLUSTER: cluster, TAG_USER: _label(_user())})
+        labels = {pk.label(k): pk.label(v) for k, v in extra}
+        labels.update({TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user())})
         return labels
 
     def _ensure_common(self, ctx, ns, place, req: ProvisionRequest) -> None:
-        key = (req.public_key or _public_key()).strip() + "\n"
+        key = (req.public_key or pk.public_key()).strip() + "\n"
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                   "metadata": {"name": secret_name(req.cluster), "labels": self._labels(req.cluster)},
                   "data": {"authorized_keys": base64.b64encode(key.encode()).decode()}}
         self._create(ctx, ns, place, "secret", secret, "secrets")
         svc = {"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": service_name(req.cluster), "labels": self._labels(req.cluster)},
-               "spec": {"clusterIP": "None", "selector": {TAG_CLUSTER: req.cluster, TAG_USER: _label(_user())},
+               "spec": {"clusterIP": "None", "selector": {TAG_CLUSTER: req.cluster, TAG_USER: pk.label(pk.user())},
                         "publishNotReadyAddresses": True, "ports": [{"name": "ssh", "port": SSH_PORT}]}}
         self._create(ctx, ns, place, "service", svc, "services")
         if req.ports:
@@ -505,16 +361,16 @@ class KubernetesCloud(Provider):
         unsched_for = cfg.seconds("BROKER_K8S_PROVISION_TIMEOUT", "provision_timeout", 10.0)
         poll = cfg.seconds("BROKER_K8S_POLL", None, 1.0)
         while True:
-            pods = [p for p in self._pods(ctx, ns, place, self._selector(req.cluster)) if not _deleting(p)]
+            pods = [p for p in self._pods(ctx, ns, place, self._selector(req.cluster)) if not pk.deleting(p)]
             mine = [p for p in pods if p["metadata"]["uid"] in ids]
             if len(mine) < len(ids):
                 raise CapacityError(f"{len(ids) - len(mine)} pod(s) of {req.cluster} were deleted while starting",
                                     place, code="PodDeleted")
             for p in mine:
                 self._raise_if_stuck(p, place, started, unsched_for)
-            if all(_phase(p) == "Running" and _ready(p) and (p.get("status") or {}).get("podIP") for p in mine) \
+            if all(pk.phase(p) == "Running" and pk.ready(p) and (p.get("status") or {}).get("podIP") for p in mine) \
                     and len(mine) >= req.num_nodes:
-                return _ordered([_info(p) for p in mine])
+                return pk.ordered([pk.info(p) for p in mine])
             if time.time() > deadline:
                 raise InvalidRequestError(f"pods of {req.cluster} not ready after {deadline - started:.0f}s", place,
                                           code="PodTimeout", hint=f"kubectl --context {ctx} -n {ns} describe pod "
@@ -543,19 +399,19 @@ class KubernetesCloud(Provider):
                 raise InvalidRequestError(f"pod {name}: its bootstrap exited ({term.get('reason')}, code "
                                           f"{term.get('exitCode')}); `kubectl logs {name}` says why", place,
                                           code=term.get("reason") or "ContainerTerminated")
-        if _phase(pod) in ("Failed", "Succeeded"):
-            raise CapacityError(f"pod {name} ended while starting ({st.get('reason') or _phase(pod)})", place,
-                                code=st.get("reason") or _phase(pod))
+        if pk.phase(pod) in ("Failed", "Succeeded"):
+            raise CapacityError(f"pod {name} ended while starting ({st.get('reason') or pk.phase(pod)})", place,
+                                code=st.get("reason") or pk.phase(pod))
 
     # -- the rest of the protocol ------------------------------------------------------------------
     def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
         ctx, ns, place = self._where(region)
         if ctx is None:
             return []
-        infos = [_info(p) for p in self._pods(ctx, ns, place, self._selector(cluster))]
+        infos = [pk.info(p) for p in self._pods(ctx, ns, place, self._selector(cluster))]
         if not include_gone:
             infos = [i for i in infos if i.state != TERMINATED]
-        return _ordered(infos)
+        return pk.ordered(infos)
 
     def terminate(self, cluster: str, region: str | None) -> list[str]:
         ctx, ns, place = self._where(region)
@@ -563,7 +419,7 @@ class KubernetesCloud(Provider):
             return []
         pods = self._pods(ctx, ns, place, self._selector(cluster))
         for p in pods:
-            if not _deleting(p):
+            if not pk.deleting(p):
                 self._delete(ctx, ns, place, "pod", p["metadata"]["name"], grace=0)
         deadline = time.time() + cfg.seconds("BROKER_K8S_WAIT", None, 600.0)
         while pods and time.time() < deadline:
@@ -611,7 +467,7 @@ class KubernetesCloud(Provider):
             if exc.status != 404:
                 raise classify(exc, place) or exc from None
             have = None
-        selector = {TAG_CLUSTER: cluster, TAG_USER: _label(_user()), TAG_RANK: "0"}
+        selector = {TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user()), TAG_RANK: "0"}
         if have is None:
             body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": self._labels(cluster)},
                     "spec": {"type": cfg.ports_service_type(), "selector": selector,
@@ -637,7 +493,7 @@ class KubernetesCloud(Provider):
                          ("secret", core.list_namespaced_secret)):
             for item in self._call(place, lambda f=fn: kc.call(f, ns, label_selector=sel)).get("items") or []:
                 md = item["metadata"]
-                live = kind == "instance" and _phase(item) not in ("Failed", "Succeeded")
+                live = kind == "instance" and pk.phase(item) not in ("Failed", "Succeeded")
                 rid = md["uid"] if kind == "instance" else md["name"]  # pods: the instance id query reports
                 out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live))
         return out
@@ -677,48 +533,3 @@ def _forwarded_runner(cluster: str, node, ctx, ns: str, pod: str):
                            connect_timeout=settings.get("ssh_connect_timeout"), instance_id=node.instance_id)
 
 
-def _phase(pod: dict) -> str:
-    return (pod.get("status") or {}).get("phase") or "Pending"
-
-
-def _deleting(pod: dict) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def _rank(pod: dict) -> int | None:
-    r = ((pod.get("metadata") or {}).get("labels") or {}).get(TAG_RANK)
-    return int(r) if r is not None and str(r).isdigit() else None
-
-
-def _info(pod: dict) -> InstanceInfo:
-    st = pod.get("status") or {}
-    phase = _phase(pod)
-    reason = None
-    if _deleting(pod):
-        state, reason = TERMINATED, "Deleting"
-    elif phase in ("Failed", "Succeeded"):
-        state, reason = TERMINATED, st.get("reason") or phase
-    elif phase == "Running":
-        state = RUNNING if _ready(pod) else UNREACHABLE  # Running but not Ready: its node is lost, or sshd died
-        reason = None if state == RUNNING else "NotReady"
-    else:
-        state = PENDING
-    ip = st.get("podIP") or None
-    return InstanceInfo(instance_id=pod["metadata"]["uid"], state=state, public_ip=ip, private_ip=ip,
-                        ssh_user=cfg.ssh_user(), ssh_port=SSH_PORT, zone=None, spot=False,
-                        tags=dict(pod["metadata"].get("labels") or {}), state_reason=reason, rank_hint=_rank(pod))
-
-
-def _ordered(infos: list[InstanceInfo]) -> list[InstanceInfo]:
-    return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
-
-
-def _public_key() -> str:
-    from ...paths import broker_home
-    from ...runtime.keys import ensure_user_key
-
-    return ensure_user_key(broker_home())[1]
