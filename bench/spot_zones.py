@@ -6,6 +6,11 @@
     PYTHONPATH=. python3 bench/spot_zones.py [--set 0..4] [--fraction 0.8] [--overhead 0.2]
                                              [--samples 10] [--policies mz_union,mz_mdp]
                                              [--fit]   # the 2-week pairs' first 13 days (tuning split)
+                                             [--schedules 2 --width 120]
+
+With --schedules N, the first N samples are also drawn one character per tick, the exact multi-zone
+omniscient's schedule beside each policy's: a, b, c... spot in that zone, O on-demand, . nothing held
+(lines "zone a" ... show each zone's availability, 1 = up).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ def main(argv=None):
     ap.add_argument("--overhead", type=float, default=0.2)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--policies", default="mz_union,mz_mdp")
+    ap.add_argument("--schedules", type=int, default=0, help="draw the first N samples' schedules")
+    ap.add_argument("--width", type=int, default=120)
     args = ap.parse_args(argv)
     label, pat, days, _ = MULTI_ZONE[args.set]
     if args.fit:
@@ -66,11 +73,52 @@ def main(argv=None):
             line += (f" {n} {r.cost / norm:.3f} OD {r.od_hours:4.1f} h, {r.switches:2d} starts, "
                      f"{r.preemptions:2d} lost: +{ex:.3f} = OD {ex_od:+.3f} + rest {ex - ex_od:+.3f} |")
         print(line)
+        if s < args.schedules:
+            draw(W[s], job, od, sp, nodes, names, args.width)
     m = float(np.mean(om.cost)) / norm
     for n in names:
         ex, ex_od, rest = tot[n] / len(st)
         print(f"{n}: excess {ex:.4f} ({100 * ex / m:+.1f}% of the omniscient's {m:.4f}): "
               f"on-demand {ex_od:+.4f}, restarts/zone price {rest:+.4f}")
+
+
+class _Recorder:
+    """A zone policy that remembers each tick's decision and what was held when it was asked."""
+
+    def __init__(self, policy):
+        self.p, self.trail, self.name = policy, [], policy.name
+        self.observes_all = getattr(policy, "observes_all", False)
+
+    def decide(self, obs):
+        x, z = self.p.decide(obs)
+        self.trail.append((x, z, obs.held, obs.zone))
+        return x, z
+
+
+def _sym(x, z, up):
+    if x.value == "spot":
+        return chr(ord("a") + z)
+    return "O" if x.value == "on_demand" else "."
+
+
+def _applied(x, z, held, zone, up):
+    """What the simulator runs: a launch into a zone that is down fails and keeps what is held."""
+    return (held, zone) if x.value == "spot" and not up[z] else (x, z)
+
+
+def draw(av, job, od, sp, nodes, names, width):
+    rows = {"omniscient": [_sym(x, z, av[:, i]) for i, (x, z) in enumerate(mz_omniscient.plan(av, job, od, sp, nodes))]}
+    for n in names:
+        rec = _Recorder(MZ_POLICIES[n](job, od, sp, nodes))
+        simulate_zones(rec, av, job, od, sp, nodes)
+        rows[n] = [_sym(*_applied(x, z, h, hz, av[:, i]), av[:, i]) for i, (x, z, h, hz) in enumerate(rec.trail)]
+    T = max(len(r) for r in rows.values())
+    for a in range(0, T, width):
+        for z in range(av.shape[0]):
+            print(f"    {'zone ' + chr(ord('a') + z):<12}" + "".join("1" if x else "_" for x in av[z, a:min(a + width, T)]))
+        for n, r in rows.items():
+            print(f"    {n:<12}" + "".join(r[a:a + width]))
+        print()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def solve(avail: np.ndarray, job: Job, od_price: float, spot_prices, nodes: int 
     return OmniscientResult(*(np.concatenate([p[j] for p in parts]) for j in range(3)))
 
 
-def _chunk(avail, job, od_price, spot_prices, nodes):
+def _chunk(avail, job, od_price, spot_prices, nodes, history: list | None = None):
     gr = Grid.of(job)
     n, Z, T = avail.shape[0], avail.shape[1], gr.T
     avail = avail[:, :, :T]
@@ -58,6 +58,8 @@ def _chunk(avail, job, od_price, spot_prices, nodes):
     for i in range(T - 1, -1, -1):
         lo, hi = gr.window(i)
         if lo > hi:
+            if history is not None:
+                history.append(buf[i % nbuf].copy())
             continue
         nx, cur = buf[(i + 1) % nbuf], buf[i % nbuf]
         far = buf[(i + m) % nbuf] if i + m <= T else inf_slot
@@ -77,6 +79,53 @@ def _chunk(avail, job, od_price, spot_prices, nodes):
             cs = nx[2 + z, :, sl] + (sp_p[z] - w_tick)
             cs[unav[z][:, i]] = _INF
             np.minimum(none, cs, out=cur[2 + z, :, sl])
+        if history is not None:
+            history.append(cur.copy())
+    if history is not None:
+        history.reverse()
+        history.append(np.zeros_like(buf[0]))  # tick T: done
+        history[-1][:, :, gr.width:] = _INF
     cost, spot_h = unpack(buf[0][0, :, 0], un, gr)
     od_h = np.where(np.isfinite(cost), gr.c / 3600.0 - spot_h, np.nan)
     return cost, spot_h, od_h
+
+
+def plan(avail: np.ndarray, job: Job, od_price: float, spot_prices, nodes: int = 1) -> list:
+    """One optimal multi-zone schedule for one window ((zones, >= job.ticks) bool): (Decision, zone) per
+    tick until the work is done (zone -1 unless on spot; empty if no schedule meets the deadline).
+    Replayed by `zones.simulate_zones` it costs exactly `solve(...).cost` (tests/unit/test_spot_multizone.py)."""
+    from .policies import NONE, ON_DEMAND, SPOT
+
+    avail = np.asarray(avail, bool)[None, :, :job.ticks]
+    Z = avail.shape[1]
+    prices = tuple(float(p) for p in spot_prices)
+    hist: list = []
+    if not np.isfinite(_chunk(avail, job, od_price, prices, nodes, hist)[0][0]):
+        return []
+    gr = Grid.of(job)
+    un = Units.make(od_price, prices, nodes, gr.g, gr.T, gr.c // gr.wu)
+    od_p, sp_p = un.od_q * un.shift, [q * un.shift for q in un.spot_q]
+    a = avail[0]
+    a_m = [gr.spot_m(a[z][None])[0] for z in range(Z)]
+    out, i, k, h = [], 0, 0, 0  # h: 0 nothing held, 1 on-demand, 2 + z spot in zone z
+    while i < gr.T and i * gr.g - k * gr.u < gr.c:
+        v = hist[i][h, 0, k]
+        w_tick, w_sw = gr.work_rows(i, k, k)
+        far = hist[i + gr.m] if i + gr.m <= gr.T else None
+        if h == 1 and v == hist[i + 1][1, 0, k] + od_p:
+            out.append((ON_DEMAND, -1))
+            i += 1
+        elif h >= 2 and a[h - 2][i] and v == hist[i + 1][h, 0, k] + sp_p[h - 2] - w_tick[0]:
+            out.append((SPOT, h - 2))
+            i += 1
+        elif v == hist[i + 1][0, 0, k + gr.gs]:
+            out.append((NONE, -1))
+            i, k, h = i + 1, k + gr.gs, 0
+        else:
+            moves = [(1, far[1, 0, k + gr.ds] + gr.m * od_p)] if far is not None and h != 1 else []
+            moves += [(2 + z, far[2 + z, 0, k + gr.ds] + gr.m * sp_p[z] - w_sw[0])
+                      for z in range(Z) if far is not None and a_m[z][i]]
+            x = next(x for x, val in moves if v == val)
+            out.extend([(ON_DEMAND, -1) if x == 1 else (SPOT, x - 2)] * gr.m)
+            i, k, h = i + gr.m, k + gr.ds, x
+    return out
