@@ -52,8 +52,10 @@ class Launching:
         if recovering:
             self._teardown(j)  # whatever is left of the lost cluster
         meta = json.loads(j.blocked or "{}") if (j.blocked or "").startswith("{") else {}
-        blocks = [Block(**b) for b in meta.get("blocks", [])]
-        pin = None if zone_pin else meta.get("pin")  # FAILOVER's "same place first" never overrides the policy's zone
+        # the multi-zone policy's zone is a choice made knowing the losses: neither the recovery strategy's
+        # blocks (EAGER_NEXT_REGION) nor FAILOVER's "same place first" pin overrides it
+        blocks = [] if zone_pin else [Block(**b) for b in meta.get("blocks", [])]
+        pin = None if zone_pin else meta.get("pin")
 
         def plan_fn(extra):
             if pin and not extra:
