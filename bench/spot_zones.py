@@ -27,6 +27,7 @@ from bench_spot import MULTI_ZONE, load  # noqa: E402
 from skybroker.spot import mz_omniscient  # noqa: E402
 from skybroker.spot.batch import on_demand_cost  # noqa: E402
 from skybroker.spot.mz_policies import MZ_POLICIES  # noqa: E402
+from skybroker.spot.plot_zones import zone_schedules  # noqa: E402
 from skybroker.spot.policies import Job  # noqa: E402
 from skybroker.spot.simulator import Prices, sample_starts  # noqa: E402
 from skybroker.spot.traces import default_traces_root, find_traces, infer_nodes  # noqa: E402
@@ -82,36 +83,14 @@ def main(argv=None):
               f"on-demand {ex_od:+.4f}, restarts/zone price {rest:+.4f}")
 
 
-class _Recorder:
-    """A zone policy that remembers each tick's decision and what was held when it was asked."""
-
-    def __init__(self, policy):
-        self.p, self.trail, self.name = policy, [], policy.name
-        self.observes_all = getattr(policy, "observes_all", False)
-
-    def decide(self, obs):
-        x, z = self.p.decide(obs)
-        self.trail.append((x, z, obs.held, obs.zone))
-        return x, z
-
-
-def _sym(x, z, up):
+def _sym(x, z):
     if x.value == "spot":
         return chr(ord("a") + z)
     return "O" if x.value == "on_demand" else "."
 
 
-def _applied(x, z, held, zone, up):
-    """What the simulator runs: a launch into a zone that is down fails and keeps what is held."""
-    return (held, zone) if x.value == "spot" and not up[z] else (x, z)
-
-
 def draw(av, job, od, sp, nodes, names, width):
-    rows = {"omniscient": [_sym(x, z, av[:, i]) for i, (x, z) in enumerate(mz_omniscient.plan(av, job, od, sp, nodes))]}
-    for n in names:
-        rec = _Recorder(MZ_POLICIES[n](job, od, sp, nodes))
-        simulate_zones(rec, av, job, od, sp, nodes)
-        rows[n] = [_sym(*_applied(x, z, h, hz, av[:, i]), av[:, i]) for i, (x, z, h, hz) in enumerate(rec.trail)]
+    rows = {n: [_sym(x, z) for x, z in s] for n, s in zone_schedules(av, job, od, sp, nodes, names).items()}
     T = max(len(r) for r in rows.values())
     for a in range(0, T, width):
         for z in range(av.shape[0]):

@@ -132,7 +132,7 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
     if multi_zone:
         return _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours,
                            starts, seed, days, nodes, instance, on_demand_price, zone_prices,
-                           as_json, as_csv)
+                           as_json, as_csv, plot_path)
     if zone_prices:
         raise UsageError("--zone-prices needs --multi-zone")
     names = experiment.check_policies(list(policies) or list(DEFAULT_POLICIES))
@@ -197,7 +197,7 @@ def _plot(path, loaded, settings, names) -> None:
 
 
 def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours, starts,
-                seed, days, nodes, instance, on_demand_price, zone_prices, as_json, as_csv):
+                seed, days, nodes, instance, on_demand_price, zone_prices, as_json, as_csv, plot_path=None):
     from .mz_experiment import check_mz_policies, run_zones
     from .policies import Job
     from .traces import infer_nodes, load_trace
@@ -228,6 +228,15 @@ def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overh
     if "omniscient" not in names:
         names.append("omniscient")
     res = run_zones(zs, job, od, sp, names, starts, seed, n)
+    if plot_path and res.rows:
+        from .plot_zones import plot_zones_sample
+        from .simulator import sample_starts
+
+        start = int(sample_starts(zs.ticks, job.ticks, starts, seed, 0)[0])  # run_zones' first sample
+        plot_zones_sample(plot_path, zs.avail[:, start:start + job.ticks], job, od, sp, n, names, zs.names,
+                          f"{' + '.join(zs.names)}, start tick {start}: C = {task_hours:g} h, deadline "
+                          f"{deadline_hours:g} h, d = {overhead_hours:g} h")
+        sys.stderr.write(f"wrote {plot_path}\n")
     meta = {"zones": list(zs.names), "tick_s": zs.tick_s, "ticks": zs.ticks, "nodes": n,
             "task_hours": task_hours, "deadline_hours": deadline_hours,
             "overhead_hours": overhead_hours, "starts": res.samples, "seed": seed,

@@ -182,6 +182,37 @@ def test_zone_names_and_alignment():
     assert zs.instance == "p3.2xlarge"
 
 
+def test_cli_multi_zone_plot(tmp_path):
+    """--plot with --multi-zone draws the first sample (it was silently ignored before); the schedules it draws
+    are the ones the simulator ran: each policy's cost over them is its simulated cost, the omniscient's the DP's."""
+    pytest.importorskip("matplotlib")
+    from skybroker.spot.plot_zones import zone_schedules
+
+    rng = np.random.default_rng(2)
+    files = []
+    for z in ("us-west-2a", "us-west-2b"):
+        p = tmp_path / f"{z}_v100_1.json"
+        p.write_text(json.dumps({"metadata": {"gap_seconds": 600},
+                                 "data": (rng.random(400) < 0.6).astype(int).tolist()}))
+        files.append(str(p))
+    png = tmp_path / "zones.png"
+    r = CliRunner().invoke(simulate, ["--trace", *files, "--multi-zone", "--task-hours", "10", "--deadline-hours",
+                                      "14", "--starts", "3", "--zone-prices", "0.5,0.4", "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    av = (rng.random((2, 200)) < 0.6)
+    job = Job.from_hours(10, 14, 0.2, G)
+    sched = zone_schedules(av, job, 3.06, [0.5, 0.4], 1, ["mz_union", "mz_failover"])
+    f = G / 3600.0
+    for name, steps in sched.items():
+        cost = sum(0.0 if x.value == "none" else 3.06 * f if x.value == "on_demand" else [0.5, 0.4][z] * f
+                   for x, z in steps)
+        want = (mz_omniscient.solve(av[None], job, 3.06, [0.5, 0.4]).cost[0] if name == "omniscient" else
+                simulate_zones(MZ_POLICIES[name](job, 3.06, [0.5, 0.4], 1), av, job, 3.06, [0.5, 0.4]).cost)
+        assert cost == pytest.approx(want), name
+        assert all(av[z][i] for i, (x, z) in enumerate(steps) if x.value == "spot"), name
+
+
 def test_cli_multi_zone(tmp_path):
     files = []
     rng = np.random.default_rng(1)
