@@ -69,7 +69,7 @@ import os
 import sys
 
 # Imported where used, because the agent starts for every command the broker sends and its start-up is
-# paid on every poll: sqlite3 (see store.sqlite), json (it imports and compiles `re`; answers are encoded by
+# paid on every poll: sqlite3 (see store._sqlite), json (it imports and compiles `re`; answers are encoded by
 # dumps below), re, signal (it imports enum), contextlib, base64, hashlib, shutil, subprocess, traceback.
 # For the same reason a command imports only the modules of this package it needs (see _COMMANDS).
 
