@@ -144,6 +144,9 @@ def test_a_sleeping_job_costs_no_agent_call_nor_connection_while_its_stream_beat
     jid = _submit(task)
     counts, beats = Counts(monkeypatch), _beats(monkeypatch)
     ctl, t = _controller(monkeypatch)
+    # a beat a second (not 2 s), with the same 6 s of silence before a stream counts as dead: the six beats
+    # this test waits for take 6 s, not 12, and the window of four beats still holds 13 poll intervals
+    ctl.sfeed.beat, ctl.sfeed.misses = 1.0, 6
     t.start()
     try:
         wait_for(lambda: _job(jid).status == "RUNNING" and "started" in _log(jid), 90, 0.1, "running, output")
