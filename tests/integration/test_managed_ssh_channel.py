@@ -55,12 +55,16 @@ class Counts:
 
 
 def _controller(monkeypatch):
+    from skybroker import settings
     from skybroker.jobs import controller as C
     from skybroker.jobs import recovery as R
 
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "0.5")
     monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "600")
+    # as the controller process sets it (controller.main): connects to a node time out after 4 s, not the
+    # CLI's 10 s (a recovery's teardown of the lost cluster waits that out on the dead node's address)
+    monkeypatch.setenv("BROKER_SSH_CONNECT_TIMEOUT", str(settings.get("controller_ssh_timeout")))
     monkeypatch.setattr(R, "NETWORK_GRACE_SECONDS", 1.0)  # a pool cannot tell a dead host from a partition
     ctl = C.Controller(workers=4)
     return ctl, threading.Thread(target=ctl.run, daemon=True)
