@@ -92,11 +92,13 @@ def test_no_spot_capacity_falls_back_to_on_demand_in_time(tmp_path, env, policy)
     home = Path(env["BROKER_HOME"])
     (home / "local").mkdir(parents=True, exist_ok=True)
     (home / "local" / "NO_SPOT_CAPACITY").write_text("")
-    jid = submit(tmp_path, env, policy, by="30s")
+    # by 20 s: a policy may wait for spot until its slack runs out before on-demand (slack_aware sometimes
+    # did, then the test took by - 2 s); the deadline check keeps the same margin at any `by`
+    jid = submit(tmp_path, env, policy, by="20s")
     j = wait_done(env, jid)
     ev = events(env, jid)
     assert j["status"] == "SUCCEEDED", ev
-    assert j["ended_at"] - j["submitted_at"] <= 30, ev  # the deadline was met
+    assert j["ended_at"] - j["submitted_at"] <= 20, ev  # the deadline was met
     if policy != "mdp":  # mdp may go to on-demand at once on a 5-second job (see above): no spot tried
         assert any("no spot capacity" in e for e in ev)
     assert any("running on on-demand" in e for e in ev)
