@@ -235,8 +235,7 @@ def _inprocess_controller(monkeypatch, grace: float | None = None):
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "0.5")
     monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
-    # as the controller process sets it (controller.main): 4 s SSH connects, not the CLI's 10 s (tearing
-    # down a cluster whose node was killed waits that out on the dead address)
+    # 4 s SSH connects as controller.main() sets them (a teardown on a killed node waits the timeout out)
     monkeypatch.setenv("BROKER_SSH_CONNECT_TIMEOUT", str(settings.get("controller_ssh_timeout")))
     if grace is not None:
         monkeypatch.setattr(R, "NETWORK_GRACE_SECONDS", grace)
