@@ -191,7 +191,8 @@ def moto(monkeypatch):
 
 AWS_STAGES = {  # stage → (env, moto fault, what shows the launch is inside it)
     "before-create": ({"BROKER_FAILPOINTS": "provision=sleep(3)"}, None, lambda m, c, e: "provisioning" in e()),
-    "create-in-flight": ({}, ("RunInstances", 2.0), lambda m, c, e: bool(m.calls("RunInstances"))),
+    # the call answers 1.2 s after it arrives: the signal comes 0.2 s after the test sees it (polled every 0.05 s)
+    "create-in-flight": ({}, ("RunInstances", 1.2), lambda m, c, e: bool(m.calls("RunInstances"))),
     "created": ({"BROKER_FAILPOINTS": "provision-wait=sleep(3)"}, None, lambda m, c, e: _intents_created(c)),
     "wait-for-ssh": ({"BROKER_WAIT_READY": "60"}, None, lambda m, c, e: "to accept commands" in e()),
 }

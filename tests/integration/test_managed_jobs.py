@@ -228,12 +228,15 @@ def test_counter_survives_three_preemptions(tmp_path):
 # ------------------------------------------------------------------------------------------------ 2
 def _inprocess_controller(monkeypatch, grace: float | None = None):
     """A Controller in this process (threads), fast, so its calls can be observed."""
+    from skybroker import settings
     from skybroker.jobs import controller as C
     from skybroker.jobs import recovery as R
 
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "0.5")
     monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "0.5")
+    # 4 s SSH connects as controller.main() sets them (a teardown on a killed node waits the timeout out)
+    monkeypatch.setenv("BROKER_SSH_CONNECT_TIMEOUT", str(settings.get("controller_ssh_timeout")))
     if grace is not None:
         monkeypatch.setattr(R, "NETWORK_GRACE_SECONDS", grace)
     ctl = C.Controller(workers=4)

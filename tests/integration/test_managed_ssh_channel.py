@@ -55,12 +55,16 @@ class Counts:
 
 
 def _controller(monkeypatch):
+    from skybroker import settings
     from skybroker.jobs import controller as C
     from skybroker.jobs import recovery as R
 
     monkeypatch.setenv("BROKER_JOBS_POLL", "0.3")
     monkeypatch.setenv("BROKER_CONTROLLER_EXIT_GRACE", "0.5")
     monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "600")
+    # as the controller process sets it (controller.main): connects to a node time out after 4 s, not the
+    # CLI's 10 s (a recovery's teardown of the lost cluster waits that out on the dead node's address)
+    monkeypatch.setenv("BROKER_SSH_CONNECT_TIMEOUT", str(settings.get("controller_ssh_timeout")))
     monkeypatch.setattr(R, "NETWORK_GRACE_SECONDS", 1.0)  # a pool cannot tell a dead host from a partition
     ctl = C.Controller(workers=4)
     return ctl, threading.Thread(target=ctl.run, daemon=True)
@@ -144,6 +148,9 @@ def test_a_sleeping_job_costs_no_agent_call_nor_connection_while_its_stream_beat
     jid = _submit(task)
     counts, beats = Counts(monkeypatch), _beats(monkeypatch)
     ctl, t = _controller(monkeypatch)
+    # a beat a second (not 2 s), with the same 6 s of silence before a stream counts as dead: the six beats
+    # this test waits for take 6 s, not 12, and the window of four beats still holds 13 poll intervals
+    ctl.sfeed.beat, ctl.sfeed.misses = 1.0, 6
     t.start()
     try:
         wait_for(lambda: _job(jid).status == "RUNNING" and "started" in _log(jid), 90, 0.1, "running, output")
