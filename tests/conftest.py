@@ -135,6 +135,20 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["SKYBROKER_TEST_REPORTS"] = tempfile.mkdtemp(prefix="skybroker-reports-")
+        _compile_once()
+
+
+def _compile_once() -> None:
+    """The suite starts a few thousand Python processes (the CLI, controllers, servers, fakes). Where the
+    environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE, as in some sandboxes and CI images),
+    each of them would compile this checkout's modules again; compiling them once here lets every one of
+    them load the cached bytecode instead (Python checks it against the source, so it is never stale)."""
+    if not sys.dont_write_bytecode:
+        return  # every process writes what it compiles: nothing to do
+    import compileall
+
+    for d in (REPO / "skybroker", REPO / "tests"):
+        compileall.compile_dir(str(d), quiet=1, workers=1)
 
 
 def pytest_terminal_summary(terminalreporter):
