@@ -140,7 +140,7 @@ def pytest_configure(config):
 
 def _compile_once() -> None:
     """The suite starts a few thousand Python processes (the CLI, controllers, servers, fakes). Where the
-    environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE, as in some sandboxes and CI images),
+    environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE, as in this sandbox),
     each of them would compile this checkout's modules again; compiling them once here lets every one of
     them load the cached bytecode instead (Python checks it against the source, so it is never stale)."""
     if not sys.dont_write_bytecode:
