@@ -101,6 +101,7 @@ class AgentClient:
         if getattr(self.runner, "local_home", None) is not None:  # a directory here: no process needed
             for name, data, mode in files:
                 self.runner.put_file(data, f"{NODE_DIR}/{name}", mode)
+            _compile(self.runner.local_home() / agent_mod.NODE_DIR / agent_mod.PACKAGE)
             return
         payload = json.dumps([[(n, d.decode("utf-8"), m) for n, d, m in files], list(OLD_FILES)]).encode()
         res = self.runner.run(f"{self.python} -c {shlex.quote(_UNPACK)} {NODE_DIR}", stdin=payload, timeout=120)
@@ -296,3 +297,11 @@ class AgentClient:
             return json.loads(res.stdout.strip().splitlines()[-1]).get("removed", [])
         except (ValueError, IndexError):
             return []
+
+
+def _compile(package_dir) -> None:
+    """Bytecode for a node that is a directory here: its agent runs with this environment, and where that
+    forbids writing bytecode (PYTHONDONTWRITEBYTECODE) every call would compile the agent again."""
+    import compileall
+
+    compileall.compile_dir(str(package_dir), quiet=1, workers=1)
