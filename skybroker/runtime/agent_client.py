@@ -24,7 +24,10 @@ LAUNCHER = ("import os, sys\n"
             "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
             "import %s\n"
             "sys.exit(%s.main())\n" % (agent_mod.PACKAGE, agent_mod.PACKAGE)).encode()
-OLD_FILES = ("skybroker_agent.py", "skybroker_container.py")  # what agents before the package installed
+# What agents before the package installed and nothing runs any more: the single-file agent (the package
+# shadows it). Their container module stays: a runner the old agent started may still import it when its
+# queued job's turn comes.
+OLD_FILES = ("skybroker_agent.py",)
 # One command writes every file (one round trip per node): [name, text, mode] on stdin, each written to a
 # temporary file and renamed, so a call running meanwhile sees the old file or the new one, never half of one.
 _UNPACK = ("import json, os, sys\n"
@@ -96,7 +99,10 @@ class AgentClient:
     # -- commands ----------------------------------------------------------------------------------
     def install(self) -> None:
         """The agent's package and its launcher (last: a node with a launcher has the whole agent)."""
-        files = [(f"{agent_mod.PACKAGE}/{name}", data, 0o644) for name, data in agent_mod.sources()]
+        # __init__.py after the rest of the package and the launcher last: a call that starts meanwhile
+        # (the old launcher imports the package once its __init__.py is there) finds the whole package
+        files = sorted(((f"{agent_mod.PACKAGE}/{name}", data, 0o644) for name, data in agent_mod.sources()),
+                       key=lambda f: f[0].endswith("/__init__.py"))
         files.append(("agent.py", LAUNCHER, 0o755))
         if getattr(self.runner, "local_home", None) is not None:  # a directory here: no process needed
             for name, data, mode in files:

@@ -18,6 +18,7 @@ class Remote:
 
     def run(self, cmd, **kw):
         self.calls.append(cmd)
+        self.written = [f[0] for f in json.loads(kw["stdin"])[0]]
         return self.inner.run(cmd, **kw)
 
     def put_file(self, data, path, mode=0o644):
@@ -30,11 +31,17 @@ def test_install_is_one_command_and_replaces_an_older_agent(tmp_path):
     node_dir.mkdir(parents=True)
     for name in OLD_FILES:  # a node set up by a broker from before the package
         (node_dir / name).write_text("raise SystemExit('the old agent ran')\n")
+    # its container module, which a runner of the old agent imports when its queued job's turn comes
+    (node_dir / "skybroker_container.py").write_text("OLD = True\n")
     (node_dir / "agent.py").write_text("import skybroker_agent\n")
     runner = Remote(LocalRunner("n0", home))
     AgentClient(runner, sys.executable + " -S").install()
     assert len(runner.calls) == 1
+    assert runner.written[-2:] == [f"{agent_mod.PACKAGE}/__init__.py", "agent.py"]  # the package whole first
     assert not any((node_dir / name).exists() for name in OLD_FILES)
+    old_runner = ("import sys; sys.path.insert(0, sys.argv[1]); import skybroker_container as m; "
+                  "assert m.OLD")  # what a runner the old agent started still finds after the upgrade
+    subprocess.run([sys.executable, "-S", "-c", old_runner, str(node_dir)], check=True)
     for name, data in agent_mod.sources():
         assert (node_dir / agent_mod.PACKAGE / name).read_bytes() == data
     launcher = node_dir / "agent.py"

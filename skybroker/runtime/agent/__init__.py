@@ -285,6 +285,3 @@ def main(argv=None):
         answer({"error": "internal error: %s: %s" % (type(e).__name__, e)})
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -93,12 +93,12 @@ def mark(job_id, runner_pid):
     return "%s-%s" % (job_id, runner_pid)
 
 
-def _marked(mark):
+def _marked(tag):
     """Pids of the processes whose environment carries BROKER_JOB_MARK=MARK (also those of the job in the
     node's container: the engine's processes are this machine's)."""
-    if not mark or not _has_proc():
+    if not tag or not _has_proc():
         return []
-    needle = ("BROKER_JOB_MARK=%s" % mark).encode()
+    needle = ("BROKER_JOB_MARK=%s" % tag).encode()
     me, out = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
@@ -113,20 +113,20 @@ def _marked(mark):
     return out
 
 
-def signal_marked(mark, sig):
-    for pid in _marked(mark):
+def signal_marked(tag, sig):
+    for pid in _marked(tag):
         try:
             os.kill(pid, sig)
         except OSError:
             pass
 
 
-def kill_marked(mark, grace=0):
+def kill_marked(tag, grace=0):
     """SIGKILL the job's marked processes; with GRACE, first wait that long for them to end by themselves."""
     deadline = time.time() + grace
-    while grace and time.time() < deadline and _marked(mark):
+    while grace and time.time() < deadline and _marked(tag):
         time.sleep(0.05)
-    signal_marked(mark, 9)  # SIGKILL
+    signal_marked(tag, 9)  # SIGKILL
 
 
 def reconcile(conn, rows=None):
