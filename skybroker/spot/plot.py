@@ -79,15 +79,21 @@ def plot_sample(path: str, avail: np.ndarray, job: Job, prices: Prices, policies
     ax[1].set_ylabel("market")
     handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOR[m]) for m in (SPOT, ON_DEMAND)]
     ax[1].legend(handles, ["spot", "on-demand"], loc="upper right", fontsize=8, ncol=2)
-    for name in names:
-        c = np.concatenate([[0.0], np.cumsum([price[x] for x in sched[name]])])
+    finish(fig, ax[2], path, hours, job, {n: [price[x] for x in sched[n]] for n in names})
+    return sched
+
+
+def finish(fig, ax, path: str, hours, job: Job, per_tick: dict) -> None:
+    """The cumulative-cost panel (each schedule's cost per tick, the omniscient's in bold) and the file."""
+    plt = _matplotlib()
+    for name, costs in per_tick.items():
+        c = np.concatenate([[0.0], np.cumsum(costs)])
         style = {"color": "black", "linewidth": 2.2} if name == "omniscient" else {"linewidth": 1.3}
-        ax[2].plot(hours[:len(c)], c, label=f"{name} ${c[-1]:.2f}", **style)
-    ax[2].axvline(job.deadline_s / 3600.0, color="grey", linestyle=":", linewidth=1)
-    ax[2].set_ylabel("cumulative cost ($)")
-    ax[2].set_xlabel("hours since the job started")
-    ax[2].legend(fontsize=8, loc="upper left")
+        ax.plot(hours[:len(c)], c, label=f"{name} ${c[-1]:.2f}", **style)
+    ax.axvline(job.deadline_s / 3600.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylabel("cumulative cost ($)")
+    ax.set_xlabel("hours since the job started")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return sched

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import mz_omniscient
 from .mz_policies import MZ_POLICIES
-from .plot import _matplotlib
+from .plot import _matplotlib, finish
 from .policies import NONE, ON_DEMAND, SPOT, Job
 from .zones import simulate_zones
 
@@ -76,17 +76,6 @@ def plot_zones_sample(path: str, avail: np.ndarray, job: Job, od: float, spot_pr
     handles.append(plt.Rectangle((0, 0), 1, 1, color=_OD_COLOR))
     ax[1].legend(handles, [f"spot {n}" for n in zone_names] + ["on-demand"], loc="upper right", fontsize=7,
                  ncol=Z + 1)
-    for name in names:
-        per_tick = [0.0 if x is NONE else od * f if x is ON_DEMAND else spot_prices[z] * f
-                    for x, z in sched[name]]
-        c = np.concatenate([[0.0], np.cumsum(per_tick)])
-        style = {"color": "black", "linewidth": 2.2} if name == "omniscient" else {"linewidth": 1.3}
-        ax[2].plot(hours[:len(c)], c, label=f"{name} ${c[-1]:.2f}", **style)
-    ax[2].axvline(job.deadline_s / 3600.0, color="grey", linestyle=":", linewidth=1)
-    ax[2].set_ylabel("cumulative cost ($)")
-    ax[2].set_xlabel("hours since the job started")
-    ax[2].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, ax[2], path, hours, job, {n: [0.0 if x is NONE else od * f if x is ON_DEMAND else spot_prices[z] * f
+                                              for x, z in sched[n]] for n in names})
     return sched
