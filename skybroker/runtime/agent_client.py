@@ -307,7 +307,12 @@ class AgentClient:
 
 def _compile(package_dir) -> None:
     """Bytecode for a node that is a directory here: its agent runs with this environment, and where that
-    forbids writing bytecode (PYTHONDONTWRITEBYTECODE) every call would compile the agent again."""
+    forbids writing bytecode (PYTHONDONTWRITEBYTECODE) every call would compile the agent again. Otherwise
+    the first call writes it: nothing to do here."""
+    import sys
+
+    if not sys.dont_write_bytecode:
+        return
     import compileall
 
     compileall.compile_dir(str(package_dir), quiet=1, workers=1)

@@ -67,6 +67,21 @@ def read_job(home: Path | str, job_id: int, offset: int = 0) -> tuple[bytes, int
     return data, offset + len(data), store.job_out(row)
 
 
+def gated_change(seen, now_sig, told: list, now: float, min_gap: float, also_gap: float):
+    """The rule both feeds tell the controller by, on a (state, output, also) signature: (moved, seen, told).
+    A state change at once (and output/also taken as seen); output moved and `min_gap` seconds since the last
+    output told; `also` moved and `also_gap` seconds since the last also told. What is held back stays
+    unseen, so it is told later. `told` is [when output, when also was last told]."""
+    if seen is None or seen[0] != now_sig[0]:
+        return True, now_sig, [now, now]
+    out = seen[1] != now_sig[1] and now - told[0] >= min_gap
+    also = seen[2] != now_sig[2] and now - told[1] >= also_gap
+    if not (out or also):
+        return False, seen, told
+    return (True, (now_sig[0], now_sig[1] if out else seen[1], now_sig[2] if also else seen[2]),
+            [now if out else told[0], now if also else told[1]])
+
+
 class ChangeFeed:
     """`changed(key, job_id, homes)`: True the first time a key is seen, then whenever its signature moved
     (looked at every `every` seconds at most). `homes()` gives the job's node directories (None: not local,
@@ -124,17 +139,9 @@ class ChangeFeed:
                 except OSError:
                     v = None
                 sig[min(i // 2, 1) if i < 3 else 2].append(v)
-        old, told = self._sig.get(key), self._told.get(key, [now, now])
-        if old is None or old[0] != sig[0]:
-            self._sig[key], self._told[key] = sig, [now, now]
-            return True
-        out = old[1] != sig[1] and now - told[0] >= min_gap
-        also = old[2] != sig[2] and now - told[1] >= self.also_gap
-        if not (out or also):
-            return False
-        self._sig[key] = (sig[0], sig[1] if out else old[1], sig[2] if also else old[2])
-        self._told[key] = [now if out else told[0], now if also else told[1]]
-        return True
+        moved, self._sig[key], self._told[key] = gated_change(self._sig.get(key), sig, self._told.get(key, [now, now]),
+                                                              now, min_gap, self.also_gap)
+        return moved
 
     def forget(self, keep: Iterable) -> None:
         """Drop every key not in `keep` (jobs that ended); at most every 5 s (`keep` is not read between)."""

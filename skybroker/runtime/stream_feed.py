@@ -22,6 +22,7 @@ import time
 from typing import Callable, Iterable
 
 from .agent_client import AgentOutdated
+from .channel import gated_change
 from .runner import NodeUnreachable
 
 OUTDATED_RETRY = 600.0  # an agent without `watch` is asked again this much later (the cluster may be relaunched)
@@ -126,17 +127,8 @@ class StreamFeed:
 
     # -- rules (under the lock) ----------------------------------------------------------------------
     def _moved(self, k: _Key, now_counts: tuple[int, int, int], now: float, min_gap: float) -> bool:
-        (st, out, also), (st0, out0, also0) = now_counts, k.seen
-        if st != st0:
-            k.seen, k.told = now_counts, [now, now]
-            return True
-        o = out != out0 and now - k.told[0] >= min_gap
-        a = also != also0 and now - k.told[1] >= self.also_gap
-        if not (o or a):
-            return False
-        k.seen = (st, out if o else out0, also if a else also0)
-        k.told = [now if o else k.told[0], now if a else k.told[1]]
-        return True
+        moved, k.seen, k.told = gated_change(k.seen, now_counts, k.told, now, min_gap, self.also_gap)
+        return moved
 
     def _health(self, g: _Group, now: float) -> str | None:
         if g.dead is None:
