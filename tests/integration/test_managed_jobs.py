@@ -373,32 +373,54 @@ def test_user_failures_restart_within_limit_and_recover_on_exit_codes(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ 4
 @pytest.mark.parametrize("when", ["at-detection", "mid-relaunch"])
-def test_cancel_during_recovering_leaves_nothing_running(tmp_path, when):
+def test_cancel_during_recovering_leaves_nothing_running(tmp_path, when, monkeypatch):
     task = write_task(tmp_path / "t.yaml", name="cancelme", num_nodes=2,
                       resources={"infra": "local", "job_recovery": "FAILOVER"},
                       run='echo up; sleep 60')
-    jid = launch_detached(task)
-    wait_status(jid, "RUNNING")
-    wait_for(lambda: len(local_job_pids()) >= 2, 10, 0.05, "job processes")
-    preempt_local(jid, rank=1)
-    wait_status(jid, "RECOVERING", 10)
+    ctl = t = None
     if when == "at-detection":
-        # the moment the controller has decided to recover: request the cancel as `jobs cancel` does
-        from skybroker.jobs import ops
+        # The moment the controller has decided to recover (RECOVERING recorded, nothing relaunched yet),
+        # the cancel is requested as `jobs cancel` does. An in-process controller makes that moment exact:
+        # from a test process polling the status, a loaded machine let the relaunch run first.
+        from skybroker.jobs import controller as C
+        from skybroker.jobs import recovery as R
+        from skybroker.jobs import store
 
-        assert ops.cancel([jid]) == [jid]
-        r = broker("jobs", "cancel", jid, "-y")  # and the CLI on top: idempotent
+        real_apply, asked = C.Controller._apply, []
+
+        def apply_then_cancel(self, j, action):
+            real_apply(self, j, action)
+            if isinstance(action, R.Relaunch) and not asked:
+                assert store.get(j.id).status == "RECOVERING"
+                asked.append(store.request_cancel(j.id))
+
+        monkeypatch.setattr(C.Controller, "_apply", apply_then_cancel)
+        jid = _submit_inprocess(task)
+        ctl, t = _inprocess_controller(monkeypatch)
+        t.start()
     else:
-        # while the relaunch is provisioning / installing / submitting
-        until(lambda: sum(e["kind"] == "provision" for e in events(jid)) == 2, 10, "relaunch started", jid)
-        r = broker("jobs", "cancel", jid, "-y")
-    assert r.returncode == 0, r.stderr
-    j = wait_status(jid, TERMINAL, 30)
+        jid = launch_detached(task)
+    try:
+        wait_status(jid, "RUNNING")
+        wait_for(lambda: len(local_job_pids()) >= 2, 10, 0.05, "job processes")
+        preempt_local(jid, rank=1)
+        if when == "mid-relaunch":
+            wait_status(jid, "RECOVERING", 10)
+            # while the relaunch is provisioning / installing / submitting
+            until(lambda: sum(e["kind"] == "provision" for e in events(jid)) == 2, 10, "relaunch started", jid)
+            r = broker("jobs", "cancel", jid, "-y")
+            assert r.returncode == 0, r.stderr
+        j = wait_status(jid, TERMINAL, 30)
+    finally:
+        if t is not None:
+            t.join(20)
+            ctl.pool.shutdown(wait=True)
     assert j.status == "CANCELLED", diag(jid)
     kinds = [e["kind"] for e in events(jid)]
     assert kinds.index("recovery") < kinds.index("cancel") < kinds.index("cancelled"), kinds
     if when == "at-detection":
-        assert kinds.count("running") == 1, diag(jid)  # the relaunch never happened
+        assert asked == [True]
+        assert kinds.count("running") == 1 and kinds.count("provision") == 1, diag(jid)  # no relaunch
     time.sleep(0.5)  # anything started late by a racing relaunch would show up now
     assert_clean(jid)
 
