@@ -136,11 +136,17 @@ def table3(res08):
 
 
 def multi_zone(root, starts, seed, fracs, overhead):
+    """Per set and fraction: each policy's mean cost normalised to always-on-demand / mean gap / excess
+    over the multi-zone omniscient (relative: the issue's target). Then the mean excess both ways,
+    relative and in points of always-on-demand cost, and the issue's anchor: `mz_failover` (sees every
+    zone) with every zone priced at the cheapest zone's spot price."""
     print(f"\nMulti-zone (traces as simultaneous zones, per-zone catalog spot prices, d = {overhead:g} h):"
           " mean cost normalised to always-on-demand / gap / excess over the multi-zone omniscient")
     print(f"{'set':<40} {'frac':>4} {'n':>4}  " + "  ".join(f"{p:>22}" for p in MZ_POLICIES[:-1])
           + f"  {'omniscient':>10}  single-zone omni (best zone)")
     excess = {p: [] for p in MZ_POLICIES[:-1]}
+    points = {p: [] for p in MZ_POLICIES[:-1]}
+    anchor = []  # (relative, points) of mz_failover with equal prices
     for label, pat, days, cap in MULTI_ZONE:
         paths = find_traces(root, pat)
         if len(paths) < 2:
@@ -159,15 +165,28 @@ def multi_zone(root, starts, seed, fracs, overhead):
                      f"{100 * (bp[p]['mean_norm_cost'] / om - 1):+.0f}%" for p in MZ_POLICIES[:-1]]
             for p in MZ_POLICIES[:-1]:
                 excess[p].append(bp[p]["mean_norm_cost"] / om - 1)
+                points[p].append(bp[p]["mean_norm_cost"] - om)
+            eq = {s["policy"]: s["mean_norm_cost"] for s in run_zones(
+                zs, job, od, [min(sp)] * len(sp), ["mz_failover", "omniscient"], n, seed, nodes).summary}
+            anchor.append((eq["mz_failover"] / eq["omniscient"] - 1, eq["mz_failover"] - eq["omniscient"]))
             met = min(bp[p]["deadline_met"] for p in MZ_POLICIES)
             print(f"{label:<40} {f:>4.1f} {r.samples:>4}  " + "  ".join(f"{c:>22}" for c in cells)
                   + f"  {om:>10.4f}  {min(r.single_zone_omniscient):.4f}"
-                  + ("" if met == 1.0 else f"  MISSED {100 * (1 - met):.1f}%"))
+                  + ("" if met == 1.0 else f"  MISSED {100 * (1 - met):.1f}%")
+                  + f"  | equal prices: mz_failover {100 * anchor[-1][1]:+.1f} pts ({100 * anchor[-1][0]:+.0f}%)")
         print(f"{'':<40} zones: " + ", ".join(f"{z} ${p:.4g}/h" for z, p in zip(zs.names, sp))
               + f"; on-demand ${od:.4g}/h")
     print("mean excess over the multi-zone omniscient (target <= +5%): "
           + ", ".join(f"{p} {100 * np.mean(v):+.1f}% (range {100 * min(v):+.0f}..{100 * max(v):+.0f}%)"
                       for p, v in excess.items() if v))
+    print("the same in points of always-on-demand cost: "
+          + ", ".join(f"{p} {100 * np.mean(v):+.1f} (range {100 * min(v):+.1f}..{100 * max(v):+.1f})"
+                      for p, v in points.items() if v))
+    if anchor:
+        rel, pts = np.array(anchor).T
+        print("the issue's anchor, mz_failover with every zone at the cheapest spot price: "
+              f"{100 * pts.mean():+.1f} points ({100 * pts.min():+.1f}..{100 * pts.max():+.1f}), "
+              f"{100 * rel.mean():+.0f}% ({100 * rel.min():+.0f}..{100 * rel.max():+.0f}%)")
 
 
 def main(argv=None):
@@ -196,7 +215,7 @@ def main(argv=None):
         res = run_set(fit, fracs, d, starts, args.seed, args.workers, hist)
         if d == 0.2:
             table3(by_policy(res[0.8][0]))
-            print(f"omniscient DP CPU s per fraction: "
+            print("omniscient DP CPU s per fraction: "
                   + ", ".join(f"{f}: {r.dp_seconds:.1f}" for f, (r, _) in res.items()))
         tot = print_gaps(res, f"FITTING/TUNING set: 2-week files, first 13 days, d = {d:g} h")
         if d == 0.2:
