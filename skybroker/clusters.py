@@ -17,7 +17,7 @@ from .locks import cluster_lock, validate_name
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backend import JobStatus
+    from .backend_jobs import JobStatus
 
 Event = Callable[[str, str], None]
 Line = Callable[[int, str], None]
@@ -110,7 +110,8 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
     followed in one agent call (the cluster lock is released as soon as the job is on the node)."""
     from contextlib import ExitStack
 
-    from .backend import ClusterRuntime, SubmitFailed
+    from .backend import ClusterRuntime
+    from .backend_submit import SubmitFailed
 
     rec = get_fresh(name)
     _require_up(rec)

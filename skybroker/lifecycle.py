@@ -11,7 +11,7 @@
   container  a `docker:` image_id: the image pulled and its container started on every node (the engine
              was checked at the agent stage); setup and run then execute in it (containers.py)
   prepare    the driver's own step (managed jobs restore the checkpoint here)
-  submit     the job on every node, two-phase and idempotent by submit token (backend.py)
+  submit     the job on every node, two-phase and idempotent by submit token (backend_submit.py)
 
 Every failure is a BringUpError naming its stage and what it means (`Failure`): LOST (the cloud took
 the instances), UNREACHABLE (alive to the cloud, not to us), REFUSED (no place would take us), USER (bad
@@ -378,7 +378,7 @@ def _remote(task) -> bool:
 
 
 def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
-    from .backend import setup_fingerprint
+    from .backend_submit import setup_fingerprint
 
     run_setup = True
     if reused and task.setup and rec.setup_key == setup_fingerprint(task):
@@ -395,7 +395,7 @@ def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
 
 
 def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> BringUpError:
-    from .backend import SubmitFailed
+    from .backend_submit import SubmitFailed
     from .provision import ProvisionExhausted
 
     if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SubmitFailed) and isinstance(exc.cause, KeyboardInterrupt)):
@@ -433,7 +433,8 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
 
 
 def _lost_or_unreachable(rec, exc) -> Failure:
-    from .backend import NodeLost, SubmitFailed
+    from .backend import NodeLost
+    from .backend_submit import SubmitFailed
     from .runtime.runner import HostKeyMismatch, NodeUnreachable
 
     cause = exc.cause if isinstance(exc, SubmitFailed) else exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..api import COMMON_GPUS, GpuRow, exec_task, load_pipeline, load_task, show_gpus  # noqa: F401 - client-side
+from ..api_plan import COMMON_GPUS, GpuRow, exec_task, load_pipeline, load_task, show_gpus  # noqa: F401 - client-side
 from ..errors import Interrupted, UsageError
 
 _client = None

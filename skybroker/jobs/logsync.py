@@ -35,7 +35,7 @@ def poll(j, rt):
     """One look at a managed job on all its nodes, one agent call per node: the new complete log lines go
     to the job's log and the job's status comes back (a JobStatus; a node that cannot be reached counts
     as UNREACHABLE). Once the job has ended on a node, everything left in its log is read."""
-    from ..backend import NodeJob, aggregate
+    from ..backend_jobs import NodeJob, aggregate
     from ..runtime.runner import NodeUnreachable
 
     offsets = json.loads(j.log_offsets or "{}")

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from skybroker import api, render
-from skybroker.backend import JobStatus, NodeJob
+from skybroker.backend_jobs import JobStatus, NodeJob
 from skybroker.check import CloudCheck
 from skybroker.commands.options import build_overrides
 from skybroker.jobs.store import ManagedJob

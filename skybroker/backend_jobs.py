@@ -1,0 +1,207 @@
+"""A cluster's jobs once they are on its nodes, the same for every provider: one status for a gang from
+every node's (`aggregate`: a gang fails if any node fails), listing a cluster's jobs, reading and
+streaming their logs from every node, cancelling them, and the nodes' idleness. `JobQueries` holds these
+as methods of backend.ClusterRuntime (which supplies `rec`, `nodes`, `runner` and `agent`); the
+JobStatus/NodeJob records it returns are what the rest of the broker (clusters.py, render/, the jobs
+controller) reads.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import BrokerError, NotFoundError
+from .runtime import agent as agent_mod
+from .runtime.runner import NodeUnreachable, run_parallel
+from .state import NodeRecord
+
+TERMINAL = agent_mod.TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    rank: int
+    status: str
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: int
+    name: str | None
+    status: str
+    exit_code: int | None
+    nodes: tuple[NodeJob, ...]
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    notice: str | None = None  # a node got the cloud's preemption notice (the job was stopped for it)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+# wire.py names a dataclass by module:qualname. These two are re-exported by backend.py and keep its name
+# on the wire, so a client and a server from before and after they moved here still understand each other.
+NodeJob.__module__ = JobStatus.__module__ = "skybroker.backend"
+
+
+def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) -> JobStatus:
+    """One status for a job from every node's: a gang fails if any node fails."""
+    meta = meta or {}
+    known = [n for n in per_node if n.status != "UNKNOWN"]
+    if known and all(n.status in TERMINAL for n in known):
+        per_node = known  # a node that never had the job (its submit failed, it was cancelled) is no reason to wait
+    statuses = [n.status for n in per_node]
+    failing = sorted((n for n in per_node if n.status in ("FAILED", "FAILED_SETUP", "UNREACHABLE")),
+                     key=lambda n: n.rank)
+    if all(s in TERMINAL for s in statuses):
+        if "CANCELLED" in statuses and not failing:
+            status = "CANCELLED"
+        elif any(n.status == "FAILED_SETUP" for n in failing):
+            status = "FAILED_SETUP"
+        elif failing:
+            status = "FAILED"
+        else:
+            status = "SUCCEEDED"
+    elif failing:
+        status = "FAILED"  # the gang has failed even if other nodes still run
+    elif "RUNNING" in statuses:
+        status = "RUNNING"
+    elif "SETTING_UP" in statuses:
+        status = "SETTING_UP"
+    else:
+        status = "PENDING"
+    exit_code = None
+    if failing:
+        exit_code = next((n.exit_code for n in failing if n.exit_code not in (None, 0)), 1)
+    elif status == "SUCCEEDED":
+        exit_code = 0
+    return JobStatus(job_id, meta.get("name"), status, exit_code, tuple(sorted(per_node, key=lambda n: n.rank)),
+                     meta.get("submitted_at"), meta.get("started_at"), meta.get("ended_at"), meta.get("notice"))
+
+
+class JobQueries:
+    """ClusterRuntime's questions to every node about its jobs, and cancel (see the module docstring)."""
+
+    def node_statuses(self, job_id: int | None = None, lost=()) -> dict[int, list[dict] | None]:
+        """Every node's job list (rank → jobs). An unreachable node maps to None, and so do the ranks in
+        `lost` (known unreachable already: not asked again, which would wait out a connect timeout)."""
+        def one(node):
+            if node.rank in lost:
+                return None
+            try:
+                return self.agent(node).status(job_id)
+            except NodeUnreachable:
+                return None
+
+        res = run_parallel(self.nodes, one)
+        return {n.rank: r for n, r in zip(self.nodes, res)}
+
+    def jobs(self) -> list[JobStatus]:
+        per = self.node_statuses()
+        ids = sorted({j["job_id"] for jobs in per.values() if jobs for j in jobs})
+        return [self._aggregate_from(jid, per) for jid in ids]
+
+    def job(self, job_id: int) -> JobStatus:
+        per = self.node_statuses(job_id)
+        if not any(jobs for jobs in per.values()):
+            raise NotFoundError(f"cluster {self.rec.name} has no job {job_id}", f"see `broker queue {self.rec.name}`")
+        return self._aggregate_from(job_id, per)
+
+    def _aggregate_from(self, jid: int, per: dict) -> JobStatus:
+        nodes, meta = [], {}
+        for rank, jobs in per.items():
+            if jobs is None:
+                nodes.append(NodeJob(rank, "UNREACHABLE", None, "node unreachable"))
+                continue
+            j = next((j for j in jobs if j["job_id"] == jid), None)
+            if j is None:
+                nodes.append(NodeJob(rank, "UNKNOWN"))
+                continue
+            nodes.append(NodeJob(rank, j["status"], j.get("exit_code"), j.get("reason")))
+            if rank == 0 or not meta:
+                meta = j
+        return aggregate(jid, nodes, meta)
+
+    def cancel(self, job_ids: list[int] | None, lost=()) -> list[int]:
+        def one(node):
+            if node.rank in lost:  # known unreachable: nothing to cancel there that we could reach
+                return []
+            try:
+                return self.agent(node).cancel(job_ids or None)
+            except NodeUnreachable:
+                return []
+
+        res = run_parallel(self.nodes, one)
+        return sorted({j for r in res for j in r})
+
+    def idle_seconds(self) -> float:
+        return min(self.agent(n).idle_seconds() for n in self.nodes)
+
+    def read_log(self, node: NodeRecord, job_id: int, offset: int) -> tuple[bytes, int]:
+        data, nxt, _ = self.agent(node).read_log(job_id, offset)
+        return data, nxt
+
+    def stream_logs(self, job_id: int, on_line: Callable[[int, str], None], *, follow: bool = True,
+                    stop: threading.Event | None = None) -> JobStatus:
+        """Stream every node's log of a job until it ends (or only what exists, without follow).
+        A node that dies mid-stream is reported as UNREACHABLE within seconds; when any node fails the
+        rest of the gang is cancelled so nothing waits forever."""
+        stop = stop or threading.Event()
+        errors: dict[int, BaseException] = {}
+        nodes = self.nodes
+
+        def one(node):
+            r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
+            try:
+                if not self.agent(node, r).follow_log(job_id, lambda line: on_line(node.rank, line), follow=follow):
+                    errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
+            except NodeUnreachable as exc:
+                errors[node.rank] = exc
+                stop.set()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors[node.rank] = exc
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
+        for t in threads:
+            t.start()
+        watcher_done = threading.Event()
+
+        def watch():  # a failed node fails the gang: cancel the others so their streams end
+            while not watcher_done.wait(1.0):
+                if len(nodes) > 1 and not stop.is_set():
+                    try:
+                        st = self.job(job_id)
+                    except BrokerError:
+                        continue
+                    if st.status in ("FAILED", "FAILED_SETUP") and any(n.status not in TERMINAL for n in st.nodes):
+                        self.cancel([job_id])
+                if stop.is_set():
+                    try:  # a node is gone: cancel the job on the survivors so their streams end
+                        self.cancel([job_id], lost=_lost(errors))
+                    except BrokerError:
+                        pass
+                    return
+
+        w = threading.Thread(target=watch, daemon=True)
+        if follow:
+            w.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            watcher_done.set()
+        return self.job_or_unreachable(job_id, errors)
+
+    def job_or_unreachable(self, job_id: int, errors: dict[int, BaseException]) -> JobStatus:
+        return self._aggregate_from(job_id, self.node_statuses(job_id, lost=_lost(errors)))
+
+
+def _lost(errors: dict[int, BaseException]) -> set[int]:
+    """The ranks whose stream ended with the node unreachable."""
+    return {rank for rank, exc in list(errors.items()) if isinstance(exc, NodeUnreachable)}

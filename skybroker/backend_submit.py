@@ -1,0 +1,222 @@
+"""Getting a job onto every node of a cluster, the same for every provider: the job's environment
+(SKYPILOT_*/BROKER_* per node), the setup fingerprint that lets a reused cluster skip an unchanged setup,
+and submission. `GangSubmit` holds these as methods of backend.ClusterRuntime (which supplies `rec`,
+`nodes` and `agent`; the job lookups come from backend_jobs.JobQueries).
+
+Gang submission is two-phase and idempotent: the job id is reserved on the head with the caller's submit
+token, the job is submitted *held* to every node, then released on every node once all of them have it.
+If any node fails to get it, or the caller is interrupted (Ctrl-C, SIGTERM) meanwhile, the nodes that
+have it cancel it before the error propagates: no node runs a job the others never got. A held job
+that is never released (the client died between the phases) cancels itself on the node. A one-node job
+without setup is submitted and followed in one agent call (`run_followed`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Callable
+
+from . import settings
+from .backend_jobs import JobStatus, NodeJob, aggregate
+from .errors import BrokerError
+from .failpoints import failpoint
+from .runtime.agent_client import AgentOutdated
+from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
+
+WORKDIR = "~/sky_workdir"
+
+
+class GangSubmit:
+    """ClusterRuntime's submission of a job to every node (see the module docstring)."""
+
+    def node_env(self, task, rank: int, job_id: int, task_id: str) -> dict[str, str]:
+        rec = self.rec
+        ips = "\n".join(n.private_ip or n.ip for n in self.nodes)
+        gpus = int(_gpu_count(rec.accelerators))
+        info = json.dumps({"cluster": rec.name, "cloud": rec.cloud, "region": rec.region, "zone": rec.zone,
+                           "num_nodes": rec.num_nodes, "instance_type": rec.instance_type})
+        base = {"NODE_RANK": str(rank), "NODE_IPS": ips, "NUM_NODES": str(len(self.nodes)),
+                "NUM_GPUS_PER_NODE": str(gpus), "TASK_ID": task_id, "CLUSTER_INFO": info,
+                "JOB_ID": str(job_id), "CLUSTER_NAME": rec.name}
+        env = {}
+        for k, v in base.items():
+            env[f"SKYPILOT_{k}"] = v
+            env[f"BROKER_{k}"] = v
+        env.update(task.env_dict)
+        return env
+
+    def find_token(self, token: str) -> int | None:
+        """The job a submit token already started on this cluster (released on every node), or None.
+        A job only some nodes have, or still held, is cancelled there: it never ran, so it is safe to
+        submit again."""
+        per = run_parallel(self.nodes, lambda n: self.agent(n).status(token=token))
+        have = [jobs[0] for jobs in per if jobs]
+        if not have:
+            return None
+        job_id = have[0]["job_id"]
+        if len(have) == len(self.nodes) and not any(j["held"] for j in have):
+            return job_id
+        if len(have) == len(self.nodes) and all(j["status"] == "PENDING" for j in have):
+            run_parallel(self.nodes, lambda n: self.agent(n).release(job_id))  # every node has it: go
+            return job_id
+        self._cancel_quietly(job_id)
+        return None
+
+    def _payload(self, task, node, job_id, *, job_name, task_id, run_setup, extra_env, env_by_rank, token, held,
+                 notice, setup_key) -> dict:
+        return {"job_id": job_id, "name": job_name or task.name or "task", "rank": node.rank,
+                "num_nodes": len(self.nodes), "setup": task.setup if run_setup else None,
+                "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
+                                         **((env_by_rank or {}).get(node.rank) or {})},
+                "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
+                "token": token, "held_seconds": held, "notice": notice}
+
+    def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
+               extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
+               token: str | None = None, notice: dict | None = None) -> int:
+        head = self.nodes[0]
+        job_id, _ = self.agent(head).next_id(token)
+        task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
+        setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
+        gang = len(self.nodes) > 1
+        held = settings.get("held_job_timeout") if gang else None
+        delivered: set[int] = set()
+
+        def one(node):
+            payload = self._payload(task, node, job_id, job_name=job_name, task_id=task_id, run_setup=run_setup,
+                                    extra_env=extra_env, env_by_rank=env_by_rank, token=token, held=held,
+                                    notice=notice, setup_key=setup_key)
+            failpoint(f"submit-node-{node.rank}")
+            self.agent(node).submit(payload)
+            delivered.add(node.rank)
+
+        try:
+            run_parallel(self.nodes, one)
+            if gang:
+                run_parallel(self.nodes, lambda n: self.agent(n).release(job_id))
+        except BaseException as exc:
+            undone = self._cancel_quietly(job_id)
+            raise SubmitFailed(job_id, sorted(delivered), undone, exc) from exc
+        return job_id
+
+    def run_followed(self, task, *, job_name: str | None, on_line: Callable[[int, str], None],
+                     on_start: Callable[[int], None] = lambda job_id: None) -> JobStatus:
+        """A one-node cluster's job (no setup) submitted and followed in ONE agent call: the node allocates
+        the id (under a fresh submit token) and streams the log, then the job's final row. Ctrl-C once
+        `on_start` was called leaves the job running (KeyboardInterrupt propagates); before it, or any
+        failure before the job was on the node, cancels what the token may have started (SubmitFailed).
+        The stream ending early (the node died) gives the job as UNREACHABLE."""
+        import uuid
+
+        node = self.nodes[0]
+        token = "run-" + uuid.uuid4().hex
+        task_id = f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{{job_id}}"
+        payload = self._payload(task, node, "{job_id}", job_name=job_name, task_id=task_id, run_setup=False,
+                                extra_env=None, env_by_rank=None, token=token, held=None, notice=None, setup_key=None)
+        payload["job_id"] = None
+        ids = [f"{p}_{k}" for k in ("JOB_ID", "TASK_ID") for p in ("SKYPILOT", "BROKER")]
+        payload["id_env"] = {k: payload["env"].pop(k) for k in ids
+                             if "{job_id}" in payload["env"].get(k, "") and k not in task.env_dict}
+        started: list[int] = []
+
+        def start(job_id: int) -> None:
+            started.append(job_id)
+            on_start(job_id)
+
+        agent = self.agent(node)
+
+        def follow(line: str) -> None:
+            on_line(node.rank, line)
+
+        try:
+            failpoint("submit-node-0")
+            try:
+                job_id, row = agent.run(payload, follow, start)
+            except AgentOutdated:  # a cluster launched by an older broker: bring its agent up to date
+                agent.install()
+                job_id, row = agent.run(payload, follow, start)
+        except NodeUnreachable as exc:
+            if not started:
+                raise SubmitFailed(None, [], False, exc) from exc
+            return self.job_or_unreachable(started[0], {node.rank: exc})
+        except BaseException as exc:
+            if started:
+                raise
+            undone = self._cancel_token(token)
+            raise SubmitFailed(None, [], undone, exc) from exc
+        if row is None:
+            return self.job_or_unreachable(job_id, {})
+        return aggregate(job_id, [NodeJob(node.rank, row["status"], row.get("exit_code"), row.get("reason"))], row)
+
+    def _cancel_token(self, token: str) -> bool:
+        """Cancel whatever a submit token started on the head; True if nothing of it is left."""
+        try:
+            jobs = self.agent(self.nodes[0]).status(token=token)
+            if jobs:
+                self.agent(self.nodes[0]).cancel([j["job_id"] for j in jobs], timeout=30)
+            return True
+        except BrokerError:
+            return False
+
+    def _cancel_quietly(self, job_id: int) -> bool:
+        """Cancel a job on every node that can be reached; True if no node is known to still have it."""
+        ok = True
+
+        def one(node):
+            nonlocal ok
+            try:
+                self.agent(node).cancel([job_id], timeout=30)
+            except NodeUnreachable:
+                ok = False
+            except BrokerError:
+                ok = False
+
+        try:
+            run_parallel(self.nodes, one)
+        except BaseException:
+            return False
+        return ok
+
+
+class SubmitFailed(BrokerError):
+    """Submission did not reach every node (or was interrupted); the nodes that had the job cancelled it."""
+
+    def __init__(self, job_id: int | None, delivered: list[int], undone: bool, cause: BaseException):
+        self.job_id, self.delivered, self.undone, self.cause = job_id, delivered, undone, cause
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else (
+            getattr(cause, "message", None) or str(cause) or type(cause).__name__)
+        if job_id is None:  # a one-call submit (run_followed): the node allocates the id
+            what = "nothing runs" if undone else "the node may have it; see `broker queue`"
+            super().__init__(f"submitting the job failed ({why}): {what}")
+            if isinstance(cause, HostKeyMismatch):
+                self.hint = cause.hint
+            return
+        if not delivered:
+            what = "no node received it"
+        elif undone:
+            what = f"node(s) {', '.join(map(str, delivered))} had received it and cancelled it; nothing runs"
+        else:
+            what = (f"node(s) {', '.join(map(str, delivered))} had received it; cancelling it there did not "
+                    "succeed everywhere")
+        super().__init__(f"submitting job {job_id} failed ({why}): {what}")
+        if isinstance(cause, HostKeyMismatch):
+            self.hint = cause.hint
+
+
+def setup_fingerprint(task) -> str:
+    """Setup is skipped on a reused cluster when this is unchanged (same script, same env, same secrets)."""
+    h = hashlib.sha256()
+    h.update((task.setup or "").encode())
+    h.update(json.dumps(sorted(task.envs)).encode())
+    h.update(json.dumps(sorted((k, hashlib.sha256(v.encode()).hexdigest()) for k, v in task.secrets)).encode())
+    return h.hexdigest()[:32]
+
+
+def _gpu_count(acc: str | None) -> float:
+    if not acc or ":" not in acc:
+        return 0
+    try:
+        return float(acc.rsplit(":", 1)[1])
+    except ValueError:
+        return 0
