@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
-from . import intents, lifecycle, state
+from . import cluster_ops, intents, lifecycle, state
 from .errors import BrokerError, Interrupted, NotFoundError, UsageError
 from .locks import cluster_lock, validate_name
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
@@ -196,7 +196,7 @@ def down(names: list[str], *, on_event: Event = _noop) -> list[str]:
                 rec = ClusterRecord(name=name, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
                                     use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0)
             on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")
-            lifecycle.terminate(rec, on_event)
+            cluster_ops.terminate(rec, on_event)
             done.append(name)
     return done
 
@@ -229,7 +229,7 @@ def start(name: str, *, on_event: Event = _noop) -> ClusterRecord:
             return rec
         if rec.status != STOPPED:
             raise UsageError(f"cluster {name} is {rec.status}", f"`broker down {name}` removes it")
-        return lifecycle.start_locked(rec, on_event)
+        return cluster_ops.start_locked(rec, on_event)
 
 
 def set_autostop(name: str, minutes: int | None, down_after: bool, *, on_event: Event = _noop) -> ClusterRecord:

@@ -114,7 +114,7 @@ def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[s
     """Terminate each orphan (everything of its cluster in its region); returns warnings."""
     import contextlib
 
-    from . import lifecycle
+    from . import cluster_ops
     from .clouds import registry
     from .locks import ClusterBusy, cluster_lock
 
@@ -131,7 +131,7 @@ def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[s
                 if rec is None or rec.status != state.INTERRUPTED:
                     continue
                 on_event("down", f"removing {o.cluster} (its launch was interrupted) on {rec.infra}")
-                warnings += lifecycle.terminate(rec, on_event)
+                warnings += cluster_ops.terminate(rec, on_event)
                 continue
             if rec is not None and rec.cloud == o.cloud and rec.status != state.INTERRUPTED:
                 on_event("skip", f"{o.cluster} is now known to the state: not an orphan")

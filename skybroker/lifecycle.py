@@ -21,6 +21,9 @@ to keep it (`broker launch --keep-on-failure`); a cluster that existed before (r
 error says which. A managed job's controller gets the same error and feeds it to its pure recovery
 decision (LOST/UNREACHABLE during bring-up are a preemption: it relaunches).
 
+Around the machine: failures.py classifies what a stage raised into a `Failure`; cluster_ops.py
+terminates and starts clusters (the same code for `down`, gc, reconciliation and autostop).
+
 Fault injection for tests: failpoints.py (a pause, an error or a hard exit at the start or end of a stage).
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .errors import BrokerError, Interrupted, NoFeasibleError, SpecError
+from .cluster_ops import start_locked, terminate, write_ssh_config
+from .errors import BrokerError, Interrupted, SpecError
 from .failpoints import failpoint
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
 
@@ -278,7 +282,7 @@ def _mark_up(rec: ClusterRecord, resources, rt=None) -> None:
     state.save_cluster(rec)
     state.close_intents(rec.name, state="adopted")
     state.add_event(rec.name, "up", f"up on {rec.infra}")
-    _write_ssh_config(rec)
+    write_ssh_config(rec)
     auto = resources.autostop if resources is not None else None
     if auto is None and resources is not None and rec.owner is None:
         from . import config
@@ -292,16 +296,6 @@ def _mark_up(rec: ClusterRecord, resources, rt=None) -> None:
         from . import autostop
 
         autostop.apply(rec, auto.idle_minutes, auto.down, rt=rt)
-
-
-def _write_ssh_config(rec: ClusterRecord) -> None:
-    """`ssh <cluster>` works (best effort: a read-only ~/.ssh never fails a launch)."""
-    from . import sshconfig
-
-    try:
-        sshconfig.write(rec)
-    except OSError as exc:
-        state.add_event(rec.name, "warning", f"could not write the ssh config: {exc}")
 
 
 def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
@@ -395,17 +389,9 @@ def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
 
 
 def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> BringUpError:
-    from .backend_submit import SubmitFailed
-    from .provision import ProvisionExhausted
+    from .failures import classify
 
-    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SubmitFailed) and isinstance(exc.cause, KeyboardInterrupt)):
-        failure = Failure.INTERRUPTED
-    elif isinstance(exc, (ProvisionExhausted, NoFeasibleError)):
-        failure = Failure.REFUSED
-    elif isinstance(exc, SpecError) or getattr(exc, "exit_code", None) == 2:
-        failure = Failure.USER
-    else:
-        failure = _lost_or_unreachable(rec, exc)
+    failure = classify(rec, exc)
     if stage == Stage.PROVISION:  # every attempt was rolled back by the provisioner
         if created:
             _drop_if_empty(b.cluster)
@@ -432,129 +418,12 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
     return err
 
 
-def _lost_or_unreachable(rec, exc) -> Failure:
-    from .backend import NodeLost
-    from .backend_submit import SubmitFailed
-    from .runtime.runner import HostKeyMismatch, NodeUnreachable
-
-    cause = exc.cause if isinstance(exc, SubmitFailed) else exc
-    if isinstance(cause, HostKeyMismatch):
-        return Failure.ERROR
-    if isinstance(cause, NodeLost) or _instances_lost(rec):  # the cloud's view decides: gone is LOST
-        return Failure.LOST
-    if isinstance(cause, (NodeUnreachable, OSError)):
-        return Failure.UNREACHABLE
-    return Failure.ERROR
-
-
-def _instances_lost(rec) -> bool:
-    if rec is None or not rec.nodes:
-        return False
-    from .backend import ClusterRuntime
-
-    try:
-        return bool(ClusterRuntime(rec).lost_nodes())
-    except BrokerError:
-        return False
-
-
 def _drop_if_empty(name: str) -> None:
     """The INIT row of a launch that created nothing (or rolled everything back) goes; with an open
     intent left (a rollback failed) it stays, and is reconciled later."""
     cur = state.get_cluster(name)
     if cur is not None and cur.status == INIT and not state.open_intents(name):
         state.delete_cluster(name)
-
-
-# ----------------------------------------------------------------------------------------------
-# teardown and start: the same code for `down`, failed bring-ups, the controller and autostop
-
-def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[str]:
-    """Terminate a cluster everywhere it may have resources (its place and any open intent's), then
-    forget it. Returns the warnings (also sent to on_event)."""
-    from . import intents
-    from .clouds import registry
-
-    warnings: list[str] = []
-    for cloud, region in intents.places(rec.name) or [(rec.cloud, rec.region)]:
-        if not cloud:
-            continue
-        for w in registry.get(cloud).terminate(rec.name, region) or ():
-            warnings.append(w)
-            on_event("warning", w)
-    _forget_host_keys(rec)
-    from . import sshconfig
-    from .storage.mounts import release_cluster
-
-    warnings += release_cluster(rec, on_event)  # its `persistent: false` buckets
-    from .volumes.ops import release_cluster as release_volumes
-
-    warnings += release_volumes(rec, on_event)  # its ephemeral volumes deleted, applied ones detached
-
-    sshconfig.remove(rec.name)
-    state.close_intents(rec.name)
-    from .costs import ledger
-
-    ledger.close_run(rec.name)
-    state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
-    state.delete_cluster(rec.name)
-    return warnings
-
-
-def _forget_host_keys(rec: ClusterRecord) -> None:
-    from .clouds import registry
-
-    if not rec.cloud or not registry.known(rec.cloud) or not registry.get(rec.cloud, sdk=False).capabilities.remote:
-        return
-    from .clouds.common import host_keys
-
-    store = host_keys()
-    for n in rec.nodes:
-        try:
-            store.forget(n.instance_id)
-        except BrokerError:
-            pass
-
-
-def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> ClusterRecord:
-    from .backend import ClusterRuntime
-    from .clouds import registry
-
-    infos = registry.get(rec.cloud).start(rec.name, rec.region)
-    from .costs import ledger
-
-    ledger.set_state(rec.name, ledger.UP)
-    by_id = {i.instance_id: i for i in infos}
-    for n in rec.nodes:  # IPs may change across a stop/start
-        i = by_id.get(n.instance_id)
-        if i is not None:
-            n.ip = i.public_ip or i.private_ip or n.ip
-            n.private_ip = i.private_ip or n.private_ip
-    rt = ClusterRuntime(rec)
-    try:
-        rt.wait_ready()
-        rt.install_agent()
-        rt.restart_containers()  # a task container stopped with the node runs again
-        if rec.autostop_where == state.AUTOSTOP_NODE:  # cleared below: the nodes' own watchers too
-            from .runtime.runner import run_parallel
-
-            run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
-            try:  # no right left with the nodes (Azure roles); never fails a start that has succeeded
-                rt.provider.release_self_stop(rec.name, rec.region)
-            except BrokerError as exc:
-                state.add_event(rec.name, "autostop", f"could not take the nodes' autostop rights back "
-                                                      f"({getattr(exc, 'message', None) or exc})")
-    finally:
-        rt.close()
-    rec.status = UP
-    state.save_cluster(rec)
-    state.add_event(rec.name, "start", "started")
-    _write_ssh_config(rec)
-    if rec.autostop_minutes is not None:  # as SkyPilot: a restarted cluster starts without autostop
-        state.set_autostop(rec.name, None, False)
-        rec.autostop_minutes, rec.autostop_down = None, False
-        state.add_event(rec.name, "autostop", "cleared by start; set it again with `broker autostop`")
-    return rec
 
 
 def interrupted_message(err: BringUpError) -> Interrupted:

@@ -42,7 +42,7 @@ def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
 def _gone(rec: ClusterRecord, locked: bool) -> ClusterRecord | None:
     import contextlib
 
-    from . import lifecycle
+    from . import cluster_ops
     from .locks import ClusterBusy, cluster_lock
 
     why = "it terminated itself: autostop on the cluster" if rec.autostop_where == state.AUTOSTOP_NODE \
@@ -53,7 +53,7 @@ def _gone(rec: ClusterRecord, locked: bool) -> ClusterRecord | None:
             if cur is None:
                 return None
             state.add_event(rec.name, "refresh", f"no instances left in the cloud ({why}): removing what it left")
-            lifecycle.terminate(cur)  # the provider removes per-cluster leftovers (security group, ...)
+            cluster_ops.terminate(cur)  # the provider removes per-cluster leftovers (security group, ...)
     except ClusterBusy:
         return rec  # another command is working on it: it will find out
     return None

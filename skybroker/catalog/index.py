@@ -1,6 +1,6 @@
 """The catalog index (format 2), read lazily: what a search needs and nothing more.
 
-An index file (`<cloud>.index.tsv`, written by `skybroker.catalog.build`) has, after its header line,
+An index file (`<cloud>.index.tsv`, written by `skybroker.catalog.writer`) has, after its header line,
 `R` (region) and `Z` (zone) lines, then one `G` line per *shape group* (specs with the same vCPUs, memory,
 accelerator and count, arch and flags), then the `S` (spec) lines, group by group. Within a group the S
 lines are sorted by on-demand lower bound (`min_price`; None last), newer generation first on ties, then

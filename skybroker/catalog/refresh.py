@@ -82,7 +82,7 @@ def _now_iso() -> str:
 
 def _carried(cloud: str, done: set, types: tuple) -> tuple[list[tuple], str | None]:
     """Offers of the catalog in use outside the fetched regions `done`, and every offer of the instance types
-    `types` (not fetched at all), as build `_Acc.add` arguments."""
+    `types` (not fetched at all), as `normalise.Acc.add` arguments."""
     from skybroker import catalog
 
     try:

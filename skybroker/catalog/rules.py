@@ -203,5 +203,11 @@ Azure (`azure/vms.csv`)
 - Arch: a size is arm64 when its feature letters (the lower-case letters after the vCPU count, as in
   `Standard_D4ps_v6`, `Standard_E2pds_v5`, `Standard_B2pls_v2`) contain `p`; otherwise x86_64.
 - The `Generation` column is not used.
+
+Lambda Cloud (`lambda/vms.csv`)
+- On-demand only: `SpotPrice` is empty on every row, and no spot offer is ever made. No zone column:
+  zone None, prices per region.
+- Arch: GH200 machines (`gpu_1x_gh200`) are arm64 (Grace CPU), so they are used only when named by
+  `instance_type`; every other type is x86_64.
 """
 

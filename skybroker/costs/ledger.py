@@ -9,9 +9,9 @@ creates a new cluster, hence a new run with its own frozen prices (`job_id` ties
 A run's *intervals* say how it was billed: `up` (nodes × (price + disk)) or `stopped` (nodes × disk).
 History survives `down`: runs are closed, never deleted.
 
-The hook points are few: lifecycle.py (instances created → open_run; terminate → close_run; start →
-up), clusters.py (stop → stopped; `status --refresh` → whatever the cloud says), and reconcile() (a run
-whose cluster vanished from the state without a teardown is closed when that is noticed).
+The hook points are few: lifecycle.py (instances created → open_run), cluster_ops.py (terminate →
+close_run; start → up), clusters.py (stop → stopped; `status --refresh` → whatever the cloud says), and
+reconcile() (a run whose cluster vanished from the state without a teardown is closed when that is noticed).
 
 Time comes from `now()`: the system clock, or, for tests, the file BROKER_LEDGER_CLOCK names (so costs
 are exact across processes such as the managed-jobs controller). Every writer also takes `at=`.

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__, state, users, wire
+from .. import __version__, state, state_db, users, wire
 from ..errors import AuthError, BrokerError, ForbiddenError
 from . import cache as cache_mod, calls
 
@@ -367,7 +367,7 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
             msg = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
         except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
             msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
-        state.close_thread_db()  # this thread ends here: its database connection too
+        state_db.close_thread_db()  # this thread ends here: its database connection too
         try:
             loop.call_soon_threadsafe(q.put_nowait, msg)
             loop.call_soon_threadsafe(q.put_nowait, None)

@@ -1,4 +1,4 @@
-"""Buckets on a cluster, as SkyPilot's storage modes (called by backend.sync, lifecycle.terminate and
+"""Buckets on a cluster, as SkyPilot's storage modes (called by backend.sync, cluster_ops.terminate and
 the managed-jobs controller).
 
   COPY          the bucket's objects are downloaded HERE through the store's SDK into a private staging

@@ -7,7 +7,7 @@ A volume is storage that lives in one place (a zone, or this machine), independe
     `{/mnt/path: {name: NAME, sub_path: dir}}`. It outlives every cluster; `broker volumes delete NAME`
     removes it (refused while a cluster has it attached);
   - ephemeral volumes: `volumes: {/mnt/path: {size: 10Gi, labels: {...}}}` creates one per node in the zone
-    the plan chose, with the cluster; `broker down` deletes it (lifecycle.terminate → release_cluster).
+    the plan chose, with the cluster; `broker down` deletes it (cluster_ops.terminate → release_cluster).
 
 Types (model.TYPES): `local-dir` (a directory on this machine, the local cloud), `aws-ebs` (an EBS
 volume), `gcp-pd` (a GCE persistent disk). Which provider owns a type is said by the provider

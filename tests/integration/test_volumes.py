@@ -162,7 +162,7 @@ def _ebs(**flt):
 
 
 def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
-    from skybroker import api, gc, lifecycle
+    from skybroker import api, cluster_ops, gc, lifecycle
     from skybroker.clouds import registry
     from skybroker.errors import SpecError
     from skybroker.spec import task_from_dict
@@ -206,7 +206,7 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
     assert ("volume", "vc") in found and not any(r.id == v.cloud_id for r in prov.list_tagged("us-east-1"))
     assert [o.cluster for o in gc.scan(("aws",), {"aws": ["us-east-1"]}).orphans] == []  # all known
 
-    lifecycle.terminate(rec)
+    cluster_ops.terminate(rec)
     assert _ebs(**{"skybroker-ephemeral": "true"}) == []
     (vol,) = ec2().describe_volumes(VolumeIds=[v.cloud_id])["Volumes"]
     assert vol["State"] == "available" and not vol["Attachments"]
@@ -226,7 +226,7 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
 # ------------------------------------------------------------------------------------------------ GCE PD
 def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
     pytest.importorskip("google.cloud.compute_v1")
-    from skybroker import lifecycle, state
+    from skybroker import cluster_ops, state
     from skybroker.clouds import registry
     from skybroker.clouds.base import ProvisionRequest
     from skybroker.clouds.gcp import client
@@ -277,7 +277,7 @@ def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
         assert ("volume", "vc") in {(t.kind, t.cluster) for t in prov.list_tagged("us-central1")}
         assert "pd1" not in {t.id for t in prov.list_tagged("us-central1")}
 
-        lifecycle.terminate(rec)
+        cluster_ops.terminate(rec)
         assert [d["name"] for d in fake.disks()] == ["pd1"] and not fake.disk("pd1").get("users")
         assert records.get("pd1").cluster is None and [r.name for r in records.all_records()] == ["pd1"]
         ops.delete("pd1")

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from skybroker import catalog
-from skybroker.catalog import build
+from skybroker.catalog import build, rules
 from skybroker.catalog.model import InstanceSpec
 from skybroker.errors import BrokerError
 
@@ -239,7 +239,7 @@ def test_gcp_n1_host_ceilings():
     seen = 0
     for s in catalog.specs("gcp"):
         if s.instance_type.startswith("n1-") and s.accelerator_name:
-            vc, mem = build.N1_CEILINGS[s.accelerator_name][int(s.accelerator_count)]
+            vc, mem = rules.N1_CEILINGS[s.accelerator_name][int(s.accelerator_count)]
             assert s.vcpus <= vc and s.memory_gib <= mem, s
             seen += 1
     assert seen > 100
@@ -398,13 +398,13 @@ def test_build_missing_upstream(tmp_path):
 
 
 def test_build_rules_helpers():
-    assert build.azure_arch("Standard_D4ps_v6") == "arm64"
-    assert build.azure_arch("Standard_NC24ads_A100_v4") == "x86_64"
-    assert build.azure_arch("Standard_HB120-16rs_v3") == "x86_64"
-    assert build.gcp_fixed_gpu("a2-highgpu-3g") is None
-    assert build.gcp_fixed_gpu("g2-standard-24") == ("L4", 2)
-    assert build.gcp_fixed_gpu("n1-standard-8") is None
-    assert build.is_local_zone("usw2-lax1-az1") and not build.is_local_zone("use1-az1")
+    assert rules.azure_arch("Standard_D4ps_v6") == "arm64"
+    assert rules.azure_arch("Standard_NC24ads_A100_v4") == "x86_64"
+    assert rules.azure_arch("Standard_HB120-16rs_v3") == "x86_64"
+    assert rules.gcp_fixed_gpu("a2-highgpu-3g") is None
+    assert rules.gcp_fixed_gpu("g2-standard-24") == ("L4", 2)
+    assert rules.gcp_fixed_gpu("n1-standard-8") is None
+    assert rules.is_local_zone("usw2-lax1-az1") and not rules.is_local_zone("use1-az1")
 
 
 # --- classification columns and the lazy index ----------------------------------------------------------
@@ -415,14 +415,14 @@ def test_build_rules_helpers():
 ])
 def test_burstable_flag(cloud, itype, burstable):
     assert spec(cloud, itype).burstable is burstable
-    assert build.is_burstable(cloud, itype) is burstable
+    assert rules.is_burstable(cloud, itype) is burstable
 
 
 def test_generation_column():
     assert spec("aws", "r6i.2xlarge").generation > spec("aws", "r5.2xlarge").generation
     assert spec("gcp", "a3-highgpu-8g", "H100", 8).generation > spec("gcp", "a3-edgegpu-8g", "H100", 8).generation
     assert spec("azure", "Standard_D4s_v5").generation == 50 and spec("azure", "Standard_F4").generation == 10
-    assert build.generation("aws", "m8i-flex.xlarge") == 80 and build.generation("gcp", "n2d-standard-4") == 20
+    assert rules.generation("aws", "m8i-flex.xlarge") == 80 and rules.generation("gcp", "n2d-standard-4") == 20
 
 
 def test_index_groups_are_sorted_by_bound():

@@ -29,7 +29,7 @@ def test_wire_roundtrips_api_objects():
 @pytest.mark.parametrize("evil", [
     {"__c": "os:system", "f": {}},
     {"__c": "subprocess:Popen", "f": {"args": "id"}},
-    {"__c": "skybroker.state:connect", "f": {}},  # ours, but a function, not a dataclass
+    {"__c": "skybroker.state_db:connect", "f": {}},  # ours, but a function, not a dataclass
     {"__e": "skybroker.spec:Task", "v": 1},  # a dataclass where an enum is expected
     {"__c": "skybroker.nosuchmodule:X", "f": {}},
     {"weird": 1},
@@ -67,11 +67,11 @@ def test_postgres_translation():
 
 
 def test_a_bad_database_url_is_a_clear_error(monkeypatch):
-    from skybroker import state
+    from skybroker import state, state_db
 
     monkeypatch.setenv("BROKER_DB", "mysql://x")
-    monkeypatch.setattr(state._local, "conn", None, raising=False)
-    with pytest.raises(state.StateError, match="postgresql://"):
+    monkeypatch.setattr(state_db._local, "conn", None, raising=False)
+    with pytest.raises(state_db.StateError, match="postgresql://"):
         state.db()
 
 

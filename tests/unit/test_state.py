@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from skybroker import state, users
+from skybroker import state, state_db, users
 from skybroker.errors import NotFoundError, UsageError
 from skybroker.jobs import store
 
@@ -141,7 +141,7 @@ def test_users_tokens(state_backend):
 
 def test_reconnect_reuses_schema(state_backend):
     state.save_cluster(_rec())
-    state._local.conn = None  # a new connection (another process) migrates nothing and sees the rows
+    state_db._local.conn = None  # a new connection (another process) migrates nothing and sees the rows
     assert state.get_cluster("c1").name == "c1"
 
 
@@ -222,7 +222,7 @@ def test_first_connections_of_a_new_home_race_without_a_false_replaced_error(tmp
         def one():
             barrier.wait()
             try:
-                c = state.connect(path)
+                c = state_db.connect(path)
                 ids.add(c.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0])
                 c.close()
             except Exception as exc:  # noqa: BLE001 - collected, asserted below
@@ -234,4 +234,4 @@ def test_first_connections_of_a_new_home_race_without_a_false_replaced_error(tmp
         for t in threads:
             t.join()
         assert errors == [], errors
-        assert len(ids) == 1 and (path.parent / state.ID_FILE).read_text().strip() in ids
+        assert len(ids) == 1 and (path.parent / state_db.ID_FILE).read_text().strip() in ids

@@ -1,0 +1,115 @@
+"""Terminating and starting an existing cluster: the same code for `down`, a failed bring-up's teardown
+(lifecycle.py), the managed-jobs controller, `gc`, reconciliation and autostop.
+
+`terminate` removes a cluster everywhere it may have resources (its place and every open intent's), with its
+pinned host keys, ssh config entry, `persistent: false` buckets, ephemeral volumes and cost-ledger run, then
+forgets it; `start_locked` starts a stopped cluster (the caller holds its lock) and brings its nodes back to
+the state bring-up left them in. Cloud SDKs are imported only when these run.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from . import state
+from .errors import BrokerError
+from .state import UP, ClusterRecord
+
+Event = Callable[[str, str], None]
+
+
+def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[str]:
+    """Terminate a cluster everywhere it may have resources (its place and any open intent's), then
+    forget it. Returns the warnings (also sent to on_event)."""
+    from . import intents
+    from .clouds import registry
+
+    warnings: list[str] = []
+    for cloud, region in intents.places(rec.name) or [(rec.cloud, rec.region)]:
+        if not cloud:
+            continue
+        for w in registry.get(cloud).terminate(rec.name, region) or ():
+            warnings.append(w)
+            on_event("warning", w)
+    _forget_host_keys(rec)
+    from . import sshconfig
+    from .storage.mounts import release_cluster
+
+    warnings += release_cluster(rec, on_event)  # its `persistent: false` buckets
+    from .volumes.ops import release_cluster as release_volumes
+
+    warnings += release_volumes(rec, on_event)  # its ephemeral volumes deleted, applied ones detached
+
+    sshconfig.remove(rec.name)
+    state.close_intents(rec.name)
+    from .costs import ledger
+
+    ledger.close_run(rec.name)
+    state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
+    state.delete_cluster(rec.name)
+    return warnings
+
+
+def _forget_host_keys(rec: ClusterRecord) -> None:
+    from .clouds import registry
+
+    if not rec.cloud or not registry.known(rec.cloud) or not registry.get(rec.cloud, sdk=False).capabilities.remote:
+        return
+    from .clouds.common import host_keys
+
+    store = host_keys()
+    for n in rec.nodes:
+        try:
+            store.forget(n.instance_id)
+        except BrokerError:
+            pass
+
+
+def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> ClusterRecord:
+    from .backend import ClusterRuntime
+    from .clouds import registry
+
+    infos = registry.get(rec.cloud).start(rec.name, rec.region)
+    from .costs import ledger
+
+    ledger.set_state(rec.name, ledger.UP)
+    by_id = {i.instance_id: i for i in infos}
+    for n in rec.nodes:  # IPs may change across a stop/start
+        i = by_id.get(n.instance_id)
+        if i is not None:
+            n.ip = i.public_ip or i.private_ip or n.ip
+            n.private_ip = i.private_ip or n.private_ip
+    rt = ClusterRuntime(rec)
+    try:
+        rt.wait_ready()
+        rt.install_agent()
+        rt.restart_containers()  # a task container stopped with the node runs again
+        if rec.autostop_where == state.AUTOSTOP_NODE:  # cleared below: the nodes' own watchers too
+            from .runtime.runner import run_parallel
+
+            run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
+            try:  # no right left with the nodes (Azure roles); never fails a start that has succeeded
+                rt.provider.release_self_stop(rec.name, rec.region)
+            except BrokerError as exc:
+                state.add_event(rec.name, "autostop", f"could not take the nodes' autostop rights back "
+                                                      f"({getattr(exc, 'message', None) or exc})")
+    finally:
+        rt.close()
+    rec.status = UP
+    state.save_cluster(rec)
+    state.add_event(rec.name, "start", "started")
+    write_ssh_config(rec)
+    if rec.autostop_minutes is not None:  # as SkyPilot: a restarted cluster starts without autostop
+        state.set_autostop(rec.name, None, False)
+        rec.autostop_minutes, rec.autostop_down = None, False
+        state.add_event(rec.name, "autostop", "cleared by start; set it again with `broker autostop`")
+    return rec
+
+
+def write_ssh_config(rec: ClusterRecord) -> None:
+    """`ssh <cluster>` works (best effort: a read-only ~/.ssh never fails a launch)."""
+    from . import sshconfig
+
+    try:
+        sshconfig.write(rec)
+    except OSError as exc:
+        state.add_event(rec.name, "warning", f"could not write the ssh config: {exc}")

@@ -1,0 +1,170 @@
+"""Opening the state database: SQLite under BROKER_HOME (WAL, 0600, identity check) or PostgreSQL (BROKER_DB).
+
+`db()` is the connection of the current thread for the current BROKER_HOME or BROKER_DB; `connect` opens
+(and migrates, see state_schema.py) a SQLite file and checks it is the database this home had (a truncated
+or replaced file is refused with a recovery hint, `StateError`), `connect_pg` the PostgreSQL one (db_pg.py).
+The records and queries on top of it are state.py, which re-exports `db`, `db_path`, `db_url` and
+`is_postgres` for its callers.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .errors import BrokerError
+from .paths import ensure_home, touch_private
+from .state_schema import MIGRATIONS, migrate
+
+
+def db_path() -> Path:
+    return ensure_home() / "state.db"
+
+
+class StateError(BrokerError):
+    """The state database cannot be used as it is (corrupt, truncated, replaced, unreadable)."""
+
+
+def _recovery_hint(path: Path) -> str:
+    return (f"move it aside (`mv {path} {path}.bad`; if you reset it on purpose, also remove "
+            f"{path.parent / ID_FILE}), then `broker status --refresh --adopt` rebuilds the clusters the clouds' "
+            "tags still know (`broker gc` lists what is left)")
+
+
+ID_FILE = "state.id"  # the database's identity, outside it: a truncated or replaced database is noticed
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    path = Path(path or db_path())
+    existed = path.exists()
+    try:
+        if not existed:
+            touch_private(path)  # 0600 before SQLite creates it with the umask's mode (WAL/SHM copy it)
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        for attempt in range(40):  # switching to WAL ignores the busy timeout: first opens racing retry
+            if mode.lower() == "wal":
+                break
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 39:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn)
+        _check_identity(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"the state database {path} is corrupt or unreadable ({exc})",
+                         _recovery_hint(path)) from None
+    except OSError as exc:
+        raise StateError(f"cannot open the state database {path}: {exc.strerror or exc}",
+                         "check the permissions of BROKER_HOME (it must be yours, mode 0700)") from None
+    return conn
+
+
+def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
+    """A database knows its id and BROKER_HOME/state.id repeats it. A database without an id next to an
+    id file was truncated or replaced (a 0-byte state.db would otherwise silently show "no clusters"
+    while instances still run)."""
+    import uuid
+
+    id_file = path.parent / ID_FILE
+
+    def expected_id():
+        try:
+            return id_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
+    if row is None:
+        # A new database, or one truncated or replaced: decided under the write lock, where the first
+        # connection of a new home gives it its id. The id file is written after the commit (below), so
+        # that another connection opening it at the same moment (a thread, a process) never sees the file
+        # without the row, and a crash in between leaves a row without a file (rewritten at the next open).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone() is None:
+                if expected_id():
+                    raise StateError(f"the state database {path} was truncated or replaced: it does not carry "
+                                     f"the id recorded in {id_file}", _recovery_hint(path))
+                conn.execute("INSERT INTO meta (k, v) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
+    expected = expected_id()
+    if expected is None:
+        _write_id(id_file, row[0])
+    elif expected != row[0]:
+        raise StateError(f"the state database {path} is not the one this BROKER_HOME had (id mismatch with "
+                         f"{id_file})", _recovery_hint(path))
+
+
+def _write_id(id_file: Path, db_id: str) -> None:
+    import os
+
+    tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}.{threading.get_ident()}")  # threads too (server)
+    touch_private(tmp)
+    tmp.write_text(db_id + "\n")
+    os.replace(tmp, id_file)
+
+
+_local = threading.local()
+
+
+def db_url() -> str:
+    """BROKER_DB: a postgresql:// URL (server mode), or empty for SQLite under BROKER_HOME. Read from the
+    environment only (it may carry a password; `broker server start --db` sets it for its process)."""
+    return os.environ.get("BROKER_DB", "")
+
+
+def db():
+    """A connection for the current BROKER_HOME (or BROKER_DB), one per thread (sqlite3 objects are
+    per-thread; one psycopg connection per thread keeps transactions apart)."""
+    url = db_url()
+    key = url or db_path()
+    conn = getattr(_local, "conn", None)
+    if conn is None or getattr(_local, "key", None) != key:
+        conn = connect_pg(url) if url else connect(key)
+        _local.conn, _local.key = conn, key
+    return conn
+
+
+def close_thread_db() -> None:
+    """Close this thread's connection (a thread that is about to end: the server's stream threads)."""
+    conn = getattr(_local, "conn", None)
+    _local.conn = None
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+
+def is_postgres() -> bool:
+    return bool(db_url())
+
+
+def connect_pg(url: str):
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StateError(f"BROKER_DB must be a postgresql:// URL (got {url.split('://')[0]}://…)",
+                         "e.g. postgresql://broker@dbhost/broker, or unset it for SQLite under BROKER_HOME")
+    try:
+        from . import db_pg
+    except ImportError:
+        raise StateError("a PostgreSQL state database needs psycopg, which is not installed",
+                         "pip install 'skybroker[server]'") from None
+    try:
+        return db_pg.connect(url, MIGRATIONS)
+    except db_pg.psycopg.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StateError(f"cannot use the state database {db_pg.redact_url(url)}: {db_pg.redact_url(msg)}",
+                         "check the URL, that PostgreSQL runs, and the user's rights on the database") from None
+
