@@ -1,5 +1,5 @@
 """`image_id: skypilot:TAG` and per-region image dicts: planned only where the image exists, and the image
-the tag names reaches the provision request (catalog/images.py, spec._image_places, provision.request_for)."""
+the tag names reaches the provision request (catalog/images.py, spec_groups._build, provision.request_for)."""
 from __future__ import annotations
 
 import pytest
