@@ -212,7 +212,7 @@ def test_instance_type_and_max_hourly_cost():
 def test_exact_never_misses_a_cheaper_offer():
     """Brute force over every offer in the catalogs agrees with the best-first search (randomised tasks
     in test_optimizer_search.py)."""
-    from skybroker.optimizer import spec_admits
+    from skybroker.offer_fit import spec_admits
     t = task_from_dict({"resources": {"cpus": "4+", "memory": "16+", "use_spot": True}, "run": "x"})
     res = t.candidates[0]
     brute = min(o.spot_price for cl in ALL for s in catalog.specs(cl) if spec_admits(res, s)

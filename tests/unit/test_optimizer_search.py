@@ -8,14 +8,8 @@ import pytest
 
 from skybroker import catalog
 from skybroker.errors import NoFeasibleError
-from skybroker.optimizer import (
-    Block,
-    Candidate,
-    _clouds_for,
-    _zone_ok,
-    optimize,
-    spec_admits,
-)
+from skybroker.offer_fit import _zone_ok, spec_admits
+from skybroker.optimizer import Block, Candidate, _clouds_for, optimize
 from skybroker.resources import Amount, Resources
 from skybroker.spec import replace_groups, task_from_dict
 
