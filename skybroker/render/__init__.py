@@ -20,6 +20,7 @@ from .progress import _Live  # noqa: F401
 from .table import *  # noqa: F401,F403
 from .table import _shorten, _table, _text  # noqa: F401
 from .views import *  # noqa: F401,F403
+from .plan_views import *  # noqa: F401,F403
 from .costs import *  # noqa: F401,F403
 from .pools import *  # noqa: F401,F403
 from .volume_views import print_volumes, volume_json  # noqa: F401

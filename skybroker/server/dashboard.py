@@ -121,7 +121,7 @@ def plan_page(user, yaml_text: str | None = None) -> str:
 def _plan_html(text: str) -> tuple[str, bool]:
     from .. import api, spec
     from ..errors import BrokerError
-    from ..render.views import plan_rows
+    from ..render.plan_views import plan_rows
     from ..taskfile import parse_yaml_docs
 
     has_secrets = "secrets" in text
