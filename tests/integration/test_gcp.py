@@ -91,7 +91,7 @@ def test_request_shapes_match_the_rest_api(cloud, gce):
 
 
 def cloud_name(cluster: str, rank: int) -> str:
-    from skybroker.clouds.gcp.driver import instance_name
+    from skybroker.clouds.gcp.instances import instance_name
 
     return instance_name(cluster, rank)
 

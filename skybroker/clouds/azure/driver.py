@@ -1,6 +1,6 @@
 """Azure driver: one resource group per cluster (`skybroker-<cluster>`, tagged), holding a vnet + subnet, a
-network security group (tcp 22 + the task's ports from anywhere, anything from inside the vnet), and per
-node a Standard static public IP, a NIC and a VM. Teardown is one delete of the resource group, so nothing
+network security group (tcp 22 + the task's ports from anywhere, anything from inside the vnet: network.py),
+and per node a Standard static public IP, a NIC and a VM. Teardown is one delete of the resource group, so nothing
 is orphaned; a retried launch finds the group and resumes.
 
 Places: our Azure catalog has no zones, an offer is a region (zone None). A CapacityError (scope zone)
@@ -22,13 +22,12 @@ from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, 
                     InstanceInfo, ProvisionRequest, Provider, TaggedResource)
 from ..common import call_typed
 from . import client as clients
+from . import network
 from .errors import classify
 
 TAG_RANK = "skybroker-rank"
 TAG_SPOT = "skybroker-spot"
 SSH_USER = "broker"
-VNET, SUBNET, NSG = "skybroker-vnet", "default", "skybroker-nsg"
-VNET_PREFIX, SUBNET_PREFIX = "10.0.0.0/16", "10.0.0.0/24"
 UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "latest")
 GPU_IMAGE = ("microsoft-dsvm", "ubuntu-hpc", "2204", "latest")  # Ubuntu 22.04 with NVIDIA drivers
 _POWER = {"running": RUNNING, "starting": PENDING, "stopping": STOPPING, "deallocating": STOPPING,
@@ -200,7 +199,7 @@ class AzureCloud(Provider):
         live = [vm for vm in existing if vm not in failed]
         stopped = [vm.name for vm in live if self._info(vm, {}).state in (STOPPED, STOPPING)]
         self._wait([self._call(place, c.compute.virtual_machines.begin_start, rg, n) for n in stopped], place)
-        subnet_id, nsg_id = self._ensure_network(c, place, req)
+        subnet_id, nsg_id = network.ensure(self, c, place, req)
         have = {int(vm.tags[TAG_RANK]) for vm in live if (vm.tags or {}).get(TAG_RANK, "").isdigit()}
         ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
         if ranks:
@@ -229,69 +228,6 @@ class AzureCloud(Provider):
                                       place, hint=f"`broker down {req.cluster}` first, or launch it in {group.location}")
         self._delete_group(c, place, rg)
         return []
-
-    def _ensure_network(self, c, place, req) -> tuple[str, str]:
-        from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
-
-        rg = group_name(req.cluster)
-        tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
-        try:
-            nsg = c.network.network_security_groups.get(rg, NSG)
-        except Exception as exc:  # noqa: BLE001
-            if not _not_found(exc):
-                raise classify(exc, place) or exc from None
-            nsg = self._call(place, c.network.network_security_groups.begin_create_or_update, rg, NSG,
-                             NetworkSecurityGroup(location=req.region, tags=tags,
-                                                  security_rules=self._rules((), ("22",) + tuple(req.ports))))
-            nsg = self._call(place, nsg.result)
-        else:
-            self._add_rules(c, place, rg, nsg, ("22",) + tuple(req.ports))
-        try:
-            vnet = c.network.virtual_networks.get(rg, VNET)
-        except Exception as exc:  # noqa: BLE001
-            if not _not_found(exc):
-                raise classify(exc, place) or exc from None
-            vnet = self._call(place, c.network.virtual_networks.begin_create_or_update, rg, VNET, VirtualNetwork(
-                location=req.region, tags=tags, address_space=AddressSpace(address_prefixes=[VNET_PREFIX]),
-                subnets=[Subnet(name=SUBNET, address_prefix=SUBNET_PREFIX)]))
-            vnet = self._call(place, vnet.result)
-        subnet = next(s for s in vnet.subnets if s.name == SUBNET)
-        return subnet.id, nsg.id
-
-    @staticmethod
-    def _port_range(spec) -> str:
-        lo, _, hi = str(spec).partition("-")
-        return f"{int(lo)}-{int(hi)}" if hi and int(hi) != int(lo) else str(int(lo))
-
-    def _rules(self, current, ports) -> list:
-        """SecurityRule models for the ports not yet open (tcp from anywhere), plus intra-vnet traffic
-        (also allowed by Azure's default AllowVnetInBound rule; explicit so a reader sees it)."""
-        from azure.mgmt.network.models import SecurityRule
-
-        names = {r.name for r in current}
-        have = {r.destination_port_range for r in current if _s(r.protocol).lower() == "tcp"}
-        used = {r.priority for r in current}
-        out = []
-        if "intra-vnet" not in names:
-            out.append(SecurityRule(name="intra-vnet", protocol="*", source_address_prefix="VirtualNetwork",
-                                    source_port_range="*", destination_address_prefix="VirtualNetwork",
-                                    destination_port_range="*", access="Allow", direction="Inbound", priority=900))
-        prio = 1000
-        for rng in dict.fromkeys(self._port_range(p) for p in ports):
-            if rng in have:
-                continue
-            while prio in used:
-                prio += 1
-            used.add(prio)
-            out.append(SecurityRule(name=f"tcp-{rng}", protocol="Tcp", source_address_prefix="*",
-                                    source_port_range="*", destination_address_prefix="*",
-                                    destination_port_range=rng, access="Allow", direction="Inbound", priority=prio))
-        return out
-
-    def _add_rules(self, c, place, rg, nsg, ports) -> None:
-        new = self._rules(nsg.security_rules or [], ports)
-        self._wait([self._call(place, c.network.security_rules.begin_create_or_update, rg, NSG, r.name, r)
-                    for r in new], place)
 
     def _image(self, req, place):
         from azure.mgmt.compute.models import ImageReference
@@ -446,12 +382,12 @@ class AzureCloud(Provider):
         c = self._clients(place)
         rg = group_name(cluster)
         try:
-            nsg = c.network.network_security_groups.get(rg, NSG)
+            nsg = c.network.network_security_groups.get(rg, network.NSG)
         except Exception as exc:  # noqa: BLE001
             if _not_found(exc):
                 raise InvalidRequestError(f"cluster {cluster} has no network security group on Azure", place) from None
             raise classify(exc, place) or exc from None
-        self._add_rules(c, place, rg, nsg, tuple(ports))
+        network.add_rules(self, c, place, rg, nsg, tuple(ports))
 
     # -- autostop on the cluster itself (selfstop.py) ---------------------------------------------
     def prepare_self_stop(self, cluster: str, region: str | None, action: str) -> str:

@@ -37,7 +37,7 @@ class PersistentDisks:
         from google.api_core.exceptions import Conflict
         from google.cloud import compute_v1 as c
 
-        from .driver import _label, _label_key, _user, region_of
+        from .instances import _label, _label_key, _user, region_of
 
         place = Place("gcp", region, zone)
         zone = self._pick_zone(region, zone, place)
@@ -116,7 +116,7 @@ class PersistentDisks:
     def _ephemeral_disks(self, project, cluster, region):
         from google.cloud import compute_v1
 
-        from .driver import _label, _last, region_of
+        from .instances import _label, _last, region_of
 
         flt = f"labels.{TAG_EPHEMERAL}=true" + (f" AND labels.{TAG_CLUSTER}={_label(cluster)}" if cluster else "")
         req = compute_v1.AggregatedListDisksRequest(project=project, filter=flt)

@@ -11,6 +11,7 @@ Per cluster, all labelled `skybroker-cluster=<name>`, `skybroker-user=<user>`:
     SKYPILOT_NODE_IPS are the pod IPs);
   - a Secret `skybroker-<cluster>-ssh` with the user's public key, mounted into every pod;
   - with `ports`, a Service `skybroker-<cluster>-ports` (LoadBalancer, or NodePort) in front of the head.
+Their bodies are built in objects.py; a pod that will not start is told apart in pods.py.
 
 Commands and sync go over SSH into the pod (sshd started by the pod's bootstrap, pods.BOOTSTRAP), through
 the API server's port-forward (forward.py) or straight to the pod IP (in-cluster): the same runner as
@@ -25,7 +26,6 @@ offers needs the network, and a free offer would otherwise win every plan.
 """
 from __future__ import annotations
 
-import base64
 import threading
 import time
 
@@ -35,10 +35,11 @@ from ..base import (TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, InstanceInf
 from ..common import call_typed
 from . import client as kc
 from . import config as cfg
+from . import objects
 from . import pods as pk
 from .errors import HINT_CREDS, classify, status_of
-from .pods import SSH_PORT, TAG_RANK, BOOTSTRAP, pod_name, service_name, ports_service_name, secret_name
-from .shapes import GPU_LABELS, GPU_TOLERATIONS, instance_type, parse_instance_type, default_shape, node_gpus, node_fits
+from .pods import SSH_PORT, pod_name, service_name, ports_service_name, secret_name
+from .shapes import instance_type, parse_instance_type, default_shape, node_gpus, node_fits
 
 NODES_TTL = 30.0
 
@@ -273,7 +274,7 @@ class KubernetesCloud(Provider):
         cpus, mem, gpu, n = shape
         gpu_res, affinity = None, None
         if gpu:
-            gpu_res, affinity = self._gpu_affinity(ctx, place, gpu)
+            gpu_res, affinity = objects.gpu_affinity(self._nodes(ctx), gpu, ctx, place)
         pods = self._pods(ctx, ns, place, self._selector(req.cluster))
         dead = [p for p in pods if pk.phase(p) in ("Failed", "Succeeded") and not pk.deleting(p)]
         for p in dead:  # a rank whose pod died is replaced
@@ -285,73 +286,19 @@ class KubernetesCloud(Provider):
         for rank in range(req.num_nodes):
             if rank in have:
                 continue
-            body = self._pod_body(req, rank, cpus, mem, gpu_res, n, affinity)
+            body = objects.pod(req, rank, cpus, mem, gpu_res, n, affinity)
             made = self._create(ctx, ns, place, "pod", body, "pods", (cpus, mem, gpu_res, n))
             if made is None:  # created meanwhile by a retried or concurrent launch
                 made = self._call(place, lambda: kc.call(kc.core(ctx).read_namespaced_pod, body["metadata"]["name"], ns))
             ids.append(made["metadata"]["uid"])
         return ids
 
-    def _gpu_affinity(self, ctx, place, gpu: str):
-        """(GPU resource name, node affinity) for pods of this GPU type, from the nodes' labels."""
-        nodes = self._nodes(ctx)
-        terms: dict[str, set] = {}
-        res = None
-        for nd in nodes:
-            name, count, rname, label = node_gpus(nd)
-            if name and name.lower() == gpu.lower() and label:
-                terms.setdefault(label[0], set()).add(label[1])
-                res = res or rname
-        if res is None:
-            raise CapacityError(f"no node of context {ctx} has {gpu} GPUs (by the node labels "
-                                f"{', '.join(GPU_LABELS[:3])}, ...)", place, code="NoSuchGPU")
-        affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": k, "operator": "In", "values": sorted(v)}]} for k, v in sorted(terms.items())]}}}
-        return res, affinity
-
-    def _labels(self, cluster: str, extra=()) -> dict:
-        labels = {pk.label(k): pk.label(v) for k, v in extra}
-        labels.update({TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user())})
-        return labels
-
     def _ensure_common(self, ctx, ns, place, req: ProvisionRequest) -> None:
         key = (req.public_key or pk.public_key()).strip() + "\n"
-        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                  "metadata": {"name": secret_name(req.cluster), "labels": self._labels(req.cluster)},
-                  "data": {"authorized_keys": base64.b64encode(key.encode()).decode()}}
-        self._create(ctx, ns, place, "secret", secret, "secrets")
-        svc = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": service_name(req.cluster), "labels": self._labels(req.cluster)},
-               "spec": {"clusterIP": "None", "selector": {TAG_CLUSTER: req.cluster, TAG_USER: pk.label(pk.user())},
-                        "publishNotReadyAddresses": True, "ports": [{"name": "ssh", "port": SSH_PORT}]}}
-        self._create(ctx, ns, place, "service", svc, "services")
+        self._create(ctx, ns, place, "secret", objects.ssh_secret(req.cluster, key), "secrets")
+        self._create(ctx, ns, place, "service", objects.headless_service(req.cluster), "services")
         if req.ports:
             self._ensure_ports(ctx, ns, place, req.cluster, tuple(req.ports))
-
-    def _pod_body(self, req: ProvisionRequest, rank: int, cpus, mem, gpu_res, n, affinity) -> dict:
-        name = pod_name(req.cluster, rank)
-        requests = {"cpu": cfg.fmt_cpu(cpus), "memory": cfg.fmt_memory(mem)}
-        limits = {}
-        if gpu_res:
-            requests[gpu_res] = limits[gpu_res] = str(int(n))
-        image = (req.image_id or cfg.image(bool(gpu_res))).removeprefix("docker:")
-        container = {"name": "node", "image": image, "command": ["/bin/bash", "-c", BOOTSTRAP],
-                     "env": [{"name": "SKYBROKER_SSH_USER", "value": cfg.ssh_user()}],
-                     "ports": [{"name": "ssh", "containerPort": SSH_PORT}],
-                     "resources": {"requests": requests, **({"limits": limits} if limits else {})},
-                     "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "periodSeconds": 2},
-                     "volumeMounts": [{"name": "ssh-key", "mountPath": "/etc/skybroker-ssh", "readOnly": True},
-                                      {"name": "dshm", "mountPath": "/dev/shm"}]}
-        spec = {"restartPolicy": "Never", "hostname": name, "subdomain": service_name(req.cluster),
-                "containers": [container], "terminationGracePeriodSeconds": 10,
-                "volumes": [{"name": "ssh-key", "secret": {"secretName": secret_name(req.cluster), "defaultMode": 0o644}},
-                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
-        if gpu_res:
-            spec["affinity"] = affinity
-            spec["tolerations"] = GPU_TOLERATIONS
-        labels = self._labels(req.cluster, req.labels)
-        labels[TAG_RANK] = str(rank)
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": spec}
 
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
         ctx, ns, place = self._where(req.region, req.zone)
@@ -367,7 +314,7 @@ class KubernetesCloud(Provider):
                 raise CapacityError(f"{len(ids) - len(mine)} pod(s) of {req.cluster} were deleted while starting",
                                     place, code="PodDeleted")
             for p in mine:
-                self._raise_if_stuck(p, place, started, unsched_for)
+                pk.raise_if_stuck(p, place, started, unsched_for)
             if all(pk.phase(p) == "Running" and pk.ready(p) and (p.get("status") or {}).get("podIP") for p in mine) \
                     and len(mine) >= req.num_nodes:
                 return pk.ordered([pk.info(p) for p in mine])
@@ -376,32 +323,6 @@ class KubernetesCloud(Provider):
                                           code="PodTimeout", hint=f"kubectl --context {ctx} -n {ns} describe pod "
                                           f"{pod_name(req.cluster, 0)}")
             time.sleep(poll)
-
-    def _raise_if_stuck(self, pod: dict, place: Place, started: float, unsched_for: float) -> None:
-        st = pod.get("status") or {}
-        name = pod["metadata"]["name"]
-        for c in st.get("conditions") or []:
-            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                if time.time() - started >= unsched_for:
-                    raise CapacityError(f"pod {name} cannot be scheduled: {c.get('message', '')}", place,
-                                        code="Unschedulable")
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
-                raise CapacityError(f"pod {name} was preempted while starting ({c.get('reason')})", place,
-                                    code=c.get("reason") or "DisruptionTarget")
-        for cs in st.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                                         "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"):
-                raise InvalidRequestError(f"pod {name}: {waiting.get('reason')}: {waiting.get('message', '')}",
-                                          place, code=waiting["reason"])
-            term = (cs.get("state") or {}).get("terminated")
-            if term:
-                raise InvalidRequestError(f"pod {name}: its bootstrap exited ({term.get('reason')}, code "
-                                          f"{term.get('exitCode')}); `kubectl logs {name}` says why", place,
-                                          code=term.get("reason") or "ContainerTerminated")
-        if pk.phase(pod) in ("Failed", "Succeeded"):
-            raise CapacityError(f"pod {name} ended while starting ({st.get('reason') or pk.phase(pod)})", place,
-                                code=st.get("reason") or pk.phase(pod))
 
     # -- the rest of the protocol ------------------------------------------------------------------
     def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
@@ -453,10 +374,7 @@ class KubernetesCloud(Provider):
         """The head pod's ports behind one Service (LoadBalancer or NodePort), extended, never shrunk."""
         from kubernetes.client.exceptions import ApiException
 
-        wanted = []
-        for p in ports:
-            lo, _, hi = str(p).partition("-")
-            wanted += list(range(int(lo), int(hi or lo) + 1))
+        wanted = objects.port_numbers(ports)
         if len(wanted) > 100:
             raise InvalidRequestError(f"{len(wanted)} ports: a Service holds at most 100 here", place)
         name = ports_service_name(cluster)
@@ -467,18 +385,14 @@ class KubernetesCloud(Provider):
             if exc.status != 404:
                 raise classify(exc, place) or exc from None
             have = None
-        selector = {TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user()), TAG_RANK: "0"}
         if have is None:
-            body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": self._labels(cluster)},
-                    "spec": {"type": cfg.ports_service_type(), "selector": selector,
-                             "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in sorted(set(wanted))]}}
+            body = objects.ports_service(cluster, sorted(set(wanted)))
             self._create(ctx, ns, place, "service", body, "services")
             return
         cur = {p["port"] for p in have["spec"].get("ports") or []}
         missing = sorted(set(wanted) - cur)
         if missing:
-            have["spec"]["ports"] = (have["spec"].get("ports") or []) + [
-                {"name": f"p{p}", "port": p, "targetPort": p} for p in missing]
+            have["spec"]["ports"] = (have["spec"].get("ports") or []) + objects.service_ports(missing)
             self._call(place, lambda: kc.call(core.replace_namespaced_service, name, ns, have))
 
     def list_tagged(self, region: str | None) -> list[TaggedResource]:

@@ -1,6 +1,6 @@
 """Kubernetes API errors → typed errors with a scope. The decision reads structured fields only: the
 HTTP status and the `Status` object's `reason` (Unauthorized, Forbidden, TooManyRequests, Invalid,
-NotFound, AlreadyExists, ...), pod conditions and container state reasons (driver.py), and for a 403 on a
+NotFound, AlreadyExists, ...), pod conditions and container state reasons (pods.py), and for a 403 on a
 create, a SelfSubjectAccessReview plus the namespace's ResourceQuota objects (driver.py) — never message
 text.
 
@@ -12,7 +12,7 @@ text.
   5xx, connection refused, TLS/DNS failure     UnreachableError (the region: this context's cluster)
   kubeconfig missing / bad context            CredentialsError
   400, 404 (e.g. no such namespace), 422       InvalidRequestError
-  a pod left Unschedulable                     CapacityError (the context; driver.py)
+  a pod left Unschedulable                     CapacityError (the context; pods.py)
 """
 from __future__ import annotations
 

@@ -1,11 +1,14 @@
 """The pods of a cluster: their names, the bootstrap command that starts sshd in them, and a pod's state as
-the provider protocol sees it."""
+the provider protocol sees it (or, for a pod that will not become ready, as the typed error that says why).
+Their bodies: objects.py."""
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import time
 
+from ...errors import CapacityError, InvalidRequestError, Place
 from ..base import PENDING, RUNNING, TERMINATED, UNREACHABLE, InstanceInfo
 from . import config as cfg
 
@@ -113,3 +116,32 @@ def public_key() -> str:
     from ...runtime.keys import ensure_user_key
 
     return ensure_user_key(broker_home())[1]
+
+
+def raise_if_stuck(pod: dict, place: Place, started: float, unsched_for: float) -> None:
+    """Raise the typed error for a pod that will not become ready: left Unschedulable for `unsched_for`
+    seconds, preempted, its image unpullable, its container failing or exited, or the pod ended."""
+    st = pod.get("status") or {}
+    name = pod["metadata"]["name"]
+    for c in st.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            if time.time() - started >= unsched_for:
+                raise CapacityError(f"pod {name} cannot be scheduled: {c.get('message', '')}", place,
+                                    code="Unschedulable")
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            raise CapacityError(f"pod {name} was preempted while starting ({c.get('reason')})", place,
+                                code=c.get("reason") or "DisruptionTarget")
+    for cs in st.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                                     "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"):
+            raise InvalidRequestError(f"pod {name}: {waiting.get('reason')}: {waiting.get('message', '')}",
+                                      place, code=waiting["reason"])
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            raise InvalidRequestError(f"pod {name}: its bootstrap exited ({term.get('reason')}, code "
+                                      f"{term.get('exitCode')}); `kubectl logs {name}` says why", place,
+                                      code=term.get("reason") or "ContainerTerminated")
+    if phase(pod) in ("Failed", "Succeeded"):
+        raise CapacityError(f"pod {name} ended while starting ({st.get('reason') or phase(pod)})", place,
+                            code=st.get("reason") or phase(pod))
