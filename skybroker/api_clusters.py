@@ -116,9 +116,10 @@ def adopt(on_event=None) -> list[str]:
 
 
 def down(names, on_event=None):
+    """`broker down`: a cluster of an active managed job or pool is skipped with a note saying what ends it."""
     from . import clusters
 
-    return clusters.down(list(names), on_event=on_event or (lambda k, m: None))
+    return clusters.down(list(names), on_event=on_event or (lambda k, m: None), spare_owned=True)
 
 
 def stop(name: str, on_event=None):

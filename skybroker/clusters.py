@@ -77,7 +77,7 @@ class LaunchResult:
 def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = False, retry_until_up: bool = False,
            keep_on_failure: bool = False, on_event: Event = _noop, on_line: Line = _noop) -> LaunchResult:
     """Provision (or reuse) a cluster for `task`, sync, run setup+run on every node, stream logs."""
-    name = validate_name(cluster) if cluster else default_name(task)
+    name = _user_cluster_name(cluster) if cluster else default_name(task)
     lifecycle.preflight(task, name)  # before anything else: bad input creates nothing
     settle(on_event)
     try:
@@ -179,9 +179,11 @@ def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
     return reconcile.refresh(rec)
 
 
-def down(names: list[str], *, on_event: Event = _noop) -> list[str]:
+def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False) -> list[str]:
     """Terminate clusters. Idempotent: a name that is already gone is reported, not an error. A cluster
-    whose launch was interrupted is removed everywhere its intents say it may have resources."""
+    whose launch was interrupted is removed everywhere its intents say it may have resources. With
+    `spare_owned` (the user's `broker down`), a cluster of an active managed job or pool is skipped with a
+    note: its controller would relaunch it; the job's own teardown (controller, pools) does not spare it."""
     for name in names:
         validate_name(name)
     settle(on_event)
@@ -195,6 +197,11 @@ def down(names: list[str], *, on_event: Event = _noop) -> list[str]:
             if rec is None:
                 rec = ClusterRecord(name=name, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
                                     use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0)
+            busy = _active_owner(rec.owner) if spare_owned and rec.owner else None
+            if busy:
+                on_event("skip", f"cluster {name} belongs to {lifecycle.owner_name(rec.owner)} ({busy}): not torn "
+                                 f"down; {_ENDS[rec.owner.partition(':')[0]].format(rec.owner.partition(':')[2])}")
+                continue
             on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")
             cluster_ops.terminate(rec, on_event)
             done.append(name)
@@ -407,3 +414,35 @@ def forget_host_keys(name: str, rank: int | None = None) -> list[str]:
     state.add_event(name, "hostkey", f"forgot pinned host keys: {', '.join(out) or 'none were pinned'}")
     return out
 
+
+_RESERVED = re.compile(r"^(job-\d+|pool-.+-\d+)$")  # jobs/controller.py and jobs/pool_store.py name their clusters so
+
+
+def _user_cluster_name(name: str) -> str:
+    """A name the user gives a new cluster: valid, and not one a managed job or a pool will take. An existing
+    cluster of that name is left to the owner check of the bring-up (a user's old `job-5` stays usable)."""
+    validate_name(name)
+    if _RESERVED.match(name) and state.get_cluster(name) is None:
+        raise UsageError(f"cluster name {name!r} is reserved",
+                         "job-<N> and pool-<pool>-<N> name the clusters of managed jobs and pools; choose another name")
+    return name
+
+
+_ENDS = {"managed": "`broker jobs cancel {}` ends the job and its cluster",
+         "pool": "`broker jobs pool down {}` ends the pool and its workers"}
+
+
+def _active_owner(owner: str) -> str | None:
+    """The status of the managed job or pool that owns a cluster while it is active (its controller would
+    relaunch a cluster torn down under it), else None."""
+    kind, _, ident = owner.partition(":")
+    if kind == "managed" and ident.isdigit():
+        from .jobs import store
+
+        j = store.get(int(ident))
+        return j.status if j is not None and j.status not in store.TERMINAL else None
+    if kind == "pool":
+        from .jobs import pool_store
+
+        return "active" if pool_store.get(ident) is not None else None
+    return None

@@ -139,6 +139,9 @@ class Running:
 
 def preflight(task, cluster: str | None = None) -> None:
     """What can be checked before anything is created or the user is asked to confirm."""
+    from . import settings
+
+    settings.check_all()  # a bad BROKER_* value (or config `settings:`) is refused here, not mid-bring-up
     if any(m.is_bucket for m in task.file_mounts):
         from .storage import mounts
 
@@ -203,6 +206,8 @@ def _bring_up_locked(b: BringUp) -> Running:
     stage = Stage.PROVISION
     rt = None
     try:
+        if rec is not None:
+            _check_owner(rec, b.owner)
         if rec is not None and rec.status == STOPPED:
             b.on_event("start", f"starting stopped cluster {name}")
             rec = start_locked(rec, b.on_event)
@@ -317,6 +322,31 @@ def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
     _mark_up(rec, None, rt)
     b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {rec.name}: not submitting again")
     return Running(rec.name, job_id, [], True, adopted=True, runtime=rt)
+
+
+def _check_owner(rec, owner: str | None) -> None:
+    """A launch reuses only a cluster of its own kind: a user's launch never takes a managed job's or a pool's
+    cluster, and a managed job or pool never takes a user's (or another job's): it would tear it down later."""
+    theirs = rec.owner
+    if theirs == owner or (owner or "").startswith("managed:") and (theirs or "").startswith("pool:"):
+        return  # the same owner, or a managed job on a pool's worker
+    from .errors import UsageError
+
+    if theirs is None:
+        raise UsageError(f"a cluster named {rec.name} exists and is not {owner_name(owner)}'s",
+                         f"{owner_name(owner)} uses the name {rec.name}: `broker down {rec.name}` frees it")
+    kind, _, ident = theirs.partition(":")
+    ends = {"managed": f"`broker jobs cancel {ident}` ends it", "pool": f"`broker jobs pool down {ident}` ends it"}
+    raise UsageError(f"cluster {rec.name} belongs to {owner_name(theirs)}",
+                     "use another cluster name" + (f"; {ends[kind]}" if kind in ends else ""))
+
+
+def owner_name(owner: str | None) -> str:
+    """ "managed:5" -> "managed job 5", "pool:p" -> "pool p", None -> "you"."""
+    if owner is None:
+        return "you"
+    kind, _, ident = owner.partition(":")
+    return {"managed": f"managed job {ident}", "pool": f"pool {ident}"}.get(kind, owner)
 
 
 def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:

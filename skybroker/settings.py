@@ -173,6 +173,13 @@ def _parse(s: Setting, raw: str):
     return raw
 
 
+def check_all() -> None:
+    """Every setting parses (UsageError naming the first bad variable): called before anything is created, so
+    a bad value is not found only when a cluster already exists."""
+    for s in SETTINGS:
+        get(s.name)
+
+
 def table() -> list[tuple[str, str, str, str]]:
     """(environment variable, value in effect, default, meaning) for every setting."""
     out = []

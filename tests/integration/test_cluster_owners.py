@@ -1,0 +1,112 @@
+"""Clusters of managed jobs and pools are theirs (found by exploratory testing: a user's `job-5` was taken
+over by managed job 5 and torn down with it, and `broker down -a` tore down a running job's cluster, which
+its controller then relaunched as "preempted"). Through the real CLI and controller on the `local` cloud:
+
+  - `job-<N>` and `pool-<pool>-<N>` are refused as new user cluster names (exit 2, nothing created);
+  - a user's launch onto a managed job's cluster is refused and the job runs on;
+  - `broker down NAME` / `down -a` skip an active managed job's cluster with a note saying what ends it;
+  - a managed job never takes a cluster that is not its own (the bring-up's owner check);
+  - a bad BROKER_* value is refused before anything is created.
+"""
+from __future__ import annotations
+
+import pytest
+
+from skybroker import lifecycle
+from skybroker.errors import UsageError
+from skybroker.state import UP, ClusterRecord
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task
+from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, controller_pid, fast_controller,  # noqa: F401
+                                                 job, launch_detached, local_job_pids, wait_status)
+
+
+@pytest.fixture(autouse=True)
+def _cleanup():
+    yield
+    kill_leftovers(broker_home())
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _rec(name: str, owner: str | None) -> ClusterRecord:
+    return ClusterRecord(name=name, cloud="local", region=None, zone=None, instance_type=None, accelerators=None,
+                         use_spot=False, num_nodes=1, hourly_price=0.0, status=UP, launched_at=0.0, owner=owner)
+
+
+@pytest.mark.parametrize("theirs,ours,ok", [
+    (None, None, True),                      # a user's cluster, the user again
+    ("managed:3", "managed:3", True),        # a managed job's relaunch on its own cluster
+    ("pool:p", "managed:7", True),           # a managed job on its pool's worker
+    (None, "managed:5", False),              # a user's old `job-5`: never taken by managed job 5
+    ("managed:5", None, False),              # a user's launch onto managed job 5's cluster
+    ("pool:p", None, False),                 # onto a pool's worker
+    ("managed:5", "managed:6", False),
+])
+def test_owner_check(theirs, ours, ok):
+    rec = _rec("job-5", theirs)
+    if ok:
+        lifecycle._check_owner(rec, ours)
+        return
+    with pytest.raises(UsageError) as e:
+        lifecycle._check_owner(rec, ours)
+    msg = e.value.message + " " + (e.value.hint or "")
+    assert "job-5" in msg
+    if theirs == "managed:5":
+        assert "managed job 5" in msg and "broker jobs cancel 5" in msg
+    if theirs is None:
+        assert "managed job 5" in msg and "broker down job-5" in msg
+
+
+@pytest.mark.parametrize("name", ["job-1", "job-42", "pool-mypool-0"])
+def test_reserved_names_are_refused_for_new_user_clusters(tmp_path, name):
+    task = write_task(tmp_path / "t.yaml", name="mine", run="echo hi")
+    r = broker("launch", "-y", "-c", name, task)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "reserved" in r.stderr and "Traceback" not in r.stderr
+    assert status_json() == [] and not (broker_home() / "local" / name).exists()
+    ok = broker("launch", "-y", "-c", "job-x", task)  # not the managed pattern
+    assert ok.returncode == 0, ok.stderr
+    assert broker("down", "-y", "job-x").returncode == 0
+
+
+def test_a_managed_jobs_cluster_is_not_the_users(tmp_path):
+    task = write_task(tmp_path / "m.yaml", name="held", run="echo up; sleep 60")
+    jid = launch_detached(task)
+    wait_status(jid, "RUNNING")
+    name = f"job-{jid}"
+    wait_for(lambda: local_job_pids(), 10, 0.05, "job processes")
+    pids = local_job_pids()
+    mine = write_task(tmp_path / "u.yaml", name="mine", run="echo my-job")
+    user = broker("launch", "-y", "-c", "userc", mine)
+    assert user.returncode == 0, user.stderr
+
+    r = broker("launch", "-y", "-c", name, mine)  # onto the managed job's cluster
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"belongs to managed job {jid}" in flat(r.stderr) and f"broker jobs cancel {jid}" in flat(r.stderr)
+    assert "my-job" not in r.stdout
+
+    d = broker("down", "-y", name)
+    assert d.returncode == 0, d.stderr
+    assert f"cluster {name} belongs to managed job {jid} (RUNNING): not torn down" in flat(d.stdout + d.stderr)
+    a = broker("down", "-a", "-y")  # every cluster of the user's; the job's is spared
+    assert a.returncode == 0, a.stderr
+    assert "cluster userc terminated" in flat(a.stdout + a.stderr) and f"{name} terminated" not in a.stdout
+    names = [c["name"] for c in status_json()]
+    assert names == [name], names
+    assert job(jid).status == "RUNNING" and job(jid).recoveries == 0
+    assert set(pids) <= set(local_job_pids())  # the same processes: nothing was torn down or relaunched
+
+    assert broker("jobs", "cancel", "-y", jid).returncode == 0
+    assert wait_status(jid, TERMINAL).status == "CANCELLED"
+    assert_clean(jid)
+
+
+def test_a_bad_setting_is_refused_before_anything_is_created(tmp_path):
+    task = write_task(tmp_path / "t.yaml", name="wr", run="echo hi")
+    r = broker("launch", "-y", "-c", "wr", task, env={"BROKER_WAIT_READY": "abc"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "BROKER_WAIT_READY='abc' is not a number" in r.stderr
+    assert "terminated" not in r.stderr and "provisioning" not in r.stderr
+    assert status_json() == [] and not (broker_home() / "local" / "wr").exists()
