@@ -415,7 +415,7 @@ def forget_host_keys(name: str, rank: int | None = None) -> list[str]:
     return out
 
 
-_RESERVED = re.compile(r"^(job-\d+|pool-.+-\d+)$")  # jobs/controller.py and jobs/pool_store.py name their clusters so
+_RESERVED = re.compile(r"^(job-\d+(-\d+)?|pool-.+-\d+)$")  # jobs/pipeline.py and jobs/pool_store.py name their clusters so
 
 
 def _user_cluster_name(name: str) -> str:
@@ -424,7 +424,8 @@ def _user_cluster_name(name: str) -> str:
     validate_name(name)
     if _RESERVED.match(name) and state.get_cluster(name) is None:
         raise UsageError(f"cluster name {name!r} is reserved",
-                         "job-<N> and pool-<pool>-<N> name the clusters of managed jobs and pools; choose another name")
+                         "job-<N>, job-<N>-<stage> and pool-<pool>-<N> name the clusters of managed jobs, their stages and pools; "
+                         "choose another name")
     return name
 
 

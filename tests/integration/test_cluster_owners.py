@@ -59,7 +59,7 @@ def test_owner_check(theirs, ours, ok):
         assert "managed job 5" in msg and "broker down job-5" in msg
 
 
-@pytest.mark.parametrize("name", ["job-1", "job-42", "pool-mypool-0"])
+@pytest.mark.parametrize("name", ["job-1", "job-42", "job-3-2", "pool-mypool-0"])
 def test_reserved_names_are_refused_for_new_user_clusters(tmp_path, name):
     task = write_task(tmp_path / "t.yaml", name="mine", run="echo hi")
     r = broker("launch", "-y", "-c", name, task)
