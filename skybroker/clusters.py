@@ -115,6 +115,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
 
     rec = get_fresh(name)
     _require_up(rec)
+    lifecycle.require_fit(task, rec)  # a task the cluster cannot satisfy: refused before anything runs
     lifecycle.preflight(task, name)
     started: list[int] = []
     with ExitStack() as locked:

@@ -167,6 +167,45 @@ def preflight(task, cluster: str | None = None) -> None:
         require_rsync()
 
 
+def require_fit(task, rec: ClusterRecord, *, managed: bool = False) -> None:
+    """Refuse (exit 2, nothing run) a task the existing cluster `rec` cannot satisfy: `broker launch -c`
+    on a cluster that exists, `broker exec`, and (node count only, `managed`) a managed job's or pool
+    worker's cluster (offer_fit.cluster_misfit decides)."""
+    from .errors import UsageError
+    from .offer_fit import cluster_desc, cluster_misfit
+
+    why = cluster_misfit(task, rec, None if managed else _cluster_spec(rec), managed=managed)
+    if why is not None:
+        what = f"task {task.name}" if task.name else "the task"
+        raise UsageError(f"{what} does not fit existing cluster {rec.name}: {why}; cluster {rec.name} has "
+                         f"{cluster_desc(rec)}",
+                         f"use another cluster name (`-c NEW`) to launch a new one, or `broker down {rec.name}` "
+                         "first")
+
+
+def _cluster_spec(rec: ClusterRecord):
+    """The catalog's InstanceSpec of the cluster's machine, or None (a cloud without a catalog, or a type
+    the catalog no longer has)."""
+    from .clouds import registry
+
+    if not rec.cloud or not rec.instance_type or not registry.known(rec.cloud):
+        return None
+    if not registry.get(rec.cloud, sdk=False).capabilities.priced:
+        return None
+    from . import catalog
+    from .offer_fit import _accelerator_of
+
+    try:
+        specs = catalog.named(rec.cloud, rec.instance_type)
+    except (BrokerError, OSError):
+        return None
+    acc, count = _accelerator_of(rec.accelerators)
+    for s in specs:
+        if (s.accelerator_name or None) == acc and (acc is None or abs(s.accelerator_count - count) < 1e-6):
+            return s
+    return specs[0] if len(specs) == 1 else None
+
+
 def _sync_what(task) -> str:
     if task.git_url:
         ref = f" at {task.git_ref}" if task.git_ref else ""
@@ -203,15 +242,14 @@ def _bring_up_locked(b: BringUp) -> Running:
     stage = Stage.PROVISION
     rt = None
     try:
+        if rec is not None and rec.status in (UP, STOPPED):  # checked before a stopped cluster is started
+            stage = Stage.PREFLIGHT
+            require_fit(task, rec, managed=b.owner is not None)
+            stage = Stage.PROVISION
         if rec is not None and rec.status == STOPPED:
             b.on_event("start", f"starting stopped cluster {name}")
             rec = start_locked(rec, b.on_event)
         if rec is not None and rec.status == UP:
-            if task.num_nodes > rec.num_nodes:
-                from .errors import UsageError
-
-                raise UsageError(f"cluster {name} has {rec.num_nodes} node(s); the task needs {task.num_nodes}",
-                                 f"use another cluster name or `broker down {name}` first")
             b.on_event("reuse", f"reusing cluster {name} ({rec.infra}, {rec.num_nodes} node(s))")
         else:
             created = True
