@@ -4,7 +4,8 @@
 `terminate` removes a cluster everywhere it may have resources (its place and every open intent's), with its
 pinned host keys, ssh config entry, `persistent: false` buckets, ephemeral volumes and cost-ledger run, then
 forgets it; `start_locked` starts a stopped cluster (the caller holds its lock) and brings its nodes back to
-the state bring-up left them in. Cloud SDKs are imported only when these run.
+the state bring-up left them in; `check_owner` is the rule of whose cluster a launch may reuse (a user's,
+a managed job's, a pool's). Cloud SDKs are imported only when these run.
 """
 from __future__ import annotations
 
@@ -113,3 +114,28 @@ def write_ssh_config(rec: ClusterRecord) -> None:
         sshconfig.write(rec)
     except OSError as exc:
         state.add_event(rec.name, "warning", f"could not write the ssh config: {exc}")
+
+
+def check_owner(rec, owner: str | None) -> None:
+    """A launch reuses only a cluster of its own kind: a user's launch never takes a managed job's or a pool's
+    cluster, and a managed job or pool never takes a user's (or another job's): it would tear it down later."""
+    theirs = rec.owner
+    if theirs == owner or (owner or "").startswith("managed:") and (theirs or "").startswith("pool:"):
+        return  # the same owner, or a managed job on a pool's worker
+    from .errors import UsageError
+
+    if theirs is None:
+        raise UsageError(f"a cluster named {rec.name} exists and is not {owner_name(owner)}'s",
+                         f"{owner_name(owner)} uses the name {rec.name}: `broker down {rec.name}` frees it")
+    kind, _, ident = theirs.partition(":")
+    ends = {"managed": f"`broker jobs cancel {ident}` ends it", "pool": f"`broker jobs pool down {ident}` ends it"}
+    raise UsageError(f"cluster {rec.name} belongs to {owner_name(theirs)}",
+                     "use another cluster name" + (f"; {ends[kind]}" if kind in ends else ""))
+
+
+def owner_name(owner: str | None) -> str:
+    """ "managed:5" -> "managed job 5", "pool:p" -> "pool p", None -> "you"."""
+    if owner is None:
+        return "you"
+    kind, _, ident = owner.partition(":")
+    return {"managed": f"managed job {ident}", "pool": f"pool {ident}"}.get(kind, owner)

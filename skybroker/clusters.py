@@ -115,6 +115,7 @@ def exec_(name: str, task, *, detach: bool = False, on_event: Event = _noop, on_
 
     rec = get_fresh(name)
     _require_up(rec)
+    lifecycle.require_fit(task, rec)  # a task the cluster cannot satisfy: refused before anything runs
     lifecycle.preflight(task, name)
     started: list[int] = []
     with ExitStack() as locked:
@@ -199,7 +200,7 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
                                     use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0)
             busy = _active_owner(rec.owner) if spare_owned and rec.owner else None
             if busy:
-                on_event("skip", f"cluster {name} belongs to {lifecycle.owner_name(rec.owner)} ({busy}): not torn "
+                on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not torn "
                                  f"down; {_ENDS[rec.owner.partition(':')[0]].format(rec.owner.partition(':')[2])}")
                 continue
             on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")

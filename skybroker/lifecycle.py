@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .cluster_ops import start_locked, terminate, write_ssh_config
+from .cluster_ops import check_owner, start_locked, terminate, write_ssh_config
 from .errors import BrokerError, Interrupted, SpecError
 from .failpoints import failpoint
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
@@ -170,6 +170,45 @@ def preflight(task, cluster: str | None = None) -> None:
         require_rsync()
 
 
+def require_fit(task, rec: ClusterRecord, *, managed: bool = False) -> None:
+    """Refuse (exit 2, nothing run) a task the existing cluster `rec` cannot satisfy: `broker launch -c`
+    on a cluster that exists, `broker exec`, and (node count only, `managed`) a managed job's or pool
+    worker's cluster (offer_fit.cluster_misfit decides)."""
+    from .errors import UsageError
+    from .offer_fit import cluster_desc, cluster_misfit
+
+    why = cluster_misfit(task, rec, None if managed else _cluster_spec(rec), managed=managed)
+    if why is not None:
+        what = f"task {task.name}" if task.name else "the task"
+        raise UsageError(f"{what} does not fit existing cluster {rec.name}: {why}; cluster {rec.name} has "
+                         f"{cluster_desc(rec)}",
+                         f"use another cluster name (`-c NEW`) to launch a new one, or `broker down {rec.name}` "
+                         "first")
+
+
+def _cluster_spec(rec: ClusterRecord):
+    """The catalog's InstanceSpec of the cluster's machine, or None (a cloud without a catalog, or a type
+    the catalog no longer has)."""
+    from .clouds import registry
+
+    if not rec.cloud or not rec.instance_type or not registry.known(rec.cloud):
+        return None
+    if not registry.get(rec.cloud, sdk=False).capabilities.priced:
+        return None
+    from . import catalog
+    from .offer_fit import _accelerator_of
+
+    try:
+        specs = catalog.named(rec.cloud, rec.instance_type)
+    except (BrokerError, OSError):
+        return None
+    acc, count = _accelerator_of(rec.accelerators)
+    for s in specs:
+        if (s.accelerator_name or None) == acc and (acc is None or abs(s.accelerator_count - count) < 1e-6):
+            return s
+    return specs[0] if len(specs) == 1 else None
+
+
 def _sync_what(task) -> str:
     if task.git_url:
         ref = f" at {task.git_ref}" if task.git_ref else ""
@@ -195,6 +234,11 @@ def _bring_up_locked(b: BringUp) -> Running:
     rec = state.get_cluster(name)
     if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
+    if rec is not None:  # before anything is done to it: half-made, stopped or up
+        try:
+            check_owner(rec, b.owner)
+        except BrokerError as exc:
+            raise _fail(b, rec, Stage.PREFLIGHT, False, exc) from None
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
@@ -206,17 +250,14 @@ def _bring_up_locked(b: BringUp) -> Running:
     stage = Stage.PROVISION
     rt = None
     try:
-        if rec is not None:
-            _check_owner(rec, b.owner)
+        if rec is not None and rec.status in (UP, STOPPED):  # checked before a stopped cluster is started
+            stage = Stage.PREFLIGHT
+            require_fit(task, rec, managed=b.owner is not None)
+            stage = Stage.PROVISION
         if rec is not None and rec.status == STOPPED:
             b.on_event("start", f"starting stopped cluster {name}")
             rec = start_locked(rec, b.on_event)
         if rec is not None and rec.status == UP:
-            if task.num_nodes > rec.num_nodes:
-                from .errors import UsageError
-
-                raise UsageError(f"cluster {name} has {rec.num_nodes} node(s); the task needs {task.num_nodes}",
-                                 f"use another cluster name or `broker down {name}` first")
             b.on_event("reuse", f"reusing cluster {name} ({rec.infra}, {rec.num_nodes} node(s))")
         else:
             created = True
@@ -322,31 +363,6 @@ def _adopt_half_made(rec: ClusterRecord, b: BringUp) -> Running | None:
     _mark_up(rec, None, rt)
     b.on_event("adopt", f"job {job_id} (submit token {b.token}) is already on {rec.name}: not submitting again")
     return Running(rec.name, job_id, [], True, adopted=True, runtime=rt)
-
-
-def _check_owner(rec, owner: str | None) -> None:
-    """A launch reuses only a cluster of its own kind: a user's launch never takes a managed job's or a pool's
-    cluster, and a managed job or pool never takes a user's (or another job's): it would tear it down later."""
-    theirs = rec.owner
-    if theirs == owner or (owner or "").startswith("managed:") and (theirs or "").startswith("pool:"):
-        return  # the same owner, or a managed job on a pool's worker
-    from .errors import UsageError
-
-    if theirs is None:
-        raise UsageError(f"a cluster named {rec.name} exists and is not {owner_name(owner)}'s",
-                         f"{owner_name(owner)} uses the name {rec.name}: `broker down {rec.name}` frees it")
-    kind, _, ident = theirs.partition(":")
-    ends = {"managed": f"`broker jobs cancel {ident}` ends it", "pool": f"`broker jobs pool down {ident}` ends it"}
-    raise UsageError(f"cluster {rec.name} belongs to {owner_name(theirs)}",
-                     "use another cluster name" + (f"; {ends[kind]}" if kind in ends else ""))
-
-
-def owner_name(owner: str | None) -> str:
-    """ "managed:5" -> "managed job 5", "pool:p" -> "pool p", None -> "you"."""
-    if owner is None:
-        return "you"
-    kind, _, ident = owner.partition(":")
-    return {"managed": f"managed job {ident}", "pool": f"pool {ident}"}.get(kind, owner)
 
 
 def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:

@@ -66,6 +66,7 @@ class Task:
     git_url: str | None = None  # or a git repository (`workdir: {url, ref}`), cloned there on every node
     git_ref: str | None = None
     num_nodes: int = 1
+    num_nodes_explicit: bool = False  # the file or --num-nodes gave it (a reused cluster is checked against it)
     groups: tuple[tuple[Resources, ...], ...] = ((Resources(),),)
     envs: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
@@ -251,6 +252,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         git_url=git_url,
         git_ref=git_ref,
         num_nodes=num_nodes,
+        num_nodes_explicit=bool(ov.get("num_nodes") or data.get("num_nodes")),
         groups=groups,
         envs=tuple(sorted((k, str(v)) for k, v in envs.items())),
         secrets=tuple(sorted((k, Secret(v)) for k, v in secrets.items())),

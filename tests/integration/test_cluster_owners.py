@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import pytest
 
-from skybroker import lifecycle
+from skybroker import cluster_ops
 from skybroker.errors import UsageError
 from skybroker.state import UP, ClusterRecord
 from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task
-from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, controller_pid, fast_controller,  # noqa: F401
-                                                 job, launch_detached, local_job_pids, wait_status)
+from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - its autouse fixture, here too
+from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, launch_detached, local_job_pids,
+                                                 wait_status)
 
 
 @pytest.fixture(autouse=True)
@@ -47,10 +48,10 @@ def _rec(name: str, owner: str | None) -> ClusterRecord:
 def test_owner_check(theirs, ours, ok):
     rec = _rec("job-5", theirs)
     if ok:
-        lifecycle._check_owner(rec, ours)
+        cluster_ops.check_owner(rec, ours)
         return
     with pytest.raises(UsageError) as e:
-        lifecycle._check_owner(rec, ours)
+        cluster_ops.check_owner(rec, ours)
     msg = e.value.message + " " + (e.value.hint or "")
     assert "job-5" in msg
     if theirs == "managed:5":

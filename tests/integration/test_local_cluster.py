@@ -207,6 +207,63 @@ def test_reuse_skips_unchanged_setup(tmp_path):
     assert len(status_json()) == 1
 
 
+def test_reuse_refuses_a_task_the_cluster_cannot_run(tmp_path):
+    """`launch -c` on a cluster that exists and `exec` check the task against the cluster's launched
+    resources and nodes: a mismatch is exit 2 naming what does not fit, nothing runs, the cluster stays."""
+    dev = write_task(tmp_path / "dev.yaml", name="dev", num_nodes=2, run="echo ok-$SKYPILOT_NODE_RANK")
+    r = broker("launch", "-y", "-c", "fit", dev, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = status_json()
+    nodes = {k: json.loads((node_dir("fit", k) / "node.json").read_text())["instance_id"] for k in (0, 1)}
+
+    train = write_task(tmp_path / "train.yaml", name="train", num_nodes=1,
+                       resources={"infra": "aws", "accelerators": "A100:8"}, run="touch ~/ran-$SKYPILOT_JOB_ID")
+    refused = [
+        (("launch", "-y", "-c", "fit", train), ["does not fit existing cluster fit", "infra aws (the cluster is on local)",
+                                                "accelerators A100:8 (the cluster has none)",
+                                                "the task asks for 1 node(s), the cluster has 2",
+                                                "existed before this launch and stays up"]),
+        (("exec", "fit", train), ["does not fit existing cluster fit", "accelerators A100:8 (the cluster has none)"]),
+        (("exec", "fit", "--num-nodes", "3", "--", "touch ~/ran-cmd"), ["the task needs 3 node(s), the cluster has 2"]),
+        (("exec", "fit", "--gpus", "V100", "--", "touch ~/ran-cmd"), ["accelerators V100:1 (the cluster has none)"]),
+        (("exec", "fit", "--infra", "aws", "--", "touch ~/ran-cmd"), ["infra aws (the cluster is on local)"]),
+    ]
+    for args, words in refused:
+        r = broker(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        _no_traceback(r)
+        for w in words:
+            assert w in r.stderr, (args, w, r.stderr)
+        assert "cluster fit has 2× local (on-demand) on local" in r.stderr, r.stderr
+        assert "broker down fit" in r.stderr, r.stderr
+    # nothing ran, nothing was submitted, the cluster is as it was
+    assert not [p for k in (0, 1) for p in node_dir("fit", k).glob("ran-*")]
+    assert [j["job_id"] for j in queue_json("fit")] == [1]
+    after = status_json()
+    assert [(c["name"], c["status"], c["num_nodes"]) for c in after] == \
+        [(c["name"], c["status"], c["num_nodes"]) for c in before]
+    assert {k: json.loads((node_dir("fit", k) / "node.json").read_text())["instance_id"] for k in (0, 1)} == nodes
+
+    # accepted: the same task again, and a task without resources or num_nodes (runs on every node)
+    r = broker("launch", "-y", "-c", "fit", dev, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "reusing cluster fit" in r.stderr
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("run: echo plain-$SKYPILOT_NODE_RANK\n")
+    for args in (("launch", "-y", "-c", "fit", plain), ("exec", "fit", plain), ("exec", "fit", "--", "echo plain-$SKYPILOT_NODE_RANK")):
+        r = broker(*args, cwd=tmp_path)
+        assert r.returncode == 0, (args, r.stderr)
+        assert node_lines(r.stdout) == {0: ["plain-0"], 1: ["plain-1"]}, (args, r.stdout)
+    assert [j["status"] for j in queue_json("fit")] == ["SUCCEEDED"] * 5
+
+    # a stopped cluster is checked before it is started: it stays stopped
+    assert broker("stop", "-y", "fit").returncode == 0
+    r = broker("launch", "-y", "-c", "fit", train, cwd=tmp_path)
+    assert r.returncode == 2 and "does not fit existing cluster fit" in r.stderr, r.stderr
+    assert "starting stopped cluster" not in r.stderr, r.stderr
+    assert [c["status"] for c in status_json()] == ["STOPPED"]
+
+
 def test_exec_detach_queue_logs_cancel(tmp_path):
     boot = write_task(tmp_path / "boot.yaml", name="boot", num_nodes=2, run="true")
     r = broker("launch", "-y", "-c", "jobs", boot, cwd=tmp_path)
