@@ -41,8 +41,14 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
     a node-side autostop that cannot reach the nodes raises (they might still stop the cluster)."""
     from . import state
     from .clouds import registry
-    from .errors import BrokerError
+    from .errors import BrokerError, UsageError
 
+    if minutes is not None and rec.status != state.UP:
+        # neither mechanism would act (the watcher guards UP clusters only, a stopped cluster's nodes run no
+        # agent) and `broker start` clears autostop (as SkyPilot): refuse instead of promising it
+        raise UsageError(f"cluster {rec.name} is {rec.status}: autostop applies to a running cluster",
+                         f"`broker start {rec.name}` first" if rec.status == state.STOPPED
+                         else f"wait for it, or `broker down {rec.name}`")
     prov = registry.get(rec.cloud)
     down = bool(down) and minutes is not None
     on_node = rec.autostop_where == state.AUTOSTOP_NODE

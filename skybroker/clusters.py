@@ -209,7 +209,8 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
     return done
 
 
-def stop(name: str, *, on_event: Event = _noop) -> None:
+def stop(name: str, *, on_event: Event = _noop) -> bool:
+    """Stop a cluster's instances. False if it was already STOPPED (nothing done)."""
     from .clouds.registry import get as get_provider
 
     settle(on_event)
@@ -220,6 +221,8 @@ def stop(name: str, *, on_event: Event = _noop) -> None:
             raise UsageError(f"the {rec.cloud} cloud cannot stop instances", f"use `broker down {name}`")
         if rec.use_spot:
             raise UsageError("spot instances cannot be stopped", f"use `broker down {name}`")
+        if rec.status == STOPPED:  # idempotent, as `start` of an UP cluster and `down` of a gone one
+            return False
         _require_up(rec)
         prov.stop(rec.name, rec.region)
         from .costs import ledger
@@ -227,6 +230,7 @@ def stop(name: str, *, on_event: Event = _noop) -> None:
         ledger.set_state(name, ledger.STOPPED)  # from now on only its disks are billed
         state.set_status(name, STOPPED)
         state.add_event(name, "stop", "stopped")
+        return True
 
 
 def start(name: str, *, on_event: Event = _noop) -> ClusterRecord:

@@ -461,6 +461,23 @@ def deadline(data: dict, source: str):
         raise SpecError(f"the expected compute time ({expected:g} h) exceeds the deadline ({deadline:g} h)",
                         "no schedule can meet it: move the deadline or shorten the job", source=source,
                         field="deadline")
+    if deadline is not None and expected is not None:
+        # the first start pays the restart overhead too: even on-demand from the start needs compute + overhead
+        overhead = dl_extra.get("restart_overhead_hours")
+        if overhead is None:
+            import dataclasses
+
+            from .spec import Task
+
+            overhead = next(f.default for f in dataclasses.fields(Task) if f.name == "restart_overhead_hours")
+        if round(deadline * 3600) < round(expected * 3600) + round(overhead * 3600):
+            given = "deadline.overhead" if "restart_overhead_hours" in dl_extra else "the default overhead"
+            raise SpecError(f"the deadline ({deadline:g} h) is less than the expected compute time ({expected:g} h) "
+                            f"+ {given} ({overhead:g} h) = {expected + overhead:g} h: a first start pays the "
+                            "restart overhead too, no schedule can meet it",
+                            f"give `deadline.by` of at least {expected + overhead:g}h, or a smaller "
+                            "`deadline.compute` / `deadline.overhead`", source=source,
+                            field="deadline.by" if isinstance(raw_dl, dict) else "deadline")
     return deadline, expected, dl_extra
 
 

@@ -46,8 +46,10 @@ def _schema_error(exc, source: str, root_node) -> SpecError:
     elif rule in ("type", "anyOf"):
         want = definition if rule == "type" else _describe_anyof(exc.definition)
         msg = f"expected {_type_words(want)}, got {_type_name(value)}" + ("" if secret or value is None else f" {_short(value)}")
-    elif rule in ("minimum", "exclusiveMinimum"):
+    elif rule == "minimum":
         msg = f"{_short(value)} is too small (minimum {definition})"
+    elif rule == "exclusiveMinimum":  # the bound itself is refused: `max_cost: 0` is not "minimum 0"
+        msg = f"{_short(value)} is too small (must be greater than {definition})"
     elif rule == "maximum":
         msg = f"{_short(value)} is too large (maximum {definition})"
     elif rule == "minItems":

@@ -5,7 +5,7 @@ import click
 
 from .. import render
 from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
-                      task_options, use_api)
+                      names_or_all, task_options, use_api)
 
 
 def _job_code(st) -> int:
@@ -199,6 +199,7 @@ def down(clusters, all_, yes):
     from ..errors import UsageError
 
     names = list(clusters)
+    names_or_all(names, all_)
     if all_:
         names = [r.name for r in api.status()]
         if not names:
@@ -223,13 +224,16 @@ def stop(cluster, yes):
     """Stop a cluster's instances (disks are kept; restart with `broker start`)."""
     api = use_api()
 
-    api.get_cluster(cluster)  # unknown: exit 5 before asking anything
+    rec = api.get_cluster(cluster)  # unknown: exit 5 before asking anything
+    if rec.status == "STOPPED":  # idempotent, as `start` and `down` are
+        render.info(f"cluster {cluster} is already stopped")
+        return 0
     confirm_destructive(f"Stop {cluster}?", yes)
     progress = render.Progress()
     with progress:
         progress.event("stop", f"stopping {cluster}")
-        api.stop(cluster, on_event=progress.event)
-    render.info(f"cluster {cluster} stopped")
+        stopped = api.stop(cluster, on_event=progress.event)
+    render.info(f"cluster {cluster} {'stopped' if stopped is not False else 'is already stopped'}")
 
 
 @click.command(epilog=examples("broker start dev"))
@@ -321,6 +325,7 @@ def cancel(cluster, job_ids, all_, yes):
     had is an error (exit 5)."""
     api = use_api()
 
+    names_or_all(job_ids, all_, "job ids")
     if all_:
         api.get_cluster(cluster)
         confirm_destructive(f"Cancel every job on {cluster}?", yes)

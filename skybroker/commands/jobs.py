@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options, use_api
+from .options import (JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, names_or_all,
+                      task_options, use_api)
 
 
 @click.group(epilog=examples("broker jobs launch -y examples/managed.yaml", "broker jobs queue",
@@ -42,11 +43,14 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json, pool_name, num_jo
         raise UsageError("--json needs --dryrun", "broker jobs launch --dryrun --json TASK")
     if num_jobs is not None and not pool_name:
         raise UsageError("--num-jobs needs --pool", "broker jobs launch --pool NAME --num-jobs N job.yaml")
+    if num_jobs is not None and num_jobs < 1:  # 0 too: never read as "the default, 1"
+        raise UsageError(f"--num-jobs {num_jobs}: at least 1", "broker jobs launch --pool NAME --num-jobs N job.yaml")
     pipeline = api.load_pipeline(task_file, {k: v for k, v in overrides.items() if k != "name"})
     for t in pipeline:
         render.task_warnings(t)
     if pool_name:
-        return _launch_in_pool(api, pipeline, pool_name, num_jobs or 1, overrides.get("name"), yes, detach, dryrun)
+        n = 1 if num_jobs is None else num_jobs
+        return _launch_in_pool(api, pipeline, pool_name, n, overrides.get("name"), yes, detach, dryrun)
     if any(t.pool_workers is not None for t in pipeline) and not dryrun:
         raise UsageError("this is a pool's task (`pool:`): it brings up workers for other jobs, it is not a job",
                          f"`broker jobs pool apply -p NAME {task_file}`, then `broker jobs launch --pool NAME "
@@ -183,6 +187,7 @@ def timeline(job_id, as_json):
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
 def cancel(job_ids, all_, yes):
     """Cancel managed jobs (their clusters are torn down). An unknown id is an error (exit 5)."""
+    names_or_all(job_ids, all_, "job ids")
     if all_:
         confirm_destructive("Cancel every active managed job?", yes)
     done = use_api().jobs_cancel(list(job_ids), all_)

@@ -116,6 +116,12 @@ def read_dotenv(path: str, flag: str, secret: bool) -> dict[str, str]:
 def build_overrides(raw: dict) -> dict:
     skip = ("envs", "secrets", "task_name", "env_files", "secret_files")
     ov = {k: v for k, v in raw.items() if k not in skip and v is not None}
+    if raw.get("infra"):  # as `resources: {infra: ..., region: ...}` is refused (spec_groups._resources)
+        extra = [f"--{k} {raw[k]}" for k in ("cloud", "region", "zone") if raw.get(k)]
+        if extra:
+            raise UsageError(f"--infra {raw['infra']} and {', '.join(extra)}: give either --infra or "
+                             "--cloud/--region/--zone, not both",
+                             "put the whole location in --infra, e.g. --infra aws/us-east-1/use1-az1")
     if raw.get("num_nodes") is not None and raw["num_nodes"] < 1:
         raise UsageError(f"--num-nodes {raw['num_nodes']}: must be at least 1")
     envs: dict[str, str] = {}
@@ -159,6 +165,14 @@ def confirm_destructive(question: str, yes: bool, flag: str = "-y") -> None:
 
     if not render.confirm_prompt(question, default=False):
         raise click.Abort()
+
+
+def names_or_all(names, all_: bool, what: str = "names") -> None:
+    """Commands that act on named targets or on everything with --all: both at once is a mistake (exit 2),
+    never "everything"."""
+    if all_ and names:
+        raise UsageError(f"give {what} or --all, not both",
+                         f"drop --all to act on {' '.join(map(str, names))} only")
 
 
 # Job ids are SQLite integers: a larger number is bad input (exit 2), never an overflow traceback.

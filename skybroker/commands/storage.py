@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import confirm_destructive, examples
+from .options import confirm_destructive, examples, names_or_all
 
 
 @click.group(epilog=examples("broker storage ls", "broker storage delete my-bucket -y"))
@@ -43,6 +43,7 @@ def delete(names, all_, yes):
     from ..errors import NotFoundError, UsageError
     from ..storage import mounts, records
 
+    names_or_all(names, all_)
     recs = records.all_records() if all_ else []
     for n in names:
         r = records.get(n)

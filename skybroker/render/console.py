@@ -92,8 +92,19 @@ def raw(text: str) -> None:
     sys.stdout.flush()
 
 
+def json_safe(o: Any) -> Any:
+    """NaN and ±Infinity are not JSON (json.dumps would write them bare): null instead, at any depth."""
+    if isinstance(o, float):
+        return o if o == o and o not in (float("inf"), float("-inf")) else None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    return o
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -129,6 +129,7 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
         raise UsageError(f"--nodes must be >= 1, got {nodes}")
     if days is not None and days <= 0:
         raise UsageError(f"--days must be > 0, got {days}")
+    _check_deadline(task_hours, deadline_hours, overhead_hours)
     if multi_zone:
         return _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours,
                            starts, seed, days, nodes, instance, on_demand_price, zone_prices,
@@ -148,6 +149,8 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
         if not (v > 0 and math.isfinite(v)):
             raise UsageError(f"the {label} price must be > 0, got {v}")
     loaded = [load_trace(p).head(days) for p in _expand_traces(tuple(traces) + tuple(more_traces))]
+    for tick in sorted({tr.gap_seconds for tr in loaded}, reverse=True):
+        _check_deadline(task_hours, deadline_hours, overhead_hours, int(tick))
     settings = experiment.Settings(task_hours, deadline_hours, overhead_hours, starts, seed,
                                    Prices(od, sp), nodes, history=not no_history)
     from skybroker import render
@@ -168,8 +171,10 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
             "traces": res.samples_per_trace, "skipped": res.skipped,
             "omniscient_cpu_seconds": round(res.dp_seconds, 3)}
     if as_json:
-        json.dump({"settings": meta, "summary": res.summary,
-                   "rows": [r.as_dict() for r in res.rows]}, sys.stdout, default=_json_default)
+        from skybroker.render.console import json_safe
+
+        json.dump(json_safe({"settings": meta, "summary": res.summary, "rows": [r.as_dict() for r in res.rows]}),
+                  sys.stdout, default=_json_default, allow_nan=False)
         sys.stdout.write("\n")
         return
     if as_csv:
@@ -223,6 +228,7 @@ def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overh
     else:
         raise UsageError("no per-zone prices: the trace names imply no instance type",
                          "pass --instance TYPE or --zone-prices P1,P2,...")
+    _check_deadline(task_hours, deadline_hours, overhead_hours, int(zs.tick_s))
     job = Job.from_hours(task_hours, deadline_hours, overhead_hours, zs.tick_s)
     names = check_mz_policies(list(policies) or ["all"])
     if "omniscient" not in names:
@@ -244,8 +250,10 @@ def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overh
             "single_zone_omniscient": res.single_zone_omniscient,
             "omniscient_cpu_seconds": round(res.dp_seconds, 3)}
     if as_json:
-        json.dump({"settings": meta, "summary": res.summary,
-                   "rows": [r.as_dict() for r in res.rows]}, sys.stdout, default=_json_default)
+        from skybroker.render.console import json_safe
+
+        json.dump(json_safe({"settings": meta, "summary": res.summary, "rows": [r.as_dict() for r in res.rows]}),
+                  sys.stdout, default=_json_default, allow_nan=False)
         sys.stdout.write("\n")
         return
     if as_csv:
@@ -261,9 +269,45 @@ def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overh
     _render(res, meta, multi=True)
 
 
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
+def _check_deadline(task_hours: float, deadline_hours: float, overhead_hours: float,
+                    tick_s: int | None = None) -> None:
+    """A job that cannot meet its deadline even on on-demand from the first tick is bad input: the first
+    start pays the restart overhead d too, so the deadline R must be at least C + d, and, as the simulator
+    rounds the deadline down to whole ticks of the trace (policies.Job.ticks), C + d rounded up to a tick.
+    Without this every policy misses and the means are NaN."""
+    vals = (task_hours, deadline_hours, overhead_hours)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals) or task_hours <= 0 or \
+            overhead_hours < 0 or deadline_hours <= 0:
+        return  # policies.Job.from_hours names the bad value
+    need_s = round(task_hours * 3600) + round(overhead_hours * 3600)
+    have_s = round(deadline_hours * 3600)
+    if tick_s:
+        need_s = -(-need_s // tick_s) * tick_s
+        have_s = have_s // tick_s * tick_s
+    if have_s >= need_s:
         return
+    least = need_s / 3600
+    if deadline_hours < task_hours:
+        why = f"is shorter than the task (--task-hours {task_hours:g})"
+    elif round(deadline_hours * 3600) < round(task_hours * 3600) + round(overhead_hours * 3600):
+        why = (f"is less than --task-hours {task_hours:g} + --overhead-hours {overhead_hours:g} = "
+               f"{task_hours + overhead_hours:g} h (a first start pays the restart overhead too)")
+    else:
+        why = (f"rounded down to the trace's {tick_s} s ticks, is less than --task-hours {task_hours:g} + "
+               f"--overhead-hours {overhead_hours:g}")
+    raise UsageError(f"the deadline (--deadline-hours {deadline_hours:g}) {why}: no schedule can meet it",
+                     f"give --deadline-hours >= {least:.6g} (--task-hours + --overhead-hours"
+                     f"{', in whole ticks' if tick_s else ''}), or a smaller --task-hours / --overhead-hours")
+
+
+def _json_default(o):
+    item = getattr(o, "item", None)  # a numpy scalar
+    if callable(item):
+        v = item()
+        if isinstance(v, (int, float, bool, str)) or v is None:
+            from skybroker.render.console import json_safe
+
+            return json_safe(v)
     raise TypeError(type(o))
 
 

@@ -90,6 +90,22 @@ CASES = [
     (["lanch"], 2, "did you mean 'launch'"),
     (["down"], 2, "--all"),
     (["completion", "tcsh"], 2, "tcsh"),
+    # names together with --all: 2, nothing done (never "everything")
+    (["down", "known", "-a", "-y"], 2, "give names or --all, not both"),
+    (["down", "live", "known", "--all", "-y"], 2, "give names or --all, not both"),
+    (["cancel", "live", "1", "--all", "-y"], 2, "give job ids or --all, not both"),
+    (["jobs", "cancel", "5", "--all", "-y"], 2, "give job ids or --all, not both"),
+    (["storage", "delete", "x", "--all", "-y"], 2, "give names or --all, not both"),
+    # placement flags that contradict --infra: 2, as `infra:` beside `cloud:` in the task file
+    (["launch", "--dryrun", "--infra", "local", "--cloud", "aws", "examples/v100.yaml"], 2, "--cloud aws"),
+    (["launch", "--dryrun", "--infra", "aws/us-east-1", "--region", "us-west-2", "examples/v100.yaml"], 2,
+     "give either --infra or --cloud/--region/--zone, not both"),
+    (["exec", "live", "--infra", "local", "--zone", "z1", "--", "true"], 2, "--zone z1"),
+    (["jobs", "launch", "--dryrun", "--infra", "aws", "--region", "us-east-1", "examples/v100.yaml"], 2,
+     "--region us-east-1"),
+    # --num-jobs 0 is not the default (1)
+    (["jobs", "launch", "--pool", "mp", "--num-jobs", "0", "-y", "-d", "examples/v100.yaml"], 2,
+     "--num-jobs 0: at least 1"),
     # destructive without -y and no terminal: 2, nothing done
     (["down", "known"], 2, "pass -y"),
     (["stop", "known"], 2, "pass -y"),
@@ -212,3 +228,25 @@ def test_destructive_prompt_defaults_to_no(home):
     assert "Tear down known? [y/N]" in screen, screen
     assert code != 0 and "Aborted" in screen, screen
     assert "known" in {c["name"] for c in json.loads(run(home, "status", "--json").stdout)}
+
+
+def test_stop_is_idempotent_and_autostop_refuses_a_stopped_cluster(tmp_path):
+    (tmp_path / "t.yaml").write_text(TINY)
+    r = run(tmp_path, "launch", "-y", "-c", "lc", str(tmp_path / "t.yaml"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run(tmp_path, "stop", "-y", "lc", timeout=120)
+        assert r.returncode == 0 and "cluster lc stopped" in r.stderr, r.stderr
+        r = run(tmp_path, "stop", "-y", "lc")  # like `start` of an UP cluster and `down` of a gone one
+        assert r.returncode == 0 and "already stopped" in r.stderr, (r.returncode, r.stderr)
+        r = run(tmp_path, "stop", "lc")  # nothing to confirm: no -y needed
+        assert r.returncode == 0 and "already stopped" in r.stderr, (r.returncode, r.stderr)
+        r = run(tmp_path, "autostop", "lc", "-i", "1", "--down")  # nothing would enforce it: refused
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert "cluster lc is STOPPED: autostop applies to a running cluster" in r.stderr, r.stderr
+        assert "`broker start lc` first" in r.stderr and "torn down after" not in r.stderr, r.stderr
+        (c,) = json.loads(run(tmp_path, "status", "--json").stdout)
+        assert c["status"] == "STOPPED" and c["autostop_minutes"] is None, c
+        assert run(tmp_path, "autostop", "lc", "--cancel").returncode == 0  # cancelling is always fine
+    finally:
+        run(tmp_path, "down", "-y", "lc", timeout=120)

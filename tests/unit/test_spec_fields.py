@@ -302,3 +302,29 @@ def test_config_gcp_mig_reaches_every_resources_and_survives_storage():
     want = (("gcp.run_duration", "3600"), ("gcp.provision_timeout", "900"))
     assert [r.options for r in t.candidates] == [want, want]
     assert task_from_stored(task_to_dict(t)).candidates[0].options == want
+
+
+# --- deadline and budget bounds -------------------------------------------------------------------------
+@pytest.mark.parametrize("d, least", [
+    ({"deadline": {"by": "1h", "compute": "1h", "overhead": "12m"}}, "1.2"),  # the first start pays d
+    ({"deadline": {"by": "1h", "compute": "55m", "overhead": "12m"}}, "1.11667"),
+    ({"deadline": {"by": "48h", "compute": "48h"}}, "48.2"),  # the default overhead, 0.2 h
+    ({"deadline": "1h", "expected_hours": 1}, "1.2"),
+])
+def test_a_deadline_shorter_than_compute_plus_overhead_is_refused(d, least):
+    e = refused(d, "deadline")
+    assert "no schedule can meet it" in e.message and least in e.hint, (e.message, e.hint)
+
+
+def test_a_deadline_of_exactly_compute_plus_overhead_is_accepted():  # (an overhead of 0 is refused)
+    t = parse({"deadline": {"by": "72m", "compute": "1h", "overhead": "12m"}})
+    assert t.deadline_hours == pytest.approx(1.2) and t.restart_overhead_hours == pytest.approx(0.2)
+    assert parse({"deadline": {"by": "1h", "compute": "59m", "overhead": "1m"}}).deadline_hours == 1
+
+
+def test_budget_max_cost_zero_says_greater_than_zero(tmp_path):
+    p = write(tmp_path, "budget: {max_cost: 0}\nrun: x\n")
+    with pytest.raises(SpecError) as ei:
+        load_task(str(p))
+    assert "budget.max_cost" in ei.value.message and "must be greater than 0" in ei.value.message, ei.value.message
+    assert "minimum 0" not in ei.value.message

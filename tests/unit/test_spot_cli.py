@@ -119,3 +119,57 @@ def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
                                       "--starts", "2", "--plot", str(tmp_path / "x.png"), "--json"])
     assert isinstance(r.exception, UsageError) and "matplotlib" in r.exception.message
+
+
+@pytest.mark.parametrize("args, needles", [
+    # the first start pays the restart overhead d: R >= C + d, not only R >= C
+    (["--task-hours", "5", "--deadline-hours", "5.1"], ["--deadline-hours 5.1", "--overhead-hours", ">= 5.2"]),
+    (["--task-hours", "5", "--deadline-hours", "5.5", "--overhead-hours", "0.6"], [">= 5.6"]),
+    # the deadline is rounded down to the trace's ticks (600 s here): 5.2 h is 31 ticks, C + d needs 32
+    (["--task-hours", "5", "--deadline-hours", "5.2"], ["600 s ticks", ">= 5.33333"]),
+    (["--task-hours", "5", "--deadline-hours", "5.1", "--multi-zone", "--zone-prices", "1"], [">= 5.2"]),
+])
+def test_a_deadline_below_compute_plus_overhead_is_a_usage_error(tmp_path, args, needles):
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--starts", "2", *args])
+    assert isinstance(r.exception, UsageError), r.output
+    text = r.exception.message + " " + (r.exception.hint or "")
+    assert r.exception.exit_code == 2 and "no schedule can meet it" in text
+    for n in needles:
+        assert n in text, text
+
+
+def test_the_smallest_feasible_deadline_runs(tmp_path):
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--starts", "2", "--task-hours", "5", "--deadline-hours",
+                                      "5.3334", "--json", "--policy", "greedy,omniscient"])
+    assert r.exit_code == 0, r.output
+    assert all(s["deadline_met"] == 1.0 for s in json.loads(r.output)["summary"])
+
+
+def test_json_never_has_nan_or_infinity(tmp_path, monkeypatch):
+    from skybroker.spot import experiment
+
+    real = experiment.run
+
+    def run(*a, **kw):
+        res = real(*a, **kw)
+        res.summary[0]["mean_gap"] = float("nan")
+        res.summary[0]["mean_norm_cost"] = float("inf")
+        return res
+
+    monkeypatch.setattr(experiment, "run", run)
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--starts", "2", "--task-hours", "5", "--deadline-hours", "8",
+                                      "--json", "--policy", "greedy"])
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.output and "Infinity" not in r.output
+    first = json.loads(r.output)["summary"][0]
+    assert first["mean_gap"] is None and first["mean_norm_cost"] is None
+
+
+def test_print_json_writes_null_for_nan(capsys):
+    from skybroker import render
+
+    render.print_json({"a": float("nan"), "b": [1.5, float("-inf")], "c": (float("inf"),)})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None], "c": [None]}
