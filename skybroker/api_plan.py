@@ -50,47 +50,71 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
     from . import optimizer
     from .check import enabled_clouds
 
-    from . import config
-
     note = None
     if clouds is None:
         clouds, note = enabled_clouds()
         if all(r.cloud and _named_only(r.cloud) for r in task.candidates):
             note = None  # the task names where it runs; credentials do not matter
-    allowed = config.get("allowed_clouds")
+    from . import plan_places
+
+    settings = _placement(task)
+    allowed = settings.get("allowed_clouds")
+    allowed_regions = settings.get("allowed_regions") or {}
+    # options on clouds/regions the config leaves out are skipped (all of them: exit 2), as in SkyPilot
+    task, cnotes = plan_places.confine(task, allowed, allowed_regions,
+                                       _where(task, "allowed_clouds" if allowed else "allowed_regions"))
     blocklist = list(blocklist)
     if allowed:
         kept = tuple(c for c in clouds if c in allowed)
-        if not kept:
+        if not kept and any(not r.cloud for r in task.candidates):
             raise UsageError(f"the config allows only {', '.join(allowed)}, and none of them is ready",
                              "see `broker check`, or change allowed_clouds in the config file")
         if kept != tuple(clouds):
-            note = (note + "; " if note else "") + f"config: only {', '.join(kept)}"
+            note = (note + "; " if note else "") + f"config: only {', '.join(kept) or ', '.join(allowed)}"
         clouds = kept
-    for cloud, regions in (config.get("allowed_regions") or {}).items():
+    excluded = []
+    for cloud, regions in allowed_regions.items():
         from . import catalog
 
         try:
             all_regions = catalog.regions(cloud)
         except Exception:  # noqa: BLE001 - a provider without a catalog: nothing to restrict here
             continue
-        blocklist += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
+        excluded += [optimizer.Block(cloud, r) for r in all_regions if r not in regions]
     if allow_suspicious is None:
-        allow_suspicious = bool(config.get("allow_suspicious_prices"))
+        allow_suspicious = bool(settings.get("allow_suspicious_prices"))
     vnotes: list[str] = []
     if task.volumes:  # where the task's volumes are: a placement constraint on its Resources
         from .volumes import ops as volumes
 
         task, vnotes = volumes.constrain(task, tuple(clouds))
     result = optimizer.optimize(task, tuple(clouds), blocklist, clouds_note=note, allow_suspicious=allow_suspicious,
-                                risk=managed_risk(task) if managed else None)
+                                risk=managed_risk(task) if managed else None, excluded=excluded)
     result = dataclasses.replace(result, prices=price_ages(c.cloud for c in result.candidates),
-                                 extra_notes=tuple(vnotes))
+                                 extra_notes=tuple(cnotes) + tuple(vnotes))
     if check_budget:
         from .costs import budget
 
         budget.check_plan(task, result)
     return result
+
+
+def _placement(task) -> dict:
+    """allowed_clouds, allowed_regions, allow_suspicious_prices: a managed job's own (Task.placement, what
+    the config said at `jobs launch`), else the config file's."""
+    import json
+
+    from . import config
+
+    if getattr(task, "placement", None):
+        return json.loads(task.placement)
+    return {k: config.get(k) for k in ("allowed_clouds", "allowed_regions", "allow_suspicious_prices")}
+
+
+def _where(task, key: str) -> str:
+    from . import config
+
+    return "the config file of `jobs launch`" if getattr(task, "placement", None) is not None else config.where(key)
 
 
 def price_ages(clouds) -> tuple[dict, ...]:

@@ -6,7 +6,8 @@
 
 Later layers override earlier ones key by key (mappings are merged). Keys:
 
-    allowed_clouds: [aws, gcp]            plan only among these (they still need credentials)
+    allowed_clouds: [aws, gcp]            plan only among these (they still need credentials); a task or
+                                          --infra naming another (local and ssh too) is refused (plan_places.py)
     allowed_regions: {aws: [us-east-1]}   and only in these regions of those clouds
     autostop: {idle_minutes: 30, down: false}   for new clusters whose task sets none (or: 30)
     image_id: {aws: ami-0abc…}            per cloud, when the task names no image
@@ -69,6 +70,17 @@ def load() -> dict:
 
 def get(name: str, default: Any = None) -> Any:
     return load().get(name, default)
+
+
+def where(name: str) -> str:
+    """The config file whose `name` is in effect (the last layer that sets it), for messages."""
+    for p in reversed(paths()):
+        try:
+            if p.exists() and name in (_validated(p) or {}):
+                return str(p)
+        except SpecError:
+            continue
+    return "the config file"
 
 
 def _merge(into: dict, new: dict) -> None:

@@ -69,6 +69,16 @@ def _named_only(name: str) -> bool:
     return _providers().known(name) and _provider(name).capabilities.named_only
 
 
+def _max_nodes(name: str) -> int | None:
+    """The most nodes one cluster may have on that provider (its declared capabilities), None: no limit."""
+    return _provider(name).capabilities.max_nodes if _providers().known(name) else None
+
+
+def _holds(name: str, num_nodes: int) -> bool:
+    limit = _max_nodes(name)
+    return limit is None or num_nodes <= limit
+
+
 @dataclass(frozen=True)
 class Block:
     """A place failover has ruled out; None fields are wildcards."""
@@ -195,24 +205,30 @@ OfferSource = Callable[[str], Sequence[InstanceSpec]]
 def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, clouds_note: str | None = None,
              specs: OfferSource | None = None, offers: Callable[[InstanceSpec], Sequence[Offer]] | None = None,
              virtual: Callable[[str, Resources], Sequence[Candidate]] | None = None,
-             allow_suspicious: bool = False, risk: Callable | None = None) -> Plan:
+             allow_suspicious: bool = False, risk: Callable | None = None, excluded: Iterable[Block] = ()) -> Plan:
     """Rank every feasible candidate place for `task`. Raises NoFeasibleError (with a suggestion) when
     nothing fits. `specs`/`offers` default to the committed catalogs; `virtual` (default: the
     providers' own `virtual_offers`) supplies the zero-price providers without a catalog, and is only
     consulted for providers the task names explicitly. Offers with a suspicious price are kept in the
     ranking (for display) but chosen only with `allow_suspicious`. With `risk(cloud, region, zone,
     instance_type, spot) -> factor ≥ 1` (managed spot jobs, jobs/risk.py), offers are ranked by
-    price × factor, the expected cost per useful hour (`Candidate.expected`)."""
+    price × factor, the expected cost per useful hour (`Candidate.expected`). `excluded` are places ruled
+    out by configuration rather than by failures (the config's `allowed_regions`): searched like the
+    blocklist, told apart when nothing fits."""
     offers = offers or _catalog.offers
     virtual = virtual or (lambda cloud, res: _provider(cloud).virtual_offers(res))
     clouds = tuple(clouds)
-    blocks = tuple(blocklist)
+    failed = tuple(blocklist)
+    excluded = tuple(excluded)
+    blocks = failed + excluded
     views: dict = {}
     found: list[Candidate] = []
     skipped: list[Skipped] = []
     for gi, group in enumerate(task.groups):
         for res in group:
             for cloud in _clouds_for(res, clouds):
+                if not _holds(cloud, task.num_nodes):
+                    continue  # more nodes than the provider runs in one cluster (explain_infeasible says so)
                 if not _priced(cloud):
                     found.extend(replace(c, group=gi, num_nodes=task.num_nodes) for c in virtual(cloud, res)
                                  if not _blocked(blocks, c))
@@ -230,7 +246,7 @@ def optimize(task, clouds: Iterable[str], blocklist: Iterable[Block] = (), *, cl
             raise NoFeasibleError(f"only offers with a suspicious price fit (cheapest: {c.instance_type} on "
                                   f"{c.infra} at ${c.price:.4g}/h, far below its price elsewhere)",
                                   "check the price, then pass --allow-suspicious-prices to use it")
-        raise NoFeasibleError(*explain_infeasible(task, clouds, blocks, specs, offers, virtual))
+        raise NoFeasibleError(*explain_infeasible(task, clouds, failed, specs, offers, virtual, excluded))
     plan = Plan(task.num_nodes, ranked, clouds, clouds_note, blocks, allow_suspicious=allow_suspicious)
     best = plan.chosen
     kept: dict[str, Skipped] = {}

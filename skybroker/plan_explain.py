@@ -6,10 +6,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 
-def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[str, str | None]:
+def explain_infeasible(task, clouds, blocks, specs, offers, virtual, excluded=()) -> tuple[str, str | None]:
+    """(message, hint). `blocks`: places earlier failures ruled out; `excluded`: places the configuration
+    rules out (allowed_regions), never relaxed by a suggestion."""
     from .optimizer import (
         Candidate,
         _clouds_for,
+        _holds,
+        _max_nodes,
         _priced,
         _provider,
         _providers,
@@ -24,19 +28,34 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
         what = " / ".join(r.describe() for r in task.candidates)
     searched = sorted({c for r in task.candidates for c in _clouds_for(r, tuple(clouds))})
     msg = f"no offer fits {what} on {', '.join(searched) or 'any cloud'}"
+    excluded = tuple(excluded)
+    notes = []
+    if excluded:
+        notes.append(f"{len(excluded)} region(s) of {', '.join(sorted({b.cloud for b in excluded}))} excluded by the "
+                     "config's allowed_regions")
     if blocks:
-        msg += f" (with {len(blocks)} place(s) blocked by earlier failures)"
+        notes.append(f"{len(blocks)} place(s) blocked by earlier failures")
+    if notes:
+        msg += f" (with {'; '.join(notes)})"
+    failed, blocks = tuple(blocks), tuple(blocks) + excluded
     views: dict = {}
     for c in searched:
         why = None if _priced(c) or not _providers().known(c) else _provider(c).unavailable_reason()
         if why and len(searched) == 1:
             return f"{msg}: {why[0]}", why[1]
+    too_many = [c for c in searched if not _holds(c, task.num_nodes)]
+    if too_many and len(too_many) == len(searched):
+        limits = ", ".join(f"{c} at most {_max_nodes(c)}" for c in too_many)
+        return (f"{msg}: num_nodes {task.num_nodes} is more than one cluster can have there ({limits})",
+                f"use `num_nodes: {min(_max_nodes(c) for c in too_many)}` or fewer, or another cloud")
 
     def feasible(mod: Callable[[Resources], Resources], nb=blocks, burstable_only=False) -> list[Candidate]:
         out = []
         for r in task.candidates:
             r2 = mod(r)
             for c in _clouds_for(r2, tuple(clouds)):
+                if not _holds(c, task.num_nodes):
+                    continue
                 if not _priced(c):
                     out.extend(virtual(c, r2))
                     continue
@@ -49,6 +68,9 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
         return sorted(out, key=Candidate.sort_key)
 
     for r in task.candidates:
+        if r.accelerator and r.cloud and _providers().known(r.cloud) \
+                and not _provider(r.cloud).capabilities.accelerators and len(task.candidates) == 1:
+            return msg, f"the {r.cloud} cloud offers no accelerators; drop `accelerators` or pick a cloud"
         if r.accelerator and not r.instance_type:
             hint = _accelerator_hint(r, clouds if not r.cloud else (r.cloud,), specs, views)
             if hint:
@@ -72,9 +94,9 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual) -> tuple[st
     ]
     for label, mod in relaxations:
         if mod is None:
-            if not blocks:
+            if not failed:
                 continue
-            got = feasible(lambda x: x, nb=())
+            got = feasible(lambda x: x, nb=excluded)
         else:
             got = feasible(mod)
         if got:
@@ -107,7 +129,7 @@ def _accelerator_hint(res, clouds, specs, views) -> str | None:
         close = get_close_matches(res.accelerator, sorted(all_names), n=3, cutoff=0.5)
         if not close:
             close = [n for n in sorted(all_names) if n.lower().startswith(name[:2])][:3]
-        where = ", ".join(c for c in clouds if _priced(c))
+        where = ", ".join(c for c in clouds if _priced(c)) or ", ".join(clouds) or "any cloud"
         return (f"no accelerator named {res.accelerator!r} on {where}"
                 + (f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else
                    "; see `broker show-gpus`"))

@@ -81,6 +81,9 @@ class Task:
     budget_hours: float | None = None
     docker_run_options: tuple[str, ...] = ()  # config.docker.run_options, for a `docker:` image_id
     pool_workers: int | None = None  # `pool: {workers: N}`: a pool's task (jobs/pools.py); None otherwise
+    # a managed job's placement settings of the config file it was launched with (JSON: allowed_clouds,
+    # allowed_regions, allow_suspicious_prices), so the controller plans it as `jobs launch` did
+    placement: str | None = None
     source: str | None = None
     warnings: tuple[str, ...] = ()  # fields accepted but not (fully) honoured; the CLI prints them
 

@@ -61,6 +61,7 @@ class Capabilities:
     self_stop: bool = False  # a node can stop/terminate its own cluster once idle (autostop on the cluster)
     container_images: bool = False  # a `docker:` image_id IS the node (pods); elsewhere it runs on the node
     volumes: bool = False  # creates, attaches and deletes volumes of its `volume_types` (skybroker/volumes/)
+    max_nodes: int | None = None  # the most nodes one cluster may have (None: no limit of its own); planned against
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,17 @@ class Provider:
     def default_shape(self, res, spec):
         """Provider-specific default (cpus, memory) Amounts for a spec when the task names neither, or
         None for the general default. (GCP sizes N1 GPU hosts like the matching AWS instance.)"""
+        return None
+
+    region_word: str = "region"  # what `infra: <cloud>/<region>` names on this provider (ssh: a node pool)
+
+    def known_regions(self) -> list[str] | None:
+        """The regions a task may name (`infra: <cloud>/<region>`), checked when planning: an unknown one is a
+        user mistake (exit 2). None: not checkable here (the provider finds out when offering)."""
+        if self.catalog:
+            from .. import catalog
+
+            return list(catalog.regions(self.catalog))
         return None
 
     def regions(self) -> list[str | None]:

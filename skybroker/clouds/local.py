@@ -53,20 +53,30 @@ class LocalCloud(LocalVolumes, Provider):
     name = "local"
     capabilities = Capabilities(stop=True, spot=True, firewall=False, accelerators=False, priced=False,
                                 named_only=True, remote=False, gone_reasons=False, tagged_listing=True,
-                                self_stop=True, volumes=True)
+                                self_stop=True, volumes=True, max_nodes=MAX_NODES)
 
     # -- offers ------------------------------------------------------------------------------------
     def virtual_offers(self, res) -> list:
-        """This machine, free. cpus/memory are not checked (it is this machine); `use_spot` is honoured
-        (free either way) so spot logic can be exercised without a cloud."""
+        """This machine, free. Its shape is the machine's: a task asking for more vCPUs or memory than it
+        has (`cpus`/`memory` as given, at least or exactly: every node is a sandbox on this machine, so
+        asking for less is fine) gets no offer; SkyPilot's CPU defaults (`cpus: 8+`, `memory: 4x`) are not
+        applied, as nothing else could be chosen. `use_spot` is honoured (free either way) so spot logic can
+        be exercised without a cloud."""
         from ..optimizer import Candidate
 
         if res.accelerator:
             return []
+        vcpus, mem = float(os.cpu_count() or 1), _mem_gib()
+        if res.cpus is not None and res.cpus.value > vcpus + 1e-9:
+            return []
+        if res.memory is not None and mem > 0:  # `4x` (per vCPU) is checked against the vCPUs asked for
+            want = res.memory.value if not res.memory.per_cpu else \
+                res.memory.value * res.cpus.value if res.cpus is not None else 0.0
+            if want > mem + 1e-9:
+                return []
         prices = local_prices()
         price = prices["spot"] if res.use_spot else prices["od"]
-        return [Candidate(res, 0, self.name, None, None, "local", float(os.cpu_count() or 1), _mem_gib(),
-                          None, 0.0, res.use_spot, price, 1)]
+        return [Candidate(res, 0, self.name, None, None, "local", vcpus, mem, None, 0.0, res.use_spot, price, 1)]
 
     def _root(self) -> Path:
         from .. import settings
@@ -93,7 +103,7 @@ class LocalCloud(LocalVolumes, Provider):
         if req.use_spot and (self._root() / "NO_SPOT_CAPACITY").exists():
             raise CapacityError("no spot capacity on this machine (NO_SPOT_CAPACITY switch)",
                                 Place("local", None, None, "local"), code="NoSpotCapacity")
-        if req.num_nodes > MAX_NODES:
+        if req.num_nodes > MAX_NODES:  # the plan refuses it first (capabilities.max_nodes)
             raise InvalidRequestError(f"the local cloud supports at most {MAX_NODES} nodes")
         root = self._cluster_dir(req.cluster)
         private_dir(self._root())

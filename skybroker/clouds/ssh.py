@@ -41,8 +41,21 @@ class SSHCloud(Provider):
         return [Candidate(res, 0, self.name, pool.name, None, "ssh-node", 0.0, 0.0, None, 0.0, False, 0.0, 1)
                 for pool in load_pools() if not res.region or res.region == pool.name]
 
+    region_word = "SSH node pool"
+
     def regions(self) -> list:
         return [p.name for p in load_pools()]
+
+    def known_regions(self) -> list[str]:
+        return self.regions()
+
+    def unavailable_reason(self):
+        if load_pools():
+            return None
+        from .ssh_pools import pools_file
+
+        return (f"no SSH node pools are defined ({pools_file()} is missing or empty)",
+                "declare the pool there (see README: Clouds without an account)")
 
     def _pool(self, name: str | None) -> Pool:
         pools = load_pools()

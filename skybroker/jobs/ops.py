@@ -77,11 +77,21 @@ def _with_config_defaults(task):
     from .. import config
     from ..resources import JobRecovery
 
+    if task.placement is None:  # the controller (started with another environment) plans it with these
+        task = replace(task, placement=placement_of_config())
     d = config.get("jobs") or {}
     if not d or any(r.job_recovery for r in task.candidates):
         return task
     jr = JobRecovery(d.get("job_recovery", "EAGER_NEXT_REGION"), int(d.get("max_restarts_on_errors", 0)))
     return replace(task, groups=tuple(tuple(replace(r, job_recovery=jr) for r in g) for g in task.groups))
+
+
+def placement_of_config() -> str:
+    """The config's settings that decide where a job may be planned, as Task.placement (api_plan.plan)."""
+    from .. import config
+
+    keys = ("allowed_clouds", "allowed_regions", "allow_suspicious_prices")
+    return json.dumps({k: config.get(k) for k in keys if config.get(k) is not None}, sort_keys=True)
 
 
 def queue(all_jobs: bool = True) -> list[store.ManagedJob]:

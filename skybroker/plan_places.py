@@ -1,0 +1,83 @@
+"""Where a task's options may run, checked before the optimizer (by api_plan.plan): the config file's
+`allowed_clouds` and `allowed_regions` (SkyPilot's semantic: only those clouds, and those regions of them,
+are enabled) and the regions (SSH node pools) a task names against those its provider knows.
+
+An option (`any_of`/`ordered` entry, or the task's one `resources:`) on a cloud or region the config leaves
+out is skipped with a note, as options on unsupported clouds are (spec_groups.py); a task whose every
+option is left out is refused (SpecError, exit 2) naming the field, the cloud and the config's list. An
+option naming a region its provider does not have could never fit: skipped silently, and refused (exit 2,
+with some of the valid names) when no option remains. Every provider counts, `local` and `ssh` too: a
+config without `allowed_clouds` allows all. Nothing here names a cloud; providers declare their regions
+(`Provider.known_regions`).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from difflib import get_close_matches
+
+from .errors import SpecError
+
+
+def confine(task, allowed: list[str] | None, allowed_regions: dict | None, where: str = "the config file"):
+    """(task with only the options that may run, notes about the skipped ones). Raises SpecError when none
+    remains."""
+    allowed_regions = allowed_regions or {}
+    kept_groups, dropped, notes = [], [], []
+    for group in task.groups:
+        kept = []
+        for r in group:
+            why = _left_out(r, allowed, allowed_regions, where)
+            if why is None:
+                kept.append(r)
+                continue
+            dropped.append(why)
+            if why[3]:  # the config's choice: said; an unknown place: it could never fit anyway
+                notes.append(f"{r.describe()}: {why[0]}; this option is skipped")
+        if kept:
+            kept_groups.append(tuple(kept))
+    if not dropped:
+        return task, []
+    if not kept_groups:
+        msg, hint, field, _ = dropped[0]
+        if len(task.candidates) > 1:
+            field = "resources"
+            msg = "no option may run: " + "; ".join(dict.fromkeys(d[0] for d in dropped))
+        raise SpecError(msg, hint, source=task.source, field=field)
+    return replace(task, groups=tuple(kept_groups)), notes
+
+
+def _left_out(r, allowed, allowed_regions, where):
+    """(message, hint, field, by config) when option `r` may not run, else None."""
+    if not r.cloud:
+        return None
+    field = "resources.infra (or --infra)"
+    if allowed and r.cloud not in allowed:
+        return (f"{r.cloud} is not among the config's allowed_clouds ({', '.join(allowed)})",
+                f"name one of {', '.join(allowed)}, or add {r.cloud} to allowed_clouds in {where}", field, True)
+    if not r.region:
+        return None
+    regions = allowed_regions.get(r.cloud)
+    if regions and r.region not in regions:
+        return (f"{r.cloud}/{r.region} is not among the config's allowed_regions for {r.cloud} "
+                f"({', '.join(regions)})",
+                f"name one of those regions, or add {r.region} to allowed_regions.{r.cloud} in {where}", field, True)
+    from .clouds import registry
+
+    if not registry.known(r.cloud):
+        return None
+    prov = registry.get(r.cloud, sdk=False)
+    try:
+        known = prov.known_regions()
+    except Exception:  # noqa: BLE001 - a provider that cannot list them now: its offers decide
+        return None
+    if known is None or r.region in known:
+        return None
+    word = prov.region_word
+    if not known:
+        why = prov.unavailable_reason()
+        return (f"no {word} {r.region!r} on {r.cloud}" + (f": {why[0]}" if why else ""),
+                why[1] if why else f"see `broker check` for {r.cloud}", field, False)
+    close = get_close_matches(r.region, known, n=3, cutoff=0.6)
+    shown = ", ".join(sorted(known)[:30]) + (f", … ({len(known)} in all)" if len(known) > 30 else "")
+    return (f"no {word} {r.region!r} on {r.cloud}",
+            (f"did you mean {' or '.join(close)}? " if close else "") + f"{r.cloud} has: {shown}", field, False)
