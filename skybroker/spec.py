@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from . import resources as R
 from . import spec_fields as F
+from . import spec_jobs
 from . import spec_groups as G
 from .errors import SpecError
 from .task_config import config_options
@@ -244,7 +245,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
     mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
     volumes = task_volumes(data.get("volumes"), source)
 
-    deadline, expected, dl_extra = F.deadline(data, source)
+    deadline, expected, dl_extra = spec_jobs.deadline(data, source)
     seen: set[str] = set()
     warnings = [w for w in warnings if not (w in seen or seen.add(w))]
     return Task(
@@ -264,7 +265,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         deadline_hours=deadline,
         expected_hours=expected,
         **dl_extra,
-        **F.budget(data, source),
+        **spec_jobs.budget(data, source),
         docker_run_options=F.docker_config(data, source),
         pool_workers=F.pool_workers(data, source),
         source=source,
