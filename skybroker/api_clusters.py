@@ -125,6 +125,7 @@ def down(names, on_event=None):
 def stop(name: str, on_event=None):
     from . import clusters
 
+    clusters.refuse_if_owned(name, "stopped")
     return clusters.stop(name, on_event=on_event or (lambda k, m: None))
 
 
@@ -137,6 +138,7 @@ def start(name: str, on_event=None):
 def set_autostop(name: str, minutes, down: bool):
     from . import clusters
 
+    clusters.refuse_if_owned(name, "given an autostop")
     return clusters.set_autostop(name, minutes, down)
 
 

@@ -107,7 +107,15 @@ def _placement(task) -> dict:
     from . import config
 
     if getattr(task, "placement", None):
-        return json.loads(task.placement)
+        try:
+            got = json.loads(task.placement)
+        except ValueError:
+            got = None
+        if not isinstance(got, dict):
+            from .errors import UsageError
+
+            raise UsageError("the task's stored placement is not valid", "launch the job again")
+        return got
     return {k: config.get(k) for k in ("allowed_clouds", "allowed_regions", "allow_suspicious_prices")}
 
 

@@ -34,7 +34,10 @@ def default_name(task) -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", (task.name or "broker").lower()).strip("-")[:30] or "broker"
     if not base[0].isalpha():
         base = "c-" + base
-    return f"{base}-{secrets.token_hex(2)}"
+    while True:  # never a name reserved for managed jobs and pools (`job-1824` from a task named "job")
+        name = f"{base}-{secrets.token_hex(2)}"
+        if not _RESERVED.match(name):
+            return name
 
 
 def get(name: str) -> ClusterRecord:
@@ -180,11 +183,14 @@ def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
     return reconcile.refresh(rec)
 
 
-def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False) -> list[str]:
+def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False, only_owner: str | None = None
+         ) -> list[str]:
     """Terminate clusters. Idempotent: a name that is already gone is reported, not an error. A cluster
     whose launch was interrupted is removed everywhere its intents say it may have resources. With
     `spare_owned` (the user's `broker down`), a cluster of an active managed job or pool is skipped with a
-    note: its controller would relaunch it; the job's own teardown (controller, pools) does not spare it."""
+    note: its controller would relaunch it; the job's own teardown (controller, pools) does not spare it, but
+    passes `only_owner` ("managed:<id>", "pool:<name>"): a cluster of that name with another owner (a user's
+    older `job-5`) is left alone."""
     for name in names:
         validate_name(name)
     settle(on_event)
@@ -197,7 +203,11 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
                 continue
             if rec is None:
                 rec = ClusterRecord(name=name, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
-                                    use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0)
+                                    use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0,
+                                    owner=only_owner)  # only intents left: whoever asks may clean them
+            if only_owner is not None and rec.owner != only_owner:
+                on_event("skip", f"cluster {name} is not {cluster_ops.owner_name(only_owner)}'s: left alone")
+                continue
             busy = _active_owner(rec.owner) if spare_owned and rec.owner else None
             if busy:
                 on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not torn "
@@ -341,7 +351,7 @@ def adopt(on_event: Event = _noop) -> list[str]:
             state.save_cluster(ClusterRecord(name=o.cluster, cloud=o.cloud, region=o.region, zone=ordered[0].zone,
                                              instance_type=None, accelerators=None, use_spot=any(i.spot for i in infos),
                                              num_nodes=len(nodes), hourly_price=0.0, status=status_,
-                                             launched_at=time.time(), nodes=nodes))
+                                             launched_at=time.time(), nodes=nodes, owner=_owner_by_name(o.cluster)))
             state.add_event(o.cluster, "adopt", f"rebuilt from the tags of {len(nodes)} instance(s) on {o.cloud}")
             out.append(o.cluster)
     return out
@@ -451,4 +461,29 @@ def _active_owner(owner: str) -> str | None:
         from .jobs import pool_store
 
         return "active" if pool_store.get(ident) is not None else None
+    return None
+
+
+def refuse_if_owned(name: str, what: str) -> None:
+    """The user's `stop` / `autostop` of an active managed job's or pool's cluster: exit 2 (its controller
+    would take the stop for a preemption and relaunch)."""
+    rec = state.get_cluster(validate_name(name))
+    busy = _active_owner(rec.owner) if rec is not None and rec.owner else None
+    if busy:
+        kind, _, ident = rec.owner.partition(":")
+        raise UsageError(f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): it is not {what} "
+                         "by hand", _ENDS[kind].format(ident))
+
+
+def _owner_by_name(name: str) -> str | None:
+    """The owner a cluster's name implies (the clouds' tags hold no owner): a managed job's `job-<id>[-<stage>]`,
+    a pool's `pool-<pool>-<n>` while that pool exists, else the user's."""
+    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name)
+    if m:
+        return f"managed:{m.group(1)}"
+    m = re.fullmatch(r"pool-(.+)-\d+", name)
+    if m:
+        from .jobs import pool_store
+
+        return f"pool:{m.group(1)}" if pool_store.get(m.group(1)) is not None else None
     return None

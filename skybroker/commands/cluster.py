@@ -215,6 +215,10 @@ def down(clusters, all_, yes):
         done = api.down(names, on_event=progress.event)
     for n in done:
         render.info(f"cluster {n} terminated")
+    spared = [n for n in existing if n not in done]
+    if spared and not all_:  # named, and left up: a managed job's or pool's (the note above says which)
+        raise UsageError(f"not torn down: {', '.join(spared)}", "a cluster of an active managed job or pool ends "
+                         "with it: `broker jobs cancel` / `broker jobs pool down`")
 
 
 @click.command(epilog=examples("broker stop dev", "broker stop dev -y && broker start dev"))

@@ -395,7 +395,8 @@ class Controller(Launching):
         name = j.cluster or P.stage_cluster(j)
         self.rts.drop(name)
         try:
-            clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k == "warning" else None)
+            clusters.down([name], on_event=lambda k, m: store.add_event(j.id, k, m) if k in ("warning", "skip") else None,
+                          only_owner=f"managed:{j.id}")
         except BrokerError as exc:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 

@@ -118,7 +118,7 @@ class PoolRunner:
     def _remove(self, p, w, why: str) -> None:
         state.add_event(w.cluster, "pool", f"worker {w.idx} of pool {p.name}: removed ({why})")
         try:
-            clusters.down([w.cluster])
+            clusters.down([w.cluster], only_owner=f"pool:{p.name}")
         except BrokerError as exc:
             state.add_event(w.cluster, "warning", f"teardown failed: {exc.message}; `broker down {w.cluster}`")
             return  # the row stays: tried again next step
@@ -196,7 +196,7 @@ class PoolRunner:
             PS.update_worker(p.name, w.idx, status=PS.FAILED, message=action.reason, setup_job=None)
             state.add_event(w.cluster, "pool", f"worker {w.idx} of pool {p.name}: failed ({action.reason})")
             try:
-                clusters.down([w.cluster])
+                clusters.down([w.cluster], only_owner=f"pool:{p.name}")
             except BrokerError:
                 pass
 
@@ -206,7 +206,7 @@ class PoolRunner:
         task = _task(p)
         if w.status == PS.RECOVERING or w.recoveries:  # whatever is left of the lost cluster
             try:
-                clusters.down([w.cluster])
+                clusters.down([w.cluster], only_owner=f"pool:{p.name}")
             except BrokerError as exc:
                 PS.update_worker(p.name, w.idx, message=f"teardown of the lost cluster failed: {exc.message}")
                 return

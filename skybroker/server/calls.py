@@ -90,7 +90,8 @@ def server_task(user, task):
     workdir = resolve(task.workdir, "workdir") if task.workdir else None
     mounts = tuple(m if m.is_bucket else replace(m, source=resolve(m.source, f"file mount {m.remote}"))
                    for m in task.file_mounts)
-    return replace(task, workdir=workdir, file_mounts=mounts)
+    # placement (allowed clouds/regions) is the server's config, never the client's (jobs launch bakes it in here)
+    return replace(task, workdir=workdir, file_mounts=mounts, placement=None)
 
 
 def _plan_check(user, task):
@@ -291,7 +292,7 @@ CALLS = {
     "preflight": (lambda u, a, k: server_task(u, a[0]),
                   lambda u, task, plan=None: api.preflight(server_task(u, task), plan), None),
     "cluster_exists": (_none, _plain(api.cluster_exists), None),
-    "get_cluster": (_none, _plain(api.get_cluster), None),
+    "get_cluster": (lambda u, a, k: own_cluster(u, a[0]), _plain(api.get_cluster), None),  # its record: its user only
     "cluster_names": (_none, run_cluster_names, None),
     "status": (_none, run_status, None),
     "daemons": (_none, run_daemons, None),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from skybroker import cluster_ops
+from skybroker import cluster_ops, lifecycle
 from skybroker.errors import UsageError
 from skybroker.state import UP, ClusterRecord
 from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task
@@ -88,12 +88,18 @@ def test_a_managed_jobs_cluster_is_not_the_users(tmp_path):
     assert f"belongs to managed job {jid}" in flat(r.stderr) and f"broker jobs cancel {jid}" in flat(r.stderr)
     assert "my-job" not in r.stdout
 
-    d = broker("down", "-y", name)
-    assert d.returncode == 0, d.stderr
-    assert f"cluster {name} belongs to managed job {jid} (RUNNING): not torn down" in flat(d.stdout + d.stderr)
-    a = broker("down", "-a", "-y")  # every cluster of the user's; the job's is spared
+    d = broker("down", "-y", name)  # named: spared, and the exit code says it was not torn down
+    assert d.returncode == 2, d.stdout + d.stderr
+    assert f"cluster {name} belongs to managed job {jid} (RUNNING): not torn down" in flat(d.stderr)
+    assert f"not torn down: {name}" in flat(d.stderr)
+    for verb in (("stop", "-y", name), ("autostop", name, "-i", "5")):  # its controller would take it for a loss
+        r = broker(*verb)
+        assert r.returncode == 2, (verb, r.stdout + r.stderr)
+        assert f"belongs to managed job {jid} (RUNNING)" in flat(r.stderr) and f"broker jobs cancel {jid}" in r.stderr
+    a = broker("down", "-a", "-y")  # every cluster of the user's; the job's is spared, exit 0
     assert a.returncode == 0, a.stderr
-    assert "cluster userc terminated" in flat(a.stdout + a.stderr) and f"{name} terminated" not in a.stdout
+    out = flat(a.stdout + a.stderr)
+    assert "cluster userc terminated" in out and f"{name} terminated" not in out
     names = [c["name"] for c in status_json()]
     assert names == [name], names
     assert job(jid).status == "RUNNING" and job(jid).recoveries == 0
@@ -111,3 +117,46 @@ def test_a_bad_setting_is_refused_before_anything_is_created(tmp_path):
     assert "BROKER_WAIT_READY='abc' is not a number" in r.stderr
     assert "terminated" not in r.stderr and "provisioning" not in r.stderr
     assert status_json() == [] and not (broker_home() / "local" / "wr").exists()
+
+
+def test_a_managed_job_leaves_a_users_older_cluster_of_its_name_alone(tmp_path):
+    """A user's `job-1` from before the names were reserved (made here in-process, past the CLI's refusal):
+    managed job 1 fails with a clear message and neither takes nor tears down the user's cluster."""
+    from skybroker import api
+    from skybroker.api_plan import load_task
+
+    mine = write_task(tmp_path / "u.yaml", name="mine", run="echo mine; sleep 60")
+    t = load_task(str(mine), {})
+    run = lifecycle.bring_up(lifecycle.BringUp(task=t, cluster="job-1", plan_fn=lambda extra: api.plan(t)))
+    run.runtime.close()
+    wait_for(lambda: local_job_pids(), 10, 0.05, "the user's job")
+    before = local_job_pids()
+    jid = launch_detached(write_task(tmp_path / "m.yaml", name="managed", run="echo managed"))
+    assert jid == 1
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "FAILED", j.failure
+    assert "a cluster named job-1 exists and is not managed job 1's" in (j.failure or ""), j.failure
+    assert [c["name"] for c in status_json()] == ["job-1"]
+    assert set(before) <= set(local_job_pids())  # the user's job runs on
+    assert broker("down", "-y", "job-1").returncode == 0
+
+
+def test_default_names_are_never_reserved(monkeypatch):
+    from skybroker import clusters
+
+    draws = iter(["1824", "2013", "ab12"])
+    monkeypatch.setattr(clusters.secrets, "token_hex", lambda n: next(draws))
+    task = type("T", (), {"name": "job"})()
+    assert clusters.default_name(task) == "job-ab12"
+
+
+def test_the_server_plans_with_its_own_placement_not_the_clients(tmp_path):
+    from dataclasses import replace
+
+    from skybroker.api_plan import load_task
+    from skybroker.server.calls import server_task
+
+    t = replace(load_task(str(write_task(tmp_path / "t.yaml", name="p", resources={"infra": "aws"}, run="x")), {}),
+                placement="{}")
+    user = type("U", (), {"name": "alice", "admin": False})()
+    assert server_task(user, t).placement is None
