@@ -366,7 +366,9 @@ class Controller(Launching):
         return why is not None
 
     def _marker(self, j, reason: str, count: bool = True) -> None:
-        what = f"recovery {j.recoveries + 1}" if count else "switch"
+        # numbered by the reruns so far, relaunches and same-cluster restarts alike (`recoveries` counts only the
+        # former, so two restarts after user-code failures both said "recovery 1")
+        what = f"recovery {sum(e['kind'] == 'recovery' for e in store.events(j.id)) + 1}" if count else "switch"
         with open(store.job_dir(j.id) / "run.log", "a") as f:
             f.write(f"=== broker: {what} at {time.strftime('%F %T')}: {reason} ===\n")
         store.add_event(j.id, "recovery" if count else "switch", reason)

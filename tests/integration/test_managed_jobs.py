@@ -366,6 +366,7 @@ def test_user_failures_restart_within_limit_and_recover_on_exit_codes(tmp_path):
     assert rows[jb]["status"] == "SUCCEEDED" and rows[jb]["restarts_on_errors"] == 0  # 42 does not count
     log = broker("jobs", "logs", jb).stdout
     assert log.count("=== broker: recovery") == 2 and "recover_on_exit_codes" in log and "done" in log
+    assert "=== broker: recovery 1 at" in log and "=== broker: recovery 2 at" in log, log  # numbered per rerun
     for jid in (ja, jb):
         assert not cluster_root(jid).exists() or not any(cluster_root(jid).iterdir())
     assert local_job_pids() == []
