@@ -5,9 +5,12 @@
 pinned host keys, ssh config entry, `persistent: false` buckets, ephemeral volumes and cost-ledger run, then
 forgets it; `start_locked` starts a stopped cluster (the caller holds its lock) and brings its nodes back to
 the state bring-up left them in; `check_owner` is the rule of whose cluster a launch may reuse (a user's,
-a managed job's, a pool's). Cloud SDKs are imported only when these run.
+a managed job's, a pool's), with the owner helpers (`active_owner`, `owner_by_name`) clusters.py and
+intents.py use. Cloud SDKs are imported only when these run.
 """
 from __future__ import annotations
+
+import re
 
 from typing import Callable
 
@@ -139,3 +142,37 @@ def owner_name(owner: str | None) -> str:
         return "you"
     kind, _, ident = owner.partition(":")
     return {"managed": f"managed job {ident}", "pool": f"pool {ident}"}.get(kind, owner)
+
+
+ENDS = {"managed": "`broker jobs cancel {}` ends the job and its cluster",
+        "pool": "`broker jobs pool down {}` ends the pool and its workers"}
+
+
+def active_owner(owner: str) -> str | None:
+    """The status of the managed job or pool that owns a cluster while it is active (its controller would
+    relaunch a cluster torn down under it), else None."""
+    kind, _, ident = owner.partition(":")
+    if kind == "managed" and ident.isdigit():
+        from .jobs import store
+
+        j = store.get(int(ident))
+        return j.status if j is not None and j.status not in store.TERMINAL else None
+    if kind == "pool":
+        from .jobs import pool_store
+
+        return "active" if pool_store.get(ident) is not None else None
+    return None
+
+
+def owner_by_name(name: str) -> str | None:
+    """The owner a cluster's name implies (the clouds' tags hold no owner): a managed job's `job-<id>[-<stage>]`,
+    a pool's `pool-<pool>-<n>` while that pool exists, else the user's."""
+    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name)
+    if m:
+        return f"managed:{m.group(1)}"
+    m = re.fullmatch(r"pool-(.+)-\d+", name)
+    if m:
+        from .jobs import pool_store
+
+        return f"pool:{m.group(1)}" if pool_store.get(m.group(1)) is not None else None
+    return None

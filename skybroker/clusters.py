@@ -208,10 +208,11 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
             if only_owner is not None and rec.owner != only_owner:
                 on_event("skip", f"cluster {name} is not {cluster_ops.owner_name(only_owner)}'s: left alone")
                 continue
-            busy = _active_owner(rec.owner) if spare_owned and rec.owner else None
+            busy = cluster_ops.active_owner(rec.owner) if spare_owned and rec.owner else None
             if busy:
+                kind, _, ident = rec.owner.partition(":")
                 on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not torn "
-                                 f"down; {_ENDS[rec.owner.partition(':')[0]].format(rec.owner.partition(':')[2])}")
+                                 f"down; {cluster_ops.ENDS[kind].format(ident)}")
                 continue
             on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")
             cluster_ops.terminate(rec, on_event)
@@ -351,7 +352,7 @@ def adopt(on_event: Event = _noop) -> list[str]:
             state.save_cluster(ClusterRecord(name=o.cluster, cloud=o.cloud, region=o.region, zone=ordered[0].zone,
                                              instance_type=None, accelerators=None, use_spot=any(i.spot for i in infos),
                                              num_nodes=len(nodes), hourly_price=0.0, status=status_,
-                                             launched_at=time.time(), nodes=nodes, owner=_owner_by_name(o.cluster)))
+                                             launched_at=time.time(), nodes=nodes, owner=cluster_ops.owner_by_name(o.cluster)))
             state.add_event(o.cluster, "adopt", f"rebuilt from the tags of {len(nodes)} instance(s) on {o.cloud}")
             out.append(o.cluster)
     return out
@@ -444,46 +445,18 @@ def _user_cluster_name(name: str) -> str:
     return name
 
 
-_ENDS = {"managed": "`broker jobs cancel {}` ends the job and its cluster",
-         "pool": "`broker jobs pool down {}` ends the pool and its workers"}
 
 
-def _active_owner(owner: str) -> str | None:
-    """The status of the managed job or pool that owns a cluster while it is active (its controller would
-    relaunch a cluster torn down under it), else None."""
-    kind, _, ident = owner.partition(":")
-    if kind == "managed" and ident.isdigit():
-        from .jobs import store
-
-        j = store.get(int(ident))
-        return j.status if j is not None and j.status not in store.TERMINAL else None
-    if kind == "pool":
-        from .jobs import pool_store
-
-        return "active" if pool_store.get(ident) is not None else None
-    return None
 
 
 def refuse_if_owned(name: str, what: str) -> None:
     """The user's `stop` / `autostop` of an active managed job's or pool's cluster: exit 2 (its controller
     would take the stop for a preemption and relaunch)."""
     rec = state.get_cluster(validate_name(name))
-    busy = _active_owner(rec.owner) if rec is not None and rec.owner else None
+    busy = cluster_ops.active_owner(rec.owner) if rec is not None and rec.owner else None
     if busy:
         kind, _, ident = rec.owner.partition(":")
         raise UsageError(f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): it is not {what} "
-                         "by hand", _ENDS[kind].format(ident))
+                         "by hand", cluster_ops.ENDS[kind].format(ident))
 
 
-def _owner_by_name(name: str) -> str | None:
-    """The owner a cluster's name implies (the clouds' tags hold no owner): a managed job's `job-<id>[-<stage>]`,
-    a pool's `pool-<pool>-<n>` while that pool exists, else the user's."""
-    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name)
-    if m:
-        return f"managed:{m.group(1)}"
-    m = re.fullmatch(r"pool-(.+)-\d+", name)
-    if m:
-        from .jobs import pool_store
-
-        return f"pool:{m.group(1)}" if pool_store.get(m.group(1)) is not None else None
-    return None

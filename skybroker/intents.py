@@ -18,7 +18,6 @@ Clusters owned by an active managed job are left to its controller, which resume
 """
 from __future__ import annotations
 
-import re
 import time
 from typing import Callable
 
@@ -45,21 +44,13 @@ def lock_is_free(cluster: str) -> bool:
 
 
 def _owned_by_active_job(rec_or_name) -> bool:
-    owner = rec_or_name.owner if hasattr(rec_or_name, "owner") else None
+    """A cluster of an active managed job or pool (its owner, or the one its name implies): its controller
+    settles it, not a user's command."""
+    from .cluster_ops import active_owner, owner_by_name
+
     name = rec_or_name.name if hasattr(rec_or_name, "name") else rec_or_name
-    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name) if owner is None else None  # job-<id>[-<pipeline stage>]
-    if m:
-        owner = f"managed:{m.group(1)}"
-    if owner and owner.startswith("pool:"):  # a pool's worker: the controller resumes it while the pool exists
-        from .jobs import pool_store
-
-        return pool_store.get(owner.split(":", 1)[1]) is not None
-    if not owner or not owner.startswith("managed:"):
-        return False
-    from .jobs import store
-
-    j = store.get(int(owner.split(":", 1)[1]))
-    return j is not None and j.status in store.ACTIVE
+    owner = getattr(rec_or_name, "owner", None) or owner_by_name(name)
+    return bool(owner and active_owner(owner))
 
 
 def stale_clusters() -> set[str]:
