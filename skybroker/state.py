@@ -188,8 +188,10 @@ def close_intents(cluster: str, cloud: str | None = None, region: str | None = N
 # events (what happened to a cluster: provisioning attempts, failover, autostop...)
 
 def add_event(cluster: str, kind: str, message: str) -> None:
-    db().execute("INSERT INTO events (cluster, ts, kind, message) VALUES (?,?,?,?)",
-                 (cluster, time.time(), kind, message))
+    row = db().execute("SELECT user_name FROM clusters WHERE name = ?", (cluster,)).fetchone()
+    user = row["user_name"] if row is not None else current_user.get()  # the cluster's user, whoever acts on it
+    db().execute("INSERT INTO events (cluster, ts, kind, message, user_name) VALUES (?,?,?,?,?)",
+                 (cluster, time.time(), kind, message, user))
 
 
 def events(cluster: str) -> list[dict]:

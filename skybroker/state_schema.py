@@ -221,6 +221,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE host_keys (
         instance_id TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL, host TEXT, pinned_at REAL)
     """,
+    # v16: the user each cluster event was recorded for (server mode), so a cluster's history is shown only to
+    # its user, also once the cluster is gone or its name taken by another user (events before have none)
+    """
+    ALTER TABLE events ADD COLUMN user_name TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

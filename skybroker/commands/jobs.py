@@ -135,6 +135,8 @@ def _follow(job_id: int, as_json: bool = False) -> int:
         return 130
     if j.status == "FAILED_BUDGET":
         return 6
+    if j.status == "FAILED_NO_RESOURCE":  # the clouds refused after failover, as `broker launch` says it
+        return 4
     return j.exit_code if j.exit_code not in (None, 0) else 1
 
 

@@ -111,6 +111,8 @@ class Launching:
     def _bring_up_failed(self, j, task, err, recovering: bool, dl, dst, market) -> None:
         """A bring-up failure (the lifecycle already tore the cluster down) as a recovery event."""
         first = err.why.splitlines()[0] if err.why else str(err.failure.value)
+        if err.failure == Failure.REFUSED and err.why:  # "could not provision anywhere ...; attempts:" + one per line
+            first = " ".join(line.strip() for line in err.why.splitlines() if line.strip())
         store.add_event(j.id, "bring-up", f"failed while {lifecycle._DOING[err.stage]} ({err.failure.value}): {first}")
         if err.failure == Failure.REFUSED:
             if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has

@@ -172,11 +172,17 @@ def check_events(user, args, kwargs) -> None:
 
 
 def run_events(user, cluster=None, job_id=None, limit=50):
-    evs = api.events(cluster, job_id, limit)
-    if cluster or job_id is not None or user.admin:
-        return evs
+    if job_id is not None or user.admin:
+        return api.events(cluster, job_id, limit)
+    # a cluster's events are its user's: recorded for them, or recorded for no user (the broker's own
+    # watchers, events from before v16) while the cluster exists and is theirs; a gone cluster's history,
+    # or an earlier user's of a reused name, is nobody else's
     mine = {r.name for r in state.list_clusters() if _mine(user, r)}
-    return [e for e in evs if e.get("cluster") in mine]
+    evs = api.events(cluster, None, 10 ** 6 if cluster else limit)
+    out = [e for e in evs if e.get("user_name") == user.name or (e.get("user_name") is None and e.get("cluster") in mine)]
+    if cluster and not out and cluster not in mine:
+        raise NotFoundError(f"cluster {cluster!r} has no events and does not exist", "see `broker status`")
+    return out[-limit:]
 
 
 def run_jobs_launch(user, task):

@@ -542,3 +542,15 @@ def test_queue_columns_and_cancel_all(tmp_path):
     r = broker("jobs", "cancel", "999", "-y")
     assert r.returncode == 5, (r.returncode, r.stderr)
     wait_for(lambda: controller_pid() is None, 10, 0.1, "controller exits when idle")
+
+
+def test_no_resource_anywhere_is_exit_4_with_every_attempt(tmp_path):
+    """A managed job the clouds refuse everywhere ends FAILED_NO_RESOURCE: `jobs launch` exits 4 as `launch` does
+    (it exited 1) and says each attempt (the reason stopped at "attempts:")."""
+    (broker_home() / "local").mkdir(parents=True, exist_ok=True)
+    (broker_home() / "local" / "NO_SPOT_CAPACITY").write_text("")
+    task = write_task(tmp_path / "sp.yaml", name="sp", resources={"infra": "local", "use_spot": True}, run="echo hi")
+    r = broker("jobs", "launch", "-y", task, timeout=120)
+    assert r.returncode == 4, r.stdout + r.stderr
+    text = " ".join((r.stdout + r.stderr).split())
+    assert "FAILED_NO_RESOURCE" in text and "attempts: 1. local local spot: CapacityError NoSpotCapacity" in text, text

@@ -127,6 +127,14 @@ def test_two_users_isolation(server, tmp_path):
     r = admin("down", "-y", "alices")
     assert r.returncode == 0, r.stderr
     assert _status(alice) == []
+    # the gone cluster's history stays alice's: not bob's to read, nor his to inherit with the name
+    assert any(e["kind"] == "down" for e in json.loads(alice("events", "alices", "--json").stdout))
+    r = bob("events", "alices", "--json")
+    assert r.returncode == 5 and "alice" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert bob("launch", "-y", "-d", "-c", "alices", task).returncode == 0
+    theirs = json.loads(bob("events", "alices", "--json").stdout)
+    assert theirs and all(e["user_name"] == "bob" for e in theirs), theirs
+    assert bob("down", "-y", "alices").returncode == 0
 
 
 def test_token_revoked_mid_session(server, tmp_path):

@@ -90,3 +90,17 @@ def test_pool_field_is_parsed_and_checked():
         with pytest.raises(SpecError) as e:
             task_from_dict({"pool": bad})
         assert e.value.field == field
+
+
+def test_a_local_pools_workers_are_this_machine():
+    """Found by exploratory testing: a local pool's workers (this machine's vCPUs) were judged by SkyPilot's
+    8+ default, so `cpus: 2` on a 2-vCPU machine was refused and `cpus: 8+` accepted."""
+    import os
+
+    n = os.cpu_count() or 1
+    pool = _task(infra="local")
+    assert S.misfit(_task(cpus=str(n)), pool) is None
+    assert S.misfit(_task(cpus=f"{n}+"), pool) is None
+    bad = S.misfit(_task(cpus=f"{n + 1}+"), pool)
+    assert bad is not None and bad[0] == "resources.cpus"
+    assert S.misfit(_task(cpus=str(4 * n)), pool) is not None
