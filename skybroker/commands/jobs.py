@@ -51,6 +51,14 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json, pool_name, num_jo
     if pool_name:
         n = 1 if num_jobs is None else num_jobs
         return _launch_in_pool(api, pipeline, pool_name, n, overrides.get("name"), yes, detach, dryrun)
+    if not dryrun and any(not t.run for t in pipeline):  # said before planning, naming the file and the stage
+        from ..errors import SpecError
+
+        i = next(i for i, t in enumerate(pipeline) if not t.run)
+        stage = f"stage {i + 1} ({pipeline[i].name or 'unnamed'}) of the pipeline: " if len(pipeline) > 1 else ""
+        if not any(t.pool_workers is not None for t in pipeline):
+            raise SpecError(f"{stage}a managed job needs `run:`", "add the command it runs, e.g. `run: python train.py`",
+                            source=str(task_file), field="run")
     if any(t.pool_workers is not None for t in pipeline) and not dryrun:
         raise UsageError("this is a pool's task (`pool:`): it brings up workers for other jobs, it is not a job",
                          f"`broker jobs pool apply -p NAME {task_file}`, then `broker jobs launch --pool NAME "

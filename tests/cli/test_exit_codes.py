@@ -250,3 +250,16 @@ def test_stop_is_idempotent_and_autostop_refuses_a_stopped_cluster(tmp_path):
         assert run(tmp_path, "autostop", "lc", "--cancel").returncode == 0  # cancelling is always fine
     finally:
         run(tmp_path, "down", "-y", "lc", timeout=120)
+
+
+def test_a_managed_job_without_run_is_refused_before_any_plan(home):
+    """Found by exploratory testing: `name: p` then `---` and nothing else was planned on every cloud first, then
+    refused without naming the file."""
+    (home / "empty.yaml").write_text("name: p\n---\n")
+    for f in ("empty.yaml", "tiny-norun.yaml"):
+        if f == "tiny-norun.yaml":
+            (home / f).write_text("name: nr\nresources:\n  infra: local\n")
+        r = run(home, "jobs", "launch", "-y", str(home / f))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"{f}: run: a managed job needs `run:`" in r.stderr, r.stderr
+        assert "Chosen" not in r.stdout + r.stderr and "Traceback" not in r.stderr
