@@ -5,8 +5,8 @@
 pinned host keys, ssh config entry, `persistent: false` buckets, ephemeral volumes and cost-ledger run, then
 forgets it; `start_locked` starts a stopped cluster (the caller holds its lock) and brings its nodes back to
 the state bring-up left them in; `check_owner` is the rule of whose cluster a launch may reuse (a user's,
-a managed job's, a pool's), with the owner helpers (`active_owner`, `owner_by_name`) clusters.py and
-intents.py use. Cloud SDKs are imported only when these run.
+a managed job's, a pool's), with the owner helpers clusters.py and intents.py use (`active_owner`,
+`owner_by_name`, `reserved_name`, `ends_hint`). Cloud SDKs are imported only when these run.
 """
 from __future__ import annotations
 
@@ -130,10 +130,9 @@ def check_owner(rec, owner: str | None) -> None:
     if theirs is None:
         raise UsageError(f"a cluster named {rec.name} exists and is not {owner_name(owner)}'s",
                          f"{owner_name(owner)} uses the name {rec.name}: `broker down {rec.name}` frees it")
-    kind, _, ident = theirs.partition(":")
-    ends = {"managed": f"`broker jobs cancel {ident}` ends it", "pool": f"`broker jobs pool down {ident}` ends it"}
+    ends = ends_hint(theirs)
     raise UsageError(f"cluster {rec.name} belongs to {owner_name(theirs)}",
-                     "use another cluster name" + (f"; {ends[kind]}" if kind in ends else ""))
+                     "use another cluster name" + (f"; {ends}" if ends else ""))
 
 
 def owner_name(owner: str | None) -> str:
@@ -144,8 +143,22 @@ def owner_name(owner: str | None) -> str:
     return {"managed": f"managed job {ident}", "pool": f"pool {ident}"}.get(kind, owner)
 
 
-ENDS = {"managed": "`broker jobs cancel {}` ends the job and its cluster",
-        "pool": "`broker jobs pool down {}` ends the pool and its workers"}
+_ENDS = {"managed": "`broker jobs cancel {}` ends the job and its cluster",
+         "pool": "`broker jobs pool down {}` ends the pool and its workers"}
+# the names managed jobs (jobs/pipeline.py: job-<id>[-<stage>]) and pools (jobs/pool_store.py) give their clusters
+_JOB_NAME = re.compile(r"job-(\d+)(?:-\d+)?")
+_POOL_NAME = re.compile(r"pool-(.+)-\d+")
+
+
+def ends_hint(owner: str) -> str:
+    """What ends the managed job or pool `owner` ("managed:5", "pool:p") with its clusters; "" for others."""
+    kind, _, ident = owner.partition(":")
+    return _ENDS[kind].format(ident) if kind in _ENDS else ""
+
+
+def reserved_name(name: str) -> bool:
+    """A name managed jobs and pools give their clusters: never a new user cluster's."""
+    return bool(_JOB_NAME.fullmatch(name) or _POOL_NAME.fullmatch(name))
 
 
 def active_owner(owner: str) -> str | None:
@@ -167,10 +180,10 @@ def active_owner(owner: str) -> str | None:
 def owner_by_name(name: str) -> str | None:
     """The owner a cluster's name implies (the clouds' tags hold no owner): a managed job's `job-<id>[-<stage>]`,
     a pool's `pool-<pool>-<n>` while that pool exists, else the user's."""
-    m = re.fullmatch(r"job-(\d+)(?:-\d+)?", name)
+    m = _JOB_NAME.fullmatch(name)
     if m:
         return f"managed:{m.group(1)}"
-    m = re.fullmatch(r"pool-(.+)-\d+", name)
+    m = _POOL_NAME.fullmatch(name)
     if m:
         from .jobs import pool_store
 

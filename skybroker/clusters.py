@@ -36,7 +36,7 @@ def default_name(task) -> str:
         base = "c-" + base
     while True:  # never a name reserved for managed jobs and pools (`job-1824` from a task named "job")
         name = f"{base}-{secrets.token_hex(2)}"
-        if not _RESERVED.match(name):
+        if not cluster_ops.reserved_name(name):
             return name
 
 
@@ -210,9 +210,8 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
                 continue
             busy = cluster_ops.active_owner(rec.owner) if spare_owned and rec.owner else None
             if busy:
-                kind, _, ident = rec.owner.partition(":")
                 on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not torn "
-                                 f"down; {cluster_ops.ENDS[kind].format(ident)}")
+                                 f"down; {cluster_ops.ends_hint(rec.owner)}")
                 continue
             on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")
             cluster_ops.terminate(rec, on_event)
@@ -431,22 +430,14 @@ def forget_host_keys(name: str, rank: int | None = None) -> list[str]:
     return out
 
 
-_RESERVED = re.compile(r"^(job-\d+(-\d+)?|pool-.+-\d+)$")  # jobs/pipeline.py and jobs/pool_store.py name their clusters so
-
-
 def _user_cluster_name(name: str) -> str:
     """A name the user gives a new cluster: valid, and not one a managed job or a pool will take. An existing
     cluster of that name is left to the owner check of the bring-up (a user's old `job-5` stays usable)."""
     validate_name(name)
-    if _RESERVED.match(name) and state.get_cluster(name) is None:
-        raise UsageError(f"cluster name {name!r} is reserved",
-                         "job-<N>, job-<N>-<stage> and pool-<pool>-<N> name the clusters of managed jobs, their stages and pools; "
-                         "choose another name")
+    if cluster_ops.reserved_name(name) and state.get_cluster(name) is None:
+        raise UsageError(f"cluster name {name!r} is reserved", "job-<N>, job-<N>-<stage> and pool-<pool>-<N> name "
+                         "the clusters of managed jobs, their stages and pools; choose another name")
     return name
-
-
-
-
 
 
 def refuse_if_owned(name: str, what: str) -> None:
@@ -455,8 +446,7 @@ def refuse_if_owned(name: str, what: str) -> None:
     rec = state.get_cluster(validate_name(name))
     busy = cluster_ops.active_owner(rec.owner) if rec is not None and rec.owner else None
     if busy:
-        kind, _, ident = rec.owner.partition(":")
         raise UsageError(f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): it is not {what} "
-                         "by hand", cluster_ops.ENDS[kind].format(ident))
+                         "by hand", cluster_ops.ends_hint(rec.owner))
 
 

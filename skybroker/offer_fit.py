@@ -7,7 +7,8 @@ priced here and no cloud is named: a provider's default shape comes from the reg
 from __future__ import annotations
 
 from .catalog.model import InstanceSpec, Offer
-from .resources import DEFAULT_CPUS, DEFAULT_MEMORY_PER_CPU, Amount, Resources
+from .errors import SpecError
+from .resources import DEFAULT_CPUS, DEFAULT_MEMORY_PER_CPU, Amount, Resources, parse_accelerator
 
 
 def spec_admits(res: Resources, spec: InstanceSpec, *, burstable: bool = False) -> bool:
@@ -164,8 +165,7 @@ def _accelerator_of(text: str | None) -> tuple[str | None, float]:
     """`A100:8` -> ("A100", 8.0); None -> (None, 0)."""
     if not text:
         return None, 0.0
-    name, _, count = text.partition(":")
     try:
-        return name, float(count) if count else 1.0
-    except ValueError:
-        return name, 0.0
+        return parse_accelerator(text, "accelerators")
+    except SpecError:  # a record written by hand or by an older version: the name, no count
+        return text.partition(":")[0], 0.0

@@ -38,6 +38,11 @@ _META = "node.json"
 MAX_NODES = 250
 
 
+def machine_shape() -> tuple[float, float]:
+    """(vCPUs, GiB of memory) of this machine: what every local node has (its offer, a local pool's workers)."""
+    return float(os.cpu_count() or 1), _mem_gib()
+
+
 def _mem_gib() -> float:
     try:
         with open("/proc/meminfo") as f:
@@ -66,7 +71,7 @@ class LocalCloud(LocalVolumes, Provider):
 
         if res.accelerator:
             return []
-        vcpus, mem = float(os.cpu_count() or 1), _mem_gib()
+        vcpus, mem = machine_shape()
         if res.cpus is not None and res.cpus.value > vcpus + 1e-9:
             return []
         if res.memory is not None and mem > 0:  # `4x` (per vCPU) is checked against the vCPUs asked for

@@ -100,11 +100,9 @@ def _floor(r, name: str):
 
     v = getattr(r, name)
     if r.cloud == "local" and v is None:  # the local cloud's nodes are this machine (no SkyPilot default size)
-        import os
+        from ..clouds.local import machine_shape
 
-        from ..clouds.local import _mem_gib
-
-        return Amount(float(os.cpu_count() or 1) if name == "cpus" else _mem_gib(), at_least=False)
+        return Amount(machine_shape()[0 if name == "cpus" else 1], at_least=False)
     cpus = r.cpus.value if r.cpus is not None and not r.cpus.per_cpu else DEFAULT_CPUS
     if v is not None and v.per_cpu:
         return Amount(v.value * cpus, at_least=True)

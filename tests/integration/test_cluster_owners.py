@@ -16,6 +16,7 @@ from skybroker import cluster_ops, lifecycle
 from skybroker.errors import UsageError
 from skybroker.state import UP, ClusterRecord
 from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task
+from tests.integration.test_promises_launch import flat
 from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - its autouse fixture, here too
 from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, launch_detached, local_job_pids,
                                                  wait_status)
@@ -25,10 +26,6 @@ from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, la
 def _cleanup():
     yield
     kill_leftovers(broker_home())
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _rec(name: str, owner: str | None) -> ClusterRecord:
