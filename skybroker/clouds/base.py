@@ -123,6 +123,10 @@ class SelfStop:
     follow: str | None = None
 
 
+class ZoneUnresolved(Exception):
+    """A zone spelling (Provider.zone_alias) that cannot be mapped now: args = (message, hint)."""
+
+
 class Provider:
     """Base class of every provider (defaults for the optional parts)."""
 
@@ -164,6 +168,21 @@ class Provider:
             from .. import catalog
 
             return list(catalog.regions(self.catalog))
+        return None
+
+    def known_zones(self, region: str | None) -> list[str] | None:
+        """The zones a task may name in `region` (in any region when None), checked when planning: another is a
+        user mistake (exit 2). [] when this provider's offers carry no zone; None: not checkable here."""
+        if self.catalog:
+            from .. import catalog
+
+            return sorted(z for z, r in catalog.zones(self.catalog).items() if region in (None, r))
+        return None
+
+    def zone_alias(self, region: str | None, zone: str) -> tuple[str, str] | None:
+        """(region, the catalog's zone) for a zone the user spelled another way (AWS: the account's AZ name
+        for the catalog's AZ ID); None when `zone` is no such spelling. Raises ZoneUnresolved when it is one
+        but cannot be mapped now."""
         return None
 
     def regions(self) -> list[str | None]:

@@ -160,3 +160,67 @@ def test_an_accelerator_on_the_local_cloud_names_the_cloud(project):
         api.plan(_task({"infra": "local", "accelerators": "V100"}))
     assert "the local cloud offers no accelerators" in ei.value.hint
     assert " on ;" not in ei.value.hint
+
+
+# -- zones ----------------------------------------------------------------------------------------
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path):
+    for k in [k for k in os.environ if k.startswith("AWS_") and k != "AWS_CA_BUNDLE"]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    from skybroker.clouds.aws import client
+
+    client.reset()
+    yield
+    client.reset()
+
+
+@pytest.mark.parametrize("infra, needles", [
+    ("gcp/us-central1/us-central1-q", ["no zone 'us-central1-q' on gcp/us-central1", "us-central1-a"]),
+    ("aws/us-west-2/use1-az2", ["no zone 'use1-az2' on aws/us-west-2", "usw2-az2"]),
+    ("aws/*/use1-az9", ["no zone 'use1-az9' on aws", "use1-az6"]),
+    ("azure/eastus/2", ["azure offers have no zones", "drop the zone"]),
+])
+def test_an_unknown_zone_is_a_user_mistake(project, infra, needles):
+    """Before, every one of these was 'no offer fits' (exit 3) with a hint about the cheapest offer elsewhere."""
+    with pytest.raises(SpecError) as ei:
+        api.plan(_task({"infra": infra, "accelerators": "V100"}))
+    text = ei.value.message + " " + ei.value.hint
+    assert ei.value.exit_code == 2 and "resources.infra" in ei.value.message
+    for n in needles:
+        assert n in text, text
+
+
+def test_an_aws_zone_name_without_credentials_says_to_name_the_az_id(project, no_aws_credentials):
+    """SkyPilot tasks say `zone: us-east-1a`, an AZ name, which differs per account; the catalogs speak AZ IDs."""
+    with pytest.raises(SpecError) as ei:
+        api.plan(_task({"cloud": "aws", "zone": "us-east-1a", "accelerators": "V100"}))
+    e = ei.value
+    assert e.exit_code == 2 and "us-east-1a" in e.message and "differ per account" in e.message
+    assert "use1-az1" in e.hint and "broker check" in e.hint
+
+
+def test_an_aws_zone_name_is_planned_as_the_accounts_az_id(project, monkeypatch):
+    moto = pytest.importorskip("moto")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    from skybroker.clouds.aws import client
+
+    client.reset()
+    with moto.mock_aws():
+        import boto3
+
+        azs = boto3.client("ec2", region_name="us-east-1").describe_availability_zones()["AvailabilityZones"]
+        want = {z["ZoneName"]: z["ZoneId"] for z in azs}
+        name = next(n for n, i in sorted(want.items()) if i in ("use1-az1", "use1-az2", "use1-az4", "use1-az6"))
+        p = api.plan(_task({"cloud": "aws", "zone": name, "accelerators": "V100"}), clouds=["aws"])
+        assert p.chosen.region == "us-east-1" and p.chosen.zone == want[name]
+        assert {c.zone for c in p.candidates} == {want[name]}
+        with pytest.raises(SpecError, match="no zone 'us-east-1z' in your account's us-east-1"):  # a name the account lacks
+            api.plan(_task({"cloud": "aws", "zone": "us-east-1z", "accelerators": "V100"}), clouds=["aws"])
+    client.reset()

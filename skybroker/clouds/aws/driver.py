@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 
 from ... import settings
 from ...errors import InvalidRequestError, Place, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
-                    InstanceInfo, ProvisionRequest, Provider, TaggedResource)
+                    InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved)
 from ..common import call_typed
 from . import client as clients
 from .errors import classify
@@ -27,6 +28,17 @@ GPU_PARAM = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubu
 SSH_USER = "ubuntu"
 _STATE = {"pending": PENDING, "running": RUNNING, "stopping": STOPPING, "stopped": STOPPED,
           "shutting-down": TERMINATED, "terminated": TERMINATED}
+
+
+_REGION_OF_ZONE_NAME = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+")  # us-east-1 of us-east-1a
+
+
+def _name_the_id(region: str) -> str:
+    from ... import catalog
+
+    ids = sorted(z for z, r in catalog.zones("aws").items() if r == region)
+    return (f"name the AZ ID instead (the same in every account; {region} has {', '.join(ids)}), "
+            if ids else "name the AZ ID instead (use1-az1 style), ") + "or set up AWS credentials (`broker check`)"
 
 
 def _user() -> str:
@@ -82,14 +94,42 @@ class AWSCloud(EBSVolumes, Provider):
         """Run an SDK call, translating refusals into typed errors (see common.call_typed)."""
         return call_typed(classify, place, fn, *args, **kw)
 
+    def _az_names(self, ec2, region: str) -> dict[str, str]:
+        """AZ ID → this account's AZ name, for `region` (asked once)."""
+        if region not in self._azs:
+            resp = ec2.describe_availability_zones(AllAvailabilityZones=True)
+            self._azs[region] = {z["ZoneId"]: z["ZoneName"] for z in resp["AvailabilityZones"]}
+        return self._azs[region]
+
+    def zone_alias(self, region, zone):
+        """A SkyPilot task's `zone: us-east-1a` is an AZ *name*, which differs per account: mapped to the
+        catalog's AZ ID with the account's DescribeAvailabilityZones."""
+        m = _REGION_OF_ZONE_NAME.match(zone)
+        if not m or m.group(0) == zone or (region and region != m.group(0)):
+            return None
+        region = m.group(0)
+        try:
+            from botocore.exceptions import BotoCoreError, ClientError
+        except ImportError:
+            raise ZoneUnresolved(f"AWS zone names such as {zone} differ per account, and boto3 (to look up "
+                                 "yours) is not installed", _name_the_id(region)) from None
+        try:
+            names = self._az_names(clients.ec2(region), region)
+        except (BotoCoreError, ClientError) as e:
+            raise ZoneUnresolved(f"AWS zone names such as {zone} differ per account, and yours could not be "
+                                 f"looked up ({type(e).__name__})", _name_the_id(region)) from None
+        ids = [i for i, n in names.items() if n == zone]
+        if not ids:
+            raise ZoneUnresolved(f"no zone {zone!r} in your account's {region}",
+                                 f"{region} has {', '.join(sorted(names.values()))} (or name an AZ ID: "
+                                 f"{', '.join(sorted(names))})")
+        return region, ids[0]
+
     def zone_name(self, ec2, region: str, zone: str | None) -> str | None:
         """AZ ID (use1-az1) or name (us-east-1b) → the account's AZ name."""
         if not zone:
             return None
-        if region not in self._azs:
-            resp = ec2.describe_availability_zones(AllAvailabilityZones=True)
-            self._azs[region] = {z["ZoneId"]: z["ZoneName"] for z in resp["AvailabilityZones"]}
-        m = self._azs[region]
+        m = self._az_names(ec2, region)
         if zone in m:
             return m[zone]
         if zone in m.values():
