@@ -41,19 +41,23 @@ def deadline(data: dict, source: str):
                         field="deadline")
     if deadline is not None and expected is not None:
         # the first start pays the restart overhead too: even on-demand from the start needs compute + overhead
-        overhead = dl_extra.get("restart_overhead_hours")
-        if overhead is None:
-            import dataclasses
+        import dataclasses
 
-            from .spec import Task
+        from .spec import Task
+        from .spot.policies import deadline_room
 
-            overhead = next(f.default for f in dataclasses.fields(Task) if f.name == "restart_overhead_hours")
-        if round(deadline * 3600) < round(expected * 3600) + round(overhead * 3600):
+        default = {f.name: f.default for f in dataclasses.fields(Task)}
+        overhead = dl_extra.get("restart_overhead_hours", default["restart_overhead_hours"])
+        tick_s = max(1, round(dl_extra.get("decision_tick_hours", default["decision_tick_hours"]) * 3600))
+        have, need = deadline_room(expected, deadline, overhead, tick_s)  # as jobs/deadline.py will hold it
+        if have < need:
             given = "deadline.overhead" if "restart_overhead_hours" in dl_extra else "the default overhead"
+            ticks = "" if need == round(expected * 3600) + round(overhead * 3600) and have == round(deadline * 3600) \
+                else f", in whole {tick_s} s ticks (deadline.tick)"
             raise SpecError(f"the deadline ({deadline:g} h) is less than the expected compute time ({expected:g} h) "
-                            f"+ {given} ({overhead:g} h) = {expected + overhead:g} h: a first start pays the "
+                            f"+ {given} ({overhead:g} h){ticks} = {need / 3600:g} h: a first start pays the "
                             "restart overhead too, no schedule can meet it",
-                            f"give `deadline.by` of at least {expected + overhead:g}h, or a smaller "
+                            f"give `deadline.by` of at least {need / 3600:g}h, or a smaller "
                             "`deadline.compute` / `deadline.overhead`", source=source,
                             field="deadline.by" if isinstance(raw_dl, dict) else "deadline")
     return deadline, expected, dl_extra

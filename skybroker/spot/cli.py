@@ -279,11 +279,9 @@ def _check_deadline(task_hours: float, deadline_hours: float, overhead_hours: fl
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals) or task_hours <= 0 or \
             overhead_hours < 0 or deadline_hours <= 0:
         return  # policies.Job.from_hours names the bad value
-    need_s = round(task_hours * 3600) + round(overhead_hours * 3600)
-    have_s = round(deadline_hours * 3600)
-    if tick_s:
-        need_s = -(-need_s // tick_s) * tick_s
-        have_s = have_s // tick_s * tick_s
+    from skybroker.spot.policies import deadline_room
+
+    have_s, need_s = deadline_room(task_hours, deadline_hours, overhead_hours, tick_s)
     if have_s >= need_s:
         return
     least = need_s / 3600

@@ -28,6 +28,19 @@ class Decision(str, Enum):
 NONE, SPOT, ON_DEMAND = Decision.NONE, Decision.SPOT, Decision.ON_DEMAND
 
 
+def deadline_room(task_hours: float, deadline_hours: float, overhead_hours: float,
+                  tick_s: int | None = None) -> tuple[int, int]:
+    """(have, need) in seconds: the deadline R rounded down to whole ticks (as Job.ticks does), and C + d
+    (the first start pays the restart overhead d too) rounded up to one. have < need: no schedule can meet
+    the deadline, even on-demand from the first tick."""
+    need = round(task_hours * 3600) + round(overhead_hours * 3600)
+    have = round(deadline_hours * 3600)
+    if tick_s:
+        need = -(-need // tick_s) * tick_s
+        have = have // tick_s * tick_s
+    return have, need
+
+
 @dataclass(frozen=True)
 class Job:
     task_s: int  # C(0): compute time needed

@@ -310,10 +310,18 @@ def test_config_gcp_mig_reaches_every_resources_and_survives_storage():
     ({"deadline": {"by": "1h", "compute": "55m", "overhead": "12m"}}, "1.11667"),
     ({"deadline": {"by": "48h", "compute": "48h"}}, "48.2"),  # the default overhead, 0.2 h
     ({"deadline": "1h", "expected_hours": 1}, "1.2"),
+    # a deadline of whole ticks only: the controller's policy rounds the deadline down and C + d up to ticks
+    ({"deadline": {"by": "80m", "compute": "55m", "overhead": "10m", "tick": "30m"}}, "1.5"),
 ])
 def test_a_deadline_shorter_than_compute_plus_overhead_is_refused(d, least):
     e = refused(d, "deadline")
     assert "no schedule can meet it" in e.message and least in e.hint, (e.message, e.hint)
+    assert ("deadline.tick" in e.message) == ("tick" in d["deadline"]), e.message
+
+
+def test_a_deadline_that_meets_compute_plus_overhead_in_whole_ticks_is_kept():
+    t = parse({"deadline": {"by": "90m", "compute": "50m", "overhead": "10m", "tick": "30m"}, "run": "true"})
+    assert (t.deadline_hours, t.expected_hours, t.decision_tick_hours) == (1.5, 50 / 60, 0.5)
 
 
 def test_a_deadline_of_exactly_compute_plus_overhead_is_accepted():  # (an overhead of 0 is refused)
