@@ -127,7 +127,11 @@ def _launch_in_pool(api, pipeline, pool_name, num_jobs, name, yes, detach, dryru
     ids = ", ".join(str(j.id) for j in js)
     render.info(f"managed job {ids} submitted to pool {pool_name}" if len(js) == 1 else
                 f"managed jobs {ids} submitted to pool {pool_name} (ranks 0-{len(js) - 1})")
-    if detach or len(js) > 1:
+    sized = next((p["workers"] for p in api.pool_status(pool_name)), None)
+    if sized == 0:  # a pool resized to 0 runs nothing: following would wait for ever
+        render.warning(f"pool {pool_name} has 0 workers: the job(s) stay PENDING until it has some "
+                       f"(`broker jobs pool apply -p {pool_name} --workers N`)")
+    if detach or len(js) > 1 or sized == 0:
         render.info(f"follow one with `broker jobs logs {js[0].id} --follow`; workers: `broker jobs pool status "
                     f"{pool_name}`")
         return 0

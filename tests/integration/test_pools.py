@@ -145,6 +145,14 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     wait_for(lambda: len(workers("p1")) == 1, 60, 0.1, "scale down to 1 worker")
     assert not (broker_home() / "local" / "pool-p1-1" / "node-0").exists()
 
+    r = broker("jobs", "pool", "apply", "-p", "p1", "-y", "--workers", "0", timeout=60)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: len(workers("p1")) == 0, 60, 0.1, "scale down to 0 workers")
+    r = broker("jobs", "launch", "-y", "--pool", "p1", jt2, timeout=30)  # followed: it would wait for ever
+    assert r.returncode == 0 and "pool p1 has 0 workers" in r.stderr and "--workers N" in r.stderr, r.stderr
+    [waiting] = [j["id"] for j in json.loads(broker("jobs", "queue", "--json").stdout) if j["status"] == "PENDING"]
+    assert broker("jobs", "cancel", waiting).returncode == 0 and wait_done([waiting])[0].status == "CANCELLED"
+
     r = broker("jobs", "pool", "down", "p1", "-y", timeout=60)
     assert r.returncode == 0 and "is down" in r.stderr, r.stderr
     assert_nothing_left()
