@@ -158,7 +158,9 @@ def cancel(name: str, job_ids, all_jobs: bool = False):
     """Cancel jobs on a cluster. An id the cluster never had is NotFoundError (exit 5), checked before
     anything is cancelled; a job that already finished is simply not in the returned list."""
     from . import clusters
+    from .errors import names_or_all
 
+    names_or_all(job_ids, all_jobs, "job ids")  # also for a server's clients
     if job_ids and not all_jobs:
         get_cluster(name)
         known = {j.job_id for j in clusters.queue(name)}

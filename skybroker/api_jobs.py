@@ -50,7 +50,10 @@ def jobs_logs(job_id: int, follow: bool, on_line):
 
 
 def jobs_cancel(job_ids, all_: bool = False) -> list[int]:
+    from .errors import names_or_all
     from .jobs import ops
+
+    names_or_all(job_ids, all_, "job ids")  # also for a server's clients
 
     return ops.cancel(list(job_ids), all_)
 

@@ -53,6 +53,14 @@ class UsageError(BrokerError):
     exit_code = 2
 
 
+def names_or_all(names, all_: bool, what: str = "names") -> None:
+    """Commands (and API calls) that act on named targets or on everything with --all: both at once is a
+    mistake (exit 2), never "everything"."""
+    if all_ and names:
+        raise UsageError(f"give {what} or --all, not both",
+                         f"drop --all to act on {' '.join(map(str, names))} only")
+
+
 class NoFeasibleError(BrokerError):
     """No offer in the catalogs satisfies the request."""
 

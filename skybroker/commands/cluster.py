@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from .. import render
+from ..errors import names_or_all
 from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
-                      names_or_all, task_options, use_api)
+                      task_options, use_api)
 
 
 def _job_code(st) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import (JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, names_or_all,
-                      task_options, use_api)
+from ..errors import names_or_all
+from .options import (JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options, use_api)
 
 
 @click.group(epilog=examples("broker jobs launch -y examples/managed.yaml", "broker jobs queue",

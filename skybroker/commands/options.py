@@ -167,14 +167,6 @@ def confirm_destructive(question: str, yes: bool, flag: str = "-y") -> None:
         raise click.Abort()
 
 
-def names_or_all(names, all_: bool, what: str = "names") -> None:
-    """Commands that act on named targets or on everything with --all: both at once is a mistake (exit 2),
-    never "everything"."""
-    if all_ and names:
-        raise UsageError(f"give {what} or --all, not both",
-                         f"drop --all to act on {' '.join(map(str, names))} only")
-
-
 # Job ids are SQLite integers: a larger number is bad input (exit 2), never an overflow traceback.
 JOB_ID = click.IntRange(1, 2**63 - 1)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from .. import render
-from .options import confirm_destructive, examples, names_or_all
+from ..errors import names_or_all
+from .options import confirm_destructive, examples
 
 
 @click.group(epilog=examples("broker storage ls", "broker storage delete my-bucket -y"))

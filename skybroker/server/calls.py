@@ -218,6 +218,9 @@ def check_jobs_cancel(user, args, kwargs) -> None:
 
 
 def run_jobs_cancel(user, job_ids, all_=False):
+    from ..errors import names_or_all
+
+    names_or_all(job_ids, all_, "job ids")
     if all_:  # every active job *of the caller* (an admin cancels others' jobs by id)
         from ..jobs import store
 

@@ -101,3 +101,18 @@ def test_login_file_is_private_and_client_mode_follows_it(tmp_path):
     r = _cli("gc")  # gc too goes to the server (an admin's: the server's clouds and state)
     assert r.returncode == 1 and "cannot reach the broker server at http://127.0.0.1:1" in r.stderr
     assert remove_login() and endpoint() is None
+
+
+@pytest.mark.parametrize("call", ["cancel", "jobs_cancel"])
+def test_ids_together_with_all_are_refused_by_the_api_too(call):
+    """The CLI refuses `cancel c 1 --all`; a server's client that sends both got everything cancelled."""
+    from skybroker import api
+    from skybroker.errors import UsageError
+    from skybroker.server import calls
+    from skybroker.users import User
+
+    with pytest.raises(UsageError, match="job ids or --all, not both"):
+        api.cancel("c", [1], True) if call == "cancel" else api.jobs_cancel([1], True)
+    if call == "jobs_cancel":
+        with pytest.raises(UsageError, match="not both"):
+            calls.run_jobs_cancel(User("alice", False), [1], True)
