@@ -75,6 +75,7 @@ class LaunchResult:
     status: JobStatus | None
     attempts: list
     reused: bool
+    cluster_status: str | None = None  # once the job ended (a `stop`/`down` during it finished); None: gone
 
 
 def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = False, retry_until_up: bool = False,
@@ -94,7 +95,22 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
     if detach:
         rt.close()
         return LaunchResult(name, run.job_id, None, run.attempts, run.reused)
-    return LaunchResult(name, run.job_id, _stream(rt, name, run.job_id, on_line), run.attempts, run.reused)
+    st = _stream(rt, name, run.job_id, on_line)
+    return LaunchResult(name, run.job_id, st, run.attempts, run.reused, _settled_status(name, on_event))
+
+
+def _settled_status(name: str, on_event: Event) -> str | None:
+    """The cluster's status after the job, for the launch's last words. A `stop` or `down` that killed the
+    job holds the cluster lock from before it touched the instances until its state is written, so once we
+    hold the lock it has finished (waiting at most 10 minutes; then the status as it is)."""
+    from .locks import ClusterBusy
+
+    try:
+        with cluster_lock(name, on_wait=lambda m: on_event("wait", m), timeout=600):
+            rec = state.get_cluster(name)
+    except ClusterBusy:
+        rec = state.get_cluster(name)
+    return rec.status if rec else None
 
 
 def _stream(rt, name: str, job_id: int, on_line: Line) -> JobStatus:

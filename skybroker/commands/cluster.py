@@ -17,7 +17,7 @@ def _job_code(st) -> int:
     return st.exit_code if st.exit_code not in (None, 0) else 1
 
 
-def _job_exit(st, cluster: str) -> int:
+def _job_exit(st, cluster: str, gone: bool = False) -> int:
     """The job's exit code carries through (for CI); a lost node is an error with a clear message."""
     if st is None:
         return 0
@@ -25,6 +25,8 @@ def _job_exit(st, cluster: str) -> int:
     if any(n.status == "UNREACHABLE" for n in st.nodes):
         from ..errors import BrokerError
 
+        if gone:
+            raise BrokerError(f"cluster {cluster} was torn down during the job", "nothing of it is left")
         lost = [str(n.rank) for n in st.nodes if n.status == "UNREACHABLE"]
         raise BrokerError(f"node(s) {', '.join(lost)} of cluster {cluster} became unreachable during the job "
                           "(preempted, stopped or network lost)", f"`broker status --refresh` shows what remains; "
@@ -104,9 +106,8 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
                     f"`broker logs {res.cluster} {res.job_id} --follow`")
         return 0
-    code = _job_exit(res.status, res.cluster)
-    render.info(f"cluster {res.cluster} stays up: `broker exec {res.cluster} -- CMD` runs more, "
-                f"`broker down {res.cluster}` removes it")
+    code = _job_exit(res.status, res.cluster, gone=res.cluster_status is None)
+    render.launch_end(res.cluster, res.cluster_status)
     return code
 
 

@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from .console import _err_line, _esc, _err_tty, err_console
+from .console import _err_line, _esc, _err_tty, err_console, info
 
 # ----------------------------------------------------------------------------------------------
 # Progress
@@ -209,6 +209,17 @@ def job_summary(st, cluster: str) -> None:
     codes = ", ".join(f"node-{n.rank}: {n.status}" + (f" ({n.exit_code})" if n.exit_code not in (None, 0) else "")
                       for n in st.nodes)
     _err_line("green" if ok else "red", f"Job {st.job_id} {st.status} on {cluster}" + ("" if ok else f" — {codes}"))
+
+
+def launch_end(cluster: str, status: str | None) -> None:
+    """A followed launch's last words: what is left of the cluster (a stop or down during the job counts)."""
+    if status is None:
+        info(f"cluster {cluster} was torn down during the job")
+    elif status in ("STOPPED", "STOPPING"):
+        info(f"cluster {cluster} was stopped during the job: `broker start {cluster}` brings it back, "
+             f"`broker down {cluster}` removes it")
+    else:
+        info(f"cluster {cluster} stays up: `broker exec {cluster} -- CMD` runs more, `broker down {cluster}` removes it")
 
 
 def attempts(attempts, cluster: str) -> None:

@@ -338,3 +338,27 @@ def test_launch_json_is_json_lines_only(tmp_path):
     assert types[0] == "plan" and types[-1] == "result" and "event" in types
     assert {o["line"] for o in objs if o["type"] == "line"} == {"out-0", "out-1"}
     assert objs[-1]["status"] == "SUCCEEDED" and objs[-1]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("action", ["stop", "down"])
+def test_a_followed_launch_says_what_a_stop_or_down_during_the_job_left(tmp_path, action):
+    """It said "cluster … stays up: `broker exec` runs more" about a cluster the user had just stopped (and
+    "`broker down` cleans up" about one already torn down)."""
+    started = tmp_path / "started"
+    task = write_task(tmp_path / "t.yaml", run=f"touch {started}; sleep 60")
+    bg = broker_bg("launch", "-y", "-c", "held", task)
+    try:
+        wait_for(started.exists, 60, 0.1, "the job to start")
+        r = broker(action, "held", "-y")
+        assert r.returncode == 0, r.stderr
+        out, err = bg.communicate(timeout=60)
+    finally:
+        if bg.poll() is None:
+            bg.kill()
+    text = flat(err)
+    assert bg.returncode == 1 and "stays up" not in text, text
+    if action == "stop":
+        assert "cluster held was stopped during the job: `broker start held`" in text, text
+    else:
+        assert "cluster held was torn down during the job" in text and "broker down held" not in text, text
+    assert "Traceback" not in out + err, out + err
