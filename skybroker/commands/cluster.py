@@ -94,7 +94,8 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         st = res.status
         stream.emit({"type": "result", "cluster": res.cluster, "job_id": res.job_id,
                      "status": st.status if st else "SUBMITTED", "exit_code": st.exit_code if st else None,
-                     "attempts": [a.__dict__ for a in res.attempts]})
+                     "attempts": [a.__dict__ for a in res.attempts],
+                     "cluster_status": res.cluster_status if st else None})
         return _job_code(st)
     progress = render.Progress()
     with progress:

@@ -337,7 +337,7 @@ def test_launch_json_is_json_lines_only(tmp_path):
     types = [o["type"] for o in objs]
     assert types[0] == "plan" and types[-1] == "result" and "event" in types
     assert {o["line"] for o in objs if o["type"] == "line"} == {"out-0", "out-1"}
-    assert objs[-1]["status"] == "SUCCEEDED" and objs[-1]["exit_code"] == 0
+    assert objs[-1]["status"] == "SUCCEEDED" and objs[-1]["exit_code"] == 0 and objs[-1]["cluster_status"] == "UP"
 
 
 @pytest.mark.parametrize("action", ["stop", "down"])
