@@ -177,7 +177,7 @@ def require_fit(task, rec: ClusterRecord, *, managed: bool = False) -> None:
     from .errors import UsageError
     from .offer_fit import cluster_desc, cluster_misfit
 
-    why = cluster_misfit(task, rec, None if managed else _cluster_spec(rec), managed=managed)
+    why = cluster_misfit(task, rec, None if managed else cluster_spec(rec), managed=managed)
     if why is not None:
         what = f"task {task.name}" if task.name else "the task"
         raise UsageError(f"{what} does not fit existing cluster {rec.name}: {why}; cluster {rec.name} has "
@@ -186,7 +186,7 @@ def require_fit(task, rec: ClusterRecord, *, managed: bool = False) -> None:
                          "first")
 
 
-def _cluster_spec(rec: ClusterRecord):
+def cluster_spec(rec: ClusterRecord):
     """The catalog's InstanceSpec of the cluster's machine, or None (a cloud without a catalog, or a type
     the catalog no longer has)."""
     from .clouds import registry

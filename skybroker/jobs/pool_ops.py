@@ -163,6 +163,29 @@ def down(name: str, wait: bool = True, timeout: float = 600, poll: float = 0.3,
     return n
 
 
+def _workers_misfit(task, pool: str) -> tuple[str, str] | None:
+    """Judge a job by the machines the pool's ready workers got, where the catalog knows them: ("", "") when
+    one admits it, (field, why) when none does; None when there is no such worker (the pool's spec decides,
+    pool_sched.misfit). A pool's `cpus: 4+` got 4-vCPU machines, which a job's `cpus: 4` fits."""
+    from .. import state
+    from ..lifecycle import cluster_spec
+    from ..offer_fit import cluster_misfit
+
+    why = []
+    for w in PS.workers(pool):
+        rec = state.get_cluster(w.cluster) if w.status in (PS.READY, PS.BUSY) else None
+        spec = cluster_spec(rec) if rec is not None else None
+        if spec is None or not spec.shape_known:
+            continue
+        if task.num_nodes > rec.num_nodes:
+            return "num_nodes", f"the job needs {task.num_nodes} node(s), the pool's workers have {rec.num_nodes}"
+        bad = cluster_misfit(replace(task, num_nodes=rec.num_nodes, num_nodes_explicit=False), rec, spec)
+        if bad is None:
+            return "", ""
+        why.append(f"{w.cluster}: {bad}")
+    return ("resources", "no worker's machine admits it (" + "; ".join(why) + ")") if why else None
+
+
 def launch(pool: str, task, num_jobs: int = 1, name: str | None = None) -> list[store.ManagedJob]:
     """`num_jobs` managed jobs of the task (ranks 0..num_jobs-1) that run on the pool's workers."""
     from ..spec import task_to_dict
@@ -180,7 +203,9 @@ def launch(pool: str, task, num_jobs: int = 1, name: str | None = None) -> list[
                         "drop `deadline:` or launch without --pool", source=task.source, field="deadline")
     from .pools import _task as pool_task
 
-    bad = S.misfit(task, pool_task(p))
+    bad = _workers_misfit(task, pool) or S.misfit(task, pool_task(p))
+    if bad == ("", ""):  # the workers' machines admit it, whatever the pool's spec guarantees
+        bad = None
     if bad is not None:
         raise SpecError(f"the job does not fit pool {pool}: {bad[1]}", "ask for what the pool's workers have (or "
                         "less), or apply a pool that has it", source=task.source, field=bad[0])
