@@ -387,6 +387,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
         rec.cloud, rec.region, rec.zone = cand.cloud, cand.region, cand.zone
         rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot
         rec.hourly_price, rec.resources = cand.total, cand.resources.describe()
+        rec.ports = ",".join(cand.resources.ports) or None
         state.save_cluster(rec)
 
     state.add_event(b.cluster, "launch", "provisioning")

@@ -65,6 +65,7 @@ class ClusterRecord:
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
     user_name: str | None = None  # server mode: the user who launched it (None in local mode)
+    ports: str | None = None  # the ports its task opened, "8888,9000-9010" (`broker status --endpoints`)
 
     @property
     def head(self) -> NodeRecord | None:
@@ -84,7 +85,7 @@ current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("broke
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed", "owner", "autostop_where", "user_name")
+         "resources", "setup_key", "task_id_seed", "owner", "autostop_where", "user_name", "ports")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:

@@ -226,6 +226,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN user_name TEXT
     """,
+    # v17: the ports a cluster's task opened ("8888,9000-9010"), for `broker status --endpoints`
+    """
+    ALTER TABLE clusters ADD COLUMN ports TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

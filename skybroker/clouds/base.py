@@ -328,6 +328,12 @@ class Provider:
 
         raise InvalidRequestError(f"the {self.name} cloud has no volumes")
 
+    def endpoint_host(self, rec) -> str | None:
+        """The address at which the ports a cluster's task opened are reached (`broker status --endpoints`):
+        its head node's. None when they are not reached at a node's address."""
+        head = rec.head
+        return head.ip if head else None
+
     def agent_python(self) -> str:
         """How the node agent is started on a node."""
         return "python3 -S"

@@ -153,7 +153,9 @@ def exec_(cluster, task_or_cmd, overrides, detach):
 @click.command(epilog=examples(
     "broker status",
     "broker status dev --refresh                          # ask the cloud (its tags are the truth)",
-    "broker status --json | jq '.[].name'"))
+    "broker status --json | jq '.[].name'",
+    "ssh ubuntu@$(broker status --ip dev)                 # the head node's address",
+    "curl http://$(broker status --endpoint 8080 dev)/    # a port the task opened (resources.ports)"))
 @click.argument("clusters", nargs=-1, shell_complete=complete_cluster)
 @click.option("--refresh", "-r", is_flag=True, help="Reconcile with the clouds (their tags are the truth).")
 @click.option("--adopt", is_flag=True,
@@ -161,7 +163,10 @@ def exec_(cluster, task_or_cmd, overrides, detach):
                    "e.g. after a lost or corrupt state database.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all-users", "-u", is_flag=True, help="Server mode: every user's clusters (default: yours).")
-def status(clusters, refresh, adopt, as_json, all_users):
+@click.option("--ip", is_flag=True, help="Print only the head node's IP (one cluster).")
+@click.option("--endpoints", is_flag=True, help="Print the endpoint of every port the cluster's task opened.")
+@click.option("--endpoint", type=click.IntRange(1, 65535), metavar="PORT", help="Print only this port's endpoint.")
+def status(clusters, refresh, adopt, as_json, all_users, ip, endpoints, endpoint):
     """List clusters: name, infra, resources, nodes, status, launched, $/h, cost so far, autostop.
 
     A cluster whose launch was interrupted shows as INTERRUPTED (`broker down NAME` removes it). Naming a
@@ -169,6 +174,8 @@ def status(clusters, refresh, adopt, as_json, all_users):
     api = use_api()
     from ..errors import UsageError
 
+    if ip or endpoints or endpoint is not None:
+        return _address(api, clusters, refresh, as_json, ip, endpoints, endpoint)
     if adopt:
         if not refresh:
             raise UsageError("--adopt needs --refresh", "broker status --refresh --adopt")
@@ -186,6 +193,32 @@ def status(clusters, refresh, adopt, as_json, all_users):
         render.print_clusters(recs, costs, show_user=all_users,
                               stopped_hourly=api.stopped_hourly() if any(r.status == "STOPPED" for r in recs) else {})
         render.print_daemons(api.daemons(), recs)
+
+
+def _address(api, clusters, refresh, as_json, ip, endpoints, endpoint) -> None:
+    """`status --ip` / `--endpoints` / `--endpoint PORT`: one cluster's address, for scripts."""
+    from .. import endpoints as E
+    from ..errors import UsageError
+
+    given = [f for f, on in (("--ip", ip), ("--endpoints", endpoints), ("--endpoint", endpoint is not None)) if on]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} exclude each other", "give one of them")
+    names = list(clusters) or [r.name for r in api.status()]
+    if len(names) != 1:
+        raise UsageError(f"{given[0]} shows one cluster's address, {'none' if not names else len(names)} "
+                         f"{'is' if len(names) == 1 else 'are'} {'given' if clusters else 'known'}",
+                         f"name one: `broker status {given[0]}{' PORT' if endpoint is not None else ''} CLUSTER`")
+    (rec,) = api.status(refresh=refresh, names=names)
+    if ip:
+        addr = E.head_ip(rec)
+        return render.print_json({"cluster": rec.name, "ip": addr}) if as_json else render.raw(addr)
+    eps = E.endpoints(rec, endpoint)
+    if as_json:
+        return render.print_json({"cluster": rec.name, "endpoints": {str(p): e for p, e in eps.items()}})
+    if endpoint is not None:
+        return render.raw(eps[endpoint])
+    for p, e in eps.items():
+        render.raw(f"{p}: {e}")
 
 
 @click.command(epilog=examples(

@@ -87,6 +87,7 @@ def cluster_json(r, cost: float | None = None) -> dict:
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
             "autostop_where": r.autostop_where, "head_ip": r.head.ip if r.head else None,
+            "ports": r.ports.split(",") if getattr(r, "ports", None) else [],
             "cost": None if cost is None else round(cost, 6), "user": getattr(r, "user_name", None)}
 
 

@@ -59,6 +59,10 @@ class KubernetesCloud(Provider):
     default_ssh_user = "root"
 
     # -- credentials (no network, no SDK import) ---------------------------------------------------
+    def endpoint_host(self, rec):
+        """A pod's ports are reached through the cluster's Service (LoadBalancer or NodePort), not its IP."""
+        return None
+
     def check(self):
         from ...check import CloudCheck
         from ..registry import missing_sdk
