@@ -44,6 +44,8 @@ def apply_overrides(res: dict, ov: Mapping[str, Any]) -> dict:
             set_key(rk, ov[ok])
     if ov.get("use_spot") is not None:
         set_key("use_spot", bool(ov["use_spot"]))
+    if ov.get("autostop") is not None:  # `launch -i N --down`
+        set_key("autostop", ov["autostop"])
     return res
 
 

@@ -54,10 +54,16 @@ def _job_exit(st, cluster: str, gone: bool = False) -> int:
               help="If bring-up fails after provisioning, keep the new cluster (for debugging) instead of tearing it down.")
 @click.option("--allow-suspicious-prices", "allow_suspicious", is_flag=True, default=None,
               help="Let the plan choose a price the catalog flags as a likely anomaly (shown with * in the plan).")
+@click.option("--idle-minutes-to-autostop", "-i", "idle_minutes", type=click.IntRange(min=0), metavar="N",
+              help="Stop the cluster after N idle minutes (overrides resources.autostop).")
+@click.option("--down", "autodown", is_flag=True,
+              help="Tear the cluster down once idle (after its jobs end, or after -i N idle minutes).")
 def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure,
-           allow_suspicious):
+           allow_suspicious, idle_minutes, autodown):
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
     api = use_api()
+    if idle_minutes is not None or autodown:  # SkyPilot's `sky launch -i N --down`
+        overrides = {**overrides, "autostop": {"idle_minutes": idle_minutes or 0, "down": autodown}}
 
     if dryrun:
         pipeline = api.load_pipeline(task_file, overrides)
@@ -91,6 +97,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     if stream is not None:
         res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
                          keep_on_failure=keep_on_failure, on_event=stream.event, on_line=stream.line)
+        _autostop_reused(api, res, overrides)
         st = res.status
         stream.emit({"type": "result", "cluster": res.cluster, "job_id": res.job_id,
                      "status": st.status if st else "SUBMITTED", "exit_code": st.exit_code if st else None,
@@ -103,6 +110,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
                          keep_on_failure=keep_on_failure, on_event=progress.event,
                          on_line=render.LinePrinter(progress=progress).line)
     render.attempts(res.attempts, res.cluster)
+    _autostop_reused(api, res, overrides)
     if detach:
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
                     f"`broker logs {res.cluster} {res.job_id} --follow`")
@@ -193,6 +201,13 @@ def status(clusters, refresh, adopt, as_json, all_users, ip, endpoints, endpoint
         render.print_clusters(recs, costs, show_user=all_users,
                               stopped_hourly=api.stopped_hourly() if any(r.status == "STOPPED" for r in recs) else {})
         render.print_daemons(api.daemons(), recs)
+
+
+def _autostop_reused(api, res, overrides) -> None:
+    """`launch -i N / --down` on an existing cluster sets its autostop now (a new one got it from its task)."""
+    if res.reused and "autostop" in overrides:
+        auto = overrides["autostop"]
+        api.set_autostop(res.cluster, auto["idle_minutes"], auto["down"])
 
 
 def _address(api, clusters, refresh, as_json, ip, endpoints, endpoint) -> None:

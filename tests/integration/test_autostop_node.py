@@ -140,3 +140,26 @@ def test_cancel_disarms_the_nodes_and_the_local_watcher_is_the_fallback(tmp_path
     wait_for(lambda: _broker_processes() == [], 15, interval=0.2, what="the local watcher to exit (nothing left to guard)")
     time.sleep(max(0.0, 9.5 - (time.monotonic() - armed)))  # past the 8 s the node was armed with
     assert _cloud_states("guarded", 1) == ["running"]
+
+
+def test_launch_idle_minutes_and_down_flags_as_in_skypilot(tmp_path):
+    """`sky launch -i N --down` carries over: `--down` alone tears the cluster down once its job ends, and
+    `-i N` on an existing cluster sets its autostop."""
+    task = write_task(tmp_path / "t.yaml", name="t", run="echo hi")
+    r = broker("launch", "-y", "-c", "gone", "--down", task, cwd=tmp_path, env=FAST)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: _cloud_states("gone", 1) == [None], 60, 0.2, "the cluster torn down once idle")
+    wait_for(lambda: broker("status", "--refresh", "--json", env=FAST).stdout.strip() == "[]", 30, 0.5,
+             "the state to learn it")
+
+    r = broker("launch", "-y", "-c", "kept", task, cwd=tmp_path, env=FAST)
+    assert r.returncode == 0, r.stderr
+    (c,) = json.loads(broker("status", "--json").stdout)
+    assert c["autostop_minutes"] is None, c
+    r = broker("launch", "-y", "-c", "kept", "-i", "600", task, cwd=tmp_path, env=FAST)  # reused: set now
+    assert r.returncode == 0, r.stderr
+    (c,) = json.loads(broker("status", "--json").stdout)
+    assert (c["autostop_minutes"], c["autostop_down"]) == (600, False), c
+    r = broker("launch", "-y", "-c", "kept", "-i", "-1", task, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert broker("down", "-y", "kept").returncode == 0
