@@ -226,7 +226,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
         raise SpecError(f"{R._clip(num_nodes)!r} is not a node count", "expected an integer ≥ 1", source=source,
                         field="num_nodes")
 
-    workdir = F.substitute(data.get("workdir"), envs)
+    workdir = ov["workdir"] if ov.get("workdir") else F.substitute(data.get("workdir"), envs)  # --workdir wins
     git_url, git_ref = F.git_workdir(workdir if isinstance(workdir, dict) else None, ov, source)
     if git_url:
         workdir = None
@@ -240,7 +240,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
             ok = False
         if not ok:
             raise SpecError(f"{R._clip(workdir, 80)!r} is not a directory", "workdir is a local folder, relative to "
-                            "where you run broker", source=source, field="workdir")
+                            "where you run broker", source=source, field="--workdir" if ov.get("workdir") else "workdir")
         workdir = str(wd.resolve())
     mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
     volumes = task_volumes(data.get("volumes"), source)

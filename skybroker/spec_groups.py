@@ -44,6 +44,10 @@ def apply_overrides(res: dict, ov: Mapping[str, Any]) -> dict:
             set_key(rk, ov[ok])
     if ov.get("use_spot") is not None:
         set_key("use_spot", bool(ov["use_spot"]))
+    if ov.get("ports"):
+        set_key("ports", list(ov["ports"]))
+    if ov.get("image_id"):
+        set_key("image_id", ov["image_id"])
     if ov.get("autostop") is not None:  # `launch -i N --down`
         set_key("autostop", ov["autostop"])
     return res

@@ -49,6 +49,10 @@ def task_options(f):
         click.option("--name", "-n", "task_name", help="Task name (overrides `name:`)."),
         click.option("--git-url", help="Clone this git repository as the workdir on every node (overrides `workdir:`)."),
         click.option("--git-ref", help="Branch, tag or commit of the git workdir (overrides `workdir.ref`)."),
+        click.option("--workdir", help="A local folder to sync as the workdir (overrides `workdir:`)."),
+        click.option("--ports", multiple=True, metavar="PORT", help="Ports to open, 8080 or 8000-8010 (repeatable; "
+                     "overrides resources.ports)."),
+        click.option("--image-id", help="Image of the nodes, e.g. an AMI or docker:IMAGE (overrides resources.image_id)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -57,7 +61,7 @@ def task_options(f):
     def wrapper(*args, **kw):
         keys = ("infra", "cloud", "region", "zone", "gpus", "cpus", "memory", "instance_type", "use_spot",
                 "num_nodes", "disk_size", "envs", "secrets", "task_name", "env_files", "secret_files", "git_url",
-                "git_ref")
+                "git_ref", "workdir", "ports", "image_id")
         raw = {k: kw.pop(k) for k in keys}
         kw["overrides"] = build_overrides(raw)
         return f(*args, **kw)
@@ -115,7 +119,10 @@ def read_dotenv(path: str, flag: str, secret: bool) -> dict[str, str]:
 
 def build_overrides(raw: dict) -> dict:
     skip = ("envs", "secrets", "task_name", "env_files", "secret_files")
-    ov = {k: v for k, v in raw.items() if k not in skip and v is not None}
+    ov = {k: v for k, v in raw.items() if k not in skip and v is not None and v != ()}
+    if raw.get("workdir") and raw.get("git_url"):
+        raise UsageError("--workdir and --git-url: give one workdir", "a local folder (--workdir) or a repository "
+                         "(--git-url)")
     if raw.get("infra"):  # as `resources: {infra: ..., region: ...}` is refused (spec_groups._resources)
         extra = [f"--{k} {raw[k]}" for k in ("cloud", "region", "zone") if raw.get(k)]
         if extra:

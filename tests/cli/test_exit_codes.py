@@ -103,6 +103,14 @@ CASES = [
     (["exec", "live", "--infra", "local", "--zone", "z1", "--", "true"], 2, "--zone z1"),
     (["jobs", "launch", "--dryrun", "--infra", "aws", "--region", "us-east-1", "examples/v100.yaml"], 2,
      "--region us-east-1"),
+    # SkyPilot's launch flags: their bad values are 2, naming the flag
+    (["launch", "--dryrun", "--workdir", "no-such-dir", "examples/v100.yaml"], 2, "--workdir"),
+    (["launch", "--dryrun", "--workdir", "examples", "--git-url", "https://h/r.git", "examples/v100.yaml"], 2,
+     "--workdir and --git-url"),
+    (["launch", "--dryrun", "--ports", "http", "examples/v100.yaml"], 2, "'http' is not a port"),
+    (["launch", "--dryrun", "-i", "-5", "examples/v100.yaml"], 2, "--idle-minutes-to-autostop"),
+    (["status", "--endpoint", "8080", "live"], 2, "cluster live opened no ports"),
+    (["status", "--ip", "--endpoints", "live"], 2, "exclude each other"),
     # --num-jobs 0 is not the default (1)
     (["jobs", "launch", "--pool", "mp", "--num-jobs", "0", "-y", "-d", "examples/v100.yaml"], 2,
      "--num-jobs 0: at least 1"),

@@ -336,3 +336,19 @@ def test_budget_max_cost_zero_says_greater_than_zero(tmp_path):
         load_task(str(p))
     assert "budget.max_cost" in ei.value.message and "must be greater than 0" in ei.value.message, ei.value.message
     assert "minimum 0" not in ei.value.message
+
+
+# --- SkyPilot's launch flags --workdir, --ports, --image-id, -i/--down as overrides ---------------------------
+def test_workdir_ports_image_and_autostop_flags_override_the_task(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    t = parse({"workdir": "a", "resources": {"any_of": [{"infra": "aws"}, {"infra": "gcp"}], "ports": 22}},
+              overrides={"workdir": "b", "ports": ("8080", "9000-9001"), "image_id": "docker:ubuntu:22.04",
+                         "autostop": {"idle_minutes": 0, "down": True}})
+    assert t.workdir == str((tmp_path / "b").resolve())
+    for r in t.candidates:
+        assert r.ports == ("8080", "9000-9001") and r.image_id == (("", "docker:ubuntu:22.04"),)
+        assert (r.autostop.idle_minutes, r.autostop.down) == (0, True)
+    e = refused({"workdir": "a"}, "--workdir", overrides={"workdir": "missing"})
+    assert "'missing' is not a directory" in e.message
