@@ -117,6 +117,23 @@ def _validated(path: Path) -> dict:
     return data
 
 
+def _known_regions(path: Path, field: str, cloud: str, regions: list) -> None:
+    """A region the cloud does not have (a typo) would silently leave the cloud out of every plan."""
+    from difflib import get_close_matches
+
+    from .clouds import registry
+
+    try:
+        known = registry.get(cloud, sdk=False).known_regions() if registry.known(cloud) else None
+    except Exception:  # noqa: BLE001 - not checkable now (no catalog): the plan decides
+        return
+    for i, r in enumerate(regions):
+        if known and r not in known:
+            close = get_close_matches(r, known, n=3, cutoff=0.6)
+            raise _err(path, f"{field}[{i}]", f"no region {r!r} on {cloud}",
+                       (f"did you mean {' or '.join(close)}?" if close else f"{cloud} has: {', '.join(sorted(known)[:20])}"))
+
+
 def _err(path: Path, field: str, msg: str, hint: str | None = None) -> SpecError:
     return SpecError(msg, hint, source=str(path), field=field)
 
@@ -149,6 +166,7 @@ def _check(path: Path, d: dict) -> None:
                 if key == "allowed_regions":
                     if not isinstance(val, list) or not all(isinstance(r, str) and r for r in val):
                         raise _err(path, f"{key}.{c}", "must be a list of region names")
+                    _known_regions(path, f"{key}.{c}", cloud, val)
                 elif not isinstance(val, str) or not val:
                     raise _err(path, f"{key}.{c}", "must be a non-empty string")
                 fixed[cloud] = val
@@ -191,6 +209,9 @@ def _check(path: Path, d: dict) -> None:
                 s = settings.setting(str(k))
             except KeyError:
                 raise _err(path, f"settings.{k}", "unknown setting", "see `broker settings`") from None
+            if s.name in settings._ENV_ONLY:  # the config file itself is found through them
+                raise _err(path, f"settings.{k}", f"is read from the environment only ({s.env})",
+                           f"set {s.env} in the environment and drop settings.{k}")
             try:
                 settings._parse(s, str(val).lower() if isinstance(val, bool) else str(val))
             except Exception as exc:  # noqa: BLE001 - reported with the file and key

@@ -22,6 +22,7 @@ class Setting:
     type: type
     default: object
     doc: str
+    minimum: float = 0  # numbers below it are refused
 
 
 _S = Setting
@@ -61,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds between two checkpoint copies from a managed job's head node"),
     _S("controller_exit_grace", "BROKER_CONTROLLER_EXIT_GRACE", float, 10.0,
        "seconds the controller lingers with no active job before it exits"),
-    _S("controller_workers", "BROKER_CONTROLLER_WORKERS", int, 8, "controller threads stepping jobs"),
+    _S("controller_workers", "BROKER_CONTROLLER_WORKERS", int, 8, "controller threads stepping jobs", 1),
     _S("controller_ssh_timeout", "BROKER_CONTROLLER_SSH_TIMEOUT", float, 4.0,
        "SSH connect timeout the controller uses for liveness polls (a dead node is noticed faster)"),
     _S("notice_grace", "BROKER_NOTICE_GRACE", float, 30.0,
@@ -167,8 +168,8 @@ def _parse(s: Setting, raw: str):
         except ValueError:
             raise UsageError(f"{s.env}={raw!r} is not a{'n integer' if s.type is int else ' number'}",
                              f"{s.doc}; default {s.default}") from None
-        if v < 0 or v != v:
-            raise UsageError(f"{s.env}={raw!r} must be >= 0", f"{s.doc}; default {s.default}")
+        if v < s.minimum or v != v:
+            raise UsageError(f"{s.env}={raw!r} must be >= {s.minimum:g}", f"{s.doc}; default {s.default}")
         return v
     return raw
 

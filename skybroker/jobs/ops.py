@@ -60,6 +60,9 @@ def launch_pipeline(pipeline, name: str | None = None) -> store.ManagedJob:
 
 
 def _prepared(task, where: str = ""):
+    from .. import settings
+
+    settings.check_all()  # a bad BROKER_* value is refused here, not in the controller (which would die on it)
     if not task.run:
         raise UsageError(f"{where}a managed job needs `run:`")
     task = _with_config_defaults(task)

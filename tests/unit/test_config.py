@@ -49,6 +49,9 @@ def test_layers_merge_and_the_environment_wins(project, monkeypatch, tmp_path):
     ("jobs: {job_recovery: SOMETIMES}\n", "jobs.job_recovery"),
     ("image_id: [a, b]\n", "image_id"),
     ("allowed_clouds: [aws\n", None),
+    ("settings: {home: /tmp/x}\n", "settings.home"),  # read from the environment only: it was ignored
+    ("settings: {controller_workers: 0}\n", "settings.controller_workers"),  # the controller died on it
+    ("allowed_regions: {aws: [us-east-1, us-esat-1]}\n", "allowed_regions.aws[1]"),  # AWS silently left out
 ])
 def test_bad_config_names_the_file_and_key(project, text, field):
     (project / ".broker.yaml").write_text(text)
@@ -81,3 +84,18 @@ def test_jobs_defaults_apply_only_when_the_task_sets_none(project):
     t2 = spec.task_from_dict({"resources": {"infra": "local", "job_recovery": "EAGER_NEXT_REGION"}, "run": "true"},
                              source="t.yaml")
     assert _with_config_defaults(t2).candidates[0].job_recovery.strategy == "EAGER_NEXT_REGION"
+
+
+@pytest.mark.parametrize("env, value", [("BROKER_JOBS_POLL", "abc"), ("BROKER_CONTROLLER_WORKERS", "0"),
+                                        ("BROKER_CONTROLLER_SSH_TIMEOUT", "-1")])
+def test_a_bad_controller_setting_is_refused_before_a_managed_job_is_stored(project, monkeypatch, env, value):
+    """The controller died on it (a traceback in its log) and `jobs launch` followed a PENDING job for ever."""
+    from skybroker import spec
+    from skybroker.errors import UsageError
+    from skybroker.jobs import ops, store
+
+    monkeypatch.setenv(env, value)
+    task = spec.task_from_dict({"resources": {"infra": "local"}, "run": "true"}, source="t.yaml")
+    with pytest.raises(UsageError, match=env):
+        ops.launch(task)
+    assert store.all_jobs() == []
