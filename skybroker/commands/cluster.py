@@ -242,7 +242,7 @@ def down(clusters, all_, yes):
         done = api.down(names, on_event=progress.event)
     for n in done:
         render.info(f"cluster {n} terminated")
-    spared = [n for n in existing if n not in done]
+    spared = [n for n in existing if n not in done and api.cluster_exists(n)]  # gone meanwhile: another down
     if spared and not all_:  # named, and left up: a managed job's or pool's (the note above says which)
         raise UsageError(f"not torn down: {', '.join(spared)}", "a cluster of an active managed job or pool ends "
                          "with it: `broker jobs cancel` / `broker jobs pool down`")
