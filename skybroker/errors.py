@@ -154,3 +154,11 @@ class ThrottledError(ProvisionError):
 
 class Interrupted(BrokerError):
     exit_code = 130
+
+
+class Declined(BrokerError):
+    """The user answered no to a confirmation: nothing was done (exit 1; an interruption is 130)."""
+    exit_code = 1
+
+    def __init__(self, message: str = "not confirmed: nothing was done", hint: str | None = None):
+        super().__init__(message, hint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import render
-from ..errors import names_or_all
+from ..errors import Declined, names_or_all
 from .options import (JOB_ID, complete_cluster, complete_job_id, confirm, confirm_destructive, examples,
                       task_options, use_api)
 
@@ -93,7 +93,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
             return 0
         api.preflight(task, plan)  # bad input or an unusable cloud: said before the question, nothing created
         if not confirm("Launch?", yes or as_json):
-            raise click.Abort()
+            raise Declined()
     if stream is not None:
         res = api.launch(task, cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
                          keep_on_failure=keep_on_failure, on_event=stream.event, on_line=stream.line)
@@ -407,7 +407,7 @@ def gc(yes, clouds, regions, as_json):
             raise UsageError(f"{len(res.orphans)} cluster(s) with leftovers found; not removing them without --yes "
                              "(stdin is not a terminal)", "run `broker gc --yes` to remove them")
         if not render.confirm_prompt("Remove them?", default=False):
-            return 1
+            raise Declined()
     with progress:
         warnings = api.gc_remove(res.orphans, on_event=progress.event)
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import render
-from ..errors import names_or_all
+from ..errors import Declined, names_or_all
 from .options import (JOB_ID, complete_managed_job_id, confirm, confirm_destructive, examples, task_options, use_api)
 
 
@@ -76,7 +76,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json, pool_name, num_jo
         if dryrun:
             return 0
         if not confirm(f"Launch managed pipeline of {len(pipeline)} stages?", yes):
-            raise click.Abort()
+            raise Declined()
         job = api.jobs_launch_pipeline(pipeline)
         render.info(f"managed job {job.id} submitted: pipeline {job.name or '(unnamed)'} of {len(pipeline)} stages "
                     f"(task id {job.task_id})")
@@ -99,7 +99,7 @@ def launch(task_file, overrides, yes, detach, dryrun, as_json, pool_name, num_jo
     if dryrun:
         return 0
     if not confirm("Launch managed job?", yes):
-        raise click.Abort()
+        raise Declined()
     job = api.jobs_launch(task)
     render.info(f"managed job {job.id} submitted (task id {job.task_id})")
     if detach:
@@ -122,7 +122,7 @@ def _launch_in_pool(api, pipeline, pool_name, num_jobs, name, yes, detach, dryru
         render.info(f"{num_jobs} job(s) would run on the workers of pool {pool_name} (no provisioning)")
         return 0
     if not confirm(f"Launch {num_jobs} managed job(s) on pool {pool_name}?", yes):
-        raise click.Abort()
+        raise Declined()
     js = api.jobs_launch_pool(pool_name, task, num_jobs)
     ids = ", ".join(str(j.id) for j in js)
     render.info(f"managed job {ids} submitted to pool {pool_name}" if len(js) == 1 else

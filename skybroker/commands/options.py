@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..errors import UsageError
+from ..errors import Declined, UsageError
 
 
 def use_api():
@@ -171,7 +171,7 @@ def confirm_destructive(question: str, yes: bool, flag: str = "-y") -> None:
     from .. import render
 
     if not render.confirm_prompt(question, default=False):
-        raise click.Abort()
+        raise Declined()
 
 
 # Job ids are SQLite integers: a larger number is bad input (exit 2), never an overflow traceback.

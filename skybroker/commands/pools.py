@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import render
+from ..errors import Declined
 from .options import confirm, confirm_destructive, examples, task_options, use_api
 
 
@@ -58,7 +59,7 @@ def apply(task_file, overrides, name, workers, yes, detach, dryrun, as_json):
     if dryrun:
         return 0
     if not confirm(f"Apply pool {name} with {n} worker(s)?", yes):
-        raise click.Abort()
+        raise Declined()
     api.pool_apply(name, task, workers)
     render.info(f"pool {name}: {n} worker(s) wanted")
     if detach or not n:

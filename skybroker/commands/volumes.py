@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import render
+from ..errors import Declined
 from .options import confirm, confirm_destructive, examples
 
 
@@ -28,7 +29,7 @@ def apply(volume_file, yes):
     data = docs[0][0]
     name = data.get("name") if isinstance(data, dict) else None
     if not confirm(f"Create volume {name}?", yes):
-        raise click.Abort()
+        raise Declined()
     rec = ops.apply(data, shown, on_event=lambda k, m: render.info(m))
     render.info(f"volume {rec.name}: {rec.type}, {rec.size_gb} GiB on {rec.infra or rec.cloud} ({rec.cloud_id})")
 

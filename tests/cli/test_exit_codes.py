@@ -231,10 +231,14 @@ def _pty_run(home, argv, answer: bytes, timeout=30) -> tuple[int, str]:
     return p.returncode, out.decode(errors="replace")
 
 
-def test_destructive_prompt_defaults_to_no(home):
-    code, screen = _pty_run(home, ["down", "known"], b"\n")
+@pytest.mark.parametrize("answer, code, said", [(b"\n", 1, "not confirmed: nothing was done"),
+                                                (b"n\n", 1, "not confirmed: nothing was done"),
+                                                (b"\x04", 130, "Aborted")])  # Ctrl-D: an interruption
+def test_destructive_prompt_defaults_to_no(home, answer, code, said):
+    """A declined confirmation is exit 1 with one line (it was 130, the README's code for an interruption)."""
+    got, screen = _pty_run(home, ["down", "known"], answer)
     assert "Tear down known? [y/N]" in screen, screen
-    assert code != 0 and "Aborted" in screen, screen
+    assert got == code and said in screen and "Traceback" not in screen, (got, screen)
     assert "known" in {c["name"] for c in json.loads(run(home, "status", "--json").stdout)}
 
 
