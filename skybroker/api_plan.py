@@ -69,7 +69,7 @@ def plan(task, blocklist: Iterable = (), clouds: Iterable[str] | None = None, al
         if not kept and any(not r.cloud for r in task.candidates):
             raise UsageError(f"the config allows only {', '.join(allowed)}, and none of them is ready",
                              "see `broker check`, or change allowed_clouds in the config file")
-        if kept != tuple(clouds):
+        if kept != tuple(clouds) and any(not r.cloud for r in task.candidates):  # a named cloud: nothing to say
             note = (note + "; " if note else "") + f"config: only {', '.join(kept) or ', '.join(allowed)}"
         clouds = kept
     excluded = []

@@ -118,7 +118,7 @@ Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: it
 2 bad input, 3 nothing fits, 4 clouds refused, 5 cluster/job not found, 6 over budget, 7 not allowed
 (server mode: token, another user's cluster), 130 interrupted.""")
 @click.version_option(__version__, prog_name="broker")
-@click.option("--debug", is_flag=True, envvar="BROKER_DEBUG", help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (also BROKER_DEBUG=1).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="One more config file, over ~/.broker/config.yaml and ./.broker.yaml (README: Config file).")
 @click.pass_context

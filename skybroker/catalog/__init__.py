@@ -98,6 +98,11 @@ def load_index(cloud: str) -> _ix.Index:
     if idx is not None:
         return idx
     path = d / index_name(cloud)
+    env = os.environ.get("BROKER_CATALOG_DIR")
+    if env and not d.is_dir():
+        raise BrokerError(f"BROKER_CATALOG_DIR={env} is not a directory",
+                          "unset it to plan with the bundled catalogs, or point it at a folder written by "
+                          "`broker catalog build --out DIR`", exit_code=2)
     try:
         with open(path, "rb") as f:  # the part before the S lines; they are read when needed
             size = os.fstat(f.fileno()).st_size

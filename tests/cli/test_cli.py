@@ -199,3 +199,14 @@ def test_managed_spot_plan_shows_expected_cost(tmp_path):
     assert "E[$/h]" in run("jobs", "launch", "--dryrun", "examples/v100.yaml", "--use-spot", env=env).stdout
     bad = run("jobs", "launch", "--json", "examples/v100.yaml", env=env)
     assert bad.returncode == 2 and "--json needs --dryrun" in bad.stderr
+
+
+def test_a_bad_broker_debug_names_the_variable_not_a_flag(tmp_path):
+    """BROKER_DEBUG=maybe was a click usage error about `--debug`, a flag the user never gave."""
+    env = dict(os.environ, BROKER_HOME=str(tmp_path / "h"), BROKER_DEBUG="maybe")
+    r = run("status", env=env)
+    assert r.returncode == 0 and "--debug" not in r.stderr, r.stderr
+    task = tmp_path / "t.yaml"
+    task.write_text("resources: {infra: local}\nrun: echo hi\n")
+    r = run("launch", "-y", str(task), env=env)
+    assert r.returncode == 2 and "BROKER_DEBUG='maybe' is not a boolean" in r.stderr, r.stderr

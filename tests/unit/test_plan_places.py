@@ -224,3 +224,20 @@ def test_an_aws_zone_name_is_planned_as_the_accounts_az_id(project, monkeypatch)
         with pytest.raises(SpecError, match="no zone 'us-east-1z' in your account's us-east-1"):  # a name the account lacks
             api.plan(_task({"cloud": "aws", "zone": "us-east-1z", "accelerators": "V100"}), clouds=["aws"])
     client.reset()
+
+
+def test_no_config_note_when_the_task_names_an_allowed_cloud(project):
+    """`allowed_clouds: [aws, local]` and a task on local said "Note: config: only aws"."""
+    (project / ".broker.yaml").write_text("allowed_clouds: [aws, local]\n")
+    p = api.plan(_task({"infra": "local"}))
+    assert "config: only" not in (p.clouds_note or ""), p.clouds_note
+
+
+def test_a_catalog_dir_that_is_not_a_directory_names_the_variable(monkeypatch, tmp_path):
+    from skybroker import catalog
+    from skybroker.errors import BrokerError
+
+    monkeypatch.setenv("BROKER_CATALOG_DIR", str(tmp_path / "nope"))
+    with pytest.raises(BrokerError) as ei:
+        catalog.load_index("aws")
+    assert ei.value.exit_code == 2 and "BROKER_CATALOG_DIR=" in ei.value.message and "unset it" in ei.value.hint
