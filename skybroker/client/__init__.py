@@ -48,6 +48,19 @@ def endpoint() -> tuple[str, str | None] | None:
     return url.rstrip("/"), token or login.get("token")
 
 
+def leave_hint() -> str:
+    """How to go back to local mode, from where the server URL in effect comes from."""
+    url = os.environ.get("BROKER_API_SERVER")
+    if url and url != "local":
+        return "unset BROKER_API_SERVER (or set it to local) to go back to local mode"
+    if read_login().get("server"):
+        return "`broker logout` (or BROKER_API_SERVER=local) goes back to local mode"
+    from .. import config
+
+    return (f"remove api_server from {config.where('api_server')} (or set BROKER_API_SERVER=local for one "
+            "command) to go back to local mode")
+
+
 def save_login(url: str, token: str) -> str:
     from ..paths import ensure_home, private_file
 

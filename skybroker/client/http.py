@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .. import wire
 from ..errors import AuthError, BrokerError
+from . import leave_hint
 
 READ_TIMEOUT = 120.0  # the server pings streams every few seconds: silence this long means it is gone
 KEEP_ALIVE = 2.0  # reuse a connection idle for less than this
@@ -108,8 +109,7 @@ class Client:
     def _unreachable(self, exc) -> BrokerError:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         return BrokerError(f"cannot reach the broker server at {self.url}: {why}",
-                           "is it running (`broker server start`)? `broker logout` (or BROKER_API_SERVER=local) "
-                           "goes back to local mode")
+                           f"is it running (`broker server start`)? {leave_hint()}")
 
     def call(self, fn: str, *args, on_event=None, on_line=None, on_raw=None, **kwargs):
         body = wire.dumps({"args": list(args), "kwargs": kwargs}).encode()

@@ -173,9 +173,11 @@ def login(url, token):
 @click.command(epilog=examples("broker logout"))
 def logout():
     """Back to local mode: forget the server and the token (BROKER_HOME/api.json)."""
-    from ..client import remove_login
+    from ..client import endpoint, leave_hint, remove_login
 
-    render.info("logged out: commands run locally" if remove_login() else "not logged in")
+    render.info("logged out" if remove_login() else "not logged in")
+    still = endpoint()
+    render.info(f"commands still go to {still[0]}: {leave_hint()}" if still else "commands run locally")
 
 
 @click.command(epilog=examples("broker dashboard                  # this machine's clusters and jobs in a browser",

@@ -116,3 +116,20 @@ def test_ids_together_with_all_are_refused_by_the_api_too(call):
     if call == "jobs_cancel":
         with pytest.raises(UsageError, match="not both"):
             calls.run_jobs_cancel(User("alice", False), [1], True)
+
+
+def test_the_way_back_to_local_mode_follows_where_the_server_url_comes_from(tmp_path, monkeypatch):
+    """With `api_server:` in a config file, the hint said `broker logout`, which changes nothing."""
+    from skybroker.client import leave_hint, save_login
+
+    monkeypatch.setenv("BROKER_HOME", str(tmp_path / "h"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BROKER_API_SERVER", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("api_server: https://b.example:46580\n")
+    monkeypatch.setenv("BROKER_CONFIG", str(cfg))
+    assert "remove api_server from " + str(cfg) in leave_hint()
+    save_login("https://b.example:46580", "brk_x")
+    assert "`broker logout`" in leave_hint()
+    monkeypatch.setenv("BROKER_API_SERVER", "https://other:46580")
+    assert "unset BROKER_API_SERVER" in leave_hint()
