@@ -251,7 +251,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
     return Task(
         name=ov.get("name") or data.get("name"),
         run=data.get("run"),
-        setup=data.get("setup"),
+        setup=None if ov.get("no_setup") else data.get("setup"),  # `launch --no-setup`
         workdir=workdir,
         git_url=git_url,
         git_ref=git_ref,

@@ -58,10 +58,13 @@ def _job_exit(st, cluster: str, gone: bool = False) -> int:
               help="Stop the cluster after N idle minutes (overrides resources.autostop).")
 @click.option("--down", "autodown", is_flag=True,
               help="Tear the cluster down once idle (after its jobs end, or after -i N idle minutes).")
+@click.option("--no-setup", is_flag=True, help="Skip the task's setup (run only `run`).")
 def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_until_up, keep_on_failure,
-           allow_suspicious, idle_minutes, autodown):
+           allow_suspicious, idle_minutes, autodown, no_setup):
     """Plan TASK_FILE on the cheapest feasible cloud, provision it and run the task."""
     api = use_api()
+    if no_setup:  # SkyPilot's `sky launch --no-setup`
+        overrides = {**overrides, "no_setup": True}
     if idle_minutes is not None or autodown:  # SkyPilot's `sky launch -i N --down`
         overrides = {**overrides, "autostop": {"idle_minutes": idle_minutes or 0, "down": autodown}}
 

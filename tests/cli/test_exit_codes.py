@@ -110,6 +110,7 @@ CASES = [
     (["launch", "--dryrun", "--ports", "http", "examples/v100.yaml"], 2, "'http' is not a port"),
     (["launch", "--dryrun", "-i", "-5", "examples/v100.yaml"], 2, "--idle-minutes-to-autostop"),
     (["status", "--endpoint", "8080", "live"], 2, "cluster live opened no ports"),
+    (["launch", "--dryrun", "--no-setup", "no-such-file.yaml"], 2, "file not found"),  # the flag exists
     (["status", "--ip", "--endpoints", "live"], 2, "exclude each other"),
     # --num-jobs 0 is not the default (1)
     (["jobs", "launch", "--pool", "mp", "--num-jobs", "0", "-y", "-d", "examples/v100.yaml"], 2,

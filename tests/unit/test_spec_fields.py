@@ -352,3 +352,8 @@ def test_workdir_ports_image_and_autostop_flags_override_the_task(tmp_path, monk
         assert (r.autostop.idle_minutes, r.autostop.down) == (0, True)
     e = refused({"workdir": "a"}, "--workdir", overrides={"workdir": "missing"})
     assert "'missing' is not a directory" in e.message
+
+
+def test_no_setup_drops_the_tasks_setup():
+    assert parse({"setup": "pip install x"}).setup == "pip install x"
+    assert parse({"setup": "pip install x"}, overrides={"no_setup": True}).setup is None
