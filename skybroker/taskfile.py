@@ -132,7 +132,11 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, Any, str]:
     return data, node, shown
 
 
-def read_yaml_docs(path: str | os.PathLike) -> tuple[list[tuple[Any, Any]], str]:
+_LOOKS = {"task": "a task looks like:  name: x  /  run: echo hi (one field per line)",
+          "volume": "a volume file looks like:  name: data  /  type: aws-ebs  /  size: 100Gi (one field per line)"}
+
+
+def read_yaml_docs(path: str | os.PathLike, what: str = "task") -> tuple[list[tuple[Any, Any]], str]:
     """Every non-empty YAML document of a task file: ([(data, node), ...], display name). A leading
     document holding only `name:` (SkyPilot's pipeline header) is kept; callers decide what it means."""
     p = Path(path)
@@ -146,7 +150,7 @@ def read_yaml_docs(path: str | os.PathLike) -> tuple[list[tuple[Any, Any]], str]
         raw = p.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", "check the file's permissions", source=shown) from None
-    return parse_yaml_docs(raw, shown), shown
+    return parse_yaml_docs(raw, shown, what), shown
 
 
 def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
@@ -157,7 +161,7 @@ def parse_yaml_bytes(raw: bytes, shown: str) -> tuple[Any, Any, str]:
     return docs[0][0], docs[0][1], shown
 
 
-def parse_yaml_docs(raw: bytes, shown: str) -> list[tuple[Any, Any]]:
+def parse_yaml_docs(raw: bytes, shown: str, what: str = "task") -> list[tuple[Any, Any]]:
     import yaml
 
     if b"\x00" in raw[:8192]:
@@ -195,6 +199,6 @@ def parse_yaml_docs(raw: bytes, shown: str) -> list[tuple[Any, Any]]:
     for i, (data, _) in enumerate(docs):
         if not isinstance(data, dict):
             where = "" if len(docs) == 1 else f" (document {i + 1})"
-            raise SpecError(f"expected a mapping of task fields at the top level{where}, got {_type_name(data)}",
-                            "a task looks like:  name: x\\n  run: echo hi", source=shown)
+            raise SpecError(f"expected a mapping of {what} fields at the top level{where}, got {_type_name(data)}",
+                            _LOOKS[what], source=shown)
     return docs

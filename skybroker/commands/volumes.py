@@ -23,7 +23,7 @@ def apply(volume_file, yes):
     from ..taskfile import read_yaml_docs
     from ..volumes import ops
 
-    docs, shown = read_yaml_docs(volume_file)
+    docs, shown = read_yaml_docs(volume_file, "volume")
     if len(docs) != 1:
         raise SpecError(f"holds {len(docs)} YAML documents; a volume file holds one", None, source=shown)
     data = docs[0][0]

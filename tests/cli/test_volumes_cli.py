@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.conftest import broker_cmd
 
 
@@ -34,3 +36,14 @@ def test_apply_ls_delete_and_refusals(tmp_path):
         f.write_text(body)
         r = run("volumes", "apply", "-y", f)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_volume_file_that_is_not_a_mapping_is_described_as_a_volume_file(tmp_path):
+    """It said "a task looks like: name: x\\n run: echo hi" (with a literal backslash-n)."""
+    from skybroker.errors import SpecError
+    from skybroker.taskfile import read_yaml_docs
+
+    (tmp_path / "vol.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SpecError) as ei:
+        read_yaml_docs(tmp_path / "vol.yaml", "volume")
+    assert "volume fields" in ei.value.message and "type: aws-ebs" in ei.value.hint and "\\n" not in ei.value.hint
