@@ -60,7 +60,7 @@ class ClusterRecord:
     autostop_down: bool = False
     nodes: list[NodeRecord] = field(default_factory=list)
     resources: str | None = None
-    setup_key: str | None = None
+    setup_key: str | None = None  # unused: the nodes' agents record a successful setup (kept: state and wire)
     task_id_seed: str | None = None
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
