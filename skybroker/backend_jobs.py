@@ -1,6 +1,8 @@
 """A cluster's jobs once they are on its nodes, the same for every provider: one status for a gang from
 every node's (`aggregate`: a gang fails if any node fails), listing a cluster's jobs, reading and
-streaming their logs from every node, cancelling them, and the nodes' idleness. `JobQueries` holds these
+streaming their logs from every node, cancelling them, and the nodes' idleness. A job seen finished on a
+node is recorded (state: node_jobs), so a node unreachable later keeps the outcome it had: only a job
+that had not ended there becomes UNREACHABLE (and fails the gang). `JobQueries` holds these
 as methods of backend.ClusterRuntime (which supplies `rec`, `nodes`, `runner` and `agent`); the
 JobStatus/NodeJob records it returns are what the rest of the broker (clusters.py, render/, the jobs
 controller) reads.
@@ -104,7 +106,8 @@ class JobQueries:
     def jobs(self) -> list[JobStatus]:
         per = self.node_statuses()
         ids = sorted({j["job_id"] for jobs in per.values() if jobs for j in jobs})
-        return [self._aggregate_from(jid, per) for jid in ids]
+        finished = self._finished(per)
+        return [self._aggregate_from(jid, per, finished) for jid in ids]
 
     def job(self, job_id: int) -> JobStatus:
         per = self.node_statuses(job_id)
@@ -112,11 +115,30 @@ class JobQueries:
             raise NotFoundError(f"cluster {self.rec.name} has no job {job_id}", f"see `broker queue {self.rec.name}`")
         return self._aggregate_from(job_id, per)
 
-    def _aggregate_from(self, jid: int, per: dict) -> JobStatus:
+    def _finished(self, per: dict) -> dict[tuple[int, int], NodeJob]:
+        """(rank, job id) → the job as it finished on that node, for every job seen finished there, now or
+        before: recorded in the state (by the node's instance) the first time it is read, since a finished
+        job cannot change, and a node unreachable afterwards still had it end that way."""
+        from . import state
+
+        iid = {n.rank: n.instance_id for n in self.nodes}
+        known = state.finished_node_jobs(self.rec.name)
+        new = [(iid[rank], j["job_id"], j["status"], j.get("exit_code"), j.get("reason"))
+               for rank, jobs in per.items() if rank in iid for j in (jobs or ())
+               if j["status"] in TERMINAL and (iid[rank], j["job_id"]) not in known]
+        if new:
+            state.add_finished_node_jobs(self.rec.name, new)
+            known.update({(i, jid): (st, code, why) for i, jid, st, code, why in new})
+        by_iid = {i: rank for rank, i in iid.items()}
+        return {(by_iid[i], jid): NodeJob(by_iid[i], *row) for (i, jid), row in known.items() if i in by_iid}
+
+    def _aggregate_from(self, jid: int, per: dict, finished: dict | None = None) -> JobStatus:
+        if finished is None:
+            finished = self._finished(per)
         nodes, meta = [], {}
         for rank, jobs in per.items():
-            if jobs is None:
-                nodes.append(NodeJob(rank, "UNREACHABLE", None, "node unreachable"))
+            if jobs is None:  # unreachable now: how the job ended there, if it had, else UNREACHABLE
+                nodes.append(finished.get((rank, jid)) or NodeJob(rank, "UNREACHABLE", None, "node unreachable"))
                 continue
             j = next((j for j in jobs if j["job_id"] == jid), None)
             if j is None:

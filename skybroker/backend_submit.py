@@ -1,6 +1,6 @@
 """Getting a job onto every node of a cluster, the same for every provider: the job's environment
-(SKYPILOT_*/BROKER_* per node), the setup fingerprint that lets a reused cluster skip an unchanged setup,
-and submission. `GangSubmit` holds these as methods of backend.ClusterRuntime (which supplies `rec`,
+(SKYPILOT_*/BROKER_* per node), the setup fingerprint under which a node's agent records a successful setup
+and skips it after (the node's record, not the client's, decides), and submission. `GangSubmit` holds these as methods of backend.ClusterRuntime (which supplies `rec`,
 `nodes` and `agent`; the job lookups come from backend_jobs.JobQueries).
 
 Gang submission is two-phase and idempotent: the job id is reserved on the head with the caller's submit
@@ -29,6 +29,8 @@ WORKDIR = "~/sky_workdir"
 
 class GangSubmit:
     """ClusterRuntime's submission of a job to every node (see the module docstring)."""
+
+    setup_done_on: list[int] | None = None  # set by submit
 
     def node_env(self, task, rank: int, job_id: int, task_id: str) -> dict[str, str]:
         rec = self.rec
@@ -75,6 +77,11 @@ class GangSubmit:
     def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
                extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
                token: str | None = None, notice: dict | None = None) -> int:
+        """The job on every node (see the module docstring); its id. With `run_setup` the task's setup goes
+        with its fingerprint to every node, whose agent skips it if it succeeded there before and runs it
+        otherwise (a failed or interrupted setup runs again; a job queued behind one still setting up waits
+        and then knows). `setup_done_on` is then the ranks whose agent had that setup done when the job
+        arrived (None: no setup, or an agent that does not say)."""
         head = self.nodes[0]
         job_id, _ = self.agent(head).next_id(token)
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
@@ -82,14 +89,18 @@ class GangSubmit:
         gang = len(self.nodes) > 1
         held = settings.get("held_job_timeout") if gang else None
         delivered: set[int] = set()
+        done: dict[int, bool] = {}
+        self.setup_done_on = None
 
         def one(node):
             payload = self._payload(task, node, job_id, job_name=job_name, task_id=task_id, run_setup=run_setup,
                                     extra_env=extra_env, env_by_rank=env_by_rank, token=token, held=held,
                                     notice=notice, setup_key=setup_key)
             failpoint(f"submit-node-{node.rank}")
-            self.agent(node).submit(payload)
+            answer = self.agent(node).submit(payload)
             delivered.add(node.rank)
+            if "setup_done" in answer:  # an agent from before it answered this says nothing
+                done[node.rank] = bool(answer["setup_done"])
 
         try:
             run_parallel(self.nodes, one)
@@ -98,6 +109,8 @@ class GangSubmit:
         except BaseException as exc:
             undone = self._cancel_quietly(job_id)
             raise SubmitFailed(job_id, sorted(delivered), undone, exc) from exc
+        if setup_key and len(done) == len(self.nodes):
+            self.setup_done_on = sorted(r for r, d in done.items() if d)
         return job_id
 
     def run_followed(self, task, *, job_name: str | None, on_line: Callable[[int, str], None],

@@ -419,18 +419,19 @@ def _remote(task) -> bool:
 
 
 def _submit(rt, rec, task, reused: bool, b: BringUp, by_rank) -> int:
-    from .backend_submit import setup_fingerprint
-
-    run_setup = True
-    if reused and task.setup and rec.setup_key == setup_fingerprint(task):
-        run_setup = False
-        b.on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
+    """The job onto every node. Its setup goes along each time: a node's agent skips it only if it succeeded
+    on that node before (backend_submit.GangSubmit.submit), which the launch then says."""
     notice = rt.provider.preemption_notice() if (b.owner and rec.use_spot) else None  # managed spot jobs
-    job_id = rt.submit(task, job_name=task.name, task_id=b.task_id, run_setup=run_setup, extra_env=b.extra_env,
+    job_id = rt.submit(task, job_name=task.name, task_id=b.task_id, extra_env=b.extra_env,
                        env_by_rank=by_rank, token=b.token, notice=notice)
-    if task.setup and run_setup:
-        rec.setup_key = setup_fingerprint(task)
-        state.save_cluster(rec)
+    done = rt.setup_done_on
+    if reused and done:
+        if len(done) == len(rt.nodes):
+            b.on_event("setup", "setup unchanged since the last launch on this cluster: skipped")
+        else:
+            rest = sorted(n.rank for n in rt.nodes if n.rank not in done)
+            b.on_event("setup", f"setup unchanged, done before on node(s) {', '.join(map(str, done))}: skipped "
+                                f"there; it runs on node(s) {', '.join(map(str, rest))}")
     b.on_event("submitted", f"job {job_id} submitted to {rec.name}")
     return job_id
 

@@ -18,8 +18,9 @@ from .state_db import db, db_path, db_url, is_postgres
 __all__ = [  # with the database accessors of state_db.py, which its callers reach as state.db() etc.
     "db", "db_path", "db_url", "is_postgres", "INIT", "UP", "STOPPED", "INTERRUPTED", "DEGRADED",
     "AUTOSTOP_NODE", "AUTOSTOP_LOCAL", "NodeRecord", "ClusterRecord", "current_user", "save_cluster",
-    "get_cluster", "list_clusters", "delete_cluster", "set_status", "set_autostop", "INTENT_OPEN",
-    "add_intent", "set_intent", "open_intents", "close_intents", "add_event", "events", "recent_events",
+    "get_cluster", "list_clusters", "delete_cluster", "finished_node_jobs", "add_finished_node_jobs", "set_status",
+    "set_autostop", "INTENT_OPEN", "add_intent", "set_intent", "open_intents", "close_intents", "add_event",
+    "events", "recent_events",
 ]
 
 # Cluster statuses. INIT: a launch is bringing it up (the launching command holds the cluster's lock);
@@ -60,7 +61,7 @@ class ClusterRecord:
     autostop_down: bool = False
     nodes: list[NodeRecord] = field(default_factory=list)
     resources: str | None = None
-    setup_key: str | None = None
+    setup_key: str | None = None  # unused: the nodes' agents record a successful setup (kept: state and wire)
     task_id_seed: str | None = None
     owner: str | None = None  # "managed:<job id>" for a managed job's cluster (its controller owns it)
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
@@ -123,6 +124,28 @@ def list_clusters() -> list[ClusterRecord]:
 
 def delete_cluster(name: str) -> None:
     db().execute("DELETE FROM clusters WHERE name = ?", (name,))
+    db().execute("DELETE FROM node_jobs WHERE cluster = ?", (name,))
+
+
+def finished_node_jobs(cluster: str) -> dict[tuple[str, int], tuple[str, int | None, str | None]]:
+    """(instance id, job id) → (status, exit code, reason): the jobs seen finished on the cluster's nodes."""
+    rows = db().execute("SELECT instance_id, job_id, status, exit_code, reason FROM node_jobs WHERE cluster = ?",
+                        (cluster,)).fetchall()
+    return {(r["instance_id"], r["job_id"]): (r["status"], r["exit_code"], r["reason"]) for r in rows}
+
+
+def add_finished_node_jobs(cluster: str, rows: list[tuple[str, int, str, int | None, str | None]]) -> None:
+    """Record jobs seen finished on nodes: (instance id, job id, status, exit code, reason) each."""
+    now, conn = time.time(), db()
+    conn.execute("BEGIN IMMEDIATE")  # one commit for them all (a first `queue` of a long-lived cluster)
+    try:
+        for iid, job_id, status, code, reason in rows:
+            conn.execute("INSERT OR IGNORE INTO node_jobs (instance_id, job_id, cluster, status, exit_code, reason,"
+                         " seen_at) VALUES (?,?,?,?,?,?,?)", (iid, job_id, cluster, status, code, reason, now))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def set_status(name: str, status: str) -> None:

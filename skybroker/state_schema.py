@@ -1,8 +1,9 @@
 """The state database's schema, as its history: one migration per version (SQLite's PRAGMA user_version).
 
 `MIGRATIONS` is the only definition of the tables of the state (clusters, intents, events, managed jobs,
-the cost ledger, users, storage, pools, volumes, keys); `migrate` applies the missing ones to a SQLite
-connection under the write lock, and db_pg.py applies the same list on PostgreSQL (translating the DDL).
+the cost ledger, users, storage, pools, volumes, keys, the jobs seen finished on nodes); `migrate` applies
+the missing ones to a SQLite connection under the write lock, and db_pg.py applies the same list on
+PostgreSQL (translating the DDL).
 A released entry is never edited: a change is a new entry. Opening the database is state_db.py; the
 records and their queries are state.py.
 """
@@ -229,6 +230,21 @@ MIGRATIONS: list[str] = [
     # v17: the ports a cluster's task opened ("8888,9000-9010"), for `broker status --endpoints`
     """
     ALTER TABLE clusters ADD COLUMN ports TEXT
+    """,
+    # v18: a job's finished status on a node, as the client last read it from that node's agent (keyed by
+    # the node's instance): a node unreachable later cannot change it (backend_jobs.JobQueries)
+    """
+    CREATE TABLE node_jobs (
+        instance_id TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        reason TEXT,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (instance_id, job_id)
+    );
+    CREATE INDEX node_jobs_cluster ON node_jobs (cluster)
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

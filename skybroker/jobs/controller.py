@@ -349,8 +349,8 @@ class Controller(Launching):
         store.update(j.id, submit_token=token)
         with self.rts.use(rec) as rt:
             env = self._restore_checkpoint(j, rt)
-            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), run_setup=False, env_by_rank=env,
-                               token=token)
+            # with its setup: each node's agent skips it where it succeeded and runs it where it failed
+            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), env_by_rank=env, token=token)
         now = time.time()
         store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
                      segment_price=rec.hourly_price)

@@ -372,6 +372,19 @@ def test_user_failures_restart_within_limit_and_recover_on_exit_codes(tmp_path):
     assert local_job_pids() == []
 
 
+def test_a_restart_after_a_failed_setup_runs_the_setup_again(tmp_path):
+    tries = tmp_path / "tries"  # the setup fails the first time only; run needs what it leaves on the node
+    task = write_task(tmp_path / "t.yaml", name="setupretry", envs={"TRIES": str(tries)},
+                      resources={"infra": "local", "job_recovery": {"max_restarts_on_errors": 1}},
+                      setup='echo try >> "$TRIES"; [ "$(wc -l < "$TRIES")" -ge 2 ] || exit 3; touch ~/set_up',
+                      run="test -e ~/set_up && echo RAN")
+    jid = launch_detached(task)
+    final = wait_status(jid, TERMINAL, 60)
+    assert final.status == "SUCCEEDED", diag(jid)  # the restart ran the setup, not only `run`
+    assert tries.read_text().split() == ["try", "try"] and final.restarts_on_errors == 1
+    assert "RAN" in broker("jobs", "logs", jid).stdout
+
+
 # ------------------------------------------------------------------------------------------------ 4
 @pytest.mark.parametrize("when", ["at-detection", "mid-relaunch"])
 def test_cancel_during_recovering_leaves_nothing_running(tmp_path, when, monkeypatch):

@@ -164,6 +164,16 @@ def test_setup_runs_once_per_setup_key(node):
     assert node.log(2) == "run2\n"
 
 
+def test_submit_says_whether_the_setup_succeeded_here_before(node):
+    assert node.submit(1, setup="exit 3", run="true", setup_key="k")["setup_done"] is False
+    node.wait(1)
+    assert node.submit(2, setup="true", run="true", setup_key="k")["setup_done"] is False  # it failed: runs again
+    node.wait(2)
+    assert node.submit(3, setup="true", run="true", setup_key="k")["setup_done"] is True
+    assert "setup_done" not in node.submit(4, run="true", setup_key="k")  # no setup, nothing to say
+    assert [node.wait(i)["status"] for i in (3, 4)] == ["SUCCEEDED", "SUCCEEDED"]
+
+
 def test_failed_setup_and_failed_run_record_exit_codes(node):
     node.submit(1, setup="echo broken; exit 3", run='touch "$HOME/ran1"', setup_key="k")
     node.submit(2, run="echo oops; exit 7")

@@ -36,7 +36,10 @@ Design
 * Cancel: mark CANCELLED in a transaction, then SIGTERM the job's process group, SIGKILL after a grace.
   The runner records the pgid with a conditional update (only while SETTING_UP/RUNNING), so a cancel that
   lands between "spawn" and "record pgid" is seen by the runner, which then kills the group itself.
-* Setup is skipped when ``setup_key`` is recorded in ``setup_done`` (written after a successful setup).
+* Setup is skipped when ``setup_key`` is recorded in ``setup_done`` (written after a successful setup on
+  this node, so a failed or interrupted setup runs again). The client always sends the task's setup with
+  its key; this record is the only judge. ``submit`` answers ``setup_done`` (whether the key is recorded
+  at submit time) for a job with setup and key, so the client can say the setup will be skipped.
 * ``next-id`` reserves the id it returns (max of known and previously issued ids, + 1).  With ``--token T``
   it is idempotent: the same token always gets the same id, so a client that restarts (the managed-jobs
   controller) finds the job it already submitted (``status --token T``) instead of running it twice.

@@ -66,7 +66,13 @@ def cmd_submit(args):
     job = _read_job()
     conn = store.db()
     job_id, status, duplicate, proc = _submit(conn, job)
-    answer({"job_id": job_id, "status": status, "duplicate": True} if duplicate else {"job_id": job_id, "status": status})
+    out = {"job_id": job_id, "status": status}
+    if duplicate:
+        out["duplicate"] = True
+    key = job.get("setup_key") if job.get("setup") else None  # `job` is a valid payload (_submit checked)
+    if key:  # the job's setup succeeded here before: its runner will skip it (the client says so)
+        out["setup_done"] = conn.execute("SELECT 1 FROM setup_done WHERE key=?", (key,)).fetchone() is not None
+    answer(out)
     return 0
 
 
