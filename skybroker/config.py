@@ -35,7 +35,11 @@ _cache: dict = {}
 def paths() -> list[Path]:
     from .paths import broker_home
 
-    out = [broker_home() / "config.yaml", Path.cwd() / PROJECT_FILE]
+    out = [broker_home() / "config.yaml"]
+    try:
+        out.append(Path.cwd() / PROJECT_FILE)
+    except FileNotFoundError:  # run from a directory that was removed: it has no project config
+        pass
     extra = os.environ.get("BROKER_CONFIG")
     if extra:
         out.append(Path(extra).expanduser())

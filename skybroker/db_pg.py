@@ -194,13 +194,18 @@ def schema_version(conn: Connection) -> int:
 
 
 def migrate(conn: Connection, migrations: list[str]) -> None:
-    if schema_version(conn) >= len(migrations):
+    from .state_schema import refuse_newer
+
+    version = schema_version(conn)
+    refuse_newer(version, redact_url(conn.url), len(migrations))
+    if version == len(migrations):
         return
     conn.execute("BEGIN")
     try:
         conn._conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))  # one migrator at a time
         conn._conn.execute("CREATE TABLE IF NOT EXISTS broker_schema (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)")
         version = schema_version(conn)  # re-read under the lock
+        refuse_newer(version, redact_url(conn.url), len(migrations))  # never write an older version over it
         for i in range(version, len(migrations)):
             for stmt in (s.strip() for s in migrations[i].split(";")):
                 if stmt:

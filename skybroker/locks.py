@@ -15,7 +15,7 @@ import re
 from typing import Callable, Iterator
 
 from .errors import BrokerError, UsageError
-from .paths import ensure_home, private_dir
+from .paths import ensure_home, owner_hint, private_dir
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 
@@ -94,6 +94,20 @@ def _pg_cluster_lock(name: str, on_wait, timeout: float) -> Iterator[None]:
         lock.release()
 
 
+def _lock_path_error(d, path, exc: OSError) -> BrokerError:
+    """A lock file that cannot be opened (another user's, a directory, under a `locks` that is a file)."""
+    import errno
+
+    bad = path if d.is_dir() else d
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        hint = owner_hint(bad, bad == d)
+    else:
+        what = "a directory" if bad == d else "a file"
+        hint = f"it must be {what}: when no broker command is running, remove it (`rm -r {bad}`); it is made again"
+    return BrokerError(f"cannot use the lock file {path}: {exc.strerror or exc}"
+                       + ("" if bad == path else f" ({d} is not a directory)"), hint, exit_code=2)
+
+
 @contextlib.contextmanager
 def cluster_lock(name: str, on_wait: Callable[[str], None] | None = None,
                  timeout: float = -1) -> Iterator[None]:
@@ -111,8 +125,13 @@ def cluster_lock(name: str, on_wait: Callable[[str], None] | None = None,
         with _pg_cluster_lock(name, on_wait, timeout):
             yield
         return
-    d = private_dir(ensure_home() / "locks")
-    fd = os.open(str(d / f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    d = ensure_home() / "locks"
+    path = d / f"{name}.lock"
+    try:
+        private_dir(d)
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _lock_path_error(d, path, exc) from None
     try:
         deadline = None if timeout < 0 else time.monotonic() + 0.3 + timeout
         first = time.monotonic() + 0.3

@@ -13,10 +13,10 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 
-from .state_db import db, db_path, db_url, is_postgres
+from .state_db import db, db_path, db_url, is_postgres, rollback
 
 __all__ = [  # with the database accessors of state_db.py, which its callers reach as state.db() etc.
-    "db", "db_path", "db_url", "is_postgres", "INIT", "UP", "STOPPED", "INTERRUPTED", "DEGRADED",
+    "db", "db_path", "db_url", "is_postgres", "rollback", "INIT", "UP", "STOPPED", "INTERRUPTED", "DEGRADED",
     "AUTOSTOP_NODE", "AUTOSTOP_LOCAL", "NodeRecord", "ClusterRecord", "current_user", "save_cluster",
     "get_cluster", "list_clusters", "delete_cluster", "finished_node_jobs", "add_finished_node_jobs", "set_status",
     "set_autostop", "INTENT_OPEN", "add_intent", "set_intent", "open_intents", "close_intents", "add_event",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import BrokerError
-from .paths import ensure_home, touch_private
+from .paths import ensure_home, owner_hint, touch_private
 from .state_schema import MIGRATIONS, migrate
 
 
@@ -28,12 +28,62 @@ class StateError(BrokerError):
 
 
 def _recovery_hint(path: Path) -> str:
-    return (f"move it aside (`mv {path} {path}.bad`; if you reset it on purpose, also remove "
-            f"{path.parent / ID_FILE}), then `broker status --refresh --adopt` rebuilds the clusters the clouds' "
-            "tags still know (`broker gc` lists what is left)")
+    """Commands that work as written: the database, its WAL files and its id go aside together (a new
+    database beside the old state.id would be refused as "replaced"; a stale WAL would be replayed)."""
+    import shlex
+
+    home = path.parent
+    files = [f.name for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+                              home / ID_FILE) if f.exists()] or [path.name]
+    bad, n = "state.bad", 1
+    while (home / bad).exists():
+        n += 1
+        bad = f"state.bad.{n}"
+    return (f"move it aside with its id and WAL files (`cd {shlex.quote(str(home))} && mkdir {bad} && mv "
+            f"{' '.join(files)} {bad}/`), then `broker status --refresh --adopt` rebuilds the clusters the "
+            "clouds' tags still know (`broker gc` lists what is left)")
 
 
 ID_FILE = "state.id"  # the database's identity, outside it: a truncated or replaced database is noticed
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, with the errors of the place rather than the database said as such: a full
+    disk and a file that became read-only are a StateError naming BROKER_HOME, not a traceback."""
+
+    def execute(self, sql, params=()):
+        try:
+            return super().execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            err = _place_error(exc, Path(self._broker_path))
+            if err is None:
+                raise
+            raise err from None
+
+
+def _place_error(exc: sqlite3.OperationalError, path: Path) -> StateError | None:
+    text = str(exc)
+    if "disk is full" in text:
+        return StateError(f"cannot write the state database {path}: {text} (BROKER_HOME {path.parent})",
+                          f"free space on the file system of {path.parent} (`df -h {path.parent}`), then retry")
+    if "readonly database" in text or "unable to open database file" in text or "disk I/O error" in text:
+        return StateError(f"cannot use the state database {path}: {text}",
+                          f"check the owner, mode and free space of BROKER_HOME {path.parent} and of the "
+                          "state.db* files in it (they must be yours, writable)")
+    return None
+
+
+def _check_writable(path: Path) -> None:
+    """The database and its WAL files must be this user's to write (one `sudo broker` leaves them root's):
+    said before anything is done, not after `down` terminated the nodes and could not record it."""
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        if not os.access(f, os.R_OK | os.W_OK):
+            raise StateError(f"the state database file {f} is not writable by you (owner uid {st.st_uid}, mode "
+                             f"{st.st_mode & 0o777:04o})", owner_hint(f), exit_code=2)
 
 
 def connect(path: Path | None = None) -> sqlite3.Connection:
@@ -42,7 +92,9 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     try:
         if not existed:
             touch_private(path)  # 0600 before SQLite creates it with the umask's mode (WAL/SHM copy it)
-        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        _check_writable(path)
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, factory=_Connection)
+        conn._broker_path = str(path)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -58,6 +110,9 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         migrate(conn)
         _check_identity(conn, path)
+    except sqlite3.OperationalError as exc:  # the place (permissions, space, I/O), not the file's content
+        raise _place_error(exc, path) or StateError(f"cannot use the state database {path}: {exc}",
+                                                    f"check BROKER_HOME {path.parent}") from None
     except sqlite3.DatabaseError as exc:
         raise StateError(f"the state database {path} is corrupt or unreadable ({exc})",
                          _recovery_hint(path)) from None
@@ -80,6 +135,12 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
             return id_file.read_text().strip()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            hint = owner_hint(id_file) if isinstance(exc, PermissionError) else (
+                f"it must be a file holding the database's id: if it is not, remove it (`rm -r {id_file}`; "
+                "it is written again)")
+            raise StateError(f"cannot read {id_file} (the state database's id): {exc.strerror or exc}", hint,
+                             exit_code=2) from None
 
     row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
     if row is None:
@@ -96,7 +157,7 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute("INSERT INTO meta (k, v) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         row = conn.execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()
     expected = expected_id()
@@ -105,6 +166,17 @@ def _check_identity(conn: sqlite3.Connection, path: Path) -> None:
     elif expected != row[0]:
         raise StateError(f"the state database {path} is not the one this BROKER_HOME had (id mismatch with "
                          f"{id_file})", _recovery_hint(path))
+
+
+def rollback(conn) -> None:
+    """ROLLBACK after an error, unless SQLite rolled the transaction back itself (a full disk, an I/O
+    error): then a ROLLBACK would fail ("no transaction is active") and hide the error that did it."""
+    if not getattr(conn, "in_transaction", True):  # PostgreSQL's Connection: always roll back
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except (sqlite3.Error, StateError):
+        pass  # the error being raised says what went wrong
 
 
 def _write_id(id_file: Path, db_id: str) -> None:

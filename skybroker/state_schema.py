@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .errors import BrokerError
+
 # Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a released entry.
 MIGRATIONS: list[str] = [
     # v1
@@ -250,9 +252,24 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class NewerSchemaError(BrokerError):
+    """The database was written by a newer skybroker: this one does not know its tables (exit 2)."""
+
+    exit_code = 2
+
+
+def refuse_newer(version: int, where: str, known: int | None = None) -> None:
+    known = SCHEMA_VERSION if known is None else known
+    if version > known:
+        raise NewerSchemaError(f"the state database {where} was written by a newer skybroker (schema v{version} > "
+                               f"v{known}, the newest this one knows)",
+                               "upgrade skybroker to the version that wrote it, or a newer one; nothing was changed")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version >= SCHEMA_VERSION:
+    refuse_newer(version, conn.execute("PRAGMA database_list").fetchone()[2] or "(in memory)")
+    if version == SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -264,5 +281,6 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {i + 1}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+            conn.execute("ROLLBACK")
         raise

@@ -150,7 +150,7 @@ def _tx(fn):
         conn.execute("COMMIT")
         return out
     except BaseException:
-        conn.execute("ROLLBACK")
+        state.rollback(conn)
         raise
 
 

@@ -101,7 +101,7 @@ def insert(name: str | None, task_json: str, secrets: dict, resources: str, stag
         conn.execute("UPDATE managed_jobs SET task_id = ? WHERE id = ?", (task_id, jid))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        state.rollback(conn)
         raise
     add_event(jid, "submitted", "job submitted")
     return get(jid)

@@ -73,6 +73,6 @@ def locked():
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        state.rollback(conn)
         raise
     conn.execute("COMMIT")

@@ -169,7 +169,21 @@ def test_corrupt_state_database_is_a_clear_error(tmp_path):
     r = broker("status")
     assert r.returncode == 1
     _no_traceback(r)
-    assert "corrupt or unreadable" in flat(r.stderr) and "state.db.bad" in flat(r.stderr)
+    assert "corrupt or unreadable" in flat(r.stderr)
+    # the hint's commands, followed as written, recover the cluster from the cloud's tags
+    import re
+    import subprocess
+
+    hint = flat(r.stderr).split("Hint:", 1)[1]
+    move = re.search(r"\(`(cd [^`]+)`\)", hint).group(1)
+    assert "state.id" in move
+    subprocess.run(["sh", "-c", move], check=True)
+    assert re.search(r"then `broker status --refresh --adopt`", hint)
+    r = broker("status", "--refresh", "--adopt", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(c["name"], c["status"]) for c in json.loads(r.stdout)] == [("st", "UP")]
+    assert (broker_home() / "state.bad" / "state.db").read_bytes() == b"this is not a database" * 100
+    assert broker("down", "-y", "st").returncode == 0
 
 
 def test_truncated_state_database_is_not_an_empty_one(tmp_path):

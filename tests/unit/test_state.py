@@ -23,7 +23,12 @@ def _rec(name="c1", **kw):
 def test_backend_is_the_one_asked_for(state_backend):
     state.save_cluster(_rec())
     assert state.is_postgres() == (state_backend == "postgresql")
-    assert type(state.db()).__module__ == ("skybroker.db_pg" if state_backend == "postgresql" else "sqlite3")
+    if state_backend == "postgresql":
+        assert type(state.db()).__module__ == "skybroker.db_pg"
+    else:
+        import sqlite3
+
+        assert isinstance(state.db(), sqlite3.Connection)
 
 
 def test_cluster_roundtrip_and_upsert(state_backend):
@@ -143,6 +148,34 @@ def test_reconnect_reuses_schema(state_backend):
     state.save_cluster(_rec())
     state_db._local.conn = None  # a new connection (another process) migrates nothing and sees the rows
     assert state.get_cluster("c1").name == "c1"
+
+
+def test_a_database_of_a_newer_schema_is_refused_and_left_alone(state_backend):
+    import sqlite3
+
+    from skybroker.state_schema import SCHEMA_VERSION, NewerSchemaError
+
+    state.save_cluster(_rec())
+    newer = SCHEMA_VERSION + 13
+
+    def raw_version():  # read past skybroker's migrate
+        if state_backend == "postgresql":
+            import psycopg
+
+            with psycopg.connect(state.db_url()) as c:
+                return c.execute("SELECT version FROM broker_schema WHERE id = 1").fetchone()[0]
+        return sqlite3.connect(state.db_path()).execute("PRAGMA user_version").fetchone()[0]
+
+    if state_backend == "postgresql":
+        state.db().execute("UPDATE broker_schema SET version = ? WHERE id = 1", (newer,))
+    else:
+        state.db().execute(f"PRAGMA user_version = {newer}")
+    state_db._local.conn = None  # the next command's connection
+    with pytest.raises(NewerSchemaError) as ei:
+        state.list_clusters()
+    assert ei.value.exit_code == 2 and f"schema v{newer} > v{SCHEMA_VERSION}" in ei.value.message
+    assert "newer skybroker" in ei.value.message and "upgrade skybroker" in ei.value.hint
+    assert raw_version() == newer
 
 
 def test_cost_ledger_risk_and_pipeline_rows(state_backend):
