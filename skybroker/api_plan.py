@@ -260,13 +260,12 @@ def show_gpus(name: str | None = None, cloud: str | None = None, *, region: str 
         names = sorted({s.accelerator_name for c in CLOUDS for s in catalog.specs(c) if s.accelerator_name})
         if any(n.lower() == name.lower() for n in names):
             where = f"{name}" + (f":{count:g}" if count is not None else "")
+            have = sorted({s.accelerator_count for c in clouds for s in catalog.specs(c)
+                           if (s.accelerator_name or "").lower() == name.lower()})
+            counts = f"{name} comes in {', '.join(f'{n:g}' for n in have)} per machine there; " if have else ""
             raise NoFeasibleError(f"no {where} offer on {', '.join(clouds)}" + (f" in {region}" if region else ""),
-                                  f"`broker show-gpus {name}` lists every count and cloud")
-        from difflib import get_close_matches
-
-        close = get_close_matches(name, names, n=3, cutoff=0.5)
-        raise NoFeasibleError(f"no accelerator named {name!r} in the catalogs",
-                              f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}")
+                                  f"{counts}`broker show-gpus {name}` lists every count and cloud")
+        raise NoFeasibleError(f"no accelerator named {name!r} in the catalogs", _unknown_hint(name, names))
     rows = []
     for acc, n, c in sorted(pairs, key=lambda p: (p[0].lower(), p[1], registry.order(p[2]))):
         best = {}
@@ -285,3 +284,19 @@ def show_gpus(name: str | None = None, cloud: str | None = None, *, region: str 
                            sp.price if sp else None, sp.infra if sp else None,
                            (od or sp).instance_type, sp.instance_type if sp else None))
     return rows
+
+
+def _unknown_hint(name: str, names: list[str], most: int = 30) -> str:
+    """Close matches of an unknown accelerator name, else a short list: the GPU names (at most `most`) and
+    the TPU generations (one `tpu-v4-*` for its ~40 slice names), never every catalog name."""
+    from difflib import get_close_matches
+
+    by_lower = {n.lower(): n for n in names}
+    close = [by_lower[n] for n in get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)]
+    if close:
+        return f"did you mean {' or '.join(close)}? (`broker show-gpus --all` lists every one)"
+    gpus = [n for n in names if not n.lower().startswith("tpu-")]
+    tpus = sorted({n.rsplit("-", 1)[0] + "-*" for n in names if n.lower().startswith("tpu-")})
+    listed = ", ".join(gpus[:most]) + (f" and {len(gpus) - most} more" if len(gpus) > most else "")
+    return (f"known GPUs: {listed}" + (f"; TPU slices: {', '.join(tpus)}" if tpus else "")
+            + " (`broker show-gpus --all` lists every one)")

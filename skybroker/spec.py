@@ -230,7 +230,9 @@ def _task(data, source: str, ov: dict, node) -> Task:
     git_url, git_ref = F.git_workdir(workdir if isinstance(workdir, dict) else None, ov, source)
     if git_url:
         workdir = None
-    if workdir is not None:
+    if workdir is not None and not F.local_paths_read():
+        workdir = str(workdir)  # taken as written (the dashboard's plan: the server's files are not looked at)
+    elif workdir is not None:
         wd = Path(os.path.expanduser(workdir))
         if not wd.is_absolute():
             wd = Path.cwd() / wd

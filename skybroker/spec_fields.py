@@ -11,6 +11,8 @@ Also here: SkyPilot's `$VAR`/`${VAR}` substitution, the envs/secrets maps and fi
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 from pathlib import Path
@@ -326,6 +328,24 @@ def supported(raw: dict) -> bool:
 # ----------------------------------------------------------------------------------------------
 # File mounts
 
+# Set (`local_paths_unread()`) where a task is parsed on someone else's behalf (the dashboard's "Plan a
+# task"): its local paths (file_mounts sources, workdir) are taken as written, never looked up on this
+# machine, so what a plan says cannot tell which of the server's files exist.
+_UNREAD = contextvars.ContextVar("skybroker_local_paths_unread", default=False)
+
+
+@contextlib.contextmanager
+def local_paths_unread():
+    tok = _UNREAD.set(True)
+    try:
+        yield
+    finally:
+        _UNREAD.reset(tok)
+
+
+def local_paths_read() -> bool:
+    return not _UNREAD.get()
+
 def file_mounts(m, source: str, make_mount) -> tuple:
     """`file_mounts` → FileMount tuple. A string is a local path or a bucket URI (copied to the nodes, as
     SkyPilot copies it); a mapping is a SkyPilot storage (skybroker/storage/): `source` a bucket URI, or
@@ -356,6 +376,8 @@ def _bucket_uri(uri: str, fp: str, source: str) -> str:
 
 
 def _local(src: str, fp: str, source: str) -> str:
+    if not local_paths_read():
+        return src
     local = Path(os.path.expanduser(src))
     if not local.is_absolute():
         local = Path.cwd() / local

@@ -19,12 +19,15 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 
 from skybroker.catalog import META_FILE
 from skybroker.catalog.index import FORMAT_VERSION, INDEX_MAGIC
 from skybroker.catalog.model import CLOUDS
-from skybroker.catalog.normalise import READERS, SUSPICIOUS_RATIO, Acc, flag_suspicious
+from skybroker.catalog.normalise import (COLUMNS, READERS, SUSPICIOUS_RATIO, Acc, CsvRows, flag_suspicious,
+                                         input_error)
 from skybroker.catalog.rules import GCP_ARM_FAMILIES, README_RULES
 from skybroker.catalog.writer import README_FORMAT, write_atomic, write_cloud
 from skybroker.errors import BrokerError
@@ -57,18 +60,59 @@ def _sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(upstream: pathlib.Path, out: pathlib.Path, date: str, warn=None) -> dict:
-    """Build all clouds; returns the metadata written to meta.json."""
+def build(upstream: pathlib.Path, out: pathlib.Path, date: str, warn=None, extras=None) -> dict:
+    """Build all clouds; returns the metadata written to meta.json. Everything is built (and its offsets
+    re-read) in a staging folder inside `out`, and moved into `out` only once all of it is complete: a bad
+    input or a crash leaves the catalogs in `out` as they were. `extras`: SkyPilot's images.csv files
+    (images.py), built into the same staging folder."""
     upstream, out = pathlib.Path(upstream), pathlib.Path(out)
     missing = [str(upstream / INPUTS[c]) for c in CLOUDS if not (upstream / INPUTS[c]).is_file()]
     if missing:
         raise BrokerError(f"upstream catalog files not found: {', '.join(missing)}",
                           hint="pass --upstream PATH (the folder holding aws/, gcp/, azure/)", exit_code=2)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    stage = _staging(out)
+    try:
+        meta = _build_into(upstream, stage, date, warn, extras)
+        install(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # nothing but the staging folder was in it
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def _staging(out: pathlib.Path) -> pathlib.Path:
+    """A fresh folder inside `out` (created if need be): same file system, so the files move in by rename."""
+    if out.exists() and not out.is_dir():
+        raise BrokerError(f"--out {out} is not a folder", hint="give a folder to write the catalogs into",
+                          exit_code=2)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    except OSError as e:
+        raise BrokerError(f"cannot write the catalogs into {out}: {e.strerror or e}",
+                          hint="give a writable folder with --out", exit_code=2) from None
+
+
+def install(stage: pathlib.Path, out: pathlib.Path) -> None:
+    """Move the complete build in `stage` into `out`, one rename per file (each atomic; files `out` has that the
+    build does not make stay), meta.json last. The loader's cache is dropped."""
+    names = sorted(p.name for p in stage.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+    for name in sorted(names, key=lambda n: n == META_FILE):
+        os.replace(stage / name, out / name)
+    from skybroker import catalog
+
+    catalog.clear_cache()
+
+
+def _build_into(upstream: pathlib.Path, out: pathlib.Path, date: str, warn, extras) -> dict:
     readme = upstream / "README.md"
     expected = {}
     if readme.is_file():
-        for rel, sha in re.findall(r"`([a-z]+/[a-z_]+\.csv)` ([0-9a-f]{64})", readme.read_text()):
+        for rel, sha in re.findall(r"`([a-z]+/[a-z_]+\.csv)` ([0-9a-f]{64})", readme.read_text(errors="replace")):
             expected[rel] = sha
     meta = {"format_version": FORMAT_VERSION, "build_date": date,
             "suspicious_rule": f"on-demand < {SUSPICIOUS_RATIO} x median per-region on-demand of the spec",
@@ -80,6 +124,10 @@ def build(upstream: pathlib.Path, out: pathlib.Path, date: str, warn=None) -> di
             warn(f"warning: {INPUTS[cloud]} sha256 differs from the upstream README; check SOURCES in build.py")
         stats = build_cloud(cloud, path, out)
         meta["clouds"][cloud] = {**SOURCES[cloud], "input": INPUTS[cloud], "sha256": sha, "counts": stats}
+    if extras is not None:
+        from skybroker.catalog import images
+
+        images.build(extras, out / pathlib.Path(images.DATA).name)
     write_atomic(out / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     write_atomic(out / "README.md", render_readme(meta).encode())
     return meta
@@ -92,11 +140,30 @@ def build_cloud(cloud: str, rows, out: pathlib.Path, carry=()) -> dict:
     `carry`: offers already normalised (`Acc.add` arguments) kept from the catalog in use, for the regions a
     refresh did not fetch; a fetched row for the same place wins."""
     acc = Acc(cloud)
-    READERS[cloud](rows, acc)
+    if isinstance(rows, (str, os.PathLike)):
+        _read_csv(cloud, pathlib.Path(rows), acc)
+    else:
+        READERS[cloud](rows, acc)
+    if not any(s["offers"] for s in acc.specs.values()):
+        raise BrokerError(f"catalog build: {rows if isinstance(rows, (str, os.PathLike)) else cloud}: "
+                          "no instance type with a price", exit_code=2)
     for args in carry:
         acc.carry(*args)
     flag_suspicious(acc)
     return write_cloud(acc, pathlib.Path(out))
+
+
+def _read_csv(cloud: str, path: pathlib.Path, acc: Acc) -> None:
+    """READERS[cloud] on an upstream CSV file; a bad file is an error naming it and the line (exit 2)."""
+    src = CsvRows(path, COLUMNS[cloud])
+    try:
+        READERS[cloud](src, acc)
+    except BrokerError as e:
+        if e.exit_code == 2:  # CsvRows' own
+            raise
+        raise input_error(path, e.message, src.line) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise input_error(path, f"bad value ({type(e).__name__}: {e})", src.line) from None
 
 
 def _default_date() -> str:
@@ -118,21 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     date = args.date or _default_date()
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         raise BrokerError(f"bad --date {date!r}", hint="use YYYY-MM-DD", exit_code=2)
-    meta = build(args.upstream, out, date, warn=lambda m: print(m, file=sys.stderr))
     extras = args.upstream.parent / "skypilot-baseline" / "catalog-extras"  # SkyPilot's image tags (images.py)
-    if extras.is_dir():
-        from skybroker.catalog import images
-
-        images.build(extras, out / pathlib.Path(images.DATA).name)
+    meta = build(args.upstream, out, date, warn=lambda m: print(m, file=sys.stderr),
+                 extras=extras if extras.is_dir() else None)
     for cloud, m in meta["clouds"].items():
         c = m["counts"]
         print(f"{cloud}: {c['specs']} specs, {c['offers']} offers, {c['suspicious_offers']} suspicious")
     print(f"wrote {out}")
-    try:  # a running process may hold a stale cache
-        from skybroker import catalog
-        catalog.clear_cache()
-    except Exception:  # pragma: no cover
-        pass
     return 0
 
 

@@ -9,6 +9,7 @@ compact format is writer.py; build.py drives both. Stdlib only.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -67,14 +68,82 @@ class Acc:
         self.add(itype, vcpus, mem, acc, count, arch, region, zone, price, spot)
 
 
+# The columns each reader uses (the upstream files have more); the numeric ones must parse when not empty.
+COLUMNS = {
+    "aws": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Price", "SpotPrice",
+            "Region", "AvailabilityZone", "Arch"),
+    "gcp": ("InstanceType", "vCPUs", "MemoryGiB", "AcceleratorName", "AcceleratorCount", "Region",
+            "AvailabilityZone", "Price", "SpotPrice"),
+    "azure": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Price", "SpotPrice",
+              "Region"),
+    "lambda": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Price", "Region"),
+}
+NUMERIC = ("AcceleratorCount", "vCPUs", "MemoryGiB", "Price", "SpotPrice")
+
+
+def input_error(path, message: str, line: int | None = None) -> BrokerError:
+    """A bad upstream file (exit 2): names the file, and the line when known."""
+    return BrokerError(f"catalog build: {path}: {f'line {line}: ' if line else ''}{message}",
+                       hint="fix or replace that file (SkyPilot's vms.csv schema, see shared/catalogs-upstream/"
+                            "README.md); the catalogs in use are unchanged", exit_code=2)
+
+
+class CsvRows:
+    """The rows of an upstream CSV file, checked as they are read: UTF-8 text, a header with the `columns`
+    the reader uses, as many fields on every line as in the header, numbers where numbers go, at least one
+    row. `line` is the line of the row last given (for the errors a reader raises on it)."""
+
+    def __init__(self, path, columns):
+        self.path, self.columns, self.line = path, columns, 0
+
+    def __iter__(self):
+        n = 0
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                header = reader.fieldnames
+                if not header:
+                    raise input_error(self.path, "the file is empty (no header line)")
+                missing = [c for c in self.columns if c not in header]
+                if missing:
+                    raise input_error(self.path, f"the header lacks column(s) {', '.join(missing)} "
+                                                 f"(it has: {', '.join(map(str, header))[:200]})", 1)
+                for r in reader:
+                    self.line = reader.line_num
+                    if None in r or None in r.values():
+                        got = len(header) + len(r[None]) if None in r else sum(v is not None for v in r.values())
+                        raise input_error(self.path, f"{got} field(s) where the header has {len(header)}",
+                                          self.line)
+                    for c in NUMERIC:
+                        v = (r.get(c) or "").strip()
+                        if v and not _number(v):
+                            raise input_error(self.path, f"column {c}: {v[:40]!r} is not a number", self.line)
+                    n += 1
+                    yield r
+        except UnicodeDecodeError:
+            raise input_error(self.path, "not UTF-8 text (a binary or compressed file?)") from None
+        except csv.Error as e:
+            raise input_error(self.path, f"not a CSV file ({e})", self.line or None) from None
+        except OSError as e:
+            raise input_error(self.path, f"cannot read it: {e.strerror or e}") from None
+        if not n:
+            raise input_error(self.path, "the file has a header but no rows")
+
+
+def _number(text: str) -> bool:
+    try:
+        v = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(v) and v >= 0
+
+
 def _rows(source):
-    """Rows in the upstream `vms.csv` schema (dicts of strings): from a CSV file, or as given (an iterable of
-    dicts, e.g. the rows `catalog refresh` makes from a cloud's own APIs)."""
-    if not isinstance(source, (str, os.PathLike)):
-        yield from source
-        return
-    with open(source, newline="", encoding="utf-8") as f:
-        yield from csv.DictReader(f)
+    """Rows in the upstream `vms.csv` schema (dicts of strings): from a CSV file (a `CsvRows`), or as given
+    (an iterable of dicts, e.g. the rows `catalog refresh` makes from a cloud's own APIs)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = CsvRows(source, ())
+    yield from source
 
 
 def read_aws(path, acc: Acc) -> None:

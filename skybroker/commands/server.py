@@ -187,7 +187,6 @@ def dashboard(port):
     """Serve the dashboard of this machine's state (local mode) on 127.0.0.1, until Ctrl-C. Sign in with
     the token it prints (made for this run only). In server mode: https://SERVER:46580/dashboard."""
     import secrets
-    import socket
 
     from ..errors import UsageError
 
@@ -198,13 +197,37 @@ def dashboard(port):
     except ImportError as exc:
         raise UsageError(f"`broker dashboard` needs {exc.name}, which is not installed",
                          "pip install 'skybroker[server]'") from None
-    if port == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    sock = _listen("127.0.0.1", port)  # before the URL is printed: a port in use is said, not a crash
+    port = sock.getsockname()[1]
     token = secrets.token_urlsafe(24)
     render.info(f"dashboard on http://127.0.0.1:{port}/dashboard — sign in with the token {token} "
                 "(valid while this runs; Ctrl-C stops it)")
-    uvicorn.run(app_mod.create_app(local_token=token), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app_mod.create_app(local_token=token), log_level="warning",
+                                           access_log=False))
+    try:
+        server.run(sockets=[sock])  # re-raises the signal that stopped it (SIGINT, SIGTERM) once shut down
+    finally:
+        sock.close()
+    if server.should_exit:  # stopped by a signal uvicorn handled without re-raising it
+        raise KeyboardInterrupt
     return 0
+
+
+def _listen(host: str, port: int):
+    """A socket bound to host:port (0: any free port), or a UsageError naming the port."""
+    import errno
+    import socket
+
+    from ..errors import UsageError
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT leftovers are no bar
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "is in use (another `broker dashboard`, or another program)" if exc.errno == errno.EADDRINUSE \
+            else f"cannot be listened on ({exc.strerror or exc})"
+        raise UsageError(f"port {port} on {host} {why}", "pass --port N for another port, or --port 0 for any "
+                         "free one") from None
+    return sock

@@ -133,8 +133,11 @@ def create_app(local_token: str | None = None) -> FastAPI:
         from . import dashboard as dash
 
         token = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0].strip()
-        ok = token == request.app.state.local_token if request.app.state.local_token else \
-            await run_in_threadpool(users.authenticate, token) is not None
+        try:
+            ok = token == request.app.state.local_token if request.app.state.local_token else \
+                await run_in_threadpool(users.authenticate, token) is not None
+        except BrokerError as exc:  # the users table cannot be read
+            return HTMLResponse(dash.error_page(exc), status_code=http_status(exc))
         if not ok:
             return HTMLResponse(dash.login_page("the server does not accept this token"), status_code=401)
         resp = RedirectResponse("/dashboard", status_code=303)
@@ -150,8 +153,10 @@ def create_app(local_token: str | None = None) -> FastAPI:
 
         try:
             user = await run_in_threadpool(_authenticate, request)
-        except BrokerError as exc:
+        except AuthError as exc:
             return HTMLResponse(dash.login_page(exc.message))
+        except BrokerError as exc:
+            return HTMLResponse(dash.error_page(exc), status_code=http_status(exc))
         text = None
         if request.method == "POST":
             if int(request.headers.get("content-length") or 0) > 4 * dash.MAX_PASTE:
@@ -167,9 +172,14 @@ def create_app(local_token: str | None = None) -> FastAPI:
 
         try:
             user = _authenticate(request)
-        except BrokerError as exc:
+        except AuthError as exc:
             return HTMLResponse(dash.login_page(exc.message))  # a page to sign in on, not an API error
-        return HTMLResponse(_as_user(user, dash.page, user))
+        except BrokerError as exc:  # e.g. StateError: the users table cannot be read
+            return HTMLResponse(dash.error_page(exc), status_code=http_status(exc))
+        try:
+            return HTMLResponse(_as_user(user, dash.page, user))
+        except BrokerError as exc:  # e.g. StateError (a corrupt state database): its message and hint
+            return HTMLResponse(dash.error_page(exc, user), status_code=http_status(exc))
 
     return FastReads(app) if local_token is None else app
 

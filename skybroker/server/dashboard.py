@@ -27,6 +27,14 @@ def login_page(message: str) -> str:
                  "autocomplete=off></label> <button type=submit>Sign in</button></form>")
 
 
+def error_page(exc, user=None) -> str:
+    """A BrokerError the page could not be made past (a corrupt state database, …): its message and hint, as
+    the CLI says them, instead of a bare 500."""
+    hint = f"<p><small>{escape(exc.hint)}</small></p>" if exc.hint else ""
+    head = _header(user, time.time()) if user is not None else "<h1>skybroker</h1>"
+    return _page("skybroker: error", f"{head}<p id=error class=error>Error: {escape(exc.message)}</p>{hint}")
+
+
 def _t(ts) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -122,6 +130,7 @@ def _plan_html(text: str) -> tuple[str, bool]:
     from .. import api, spec
     from ..errors import BrokerError
     from ..render.plan_views import plan_rows
+    from ..spec_fields import local_paths_unread
     from ..taskfile import parse_yaml_docs
 
     has_secrets = "secrets" in text
@@ -132,8 +141,9 @@ def _plan_html(text: str) -> tuple[str, bool]:
         _, docs = spec._pipeline_header(docs)
         if not docs:
             raise BrokerError("no task in the text", "paste a task YAML, e.g. `resources: {accelerators: V100:1}`")
-        tasks = [spec.task_from_dict(d, source="pasted task" + (f" (task {i + 1})" if len(docs) > 1 else ""), node=n)
-                 for i, (d, n) in enumerate(docs)]
+        with local_paths_unread():  # "local paths are not read": the server's files are not looked at
+            tasks = [spec.task_from_dict(d, source="pasted task" + (f" (task {i + 1})" if len(docs) > 1 else ""),
+                                         node=n) for i, (d, n) in enumerate(docs)]
         has_secrets = any(t.secrets for t in tasks)
         out = []
         for i, task in enumerate(tasks):

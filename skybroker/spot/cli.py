@@ -89,7 +89,7 @@ Examples:
 @click.option("--overhead-hours", type=float, default=0.2, show_default=True,
               help="Restart overhead d of each switch.")
 @click.option("--starts", type=int, default=300, show_default=True, help="Random starts per trace.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--days", type=float, default=None, help="Use only the first N days of each trace.")
 @click.option("--nodes", type=int, default=None,
               help="Gang size: spot counts as available when the trace count reaches it "
@@ -130,6 +130,10 @@ def simulate(traces, more_traces, policies, task_hours, deadline_hours, overhead
     if days is not None and days <= 0:
         raise UsageError(f"--days must be > 0, got {days}")
     _check_deadline(task_hours, deadline_hours, overhead_hours)
+    if plot_path:  # before the simulation runs
+        from .plot import check_path
+
+        plot_path = check_path(plot_path)
     if multi_zone:
         return _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours,
                            starts, seed, days, nodes, instance, on_demand_price, zone_prices,

@@ -29,6 +29,32 @@ def _matplotlib():
     return plt
 
 
+def check_path(path: str) -> str:
+    """The file `--plot PATH` will write, checked before anything is simulated: matplotlib installed, a
+    format it writes (from the suffix; none = PNG, `.png` added), not a folder, in a folder that exists and
+    is writable. A bad one is a UsageError naming --plot."""
+    import os
+
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path} is a folder", f"give a file name, e.g. {os.path.join(path, 'plot.png')}")
+    root, ext = os.path.splitext(path)
+    if not ext:
+        path += ".png"
+    elif ext[1:].lower() not in formats:
+        raise UsageError(f"--plot {path}: matplotlib cannot write {ext!r} files",
+                         f"use one of: {', '.join('.' + f for f in sorted(formats))} (e.g. {root}.png)")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise UsageError(f"--plot {path}: the folder {folder} does not exist", "create it, or give another path")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"--plot {path}: not writable", "give a path in a folder you can write to")
+    return path
+
+
 class _Recorder:
     def __init__(self, policy):
         self.p, self.name, self.trail = policy, policy.name, []

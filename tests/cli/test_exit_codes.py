@@ -81,6 +81,11 @@ CASES = [
     (["launch", "--dryrun", "examples/v100.yaml", "--gpus", "A1OO"], 3, "did you mean"),
     (["show-gpus", "A1OO"], 3, "did you mean"),
     (["show-gpus", "A100:32"], 3, "no A100:32 offer"),
+    # a count the catalogs lack is 3 even when fractional (Azure sells A10:0.5 etc.), and says the counts
+    (["show-gpus", "V100:1.5"], 3, "V100 comes in 1, 2, 4, 8 per machine"),
+    (["show-gpus", "A10:0.25"], 3, "A10 comes in 0.167, 0.333, 0.5, 1, 2 per machine"),
+    (["show-gpus", "A10:0.5"], 0, ""),
+    (["show-gpus", "V100:abc"], 2, "the count must be a number"),
     (["launch", "--dryrun", "examples/v100.yaml", "--gpus", "A100:32"], 3, "largest A100 offer"),
     # bad input: 2
     (["launch", "--dryrun", "no-such-file.yaml"], 2, "file not found"),
@@ -127,6 +132,16 @@ CASES = [
     (["check"], 0, ""),
     (["catalog", "info"], 0, ""),
 ]
+
+
+def test_unknown_accelerator_hint_is_short(home):
+    """No close match: the GPU names and one `tpu-vN-*` per TPU generation, not ~300 names."""
+    r = run(home, "show-gpus", "Nope")
+    assert r.returncode == 3, r.stderr
+    hint = r.stderr.split("Hint:", 1)[1]
+    assert "V100" in hint and "tpu-v4-*" in hint and "tpu-v4-8," not in hint and len(hint) < 500, hint
+    r = run(home, "show-gpus", "h100x")
+    assert r.returncode == 3 and "did you mean H100" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("argv, code, needle", CASES, ids=[" ".join(c[0]) for c in CASES])

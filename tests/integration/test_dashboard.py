@@ -210,3 +210,63 @@ def _get(url, data=None):
         return exc.code, ""
     except OSError:
         return 0, ""
+
+
+def test_local_dashboard_port_in_use_is_exit_2_before_the_url(tmp_path):
+    import socket
+
+    from tests.integration.local_helpers import broker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = broker("dashboard", "--port", port, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"port {port} on 127.0.0.1 is in use" in r.stderr and "--port 0" in r.stderr, r.stderr
+    assert "sign in" not in r.stderr and "Errno" not in r.stderr
+
+
+def test_local_dashboard_corrupt_state_plan_reads_no_local_path_and_sigterm_is_130(tmp_path):
+    """A corrupt state database: the page says the StateError and its hint (not a bare 500). "Plan a task"
+    does not look at this machine's files: an existing and a missing file_mounts source plan alike. SIGTERM
+    exits 130 (README: exit codes)."""
+    import re
+    import signal
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.integration.local_helpers import broker_bg, broker_home
+    from tests.integration.server_helpers import free_port
+
+    broker_home().mkdir(parents=True, exist_ok=True)
+    (broker_home() / "state.db").write_bytes(b"this is not an SQLite database" * 100)
+    port = free_port()
+    err = tmp_path / "dash.err"
+    p = broker_bg("dashboard", "--port", port, stderr=err)
+    try:
+        m = wait_for(lambda: re.search(r"sign in with the token (\S+)", err.read_text()), 20, 0.1, "the dashboard")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _get(base + "/dashboard")[0] == 200, 10, 0.1, "the page")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            opener.open(base + "/dashboard/login", data=urllib.parse.urlencode({"token": m.group(1)}).encode())
+        assert exc.value.code == 500
+        html = exc.value.read().decode()
+        assert "state database" in html and "is corrupt" in html and "mv " in html, html[-800:]
+
+        def plan(src):
+            task = f"resources: {{infra: aws, cpus: 2}}\nfile_mounts:\n  /x: {src}\nworkdir: /no/such/dir\n"
+            return opener.open(base + "/dashboard/plan",
+                               data=urllib.parse.urlencode({"task": task}).encode()).read().decode()
+
+        there, missing = plan("/etc/passwd"), plan("/no/such/file")
+        assert "class=chosen" in there and "class=chosen" in missing, missing[-800:]
+        assert "does not exist" not in missing and "not a directory" not in missing
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

@@ -357,3 +357,21 @@ def test_workdir_ports_image_and_autostop_flags_override_the_task(tmp_path, monk
 def test_no_setup_drops_the_tasks_setup():
     assert parse({"setup": "pip install x"}).setup == "pip install x"
     assert parse({"setup": "pip install x"}, overrides={"no_setup": True}).setup is None
+
+
+def test_local_paths_unread_takes_file_mounts_and_workdir_as_written(tmp_path):
+    """The dashboard's "Plan a task" (spec_fields.local_paths_unread): a missing and an existing local path
+    parse alike, as written, so a plan cannot tell which of the server's files exist."""
+    from skybroker.spec_fields import local_paths_unread
+
+    data = {"file_mounts": {"/a": "/no/such/file", "/b": str(tmp_path), "/c": {"name": "bkt", "source": "/nope"}},
+            "workdir": "/no/such/dir", "run": "true"}
+    with pytest.raises(SpecError, match="does not exist|not a directory"):
+        task_from_dict(data)
+    with local_paths_unread():
+        t = task_from_dict(data)
+    assert t.workdir == "/no/such/dir"
+    by = {m.remote: m for m in t.file_mounts}
+    assert (by["/a"].source, by["/b"].source, by["/c"].uploads) == ("/no/such/file", str(tmp_path), ("/nope",))
+    with pytest.raises(SpecError):  # only inside the block
+        task_from_dict(data)

@@ -104,6 +104,45 @@ def test_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("where, needle", [
+    ("nodir/p.png", "the folder {tmp}/nodir does not exist"),
+    ("p.txt", "matplotlib cannot write '.txt' files"),
+    ("", "is a folder"),  # tmp_path itself
+])
+def test_bad_plot_path_is_a_usage_error_before_the_simulation(tmp_path, monkeypatch, where, needle):
+    pytest.importorskip("matplotlib")
+    from skybroker.spot import experiment
+
+    def never(*a, **kw):
+        raise AssertionError("the simulation ran")
+
+    monkeypatch.setattr(experiment, "run", never)
+    a = _trace(tmp_path, _pattern(400))
+    path = str(tmp_path / where) if where else str(tmp_path)
+    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                      "--starts", "2", "--plot", path])
+    assert isinstance(r.exception, UsageError), r.exception
+    assert "--plot" in r.exception.message and needle.format(tmp=tmp_path) in r.exception.message
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_plot_without_suffix_writes_png_and_says_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                      "--starts", "2", "--plot", str(tmp_path / "noext"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'noext.png'}\n" in r.stderr
+    assert (tmp_path / "noext.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_negative_seed_is_a_usage_error(tmp_path):
+    a = _trace(tmp_path, _pattern(400))
+    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                      "--seed", "-1"])
+    assert r.exit_code == 2 and "--seed" in r.output and "Traceback" not in r.output
+
+
 def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch):
     import builtins
 
