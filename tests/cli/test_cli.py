@@ -210,3 +210,23 @@ def test_a_bad_broker_debug_names_the_variable_not_a_flag(tmp_path):
     task.write_text("resources: {infra: local}\nrun: echo hi\n")
     r = run("launch", "-y", str(task), env=env)
     assert r.returncode == 2 and "BROKER_DEBUG='maybe' is not a boolean" in r.stderr, r.stderr
+
+
+def test_an_aws_profile_or_sso_setup_error_is_a_credentials_error_not_a_traceback(tmp_path):
+    """AWS_PROFILE naming no profile (or an expired SSO login) raised botocore errors that are not API errors,
+    which every AWS command (status --refresh, down, stop, gc) printed as a traceback."""
+    pytest.importorskip("boto3")
+    home = tmp_path / "h"
+    code = ("from skybroker import state; from skybroker.state import ClusterRecord, NodeRecord; import time;"
+            "state.save_cluster(ClusterRecord('awsc', 'aws', 'us-east-1', 'use1-az1', 't3.micro', None, False, 1,"
+            " 0.01, 'UP', time.time(), nodes=[NodeRecord('i-1', 0, '10.0.0.1')]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(BROKER_HOME=str(home), AWS_PROFILE="nosuch", AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+               AWS_SECRET_ACCESS_KEY="not-a-secret", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True)
+    for argv in (["status", "--refresh"], ["down", "-y", "awsc"]):
+        r = subprocess.run(broker_cmd() + argv, cwd=REPO, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, env=env)
+        assert r.returncode == 4 and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert "ProfileNotFound" in r.stderr and "AWS_PROFILE" in r.stderr, r.stderr

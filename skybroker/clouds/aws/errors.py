@@ -37,6 +37,16 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return CredentialsError(f"no usable AWS credentials ({exc})", place, code="NoCredentials",
                                 hint="run `aws configure` or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    from botocore import exceptions as bx
+
+    setup = (bx.ProfileNotFound, bx.SSOError, bx.TokenRetrievalError, bx.ConfigParseError, bx.ConfigNotFound,
+             bx.CredentialRetrievalError, bx.InvalidConfigError)
+    if isinstance(exc, setup):  # the local AWS setup (profile, SSO login, config file), not an API answer
+        sso = isinstance(exc, (bx.SSOError, bx.TokenRetrievalError))
+        return CredentialsError(f"the AWS credentials cannot be loaded ({type(exc).__name__}: {exc})", place,
+                                code=type(exc).__name__,
+                                hint=("run `aws sso login` (the SSO login has expired or was never made)" if sso else
+                                      "check AWS_PROFILE and ~/.aws/config / ~/.aws/credentials (`aws configure list`)"))
     if isinstance(exc, EndpointConnectionError):
         return QuotaError(f"cannot reach the EC2 endpoint ({exc})", place, code="EndpointConnectionError")
     if not isinstance(exc, ClientError):
