@@ -5,7 +5,7 @@ are enabled) and the regions (SSH node pools) a task names against those its pro
 An option (`any_of`/`ordered` entry, or the task's one `resources:`) on a cloud or region the config leaves
 out is skipped with a note, as options on unsupported clouds are (spec_groups.py); a task whose every
 option is left out is refused (SpecError, exit 2) naming the field, the cloud and the config's list. An
-option naming a region its provider does not have could never fit: skipped silently, and refused (exit 2,
+option naming a region its provider does not have could never fit: skipped with a note, and refused (exit 2,
 with some of the valid names) when no option remains; so is an unknown zone, after the provider maps the
 user's spelling to its catalog's (`Provider.zone_alias`: AWS AZ names to AZ IDs). Every provider counts, `local` and `ssh` too: a
 config without `allowed_clouds` allows all. Nothing here names a cloud; providers declare their regions
@@ -32,8 +32,8 @@ def confine(task, allowed: list[str] | None, allowed_regions: dict | None, where
                 kept.append(r)
                 continue
             dropped.append(why)
-            if why[3]:  # the config's choice: said; an unknown place: it could never fit anyway
-                notes.append(f"{r.describe()}: {why[0]}; this option is skipped")
+            notes.append(f"{r.describe()}: {why[0]}; this option is skipped"
+                         + ("" if why[3] else f" ({why[1]})"))  # a typo'd place too: said, with the valid names
         if kept:
             kept_groups.append(tuple(kept))
     if not dropped and kept_groups == list(task.groups):

@@ -241,3 +241,11 @@ def test_a_catalog_dir_that_is_not_a_directory_names_the_variable(monkeypatch, t
     with pytest.raises(BrokerError) as ei:
         catalog.load_index("aws")
     assert ei.value.exit_code == 2 and "BROKER_CATALOG_DIR=" in ei.value.message and "unset it" in ei.value.hint
+
+
+def test_an_option_with_a_misspelt_region_is_skipped_with_a_note(project):
+    """`ordered: [{infra: aws/us-esat-1}, {infra: gcp}]` planned on GCP without a word."""
+    p = api.plan(_task({"ordered": [{"infra": "aws/us-esat-1", "cpus": 2}, {"infra": "gcp", "cpus": 2}]}))
+    assert p.chosen.cloud == "gcp"
+    text = " ".join(p.notes)
+    assert "no region 'us-esat-1' on aws" in text and "did you mean" in text and "us-east-1" in text, p.notes
