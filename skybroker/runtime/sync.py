@@ -1,7 +1,7 @@
 """rsync command lines shared by both runners.
 
 Workdir semantics (`sync_up` with ignore_files=True): `rsync -a` of the directory's contents into the
-remote directory, honouring every `.gitignore` and `.brokerignore` in the tree (rsync per-directory merge
+remote directory, honouring every `.gitignore`, `.brokerignore` and `.skyignore` (SkyPilot's) in the tree (rsync per-directory merge
 filters, so nested ones apply to their own subtree), never shipping `.git`. Files excluded this way are
 also protected from `--delete` on the receiving side. Limitation: gitignore negations (`!pattern`) are
 not supported (rsync reads each line as an exclude pattern).
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from skybroker.errors import BrokerError
 
-IGNORE_FILES = (".gitignore", ".brokerignore")
+IGNORE_FILES = (".gitignore", ".brokerignore", ".skyignore")  # .skyignore: SkyPilot's own
 # rsync exit codes that still mean "copied" when syncing down a directory a job is writing: 24 = some
 # source files vanished during the transfer (a job's write-then-rename removes its temporary files).
 DOWN_OK = (0, 24)

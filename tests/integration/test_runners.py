@@ -194,6 +194,7 @@ def make_workdir(root: Path) -> Path:
         "sub/keep.txt": "kept", "other/secret.txt": "kept: nested rule only covers sub/",
         ".brokerignore": "data/\n", "data/big.bin": "ignored by .brokerignore",
         "deep/nested/.brokerignore": "*.tmp\n", "deep/nested/x.tmp": "ignored", "deep/nested/y.txt": "y",
+        ".skyignore": "ckpt/\n", "ckpt/model.pt": "ignored by SkyPilot's .skyignore",
         ".git/config": "[core]", ".git/objects/ab/cdef": "obj", "sub/.git": "gitdir: ../.git/x",
     }
     for rel, text in files.items():
@@ -204,7 +205,7 @@ def make_workdir(root: Path) -> Path:
 
 
 EXPECTED_SYNCED = {
-    ".brokerignore", ".gitignore", "a.txt", "src/main.py", "sub/.gitignore", "sub/keep.txt",
+    ".brokerignore", ".gitignore", ".skyignore", "a.txt", "src/main.py", "sub/.gitignore", "sub/keep.txt",
     "other/secret.txt", "deep/nested/.brokerignore", "deep/nested/y.txt",
 }
 
