@@ -195,19 +195,17 @@ class JobQueries:
 
         def watch():  # a failed node fails the gang: cancel the others so their streams end
             while not watcher_done.wait(1.0):
-                if len(nodes) > 1 and not stop.is_set():
-                    try:
+                try:
+                    if len(nodes) > 1 and not stop.is_set():
                         st = self.job(job_id)
-                    except BrokerError:
-                        continue
-                    if st.status in ("FAILED", "FAILED_SETUP") and any(n.status not in TERMINAL for n in st.nodes):
-                        self.cancel([job_id])
-                if stop.is_set():
-                    try:  # a node is gone: cancel the job on the survivors so their streams end
+                        if st.status in ("FAILED", "FAILED_SETUP") and any(n.status not in TERMINAL for n in st.nodes):
+                            self.cancel([job_id])
+                    if stop.is_set():  # a node is gone: cancel the job on the survivors so their streams end
                         self.cancel([job_id], lost=_lost(errors))
-                    except BrokerError:
-                        pass
-                    return
+                        return
+                except Exception:  # noqa: BLE001 - best effort in the background (a node cut meanwhile); the
+                    if stop.is_set():  # followers report what happened, and a thread's traceback is no message
+                        return
 
         w = threading.Thread(target=watch, daemon=True)
         if follow:
