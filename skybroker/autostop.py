@@ -39,7 +39,7 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
     """Set (minutes) or cancel (None) a cluster's autostop, on the cluster itself when its provider can,
     else with the watcher on this machine. Records the mechanism in the state and returns it. Cancelling
     a node-side autostop that cannot reach the nodes raises (they might still stop the cluster)."""
-    from . import state
+    from . import cluster_ops, state
     from .clouds import registry
     from .errors import BrokerError, UsageError
 
@@ -47,8 +47,7 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
         # neither mechanism would act (the watcher guards UP clusters only, a stopped cluster's nodes run no
         # agent) and `broker start` clears autostop (as SkyPilot): refuse instead of promising it
         raise UsageError(f"cluster {rec.name} is {rec.status}: autostop applies to a running cluster",
-                         f"`broker start {rec.name}` first" if rec.status == state.STOPPED
-                         else f"wait for it, or `broker down {rec.name}`")
+                         cluster_ops.not_up_hint(rec))
     prov = registry.get(rec.cloud)
     down = bool(down) and minutes is not None
     on_node = rec.autostop_where == state.AUTOSTOP_NODE

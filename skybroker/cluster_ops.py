@@ -189,3 +189,13 @@ def owner_by_name(name: str) -> str | None:
 
         return f"pool:{m.group(1)}" if pool_store.get(m.group(1)) is not None else None
     return None
+
+
+def not_up_hint(rec) -> str:
+    """What to do about a cluster that is not UP (for the commands that need it UP)."""
+    if rec.status == state.STOPPED:
+        return f"`broker start {rec.name}` first"
+    if rec.status == state.DEGRADED:  # waiting never mends it; a launch onto it brings the lost nodes back
+        return (f"some of its nodes are gone: `broker launch -c {rec.name} TASK` brings them back, "
+                f"`broker down {rec.name}` removes the cluster")
+    return f"wait for it, or `broker down {rec.name}`"

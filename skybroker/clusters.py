@@ -300,8 +300,8 @@ def _require_up(rec: ClusterRecord) -> None:
         raise UsageError(f"cluster {rec.name}'s launch was interrupted",
                          f"`broker down {rec.name}` removes it, `broker launch -c {rec.name} TASK` relaunches it")
     if rec.status != UP:
-        raise UsageError(f"cluster {rec.name} is {rec.status}", f"`broker start {rec.name}` first"
-                         if rec.status == STOPPED else f"wait for it, or `broker down {rec.name}`")
+        raise UsageError(f"cluster {rec.name} is {rec.status}", cluster_ops.not_up_hint(rec))
+
 
 
 def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobStatus:
