@@ -161,6 +161,14 @@ def _resources(raw: dict, fp: str, acc, acc_fp: str) -> Resources:
         images = tuple(sorted((str(k), str(v)) for k, v in image.items()))
     elif image:
         images = (("", str(image)),)
+    if images and not cloud and not all(v.startswith(("docker:", "skypilot:")) for _, v in images):
+        # docker: runs anywhere; a skypilot: tag plans on the clouds that have it (catalog/images)
+        guess = next((c for pre, c in (("ami-", "aws"), ("projects/", "gcp"), ("/subscriptions/", "azure"))
+                      if any(v.startswith(pre) for _, v in images)), None)
+        raise SpecError("a cloud image needs its cloud (an image id means nothing on the others)",
+                        f"add `infra: {guess or '<cloud>'}` beside image_id" +
+                        ("" if guess else " (or use image_id: docker:IMAGE, which runs anywhere)"),
+                        field=f"{fp}.image_id")
     extra = tuple(sorted((f"tpu_{k}", str(v)) for k, v in (raw.get("accelerator_args") or {}).items()
                          if k in ("runtime_version", "tpu_name", "gcp_queued_resource")))
     return Resources(

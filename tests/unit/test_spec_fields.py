@@ -375,3 +375,13 @@ def test_local_paths_unread_takes_file_mounts_and_workdir_as_written(tmp_path):
     assert (by["/a"].source, by["/b"].source, by["/c"].uploads) == ("/no/such/file", str(tmp_path), ("/nope",))
     with pytest.raises(SpecError):  # only inside the block
         task_from_dict(data)
+
+
+@pytest.mark.parametrize("image, guess", [("ami-12345678", "infra: aws"), ({"us-east-1": "ami-1"}, "infra: aws"),
+                                          ("projects/p/global/images/x", "infra: gcp"), ("my-image", "infra: <cloud>")])
+def test_a_cloud_image_without_its_cloud_is_refused_at_parse_time(image, guess):
+    """It was planned on Azure or GCP and failed at launch with InvalidImage (exit 4)."""
+    e = refused({"resources": {"image_id": image}}, "resources.image_id")
+    assert guess in e.hint
+    assert parse({"resources": {"image_id": "docker:ubuntu:22.04"}}).candidates[0].image_id  # runs anywhere
+    assert parse({"resources": {"infra": "aws", "image_id": image}}).candidates[0].image_id
