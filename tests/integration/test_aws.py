@@ -393,6 +393,23 @@ def test_capacity_error_fails_over_to_the_next_zone_in_the_same_region(hooks, pu
     assert [i.zone for i in infos] == ["us-east-1c"]
 
 
+def test_a_zone_without_a_default_subnet_fails_over_to_the_next_zone(hooks, public_key):
+    """It stopped the whole launch with EC2's InvalidInput ("No default subnet for availability zone")."""
+    region = "us-west-2"
+    client = ec2(region)
+    names = {z["ZoneId"]: z["ZoneName"] for z in client.describe_availability_zones()["AvailabilityZones"]}
+    planner = Planner(task({"region": region}))
+    first = planner([]).chosen.zone
+    for sn in client.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [names[first]]},
+                                               {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]:
+        client.delete_subnet(SubnetId=sn["SubnetId"])
+    planner.seen.clear()
+    cand, infos, attempts = provision.provision("nosub", planner, public_key=public_key)
+    assert cand.region == region and cand.zone != first
+    assert [(a.zone, a.code, a.scope) for a in attempts] == [(first, "NoDefaultSubnet", "zone")]
+    assert instances(region, cluster="nosub") and registry.get("aws").terminate("nosub", region) is not None
+
+
 def test_throttling_is_retried_in_place_not_failed_over(hooks, public_key, monkeypatch):
     """RequestLimitExceeded is the API's rate limit, not a verdict on the region: the same place is retried
     after a backoff, never a pricier region."""

@@ -13,7 +13,7 @@ import re
 import time
 
 from ... import settings
-from ...errors import InvalidRequestError, Place, QuotaError
+from ...errors import CapacityError, InvalidRequestError, Place, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
                     InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved)
 from ..common import call_typed
@@ -173,6 +173,11 @@ class AWSCloud(EBSVolumes, Provider):
             key_name = self._call(place, self._ensure_key_pair, ec2, req.public_key)
             sg = self._call(place, self._ensure_security_group, ec2, req.cluster, req.ports)
             subnet = self._call(place, self._subnet, ec2, zone_name)
+            if subnet is None and zone_name:  # EC2 would refuse the launch (InvalidInput): this zone is unusable
+                raise CapacityError(f"no default subnet in {zone_name} (the default VPC has none there)", place,
+                                    code="NoDefaultSubnet",
+                                    hint=f"`aws ec2 create-default-subnet --availability-zone {zone_name}`, or "
+                                         "leave the zone to other places")
             image = req.image_id or self._call(place, self._default_image, req.region, bool(req.accelerator))
             have = {int(i_tags[TAG_RANK]) for i in existing
                     for i_tags in [{t["Key"]: t["Value"] for t in i.get("Tags", [])}] if i_tags.get(TAG_RANK, "").isdigit()}
