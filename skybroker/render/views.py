@@ -336,8 +336,12 @@ def _orphan_resources(o) -> str:
 
 
 def print_gc_scan(scan) -> None:
+    by_why: dict[str, list[str]] = {}  # one cloud's auth failure is the same reason in each of its regions
     for where, why in scan.skipped:
-        info(f"not scanned: {where}: {why}")
+        by_why.setdefault(why, []).append(where)
+    for why, wheres in by_why.items():
+        shown = ", ".join(wheres) if len(wheres) <= 3 else f"{wheres[0]} and {len(wheres) - 1} more"
+        info(f"not scanned: {shown}: {why}")
     info("scanned: " + ", ".join(f"{c} ({n} region{'s' if n != 1 else ''})" for c, n in scan.scanned.items()))
     if not scan.orphans:
         info("nothing to remove: no untracked resources and no interrupted launches found")

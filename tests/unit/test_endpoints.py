@@ -32,11 +32,3 @@ def test_what_has_no_endpoint_is_exit_2_saying_why(r, port, needle):
         E.endpoints(r, port)
     assert ei.value.exit_code == 2 and needle in ei.value.message + " " + ei.value.hint
 
-
-def test_a_degraded_cluster_is_told_how_to_mend_it():
-    """`exec`/`stop`/`start` on a DEGRADED cluster said "wait for it, or broker down": waiting never mends it."""
-    from skybroker import cluster_ops
-
-    hint = cluster_ops.not_up_hint(rec(status="DEGRADED"))
-    assert "broker launch -c c TASK" in hint and "wait" not in hint
-    assert "broker start c" in cluster_ops.not_up_hint(rec(status="STOPPED"))
