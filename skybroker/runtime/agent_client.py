@@ -112,8 +112,12 @@ class AgentClient:
         payload = json.dumps([[(n, d.decode("utf-8"), m) for n, d, m in files], list(OLD_FILES)]).encode()
         res = self.runner.run(f"{self.python} -c {shlex.quote(_UNPACK)} {NODE_DIR}", stdin=payload, timeout=120)
         if res.exit_code != 0:
-            raise AgentError(f"installing the node agent on {self.label} failed: "
-                             f"{res.stderr.strip()[-300:] or f'exit code {res.exit_code}'}")
+            lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+            # a Python error on the node: its last line says it (PermissionError: … '/home/u/.skybroker-node')
+            why = (lines[-1].strip() if lines and lines[0].startswith("Traceback") else res.stderr.strip()[-300:])
+            raise AgentError(f"installing the node agent on {self.label} failed: {why or f'exit code {res.exit_code}'}",
+                             f"the login user needs a writable home on the node (~/{NODE_DIR})"
+                             if "PermissionError" in why or "Read-only" in why else None)
 
     def version(self) -> str:
         return self._call("version")["version"]

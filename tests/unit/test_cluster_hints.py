@@ -24,3 +24,21 @@ def test_gc_says_a_reason_shared_by_many_regions_once(capsys):
     render.print_gc_scan(scan)
     err = capsys.readouterr().err
     assert err.count("not scanned") == 2 and "gcp/r0 and 44 more: credentials refused" in " ".join(err.split()), err
+
+
+def test_a_failed_agent_install_says_the_nodes_error_not_its_traceback():
+    """A read-only home printed the node's whole Python traceback."""
+    import pytest
+
+    from skybroker.runtime.agent_client import AgentClient, AgentError
+    from skybroker.runtime.runner import RunResult
+
+    class Runner:
+        def run(self, cmd, stdin=None, timeout=None):
+            return RunResult(1, "", 'Traceback (most recent call last):\n  File "<string>", line 6, in <module>\n'
+                                    "PermissionError: [Errno 13] Permission denied: '/home/broker/.skybroker-node'\n")
+
+    with pytest.raises(AgentError) as ei:
+        AgentClient(Runner(), label="ro node 2").install()
+    assert "Traceback" not in ei.value.message and "Permission denied: '/home/broker/.skybroker-node'" in ei.value.message
+    assert "writable home" in ei.value.hint
