@@ -207,6 +207,7 @@ def status(clusters, refresh, adopt, as_json, all_users, ip, endpoints, endpoint
         render.print_clusters(recs, costs, show_user=all_users,
                               stopped_hourly=api.stopped_hourly() if any(r.status == "STOPPED" for r in recs) else {})
         render.print_daemons(api.daemons(), recs)
+    render.refresh_warnings(recs)  # a cloud that could not be asked: its clusters as recorded (exit 0)
 
 
 def _autostop_reused(api, res, overrides) -> None:
