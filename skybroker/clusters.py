@@ -188,15 +188,10 @@ def status(refresh: bool = False, names: list[str] | None = None) -> list[Cluste
         if r.status == INIT and intents.lock_is_free(r.name):
             r.status = INTERRUPTED
     if refresh:
-        recs = [r for r in (_refresh(r) for r in recs) if r is not None]
+        from . import reconcile
+
+        recs = reconcile.refresh_all(recs)
     return recs
-
-
-def _refresh(rec: ClusterRecord) -> ClusterRecord | None:
-    """Reconcile one record with the cloud (the truth); see reconcile.py."""
-    from . import reconcile
-
-    return reconcile.refresh(rec)
 
 
 def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False, only_owner: str | None = None
@@ -210,29 +205,55 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
     for name in names:
         validate_name(name)
     settle(on_event)
-    done = []
+    done: list[str] = []
+    failed: list[tuple[str, str, BrokerError]] = []  # (cluster, where, why): the others are torn down anyway
     for name in names:
-        with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
-            rec = state.get_cluster(name)
-            if rec is None and not state.open_intents(name):
-                on_event("skip", f"cluster {name} does not exist (already down)")
-                continue
-            if rec is None:
-                rec = ClusterRecord(name=name, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
-                                    use_spot=False, num_nodes=0, hourly_price=0.0, status=INTERRUPTED, launched_at=0.0,
-                                    owner=only_owner)  # only intents left: whoever asks may clean them
-            if only_owner is not None and rec.owner != only_owner:
-                on_event("skip", f"cluster {name} is not {cluster_ops.owner_name(only_owner)}'s: left alone")
-                continue
-            busy = cluster_ops.active_owner(rec.owner) if spare_owned and rec.owner else None
-            if busy:
-                on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not torn "
-                                 f"down; {cluster_ops.ends_hint(rec.owner)}")
-                continue
-            on_event("down", f"terminating {name} ({rec.infra or 'interrupted launch'})")
-            cluster_ops.terminate(rec, on_event)
-            done.append(name)
+        where = ""
+        try:
+            with cluster_lock(name, on_wait=lambda m: on_event("wait", m)):
+                rec = state.get_cluster(name)
+                if rec is None and not state.open_intents(name):
+                    on_event("skip", f"cluster {name} does not exist (already down)")
+                    continue
+                if rec is None:
+                    rec = ClusterRecord(name=name, cloud="", region=None, zone=None, instance_type=None,
+                                        accelerators=None, use_spot=False, num_nodes=0, hourly_price=0.0,
+                                        status=INTERRUPTED, launched_at=0.0,
+                                        owner=only_owner)  # only intents left: whoever asks may clean them
+                if only_owner is not None and rec.owner != only_owner:
+                    on_event("skip", f"cluster {name} is not {cluster_ops.owner_name(only_owner)}'s: left alone")
+                    continue
+                busy = cluster_ops.active_owner(rec.owner) if spare_owned and rec.owner else None
+                if busy:
+                    on_event("skip", f"cluster {name} belongs to {cluster_ops.owner_name(rec.owner)} ({busy}): not "
+                                     f"torn down; {cluster_ops.ends_hint(rec.owner)}")
+                    continue
+                where = rec.infra or "interrupted launch"
+                on_event("down", f"terminating {name} ({where})")
+                cluster_ops.terminate(rec, on_event)
+                done.append(name)
+        except BrokerError as exc:
+            if len(names) == 1:
+                raise
+            failed.append((name, where, exc))
+            on_event("failed", f"could not tear down {name}{f' ({where})' if where else ''}: {exc.message}")
+    if failed:
+        raise _down_failed(failed, done)
     return done
+
+
+def _down_failed(failed: list[tuple[str, str, BrokerError]], done: list[str]) -> BrokerError:
+    """One error for the clusters `down` could not tear down (each with its cloud's error), raised after
+    every other cluster was torn down; its exit code is the first failure's."""
+    lines = [f"{name}{f' ({where})' if where else ''}: {exc.message}" for name, where, exc in failed]
+    head = f"could not tear down {len(failed)} cluster{'s' if len(failed) > 1 else ''}"
+    msg = f"{head}: {lines[0]}" if len(lines) == 1 else f"{head}:\n" + "\n".join("  " + x for x in lines)
+    if done:
+        msg += f"\ntorn down: {', '.join(done)}"
+    hints = list(dict.fromkeys(exc.hint for _, _, exc in failed if exc.hint))
+    again = f"`broker down {' '.join(n for n, _, _ in failed)}`"
+    hint = f"{'; '.join(hints)}; then {again} again" if hints else f"{again} tries again"
+    return BrokerError(msg, hint, failed[0][2].exit_code)
 
 
 def stop(name: str, *, on_event: Event = _noop) -> bool:

@@ -61,10 +61,10 @@ def parse_failover_event(message: str) -> dict | None:
 class ProvisionExhausted(BrokerError):
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str):
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
-        super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines),
+        super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines), hint or
                          "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
         self.attempts = attempts
 
@@ -111,6 +111,7 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
     `on_place(cand)` is called before each attempt (the caller records where the cluster is going)."""
     attempts: list[Attempt] = []
     blocks: list[Block] = []
+    refused: dict[str, ProvisionError] = {}  # cloud → its credentials/permission refusal (blocks it for good)
     backoff = 5.0
     started = time.time()
     while True:
@@ -119,6 +120,10 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
         except NoFeasibleError:
             if not attempts:
                 raise
+            if _only_refused(attempts, refused):  # no retry can help: waiting does not fix credentials
+                hints = list(dict.fromkeys(e.hint for e in refused.values() if e.hint))
+                raise ProvisionExhausted(attempts, f"{', '.join(sorted(refused))} refused our credentials or "
+                                         "permissions: not retried", "; ".join(hints) or None) from None
             if retry_until_up and time.time() - started < max_wait:
                 wait = min(backoff, 300.0) * (0.5 + random.random())
                 on_event("retry", f"every candidate place failed; retrying in {wait:.0f}s (--retry-until-up)")
@@ -138,6 +143,8 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             state.add_event(cluster, "failover", failover_event(a))
             if exc.scope == Scope.REQUEST:
                 raise ProvisionExhausted(attempts, "the request itself was refused") from None
+            if exc.scope == Scope.CLOUD:
+                refused[cand.cloud] = exc
             blocks.append(block_for(exc, cand))
             on_event("failover", f"{a.error} on {a.place} ({a.code or a.message}); blocking {blocks[-1]} and re-planning")
             continue
@@ -226,6 +233,13 @@ def _finish_in_flight(fn, on_event):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _only_refused(attempts: list[Attempt], refused: dict) -> bool:
+    """Every failed attempt was on a cloud that refused our credentials or permissions: its block stays
+    across --retry-until-up rounds, so a new round could only plan nothing again. (A capacity, quota or
+    throttling failure on another cloud may clear: that one is retried.)"""
+    return bool(refused) and all(a.cloud in refused for a in attempts)
 
 
 def _permanent(block: Block, attempts: list[Attempt]) -> bool:

@@ -10,7 +10,35 @@ that says UP.
 from __future__ import annotations
 
 from . import state
+from .errors import BrokerError, CredentialsError
 from .state import DEGRADED, INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
+
+
+def refresh_all(recs: list[ClusterRecord]) -> list[ClusterRecord]:
+    """`status --refresh`: every record reconciled with its cloud, those found gone left out. A cluster
+    whose cloud cannot be asked (no credentials, unreachable) does not stop the others: it is kept as
+    recorded, with `refresh_error` saying why. A cloud that refused our credentials is not asked again for
+    its other clusters."""
+    from .wire import error_dict
+
+    out = []
+    refused: dict[str, BrokerError] = {}
+    for rec in recs:
+        err = refused.get(rec.cloud)
+        if err is None:
+            try:
+                new = refresh(rec)
+            except BrokerError as exc:
+                err = exc
+                if isinstance(exc, CredentialsError):
+                    refused[rec.cloud] = exc
+            else:
+                if new is not None:
+                    out.append(new)
+                continue
+        rec.refresh_error = error_dict(err)
+        out.append(rec)
+    return out
 
 
 def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:

@@ -67,6 +67,8 @@ class ClusterRecord:
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
     user_name: str | None = None  # server mode: the user who launched it (None in local mode)
     ports: str | None = None  # the ports its task opened, "8888,9000-9010" (`broker status --endpoints`)
+    # `status --refresh` only, never stored: why its cloud could not be asked ({message, hint, exit_code})
+    refresh_error: dict | None = None
 
     @property
     def head(self) -> NodeRecord | None:

@@ -18,6 +18,11 @@ def address(api, clusters, refresh, as_json, ip, endpoints, endpoint) -> None:
                          f"{'is' if len(names) == 1 else 'are'} {'given' if clusters else 'known'}",
                          f"name one: `broker status {given[0]}{' PORT' if endpoint is not None else ''} CLUSTER`")
     (rec,) = api.status(refresh=refresh, names=names)
+    if getattr(rec, "refresh_error", None):  # a script asked for the cloud's truth: not a stale address
+        from ..errors import BrokerError
+
+        e = rec.refresh_error
+        raise BrokerError(e.get("message") or "could not refresh", e.get("hint"), e.get("exit_code") or 1)
     if ip:
         addr = E.head_ip(rec)
         return render.print_json({"cluster": rec.name, "ip": addr}) if as_json else render.raw(addr)

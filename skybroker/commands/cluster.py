@@ -49,7 +49,8 @@ def _job_exit(st, cluster: str, gone: bool = False) -> int:
 @click.option("--json", "as_json", is_flag=True,
               help="The plan as JSON (with --dryrun); otherwise JSON lines on stdout: plan, events, output, result.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
-@click.option("--retry-until-up", is_flag=True, help="Keep retrying with backoff when every place fails.")
+@click.option("--retry-until-up", is_flag=True,
+              help="Keep retrying with backoff when every place fails for capacity or quota (not credentials).")
 @click.option("--keep-on-failure", is_flag=True,
               help="If bring-up fails after provisioning, keep the new cluster (for debugging) instead of tearing it down.")
 @click.option("--allow-suspicious-prices", "allow_suspicious", is_flag=True, default=None,
@@ -206,6 +207,7 @@ def status(clusters, refresh, adopt, as_json, all_users, ip, endpoints, endpoint
         render.print_clusters(recs, costs, show_user=all_users,
                               stopped_hourly=api.stopped_hourly() if any(r.status == "STOPPED" for r in recs) else {})
         render.print_daemons(api.daemons(), recs)
+    render.refresh_warnings(recs)  # a cloud that could not be asked: its clusters as recorded (exit 0)
 
 
 def _autostop_reused(api, res, overrides) -> None:

@@ -13,8 +13,9 @@ from .console import _err_line, _esc, _err_tty, err_console, info
 
 STEP_KINDS = frozenset({"provision", "wait", "agent", "sync", "setup", "start", "down", "stop", "scan",
                         "install", "launch", "run", "simulate", "restore", "checkpoint", "fetch", "build"})
-NOTE_STYLES = {"failover": "yellow", "warning": "yellow", "cleanup": "yellow", "retry": "yellow", "skip": "dim"}
-FAILED_STEP = frozenset({"failover", "cleanup", "retry"})  # the step in progress did not succeed
+NOTE_STYLES = {"failover": "yellow", "warning": "yellow", "cleanup": "yellow", "retry": "yellow", "skip": "dim",
+               "failed": "red"}
+FAILED_STEP = frozenset({"failover", "cleanup", "retry", "failed"})  # the step in progress did not succeed
 
 
 class _Live:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .console import _err_line, _esc, _m, _say, _tty, console, info
+from .console import _err_line, _esc, _m, _say, _tty, console, info, warning
 from .table import Col, _table
 
 # ----------------------------------------------------------------------------------------------
@@ -88,7 +88,8 @@ def cluster_json(r, cost: float | None = None) -> dict:
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
             "autostop_where": r.autostop_where, "head_ip": r.head.ip if r.head else None,
             "ports": r.ports.split(",") if getattr(r, "ports", None) else [],
-            "cost": None if cost is None else round(cost, 6), "user": getattr(r, "user_name", None)}
+            "cost": None if cost is None else round(cost, 6), "user": getattr(r, "user_name", None),
+            "refresh_error": getattr(r, "refresh_error", None)}
 
 
 def storage_json(r) -> dict:
@@ -151,6 +152,16 @@ def print_clusters(recs, costs: dict | None = None, show_user: bool = False,
         for row, r in zip(rows, recs):
             row.insert(1, getattr(r, "user_name", None) or "-")
     _table(None, cols, rows, drop=("LAUNCHED", "NODES", "AUTOSTOP", "$/h", "COST ($)"))  # cost stays longest
+
+
+def refresh_warnings(recs) -> None:
+    """Under `status --refresh` (on stderr, also with --json): each cluster whose cloud could not be asked,
+    shown as last recorded, and why."""
+    for r in recs:
+        e = getattr(r, "refresh_error", None)
+        if e:
+            warning(f"could not refresh {r.name} ({r.infra}): {e.get('message')}; shown as last recorded"
+                    + (f" (hint: {e['hint']})" if e.get("hint") else ""))
 
 
 def _autostop_cell(r) -> str:

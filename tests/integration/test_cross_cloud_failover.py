@@ -101,3 +101,80 @@ def test_credentials_missing_skips_the_cloud_with_a_visible_reason(clouds):
     assert by_cloud["gcp"].error == "CredentialsError" and by_cloud["gcp"].scope == "cloud"
     assert [a.cloud for a in attempts].count("gcp") == 1  # one refusal blocks the whole cloud
     assert by_cloud["gcp"].message  # the cloud's own message is kept for the report
+
+
+def _aws_refuses(code: str) -> None:
+    """RunInstances on moto answers `code` (AuthFailure, UnauthorizedOperation), as AWS does."""
+    from botocore.exceptions import ClientError
+
+    from skybroker.clouds.aws import client as aws_client
+
+    def hook(params, **_):
+        raise ClientError({"Error": {"Code": code, "Message": f"injected {code}"}}, "RunInstances")
+
+    aws_client._session().events.register("before-parameter-build.ec2.RunInstances", hook)
+
+
+def _retry_plan(task, cluster, on_sleep):
+    import time
+    from types import SimpleNamespace
+
+    from skybroker import state
+    from skybroker.runtime.keys import ensure_user_key
+
+    _, pub = ensure_user_key(state.db_path().parent)
+    provision.time = SimpleNamespace(time=time.time, sleep=on_sleep)
+    try:
+        return provision.provision(cluster, lambda blocks: api.plan(task, blocks, clouds=("aws", "gcp", "azure")),
+                                   public_key=pub, retry_until_up=True)
+    finally:
+        provision.time = time
+
+
+@pytest.mark.parametrize("aws_code", ["AuthFailure", "UnauthorizedOperation"])
+def test_retry_until_up_stops_once_every_cloud_refused_the_credentials(clouds, aws_code):
+    """--retry-until-up does not wait for credentials to fix themselves: each cloud refused once, then
+    the launch stops with exit 4 and the clouds' hints (it used to print "retrying in 5s" forever)."""
+    gce, arm = clouds
+    gce.fail_auth(403)
+    arm.auth("AuthorizationFailed")
+    _aws_refuses(aws_code)
+    sleeps = []
+
+    def on_sleep(s):
+        sleeps.append(s)
+        if len(sleeps) > 3:
+            raise AssertionError("still retrying after every cloud refused the credentials")
+
+    with pytest.raises(provision.ProvisionExhausted) as ei:
+        _retry_plan(v100_task(), "xcred", on_sleep)
+    exc = ei.value
+    assert sleeps == [] and exc.exit_code == 4
+    assert sorted(a.cloud for a in exc.attempts) == ["aws", "azure", "gcp"]  # one refusal each
+    assert all(a.error == "CredentialsError" for a in exc.attempts)
+    assert "refused our credentials or permissions" in exc.message and aws_code in exc.message
+    assert "IAM permissions" in exc.hint and "--retry-until-up" not in exc.hint
+
+
+def test_retry_until_up_keeps_waiting_for_capacity_beside_refused_credentials(clouds):
+    gce, arm = clouds
+    arm.auth("AuthenticationFailed")
+    _aws_refuses("AuthFailure")
+    zones = gcp_v100_zones()
+    for z in zones:
+        gce.exhaust(z)
+    sleeps = []
+
+    def on_sleep(s):  # the first wait: GCP's capacity comes back
+        sleeps.append(s)
+        for z in zones:
+            gce.restore(z)
+
+    cand, infos, attempts = _retry_plan(v100_task(), "xcap", on_sleep)
+    try:
+        assert len(sleeps) == 1 and cand.cloud == "gcp" and len(infos) == 1
+        assert [a.cloud for a in attempts].count("aws") == 1 and [a.cloud for a in attempts].count("azure") == 1
+    finally:
+        from skybroker.clouds.registry import get
+
+        get("gcp").terminate("xcap", cand.region)
