@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Protocol, Sequence, TypeVar, runtime_check
 from skybroker.errors import BrokerError
 
 __all__ = [
-    "RunResult", "NodeUnreachable", "HostKeyMismatch", "CommandTimeout", "CommandRunner",
+    "RunResult", "NodeUnreachable", "AuthRefused", "HostKeyMismatch", "CommandTimeout", "CommandRunner",
     "run_parallel", "check_env", "RUN_ID_VAR",
 ]
 
@@ -49,6 +49,22 @@ class NodeUnreachable(BrokerError):
     def __init__(self, node_id: str, reason: str = "", hint: str | None = None):
         msg = f"node {node_id} is unreachable" + (f": {reason}" if reason else "")
         super().__init__(msg, hint)
+        self.node_id = node_id
+
+
+class AuthRefused(NodeUnreachable):
+    """The host answers SSH but refuses our key for that user (a wrong `ssh_user` or `identity_file`, or a
+    fresh VM whose key is not installed yet: bring-up waits BROKER_SSH_AUTH_GRACE before believing it).
+    Still a NodeUnreachable to code that only asks "can I reach it?"; exit 2 when it ends a command."""
+
+    exit_code = 2
+
+    def __init__(self, node_id: str, user: str, host: str, key: str):
+        BrokerError.__init__(self, f"SSH authentication failed for {user}@{host} with {key}: check ssh_user / "
+                                   "identity_file",
+                             "the host answers SSH but does not accept this key for this user: for an SSH node pool "
+                             "fix `user` / `identity_file` in ssh_node_pools.yaml; on a cloud, the config's "
+                             "`ssh_user:` must be the image's login user")
         self.node_id = node_id
 
 

@@ -161,3 +161,88 @@ def test_ssh_cluster_works_after_a_launch_and_goes_with_down(node_pool, node_key
         for n in nodes:
             if n.alive:
                 node_pool.kill(n)
+
+
+def test_unusable_identity_file_is_exit_2_before_a_host_is_claimed(node_pool, node_key, tmp_path):
+    """A pool `identity_file` that is missing, a directory, a public key, passphrase-protected or not a
+    key at all is refused before the plan's question and before a host is claimed (it used to wait the
+    whole BROKER_WAIT_READY and fail at teardown), naming ssh_node_pools.yaml, the pool and the field."""
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        pw = tmp_path / "pw_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(pw)], check=True)
+        (tmp_path / "garbage").write_text("not a key\n")
+        task = tmp_path / "t.yaml"
+        task.write_text("name: nk\nresources: {infra: ssh/lab}\nrun: echo ran\n")
+        pools = bh / "ssh_node_pools.yaml"
+        cases = [(tmp_path / "nokey", "does not exist", "lab.identity_file"),
+                 (tmp_path, "is not a file", "lab.identity_file"),
+                 (f"{pw}.pub", "is a public key", "lab.identity_file"),
+                 (pw, "is protected by a passphrase", "lab.identity_file"),
+                 (tmp_path / "garbage", "is not an SSH private key", "lab.hosts[0].identity_file")]
+        for path, why, fld in cases:
+            if fld.startswith("lab.hosts"):
+                pools.write_text(f"lab:\n  user: {node.user}\n  hosts: [{{ip: {node.ip}, identity_file: {path}}}]\n")
+            else:
+                pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {path}\n  hosts: [{node.ip}]\n")
+            r = run("launch", "-y", "-c", "nk", task, env={"BROKER_WAIT_READY": "60"}, timeout=50)
+            err = flat(r.stderr)
+            assert r.returncode == 2, (path, r.stdout, r.stderr)
+            assert f"{pools}: {fld}: {path} {why}" in err, err
+            assert "ran" not in r.stdout and "Traceback" not in r.stderr
+            assert json.loads(run("status", "--json").stdout) == []
+            assert not (node.home / ".skybroker-node").exists()
+        # the in-process launch (as the managed-jobs controller makes it: no CLI preflight) checks it too,
+        # when the place is chosen, before anything is claimed there
+        from skybroker import api, spec, state
+        from skybroker.errors import BrokerError
+
+        pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {tmp_path / 'nokey'}\n  hosts: [{node.ip}]\n")
+        t = spec.task_from_dict({"name": "nk", "resources": {"infra": "ssh/lab"}, "run": "echo ran"})
+        with pytest.raises(BrokerError) as ei:
+            api.launch(t, cluster="nk2", plan=api.plan(t))
+        assert ei.value.exit_code == 2 and "lab.identity_file" in ei.value.message
+        assert state.get_cluster("nk2") is None and state.open_intents("nk2") == []
+    finally:
+        if node.alive:
+            node_pool.kill(node)
+
+
+def test_a_refused_key_or_user_is_said_in_seconds_and_tears_down(node_pool, node_key, tmp_path):
+    """A host that answers SSH but refuses our key (a wrong `identity_file`, or a wrong `user`) is an
+    authentication error naming user, host and key within seconds (it was "unreachable: not reachable
+    after 600s"), exit 2, and the failed bring-up is torn down; the host is free again."""
+    import time
+
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        other = tmp_path / "other_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        task = tmp_path / "t.yaml"
+        task.write_text("name: ak\nresources: {infra: ssh/lab}\nrun: echo ran\n")
+        pools = bh / "ssh_node_pools.yaml"
+        for user, ident in ((node.user, other), ("nosuchuser", key)):
+            pools.write_text(f"lab:\n  user: {user}\n  identity_file: {ident}\n  hosts: [{node.ip}]\n")
+            t0 = time.monotonic()
+            r = run("launch", "-y", "-c", "ak", task, env={"BROKER_WAIT_READY": "60"}, timeout=100)
+            took = time.monotonic() - t0
+            err = flat(r.stderr)
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            assert f"SSH authentication failed for {user}@{node.ip} with {ident}: check ssh_user / identity_file" in err
+            assert "unreachable" not in err and "Traceback" not in err and "ran" not in r.stdout
+            assert "was terminated" in err
+            assert took < 30, took
+            assert json.loads(run("status", "--json").stdout) == []
+        pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {key}\n  hosts: [{node.ip}]\n")
+        r = run("launch", "-y", "-c", "ak", task)  # the host was released
+        assert r.returncode == 0 and "ran" in r.stdout, r.stderr
+        assert run("down", "-y", "ak").returncode == 0
+    finally:
+        if node.alive:
+            node_pool.kill(node)
