@@ -159,7 +159,7 @@ class ClusterRuntime(GangSubmit, JobQueries):
             if git:
                 gitclone.clone(r, self.agent(node, r), task, creds, f"{self.rec.name}-node-{node.rank}")
             if task.workdir:
-                self.agent(node, r).claim([WORKDIR])
+                self.healed(node, lambda a: a.claim([WORKDIR]))  # a re-imaged host gets its agent again
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)
             for m in (m for m in task.file_mounts if not m.is_bucket):
                 if os.path.isdir(m.source):

@@ -72,11 +72,13 @@ class HostKeyMismatch(BrokerError):
     """The pinned host key of an instance changed. Never accepted silently."""
 
     def __init__(self, node_id: str, instance_id: str, expected: str, got: str):
+        m = re.fullmatch(r"(.+)-node-(\d+)", node_id)  # runners are named CLUSTER-node-RANK
+        forget = f"broker hostkeys forget {m[1]} --node {m[2]}" if m else "broker hostkeys forget CLUSTER --node N"
         super().__init__(
             f"host key of node {node_id} (instance {instance_id}) changed: pinned {expected}, "
             f"presented {got}",
-            hint="this may be a man-in-the-middle; if the instance was really re-imaged, "
-                 "forget its pinned key and retry")
+            hint=f"this may be a man-in-the-middle; if the host was really re-imaged, `{forget}` drops its pinned "
+                 "key, then retry (the node agent is reinstalled if the new host has none)")
         self.node_id = node_id
         self.instance_id = instance_id
 

@@ -246,3 +246,64 @@ def test_a_refused_key_or_user_is_said_in_seconds_and_tears_down(node_pool, node
     finally:
         if node.alive:
             node_pool.kill(node)
+
+
+def test_a_reimaged_host_is_named_for_hostkeys_forget_and_gets_its_agent_again(node_pool, node_key, tmp_path):
+    """A pool host replaced at the same IP (new host key, no node agent): the refusal's hint names
+    `broker hostkeys forget CLUSTER --node N` and says nothing ran; once the pin is forgotten, `exec` and
+    `launch -c` reinstall the missing agent and run (they failed with "python3: can't open file
+    .../agent.py"); a read-only command says the agent is missing instead of Python's error."""
+    key, pub = node_key
+    nodes = node_pool.start(2, pub)
+    live = list(nodes)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        hosts = ", ".join(n.ip for n in nodes)
+        (bh / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
+                                                f"  hosts: [{hosts}]\n")
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        (wd / "f.txt").write_text("from-workdir")
+        task = tmp_path / "t.yaml"
+        task.write_text("name: ri\nnum_nodes: 2\nresources: {infra: ssh/lab}\nrun: echo first\n")
+        wtask = tmp_path / "w.yaml"
+        wtask.write_text(f"name: ri\nnum_nodes: 2\nworkdir: {wd}\nresources: {{infra: ssh/lab}}\n"
+                         "setup: echo setup-ran\nrun: cat f.txt\n")
+        assert run("launch", "-y", "-c", "ri", task).returncode == 0
+
+        def reimage(rank):
+            old = live[rank]
+            node_pool.kill(old)
+            new = node_pool.add_node(pub)
+            assert new.ip == old.ip and not (new.home / ".skybroker-node").exists()
+            live[rank] = new
+
+        reimage(1)
+        r = run("exec", "ri", "--", "echo should-not-run")
+        err = flat(r.stderr)
+        assert r.returncode != 0 and "host key" in err and "changed" in err and "should-not-run" not in r.stdout
+        assert "`broker hostkeys forget ri --node 1`" in err, err
+        assert run("hostkeys", "forget", "ri", "--node", "1").returncode == 0
+        r = run("exec", "ri", "--", "echo again-$SKYPILOT_NODE_RANK")
+        assert r.returncode == 0, r.stderr
+        assert "again-0" in r.stdout and "again-1" in r.stdout and "can't open file" not in r.stderr
+        assert (live[1].home / ".skybroker-node" / "agent.py").exists()
+
+        reimage(0)
+        assert run("hostkeys", "forget", "ri", "--node", "0").returncode == 0
+        r = run("launch", "-y", "-c", "ri", wtask)  # the head: sync, setup (its record went with the host), run
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("from-workdir") == 2 and "(node-0) setup-ran" in r.stdout
+
+        reimage(1)
+        assert run("hostkeys", "forget", "ri", "--node", "1").returncode == 0
+        r = run("queue", "ri")
+        assert "the node agent is missing on ri node 1" in flat(r.stderr) and "can't open file" not in r.stderr
+        r = run("launch", "-y", "-c", "ri", task)  # no workdir: the submission itself reinstalls it
+        assert r.returncode == 0 and r.stdout.count("first") == 2, r.stderr
+        assert run("down", "-y", "ri").returncode == 0
+    finally:
+        for n in live:
+            if n.alive:
+                node_pool.kill(n)
