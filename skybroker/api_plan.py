@@ -178,6 +178,7 @@ def preflight(task, plan=None) -> None:
         from .runtime import identity
 
         identity.preflight(task, plan.chosen.cloud)  # LOCAL_CREDENTIALS: the files exist, before the question
+        prov.preflight_place(plan.chosen.region)  # the SSH key(s) the nodes will be reached with load
         check = prov.check()
         if not check.ok:
             raise CredentialsError(f"the plan chose {plan.chosen.cloud}, which has no usable credentials: "

@@ -17,8 +17,11 @@ from .backend_jobs import JobQueries, JobStatus, NodeJob, aggregate
 from .backend_submit import WORKDIR, GangSubmit, SubmitFailed, setup_fingerprint
 from .errors import BrokerError
 from .runtime.agent_client import NODE_DIR, AgentClient
-from .runtime.runner import NodeUnreachable, run_parallel
+from .runtime.runner import AuthRefused, NodeUnreachable, run_parallel
 from .state import ClusterRecord, NodeRecord
+
+
+AUTH_REFUSALS = 3  # refusals of our SSH key in a row before bring-up believes them (see wait_ready)
 
 
 class NodeLost(NodeUnreachable):
@@ -82,22 +85,33 @@ class ClusterRuntime(GangSubmit, JobQueries):
         """Wait until every node answers a command (SSH up), at most `wait_ready` seconds. While nodes do
         not answer, the provider is asked every few seconds whether their instances still exist: a node
         preempted meanwhile raises NodeLost at once instead of after the timeout. A changed host key is
-        never waited out. Ctrl-C stops waiting at once (the probes notice the stop flag)."""
+        never waited out, nor is a key that cannot be loaded. A host that answers but refuses our key fails
+        the wait after AUTH_REFUSALS refusals in a row spanning `ssh_auth_grace` seconds (a fresh cloud VM
+        refuses keys until cloud-init installs them; an SSH pool's hosts have theirs already: no grace).
+        Ctrl-C stops waiting at once (the probes notice the stop flag)."""
         timeout = settings.get("wait_ready") if timeout is None else timeout
         deadline = time.time() + timeout
+        grace = settings.get("ssh_auth_grace") if self.provider.keys_at_boot else 0.0
         stop = threading.Event()
         errors: dict[int, BaseException] = {}
         ready: set[int] = set()
 
         def one(node):
+            refused: list[float] = []  # when the host refused our key, in a row
             try:
                 while not stop.is_set():
                     try:
                         if self.runner(node).alive(timeout=10):
                             ready.add(node.rank)
                             return
+                        refused.clear()
+                    except AuthRefused:
+                        refused.append(time.time())
+                        if (len(refused) >= AUTH_REFUSALS and refused[-1] - refused[0] >= grace) or \
+                                time.time() > deadline:
+                            raise
                     except NodeUnreachable:
-                        pass
+                        refused.clear()
                     if time.time() > deadline:
                         raise NodeUnreachable(f"{self.rec.name}-node-{node.rank}", f"not reachable after {timeout:.0f}s")
                     stop.wait(1.0)
@@ -145,7 +159,7 @@ class ClusterRuntime(GangSubmit, JobQueries):
             if git:
                 gitclone.clone(r, self.agent(node, r), task, creds, f"{self.rec.name}-node-{node.rank}")
             if task.workdir:
-                self.agent(node, r).claim([WORKDIR])
+                self.healed(node, lambda a: a.claim([WORKDIR]))  # a re-imaged host gets its agent again
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)
             for m in (m for m in task.file_mounts if not m.is_bucket):
                 if os.path.isdir(m.source):

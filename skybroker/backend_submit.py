@@ -21,7 +21,7 @@ from . import settings
 from .backend_jobs import JobStatus, NodeJob, aggregate
 from .errors import BrokerError
 from .failpoints import failpoint
-from .runtime.agent_client import AgentOutdated
+from .runtime.agent_client import AgentMissing, AgentOutdated
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 
 WORKDIR = "~/sky_workdir"
@@ -47,6 +47,17 @@ class GangSubmit:
             env[f"BROKER_{k}"] = v
         env.update(task.env_dict)
         return env
+
+    def healed(self, node, call):
+        """`call(agent)` on the node; on a node without an agent (a re-imaged host: AgentMissing, nothing
+        ran) the agent is installed and `call` made again. Only for submission and its sync, which hold
+        the cluster's lock: a `down` removing the agent meanwhile cannot be undone by it."""
+        agent = self.agent(node)
+        try:
+            return call(agent)
+        except AgentMissing:
+            agent.install()
+            return call(agent)
 
     def find_token(self, token: str) -> int | None:
         """The job a submit token already started on this cluster (released on every node), or None.
@@ -83,7 +94,7 @@ class GangSubmit:
         and then knows). `setup_done_on` is then the ranks whose agent had that setup done when the job
         arrived (None: no setup, or an agent that does not say)."""
         head = self.nodes[0]
-        job_id, _ = self.agent(head).next_id(token)
+        job_id, _ = self.healed(head, lambda a: a.next_id(token))
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
         setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
         gang = len(self.nodes) > 1
@@ -97,7 +108,7 @@ class GangSubmit:
                                     extra_env=extra_env, env_by_rank=env_by_rank, token=token, held=held,
                                     notice=notice, setup_key=setup_key)
             failpoint(f"submit-node-{node.rank}")
-            answer = self.agent(node).submit(payload)
+            answer = self.healed(node, lambda a: a.submit(payload))
             delivered.add(node.rank)
             if "setup_done" in answer:  # an agent from before it answered this says nothing
                 done[node.rank] = bool(answer["setup_done"])
@@ -200,7 +211,8 @@ class SubmitFailed(BrokerError):
         why = "interrupted" if isinstance(cause, KeyboardInterrupt) else (
             getattr(cause, "message", None) or str(cause) or type(cause).__name__)
         if job_id is None:  # a one-call submit (run_followed): the node allocates the id
-            what = "nothing runs" if undone else "the node may have it; see `broker queue`"
+            what = "nothing runs" if undone or isinstance(cause, HostKeyMismatch) else \
+                "the node may have it; see `broker queue`"  # a changed host key: nothing was sent
             super().__init__(f"submitting the job failed ({why}): {what}")
             if isinstance(cause, HostKeyMismatch):
                 self.hint = cause.hint

@@ -380,10 +380,12 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
                         use_spot=False, num_nodes=b.task.num_nodes, hourly_price=0.0, status=INIT,
                         launched_at=time.time(), owner=b.owner)
 
+    from .clouds import registry
     from .runtime import identity
 
     def on_place(cand):  # the row says where the cluster is going before anything is created there
         identity.preflight(b.task, cand.cloud)  # LOCAL_CREDENTIALS for that cloud: its files exist (exit 2)
+        registry.get(cand.cloud, sdk=False).preflight_place(cand.region)  # its SSH key(s) load (exit 2)
         rec.cloud, rec.region, rec.zone = cand.cloud, cand.region, cand.zone
         rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot
         rec.hourly_price, rec.resources = cand.total, cand.resources.describe()

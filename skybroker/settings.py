@@ -38,6 +38,9 @@ SETTINGS: tuple[Setting, ...] = (
     # -- bring-up
     _S("wait_ready", "BROKER_WAIT_READY", float, 600.0, "seconds to wait for every node to accept commands"),
     _S("ssh_connect_timeout", "BROKER_SSH_CONNECT_TIMEOUT", float, 10.0, "seconds for one SSH connect attempt"),
+    _S("ssh_auth_grace", "BROKER_SSH_AUTH_GRACE", float, 60.0,
+       "seconds a fresh cloud node may refuse our SSH key (until cloud-init installs it) before the launch fails "
+       "with an authentication error (SSH node pools: 3 refusals in a row)"),
     _S("throttle_retries", "BROKER_THROTTLE_RETRIES", int, 5,
        "retries of the same place after the cloud throttles us (RequestLimitExceeded, HTTP 429), with backoff"),
     _S("throttle_backoff", "BROKER_THROTTLE_BACKOFF", float, 2.0, "first backoff after throttling, seconds (doubles)"),

@@ -136,6 +136,7 @@ class Provider:
     sdk_modules: tuple[str, ...] = ()  # imported lazily by the driver; checked with find_spec
     sdk_extra: str | None = None  # `pip install 'skybroker[<extra>]'`
     default_ssh_user: str = "ubuntu"
+    keys_at_boot: bool = True  # a new node gets our SSH key as it boots (it may refuse it for a while)
 
     # -- offers ------------------------------------------------------------------------------------
     def virtual_offers(self, res) -> list:
@@ -207,6 +208,20 @@ class Provider:
     def credential_hint(self) -> str:
         """What to do when `credential_files` finds nothing."""
         return f"the {self.name} cloud has no credential files to copy"
+
+    def preflight_place(self, region: str | None) -> None:
+        """Before anything is created or claimed in `region`: the SSH key the nodes will be reached with
+        can be used (a broken one would only show as nodes that never accept commands). Exit 2."""
+        if not self.capabilities.remote:
+            return
+        from ..paths import broker_home
+        from ..runtime.keys import SSHKeyError, existing_user_key, key_problem
+
+        path = existing_user_key(broker_home())  # none yet: it is made at provisioning
+        why = key_problem(path) if path is not None else None
+        if why:
+            raise SSHKeyError(f"the broker's SSH key {why}", f"move {path.parent} aside: a new key pair is made "
+                              "on the next launch (clusters made with the old key lose access)", exit_code=2)
 
     # -- errors ------------------------------------------------------------------------------------
     def classify(self, exc: BaseException, place: "Place") -> "ProvisionError | None":

@@ -42,6 +42,7 @@ class SSHCloud(Provider):
                 for pool in load_pools() if not res.region or res.region == pool.name]
 
     region_word = "SSH node pool"
+    keys_at_boot = False  # the hosts accept the pool's key already: a refusal is believed at once
 
     def regions(self) -> list:
         return [p.name for p in load_pools()]
@@ -71,6 +72,16 @@ class SSHCloud(Provider):
                 return p
         raise InvalidRequestError(f"no SSH node pool named {name!r}",
                                   hint=f"pools: {', '.join(p.name for p in pools)}")
+
+    def preflight_place(self, region: str | None) -> None:
+        """The pool's `identity_file`s are usable keys (ssh_pools.check_keys), and the broker's own key
+        when some host uses it."""
+        from .ssh_pools import check_keys
+
+        pool = self._pool(region)
+        check_keys(pool)
+        if any(h.identity_file is None for h in pool.hosts):
+            super().preflight_place(region)
 
     def _allocated(self, cluster: str) -> dict[str, str]:
         """instance id → cluster, for hosts held by other clusters: their nodes in the state, and the
@@ -144,7 +155,7 @@ class SSHCloud(Provider):
         when that fails (unreachable, changed host key), with a warning saying what was left."""
         from .. import state
         from ..runtime.agent_client import AgentClient
-        from ..runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
+        from ..runtime.runner import AuthRefused, HostKeyMismatch, NodeUnreachable, run_parallel
 
         rec = state.get_cluster(cluster)
         if rec is None:
@@ -158,6 +169,8 @@ class SSHCloud(Provider):
             except HostKeyMismatch as exc:
                 return (f"{node.ip}: host key changed, nothing was cleaned there ({exc.message}); "
                         f"after checking the host, `broker hostkeys forget {cluster}`")
+            except AuthRefused as exc:
+                return f"{node.ip}: {exc.message}; nothing was cleaned there (~/.skybroker-node may remain)"
             except NodeUnreachable:
                 return f"{node.ip}: unreachable, nothing was cleaned there (~/.skybroker-node may remain)"
             except BrokerError as exc:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecError
@@ -23,6 +23,7 @@ class PoolHost:
     port: int
     user: str
     identity_file: str | None
+    identity_field: str | None = field(default=None, compare=False)  # where the file declares it
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,26 @@ def load_pools() -> list[Pool]:
                                 source=str(path), field=f"{fp}.hosts[{i}]")
             user = h.get("user") or spec.get("user") or os.environ.get("USER", "root")
             ident = h.get("identity_file") or spec.get("identity_file")
+            where = f"{fp}.hosts[{i}].identity_file" if h.get("identity_file") else f"{fp}.identity_file"
             hosts.append(PoolHost(str(h["ip"]), int(h.get("port", 22)), str(user),
-                                  os.path.expanduser(ident) if ident else None))
+                                  os.path.expanduser(ident) if ident else None, where if ident else None))
         pools.append(Pool(fp, tuple(hosts)))
     return pools
+
+
+def check_keys(pool: Pool) -> None:
+    """Every `identity_file` the pool's hosts use is a usable private key (exit 2 naming the file, the
+    pool and the field), checked before a host is claimed: a missing key would otherwise only show as
+    nodes that never accept commands."""
+    from ..runtime.keys import key_problem
+
+    seen = set()
+    for h in pool.hosts:
+        if h.identity_file is None or h.identity_file in seen:
+            continue
+        seen.add(h.identity_file)
+        why = key_problem(h.identity_file)
+        if why:
+            raise SpecError(why, "name the private key that the pool's hosts accept (readable, "
+                            "without a passphrase), or drop `identity_file` to use the broker's own key",
+                            source=str(pools_file()), field=h.identity_field)

@@ -65,6 +65,21 @@ class AgentOutdated(AgentError):
     """The node's agent predates the command (installed by an older broker): `install()` updates it."""
 
 
+class AgentMissing(AgentOutdated):
+    """The node has no agent at all (a re-imaged host, its ~/.skybroker-node removed): the command did not
+    run. Submission (`exec`, `launch -c`, under the cluster's lock) installs it and goes on."""
+
+    def __init__(self, label: str):
+        super().__init__(f"the node agent is missing on {label} ({AGENT_PATH} not found: the host was re-imaged "
+                         "or that directory removed)", "`broker exec` or `broker launch -c` on the cluster "
+                         "installs it again (the jobs the host ran before are not known there any more)")
+
+
+def _missing(res) -> bool:
+    """The command could not start because the agent's launcher is not on the node (Python says so, exit 2)."""
+    return res.exit_code == 2 and "can't open file" in res.stderr and "agent.py" in res.stderr
+
+
 class AgentClient:
     def __init__(self, runner, python: str = "python3 -S", label: str = ""):
         self.runner = runner
@@ -78,6 +93,8 @@ class AgentClient:
     def _call(self, *args, stdin: bytes | None = None, timeout: float = 60.0, missing_ok: bool = False,
               container: bool = False) -> dict:
         res = self.runner.run(self._cmd(*args), stdin=stdin, timeout=timeout)
+        if _missing(res):
+            raise AgentMissing(self.label)
         out: dict = {}
         text = res.stdout.strip()
         if text:
@@ -154,6 +171,8 @@ class AgentClient:
                 on_line(text)
 
         res = self.runner.run(self._cmd("run", "--marker", marker), stdin=json.dumps(payload).encode(), stream=line)
+        if "start" not in seen and _missing(res):
+            raise AgentMissing(self.label)
         if "start" not in seen:
             out: dict = {}
             try:
@@ -243,6 +262,8 @@ class AgentClient:
         args = ["watch", *(int(j) for j in job_ids), "--every", every, "--beat", beat,
                 *(("--also", also) if also else ())]
         res = self.runner.run(self._cmd(*args), stream=line)
+        if True not in docs and _missing(res):
+            raise AgentMissing(self.label)
         if res.exit_code != 0 or True not in docs:
             msg = next((d["error"] for d in docs if isinstance(d, dict)), None) or res.stderr.strip()[-500:] or \
                 f"exit code {res.exit_code}"

@@ -51,6 +51,16 @@ def ensure_user_key(broker_home: Path) -> tuple[Path, str]:
         return _local_key(keys_dir)
 
 
+def existing_user_key(broker_home: Path) -> Path | None:
+    """The private key ensure_user_key would return from this home's files, or None if there is none
+    yet (or the pair is the server's, kept in its database)."""
+    from .. import state
+
+    if state.is_postgres():
+        return None
+    return next((p for p in _private_key_paths(Path(broker_home) / "keys") if p.exists()), None)
+
+
 def _local_key(keys_dir: Path) -> tuple[Path, str]:
     for priv in _private_key_paths(keys_dir):
         if priv.exists():
@@ -169,9 +179,34 @@ def load_private_key(path: Path | str):
 
     try:
         return paramiko.PKey.from_path(str(path))
-    except (OSError, paramiko.SSHException, ValueError) as e:
+    except (OSError, paramiko.SSHException, ValueError, TypeError) as e:  # TypeError: a passphrase
         raise SSHKeyError(f"cannot load SSH private key {path}: {e}",
-                        hint="check the file exists, is readable and has no passphrase") from None
+                          hint="check the file exists, is readable and has no passphrase") from None
+
+
+def key_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be used as an SSH private key (missing, unreadable, a passphrase, not a private
+    key), or None when it loads. Checked before anything is created, so the launch never waits on it."""
+    import paramiko
+
+    p = Path(path)
+    if not p.exists():
+        return f"{path} does not exist"
+    if not p.is_file():
+        return f"{path} is not a file"
+    try:
+        head = p.read_bytes()[:64]
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror or e}"
+    try:
+        paramiko.PKey.from_path(str(p))
+    except TypeError:
+        return f"{path} is protected by a passphrase (skybroker needs a key without one)"
+    except (OSError, paramiko.SSHException, ValueError):
+        if head.startswith((b"ssh-", b"ecdsa-", b"sk-")):
+            return f"{path} is a public key, not the private key"
+        return f"{path} is not an SSH private key (OpenSSH or PEM: ed25519, ecdsa or rsa)"
+    return None
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

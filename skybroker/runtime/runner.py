@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Protocol, Sequence, TypeVar, runtime_check
 from skybroker.errors import BrokerError
 
 __all__ = [
-    "RunResult", "NodeUnreachable", "HostKeyMismatch", "CommandTimeout", "CommandRunner",
+    "RunResult", "NodeUnreachable", "AuthRefused", "HostKeyMismatch", "CommandTimeout", "CommandRunner",
     "run_parallel", "check_env", "RUN_ID_VAR",
 ]
 
@@ -52,15 +52,33 @@ class NodeUnreachable(BrokerError):
         self.node_id = node_id
 
 
+class AuthRefused(NodeUnreachable):
+    """The host answers SSH but refuses our key for that user (a wrong `ssh_user` or `identity_file`, or a
+    fresh VM whose key is not installed yet: bring-up waits BROKER_SSH_AUTH_GRACE before believing it).
+    Still a NodeUnreachable to code that only asks "can I reach it?"; exit 2 when it ends a command."""
+
+    exit_code = 2
+
+    def __init__(self, node_id: str, user: str, host: str, key: str):
+        BrokerError.__init__(self, f"SSH authentication failed for {user}@{host} with {key}: check ssh_user / "
+                                   "identity_file",
+                             "the host answers SSH but does not accept this key for this user: for an SSH node pool "
+                             "fix `user` / `identity_file` in ssh_node_pools.yaml; on a cloud, the config's "
+                             "`ssh_user:` must be the image's login user")
+        self.node_id = node_id
+
+
 class HostKeyMismatch(BrokerError):
     """The pinned host key of an instance changed. Never accepted silently."""
 
     def __init__(self, node_id: str, instance_id: str, expected: str, got: str):
+        m = re.fullmatch(r"(.+)-node-(\d+)", node_id)  # runners are named CLUSTER-node-RANK
+        forget = f"broker hostkeys forget {m[1]} --node {m[2]}" if m else "broker hostkeys forget CLUSTER --node N"
         super().__init__(
             f"host key of node {node_id} (instance {instance_id}) changed: pinned {expected}, "
             f"presented {got}",
-            hint="this may be a man-in-the-middle; if the instance was really re-imaged, "
-                 "forget its pinned key and retry")
+            hint=f"this may be a man-in-the-middle; if the host was really re-imaged, `{forget}` drops its pinned "
+                 "key, then retry (the node agent is reinstalled if the new host has none)")
         self.node_id = node_id
         self.instance_id = instance_id
 

@@ -26,8 +26,8 @@ from typing import Callable, Mapping
 
 from skybroker.errors import BrokerError
 from skybroker.runtime import sync as _sync
-from skybroker.runtime.keys import HostKeyStore, fingerprint, load_private_key
-from skybroker.runtime.runner import (RUN_ID_VAR, CommandTimeout, HostKeyMismatch, LineSplitter,
+from skybroker.runtime.keys import HostKeyStore, SSHKeyError, fingerprint, load_private_key
+from skybroker.runtime.runner import (RUN_ID_VAR, AuthRefused, CommandTimeout, HostKeyMismatch, LineSplitter,
                                       NodeUnreachable, RunResult, check_env, new_run_id)
 
 # paramiko logs socket errors at ERROR; without a handler Python's last-resort handler would print them.
@@ -160,8 +160,8 @@ class SSHRunner:
             raise
         except paramiko.AuthenticationException:
             t.close()
-            raise NodeUnreachable(self.node_id, f"SSH authentication as {self.user} at {where} failed",
-                                  hint="the node does not accept this key") from None
+            raise AuthRefused(self.node_id, self.user, self.host if self.port == 22 else where,
+                              str(self.key_path)) from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             t.close()
             raise NodeUnreachable(self.node_id, f"SSH handshake with {where} failed: "
@@ -338,10 +338,11 @@ class SSHRunner:
     # ------------------------------------------------------------------ liveness
     def alive(self, timeout: float = 5.0) -> bool:
         """True if the node runs a command now. A changed host key is not "unreachable": it raises
-        HostKeyMismatch (never waited out, never accepted)."""
+        HostKeyMismatch (never waited out, never accepted); a host refusing our key raises AuthRefused,
+        and a key that cannot be loaded SSHKeyError (waiting cures neither)."""
         try:
             r = self.run("true", timeout=timeout, _connect_timeout=timeout)
-        except HostKeyMismatch:
+        except (HostKeyMismatch, AuthRefused, SSHKeyError):
             raise
         except BrokerError:
             return False

@@ -171,3 +171,89 @@ def test_local_credentials_copied_onto_real_aws_nodes(ec2_with_nodes, ubuntu_poo
     api.down(["awsidn"])
     assert ec2_with_nodes == {} and ubuntu_pool.nodes == []
     assert_no_leak([], api.events("awsidn", limit=500), paths.broker_home())
+
+
+def _aws_task(name):
+    from skybroker import spec
+
+    return spec.task_from_dict({"name": name, "resources": {"infra": "aws/us-east-1", "instance_type": "m5.large",
+                                                            "image_id": "ami-12345678"}, "run": "echo ran"})
+
+
+def _live_instances():
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] not in ("terminated", "shutting-down")]
+
+
+def test_wrong_ssh_user_is_an_authentication_error_after_the_grace_and_tears_down(ec2_with_nodes, ubuntu_pool,
+                                                                                   monkeypatch):
+    """config `ssh_user: {aws: ec2-user}` on an image whose user is ubuntu: the VM answers SSH and refuses
+    the key. After BROKER_SSH_AUTH_GRACE of refusals in a row the launch fails saying so (user, host,
+    key), exit 2 — not "unreachable" after the whole BROKER_WAIT_READY — and the instance is terminated."""
+    import time
+
+    from skybroker import api, paths, state
+    from skybroker.lifecycle import BringUpError
+
+    (paths.broker_home() / "config.yaml").write_text("ssh_user: {aws: ec2-user}\n")
+    monkeypatch.setenv("BROKER_WAIT_READY", "60")
+    monkeypatch.setenv("BROKER_SSH_AUTH_GRACE", "3")
+    task = _aws_task("aws-user")
+    t0 = time.monotonic()
+    with pytest.raises(BringUpError) as ei:
+        api.launch(task, cluster="awsuser", plan=api.plan(task, clouds=("aws",)))
+    took = time.monotonic() - t0
+    err = ei.value
+    key = paths.broker_home() / "keys" / "id_ed25519"
+    assert "SSH authentication failed for ec2-user@" in err.message and f"with {key}: check ssh_user" in err.message
+    assert "unreachable" not in err.message and err.exit_code == 2
+    assert 3 <= took < 40, took  # the grace, then at once
+    assert err.torn_down and _live_instances() == [] and ec2_with_nodes == {}
+    assert state.get_cluster("awsuser") is None
+
+
+def test_a_fresh_vm_refusing_the_key_for_a_few_seconds_is_waited_for(ec2_with_nodes, ubuntu_pool, monkeypatch):
+    """A VM that refuses our key until cloud-init installs it (here: for ~4 s) is not an authentication
+    error within BROKER_SSH_AUTH_GRACE: the launch waits and runs."""
+    import threading
+
+    from skybroker import api
+
+    monkeypatch.setenv("BROKER_SSH_AUTH_GRACE", "30")
+    real_add = ubuntu_pool.add_node
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnC8v3mv6n4uC1Mq2Ykgq2y4ZbH3j1uQ0Qm1xQe0p2K not-ours"
+
+    def add_node(pubkey, **kw):
+        node = real_add(other, **kw)  # boots refusing our key; "cloud-init" installs it a little later
+        auth = node.home / ".ssh" / "authorized_keys"
+        threading.Timer(4.0, lambda: auth.write_text(pubkey.strip() + "\n")).start()
+        return node
+
+    monkeypatch.setattr(ubuntu_pool, "add_node", add_node)
+    task = _aws_task("aws-late")
+    lines = []
+    res = api.launch(task, cluster="awslate", plan=api.plan(task, clouds=("aws",)),
+                     on_line=lambda r, l: lines.append(l))
+    assert res.status.status == "SUCCEEDED" and "ran" in lines
+    api.down(["awslate"])
+    assert _live_instances() == []
+
+
+def test_an_unusable_broker_key_is_exit_2_before_an_instance_is_created(ec2_with_nodes, ubuntu_pool, monkeypatch):
+    """The broker's own SSH key (BROKER_HOME/keys) that cannot be loaded is refused when the place is
+    chosen, before RunInstances (it used to create the VM and wait the whole BROKER_WAIT_READY)."""
+    from skybroker import api, paths, state
+    from skybroker.errors import BrokerError
+
+    key = paths.broker_home() / "keys" / "id_ed25519"
+    key.write_text("damaged\n")  # its .pub stays: the launch would otherwise go ahead
+    monkeypatch.setenv("BROKER_WAIT_READY", "30")
+    task = _aws_task("aws-key")
+    with pytest.raises(BrokerError) as ei:
+        api.launch(task, cluster="awskey", plan=api.plan(task, clouds=("aws",)))
+    assert ei.value.exit_code == 2
+    assert f"the broker's SSH key {key} is not an SSH private key" in ei.value.message
+    assert _live_instances() == [] and ec2_with_nodes == {} and state.get_cluster("awskey") is None

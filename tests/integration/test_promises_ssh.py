@@ -161,3 +161,149 @@ def test_ssh_cluster_works_after_a_launch_and_goes_with_down(node_pool, node_key
         for n in nodes:
             if n.alive:
                 node_pool.kill(n)
+
+
+def test_unusable_identity_file_is_exit_2_before_a_host_is_claimed(node_pool, node_key, tmp_path):
+    """A pool `identity_file` that is missing, a directory, a public key, passphrase-protected or not a
+    key at all is refused before the plan's question and before a host is claimed (it used to wait the
+    whole BROKER_WAIT_READY and fail at teardown), naming ssh_node_pools.yaml, the pool and the field."""
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        pw = tmp_path / "pw_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(pw)], check=True)
+        (tmp_path / "garbage").write_text("not a key\n")
+        task = tmp_path / "t.yaml"
+        task.write_text("name: nk\nresources: {infra: ssh/lab}\nrun: echo ran\n")
+        pools = bh / "ssh_node_pools.yaml"
+        cases = [(tmp_path / "nokey", "does not exist", "lab.identity_file"),
+                 (tmp_path, "is not a file", "lab.identity_file"),
+                 (f"{pw}.pub", "is a public key", "lab.identity_file"),
+                 (pw, "is protected by a passphrase", "lab.identity_file"),
+                 (tmp_path / "garbage", "is not an SSH private key", "lab.hosts[0].identity_file")]
+        for path, why, fld in cases:
+            if fld.startswith("lab.hosts"):
+                pools.write_text(f"lab:\n  user: {node.user}\n  hosts: [{{ip: {node.ip}, identity_file: {path}}}]\n")
+            else:
+                pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {path}\n  hosts: [{node.ip}]\n")
+            r = run("launch", "-y", "-c", "nk", task, env={"BROKER_WAIT_READY": "60"}, timeout=50)
+            err = flat(r.stderr)
+            assert r.returncode == 2, (path, r.stdout, r.stderr)
+            assert f"{pools}: {fld}: {path} {why}" in err, err
+            assert "ran" not in r.stdout and "Traceback" not in r.stderr
+            assert json.loads(run("status", "--json").stdout) == []
+            assert not (node.home / ".skybroker-node").exists()
+        # the in-process launch (as the managed-jobs controller makes it: no CLI preflight) checks it too,
+        # when the place is chosen, before anything is claimed there
+        from skybroker import api, spec, state
+        from skybroker.errors import BrokerError
+
+        pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {tmp_path / 'nokey'}\n  hosts: [{node.ip}]\n")
+        t = spec.task_from_dict({"name": "nk", "resources": {"infra": "ssh/lab"}, "run": "echo ran"})
+        with pytest.raises(BrokerError) as ei:
+            api.launch(t, cluster="nk2", plan=api.plan(t))
+        assert ei.value.exit_code == 2 and "lab.identity_file" in ei.value.message
+        assert state.get_cluster("nk2") is None and state.open_intents("nk2") == []
+    finally:
+        if node.alive:
+            node_pool.kill(node)
+
+
+def test_a_refused_key_or_user_is_said_in_seconds_and_tears_down(node_pool, node_key, tmp_path):
+    """A host that answers SSH but refuses our key (a wrong `identity_file`, or a wrong `user`) is an
+    authentication error naming user, host and key within seconds (it was "unreachable: not reachable
+    after 600s"), exit 2, and the failed bring-up is torn down; the host is free again."""
+    import time
+
+    key, pub = node_key
+    (node,) = node_pool.start(1, pub)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        other = tmp_path / "other_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        task = tmp_path / "t.yaml"
+        task.write_text("name: ak\nresources: {infra: ssh/lab}\nrun: echo ran\n")
+        pools = bh / "ssh_node_pools.yaml"
+        for user, ident in ((node.user, other), ("nosuchuser", key)):
+            pools.write_text(f"lab:\n  user: {user}\n  identity_file: {ident}\n  hosts: [{node.ip}]\n")
+            t0 = time.monotonic()
+            r = run("launch", "-y", "-c", "ak", task, env={"BROKER_WAIT_READY": "60"}, timeout=100)
+            took = time.monotonic() - t0
+            err = flat(r.stderr)
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            assert f"SSH authentication failed for {user}@{node.ip} with {ident}: check ssh_user / identity_file" in err
+            assert "unreachable" not in err and "Traceback" not in err and "ran" not in r.stdout
+            assert "was terminated" in err
+            assert took < 30, took
+            assert json.loads(run("status", "--json").stdout) == []
+        pools.write_text(f"lab:\n  user: {node.user}\n  identity_file: {key}\n  hosts: [{node.ip}]\n")
+        r = run("launch", "-y", "-c", "ak", task)  # the host was released
+        assert r.returncode == 0 and "ran" in r.stdout, r.stderr
+        assert run("down", "-y", "ak").returncode == 0
+    finally:
+        if node.alive:
+            node_pool.kill(node)
+
+
+def test_a_reimaged_host_is_named_for_hostkeys_forget_and_gets_its_agent_again(node_pool, node_key, tmp_path):
+    """A pool host replaced at the same IP (new host key, no node agent): the refusal's hint names
+    `broker hostkeys forget CLUSTER --node N` and says nothing ran; once the pin is forgotten, `exec` and
+    `launch -c` reinstall the missing agent and run (they failed with "python3: can't open file
+    .../agent.py"); a read-only command says the agent is missing instead of Python's error."""
+    key, pub = node_key
+    nodes = node_pool.start(2, pub)
+    live = list(nodes)
+    try:
+        bh = Path(os.environ["BROKER_HOME"])
+        bh.mkdir(parents=True, exist_ok=True)
+        hosts = ", ".join(n.ip for n in nodes)
+        (bh / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
+                                                f"  hosts: [{hosts}]\n")
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        (wd / "f.txt").write_text("from-workdir")
+        task = tmp_path / "t.yaml"
+        task.write_text("name: ri\nnum_nodes: 2\nresources: {infra: ssh/lab}\nrun: echo first\n")
+        wtask = tmp_path / "w.yaml"
+        wtask.write_text(f"name: ri\nnum_nodes: 2\nworkdir: {wd}\nresources: {{infra: ssh/lab}}\n"
+                         "setup: echo setup-ran\nrun: cat f.txt\n")
+        assert run("launch", "-y", "-c", "ri", task).returncode == 0
+
+        def reimage(rank):
+            old = live[rank]
+            node_pool.kill(old)
+            new = node_pool.add_node(pub)
+            assert new.ip == old.ip and not (new.home / ".skybroker-node").exists()
+            live[rank] = new
+
+        reimage(1)
+        r = run("exec", "ri", "--", "echo should-not-run")
+        err = flat(r.stderr)
+        assert r.returncode != 0 and "host key" in err and "changed" in err and "should-not-run" not in r.stdout
+        assert "`broker hostkeys forget ri --node 1`" in err, err
+        assert run("hostkeys", "forget", "ri", "--node", "1").returncode == 0
+        r = run("exec", "ri", "--", "echo again-$SKYPILOT_NODE_RANK")
+        assert r.returncode == 0, r.stderr
+        assert "again-0" in r.stdout and "again-1" in r.stdout and "can't open file" not in r.stderr
+        assert (live[1].home / ".skybroker-node" / "agent.py").exists()
+
+        reimage(0)
+        assert run("hostkeys", "forget", "ri", "--node", "0").returncode == 0
+        r = run("launch", "-y", "-c", "ri", wtask)  # the head: sync, setup (its record went with the host), run
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("from-workdir") == 2 and "(node-0) setup-ran" in r.stdout
+
+        reimage(1)
+        assert run("hostkeys", "forget", "ri", "--node", "1").returncode == 0
+        r = run("queue", "ri")
+        assert "the node agent is missing on ri node 1" in flat(r.stderr) and "can't open file" not in r.stderr
+        r = run("launch", "-y", "-c", "ri", task)  # no workdir: the submission itself reinstalls it
+        assert r.returncode == 0 and r.stdout.count("first") == 2, r.stderr
+        assert run("down", "-y", "ri").returncode == 0
+    finally:
+        for n in live:
+            if n.alive:
+                node_pool.kill(n)
