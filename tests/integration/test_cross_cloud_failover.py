@@ -48,7 +48,9 @@ def clouds(monkeypatch):
 
 
 def v100_task():
-    return task_from_dict({"resources": {"accelerators": "V100:1", "image_id": "ami-12345678"}, "run": "true"})
+    # the AMI is AWS's (an image id without its cloud is refused): any_of puts it on the AWS option only
+    return task_from_dict({"resources": {"accelerators": "V100:1", "any_of": [
+        {"infra": "aws", "image_id": "ami-12345678"}, {"infra": "gcp"}, {"infra": "azure"}]}, "run": "true"})
 
 
 def launch(task, cluster="xc"):
