@@ -96,20 +96,23 @@ def launch(task, *, cluster: str | None = None, plan_fn=None, detach: bool = Fal
         rt.close()
         return LaunchResult(name, run.job_id, None, run.attempts, run.reused)
     st = _stream(rt, name, run.job_id, on_line)
-    return LaunchResult(name, run.job_id, st, run.attempts, run.reused, _settled_status(name, on_event))
+    return LaunchResult(name, run.job_id, st, run.attempts, run.reused, _settled_status(name, st, on_event))
 
 
-def _settled_status(name: str, on_event: Event) -> str | None:
+def _settled_status(name: str, st: JobStatus, on_event: Event) -> str | None:
     """The cluster's status after the job, for the launch's last words. A `stop` or `down` that killed the
     job holds the cluster lock from before it touched the instances until its state is written, so once we
-    hold the lock it has finished (waiting at most 10 minutes; then the status as it is)."""
+    hold the lock it has finished. Only a job that did not succeed can have been killed so: only then is the
+    lock waited for (at most 2 minutes, e.g. behind another launch onto the cluster; then the status as is)."""
     from .locks import ClusterBusy
 
-    try:
-        with cluster_lock(name, on_wait=lambda m: on_event("wait", m), timeout=600):
-            rec = state.get_cluster(name)
-    except ClusterBusy:
-        rec = state.get_cluster(name)
+    if st.status != "SUCCEEDED":
+        try:
+            with cluster_lock(name, on_wait=lambda m: on_event("wait", m), timeout=120):
+                pass
+        except ClusterBusy:
+            pass
+    rec = state.get_cluster(name)
     return rec.status if rec else None
 
 
@@ -322,7 +325,6 @@ def _require_up(rec: ClusterRecord) -> None:
                          f"`broker down {rec.name}` removes it, `broker launch -c {rec.name} TASK` relaunches it")
     if rec.status != UP:
         raise UsageError(f"cluster {rec.name} is {rec.status}", cluster_ops.not_up_hint(rec))
-
 
 
 def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobStatus:

@@ -7,8 +7,8 @@ out is skipped with a note, as options on unsupported clouds are (spec_groups.py
 option is left out is refused (SpecError, exit 2) naming the field, the cloud and the config's list. An
 option naming a region its provider does not have could never fit: skipped with a note, and refused (exit 2,
 with some of the valid names) when no option remains; so is an unknown zone, after the provider maps the
-user's spelling to its catalog's (`Provider.zone_alias`: AWS AZ names to AZ IDs). Every provider counts, `local` and `ssh` too: a
-config without `allowed_clouds` allows all. Nothing here names a cloud; providers declare their regions
+user's spelling to its catalog's (`Provider.zone_alias`: AWS AZ names to AZ IDs). Every provider counts,
+`local` and `ssh` too: a config without `allowed_clouds` allows all. Nothing here names a cloud; providers declare their regions
 (`Provider.known_regions`).
 """
 from __future__ import annotations
@@ -71,8 +71,9 @@ def _left_out(r, allowed, allowed_regions, where):
                    f"({', '.join(regions)})",
                    f"name one of those regions, or add {r.region} to allowed_regions.{r.cloud} in {where}", field,
                    True)
-    return r, _unknown(prov, r.cloud, r.region, prov.known_regions if prov else None, prov.region_word if prov else
-                       "region", field)
+    if prov is None:
+        return r, None
+    return r, _unknown(prov, r.cloud, r.region, prov.known_regions, prov.region_word, field)
 
 
 def _zone(prov, r, field):
@@ -85,10 +86,9 @@ def _zone(prov, r, field):
         return r, (f"{r.cloud} zone {r.zone!r}: {e.args[0]}", e.args[1], field, False)
     if alias:
         r = replace(r, region=alias[0], zone=alias[1])
-    if r.region:
-        r2, why = r, _unknown(prov, r.cloud, r.region, prov.known_regions, prov.region_word, field)
-        if why:
-            return r2, why
+    why = _unknown(prov, r.cloud, r.region, prov.known_regions, prov.region_word, field) if r.region else None
+    if why:
+        return r, why
     where = f"{r.cloud}/{r.region}" if r.region else r.cloud
     try:
         known = prov.known_zones(r.region)
@@ -102,8 +102,6 @@ def _zone(prov, r, field):
 
 def _unknown(prov, where, name, list_known, word, field):
     """Why `name` (a region or zone of `where`) is unknown, or None (also when not checkable)."""
-    if prov is None:
-        return None
     try:
         known = list_known()
     except Exception:  # noqa: BLE001 - a provider that cannot list them now: its offers decide
