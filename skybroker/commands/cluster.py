@@ -17,15 +17,18 @@ def _job_code(st) -> int:
     return st.exit_code if st.exit_code not in (None, 0) else 1
 
 
-def _job_exit(st, cluster: str, gone: bool = False) -> int:
-    """The job's exit code carries through (for CI); a lost node is an error with a clear message."""
+def _job_exit(st, cluster: str, after: str | None = "UP") -> int:
+    """The job's exit code carries through (for CI); a lost node is an error with a clear message. `after`:
+    the cluster's status once the job ended (None: gone), so a node lost to a stop or down is said as such."""
     if st is None:
         return 0
     render.job_summary(st, cluster)
+    if any(n.status == "UNREACHABLE" for n in st.nodes) and after in ("STOPPED", "STOPPING"):
+        return _job_code(st)  # the user stopped it: render.launch_end says so
     if any(n.status == "UNREACHABLE" for n in st.nodes):
         from ..errors import BrokerError
 
-        if gone:
+        if after is None:
             raise BrokerError(f"cluster {cluster} was torn down during the job", "nothing of it is left")
         lost = [str(n.rank) for n in st.nodes if n.status == "UNREACHABLE"]
         raise BrokerError(f"node(s) {', '.join(lost)} of cluster {cluster} became unreachable during the job "
@@ -119,7 +122,7 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
         render.info(f"job {res.job_id} submitted to cluster {res.cluster}; follow it with "
                     f"`broker logs {res.cluster} {res.job_id} --follow`")
         return 0
-    code = _job_exit(res.status, res.cluster, gone=res.cluster_status is None)
+    code = _job_exit(res.status, res.cluster, res.cluster_status)
     render.launch_end(res.cluster, res.cluster_status)
     return code
 
