@@ -142,8 +142,10 @@ def read_yaml_docs(path: str | os.PathLike, what: str = "task") -> tuple[list[tu
     p = Path(path)
     shown = str(path)
     if not p.exists():
-        raise SpecError("file not found", "check the path; a task is a YAML file like examples/hello.yaml",
-                        source=shown)
+        hint = "check the path; a task is a YAML file like examples/hello.yaml"
+        if p.parts[:1] == ("examples",) and not Path("examples").exists():
+            hint = "the example tasks ship with skybroker: `broker examples` copies them into ./examples"
+        raise SpecError("file not found", hint, source=shown)
     if p.is_dir():
         raise SpecError("is a directory, not a task file", "pass the YAML file inside it", source=shown)
     try:
