@@ -162,3 +162,14 @@ def test_malformed_yaml_reports_line(tmp_path):
     with pytest.raises(SpecError) as ei:
         load_task(p)
     assert f"{p}:" in ei.value.message and "malformed YAML" in ei.value.message
+
+
+@pytest.mark.parametrize("path", ['"C:\\Users\\me\\proj"', '"D:\\data"'])
+def test_a_windows_path_in_double_quotes_says_how_to_quote_it(tmp_path, path):
+    """libyaml's "did not find expected hexdecimal number" (\\U) or "found unknown escape character" (\\d)
+    alone does not tell a Windows user that the backslashes are the problem."""
+    p = write(tmp_path, f"name: w\nworkdir: {path}\nrun: x\n")
+    with pytest.raises(SpecError) as ei:
+        load_task(p)
+    assert f"{p}:2: malformed YAML" in ei.value.message
+    assert "use single quotes" in ei.value.hint and "forward slashes" in ei.value.hint
