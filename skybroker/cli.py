@@ -97,6 +97,9 @@ class LazyGroup(click.Group):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError:
+            if args and args[0] in ("help", "version"):  # what people type first (git help, kubectl version)
+                flag = f"{args[1]} --help" if args[0] == "help" and len(args) > 1 else f"--{args[0]}"
+                raise click.UsageError(f"no such command {args[0]!r}; did you mean `broker {flag}`?") from None
             if args and args[0] not in COMMANDS and not args[0].startswith("-"):
                 from difflib import get_close_matches
 

@@ -77,3 +77,10 @@ def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_traceback(encodin
     assert "minimizing cost" in r.stdout and "task v100" in r.stdout and "Chosen: n1-highmem-8" in r.stdout, r.stdout
     r = run("launch", "--dryrun", "t\u00e2che-\u2714.yaml", cwd=REPO, env=env)  # the error names the file
     assert r.returncode == 2 and "file not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, flag", [(["version"], "--version"), (["help"], "--help"),
+                                        (["help", "launch"], "launch --help")])
+def test_help_and_version_as_commands_name_the_flag(tmp_path, args, flag):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2 and f"did you mean `broker {flag}`?" in r.stderr, r.stderr
