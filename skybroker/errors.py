@@ -123,6 +123,9 @@ class ProvisionError(BrokerError):
 
     exit_code = 4
     scope: Scope = Scope.REQUEST
+    # Set by a driver that knows the failed create call created no instance (it was refused before any was
+    # launched): a rollback that cannot reach the cloud then has nothing with a cost to remove.
+    created_nothing: bool = False
 
     def __init__(self, message: str, place: Place | None = None, code: str | None = None,
                  hint: str | None = None):

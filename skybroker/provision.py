@@ -169,7 +169,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) ->
             failpoint("provision-wait")
             return _finish_in_flight(lambda: prov.wait_instances(req, ids), on_event)
         except ProvisionError as exc:
-            _rollback(prov, cluster, cand, intent, on_event)
+            _rollback(prov, cluster, cand, intent, on_event, created_nothing=exc.created_nothing)
             if exc.scope != Scope.RETRY or n == retries:
                 raise
             wait = delay * 2 ** n * (0.75 + 0.5 * random.random())
@@ -247,7 +247,11 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
     return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
 
 
-def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event) -> bool:
+def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, created_nothing: bool = False) -> bool:
+    """Terminate what the attempt may have left. If the cloud cannot be asked (e.g. it refuses our
+    credentials) but the driver knows its create call created no instance, the intent is closed as
+    "refused": nothing with a cost can exist, so no record is kept that only working credentials could
+    remove (a security group it may have made is tagged: `broker gc` finds it)."""
     try:
         for w in prov.terminate(cluster, cand.region) or ():
             on_event("warning", w)
@@ -255,6 +259,12 @@ def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event) -> boo
         return True
     except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if created_nothing:
+            state.set_intent(intent, "refused")
+            on_event("warning", f"no instance of {cluster} was created on {cand.cloud}/{cand.region}; could not "
+                     f"check it for a security group left by the attempt ({msg}): `broker gc` removes any once "
+                     "the cloud accepts the credentials")
+            return True
         on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {msg}; "
                  f"run `broker down {cluster}` or `broker gc`")
         return False
