@@ -234,6 +234,12 @@ def _bring_up_locked(b: BringUp) -> Running:
     rec = state.get_cluster(name)
     if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
+    if rec is not None and rec.status in (UP, STOPPED):  # or been terminated in the cloud's console
+        gone = rec
+        rec = reconcile.unless_gone(rec, locked=True)
+        if rec is None:
+            b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra} (its instances were "
+                       "terminated outside the broker): launching it afresh")
     if rec is not None:  # before anything is done to it: half-made, stopped or up
         try:
             check_owner(rec, b.owner)
@@ -369,7 +375,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     from . import provision
 
     if b.plan_fn is None:
-        raise BrokerError("no plan given for a new cluster")
+        raise BrokerError(f"cluster {b.cluster} does not exist, and no plan was given to create it")
     public_key = None
     if _remote(b.task):
         from .paths import broker_home

@@ -719,3 +719,31 @@ def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_b
     p = _cli(["down", "-y", "credy"], env, tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert moto_srv.instances(cluster="credy") == []
+
+
+def test_launch_onto_a_cluster_terminated_in_the_console_relaunches_it(moto_srv, tmp_path, monkeypatch):
+    """`launch -c NAME` of an UP cluster whose instances were terminated outside the broker: the launch
+    asks the cloud first, says so and creates it afresh (it said the cluster 'stays up' after failing to
+    reach the old address). The new launch is refused capacity, so the test ends at provisioning."""
+    from skybroker.state import ClusterRecord, NodeRecord
+
+    env = {**os.environ, **moto_srv.env(), "PYTHONPATH": str(REPO)}
+    for k, v in moto_srv.env().items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "task.yaml").write_text(CLI_TASK)
+    (inst,) = moto_srv.ec2().run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                           TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                               {"Key": "skybroker-cluster", "Value": "oob"}]}])["Instances"]
+    state.save_cluster(ClusterRecord(
+        name="oob", cloud="aws", region="us-east-1", zone="use1-az1", instance_type="t3.micro", accelerators=None,
+        use_spot=False, num_nodes=1, hourly_price=0.0104, status="UP", launched_at=time.time(),
+        nodes=[NodeRecord(inst["InstanceId"], 0, inst["PublicIpAddress"], None, "ubuntu", 22, None, None)]))
+    moto_srv.ec2().terminate_instances(InstanceIds=[inst["InstanceId"]])  # in the console
+    moto_srv.fault("RunInstances", code="InsufficientInstanceCapacity", message="no capacity")
+    p = _cli(["launch", "-y", "-c", "oob", "task.yaml"], env, tmp_path)
+    out = p.stdout + p.stderr
+    assert "cluster oob no longer exists on aws/us-east-1/use1-az1 (its instances were terminated outside " \
+           "the broker): launching it afresh" in out
+    assert p.returncode == 4 and "stays up" not in out and "unreachable" not in out, out
+    assert moto_srv.calls("RunInstances")
+    assert state.get_cluster("oob") is None
