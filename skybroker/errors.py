@@ -156,6 +156,13 @@ class ThrottledError(ProvisionError):
     scope = Scope.RETRY
 
 
+class LeftBehind(BrokerError):
+    """A cluster was torn down but something of it with a cost is still in the cloud (e.g. an EBS volume
+    EC2 kept in use): `broker gc` removes it later. The cluster's record is gone, so `down` again cannot."""
+
+    exit_code = 1
+
+
 class Interrupted(BrokerError):
     exit_code = 130
 
