@@ -59,14 +59,19 @@ def parse_failover_event(message: str) -> dict | None:
 
 
 class ProvisionExhausted(BrokerError):
+    """Every place failed. `credentials_only`: every attempt was on a cloud that refused our credentials
+    or permissions, so no retry can help (the CLI's --retry-until-up and the managed-jobs controller both
+    stop on it)."""
+
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None):
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
         super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines), hint or
                          "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
         self.attempts = attempts
+        self.credentials_only = credentials_only
 
 
 def block_for(exc: ProvisionError, cand: Candidate) -> Block:
@@ -123,7 +128,8 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             if _only_refused(attempts, refused):  # no retry can help: waiting does not fix credentials
                 hints = list(dict.fromkeys(e.hint for e in refused.values() if e.hint))
                 raise ProvisionExhausted(attempts, f"{', '.join(sorted(refused))} refused our credentials or "
-                                         "permissions: not retried", "; ".join(hints) or None) from None
+                                         "permissions: not retried", "; ".join(hints) or None,
+                                         credentials_only=True) from None
             if retry_until_up and time.time() - started < max_wait:
                 wait = min(backoff, 300.0) * (0.5 + random.random())
                 on_event("retry", f"every candidate place failed; retrying in {wait:.0f}s (--retry-until-up)")
