@@ -234,17 +234,18 @@ def _bring_up_locked(b: BringUp) -> Running:
     rec = state.get_cluster(name)
     if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
-    if rec is not None and rec.status in (UP, STOPPED):  # or been terminated in the cloud's console
-        gone = rec
-        rec = reconcile.unless_gone(rec, locked=True)
-        if rec is None:
-            b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra} (its instances were "
-                       "terminated outside the broker): launching it afresh")
     if rec is not None:  # before anything is done to it: half-made, stopped or up
         try:
             check_owner(rec, b.owner)
         except BrokerError as exc:
             raise _fail(b, rec, Stage.PREFLIGHT, False, exc) from None
+    if rec is not None and rec.status in (UP, STOPPED) and b.plan_fn is not None:  # or been terminated in the
+        # cloud's console: relaunched afresh (without a plan, e.g. a pool's job, the reuse fails as LOST)
+        gone = rec
+        rec = reconcile.unless_gone(rec, locked=True)
+        if rec is None:
+            b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra} (its instances were "
+                       "terminated outside the broker): launching it afresh")
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
