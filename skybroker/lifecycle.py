@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .cluster_ops import check_owner, start_locked, terminate, write_ssh_config
-from .errors import BrokerError, Interrupted, SpecError
+from .cluster_ops import check_owner, left_behind, start_locked, terminate, write_ssh_config
+from .errors import BrokerError, Interrupted, LeftBehind, SpecError
 from .failpoints import failpoint
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
 
@@ -462,7 +462,9 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
     if policy.terminate and rec is not None:
         b.on_event("cleanup", f"{_DOING[stage]} failed: terminating {b.cluster} so nothing is left running")
         try:
-            terminate(rec, b.on_event)
+            left_behind(b.cluster, terminate(rec, b.on_event))
+        except LeftBehind as texc:  # the record is gone: gc, not down, removes the rest
+            note = f"{texc.message}; {texc.hint}"
         except BaseException as texc:  # noqa: BLE001 - report both
             note = (f"terminating cluster {b.cluster} failed too ({getattr(texc, 'message', texc)}); "
                     f"`broker down {b.cluster}` or `broker gc` removes it")

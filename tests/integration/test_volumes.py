@@ -272,6 +272,23 @@ def test_down_that_cannot_delete_an_ephemeral_volume_fails_naming_gc(aws, public
     assert [(o.cluster, o.resources) for o in scan.orphans] == [("vk", (("volume", vol),))]
 
 
+def test_a_failed_bring_up_whose_volume_cannot_be_deleted_says_so(aws, public_key, monkeypatch):
+    """The lifecycle's teardown of a failed bring-up (the same policy as down) says the volume was left and
+    that gc removes it (it said 'nothing is left running')."""
+    from skybroker import lifecycle, state
+    from skybroker.spec import task_from_dict
+    from tests.integration.test_aws import Hooks
+
+    monkeypatch.setenv("BROKER_AWS_VOLUME_WAIT", "0.3")
+    Hooks().fail("DeleteVolume", "VolumeInUse", "Volume is currently attached")
+    vol = _cluster_with_scratch("vf", public_key)
+    b = lifecycle.BringUp(task=task_from_dict({"run": "x"}), cluster="vf")
+    err = lifecycle._fail(b, state.get_cluster("vf"), lifecycle.Stage.SYNC, True, RuntimeError("sync broke"))
+    assert err.torn_down and state.get_cluster("vf") is None
+    assert vol in err.note and "not all of it is gone" in err.note and "`broker gc --yes`" in err.note
+    assert "nothing is left running" not in err.note
+
+
 # ------------------------------------------------------------------------------------------------ GCE PD
 def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
     pytest.importorskip("google.cloud.compute_v1")
