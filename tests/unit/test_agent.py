@@ -417,6 +417,57 @@ def test_cleanup_removes_only_what_the_broker_created(node):
     assert os.path.isdir("/etc")
 
 
+def test_claim_of_a_path_whose_parents_are_missing_claims_the_outermost_one(node):
+    home = node.home
+    (home / "mine").mkdir()
+    out = node.cmd("claim", "~/datasets/train/part", "~/mine/extra.yaml")
+    assert out["claimed"] == [str(home / "datasets"), str(home / "mine" / "extra.yaml")]
+    (home / "datasets" / "train").mkdir(parents=True)
+    (home / "mine" / "extra.yaml").write_text("synced")
+    (home / "mine" / "keep.txt").write_text("the user's")
+    node.cmd("cleanup")
+    assert not (home / "datasets").exists() and not (home / "mine" / "extra.yaml").exists()
+    assert (home / "mine" / "keep.txt").read_text() == "the user's"
+
+
+def test_a_follow_of_a_silent_job_ends_once_its_reader_is_gone(node):
+    node.submit(1, run=GATE)  # prints nothing until the gate opens
+    node.wait_status(1, "RUNNING")
+    r, w = os.pipe()
+    follower = subprocess.Popen([PY, str(AGENT), "logs", "1", "--follow"], stdout=w, env=node.env)
+    os.close(w)
+    try:
+        time.sleep(0.5)
+        assert follower.poll() is None  # still following while someone reads
+        os.close(r)  # the SSH channel closed (the client was interrupted)
+        follower.wait(timeout=10)  # it notices without writing anything
+    finally:
+        follower.kill()
+        node.open_gate()
+    assert node.wait(1)["status"] == "SUCCEEDED"  # the job itself was not touched
+
+
+def test_the_gang_watch_stops_the_job_once_a_peer_that_answered_stops_answering(node):
+    import socket
+
+    peer = socket.socket()
+    peer.bind(("127.0.0.1", 0))
+    peer.listen(16)
+    port = peer.getsockname()[1]
+    never = socket.socket()
+    never.bind(("127.0.0.1", 0))  # bound, never listening: a peer that never answered is no reason
+    node.submit(1, run="sleep 60", rank=0, num_nodes=3,
+                gang={"peers": [["127.0.0.1", port], ["127.0.0.1", never.getsockname()[1]]], "grace": 1, "every": 0.2})
+    node.wait_status(1, "RUNNING")
+    time.sleep(1.5)
+    assert node.job(1)["status"] == "RUNNING"
+    peer.close()  # the peer is lost
+    job = node.wait_status(1, "FAILED", timeout=20)
+    assert "127.0.0.1:%d" % port in job["reason"] and "stopped answering" in job["reason"], job
+    never.close()
+    assert node.run("submit", stdin=json.dumps({"job_id": 2, "gang": {"peers": "x"}}).encode()).returncode == 2
+
+
 def test_cleanup_refuses_a_directory_holding_a_client_state_db(node):
     node.cmd("version")
     (node.home / ".skybroker-node").mkdir(exist_ok=True)

@@ -65,7 +65,9 @@ exact number of bytes read, whatever they are.  ``run --marker M`` is submit + f
 ``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
 spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
 ``watch ID...`` is a long-lived command: one JSON line per change of the jobs (row, log growth) and a beat
-(queries.cmd_watch), until every job is terminal or the client is gone.
+(queries.cmd_watch), until every job is terminal or the client is gone. ``logs --follow`` and ``run`` also
+end, within a second, once their client is gone (``client_gone``: the channel closed), even while the job
+prints nothing.
 Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import os
@@ -93,7 +95,7 @@ HELD_SECONDS = 600.0   # default: a held (gang) job never released within this c
 ACTIVE_SQL = "status IN ('PENDING', 'SETTING_UP', 'RUNNING')"
 PACKAGE = "skybroker_agent"  # the package's name on a node (~/.skybroker-node/skybroker_agent/)
 FILES = ("__init__.py", "store.py", "procs.py", "jobs.py", "notices.py", "queries.py", "autostop.py", "boxes.py",
-         "container.py")
+         "container.py", "gang.py")
 
 
 def sources():
@@ -176,6 +178,20 @@ def dumps(obj):
 def answer(obj):
     sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def client_gone(fd=1):
+    """Whether the reader of our stdout is gone (the SSH channel closed: the client was interrupted or
+    lost), without writing to it: a pipe or socket whose other end closed polls POLLERR/POLLHUP. A follow
+    of a job that prints nothing would otherwise only notice at its next write (EPIPE)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no poll() here
+        return False
 
 
 def cmd_version(args):
