@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from . import cluster_ops, intents, lifecycle, state
-from .errors import BrokerError, Interrupted, NotFoundError, UsageError
+from .errors import BrokerError, Interrupted, LeftBehind, NotFoundError, UsageError
 from .locks import cluster_lock, validate_name
 from .state import DEGRADED, INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
 
@@ -233,7 +233,7 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
                     continue
                 where = rec.infra or "interrupted launch"
                 on_event("down", f"terminating {name} ({where})")
-                cluster_ops.terminate(rec, on_event)
+                cluster_ops.left_behind(name, cluster_ops.terminate(rec, on_event))
                 done.append(name)
         except BrokerError as exc:
             if len(names) == 1:
@@ -254,8 +254,10 @@ def _down_failed(failed: list[tuple[str, str, BrokerError]], done: list[str]) ->
     if done:
         msg += f"\ntorn down: {', '.join(done)}"
     hints = list(dict.fromkeys(exc.hint for _, _, exc in failed if exc.hint))
-    again = f"`broker down {' '.join(n for n, _, _ in failed)}`"
-    hint = f"{'; '.join(hints)}; then {again} again" if hints else f"{again} tries again"
+    retry = [n for n, _, exc in failed if not isinstance(exc, LeftBehind)]  # their records are gone
+    again = f"`broker down {' '.join(retry)}`"
+    hint = "; ".join(hints) if not retry else (f"{'; '.join(hints)}; then {again} again" if hints
+                                               else f"{again} tries again")
     return BrokerError(msg, hint, failed[0][2].exit_code)
 
 

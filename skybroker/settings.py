@@ -103,6 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     # -- clouds
     _S("aws_wait", "BROKER_AWS_WAIT", float, 600.0, "seconds to wait for EC2 instances to run or terminate"),
     _S("aws_poll", "BROKER_AWS_POLL", float, 2.0, "seconds between two EC2 describe calls while waiting"),
+    _S("aws_volume_wait", "BROKER_AWS_VOLUME_WAIT", float, 120.0,
+       "seconds `down` retries deleting an ephemeral EBS volume that EC2 still reports in use (detaching)"),
     _S("aws_max_attempts", "BROKER_AWS_MAX_ATTEMPTS", int, 5, "botocore retry attempts (standard mode)"),
     _S("gcp_wait", "BROKER_GCP_WAIT", float, 600.0, "seconds to wait for GCE operations"),
     _S("gcp_poll", "BROKER_GCP_POLL", float, 2.0, "seconds between two GCE polls"),

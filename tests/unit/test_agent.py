@@ -733,3 +733,60 @@ def test_watch_of_an_unknown_job_ends_at_once_and_its_client_going_away_ends_it(
     p.stdout.close()  # the channel is gone: the next beat cannot be written
     assert p.wait(timeout=10) == 0
     node.open_gate()
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+_FULL = """import sys
+sys.path.insert(0, %r)
+import skybroker_agent as a
+import skybroker_agent.store as s
+def db():
+    raise s._sqlite().OperationalError("database or disk is full")
+s.db = db
+sys.exit(a.main())
+"""
+
+
+def test_a_submit_on_a_full_disk_is_one_line_naming_the_node_and_the_disk(tmp_path):
+    """The agent's SQLite DB cannot be written (SQLite's "database or disk is full", injected into the
+    installed copy): the client's error is one line naming the node and the agent's DB on that disk, with
+    a hint (it was "internal error: OperationalError: ...")."""
+    from skybroker.runtime.agent_client import AgentClient, AgentError
+    from skybroker.runtime.runner import RunResult
+
+    node = Node(tmp_path / "n0")
+    code = _FULL % str(AGENT.parent)
+    job = {"job_id": 1, "name": "j", "rank": 0, "num_nodes": 1, "setup": None, "run": "true", "env": {},
+           "secret_env": {}, "workdir": "~", "setup_key": None}
+
+    class Runner:
+        node_id = "c1 node 0"
+
+        def run(self, cmd, stdin=None, timeout=None, **kw):
+            r = subprocess.run([PY, "-S", "-c", code, *cmd.split()[3:]], input=stdin, capture_output=True,
+                               env=node.env, timeout=30)
+            return RunResult(r.returncode, r.stdout.decode(), r.stderr.decode())
+
+    with pytest.raises(AgentError) as ei:
+        AgentClient(Runner(), label="c1 node 0").submit(job)
+    msg = ei.value.message
+    assert "\n" not in msg and "Traceback" not in msg and "internal error" not in msg, msg
+    assert msg.startswith("node agent on c1 node 0: its disk is full: ")
+    assert str(node.home / ".skybroker-node" / "agent.db") in msg and "database or disk is full" in msg
+    assert "disk_size" in ei.value.hint
+
+
+def test_a_disk_io_error_is_a_full_disk_only_when_the_disk_has_no_space(tmp_path, monkeypatch):
+    """SQLite says "disk I/O error" when its WAL cannot grow on a full disk: that is reported as a full disk
+    only when the disk has (almost) no space left; ENOSPC always is."""
+    from collections import namedtuple
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    err = sqlite3.OperationalError("disk I/O error")
+    vfs = namedtuple("vfs", "f_bavail f_frsize")
+    monkeypatch.setattr(os, "statvfs", lambda p: vfs(10 << 20, 1))
+    assert agent_mod.disk_full(err) is None
+    assert "its disk is full" in agent_mod.disk_full(OSError(28, "No space left on device"))
+    monkeypatch.setattr(os, "statvfs", lambda p: vfs(0, 4096))
+    assert agent_mod.disk_full(err).startswith("its disk is full: %s cannot be written (disk I/O error; 0 KiB free)"
+                                               % (tmp_path / ".skybroker-node" / "agent.db"))

@@ -301,6 +301,28 @@ def main(argv=None):
     except BrokenPipeError:  # the client went away while we were streaming
         return 0
     except Exception as e:
+        full = disk_full(e)
+        if full:  # one line naming the disk, not an "internal error" (the client adds the node's name)
+            answer({"error": full, "disk_full": True})
+            return 1
         answer({"error": "internal error: %s: %s" % (type(e).__name__, e)})
         return 1
+
+
+def disk_full(exc):
+    """The answer for an error that comes from the node's disk being full, else None: ENOSPC, SQLite's
+    "database or disk is full", or SQLite's "disk I/O error" (a WAL that cannot grow) while the disk has
+    (almost) no space left."""
+    text = str(exc)
+    home = os.path.join(os.path.expanduser("~"), NODE_DIR)
+    try:
+        st = os.statvfs(home if os.path.isdir(home) else os.path.expanduser("~"))
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    full = getattr(exc, "errno", None) == 28 or "database or disk is full" in text  # 28: ENOSPC
+    if not full and not ("disk I/O error" in text and free is not None and free < (1 << 20)):
+        return None
+    return "its disk is full: %s cannot be written (%s%s)" % (
+        os.path.join(home, "agent.db"), text, "" if free is None else "; %d KiB free" % (free // 1024))
 
