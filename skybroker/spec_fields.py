@@ -64,7 +64,15 @@ def check_overrides(mapping: dict, flag: str) -> None:
             raise SpecError(f"{flag} {str(k)[:40]!r}: not a valid variable name", f"use {flag} KEY=VALUE")
 
 
+# Linux's MAX_ARG_STRLEN: one NAME=VALUE string of a process's environment (execve says E2BIG past it);
+# and the whole environment (with argv) within ARG_MAX, 2 MiB with the usual 8 MiB stack, less room for
+# the node's own variables and SKYPILOT_*/BROKER_*
+ENV_STRING_MAX = 32 * 4096
+ENV_TOTAL_MAX = 2 * 1024 * 1024 - 128 * 1024
+
+
 def require_values(envs: dict, secrets: dict, source: str) -> None:
+    total = 0
     for kind, mapping, flag in (("envs", envs, "--env"), ("secrets", secrets, "--secret")):
         for k, v in mapping.items():
             if v is None:
@@ -72,6 +80,18 @@ def require_values(envs: dict, secrets: dict, source: str) -> None:
                                 f"pass it on the command line: {flag} {k}=VALUE (or {flag} {k} to take it from "
                                 f'your environment); for an empty value write {k}: ""', source=source,
                                 field=f"{kind}.{k}")
+            size = len(f"{k}={v}".encode("utf-8", "surrogateescape")) + 1
+            if size > ENV_STRING_MAX:  # the job would fail to start on every node, its log empty
+                raise SpecError(f"is {size} bytes: a variable of a process's environment holds at most "
+                                f"{ENV_STRING_MAX // 1024} KiB on Linux, so the job could not start",
+                                "put the data in a file (the workdir or a file_mounts entry) and pass its path",
+                                source=source, field=f"{kind}.{k}")
+            total += size + 8  # and its pointer
+    if total > ENV_TOTAL_MAX:
+        raise SpecError(f"envs and secrets are {total} bytes together: a process's environment holds about 2 MiB "
+                        "on Linux (ARG_MAX), so the job could not start",
+                        "put the data in files (the workdir or file_mounts entries) and pass their paths",
+                        source=source, field="envs")
 
 
 def secrets_section(raw, source: str) -> dict:
