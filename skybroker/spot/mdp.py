@@ -133,10 +133,11 @@ def weekend_steps(grid: Grid, phase_s: int) -> np.ndarray:
 
 
 def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float,
-          phase_s: int | None = None, strength: float = 1.0) -> Table:
+          phase_s: int | None = None, strength: float = 1.0, relative: bool = False) -> Table:
     """Backward induction over the grid; prices in $/h (only their ratio matters for decisions).
     With `phase_s` (the job's start on the week clock) the hazards are multiplied by the weekday /
-    weekend factors of `availmodel.weekly_factors` (raised to `strength`) at each step."""
+    weekend factors of `availmodel.weekly_factors` (raised to `strength`; `relative`: weekdays
+    unchanged, weekends by their ratio to weekdays) at each step."""
     G, U, d, T, A = grid.G, grid.U, grid.d, grid.T, grid.ages
     K, m, s0 = grid.K, grid.m, grid.s0
     W, gs, ds = K + 1, G // U, d // U
@@ -150,8 +151,11 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float,
         pfs = [base.astype(F)] * 2
         wkend = np.zeros(T, bool)
     else:
+        wd, we = (np.array(f) for f in weekly_factors())
+        if relative:
+            wd, we = np.ones(2), we / wd
         pfs = [np.clip(base * np.power(f, strength)[:, None, None], *_CLAMP).astype(F)
-               for f in weekly_factors()]
+               for f in (wd, we)]
         wkend = weekend_steps(grid, phase_s)
     pss = [(1.0 - x).astype(F) for x in pfs]
     od, sp = F(od), F(sp)
@@ -260,8 +264,8 @@ def _run_loglik(grid: Grid, models: tuple) -> np.ndarray:
 
 @lru_cache(maxsize=96)
 def table_for(grid: Grid, model: AvailModel, od_price: float, spot_price: float,
-              phase_s: int | None = None, strength: float = 1.0) -> Table:
-    return solve(grid, model, od_price, spot_price, phase_s, strength)
+              phase_s: int | None = None, strength: float = 1.0, relative: bool = False) -> Table:
+    return solve(grid, model, od_price, spot_price, phase_s, strength, relative)
 
 
 @register
@@ -279,6 +283,7 @@ class MDPPolicy(Policy):
     # weekday / weekend hazard factors, raised to this power (0: none; needs the job's start on the
     # week clock)
     weekly: float = 0.0
+    weekly_relative: bool = False  # weekdays as the age model, weekends by their ratio to weekdays
     weekly_phase_s: int = 3600  # the job's start on the week clock is rounded to this (a table each)
 
     def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
@@ -339,7 +344,8 @@ class MDPPolicy(Policy):
         if not self.feasible:
             return None
         ph = self.phase if phase is False else phase
-        return table_for(self.grid, self.family[m], *self.prices, ph, float(self.weekly))
+        return table_for(self.grid, self.family[m], *self.prices, ph, float(self.weekly),
+                         bool(self.weekly_relative))
 
     def run_loglik(self) -> np.ndarray:
         """(members, 2, max run) log P(run of L+1 steps) per family member, up (0) / down (1)."""

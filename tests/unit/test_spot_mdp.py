@@ -159,3 +159,7 @@ def test_weekend_hazards_make_a_weekend_job_cheaper_in_the_model():
     assert sat.table.value0 < MDPPolicy(job, Prices()).table.value0 < tue.table.value0
     half = type("_Half", (_Weekly,), {"weekly": 1.0})(job, Prices(), clock_s=5 * 86400)
     assert sat.table.value0 < half.table.value0  # the strength (a power of the factors) counts
+    rel = type("_Rel", (_Weekly,), {"weekly_relative": True})
+    # weekends only: a mid-week job is the age model's, a weekend one cheaper
+    assert rel(job, Prices(), clock_s=86400).table.value0 == MDPPolicy(job, Prices()).table.value0
+    assert rel(job, Prices(), clock_s=5 * 86400).table.value0 < MDPPolicy(job, Prices()).table.value0
