@@ -272,6 +272,40 @@ def test_unknown_context_is_a_credentials_error(cloud, fake):
     assert ei.value.code == "KubeconfigError"
 
 
+def test_a_context_the_kubeconfig_lacks_is_refused_when_planning_and_leaves_nothing(fake, monkeypatch, tmp_path):
+    """`infra: k8s/nope` (a typo) or a kubeconfig whose current-context names no context: refused when
+    planning (exit 2 naming the field and the contexts there are; `infra: k8s` says why it has none), never
+    launched. It was planned, then failed at launch; its rollback could not reach the context either, so the
+    cluster stayed INTERRUPTED and `broker down` failed (exit 4) for as long as the kubeconfig lacked it."""
+    import yaml
+
+    from skybroker.clouds.kubernetes import KubernetesCloud
+    from skybroker.errors import SpecError
+    from tests.integration.local_helpers import broker
+
+    with pytest.raises(SpecError) as ei:
+        api.plan(task_from_dict({"resources": {"infra": "k8s/nope", "cpus": 2}, "run": "x"}))
+    assert ei.value.exit_code == 2 and "no context 'nope' on kubernetes" in ei.value.message
+    assert ei.value.field.startswith("resources.infra") and "fake" in ei.value.hint
+    (tmp_path / "t.yaml").write_text("resources: {infra: k8s/nope, cpus: 2}\nrun: echo hi\n")
+    r = broker("launch", "-y", tmp_path / "t.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "no context 'nope'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert broker("status", "--json").stdout.strip() == "[]"
+    assert fake.pods() == [] and not [q for m, q, _ in fake.requests if m == "POST"]
+
+    kc = yaml.safe_load(open(os.environ["KUBECONFIG"]))
+    kc["current-context"] = "typo"
+    (tmp_path / "typo").write_text(yaml.safe_dump(kc))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "typo"))
+    with pytest.raises(NoFeasibleError) as ei:
+        api.plan(task_from_dict({"resources": {"infra": "k8s", "cpus": 2}, "run": "x"}))
+    assert "current-context is 'typo', which is not a context of the kubeconfig (contexts: fake)" in str(ei.value)
+    assert "broker check`" in ei.value.hint and "broker check kubernetes" not in ei.value.hint
+    c = KubernetesCloud().check()
+    assert not c.ok and "'typo'" in c.detail
+    assert api.plan(task_from_dict({"resources": {"infra": "k8s/fake", "cpus": 2}, "run": "x"})).chosen.region == "fake"
+
+
 # -- failover -----------------------------------------------------------------------------------------
 def test_unschedulable_fails_over_to_another_cloud(monkeypatch, tmp_path):
     from skybroker.clouds.kubernetes import KubernetesCloud

@@ -82,6 +82,9 @@ class KubernetesCloud(Provider):
                 detail += f"; planned: {', '.join(ctxs)}"
             ok = bool(ctxs)
             hint = None if ok else "set a current context (`kubectl config use-context CTX`) or allowed_contexts"
+            dangling = cfg.dangling_reason()
+            if dangling:
+                detail += f"; {dangling}"
         elif cfg.in_cluster():
             ok, detail, hint = True, f"in-cluster service account (namespace {cfg.namespace(cfg.IN_CLUSTER)})", None
         else:
@@ -101,6 +104,20 @@ class KubernetesCloud(Provider):
 
     def regions(self) -> list:
         return cfg.contexts_for_plan()
+
+    region_word = "context"
+
+    def known_regions(self) -> list[str] | None:
+        """The kubeconfig's contexts (an EKS ARN `.../ml` splits into region and zone, as `infra:` does): a
+        task naming another is refused when planning, before a launch records anything it could not clean up."""
+        known = cfg.known_contexts()
+        return None if known is None else sorted({c.split("/", 1)[0] for c in known})
+
+    def known_zones(self, region: str | None) -> list[str] | None:
+        known = cfg.known_contexts()
+        if known is None:
+            return None
+        return sorted(c.split("/", 1)[1] for c in known if "/" in c and region in (None, c.split("/", 1)[0]))
 
     def default_shape(self, res, spec):
         return None
@@ -143,9 +160,13 @@ class KubernetesCloud(Provider):
     def unavailable_reason(self):
         if cfg.contexts_for_plan():
             return None
+        dangling = cfg.dangling_reason()
+        if dangling:
+            return (dangling, "pick an existing context (`kubectl config use-context CTX`, or `infra: k8s/CTX`), "
+                    "then run `broker check`")
         return ("no Kubernetes context is configured (no current context in the kubeconfig, not in a cluster)",
                 "point KUBECONFIG at your cluster's kubeconfig (or set a current context), then run "
-                "`broker check kubernetes`")
+                "`broker check`")
 
     def accelerator_inventory(self, region: str | None = None) -> list:
         """Per context, the GPUs its nodes have (the largest count one node holds), priced as configured."""
