@@ -68,6 +68,7 @@ class AzureBlobStore:
 
     def _error(self, exc, ref: BucketRef, doing: str) -> StorageError:
         code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None) or type(exc).__name__
+        code = getattr(code, "value", code)  # a StorageErrorCode member: its wire name (AuthorizationFailure)
         if getattr(exc, "status_code", None) in (401, 403) or type(exc).__name__ == "ClientAuthenticationError":
             return StorageError(f"{ref.uri}: access denied while {doing} ({code})",
                                 "check that your credentials may use this container")

@@ -40,6 +40,9 @@ from .base import (
 )
 
 
+_MISSING_HINT = "check the URI, or create the bucket with a `name:` storage"
+
+
 def bucket_mounts(task) -> list:
     return [m for m in task.file_mounts if m.is_bucket]
 
@@ -71,17 +74,25 @@ def ref_of(m, cloud: str | None) -> BucketRef:
 
 
 def preflight(task) -> None:
-    """Before anything is created: the store SDKs are installed and credentials are there."""
+    """Before anything is created: the store SDKs are installed, credentials are there, and every bucket the
+    task reads by URI exists and may be looked up with them (a named storage is created if missing)."""
     for m in bucket_mounts(task):
-        kind = m.store if m.name else parse_uri(m.source).kind
-        if kind is None:
-            continue  # a named storage whose store follows the cluster's cloud: checked when it is made
         try:
-            get_store(kind).check_credentials()
+            kind = m.store if m.name else parse_uri(m.source).kind
+            if kind is None:
+                continue  # a named storage whose store follows the cluster's cloud: checked when it is made
+            store = get_store(kind)
+            store.check_credentials()
             if kind == "r2" and m.mode != "COPY" and not settings.get("storage_forward_credentials"):
-                get_store(kind).node_env(parse_uri(m.source), forward=False)  # refuses: R2 has no scoped token
+                store.node_env(parse_uri(m.source), forward=False)  # refuses: R2 has no scoped token
+            if not m.name:
+                ref = ref_of(m, None)
+                if store.tags(ref) is None:
+                    raise StorageError(f"bucket {ref.uri} does not exist", _MISSING_HINT)
         except StorageError as exc:
             raise _fail(m, exc) from None
+        except Exception as exc:  # noqa: BLE001 - an SDK's own error (network, endpoint): named, not a traceback
+            raise _fail(m, _sdk_error(exc)) from exc
 
 
 def prepare(task, rec, on_event) -> list[tuple]:
@@ -97,8 +108,7 @@ def prepare(task, rec, on_event) -> list[tuple]:
             tags = store.tags(ref)
             if not m.name:
                 if tags is None:
-                    raise StorageError(f"bucket {ref.uri} does not exist", "check the URI, or create the bucket "
-                                       "with a `name:` storage")
+                    raise StorageError(f"bucket {ref.uri} does not exist", _MISSING_HINT)
                 out.append((m, ref))
                 continue
             created = False

@@ -253,12 +253,21 @@ def test_missing_credentials_and_bad_names_name_the_field(moto, tmp_path):
     assert r.returncode == 2 and "file_mounts./data.name" in r.stderr and "not a valid name" in r.stderr, r.stderr
 
 
-def test_missing_bucket_is_a_clear_error(s3, tmp_path):
+def test_missing_bucket_is_a_clear_error_before_anything_is_created(s3, tmp_path):
+    """README: a bucket that does not exist is an error naming the field, before anything is created (exit
+    2). It was found only at the sync stage, after the cluster had been provisioned (on a cloud: an instance
+    started, billed and torn down)."""
     t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": "s3://no-such-bucket/x"}, run="true")
     r = broker("launch", "-y", "-c", "nob", t, cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "file_mounts.~/d: bucket s3://no-such-bucket/x does not exist" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "provisioning" not in r.stderr, r.stderr
+    assert not (broker_home() / "local" / "nob").exists()
+    assert broker("status", "--json").stdout.strip() == "[]"
+    bad = write_task(tmp_path / "b.yaml", file_mounts={"~/d": "https://example.com/file.txt"}, run="true")
+    r = broker("launch", "-y", "-c", "nob", bad, cwd=tmp_path)
+    assert r.returncode == 2 and "file_mounts.~/d: https:// buckets are not supported" in r.stderr, r.stderr
+    assert not (broker_home() / "local" / "nob").exists()
 
 
 @pytest.mark.slow
