@@ -161,10 +161,12 @@ def preflight(task, cluster: str | None = None) -> None:
         v = records.get(m.name)
         if v is None or v.ephemeral:
             raise SpecError(f"volume {m.name} does not exist", _APPLY_HINT, source=task.source, field=m.field)
-        if v.cluster and v.cluster != cluster and not provider_of(v.type, sdk=False).volumes_shared and \
-                state.get_cluster(v.cluster) is not None:
-            raise SpecError(f"volume {m.name} is attached to cluster {v.cluster} (a {v.type} volume attaches to one "
-                            "machine at a time)", f"`broker down {v.cluster}` first, or use another volume",
+        if v.cluster and v.cluster != cluster and state.get_cluster(v.cluster) is not None:
+            # also a volume every node sees (local-dir): its record names one cluster, whose `down` detaches it
+            why = "" if provider_of(v.type, sdk=False).volumes_shared else \
+                f" (a {v.type} volume attaches to one machine at a time)"
+            raise SpecError(f"volume {m.name} is attached to cluster {v.cluster}{why}",
+                            f"`broker down {v.cluster}` first, or use another volume",
                             source=task.source, field=m.field)
 
 

@@ -64,6 +64,13 @@ run: |
     written = (mnt / "data" / "f.txt").read_text()
     busy = broker("volumes", "delete", "data1", "-y")
     assert busy.returncode == 2 and "broker down v1" in busy.stderr
+    # another cluster may not take it meanwhile: the record names one cluster, so the second's `down` freed it
+    # (and unlinked the first's mount path), and `volumes delete` then deleted the data the first still used
+    other = broker("launch", "-y", "-c", "v3", task, cwd=tmp_path)
+    assert other.returncode == 2 and "volumes." in other.stderr and "attached to cluster v1" in other.stderr, \
+        other.stdout + other.stderr
+    assert not (broker_home() / "local" / "v3").exists()
+    assert json.loads(broker("volumes", "ls", "--json").stdout)[0]["cluster"] == "v1"
     assert broker("down", "v1", "-y").returncode == 0
     assert not os.path.exists(eph["id"]) and not os.path.lexists(mnt / "scratch")
     assert not os.path.lexists(mnt / "data")  # detached: the mount point is gone, the data is not
