@@ -37,7 +37,7 @@ from . import client as kc
 from . import config as cfg
 from . import objects
 from . import pods as pk
-from .errors import HINT_CREDS, classify, status_of
+from .errors import HINT_CREDS, NAMESPACE_NOT_FOUND, classify, status_of
 from .pods import SSH_PORT, pod_name, service_name, ports_service_name, secret_name
 from .shapes import instance_type, parse_instance_type, default_shape, node_gpus, node_fits
 
@@ -214,8 +214,13 @@ class KubernetesCloud(Provider):
         return ctx, cfg.namespace(ctx), Place(self.name, region, zone)
 
     def _pods(self, ctx, ns, place, selector: str) -> list[dict]:
-        return self._call(place, lambda: kc.call(kc.core(ctx).list_namespaced_pod, ns,
-                                                 label_selector=selector)).get("items") or []
+        try:
+            return self._call(place, lambda: kc.call(kc.core(ctx).list_namespaced_pod, ns,
+                                                     label_selector=selector)).get("items") or []
+        except InvalidRequestError as exc:
+            if exc.code == NAMESPACE_NOT_FOUND:
+                return []  # no namespace, no pods (so a launch into a missing namespace rolls back cleanly)
+            raise
 
     def _selector(self, cluster: str | None) -> str:
         base = f"{TAG_USER}={pk.label(pk.user())}"
