@@ -57,6 +57,7 @@ def apply(data: dict, source: str, on_event: Event = lambda k, m: None) -> Volum
         raise SpecError(f"a {spec.type} volume lives on {prov.name}, not {spec.cloud}", f"use infra: {prov.name}/... "
                         f"or the {spec.cloud} type ({default_type(spec.cloud) or 'none'})", source=source,
                         field="infra")
+    _check_place(spec, prov.name, source)
     have = records.get(spec.name)
     if have is not None:
         if have.ephemeral or have.type != spec.type or have.size_gb != spec.size_gb or (
@@ -72,6 +73,19 @@ def apply(data: dict, source: str, on_event: Event = lambda k, m: None) -> Volum
                        user_name=state.current_user.get())
     records.save(rec)
     return rec
+
+
+def _check_place(spec, cloud: str, source: str) -> None:
+    """A region or zone the provider does not have is refused here, as a task's `infra` is when planning (exit
+    2 with close matches), not sent to the cloud (an unknown region's endpoint, an error that is no answer)."""
+    if not spec.region:
+        return
+    from .. import plan_places
+    from ..resources import Resources
+
+    _, why = plan_places._left_out(Resources(cloud=cloud, region=spec.region, zone=spec.zone), None, {}, "")
+    if why is not None:
+        raise SpecError(why[0], why[1], source=source, field="infra")
 
 
 def delete(name: str, on_event: Event = lambda k, m: None) -> None:
