@@ -173,6 +173,9 @@ def stage(m, ref: BucketRef, on_event) -> tuple[Path, bool]:
     return d, False
 
 
+_NOT_A_DIR = 5  # the mount script's exit code when the mount path is a file
+
+
 def mount_script(m, ref: BucketRef) -> str:
     """The node-side script of one MOUNT (credentials arrive in the environment, never in the text)."""
     from ..runtime.ssh_runner import path_expr
@@ -193,6 +196,7 @@ fi
 command -v rclone >/dev/null 2>&1 || {{ echo "rclone is not installed on the node and could not be installed (apt-get install rclone fuse3)" >&2; exit 3; }}
 real=$(realpath -m "$dst")  # an earlier mount there (live, or dead with its rclone gone) is replaced
 if grep -qs " $real fuse" /proc/self/mounts; then fusermount3 -uz "$real" 2>/dev/null || fusermount -uz "$real" 2>/dev/null || umount -l "$real" 2>/dev/null || true; fi
+if [ -e "$dst" ] && [ ! -d "$dst" ]; then echo "$dst exists and is not a directory" >&2; exit {_NOT_A_DIR}; fi
 mkdir -p "$dst" 2>/dev/null || {{ sudo -n mkdir -p "$dst" && sudo -n chown "$(id -u):$(id -g)" "$dst"; }}
 mkdir -p "$HOME/.skybroker-node/rclone"
 log="$HOME/.skybroker-node/rclone/{rid}.log"
@@ -224,12 +228,21 @@ def sync(rt, task, on_event=lambda k, m: None) -> None:
     def one(node):
         r = rt.runner(node)
         for m, path, single in copies:
-            if single:
-                r.put_file(path.read_bytes(), m.remote, 0o644)
-            else:
-                r.sync_up(str(path), m.remote, ignore_files=False)
+            try:
+                if single:
+                    r.put_file(path.read_bytes(), m.remote, 0o644)
+                else:
+                    r.sync_up(str(path), m.remote, ignore_files=False)
+            except OSError as exc:  # e.g. the path exists on the node as a file (or as a folder, for one object)
+                raise StorageError(f"{_field(m)}: copying the bucket's objects to {m.remote} on node {node.rank} "
+                                   f"failed: {exc.strerror or exc}", "mount it at a path that is free on the nodes, "
+                                   "or remove what is there") from None
         for m, ref, env in mounts:
             res = r.run(mount_script(m, ref), env=env, timeout=300)
+            if res.exit_code == _NOT_A_DIR:
+                raise StorageError(f"{_field(m)}: {m.remote} exists on node {node.rank} and is not a directory: a "
+                                   "bucket MOUNT needs a directory there", "mount it at another path, or remove the "
+                                   "file first")
             if res.exit_code != 0:
                 why = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
                 why = redact(why[0], env)[:300]

@@ -235,6 +235,27 @@ def test_mount_reads_the_bucket_and_writes_go_back(s3, tmp_path, mode):
     assert not _exists(s3, bucket)  # persistent: false
 
 
+def test_a_mount_path_that_is_a_file_on_the_node_is_named(s3, tmp_path):
+    """A MOUNT over a path that is a file on the node "succeeded": rclone mounted over the file and the job
+    then failed with 'Input/output error'. COPY there failed with a bare '[Errno 17] File exists' (exit 1).
+    Both now name the field and the path (exit 2) and tear the new cluster down."""
+    why = _fuse_ok()
+    if why:
+        pytest.skip(why)
+    s3.create_bucket(Bucket="onto-file")
+    s3.put_object(Bucket="onto-file", Key="a.txt", Body=b"x")
+    taken = tmp_path / "taken.txt"  # an absolute path: on the local cloud, this machine's (README)
+    taken.write_text("mine\n")
+    for mode, words in (("MOUNT", "exists on node 0 and is not a directory"), ("COPY", "failed: File exists")):
+        t = write_task(tmp_path / "t.yaml", file_mounts={str(taken): {"source": "s3://onto-file", "mode": mode}},
+                       run="echo ran")
+        r = broker("launch", "-y", "-c", "onto", t, cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"file_mounts.{taken}: " in r.stderr and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "ran" not in r.stdout and not (broker_home() / "local" / "onto").exists()
+        assert taken.read_text() == "mine\n"
+
+
 def _proc(p: Path):
     try:
         return (p / "cmdline").read_bytes(), (p / "environ").read_bytes()
