@@ -396,6 +396,22 @@ def test_r2_bucket_is_copied_and_its_mount_needs_the_forward_opt_in(moto, s3, tm
     assert not (broker_home() / "local" / "r2m").exists()  # refused before anything was created
 
 
+def test_no_azure_credential_is_one_clear_error_not_the_sdk_log(tmp_path):
+    """An az:// bucket with an account named but no credential (no connection string, no `az login`): the
+    storage client retried the failed credential lookup like a network error (4 lookups, about 90 s), and
+    azure-identity logged ~15 lines per lookup on stderr; the hint said "check that your credentials may use
+    this container". Now one lookup, one error (the broker's 60 s timeout below would expire otherwise)."""
+    pytest.importorskip("azure.storage.blob")
+    pytest.importorskip("azure.identity")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/a": "az://myacct/cont/x"}, run="echo never")
+    r = broker("launch", "-y", "-c", "noaz", t, cwd=tmp_path, env={"AZURE_STORAGE_ACCOUNT": "myacct"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "file_mounts.~/a: no Azure credential could be obtained for storage account myacct" in r.stderr, r.stderr
+    assert "az login" in r.stderr and "DefaultAzureCredential" not in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) <= 3, r.stderr
+    assert not (broker_home() / "local" / "noaz").exists()
+
+
 def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
     from tests.infra.moto_server import FAKE_CREDENTIALS
     from tests.infra.storage_emulators import free_port
