@@ -295,23 +295,25 @@ def release_cluster(rec, on_event=lambda k, m: None) -> list[str]:
         return [f"bucket cleanup for {rec.name} failed: {exc}"]
 
 
-def delete_bucket(sr, on_event=lambda k, m: None) -> bool:
+def delete_bucket(sr, on_event=lambda k, m: None) -> str:
     """Delete a recorded storage: the bucket itself only if skybroker created it and its tag agrees.
-    Returns whether the bucket was deleted (the record goes either way)."""
+    Returns "deleted", "kept" (not skybroker's bucket) or "gone" (deleted already); the record goes either way."""
     ref = parse_uri(sr.uri)
-    deleted = False
+    outcome = "kept"
     if sr.managed:
         store = get_store(ref.kind)
         tags = store.tags(ref)
-        if tags is not None and (_ours(tags) or (not tags and not store.keeps_tags())):
+        if tags is None:
+            outcome = "gone"
+        elif _ours(tags) or (not tags and not store.keeps_tags()):
             on_event("storage", f"deleting bucket {ref.uri}")
             store.delete_bucket(ref)
-            deleted = True
-        elif tags is not None:
+            outcome = "deleted"
+        else:
             raise StorageError(f"bucket {ref.uri} does not carry the {MANAGED_TAG} tag: not deleting it",
                                "delete it with the cloud's own tools if it is really yours")
     records.delete(sr.name)
-    return deleted
+    return outcome
 
 
 def checkpoint_mount(stored: dict) -> str | None:

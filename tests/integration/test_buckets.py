@@ -177,6 +177,29 @@ def test_azure_container_copied_and_persistent_storage_kept_until_deleted(azurit
     assert svc.get_container_client("given").exists()  # never recorded, never touched
 
 
+def test_storage_delete_refuses_a_bucket_a_live_cluster_uses_and_says_when_it_is_gone(s3, tmp_path):
+    """`broker storage delete` of a storage a live cluster uses warned, then deleted the bucket with its
+    objects under the cluster (a MOUNT loses its data); it is refused now, like `broker volumes delete`. A
+    bucket skybroker created that was deleted outside was reported as "not created by skybroker"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": {"name": "busy-bkt", "source": str(src), "mode": "COPY"}},
+                   run="true")
+    assert broker("launch", "-y", "-c", "busy", t, cwd=tmp_path).returncode == 0
+    for args in (("busy-bkt",), ("--all",)):
+        r = broker("storage", "delete", "-y", *args)
+        assert r.returncode == 2 and "in use by live clusters: storage busy-bkt by busy" in r.stderr, r.stderr
+        assert "broker down busy" in r.stderr and _exists(s3, "busy-bkt")
+    assert broker("down", "-y", "busy").returncode == 0
+    s3.delete_object(Bucket="busy-bkt", Key="f.txt")
+    s3.delete_bucket(Bucket="busy-bkt")  # deleted outside skybroker
+    r = broker("storage", "delete", "-y", "busy-bkt")
+    assert r.returncode == 0 and "busy-bkt no longer exists" in r.stderr + r.stdout, r.stderr
+    assert "not created by skybroker" not in r.stderr + r.stdout
+    assert json.loads(broker("storage", "ls", "--json").stdout) == []
+
+
 def test_bucket_skybroker_did_not_create_survives_down_and_delete(s3, tmp_path):
     s3.create_bucket(Bucket="team-data")
     s3.put_object(Bucket="team-data", Key="old.txt", Body=b"old")
