@@ -95,6 +95,20 @@ def preflight(task) -> None:
             raise _fail(m, _sdk_error(exc)) from exc
 
 
+def preflight_place(task, cloud: str) -> None:
+    """Once the plan chose `cloud`, before anything is created there: a named storage whose store follows the
+    cloud (no `store:`, not recorded yet) has a name that store allows, and its credentials are there."""
+    for m in bucket_mounts(task):
+        if not m.name or m.store or "$" in m.name or records.get(m.name) is not None:
+            continue
+        try:
+            kind = CLOUD_STORE.get(cloud, "s3")
+            check_name(kind, m.name)
+            get_store(kind).check_credentials()
+        except StorageError as exc:
+            raise _fail(m, exc) from None
+
+
 def prepare(task, rec, on_event) -> list[tuple]:
     """Resolve, create and upload every bucket of the task for cluster `rec`; record named storages and
     that this cluster (and its managed job) uses them. Returns [(mount, BucketRef)]."""

@@ -295,6 +295,13 @@ def test_missing_credentials_and_bad_names_name_the_field(moto, tmp_path):
     bad = write_task(tmp_path / "b.yaml", file_mounts={"/data": {"name": "Bad_Name", "store": "s3"}}, run="true")
     r = broker("launch", "-y", "--dryrun", bad, cwd=tmp_path)
     assert r.returncode == 2 and "file_mounts./data.name" in r.stderr and "not a valid name" in r.stderr, r.stderr
+    # no `store`: the chosen cloud's store decides, checked once the plan chose it, before anything is created
+    # there (it was found at the sync stage, after provisioning)
+    short = write_task(tmp_path / "s.yaml", file_mounts={"~/d": {"name": "x", "mode": "COPY"}}, run="echo never")
+    r = broker("launch", "-y", "-c", "short", short, cwd=tmp_path)
+    assert r.returncode == 2 and "file_mounts.~/d: 'x' is not a valid name for an S3 bucket" in r.stderr, r.stderr
+    assert "waiting for 1 node" not in r.stderr and "never" not in r.stdout
+    assert not (broker_home() / "local" / "short").exists()
 
 
 def test_missing_bucket_is_a_clear_error_before_anything_is_created(s3, tmp_path):
