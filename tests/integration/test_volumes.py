@@ -226,6 +226,19 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
     gc.remove(scan.orphans)
     assert _ebs(**{"skybroker-ephemeral": "true"}) == []
 
+    # attached outside skybroker (to an instance it does not track): refused with what to do, kept recorded
+    from skybroker.errors import BrokerError
+
+    other = ec2().run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                Placement={"AvailabilityZone": vol["AvailabilityZone"]})["Instances"][0]["InstanceId"]
+    ec2().attach_volume(VolumeId=v.cloud_id, InstanceId=other, Device="/dev/sdf")
+    with pytest.raises(BrokerError) as ei:
+        ops.delete("ebs1")
+    assert ei.value.exit_code == 2 and f"attached to {other}" in ei.value.message, ei.value.message
+    assert "detach-volume" in ei.value.hint and records.get("ebs1") is not None
+    ec2().detach_volume(VolumeId=v.cloud_id, InstanceId=other)
+    ec2().terminate_instances(InstanceIds=[other])
+
     ops.delete("ebs1")
     assert _ebs(**{"skybroker-volume": "ebs1"}) == [] and records.get("ebs1") is None
 

@@ -141,8 +141,17 @@ class EBSVolumes:
             code = exc.response["Error"]["Code"]
             if code in _GONE:
                 return
-            if code == "VolumeInUse":
-                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is still attached", place, code=code) from None
+            if code == "VolumeInUse":  # attached to an instance skybroker does not track (its clusters' are detached)
+                try:
+                    atts = ec2.describe_volumes(VolumeIds=[vol.cloud_id])["Volumes"][0].get("Attachments") or []
+                except (ClientError, IndexError):
+                    atts = []
+                to = f" to {', '.join(a['InstanceId'] for a in atts)}" if atts else ""
+                err = InvalidRequestError(f"EBS volume {vol.cloud_id} ({vol.name}) is still attached{to}", place,
+                                          code=code, hint=f"detach it first (`aws ec2 detach-volume --volume-id "
+                                          f"{vol.cloud_id}`), then delete it again")
+                err.exit_code = 2
+                raise err from None
             raise self.classify(exc, place) or exc
 
     def _ephemeral_volumes(self, ec2, cluster=None):
