@@ -68,11 +68,29 @@ def apply(data: dict, source: str, on_event: Event = lambda k, m: None) -> Volum
         return have
     on_event("create", f"creating {spec.type} volume {spec.name} ({spec.size_gb} GiB) on "
              f"{'/'.join(p for p in (prov.name, spec.region, spec.zone) if p)}")
-    cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+    try:
+        cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP
+        _undo_create(prov, spec, on_event)
+        raise
     rec = VolumeRecord(spec.name, spec.type, prov.name, region, zone, spec.size_gb, cloud_id, dict(spec.labels),
                        user_name=state.current_user.get())
     records.save(rec)
     return rec
+
+
+def _undo_create(prov, spec, on_event: Event) -> None:
+    """An apply interrupted while the cloud made the volume: its create call may have gone out, and an applied
+    volume carries no cluster tag, so nothing (`volumes ls`, `gc`) would ever show it. Find it as a repeated
+    apply would (create_volume is idempotent by name) and delete it."""
+    on_event("cleanup", f"interrupted: removing volume {spec.name} if the cloud made it (Ctrl-C again to stop)")
+    try:
+        cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+        prov.delete_volume(VolumeRecord(spec.name, spec.type, prov.name, region, zone, spec.size_gb, cloud_id,
+                                        dict(spec.labels)))
+    except (KeyboardInterrupt, BrokerError) as exc:
+        on_event("warning", f"volume {spec.name} may be left in {prov.name} ({getattr(exc, 'message', 'interrupted')}):"
+                 f" `broker volumes apply` the same file again records it, then `broker volumes delete {spec.name}`")
 
 
 def _check_place(spec, cloud: str, source: str) -> None:

@@ -243,6 +243,31 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
     assert _ebs(**{"skybroker-volume": "ebs1"}) == [] and records.get("ebs1") is None
 
 
+def test_an_interrupted_apply_leaves_no_ebs_volume(aws, monkeypatch):
+    """Ctrl-C while EBS made the volume left it in the account, recorded nowhere: `volumes ls` did not show it,
+    `volumes delete` did not know it and gc never reports an applied volume (no cluster tag)."""
+    from skybroker.clouds import registry
+    from skybroker.volumes import ops, records
+
+    prov = registry.get("aws")
+    real = type(prov)._wait_volume
+    calls = []
+
+    def interrupted(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the volume exists, "creating" is still being waited for
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(prov), "_wait_volume", interrupted)
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        ops.apply({"name": "ebs-int", "type": "aws-ebs", "infra": "aws/us-east-1/us-east-1a", "size": 1}, "v.yaml",
+                  on_event=lambda k, m: events.append(m))
+    assert [v for v in _ebs(**{"skybroker-volume": "ebs-int"}) if v["State"] != "deleted"] == []
+    assert records.get("ebs-int") is None and any("interrupted: removing volume ebs-int" in e for e in events)
+
+
 # ------------------------------------------------------------------------------------------------ GCE PD
 def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
     pytest.importorskip("google.cloud.compute_v1")
