@@ -243,7 +243,8 @@ class Controller(Launching):
                     self.next_at[j.id] = time.time() + settings.get("jobs_poll")
                     return None
                 return self._apply(j, R.decide(self._view(j, task),
-                                               R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP")))
+                                               R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP",
+                                                            reason=st.crash)))
             lost = self._lost_instances(rec)
             if lost:
                 return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))

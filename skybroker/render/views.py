@@ -223,7 +223,7 @@ def print_events(evs, show_cluster: bool) -> None:
 def job_json(j) -> dict:
     return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
-            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code, "reason": n.reason}
+            "reason": j.reason, "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code, "reason": n.reason}
                       for n in j.nodes]}
 
 
@@ -239,6 +239,9 @@ def print_jobs(jobs, cluster: str) -> None:
              " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""] for j in jobs]
     cols = [Col("ID", "right"), Col("NAME", soft=14, min=8), Col("SUBMITTED"), Col("STATUS"), Col("EXIT", "right"),
             Col("NODES", soft=16, min=8)]
+    if any(j.reason for j in jobs):  # why a job failed (its node's runner crashed, ...): only when one did
+        rows = [r + [j.reason or ""] for r, j in zip(rows, jobs)]
+        cols.append(Col("REASON", soft=40, min=12))
     _table(f"Jobs on {cluster}", cols, rows, drop=("SUBMITTED",))
 
 
