@@ -46,7 +46,7 @@ class ClusterRuntime(GangSubmit, JobQueries):
         with self._lock:
             r = self._runners.get(node.rank)
             if r is None:
-                r = self.provider.runner(self.rec.name, node)
+                r = self.provider.runner(self.rec.cloud_name, node)
                 self._runners[node.rank] = r
             return r
 
@@ -74,7 +74,7 @@ class ClusterRuntime(GangSubmit, JobQueries):
         from .clouds.base import RUNNING
 
         try:
-            infos = self.provider.query(self.rec.name, self.rec.region)
+            infos = self.provider.query(self.rec.cloud_name, self.rec.region)
         except BrokerError:
             return []
         alive = {i.instance_id for i in infos if i.state == RUNNING}

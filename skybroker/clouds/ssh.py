@@ -90,11 +90,11 @@ class SSHCloud(Provider):
 
         out = {}
         for rec in state.list_clusters():
-            if rec.cloud == self.name and rec.name != cluster:
+            if rec.cloud == self.name and rec.cloud_name != cluster:
                 for n in rec.nodes:
                     out[n.instance_id] = rec.name
         for it in state.open_intents():
-            if it["cloud"] == self.name and it["cluster"] != cluster:
+            if it["cloud"] == self.name and it["cluster_on_cloud"] != cluster:
                 for iid in it["instance_ids"]:
                     out.setdefault(iid, it["cluster"])
         return out
@@ -108,9 +108,10 @@ class SSHCloud(Provider):
         from ..runtime.runner import run_parallel
 
         pool = self._pool(req.region)
-        rec = state.get_cluster(req.cluster)
+        rec = state.get_cluster_on_cloud(req.cluster)
         mine_ids = {n.instance_id for n in rec.nodes} if rec is not None else set()
-        mine_ids |= {i for it in state.open_intents(req.cluster) if it["cloud"] == self.name for i in it["instance_ids"]}
+        mine_ids |= {i for it in state.open_intents() if it["cloud"] == self.name
+                     and it["cluster_on_cloud"] == req.cluster for i in it["instance_ids"]}
         taken = self._allocated(req.cluster)
         mine = [h for h in pool.hosts if _instance_id(pool.name, h) in mine_ids]
         free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
@@ -142,7 +143,7 @@ class SSHCloud(Provider):
         from .. import state
         from ..runtime.runner import run_parallel
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
         if rec is None:
             return []
         up = run_parallel(rec.nodes, lambda n: _port_open(n.ip, n.ssh_port or 22))
@@ -157,7 +158,7 @@ class SSHCloud(Provider):
         from ..runtime.agent_client import AgentClient
         from ..runtime.runner import AuthRefused, HostKeyMismatch, NodeUnreachable, run_parallel
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
         if rec is None:
             return []
 
