@@ -3,6 +3,13 @@ addressed as `--infra ssh/<pool>`. "Provisioning" allocates free hosts of the po
 "terminating" cancels the cluster's jobs, removes what skybroker put on the hosts (the node agent's
 directory and the paths it claimed; never anything else, even when the host is this machine) and frees
 them. The machines themselves are never powered off. A host serves one cluster at a time.
+
+A pool file may be shared by several BROKER_HOMEs (two laptops, a laptop and a CI runner): a host this home
+allocates is also claimed on the host itself, in `~/.skybroker-claim` (the home's id and the cluster's name on
+the cloud, written only if absent), so another home sees it taken; `terminate` removes the claim if it is still
+this cluster's. A claim of this home for a cluster it no longer knows is stale and taken over. A host that
+cannot be asked (it refuses the key, its host key changed) is allocated as before: the bring-up then says why
+it does not accept commands.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from .common import ssh_runner
 from .ssh_pools import Pool, load_pools
 
 PROBE_SECONDS = 2.0
+CLAIM_FILE = "~/.skybroker-claim"
 
 
 def _port_open(ip: str, port: int) -> bool:
@@ -105,6 +113,34 @@ class SSHCloud(Provider):
 
     def _hosts(self, req: ProvisionRequest):
         from .. import state
+
+        pool, hosts, others = self._free_hosts(req)
+        claimed, theirs = [], 0
+        for h in hosts:  # claimed on the host too, one by one, until there are enough
+            if len(claimed) == req.num_nodes:
+                break
+            if _claim(pool, h, req.cluster, state.home_id(), self._known_here()):
+                claimed.append(h)
+            else:
+                theirs += 1
+        if len(claimed) < req.num_nodes:
+            for h in claimed:
+                _release(pool, h, req.cluster, state.home_id())
+            why = f"; {theirs} claimed by another broker home (its `broker down` frees them)" if theirs else ""
+            raise CapacityError(f"pool {pool.name} has {len(claimed)} free host(s) answering, "
+                                f"{req.num_nodes} needed{others}{why}", Place("ssh", pool.name), code="PoolExhausted")
+        return pool, claimed
+
+    def _known_here(self) -> set[str]:
+        """The names on the cloud of this home's clusters on SSH pools (recorded or being launched)."""
+        from .. import state
+
+        names = {r.cloud_name for r in state.list_clusters() if r.cloud == self.name}
+        return names | {it["cluster_on_cloud"] for it in state.open_intents() if it["cloud"] == self.name}
+
+    def _free_hosts(self, req: ProvisionRequest):
+        """(pool, candidate hosts: the cluster's own first, then free ones that answer, " (N not answering)")."""
+        from .. import state
         from ..runtime.runner import run_parallel
 
         pool = self._pool(req.region)
@@ -117,13 +153,13 @@ class SSHCloud(Provider):
         free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
         up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
         live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
-        hosts = (mine + live)[: req.num_nodes]
+        down = len(free) - len(live)
+        hosts = mine + live
         if len(hosts) < req.num_nodes:
-            down = len(free) - len(live)
-            raise CapacityError(f"pool {pool.name} has {len(mine) + len(live)} free host(s) answering, "
+            raise CapacityError(f"pool {pool.name} has {len(hosts)} free host(s) answering, "
                                 f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else ""),
                                 Place("ssh", pool.name), code="PoolExhausted")
-        return pool, hosts
+        return pool, hosts, (f" ({down} not answering)" if down else "")
 
     def run_instances(self, req: ProvisionRequest) -> list[str]:
         if req.accelerator:
@@ -159,8 +195,9 @@ class SSHCloud(Provider):
         from ..runtime.runner import AuthRefused, HostKeyMismatch, NodeUnreachable, run_parallel
 
         rec = state.get_cluster_on_cloud(cluster)
+        held = self._held(cluster, rec)
         if rec is None:
-            return []
+            return [w for w in (self._release_held(cluster, held)) if w]
 
         def clean(node) -> str | None:
             r = ssh_runner(cluster, node)
@@ -179,10 +216,85 @@ class SSHCloud(Provider):
             finally:
                 r.close()
 
-        return [w for w in run_parallel(rec.nodes, clean) if w]
+        warnings = [w for w in run_parallel(rec.nodes, clean) if w]
+        return warnings + self._release_held(cluster, held)
+
+    def _held(self, cluster: str, rec) -> list:
+        """(pool, host) of every host the cluster may hold: its nodes and its open intents' hosts."""
+        from .. import state
+
+        ids = {n.instance_id for n in rec.nodes} if rec is not None else set()
+        ids |= {i for it in state.open_intents() if it["cloud"] == self.name and it["cluster_on_cloud"] == cluster
+                for i in it["instance_ids"]}
+        out = []
+        for pool in load_pools():
+            out += [(pool, h) for h in pool.hosts if _instance_id(pool.name, h) in ids]
+        return out
+
+    def _release_held(self, cluster: str, held) -> list[str]:
+        from .. import state
+        from ..runtime.runner import run_parallel
+
+        me = state.home_id()
+        return [w for w in run_parallel(held, lambda ph: _release(ph[0], ph[1], cluster, me)) if w]
 
     def runner(self, cluster: str, node):
         return ssh_runner(cluster, node)
+
+
+def _host_runner(pool, host):
+    from ..state import NodeRecord
+
+    node = NodeRecord(_instance_id(pool.name, host), 0, host.ip, host.ip, host.user, host.port, None,
+                      host.identity_file)
+    return ssh_runner(f"claim-{pool.name}", node)
+
+
+def _claim(pool, host, cluster: str, home: str, known: set[str]) -> bool:
+    """Claim `host` for `cluster` of this home on the host itself. False: another home holds it."""
+    import shlex
+
+    me = f"{home} {cluster}"
+    cmd = (f"f={CLAIM_FILE}; if ( set -C; echo {shlex.quote(me)} > \"$f\" ) 2>/dev/null; then echo CLAIMED; "
+           "else echo \"HELD $(head -n1 \"$f\" 2>/dev/null)\"; fi")
+    r = _run_on(pool, host, cmd)
+    if r is None:
+        return True  # not askable: the bring-up reports why (as for any host that refuses us)
+    out = r.strip().splitlines()[-1] if r.strip() else ""
+    if out == "CLAIMED" or out == f"HELD {me}":
+        return True
+    held = out[len("HELD "):].split() if out.startswith("HELD ") else []
+    if len(held) == 2 and held[0] == home and held[1] not in known:  # ours, for a cluster gone: stale
+        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
+    if not held:  # an empty or unreadable claim file: take it over
+        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
+    return False
+
+
+def _release(pool, host, cluster: str, home: str) -> str | None:
+    """Remove the host's claim if it is still this cluster's; a warning if the host cannot be asked."""
+    import shlex
+
+    me = shlex.quote(f"{home} {cluster}")
+    out = _run_on(pool, host, f"f={CLAIM_FILE}; [ \"$(head -n1 \"$f\" 2>/dev/null)\" = {me} ] && rm -f \"$f\"; "
+                              "echo RELEASED")
+    if out is None:
+        return f"{host.ip}: could not remove the claim of {cluster} ({CLAIM_FILE} may remain; remove it by hand)"
+    return None
+
+
+def _run_on(pool, host, cmd: str) -> str | None:
+    """stdout of `cmd` on the host, or None when the host cannot be asked."""
+    r = None
+    try:
+        r = _host_runner(pool, host)
+        res = r.run(cmd, timeout=30)
+        return res.stdout if res.ok else None
+    except BrokerError:
+        return None
+    finally:
+        if r is not None:
+            r.close()
 
 
 PROVIDER = SSHCloud

@@ -206,3 +206,50 @@ def test_long_names_stay_unique_and_within_the_cloud_limit(tmp_path, monkeypatch
     assert na != nb and len(na) == len(nb) == 40 and na.endswith("-" + state.home_suffix())
     assert validate_name(na) and validate_name(nb) and validate_name(state.cloud_name_for("x"))
     assert gc.display_name(state.cloud_name_for("dev")) == "dev"
+
+
+# -- an SSH node pool shared by two homes (real sshd nodes) ------------------------------------------
+def test_ssh_pool_hosts_are_claimed_per_home(node_pool, node_key, tmp_path, monkeypatch):
+    """Two homes declare the same pool of two hosts: each `dev` gets a host of its own (claimed on the host),
+    a third cluster finds no free host (both are claimed, by the other home too), B's `down dev` leaves A's
+    host, its agent and its claim alone, and A's `status --refresh` still shows its dev UP."""
+    key, pub = node_key
+    nodes = node_pool.start(2, pub)
+    try:
+        homes = {h: tmp_path / f"home-{h}" for h in "ab"}
+        for home in homes.values():
+            home.mkdir()
+            hosts = "\n".join(f"    - {n.ip}" for n in nodes)
+            (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
+                                                      f"  hosts:\n{hosts}\n")
+        task = spec.task_from_dict({"name": "t", "resources": {"infra": "ssh/lab"}, "run": "echo hi"},
+                                   source="t.yaml")
+
+        def launch(cluster):
+            return api.launch(task, cluster=cluster, plan=api.plan(task), on_line=lambda r, line: None)
+
+        _use(monkeypatch, homes["a"])
+        assert launch("dev").status.exit_code == 0
+        ip_a = state.get_cluster("dev").head.ip
+        _use(monkeypatch, homes["b"])
+        assert launch("dev").status.exit_code == 0
+        ip_b = state.get_cluster("dev").head.ip
+        assert ip_a != ip_b  # B's dev did not take A's host
+        with pytest.raises(Exception) as ei:
+            launch("other")
+        assert "claimed by another broker home" in str(ei.value)
+        by_ip = {n.ip: n for n in nodes}
+        claim_a = (by_ip[ip_a].home / ".skybroker-claim").read_text()
+        api.down(["dev"])
+        assert not (by_ip[ip_b].home / ".skybroker-claim").exists()  # B's claim went with B's cluster
+        assert (by_ip[ip_a].home / ".skybroker-claim").read_text() == claim_a  # A's stays, and its agent
+        assert (by_ip[ip_a].home / ".skybroker-node").exists()
+        _use(monkeypatch, homes["a"])
+        [got] = api.status(refresh=True)
+        assert (got.name, got.status) == ("dev", "UP")
+        api.down(["dev"])
+        assert not (by_ip[ip_a].home / ".skybroker-claim").exists()
+    finally:
+        for n in nodes:
+            if n.alive:
+                node_pool.kill(n)
