@@ -315,12 +315,13 @@ def legacy_names() -> bool:
 _CLOUD_NAME_MAX = 40  # as a user's cluster name (locks.validate_name): every provider's limits hold for it
 
 
-def cloud_name_for(name: str) -> str:
+def cloud_name_for(name: str, suffix: str | None = None) -> str:
     """A new cluster's name on the cloud: `name-<home suffix>`; a name too long for that keeps its first
-    characters and a hash of the whole (`<head>-<hash>-<home suffix>`), so it stays unique in the home."""
+    characters and a hash of the whole (`<head>-<hash>-<home suffix>`), so it stays unique in the home.
+    `suffix`: another home's (tests, tools); this home's by default."""
     import hashlib
 
-    suffix = home_suffix()
+    suffix = suffix or home_suffix()
     if len(name) + 1 + len(suffix) <= _CLOUD_NAME_MAX:
         return f"{name}-{suffix}"
     digest = hashlib.sha256(name.encode()).hexdigest()[:4]

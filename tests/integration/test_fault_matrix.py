@@ -23,7 +23,7 @@ import time
 import pytest
 
 from tests.conftest import add_table_rows, broker_cmd
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, pids_with_env, write_task
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, pids_with_env, write_task, cluster_dir
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ def test_fault_matrix_local(tmp_path, stage):
 
         def leftovers(c=cluster):
             out = _state_leftovers(c)
-            d = broker_home() / "local" / c
+            d = cluster_dir(c)
             if d.exists() and any(d.iterdir()):
                 out.append("node dirs")
             if pids_with_env(f"HOME={d}/", prefix=True):
