@@ -441,7 +441,9 @@ def ssh_grant(name: str, rank: int, public_key: str) -> dict:
     if not isinstance(public_key, str) or not _PUBKEY.match(public_key.strip()):
         raise UsageError("not an OpenSSH public key (ssh-ed25519/ssh-rsa/ecdsa AAAA… [comment])")
     q = shlex.quote(public_key.strip())
-    r = prov.runner(rec.cloud_name, node).run(
+    from .backend import user_facing
+
+    r = user_facing(prov.runner(rec.cloud_name, node), rec, node).run(
         "umask 077; mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
         f"(grep -qxF {q} ~/.ssh/authorized_keys || echo {q} >> ~/.ssh/authorized_keys)", timeout=60)
     if not r.ok:

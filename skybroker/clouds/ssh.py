@@ -200,13 +200,13 @@ class SSHCloud(Provider):
             return [w for w in (self._release_held(cluster, held)) if w]
 
         def clean(node) -> str | None:
-            r = ssh_runner(cluster, node)
+            r = ssh_runner(rec.name, node)
             try:
-                AgentClient(r, self.agent_python(), f"{cluster} node {node.rank}").cleanup()
+                AgentClient(r, self.agent_python(), f"{rec.name} node {node.rank}").cleanup()
                 return None
             except HostKeyMismatch as exc:
                 return (f"{node.ip}: host key changed, nothing was cleaned there ({exc.message}); "
-                        f"after checking the host, `broker hostkeys forget {cluster}`")
+                        f"after checking the host, `broker hostkeys forget {rec.name}`")
             except AuthRefused as exc:
                 return f"{node.ip}: {exc.message}; nothing was cleaned there (~/.skybroker-node may remain)"
             except NodeUnreachable:

@@ -23,10 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.local_helpers import (broker, broker_bg, broker_home, kill_leftovers, node_dir, status_json,
-                                             wait_for, write_task,
-    cluster_dir,
-)
+from tests.integration.local_helpers import (broker, broker_bg, broker_home, cloud_name, cluster_dir, kill_leftovers,
+                                             node_dir, status_json, wait_for, write_task)
 
 
 @pytest.fixture(autouse=True)
@@ -246,7 +244,7 @@ def test_gc_removes_local_nodes_the_state_does_not_know(tmp_path):
 
     state.delete_cluster("orph")  # as if the state had been lost
     r = broker("gc")
-    assert r.returncode == 2 and "orphan: cluster orph on local" in flat(r.stderr)  # no terminal: needs --yes
+    assert r.returncode == 2 and f"orphan: cluster orph ({cloud_name('orph')} on the cloud) on local" in flat(r.stderr)
     r = broker("gc", "--yes")
     assert r.returncode == 0, r.stderr
     assert not cluster_dir("orph").exists()
