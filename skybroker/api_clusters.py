@@ -142,19 +142,21 @@ def set_autostop(name: str, minutes, down: bool):
     return clusters.set_autostop(name, minutes, down)
 
 
-def queue(name: str):
+def queue(name: str, on_event=None):
+    """A cluster's jobs. On a DEGRADED cluster the nodes that answer are asked, and each lost node is
+    named in a warning (on_event("warning", ...))."""
     from . import clusters
 
-    return clusters.queue(name)
+    return clusters.queue(name, on_event=on_event or (lambda k, m: None))
 
 
-def logs(name: str, job_id, *, follow: bool, on_line):
+def logs(name: str, job_id, *, follow: bool, on_line, on_event=None):
     from . import clusters
 
-    return clusters.logs(name, job_id, follow=follow, on_line=on_line)
+    return clusters.logs(name, job_id, follow=follow, on_line=on_line, on_event=on_event or (lambda k, m: None))
 
 
-def cancel(name: str, job_ids, all_jobs: bool = False):
+def cancel(name: str, job_ids, all_jobs: bool = False, on_event=None):
     """Cancel jobs on a cluster. An id the cluster never had is NotFoundError (exit 5), checked before
     anything is cancelled; a job that already finished is simply not in the returned list."""
     from . import clusters
@@ -170,4 +172,4 @@ def cancel(name: str, job_ids, all_jobs: bool = False):
 
             raise NotFoundError(f"no job {', '.join(map(str, unknown))} on cluster {name}",
                                 f"see `broker queue {name}`")
-    return clusters.cancel(name, job_ids, all_jobs)
+    return clusters.cancel(name, job_ids, all_jobs, on_event=on_event or (lambda k, m: None))

@@ -155,20 +155,24 @@ class ClusterRuntime(GangSubmit, JobQueries):
     def sync(self, task, on_event=lambda k, m: None) -> None:
         """Workdir → ~/sky_workdir (a local folder synced, or a git repository cloned there: gitclone.py)
         and local file_mounts → their remote paths, on all nodes in parallel.
-        The workdir is claimed first (recorded as ours if it does not exist yet), so a teardown of a node
-        we do not own removes it, and never a directory the user had there."""
+        The workdir and the file mounts' targets (local ones, bucket COPYs) are claimed first (recorded as
+        ours if they do not exist yet: the outermost directory their creation makes), so a teardown of a node
+        we do not own removes them, and never a file or directory the user had there."""
         git = getattr(task, "git_url", None)
         if git:
             from .runtime import gitclone
 
             creds = gitclone.credentials(task)  # read once on the client; the key crosses on stdin only
+        claims = ([WORKDIR] if task.workdir else []) + [m.remote for m in task.file_mounts
+                                                        if not m.is_bucket or m.mode == "COPY"]
 
         def one(node):
             r = self.runner(node)
+            if claims:
+                self.healed(node, lambda a: a.claim(claims))  # a re-imaged host gets its agent again
             if git:
                 gitclone.clone(r, self.agent(node, r), task, creds, f"{self.rec.name}-node-{node.rank}")
             if task.workdir:
-                self.healed(node, lambda a: a.claim([WORKDIR]))  # a re-imaged host gets its agent again
                 r.sync_up(task.workdir, WORKDIR, ignore_files=True)
             for m in (m for m in task.file_mounts if not m.is_bucket):
                 if os.path.isdir(m.source):

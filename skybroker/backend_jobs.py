@@ -87,17 +87,42 @@ def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) ->
 
 
 class JobQueries:
-    """ClusterRuntime's questions to every node about its jobs, and cancel (see the module docstring)."""
+    """ClusterRuntime's questions to every node about its jobs, and cancel (see the module docstring).
+    `lost_ranks` (set by `skip_lost`) are never asked; every rank found unreachable (or skipped) is added
+    to `unreached`, which `unreached_warnings` names for the user."""
+
+    lost_ranks: frozenset = frozenset()
+
+    def skip_lost(self) -> None:
+        """A DEGRADED cluster: the nodes its provider reports gone are not asked again (each would wait out
+        a connect timeout); they count as unreachable."""
+        self.lost_ranks = frozenset(self.lost_nodes())
+
+    def _unreached(self) -> set:
+        if "_unreached_ranks" not in self.__dict__:
+            self._unreached_ranks = set()
+        return self._unreached_ranks
+
+    def unreached_warnings(self, what: str) -> list[str]:
+        """One warning per node found unreachable so far, naming it: "node 1 (10.0.0.6) of cluster c
+        could not be reached: <what>"."""
+        ips = {n.rank: n.ip for n in self.nodes}
+        return [f"node {r} ({ips.get(r, '?')}) of cluster {self.rec.name} could not be reached: {what}"
+                for r in sorted(self._unreached())]
 
     def node_statuses(self, job_id: int | None = None, lost=()) -> dict[int, list[dict] | None]:
         """Every node's job list (rank → jobs). An unreachable node maps to None, and so do the ranks in
         `lost` (known unreachable already: not asked again, which would wait out a connect timeout)."""
+        lost = set(lost) | self.lost_ranks
+
         def one(node):
             if node.rank in lost:
+                self._unreached().add(node.rank)
                 return None
             try:
                 return self.agent(node).status(job_id)
             except NodeUnreachable:
+                self._unreached().add(node.rank)
                 return None
 
         res = run_parallel(self.nodes, one)
@@ -150,12 +175,17 @@ class JobQueries:
         return aggregate(jid, nodes, meta)
 
     def cancel(self, job_ids: list[int] | None, lost=()) -> list[int]:
+        """Cancel on every node that answers (an unreachable one is added to `unreached`)."""
+        lost = set(lost) | self.lost_ranks
+
         def one(node):
             if node.rank in lost:  # known unreachable: nothing to cancel there that we could reach
+                self._unreached().add(node.rank)
                 return []
             try:
                 return self.agent(node).cancel(job_ids or None)
             except NodeUnreachable:
+                self._unreached().add(node.rank)
                 return []
 
         res = run_parallel(self.nodes, one)
@@ -174,8 +204,9 @@ class JobQueries:
         A node that dies mid-stream is reported as UNREACHABLE within seconds; when any node fails the
         rest of the gang is cancelled so nothing waits forever."""
         stop = stop or threading.Event()
-        errors: dict[int, BaseException] = {}
-        nodes = self.nodes
+        errors: dict[int, BaseException] = {r: NodeUnreachable(f"{self.rec.name}-node-{r}", "lost")
+                                            for r in self.lost_ranks}  # a DEGRADED cluster's: not streamed
+        nodes = [n for n in self.nodes if n.rank not in self.lost_ranks]
 
         def one(node):
             r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
@@ -184,6 +215,7 @@ class JobQueries:
                     errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
             except NodeUnreachable as exc:
                 errors[node.rank] = exc
+                self._unreached().add(node.rank)
                 stop.set()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors[node.rank] = exc
@@ -196,7 +228,7 @@ class JobQueries:
         def watch():  # a failed node fails the gang: cancel the others so their streams end
             while not watcher_done.wait(1.0):
                 try:
-                    if len(nodes) > 1 and not stop.is_set():
+                    if len(self.nodes) > 1 and not stop.is_set():
                         st = self.job(job_id)
                         if st.status in ("FAILED", "FAILED_SETUP") and any(n.status not in TERMINAL for n in st.nodes):
                             self.cancel([job_id])

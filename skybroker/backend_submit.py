@@ -21,7 +21,7 @@ from . import settings
 from .backend_jobs import JobStatus, NodeJob, aggregate
 from .errors import BrokerError
 from .failpoints import failpoint
-from .runtime.agent_client import AgentMissing, AgentOutdated
+from .runtime.agent_client import AgentError, AgentMissing, AgentOutdated
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 
 WORKDIR = "~/sky_workdir"
@@ -83,7 +83,16 @@ class GangSubmit:
                 "run": task.run, "env": {**self.node_env(task, node.rank, job_id, task_id), **(extra_env or {}),
                                          **((env_by_rank or {}).get(node.rank) or {})},
                 "secret_env": task.secret_dict, "workdir": WORKDIR, "setup_key": setup_key,
-                "token": token, "held_seconds": held, "notice": notice}
+                "token": token, "held_seconds": held, "notice": notice, "gang": self._gang(node)}
+
+    def _gang(self, node) -> dict | None:
+        """The gang watch of a multi-node job on remote nodes (runtime/agent/gang.py): the other nodes'
+        SSH addresses as the nodes reach each other; None for one node, local nodes, or when disabled."""
+        grace = settings.get("gang_peer_grace")
+        if len(self.nodes) < 2 or grace <= 0 or not self.provider.capabilities.remote:
+            return None
+        return {"peers": [[n.private_ip or n.ip, int(n.ssh_port or 22)] for n in self.nodes if n.rank != node.rank],
+                "grace": grace, "every": max(0.5, min(10.0, grace / 3))}
 
     def submit(self, task, *, job_name: str | None, task_id: str | None = None, run_setup: bool = True,
                extra_env: dict | None = None, env_by_rank: dict[int, dict] | None = None,
@@ -108,7 +117,13 @@ class GangSubmit:
                                     extra_env=extra_env, env_by_rank=env_by_rank, token=token, held=held,
                                     notice=notice, setup_key=setup_key)
             failpoint(f"submit-node-{node.rank}")
-            answer = self.healed(node, lambda a: a.submit(payload))
+            try:
+                answer = self.healed(node, lambda a: a.submit(payload))
+            except AgentError as exc:
+                if "unknown job field" not in exc.message:
+                    raise
+                self.agent(node).install()  # an agent installed by an older broker: brought up to date
+                answer = self.healed(node, lambda a: a.submit(payload))
             delivered.add(node.rank)
             if "setup_done" in answer:  # an agent from before it answered this says nothing
                 done[node.rank] = bool(answer["setup_done"])

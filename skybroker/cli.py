@@ -135,15 +135,19 @@ def cli(ctx, debug, config_file):
 
 def _signals_interrupt() -> None:
     """SIGTERM (what `timeout`, CI runners and container stops send) and SIGHUP (the terminal went away)
-    interrupt a command exactly like Ctrl-C: whatever it was creating is rolled back before it exits.
-    After SIGHUP the terminal is gone, so output goes to /dev/null instead of failing the cleanup."""
+    interrupt a command exactly like Ctrl-C: whatever it was creating is rolled back before it exits, and
+    it says so. After SIGHUP the terminal is gone, so what went to the terminal goes to /dev/null instead of
+    failing the cleanup; output redirected to a file or a pipe (a log, `nohup`, a CI runner) still gets
+    the messages. Which fds were the terminal is noted now: a hung-up terminal may no longer say it is one."""
     import signal
 
+    ttys = [fd for fd in (1, 2) if _isatty(fd)]
+
     def handler(signum, frame):
-        if signum == signal.SIGHUP:
+        if signum == signal.SIGHUP and ttys:
             try:
                 null = os.open(os.devnull, os.O_WRONLY)
-                for fd in (1, 2):
+                for fd in ttys:
                     os.dup2(null, fd)
             except OSError:
                 pass
@@ -154,6 +158,13 @@ def _signals_interrupt() -> None:
             signal.signal(sig, handler)
         except (ValueError, OSError):  # not the main thread (embedded use): leave the defaults
             pass
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def main(argv=None) -> None:

@@ -41,7 +41,10 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
     warnings += release_cluster(rec, on_event)  # its `persistent: false` buckets
     from .volumes.ops import release_cluster as release_volumes
 
-    warnings += release_volumes(rec, on_event)  # its ephemeral volumes deleted, applied ones detached
+    from .clouds.base import Leftover
+
+    failed = frozenset(w.resource_id for w in warnings if isinstance(w, Leftover))
+    warnings += release_volumes(rec, on_event, failed)  # its ephemeral volumes deleted, applied ones detached
 
     sshconfig.remove(rec.name)
     state.close_intents(rec.name)
@@ -51,6 +54,17 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
     state.add_event(rec.name, "down", "terminated" + (f" with {len(warnings)} warning(s)" if warnings else ""))
     state.delete_cluster(rec.name)
     return warnings
+
+
+def left_behind(name: str, warnings: list[str]) -> None:
+    """`down` fails (LeftBehind) when the teardown left something with a cost (clouds.base.Leftover)."""
+    from .clouds.base import Leftover
+    from .errors import LeftBehind
+
+    left = [w for w in warnings if isinstance(w, Leftover)]
+    if left:
+        raise LeftBehind(f"cluster {name} was terminated, but not all of it is gone: " + "; ".join(left),
+                         "`broker gc --yes` removes what is left (it keeps the cluster's tag) once the cloud lets it go")
 
 
 def _forget_host_keys(rec: ClusterRecord) -> None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from . import cluster_ops, intents, lifecycle, state
-from .errors import BrokerError, Interrupted, NotFoundError, UsageError
+from .errors import BrokerError, Interrupted, LeftBehind, NotFoundError, UsageError
 from .locks import cluster_lock, validate_name
-from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
+from .state import DEGRADED, INIT, INTERRUPTED, STOPPED, UP, ClusterRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend_jobs import JobStatus
@@ -233,7 +233,7 @@ def down(names: list[str], *, on_event: Event = _noop, spare_owned: bool = False
                     continue
                 where = rec.infra or "interrupted launch"
                 on_event("down", f"terminating {name} ({where})")
-                cluster_ops.terminate(rec, on_event)
+                cluster_ops.left_behind(name, cluster_ops.terminate(rec, on_event))
                 done.append(name)
         except BrokerError as exc:
             if len(names) == 1:
@@ -254,8 +254,10 @@ def _down_failed(failed: list[tuple[str, str, BrokerError]], done: list[str]) ->
     if done:
         msg += f"\ntorn down: {', '.join(done)}"
     hints = list(dict.fromkeys(exc.hint for _, _, exc in failed if exc.hint))
-    again = f"`broker down {' '.join(n for n, _, _ in failed)}`"
-    hint = f"{'; '.join(hints)}; then {again} again" if hints else f"{again} tries again"
+    retry = [n for n, _, exc in failed if not isinstance(exc, LeftBehind)]  # their records are gone
+    again = f"`broker down {' '.join(retry)}`"
+    hint = "; ".join(hints) if not retry else (f"{'; '.join(hints)}; then {again} again" if hints
+                                               else f"{again} tries again")
     return BrokerError(msg, hint, failed[0][2].exit_code)
 
 
@@ -305,34 +307,45 @@ def set_autostop(name: str, minutes: int | None, down_after: bool, *, on_event: 
     return get(name)
 
 
-def queue(name: str) -> list[JobStatus]:
-    from .backend import ClusterRuntime
-
-    rec = get_fresh(name)
-    _require_up(rec)
-    rt = ClusterRuntime(rec)
+def queue(name: str, on_event: Event = _noop) -> list[JobStatus]:
+    rt = _jobs_runtime(name)
     try:
         return rt.jobs()
     finally:
-        rt.close()
+        _warn_unreached(rt, "its jobs there show as last seen ended, else UNREACHABLE", on_event)
 
 
-def _require_up(rec: ClusterRecord) -> None:
+def _jobs_runtime(name: str):
+    """The runtime of a cluster whose jobs are looked at or cancelled: UP, or DEGRADED (its lost nodes
+    are not asked; the rest answer)."""
+    from .backend import ClusterRuntime
+
+    rec = get_fresh(name)
+    _require_up(rec, degraded_ok=True)
+    rt = ClusterRuntime(rec)
+    if rec.status == DEGRADED:
+        rt.skip_lost()
+    return rt
+
+
+def _warn_unreached(rt, what: str, on_event: Event) -> None:
+    rt.close()
+    for w in rt.unreached_warnings(what):
+        on_event("warning", w)
+
+
+def _require_up(rec: ClusterRecord, degraded_ok: bool = False) -> None:
     if rec.status == INIT and intents.lock_is_free(rec.name):
         rec.status = INTERRUPTED
     if rec.status == INTERRUPTED:
         raise UsageError(f"cluster {rec.name}'s launch was interrupted",
                          f"`broker down {rec.name}` removes it, `broker launch -c {rec.name} TASK` relaunches it")
-    if rec.status != UP:
+    if rec.status != UP and not (degraded_ok and rec.status == DEGRADED):
         raise UsageError(f"cluster {rec.name} is {rec.status}", cluster_ops.not_up_hint(rec))
 
 
-def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobStatus:
-    from .backend import ClusterRuntime
-
-    rec = get_fresh(name)
-    _require_up(rec)
-    rt = ClusterRuntime(rec)
+def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line, on_event: Event = _noop) -> JobStatus:
+    rt = _jobs_runtime(name)
     try:
         if job_id is None:
             jobs = rt.jobs()
@@ -342,24 +355,21 @@ def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line) -> JobSt
         rt.job(job_id)  # NotFoundError for an unknown id
         return rt.stream_logs(job_id, on_line, follow=follow)
     finally:
-        rt.close()
+        _warn_unreached(rt, "its log is not shown", on_event)
 
 
-def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False) -> list[int]:
-    from .backend import ClusterRuntime
-
-    rec = get_fresh(name)
-    _require_up(rec)
+def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False, on_event: Event = _noop) -> list[int]:
     if not job_ids and not all_jobs:
         raise UsageError("name the job(s) to cancel, or pass --all", f"see `broker queue {name}`")
-    rt = ClusterRuntime(rec)
+    rt = _jobs_runtime(name)
     try:
         if job_ids:
             for jid in job_ids:
                 rt.job(jid)  # NotFoundError (exit 5) for an unknown job, as everywhere
         return rt.cancel(None if all_jobs else job_ids)
     finally:
-        rt.close()
+        _warn_unreached(rt, f"nothing was cancelled there (a job may still run on it: `broker cancel` again "
+                            f"once it answers, or `broker down {rt.rec.name}`)", on_event)
 
 
 def adopt(on_event: Event = _noop) -> list[str]:

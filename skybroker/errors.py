@@ -123,6 +123,9 @@ class ProvisionError(BrokerError):
 
     exit_code = 4
     scope: Scope = Scope.REQUEST
+    # Set by a driver that knows the failed create call created no instance (it was refused before any was
+    # launched): a rollback that cannot reach the cloud then has nothing with a cost to remove.
+    created_nothing: bool = False
 
     def __init__(self, message: str, place: Place | None = None, code: str | None = None,
                  hint: str | None = None):
@@ -151,6 +154,13 @@ class ThrottledError(ProvisionError):
     """The cloud's API rate limit (RequestLimitExceeded, HTTP 429): not a verdict on the place."""
 
     scope = Scope.RETRY
+
+
+class LeftBehind(BrokerError):
+    """A cluster was torn down but something of it with a cost is still in the cloud (e.g. an EBS volume
+    EC2 kept in use): `broker gc` removes it later. The cluster's record is gone, so `down` again cannot."""
+
+    exit_code = 1
 
 
 class Interrupted(BrokerError):

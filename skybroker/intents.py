@@ -1,7 +1,8 @@
 """The intents ledger, and reconciling what an interrupted launch left behind.
 
 Before every create call the provisioner records an intent (cluster, cloud, region, zone: "creating"),
-then the instance ids the create returned ("created"); a rollback closes it as "cleaned", a finished
+then the instance ids the create returned ("created"); a rollback closes it as "cleaned" (or "refused":
+the cloud could not be asked, but the driver knows its refused create call made no instance), a finished
 bring-up as "adopted" (the cluster is in the state). A new cluster's row is written (status INIT) before
 its first intent, by the command that holds the cluster's lock for the whole launch.
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .cluster_ops import check_owner, start_locked, terminate, write_ssh_config
-from .errors import BrokerError, Interrupted, SpecError
+from .cluster_ops import check_owner, left_behind, start_locked, terminate, write_ssh_config
+from .errors import BrokerError, Interrupted, LeftBehind, SpecError
 from .failpoints import failpoint
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
 
@@ -239,6 +239,13 @@ def _bring_up_locked(b: BringUp) -> Running:
             check_owner(rec, b.owner)
         except BrokerError as exc:
             raise _fail(b, rec, Stage.PREFLIGHT, False, exc) from None
+    if rec is not None and rec.status in (UP, STOPPED) and b.plan_fn is not None:  # or been terminated in the
+        # cloud's console: relaunched afresh (without a plan, e.g. a pool's job, the reuse fails as LOST)
+        gone = rec
+        rec = reconcile.unless_gone(rec, locked=True)
+        if rec is None:
+            b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra} (its instances were "
+                       "terminated outside the broker): launching it afresh")
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
@@ -369,7 +376,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
     from . import provision
 
     if b.plan_fn is None:
-        raise BrokerError("no plan given for a new cluster")
+        raise BrokerError(f"cluster {b.cluster} does not exist, and no plan was given to create it")
     public_key = None
     if _remote(b.task):
         from .paths import broker_home
@@ -456,7 +463,9 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
     if policy.terminate and rec is not None:
         b.on_event("cleanup", f"{_DOING[stage]} failed: terminating {b.cluster} so nothing is left running")
         try:
-            terminate(rec, b.on_event)
+            left_behind(b.cluster, terminate(rec, b.on_event))
+        except LeftBehind as texc:  # the record is gone: gc, not down, removes the rest
+            note = f"{texc.message}; {texc.hint}"
         except BaseException as texc:  # noqa: BLE001 - report both
             note = (f"terminating cluster {b.cluster} failed too ({getattr(texc, 'message', texc)}); "
                     f"`broker down {b.cluster}` or `broker gc` removes it")

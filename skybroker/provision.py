@@ -59,14 +59,19 @@ def parse_failover_event(message: str) -> dict | None:
 
 
 class ProvisionExhausted(BrokerError):
+    """Every place failed. `credentials_only`: every attempt was on a cloud that refused our credentials
+    or permissions, so no retry can help (the CLI's --retry-until-up and the managed-jobs controller both
+    stop on it)."""
+
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None):
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
         super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines), hint or
                          "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
         self.attempts = attempts
+        self.credentials_only = credentials_only
 
 
 def block_for(exc: ProvisionError, cand: Candidate) -> Block:
@@ -125,7 +130,8 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             if _only_refused(attempts, refused):  # no retry can help: waiting does not fix credentials
                 hints = list(dict.fromkeys(e.hint for e in refused.values() if e.hint))
                 raise ProvisionExhausted(attempts, f"{', '.join(sorted(refused))} refused our credentials or "
-                                         "permissions: not retried", "; ".join(hints) or None) from None
+                                         "permissions: not retried", "; ".join(hints) or None,
+                                         credentials_only=True) from None
             if retry_until_up and time.time() - started < max_wait:
                 wait = min(backoff, 300.0) * (0.5 + random.random())
                 on_event("retry", f"every candidate place failed; retrying in {wait:.0f}s (--retry-until-up)")
@@ -173,7 +179,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event,
             failpoint("provision-wait")
             return _finish_in_flight(lambda: prov.wait_instances(req, ids), on_event)
         except ProvisionError as exc:
-            _rollback(prov, cluster, cand, intent, on_event, cloud_name)
+            _rollback(prov, cluster, cand, intent, on_event, cloud_name, created_nothing=exc.created_nothing)
             if exc.scope != Scope.RETRY or n == retries:
                 raise
             wait = delay * 2 ** n * (0.75 + 0.5 * random.random())
@@ -251,7 +257,12 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
     return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
 
 
-def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_name: str | None = None) -> bool:
+def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_name: str | None = None,
+              created_nothing: bool = False) -> bool:
+    """Terminate what the attempt may have left. If the cloud cannot be asked (e.g. it refuses our
+    credentials) but the driver knows its create call created no instance, the intent is closed as
+    "refused": nothing with a cost can exist, so no record is kept that only working credentials could
+    remove (a security group it may have made is tagged: `broker gc` finds it)."""
     try:
         for w in prov.terminate(cloud_name or cluster, cand.region) or ():
             on_event("warning", w)
@@ -259,6 +270,12 @@ def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_
         return True
     except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if created_nothing:
+            state.set_intent(intent, "refused")
+            on_event("warning", f"no instance of {cluster} was created on {cand.cloud}/{cand.region}; could not "
+                     f"check it for a security group left by the attempt ({msg}): `broker gc` removes any once "
+                     "the cloud accepts the credentials")
+            return True
         on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {msg}; "
                  f"run `broker down {cluster}` or `broker gc`")
         return False

@@ -5,7 +5,7 @@
 path as `broker down`, so what it leaves behind (an AWS security group, host keys, the ssh config) is
 removed too, not only its row. `fresh` is the check every command on a cluster makes when the cluster
 may have stopped itself (its autostop runs on its nodes): one cloud query instead of acting on a record
-that says UP.
+that says UP. `unless_gone` is the one query a launch makes before reusing a cluster.
 """
 from __future__ import annotations
 
@@ -85,6 +85,22 @@ def _gone(rec: ClusterRecord, locked: bool) -> ClusterRecord | None:
     except ClusterBusy:
         return rec  # another command is working on it: it will find out
     return None
+
+
+def unless_gone(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
+    """Before a launch reuses an UP or STOPPED cluster: None if the cloud lists none of its instances any
+    more (terminated outside the broker, e.g. in the cloud's console), after removing what it left as
+    `refresh` does; the record otherwise. A cloud that cannot be asked leaves the record as it is (the
+    launch's own connection then says what is wrong)."""
+    from .clouds.registry import get as get_provider
+
+    if rec.status not in (UP, STOPPED) or not rec.cloud:
+        return rec
+    try:
+        infos = get_provider(rec.cloud).query(rec.cloud_name, rec.region)
+    except BrokerError:
+        return rec
+    return rec if infos else _gone(rec, locked)
 
 
 def fresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:

@@ -46,6 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("throttle_backoff", "BROKER_THROTTLE_BACKOFF", float, 2.0, "first backoff after throttling, seconds (doubles)"),
     _S("held_job_timeout", "BROKER_HELD_JOB_TIMEOUT", float, 600.0,
        "a gang job submitted to some nodes but never released is cancelled by the node agent after this"),
+    _S("gang_peer_grace", "BROKER_GANG_PEER_GRACE", float, 60.0,
+       "seconds each node of a running multi-node job waits once another node of it stopped answering on its "
+       "SSH port before it stops its part, failing the job (0: never)"),
     _S("failpoints", "BROKER_FAILPOINTS", str, "",
        "fault injection for tests: `point=sleep(S)`, `point=raise` or `point=exit`, comma separated (failpoints.py)"),
     _S("ssh_config", "BROKER_SSH_CONFIG", bool, True,
@@ -100,6 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     # -- clouds
     _S("aws_wait", "BROKER_AWS_WAIT", float, 600.0, "seconds to wait for EC2 instances to run or terminate"),
     _S("aws_poll", "BROKER_AWS_POLL", float, 2.0, "seconds between two EC2 describe calls while waiting"),
+    _S("aws_volume_wait", "BROKER_AWS_VOLUME_WAIT", float, 120.0,
+       "seconds `down` retries deleting an ephemeral EBS volume that EC2 still reports in use (detaching)"),
     _S("aws_max_attempts", "BROKER_AWS_MAX_ATTEMPTS", int, 5, "botocore retry attempts (standard mode)"),
     _S("gcp_wait", "BROKER_GCP_WAIT", float, 600.0, "seconds to wait for GCE operations"),
     _S("gcp_poll", "BROKER_GCP_POLL", float, 2.0, "seconds between two GCE polls"),

@@ -182,7 +182,8 @@ def set_autostop(name: str, minutes: int | None, down: bool, where: str | None =
 # intents: recorded before a create call, so cleanup knows what may exist even after a crash (see
 # intents.py for the ledger's rules and its reconciliation)
 
-INTENT_OPEN = ("creating", "created")  # "adopted" (the cluster is in the state) and "cleaned" are closed
+INTENT_OPEN = ("creating", "created")  # "adopted" (the cluster is in the state), "cleaned" and "refused" (the
+# create call was refused before any instance was made, and the cloud could not be asked after) are closed
 
 
 def add_intent(cluster: str, cloud: str, region: str | None, zone: str | None,

@@ -177,17 +177,17 @@ def set_autostop(name: str, minutes, down: bool):
     return _call("set_autostop", name, minutes, down)
 
 
-def queue(name: str):
-    return _call("queue", name)
+def queue(name: str, on_event=None):
+    return _call("queue", name, on_event=on_event)
 
 
-def logs(name: str, job_id, *, follow: bool, on_line):
+def logs(name: str, job_id, *, follow: bool, on_line, on_event=None):
     return _streamed("logs", f"stopped following; the job keeps running on cluster {name}",
-                     name, job_id, follow=follow, on_line=on_line)
+                     name, job_id, follow=follow, on_line=on_line, on_event=on_event)
 
 
-def cancel(name: str, job_ids, all_jobs: bool = False):
-    return _call("cancel", name, list(job_ids), all_jobs)
+def cancel(name: str, job_ids, all_jobs: bool = False, on_event=None):
+    return _call("cancel", name, list(job_ids), all_jobs, on_event=on_event)
 
 
 def daemons() -> dict:

@@ -91,6 +91,18 @@ class InstanceInfo:
     rank_hint: int | None = None
 
 
+class Leftover(str):
+    """A warning of `terminate` about a resource with a cost that it could not remove (an EBS volume still
+    in use): `broker down` reports it and exits non-zero instead of only warning. `resource_id` names it."""
+
+    resource_id: str = ""
+
+    def __new__(cls, text: str, resource_id: str = ""):
+        obj = super().__new__(cls, text)
+        obj.resource_id = resource_id
+        return obj
+
+
 @dataclass(frozen=True)
 class TaggedResource:
     """Something a provider created for a cluster (for gc and for reconciling interrupted launches)."""

@@ -2,20 +2,22 @@
 addressed as `--infra ssh/<pool>`. "Provisioning" allocates free hosts of the pool to the cluster;
 "terminating" cancels the cluster's jobs, removes what skybroker put on the hosts (the node agent's
 directory and the paths it claimed; never anything else, even when the host is this machine) and frees
-them. The machines themselves are never powered off. A host serves one cluster at a time.
+them; a host that could not be cleaned (unreachable) is kept out of the pool until a later claim has
+cleaned it (ssh_pools.dirty_hosts). The machines themselves are never powered off. A host serves one
+cluster at a time.
 
 A pool file may be shared by several BROKER_HOMEs (two laptops, a laptop and a CI runner): a host this home
 allocates is also claimed on the host itself, in `~/.skybroker-claim` (the home's id and the cluster's name on
-the cloud, written only if absent), so another home sees it taken; `terminate` removes the claim if it is still
-this cluster's. A claim of this home for a cluster it no longer knows is stale and taken over. A host that
-cannot be asked (it refuses the key, its host key changed) is allocated as before: the bring-up then says why
-it does not accept commands.
+the cloud, written only if absent), so another home sees it taken; `terminate` removes the claim once the host
+is cleaned (a host left dirty keeps it: its old jobs may still run). A claim of this home for a cluster it no
+longer knows is stale and taken over. A host that cannot be asked (it refuses the key, its host key changed) is
+allocated as before: the bring-up then says why it does not accept commands.
 """
 from __future__ import annotations
 
 from ..errors import BrokerError, CapacityError, InvalidRequestError, Place
 from .base import RUNNING, TAG_CLUSTER, UNREACHABLE, Capabilities, InstanceInfo, ProvisionRequest, Provider
-from .common import ssh_runner
+from .common import host_keys, ssh_runner
 from .ssh_pools import Pool, load_pools
 
 PROBE_SECONDS = 2.0
@@ -153,13 +155,51 @@ class SSHCloud(Provider):
         free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
         up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
         live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
-        down = len(free) - len(live)
+        live, dirty = self._clean_dirty(pool, live)
+        down = len(free) - len(live) - len(dirty)
         hosts = mine + live
         if len(hosts) < req.num_nodes:
             raise CapacityError(f"pool {pool.name} has {len(hosts)} free host(s) answering, "
-                                f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else ""),
+                                f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else "") +
+                                (f" ({len(dirty)} still holding what an earlier cluster left: "
+                                 f"{', '.join(dirty)})" if dirty else ""),
                                 Place("ssh", pool.name), code="PoolExhausted")
-        return pool, hosts, (f" ({down} not answering)" if down else "")
+        return pool, hosts, (f" ({down} not answering)" if down else "") + (
+            f" ({len(dirty)} still holding what an earlier cluster left: {', '.join(dirty)})" if dirty else "")
+
+    def _clean_dirty(self, pool: Pool, hosts: list) -> tuple[list, list[str]]:
+        """Hosts that `down` could not clean (ssh_pools.dirty_hosts: they may still run the old cluster's
+        jobs) are cleaned before they are given to a cluster: (the usable hosts, the IPs of those that could
+        still not be cleaned, which are no capacity)."""
+        from ..runtime.agent_client import AgentClient
+        from ..runtime.runner import run_parallel
+        from ..state import NodeRecord
+        from .ssh_pools import clear_dirty, dirty_hosts
+
+        dirty = dirty_hosts()
+        todo = [h for h in hosts if _instance_id(pool.name, h) in dirty]
+        if not todo:
+            return hosts, []
+
+        def clean(h) -> bool:
+            iid = _instance_id(pool.name, h)
+            node = NodeRecord(iid, 0, h.ip, h.ip, h.user, h.port, None, h.identity_file)
+            r = ssh_runner(str(dirty[iid].get("cluster") or "pool"), node)
+            try:
+                AgentClient(r, self.agent_python(), f"{h.ip} (left by cluster {dirty[iid].get('cluster')})").cleanup()
+            except BrokerError:
+                return False
+            finally:
+                r.close()
+                try:  # pinned by this connection: the cluster that gets the host pins it again
+                    host_keys().forget(iid)
+                except BrokerError:
+                    pass
+            clear_dirty(iid)
+            return True
+
+        ok = dict(zip(todo, run_parallel(todo, clean)))
+        return [h for h in hosts if ok.get(h, True)], [h.ip for h in todo if not ok[h]]
 
     def run_instances(self, req: ProvisionRequest) -> list[str]:
         if req.accelerator:
@@ -194,10 +234,15 @@ class SSHCloud(Provider):
         from ..runtime.agent_client import AgentClient
         from ..runtime.runner import AuthRefused, HostKeyMismatch, NodeUnreachable, run_parallel
 
+        from .ssh_pools import mark_dirty
+
         rec = state.get_cluster_on_cloud(cluster)
         held = self._held(cluster, rec)
         if rec is None:
-            return [w for w in (self._release_held(cluster, held)) if w]
+            return self._release_held(cluster, held)
+        kept = (f"; the host stays out of pool {region or rec.region} until it is cleaned (its jobs may still run "
+                "there): the next launch on the pool cleans it first once it answers")
+        left: set[str] = set()  # hosts not cleaned: they keep this home's claim until they are
 
         def clean(node) -> str | None:
             r = ssh_runner(rec.name, node)
@@ -208,15 +253,19 @@ class SSHCloud(Provider):
                 return (f"{node.ip}: host key changed, nothing was cleaned there ({exc.message}); "
                         f"after checking the host, `broker hostkeys forget {rec.name}`")
             except AuthRefused as exc:
-                return f"{node.ip}: {exc.message}; nothing was cleaned there (~/.skybroker-node may remain)"
+                why = f"{node.ip}: {exc.message}; nothing was cleaned there"
             except NodeUnreachable:
-                return f"{node.ip}: unreachable, nothing was cleaned there (~/.skybroker-node may remain)"
+                why = f"{node.ip}: unreachable, nothing was cleaned there"
             except BrokerError as exc:
-                return f"{node.ip}: cleanup failed: {exc.message}"
+                why = f"{node.ip}: cleanup failed: {exc.message}"
             finally:
                 r.close()
+            mark_dirty(node.instance_id, rec.name, why)
+            left.add(node.instance_id)
+            return why + kept
 
         warnings = [w for w in run_parallel(rec.nodes, clean) if w]
+        held = [(p, h) for p, h in held if _instance_id(p.name, h) not in left]
         return warnings + self._release_held(cluster, held)
 
     def _held(self, cluster: str, rec) -> list:

@@ -84,3 +84,49 @@ def check_keys(pool: Pool) -> None:
             raise SpecError(why, "name the private key that the pool's hosts accept (readable, "
                             "without a passphrase), or drop `identity_file` to use the broker's own key",
                             source=str(pools_file()), field=h.identity_field)
+
+
+# -- hosts `down` could not clean -----------------------------------------------------------------------
+# A host that was unreachable (or refused us) when its cluster was torn down may still run that cluster's
+# jobs and hold its files. It is recorded here (BROKER_HOME/ssh_pool_dirty.json: instance id → {cluster,
+# why, at}) and no launch is given it until it has been cleaned: the next claim in its pool cleans every
+# such host that answers first (ssh.py), and only then is it free again.
+
+def _dirty_file() -> Path:
+    return broker_home() / "ssh_pool_dirty.json"
+
+
+def dirty_hosts() -> dict[str, dict]:
+    import json
+
+    try:
+        data = json.loads(_dirty_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _update_dirty(change) -> None:
+    """Read-modify-write the record under a lock (concurrent downs and launches)."""
+    import fcntl
+    import json
+
+    path = _dirty_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = dirty_hosts()
+        change(data)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def mark_dirty(instance_id: str, cluster: str, why: str) -> None:
+    import time
+
+    _update_dirty(lambda d: d.__setitem__(instance_id, {"cluster": cluster, "why": why, "at": time.time()}))
+
+
+def clear_dirty(instance_id: str) -> None:
+    _update_dirty(lambda d: d.pop(instance_id, None))

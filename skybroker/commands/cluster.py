@@ -327,11 +327,16 @@ def queue(cluster, as_json):
     """Show a cluster's jobs."""
     api = use_api()
 
-    jobs = api.queue(cluster)
+    jobs = api.queue(cluster, on_event=_warn)
     if as_json:
         render.print_json([render.job_json(j) for j in jobs])
     else:
         render.print_jobs(jobs, cluster)
+
+
+def _warn(kind: str, message: str) -> None:
+    """The warnings of queue/logs/cancel (a node that could not be reached) on stderr."""
+    (render.warning if kind == "warning" else render.info)(message)
 
 
 @click.command(epilog=examples(
@@ -346,7 +351,7 @@ def logs(cluster, job_id, follow, as_json):
     """Show a job's logs (default: the latest job) from every node."""
     api = use_api()
 
-    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line)
+    st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line, on_event=_warn)
     if follow:
         return _job_exit(st, cluster)
     return 0
@@ -368,7 +373,7 @@ def cancel(cluster, job_ids, all_, yes):
     if all_:
         api.get_cluster(cluster)
         confirm_destructive(f"Cancel every job on {cluster}?", yes)
-    done = api.cancel(cluster, list(job_ids), all_)
+    done = api.cancel(cluster, list(job_ids), all_, on_event=_warn)
     render.info(f"cancelled: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
 
 

@@ -115,7 +115,10 @@ class Launching:
             first = " ".join(line.strip() for line in err.why.splitlines() if line.strip())
         store.add_event(j.id, "bring-up", f"failed while {lifecycle._DOING[err.stage]} ({err.failure.value}): {first}")
         if err.failure == Failure.REFUSED:
-            if dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
+            creds = refused_credentials(err)
+            if creds:  # waiting (or another market) cannot fix credentials: the job ends now, with the hint
+                first += f" ({err.hint})" if err.hint else ""
+            elif dl is not None and market is D_SPOT:  # the only probe of spot availability a broker has
                 then = dl.spot_failed(dst, time.time())
                 dst.want = None
                 store.update(j.id, deadline_state=dst.dump())
@@ -123,7 +126,7 @@ class Launching:
                 self.next_at[j.id] = 0
                 return
             self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
-            return self._apply(j, R.decide(self._view(j, task, recovering), R.LaunchFailed(first)))
+            return self._apply(j, R.decide(self._view(j, task, recovering), R.LaunchFailed(first, creds)))
         if err.failure in (Failure.LOST, Failure.UNREACHABLE):
             event = R.Preempted(f"{'instance lost' if err.failure == Failure.LOST else 'node unreachable'} while "
                                 f"{lifecycle._DOING[err.stage]} ({first})")
@@ -192,6 +195,12 @@ class Launching:
 
 class _CancelledDuringLaunch(Exception):
     pass
+
+
+def refused_credentials(err) -> bool:
+    """The bring-up failed because every cloud it tried refused our credentials or permissions (the
+    provisioner's own verdict, as `--retry-until-up` uses it)."""
+    return bool(getattr(err.cause, "credentials_only", False))
 
 
 def _with_market(task, spot: bool):

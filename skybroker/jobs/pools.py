@@ -237,8 +237,10 @@ class PoolRunner:
             self.attempts[(p.name, w.idx)] = self.attempts.get((p.name, w.idx), 0) + 1
             view = self._view(p, w, None)
             if err.failure == Failure.REFUSED:
+                from .launching import refused_credentials
+
                 return self._apply(p, w, R.decide(R.JobView(recovering=True, launch_attempts=view.launch_attempts),
-                                                  R.LaunchFailed(first)))
+                                                  R.LaunchFailed(first, refused_credentials(err))))
             if err.failure in (Failure.LOST, Failure.UNREACHABLE):
                 return self._apply(p, w, R.decide(view, R.Preempted(f"lost while bringing it up ({first})")))
             return self._apply(p, w, R.decide(view, R.BringUpFailed(lifecycle._DOING[err.stage], first)))

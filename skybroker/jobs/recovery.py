@@ -6,7 +6,8 @@ Events the controller observes:
   UserFailed           the user's code failed (exit code; during setup or run) on healthy instances
   Preempted            the cloud took instances away (spot termination, instance gone)
   Unreachable          instances look alive to the cloud but the broker cannot reach them (network)
-  LaunchFailed         no place could be provisioned
+  LaunchFailed         no place could be provisioned (retried during a recovery, unless every cloud
+                       refused our credentials: then FAILED_NO_RESOURCE at once)
   BringUpFailed        bring-up failed for another reason (e.g. a node without python3); the cluster was
                        torn down by the lifecycle
 A preemption during bring-up (the lifecycle's LOST / UNREACHABLE) is an ordinary Preempted: the job
@@ -64,6 +65,7 @@ class Unreachable:
 @dataclass(frozen=True)
 class LaunchFailed:
     message: str
+    credentials_only: bool = False  # every cloud tried refused our credentials: waiting cannot help
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def decide(view: JobView, event) -> object:
         return Finish(store.FAILED_CONTROLLER, None, f"bring-up failed {RELAUNCH_ATTEMPTS} times, last while "
                       f"{event.stage}: {event.message}")
     if isinstance(event, LaunchFailed):
-        if view.recovering and view.launch_attempts < RELAUNCH_ATTEMPTS:
+        if view.recovering and view.launch_attempts < RELAUNCH_ATTEMPTS and not event.credentials_only:
             return Wait(min(60.0, 5.0 * 2 ** view.launch_attempts), f"no capacity yet ({event.message}); retrying")
         return Finish(store.FAILED_NO_RESOURCE, None, event.message)
     raise TypeError(f"unknown event {event!r}")

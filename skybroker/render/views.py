@@ -211,7 +211,8 @@ def print_events(evs, show_cluster: bool) -> None:
 def job_json(j) -> dict:
     return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
-            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code} for n in j.nodes]}
+            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code, "reason": n.reason}
+                      for n in j.nodes]}
 
 
 JOB_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "CANCELLED": "yellow"}

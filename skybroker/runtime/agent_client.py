@@ -52,6 +52,15 @@ class AgentError(BrokerError):
     """The agent on a node answered with an error."""
 
 
+def _error(label: str, out: dict, msg: str) -> AgentError:
+    """The error for an agent's answer `out` (`msg`: its text); a full disk gets a hint."""
+    hint = None
+    if out.get("disk_full"):
+        hint = ("free space on that node's disk (its job logs are under ~/.skybroker-node/jobs), or tear the "
+                "cluster down and launch it with a larger `disk_size`")
+    return AgentError(f"node agent on {label}: {msg}", hint)
+
+
 class ContainerFailed(AgentError):
     """The node's container could not be made ready: `code` is the agent's (container.ENGINE_MISSING,
     PULL_FAILED, START_FAILED) as `agent_code`; `detail` the agent's message."""
@@ -110,7 +119,7 @@ class AgentClient:
             msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
             if res.exit_code == 3:
                 raise NotFoundError(f"{self.label}: {msg}")
-            raise AgentError(f"node agent on {self.label}: {msg}")
+            raise _error(self.label, out, msg)
         return out
 
     # -- commands ----------------------------------------------------------------------------------
@@ -182,7 +191,7 @@ class AgentClient:
             msg = out.get("error") or res.stderr.strip()[-500:] or f"exit code {res.exit_code}"
             if res.exit_code == 2 and msg.startswith("usage: agent.py"):
                 raise AgentOutdated(f"node agent on {self.label} predates `run`")
-            raise AgentError(f"node agent on {self.label}: {msg}")
+            raise _error(self.label, out, msg)
         return seen["start"], seen.get("end")
 
     def release(self, job_id: int) -> dict:
@@ -269,7 +278,7 @@ class AgentClient:
                 f"exit code {res.exit_code}"
             if res.exit_code == 2 and msg.startswith("usage: agent.py"):
                 raise AgentOutdated(f"node agent on {self.label} predates `watch`")
-            raise AgentError(f"node agent on {self.label}: {msg}")
+            raise _error(self.label, next((d for d in docs if isinstance(d, dict)), {}), msg)
 
     def cancel(self, job_ids: Iterable[int] | None = None, timeout: float = 60.0) -> list[int]:
         args = ["cancel", "--all"] if job_ids is None else ["cancel", *(int(j) for j in job_ids)]

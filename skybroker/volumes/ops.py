@@ -234,11 +234,14 @@ def _attach_one(rt, prov, v: VolumeRecord, node, m: VolumeMount, on_event: Event
                           f"{(res.stderr or res.stdout).strip()[-300:]}")
 
 
-def release_cluster(rec, on_event: Event = lambda k, m: None) -> list[str]:
+def release_cluster(rec, on_event: Event = lambda k, m: None, failed: frozenset = frozenset()) -> list[str]:
     """After the cluster's instances are gone: its ephemeral volumes are deleted, applied ones detached
-    (free for the next cluster). Returns warnings (never raises for one volume)."""
+    (free for the next cluster). Returns warnings (never raises for one volume). `failed`: cloud ids the
+    provider's terminate already tried to delete and could not (reported there; not waited for again)."""
     warns = []
     for v in records.of_cluster(rec.name):
+        if v.cloud_id in failed:
+            continue
         try:
             prov = provider_of(v.type)
             prov.detach_volume(v, rec.cloud_name, v.region)

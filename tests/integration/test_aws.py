@@ -664,3 +664,94 @@ def test_moto_server_faults_and_preemption(moto_srv):
     assert gone["StateReason"]["Code"] == "Server.SpotInstanceTermination"
     moto_srv.reset()
     assert moto_srv.calls() == [] and moto_srv.instances() == []
+
+
+CLI_TASK = f"""\
+name: t
+resources:
+  cloud: aws
+  region: us-east-1
+  instance_type: t3.micro
+  image_id: {AMI}
+run: echo hi
+"""
+EC2_ACTIONS = ("DescribeInstances", "DescribeAvailabilityZones", "DescribeKeyPairs", "ImportKeyPair",
+               "DescribeSecurityGroups", "DescribeVpcs", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress",
+               "DescribeSubnets", "RunInstances", "CreateTags", "TerminateInstances", "DeleteSecurityGroup",
+               "DescribeVolumes", "DeleteVolume")
+
+
+def _cli(args, env, cwd):
+    return subprocess.run(broker_cmd() + args, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_a_launch_refused_credentials_everywhere_leaves_no_record(moto_srv, tmp_path):
+    """Every EC2 call refuses the credentials: nothing was created, so no INTERRUPTED record is left that
+    only working credentials could remove (it was, and `down` then failed with exit 4)."""
+    env = {**os.environ, **moto_srv.env(), "PYTHONPATH": str(REPO)}
+    (tmp_path / "task.yaml").write_text(CLI_TASK)
+    for action in EC2_ACTIONS:
+        moto_srv.fault(action, code="AuthFailure", status=401,
+                       message="AWS was not able to validate the provided access credentials")
+    p = _cli(["launch", "-y", "task.yaml", "-c", "credx"], env, tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out
+    assert "no instance of credx was created on aws/us-east-1" in out and "`broker gc`" in out
+    assert "Traceback" not in out
+    assert not moto_srv.calls("RunInstances")
+    p = _cli(["status", "--json"], env, tmp_path)
+    assert p.returncode == 0 and "credx" not in p.stdout, p.stdout + p.stderr
+    p = _cli(["down", "-y", "credx"], env, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr  # already gone, without asking the cloud
+
+
+def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_be_asked(moto_srv, tmp_path):
+    """The opposite case: RunInstances created the instance, then every call refuses the credentials
+    (tagging it, rolling it back): the record stays for `broker down`, which fails until they work again."""
+    env = {**os.environ, **moto_srv.env(), "PYTHONPATH": str(REPO)}
+    (tmp_path / "task.yaml").write_text(CLI_TASK)
+    for action in ("CreateTags", "TerminateInstances", "DeleteSecurityGroup"):
+        moto_srv.fault(action, code="AuthFailure", status=401, message="credentials refused")
+    moto_srv.fault("DescribeInstances", code="AuthFailure", status=401, message="credentials refused", skip=1)
+    p = _cli(["launch", "-y", "task.yaml", "-c", "credy"], env, tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out
+    assert "could not roll back credy" in out
+    p = _cli(["status", "--json"], env, tmp_path)
+    assert "credy" in p.stdout, p.stdout + p.stderr
+    p = _cli(["down", "-y", "credy"], env, tmp_path)
+    assert p.returncode == 4, p.stdout + p.stderr
+    moto_srv.clear()  # the credentials work again
+    assert len(moto_srv.instances(cluster="credy")) == 1
+    p = _cli(["down", "-y", "credy"], env, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert moto_srv.instances(cluster="credy") == []
+
+
+def test_launch_onto_a_cluster_terminated_in_the_console_relaunches_it(moto_srv, tmp_path, monkeypatch):
+    """`launch -c NAME` of an UP cluster whose instances were terminated outside the broker: the launch
+    asks the cloud first, says so and creates it afresh (it said the cluster 'stays up' after failing to
+    reach the old address). The new launch is refused capacity, so the test ends at provisioning."""
+    from skybroker.state import ClusterRecord, NodeRecord
+
+    env = {**os.environ, **moto_srv.env(), "PYTHONPATH": str(REPO)}
+    for k, v in moto_srv.env().items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "task.yaml").write_text(CLI_TASK)
+    (inst,) = moto_srv.ec2().run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                           TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                               {"Key": "skybroker-cluster", "Value": "oob"}]}])["Instances"]
+    state.save_cluster(ClusterRecord(
+        name="oob", cloud="aws", region="us-east-1", zone="use1-az1", instance_type="t3.micro", accelerators=None,
+        use_spot=False, num_nodes=1, hourly_price=0.0104, status="UP", launched_at=time.time(),
+        nodes=[NodeRecord(inst["InstanceId"], 0, inst["PublicIpAddress"], None, "ubuntu", 22, None, None)]))
+    moto_srv.ec2().terminate_instances(InstanceIds=[inst["InstanceId"]])  # in the console
+    moto_srv.fault("RunInstances", code="InsufficientInstanceCapacity", message="no capacity")
+    p = _cli(["launch", "-y", "-c", "oob", "task.yaml"], env, tmp_path)
+    out = p.stdout + p.stderr
+    assert "cluster oob no longer exists on aws/us-east-1/use1-az1 (its instances were terminated outside " \
+           "the broker): launching it afresh" in out
+    assert p.returncode == 4 and "stays up" not in out and "unreachable" not in out, out
+    assert moto_srv.calls("RunInstances")
+    assert state.get_cluster("oob") is None

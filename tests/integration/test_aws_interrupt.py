@@ -80,10 +80,10 @@ class Launch:
                 pytest.fail(f"timed out waiting for {what}:\n{self.output}")
             time.sleep(0.05)
 
-    def interrupt(self, timeout: float = 60.0) -> tuple[int, float]:
-        """SIGINT once; (exit code, seconds from the signal to the exit). Fails if it hangs."""
+    def interrupt(self, timeout: float = 60.0, sig=signal.SIGINT) -> tuple[int, float]:
+        """SIGINT (or `sig`) once; (exit code, seconds from the signal to the exit). Fails if it hangs."""
         t0 = time.time()
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(sig)
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -139,6 +139,22 @@ def test_sigint_while_run_instances_is_in_flight(moto, tmp_path):
     created = moto.instances(cluster=cloud_name("intr-run"), states=("shutting-down", "terminated"))
     assert len(created) == 1
     assert_nothing_left(moto, "intr-run")
+
+
+def test_sighup_with_output_to_a_pipe_says_what_it_did(moto, tmp_path):
+    """SIGHUP (the terminal closed) acts like Ctrl-C: the launch rolls back and exits 130, and output that
+    goes to a pipe or a log file still gets the messages (they all went to /dev/null, so a log of the
+    launch ended at the signal)."""
+    moto.fault("RunInstances", delay=2.0)
+    launch = Launch(tmp_path, "intr-hup")
+    launch.wait_for(lambda: moto.calls("RunInstances"), "RunInstances")
+    time.sleep(0.3)
+    rc, _ = launch.interrupt(sig=signal.SIGHUP)
+    assert_clean_exit(rc, launch)
+    err = launch.stderr
+    assert "interrupted: waiting for the cloud call in flight to return" in err
+    assert "launch interrupted while provisioning; nothing of cluster intr-hup is left running" in err
+    assert_nothing_left(moto, "intr-hup")
 
 
 def test_sigint_during_security_group_setup(moto, tmp_path):

@@ -138,3 +138,38 @@ def test_preempted_spot_then_no_capacity_switches_to_on_demand(tmp_path, env):
     log = subprocess.run(broker_cmd() + ["jobs", "logs", str(jid)], env=env, capture_output=True, text=True).stdout
     assert "final 25" in log and "step 1\n" in log
     assert log.count("step 1\n") == 1  # resumed from the checkpoint, not from zero
+
+
+def test_spot_job_whose_cloud_refuses_the_credentials_ends_no_resource_at_once(tmp_path, env):
+    """Every EC2 call refuses the credentials (moto server): the deadline policy does not take that for a
+    lack of spot capacity and try again (on another market, or later, up to the deadline): the job ends
+    FAILED_NO_RESOURCE after one provisioning, its reason saying why and the cloud's hint."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto")
+    from tests.infra import moto_server
+
+    srv = moto_server.shared()
+    srv.reset()
+    try:
+        for action in ("DescribeInstances", "DescribeAvailabilityZones", "DescribeKeyPairs", "ImportKeyPair",
+                       "DescribeSecurityGroups", "CreateSecurityGroup", "DescribeSubnets", "RunInstances",
+                       "TerminateInstances", "DeleteSecurityGroup", "DescribeVolumes"):
+            srv.fault(action, code="AuthFailure", status=401, message="AWS was not able to validate the credentials")
+        e = {**env, **srv.env(), "AWS_EC2_METADATA_DISABLED": "true"}
+        task = tmp_path / "cr.yaml"
+        task.write_text("name: cr\nresources: {cloud: aws, region: us-east-1, instance_type: t3.micro, "
+                        "image_id: ami-12345678, use_spot: true}\n"
+                        "deadline: {by: 10m, compute: 5s, policy: uniform_progress, overhead: 2s, tick: 1s}\n"
+                        "run: echo hi\n")
+        r = subprocess.run(broker_cmd() + ["jobs", "launch", "-y", "-d", str(task)], env=e, capture_output=True,
+                           text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        jid = int(r.stderr.split("managed job ")[1].split()[0])
+        j = wait_done(e, jid, timeout=60)
+        ev = events(e, jid)
+        assert j["status"] == "FAILED_NO_RESOURCE", ev
+        assert "refused our credentials" in j["failure"] and "IAM permissions" in j["failure"], j
+        assert sum(x.startswith("provision:") for x in ev) == 1, ev
+        assert not any("no spot capacity" in x for x in ev), ev
+    finally:
+        srv.reset()

@@ -106,6 +106,7 @@ def _run_cell(cloud, stage, signame, cluster, task, env, reached, leftovers, tmp
     else:
         assert rc == 130, (cloud, stage, signame, rc, err.read_text())
         assert "Traceback" not in err.read_text(), err.read_text()
+        assert "launch interrupted while" in err.read_text(), (cloud, stage, signame, err.read_text())
     left = leftovers()
     return {"cloud": cloud, "stage": stage, "signal": signame, "exit": rc, "shown": shown,
             "after_signal": len(after_signal), "left": left}

@@ -223,6 +223,72 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
     assert _ebs(**{"skybroker-volume": "ebs1"}) == [] and records.get("ebs1") is None
 
 
+def _cluster_with_scratch(name, public_key):
+    from skybroker.clouds import registry
+    from skybroker.spec import task_from_dict
+    from skybroker.volumes import ops
+
+    prov = registry.get("aws")
+    infos = prov.provision(req(name, zone="use1-az1", public_key=public_key))
+    rec = _cluster(name, infos, "use1-az1")
+    ops.attach(_Runtime(rec, prov), task_from_dict({"run": "x", "volumes": {"/mnt/scratch": {"size": "5Gi"}}}))
+    (eph,) = _ebs(**{"skybroker-cluster": name, "skybroker-ephemeral": "true"})
+    return eph["VolumeId"]
+
+
+def test_down_retries_an_ephemeral_volume_ec2_still_reports_in_use(aws, public_key, monkeypatch):
+    """EC2 answers VolumeInUse for a while after the instance is gone: down retries the delete (it left the
+    volume behind with a warning and exit 0, for `broker gc` to find)."""
+    from skybroker import clusters
+    from tests.integration.test_aws import Hooks
+
+    hooks = Hooks()  # before the volume calls' client is made (it copies the session's hooks)
+    hooks.watch("DeleteVolume")
+    hooks.fail("DeleteVolume", "VolumeInUse", "Volume is currently attached", times=2)
+    _cluster_with_scratch("vu", public_key)
+    assert clusters.down(["vu"]) == ["vu"]
+    assert _ebs(**{"skybroker-ephemeral": "true"}) == []
+    assert hooks.count("DeleteVolume") >= 3
+
+
+def test_down_that_cannot_delete_an_ephemeral_volume_fails_naming_gc(aws, public_key, monkeypatch):
+    """Still in use after the bound: `down` exits non-zero naming the volume and `broker gc`, which then
+    finds it (nothing leaks silently)."""
+    from skybroker import clusters, gc, state
+    from skybroker.errors import LeftBehind
+    from tests.integration.test_aws import Hooks
+
+    monkeypatch.setenv("BROKER_AWS_VOLUME_WAIT", "0.3")
+    Hooks().fail("DeleteVolume", "VolumeInUse", "Volume is currently attached")
+    vol = _cluster_with_scratch("vk", public_key)
+    with pytest.raises(LeftBehind) as ei:
+        clusters.down(["vk"])
+    assert ei.value.exit_code == 1
+    assert vol in ei.value.message and "still in use" in ei.value.message
+    assert "`broker gc --yes`" in ei.value.hint
+    assert state.get_cluster("vk") is None  # its instances are gone
+    assert [v["VolumeId"] for v in _ebs(**{"skybroker-ephemeral": "true"})] == [vol]
+    scan = gc.scan(("aws",), {"aws": ["us-east-1"]})
+    assert [(o.cluster, o.resources) for o in scan.orphans] == [("vk", (("volume", vol),))]
+
+
+def test_a_failed_bring_up_whose_volume_cannot_be_deleted_says_so(aws, public_key, monkeypatch):
+    """The lifecycle's teardown of a failed bring-up (the same policy as down) says the volume was left and
+    that gc removes it (it said 'nothing is left running')."""
+    from skybroker import lifecycle, state
+    from skybroker.spec import task_from_dict
+    from tests.integration.test_aws import Hooks
+
+    monkeypatch.setenv("BROKER_AWS_VOLUME_WAIT", "0.3")
+    Hooks().fail("DeleteVolume", "VolumeInUse", "Volume is currently attached")
+    vol = _cluster_with_scratch("vf", public_key)
+    b = lifecycle.BringUp(task=task_from_dict({"run": "x"}), cluster="vf")
+    err = lifecycle._fail(b, state.get_cluster("vf"), lifecycle.Stage.SYNC, True, RuntimeError("sync broke"))
+    assert err.torn_down and state.get_cluster("vf") is None
+    assert vol in err.note and "not all of it is gone" in err.note and "`broker gc --yes`" in err.note
+    assert "nothing is left running" not in err.note
+
+
 # ------------------------------------------------------------------------------------------------ GCE PD
 def test_gcp_persistent_disk_against_the_gce_fake(monkeypatch):
     pytest.importorskip("google.cloud.compute_v1")

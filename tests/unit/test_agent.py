@@ -417,6 +417,57 @@ def test_cleanup_removes_only_what_the_broker_created(node):
     assert os.path.isdir("/etc")
 
 
+def test_claim_of_a_path_whose_parents_are_missing_claims_the_outermost_one(node):
+    home = node.home
+    (home / "mine").mkdir()
+    out = node.cmd("claim", "~/datasets/train/part", "~/mine/extra.yaml")
+    assert out["claimed"] == [str(home / "datasets"), str(home / "mine" / "extra.yaml")]
+    (home / "datasets" / "train").mkdir(parents=True)
+    (home / "mine" / "extra.yaml").write_text("synced")
+    (home / "mine" / "keep.txt").write_text("the user's")
+    node.cmd("cleanup")
+    assert not (home / "datasets").exists() and not (home / "mine" / "extra.yaml").exists()
+    assert (home / "mine" / "keep.txt").read_text() == "the user's"
+
+
+def test_a_follow_of_a_silent_job_ends_once_its_reader_is_gone(node):
+    node.submit(1, run=GATE)  # prints nothing until the gate opens
+    node.wait_status(1, "RUNNING")
+    r, w = os.pipe()
+    follower = subprocess.Popen([PY, str(AGENT), "logs", "1", "--follow"], stdout=w, env=node.env)
+    os.close(w)
+    try:
+        time.sleep(0.5)
+        assert follower.poll() is None  # still following while someone reads
+        os.close(r)  # the SSH channel closed (the client was interrupted)
+        follower.wait(timeout=10)  # it notices without writing anything
+    finally:
+        follower.kill()
+        node.open_gate()
+    assert node.wait(1)["status"] == "SUCCEEDED"  # the job itself was not touched
+
+
+def test_the_gang_watch_stops_the_job_once_a_peer_that_answered_stops_answering(node):
+    import socket
+
+    peer = socket.socket()
+    peer.bind(("127.0.0.1", 0))
+    peer.listen(16)
+    port = peer.getsockname()[1]
+    never = socket.socket()
+    never.bind(("127.0.0.1", 0))  # bound, never listening: a peer that never answered is no reason
+    node.submit(1, run="sleep 60", rank=0, num_nodes=3,
+                gang={"peers": [["127.0.0.1", port], ["127.0.0.1", never.getsockname()[1]]], "grace": 1, "every": 0.2})
+    node.wait_status(1, "RUNNING")
+    time.sleep(1.5)
+    assert node.job(1)["status"] == "RUNNING"
+    peer.close()  # the peer is lost
+    job = node.wait_status(1, "FAILED", timeout=20)
+    assert "127.0.0.1:%d" % port in job["reason"] and "stopped answering" in job["reason"], job
+    never.close()
+    assert node.run("submit", stdin=json.dumps({"job_id": 2, "gang": {"peers": "x"}}).encode()).returncode == 2
+
+
 def test_cleanup_refuses_a_directory_holding_a_client_state_db(node):
     node.cmd("version")
     (node.home / ".skybroker-node").mkdir(exist_ok=True)
@@ -682,3 +733,60 @@ def test_watch_of_an_unknown_job_ends_at_once_and_its_client_going_away_ends_it(
     p.stdout.close()  # the channel is gone: the next beat cannot be written
     assert p.wait(timeout=10) == 0
     node.open_gate()
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+_FULL = """import sys
+sys.path.insert(0, %r)
+import skybroker_agent as a
+import skybroker_agent.store as s
+def db():
+    raise s._sqlite().OperationalError("database or disk is full")
+s.db = db
+sys.exit(a.main())
+"""
+
+
+def test_a_submit_on_a_full_disk_is_one_line_naming_the_node_and_the_disk(tmp_path):
+    """The agent's SQLite DB cannot be written (SQLite's "database or disk is full", injected into the
+    installed copy): the client's error is one line naming the node and the agent's DB on that disk, with
+    a hint (it was "internal error: OperationalError: ...")."""
+    from skybroker.runtime.agent_client import AgentClient, AgentError
+    from skybroker.runtime.runner import RunResult
+
+    node = Node(tmp_path / "n0")
+    code = _FULL % str(AGENT.parent)
+    job = {"job_id": 1, "name": "j", "rank": 0, "num_nodes": 1, "setup": None, "run": "true", "env": {},
+           "secret_env": {}, "workdir": "~", "setup_key": None}
+
+    class Runner:
+        node_id = "c1 node 0"
+
+        def run(self, cmd, stdin=None, timeout=None, **kw):
+            r = subprocess.run([PY, "-S", "-c", code, *cmd.split()[3:]], input=stdin, capture_output=True,
+                               env=node.env, timeout=30)
+            return RunResult(r.returncode, r.stdout.decode(), r.stderr.decode())
+
+    with pytest.raises(AgentError) as ei:
+        AgentClient(Runner(), label="c1 node 0").submit(job)
+    msg = ei.value.message
+    assert "\n" not in msg and "Traceback" not in msg and "internal error" not in msg, msg
+    assert msg.startswith("node agent on c1 node 0: its disk is full: ")
+    assert str(node.home / ".skybroker-node" / "agent.db") in msg and "database or disk is full" in msg
+    assert "disk_size" in ei.value.hint
+
+
+def test_a_disk_io_error_is_a_full_disk_only_when_the_disk_has_no_space(tmp_path, monkeypatch):
+    """SQLite says "disk I/O error" when its WAL cannot grow on a full disk: that is reported as a full disk
+    only when the disk has (almost) no space left; ENOSPC always is."""
+    from collections import namedtuple
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    err = sqlite3.OperationalError("disk I/O error")
+    vfs = namedtuple("vfs", "f_bavail f_frsize")
+    monkeypatch.setattr(os, "statvfs", lambda p: vfs(10 << 20, 1))
+    assert agent_mod.disk_full(err) is None
+    assert "its disk is full" in agent_mod.disk_full(OSError(28, "No space left on device"))
+    monkeypatch.setattr(os, "statvfs", lambda p: vfs(0, 4096))
+    assert agent_mod.disk_full(err).startswith("its disk is full: %s cannot be written (disk I/O error; 0 KiB free)"
+                                               % (tmp_path / ".skybroker-node" / "agent.db"))

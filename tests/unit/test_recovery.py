@@ -131,6 +131,14 @@ def test_launch_failure_while_recovering_waits_with_backoff_then_no_resource():
     assert "no capacity" in a.reason
 
 
+def test_launch_refused_credentials_while_recovering_is_no_resource_at_once():
+    """Waiting cannot fix credentials: no 'no capacity yet; retrying' rounds (the provisioner's verdict)."""
+    a = R.decide(view(recovering=True, launch_attempts=0),
+                 R.LaunchFailed("aws refused our credentials or permissions", credentials_only=True))
+    assert isinstance(a, R.Finish) and a.status == store.FAILED_NO_RESOURCE
+    assert "refused our credentials" in a.reason
+
+
 def test_initial_launch_failure_is_no_resource_at_once():
     a = R.decide(view(recovering=False, launch_attempts=0), R.LaunchFailed("all regions exhausted"))
     assert isinstance(a, R.Finish) and a.status == store.FAILED_NO_RESOURCE

@@ -13,7 +13,7 @@ import re
 import time
 
 from ... import settings
-from ...errors import CapacityError, InvalidRequestError, Place, QuotaError
+from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
                     InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved, home_tag)
 from ..common import call_typed
@@ -159,9 +159,18 @@ class AWSCloud(EBSVolumes, Provider):
 
     # -- protocol --------------------------------------------------------------------------------
     def run_instances(self, req: ProvisionRequest) -> list[str]:
+        maybe_created: list[str] = []  # what may exist once this call fails: found, or a RunInstances sent
+        try:
+            return self._run_instances(req, maybe_created)
+        except ProvisionError as exc:
+            exc.created_nothing = not maybe_created  # e.g. every call refused our credentials
+            raise
+
+    def _run_instances(self, req: ProvisionRequest, maybe_created: list[str]) -> list[str]:
         place = Place("aws", req.region, req.zone, req.instance_type)
         ec2 = self._call(place, clients.ec2, req.region)
         existing = self._call(place, self._describe, ec2, req.cluster)
+        maybe_created += [i["InstanceId"] for i in existing]
         ids = [i["InstanceId"] for i in existing]
         stopped = [i["InstanceId"] for i in existing if i["State"]["Name"] in ("stopped", "stopping")]
         if stopped:
@@ -187,7 +196,15 @@ class AWSCloud(EBSVolumes, Provider):
             batches = [free_ranks[:1], free_ranks[1:]] if 0 in free_ranks else [free_ranks]
             for ranks in (b for b in batches if b):
                 params = self._run_params(req, image, key_name, sg, subnet, zone_name, len(ranks))
-                resp = self._call(place, ec2.run_instances, **params)
+                try:
+                    resp = self._call(place, ec2.run_instances, **params)
+                except ProvisionError as exc:  # EC2's refusal launched nothing; a lost answer might have
+                    from botocore.exceptions import ClientError
+
+                    if not isinstance(exc.__context__, ClientError):
+                        maybe_created.append("RunInstances")
+                    raise
+                maybe_created.append("RunInstances")
                 ids += [inst["InstanceId"] for inst in resp["Instances"]]
                 for inst, rank in zip(resp["Instances"], ranks):
                     self._call(place, ec2.create_tags, Resources=[inst["InstanceId"]],

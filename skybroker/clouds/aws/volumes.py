@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from ...errors import InvalidRequestError, Place
-from ..base import TAG_CLUSTER, TAG_USER, TaggedResource
+from ..base import TAG_CLUSTER, TAG_USER, Leftover, TaggedResource
 from . import client as clients
 
 TAG_VOLUME = "skybroker-volume"
@@ -132,19 +132,50 @@ class EBSVolumes:
             self._wait_volume(ec2, place, vol.cloud_id, lambda x: x["State"] == "available", "detached")
 
     def delete_volume(self, vol) -> None:
+        """Delete it. EC2 says VolumeInUse for a while after a detach (or after its instance terminated):
+        while no instance holds it attached, the delete is retried for up to `aws_volume_wait` seconds."""
         from botocore.exceptions import ClientError
+
+        from ... import settings
+        from .driver import _poll
 
         place = Place("aws", vol.region, vol.zone)
         ec2 = self._call(place, self._ec2v, vol.region)
-        try:
-            ec2.delete_volume(VolumeId=vol.cloud_id)
-        except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            if code in _GONE:
+        deadline = time.time() + settings.get("aws_volume_wait")
+        while True:
+            try:
+                ec2.delete_volume(VolumeId=vol.cloud_id)
                 return
-            if code == "VolumeInUse":
-                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is still attached", place, code=code) from None
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code in _GONE:
+                    return
+                if code != "VolumeInUse":
+                    raise self.classify(exc, place) or exc
+            held = self._attached_to(ec2, place, vol.cloud_id)
+            if held is None:
+                return  # gone meanwhile
+            if held:
+                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is attached to {held[0]}", place,
+                                          code="VolumeInUse")
+            if time.time() > deadline:
+                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is still in use (detaching) after "
+                                          f"{settings.get('aws_volume_wait'):.0f}s", place, code="VolumeInUse")
+            time.sleep(_poll())
+
+    def _attached_to(self, ec2, place, vol_id) -> list[str] | None:
+        """The instances holding the volume attached (not detaching); None when it no longer exists."""
+        from botocore.exceptions import ClientError
+
+        try:
+            v = ec2.describe_volumes(VolumeIds=[vol_id])["Volumes"][0]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _GONE:
+                return None
             raise self.classify(exc, place) or exc
+        if v["State"] in ("deleting", "deleted"):
+            return None
+        return [a["InstanceId"] for a in v.get("Attachments", []) if a.get("State") in ("attaching", "attached")]
 
     def _ephemeral_volumes(self, ec2, cluster=None):
         flt = [{"Name": "tag-key", "Values": [TAG_EPHEMERAL]}]
@@ -165,8 +196,9 @@ class EBSVolumes:
                     self._call(place, ec2.detach_volume, VolumeId=v["VolumeId"], Force=True)
                     self._wait_volume(ec2, place, v["VolumeId"], lambda x: x["State"] == "available", "detached")
                 self.delete_volume(rec)
-            except InvalidRequestError as exc:
-                warns.append(f"ephemeral volume {v['VolumeId']} of {cluster}: {exc.message}; `broker gc` removes it")
+            except InvalidRequestError as exc:  # it still costs money: `down` fails with this (base.Leftover)
+                warns.append(Leftover(f"ephemeral volume {v['VolumeId']} of {cluster} could not be deleted: "
+                                      f"{exc.message}", v["VolumeId"]))
         return warns
 
     def _tagged_volumes(self, ec2, region) -> list[TaggedResource]:

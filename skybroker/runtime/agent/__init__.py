@@ -65,7 +65,9 @@ exact number of bytes read, whatever they are.  ``run --marker M`` is submit + f
 ``{job_id}``, and stdout carries ``M {start}``, the raw log, then ``M {"job": row}``; the job's runner is
 spawned without the call's BROKER_RUN_ID, so killing the call (Ctrl-C) leaves the job running.
 ``watch ID...`` is a long-lived command: one JSON line per change of the jobs (row, log growth) and a beat
-(queries.cmd_watch), until every job is terminal or the client is gone.
+(queries.cmd_watch), until every job is terminal or the client is gone. ``logs --follow`` and ``run`` also
+end, within a second, once their client is gone (``client_gone``: the channel closed), even while the job
+prints nothing.
 Jobs get PYTHONUNBUFFERED=1 unless their env sets it.
 """
 import os
@@ -93,7 +95,7 @@ HELD_SECONDS = 600.0   # default: a held (gang) job never released within this c
 ACTIVE_SQL = "status IN ('PENDING', 'SETTING_UP', 'RUNNING')"
 PACKAGE = "skybroker_agent"  # the package's name on a node (~/.skybroker-node/skybroker_agent/)
 FILES = ("__init__.py", "store.py", "procs.py", "jobs.py", "notices.py", "queries.py", "autostop.py", "boxes.py",
-         "container.py")
+         "container.py", "gang.py")
 
 
 def sources():
@@ -176,6 +178,20 @@ def dumps(obj):
 def answer(obj):
     sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def client_gone(fd=1):
+    """Whether the reader of our stdout is gone (the SSH channel closed: the client was interrupted or
+    lost), without writing to it: a pipe or socket whose other end closed polls POLLERR/POLLHUP. A follow
+    of a job that prints nothing would otherwise only notice at its next write (EPIPE)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no poll() here
+        return False
 
 
 def cmd_version(args):
@@ -285,6 +301,28 @@ def main(argv=None):
     except BrokenPipeError:  # the client went away while we were streaming
         return 0
     except Exception as e:
+        full = disk_full(e)
+        if full:  # one line naming the disk, not an "internal error" (the client adds the node's name)
+            answer({"error": full, "disk_full": True})
+            return 1
         answer({"error": "internal error: %s: %s" % (type(e).__name__, e)})
         return 1
+
+
+def disk_full(exc):
+    """The answer for an error that comes from the node's disk being full, else None: ENOSPC, SQLite's
+    "database or disk is full", or SQLite's "disk I/O error" (a WAL that cannot grow) while the disk has
+    (almost) no space left."""
+    text = str(exc)
+    home = os.path.join(os.path.expanduser("~"), NODE_DIR)
+    try:
+        st = os.statvfs(home if os.path.isdir(home) else os.path.expanduser("~"))
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    full = getattr(exc, "errno", None) == 28 or "database or disk is full" in text  # 28: ENOSPC
+    if not full and not ("disk I/O error" in text and free is not None and free < (1 << 20)):
+        return None
+    return "its disk is full: %s cannot be written (%s%s)" % (
+        os.path.join(home, "agent.db"), text, "" if free is None else "; %d KiB free" % (free // 1024))
 

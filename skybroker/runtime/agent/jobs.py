@@ -6,7 +6,7 @@ import sys
 import time
 
 from . import (ACTIVE_SQL, AgentError, CANCELLED, CANCEL_GRACE, FAILED, FAILED_SETUP, PENDING, POLL, RUNNING,
-                SETTING_UP, SUCCEEDED, TERMINAL_STATUSES, answer, dumps, spawn_argv)
+                SETTING_UP, SUCCEEDED, TERMINAL_STATUSES, answer, client_gone, dumps, spawn_argv)
 from . import boxes, notices, procs, store
 
 
@@ -23,7 +23,7 @@ def _validate(obj):
     if not isinstance(obj, dict):
         raise AgentError("job must be a JSON object")
     known = ("job_id", "name", "rank", "num_nodes", "setup", "run", "env", "secret_env", "workdir", "setup_key",
-             "token", "held_seconds", "notice")
+             "token", "held_seconds", "notice", "gang")
     unknown = sorted(set(obj) - set(known))
     if unknown:
         raise AgentError("unknown job field(s): %s" % ", ".join(unknown))
@@ -46,6 +46,14 @@ def _validate(obj):
     held = job["held_seconds"]
     if held is not None and (isinstance(held, bool) or not isinstance(held, (int, float)) or held <= 0):
         raise AgentError("held_seconds: must be a positive number or null")
+    g = job.get("gang")
+    if g is not None:
+        peers = g.get("peers") if isinstance(g, dict) else None
+        if not isinstance(peers, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                                                  and _is_int(p[1]) for p in peers) or not all(
+                isinstance(g.get(k, 1), (int, float)) and not isinstance(g.get(k, 1), bool) and g.get(k, 1) > 0
+                for k in ("grace", "every")):
+            raise AgentError("gang: must be {peers: [[host, port], ...], grace, every}")
     n = job["notice"]
     if n is not None:
         if not isinstance(n, dict) or n.get("kind") not in notices.NOTICE_KINDS or not isinstance(n.get("url"), str):
@@ -183,6 +191,8 @@ def cmd_run(args):
         if terminal:
             break
         if time.time() >= next_reconcile:
+            if client_gone():  # interrupted (Ctrl-C) or lost: the job keeps running, nobody reads it any more
+                return 0
             procs.reconcile(conn, [row])
             next_reconcile = time.time() + 1.0
         if watch is not None:
@@ -290,23 +300,27 @@ def _run_job(conn, job_id, spec, secrets):
                     conn.execute("INSERT OR REPLACE INTO setup_done VALUES (?, ?)", (key, time.time()))
         if not _advance(conn, job_id, (PENDING, SETTING_UP), RUNNING):
             return
-        rc = _phase(conn, job_id, spec["run"], workdir, env, log, notice=spec.get("notice"), box=box) \
+        gang = spec.get("gang") or {}  # the gang watch (gang.py) says here why it stopped the job
+        rc = _phase(conn, job_id, spec["run"], workdir, env, log, notice=spec.get("notice"), box=box, gang=gang) \
             if spec["run"] else 0
         if rc is not None:
             noticed = (store.get(conn, job_id) or {"notice": None})["notice"]
             # stopped by a notice, whatever its exit code: the work is not done, the instance is going
             if noticed:
                 _finish(conn, job_id, FAILED, rc, "stopped by a preemption notice (%s); exit code %d" % (noticed, rc))
+            elif gang.get("lost"):
+                _finish(conn, job_id, FAILED, rc, "stopped: %s; exit code %d" % (gang["lost"], rc))
             else:
                 _finish(conn, job_id, SUCCEEDED if rc == 0 else FAILED, rc,
                         None if rc == 0 else "run exited with code %d" % rc)
 
 
-def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, box=None):
+def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, box=None, gang=None):
     """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
     The script is written to a file and run from there: a command line has a size limit (128 KiB per
     argument on Linux) that a long `run:` would exceed. With BOX (the node's container) it runs there
-    through the engine's `exec`, in the same paths (the home is shared)."""
+    through the engine's `exec`, in the same paths (the home is shared). With GANG (a gang job's
+    peers) the gang watch runs meanwhile and sets gang["lost"] when it stopped the job."""
     import shutil
     import subprocess
     script = os.path.join(store.job_dir(job_id), name + ".sh")
@@ -322,7 +336,18 @@ def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, bo
                                 (proc.pid, proc.pid, job_id, SETTING_UP, RUNNING)).rowcount
     if not recorded:
         procs.kill_group(proc.pid)
-    rc = notices.wait_watching(conn, job_id, proc, notice, env.get("BROKER_JOB_MARK")) if notice else proc.wait()
+    watch = None
+    if gang and gang.get("peers") and recorded:
+        from .gang import Watch
+
+        watch = Watch(gang, proc.pid, env.get("BROKER_JOB_MARK"))
+    try:
+        rc = notices.wait_watching(conn, job_id, proc, notice, env.get("BROKER_JOB_MARK")) if notice else proc.wait()
+    finally:
+        if watch is not None:
+            watch.stop()
+            if watch.lost:
+                gang["lost"] = watch.lost
     row = store.get(conn, job_id)
     if row is None or row["status"] not in (SETTING_UP, RUNNING):
         procs.kill_group(proc.pid)  # cancelled: make sure stragglers in the group are gone too

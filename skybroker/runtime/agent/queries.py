@@ -3,7 +3,8 @@ import os
 import sys
 import time
 
-from . import ACTIVE_SQL, CANCEL_GRACE, CANCELLED, PENDING, POLL, TERMINAL_STATUSES, AgentError, answer, dumps
+from . import (ACTIVE_SQL, CANCEL_GRACE, CANCELLED, PENDING, POLL, TERMINAL_STATUSES, AgentError, answer,
+               client_gone, dumps)
 from . import boxes, procs, store
 
 
@@ -59,6 +60,8 @@ def cmd_logs(args):
                 not args.follow and (got or expired)):
             return 0
         if time.time() >= next_reconcile:
+            if args.follow and client_gone():  # interrupted (Ctrl-C) or lost: nobody reads any more
+                return 0
             procs.reconcile(conn)
             next_reconcile = time.time() + 1.0
         if not got:
@@ -87,17 +90,39 @@ def _logs_b64(conn, args):
 
 
 def cmd_claim(args):
-    """Record paths the broker is about to create (only those that do not exist yet)."""
+    """Record paths the broker is about to create (only those that do not exist yet): for a path whose
+    parent directories are missing too, the outermost missing one (creating the path creates it)."""
     conn = store.db()
     claimed = []
     with store.txn(conn):
         for p in args.paths:
-            full = os.path.abspath(os.path.expanduser(p))
+            full = _outermost_missing(os.path.abspath(os.path.expanduser(p)))
             if not os.path.lexists(full) and _removable(full):
                 conn.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (full, time.time()))
                 claimed.append(full)
     answer({"claimed": claimed})
     return 0
+
+
+def _outermost_missing(path):
+    """`path`, or its outermost ancestor strictly below the home directory that does not exist yet."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    top, parent = path, os.path.dirname(path)
+    while parent != top and parent.startswith(home + os.sep) and not os.path.lexists(parent):
+        top, parent = parent, os.path.dirname(parent)
+    return top
+
+
+def _mounted_under(path):
+    """Whether a file system is mounted at `path` or below it (a bucket MOUNT, a bind mount): such a
+    path is never removed (a removal would walk into it)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [ln.split()[1].replace("\\040", " ") for ln in f if len(ln.split()) > 1]
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    return any(p == real or p.startswith(real + os.sep) for p in points)
 
 
 def _removable(path):
@@ -132,7 +157,7 @@ def cmd_cleanup(args):
     _unmount_buckets(base)
     removed = []
     for (path,) in conn.execute("SELECT path FROM claims ORDER BY length(path) DESC").fetchall():
-        if os.path.lexists(path) and _removable(path):
+        if os.path.lexists(path) and _removable(path) and not _mounted_under(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
