@@ -723,10 +723,12 @@ def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_b
     p = _cli(["down", "-y", "credy"], env, tmp_path)
     assert p.returncode == 4, p.stdout + p.stderr
     moto_srv.clear()  # the credentials work again
-    assert len(moto_srv.instances(cluster="credy")) == 1
+    from tests.integration.local_helpers import cloud_name
+
+    assert len(moto_srv.instances(cluster=cloud_name("credy"))) == 1  # tagged with its name on the cloud
     p = _cli(["down", "-y", "credy"], env, tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert moto_srv.instances(cluster="credy") == []
+    assert moto_srv.instances(cluster=cloud_name("credy")) == []
 
 
 def test_launch_onto_a_cluster_terminated_in_the_console_relaunches_it(moto_srv, tmp_path, monkeypatch):
