@@ -34,7 +34,6 @@ from skybroker.spot import experiment  # noqa: E402
 from skybroker.spot.mz_experiment import run_zones  # noqa: E402
 from skybroker.spot.policies import Job  # noqa: E402
 from skybroker.spot.traces import (  # noqa: E402
-    Trace,
     default_traces_root,
     find_traces,
     infer_nodes,
@@ -78,8 +77,7 @@ def load(paths, days):
         return trs
     if days[0] == 0:
         return [t.head(days[1]) for t in trs]
-    return [Trace(t.name + f"[d{days[0]}-{days[1]}]", t.path, t.gap_seconds,
-                  t.counts[days[0] * DAY:days[1] * DAY]) for t in trs]
+    return [t.slice_days(*days) for t in trs]
 
 
 def run_set(traces, fracs, overhead, starts, seed, workers, history=True):

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "catalog": ("skybroker.commands.info", "catalog", "Price catalogs: build and inspect."),
     "simulate": ("skybroker.spot.cli", "simulate", "Simulate deadline-aware spot policies on real traces."),
     "completion": ("skybroker.commands.info", "completion", "Print the shell completion script (bash, zsh, fish)."),
+    "examples": ("skybroker.commands.info", "examples_", "Copy the example tasks into ./examples (a pip install has none)."),
     "server": ("skybroker.commands.server", "server", "Run the broker as a service for a team or CI; manage its tokens."),
     "login": ("skybroker.commands.server", "login", "Make every command a client of a broker server."),
     "logout": ("skybroker.commands.server", "logout", "Back to local mode (forget the server and token)."),
@@ -96,6 +97,9 @@ class LazyGroup(click.Group):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError:
+            if args and args[0] in ("help", "version"):  # what people type first (git help, kubectl version)
+                flag = f"{args[1]} --help" if args[0] == "help" and len(args) > 1 else f"--{args[0]}"
+                raise click.UsageError(f"no such command {args[0]!r}; did you mean `broker {flag}`?") from None
             if args and args[0] not in COMMANDS and not args[0].startswith("-"):
                 from difflib import get_close_matches
 
@@ -108,6 +112,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog="""\b
 Examples:
+  broker examples                             # copy the example tasks into ./examples
   broker launch -y examples/hello.yaml        # 2 local nodes, no cloud account needed
   broker launch --dryrun examples/v100.yaml   # the cheapest place for a task, provisions nothing
   broker status ; broker down -y hello-1a2b
@@ -125,7 +130,7 @@ Every command has examples in its --help. Exit codes: 0 ok, 1 failure (a job: it
 def cli(ctx, debug, config_file):
     """skybroker: run your job on the cheapest cloud that fits it, and keep it running.
 
-    Tasks are SkyPilot-compatible YAML files. Start with:  broker launch examples/hello.yaml
+    Tasks are SkyPilot-compatible YAML files. Start with:  broker examples && broker launch -y examples/hello.yaml
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -160,6 +165,20 @@ def _signals_interrupt() -> None:
             pass
 
 
+def _tolerant_streams() -> None:
+    """Output is UTF-8 text (✔, ·, —, box lines); a stdout/stderr in another encoding (PYTHONIOENCODING=ascii,
+    a Latin-1 locale, LC_ALL=C with PYTHONUTF8=0) shows '?' for what it cannot encode instead of a
+    UnicodeEncodeError traceback in the middle of a command."""
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if codecs.lookup(stream.encoding or "utf-8").name != "utf-8":
+                stream.reconfigure(errors="replace")
+        except (AttributeError, LookupError, ValueError, OSError):  # not a TextIOWrapper (tests, embedding)
+            pass
+
+
 def _isatty(fd: int) -> bool:
     try:
         return os.isatty(fd)
@@ -167,16 +186,29 @@ def _isatty(fd: int) -> bool:
         return False
 
 
+def _quiet_sdk_logs() -> None:
+    """Cloud SDKs log their retries and credential probing as warnings (azure-identity: about 15 lines per
+    failed credential lookup, on every lookup), which Python prints on stderr when nothing is configured. The
+    broker's own error says what failed and what to do; `--debug` shows the SDKs' logs too."""
+    import logging
+
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
 def main(argv=None) -> None:
     from .errors import BrokerError
 
     from . import settings
+
+    _tolerant_streams()
 
     try:
         env_debug = settings.get("debug")
     except BrokerError:
         env_debug = False
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or env_debug
+    if not debug:
+        _quiet_sdk_logs()
     _signals_interrupt()
     try:
         rv = cli.main(args=argv, prog_name="broker", standalone_mode=False)

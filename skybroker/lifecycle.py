@@ -392,6 +392,10 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
 
     def on_place(cand):  # the row says where the cluster is going before anything is created there
         identity.preflight(b.task, cand.cloud)  # LOCAL_CREDENTIALS for that cloud: its files exist (exit 2)
+        if any(m.is_bucket for m in b.task.file_mounts):
+            from .storage import mounts
+
+            mounts.preflight_place(b.task, cand.cloud)  # a `name:` storage the cloud's store would refuse (exit 2)
         registry.get(cand.cloud, sdk=False).preflight_place(cand.region)  # its SSH key(s) load (exit 2)
         rec.cloud, rec.region, rec.zone = cand.cloud, cand.region, cand.zone
         rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot

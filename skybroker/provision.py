@@ -58,6 +58,10 @@ def parse_failover_event(message: str) -> dict | None:
             "message": m.group(5)}
 
 
+_REQUEST_HINT = ("the cloud refused the request itself, so retrying will not help: fix what its message names "
+                 "(instance type, image, disk, ...)")
+
+
 class ProvisionExhausted(BrokerError):
     """Every place failed. `credentials_only`: every attempt was on a cloud that refused our credentials
     or permissions, so no retry can help (the CLI's --retry-until-up and the managed-jobs controller both
@@ -65,11 +69,13 @@ class ProvisionExhausted(BrokerError):
 
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False):
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False,
+                 exit_code: int | None = None):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
         super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines), hint or
-                         "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
+                         "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)",
+                         exit_code)
         self.attempts = attempts
         self.credentials_only = credentials_only
 
@@ -149,8 +155,9 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
                         type(exc).__name__, exc.code, exc.message, exc.scope.value)
             attempts.append(a)
             state.add_event(cluster, "failover", failover_event(a))
-            if exc.scope == Scope.REQUEST:
-                raise ProvisionExhausted(attempts, "the request itself was refused") from None
+            if exc.scope == Scope.REQUEST:  # waiting cannot help: the error's own hint and exit code (a bad image: 2)
+                raise ProvisionExhausted(attempts, "the request itself was refused", exc.hint or _REQUEST_HINT,
+                                         exc.exit_code) from None
             if exc.scope == Scope.CLOUD:
                 refused[cand.cloud] = exc
             blocks.append(block_for(exc, cand))

@@ -64,7 +64,15 @@ def check_overrides(mapping: dict, flag: str) -> None:
             raise SpecError(f"{flag} {str(k)[:40]!r}: not a valid variable name", f"use {flag} KEY=VALUE")
 
 
+# Linux's MAX_ARG_STRLEN: one NAME=VALUE string of a process's environment (execve says E2BIG past it);
+# and the whole environment (with argv) within ARG_MAX, 2 MiB with the usual 8 MiB stack, less room for
+# the node's own variables and SKYPILOT_*/BROKER_*
+ENV_STRING_MAX = 32 * 4096
+ENV_TOTAL_MAX = 2 * 1024 * 1024 - 128 * 1024
+
+
 def require_values(envs: dict, secrets: dict, source: str) -> None:
+    total = 0
     for kind, mapping, flag in (("envs", envs, "--env"), ("secrets", secrets, "--secret")):
         for k, v in mapping.items():
             if v is None:
@@ -72,6 +80,18 @@ def require_values(envs: dict, secrets: dict, source: str) -> None:
                                 f"pass it on the command line: {flag} {k}=VALUE (or {flag} {k} to take it from "
                                 f'your environment); for an empty value write {k}: ""', source=source,
                                 field=f"{kind}.{k}")
+            size = len(f"{k}={v}".encode("utf-8", "surrogateescape")) + 1
+            if size > ENV_STRING_MAX:  # the job would fail to start on every node, its log empty
+                raise SpecError(f"is {size} bytes: a variable of a process's environment holds at most "
+                                f"{ENV_STRING_MAX // 1024} KiB on Linux, so the job could not start",
+                                "put the data in a file (the workdir or a file_mounts entry) and pass its path",
+                                source=source, field=f"{kind}.{k}")
+            total += size + 8  # and its pointer
+    if total > ENV_TOTAL_MAX:
+        raise SpecError(f"envs and secrets are {total} bytes together: a process's environment holds about 2 MiB "
+                        "on Linux (ARG_MAX), so the job could not start",
+                        "put the data in files (the workdir or file_mounts entries) and pass their paths",
+                        source=source, field="envs")
 
 
 def secrets_section(raw, source: str) -> dict:
@@ -364,6 +384,29 @@ def file_mounts(m, source: str, make_mount) -> tuple:
             continue
         out.append(make_mount(remote, _local(src, fp, source)))
     return tuple(out)
+
+
+def check_mount_targets(mounts, has_workdir: bool, source: str) -> None:
+    """Where file mounts land on the nodes: a path, not a bucket URI (a SkyPilot rule), not the nodes' root, and
+    not `~/sky_workdir` itself when a workdir is synced there (SkyPilot's rule: the two would overwrite each
+    other; a path inside it is fine)."""
+    for m in mounts:
+        fp = f"file_mounts.{m.remote}"
+        target = m.remote.strip()
+        if not target:
+            raise SpecError("a file mount needs a destination path (the key is empty)",
+                            "e.g. `/data: s3://my-bucket` or `~/model: ./model`", source=source, field=fp)
+        if target.startswith(BUCKET_PREFIXES) or "://" in target:
+            raise SpecError("the destination of a file mount is a path on the nodes, not a bucket",
+                            "write the path first: `/data: s3://my-bucket`", source=source, field=fp)
+        norm = os.path.normpath(target)
+        if norm == "/":
+            raise SpecError("a file mount cannot replace the nodes' root directory", "mount it at a path such as "
+                            "/data", source=source, field=fp)
+        if has_workdir and norm in ("~/sky_workdir", "sky_workdir"):
+            raise SpecError("~/sky_workdir is where the workdir is synced: a file mount there would replace or "
+                            "mix into it", "mount it at a path inside it (~/sky_workdir/data) or elsewhere",
+                            source=source, field=fp)
 
 
 def _bucket_uri(uri: str, fp: str, source: str) -> str:

@@ -142,8 +142,10 @@ def read_yaml_docs(path: str | os.PathLike, what: str = "task") -> tuple[list[tu
     p = Path(path)
     shown = str(path)
     if not p.exists():
-        raise SpecError("file not found", "check the path; a task is a YAML file like examples/hello.yaml",
-                        source=shown)
+        hint = "check the path; a task is a YAML file like examples/hello.yaml"
+        if p.parts[:1] == ("examples",) and not Path("examples").exists():
+            hint = "the example tasks ship with skybroker: `broker examples` copies them into ./examples"
+        raise SpecError("file not found", hint, source=shown)
     if p.is_dir():
         raise SpecError("is a directory, not a task file", "pass the YAML file inside it", source=shown)
     try:
@@ -188,8 +190,11 @@ def parse_yaml_docs(raw: bytes, shown: str, what: str = "task") -> list[tuple[An
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"malformed YAML: {problem}", "check indentation and quoting around that line",
-                        source=where) from None
+        hint = "check indentation and quoting around that line"
+        if "escape" in problem or "hexdecimal" in problem or "hexadecimal" in problem:
+            hint = ("inside double quotes a backslash starts an escape (a Windows path's \\U, \\d...): "
+                    "use single quotes ('C:\\Users\\me') or forward slashes")
+        raise SpecError(f"malformed YAML: {problem}", hint, source=where) from None
     except RecursionError:
         raise SpecError("malformed YAML: nested too deeply", "a task is a shallow mapping of fields",
                         source=shown) from None

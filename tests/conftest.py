@@ -58,6 +58,17 @@ def state_backend(request, monkeypatch):
     yield request.param
 
 
+def cli_runner():
+    """A click CliRunner whose result has separate .stdout and .stderr on every click the project supports:
+    click < 8.2 (the floor is 8.1.3) mixes stderr into stdout unless told not to; 8.2 removed the flag."""
+    from click.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
 def broker_cmd() -> list[str]:
     """The CLI as a real subprocess, through the same interpreter running the tests."""
     return [sys.executable, "-m", "skybroker.cli"]

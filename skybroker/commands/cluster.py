@@ -72,11 +72,15 @@ def launch(task_file, overrides, cluster, dryrun, yes, as_json, detach, retry_un
     if idle_minutes is not None or autodown:  # SkyPilot's `sky launch -i N --down`
         overrides = {**overrides, "autostop": {"idle_minutes": idle_minutes or 0, "down": autodown}}
 
+    pipeline = None
     if dryrun:
         pipeline = api.load_pipeline(task_file, overrides)
         if len(pipeline) > 1:  # the plan of every stage; running a pipeline is `jobs launch`
             return _pipeline_dryrun(api, pipeline, as_json)
-    task = api.load_task(task_file, overrides)
+    if pipeline is not None and (pipeline[0].name or not pipeline.name):
+        task = pipeline[0]  # already parsed (load_task would read and validate the file a second time)
+    else:
+        task = api.load_task(task_file, overrides)
     render.task_warnings(task)
     if task.pool_workers is not None and not dryrun:
         from ..errors import UsageError

@@ -1,4 +1,4 @@
-"""check, show-gpus, catalog, completion."""
+"""check, show-gpus, catalog, completion, settings, examples."""
 from __future__ import annotations
 
 import click
@@ -163,3 +163,19 @@ def settings(as_json):
         render.print_json([{"env": e, "value": v, "default": d, "doc": doc} for e, v, d, doc in rows])
     else:
         render.print_settings(rows)
+
+
+@click.command("examples", epilog=examples(
+    "broker examples && broker launch -y examples/hello.yaml   # copy them here, run the first one",
+    "broker examples --dir ~/try && cd ~/try && broker launch -y examples/hello.yaml"))
+@click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Write the examples/ folder inside this directory.")
+def examples_(parent):
+    """Copy the example tasks that ship with skybroker into ./examples (or DIR/examples), so the README's
+    commands (`broker launch -y examples/hello.yaml`) work without a checkout. Run them from the folder
+    that holds examples/: hello.yaml's workdir, examples/hello_workdir, is relative to where you run
+    broker, as every workdir is. Files already there are kept, never overwritten."""
+    from ..bundled_examples import copy_examples
+
+    dest, copied, kept = copy_examples(parent)
+    render.examples_copied(str(dest), copied, kept, parent)

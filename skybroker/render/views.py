@@ -125,6 +125,19 @@ def print_settings(rows) -> None:
                   Col("MEANING", soft=30, min=12)], [list(r) for r in rows], drop=("DEFAULT",))
 
 
+def examples_copied(dest: str, copied: list[str], kept: list[str], parent: str = ".") -> None:
+    """What `broker examples` wrote, what it left alone, and the command to run next."""
+    import os
+    import shlex
+
+    if copied:
+        _say(_m("", f"copied {len(copied)} file(s) into {dest}: {', '.join(copied)}"))
+    if kept:
+        _say(_m("", f"kept {len(kept)} file(s) already in {dest} (not overwritten): {', '.join(kept)}"))
+    cd = "" if os.path.abspath(parent) == os.getcwd() else f"cd {shlex.quote(parent)} && "
+    _say(_m("", f"next: {cd}broker launch -y examples/hello.yaml   (2 nodes on this machine, no cloud account needed)"))
+
+
 def print_clusters(recs, costs: dict | None = None, show_user: bool = False,
                    stopped_hourly: dict | None = None) -> None:
     """`costs`: cluster name → cost so far, from the ledger (`-` for a cluster it has no run of);

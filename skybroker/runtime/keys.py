@@ -184,6 +184,29 @@ def load_private_key(path: Path | str):
                           hint="check the file exists, is readable and has no passphrase") from None
 
 
+def _encrypted(data: bytes) -> bool:
+    """Whether a private key file is passphrase-protected, read from the file itself: a PEM key's
+    ENCRYPTED header, or an OpenSSH key whose cipher is not "none"."""
+    import base64
+    import binascii
+
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data:
+        return True
+    begin, end = b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----END OPENSSH PRIVATE KEY-----"
+    if begin not in data or end not in data:
+        return False
+    body = data.split(begin, 1)[1].split(end, 1)[0]
+    try:
+        blob = base64.b64decode(b"".join(body.split()))
+    except (binascii.Error, ValueError):
+        return False
+    magic = b"openssh-key-v1\0"
+    if not blob.startswith(magic) or len(blob) < len(magic) + 4:
+        return False
+    n = int.from_bytes(blob[len(magic):len(magic) + 4], "big")
+    return blob[len(magic) + 4:len(magic) + 4 + n] != b"none"
+
+
 def key_problem(path: Path | str) -> str | None:
     """Why `path` cannot be used as an SSH private key (missing, unreadable, a passphrase, not a private
     key), or None when it loads. Checked before anything is created, so the launch never waits on it."""
@@ -195,14 +218,17 @@ def key_problem(path: Path | str) -> str | None:
     if not p.is_file():
         return f"{path} is not a file"
     try:
-        head = p.read_bytes()[:64]
+        data = p.read_bytes()
     except OSError as e:
         return f"{path} cannot be read: {e.strerror or e}"
+    head = data[:64]
     try:
         paramiko.PKey.from_path(str(p))
     except TypeError:
         return f"{path} is protected by a passphrase (skybroker needs a key without one)"
     except (OSError, paramiko.SSHException, ValueError):
+        if _encrypted(data):  # older paramiko/cryptography say "could not deserialize", not TypeError
+            return f"{path} is protected by a passphrase (skybroker needs a key without one)"
         if head.startswith((b"ssh-", b"ecdsa-", b"sk-")):
             return f"{path} is a public key, not the private key"
         return f"{path} is not an SSH private key (OpenSSH or PEM: ed25519, ecdsa or rsa)"

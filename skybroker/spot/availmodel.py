@@ -23,6 +23,8 @@ import numpy as np
 MODEL_FILE = Path(__file__).with_name("avail_model.json")
 UNION_FILE = Path(__file__).with_name("avail_model_union.json")  # "spot up in zone a or b"
 FAMILY_FILE = Path(__file__).with_name("avail_model_family.json")  # one fit per fitting trace
+# weekday / weekend multipliers of the hazards (bench/spot_diurnal.py --set fit --write ...)
+WEEKLY_FILE = Path(__file__).with_name("avail_model_weekly.json")
 FIT_GLOB = "availability/1-node/aws-10-26-2022/*.json"
 FIT_DAYS = 13
 _CLAMP = (0.002, 0.998)  # no step is certain: every run may end, every outage may last
@@ -136,6 +138,15 @@ def default_model(union: bool = False) -> AvailModel:
     if f not in _MODELS:
         _MODELS[f] = AvailModel.from_json(f.read_text())
     return _MODELS[f]
+
+
+def weekly_factors() -> tuple[tuple[float, float], tuple[float, float]]:
+    """((down, up) hazard multipliers on weekdays, the same on Saturdays and Sundays)."""
+    if WEEKLY_FILE not in _MODELS:
+        raw = json.loads(WEEKLY_FILE.read_text())
+        _MODELS[WEEKLY_FILE] = tuple((float(raw[k]["down"]), float(raw[k]["up"]))
+                                     for k in ("weekday", "weekend"))
+    return _MODELS[WEEKLY_FILE]
 
 
 def fit_default(root=None, union: bool = False) -> AvailModel:

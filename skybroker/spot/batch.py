@@ -119,10 +119,11 @@ class _SlackAwareB(BatchPolicy):
         return out
 
 
-def batch_for(policy_name: str, job: Job, n: int, prices=None, histories=None
+def batch_for(policy_name: str, job: Job, n: int, prices=None, histories=None, clocks=None
               ) -> BatchPolicy | None:
     """The batch version of a policy for n samples; `histories` (one bool array per sample, the
-    availability before its start) reach policies that use them."""
+    availability before its start) reach policies that use them, and `clocks` (each start on the
+    week clock, s since Monday 00:00) those with `weekly` set."""
     from .policies import policy_class
 
     cls = policy_class(policy_name)
@@ -137,6 +138,8 @@ def batch_for(policy_name: str, job: Job, n: int, prices=None, histories=None
     maker = getattr(cls, "batch", None)
     if maker is None:
         return None
+    if getattr(cls, "weekly", False):
+        return maker(job, n, prices, histories, clocks)
     if getattr(cls, "uses_history", False):
         return maker(job, n, prices, histories)
     return maker(job, n, prices) if getattr(cls, "uses_prices", False) else maker(job, n)

@@ -202,7 +202,9 @@ def _plot(path, loaded, settings, names) -> None:
     plot_sample(path, avail[start:start + job.ticks], job, prices, names,
                 f"{tr.name}, start tick {start}: C = {settings.task_hours:g} h, deadline "
                 f"{settings.deadline_hours:g} h, d = {settings.overhead_hours:g} h", hist)
-    sys.stderr.write(f"wrote {path}\n")
+    from skybroker import render
+
+    render.info(f"wrote {path}")  # flushed (a click 8.1 CliRunner reads stderr unflushed otherwise)
 
 
 def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overhead_hours, starts,
@@ -246,7 +248,9 @@ def _multi_zone(traces, more_traces, policies, task_hours, deadline_hours, overh
         plot_zones_sample(plot_path, zs.avail[:, start:start + job.ticks], job, od, sp, n, names, zs.names,
                           f"{' + '.join(zs.names)}, start tick {start}: C = {task_hours:g} h, deadline "
                           f"{deadline_hours:g} h, d = {overhead_hours:g} h")
-        sys.stderr.write(f"wrote {plot_path}\n")
+        from skybroker import render
+
+        render.info(f"wrote {plot_path}")
     meta = {"zones": list(zs.names), "tick_s": zs.tick_s, "ticks": zs.ticks, "nodes": n,
             "task_hours": task_hours, "deadline_hours": deadline_hours,
             "overhead_hours": overhead_hours, "starts": res.samples, "seed": seed,

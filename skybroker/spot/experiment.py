@@ -9,6 +9,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from skybroker.errors import UsageError
 
 from . import omniscient
@@ -74,8 +76,16 @@ def run_trace(trace: Trace, index: int, settings: Settings, policies: list[str],
     om = omniscient.solve(windows(avail, starts, job.ticks), job, prices)
     dp = time.process_time() - t0
     rows = run_samples(trace.name, avail, starts, job, prices,
-                       [p for p in policies if p not in parent_policies], om.as_dict(), settings.history)
+                       [p for p in policies if p not in parent_policies], om.as_dict(), settings.history,
+                       start_clocks(trace, starts))
     return rows, dp, len(starts), None, om.as_dict(), starts
+
+
+def start_clocks(trace: Trace, starts):
+    """Each start on the week clock (s since Monday 00:00), or None if the trace has no date."""
+    if trace.t0_s is None:
+        return None
+    return (trace.t0_s + np.asarray(starts) * trace.gap_seconds) % (7 * 86400)
 
 
 def first_sample(traces: list[Trace], settings: Settings):
@@ -129,7 +139,7 @@ def run(traces: list[Trace], settings: Settings, policies: list[str],
                                  settings.overhead_hours, tr.gap_seconds)
             prices = Prices(settings.prices.on_demand, settings.prices.spot, nodes)
             rows.extend(run_samples(tr.name, tr.availability(nodes), starts, job, prices, list(parent),
-                                    om, settings.history))
+                                    om, settings.history, start_clocks(tr, starts)))
         dp += t
         counts[tr.name] = n
         if why:

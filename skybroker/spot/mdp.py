@@ -21,6 +21,11 @@ whatever the table says (so rounding the state onto the grid can cost money but 
 Hence every deadline that the omniscient schedule can meet (S0 >= d) is met, on any trace
 (tests/unit/test_spot_mdp.py checks it exhaustively on small cases).
 
+Weekly variant (class attribute `weekly` > 0; off by default): the hazards are multiplied by weekday /
+weekend factors (`avail_model_weekly.json`, fitted on the fitting set by bench/spot_diurnal.py), given
+the job's start on the week clock (`clock_s`; the simulator takes it from the trace's folder date).
+One table per start phase (rounded to `weekly_phase_s`); the deadline rule is unchanged.
+
 The decision table (actions per tick, held/availability row, age, slack) is stored compressed:
 run-length encoded along the slack axis, i.e. a few slack thresholds per (tick, row, run age).
 That compression is lossless (about 2 KB per tick instead of 5 A W bytes).
@@ -33,7 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .availmodel import AvailModel, default_model, prototypes
+from .availmodel import _CLAMP, AvailModel, default_model, prototypes, weekly_factors
 from .policies import NONE, ON_DEMAND, SPOT, Decision, Job, Observation, Policy, register
 
 AGES = 24
@@ -118,8 +123,21 @@ def _compress(dec: np.ndarray):
     return ptr, k.astype(np.int32), dec[r, k].astype(np.int8)
 
 
-def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
-    """Backward induction over the grid; prices in $/h (only their ratio matters for decisions)."""
+WEEK_S = 7 * 86400
+
+
+def weekend_steps(grid: Grid, phase_s: int) -> np.ndarray:
+    """Per grid step: does its middle fall on a Saturday or Sunday (week clock 0 = Monday 00:00)?"""
+    mid = phase_s + np.arange(grid.T) * grid.G + grid.G // 2
+    return (mid // 86400) % 7 >= 5
+
+
+def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float,
+          phase_s: int | None = None, strength: float = 1.0, relative: bool = False) -> Table:
+    """Backward induction over the grid; prices in $/h (only their ratio matters for decisions).
+    With `phase_s` (the job's start on the week clock) the hazards are multiplied by the weekday /
+    weekend factors of `availmodel.weekly_factors` (raised to `strength`; `relative`: weekdays
+    unchanged, weekends by their ratio to weekdays) at each step."""
     G, U, d, T, A = grid.G, grid.U, grid.d, grid.T, grid.ages
     K, m, s0 = grid.K, grid.m, grid.s0
     W, gs, ds = K + 1, G // U, d // U
@@ -128,8 +146,18 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
     od, sp = od_price * G / 3600.0, spot_price * G / 3600.0
     hu, hd = model.hazards(G, A)
     F = np.float32  # values in float32: half the memory traffic; decisions, not dollars, come out
-    pf = np.stack([hd, hu])[:, :, None].astype(F)  # (a, age, 1): the run ends after this step
-    ps = (1.0 - pf).astype(F)
+    base = np.stack([hd, hu])[:, :, None]  # (a, age, 1): the run ends after this step
+    if phase_s is None:
+        pfs = [base.astype(F)] * 2
+        wkend = np.zeros(T, bool)
+    else:
+        wd, we = (np.array(f) for f in weekly_factors())
+        if relative:
+            wd, we = np.ones(2), we / wd
+        pfs = [np.clip(base * np.power(f, strength)[:, None, None], *_CLAMP).astype(F)
+               for f in (wd, we)]
+        wkend = weekend_steps(grid, phase_s)
+    pss = [(1.0 - x).astype(F) for x in pfs]
     od, sp = F(od), F(sp)
     nxt = np.minimum(np.arange(A) + 1, A - 1)
     L = [0] + [d - t * G for t in range(1, m)]  # unpaid overhead at the start of phase t
@@ -153,6 +181,7 @@ def solve(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> 
         arr[..., W:] = _INF
     ptrs, starts, acts = [None] * T, [None] * T, [None] * T
     for i in range(T - 1, -1, -1):
+        pf, ps = pfs[int(wkend[i])], pss[int(wkend[i])]
         EN = ps * VN[:, nxt] + pf * VN[::-1, :1]
         EO = [ps * VO[t][:, nxt] + pf * VO[t][::-1, :1] for t in range(m)]
         ES = []
@@ -233,9 +262,10 @@ def _run_loglik(grid: Grid, models: tuple) -> np.ndarray:
     return np.array([m.log_surv(grid.G, grid.ages, upto)[1] for m in models])
 
 
-@lru_cache(maxsize=64)
-def table_for(grid: Grid, model: AvailModel, od_price: float, spot_price: float) -> Table:
-    return solve(grid, model, od_price, spot_price)
+@lru_cache(maxsize=96)
+def table_for(grid: Grid, model: AvailModel, od_price: float, spot_price: float,
+              phase_s: int | None = None, strength: float = 1.0, relative: bool = False) -> Table:
+    return solve(grid, model, od_price, spot_price, phase_s, strength, relative)
 
 
 @register
@@ -250,10 +280,15 @@ class MDPPolicy(Policy):
     ages: int = AGES  # run ages in the state (the last one absorbing)
     od_weight: float = 1.0  # on-demand price in the decision problem, as a multiple of the real one
     shared_cache = True  # tables cached per process: the experiment runs it in one process
+    # weekday / weekend hazard factors, raised to this power (0: none; needs the job's start on the
+    # week clock)
+    weekly: float = 0.0
+    weekly_relative: bool = False  # weekdays as the age model, weekends by their ratio to weekdays
+    weekly_phase_s: int = 3600  # the job's start on the week clock is rounded to this (a table each)
 
     def __init__(self, job: Job, prices=None, model: AvailModel | None = None,
                  spot_price: float | None = None, adaptive: bool = True, history=None,
-                 grid_step_s: int | None = None):
+                 grid_step_s: int | None = None, clock_s: float | None = None):
         super().__init__(job)
         from .simulator import Prices
 
@@ -267,6 +302,7 @@ class MDPPolicy(Policy):
         fam = family_for(self.model, adaptive)
         self.family = tuple(m for m, _ in fam)
         self.logprior = np.array([lp for _, lp in fam])
+        self.phase = self.phase_of(clock_s)
         self.table = self.table_of(0)
         self.loglik = np.zeros(len(self.family))
         self.run_avail: bool | None = None
@@ -295,11 +331,21 @@ class MDPPolicy(Policy):
         up = vals[keep]
         return ll[:, 0, L[up] - 1].sum(axis=1) + ll[:, 1, L[~up] - 1].sum(axis=1)
 
-    def table_of(self, m: int) -> Table | None:
-        """The decision table of family member m (solved on first use, cached per job)."""
+    def phase_of(self, clock_s: float | None) -> int | None:
+        """The table phase of a start at `clock_s` on the week clock (None: no weekly factors)."""
+        if not self.weekly or clock_s is None:
+            return None
+        q = self.weekly_phase_s
+        return int(round(clock_s / q) * q) % WEEK_S
+
+    def table_of(self, m: int, phase: int | None | bool = False) -> Table | None:
+        """The decision table of family member m (solved on first use, cached per job); `phase`
+        False: this job's."""
         if not self.feasible:
             return None
-        return table_for(self.grid, self.family[m], *self.prices)
+        ph = self.phase if phase is False else phase
+        return table_for(self.grid, self.family[m], *self.prices, ph, float(self.weekly),
+                         bool(self.weekly_relative))
 
     def run_loglik(self) -> np.ndarray:
         """(members, 2, max run) log P(run of L+1 steps) per family member, up (0) / down (1)."""
@@ -361,12 +407,14 @@ class MDPPolicy(Policy):
                       obs.overhead_left_s, self.job)
 
     @classmethod
-    def batch(cls, job: Job, n: int, prices=None, histories=None):
+    def batch(cls, job: Job, n: int, prices=None, histories=None, clocks=None):
         from .mdp_batch import MDPBatch
 
         b = MDPBatch(cls(job, prices), n)
         for s, h in enumerate(histories or ()):
             b.set_history(s, h)
+        if clocks is not None:
+            b.set_clocks(clocks)
         return b
 
 

@@ -19,6 +19,13 @@ class MDPBatch(BatchPolicy):
         self._dense: dict = {}
         self.tail_val = np.full(n, -1, np.int8)  # the zone's last run before the job, if known
         self.tail_len = np.zeros(n, np.int64)
+        self.phase = np.full(n, -1, np.int64)  # per sample: table phase (-1: none, see MDPPolicy.phase_of)
+
+    def set_clocks(self, clocks) -> None:
+        """Each sample's start on the week clock (s since Monday 00:00), for weekly variants."""
+        for s, c in enumerate(clocks):
+            ph = self.p.phase_of(c)
+            self.phase[s] = -1 if ph is None else ph
 
     def set_history(self, s: int, history) -> None:
         if history is None or not len(history):
@@ -29,12 +36,12 @@ class MDPBatch(BatchPolicy):
         self.tail_val[s], self.tail_len[s] = int(v), length
         self.loglik[s] += self.p.history_loglik(history) if len(self.p.family) > 1 else 0.0
 
-    def _table(self, i, m):
-        key = (i, m)
+    def _table(self, i, m, ph=-1):
+        key = (i, m, ph)
         if key not in self._dense:
             if len(self._dense) > 64:
                 self._dense.clear()
-            self._dense[key] = self.p.table_of(m).dense(i)
+            self._dense[key] = self.p.table_of(m, None if ph < 0 else ph).dense(i)
         return self._dense[key]
 
     def decide(self, obs: BatchObs) -> np.ndarray:
@@ -67,9 +74,9 @@ class MDPBatch(BatchPolicy):
                          np.where(held == S_, R_S, np.where(a, R_O1, R_O0)))
             mem = np.argmax(self.loglik + p.logprior, axis=1)
             want = np.empty(self.n, np.int8)
-            for m in np.unique(mem):
-                sel = mem == m
-                want[sel] = self._table(i, int(m))[r[sel], age[sel], k[sel]]
+            for m, ph in np.unique(np.stack([mem, self.phase], axis=1), axis=0):
+                sel = (mem == m) & (self.phase == ph)
+                want[sel] = self._table(i, int(m), int(ph))[r[sel], age[sel], k[sel]]
             phase = (left > 0) & (held != N_)
             want[phase] = held[phase]
         return guard_batch(want, held, a, slack, left, j)

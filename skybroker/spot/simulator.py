@@ -152,12 +152,14 @@ class Row:
 
 
 def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job, prices: Prices,
-                policies: list[str], omniscient: dict | None, use_history: bool = True) -> list[Row]:
+                policies: list[str], omniscient: dict | None, use_history: bool = True,
+                clocks=None) -> list[Row]:
     """Simulate `policies` on every start; `omniscient` holds the DP results for the same starts
     (arrays `cost`, `spot_hours`, `od_hours`), used for the gap and as a row of its own.
     With `use_history`, policies that learn from a zone's past (`uses_history`) see the trace
     before each start (only the past: the same data a broker watching the zone would have).
-    Policies with a batch version run vectorised over the starts (same outcomes as `simulate`)."""
+    Policies with a batch version run vectorised over the starts (same outcomes as `simulate`);
+    `clocks` (each start on the week clock) reach the weekly variants of `mdp`."""
     from .batch import on_demand_cost, simulate_batch, batch_for
 
     n = job.ticks
@@ -178,7 +180,7 @@ def run_samples(trace_name: str, avail: np.ndarray, starts: np.ndarray, job: Job
                         np.asarray(omniscient["od_hours"]), o_met))
             continue
         hist = [avail[:s] for s in starts.tolist()] if use_history else None
-        bp = batch_for(name, job, ns, prices, hist)
+        bp = batch_for(name, job, ns, prices, hist, clocks)
         if bp is not None:
             out = simulate_batch(bp, W, job, prices)
             res.append((name, out.cost, out.spot_hours, out.od_hours, out.met))

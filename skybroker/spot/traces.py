@@ -19,6 +19,23 @@ import numpy as np
 from skybroker.errors import UsageError
 
 _NODES_RE = re.compile(r"(?:^|[/\\])(\d+)-node(?:[/\\]|$)")
+_DATE_RE = re.compile(r"(?:^|[-_/\\])(\d\d)-(\d\d)-(\d{4})(?:[/\\]|$)")  # the sets' MM-DD-YYYY
+WEEK_S = 7 * 86400
+
+
+def week_clock(path: str | os.PathLike) -> int | None:
+    """Seconds since Monday 00:00 of the start date in a trace's path (e.g. `aws-10-26-2022/`), or
+    None. The traces carry no time of day, so 00:00 of that date is assumed."""
+    import datetime
+
+    m = _DATE_RE.search(str(path))
+    if not m:
+        return None
+    try:
+        day = datetime.date(int(m.group(3)), int(m.group(1)), int(m.group(2)))
+    except ValueError:
+        return None
+    return day.weekday() * 86400
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,9 @@ class Trace:
     path: str
     gap_seconds: int
     counts: np.ndarray  # int array, number of spot instances available per tick
+    # week clock of sample 0: seconds since Monday 00:00 of the start date in the path (the files
+    # carry no time of day: 00:00 assumed); None when the path has no date
+    t0_s: int | None = None
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])
@@ -44,7 +64,13 @@ class Trace:
         if days is None:
             return self
         n = round(days * 86400 / self.gap_seconds)
-        return Trace(self.name, self.path, self.gap_seconds, self.counts[:n])
+        return Trace(self.name, self.path, self.gap_seconds, self.counts[:n], self.t0_s)
+
+    def slice_days(self, lo: float, hi: float) -> Trace:
+        """Days [lo, hi) of the trace, with its week clock moved on."""
+        a, b = (round(x * 86400 / self.gap_seconds) for x in (lo, hi))
+        t0 = None if self.t0_s is None else (self.t0_s + a * self.gap_seconds) % WEEK_S
+        return Trace(self.name + f"[d{lo:g}-{hi:g}]", self.path, self.gap_seconds, self.counts[a:b], t0)
 
 
 def infer_nodes(path: str | os.PathLike) -> int:
@@ -90,7 +116,7 @@ def load_trace(path: str | os.PathLike, name: str | None = None) -> Trace:
             raise UsageError(f"trace file {p}: data[{i}] = {x!r} is not a count (a whole number >= 0)",
                              hint)
     counts = np.asarray(data, dtype=np.int64)
-    return Trace(name or _short_name(p), str(p), int(gap), counts)
+    return Trace(name or _short_name(p), str(p), int(gap), counts, week_clock(p))
 
 
 def _short_name(p: Path) -> str:

@@ -53,6 +53,8 @@ def test_ctrl_c_before_the_cli_handler_exits_130(monkeypatch, capsys):
 def test_the_console_script_is_the_entry_function_and_runs():
     text = (REPO / "pyproject.toml").read_text()
     assert 'broker = "skybroker.entry:main"' in text
-    for argv in (["-m", "skybroker.entry", "--version"], ["-m", "skybroker.cli", "--version"]):
+    # `python -m skybroker` too (no __main__.py: "'skybroker' is a package and cannot be directly executed")
+    for argv in (["-m", "skybroker.entry", "--version"], ["-m", "skybroker.cli", "--version"],
+                 ["-m", "skybroker", "--version"]):
         r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stdout.strip(), (argv, r.stdout, r.stderr)

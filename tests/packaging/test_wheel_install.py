@@ -53,7 +53,10 @@ def _sources(dest: Path) -> Path:
         return dest
     for rel in filter(None, r.stdout.split("\0")):
         src = REPO / rel
-        if src.is_file():
+        if src.is_symlink():  # skybroker/examples -> ../examples: a link in git, real files in sdist and wheel
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
@@ -180,3 +183,53 @@ def test_aws_extra_alone_plans_and_launches_on_aws(venv, elsewhere):
         live = [i for res in srv.ec2().describe_instances()["Reservations"] for i in res["Instances"]
                 if i["State"]["Name"] not in ("terminated", "shutting-down")]
         assert live == [], live
+
+
+def test_sdist_and_wheel_hold_the_license_the_examples_and_no_tests(venv):
+    """Apache-2.0 asks that the license text goes with every copy; the examples ship for `broker examples`;
+    the version is skybroker.__version__'s (one place); tests and benchmarks stay in the checkout."""
+    import tarfile
+    import zipfile
+
+    from skybroker import __version__
+
+    dist = venv.parent / "dist"
+    wheel = next(dist.glob("skybroker-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(f"skybroker-{__version__}.dist-info/METADATA").decode()
+    assert wheel.name == f"skybroker-{__version__}-py3-none-any.whl"
+    assert f"skybroker-{__version__}.dist-info/licenses/LICENSE" in names, names[-12:]
+    assert "License-Expression: Apache-2.0" in meta and "License-File: LICENSE" in meta, meta[:1500]
+    assert f"\nVersion: {__version__}\n" in meta
+    examples = sorted(n.split("skybroker/examples/", 1)[1] for n in names if n.startswith("skybroker/examples/"))
+    assert examples == sorted(str(p.relative_to(REPO / "examples")) for p in (REPO / "examples").rglob("*")
+                              if p.is_file() and "__pycache__" not in p.parts), examples
+    assert not [n for n in names if n.startswith(("tests/", "bench/")) or "__pycache__" in n]
+
+    sdist = next(dist.glob("skybroker-*.tar.gz"))
+    with tarfile.open(sdist) as t:
+        members = {m.name.split("/", 1)[1]: m for m in t.getmembers() if "/" in m.name}
+    assert "LICENSE" in members and members["skybroker/examples/hello.yaml"].isfile()
+    assert not [n for n in members if n.startswith(("tests/", "bench/"))]
+
+
+def test_the_readme_install_steps_from_an_unrelated_directory(venv, elsewhere):
+    """README, Install: `pip install skybroker`, then `broker examples` and `broker launch -y
+    examples/hello.yaml` (a pip install has no examples/ folder of its own)."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is needed by the local cloud's sync")
+    r = broker(venv, "launch", "-y", "examples/hello.yaml", cwd=elsewhere)
+    assert r.returncode == 2 and "`broker examples` copies them into ./examples" in r.stderr, r.stderr
+    r = broker(venv, "examples", cwd=elsewhere)
+    assert r.returncode == 0 and (elsewhere / "examples" / "hello_workdir" / "count.py").is_file(), r.stderr
+    r = broker(venv, "launch", "-y", "-c", "wheel-hello", "examples/hello.yaml", cwd=elsewhere)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "(node-1) node 1: done" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    finally:
+        d = broker(venv, "down", "-y", "wheel-hello", cwd=elsewhere)
+        assert d.returncode == 0, d.stderr
+    r = subprocess.run([str(venv / "bin" / "python"), "-m", "skybroker", "--version"], cwd=elsewhere,
+                       capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0 and r.stdout.startswith("broker, version "), r.stdout + r.stderr

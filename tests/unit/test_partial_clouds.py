@@ -9,6 +9,7 @@ from skybroker.clouds import registry
 from skybroker.clouds.base import RUNNING, InstanceInfo, Provider
 from skybroker.errors import BrokerError, CredentialsError
 from skybroker.state import ClusterRecord, NodeRecord
+from tests.conftest import cli_runner
 
 
 class FakeCloud(Provider):
@@ -105,8 +106,6 @@ def test_status_refresh_refreshes_every_cluster_it_can(clouds):
 def test_status_json_and_warnings_say_which_cluster_was_not_refreshed(clouds, monkeypatch, capsys):
     import json
 
-    from click.testing import CliRunner
-
     from skybroker import api
     from skybroker.commands import cluster as C
 
@@ -114,7 +113,7 @@ def test_status_json_and_warnings_say_which_cluster_was_not_refreshed(clouds, mo
     _cluster("a1", "aws")
     _cluster("g1", "gcp")
     clouds["gcp"].live.add("g1")
-    r = CliRunner().invoke(C.status, ["--refresh", "--json"])
+    r = cli_runner().invoke(C.status, ["--refresh", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
     out = json.loads(r.stdout)
     assert [(c["name"], c["refresh_error"] and c["refresh_error"]["message"]) for c in out] == [

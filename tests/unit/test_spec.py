@@ -162,3 +162,42 @@ def test_malformed_yaml_reports_line(tmp_path):
     with pytest.raises(SpecError) as ei:
         load_task(p)
     assert f"{p}:" in ei.value.message and "malformed YAML" in ei.value.message
+
+
+@pytest.mark.parametrize("path", ['"C:\\Users\\me\\proj"', '"D:\\data"'])
+def test_a_windows_path_in_double_quotes_says_how_to_quote_it(tmp_path, path):
+    """libyaml's "did not find expected hexdecimal number" (\\U) or "found unknown escape character" (\\d)
+    alone does not tell a Windows user that the backslashes are the problem."""
+    p = write(tmp_path, f"name: w\nworkdir: {path}\nrun: x\n")
+    with pytest.raises(SpecError) as ei:
+        load_task(p)
+    assert f"{p}:2: malformed YAML" in ei.value.message
+    assert "use single quotes" in ei.value.hint and "forward slashes" in ei.value.hint
+
+
+def test_an_env_value_past_linux_s_128_kib_is_refused_before_anything_runs(tmp_path):
+    """execve refuses a NAME=VALUE string over MAX_ARG_STRLEN (E2BIG): the job FAILED on every node with an
+    empty log, the reason only in the node's runner.err. Refused up front (exit 2), a secret without its value."""
+    big = "x" * 200_000
+    p = write(tmp_path, f"name: big\nenvs:\n  BIG: {big}\nrun: x\n")
+    with pytest.raises(SpecError) as ei:
+        load_task(p)
+    assert ei.value.exit_code == 2 and "envs.BIG: is 200005 bytes" in ei.value.message
+    assert "at most 128 KiB" in ei.value.message and "file" in ei.value.hint
+    p = write(tmp_path, f"name: big\nsecrets:\n  TOKEN: {big}\nrun: x\n")
+    with pytest.raises(SpecError) as ei:
+        load_task(p)
+    assert "secrets.TOKEN: is 200007 bytes" in ei.value.message and big not in ei.value.message + ei.value.hint
+    ok = "y" * (128 * 1024 - len("OK=") - 1)  # the largest that starts
+    assert dict(load_task(write(tmp_path, f"name: ok\nenvs:\n  OK: {ok}\nrun: x\n")).envs)["OK"] == ok
+
+
+def test_envs_past_linux_s_arg_max_together_are_refused(tmp_path):
+    """30 variables of 100 kB each: every one fits, the environment does not (E2BIG on every node)."""
+    lines = "".join(f"  V{i}: {'z' * 100_000}\n" for i in range(30))
+    with pytest.raises(SpecError) as ei:
+        load_task(write(tmp_path, f"name: tot\nenvs:\n{lines}run: x\n"))
+    assert ei.value.exit_code == 2 and "envs: envs and secrets are" in ei.value.message
+    assert "about 2 MiB" in ei.value.message
+    lines = "".join(f"  V{i}: {'z' * 100_000}\n" for i in range(15))  # 1.5 MB: starts
+    assert len(load_task(write(tmp_path, f"name: ok\nenvs:\n{lines}run: x\n")).envs) == 15

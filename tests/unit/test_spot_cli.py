@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from skybroker.errors import BrokerError, UsageError
 from skybroker.spot.cli import catalog_prices, simulate
+from tests.conftest import cli_runner
 
 
 def _trace(tmp_path, data, gap=600, name="t.json"):
@@ -129,8 +130,8 @@ def test_bad_plot_path_is_a_usage_error_before_the_simulation(tmp_path, monkeypa
 def test_plot_without_suffix_writes_png_and_says_so(tmp_path):
     pytest.importorskip("matplotlib")
     a = _trace(tmp_path, _pattern(400))
-    r = CliRunner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
-                                      "--starts", "2", "--plot", str(tmp_path / "noext"), "--json"])
+    r = cli_runner().invoke(simulate, ["--trace", a, "--task-hours", "5", "--deadline-hours", "8",
+                                       "--starts", "2", "--plot", str(tmp_path / "noext"), "--json"])
     assert r.exit_code == 0, r.output
     assert f"wrote {tmp_path / 'noext.png'}\n" in r.stderr
     assert (tmp_path / "noext.png").read_bytes()[:4] == b"\x89PNG"

@@ -120,3 +120,46 @@ def test_ages_and_on_demand_weight_change_the_table_never_the_deadline():
     b = _Weighted.batch(job, len(pats), Prices())
     out = simulate_batch(b, pats, job, Prices())
     assert out.met.all() and (om.cost <= out.cost + 1e-9).all()
+
+
+class _Weekly(MDPPolicy):
+    name = "mdp_test_weekly"  # not registered: used only through its class
+    weekly = 2.0  # the fitted weekday / weekend factors, squared: a stronger effect to test
+    weekly_phase_s = G  # so that a job of a few ticks can start just before a weekend boundary
+
+
+@pytest.mark.parametrize("clock", [5 * 86400 - 3 * G, 7 * 86400 - 2 * G, 2 * 86400])
+def test_weekly_factors_change_the_table_never_the_deadline(clock):
+    """Starts just before the weekend, just before Monday, mid-week: every pattern meets the
+    deadline, the batch and the scalar policy agree, and the start clock reaches the table."""
+    job = Job(task_s=4 * G, deadline_s=6 * G + 7, overhead_s=720, tick_s=G)
+    pats = np.array(list(itertools.product([False, True], repeat=job.ticks)), bool)
+    om = omniscient.solve(pats, job, Prices())
+    b = _Weekly.batch(job, len(pats), Prices(), clocks=[clock] * len(pats))
+    out = simulate_batch(b, pats, job, Prices())
+    assert out.met.all() and (om.cost <= out.cost + 1e-9).all()
+    for i in range(0, len(pats), 7):
+        s = simulate(_Weekly(job, Prices(), clock_s=clock), pats[i], job, Prices())
+        assert s.cost == pytest.approx(out.cost[i]) and s.met == out.met[i]
+    p = _Weekly(job, Prices(), clock_s=clock)
+    assert p.phase == clock and p.table is not MDPPolicy(job, Prices()).table
+    assert _Weekly(job, Prices()).phase is None  # no clock: the age-only table
+
+
+def test_weekend_hazards_make_a_weekend_job_cheaper_in_the_model():
+    """Spot runs end less and outages end sooner on weekends (the fitted factors), so the
+    expected cost of a job that runs over a weekend is lower than that of a mid-week one."""
+    from skybroker.spot.availmodel import weekly_factors
+
+    (wd_down, wd_up), (we_down, we_up) = weekly_factors()
+    assert we_up < wd_up and we_down > wd_down
+    job = Job.from_hours(12, 20, 0.2, G)
+    sat = _Weekly(job, Prices(), clock_s=5 * 86400)
+    tue = _Weekly(job, Prices(), clock_s=1 * 86400)
+    assert sat.table.value0 < MDPPolicy(job, Prices()).table.value0 < tue.table.value0
+    half = type("_Half", (_Weekly,), {"weekly": 1.0})(job, Prices(), clock_s=5 * 86400)
+    assert sat.table.value0 < half.table.value0  # the strength (a power of the factors) counts
+    rel = type("_Rel", (_Weekly,), {"weekly_relative": True})
+    # weekends only: a mid-week job is the age model's, a weekend one cheaper
+    assert rel(job, Prices(), clock_s=86400).table.value0 == MDPPolicy(job, Prices()).table.value0
+    assert rel(job, Prices(), clock_s=5 * 86400).table.value0 < MDPPolicy(job, Prices()).table.value0

@@ -82,3 +82,17 @@ def test_shared_traces_load():
     assert len(two_week) == 3895 and len(two_week.head(13)) == 13 * 144
     # README: fraction of ticks available in the first 13 days
     assert np.mean(two_week.head(13).availability()) == pytest.approx(0.935, abs=0.001)
+
+
+def test_week_clock_from_the_start_date_in_the_path(tmp_path):
+    # 2022-10-26 was a Wednesday: 2 days after Monday 00:00; the files carry no time of day
+    assert tr.week_clock("availability/1-node/aws-10-26-2022/us-west-2a_k80_1.json") == 2 * 86400
+    assert tr.week_clock("preemption/4-node/aws-08-03-2023/x.json") == 3 * 86400  # a Thursday
+    assert tr.week_clock(tmp_path / "plain.json") is None
+    assert tr.week_clock("aws-13-45-2023/x.json") is None  # not a date
+    d = tmp_path / "aws-10-26-2022"
+    d.mkdir()
+    t = tr.load_trace(_write(d, {"metadata": {"gap_seconds": 43200}, "data": [1] * 30}))
+    assert t.t0_s == 2 * 86400 and t.head(5).t0_s == 2 * 86400
+    s = t.slice_days(6, 14)  # Tuesday: the clock wraps to the next week
+    assert len(s) == 16 and s.t0_s == 1 * 86400 and s.name.endswith("[d6-14]")

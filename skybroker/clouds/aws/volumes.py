@@ -155,9 +155,13 @@ class EBSVolumes:
             held = self._attached_to(ec2, place, vol.cloud_id)
             if held is None:
                 return  # gone meanwhile
-            if held:
-                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is attached to {held[0]}", place,
-                                          code="VolumeInUse")
+            if held:  # attached to an instance skybroker does not track (its clusters' are detached first)
+                err = InvalidRequestError(f"EBS volume {vol.cloud_id} ({vol.name}) is still attached to "
+                                          f"{', '.join(held)}", place, code="VolumeInUse",
+                                          hint=f"detach it first (`aws ec2 detach-volume --volume-id "
+                                          f"{vol.cloud_id}`), then delete it again")
+                err.exit_code = 2
+                raise err
             if time.time() > deadline:
                 raise InvalidRequestError(f"EBS volume {vol.cloud_id} is still in use (detaching) after "
                                           f"{settings.get('aws_volume_wait'):.0f}s", place, code="VolumeInUse")
