@@ -385,7 +385,7 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
         _, public_key = ensure_user_key(broker_home())
     rec = ClusterRecord(name=b.cluster, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
                         use_spot=False, num_nodes=b.task.num_nodes, hourly_price=0.0, status=INIT,
-                        launched_at=time.time(), owner=b.owner)
+                        launched_at=time.time(), owner=b.owner, name_on_cloud=state.cloud_name_for(b.cluster))
 
     from .clouds import registry
     from .runtime import identity
@@ -405,7 +405,8 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
 
     state.add_event(b.cluster, "launch", "provisioning")
     cand, infos, attempts = provision.provision(b.cluster, b.plan_fn, public_key=public_key, on_event=b.on_event,
-                                                retry_until_up=b.retry_until_up, on_place=on_place)
+                                                retry_until_up=b.retry_until_up, on_place=on_place,
+                                                cloud_name=rec.cloud_name)
     from . import config
 
     ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))

@@ -271,7 +271,7 @@ class Controller(Launching):
 
         prov = get_provider(rec.cloud)
         try:
-            infos = prov.query(rec.name, rec.region, include_gone=prov.capabilities.gone_reasons)
+            infos = prov.query(rec.cloud_name, rec.region, include_gone=prov.capabilities.gone_reasons)
         except BrokerError:
             return None  # cannot tell: treat as unreachable, not lost
         alive = [i for i in infos if i.state == I_RUNNING]

@@ -235,12 +235,12 @@ def attach(rt, task, on_event: Event = lambda k, m: None) -> None:
             if not prov.capabilities.volumes:
                 raise InvalidRequestError(f"the {rec.cloud} cloud cannot create the ephemeral volume at {m.path}")
             for node in (rt.nodes[:1] if prov.volumes_shared else rt.nodes):  # one per node, or one seen by all
-                name = f"{rec.name}-{_slug(m.path)}-{node.rank}"[:63].rstrip("-")
+                name = f"{rec.cloud_name}-{_slug(m.path)}-{node.rank}"[:63].rstrip("-")
                 v = records.get(name)
                 if v is None:
                     on_event("volume", f"creating ephemeral volume {name} ({m.size_gb} GiB) in {rec.infra}")
                     cloud_id, region, zone = prov.create_volume(name, m.size_gb, rec.region, rec.zone,
-                                                                dict(m.labels), cluster=rec.name)
+                                                                dict(m.labels), cluster=rec.cloud_name)
                     v = VolumeRecord(name, prov.volume_types[0], rec.cloud, region, zone, m.size_gb, cloud_id,
                                      dict(m.labels), ephemeral=True, cluster=rec.name, mount_path=m.path,
                                      user_name=state.current_user.get())
@@ -261,7 +261,7 @@ def attach(rt, task, on_event: Event = lambda k, m: None) -> None:
 
 def _attach_one(rt, prov, v: VolumeRecord, node, m: VolumeMount, on_event: Event) -> None:
     on_event("volume", f"attaching volume {v.name} at {m.path} on node {node.rank}")
-    device = prov.attach_volume(v, rt.rec.name, rt.rec.region, node)
+    device = prov.attach_volume(v, rt.rec.cloud_name, rt.rec.region, node)
     res = rt.runner(node).run(prov.volume_mount_command(v, device, m.path, m.sub_path), timeout=180)
     if not res.ok:
         raise BrokerError(f"mounting volume {v.name} at {m.path} on node {node.rank} failed: "
@@ -278,7 +278,7 @@ def release_cluster(rec, on_event: Event = lambda k, m: None, failed: frozenset 
             continue
         try:
             prov = provider_of(v.type)
-            prov.detach_volume(v, rec.name, v.region)
+            prov.detach_volume(v, rec.cloud_name, v.region)
             if v.ephemeral:
                 prov.delete_volume(v)
                 records.delete(v.name)

@@ -22,6 +22,7 @@ from tests.integration.local_helpers import (
     node_dir,
     node_lines,
     write_task,
+    cluster_dir,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for file mounts")
@@ -291,7 +292,7 @@ def test_missing_credentials_and_bad_names_name_the_field(moto, tmp_path):
     r = broker("launch", "-y", "-c", "nocred", t, cwd=tmp_path)
     assert r.returncode != 0
     assert "file_mounts./data: no AWS credentials found" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not (broker_home() / "local" / "nocred").exists()  # refused before anything was created
+    assert not cluster_dir("nocred").exists()  # refused before anything was created
     bad = write_task(tmp_path / "b.yaml", file_mounts={"/data": {"name": "Bad_Name", "store": "s3"}}, run="true")
     r = broker("launch", "-y", "--dryrun", bad, cwd=tmp_path)
     assert r.returncode == 2 and "file_mounts./data.name" in r.stderr and "not a valid name" in r.stderr, r.stderr
@@ -423,7 +424,7 @@ def test_r2_bucket_is_copied_and_its_mount_needs_the_forward_opt_in(moto, s3, tm
     assert r.returncode != 0
     assert "file_mounts.~/d: R2 has no scoped temporary credentials" in r.stderr, r.stderr
     assert "BROKER_STORAGE_FORWARD_CREDENTIALS=1" in r.stderr and "r2secret" not in r.stderr + r.stdout
-    assert not (broker_home() / "local" / "r2m").exists()  # refused before anything was created
+    assert not cluster_dir("r2m").exists()  # refused before anything was created
 
 
 def test_no_azure_credential_is_one_clear_error_not_the_sdk_log(tmp_path):
@@ -455,7 +456,7 @@ def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
     assert r.returncode == 1, r.stderr
     assert "file_mounts.~/d: the store failed: EndpointConnectionError" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "never" not in r.stdout
-    assert not (broker_home() / "local" / "down").exists()
+    assert not cluster_dir("down").exists()
 
 
 @pytest.mark.slow

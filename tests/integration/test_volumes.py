@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, cluster_dir
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ run: |
 """)
     missing = broker("launch", "-y", "-c", "v1", task, cwd=tmp_path)
     assert missing.returncode == 2 and "volumes." in missing.stderr and "broker volumes apply" in missing.stderr
-    assert not (broker_home() / "local" / "v1").exists()  # refused before anything was created
+    assert not cluster_dir("v1").exists()  # refused before anything was created
 
     r = broker("volumes", "apply", "-y", vol)
     assert r.returncode == 0, r.stderr
@@ -411,4 +411,4 @@ def test_a_failed_bring_up_detaches_and_deletes_like_down(tmp_path):
     vols = json.loads(broker("volumes", "ls", "--json").stdout)
     assert [(v["name"], v["cluster"]) for v in vols] == [("keep", None)]
     assert not os.path.lexists(mnt / "d") and not os.path.lexists(mnt / "s")
-    assert not (broker_home() / "local" / "vf").exists()
+    assert not cluster_dir("vf").exists()

@@ -39,9 +39,10 @@ class EBSVolumes:
         return cache[key]
 
     def _vol_tags(self, name, labels, cluster):
+        from ..base import TAG_HOME, home_tag
         from .driver import _user
 
-        tags = {TAG_VOLUME: name, TAG_USER: _user(), "Name": f"skybroker-{name}"}
+        tags = {TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{name}"}
         tags.update({str(k): str(v) for k, v in (labels or {}).items()})
         if cluster:
             tags.update({TAG_CLUSTER: cluster, TAG_EPHEMERAL: "true"})
@@ -209,5 +210,6 @@ class EBSVolumes:
         for v in self._ephemeral_volumes(ec2):
             tags = {t["Key"]: t["Value"] for t in v.get("Tags", [])}
             if tags.get(TAG_CLUSTER):
-                out.append(TaggedResource("aws", region, tags[TAG_CLUSTER], "volume", v["VolumeId"], live=False))
+                out.append(TaggedResource("aws", region, tags[TAG_CLUSTER], "volume", v["VolumeId"], live=False,
+                                          home=tags.get("skybroker-home")))
         return out

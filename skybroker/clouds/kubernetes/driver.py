@@ -30,7 +30,7 @@ import threading
 import time
 
 from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, QuotaError
-from ..base import (TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest, Provider,
+from ..base import (TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest, Provider,
                     TaggedResource)
 from ..common import call_typed
 from . import client as kc
@@ -439,7 +439,8 @@ class KubernetesCloud(Provider):
                 md = item["metadata"]
                 live = kind == "instance" and pk.phase(item) not in ("Failed", "Succeeded")
                 rid = md["uid"] if kind == "instance" else md["name"]  # pods: the instance id query reports
-                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live))
+                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live,
+                                          home=md["labels"].get(TAG_HOME)))
         return out
 
     # -- runners -----------------------------------------------------------------------------------
@@ -450,7 +451,7 @@ class KubernetesCloud(Provider):
             return ssh_runner(cluster, node, default_user=cfg.ssh_user())
         from ... import state
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
         region, zone = (rec.region, rec.zone) if rec is not None else (None, None)
         ctx = cfg.context_name(region, zone if region and zone and "/" not in (region or "") else None)
         return _forwarded_runner(cluster, node, ctx, cfg.namespace(ctx), pod_name(cluster, node.rank))
