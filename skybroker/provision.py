@@ -157,7 +157,7 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
             state.add_event(cluster, "failover", failover_event(a))
             if exc.scope == Scope.REQUEST:  # waiting cannot help: the error's own hint and exit code (a bad image: 2)
                 raise ProvisionExhausted(attempts, "the request itself was refused", exc.hint or _REQUEST_HINT,
-                                         exc.exit_code) from None
+                                         exit_code=exc.exit_code) from None
             if exc.scope == Scope.CLOUD:
                 refused[cand.cloud] = exc
             blocks.append(block_for(exc, cand))
