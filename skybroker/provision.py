@@ -69,7 +69,7 @@ class ProvisionExhausted(BrokerError):
 
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False,
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, *, credentials_only: bool = False,
                  exit_code: int | None = None):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
