@@ -468,6 +468,35 @@ def test_the_gang_watch_stops_the_job_once_a_peer_that_answered_stops_answering(
     assert node.run("submit", stdin=json.dumps({"job_id": 2, "gang": {"peers": "x"}}).encode()).returncode == 2
 
 
+def test_the_gang_watch_takes_no_clock_step_for_a_silent_peer(monkeypatch):
+    """The watch measures silence on the monotonic clock: a wall-clock step forward (NTP, a resumed VM)
+    during one failed probe is no lost peer (with time.time it killed the healthy job at once)."""
+    import types
+
+    from skybroker.runtime.agent import gang
+
+    real = time.monotonic
+    fake = types.SimpleNamespace(monotonic=real, time=lambda: real() + (3600.0 if probes[0] > 1 else 0.0))
+    probes = [0]
+
+    def answers(host, port, timeout):
+        probes[0] += 1
+        return probes[0] == 1  # answered once, then one (transient) failure after another
+
+    killed = []
+    monkeypatch.setattr(gang, "time", fake)
+    monkeypatch.setattr(gang, "_answers", answers)
+    monkeypatch.setattr(gang.Watch, "_kill", lambda self: killed.append(self.lost))
+    w = gang.Watch({"peers": [["10.0.0.2", 22]], "grace": 30, "every": 0.05}, 0, None)
+    try:
+        deadline = real() + 30
+        while probes[0] < 10 and real() < deadline:
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert probes[0] >= 10 and killed == [] and w.lost is None, (probes, killed)
+
+
 def test_cleanup_refuses_a_directory_holding_a_client_state_db(node):
     node.cmd("version")
     (node.home / ".skybroker-node").mkdir(exist_ok=True)
