@@ -133,12 +133,19 @@ class SSHCloud(Provider):
         """Hosts that `down` could not clean (ssh_pools.dirty_hosts: they may still run the old cluster's
         jobs) are cleaned before they are given to a cluster: (the usable hosts, the IPs of those that could
         still not be cleaned, which are no capacity)."""
+        from .ssh_pools import cleaning, dirty_hosts
+
+        if not any(_instance_id(pool.name, h) in dirty_hosts() for h in hosts):
+            return hosts, []
+        with cleaning():  # one cleaner at a time, rereading: another launch may have cleaned (and taken) one
+            return self._clean_locked(pool, hosts, dirty_hosts())
+
+    def _clean_locked(self, pool: Pool, hosts: list, dirty: dict) -> tuple[list, list[str]]:
         from ..runtime.agent_client import AgentClient
         from ..runtime.runner import run_parallel
         from ..state import NodeRecord
-        from .ssh_pools import clear_dirty, dirty_hosts
+        from .ssh_pools import clear_dirty
 
-        dirty = dirty_hosts()
         todo = [h for h in hosts if _instance_id(pool.name, h) in dirty]
         if not todo:
             return hosts, []

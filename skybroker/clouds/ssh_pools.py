@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,20 @@ def _update_dirty(change) -> None:
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
+
+
+@contextmanager
+def cleaning():
+    """Held while dirty hosts are cleaned (ssh.py), by one process of this BROKER_HOME at a time: a launch
+    that waited rereads the record, so a host that another launch cleaned and took is not cleaned again
+    (its cleanup would cancel the new cluster's jobs and remove its files)."""
+    import fcntl
+
+    path = _dirty_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".clean.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def mark_dirty(instance_id: str, cluster: str, why: str) -> None:
