@@ -465,6 +465,9 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
             _drop_if_empty(b.cluster)
         note = f"nothing of cluster {b.cluster} is left running" if created else \
             f"cluster {b.cluster} existed before this launch and stays up"
+        if created and state.open_intents(b.cluster):  # a rollback failed: what it created may still run
+            note = (f"cluster {b.cluster} may still have instances on the cloud (a rollback failed): "
+                    f"`broker down {b.cluster}` removes them once the cloud can be asked")
         err = BringUpError(b.cluster, stage, failure, exc, note)
         err.torn_down = created
         return err

@@ -710,6 +710,7 @@ def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_b
     out = p.stdout + p.stderr
     assert p.returncode == 4, out
     assert "could not roll back credy" in out
+    assert "nothing of cluster credy is left running" not in out and "may still have instances" in out, out
     p = _cli(["status", "--json"], env, tmp_path)
     assert "credy" in p.stdout, p.stdout + p.stderr
     p = _cli(["down", "-y", "credy"], env, tmp_path)
@@ -765,6 +766,7 @@ def test_a_retried_run_instances_keeps_the_record_when_the_rollback_is_refused(m
     assert p.returncode == 4, out
     assert len(moto_srv.calls("RunInstances")) >= 2, out  # botocore retried it
     assert "could not roll back credz" in out and "no instance of credz was created" not in out, out
+    assert "is left running" not in out and "`broker down credz` removes them" in out, out
     p = _cli(["status", "--json"], env, tmp_path)
     assert "credz" in p.stdout, p.stdout + p.stderr
     moto_srv.clear()
