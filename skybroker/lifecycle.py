@@ -336,29 +336,16 @@ def _bring_up_locked(b: BringUp) -> Running:
 
 
 def _mark_up(rec: ClusterRecord, resources, rt=None, gone: ClusterRecord | None = None) -> None:
-    """The new cluster is UP; its autostop is the task's, else (relaunched after it was terminated outside
-    the broker) the one the old record had (`broker autostop`), else the config's default."""
+    """The new cluster is UP, with its autostop (autostop.for_new_cluster; `gone`: the record it replaces)."""
     rec.status = UP
     state.save_cluster(rec)
     state.close_intents(rec.name, state="adopted")
     state.add_event(rec.name, "up", f"up on {rec.infra}")
     write_ssh_config(rec)
-    auto = resources.autostop if resources is not None else None
-    if auto is None and gone is not None and gone.autostop_minutes is not None:
-        from .resources import Autostop
+    from . import autostop
 
-        auto = Autostop(gone.autostop_minutes, gone.autostop_down)
-    if auto is None and resources is not None and rec.owner is None:
-        from . import config
-
-        default = config.get("autostop")  # the config's default for clusters whose task sets none
-        if default:
-            from .resources import Autostop
-
-            auto = Autostop(default["idle_minutes"], default["down"])
+    auto = autostop.for_new_cluster(rec, resources, gone)
     if auto:
-        from . import autostop
-
         autostop.apply(rec, auto.idle_minutes, auto.down, rt=rt)
 
 
