@@ -145,31 +145,31 @@ def set_autostop(name: str, minutes, down: bool):
 def queue(name: str, on_event=None):
     """A cluster's jobs. On a DEGRADED cluster the nodes that answer are asked, and each lost node is
     named in a warning (on_event("warning", ...))."""
-    from . import clusters
+    from . import cluster_jobs
 
-    return clusters.queue(name, on_event=on_event or (lambda k, m: None))
+    return cluster_jobs.queue(name, on_event=on_event or (lambda k, m: None))
 
 
 def logs(name: str, job_id, *, follow: bool, on_line, on_event=None):
-    from . import clusters
+    from . import cluster_jobs
 
-    return clusters.logs(name, job_id, follow=follow, on_line=on_line, on_event=on_event or (lambda k, m: None))
+    return cluster_jobs.logs(name, job_id, follow=follow, on_line=on_line, on_event=on_event or (lambda k, m: None))
 
 
 def cancel(name: str, job_ids, all_jobs: bool = False, on_event=None):
     """Cancel jobs on a cluster. An id the cluster never had is NotFoundError (exit 5), checked before
     anything is cancelled; a job that already finished is simply not in the returned list."""
-    from . import clusters
+    from . import cluster_jobs
     from .errors import names_or_all
 
     names_or_all(job_ids, all_jobs, "job ids")  # also for a server's clients
     if job_ids and not all_jobs:
         get_cluster(name)
-        known = {j.job_id for j in clusters.queue(name)}
+        known = {j.job_id for j in cluster_jobs.queue(name)}
         unknown = [j for j in job_ids if j not in known]
         if unknown:
             from .errors import NotFoundError
 
             raise NotFoundError(f"no job {', '.join(map(str, unknown))} on cluster {name}",
                                 f"see `broker queue {name}`")
-    return clusters.cancel(name, job_ids, all_jobs, on_event=on_event or (lambda k, m: None))
+    return cluster_jobs.cancel(name, job_ids, all_jobs, on_event=on_event or (lambda k, m: None))

@@ -35,6 +35,24 @@ def idle_seconds_for(minutes: float) -> float:
     return float(minutes) * settings.get("autostop_unit")
 
 
+def for_new_cluster(rec, resources, gone=None):
+    """The autostop (resources.Autostop) of a cluster just brought up, or None: its task's; else, when it
+    replaces a record found gone (terminated outside the broker), that record's (`broker autostop`); else,
+    for a user's cluster, the config's default."""
+    from .resources import Autostop
+
+    auto = resources.autostop if resources is not None else None
+    if auto is None and gone is not None and gone.autostop_minutes is not None:
+        auto = Autostop(gone.autostop_minutes, gone.autostop_down)
+    if auto is None and resources is not None and rec.owner is None:
+        from . import config
+
+        default = config.get("autostop")  # the config's default for clusters whose task sets none
+        if default:
+            auto = Autostop(default["idle_minutes"], default["down"])
+    return auto
+
+
 def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: None) -> str | None:
     """Set (minutes) or cancel (None) a cluster's autostop, on the cluster itself when its provider can,
     else with the watcher on this machine. Records the mechanism in the state and returns it. Cancelling

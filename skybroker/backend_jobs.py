@@ -121,9 +121,9 @@ class JobQueries:
         self.lost_ranks = frozenset(self.lost_nodes())
 
     def _unreached(self) -> set:
-        if "_unreached_ranks" not in self.__dict__:
-            self._unreached_ranks = set()
-        return self._unreached_ranks
+        # called from the per-node threads at once: one atomic setdefault (a check, then an assignment,
+        # let two threads each make a set, and one node's rank was lost from the warnings)
+        return self.__dict__.setdefault("_unreached_ranks", set())
 
     def unreached_warnings(self, what: str) -> list[str]:
         """One warning per node found unreachable so far, naming it: "node 1 (10.0.0.6) of cluster c

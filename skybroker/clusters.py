@@ -1,4 +1,5 @@
-"""Cluster use cases: launch, exec, status, down, stop, start, autostop, queue, logs, cancel, host keys.
+"""Cluster use cases: launch, exec, status, down, stop, start, autostop, host keys (a cluster's jobs —
+queue, logs, cancel — are cluster_jobs.py).
 
 Bring-up itself is lifecycle.py (the one state machine); this module drives it and the other commands.
 Every mutating command first settles what interrupted launches left behind (intents.reconcile).
@@ -23,7 +24,7 @@ Event = Callable[[str, str], None]
 Line = Callable[[int, str], None]
 
 __all__ = ["validate_name", "default_name", "launch", "exec_", "status", "down", "stop", "start", "set_autostop",
-           "queue", "logs", "cancel", "forget_host_keys", "LaunchResult"]
+           "forget_host_keys", "LaunchResult"]
 
 
 def _noop(*_a) -> None:
@@ -307,33 +308,6 @@ def set_autostop(name: str, minutes: int | None, down_after: bool, *, on_event: 
     return get(name)
 
 
-def queue(name: str, on_event: Event = _noop) -> list[JobStatus]:
-    rt = _jobs_runtime(name)
-    try:
-        return rt.jobs()
-    finally:
-        _warn_unreached(rt, "its jobs there show as last seen ended, else UNREACHABLE", on_event)
-
-
-def _jobs_runtime(name: str):
-    """The runtime of a cluster whose jobs are looked at or cancelled: UP, or DEGRADED (its lost nodes
-    are not asked; the rest answer)."""
-    from .backend import ClusterRuntime
-
-    rec = get_fresh(name)
-    _require_up(rec, degraded_ok=True)
-    rt = ClusterRuntime(rec)
-    if rec.status == DEGRADED:
-        rt.skip_lost()
-    return rt
-
-
-def _warn_unreached(rt, what: str, on_event: Event) -> None:
-    rt.close()
-    for w in rt.unreached_warnings(what):
-        on_event("warning", w)
-
-
 def _require_up(rec: ClusterRecord, degraded_ok: bool = False) -> None:
     if rec.status == INIT and intents.lock_is_free(rec.name):
         rec.status = INTERRUPTED
@@ -342,34 +316,6 @@ def _require_up(rec: ClusterRecord, degraded_ok: bool = False) -> None:
                          f"`broker down {rec.name}` removes it, `broker launch -c {rec.name} TASK` relaunches it")
     if rec.status != UP and not (degraded_ok and rec.status == DEGRADED):
         raise UsageError(f"cluster {rec.name} is {rec.status}", cluster_ops.not_up_hint(rec))
-
-
-def logs(name: str, job_id: int | None, *, follow: bool, on_line: Line, on_event: Event = _noop) -> JobStatus:
-    rt = _jobs_runtime(name)
-    try:
-        if job_id is None:
-            jobs = rt.jobs()
-            if not jobs:
-                raise NotFoundError(f"cluster {name} has no jobs yet", f"`broker exec {name} -- CMD` runs one")
-            job_id = jobs[-1].job_id
-        rt.job(job_id)  # NotFoundError for an unknown id
-        return rt.stream_logs(job_id, on_line, follow=follow)
-    finally:
-        _warn_unreached(rt, "its log is not shown", on_event)
-
-
-def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False, on_event: Event = _noop) -> list[int]:
-    if not job_ids and not all_jobs:
-        raise UsageError("name the job(s) to cancel, or pass --all", f"see `broker queue {name}`")
-    rt = _jobs_runtime(name)
-    try:
-        if job_ids:
-            for jid in job_ids:
-                rt.job(jid)  # NotFoundError (exit 5) for an unknown job, as everywhere
-        return rt.cancel(None if all_jobs else job_ids)
-    finally:
-        _warn_unreached(rt, f"nothing was cancelled there (a job may still run on it: `broker cancel` again "
-                            f"once it answers, or `broker down {rt.rec.name}`)", on_event)
 
 
 def adopt(on_event: Event = _noop) -> list[str]:

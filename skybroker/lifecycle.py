@@ -231,7 +231,7 @@ def _bring_up_locked(b: BringUp) -> Running:
     from . import reconcile
 
     name, task = b.cluster, b.task
-    rec = state.get_cluster(name)
+    rec = prior = state.get_cluster(name)
     if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
     if rec is not None:  # before anything is done to it: half-made, stopped or up
@@ -241,11 +241,16 @@ def _bring_up_locked(b: BringUp) -> Running:
             raise _fail(b, rec, Stage.PREFLIGHT, False, exc) from None
     if rec is not None and rec.status in (UP, STOPPED) and b.plan_fn is not None:  # or been terminated in the
         # cloud's console: relaunched afresh (without a plan, e.g. a pool's job, the reuse fails as LOST)
-        gone = rec
         rec = reconcile.unless_gone(rec, locked=True)
         if rec is None:
-            b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra} (its instances were "
+            b.on_event("refresh", f"cluster {name} no longer exists on {prior.infra} (its instances were "
                        "terminated outside the broker): launching it afresh")
+    # the record of a cluster found gone just now: the new one keeps its autostop (_mark_up)
+    gone = prior if rec is None and prior is not None and prior.status in (UP, STOPPED) else None
+    if gone is not None and gone.autostop_minutes is not None:
+        b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra}: launching it afresh, with its "
+                   f"autostop ({gone.autostop_minutes} min{', then down' if gone.autostop_down else ''}) unless "
+                   "the task sets one")
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
@@ -319,7 +324,7 @@ def _bring_up_locked(b: BringUp) -> Running:
         failpoint("submit")
         job_id = _submit(rt, rec, task, not created, b, by_rank)
         if created:  # a new cluster is UP once its job is on it: a launch killed before that is INTERRUPTED
-            _mark_up(rec, resources, rt)
+            _mark_up(rec, resources, rt, gone)
         failpoint("after-submit")
         return Running(name, job_id, attempts, not created, runtime=rt)
     except BaseException as exc:
@@ -330,24 +335,17 @@ def _bring_up_locked(b: BringUp) -> Running:
         raise _fail(b, rec, stage, created, exc) from (None if isinstance(exc, KeyboardInterrupt) else exc)
 
 
-def _mark_up(rec: ClusterRecord, resources, rt=None) -> None:
+def _mark_up(rec: ClusterRecord, resources, rt=None, gone: ClusterRecord | None = None) -> None:
+    """The new cluster is UP, with its autostop (autostop.for_new_cluster; `gone`: the record it replaces)."""
     rec.status = UP
     state.save_cluster(rec)
     state.close_intents(rec.name, state="adopted")
     state.add_event(rec.name, "up", f"up on {rec.infra}")
     write_ssh_config(rec)
-    auto = resources.autostop if resources is not None else None
-    if auto is None and resources is not None and rec.owner is None:
-        from . import config
+    from . import autostop
 
-        default = config.get("autostop")  # the config's default for clusters whose task sets none
-        if default:
-            from .resources import Autostop
-
-            auto = Autostop(default["idle_minutes"], default["down"])
+    auto = autostop.for_new_cluster(rec, resources, gone)
     if auto:
-        from . import autostop
-
         autostop.apply(rec, auto.idle_minutes, auto.down, rt=rt)
 
 
@@ -459,6 +457,9 @@ def _fail(b: BringUp, rec, stage: Stage, created: bool, exc: BaseException) -> B
             _drop_if_empty(b.cluster)
         note = f"nothing of cluster {b.cluster} is left running" if created else \
             f"cluster {b.cluster} existed before this launch and stays up"
+        if created and state.open_intents(b.cluster):  # a rollback failed: what it created may still run
+            note = (f"cluster {b.cluster} may still have instances on the cloud (a rollback failed): "
+                    f"`broker down {b.cluster}` removes them once the cloud can be asked")
         err = BringUpError(b.cluster, stage, failure, exc, note)
         err.torn_down = created
         return err

@@ -15,6 +15,8 @@ allocated as before: the bring-up then says why it does not accept commands.
 """
 from __future__ import annotations
 
+import re
+
 from ..errors import BrokerError, CapacityError, InvalidRequestError, Place
 from .base import RUNNING, TAG_CLUSTER, UNREACHABLE, Capabilities, InstanceInfo, ProvisionRequest, Provider
 from .common import host_keys, ssh_runner
@@ -36,6 +38,13 @@ def _port_open(ip: str, port: int) -> bool:
 
 def _instance_id(pool: str, host) -> str:
     return f"ssh:{pool}:{host.user}@{host.ip}:{host.port}"
+
+
+def _address(instance_id: str) -> str:
+    """The login an instance id names (user@ip:port), whatever pool lists it: one machine account that
+    two pools both list is one host (one agent directory, one set of jobs), never two clusters' at once."""
+    m = re.search(r"[^:@]+@[^@]+:\d+$", instance_id)
+    return m.group(0) if m else instance_id
 
 
 class SSHCloud(Provider):
@@ -94,19 +103,19 @@ class SSHCloud(Provider):
             super().preflight_place(region)
 
     def _allocated(self, cluster: str) -> dict[str, str]:
-        """instance id → cluster, for hosts held by other clusters: their nodes in the state, and the
-        hosts an unfinished launch recorded in the intents ledger."""
+        """host address (_address) → cluster, for hosts held by other clusters, in any pool: their nodes
+        in the state, and the hosts an unfinished launch recorded in the intents ledger."""
         from .. import state
 
         out = {}
         for rec in state.list_clusters():
             if rec.cloud == self.name and rec.cloud_name != cluster:
                 for n in rec.nodes:
-                    out[n.instance_id] = rec.name
+                    out[_address(n.instance_id)] = rec.name
         for it in state.open_intents():
             if it["cloud"] == self.name and it["cluster_on_cloud"] != cluster:
                 for iid in it["instance_ids"]:
-                    out.setdefault(iid, it["cluster"])
+                    out.setdefault(_address(iid), it["cluster"])
         return out
 
     def _info(self, pool: str, host, rank: int, cluster: str) -> InstanceInfo:
@@ -152,7 +161,7 @@ class SSHCloud(Provider):
                      and it["cluster_on_cloud"] == req.cluster for i in it["instance_ids"]}
         taken = self._allocated(req.cluster)
         mine = [h for h in pool.hosts if _instance_id(pool.name, h) in mine_ids]
-        free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
+        free = [h for h in pool.hosts if _address(_instance_id(pool.name, h)) not in taken and h not in mine]
         up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
         live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
         live, dirty = self._clean_dirty(pool, live)
@@ -171,22 +180,30 @@ class SSHCloud(Provider):
         """Hosts that `down` could not clean (ssh_pools.dirty_hosts: they may still run the old cluster's
         jobs) are cleaned before they are given to a cluster: (the usable hosts, the IPs of those that could
         still not be cleaned, which are no capacity)."""
+        from .ssh_pools import cleaning, dirty_hosts
+
+        if not any(_address(_instance_id(pool.name, h)) in dirty_hosts() for h in hosts):
+            return hosts, []
+        with cleaning():  # one cleaner at a time, rereading: another launch may have cleaned (and taken) one
+            return self._clean_locked(pool, hosts, dirty_hosts())
+
+    def _clean_locked(self, pool: Pool, hosts: list, dirty: dict) -> tuple[list, list[str]]:
         from ..runtime.agent_client import AgentClient
         from ..runtime.runner import run_parallel
         from ..state import NodeRecord
-        from .ssh_pools import clear_dirty, dirty_hosts
+        from .ssh_pools import clear_dirty
 
-        dirty = dirty_hosts()
-        todo = [h for h in hosts if _instance_id(pool.name, h) in dirty]
+        todo = [h for h in hosts if _address(_instance_id(pool.name, h)) in dirty]
         if not todo:
             return hosts, []
 
         def clean(h) -> bool:
             iid = _instance_id(pool.name, h)
+            left = dirty[_address(iid)]
             node = NodeRecord(iid, 0, h.ip, h.ip, h.user, h.port, None, h.identity_file)
-            r = ssh_runner(str(dirty[iid].get("cluster") or "pool"), node)
+            r = ssh_runner(str(left.get("cluster") or "pool"), node)
             try:
-                AgentClient(r, self.agent_python(), f"{h.ip} (left by cluster {dirty[iid].get('cluster')})").cleanup()
+                AgentClient(r, self.agent_python(), f"{h.ip} (left by cluster {left.get('cluster')})").cleanup()
             except BrokerError:
                 return False
             finally:
@@ -195,7 +212,7 @@ class SSHCloud(Provider):
                     host_keys().forget(iid)
                 except BrokerError:
                     pass
-            clear_dirty(iid)
+            clear_dirty(_address(iid))
             return True
 
         ok = dict(zip(todo, run_parallel(todo, clean)))
@@ -260,7 +277,7 @@ class SSHCloud(Provider):
                 why = f"{node.ip}: cleanup failed: {exc.message}"
             finally:
                 r.close()
-            mark_dirty(node.instance_id, rec.name, why)
+            mark_dirty(_address(node.instance_id), rec.name, why)
             left.add(node.instance_id)
             return why + kept
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def check_keys(pool: Pool) -> None:
 
 # -- hosts `down` could not clean -----------------------------------------------------------------------
 # A host that was unreachable (or refused us) when its cluster was torn down may still run that cluster's
-# jobs and hold its files. It is recorded here (BROKER_HOME/ssh_pool_dirty.json: instance id → {cluster,
+# jobs and hold its files. It is recorded here (BROKER_HOME/ssh_pool_dirty.json: user@ip:port → {cluster,
 # why, at}) and no launch is given it until it has been cleaned: the next claim in its pool cleans every
 # such host that answers first (ssh.py), and only then is it free again.
 
@@ -122,11 +123,25 @@ def _update_dirty(change) -> None:
         os.replace(tmp, path)
 
 
-def mark_dirty(instance_id: str, cluster: str, why: str) -> None:
+@contextmanager
+def cleaning():
+    """Held while dirty hosts are cleaned (ssh.py), by one process of this BROKER_HOME at a time: a launch
+    that waited rereads the record, so a host that another launch cleaned and took is not cleaned again
+    (its cleanup would cancel the new cluster's jobs and remove its files)."""
+    import fcntl
+
+    path = _dirty_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".clean.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def mark_dirty(address: str, cluster: str, why: str) -> None:
     import time
 
-    _update_dirty(lambda d: d.__setitem__(instance_id, {"cluster": cluster, "why": why, "at": time.time()}))
+    _update_dirty(lambda d: d.__setitem__(address, {"cluster": cluster, "why": why, "at": time.time()}))
 
 
-def clear_dirty(instance_id: str) -> None:
-    _update_dirty(lambda d: d.pop(instance_id, None))
+def clear_dirty(address: str) -> None:
+    _update_dirty(lambda d: d.pop(address, None))

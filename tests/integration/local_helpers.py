@@ -74,6 +74,14 @@ def broker_bg(*args, cwd: Path | str | None = None, env: dict | None = None,
             err.close()
 
 
+def declare_pool(nodes, key, name: str = "lab") -> None:
+    """Declare sshd test nodes as SSH node pool NAME in this test's BROKER_HOME."""
+    broker_home().mkdir(parents=True, exist_ok=True)
+    hosts = "\n".join(f"    - {n.ip}" for n in nodes)
+    (broker_home() / "ssh_node_pools.yaml").write_text(f"{name}:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
+                                                       f"  hosts:\n{hosts}\n")
+
+
 def write_task(path: Path, **fields) -> Path:
     """A task YAML on the local cloud (resources default to `infra: local`)."""
     fields.setdefault("resources", {"infra": "local"})

@@ -163,3 +163,21 @@ def test_launch_idle_minutes_and_down_flags_as_in_skypilot(tmp_path):
     r = broker("launch", "-y", "-c", "kept", "-i", "-1", task, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert broker("down", "-y", "kept").returncode == 0
+
+
+def test_a_relaunch_of_a_cluster_terminated_outside_the_broker_keeps_its_autostop(tmp_path):
+    """`broker autostop` set on a cluster, then its instances terminated outside the broker: `launch -c`
+    creates it afresh with that autostop (it came back with none: a cluster nobody stops)."""
+    from skybroker.clouds.local import LocalCloud
+
+    _launch(tmp_path, "oob", nodes=1)
+    r = broker("autostop", "oob", "-i", "600", "--down", env=FAST)
+    assert r.returncode == 0, r.stderr
+    LocalCloud().terminate("oob")  # the cloud's own API: the broker's record still says UP
+    task = write_task(tmp_path / "oob.yaml", name="oob", num_nodes=1, run="echo hi")
+    r = broker("launch", "-y", "-c", "oob", task, cwd=tmp_path, env=FAST)
+    assert r.returncode == 0, r.stderr
+    assert "no longer exists on local: launching it afresh, with its autostop (600 min, then down)" \
+        in r.stdout + r.stderr, r.stdout + r.stderr
+    c = status_json()[0]
+    assert (c["status"], c["autostop_minutes"], c["autostop_down"]) == ("UP", 600, True), c

@@ -718,6 +718,7 @@ def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_b
     out = p.stdout + p.stderr
     assert p.returncode == 4, out
     assert "could not roll back credy" in out
+    assert "nothing of cluster credy is left running" not in out and "may still have instances" in out, out
     p = _cli(["status", "--json"], env, tmp_path)
     assert "credy" in p.stdout, p.stdout + p.stderr
     p = _cli(["down", "-y", "credy"], env, tmp_path)
@@ -757,3 +758,27 @@ def test_launch_onto_a_cluster_terminated_in_the_console_relaunches_it(moto_srv,
     assert p.returncode == 4 and "stays up" not in out and "unreachable" not in out, out
     assert moto_srv.calls("RunInstances")
     assert state.get_cluster("oob") is None
+
+
+def test_a_retried_run_instances_keeps_the_record_when_the_rollback_is_refused(moto_srv, tmp_path):
+    """RunInstances was retried by botocore (a 503 here; a timed-out first attempt may have launched an
+    instance whose answer was lost) and then the cloud refuses the credentials for the rollback: the
+    record stays for `broker down` (it was closed as "no instance was created": a possible live instance
+    with no record)."""
+    env = {**os.environ, **moto_srv.env(), "PYTHONPATH": str(REPO), "BROKER_AWS_MAX_ATTEMPTS": "2"}
+    (tmp_path / "task.yaml").write_text(CLI_TASK)
+    moto_srv.fault("RunInstances", code="ServiceUnavailable", status=503, message="try again")
+    for action in ("TerminateInstances", "DeleteSecurityGroup"):
+        moto_srv.fault(action, code="AuthFailure", status=401, message="credentials refused")
+    moto_srv.fault("DescribeInstances", code="AuthFailure", status=401, message="credentials refused", skip=1)
+    p = _cli(["launch", "-y", "task.yaml", "-c", "credz"], env, tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out
+    assert len(moto_srv.calls("RunInstances")) >= 2, out  # botocore retried it
+    assert "could not roll back credz" in out and "no instance of credz was created" not in out, out
+    assert "is left running" not in out and "`broker down credz` removes them" in out, out
+    p = _cli(["status", "--json"], env, tmp_path)
+    assert "credz" in p.stdout, p.stdout + p.stderr
+    moto_srv.clear()
+    p = _cli(["down", "-y", "credz"], env, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -7,14 +7,13 @@ cannot open /dev/fuse in this sandbox), and the emulators listen on this machine
 for real on the local cloud in test_buckets.py."""
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.infra.moto_server import MotoServer
 from tests.integration.test_ssh_cluster import broker, task
+from tests.integration.local_helpers import declare_pool
 
 pytestmark = [pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed"), pytest.mark.slow]
 
@@ -29,11 +28,7 @@ def moto():
 def lab(node_pool, node_key, moto, monkeypatch):
     key, pub = node_key
     nodes = node_pool.start(2, pub)
-    home = Path(os.environ["BROKER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    hosts = "\n".join(f"    - {n.ip}" for n in nodes)
-    (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
-                                              f"  hosts:\n{hosts}\n")
+    declare_pool(nodes, key)
     for k, v in moto.env().items():
         monkeypatch.setenv(k, v)
     yield nodes

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, broker_cmd
+from tests.integration.local_helpers import declare_pool
 
 
 def broker(*args, timeout=120, check=False, **kw):
@@ -26,11 +27,7 @@ def ssh_nodes(node_pool, node_key):
     """Four fresh sshd nodes declared as pool `lab` in this test's BROKER_HOME."""
     key, pub = node_key
     nodes = node_pool.start(4, pub)
-    home = Path(os.environ["BROKER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    hosts = "\n".join(f"    - {n.ip}" for n in nodes)
-    (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
-                                              f"  hosts:\n{hosts}\n")
+    declare_pool(nodes, key)
     yield nodes
     for n in nodes:
         if n.alive:

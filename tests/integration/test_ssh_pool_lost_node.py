@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, broker_cmd
+from tests.integration.local_helpers import declare_pool
 
 
 def broker(*args, timeout=120, **kw):
@@ -56,11 +57,7 @@ def lab(node_pool, node_key, monkeypatch):
     about 2 s: short connect timeout)."""
     key, pub = node_key
     nodes = node_pool.start(3, pub)
-    home = Path(os.environ["BROKER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    hosts = "\n".join(f"    - {n.ip}" for n in nodes)
-    (home / "ssh_node_pools.yaml").write_text(f"lab:\n  user: {nodes[0].user}\n  identity_file: {key}\n"
-                                              f"  hosts:\n{hosts}\n")
+    declare_pool(nodes, key)
     monkeypatch.setenv("BROKER_SSH_CONNECT_TIMEOUT", "2")
     yield nodes
     for n in nodes:

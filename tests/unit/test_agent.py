@@ -421,13 +421,31 @@ def test_claim_of_a_path_whose_parents_are_missing_claims_the_outermost_one(node
     home = node.home
     (home / "mine").mkdir()
     out = node.cmd("claim", "~/datasets/train/part", "~/mine/extra.yaml")
-    assert out["claimed"] == [str(home / "datasets"), str(home / "mine" / "extra.yaml")]
-    (home / "datasets" / "train").mkdir(parents=True)
+    assert out["claimed"] == [str(home / "datasets" / "train" / "part"), str(home / "mine" / "extra.yaml")]
+    (home / "datasets" / "train" / "part").mkdir(parents=True)
+    (home / "datasets" / "train" / "part" / "shard0").write_text("synced")
     (home / "mine" / "extra.yaml").write_text("synced")
     (home / "mine" / "keep.txt").write_text("the user's")
     node.cmd("cleanup")
     assert not (home / "datasets").exists() and not (home / "mine" / "extra.yaml").exists()
     assert (home / "mine" / "keep.txt").read_text() == "the user's"
+
+
+def test_cleanup_keeps_what_the_user_put_beside_a_mount_in_the_directories_it_made(node):
+    """A file mount's missing parents are the broker's, but what the job or the user put in them is not:
+    the cleanup removes the mount's target and then only the parents left empty (it removed the whole
+    outermost directory, with the job's results in it)."""
+    home = node.home
+    node.cmd("claim", "~/work/inputs/train.csv", "~/cache/a/b.bin")
+    (home / "work" / "inputs").mkdir(parents=True)
+    (home / "work" / "inputs" / "train.csv").write_text("synced")
+    (home / "work" / "results").mkdir()
+    (home / "work" / "results" / "model.pt").write_text("the job's output")
+    (home / "cache" / "a").mkdir(parents=True)
+    (home / "cache" / "a" / "b.bin").write_text("synced")
+    node.cmd("cleanup")
+    assert not (home / "work" / "inputs").exists() and not (home / "cache").exists()
+    assert (home / "work" / "results" / "model.pt").read_text() == "the job's output"
 
 
 def test_a_follow_of_a_silent_job_ends_once_its_reader_is_gone(node):
@@ -466,6 +484,35 @@ def test_the_gang_watch_stops_the_job_once_a_peer_that_answered_stops_answering(
     assert "127.0.0.1:%d" % port in job["reason"] and "stopped answering" in job["reason"], job
     never.close()
     assert node.run("submit", stdin=json.dumps({"job_id": 2, "gang": {"peers": "x"}}).encode()).returncode == 2
+
+
+def test_the_gang_watch_takes_no_clock_step_for_a_silent_peer(monkeypatch):
+    """The watch measures silence on the monotonic clock: a wall-clock step forward (NTP, a resumed VM)
+    during one failed probe is no lost peer (with time.time it killed the healthy job at once)."""
+    import types
+
+    from skybroker.runtime.agent import gang
+
+    real = time.monotonic
+    fake = types.SimpleNamespace(monotonic=real, time=lambda: real() + (3600.0 if probes[0] > 1 else 0.0))
+    probes = [0]
+
+    def answers(host, port, timeout):
+        probes[0] += 1
+        return probes[0] == 1  # answered once, then one (transient) failure after another
+
+    killed = []
+    monkeypatch.setattr(gang, "time", fake)
+    monkeypatch.setattr(gang, "_answers", answers)
+    monkeypatch.setattr(gang.Watch, "_kill", lambda self: killed.append(self.lost))
+    w = gang.Watch({"peers": [["10.0.0.2", 22]], "grace": 30, "every": 0.05}, 0, None)
+    try:
+        deadline = real() + 30
+        while probes[0] < 10 and real() < deadline:
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert probes[0] >= 10 and killed == [] and w.lost is None, (probes, killed)
 
 
 def test_cleanup_refuses_a_directory_holding_a_client_state_db(node):

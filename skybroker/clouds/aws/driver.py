@@ -59,6 +59,17 @@ def _poll() -> float:
     return settings.get("aws_poll")
 
 
+def _refused_at_once(exc) -> bool:
+    """Whether a failed RunInstances certainly launched nothing: EC2 answered it with an error on the
+    first attempt. After botocore retried (a timed-out or 5xx attempt), an earlier attempt may have
+    launched an instance whose answer was lost, whatever error the last one got."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    return exc.response.get("ResponseMetadata", {}).get("RetryAttempts") == 0
+
+
 class AWSCloud(EBSVolumes, Provider):
     name = "aws"
     catalog = "aws"
@@ -198,10 +209,8 @@ class AWSCloud(EBSVolumes, Provider):
                 params = self._run_params(req, image, key_name, sg, subnet, zone_name, len(ranks))
                 try:
                     resp = self._call(place, ec2.run_instances, **params)
-                except ProvisionError as exc:  # EC2's refusal launched nothing; a lost answer might have
-                    from botocore.exceptions import ClientError
-
-                    if not isinstance(exc.__context__, ClientError):
+                except ProvisionError as exc:
+                    if not _refused_at_once(exc.__context__):
                         maybe_created.append("RunInstances")
                     raise
                 maybe_created.append("RunInstances")

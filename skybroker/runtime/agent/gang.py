@@ -40,10 +40,10 @@ class Watch(object):
     def _run(self):
         last_ok = {}
         while not self._stop.wait(self.every):
-            now = time.time()
+            now = time.monotonic()  # not the wall clock: a clock step (NTP, a resumed VM) is no silence
             for peer in self.peers:
                 if _answers(peer[0], peer[1], min(3.0, self.every)):
-                    last_ok[peer] = time.time()
+                    last_ok[peer] = time.monotonic()
                 elif peer in last_ok and now - last_ok[peer] >= self.grace:
                     self.lost = ("node %s:%d of the gang stopped answering for %.0fs (lost or cut off): "
                                  "the job cannot complete" % (peer[0], peer[1], now - last_ok[peer]))

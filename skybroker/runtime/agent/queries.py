@@ -90,15 +90,18 @@ def _logs_b64(conn, args):
 
 
 def cmd_claim(args):
-    """Record paths the broker is about to create (only those that do not exist yet): for a path whose
-    parent directories are missing too, the outermost missing one (creating the path creates it)."""
+    """Record paths the broker is about to create (only those that do not exist yet). For a path whose
+    parent directories are missing too, the outermost missing one is recorded as its `top`: the cleanup
+    removes the path, then those parents only while they are empty (never what else was put there)."""
     conn = store.db()
     claimed = []
     with store.txn(conn):
         for p in args.paths:
-            full = _outermost_missing(os.path.abspath(os.path.expanduser(p)))
+            full = os.path.abspath(os.path.expanduser(p))
+            top = _outermost_missing(full)
             if not os.path.lexists(full) and _removable(full):
-                conn.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (full, time.time()))
+                conn.execute("INSERT OR IGNORE INTO claims (path, claimed_at, top) VALUES (?, ?, ?)",
+                             (full, time.time(), top if top != full and _removable(top) else None))
                 claimed.append(full)
     answer({"claimed": claimed})
     return 0
@@ -156,7 +159,7 @@ def cmd_cleanup(args):
         boxes.container_call(lambda m: m.down(base))
     _unmount_buckets(base)
     removed = []
-    for (path,) in conn.execute("SELECT path FROM claims ORDER BY length(path) DESC").fetchall():
+    for path, top in conn.execute("SELECT path, top FROM claims ORDER BY length(path) DESC").fetchall():
         if os.path.lexists(path) and _removable(path) and not _mounted_under(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -164,11 +167,27 @@ def cmd_cleanup(args):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             removed.append(path)
+        removed += _prune_empty(path, top)
     conn.close()
     shutil.rmtree(base, ignore_errors=True)
     removed.append(base)
     answer({"removed": removed})
     return 0
+
+
+def _prune_empty(path, top):
+    """The directories the broker made for `path` (up to its claimed `top`), removed while empty: a file
+    the user or the job put beside it keeps them."""
+    out = []
+    parent = os.path.dirname(path)
+    while top and (parent == top or parent.startswith(top + os.sep)) and _removable(parent):
+        try:
+            os.rmdir(parent)  # fails on a non-empty directory, a symlink or a mount point in use
+        except OSError:
+            break
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out
 
 
 def _unmount_buckets(base):

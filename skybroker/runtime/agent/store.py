@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS setup_done (key TEXT PRIMARY KEY, done_at REAL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job_id INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, claimed_at REAL);
+CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, claimed_at REAL, top TEXT);
 """
 
 
@@ -34,7 +34,7 @@ def log_path(job_id):
     return os.path.join(job_dir(job_id), "run.log")
 
 
-SCHEMA_VERSION = 2  # PRAGMA user_version once SCHEMA (with the columns added since) is in place
+SCHEMA_VERSION = 3  # PRAGMA user_version once SCHEMA (with the columns added since) is in place
 
 
 def _sqlite():
@@ -68,6 +68,8 @@ def db():
         cols = [r[1] for r in conn.execute("PRAGMA table_info(jobs)").fetchall()]
         if "notice" not in cols:  # a node directory made by an earlier agent
             conn.execute("ALTER TABLE jobs ADD COLUMN notice TEXT")
+        if "top" not in [r[1] for r in conn.execute("PRAGMA table_info(claims)").fetchall()]:
+            conn.execute("ALTER TABLE claims ADD COLUMN top TEXT")
         if conn.execute("SELECT 1 FROM meta WHERE k='created_at'").fetchone() is None:
             conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
         conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
