@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.integration.local_helpers import (broker, broker_home, kill_leftovers, node_dir, pids_with_env,
+from tests.integration.local_helpers import (broker, broker_home, cloud_name, kill_leftovers, node_dir, pids_with_env,
                                              status_json, wait_for, write_task, cluster_dir)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
@@ -173,7 +173,7 @@ def test_a_relaunch_of_a_cluster_terminated_outside_the_broker_keeps_its_autosto
     _launch(tmp_path, "oob", nodes=1)
     r = broker("autostop", "oob", "-i", "600", "--down", env=FAST)
     assert r.returncode == 0, r.stderr
-    LocalCloud().terminate("oob")  # the cloud's own API: the broker's record still says UP
+    LocalCloud().terminate(cloud_name("oob"))  # the cloud's own API: the broker's record still says UP
     task = write_task(tmp_path / "oob.yaml", name="oob", num_nodes=1, run="echo hi")
     r = broker("launch", "-y", "-c", "oob", task, cwd=tmp_path, env=FAST)
     assert r.returncode == 0, r.stderr

@@ -23,13 +23,13 @@ def _task(tmp_path, cluster_dir: str):
 
 
 def test_a_crashed_runner_says_why_in_launch_logs_and_queue(tmp_path):
-    secret = str(broker_home() / "local" / "cr")  # a prefix of the path the runner's error names
+    secret = str(broker_home() / "local")  # a prefix of the path the runner's error names (local/<name on the cloud>/...)
     task = _task(tmp_path, secret)
     try:
         r = broker("launch", "-y", "-c", "cr", task, timeout=120)
         assert r.returncode == 1, (r.returncode, r.stderr)
         line = next(ln for ln in r.stderr.splitlines() if ln.startswith("Job 1 FAILED"))
-        assert WHY + "node-0/sky_workdir'" in line, r.stderr
+        assert WHY in line and "/node-0/sky_workdir'" in line, r.stderr
         for out in (r.stdout, r.stderr):
             assert secret not in out and "Traceback" not in out, out
         r = broker("queue", "cr")
