@@ -54,7 +54,7 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
     where = None
     if minutes is not None and prov.capabilities.self_stop and rec.status == state.UP and rec.nodes:
         try:
-            action = prov.prepare_self_stop(rec.name, rec.region, "down" if down else "stop")
+            action = prov.prepare_self_stop(rec.cloud_name, rec.region, "down" if down else "stop")
             _arm_nodes(rec, prov, rt, idle_seconds_for(minutes), action)
             if action == "down" and not down:
                 on_event("autostop", f"{rec.name}'s instances cannot be stopped (spot): it will be torn down")
@@ -75,7 +75,7 @@ def apply(rec, minutes: int | None, down: bool, rt=None, on_event=lambda k, m: N
                 # the cloud's own default again (EC2: an OS shutdown stops; Azure: no role left with the
                 # nodes), on a cancel and when an arm that failed half-way falls back to the watcher here,
                 # also when a node could not be disarmed
-                prov.release_self_stop(rec.name, rec.region)
+                prov.release_self_stop(rec.cloud_name, rec.region)
         except BrokerError as exc:
             if minutes is None:  # a cancel that does not reach every node is no cancel
                 raise BrokerError(f"could not cancel the autostop on {rec.name}'s nodes: "
@@ -106,7 +106,7 @@ def _arm_nodes(rec, prov, rt, idle: float | None, action: str | None) -> None:
     every, grace = settings.get("autostop_poll"), settings.get("autostop_follow_grace")
 
     def one(node):
-        plan = prov.self_stop_command(rec.name, node, head, action) if idle is not None else None
+        plan = prov.self_stop_command(rec.cloud_name, node, head, action) if idle is not None else None
         if plan is None:
             rt.agent(node).autostop(None)
         else:

@@ -24,6 +24,14 @@ from .state import ClusterRecord, NodeRecord
 AUTH_REFUSALS = 3  # refusals of our SSH key in a row before bring-up believes them (see wait_ready)
 
 
+
+def user_facing(runner, rec, node):
+    """A runner named for messages with the user's cluster name (`dev-node-1`, as `broker hostkeys forget dev
+    --node 1` wants it), not the name on the cloud the provider was given."""
+    if hasattr(runner, "node_id"):
+        runner.node_id = f"{rec.name}-node-{node.rank}"
+    return runner
+
 class NodeLost(NodeUnreachable):
     """The cloud says the node's instance is gone (preempted, terminated) — not just unreachable."""
 
@@ -46,7 +54,8 @@ class ClusterRuntime(GangSubmit, JobQueries):
         with self._lock:
             r = self._runners.get(node.rank)
             if r is None:
-                r = self.provider.runner(self.rec.name, node)
+                r = self.provider.runner(self.rec.cloud_name, node)
+                user_facing(r, self.rec, node)
                 self._runners[node.rank] = r
             return r
 
@@ -74,7 +83,7 @@ class ClusterRuntime(GangSubmit, JobQueries):
         from .clouds.base import RUNNING
 
         try:
-            infos = self.provider.query(self.rec.name, self.rec.region)
+            infos = self.provider.query(self.rec.cloud_name, self.rec.region)
         except BrokerError:
             return []
         alive = {i.instance_id for i in infos if i.state == RUNNING}

@@ -9,6 +9,7 @@ controller) reads.
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -44,6 +45,27 @@ class JobStatus:
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def reason(self) -> str | None:
+        """Why the job failed, from its first failing node's reason ("node N: ..." on a gang), or None."""
+        failing = [n for n in self.nodes if n.status in ("FAILED", "FAILED_SETUP", "UNREACHABLE") and n.reason]
+        if self.status not in ("FAILED", "FAILED_SETUP") or not failing:
+            return None
+        # the cause first: a crash, then a failed command, then a node the others' failure stopped
+        failing.sort(key=lambda n: (n.reason.startswith("stopped"), bool(_EXITED.search(n.reason)), n.rank))
+        why = " ".join(failing[0].reason.split())  # one line whatever the node said
+        return why if len(self.nodes) == 1 else f"node {failing[0].rank}: {why}"
+
+    @property
+    def crash(self) -> str | None:
+        """`reason` when it says more than the exit code (the node's runner crashed, the node rebooted, the
+        gang watch stopped it...), else None: what a follower prints after the job's status."""
+        why = self.reason
+        return None if why is None or _EXITED.search(why) else why
+
+
+_EXITED = re.compile(r"(?:^|: )(?:run|setup) exited with code -?\d+$")
 
 
 # wire.py names a dataclass by module:qualname. These two are re-exported by backend.py and keep its name

@@ -186,6 +186,15 @@ def _isatty(fd: int) -> bool:
         return False
 
 
+def _quiet_sdk_logs() -> None:
+    """Cloud SDKs log their retries and credential probing as warnings (azure-identity: about 15 lines per
+    failed credential lookup, on every lookup), which Python prints on stderr when nothing is configured. The
+    broker's own error says what failed and what to do; `--debug` shows the SDKs' logs too."""
+    import logging
+
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
 def main(argv=None) -> None:
     from .errors import BrokerError
 
@@ -198,6 +207,8 @@ def main(argv=None) -> None:
     except BrokerError:
         env_debug = False
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or env_debug
+    if not debug:
+        _quiet_sdk_logs()
     _signals_interrupt()
     try:
         rv = cli.main(args=argv, prog_name="broker", standalone_mode=False)

@@ -28,10 +28,10 @@ def terminate(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> list[s
     from .clouds import registry
 
     warnings: list[str] = []
-    for cloud, region in intents.places(rec.name) or [(rec.cloud, rec.region)]:
+    for cloud, region, on_cloud in intents.places(rec.name) or [(rec.cloud, rec.region, rec.cloud_name)]:
         if not cloud:
             continue
-        for w in registry.get(cloud).terminate(rec.name, region) or ():
+        for w in registry.get(cloud).terminate(on_cloud, region) or ():
             warnings.append(w)
             on_event("warning", w)
     _forget_host_keys(rec)
@@ -86,7 +86,7 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
     from .backend import ClusterRuntime
     from .clouds import registry
 
-    infos = registry.get(rec.cloud).start(rec.name, rec.region)
+    infos = registry.get(rec.cloud).start(rec.cloud_name, rec.region)
     from .costs import ledger
 
     ledger.set_state(rec.name, ledger.UP)
@@ -106,7 +106,7 @@ def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> Clu
 
             run_parallel(rt.nodes, lambda n: rt.agent(n).autostop(None))
             try:  # no right left with the nodes (Azure roles); never fails a start that has succeeded
-                rt.provider.release_self_stop(rec.name, rec.region)
+                rt.provider.release_self_stop(rec.cloud_name, rec.region)
             except BrokerError as exc:
                 state.add_event(rec.name, "autostop", f"could not take the nodes' autostop rights back "
                                                       f"({getattr(exc, 'message', None) or exc})")

@@ -276,7 +276,7 @@ def stop(name: str, *, on_event: Event = _noop) -> bool:
         if rec.status == STOPPED:  # idempotent, as `start` of an UP cluster and `down` of a gone one
             return False
         _require_up(rec)
-        prov.stop(rec.name, rec.region)
+        prov.stop(rec.cloud_name, rec.region)
         from .costs import ledger
 
         ledger.set_state(name, ledger.STOPPED)  # from now on only its disks are billed
@@ -375,7 +375,8 @@ def cancel(name: str, job_ids: list[int] | None, all_jobs: bool = False, on_even
 def adopt(on_event: Event = _noop) -> list[str]:
     """Rebuild state entries from the clouds' tags: every cluster with instances that a ready provider
     lists and the state does not know is recorded (UP, or STOPPED when all its instances are), with its
-    nodes, so `status`, `exec`, `down` work on it again. Prices are unknown (0) for adopted clusters."""
+    nodes, so `status`, `exec`, `down` work on it again. Prices are unknown (0) for adopted clusters. Only
+    this home's clusters are adopted (gc.scan never offers another home's)."""
     import time
 
     from . import gc
@@ -389,7 +390,7 @@ def adopt(on_event: Event = _noop) -> list[str]:
         if o.interrupted or not o.instance_ids or state.get_cluster(o.cluster) is not None:
             continue
         with cluster_lock(o.cluster, timeout=0):
-            infos = get_provider(o.cloud).query(o.cluster, o.region)
+            infos = get_provider(o.cloud).query(o.cloud_name, o.region)
             if not infos:
                 continue
             ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
@@ -400,7 +401,8 @@ def adopt(on_event: Event = _noop) -> list[str]:
             state.save_cluster(ClusterRecord(name=o.cluster, cloud=o.cloud, region=o.region, zone=ordered[0].zone,
                                              instance_type=None, accelerators=None, use_spot=any(i.spot for i in infos),
                                              num_nodes=len(nodes), hourly_price=0.0, status=status_,
-                                             launched_at=time.time(), nodes=nodes, owner=cluster_ops.owner_by_name(o.cluster)))
+                                             launched_at=time.time(), nodes=nodes, owner=cluster_ops.owner_by_name(o.cluster),
+                                             name_on_cloud=o.cloud_name))
             state.add_event(o.cluster, "adopt", f"rebuilt from the tags of {len(nodes)} instance(s) on {o.cloud}")
             out.append(o.cluster)
     return out
@@ -449,7 +451,9 @@ def ssh_grant(name: str, rank: int, public_key: str) -> dict:
     if not isinstance(public_key, str) or not _PUBKEY.match(public_key.strip()):
         raise UsageError("not an OpenSSH public key (ssh-ed25519/ssh-rsa/ecdsa AAAA… [comment])")
     q = shlex.quote(public_key.strip())
-    r = prov.runner(name, node).run(
+    from .backend import user_facing
+
+    r = user_facing(prov.runner(rec.cloud_name, node), rec, node).run(
         "umask 077; mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
         f"(grep -qxF {q} ~/.ssh/authorized_keys || echo {q} >> ~/.ssh/authorized_keys)", timeout=60)
     if not r.ok:

@@ -39,7 +39,7 @@ def endpoints(rec, port: int | None = None) -> dict[int, str]:
     if host is None:
         raise UsageError(f"the endpoints of a {rec.cloud} cluster are not a node's address",
                          "on Kubernetes the ports are the cluster's Service: "
-                         f"`kubectl get service skybroker-{rec.name}-ports`")
+                         f"`kubectl get service skybroker-{rec.cloud_name}-ports`")
     return {p: f"{host}:{p}" for p in ([port] if port is not None else ports)}
 
 

@@ -6,6 +6,12 @@
   - clusters whose launch was interrupted (intents.py): they are in the state as INTERRUPTED, and gc
     offers to remove them too.
 
+Only this home's resources are ever removed: a resource tagged with another home's id (clouds.base.TAG_HOME, a
+second BROKER_HOME on the same account) is counted in `Scan.foreign` and never touched, whatever its cluster's
+name. A resource with no home tag was made before home tags existed (or by a kind the cloud cannot tag): it may be
+removed only by a home that launched clusters before then (state.legacy_names); any other home counts it in
+`Scan.untagged` and leaves it alone, since it cannot tell whose it is.
+
 A provider that cannot be scanned (no credentials, no SDK, an unknown name) is reported, never skipped
 silently: "nothing found" is only said about what was actually scanned.
 """
@@ -24,9 +30,14 @@ Event = Callable[[str, str], None]
 class Orphan:
     cloud: str
     region: str | None
-    cluster: str
+    cluster: str  # the user's name of the cluster (for an unknown one: its name on the cloud, less our suffix)
     resources: tuple[tuple[str, str], ...]  # (kind, id)
     interrupted: bool = False  # a known cluster whose launch died (not an unknown one)
+    name_on_cloud: str | None = None  # what its resources are named and tagged with (None: `cluster`)
+
+    @property
+    def cloud_name(self) -> str:
+        return self.name_on_cloud or self.cluster
 
     @property
     def instance_ids(self) -> tuple[str, ...]:
@@ -38,6 +49,15 @@ class Scan:
     orphans: list[Orphan] = field(default_factory=list)
     scanned: dict[str, int] = field(default_factory=dict)  # provider → regions scanned
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider[/region], why)
+    foreign: dict[str, int] = field(default_factory=dict)  # provider → resources of other homes (never touched)
+    untagged: dict[str, int] = field(default_factory=dict)  # provider → resources with no home tag, left alone
+
+
+def display_name(name_on_cloud: str) -> str:
+    """The user's name of a cluster of this home found by its name on the cloud (state.cloud_name_for's
+    inverse; a legacy name is its own)."""
+    suffix = "-" + state.home_suffix()
+    return name_on_cloud[:-len(suffix)] if name_on_cloud.endswith(suffix) else name_on_cloud
 
 
 def scan(clouds: tuple[str, ...] | None = None, regions: dict[str, list] | None = None,
@@ -49,7 +69,8 @@ def scan(clouds: tuple[str, ...] | None = None, regions: dict[str, list] | None 
     out = Scan()
     intents.reconcile(on_event)
     names = _providers(clouds, out)
-    known = {(r.cloud, r.name) for r in state.list_clusters()}
+    known = {(r.cloud, r.cloud_name) for r in state.list_clusters()}
+    mine, legacy = state.home_id(), state.legacy_names()
     for name in names:
         prov = registry.get(name, sdk=False)
         missing = registry.missing_sdk(prov)
@@ -70,22 +91,32 @@ def scan(clouds: tuple[str, ...] | None = None, regions: dict[str, list] | None 
                 continue
             n += 1
             for t in found:
+                if t.home is not None and t.home != mine:
+                    out.foreign[name] = out.foreign.get(name, 0) + 1
+                    continue
+                if t.home is None and not legacy:
+                    out.untagged[name] = out.untagged.get(name, 0) + 1
+                    continue
                 if (t.cloud, t.cluster) in known:
                     continue
                 groups.setdefault((t.region, t.cluster), []).append((t.kind, t.id))
         out.scanned[name] = n
-        for (region, cluster), res in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+        for (region, on_cloud), res in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+            cluster = display_name(on_cloud)
             try:
                 with cluster_lock(cluster, timeout=0):
                     pass
             except ClusterBusy:
                 on_event("skip", f"{name}/{region}: {cluster} is being launched by another broker command")
                 continue
-            out.orphans.append(Orphan(name, region, cluster, tuple(sorted(res))))
+            except BrokerError:  # not a name a lock can be made for (a legacy resource's odd tag)
+                pass
+            out.orphans.append(Orphan(name, region, cluster, tuple(sorted(res)), name_on_cloud=on_cloud))
     for rec in state.list_clusters():
         if rec.status == state.INTERRUPTED:
             kinds = tuple(("instance", n.instance_id) for n in rec.nodes)
-            out.orphans.append(Orphan(rec.cloud, rec.region, rec.name, kinds, interrupted=True))
+            out.orphans.append(Orphan(rec.cloud, rec.region, rec.name, kinds, interrupted=True,
+                                      name_on_cloud=rec.cloud_name))
     return out
 
 
@@ -126,7 +157,9 @@ def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[s
             except ClusterBusy:
                 on_event("skip", f"{o.cluster} is being launched by another broker command: left alone")
                 continue
-            rec = state.get_cluster(o.cluster)
+            except UsageError:  # not a name a lock can be made for (a legacy resource's odd tag)
+                pass
+            rec = state.get_cluster(o.cluster) if o.interrupted else state.get_cluster_on_cloud(o.cloud_name)
             if o.interrupted:
                 if rec is None or rec.status != state.INTERRUPTED:
                     continue
@@ -138,7 +171,7 @@ def remove(orphans: list[Orphan], on_event: Event = lambda k, m: None) -> list[s
                 continue
             where = "/".join(p for p in (o.cloud, o.region) if p)
             on_event("down", f"removing orphan {o.cluster} on {where} ({len(o.resources)} resource(s))")
-            for w in registry.get(o.cloud).terminate(o.cluster, o.region) or ():
+            for w in registry.get(o.cloud).terminate(o.cloud_name, o.region) or ():
                 warnings.append(w)
                 on_event("warning", w)
             state.close_intents(o.cluster, o.cloud, o.region)

@@ -95,13 +95,13 @@ def _reconcile_one(name: str, on_event: Event) -> bool:
     found = []  # (intent, instances)
     for it in intents:
         prov = registry.get(it["cloud"])
-        found.append((it, prov.query(name, it["region"])))
+        found.append((it, prov.query(it["cluster_on_cloud"], it["region"])))
     live = [(it, infos) for it, infos in found if infos]
     for it, infos in found:
         if infos:
             continue
         prov = registry.get(it["cloud"])
-        for w in prov.terminate(name, it["region"]) or ():  # network leftovers: no instance, no cost
+        for w in prov.terminate(it["cluster_on_cloud"], it["region"]) or ():  # network leftovers: no instance, no cost
             on_event("warning", w)
         state.set_intent(it["id"], "cleaned")
         on_event("reconcile", f"{name}: an interrupted launch left nothing running on "
@@ -132,19 +132,21 @@ def _interrupted_record(name, intent, infos, rec):
     if rec is None:
         rec = ClusterRecord(name=name, cloud=intent["cloud"], region=intent["region"], zone=intent["zone"],
                             instance_type=None, accelerators=None, use_spot=any(i.spot for i in infos),
-                            num_nodes=len(nodes), hourly_price=0.0, status=INTERRUPTED, launched_at=time.time())
+                            num_nodes=len(nodes), hourly_price=0.0, status=INTERRUPTED, launched_at=time.time(),
+                            name_on_cloud=intent["cluster_on_cloud"])
     rec.cloud, rec.region, rec.zone = intent["cloud"], intent["region"], intent["zone"] or rec.zone
     rec.nodes, rec.num_nodes, rec.status = nodes, len(nodes), INTERRUPTED
     return rec
 
 
-def places(name: str) -> list[tuple[str, str | None]]:
-    """Every (cloud, region) where the cluster may have resources: its row and its open intents."""
+def places(name: str) -> list[tuple[str, str | None, str]]:
+    """Every (cloud, region, name on the cloud) where the cluster may have resources: its row and its open
+    intents."""
     out = []
     rec = state.get_cluster(name)
     if rec is not None:
-        out.append((rec.cloud, rec.region))
+        out.append((rec.cloud, rec.region, rec.cloud_name))
     for it in state.open_intents(name):
-        if (it["cloud"], it["region"]) not in out:
-            out.append((it["cloud"], it["region"]))
+        if (it["cloud"], it["region"], it["cluster_on_cloud"]) not in out:
+            out.append((it["cloud"], it["region"], it["cluster_on_cloud"]))
     return out

@@ -385,13 +385,17 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
         _, public_key = ensure_user_key(broker_home())
     rec = ClusterRecord(name=b.cluster, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
                         use_spot=False, num_nodes=b.task.num_nodes, hourly_price=0.0, status=INIT,
-                        launched_at=time.time(), owner=b.owner)
+                        launched_at=time.time(), owner=b.owner, name_on_cloud=state.cloud_name_for(b.cluster))
 
     from .clouds import registry
     from .runtime import identity
 
     def on_place(cand):  # the row says where the cluster is going before anything is created there
         identity.preflight(b.task, cand.cloud)  # LOCAL_CREDENTIALS for that cloud: its files exist (exit 2)
+        if any(m.is_bucket for m in b.task.file_mounts):
+            from .storage import mounts
+
+            mounts.preflight_place(b.task, cand.cloud)  # a `name:` storage the cloud's store would refuse (exit 2)
         registry.get(cand.cloud, sdk=False).preflight_place(cand.region)  # its SSH key(s) load (exit 2)
         rec.cloud, rec.region, rec.zone = cand.cloud, cand.region, cand.zone
         rec.instance_type, rec.accelerators, rec.use_spot = cand.instance_type, cand.accelerators(), cand.use_spot
@@ -401,7 +405,8 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
 
     state.add_event(b.cluster, "launch", "provisioning")
     cand, infos, attempts = provision.provision(b.cluster, b.plan_fn, public_key=public_key, on_event=b.on_event,
-                                                retry_until_up=b.retry_until_up, on_place=on_place)
+                                                retry_until_up=b.retry_until_up, on_place=on_place,
+                                                cloud_name=rec.cloud_name)
     from . import config
 
     ordered = sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))

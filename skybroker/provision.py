@@ -58,6 +58,10 @@ def parse_failover_event(message: str) -> dict | None:
             "message": m.group(5)}
 
 
+_REQUEST_HINT = ("the cloud refused the request itself, so retrying will not help: fix what its message names "
+                 "(instance type, image, disk, ...)")
+
+
 class ProvisionExhausted(BrokerError):
     """Every place failed. `credentials_only`: every attempt was on a cloud that refused our credentials
     or permissions, so no retry can help (the CLI's --retry-until-up and the managed-jobs controller both
@@ -65,11 +69,13 @@ class ProvisionExhausted(BrokerError):
 
     exit_code = 4
 
-    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, credentials_only: bool = False):
+    def __init__(self, attempts: list[Attempt], reason: str, hint: str | None = None, *, credentials_only: bool = False,
+                 exit_code: int | None = None):
         lines = [f"  {i + 1}. {a.place} {a.instance_type}{' spot' if a.use_spot else ''}: "
                  f"{a.error}{' ' + a.code if a.code else ''} — {a.message}" for i, a in enumerate(attempts)]
         super().__init__(f"could not provision anywhere ({reason}); attempts:\n" + "\n".join(lines), hint or
-                         "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)")
+                         "retry later, use --retry-until-up, or relax the resources (other GPUs, regions, on-demand)",
+                         exit_code)
         self.attempts = attempts
         self.credentials_only = credentials_only
 
@@ -111,8 +117,10 @@ def request_for(cluster: str, cand: Candidate, public_key: str | None) -> Provis
 def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, public_key: str | None,
               on_event: Callable[[str, str], None] = lambda k, m: None, retry_until_up: bool = False,
               max_wait: float = 3600.0,
-              on_place: Callable[[Candidate], None] = lambda c: None) -> tuple[Candidate, list[InstanceInfo], list[Attempt]]:
-    """Provision `cluster` at the best place the plan offers, failing over until one works.
+              on_place: Callable[[Candidate], None] = lambda c: None,
+              cloud_name: str | None = None) -> tuple[Candidate, list[InstanceInfo], list[Attempt]]:
+    """Provision `cluster` at the best place the plan offers, failing over until one works; its resources
+    are named and tagged `cloud_name` (its name on the cloud, `cluster` when None).
     `on_place(cand)` is called before each attempt (the caller records where the cluster is going)."""
     attempts: list[Attempt] = []
     blocks: list[Block] = []
@@ -141,14 +149,15 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
         cand: Candidate = plan.chosen
         on_place(cand)
         try:
-            infos = _attempt(cluster, cand, public_key, on_event)
+            infos = _attempt(cluster, cand, public_key, on_event, cloud_name or cluster)
         except ProvisionError as exc:
             a = Attempt(cand.cloud, cand.region, cand.zone, cand.instance_type, cand.use_spot,
                         type(exc).__name__, exc.code, exc.message, exc.scope.value)
             attempts.append(a)
             state.add_event(cluster, "failover", failover_event(a))
-            if exc.scope == Scope.REQUEST:
-                raise ProvisionExhausted(attempts, "the request itself was refused") from None
+            if exc.scope == Scope.REQUEST:  # waiting cannot help: the error's own hint and exit code (a bad image: 2)
+                raise ProvisionExhausted(attempts, "the request itself was refused", exc.hint or _REQUEST_HINT,
+                                         exit_code=exc.exit_code) from None
             if exc.scope == Scope.CLOUD:
                 refused[cand.cloud] = exc
             blocks.append(block_for(exc, cand))
@@ -157,17 +166,19 @@ def provision(cluster: str, plan_fn: Callable[[list[Block]], "object"], *, publi
         return cand, infos, attempts
 
 
-def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) -> list[InstanceInfo]:
+def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event,
+             cloud_name: str | None = None) -> list[InstanceInfo]:
     """One place: create (retrying the same place while the cloud throttles us), record the instance ids,
     wait for them. Any failure or interrupt rolls back what was created there before propagating."""
     prov = get_provider(cand.cloud)
     where = "/".join(p for p in (cand.cloud, cand.region, cand.zone) if p)
-    req = request_for(cluster, cand, public_key)
+    cloud_name = cloud_name or cluster
+    req = request_for(cloud_name, cand, public_key)
     retries, delay = settings.get("throttle_retries"), settings.get("throttle_backoff")
     for n in range(retries + 1):
         on_event("provision", f"provisioning {cand.num_nodes}× {cand.instance_type} on {where}"
                  f"{' (spot)' if cand.use_spot else ''}")
-        intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone)
+        intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone, cloud_name)
         try:
             failpoint("provision")
             ids = _finish_in_flight(lambda: prov.run_instances(req), on_event)
@@ -175,7 +186,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) ->
             failpoint("provision-wait")
             return _finish_in_flight(lambda: prov.wait_instances(req, ids), on_event)
         except ProvisionError as exc:
-            _rollback(prov, cluster, cand, intent, on_event, created_nothing=exc.created_nothing)
+            _rollback(prov, cluster, cand, intent, on_event, cloud_name, created_nothing=exc.created_nothing)
             if exc.scope != Scope.RETRY or n == retries:
                 raise
             wait = delay * 2 ** n * (0.75 + 0.5 * random.random())
@@ -183,7 +194,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event) ->
                      f"retrying {where} in {wait:.1f}s")
             time.sleep(wait)
         except BaseException as exc:
-            clean = _rollback(prov, cluster, cand, intent, on_event)
+            clean = _rollback(prov, cluster, cand, intent, on_event, cloud_name)
             if isinstance(exc, KeyboardInterrupt) and clean:
                 on_event("cleanup", f"interrupted: rolled back the launch on {where}; no instance of {cluster} "
                          "is left running")
@@ -253,14 +264,15 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
     return any(a.cloud == block.cloud and a.scope == "cloud" for a in attempts) and block.region is None
 
 
-def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, created_nothing: bool = False) -> bool:
+def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_name: str | None = None,
+              created_nothing: bool = False) -> bool:
     """Terminate what the attempt may have left. If the cloud cannot be asked (e.g. it refuses our
     credentials) but the driver knows its create call created no instance, the intent is closed as
     "refused": nothing with a cost can exist, so no record is kept that only working credentials could
     remove (a security group or firewall rule it may have made is tagged: `broker gc` finds it). Drivers
     say so through clouds.base.CreateLedger."""
     try:
-        for w in prov.terminate(cluster, cand.region) or ():
+        for w in prov.terminate(cloud_name or cluster, cand.region) or ():
             on_event("warning", w)
         state.set_intent(intent, "cleaned")
         return True

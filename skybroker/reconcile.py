@@ -49,7 +49,7 @@ def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
 
     if rec.status in (INIT, INTERRUPTED) or not rec.cloud:
         return rec
-    infos = get_provider(rec.cloud).query(rec.name, rec.region)
+    infos = get_provider(rec.cloud).query(rec.cloud_name, rec.region)
     if not infos:
         return _gone(rec, locked)
     states = {i.state for i in infos}
@@ -97,7 +97,7 @@ def unless_gone(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | Non
     if rec.status not in (UP, STOPPED) or not rec.cloud:
         return rec
     try:
-        infos = get_provider(rec.cloud).query(rec.name, rec.region)
+        infos = get_provider(rec.cloud).query(rec.cloud_name, rec.region)
     except BrokerError:
         return rec
     return rec if infos else _gone(rec, locked)

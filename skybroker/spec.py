@@ -245,6 +245,7 @@ def _task(data, source: str, ov: dict, node) -> Task:
                             "where you run broker", source=source, field="--workdir" if ov.get("workdir") else "workdir")
         workdir = str(wd.resolve())
     mounts = F.file_mounts(F.substitute(data.get("file_mounts"), envs), source, FileMount)
+    F.check_mount_targets(mounts, workdir is not None or bool(git_url), source)
     volumes = task_volumes(data.get("volumes"), source)
 
     deadline, expected, dl_extra = spec_jobs.deadline(data, source)

@@ -386,6 +386,29 @@ def file_mounts(m, source: str, make_mount) -> tuple:
     return tuple(out)
 
 
+def check_mount_targets(mounts, has_workdir: bool, source: str) -> None:
+    """Where file mounts land on the nodes: a path, not a bucket URI (a SkyPilot rule), not the nodes' root, and
+    not `~/sky_workdir` itself when a workdir is synced there (SkyPilot's rule: the two would overwrite each
+    other; a path inside it is fine)."""
+    for m in mounts:
+        fp = f"file_mounts.{m.remote}"
+        target = m.remote.strip()
+        if not target:
+            raise SpecError("a file mount needs a destination path (the key is empty)",
+                            "e.g. `/data: s3://my-bucket` or `~/model: ./model`", source=source, field=fp)
+        if target.startswith(BUCKET_PREFIXES) or "://" in target:
+            raise SpecError("the destination of a file mount is a path on the nodes, not a bucket",
+                            "write the path first: `/data: s3://my-bucket`", source=source, field=fp)
+        norm = os.path.normpath(target)
+        if norm == "/":
+            raise SpecError("a file mount cannot replace the nodes' root directory", "mount it at a path such as "
+                            "/data", source=source, field=fp)
+        if has_workdir and norm in ("~/sky_workdir", "sky_workdir"):
+            raise SpecError("~/sky_workdir is where the workdir is synced: a file mount there would replace or "
+                            "mix into it", "mount it at a path inside it (~/sky_workdir/data) or elsewhere",
+                            source=source, field=fp)
+
+
 def _bucket_uri(uri: str, fp: str, source: str) -> str:
     from .storage.base import StorageError, parse_uri
 

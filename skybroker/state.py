@@ -20,7 +20,7 @@ __all__ = [  # with the database accessors of state_db.py, which its callers rea
     "AUTOSTOP_NODE", "AUTOSTOP_LOCAL", "NodeRecord", "ClusterRecord", "current_user", "save_cluster",
     "get_cluster", "list_clusters", "delete_cluster", "finished_node_jobs", "add_finished_node_jobs", "set_status",
     "set_autostop", "INTENT_OPEN", "add_intent", "set_intent", "open_intents", "close_intents", "add_event",
-    "events", "recent_events",
+    "events", "recent_events", "home_id", "home_suffix", "cloud_name_for", "legacy_names", "get_cluster_on_cloud",
 ]
 
 # Cluster statuses. INIT: a launch is bringing it up (the launching command holds the cluster's lock);
@@ -67,8 +67,16 @@ class ClusterRecord:
     autostop_where: str | None = None  # AUTOSTOP_NODE or AUTOSTOP_LOCAL while autostop is set
     user_name: str | None = None  # server mode: the user who launched it (None in local mode)
     ports: str | None = None  # the ports its task opened, "8888,9000-9010" (`broker status --endpoints`)
+    # its name on the cloud (tags, instance/pod/security-group names): `name` plus this home's suffix
+    # (cloud_name_for); None for a cluster recorded before schema v19, whose resources carry `name`
+    name_on_cloud: str | None = None
     # `status --refresh` only, never stored: why its cloud could not be asked ({message, hint, exit_code})
     refresh_error: dict | None = None
+
+    @property
+    def cloud_name(self) -> str:
+        """The name every provider call gets: what its resources are tagged and named with."""
+        return self.name_on_cloud or self.name
 
     @property
     def head(self) -> NodeRecord | None:
@@ -88,7 +96,8 @@ current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("broke
 
 _COLS = ("name", "cloud", "region", "zone", "instance_type", "accelerators", "use_spot", "num_nodes",
          "hourly_price", "status", "launched_at", "updated_at", "autostop_minutes", "autostop_down", "nodes",
-         "resources", "setup_key", "task_id_seed", "owner", "autostop_where", "user_name", "ports")
+         "resources", "setup_key", "task_id_seed", "owner", "autostop_where", "user_name", "ports",
+         "name_on_cloud")
 
 
 def _row_to_cluster(row: sqlite3.Row) -> ClusterRecord:
@@ -111,12 +120,21 @@ def save_cluster(rec: ClusterRecord) -> None:
     marks = ", ".join(f":{c}" for c in _COLS)
     updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c not in ("name", "user_name"))
     updates += ", user_name=COALESCE(excluded.user_name, clusters.user_name)"  # a cluster keeps its user
+    updates = updates.replace("name_on_cloud=excluded.name_on_cloud",  # and its name on the cloud
+                              "name_on_cloud=COALESCE(clusters.name_on_cloud, excluded.name_on_cloud)")
     db().execute(f"INSERT INTO clusters ({cols}) VALUES ({marks}) ON CONFLICT(name) DO UPDATE SET {updates}",
                  values)
 
 
 def get_cluster(name: str) -> ClusterRecord | None:
     row = db().execute("SELECT * FROM clusters WHERE name = ?", (name,)).fetchone()
+    return _row_to_cluster(row) if row else None
+
+
+def get_cluster_on_cloud(name_on_cloud: str) -> ClusterRecord | None:
+    """The cluster whose name on the cloud is `name_on_cloud` (providers that keep no state of their own)."""
+    row = db().execute("SELECT * FROM clusters WHERE COALESCE(name_on_cloud, name) = ? ORDER BY name = ? DESC",
+                       (name_on_cloud, name_on_cloud)).fetchone()
     return _row_to_cluster(row) if row else None
 
 
@@ -168,10 +186,12 @@ INTENT_OPEN = ("creating", "created")  # "adopted" (the cluster is in the state)
 # create call was refused before any instance was made, and the cloud could not be asked after) are closed
 
 
-def add_intent(cluster: str, cloud: str, region: str | None, zone: str | None) -> int:
+def add_intent(cluster: str, cloud: str, region: str | None, zone: str | None,
+               cluster_on_cloud: str | None = None) -> int:
     now = time.time()
-    cur = db().execute("INSERT INTO intents (cluster, cloud, region, zone, created_at, state, updated_at)"
-                       " VALUES (?,?,?,?,?,?,?)", (cluster, cloud, region, zone, now, "creating", now))
+    cur = db().execute("INSERT INTO intents (cluster, cloud, region, zone, created_at, state, updated_at,"
+                       " cluster_on_cloud) VALUES (?,?,?,?,?,?,?,?)",
+                       (cluster, cloud, region, zone, now, "creating", now, cluster_on_cloud or cluster))
     return int(cur.lastrowid)
 
 
@@ -186,6 +206,7 @@ def set_intent(intent_id: int, state: str, instance_ids: list[str] | None = None
 def _intent_row(r) -> dict:
     d = dict(r)
     d["instance_ids"] = json.loads(d.get("instance_ids") or "[]")
+    d["cluster_on_cloud"] = d.get("cluster_on_cloud") or d["cluster"]
     return d
 
 
@@ -228,3 +249,82 @@ def events(cluster: str) -> list[dict]:
 def recent_events(limit: int = 50) -> list[dict]:
     rows = db().execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
     return [dict(r) for r in reversed(rows)]
+
+
+# ----------------------------------------------------------------------------------------------
+# this home's identity on the clouds: a random id kept in the state (one per BROKER_HOME, or per server
+# database), created on first use. Every resource a provider creates is tagged with it (clouds.base.TAG_HOME)
+# and every new cluster's name on the cloud ends with a suffix derived from it, so two homes on one cloud
+# account, Kubernetes namespace or SSH node pool never take each other's clusters for their own.
+
+_HOME_FILE = "home.id"  # a copy beside a SQLite state: a database rebuilt after a loss keeps the home's id
+_home_ids: dict = {}
+HOME_SUFFIX_LEN = 6
+
+
+def home_id() -> str:
+    """This home's id (32 hex digits)."""
+    from .state_db import db_path
+
+    key = db_url() or str(db_path())
+    hid = _home_ids.get(key)
+    if hid is None:
+        hid = _home_ids[key] = _load_home_id()
+    return hid
+
+
+def _load_home_id() -> str:
+    import uuid
+
+    conn = db()
+    row = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()
+    if row is not None:
+        return row[0]
+    path = None if is_postgres() else db_path().parent / _HOME_FILE
+    kept = None
+    if path is not None:
+        try:
+            kept = path.read_text().strip().lower()
+        except OSError:
+            kept = None
+        if kept and (len(kept) != 32 or any(c not in "0123456789abcdef" for c in kept)):
+            kept = None
+    conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('home_id', ?)",
+                 (kept or uuid.uuid4().hex,))
+    hid = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0]
+    if path is not None and kept != hid:
+        from .paths import touch_private
+
+        tmp = path.with_name(f".{_HOME_FILE}.{__import__('os').getpid()}")
+        touch_private(tmp)
+        tmp.write_text(hid + "\n")
+        tmp.replace(path)
+    return hid
+
+
+def home_suffix() -> str:
+    """The suffix of this home's clusters' names on the cloud."""
+    return home_id()[:HOME_SUFFIX_LEN]
+
+
+def legacy_names() -> bool:
+    """This home launched clusters before names on the cloud carried a home suffix (schema < v19): it may
+    own resources without a home tag."""
+    return db().execute("SELECT v FROM meta WHERE k = 'legacy_names'").fetchone() is not None
+
+
+_CLOUD_NAME_MAX = 40  # as a user's cluster name (locks.validate_name): every provider's limits hold for it
+
+
+def cloud_name_for(name: str, suffix: str | None = None) -> str:
+    """A new cluster's name on the cloud: `name-<home suffix>`; a name too long for that keeps its first
+    characters and a hash of the whole (`<head>-<hash>-<home suffix>`), so it stays unique in the home.
+    `suffix`: another home's (tests, tools); this home's by default."""
+    import hashlib
+
+    suffix = suffix or home_suffix()
+    if len(name) + 1 + len(suffix) <= _CLOUD_NAME_MAX:
+        return f"{name}-{suffix}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:4]
+    head = name[:_CLOUD_NAME_MAX - len(suffix) - len(digest) - 2].rstrip("-")
+    return f"{head}-{digest}-{suffix}"

@@ -248,6 +248,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX node_jobs_cluster ON node_jobs (cluster)
     """,
+    # v19: a cluster's name on the cloud (its user's name plus this home's suffix, state.cloud_name_for), so two
+    # homes on one account never find each other's clusters; the clusters and intents recorded before keep
+    # their name (their resources exist under it). A home that had launched before is marked `legacy_names`:
+    # only such a home removes resources without a home tag in `broker gc` (gc.py)
+    """
+    ALTER TABLE clusters ADD COLUMN name_on_cloud TEXT;
+    UPDATE clusters SET name_on_cloud = name;
+    ALTER TABLE intents ADD COLUMN cluster_on_cloud TEXT;
+    UPDATE intents SET cluster_on_cloud = cluster;
+    INSERT INTO meta (k, v) SELECT 'legacy_names', '1' WHERE EXISTS (SELECT 1 FROM events) OR EXISTS
+        (SELECT 1 FROM clusters) OR EXISTS (SELECT 1 FROM intents) OR EXISTS (SELECT 1 FROM managed_jobs)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

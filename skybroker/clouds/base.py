@@ -22,6 +22,8 @@ A provider owns
     `detach_volume`, `delete_volume`; `terminate` deletes the cluster's ephemeral volumes too;
   - its capabilities, declared here and never discovered with `hasattr`.
 
+Every call gets the cluster's name on the cloud (state.ClusterRecord.cloud_name: the user's name plus the home's
+suffix), never the user's name; what a provider creates carries TAG_HOME where the cloud has tags or labels.
 Instances are found by the cluster tag/label/name, so a repeated `run_instances` resumes instead of
 duplicating. The provisioner decides failover from the error's type alone (CapacityError = a zone,
 QuotaError = a region, CredentialsError = the cloud, ThrottledError = back off and retry the same place,
@@ -46,6 +48,14 @@ UNREACHABLE = "unreachable"  # a host with no cloud API behind it (ssh pools) th
 
 TAG_CLUSTER = "skybroker-cluster"
 TAG_USER = "skybroker-user"
+TAG_HOME = "skybroker-home"  # the id of the BROKER_HOME (or server database) that created it (state.home_id)
+
+
+def home_tag() -> str:
+    """This home's id, for TAG_HOME."""
+    from .. import state
+
+    return state.home_id()
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class TaggedResource:
     kind: str  # "instance", "security-group", "firewall", "resource-group", "node-dir", ...
     id: str
     live: bool = True  # an instance that is running/stopped (costs money), not only a network leftover
+    home: str | None = None  # its TAG_HOME: the home that created it (None: untagged, made before home tags)
 
 
 @dataclass(frozen=True)

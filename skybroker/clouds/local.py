@@ -54,6 +54,15 @@ def _mem_gib() -> float:
     return 0.0
 
 
+_HOME = ".home"  # in a cluster's directory: the id of the home that made it (clouds.base.TAG_HOME)
+
+
+def settings_root() -> str | None:
+    from .. import settings
+
+    return settings.get("local_root") or None
+
+
 class LocalCloud(LocalVolumes, Provider):
     name = "local"
     capabilities = Capabilities(stop=True, spot=True, firewall=False, accelerators=False, priced=False,
@@ -113,6 +122,10 @@ class LocalCloud(LocalVolumes, Provider):
         root = self._cluster_dir(req.cluster)
         private_dir(self._root())
         root.mkdir(parents=True, exist_ok=True)
+        if not (root / _HOME).exists():  # whose it is, when BROKER_LOCAL_ROOT is shared by several homes
+            from .base import home_tag
+
+            (root / _HOME).write_text(home_tag() + "\n")
         ids = []
         for i in range(req.num_nodes):
             d = root / f"node-{i}"
@@ -178,11 +191,20 @@ class LocalCloud(LocalVolumes, Provider):
         root = self._root()
         if not root.is_dir():
             return []
+        from .base import home_tag
+
+        own_root = not settings_root()  # BROKER_HOME/local: only this home's clusters are there
         out = []
         for d in sorted(root.iterdir()):
             if d.is_dir():
-                out.append(TaggedResource(self.name, None, d.name, "node-dir", str(d), live=False))
-                out += [TaggedResource(self.name, None, d.name, "instance", i.instance_id) for i in self.query(d.name)]
+                try:
+                    home = (d / _HOME).read_text().strip() or None
+                except OSError:
+                    home = None
+                home = home_tag() if own_root else home
+                out.append(TaggedResource(self.name, None, d.name, "node-dir", str(d), live=False, home=home))
+                out += [TaggedResource(self.name, None, d.name, "instance", i.instance_id, home=home)
+                        for i in self.query(d.name)]
         return out
 
     def preempt(self, cluster: str, rank: int = 0) -> None:

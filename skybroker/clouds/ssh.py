@@ -5,6 +5,13 @@ directory and the paths it claimed; never anything else, even when the host is t
 them; a host that could not be cleaned (unreachable) is kept out of the pool until a later claim has
 cleaned it (ssh_pools.dirty_hosts). The machines themselves are never powered off. A host serves one
 cluster at a time.
+
+A pool file may be shared by several BROKER_HOMEs (two laptops, a laptop and a CI runner): a host this home
+allocates is also claimed on the host itself, in `~/.skybroker-claim` (the home's id and the cluster's name on
+the cloud, written only if absent), so another home sees it taken; `terminate` removes the claim once the host
+is cleaned (a host left dirty keeps it: its old jobs may still run). A claim of this home for a cluster it no
+longer knows is stale and taken over. A host that cannot be asked (it refuses the key, its host key changed) is
+allocated as before: the bring-up then says why it does not accept commands.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from .common import host_keys, ssh_runner
 from .ssh_pools import Pool, load_pools
 
 PROBE_SECONDS = 2.0
+CLAIM_FILE = "~/.skybroker-claim"
 
 
 def _port_open(ip: str, port: int) -> bool:
@@ -92,11 +100,11 @@ class SSHCloud(Provider):
 
         out = {}
         for rec in state.list_clusters():
-            if rec.cloud == self.name and rec.name != cluster:
+            if rec.cloud == self.name and rec.cloud_name != cluster:
                 for n in rec.nodes:
                     out[n.instance_id] = rec.name
         for it in state.open_intents():
-            if it["cloud"] == self.name and it["cluster"] != cluster:
+            if it["cloud"] == self.name and it["cluster_on_cloud"] != cluster:
                 for iid in it["instance_ids"]:
                     out.setdefault(iid, it["cluster"])
         return out
@@ -107,27 +115,57 @@ class SSHCloud(Provider):
 
     def _hosts(self, req: ProvisionRequest):
         from .. import state
+
+        pool, hosts, others = self._free_hosts(req)
+        claimed, theirs = [], 0
+        for h in hosts:  # claimed on the host too, one by one, until there are enough
+            if len(claimed) == req.num_nodes:
+                break
+            if _claim(pool, h, req.cluster, state.home_id(), self._known_here()):
+                claimed.append(h)
+            else:
+                theirs += 1
+        if len(claimed) < req.num_nodes:
+            for h in claimed:
+                _release(pool, h, req.cluster, state.home_id())
+            why = f"; {theirs} claimed by another broker home (its `broker down` frees them)" if theirs else ""
+            raise CapacityError(f"pool {pool.name} has {len(claimed)} free host(s) answering, "
+                                f"{req.num_nodes} needed{others}{why}", Place("ssh", pool.name), code="PoolExhausted")
+        return pool, claimed
+
+    def _known_here(self) -> set[str]:
+        """The names on the cloud of this home's clusters on SSH pools (recorded or being launched)."""
+        from .. import state
+
+        names = {r.cloud_name for r in state.list_clusters() if r.cloud == self.name}
+        return names | {it["cluster_on_cloud"] for it in state.open_intents() if it["cloud"] == self.name}
+
+    def _free_hosts(self, req: ProvisionRequest):
+        """(pool, candidate hosts: the cluster's own first, then free ones that answer, " (N not answering)")."""
+        from .. import state
         from ..runtime.runner import run_parallel
 
         pool = self._pool(req.region)
-        rec = state.get_cluster(req.cluster)
+        rec = state.get_cluster_on_cloud(req.cluster)
         mine_ids = {n.instance_id for n in rec.nodes} if rec is not None else set()
-        mine_ids |= {i for it in state.open_intents(req.cluster) if it["cloud"] == self.name for i in it["instance_ids"]}
+        mine_ids |= {i for it in state.open_intents() if it["cloud"] == self.name
+                     and it["cluster_on_cloud"] == req.cluster for i in it["instance_ids"]}
         taken = self._allocated(req.cluster)
         mine = [h for h in pool.hosts if _instance_id(pool.name, h) in mine_ids]
         free = [h for h in pool.hosts if _instance_id(pool.name, h) not in taken and h not in mine]
         up = run_parallel(free, lambda h: _port_open(h.ip, h.port)) if len(mine) < req.num_nodes else []
         live = [h for h, ok in zip(free, up) if ok]  # a host that does not answer is no capacity
         live, dirty = self._clean_dirty(pool, live)
-        hosts = (mine + live)[: req.num_nodes]
+        down = len(free) - len(live) - len(dirty)
+        hosts = mine + live
         if len(hosts) < req.num_nodes:
-            down = len(free) - len(live) - len(dirty)
-            raise CapacityError(f"pool {pool.name} has {len(mine) + len(live)} free host(s) answering, "
+            raise CapacityError(f"pool {pool.name} has {len(hosts)} free host(s) answering, "
                                 f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else "") +
                                 (f" ({len(dirty)} still holding what an earlier cluster left: "
                                  f"{', '.join(dirty)})" if dirty else ""),
                                 Place("ssh", pool.name), code="PoolExhausted")
-        return pool, hosts
+        return pool, hosts, (f" ({down} not answering)" if down else "") + (
+            f" ({len(dirty)} still holding what an earlier cluster left: {', '.join(dirty)})" if dirty else "")
 
     def _clean_dirty(self, pool: Pool, hosts: list) -> tuple[list, list[str]]:
         """Hosts that `down` could not clean (ssh_pools.dirty_hosts: they may still run the old cluster's
@@ -181,7 +219,7 @@ class SSHCloud(Provider):
         from .. import state
         from ..runtime.runner import run_parallel
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
         if rec is None:
             return []
         up = run_parallel(rec.nodes, lambda n: _port_open(n.ip, n.ssh_port or 22))
@@ -198,20 +236,22 @@ class SSHCloud(Provider):
 
         from .ssh_pools import mark_dirty
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
+        held = self._held(cluster, rec)
         if rec is None:
-            return []
+            return self._release_held(cluster, held)
         kept = (f"; the host stays out of pool {region or rec.region} until it is cleaned (its jobs may still run "
                 "there): the next launch on the pool cleans it first once it answers")
+        left: set[str] = set()  # hosts not cleaned: they keep this home's claim until they are
 
         def clean(node) -> str | None:
-            r = ssh_runner(cluster, node)
+            r = ssh_runner(rec.name, node)
             try:
-                AgentClient(r, self.agent_python(), f"{cluster} node {node.rank}").cleanup()
+                AgentClient(r, self.agent_python(), f"{rec.name} node {node.rank}").cleanup()
                 return None
             except HostKeyMismatch as exc:
                 return (f"{node.ip}: host key changed, nothing was cleaned there ({exc.message}); "
-                        f"after checking the host, `broker hostkeys forget {cluster}`")
+                        f"after checking the host, `broker hostkeys forget {rec.name}`")
             except AuthRefused as exc:
                 why = f"{node.ip}: {exc.message}; nothing was cleaned there"
             except NodeUnreachable:
@@ -220,13 +260,90 @@ class SSHCloud(Provider):
                 why = f"{node.ip}: cleanup failed: {exc.message}"
             finally:
                 r.close()
-            mark_dirty(node.instance_id, cluster, why)
+            mark_dirty(node.instance_id, rec.name, why)
+            left.add(node.instance_id)
             return why + kept
 
-        return [w for w in run_parallel(rec.nodes, clean) if w]
+        warnings = [w for w in run_parallel(rec.nodes, clean) if w]
+        held = [(p, h) for p, h in held if _instance_id(p.name, h) not in left]
+        return warnings + self._release_held(cluster, held)
+
+    def _held(self, cluster: str, rec) -> list:
+        """(pool, host) of every host the cluster may hold: its nodes and its open intents' hosts."""
+        from .. import state
+
+        ids = {n.instance_id for n in rec.nodes} if rec is not None else set()
+        ids |= {i for it in state.open_intents() if it["cloud"] == self.name and it["cluster_on_cloud"] == cluster
+                for i in it["instance_ids"]}
+        out = []
+        for pool in load_pools():
+            out += [(pool, h) for h in pool.hosts if _instance_id(pool.name, h) in ids]
+        return out
+
+    def _release_held(self, cluster: str, held) -> list[str]:
+        from .. import state
+        from ..runtime.runner import run_parallel
+
+        me = state.home_id()
+        return [w for w in run_parallel(held, lambda ph: _release(ph[0], ph[1], cluster, me)) if w]
 
     def runner(self, cluster: str, node):
         return ssh_runner(cluster, node)
+
+
+def _host_runner(pool, host):
+    from ..state import NodeRecord
+
+    node = NodeRecord(_instance_id(pool.name, host), 0, host.ip, host.ip, host.user, host.port, None,
+                      host.identity_file)
+    return ssh_runner(f"claim-{pool.name}", node)
+
+
+def _claim(pool, host, cluster: str, home: str, known: set[str]) -> bool:
+    """Claim `host` for `cluster` of this home on the host itself. False: another home holds it."""
+    import shlex
+
+    me = f"{home} {cluster}"
+    cmd = (f"f={CLAIM_FILE}; if ( set -C; echo {shlex.quote(me)} > \"$f\" ) 2>/dev/null; then echo CLAIMED; "
+           "else echo \"HELD $(head -n1 \"$f\" 2>/dev/null)\"; fi")
+    r = _run_on(pool, host, cmd)
+    if r is None:
+        return True  # not askable: the bring-up reports why (as for any host that refuses us)
+    out = r.strip().splitlines()[-1] if r.strip() else ""
+    if out == "CLAIMED" or out == f"HELD {me}":
+        return True
+    held = out[len("HELD "):].split() if out.startswith("HELD ") else []
+    if len(held) == 2 and held[0] == home and held[1] not in known:  # ours, for a cluster gone: stale
+        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
+    if not held:  # an empty or unreadable claim file: take it over
+        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
+    return False
+
+
+def _release(pool, host, cluster: str, home: str) -> str | None:
+    """Remove the host's claim if it is still this cluster's; a warning if the host cannot be asked."""
+    import shlex
+
+    me = shlex.quote(f"{home} {cluster}")
+    out = _run_on(pool, host, f"f={CLAIM_FILE}; [ \"$(head -n1 \"$f\" 2>/dev/null)\" = {me} ] && rm -f \"$f\"; "
+                              "echo RELEASED")
+    if out is None:
+        return f"{host.ip}: could not remove the claim of {cluster} ({CLAIM_FILE} may remain; remove it by hand)"
+    return None
+
+
+def _run_on(pool, host, cmd: str) -> str | None:
+    """stdout of `cmd` on the host, or None when the host cannot be asked."""
+    r = None
+    try:
+        r = _host_runner(pool, host)
+        res = r.run(cmd, timeout=30)
+        return res.stdout if res.ok else None
+    except BrokerError:
+        return None
+    finally:
+        if r is not None:
+            r.close()
 
 
 PROVIDER = SSHCloud

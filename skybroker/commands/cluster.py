@@ -358,6 +358,8 @@ def logs(cluster, job_id, follow, as_json):
     st = api.logs(cluster, job_id, follow=follow, on_line=render.LinePrinter(as_json=as_json).line, on_event=_warn)
     if follow:
         return _job_exit(st, cluster)
+    if st is not None and st.done and getattr(st, "crash", None):  # a crashed runner wrote no log: say why
+        render.job_summary(st, cluster)
     return 0
 
 

@@ -56,13 +56,20 @@ def delete(names, all_, yes):
             render.info("no storage")
             return
         raise UsageError("name the storage(s) to delete, or pass --all", "see `broker storage ls`")
+    busy = records.in_use_by_clusters(recs)
+    if busy:  # deleting a bucket under a live cluster's mount (or a COPY it re-syncs) loses its data
+        raise UsageError("in use by live clusters: " + "; ".join(f"storage {n} by {', '.join(cs)}" for n, cs in busy),
+                         f"`broker down {' '.join(sorted({c for _, cs in busy for c in cs}))}` first")
     confirm_destructive(f"Delete {', '.join(r.name for r in recs)} (buckets skybroker created go with their "
                         "objects)?", yes)
     for r in recs:
         clusters = [u.split(":", 1)[1] for u in r.users]
         if clusters:
             render.info(f"warning: storage {r.name} is still used by {', '.join(clusters)}")
-        if mounts.delete_bucket(r):
+        outcome = mounts.delete_bucket(r)
+        if outcome == "deleted":
             render.info(f"storage {r.name}: bucket {r.uri} deleted")
+        elif outcome == "gone":
+            render.info(f"storage {r.name}: forgotten (bucket {r.uri} no longer exists)")
         else:
             render.info(f"storage {r.name}: forgotten (bucket {r.uri} was not created by skybroker and is kept)")

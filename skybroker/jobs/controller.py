@@ -243,7 +243,8 @@ class Controller(Launching):
                     self.next_at[j.id] = time.time() + settings.get("jobs_poll")
                     return None
                 return self._apply(j, R.decide(self._view(j, task),
-                                               R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP")))
+                                               R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP",
+                                                            reason=st.crash)))
             lost = self._lost_instances(rec)
             if lost:
                 return self._apply(j, R.decide(self._view(j, task), R.Preempted(lost)))
@@ -270,7 +271,7 @@ class Controller(Launching):
 
         prov = get_provider(rec.cloud)
         try:
-            infos = prov.query(rec.name, rec.region, include_gone=prov.capabilities.gone_reasons)
+            infos = prov.query(rec.cloud_name, rec.region, include_gone=prov.capabilities.gone_reasons)
         except BrokerError:
             return None  # cannot tell: treat as unreachable, not lost
         alive = [i for i in infos if i.state == I_RUNNING]

@@ -209,7 +209,9 @@ def job_summary(st, cluster: str) -> None:
     ok = st.status == "SUCCEEDED"
     codes = ", ".join(f"node-{n.rank}: {n.status}" + (f" ({n.exit_code})" if n.exit_code not in (None, 0) else "")
                       for n in st.nodes)
-    _err_line("green" if ok else "red", f"Job {st.job_id} {st.status} on {cluster}" + ("" if ok else f" — {codes}"))
+    crash = getattr(st, "crash", None)  # the node's reason when it says more than the exit code
+    _err_line("green" if ok else "red", f"Job {st.job_id} {st.status} on {cluster}" + ("" if ok else f" — {codes}")
+              + (f": {crash}" if crash and not ok else ""))
 
 
 def launch_end(cluster: str, status: str | None) -> None:

@@ -82,7 +82,8 @@ def _ago(ts: float | None) -> str:
 
 def cluster_json(r, cost: float | None = None) -> dict:
     """`cost`: the cluster's cost so far, from the ledger (None: not in the ledger)."""
-    return {"name": r.name, "cloud": r.cloud, "region": r.region, "zone": r.zone, "infra": r.infra,
+    return {"name": r.name, "name_on_cloud": getattr(r, "name_on_cloud", None) or r.name, "cloud": r.cloud,
+            "region": r.region, "zone": r.zone, "infra": r.infra,
             "instance_type": r.instance_type, "accelerators": r.accelerators, "use_spot": r.use_spot,
             "num_nodes": r.num_nodes, "status": r.status, "launched_at": r.launched_at,
             "hourly_price": r.hourly_price, "autostop_minutes": r.autostop_minutes, "autostop_down": r.autostop_down,
@@ -223,7 +224,7 @@ def print_events(evs, show_cluster: bool) -> None:
 def job_json(j) -> dict:
     return {"job_id": j.job_id, "name": j.name, "status": j.status, "exit_code": j.exit_code,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
-            "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code, "reason": n.reason}
+            "reason": j.reason, "nodes": [{"rank": n.rank, "status": n.status, "exit_code": n.exit_code, "reason": n.reason}
                       for n in j.nodes]}
 
 
@@ -239,6 +240,9 @@ def print_jobs(jobs, cluster: str) -> None:
              " ".join(f"{n.rank}:{n.status[:4]}" for n in j.nodes) if len(j.nodes) > 1 else ""] for j in jobs]
     cols = [Col("ID", "right"), Col("NAME", soft=14, min=8), Col("SUBMITTED"), Col("STATUS"), Col("EXIT", "right"),
             Col("NODES", soft=16, min=8)]
+    if any(j.reason for j in jobs):  # why a job failed (its node's runner crashed, ...): only when one did
+        rows = [r + [j.reason or ""] for r, j in zip(rows, jobs)]
+        cols.append(Col("REASON", soft=40, min=12))
     _table(f"Jobs on {cluster}", cols, rows, drop=("SUBMITTED",))
 
 
@@ -339,13 +343,15 @@ def managed_summary(j, costs: dict | None = None) -> None:
 
 
 def orphan_json(o) -> dict:
-    return {"cluster": o.cluster, "cloud": o.cloud, "region": o.region, "instance_ids": list(o.instance_ids),
+    return {"cluster": o.cluster, "name_on_cloud": o.cloud_name, "cloud": o.cloud, "region": o.region,
+            "instance_ids": list(o.instance_ids),
             "resources": [{"kind": k, "id": i} for k, i in o.resources], "interrupted_launch": o.interrupted}
 
 
 def gc_json(scan, removed, warnings=()) -> dict:
     return {"scanned": scan.scanned, "not_scanned": [{"where": w, "why": y} for w, y in scan.skipped],
             "orphans": [orphan_json(o) for o in scan.orphans],
+            "other_homes": dict(getattr(scan, "foreign", {}) or {}), "untagged": dict(getattr(scan, "untagged", {}) or {}),
             "terminated": [i for o in removed for i in o.instance_ids], "warnings": list(warnings)}
 
 
@@ -368,12 +374,19 @@ def print_gc_scan(scan) -> None:
         shown = ", ".join(wheres) if len(wheres) <= 3 else f"{wheres[0]} and {len(wheres) - 1} more"
         info(f"not scanned: {shown}: {why}")
     info("scanned: " + ", ".join(f"{c} ({n} region{'s' if n != 1 else ''})" for c, n in scan.scanned.items()))
+    for c, n in sorted((getattr(scan, "foreign", None) or {}).items()):
+        info(f"left alone: {n} resource(s) on {c} of another broker home (another BROKER_HOME or server on the "
+             "same account): never touched by this one")
+    for c, n in sorted((getattr(scan, "untagged", None) or {}).items()):
+        info(f"left alone: {n} resource(s) on {c} without a home tag (made before resources carried "
+             "one, so whose they are cannot be told): the home that made them removes them with its `broker gc`")
     if not scan.orphans:
         info("nothing to remove: no untracked resources and no interrupted launches found")
     for o in scan.orphans:
         where = "/".join(p for p in (o.cloud, o.region) if p)
         what = "interrupted launch" if o.interrupted else "orphan"
-        info(f"{what}: cluster {o.cluster} on {where}: {_orphan_resources(o)}")
+        named = f" ({o.cloud_name} on the cloud)" if o.cloud_name != o.cluster else ""
+        info(f"{what}: cluster {o.cluster}{named} on {where}: {_orphan_resources(o)}")
 
 
 def print_gc_removed(orphans, warnings) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 from typing import Callable, Iterable
 
@@ -18,12 +19,27 @@ from ..errors import BrokerError, NotFoundError
 from . import agent as agent_mod
 
 NODE_DIR = "~/" + agent_mod.NODE_DIR
-AGENT_PATH = NODE_DIR + "/agent.py"  # a three-line launcher; the agent itself is a package next to it, so
+AGENT_PATH = NODE_DIR + "/agent.py"  # a small launcher; the agent itself is a package next to it, so
 PACKAGE_DIR = NODE_DIR + "/" + agent_mod.PACKAGE  # Python caches its bytecode on the node (no compile per call)
+# With under 1 MiB free it writes no bytecode: Python writes a .pyc without checking for a short write, so on a
+# full disk it left a truncated one, and every later call failed on it ("EOFError: marshal data too short").
 LAUNCHER = ("import os, sys\n"
-            "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
-            "import %s\n"
-            "sys.exit(%s.main())\n" % (agent_mod.PACKAGE, agent_mod.PACKAGE)).encode()
+            "d = os.path.dirname(os.path.abspath(__file__))\n"
+            "sys.path.insert(0, d)\n"
+            "try:\n"
+            "    st = os.statvfs(d)\n"
+            "    if st.f_bavail * st.f_frsize < 1 << 20:\n"
+            "        sys.dont_write_bytecode = True\n"
+            "except OSError:\n"
+            "    pass\n"
+            "try:\n"
+            "    import %s\n"
+            "except (EOFError, ValueError):  # a truncated .pyc of it (an older launcher's): compile afresh\n"
+            "    import shutil\n"
+            "    shutil.rmtree(os.path.join(d, %r, '__pycache__'), ignore_errors=True)\n"
+            "    import %s\n"
+            "sys.exit(%s.main())\n" % (agent_mod.PACKAGE, agent_mod.PACKAGE, agent_mod.PACKAGE,
+                                         agent_mod.PACKAGE)).encode()
 # What agents before the package installed and nothing runs any more: the single-file agent (the package
 # shadows it). Their container module stays: a runner the old agent started may still import it when its
 # queued job's turn comes.
@@ -35,30 +51,56 @@ _UNPACK = ("import json, os, sys\n"
            "files, old = json.load(sys.stdin)\n"
            "for name, text, mode in files:\n"
            "    p = os.path.join(d, name)\n"
-           "    os.makedirs(os.path.dirname(p), exist_ok=True)\n"
            "    t = '%s.broker-tmp-%d' % (p, os.getpid())\n"
-           "    with open(t, 'w', encoding='utf-8') as f:\n"
-           "        f.write(text)\n"
-           "    os.chmod(t, mode)\n"
-           "    os.replace(t, p)\n"
+           "    try:\n"
+           "        os.makedirs(os.path.dirname(p), exist_ok=True)\n"
+           "        with open(t, 'w', encoding='utf-8') as f:\n"
+           "            f.write(text)\n"
+           "        os.chmod(t, mode)\n"
+           "        os.replace(t, p)\n"
+           "    except OSError as e:\n"
+           "        try:\n"
+           "            os.remove(t)\n"
+           "        except OSError:\n"
+           "            pass\n"
+           "        if e.errno != 28:\n"
+           "            raise\n"
+           "        try:\n"
+           "            st = os.statvfs(d)\n"
+           "            free = st.f_bavail * st.f_frsize\n"
+           "        except OSError:\n"
+           "            free = -1\n"
+           "        sys.stderr.write('BROKER-DISK-FULL %d [Errno 28] %s|%s\\n' % (free, e.strerror, p))\n"
+           "        sys.exit(1)\n"
            "for name in old:\n"
            "    try:\n"
            "        os.remove(os.path.join(d, name))\n"
            "    except OSError:\n"
            "        pass\n")
 
+# What _UNPACK says when the node's disk is full (ENOSPC): the free bytes (-1: unknown), the error, the file.
+_UNPACK_FULL = re.compile(r"BROKER-DISK-FULL (?P<free>-?\d+) (?P<text>[^|\n]*)\|(?P<path>[^\n]+)")
+
 
 class AgentError(BrokerError):
     """The agent on a node answered with an error."""
 
 
+DISK_FULL_HINT = ("free space on that node's disk (its job logs are under ~/.skybroker-node/jobs), or tear the "
+                  "cluster down and launch it with a larger `disk_size`")
+
+
 def _error(label: str, out: dict, msg: str) -> AgentError:
     """The error for an agent's answer `out` (`msg`: its text); a full disk gets a hint."""
-    hint = None
-    if out.get("disk_full"):
-        hint = ("free space on that node's disk (its job logs are under ~/.skybroker-node/jobs), or tear the "
-                "cluster down and launch it with a larger `disk_size`")
-    return AgentError(f"node agent on {label}: {msg}", hint)
+    return AgentError(f"node agent on {label}: {msg}", DISK_FULL_HINT if out.get("disk_full") else None)
+
+
+def _install_disk_full(label: str, path: str, text: str, free: int | None) -> AgentError:
+    """Installing the agent ran out of disk: said like the agent's own disk-full answer (the node, the file,
+    the free space, the hint), never a bare "[Errno 28] No space left on device"."""
+    kib = "" if free is None else "; %d KiB free" % (free // 1024)
+    return AgentError(f"installing the node agent on {label} failed: its disk is full: {path} cannot be written "
+                      f"({text}{kib})", DISK_FULL_HINT)
 
 
 class ContainerFailed(AgentError):
@@ -131,13 +173,34 @@ class AgentClient:
                        key=lambda f: f[0].endswith("/__init__.py"))
         files.append(("agent.py", LAUNCHER, 0o755))
         if getattr(self.runner, "local_home", None) is not None:  # a directory here: no process needed
-            for name, data, mode in files:
-                self.runner.put_file(data, f"{NODE_DIR}/{name}", mode)
-            _compile(self.runner.local_home() / agent_mod.NODE_DIR / agent_mod.PACKAGE)
+            import errno
+            import os
+
+            node_dir = self.runner.local_home() / agent_mod.NODE_DIR
+            path = node_dir
+            try:  # each file written to a temporary file and renamed (put_file): never half of one in place
+                for name, data, mode in files:
+                    path = node_dir / name
+                    self.runner.put_file(data, f"{NODE_DIR}/{name}", mode)
+                _compile(node_dir / agent_mod.PACKAGE)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                try:
+                    st = os.statvfs(node_dir if node_dir.is_dir() else self.runner.local_home())
+                    free = st.f_bavail * st.f_frsize
+                except OSError:
+                    free = None
+                where = e.filename or path
+                raise _install_disk_full(self.label, str(where), f"[Errno {e.errno}] {e.strerror}", free) from None
             return
         payload = json.dumps([[(n, d.decode("utf-8"), m) for n, d, m in files], list(OLD_FILES)]).encode()
         res = self.runner.run(f"{self.python} -c {shlex.quote(_UNPACK)} {NODE_DIR}", stdin=payload, timeout=120)
         if res.exit_code != 0:
+            full = _UNPACK_FULL.search(res.stderr)
+            if full:
+                raise _install_disk_full(self.label, full["path"], full["text"],
+                                         int(full["free"]) if full["free"] != "-1" else None)
             lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
             # a Python error on the node: its last line says it (PermissionError: … '/home/u/.skybroker-node')
             why = (lines[-1].strip() if lines and lines[0].startswith("Traceback") else res.stderr.strip()[-300:])
@@ -347,6 +410,30 @@ def _compile(package_dir) -> None:
 
     if not sys.dont_write_bytecode:
         return
-    import compileall
+    import errno
+    import importlib.util
+    import marshal
+    import os
+    import py_compile
 
-    compileall.compile_dir(str(package_dir), quiet=1, workers=1)
+    # An OSError (a full disk) is raised, naming the .pyc, not printed (compileall printed "*** Error
+    # compiling ..." on stdout and went on). py_compile writes to a temporary file and renames it, but does
+    # not check for a short write: on a full disk it put a truncated .pyc in place, which every later call
+    # of the agent then failed on ("EOFError: marshal data too short"). So each one is read back.
+    for src in sorted(package_dir.glob("*.py")):
+        cfile = importlib.util.cache_from_source(str(src))
+        try:
+            py_compile.compile(str(src), cfile=cfile, doraise=True)
+            with open(cfile, "rb") as f:
+                data = f.read()
+            try:
+                marshal.loads(data[16:])  # the header is 16 bytes (PEP 552)
+            except (EOFError, ValueError, TypeError):
+                os.remove(cfile)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), cfile) from None
+        except py_compile.PyCompileError:
+            pass  # the agent's own sources compile; a broken one is the interpreter's to report when run
+        except OSError as e:
+            if e.filename is None:
+                e.filename = cfile
+            raise

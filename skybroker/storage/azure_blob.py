@@ -25,6 +25,22 @@ def _conn_parts(cs: str) -> dict[str, str]:
     return out
 
 
+def _entra_credential(account: str):
+    """DefaultAzureCredential, with a token fetched once up front: the storage client's retry policy retries a
+    credential failure like a network error (four lookups over about 90 s) before giving up."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import DefaultAzureCredential
+
+    cred = DefaultAzureCredential()
+    try:
+        cred.get_token("https://storage.azure.com/.default")
+    except ClientAuthenticationError:  # CredentialUnavailableError too
+        raise StorageError(f"no Azure credential could be obtained for storage account {account} (Entra ID: no "
+                           "`az login`, managed identity or AZURE_CLIENT_* found)",
+                           "run `az login`, or set AZURE_STORAGE_CONNECTION_STRING") from None
+    return cred
+
+
 class AzureBlobStore:
     kind = "az"
 
@@ -53,10 +69,8 @@ class AzureBlobStore:
             if cs and (account is None or _conn_parts(cs).get("AccountName") == account):
                 self._clients[account] = blob.BlobServiceClient.from_connection_string(cs)
             elif account:
-                from azure.identity import DefaultAzureCredential
-
                 self._clients[account] = blob.BlobServiceClient(f"https://{account}.blob.core.windows.net",
-                                                                credential=DefaultAzureCredential())
+                                                                credential=_entra_credential(account))
             else:
                 raise StorageError("no Azure storage account known for this bucket",
                                    "set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT, or give "
@@ -68,6 +82,10 @@ class AzureBlobStore:
 
     def _error(self, exc, ref: BucketRef, doing: str) -> StorageError:
         code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None) or type(exc).__name__
+        code = getattr(code, "value", code)  # a StorageErrorCode member: its wire name (AuthorizationFailure)
+        if type(exc).__name__ == "ClientAuthenticationError" and getattr(exc, "status_code", None) is None:
+            return StorageError(f"{ref.uri}: no Azure credential could be obtained while {doing} ({code})",
+                                "run `az login` (Entra ID), or set AZURE_STORAGE_CONNECTION_STRING")
         if getattr(exc, "status_code", None) in (401, 403) or type(exc).__name__ == "ClientAuthenticationError":
             return StorageError(f"{ref.uri}: access denied while {doing} ({code})",
                                 "check that your credentials may use this container")

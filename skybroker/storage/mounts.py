@@ -40,6 +40,9 @@ from .base import (
 )
 
 
+_MISSING_HINT = "check the URI, or create the bucket with a `name:` storage"
+
+
 def bucket_mounts(task) -> list:
     return [m for m in task.file_mounts if m.is_bucket]
 
@@ -71,15 +74,37 @@ def ref_of(m, cloud: str | None) -> BucketRef:
 
 
 def preflight(task) -> None:
-    """Before anything is created: the store SDKs are installed and credentials are there."""
+    """Before anything is created: the store SDKs are installed, credentials are there, and every bucket the
+    task reads by URI exists and may be looked up with them (a named storage is created if missing)."""
     for m in bucket_mounts(task):
-        kind = m.store if m.name else parse_uri(m.source).kind
-        if kind is None:
-            continue  # a named storage whose store follows the cluster's cloud: checked when it is made
         try:
-            get_store(kind).check_credentials()
+            kind = m.store if m.name else parse_uri(m.source).kind
+            if kind is None:
+                continue  # a named storage whose store follows the cluster's cloud: checked when it is made
+            store = get_store(kind)
+            store.check_credentials()
             if kind == "r2" and m.mode != "COPY" and not settings.get("storage_forward_credentials"):
-                get_store(kind).node_env(parse_uri(m.source), forward=False)  # refuses: R2 has no scoped token
+                store.node_env(parse_uri(m.source), forward=False)  # refuses: R2 has no scoped token
+            if not m.name:
+                ref = ref_of(m, None)
+                if store.tags(ref) is None:
+                    raise StorageError(f"bucket {ref.uri} does not exist", _MISSING_HINT)
+        except StorageError as exc:
+            raise _fail(m, exc) from None
+        except Exception as exc:  # noqa: BLE001 - an SDK's own error (network, endpoint): named, not a traceback
+            raise _fail(m, _sdk_error(exc)) from exc
+
+
+def preflight_place(task, cloud: str) -> None:
+    """Once the plan chose `cloud`, before anything is created there: a named storage whose store follows the
+    cloud (no `store:`, not recorded yet) has a name that store allows, and its credentials are there."""
+    for m in bucket_mounts(task):
+        if not m.name or m.store or "$" in m.name or records.get(m.name) is not None:
+            continue
+        try:
+            kind = CLOUD_STORE.get(cloud, "s3")
+            check_name(kind, m.name)
+            get_store(kind).check_credentials()
         except StorageError as exc:
             raise _fail(m, exc) from None
 
@@ -97,8 +122,7 @@ def prepare(task, rec, on_event) -> list[tuple]:
             tags = store.tags(ref)
             if not m.name:
                 if tags is None:
-                    raise StorageError(f"bucket {ref.uri} does not exist", "check the URI, or create the bucket "
-                                       "with a `name:` storage")
+                    raise StorageError(f"bucket {ref.uri} does not exist", _MISSING_HINT)
                 out.append((m, ref))
                 continue
             created = False
@@ -163,6 +187,9 @@ def stage(m, ref: BucketRef, on_event) -> tuple[Path, bool]:
     return d, False
 
 
+_NOT_A_DIR = 5  # the mount script's exit code when the mount path is a file
+
+
 def mount_script(m, ref: BucketRef) -> str:
     """The node-side script of one MOUNT (credentials arrive in the environment, never in the text)."""
     from ..runtime.ssh_runner import path_expr
@@ -183,6 +210,7 @@ fi
 command -v rclone >/dev/null 2>&1 || {{ echo "rclone is not installed on the node and could not be installed (apt-get install rclone fuse3)" >&2; exit 3; }}
 real=$(realpath -m "$dst")  # an earlier mount there (live, or dead with its rclone gone) is replaced
 if grep -qs " $real fuse" /proc/self/mounts; then fusermount3 -uz "$real" 2>/dev/null || fusermount -uz "$real" 2>/dev/null || umount -l "$real" 2>/dev/null || true; fi
+if [ -e "$dst" ] && [ ! -d "$dst" ]; then echo "$dst exists and is not a directory" >&2; exit {_NOT_A_DIR}; fi
 mkdir -p "$dst" 2>/dev/null || {{ sudo -n mkdir -p "$dst" && sudo -n chown "$(id -u):$(id -g)" "$dst"; }}
 mkdir -p "$HOME/.skybroker-node/rclone"
 log="$HOME/.skybroker-node/rclone/{rid}.log"
@@ -214,12 +242,21 @@ def sync(rt, task, on_event=lambda k, m: None) -> None:
     def one(node):
         r = rt.runner(node)
         for m, path, single in copies:
-            if single:
-                r.put_file(path.read_bytes(), m.remote, 0o644)
-            else:
-                r.sync_up(str(path), m.remote, ignore_files=False)
+            try:
+                if single:
+                    r.put_file(path.read_bytes(), m.remote, 0o644)
+                else:
+                    r.sync_up(str(path), m.remote, ignore_files=False)
+            except OSError as exc:  # e.g. the path exists on the node as a file (or as a folder, for one object)
+                raise StorageError(f"{_field(m)}: copying the bucket's objects to {m.remote} on node {node.rank} "
+                                   f"failed: {exc.strerror or exc}", "mount it at a path that is free on the nodes, "
+                                   "or remove what is there") from None
         for m, ref, env in mounts:
             res = r.run(mount_script(m, ref), env=env, timeout=300)
+            if res.exit_code == _NOT_A_DIR:
+                raise StorageError(f"{_field(m)}: {m.remote} exists on node {node.rank} and is not a directory: a "
+                                   "bucket MOUNT needs a directory there", "mount it at another path, or remove the "
+                                   "file first")
             if res.exit_code != 0:
                 why = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.exit_code}"]
                 why = redact(why[0], env)[:300]
@@ -272,23 +309,25 @@ def release_cluster(rec, on_event=lambda k, m: None) -> list[str]:
         return [f"bucket cleanup for {rec.name} failed: {exc}"]
 
 
-def delete_bucket(sr, on_event=lambda k, m: None) -> bool:
+def delete_bucket(sr, on_event=lambda k, m: None) -> str:
     """Delete a recorded storage: the bucket itself only if skybroker created it and its tag agrees.
-    Returns whether the bucket was deleted (the record goes either way)."""
+    Returns "deleted", "kept" (not skybroker's bucket) or "gone" (deleted already); the record goes either way."""
     ref = parse_uri(sr.uri)
-    deleted = False
+    outcome = "kept"
     if sr.managed:
         store = get_store(ref.kind)
         tags = store.tags(ref)
-        if tags is not None and (_ours(tags) or (not tags and not store.keeps_tags())):
+        if tags is None:
+            outcome = "gone"
+        elif _ours(tags) or (not tags and not store.keeps_tags()):
             on_event("storage", f"deleting bucket {ref.uri}")
             store.delete_bucket(ref)
-            deleted = True
-        elif tags is not None:
+            outcome = "deleted"
+        else:
             raise StorageError(f"bucket {ref.uri} does not carry the {MANAGED_TAG} tag: not deleting it",
                                "delete it with the cloud's own tools if it is really yours")
     records.delete(sr.name)
-    return deleted
+    return outcome
 
 
 def checkpoint_mount(stored: dict) -> str | None:

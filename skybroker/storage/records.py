@@ -76,3 +76,17 @@ def locked():
         state.rollback(conn)
         raise
     conn.execute("COMMIT")
+
+
+def in_use_by_clusters(recs) -> list[tuple[str, list[str]]]:
+    """[(storage name, [live clusters using it])] for those of `recs` a cluster still in the state uses (a
+    cluster forgotten meanwhile does not hold its buckets)."""
+    from .. import state
+
+    out = []
+    for r in recs:
+        live = sorted(u.split(":", 1)[1] for u in r.users
+                      if u.startswith("cluster:") and state.get_cluster(u.split(":", 1)[1]) is not None)
+        if live:
+            out.append((r.name, live))
+    return out

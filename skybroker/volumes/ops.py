@@ -57,6 +57,7 @@ def apply(data: dict, source: str, on_event: Event = lambda k, m: None) -> Volum
         raise SpecError(f"a {spec.type} volume lives on {prov.name}, not {spec.cloud}", f"use infra: {prov.name}/... "
                         f"or the {spec.cloud} type ({default_type(spec.cloud) or 'none'})", source=source,
                         field="infra")
+    _check_place(spec, prov.name, source)
     have = records.get(spec.name)
     if have is not None:
         if have.ephemeral or have.type != spec.type or have.size_gb != spec.size_gb or (
@@ -67,11 +68,42 @@ def apply(data: dict, source: str, on_event: Event = lambda k, m: None) -> Volum
         return have
     on_event("create", f"creating {spec.type} volume {spec.name} ({spec.size_gb} GiB) on "
              f"{'/'.join(p for p in (prov.name, spec.region, spec.zone) if p)}")
-    cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+    try:
+        cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP
+        _undo_create(prov, spec, on_event)
+        raise
     rec = VolumeRecord(spec.name, spec.type, prov.name, region, zone, spec.size_gb, cloud_id, dict(spec.labels),
                        user_name=state.current_user.get())
     records.save(rec)
     return rec
+
+
+def _undo_create(prov, spec, on_event: Event) -> None:
+    """An apply interrupted while the cloud made the volume: its create call may have gone out, and an applied
+    volume carries no cluster tag, so nothing (`volumes ls`, `gc`) would ever show it. Find it as a repeated
+    apply would (create_volume is idempotent by name) and delete it."""
+    on_event("cleanup", f"interrupted: removing volume {spec.name} if the cloud made it (Ctrl-C again to stop)")
+    try:
+        cloud_id, region, zone = prov.create_volume(spec.name, spec.size_gb, spec.region, spec.zone, dict(spec.labels))
+        prov.delete_volume(VolumeRecord(spec.name, spec.type, prov.name, region, zone, spec.size_gb, cloud_id,
+                                        dict(spec.labels)))
+    except (KeyboardInterrupt, BrokerError) as exc:
+        on_event("warning", f"volume {spec.name} may be left in {prov.name} ({getattr(exc, 'message', 'interrupted')}):"
+                 f" `broker volumes apply` the same file again records it, then `broker volumes delete {spec.name}`")
+
+
+def _check_place(spec, cloud: str, source: str) -> None:
+    """A region or zone the provider does not have is refused here, as a task's `infra` is when planning (exit
+    2 with close matches), not sent to the cloud (an unknown region's endpoint, an error that is no answer)."""
+    if not spec.region:
+        return
+    from .. import plan_places
+    from ..resources import Resources
+
+    _, why = plan_places._left_out(Resources(cloud=cloud, region=spec.region, zone=spec.zone), None, {}, "")
+    if why is not None:
+        raise SpecError(why[0], why[1], source=source, field="infra")
 
 
 def delete(name: str, on_event: Event = lambda k, m: None) -> None:
@@ -161,10 +193,12 @@ def preflight(task, cluster: str | None = None) -> None:
         v = records.get(m.name)
         if v is None or v.ephemeral:
             raise SpecError(f"volume {m.name} does not exist", _APPLY_HINT, source=task.source, field=m.field)
-        if v.cluster and v.cluster != cluster and not provider_of(v.type, sdk=False).volumes_shared and \
-                state.get_cluster(v.cluster) is not None:
-            raise SpecError(f"volume {m.name} is attached to cluster {v.cluster} (a {v.type} volume attaches to one "
-                            "machine at a time)", f"`broker down {v.cluster}` first, or use another volume",
+        if v.cluster and v.cluster != cluster and state.get_cluster(v.cluster) is not None:
+            # also a volume every node sees (local-dir): its record names one cluster, whose `down` detaches it
+            why = "" if provider_of(v.type, sdk=False).volumes_shared else \
+                f" (a {v.type} volume attaches to one machine at a time)"
+            raise SpecError(f"volume {m.name} is attached to cluster {v.cluster}{why}",
+                            f"`broker down {v.cluster}` first, or use another volume",
                             source=task.source, field=m.field)
 
 
@@ -201,12 +235,12 @@ def attach(rt, task, on_event: Event = lambda k, m: None) -> None:
             if not prov.capabilities.volumes:
                 raise InvalidRequestError(f"the {rec.cloud} cloud cannot create the ephemeral volume at {m.path}")
             for node in (rt.nodes[:1] if prov.volumes_shared else rt.nodes):  # one per node, or one seen by all
-                name = f"{rec.name}-{_slug(m.path)}-{node.rank}"[:63].rstrip("-")
+                name = f"{rec.cloud_name}-{_slug(m.path)}-{node.rank}"[:63].rstrip("-")
                 v = records.get(name)
                 if v is None:
                     on_event("volume", f"creating ephemeral volume {name} ({m.size_gb} GiB) in {rec.infra}")
                     cloud_id, region, zone = prov.create_volume(name, m.size_gb, rec.region, rec.zone,
-                                                                dict(m.labels), cluster=rec.name)
+                                                                dict(m.labels), cluster=rec.cloud_name)
                     v = VolumeRecord(name, prov.volume_types[0], rec.cloud, region, zone, m.size_gb, cloud_id,
                                      dict(m.labels), ephemeral=True, cluster=rec.name, mount_path=m.path,
                                      user_name=state.current_user.get())
@@ -227,7 +261,7 @@ def attach(rt, task, on_event: Event = lambda k, m: None) -> None:
 
 def _attach_one(rt, prov, v: VolumeRecord, node, m: VolumeMount, on_event: Event) -> None:
     on_event("volume", f"attaching volume {v.name} at {m.path} on node {node.rank}")
-    device = prov.attach_volume(v, rt.rec.name, rt.rec.region, node)
+    device = prov.attach_volume(v, rt.rec.cloud_name, rt.rec.region, node)
     res = rt.runner(node).run(prov.volume_mount_command(v, device, m.path, m.sub_path), timeout=180)
     if not res.ok:
         raise BrokerError(f"mounting volume {v.name} at {m.path} on node {node.rank} failed: "
@@ -244,7 +278,7 @@ def release_cluster(rec, on_event: Event = lambda k, m: None, failed: frozenset 
             continue
         try:
             prov = provider_of(v.type)
-            prov.detach_volume(v, rec.name, v.region)
+            prov.detach_volume(v, rec.cloud_name, v.region)
             if v.ephemeral:
                 prov.delete_volume(v)
                 records.delete(v.name)

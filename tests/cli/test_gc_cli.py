@@ -19,10 +19,13 @@ def test_gc_json_and_refusal(tmp_path):
 
     with MotoServer() as srv:
         env = {**os.environ, **srv.env(), "PYTHONPATH": str(REPO), "AWS_EC2_METADATA_DISABLED": "true"}
+        from skybroker import state
+
         ec2 = srv.ec2()
         iid = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="m5.large",
-                                TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                    {"Key": "skybroker-cluster", "Value": "lost"},
+                                TagSpecifications=[{"ResourceType": "instance", "Tags": [  # as this home tags them
+                                    {"Key": "skybroker-cluster", "Value": state.cloud_name_for("lost")},
+                                    {"Key": "skybroker-home", "Value": state.home_id()},
                                     {"Key": "skybroker-user", "Value": os.environ.get("USER", "root")}]}]
                                 )["Instances"][0]["InstanceId"]
 
@@ -37,8 +40,9 @@ def test_gc_json_and_refusal(tmp_path):
         r = gc("--json")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert [(o["cluster"], o["cloud"], o["region"], o["instance_ids"]) for o in out["orphans"]] == \
-            [("lost", "aws", "us-east-1", [iid])]
+        assert [(o["cluster"], o["name_on_cloud"], o["cloud"], o["region"], o["instance_ids"])
+                for o in out["orphans"]] == [("lost", state.cloud_name_for("lost"), "aws", "us-east-1", [iid])]
+        assert out["other_homes"] == {} and out["untagged"] == {}
         assert out["terminated"] == [] and out["scanned"] == {"aws": 1}
         r = gc()
         assert r.returncode == 2 and "--yes" in r.stderr and iid in r.stderr and "Traceback" not in r.stderr

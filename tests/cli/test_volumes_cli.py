@@ -31,7 +31,12 @@ def test_apply_ls_delete_and_refusals(tmp_path):
 
     for body, words in (("name: p\ntype: k8s-pvc\nsize: 1Gi\n", "type: volume type k8s-pvc"),
                         ("name: p\ntype: aws-ebs\nsize: lots\n", "size: 'lots' is not a size"),
-                        ("name: Bad_Name\ntype: local-dir\nsize: 1\n", "name: 'Bad_Name' is not a volume name")):
+                        ("name: Bad_Name\ntype: local-dir\nsize: 1\n", "name: 'Bad_Name' is not a volume name"),
+                        # a place the catalogs lack is refused before the cloud is called (it went to the cloud:
+                        # an unknown region's endpoint gave exit 4 or, from moto, a traceback)
+                        ("name: p\ntype: aws-ebs\ninfra: aws/mars-1\nsize: 1\n", "infra: no region 'mars-1' on aws"),
+                        ("name: p\ntype: gcp-pd\ninfra: gcp/us-central1/us-central1-q\nsize: 1\n",
+                         "infra: no zone 'us-central1-q' on gcp/us-central1")):
         f = tmp_path / "bad.yaml"
         f.write_text(body)
         r = run("volumes", "apply", "-y", f)

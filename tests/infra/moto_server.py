@@ -383,8 +383,9 @@ def shared() -> MotoServer:
         if _SHARED is None or _SHARED.proc is None or _SHARED.proc.poll() is not None:
             import atexit
 
-            _SHARED = MotoServer().start()
-            atexit.register(_SHARED.stop)
+            srv = MotoServer()
+            atexit.register(srv.stop)  # before start(): a run that ends while it starts (prestart) stops it too
+            _SHARED = srv.start()
         return _SHARED
 
 

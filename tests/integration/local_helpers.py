@@ -20,8 +20,28 @@ def broker_home() -> Path:
     return Path(os.environ["BROKER_HOME"])
 
 
+def cloud_name(cluster: str, home: Path | None = None) -> str:
+    """A new cluster's name on the cloud in `home` (this test's BROKER_HOME by default): its local directory,
+    its tags. Read from the home's home.id when it has one (no state opened in the test process)."""
+    from skybroker import state
+
+    home = home or broker_home()
+    try:
+        hid = (home / "home.id").read_text().strip()
+    except OSError:
+        if home != broker_home():  # a server's home that never named a cluster (or keeps its id in PostgreSQL)
+            return cluster
+        hid = state.home_id()
+    return state.cloud_name_for(cluster, hid[:state.HOME_SUFFIX_LEN])
+
+
+def cluster_dir(cluster: str, home: Path | None = None) -> Path:
+    """The local cloud's directory of a cluster launched in `home` (BROKER_HOME/local/<name on the cloud>)."""
+    return (home or broker_home()) / "local" / cloud_name(cluster, home)
+
+
 def node_dir(cluster: str, rank: int) -> Path:
-    return broker_home() / "local" / cluster / f"node-{rank}"
+    return cluster_dir(cluster) / f"node-{rank}"
 
 
 def _env(extra: dict | None) -> dict:

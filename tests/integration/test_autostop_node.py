@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from tests.integration.local_helpers import (broker, broker_home, kill_leftovers, node_dir, pids_with_env,
-                                             status_json, wait_for, write_task)
+                                             status_json, wait_for, write_task, cluster_dir)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
 
@@ -64,7 +64,7 @@ def test_idle_cluster_stops_itself_with_no_broker_process_left(tmp_path):
     assert status_json()[0]["status"] == "UP"  # the state only learns it from the cloud ...
     c = status_json(refresh=True)[0]  # ... which is the truth
     assert c["status"] == "STOPPED"
-    assert (broker_home() / "local" / "selfstop").is_dir()  # stopped, not torn down
+    assert cluster_dir("selfstop").is_dir()  # stopped, not torn down
     r = broker("events", "selfstop")
     assert "enforced on the cluster itself" in r.stdout and "STOPPED" in r.stdout, r.stdout
     # it starts again like any stopped cluster, with its autostop cleared (nodes included)
@@ -79,7 +79,7 @@ def test_idle_cluster_terminates_itself_and_commands_notice(tmp_path):
     r = broker("autostop", "selfdown", "-i", "1", "--down", env=FAST)
     assert r.returncode == 0, r.stderr
     assert status_json()[0]["autostop_down"] is True
-    wait_for(lambda: not (broker_home() / "local" / "selfdown").exists(), 30, interval=0.2,
+    wait_for(lambda: not cluster_dir("selfdown").exists(), 30, interval=0.2,
              what="the cluster to terminate itself")
     r = broker("exec", "selfdown", "--", "true")  # a command on it asks the cloud, not the stale record
     assert r.returncode == 5 and "terminated itself" in r.stderr, r.stderr

@@ -590,26 +590,32 @@ def test_gc_cli_finds_and_removes_orphans(moto_srv, tmp_path, monkeypatch):
     for k, v in moto_srv.env().items():
         monkeypatch.setenv(k, v)  # state writes below go to the same BROKER_HOME as the subprocess
 
-    def launch(region, cluster, n=1):
+    def launch(region, cluster, n=1, home=None):  # as this home's driver tags them (its name on the cloud)
         e = moto_srv.ec2(region)
+        tags = [{"Key": "skybroker-cluster", "Value": cluster if home == "" else state.cloud_name_for(cluster)}]
+        if home != "":
+            tags.append({"Key": "skybroker-home", "Value": home or state.home_id()})
         r = e.run_instances(ImageId=AMI, MinCount=n, MaxCount=n, TagSpecifications=[{
-            "ResourceType": "instance", "Tags": [{"Key": "skybroker-cluster", "Value": cluster}]}])
+            "ResourceType": "instance", "Tags": tags}])
         return sorted(i["InstanceId"] for i in r["Instances"])
 
     orphan = launch("us-east-1", "orphan-x", 2)
     known = launch("us-east-1", "known-y")
     launching = launch("us-east-1", "launching-z")  # another broker command holds its lock: in progress
     far = launch("us-west-2", "orphan-far")
+    other_home = launch("us-east-1", "theirs", home="0" * 32)  # another BROKER_HOME's: never touched
+    no_home = launch("us-east-1", "legacy", home="")  # no home tag (an older broker's): whose is unknown
     untagged = moto_srv.ec2().run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     state.save_cluster(ClusterRecord(name="known-y", cloud="aws", region="us-east-1", zone=None,
                                      instance_type="t3.micro", accelerators=None, use_spot=False, num_nodes=1,
-                                     hourly_price=0.01, status="UP", launched_at=time.time()))
+                                     hourly_price=0.01, status="UP", launched_at=time.time(),
+                                     name_on_cloud=state.cloud_name_for("known-y")))
 
     def live(region):
         return sorted(i["InstanceId"] for i in moto_srv.instances(region))
 
     before = {"us-east-1": live("us-east-1"), "us-west-2": live("us-west-2")}
-    assert before["us-east-1"] == sorted(orphan + known + launching + [untagged])
+    assert before["us-east-1"] == sorted(orphan + known + launching + other_home + no_home + [untagged])
     from skybroker.locks import cluster_lock
 
     busy = cluster_lock("launching-z")
@@ -622,6 +628,8 @@ def test_gc_cli_finds_and_removes_orphans(moto_srv, tmp_path, monkeypatch):
     assert p.returncode != 0, out
     assert "orphan-x" in out and all(i in out for i in orphan)
     assert "known-y" not in out and "orphan-far" not in out  # known to the state / outside --region
+    assert "theirs" not in out and "legacy" not in out and not any(i in out for i in other_home + no_home)
+    assert "1 resource(s) on aws of another broker home" in out and "1 resource(s) on aws without a home tag" in out
     assert "launching-z is being launched by another broker command" in out
     assert "--yes" in out and "Traceback" not in out
     assert {"us-east-1": live("us-east-1"), "us-west-2": live("us-west-2")} == before
@@ -633,7 +641,7 @@ def test_gc_cli_finds_and_removes_orphans(moto_srv, tmp_path, monkeypatch):
         busy.__exit__(None, None, None)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "terminated 2 instance(s)" in p.stdout + p.stderr
-    assert live("us-east-1") == sorted(known + launching + [untagged])
+    assert live("us-east-1") == sorted(known + launching + other_home + no_home + [untagged])
     assert live("us-west-2") == far
     assert moto_srv.calls("TerminateInstances") and all(c["region"] == "us-east-1"
                                                          for c in moto_srv.calls("TerminateInstances"))
@@ -715,10 +723,12 @@ def test_a_launch_whose_instance_exists_keeps_its_record_when_the_cloud_cannot_b
     p = _cli(["down", "-y", "credy"], env, tmp_path)
     assert p.returncode == 4, p.stdout + p.stderr
     moto_srv.clear()  # the credentials work again
-    assert len(moto_srv.instances(cluster="credy")) == 1
+    from tests.integration.local_helpers import cloud_name
+
+    assert len(moto_srv.instances(cluster=cloud_name("credy"))) == 1  # tagged with its name on the cloud
     p = _cli(["down", "-y", "credy"], env, tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert moto_srv.instances(cluster="credy") == []
+    assert moto_srv.instances(cluster=cloud_name("credy")) == []
 
 
 def test_launch_onto_a_cluster_terminated_in_the_console_relaunches_it(moto_srv, tmp_path, monkeypatch):

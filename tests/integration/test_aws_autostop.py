@@ -109,8 +109,12 @@ def _launch(name: str, nodes: int):
 
 
 def _states(cluster: str) -> dict[str, str]:
+    """The instances of a cluster launched in this home (found by its name on the cloud)."""
     import boto3
 
+    from tests.integration.local_helpers import cloud_name
+
+    cluster = cloud_name(cluster)
     ec2 = boto3.client("ec2", region_name="us-east-1")
     return {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances(
         Filters=[{"Name": "tag:skybroker-cluster", "Values": [cluster]}])["Reservations"] for i in r["Instances"]}
@@ -167,7 +171,9 @@ def test_idle_cluster_terminates_itself_and_leaves_no_security_group(ec2_nodes):
     _wait(lambda: set(_states("aws-down").values()) <= {"terminated", "shutting-down"}, 30,
           "the instance to terminate itself")
     assert [b for _, b in hv.fired] == ["terminate"]  # the broker set InstanceInitiatedShutdownBehavior
-    name = [{"Name": "group-name", "Values": ["skybroker-aws-down"]}]
+    from tests.integration.local_helpers import cloud_name
+
+    name = [{"Name": "group-name", "Values": [f"skybroker-{cloud_name('aws-down')}"]}]  # its name on the cloud
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"]  # still there until the broker looks
     assert api.status(refresh=True) == []
     assert ec2.describe_security_groups(Filters=name)["SecurityGroups"] == []

@@ -111,12 +111,16 @@ def test_launch_sync_run_logs_down_on_aws(ec2_with_nodes, ubuntu_pool, tmp_path)
     assert st.status == "SUCCEEDED" and any("rank 1 of 2" in l for l in got)
     r2 = api.exec_("awse2e", api.exec_task(["exit 4"]))
     assert r2.status.exit_code == 4
+    from tests.integration.local_helpers import cloud_name
+
+    sg_name = [{"Name": "group-name", "Values": [f"skybroker-{cloud_name('awse2e')}"]}]  # its name on the cloud
+    assert ec2.describe_security_groups(Filters=sg_name)["SecurityGroups"]
     api.down(["awse2e"])
     live = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
             if i["State"]["Name"] not in ("terminated", "shutting-down")]
     assert live == []
     assert ec2_with_nodes == {} and ubuntu_pool.nodes == []
-    sgs = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["skybroker-awse2e"]}])
+    sgs = ec2.describe_security_groups(Filters=sg_name)
     assert sgs["SecurityGroups"] == []
 
 

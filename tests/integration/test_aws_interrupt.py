@@ -18,6 +18,7 @@ pytest.importorskip("moto")
 from skybroker import state
 from tests.conftest import REPO, broker_cmd
 from tests.infra import moto_server
+from tests.integration.local_helpers import cloud_name
 
 TASK = """\
 name: intr
@@ -107,10 +108,11 @@ class Launch:
 
 
 def assert_nothing_left(srv, cluster: str) -> None:
-    insts = srv.instances(cluster=cluster, states=("pending", "running", "stopping", "stopped"))
+    on_cloud = cloud_name(cluster)  # what the launch named and tagged its resources with
+    insts = srv.instances(cluster=on_cloud, states=("pending", "running", "stopping", "stopped"))
     assert insts == [], [(i["InstanceId"], i["State"]["Name"]) for i in insts]
     groups = [g["GroupName"] for g in srv.ec2().describe_security_groups()["SecurityGroups"]]
-    assert f"skybroker-{cluster}" not in groups
+    assert f"skybroker-{on_cloud}" not in groups
     assert state.open_intents(cluster) == []
     assert state.get_cluster(cluster) is None
 
@@ -134,7 +136,7 @@ def test_sigint_while_run_instances_is_in_flight(moto, tmp_path):
     actions = [c["action"] for c in moto.calls()]
     assert actions.count("RunInstances") == 1 and "TerminateInstances" in actions
     assert "CreateTags" not in actions
-    created = moto.instances(cluster="intr-run", states=("shutting-down", "terminated"))
+    created = moto.instances(cluster=cloud_name("intr-run"), states=("shutting-down", "terminated"))
     assert len(created) == 1
     assert_nothing_left(moto, "intr-run")
 

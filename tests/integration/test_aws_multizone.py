@@ -59,6 +59,10 @@ class SpotRefusals:
 
 
 def _instances(ec2, cluster: str) -> list[dict]:
+    """The instances of a cluster launched in this home (found by its name on the cloud)."""
+    from tests.integration.local_helpers import cloud_name
+
+    cluster = cloud_name(cluster)
     return [i for r in ec2.describe_instances(Filters=[{"Name": "tag:skybroker-cluster", "Values": [cluster]}])[
         "Reservations"] for i in r["Instances"]]
 

@@ -12,6 +12,7 @@ pytest.importorskip("azure.mgmt.network")
 pytest.importorskip("azure.mgmt.resource")
 pytest.importorskip("cryptography")
 
+from skybroker import state
 from skybroker.clouds.base import RUNNING, STOPPED, TAG_CLUSTER, TAG_USER, TERMINATED, ProvisionRequest
 from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope
 from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
@@ -294,7 +295,7 @@ def test_launch_run_down_on_real_nodes(arm, monkeypatch, node_pool):
                          on_line=lambda rank, line: lines.append((rank, line)))
         assert res.status.status == "SUCCEEDED"
         assert sorted(lines) == [(0, "rank=0 n=2 user=broker"), (1, "rank=1 n=2 user=broker")]
-        vms = fake.find("virtualMachines", "skybroker-aze2e")
+        vms = fake.find("virtualMachines", f"skybroker-{state.cloud_name_for('aze2e')}")  # its name on the cloud
         assert len(vms) == 2 and {n.ip for n in fake.node_of.values()} <= {n.ip for n in node_pool.nodes}
         api.down(["aze2e"])
         assert fake.groups == {} and fake.node_of == {}

@@ -25,6 +25,7 @@ from skybroker.errors import CredentialsError
 from tests.infra.arm_fake import SUBSCRIPTION, ArmFake
 from tests.infra.metadata_fake import Metadata
 from tests.integration.azure_fixtures import arm, fake  # noqa: F401 - fixtures
+from tests.integration.local_helpers import cloud_name
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests broker@test"
 FAST = {"BROKER_AUTOSTOP_UNIT": "1", "BROKER_AUTOSTOP_POLL": "0.2", "BROKER_AUTOSTOP_FOLLOW_GRACE": "1"}
@@ -214,7 +215,7 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
 
     fake, md = azure_nodes
     _launch("azstop", 2)
-    vms = {vm["id"].lower(): vm for vm in fake.find("virtualMachines", "skybroker-azstop")}
+    vms = {vm["id"].lower(): vm for vm in fake.find("virtualMachines", f"skybroker-{cloud_name('azstop')}")}
     assert len(vms) == 2
     before = len(fake.log)
     rec = api.set_autostop("azstop", 1, False)
@@ -222,7 +223,7 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
     assert api.daemons()["autostop_watcher"] is False  # nothing on this side: the cluster does it
     _wait(lambda: all(fake.power.get(k) == "deallocated" for k in vms), 60, "both VMs to deallocate themselves",
           fake.nodes)
-    pids = {vm["identity"]["principalId"] for vm in fake.find("virtualMachines", "skybroker-azstop")}
+    pids = {vm["identity"]["principalId"] for vm in fake.find("virtualMachines", f"skybroker-{cloud_name('azstop')}")}
     posts = [(p, path) for p, m, path in fake.callers if m == "POST"]
     assert {p for p, _ in posts} == pids and len(posts) == 2  # each VM deallocated itself, as itself
     assert all(path.lower().endswith("/deallocate") for _, path in posts)
@@ -231,9 +232,9 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
     assert fake.node_of == {}  # deallocated VMs' nodes are gone
     (c,) = api.status(refresh=True)
     assert c.status == "STOPPED"
-    assert len(_assignments(fake, "azstop")) == 2
+    assert len(_assignments(fake, cloud_name("azstop"))) == 2
     api.start("azstop")  # clears autostop, as SkyPilot does: the VMs keep no role
-    assert _assignments(fake, "azstop") == [] and all(fake.power.get(k) == "running" for k in vms)
+    assert _assignments(fake, cloud_name("azstop")) == [] and all(fake.power.get(k) == "running" for k in vms)
     api.down(["azstop"])
     assert fake.groups == {}
 
@@ -246,7 +247,7 @@ def test_idle_azure_cluster_deletes_its_group_with_down(azure_nodes):
     _launch("azdown", 1)
     rec = api.set_autostop("azdown", 1, True)
     assert rec.autostop_where == "node" and rec.autostop_down
-    _wait(lambda: "skybroker-azdown" not in fake.groups, 60, "the cluster to delete its own resource group",
+    _wait(lambda: f"skybroker-{cloud_name('azdown')}" not in fake.groups, 60, "the cluster to delete its own resource group",
           fake.nodes)
     assert [m for _, m, _ in fake.callers if m != "GET"] == ["DELETE"]
     assert fake.node_of == {}
@@ -264,7 +265,7 @@ def test_an_arm_failing_half_way_falls_back_to_the_watcher_and_leaves_no_role(az
     fake.rbac.assignments_allowed = 1
     rec = api.set_autostop("azhalf", 5, False)
     assert rec.autostop_where == "local"
-    assert [a for a in fake.rbac.assignments.values() if "skybroker-azhalf" in a["properties"]["scope"]] == []
+    assert [a for a in fake.rbac.assignments.values() if f"skybroker-{cloud_name('azhalf')}" in a["properties"]["scope"]] == []
     assert any("could not arm autostop on the cluster" in e["message"] for e in state.events("azhalf"))
     fake.rbac.assignments_allowed = None
     api.down(["azhalf"])

@@ -22,6 +22,7 @@ from tests.integration.local_helpers import (
     node_dir,
     node_lines,
     write_task,
+    cluster_dir,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for file mounts")
@@ -177,6 +178,29 @@ def test_azure_container_copied_and_persistent_storage_kept_until_deleted(azurit
     assert svc.get_container_client("given").exists()  # never recorded, never touched
 
 
+def test_storage_delete_refuses_a_bucket_a_live_cluster_uses_and_says_when_it_is_gone(s3, tmp_path):
+    """`broker storage delete` of a storage a live cluster uses warned, then deleted the bucket with its
+    objects under the cluster (a MOUNT loses its data); it is refused now, like `broker volumes delete`. A
+    bucket skybroker created that was deleted outside was reported as "not created by skybroker"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": {"name": "busy-bkt", "source": str(src), "mode": "COPY"}},
+                   run="true")
+    assert broker("launch", "-y", "-c", "busy", t, cwd=tmp_path).returncode == 0
+    for args in (("busy-bkt",), ("--all",)):
+        r = broker("storage", "delete", "-y", *args)
+        assert r.returncode == 2 and "in use by live clusters: storage busy-bkt by busy" in r.stderr, r.stderr
+        assert "broker down busy" in r.stderr and _exists(s3, "busy-bkt")
+    assert broker("down", "-y", "busy").returncode == 0
+    s3.delete_object(Bucket="busy-bkt", Key="f.txt")
+    s3.delete_bucket(Bucket="busy-bkt")  # deleted outside skybroker
+    r = broker("storage", "delete", "-y", "busy-bkt")
+    assert r.returncode == 0 and "busy-bkt no longer exists" in r.stderr + r.stdout, r.stderr
+    assert "not created by skybroker" not in r.stderr + r.stdout
+    assert json.loads(broker("storage", "ls", "--json").stdout) == []
+
+
 def test_bucket_skybroker_did_not_create_survives_down_and_delete(s3, tmp_path):
     s3.create_bucket(Bucket="team-data")
     s3.put_object(Bucket="team-data", Key="old.txt", Body=b"old")
@@ -235,6 +259,27 @@ def test_mount_reads_the_bucket_and_writes_go_back(s3, tmp_path, mode):
     assert not _exists(s3, bucket)  # persistent: false
 
 
+def test_a_mount_path_that_is_a_file_on_the_node_is_named(s3, tmp_path):
+    """A MOUNT over a path that is a file on the node "succeeded": rclone mounted over the file and the job
+    then failed with 'Input/output error'. COPY there failed with a bare '[Errno 17] File exists' (exit 1).
+    Both now name the field and the path (exit 2) and tear the new cluster down."""
+    why = _fuse_ok()
+    if why:
+        pytest.skip(why)
+    s3.create_bucket(Bucket="onto-file")
+    s3.put_object(Bucket="onto-file", Key="a.txt", Body=b"x")
+    taken = tmp_path / "taken.txt"  # an absolute path: on the local cloud, this machine's (README)
+    taken.write_text("mine\n")
+    for mode, words in (("MOUNT", "exists on node 0 and is not a directory"), ("COPY", "failed: File exists")):
+        t = write_task(tmp_path / "t.yaml", file_mounts={str(taken): {"source": "s3://onto-file", "mode": mode}},
+                       run="echo ran")
+        r = broker("launch", "-y", "-c", "onto", t, cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"file_mounts.{taken}: " in r.stderr and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "ran" not in r.stdout and not (broker_home() / "local" / "onto").exists()
+        assert taken.read_text() == "mine\n"
+
+
 def _proc(p: Path):
     try:
         return (p / "cmdline").read_bytes(), (p / "environ").read_bytes()
@@ -247,18 +292,34 @@ def test_missing_credentials_and_bad_names_name_the_field(moto, tmp_path):
     r = broker("launch", "-y", "-c", "nocred", t, cwd=tmp_path)
     assert r.returncode != 0
     assert "file_mounts./data: no AWS credentials found" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not (broker_home() / "local" / "nocred").exists()  # refused before anything was created
+    assert not cluster_dir("nocred").exists()  # refused before anything was created
     bad = write_task(tmp_path / "b.yaml", file_mounts={"/data": {"name": "Bad_Name", "store": "s3"}}, run="true")
     r = broker("launch", "-y", "--dryrun", bad, cwd=tmp_path)
     assert r.returncode == 2 and "file_mounts./data.name" in r.stderr and "not a valid name" in r.stderr, r.stderr
+    # no `store`: the chosen cloud's store decides, checked once the plan chose it, before anything is created
+    # there (it was found at the sync stage, after provisioning)
+    short = write_task(tmp_path / "s.yaml", file_mounts={"~/d": {"name": "x", "mode": "COPY"}}, run="echo never")
+    r = broker("launch", "-y", "-c", "short", short, cwd=tmp_path)
+    assert r.returncode == 2 and "file_mounts.~/d: 'x' is not a valid name for an S3 bucket" in r.stderr, r.stderr
+    assert "waiting for 1 node" not in r.stderr and "never" not in r.stdout
+    assert not (broker_home() / "local" / "short").exists()
 
 
-def test_missing_bucket_is_a_clear_error(s3, tmp_path):
+def test_missing_bucket_is_a_clear_error_before_anything_is_created(s3, tmp_path):
+    """README: a bucket that does not exist is an error naming the field, before anything is created (exit
+    2). It was found only at the sync stage, after the cluster had been provisioned (on a cloud: an instance
+    started, billed and torn down)."""
     t = write_task(tmp_path / "t.yaml", file_mounts={"~/d": "s3://no-such-bucket/x"}, run="true")
     r = broker("launch", "-y", "-c", "nob", t, cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "file_mounts.~/d: bucket s3://no-such-bucket/x does not exist" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "provisioning" not in r.stderr, r.stderr
+    assert not (broker_home() / "local" / "nob").exists()
+    assert broker("status", "--json").stdout.strip() == "[]"
+    bad = write_task(tmp_path / "b.yaml", file_mounts={"~/d": "https://example.com/file.txt"}, run="true")
+    r = broker("launch", "-y", "-c", "nob", bad, cwd=tmp_path)
+    assert r.returncode == 2 and "file_mounts.~/d: https:// buckets are not supported" in r.stderr, r.stderr
+    assert not (broker_home() / "local" / "nob").exists()
 
 
 @pytest.mark.slow
@@ -363,7 +424,23 @@ def test_r2_bucket_is_copied_and_its_mount_needs_the_forward_opt_in(moto, s3, tm
     assert r.returncode != 0
     assert "file_mounts.~/d: R2 has no scoped temporary credentials" in r.stderr, r.stderr
     assert "BROKER_STORAGE_FORWARD_CREDENTIALS=1" in r.stderr and "r2secret" not in r.stderr + r.stdout
-    assert not (broker_home() / "local" / "r2m").exists()  # refused before anything was created
+    assert not cluster_dir("r2m").exists()  # refused before anything was created
+
+
+def test_no_azure_credential_is_one_clear_error_not_the_sdk_log(tmp_path):
+    """An az:// bucket with an account named but no credential (no connection string, no `az login`): the
+    storage client retried the failed credential lookup like a network error (4 lookups, about 90 s), and
+    azure-identity logged ~15 lines per lookup on stderr; the hint said "check that your credentials may use
+    this container". Now one lookup, one error (the broker's 60 s timeout below would expire otherwise)."""
+    pytest.importorskip("azure.storage.blob")
+    pytest.importorskip("azure.identity")
+    t = write_task(tmp_path / "t.yaml", file_mounts={"~/a": "az://myacct/cont/x"}, run="echo never")
+    r = broker("launch", "-y", "-c", "noaz", t, cwd=tmp_path, env={"AZURE_STORAGE_ACCOUNT": "myacct"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "file_mounts.~/a: no Azure credential could be obtained for storage account myacct" in r.stderr, r.stderr
+    assert "az login" in r.stderr and "DefaultAzureCredential" not in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) <= 3, r.stderr
+    assert not (broker_home() / "local" / "noaz").exists()
 
 
 def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
@@ -379,7 +456,7 @@ def test_unreachable_store_is_named_not_a_traceback(tmp_path, monkeypatch):
     assert r.returncode == 1, r.stderr
     assert "file_mounts.~/d: the store failed: EndpointConnectionError" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "never" not in r.stdout
-    assert not (broker_home() / "local" / "down").exists()
+    assert not cluster_dir("down").exists()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 from skybroker import cluster_ops, lifecycle
 from skybroker.errors import UsageError
 from skybroker.state import UP, ClusterRecord
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task, cluster_dir
 from tests.integration.test_promises_launch import flat
 from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - its autouse fixture, here too
 from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, launch_detached, local_job_pids,
@@ -63,7 +63,7 @@ def test_reserved_names_are_refused_for_new_user_clusters(tmp_path, name):
     r = broker("launch", "-y", "-c", name, task)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "reserved" in r.stderr and "Traceback" not in r.stderr
-    assert status_json() == [] and not (broker_home() / "local" / name).exists()
+    assert status_json() == [] and not cluster_dir(name).exists()
     ok = broker("launch", "-y", "-c", "job-x", task)  # not the managed pattern
     assert ok.returncode == 0, ok.stderr
     assert broker("down", "-y", "job-x").returncode == 0
@@ -113,7 +113,7 @@ def test_a_bad_setting_is_refused_before_anything_is_created(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "BROKER_WAIT_READY='abc' is not a number" in r.stderr
     assert "terminated" not in r.stderr and "provisioning" not in r.stderr
-    assert status_json() == [] and not (broker_home() / "local" / "wr").exists()
+    assert status_json() == [] and not cluster_dir("wr").exists()
 
 
 def test_a_managed_job_leaves_a_users_older_cluster_of_its_name_alone(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.infra import containers as C
-from tests.integration.local_helpers import broker, broker_bg, broker_home, kill_leftovers, wait_for
+from tests.integration.local_helpers import broker, broker_bg, broker_home, kill_leftovers, wait_for, cluster_dir, cloud_name
 
 _why = C.missing_requirements() or (None if shutil.which("rsync") else "rsync is needed for workdir sync")
 pytestmark = pytest.mark.skipif(bool(_why), reason=f"container engine tests: {_why}")
@@ -113,7 +113,7 @@ def test_local_cancel_signals_the_process_in_the_container(lab, tmp_path):
                    'while :; do sleep 0.2; done'))
     env = {**engine.env, "SKYPILOT_DOCKER_PASSWORD": registry.password}
     p = broker_bg("launch", "-y", "-c", "cc", t, *_login(registry), cwd=tmp_path, env=env)
-    node = broker_home() / "local" / "cc" / "node-0"
+    node = cluster_dir("cc") / "node-0"
     try:
         wait_for(lambda: any("started" in f.read_text(errors="replace")
                              for f in node.glob(".skybroker-node/jobs/*/run.log")), timeout=120)
@@ -158,7 +158,7 @@ def test_local_failed_pull_is_a_clear_error_and_tears_down(lab, tmp_path, case):
     assert ("could not be pulled" in r.stderr) and ("login" in r.stderr) == (case == "wrong-password"), r.stderr
     assert "never" not in r.stdout
     assert broker("status", "--json", env=engine.env).stdout.strip() == "[]"  # torn down
-    assert _ours(engine) == [] and not (broker_home() / "local" / "bad").exists()
+    assert _ours(engine) == [] and not cluster_dir("bad").exists()
     _assert_secret_nowhere(password, r.stdout, r.stderr)
 
 
@@ -297,7 +297,7 @@ def test_local_managed_job_in_a_container_survives_a_preemption(lab, tmp_path, m
             until(lambda: synced_counter(jid) >= 3, 30, "checkpoint progress", jid)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{broker('jobs', 'logs', jid).stdout}") from None
-        clouds.get("local").preempt(f"job-{jid}", 0)
+        clouds.get("local").preempt(cloud_name(f"job-{jid}"), 0)
         until(lambda: job(jid).recoveries == 1, 30, "recovery recorded", jid)
         j = wait_status(jid, TERMINAL, 120)
     finally:

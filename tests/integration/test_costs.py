@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import alive, broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task
+from tests.integration.local_helpers import alive, broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task, cluster_dir
 
 OD, SPOT, DISK_H = 1.5, 0.4, 0.01
 T0 = 1_800_000_000.0
@@ -183,7 +183,7 @@ def _wait_runs(jid: int, n: int, timeout: float = 60) -> list:
 def _preempt(jid: int) -> None:
     from skybroker.clouds.local import _kill_node_processes
 
-    node = broker_home() / "local" / f"job-{jid}" / "node-0"
+    node = cluster_dir(f"job-{jid}") / "node-0"
     _kill_node_processes(node)
     shutil.rmtree(node, ignore_errors=True)
 
@@ -270,8 +270,8 @@ def test_controller_stops_a_job_about_to_exceed_its_budget(tmp_path):
     assert ev and "budget.max_cost $3.02" in ev[0]["message"], store.events(jid)
     wait_for(lambda: not _runs(jid)[-1].live, 30, 0.1, "run closed")
     assert _job(jid)["cost"] == pytest.approx(2 * (OD + DISK_H)) and "budget" in (_job(jid)["failure"] or "")
-    assert not (broker_home() / "local" / f"job-{jid}").exists() or \
-        not any((broker_home() / "local" / f"job-{jid}").iterdir())
+    assert not cluster_dir(f"job-{jid}").exists() or \
+        not any(cluster_dir(f"job-{jid}").iterdir())
 
 
 def test_autostop_stops_the_billing_of_an_idle_cluster(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from skybroker.clouds.local import _kill_node_processes
-from tests.integration.local_helpers import wait_for, write_task
+from tests.integration.local_helpers import wait_for, write_task, cluster_dir
 from tests.integration.server_helpers import Server
 
 pytest.importorskip("fastapi")
@@ -60,7 +60,7 @@ def test_dashboard_lists_clusters_and_a_recovered_job(tmp_path, browser):
             return json.loads(ana("jobs", "queue", "--json").stdout)[0]
 
         wait_for(lambda: status()["status"] == "RUNNING" and led.exists(), 40, 0.3, "the job running")
-        node = server.home / "local" / "job-1" / "node-0"
+        node = cluster_dir("job-1", server.home) / "node-0"
         _kill_node_processes(node)  # a preemption on the local cloud
         shutil.rmtree(node, ignore_errors=True)
         wait_for(lambda: status()["status"] == "SUCCEEDED", 60, 0.3, "the job recovered and done")

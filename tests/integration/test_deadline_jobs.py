@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, broker_cmd
+from tests.integration.local_helpers import cloud_name
 
 COUNT = """
 ck="$BROKER_CHECKPOINT_DIR/n"
@@ -127,7 +128,7 @@ def test_preempted_spot_then_no_capacity_switches_to_on_demand(tmp_path, env):
     assert checkpointed(), events(env, jid)
     (home / "local" / "NO_SPOT_CAPACITY").write_text("")  # spot is gone for good
     os.environ["BROKER_HOME"] = env["BROKER_HOME"]
-    LocalCloud().preempt(f"job-{jid}", 0)
+    LocalCloud().preempt(cloud_name(f"job-{jid}"), 0)
     j = wait_done(env, jid)
     ev = events(env, jid)
     assert j["status"] == "SUCCEEDED", ev

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from tests.conftest import add_table_rows, broker_cmd
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, pids_with_env, write_task
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, pids_with_env, write_task, cluster_dir, cloud_name
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_fault_matrix_local(tmp_path, stage):
 
         def leftovers(c=cluster):
             out = _state_leftovers(c)
-            d = broker_home() / "local" / c
+            d = cluster_dir(c)
             if d.exists() and any(d.iterdir()):
                 out.append("node dirs")
             if pids_with_env(f"HOME={d}/", prefix=True):
@@ -220,11 +220,11 @@ def test_fault_matrix_aws(moto, tmp_path, stage):
             out = _state_leftovers(c)
             if fault and signame == "KILL":
                 time.sleep(fault[1])  # the call in flight completes on the server after the kill
-            live = moto.instances(cluster=c)
+            live = moto.instances(cluster=cloud_name(c))  # its name on the cloud
             if live:
                 out.append(f"{len(live)} instance(s)")
             groups = [g["GroupName"] for g in moto.ec2().describe_security_groups()["SecurityGroups"]]
-            if f"skybroker-{c}" in groups:
+            if f"skybroker-{cloud_name(c)}" in groups:
                 out.append("security group")
             return out
 

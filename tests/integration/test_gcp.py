@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("google.cloud.compute_v1")
 
+from skybroker import state
 from skybroker.clouds.base import RUNNING, STOPPED, ProvisionRequest
 from skybroker.errors import CapacityError, CredentialsError, InvalidRequestError, QuotaError, Scope
 from tests.infra.gce_fake import GCEFake
@@ -56,7 +57,7 @@ def test_provision_is_idempotent_by_cluster_and_labels_instances(cloud, gce):
         assert info.ssh_user == "broker" and not info.spot
     stored = gce.instance(first[0].instance_id)
     assert stored["labels"] == {"skybroker-cluster": "c1", "skybroker-user": "alice", "skybroker-rank": "0",
-                                "team": "ml"}
+                                "skybroker-home": state.home_id(), "team": "ml"}
     assert stored["metadata"]["items"] == [{"key": "ssh-keys", "value": f"broker:{PUBKEY}"}]
     assert stored["machineType"].endswith(f"/zones/{ZONE}/machineTypes/n1-standard-4")
     assert stored["tags"]["items"] == ["skybroker-c1"]
@@ -80,7 +81,8 @@ def test_request_shapes_match_the_rest_api(cloud, gce):
     assert body["name"] == cloud_name("c1", 0)
     assert body["disks"][0]["initializeParams"] == {
         "sourceImage": "projects/p/global/images/my-image", "diskSizeGb": "50",  # int64 → JSON string
-        "diskType": f"zones/{ZONE}/diskTypes/pd-balanced", "labels": {"skybroker-cluster": "c1"}}
+        "diskType": f"zones/{ZONE}/diskTypes/pd-balanced",
+        "labels": {"skybroker-cluster": "c1", "skybroker-home": state.home_id()}}
     assert body["networkInterfaces"] == [{"network": "global/networks/default",
                                           "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}]
     lists = gce.calls("GET", "/aggregated/instances?")

@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("google.cloud.tpu_v2")
 
+from skybroker import state
 from skybroker.clouds.base import RUNNING, STOPPED, TERMINATED, ProvisionRequest
 from skybroker.errors import CapacityError, InvalidRequestError, QuotaError, Scope
 from tests.integration.test_gcp import cloud, gce, gce_on_nodes  # noqa: F401 - fixtures
@@ -34,7 +35,8 @@ def test_a_slice_is_one_tpu_node_whose_hosts_are_the_cluster_nodes(cloud, gce):
     node = gce.tpu.nodes()[0]
     assert node["name"] == f"projects/test-project/locations/{ZONE}/nodes/{infos[0].instance_id[:-3]}"
     assert node["acceleratorType"] == "v4-16" and node["runtimeVersion"] == "tpu-vm-v4-base"
-    assert node["labels"] == {"skybroker-cluster": "t1", "skybroker-user": "alice", "skybroker-tpu": "1", "team": "ml"}
+    assert node["labels"] == {"skybroker-cluster": "t1", "skybroker-user": "alice", "skybroker-tpu": "1",
+                              "skybroker-home": state.home_id(), "team": "ml"}
     assert node["metadata"] == {"ssh-keys": f"broker:{PUBKEY}"} and node["tags"] == ["skybroker-t1"]
     assert node["networkConfig"] == {"enableExternalIps": True}
     assert [i.rank_hint for i in infos] == [0, 1] and all(i.state == RUNNING and i.public_ip for i in infos)

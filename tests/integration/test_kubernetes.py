@@ -257,6 +257,7 @@ def test_quota_rbac_auth_throttle_and_bad_image_are_typed(cloud, fake):
     with pytest.raises(InvalidRequestError) as ei:
         cloud.provision(req("img", image_id="does-not-exist:latest"))
     assert ei.value.code == "ImagePullBackOff" and ei.value.scope == Scope.REQUEST
+    assert ei.value.exit_code == 2 and "resources.image_id" in ei.value.message and "image name" in ei.value.hint
     fake.throttle = 1
     with pytest.raises(ThrottledError):
         cloud.query("q1", "fake")
@@ -270,6 +271,65 @@ def test_unknown_context_is_a_credentials_error(cloud, fake):
     with pytest.raises(CredentialsError) as ei:
         cloud.provision(ProvisionRequest("x", "nope", None, "2CPU--4GB", 1, public_key=PUB))
     assert ei.value.code == "KubeconfigError"
+
+
+def test_a_context_the_kubeconfig_lacks_is_refused_when_planning_and_leaves_nothing(fake, monkeypatch, tmp_path):
+    """`infra: k8s/nope` (a typo) or a kubeconfig whose current-context names no context: refused when
+    planning (exit 2 naming the field and the contexts there are; `infra: k8s` says why it has none), never
+    launched. It was planned, then failed at launch; its rollback could not reach the context either, so the
+    cluster stayed INTERRUPTED and `broker down` failed (exit 4) for as long as the kubeconfig lacked it."""
+    import yaml
+
+    from skybroker.clouds.kubernetes import KubernetesCloud
+    from skybroker.errors import SpecError
+    from tests.integration.local_helpers import broker
+
+    with pytest.raises(SpecError) as ei:
+        api.plan(task_from_dict({"resources": {"infra": "k8s/nope", "cpus": 2}, "run": "x"}))
+    assert ei.value.exit_code == 2 and "no context 'nope' on kubernetes" in ei.value.message
+    assert ei.value.field.startswith("resources.infra") and "fake" in ei.value.hint
+    (tmp_path / "t.yaml").write_text("resources: {infra: k8s/nope, cpus: 2}\nrun: echo hi\n")
+    r = broker("launch", "-y", tmp_path / "t.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "no context 'nope'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert broker("status", "--json").stdout.strip() == "[]"
+    assert fake.pods() == [] and not [q for m, q, _ in fake.requests if m == "POST"]
+
+    kc = yaml.safe_load(open(os.environ["KUBECONFIG"]))
+    kc["current-context"] = "typo"
+    (tmp_path / "typo").write_text(yaml.safe_dump(kc))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "typo"))
+    with pytest.raises(NoFeasibleError) as ei:
+        api.plan(task_from_dict({"resources": {"infra": "k8s", "cpus": 2}, "run": "x"}))
+    assert "current-context is 'typo', which is not a context of the kubeconfig (contexts: fake)" in str(ei.value)
+    assert "broker check`" in ei.value.hint and "broker check kubernetes" not in ei.value.hint
+    c = KubernetesCloud().check()
+    assert not c.ok and "'typo'" in c.detail
+    assert api.plan(task_from_dict({"resources": {"infra": "k8s/fake", "cpus": 2}, "run": "x"})).chosen.region == "fake"
+
+
+def test_a_bad_image_or_a_missing_namespace_is_bad_input_and_leaves_nothing(fake, monkeypatch, tmp_path):
+    """Both were exit 4 with "retry later, use --retry-until-up" (the generic hint of a capacity failure); an
+    unpullable image is exit 2 naming resources.image_id (README: Containers), a missing namespace exit 2 saying
+    how to create or name one. The launch into a missing namespace could not roll back either (listing its pods
+    failed), so the cluster stayed INTERRUPTED and `broker down` failed until the namespace existed."""
+    from tests.integration.local_helpers import broker
+
+    t = tmp_path / "t.yaml"
+    t.write_text("resources: {infra: k8s, cpus: 2, image_id: 'docker:does-not-exist:1'}\nrun: echo hi\n")
+    r = broker("launch", "-y", "-c", "img", t, cwd=tmp_path)
+    assert r.returncode == 2 and "resources.image_id" in r.stderr and "check the image name" in r.stderr, r.stderr
+    assert "--retry-until-up" not in r.stderr and "Traceback" not in r.stderr
+    assert fake.pods() == [] and broker("status", "--json").stdout.strip() == "[]"
+
+    t.write_text("resources: {infra: k8s, cpus: 2}\nrun: echo hi\n")
+    r = broker("launch", "-y", "-c", "nsx", t, cwd=tmp_path, env={"BROKER_K8S_NAMESPACE": "nope"})
+    assert r.returncode == 2 and "kubectl create namespace nope" in r.stderr, r.stderr
+    assert "could not roll back" not in r.stderr and "--retry-until-up" not in r.stderr, r.stderr
+    assert broker("status", "--json", env={"BROKER_K8S_NAMESPACE": "nope"}).stdout.strip() == "[]"
+    monkeypatch.setenv("BROKER_K8S_NAMESPACE", "nope")
+    from skybroker.clouds.kubernetes import KubernetesCloud
+
+    assert KubernetesCloud().terminate("nsx", "fake") == [] and KubernetesCloud().query("nsx", "fake") == []
 
 
 # -- failover -----------------------------------------------------------------------------------------

@@ -389,7 +389,10 @@ def test_managed_job_survives_its_instance_being_terminated(sshd_fake, tmp_path,
 def test_gc_finds_and_removes_an_orphan(cloud, fake):
     from skybroker import gc
 
-    cloud.provision(req("orphan", ports=("8080",)))  # created, never recorded in the state
+    from skybroker import state
+
+    # created with this home's name on the cloud, never recorded in the state
+    cloud.provision(req(state.cloud_name_for("orphan"), ports=("8080",)))
     scan = gc.scan(clouds=("lambda",))
     assert sorted((o.cluster, o.region or "") for o in scan.orphans) == [("orphan", ""), ("orphan", "us-east-1")]
     assert scan.scanned == {"lambda": 1} and scan.skipped == []

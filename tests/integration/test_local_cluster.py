@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.local_helpers import (alive, broker, broker_bg, broker_home, kill_leftovers,
                                              kill_pids, node_dir, node_lines, node_pids, pids_with_env,
-                                             queue_json, status_json, submitted_id, wait_for, write_task)
+                                             queue_json, status_json, submitted_id, wait_for, write_task, cluster_dir)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
 
@@ -136,7 +136,7 @@ def test_bucket_without_credentials_is_a_clear_error_and_leaves_no_cluster(tmp_p
     _no_traceback(r)
     assert "never" not in r.stdout
     assert status_json() == []
-    assert not (broker_home() / "local" / "bkt").exists()
+    assert not cluster_dir("bkt").exists()
 
 
 # ------------------------------------------------------------------------------------------------ 3
@@ -380,7 +380,7 @@ def test_status_refresh_and_idempotent_down(tmp_path):
     assert "beta" in r.stdout and "alpha" not in r.stdout
 
     # beta's nodes vanish behind our back: --refresh drops it, plain status does not look
-    shutil.rmtree(broker_home() / "local" / "beta")
+    shutil.rmtree(cluster_dir("beta"))
     assert sorted(c["name"] for c in status_json()) == ["alpha", "beta", "gamma"]
     assert sorted(c["name"] for c in status_json(refresh=True)) == ["alpha", "gamma"]
     assert sorted(c["name"] for c in status_json()) == ["alpha", "gamma"]
@@ -391,7 +391,7 @@ def test_status_refresh_and_idempotent_down(tmp_path):
     r = broker("down", "alpha", "-y")  # destructive: -y is required when stdin is not a terminal
     assert r.returncode == 0, r.stderr
     assert "terminated" in r.stderr
-    assert not (broker_home() / "local" / "alpha").exists()
+    assert not cluster_dir("alpha").exists()
     assert not alive(bg) and node_pids("alpha", 0) == []
     r = broker("down", "alpha")
     assert r.returncode == 0, r.stderr
@@ -478,7 +478,7 @@ def test_concurrent_commands_on_one_cluster(tmp_path):
     assert "Traceback" not in err and "database is locked" not in err, err
     assert "cluster racer was torn down during the job" in " ".join(err.split()), err
     assert [c["name"] for c in status_json()] == ["conc"]
-    assert not (broker_home() / "local" / "racer").exists()
+    assert not cluster_dir("racer").exists()
     assert node_pids("racer", 0) == [] and node_pids("racer", 1) == []
 
 
@@ -549,14 +549,14 @@ def test_stop_start_and_autostop(tmp_path):
     # the local cloud enforces autostop on the cluster itself: the cloud's truth shows it, after --refresh
     wait_for(lambda: status_json(refresh=True)[0]["status"] == "STOPPED", 30, interval=0.3,
              what="autostop to stop the cluster")
-    assert (broker_home() / "local" / "auto").is_dir()  # stopped, not torn down
+    assert cluster_dir("auto").is_dir()  # stopped, not torn down
 
     r = broker("start", "auto")
     assert r.returncode == 0, r.stderr
     r = broker("autostop", "auto", "-i", "0", "--down", env=fast)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: status_json(refresh=True) == [], 30, interval=0.3, what="autostop --down to remove the cluster")
-    assert not (broker_home() / "local" / "auto").exists()
+    assert not cluster_dir("auto").exists()
     # no watcher on this machine was needed for any of it
     assert not [p for p in pids_with_env(f"BROKER_HOME={broker_home()}") if "skybroker.autostop" in _cmd(p)]
 

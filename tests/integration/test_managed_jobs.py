@@ -33,6 +33,7 @@ from tests.integration.local_helpers import (
     ssh_node_pools,
     wait_for,
     write_task,
+    cluster_dir,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
@@ -111,7 +112,7 @@ def wait_status(jid: int, statuses, timeout: float = 30):
 
 
 def cluster_root(jid: int) -> Path:
-    return broker_home() / "local" / f"job-{jid}"
+    return cluster_dir(f"job-{jid}")
 
 
 def preempt_local(jid: int, rank: int = 0) -> None:

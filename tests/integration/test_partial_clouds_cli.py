@@ -68,7 +68,7 @@ def test_status_refresh_removes_the_vanished_local_cluster_and_names_the_aws_one
     _aws_cluster("a1")
     _local_cluster(tmp_path, "l1")
     _local_cluster(tmp_path, "l2")
-    registry.get("local").terminate("l1")  # out of band: the instances are gone, the record still says UP
+    registry.get("local").terminate(state.get_cluster("l1").cloud_name)  # out of band: the instances are gone, the record still says UP
     r = broker("status", "--refresh", "--json", env=NO_AWS)
     assert r.returncode == 0, r.stderr
     out = {c["name"]: c for c in json.loads(r.stdout)}  # stdout stays one valid JSON document

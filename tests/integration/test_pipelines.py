@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers, kill_pids, status_json, wait_for
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, kill_pids, status_json, wait_for, cluster_dir, cloud_name
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
 
@@ -59,10 +59,10 @@ run: |
 num_nodes: 2
 resources: {{infra: local}}
 run: |
-  c1=$(test -d {home}/local/job-$JID-1 && echo up || echo gone)
+  c1=$(test -d {home}/local/$STAGE1 && echo up || echo gone)
   echo "stage2 rank=$SKYPILOT_NODE_RANK read=$(cat "$BROKER_CHECKPOINT_DIR/out") stage1-cluster=$c1 $SKYPILOT_TASK_ID" >> {led}
 """)
-    p.write_text(p.read_text().replace("$JID", "1"))  # the first managed job of this BROKER_HOME
+    p.write_text(p.read_text().replace("$STAGE1", cloud_name("job-1-1")))  # the first managed job's stage 1
     r = broker("jobs", "launch", "-y", p, timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
     jid = submitted(r)
@@ -80,7 +80,7 @@ run: |
     text = broker("jobs", "queue", env={"COLUMNS": "200"}).stdout
     assert re.search(r"↳ 1/2 produce .*SUCCEEDED", text) and re.search(r"↳ 2/2 consume .*SUCCEEDED", text), text
     assert status_json() == []  # every stage's cluster is gone
-    assert not (home / "local" / "job-1-2").exists() or not any((home / "local" / "job-1-2").iterdir())
+    assert not cluster_dir("job-1-2", home).exists() or not any(cluster_dir("job-1-2", home).iterdir())
 
 
 def test_a_failing_stage_fails_the_pipeline_and_later_stages_never_start(tmp_path):
@@ -141,7 +141,7 @@ def test_a_preempted_stage_is_recovered_and_the_pipeline_goes_on(tmp_path):
     r = broker("jobs", "launch", "-y", "-d", p)
     jid = submitted(r)
     wait_for(lambda: led.exists() and "start" in led.read_text(), 30, 0.05, "stage 1 running")
-    node = broker_home() / "local" / f"job-{jid}-1" / "node-0"
+    node = cluster_dir(f"job-{jid}-1") / "node-0"
     _kill_node_processes(node)
     shutil.rmtree(node, ignore_errors=True)
     wait_for(lambda: queue_row(jid)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "FAILED_CONTROLLER"), 60, 0.2,

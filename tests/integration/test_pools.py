@@ -25,6 +25,7 @@ from tests.integration.local_helpers import (
     pids_with_env,
     wait_for,
     write_task,
+    cluster_dir,
 )
 from tests.integration.test_managed_jobs import (  # noqa: F401
     TERMINAL,
@@ -143,7 +144,7 @@ def test_pool_runs_jobs_once_each_with_ranks_queues_the_rest_and_scales(tmp_path
     r = broker("jobs", "pool", "apply", "-p", "p1", "-y", "--workers", "1", timeout=60)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: len(workers("p1")) == 1, 60, 0.1, "scale down to 1 worker")
-    assert not (broker_home() / "local" / "pool-p1-1" / "node-0").exists()
+    assert not (cluster_dir("pool-p1-1") / "node-0").exists()
 
     r = broker("jobs", "pool", "apply", "-p", "p1", "-y", "--workers", "0", timeout=60)
     assert r.returncode == 0, r.stderr
@@ -169,7 +170,7 @@ def test_a_preempted_worker_is_replaced_and_its_job_runs_to_completion_once(tmp_
     [jid] = launch(jt, "--pool", "p2")
     wait_for(lambda: lines(runs), 60, 0.1, "the job started")
     worker = lines(runs)[0].split()[2]
-    node = broker_home() / "local" / worker / "node-0"
+    node = cluster_dir(worker) / "node-0"
     _kill_node_processes(node)  # the worker is preempted under its job
     shutil.rmtree(node, ignore_errors=True)
     wait_for(lambda: len([x for x in lines(runs) if x.startswith("start")]) == 2, 60, 0.1, "the job restarted")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.local_helpers import (broker, broker_bg, broker_home, kill_leftovers, node_dir, status_json,
-                                             wait_for, write_task)
+from tests.integration.local_helpers import (broker, broker_bg, broker_home, cloud_name, cluster_dir, kill_leftovers,
+                                             node_dir, status_json, wait_for, write_task)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def _no_traceback(r) -> None:
 
 
 def _nothing_left(cluster: str) -> None:
-    assert not (broker_home() / "local" / cluster).exists(), list((broker_home() / "local").iterdir())
+    assert not cluster_dir(cluster).exists(), list((broker_home() / "local").iterdir())
     assert all(c["name"] != cluster for c in status_json())
     from skybroker import state
 
@@ -244,10 +244,10 @@ def test_gc_removes_local_nodes_the_state_does_not_know(tmp_path):
 
     state.delete_cluster("orph")  # as if the state had been lost
     r = broker("gc")
-    assert r.returncode == 2 and "orphan: cluster orph on local" in flat(r.stderr)  # no terminal: needs --yes
+    assert r.returncode == 2 and f"orphan: cluster orph ({cloud_name('orph')} on the cloud) on local" in flat(r.stderr)
     r = broker("gc", "--yes")
     assert r.returncode == 0, r.stderr
-    assert not (broker_home() / "local" / "orph").exists()
+    assert not cluster_dir("orph").exists()
 
 
 # -- autostop --------------------------------------------------------------------------------------

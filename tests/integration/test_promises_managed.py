@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import alive, broker, broker_home, wait_for, write_task
+from tests.integration.local_helpers import alive, broker, broker_home, wait_for, write_task, cluster_dir
 from tests.integration.test_managed_jobs import (TERMINAL, controller_pid, diag, events,  # noqa: F401
                                                  fast_controller, job, launch_detached, preempt_local, until,
                                                  wait_status)
@@ -51,7 +51,7 @@ def test_preemption_during_each_bring_up_stage_is_recovered(tmp_path, monkeypatc
     assert any(e["kind"] == "bring-up" and "instance lost" in e["message"] or "preempted" in e["message"]
                for e in events(jid)), diag(jid)
     assert len(ledger(led)) == 1, ledger(led)  # ran exactly once, after the recovery
-    assert not (broker_home() / "local" / f"job-{jid}").exists()
+    assert not cluster_dir(f"job-{jid}").exists()
 
 
 @pytest.mark.slow

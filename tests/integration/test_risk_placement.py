@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from skybroker.jobs import risk
-from tests.integration.local_helpers import broker, broker_home, wait_for, write_task
+from tests.integration.local_helpers import broker, broker_home, wait_for, write_task, cloud_name
 from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - autouse: fast polls, cleanup
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for checkpoint sync")
@@ -30,7 +30,7 @@ def test_a_preemption_is_recorded_against_its_place_and_raises_its_expected_cost
     jid = int(r.stderr.split("managed job ")[1].split()[0])
     wait_for(lambda: _job(jid)["status"] == "RUNNING", 60, what="job running")
     os.environ["BROKER_HOME"] = str(broker_home())
-    LocalCloud().preempt(f"job-{jid}", 0)
+    LocalCloud().preempt(cloud_name(f"job-{jid}"), 0)
     wait_for(lambda: _job(jid)["status"] in ("SUCCEEDED", "FAILED", "FAILED_CONTROLLER"), 90, what="job ended")
     assert _job(jid)["status"] == "SUCCEEDED" and _job(jid)["recoveries"] == 1
     hist = risk.history()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import wait_for, write_task
+from tests.integration.local_helpers import wait_for, write_task, cluster_dir
 from tests.integration.server_helpers import Server
 
 pytestmark = [pytest.mark.skipif(shutil.which("rsync") is None, reason="the local cloud syncs with rsync"),
@@ -86,7 +86,7 @@ def test_launch_exec_logs_down_through_the_server(server, tmp_path):
     assert r.returncode == local.returncode == 5 and r.stderr == local.stderr
     r = alice("down", "-y", "dev")
     assert r.returncode == 0 and "cluster dev terminated" in r.stderr, r.stderr
-    assert _status(alice) == [] and not (server.home / "local" / "dev").exists()
+    assert _status(alice) == [] and not cluster_dir("dev", server.home).exists()
 
 
 def test_two_users_isolation(server, tmp_path):
@@ -121,7 +121,7 @@ def test_two_users_isolation(server, tmp_path):
     assert [(c["name"], c["status"], c["autostop_minutes"]) for c in after] == [("alices", "UP", None)]
     q = json.loads(alice("queue", "alices", "--json").stdout)
     assert [(j["job_id"], j["status"]) for j in q] == [(1, "RUNNING")]
-    assert not any((server.home / "local" / "alices").rglob("pwned")) and jobs == (server.home / "managed").exists()
+    assert not any(cluster_dir("alices", server.home).rglob("pwned")) and jobs == (server.home / "managed").exists()
     # an admin may
     assert admin("queue", "alices").returncode == 0
     r = admin("down", "-y", "alices")
@@ -446,7 +446,7 @@ def test_interrupted_client_launch_is_rolled_back_by_the_server(tmp_path):
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 130 and "never" not in out, err.read_text()
-        wait_for(lambda: _status(gus) == [] and not (s.home / "local" / "gone").exists(), 30, 0.3,
+        wait_for(lambda: _status(gus) == [] and not cluster_dir("gone", s.home).exists(), 30, 0.3,
                  "the server rolling the launch back")
         assert any(e["kind"] == "down" for e in json.loads(gus("events", "gone", "--json").stdout))
     finally:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import broker, broker_home, kill_leftovers
+from tests.integration.local_helpers import broker, broker_home, kill_leftovers, cluster_dir
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ run: |
 """)
     missing = broker("launch", "-y", "-c", "v1", task, cwd=tmp_path)
     assert missing.returncode == 2 and "volumes." in missing.stderr and "broker volumes apply" in missing.stderr
-    assert not (broker_home() / "local" / "v1").exists()  # refused before anything was created
+    assert not cluster_dir("v1").exists()  # refused before anything was created
 
     r = broker("volumes", "apply", "-y", vol)
     assert r.returncode == 0, r.stderr
@@ -64,6 +64,13 @@ run: |
     written = (mnt / "data" / "f.txt").read_text()
     busy = broker("volumes", "delete", "data1", "-y")
     assert busy.returncode == 2 and "broker down v1" in busy.stderr
+    # another cluster may not take it meanwhile: the record names one cluster, so the second's `down` freed it
+    # (and unlinked the first's mount path), and `volumes delete` then deleted the data the first still used
+    other = broker("launch", "-y", "-c", "v3", task, cwd=tmp_path)
+    assert other.returncode == 2 and "volumes." in other.stderr and "attached to cluster v1" in other.stderr, \
+        other.stdout + other.stderr
+    assert not (broker_home() / "local" / "v3").exists()
+    assert json.loads(broker("volumes", "ls", "--json").stdout)[0]["cluster"] == "v1"
     assert broker("down", "v1", "-y").returncode == 0
     assert not os.path.exists(eph["id"]) and not os.path.lexists(mnt / "scratch")
     assert not os.path.lexists(mnt / "data")  # detached: the mount point is gone, the data is not
@@ -219,6 +226,19 @@ def test_ebs_volume_apply_plan_attach_down_and_gc(aws, public_key):
     gc.remove(scan.orphans)
     assert _ebs(**{"skybroker-ephemeral": "true"}) == []
 
+    # attached outside skybroker (to an instance it does not track): refused with what to do, kept recorded
+    from skybroker.errors import BrokerError
+
+    other = ec2().run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                Placement={"AvailabilityZone": vol["AvailabilityZone"]})["Instances"][0]["InstanceId"]
+    ec2().attach_volume(VolumeId=v.cloud_id, InstanceId=other, Device="/dev/sdf")
+    with pytest.raises(BrokerError) as ei:
+        ops.delete("ebs1")
+    assert ei.value.exit_code == 2 and f"attached to {other}" in ei.value.message, ei.value.message
+    assert "detach-volume" in ei.value.hint and records.get("ebs1") is not None
+    ec2().detach_volume(VolumeId=v.cloud_id, InstanceId=other)
+    ec2().terminate_instances(InstanceIds=[other])
+
     ops.delete("ebs1")
     assert _ebs(**{"skybroker-volume": "ebs1"}) == [] and records.get("ebs1") is None
 
@@ -287,6 +307,31 @@ def test_a_failed_bring_up_whose_volume_cannot_be_deleted_says_so(aws, public_ke
     assert err.torn_down and state.get_cluster("vf") is None
     assert vol in err.note and "not all of it is gone" in err.note and "`broker gc --yes`" in err.note
     assert "nothing is left running" not in err.note
+
+
+def test_an_interrupted_apply_leaves_no_ebs_volume(aws, monkeypatch):
+    """Ctrl-C while EBS made the volume left it in the account, recorded nowhere: `volumes ls` did not show it,
+    `volumes delete` did not know it and gc never reports an applied volume (no cluster tag)."""
+    from skybroker.clouds import registry
+    from skybroker.volumes import ops, records
+
+    prov = registry.get("aws")
+    real = type(prov)._wait_volume
+    calls = []
+
+    def interrupted(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the volume exists, "creating" is still being waited for
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(prov), "_wait_volume", interrupted)
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        ops.apply({"name": "ebs-int", "type": "aws-ebs", "infra": "aws/us-east-1/us-east-1a", "size": 1}, "v.yaml",
+                  on_event=lambda k, m: events.append(m))
+    assert [v for v in _ebs(**{"skybroker-volume": "ebs-int"}) if v["State"] != "deleted"] == []
+    assert records.get("ebs-int") is None and any("interrupted: removing volume ebs-int" in e for e in events)
 
 
 # ------------------------------------------------------------------------------------------------ GCE PD
@@ -366,4 +411,4 @@ def test_a_failed_bring_up_detaches_and_deletes_like_down(tmp_path):
     vols = json.loads(broker("volumes", "ls", "--json").stdout)
     assert [(v["name"], v["cluster"]) for v in vols] == [("keep", None)]
     assert not os.path.lexists(mnt / "d") and not os.path.lexists(mnt / "s")
-    assert not (broker_home() / "local" / "vf").exists()
+    assert not cluster_dir("vf").exists()

@@ -32,7 +32,7 @@ def fake(monkeypatch):
     attempts (then they succeed). Sleeps are counted, and a runaway retry loop is cut short."""
     box = SimpleNamespace(outcomes={}, sleeps=[], tried=[])
 
-    def attempt(cluster, cand, public_key, on_event):
+    def attempt(cluster, cand, public_key, on_event, cloud_name=None):
         box.tried.append(cand.cloud)
         out = box.outcomes.get(cand.cloud)
         if isinstance(out, BaseException):

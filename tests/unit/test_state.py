@@ -268,3 +268,54 @@ def test_first_connections_of_a_new_home_race_without_a_false_replaced_error(tmp
             t.join()
         assert errors == [], errors
         assert len(ids) == 1 and (path.parent / state_db.ID_FILE).read_text().strip() in ids
+
+
+def test_home_id_is_made_once_and_kept_in_the_state(state_backend, monkeypatch, tmp_path):
+    """One id per home (per database on PostgreSQL: every server replica has the same), created on first use;
+    new clusters' names on the cloud end with its suffix, and a record keeps the name on the cloud it has."""
+    hid = state.home_id()
+    assert len(hid) == 32 and int(hid, 16) >= 0
+    state._home_ids.clear()  # another process of the same home reads the same id
+    assert state.home_id() == hid
+    assert state.db().execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0] == hid
+    assert state.cloud_name_for("dev") == f"dev-{hid[:state.HOME_SUFFIX_LEN]}"
+    assert not state.legacy_names()  # a new home: nothing was launched before names had a suffix
+    state.save_cluster(_rec("dev", name_on_cloud=state.cloud_name_for("dev")))
+    state.save_cluster(_rec("dev", name_on_cloud="other"))  # an upsert never renames it on the cloud
+    assert state.get_cluster("dev").cloud_name == state.cloud_name_for("dev")
+    assert state.get_cluster_on_cloud(state.cloud_name_for("dev")).name == "dev"
+    i = state.add_intent("dev", "aws", "r", None, state.cloud_name_for("dev"))
+    assert [it["cluster_on_cloud"] for it in state.open_intents("dev") if it["id"] == i] == [state.cloud_name_for("dev")]
+    if state_backend == "sqlite":  # the copy beside the database: a database rebuilt after a loss keeps the id
+        assert (state.db_path().parent / "home.id").read_text().strip() == hid
+        monkeypatch.setenv("BROKER_HOME", str(tmp_path / "rebuilt"))
+        (tmp_path / "rebuilt").mkdir()
+        (tmp_path / "rebuilt" / "home.id").write_text(hid + "\n")
+        assert state.home_id() == hid
+
+
+def test_migration_to_v19_keeps_old_clusters_names_and_marks_the_home(tmp_path, monkeypatch):
+    """A v18 database: its clusters and intents keep their names on the cloud (their resources exist under
+    them), and the home is marked as one that may own resources without a home tag."""
+    import sqlite3
+
+    from skybroker.state_schema import MIGRATIONS
+
+    home = tmp_path / "v18"
+    home.mkdir()
+    conn = sqlite3.connect(str(home / "state.db"))
+    for i, m in enumerate(MIGRATIONS[:18]):
+        for stmt in (s.strip() for s in m.split(";")):
+            if stmt:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn.execute("INSERT INTO clusters (name, cloud, num_nodes, status, launched_at, updated_at) "
+                 "VALUES ('old', 'aws', 1, 'UP', 1, 1)")
+    conn.execute("INSERT INTO intents (cluster, cloud, created_at, state) VALUES ('half', 'aws', 1, 'creating')")
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("BROKER_HOME", str(home))
+    assert state.get_cluster("old").name_on_cloud == "old" and state.get_cluster("old").cloud_name == "old"
+    assert [it["cluster_on_cloud"] for it in state.open_intents("half")] == ["half"]
+    assert state.legacy_names()
+    assert state.cloud_name_for("new").startswith("new-")

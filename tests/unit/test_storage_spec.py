@@ -79,6 +79,28 @@ def test_errors_name_the_field(fm, field, words):
     assert e.value.field == field and words in e.value.message, (e.value.field, e.value.message)
 
 
+@pytest.mark.parametrize("target,field,words", [
+    ("", "file_mounts.", "needs a destination path"),
+    ("s3://have-bkt", "file_mounts.s3://have-bkt", "not a bucket"),
+    ("/", "file_mounts./", "root directory"),
+    ("~/sky_workdir", "file_mounts.~/sky_workdir", "where the workdir is synced"),
+    ("~/sky_workdir/", "file_mounts.~/sky_workdir/", "where the workdir is synced"),
+])
+def test_mount_destinations_that_cannot_work_are_refused(tmp_path, target, field, words):
+    """They were accepted: '' and a bucket URI as the key landed the data in the node's home (`s3:` made a
+    directory there), `/` synced over the node's root (on the local cloud, this machine's), and ~/sky_workdir
+    with a workdir mixed a bucket into the workdir or, a file, failed mid-launch with '[Errno 21] Is a
+    directory'."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with pytest.raises(SpecError) as e:
+        task_from_dict({"workdir": str(wd), "file_mounts": {target: str(wd)}, "run": "x"})
+    assert e.value.field == field and words in e.value.message and e.value.exit_code == 2, e.value.message
+    # inside the workdir, or the same path with no workdir, is fine
+    task_from_dict({"workdir": str(wd), "file_mounts": {"~/sky_workdir/data": str(wd)}, "run": "x"})
+    task_from_dict({"file_mounts": {"~/sky_workdir": str(wd)}, "run": "x"})
+
+
 def test_stored_task_round_trip(tmp_path):
     from skybroker.spec import task_from_stored, task_to_dict
 

@@ -14,8 +14,8 @@ import time
 
 from ... import settings
 from ...errors import CapacityError, InvalidRequestError, Place, QuotaError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
-                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved,
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
+                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved, home_tag,
                     http_refusal)
 from ..common import call_typed
 from . import client as clients
@@ -47,7 +47,7 @@ def _user() -> str:
 
 
 def _tags(cluster: str, extra: dict | None = None) -> list[dict]:
-    tags = {TAG_CLUSTER: cluster, TAG_USER: _user(), "Name": f"skybroker-{cluster}"}
+    tags = {TAG_CLUSTER: cluster, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{cluster}"}
     tags.update(extra or {})
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
@@ -453,13 +453,14 @@ class AWSCloud(EBSVolumes, Provider):
             for res in page["Reservations"]:
                 for inst in res["Instances"]:
                     tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                    out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "instance", inst["InstanceId"]))
+                    out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "instance", inst["InstanceId"],
+                                              home=tags.get(TAG_HOME)))
         sgs = ec2.get_paginator("describe_security_groups")
         for page in self._call(place, lambda: list(sgs.paginate(Filters=[{"Name": "tag-key", "Values": [TAG_CLUSTER]}]))):
             for g in page["SecurityGroups"]:
                 tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
                 out.append(TaggedResource(self.name, region, tags[TAG_CLUSTER], "security-group", g["GroupId"],
-                                          live=False))
+                                          live=False, home=tags.get(TAG_HOME)))
         return out + self._call(place, self._tagged_volumes, ec2, region)
 
 

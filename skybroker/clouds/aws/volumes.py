@@ -39,9 +39,10 @@ class EBSVolumes:
         return cache[key]
 
     def _vol_tags(self, name, labels, cluster):
+        from ..base import TAG_HOME, home_tag
         from .driver import _user
 
-        tags = {TAG_VOLUME: name, TAG_USER: _user(), "Name": f"skybroker-{name}"}
+        tags = {TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{name}"}
         tags.update({str(k): str(v) for k, v in (labels or {}).items()})
         if cluster:
             tags.update({TAG_CLUSTER: cluster, TAG_EPHEMERAL: "true"})
@@ -154,9 +155,13 @@ class EBSVolumes:
             held = self._attached_to(ec2, place, vol.cloud_id)
             if held is None:
                 return  # gone meanwhile
-            if held:
-                raise InvalidRequestError(f"EBS volume {vol.cloud_id} is attached to {held[0]}", place,
-                                          code="VolumeInUse")
+            if held:  # attached to an instance skybroker does not track (its clusters' are detached first)
+                err = InvalidRequestError(f"EBS volume {vol.cloud_id} ({vol.name}) is still attached to "
+                                          f"{', '.join(held)}", place, code="VolumeInUse",
+                                          hint=f"detach it first (`aws ec2 detach-volume --volume-id "
+                                          f"{vol.cloud_id}`), then delete it again")
+                err.exit_code = 2
+                raise err
             if time.time() > deadline:
                 raise InvalidRequestError(f"EBS volume {vol.cloud_id} is still in use (detaching) after "
                                           f"{settings.get('aws_volume_wait'):.0f}s", place, code="VolumeInUse")
@@ -205,5 +210,6 @@ class EBSVolumes:
         for v in self._ephemeral_volumes(ec2):
             tags = {t["Key"]: t["Value"] for t in v.get("Tags", [])}
             if tags.get(TAG_CLUSTER):
-                out.append(TaggedResource("aws", region, tags[TAG_CLUSTER], "volume", v["VolumeId"], live=False))
+                out.append(TaggedResource("aws", region, tags[TAG_CLUSTER], "volume", v["VolumeId"], live=False,
+                                          home=tags.get("skybroker-home")))
         return out

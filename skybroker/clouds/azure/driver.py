@@ -18,8 +18,8 @@ import time
 
 from ... import settings
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities,
-                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, http_refusal)
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
+                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, home_tag, http_refusal)
 from ..common import call_typed
 from . import client as clients
 from . import network
@@ -205,7 +205,7 @@ class AzureCloud(Provider):
         ledger.found(existing)
         with ledger.create():  # the group holds what follows (public IPs, VMs): once it may exist, so may they
             self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
-                location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user()}))
+                location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}))
         self._groups_cache = None
         failed = [vm for vm in existing if _s(vm.provisioning_state).lower() == "failed"]
         self._wait([self._call(place, c.compute.virtual_machines.begin_delete, rg, vm.name) for vm in failed], place)
@@ -271,7 +271,7 @@ class AzureCloud(Provider):
         from azure.mgmt.network import models as nm
 
         rg = group_name(req.cluster)
-        base = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
+        base = {TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}
         image, key = self._image(req, place), self._public_key(req)
         ip_pollers = [self._call(place, c.network.public_ip_addresses.begin_create_or_update, rg,
                                  f"{_vm_name(req.cluster, r)}-ip", nm.PublicIPAddress(
@@ -441,9 +441,10 @@ class AzureCloud(Provider):
             cluster = (g.tags or {}).get(TAG_CLUSTER)
             if not cluster:
                 continue
-            out.append(TaggedResource(self.name, g.location, cluster, "resource-group", g.name, live=False))
-            out += [TaggedResource(self.name, g.location, cluster, "instance", self._info(vm, {}).instance_id)
-                    for vm in self._vms(c, place, cluster)]
+            home = (g.tags or {}).get(TAG_HOME)
+            out.append(TaggedResource(self.name, g.location, cluster, "resource-group", g.name, live=False, home=home))
+            out += [TaggedResource(self.name, g.location, cluster, "instance", self._info(vm, {}).instance_id,
+                                   home=home) for vm in self._vms(c, place, cluster)]
         return out
 
 

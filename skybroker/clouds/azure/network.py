@@ -6,7 +6,7 @@ up, skipping taken ones); it all goes with the group. The functions take the dri
 """
 from __future__ import annotations
 
-from ..base import TAG_CLUSTER, TAG_USER
+from ..base import TAG_CLUSTER, TAG_HOME, TAG_USER, home_tag
 from .errors import classify
 
 VNET, SUBNET, NSG = "skybroker-vnet", "default", "skybroker-nsg"
@@ -20,7 +20,7 @@ def ensure(drv, c, place, req) -> tuple[str, str]:
     from .driver import _not_found, _user, group_name
 
     rg = group_name(req.cluster)
-    tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user()}
+    tags = {TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}
     try:
         nsg = c.network.network_security_groups.get(rg, NSG)
     except Exception as exc:  # noqa: BLE001

@@ -30,6 +30,7 @@ from ..base import (
     STOPPED,
     STOPPING,
     TAG_CLUSTER,
+    TAG_HOME,
     TAG_USER,
     TERMINATED,
     Capabilities,
@@ -38,6 +39,7 @@ from ..base import (
     ProvisionRequest,
     Provider,
     TaggedResource,
+    home_tag,
     http_refusal,
 )
 from ...task_config import option
@@ -288,7 +290,7 @@ class GCPCloud(PersistentDisks, Provider):
         project = self._call(place, clients.project)
         self._call(place, firewall.ensure, project, req.cluster, tuple(req.ports))
         labels = {_label_key(k): _label(v) for k, v in req.labels}
-        labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user())})
+        labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_HOME: home_tag()})
         return self._call(place, tpu.create, req, project, req.zone, req.public_key or _public_key(), _user(),
                           fw_name(req.cluster), labels)
 
@@ -414,12 +416,16 @@ class GCPCloud(PersistentDisks, Provider):
             for fw in self._call(place, lambda: list(clients.firewalls().list(project=project))):
                 desc = fw.description or ""
                 if fw.name.startswith("skybroker-") and desc.startswith("skybroker cluster "):
-                    cluster = desc[len("skybroker cluster "):].split(":")[0].strip()
-                    out.append(TaggedResource(self.name, None, cluster, "firewall", fw.name, live=False))
+                    body, _, home = desc[len("skybroker cluster "):].partition("; home ")
+                    cluster = body.split(":")[0].strip()
+                    out.append(TaggedResource(self.name, None, cluster, "firewall", fw.name, live=False,
+                                              home=home.strip() or None))
             return out
-        out = [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name)
+        out = [TaggedResource(self.name, region, inst.labels[TAG_CLUSTER], "instance", inst.name,
+                              home=inst.labels.get(TAG_HOME))
                for inst in self._call(place, self._list, project, None, region) if _state(inst) != TERMINATED]
-        out += [TaggedResource(self.name, region, n.labels[TAG_CLUSTER], "tpu", n.name.rsplit("/", 1)[-1])
+        out += [TaggedResource(self.name, region, n.labels[TAG_CLUSTER], "tpu", n.name.rsplit("/", 1)[-1],
+                               home=n.labels.get(TAG_HOME))
                 for n in self._tpu_nodes(project, place, None, region)]
         return out + self._tagged_disks(project, place, region)
 

@@ -9,6 +9,12 @@ from . import client as clients
 NETWORK = "global/networks/default"
 
 
+
+def home_tag() -> str:
+    from ..base import home_tag as tag
+
+    return tag()
+
 def fw_name(cluster: str) -> str:
     return f"skybroker-{cluster}"
 
@@ -34,11 +40,13 @@ def ensure(project: str, cluster: str, ports: tuple[str, ...]) -> None:
 
     tag = fw_name(cluster)
     wanted = list(dict.fromkeys(["22", *(str(p) for p in ports)]))
-    rules = {tag: c.Firewall(name=tag, network=NETWORK, direction="INGRESS", description=f"skybroker cluster {cluster}",
+    home = f"; home {home_tag()}"  # firewall rules have no labels: the description says whose it is
+    rules = {tag: c.Firewall(name=tag, network=NETWORK, direction="INGRESS",
+                             description=f"skybroker cluster {cluster}{home}",
                              allowed=[c.Allowed(I_p_protocol="tcp", ports=wanted)],
                              source_ranges=["0.0.0.0/0"], target_tags=[tag]),
              tag + "-internal": c.Firewall(name=tag + "-internal", network=NETWORK, direction="INGRESS",
-                                           description=f"skybroker cluster {cluster}: intra-cluster",
+                                           description=f"skybroker cluster {cluster}: intra-cluster{home}",
                                            allowed=[c.Allowed(I_p_protocol="all")], source_tags=[tag],
                                            target_tags=[tag])}
     for name, body in rules.items():

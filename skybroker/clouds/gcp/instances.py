@@ -15,9 +15,9 @@ import re
 
 from ...errors import InvalidRequestError, Place
 from ...task_config import option
-from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_USER, TERMINATED, InstanceInfo,
+from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, InstanceInfo,
                     ProvisionRequest)
-from .firewall import NETWORK, fw_name
+from .firewall import NETWORK, fw_name, home_tag
 
 TAG_RANK = "skybroker-rank"
 SSH_USER = "broker"
@@ -113,11 +113,12 @@ def instance_body(req: ProvisionRequest, project: str, zone: str, rank: int, pub
         sched.max_run_duration = c.Duration(seconds=int(run_for))
         sched.instance_termination_action = "DELETE"
     labels = {_label_key(k): _label(v) for k, v in req.labels}
-    labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_RANK: str(rank)})
+    labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_HOME: home_tag(),
+                   TAG_RANK: str(rank)})
     image = req.image_id or (GPU_IMAGE if has_gpu else UBUNTU_IMAGE)
     disk = c.AttachedDisk(boot=True, auto_delete=True, type_="PERSISTENT", initialize_params=c.AttachedDiskInitializeParams(
         source_image=image, disk_size_gb=int(req.disk_size), disk_type=f"zones/{zone}/diskTypes/{DISK_TYPE}",
-        labels={TAG_CLUSTER: _label(req.cluster)}))
+        labels={TAG_CLUSTER: _label(req.cluster), TAG_HOME: home_tag()}))
     nic = c.NetworkInterface(network=NETWORK, access_configs=[c.AccessConfig(name="External NAT",
                                                                              type_="ONE_TO_ONE_NAT")])
     return c.Instance(

@@ -8,7 +8,7 @@ when its cluster is unknown (an applied disk has no cluster label: never a leak)
 from __future__ import annotations
 
 from ...errors import InvalidRequestError, Place
-from ..base import TAG_CLUSTER, TAG_USER, TaggedResource
+from ..base import TAG_CLUSTER, TAG_HOME, TAG_USER, TaggedResource, home_tag
 from . import client as clients
 
 TAG_VOLUME = "skybroker-volume"
@@ -44,7 +44,7 @@ class PersistentDisks:
         place = Place("gcp", region_of(zone), zone)
         project = self._call(place, clients.project)
         lab = {_label_key(k): _label(v) for k, v in (labels or {}).items()}
-        lab.update({TAG_VOLUME: _label(name), TAG_USER: _label(_user())})
+        lab.update({TAG_VOLUME: _label(name), TAG_USER: _label(_user()), TAG_HOME: home_tag()})
         if cluster:
             lab.update({TAG_CLUSTER: _label(cluster), TAG_EPHEMERAL: "true"})
         disk = c.Disk(name=name, size_gb=int(size_gb), type_=f"zones/{zone}/diskTypes/{PD_TYPE}", labels=lab)
@@ -140,5 +140,6 @@ class PersistentDisks:
         return warns
 
     def _tagged_disks(self, project, place, region) -> list[TaggedResource]:
-        return [TaggedResource("gcp", region, d.labels[TAG_CLUSTER], "volume", d.name, live=False)
+        return [TaggedResource("gcp", region, d.labels[TAG_CLUSTER], "volume", d.name, live=False,
+                               home=d.labels.get(TAG_HOME))
                 for _, d in self._call(place, self._ephemeral_disks, project, None, region) if TAG_CLUSTER in d.labels]

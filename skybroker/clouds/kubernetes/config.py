@@ -110,15 +110,43 @@ def _env_or(name: str, value):
     return raw if raw not in (None, "") else value
 
 
+def known_contexts() -> list[str] | None:
+    """The contexts a task may name (`infra: k8s/<context>`): the kubeconfig's, and `in-cluster` inside a pod.
+    None when the kubeconfig cannot be read (then the launch finds out)."""
+    kc = load_kubeconfig()
+    if kc.error:
+        return None
+    return list(kc.contexts) + ([IN_CLUSTER] if in_cluster() else [])
+
+
 def contexts_for_plan() -> list[str]:
-    """The contexts `infra: k8s` (no context named) plans across."""
+    """The contexts `infra: k8s` (no context named) plans across: those of them that exist (a current-context
+    or an allowed context the kubeconfig does not define could only fail at launch, leaving a launch nothing
+    can clean up; `dangling_reason` says why one is left out)."""
+    known = known_contexts()
     allowed = settings().get("allowed_contexts")
     if allowed:
-        return [str(c) for c in allowed]
+        return [str(c) for c in allowed if known is None or str(c) in known]
     kc = load_kubeconfig()
-    if kc.current:
+    if kc.current and (known is None or kc.current in known):
         return [kc.current]
     return [IN_CLUSTER] if in_cluster() else []
+
+
+def dangling_reason() -> str | None:
+    """Why the contexts `infra: k8s` would use do not exist (a current-context or allowed_contexts entry that
+    names no context of the kubeconfig), or None."""
+    known = known_contexts()
+    if known is None:
+        return None
+    allowed = settings().get("allowed_contexts")
+    named = [str(c) for c in allowed] if allowed else ([load_kubeconfig().current] if load_kubeconfig().current else [])
+    missing = [c for c in named if c not in known]
+    if not missing:
+        return None
+    what = "allowed_contexts names" if allowed else "the kubeconfig's current-context is"
+    return (f"{what} {', '.join(repr(c) for c in missing)}, which is not a context of the kubeconfig "
+            f"(contexts: {', '.join(known) or 'none'})")
 
 
 def context_name(region: str | None, zone: str | None = None) -> str | None:

@@ -30,14 +30,14 @@ import threading
 import time
 
 from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, QuotaError
-from ..base import (TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, CreateLedger, InstanceInfo, ProvisionRequest,
-                    Provider, TaggedResource, http_refusal)
+from ..base import (TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities, CreateLedger, InstanceInfo,
+                    ProvisionRequest, Provider, TaggedResource, http_refusal)
 from ..common import call_typed
 from . import client as kc
 from . import config as cfg
 from . import objects
 from . import pods as pk
-from .errors import HINT_CREDS, classify, status_of
+from .errors import HINT_CREDS, NAMESPACE_NOT_FOUND, classify, status_of
 from .pods import SSH_PORT, pod_name, service_name, ports_service_name, secret_name
 from .shapes import instance_type, parse_instance_type, default_shape, node_gpus, node_fits
 
@@ -82,6 +82,9 @@ class KubernetesCloud(Provider):
                 detail += f"; planned: {', '.join(ctxs)}"
             ok = bool(ctxs)
             hint = None if ok else "set a current context (`kubectl config use-context CTX`) or allowed_contexts"
+            dangling = cfg.dangling_reason()
+            if dangling:
+                detail += f"; {dangling}"
         elif cfg.in_cluster():
             ok, detail, hint = True, f"in-cluster service account (namespace {cfg.namespace(cfg.IN_CLUSTER)})", None
         else:
@@ -101,6 +104,20 @@ class KubernetesCloud(Provider):
 
     def regions(self) -> list:
         return cfg.contexts_for_plan()
+
+    region_word = "context"
+
+    def known_regions(self) -> list[str] | None:
+        """The kubeconfig's contexts (an EKS ARN `.../ml` splits into region and zone, as `infra:` does): a
+        task naming another is refused when planning, before a launch records anything it could not clean up."""
+        known = cfg.known_contexts()
+        return None if known is None else sorted({c.split("/", 1)[0] for c in known})
+
+    def known_zones(self, region: str | None) -> list[str] | None:
+        known = cfg.known_contexts()
+        if known is None:
+            return None
+        return sorted(c.split("/", 1)[1] for c in known if "/" in c and region in (None, c.split("/", 1)[0]))
 
     def default_shape(self, res, spec):
         return None
@@ -143,9 +160,13 @@ class KubernetesCloud(Provider):
     def unavailable_reason(self):
         if cfg.contexts_for_plan():
             return None
+        dangling = cfg.dangling_reason()
+        if dangling:
+            return (dangling, "pick an existing context (`kubectl config use-context CTX`, or `infra: k8s/CTX`), "
+                    "then run `broker check`")
         return ("no Kubernetes context is configured (no current context in the kubeconfig, not in a cluster)",
                 "point KUBECONFIG at your cluster's kubeconfig (or set a current context), then run "
-                "`broker check kubernetes`")
+                "`broker check`")
 
     def accelerator_inventory(self, region: str | None = None) -> list:
         """Per context, the GPUs its nodes have (the largest count one node holds), priced as configured."""
@@ -193,8 +214,13 @@ class KubernetesCloud(Provider):
         return ctx, cfg.namespace(ctx), Place(self.name, region, zone)
 
     def _pods(self, ctx, ns, place, selector: str) -> list[dict]:
-        return self._call(place, lambda: kc.call(kc.core(ctx).list_namespaced_pod, ns,
-                                                 label_selector=selector)).get("items") or []
+        try:
+            return self._call(place, lambda: kc.call(kc.core(ctx).list_namespaced_pod, ns,
+                                                     label_selector=selector)).get("items") or []
+        except InvalidRequestError as exc:
+            if exc.code == NAMESPACE_NOT_FOUND:
+                return []  # no namespace, no pods (so a launch into a missing namespace rolls back cleanly)
+            raise
 
     def _selector(self, cluster: str | None) -> str:
         base = f"{TAG_USER}={pk.label(pk.user())}"
@@ -424,7 +450,8 @@ class KubernetesCloud(Provider):
                 md = item["metadata"]
                 live = kind == "instance" and pk.phase(item) not in ("Failed", "Succeeded")
                 rid = md["uid"] if kind == "instance" else md["name"]  # pods: the instance id query reports
-                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live))
+                out.append(TaggedResource(self.name, region, md["labels"][TAG_CLUSTER], kind, rid, live=live,
+                                          home=md["labels"].get(TAG_HOME)))
         return out
 
     # -- runners -----------------------------------------------------------------------------------
@@ -435,7 +462,7 @@ class KubernetesCloud(Provider):
             return ssh_runner(cluster, node, default_user=cfg.ssh_user())
         from ... import state
 
-        rec = state.get_cluster(cluster)
+        rec = state.get_cluster_on_cloud(cluster)
         region, zone = (rec.region, rec.zone) if rec is not None else (None, None)
         ctx = cfg.context_name(region, zone if region and zone and "/" not in (region or "") else None)
         return _forwarded_runner(cluster, node, ctx, cfg.namespace(ctx), pod_name(cluster, node.rank))

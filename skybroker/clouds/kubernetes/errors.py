@@ -11,7 +11,7 @@ text.
   429                                          ThrottledError
   5xx, connection refused, TLS/DNS failure     UnreachableError (the region: this context's cluster)
   kubeconfig missing / bad context            CredentialsError
-  400, 404 (e.g. no such namespace), 422       InvalidRequestError
+  400, 404, 422                                InvalidRequestError (a missing namespace: exit 2, with a hint)
   a pod left Unschedulable                     CapacityError (the context; pods.py)
 """
 from __future__ import annotations
@@ -75,4 +75,26 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
         return ThrottledError(message, place, code=code)
     if status >= 500:
         return UnreachableError(message, place, code=code)
+    if status == 404 and _details_kind(exc) == "namespaces":  # the namespace itself: configuration, not the cloud
+        from . import config as cfg
+
+        ns = cfg.namespace(place.region if not place.zone else f"{place.region}/{place.zone}")
+        err = InvalidRequestError(message, place, code=NAMESPACE_NOT_FOUND,
+                                  hint=f"create it (`kubectl create namespace {ns}`), or name an existing one "
+                                       "(BROKER_K8S_NAMESPACE, the context's namespace, or contexts.<context>.namespace "
+                                       "in kubernetes.yaml)")
+        err.exit_code = 2
+        return err
     return InvalidRequestError(message, place, code=code)
+
+
+NAMESPACE_NOT_FOUND = "NamespaceNotFound"
+
+
+def _details_kind(exc) -> str | None:
+    try:
+        data = json.loads(getattr(exc, "body", None) or "")
+    except (ValueError, TypeError):
+        return None
+    details = data.get("details") if isinstance(data, dict) else None
+    return details.get("kind") if isinstance(details, dict) else None

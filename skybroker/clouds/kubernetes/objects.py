@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 
 from ...errors import CapacityError
-from ..base import TAG_CLUSTER, TAG_USER, ProvisionRequest
+from ..base import TAG_CLUSTER, TAG_HOME, TAG_USER, ProvisionRequest, home_tag
 from . import config as cfg
 from . import pods as pk
 from .pods import BOOTSTRAP, SSH_PORT, TAG_RANK, pod_name, ports_service_name, secret_name, service_name
@@ -20,7 +20,7 @@ from .shapes import GPU_LABELS, GPU_TOLERATIONS, node_gpus
 
 def labels(cluster: str, extra=()) -> dict:
     out = {pk.label(k): pk.label(v) for k, v in extra}
-    out.update({TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user())})
+    out.update({TAG_CLUSTER: cluster, TAG_USER: pk.label(pk.user()), TAG_HOME: home_tag()})
     return out
 
 

@@ -118,6 +118,11 @@ def public_key() -> str:
     return ensure_user_key(broker_home())[1]
 
 
+_IMAGE_REASONS = ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+_IMAGE_HINT = ("check the image name and tag (`image_id: docker:IMAGE`); a private registry's image needs an "
+               "imagePullSecret the namespace's default service account uses")
+
+
 def raise_if_stuck(pod: dict, place: Place, started: float, unsched_for: float) -> None:
     """Raise the typed error for a pod that will not become ready: left Unschedulable for `unsched_for`
     seconds, preempted, its image unpullable, its container failing or exited, or the pod ended."""
@@ -133,8 +138,13 @@ def raise_if_stuck(pod: dict, place: Place, started: float, unsched_for: float) 
                                 code=c.get("reason") or "DisruptionTarget")
     for cs in st.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                                     "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"):
+        if waiting.get("reason") in _IMAGE_REASONS:  # the task's image: bad input, as on VMs (README: Containers)
+            err = InvalidRequestError(f"resources.image_id: pod {name} cannot pull its image {cs.get('image') or ''}: "
+                                      f"{waiting['reason']}: {waiting.get('message', '')}", place,
+                                      code=waiting["reason"], hint=_IMAGE_HINT)
+            err.exit_code = 2
+            raise err
+        if waiting.get("reason") in ("CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"):
             raise InvalidRequestError(f"pod {name}: {waiting.get('reason')}: {waiting.get('message', '')}",
                                       place, code=waiting["reason"])
         term = (cs.get("state") or {}).get("terminated")

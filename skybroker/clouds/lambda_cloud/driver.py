@@ -52,6 +52,18 @@ def instance_name(cluster: str, rank: int) -> str:
     return f"{NAME_PREFIX}{cluster}-{_user_hash()}-{rank}"
 
 
+def _home_of(cluster: str) -> str | None:
+    """Lambda instances and rules carry a name, not tags: a cluster whose name on the cloud ends with this home's
+    suffix is this home's, one that ends with another home's suffix is that home's (`suffix:<hex>`: never
+    removed here), any other was made before homes had suffixes (None: untagged, see gc.py)."""
+    from ... import state
+
+    m = re.search(r"-([0-9a-f]{%d})$" % state.HOME_SUFFIX_LEN, cluster)
+    if m is None:
+        return None
+    return state.home_id() if m.group(1) == state.home_suffix() else f"suffix:{m.group(1)}"
+
+
 def parse_name(name: str | None) -> tuple[str, str, int] | None:
     """(cluster, user hash, rank) of one of our instance names, else None."""
     m = _NAME.match(name or "")
@@ -243,13 +255,16 @@ class LambdaCloud(Provider):
             parsed = parse_name(inst.get("name"))
             if parsed and parsed[1] == _user_hash() and _STATE.get(inst.get("status")) != TERMINATED:
                 if region is None or _region(inst) == region:
-                    out.append(TaggedResource(self.name, _region(inst), parsed[0], "instance", inst["id"]))
+                    out.append(TaggedResource(self.name, _region(inst), parsed[0], "instance", inst["id"],
+                                              home=_home_of(parsed[0])))
         if region is None:
             for rule in self._call(place, api.list_firewall_rules):
                 desc = rule.get("description") or ""
                 if desc.startswith(RULE_PREFIX):
                     lo, hi = (rule.get("port_range") or [0, 0])[:2]
-                    out.append(TaggedResource(self.name, None, desc[len(RULE_PREFIX):].strip(), "firewall-rule",
+                    cluster = desc[len(RULE_PREFIX):].strip()
+                    out.append(TaggedResource(self.name, None, cluster, "firewall-rule", home=_home_of(cluster),
+                                              id=
                                               f"{rule.get('protocol')}:{lo}-{hi}", live=False))
         return out
 

@@ -1,7 +1,7 @@
 """skybroker node agent: the per-node FIFO job queue.
 
 Self-contained, stdlib only, Python >= 3.8. Copied to every node as the package
-``~/.skybroker-node/skybroker_agent/`` (these files) with a three-line launcher
+``~/.skybroker-node/skybroker_agent/`` (these files) with a small launcher
 ``~/.skybroker-node/agent.py``, and driven only by the client in skybroker/runtime/agent_client.py (the one
 place that speaks this protocol) as ``python3 -S ~/.skybroker-node/agent.py <command> ...``; every command
 prints one JSON document on stdout (except ``logs`` without ``--b64``, which streams raw bytes). Exit codes: 0
@@ -301,12 +301,32 @@ def main(argv=None):
     except BrokenPipeError:  # the client went away while we were streaming
         return 0
     except Exception as e:
+        if _stale_bytecode(e):
+            answer({"error": "a truncated bytecode file of the agent (written while the node's disk was full) was "
+                             "removed; the command did not run: run it again"})
+            return 1
         full = disk_full(e)
         if full:  # one line naming the disk, not an "internal error" (the client adds the node's name)
             answer({"error": full, "disk_full": True})
             return 1
         answer({"error": "internal error: %s: %s" % (type(e).__name__, e)})
         return 1
+
+
+def _stale_bytecode(exc):
+    """True (after removing the package's bytecode) if `exc` comes from Python loading a truncated .pyc of
+    this package (an old launcher wrote it while the disk was full): the next call compiles afresh."""
+    if not isinstance(exc, (EOFError, ValueError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != "<frozen importlib._bootstrap_external>":
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    import shutil
+
+    shutil.rmtree(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__"), ignore_errors=True)
+    return True
 
 
 def disk_full(exc):

@@ -227,13 +227,25 @@ def cmd_runner(args):
         with store.txn(conn):
             conn.execute("DELETE FROM jobs WHERE job_id=? AND runner_pid=? AND status=?", (job_id, me, PENDING))
         return 0
+    spec, secrets = json.loads(row["spec"]), payload.get("secret_env") or {}
     try:
-        _run_job(conn, job_id, json.loads(row["spec"]), payload.get("secret_env") or {})
-    except Exception as e:  # never leave the job non-terminal; the message carries no secret values
-        _finish(conn, job_id, FAILED, None, "agent error: %s: %s" % (type(e).__name__, e))
+        _run_job(conn, job_id, spec, secrets)
+    except Exception as e:  # never leave the job non-terminal; the client shows this reason (queue, logs -f)
+        _finish(conn, job_id, FAILED, None, crash_reason(e, list((spec.get("env") or {}).values()) +
+                                                        list(secrets.values())))
         traceback.print_exc()  # to jobs/<id>/runner.err; tracebacks show code lines, not variable values
         return 1
     return 0
+
+
+def crash_reason(exc, values):
+    """The job's reason when its runner crashed: one line, at most 300 characters, and no env or secret value
+    in it (an exception's text may quote what it was given: each value of 4+ characters becomes ***)."""
+    text = "agent error: %s: %s" % (type(exc).__name__, exc)
+    for v in sorted((v for v in values if isinstance(v, str) and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(v, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _advance(conn, job_id, from_statuses, to_status):
