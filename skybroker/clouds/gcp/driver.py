@@ -234,8 +234,7 @@ class GCPCloud(PersistentDisks, Provider):
     def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
         if tpu.is_tpu(req.accelerator):  # a TPU VM slice: the Cloud TPU API, not Compute (tpu.py)
-            ledger.sent()  # tpu.create is several calls: not told apart here
-            return self._run_tpu(req, place)
+            return self._run_tpu(req, place, ledger)
         project = self._call(place, clients.project)
         live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
         ledger.found(live)
@@ -281,7 +280,7 @@ class GCPCloud(PersistentDisks, Provider):
         return self._wait_running(project, place, req.cluster, req.region, req.num_nodes,
                                   float(limit) if limit else None)
 
-    def _run_tpu(self, req: ProvisionRequest, place: Place) -> list[str]:
+    def _run_tpu(self, req: ProvisionRequest, place: Place, ledger: CreateLedger) -> list[str]:
         if not req.zone:
             raise InvalidRequestError("a TPU VM needs a zone", place)
         if req.num_nodes != 1:
@@ -291,6 +290,7 @@ class GCPCloud(PersistentDisks, Provider):
         self._call(place, firewall.ensure, project, req.cluster, tuple(req.ports))
         labels = {_label_key(k): _label(v) for k, v in req.labels}
         labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_HOME: home_tag()})
+        ledger.sent()  # tpu.create is several calls (a refused one is not told apart from a lost answer)
         return self._call(place, tpu.create, req, project, req.zone, req.public_key or _public_key(), _user(),
                           fw_name(req.cluster), labels)
 
