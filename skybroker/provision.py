@@ -269,7 +269,8 @@ def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_
     """Terminate what the attempt may have left. If the cloud cannot be asked (e.g. it refuses our
     credentials) but the driver knows its create call created no instance, the intent is closed as
     "refused": nothing with a cost can exist, so no record is kept that only working credentials could
-    remove (a security group it may have made is tagged: `broker gc` finds it)."""
+    remove (a security group or firewall rule it may have made is tagged: `broker gc` finds it). Drivers
+    say so through clouds.base.CreateLedger."""
     try:
         for w in prov.terminate(cloud_name or cluster, cand.region) or ():
             on_event("warning", w)
@@ -280,8 +281,8 @@ def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_
         if created_nothing:
             state.set_intent(intent, "refused")
             on_event("warning", f"no instance of {cluster} was created on {cand.cloud}/{cand.region}; could not "
-                     f"check it for a security group left by the attempt ({msg}): `broker gc` removes any once "
-                     "the cloud accepts the credentials")
+                     f"check it for a network resource (security group, firewall rule) left by the attempt ({msg}): "
+                     "`broker gc` removes any once the cloud accepts the credentials")
             return True
         on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {msg}; "
                  f"run `broker down {cluster}` or `broker gc`")

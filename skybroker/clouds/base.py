@@ -8,7 +8,9 @@ A provider owns
     `config.<cloud>.remote_identity: LOCAL_CREDENTIALS`, runtime/identity.py);
   - error classification (`classify`: SDK exception → typed ProvisionError with a scope);
   - provisioning split in two (`run_instances` returns the ids of every instance of the cluster, so the
-    caller records them in the intents ledger before `wait_instances` waits for them to run);
+    caller records them in the intents ledger before `wait_instances` waits for them to run); a driver
+    keeps a CreateLedger in `run_instances` (with its `refused_answer`) so that a failure it knows created
+    no instance says so (ProvisionError.created_nothing);
   - `query` (optionally with the instances that are gone and why), `terminate`, `stop`, `start`,
     `open_ports`, and `list_tagged`, every resource of every kind it creates, for `broker gc`;
   - a command runner per node;
@@ -32,8 +34,9 @@ one line in registry.PROVIDERS. Nothing else names a cloud.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..check import CloudCheck
@@ -146,6 +149,57 @@ class SelfStop:
     follow: str | None = None
 
 
+def http_refusal(status) -> bool:
+    """An HTTP status with which a cloud refuses a call it did not carry out (a 4xx; not 408, a timeout)."""
+    return isinstance(status, int) and 400 <= status < 500 and status != 408
+
+
+class CreateLedger:
+    """What a failing `run_instances` may have left with a cost, kept by the driver as it goes: an instance
+    it found, or a create call that was sent and not refused by the cloud's answer (`refused`: the
+    provider's `refused_answer`). `guard()` around the whole call marks the ProvisionError it raises
+    `created_nothing` when neither happened (e.g. every call refused the credentials): the provisioner then
+    keeps no record that only working credentials could remove (provision._rollback). A timeout, a lost
+    answer or a 5xx after a create was sent counts as maybe created: the record stays for `broker down`."""
+
+    def __init__(self, refused: Callable[[BaseException], bool]):
+        self._refused = refused
+        self.maybe = False
+
+    def found(self, instances) -> None:
+        """Instances of the cluster that exist already."""
+        if instances:
+            self.maybe = True
+
+    def sent(self) -> None:
+        """A call that may have created an instance (whatever its outcome)."""
+        self.maybe = True
+
+    @contextmanager
+    def create(self) -> Iterator[None]:
+        """Around one create call (one request): it counts as sent unless the cloud's answer refused it."""
+        try:
+            yield
+        except BaseException as exc:
+            from ..errors import ProvisionError
+
+            sdk = exc.__context__ if isinstance(exc, ProvisionError) and exc.__context__ is not None else exc
+            if not self._refused(sdk):
+                self.maybe = True
+            raise
+        self.maybe = True
+
+    @contextmanager
+    def guard(self) -> Iterator["CreateLedger"]:
+        from ..errors import ProvisionError
+
+        try:
+            yield self
+        except ProvisionError as exc:
+            exc.created_nothing = not self.maybe
+            raise
+
+
 class ZoneUnresolved(Exception):
     """A zone spelling (Provider.zone_alias) that cannot be mapped now: args = (message, hint)."""
 
@@ -250,6 +304,11 @@ class Provider:
     def classify(self, exc: BaseException, place: "Place") -> "ProvisionError | None":
         """A typed error for an SDK exception, or None when it is not a cloud refusal (a bug)."""
         return None
+
+    def refused_answer(self, exc: BaseException) -> bool:
+        """The SDK exception is the cloud's answer refusing a call, which it did not carry out (a 4xx, e.g.
+        credentials refused), not a lost answer, a timeout or a 5xx. False (the safe side) by default."""
+        return False
 
     # -- provisioning ------------------------------------------------------------------------------
     def run_instances(self, req: ProvisionRequest) -> list[str]:

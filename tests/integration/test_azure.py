@@ -301,3 +301,16 @@ def test_launch_run_down_on_real_nodes(arm, monkeypatch, node_pool):
         assert fake.groups == {} and fake.node_of == {}
     finally:
         fake.close()
+
+
+def test_a_launch_refused_credentials_everywhere_leaves_no_record(arm, tmp_path):
+    """Every ARM call answers 403 AuthorizationFailed: not even the resource group was made, so no
+    INTERRUPTED record is left that only working credentials could remove (`down` failed with exit 4)."""
+    from tests.integration.refused_launch import assert_refused_launch_leaves_no_record
+
+    arm.auth("AuthorizationFailed")
+    assert_refused_launch_leaves_no_record(
+        tmp_path, "resources:\n  infra: azure/eastus\n  instance_type: Standard_D2s_v5\nrun: echo hi\n",
+        "azure/eastus", {"AZURE_CLIENT_ID": "x", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"})
+    arm.clear_faults()
+    assert not [g for g in arm.groups if "credx" in g]

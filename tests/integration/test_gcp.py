@@ -399,3 +399,17 @@ def test_task_config_mig_run_duration_and_provision_timeout(cloud, gce):
     with pytest.raises(CapacityError) as ei:
         cloud.provision(req("c2", options=opts))
     assert ei.value.code == "PROVISION_TIMEOUT" and ei.value.scope == Scope.ZONE
+
+
+def test_a_launch_refused_credentials_everywhere_leaves_no_record(gce, tmp_path):
+    """Every GCE call answers 403 forbidden: no instance was inserted, so no INTERRUPTED record is left that
+    only working credentials could remove (it was, and `down` then failed with exit 4)."""
+    from tests.integration.refused_launch import assert_refused_launch_leaves_no_record
+
+    (tmp_path / "sa.json").write_text("{}")  # `broker check` wants a credentials file; the fake is anonymous
+    gce.fail_auth(403)
+    assert_refused_launch_leaves_no_record(
+        tmp_path, "resources:\n  infra: gcp/us-central1\n  instance_type: n1-standard-4\nrun: echo hi\n",
+        "gcp/us-central1", {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "sa.json")})
+    gce.fail_auth(None)
+    assert gce.instances() == []

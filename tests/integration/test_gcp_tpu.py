@@ -206,3 +206,15 @@ def test_managed_spot_job_on_a_preempted_slice_is_recovered_on_a_new_slice(monke
         if t is not None:
             t.join(30)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_slice_refused_on_credentials_before_its_create_created_nothing(cloud, gce):
+    """Every call answers 403: the firewall rule is refused before the TPU create is sent, so the error says
+    no instance was created (the provisioner then keeps no record only working credentials could remove)."""
+    from skybroker.errors import CredentialsError
+
+    gce.fail_auth(403)
+    with pytest.raises(CredentialsError) as ei:
+        cloud.run_instances(req("tcred"))
+    assert ei.value.created_nothing is True
+    gce.fail_auth(None)

@@ -452,3 +452,15 @@ def test_show_gpus_lists_what_the_cluster_nodes_have(fake):
     got = {(r.name, r.count, r.cloud) for r in rows}
     assert ("A100", 2.0, "kubernetes") in got and ("L4", 1.0, "kubernetes") in got, got
     assert [r.name for r in api.show_gpus("L4", cloud="kubernetes")] == ["L4"]
+
+
+def test_a_launch_refused_credentials_everywhere_leaves_no_record(fake, tmp_path):
+    """Every API call answers 401 Unauthorized: no pod was created, so no INTERRUPTED record is left that
+    only working credentials could remove (`down` failed with exit 4)."""
+    from tests.integration.refused_launch import assert_refused_launch_leaves_no_record
+
+    fake.fail_auth()
+    assert_refused_launch_leaves_no_record(tmp_path, "resources:\n  infra: kubernetes\n  cpus: 2\nrun: echo hi\n",
+                                           "kubernetes/fake")
+    fake.fail_auth(False)
+    assert fake.pods() == []

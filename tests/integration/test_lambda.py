@@ -398,3 +398,41 @@ def test_gc_finds_and_removes_an_orphan(cloud, fake):
     assert scan.scanned == {"lambda": 1} and scan.skipped == []
     gc.remove(scan.orphans)
     assert fake.live() == [] and all(not r["description"].startswith("skybroker") for r in fake.firewall_rules)
+
+
+def test_a_launch_refused_credentials_everywhere_leaves_no_record(fake, tmp_path):
+    """Every call answers 401 global/invalid-api-key: nothing was launched, so no INTERRUPTED record is left
+    that only a working API key could remove (`down` failed with exit 4)."""
+    from tests.integration.refused_launch import assert_refused_launch_leaves_no_record
+
+    fake.fail_auth()
+    assert_refused_launch_leaves_no_record(
+        tmp_path, "resources:\n  infra: lambda/us-east-1\n  instance_type: gpu_1x_a100\nrun: echo hi\n",
+        "lambda/us-east-1")
+    fake.fail_auth(False)
+    assert fake.live() == [] and launches(fake) == []
+
+
+@pytest.mark.parametrize("lost", ["502", "timeout"])
+def test_a_launch_whose_answer_was_lost_keeps_its_record_when_the_cloud_cannot_be_asked(fake, monkeypatch, lost):
+    """The opposite case: the launch was carried out but its answer lost (a 502 from a proxy, a timeout),
+    then every call refuses the API key: the instance may exist, so the intent stays open for `broker down`
+    (a leaked live instance with no record is worse than a stale record)."""
+    from skybroker.clouds.lambda_cloud import client as lc
+
+    real = lc.launch
+
+    def launch_then_lose_the_answer(body):
+        real(body)
+        fake.fail_auth()
+        if lost == "502":
+            raise lc.LambdaApiError(502, None, "Bad Gateway")
+        raise lc.LambdaUnreachable("cannot reach the endpoint: timed out")
+
+    monkeypatch.setattr(lc, "launch", launch_then_lose_the_answer)
+    task = task_from_dict({"resources": {"infra": "lambda/us-east-1", "instance_type": "gpu_1x_a100"}, "run": "true"})
+    with pytest.raises(provision.ProvisionExhausted):
+        _provision(task, ("lambda",), cluster="lost")
+    assert [i["cloud"] for i in state.open_intents("lost")] == ["lambda"]
+    fake.fail_auth(False)
+    assert len(fake.live()) == 1

@@ -13,9 +13,10 @@ import re
 import time
 
 from ... import settings
-from ...errors import CapacityError, InvalidRequestError, Place, ProvisionError, QuotaError
+from ...errors import CapacityError, InvalidRequestError, Place, QuotaError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
-                    InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved, home_tag)
+                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, ZoneUnresolved, home_tag,
+                    http_refusal)
 from ..common import call_typed
 from . import client as clients
 from .errors import classify
@@ -57,17 +58,6 @@ def _wait_s() -> float:
 
 def _poll() -> float:
     return settings.get("aws_poll")
-
-
-def _refused_at_once(exc) -> bool:
-    """Whether a failed RunInstances certainly launched nothing: EC2 answered it with an error on the
-    first attempt. After botocore retried (a timed-out or 5xx attempt), an earlier attempt may have
-    launched an instance whose answer was lost, whatever error the last one got."""
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return False
-    return exc.response.get("ResponseMetadata", {}).get("RetryAttempts") == 0
 
 
 class AWSCloud(EBSVolumes, Provider):
@@ -169,19 +159,23 @@ class AWSCloud(EBSVolumes, Provider):
             rank_hint=int(rank) if rank is not None and rank.isdigit() else None)
 
     # -- protocol --------------------------------------------------------------------------------
-    def run_instances(self, req: ProvisionRequest) -> list[str]:
-        maybe_created: list[str] = []  # what may exist once this call fails: found, or a RunInstances sent
-        try:
-            return self._run_instances(req, maybe_created)
-        except ProvisionError as exc:
-            exc.created_nothing = not maybe_created  # e.g. every call refused our credentials
-            raise
+    def refused_answer(self, exc: BaseException) -> bool:
+        from botocore.exceptions import ClientError
 
-    def _run_instances(self, req: ProvisionRequest, maybe_created: list[str]) -> list[str]:
+        # EC2 answered with a refusal on the first attempt: after botocore retried (a timed-out or 5xx attempt),
+        # an earlier attempt may have launched an instance whose answer was lost, whatever the last one got
+        meta = exc.response.get("ResponseMetadata", {}) if isinstance(exc, ClientError) else {}
+        return http_refusal(meta.get("HTTPStatusCode")) and not meta.get("RetryAttempts")
+
+    def run_instances(self, req: ProvisionRequest) -> list[str]:
+        with CreateLedger(self.refused_answer).guard() as ledger:  # e.g. every call refused our credentials
+            return self._run_instances(req, ledger)
+
+    def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         place = Place("aws", req.region, req.zone, req.instance_type)
         ec2 = self._call(place, clients.ec2, req.region)
         existing = self._call(place, self._describe, ec2, req.cluster)
-        maybe_created += [i["InstanceId"] for i in existing]
+        ledger.found(existing)
         ids = [i["InstanceId"] for i in existing]
         stopped = [i["InstanceId"] for i in existing if i["State"]["Name"] in ("stopped", "stopping")]
         if stopped:
@@ -207,13 +201,8 @@ class AWSCloud(EBSVolumes, Provider):
             batches = [free_ranks[:1], free_ranks[1:]] if 0 in free_ranks else [free_ranks]
             for ranks in (b for b in batches if b):
                 params = self._run_params(req, image, key_name, sg, subnet, zone_name, len(ranks))
-                try:
+                with ledger.create():  # EC2's refusal launched nothing; a lost answer might have
                     resp = self._call(place, ec2.run_instances, **params)
-                except ProvisionError as exc:
-                    if not _refused_at_once(exc.__context__):
-                        maybe_created.append("RunInstances")
-                    raise
-                maybe_created.append("RunInstances")
                 ids += [inst["InstanceId"] for inst in resp["Instances"]]
                 for inst, rank in zip(resp["Instances"], ranks):
                     self._call(place, ec2.create_tags, Resources=[inst["InstanceId"]],

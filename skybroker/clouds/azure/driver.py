@@ -19,7 +19,7 @@ import time
 from ... import settings
 from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
-                    InstanceInfo, ProvisionRequest, Provider, TaggedResource, home_tag)
+                    CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, home_tag, http_refusal)
 from ..common import call_typed
 from . import client as clients
 from . import network
@@ -182,7 +182,18 @@ class AzureCloud(Provider):
             raise first
 
     # -- protocol --------------------------------------------------------------------------------
+    def refused_answer(self, exc: BaseException) -> bool:
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+        if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+            return True  # no token (azure.identity): nothing was sent to ARM
+        return isinstance(exc, HttpResponseError) and http_refusal(exc.status_code)
+
     def run_instances(self, req: ProvisionRequest) -> list[str]:
+        with CreateLedger(self.refused_answer).guard() as ledger:  # e.g. every call refused our credentials
+            return self._run_instances(req, ledger)
+
+    def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         from azure.mgmt.resource.resources.models import ResourceGroup
 
         place = Place("azure", req.region, req.zone, req.instance_type)
@@ -191,8 +202,10 @@ class AzureCloud(Provider):
         c = self._clients(place)
         rg = group_name(req.cluster)
         existing = self._ensure_group_location(c, place, req)
-        self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
-            location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}))
+        ledger.found(existing)
+        with ledger.create():  # the group holds what follows (public IPs, VMs): once it may exist, so may they
+            self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
+                location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}))
         self._groups_cache = None
         failed = [vm for vm in existing if _s(vm.provisioning_state).lower() == "failed"]
         self._wait([self._call(place, c.compute.virtual_machines.begin_delete, rg, vm.name) for vm in failed], place)

@@ -34,11 +34,13 @@ from ..base import (
     TAG_USER,
     TERMINATED,
     Capabilities,
+    CreateLedger,
     InstanceInfo,
     ProvisionRequest,
     Provider,
     TaggedResource,
     home_tag,
+    http_refusal,
 )
 from ...task_config import option
 from ..common import call_typed
@@ -220,12 +222,22 @@ class GCPCloud(PersistentDisks, Provider):
             time.sleep(_poll())
 
     # -- provision -------------------------------------------------------------------------------
+    def refused_answer(self, exc: BaseException) -> bool:
+        from google.api_core.exceptions import GoogleAPICallError
+
+        return isinstance(exc, GoogleAPICallError) and http_refusal(exc.code)
+
     def run_instances(self, req: ProvisionRequest) -> list[str]:
+        with CreateLedger(self.refused_answer).guard() as ledger:  # e.g. every call refused our credentials
+            return self._run_instances(req, ledger)
+
+    def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         place = Place("gcp", req.region, req.zone, req.instance_type)
         if tpu.is_tpu(req.accelerator):  # a TPU VM slice: the Cloud TPU API, not Compute (tpu.py)
-            return self._run_tpu(req, place)
+            return self._run_tpu(req, place, ledger)
         project = self._call(place, clients.project)
         live = [i for i in self._call(place, self._list, project, req.cluster, req.region) if _state(i) != TERMINATED]
+        ledger.found(live)
         zone = _last(live[0].zone) if live else req.zone  # a cluster stays in one zone
         if not zone:
             raise InvalidRequestError("GCE needs a zone to create instances in", place)
@@ -246,9 +258,11 @@ class GCPCloud(PersistentDisks, Provider):
             for rank in ranks:
                 body = instance_body(req, project, zone, rank, public_key)
                 try:
-                    ops.append((zone, clients.instances().insert_unary(project=project, zone=zone,
-                                                                       instance_resource=body)))
+                    with ledger.create():
+                        ops.append((zone, clients.instances().insert_unary(project=project, zone=zone,
+                                                                           instance_resource=body)))
                 except Conflict:
+                    ledger.sent()
                     continue  # the name exists: a retried or concurrent launch created it; counted below
                 except Exception as exc:  # noqa: BLE001 - classified; in-flight inserts finish first
                     self._wait_all(project, place, ops)
@@ -266,7 +280,7 @@ class GCPCloud(PersistentDisks, Provider):
         return self._wait_running(project, place, req.cluster, req.region, req.num_nodes,
                                   float(limit) if limit else None)
 
-    def _run_tpu(self, req: ProvisionRequest, place: Place) -> list[str]:
+    def _run_tpu(self, req: ProvisionRequest, place: Place, ledger: CreateLedger) -> list[str]:
         if not req.zone:
             raise InvalidRequestError("a TPU VM needs a zone", place)
         if req.num_nodes != 1:
@@ -276,6 +290,7 @@ class GCPCloud(PersistentDisks, Provider):
         self._call(place, firewall.ensure, project, req.cluster, tuple(req.ports))
         labels = {_label_key(k): _label(v) for k, v in req.labels}
         labels.update({TAG_CLUSTER: _label(req.cluster), TAG_USER: _label(_user()), TAG_HOME: home_tag()})
+        ledger.sent()  # tpu.create is several calls (a refused one is not told apart from a lost answer)
         return self._call(place, tpu.create, req, project, req.zone, req.public_key or _public_key(), _user(),
                           fw_name(req.cluster), labels)
 

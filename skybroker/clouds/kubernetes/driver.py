@@ -30,8 +30,8 @@ import threading
 import time
 
 from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, QuotaError
-from ..base import (TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest, Provider,
-                    TaggedResource)
+from ..base import (TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities, CreateLedger, InstanceInfo,
+                    ProvisionRequest, Provider, TaggedResource, http_refusal)
 from ..common import call_typed
 from . import client as kc
 from . import config as cfg
@@ -290,7 +290,16 @@ class KubernetesCloud(Provider):
         return None
 
     # -- provisioning ------------------------------------------------------------------------------
+    def refused_answer(self, exc: BaseException) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        return isinstance(exc, ApiException) and http_refusal(status_of(exc)[0])
+
     def run_instances(self, req: ProvisionRequest) -> list[str]:
+        with CreateLedger(self.refused_answer).guard() as ledger:  # e.g. every call refused our credentials
+            return self._run_instances(req, ledger)
+
+    def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         ctx, ns, place = self._where(req.region, req.zone)
         place.instance_type = req.instance_type
         if ctx is None:
@@ -306,6 +315,7 @@ class KubernetesCloud(Provider):
         if gpu:
             gpu_res, affinity = objects.gpu_affinity(self._nodes(ctx), gpu, ctx, place)
         pods = self._pods(ctx, ns, place, self._selector(req.cluster))
+        ledger.found(pods)
         dead = [p for p in pods if pk.phase(p) in ("Failed", "Succeeded") and not pk.deleting(p)]
         for p in dead:  # a rank whose pod died is replaced
             self._delete(ctx, ns, place, "pod", p["metadata"]["name"])
@@ -317,7 +327,8 @@ class KubernetesCloud(Provider):
             if rank in have:
                 continue
             body = objects.pod(req, rank, cpus, mem, gpu_res, n, affinity)
-            made = self._create(ctx, ns, place, "pod", body, "pods", (cpus, mem, gpu_res, n))
+            with ledger.create():
+                made = self._create(ctx, ns, place, "pod", body, "pods", (cpus, mem, gpu_res, n))
             if made is None:  # created meanwhile by a retried or concurrent launch
                 made = self._call(place, lambda: kc.call(kc.core(ctx).read_namespaced_pod, body["metadata"]["name"], ns))
             ids.append(made["metadata"]["uid"])

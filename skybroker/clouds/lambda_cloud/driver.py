@@ -25,7 +25,7 @@ import time
 
 from ...errors import CapacityError, InvalidRequestError, Place
 from ..base import (PENDING, RUNNING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest,
-                    Provider, TaggedResource)
+                    CreateLedger, Provider, TaggedResource, http_refusal)
 from ..common import call_typed
 from . import client as api
 from .errors import classify
@@ -161,7 +161,14 @@ class LambdaCloud(Provider):
         return [r.get("name") for r in entry.get("regions_with_capacity_available") or []]
 
     # -- provisioning ------------------------------------------------------------------------------
+    def refused_answer(self, exc: BaseException) -> bool:
+        return isinstance(exc, api.LambdaApiError) and http_refusal(exc.status)
+
     def run_instances(self, req: ProvisionRequest) -> list[str]:
+        with CreateLedger(self.refused_answer).guard() as ledger:  # e.g. every call refused our API key
+            return self._run_instances(req, ledger)
+
+    def _run_instances(self, req: ProvisionRequest, ledger: CreateLedger) -> list[str]:
         place = Place("lambda", req.region, None, req.instance_type)
         if req.use_spot:
             raise InvalidRequestError("Lambda Cloud has no spot instances", place, code="NoSpot",
@@ -169,6 +176,7 @@ class LambdaCloud(Provider):
         if not req.region:
             raise InvalidRequestError("Lambda needs a region to launch in", place)
         live = self._cluster_instances(place, req.cluster, None)
+        ledger.found(live)
         elsewhere = [i for i in live if _region(i) != req.region]
         if elsewhere:
             raise InvalidRequestError(f"cluster {req.cluster} already has instances in {_region(elsewhere[0])}",
@@ -195,7 +203,8 @@ class LambdaCloud(Provider):
             if req.image_id:
                 image = req.image_id.removeprefix("lambda:")
                 body["image"] = {"id": image} if _IMAGE_ID.match(image) else {"family": image}
-            ids += self._call(place, api.launch, body)
+            with ledger.create():
+                ids += self._call(place, api.launch, body)
         return ids
 
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
