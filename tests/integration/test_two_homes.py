@@ -253,3 +253,49 @@ def test_ssh_pool_hosts_are_claimed_per_home(node_pool, node_key, tmp_path, monk
         for n in nodes:
             if n.alive:
                 node_pool.kill(n)
+
+
+# -- applied volumes: a volume name another home applied on the same account -------------------------------
+def _apply_in_two_homes(tmp_path, monkeypatch, spec_, find):
+    """A applies the volume; B applying the same name is refused naming A's home tag (before, create_volume's
+    look-up by name handed B A's volume: B recorded it, its launches attached it, its `volumes delete` deleted
+    A's data), records nothing, and A's volume stays; an interrupted apply of B does not delete it either."""
+    from skybroker.errors import InvalidRequestError
+    from skybroker.volumes import ops, records
+
+    _use(monkeypatch, tmp_path / "home-a")
+    va = ops.apply(dict(spec_), "vol.yaml")
+    home_a = state.home_id()
+    _use(monkeypatch, tmp_path / "home-b")
+    with pytest.raises(InvalidRequestError) as ei:
+        ops.apply(dict(spec_), "vol.yaml")
+    assert home_a in ei.value.message and "another broker home" in ei.value.message and ei.value.exit_code == 2
+    assert records.get(spec_["name"]) is None
+    events = []
+    ops._undo_create(ops.provider_of(va.type), ops.volume_spec(dict(spec_), "vol.yaml", ops.default_type),
+                     lambda k, m: events.append(m))
+    assert find(va) and any("may be left" in e for e in events)
+    _use(monkeypatch, tmp_path / "home-a")
+    assert records.get(spec_["name"]).cloud_id == va.cloud_id
+    assert ops.apply(dict(spec_), "vol.yaml").cloud_id == va.cloud_id  # A's own re-apply: a no-op
+    ops.delete(spec_["name"])
+    assert not find(va)
+
+
+def test_aws_a_volume_of_another_home_is_refused(aws, tmp_path, monkeypatch):
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+
+    def find(v):
+        return [x for x in ec2.describe_volumes(Filters=[{"Name": "tag:skybroker-volume", "Values": [v.name]}])[
+            "Volumes"] if x["State"] not in ("deleting", "deleted")]
+
+    _apply_in_two_homes(tmp_path, monkeypatch, {"name": "shared", "type": "aws-ebs",
+                                                 "infra": "aws/us-east-1/us-east-1a", "size": 1}, find)
+
+
+def test_gcp_a_disk_of_another_home_is_refused(gce, tmp_path, monkeypatch):
+    _apply_in_two_homes(tmp_path, monkeypatch, {"name": "shared", "type": "gcp-pd",
+                                                 "infra": "gcp/us-central1/us-central1-a", "size": 10},
+                        lambda v: [d for d in gce.disks() if d["name"] == v.name])

@@ -85,6 +85,10 @@ class EBSVolumes:
                               TagSpecifications=[{"ResourceType": "volume",
                                                   "Tags": self._vol_tags(name, labels, cluster)}])
             self._wait_volume(ec2, place, have["VolumeId"], lambda v: v["State"] == "available", "available")
+        else:
+            from ..base import TAG_HOME, check_volume_home
+
+            check_volume_home({t["Key"]: t["Value"] for t in have.get("Tags", [])}.get(TAG_HOME), name, place)
         az = have["AvailabilityZone"]
         return have["VolumeId"], region, self._zone_id(ec2, region, az)
 
