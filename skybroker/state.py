@@ -278,21 +278,21 @@ def _load_home_id() -> str:
 
     conn = db()
     row = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()
-    if row is not None:
-        return row[0]
     path = None if is_postgres() else db_path().parent / _HOME_FILE
-    kept = None
-    if path is not None:
-        try:
-            kept = path.read_text().strip().lower()
-        except OSError:
-            kept = None
-        if kept and (len(kept) != 32 or any(c not in "0123456789abcdef" for c in kept)):
-            kept = None
-    conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('home_id', ?)",
-                 (kept or uuid.uuid4().hex,))
-    hid = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0]
-    if path is not None and kept != hid:
+    kept = None if path is None else _read_home_file(path)
+    if row is not None and kept is not None and kept != row[0]:
+        from .state_db import StateError
+
+        raise StateError(f"{path} holds home id {kept} but the state database {db_path()} has {row[0]}: one of them "
+                         "was restored or copied from another BROKER_HOME",
+                         f"this home's clusters' names on the cloud end with the first {HOME_SUFFIX_LEN} digits of "
+                         "its id, its resources' `skybroker-home` tag is the whole id: put that id in "
+                         f"{path}, or move the state database aside if it is the other home's", exit_code=2)
+    if row is None:
+        conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('home_id', ?)",
+                     (kept or uuid.uuid4().hex,))
+    hid = row[0] if row is not None else conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0]
+    if path is not None and kept != hid:  # made here, or the copy was lost: written (again)
         from .paths import touch_private
 
         tmp = path.with_name(f".{_HOME_FILE}.{__import__('os').getpid()}")
@@ -300,6 +300,27 @@ def _load_home_id() -> str:
         tmp.write_text(hid + "\n")
         tmp.replace(path)
     return hid
+
+
+def _read_home_file(path) -> str | None:
+    """The id in BROKER_HOME/home.id; None only when there is no such file. One that cannot be read or holds no
+    id is refused: a new id would make every cluster, tag and SSH claim of this home look like another home's
+    (never downed by gc, never adopted), silently."""
+    from .state_db import StateError
+
+    try:
+        kept = path.read_text().strip().lower()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path} (this broker home's id): {exc.strerror or exc}",
+                         "fix its owner or mode; it holds the 32 hex digits of the `skybroker-home` tag on "
+                         "this home's cloud resources", exit_code=2) from None
+    if len(kept) != 32 or any(c not in "0123456789abcdef" for c in kept):
+        raise StateError(f"{path} does not hold a broker home id (32 hex digits)",
+                         "write back this home's id: the `skybroker-home` tag (or label) on its cloud resources "
+                         "shows it; remove the file only for a home that has no clusters left", exit_code=2)
+    return kept
 
 
 def home_suffix() -> str:
