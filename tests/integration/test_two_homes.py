@@ -299,3 +299,36 @@ def test_gcp_a_disk_of_another_home_is_refused(gce, tmp_path, monkeypatch):
     _apply_in_two_homes(tmp_path, monkeypatch, {"name": "shared", "type": "gcp-pd",
                                                  "infra": "gcp/us-central1/us-central1-a", "size": 10},
                         lambda v: [d for d in gce.disks() if d["name"] == v.name])
+
+
+def test_a_legacy_degraded_cluster_relaunched_keeps_its_name_on_the_cloud(tmp_path, monkeypatch):
+    """`launch -c old` of a v18 cluster that `status --refresh` found DEGRADED provisions it again (the record
+    stays): its nodes must be made under the record's name on the cloud, `old`. Before, they were made as
+    `old-<suffix>` while the record kept `old`: `down`/`status --refresh` asked the cloud for `old` (the new nodes
+    unseen) and `gc` took the running cluster's new nodes for this home's orphans."""
+    from skybroker.state_schema import MIGRATIONS
+
+    home = tmp_path / "legacy"
+    home.mkdir()
+    conn = sqlite3.connect(str(home / "state.db"))
+    for i, m in enumerate(MIGRATIONS[:18]):
+        for stmt in (s.strip() for s in m.split(";")):
+            if stmt:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn.execute("INSERT INTO clusters (name, cloud, region, zone, num_nodes, status, launched_at, updated_at, nodes)"
+                 " VALUES ('old', 'local', NULL, NULL, 1, 'DEGRADED', ?, ?, '[]')", (time.time(), time.time()))
+    conn.commit()
+    conn.close()
+    _use(monkeypatch, home)
+    task = spec.task_from_dict({"name": "t", "resources": {"infra": "local"}, "run": "true"}, source="t.yaml")
+    b = lifecycle.BringUp(task=task, cluster="old", plan_fn=lambda blocks: api.plan(task, blocks, clouds=("local",)))
+    rec, _, _ = lifecycle._provision(b)
+    assert rec.cloud_name == state.get_cluster("old").cloud_name == "old"
+    local = registry.get("local")
+    assert {n.instance_id for n in rec.nodes} == {i.instance_id for i in local.query("old")} != set()
+    assert local.query(state.cloud_name_for("old")) == []
+    lifecycle._mark_up(rec, None)
+    assert [o.cluster for o in gc.scan(clouds=("local",)).orphans] == []
+    api.down(["old"])
+    assert local.query("old") == []
