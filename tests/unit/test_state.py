@@ -361,3 +361,38 @@ def test_home_id_file_and_database_kept_in_step(tmp_path, monkeypatch):
     with pytest.raises(state_db.StateError) as ei:
         state.home_id()
     assert hid in ei.value.message and "f" * 32 in ei.value.message and ei.value.exit_code == 2
+
+
+def test_a_legacy_home_stays_legacy_when_its_database_is_rebuilt(tmp_path, monkeypatch):
+    """A home from before schema v19 may own resources without a home tag (gc and --adopt take those only in such
+    a home). Its database moved aside and rebuilt, as the recovery hint says, it must stay one: before, the new
+    database was a new home's, so its own untagged clusters were "left alone" by gc and never adopted."""
+    import sqlite3
+
+    from skybroker.state_schema import MIGRATIONS
+
+    home = tmp_path / "v18"
+    home.mkdir()
+    conn = sqlite3.connect(str(home / "state.db"))
+    for i, m in enumerate(MIGRATIONS[:18]):
+        for stmt in (s.strip() for s in m.split(";")):
+            if stmt:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn.execute("INSERT INTO events (cluster, ts, kind, message) VALUES ('old', 1, 'up', 'up')")
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("BROKER_HOME", str(home))
+    state._home_ids.clear()
+    hid = state.home_id()
+    assert state.legacy_names()
+    old_db = state.db().execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0]
+    state_db.close_thread_db()
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for f in home.iterdir():
+        if f.name.startswith("state."):  # state.db, its WAL files, state.id: as the recovery hint says
+            f.rename(aside / f.name)
+    state._home_ids.clear()
+    assert state.db().execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0] != old_db  # a new database
+    assert state.home_id() == hid and state.legacy_names()
