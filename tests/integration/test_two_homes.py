@@ -332,3 +332,26 @@ def test_a_legacy_degraded_cluster_relaunched_keeps_its_name_on_the_cloud(tmp_pa
     assert [o.cluster for o in gc.scan(clouds=("local",)).orphans] == []
     api.down(["old"])
     assert local.query("old") == []
+
+
+def test_aws_task_labels_never_replace_the_cluster_and_home_tags(aws, tmp_path, monkeypatch):
+    """A task's labels become tags, after which a label `skybroker-home` (or `skybroker-cluster`) replaced the
+    broker's own: the instance then looked like another home's (gc never removed it) or was not found by its
+    cluster. Labels may set other tags, and the Name."""
+    import boto3
+
+    _use(monkeypatch, tmp_path / "h")
+    monkeypatch.setenv("BROKER_AWS_WAIT", "15")  # before the fix the launch waited for instances it never found
+    task = spec.task_from_dict({"name": "t", "resources": {
+        "infra": "aws/us-east-1", "instance_type": "t3.micro", "image_id": AMI,
+        "labels": {"skybroker-home": "f" * 32, "skybroker-cluster": "other", "team": "ml", "Name": "mine"}},
+        "run": "true"}, source="t.yaml")
+    rec = _launch_dev(task, ("aws",))
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    [inst] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert (tags["skybroker-home"], tags["skybroker-cluster"]) == (state.home_id(), rec.cloud_name)
+    assert (tags["team"], tags["Name"]) == ("ml", "mine")
+    assert _live(rec) == {inst["InstanceId"]}
+    api.down(["dev"])
+    assert _live(rec) == set()

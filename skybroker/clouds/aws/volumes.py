@@ -42,8 +42,8 @@ class EBSVolumes:
         from ..base import TAG_HOME, home_tag
         from .driver import _user
 
-        tags = {TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{name}"}
-        tags.update({str(k): str(v) for k, v in (labels or {}).items()})
+        tags = {"Name": f"skybroker-{name}", **{str(k): str(v) for k, v in (labels or {}).items()}}
+        tags.update({TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag()})  # never a label's
         if cluster:
             tags.update({TAG_CLUSTER: cluster, TAG_EPHEMERAL: "true"})
         return [{"Key": k, "Value": v} for k, v in tags.items()]
