@@ -381,9 +381,12 @@ def _provision(b: BringUp) -> tuple[ClusterRecord, list, object]:
         from .runtime.keys import ensure_user_key
 
         _, public_key = ensure_user_key(broker_home())
+    kept = state.get_cluster(b.cluster)  # a DEGRADED cluster provisioned again: its row stays, and so does its
+    # name on the cloud (a cluster from before schema v19 has no suffix; save_cluster never renames one)
     rec = ClusterRecord(name=b.cluster, cloud="", region=None, zone=None, instance_type=None, accelerators=None,
                         use_spot=False, num_nodes=b.task.num_nodes, hourly_price=0.0, status=INIT,
-                        launched_at=time.time(), owner=b.owner, name_on_cloud=state.cloud_name_for(b.cluster))
+                        launched_at=time.time(), owner=b.owner,
+                        name_on_cloud=kept.cloud_name if kept is not None else state.cloud_name_for(b.cluster))
 
     from .clouds import registry
     from .runtime import identity

@@ -278,28 +278,54 @@ def _load_home_id() -> str:
 
     conn = db()
     row = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()
-    if row is not None:
-        return row[0]
     path = None if is_postgres() else db_path().parent / _HOME_FILE
-    kept = None
-    if path is not None:
-        try:
-            kept = path.read_text().strip().lower()
-        except OSError:
-            kept = None
-        if kept and (len(kept) != 32 or any(c not in "0123456789abcdef" for c in kept)):
-            kept = None
-    conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('home_id', ?)",
-                 (kept or uuid.uuid4().hex,))
-    hid = conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0]
-    if path is not None and kept != hid:
+    kept, kept_legacy = (None, False) if path is None else (_read_home_file(path) or (None, False))
+    if row is not None and kept is not None and kept != row[0]:
+        from .state_db import StateError
+
+        raise StateError(f"{path} holds home id {kept} but the state database {db_path()} has {row[0]}: one of them "
+                         "was restored or copied from another BROKER_HOME",
+                         f"this home's clusters' names on the cloud end with the first {HOME_SUFFIX_LEN} digits of "
+                         "its id, its resources' `skybroker-home` tag is the whole id: put that id in "
+                         f"{path}, or move the state database aside if it is the other home's", exit_code=2)
+    if row is None:
+        conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('home_id', ?)",
+                     (kept or uuid.uuid4().hex,))
+    hid = row[0] if row is not None else conn.execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone()[0]
+    if kept_legacy and hid == kept:  # a database rebuilt for a home from before schema v19: it stays one
+        conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('legacy_names', '1')")
+    legacy = _legacy_in_db(conn)
+    if path is not None and (kept != hid or kept_legacy != legacy):  # made here, or the copy was lost: written
         from .paths import touch_private
 
         tmp = path.with_name(f".{_HOME_FILE}.{__import__('os').getpid()}")
         touch_private(tmp)
-        tmp.write_text(hid + "\n")
+        tmp.write_text(hid + "\n" + ("legacy\n" if legacy else ""))
         tmp.replace(path)
     return hid
+
+
+def _read_home_file(path) -> tuple[str, bool] | None:
+    """(id, legacy) from BROKER_HOME/home.id (the id, then `legacy` for a home from before schema v19: see
+    legacy_names); None only when there is no such file. One that cannot be read or holds no id is refused: a
+    new id would make every cluster, tag and SSH claim of this home look like another home's (never downed by
+    gc, never adopted), silently."""
+    from .state_db import StateError
+
+    try:
+        words = path.read_text().lower().split()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path} (this broker home's id): {exc.strerror or exc}",
+                         "fix its owner or mode; it holds the 32 hex digits of the `skybroker-home` tag on "
+                         "this home's cloud resources", exit_code=2) from None
+    kept = words[0] if words else ""
+    if len(kept) != 32 or any(c not in "0123456789abcdef" for c in kept):
+        raise StateError(f"{path} does not hold a broker home id (32 hex digits)",
+                         "write back this home's id: the `skybroker-home` tag (or label) on its cloud resources "
+                         "shows it; remove the file only for a home that has no clusters left", exit_code=2)
+    return kept, "legacy" in words[1:]
 
 
 def home_suffix() -> str:
@@ -309,8 +335,13 @@ def home_suffix() -> str:
 
 def legacy_names() -> bool:
     """This home launched clusters before names on the cloud carried a home suffix (schema < v19): it may
-    own resources without a home tag."""
-    return db().execute("SELECT v FROM meta WHERE k = 'legacy_names'").fetchone() is not None
+    own resources without a home tag. Kept in home.id too, so a database rebuilt after a loss keeps it."""
+    home_id()  # a rebuilt database learns it from home.id
+    return _legacy_in_db(db())
+
+
+def _legacy_in_db(conn) -> bool:
+    return conn.execute("SELECT v FROM meta WHERE k = 'legacy_names'").fetchone() is not None
 
 
 _CLOUD_NAME_MAX = 40  # as a user's cluster name (locks.validate_name): every provider's limits hold for it

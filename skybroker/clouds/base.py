@@ -58,6 +58,26 @@ def home_tag() -> str:
     return state.home_id()
 
 
+def check_volume_home(home: str | None, name: str, place) -> None:
+    """A volume that `create_volume` finds already made under `name` (its TAG_HOME is `home`) is this home's to
+    use: another home's (a second BROKER_HOME on the account applied the same name) is refused, never recorded
+    here (this home's `volumes delete` would delete it, its launches attach it); an untagged one only by a home
+    older than home tags (state.legacy_names), as `broker gc` decides."""
+    from .. import state
+    from ..errors import InvalidRequestError
+
+    if home == home_tag() or (home is None and state.legacy_names()):
+        return
+    whose = (f"another broker home's (tag {TAG_HOME}={home})" if home else
+             f"not this home's (no {TAG_HOME} tag: made before home tags, by another broker or by hand)")
+    err = InvalidRequestError(f"volume {name} already exists on {place} and is {whose}: not taking it over", place,
+                              code="VolumeOfAnotherHome",
+                              hint="pick another volume name; the home that made it uses it, and its "
+                              f"`broker volumes delete {name}` removes it")
+    err.exit_code = 2
+    raise err
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a provider can do. The core asks these, never `hasattr`."""

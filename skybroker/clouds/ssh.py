@@ -137,7 +137,8 @@ class SSHCloud(Provider):
         if len(claimed) < req.num_nodes:
             for h in claimed:
                 _release(pool, h, req.cluster, state.home_id())
-            why = f"; {theirs} claimed by another broker home (its `broker down` frees them)" if theirs else ""
+            why = (f"; {theirs} claimed by another broker home (its `broker down` frees them; for a home that is "
+                   f"gone, remove {CLAIM_FILE} on the host)") if theirs else ""
             raise CapacityError(f"pool {pool.name} has {len(claimed)} free host(s) answering, "
                                 f"{req.num_nodes} needed{others}{why}", Place("ssh", pool.name), code="PoolExhausted")
         return pool, claimed
@@ -317,23 +318,33 @@ def _host_runner(pool, host):
 
 
 def _claim(pool, host, cluster: str, home: str, known: set[str]) -> bool:
-    """Claim `host` for `cluster` of this home on the host itself. False: another home holds it."""
+    """Claim `host` for `cluster` of this home on the host itself. False: another home holds it.
+
+    The claim file appears with its content at once (written aside, then hard-linked: link(2) fails if the
+    file exists), so a home reading it never sees a claim half-written (empty) and takes it over while its
+    writer believes it holds the host. A stale claim (this home's, for a cluster it no longer knows) or an
+    empty one is taken over only under a lock directory and only if it still reads as it did (two takers of
+    one stale host: one wins)."""
     import shlex
 
     me = f"{home} {cluster}"
-    cmd = (f"f={CLAIM_FILE}; if ( set -C; echo {shlex.quote(me)} > \"$f\" ) 2>/dev/null; then echo CLAIMED; "
-           "else echo \"HELD $(head -n1 \"$f\" 2>/dev/null)\"; fi")
+    q = shlex.quote(me)
+    cmd = (f"f={CLAIM_FILE}; t=\"$f.$$\"; if echo {q} > \"$t\" && ln \"$t\" \"$f\" 2>/dev/null; then "
+           "rm -f \"$t\"; echo CLAIMED; else rm -f \"$t\"; echo \"HELD $(head -n1 \"$f\" 2>/dev/null)\"; fi")
     r = _run_on(pool, host, cmd)
     if r is None:
         return True  # not askable: the bring-up reports why (as for any host that refuses us)
     out = r.strip().splitlines()[-1] if r.strip() else ""
     if out == "CLAIMED" or out == f"HELD {me}":
         return True
-    held = out[len("HELD "):].split() if out.startswith("HELD ") else []
-    if len(held) == 2 and held[0] == home and held[1] not in known:  # ours, for a cluster gone: stale
-        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
-    if not held:  # an empty or unreadable claim file: take it over
-        return _run_on(pool, host, f"echo {shlex.quote(me)} > {CLAIM_FILE} && echo CLAIMED") is not None
+    seen = out[len("HELD "):].strip() if out.startswith("HELD ") else ""
+    held = seen.split()
+    if (len(held) == 2 and held[0] == home and held[1] not in known) or not held:  # stale (ours) or empty
+        take = (f"f={CLAIM_FILE}; l=\"$f.lock\"; if mkdir \"$l\" 2>/dev/null; then "
+                f"if [ \"$(head -n1 \"$f\" 2>/dev/null)\" = {shlex.quote(seen)} ] && echo {q} > \"$f.$$\" && "
+                "mv -f \"$f.$$\" \"$f\"; then echo CLAIMED; fi; rm -f \"$f.$$\"; rmdir \"$l\"; fi")
+        got = _run_on(pool, host, take)
+        return got is not None and got.strip().endswith("CLAIMED")
     return False
 
 

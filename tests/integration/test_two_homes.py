@@ -253,3 +253,105 @@ def test_ssh_pool_hosts_are_claimed_per_home(node_pool, node_key, tmp_path, monk
         for n in nodes:
             if n.alive:
                 node_pool.kill(n)
+
+
+# -- applied volumes: a volume name another home applied on the same account -------------------------------
+def _apply_in_two_homes(tmp_path, monkeypatch, spec_, find):
+    """A applies the volume; B applying the same name is refused naming A's home tag (before, create_volume's
+    look-up by name handed B A's volume: B recorded it, its launches attached it, its `volumes delete` deleted
+    A's data), records nothing, and A's volume stays; an interrupted apply of B does not delete it either."""
+    from skybroker.errors import InvalidRequestError
+    from skybroker.volumes import ops, records
+
+    _use(monkeypatch, tmp_path / "home-a")
+    va = ops.apply(dict(spec_), "vol.yaml")
+    home_a = state.home_id()
+    _use(monkeypatch, tmp_path / "home-b")
+    with pytest.raises(InvalidRequestError) as ei:
+        ops.apply(dict(spec_), "vol.yaml")
+    assert home_a in ei.value.message and "another broker home" in ei.value.message and ei.value.exit_code == 2
+    assert records.get(spec_["name"]) is None
+    events = []
+    ops._undo_create(ops.provider_of(va.type), ops.volume_spec(dict(spec_), "vol.yaml", ops.default_type),
+                     lambda k, m: events.append(m))
+    assert find(va) and any("may be left" in e for e in events)
+    _use(monkeypatch, tmp_path / "home-a")
+    assert records.get(spec_["name"]).cloud_id == va.cloud_id
+    assert ops.apply(dict(spec_), "vol.yaml").cloud_id == va.cloud_id  # A's own re-apply: a no-op
+    ops.delete(spec_["name"])
+    assert not find(va)
+
+
+def test_aws_a_volume_of_another_home_is_refused(aws, tmp_path, monkeypatch):
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+
+    def find(v):
+        return [x for x in ec2.describe_volumes(Filters=[{"Name": "tag:skybroker-volume", "Values": [v.name]}])[
+            "Volumes"] if x["State"] not in ("deleting", "deleted")]
+
+    _apply_in_two_homes(tmp_path, monkeypatch, {"name": "shared", "type": "aws-ebs",
+                                                 "infra": "aws/us-east-1/us-east-1a", "size": 1}, find)
+
+
+def test_gcp_a_disk_of_another_home_is_refused(gce, tmp_path, monkeypatch):
+    _apply_in_two_homes(tmp_path, monkeypatch, {"name": "shared", "type": "gcp-pd",
+                                                 "infra": "gcp/us-central1/us-central1-a", "size": 10},
+                        lambda v: [d for d in gce.disks() if d["name"] == v.name])
+
+
+def test_a_legacy_degraded_cluster_relaunched_keeps_its_name_on_the_cloud(tmp_path, monkeypatch):
+    """`launch -c old` of a v18 cluster that `status --refresh` found DEGRADED provisions it again (the record
+    stays): its nodes must be made under the record's name on the cloud, `old`. Before, they were made as
+    `old-<suffix>` while the record kept `old`: `down`/`status --refresh` asked the cloud for `old` (the new nodes
+    unseen) and `gc` took the running cluster's new nodes for this home's orphans."""
+    from skybroker.state_schema import MIGRATIONS
+
+    home = tmp_path / "legacy"
+    home.mkdir()
+    conn = sqlite3.connect(str(home / "state.db"))
+    for i, m in enumerate(MIGRATIONS[:18]):
+        for stmt in (s.strip() for s in m.split(";")):
+            if stmt:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn.execute("INSERT INTO clusters (name, cloud, region, zone, num_nodes, status, launched_at, updated_at, nodes)"
+                 " VALUES ('old', 'local', NULL, NULL, 1, 'DEGRADED', ?, ?, '[]')", (time.time(), time.time()))
+    conn.commit()
+    conn.close()
+    _use(monkeypatch, home)
+    task = spec.task_from_dict({"name": "t", "resources": {"infra": "local"}, "run": "true"}, source="t.yaml")
+    b = lifecycle.BringUp(task=task, cluster="old", plan_fn=lambda blocks: api.plan(task, blocks, clouds=("local",)))
+    rec, _, _ = lifecycle._provision(b)
+    assert rec.cloud_name == state.get_cluster("old").cloud_name == "old"
+    local = registry.get("local")
+    assert {n.instance_id for n in rec.nodes} == {i.instance_id for i in local.query("old")} != set()
+    assert local.query(state.cloud_name_for("old")) == []
+    lifecycle._mark_up(rec, None)
+    assert [o.cluster for o in gc.scan(clouds=("local",)).orphans] == []
+    api.down(["old"])
+    assert local.query("old") == []
+
+
+def test_aws_task_labels_never_replace_the_cluster_and_home_tags(aws, tmp_path, monkeypatch):
+    """A task's labels become tags, after which a label `skybroker-home` (or `skybroker-cluster`) replaced the
+    broker's own: the instance then looked like another home's (gc never removed it) or was not found by its
+    cluster. Labels may set other tags, and the Name."""
+    import boto3
+
+    _use(monkeypatch, tmp_path / "h")
+    monkeypatch.setenv("BROKER_AWS_WAIT", "15")  # before the fix the launch waited for instances it never found
+    task = spec.task_from_dict({"name": "t", "resources": {
+        "infra": "aws/us-east-1", "instance_type": "t3.micro", "image_id": AMI,
+        "labels": {"skybroker-home": "f" * 32, "skybroker-cluster": "other", "team": "ml", "Name": "mine"}},
+        "run": "true"}, source="t.yaml")
+    rec = _launch_dev(task, ("aws",))
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    [inst] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert (tags["skybroker-home"], tags["skybroker-cluster"]) == (state.home_id(), rec.cloud_name)
+    assert (tags["team"], tags["Name"]) == ("ml", "mine")
+    assert _live(rec) == {inst["InstanceId"]}
+    api.down(["dev"])
+    assert _live(rec) == set()

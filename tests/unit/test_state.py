@@ -319,3 +319,80 @@ def test_migration_to_v19_keeps_old_clusters_names_and_marks_the_home(tmp_path, 
     assert [it["cluster_on_cloud"] for it in state.open_intents("half")] == ["half"]
     assert state.legacy_names()
     assert state.cloud_name_for("new").startswith("new-")
+
+
+def _fresh_home(tmp_path, monkeypatch, name):
+    home = tmp_path / name
+    home.mkdir()
+    monkeypatch.setenv("BROKER_HOME", str(home))
+    state._home_ids.clear()
+    return home
+
+
+@pytest.mark.parametrize("bad", ["not-an-id\n", "dir"])
+def test_a_home_id_file_that_cannot_be_read_is_refused_not_replaced(tmp_path, monkeypatch, bad):
+    """home.id is what keeps a rebuilt database this home's: one that holds no id or cannot be read is a clear
+    error (exit 2), never a new random id (before: a new id, and the file overwritten with it, so every cluster,
+    tag and SSH claim of the home looked like another home's)."""
+    home = _fresh_home(tmp_path, monkeypatch, "h")
+    if bad == "dir":
+        (home / "home.id").mkdir()
+    else:
+        (home / "home.id").write_text(bad)
+    with pytest.raises(state_db.StateError) as ei:
+        state.home_id()
+    assert "home.id" in ei.value.message and ei.value.exit_code == 2 and "skybroker-home" in ei.value.hint
+    assert state.db().execute("SELECT v FROM meta WHERE k = 'home_id'").fetchone() is None  # no id was made
+    if bad != "dir":
+        assert (home / "home.id").read_text() == bad
+
+
+def test_home_id_file_and_database_kept_in_step(tmp_path, monkeypatch):
+    """The copy beside the database is written again when it is lost (before: only when the id was first made,
+    so a home that lost home.id, then its database, got a new id); a copy holding another id is refused, not
+    silently ignored."""
+    home = _fresh_home(tmp_path, monkeypatch, "h")
+    hid = state.home_id()
+    (home / "home.id").unlink()
+    state._home_ids.clear()
+    assert state.home_id() == hid and (home / "home.id").read_text().strip() == hid
+    (home / "home.id").write_text("f" * 32 + "\n")
+    state._home_ids.clear()
+    with pytest.raises(state_db.StateError) as ei:
+        state.home_id()
+    assert hid in ei.value.message and "f" * 32 in ei.value.message and ei.value.exit_code == 2
+
+
+def test_a_legacy_home_stays_legacy_when_its_database_is_rebuilt(tmp_path, monkeypatch):
+    """A home from before schema v19 may own resources without a home tag (gc and --adopt take those only in such
+    a home). Its database moved aside and rebuilt, as the recovery hint says, it must stay one: before, the new
+    database was a new home's, so its own untagged clusters were "left alone" by gc and never adopted."""
+    import sqlite3
+
+    from skybroker.state_schema import MIGRATIONS
+
+    home = tmp_path / "v18"
+    home.mkdir()
+    conn = sqlite3.connect(str(home / "state.db"))
+    for i, m in enumerate(MIGRATIONS[:18]):
+        for stmt in (s.strip() for s in m.split(";")):
+            if stmt:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn.execute("INSERT INTO events (cluster, ts, kind, message) VALUES ('old', 1, 'up', 'up')")
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("BROKER_HOME", str(home))
+    state._home_ids.clear()
+    hid = state.home_id()
+    assert state.legacy_names()
+    old_db = state.db().execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0]
+    state_db.close_thread_db()
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for f in home.iterdir():
+        if f.name.startswith("state."):  # state.db, its WAL files, state.id: as the recovery hint says
+            f.rename(aside / f.name)
+    state._home_ids.clear()
+    assert state.db().execute("SELECT v FROM meta WHERE k = 'db_id'").fetchone()[0] != old_db  # a new database
+    assert state.home_id() == hid and state.legacy_names()

@@ -47,8 +47,8 @@ def _user() -> str:
 
 
 def _tags(cluster: str, extra: dict | None = None) -> list[dict]:
-    tags = {TAG_CLUSTER: cluster, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{cluster}"}
-    tags.update(extra or {})
+    tags = {"Name": f"skybroker-{cluster}", **(extra or {})}  # a task's labels may name it, never re-tag it:
+    tags.update({TAG_CLUSTER: cluster, TAG_USER: _user(), TAG_HOME: home_tag()})  # query, gc find it by these
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 

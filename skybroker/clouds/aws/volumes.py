@@ -42,8 +42,8 @@ class EBSVolumes:
         from ..base import TAG_HOME, home_tag
         from .driver import _user
 
-        tags = {TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag(), "Name": f"skybroker-{name}"}
-        tags.update({str(k): str(v) for k, v in (labels or {}).items()})
+        tags = {"Name": f"skybroker-{name}", **{str(k): str(v) for k, v in (labels or {}).items()}}
+        tags.update({TAG_VOLUME: name, TAG_USER: _user(), TAG_HOME: home_tag()})  # never a label's
         if cluster:
             tags.update({TAG_CLUSTER: cluster, TAG_EPHEMERAL: "true"})
         return [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -85,6 +85,10 @@ class EBSVolumes:
                               TagSpecifications=[{"ResourceType": "volume",
                                                   "Tags": self._vol_tags(name, labels, cluster)}])
             self._wait_volume(ec2, place, have["VolumeId"], lambda v: v["State"] == "available", "available")
+        else:
+            from ..base import TAG_HOME, check_volume_home
+
+            check_volume_home({t["Key"]: t["Value"] for t in have.get("Tags", [])}.get(TAG_HOME), name, place)
         az = have["AvailabilityZone"]
         return have["VolumeId"], region, self._zone_id(ec2, region, az)
 

@@ -297,7 +297,7 @@ class AzureCloud(Provider):
             spot = {"priority": "Spot", "eviction_policy": "Delete",
                     "billing_profile": cm.BillingProfile(max_price=-1)} if req.use_spot else {}
             vm = cm.VirtualMachine(
-                **spot, **_identity(cm, req), location=req.region, tags={**base, **dict(req.labels), TAG_RANK: str(r)},
+                **spot, **_identity(cm, req), location=req.region, tags={**dict(req.labels), **base, TAG_RANK: str(r)},
                 hardware_profile=cm.HardwareProfile(vm_size=req.instance_type),
                 storage_profile=cm.StorageProfile(image_reference=image, os_disk=cm.OSDisk(
                     name=f"{name}-os", create_option="FromImage", disk_size_gb=int(req.disk_size),

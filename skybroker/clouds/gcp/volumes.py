@@ -55,6 +55,9 @@ class PersistentDisks:
             if got.labels.get(TAG_VOLUME) != _label(name):
                 raise InvalidRequestError(f"a disk named {name} exists in {zone} and was not made by skybroker",
                                           place) from None
+            from ..base import check_volume_home
+
+            check_volume_home((got.labels or {}).get(TAG_HOME), name, place)
         except Exception as exc:  # noqa: BLE001 - typed
             from .errors import classify
 
