@@ -140,16 +140,10 @@ def test_a_legacy_cluster_keeps_its_unsuffixed_name_and_is_downed_by_it(aws, tmp
     launched before, still removes untagged leftovers in gc."""
     import boto3
 
-    from skybroker.state_schema import MIGRATIONS
+    from tests.infra.old_state import state_db_at
 
     home = tmp_path / "legacy"
-    home.mkdir()
-    conn = sqlite3.connect(str(home / "state.db"))
-    for i, m in enumerate(MIGRATIONS[:18]):
-        for stmt in (s.strip() for s in m.split(";")):
-            if stmt:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn = state_db_at(home, 18)
     ec2 = boto3.client("ec2", region_name="us-east-1")
 
     def run(cluster):
@@ -306,16 +300,10 @@ def test_a_legacy_degraded_cluster_relaunched_keeps_its_name_on_the_cloud(tmp_pa
     stays): its nodes must be made under the record's name on the cloud, `old`. Before, they were made as
     `old-<suffix>` while the record kept `old`: `down`/`status --refresh` asked the cloud for `old` (the new nodes
     unseen) and `gc` took the running cluster's new nodes for this home's orphans."""
-    from skybroker.state_schema import MIGRATIONS
+    from tests.infra.old_state import state_db_at
 
     home = tmp_path / "legacy"
-    home.mkdir()
-    conn = sqlite3.connect(str(home / "state.db"))
-    for i, m in enumerate(MIGRATIONS[:18]):
-        for stmt in (s.strip() for s in m.split(";")):
-            if stmt:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn = state_db_at(home, 18)
     conn.execute("INSERT INTO clusters (name, cloud, region, zone, num_nodes, status, launched_at, updated_at, nodes)"
                  " VALUES ('old', 'local', NULL, NULL, 1, 'DEGRADED', ?, ?, '[]')", (time.time(), time.time()))
     conn.commit()

@@ -297,18 +297,10 @@ def test_home_id_is_made_once_and_kept_in_the_state(state_backend, monkeypatch, 
 def test_migration_to_v19_keeps_old_clusters_names_and_marks_the_home(tmp_path, monkeypatch):
     """A v18 database: its clusters and intents keep their names on the cloud (their resources exist under
     them), and the home is marked as one that may own resources without a home tag."""
-    import sqlite3
-
-    from skybroker.state_schema import MIGRATIONS
+    from tests.infra.old_state import state_db_at
 
     home = tmp_path / "v18"
-    home.mkdir()
-    conn = sqlite3.connect(str(home / "state.db"))
-    for i, m in enumerate(MIGRATIONS[:18]):
-        for stmt in (s.strip() for s in m.split(";")):
-            if stmt:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn = state_db_at(home, 18)
     conn.execute("INSERT INTO clusters (name, cloud, num_nodes, status, launched_at, updated_at) "
                  "VALUES ('old', 'aws', 1, 'UP', 1, 1)")
     conn.execute("INSERT INTO intents (cluster, cloud, created_at, state) VALUES ('half', 'aws', 1, 'creating')")
@@ -367,18 +359,11 @@ def test_a_legacy_home_stays_legacy_when_its_database_is_rebuilt(tmp_path, monke
     """A home from before schema v19 may own resources without a home tag (gc and --adopt take those only in such
     a home). Its database moved aside and rebuilt, as the recovery hint says, it must stay one: before, the new
     database was a new home's, so its own untagged clusters were "left alone" by gc and never adopted."""
-    import sqlite3
 
-    from skybroker.state_schema import MIGRATIONS
+    from tests.infra.old_state import state_db_at
 
     home = tmp_path / "v18"
-    home.mkdir()
-    conn = sqlite3.connect(str(home / "state.db"))
-    for i, m in enumerate(MIGRATIONS[:18]):
-        for stmt in (s.strip() for s in m.split(";")):
-            if stmt:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {i + 1}")
+    conn = state_db_at(home, 18)
     conn.execute("INSERT INTO events (cluster, ts, kind, message) VALUES ('old', 1, 'up', 'up')")
     conn.commit()
     conn.close()
