@@ -8,6 +8,7 @@ schema and migrations are state_schema.py; JSON columns, no pickles.
 from __future__ import annotations
 
 import contextvars
+import os
 import json
 import sqlite3
 import time
@@ -118,10 +119,9 @@ def save_cluster(rec: ClusterRecord) -> None:
     values["autostop_down"] = int(rec.autostop_down)
     cols = ", ".join(_COLS)
     marks = ", ".join(f":{c}" for c in _COLS)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c not in ("name", "user_name"))
+    updates = ", ".join(f"{c}=excluded.{c}" for c in _COLS if c not in ("name", "user_name", "name_on_cloud"))
     updates += ", user_name=COALESCE(excluded.user_name, clusters.user_name)"  # a cluster keeps its user
-    updates = updates.replace("name_on_cloud=excluded.name_on_cloud",  # and its name on the cloud
-                              "name_on_cloud=COALESCE(clusters.name_on_cloud, excluded.name_on_cloud)")
+    updates += ", name_on_cloud=COALESCE(clusters.name_on_cloud, excluded.name_on_cloud)"  # and its cloud name
     db().execute(f"INSERT INTO clusters ({cols}) VALUES ({marks}) ON CONFLICT(name) DO UPDATE SET {updates}",
                  values)
 
@@ -298,7 +298,7 @@ def _load_home_id() -> str:
     if path is not None and (kept != hid or kept_legacy != legacy):  # made here, or the copy was lost: written
         from .paths import touch_private
 
-        tmp = path.with_name(f".{_HOME_FILE}.{__import__('os').getpid()}")
+        tmp = path.with_name(f".{_HOME_FILE}.{os.getpid()}")
         touch_private(tmp)
         tmp.write_text(hid + "\n" + ("legacy\n" if legacy else ""))
         tmp.replace(path)

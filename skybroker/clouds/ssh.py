@@ -168,14 +168,12 @@ class SSHCloud(Provider):
         live, dirty = self._clean_dirty(pool, live)
         down = len(free) - len(live) - len(dirty)
         hosts = mine + live
+        others = (f" ({down} not answering)" if down else "") + (
+            f" ({len(dirty)} still holding what an earlier cluster left: {', '.join(dirty)})" if dirty else "")
         if len(hosts) < req.num_nodes:
             raise CapacityError(f"pool {pool.name} has {len(hosts)} free host(s) answering, "
-                                f"{req.num_nodes} needed" + (f" ({down} not answering)" if down else "") +
-                                (f" ({len(dirty)} still holding what an earlier cluster left: "
-                                 f"{', '.join(dirty)})" if dirty else ""),
-                                Place("ssh", pool.name), code="PoolExhausted")
-        return pool, hosts, (f" ({down} not answering)" if down else "") + (
-            f" ({len(dirty)} still holding what an earlier cluster left: {', '.join(dirty)})" if dirty else "")
+                                f"{req.num_nodes} needed{others}", Place("ssh", pool.name), code="PoolExhausted")
+        return pool, hosts, others
 
     def _clean_dirty(self, pool: Pool, hosts: list) -> tuple[list, list[str]]:
         """Hosts that `down` could not clean (ssh_pools.dirty_hosts: they may still run the old cluster's
@@ -191,7 +189,6 @@ class SSHCloud(Provider):
     def _clean_locked(self, pool: Pool, hosts: list, dirty: dict) -> tuple[list, list[str]]:
         from ..runtime.agent_client import AgentClient
         from ..runtime.runner import run_parallel
-        from ..state import NodeRecord
         from .ssh_pools import clear_dirty
 
         todo = [h for h in hosts if _address(_instance_id(pool.name, h)) in dirty]
@@ -201,8 +198,7 @@ class SSHCloud(Provider):
         def clean(h) -> bool:
             iid = _instance_id(pool.name, h)
             left = dirty[_address(iid)]
-            node = NodeRecord(iid, 0, h.ip, h.ip, h.user, h.port, None, h.identity_file)
-            r = ssh_runner(str(left.get("cluster") or "pool"), node)
+            r = ssh_runner(str(left.get("cluster") or "pool"), _host_node(pool, h))
             try:
                 AgentClient(r, self.agent_python(), f"{h.ip} (left by cluster {left.get('cluster')})").cleanup()
             except BrokerError:
@@ -309,12 +305,16 @@ class SSHCloud(Provider):
         return ssh_runner(cluster, node)
 
 
-def _host_runner(pool, host):
+def _host_node(pool, host):
+    """A pool host as a node (rank 0) to open a runner on, outside any cluster."""
     from ..state import NodeRecord
 
-    node = NodeRecord(_instance_id(pool.name, host), 0, host.ip, host.ip, host.user, host.port, None,
+    return NodeRecord(_instance_id(pool.name, host), 0, host.ip, host.ip, host.user, host.port, None,
                       host.identity_file)
-    return ssh_runner(f"claim-{pool.name}", node)
+
+
+def _host_runner(pool, host):
+    return ssh_runner(f"claim-{pool.name}", _host_node(pool, host))
 
 
 def _claim(pool, host, cluster: str, home: str, known: set[str]) -> bool:

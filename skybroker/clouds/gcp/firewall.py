@@ -4,16 +4,11 @@ instances), both targeting the network tag `skybroker-<cluster>`. Global resourc
 merged in when a later task opens more, deleted with the cluster's last instance (driver.py)."""
 from __future__ import annotations
 
+from ..base import home_tag
 from . import client as clients
 
 NETWORK = "global/networks/default"
 
-
-
-def home_tag() -> str:
-    from ..base import home_tag as tag
-
-    return tag()
 
 def fw_name(cluster: str) -> str:
     return f"skybroker-{cluster}"

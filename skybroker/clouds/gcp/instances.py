@@ -16,8 +16,8 @@ import re
 from ...errors import InvalidRequestError, Place
 from ...task_config import option
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, InstanceInfo,
-                    ProvisionRequest)
-from .firewall import NETWORK, fw_name, home_tag
+                    ProvisionRequest, home_tag)
+from .firewall import NETWORK, fw_name
 
 TAG_RANK = "skybroker-rank"
 SSH_USER = "broker"
