@@ -242,15 +242,14 @@ def _bring_up_locked(b: BringUp) -> Running:
     if rec is not None and rec.status in (UP, STOPPED) and b.plan_fn is not None:  # or been terminated in the
         # cloud's console: relaunched afresh (without a plan, e.g. a pool's job, the reuse fails as LOST)
         rec = reconcile.unless_gone(rec, locked=True)
-        if rec is None:
-            b.on_event("refresh", f"cluster {name} no longer exists on {prior.infra} (its instances were "
-                       "terminated outside the broker): launching it afresh")
-    # the record of a cluster found gone just now: the new one keeps its autostop (_mark_up)
+    # the record of a cluster found gone just now (by either check): the new one keeps its autostop (_mark_up)
     gone = prior if rec is None and prior is not None and prior.status in (UP, STOPPED) else None
-    if gone is not None and gone.autostop_minutes is not None:
-        b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra}: launching it afresh, with its "
-                   f"autostop ({gone.autostop_minutes} min{', then down' if gone.autostop_down else ''}) unless "
-                   "the task sets one")
+    if gone is not None:
+        why = (f": launching it afresh, with its autostop ({gone.autostop_minutes} min"
+               f"{', then down' if gone.autostop_down else ''}) unless the task sets one"
+               if gone.autostop_minutes is not None else
+               " (its instances were terminated outside the broker): launching it afresh")
+        b.on_event("refresh", f"cluster {name} no longer exists on {gone.infra}{why}")
     if rec is not None and rec.status in (INIT, INTERRUPTED):
         adopted = _adopt_half_made(rec, b)
         if adopted is not None:
