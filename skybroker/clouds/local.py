@@ -58,6 +58,7 @@ _HOME = ".home"  # in a cluster's directory: the id of the home that made it (cl
 
 
 def settings_root() -> str | None:
+    """BROKER_LOCAL_ROOT when set (a directory several homes may share), else None (BROKER_HOME/local)."""
     from .. import settings
 
     return settings.get("local_root") or None
@@ -93,9 +94,7 @@ class LocalCloud(LocalVolumes, Provider):
         return [Candidate(res, 0, self.name, None, None, "local", vcpus, mem, None, 0.0, res.use_spot, price, 1)]
 
     def _root(self) -> Path:
-        from .. import settings
-
-        root = settings.get("local_root")
+        root = settings_root()
         return Path(root).expanduser() if root else broker_home() / "local"
 
     def _cluster_dir(self, cluster: str) -> Path:
