@@ -7,7 +7,7 @@ Exit codes (stable, documented in the README):
   1  generic failure (a job failed is reported with the job's own exit code instead); a declined confirmation
   2  bad input: task file, flags, names
   3  nothing fits: no feasible offer for the request
-  4  cloud refused: capacity/quota/credentials, after failover was exhausted
+  4  cloud refused: capacity/quota/credentials, after failover was exhausted; the local cloud's disk is full
   5  not found: cluster/job does not exist
   6  over budget (costs/budget.py)
   7  not allowed (server mode): a missing, unknown or revoked token, or another user's cluster/job
