@@ -68,6 +68,13 @@ class NoFeasibleError(BrokerError):
     exit_code = 3
 
 
+class MissingCredentialsError(NoFeasibleError):
+    """Nothing can be offered because the one cloud the task names has no credentials at all (e.g. Kubernetes
+    with no kubeconfig): exit 4, the code of a cloud refusing our credentials (the README's table)."""
+
+    exit_code = 4
+
+
 class BudgetError(BrokerError):
     """A launch (or a managed job going on) would cost more than the task's `budget.max_cost`."""
 
