@@ -4,7 +4,8 @@
 The CLI renders it in one place; nothing below the CLI prints.
 
 Exit codes (stable, documented in the README):
-  1  generic failure (a job failed is reported with the job's own exit code instead); a declined confirmation
+  1  generic failure (a job failed is reported with the job's own exit code instead; 1 when it has none: its
+     runner crashed); a declined confirmation
   2  bad input: task file, flags, names
   3  nothing fits: no feasible offer for the request
   4  cloud refused: capacity/quota/credentials, after failover was exhausted; the local cloud's disk is full
