@@ -100,8 +100,9 @@ def aggregate(job_id: int, per_node: list[NodeJob], meta: dict | None = None) ->
     else:
         status = "PENDING"
     exit_code = None
-    if failing:
-        exit_code = next((n.exit_code for n in failing if n.exit_code not in (None, 0)), 1)
+    if failing:  # none when no failing node has one (its runner crashed, it was lost): never an invented 1
+        exit_code = next((n.exit_code for n in failing if n.exit_code not in (None, 0)),
+                         1 if any(n.exit_code is not None for n in failing) else None)
     elif status == "SUCCEEDED":
         exit_code = 0
     return JobStatus(job_id, meta.get("name"), status, exit_code, tuple(sorted(per_node, key=lambda n: n.rank)),

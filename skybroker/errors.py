@@ -4,10 +4,11 @@
 The CLI renders it in one place; nothing below the CLI prints.
 
 Exit codes (stable, documented in the README):
-  1  generic failure (a job failed is reported with the job's own exit code instead); a declined confirmation
+  1  generic failure (a job failed is reported with the job's own exit code instead; 1 when it has none: its
+     runner crashed); a declined confirmation
   2  bad input: task file, flags, names
   3  nothing fits: no feasible offer for the request
-  4  cloud refused: capacity/quota/credentials, after failover was exhausted
+  4  cloud refused: capacity/quota/credentials, after failover was exhausted; the local cloud's disk is full
   5  not found: cluster/job does not exist
   6  over budget (costs/budget.py)
   7  not allowed (server mode): a missing, unknown or revoked token, or another user's cluster/job
@@ -66,6 +67,13 @@ class NoFeasibleError(BrokerError):
     """No offer in the catalogs satisfies the request."""
 
     exit_code = 3
+
+
+class MissingCredentialsError(NoFeasibleError):
+    """Nothing can be offered because the one cloud the task names has no credentials at all (e.g. Kubernetes
+    with no kubeconfig): exit 4, the code of a cloud refusing our credentials (the README's table)."""
+
+    exit_code = 4
 
 
 class BudgetError(BrokerError):

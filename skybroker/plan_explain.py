@@ -42,6 +42,10 @@ def explain_infeasible(task, clouds, blocks, specs, offers, virtual, excluded=()
     for c in searched:
         why = None if _priced(c) or not _providers().known(c) else _provider(c).unavailable_reason()
         if why and len(searched) == 1:
+            if len(why) > 2 and why[2]:  # no credentials at all: said as such, not as "nothing fits"
+                from .errors import MissingCredentialsError
+
+                raise MissingCredentialsError(f"{c} cannot be used: {why[0]}", why[1])
             return f"{msg}: {why[0]}", why[1]
     too_many = [c for c in searched if not _holds(c, task.num_nodes)]
     if too_many and len(too_many) == len(searched):

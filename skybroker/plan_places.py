@@ -110,6 +110,10 @@ def _unknown(prov, where, name, list_known, word, field):
         return None
     if not known:
         why = prov.unavailable_reason()
+        if why and len(why) > 2 and why[2]:  # no credentials at all (no kubeconfig): that, not a bad name
+            from .errors import MissingCredentialsError
+
+            raise MissingCredentialsError(f"{where} cannot be used: {why[0]}", why[1])
         return (f"no {word} {name!r} on {where}" + (f": {why[0]}" if why else ""),
                 why[1] if why else f"see `broker check` for {where}", field, False)
     close = get_close_matches(name, known, n=3, cutoff=0.6)

@@ -93,6 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds after a file in a bucket MOUNT is closed before rclone uploads it"),
     _S("storage_cache", "BROKER_STORAGE_CACHE", str, "",
        "where COPY buckets are staged on this machine before rsync (default: BROKER_HOME/storage-cache)"),
+    _S("storage_cache_max_age_days", "BROKER_STORAGE_CACHE_MAX_AGE_DAYS", float, 7.0,
+       "a COPY cache entry no recorded cluster copied from and unused this many days is pruned (0: never by age)"),
+    _S("storage_cache_max_gb", "BROKER_STORAGE_CACHE_MAX_GB", float, 20.0,
+       "over this many GB, the COPY cache's least recently used entries no recorded cluster copied from are "
+       "pruned (0: no cap)"),
     # -- autostop
     _S("autostop_poll", "BROKER_AUTOSTOP_POLL", float, 20.0,
        "seconds between two idleness checks of an autostop watcher (on this machine or on a node)"),

@@ -243,7 +243,8 @@ class Provider:
 
     def unavailable_reason(self) -> tuple[str, str] | None:
         """For providers without a catalog: (why it has no offers at all, what to do), e.g. no cluster
-        configured; None when it can offer. Used to explain an infeasible plan."""
+        configured; None when it can offer. Used to explain an infeasible plan. A third item True means the
+        reason is missing credentials: a task naming only this cloud is then refused as such (exit 4)."""
         return None
 
     def accelerator_inventory(self, region: str | None = None) -> list[tuple[str, float, str, str | None, float]]:

@@ -19,6 +19,7 @@ client learns of it like of any cloud change: `broker status --refresh` (or any 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import CapacityError, InvalidRequestError, Place
+from ..errors import BrokerError, CapacityError, InvalidRequestError, Place
 from ..paths import broker_home, private_dir
 from ..runtime.local_runner import LocalRunner
 from ..runtime.runner import NodeUnreachable
@@ -118,6 +119,14 @@ class LocalCloud(LocalVolumes, Provider):
                                 Place("local", None, None, "local"), code="NoSpotCapacity")
         if req.num_nodes > MAX_NODES:  # the plan refuses it first (capabilities.max_nodes)
             raise InvalidRequestError(f"the local cloud supports at most {MAX_NODES} nodes")
+        try:
+            return self._make_nodes(req)
+        except OSError as e:  # the caller rolls back (terminate): nothing of the cluster is left
+            if e.errno != errno.ENOSPC:
+                raise
+            raise LocalDiskFull(self._root(), e) from None
+
+    def _make_nodes(self, req: ProvisionRequest) -> list[str]:
         root = self._cluster_dir(req.cluster)
         private_dir(self._root())
         root.mkdir(parents=True, exist_ok=True)
@@ -259,6 +268,30 @@ class LocalCloud(LocalVolumes, Provider):
 
 
 PROVIDER = LocalCloud
+
+
+class LocalDiskFull(BrokerError):
+    """The local cloud's root (BROKER_LOCAL_ROOT, else BROKER_HOME/local) has no space for a node: said once,
+    with the path, the free space and what to do, never a bare "[Errno 28] No space left on device". Exit 4,
+    like a cloud refusing capacity; not a ProvisionError, so failover does not carry the launch to a paid cloud."""
+
+    exit_code = 4
+
+    def __init__(self, root: Path, err: OSError):
+        where = Path(err.filename) if err.filename else root
+        probe = where
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            st = os.statvfs(probe)
+            free = f"{st.f_bavail * st.f_frsize // 1024} KiB free"
+        except OSError:
+            free = "free space unknown"
+        self.root, self.path = root, where
+        super().__init__(f"the local cloud's disk is full: {where} cannot be written ({free} on the disk of {root}; "
+                         f"[Errno {err.errno}] {err.strerror})",
+                         "free space on that disk (`broker down` of old local clusters frees theirs), or point "
+                         "BROKER_LOCAL_ROOT at a directory on a disk with room (`broker settings` shows it)")
 
 
 def local_prices() -> dict[str, float]:

@@ -10,7 +10,9 @@ A pool file may be shared by several BROKER_HOMEs (two laptops, a laptop and a C
 allocates is also claimed on the host itself, in `~/.skybroker-claim` (the home's id and the cluster's name on
 the cloud, written only if absent), so another home sees it taken; `terminate` removes the claim once the host
 is cleaned (a host left dirty keeps it: its old jobs may still run). A claim of this home for a cluster it no
-longer knows is stale and taken over. A host that cannot be asked (it refuses the key, its host key changed) is
+longer knows is stale and taken over. Each host is put in the launch's intent (intents.py) before its claim is
+written, so a launch killed between the claim and the cluster's record leaves an intent naming the host: the
+home's next mutating command (intents.reconcile, also `broker gc`) releases the claim, and other homes get it. A host that cannot be asked (it refuses the key, its host key changed) is
 allocated as before: the bring-up then says why it does not accept commands.
 """
 from __future__ import annotations
@@ -126,14 +128,20 @@ class SSHCloud(Provider):
         from .. import state
 
         pool, hosts, others = self._free_hosts(req)
+        intent = _open_intent(req.cluster)
         claimed, theirs = [], 0
         for h in hosts:  # claimed on the host too, one by one, until there are enough
             if len(claimed) == req.num_nodes:
                 break
+            if intent is not None:  # recorded before the claim is written: a launch that dies after it leaves an
+                # intent naming the host, so this home's next command (intents.reconcile) releases the claim
+                state.set_intent(intent, "creating", [_instance_id(pool.name, x) for x in claimed + [h]])
             if _claim(pool, h, req.cluster, state.home_id(), self._known_here()):
                 claimed.append(h)
             else:
                 theirs += 1
+        if intent is not None:
+            state.set_intent(intent, "creating", [_instance_id(pool.name, x) for x in claimed])
         if len(claimed) < req.num_nodes:
             for h in claimed:
                 _release(pool, h, req.cluster, state.home_id())
@@ -315,6 +323,16 @@ def _host_node(pool, host):
 
 def _host_runner(pool, host):
     return ssh_runner(f"claim-{pool.name}", _host_node(pool, host))
+
+
+def _open_intent(cluster: str) -> int | None:
+    """The id of the intent the provisioner recorded for this create (provision._attempt: the newest one still
+    "creating" for the cluster on this cloud), or None (run_instances called outside a launch)."""
+    from .. import state
+
+    ids = [it["id"] for it in state.open_intents() if it["cloud"] == SSHCloud.name
+           and it["cluster_on_cloud"] == cluster and it["state"] == "creating"]
+    return max(ids) if ids else None
 
 
 def _claim(pool, host, cluster: str, home: str, known: set[str]) -> bool:

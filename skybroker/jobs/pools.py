@@ -268,7 +268,8 @@ class PoolRunner:
                              f"{' spot' if rec.use_spot else ''})")
             state.add_event(w.cluster, "pool", f"worker {w.idx} of pool {p.name}: setup done, ready")
             return
-        self._apply(p, w, R.Finish(store.FAILED_SETUP, st.exit_code, f"the pool's setup failed (exit {st.exit_code}) "
+        exited = f"exit {st.exit_code}" if st.exit_code is not None else f"no exit code: {st.crash or 'its runner died'}"
+        self._apply(p, w, R.Finish(store.FAILED_SETUP, st.exit_code, f"the pool's setup failed ({exited}) "
                                    f"on {w.cluster}; fix it and `broker jobs pool apply` again"))
 
     # -- jobs on workers (called from the controller's job steps) -------------------------------

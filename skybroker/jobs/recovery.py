@@ -112,15 +112,17 @@ def decide(view: JobView, event) -> object:
     if isinstance(event, UserFailed):
         code = event.exit_code
         why = f": {event.reason}" if event.reason else ""
+        exited = f"exit {code}" if code is not None else "no exit code"  # its runner crashed: no code invented
         if code is not None and code in view.recover_on_exit_codes:
             return Relaunch(None, same_place_first=True, counts_as_error=False, same_cluster=True,
                             reason=f"exit code {code} is in recover_on_exit_codes: restarting")
         if view.restarts_on_errors < view.max_restarts_on_errors:
             n = view.restarts_on_errors + 1
             return Relaunch(None, same_place_first=True, counts_as_error=True, same_cluster=True,
-                            reason=f"user code failed (exit {code}{why}); restart {n}/{view.max_restarts_on_errors}")
+                            reason=f"user code failed ({exited}{why}); restart {n}/{view.max_restarts_on_errors}")
         status = store.FAILED_SETUP if event.setup else store.FAILED
-        return Finish(status, code, f"{'setup' if event.setup else 'run'} failed with exit code {code}{why}")
+        return Finish(status, code, f"{'setup' if event.setup else 'run'} failed with "
+                      f"{'exit code %s' % code if code is not None else 'no exit code'}{why}")
     if isinstance(event, Preempted):
         return _relaunch_after_loss(view, f"preempted: {event.reason}")
     if isinstance(event, Unreachable):

@@ -207,11 +207,17 @@ class LinePrinter:
 
 def job_summary(st, cluster: str) -> None:
     ok = st.status == "SUCCEEDED"
-    codes = ", ".join(f"node-{n.rank}: {n.status}" + (f" ({n.exit_code})" if n.exit_code not in (None, 0) else "")
+    codes = ", ".join(f"node-{n.rank}: {n.status}" + (f" ({n.exit_code})" if n.exit_code not in (None, 0) else
+                                                       " (no exit code)" if _ended_without_code(n) else "")
                       for n in st.nodes)
     crash = getattr(st, "crash", None)  # the node's reason when it says more than the exit code
     _err_line("green" if ok else "red", f"Job {st.job_id} {st.status} on {cluster}" + ("" if ok else f" — {codes}")
               + (f": {crash}" if crash and not ok else ""))
+
+
+def _ended_without_code(n) -> bool:
+    """A node's job failed with no exit code of its own: its runner crashed (or the node rebooted under it)."""
+    return n.status in ("FAILED", "FAILED_SETUP") and n.exit_code is None and bool(getattr(n, "reason", None))
 
 
 def launch_end(cluster: str, status: str | None) -> None:

@@ -2,7 +2,7 @@
 the managed-jobs controller).
 
   COPY          the bucket's objects are downloaded HERE through the store's SDK into a private staging
-                cache (BROKER_HOME/storage-cache, 0700; unchanged files are not fetched again) and rsynced
+                cache (BROKER_HOME/storage-cache, 0700; unchanged files are not fetched again; pruned: cache.py) and rsynced
                 to every node before setup, like a local file mount. The nodes get no credential at all.
   MOUNT         rclone FUSE mount on every node (`--vfs-cache-mode writes`: reads stream, a written file
                 is uploaded BROKER_STORAGE_WRITE_BACK (5 s) after it is closed). The default of the mapping
@@ -23,13 +23,13 @@ whose tag still says so are ever deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import shlex
 from pathlib import Path
 
 from .. import settings
-from . import get_store, records, transfer
+from . import cache, get_store, records, transfer
 from .base import (
     CLOUD_STORE,
     MANAGED_TAG,
@@ -160,21 +160,9 @@ def _ours(tags: dict) -> bool:
     return any(k.replace("_", "-") == MANAGED_TAG and v == "true" for k, v in (tags or {}).items())
 
 
-def cache_dir(ref: BucketRef) -> Path:
-    from ..paths import broker_home
-
-    base = settings.get("storage_cache") or os.path.join(broker_home(), "storage-cache")
-    key = hashlib.sha256(ref.uri.encode()).hexdigest()[:16]
-    p = Path(base) / ref.kind / f"{ref.bucket}-{key}"
-    p.mkdir(parents=True, exist_ok=True)
-    for d in (Path(base), Path(base) / ref.kind, p):
-        os.chmod(d, 0o700)
-    return p
-
-
-def stage(m, ref: BucketRef, on_event) -> tuple[Path, bool]:
-    """COPY: the bucket (prefix) downloaded into this machine's cache; (path, single object?)."""
-    d = cache_dir(ref)
+def stage(m, ref: BucketRef, on_event, d: Path) -> tuple[Path, bool]:
+    """COPY: the bucket (prefix) downloaded into this machine's cache entry `d` (cache.use); (path, single
+    object?)."""
     try:
         n, single = transfer.download(get_store(ref.kind), ref, str(d))
     except StorageError as exc:
@@ -222,14 +210,22 @@ echo "$dst" >> "$HOME/.skybroker-node/mounts"
 
 
 def sync(rt, task, on_event=lambda k, m: None) -> None:
-    """Every bucket mount of the task on every node of the cluster (after its local file mounts)."""
+    """Every bucket mount of the task on every node of the cluster (after its local file mounts); then the
+    COPY cache is pruned (cache.py)."""
+    with contextlib.ExitStack() as held:  # the COPY entries, until every node has its copy (no prune takes them)
+        _sync(rt, task, on_event, held)
+    if any(m.mode == "COPY" for m in bucket_mounts(task)):
+        cache.prune_quietly()
+
+
+def _sync(rt, task, on_event, held) -> None:
     from ..runtime.runner import run_parallel
 
     pairs = prepare(task, rt.rec, on_event)
     copies, mounts = [], []
     for m, ref in pairs:
         if m.mode == "COPY":
-            copies.append((m, *stage(m, ref, on_event)))
+            copies.append((m, *stage(m, ref, on_event, held.enter_context(cache.use(ref, rt.rec.name)))))
         else:
             try:
                 env = get_store(ref.kind).node_env(ref, forward=bool(settings.get("storage_forward_credentials")))
@@ -307,6 +303,8 @@ def release_cluster(rec, on_event=lambda k, m: None) -> list[str]:
         return release(f"cluster:{rec.name}", on_event)
     except Exception as exc:  # noqa: BLE001 - a teardown never fails on bucket bookkeeping
         return [f"bucket cleanup for {rec.name} failed: {exc}"]
+    finally:
+        cache.prune_quietly(gone=rec.name)  # its record is still there: it holds no COPY entry any more
 
 
 def delete_bucket(sr, on_event=lambda k, m: None) -> str:

@@ -87,13 +87,22 @@ def test_s3_uri_is_copied_to_every_node_and_nodes_get_no_credentials(s3, tmp_pat
                                                                   "~/one.txt": "s3://copy-src/pre/sub/b.txt"},
                    run='echo "got $(cat ~/data/a.txt) $(cat ~/data/sub/b.txt) $(cat ~/one.txt)"; '
                        'test -e ~/data/x.txt || echo "no other"; env | grep -c "^AWS_" || true')
+    cache = broker_home() / "storage-cache"
+    stale = cache / "s3" / "stale-0123456789abcdef"  # a COPY of long ago, by a cluster long gone: pruned
+    stale.mkdir(parents=True)
+    (stale / "big.bin").write_bytes(b"x" * 1000)
+    (cache / "s3" / "stale-0123456789abcdef.use").write_text(json.dumps({"used": time.time() - 30 * 86400,
+                                                                          "clusters": ["gone"]}))
     r = broker("launch", "-y", "-c", "cp", t, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = node_lines(r.stdout)
     for rank in (0, 1):
         assert lines[rank] == ["got alpha beta beta", "no other", "0"], r.stdout
-    cache = broker_home() / "storage-cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert not stale.exists() and not (cache / "s3" / "stale-0123456789abcdef.use").exists()
+    mine = [json.loads(p.read_text()) for p in (cache / "s3").glob("copy-src-*.use")]
+    assert len(mine) == 2 and all(u["clusters"] == ["cp"] for u in mine), mine  # kept while cp is recorded
+    assert sorted(p.name for p in (node_dir("cp", 0) / "data").iterdir()) == ["a.txt", "sub"]
     assert "Traceback" not in r.stderr
 
 

@@ -307,6 +307,35 @@ def test_a_context_the_kubeconfig_lacks_is_refused_when_planning_and_leaves_noth
     assert api.plan(task_from_dict({"resources": {"infra": "k8s/fake", "cpus": 2}, "run": "x"})).chosen.region == "fake"
 
 
+def test_no_kubeconfig_at_all_is_a_credentials_error_when_named(monkeypatch, tmp_path):
+    """No kubeconfig anywhere (KUBECONFIG unset, no ~/.kube/config, not in a pod): a task naming k8s is told
+    so (where it looked, how to set one up), exit 4 like another cloud's missing credentials; it was exit 3
+    "no offer fits". A task naming no cloud plans as before, k8s skipped like any unconfigured cloud."""
+    from skybroker.errors import MissingCredentialsError
+    from tests.integration.local_helpers import broker
+
+    for k in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(k, raising=False)
+    _reset()
+    kube = Path(os.environ["HOME"]) / ".kube" / "config"
+    assert not kube.exists()
+    for infra in ("k8s", "kubernetes/ctx"):
+        with pytest.raises(MissingCredentialsError) as ei:
+            api.plan(task_from_dict({"resources": {"infra": infra, "cpus": 2}, "run": "x"}))
+        assert ei.value.exit_code == 4, infra
+        assert "no kubeconfig found (KUBECONFIG is unset and %s does not exist)" % kube in ei.value.message
+        assert "KUBECONFIG" in ei.value.hint and "get-credentials" in ei.value.hint
+    (tmp_path / "t.yaml").write_text("resources: {infra: k8s, cpus: 2}\nrun: echo hi\n")
+    r = broker("launch", "-y", tmp_path / "t.yaml", cwd=tmp_path)
+    assert r.returncode == 4 and "no kubeconfig found" in r.stderr and "Hint:" in r.stderr, r.stderr
+    assert "no offer fits" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert broker("status", "--json").stdout.strip() == "[]"
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
+    r = broker("launch", "-y", tmp_path / "t.yaml", cwd=tmp_path)
+    assert r.returncode == 4 and f"KUBECONFIG={tmp_path / 'nope'}" in r.stderr, r.stderr
+    assert api.plan(task_from_dict({"resources": {"cpus": 2}, "run": "x"})).chosen.cloud != "kubernetes"
+
+
 def test_a_bad_image_or_a_missing_namespace_is_bad_input_and_leaves_nothing(fake, monkeypatch, tmp_path):
     """Both were exit 4 with "retry later, use --retry-until-up" (the generic hint of a capacity failure); an
     unpullable image is exit 2 naming resources.image_id (README: Containers), a missing namespace exit 2 saying

@@ -29,6 +29,22 @@ def test_user_failure_without_restarts_fails_with_exit_code():
     assert a == R.Finish(store.FAILED, 3, a.reason)
 
 
+def test_a_crashed_runner_has_no_exit_code_and_none_is_invented():
+    """A node whose runner crashed has no exit code: the job's status has none either (aggregate gave 1), and
+    the managed job's reason says "no exit code", never "exit None" or "exit 1"."""
+    from skybroker.backend_jobs import NodeJob, aggregate
+
+    why = "agent error: FileExistsError: x"
+    st = aggregate(1, [NodeJob(0, "FAILED", None, why)])
+    assert st.status == "FAILED" and st.exit_code is None and st.crash == why
+    gang = aggregate(1, [NodeJob(0, "FAILED", None, why), NodeJob(1, "FAILED", 3, "run exited with code 3")])
+    assert gang.exit_code == 3  # a node that has one gives it
+    a = R.decide(view(), R.UserFailed(None, reason=why))
+    assert a == R.Finish(store.FAILED, None, f"run failed with no exit code: {why}")
+    b = R.decide(view(max_restarts_on_errors=1), R.UserFailed(None, reason=why))
+    assert isinstance(b, R.Relaunch) and f"(no exit code: {why})" in b.reason
+
+
 def test_user_failure_restarts_within_max_restarts_on_errors_then_fails():
     actions = [R.decide(view(max_restarts_on_errors=2, restarts_on_errors=n), R.UserFailed(7)) for n in range(3)]
     for a in actions[:2]:

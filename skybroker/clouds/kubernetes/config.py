@@ -51,6 +51,23 @@ def kubeconfig_paths() -> list[Path]:
     return [Path(os.path.expanduser("~/.kube/config"))]
 
 
+def no_kubeconfig() -> str | None:
+    """Where a kubeconfig was looked for, when none exists there (and this is not a pod with a service
+    account), else None."""
+    paths = kubeconfig_paths()
+    if any(p.is_file() for p in paths) or in_cluster():
+        return None
+    where = ", ".join(str(p) for p in paths)
+    if os.environ.get("KUBECONFIG"):
+        return f"no kubeconfig found (KUBECONFIG={os.environ['KUBECONFIG']}: {where} does not exist)"
+    return f"no kubeconfig found (KUBECONFIG is unset and {where} does not exist)"
+
+
+SETUP_HINT = ("point KUBECONFIG at your cluster's kubeconfig (or put it at ~/.kube/config), e.g. with "
+              "`gcloud container clusters get-credentials` / `aws eks update-kubeconfig` / `az aks get-credentials`"
+              ", then run `broker check`")
+
+
 def load_kubeconfig() -> Kubeconfig:
     import yaml
 

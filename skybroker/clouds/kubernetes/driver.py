@@ -88,10 +88,8 @@ class KubernetesCloud(Provider):
         elif cfg.in_cluster():
             ok, detail, hint = True, f"in-cluster service account (namespace {cfg.namespace(cfg.IN_CLUSTER)})", None
         else:
-            where = ", ".join(str(p) for p in cfg.kubeconfig_paths())
-            return CloudCheck(self.name, False, f"no kubeconfig ({where})", "point KUBECONFIG at one, or run "
-                              "`gcloud container clusters get-credentials` / `aws eks update-kubeconfig` / "
-                              "`az aks get-credentials`" + ("" if sdk else f"; and {hint_sdk}"),
+            return CloudCheck(self.name, False, cfg.no_kubeconfig() or "no kubeconfig",
+                              cfg.SETUP_HINT + ("" if sdk else f"; and {hint_sdk}"),
                               credentials=False, sdk=sdk, extra=self.sdk_extra)
         if ok and not sdk:
             return CloudCheck(self.name, False, f"{detail}, but the kubernetes client is not installed", hint_sdk,
@@ -160,6 +158,9 @@ class KubernetesCloud(Provider):
     def unavailable_reason(self):
         if cfg.contexts_for_plan():
             return None
+        missing = cfg.no_kubeconfig()
+        if missing:
+            return missing, cfg.SETUP_HINT, True
         dangling = cfg.dangling_reason()
         if dangling:
             return (dangling, "pick an existing context (`kubectl config use-context CTX`, or `infra: k8s/CTX`), "
