@@ -149,6 +149,18 @@ def check_owner(rec, owner: str | None) -> None:
                      "use another cluster name" + (f"; {ends}" if ends else ""))
 
 
+def check_user(rec) -> None:
+    """Server mode: a request may act only on its caller's cluster (an admin's on any). The server checks
+    before the call (server/calls.py); a launch checks again holding the cluster's lock, where no other
+    user's launch can make the cluster meanwhile (two users launching one new name at once)."""
+    caller = state.current_caller.get()
+    if caller is None or caller[1] or rec.user_name == caller[0]:
+        return
+    from .errors import not_yours
+
+    raise not_yours(f"cluster {rec.name}", rec.user_name)
+
+
 def owner_name(owner: str | None) -> str:
     """ "managed:5" -> "managed job 5", "pool:p" -> "pool p", None -> "you"."""
     if owner is None:

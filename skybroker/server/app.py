@@ -97,9 +97,11 @@ def _cached_user(token: str):
 
 def _as_user(user, fn, *args, **kwargs):
     tok = state.current_user.set(user.name)
+    caller = state.current_caller.set((user.name, bool(user.admin)))
     try:
         return fn(*args, **kwargs)
     finally:
+        state.current_caller.reset(caller)
         state.current_user.reset(tok)
 
 

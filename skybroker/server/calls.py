@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import api, state
-from ..errors import ForbiddenError, NotFoundError, UsageError
+from ..errors import ForbiddenError, NotFoundError, UsageError, not_yours
 
 EV, LN, RAW = "event", "line", "raw"
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -37,9 +37,7 @@ def upload_root(user_name: str) -> Path:
 # ownership
 
 def _deny(what: str, owner: str | None) -> ForbiddenError:
-    who = f"user {owner}" if owner else "no user (made in local mode)"
-    return ForbiddenError(f"{what} belongs to {who}", "only its user or an admin may do this; "
-                          "`broker status --all-users` shows whose is what")
+    return not_yours(what, owner)
 
 
 def own_cluster(user, name) -> None:
