@@ -305,7 +305,10 @@ def _api_routes(app: FastAPI) -> None:
                 body = wire.load(json.loads(raw or b"{}"))
             except ValueError:
                 raise wire.WireError("the request body is not JSON") from None
-            args, kwargs = list(body.get("args") or []), dict(body.get("kwargs") or {})
+            if not isinstance(body, dict) or not isinstance(body.get("args") or [], list) or \
+                    not isinstance(body.get("kwargs") or {}, dict):
+                raise wire.WireError("the request body is not {args: [...], kwargs: {...}}")
+            args, kwargs = calls.bind(fn, run, stream, list(body.get("args") or []), dict(body.get("kwargs") or {}))
             _as_user(user, check, user, args, kwargs)
             if stream is not None:
                 return user, run, stream, args, kwargs, None

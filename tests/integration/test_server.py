@@ -137,6 +137,39 @@ def test_two_users_isolation(server, tmp_path):
     assert bob("down", "-y", "alices").returncode == 0
 
 
+def test_arguments_sent_by_name_are_checked_like_positional_ones(server, tmp_path):
+    """Found by exploratory testing: `jobs_cancel` with `job_ids` sent by name (a raw HTTP call, not the
+    CLI) skipped the ownership check, and bob cancelled alice's managed job. Every call's arguments are now
+    bound to the use case's parameters before its check: by name or by position, another user's cluster or
+    job is 403 and nothing changes; an argument the use case does not take is exit 2, never a 500."""
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    bob = server.client(server.token("bob"), tmp_path / "bob")
+    r = alice("launch", "-y", "-d", "-c", "alices", write_task(tmp_path / "t.yaml", name="a", run="sleep 60"))
+    assert r.returncode == 0, r.stderr
+    r = alice("jobs", "launch", "-y", "-d", write_task(tmp_path / "m.yaml", name="m", run="echo up; sleep 60"))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: json.loads(alice("jobs", "queue", "--json").stdout)[0]["status"] == "RUNNING", 60, 0.3,
+             "alice's managed job running")
+    by_name = [("jobs_cancel", {"job_ids": [1]}), ("jobs_get", {"job_id": 1}), ("job_timeline", {"job_id": 1}),
+               ("jobs_logs", {"job_id": 1, "follow": False}), ("get_cluster", {"name": "alices"}),
+               ("stop", {"name": "alices"}), ("down", {"names": ["alices"]}), ("queue", {"name": "alices"}),
+               ("cancel", {"name": "alices", "job_ids": [1]}), ("forget_host_keys", {"cluster": "alices"}),
+               ("set_autostop", {"name": "alices", "minutes": 1, "down": True}),
+               ("logs", {"name": "alices", "job_id": 1, "follow": False})]
+    for fn, kwargs in by_name:
+        code, body = bob.http(fn, {"args": [], "kwargs": kwargs})
+        assert code == 403 and body["error"]["exit_code"] == 7, (fn, code, body)
+    for fn, body in [("jobs_cancel", {"args": [], "kwargs": {"job_ids": [1], "nope": 1}}),
+                     ("queue", {"args": ["alices"], "kwargs": {"on_event": 1}}), ("get_cluster", {"args": []})]:
+        code, answer = bob.http(fn, {"kwargs": {}, **body})
+        assert code == 400 and answer["error"]["exit_code"] == 2, (fn, code, answer)
+    [j] = json.loads(alice("jobs", "queue", "--json").stdout)
+    assert j["status"] == "RUNNING", j  # nothing changed
+    assert [(c["status"], c["autostop_minutes"]) for c in _status(alice, "alices")] == [("UP", None)]
+    assert alice("jobs", "cancel", "-y", "1").returncode == 0
+    assert alice("down", "-y", "alices").returncode == 0
+
+
 def test_token_revoked_mid_session(server, tmp_path):
     tok = server.token("carol")
     carol = server.client(tok, tmp_path / "carol")
