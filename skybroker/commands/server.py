@@ -165,8 +165,9 @@ def login(url, token):
 
             raise UsageError("no token given", "--token TOKEN or BROKER_API_TOKEN")
         token = click.prompt("Token", hide_input=True)
-    me = Client(url.rstrip("/"), token).whoami()
-    path = save_login(url, token)
+    client = Client(url.rstrip("/"), token)
+    me = client.whoami()
+    path = save_login(url, client.token)  # as sent: without the blanks around it
     render.info(f"logged in to {url} as {me['name']}{' (admin)' if me.get('admin') else ''}; saved in {path}")
 
 

@@ -133,3 +133,23 @@ def test_the_way_back_to_local_mode_follows_where_the_server_url_comes_from(tmp_
     assert "`broker logout`" in leave_hint()
     monkeypatch.setenv("BROKER_API_SERVER", "https://other:46580")
     assert "unset BROKER_API_SERVER" in leave_hint()
+
+
+def test_a_token_with_a_line_end_or_a_bad_url_is_no_traceback(tmp_path):
+    """Found by exploratory testing: a token copied with a line end (BROKER_API_TOKEN from a file saved on
+    Windows: `...\\r`) made http.client refuse the header with a traceback that quoted the whole token on
+    stderr (a CI log); a URL like `http://[::1` was a traceback too. Blanks around a token are dropped
+    (also in the login file); a bad character inside it is exit 7, naming no token."""
+    from skybroker.client.http import Client
+
+    assert Client("http://127.0.0.1:1", "brk_abc\r\n").token == "brk_abc"
+    secret = "brk_s3cr3t-token-value"
+    for bad in (secret[:8] + "\n" + secret[8:], secret + "\ttail", secret + "é"):
+        r = _cli("status", env={"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": bad})
+        assert r.returncode == 7 and "character no token has" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "s3cr3t" not in r.stdout + r.stderr, r.stderr
+    r = _cli("status", env={"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": secret + "\r"})
+    assert r.returncode == 1 and "cannot reach the broker server" in r.stderr, r.stderr  # sent, without the \r
+    for url in ("http://[::1", "http://127.0.0.1:abc"):
+        r = _cli("status", env={"BROKER_API_SERVER": url, "BROKER_API_TOKEN": secret})
+        assert r.returncode == 1 and "is not http(s)://HOST[:PORT]" in r.stderr and "Traceback" not in r.stderr, r.stderr
