@@ -9,8 +9,9 @@
 
 Every request but health carries `Authorization: Bearer TOKEN` (users.py); the token is looked up on
 each request, so a revoked token stops working at once. Work runs in threads (the state layer and the
-clouds' SDKs are synchronous); a stream's thread gets KeyboardInterrupt at its next output when the
-client went away, which is what Ctrl-C does locally (a launch rolls back, a follow stops).
+clouds' SDKs are synchronous); a stream's thread gets KeyboardInterrupt as soon as the client went away
+(interrupts.py; also when the call is quiet, e.g. following a silent job), which is what Ctrl-C does
+locally (a launch rolls back, a follow stops and ends its followers on the nodes).
 
 Logs: one line per call (time, user, call, HTTP status, duration): never arguments, bodies or tokens.
 """
@@ -353,12 +354,22 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
     q: asyncio.Queue = asyncio.Queue()
     gone = threading.Event()
 
-    interrupted = threading.Event()
+    interrupted, finished, once = threading.Event(), threading.Event(), threading.Lock()
+
+    def interrupt_once(thread=None) -> bool:  # the client went away: what one Ctrl-C does locally, once,
+        with once:                            # so the rollback that follows runs to its end, quietly
+            if interrupted.is_set() or finished.is_set():
+                return False
+            interrupted.set()
+            if thread is not None:  # under the lock: never once the call has returned
+                from ..interrupts import interrupt
+
+                interrupt(thread)
+            return True
 
     def put(obj) -> None:
         if gone.is_set():
-            if not interrupted.is_set():  # the client went away: what one Ctrl-C does locally, once,
-                interrupted.set()         # so the rollback that follows runs to its end, quietly
+            if interrupt_once():
                 raise KeyboardInterrupt
             return
         loop.call_soon_threadsafe(q.put_nowait, obj)
@@ -372,16 +383,24 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
         else:
             cbs[param] = lambda x: put({"t": "raw", "x": x})
 
+    went_away = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
+
     def work():
+        msg = went_away
         try:
-            value = _as_user(user, run, user, *args, **kwargs, **cbs)
-            msg = {"t": "result", "v": wire.dump(value)}
-        except BrokerError as exc:
-            msg = {"t": "error", "e": wire.error_dict(exc)}
-        except KeyboardInterrupt:
-            msg = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
-        except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
-            msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
+            try:
+                value = _as_user(user, run, user, *args, **kwargs, **cbs)
+                msg = {"t": "result", "v": wire.dump(value)}
+            except BrokerError as exc:
+                msg = {"t": "error", "e": wire.error_dict(exc)}
+            except KeyboardInterrupt:
+                msg = went_away
+            except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
+                msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
+            with once:
+                finished.set()
+        except KeyboardInterrupt:  # interrupted just as the call returned: its answer stands
+            finished.set()
         state_db.close_thread_db()  # this thread ends here: its database connection too
         try:
             loop.call_soon_threadsafe(q.put_nowait, msg)
@@ -389,7 +408,8 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
         except RuntimeError:  # the loop is closed (server shutting down)
             pass
 
-    threading.Thread(target=work, name=f"call-{fn}", daemon=True).start()
+    worker = threading.Thread(target=work, name=f"call-{fn}", daemon=True)
+    worker.start()
     try:
         while True:
             try:
@@ -401,3 +421,5 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
             yield json.dumps(item, separators=(",", ":")) + "\n"
     finally:
         gone.set()
+        interrupt_once(worker)  # gone while the call is quiet (a silent job followed): interrupted now,
+        # not at its next output, hours later

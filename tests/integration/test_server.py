@@ -486,6 +486,44 @@ def test_interrupted_client_launch_is_rolled_back_by_the_server(tmp_path):
         s.stop()
 
 
+def _followers(home) -> list[int]:
+    """Processes following a job's log on a local cloud node under `home` (`agent.py logs N --follow`)."""
+    from pathlib import Path
+
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0") if p.name.isdigit() else []
+        except OSError:
+            continue
+        if b"logs" in cmd and b"--follow" in cmd and any(str(home).encode() in c for c in cmd):
+            found.append(int(p.name))
+    return found
+
+
+def test_a_client_gone_from_a_silent_follow_leaves_no_follower_on_the_nodes(server, tmp_path):
+    """Found by exploratory testing: Ctrl-C on `logs -f` of a job that prints nothing for a while left the
+    server following it (a thread, and `agent.py logs --follow` on every node) until the job ended, since
+    the call was interrupted only at its next output; each abandoned follow added more. Now the call is
+    interrupted as soon as the client is gone, its per-node followers too; the job runs on."""
+    import signal
+
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    r = alice("launch", "-y", "-d", "-c", "quiet", write_task(tmp_path / "t.yaml", name="q", num_nodes=2,
+                                                             run="echo started; sleep 120"))
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):
+        p = alice.bg("logs", "quiet", "1", "-f")
+        wait_for(lambda: len(_followers(server.home)) == 2, 30, 0.1, "the server following both nodes")
+        assert "started" in p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+        wait_for(lambda: not _followers(server.home), 20, 0.2, "the followers gone with the client")
+    [j] = json.loads(alice("queue", "quiet", "--json").stdout)
+    assert j["status"] == "RUNNING", j  # the job keeps running
+    assert alice("down", "-y", "quiet").returncode == 0
+
+
 def test_tls(tmp_path):
     import datetime
     import ipaddress
