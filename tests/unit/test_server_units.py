@@ -87,6 +87,31 @@ def test_server_refuses_plain_http_off_loopback():
     assert r.returncode == 2 and "go together" in r.stderr
 
 
+def test_server_start_checks_its_port_host_and_certificate_before_starting(tmp_path):
+    """Found by exploratory testing: `broker server start` on a port in use printed "broker server on ...",
+    became the leader (the controller and the watcher started), then uvicorn logged the bind error and the
+    command exited 3 ("nothing in the catalogs fits"); a host that does not resolve did the same, and a
+    certificate that is not one was an ssl traceback. Each is now exit 2 before anything is said or started."""
+    import socket
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _cli("server", "start", "--port", str(port))
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    runs = [(r, f"port {port} on 127.0.0.1 is in use")]
+    for args, said in [(["--host", "nosuchhost.invalid", "--insecure"], "--host nosuchhost.invalid: not an address"),
+                       (["--certfile", str(bad), "--keyfile", str(bad)], f"--certfile {bad} / --keyfile {bad}: not a")]:
+        runs.append((_cli("server", "start", "--port", str(port), *args), said))
+    for r, said in runs:
+        out = r.stdout + r.stderr
+        assert r.returncode == 2 and said in r.stderr, (said, r.returncode, out)
+        assert "Traceback" not in out and "broker server on" not in out and "leader" not in out, out
+
+
 def test_login_file_is_private_and_client_mode_follows_it(tmp_path):
     from skybroker.client import endpoint, remove_login, save_login
 
