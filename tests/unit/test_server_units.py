@@ -66,6 +66,41 @@ def test_postgres_translation():
     assert redact_url("postgresql://u:pa@ss@h/db") == "postgresql://u:***@h/db"
 
 
+def test_postgresql_gone_under_a_running_server_is_a_state_error(postgres):
+    """Found by exploratory testing: with PostgreSQL stopped under a running server, every call answered
+    "server error: OperationalError: connection failed ... Hint: see the server's log; this is a bug" and
+    the dashboard a bare "Internal Server Error". A statement that finds the connection gone (and cannot
+    make a new one) is now the StateError a failed connect is (the URL redacted); once PostgreSQL answers
+    again the next statement reconnects."""
+    import psycopg
+
+    from skybroker import db_pg, state_db
+
+    conn = db_pg.Connection(postgres.fresh_url())
+    good = conn.url
+    conn.execute("CREATE TABLE t (x BIGINT)")
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(postgres.url, autocommit=True) as admin:  # PostgreSQL ends our session ...
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    dead = socket_free_port()
+    conn.url = f"postgresql://broker:pw@127.0.0.1:{dead}/x"  # ... and cannot be reached to reconnect
+    with pytest.raises(state_db.StateError) as e:
+        conn.execute("SELECT count(*) FROM t")
+    assert "cannot use the state database postgresql://broker:***@127.0.0.1" in e.value.message, e.value.message
+    assert "pw" not in e.value.message and "PostgreSQL runs" in e.value.hint
+    conn.url = good  # back: the next statement connects again
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    conn.close()
+
+
+def socket_free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_bad_database_url_is_a_clear_error(monkeypatch):
     from skybroker import state, state_db
 
