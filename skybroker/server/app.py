@@ -18,6 +18,7 @@ Logs: one line per call (time, user, call, HTTP status, duration): never argumen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -106,9 +107,20 @@ def _as_user(user, fn, *args, **kwargs):
         state.current_user.reset(tok)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    yield
+    if _CALLS:  # stopping (SIGTERM, Ctrl-C): what a stop does to a local launch, before the process ends
+        log(f"stopping: interrupting {len(_CALLS)} running call(s) (a launch rolls back) and waiting for them")
+        left = await anyio.to_thread.run_sync(finish_calls, SHUTDOWN_WAIT)
+        if left:
+            log(f"{left} call(s) still running after {SHUTDOWN_WAIT:.0f}s: `broker status` shows what they left")
+
+
 def create_app(local_token: str | None = None) -> FastAPI:
     """The server's app. With `local_token` (`broker dashboard`): that one token only, no users table."""
-    app = FastAPI(title="skybroker", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="skybroker", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_lifespan)
     app.state.local_token = local_token
 
     @app.get("/api/v1/health")
@@ -348,6 +360,22 @@ def _api_routes(app: FastAPI) -> None:
         return StreamingResponse(_stream(user, fn, run, stream, args, kwargs), media_type="application/x-ndjson")
 
 
+SHUTDOWN_WAIT = 60.0  # how long a stopping server waits for its interrupted calls (a launch's rollback)
+_CALLS: dict[threading.Thread, object] = {}  # this process's running stream calls → how to interrupt one
+
+
+def finish_calls(timeout: float) -> int:
+    """Interrupt every running stream call, as the client going away does, and wait up to `timeout` for
+    them to end. Returns how many still run."""
+    running = list(_CALLS.items())
+    for worker, interrupt_once in running:
+        interrupt_once(worker)
+    deadline = time.monotonic() + timeout
+    for worker, _ in running:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    return sum(w.is_alive() for w, _ in running)
+
+
 async def _stream(user, fn, run, stream: dict, args, kwargs):
     """Run the call in a thread, forwarding its callbacks as NDJSON lines, pinging while it is quiet."""
     loop = asyncio.get_running_loop()
@@ -401,6 +429,7 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
                 finished.set()
         except KeyboardInterrupt:  # interrupted just as the call returned: its answer stands
             finished.set()
+        _CALLS.pop(threading.current_thread(), None)
         state_db.close_thread_db()  # this thread ends here: its database connection too
         try:
             loop.call_soon_threadsafe(q.put_nowait, msg)
@@ -409,6 +438,7 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
             pass
 
     worker = threading.Thread(target=work, name=f"call-{fn}", daemon=True)
+    _CALLS[worker] = interrupt_once
     worker.start()
     try:
         while True:

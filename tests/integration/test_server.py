@@ -524,6 +524,37 @@ def test_a_client_gone_from_a_silent_follow_leaves_no_follower_on_the_nodes(serv
     assert alice("down", "-y", "quiet").returncode == 0
 
 
+def test_a_server_stopped_mid_launch_rolls_the_launch_back(tmp_path):
+    """Found by exploratory testing: SIGTERM to the server (systemctl stop, a deploy) during a client's
+    launch ended the process with the launch's thread in the middle of it: the cluster stayed INTERRUPTED
+    with its instances running (money, on a real cloud), where a local `broker` rolls back on SIGTERM. A
+    stopping server now interrupts its running calls and waits for their rollback before it exits."""
+    import signal
+
+    s = Server(tmp_path / "server_home", extra_env={"BROKER_FAILPOINTS": "sync=sleep(30)"})
+    s.start()
+    try:
+        gus = s.client(s.token("gus"), tmp_path / "gus")
+        (tmp_path / "wd").mkdir()
+        task = write_task(tmp_path / "t.yaml", name="t", workdir=str(tmp_path / "wd"), run="echo never")
+        err = tmp_path / "launch.err"
+        p = gus.bg("launch", "-y", "-c", "mid", task, stderr=err)
+        wait_for(lambda: "syncing" in err.read_text(), 30, 0.1, "the launch under way")
+        assert cluster_dir("mid", s.home).exists()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+        p.wait(30)
+        assert p.returncode != 0 and "never" not in p.stdout.read()
+        assert not cluster_dir("mid", s.home).exists()  # rolled back before the process ended
+        assert "stopping: interrupting 1 running call(s)" in s.log_text()
+        s.extra_env.pop("BROKER_FAILPOINTS")
+        s.start()
+        assert _status(gus) == []
+        assert any(e["kind"] == "down" for e in json.loads(gus("events", "mid", "--json").stdout))
+    finally:
+        s.stop()
+
+
 def test_tls(tmp_path):
     import datetime
     import ipaddress
