@@ -191,3 +191,28 @@ def test_a_launch_checks_the_callers_cluster_again_under_its_lock(tmp_path, monk
     assert marker.read_text().split() == ["alice", "alice", "root"]
     assert state.get_cluster("race").user_name == "alice"
     assert broker("down", "-y", "race").returncode == 0
+
+
+def test_settling_interrupted_launches_tells_only_their_user(tmp_path):
+    """Server mode (found by exploratory testing): any command of bob's that settles interrupted launches
+    (`down`, `launch`) printed alice's "cluster term1: its launch was interrupted ...; `broker down term1`
+    removes them", naming her cluster and telling him to do what he may not. Both are settled, but only
+    each user (or an admin) hears of theirs."""
+    from skybroker import intents, state
+    from skybroker.state import INIT
+
+    for user, name in (("alice", "a1"), ("bob", "b1")):
+        tok = state.current_user.set(user)
+        try:
+            state.save_cluster(replace(_rec(name, None), status=INIT))
+            state.add_intent(name, "local", None, None, f"{name}-gone")  # nothing was created there
+        finally:
+            state.current_user.reset(tok)
+    said = []
+    tok = state.current_caller.set(("bob", False))
+    try:
+        intents.reconcile(lambda k, m: said.append(m))
+    finally:
+        state.current_caller.reset(tok)
+    assert any(m.startswith("b1:") for m in said) and not any("a1" in m for m in said), said
+    assert not state.open_intents("a1") and not state.open_intents("b1")  # both settled all the same
