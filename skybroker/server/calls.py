@@ -439,6 +439,18 @@ def sweep_uploads(user_name: str | None = None, grace: float = UPLOAD_GRACE) -> 
     return gone
 
 
+def _link_inside(top: str, name: str, link: str, filtered: bool) -> bool:
+    """Whether a symlink of the upload points inside its own source (`w/sub/l` → `../a.txt` does): judged
+    by its path here; the tarfile data filter then checks the real path as it extracts (without that
+    filter, Python < 3.11.4, no link may go up at all)."""
+    import posixpath
+
+    if link.startswith("/") or (not filtered and ".." in link.split("/")):
+        return False
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
+    return target == top or target.startswith(top + "/")
+
+
 def extract_upload(user, data: bytes) -> str:
     """Unpack a client's tar.gz of task sources into the user's upload area; returns its id."""
     import io
@@ -456,8 +468,12 @@ def extract_upload(user, data: bytes) -> str:
                 if m.name.startswith("/") or ".." in m.name.split("/") or not re.match(r"^[wm][0-9]*$", top) \
                         or not (m.isfile() or m.isdir() or m.issym()):
                     raise UsageError(f"upload: refusing the entry {m.name!r}")
-                if m.issym() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")):
-                    raise UsageError(f"upload: refusing the link {m.name!r} → {m.linkname!r}")
+                if m.issym() and not _link_inside(top, m.name, m.linkname, hasattr(tarfile, "data_filter")):
+                    where = "the workdir" if top == "w" else "its file mount"
+                    raise UsageError(f"upload: the link {m.name.partition('/')[2] or m.name} → {m.linkname} points "
+                                     f"out of {where}, which a server cannot follow",
+                                     "make it a relative link inside it, mount its target with file_mounts, or "
+                                     "leave it out (.brokerignore)")
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, filter="data")
             else:  # pragma: no cover - Python < 3.11.4: members were checked above

@@ -213,3 +213,30 @@ def test_a_token_with_a_line_end_or_a_bad_url_is_no_traceback(tmp_path):
     for url in ("http://[::1", "http://127.0.0.1:abc"):
         r = _cli("status", env={"BROKER_API_SERVER": url, "BROKER_API_TOKEN": secret})
         assert r.returncode == 1 and "is not http(s)://HOST[:PORT]" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_upload_keeps_links_inside_its_workdir_and_names_the_ones_out_of_it(tmp_path):
+    """Found by exploratory testing: a workdir with `sub/l -> ../a.txt` (a relative link that stays inside
+    it) ran locally but the server refused it ("upload: refusing the link 'w/sub/l' → '../a.txt'", exit 2,
+    no hint). A link inside its source now travels (the tarfile data filter still keeps every extracted path
+    inside the upload); one out of it (absolute, or up and out) is refused naming it, with what to do."""
+    from skybroker.client.remote import _tarball
+    from skybroker.errors import UsageError
+    from skybroker.server import calls
+    from skybroker.users import User
+
+    wd = tmp_path / "wd"
+    (wd / "sub").mkdir(parents=True)
+    (wd / "a.txt").write_text("hi\n")
+    (wd / "sub" / "l").symlink_to("../a.txt")
+    alice = User("alice", False)
+    uid = calls.extract_upload(alice, _tarball(str(wd), []))
+    link = calls.upload_root("alice") / uid / "w" / "sub" / "l"
+    assert os.readlink(link) == "../a.txt" and link.read_text() == "hi\n"
+    for name, target in (("up", "../../etc"), ("abs", "/etc/passwd")):
+        (wd / name).symlink_to(target)
+        with pytest.raises(UsageError) as e:
+            calls.extract_upload(alice, _tarball(str(wd), []))
+        assert f"the link {name} → {target} points out of the workdir" in e.value.message, e.value.message
+        assert ".brokerignore" in e.value.hint
+        (wd / name).unlink()
