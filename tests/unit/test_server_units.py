@@ -240,3 +240,17 @@ def test_an_upload_keeps_links_inside_its_workdir_and_names_the_ones_out_of_it(t
         assert f"the link {name} → {target} points out of the workdir" in e.value.message, e.value.message
         assert ".brokerignore" in e.value.hint
         (wd / name).unlink()
+
+
+@pytest.mark.parametrize("group", [["volumes", "ls"], ["storage", "ls"], ["storage", "delete", "-a", "-y"]])
+def test_volumes_and_storage_are_refused_in_client_mode_not_done_locally(group):
+    """Found by exploratory testing: in client mode `broker volumes apply/ls/delete` and `broker storage
+    ls/delete` silently acted on the laptop's own state and cloud credentials (a volume made there is one no
+    task sent to the server can mount; `ls` said "No volumes" while the server had some). They have no
+    server call: refused (exit 2) saying so; BROKER_API_SERVER=local runs them on this machine."""
+    client = {"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": "brk_x"}
+    r = _cli(*group, env=client)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"`broker {group[0]}` does not go through the broker server (http://127.0.0.1:1)" in r.stderr, r.stderr
+    assert "BROKER_API_SERVER=local" in r.stderr
+    assert _cli(*group, env={**client, "BROKER_API_SERVER": "local"}).returncode == 0
