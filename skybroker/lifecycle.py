@@ -232,9 +232,8 @@ def _bring_up_locked(b: BringUp) -> Running:
 
     name, task = b.cluster, b.task
     rec = prior = state.get_cluster(name)
-    if rec is not None:  # server mode: another user's cluster, made since the server checked (nothing done)
-        check_user(rec)
-    if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
+    if rec is not None:  # server mode: not another user's cluster, made since the server checked (refused,
+        check_user(rec)  # nothing done); it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
     if rec is not None:  # before anything is done to it: half-made, stopped or up
         try:
