@@ -524,6 +524,29 @@ def test_a_client_gone_from_a_silent_follow_leaves_no_follower_on_the_nodes(serv
     assert alice("down", "-y", "quiet").returncode == 0
 
 
+def test_ctrl_c_after_the_job_was_submitted_says_what_a_local_launch_says(server, tmp_path):
+    """Found by exploratory testing: Ctrl-C on a client-mode launch (or exec) following its running job
+    said "interrupted: the server rolls back what this launch was creating", though the job runs on and
+    nothing is rolled back; a local launch says "stopped following; job 1 keeps running on cluster C" and
+    how to follow or stop it. The client now says that once the server reported the job submitted."""
+    import signal
+
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    task = write_task(tmp_path / "t.yaml", name="t", run="echo started; sleep 120")
+    for args, job in ((("launch", "-y", "-c", "follow", task), 1), (("exec", "follow", "--", "sleep 120"), 2)):
+        err = tmp_path / f"{args[0]}.err"
+        p = alice.bg(*args, stderr=err)
+        wait_for(lambda: f"job {job} submitted" in err.read_text(), 30, 0.1, "the job submitted")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+        said = err.read_text()
+        assert f"stopped following; job {job} keeps running on cluster follow" in said, said
+        assert f"broker logs follow {job} -f" in said and "rolls back" not in said, said
+    q = {j["job_id"]: j["status"] for j in json.loads(alice("queue", "follow", "--json").stdout)}
+    assert q[1] == "RUNNING" and q[2] in ("PENDING", "RUNNING"), q
+    assert alice("down", "-y", "follow").returncode == 0
+
+
 def test_a_server_stopped_mid_launch_rolls_the_launch_back(tmp_path):
     """Found by exploratory testing: SIGTERM to the server (systemctl stop, a deploy) during a client's
     launch ended the process with the launch's thread in the middle of it: the cluster stayed INTERRUPTED
