@@ -231,9 +231,12 @@ class JobQueries:
                                             for r in self.lost_ranks}  # a DEGRADED cluster's: not streamed
         nodes = [n for n in self.nodes if n.rank not in self.lost_ranks]
 
+        ended = {n.rank: threading.Event() for n in nodes}  # waited on, not join()ed: an interrupted join
+        # marks a running thread as stopped (CPython's bpo-45274 handling), so it could not be interrupted
+
         def one(node):
-            r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
             try:
+                r = self.runner(node)  # the node's one connection: the stream is another channel on it (SSH)
                 if not self.agent(node, r).follow_log(job_id, lambda line: on_line(node.rank, line), follow=follow):
                     errors[node.rank] = BrokerError(f"node {node.rank} has no job {job_id}")
             except NodeUnreachable as exc:
@@ -242,6 +245,8 @@ class JobQueries:
                 stop.set()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors[node.rank] = exc
+            finally:
+                ended[node.rank].set()
 
         threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
         for t in threads:
@@ -266,9 +271,16 @@ class JobQueries:
         if follow:
             w.start()
         try:
+            for ev in ended.values():
+                while not ev.wait(0.2):
+                    pass
+        except BaseException:  # interrupted (Ctrl-C; a server's client gone): the followers stop too, so no
+            from .interrupts import interrupt  # `logs --follow` is left on a node until the job ends
+
+            stop.set()
             for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+                interrupt(t)
+            raise
         finally:
             watcher_done.set()
         return self.job_or_unreachable(job_id, errors)

@@ -149,6 +149,24 @@ def check_owner(rec, owner: str | None) -> None:
                      "use another cluster name" + (f"; {ends}" if ends else ""))
 
 
+def check_user(rec) -> None:
+    """Server mode: a request may act only on its caller's cluster (an admin's on any). The server checks
+    before the call (server/calls.py); a launch checks again holding the cluster's lock, where no other
+    user's launch can make the cluster meanwhile (two users launching one new name at once)."""
+    if callers(rec):
+        return
+    from .errors import not_yours
+
+    raise not_yours(f"cluster {rec.name}", rec.user_name)
+
+
+def callers(rec) -> bool:
+    """Whether the caller of a server request may act on (and hear about) this cluster: theirs, or any for
+    an admin; always outside a server request."""
+    caller = state.current_caller.get()
+    return caller is None or caller[1] or rec is None or rec.user_name == caller[0]
+
+
 def owner_name(owner: str | None) -> str:
     """ "managed:5" -> "managed job 5", "pool:p" -> "pool p", None -> "you"."""
     if owner is None:

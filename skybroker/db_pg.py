@@ -146,12 +146,18 @@ class Connection:
         q, returning = translate(sql, named)
         word = q.split(None, 1)[0].upper() if q else ""
         try:
-            cur = self._conn.execute(q, params or None)
-        except psycopg.OperationalError:
-            if self._in_tx or not self._conn.closed and self._conn.info.transaction_status != 0:
+            try:
+                cur = self._conn.execute(q, params or None)
+            except psycopg.OperationalError:
+                if self._in_tx or not self._conn.closed and self._conn.info.transaction_status != 0:
+                    raise
+                self._conn = self._connect()
+                cur = self._conn.execute(q, params or None)
+        except psycopg.OperationalError as exc:
+            if not (self._conn.closed or self._conn.broken):  # e.g. a deadlock: the caller's to handle
                 raise
-            self._conn = self._connect()
-            cur = self._conn.execute(q, params or None)
+            self._in_tx = False  # PostgreSQL down, restarting or out of reach: said as at connect, not as a
+            raise lost(self.url, exc) from None  # bug (the next statement connects again)
         if word == "BEGIN":
             self._in_tx = True
         elif word in ("COMMIT", "ROLLBACK"):
@@ -177,6 +183,15 @@ class Connection:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def lost(url: str, exc: BaseException):
+    """The StateError of a statement PostgreSQL could not run for want of a connection."""
+    from .state_db import StateError
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StateError(f"cannot use the state database {redact_url(url)}: {redact_url(msg)}",
+                      "check that PostgreSQL runs and is reachable from here, then retry")
 
 
 def connect(url: str, migrations: list[str]) -> Connection:

@@ -102,6 +102,13 @@ class AuthError(ForbiddenError):
     """Server mode: no token, or one the server does not know or has revoked (HTTP 401)."""
 
 
+def not_yours(what: str, owner: str | None) -> ForbiddenError:
+    """Server mode: `what` (a cluster, a managed job, a pool) is another user's (or no user's)."""
+    who = f"user {owner}" if owner else "no user (made in local mode)"
+    return ForbiddenError(f"{what} belongs to {who}", "only its user or an admin may do this; "
+                          "`broker status --all-users` shows whose is what")
+
+
 class Scope(str, Enum):
     """How much of the world a provisioning failure rules out."""
 

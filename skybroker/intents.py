@@ -68,17 +68,22 @@ def reconcile(on_event: Event = _noop, only: set[str] | None = None) -> list[str
     interrupted = []
     candidates = {i["cluster"] for i in state.open_intents()} | {
         r.name for r in state.list_clusters() if r.status == INIT}
+    from .cluster_ops import callers
+
     for name in sorted(candidates if only is None else candidates & only):
+        # settled whoever asks, but said only to its user (or an admin): a server's other users are told
+        # neither its name nor to `down` what they may not touch
+        say = on_event if callers(state.get_cluster(name)) else _noop
         try:
             with cluster_lock(name, timeout=0):
                 if _owned_by_active_job(state.get_cluster(name) or name):
                     continue
-                if _reconcile_one(name, on_event):
+                if _reconcile_one(name, say):
                     interrupted.append(name)
         except ClusterBusy:
             continue  # a live command holds it: not ours to settle
         except BrokerError as exc:
-            on_event("warning", f"could not reconcile the interrupted launch of {name}: {exc.message}")
+            say("warning", f"could not reconcile the interrupted launch of {name}: {exc.message}")
     return interrupted
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import state
-from .cluster_ops import check_owner, left_behind, start_locked, terminate, write_ssh_config
+from .cluster_ops import check_owner, check_user, left_behind, start_locked, terminate, write_ssh_config
 from .errors import BrokerError, Interrupted, LeftBehind, SpecError
 from .failpoints import failpoint
 from .state import INIT, INTERRUPTED, STOPPED, UP, ClusterRecord, NodeRecord
@@ -232,7 +232,8 @@ def _bring_up_locked(b: BringUp) -> Running:
 
     name, task = b.cluster, b.task
     rec = prior = state.get_cluster(name)
-    if rec is not None:  # it may have stopped or terminated itself (autostop on the cluster)
+    if rec is not None:  # server mode: not another user's cluster, made since the server checked (refused,
+        check_user(rec)  # nothing done); it may have stopped or terminated itself (autostop on the cluster)
         rec = reconcile.fresh(rec, locked=True)
     if rec is not None:  # before anything is done to it: half-made, stopped or up
         try:

@@ -90,6 +90,10 @@ class ClusterRecord:
 
 # Server mode: the user a request (or a managed job's controller step) acts for; new clusters record it.
 current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("broker_user", default=None)
+# Server mode: the caller of a request, (name, admin), set by the server around each call (None in local mode
+# and in the controller's threads); a launch checks it again under the cluster's lock (cluster_ops.check_user).
+current_caller: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("broker_caller",
+                                                                                          default=None)
 
 
 # ----------------------------------------------------------------------------------------------

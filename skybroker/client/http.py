@@ -35,6 +35,19 @@ READS = frozenset({"status", "jobs_queue", "cluster_exists", "get_cluster", "clu
                    "cost_report", "plan"})
 
 
+def clean_token(token: str | None) -> str | None:
+    """The token without the blanks around it (a line end copied with it, a file saved on Windows); a
+    character a token never has inside it is an AuthError that does not show the token (it would go in a
+    header that http.client refuses with a traceback quoting it)."""
+    if token is None:
+        return None
+    token = token.strip()
+    if any(not ("!" <= ch <= "~") for ch in token):
+        raise AuthError("the API token has a character no token has (a space, a line break or a non-ASCII "
+                        "letter inside it)", "copy it again: `broker login URL --token TOKEN`, or BROKER_API_TOKEN")
+    return token
+
+
 def _closed(conn) -> bool:
     """Whether the server closed an idle kept-alive connection (its socket reads as ready: EOF)."""
     import select
@@ -50,16 +63,20 @@ def _closed(conn) -> bool:
 
 class Client:
     def __init__(self, url: str, token: str | None):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:  # "http://[::1", "http://host:abc"
+            parts, port = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise BrokerError(f"the broker server URL {url!r} is not http(s)://HOST[:PORT]",
                               "`broker login http://HOST:46580 --token …`")
         self.url = url
         self.https = parts.scheme == "https"
         self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
+        self.port = port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
-        self.token = token
+        self.token = clean_token(token)
         self._kept: http.client.HTTPConnection | None = None
         self._kept_at = 0.0
 

@@ -37,6 +37,31 @@ def _streamed(fn, interrupted: str, *args, **kw):
         raise Interrupted(interrupted) from None
 
 
+def _submitting(fn, interrupted: str, *args, on_event=None, **kw):
+    """A launch or exec: interrupted before its job was submitted, `interrupted`; after (the server said
+    "job N submitted to C"), what a local one says then: the job keeps running, how to follow or stop it."""
+    import re
+
+    seen: list = []
+
+    def event(kind, msg):
+        m = re.match(r"job (\d+) submitted to (\S+)$", msg) if kind == "submitted" else None
+        if m:
+            seen.append(m.groups())
+        if on_event is not None:
+            on_event(kind, msg)
+
+    try:
+        return client().call(fn, *args, on_event=event, **kw)
+    except KeyboardInterrupt:
+        if not seen:
+            raise Interrupted(interrupted) from None
+        job, name = seen[-1]
+        raise Interrupted(f"stopped following; job {job} keeps running on cluster {name}",
+                          f"`broker logs {name} {job} -f` to follow again, `broker cancel {name} {job}` to stop it, "
+                          f"`broker down {name}` to remove the cluster") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # tasks: local sources travel as an upload
 
@@ -103,15 +128,16 @@ def cluster_names() -> list[str]:
 
 def launch(task, *, cluster=None, plan=None, detach=False, retry_until_up=False, keep_on_failure=False,
            on_event=None, on_line=None):
-    return _streamed("launch", "interrupted: the server rolls back what this launch was creating "
-                     "(a job already running keeps running; see `broker status`)",
-                     _prepare(task), cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
-                     keep_on_failure=keep_on_failure, on_event=on_event, on_line=on_line)
+    return _submitting("launch", "interrupted: the server rolls back what this launch was creating "
+                       "(a job already running keeps running; see `broker status`)",
+                       _prepare(task), cluster=cluster, plan=plan, detach=detach, retry_until_up=retry_until_up,
+                       keep_on_failure=keep_on_failure, on_event=on_event, on_line=on_line)
 
 
 def exec_(name: str, task, *, detach=False, on_event=None, on_line=None):
-    return _streamed("exec_", f"stopped following; the job keeps running on cluster {name}",
-                     name, _prepare(task), detach=detach, on_event=on_event, on_line=on_line)
+    return _submitting("exec_", f"exec interrupted; cluster {name} stays up (`broker queue {name}` shows "
+                       "whether its job was submitted)",
+                       name, _prepare(task), detach=detach, on_event=on_event, on_line=on_line)
 
 
 _daemons: dict | None = None

@@ -25,6 +25,22 @@ def use_api():
     return remote
 
 
+def local_only(command: str) -> None:
+    """A command group that acts on this machine's state and cloud credentials only (no server call
+    exists for it): refused in client mode, where it would make or delete a bucket or a volume the
+    server's tasks never see, with this machine's credentials, and list none of the server's."""
+    from ..client import endpoint
+
+    where = endpoint()
+    if where is not None:
+        from ..errors import UsageError
+
+        raise UsageError(f"`broker {command}` does not go through the broker server ({where[0]}): it would act on "
+                         f"this machine's own state and cloud credentials, not the server's",
+                         f"run it on the server machine for the server's; for this machine's own: "
+                         f"BROKER_API_SERVER=local broker {command} ...")
+
+
 def task_options(f):
     opts = [
         click.option("--infra", help="cloud[/region[/zone]], e.g. aws/us-east-1, gcp, local, ssh/mypool."),

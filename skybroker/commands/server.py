@@ -72,6 +72,11 @@ def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud, worker
     from .. import state
 
     state.db()  # a bad URL or an unusable database: said now, before listening
+    if certfile:
+        _check_tls(certfile, keyfile)
+    # a port in use or a host that is not this machine's: exit 2 before anything is said or started (the
+    # controller, the watcher), not uvicorn's log line and its exit 3 once the server had become the leader
+    sock = _listen(host, port, "another `broker server`", "pass --port N for another port")
     if allow_local_cloud:
         os.environ["BROKER_SERVER_ALLOW_LOCAL_CLOUD"] = "1"  # seen by worker processes too (calls.py)
     where = "postgresql " + _redacted(state.db_url()) if state.db_url() else f"sqlite {state.db_path()}"
@@ -80,14 +85,34 @@ def start(host, port, db, certfile, keyfile, insecure, allow_local_cloud, worker
     daemons.start()
     from ..client.http import SERVER_KEEP_ALIVE
 
-    app = app_mod.create_app() if workers == 1 else "skybroker.server.app:create_app"
+    opts = dict(log_level="warning", access_log=False, ssl_certfile=certfile, ssl_keyfile=keyfile,
+                timeout_graceful_shutdown=5, timeout_keep_alive=SERVER_KEEP_ALIVE)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, factory=workers > 1,
-                    workers=workers, ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5,
-                    timeout_keep_alive=SERVER_KEEP_ALIVE)
+        if workers == 1:
+            try:  # on the socket checked above (as uvicorn.run does, a stopping signal ends it quietly)
+                uvicorn.Server(uvicorn.Config(app_mod.create_app(), **opts)).run(sockets=[sock])
+            except KeyboardInterrupt:
+                pass
+        else:  # uvicorn's worker processes bind for themselves
+            sock.close()
+            uvicorn.run("skybroker.server.app:create_app", host=host, port=port, factory=True, workers=workers, **opts)
     finally:
+        sock.close()
         daemons.stop()
     return 0
+
+
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """The certificate and key load (a wrong file is exit 2 naming them, not an ssl traceback)."""
+    import ssl
+
+    from ..errors import UsageError
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"--certfile {certfile} / --keyfile {keyfile}: not a certificate and its key "
+                         f"({getattr(exc, 'reason', None) or exc})", "both PEM files; the key unencrypted") from None
 
 
 def _redacted(url: str) -> str:
@@ -165,8 +190,9 @@ def login(url, token):
 
             raise UsageError("no token given", "--token TOKEN or BROKER_API_TOKEN")
         token = click.prompt("Token", hide_input=True)
-    me = Client(url.rstrip("/"), token).whoami()
-    path = save_login(url, token)
+    client = Client(url.rstrip("/"), token)
+    me = client.whoami()
+    path = save_login(url, client.token)  # as sent: without the blanks around it
     render.info(f"logged in to {url} as {me['name']}{' (admin)' if me.get('admin') else ''}; saved in {path}")
 
 
@@ -213,21 +239,27 @@ def dashboard(port):
     return 0
 
 
-def _listen(host: str, port: int):
-    """A socket bound to host:port (0: any free port), or a UsageError naming the port."""
+def _listen(host: str, port: int, other: str = "another `broker dashboard`",
+            another: str = "pass --port N for another port, or --port 0 for any free one"):
+    """A socket bound to host:port (0: any free port), or a UsageError naming the host or the port."""
     import errno
     import socket
 
     from ..errors import UsageError
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({getattr(exc, 'strerror', None) or exc})",
+                         "an address or name of this machine: 127.0.0.1, or 0.0.0.0 for all of them") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT leftovers are no bar
     try:
-        sock.bind((host, port))
+        sock.bind(addr)
     except OSError as exc:
         sock.close()
-        why = "is in use (another `broker dashboard`, or another program)" if exc.errno == errno.EADDRINUSE \
-            else f"cannot be listened on ({exc.strerror or exc})"
-        raise UsageError(f"port {port} on {host} {why}", "pass --port N for another port, or --port 0 for any "
-                         "free one") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is in use ({other}, or another program)", another) from None
+        raise UsageError(f"cannot listen on {host} port {port} ({exc.strerror or exc})",
+                         f"--host: an address of this machine (0.0.0.0: all of them); {another}") from None
     return sock

@@ -5,12 +5,13 @@ import click
 
 from .. import render
 from ..errors import names_or_all
-from .options import confirm_destructive, examples
+from .options import local_only, confirm_destructive, examples
 
 
 @click.group(epilog=examples("broker storage ls", "broker storage delete my-bucket -y"))
 def storage():
     """Buckets created or used by `file_mounts` storages with a `name` (SkyPilot's `sky storage`)."""
+    local_only("storage")  # not through a broker server (client mode): refused, not done here silently
 
 
 @storage.command("ls", epilog=examples("broker storage ls", "broker storage ls --refresh --json"))

@@ -5,13 +5,14 @@ import click
 
 from .. import render
 from ..errors import Declined
-from .options import confirm, confirm_destructive, examples
+from .options import local_only, confirm, confirm_destructive, examples
 
 
 @click.group(epilog=examples("broker volumes apply volume.yaml", "broker volumes ls --json",
                              "broker volumes delete my-volume -y"))
 def volumes():
     """Volumes a task mounts with `volumes: {/mnt/path: NAME}` (README "Volumes")."""
+    local_only("volumes")  # not through a broker server (client mode): refused, not done here silently
 
 
 @volumes.command("apply", epilog=examples("broker volumes apply volume.yaml -y"))

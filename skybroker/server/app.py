@@ -9,14 +9,16 @@
 
 Every request but health carries `Authorization: Bearer TOKEN` (users.py); the token is looked up on
 each request, so a revoked token stops working at once. Work runs in threads (the state layer and the
-clouds' SDKs are synchronous); a stream's thread gets KeyboardInterrupt at its next output when the
-client went away, which is what Ctrl-C does locally (a launch rolls back, a follow stops).
+clouds' SDKs are synchronous); a stream's thread gets KeyboardInterrupt as soon as the client went away
+(interrupts.py; also when the call is quiet, e.g. following a silent job), which is what Ctrl-C does
+locally (a launch rolls back, a follow stops and ends its followers on the nodes).
 
 Logs: one line per call (time, user, call, HTTP status, duration): never arguments, bodies or tokens.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -97,15 +99,28 @@ def _cached_user(token: str):
 
 def _as_user(user, fn, *args, **kwargs):
     tok = state.current_user.set(user.name)
+    caller = state.current_caller.set((user.name, bool(user.admin)))
     try:
         return fn(*args, **kwargs)
     finally:
+        state.current_caller.reset(caller)
         state.current_user.reset(tok)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    yield
+    if _CALLS:  # stopping (SIGTERM, Ctrl-C): what a stop does to a local launch, before the process ends
+        log(f"stopping: interrupting {len(_CALLS)} running call(s) (a launch rolls back) and waiting for them")
+        left = await anyio.to_thread.run_sync(finish_calls, SHUTDOWN_WAIT)
+        if left:
+            log(f"{left} call(s) still running after {SHUTDOWN_WAIT:.0f}s: `broker status` shows what they left")
 
 
 def create_app(local_token: str | None = None) -> FastAPI:
     """The server's app. With `local_token` (`broker dashboard`): that one token only, no users table."""
-    app = FastAPI(title="skybroker", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="skybroker", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_lifespan)
     app.state.local_token = local_token
 
     @app.get("/api/v1/health")
@@ -303,7 +318,10 @@ def _api_routes(app: FastAPI) -> None:
                 body = wire.load(json.loads(raw or b"{}"))
             except ValueError:
                 raise wire.WireError("the request body is not JSON") from None
-            args, kwargs = list(body.get("args") or []), dict(body.get("kwargs") or {})
+            if not isinstance(body, dict) or not isinstance(body.get("args") or [], list) or \
+                    not isinstance(body.get("kwargs") or {}, dict):
+                raise wire.WireError("the request body is not {args: [...], kwargs: {...}}")
+            args, kwargs = calls.bind(fn, run, stream, list(body.get("args") or []), dict(body.get("kwargs") or {}))
             _as_user(user, check, user, args, kwargs)
             if stream is not None:
                 return user, run, stream, args, kwargs, None
@@ -342,18 +360,44 @@ def _api_routes(app: FastAPI) -> None:
         return StreamingResponse(_stream(user, fn, run, stream, args, kwargs), media_type="application/x-ndjson")
 
 
+SHUTDOWN_WAIT = 60.0  # how long a stopping server waits for its interrupted calls (a launch's rollback)
+_CALLS: dict[threading.Thread, object] = {}  # this process's running stream calls → how to interrupt one
+
+
+def finish_calls(timeout: float) -> int:
+    """Interrupt every running stream call, as the client going away does, and wait up to `timeout` for
+    them to end. Returns how many still run."""
+    running = list(_CALLS.items())
+    for worker, interrupt_once in running:
+        interrupt_once(worker)
+    deadline = time.monotonic() + timeout
+    for worker, _ in running:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    return sum(w.is_alive() for w, _ in running)
+
+
 async def _stream(user, fn, run, stream: dict, args, kwargs):
     """Run the call in a thread, forwarding its callbacks as NDJSON lines, pinging while it is quiet."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
     gone = threading.Event()
 
-    interrupted = threading.Event()
+    interrupted, finished, once = threading.Event(), threading.Event(), threading.Lock()
+
+    def interrupt_once(thread=None) -> bool:  # the client went away: what one Ctrl-C does locally, once,
+        with once:                            # so the rollback that follows runs to its end, quietly
+            if interrupted.is_set() or finished.is_set():
+                return False
+            interrupted.set()
+            if thread is not None:  # under the lock: never once the call has returned
+                from ..interrupts import interrupt
+
+                interrupt(thread)
+            return True
 
     def put(obj) -> None:
         if gone.is_set():
-            if not interrupted.is_set():  # the client went away: what one Ctrl-C does locally, once,
-                interrupted.set()         # so the rollback that follows runs to its end, quietly
+            if interrupt_once():
                 raise KeyboardInterrupt
             return
         loop.call_soon_threadsafe(q.put_nowait, obj)
@@ -367,16 +411,25 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
         else:
             cbs[param] = lambda x: put({"t": "raw", "x": x})
 
+    went_away = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
+
     def work():
+        msg = went_away
         try:
-            value = _as_user(user, run, user, *args, **kwargs, **cbs)
-            msg = {"t": "result", "v": wire.dump(value)}
-        except BrokerError as exc:
-            msg = {"t": "error", "e": wire.error_dict(exc)}
-        except KeyboardInterrupt:
-            msg = {"t": "error", "e": {"message": "the client went away", "hint": None, "exit_code": 130}}
-        except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
-            msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
+            try:
+                value = _as_user(user, run, user, *args, **kwargs, **cbs)
+                msg = {"t": "result", "v": wire.dump(value)}
+            except BrokerError as exc:
+                msg = {"t": "error", "e": wire.error_dict(exc)}
+            except KeyboardInterrupt:
+                msg = went_away
+            except Exception as exc:  # noqa: BLE001 - a bug: reported to the client, traceback in the log
+                msg = {"t": "error", "e": wire.error_dict(_internal(exc))}
+            with once:
+                finished.set()
+        except KeyboardInterrupt:  # interrupted just as the call returned: its answer stands
+            finished.set()
+        _CALLS.pop(threading.current_thread(), None)
         state_db.close_thread_db()  # this thread ends here: its database connection too
         try:
             loop.call_soon_threadsafe(q.put_nowait, msg)
@@ -384,7 +437,9 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
         except RuntimeError:  # the loop is closed (server shutting down)
             pass
 
-    threading.Thread(target=work, name=f"call-{fn}", daemon=True).start()
+    worker = threading.Thread(target=work, name=f"call-{fn}", daemon=True)
+    _CALLS[worker] = interrupt_once
+    worker.start()
     try:
         while True:
             try:
@@ -396,3 +451,5 @@ async def _stream(user, fn, run, stream: dict, args, kwargs):
             yield json.dumps(item, separators=(",", ":")) + "\n"
     finally:
         gone.set()
+        interrupt_once(worker)  # gone while the call is quiet (a silent job followed): interrupted now,
+        # not at its next output, hours later

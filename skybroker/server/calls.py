@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import api, state
-from ..errors import ForbiddenError, NotFoundError, UsageError
+from ..errors import ForbiddenError, NotFoundError, UsageError, not_yours
 
 EV, LN, RAW = "event", "line", "raw"
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -37,9 +37,7 @@ def upload_root(user_name: str) -> Path:
 # ownership
 
 def _deny(what: str, owner: str | None) -> ForbiddenError:
-    who = f"user {owner}" if owner else "no user (made in local mode)"
-    return ForbiddenError(f"{what} belongs to {who}", "only its user or an admin may do this; "
-                          "`broker status --all-users` shows whose is what")
+    return not_yours(what, owner)
 
 
 def own_cluster(user, name) -> None:
@@ -53,6 +51,8 @@ def own_cluster(user, name) -> None:
 def own_job(user, job_id) -> None:
     from ..jobs import store
 
+    if isinstance(job_id, bool) or not isinstance(job_id, (int, str)) or not str(job_id).isdigit():
+        raise UsageError(f"a managed job id must be a number, not {job_id!r}")
     j = store.get(int(job_id))
     if j is not None and not user.admin and j.user_name != user.name:
         raise _deny(f"managed job {job_id}", j.user_name)
@@ -113,8 +113,13 @@ def _admin(user, args, kwargs) -> None:
         raise ForbiddenError("only an admin may do this", "ask an admin (`broker server token create NAME --admin`)")
 
 
+def _at(args: list, i: int):
+    """The i-th argument of a call (bind() put every argument the use case takes by position there)."""
+    return args[i] if len(args) > i else None
+
+
 def _first_cluster(user, args, kwargs) -> None:
-    own_cluster(user, args[0] if args else kwargs.get("name"))
+    own_cluster(user, _at(args, 0))
 
 
 def run_status(user, refresh=False, names=None, all_users=False):
@@ -130,7 +135,7 @@ def run_cluster_names(user):
 
 
 def check_launch(user, args, kwargs) -> None:
-    server_task(user, args[0])
+    server_task(user, _at(args, 0))
     if kwargs.get("cluster"):
         own_cluster(user, kwargs["cluster"])
 
@@ -143,8 +148,8 @@ def run_launch(user, task, **kw):
 
 
 def check_exec(user, args, kwargs) -> None:
-    own_cluster(user, args[0])
-    server_task(user, args[1])
+    own_cluster(user, _at(args, 0))
+    server_task(user, _at(args, 1))
 
 
 def run_exec(user, name, task, **kw):
@@ -209,11 +214,14 @@ def run_jobs_queue(user, all_users=False):
 
 
 def check_job(user, args, kwargs) -> None:
-    own_job(user, args[0])
+    own_job(user, _at(args, 0))
 
 
 def check_jobs_cancel(user, args, kwargs) -> None:
-    for jid in (args[0] if args else []):
+    ids = _at(args, 0) or []
+    if not isinstance(ids, list):
+        raise UsageError("expected a list of job ids")
+    for jid in ids:
         own_job(user, jid)
 
 
@@ -269,7 +277,7 @@ def own_pool(user, name) -> None:
 
 
 def check_pool_apply(user, args, kwargs) -> None:
-    own_pool(user, args[0])
+    own_pool(user, _at(args, 0))
     if len(args) > 1 and args[1] is not None:
         server_task(user, args[1])
 
@@ -293,15 +301,19 @@ def run_jobs_launch_pool(user, pool, task, num_jobs=1):
 
 
 def _plain(fn):
-    return lambda user, *a, **kw: fn(*a, **kw)
+    def run(user, *a, **kw):
+        return fn(*a, **kw)
+
+    run.__wrapped__ = fn  # bind() reads the use case's own parameters
+    return run
 
 
 CALLS = {
-    "plan": (lambda u, a, k: _plan_check(u, a[0]), _plain(api.plan), None),
-    "preflight": (lambda u, a, k: server_task(u, a[0]),
+    "plan": (lambda u, a, k: _plan_check(u, _at(a, 0)), _plain(api.plan), None),
+    "preflight": (lambda u, a, k: server_task(u, _at(a, 0)),
                   lambda u, task, plan=None: api.preflight(server_task(u, task), plan), None),
     "cluster_exists": (_none, _plain(api.cluster_exists), None),
-    "get_cluster": (lambda u, a, k: own_cluster(u, a[0]), _plain(api.get_cluster), None),  # its record: its user only
+    "get_cluster": (lambda u, a, k: own_cluster(u, _at(a, 0)), _plain(api.get_cluster), None),  # its record: its user only
     "cluster_names": (_none, run_cluster_names, None),
     "status": (_none, run_status, None),
     "daemons": (_none, run_daemons, None),
@@ -320,7 +332,7 @@ CALLS = {
     "logs": (_first_cluster, _plain(api.logs), {"on_line": LN, "on_event": EV}),
     "cancel": (_first_cluster, _plain(api.cancel), {"on_event": EV}),
     "events": (check_events, run_events, None),
-    "jobs_launch": (lambda u, a, k: server_task(u, a[0]), run_jobs_launch, None),
+    "jobs_launch": (lambda u, a, k: server_task(u, _at(a, 0)), run_jobs_launch, None),
     "jobs_launch_pipeline": (check_pipeline, run_jobs_launch_pipeline, None),
     "jobs_queue": (_none, run_jobs_queue, None),
     "jobs_get": (check_job, _plain(api.jobs_get), None),
@@ -333,8 +345,8 @@ CALLS = {
     "cost_report": (_none, run_cost_report, None),
     "pool_apply": (check_pool_apply, run_pool_apply, None),
     "pool_status": (_none, run_pool_status, None),
-    "pool_down": (lambda u, a, k: own_pool(u, a[0]), lambda u, name, wait=False: api.pool_down(name, False), None),
-    "jobs_launch_pool": (lambda u, a, k: (own_pool(u, a[0]), server_task(u, a[1])), run_jobs_launch_pool, None),
+    "pool_down": (lambda u, a, k: own_pool(u, _at(a, 0)), lambda u, name, wait=False: api.pool_down(name, False), None),
+    "jobs_launch_pool": (lambda u, a, k: (own_pool(u, _at(a, 0)), server_task(u, _at(a, 1))), run_jobs_launch_pool, None),
 }
 
 
@@ -354,6 +366,27 @@ CACHED = {
 # Calls that are pure computation (the optimizer): run a few at a time, so that a burst of them leaves
 # the GIL to the event loop serving the cached reads.
 CPU_BOUND = frozenset({"plan", "preflight"})
+
+
+def bind(fn: str, run, stream, args: list, kwargs: dict) -> tuple[list, dict]:
+    """The client's arguments as the use case takes them: one it named that has a position goes in that
+    position, so every check (which reads positions) sees it however it was sent (a non-admin's
+    `jobs_cancel` with `job_ids` by name cancelled another user's job); one the use case does not take, or a
+    callback the server passes itself, is refused (exit 2)."""
+    import inspect
+
+    sig = inspect.signature(run)  # follows _plain's __wrapped__ to the use case
+    params = list(sig.parameters.values())
+    if not hasattr(run, "__wrapped__"):
+        params = params[1:]  # run(user, ...)
+    if set(kwargs) & set(stream or ()):
+        raise UsageError(f"the call {fn!r} takes no {', '.join(sorted(set(kwargs) & set(stream)))} from a client")
+    try:
+        bound = sig.replace(parameters=params).bind_partial(*args, **kwargs)
+    except TypeError as exc:
+        raise UsageError(f"bad arguments for the call {fn!r}: {exc}", "client and server versions differ? "
+                         "install the same skybroker version on both") from None
+    return list(bound.args), dict(bound.kwargs)
 
 
 def lookup(fn: str):
@@ -406,6 +439,18 @@ def sweep_uploads(user_name: str | None = None, grace: float = UPLOAD_GRACE) -> 
     return gone
 
 
+def _link_inside(top: str, name: str, link: str, filtered: bool) -> bool:
+    """Whether a symlink of the upload points inside its own source (`w/sub/l` → `../a.txt` does): judged
+    by its path here; the tarfile data filter then checks the real path as it extracts (without that
+    filter, Python < 3.11.4, no link may go up at all)."""
+    import posixpath
+
+    if link.startswith("/") or (not filtered and ".." in link.split("/")):
+        return False
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
+    return target == top or target.startswith(top + "/")
+
+
 def extract_upload(user, data: bytes) -> str:
     """Unpack a client's tar.gz of task sources into the user's upload area; returns its id."""
     import io
@@ -423,8 +468,12 @@ def extract_upload(user, data: bytes) -> str:
                 if m.name.startswith("/") or ".." in m.name.split("/") or not re.match(r"^[wm][0-9]*$", top) \
                         or not (m.isfile() or m.isdir() or m.issym()):
                     raise UsageError(f"upload: refusing the entry {m.name!r}")
-                if m.issym() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")):
-                    raise UsageError(f"upload: refusing the link {m.name!r} → {m.linkname!r}")
+                if m.issym() and not _link_inside(top, m.name, m.linkname, hasattr(tarfile, "data_filter")):
+                    where = "the workdir" if top == "w" else "its file mount"
+                    raise UsageError(f"upload: the link {m.name.partition('/')[2] or m.name} → {m.linkname} points "
+                                     f"out of {where}, which a server cannot follow",
+                                     "make it a relative link inside it, mount its target with file_mounts, or "
+                                     "leave it out (.brokerignore)")
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, filter="data")
             else:  # pragma: no cover - Python < 3.11.4: members were checked above

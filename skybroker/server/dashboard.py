@@ -54,13 +54,16 @@ def page(user) -> str:
     from ..jobs import store
 
     now = time.time()
-    recs = state.list_clusters()
+    recs, jobs = state.list_clusters(), store.all_jobs()
+    if not user.admin:  # a user's own, as `status`, `jobs queue`, `events` and `cost-report` show them
+        recs = [r for r in recs if r.user_name == user.name]
+        jobs = [j for j in jobs if j.user_name == user.name]
     rows = "".join("<tr>" + _cell(r.name) + _cell(r.user_name or "-") + _cell(r.infra) + _cell(r.status, r.status)
                    + _cell(r.num_nodes) + _cell(f"{r.hourly_price:.3f}") + _cell(f"{cluster_cost(r, now):.4f}")
                    + _cell(_t(r.launched_at)) + "</tr>" for r in recs)
     clusters = ("<table id=clusters><tr><th>Cluster<th>User<th>Infra<th>Status<th>Nodes<th>$/h<th>Cost so far ($)"
                 f"<th>Launched</tr>{rows}</table>") if recs else "<p id=clusters>No clusters.</p>"
-    jobs = store.all_jobs()[-200:]
+    jobs = jobs[-200:]
     jrows = []
     for j in reversed(jobs):
         evs = [e for e in store.events(j.id) if e["kind"] in ("recovery", "notice", "running", "bring-up")]
@@ -71,13 +74,13 @@ def page(user) -> str:
                      + f"<td>{timeline}</td></tr>")
     mjobs = ("<table id=jobs><tr><th>Job<th>Name<th>User<th>Status<th>Recoveries<th>Cost ($)<th>Where"
              f"<th>Recoveries timeline</tr>{''.join(jrows)}</table>") if jobs else "<p id=jobs>No managed jobs.</p>"
-    evs = state.recent_events(30)
+    evs = _events(user, recs, 30)
     erows = "".join("<tr>" + _cell(_t(e["ts"])) + _cell(e["cluster"]) + _cell(e["kind"]) + _cell(e["message"]) + "</tr>"
                     for e in reversed(evs))
     events = (f"<table id=events><tr><th>Time<th>Cluster<th>Kind<th>Message</tr>{erows}</table>" if evs
               else "<p id=events>No events.</p>")
     return _page("skybroker dashboard", _header(user, now) + f"<h2>Clusters</h2>{clusters}<h2>Managed jobs</h2>"
-                 f"{mjobs}<h2>Launches and their attempts (failover)</h2>{_launches(recs)}"
+                 f"{mjobs}<h2>Launches and their attempts (failover)</h2>{_launches(user, recs)}"
                  f"<h2>Recent events (failover, lifecycle, autostop)</h2>{events}")
 
 
@@ -87,12 +90,25 @@ def _header(user, now: float) -> str:
             f"<p><small>signed in as {escape(who)} · {escape(_t(now))}</small></p>")
 
 
-def _launches(recs, limit: int = 30) -> str:
+def _events(user, recs, limit: int) -> list[dict]:
+    """The latest events an admin sees (all), or a user's: recorded for them, or for no user (the broker's
+    own watchers) on a cluster that is theirs now (the rule of `broker events`, server/calls.py)."""
+    from .. import state
+
+    if user.admin:
+        return state.recent_events(limit)
+    mine = {r.name for r in recs}
+    evs = state.recent_events(max(limit, 2000))
+    return [e for e in evs if e.get("user_name") == user.name
+            or (e.get("user_name") is None and e["cluster"] in mine)][-limit:]
+
+
+def _launches(user, recs, limit: int = 30) -> str:
     from .. import state
     from .history import launches
 
     busy = {r.name for r in recs if r.status == state.INIT}
-    ls = launches(state.recent_events(2000), busy)[-limit:]
+    ls = launches(_events(user, recs, 2000), busy)[-limit:]
     if not ls:
         return "<p id=launches>No launches recorded.</p>"
     rows = []

@@ -10,6 +10,8 @@ its controller then relaunched as "preempted"). Through the real CLI and control
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from skybroker import cluster_ops, lifecycle
@@ -157,3 +159,60 @@ def test_the_server_plans_with_its_own_placement_not_the_clients(tmp_path):
                 placement="{}")
     user = type("U", (), {"name": "alice", "admin": False})()
     assert server_task(user, t).placement is None
+
+
+def test_a_launch_checks_the_callers_cluster_again_under_its_lock(tmp_path, monkeypatch):
+    """Server mode (found by exploratory testing): alice and bob launching `-c race` at once both passed the
+    server's ownership check before either cluster existed, and the one that got the cluster's lock second
+    ran its job on the other's new cluster. The bring-up now checks the caller again holding the lock: the
+    server's launch call as bob, onto alice's cluster made since, is refused (exit 7) and runs nothing;
+    alice and an admin may."""
+    pytest.importorskip("fastapi")
+    from skybroker import state
+    from skybroker.api_plan import load_task
+    from skybroker.errors import ForbiddenError
+    from skybroker.server import calls
+    from skybroker.server.app import _as_user
+    from skybroker.users import User
+
+    monkeypatch.setenv("BROKER_SERVER_ALLOW_LOCAL_CLOUD", "1")
+    marker = tmp_path / "ran"
+    t = load_task(str(write_task(tmp_path / "t.yaml", name="t", resources={"infra": "local"},
+                                 run=f'echo "$WHO" >> {marker}')), {})
+    alice, bob, root = User("alice", False), User("bob", False), User("root", True)
+    r = _as_user(alice, calls.run_launch, alice, replace(t, envs={"WHO": "alice"}), cluster="race")
+    assert r.status.status == "SUCCEEDED" and state.get_cluster("race").user_name == "alice"
+    with pytest.raises(ForbiddenError) as e:
+        _as_user(bob, calls.run_launch, bob, replace(t, envs={"WHO": "bob"}), cluster="race")
+    assert e.value.exit_code == 7 and "cluster race belongs to user alice" in e.value.message
+    assert marker.read_text().split() == ["alice"]  # bob's job never ran there
+    for u in (alice, root):
+        assert _as_user(u, calls.run_launch, u, replace(t, envs={"WHO": u.name}), cluster="race").reused
+    assert marker.read_text().split() == ["alice", "alice", "root"]
+    assert state.get_cluster("race").user_name == "alice"
+    assert broker("down", "-y", "race").returncode == 0
+
+
+def test_settling_interrupted_launches_tells_only_their_user(tmp_path):
+    """Server mode (found by exploratory testing): any command of bob's that settles interrupted launches
+    (`down`, `launch`) printed alice's "cluster term1: its launch was interrupted ...; `broker down term1`
+    removes them", naming her cluster and telling him to do what he may not. Both are settled, but only
+    each user (or an admin) hears of theirs."""
+    from skybroker import intents, state
+    from skybroker.state import INIT
+
+    for user, name in (("alice", "a1"), ("bob", "b1")):
+        tok = state.current_user.set(user)
+        try:
+            state.save_cluster(replace(_rec(name, None), status=INIT))
+            state.add_intent(name, "local", None, None, f"{name}-gone")  # nothing was created there
+        finally:
+            state.current_user.reset(tok)
+    said = []
+    tok = state.current_caller.set(("bob", False))
+    try:
+        intents.reconcile(lambda k, m: said.append(m))
+    finally:
+        state.current_caller.reset(tok)
+    assert any(m.startswith("b1:") for m in said) and not any("a1" in m for m in said), said
+    assert not state.open_intents("a1") and not state.open_intents("b1")  # both settled all the same

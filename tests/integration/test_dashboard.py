@@ -270,3 +270,39 @@ def test_local_dashboard_corrupt_state_plan_reads_no_local_path_and_sigterm_is_1
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+def test_a_users_dashboard_shows_their_own_clusters_jobs_and_events(tmp_path):
+    """Found by exploratory testing: any user's /dashboard listed every user's clusters with their cost so
+    far, every managed job with its cost and timeline, and every cluster's launches and events, which the
+    API (`status`, `jobs queue`, `events`, `cost-report`) shows to their user or an admin only. A user's
+    dashboard now shows theirs; an admin's the team's."""
+    import urllib.request
+
+    server = Server(tmp_path / "server_home").start()
+    try:
+        toks = {n: server.token(n, admin=n == "root") for n in ("alice", "bob", "root")}
+        alice, bob = (server.client(toks[n], tmp_path / n) for n in ("alice", "bob"))
+        for c, name in ((alice, "alices-web"), (bob, "bobs-box")):
+            r = c("launch", "-y", "-d", "-c", name, write_task(tmp_path / f"{name}.yaml", name=name, run="true"))
+            assert r.returncode == 0, r.stderr
+        r = alice("jobs", "launch", "-y", "-d", write_task(tmp_path / "m.yaml", name="alices-job", run="true"))
+        assert r.returncode == 0, r.stderr
+
+        def page(who):
+            req = urllib.request.Request(server.url + "/dashboard", headers={"Authorization": f"Bearer {toks[who]}"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.read().decode()
+
+        wait_for(lambda: "job-1" in page("alice"), 30, 0.3, "alice's managed job on her dashboard")
+        mine = page("bob")
+        assert "bobs-box" in mine and "signed in as bob" in mine
+        for theirs in ("alices-web", "alices-job", "job-1", ">alice<"):
+            assert theirs not in mine, (theirs, mine)
+        assert "alices-web" in page("alice") and "bobs-box" not in page("alice")
+        team = page("root")
+        assert all(x in team for x in ("alices-web", "bobs-box", "alices-job"))
+        for c, name in ((alice, "alices-web"), (bob, "bobs-box")):
+            assert c("down", "-y", name).returncode == 0
+    finally:
+        server.stop()

@@ -137,6 +137,39 @@ def test_two_users_isolation(server, tmp_path):
     assert bob("down", "-y", "alices").returncode == 0
 
 
+def test_arguments_sent_by_name_are_checked_like_positional_ones(server, tmp_path):
+    """Found by exploratory testing: `jobs_cancel` with `job_ids` sent by name (a raw HTTP call, not the
+    CLI) skipped the ownership check, and bob cancelled alice's managed job. Every call's arguments are now
+    bound to the use case's parameters before its check: by name or by position, another user's cluster or
+    job is 403 and nothing changes; an argument the use case does not take is exit 2, never a 500."""
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    bob = server.client(server.token("bob"), tmp_path / "bob")
+    r = alice("launch", "-y", "-d", "-c", "alices", write_task(tmp_path / "t.yaml", name="a", run="sleep 60"))
+    assert r.returncode == 0, r.stderr
+    r = alice("jobs", "launch", "-y", "-d", write_task(tmp_path / "m.yaml", name="m", run="echo up; sleep 60"))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: json.loads(alice("jobs", "queue", "--json").stdout)[0]["status"] == "RUNNING", 60, 0.3,
+             "alice's managed job running")
+    by_name = [("jobs_cancel", {"job_ids": [1]}), ("jobs_get", {"job_id": 1}), ("job_timeline", {"job_id": 1}),
+               ("jobs_logs", {"job_id": 1, "follow": False}), ("get_cluster", {"name": "alices"}),
+               ("stop", {"name": "alices"}), ("down", {"names": ["alices"]}), ("queue", {"name": "alices"}),
+               ("cancel", {"name": "alices", "job_ids": [1]}), ("forget_host_keys", {"cluster": "alices"}),
+               ("set_autostop", {"name": "alices", "minutes": 1, "down": True}),
+               ("logs", {"name": "alices", "job_id": 1, "follow": False})]
+    for fn, kwargs in by_name:
+        code, body = bob.http(fn, {"args": [], "kwargs": kwargs})
+        assert code == 403 and body["error"]["exit_code"] == 7, (fn, code, body)
+    for fn, body in [("jobs_cancel", {"args": [], "kwargs": {"job_ids": [1], "nope": 1}}),
+                     ("queue", {"args": ["alices"], "kwargs": {"on_event": 1}}), ("get_cluster", {"args": []})]:
+        code, answer = bob.http(fn, {"kwargs": {}, **body})
+        assert code == 400 and answer["error"]["exit_code"] == 2, (fn, code, answer)
+    [j] = json.loads(alice("jobs", "queue", "--json").stdout)
+    assert j["status"] == "RUNNING", j  # nothing changed
+    assert [(c["status"], c["autostop_minutes"]) for c in _status(alice, "alices")] == [("UP", None)]
+    assert alice("jobs", "cancel", "-y", "1").returncode == 0
+    assert alice("down", "-y", "alices").returncode == 0
+
+
 def test_token_revoked_mid_session(server, tmp_path):
     tok = server.token("carol")
     carol = server.client(tok, tmp_path / "carol")
@@ -449,6 +482,98 @@ def test_interrupted_client_launch_is_rolled_back_by_the_server(tmp_path):
         wait_for(lambda: _status(gus) == [] and not cluster_dir("gone", s.home).exists(), 30, 0.3,
                  "the server rolling the launch back")
         assert any(e["kind"] == "down" for e in json.loads(gus("events", "gone", "--json").stdout))
+    finally:
+        s.stop()
+
+
+def _followers(home) -> list[int]:
+    """Processes following a job's log on a local cloud node under `home` (`agent.py logs N --follow`)."""
+    from pathlib import Path
+
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0") if p.name.isdigit() else []
+        except OSError:
+            continue
+        if b"logs" in cmd and b"--follow" in cmd and any(str(home).encode() in c for c in cmd):
+            found.append(int(p.name))
+    return found
+
+
+def test_a_client_gone_from_a_silent_follow_leaves_no_follower_on_the_nodes(server, tmp_path):
+    """Found by exploratory testing: Ctrl-C on `logs -f` of a job that prints nothing for a while left the
+    server following it (a thread, and `agent.py logs --follow` on every node) until the job ended, since
+    the call was interrupted only at its next output; each abandoned follow added more. Now the call is
+    interrupted as soon as the client is gone, its per-node followers too; the job runs on."""
+    import signal
+
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    r = alice("launch", "-y", "-d", "-c", "quiet", write_task(tmp_path / "t.yaml", name="q", num_nodes=2,
+                                                             run="echo started; sleep 120"))
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):
+        p = alice.bg("logs", "quiet", "1", "-f")
+        wait_for(lambda: len(_followers(server.home)) == 2, 30, 0.1, "the server following both nodes")
+        assert "started" in p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+        wait_for(lambda: not _followers(server.home), 20, 0.2, "the followers gone with the client")
+    [j] = json.loads(alice("queue", "quiet", "--json").stdout)
+    assert j["status"] == "RUNNING", j  # the job keeps running
+    assert alice("down", "-y", "quiet").returncode == 0
+
+
+def test_ctrl_c_after_the_job_was_submitted_says_what_a_local_launch_says(server, tmp_path):
+    """Found by exploratory testing: Ctrl-C on a client-mode launch (or exec) following its running job
+    said "interrupted: the server rolls back what this launch was creating", though the job runs on and
+    nothing is rolled back; a local launch says "stopped following; job 1 keeps running on cluster C" and
+    how to follow or stop it. The client now says that once the server reported the job submitted."""
+    import signal
+
+    alice = server.client(server.token("alice"), tmp_path / "alice")
+    task = write_task(tmp_path / "t.yaml", name="t", run="echo started; sleep 120")
+    for args, job in ((("launch", "-y", "-c", "follow", task), 1), (("exec", "follow", "--", "sleep 120"), 2)):
+        err = tmp_path / f"{args[0]}.err"
+        p = alice.bg(*args, stderr=err)
+        wait_for(lambda: f"job {job} submitted" in err.read_text(), 30, 0.1, "the job submitted")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+        said = err.read_text()
+        assert f"stopped following; job {job} keeps running on cluster follow" in said, said
+        assert f"broker logs follow {job} -f" in said and "rolls back" not in said, said
+    q = {j["job_id"]: j["status"] for j in json.loads(alice("queue", "follow", "--json").stdout)}
+    assert q[1] == "RUNNING" and q[2] in ("PENDING", "RUNNING"), q
+    assert alice("down", "-y", "follow").returncode == 0
+
+
+def test_a_server_stopped_mid_launch_rolls_the_launch_back(tmp_path):
+    """Found by exploratory testing: SIGTERM to the server (systemctl stop, a deploy) during a client's
+    launch ended the process with the launch's thread in the middle of it: the cluster stayed INTERRUPTED
+    with its instances running (money, on a real cloud), where a local `broker` rolls back on SIGTERM. A
+    stopping server now interrupts its running calls and waits for their rollback before it exits."""
+    import signal
+
+    s = Server(tmp_path / "server_home", extra_env={"BROKER_FAILPOINTS": "sync=sleep(30)"})
+    s.start()
+    try:
+        gus = s.client(s.token("gus"), tmp_path / "gus")
+        (tmp_path / "wd").mkdir()
+        task = write_task(tmp_path / "t.yaml", name="t", workdir=str(tmp_path / "wd"), run="echo never")
+        err = tmp_path / "launch.err"
+        p = gus.bg("launch", "-y", "-c", "mid", task, stderr=err)
+        wait_for(lambda: "syncing" in err.read_text(), 30, 0.1, "the launch under way")
+        assert cluster_dir("mid", s.home).exists()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+        p.wait(30)
+        assert p.returncode != 0 and "never" not in p.stdout.read()
+        assert not cluster_dir("mid", s.home).exists()  # rolled back before the process ended
+        assert "stopping: interrupting 1 running call(s)" in s.log_text()
+        s.extra_env.pop("BROKER_FAILPOINTS")
+        s.start()
+        assert _status(gus) == []
+        assert any(e["kind"] == "down" for e in json.loads(gus("events", "mid", "--json").stdout))
     finally:
         s.stop()
 

@@ -66,6 +66,41 @@ def test_postgres_translation():
     assert redact_url("postgresql://u:pa@ss@h/db") == "postgresql://u:***@h/db"
 
 
+def test_postgresql_gone_under_a_running_server_is_a_state_error(postgres):
+    """Found by exploratory testing: with PostgreSQL stopped under a running server, every call answered
+    "server error: OperationalError: connection failed ... Hint: see the server's log; this is a bug" and
+    the dashboard a bare "Internal Server Error". A statement that finds the connection gone (and cannot
+    make a new one) is now the StateError a failed connect is (the URL redacted); once PostgreSQL answers
+    again the next statement reconnects."""
+    import psycopg
+
+    from skybroker import db_pg, state_db
+
+    conn = db_pg.Connection(postgres.fresh_url())
+    good = conn.url
+    conn.execute("CREATE TABLE t (x BIGINT)")
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(postgres.url, autocommit=True) as admin:  # PostgreSQL ends our session ...
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    dead = socket_free_port()
+    conn.url = f"postgresql://broker:pw@127.0.0.1:{dead}/x"  # ... and cannot be reached to reconnect
+    with pytest.raises(state_db.StateError) as e:
+        conn.execute("SELECT count(*) FROM t")
+    assert "cannot use the state database postgresql://broker:***@127.0.0.1" in e.value.message, e.value.message
+    assert "pw" not in e.value.message and "PostgreSQL runs" in e.value.hint
+    conn.url = good  # back: the next statement connects again
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    conn.close()
+
+
+def socket_free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_bad_database_url_is_a_clear_error(monkeypatch):
     from skybroker import state, state_db
 
@@ -85,6 +120,31 @@ def test_server_refuses_plain_http_off_loopback():
     assert r.returncode == 2 and "refusing plain HTTP on 0.0.0.0" in r.stderr and "--insecure" in r.stderr
     r = _cli("server", "start", "--host", "10.1.2.3", "--certfile", __file__)
     assert r.returncode == 2 and "go together" in r.stderr
+
+
+def test_server_start_checks_its_port_host_and_certificate_before_starting(tmp_path):
+    """Found by exploratory testing: `broker server start` on a port in use printed "broker server on ...",
+    became the leader (the controller and the watcher started), then uvicorn logged the bind error and the
+    command exited 3 ("nothing in the catalogs fits"); a host that does not resolve did the same, and a
+    certificate that is not one was an ssl traceback. Each is now exit 2 before anything is said or started."""
+    import socket
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _cli("server", "start", "--port", str(port))
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    runs = [(r, f"port {port} on 127.0.0.1 is in use")]
+    for args, said in [(["--host", "nosuchhost.invalid", "--insecure"], "--host nosuchhost.invalid: not an address"),
+                       (["--certfile", str(bad), "--keyfile", str(bad)], f"--certfile {bad} / --keyfile {bad}: not a")]:
+        runs.append((_cli("server", "start", "--port", str(port), *args), said))
+    for r, said in runs:
+        out = r.stdout + r.stderr
+        assert r.returncode == 2 and said in r.stderr, (said, r.returncode, out)
+        assert "Traceback" not in out and "broker server on" not in out and "leader" not in out, out
 
 
 def test_login_file_is_private_and_client_mode_follows_it(tmp_path):
@@ -133,3 +193,64 @@ def test_the_way_back_to_local_mode_follows_where_the_server_url_comes_from(tmp_
     assert "`broker logout`" in leave_hint()
     monkeypatch.setenv("BROKER_API_SERVER", "https://other:46580")
     assert "unset BROKER_API_SERVER" in leave_hint()
+
+
+def test_a_token_with_a_line_end_or_a_bad_url_is_no_traceback(tmp_path):
+    """Found by exploratory testing: a token copied with a line end (BROKER_API_TOKEN from a file saved on
+    Windows: `...\\r`) made http.client refuse the header with a traceback that quoted the whole token on
+    stderr (a CI log); a URL like `http://[::1` was a traceback too. Blanks around a token are dropped
+    (also in the login file); a bad character inside it is exit 7, naming no token."""
+    from skybroker.client.http import Client
+
+    assert Client("http://127.0.0.1:1", "brk_abc\r\n").token == "brk_abc"
+    secret = "brk_s3cr3t-token-value"
+    for bad in (secret[:8] + "\n" + secret[8:], secret + "\ttail", secret + "é"):
+        r = _cli("status", env={"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": bad})
+        assert r.returncode == 7 and "character no token has" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "s3cr3t" not in r.stdout + r.stderr, r.stderr
+    r = _cli("status", env={"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": secret + "\r"})
+    assert r.returncode == 1 and "cannot reach the broker server" in r.stderr, r.stderr  # sent, without the \r
+    for url in ("http://[::1", "http://127.0.0.1:abc"):
+        r = _cli("status", env={"BROKER_API_SERVER": url, "BROKER_API_TOKEN": secret})
+        assert r.returncode == 1 and "is not http(s)://HOST[:PORT]" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_upload_keeps_links_inside_its_workdir_and_names_the_ones_out_of_it(tmp_path):
+    """Found by exploratory testing: a workdir with `sub/l -> ../a.txt` (a relative link that stays inside
+    it) ran locally but the server refused it ("upload: refusing the link 'w/sub/l' → '../a.txt'", exit 2,
+    no hint). A link inside its source now travels (the tarfile data filter still keeps every extracted path
+    inside the upload); one out of it (absolute, or up and out) is refused naming it, with what to do."""
+    from skybroker.client.remote import _tarball
+    from skybroker.errors import UsageError
+    from skybroker.server import calls
+    from skybroker.users import User
+
+    wd = tmp_path / "wd"
+    (wd / "sub").mkdir(parents=True)
+    (wd / "a.txt").write_text("hi\n")
+    (wd / "sub" / "l").symlink_to("../a.txt")
+    alice = User("alice", False)
+    uid = calls.extract_upload(alice, _tarball(str(wd), []))
+    link = calls.upload_root("alice") / uid / "w" / "sub" / "l"
+    assert os.readlink(link) == "../a.txt" and link.read_text() == "hi\n"
+    for name, target in (("up", "../../etc"), ("abs", "/etc/passwd")):
+        (wd / name).symlink_to(target)
+        with pytest.raises(UsageError) as e:
+            calls.extract_upload(alice, _tarball(str(wd), []))
+        assert f"the link {name} → {target} points out of the workdir" in e.value.message, e.value.message
+        assert ".brokerignore" in e.value.hint
+        (wd / name).unlink()
+
+
+@pytest.mark.parametrize("group", [["volumes", "ls"], ["storage", "ls"], ["storage", "delete", "-a", "-y"]])
+def test_volumes_and_storage_are_refused_in_client_mode_not_done_locally(group):
+    """Found by exploratory testing: in client mode `broker volumes apply/ls/delete` and `broker storage
+    ls/delete` silently acted on the laptop's own state and cloud credentials (a volume made there is one no
+    task sent to the server can mount; `ls` said "No volumes" while the server had some). They have no
+    server call: refused (exit 2) saying so; BROKER_API_SERVER=local runs them on this machine."""
+    client = {"BROKER_API_SERVER": "http://127.0.0.1:1", "BROKER_API_TOKEN": "brk_x"}
+    r = _cli(*group, env=client)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"`broker {group[0]}` does not go through the broker server (http://127.0.0.1:1)" in r.stderr, r.stderr
+    assert "BROKER_API_SERVER=local" in r.stderr
+    assert _cli(*group, env={**client, "BROKER_API_SERVER": "local"}).returncode == 0
