@@ -36,6 +36,7 @@ from ..backend import ClusterRuntime, local_homes
 from ..errors import BrokerError
 from ..runtime.channel import ChangeFeed
 from ..runtime.stream_feed import StreamFeed
+from ..state_db import StateError
 from . import checkpoint, logsync
 from . import pipeline as P
 from . import recovery as R
@@ -47,6 +48,7 @@ from .launching import Launching
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
 TICK = 0.2
+STATE_RETRY_S = 5.0  # a step that could not write the state database (locked, full disk) is tried again this late
 
 
 def cluster_name(job_id: int) -> str:
@@ -140,6 +142,10 @@ class Controller(Launching):
     def step_safe(self, jid: int) -> None:
         try:
             self.step(jid)
+        except StateError as exc:  # our own database, not the job: leave the job as it is and look again later
+            log(f"job {jid}: the state database cannot be written now, the job is left as it is and looked at again "
+                f"in {STATE_RETRY_S:.0f} s: {exc}")
+            self.next_at[jid] = time.time() + STATE_RETRY_S
         except Exception as exc:  # noqa: BLE001 - a controller bug must not take other jobs down
             log(f"job {jid}: controller error: {exc}\n{traceback.format_exc()}")
             j = store.get(jid)
@@ -211,6 +217,8 @@ class Controller(Launching):
         with self.rts.use(rec) as rt:  # kept open across polls: no new SSH connection per look
             try:
                 st = logsync.poll(j, rt)  # status and new output: one agent call per node
+            except StateError:
+                raise  # our database, not the node: never taken for an unreachable node (step_safe retries)
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
             healthy = st is not None and bool(st.nodes) and \
