@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .. import clusters, settings, state
 from ..backend import ClusterRuntime, local_homes
 from ..errors import BrokerError
+from ..failpoints import failpoint
 from ..runtime.channel import ChangeFeed
 from ..runtime.stream_feed import StreamFeed
 from ..state_db import StateError
@@ -150,8 +151,7 @@ class Controller(Launching):
             log(f"job {jid}: controller error: {exc}\n{traceback.format_exc()}")
             j = store.get(jid)
             if j is not None and j.status not in TERMINAL:
-                self._teardown(j)
-                self._finish(j, FAILED_CONTROLLER, None, f"controller error: {exc}")
+                self._end(j, FAILED_CONTROLLER, None, f"controller error: {exc}")
 
     def step(self, jid: int) -> None:
         j = store.get(jid)
@@ -164,6 +164,9 @@ class Controller(Launching):
             state.current_user.reset(token)
 
     def _step(self, j) -> None:
+        if j.outcome:  # it ended and its teardown was cut short (the controller stopped): finish that, nothing else
+            o = json.loads(j.outcome)
+            return self._end(j, o["status"], o.get("exit_code"), o.get("reason") or "")
         if j.cancel_requested:
             return self._cancel(j)
         if P.stage_succeeded(j):  # the controller stopped between a stage's success and the next stage
@@ -326,8 +329,7 @@ class Controller(Launching):
                 P.mark_done(store.get(j.id))  # recorded before the teardown: a restart goes on from here
                 self._teardown(j)
                 return self._advance(store.get(j.id))
-            self._teardown(j)
-            return self._finish(store.get(j.id), action.status, action.exit_code, action.reason)
+            return self._end(j, action.status, action.exit_code, action.reason)
         if isinstance(action, R.Relaunch):
             self._observe_spot(j, preempted=action.lost)
             self._end_segment(j)
@@ -411,6 +413,15 @@ class Controller(Launching):
         except BrokerError as exc:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 
+    def _end(self, j, status: str, exit_code, reason: str) -> None:
+        """End the job: its outcome recorded, its cluster torn down (or worker given back), then the terminal
+        status. A controller stopped in between finds the outcome (_step) and ends it the same way: a job that
+        ended is never taken for preempted because its cluster is gone, so it never runs again."""
+        store.update(j.id, outcome=json.dumps({"status": status, "exit_code": exit_code, "reason": reason}))
+        self._teardown(j)
+        failpoint("after-teardown")
+        self._finish(store.get(j.id), status, exit_code, reason)
+
     def _finish(self, j, status: str, exit_code, reason: str) -> None:
         fields, reason = P.finish_fields(j, status, exit_code, reason)
         store.update(j.id, status=status, exit_code=exit_code, ended_at=time.time(),
@@ -442,8 +453,7 @@ class Controller(Launching):
             finally:
                 rt.close()
         self._end_segment(store.get(j.id))
-        self._teardown(j)
-        self._finish(store.get(j.id), status, None, reason)
+        self._end(j, status, None, reason)
 
 
 

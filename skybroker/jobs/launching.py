@@ -132,8 +132,7 @@ class Launching:
                                 f"{lifecycle._DOING[err.stage]} ({first})")
             return self._apply(j, R.decide(self._view(j, task, recovering), event))
         if err.failure == Failure.USER:
-            self._teardown(j)
-            return self._finish(j, store.FAILED, None, f"the task cannot run as given: {first}")
+            return self._end(j, store.FAILED, None, f"the task cannot run as given: {first}")
         self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
         return self._apply(j, R.decide(self._view(j, task, recovering),
                                        R.BringUpFailed(lifecycle._DOING[err.stage], first)))

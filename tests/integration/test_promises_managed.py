@@ -187,3 +187,30 @@ def test_preemption_notice_syncs_the_checkpoint_and_relaunches_before_the_loss(t
     assert lines[-1] == "done 60"
     rec = [e for e in events(jid) if e["kind"] == "recovery"]
     assert rec and "notice" in rec[0]["message"], diag(jid)
+
+
+@pytest.mark.slow
+def test_controller_killed_while_tearing_down_an_ended_job_does_not_run_it_again(tmp_path, monkeypatch):
+    """The job succeeded and its cluster is gone, but the controller died before it recorded SUCCEEDED: the
+    next controller ends it SUCCEEDED (its outcome was recorded before the teardown), it does not take the
+    missing cluster for a preemption and run the job a second time."""
+    from skybroker import state
+
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-teardown=sleep(3)")
+    task = write_task(tmp_path / "t.yaml", name="ended", num_nodes=2, envs={"LEDGER": str(led)},
+                      run='echo "rank $SKYPILOT_NODE_RANK" >> "$LEDGER"')
+    jid = launch_detached(task)
+    until(lambda: any(e["kind"] == "running" for e in events(jid)), 30, "running", jid)
+    until(lambda: state.get_cluster(f"job-{jid}") is None, 30, "the cluster torn down", jid)
+    pid = controller_pid()
+    assert pid and job(jid).status == "RUNNING", diag(jid)  # torn down, its end not recorded yet
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED" and j.exit_code == 0, diag(jid)
+    time.sleep(1)  # a relaunch, if one was decided, would have started by now
+    assert sorted(ledger(led)) == ["rank 0", "rank 1"], ledger(led)  # ran once
+    assert not any(e["kind"] in ("recovery", "provision") and e["ts"] > j.started_at for e in events(jid)), diag(jid)
+    assert not cluster_dir(f"job-{jid}").exists() or not any(cluster_dir(f"job-{jid}").iterdir())
