@@ -253,6 +253,11 @@ class Controller(Launching):
                     self.failed_seen[j.id] = (j.cluster, j.cluster_job_id)
                     self.next_at[j.id] = time.time() + settings.get("jobs_poll")
                     return None
+                if any(n.status not in logsync.TERMINAL_STATUSES for n in st.nodes):  # the gang failed on one
+                    try:  # node: its parts still running on the others stop first (a restart runs it once)
+                        rt.cancel([j.cluster_job_id])
+                    except BrokerError as exc:
+                        store.add_event(j.id, "warning", f"the failed run's other nodes were not stopped: {exc}")
                 return self._apply(j, R.decide(self._view(j, task),
                                                R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP",
                                                             reason=st.crash)))
