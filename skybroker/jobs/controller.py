@@ -253,6 +253,8 @@ class Controller(Launching):
                     self.failed_seen[j.id] = (j.cluster, j.cluster_job_id)
                     self.next_at[j.id] = time.time() + settings.get("jobs_poll")
                     return None
+                if self._restart_adopted(j, rt):  # a restart the previous controller submitted runs there
+                    return None
                 if any(n.status not in logsync.TERMINAL_STATUSES for n in st.nodes):  # the gang failed on one
                     try:  # node: its parts still running on the others stop first (a restart runs it once)
                         rt.cancel([j.cluster_job_id])
@@ -356,20 +358,6 @@ class Controller(Launching):
             self.next_at[j.id] = 0
             return
         raise TypeError(f"unknown action {action!r}")
-
-    def _resubmit(self, j) -> None:
-        """Rerun on the same (healthy) cluster after a user-code failure, with a fresh submit token."""
-        rec = state.get_cluster(j.cluster)
-        task = self._task(j)
-        token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
-        store.update(j.id, submit_token=token)
-        with self.rts.use(rec) as rt:
-            env = self._restore_checkpoint(j, rt)
-            # with its setup: each node's agent skips it where it succeeded and runs it where it failed
-            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), env_by_rank=env, token=token)
-        now = time.time()
-        store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
-                     segment_price=rec.hourly_price)
 
     def _over_budget(self, j, task, launching: bool = False) -> bool:
         """Stop a job about to exceed its budget (costs/budget.py): FAILED_BUDGET, never silently."""

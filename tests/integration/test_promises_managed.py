@@ -214,3 +214,27 @@ def test_controller_killed_while_tearing_down_an_ended_job_does_not_run_it_again
     assert sorted(ledger(led)) == ["rank 0", "rank 1"], ledger(led)  # ran once
     assert not any(e["kind"] in ("recovery", "provision") and e["ts"] > j.started_at for e in events(jid)), diag(jid)
     assert not cluster_dir(f"job-{jid}").exists() or not any(cluster_dir(f"job-{jid}").iterdir())
+
+
+@pytest.mark.slow
+def test_controller_killed_after_submitting_a_restart_runs_the_restart_once(tmp_path, monkeypatch):
+    """The run failed and the controller resubmitted the job on the same cluster (max_restarts_on_errors),
+    then died before it recorded the new run: the next controller finds that run by its submit token and
+    follows it; it does not restart the job a second time beside it."""
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-resubmit=sleep(5)")
+    task = write_task(tmp_path / "t.yaml", name="again", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "job_recovery": {"max_restarts_on_errors": 2}},
+                      run='echo "start" >> "$LEDGER"; [ "$(wc -l < "$LEDGER")" -ge 2 ] || exit 3; sleep 2; '
+                          'echo "end" >> "$LEDGER"')
+    jid = launch_detached(task)
+    until(lambda: ledger(led) == ["start", "start"], 30, "the restart started", jid)
+    pid = controller_pid()
+    assert pid and job(jid).restarts_on_errors == 1, diag(jid)  # in the failpoint: the new run not recorded
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED" and j.restarts_on_errors == 1, diag(jid)
+    assert ledger(led) == ["start", "start", "end"], ledger(led)  # the restart ran once
+    assert any(e["kind"] == "adopt" for e in events(jid)), diag(jid)
