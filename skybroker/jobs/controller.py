@@ -363,7 +363,9 @@ class Controller(Launching):
         """Stop a job about to exceed its budget (costs/budget.py): FAILED_BUDGET, never silently."""
         from ..costs import budget
 
-        why = budget.managed_check(j.id, task, launching, 2 * settings.get("jobs_poll"))
+        why, left = budget.managed_check(j.id, task, launching, 2 * settings.get("jobs_poll"))
+        if why is None and left is not None:  # a quiet job (looked at seldom) is looked at before it can reach it
+            self.next_at[j.id] = min(self.next_at.get(j.id, float("inf")), time.time() + max(0.0, left))
         if why is not None:
             store.add_event(j.id, "budget", why)
             self._cancel(j, store.FAILED_BUDGET, why)

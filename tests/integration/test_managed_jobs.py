@@ -588,3 +588,21 @@ def test_a_gang_restarted_after_one_node_failed_stops_the_others_first(tmp_path)
     assert sorted(x for x in lines if x.startswith("end")) == ["end 0 2", "end 1 2"], lines  # node 0's first run stopped
     assert sorted(x for x in lines if x.startswith("start")) == ["start 0 1", "start 0 2", "start 1 1", "start 1 2"]
     assert_clean(jid)
+
+
+def test_a_quiet_job_with_a_budget_is_stopped_before_it_exceeds_it(tmp_path, monkeypatch):
+    """A job that prints nothing and writes no checkpoint is looked at seldom (its nodes' files say nothing
+    changed); with a budget it is looked at in time: stopped FAILED_BUDGET before its cost reaches max_cost."""
+    monkeypatch.setenv("BROKER_LOCAL_PRICES", "od=360,spot=360,disk=0")  # $0.10 a second
+    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "20")  # a quiet watched job: looked at every 100 s
+    monkeypatch.setenv("BROKER_JOBS_POLL", "2")  # the budget looks 2 polls (4 s, $0.40) ahead
+    task = write_task(tmp_path / "t.yaml", name="quiet", budget={"max_cost": 1.0, "hours": "1s"},
+                      resources={"infra": "local"}, run="sleep 300")
+    jid = launch_detached(task)
+    j = wait_status(jid, TERMINAL | {"FAILED_BUDGET"}, 45)
+    assert j.status == "FAILED_BUDGET", diag(jid)
+    from skybroker.costs import ledger
+
+    spent = sum(r.cost(ledger.now()) for r in ledger.runs(job_id=jid))
+    assert 0 < spent <= 1.0, (spent, diag(jid))
+    assert_clean(jid)
