@@ -238,3 +238,32 @@ def test_controller_killed_after_submitting_a_restart_runs_the_restart_once(tmp_
     assert j.status == "SUCCEEDED" and j.restarts_on_errors == 1, diag(jid)
     assert ledger(led) == ["start", "start", "end"], ledger(led)  # the restart ran once
     assert any(e["kind"] == "adopt" for e in events(jid)), diag(jid)
+
+
+@pytest.mark.slow
+def test_a_follower_starts_a_dead_controller_again_so_the_job_recovers(tmp_path):
+    """`jobs launch` follows its job; the controller is killed and the job's node preempted while no controller
+    watches: the follower starts a controller again (as any `broker jobs` command does), the job recovers and
+    the follower ends with the job's success, instead of waiting for ever on a job nobody serves."""
+    from tests.integration.local_helpers import broker_bg
+
+    led = tmp_path / "ledger"
+    task = write_task(tmp_path / "t.yaml", name="followed", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "use_spot": True},
+                      run='echo run >> "$LEDGER"; for i in $(seq 1 6); do echo "step $i"; sleep 0.5; done')
+    fg = broker_bg("jobs", "launch", "-y", task)
+    try:
+        wait_for(lambda: ledger(led) == ["run"], 30, 0.05, "the job started")
+        until(lambda: job(1) is not None and job(1).status == "RUNNING", 30, "running", 1)
+        pid = controller_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+        preempt_local(1)
+        out, err = fg.communicate(timeout=60)
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+    assert fg.returncode == 0, (err, diag(1))
+    j = job(1)
+    assert j.status == "SUCCEEDED" and j.recoveries == 1, diag(1)
+    assert "step 6" in out and ledger(led) == ["run", "run"]
