@@ -136,8 +136,8 @@ class _Resumer:
     def __init__(self):
         self.last = time.monotonic()
 
-    def __call__(self, j) -> None:
-        if j.status not in store.TERMINAL and time.monotonic() - self.last >= RESUME_EVERY:
+    def __call__(self, j) -> None:  # j: the job waited for (None: a pool being torn down)
+        if (j is None or j.status not in store.TERMINAL) and time.monotonic() - self.last >= RESUME_EVERY:
             self.last = time.monotonic()
             ensure_controller()
 

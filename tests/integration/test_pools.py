@@ -272,3 +272,28 @@ def test_pools_through_a_broker_server(tmp_path):
         assert json.loads(alice("status", "--json").stdout) == []
     finally:
         server.stop()
+
+
+def test_pool_down_goes_through_when_the_controller_dies_meanwhile(tmp_path):
+    """`pool down` waits for the controller to cancel the pool's jobs and remove its workers; the controller is
+    killed meanwhile: the waiting command starts it again and the pool goes (it waited out its 600 s before)."""
+    from tests.integration.local_helpers import broker_bg
+
+    setup, runs = tmp_path / "setup.ledger", tmp_path / "runs.ledger"
+    apply(tmp_path, "p6", 1, setup)
+    jt = write_task(tmp_path / "job.yaml", envs={"RUNS": str(runs)},
+                    run='trap "sleep 2; exit 1" TERM; echo start >> "$RUNS"; sleep 60 & wait')
+    [jid] = launch(jt, "--pool", "p6")
+    wait_for(lambda: lines(runs) == ["start"], 60, 0.1, "the job started")
+    down = broker_bg("jobs", "pool", "down", "p6", "-y")
+    try:
+        wait_for(lambda: job(jid).cancel_requested, 30, 0.05, "the job's cancel requested")
+        pid = controller_pid()
+        os.kill(pid, signal.SIGKILL)
+        _, err = down.communicate(timeout=60)
+    finally:
+        if down.poll() is None:
+            down.kill()
+    assert down.returncode == 0 and "pool p6 is down" in err, err
+    assert job(jid).status == "CANCELLED", diag(jid)
+    assert_nothing_left()
