@@ -4,7 +4,9 @@ test can deliver a real signal or a real preemption while a stage is genuinely i
 are the lifecycle's stages (`ready`, `agent`, `sync`, `prepare`, `submit`: at the start of the stage;
 `after-<stage>`: just after it), `provision` (a place was chosen and its intent recorded, nothing created there yet),
 `provision-wait` (instances created and recorded in the intents ledger, not yet running), `after-volumes`
-(the task's volumes attached and mounted, sync not started) and
+(the task's volumes attached and mounted, sync not started), `after-teardown` (a managed job's cluster
+torn down at its end, its terminal status not yet recorded), `after-resubmit` (a managed job's restart after a
+failure submitted on its cluster, not yet recorded) and
 `submit-node-<rank>` (just before one node receives the job). Unset (the
 default), a failpoint costs one environment lookup (settings.py).
 """

@@ -207,6 +207,12 @@ def _task(data, source: str, ov: dict, node) -> Task:
     secrets = F.secrets_section(data.get("secrets"), source)
     F.check_overrides(ov.get("secrets") or {}, "--secret")
     secrets.update(ov.get("secrets") or {})
+    clash = sorted(set(ov.get("envs") or {}) & set(secrets))
+    if clash:  # the node gives the job the secret's value: the --env one was ignored, and stored in clear
+        raise SpecError(f"--env {clash[0]}: {clash[0]} is one of the task's secrets; a value given with --env would "
+                        "be ignored (the job gets the secret's) and stored and shown in clear",
+                        f"pass it with --secret {clash[0]}=VALUE (or --secret {clash[0]} to take it from your "
+                        "environment)", source=source, field=f"secrets.{clash[0]}")
     F.require_values(envs, secrets, source)
 
     resources = F.aliases(dict(data.get("resources") or {}), "resources", source)

@@ -11,6 +11,7 @@ import contextvars
 import os
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -263,6 +264,7 @@ def recent_events(limit: int = 50) -> list[dict]:
 
 _HOME_FILE = "home.id"  # a copy beside a SQLite state: a database rebuilt after a loss keeps the home's id
 _home_ids: dict = {}
+_home_id_lock = threading.Lock()  # the threads of one process (the controller's jobs and workers) make it once
 HOME_SUFFIX_LEN = 6
 
 
@@ -273,7 +275,10 @@ def home_id() -> str:
     key = db_url() or str(db_path())
     hid = _home_ids.get(key)
     if hid is None:
-        hid = _home_ids[key] = _load_home_id()
+        with _home_id_lock:  # two first uses at once wrote home.id through one temporary file: one rename failed
+            hid = _home_ids.get(key)
+            if hid is None:
+                hid = _home_ids[key] = _load_home_id()
     return hid
 
 

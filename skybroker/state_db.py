@@ -27,6 +27,14 @@ class StateError(BrokerError):
     """The state database cannot be used as it is (corrupt, truncated, replaced, unreadable)."""
 
 
+class StateBusyError(StateError):
+    """Another process held the state database's write lock for longer than the busy timeout: the state
+    is fine, this write was not made; trying again later can succeed (the managed-jobs controller does)."""
+
+
+BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's write lock before StateBusyError
+
+
 def _recovery_hint(path: Path) -> str:
     """Commands that work as written: the database, its WAL files and its id go aside together (a new
     database beside the old state.id would be refused as "replaced"; a stale WAL would be replayed)."""
@@ -63,6 +71,11 @@ class _Connection(sqlite3.Connection):
 
 def _place_error(exc: sqlite3.OperationalError, path: Path) -> StateError | None:
     text = str(exc)
+    if "database is locked" in text or "database table is locked" in text:
+        return StateBusyError(f"the state database {path} stayed locked by another process for over "
+                              f"{BUSY_TIMEOUT_S:g} s ({text}); nothing was changed",
+                              f"retry once the other broker command (or the tool that has {path.name} open, "
+                              f"`fuser {path}`) is done")
     if "disk is full" in text:
         return StateError(f"cannot write the state database {path}: {text} (BROKER_HOME {path.parent})",
                           f"free space on the file system of {path.parent} (`df -h {path.parent}`), then retry")
@@ -93,17 +106,17 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
         if not existed:
             touch_private(path)  # 0600 before SQLite creates it with the umask's mode (WAL/SHM copy it)
         _check_writable(path)
-        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, factory=_Connection)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, factory=_Connection)
         conn._broker_path = str(path)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         for attempt in range(40):  # switching to WAL ignores the busy timeout: first opens racing retry
             if mode.lower() == "wal":
                 break
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, StateBusyError) as exc:
                 if "locked" not in str(exc) or attempt == 39:
                     raise
                 time.sleep(0.01 * (attempt + 1))

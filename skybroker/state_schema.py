@@ -260,6 +260,12 @@ MIGRATIONS: list[str] = [
     INSERT INTO meta (k, v) SELECT 'legacy_names', '1' WHERE EXISTS (SELECT 1 FROM events) OR EXISTS
         (SELECT 1 FROM clusters) OR EXISTS (SELECT 1 FROM intents) OR EXISTS (SELECT 1 FROM managed_jobs)
     """,
+    # v20: a managed job's end as decided ({status, exit_code, reason}), recorded before its cluster is torn
+    # down: a controller stopped during the teardown finishes it, and never takes the gone cluster for a
+    # preemption (which ran the job again)
+    """
+    ALTER TABLE managed_jobs ADD COLUMN outcome TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

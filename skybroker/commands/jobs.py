@@ -176,8 +176,21 @@ def logs(job_id, follow, as_json):
     """A managed job's output across recoveries (with a marker at each recovery)."""
     if follow:
         return _follow(job_id, as_json)
-    use_api().jobs_logs(job_id, False, render.LinePrinter(as_json=as_json).raw)
+    printer, seen = render.LinePrinter(as_json=as_json), []
+
+    def on_line(text):
+        seen.append(1)
+        printer.raw(text)
+
+    j = use_api().jobs_logs(job_id, False, on_line)
+    if not seen:  # said, not an empty answer that looks like a job that printed nothing
+        render.info(f"managed job {job_id} is {j.status} and has no output yet: `broker jobs logs {job_id} -f` follows "
+                    "it" if j.status not in _ENDED else f"managed job {job_id} ended {j.status} with no output: "
+                    f"`broker events --job {job_id}` says what happened")
     return 0
+
+
+_ENDED = ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED", "FAILED_CONTROLLER", "FAILED_BUDGET")
 
 
 @jobs.command("timeline", epilog=examples("broker jobs timeline 3", "broker jobs timeline 3 --json"))

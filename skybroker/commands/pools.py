@@ -32,7 +32,11 @@ def apply(task_file, overrides, name, workers, yes, detach, dryrun, as_json):
     workdir), or resize it: each worker is a cluster on the cheapest fit, its setup run once. Applying
     again with another size scales up or down (busy workers go after their job)."""
     from ..errors import UsageError
+    from ..jobs.pool_ops import check_name
 
+    check_name(name)  # said before any plan is shown (a dry run too), not after it
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers} is not a worker count", "--workers N with N ≥ 0")
     api = use_api()
     task = None
     if task_file is None:  # resize with the task it was applied with (planned again by the controller)

@@ -62,10 +62,11 @@ def check_plan(task, plan) -> None:
             source=task.source)
 
 
-def managed_check(job_id: int, task, launching: bool, lookahead_s: float) -> str | None:
-    """Why managed job `job_id` must stop now (None: it may go on), from what the ledger accrued."""
+def managed_check(job_id: int, task, launching: bool, lookahead_s: float) -> tuple[str | None, float | None]:
+    """(why managed job `job_id` must stop now, None: it may go on; the seconds it may go on at the current
+    rate before the next check must stop it, None: no budget or nothing accrues), from the ledger."""
     if task.budget_max_cost is None:
-        return None
+        return None, None
     from . import ledger
 
     at = ledger.now()
@@ -73,7 +74,8 @@ def managed_check(job_id: int, task, launching: bool, lookahead_s: float) -> str
     spent = sum(r.cost(at) for r in runs)
     hourly = 0.0 if launching else sum(r.up_hourly for r in runs if r.live and r.state == "UP")
     why = managed_verdict(task, spent, hourly, lookahead_s)
-    return why.replace(": stopped", ": no further launch") if why and launching else why
+    left = (task.budget_max_cost - spent) / hourly * 3600 - lookahead_s if hourly > 0 else None
+    return (why.replace(": stopped", ": no further launch") if why and launching else why), left
 
 
 def managed_verdict(task, spent: float, hourly_now: float, lookahead_s: float) -> str | None:

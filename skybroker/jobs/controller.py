@@ -34,8 +34,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .. import clusters, settings, state
 from ..backend import ClusterRuntime, local_homes
 from ..errors import BrokerError
+from ..failpoints import failpoint
 from ..runtime.channel import ChangeFeed
 from ..runtime.stream_feed import StreamFeed
+from ..state_db import StateError
 from . import checkpoint, logsync
 from . import pipeline as P
 from . import recovery as R
@@ -47,6 +49,7 @@ from .launching import Launching
 from .store import FAILED_CONTROLLER, RECOVERING, RUNNING, STARTING, TERMINAL
 
 TICK = 0.2
+STATE_RETRY_S = 5.0  # a step that could not write the state database (locked, full disk) is tried again this late
 
 
 def cluster_name(job_id: int) -> str:
@@ -140,12 +143,15 @@ class Controller(Launching):
     def step_safe(self, jid: int) -> None:
         try:
             self.step(jid)
+        except StateError as exc:  # our own database, not the job: leave the job as it is and look again later
+            log(f"job {jid}: the state database cannot be written now, the job is left as it is and looked at again "
+                f"in {STATE_RETRY_S:.0f} s: {exc}")
+            self.next_at[jid] = time.time() + STATE_RETRY_S
         except Exception as exc:  # noqa: BLE001 - a controller bug must not take other jobs down
             log(f"job {jid}: controller error: {exc}\n{traceback.format_exc()}")
             j = store.get(jid)
             if j is not None and j.status not in TERMINAL:
-                self._teardown(j)
-                self._finish(j, FAILED_CONTROLLER, None, f"controller error: {exc}")
+                self._end(j, FAILED_CONTROLLER, None, f"controller error: {exc}")
 
     def step(self, jid: int) -> None:
         j = store.get(jid)
@@ -158,6 +164,9 @@ class Controller(Launching):
             state.current_user.reset(token)
 
     def _step(self, j) -> None:
+        if j.outcome:  # it ended and its teardown was cut short (the controller stopped): finish that, nothing else
+            o = json.loads(j.outcome)
+            return self._end(j, o["status"], o.get("exit_code"), o.get("reason") or "")
         if j.cancel_requested:
             return self._cancel(j)
         if P.stage_succeeded(j):  # the controller stopped between a stage's success and the next stage
@@ -211,6 +220,8 @@ class Controller(Launching):
         with self.rts.use(rec) as rt:  # kept open across polls: no new SSH connection per look
             try:
                 st = logsync.poll(j, rt)  # status and new output: one agent call per node
+            except StateError:
+                raise  # our database, not the node: never taken for an unreachable node (step_safe retries)
             except (BrokerError, OSError):  # OSError: a local node's sandbox vanished under its runner
                 st = None
             healthy = st is not None and bool(st.nodes) and \
@@ -242,6 +253,13 @@ class Controller(Launching):
                     self.failed_seen[j.id] = (j.cluster, j.cluster_job_id)
                     self.next_at[j.id] = time.time() + settings.get("jobs_poll")
                     return None
+                if self._restart_adopted(j, rt):  # a restart the previous controller submitted runs there
+                    return None
+                if any(n.status not in logsync.TERMINAL_STATUSES for n in st.nodes):  # the gang failed on one
+                    try:  # node: its parts still running on the others stop first (a restart runs it once)
+                        rt.cancel([j.cluster_job_id])
+                    except BrokerError as exc:
+                        store.add_event(j.id, "warning", f"the failed run's other nodes were not stopped: {exc}")
                 return self._apply(j, R.decide(self._view(j, task),
                                                R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP",
                                                             reason=st.crash)))
@@ -318,8 +336,7 @@ class Controller(Launching):
                 P.mark_done(store.get(j.id))  # recorded before the teardown: a restart goes on from here
                 self._teardown(j)
                 return self._advance(store.get(j.id))
-            self._teardown(j)
-            return self._finish(store.get(j.id), action.status, action.exit_code, action.reason)
+            return self._end(j, action.status, action.exit_code, action.reason)
         if isinstance(action, R.Relaunch):
             self._observe_spot(j, preempted=action.lost)
             self._end_segment(j)
@@ -342,25 +359,13 @@ class Controller(Launching):
             return
         raise TypeError(f"unknown action {action!r}")
 
-    def _resubmit(self, j) -> None:
-        """Rerun on the same (healthy) cluster after a user-code failure, with a fresh submit token."""
-        rec = state.get_cluster(j.cluster)
-        task = self._task(j)
-        token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
-        store.update(j.id, submit_token=token)
-        with self.rts.use(rec) as rt:
-            env = self._restore_checkpoint(j, rt)
-            # with its setup: each node's agent skips it where it succeeded and runs it where it failed
-            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), env_by_rank=env, token=token)
-        now = time.time()
-        store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
-                     segment_price=rec.hourly_price)
-
     def _over_budget(self, j, task, launching: bool = False) -> bool:
         """Stop a job about to exceed its budget (costs/budget.py): FAILED_BUDGET, never silently."""
         from ..costs import budget
 
-        why = budget.managed_check(j.id, task, launching, 2 * settings.get("jobs_poll"))
+        why, left = budget.managed_check(j.id, task, launching, 2 * settings.get("jobs_poll"))
+        if why is None and left is not None:  # a quiet job (looked at seldom) is looked at before it can reach it
+            self.next_at[j.id] = min(self.next_at.get(j.id, float("inf")), time.time() + max(0.0, left))
         if why is not None:
             store.add_event(j.id, "budget", why)
             self._cancel(j, store.FAILED_BUDGET, why)
@@ -403,6 +408,15 @@ class Controller(Launching):
         except BrokerError as exc:
             store.add_event(j.id, "warning", f"teardown of {name} failed: {exc.message}; `broker down {name}`")
 
+    def _end(self, j, status: str, exit_code, reason: str) -> None:
+        """End the job: its outcome recorded, its cluster torn down (or worker given back), then the terminal
+        status. A controller stopped in between finds the outcome (_step) and ends it the same way: a job that
+        ended is never taken for preempted because its cluster is gone, so it never runs again."""
+        store.update(j.id, outcome=json.dumps({"status": status, "exit_code": exit_code, "reason": reason}))
+        self._teardown(j)
+        failpoint("after-teardown")
+        self._finish(store.get(j.id), status, exit_code, reason)
+
     def _finish(self, j, status: str, exit_code, reason: str) -> None:
         fields, reason = P.finish_fields(j, status, exit_code, reason)
         store.update(j.id, status=status, exit_code=exit_code, ended_at=time.time(),
@@ -434,8 +448,7 @@ class Controller(Launching):
             finally:
                 rt.close()
         self._end_segment(store.get(j.id))
-        self._teardown(j)
-        self._finish(store.get(j.id), status, None, reason)
+        self._end(j, status, None, reason)
 
 
 

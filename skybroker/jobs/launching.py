@@ -9,6 +9,7 @@ import time
 from .. import lifecycle, state
 from ..backend import ClusterRuntime
 from ..errors import NoFeasibleError
+from ..failpoints import failpoint
 from ..lifecycle import Failure
 from ..optimizer import Block
 from ..spot.policies import NONE as D_NONE, SPOT as D_SPOT
@@ -108,6 +109,37 @@ class Launching:
         if store.get(j.id).cancel_requested:
             self._cancel(store.get(j.id))
 
+    def _resubmit(self, j) -> None:
+        """Rerun on the same (healthy) cluster after a user-code failure, with a fresh submit token (recorded
+        before the submit: a controller stopped before it recorded the new run finds it, _restart_adopted)."""
+        rec = state.get_cluster(j.cluster)
+        task = self._task(j)
+        token = f"mj{j.id}-{j.recoveries}-{j.restarts_on_errors}-{int(time.time() * 1000)}"
+        store.update(j.id, submit_token=token)
+        with self.rts.use(rec) as rt:
+            env = self._restore_checkpoint(j, rt)
+            # with its setup: each node's agent skips it where it succeeded and runs it where it failed
+            job_id = rt.submit(task, job_name=task.name, task_id=P.stage_task_id(j), env_by_rank=env, token=token)
+        failpoint("after-resubmit")
+        now = time.time()
+        store.update(j.id, status=RUNNING, cluster_job_id=job_id, log_offsets="{}", segment_start=now,
+                     segment_price=rec.hourly_price)
+
+    def _restart_adopted(self, j, rt: ClusterRuntime) -> bool:
+        """The job's run on the cluster failed, but its recorded submit token started another run there: a
+        restart the previous controller submitted and was stopped before recording. That run is the job's
+        now (True); deciding on the failure again would start it a second time."""
+        found = rt.find_token(j.submit_token) if j.submit_token else None
+        if found is None or found == j.cluster_job_id:
+            return False
+        now = time.time()
+        store.update(j.id, cluster_job_id=found, log_offsets="{}", segment_start=j.segment_start or now,
+                     segment_price=j.segment_price if j.segment_start else rt.rec.hourly_price)
+        store.add_event(j.id, "adopt", f"job {found} (submit token {j.submit_token}) is already on {j.cluster}: "
+                        "the restart is running, not submitting it again")
+        self.next_at[j.id] = 0
+        return True
+
     def _bring_up_failed(self, j, task, err, recovering: bool, dl, dst, market) -> None:
         """A bring-up failure (the lifecycle already tore the cluster down) as a recovery event."""
         first = err.why.splitlines()[0] if err.why else str(err.failure.value)
@@ -132,8 +164,7 @@ class Launching:
                                 f"{lifecycle._DOING[err.stage]} ({first})")
             return self._apply(j, R.decide(self._view(j, task, recovering), event))
         if err.failure == Failure.USER:
-            self._teardown(j)
-            return self._finish(j, store.FAILED, None, f"the task cannot run as given: {first}")
+            return self._end(j, store.FAILED, None, f"the task cannot run as given: {first}")
         self.launch_attempts[j.id] = self.launch_attempts.get(j.id, 0) + 1
         return self._apply(j, R.decide(self._view(j, task, recovering),
                                        R.BringUpFailed(lifecycle._DOING[err.stage], first)))

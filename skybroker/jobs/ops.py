@@ -126,14 +126,32 @@ def cancel(job_ids: list[int], all_: bool = False) -> list[int]:
     return done
 
 
+RESUME_EVERY = 5.0  # how often a command waiting on an active job makes sure a controller serves it
+
+
+class _Resumer:
+    """A command that waits for a job (`jobs launch` following it, `jobs logs -f`) starts the controller
+    again if it died meanwhile: the job is not left unwatched (no recovery) while someone waits for it."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+    def __call__(self, j) -> None:  # j: the job waited for (None: a pool being torn down)
+        if (j is None or j.status not in store.TERMINAL) and time.monotonic() - self.last >= RESUME_EVERY:
+            self.last = time.monotonic()
+            ensure_controller()
+
+
 def wait(job_id: int, timeout: float | None = None, poll: float = 0.5) -> store.ManagedJob:
     deadline = None if timeout is None else time.time() + timeout
+    resume = _Resumer()
     while True:
         j = get(job_id)
         if j.status in store.TERMINAL:
             return j
         if deadline and time.time() > deadline:
             return j
+        resume(j)
         time.sleep(poll)
 
 
@@ -144,8 +162,11 @@ def follow_logs(job_id: int, follow: bool, on_line: Callable[[str], None], poll:
     path = store.job_dir(job_id) / "run.log"
     pos = 0
     buf = ""
+    resume = _Resumer()
     while True:
         j = get(job_id)
+        if follow:
+            resume(j)
         if path.exists():
             with open(path, "r", errors="replace") as f:
                 f.seek(pos)

@@ -153,7 +153,10 @@ def down(name: str, wait: bool = True, timeout: float = 600, poll: float = 0.3,
         PS.request_down(name)
         ops.ensure_controller()
     deadline = time.time() + timeout
+    resume = ops._Resumer()  # a controller that dies meanwhile is started again: the pool does go
     while wait and ((exists or (lambda x: PS.get(x) is not None))(name)):
+        if exists is None:
+            resume(None)
         if time.time() > deadline:
             from ..errors import BrokerError
 

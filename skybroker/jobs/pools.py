@@ -50,6 +50,7 @@ class PoolRunner:
         self.ctl = ctl
         self.attempts: dict[tuple[str, int], int] = {}
         self.queued_noted: set[int] = set()
+        self.setup_failed_seen: dict[tuple[str, int], tuple] = {}  # worker → the (recoveries, setup job) seen failed once
 
     # -- scheduling (loop thread) ---------------------------------------------------------------
     def tick(self, now: float) -> bool:
@@ -262,6 +263,15 @@ class PoolRunner:
             rt.close()
         if not st.done:
             return
+        if st.status != "SUCCEEDED" and self.setup_failed_seen.get((p.name, w.idx)) != (w.recoveries, w.setup_job):
+            # a node being preempted fails its setup before the cloud shows the loss: look once more (as a job's
+            # monitor does, controller.py), and a loss seen then replaces the worker instead of failing it
+            self.setup_failed_seen[(p.name, w.idx)] = (w.recoveries, w.setup_job)
+            PS.update_worker(p.name, w.idx, message=f"setup ended {st.status} (exit {st.exit_code}): looking once "
+                             "more in case the node was lost")
+            self.ctl.next_at[f"w:{p.name}:{w.idx}"] = time.time() + settings.get("jobs_poll")
+            return
+        self.setup_failed_seen.pop((p.name, w.idx), None)
         self.attempts.pop((p.name, w.idx), None)
         if st.status == "SUCCEEDED":
             PS.update_worker(p.name, w.idx, status=PS.READY, message=f"ready on {rec.infra} ({rec.instance_type}"

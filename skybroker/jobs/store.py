@@ -53,6 +53,7 @@ class ManagedJob:
     pool: str | None = None  # runs on a worker of this pool (jobs/pools.py) instead of its own cluster
     job_rank: int | None = None  # its rank among the jobs launched together (`--num-jobs`)
     num_jobs: int | None = None
+    outcome: str | None = None  # its end as decided (JSON), recorded before the teardown (controller._end)
     extra: dict = field(default_factory=dict, repr=False)
 
     @property

@@ -48,3 +48,16 @@ def test_pool_command_errors_exit_cleanly(tmp_path):
     assert r.returncode == 5 and "pool nosuch not found" in r.stderr
     r = run("jobs", "pool", "status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_a_bad_pool_name_or_worker_count_is_refused_before_the_plan(tmp_path):
+    """Before: the plan was printed, then (only when not a dry run) the name or count was refused; a dry run
+    passed with a name the real apply refuses."""
+    f = _pool_file(tmp_path)
+    for extra in ([], ["--dryrun"]):
+        r = run("jobs", "pool", "apply", "-p", "Bad_Name", "-y", *extra, str(f))
+        assert r.returncode == 2 and "'Bad_Name' is not a pool name" in r.stderr, r.stderr
+        assert "n1-highmem-8" not in r.stdout + r.stderr and "worker(s) of this plan" not in r.stderr
+        r = run("jobs", "pool", "apply", "-p", "ok", "-y", "--workers", "-1", *extra, str(f))
+        assert r.returncode == 2 and "--workers -1 is not a worker count" in r.stderr, r.stderr
+        assert "n1-highmem-8" not in r.stdout + r.stderr

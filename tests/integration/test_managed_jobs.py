@@ -568,3 +568,41 @@ def test_no_resource_anywhere_is_exit_4_with_every_attempt(tmp_path):
     assert r.returncode == 4, r.stdout + r.stderr
     text = " ".join((r.stdout + r.stderr).split())
     assert "FAILED_NO_RESOURCE" in text and "attempts: 1. local local spot: CapacityError NoSpotCapacity" in text, text
+
+
+def test_a_gang_restarted_after_one_node_failed_stops_the_others_first(tmp_path):
+    """Node 1 fails while node 0 still runs: before the restart on the same cluster (max_restarts_on_errors),
+    node 0's part of the failed run is stopped; it never goes on beside the restarted gang."""
+    led = tmp_path / "ledger"
+    run = ('if [ -e "$LEDGER.r$SKYPILOT_NODE_RANK" ]; then n=2; else touch "$LEDGER.r$SKYPILOT_NODE_RANK"; n=1; fi\n'
+           'echo "start $SKYPILOT_NODE_RANK $n" >> "$LEDGER"\n'
+           'if [ $n = 1 ] && [ $SKYPILOT_NODE_RANK = 1 ]; then sleep 1; exit 3; fi\n'
+           'if [ $n = 1 ]; then sleep 30; fi\n'
+           'echo "end $SKYPILOT_NODE_RANK $n" >> "$LEDGER"\n')
+    task = write_task(tmp_path / "t.yaml", name="gang", num_nodes=2, envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "job_recovery": {"max_restarts_on_errors": 1}}, run=run)
+    jid = launch_detached(task)
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED" and j.restarts_on_errors == 1, diag(jid)
+    lines = ledger(led)
+    assert sorted(x for x in lines if x.startswith("end")) == ["end 0 2", "end 1 2"], lines  # node 0's first run stopped
+    assert sorted(x for x in lines if x.startswith("start")) == ["start 0 1", "start 0 2", "start 1 1", "start 1 2"]
+    assert_clean(jid)
+
+
+def test_a_quiet_job_with_a_budget_is_stopped_before_it_exceeds_it(tmp_path, monkeypatch):
+    """A job that prints nothing and writes no checkpoint is looked at seldom (its nodes' files say nothing
+    changed); with a budget it is looked at in time: stopped FAILED_BUDGET before its cost reaches max_cost."""
+    monkeypatch.setenv("BROKER_LOCAL_PRICES", "od=360,spot=360,disk=0")  # $0.10 a second
+    monkeypatch.setenv("BROKER_CHECKPOINT_INTERVAL", "20")  # a quiet watched job: looked at every 100 s
+    monkeypatch.setenv("BROKER_JOBS_POLL", "2")  # the budget looks 2 polls (4 s, $0.40) ahead
+    task = write_task(tmp_path / "t.yaml", name="quiet", budget={"max_cost": 1.0, "hours": "1s"},
+                      resources={"infra": "local"}, run="sleep 300")
+    jid = launch_detached(task)
+    j = wait_status(jid, TERMINAL | {"FAILED_BUDGET"}, 45)
+    assert j.status == "FAILED_BUDGET", diag(jid)
+    from skybroker.costs import ledger
+
+    spent = sum(r.cost(ledger.now()) for r in ledger.runs(job_id=jid))
+    assert 0 < spent <= 1.0, (spent, diag(jid))
+    assert_clean(jid)

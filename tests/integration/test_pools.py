@@ -188,6 +188,35 @@ def test_a_preempted_worker_is_replaced_and_its_job_runs_to_completion_once(tmp_
     assert_nothing_left()
 
 
+def test_a_worker_preempted_during_its_setup_is_replaced_not_failed(tmp_path):
+    """The node's processes die first (its setup fails) and the instance goes a moment later, as on a cloud
+    whose API shows a reclaimed spot VM late: the worker is replaced and set up again, not left FAILED."""
+    from tests.integration.local_helpers import broker_bg
+
+    setup = tmp_path / "setup.ledger"
+    task = write_task(tmp_path / "pool.yaml", pool={"workers": 1}, envs={"SETUP": str(setup)},
+                      setup='echo "$SKYPILOT_CLUSTER_NAME" >> "$SETUP"; [ "$(wc -l < "$SETUP")" -ge 2 ] || sleep 30')
+    ap = broker_bg("jobs", "pool", "apply", "-p", "p5", "-y", task)
+    try:
+        wait_for(lambda: lines(setup), 60, 0.1, "the setup started")
+        node = cluster_dir("pool-p5-0") / "node-0"
+        _kill_node_processes(node)  # the setup fails under the preemption; the cloud still shows the node
+        seen = wait_for(lambda: (w := workers("p5")[0]).status == "FAILED" or "looking once more" in (w.message or "")
+                        and w, 30, 0.05, "the failed setup seen")
+        assert seen is not True and seen.status == "SETTING_UP", [(w.status, w.message) for w in workers("p5")]
+        shutil.rmtree(node, ignore_errors=True)  # now the instance is gone too
+        wait_for(lambda: [w.status for w in workers("p5")] == ["READY"], 60, 0.1, "the worker replaced")
+        assert workers("p5")[0].recoveries == 1 and lines(setup) == ["pool-p5-0", "pool-p5-0"]
+        _, err = ap.communicate(timeout=60)
+        assert ap.returncode == 0 and "is ready" in err, err
+    finally:
+        if ap.poll() is None:
+            ap.kill()
+    r = broker("jobs", "pool", "down", "p5", "-y", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert_nothing_left()
+
+
 def test_controller_killed_after_a_pool_job_was_submitted_runs_it_once(tmp_path, monkeypatch):
     """The submit token guarantees once-only on a worker too: the controller SIGKILLed between the
     submit and RUNNING, the next one finds the job on the worker instead of submitting it again."""
@@ -243,3 +272,28 @@ def test_pools_through_a_broker_server(tmp_path):
         assert json.loads(alice("status", "--json").stdout) == []
     finally:
         server.stop()
+
+
+def test_pool_down_goes_through_when_the_controller_dies_meanwhile(tmp_path):
+    """`pool down` waits for the controller to cancel the pool's jobs and remove its workers; the controller is
+    killed meanwhile: the waiting command starts it again and the pool goes (it waited out its 600 s before)."""
+    from tests.integration.local_helpers import broker_bg
+
+    setup, runs = tmp_path / "setup.ledger", tmp_path / "runs.ledger"
+    apply(tmp_path, "p6", 1, setup)
+    jt = write_task(tmp_path / "job.yaml", envs={"RUNS": str(runs)},
+                    run='trap "sleep 2; exit 1" TERM; echo start >> "$RUNS"; sleep 60 & wait')
+    [jid] = launch(jt, "--pool", "p6")
+    wait_for(lambda: lines(runs) == ["start"], 60, 0.1, "the job started")
+    down = broker_bg("jobs", "pool", "down", "p6", "-y")
+    try:
+        wait_for(lambda: job(jid).cancel_requested, 30, 0.05, "the job's cancel requested")
+        pid = controller_pid()
+        os.kill(pid, signal.SIGKILL)
+        _, err = down.communicate(timeout=60)
+    finally:
+        if down.poll() is None:
+            down.kill()
+    assert down.returncode == 0 and "pool p6 is down" in err, err
+    assert job(jid).status == "CANCELLED", diag(jid)
+    assert_nothing_left()

@@ -187,3 +187,83 @@ def test_preemption_notice_syncs_the_checkpoint_and_relaunches_before_the_loss(t
     assert lines[-1] == "done 60"
     rec = [e for e in events(jid) if e["kind"] == "recovery"]
     assert rec and "notice" in rec[0]["message"], diag(jid)
+
+
+@pytest.mark.slow
+def test_controller_killed_while_tearing_down_an_ended_job_does_not_run_it_again(tmp_path, monkeypatch):
+    """The job succeeded and its cluster is gone, but the controller died before it recorded SUCCEEDED: the
+    next controller ends it SUCCEEDED (its outcome was recorded before the teardown), it does not take the
+    missing cluster for a preemption and run the job a second time."""
+    from skybroker import state
+
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-teardown=sleep(3)")
+    task = write_task(tmp_path / "t.yaml", name="ended", num_nodes=2, envs={"LEDGER": str(led)},
+                      run='echo "rank $SKYPILOT_NODE_RANK" >> "$LEDGER"')
+    jid = launch_detached(task)
+    until(lambda: any(e["kind"] == "running" for e in events(jid)), 30, "running", jid)
+    until(lambda: state.get_cluster(f"job-{jid}") is None, 30, "the cluster torn down", jid)
+    pid = controller_pid()
+    assert pid and job(jid).status == "RUNNING", diag(jid)  # torn down, its end not recorded yet
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED" and j.exit_code == 0, diag(jid)
+    time.sleep(1)  # a relaunch, if one was decided, would have started by now
+    assert sorted(ledger(led)) == ["rank 0", "rank 1"], ledger(led)  # ran once
+    assert not any(e["kind"] in ("recovery", "provision") and e["ts"] > j.started_at for e in events(jid)), diag(jid)
+    assert not cluster_dir(f"job-{jid}").exists() or not any(cluster_dir(f"job-{jid}").iterdir())
+
+
+@pytest.mark.slow
+def test_controller_killed_after_submitting_a_restart_runs_the_restart_once(tmp_path, monkeypatch):
+    """The run failed and the controller resubmitted the job on the same cluster (max_restarts_on_errors),
+    then died before it recorded the new run: the next controller finds that run by its submit token and
+    follows it; it does not restart the job a second time beside it."""
+    led = tmp_path / "ledger"
+    monkeypatch.setenv("BROKER_FAILPOINTS", "after-resubmit=sleep(5)")
+    task = write_task(tmp_path / "t.yaml", name="again", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "job_recovery": {"max_restarts_on_errors": 2}},
+                      run='echo "start" >> "$LEDGER"; [ "$(wc -l < "$LEDGER")" -ge 2 ] || exit 3; sleep 2; '
+                          'echo "end" >> "$LEDGER"')
+    jid = launch_detached(task)
+    until(lambda: ledger(led) == ["start", "start"], 30, "the restart started", jid)
+    pid = controller_pid()
+    assert pid and job(jid).restarts_on_errors == 1, diag(jid)  # in the failpoint: the new run not recorded
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+    assert broker("jobs", "queue").returncode == 0  # starts a new controller
+    j = wait_status(jid, TERMINAL, 60)
+    assert j.status == "SUCCEEDED" and j.restarts_on_errors == 1, diag(jid)
+    assert ledger(led) == ["start", "start", "end"], ledger(led)  # the restart ran once
+    assert any(e["kind"] == "adopt" for e in events(jid)), diag(jid)
+
+
+@pytest.mark.slow
+def test_a_follower_starts_a_dead_controller_again_so_the_job_recovers(tmp_path):
+    """`jobs launch` follows its job; the controller is killed and the job's node preempted while no controller
+    watches: the follower starts a controller again (as any `broker jobs` command does), the job recovers and
+    the follower ends with the job's success, instead of waiting for ever on a job nobody serves."""
+    from tests.integration.local_helpers import broker_bg
+
+    led = tmp_path / "ledger"
+    task = write_task(tmp_path / "t.yaml", name="followed", envs={"LEDGER": str(led)},
+                      resources={"infra": "local", "use_spot": True},
+                      run='echo run >> "$LEDGER"; for i in $(seq 1 6); do echo "step $i"; sleep 0.5; done')
+    fg = broker_bg("jobs", "launch", "-y", task)
+    try:
+        wait_for(lambda: ledger(led) == ["run"], 30, 0.05, "the job started")
+        until(lambda: job(1) is not None and job(1).status == "RUNNING", 30, "running", 1)
+        pid = controller_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid), 5, 0.05, "controller dead")
+        preempt_local(1)
+        out, err = fg.communicate(timeout=60)
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+    assert fg.returncode == 0, (err, diag(1))
+    j = job(1)
+    assert j.status == "SUCCEEDED" and j.recoveries == 1, diag(1)
+    assert "step 6" in out and ledger(led) == ["run", "run"]

@@ -87,6 +87,19 @@ def test_cli_overrides_replace_yaml_values():
     assert t.env_dict == {"A": "1"}
 
 
+def test_an_env_override_of_a_secret_is_refused_naming_the_flag_to_use():
+    """`--env HF_TOKEN=...` for a key the task lists under `secrets:` was ignored on the node (the secret's value
+    wins) and kept in clear with the task's envs: refused (exit 2), the value in no message."""
+    data = {"secrets": {"HF_TOKEN": "hf_old"}, "run": "x"}
+    with pytest.raises(SpecError) as ei:
+        task_from_dict(data, overrides={"envs": {"HF_TOKEN": "hf_new_value"}})
+    e = ei.value
+    assert e.exit_code == 2 and "--secret HF_TOKEN=VALUE" in e.hint and "secrets.HF_TOKEN" in e.message
+    assert "hf_new_value" not in e.message + e.hint and "hf_old" not in e.message + e.hint
+    t = task_from_dict(data, overrides={"secrets": {"HF_TOKEN": "hf_new_value"}})  # the way to do it
+    assert t.secret_dict == {"HF_TOKEN": "hf_new_value"} and t.env_dict == {}
+
+
 def test_amount_and_port_forms():
     t = task_from_dict({"resources": {"cpus": 4, "memory": "4x", "ports": 22}, "run": "x"})
     r = t.candidates[0]

@@ -294,6 +294,44 @@ def test_home_id_is_made_once_and_kept_in_the_state(state_backend, monkeypatch, 
         assert state.home_id() == hid
 
 
+def test_home_id_first_used_by_two_threads_at_once_is_written_once(tmp_path, monkeypatch):
+    """The controller's threads (two pool workers, two jobs) may ask for a fresh home's id at the same moment:
+    home.id is written once, not twice through the same temporary file (the second rename failed, and the
+    bring-up it was part of was taken for a lost node)."""
+    import time
+
+    from skybroker import paths
+
+    _fresh_home(tmp_path, monkeypatch, "fresh")
+    state.db()  # the database exists; no id yet
+    real, writes = paths.touch_private, []
+
+    def slow_touch(path, *a, **kw):  # the window between making the temporary file and renaming it, widened
+        if path.name.startswith(".home.id"):
+            writes.append(path.name)
+            time.sleep(0.5)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(paths, "touch_private", slow_touch)
+    start, ids, errors = threading.Barrier(2), [], []
+
+    def first_use():
+        start.wait()
+        try:
+            ids.append(state.home_id())
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == [] and len(set(ids)) == 1 and len(ids) == 2, (errors, ids)
+    assert len(writes) == 1, writes
+    assert (tmp_path / "fresh" / "home.id").read_text().split()[0] == ids[0]
+
+
 def test_migration_to_v19_keeps_old_clusters_names_and_marks_the_home(tmp_path, monkeypatch):
     """A v18 database: its clusters and intents keep their names on the cloud (their resources exist under
     them), and the home is marked as one that may own resources without a home tag."""
