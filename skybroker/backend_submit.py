@@ -25,6 +25,9 @@ from .runtime.agent_client import AgentError, AgentMissing, AgentOutdated
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 
 WORKDIR = "~/sky_workdir"
+# How SKYPILOT_CLUSTER_INFO names the cloud under SkyPilot (str() of its cloud classes); others as ours.
+SKYPILOT_CLOUD_NAMES = {"aws": "AWS", "gcp": "GCP", "azure": "Azure", "kubernetes": "Kubernetes", "lambda": "Lambda",
+                        "ssh": "SSH"}
 
 
 class GangSubmit:
@@ -36,7 +39,10 @@ class GangSubmit:
         rec = self.rec
         ips = "\n".join(n.private_ip or n.ip for n in self.nodes)
         gpus = int(_gpu_count(rec.accelerators))
-        info = json.dumps({"cluster": rec.name, "cloud": rec.cloud, "region": rec.region, "zone": rec.zone,
+        # SkyPilot's keys are cluster_name, cloud (its class name: AWS, GCP, ...), region, zone (its smoke test
+        # `echo "$SKYPILOT_CLUSTER_INFO" | jq .cluster_name`); "cluster", num_nodes, instance_type are ours
+        info = json.dumps({"cluster_name": rec.name, "cloud": SKYPILOT_CLOUD_NAMES.get(rec.cloud, rec.cloud),
+                           "region": rec.region, "zone": rec.zone, "cluster": rec.name,
                            "num_nodes": rec.num_nodes, "instance_type": rec.instance_type})
         base = {"NODE_RANK": str(rank), "NODE_IPS": ips, "NUM_NODES": str(len(self.nodes)),
                 "NUM_GPUS_PER_NODE": str(gpus), "TASK_ID": task_id, "CLUSTER_INFO": info,
