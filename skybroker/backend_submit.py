@@ -46,7 +46,10 @@ class GangSubmit:
                            "num_nodes": rec.num_nodes, "instance_type": rec.instance_type})
         base = {"NODE_RANK": str(rank), "NODE_IPS": ips, "NUM_NODES": str(len(self.nodes)),
                 "NUM_GPUS_PER_NODE": str(gpus), "TASK_ID": task_id, "CLUSTER_INFO": info,
-                "JOB_ID": str(job_id), "CLUSTER_NAME": rec.name}
+                "JOB_ID": str(job_id), "CLUSTER_NAME": rec.name,
+                # SkyPilot gives `setup` these names (its smoke test test_launch_with_failing_setup branches on
+                # $SKYPILOT_SETUP_NODE_RANK); they hold the same values as the run's
+                "SETUP_NODE_RANK": str(rank), "SETUP_NODE_IPS": ips, "SETUP_NUM_GPUS_PER_NODE": str(gpus)}
         env = {}
         for k, v in base.items():
             env[f"SKYPILOT_{k}"] = v

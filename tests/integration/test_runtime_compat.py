@@ -59,6 +59,40 @@ def _env(cluster: str, rank: int, name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- environment
+def test_node_environment_in_setup_and_run(tmp_path):
+    """[codegen] IPs newline-separated in rank order, head rank 0; [env-docs] setup gets the SKYPILOT_SETUP_*
+    names."""
+    task = write_task(tmp_path / "t.yaml", name="envs", num_nodes=3, setup=_dump_env("setup"), run=_dump_env("run"))
+    _ok(broker("launch", "-y", "-c", "rtenv", task, cwd=tmp_path))
+    ips = [json.loads((node_dir("rtenv", r) / "node.json").read_text())["ip"] for r in range(3)]
+    for rank in range(3):
+        run, setup = _env("rtenv", rank, "run"), _env("rtenv", rank, "setup")
+        assert run["SKYPILOT_NODE_RANK"] == str(rank)
+        assert run["SKYPILOT_NODE_IPS"] == "\n".join(ips)  # no trailing newline: `head -n1` / `sed -n 2p` work
+        assert run["SKYPILOT_NODE_IPS"].split("\n")[rank] == ips[rank]  # rank order = IP order
+        assert run["SKYPILOT_NUM_NODES"] == "3"
+        assert run["SKYPILOT_NUM_GPUS_PER_NODE"] == "0"  # a CPU node: int(math.ceil(0))
+        assert run["PYTHONUNBUFFERED"] == "1"  # [log_lib] export PYTHONUNBUFFERED=1
+        # [env-docs] / [smoke] test_launch_with_failing_setup: setup's own rank and IPs
+        assert setup["SKYPILOT_SETUP_NODE_RANK"] == str(rank)
+        assert setup["SKYPILOT_SETUP_NODE_IPS"] == "\n".join(ips)
+        assert setup["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"] == "0"
+        assert setup["SKYPILOT_NUM_NODES"] == "3"  # [codegen] add_setup: setup_envs[SKYPILOT_NUM_NODES]
+        assert run["SKYPILOT_TASK_ID"] == setup["SKYPILOT_TASK_ID"] == _env("rtenv", 0, "run")["SKYPILOT_TASK_ID"]
+
+
+def test_setup_node_rank_selects_the_head(tmp_path):
+    """[smoke] test_launch_with_failing_setup: `if [ "$SKYPILOT_SETUP_NODE_RANK" -eq 0 ]` in setup picks rank 0."""
+    task = write_task(tmp_path / "t.yaml", name="headsetup", num_nodes=2,
+                      setup='if [ "$SKYPILOT_SETUP_NODE_RANK" == "0" ]; then touch ~/head-setup; fi\n',
+                      run='if [ "$SKYPILOT_NODE_RANK" == "0" ]; then echo head-only; fi\n')
+    r = broker("launch", "-y", "-c", "rthead", task, cwd=tmp_path)
+    _ok(r)
+    assert (node_dir("rthead", 0) / "head-setup").exists()
+    assert not (node_dir("rthead", 1) / "head-setup").exists()
+    assert node_lines(r.stdout).get(0) == ["head-only"] and 1 not in node_lines(r.stdout), r.stdout
+
+
 def test_cluster_info_has_skypilots_keys(tmp_path):
     """[smoke] test_minimal: `echo "$SKYPILOT_CLUSTER_INFO" | jq .cluster_name | grep NAME`; tasks read
     json.loads(os.environ["SKYPILOT_CLUSTER_INFO"])["cluster_name"], ["cloud"], ["region"], ["zone"]."""

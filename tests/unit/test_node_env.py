@@ -31,3 +31,11 @@ def test_node_env_basics():
     e = _env()
     assert e["SKYPILOT_NODE_RANK"] == "1" and e["SKYPILOT_NODE_IPS"] == "10.0.0.1\n10.0.0.2"
     assert e["SKYPILOT_NUM_NODES"] == "2" and e["SKYPILOT_NUM_GPUS_PER_NODE"] == "8" and e["MINE"] == "x"
+
+
+def test_setup_gets_skypilots_setup_names():
+    # SkyPilot exports SKYPILOT_SETUP_NODE_RANK / _NODE_IPS / _NUM_GPUS_PER_NODE to setup (its smoke test
+    # test_launch_with_failing_setup branches on $SKYPILOT_SETUP_NODE_RANK)
+    e = _env(rank=1)
+    assert (e["SKYPILOT_SETUP_NODE_RANK"], e["SKYPILOT_SETUP_NODE_IPS"], e["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"]) == (
+        "1", "10.0.0.1\n10.0.0.2", "8")
