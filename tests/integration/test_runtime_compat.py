@@ -22,13 +22,14 @@ Each expectation cites where SkyPilot documents or implements it:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 
 import pytest
 
 from tests.integration.local_helpers import (broker, broker_home, kill_leftovers, node_dir, node_lines,
-                                             queue_json, write_task)
+                                             queue_json, ssh_node_pools, write_task)
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is needed for workdir sync")
 
@@ -123,6 +124,50 @@ def test_envs_secrets_overrides_and_awkward_values(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the shell
+def test_bashrc_written_by_setup_holds_in_run(tmp_path):
+    """[env_check] SkyPilot's own examples/env_check.yaml: setup appends an export to ~/.bashrc and run needs
+    it. [log_lib] the phase runs `/bin/bash -i`, so a ~/.bashrc behind Debian's "not interactive: return"
+    guard is read, with its functions and aliases (what `conda init` writes there)."""
+    setup = (f"cat > ~/.bashrc <<'EOF'\n{DEBIAN_GUARD}EOF\n"
+             "echo 'export TEST_VAR=test' >> ~/.bashrc\n"
+             "echo 'greet() { echo \"hello from a bashrc function\"; }' >> ~/.bashrc\n")
+    run = textwrap.dedent("""\
+        if [[ -z "${TEST_VAR}" ]]; then echo "TEST_VAR is not set"; exit 1; fi
+        echo "TEST_VAR is set to ${TEST_VAR}"
+        greet
+        """)
+    task = write_task(tmp_path / "t.yaml", name="envcheck", num_nodes=2, setup=setup, run=run)
+    r = broker("launch", "-y", "-c", "rtrc", task, cwd=tmp_path)
+    _ok(r)
+    for rank in (0, 1):
+        assert node_lines(r.stdout)[rank] == ["TEST_VAR is set to test", "hello from a bashrc function"], r.stdout
+    # a later `exec` (no setup) reads it too
+    r = broker("exec", "rtrc", "--", 'echo "again=$TEST_VAR"')
+    _ok(r)
+    assert node_lines(r.stdout)[0] == ["again=test"], r.stdout
+
+
+def test_image_bashrc_is_read_on_a_real_node(tmp_path):
+    """On a real sshd node (the SSH pool cloud): the login user's ~/.bashrc as an image ships it (Debian's
+    guard, then what `conda init` appends: a shell function and PATH) is in force in setup and run, as
+    under SkyPilot's `bash -i` [log_lib]; /etc/bash.bashrc too (Debian's bash reads it for interactive shells)."""
+    with ssh_node_pools("rtc", {"p": 1}) as (_pool, by_name):
+        node = by_name["p"][0]
+        (node.home / "tool-bin").mkdir()
+        (node.home / "tool-bin" / "mytool").write_text("#!/bin/sh\necho mytool-ran\n")
+        (node.home / "tool-bin" / "mytool").chmod(0o755)
+        (node.home / ".bashrc").write_text(DEBIAN_GUARD + 'export PATH="$HOME/tool-bin:$PATH"\n'
+                                           'fake_conda() { echo "activated $1"; }\n')
+        task = write_task(tmp_path / "t.yaml", name="img", resources={"infra": "ssh"},
+                          setup="mytool\n", run="fake_conda myenv\nmytool\n")
+        r = broker("launch", "-y", "-c", "rtimg", task, cwd=tmp_path, timeout=120)
+        try:
+            _ok(r)
+            assert node_lines(r.stdout)[0] == ["mytool-ran", "activated myenv", "mytool-ran"], r.stdout
+        finally:
+            broker("down", "-y", "rtimg", timeout=120)
+
+
 def test_shell_semantics(tmp_path):
     """[log_lib] stdin is /dev/null; no `set -e` (a failing line does not stop the script, the last command's
     status is the exit code); `exit N` is the code; output without a final newline is kept; the working
@@ -147,6 +192,30 @@ def test_shell_semantics(tmp_path):
     r = broker("exec", "rtsh", "--", "echo before; exit 3; echo after")
     assert r.returncode == 3, r.stdout + r.stderr
     assert node_lines(r.stdout)[0] == ["before"], r.stdout
+
+
+def test_background_processes_stay_in_the_job(tmp_path):
+    """The interactive shell must not put `cmd &` in a process group of its own (job control is off, as in a
+    non-interactive bash): cancel stops the whole job, and the script's next line does not run after it."""
+    import time
+
+    task = write_task(tmp_path / "t.yaml", name="bg",
+                      run="echo $$ > ~/sh.pid\nsleep 300 &\necho $! > ~/bg.pid\nsleep 300\ntouch ~/ran-on\n")
+    _ok(broker("launch", "-y", "-d", "-c", "rtbg", task, cwd=tmp_path))
+    pidfile = node_dir("rtbg", 0) / "bg.pid"
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    bg, shell = int(pidfile.read_text()), int((node_dir("rtbg", 0) / "sh.pid").read_text())
+    assert os.getpgid(bg) == os.getpgid(shell) == shell  # the job's group (the shell leads it)
+    _ok(broker("cancel", "-y", "rtbg", "1"))
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{bg}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{bg}")
+    time.sleep(0.5)
+    assert not (node_dir("rtbg", 0) / "ran-on").exists()
+    assert queue_json("rtbg")[0]["status"] == "CANCELLED"
 
 
 # ---------------------------------------------------------------------------------------- jobs
