@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from . import settings
-from .backend_jobs import JobStatus, NodeJob, aggregate
+from .backend_jobs import TERMINAL, JobStatus, NodeJob, aggregate
 from .errors import BrokerError
 from .failpoints import failpoint
 from .runtime.agent_client import AgentError, AgentMissing, AgentOutdated
@@ -112,6 +112,8 @@ class GangSubmit:
         and then knows). `setup_done_on` is then the ranks whose agent had that setup done when the job
         arrived (None: no setup, or an agent that does not say)."""
         head = self.nodes[0]
+        if len(self.nodes) > 1:
+            self.end_broken_gangs()
         job_id, _ = self.healed(head, lambda a: a.next_id(token))
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
         setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
@@ -147,6 +149,29 @@ class GangSubmit:
         if setup_key and len(done) == len(self.nodes):
             self.setup_done_on = sorted(r for r, d in done.items() if d)
         return job_id
+
+    def end_broken_gangs(self) -> list[int]:
+        """Cancel, where it still runs, every job that already failed on another node (nobody followed it:
+        `-d`): else the new job would start at once on the node that failed and on the others only once
+        their part of the old one ends, out of step. Under SkyPilot a job failing on one node ends on all
+        (task_codegen.py get_or_fail: ray.cancel the rest). Best effort: a node not answering is no reason
+        not to submit (submission itself says so)."""
+        try:
+            per = self.node_statuses()
+        except BrokerError:
+            return []
+        seen: dict[int, list[str]] = {}
+        for jobs in per.values():
+            for j in jobs or ():
+                seen.setdefault(j["job_id"], []).append(j["status"])
+        broken = sorted(jid for jid, sts in seen.items()
+                        if any(s in ("FAILED", "FAILED_SETUP") for s in sts) and any(s not in TERMINAL for s in sts))
+        if broken:
+            try:
+                self.cancel(broken)
+            except BrokerError:
+                pass
+        return broken
 
     def run_followed(self, task, *, job_name: str | None, on_line: Callable[[int, str], None],
                      on_start: Callable[[int], None] = lambda job_id: None) -> JobStatus:

@@ -269,3 +269,27 @@ def test_workdir_and_file_mounts_land_where_skypilot_puts_them(tmp_path):
     r = broker("launch", "-y", "-c", "rtfiles", task, cwd=proj)
     _ok(r)
     assert node_lines(r.stdout)[0] == ["data", "is-link", "no-ignored", "mounted", "from home"], r.stdout
+
+
+def test_next_job_ends_a_detached_gang_job_that_failed_on_one_node(tmp_path):
+    """[codegen] get_or_fail: a node's non-zero return code cancels the job on the other nodes, so the next
+    job starts on every node together. With `-d` nobody follows the job here; the next submission ends
+    what is left of it, so the new job is not run on the failed node alone while the others are busy."""
+    import time
+
+    task = write_task(tmp_path / "t.yaml", name="broken", num_nodes=2,
+                      run='if [ "$SKYPILOT_NODE_RANK" == "1" ]; then exit 3; fi\nsleep 120\n')
+    _ok(broker("launch", "-y", "-d", "-c", "rtgang", task, cwd=tmp_path))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        nodes = {n["rank"]: n["status"] for n in queue_json("rtgang")[0]["nodes"]}
+        if nodes == {0: "RUNNING", 1: "FAILED"}:
+            break
+        time.sleep(0.2)
+    assert nodes == {0: "RUNNING", 1: "FAILED"}, nodes
+    r = broker("exec", "rtgang", "--", 'echo "next on $SKYPILOT_NODE_RANK"', timeout=45)
+    _ok(r)
+    assert node_lines(r.stdout) == {0: ["next on 0"], 1: ["next on 1"]}, r.stdout
+    first = queue_json("rtgang")[0]
+    assert first["status"] == "FAILED" and first["exit_code"] == 3, first
+    assert {n["rank"]: n["status"] for n in first["nodes"]} == {0: "CANCELLED", 1: "FAILED"}, first
