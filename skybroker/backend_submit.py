@@ -18,13 +18,16 @@ import time
 from typing import Callable
 
 from . import settings
-from .backend_jobs import JobStatus, NodeJob, aggregate
+from .backend_jobs import TERMINAL, JobStatus, NodeJob, aggregate
 from .errors import BrokerError
 from .failpoints import failpoint
 from .runtime.agent_client import AgentError, AgentMissing, AgentOutdated
 from .runtime.runner import HostKeyMismatch, NodeUnreachable, run_parallel
 
 WORKDIR = "~/sky_workdir"
+# How SKYPILOT_CLUSTER_INFO names the cloud under SkyPilot (str() of its cloud classes); others as ours.
+SKYPILOT_CLOUD_NAMES = {"aws": "AWS", "gcp": "GCP", "azure": "Azure", "kubernetes": "Kubernetes", "lambda": "Lambda",
+                        "ssh": "SSH"}
 
 
 class GangSubmit:
@@ -36,11 +39,17 @@ class GangSubmit:
         rec = self.rec
         ips = "\n".join(n.private_ip or n.ip for n in self.nodes)
         gpus = int(_gpu_count(rec.accelerators))
-        info = json.dumps({"cluster": rec.name, "cloud": rec.cloud, "region": rec.region, "zone": rec.zone,
+        # SkyPilot's keys are cluster_name, cloud (its class name: AWS, GCP, ...), region, zone (its smoke test
+        # `echo "$SKYPILOT_CLUSTER_INFO" | jq .cluster_name`); "cluster", num_nodes, instance_type are ours
+        info = json.dumps({"cluster_name": rec.name, "cloud": SKYPILOT_CLOUD_NAMES.get(rec.cloud, rec.cloud),
+                           "region": rec.region, "zone": rec.zone, "cluster": rec.name,
                            "num_nodes": rec.num_nodes, "instance_type": rec.instance_type})
         base = {"NODE_RANK": str(rank), "NODE_IPS": ips, "NUM_NODES": str(len(self.nodes)),
                 "NUM_GPUS_PER_NODE": str(gpus), "TASK_ID": task_id, "CLUSTER_INFO": info,
-                "JOB_ID": str(job_id), "CLUSTER_NAME": rec.name}
+                "JOB_ID": str(job_id), "CLUSTER_NAME": rec.name,
+                # SkyPilot gives `setup` these names (its smoke test test_launch_with_failing_setup branches on
+                # $SKYPILOT_SETUP_NODE_RANK); they hold the same values as the run's
+                "SETUP_NODE_RANK": str(rank), "SETUP_NODE_IPS": ips, "SETUP_NUM_GPUS_PER_NODE": str(gpus)}
         env = {}
         for k, v in base.items():
             env[f"SKYPILOT_{k}"] = v
@@ -103,6 +112,8 @@ class GangSubmit:
         and then knows). `setup_done_on` is then the ranks whose agent had that setup done when the job
         arrived (None: no setup, or an agent that does not say)."""
         head = self.nodes[0]
+        if len(self.nodes) > 1:
+            self.end_broken_gangs()
         job_id, _ = self.healed(head, lambda a: a.next_id(token))
         task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
         setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
@@ -138,6 +149,29 @@ class GangSubmit:
         if setup_key and len(done) == len(self.nodes):
             self.setup_done_on = sorted(r for r, d in done.items() if d)
         return job_id
+
+    def end_broken_gangs(self) -> list[int]:
+        """Cancel, where it still runs, every job that already failed on another node (nobody followed it:
+        `-d`): else the new job would start at once on the node that failed and on the others only once
+        their part of the old one ends, out of step. Under SkyPilot a job failing on one node ends on all
+        (task_codegen.py get_or_fail: ray.cancel the rest). Best effort: a node not answering is no reason
+        not to submit (submission itself says so)."""
+        try:
+            per = self.node_statuses()
+        except BrokerError:
+            return []
+        seen: dict[int, list[str]] = {}
+        for jobs in per.values():
+            for j in jobs or ():
+                seen.setdefault(j["job_id"], []).append(j["status"])
+        broken = sorted(jid for jid, sts in seen.items()
+                        if any(s in ("FAILED", "FAILED_SETUP") for s in sts) and any(s not in TERMINAL for s in sts))
+        if broken:
+            try:
+                self.cancel(broken)
+            except BrokerError:
+                pass
+        return broken
 
     def run_followed(self, task, *, job_name: str | None, on_line: Callable[[int, str], None],
                      on_start: Callable[[int], None] = lambda job_id: None) -> JobStatus:

@@ -32,7 +32,9 @@ STATE_FILE = "container.json"
 ENGINE_MISSING, PULL_FAILED, START_FAILED = 4, 5, 6
 KEEPALIVE = 'trap "exit 0" TERM INT; while :; do sleep 86400 & wait $!; done'
 # Runs the phase's script with bash when the image has it (SkyPilot's images do), else with sh.
-_SHELL = 'if command -v bash >/dev/null 2>&1; then exec bash "$0"; fi; exec sh "$0"'
+# bash as SkyPilot runs a phase (`bash -i`, see jobs.prologue); its no-terminal warnings go nowhere (the
+# script's first line sends stderr back to the log)
+_SHELL = 'if command -v bash >/dev/null 2>&1; then exec bash --norc -i "$0" 2>/dev/null; fi; exec sh "$0"'
 
 
 class ContainerError(Exception):

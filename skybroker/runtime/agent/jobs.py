@@ -327,6 +327,26 @@ def _run_job(conn, job_id, spec, secrets):
                         None if rc == 0 else "run exited with code %d" % rc)
 
 
+def prologue(workdir):
+    """The lines before a phase's script, as SkyPilot's (sky/skylet/log_lib.py make_task_bash_script, run with
+    `/bin/bash -i`): ~/.bashrc sourced in an interactive shell, so what `setup` appends there (PATH, `conda
+    activate`, a venv) holds in `run`, and conda's shell functions loaded; then the workdir. Unlike
+    SkyPilot's, history expansion is off (`!x` in a script is text), SIGTERM ends the shell (an interactive
+    bash ignores it: a cancelled job would run on to its next line) and job control is off (`set +m`: else
+    every `cmd &` gets a process group of its own and `setsid` forks). POSIX sh (no bash) skips the bash parts."""
+    import shlex
+
+    return ("exec 2>&1\n"
+            "if [ -n \"$BASH_VERSION\" ]; then\n"
+            "  set +m +H; set +o history; trap 'exit 143' TERM\n"
+            "  [ -f /etc/bash.bashrc ] && . /etc/bash.bashrc\n"
+            "  [ -f ~/.bashrc ] && . ~/.bashrc\n"
+            "  set -a; . \"$(conda info --base 2>/dev/null)/etc/profile.d/conda.sh\" >/dev/null 2>&1; set +a\n"
+            "  set +m\n"
+            "fi\n"
+            "cd %s || exit 1\n" % shlex.quote(workdir))
+
+
 def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, box=None, gang=None):
     """Run COMMAND in its own session; return its exit code, or None if the job was cancelled meanwhile.
     The script is written to a file and run from there: a command line has a size limit (128 KiB per
@@ -337,12 +357,16 @@ def _phase(conn, job_id, command, workdir, env, log, name="run", notice=None, bo
     import subprocess
     script = os.path.join(store.job_dir(job_id), name + ".sh")
     with open(script, "w") as f:
-        f.write(command)
-    argv = [shutil.which("bash") or "/bin/sh", script]
+        f.write(prologue(workdir) + command)
+    bash = shutil.which("bash")
+    argv = [bash, "--norc", "-i", script] if bash else ["/bin/sh", script]
     if box is not None:
         argv = boxes.container().exec_argv(box, box["env_names"], workdir, script)
-    proc = subprocess.Popen(argv, cwd=workdir, env=env,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # an interactive bash with no terminal says "cannot set terminal process group" and "no job control" on
+    # stderr before it reads the script: that goes nowhere, the script's first line sends stderr to the log
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.DEVNULL if box is None and bash else subprocess.STDOUT,
+                            start_new_session=True)
     with store.txn(conn):
         recorded = conn.execute("UPDATE jobs SET pid=?, pgid=? WHERE job_id=? AND status IN (?, ?)",
                                 (proc.pid, proc.pid, job_id, SETTING_UP, RUNNING)).rowcount
