@@ -18,7 +18,9 @@ Errors are ARM's: {"error": {"code", "message"}} with ARM's status codes.
 Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the VM PUT, AllocationFailed
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
-every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay).
+every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+start_capacity(vm) — the start of that deallocated VM fails to allocate, as ARM's start LRO does when there is no
+capacity for the size (a failed LRO with AllocationFailed; the VM stays deallocated, other VMs' starts succeed).
 
 Managed identities on a VM PUT, as ARM takes them: `identity: {type: SystemAssigned}` is stored and read
 back with a `principalId` and `tenantId` (fresh GUIDs, kept across updates of the VM); `UserAssigned`
@@ -108,7 +110,7 @@ class ArmFake:
         self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
-        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None}
+        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}}
         self._ip_seq = 0
         self.rbac = Rbac(subscription, ArmError)
         self.rbac.known_principals = self._principals
@@ -143,11 +145,15 @@ class ArmFake:
     def quota(self, region: str, code: str = "OperationNotAllowed") -> None:
         self.faults["quota"][region.lower()] = code  # or QuotaExceeded
 
+    def start_capacity(self, vm_name: str, code: str = "AllocationFailed") -> None:
+        """Starting this (deallocated) VM fails to allocate: its start LRO fails, the VM stays deallocated."""
+        self.faults["start"][vm_name.lower()] = code
+
     def auth(self, code: str | None = "AuthenticationFailed") -> None:
         self.faults["auth"] = code  # or AuthorizationFailed (403), InvalidAuthenticationToken
 
     def clear_faults(self) -> None:
-        self.faults = {"capacity": {}, "quota": {}, "auth": None}
+        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}}
         self.rbac.deny_rbac = False
         self.rbac.assignments_allowed = None
 
@@ -515,17 +521,25 @@ class ArmFake:
         if action not in moves:
             raise ArmError(400, "InvalidRequestContent", f"unsupported action {action}")
         during, after = moves[action]
+        before = self.power.get(key)
+        error = None
+        code = self.faults["start"].get(vm["name"].lower()) if action == "start" else None
+        if code:  # ARM: a deallocated VM's start can fail to allocate
+            error = {"code": code, "message": f"Allocation failed. We do not have sufficient capacity for the "
+                                              f"requested VM size in this region ({code})."}
         self.power[key] = during
 
         def effect():
-            if key in self.power:
+            if error is not None:
+                self.power[key] = before
+            elif key in self.power:
                 self.power[key] = after
                 if after == "running":
                     self._boot_node(vm)
                 elif after == "deallocated":
                     self._kill_node(self.node_of.pop(key, None))
 
-        return self._lro(202, None, vm["location"], effect, location=True)
+        return self._lro(202, None, vm["location"], effect, error=error, location=True)
 
     def _instance_view(self, vm: dict) -> dict:
         state = vm["properties"]["provisioningState"]

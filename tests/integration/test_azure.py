@@ -314,3 +314,40 @@ def test_a_launch_refused_credentials_everywhere_leaves_no_record(arm, tmp_path)
         "azure/eastus", {"AZURE_CLIENT_ID": "x", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"})
     arm.clear_faults()
     assert not [g for g in arm.groups if "credx" in g]
+
+
+def test_a_start_that_fails_half_way_stops_what_started(drv, arm):
+    """ARM's start of a deallocated VM can fail to allocate (a failed LRO, AllocationFailed) while the others
+    start: the started VM is deallocated again, the cluster stays STOPPED (it used to stay STOPPED in the state
+    with that VM running and billed, and `stop` said "already stopped"), the ledger bills only its disks."""
+    import time
+
+    from skybroker import clusters
+    from skybroker.costs import ledger
+    from skybroker.errors import BrokerError
+
+    c = cluster_name()
+    infos = drv.provision(req(c, n=2))
+    rec = state.ClusterRecord(name=c, cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s",
+                              accelerators=None, use_spot=False, num_nodes=2, hourly_price=0.1, status=state.UP,
+                              launched_at=time.time(), name_on_cloud=c,
+                              nodes=[state.NodeRecord(i.instance_id, r, i.public_ip) for r, i in enumerate(infos)])
+    state.save_cluster(rec)
+    from types import SimpleNamespace
+
+    cand = SimpleNamespace(cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s", num_nodes=2,
+                           use_spot=False, price=0.1, offer=None, accelerators=lambda: None,
+                           resources=SimpleNamespace(disk_size=30, describe=lambda: "Standard_B2s"))
+    ledger.open_run(rec, cand)
+    assert clusters.stop(c) is True
+    arm.start_capacity(f"{c}-1")
+    with pytest.raises(BrokerError) as ei:
+        clusters.start(c)
+    assert sorted(arm.power[vm["id"].lower()] for vm in arm.find("virtualMachines", f"skybroker-{c}")) == \
+        ["deallocated", "deallocated"]  # nothing left running
+    assert state.get_cluster(c).status == state.STOPPED
+    assert ledger.runs(cluster=c)[-1].state == "STOPPED"  # billed for its disks only
+    assert ei.value.exit_code == 4 and "AllocationFailed" in ei.value.message, ei.value.message
+    assert f"cluster {c}" in ei.value.message and "stays STOPPED" in ei.value.message
+    assert f"broker start {c}" in ei.value.hint
+    drv.terminate(c, "eastus")
