@@ -94,6 +94,12 @@ def test_vm_body_spot_tags_image_and_disk(drv, arm):
     assert p["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
                                                      "sku": "22_04-lts-gen2", "version": "latest"}
     assert p["storageProfile"]["osDisk"]["diskSizeGB"] == 64
+    # the ledger prices the disk the VM gets: Standard SSD LRS is $0.075/GiB-month (E15 256 GiB $19.20, E30
+    # 1 TiB $76.80, East US); Premium SSD (P15 $38.01, ~$0.15) was charged for a Standard SSD disk before
+    from skybroker.costs import disks
+
+    sku = p["storageProfile"]["osDisk"]["managedDisk"]["storageAccountType"]
+    assert disks.price_per_gb_month("azure") == {"StandardSSD_LRS": 0.075, "Premium_LRS": 0.15}[sku]
     lin = p["osProfile"]["linuxConfiguration"]
     assert p["osProfile"]["adminUsername"] == "broker" and lin["disablePasswordAuthentication"] is True
     assert lin["ssh"]["publicKeys"] == [{"path": "/home/broker/.ssh/authorized_keys", "keyData": KEY}]

@@ -28,6 +28,7 @@ from .errors import classify
 TAG_RANK = "skybroker-rank"
 TAG_SPOT = "skybroker-spot"
 SSH_USER = "broker"
+OS_DISK_SKU = "StandardSSD_LRS"  # what costs/disks.py prices Azure's disks at: change both together
 UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "latest")
 GPU_IMAGE = ("microsoft-dsvm", "ubuntu-hpc", "2204", "latest")  # Ubuntu 22.04 with NVIDIA drivers
 _POWER = {"running": RUNNING, "starting": PENDING, "stopping": STOPPING, "deallocating": STOPPING,
@@ -301,7 +302,7 @@ class AzureCloud(Provider):
                 hardware_profile=cm.HardwareProfile(vm_size=req.instance_type),
                 storage_profile=cm.StorageProfile(image_reference=image, os_disk=cm.OSDisk(
                     name=f"{name}-os", create_option="FromImage", disk_size_gb=int(req.disk_size),
-                    delete_option="Delete", managed_disk=cm.ManagedDiskParameters(storage_account_type="StandardSSD_LRS"))),
+                    delete_option="Delete", managed_disk=cm.ManagedDiskParameters(storage_account_type=OS_DISK_SKU))),
                 os_profile=cm.OSProfile(computer_name=name, admin_username=SSH_USER, linux_configuration=cm.LinuxConfiguration(
                     disable_password_authentication=True, ssh=cm.SshConfiguration(public_keys=[cm.SshPublicKey(
                         path=f"/home/{SSH_USER}/.ssh/authorized_keys", key_data=key)]))),
