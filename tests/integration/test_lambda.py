@@ -436,3 +436,29 @@ def test_a_launch_whose_answer_was_lost_keeps_its_record_when_the_cloud_cannot_b
     assert [i["cloud"] for i in state.open_intents("lost")] == ["lambda"]
     fake.fail_auth(False)
     assert len(fake.live()) == 1
+
+
+def test_ctrl_c_while_a_launch_waits_its_turn_launches_nothing_more(fake, monkeypatch):
+    """A 2-node launch waits BROKER_LAMBDA_LAUNCH_INTERVAL between its launch calls. Ctrl-C in that wait used to
+    let the wait run out and then launch the second instance anyway (the 'call in flight' was the pacing sleep),
+    only for the rollback to terminate it: an instance billed for nothing. Now the wait ends at the interrupt:
+    one launch, rolled back, nothing left."""
+    import _thread
+    import threading
+    import time
+
+    monkeypatch.setenv("BROKER_LAMBDA_LAUNCH_INTERVAL", "20")
+
+    def interrupt_after_the_first_launch():
+        while not launches(fake):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_after_the_first_launch, daemon=True).start()
+    task = task_from_dict({"num_nodes": 2, "resources": {"infra": "lambda/us-east-1", "instance_type": "gpu_1x_a100"},
+                           "run": "true"})
+    with pytest.raises(KeyboardInterrupt):
+        _provision(task, ("lambda",), cluster="paced")
+    assert len(launches(fake)) == 1
+    assert fake.live() == []  # the one launched was rolled back
