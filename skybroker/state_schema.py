@@ -260,6 +260,11 @@ MIGRATIONS: list[str] = [
     INSERT INTO meta (k, v) SELECT 'legacy_names', '1' WHERE EXISTS (SELECT 1 FROM events) OR EXISTS
         (SELECT 1 FROM clusters) OR EXISTS (SELECT 1 FROM intents) OR EXISTS (SELECT 1 FROM managed_jobs)
     """,
+    # v20: how many of a run's nodes an interval bills (NULL: all of them): a cluster that lost nodes (DEGRADED)
+    # is billed for the nodes it still has (costs/ledger.py)
+    """
+    ALTER TABLE cost_intervals ADD COLUMN nodes INTEGER
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
