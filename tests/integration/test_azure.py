@@ -188,9 +188,13 @@ def test_typed_errors_carry_scope_and_code(drv, arm, fault, code, etype, scope):
 
 
 def test_bad_requests_are_request_scoped(drv, arm):
+    bad = cluster_name()
     with pytest.raises(InvalidRequestError) as ei:
-        drv.provision(req(cluster_name(), image_id="not-an-image"))
+        drv.provision(req(bad, image_id="not-an-image"))
     assert ei.value.scope == Scope.REQUEST
+    # the task's mistake: exit 2 naming the field, found before the group, vnet and NSG were made (and rolled back)
+    assert ei.value.exit_code == 2 and ei.value.message.startswith("resources.image_id:") and ei.value.hint
+    assert not arm.requests("PUT", f"/resourcegroups/skybroker-{bad}")
     c = cluster_name()
     with pytest.raises(InvalidRequestError) as ei:  # ARM's 400 InvalidParameter (no vmSize)
         drv.provision(req(c, instance_type=""))

@@ -200,6 +200,7 @@ class AzureCloud(Provider):
         place = Place("azure", req.region, req.zone, req.instance_type)
         if not req.region:
             raise InvalidRequestError("Azure needs a region", place)
+        image = self._image(req, place)  # a malformed image_id is the task's mistake: refused before anything is made
         c = self._clients(place)
         rg = group_name(req.cluster)
         existing = self._ensure_group_location(c, place, req)
@@ -217,7 +218,7 @@ class AzureCloud(Provider):
         have = {int(vm.tags[TAG_RANK]) for vm in live if (vm.tags or {}).get(TAG_RANK, "").isdigit()}
         ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
         if ranks:
-            self._create_nodes(c, place, req, ranks, subnet_id, nsg_id)
+            self._create_nodes(c, place, req, ranks, subnet_id, nsg_id, image)
         return [self._info(vm, {}).instance_id for vm in self._vms(c, place, req.cluster)]
 
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
@@ -252,8 +253,12 @@ class AzureCloud(Provider):
                 return ImageReference(id=img)
             parts = img.split(":")
             if len(parts) != 4:
-                raise InvalidRequestError(f"image_id {img!r} is neither publisher:offer:sku:version nor a "
-                                          "resource id", place, code="InvalidImage")
+                err = InvalidRequestError(f"resources.image_id: {img!r} is neither an Azure image "
+                                          "publisher:offer:sku:version nor a resource id", place, code="InvalidImage",
+                                          hint="e.g. image_id: Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:"
+                                          "latest, or /subscriptions/.../images/NAME")
+                err.exit_code = 2  # bad input (README: exit codes)
+                raise err
             pub, offer, sku, ver = parts
         else:
             pub, offer, sku, ver = GPU_IMAGE if req.accelerator else UBUNTU
@@ -267,13 +272,13 @@ class AzureCloud(Provider):
 
         return ensure_user_key(broker_home())[1].strip()
 
-    def _create_nodes(self, c, place, req, ranks, subnet_id, nsg_id) -> None:
+    def _create_nodes(self, c, place, req, ranks, subnet_id, nsg_id, image) -> None:
         from azure.mgmt.compute import models as cm
         from azure.mgmt.network import models as nm
 
         rg = group_name(req.cluster)
         base = {TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}
-        image, key = self._image(req, place), self._public_key(req)
+        key = self._public_key(req)
         ip_pollers = [self._call(place, c.network.public_ip_addresses.begin_create_or_update, rg,
                                  f"{_vm_name(req.cluster, r)}-ip", nm.PublicIPAddress(
                                      location=req.region, tags={**base, TAG_RANK: str(r)},
