@@ -19,6 +19,9 @@ Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the V
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+throttle(n, retry_after) — the next n requests are ARM's throttling answer: 429 with a Retry-After header (ARM's
+documented answer when a subscription's read/write or a resource provider's rate limit is reached; Compute's own
+throttling answers 429 too, with code OperationNotAllowed and a Retry-After that may be many minutes).
 start_capacity(vm) — the start of that deallocated VM fails to allocate, as ARM's start LRO does when there is no
 capacity for the size (a failed LRO with AllocationFailed; the VM stays deallocated, other VMs' starts succeed).
 
@@ -67,9 +70,10 @@ ALLOCATION_CODES = ("AllocationFailed", "ZonalAllocationFailed", "Overconstraine
 
 
 class ArmError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -110,7 +114,7 @@ class ArmFake:
         self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
-        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}}
+        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
         self._ip_seq = 0
         self.rbac = Rbac(subscription, ArmError)
         self.rbac.known_principals = self._principals
@@ -149,11 +153,18 @@ class ArmFake:
         """Starting this (deallocated) VM fails to allocate: its start LRO fails, the VM stays deallocated."""
         self.faults["start"][vm_name.lower()] = code
 
+    def throttle(self, count: int, retry_after: int = 1, method: str | None = None, contains: str = "",
+                 code: str = "TooManyRequests") -> None:
+        """The next `count` requests (of `method`, whose path contains `contains`) are refused as ARM throttles:
+        429 with a Retry-After header (seconds) and {"error": {"code": code}}; nothing is done."""
+        self.faults["throttle"] = {"count": count, "retry_after": retry_after, "method": method,
+                                   "contains": contains.lower(), "code": code}
+
     def auth(self, code: str | None = "AuthenticationFailed") -> None:
         self.faults["auth"] = code  # or AuthorizationFailed (403), InvalidAuthenticationToken
 
     def clear_faults(self) -> None:
-        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}}
+        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
         self.rbac.deny_rbac = False
         self.rbac.assignments_allowed = None
 
@@ -207,6 +218,11 @@ class ArmFake:
         principal = token[len(MI_PREFIX):] if token.startswith(MI_PREFIX) else None
         if principal is not None and principal not in self._principals():
             raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        th = self.faults["throttle"]
+        if th and th["count"] > 0 and th["method"] in (None, method) and th["contains"] in path.lower():
+            th["count"] -= 1
+            raise ArmError(429, th["code"], "The request is being throttled as the limit has been reached for this "
+                           "subscription. Please try again later.", headers={"Retry-After": str(th["retry_after"])})
         if self.faults["auth"]:
             code = self.faults["auth"]
             raise ArmError(403 if code == "AuthorizationFailed" else 401, code,
@@ -661,7 +677,7 @@ def _handler(fake: ArmFake):
             try:
                 status, headers, doc = fake.handle(self.command, url.path, query, body, self.headers)
             except ArmError as exc:
-                status, headers, doc = exc.status, {}, {"error": {"code": exc.code, "message": exc.message}}
+                status, headers, doc = exc.status, exc.headers, {"error": {"code": exc.code, "message": exc.message}}
             except Exception as exc:  # noqa: BLE001 - a fake bug shows as a 500 with the reason
                 status, headers, doc = 500, {}, {"error": {"code": "InternalServerError", "message": repr(exc)}}
             data = b"" if doc is None or self.command == "HEAD" else json.dumps(doc).encode()

@@ -361,3 +361,30 @@ def test_a_start_that_fails_half_way_stops_what_started(drv, arm):
     assert f"cluster {c}" in ei.value.message and "stays STOPPED" in ei.value.message
     assert f"broker start {c}" in ei.value.hint
     drv.terminate(c, "eastus")
+
+
+def test_throttling_is_waited_out_when_short_and_reported_when_long(drv, arm, monkeypatch):
+    """ARM answers 429 with a Retry-After. A short one is waited out by the SDK (the launch just goes on); a
+    create throttled for long (Compute asks for 20+ minutes at times) used to be waited out silently too (the
+    launch hung with no word); now it is a ThrottledError at once naming the wait, which the provisioner
+    reports and backs off from. A teardown still waits as ARM asks (it must finish)."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from skybroker.clouds.azure import client
+    from skybroker.errors import ThrottledError
+
+    slept: list[float] = []
+    monkeypatch.setattr(RequestsTransport, "sleep", lambda self, s: slept.append(s))
+    monkeypatch.setenv("BROKER_AZURE_RETRIES", "3")
+    client.reset()
+    c = cluster_name()
+    arm.throttle(1, retry_after=2, method="PUT", contains="/virtualMachines/")
+    assert drv.provision(req(c))[0].state == RUNNING and 2 in slept  # short: waited out
+    arm.throttle(1, retry_after=1200, method="PUT", contains="/virtualMachines/")
+    with pytest.raises(ThrottledError) as ei:
+        drv.provision(req(c, n=2))
+    assert ei.value.scope == Scope.RETRY and "1200s" in ei.value.message and ei.value.hint
+    assert 1200 not in slept
+    arm.throttle(1, retry_after=1200, method="DELETE", contains=f"/resourcegroups/skybroker-{c}")
+    drv.terminate(c, "eastus")  # a teardown waits as told
+    assert 1200 in slept and f"skybroker-{c}" not in arm.groups
