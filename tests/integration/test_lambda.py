@@ -185,6 +185,8 @@ def test_capacity_quota_credentials_and_spot_are_typed(cloud, fake):
         cloud.provision(req(region="us-west-1"))
     assert ei.value.scope == Scope.CLOUD and ei.value.code == "global/invalid-api-key"
     assert fake.api_key not in str(ei.value)
+    # the message names the cloud and where the key came from (`down` of one cluster shows only this message)
+    assert ei.value.message.startswith("Lambda Cloud refused our API key (API key from environment (LAMBDA_API_KEY))")
 
 
 class _ListedButFull(set):
