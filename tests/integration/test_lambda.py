@@ -464,3 +464,33 @@ def test_ctrl_c_while_a_launch_waits_its_turn_launches_nothing_more(fake, monkey
         _provision(task, ("lambda",), cluster="paced")
     assert len(launches(fake)) == 1
     assert fake.live() == []  # the one launched was rolled back
+
+
+def test_a_cluster_is_found_whatever_user_launched_it(cloud, fake, monkeypatch):
+    """Instance names carry a hash of $USER. A cluster launched as one $USER and torn down as another (`sudo -E`,
+    cron, a container without USER) used to be invisible: `down` said terminated, the state forgot it, the GPU
+    instance kept running and `broker gc` could not see it. A name with this home's suffix is this home's
+    whatever the user; an unsuffixed name (from before home suffixes) still needs the same $USER."""
+    from skybroker import gc
+
+    name = state.cloud_name_for("who")
+    monkeypatch.setenv("USER", "alice")
+    cloud.provision(req(name))
+    cloud.provision(req("legacy"))  # no home suffix: two users of one account may both have one
+    monkeypatch.setenv("USER", "bob")
+    assert [i.instance_id for i in cloud.query(name, "us-east-1")] == [i["id"] for i in fake.live()
+                                                                        if i["name"].startswith(f"skybroker-{name}-")]
+    assert cloud.query("legacy", "us-east-1") == []
+    assert [t.cluster for t in cloud.list_tagged(None) if t.kind == "instance"] == [name]
+    assert {o.cluster for o in gc.scan(clouds=("lambda",)).orphans} == {"who"}  # not in the state: gc sees it
+    cloud.terminate(name, "us-east-1")
+    assert [i["name"] for i in fake.live()] == [f"skybroker-legacy-{lc_hash('alice')}-0"]
+    monkeypatch.setenv("USER", "alice")
+    cloud.terminate("legacy", "us-east-1")
+    assert fake.live() == []
+
+
+def lc_hash(user: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(user.encode()).hexdigest()[:4]
