@@ -19,6 +19,9 @@ Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the V
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+fail_provisioning(vm) — the VM's provisioningState becomes Failed and its power state stays (ARM's provisioning
+state is the last control-plane operation's, separate from the power state: a running VM whose extension timed
+out is Failed and running).
 throttle(n, retry_after) — the next n requests are ARM's throttling answer: 429 with a Retry-After header (ARM's
 documented answer when a subscription's read/write or a resource provider's rate limit is reached; Compute's own
 throttling answers 429 too, with code OperationNotAllowed and a Retry-After that may be many minutes).
@@ -167,6 +170,14 @@ class ArmFake:
         self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
         self.rbac.deny_rbac = False
         self.rbac.assignments_allowed = None
+
+    def fail_provisioning(self, vm_name: str) -> None:
+        """The VM's last control-plane operation failed (an extension that timed out, a failed update): its
+        provisioningState is Failed while its power state stays what it was, so a running VM keeps running
+        (and billing), as ARM's do: the two states are separate."""
+        with self.lock:
+            vm = next(r for r in self.resources.values() if r["name"] == vm_name and r["type"].endswith("virtualMachines"))
+            vm["properties"]["provisioningState"] = "Failed"
 
     def evict(self, vm_name: str) -> None:
         """Spot eviction with policy Delete: the VM (and its OS disk) are gone; NIC and IP stay."""

@@ -163,6 +163,20 @@ def test_spot_eviction_deletes_the_vm(drv, arm):
     drv.terminate(c, "eastus")
 
 
+def test_a_running_vm_whose_last_operation_failed_is_still_running(drv, arm):
+    """ARM's provisioningState is the last control-plane operation's (an extension that timed out, a failed
+    update), separate from the power state. Such a VM used to count as TERMINATED: a 1-node cluster was taken
+    for gone by `status --refresh` (and torn down, disks and all), a relaunch deleted and re-created it."""
+    c = cluster_name()
+    ids = [i.instance_id for i in drv.provision(req(c, n=2))]
+    arm.fail_provisioning(f"{c}-0")
+    got = drv.query(c, "eastus")
+    assert [(i.instance_id, i.state) for i in got] == [(ids[0], RUNNING), (ids[1], RUNNING)]
+    assert [i.instance_id for i in drv.provision(req(c, n=2))] == ids  # resumed, nothing deleted
+    assert not arm.requests("DELETE", f"/virtualMachines/{c}-0")
+    drv.terminate(c, "eastus")
+
+
 @pytest.mark.parametrize("fault,code,etype,scope", [
     (("capacity", "SkuNotAvailable"), "SkuNotAvailable", CapacityError, Scope.ZONE),  # sync 409
     (("capacity", "AllocationFailed"), "AllocationFailed", CapacityError, Scope.ZONE),  # failed LRO

@@ -154,8 +154,9 @@ class AzureCloud(Provider):
         codes = [s.code or "" for s in statuses]
         power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), None)
         state = _POWER.get(power or "", PENDING)
-        if _s(vm.provisioning_state).lower() == "failed":
-            state = TERMINATED
+        if _s(vm.provisioning_state).lower() == "failed" and power not in ("running", "starting"):
+            state = TERMINATED  # a create that failed (AllocationFailed); a running VM whose last operation failed
+            # (an extension that timed out, an update) still runs and bills: ARM's two states are separate
         nic_ids = [n.id.lower() for n in ((vm.network_profile.network_interfaces or []) if vm.network_profile else [])]
         private, public = ips.get(nic_ids[0], (None, None)) if nic_ids else (None, None)
         rank = tags.get(TAG_RANK)
@@ -209,7 +210,7 @@ class AzureCloud(Provider):
             self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
                 location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}))
         self._groups_cache = None
-        failed = [vm for vm in existing if _s(vm.provisioning_state).lower() == "failed"]
+        failed = [vm for vm in existing if self._info(vm, {}).state == TERMINATED]  # a failed create: made again
         self._wait([self._call(place, c.compute.virtual_machines.begin_delete, rg, vm.name) for vm in failed], place)
         live = [vm for vm in existing if vm not in failed]
         stopped = [vm.name for vm in live if self._info(vm, {}).state in (STOPPED, STOPPING)]
