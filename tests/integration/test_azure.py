@@ -402,3 +402,44 @@ def test_throttling_is_waited_out_when_short_and_reported_when_long(drv, arm, mo
     arm.throttle(1, retry_after=1200, method="DELETE", contains=f"/resourcegroups/skybroker-{c}")
     drv.terminate(c, "eastus")  # a teardown waits as told
     assert 1200 in slept and f"skybroker-{c}" not in arm.groups
+
+
+def test_ctrl_c_while_a_vm_is_being_created_stops_waiting_for_it(arm, monkeypatch):
+    """A VM create is a long-running operation (minutes on ARM). Ctrl-C used to wait for it to finish before the
+    rollback could start; now the wait ends at once (the VM is in the cluster's group, which the rollback
+    deletes): the rollback starts long before the create would have finished, and nothing is left."""
+    import _thread
+    import threading
+    import time
+
+    from skybroker.clouds.azure import client
+
+    monkeypatch.setenv("BROKER_AZURE_POLL", "0.1")
+    client.reset()
+    put = arm._put
+
+    def slow_vms(rid, rtype, name, body):  # from the VM create on, an operation takes 100 polls (10 s here)
+        if rtype.lower().endswith("virtualmachines"):
+            arm.lro_polls = 100
+        return put(rid, rtype, name, body)
+
+    monkeypatch.setattr(arm, "_put", slow_vms)
+    monkeypatch.setattr(arm, "lro_polls", 1)
+    seen: dict = {}
+    c = cluster_name()
+
+    def interrupt_during_the_vm_create():
+        while not arm.requests("PUT", f"skybroker-{c}/providers/Microsoft.Compute/virtualMachines/"):
+            time.sleep(0.02)
+        time.sleep(0.3)
+        op = list(arm.ops)[-1]  # the VM create's operation, being polled
+        _thread.interrupt_main()
+        while not arm.requests("DELETE", f"/resourcegroups/skybroker-{c}"):
+            time.sleep(0.02)
+        seen["polls"] = arm.ops[op]["polls"]  # how far the create had got when the rollback started
+
+    threading.Thread(target=interrupt_during_the_vm_create, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _provision(c, _task())
+    assert seen["polls"] < 50  # the rollback did not wait for the create (it finishes at 100)
+    assert f"skybroker-{c}" not in arm.groups  # rolled back

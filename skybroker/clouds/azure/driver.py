@@ -173,9 +173,21 @@ class AzureCloud(Provider):
         return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
 
     def _wait(self, pollers, place) -> None:
-        """Wait for every poller; raise the first typed error (after all of them are done)."""
+        """Wait for every poller; raise the first typed error (after all of them are done). A provisioning worker
+        whose caller was interrupted (Ctrl-C) stops waiting at once: what the calls create is in the cluster's
+        group, which the rollback deletes (a VM create can take minutes to finish)."""
+        from ...errors import Interrupted
+        from ...provision import cancelled
+
         first = None
         for p in pollers:
+            while not p.done():
+                if cancelled():
+                    raise Interrupted("provisioning cancelled")
+                try:
+                    p.wait(0.2)
+                except Exception:  # noqa: BLE001 - the operation failed: result() below types the error
+                    break
             try:
                 self._call(place, p.result)
             except ProvisionError as exc:
