@@ -64,7 +64,9 @@ def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
     if changed or new == DEGRADED:  # billing follows what the cloud reports: a stopped cluster pays its disks,
         from .costs import ledger  # one that lost nodes only the nodes it still has
 
-        ledger.set_state(rec.name, ledger.STOPPED if new == STOPPED else ledger.UP,
+        since = [i.since for i in infos]  # a cluster that stopped itself: billed as stopped from when it did
+        at = min(max(since), ledger.now()) if new == STOPPED and since and None not in since else None
+        ledger.set_state(rec.name, ledger.STOPPED if new == STOPPED else ledger.UP, at=at,
                          nodes=len(infos) if new == DEGRADED else None)
     return rec
 

@@ -220,10 +220,13 @@ def set_state(cluster: str, st: str, at: float | None = None, nodes: int | None 
                             (row[0],)).fetchone()
         if last is not None and last[1] == st and last[2] == n:
             return
+        when = at
         if last is not None:
-            conn.execute("UPDATE cost_intervals SET end_at = ? WHERE id = ?", (at, last[0]))
+            start = conn.execute("SELECT start_at FROM cost_intervals WHERE id = ?", (last[0],)).fetchone()[0]
+            when = max(at, start)  # a time the cloud reported, or a clock set back: never before the interval began
+            conn.execute("UPDATE cost_intervals SET end_at = ? WHERE id = ?", (when, last[0]))
         conn.execute("INSERT INTO cost_intervals (run_id, state, start_at, nodes) VALUES (?,?,?,?)",
-                     (row[0], st, at, n))
+                     (row[0], st, when, n))
 
     _tx(do)
 

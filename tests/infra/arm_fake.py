@@ -19,6 +19,8 @@ Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the V
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
 every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+The instance view's ProvisioningState status carries `time`, when the VM's last operation (create, start,
+deallocate, power off) finished, as ARM's does.
 fail_provisioning(vm) — the VM's provisioningState becomes Failed and its power state stays (ARM's provisioning
 state is the last control-plane operation's, separate from the power state: a running VM whose extension timed
 out is Failed and running).
@@ -113,6 +115,7 @@ class ArmFake:
         self.groups: dict[str, dict] = {}  # lower(rg) → resource group JSON
         self.resources: dict[str, dict] = {}  # lower(id) → resource JSON (children live in parents)
         self.power: dict[str, str] = {}  # lower(vm id) → running / deallocated / stopped / ...
+        self.op_time: dict[str, str] = {}  # lower(vm id) → ISO time its last operation finished (instance view)
         self.node_of: dict[str, object] = {}  # lower(vm id) → netns Node
         self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
@@ -440,6 +443,7 @@ class ArmFake:
             if rid.lower() not in self.resources:
                 return
             res["properties"]["provisioningState"] = "Failed" if error else "Succeeded"
+            self.op_time[rid.lower()] = _now()
             if kind == "virtualmachines":
                 self.power[rid.lower()] = "stopped" if error else "running"
                 if not error:
@@ -557,6 +561,7 @@ class ArmFake:
         self.power[key] = during
 
         def effect():
+            self.op_time[key] = _now()
             if error is not None:
                 self.power[key] = before
             elif key in self.power:
@@ -572,6 +577,8 @@ class ArmFake:
         state = vm["properties"]["provisioningState"]
         statuses = [{"code": f"ProvisioningState/{state.lower()}", "level": "Error" if state == "Failed" else "Info",
                      "displayStatus": f"Provisioning {state.lower()}"}]
+        if vm["id"].lower() in self.op_time:  # when the last operation (create, start, deallocate) finished
+            statuses[0]["time"] = self.op_time[vm["id"].lower()]
         power = self.power.get(vm["id"].lower())
         if power:
             statuses.append({"code": f"PowerState/{power}", "level": "Info", "displayStatus": f"VM {power}"})

@@ -443,3 +443,38 @@ def test_ctrl_c_while_a_vm_is_being_created_stops_waiting_for_it(arm, monkeypatc
         _provision(c, _task())
     assert seen["polls"] < 50  # the rollback did not wait for the create (it finishes at 100)
     assert f"skybroker-{c}" not in arm.groups  # rolled back
+
+
+def test_a_cluster_that_deallocated_itself_is_billed_as_stopped_from_then(drv, arm, monkeypatch, tmp_path):
+    """Autostop on the cluster: the VMs deallocate themselves through ARM with no broker process; the broker
+    notices at its next command, maybe hours later. The ledger used to bill those hours as up; now the stopped
+    interval starts when ARM says the deallocation finished (the instance view's ProvisioningState time)."""
+    import datetime
+    import time
+    from types import SimpleNamespace
+
+    from skybroker import reconcile
+    from skybroker.costs import ledger
+
+    c = cluster_name()
+    infos = drv.provision(req(c, n=2))
+    rec = state.ClusterRecord(name=c, cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s",
+                              accelerators=None, use_spot=False, num_nodes=2, hourly_price=0.1, status=state.UP,
+                              launched_at=time.time(), name_on_cloud=c,
+                              nodes=[state.NodeRecord(i.instance_id, r, i.public_ip) for r, i in enumerate(infos)])
+    state.save_cluster(rec)
+    cand = SimpleNamespace(cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s", num_nodes=2,
+                           use_spot=False, price=0.1, offer=None, accelerators=lambda: None,
+                           resources=SimpleNamespace(disk_size=30, describe=lambda: "Standard_B2s"))
+    ledger.open_run(rec, cand, at=time.time() - 3600)
+    drv.stop(c, "eastus")  # what the nodes' own autostop does through ARM; the broker's state still says UP
+    stopped_at = max(datetime.datetime.fromisoformat(arm.op_time[vm["id"].lower()]).timestamp()
+                     for vm in arm.find("virtualMachines", f"skybroker-{c}"))
+    clock = tmp_path / "clock"
+    clock.write_text(repr(time.time() + 8 * 3600))  # noticed 8 hours later
+    monkeypatch.setenv("BROKER_LEDGER_CLOCK", str(clock))
+    assert reconcile.refresh(state.get_cluster(c)).status == state.STOPPED
+    (run,) = ledger.runs(cluster=c)
+    assert [i.state for i in run.intervals] == ["up", "stopped"]
+    assert run.intervals[1].start == pytest.approx(stopped_at, abs=1e-3)  # not 8 h later
+    drv.terminate(c, "eastus")

@@ -160,11 +160,13 @@ class AzureCloud(Provider):
         nic_ids = [n.id.lower() for n in ((vm.network_profile.network_interfaces or []) if vm.network_profile else [])]
         private, public = ips.get(nic_ids[0], (None, None)) if nic_ids else (None, None)
         rank = tags.get(TAG_RANK)
+        last = next((s.time for s in statuses if (s.code or "").startswith("ProvisioningState/") and s.time), None)
         return InstanceInfo(
             instance_id=vm.vm_id or vm.name, state=state, public_ip=public, private_ip=private, ssh_user=SSH_USER,
             ssh_port=22, zone=None, spot=_s(vm.priority).lower() == "spot", tags=tags,
             state_reason="ProvisioningFailed" if state == TERMINATED else None,
-            rank_hint=int(rank) if rank is not None and rank.isdigit() else None)
+            rank_hint=int(rank) if rank is not None and rank.isdigit() else None,
+            since=last.timestamp() if last is not None and state == STOPPED else None)  # the deallocation's end
 
     def _infos(self, c, place, cluster) -> list[InstanceInfo]:
         vms = self._vms(c, place, cluster)
