@@ -83,10 +83,51 @@ def _forget_host_keys(rec: ClusterRecord) -> None:
 
 
 def start_locked(rec: ClusterRecord, on_event: Event = lambda k, m: None) -> ClusterRecord:
-    from .backend import ClusterRuntime
+    """Start a STOPPED cluster and bring its nodes back. If any of it fails (a node the cloud has no capacity to
+    start, SSH, Ctrl-C), the nodes that did start are stopped again before the error goes up: the cluster
+    stays STOPPED with nothing running, so `stop` ("already stopped") never leaves a node billing."""
     from .clouds import registry
 
-    infos = registry.get(rec.cloud).start(rec.cloud_name, rec.region)
+    prov = registry.get(rec.cloud)
+    try:
+        return _start(prov, rec, on_event)
+    except BaseException as exc:
+        raise _stopped_again(prov, rec, exc, on_event) from (None if isinstance(exc, KeyboardInterrupt) else exc)
+
+
+def _stopped_again(prov, rec: ClusterRecord, exc: BaseException, on_event: Event) -> BaseException:
+    """The start of `rec` failed with `exc`: stop what may have started; the error to raise (names the cluster,
+    says whether it is all stopped again)."""
+    from .costs import ledger
+
+    try:
+        prov.stop(rec.cloud_name, rec.region)
+    except BaseException as again:  # noqa: BLE001 - reported with the original error
+        why = getattr(again, "message", None) or str(again) or type(again).__name__
+        state.add_event(rec.name, "start", f"start failed; stopping it again failed too: {why}")
+        if not isinstance(exc, BrokerError):
+            return exc
+        return BrokerError(f"could not start cluster {rec.name} on {rec.infra}: {exc.message.rstrip('.')}; "
+                           f"stopping the nodes that had started failed too ({why}): some may be running",
+                           f"`broker status --refresh` shows what runs; `broker down {rec.name}` removes it",
+                           exc.exit_code)
+    ledger.set_state(rec.name, ledger.STOPPED)
+    state.set_status(rec.name, state.STOPPED)
+    state.add_event(rec.name, "start", "start failed: the nodes that had started were stopped again")
+    on_event("cleanup", f"start of {rec.name} failed: the nodes that had started were stopped again")
+    if not isinstance(exc, BrokerError):
+        return exc
+    hint = f"{exc.hint}; " if exc.hint else ""
+    return BrokerError(f"could not start cluster {rec.name} on {rec.infra}: {exc.message.rstrip('.')}; the nodes "
+                       "that had started were stopped again: it stays STOPPED",
+                       f"{hint}`broker start {rec.name}` tries again (capacity may free up), `broker down "
+                       f"{rec.name}` removes it", exc.exit_code)
+
+
+def _start(prov, rec: ClusterRecord, on_event: Event) -> ClusterRecord:
+    from .backend import ClusterRuntime
+
+    infos = prov.start(rec.cloud_name, rec.region)
     from .costs import ledger
 
     ledger.set_state(rec.name, ledger.UP)

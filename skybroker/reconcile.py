@@ -55,15 +55,19 @@ def refresh(rec: ClusterRecord, locked: bool = False) -> ClusterRecord | None:
     states = {i.state for i in infos}
     new = UP if states == {RUNNING} and len(infos) >= rec.num_nodes else (
         STOPPED if states <= {S_STOPPED, STOPPING} else DEGRADED)
-    if new != rec.status:
+    changed = new != rec.status
+    if changed:
         why = " (its autostop runs on the cluster itself)" if rec.autostop_where == state.AUTOSTOP_NODE else ""
         state.set_status(rec.name, new)
         state.add_event(rec.name, "refresh", f"the cloud reports it {new}{why if new == STOPPED else ''}")
         rec.status = new
-        if new in (UP, STOPPED):  # billing follows what the cloud reports (a stopped cluster pays its disks)
-            from .costs import ledger
+    if changed or new == DEGRADED:  # billing follows what the cloud reports: a stopped cluster pays its disks,
+        from .costs import ledger  # one that lost nodes only the nodes it still has
 
-            ledger.set_state(rec.name, ledger.UP if new == UP else ledger.STOPPED)
+        since = [i.since for i in infos]  # a cluster that stopped itself: billed as stopped from when it did
+        at = min(max(since), ledger.now()) if new == STOPPED and since and None not in since else None
+        ledger.set_state(rec.name, ledger.STOPPED if new == STOPPED else ledger.UP, at=at,
+                         nodes=len(infos) if new == DEGRADED else None)
     return rec
 
 

@@ -116,6 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("azure_wait", "BROKER_AZURE_WAIT", float, 900.0, "seconds to wait for Azure VMs"),
     _S("azure_poll", "BROKER_AZURE_POLL", float, 5.0, "Azure long-running-operation polling interval"),
     _S("azure_retries", "BROKER_AZURE_RETRIES", int, 5, "Azure SDK retries"),
+    _S("azure_max_retry_after", "BROKER_AZURE_MAX_RETRY_AFTER", float, 60.0,
+       "longest Retry-After (s) of a throttled Azure create/action the SDK waits out silently; longer: the broker "
+       "reports it and backs off or fails over (reads and deletes always wait)"),
     _S("azure_imds", "BROKER_AZURE_IMDS", str, "http://169.254.169.254",
        "the instance metadata service an Azure node gets its managed identity's token from (tests: a fake)"),
     _S("lambda_launch_interval", "BROKER_LAMBDA_LAUNCH_INTERVAL", float, 12.0,

@@ -266,6 +266,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE managed_jobs ADD COLUMN outcome TEXT
     """,
+    # v21: how many of a run's nodes an interval bills (NULL: all of them): a cluster that lost nodes (DEGRADED)
+    # is billed for the nodes it still has (costs/ledger.py)
+    """
+    ALTER TABLE cost_intervals ADD COLUMN nodes INTEGER
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -112,6 +112,9 @@ class InstanceInfo:
     home: str | None = None  # local cloud: sandbox directory
     identity_file: str | None = None  # ssh pools: the user's own key
     rank_hint: int | None = None
+    # when it entered its state, if the cloud says (epoch s): a node that stopped itself is billed as stopped
+    # from then, not from when the broker noticed
+    since: float | None = field(default=None, compare=False)
 
 
 class Leftover(str):

@@ -17,7 +17,7 @@ HOURS_PER_MONTH = 730.0
 DISK_PRICES: dict[str, tuple[float, str, str]] = {
     "aws": (0.08, "EBS gp3", "https://aws.amazon.com/ebs/pricing/ (us-east-1)"),
     "gcp": (0.10, "pd-balanced", "https://cloud.google.com/compute/disks-image-pricing (us-central1)"),
-    "azure": (0.15, "Premium SSD LRS (P15, 256 GiB: $38.01/month)",
+    "azure": (0.075, "Standard SSD LRS, the OS disk skybroker asks for (E15, 256 GiB: $19.20/month)",
               "https://azure.microsoft.com/pricing/details/managed-disks/ (East US)"),
     "lambda": (0.0, "included in the instance price", "https://lambda.ai/service/gpu-cloud#pricing"),
     "kubernetes": (0.0, "the cluster's own volumes, not billed per pod", "-"),

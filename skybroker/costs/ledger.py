@@ -53,6 +53,7 @@ class Interval:
     state: str
     start: float
     end: float | None
+    nodes: int | None = None  # how many of the run's nodes it bills (None: all; fewer once a node was lost)
 
     def hours(self, at: float) -> float:
         return max(0.0, (self.end if self.end is not None else at) - self.start) / 3600
@@ -93,24 +94,36 @@ class Run:
     def hours(self, st: str, at: float) -> float:
         return sum(i.hours(at) for i in self.intervals if i.state == st)
 
+    def _nodes(self, i: Interval | None) -> int:
+        return self.num_nodes if i is None or i.nodes is None else i.nodes
+
+    @property
+    def nodes_now(self) -> int:
+        """The nodes the run bills now (all, unless it lost some)."""
+        return self._nodes(self.intervals[-1] if self.intervals else None)
+
     @property
     def disk_hourly(self) -> float:
-        """$/h of the run's disks (all nodes)."""
-        return self.num_nodes * disks.hourly(self.disk_gb, self.disk_price)
+        """$/h of the run's disks now (every node it still has)."""
+        return self.nodes_now * disks.hourly(self.disk_gb, self.disk_price)
 
     @property
     def up_hourly(self) -> float:
-        return self.num_nodes * self.price + self.disk_hourly
+        return self.nodes_now * (self.price + disks.hourly(self.disk_gb, self.disk_price))
+
+    def _sum(self, at: float, node_price: float) -> float:
+        disk = disks.hourly(self.disk_gb, self.disk_price)
+        return sum(i.hours(at) * self._nodes(i) * ((node_price if i.state == UP else 0.0) + disk)
+                   for i in self.intervals)
 
     def cost(self, at: float) -> float:
-        return self.hours(UP, at) * self.up_hourly + self.hours(STOPPED, at) * self.disk_hourly
+        return self._sum(at, self.price)
 
     def od_cost(self, at: float) -> float | None:
         """What the same up time would have cost on demand (disks alike); None if unknown."""
         if self.od_price is None:
             return None
-        return self.hours(UP, at) * (self.num_nodes * self.od_price + self.disk_hourly) + \
-            self.hours(STOPPED, at) * self.disk_hourly
+        return self._sum(at, self.od_price)
 
     def savings(self, at: float) -> float | None:
         if self.market != SPOT:
@@ -191,23 +204,29 @@ def close_run(cluster: str, at: float | None = None) -> None:
     _tx(lambda conn: _close_open(conn, cluster, at))
 
 
-def set_state(cluster: str, st: str, at: float | None = None) -> None:
-    """The cluster's open run is now `st` (up / stopped); nothing happens if it already is, or if no run
-    is open (a cluster launched before the ledger existed, or adopted from tags: no price known)."""
+def set_state(cluster: str, st: str, at: float | None = None, nodes: int | None = None) -> None:
+    """The cluster's open run is now `st` (up / stopped) with `nodes` of its nodes (None: all of them; fewer
+    when it lost some); nothing happens if it already is, or if no run is open (a cluster launched before the
+    ledger existed, or adopted from tags: no price known)."""
     at = now() if at is None else at
 
     def do(conn):
-        row = conn.execute("SELECT id FROM cost_runs WHERE cluster = ? AND ended_at IS NULL ORDER BY id DESC",
-                           (cluster,)).fetchone()
+        row = conn.execute("SELECT id, num_nodes FROM cost_runs WHERE cluster = ? AND ended_at IS NULL "
+                           "ORDER BY id DESC", (cluster,)).fetchone()
         if row is None:
             return
-        last = conn.execute("SELECT id, state FROM cost_intervals WHERE run_id = ? AND end_at IS NULL",
+        n = None if nodes is None or nodes >= row[1] else max(0, nodes)
+        last = conn.execute("SELECT id, state, nodes FROM cost_intervals WHERE run_id = ? AND end_at IS NULL",
                             (row[0],)).fetchone()
-        if last is not None and last[1] == st:
+        if last is not None and last[1] == st and last[2] == n:
             return
+        when = at
         if last is not None:
-            conn.execute("UPDATE cost_intervals SET end_at = ? WHERE id = ?", (at, last[0]))
-        conn.execute("INSERT INTO cost_intervals (run_id, state, start_at) VALUES (?,?,?)", (row[0], st, at))
+            start = conn.execute("SELECT start_at FROM cost_intervals WHERE id = ?", (last[0],)).fetchone()[0]
+            when = max(at, start)  # a time the cloud reported, or a clock set back: never before the interval began
+            conn.execute("UPDATE cost_intervals SET end_at = ? WHERE id = ?", (when, last[0]))
+        conn.execute("INSERT INTO cost_intervals (run_id, state, start_at, nodes) VALUES (?,?,?,?)",
+                     (row[0], st, when, n))
 
     _tx(do)
 
@@ -259,10 +278,10 @@ def runs(*, since: float | None = None, live_only: bool = False, job_id: int | N
     if out:
         by_id = {r.id: r for r in out}
         marks = ",".join("?" * len(by_id))
-        for rid, st, start, end in conn.execute(
-                f"SELECT run_id, state, start_at, end_at FROM cost_intervals WHERE run_id IN ({marks}) ORDER BY id",
-                tuple(by_id)):
-            by_id[rid].intervals.append(Interval(st, start, end))
+        for rid, st, start, end, nodes in conn.execute(
+                f"SELECT run_id, state, start_at, end_at, nodes FROM cost_intervals WHERE run_id IN ({marks}) "
+                "ORDER BY id", tuple(by_id)):
+            by_id[rid].intervals.append(Interval(st, start, end, nodes))
     return out
 
 

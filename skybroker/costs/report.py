@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from . import ledger
+from . import disks, ledger
 
 DEFAULT_WINDOW_S = 30 * 86400
 
@@ -32,7 +32,8 @@ def run_json(r: ledger.Run, at: float) -> dict:
             "status": r.state, "launched_at": r.started_at, "ended_at": r.ended_at,
             "up_hours": _r(r.hours(ledger.UP, at)), "stopped_hours": _r(r.hours(ledger.STOPPED, at)),
             "cost": _r(r.cost(at)), "on_demand_cost": _r(r.od_cost(at)), "savings": _r(r.savings(at)),
-            "intervals": [{"state": i.state, "start": i.start, "end": i.end} for i in r.intervals]}
+            "intervals": [{"state": i.state, "start": i.start, "end": i.end,
+                           "nodes": r.num_nodes if i.nodes is None else i.nodes} for i in r.intervals]}
 
 
 def _sum(values) -> float | None:
@@ -56,7 +57,7 @@ def job_json(job, rs: list[ledger.Run], at: float) -> dict:
         out["budget"] = {"max_cost": task["budget_max_cost"], "hours": task.get("budget_hours")}
     if task.get("deadline_hours") is not None and task.get("expected_hours") and rs and rs[0].od_price is not None:
         first = rs[0]
-        always = task["expected_hours"] * (first.num_nodes * first.od_price + first.disk_hourly)
+        always = task["expected_hours"] * first.num_nodes * (first.od_price + disks.hourly(first.disk_gb, first.disk_price))
         out["deadline"] = {"deadline_hours": task["deadline_hours"], "expected_hours": task["expected_hours"],
                            "always_on_demand_cost": _r(always),
                            "normalised_cost": _r(cost / always) if always else None}

@@ -18,7 +18,17 @@ Errors are ARM's: {"error": {"code", "message"}} with ARM's status codes.
 Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the VM PUT, AllocationFailed
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
-every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay).
+every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+The instance view's ProvisioningState status carries `time`, when the VM's last operation (create, start,
+deallocate, power off) finished, as ARM's does.
+fail_provisioning(vm) — the VM's provisioningState becomes Failed and its power state stays (ARM's provisioning
+state is the last control-plane operation's, separate from the power state: a running VM whose extension timed
+out is Failed and running).
+throttle(n, retry_after) — the next n requests are ARM's throttling answer: 429 with a Retry-After header (ARM's
+documented answer when a subscription's read/write or a resource provider's rate limit is reached; Compute's own
+throttling answers 429 too, with code OperationNotAllowed and a Retry-After that may be many minutes).
+start_capacity(vm) — the start of that deallocated VM fails to allocate, as ARM's start LRO does when there is no
+capacity for the size (a failed LRO with AllocationFailed; the VM stays deallocated, other VMs' starts succeed).
 
 Managed identities on a VM PUT, as ARM takes them: `identity: {type: SystemAssigned}` is stored and read
 back with a `principalId` and `tenantId` (fresh GUIDs, kept across updates of the VM); `UserAssigned`
@@ -65,9 +75,10 @@ ALLOCATION_CODES = ("AllocationFailed", "ZonalAllocationFailed", "Overconstraine
 
 
 class ArmError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -104,11 +115,12 @@ class ArmFake:
         self.groups: dict[str, dict] = {}  # lower(rg) → resource group JSON
         self.resources: dict[str, dict] = {}  # lower(id) → resource JSON (children live in parents)
         self.power: dict[str, str] = {}  # lower(vm id) → running / deallocated / stopped / ...
+        self.op_time: dict[str, str] = {}  # lower(vm id) → ISO time its last operation finished (instance view)
         self.node_of: dict[str, object] = {}  # lower(vm id) → netns Node
         self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
-        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None}
+        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
         self._ip_seq = 0
         self.rbac = Rbac(subscription, ArmError)
         self.rbac.known_principals = self._principals
@@ -143,13 +155,32 @@ class ArmFake:
     def quota(self, region: str, code: str = "OperationNotAllowed") -> None:
         self.faults["quota"][region.lower()] = code  # or QuotaExceeded
 
+    def start_capacity(self, vm_name: str, code: str = "AllocationFailed") -> None:
+        """Starting this (deallocated) VM fails to allocate: its start LRO fails, the VM stays deallocated."""
+        self.faults["start"][vm_name.lower()] = code
+
+    def throttle(self, count: int, retry_after: int = 1, method: str | None = None, contains: str = "",
+                 code: str = "TooManyRequests") -> None:
+        """The next `count` requests (of `method`, whose path contains `contains`) are refused as ARM throttles:
+        429 with a Retry-After header (seconds) and {"error": {"code": code}}; nothing is done."""
+        self.faults["throttle"] = {"count": count, "retry_after": retry_after, "method": method,
+                                   "contains": contains.lower(), "code": code}
+
     def auth(self, code: str | None = "AuthenticationFailed") -> None:
         self.faults["auth"] = code  # or AuthorizationFailed (403), InvalidAuthenticationToken
 
     def clear_faults(self) -> None:
-        self.faults = {"capacity": {}, "quota": {}, "auth": None}
+        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
         self.rbac.deny_rbac = False
         self.rbac.assignments_allowed = None
+
+    def fail_provisioning(self, vm_name: str) -> None:
+        """The VM's last control-plane operation failed (an extension that timed out, a failed update): its
+        provisioningState is Failed while its power state stays what it was, so a running VM keeps running
+        (and billing), as ARM's do: the two states are separate."""
+        with self.lock:
+            vm = next(r for r in self.resources.values() if r["name"] == vm_name and r["type"].endswith("virtualMachines"))
+            vm["properties"]["provisioningState"] = "Failed"
 
     def evict(self, vm_name: str) -> None:
         """Spot eviction with policy Delete: the VM (and its OS disk) are gone; NIC and IP stay."""
@@ -201,6 +232,11 @@ class ArmFake:
         principal = token[len(MI_PREFIX):] if token.startswith(MI_PREFIX) else None
         if principal is not None and principal not in self._principals():
             raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        th = self.faults["throttle"]
+        if th and th["count"] > 0 and th["method"] in (None, method) and th["contains"] in path.lower():
+            th["count"] -= 1
+            raise ArmError(429, th["code"], "The request is being throttled as the limit has been reached for this "
+                           "subscription. Please try again later.", headers={"Retry-After": str(th["retry_after"])})
         if self.faults["auth"]:
             code = self.faults["auth"]
             raise ArmError(403 if code == "AuthorizationFailed" else 401, code,
@@ -407,6 +443,7 @@ class ArmFake:
             if rid.lower() not in self.resources:
                 return
             res["properties"]["provisioningState"] = "Failed" if error else "Succeeded"
+            self.op_time[rid.lower()] = _now()
             if kind == "virtualmachines":
                 self.power[rid.lower()] = "stopped" if error else "running"
                 if not error:
@@ -515,22 +552,33 @@ class ArmFake:
         if action not in moves:
             raise ArmError(400, "InvalidRequestContent", f"unsupported action {action}")
         during, after = moves[action]
+        before = self.power.get(key)
+        error = None
+        code = self.faults["start"].get(vm["name"].lower()) if action == "start" else None
+        if code:  # ARM: a deallocated VM's start can fail to allocate
+            error = {"code": code, "message": f"Allocation failed. We do not have sufficient capacity for the "
+                                              f"requested VM size in this region ({code})."}
         self.power[key] = during
 
         def effect():
-            if key in self.power:
+            self.op_time[key] = _now()
+            if error is not None:
+                self.power[key] = before
+            elif key in self.power:
                 self.power[key] = after
                 if after == "running":
                     self._boot_node(vm)
                 elif after == "deallocated":
                     self._kill_node(self.node_of.pop(key, None))
 
-        return self._lro(202, None, vm["location"], effect, location=True)
+        return self._lro(202, None, vm["location"], effect, error=error, location=True)
 
     def _instance_view(self, vm: dict) -> dict:
         state = vm["properties"]["provisioningState"]
         statuses = [{"code": f"ProvisioningState/{state.lower()}", "level": "Error" if state == "Failed" else "Info",
                      "displayStatus": f"Provisioning {state.lower()}"}]
+        if vm["id"].lower() in self.op_time:  # when the last operation (create, start, deallocate) finished
+            statuses[0]["time"] = self.op_time[vm["id"].lower()]
         power = self.power.get(vm["id"].lower())
         if power:
             statuses.append({"code": f"PowerState/{power}", "level": "Info", "displayStatus": f"VM {power}"})
@@ -647,7 +695,7 @@ def _handler(fake: ArmFake):
             try:
                 status, headers, doc = fake.handle(self.command, url.path, query, body, self.headers)
             except ArmError as exc:
-                status, headers, doc = exc.status, {}, {"error": {"code": exc.code, "message": exc.message}}
+                status, headers, doc = exc.status, exc.headers, {"error": {"code": exc.code, "message": exc.message}}
             except Exception as exc:  # noqa: BLE001 - a fake bug shows as a 500 with the reason
                 status, headers, doc = 500, {}, {"error": {"code": "InternalServerError", "message": repr(exc)}}
             data = b"" if doc is None or self.command == "HEAD" else json.dumps(doc).encode()

@@ -94,6 +94,12 @@ def test_vm_body_spot_tags_image_and_disk(drv, arm):
     assert p["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
                                                      "sku": "22_04-lts-gen2", "version": "latest"}
     assert p["storageProfile"]["osDisk"]["diskSizeGB"] == 64
+    # the ledger prices the disk the VM gets: Standard SSD LRS is $0.075/GiB-month (E15 256 GiB $19.20, E30
+    # 1 TiB $76.80, East US); Premium SSD (P15 $38.01, ~$0.15) was charged for a Standard SSD disk before
+    from skybroker.costs import disks
+
+    sku = p["storageProfile"]["osDisk"]["managedDisk"]["storageAccountType"]
+    assert disks.price_per_gb_month("azure") == {"StandardSSD_LRS": 0.075, "Premium_LRS": 0.15}[sku]
     lin = p["osProfile"]["linuxConfiguration"]
     assert p["osProfile"]["adminUsername"] == "broker" and lin["disablePasswordAuthentication"] is True
     assert lin["ssh"]["publicKeys"] == [{"path": "/home/broker/.ssh/authorized_keys", "keyData": KEY}]
@@ -157,6 +163,20 @@ def test_spot_eviction_deletes_the_vm(drv, arm):
     drv.terminate(c, "eastus")
 
 
+def test_a_running_vm_whose_last_operation_failed_is_still_running(drv, arm):
+    """ARM's provisioningState is the last control-plane operation's (an extension that timed out, a failed
+    update), separate from the power state. Such a VM used to count as TERMINATED: a 1-node cluster was taken
+    for gone by `status --refresh` (and torn down, disks and all), a relaunch deleted and re-created it."""
+    c = cluster_name()
+    ids = [i.instance_id for i in drv.provision(req(c, n=2))]
+    arm.fail_provisioning(f"{c}-0")
+    got = drv.query(c, "eastus")
+    assert [(i.instance_id, i.state) for i in got] == [(ids[0], RUNNING), (ids[1], RUNNING)]
+    assert [i.instance_id for i in drv.provision(req(c, n=2))] == ids  # resumed, nothing deleted
+    assert not arm.requests("DELETE", f"/virtualMachines/{c}-0")
+    drv.terminate(c, "eastus")
+
+
 @pytest.mark.parametrize("fault,code,etype,scope", [
     (("capacity", "SkuNotAvailable"), "SkuNotAvailable", CapacityError, Scope.ZONE),  # sync 409
     (("capacity", "AllocationFailed"), "AllocationFailed", CapacityError, Scope.ZONE),  # failed LRO
@@ -182,9 +202,13 @@ def test_typed_errors_carry_scope_and_code(drv, arm, fault, code, etype, scope):
 
 
 def test_bad_requests_are_request_scoped(drv, arm):
+    bad = cluster_name()
     with pytest.raises(InvalidRequestError) as ei:
-        drv.provision(req(cluster_name(), image_id="not-an-image"))
+        drv.provision(req(bad, image_id="not-an-image"))
     assert ei.value.scope == Scope.REQUEST
+    # the task's mistake: exit 2 naming the field, found before the group, vnet and NSG were made (and rolled back)
+    assert ei.value.exit_code == 2 and ei.value.message.startswith("resources.image_id:") and ei.value.hint
+    assert not arm.requests("PUT", f"/resourcegroups/skybroker-{bad}")
     c = cluster_name()
     with pytest.raises(InvalidRequestError) as ei:  # ARM's 400 InvalidParameter (no vmSize)
         drv.provision(req(c, instance_type=""))
@@ -314,3 +338,143 @@ def test_a_launch_refused_credentials_everywhere_leaves_no_record(arm, tmp_path)
         "azure/eastus", {"AZURE_CLIENT_ID": "x", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"})
     arm.clear_faults()
     assert not [g for g in arm.groups if "credx" in g]
+
+
+def test_a_start_that_fails_half_way_stops_what_started(drv, arm):
+    """ARM's start of a deallocated VM can fail to allocate (a failed LRO, AllocationFailed) while the others
+    start: the started VM is deallocated again, the cluster stays STOPPED (it used to stay STOPPED in the state
+    with that VM running and billed, and `stop` said "already stopped"), the ledger bills only its disks."""
+    import time
+
+    from skybroker import clusters
+    from skybroker.costs import ledger
+    from skybroker.errors import BrokerError
+
+    c = cluster_name()
+    infos = drv.provision(req(c, n=2))
+    rec = state.ClusterRecord(name=c, cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s",
+                              accelerators=None, use_spot=False, num_nodes=2, hourly_price=0.1, status=state.UP,
+                              launched_at=time.time(), name_on_cloud=c,
+                              nodes=[state.NodeRecord(i.instance_id, r, i.public_ip) for r, i in enumerate(infos)])
+    state.save_cluster(rec)
+    from types import SimpleNamespace
+
+    cand = SimpleNamespace(cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s", num_nodes=2,
+                           use_spot=False, price=0.1, offer=None, accelerators=lambda: None,
+                           resources=SimpleNamespace(disk_size=30, describe=lambda: "Standard_B2s"))
+    ledger.open_run(rec, cand)
+    assert clusters.stop(c) is True
+    arm.start_capacity(f"{c}-1")
+    with pytest.raises(BrokerError) as ei:
+        clusters.start(c)
+    assert sorted(arm.power[vm["id"].lower()] for vm in arm.find("virtualMachines", f"skybroker-{c}")) == \
+        ["deallocated", "deallocated"]  # nothing left running
+    assert state.get_cluster(c).status == state.STOPPED
+    assert ledger.runs(cluster=c)[-1].state == "STOPPED"  # billed for its disks only
+    assert ei.value.exit_code == 4 and "AllocationFailed" in ei.value.message, ei.value.message
+    assert f"cluster {c}" in ei.value.message and "stays STOPPED" in ei.value.message
+    assert f"broker start {c}" in ei.value.hint
+    drv.terminate(c, "eastus")
+
+
+def test_throttling_is_waited_out_when_short_and_reported_when_long(drv, arm, monkeypatch):
+    """ARM answers 429 with a Retry-After. A short one is waited out by the SDK (the launch just goes on); a
+    create throttled for long (Compute asks for 20+ minutes at times) used to be waited out silently too (the
+    launch hung with no word); now it is a ThrottledError at once naming the wait, which the provisioner
+    reports and backs off from. A teardown still waits as ARM asks (it must finish)."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from skybroker.clouds.azure import client
+    from skybroker.errors import ThrottledError
+
+    slept: list[float] = []
+    monkeypatch.setattr(RequestsTransport, "sleep", lambda self, s: slept.append(s))
+    monkeypatch.setenv("BROKER_AZURE_RETRIES", "3")
+    client.reset()
+    c = cluster_name()
+    arm.throttle(1, retry_after=2, method="PUT", contains="/virtualMachines/")
+    assert drv.provision(req(c))[0].state == RUNNING and 2 in slept  # short: waited out
+    arm.throttle(1, retry_after=1200, method="PUT", contains="/virtualMachines/")
+    with pytest.raises(ThrottledError) as ei:
+        drv.provision(req(c, n=2))
+    assert ei.value.scope == Scope.RETRY and "1200s" in ei.value.message and ei.value.hint
+    assert 1200 not in slept
+    arm.throttle(1, retry_after=1200, method="DELETE", contains=f"/resourcegroups/skybroker-{c}")
+    drv.terminate(c, "eastus")  # a teardown waits as told
+    assert 1200 in slept and f"skybroker-{c}" not in arm.groups
+
+
+def test_ctrl_c_while_a_vm_is_being_created_stops_waiting_for_it(arm, monkeypatch):
+    """A VM create is a long-running operation (minutes on ARM). Ctrl-C used to wait for it to finish before the
+    rollback could start; now the wait ends at once (the VM is in the cluster's group, which the rollback
+    deletes): the rollback starts long before the create would have finished, and nothing is left."""
+    import _thread
+    import threading
+    import time
+
+    from skybroker.clouds.azure import client
+
+    monkeypatch.setenv("BROKER_AZURE_POLL", "0.1")
+    client.reset()
+    put = arm._put
+
+    def slow_vms(rid, rtype, name, body):  # from the VM create on, an operation takes 100 polls (10 s here)
+        if rtype.lower().endswith("virtualmachines"):
+            arm.lro_polls = 100
+        return put(rid, rtype, name, body)
+
+    monkeypatch.setattr(arm, "_put", slow_vms)
+    monkeypatch.setattr(arm, "lro_polls", 1)
+    seen: dict = {}
+    c = cluster_name()
+
+    def interrupt_during_the_vm_create():
+        while not arm.requests("PUT", f"skybroker-{c}/providers/Microsoft.Compute/virtualMachines/"):
+            time.sleep(0.02)
+        time.sleep(0.3)
+        op = list(arm.ops)[-1]  # the VM create's operation, being polled
+        _thread.interrupt_main()
+        while not arm.requests("DELETE", f"/resourcegroups/skybroker-{c}"):
+            time.sleep(0.02)
+        seen["polls"] = arm.ops[op]["polls"]  # how far the create had got when the rollback started
+
+    threading.Thread(target=interrupt_during_the_vm_create, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _provision(c, _task())
+    assert seen["polls"] < 50  # the rollback did not wait for the create (it finishes at 100)
+    assert f"skybroker-{c}" not in arm.groups  # rolled back
+
+
+def test_a_cluster_that_deallocated_itself_is_billed_as_stopped_from_then(drv, arm, monkeypatch, tmp_path):
+    """Autostop on the cluster: the VMs deallocate themselves through ARM with no broker process; the broker
+    notices at its next command, maybe hours later. The ledger used to bill those hours as up; now the stopped
+    interval starts when ARM says the deallocation finished (the instance view's ProvisioningState time)."""
+    import datetime
+    import time
+    from types import SimpleNamespace
+
+    from skybroker import reconcile
+    from skybroker.costs import ledger
+
+    c = cluster_name()
+    infos = drv.provision(req(c, n=2))
+    rec = state.ClusterRecord(name=c, cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s",
+                              accelerators=None, use_spot=False, num_nodes=2, hourly_price=0.1, status=state.UP,
+                              launched_at=time.time(), name_on_cloud=c,
+                              nodes=[state.NodeRecord(i.instance_id, r, i.public_ip) for r, i in enumerate(infos)])
+    state.save_cluster(rec)
+    cand = SimpleNamespace(cloud="azure", region="eastus", zone=None, instance_type="Standard_B2s", num_nodes=2,
+                           use_spot=False, price=0.1, offer=None, accelerators=lambda: None,
+                           resources=SimpleNamespace(disk_size=30, describe=lambda: "Standard_B2s"))
+    ledger.open_run(rec, cand, at=time.time() - 3600)
+    drv.stop(c, "eastus")  # what the nodes' own autostop does through ARM; the broker's state still says UP
+    stopped_at = max(datetime.datetime.fromisoformat(arm.op_time[vm["id"].lower()]).timestamp()
+                     for vm in arm.find("virtualMachines", f"skybroker-{c}"))
+    clock = tmp_path / "clock"
+    clock.write_text(repr(time.time() + 8 * 3600))  # noticed 8 hours later
+    monkeypatch.setenv("BROKER_LEDGER_CLOCK", str(clock))
+    assert reconcile.refresh(state.get_cluster(c)).status == state.STOPPED
+    (run,) = ledger.runs(cluster=c)
+    assert [i.state for i in run.intervals] == ["up", "stopped"]
+    assert run.intervals[1].start == pytest.approx(stopped_at, abs=1e-3)  # not 8 h later
+    drv.terminate(c, "eastus")

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from tests.integration.local_helpers import alive, broker, broker_home, kill_leftovers, kill_pids, wait_for, write_task, cluster_dir
+from tests.integration.local_helpers import (alive, broker, broker_home, cluster_dir, kill_leftovers, kill_pids,
+                                             node_dir, node_pids, wait_for, write_task)
 
 OD, SPOT, DISK_H = 1.5, 0.4, 0.01
 T0 = 1_800_000_000.0
@@ -60,8 +61,8 @@ def interval_sum(run: dict, end: float) -> float:
     total = 0.0
     for i in run["intervals"]:
         hours = ((i["end"] if i["end"] is not None else end) - i["start"]) / 3600
-        disk = run["num_nodes"] * run["disk_gb"] * run["disk_price_gb_month"] / 730
-        total += hours * (disk + (run["num_nodes"] * run["price_per_node"] if i["state"] == "up" else 0.0))
+        disk = i["nodes"] * run["disk_gb"] * run["disk_price_gb_month"] / 730
+        total += hours * (disk + (i["nodes"] * run["price_per_node"] if i["state"] == "up" else 0.0))
     return total
 
 
@@ -96,6 +97,26 @@ def test_launch_stop_start_down_costs_exactly_its_intervals(tmp_path):
     assert c["savings"] == 0.0 and rep["total"]["cost"] == c["cost"]
     text = ok("cost-report")
     assert "dev" in text and "DOWN" in text and "6.0800" in text and "Total: $6.0800" in text
+
+
+def test_a_cluster_that_lost_a_node_is_billed_for_the_nodes_it_has(tmp_path):
+    """A node of a 2-node cluster is lost (preempted, terminated in the console): once `status --refresh` finds
+    the cluster DEGRADED, only the node it still has is billed (it used to bill both until `down`)."""
+    task = write_task(tmp_path / "t.yaml", name="two", num_nodes=2, run="echo hi",
+                      resources={"infra": "local", "disk_size": 100})
+    ok("launch", "-y", "-d", "-c", "two", task)  # T0: 2 nodes up
+    at(1)
+    kill_pids(node_pids("two", 1))
+    shutil.rmtree(node_dir("two", 1))
+    (st,) = json.loads(ok("status", "--refresh", "--json"))
+    assert st["status"] == "DEGRADED", st
+    at(3)
+    (c,) = report()["clusters"]
+    assert [(i["state"], i["nodes"]) for i in c["intervals"]] == [("up", 2), ("up", 1)]
+    assert c["cost"] == pytest.approx(2 * (OD + DISK_H) * 1 + 1 * (OD + DISK_H) * 2, abs=1e-9)  # not 6 × (OD + disk)
+    assert abs(c["cost"] - interval_sum(c, T0 + 3 * 3600)) < 0.005
+    assert json.loads(ok("status", "--json"))[0]["cost"] == pytest.approx(c["cost"], abs=1e-9)
+    ok("down", "-y", "two")
 
 
 def test_spot_savings_and_the_report_window(tmp_path):

@@ -185,6 +185,8 @@ def test_capacity_quota_credentials_and_spot_are_typed(cloud, fake):
         cloud.provision(req(region="us-west-1"))
     assert ei.value.scope == Scope.CLOUD and ei.value.code == "global/invalid-api-key"
     assert fake.api_key not in str(ei.value)
+    # the message names the cloud and where the key came from (`down` of one cluster shows only this message)
+    assert ei.value.message.startswith("Lambda Cloud refused our API key (API key from environment (LAMBDA_API_KEY))")
 
 
 class _ListedButFull(set):
@@ -436,3 +438,59 @@ def test_a_launch_whose_answer_was_lost_keeps_its_record_when_the_cloud_cannot_b
     assert [i["cloud"] for i in state.open_intents("lost")] == ["lambda"]
     fake.fail_auth(False)
     assert len(fake.live()) == 1
+
+
+def test_ctrl_c_while_a_launch_waits_its_turn_launches_nothing_more(fake, monkeypatch):
+    """A 2-node launch waits BROKER_LAMBDA_LAUNCH_INTERVAL between its launch calls. Ctrl-C in that wait used to
+    let the wait run out and then launch the second instance anyway (the 'call in flight' was the pacing sleep),
+    only for the rollback to terminate it: an instance billed for nothing. Now the wait ends at the interrupt:
+    one launch, rolled back, nothing left."""
+    import _thread
+    import threading
+    import time
+
+    monkeypatch.setenv("BROKER_LAMBDA_LAUNCH_INTERVAL", "20")
+
+    def interrupt_after_the_first_launch():
+        while not launches(fake):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_after_the_first_launch, daemon=True).start()
+    task = task_from_dict({"num_nodes": 2, "resources": {"infra": "lambda/us-east-1", "instance_type": "gpu_1x_a100"},
+                           "run": "true"})
+    with pytest.raises(KeyboardInterrupt):
+        _provision(task, ("lambda",), cluster="paced")
+    assert len(launches(fake)) == 1
+    assert fake.live() == []  # the one launched was rolled back
+
+
+def test_a_cluster_is_found_whatever_user_launched_it(cloud, fake, monkeypatch):
+    """Instance names carry a hash of $USER. A cluster launched as one $USER and torn down as another (`sudo -E`,
+    cron, a container without USER) used to be invisible: `down` said terminated, the state forgot it, the GPU
+    instance kept running and `broker gc` could not see it. A name with this home's suffix is this home's
+    whatever the user; an unsuffixed name (from before home suffixes) still needs the same $USER."""
+    from skybroker import gc
+
+    name = state.cloud_name_for("who")
+    monkeypatch.setenv("USER", "alice")
+    cloud.provision(req(name))
+    cloud.provision(req("legacy"))  # no home suffix: two users of one account may both have one
+    monkeypatch.setenv("USER", "bob")
+    assert [i.instance_id for i in cloud.query(name, "us-east-1")] == [i["id"] for i in fake.live()
+                                                                        if i["name"].startswith(f"skybroker-{name}-")]
+    assert cloud.query("legacy", "us-east-1") == []
+    assert [t.cluster for t in cloud.list_tagged(None) if t.kind == "instance"] == [name]
+    assert {o.cluster for o in gc.scan(clouds=("lambda",)).orphans} == {"who"}  # not in the state: gc sees it
+    cloud.terminate(name, "us-east-1")
+    assert [i["name"] for i in fake.live()] == [f"skybroker-legacy-{lc_hash('alice')}-0"]
+    monkeypatch.setenv("USER", "alice")
+    cloud.terminate("legacy", "us-east-1")
+    assert fake.live() == []
+
+
+def lc_hash(user: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(user.encode()).hexdigest()[:4]

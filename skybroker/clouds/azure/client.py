@@ -8,6 +8,11 @@ same product code runs against ARM and against tests/infra/arm_fake.py:
   BROKER_AZURE_CA_BUNDLE   a CA bundle to verify the endpoint with (REQUESTS_CA_BUNDLE also works)
   BROKER_AZURE_POLL        seconds between long-running-operation polls (default 5; tests use 0)
   BROKER_AZURE_RETRIES     retries of transient failures per call (default 5)
+  BROKER_AZURE_MAX_RETRY_AFTER  the longest Retry-After (seconds, default 60) of a throttled (429) create or
+                           action the SDK waits out by itself; a longer one (Compute's throttling can ask for
+                           20+ minutes) is raised at once, so the provisioner says so and backs off or fails
+                           over instead of the launch hanging silently. Reads and deletes (a teardown) always
+                           wait as ARM asks.
 The subscription comes from skybroker.check.azure_subscription() (AZURE_SUBSCRIPTION_ID or the az CLI
 profile).
 """
@@ -73,12 +78,31 @@ class Clients:
 
 def _key(kind: str, sub: str) -> tuple:
     return (kind, endpoint(), sub, os.environ.get("BROKER_AZURE_FAKE_TOKEN"), os.environ.get("BROKER_AZURE_CA_BUNDLE"),
-            poll_interval())
+            poll_interval(), settings.get("azure_retries"), settings.get("azure_max_retry_after"))
+
+
+def _retry_policy():
+    """The SDK's retry policy, except that a create or action (PUT/POST/PATCH) throttled with a Retry-After
+    longer than BROKER_AZURE_MAX_RETRY_AFTER is not retried (the 429 goes up: errors.classify makes it a
+    ThrottledError)."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    cap = settings.get("azure_max_retry_after")
+
+    class CappedRetryPolicy(RetryPolicy):
+        def is_retry(self, settings_, response):
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > cap and response.http_request.method in ("PUT", "POST", "PATCH"):
+                return False
+            return super().is_retry(settings_, response)
+
+    return CappedRetryPolicy(retry_total=settings.get("azure_retries"))
 
 
 def _kwargs() -> dict:
     """What every management client of ours is built with (endpoint, CA bundle, polling, retries)."""
-    kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries")}
+    kw: dict = {"polling_interval": poll_interval(), "retry_total": settings.get("azure_retries"),
+                "retry_policy": _retry_policy()}
     if endpoint():
         kw["base_url"] = endpoint()
     ca = os.environ.get("BROKER_AZURE_CA_BUNDLE")

@@ -28,6 +28,7 @@ from .errors import classify
 TAG_RANK = "skybroker-rank"
 TAG_SPOT = "skybroker-spot"
 SSH_USER = "broker"
+OS_DISK_SKU = "StandardSSD_LRS"  # what costs/disks.py prices Azure's disks at: change both together
 UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "latest")
 GPU_IMAGE = ("microsoft-dsvm", "ubuntu-hpc", "2204", "latest")  # Ubuntu 22.04 with NVIDIA drivers
 _POWER = {"running": RUNNING, "starting": PENDING, "stopping": STOPPING, "deallocating": STOPPING,
@@ -153,16 +154,19 @@ class AzureCloud(Provider):
         codes = [s.code or "" for s in statuses]
         power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), None)
         state = _POWER.get(power or "", PENDING)
-        if _s(vm.provisioning_state).lower() == "failed":
-            state = TERMINATED
+        if _s(vm.provisioning_state).lower() == "failed" and power not in ("running", "starting"):
+            state = TERMINATED  # a create that failed (AllocationFailed); a running VM whose last operation failed
+            # (an extension that timed out, an update) still runs and bills: ARM's two states are separate
         nic_ids = [n.id.lower() for n in ((vm.network_profile.network_interfaces or []) if vm.network_profile else [])]
         private, public = ips.get(nic_ids[0], (None, None)) if nic_ids else (None, None)
         rank = tags.get(TAG_RANK)
+        last = next((s.time for s in statuses if (s.code or "").startswith("ProvisioningState/") and s.time), None)
         return InstanceInfo(
             instance_id=vm.vm_id or vm.name, state=state, public_ip=public, private_ip=private, ssh_user=SSH_USER,
             ssh_port=22, zone=None, spot=_s(vm.priority).lower() == "spot", tags=tags,
             state_reason="ProvisioningFailed" if state == TERMINATED else None,
-            rank_hint=int(rank) if rank is not None and rank.isdigit() else None)
+            rank_hint=int(rank) if rank is not None and rank.isdigit() else None,
+            since=last.timestamp() if last is not None and state == STOPPED else None)  # the deallocation's end
 
     def _infos(self, c, place, cluster) -> list[InstanceInfo]:
         vms = self._vms(c, place, cluster)
@@ -171,9 +175,21 @@ class AzureCloud(Provider):
         return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
 
     def _wait(self, pollers, place) -> None:
-        """Wait for every poller; raise the first typed error (after all of them are done)."""
+        """Wait for every poller; raise the first typed error (after all of them are done). A provisioning worker
+        whose caller was interrupted (Ctrl-C) stops waiting at once: what the calls create is in the cluster's
+        group, which the rollback deletes (a VM create can take minutes to finish)."""
+        from ...errors import Interrupted
+        from ...provision import cancelled
+
         first = None
         for p in pollers:
+            while not p.done():
+                if cancelled():
+                    raise Interrupted("provisioning cancelled")
+                try:
+                    p.wait(0.2)
+                except Exception:  # noqa: BLE001 - the operation failed: result() below types the error
+                    break
             try:
                 self._call(place, p.result)
             except ProvisionError as exc:
@@ -199,6 +215,7 @@ class AzureCloud(Provider):
         place = Place("azure", req.region, req.zone, req.instance_type)
         if not req.region:
             raise InvalidRequestError("Azure needs a region", place)
+        image = self._image(req, place)  # a malformed image_id is the task's mistake: refused before anything is made
         c = self._clients(place)
         rg = group_name(req.cluster)
         existing = self._ensure_group_location(c, place, req)
@@ -207,7 +224,7 @@ class AzureCloud(Provider):
             self._call(place, c.resource.resource_groups.create_or_update, rg, ResourceGroup(
                 location=req.region, tags={TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}))
         self._groups_cache = None
-        failed = [vm for vm in existing if _s(vm.provisioning_state).lower() == "failed"]
+        failed = [vm for vm in existing if self._info(vm, {}).state == TERMINATED]  # a failed create: made again
         self._wait([self._call(place, c.compute.virtual_machines.begin_delete, rg, vm.name) for vm in failed], place)
         live = [vm for vm in existing if vm not in failed]
         stopped = [vm.name for vm in live if self._info(vm, {}).state in (STOPPED, STOPPING)]
@@ -216,7 +233,7 @@ class AzureCloud(Provider):
         have = {int(vm.tags[TAG_RANK]) for vm in live if (vm.tags or {}).get(TAG_RANK, "").isdigit()}
         ranks = [r for r in range(req.num_nodes) if r not in have][:max(0, req.num_nodes - len(live))]
         if ranks:
-            self._create_nodes(c, place, req, ranks, subnet_id, nsg_id)
+            self._create_nodes(c, place, req, ranks, subnet_id, nsg_id, image)
         return [self._info(vm, {}).instance_id for vm in self._vms(c, place, req.cluster)]
 
     def wait_instances(self, req: ProvisionRequest, ids) -> list[InstanceInfo]:
@@ -251,8 +268,12 @@ class AzureCloud(Provider):
                 return ImageReference(id=img)
             parts = img.split(":")
             if len(parts) != 4:
-                raise InvalidRequestError(f"image_id {img!r} is neither publisher:offer:sku:version nor a "
-                                          "resource id", place, code="InvalidImage")
+                err = InvalidRequestError(f"resources.image_id: {img!r} is neither an Azure image "
+                                          "publisher:offer:sku:version nor a resource id", place, code="InvalidImage",
+                                          hint="e.g. image_id: Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:"
+                                          "latest, or /subscriptions/.../images/NAME")
+                err.exit_code = 2  # bad input (README: exit codes)
+                raise err
             pub, offer, sku, ver = parts
         else:
             pub, offer, sku, ver = GPU_IMAGE if req.accelerator else UBUNTU
@@ -266,13 +287,13 @@ class AzureCloud(Provider):
 
         return ensure_user_key(broker_home())[1].strip()
 
-    def _create_nodes(self, c, place, req, ranks, subnet_id, nsg_id) -> None:
+    def _create_nodes(self, c, place, req, ranks, subnet_id, nsg_id, image) -> None:
         from azure.mgmt.compute import models as cm
         from azure.mgmt.network import models as nm
 
         rg = group_name(req.cluster)
         base = {TAG_CLUSTER: req.cluster, TAG_USER: _user(), TAG_HOME: home_tag()}
-        image, key = self._image(req, place), self._public_key(req)
+        key = self._public_key(req)
         ip_pollers = [self._call(place, c.network.public_ip_addresses.begin_create_or_update, rg,
                                  f"{_vm_name(req.cluster, r)}-ip", nm.PublicIPAddress(
                                      location=req.region, tags={**base, TAG_RANK: str(r)},
@@ -301,7 +322,7 @@ class AzureCloud(Provider):
                 hardware_profile=cm.HardwareProfile(vm_size=req.instance_type),
                 storage_profile=cm.StorageProfile(image_reference=image, os_disk=cm.OSDisk(
                     name=f"{name}-os", create_option="FromImage", disk_size_gb=int(req.disk_size),
-                    delete_option="Delete", managed_disk=cm.ManagedDiskParameters(storage_account_type="StandardSSD_LRS"))),
+                    delete_option="Delete", managed_disk=cm.ManagedDiskParameters(storage_account_type=OS_DISK_SKU))),
                 os_profile=cm.OSProfile(computer_name=name, admin_username=SSH_USER, linux_configuration=cm.LinuxConfiguration(
                     disable_password_authentication=True, ssh=cm.SshConfiguration(public_keys=[cm.SshPublicKey(
                         path=f"/home/{SSH_USER}/.ssh/authorized_keys", key_data=key)]))),

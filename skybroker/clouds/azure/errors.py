@@ -60,7 +60,10 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
     code = error_code(exc) or f"HTTP{exc.status_code}"
     msg = _message(exc)
     if code in THROTTLE_CODES or exc.status_code == 429:
-        return ThrottledError(msg, place, code=code)
+        wait = _retry_after(exc)
+        return ThrottledError(msg + (f" (Azure asks to retry after {wait:.0f}s)" if wait else ""), place, code=code,
+                              hint="Azure is rate-limiting this subscription's requests: retry later, or launch "
+                              "fewer clusters at once")
     if code in CAPACITY_CODES:
         return CapacityError(msg, place, code=code)
     if code in QUOTA_CODES:
@@ -77,3 +80,13 @@ def _message(exc: BaseException) -> str:
     err = getattr(exc, "error", None)
     msg = getattr(err, "message", None)
     return str(msg) if msg else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _retry_after(exc) -> float | None:
+    """The Retry-After (seconds) of a throttled answer, if it had one."""
+    response = getattr(exc, "response", None)
+    try:
+        value = response.headers.get("Retry-After") if response is not None else None
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None

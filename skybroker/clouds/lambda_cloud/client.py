@@ -145,8 +145,24 @@ def request(method: str, path: str, body: dict | None = None, *, launch: bool = 
         except LambdaApiError as err:
             if err.status != 429 or attempt == retries:
                 raise
-            time.sleep(err.retry_after if err.retry_after is not None else backoff * 2 ** attempt)
+            _sleep(err.retry_after if err.retry_after is not None else backoff * 2 ** attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _sleep(seconds: float) -> None:
+    """Wait before a call (launch pacing, a 429's backoff); a provisioning worker whose caller was interrupted
+    (Ctrl-C) stops waiting and sends nothing more (provision.cancelled), so no instance is launched after it."""
+    from ...errors import Interrupted
+    from ...provision import cancelled
+
+    end = time.monotonic() + seconds
+    while True:
+        if cancelled():
+            raise Interrupted("provisioning cancelled")
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
 
 
 def _once(method: str, path: str, data: bytes | None, key: str):
@@ -172,7 +188,7 @@ def _pace_launch() -> None:
     (called with _launch_lock held)."""
     wait = _last_launch[0] + _float_env("BROKER_LAMBDA_LAUNCH_INTERVAL", 12.0) - time.monotonic()
     if wait > 0:
-        time.sleep(wait)
+        _sleep(wait)
 
 
 # -- the endpoints used ------------------------------------------------------------------------------

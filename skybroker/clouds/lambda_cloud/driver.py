@@ -64,6 +64,15 @@ def _home_of(cluster: str) -> str | None:
     return state.home_id() if m.group(1) == state.home_suffix() else f"suffix:{m.group(1)}"
 
 
+def _mine(cluster: str, user: str) -> bool:
+    """An instance of this home: its cluster's name on the cloud carries this home's suffix (whatever $USER was
+    when it was launched: `sudo -E`, cron, a container may have another or none), or, a name from before
+    home suffixes, it was launched under this $USER."""
+    from ... import state
+
+    return user == _user_hash() or _home_of(cluster) == state.home_id()
+
+
 def parse_name(name: str | None) -> tuple[str, str, int] | None:
     """(cluster, user hash, rank) of one of our instance names, else None."""
     m = _NAME.match(name or "")
@@ -135,7 +144,7 @@ class LambdaCloud(Provider):
         out = []
         for inst in self._call(place, api.list_instances):
             parsed = parse_name(inst.get("name"))
-            if not parsed or parsed[0] != cluster or parsed[1] != _user_hash():
+            if not parsed or parsed[0] != cluster or not _mine(cluster, parsed[1]):
                 continue
             if region and _region(inst) != region:
                 continue
@@ -253,7 +262,7 @@ class LambdaCloud(Provider):
         out = []
         for inst in self._call(place, api.list_instances):
             parsed = parse_name(inst.get("name"))
-            if parsed and parsed[1] == _user_hash() and _STATE.get(inst.get("status")) != TERMINATED:
+            if parsed and _mine(parsed[0], parsed[1]) and _STATE.get(inst.get("status")) != TERMINATED:
                 if region is None or _region(inst) == region:
                     out.append(TaggedResource(self.name, _region(inst), parsed[0], "instance", inst["id"],
                                               home=_home_of(parsed[0])))

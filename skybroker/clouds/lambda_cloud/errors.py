@@ -52,8 +52,11 @@ def classify(exc: BaseException, place: Place) -> ProvisionError | None:
         return CapacityError(msg, place, code=shown)
     if code in QUOTA_CODES:
         return AccountQuotaError(msg, place, code=shown, hint=HINT_QUOTA)
-    if code in CREDENTIAL_CODES or status in (401, 403):
-        return CredentialsError(msg, place, code=shown, hint=HINT_CREDS)
+    if code in CREDENTIAL_CODES or status in (401, 403):  # said as the cloud's: `down`'s error shows only this
+        from .client import api_key_source
+
+        return CredentialsError(f"Lambda Cloud refused our API key ({api_key_source()[1]}): {msg}", place,
+                                code=shown, hint=HINT_CREDS)
     if status == 429:
         return ThrottledError(msg, place, code=shown, hint="Lambda is rate-limiting this account; retry shortly")
     if (code or "").startswith("provider/") or status >= 500:
