@@ -198,7 +198,9 @@ def plan(avail: np.ndarray, job: Job, prices: Prices) -> list:
     return out
 
 
-def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices, history: list | None = None):
+def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices, history: list | None = None,
+                 final: list | None = None):
+    """`final`: receives (ring buffer, its length, units) after tick 0 (ticks 0..m+1 still in it)."""
     gr = Grid.of(job)
     n = avail.shape[0]
     T = gr.T
@@ -241,6 +243,8 @@ def _solve_chunk(avail: np.ndarray, job: Job, prices: Prices, history: list | No
         history.reverse()
         history.append(np.zeros_like(buf[0]))  # tick T: done
         history[-1][:, :, gr.width:] = _INF
+    if final is not None:
+        final.extend((buf, nbuf, un))
     cost, spot_h = unpack(buf[0][0, :, 0], un, gr)
     od_h = np.where(np.isfinite(cost), gr.c / 3600.0 - spot_h, np.nan)
     return cost, spot_h, od_h

@@ -309,7 +309,7 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 
 # policies in modules that need numpy, imported on first use (they register themselves)
-LAZY = {"mdp": "skybroker.spot.mdp"}
+LAZY = {"mdp": "skybroker.spot.mdp", "hindsight": "skybroker.spot.hindsight"}
 
 
 def policy_names() -> list[str]:
