@@ -153,14 +153,21 @@ def _follow(job_id: int, as_json: bool = False) -> int:
 
 
 @jobs.command("queue", epilog=examples("broker jobs queue", "broker jobs queue --json",
+                                        "broker jobs queue -s                   # only jobs not yet ended",
                                         "broker jobs queue --all-users          # server mode: the team's jobs"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all-users", "-u", is_flag=True, help="Server mode: every user's jobs (default: yours).")
-def queue(as_json, all_users):
+@click.option("--skip-finished", "-s", is_flag=True,
+              help="Only jobs that have not ended (pending, starting, running, recovering), as SkyPilot's -s.")
+def queue(as_json, all_users, skip_finished):
     """List managed jobs: id, name, resources, status, submitted, duration, recoveries, cost so far (a
     pipeline's stages on lines of their own: stage i/n)."""
     api = use_api()
     js = api.jobs_queue(all_users=all_users)
+    if skip_finished:
+        from ..jobs.store import TERMINAL
+
+        js = [j for j in js if j.status not in TERMINAL]
     costs = api.job_costs()  # from the cost ledger, across recoveries
     if as_json:
         render.print_json([render.managed_json(j, costs) for j in js])
