@@ -224,8 +224,14 @@ def cancel(job_ids, all_, yes):
     names_or_all(job_ids, all_, "job ids")
     if all_:
         confirm_destructive("Cancel every active managed job?", yes)
-    done = use_api().jobs_cancel(list(job_ids), all_)
-    render.info(f"cancelling: {', '.join(map(str, done)) if done else 'nothing (already finished?)'}")
+    api = use_api()
+    done = api.jobs_cancel(list(job_ids), all_)
+    if done:
+        render.info(f"cancelling: {', '.join(map(str, done))}")
+    elif all_:
+        render.info("nothing to cancel: no managed job is active")
+    for jid in (j for j in job_ids if j not in done):  # already ended: say how, not "nothing"
+        render.info(f"managed job {jid} already ended {api.jobs_get(jid).status}: nothing to cancel")
 
 
 from .pools import pool as _pool  # noqa: E402  (`broker jobs pool ...`)

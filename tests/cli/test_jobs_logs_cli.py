@@ -48,3 +48,16 @@ def test_jobs_queue_skip_finished_shows_only_jobs_that_have_not_ended():
     assert r.returncode == 0, r.stderr
     assert [j["id"] for j in json.loads(r.stdout)] == [running]
     lock.release()
+
+
+def test_jobs_cancel_of_an_ended_job_says_how_it_ended():
+    from skybroker.jobs import store
+
+    done = store.insert("was-done", "{}", {}, "r").id
+    store.update(done, status=store.SUCCEEDED)
+    r = run("jobs", "cancel", str(done))
+    assert r.returncode == 0, r.stderr
+    assert f"managed job {done} already ended SUCCEEDED: nothing to cancel" in r.stderr
+    assert store.get(done).status == store.SUCCEEDED
+    r = run("jobs", "cancel", "--all", "-y")
+    assert r.returncode == 0 and "nothing to cancel: no managed job is active" in r.stderr, r.stderr
