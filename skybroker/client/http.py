@@ -125,6 +125,14 @@ class Client:
 
     def _unreachable(self, exc) -> BrokerError:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        import ssl
+
+        if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", "") == "WRONG_VERSION_NUMBER":
+            # an https:// URL to a server that speaks plain HTTP (started without --certfile)
+            return BrokerError(f"cannot reach the broker server at {self.url}: it does not speak TLS ({why})",
+                               f"the server was started without a certificate: use "
+                               f"{self.url.replace('https://', 'http://', 1)}, or start it with --certfile and --keyfile. "
+                               f"{leave_hint()}")
         return BrokerError(f"cannot reach the broker server at {self.url}: {why}",
                            f"is it running (`broker server start`)? {leave_hint()}")
 

@@ -254,3 +254,21 @@ def test_volumes_and_storage_are_refused_in_client_mode_not_done_locally(group):
     assert f"`broker {group[0]}` does not go through the broker server (http://127.0.0.1:1)" in r.stderr, r.stderr
     assert "BROKER_API_SERVER=local" in r.stderr
     assert _cli(*group, env={**client, "BROKER_API_SERVER": "local"}).returncode == 0
+
+
+def test_an_https_url_to_a_plain_http_server_says_to_use_http():
+    """A TLS client hello to a plain-HTTP server fails with SSL's WRONG_VERSION_NUMBER: the error says the
+    server does not speak TLS and gives the http:// URL (it said only 'is it running?')."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    srv = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        r = _cli("status", env={"BROKER_API_SERVER": f"https://127.0.0.1:{port}", "BROKER_API_TOKEN": "brk_x"})
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert "does not speak TLS" in r.stderr and f"use http://127.0.0.1:{port}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "brk_x" not in r.stderr
+    finally:
+        srv.shutdown()
