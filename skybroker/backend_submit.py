@@ -30,6 +30,15 @@ SKYPILOT_CLOUD_NAMES = {"aws": "AWS", "gcp": "GCP", "azure": "Azure", "kubernete
                         "ssh": "SSH"}
 
 
+def global_task_id(name: str, job_id, managed: bool = False, at: float | None = None) -> str:
+    """SKYPILOT_TASK_ID in SkyPilot's own shape (its common_utils.get_global_job_id), which scripts parse:
+    `sky-[managed-]YYYY-MM-DD-HH-MM-SS-ffffff_<cluster or job name>_<job id>`."""
+    import datetime
+
+    t = datetime.datetime.fromtimestamp(time.time() if at is None else at)
+    return f"sky-{'managed-' if managed else ''}{t.strftime('%Y-%m-%d-%H-%M-%S-%f')}_{name}_{job_id}"
+
+
 class GangSubmit:
     """ClusterRuntime's submission of a job to every node (see the module docstring)."""
 
@@ -115,7 +124,7 @@ class GangSubmit:
         if len(self.nodes) > 1:
             self.end_broken_gangs()
         job_id, _ = self.healed(head, lambda a: a.next_id(token))
-        task_id = task_id or f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{job_id}"
+        task_id = task_id or global_task_id(self.rec.name, job_id)
         setup_key = setup_fingerprint(task) if (run_setup and task.setup) else None
         gang = len(self.nodes) > 1
         held = settings.get("held_job_timeout") if gang else None
@@ -184,7 +193,7 @@ class GangSubmit:
 
         node = self.nodes[0]
         token = "run-" + uuid.uuid4().hex
-        task_id = f"broker-{time.strftime('%Y%m%d-%H%M%S')}_{self.rec.name}_{{job_id}}"
+        task_id = global_task_id(self.rec.name, "{job_id}")  # the agent fills in the id it allocates
         payload = self._payload(task, node, "{job_id}", job_name=job_name, task_id=task_id, run_setup=False,
                                 extra_env=None, env_by_rank=None, token=token, held=None, notice=None, setup_key=None)
         payload["job_id"] = None

@@ -98,7 +98,9 @@ def insert(name: str | None, task_json: str, secrets: dict, resources: str, stag
              pool, job_rank, num_jobs))
         jid = int(cur.lastrowid)
         # stable across recoveries, so a job can find its own checkpoint
-        task_id = f"broker-managed-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{name or 'job'}_{jid}"
+        from ..backend_submit import global_task_id
+
+        task_id = global_task_id(name or "job", jid, managed=True, at=now)
         conn.execute("UPDATE managed_jobs SET task_id = ? WHERE id = ?", (task_id, jid))
         conn.execute("COMMIT")
     except BaseException:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import textwrap
 
@@ -80,6 +81,8 @@ def test_node_environment_in_setup_and_run(tmp_path):
         assert setup["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"] == "0"
         assert setup["SKYPILOT_NUM_NODES"] == "3"  # [codegen] add_setup: setup_envs[SKYPILOT_NUM_NODES]
         assert run["SKYPILOT_TASK_ID"] == setup["SKYPILOT_TASK_ID"] == _env("rtenv", 0, "run")["SKYPILOT_TASK_ID"]
+        # [common_utils.get_global_job_id] sky-YYYY-MM-DD-HH-MM-SS-ffffff_<cluster>_<job id>, which scripts parse
+        assert re.fullmatch(r"sky-\d{4}(-\d\d){5}-\d{6}_rtenv_1", run["SKYPILOT_TASK_ID"]), run["SKYPILOT_TASK_ID"]
 
 
 def test_setup_node_rank_selects_the_head(tmp_path):

@@ -39,3 +39,25 @@ def test_setup_gets_skypilots_setup_names():
     e = _env(rank=1)
     assert (e["SKYPILOT_SETUP_NODE_RANK"], e["SKYPILOT_SETUP_NODE_IPS"], e["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"]) == (
         "1", "10.0.0.1\n10.0.0.2", "8")
+
+
+def test_task_ids_have_skypilots_shape():
+    # SkyPilot's common_utils.get_global_job_id: f'{sky-[managed-]<%Y-%m-%d-%H-%M-%S-%f>}_{cluster}_{job_id}'
+    import datetime
+    import re
+
+    from skybroker.backend_submit import global_task_id
+
+    at = datetime.datetime(2026, 12, 4, 5, 6, 7, 890123).timestamp()
+    assert global_task_id("c1", 3, at=at) == "sky-2026-12-04-05-06-07-890123_c1_3"
+    assert global_task_id("train", 12, managed=True, at=at) == "sky-managed-2026-12-04-05-06-07-890123_train_12"
+    assert re.fullmatch(r"sky-\d{4}(-\d\d){5}-\d{6}_c1_\{job_id\}", global_task_id("c1", "{job_id}"))
+
+
+def test_a_managed_jobs_task_id_has_skypilots_shape():
+    import re
+
+    from skybroker.jobs import store
+
+    j = store.get(store.insert("train", "{}", {}, "r").id)
+    assert re.fullmatch(r"sky-managed-\d{4}(-\d\d){5}-\d{6}_train_%d" % j.id, j.task_id), j.task_id
