@@ -20,6 +20,9 @@ from typing import Any
 from .errors import BrokerError
 
 
+MAX_UPLOAD = 1 << 30  # a task's local sources as one tar.gz (the client checks it before sending; the server too)
+
+
 class WireError(BrokerError):
     """A message that is not a valid encoding (version skew between client and server, or a bug)."""
 

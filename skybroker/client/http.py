@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 
 from urllib.parse import urlsplit
@@ -94,7 +95,8 @@ class Client:
             return http.client.HTTPSConnection(self.host, self.port, timeout=READ_TIMEOUT, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=READ_TIMEOUT)
 
-    def _send(self, path: str, body: bytes | None, content_type: str, method: str = "POST", retry: bool = False):
+    def _send(self, path: str, body, content_type: str, method: str = "POST", retry: bool = False):
+        """body: bytes, None, or a file open at its start (sent in chunks, with its length)."""
         if not self.token:
             raise AuthError(f"no token for the broker server {self.url}",
                             "`broker login URL --token TOKEN`, or set BROKER_API_TOKEN")
@@ -105,9 +107,11 @@ class Client:
                 conn.close()
             conn = self._conn()
         try:
-            conn.request(method, self.prefix + path, body=body,
-                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
-                                  "Accept": "application/json, application/x-ndjson"})
+            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
+                       "Accept": "application/json, application/x-ndjson"}
+            if hasattr(body, "read"):
+                headers["Content-Length"] = str(os.fstat(body.fileno()).st_size)
+            conn.request(method, self.prefix + path, body=body, headers=headers)
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -169,7 +173,8 @@ class Client:
             raise wire.error_from(obj["error"])
         return obj
 
-    def upload(self, data: bytes) -> str:
+    def upload(self, data) -> str:
+        """data: the tar.gz, bytes or a file open at its start."""
         conn, resp = self._send("/api/v1/upload", data, "application/gzip")
         try:
             return self._answer(resp.status, resp.read())["id"]

@@ -73,7 +73,8 @@ def _prepare(task):
     mounts = [m for m in task.file_mounts if not m.is_bucket]
     if not task.workdir and not mounts:
         return task
-    uid = client().upload(_tarball(task.workdir, [m.source for m in mounts]))
+    with _tarball(task.workdir, [m.source for m in mounts]) as tgz:
+        uid = client().upload(tgz)
     i = iter(range(len(mounts)))
     fms = tuple(m if m.is_bucket else replace(m, source=f"upload://{uid}/m{next(i)}") for m in task.file_mounts)
     new = replace(task, workdir=f"upload://{uid}/w" if task.workdir else None, file_mounts=fms)
@@ -81,25 +82,40 @@ def _prepare(task):
     return new
 
 
-def _tarball(workdir: str | None, sources: list[str]) -> bytes:
-    import io
+def _tarball(workdir: str | None, sources: list[str]):
+    """The task's workdir and local file-mount sources as one tar.gz in an unnamed temp file (open, at its
+    start): never held in memory whole. Over the server's limit it is refused here, before it is sent."""
     import os
     import tarfile
     import tempfile
 
     from ..runtime.sync import copy_tree
+    from ..wire import MAX_UPLOAD
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar, tempfile.TemporaryDirectory() as tmp:
-        if workdir:
-            staged = os.path.join(tmp, "w")
-            copy_tree(workdir, staged, ignore_files=True)  # what a sync would ship, nothing more
-            tar.add(staged, arcname="w")
-        for n, src in enumerate(sources):
-            if not os.path.exists(src):
-                raise UsageError(f"file mount source {src} does not exist")
-            tar.add(src, arcname=f"m{n}")
-    return buf.getvalue()
+    out = tempfile.TemporaryFile()
+    try:
+        with tarfile.open(fileobj=out, mode="w:gz") as tar, tempfile.TemporaryDirectory() as tmp:
+            if workdir:
+                staged = os.path.join(tmp, "w")
+                copy_tree(workdir, staged, ignore_files=True)  # what a sync would ship, nothing more
+                tar.add(staged, arcname="w")
+            for n, src in enumerate(sources):
+                if not os.path.exists(src):
+                    raise UsageError(f"file mount source {src} does not exist")
+                tar.add(src, arcname=f"m{n}")
+                if out.tell() > MAX_UPLOAD:
+                    break
+        size = out.tell()
+        if size > MAX_UPLOAD:
+            raise UsageError(f"the task's workdir and local file mounts are over {MAX_UPLOAD >> 30} GiB compressed, "
+                             f"more than a broker server accepts as an upload",
+                             "leave large files out (.brokerignore / .gitignore in the workdir), or put data in "
+                             "a bucket and mount it (file_mounts: {/data: s3://...})")
+        out.seek(0)
+        return out
+    except BaseException:
+        out.close()
+        raise
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ..errors import AuthError, BrokerError, ForbiddenError
 from . import cache as cache_mod, calls
 
 PING_EVERY = 5.0
-MAX_UPLOAD = 1 << 30
+MAX_UPLOAD = wire.MAX_UPLOAD
 CPU_BOUND_AT_ONCE = 2  # calls.CPU_BOUND running at once in one server process
 MAX_CALL = 64 << 20  # a call's JSON body (a task, a plan): far below this
 
@@ -291,12 +291,19 @@ def _api_routes(app: FastAPI) -> None:
     async def upload(request: Request):
         try:
             user = await run_in_threadpool(_authenticate, request)
-            data = bytearray()
-            async for chunk in request.stream():
-                data += chunk
-                if len(data) > MAX_UPLOAD:
-                    raise BrokerError("upload too large (over 1 GiB)", "trim the workdir (.brokerignore)", exit_code=2)
-            uid = await run_in_threadpool(calls.extract_upload, user, bytes(data))
+            import tempfile
+
+            # spooled to a temp file past 8 MiB: an upload is never held in memory whole
+            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as data:
+                size = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise BrokerError("upload too large (over 1 GiB)", "trim the workdir (.brokerignore)",
+                                          exit_code=2)
+                    data.write(chunk)
+                data.seek(0)
+                uid = await run_in_threadpool(calls.extract_upload, user, data)
         except BrokerError as exc:
             return _error_response(exc)
         return {"value": wire.dump({"id": uid})}

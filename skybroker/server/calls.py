@@ -451,8 +451,9 @@ def _link_inside(top: str, name: str, link: str, filtered: bool) -> bool:
     return target == top or target.startswith(top + "/")
 
 
-def extract_upload(user, data: bytes) -> str:
-    """Unpack a client's tar.gz of task sources into the user's upload area; returns its id."""
+def extract_upload(user, data) -> str:
+    """Unpack a client's tar.gz of task sources (bytes, or a file open at its start) into the user's upload
+    area; returns its id."""
     import io
     import tarfile
     import uuid
@@ -462,7 +463,7 @@ def extract_upload(user, data: bytes) -> str:
     dest = upload_root(user.name) / uid
     dest.mkdir(mode=0o700)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        with tarfile.open(fileobj=data if hasattr(data, "read") else io.BytesIO(data), mode="r:gz") as tar:
             for m in tar.getmembers():
                 top = m.name.split("/", 1)[0]
                 if m.name.startswith("/") or ".." in m.name.split("/") or not re.match(r"^[wm][0-9]*$", top) \

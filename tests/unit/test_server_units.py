@@ -272,3 +272,27 @@ def test_an_https_url_to_a_plain_http_server_says_to_use_http():
         assert "Traceback" not in r.stderr and "brk_x" not in r.stderr
     finally:
         srv.shutdown()
+
+
+def test_an_upload_is_built_in_a_temp_file_and_one_over_the_limit_is_refused_before_it_is_sent(tmp_path,
+                                                                                             monkeypatch):
+    """The client built the whole tar.gz in memory (a 1.15 GB workdir: 1.2 GB RSS) and sent it, only for the
+    server to answer 'over 1 GiB'. Now it is an unnamed temp file, and over the limit it is refused at once,
+    naming what to do; the server reads a file as well as bytes."""
+    from skybroker import wire
+    from skybroker.client.remote import _tarball
+    from skybroker.errors import UsageError
+    from skybroker.server import calls
+    from skybroker.users import User
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "data.bin").write_bytes(os.urandom(64 << 10))
+    with _tarball(str(wd), []) as tgz:
+        assert not isinstance(tgz, (bytes, bytearray)) and tgz.tell() == 0
+        uid = calls.extract_upload(User("alice", False), tgz)
+    assert (calls.upload_root("alice") / uid / "w" / "data.bin").read_bytes() == (wd / "data.bin").read_bytes()
+    monkeypatch.setattr(wire, "MAX_UPLOAD", 32 << 10)  # random bytes do not compress: 64 KiB is over it
+    with pytest.raises(UsageError) as e:
+        _tarball(str(wd), [])
+    assert "more than a broker server accepts" in e.value.message and "bucket" in e.value.hint
