@@ -92,21 +92,29 @@ def _tarball(workdir: str | None, sources: list[str]):
     from ..runtime.sync import copy_tree
     from ..wire import MAX_UPLOAD
 
+    class _Over(Exception):
+        pass
+
+    def within(info):  # per member, before it is added: stop as soon as the limit is passed
+        if out.tell() > MAX_UPLOAD:
+            raise _Over
+        return info
+
     out = tempfile.TemporaryFile()
     try:
-        with tarfile.open(fileobj=out, mode="w:gz") as tar, tempfile.TemporaryDirectory() as tmp:
-            if workdir:
-                staged = os.path.join(tmp, "w")
-                copy_tree(workdir, staged, ignore_files=True)  # what a sync would ship, nothing more
-                tar.add(staged, arcname="w")
-            for n, src in enumerate(sources):
-                if not os.path.exists(src):
-                    raise UsageError(f"file mount source {src} does not exist")
-                tar.add(src, arcname=f"m{n}")
-                if out.tell() > MAX_UPLOAD:
-                    break
-        size = out.tell()
-        if size > MAX_UPLOAD:
+        try:
+            with tarfile.open(fileobj=out, mode="w:gz") as tar, tempfile.TemporaryDirectory() as tmp:
+                if workdir:
+                    staged = os.path.join(tmp, "w")
+                    copy_tree(workdir, staged, ignore_files=True)  # what a sync would ship, nothing more
+                    tar.add(staged, arcname="w", filter=within)
+                for n, src in enumerate(sources):
+                    if not os.path.exists(src):
+                        raise UsageError(f"file mount source {src} does not exist")
+                    tar.add(src, arcname=f"m{n}", filter=within)
+        except _Over:
+            pass
+        if out.tell() > MAX_UPLOAD:
             raise UsageError(f"the task's workdir and local file mounts are over {MAX_UPLOAD >> 30} GiB compressed, "
                              f"more than a broker server accepts as an upload",
                              "leave large files out (.brokerignore / .gitignore in the workdir), or put data in "
