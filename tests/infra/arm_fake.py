@@ -18,7 +18,7 @@ Errors are ARM's: {"error": {"code", "message"}} with ARM's status codes.
 Faults: capacity(region, code) — SkuNotAvailable is a synchronous 409 on the VM PUT, AllocationFailed
 (and the other allocation codes) a failed LRO that leaves a Failed VM behind; quota(region) — 409
 OperationNotAllowed on the VM PUT; auth(code) — 401 AuthenticationFailed / 403 AuthorizationFailed on
-every call; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
+every call; stuck(region) — VM creates there stay InProgress for ever; evict(vm) — a Spot VM with eviction policy Delete disappears (its NIC and IP stay). 
 The instance view's ProvisioningState status carries `time`, when the VM's last operation (create, start,
 deallocate, power off) finished, as ARM's does.
 fail_provisioning(vm) — the VM's provisioningState becomes Failed and its power state stays (ARM's provisioning
@@ -120,7 +120,7 @@ class ArmFake:
         self.host_keys: dict[str, bytes] = {}  # lower(vm id) → its node's private host key (its "disk")
         self.ops: dict[str, dict] = {}
         self.log: list[tuple[str, str, dict, object]] = []  # (method, path, query, json body)
-        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
+        self.faults: dict = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None, "stuck": set()}
         self._ip_seq = 0
         self.rbac = Rbac(subscription, ArmError)
         self.rbac.known_principals = self._principals
@@ -169,8 +169,13 @@ class ArmFake:
     def auth(self, code: str | None = "AuthenticationFailed") -> None:
         self.faults["auth"] = code  # or AuthorizationFailed (403), InvalidAuthenticationToken
 
+    def stuck(self, region: str) -> None:
+        """VM creates in this region never finish: the operation stays InProgress and the VM Creating, as an
+        ARM create that hangs on the platform's side does (ARM itself gives up only after tens of minutes)."""
+        self.faults["stuck"].add(region.lower())
+
     def clear_faults(self) -> None:
-        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None}
+        self.faults = {"capacity": {}, "quota": {}, "auth": None, "start": {}, "throttle": None, "stuck": set()}
         self.rbac.deny_rbac = False
         self.rbac.assignments_allowed = None
 
@@ -341,9 +346,9 @@ class ArmFake:
         return [r for r in self.resources.values() if f"/resourcegroups/{rg}/" in r["id"].lower()]
 
     # -- long-running operations -------------------------------------------------------------------
-    def _lro(self, status, body, region, effect, *, error=None, location=False, async_header=True):
+    def _lro(self, status, body, region, effect, *, error=None, location=False, async_header=True, stuck=False):
         op = uuid.uuid4().hex
-        self.ops[op] = {"polls": 0, "effect": effect, "error": error, "done": False}
+        self.ops[op] = {"polls": 0, "effect": effect, "error": error, "done": False, "stuck": stuck}
         if getattr(self, "_caller", None) is not None:  # a managed identity's (a node's): nobody will poll it
             threading.Timer(0.2, self._finish, args=(op,)).start()
         headers, base = {}, self.endpoint
@@ -359,7 +364,7 @@ class ArmFake:
         if op is None:
             raise ArmError(404, "OperationNotFound", f"operation {op_id} not found")
         op["polls"] += 1
-        if not op["done"] and op["polls"] >= self.lro_polls:
+        if not op["done"] and op["polls"] >= self.lro_polls and not op.get("stuck"):
             op["done"] = True
             (op["effect"] or (lambda: None))()
         return op
@@ -449,7 +454,8 @@ class ArmFake:
                 if not error:
                     self._boot_node(res)
 
-        return self._lro(200 if existing else 201, res, region, effect, error=error)
+        stuck = kind == "virtualmachines" and not existing and region.lower() in self.faults["stuck"]
+        return self._lro(200 if existing else 201, res, region, effect, error=error, stuck=stuck)
 
     def _check_vm(self, region: str, props: dict) -> dict | None:
         """Validate a VM body like ARM does; faults for the region. Returns an LRO error (or raises)."""

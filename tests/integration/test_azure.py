@@ -478,3 +478,22 @@ def test_a_cluster_that_deallocated_itself_is_billed_as_stopped_from_then(drv, a
     assert [i.state for i in run.intervals] == ["up", "stopped"]
     assert run.intervals[1].start == pytest.approx(stopped_at, abs=1e-3)  # not 8 h later
     drv.terminate(c, "eastus")
+
+
+def test_a_vm_create_that_never_finishes_fails_over_to_the_next_region(drv, arm, monkeypatch):
+    """An ARM VM create that hangs (the operation InProgress for ever) waited for ever: no deadline on the
+    create's operation. Now past BROKER_AZURE_WAIT it is the region's failure: the group is deleted, the next
+    region is tried."""
+    monkeypatch.setenv("BROKER_AZURE_WAIT", "0.5")
+    task = _task()
+    first = _cheapest_region(task)
+    arm.stuck(first)
+    c = cluster_name()
+    cand, infos, attempts = _provision(c, task)
+    assert [(a.region, a.error, a.code, a.scope) for a in attempts] == [(first, "CapacityError", "PROVISION_TIMEOUT",
+                                                                         "zone")]
+    assert cand.region != first and infos and infos[0].state == RUNNING
+    assert arm.groups[f"skybroker-{c}"]["location"] == cand.region  # the stuck attempt's group was deleted
+    from skybroker.clouds.registry import get as get_cloud
+
+    get_cloud("azure").terminate(c, cand.region)

@@ -235,14 +235,27 @@ class AWSCloud(EBSVolumes, Provider):
         return params
 
     def _wait_running(self, ec2, place, cluster, n) -> list[InstanceInfo]:
+        """The cluster's n instances once all run with an address. Instances that never get there in
+        BROKER_AWS_WAIT, or that vanish meanwhile (a spot instance reclaimed while pending), are the zone's
+        failure (CapacityError: the provisioner tears them down and fails over), not a bad request."""
         deadline = time.time() + _wait_s()
+        seen: set[str] = set()
         while True:
             insts = self._call(place, self._describe, ec2, cluster)
             infos = [self._info(i) for i in insts]
             if len(infos) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in infos):
                 return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
+            gone = seen - {i.instance_id for i in infos}  # seen live once, now shutting down or terminated
+            if gone and len(infos) < n:
+                raise CapacityError(f"{len(gone)} instance(s) of {cluster} ended while starting (spot capacity "
+                                    "reclaimed?)", place, code="PREEMPTED_DURING_PROVISIONING")
+            seen |= {i.instance_id for i in infos}
             if time.time() > deadline:
-                raise InvalidRequestError(f"instances of {cluster} not running after {_wait_s():.0f}s", place)
+                late = sorted(i.instance_id for i in infos if i.state != RUNNING or not (i.public_ip or i.private_ip))
+                raise CapacityError(f"instances of {cluster} not running after {_wait_s():.0f}s "
+                                    f"({len(infos)} of {n} found; not ready: {', '.join(late) or '-'})", place,
+                                    code="BOOT_TIMEOUT",
+                                    hint="BROKER_AWS_WAIT sets how long to wait")
             time.sleep(_poll())
 
     def _wait_states(self, ec2, place, cluster, ids, states) -> None:

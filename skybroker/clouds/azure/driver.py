@@ -17,7 +17,7 @@ import os
 import time
 
 from ... import settings
-from ...errors import CredentialsError, InvalidRequestError, Place, ProvisionError
+from ...errors import CapacityError, CredentialsError, InvalidRequestError, Place, ProvisionError
 from ..base import (PENDING, RUNNING, STOPPED, STOPPING, TAG_CLUSTER, TAG_HOME, TAG_USER, TERMINATED, Capabilities,
                     CreateLedger, InstanceInfo, ProvisionRequest, Provider, TaggedResource, home_tag, http_refusal)
 from ..common import call_typed
@@ -174,10 +174,12 @@ class AzureCloud(Provider):
         infos = [self._info(vm, ips) for vm in vms]
         return sorted(infos, key=lambda i: (i.rank_hint if i.rank_hint is not None else 10**6, i.instance_id))
 
-    def _wait(self, pollers, place) -> None:
+    def _wait(self, pollers, place, deadline: float | None = None) -> None:
         """Wait for every poller; raise the first typed error (after all of them are done). A provisioning worker
         whose caller was interrupted (Ctrl-C) stops waiting at once: what the calls create is in the cluster's
-        group, which the rollback deletes (a VM create can take minutes to finish)."""
+        group, which the rollback deletes (a VM create can take minutes to finish). Past `deadline` (VM
+        creates: BROKER_AZURE_WAIT) an operation still running is the place's failure (CapacityError: the
+        provisioner deletes the group and fails over), not a wait for ever."""
         from ...errors import Interrupted
         from ...provision import cancelled
 
@@ -186,6 +188,10 @@ class AzureCloud(Provider):
             while not p.done():
                 if cancelled():
                     raise Interrupted("provisioning cancelled")
+                if deadline is not None and time.time() > deadline:
+                    raise CapacityError(f"VM creation in {place.region} did not finish in "
+                                        f"{settings.get('azure_wait'):.0f}s", place, code="PROVISION_TIMEOUT",
+                                        hint="BROKER_AZURE_WAIT sets how long to wait")
                 try:
                     p.wait(0.2)
                 except Exception:  # noqa: BLE001 - the operation failed: result() below types the error
@@ -329,7 +335,7 @@ class AzureCloud(Provider):
                 network_profile=cm.NetworkProfile(network_interfaces=[cm.NetworkInterfaceReference(
                     id=nicp.result().id, primary=True)]))
             vm_pollers.append(self._call(place, c.compute.virtual_machines.begin_create_or_update, rg, name, vm))
-        self._wait(vm_pollers, place)
+        self._wait(vm_pollers, place, deadline=time.time() + settings.get("azure_wait"))
 
     def _wait_running(self, c, place, cluster, n) -> list[InstanceInfo]:
         wait = settings.get("azure_wait")
@@ -339,7 +345,8 @@ class AzureCloud(Provider):
             if len(infos) >= n and all(i.state == RUNNING and (i.public_ip or i.private_ip) for i in infos):
                 return infos
             if time.time() > deadline:
-                raise InvalidRequestError(f"VMs of {cluster} not running after {wait:.0f}s", place)
+                raise CapacityError(f"VMs of {cluster} not running after {wait:.0f}s ({len(infos)} of {n} found)",
+                                    place, code="BOOT_TIMEOUT", hint="BROKER_AZURE_WAIT sets how long to wait")
             time.sleep(max(clients.poll_interval(), 0.05))
 
     def query(self, cluster: str, region: str | None, include_gone: bool = False) -> list[InstanceInfo]:
