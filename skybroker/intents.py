@@ -15,6 +15,8 @@ run at the start of every mutating command and by `broker gc` — finds such lau
     and a row left INIT by the dead launch is dropped;
   - instances are there: the cluster is recorded INTERRUPTED with its nodes, so `status` shows it,
     `broker down` removes it, `broker launch -c NAME` resumes it and `broker gc` offers to remove it.
+The cost ledger follows (costs/ledger.py): the instances found are billed from their attempt's create call
+until `down` (the run marked `interrupted`); instances created and gone since are billed until now.
 Clusters owned by an active managed job are left to its controller, which resumes them.
 """
 from __future__ import annotations
@@ -89,6 +91,7 @@ def reconcile(on_event: Event = _noop, only: set[str] | None = None) -> list[str
 
 def _reconcile_one(name: str, on_event: Event) -> bool:
     from .clouds import registry
+    from .costs import ledger
 
     rec = state.get_cluster(name)
     intents = state.open_intents(name)
@@ -109,6 +112,7 @@ def _reconcile_one(name: str, on_event: Event) -> bool:
         for w in prov.terminate(it["cluster_on_cloud"], it["region"]) or ():  # network leftovers: no instance, no cost
             on_event("warning", w)
         state.set_intent(it["id"], "cleaned")
+        ledger.attempt_gone(it["id"], ledger.INTERRUPTED)  # billed until now if its instances had been created
         on_event("reconcile", f"{name}: an interrupted launch left nothing running on "
                  f"{'/'.join(p for p in (it['cloud'], it['region']) if p)}; cleaned up")
     if not live:
@@ -120,6 +124,7 @@ def _reconcile_one(name: str, on_event: Event) -> bool:
     if rec is None or rec.status in (INIT, INTERRUPTED):
         rec = _interrupted_record(name, it, infos, rec)
         state.save_cluster(rec)
+        ledger.mark_interrupted(name, len(infos))  # billed from its create call until `down`
         state.add_event(name, "interrupted", f"the launch was interrupted; {len(infos)} instance(s) exist on "
                         f"{rec.infra}: `broker down {name}` removes them")
         on_event("warning", f"cluster {name}: its launch was interrupted and left {len(infos)} instance(s) on "

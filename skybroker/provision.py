@@ -170,6 +170,8 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event,
              cloud_name: str | None = None) -> list[InstanceInfo]:
     """One place: create (retrying the same place while the cloud throttles us), record the instance ids,
     wait for them. Any failure or interrupt rolls back what was created there before propagating."""
+    from .costs import ledger
+
     prov = get_provider(cand.cloud)
     where = "/".join(p for p in (cand.cloud, cand.region, cand.zone) if p)
     cloud_name = cloud_name or cluster
@@ -179,14 +181,18 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event,
         on_event("provision", f"provisioning {cand.num_nodes}× {cand.instance_type} on {where}"
                  f"{' (spot)' if cand.use_spot else ''}")
         intent = state.add_intent(cluster, cand.cloud, cand.region, cand.zone, cloud_name)
+        ledger.open_attempt(cluster, cand, intent)  # billed from the create call, whatever becomes of it
+        ids: list[str] = []
         try:
             failpoint("provision")
             ids = _finish_in_flight(lambda: prov.run_instances(req), on_event)
             state.set_intent(intent, "created", ids)
+            ledger.attempt_created(intent, len(ids))
             failpoint("provision-wait")
             return _finish_in_flight(lambda: prov.wait_instances(req, ids), on_event)
         except ProvisionError as exc:
-            _rollback(prov, cluster, cand, intent, on_event, cloud_name, created_nothing=exc.created_nothing)
+            _rollback(prov, cluster, cand, intent, on_event, cloud_name, created_nothing=exc.created_nothing,
+                      ids=ids)
             if exc.scope != Scope.RETRY or n == retries:
                 raise
             wait = delay * 2 ** n * (0.75 + 0.5 * random.random())
@@ -194,7 +200,7 @@ def _attempt(cluster: str, cand: Candidate, public_key: str | None, on_event,
                      f"retrying {where} in {wait:.1f}s")
             time.sleep(wait)
         except BaseException as exc:
-            clean = _rollback(prov, cluster, cand, intent, on_event, cloud_name)
+            clean = _rollback(prov, cluster, cand, intent, on_event, cloud_name, ids=ids)
             if isinstance(exc, KeyboardInterrupt) and clean:
                 on_event("cleanup", f"interrupted: rolled back the launch on {where}; no instance of {cluster} "
                          "is left running")
@@ -265,21 +271,31 @@ def _permanent(block: Block, attempts: list[Attempt]) -> bool:
 
 
 def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_name: str | None = None,
-              created_nothing: bool = False) -> bool:
+              created_nothing: bool = False, ids: list[str] | None = None) -> bool:
     """Terminate what the attempt may have left. If the cloud cannot be asked (e.g. it refuses our
     credentials) but the driver knows its create call created no instance, the intent is closed as
     "refused": nothing with a cost can exist, so no record is kept that only working credentials could
     remove (a security group or firewall rule it may have made is tagged: `broker gc` finds it). Drivers
-    say so through clouds.base.CreateLedger."""
+    say so through clouds.base.CreateLedger.
+
+    The attempt's cost run (costs/ledger.py) is closed as `rolled back` if instances existed (the create call
+    returned their ids, or the cloud lists them now: a partial create), dropped if none did; while a failed
+    rollback may have left them it stays open (intents.reconcile settles it)."""
+    from .costs import ledger
+
     try:
+        if not created_nothing:  # (inside the try: a second Ctrl-C here is reported like one during terminate)
+            ledger.attempt_created(intent, len(ids) if ids else _existing(prov, cloud_name or cluster, cand.region))
         for w in prov.terminate(cloud_name or cluster, cand.region) or ():
             on_event("warning", w)
         state.set_intent(intent, "cleaned")
+        ledger.attempt_gone(intent, ledger.ROLLED_BACK)
         return True
     except BaseException as exc:  # noqa: BLE001 - cleanup must report, not mask the original error
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         if created_nothing:
             state.set_intent(intent, "refused")
+            ledger.attempt_gone(intent, ledger.ROLLED_BACK)
             on_event("warning", f"no instance of {cluster} was created on {cand.cloud}/{cand.region}; could not "
                      f"check it for a network resource (security group, firewall rule) left by the attempt ({msg}): "
                      "`broker gc` removes any once the cloud accepts the credentials")
@@ -287,3 +303,11 @@ def _rollback(prov, cluster: str, cand: Candidate, intent: int, on_event, cloud_
         on_event("warning", f"could not roll back {cluster} on {cand.cloud}/{cand.region}: {msg}; "
                  f"run `broker down {cluster}` or `broker gc`")
         return False
+
+
+def _existing(prov, cloud_name: str, region: str | None) -> int:
+    """How many instances of the cluster the cloud lists (0 if it cannot be asked)."""
+    try:
+        return len(prov.query(cloud_name, region) or ())
+    except Exception:  # noqa: BLE001 - the rollback's own terminate reports what is wrong
+        return 0

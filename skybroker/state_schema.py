@@ -271,6 +271,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cost_intervals ADD COLUMN nodes INTEGER
     """,
+    # v22: a run opens when a provisioning attempt is about to create instances (`intent_id`: its intent), not once
+    # the launch succeeded, and `outcome` says what became of it (NULL: the launch brought the cluster up, or a run
+    # from before): 'launching'/'created' while the attempt goes on, 'rolled back' (the attempt failed and its
+    # instances were torn down), 'interrupted' (the launch died; its instances were found by reconcile): the
+    # instances of failed attempts were paid for and are costed (costs/ledger.py)
+    """
+    ALTER TABLE cost_runs ADD COLUMN intent_id INTEGER;
+    ALTER TABLE cost_runs ADD COLUMN outcome TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,17 +1,26 @@
 """The cost ledger (tables cost_runs and cost_intervals in the state database).
 
-A *run* is one life of a cluster's instances: it opens when the provisioner has created them and closes
-when they are terminated. It freezes what was known at launch — node count, resources, market, the
-price per node, the on-demand price of the same instance type in the same region (the spot savings'
-reference), the disk size and its $/GB-month (disks.py). A managed job's every recovery or market switch
-creates a new cluster, hence a new run with its own frozen prices (`job_id` ties them to the job).
+A *run* is one life of a cluster's instances: it opens when a provisioning attempt is about to create them
+(when its intent is recorded) and closes when they are terminated. It freezes what was known at launch —
+node count, resources, market, the price per node, the on-demand price of the same instance type in the same
+region (the spot savings' reference), the disk size and its $/GB-month (disks.py). A managed job's every
+recovery or market switch creates a new cluster, hence a new run with its own frozen prices (`job_id` ties
+them to the job).
+
+Instances that were not kept were paid for too: a failed attempt that created some keeps its run, closed as
+`rolled back` (for the nodes it had) when its rollback tore them down; a launch that died (SIGKILL) leaves
+its run open, and intents.reconcile marks it `interrupted` when it finds the instances (`down` closes it) or
+closes it when they are gone. Only the run of an attempt that created nothing is dropped.
 
 A run's *intervals* say how it was billed: `up` (nodes × (price + disk)) or `stopped` (nodes × disk).
-History survives `down`: runs are closed, never deleted.
+History survives `down`: runs are closed, never deleted. A clock set back never closes an interval before
+it began.
 
-The hook points are few: lifecycle.py (instances created → open_run), cluster_ops.py (terminate →
-close_run; start → up), clusters.py (stop → stopped; `status --refresh` → whatever the cloud says), and
-reconcile() (a run whose cluster vanished from the state without a teardown is closed when that is noticed).
+The hook points are few: provision.py (an attempt → open_attempt / attempt_created / attempt_gone),
+lifecycle.py (the cluster brought up → open_run), intents.py (a dead launch → mark_interrupted /
+attempt_gone), cluster_ops.py (terminate → close_run; start → up), clusters.py (stop → stopped;
+`status --refresh` → whatever the cloud says), and reconcile() (a run whose cluster vanished from the state
+without a teardown is closed when that is noticed).
 
 Time comes from `now()`: the system clock, or, for tests, the file BROKER_LEDGER_CLOCK names (so costs
 are exact across processes such as the managed-jobs controller). Every writer also takes `at=`.
@@ -25,6 +34,9 @@ from .. import settings, state
 from . import disks
 
 UP, STOPPED = "up", "stopped"
+# a run's outcome (None: the launch brought the cluster up, or a run from before schema v22)
+LAUNCHING, CREATED, ROLLED_BACK, INTERRUPTED = "launching", "created", "rolled back", "interrupted"
+_ATTEMPT = (LAUNCHING, CREATED)
 SPOT, ON_DEMAND = "spot", "on-demand"
 
 
@@ -79,6 +91,7 @@ class Run:
     started_at: float
     ended_at: float | None
     user_name: str | None = None  # server mode: whose cluster or job it was
+    outcome: str | None = None  # LAUNCHING ... INTERRUPTED (None: brought up)
     intervals: list[Interval] = field(default_factory=list)
 
     @property
@@ -167,35 +180,102 @@ def _tx(fn):
         raise
 
 
-def open_run(rec, cand, at: float | None = None) -> int:
-    """The cluster `rec`'s instances were created from plan candidate `cand`: open a run, frozen prices,
-    first interval `up`. A run still open for the same cluster name is closed first."""
-    at = now() if at is None else at
+def _insert(conn, name: str, owner, zone, nodes: int, user, cand, at: float, intent_id=None, outcome=None) -> int:
     disk_gb = float(getattr(cand.resources, "disk_size", 0) or 0)
-    values = (rec.name, _job_of(rec.owner), cand.cloud, cand.region, rec.zone or cand.zone, cand.instance_type,
-              cand.accelerators(), cand.resources.describe(), rec.num_nodes or cand.num_nodes,
+    values = (name, _job_of(owner), cand.cloud, cand.region, zone or cand.zone, cand.instance_type,
+              cand.accelerators(), cand.resources.describe(), nodes or cand.num_nodes,
               SPOT if cand.use_spot else ON_DEMAND, float(cand.price), od_price_of(cand), disk_gb,
-              disks.price_per_gb_month(cand.cloud), at, getattr(rec, "user_name", None) or state.current_user.get())
+              disks.price_per_gb_month(cand.cloud), at, user or state.current_user.get(), intent_id, outcome)
+    _close_open(conn, name, at)
+    cur = conn.execute(
+        "INSERT INTO cost_runs (cluster, job_id, cloud, region, zone, instance_type, accelerators, resources, "
+        "num_nodes, market, price, od_price, disk_gb, disk_price, started_at, user_name, intent_id, outcome) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        values)
+    rid = int(cur.lastrowid)
+    conn.execute("INSERT INTO cost_intervals (run_id, state, start_at) VALUES (?,?,?)", (rid, UP, at))
+    return rid
+
+
+def open_run(rec, cand, at: float | None = None) -> int:
+    """The cluster `rec`'s instances were created from plan candidate `cand` and the launch goes on: the run
+    its attempt opened (open_attempt) is kept, billed from when the create call was made; without one, a run
+    opens now (frozen prices, first interval `up`). A run still open for the same cluster name is closed first."""
+    at = now() if at is None else at
+    user = getattr(rec, "user_name", None)
 
     def do(conn):
-        _close_open(conn, rec.name, at)
-        cur = conn.execute(
-            "INSERT INTO cost_runs (cluster, job_id, cloud, region, zone, instance_type, accelerators, resources, "
-            "num_nodes, market, price, od_price, disk_gb, disk_price, started_at, user_name) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            values)
-        rid = int(cur.lastrowid)
-        conn.execute("INSERT INTO cost_intervals (run_id, state, start_at) VALUES (?,?,?)", (rid, UP, at))
-        return rid
+        row = conn.execute("SELECT id FROM cost_runs WHERE cluster = ? AND ended_at IS NULL AND outcome IN "
+                           "(?, ?) ORDER BY id DESC", (rec.name, *_ATTEMPT)).fetchone()
+        if row is not None:
+            conn.execute("UPDATE cost_runs SET num_nodes = ?, zone = ?, outcome = NULL WHERE id = ?",
+                         (rec.num_nodes or cand.num_nodes, rec.zone or cand.zone, row[0]))
+            return int(row[0])
+        return _insert(conn, rec.name, rec.owner, rec.zone, rec.num_nodes, user, cand, at)
 
     return _tx(do)
 
 
+def open_attempt(cluster: str, cand, intent_id: int, at: float | None = None) -> int:
+    """A provisioning attempt is about to create `cand`'s instances (intent `intent_id` recorded): its run
+    opens now, `launching` (the cluster's row, written before the attempt, says whose it is)."""
+    at = now() if at is None else at
+    rec = state.get_cluster(cluster)
+    owner, user = (rec.owner, getattr(rec, "user_name", None)) if rec is not None else (None, None)
+    return _tx(lambda conn: _insert(conn, cluster, owner, cand.zone, cand.num_nodes, user, cand, at, intent_id,
+                                    LAUNCHING))
+
+
+def attempt_created(intent_id: int, nodes: int) -> None:
+    """The attempt's `nodes` instances are known to exist (the create call returned their ids, or the
+    rollback found them)."""
+    if nodes > 0:
+        _tx(lambda conn: conn.execute(
+            "UPDATE cost_runs SET outcome = ?, num_nodes = ? WHERE intent_id = ? AND ended_at IS NULL "
+            "AND outcome IN (?, ?)", (CREATED, nodes, intent_id, *_ATTEMPT)))
+
+
+def attempt_gone(intent_id: int, outcome: str, at: float | None = None) -> None:
+    """What the attempt made is gone (torn down by its rollback, or found gone by reconcile): a run that saw
+    instances closes now as `outcome`; one that never did (nothing was created) is dropped."""
+    at = now() if at is None else at
+
+    def do(conn):
+        row = conn.execute("SELECT id, outcome FROM cost_runs WHERE intent_id = ? AND ended_at IS NULL "
+                           "ORDER BY id DESC", (intent_id,)).fetchone()
+        if row is None or row[1] not in _ATTEMPT:
+            return
+        if row[1] == LAUNCHING:
+            conn.execute("DELETE FROM cost_intervals WHERE run_id = ?", (row[0],))
+            conn.execute("DELETE FROM cost_runs WHERE id = ?", (row[0],))
+            return
+        _close_one(conn, row[0], at)
+        conn.execute("UPDATE cost_runs SET outcome = ? WHERE id = ?", (outcome, row[0]))
+
+    _tx(do)
+
+
+def mark_interrupted(cluster: str, nodes: int) -> None:
+    """The cluster's launch died and left `nodes` instances (intents.reconcile found them): its open run
+    says so, and bills them until `down` closes it."""
+    _tx(lambda conn: conn.execute(
+        "UPDATE cost_runs SET outcome = ?, num_nodes = ? WHERE cluster = ? AND ended_at IS NULL AND "
+        "(outcome IS NULL OR outcome IN (?, ?))", (INTERRUPTED, nodes, cluster, *_ATTEMPT)) if nodes > 0 else None)
+
+
+def _close_one(conn, rid, at: float) -> None:
+    """Close run `rid` at `at`; a clock set back (`at` before its open interval began) closes it when that
+    interval began, never before: no negative time, and the run never ends before its intervals."""
+    start = conn.execute("SELECT started_at FROM cost_runs WHERE id = ?", (rid,)).fetchone()[0]
+    last = conn.execute("SELECT MAX(start_at) FROM cost_intervals WHERE run_id = ?", (rid,)).fetchone()[0]
+    when = max(at, start, last if last is not None else start)
+    conn.execute("UPDATE cost_intervals SET end_at = ? WHERE run_id = ? AND end_at IS NULL", (when, rid))
+    conn.execute("UPDATE cost_runs SET ended_at = ? WHERE id = ?", (when, rid))
+
+
 def _close_open(conn, cluster: str, at: float) -> None:
     for row in conn.execute("SELECT id FROM cost_runs WHERE cluster = ? AND ended_at IS NULL", (cluster,)).fetchall():
-        rid = row[0]  # (a row object on both backends: index it, do not unpack it)
-        conn.execute("UPDATE cost_intervals SET end_at = ? WHERE run_id = ? AND end_at IS NULL", (at, rid))
-        conn.execute("UPDATE cost_runs SET ended_at = ? WHERE id = ?", (at, rid))
+        _close_one(conn, row[0], at)  # (a row object on both backends: index it, do not unpack it)
 
 
 def close_run(cluster: str, at: float | None = None) -> None:
@@ -255,7 +335,8 @@ def reconcile(at: float | None = None) -> list[str]:
 # readers
 
 _RUN_COLS = ("id", "cluster", "job_id", "cloud", "region", "zone", "instance_type", "accelerators", "resources",
-             "num_nodes", "market", "price", "od_price", "disk_gb", "disk_price", "started_at", "ended_at", "user_name")
+             "num_nodes", "market", "price", "od_price", "disk_gb", "disk_price", "started_at", "ended_at", "user_name",
+             "outcome")
 
 
 def runs(*, since: float | None = None, live_only: bool = False, job_id: int | None = None,

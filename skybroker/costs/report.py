@@ -5,6 +5,10 @@
   hours into spot and on-demand, and for a deadline job compares its cost with running its expected
   compute (`deadline.compute` / `expected_hours`) on demand from the start — the normalisation
   `broker simulate` prints (1.0 = as expensive as always-on-demand);
+- a run's `up_hourly` is what it accrues per hour while up: nodes × (price + disk), the rate its cost adds up
+  from (a stopped run accrues only the disks);
+- a run whose launch failed is kept with its `outcome`: `rolled back` (a failed provisioning attempt whose
+  instances were torn down) or `interrupted` (a launch that died, its instances found by reconcile);
 - spot savings = what the same up hours would have cost on demand (the on-demand price of the same
   instance type in the same region, frozen at launch) minus what they cost.
 
@@ -29,7 +33,8 @@ def run_json(r: ledger.Run, at: float) -> dict:
             "zone": r.zone, "instance_type": r.instance_type, "accelerators": r.accelerators,
             "num_nodes": r.num_nodes, "market": r.market, "price_per_node": r.price,
             "od_price_per_node": r.od_price, "disk_gb": r.disk_gb, "disk_price_gb_month": r.disk_price,
-            "status": r.state, "launched_at": r.started_at, "ended_at": r.ended_at,
+            "status": r.state, "outcome": r.outcome, "launched_at": r.started_at, "ended_at": r.ended_at,
+            "up_hourly": _r(r.up_hourly),
             "up_hours": _r(r.hours(ledger.UP, at)), "stopped_hours": _r(r.hours(ledger.STOPPED, at)),
             "cost": _r(r.cost(at)), "on_demand_cost": _r(r.od_cost(at)), "savings": _r(r.savings(at)),
             "intervals": [{"state": i.state, "start": i.start, "end": i.end,

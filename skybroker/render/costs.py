@@ -19,6 +19,12 @@ def _saved(x: float | None) -> str:
     return "?" if x is None else _money(x)
 
 
+def _status(c: dict):
+    """DOWN (rolled back) / UP (interrupted): a run of a launch that failed says so."""
+    text = c["status"] + (f" ({c['outcome']})" if c.get("outcome") in ("rolled back", "interrupted") else "")
+    return (text, STATUS_STYLE.get(c["status"], "dim"))
+
+
 def print_cost_report(rep: dict) -> None:
     clusters, jobs, total = rep["clusters"], rep["managed_jobs"], rep["total"]
     if not clusters and not jobs:
@@ -27,12 +33,14 @@ def print_cost_report(rep: dict) -> None:
     if clusters:
         cols = [Col("NAME", soft=14, min=8, squeeze=3), Col("INFRA", soft=14, min=8, squeeze=1),
                 Col("RESOURCES", soft=16, min=10, squeeze=2), Col("STATUS"), Col("UP FOR", "right"),
-                Col("STOPPED FOR", "right"), Col("$/h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right")]
+                Col("STOPPED FOR", "right"), Col("UP $/h", "right"), Col("COST ($)", "right"),
+                Col("SAVED ($)", "right")]
         rows = [[c["cluster"], "/".join(p for p in (c["cloud"], c["region"], c["zone"]) if p), _res(c),
-                 (c["status"], STATUS_STYLE.get(c["status"], "dim")), _dur(c["up_hours"] * 3600),
-                 _dur(c["stopped_hours"] * 3600), _money(c["num_nodes"] * c["price_per_node"]), _money(c["cost"]),
+                 _status(c), _dur(c["up_hours"] * 3600), _dur(c["stopped_hours"] * 3600),
+                 "-" if c.get("up_hourly") is None else _money(c["up_hourly"]), _money(c["cost"]),
                  _saved(c["savings"]) if c["market"] == "spot" else "-"] for c in clusters]
-        _table("Clusters", cols, rows, drop=("INFRA", "$/h", "STOPPED FOR", "SAVED ($)"))
+        _table("Clusters", cols, rows, drop=("INFRA", "UP $/h", "STOPPED FOR", "SAVED ($)"),
+               footer="UP $/h: nodes × (price + disk), what an hour up adds to COST (stopped: the disks only)")
     if jobs:
         cols = [Col("ID", "right"), Col("NAME", soft=12, min=6, squeeze=2), Col("STATUS"), Col("RUNS", "right"),
                 Col("SPOT h", "right"), Col("OD h", "right"), Col("COST ($)", "right"), Col("SAVED ($)", "right"),

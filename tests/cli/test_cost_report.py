@@ -68,6 +68,19 @@ def test_cost_report_json_matches_the_intervals(ledger_now):
     assert total["savings"] == pytest.approx(gone["savings"] + job["savings"], abs=1e-6)
 
 
+def test_the_hourly_column_includes_the_disks_as_the_cost_does(ledger_now):
+    """UP $/h is nodes × (price + disk), the rate COST adds up from while up: it showed the instance price only,
+    though COST included the disks."""
+    disk_h = 100 * 0.08 / 730
+    rep = json.loads(run("cost-report", "--json").stdout)
+    parked = next(c for c in rep["clusters"] if c["cluster"] == "parked")
+    assert parked["up_hourly"] == pytest.approx(0.096 + disk_h, abs=1e-6)
+    assert parked["cost"] == pytest.approx(1 * parked["up_hourly"] + 23 * disk_h, abs=1e-6)  # 1 h up, 23 h stopped
+    r = run("cost-report", env={"COLUMNS": "200"})
+    assert "UP $/h" in r.stdout and f"{0.096 + disk_h:.4f}" in r.stdout and "0.0960 " not in r.stdout, r.stdout
+    assert "UP $/h: nodes × (price + disk)" in r.stdout
+
+
 def test_cost_report_table_and_window(ledger_now):
     r = run("cost-report")
     assert r.returncode == 0, r.stderr

@@ -545,6 +545,36 @@ def test_partial_multi_node_launch_is_rolled_back_before_the_next_attempt(hooks,
     assert state.open_intents("part") == [] and instances(cluster="part") == []
 
 
+def test_a_rolled_back_attempt_is_costed_for_the_instances_it_had(hooks, public_key, tmp_path, monkeypatch):
+    """The head of a 3-node launch is created in us-east-1b, the workers' call fails half an hour later and the
+    attempt is rolled back: the head was paid for, so the ledger has a `rolled back` run for it (1 node, from the
+    create call to the rollback); the winning attempt's run goes on. No run was recorded for the failed attempt."""
+    from skybroker.costs import disks, ledger
+
+    clock = tmp_path / "clock"
+    clock.write_text(str(1_800_000_000.0))
+    monkeypatch.setenv("BROKER_LEDGER_CLOCK", str(clock))
+
+    def workers_fail(p):
+        if in_zone("us-east-1b")(p) and p["MinCount"] == 2:
+            clock.write_text(str(1_800_000_000.0 + 1800))  # the head has run half an hour
+            return True
+        return False
+
+    hooks.fail("RunInstances", "InsufficientInstanceCapacity", "workers do not fit", when=workers_fail)
+    cand, infos, attempts = provision.provision("part", Planner(task(num_nodes=3)), public_key=public_key)
+    failed, winner = ledger.runs(cluster="part")
+    assert (failed.outcome, failed.num_nodes, failed.zone, failed.live) == (ledger.ROLLED_BACK, 1, "use1-az1", False)
+    assert (failed.started_at, failed.ended_at) == (1_800_000_000.0, 1_800_000_000.0 + 1800)
+    node_h = failed.price + disks.hourly(failed.disk_gb, failed.disk_price)
+    assert failed.price > 0 and failed.cost(2e9) == pytest.approx(0.5 * node_h)
+    assert (winner.outcome, winner.num_nodes, winner.zone, winner.live) == (ledger.CREATED, 3, "use1-az2", True)
+    assert winner.started_at == 1_800_000_000.0 + 1800
+    registry.get("aws").terminate("part", "us-east-1")
+    state.close_intents("part", "aws", "us-east-1")
+    ledger.close_run("part")
+
+
 def test_interrupt_during_provision_rolls_back(hooks, public_key):
     """KeyboardInterrupt raised while the create call is in flight: the call finishes, then the attempt
     is rolled back and the interrupt propagates."""

@@ -119,6 +119,37 @@ def test_a_cluster_that_lost_a_node_is_billed_for_the_nodes_it_has(tmp_path):
     ok("down", "-y", "two")
 
 
+def test_a_killed_launch_is_billed_from_its_create_call_until_down(tmp_path):
+    """The broker is killed (like SIGKILL) right after the instances were created; `status --refresh` finds them
+    through the intents (INTERRUPTED) and `down` removes them: they are billed from the create call until the
+    `down`, as a run marked interrupted (the ledger had no run for them)."""
+    task = write_task(tmp_path / "t.yaml", name="k", num_nodes=2, run="echo hi",
+                      resources={"infra": "local", "disk_size": 100})
+    r = broker("launch", "-y", "-d", "-c", "k", task, env={"BROKER_FAILPOINTS": "provision-wait=exit"})  # T0
+    assert r.returncode == 137, (r.stdout, r.stderr)
+    at(1)
+    (st,) = json.loads(ok("status", "--refresh", "--json"))  # reconciled: its instances found through the intents
+    assert st["status"] == "INTERRUPTED", st
+    at(2)
+    ok("down", "-y", "k")
+    (c,) = report()["clusters"]
+    assert (c["status"], c["outcome"], c["num_nodes"], c["up_hours"]) == ("DOWN", "interrupted", 2, 2.0)
+    assert c["cost"] == pytest.approx(2 * (OD + DISK_H) * 2, abs=1e-9)
+    assert "DOWN (interrupted)" in ok("cost-report")
+
+
+def test_a_launch_killed_before_its_create_call_costs_nothing(tmp_path):
+    """Killed after its intent (and its attempt's run) was recorded, before anything was created: reconcile finds
+    nothing on the cloud and drops the run, so no cost is reported for time nothing existed."""
+    task = write_task(tmp_path / "t.yaml", name="n", run="echo hi", resources={"infra": "local", "disk_size": 100})
+    r = broker("launch", "-y", "-d", "-c", "n", task, env={"BROKER_FAILPOINTS": "provision=exit"})  # T0
+    assert r.returncode == 137, (r.stdout, r.stderr)
+    at(3)
+    assert json.loads(ok("status", "--refresh", "--json")) == []  # reconciled: nothing was created
+    rep = report()
+    assert rep["clusters"] == [] and rep["total"]["cost"] == 0
+
+
 def test_spot_savings_and_the_report_window(tmp_path):
     task = write_task(tmp_path / "t.yaml", name="sp", run="echo hi",
                       resources={"infra": "local", "use_spot": True, "disk_size": 100})

@@ -94,6 +94,51 @@ def test_the_ledger_clock(tmp_path, monkeypatch):
         ledger.now()
 
 
+def test_a_clock_set_back_never_closes_a_run_before_its_intervals_began(tmp_path, monkeypatch):
+    """The wall clock steps back (NTP, a VM restored): close_run at a time before the open interval began
+    closes it when that interval began: no negative time, no run that ends before its intervals."""
+    clock = tmp_path / "clock"
+    monkeypatch.setenv("BROKER_LEDGER_CLOCK", str(clock))
+    rec = cluster()
+    clock.write_text(str(T))
+    ledger.open_run(rec, cand(spot=False, price=0.1, disk=0))
+    clock.write_text(str(T + 2 * H))
+    ledger.set_state("c", ledger.STOPPED)
+    clock.write_text(str(T + H))  # an hour back
+    ledger.close_run("c")
+    (r,) = ledger.runs()
+    assert r.ended_at == T + 2 * H and all(i.end >= i.start for i in r.intervals)
+    assert [(i.state, i.start, i.end) for i in r.intervals] == [("up", T, T + 2 * H), ("stopped", T + 2 * H, T + 2 * H)]
+    assert r.cost(T + 9 * H) == pytest.approx(2 * 2 * 0.1)
+    ledger.open_run(cluster("d"), cand(spot=False, price=0.1, disk=100), at=T)
+    ledger.close_run("d", at=T - 5 * H)  # before the run even began
+    d = ledger.runs(cluster="d")[0]
+    assert (d.started_at, d.ended_at, d.cost(T + H)) == (T, T, 0.0)
+
+
+def test_an_attempt_is_billed_only_if_its_instances_existed():
+    """provision.py's hooks: a run opens before the create call; a rollback drops it if nothing was created,
+    closes it as rolled back (for the nodes that existed) if something was; lifecycle's open_run keeps the run of
+    the attempt that brought the cluster up, billed from its create call."""
+    cluster("c", owner="managed:7")
+    ledger.open_attempt("c", cand(spot=False, price=0.1, nodes=3, disk=0), 11, at=T)
+    ledger.attempt_gone(11, ledger.ROLLED_BACK, at=T + H)  # nothing created: no run
+    assert ledger.runs() == []
+    ledger.open_attempt("c", cand(spot=False, price=0.1, nodes=3, disk=0), 12, at=T + H)
+    ledger.attempt_created(12, 1)  # the rollback found the head only
+    ledger.attempt_gone(12, ledger.ROLLED_BACK, at=T + 2 * H)
+    ledger.open_attempt("c", cand(spot=False, price=0.2, nodes=3, disk=0), 13, at=T + 2 * H)
+    ledger.attempt_created(13, 3)
+    rec = cluster("c", owner="managed:7", nodes=3)
+    ledger.open_run(rec, cand(spot=False, price=0.2, nodes=3, disk=0), at=T + 3 * H)
+    failed, up = ledger.runs()
+    assert (failed.outcome, failed.num_nodes, failed.job_id, failed.started_at, failed.ended_at) == (
+        ledger.ROLLED_BACK, 1, 7, T + H, T + 2 * H)
+    assert failed.cost(T + 9 * H) == pytest.approx(0.1)
+    assert (up.outcome, up.live, up.started_at, up.num_nodes) == (None, True, T + 2 * H, 3)
+    assert ledger.job_cost(7, at=T + 4 * H) == pytest.approx(0.1 + 2 * 3 * 0.2)
+
+
 def test_every_provider_has_a_disk_price_with_its_source():
     from skybroker.clouds import registry
 

@@ -196,6 +196,15 @@ def test_cost_ledger_risk_and_pipeline_rows(state_backend):
     ledger.close_run("led", at=1000.0 + 7200)
     (run,) = [r for r in ledger.runs() if r.cluster == "led"]
     assert run.cost(1000.0 + 7200) > 0
+    ledger.open_attempt("led", cand, 1, at=9000.0)  # an attempt's run (schema v22): dropped, closed, interrupted
+    ledger.attempt_gone(1, ledger.ROLLED_BACK, at=9100.0)
+    ledger.open_attempt("led", cand, 2, at=9100.0)
+    ledger.attempt_created(2, 1)
+    ledger.attempt_gone(2, ledger.ROLLED_BACK, at=9000.0)  # a clock set back: closed when it began
+    ledger.open_attempt("led", cand, 3, at=9200.0)
+    ledger.mark_interrupted("led", 1)
+    assert [(r.outcome, r.started_at, r.ended_at) for r in ledger.runs() if r.started_at >= 9000] == [
+        (ledger.ROLLED_BACK, 9100.0, 9100.0), (ledger.INTERRUPTED, 9200.0, None)]
     risk.record(("aws", "us-east-1", "use1-az1", "p3.2xlarge"), 2.0, True)
     risk.record(("aws", "us-east-1", "use1-az1", "p3.2xlarge"), 1.0, False)
     assert risk.history()[("aws", "us-east-1", "use1-az1", "p3.2xlarge")] == risk.Exposure(3.0, 1)
@@ -349,6 +358,25 @@ def test_migration_to_v19_keeps_old_clusters_names_and_marks_the_home(tmp_path, 
     assert [it["cluster_on_cloud"] for it in state.open_intents("half")] == ["half"]
     assert state.legacy_names()
     assert state.cloud_name_for("new").startswith("new-")
+
+
+def test_migration_to_v22_keeps_old_cost_runs_as_brought_up(tmp_path, monkeypatch):
+    """A v21 ledger: its runs read as before (no intent, outcome None: brought up) and a cluster launched after the
+    upgrade keeps its attempt's run."""
+    from skybroker.costs import ledger
+    from tests.infra.old_state import state_db_at
+
+    home = tmp_path / "v21"
+    conn = state_db_at(home, 21)
+    conn.execute("INSERT INTO cost_runs (cluster, cloud, num_nodes, market, price, disk_gb, disk_price, started_at) "
+                 "VALUES ('old', 'aws', 2, 'on-demand', 0.5, 0, 0, 100)")
+    conn.execute("INSERT INTO cost_intervals (run_id, state, start_at, end_at) VALUES (1, 'up', 100, 3700)")
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("BROKER_HOME", str(home))
+    (r,) = ledger.runs()
+    assert (r.cluster, r.outcome, r.cost(9999)) == ("old", None, pytest.approx(1.0))
+    assert [c[1] for c in state.db().execute("PRAGMA table_info(cost_runs)")][-2:] == ["intent_id", "outcome"]
 
 
 def _fresh_home(tmp_path, monkeypatch, name):
