@@ -260,6 +260,9 @@ class Controller(Launching):
                         rt.cancel([j.cluster_job_id])
                     except BrokerError as exc:
                         store.add_event(j.id, "warning", f"the failed run's other nodes were not stopped: {exc}")
+                if "node rebooted while the job was" in (st.crash or ""):  # procs.reconcile's reason
+                    n = sum(e["kind"] == "recovery" and e["message"].startswith(R.REBOOTED) for e in store.events(j.id))
+                    return self._apply(j, R.decide(self._view(j, task), R.Rebooted(st.crash, n)))
                 return self._apply(j, R.decide(self._view(j, task),
                                                R.UserFailed(st.exit_code, setup=st.status == "FAILED_SETUP",
                                                             reason=st.crash)))

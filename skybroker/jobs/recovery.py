@@ -5,6 +5,8 @@ Events the controller observes:
   Succeeded            every node finished with exit code 0
   UserFailed           the user's code failed (exit code; during setup or run) on healthy instances
   Preempted            the cloud took instances away (spot termination, instance gone)
+  Rebooted             a node rebooted under the job (its agent found a new boot id): the instances are
+                       there, the work in memory is not; restarted on the same cluster, REBOOT_RESTARTS times
   Unreachable          instances look alive to the cloud but the broker cannot reach them (network)
   LaunchFailed         no place could be provisioned (retried during a recovery, unless every cloud
                        refused our credentials: then FAILED_NO_RESOURCE at once)
@@ -24,6 +26,8 @@ from . import store
 
 NETWORK_GRACE_SECONDS = 60.0  # how long a network outage is waited out before the node counts as lost
 RELAUNCH_ATTEMPTS = 5  # provisioning rounds during a recovery before FAILED_NO_RESOURCE
+REBOOT_RESTARTS = 3  # restarts after a node rebooted under the job (a run that reboots its node stops there)
+REBOOTED = "node rebooted under the job"  # how the restart's event begins (the controller counts them)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class UserFailed:
 @dataclass(frozen=True)
 class Preempted:
     reason: str
+
+
+@dataclass(frozen=True)
+class Rebooted:
+    reason: str
+    restarts: int = 0  # restarts after a reboot so far
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,13 @@ def decide(view: JobView, event) -> object:
                       f"{'exit code %s' % code if code is not None else 'no exit code'}{why}")
     if isinstance(event, Preempted):
         return _relaunch_after_loss(view, f"preempted: {event.reason}")
+    if isinstance(event, Rebooted):  # not the user's failure: SkyPilot recovers a job whose cluster went down
+        if event.restarts < REBOOT_RESTARTS:
+            return Relaunch(None, same_place_first=True, same_cluster=True,
+                            reason=f"{REBOOTED} ({event.reason}): restarting it on the same cluster "
+                            f"({event.restarts + 1}/{REBOOT_RESTARTS})")
+        return Finish(store.FAILED, None, f"{event.reason}; the node rebooted under the job {event.restarts + 1} "
+                      "times: not restarted again")
     if isinstance(event, Unreachable):
         if event.seconds < NETWORK_GRACE_SECONDS:
             return Wait(min(5.0, NETWORK_GRACE_SECONDS - event.seconds),

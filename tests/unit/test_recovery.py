@@ -173,3 +173,14 @@ def test_cancel_requested_wins_over_everything(event):
 def test_unknown_event_is_an_error():
     with pytest.raises(TypeError):
         R.decide(view(), object())
+
+
+def test_a_reboot_restarts_on_the_same_cluster_a_bounded_number_of_times():
+    why = "node rebooted while the job was RUNNING"
+    for n in range(R.REBOOT_RESTARTS):
+        a = R.decide(R.JobView(max_restarts_on_errors=0), R.Rebooted(why, n))
+        assert isinstance(a, R.Relaunch) and a.same_cluster and not a.counts_as_error and not a.lost
+        assert a.reason.startswith(R.REBOOTED) and why in a.reason and f"{n + 1}/{R.REBOOT_RESTARTS}" in a.reason
+    a = R.decide(R.JobView(), R.Rebooted(why, R.REBOOT_RESTARTS))
+    assert isinstance(a, R.Finish) and a.status == store.FAILED and a.exit_code is None and why in a.reason
+    assert isinstance(R.decide(R.JobView(cancel_requested=True), R.Rebooted(why, 0)), R.Cancel)
