@@ -61,11 +61,12 @@ import ssl
 import tempfile
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from tests.infra.arm_rbac import MI_PREFIX, Rbac, action_for
+from tests.infra.tls_server import TLSThreadingHTTPServer
 
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000feed"
 TENANT = "00000000-0000-0000-0000-0000000be11a"
@@ -127,11 +128,9 @@ class ArmFake:
         self.callers: list[tuple[str, str, str]] = []  # (principal id, method, path) of managed-identity calls
         self._dir = Path(tempfile.mkdtemp(prefix="arm-fake-"))
         self.ca_path, key = make_cert(self._dir, host)
-        self._server = ThreadingHTTPServer((host, 0), _handler(self))
-        self._server.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.ca_path, key)
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+        self._server = TLSThreadingHTTPServer((host, 0), _handler(self), ctx)
         self.endpoint = f"https://{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="arm-fake")
         self._thread.start()

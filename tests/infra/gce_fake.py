@@ -7,6 +7,8 @@ google-cloud-compute SDK (REST transport) against it.
     fake.set_quota("us-central1", "NVIDIA_V100_GPUS")    # regional QUOTA_EXCEEDED (in the operation)
     fake.set_quota(None, "GPUS_ALL_REGIONS")              # project-wide quota
     fake.fail_auth(403)                     # every call: 403 forbidden (401: missing credentials)
+    fake.stuck("us-central1-a")             # inserts there: the instance stays PROVISIONING, the op RUNNING
+    fake.stuck("us-central1-a", boot=True)  # ... the op finishes, the instance never gets past STAGING
     fake.preempt("name")                    # a spot VM reclaimed (deleted, or TERMINATED if its action is STOP)
     fake.guest_shutdown("name")             # its OS powered off: the VM stops (TERMINATED), as on GCE
     fake.close()
@@ -106,6 +108,7 @@ class GCEFake(GCEDisks):
         self._capacity: dict[str, tuple[str, bool]] = {}  # zone → (code, spot_only)
         self._quota: dict[str | None, tuple[str, bool]] = {}  # region (None = all) → (metric, synchronous)
         self._auth: int | None = None
+        self._stuck: dict[str, bool] = {}  # zone → boot (True: op done, never RUNNING; False: op never done)
         self._ids = itertools.count(1000)
         self._ips = itertools.count(2)
         self._server: ThreadingHTTPServer | None = None
@@ -175,6 +178,12 @@ class GCEFake(GCEDisks):
 
     def clear_quota(self, region: str | None = None) -> None:
         self._quota.pop(region, None)
+
+    def stuck(self, zone: str, boot: bool = False) -> None:
+        """Inserts in `zone` hang as GCE's do when a zone is short of capacity but does not say so: the
+        instance stays PROVISIONING and its operation RUNNING (boot: the operation is DONE, the instance
+        never gets past STAGING). Only creates: stop/delete work as usual."""
+        self._stuck[zone] = boot
 
     def fail_auth(self, status: int | None = 403) -> None:
         self._auth = status
@@ -420,6 +429,11 @@ class GCEFake(GCEDisks):
         nics[0]["accessConfigs"] = [dict(ac, natIP=f"127.34.{n // 250 % 250}.{n % 250 + 2}")
                                     for ac in nics[0].get("accessConfigs", [])]
         inst["networkInterfaces"] = nics
+        if zone in self._stuck:
+            boot = self._stuck[zone]
+            inst["_status"] = [(now, "PROVISIONING")] + ([(now + self.boot_delay, "STAGING")] if boot else [])
+            self._instances[(zone, name)] = inst
+            return self._op(zone, "insert", target, delay=None if boot else float("inf"))
         self._boot_node(inst)
         self._instances[(zone, name)] = inst
         return self._op(zone, "insert", target)

@@ -46,6 +46,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tests.infra.tls_server import TLSThreadingHTTPServer
+
 
 class _Fail(Exception):
     def __init__(self, status: int, body: dict, headers: dict | None = None):
@@ -62,8 +64,6 @@ class _Fake:
         self.faults: list[dict] = []
         self.served: list[str] = []
         self.ca_path = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
         if self.tls:
             from tests.infra.arm_fake import make_cert
 
@@ -71,7 +71,10 @@ class _Fake:
             self.ca_path, key = make_cert(self._dir)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(self.ca_path, key)
-            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self._server = TLSThreadingHTTPServer(("127.0.0.1", 0), self._handler(), ctx)
+        else:
+            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+            self._server.daemon_threads = True
         scheme = "https" if self.tls else "http"
         self.endpoint = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()

@@ -199,13 +199,16 @@ def _launch(name: str, nodes: int):
     assert res.status.status == "SUCCEEDED"
 
 
-def _wait(pred, timeout: float, what: str, pool=None):
+def _wait(pred, timeout: float, what: str, fake, nodes):
+    """Wait for pred; on a timeout, show every node's autostop log (the dead ones' too: their homes stay) and
+    the calls the nodes made."""
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            logs = [(n.ip, (n.home / ".skybroker-node" / "autostop.log").read_text()[-1500:])
-                    for n in (pool.nodes if pool else []) if (n.home / ".skybroker-node" / "autostop.log").exists()]
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; node logs: {logs}")
+            logs = [(n.ip, n.alive, (n.home / ".skybroker-node" / "autostop.log").read_text()[-700:])
+                    for n in nodes if (n.home / ".skybroker-node" / "autostop.log").exists()]
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; node logs: {logs}; "
+                                 f"node calls: {[(m, path.rsplit('/', 1)[-1]) for _, m, path in fake.callers]}")
         time.sleep(0.1)
 
 
@@ -215,6 +218,7 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
 
     fake, md = azure_nodes
     _launch("azstop", 2)
+    nodes = list(fake.nodes.nodes)
     vms = {vm["id"].lower(): vm for vm in fake.find("virtualMachines", f"skybroker-{cloud_name('azstop')}")}
     assert len(vms) == 2
     before = len(fake.log)
@@ -222,7 +226,7 @@ def test_idle_azure_cluster_deallocates_itself(azure_nodes):
     assert rec.autostop_where == "node"
     assert api.daemons()["autostop_watcher"] is False  # nothing on this side: the cluster does it
     _wait(lambda: all(fake.power.get(k) == "deallocated" for k in vms), 60, "both VMs to deallocate themselves",
-          fake.nodes)
+          fake, nodes)
     pids = {vm["identity"]["principalId"] for vm in fake.find("virtualMachines", f"skybroker-{cloud_name('azstop')}")}
     posts = [(p, path) for p, m, path in fake.callers if m == "POST"]
     assert {p for p, _ in posts} == pids and len(posts) == 2  # each VM deallocated itself, as itself
@@ -245,10 +249,11 @@ def test_idle_azure_cluster_deletes_its_group_with_down(azure_nodes):
 
     fake, md = azure_nodes
     _launch("azdown", 1)
+    nodes = list(fake.nodes.nodes)
     rec = api.set_autostop("azdown", 1, True)
     assert rec.autostop_where == "node" and rec.autostop_down
     _wait(lambda: f"skybroker-{cloud_name('azdown')}" not in fake.groups, 60, "the cluster to delete its own resource group",
-          fake.nodes)
+          fake, nodes)
     assert [m for _, m, _ in fake.callers if m != "GET"] == ["DELETE"]
     assert fake.node_of == {}
     assert api.status(refresh=True) == []

@@ -20,7 +20,7 @@ from skybroker.state import UP, ClusterRecord
 from tests.integration.local_helpers import broker, broker_home, kill_leftovers, status_json, wait_for, write_task, cluster_dir
 from tests.integration.test_promises_launch import flat
 from tests.integration.test_managed_jobs import fast_controller  # noqa: F401 - its autouse fixture, here too
-from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, launch_detached, local_job_pids,
+from tests.integration.test_managed_jobs import (TERMINAL, _cmdline, assert_clean, job, launch_detached, local_job_pids,
                                                  wait_status)
 
 
@@ -28,6 +28,11 @@ from tests.integration.test_managed_jobs import (TERMINAL, assert_clean, job, la
 def _cleanup():
     yield
     kill_leftovers(broker_home())
+
+
+def _sleepers() -> list[int]:
+    """The managed job's `sleep 60` processes on the local cloud."""
+    return sorted(p for p in local_job_pids() if _cmdline(p).split(": ", 1)[1].split() == ["sleep", "60"])
 
 
 def _rec(name: str, owner: str | None) -> ClusterRecord:
@@ -76,8 +81,8 @@ def test_a_managed_jobs_cluster_is_not_the_users(tmp_path):
     jid = launch_detached(task)
     wait_status(jid, "RUNNING")
     name = f"job-{jid}"
-    wait_for(lambda: local_job_pids(), 10, 0.05, "job processes")
-    pids = local_job_pids()
+    wait_for(lambda: _sleepers(), 10, 0.05, "the job's `sleep 60`")
+    pids = _sleepers()  # the job's own process (the agent's short-lived helpers come and go)
     mine = write_task(tmp_path / "u.yaml", name="mine", run="echo my-job")
     user = broker("launch", "-y", "-c", "userc", mine)
     assert user.returncode == 0, user.stderr
@@ -102,7 +107,7 @@ def test_a_managed_jobs_cluster_is_not_the_users(tmp_path):
     names = [c["name"] for c in status_json()]
     assert names == [name], names
     assert job(jid).status == "RUNNING" and job(jid).recoveries == 0
-    assert set(pids) <= set(local_job_pids())  # the same processes: nothing was torn down or relaunched
+    assert _sleepers() == pids  # the same process: nothing was torn down or relaunched
 
     assert broker("jobs", "cancel", "-y", jid).returncode == 0
     assert wait_status(jid, TERMINAL).status == "CANCELLED"

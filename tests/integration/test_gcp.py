@@ -238,6 +238,19 @@ def test_failover_capacity_in_every_zone_moves_to_the_next_region(gce):
     assert [i["name"] for i in gce.instances()] == [cloud_name("fo", 0)]
 
 
+@pytest.mark.parametrize("boot,code", [(False, "PROVISION_TIMEOUT"), (True, "BOOT_TIMEOUT")])
+def test_an_insert_that_hangs_is_the_zones_failure_and_fails_over(gce, monkeypatch, boot, code):
+    """An insert whose operation never finishes, or whose instance never gets to RUNNING, stopped the launch
+    with an InvalidRequestError (a 'bad request') and left the stuck instance to the rollback only by luck.
+    Now past BROKER_GCP_WAIT it is the zone's failure: the instance is deleted, the next zone is tried."""
+    monkeypatch.setenv("BROKER_GCP_WAIT", "0.5")
+    gce.stuck("us-central1-a", boot=boot)
+    cand, infos, attempts = _provision(V100_TASK)
+    assert [(a.zone, a.error, a.code, a.scope) for a in attempts] == [("us-central1-a", "CapacityError", code, "zone")]
+    assert cand.zone == "us-central1-b" and infos[0].state == RUNNING
+    assert [(i["name"], i["zone"].rsplit("/", 1)[-1]) for i in gce.instances()] == [(cloud_name("fo", 0), cand.zone)]
+
+
 def test_failover_quota_blocks_the_region_not_just_the_zone(gce):
     gce.set_quota("us-central1", "NVIDIA_V100_GPUS")
     cand, _, attempts = _provision(V100_TASK)

@@ -72,16 +72,21 @@ N1_DEFAULT_CPUS = {
 }
 
 
-def wait_op(project: str, op, zone: str | None = None):
-    """Wait for a zone (or global) operation to be DONE; raise OperationError if it failed."""
+def wait_op(project: str, op, zone: str | None = None, creating: bool = False):
+    """Wait for a zone (or global) operation to be DONE; raise OperationError if it failed. An operation
+    still running after BROKER_GCP_WAIT is an InvalidRequestError, or, for creates (`creating`), the zone's
+    failure (CapacityError PROVISION_TIMEOUT: the provisioner tears down what exists and fails over)."""
     from google.cloud import compute_v1
 
     done = compute_v1.Operation.Status.DONE
     deadline = time.time() + _wait_seconds()
     while op.status != done:
         if time.time() > deadline:
-            raise InvalidRequestError(f"GCE operation {op.name} not done after {_wait_seconds():.0f}s",
-                                      Place("gcp", region_of(zone) if zone else None, zone))
+            place = Place("gcp", region_of(zone) if zone else None, zone)
+            msg = f"GCE operation {op.name} not done after {_wait_seconds():.0f}s"
+            if creating:
+                raise CapacityError(msg, place, code="PROVISION_TIMEOUT", hint="BROKER_GCP_WAIT sets how long to wait")
+            raise InvalidRequestError(msg, place)
         if zone:
             op = clients.zone_operations().wait(project=project, zone=zone, operation=op.name)
         else:
@@ -153,16 +158,17 @@ class GCPCloud(PersistentDisks, Provider):
             out.extend(scoped.instances)
         return out
 
-    def _wait_op(self, project: str, op, zone: str | None = None):
-        return wait_op(project, op, zone)
+    def _wait_op(self, project: str, op, zone: str | None = None, creating: bool = False):
+        return wait_op(project, op, zone, creating)
 
-    def _wait_all(self, project: str, place: Place, ops: list[tuple[str | None, object]], ignore=()) -> None:
+    def _wait_all(self, project: str, place: Place, ops: list[tuple[str | None, object]], ignore=(),
+                  creating: bool = False) -> None:
         """Wait for every operation (so nothing is in flight), then raise the first failure (failures with
         an error code in `ignore` are not failures)."""
         first = None
         for zone, op in ops:
             try:
-                self._wait_op(project, op, zone)
+                self._wait_op(project, op, zone, creating)
             except OperationError as exc:
                 if not set(exc.codes) <= set(ignore):
                     first = first or classify(exc, place)
@@ -218,7 +224,10 @@ class GCPCloud(PersistentDisks, Provider):
                 if limit:  # the task's provision_timeout: give up on this zone, fail over
                     raise CapacityError(f"instances of {cluster} not running within the task's provision_timeout "
                                         f"({limit:.0f}s)", place, code="PROVISION_TIMEOUT")
-                raise InvalidRequestError(f"instances of {cluster} not running after {_wait_seconds():.0f}s", place)
+                late = sorted(i.instance_id for i in live if i.state != RUNNING or not (i.public_ip or i.private_ip))
+                raise CapacityError(f"instances of {cluster} not running after {_wait_seconds():.0f}s (not ready: "
+                                    f"{', '.join(late) or '-'})", place, code="BOOT_TIMEOUT",
+                                    hint="BROKER_GCP_WAIT sets how long to wait")
             time.sleep(_poll())
 
     # -- provision -------------------------------------------------------------------------------
@@ -265,9 +274,9 @@ class GCPCloud(PersistentDisks, Provider):
                     ledger.sent()
                     continue  # the name exists: a retried or concurrent launch created it; counted below
                 except Exception as exc:  # noqa: BLE001 - classified; in-flight inserts finish first
-                    self._wait_all(project, place, ops)
+                    self._wait_all(project, place, ops, creating=True)
                     raise (classify(exc, place) or exc) from None
-            self._wait_all(project, place, ops)
+            self._wait_all(project, place, ops, creating=True)
             return [i.name for i in live] + [instance_name(req.cluster, r) for r in ranks]
         return [i.name for i in live]
 
