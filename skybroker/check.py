@@ -11,6 +11,7 @@ import configparser
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,6 +123,41 @@ def gcp_project() -> str | None:
     return None
 
 
+# The fields google-auth needs in each kind of credentials file (it fails on the first call otherwise).
+_GCP_FIELDS = {"service_account": ("client_email", "token_uri", "private_key"),
+               "authorized_user": ("client_id", "client_secret", "refresh_token")}
+
+
+def gcp_key_problem(path: Path) -> str | None:
+    """What makes a GCP credentials file unusable (not JSON, fields missing, a private key that is no PEM
+    key), or None. Cheap and local: the file's contents are never quoted (they are secrets)."""
+    import base64
+    import binascii
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return f"is not JSON (line {getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')})"
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    missing = [f for f in _GCP_FIELDS.get(data.get("type"), ()) if not data.get(f)]
+    if missing:
+        return f"is a {data['type']} file without {', '.join(missing)}"
+    if data.get("type") == "service_account":
+        m = re.search(r"-----BEGIN (?:RSA )?PRIVATE KEY-----(.*?)-----END (?:RSA )?PRIVATE KEY-----",
+                      str(data["private_key"]), re.S)  # PKCS#8 (Google's keys) or PKCS#1: both load
+        body = m.group(1) if m else ""
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True) if body.strip() else b""
+        except (binascii.Error, ValueError):
+            der = b""
+        if not der.startswith(b"\x30") or len(der) < 64:  # a PKCS#8 / PKCS#1 key is one DER SEQUENCE
+            return "has a private_key that is not a PEM private key"
+    return None
+
+
 def check_gcp() -> CloudCheck:
     creds = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     source = None
@@ -130,10 +166,19 @@ def check_gcp() -> CloudCheck:
             return CloudCheck("gcp", False, f"GOOGLE_APPLICATION_CREDENTIALS points to a missing file: {creds}",
                               "fix the path or unset it and run `gcloud auth application-default login`")
         source = f"service account file {creds}"
+        problem = gcp_key_problem(Path(creds))
+        if problem:
+            return CloudCheck("gcp", False, f"the credentials file {creds} (GOOGLE_APPLICATION_CREDENTIALS) {problem}",
+                              "download a new JSON key for the service account (IAM > Service accounts > Keys) or "
+                              "unset GOOGLE_APPLICATION_CREDENTIALS and run `gcloud auth application-default login`")
     else:
         adc = _gcloud_dir() / "application_default_credentials.json"
         if adc.is_file():
             source = f"application default credentials ({adc})"
+            problem = gcp_key_problem(adc)
+            if problem:
+                return CloudCheck("gcp", False, f"the application default credentials {adc} {problem}",
+                                  "run `gcloud auth application-default login` again")
     if not source:
         return CloudCheck("gcp", False, "no application default credentials",
                           "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS")

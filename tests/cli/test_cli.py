@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, broker_cmd
+from tests.infra.gcp_keys import write_service_account
 
 
 def run(*args, cwd=REPO, stdin=None, env=None):
@@ -139,14 +140,42 @@ def test_show_gpus_and_check():
 
 
 def test_gcp_and_azure_credentials_detected(tmp_path):
-    sa = tmp_path / "sa.json"
-    sa.write_text(json.dumps({"type": "service_account", "project_id": "proj-1"}))
+    sa = write_service_account(tmp_path / "sa.json", "proj-1")
     r = run("check", "--json", env={"GOOGLE_APPLICATION_CREDENTIALS": str(sa),
                                     "AZURE_CLIENT_ID": "a", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s",
                                     "AZURE_SUBSCRIPTION_ID": "sub"})
     checks = {c["cloud"]: c for c in json.loads(r.stdout)}
     assert checks["gcp"]["ok"] and "proj-1" in checks["gcp"]["detail"]
     assert checks["azure"]["ok"] and "sub" in checks["azure"]["detail"]
+
+
+@pytest.mark.parametrize("content,problem", [
+    ("{not json", "is not JSON (line 1, column 2)"),
+    (json.dumps({"type": "service_account", "project_id": "p", "private_key": "k"}),
+     "is a service_account file without client_email, token_uri"),
+    (json.dumps({"type": "service_account", "project_id": "p", "client_email": "a@p", "token_uri": "https://t",
+                 "private_key": "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXNlY3JldA==\n-----END PRIVATE KEY-----\n"}),
+     "has a private_key that is not a PEM private key"),
+    (json.dumps({"type": "authorized_user", "client_id": "1"}), "is a authorized_user file without client_secret"),
+])
+def test_a_broken_gcp_key_file_is_named_before_anything_is_tried(tmp_path, content, problem):
+    """A key file that google-auth cannot load used to pass `check` and fail on the first GCE call with a
+    nested ValueError (or, not JSON, as 'no project'): now `check` and `launch` name the file and the fault,
+    without quoting its contents, and the launch stops before provisioning (exit 4)."""
+    sa = tmp_path / "sa.json"
+    sa.write_text(content)
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(sa), "GOOGLE_CLOUD_PROJECT": "p"}
+    checks = {c["cloud"]: c for c in json.loads(run("check", "--json", env=env).stdout)}
+    assert not checks["gcp"]["ok"] and f"{sa} (GOOGLE_APPLICATION_CREDENTIALS) {problem}" in checks["gcp"]["detail"]
+    assert "gcloud auth application-default login" in checks["gcp"]["hint"]
+    task = tmp_path / "t.yaml"
+    task.write_text("resources: {infra: gcp, cpus: 2}\nrun: echo hi\n")
+    r = run("launch", "-y", str(task), env=env)
+    assert r.returncode == 4 and problem in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr and "c2VjcmV0" not in r.stdout + r.stderr and "provisioning" not in r.stderr
+    good = {c["cloud"]: c for c in json.loads(run("check", "--json", env={
+        **env, "GOOGLE_APPLICATION_CREDENTIALS": str(write_service_account(tmp_path / "good.json"))}).stdout)}
+    assert good["gcp"]["ok"], good["gcp"]
 
 
 def test_suspicious_price_skipped_with_a_note_unless_allowed(tmp_path):

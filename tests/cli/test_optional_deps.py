@@ -34,10 +34,9 @@ def test_credentials_without_sdk_is_not_ready(monkeypatch):
 
 
 def test_planning_uses_only_ready_clouds(monkeypatch, tmp_path):
-    import json
+    from tests.infra.gcp_keys import write_service_account
 
-    sa = tmp_path / "sa.json"
-    sa.write_text(json.dumps({"type": "service_account", "project_id": "p"}))
+    sa = write_service_account(tmp_path / "sa.json")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa))

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.infra.gcp_keys import write_service_account
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +164,7 @@ def test_aws_extra_alone_plans_and_launches_on_aws(venv, elsewhere):
     with MotoServer() as srv:
         env = {**srv.env(), "BROKER_WAIT_READY": "3", "AWS_EC2_METADATA_DISABLED": "true",
                "GOOGLE_APPLICATION_CREDENTIALS": str(elsewhere / "sa.json"), "GOOGLE_CLOUD_PROJECT": "p"}
-        (elsewhere / "sa.json").write_text(json.dumps({"type": "service_account", "project_id": "p"}))
+        write_service_account(elsewhere / "sa.json")
         r = broker(venv, "check", "--json", cwd=elsewhere, env=env)
         checks = {c["cloud"]: c for c in json.loads(r.stdout)}
         assert checks["aws"]["ok"] and checks["aws"]["sdk"], checks
