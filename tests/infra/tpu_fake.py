@@ -6,6 +6,7 @@ runs against it.
     fake.tpu.exhaust("us-central2-b")           # creates there end in a failed operation: RESOURCE_EXHAUSTED
     fake.tpu.set_quota("us-central2-b")         # ... RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure detail
     fake.tpu.preempt("node-id")                 # a spot TPU VM reclaimed: state PREEMPTED, its hosts die
+    fake.tpu.stuck("us-central2-b")             # creates there hang: node CREATING, operation never done
     fake.tpu.nodes()                            # the stored node resources
 
 What it reproduces, as the API reference and the SDK's REST transport define it:
@@ -31,7 +32,8 @@ What it reproduces, as the API reference and the SDK's REST transport define it:
   them, start boots new ones.
 - Queued resources: created ACCEPTED, then ACTIVE with their node created as above (FAILED with the same
   error when the zone is exhausted); deleting one with `force=true` deletes its node.
-Not reproduced: operation delays (everything completes within the call), guest attributes, reimaging,
+Not reproduced: operation delays (everything completes within the call, except creates in a `stuck` zone,
+whose operation stays `done: false` and whose node stays CREATING), guest attributes, reimaging,
 maintenance events, multislice, reservations, per-project limits beyond the ones set.
 """
 from __future__ import annotations
@@ -73,6 +75,7 @@ class TPUApi:
         self._ops: dict[tuple[str, str], dict] = {}
         self._exhausted: set[str] = set()
         self._quota: set[str] = set()
+        self._stuck: set[str] = set()
         self._op_ids = itertools.count(1)
         self.page_size = 2
 
@@ -83,7 +86,11 @@ class TPUApi:
     def set_quota(self, zone: str) -> None:
         self._quota.add(zone)
 
+    def stuck(self, zone: str) -> None:
+        self._stuck.add(zone)
+
     def restore(self, zone: str) -> None:
+        self._stuck.discard(zone)
         self._exhausted.discard(zone)
         self._quota.discard(zone)
 
@@ -218,6 +225,11 @@ class TPUApi:
         if err is not None:
             del self._nodes[(zone, node_id)]
             return self._op(zone, error=err, target=n["name"])
+        if zone in self._stuck:
+            op = self._op(zone, target=n["name"])
+            op["done"] = False
+            del op["response"]
+            return op
         self._boot(n)
         n["state"] = "READY"
         return self._op(zone, response=n, target=n["name"])

@@ -81,6 +81,25 @@ def test_stockout_and_zone_quota_fail_over_to_the_next_zone(cloud, gce):
     assert gce.tpu.nodes() == []
 
 
+def test_a_slice_create_that_never_finishes_fails_over(gce, monkeypatch):
+    """A TPU create whose operation never finishes: the SDK's wait timed out with an untyped TimeoutError
+    that stopped the launch. Now past BROKER_GCP_WAIT it is the zone's failure: the half-made slice is
+    deleted and the next zone is tried."""
+    from skybroker import api, spec
+    from skybroker.provision import provision
+
+    monkeypatch.setenv("BROKER_GCP_WAIT", "0.3")
+    task = spec.task_from_dict({"name": "tpu", "resources": {"infra": "gcp", "accelerators": "tpu-v2-8"},
+                                "run": "true"})
+    first = api.plan(task, clouds=("gcp",)).chosen
+    gce.tpu.stuck(first.zone)
+    cand, infos, attempts = provision("tpu2", lambda blocks: api.plan(task, blocklist=blocks, clouds=("gcp",)),
+                                      public_key=PUBKEY)
+    assert [(a.zone, a.error, a.code) for a in attempts] == [(first.zone, "CapacityError", "PROVISION_TIMEOUT")]
+    assert cand.zone != first.zone and len(infos) == 1
+    assert [n["name"].split("/")[3] for n in gce.tpu.nodes()] == [cand.zone]
+
+
 def test_failover_through_provision_moves_to_a_zone_with_capacity(gce, monkeypatch):
     """skybroker.provision with the real optimizer: the cheapest zone for tpu-v2-8 is out of capacity,
     the zone is blocked and the next one is used."""

@@ -158,20 +158,29 @@ def create(req, project: str, zone: str, public_key: str, user: str, network_tag
             _create_queued(project, zone, nid, parent, body, bool(req.use_spot))
         else:
             op = clients.tpu().create_node(parent=parent, node_id=nid, node=body)
-            _result(op)
+            _result(op, creating=Place("gcp", zone.rsplit("-", 1)[0], zone))
     except gex.Conflict:  # 409 ALREADY_EXISTS
         pass  # a retried or concurrent launch created it: the cluster's own slice
     return [nid]
 
 
-def _result(op) -> None:
-    """Wait for a TPU long-running operation; a failed one raises TPUOperationError with its Status."""
+def _result(op, creating: Place | None = None) -> None:
+    """Wait for a TPU long-running operation; a failed one raises TPUOperationError with its Status. One
+    still running after BROKER_GCP_WAIT is an InvalidRequestError, or, for a create (`creating`: its
+    place), the zone's failure (CapacityError PROVISION_TIMEOUT: torn down, failed over)."""
+    import concurrent.futures
+
     from google.api_core import exceptions as gex
 
     from ... import settings
 
     try:
         op.result(timeout=settings.get("gcp_wait"))
+    except (TimeoutError, concurrent.futures.TimeoutError):  # distinct classes before Python 3.11
+        msg = f"TPU operation {op.operation.name} not done after {settings.get('gcp_wait'):.0f}s"
+        if creating is not None:
+            raise CapacityError(msg, creating, code="PROVISION_TIMEOUT", hint="BROKER_GCP_WAIT sets how long to wait") from None
+        raise InvalidRequestError(msg, Place("gcp")) from None
     except gex.GoogleAPICallError:
         raw = op.operation
         if raw.HasField("error"):
@@ -192,7 +201,8 @@ def _create_queued(project: str, zone: str, nid: str, parent: str, body, spot: b
     else:
         qr.guaranteed = Q.Guaranteed()
     name = f"{parent}/queuedResources/{nid}"
-    _result(clients.tpu().create_queued_resource(parent=parent, queued_resource_id=nid, queued_resource=qr))
+    _result(clients.tpu().create_queued_resource(parent=parent, queued_resource_id=nid, queued_resource=qr),
+            creating=Place("gcp", zone.rsplit("-", 1)[0], zone))
     try:
         deadline = time.time() + settings.get("gcp_wait")
         while True:
@@ -234,8 +244,8 @@ def wait(project: str, cluster: str, zone: str, place: Place) -> list[InstanceIn
             raise CapacityError(f"the TPU slice of {cluster} disappeared or was preempted while starting",
                                 place, code="PREEMPTED_DURING_PROVISIONING")
         if time.time() > deadline:
-            raise InvalidRequestError(f"the TPU slice of {cluster} is not ready after {settings.get('gcp_wait'):.0f}s",
-                                      place)
+            raise CapacityError(f"the TPU slice of {cluster} is not ready after {settings.get('gcp_wait'):.0f}s",
+                                place, code="BOOT_TIMEOUT", hint="BROKER_GCP_WAIT sets how long to wait")
         time.sleep(settings.get("gcp_poll"))
 
 
