@@ -67,6 +67,15 @@ def test_preempted_slice_is_reported_gone_with_its_reason_and_deleted_on_down(cl
     assert gce.tpu.nodes() == []
 
 
+def test_terminate_with_no_region_finds_the_slice_in_any_zone(cloud, gce):
+    """terminate(cluster, None) means everywhere (as GCE instances are found with an aggregated list): a
+    TPU slice was skipped and left running."""
+    cloud.provision(req())
+    assert len(gce.tpu.nodes()) == 1
+    cloud.terminate("t1", None)
+    assert gce.tpu.nodes() == []
+
+
 def test_stockout_and_zone_quota_fail_over_to_the_next_zone(cloud, gce):
     gce.tpu.exhaust(ZONE)
     with pytest.raises(CapacityError) as info:

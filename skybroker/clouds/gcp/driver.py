@@ -355,7 +355,7 @@ class GCPCloud(PersistentDisks, Provider):
         self._each(project, place, insts, "delete")
         if insts:
             self._wait_until(project, place, cluster, region, lambda xs: not xs, "deleted")
-        elif region is not None:
+        else:  # no GCE instance: perhaps a TPU slice (region None: in any TPU zone)
             self._call(place, tpu.delete, project, self._tpu_nodes(project, place, cluster, region))
         warns = self._delete_ephemeral(project, place, cluster, region)  # its ephemeral disks go with it
         if region is not None and self._call(place, self._list, project, cluster, None):
