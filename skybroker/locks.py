@@ -69,7 +69,7 @@ class _PgLock:
 
 
 @contextlib.contextmanager
-def _pg_cluster_lock(name: str, on_wait, timeout: float) -> Iterator[None]:
+def _pg_cluster_lock(name: str, on_wait, timeout: float, what: str) -> Iterator[None]:
     from filelock import Timeout
 
     from . import state
@@ -79,14 +79,14 @@ def _pg_cluster_lock(name: str, on_wait, timeout: float) -> Iterator[None]:
         lock.acquire(timeout=0 if timeout == 0 else 0.3)
     except Timeout:
         if timeout == 0:
-            raise ClusterBusy(f"cluster {name} is busy with another broker command",
+            raise ClusterBusy(f"{what} is busy with another broker command",
                               "wait for it to finish, then retry") from None
         if on_wait:
-            on_wait(f"waiting for another broker command on cluster {name} to finish…")
+            on_wait(f"waiting for another broker command on {what} to finish…")
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
-            raise ClusterBusy(f"cluster {name} is busy with another broker command",
+            raise ClusterBusy(f"{what} is busy with another broker command",
                               "wait for it to finish, then retry") from None
     try:
         yield
@@ -114,15 +114,30 @@ def cluster_lock(name: str, on_wait: Callable[[str], None] | None = None,
     """On SQLite, flock(2) on locks/<name>.lock (what filelock does on Unix, without its ~10 ms of imports,
     which every `exec` would pay): held per open file, so another command, thread or second call in this
     process waits; released when the holder exits, however it dies. On PostgreSQL, the advisory lock."""
+    validate_name(name)
+    with _named_lock(name, f"cluster {name}", on_wait, timeout):
+        yield
+
+
+@contextlib.contextmanager
+def account_lock(resource: str, timeout: float = -1) -> Iterator[None]:
+    """For a read-modify-write of something a cloud account shares between clusters (e.g. Lambda's one
+    list of firewall rules): another broker command or thread doing the same waits. Its key starts with
+    '_', which no cluster name does."""
+    with _named_lock("_" + resource, resource, None, timeout):
+        yield
+
+
+@contextlib.contextmanager
+def _named_lock(name: str, what: str, on_wait, timeout: float) -> Iterator[None]:
     import fcntl
     import os
     import time
 
     from . import state
 
-    validate_name(name)
     if state.is_postgres():
-        with _pg_cluster_lock(name, on_wait, timeout):
+        with _pg_cluster_lock(name, on_wait, timeout, what):
             yield
         return
     d = ensure_home() / "locks"
@@ -144,10 +159,10 @@ def cluster_lock(name: str, on_wait: Callable[[str], None] | None = None,
                 pass
             now = time.monotonic()
             if timeout == 0 or (deadline is not None and now >= deadline):
-                raise ClusterBusy(f"cluster {name} is busy with another broker command",
+                raise ClusterBusy(f"{what} is busy with another broker command",
                                   "wait for it to finish, then retry")
             if on_wait and not told and now >= first:
-                on_wait(f"waiting for another broker command on cluster {name} to finish…")
+                on_wait(f"waiting for another broker command on {what} to finish…")
                 told = True
             time.sleep(0.05)
         yield

@@ -146,6 +146,50 @@ def test_another_clusters_rule_does_not_count_as_open(cloud, fake):
                for r in fake.firewall_rules)
 
 
+def test_concurrent_rule_changes_keep_each_others_rules(cloud, fake, monkeypatch):
+    """The account's rules are one list, replaced whole: two clusters opening ports at once (two managed
+    jobs launching, or a launch beside a down) both read the old list and the second PUT dropped the first's
+    rule. The read-modify-write is now under an account lock. The barrier holds each GET until both have
+    read (without the lock) or for 1 s (with it, the second cannot read before the first has written)."""
+    import threading
+
+    from skybroker.clouds.lambda_cloud import driver
+
+    cloud.provision(req("a"))
+    cloud.provision(req("b"))
+    gate, real = threading.Barrier(2, timeout=1), driver.api.list_firewall_rules
+
+    def slow_get():
+        rules = real()
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return rules
+
+    monkeypatch.setattr(driver.api, "list_firewall_rules", slow_get)
+    errors = []
+    threads = [threading.Thread(target=lambda c=c, p=p: errors.extend(_capture(cloud.open_ports, c, "us-east-1", (p,))))
+               for c, p in (("a", "7000"), ("b", "7001"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = {(r["description"], tuple(r["port_range"])) for r in fake.firewall_rules if r["protocol"] == "tcp"}
+    assert {("skybroker cluster a", (7000, 7000)), ("skybroker cluster b", (7001, 7001))} <= got, got
+    for c in ("a", "b"):
+        cloud.terminate(c, "us-east-1")
+
+
+def _capture(fn, *args) -> list[BaseException]:
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        return [exc]
+    return []
+
+
 def test_ssh_rule_added_when_the_user_removed_lambdas_default(cloud, fake):
     fake.firewall_rules = []
     cloud.provision(req())

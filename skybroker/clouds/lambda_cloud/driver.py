@@ -24,6 +24,7 @@ import re
 import time
 
 from ...errors import CapacityError, InvalidRequestError, Place
+from ...locks import account_lock
 from ..base import (PENDING, RUNNING, TAG_CLUSTER, TAG_USER, TERMINATED, Capabilities, InstanceInfo, ProvisionRequest,
                     CreateLedger, Provider, TaggedResource, http_refusal)
 from ..common import call_typed
@@ -278,7 +279,13 @@ class LambdaCloud(Provider):
         return out
 
     # -- firewall (account-wide rules) -------------------------------------------------------------
+    # The account has one list of rules, replaced whole by each PUT: the read-modify-write is done under
+    # an account lock, or two launches (e.g. two managed jobs) or a launch and a down lose each other's rules.
     def _ensure_rules(self, cluster: str, ports: tuple[str, ...]) -> None:
+        with account_lock("lambda-firewall-rules"):
+            self._ensure_rules_locked(cluster, ports)
+
+    def _ensure_rules_locked(self, cluster: str, ports: tuple[str, ...]) -> None:
         rules = list(api.list_firewall_rules())
         mine = f"{RULE_PREFIX}{cluster}"
         # a rule of the user's own or of this cluster counts; another cluster's rule goes away with it
@@ -296,10 +303,11 @@ class LambdaCloud(Provider):
             api.set_firewall_rules(rules + add)
 
     def _remove_rules(self, cluster: str) -> None:
-        rules = list(api.list_firewall_rules())
-        keep = [r for r in rules if (r.get("description") or "") != f"{RULE_PREFIX}{cluster}"]
-        if len(keep) != len(rules):
-            api.set_firewall_rules(keep)
+        with account_lock("lambda-firewall-rules"):
+            rules = list(api.list_firewall_rules())
+            keep = [r for r in rules if (r.get("description") or "") != f"{RULE_PREFIX}{cluster}"]
+            if len(keep) != len(rules):
+                api.set_firewall_rules(keep)
 
 
 PROVIDER = LambdaCloud
