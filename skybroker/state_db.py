@@ -8,7 +8,9 @@ The records and queries on top of it are state.py, which re-exports `db`, `db_pa
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -41,8 +43,9 @@ def _recovery_hint(path: Path) -> str:
     import shlex
 
     home = path.parent
-    files = [f.name for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
-                              home / ID_FILE) if f.exists()] or [path.name]
+    # `state.db*`: its WAL and SHM files, which exist while a connection is open and may be gone by the time
+    # the user moves them (the hint must work as written)
+    files = [path.name + "*"] + ([ID_FILE] if (home / ID_FILE).exists() else [])
     bad, n = "state.bad", 1
     while (home / bad).exists():
         n += 1
@@ -63,10 +66,55 @@ class _Connection(sqlite3.Connection):
         try:
             return super().execute(sql, params)
         except sqlite3.OperationalError as exc:
-            err = _place_error(exc, Path(self._broker_path))
+            err = _place_error(exc, Path(self._broker_path)) or _damage_error(exc, Path(self._broker_path))
             if err is None:
                 raise
             raise err from None
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # IntegrityError etc.: the caller's to handle
+                raise
+            raise StateError(f"the state database {self._broker_path} is corrupt or unreadable ({exc})",
+                             _recovery_hint(Path(self._broker_path))) from None
+
+
+_MISSING = re.compile(r"no such table: (?:main\.)?(\w+)|no such column: (?:\w+\.)?(\w+)|table (\w+) has no column named (\w+)")
+
+
+def _damage_error(exc: sqlite3.OperationalError, path: Path) -> StateError | None:
+    """A table or column that the schema has and this database lacks (someone dropped or altered it): the
+    database is damaged, said with the recovery hint. One the schema does not have either is a bug here:
+    None, the error propagates as it is."""
+    m = _MISSING.search(str(exc))
+    if m is None:
+        return None
+    want = _expected_schema()
+    table, column = m.group(1) or m.group(3), m.group(2) or m.group(4)
+    if table is not None and column is None:
+        known = table in want
+    elif table is not None:
+        known = column in want.get(table, ())
+    else:
+        known = any(column in cols for cols in want.values())
+    if not known:
+        return None
+    return StateError(f"the state database {path} is damaged: {exc} (the schema v{_schema_version()} has it)",
+                      _recovery_hint(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_schema() -> dict[str, frozenset[str]]:
+    """table → columns of a database freshly made by the migrations (in memory, once per process)."""
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        migrate(mem)
+        tables = [r[0] for r in mem.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: frozenset(r[1] for r in mem.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        mem.close()
+
+
+def _schema_version() -> int:
+    return len(MIGRATIONS)
 
 
 def _place_error(exc: sqlite3.OperationalError, path: Path) -> StateError | None:

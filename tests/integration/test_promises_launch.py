@@ -186,6 +186,64 @@ def test_corrupt_state_database_is_a_clear_error(tmp_path):
     assert broker("down", "-y", "st").returncode == 0
 
 
+def _damage(db: Path, how: str) -> None:
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if how == "dropped table":
+        c.execute("DROP TABLE clusters")
+        c.commit()
+        c.close()
+        return
+    root = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'clusters'").fetchone()[0]
+    size = c.execute("PRAGMA page_size").fetchone()[0]
+    c.close()
+    with open(db, "r+b") as f:  # the table's root page overwritten: a torn write, a bad sector
+        f.seek((root - 1) * size)
+        f.write(b"\x0d" + b"\xff" * 200)
+
+
+@pytest.mark.parametrize("how,said", [("bad page", "is corrupt or unreadable (database disk image is malformed)"),
+                                      ("dropped table", "is damaged: no such table: clusters")])
+def test_a_database_damaged_inside_is_a_clear_error(tmp_path, how, said):
+    """A database that opens but whose pages or tables are damaged failed at its first query with a
+    traceback (sqlite3.DatabaseError / OperationalError): now the same clear error and recovery hint as a
+    corrupt file (exit 1), and the cluster comes back from the cloud's tags."""
+    task = write_task(tmp_path / "t.yaml", name="dm", run="echo hi")
+    assert broker("launch", "-y", "-c", "dm", task).returncode == 0
+    _damage(broker_home() / "state.db", how)
+    r = broker("status")
+    assert r.returncode == 1, r.stdout + r.stderr
+    _no_traceback(r)
+    assert said in flat(r.stderr) and "broker status --refresh --adopt" in flat(r.stderr)
+    import re
+    import subprocess
+
+    subprocess.run(["sh", "-c", re.search(r"\(`(cd [^`]+)`\)", flat(r.stderr)).group(1)], check=True)
+    r = broker("status", "--refresh", "--adopt", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(c["name"], c["status"]) for c in json.loads(r.stdout)] == [("dm", "UP")]
+    assert broker("down", "-y", "dm").returncode == 0
+
+
+def test_a_query_of_a_table_the_schema_lacks_is_not_called_damage(tmp_path):
+    """Only what the schema has counts as damage: a wrong table name in our own SQL stays a bug (raised)."""
+    import sqlite3
+
+    from skybroker import state_db
+
+    conn = state_db.connect(tmp_path / "state.db")
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("SELECT * FROM no_such_table_here")
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("SELECT no_such_column FROM clusters")
+    with pytest.raises(sqlite3.IntegrityError):  # a constraint is the caller's to handle, not corruption
+        conn.execute("INSERT INTO meta VALUES ('k', 'v')")
+        conn.execute("INSERT INTO meta VALUES ('k', 'v')")
+    conn.close()
+
+
 def test_truncated_state_database_is_not_an_empty_one(tmp_path):
     task = write_task(tmp_path / "t.yaml", name="tr", run="sleep 30")
     assert broker("launch", "-y", "-d", "-c", "tr", task).returncode == 0

@@ -117,7 +117,9 @@ def test_the_corrupt_database_hint_moves_the_files_that_exist_to_a_new_folder(tm
         (home / name).write_text("")
     (home / "state.bad").mkdir()
     hint = state_db._recovery_hint(home / "state.db")
-    assert f"cd {home} && mkdir state.bad.2 && mv state.db state.db-wal state.id state.bad.2/" in hint
+    assert f"cd {home} && mkdir state.bad.2 && mv state.db* state.id state.bad.2/" in hint
+    (home / "state.id").unlink()
+    assert "mv state.db* state.bad.2/" in state_db._recovery_hint(home / "state.db")
 
 
 def test_an_unknown_sqlite_error_is_not_called_corruption(tmp_path):
