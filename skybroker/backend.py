@@ -152,6 +152,17 @@ class ClusterRuntime(GangSubmit, JobQueries):
     def install_agent(self) -> None:
         run_parallel(self.nodes, lambda node: self.agent(node).install())
 
+    def host_key(self, node: NodeRecord) -> tuple[str, str] | None:
+        """The node's host key as pinned here (type, base64), once a connection was made."""
+        r = self.runner(node)
+        return r.known_hosts.get(r.instance_id)
+
+    def install_peers(self) -> None:
+        """Node-to-node SSH on a multi-node cluster (runtime/peers.py), where the provider declares it."""
+        from .runtime import peers
+
+        peers.install(self)
+
     def sync(self, task, on_event=lambda k, m: None) -> None:
         """Workdir → ~/sky_workdir (a local folder synced, or a git repository cloned there: gitclone.py)
         and local file_mounts → their remote paths, on all nodes in parallel.

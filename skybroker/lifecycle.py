@@ -283,6 +283,7 @@ def _bring_up_locked(b: BringUp) -> Running:
             b.on_event("agent", "installing the node agent")
             failpoint("agent")
             rt.install_agent()
+            rt.install_peers()
             image = rt.container_image(task)
             if image:
                 rt.check_container_engine(image)

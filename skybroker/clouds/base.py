@@ -94,6 +94,7 @@ class Capabilities:
     self_stop: bool = False  # a node can stop/terminate its own cluster once idle (autostop on the cluster)
     container_images: bool = False  # a `docker:` image_id IS the node (pods); elsewhere it runs on the node
     volumes: bool = False  # creates, attaches and deletes volumes of its `volume_types` (skybroker/volumes/)
+    peer_ssh: bool = False  # nodes are made for the cluster and log in to each other (runtime/peers.py)
     max_nodes: int | None = None  # the most nodes one cluster may have (None: no limit of its own); planned against
 
 

@@ -310,6 +310,30 @@ def test_launch_run_down_on_sshd_nodes(gce_on_nodes, node_pool):
     assert not ips & {n.ip for n in node_pool.nodes}
 
 
+def test_the_nodes_log_in_to_each_other_as_on_skypilot(gce_on_nodes, node_pool):
+    """`ssh <ip>` from a node to every address in $SKYPILOT_NODE_IPS (DeepSpeed's pdsh launcher, mpirun)
+    worked on SkyPilot and not here: no key or host key for the other nodes. Now each node logs in to each
+    other one with the cluster's own key, checking the host keys this machine pinned (StrictHostKeyChecking)."""
+    from skybroker import api, spec
+
+    task = spec.task_from_dict({"name": "peers", "num_nodes": 2, "resources": {"infra": "gcp", "cpus": 2},
+                                "run": "for ip in $SKYPILOT_NODE_IPS; do echo \"to $ip: $(ssh $ip 'hostname -I' 2>&1 | "
+                                       "tr -d ' ')\"; done"})
+    lines = []
+    result = api.launch(task, cluster="peers", plan=api.plan(task, clouds=("gcp",)),
+                        on_line=lambda rank, line: lines.append((rank, line)))
+    assert result.status.exit_code == 0, lines
+    ips = [n["networkInterfaces"][0]["networkIP"] for n in sorted(gce_on_nodes.instances(), key=lambda i: i["name"])]
+    for rank in (0, 1):
+        for ip in ips:
+            assert (rank, f"to {ip}: {ip}") in lines, lines  # the other node answered, as itself
+    keys = [(n.home / ".ssh" / "skybroker_peer").read_bytes() for n in node_pool.nodes]
+    assert keys[0] == keys[1] and b"PRIVATE KEY" in keys[0]
+    assert oct((node_pool.nodes[0].home / ".ssh" / "skybroker_peer").stat().st_mode & 0o777) == "0o600"
+    api.down(["peers"])
+    assert gce_on_nodes.instances() == []
+
+
 def test_spot_preempted_while_starting_is_a_zone_capacity_error(cloud, gce):
     import threading
     import time

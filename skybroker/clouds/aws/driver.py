@@ -63,7 +63,8 @@ def _poll() -> float:
 class AWSCloud(EBSVolumes, Provider):
     name = "aws"
     catalog = "aws"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True,
+                                peer_ssh=True)
     sdk_modules = ("boto3",)
     sdk_extra = "aws"
     default_ssh_user = SSH_USER

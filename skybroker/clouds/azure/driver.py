@@ -76,7 +76,8 @@ class AzureCloud(Provider):
     catalog = "azure"
     # self_stop: a guest shutdown leaves an Azure VM allocated (and billed), so a node deallocates itself (or
     # deletes its cluster's group) through ARM as its own managed identity, allowed only that (selfstop.py).
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True,
+                                peer_ssh=True)
     sdk_modules = ("azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource", "azure.identity")
     sdk_extra = "azure"
     default_ssh_user = SSH_USER

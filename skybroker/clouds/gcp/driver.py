@@ -101,7 +101,8 @@ def wait_op(project: str, op, zone: str | None = None, creating: bool = False):
 class GCPCloud(PersistentDisks, Provider):
     name = "gcp"
     catalog = "gcp"
-    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True)
+    capabilities = Capabilities(stop=True, spot=True, firewall=True, gone_reasons=True, self_stop=True, volumes=True,
+                                peer_ssh=True)
     sdk_modules = ("google.cloud.compute_v1", "google.cloud.tpu_v2")
     sdk_extra = "gcp"
     default_ssh_user = SSH_USER

@@ -116,7 +116,8 @@ class LambdaCloud(Provider):
     name = "lambda"
     catalog = "lambda"
     capabilities = Capabilities(stop=False, spot=False, firewall=False, accelerators=True, priced=True,
-                                named_only=False, remote=True, gone_reasons=False, tagged_listing=True)
+                                named_only=False, remote=True, gone_reasons=False, tagged_listing=True,
+                                peer_ssh=True)
     sdk_modules = ()  # stdlib only
     sdk_extra = "lambda"
     default_ssh_user = SSH_USER
